@@ -1,0 +1,1 @@
+"""Data: manifests, the synthetic phantom, DICOM reading, caches, splits, samplers, patches."""

@@ -1,0 +1,158 @@
+"""Materialise a centre's data: phantom or dataset adapter -> manifest -> splits -> cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from torch.utils.data import ConcatDataset, Dataset
+
+from fedmammo.config import CentreProfile
+from fedmammo.data.cache import CachedImageDataset, ImageCache
+from fedmammo.data.manifest import normalise_manifest, read_manifest
+from fedmammo.data.splits import assign_splits
+from fedmammo.errors import DataError
+
+__all__ = ["CentreData", "PooledData", "centre_data_dir", "materialise_centre", "profile_stamp"]
+
+log = logging.getLogger(__name__)
+
+
+def profile_stamp(profile: CentreProfile, data_seed: int) -> str:
+    """A short hash of what determines a centre's data (profile data + labels + seed)."""
+    payload = {
+        "data": profile.data.model_dump(mode="json"),
+        "labels": profile.labels.model_dump(mode="json"),
+        "source": profile.source,
+        "name": profile.name,
+        "seed": data_seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def centre_data_dir(root: str | Path, profile: CentreProfile, data_seed: int) -> Path:
+    """Where a centre's phantom images and caches live under ``root``."""
+    return Path(root) / f"{profile.name}-{profile_stamp(profile, data_seed)}"
+
+
+def _centre_seed(name: str, data_seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{name}:{data_seed}".encode()).digest()[:4], "little")
+
+
+def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> pd.DataFrame:
+    if profile.data.synthetic is not None:
+        phantom_dir = data_dir / "phantom"
+        manifest_path = phantom_dir / "manifest.csv"
+        if not manifest_path.is_file():
+            from fedmammo.data.phantom import generate_centre
+
+            log.info("generating phantom centre %s in %s", profile.name, phantom_dir)
+            generate_centre(profile, phantom_dir, seed=_centre_seed(profile.name, data_seed))
+        return read_manifest(manifest_path)
+    from fedmammo.data.adapters import load_manifest
+
+    root = profile.data.resolved_root()
+    if root is None or not root.exists():
+        raise DataError(
+            f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "
+            "not exist; fix: set the environment variable it names or edit data.root"
+        )
+    return load_manifest(
+        profile.data.format or "", root, centre=profile.name, source=profile.source,
+        **profile.data.options,
+    )
+
+
+@dataclass
+class CentreData:
+    """A centre's prepared data: the cached manifest (with splits) and its image cache."""
+
+    name: str
+    manifest: pd.DataFrame
+    cache: ImageCache
+    skipped: list = field(default_factory=list)
+
+    def rows(self, split: str | None, *, label: str | None = "malignant") -> np.ndarray:
+        """Cache rows of a split (None = all), dropping rows whose ``label`` is missing."""
+        m = self.manifest
+        keep = np.ones(len(m), dtype=bool) if split is None else (m["split"] == split).to_numpy(
+            dtype=bool, na_value=False)
+        if label is not None:
+            keep &= m[label].notna().to_numpy()
+        return np.flatnonzero(keep)
+
+    def labels(self, rows: np.ndarray, label: str = "malignant") -> np.ndarray:
+        return self.manifest[label].to_numpy(dtype="float64", na_value=np.nan)[rows].astype(np.int64)
+
+    def segments(self, rows: np.ndarray) -> np.ndarray:
+        return self.manifest["segment"].astype(str).to_numpy()[rows]
+
+    def dataset(self, rows: np.ndarray, label: str = "malignant") -> Dataset:
+        return CachedImageDataset(self.cache, rows, self.labels(rows, label))
+
+    def counts(self) -> dict[str, int]:
+        """Counts only: images per split, segment and label (what identify may report)."""
+        m = self.manifest
+        out: dict[str, int] = {"n-images": len(m), "n-patients": int(m["patient_id"].nunique())}
+        lab = m["malignant"].astype("Int64").astype(str).replace("<NA>", "na")
+        for (split, seg, y), n in m.groupby([m["split"].fillna("none"), m["segment"], lab]).size().items():
+            out[f"n|{split}|{seg}|{y}"] = int(n)
+        return out
+
+
+@dataclass
+class PooledData:
+    """Several centres' data viewed as one (the simulation-only 'pooled' what-if arm)."""
+
+    parts: list[CentreData]
+    name: str = "pooled"
+
+    def rows(self, split: str | None, *, label: str | None = "malignant") -> list[np.ndarray]:
+        return [p.rows(split, label=label) for p in self.parts]
+
+    def labels(self, rows: list[np.ndarray], label: str = "malignant") -> np.ndarray:
+        return np.concatenate([p.labels(r, label) for p, r in zip(self.parts, rows, strict=True)])
+
+    def segments(self, rows: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([p.segments(r) for p, r in zip(self.parts, rows, strict=True)])
+
+    def dataset(self, rows: list[np.ndarray], label: str = "malignant") -> Dataset:
+        return ConcatDataset([p.dataset(r, label) for p, r in zip(self.parts, rows, strict=True)])
+
+
+def materialise_centre(
+    profile: CentreProfile,
+    data_root: str | Path,
+    *,
+    image_size: tuple[int, int],
+    data_seed: int = 0,
+    test_only: bool = False,
+    data_dir: str | Path | None = None,
+) -> CentreData:
+    """Prepare a centre once: source manifest, patient-wise splits, and the image cache.
+
+    Everything is written under ``data_dir`` (default: a folder named after the centre and a
+    hash of its profile under ``data_root``) and reused while inputs and settings are unchanged.
+    """
+    data_dir = Path(data_dir) if data_dir else centre_data_dir(data_root, profile, data_seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "centre.yaml").write_text(yaml.safe_dump(profile.model_dump(mode="json")))
+    manifest = _source_manifest(profile, data_dir, data_seed)
+    manifest["centre"] = profile.name
+    key = profile.data.segment_key
+    if key != ["source", "manufacturer"]:
+        manifest["segment"] = manifest[key].astype(str).agg("-".join, axis=1)
+    fractions = {"test": 1.0} if test_only else dict(profile.split)
+    manifest = assign_splits(manifest, fractions, seed=data_seed)
+    h, w = image_size
+    cache = ImageCache.build(manifest, data_dir / f"cache_{h}x{w}", size=(h, w))
+    cached = normalise_manifest(cache.manifest)
+    if cache.skipped:
+        log.warning("centre %s: %d unreadable images skipped", profile.name, len(cache.skipped))
+    return CentreData(name=profile.name, manifest=cached, cache=cache, skipped=list(cache.skipped))

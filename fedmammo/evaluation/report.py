@@ -1,0 +1,73 @@
+"""Summaries of a run: the terminal table and results.md."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from fedmammo.evaluation.results import RunRecorder
+
+__all__ = ["final_table", "to_markdown", "write_summary"]
+
+
+def _fmt(value: float, lo: float | None, hi: float | None) -> str:
+    if value is None or pd.isna(value):
+        return "n/a"
+    if lo is None or pd.isna(lo) or hi is None or pd.isna(hi):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def final_table(df: pd.DataFrame, metric: str = "auroc", split: str = "test") -> pd.DataFrame:
+    """Arms x centres table of a final metric (whole centre, mean over seeds with the CI of
+    the first seed when there is one seed)."""
+    sel = df[(df["metric"] == metric) & (df["split"] == split) & df["segment"].isna()
+             & df["round"].isna()]
+    if sel.empty:
+        return pd.DataFrame()
+    rows = {}
+    for (arm, centre), g in sel.groupby(["arm", "centre"], sort=False):
+        if len(g) == 1:
+            r = g.iloc[0]
+            rows.setdefault(arm, {})[centre] = _fmt(r["value"], r["ci_low"], r["ci_high"])
+        else:
+            v = g["value"].astype(float)
+            rows.setdefault(arm, {})[centre] = f"{v.mean():.3f} ({v.std(ddof=1):.3f})"
+    return pd.DataFrame(rows).T
+
+
+def write_summary(recorder: RunRecorder, console: Console | None = None) -> str:
+    """Print the final AUROC table (rich) and write results.md; return the markdown."""
+    console = console or Console()
+    df = recorder.frame()
+    table = final_table(df)
+    lines = [f"# Results: {recorder.meta.get('scenario', '')}", ""]
+    if table.empty:
+        lines.append("No final test metrics were recorded.")
+    else:
+        rt = Table(title="Test AUROC [95% CI] (mean (std) over seeds when several)")
+        rt.add_column("arm")
+        for c in table.columns:
+            rt.add_column(str(c))
+        for arm, row in table.iterrows():
+            rt.add_row(str(arm), *[str(v) if isinstance(v, str) else "" for v in row])
+        console.print(rt)
+        lines += ["Test AUROC [95% CI] per arm (rows) and evaluating centre (columns).", "",
+                  to_markdown(table.fillna(""))]
+    if recorder.failures:
+        lines += ["", f"{len(recorder.failures)} centre failures recorded (see results.json)."]
+    for note in recorder.notes:
+        lines += ["", f"- {note}"]
+    text = "\n".join(lines) + "\n"
+    (recorder.run_dir / "results.md").write_text(text)
+    return text
+
+
+def to_markdown(df: pd.DataFrame, index_name: str = "arm") -> str:
+    """A pipe table of ``df`` (index as the first column), without extra dependencies."""
+    header = [index_name, *map(str, df.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for idx, row in df.iterrows():
+        lines.append("| " + " | ".join([str(idx), *map(str, row.tolist())]) + " |")
+    return "\n".join(lines)

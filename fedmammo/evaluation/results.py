@@ -1,0 +1,108 @@
+"""The run directory's results: metric records, failures, notes, progress; written as we go.
+
+``results.json`` holds ``metrics``, a list of records ``{arm, seed, centre, segment, split,
+metric, value, ci_low, ci_high, round}`` (segment None for the whole centre, round None for
+final figures), plus ``failures``, ``notes`` and ``progress``; ``metrics.csv`` the same rows.
+Everything is rewritten after each round, so an interrupted run loses nothing completed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["RECORD_FIELDS", "RunRecorder"]
+
+RECORD_FIELDS = ("arm", "seed", "centre", "segment", "split", "metric", "value", "ci_low",
+                 "ci_high", "round")
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    return v
+
+
+class RunRecorder:
+    """Collects results of a run and keeps results.json / metrics.csv up to date."""
+
+    def __init__(self, run_dir: str | Path, *, meta: dict | None = None, resume: bool = False):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.meta: dict = dict(meta or {})
+        self.metrics: list[dict] = []
+        self.failures: list[dict] = []
+        self.notes: list[str] = []
+        self.progress: dict[str, Any] = {}
+        path = self.run_dir / "results.json"
+        if resume and path.is_file():
+            old = json.loads(path.read_text())
+            self.meta = {**old.get("meta", {}), **self.meta}
+            self.failures = old.get("failures", [])
+            self.notes = old.get("notes", [])
+            self.progress = old.get("progress", {})
+            self.metrics = [r for r in old.get("metrics", []) if self._completed(r)]
+
+    # ------------------------------------------------------------------ progress
+    @staticmethod
+    def key(arm: str, seed: int) -> str:
+        return f"{arm}|{seed}"
+
+    def _completed(self, r: dict) -> bool:
+        state = self.progress.get(self.key(r["arm"], r["seed"]))
+        if state is None:
+            return False
+        if state.get("done"):
+            return True
+        return r.get("round") is not None and r["round"] <= state.get("round", 0)
+
+    def last_round(self, arm: str, seed: int) -> int:
+        return int(self.progress.get(self.key(arm, seed), {}).get("round", 0))
+
+    def is_done(self, arm: str, seed: int) -> bool:
+        return bool(self.progress.get(self.key(arm, seed), {}).get("done", False))
+
+    def complete_round(self, arm: str, seed: int, rnd: int) -> None:
+        self.progress.setdefault(self.key(arm, seed), {})["round"] = rnd
+        self.flush()
+
+    def complete_arm(self, arm: str, seed: int) -> None:
+        self.progress.setdefault(self.key(arm, seed), {})["done"] = True
+        self.flush()
+
+    # ------------------------------------------------------------------ records
+    def add(self, records: list[dict], *, arm: str, seed: int, centre: str, split: str,
+            round: int | None = None) -> None:
+        """Add metric records (``segment, metric, value, ci_low, ci_high``) with their context."""
+        for r in records:
+            self.metrics.append({
+                "arm": arm, "seed": seed, "centre": centre, "segment": r.get("segment"),
+                "split": split, "metric": r["metric"], "value": _clean(r.get("value")),
+                "ci_low": _clean(r.get("ci_low")), "ci_high": _clean(r.get("ci_high")),
+                "round": round,
+            })
+
+    def failure(self, *, arm: str, seed: int, centre: str, reason: str,
+                round: int | None = None, phase: str = "") -> None:
+        self.failures.append({"arm": arm, "seed": seed, "centre": centre, "round": round,
+                              "phase": phase, "reason": reason})
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.metrics, columns=list(RECORD_FIELDS))
+
+    def flush(self) -> None:
+        """Write results.json and metrics.csv (atomically replaced)."""
+        payload = {"meta": self.meta, "metrics": self.metrics, "failures": self.failures,
+                   "notes": self.notes, "progress": self.progress}
+        tmp = self.run_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=1, default=str))
+        tmp.replace(self.run_dir / "results.json")
+        self.frame().to_csv(self.run_dir / "metrics.csv", index=False)

@@ -1,0 +1,88 @@
+"""Which centre a ClientApp is, and its prepared data (loaded once per process)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context
+
+from fedmammo.config import CentreProfile, load_profile
+from fedmammo.data.prepare import CentreData, PooledData, materialise_centre
+from fedmammo.errors import ConfigError
+from fedmammo.federation.runspec import POOLED, load_runspec, scenario_of
+
+__all__ = ["CentreIdentity", "centre_data", "device", "identity_of"]
+
+log = logging.getLogger(__name__)
+_DATA: dict[tuple, CentreData | PooledData] = {}
+
+
+@dataclass
+class CentreIdentity:
+    """A node's centre: its profile and data location (or the pooled parts)."""
+
+    name: str
+    role: str
+    profile: CentreProfile | None
+    data_root: str
+    data_dir: str | None = None
+    pooled: tuple[tuple[CentreProfile, str], ...] = ()
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def identity_of(context: Context) -> CentreIdentity:
+    """Resolve the centre of this node from node config (deployment) or partition id."""
+    node = context.node_config
+    if "centre" in node:
+        data_dir = Path(str(node.get("data-dir", ""))).expanduser()
+        profile_path = Path(str(node.get("profile") or data_dir / "centre.yaml"))
+        if not profile_path.is_file():
+            raise ConfigError(
+                f"node config: centre {node['centre']!r} has no profile at {profile_path}; fix: "
+                "put the centre's YAML at <data-dir>/centre.yaml or pass profile=\"...\""
+            )
+        profile = load_profile(profile_path, {"name": str(node["centre"])})
+        return CentreIdentity(name=profile.name, role=str(node.get("role", "train")),
+                              profile=profile, data_root=str(data_dir.parent),
+                              data_dir=str(data_dir))
+    spec = load_runspec(context.run_config)
+    scenario = scenario_of(spec)
+    pid = int(node["partition-id"])
+    name = spec.node_order[pid]
+    if name == POOLED:
+        parts = tuple(
+            (scenario.resolved_profiles[n], scenario.data_dir)
+            for n in scenario.centre_names() if scenario.entry(n).role in ("train", "receiver")
+        )
+        return CentreIdentity(name="pooled", role="pooled", profile=None,
+                              data_root=scenario.data_dir, pooled=parts)
+    return CentreIdentity(name=name, role=scenario.entry(name).role,
+                          profile=scenario.resolved_profiles[name], data_root=scenario.data_dir)
+
+
+def centre_data(ident: CentreIdentity, config: ConfigRecord) -> CentreData | PooledData:
+    """This centre's data at the image size and data seed the server asks for (cached)."""
+    size = tuple(int(v) for v in config["image-size"])
+    data_seed = int(config.get("data-seed", 0))
+    key = (ident.name, ident.data_dir, size, data_seed)
+    if key not in _DATA:
+        if ident.pooled:
+            parts = [
+                materialise_centre(p, root, image_size=size, data_seed=data_seed)
+                for p, root in ident.pooled
+            ]
+            _DATA[key] = PooledData(parts=parts)
+        else:
+            assert ident.profile is not None
+            _DATA[key] = materialise_centre(
+                ident.profile, ident.data_root, image_size=size, data_seed=data_seed,
+                test_only=ident.role == "test", data_dir=ident.data_dir,
+            )
+    return _DATA[key]

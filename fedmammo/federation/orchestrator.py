@@ -1,0 +1,155 @@
+"""Server-side plumbing shared by every strategy: node identity, messaging, checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from rich.console import Console
+
+from fedmammo.config import Scenario
+from fedmammo.evaluation.results import RunRecorder
+from fedmammo.federation.codec import put_json
+from fedmammo.federation.runspec import RunSpec
+
+__all__ = ["Orchestrator", "derive_seed"]
+
+log = logging.getLogger(__name__)
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (seed, centre, arm, round): no shared RNG state."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class Orchestrator:
+    """What a strategy runner uses to talk to centres and record results."""
+
+    grid: Grid
+    spec: RunSpec
+    scenario: Scenario
+    recorder: RunRecorder
+    console: Console = field(default_factory=Console)
+    timeout: float = 24 * 3600.0
+    nodes: dict[str, int] = field(default_factory=dict)  # centre name -> node id
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def params(self):
+        return self.scenario.recipe.typed_params(quick=self.spec.quick)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.spec.run_dir)
+
+    def base_config(self, **extra) -> ConfigRecord:
+        """Config every centre message carries: image size, data seed, plus ``extra``."""
+        cfg = ConfigRecord({"image-size": list(self.scenario.image_size),
+                            "data-seed": self.scenario.data_seed})
+        for k, v in extra.items():
+            if isinstance(v, dict | list) and not (isinstance(v, list) and all(
+                    isinstance(x, int | float | str | bool) for x in v)):
+                put_json(cfg, k, v)
+            else:
+                cfg[k] = v
+        return cfg
+
+    # ------------------------------------------------------------------ identity
+    def identify(self, expected: int) -> None:
+        """Map node ids to centres with a ``query.identify`` round."""
+        node_ids = self._wait_for_nodes(expected)
+        msgs = [Message(RecordDict({"config": self.base_config()}), dst_node_id=n,
+                        message_type="query.identify") for n in node_ids]
+        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            src = reply.metadata.src_node_id
+            if reply.has_error():
+                raise RuntimeError(f"node {src} failed to identify: {reply.error.reason}")
+            info = reply.content["info"]
+            name = str(info["centre"])
+            self.nodes[name] = src
+            self.roles[name] = str(info["role"])
+            self.counts[name] = {k: int(v) for k, v in reply.content["counts"].items()}
+        missing = [c for c in self.scenario.centre_names() if c not in self.nodes]
+        if missing:
+            raise RuntimeError(f"centres {missing} did not connect (connected: {sorted(self.nodes)})")
+
+    def _wait_for_nodes(self, expected: int) -> list[int]:
+        import time
+
+        deadline = time.monotonic() + 600
+        while True:
+            ids = list(self.grid.get_node_ids())
+            if len(ids) >= expected or time.monotonic() > deadline:
+                return ids
+            time.sleep(1.0)
+
+    # ------------------------------------------------------------------ messaging
+    def send(
+        self, message_type: str, contents: Mapping[str, RecordDict]
+    ) -> tuple[dict[str, RecordDict], dict[str, str]]:
+        """Send one message per centre; return replies and failures (centre -> reason)."""
+        by_node = {self.nodes[c]: c for c in contents}
+        msgs = [Message(content, dst_node_id=self.nodes[c], message_type=message_type)
+                for c, content in contents.items()]
+        replies: dict[str, RecordDict] = {}
+        failures: dict[str, str] = {c: "no reply" for c in contents}
+        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            centre = by_node.get(reply.metadata.src_node_id, "?")
+            if reply.has_error():
+                failures[centre] = reply.error.reason or "error"
+                continue
+            replies[centre] = reply.content
+            failures.pop(centre, None)
+        return replies, failures
+
+    def centres(self, *roles: str) -> list[str]:
+        """Scenario centres with one of ``roles`` (all real centres when none given)."""
+        return [c for c in self.scenario.centre_names()
+                if not roles or self.scenario.entry(c).role in roles]
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, arm: str, seed: int, rnd: int, arrays: ArrayRecord) -> Path:
+        path = self.run_dir / "checkpoints" / arm / f"seed{seed}_round{rnd:03d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(arrays.to_torch_state_dict(), path)
+        return path
+
+    def load_checkpoint(self, arm: str, seed: int, rnd: int) -> ArrayRecord:
+        path = self.run_dir / "checkpoints" / arm / f"seed{seed}_round{rnd:03d}.pt"
+        return ArrayRecord(torch.load(path, weights_only=True))
+
+    def record_failures(self, failures: Mapping[str, str], *, arm: str, seed: int,
+                        rnd: int | None, phase: str) -> None:
+        for centre, reason in failures.items():
+            self.recorder.failure(arm=arm, seed=seed, centre=centre, reason=reason, round=rnd,
+                                  phase=phase)
+            self.console.print(f"[yellow]centre {centre} failed in {phase} (arm {arm}, "
+                               f"round {rnd}): {reason.strip().splitlines()[-1][:200]}")
+
+    def evaluate_everywhere(
+        self, *, arm: str, seed: int, arrays: ArrayRecord, model: dict, message_type: str,
+        centres: Iterable[str], split: str, n_boot: int, rnd: int | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        """Evaluate one model at several centres and record the metric records."""
+        from fedmammo.federation.codec import decode_metric_records
+
+        contents = {}
+        for c in centres:
+            cfg = self.base_config(arm=arm, seed=derive_seed(seed, arm, c, "eval"), split=split,
+                                   model=model, **{"n-boot": n_boot}, **(extra or {}))
+            contents[c] = RecordDict({"arrays": arrays, "config": cfg})
+        replies, failures = self.send(message_type, contents)
+        self.record_failures(failures, arm=arm, seed=seed, rnd=rnd, phase=f"evaluate-{split}")
+        for c, content in replies.items():
+            self.recorder.add(decode_metric_records(content["metrics"]), arm=arm, seed=seed,
+                              centre=c, split=split, round=rnd)

@@ -1,0 +1,160 @@
+"""FedAvg of a classifier across the training centres, with local and pooled reference arms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from fedmammo.federation.codec import state_to_arrays
+from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.strategies import register_runner
+from fedmammo.models import build_model
+
+__all__ = ["CentreFedAvg", "run_fedavg"]
+
+WEIGHT_KEY = "agg-weight"
+
+
+class CentreFedAvg(FedAvg):
+    """FedAvg that trains a named set of centres, per-node configs, and chosen weighting.
+
+    ``weighting``: ``num_examples`` (Flower's default), ``equal`` (every centre the same), or a
+    mapping centre -> weight (e.g. periodic-sampling quotas).
+    """
+
+    def __init__(self, nodes: dict[str, int], *, message_type: str = "train.classifier",
+                 weighting: str | dict[str, float] = "num_examples", min_centres: int = 1):
+        super().__init__(min_train_nodes=min_centres, min_available_nodes=min_centres)
+        self.centre_nodes = dict(nodes)
+        self.message_type = message_type
+        self.weighting = weighting
+        self.failures: dict[str, str] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        msgs = []
+        for centre, node in self.centre_nodes.items():
+            cfg = ConfigRecord(dict(config))
+            cfg["server-round"] = server_round
+            cfg["seed"] = derive_seed(config.get("seed", 0), centre, server_round)
+            msgs.append(Message(RecordDict({"arrays": arrays, "config": cfg}),
+                                dst_node_id=node, message_type=self.message_type))
+        return msgs
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        names = {n: c for c, n in self.centre_nodes.items()}
+        replies = list(replies)
+        self.failures = {c: "no reply" for c in self.centre_nodes}
+        valid = []
+        for msg in replies:
+            centre = names.get(msg.metadata.src_node_id, "?")
+            if msg.has_error():
+                self.failures[centre] = msg.error.reason or "error"
+                continue
+            self.failures.pop(centre, None)
+            metrics = msg.content["metrics"]
+            if self.weighting == "num_examples":
+                w = float(metrics["num-examples"])
+            elif self.weighting == "equal":
+                w = 1.0
+            else:
+                w = float(self.weighting.get(centre, 0.0))
+            metrics[WEIGHT_KEY] = w
+            valid.append(msg.content)
+        if len(valid) < self.min_train_nodes:
+            return None, None
+        arrays = aggregate_arrayrecords(valid, WEIGHT_KEY)
+        metrics = self.train_metrics_aggr_fn(valid, WEIGHT_KEY)
+        return arrays, metrics
+
+
+def _initial_arrays(model_spec: dict, seed: int) -> ArrayRecord:
+    torch.manual_seed(derive_seed(seed, "init"))
+    return state_to_arrays(build_model(model_spec["name"], **model_spec["options"]).state_dict())
+
+
+def _train_rounds(orc: Orchestrator, *, arm: str, seed: int, centres: list[str],
+                  arrays: ArrayRecord, weighting) -> ArrayRecord | None:
+    """Rounds of training at ``centres`` (averaged when several), resumable per round."""
+    p = orc.params
+    model = p.model.model_dump()
+    start = orc.recorder.last_round(arm, seed)
+    if start:
+        arrays = orc.load_checkpoint(arm, seed, start)
+    strategy = CentreFedAvg({c: orc.nodes[c] for c in centres}, weighting=weighting,
+                            min_centres=min(p.min_centres, len(centres)))
+    val_centres = [c for c in centres if c != "pooled"]
+    for rnd in range(start + 1, p.rounds + 1):
+        cfg = orc.base_config(arm=arm, seed=seed, model=model, train=p.train.model_dump(),
+                              batchnorm=p.batchnorm)
+        replies = orc.grid.send_and_receive(
+            list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout)
+        new_arrays, metrics = strategy.aggregate_train(rnd, replies)
+        orc.record_failures(strategy.failures, arm=arm, seed=seed, rnd=rnd, phase="train")
+        if new_arrays is None:
+            orc.recorder.note(f"arm {arm} seed {seed}: stopped at round {rnd}: fewer than "
+                              f"{strategy.min_train_nodes} centres replied")
+            orc.recorder.flush()
+            return None
+        if len(strategy.failures):
+            orc.recorder.note(f"arm {arm} seed {seed} round {rnd}: aggregated without "
+                              f"{sorted(strategy.failures)} (minimum {strategy.min_train_nodes})")
+        arrays = new_arrays
+        if metrics is not None:
+            orc.recorder.add([{"metric": "train_loss", "value": float(metrics["train-loss"])}],
+                             arm=arm, seed=seed, centre="all", split="train", round=rnd)
+        if val_centres:
+            orc.evaluate_everywhere(arm=arm, seed=seed, arrays=arrays, model=model,
+                                    message_type="evaluate.classifier", centres=val_centres,
+                                    split="val", n_boot=0, rnd=rnd,
+                                    extra={"batchnorm": p.batchnorm})
+        orc.checkpoint(arm, seed, rnd, arrays)
+        orc.recorder.complete_round(arm, seed, rnd)
+        orc.console.print(f"  {arm} seed {seed}: round {rnd}/{p.rounds} done")
+    return arrays
+
+
+@register_runner("fedavg")
+def run_fedavg(orc: Orchestrator) -> None:
+    """Federated, local and pooled arms for every seed; test evaluation at every centre."""
+    p = orc.params
+    model = p.model.model_dump()
+    train_centres = orc.centres("train", "receiver")
+    every = orc.centres()
+    for seed in orc.scenario.seeds:
+        init = _initial_arrays(model, seed)
+        plan: list[tuple[str, list[str], object]] = []
+        if "federated" in p.arms:
+            plan.append(("federated", train_centres, p.weighting))
+        if "local" in p.arms:
+            plan += [(f"local-{c}", [c], "equal") for c in train_centres]
+        if "pooled" in p.arms:
+            if "pooled" in orc.nodes:
+                plan.append(("pooled", ["pooled"], "equal"))
+            else:
+                orc.recorder.note("pooled arm skipped: no pooled node (deployment runs cannot "
+                                  "pool data)")
+        for arm, centres, weighting in plan:
+            if orc.recorder.is_done(arm, seed):
+                continue
+            orc.console.rule(f"[bold]{arm}[/] seed {seed}")
+            final = _train_rounds(orc, arm=arm, seed=seed, centres=centres, arrays=init,
+                                  weighting=weighting)
+            if final is None:
+                continue
+            # local arms and the pooled arm evaluate with their own BatchNorm statistics
+            bn = p.batchnorm if arm == "federated" else "average"
+            orc.evaluate_everywhere(arm=arm, seed=seed, arrays=final, model=model,
+                                    message_type="evaluate.classifier", centres=every,
+                                    split="test", n_boot=p.bootstrap, extra={"batchnorm": bn})
+            orc.recorder.complete_arm(arm, seed)
+    if "pooled" in p.arms and "pooled" in orc.nodes:
+        orc.recorder.note("arm 'pooled' is a simulation-only what-if: it trains as if every "
+                          "training centre's images were moved to one place")
+

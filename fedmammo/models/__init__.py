@@ -1,0 +1,10 @@
+"""Model registry: builders registered by name, selected by name in strategy recipes."""
+
+from __future__ import annotations
+
+from fedmammo.models.registry import build_model, list_models, register_model
+
+__all__ = ["build_model", "list_models", "register_model"]
+
+# Importing the families registers their builders.
+from fedmammo.models import classifiers as _classifiers  # noqa: E402,F401

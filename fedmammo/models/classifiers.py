@@ -1,0 +1,132 @@
+"""Binary image classifiers: a whole-mammogram CNN, the seed-003 patch CNN and Swin-T.
+
+Every classifier maps (N, 1, H, W) images in [0, 1] to (N, 2) logits (or log-probabilities,
+which cross-entropy treats the same way); the malignancy/lesion score is ``softmax[:, 1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedmammo.models.registry import register_model
+
+__all__ = ["MammoCNN", "PatchCNN", "SwinPatchClassifier", "make_norm"]
+
+Norm = Literal["batch", "group", "instance", "none"]
+
+
+def make_norm(kind: Norm, channels: int) -> nn.Module:
+    """A 2D normalisation layer; ``group``/``instance`` are the Opacus-compatible choices."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; valid: batch, group, instance, none")
+
+
+class MammoCNN(nn.Module):
+    """A small VGG-like CNN for whole (downsized) mammograms with global average pooling."""
+
+    def __init__(
+        self, *, in_channels: int = 1, width: int = 16, depth: int = 4, norm: Norm = "batch",
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i in range(depth):
+            c_out = width * 2 ** min(i, 3)
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none"),
+                make_norm(norm, c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1, stride=2, bias=norm == "none"),
+                make_norm(norm, c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(c_in * 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return self.head(self.dropout(pooled))
+
+
+class PatchCNN(nn.Module):
+    """The seed-003 CNN: 4 conv layers (BN after each), 2 FC (BN after the first), dropout,
+    log-softmax. About 1.1M parameters at 128x128."""
+
+    def __init__(
+        self, *, patch_size: int = 128, in_channels: int = 1, width: int = 16, hidden: int = 128,
+        dropout: float = 0.5, norm: Norm = "batch",
+    ) -> None:
+        super().__init__()
+        chans = [width, width * 2, width * 4, width * 8]
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c in chans:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), make_norm(norm, c), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        side = max(1, patch_size // 16)
+        self.fc1 = nn.Linear(c_in * side * side, hidden)
+        self.bn_fc = nn.BatchNorm1d(hidden) if norm == "batch" else nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, 2)
+        self.patch_size = patch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.patch_size or x.shape[-2] != self.patch_size:
+            x = F.interpolate(x, size=(self.patch_size, self.patch_size), mode="area")
+        f = self.features(x).flatten(1)
+        h = self.dropout(F.relu(self.bn_fc(self.fc1(f))))
+        return F.log_softmax(self.fc2(h), dim=1)
+
+
+class SwinPatchClassifier(nn.Module):
+    """torchvision Swin-T on patches resized to 224 and stacked to three channels.
+
+    No pretrained weights can be downloaded here, so it starts from random initialisation.
+    """
+
+    def __init__(self, *, input_size: int = 224, dropout: float = 0.0) -> None:
+        super().__init__()
+        from torchvision.models import swin_t
+
+        self.net = swin_t(weights=None, num_classes=2, dropout=dropout)
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                          align_corners=False)
+        return self.net(x.expand(-1, 3, -1, -1))
+
+
+@register_model("mammo_cnn")
+def mammo_cnn(**options) -> MammoCNN:
+    """Whole-mammogram CNN (options: width, depth, norm, dropout)."""
+    return MammoCNN(**options)
+
+
+@register_model("patch_cnn")
+def patch_cnn(**options) -> PatchCNN:
+    """Seed-003 lesion-patch CNN (options: patch_size, width, hidden, dropout, norm)."""
+    return PatchCNN(**options)
+
+
+@register_model("swin_t")
+def swin_patch(**options) -> SwinPatchClassifier:
+    """torchvision Swin-T for patches (options: input_size, dropout)."""
+    return SwinPatchClassifier(**options)

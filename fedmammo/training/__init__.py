@@ -1,0 +1,1 @@
+"""Local training loops (plain torch, no Flower): what a centre does with its own data."""

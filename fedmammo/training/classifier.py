@@ -1,0 +1,129 @@
+"""Local training and prediction for binary image classifiers (no Flower imports)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fedmammo.data.sampling import build_sampler
+
+__all__ = ["TrainResult", "augment_batch", "predict_scores", "seed_everything", "train_classifier"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What one local training call did."""
+
+    num_examples: int
+    steps: int
+    loss: float
+    seconds: float
+    epsilon: float | None = None
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG for layers that use it (dropout) and return a local generator."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random vertical flips and small translations (no horizontal flip: chest wall stays left)."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-2), x)
+    max_shift = max(1, x.shape[-2] // 16)
+    dy = int(torch.randint(-max_shift, max_shift + 1, (1,), generator=generator))
+    return torch.roll(x, shifts=dy, dims=-2)
+
+
+def _optimizer(model: nn.Module, params: Any) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum,
+                               weight_decay=params.weight_decay)
+    return torch.optim.Adam(trainable, lr=params.lr, weight_decay=params.weight_decay)
+
+
+def train_classifier(
+    model: nn.Module,
+    dataset: Dataset,
+    labels: np.ndarray,
+    segments: Sequence[str],
+    *,
+    params: Any,
+    seed: int,
+    device: str | torch.device = "cpu",
+    privacy: Any | None = None,
+    batch_sampler: Any | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``dataset`` with the recipe's sampler and optimiser.
+
+    ``params`` is a :class:`fedmammo.recipes.common.LocalTrainingParams`. ``batch_sampler``
+    overrides the recipe's sampler (federated periodic sampling passes its quota sampler).
+    ``privacy`` is a :class:`fedmammo.privacy.engine.DPSession` or None.
+    """
+    start = time.perf_counter()
+    gen = seed_everything(seed)
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n == 0:
+        raise ValueError("train_classifier: no training examples")
+    steps_per_epoch = params.steps_per_epoch or math.ceil(n / params.batch_size)
+    model.to(device).train()
+    optimizer = _optimizer(model, params)
+    epochs = params.epochs
+    if batch_sampler is None:
+        batch_sampler = build_sampler(
+            params.sampler, segments=np.asarray(segments), labels=labels,
+            batch_size=params.batch_size, num_batches=steps_per_epoch, seed=seed,
+        )
+    loader = DataLoader(dataset, batch_sampler=batch_sampler)
+    if privacy is not None:
+        model, optimizer, loader = privacy.attach(model, optimizer, loader)
+    steps, total_loss, seen = 0, 0.0, 0
+    for epoch in range(epochs):
+        if hasattr(getattr(loader, "batch_sampler", None), "set_epoch"):
+            loader.batch_sampler.set_epoch(epoch)
+        for x, y in loader:
+            if len(y) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            x, y = x.to(device), y.to(device)
+            if params.augment:
+                x = augment_batch(x, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            seen += len(y)
+            total_loss += float(loss) * len(y)
+    epsilon = privacy.after_training(steps) if privacy is not None else None
+    return TrainResult(
+        num_examples=seen, steps=steps, loss=total_loss / max(seen, 1),
+        seconds=time.perf_counter() - start, epsilon=epsilon,
+    )
+
+
+@torch.no_grad()
+def predict_scores(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Probability of class 1 for every item of ``dataset``, in order."""
+    model.to(device).eval()
+    out: list[np.ndarray] = []
+    for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        out.append(torch.softmax(model(x.to(device)), dim=1)[:, 1].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
