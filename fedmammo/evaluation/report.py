@@ -19,7 +19,7 @@ def _fmt(value: float, lo: float | None, hi: float | None) -> str:
     return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def final_table(df: pd.DataFrame, metric: str = "auroc", split: str = "test") -> pd.DataFrame:
+def final_table(df: pd.DataFrame, metric: str = "auc", split: str = "test") -> pd.DataFrame:
     """Arms x centres table of a final metric (whole centre, mean over seeds with the CI of
     the first seed when there is one seed)."""
     sel = df[(df["metric"] == metric) & (df["split"] == split) & df["segment"].isna()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,9 +19,20 @@ from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import put_json
 from fedmammo.federation.runspec import RunSpec
 
-__all__ = ["Orchestrator", "derive_seed"]
+__all__ = ["Orchestrator", "derive_seed", "short_reason"]
 
 log = logging.getLogger(__name__)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_reason(reason: str) -> str:
+    """The informative last line of a (Ray-wrapped) ClientApp error reason."""
+    text = _ANSI.sub("", reason or "error")
+    found = re.findall(r"Message: (.+?)(?:'>|$)", text, flags=re.S)
+    line = found[-1] if found else text.strip().splitlines()[-1]
+    return " ".join(line.split())[:500]
 
 
 def derive_seed(*parts: object) -> int:
@@ -130,10 +142,11 @@ class Orchestrator:
     def record_failures(self, failures: Mapping[str, str], *, arm: str, seed: int,
                         rnd: int | None, phase: str) -> None:
         for centre, reason in failures.items():
+            reason = short_reason(reason)
             self.recorder.failure(arm=arm, seed=seed, centre=centre, reason=reason, round=rnd,
                                   phase=phase)
             self.console.print(f"[yellow]centre {centre} failed in {phase} (arm {arm}, "
-                               f"round {rnd}): {reason.strip().splitlines()[-1][:200]}")
+                               f"round {rnd}): {reason}[/]", highlight=False)
 
     def evaluate_everywhere(
         self, *, arm: str, seed: int, arrays: ArrayRecord, model: dict, message_type: str,

@@ -44,3 +44,4 @@ def validate_recipe_params(kind: str, params: dict[str, Any]) -> BaseModel:
 
 # Import the built-in kinds so that they register themselves.
 from fedmammo.recipes import fedavg  # noqa: E402,F401
+from fedmammo.recipes import mtl  # noqa: E402,F401

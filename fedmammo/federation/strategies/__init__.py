@@ -29,3 +29,4 @@ def get_runner(kind: str) -> Callable:
 
 def _import_builtin() -> None:
     from fedmammo.federation.strategies import fedavg  # noqa: F401
+    from fedmammo.federation.strategies import mtl_finetune  # noqa: F401

@@ -80,19 +80,32 @@ def _initial_arrays(model_spec: dict, seed: int) -> ArrayRecord:
 
 
 def _train_rounds(orc: Orchestrator, *, arm: str, seed: int, centres: list[str],
-                  arrays: ArrayRecord, weighting) -> ArrayRecord | None:
-    """Rounds of training at ``centres`` (averaged when several), resumable per round."""
+                  arrays: ArrayRecord, weighting, message_type: str = "train.classifier",
+                  evaluate_type: str = "evaluate.classifier", model: dict | None = None,
+                  config: dict | None = None, first_round: int = 1,
+                  last_round: int | None = None) -> ArrayRecord | None:
+    """Rounds of training at ``centres`` (averaged when several), resumable per round.
+
+    Defaults train the recipe's classifier for rounds ``1..params.rounds``. Other methods
+    pass their message types, ``model`` spec, ``config`` (extra keys of every train and
+    validation message; default the recipe's ``train`` and ``batchnorm``) and round range
+    (a later phase continues the numbering: ``first_round`` > 1 starts from ``arrays``).
+    """
     p = orc.params
-    model = p.model.model_dump()
-    start = orc.recorder.last_round(arm, seed)
-    if start:
+    model = p.model.model_dump() if model is None else model
+    if config is None:
+        config = {"train": p.train.model_dump(), "batchnorm": p.batchnorm}
+    last = p.rounds if last_round is None else last_round
+    start = max(first_round - 1, orc.recorder.last_round(arm, seed))
+    if start >= first_round:
         arrays = orc.load_checkpoint(arm, seed, start)
-    strategy = CentreFedAvg({c: orc.nodes[c] for c in centres}, weighting=weighting,
-                            min_centres=min(p.min_centres, len(centres)))
+    strategy = CentreFedAvg({c: orc.nodes[c] for c in centres}, message_type=message_type,
+                            weighting=weighting,
+                            min_centres=min(getattr(p, "min_centres", 1), len(centres)))
     val_centres = [c for c in centres if c != "pooled"]
-    for rnd in range(start + 1, p.rounds + 1):
-        cfg = orc.base_config(arm=arm, seed=seed, model=model, train=p.train.model_dump(),
-                              batchnorm=p.batchnorm)
+    val_extra = {k: v for k, v in config.items() if k != "train"}
+    for rnd in range(start + 1, last + 1):
+        cfg = orc.base_config(arm=arm, seed=seed, model=model, **config)
         replies = orc.grid.send_and_receive(
             list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout)
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
@@ -111,12 +124,11 @@ def _train_rounds(orc: Orchestrator, *, arm: str, seed: int, centres: list[str],
                              arm=arm, seed=seed, centre="all", split="train", round=rnd)
         if val_centres:
             orc.evaluate_everywhere(arm=arm, seed=seed, arrays=arrays, model=model,
-                                    message_type="evaluate.classifier", centres=val_centres,
-                                    split="val", n_boot=0, rnd=rnd,
-                                    extra={"batchnorm": p.batchnorm})
+                                    message_type=evaluate_type, centres=val_centres,
+                                    split="val", n_boot=0, rnd=rnd, extra=val_extra)
         orc.checkpoint(arm, seed, rnd, arrays)
         orc.recorder.complete_round(arm, seed, rnd)
-        orc.console.print(f"  {arm} seed {seed}: round {rnd}/{p.rounds} done")
+        orc.console.print(f"  {arm} seed {seed}: round {rnd}/{last} done")
     return arrays
 
 

@@ -1,0 +1,55 @@
+"""Dataset adapters: published mammography datasets (and any DICOM folder) -> manifest.
+
+Each adapter module exposes ``load(root, **options) -> pd.DataFrame`` returning the
+canonical manifest (fedmammo.data.manifest); this package registers them by format name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmammo.data.adapters import cbis_ddsm, cmmd, dicom_folder, inbreast, rsna, vindr
+from fedmammo.data.adapters._common import print_summary, summarise_manifest
+from fedmammo.errors import ConfigError, DataError
+
+__all__ = ["ADAPTERS", "list_formats", "load_manifest", "print_summary", "summarise_manifest"]
+
+#: Format name (the ``data.format`` of a centre profile) -> adapter.
+ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
+    "cbis-ddsm": cbis_ddsm.load,
+    "inbreast": inbreast.load,
+    "vindr-mammo": vindr.load,
+    "rsna": rsna.load,
+    "cmmd": cmmd.load,
+    "dicom-folder": dicom_folder.load,
+}
+
+
+def list_formats() -> list[str]:
+    """Names of the registered dataset formats."""
+    return sorted(ADAPTERS)
+
+
+def load_manifest(fmt: str, root: str | Path, **options: Any) -> pd.DataFrame:
+    """Read the dataset at ``root`` laid out as format ``fmt`` into the canonical manifest.
+
+    Options common to every format: ``centre`` (default: the format name), ``source``
+    (default: the dataset's name) and ``summary_path`` (write the summary there as JSON).
+    Skipped images are counted in ``df.attrs["skipped"]``; the summary is in
+    ``df.attrs["summary"]``.
+    """
+    if fmt not in ADAPTERS:
+        raise ConfigError(
+            f"unknown data format {fmt!r} (data.format); valid formats: {', '.join(list_formats())}"
+        )
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"{fmt}: data root {root} is not a directory; fix: set data.root (or the environment "
+            "variable it names) to the dataset's top folder; see docs/datasets.md"
+        )
+    return ADAPTERS[fmt](root, **options)

@@ -1,0 +1,376 @@
+"""Shared helpers of the dataset adapters: headers, tables, label rules, skips and summaries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmammo.data.manifest import LABEL_TASKS, make_segment, normalise_manifest
+from fedmammo.errors import ConfigError, DataError
+
+__all__ = [
+    "BIRADS_MALIGNANCY_UNCERTAINTY",
+    "COMMON_OPTIONS",
+    "SkipCounter",
+    "check_options",
+    "finish_manifest",
+    "header_age",
+    "header_laterality",
+    "header_manufacturer",
+    "header_pixel_spacing",
+    "header_view",
+    "is_dicom_file",
+    "iter_dicom_files",
+    "malignancy_from_birads",
+    "print_summary",
+    "read_header",
+    "read_table",
+    "summarise_manifest",
+    "text_or_none",
+]
+
+log = logging.getLogger(__name__)
+
+#: Options every adapter accepts (besides its own).
+COMMON_OPTIONS: frozenset[str] = frozenset({"centre", "print_summary", "source", "summary_path"})
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+#: SNOMED CT (and legacy SRT) codes of ViewCodeSequence -> view name.
+VIEW_CODES: dict[str, str] = {
+    "399162004": "CC",
+    "R-10242": "CC",
+    "399368009": "MLO",
+    "R-10226": "MLO",
+    "399260004": "ML",
+    "R-10224": "ML",
+    "399352003": "LM",
+    "R-10228": "LM",
+    "399099002": "LMO",
+    "R-10230": "LMO",
+}
+_VIEW_MEANINGS = {"cranio-caudal": "CC", "medio-lateral oblique": "MLO", "medio-lateral": "ML"}
+
+#: Uncertainty of a malignancy label derived from a BI-RADS assessment category (no biopsy).
+#: Categories 1-2 (negative / benign) are near certain; 3 (probably benign, <= 2 % malignant
+#: per the ACR BI-RADS Atlas 5th ed.) gets 0.02; 4a/4b/4c (2-10 %, 10-50 %, 50-95 %) follow
+#: the literature in being called malignant, with the doubt expressed as 0.5 / 0.3 / 0.1
+#: (0.3 for an undivided 4); 5 (>= 95 %) 0.05; 6 (biopsy-proven) 0. Override per dataset with
+#: the adapter option ``malignancy_uncertainty``.
+BIRADS_MALIGNANCY_UNCERTAINTY: dict[str, float] = {
+    "1": 0.0,
+    "2": 0.0,
+    "3": 0.02,
+    "4": 0.3,
+    "4a": 0.5,
+    "4b": 0.3,
+    "4c": 0.1,
+    "5": 0.05,
+    "6": 0.0,
+}
+
+
+def check_options(options: Mapping[str, Any], allowed: Iterable[str], dataset: str) -> None:
+    """Raise ConfigError if ``options`` has a key the adapter does not know."""
+    valid = set(allowed) | COMMON_OPTIONS
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ConfigError(
+            f"{dataset} adapter: unknown option(s) {', '.join(map(repr, unknown))} in "
+            f"data.options; valid options: {', '.join(sorted(valid))}"
+        )
+
+
+def read_table(
+    path: Path,
+    *,
+    dataset: str,
+    expected: Iterable[str],
+    layout: str,
+    sep: str = ",",
+) -> pd.DataFrame:
+    """Read a CSV/XLSX as strings, checking the file exists and has the ``expected`` columns."""
+    expected = list(expected)
+    if not path.is_file():
+        raise DataError(f"{dataset}: {path} not found; expected layout: {layout}")
+    try:
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            try:
+                import openpyxl  # noqa: F401
+            except ImportError:
+                raise DataError(
+                    f"{dataset}: reading {path} needs openpyxl; fix: pip install "
+                    '"fedmammo[xlsx]" (or give a CSV export with option clinical_csv)'
+                ) from None
+            df = pd.read_excel(path, dtype=str)
+        else:
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{dataset}: {path} cannot be read as a table: {exc}") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    for col in expected:
+        if col not in df.columns:
+            raise DataError(
+                f"{dataset}: {path} lacks column {col!r}; expected columns: "
+                f"{', '.join(expected)}; expected layout: {layout}"
+            )
+    for col in df.columns:
+        df[col] = df[col].astype("string").str.strip().replace("", pd.NA)
+    return df
+
+
+def text_or_none(value: object) -> str | None:
+    """A stripped string, or None for NA / NaN / empty values."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def malignancy_from_birads(
+    category: object, *, birads3: str = "benign", uncertainty: Mapping[str, float] | None = None
+) -> tuple[int | None, float | None]:
+    """Map a BI-RADS assessment (1..6, 4a..4c) to (malignant, u_malignancy); None if unknown.
+
+    Rule (Tardy & Mateus 2022, Front. Radiol.): {1, 2} -> 0, {4, 5, 6} -> 1; category 3 is
+    benign (``birads3="benign"``, as they count INbreast) or left out (``"exclude"`` -> None).
+    """
+    cat = _birads_key(category)
+    if cat is None or cat == "0":
+        return None, None
+    if cat == "3" and birads3 == "exclude":
+        return None, None
+    table = {**BIRADS_MALIGNANCY_UNCERTAINTY, **{str(k): v for k, v in (uncertainty or {}).items()}}
+    label = 0 if cat in ("1", "2", "3") else 1
+    return label, float(table.get(cat, table.get(cat[0], 0.0)))
+
+
+def _birads_key(category: object) -> str | None:
+    if category is None or category is pd.NA:
+        return None
+    text = str(category).strip().lower().removeprefix("bi-rads").strip()
+    if not text or text in ("nan", "none", "<na>"):
+        return None
+    if text.endswith(".0"):
+        text = text[:-2]
+    return text if text in BIRADS_MALIGNANCY_UNCERTAINTY or text == "0" else None
+
+
+# --------------------------------------------------------------------------- DICOM headers
+def is_dicom_file(path: Path) -> bool:
+    """True if ``path`` has a DICOM suffix or the 'DICM' preamble marker."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def iter_dicom_files(root: Path) -> Iterator[Path]:
+    """Every DICOM file under ``root`` (sorted, hidden files skipped)."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and is_dicom_file(path):
+            yield path
+
+
+def read_header(path: Path) -> Any | None:
+    """Read a DICOM header without pixels; None if the file is missing or unreadable."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (OSError, InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
+        log.debug("cannot read DICOM header of %s: %s", path, exc)
+        return None
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    value = ds.get(keyword) if ds is not None else None
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def header_manufacturer(ds: Any, default: str = "unknown") -> str:
+    """The Manufacturer tag, or ``default`` when absent or empty."""
+    return _text(ds, "Manufacturer") or default
+
+
+def header_laterality(ds: Any) -> str | None:
+    """'L' / 'R' from ImageLaterality, else Laterality; None if neither says."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        text = (_text(ds, keyword) or "").upper()
+        if text in ("L", "R"):
+            return text
+    return None
+
+
+def header_view(ds: Any) -> str | None:
+    """The view from ViewPosition, else ViewCodeSequence (SNOMED codes); None if unknown."""
+    text = (_text(ds, "ViewPosition") or "").upper()
+    if text:
+        return text
+    for item in (ds.get("ViewCodeSequence") or []) if ds is not None else []:
+        code = str(item.get("CodeValue", "")).strip()
+        if code in VIEW_CODES:
+            return VIEW_CODES[code]
+        meaning = str(item.get("CodeMeaning", "")).strip().lower()
+        if meaning in _VIEW_MEANINGS:
+            return _VIEW_MEANINGS[meaning]
+    return None
+
+
+def header_pixel_spacing(ds: Any) -> float | None:
+    """Row spacing in mm from PixelSpacing, else ImagerPixelSpacing; None if absent."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword) if ds is not None else None
+        try:
+            spacing = float(value[0]) if value else None
+        except (TypeError, ValueError, IndexError):
+            spacing = None
+        if spacing and math.isfinite(spacing) and spacing > 0:
+            return spacing
+    return None
+
+
+def header_age(ds: Any) -> float | None:
+    """PatientAge ('057Y', '006M', '020W', '100D') in years; None if absent or malformed."""
+    text = (_text(ds, "PatientAge") or "").upper()
+    units = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}
+    if len(text) >= 2 and text[-1] in units and text[:-1].isdigit():
+        return int(text[:-1]) / units[text[-1]]
+    return float(text) if text.isdigit() else None
+
+
+# --------------------------------------------------------------------------- skips, finishing
+class SkipCounter:
+    """Counts images skipped for a reason, logging one warning per image."""
+
+    def __init__(self, dataset: str) -> None:
+        self.dataset = dataset
+        self.reasons: Counter[str] = Counter()
+
+    def skip(self, path: Path | str, reason: str) -> None:
+        """Record that ``path`` is skipped because of ``reason``."""
+        self.reasons[reason] += 1
+        log.warning("%s: skipping %s: %s", self.dataset, path, reason)
+
+    @property
+    def total(self) -> int:
+        return sum(self.reasons.values())
+
+
+def finish_manifest(
+    rows: list[dict[str, Any]],
+    *,
+    dataset: str,
+    fmt: str,
+    options: Mapping[str, Any],
+    skips: SkipCounter,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Turn adapter rows into the canonical manifest, with centre, source, segment and attrs."""
+    source = str(options.get("source") or dataset)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise DataError(
+            f"{dataset}: no readable image found ({skips.total} skipped: "
+            f"{dict(skips.reasons)}); check the data root and the expected layout"
+        )
+    df["centre"] = str(options.get("centre") or fmt)
+    df["source"] = source
+    df["manufacturer"] = df["manufacturer"].fillna("unknown").replace("", "unknown")
+    if "segment" not in df.columns:
+        df["segment"] = [make_segment(source, m) for m in df["manufacturer"]]
+    df = normalise_manifest(df, where=f"{dataset} manifest")
+    dup = df["image_id"][df["image_id"].duplicated()]
+    if len(dup):
+        raise DataError(f"{dataset}: image_id {dup.iloc[0]!r} appears twice in the manifest")
+    df.attrs["skipped"] = skips.total
+    df.attrs["skip_reasons"] = dict(skips.reasons)
+    df.attrs.update(extra_attrs or {})
+    summary = summarise_manifest(df)
+    df.attrs["summary"] = summary
+    available = ", ".join(f"{t} {v['fraction']:.0%}" for t, v in summary["labels"].items())
+    log.info(
+        "%s: %d images of %d patients in %d segments, %d skipped; labels: %s",
+        dataset,
+        len(df),
+        summary["patients"],
+        len(summary["segments"]),
+        skips.total,
+        available,
+    )
+    if options.get("print_summary"):
+        print_summary(summary, title=f"{dataset} ({df['centre'].iloc[0]})")
+    if options.get("summary_path"):
+        out = Path(str(options["summary_path"]))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2))
+    return df
+
+
+_LABEL_COLUMNS = {"malignancy": "malignant", "acr": "acr", "density": "density", "view": "view"}
+
+
+def summarise_manifest(df: pd.DataFrame) -> dict[str, Any]:
+    """Images, patients, per-segment counts, label availability and skips of a manifest."""
+    labels: dict[str, Any] = {}
+    for task in LABEL_TASKS:
+        col = df[_LABEL_COLUMNS[task]]
+        counts = col.dropna().astype(str).value_counts().sort_index()
+        labels[task] = {
+            "available": int(col.notna().sum()),
+            "fraction": round(float(col.notna().mean()), 4) if len(df) else 0.0,
+            "counts": {k: int(v) for k, v in counts.items()},
+        }
+    segments = df["segment"].astype(str).value_counts().sort_index()
+    return {
+        "images": int(len(df)),
+        "patients": int(df["patient_id"].nunique()),
+        "segments": {k: int(v) for k, v in segments.items()},
+        "labels": labels,
+        "with_lesion_boxes": int(df["lesions"].fillna("[]").ne("[]").sum()),
+        "splits": {k: int(v) for k, v in df["split"].fillna("none").value_counts().items()},
+        "skipped": int(df.attrs.get("skipped", 0)),
+        "skip_reasons": dict(df.attrs.get("skip_reasons", {})),
+    }
+
+
+def print_summary(
+    summary: Mapping[str, Any], *, title: str = "dataset", console: Any = None
+) -> None:
+    """Print a summary from summarise_manifest as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(
+        f"[bold]{title}[/bold]: {summary['images']} images, {summary['patients']} "
+        f"patients, {summary['skipped']} skipped {summary['skip_reasons'] or ''}"
+    )
+    head = Table(title="segments")
+    head.add_column("segment")
+    head.add_column("images", justify="right")
+    for seg, n in summary["segments"].items():
+        head.add_row(seg, str(n))
+    console.print(head)
+    labels = Table(title="label availability")
+    for col in ("task", "available", "fraction", "counts"):
+        labels.add_column(col)
+    for task, info in summary["labels"].items():
+        counts = ", ".join(f"{k}: {v}" for k, v in info["counts"].items())
+        labels.add_row(task, str(info["available"]), f"{info['fraction']:.0%}", counts)
+    console.print(labels)

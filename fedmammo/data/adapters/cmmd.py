@@ -1,0 +1,116 @@
+"""CMMD adapter: the clinical-data spreadsheet plus DICOMs in one folder per patient."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmammo.data.adapters._common import (
+    SkipCounter,
+    check_options,
+    finish_manifest,
+    header_age,
+    header_laterality,
+    header_manufacturer,
+    header_pixel_spacing,
+    header_view,
+    iter_dicom_files,
+    read_header,
+    read_table,
+    text_or_none,
+)
+from fedmammo.errors import DataError
+
+__all__ = ["COLUMNS", "load"]
+
+DATASET = "CMMD"
+COLUMNS = ["ID1", "LeftRight", "Age", "number", "abnormality", "classification", "subtype"]
+CLINICAL_XLSX = "CMMD_clinicaldata_revision.xlsx"
+LAYOUT = (
+    f"ROOT/{CLINICAL_XLSX} (columns " + ", ".join(COLUMNS) + "; or a CSV export given as option "
+    "clinical_csv) and DICOMs per patient folder, e.g. ROOT/CMMD/D1-0001/<study>/<series>/1-1.dcm"
+)
+_PATIENT = re.compile(r"^D\d-\d{4}$")
+_CLASSES = {"malignant": 1, "benign": 0}
+OPTIONS = ("clinical_csv", "clinical_xlsx")
+
+
+def load(root: Path, **options: Any) -> pd.DataFrame:
+    """Read a CMMD download into the canonical manifest.
+
+    Labels are per breast (ID1 + LeftRight, biopsy-confirmed: u = 0); images of a breast
+    absent from the clinical table (the contralateral breast) get NA. Laterality from
+    ImageLaterality, view from ViewCodeSequence, manufacturer from the headers.
+    """
+    check_options(options, OPTIONS, DATASET)
+    root = Path(root)
+    clinical = _clinical(root, options)
+    labels: dict[tuple[str, str], int | None] = {}
+    ages: dict[str, float] = {}
+    for rec in clinical.to_dict("records"):
+        pid, side = text_or_none(rec["ID1"]), (text_or_none(rec["LeftRight"]) or "").upper()
+        if not pid:
+            continue
+        labels[(pid, side)] = _CLASSES.get((text_or_none(rec["classification"]) or "").lower())
+        age = text_or_none(rec["Age"])
+        if age:
+            ages[pid] = float(age)
+    skips = SkipCounter(DATASET)
+    rows = []
+    for path in iter_dicom_files(root):
+        ds = read_header(path)
+        if ds is None:
+            skips.skip(path, "unreadable DICOM header")
+            continue
+        pid = text_or_none(ds.get("PatientID")) or next(
+            (p for p in reversed(path.parts) if _PATIENT.match(p)), None
+        )
+        if pid is None:
+            skips.skip(path, "no PatientID in header or CMMD patient folder (D1-0001) in path")
+            continue
+        laterality = header_laterality(ds)
+        view = header_view(ds)
+        malignant = labels.get((pid, laterality or ""))
+        rows.append(
+            {
+                "image_id": text_or_none(ds.get("SOPInstanceUID")) or str(path.relative_to(root)),
+                "patient_id": pid,
+                "study_id": text_or_none(ds.get("StudyInstanceUID")) or pid,
+                "manufacturer": header_manufacturer(ds),
+                "laterality": laterality,
+                "view": view,
+                "path": os.path.abspath(path),
+                "malignant": malignant,
+                "age": ages.get(pid, header_age(ds)),
+                "u_malignancy": 0.0 if malignant is not None else None,
+                "u_view": 0.0 if view else None,
+                "pixel_spacing": header_pixel_spacing(ds),
+                "split": None,
+            }
+        )
+    unmatched = sorted({pid for pid, _ in labels} - {r["patient_id"] for r in rows})
+    return finish_manifest(
+        rows,
+        dataset=DATASET,
+        fmt="cmmd",
+        options=options,
+        skips=skips,
+        extra_attrs={"clinical_without_images": len(unmatched)},
+    )
+
+
+def _clinical(root: Path, options: dict[str, Any]) -> pd.DataFrame:
+    if options.get("clinical_csv"):
+        path = Path(options["clinical_csv"])
+    else:
+        path = Path(options.get("clinical_xlsx") or root / CLINICAL_XLSX)
+        csv = path.with_suffix(".csv")
+        if not path.is_file() and csv.is_file():
+            path = csv
+    if not path.is_file():
+        raise DataError(f"{DATASET}: {path} not found; expected layout: {LAYOUT}")
+    return read_table(path, dataset=DATASET, expected=COLUMNS, layout=LAYOUT)

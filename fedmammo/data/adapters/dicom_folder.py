@@ -1,0 +1,143 @@
+"""Any folder of mammography DICOMs: everything from headers, labels from an optional CSV."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmammo.data.adapters._common import (
+    SkipCounter,
+    check_options,
+    finish_manifest,
+    header_age,
+    header_laterality,
+    header_manufacturer,
+    header_pixel_spacing,
+    header_view,
+    iter_dicom_files,
+    read_header,
+    read_table,
+    text_or_none,
+)
+from fedmammo.errors import DataError
+
+__all__ = ["KEY_COLUMNS", "LABEL_COLUMNS", "load"]
+
+DATASET = "dicom-folder"
+#: Columns a labels CSV may key its rows by (the first present is used).
+KEY_COLUMNS = ("SOPInstanceUID", "sop_instance_uid", "image_id", "file_name", "filename", "file")
+#: Optional label columns of a labels CSV.
+LABEL_COLUMNS = ("malignant", "acr", "density", "u_malignancy", "u_acr", "u_density", "split")
+LAYOUT = (
+    "any tree of mammography DICOMs under ROOT (*.dcm, *.dicom or files with the DICM "
+    "preamble); optional labels CSV with a key column (one of " + ", ".join(KEY_COLUMNS) + ") "
+    "and any of " + ", ".join(LABEL_COLUMNS)
+)
+OPTIONS = ("labels_csv", "modalities")
+
+
+def load(root: Path, **options: Any) -> pd.DataFrame:
+    """Read every mammography DICOM under ``root`` into the canonical manifest.
+
+    Files whose Modality is not in ``modalities`` (default ``["MG"]``; a missing Modality
+    tag is accepted) are skipped and counted. Option ``labels_csv`` adds labels by
+    SOPInstanceUID or file name (name relative to ``root`` or bare).
+    """
+    check_options(options, OPTIONS, DATASET)
+    root = Path(root)
+    labels = _labels(Path(options["labels_csv"])) if options.get("labels_csv") else {}
+    modalities = {str(m).upper() for m in options.get("modalities") or ["MG"]}
+    skips = SkipCounter(DATASET)
+    rows, used = [], set()
+    for path in iter_dicom_files(root):
+        ds = read_header(path)
+        if ds is None:
+            skips.skip(path, "unreadable DICOM header")
+            continue
+        modality = (text_or_none(ds.get("Modality")) or "").upper()
+        if modality and modality not in modalities:
+            skips.skip(path, f"modality {modality} is not {'/'.join(sorted(modalities))}")
+            continue
+        sop = text_or_none(ds.get("SOPInstanceUID"))
+        rel = path.relative_to(root).as_posix()
+        key = next((k for k in (sop, rel, path.name) if k and k in labels), None)
+        used.add(key)
+        lab = labels.get(key, {}) if key else {}
+        view = header_view(ds)
+        study = text_or_none(ds.get("StudyInstanceUID"))
+        row = {
+            "image_id": sop or rel,
+            "patient_id": text_or_none(ds.get("PatientID")) or study or sop or rel,
+            "study_id": study,
+            "manufacturer": header_manufacturer(ds),
+            "laterality": header_laterality(ds),
+            "view": view,
+            "path": os.path.abspath(path),
+            "age": header_age(ds),
+            "u_view": 0.0 if view else None,
+            "pixel_spacing": header_pixel_spacing(ds),
+            "split": None,
+        }
+        for task, col in (("malignancy", "malignant"), ("acr", "acr"), ("density", "density")):
+            row[col] = lab.get(col)
+            row[f"u_{task}"] = lab.get(f"u_{task}", 0.0 if lab.get(col) is not None else None)
+        if lab.get("split"):
+            row["split"] = lab["split"]
+        rows.append(row)
+    return finish_manifest(
+        rows,
+        dataset=DATASET,
+        fmt="dicom-folder",
+        options=options,
+        skips=skips,
+        extra_attrs={"labels_unmatched": len(set(labels) - used)},
+    )
+
+
+def _labels(path: Path) -> dict[str, dict[str, Any]]:
+    """Labels CSV -> {key: {column: value}} with values checked and converted."""
+    table = read_table(path, dataset=DATASET, expected=[], layout=LAYOUT)
+    key_col = next((c for c in KEY_COLUMNS if c in table.columns), None)
+    if key_col is None:
+        raise DataError(
+            f"{DATASET}: {path} lacks a key column; expected one of {', '.join(KEY_COLUMNS)} "
+            f"and any of {', '.join(LABEL_COLUMNS)}"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for i, rec in enumerate(table.to_dict("records")):
+        key = text_or_none(rec[key_col])
+        if key is None:
+            continue
+        values: dict[str, Any] = {}
+        for col in LABEL_COLUMNS:
+            text = text_or_none(rec.get(col))
+            if text is not None:
+                values[col] = _convert(col, text, path, i + 2)
+        out[key] = values
+    return out
+
+
+_RANGES = {"malignant": (0, 1), "acr": (1, 6), "density": (1, 4)}
+
+
+def _convert(col: str, text: str, path: Path, line: int) -> Any:
+    if col == "split":
+        if text not in ("train", "val", "test"):
+            raise DataError(f"{DATASET}: {path} line {line}: split {text!r} not train/val/test")
+        return text
+    if col == "density" and text.upper() in ("A", "B", "C", "D"):
+        return "ABCD".index(text.upper()) + 1
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    lo, hi = _RANGES.get(col, (0, 1))
+    if not lo <= number <= hi or (col in _RANGES and number != int(number)):
+        raise DataError(
+            f"{DATASET}: {path} line {line}: column {col!r} value {text!r} is not in "
+            f"{lo}..{hi}{' (or A..D)' if col == 'density' else ''}"
+        )
+    return int(number) if col in _RANGES else number

@@ -1,0 +1,189 @@
+"""VinDr-Mammo adapter: breast-level and finding annotations plus images/<study>/<image>.dicom."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmammo.data.adapters._common import (
+    SkipCounter,
+    check_options,
+    finish_manifest,
+    header_age,
+    header_manufacturer,
+    header_pixel_spacing,
+    malignancy_from_birads,
+    read_header,
+    read_table,
+    text_or_none,
+)
+from fedmammo.data.manifest import encode_lesions
+
+__all__ = ["BREAST_COLUMNS", "FINDING_COLUMNS", "load"]
+
+log = logging.getLogger(__name__)
+
+DATASET = "VinDr-Mammo"
+BREAST_COLUMNS = [
+    "study_id",
+    "series_id",
+    "image_id",
+    "laterality",
+    "view_position",
+    "height",
+    "width",
+    "breast_birads",
+    "breast_density",
+    "split",
+]
+FINDING_COLUMNS = [
+    *BREAST_COLUMNS[:9],
+    "finding_categories",
+    "finding_birads",
+    "xmin",
+    "ymin",
+    "xmax",
+    "ymax",
+    "split",
+]
+LAYOUT = (
+    "ROOT/breast-level_annotations.csv (" + ", ".join(BREAST_COLUMNS) + "), "
+    "ROOT/finding_annotations.csv (" + ", ".join(FINDING_COLUMNS) + ") and "
+    "ROOT/images/<study_id>/<image_id>.dicom"
+)
+_SPLITS = {"training": "train", "train": "train", "test": "test"}
+OPTIONS = ("birads3", "malignancy_uncertainty")
+
+
+def load(root: Path, **options: Any) -> pd.DataFrame:
+    """Read a VinDr-Mammo download into the canonical manifest.
+
+    No biopsy results are published: malignancy is derived from breast_birads as Tardy &
+    Mateus (2022) do for screening labels without histology: 1-2 -> 0, 4-5 -> 1, 3 -> NA
+    (option ``birads3: benign`` keeps 3 as 0), with u_malignancy from
+    ``_common.BIRADS_MALIGNANCY_UNCERTAINTY`` (option ``malignancy_uncertainty``).
+    """
+    check_options(options, OPTIONS, DATASET)
+    root = Path(root)
+    breasts = read_table(
+        root / "breast-level_annotations.csv",
+        dataset=DATASET,
+        expected=BREAST_COLUMNS,
+        layout=LAYOUT,
+    )
+    findings_path = root / "finding_annotations.csv"
+    findings: dict[str, list[dict]] | None = None
+    if findings_path.is_file():
+        table = read_table(findings_path, dataset=DATASET, expected=FINDING_COLUMNS, layout=LAYOUT)
+        findings = _findings(table, options)
+    else:
+        log.warning("%s: %s not found; lesion boxes NA", DATASET, findings_path)
+    skips = SkipCounter(DATASET)
+    rows = []
+    for rec in breasts.to_dict("records"):
+        study, image = text_or_none(rec["study_id"]), text_or_none(rec["image_id"])
+        if not study or not image:
+            continue
+        path = root / "images" / study / f"{image}.dicom"
+        if not path.is_file():
+            skips.skip(path, "image file not found")
+            continue
+        ds = read_header(path)
+        if ds is None:
+            skips.skip(path, "unreadable DICOM header")
+            continue
+        birads = (text_or_none(rec["breast_birads"]) or "").upper().removeprefix("BI-RADS").strip()
+        malignant, u_mal = malignancy_from_birads(
+            birads,
+            birads3=str(options.get("birads3", "exclude")),
+            uncertainty=options.get("malignancy_uncertainty"),
+        )
+        acr = int(birads) if birads.isdigit() and 1 <= int(birads) <= 6 else None
+        letter = (text_or_none(rec["breast_density"]) or "").upper().removeprefix("DENSITY").strip()
+        density = "ABCD".index(letter) + 1 if letter in ("A", "B", "C", "D") else None
+        view = (text_or_none(rec["view_position"]) or "").upper() or None
+        lesions = None if findings is None else encode_lesions(findings.get(image, []))
+        rows.append(
+            {
+                "image_id": image,
+                "patient_id": study,  # the CSVs identify studies only; a study stands for a patient
+                "study_id": study,
+                "manufacturer": header_manufacturer(ds),
+                "laterality": (text_or_none(rec["laterality"]) or "").upper() or None,
+                "view": view,
+                "path": os.path.abspath(path),
+                "malignant": malignant,
+                "acr": acr,
+                "density": density,
+                "age": header_age(ds),
+                "u_malignancy": u_mal,
+                "u_acr": 0.0 if acr is not None else None,
+                "u_density": 0.0 if density is not None else None,
+                "u_view": 0.0 if view else None,
+                "pixel_spacing": header_pixel_spacing(ds),
+                "lesions": lesions,
+                "split": _SPLITS.get((text_or_none(rec["split"]) or "").lower()),
+            }
+        )
+    return finish_manifest(rows, dataset=DATASET, fmt="vindr-mammo", options=options, skips=skips)
+
+
+def _findings(table: pd.DataFrame, options: dict[str, Any]) -> dict[str, list[dict]]:
+    """image_id -> lesion records (boxes in stored-image pixels), 'No Finding' rows dropped."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for rec in table.to_dict("records"):
+        categories = _categories(text_or_none(rec["finding_categories"]))
+        coords = [_float(rec[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
+        if not categories or categories == ["No Finding"] or any(c is None for c in coords):
+            continue
+        x0, y0, x1, y1 = coords
+        birads = (text_or_none(rec["finding_birads"]) or "").upper().removeprefix("BI-RADS")
+        malignant, _ = malignancy_from_birads(birads.strip(), birads3="benign")
+        out[str(rec["image_id"])].append(
+            {
+                "kind": _kind(categories[0]),
+                "shape": ", ".join(categories[1:]),
+                "malignant": None if malignant is None else bool(malignant),
+                "box": [math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)],
+            }
+        )
+    return out
+
+
+def _categories(text: str | None) -> list[str]:
+    if not text:
+        return []
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = [text]
+    return [str(v).strip() for v in (value if isinstance(value, list | tuple) else [value])]
+
+
+def _float(value: object) -> float | None:
+    text = text_or_none(value)
+    try:
+        number = float(text) if text else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _kind(category: str) -> str:
+    low = category.lower()
+    if low == "mass":
+        return "mass"
+    if "calcification" in low:
+        return "calcification"
+    if "distortion" in low:
+        return "distortion"
+    if "asymmetry" in low:
+        return "asymmetry"
+    return low.replace(" ", "_")

@@ -1,0 +1,305 @@
+"""A centre's pre-processed images: one uint16 memory-mapped array plus an index by image_id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedmammo.data.dicom import DEFAULT_SIZE, READER_VERSION, Geometry, load_mammogram
+from fedmammo.data.manifest import decode_lesions, normalise_manifest, read_manifest, write_manifest
+from fedmammo.errors import DataError
+
+__all__ = ["CACHE_FORMAT", "CachedImageDataset", "ImageCache"]
+
+logger = logging.getLogger(__name__)
+
+#: Bumped when the on-disk layout changes (invalidates caches, like READER_VERSION).
+CACHE_FORMAT = "1"
+_SCALE = 65535.0
+_IMAGES, _INDEX, _MANIFEST, _FINGERPRINT = "images.npy", "index.json", "manifest.csv", "fp.json"
+
+
+def _fingerprint(manifest: pd.DataFrame, size: tuple[int, int]) -> str:
+    """Hash what the cached pixels and boxes depend on: files (size, mtime), boxes, settings."""
+    digest = hashlib.sha256()
+    settings = {"reader": READER_VERSION, "format": CACHE_FORMAT, "size": list(size)}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    lesions = manifest["lesions"] if "lesions" in manifest else [None] * len(manifest)
+    rows = sorted(
+        (str(i), str(p), "" if pd.isna(les) else str(les))
+        for i, p, les in zip(manifest["image_id"], manifest["path"], lesions)
+    )
+    for image_id, path, les in rows:
+        try:
+            st = os.stat(path)
+            stat: list[int] | None = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            stat = None
+        digest.update(json.dumps([image_id, path, stat, les]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in ("image_id", "path") if c not in manifest.columns]
+    if missing:
+        raise DataError(f"manifest lacks column(s) {missing}; the cache needs image_id and path")
+    if manifest.empty:
+        raise DataError("manifest is empty: nothing to cache")
+    dup = manifest["image_id"][manifest["image_id"].duplicated()]
+    if len(dup):
+        raise DataError(f"manifest has duplicate image_id values, e.g. {dup.iloc[0]!r}")
+    return normalise_manifest(manifest, where="manifest given to ImageCache.build")
+
+
+def _load(path: str, size: tuple[int, int]) -> tuple[np.ndarray, Geometry] | str:
+    try:
+        return load_mammogram(path, size, return_geometry=True)
+    except DataError as exc:
+        return str(exc)
+
+
+class ImageCache:
+    """Pre-processed images of one centre, read from a cache directory (see build / open)."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        size: tuple[int, int],
+        manifest: pd.DataFrame,
+        records: list[dict[str, Any]],
+        skipped: list[tuple[str, str]],
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.size = size
+        self.manifest = manifest
+        self.skipped = skipped
+        self._records = records
+        self._row = {r["image_id"]: i for i, r in enumerate(records)}
+        self._array: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        manifest: pd.DataFrame,
+        cache_dir: str | Path,
+        *,
+        size: tuple[int, int] = DEFAULT_SIZE,
+        progress: bool = False,
+        workers: int = 1,
+    ) -> ImageCache:
+        """Pre-process every image of ``manifest`` into ``cache_dir``, or reuse a matching cache.
+
+        Unreadable images are skipped with a warning and listed in ``skipped``; DataError only
+        when none can be read. The returned ``manifest`` holds the given rows that were cached.
+        """
+        manifest = _check_manifest(manifest)
+        size = (int(size[0]), int(size[1]))
+        cache_dir = Path(cache_dir)
+        fingerprint = _fingerprint(manifest, size)
+        fp_file = cache_dir / _FINGERPRINT
+        if fp_file.is_file() and json.loads(fp_file.read_text()).get("hash") == fingerprint:
+            cache = cls.open(cache_dir)
+            by_id = manifest.set_index(manifest["image_id"].astype(str), drop=False)
+            cache.manifest = by_id.loc[[r["image_id"] for r in cache._records]].reset_index(
+                drop=True
+            )
+            logger.info("%s: cache is up to date (%d images)", cache_dir, len(cache))
+            return cache
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fp_file.unlink(missing_ok=True)  # an interrupted build must not look valid
+        return cls._build(manifest, cache_dir, size, fingerprint, progress, workers)
+
+    @classmethod
+    def _build(
+        cls,
+        manifest: pd.DataFrame,
+        cache_dir: Path,
+        size: tuple[int, int],
+        fingerprint: str,
+        progress: bool,
+        workers: int,
+    ) -> ImageCache:
+        n = len(manifest)
+        tmp = cache_dir / f"{_IMAGES}.partial"
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(n, *size))
+        paths = [str(p) for p in manifest["path"]]
+        ids = [str(i) for i in manifest["image_id"]]
+        records: list[dict[str, Any]] = []
+        kept: list[int] = []
+        skipped: list[tuple[str, str]] = []
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            results: Iterable[Any] = pool.map(lambda p: _load(p, size), paths)
+            if progress:
+                from rich.progress import track
+
+                results = track(results, total=n, description=f"caching {cache_dir.name}")
+            for i, result in enumerate(results):
+                if isinstance(result, str):
+                    logger.warning("skipping image %s: %s", ids[i], result)
+                    skipped.append((ids[i], result))
+                    continue
+                img, geometry = result
+                array[len(kept)] = np.rint(img * _SCALE).astype(np.uint16)
+                lesions = decode_lesions(manifest["lesions"].iloc[i])
+                for lesion in lesions:
+                    if "box" in lesion:
+                        lesion["box"] = geometry.map_box(lesion["box"])
+                records.append(
+                    {"image_id": ids[i], "geometry": geometry.to_dict(), "lesions": lesions}
+                )
+                kept.append(i)
+        array.flush()
+        del array
+        if not kept:
+            tmp.unlink(missing_ok=True)
+            reasons = "; ".join(f"{i}: {r}" for i, r in skipped[:3])
+            raise DataError(f"{cache_dir}: none of the {n} images could be read ({reasons} ...)")
+        _finalise_array(tmp, cache_dir / _IMAGES, len(kept), size)
+        cached = manifest.iloc[kept].reset_index(drop=True)
+        write_manifest(cached, cache_dir / _MANIFEST)
+        index = {"size": list(size), "images": records, "skipped": [list(s) for s in skipped]}
+        (cache_dir / _INDEX).write_text(json.dumps(index))
+        (cache_dir / _FINGERPRINT).write_text(json.dumps({"hash": fingerprint}))
+        if skipped:
+            logger.warning("%s: cached %d images, skipped %d", cache_dir, len(kept), len(skipped))
+        else:
+            logger.info("%s: cached %d images", cache_dir, len(kept))
+        return cls(cache_dir, size=size, manifest=cached, records=records, skipped=skipped)
+
+    @classmethod
+    def open(cls, cache_dir: str | Path) -> ImageCache:
+        """Open a cache written by build."""
+        cache_dir = Path(cache_dir)
+        needed = [cache_dir / f for f in (_IMAGES, _INDEX, _MANIFEST, _FINGERPRINT)]
+        if not all(p.is_file() for p in needed):
+            raise DataError(
+                f"{cache_dir}: not a complete image cache (needs "
+                f"{', '.join(p.name for p in needed)}); build it with ImageCache.build"
+            )
+        index = json.loads((cache_dir / _INDEX).read_text())
+        return cls(
+            cache_dir,
+            size=(int(index["size"][0]), int(index["size"][1])),
+            manifest=read_manifest(cache_dir / _MANIFEST),
+            records=index["images"],
+            skipped=[(str(i), str(r)) for i, r in index["skipped"]],
+        )
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"ImageCache({str(self.cache_dir)!r}, n={len(self)}, size={self.size})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_array"] = None  # re-mapped in the receiving process, never pickled
+        return state
+
+    @property
+    def array(self) -> np.ndarray:
+        """The (N, H, W) uint16 memory map (value / 65535 = intensity in [0, 1])."""
+        if self._array is None:
+            self._array = np.load(self.cache_dir / _IMAGES, mmap_mode="r")
+        return self._array
+
+    def row(self, image_id: str) -> int:
+        """Return the array row of ``image_id``."""
+        try:
+            return self._row[str(image_id)]
+        except KeyError:
+            reason = dict(self.skipped).get(str(image_id))
+            why = f"it was skipped: {reason}" if reason else "it is not in the manifest"
+            msg = f"image_id {image_id!r} is not in the cache {self.cache_dir} ({why})"
+            raise KeyError(msg) from None
+
+    def rows(self, image_ids: Iterable[str]) -> np.ndarray:
+        """Return the array rows of ``image_ids`` (int64)."""
+        return np.array([self.row(i) for i in image_ids], dtype=np.int64)
+
+    def get(self, image_id: str) -> np.ndarray:
+        """Return one image as float32 (H, W) in [0, 1]."""
+        return self.array[self.row(image_id)].astype(np.float32) / np.float32(_SCALE)
+
+    def images(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Return the images at ``rows`` as float32 (n, H, W) in [0, 1]."""
+        return self.array[np.asarray(rows, dtype=np.int64)].astype(np.float32) / np.float32(_SCALE)
+
+    def geometry(self, image_id: str) -> Geometry:
+        """Return how ``image_id`` was mapped from its DICOM pixels to the cache."""
+        return Geometry.from_dict(self._records[self.row(image_id)]["geometry"])
+
+    def boxes(self, image_id: str) -> list[dict[str, Any]]:
+        """Return the lesion records of ``image_id`` with boxes in cache pixel coordinates."""
+        return json.loads(json.dumps(self._records[self.row(image_id)]["lesions"]))
+
+
+def _finalise_array(tmp: Path, final: Path, kept: int, size: tuple[int, int]) -> None:
+    """Move the partial array into place, dropping the unused rows of skipped images."""
+    src = np.load(tmp, mmap_mode="r")
+    if kept == src.shape[0]:
+        del src
+        os.replace(tmp, final)
+        return
+    partial = final.with_name(final.name + ".tmp")
+    dst = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint16, shape=(kept, *size))
+    for start in range(0, kept, 256):
+        dst[start : start + 256] = src[start : min(kept, start + 256)]
+    dst.flush()
+    del dst, src
+    os.replace(partial, final)
+    tmp.unlink(missing_ok=True)
+
+
+class CachedImageDataset(torch.utils.data.Dataset):
+    """Torch dataset over cache rows: (image 1xHxW float32 in [0, 1], label int64; -1 = none)."""
+
+    def __init__(
+        self,
+        cache: ImageCache,
+        rows: Sequence[int] | np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.rows = np.asarray(rows, dtype=np.int64)
+        if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= len(cache)):
+            raise DataError(f"rows must lie in [0, {len(cache)}) for {cache!r}")
+        if labels is None:
+            self.labels = np.full(len(self.rows), -1, dtype=np.int64)
+        else:
+            try:
+                self.labels = np.asarray(labels, dtype=np.int64)
+            except (TypeError, ValueError) as exc:
+                raise DataError(
+                    f"labels must be integers (drop rows with missing labels or fill them with -1):"
+                    f" {exc}"
+                ) from exc
+            if self.labels.shape != self.rows.shape:
+                raise DataError(f"got {len(self.labels)} labels for {len(self.rows)} rows")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self.cache.array[self.rows[i]].astype(np.float32) / np.float32(_SCALE)
+        x = torch.from_numpy(img)[None]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, torch.tensor(self.labels[i], dtype=torch.int64)

@@ -1,0 +1,322 @@
+"""Evaluation metrics of seed 000: bootstrap AUC, delta-AUC p-values, WLL and operating points."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from fedmammo.errors import DataError
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "bootstrap_auc",
+    "classification_metrics",
+    "delta_auc",
+    "is_significant_decrease",
+    "is_significant_increase",
+    "metrics_by_segment",
+    "operating_points",
+    "p_value_from_ci",
+    "weighted_log_loss",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Thresholds of the operating points marked on every ROC curve (seed 000, 3.1.2).
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+_Z95 = 1.96
+_CHUNK_ELEMENTS = 1 << 22  # bootstrap rows are processed in chunks of about 4M indices
+
+
+def _check(y: Any, score: Any, *, name: str = "score") -> tuple[np.ndarray, np.ndarray]:
+    y_arr = np.asarray(y)
+    s_arr = np.asarray(score, dtype=np.float64)
+    if y_arr.ndim != 1 or s_arr.ndim != 1 or y_arr.size != s_arr.size:
+        raise DataError(
+            f"y_true (shape {y_arr.shape}) and {name} (shape {s_arr.shape}) must be 1-D arrays "
+            "of the same length"
+        )
+    if y_arr.size == 0:
+        raise DataError("no samples to evaluate: y_true is empty")
+    try:
+        ok = (y_arr == 0) | (y_arr == 1)
+    except TypeError:
+        ok = np.zeros(y_arr.size, dtype=bool)
+    if not np.all(ok):
+        raise DataError(
+            "y_true must hold 0/1 labels only; drop samples with a missing label (NA) first"
+        )
+    if not np.all(np.isfinite(s_arr)):
+        raise DataError(f"{name} holds NaN or infinite values; check the model outputs")
+    return y_arr.astype(np.int8), s_arr
+
+
+def _two_classes(y: np.ndarray) -> bool:
+    return 0 < int(y.sum()) < y.size
+
+
+class _RankAuc:
+    """AUC of one score under many multisets of its samples (rank-based Mann-Whitney U)."""
+
+    def __init__(self, y: np.ndarray, score: np.ndarray) -> None:
+        order = np.argsort(score, kind="mergesort")
+        self.rank_of = np.empty_like(order)
+        self.rank_of[order] = np.arange(order.size)
+        self.pos = y[order].astype(np.float64)
+        sorted_score = score[order]
+        self.starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        """AUCs of the resamples ``idx[b]`` (index rows; NaN where a row has one class)."""
+        b, n = idx.shape
+        flat = (self.rank_of[idx] + (np.arange(b) * n)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        pos = counts * self.pos
+        neg = counts - pos
+        if self.starts.size < n:  # tied scores: pool each tie group
+            pos = np.add.reduceat(pos, self.starts, axis=1)
+            neg = np.add.reduceat(neg, self.starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg
+        num = np.sum(pos * (below + 0.5 * neg), axis=1)
+        den = pos.sum(axis=1) * neg.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _bootstrap_indices(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield row chunks of the resample indices ``default_rng(seed).integers(0, n, (b, n))``."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK_ELEMENTS // n)
+    for first in range(0, n_boot, rows):
+        yield rng.integers(0, n, size=(min(rows, n_boot - first), n))
+
+
+def _percentile_ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    valid = values[np.isfinite(values)]
+    if valid.size < values.size:
+        logger.debug("bootstrap: skipped %d one-class resamples", values.size - valid.size)
+    if valid.size == 0:
+        return math.nan, math.nan
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(valid, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _check_boot(n_boot: int, confidence: float) -> None:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
+        raise DataError(f"n_boot must be an integer >= 0 (0: no CI), got {n_boot!r}")
+    if not 0.0 < confidence < 1.0:
+        raise DataError(f"confidence must be in (0, 1), got {confidence!r}")
+
+
+def bootstrap_auc(
+    y_true: Any, y_score: Any, n_boot: int = 2000, seed: int = 0, *, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Return (AUC, CI low, CI high): full-set AUC and an Efron percentile bootstrap CI.
+
+    Resamples draw ``n`` indices with replacement (``default_rng(seed).integers``, row
+    chunks); resamples with a single class are skipped. ``n_boot=0`` skips the bootstrap (CI
+    NaN). All NaN if ``y_true`` has one class.
+    """
+    y, score = _check(y_true, y_score)
+    _check_boot(n_boot, confidence)
+    if not _two_classes(y):
+        return math.nan, math.nan, math.nan
+    auc = float(roc_auc_score(y, score))
+    if n_boot == 0:
+        return auc, math.nan, math.nan
+    ranker = _RankAuc(y, score)
+    boots = np.concatenate([ranker(c) for c in _bootstrap_indices(y.size, n_boot, seed)])
+    low, high = _percentile_ci(boots, confidence)
+    return auc, low, high
+
+
+def p_value_from_ci(estimate: float, ci_low: float, ci_high: float) -> float:
+    """Return the two-sided p-value of an estimate from its 95% CI (Altman & Bland, 2011).
+
+    ``SE = (high - low) / (2 * 1.96)``, ``z = |estimate| / SE``,
+    ``p = exp(-0.717 z - 0.416 z**2)`` (BMJ 2011;343:d2090). A zero-width CI gives p = 1 for
+    a zero estimate and p = 0 otherwise; NaN bounds give NaN.
+    """
+    if not all(math.isfinite(v) for v in (estimate, ci_low, ci_high)):
+        return math.nan
+    se = (ci_high - ci_low) / (2.0 * _Z95)
+    if se <= 0.0:
+        return 1.0 if estimate == 0.0 else 0.0
+    z = abs(estimate) / se
+    return float(math.exp(-0.717 * z - 0.416 * z * z))
+
+
+def delta_auc(
+    y_true: Any,
+    score_baseline: Any,
+    score_method: Any,
+    n_boot: int = 2000,
+    seed: int = 0,
+    *,
+    confidence: float = 0.95,
+) -> tuple[float, float, float, float]:
+    """Return (delta, CI low, CI high, p): AUC(method) - AUC(baseline) on the same samples.
+
+    The CI is the percentile CI of the paired bootstrap (both scores on the same resamples,
+    same draws as :func:`bootstrap_auc`); ``p`` comes from that CI by Altman & Bland (2011),
+    see :func:`p_value_from_ci`. ``n_boot=0``: CI and p NaN. All NaN if ``y_true`` has one
+    class.
+    """
+    y, base = _check(y_true, score_baseline, name="score_baseline")
+    _, method = _check(y_true, score_method, name="score_method")
+    _check_boot(n_boot, confidence)
+    if not _two_classes(y):
+        return math.nan, math.nan, math.nan, math.nan
+    delta = float(roc_auc_score(y, method) - roc_auc_score(y, base))
+    if n_boot == 0:
+        return delta, math.nan, math.nan, math.nan
+    rank_base, rank_method = _RankAuc(y, base), _RankAuc(y, method)
+    diffs = np.concatenate(
+        [rank_method(c) - rank_base(c) for c in _bootstrap_indices(y.size, n_boot, seed)]
+    )
+    low, high = _percentile_ci(diffs, confidence)
+    return delta, low, high, p_value_from_ci(delta, low, high)
+
+
+def is_significant_increase(ci_low: float, p_value: float, *, alpha: float = 0.05) -> bool:
+    """Return whether a delta-AUC is a significant increase (CI low > 0 and p < alpha)."""
+    return bool(ci_low > 0.0 and p_value < alpha)
+
+
+def is_significant_decrease(ci_high: float, p_value: float, *, alpha: float = 0.05) -> bool:
+    """Return whether a delta-AUC is a significant decrease (CI high < 0 and p < alpha)."""
+    return bool(ci_high < 0.0 and p_value < alpha)
+
+
+def weighted_log_loss(y_true: Any, y_prob: Any, *, eps: float = 1e-7) -> float:
+    """Return the WLL per image: log loss with balanced class weights ``n / (2 n_c)``.
+
+    Weights are estimated on the evaluated set itself, so the result is the mean of the
+    per-class mean losses (the plain log loss if a single class is present). Probabilities are
+    clipped to ``[eps, 1 - eps]``.
+    """
+    y, p = _check(y_true, y_prob, name="y_prob")
+    if p.min() < 0.0 or p.max() > 1.0:
+        raise DataError("y_prob must be probabilities in [0, 1]; apply a sigmoid to logits")
+    p = np.clip(p, eps, 1.0 - eps)
+    losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    n_pos = int(y.sum())
+    counts = np.where(y == 1, n_pos, y.size - n_pos)
+    weights = y.size / (2.0 * counts)
+    return float(np.sum(weights * losses) / np.sum(weights))
+
+
+def operating_points(
+    y_true: Any, y_score: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> list[dict[str, float]]:
+    """Return the ROC operating point (``score >= threshold`` is positive) at each threshold.
+
+    Each record has threshold, tpr, fpr, sensitivity (= tpr) and specificity (= 1 - fpr);
+    tpr (fpr) is NaN without positives (negatives).
+    """
+    y, score = _check(y_true, y_score)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    points = []
+    for t in thresholds:
+        predicted = score >= float(t)
+        tpr = float(np.sum(predicted & (y == 1)) / n_pos) if n_pos else math.nan
+        fpr = float(np.sum(predicted & (y == 0)) / n_neg) if n_neg else math.nan
+        points.append(
+            {
+                "threshold": float(t),
+                "tpr": tpr,
+                "fpr": fpr,
+                "sensitivity": tpr,
+                "specificity": 1.0 - fpr,
+            }
+        )
+    return points
+
+
+def classification_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[str, float]:
+    """Return accuracy, f1, auroc, auprc, wll, n and n_pos (NaN where undefined, no error).
+
+    ``y_score`` is the probability of label 1; predictions are ``y_score >= threshold``.
+    auroc, auprc and f1 are NaN when the positive class (for f1) or either class is absent.
+    """
+    y, score = _check(y_true, y_score)
+    predicted = (score >= threshold).astype(np.int8)
+    n_pos = int(y.sum())
+    tp = int(np.sum((predicted == 1) & (y == 1)))
+    fp = int(np.sum((predicted == 1) & (y == 0)))
+    fn = n_pos - tp
+    both = _two_classes(y)
+    return {
+        "accuracy": float(np.mean(predicted == y)),
+        "f1": 2.0 * tp / (2 * tp + fp + fn) if n_pos else math.nan,
+        "auroc": float(roc_auc_score(y, score)) if both else math.nan,
+        "auprc": float(average_precision_score(y, score)) if both else math.nan,
+        "wll": weighted_log_loss(y, score),
+        "n": float(y.size),
+        "n_pos": float(n_pos),
+    }
+
+
+def _scope_records(
+    segment: str | None,
+    y: np.ndarray,
+    score: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+    threshold: float,
+    thresholds: Sequence[float],
+) -> list[dict[str, Any]]:
+    auc, low, high = bootstrap_auc(y, score, n_boot=n_boot, seed=seed)
+    if n_boot == 0:
+        low = high = None
+    records = [{"segment": segment, "metric": "auc", "value": auc, "ci_low": low, "ci_high": high}]
+    values = classification_metrics(y, score, threshold=threshold)
+    del values["auroc"]  # reported above with its CI
+    for point in operating_points(y, score, thresholds):
+        values[f"tpr@{point['threshold']:g}"] = point["tpr"]
+        values[f"fpr@{point['threshold']:g}"] = point["fpr"]
+    for metric, value in values.items():
+        records.append(
+            {"segment": segment, "metric": metric, "value": value, "ci_low": None, "ci_high": None}
+        )
+    return records
+
+
+def metrics_by_segment(
+    y_true: Any,
+    y_score: Any,
+    segments: Sequence[Hashable],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    threshold: float = 0.5,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> list[dict[str, Any]]:
+    """Return metric records globally (segment None) and per segment (as text, sorted).
+
+    Records are ``{"segment", "metric", "value", "ci_low", "ci_high"}``: ``auc`` with its
+    bootstrap CI (None when ``n_boot=0``), then accuracy, f1, auprc, wll, n, n_pos and
+    ``tpr@t`` / ``fpr@t`` at the operating thresholds (CI None).
+    """
+    y, score = _check(y_true, y_score)
+    keys = np.asarray(segments, dtype=object)
+    if keys.shape != y.shape:
+        raise DataError(f"segments has shape {keys.shape}; expected one key per sample {y.shape}")
+    if pd.isna(keys).any():
+        raise DataError("segments holds missing keys; fill the manifest's segment column")
+    text = np.array([str(k) for k in keys], dtype=object)
+    options = {"n_boot": n_boot, "seed": seed, "threshold": threshold, "thresholds": thresholds}
+    records = _scope_records(None, y, score, **options)
+    for segment in sorted(set(text)):
+        mask = text == segment
+        records.extend(_scope_records(segment, y[mask], score[mask], **options))
+    return records

@@ -1,0 +1,34 @@
+"""ClientApp handlers, one module per method, registered by message type.
+
+A handler is ``fn(msg, context) -> Message``; it unpacks the message, calls ``training/``,
+and packs the reply with :func:`fedmammo.federation.handlers.common.reply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["HANDLERS", "handler", "load_builtin_handlers"]
+
+#: (category, action) -> handler, e.g. ("train", "classifier").
+HANDLERS: dict[tuple[str, str], Callable] = {}
+
+
+def handler(category: str, action: str) -> Callable[[Callable], Callable]:
+    """Register a handler for message type ``<category>.<action>``."""
+    if category not in ("train", "evaluate", "query"):
+        raise ValueError(f"unknown message category {category!r}")
+
+    def deco(fn: Callable) -> Callable:
+        if (category, action) in HANDLERS:
+            raise ValueError(f"handler {category}.{action} registered twice")
+        HANDLERS[(category, action)] = fn
+        return fn
+
+    return deco
+
+
+def load_builtin_handlers() -> None:
+    """Import every handler module so that they register themselves."""
+    from fedmammo.federation.handlers import classifier  # noqa: F401
+    from fedmammo.federation.handlers import mtl  # noqa: F401

@@ -1,0 +1,77 @@
+"""Handlers of the classifier methods: identify, train.classifier, evaluate.classifier."""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
+
+from fedmammo.evaluation.metrics import metrics_by_segment
+from fedmammo.federation.centre_runtime import centre_data, device, identity_of
+from fedmammo.federation.codec import encode_metric_records, get_json, state_to_arrays
+from fedmammo.federation.handlers import handler
+from fedmammo.federation.handlers.common import model_from, reply, save_local_bn
+from fedmammo.recipes.common import LocalTrainingParams
+from fedmammo.training.classifier import predict_scores, train_classifier
+
+__all__ = ["evaluate", "identify", "train"]
+
+
+def _n(rows) -> int:
+    return int(sum(map(len, rows)) if isinstance(rows, list) else len(rows))
+
+
+@handler("query", "identify")
+def identify(msg: Message, context: Context) -> Message:
+    """Name, role and label counts per split and segment (counts only)."""
+    ident = identity_of(context)
+    data = centre_data(ident, msg.content["config"])
+    counts = data.counts() if hasattr(data, "counts") else {}
+    info = ConfigRecord({"centre": ident.name, "role": ident.role})
+    return reply(msg, context, {"info": info, "counts": MetricRecord(counts)})
+
+
+@handler("train", "classifier")
+def train(msg: Message, context: Context) -> Message:
+    """Train the received classifier on this centre's training split; return weights."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    local_bn = cfg.get("batchnorm", "local") == "local"
+    model = model_from(msg, context, keep_local_bn=local_bn)
+    data = centre_data(identity_of(context), cfg)
+    rows = data.rows("train")
+    params = LocalTrainingParams(**get_json(cfg, "train"))
+    result = train_classifier(
+        model, data.dataset(rows), data.labels(rows), data.segments(rows),
+        params=params, seed=int(cfg["seed"]), device=device(),
+    )
+    if local_bn:
+        save_local_bn(model, context, str(cfg["arm"]))
+    metrics = MetricRecord({
+        "num-examples": result.num_examples, "train-loss": result.loss, "steps": result.steps,
+        "compute-seconds": time.perf_counter() - start,
+    })
+    return reply(msg, context, {"arrays": state_to_arrays(model.state_dict()),
+                                "metrics": metrics}, model)
+
+
+@handler("evaluate", "classifier")
+def evaluate(msg: Message, context: Context) -> Message:
+    """Metrics of the received classifier on one split of this centre, global and per segment."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "local") == "local")
+    data = centre_data(identity_of(context), cfg)
+    rows = data.rows(str(cfg["split"]))
+    n = _n(rows)
+    metrics = MetricRecord({})
+    if n:
+        scores = predict_scores(model, data.dataset(rows), device=device())
+        records = metrics_by_segment(
+            data.labels(rows), scores, data.segments(rows),
+            n_boot=int(cfg.get("n-boot", 0)), seed=int(cfg["seed"]),
+        )
+        metrics = encode_metric_records(records)
+    metrics["num-examples"] = n
+    metrics["compute-seconds"] = time.perf_counter() - start
+    return reply(msg, context, {"metrics": metrics})

@@ -1,0 +1,78 @@
+"""CMMD adapter on a small published-layout tree (clinical XLSX or CSV + patient folders)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedmammo.data.adapters import load_manifest
+from fedmammo.errors import DataError
+
+
+def _check_rows(df: pd.DataFrame, expected: dict) -> None:
+    assert sorted(df["image_id"]) == sorted(expected)
+    for _, row in df.set_index("image_id").iterrows():
+        exp = expected[row.name]
+        for key in ("patient_id", "laterality", "view", "age", "path"):
+            assert row[key] == exp[key], (row.name, key)
+        if exp["malignant"] is None:  # contralateral breast, not in the clinical table
+            assert pd.isna(row["malignant"]) and pd.isna(row["u_malignancy"])
+        else:
+            assert row["malignant"] == exp["malignant"] and row["u_malignancy"] == 0.0
+        assert row["manufacturer"] == "GE MEDICAL SYSTEMS"
+        assert row["segment"] == "CMMD-GE MEDICAL SYSTEMS"
+        assert row["pixel_spacing"] == pytest.approx(0.094)
+
+
+def test_cmmd_manifest_from_xlsx(tmp_path: Path, builders) -> None:
+    # Prepare
+    pytest.importorskip("openpyxl")
+    expected = builders["cmmd"](tmp_path)
+
+    # Execute
+    df = load_manifest("cmmd", tmp_path)
+
+    # Assert
+    _check_rows(df, expected)
+    assert df.attrs["skip_reasons"] == {"unreadable DICOM header": 1}
+    assert df["malignant"].isna().sum() == 2
+
+
+def test_cmmd_manifest_from_csv_export(tmp_path: Path, builders) -> None:
+    # Prepare
+    expected = builders["cmmd"](tmp_path, xlsx=False)
+
+    # Execute
+    df = load_manifest("cmmd", tmp_path, clinical_csv=str(tmp_path / "clinical.csv"))
+
+    # Assert
+    _check_rows(df, expected)
+
+
+def test_cmmd_xlsx_without_openpyxl_names_the_extra(tmp_path: Path, builders, monkeypatch) -> None:
+    # Prepare
+    pytest.importorskip("openpyxl")
+    builders["cmmd"](tmp_path)
+    monkeypatch.setitem(sys.modules, "openpyxl", None)
+
+    # Execute / Assert
+    with pytest.raises(DataError, match=r'pip install "fedmammo\[xlsx\]"'):
+        load_manifest("cmmd", tmp_path)
+
+
+def test_cmmd_missing_table_and_column(tmp_path: Path, builders) -> None:
+    # Prepare
+    builders["cmmd"](tmp_path, xlsx=False)
+    csv = tmp_path / "clinical.csv"
+    pd.read_csv(csv).drop(columns="classification").to_csv(csv, index=False)
+
+    # Execute / Assert
+    with pytest.raises(DataError, match="CMMD_clinicaldata_revision.xlsx not found"):
+        load_manifest("cmmd", tmp_path)
+    with pytest.raises(DataError) as err:
+        load_manifest("cmmd", tmp_path, clinical_csv=str(csv))
+    assert f"{csv} lacks column 'classification'" in str(err.value)
+    assert "expected columns: ID1, LeftRight, Age" in str(err.value)

@@ -1,0 +1,84 @@
+"""RSNA Screening Mammography adapter on a small published-layout tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedmammo.data.adapters import load_manifest
+from fedmammo.errors import DataError
+
+
+def test_rsna_manifest_row_by_row(tmp_path: Path, builders) -> None:
+    # Prepare
+    expected = builders["rsna"](tmp_path)
+
+    # Execute
+    df = load_manifest("rsna", tmp_path)
+
+    # Assert: image 999.dcm is on disk but not in train.csv -> ignored, not skipped
+    assert sorted(df["image_id"]) == sorted(expected)
+    assert df.attrs["skipped"] == 1 and df.attrs["skip_reasons"] == {"image file not found": 1}
+    for _, row in df.set_index("image_id").iterrows():
+        exp = expected[row.name]
+        for key in ("patient_id", "laterality", "view", "malignant", "segment"):
+            assert row[key] == exp[key], (row.name, key)
+        for key in ("acr", "density", "age"):
+            assert pd.isna(row[key]) if exp[key] is None else row[key] == exp[key], key
+        assert row["u_malignancy"] == 0.0
+        assert row["path"] == str(tmp_path / "train_images" / exp["patient_id"] / f"{row.name}.dcm")
+        assert row["manufacturer"] == "unknown"  # no Manufacturer tag written
+        assert row["pixel_spacing"] == pytest.approx(0.1)
+    assert sorted(df["segment"].unique()) == ["site1-machine49", "site2-machine29"]
+    assert list(df.columns[-2:]) == ["site_id", "machine_id"]  # kept for segment_key
+
+
+def test_rsna_reads_jpeg2000_headers(tmp_path: Path, builders) -> None:
+    # Prepare: the builder writes every other image with a JPEG 2000 transfer syntax
+    builders["rsna"](tmp_path)
+
+    # Execute
+    df = load_manifest("rsna", tmp_path)
+
+    # Assert: listed with its header fields although its pixel stream is not decodable
+    import pydicom
+
+    path = tmp_path / "train_images" / "10006" / "462822612.dcm"
+    assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == (
+        "1.2.840.10008.1.2.4.90"
+    )
+    row = df.set_index("image_id").loc["462822612"]
+    assert row["laterality"] == "L" and row["pixel_spacing"] == pytest.approx(0.1)
+
+
+def test_rsna_missing_csv_and_column(tmp_path: Path, builders) -> None:
+    # Prepare
+    builders["rsna"](tmp_path)
+    csv = tmp_path / "train.csv"
+    pd.read_csv(csv).drop(columns="machine_id").to_csv(csv, index=False)
+
+    # Execute / Assert
+    with pytest.raises(DataError) as err:
+        load_manifest("rsna", tmp_path)
+    assert f"{csv} lacks column 'machine_id'" in str(err.value)
+    assert "train_images/<patient_id>/<image_id>.dcm" in str(err.value)
+    csv.unlink()
+    with pytest.raises(DataError, match="train.csv not found"):
+        load_manifest("rsna", tmp_path)
+
+
+def test_rsna_corrupt_image_is_skipped_and_counted(
+    tmp_path: Path, builders, garbage_writer
+) -> None:
+    # Prepare
+    builders["rsna"](tmp_path)
+    garbage_writer(tmp_path / "train_images" / "10011" / "220375232.dcm")
+
+    # Execute
+    df = load_manifest("rsna", tmp_path)
+
+    # Assert
+    assert "220375232" not in set(df["image_id"])
+    assert df.attrs["skip_reasons"] == {"image file not found": 1, "unreadable DICOM header": 1}

@@ -1,0 +1,94 @@
+"""VinDr-Mammo adapter on a small published-layout tree (two CSVs, images/<study>/*.dicom)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedmammo.data.adapters import load_manifest
+from fedmammo.data.manifest import decode_lesions
+from fedmammo.errors import DataError
+
+
+def test_vindr_manifest_row_by_row(tmp_path: Path, builders) -> None:
+    # Prepare
+    expected = builders["vindr-mammo"](tmp_path)
+
+    # Execute
+    df = load_manifest("vindr-mammo", tmp_path)
+
+    # Assert
+    assert sorted(df["image_id"]) == sorted(expected)
+    assert df.attrs["skip_reasons"] == {"image file not found": 1}
+    for _, row in df.set_index("image_id").iterrows():
+        exp = expected[row.name]
+        for key in ("patient_id", "laterality", "view", "acr", "density", "split", "manufacturer"):
+            assert row[key] == exp[key], (row.name, key)
+        if exp["malignant"] is None:  # BI-RADS 3 is left out by default
+            assert pd.isna(row["malignant"]) and pd.isna(row["u_malignancy"])
+        else:
+            assert row["malignant"] == exp["malignant"]
+            assert row["u_malignancy"] == pytest.approx(exp["u_malignancy"])
+        assert row["path"] == str(tmp_path / "images" / row["study_id"] / f"{row.name}.dicom")
+        assert row["segment"] == f"VinDr-Mammo-{exp['manufacturer']}"
+        assert row["pixel_spacing"] == pytest.approx(0.085)  # from ImagerPixelSpacing
+        assert row["age"] == 57.0  # PatientAge '057Y'
+        got = [
+            (les["kind"], les["box"], les["malignant"]) for les in decode_lesions(row["lesions"])
+        ]
+        assert got == [(k, list(b), m) for k, b, m in exp["lesions"]]
+    assert set(df["split"]) == {"train", "test"}
+
+
+def test_vindr_without_finding_csv_has_no_boxes(tmp_path: Path, builders) -> None:
+    # Prepare
+    builders["vindr-mammo"](tmp_path)
+    (tmp_path / "finding_annotations.csv").unlink()
+
+    # Execute
+    df = load_manifest("vindr-mammo", tmp_path, birads3="benign")
+
+    # Assert
+    assert df["lesions"].isna().all()
+    assert df.loc[df["acr"] == 3, "malignant"].tolist() == [0]
+
+
+def test_vindr_missing_breast_csv(tmp_path: Path, builders) -> None:
+    # Prepare
+    builders["vindr-mammo"](tmp_path)
+    (tmp_path / "breast-level_annotations.csv").unlink()
+
+    # Execute / Assert
+    with pytest.raises(DataError, match="breast-level_annotations.csv not found; expected layout"):
+        load_manifest("vindr-mammo", tmp_path)
+
+
+def test_vindr_missing_column(tmp_path: Path, builders) -> None:
+    # Prepare
+    builders["vindr-mammo"](tmp_path)
+    path = tmp_path / "finding_annotations.csv"
+    pd.read_csv(path).drop(columns="xmax").to_csv(path, index=False)
+
+    # Execute / Assert
+    with pytest.raises(DataError) as err:
+        load_manifest("vindr-mammo", tmp_path)
+    assert f"{path} lacks column 'xmax'" in str(err.value)
+    assert "images/<study_id>/<image_id>.dicom" in str(err.value)
+
+
+def test_vindr_corrupt_image_is_skipped_and_counted(
+    tmp_path: Path, builders, garbage_writer
+) -> None:
+    # Prepare
+    expected = builders["vindr-mammo"](tmp_path)
+    victim = next(iter(expected))
+    garbage_writer(next((tmp_path / "images").rglob(f"{victim}.dicom")))
+
+    # Execute
+    df = load_manifest("vindr-mammo", tmp_path)
+
+    # Assert
+    assert victim not in set(df["image_id"]) and len(df) == len(expected) - 1
+    assert df.attrs["skip_reasons"] == {"image file not found": 1, "unreadable DICOM header": 1}

@@ -1,0 +1,180 @@
+"""Tests for fedmammo.data.cache: building, reuse, skipped files, access and the dataset."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedmammo.data import cache as cache_mod
+from fedmammo.data.cache import CachedImageDataset, ImageCache
+from fedmammo.data.dicom import load_mammogram
+from fedmammo.data.manifest import encode_lesions
+from fedmammo.errors import DataError
+
+SIZE = (32, 24)
+
+
+def _invert(x: torch.Tensor) -> torch.Tensor:
+    return 1.0 - x
+
+
+@pytest.fixture
+def centre(tmp_path: Path, make_dicom, breast) -> pd.DataFrame:
+    """A manifest of 5 readable images (one with a lesion) and 3 unreadable ones."""
+    rows = []
+    for i in range(5):
+        path = make_dicom(breast(side="left" if i % 2 else "right", seed=i), name=f"ok{i}.dcm")
+        rows.append({"image_id": f"ok{i}", "patient_id": f"p{i}", "path": str(path)})
+    lesion = {"kind": "mass", "shape": "oval", "malignant": True, "box": [30, 20, 40, 30]}
+    rows[0]["lesions"] = encode_lesions([lesion])
+    rows[0]["malignant"] = 1
+    truncated = make_dicom(breast(), name="truncated.dcm")
+    truncated.write_bytes(truncated.read_bytes()[:-300])
+    text = tmp_path / "text.dcm"
+    text.write_text("hello")
+    bad = [("truncated", truncated), ("text", text), ("missing", tmp_path / "missing.dcm")]
+    rows[2:2] = [{"image_id": i, "patient_id": "px", "path": str(p)} for i, p in bad]
+    return pd.DataFrame(rows)
+
+
+def test_build_caches_readable_images_and_counts_the_rest(tmp_path, centre, caplog) -> None:
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.cache"):
+        cache = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    # Assert: 5 cached in manifest order, 3 skipped with reasons and logged warnings
+    assert len(cache) == 5 and list(cache.manifest["image_id"]) == [f"ok{i}" for i in range(5)]
+    assert [i for i, _ in cache.skipped] == ["truncated", "text", "missing"]
+    reasons = dict(cache.skipped)
+    assert "truncated.dcm" in reasons["truncated"] and "file not found" in reasons["missing"]
+    assert sum("skipping image" in r.message for r in caplog.records) == 3
+    assert cache.array.dtype == np.uint16 and cache.array.shape == (5, *SIZE)
+    assert isinstance(cache.array, np.memmap)
+
+
+def test_cached_pixels_and_boxes_match_the_reader(tmp_path, centre) -> None:
+    cache = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    img, geometry = load_mammogram(centre.loc[0, "path"], SIZE, return_geometry=True)
+    got = cache.get("ok0")
+    assert got.dtype == np.float32 and got.shape == SIZE
+    np.testing.assert_allclose(got, img, atol=0.5 / 65535 + 1e-7)
+    assert cache.geometry("ok0") == geometry
+    [lesion] = cache.boxes("ok0")
+    assert lesion["kind"] == "mass" and lesion["malignant"] is True
+    np.testing.assert_allclose(lesion["box"], geometry.map_box([30, 20, 40, 30]))
+    assert cache.boxes("ok1") == []
+
+
+def test_rows_and_images(tmp_path, centre) -> None:
+    cache = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    rows = cache.rows(["ok3", "ok1"])
+    assert rows.tolist() == [3, 1]
+    batch = cache.images(rows)
+    assert batch.shape == (2, *SIZE) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[0], cache.get("ok3"))
+    with pytest.raises(KeyError, match="skipped"):
+        cache.rows(["truncated"])
+    with pytest.raises(KeyError, match="not in the manifest"):
+        cache.get("nope")
+
+
+def test_build_reuses_a_matching_cache(tmp_path, centre, monkeypatch) -> None:
+    # Prepare
+    ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    calls: list[str] = []
+    real = cache_mod.load_mammogram
+    monkeypatch.setattr(
+        cache_mod, "load_mammogram", lambda p, *a, **k: calls.append(p) or real(p, *a, **k)
+    )
+    relabelled = centre.assign(malignant=0, split="test")
+    # Execute: same files and settings, new labels and row order
+    again = ImageCache.build(relabelled.iloc[::-1], tmp_path / "cache", size=SIZE)
+    # Assert: nothing decoded, labels come from the given manifest, skipped list kept
+    assert calls == []
+    assert list(again.manifest["image_id"]) == [f"ok{i}" for i in range(5)]
+    assert (again.manifest["split"] == "test").all() and (again.manifest["malignant"] == 0).all()
+    assert len(again.skipped) == 3
+
+
+def test_build_rebuilds_when_inputs_or_settings_change(tmp_path, centre, monkeypatch) -> None:
+    ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    calls: list[str] = []
+    real = cache_mod.load_mammogram
+    monkeypatch.setattr(
+        cache_mod, "load_mammogram", lambda p, *a, **k: calls.append(p) or real(p, *a, **k)
+    )
+    # A different size rebuilds.
+    resized = ImageCache.build(centre, tmp_path / "cache", size=(16, 12))
+    assert len(calls) == len(centre) and resized.array.shape == (5, 16, 12)
+    # A touched file (new mtime) rebuilds.
+    calls.clear()
+    st = os.stat(centre.loc[0, "path"])
+    os.utime(centre.loc[0, "path"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ImageCache.build(centre, tmp_path / "cache", size=(16, 12))
+    assert len(calls) == len(centre)
+    # A changed lesion box rebuilds (the boxes are part of the index).
+    calls.clear()
+    moved = centre.copy()
+    moved.loc[0, "lesions"] = encode_lesions([{"kind": "mass", "box": [0, 0, 5, 5]}])
+    ImageCache.build(moved, tmp_path / "cache", size=(16, 12))
+    assert len(calls) == len(centre)
+
+
+def test_open_reads_what_build_wrote(tmp_path, centre) -> None:
+    built = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    opened = ImageCache.open(tmp_path / "cache")
+    assert len(opened) == len(built) and opened.size == SIZE and opened.skipped == built.skipped
+    assert list(opened.manifest["image_id"]) == list(built.manifest["image_id"])
+    np.testing.assert_array_equal(opened.array, built.array)
+    assert opened.boxes("ok0") == built.boxes("ok0")
+    with pytest.raises(DataError, match="not a complete image cache"):
+        ImageCache.open(tmp_path / "elsewhere")
+
+
+def test_all_unreadable_is_an_error_and_leaves_no_valid_cache(tmp_path, centre) -> None:
+    bad = centre[~centre["image_id"].str.startswith("ok")]
+    with pytest.raises(DataError, match="none of the 3 images"):
+        ImageCache.build(bad, tmp_path / "cache", size=SIZE)
+    with pytest.raises(DataError):
+        ImageCache.open(tmp_path / "cache")
+
+
+def test_bad_manifest_is_an_error(tmp_path, centre) -> None:
+    with pytest.raises(DataError, match="duplicate image_id"):
+        ImageCache.build(pd.concat([centre, centre.iloc[:1]]), tmp_path / "c", size=SIZE)
+    with pytest.raises(DataError, match="path"):
+        ImageCache.build(centre.drop(columns="path"), tmp_path / "c", size=SIZE)
+
+
+def test_dataset_items_batches_and_pickling(tmp_path, centre) -> None:
+    # Prepare
+    cache = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    rows = cache.rows(["ok4", "ok0", "ok2"])
+    ds = CachedImageDataset(cache, rows, np.array([1, 0, 1]), transform=_invert)
+    # Execute
+    x, y = ds[0]
+    batch_x, batch_y = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
+    clone = pickle.loads(pickle.dumps(ds))
+    # Assert
+    assert x.shape == (1, *SIZE) and x.dtype == torch.float32 and y.dtype == torch.int64
+    np.testing.assert_allclose(x[0].numpy(), 1.0 - cache.get("ok4"), atol=1e-6)
+    assert batch_x.shape == (3, 1, *SIZE) and batch_y.tolist() == [1, 0, 1]
+    assert len(pickle.dumps(cache)) < 20_000  # the memmap is re-opened, not copied
+    np.testing.assert_array_equal(clone[1][0].numpy(), ds[1][0].numpy())
+    assert CachedImageDataset(cache, rows)[0][1].item() == -1
+
+
+def test_dataset_rejects_bad_rows_and_labels(tmp_path, centre) -> None:
+    cache = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    with pytest.raises(DataError, match="rows must lie"):
+        CachedImageDataset(cache, [0, 5])
+    with pytest.raises(DataError, match="missing labels"):
+        CachedImageDataset(cache, [0, 1], pd.array([1, None], dtype="Int8"))
+    with pytest.raises(DataError, match="2 rows"):
+        CachedImageDataset(cache, [0, 1], np.array([1]))

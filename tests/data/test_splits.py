@@ -1,0 +1,124 @@
+"""Tests for fedmammo.data.splits: patient-wise, stratified, deterministic splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedmammo.data.splits import assign_splits
+from fedmammo.errors import ConfigError, DataError
+
+
+def _manifest(n_patients: int = 400, *, seed: int = 0) -> pd.DataFrame:
+    """Four images per patient; two segments; ~20% malignant patients; ~15% unlabelled."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        segment = "S1-Ma" if rng.random() < 0.7 else "S2-Mb"
+        status = rng.choice(["pos", "neg", "na"], p=[0.2, 0.65, 0.15])
+        for k in range(4):
+            if status == "na":
+                label = pd.NA
+            elif status == "pos":
+                label = int(k == 0)  # only one image of the exam shows the cancer
+            else:
+                label = 0
+            rows.append(
+                {
+                    "image_id": f"i{p}-{k}",
+                    "patient_id": f"p{p:04d}",
+                    "segment": segment,
+                    "malignant": label,
+                }
+            )
+    df = pd.DataFrame(rows)
+    df["malignant"] = df["malignant"].astype("Int8")
+    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _strata(df: pd.DataFrame) -> pd.Series:
+    per_patient = df.groupby("patient_id").agg(
+        label=("malignant", lambda s: "NA" if s.isna().all() else str(int(s.max()))),
+        segment=("segment", "first"),
+        split=("split", "first"),
+    )
+    return per_patient
+
+
+def test_splits_are_disjoint_by_patient() -> None:
+    out = assign_splits(_manifest(), seed=1)
+    assert out["split"].notna().all()
+    assert (out.groupby("patient_id")["split"].nunique() == 1).all()
+    assert (
+        len(out) == len(_manifest())
+        and out["image_id"].tolist() == _manifest()["image_id"].tolist()
+    )
+
+
+def test_proportions_hold_within_each_stratum() -> None:
+    # Prepare
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    # Execute
+    per_patient = _strata(assign_splits(_manifest(), fractions, seed=3))
+    # Assert: every (label, segment) stratum, including unlabelled patients, within 2 patients
+    assert set(per_patient["label"]) == {"0", "1", "NA"}
+    for key, group in per_patient.groupby(["label", "segment"]):
+        n = len(group)
+        for split, f in fractions.items():
+            assert abs((group["split"] == split).sum() - n * f) <= 2, (key, split)
+    totals = per_patient["split"].value_counts()
+    for split, f in fractions.items():
+        assert abs(totals[split] - len(per_patient) * f) <= 1
+
+
+def test_patient_label_is_any_malignant_image() -> None:
+    # Patients with one malignant image out of four are a stratum of their own, spread 60/20/20.
+    per_patient = _strata(assign_splits(_manifest(), seed=0))
+    positives = per_patient[per_patient["label"] == "1"]
+    share = positives["split"].value_counts(normalize=True)
+    assert share["train"] == pytest.approx(0.6, abs=0.05)
+    assert share["test"] == pytest.approx(0.2, abs=0.05)
+
+
+def test_same_seed_same_split_other_seed_other_split() -> None:
+    m = _manifest()
+    a, b = assign_splits(m, seed=7), assign_splits(m.iloc[::-1], seed=7)
+    c = assign_splits(m, seed=8)
+    by_id = b.set_index("image_id")["split"]
+    assert (a["split"].to_numpy() == by_id.loc[a["image_id"]].to_numpy()).all()  # row order free
+    assert (a["split"] != c["split"]).any()
+
+
+def test_test_only_centre_and_zero_fractions() -> None:
+    m = _manifest(50)
+    assert (assign_splits(m, {"test": 1.0})["split"] == "test").all()
+    two = assign_splits(m, {"train": 0.5, "val": 0.0, "test": 0.5})
+    assert set(two["split"]) == {"train", "test"}
+
+
+def test_every_wanted_split_gets_a_patient_when_possible() -> None:
+    tiny = _manifest(3, seed=2)
+    out = assign_splits(tiny, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
+    assert sorted(out.groupby("patient_id")["split"].first()) == ["test", "train", "val"]
+    one = assign_splits(_manifest(1), seed=0)
+    assert one["split"].nunique() == 1
+
+
+def test_without_segment_or_label_stratification() -> None:
+    m = _manifest(100).drop(columns="segment")
+    out = assign_splits(m, seed=0, stratify_segment=False, label=None)
+    counts = out.groupby("patient_id")["split"].first().value_counts()
+    assert counts.to_dict() == {"train": 60, "val": 20, "test": 20}
+
+
+def test_bad_fractions_and_manifests_are_errors() -> None:
+    m = _manifest(10)
+    with pytest.raises(ConfigError, match="sum to 1"):
+        assign_splits(m, {"train": 0.5, "test": 0.4})
+    with pytest.raises(ConfigError, match="unknown split"):
+        assign_splits(m, {"train": 0.5, "holdout": 0.5})
+    with pytest.raises(DataError, match="patient_id"):
+        assign_splits(m.assign(patient_id=pd.NA))
+    with pytest.raises(DataError, match="label column 'acr'"):
+        assign_splits(m, label="acr")

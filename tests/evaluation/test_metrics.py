@@ -1,0 +1,281 @@
+"""Tests of fedmammo.evaluation.metrics against scikit-learn and slow reference loops."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+    roc_curve,
+)
+from sklearn.utils.class_weight import compute_sample_weight
+
+from fedmammo.errors import DataError
+from fedmammo.evaluation import tables
+from fedmammo.evaluation.metrics import (
+    bootstrap_auc,
+    classification_metrics,
+    delta_auc,
+    is_significant_decrease,
+    is_significant_increase,
+    metrics_by_segment,
+    operating_points,
+    p_value_from_ci,
+    weighted_log_loss,
+)
+
+
+def _scores(n: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    score = 1.0 / (1.0 + np.exp(-(rng.normal(size=n) + shift * y - 0.5)))
+    return y, np.round(score, 2)  # rounding creates ties
+
+
+def _reference_boot(y, scores, n_boot, seed, stat):
+    """Slow loop: the same resamples as the library, sklearn AUCs, one-class rows skipped."""
+    idx = np.random.default_rng(seed).integers(0, y.size, size=(n_boot, y.size))
+    values = [stat(y[i], *(s[i] for s in scores)) for i in idx if 0 < y[i].sum() < y.size]
+    return np.percentile(values, [2.5, 97.5])
+
+
+def test_bootstrap_auc_matches_a_slow_sklearn_loop_with_the_same_seed():
+    # Prepare
+    y, score = _scores(120, 1.5)
+
+    # Execute
+    auc, low, high = bootstrap_auc(y, score, n_boot=200, seed=7)
+
+    # Assert
+    ref_low, ref_high = _reference_boot(y, [score], 200, 7, roc_auc_score)
+    assert auc == roc_auc_score(y, score)
+    assert (low, high) == pytest.approx((ref_low, ref_high), abs=1e-12)
+    assert low < auc < high
+
+
+def test_bootstrap_skips_one_class_resamples_like_the_reference():
+    # Prepare: 1 positive in 8 samples -> about a third of the resamples lack it
+    y = np.array([0, 0, 0, 1, 0, 0, 0, 0])
+    score = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.05, 0.3])
+
+    # Execute
+    result = bootstrap_auc(y, score, n_boot=300, seed=1)
+
+    # Assert
+    assert result[1:] == pytest.approx(tuple(_reference_boot(y, [score], 300, 1, roc_auc_score)))
+
+
+def test_bootstrap_auc_of_separable_and_random_scores():
+    # Prepare
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, size=400)
+
+    # Execute
+    separable = bootstrap_auc(y, y + rng.random(400) * 0.5, n_boot=500)
+    random = bootstrap_auc(y, rng.random(400), n_boot=500)
+
+    # Assert
+    assert separable == (1.0, 1.0, 1.0)
+    assert random[1] < 0.5 < random[2]
+    assert random[2] - random[1] < 0.15
+
+
+def test_auc_metrics_are_nan_with_a_single_class():
+    assert all(math.isnan(v) for v in bootstrap_auc([0, 0, 0], [0.1, 0.5, 0.2]))
+    assert all(math.isnan(v) for v in delta_auc([1, 1], [0.1, 0.5], [0.3, 0.2]))
+
+
+def test_delta_auc_of_identical_scores_is_zero_with_p_one():
+    # Prepare
+    y, score = _scores(150, 1.0)
+
+    # Execute
+    result = delta_auc(y, score, score.copy(), n_boot=300)
+
+    # Assert
+    assert result == (0.0, 0.0, 0.0, 1.0)
+    assert not is_significant_increase(result[1], result[3])
+
+
+def test_delta_auc_matches_a_paired_reference_loop_and_detects_a_better_model():
+    # Prepare
+    y, weak = _scores(300, 0.5, seed=4)
+    rng = np.random.default_rng(5)
+    strong = np.clip(weak + 0.3 * y + rng.normal(scale=0.05, size=y.size), 0, 1)
+
+    # Execute
+    delta, low, high, p = delta_auc(y, weak, strong, n_boot=250, seed=9)
+
+    # Assert
+    diff = lambda yy, base, method: roc_auc_score(yy, method) - roc_auc_score(yy, base)  # noqa: E731
+    assert delta == pytest.approx(roc_auc_score(y, strong) - roc_auc_score(y, weak), abs=1e-12)
+    assert (low, high) == pytest.approx(tuple(_reference_boot(y, [weak, strong], 250, 9, diff)))
+    assert p == pytest.approx(p_value_from_ci(delta, low, high))
+    assert is_significant_increase(low, p) and p < 1e-4
+    assert is_significant_decrease(*delta_auc(y, strong, weak, n_boot=250, seed=9)[2:])
+
+
+@pytest.mark.parametrize(
+    ("estimate", "low", "high", "expected"),
+    [
+        # SE = (high - low) / 3.92, z = |est| / SE, p = exp(-0.717 z - 0.416 z^2), by hand
+        (1.0, 0.0, 2.0, 0.0496168),  # z = 1.96, p = exp(-1.40532 - 1.59807)
+        (-1.55, -2.61, -0.45, 0.0049488),  # seed 000 Table 2 prints 0.0048
+        (0.66, -0.24, 1.57, 0.1533811),  # seed 000 Table 2 prints 0.1500
+        (0.92, 0.15, 1.69, 0.0190541),  # seed 000 Table 3 prints 0.0190
+        (0.0, -1.0, 1.0, 1.0),
+    ],
+)
+def test_altman_bland_p_value_from_ci(estimate, low, high, expected):
+    assert p_value_from_ci(estimate, low, high) == pytest.approx(expected, abs=1e-6)
+
+
+def test_altman_bland_degenerate_cis():
+    assert p_value_from_ci(0.0, 0.0, 0.0) == 1.0
+    assert p_value_from_ci(0.2, 0.2, 0.2) == 0.0
+    assert math.isnan(p_value_from_ci(0.1, math.nan, 0.3))
+
+
+def test_weighted_log_loss_equals_sklearn_with_balanced_weights():
+    # Prepare
+    y, p = _scores(200, 1.2, seed=6)
+
+    # Execute
+    wll = weighted_log_loss(y, p)
+
+    # Assert
+    expected = log_loss(y, p, sample_weight=compute_sample_weight("balanced", y))
+    assert wll == pytest.approx(expected, rel=1e-12)
+    per_class = [np.mean(-np.log(np.where(y == c, p if c else 1 - p, 1.0)[y == c])) for c in (0, 1)]
+    assert wll == pytest.approx(np.mean(per_class))
+
+
+def test_weighted_log_loss_clips_and_rejects_non_probabilities():
+    assert weighted_log_loss([0, 1], [0.0, 1.0]) == pytest.approx(-math.log(1 - 1e-7))
+    assert weighted_log_loss([0, 0], [0.5, 0.5]) == pytest.approx(math.log(2))
+    with pytest.raises(DataError, match="probabilities in \\[0, 1\\]"):
+        weighted_log_loss([0, 1], [-0.5, 2.0])
+
+
+def test_operating_points_lie_on_the_sklearn_roc_curve():
+    # Prepare
+    y, score = _scores(250, 1.0, seed=8)
+    fpr, tpr, thresholds = roc_curve(y, score, drop_intermediate=False)
+
+    # Execute
+    points = operating_points(y, score)
+
+    # Assert
+    assert [p["threshold"] for p in points] == [0.2, 0.4, 0.6, 0.8]
+    for point in points:
+        k = np.flatnonzero(thresholds >= point["threshold"])[-1]
+        assert (point["fpr"], point["tpr"]) == pytest.approx((fpr[k], tpr[k]))
+        assert point["sensitivity"] == point["tpr"]
+        assert point["specificity"] == pytest.approx(1 - point["fpr"])
+
+
+def test_classification_metrics_match_sklearn():
+    # Prepare
+    y, score = _scores(180, 1.5, seed=10)
+
+    # Execute
+    metrics = classification_metrics(y, score, threshold=0.4)
+
+    # Assert
+    predicted = (score >= 0.4).astype(int)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y, predicted))
+    assert metrics["f1"] == pytest.approx(f1_score(y, predicted))
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(y, score))
+    assert metrics["auprc"] == pytest.approx(average_precision_score(y, score))
+    assert metrics["wll"] == pytest.approx(weighted_log_loss(y, score))
+    assert (metrics["n"], metrics["n_pos"]) == (180, y.sum())
+
+
+def test_classification_metrics_are_nan_where_undefined_without_warnings():
+    # Execute
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = classification_metrics([0, 0, 0], [0.2, 0.7, 0.1])
+
+    # Assert
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert all(math.isnan(metrics[k]) for k in ("f1", "auroc", "auprc"))
+    assert metrics["n_pos"] == 0 and math.isfinite(metrics["wll"])
+
+
+def test_metrics_by_segment_records_global_and_local_values():
+    # Prepare
+    y, score = _scores(160, 1.0, seed=12)
+    segments = np.where(np.arange(160) < 100, "S1-Ma", "S2-Ma")
+
+    # Execute
+    records = metrics_by_segment(y, score, segments, n_boot=100, seed=3)
+
+    # Assert
+    assert {tuple(sorted(r)) for r in records} == {
+        ("ci_high", "ci_low", "metric", "segment", "value")
+    }
+    assert [r["segment"] for r in records if r["metric"] == "auc"] == [None, "S1-Ma", "S2-Ma"]
+    by_key = {(r["segment"], r["metric"]): r for r in records}
+    local = by_key[("S2-Ma", "auc")]
+    assert (local["value"], local["ci_low"], local["ci_high"]) == bootstrap_auc(
+        y[100:], score[100:], n_boot=100, seed=3
+    )
+    assert by_key[(None, "wll")]["value"] == pytest.approx(weighted_log_loss(y, score))
+    assert by_key[("S1-Ma", "n")]["value"] == 100 and by_key[("S1-Ma", "n")]["ci_low"] is None
+    assert by_key[("S1-Ma", "tpr@0.6")]["value"] == operating_points(y[:100], score[:100])[2]["tpr"]
+
+
+def test_zero_bootstraps_give_point_estimates_without_ci():
+    # Prepare
+    y, score = _scores(80, 1.0, seed=14)
+
+    # Execute
+    auc = bootstrap_auc(y, score, n_boot=0)
+    delta = delta_auc(y, score, score**2, n_boot=0)
+    records = metrics_by_segment(y, score, ["a"] * 80, n_boot=0)
+
+    # Assert
+    assert auc[0] == roc_auc_score(y, score) and all(math.isnan(v) for v in auc[1:])
+    assert delta[0] == pytest.approx(0.0, abs=1e-12) and all(math.isnan(v) for v in delta[1:])
+    assert records[0]["metric"] == "auc" and records[0]["ci_low"] is None
+
+
+def test_metric_inputs_are_validated():
+    with pytest.raises(DataError, match="same length"):
+        bootstrap_auc([0, 1, 1], [0.2, 0.3])
+    with pytest.raises(DataError, match="0/1 labels only"):
+        bootstrap_auc([0, 2], [0.2, 0.3])
+    with pytest.raises(DataError, match="NaN or infinite"):
+        classification_metrics([0, 1], [0.2, np.nan])
+    with pytest.raises(DataError, match="empty"):
+        weighted_log_loss([], [])
+    with pytest.raises(DataError, match="n_boot must be an integer >= 0"):
+        bootstrap_auc([0, 1], [0.2, 0.3], n_boot=-1)
+
+
+def test_comparison_rows_format_tables_like_seed_000():
+    # Prepare
+    y, weak = _scores(200, 0.5, seed=13)
+    strong = np.clip(weak + 0.3 * y, 0, 1)
+
+    # Execute
+    rows = tables.comparison_rows(y, weak, {"P. sampling": strong}, n_boot=100, seed=0)
+    text = tables.markdown_table(rows)
+
+    # Assert
+    assert rows[0]["significance"] == "increase"
+    assert rows[0]["AUC"] == tables.format_auc(
+        rows[0]["auc"], rows[0]["auc_low"], rows[0]["auc_high"]
+    )
+    assert text.splitlines()[0] == "| AUC baseline | Method | AUC | ΔAUC | p-value |"
+    assert "| P. sampling |" in text
+    assert tables.format_auc(0.8405, 0.82641, 0.85412) == "84.05 (82.64, 85.41)"
+    assert tables.format_p_value(0.00004) == "< 0.0001" and tables.format_p_value(0.15) == "0.1500"
