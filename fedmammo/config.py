@@ -91,6 +91,7 @@ class DataSpec(_Strict):
     root: str | None = None  # may use ${ENV_VAR}
     options: dict[str, Any] = Field(default_factory=dict)
     segment_key: list[str] = Field(default=["source", "manufacturer"], min_length=1)
+    use_dataset_split: bool = True  # keep a dataset's official train/test split when it has one
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

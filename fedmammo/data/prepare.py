@@ -41,6 +41,27 @@ def centre_data_dir(root: str | Path, profile: CentreProfile, data_seed: int) ->
     return Path(root) / f"{profile.name}-{profile_stamp(profile, data_seed)}"
 
 
+def _split(manifest: pd.DataFrame, profile: CentreProfile, *, test_only: bool, data_seed: int
+           ) -> pd.DataFrame:
+    """Patient-wise splits; a dataset's official test split is kept (train -> train + val)."""
+    if test_only:
+        return assign_splits(manifest, {"test": 1.0}, seed=data_seed)
+    official = manifest["split"]
+    if not (profile.data.use_dataset_split and official.notna().all()
+            and set(official.unique()) <= {"train", "test"}):
+        return assign_splits(manifest, dict(profile.split), seed=data_seed)
+    f_train, f_val = profile.split.get("train", 0.0), profile.split.get("val", 0.0)
+    out = manifest.copy()
+    is_train = (official == "train").to_numpy()
+    if is_train.any() and f_train + f_val > 0:
+        fractions = {"train": f_train / (f_train + f_val), "val": f_val / (f_train + f_val)}
+        sub = assign_splits(manifest[is_train], {k: v for k, v in fractions.items() if v > 0},
+                            seed=data_seed)
+        out.loc[is_train, "split"] = sub["split"].to_numpy()
+    log.info("centre %s: kept the dataset's official test split", profile.name)
+    return out
+
+
 def _centre_seed(name: str, data_seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{name}:{data_seed}".encode()).digest()[:4], "little")
 
@@ -63,10 +84,10 @@ def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> 
             f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "
             "not exist; fix: set the environment variable it names or edit data.root"
         )
-    return load_manifest(
-        profile.data.format or "", root, centre=profile.name, source=profile.source,
-        **profile.data.options,
-    )
+    options = {"print_summary": True, "summary_path": str(data_dir / "summary.json"),
+               **profile.data.options}
+    return load_manifest(profile.data.format or "", root, centre=profile.name,
+                         source=profile.source, **options)
 
 
 @dataclass
@@ -148,8 +169,7 @@ def materialise_centre(
     key = profile.data.segment_key
     if key != ["source", "manufacturer"]:
         manifest["segment"] = manifest[key].astype(str).agg("-".join, axis=1)
-    fractions = {"test": 1.0} if test_only else dict(profile.split)
-    manifest = assign_splits(manifest, fractions, seed=data_seed)
+    manifest = _split(manifest, profile, test_only=test_only, data_seed=data_seed)
     h, w = image_size
     cache = ImageCache.build(manifest, data_dir / f"cache_{h}x{w}", size=(h, w))
     cached = normalise_manifest(cache.manifest)

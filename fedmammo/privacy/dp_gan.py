@@ -1,0 +1,197 @@
+"""DP-GAN steps: a private discriminator (DCGAN) or critic (WGAN-GP), a non-private generator.
+
+Only the discriminator reads real images, so only it is trained with DP-SGD; the generator
+learns from the discriminator's outputs and inherits the guarantee by post-processing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from opacus.grad_sample.gsm_base import AbstractGradSampleHooks, AbstractGradSampleModule
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from fedmammo.privacy.accounting import PrivacyUsageError
+from fedmammo.privacy.engine import HOOKS_ATTR
+
+__all__ = [
+    "dp_dcgan_discriminator_step",
+    "dp_wgan_gp_critic_step",
+    "generator_step_with_frozen_dp_d",
+    "wgan_gp_critic_per_sample_grads",
+]
+
+logger = logging.getLogger(__name__)
+_GP_EPS = 1e-12  # inside the square root of the penalty's norm: finite gradient at zero
+
+
+def _same_batch(real: torch.Tensor, fake: torch.Tensor) -> None:
+    if real.shape[0] != fake.shape[0]:
+        raise PrivacyUsageError(
+            f"DP-GAN step needs as many fake as real images (got {fake.shape[0]} fake for "
+            f"{real.shape[0]} real); draw the generator batch with the real batch's size"
+        )
+
+
+def dp_dcgan_discriminator_step(
+    D: nn.Module,
+    optD: Any,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    real_labels: torch.Tensor,
+    fake_labels: torch.Tensor,
+    *,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """One private discriminator step on real + fake.detach() in one batch; returns the loss.
+
+    ``criterion`` defaults to ``BCEWithLogitsLoss`` on ``D``'s flattened output. Each real and
+    each fake image is one clipped per-sample gradient; noise is calibrated to the real batch.
+    """
+    _same_batch(real, fake)
+    criterion = criterion or nn.BCEWithLogitsLoss()
+    optD.zero_grad(set_to_none=True)
+    x = torch.cat([real, fake.detach()])
+    y = torch.cat([real_labels, fake_labels]).to(x.dtype).reshape(-1)
+    out = D(x).reshape(-1)
+    loss = criterion(out, y) if len(y) else out.sum()
+    loss.backward()
+    optD.step()
+    optD.zero_grad(set_to_none=True)
+    return float(loss.detach()) if len(y) else 0.0
+
+
+def _hooks_of(D: nn.Module, hooks: Any) -> Any:
+    if hooks is not None:
+        return hooks
+    if isinstance(D, AbstractGradSampleHooks):
+        return D
+    found = getattr(D, HOOKS_ATTR, None)
+    if found is None and hasattr(D, "autograd_grad_sample_hooks"):
+        raise PrivacyUsageError(
+            "the discriminator carries Opacus hooks but their owner is unknown; pass "
+            "hooks=session.hooks (the DPSession that made it private)"
+        )
+    return found
+
+
+def generator_step_with_frozen_dp_d(
+    D: nn.Module,
+    G: nn.Module,
+    optG: Any,
+    noise: torch.Tensor,
+    real_labels: torch.Tensor | None = None,
+    *,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    hooks: Any = None,
+) -> float:
+    """Generator step through a private discriminator whose Opacus hooks are off; the loss.
+
+    With ``real_labels`` the loss is ``criterion(D(G(noise)), real_labels)`` (DCGAN, default
+    ``BCEWithLogitsLoss``); without, the WGAN loss ``-mean(D(G(noise)))``. D's hooks are
+    disabled (not ``requires_grad_(False)``) and D's gradients are cleared afterwards.
+    """
+    owner = _hooks_of(D, hooks)
+    disable = getattr(owner, "disable_hooks", None)
+    if disable is not None:
+        disable()
+    try:
+        optG.zero_grad(set_to_none=True)
+        out = D(G(noise)).reshape(-1)
+        if real_labels is None:
+            loss = -out.mean()
+        else:
+            loss = (criterion or nn.BCEWithLogitsLoss())(out, real_labels.to(out.dtype).reshape(-1))
+        loss.backward()
+        optG.step()
+    finally:
+        if disable is not None:
+            owner.enable_hooks()
+        for p in D.parameters():
+            p.grad = None
+    return float(loss.detach())
+
+
+def _per_example_wgan_gp(
+    critic: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    lambda_gp: float,
+    generator: torch.Generator | None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    module = critic._module if isinstance(critic, AbstractGradSampleModule) else critic
+    params = {k: p.detach() for k, p in module.named_parameters() if p.requires_grad}
+    fixed = {k: p.detach() for k, p in module.named_parameters() if not p.requires_grad}
+    fixed.update({k: b.detach() for k, b in module.named_buffers()})
+    n = real.shape[0]
+    if n == 0:
+        zeros = {
+            k: torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device) for k, p in params.items()
+        }
+        return zeros, torch.zeros(0, device=real.device)
+    shape = (n,) + (1,) * (real.dim() - 1)
+    alpha = torch.rand(shape, generator=generator, device=real.device, dtype=real.dtype)
+
+    def score(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, (p, fixed), (x.unsqueeze(0),)).sum()
+
+    def loss_i(p: dict[str, torch.Tensor], r: torch.Tensor, f: torch.Tensor, a: torch.Tensor):
+        x_hat = a * r + (1 - a) * f
+        g = grad(score, argnums=1)(p, x_hat)
+        penalty = (torch.sqrt((g**2).sum() + _GP_EPS) - 1.0) ** 2
+        loss = score(p, f) - score(p, r) + lambda_gp * penalty
+        return loss, loss
+
+    grads, losses = vmap(grad(loss_i, has_aux=True), in_dims=(None, 0, 0, 0))(
+        params, real, fake.detach(), alpha
+    )
+    return grads, losses
+
+
+def wgan_gp_critic_per_sample_grads(
+    critic: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    lambda_gp: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Set ``p.grad_sample`` to per-example gradients of the WGAN-GP critic loss.
+
+    Example ``i``'s loss is ``D(fake_i) - D(real_i) + lambda_gp (||grad_x D(x_hat_i)|| - 1)^2``
+    with ``x_hat_i`` between ``real_i`` and ``fake_i`` (uniform weight drawn from
+    ``generator``). For a critic made private with ``grad_sample_mode="no_op"``: call
+    ``optD.zero_grad(set_to_none=True)`` before and ``optD.step()`` (clip + noise) after.
+    """
+    _same_batch(real, fake)
+    grads, _ = _per_example_wgan_gp(critic, real, fake, lambda_gp, generator)
+    module = critic._module if isinstance(critic, AbstractGradSampleModule) else critic
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            p.grad_sample = grads[name].detach()
+
+
+def dp_wgan_gp_critic_step(
+    critic: nn.Module,
+    optD: Any,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    lambda_gp: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> float:
+    """One private WGAN-GP critic step (per-sample grads, clip, noise); the mean loss."""
+    _same_batch(real, fake)
+    optD.zero_grad(set_to_none=True)
+    grads, losses = _per_example_wgan_gp(critic, real, fake, lambda_gp, generator)
+    module = critic._module if isinstance(critic, AbstractGradSampleModule) else critic
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            p.grad_sample = grads[name].detach()
+    optD.step()
+    optD.zero_grad(set_to_none=True)
+    return float(losses.mean()) if len(losses) else 0.0
