@@ -1,0 +1,350 @@
+"""Local GAN training on a centre's own lesion patches: DCGAN and WGAN-GP (no Flower here).
+
+DCGAN (seed 003, 2.2.1): BCE on logits with one-sided label smoothing (real targets drawn
+uniformly in [0.8, 1.1], fake targets 0), random horizontal and vertical flips (p = 0.5), batch
+16, Adam(2e-4, betas (0.5, 0.999)); generator snapshots every ``snapshot_every`` epochs from
+epoch ``warmup`` on, and sampling spread evenly across them against mode collapse.
+
+Real targets above 1 are well defined with ``binary_cross_entropy_with_logits`` (torch does not
+check the target range, unlike ``binary_cross_entropy`` on probabilities, which refuses them):
+the loss ``softplus(x) - y * x`` stays finite for finite logits x but for y > 1 it has no
+minimum (d/dx = sigmoid(x) - y < 0), so the discriminator keeps a small push of at most
+``y - 1 <= 0.1`` towards larger real logits instead of saturating; this is the intended
+regularisation of the smoothing and it is bounded.
+
+WGAN-GP (2.2.2, Gulrajani et al. 2017): critic loss ``D(fake) - D(real) + lambda * (||grad
+D(x_hat)|| - 1)^2`` with ``x_hat`` uniform on segments between real and fake samples, lambda 10,
+5 critic steps per generator step, Adam(1e-4, betas (0, 0.9)), no batch norm in the critic. An
+epoch is one pass of the critic over the data; the 5:1 schedule runs across epoch boundaries.
+
+Inference helpers (``load_generator``, ``sample_generator``, ``sample_patches``) live in
+``fedmammo.models.gans`` and are re-exported here.
+
+DP seam: ``discriminator_step`` / ``critic_step`` are the only places the discriminator learns;
+a DP version replaces them (``privacy`` is reserved and refused for now).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedmammo.errors import DataError
+from fedmammo.models.gans import (
+    GeneratorDescription,
+    build_gan,
+    describe,
+    load_generator,
+    sample_generator,
+    sample_patches,
+)
+
+__all__ = [
+    "GanResult",
+    "critic_step",
+    "discriminator_step",
+    "generator_step",
+    "gradient_penalty",
+    "load_generator",
+    "random_flips",
+    "sample_generator",
+    "sample_patches",
+    "smoothed_real_labels",
+    "snapshot_schedule",
+    "train_dcgan",
+    "train_wgan_gp",
+]
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class GanResult:
+    """A trained GAN: last generator/discriminator states, snapshots, history and counters."""
+
+    description: GeneratorDescription
+    generator_state: StateDict
+    discriminator_state: StateDict
+    snapshots: list[tuple[int, StateDict]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # epoch, d_loss, g_loss
+    critic_steps: int = 0
+    generator_steps: int = 0
+
+    def sampling_states(self) -> list[StateDict]:
+        """Return the states to sample from: the snapshots, or the last generator if none."""
+        return [state for _, state in self.snapshots] or [self.generator_state]
+
+
+def smoothed_real_labels(
+    n: int, generator: torch.Generator, *, low: float = 0.8, high: float = 1.1
+) -> torch.Tensor:
+    """Return ``n`` real-class targets drawn uniformly in ``[low, high]`` (one-sided smoothing)."""
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def random_flips(x: torch.Tensor, generator: torch.Generator, *, p: float = 0.5) -> torch.Tensor:
+    """Flip each sample of ``(B, C, H, W)`` horizontally and, independently, vertically with p."""
+    flip = torch.rand(2, x.shape[0], generator=generator) < p
+    x = torch.where(flip[0].view(-1, 1, 1, 1), x.flip(-1), x)
+    return torch.where(flip[1].view(-1, 1, 1, 1), x.flip(-2), x)
+
+
+def snapshot_schedule(epochs: int, *, warmup: int, every: int | None) -> list[int]:
+    """Return the epochs (1-based) whose generator is kept: ``warmup + j * every`` <= epochs."""
+    if not every:
+        return []
+    return [e for e in range(warmup, epochs + 1, every) if e >= 1]
+
+
+def gradient_penalty(
+    critic: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    lambda_gp: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Return ``lambda_gp * mean((||grad critic(x_hat)||_2 - 1)^2)`` on random interpolates."""
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grads,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    norms = grads.flatten(1).norm(2, dim=1)
+    return lambda_gp * ((norms - 1.0) ** 2).mean()
+
+
+def discriminator_step(
+    disc: nn.Module,
+    opt: torch.optim.Optimizer,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    real_labels: torch.Tensor,
+) -> float:
+    """One DCGAN discriminator update (BCE on logits, real targets ``real_labels``, fake 0)."""
+    opt.zero_grad(set_to_none=True)
+    real_logits = disc(real)
+    fake_logits = disc(fake.detach())
+    loss = F.binary_cross_entropy_with_logits(
+        real_logits, real_labels.to(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def critic_step(
+    critic: nn.Module,
+    opt: torch.optim.Optimizer,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    lambda_gp: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> float:
+    """One WGAN-GP critic update: ``D(fake) - D(real) + gradient penalty``."""
+    opt.zero_grad(set_to_none=True)
+    fake = fake.detach()
+    loss = critic(fake).mean() - critic(real).mean()
+    loss = loss + gradient_penalty(critic, real, fake, lambda_gp=lambda_gp, generator=generator)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def generator_step(
+    disc: nn.Module, opt: torch.optim.Optimizer, fake: torch.Tensor, *, kind: str
+) -> float:
+    """One generator update from ``fake = G(z)`` (non-saturating BCE for dcgan, else -D)."""
+    opt.zero_grad(set_to_none=True)
+    scores = disc(fake)
+    if kind == "dcgan":
+        loss = F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))
+    else:
+        loss = -scores.mean()
+    loss.backward()
+    opt.step()
+    disc.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def _as_tensor(patches: np.ndarray, batch_size: int) -> torch.Tensor:
+    arr = np.asarray(patches)
+    if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+        raise DataError(f"GAN training expects patches shaped (N, S, S), got {arr.shape}")
+    if arr.shape[0] < 2:
+        raise DataError(f"GAN training needs at least 2 patches, got {arr.shape[0]}")
+    if arr.size and (float(arr.min()) < 0.0 or float(arr.max()) > 1.0):
+        raise DataError("GAN training expects patches in [0, 1]; rescale them first")
+    if batch_size < 2:
+        raise DataError(f"GAN batch_size must be >= 2, got {batch_size}")
+    return torch.from_numpy(arr.astype(np.float32)).unsqueeze(1) * 2.0 - 1.0
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    batches = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:  # batch norm cannot train on one sample
+        batches.pop()
+    return batches
+
+
+def _cpu_state(module: nn.Module) -> StateDict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _check_privacy(privacy: Any) -> None:
+    if privacy is not None:
+        raise NotImplementedError(
+            "DP GAN training is not wired here yet: call with privacy=None, or replace "
+            "discriminator_step / critic_step with a private version"
+        )
+
+
+def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
+    """Shared loop; ``o`` holds the keyword arguments of train_dcgan / train_wgan_gp."""
+    _check_privacy(o.pop("privacy"))
+    data = _as_tensor(patches, o["batch_size"])
+    size, latent, seed = int(data.shape[-1]), o["latent_dim"], o["seed"]
+    device = torch.device(o.pop("device"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen, disc = build_gan(
+            kind, patch_size=size, latent_dim=latent, width=o["width"], norm=o["d_norm"]
+        )
+    gen, disc = gen.to(device).train(), disc.to(device).train()
+    opt_g = torch.optim.Adam(gen.parameters(), lr=o["lr"], betas=o["betas"])
+    opt_d = torch.optim.Adam(disc.parameters(), lr=o["lr"], betas=o["betas"])
+    rng = torch.Generator().manual_seed(seed)
+    keep = set(snapshot_schedule(o["epochs"], warmup=o["warmup"], every=o["snapshot_every"]))
+    result = GanResult(describe(kind, patch_size=size), {}, {})
+    epochs: Any = range(1, o["epochs"] + 1)
+    if o.pop("progress"):
+        from rich.progress import track
+
+        epochs = track(epochs, description=f"training {kind}")
+    for epoch in epochs:
+        d_losses: list[float] = []
+        g_losses: list[float] = []
+        for idx in _batches(len(data), o["batch_size"], rng):
+            real = random_flips(data[idx], rng, p=o["flip_p"]).to(device)
+            z = torch.randn(len(idx), latent, generator=rng).to(device)
+            if kind == "dcgan":
+                labels = smoothed_real_labels(
+                    len(idx), rng, low=o["label_smoothing"][0], high=o["label_smoothing"][1]
+                )
+                fake = gen(z)
+                d_losses.append(discriminator_step(disc, opt_d, real, fake, real_labels=labels))
+                g_losses.append(generator_step(disc, opt_g, fake, kind=kind))
+                result.critic_steps += 1
+                result.generator_steps += 1
+                continue
+            with torch.no_grad():
+                fake = gen(z)
+            d_losses.append(
+                critic_step(disc, opt_d, real, fake, lambda_gp=o["lambda_gp"], generator=rng)
+            )
+            result.critic_steps += 1
+            if result.critic_steps % o["n_critic"] == 0:
+                z = torch.randn(o["batch_size"], latent, generator=rng).to(device)
+                g_losses.append(generator_step(disc, opt_g, gen(z), kind=kind))
+                result.generator_steps += 1
+        result.history.append(
+            {
+                "epoch": float(epoch),
+                "d_loss": float(np.mean(d_losses)) if d_losses else float("nan"),
+                "g_loss": float(np.mean(g_losses)) if g_losses else float("nan"),
+            }
+        )
+        if epoch in keep:
+            result.snapshots.append((epoch, _cpu_state(gen)))
+    hyper = ("lr", "betas", "batch_size", "seed", "warmup", "snapshot_every", "flip_p")
+    hyper += ("label_smoothing",) if kind == "dcgan" else ("lambda_gp", "n_critic")
+    result.description = describe(
+        kind,
+        patch_size=size,
+        latent_dim=latent,
+        width=o["width"],
+        norm=o["d_norm"],
+        lesion_types=o["lesion_types"],
+        n_training_patches=int(len(data)),
+        epochs=o["epochs"],
+        snapshot_epochs=[e for e, _ in result.snapshots],
+        centre=o["centre"],
+        extra={k: list(o[k]) if isinstance(o[k], tuple) else o[k] for k in hyper},
+    )
+    result.generator_state, result.discriminator_state = _cpu_state(gen), _cpu_state(disc)
+    logger.info(
+        "%s: %d epochs, %d critic / %d generator steps, %d snapshots",
+        kind,
+        o["epochs"],
+        result.critic_steps,
+        result.generator_steps,
+        len(result.snapshots),
+    )
+    return result
+
+
+def train_dcgan(
+    patches: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 16,
+    lr: float = 2e-4,
+    betas: tuple[float, float] = (0.5, 0.999),
+    label_smoothing: tuple[float, float] = (0.8, 1.1),
+    flip_p: float = 0.5,
+    snapshot_every: int | None = 50,
+    warmup: int = 500,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    privacy: Any | None = None,
+    latent_dim: int = 100,
+    width: int = 64,
+    d_norm: str | None = None,
+    lesion_types: Sequence[str] = (),
+    centre: str | None = None,
+) -> GanResult:
+    """Train a DCGAN on patches ``(N, S, S)`` in [0, 1]; see the module docstring."""
+    options = dict(locals())
+    del options["patches"]
+    return _train("dcgan", patches, options)
+
+
+def train_wgan_gp(
+    patches: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.0, 0.9),
+    lambda_gp: float = 10.0,
+    n_critic: int = 5,
+    flip_p: float = 0.5,
+    snapshot_every: int | None = None,
+    warmup: int = 0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    privacy: Any | None = None,
+    latent_dim: int = 100,
+    width: int = 64,
+    d_norm: str | None = None,
+    lesion_types: Sequence[str] = (),
+    centre: str | None = None,
+) -> GanResult:
+    """Train a WGAN-GP on patches ``(N, S, S)`` in [0, 1]; see the module docstring."""
+    if n_critic < 1:
+        raise DataError(f"n_critic must be >= 1, got {n_critic}")
+    options = dict(locals())
+    del options["patches"]
+    return _train("wgan_gp", patches, options)

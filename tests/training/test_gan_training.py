@@ -1,0 +1,218 @@
+"""Tests for fedmammo.training.gan: label smoothing, flips, gradient penalty, schedules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fedmammo.training.gan as gan_mod
+from fedmammo.errors import DataError
+from fedmammo.training.gan import (
+    gradient_penalty,
+    random_flips,
+    smoothed_real_labels,
+    snapshot_schedule,
+    train_dcgan,
+    train_wgan_gp,
+)
+
+TINY = {"width": 4, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def patches() -> np.ndarray:
+    return np.random.default_rng(0).uniform(0.2, 0.8, size=(24, 32, 32)).astype(np.float32)
+
+
+# --- label smoothing ---------------------------------------------------------------------
+
+
+def test_smoothed_real_labels_are_uniform_on_0_8_to_1_1():
+    # Execute
+    labels = smoothed_real_labels(20_000, torch.Generator().manual_seed(0)).numpy()
+    # Assert: inside the range, reaching both ends, flat histogram
+    assert labels.min() >= 0.8 and labels.max() <= 1.1
+    assert labels.min() < 0.801 and labels.max() > 1.099
+    counts, _ = np.histogram(labels, bins=6, range=(0.8, 1.1))
+    np.testing.assert_allclose(counts / len(labels), 1 / 6, atol=0.01)
+
+
+def test_bce_with_logits_is_defined_for_targets_above_one():
+    # The docstring's claim: finite loss, gradient sigmoid(x) - y (< 0 for y > 1)
+    logits = torch.tensor([-3.0, 0.0, 3.0, 30.0], requires_grad=True)
+    target = torch.full((4,), 1.1)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    loss.backward()
+    assert torch.isfinite(loss)
+    np.testing.assert_allclose(logits.grad, torch.sigmoid(logits.detach()) - 1.1, atol=1e-6)
+
+
+def test_dcgan_training_draws_real_labels_across_the_smoothing_range(patches, monkeypatch):
+    # Prepare: record the real targets of every discriminator step
+    seen: list[torch.Tensor] = []
+    original = gan_mod.discriminator_step
+
+    def recording(disc, opt, real, fake, *, real_labels):
+        seen.append(real_labels.clone())
+        return original(disc, opt, real, fake, real_labels=real_labels)
+
+    monkeypatch.setattr(gan_mod, "discriminator_step", recording)
+    # Execute
+    train_dcgan(patches, epochs=4, snapshot_every=None, **TINY)
+    labels = torch.cat(seen).numpy()
+    # Assert: 4 epochs x 3 batches x 8 labels, all in [0.8, 1.1], spread over the range
+    assert labels.shape == (96,)
+    assert labels.min() >= 0.8 and labels.max() <= 1.1
+    assert labels.min() < 0.85 and labels.max() > 1.05
+
+
+# --- flips ---------------------------------------------------------------------------------
+
+
+def test_random_flips_flip_each_axis_with_probability_p():
+    # Prepare: an asymmetric image (a single hot corner) repeated
+    x = torch.zeros(4000, 1, 4, 4)
+    x[:, 0, 0, 0] = 1.0
+    # Execute
+    out = random_flips(x, torch.Generator().manual_seed(0), p=0.5)
+    # Assert: the hot pixel lands in each corner a quarter of the time
+    corners = out[:, 0, [0, 0, 3, 3], [0, 3, 0, 3]].mean(dim=0).numpy()
+    np.testing.assert_allclose(corners, 0.25, atol=0.03)
+    assert torch.equal(random_flips(x, torch.Generator(), p=0.0), x)
+    assert torch.equal(random_flips(x, torch.Generator(), p=1.0), x.flip(-1).flip(-2))
+
+
+# --- gradient penalty ------------------------------------------------------------------------
+
+
+class _Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) * self.weight.flatten()).sum(dim=1)
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 2.5])
+def test_gradient_penalty_of_a_linear_critic_is_exact(scale):
+    # Prepare: D(x) = <w, x> has gradient w everywhere, so GP = lambda * (||w|| - 1)^2
+    w = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(1))
+    w = w / w.norm() * scale
+    critic = _Linear(w)
+    gen = torch.Generator().manual_seed(2)
+    real, fake = torch.rand(5, 1, 8, 8, generator=gen), torch.rand(5, 1, 8, 8, generator=gen)
+    # Execute
+    gp = gradient_penalty(critic, real, fake, lambda_gp=10.0, generator=gen)
+    # Assert
+    assert gp.item() == pytest.approx(10.0 * (scale - 1.0) ** 2, abs=1e-5)
+
+
+def test_gradient_penalty_is_differentiable_in_the_critic_weights():
+    # d/dw lambda (||w|| - 1)^2 = 2 lambda (||w|| - 1) w / ||w||
+    w = torch.full((1, 2, 2), 1.0)  # ||w|| = 2
+    critic = _Linear(w.clone())
+    gp = gradient_penalty(critic, torch.rand(3, 1, 2, 2), torch.rand(3, 1, 2, 2), lambda_gp=10.0)
+    gp.backward()
+    np.testing.assert_allclose(critic.weight.grad.numpy(), 2 * 10.0 * 1.0 * w.numpy() / 2.0)
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+
+def test_wgan_gp_runs_five_critic_steps_per_generator_step(patches):
+    # Execute: 24 patches / batch 8 = 3 critic steps per epoch, 5 epochs = 15 critic steps
+    result = train_wgan_gp(patches, epochs=5, seed=0, **TINY)
+    # Assert: 3 generator steps, the 5:1 schedule running across epoch boundaries
+    assert (result.critic_steps, result.generator_steps) == (15, 3)
+    g_losses = [h["g_loss"] for h in result.history]
+    assert np.isnan(g_losses[0]) and not np.isnan(g_losses[1])  # first G step at critic step 5
+    assert result.description.extra["n_critic"] == 5
+    assert result.description.extra["lambda_gp"] == 10.0
+
+
+def test_dcgan_alternates_one_to_one(patches):
+    result = train_dcgan(patches, epochs=2, snapshot_every=None, **TINY)
+    assert (result.critic_steps, result.generator_steps) == (6, 6)
+
+
+def test_snapshot_schedule_is_warmup_plus_multiples_of_k():
+    assert snapshot_schedule(3000, warmup=500, every=50) == list(range(500, 3001, 50))
+    assert snapshot_schedule(12, warmup=5, every=3) == [5, 8, 11]
+    assert snapshot_schedule(10, warmup=0, every=4) == [4, 8]
+    assert snapshot_schedule(10, warmup=20, every=4) == []
+    assert snapshot_schedule(10, warmup=0, every=None) == []
+
+
+def test_dcgan_keeps_snapshots_on_schedule_and_samples_from_them(patches):
+    # Execute
+    result = train_dcgan(patches, epochs=5, warmup=2, snapshot_every=2, seed=3, **TINY)
+    # Assert: epochs 2 and 4 kept; distinct weights; the final state is epoch 5's
+    assert [e for e, _ in result.snapshots] == [2, 4]
+    assert result.description.snapshot_epochs == [2, 4]
+    key = next(iter(result.generator_state))
+    s2, s4 = (state[key] for _, state in result.snapshots)
+    assert not torch.equal(s2, s4) and not torch.equal(s4, result.generator_state[key])
+    assert len(result.sampling_states()) == 2
+
+
+def test_without_snapshots_sampling_uses_the_last_generator(patches):
+    result = train_wgan_gp(patches, epochs=1, **TINY)
+    assert result.snapshots == []
+    assert result.sampling_states() == [result.generator_state]
+
+
+# --- reproducibility, description, input checks ------------------------------------------
+
+
+def test_training_is_reproducible_and_leaves_global_rng_alone(patches):
+    before = torch.random.get_rng_state()
+    a = train_dcgan(patches, epochs=1, snapshot_every=None, seed=11, **TINY)
+    b = train_dcgan(patches, epochs=1, snapshot_every=None, seed=11, **TINY)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for key, value in a.generator_state.items():
+        assert torch.equal(value, b.generator_state[key])
+    assert a.history == b.history
+
+
+def test_description_records_training_and_is_json_serialisable(patches):
+    result = train_dcgan(
+        patches, epochs=2, warmup=1, snapshot_every=1, lesion_types=["mass"], centre="B", **TINY
+    )
+    desc = json.loads(json.dumps(result.description.to_dict()))
+    assert desc["kind"] == "dcgan" and desc["latent_dim"] == 100 and desc["patch_size"] == 32
+    assert desc["n_training_patches"] == 24 and desc["epochs"] == 2
+    assert desc["snapshot_epochs"] == [1, 2] and desc["lesion_types"] == ["mass"]
+    assert desc["extra"]["label_smoothing"] == [0.8, 1.1] and desc["extra"]["batch_size"] == 8
+
+
+def test_dcgan_moves_its_samples_towards_the_data_intensity():
+    # Prepare: bright patches (0.85); an untrained generator's output averages 0.5 (tanh(~0))
+    data = np.clip(
+        0.85 + 0.02 * np.random.default_rng(1).standard_normal((32, 32, 32)), 0, 1
+    ).astype(np.float32)
+    options = {"snapshot_every": None, "seed": 1, "width": 8, "batch_size": 8, "lr": 2e-3}
+    # Execute
+    untrained = train_dcgan(data, epochs=0, **options)
+    trained = train_dcgan(data, epochs=12, **options)
+    before, after = (
+        gan_mod.sample_generator(r.description, r.sampling_states(), 16, seed=0).mean()
+        for r in (untrained, trained)
+    )
+    # Assert: a short run moves the mean clearly from 0.5 towards 0.85
+    assert abs(before - 0.5) < 0.02
+    assert after - before > 0.08
+
+
+def test_bad_inputs_are_refused(patches):
+    with pytest.raises(DataError, match=r"in \[0, 1\]"):
+        train_dcgan(patches * 2, epochs=1)
+    with pytest.raises(DataError, match=r"\(N, S, S\)"):
+        train_wgan_gp(patches[:, :, :16], epochs=1)
+    with pytest.raises(NotImplementedError, match="privacy=None"):
+        train_wgan_gp(patches, epochs=1, privacy=object())
