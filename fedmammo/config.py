@@ -22,6 +22,7 @@ __all__ = [
     "CentreProfile",
     "ComputeSpec",
     "DataSpec",
+    "FaultSpec",
     "LabelSpec",
     "PrivacySpec",
     "Scenario",
@@ -203,6 +204,15 @@ class StrategySpec(_Strict):
 
 
 # --------------------------------------------------------------------------- scenario
+class FaultSpec(_Strict):
+    """A simulated centre failure: the centre's handler raises in that round (for studying
+    dropouts and for testing that runs survive them)."""
+
+    centre: str
+    round: int = Field(ge=1)
+    arm: str = "federated"
+
+
 class CentreEntry(_Strict):
     """A centre taking part in a scenario: its profile, its role and profile overrides."""
 
@@ -227,6 +237,7 @@ class Scenario(_Strict):
     data_dir: str = "data"  # where phantom centres and caches are materialised
     privacy: PrivacySpec | None = None  # scenario-wide default; a profile's own wins
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    faults: list[FaultSpec] = Field(default_factory=list)
     quick: dict[str, Any] = Field(default_factory=dict)  # scenario keys overridden by --quick
     # filled by load_scenario:
     resolved_profiles: dict[str, CentreProfile] = Field(default_factory=dict)
@@ -313,15 +324,17 @@ def apply_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _resolve_ref(ref: str, folder: str, base: Path) -> Path:
-    """A reference is a stem in ``<root>/<folder>/`` or a path relative to the referring file."""
+    """A bare stem names ``<root>/<folder>/<stem>.yaml``; anything else is a path, relative
+    to the referring file (or to the project root)."""
     p = Path(ref)
-    candidates = [base / p, project_root() / folder / f"{ref}.yaml", project_root() / p]
-    if p.suffix not in (".yaml", ".yml"):
-        candidates.insert(1, base / f"{ref}.yaml")
+    if p.suffix not in (".yaml", ".yml") and len(p.parts) == 1:
+        candidates = [project_root() / folder / f"{ref}.yaml", base / folder / f"{ref}.yaml"]
+    else:
+        candidates = [base / p, project_root() / p]
     for c in candidates:
         if c.is_file():
             return c
-    return candidates[1]
+    return candidates[0]
 
 
 def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> CentreProfile:
@@ -442,5 +455,10 @@ def _check_roles(path: Path, scenario: Scenario) -> None:
                 f"{path}: centre {entry.name!r} has role 'sharer' but its profile shares nothing; "
                 "fix: set sharing.generators: true in its profile or change its role"
             )
+    names = {e.name for e in scenario.centres}
+    for i, fault in enumerate(scenario.faults):
+        if fault.centre not in names:
+            raise ConfigError(f"{path}: key 'faults.{i}.centre': no centre named "
+                              f"{fault.centre!r}; valid: {', '.join(sorted(names))}")
     if not any(e.role in ("train", "receiver") for e in scenario.centres):
         raise ConfigError(f"{path}: key 'centres': no centre has role 'train' or 'receiver'")

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from fedmammo.evaluation.results import RunRecorder
 
-__all__ = ["final_table", "to_markdown", "write_summary"]
+__all__ = ["SECTIONS", "final_table", "register_section", "to_markdown", "write_summary"]
+
+#: strategy kind -> function(recorder, console) -> markdown appended to results.md (it may
+#: also print its own tables to the console).
+SECTIONS: dict[str, Callable[[RunRecorder, Console], str]] = {}
+
+
+def register_section(kind: str) -> Callable:
+    """Register the results.md section writer of a strategy kind."""
+
+    def deco(fn: Callable[[RunRecorder, Console], str]) -> Callable:
+        SECTIONS[kind] = fn
+        return fn
+
+    return deco
 
 
 def _fmt(value: float, lo: float | None, hi: float | None) -> str:
@@ -55,6 +71,9 @@ def write_summary(recorder: RunRecorder, console: Console | None = None) -> str:
         console.print(rt)
         lines += ["Test AUROC [95% CI] per arm (rows) and evaluating centre (columns).", "",
                   to_markdown(table.fillna(""))]
+    section = SECTIONS.get(str(recorder.meta.get("kind", "")))
+    if section is not None:
+        lines += ["", section(recorder, console)]
     if recorder.failures:
         lines += ["", f"{len(recorder.failures)} centre failures recorded (see results.json)."]
     for note in recorder.notes:

@@ -1,0 +1,68 @@
+"""Helpers to run the same apps at real sites: node-config strings and a site's data folder.
+
+At each site: ``python -m fedmammo.federation.deployment prepare PROFILE.yaml --data-dir DIR``
+materialises the centre (phantom or dataset adapter, splits, cache) and writes
+``DIR/centre.yaml``; then ``flower-supernode ... --node-config "$(python -m
+fedmammo.federation.deployment node-config --centre A --data-dir DIR)"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from fedmammo.config import load_profile
+from fedmammo.data.prepare import materialise_centre
+from fedmammo.errors import FedmammoError
+
+__all__ = ["main", "node_config", "prepare_site"]
+
+
+def node_config(centre: str, data_dir: str | Path, *, role: str = "train") -> str:
+    """The ``--node-config`` string of a SuperNode serving ``centre`` from ``data_dir``."""
+    return f'centre="{centre}" data-dir="{Path(data_dir).resolve()}" role="{role}"'
+
+
+def prepare_site(profile_path: str | Path, data_dir: str | Path, *, image_size: tuple[int, int],
+                 data_seed: int = 0, role: str = "train", name: str | None = None) -> int:
+    """Materialise a centre's data in ``data_dir``; return the number of cached images."""
+    profile = load_profile(profile_path, {"name": name} if name else None)
+    data = materialise_centre(profile, Path(data_dir).parent, image_size=image_size,
+                              data_seed=data_seed, test_only=role == "test", data_dir=data_dir)
+    return len(data.manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedmammo.federation.deployment")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    prep = sub.add_parser("prepare", help="materialise a site's centre in its data folder")
+    prep.add_argument("profile")
+    prep.add_argument("--data-dir", required=True)
+    prep.add_argument("--name")
+    prep.add_argument("--role", default="train", choices=["train", "test", "sharer", "receiver"])
+    prep.add_argument("--image-size", nargs=2, type=int, default=[256, 192])
+    prep.add_argument("--data-seed", type=int, default=0)
+    nc = sub.add_parser("node-config", help="print the SuperNode --node-config string")
+    nc.add_argument("--centre", required=True)
+    nc.add_argument("--data-dir", required=True)
+    nc.add_argument("--role", default="train")
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        if args.cmd == "prepare":
+            n = prepare_site(args.profile, args.data_dir, image_size=tuple(args.image_size),
+                             data_seed=args.data_seed, role=args.role, name=args.name)
+            console.print(f"prepared {n} images in {args.data_dir}")
+        else:
+            print(node_config(args.centre, args.data_dir, role=args.role))
+        return 0
+    except FedmammoError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The same apps at 'separate sites': SuperLink + one SuperNode per centre on 127.0.0.1.
+
+Runs scenarios/fedavg_tiny.yaml with `flwr run` and checks that the results match the
+simulation of the same scenario and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from run_helpers import REPO, final_auc, results, run_cli
+
+from fedmammo.config import load_scenario
+from fedmammo.federation.deployment import node_config, prepare_site
+
+pytestmark = pytest.mark.slow
+SCENARIO = REPO / "scenarios" / "fedavg_tiny.yaml"
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_loopback_deployment_matches_simulation(tmp_path):
+    # Prepare: each site's data folder, as a hospital would (same profiles and data seed).
+    scenario = load_scenario(SCENARIO)
+    sites = {}
+    for entry in scenario.centres:
+        data_dir = tmp_path / "sites" / entry.name
+        prepare_site(REPO / "centres" / f"{entry.profile}.yaml", data_dir, name=entry.name,
+                     image_size=scenario.image_size, data_seed=scenario.data_seed,
+                     role=entry.role)
+        sites[entry.name] = (data_dir, entry.role)
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr_home"),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    link = _free_port()
+    (tmp_path / "flwr_home").mkdir()
+    (tmp_path / "flwr_home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+        f'address = "127.0.0.1:{link}"\ninsecure = true\n')
+    procs = [_start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                     "--port", str(link), "--database", str(tmp_path / "state.db"),
+                     "--disable-runtime-dependency-installation"],
+                    tmp_path / "superlink.log", env)]
+    run_dir = tmp_path / "deployed_run"
+    try:
+        time.sleep(5)
+        for name, (data_dir, role) in sites.items():
+            procs.append(_start(
+                [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+                 "--port", str(_free_port()), "--node-config",
+                 node_config(name, data_dir, role=role)],
+                tmp_path / f"supernode_{name}.log", env))
+        # Execute: the ServerApp reads the scenario and writes results to run-dir.
+        run = subprocess.run(
+            [str(BIN / "flwr"), "run", str(REPO), "loopback", "--stream", "-c",
+             f'scenario="{SCENARIO}" run-dir="{run_dir}"'],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+    finally:
+        _stop(procs)
+    logs = run.stdout[-2000:] + run.stderr[-2000:]
+    assert (run_dir / "results.json").is_file(), logs
+    deployed = results(run_dir)
+    assert deployed["meta"]["deployment"] is True
+    assert deployed["failures"] == [], deployed["failures"]
+    # Simulation of the same scenario and seed.
+    proc, sim_dir = run_cli([str(SCENARIO)], out=tmp_path / "sim")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    simulated = results(sim_dir)
+    # Assert: same centres, same test AUCs (same data, splits, seeds and arithmetic).
+    dep_auc, sim_auc = final_auc(deployed, "federated"), final_auc(simulated, "federated")
+    assert set(dep_auc) == set(sim_auc) == {"tiny_a", "tiny_b", "tiny_t"}
+    for centre, value in sim_auc.items():
+        if value is None:
+            assert dep_auc[centre] is None
+        else:
+            assert dep_auc[centre] == pytest.approx(value, abs=1e-3), (centre, dep_auc, sim_auc)
+    counts = {c: v["counts"]["n-images"] for c, v in deployed["meta"]["centres"].items()}
+    assert counts == {c: v["counts"]["n-images"] for c, v in simulated["meta"]["centres"].items()}
+    assert json.loads((run_dir / "results.json").read_text())["progress"]["federated|0"]["done"]
