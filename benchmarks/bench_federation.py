@@ -46,12 +46,16 @@ class MemorySampler(threading.Thread):
                     continue
                 try:
                     cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                    if not any(k in cmd for k in ("ClientAppActor", "fedmammo", "ray::", "raylet",
-                                                  "gcs_server")):
+                    if not any(
+                        k in cmd
+                        for k in ("ClientAppActor", "fedmammo", "ray::", "raylet", "gcs_server")
+                    ):
                         continue
-                    rss_kb = next(int(line.split()[1]) for line in
-                                  (pid_dir / "status").read_text().splitlines()
-                                  if line.startswith("VmRSS"))
+                    rss_kb = next(
+                        int(line.split()[1])
+                        for line in (pid_dir / "status").read_text().splitlines()
+                        if line.startswith("VmRSS")
+                    )
                 except (OSError, StopIteration, ValueError):
                     continue
                 mb = rss_kb / 1024
@@ -67,8 +71,12 @@ def run(args: list[str], out: Path) -> tuple[float, Path, MemorySampler]:
     sampler = MemorySampler()
     sampler.start()
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fedmammo.simulate", *args, "--out", str(out)],
-                   cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "fedmammo.simulate", *args, "--out", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
@@ -78,11 +86,20 @@ def run(args: list[str], out: Path) -> tuple[float, Path, MemorySampler]:
 
 def many_centres_scenario(n: int, folder: Path) -> Path:
     centres = [{"profile": "tiny", "name": f"c{i:02d}", "role": "train"} for i in range(n)]
-    scenario = {"name": f"fedavg_{n}_centres", "centres": centres, "strategy": "fedavg",
-                "strategy_overrides": {"params.rounds": 2, "params.arms": ["federated"],
-                                       "params.bootstrap": 0, "params.min_centres": 1,
-                                       "params.model.options": {"width": 4, "depth": 3}},
-                "image_size": [32, 24], "data_dir": str(folder / "data")}
+    scenario = {
+        "name": f"fedavg_{n}_centres",
+        "centres": centres,
+        "strategy": "fedavg",
+        "strategy_overrides": {
+            "params.rounds": 2,
+            "params.arms": ["federated"],
+            "params.bootstrap": 0,
+            "params.min_centres": 1,
+            "params.model.options": {"width": 4, "depth": 3},
+        },
+        "image_size": [32, 24],
+        "data_dir": str(folder / "data"),
+    }
     path = folder / "many.yaml"
     path.write_text(yaml.safe_dump(scenario))
     return path
@@ -106,25 +123,38 @@ def main() -> None:
         wall_n, run_n, mem_n = run([str(many_centres_scenario(args.centres, tmp))], tmp / "many")
         res_n = json.loads((run_n / "results.json").read_text())
     print("## Flower orchestration (`benchmarks/bench_federation.py`)\n")
-    print(f"fedavg_quick --quick: {len(res['meta']['centres'])} simulated nodes, "
-          f"{os.cpu_count()} CPUs; process wall {wall:.1f} s, of which the ServerApp ran "
-          f"{in_app:.1f} s.\n")
+    print(
+        f"fedavg_quick --quick: {len(res['meta']['centres'])} simulated nodes, "
+        f"{os.cpu_count()} CPUs; process wall {wall:.1f} s, of which the ServerApp ran "
+        f"{in_app:.1f} s.\n"
+    )
     print("| measurement | value |\n|---|---|")
-    print(f"| federated round wall time / slowest centre's compute (median over "
-          f"{len(ratio)} rounds) | {ratio.median():.2f}x |")
+    print(
+        f"| federated round wall time / slowest centre's compute (median over "
+        f"{len(ratio)} rounds) | {ratio.median():.2f}x |"
+    )
     print(f"| median round wall time | {per_round['round_wall_seconds'].median():.2f} s |")
-    print(f"| start-up: CLI start -> ServerApp start (imports, phantom + cache prepared, Ray "
-          f"start) | {wall - in_app:.1f} s |")
-    print(f"| start-up: identify round (Ray actors start, import torch, open caches) | "
-          f"{startup:.1f} s |")
+    print(
+        f"| start-up: CLI start -> ServerApp start (imports, phantom + cache prepared, Ray "
+        f"start) | {wall - in_app:.1f} s |"
+    )
+    print(
+        f"| start-up: identify round (Ray actors start, import torch, open caches) | "
+        f"{startup:.1f} s |"
+    )
     if centre_peaks:
-        print(f"| peak RSS per simulated centre (Ray actor), median / max | "
-              f"{centre_peaks[len(centre_peaks) // 2]:.0f} / {centre_peaks[-1]:.0f} MB |")
+        print(
+            f"| peak RSS per simulated centre (Ray actor), median / max | "
+            f"{centre_peaks[len(centre_peaks) // 2]:.0f} / {centre_peaks[-1]:.0f} MB |"
+        )
     print(f"| peak RSS, whole process tree | {mem.peak_total:.0f} MB |")
     print(f"| {args.centres} tiny centres, 2 FedAvg rounds: wall time | {wall_n:.1f} s |")
-    print(f"| {args.centres} tiny centres: ServerApp time | {res_n['meta']['wall_seconds']:.1f} s |")
-    print(f"| {args.centres} tiny centres: peak RSS, whole process tree | "
-          f"{mem_n.peak_total:.0f} MB |")
+    print(
+        f"| {args.centres} tiny centres: ServerApp time | {res_n['meta']['wall_seconds']:.1f} s |"
+    )
+    print(
+        f"| {args.centres} tiny centres: peak RSS, whole process tree | {mem_n.peak_total:.0f} MB |"
+    )
 
 
 if __name__ == "__main__":

@@ -191,7 +191,9 @@ class StrategySpec(_Strict):
     @classmethod
     def _known_kind(cls, v: str) -> str:
         if v not in RECIPES:
-            raise ValueError(f"unknown strategy kind {v!r}; valid kinds: {', '.join(sorted(RECIPES))}")
+            raise ValueError(
+                f"unknown strategy kind {v!r}; valid kinds: {', '.join(sorted(RECIPES))}"
+            )
         return v
 
     def typed_params(self, *, quick: bool = False) -> BaseModel:
@@ -458,7 +460,9 @@ def _check_roles(path: Path, scenario: Scenario) -> None:
     names = {e.name for e in scenario.centres}
     for i, fault in enumerate(scenario.faults):
         if fault.centre not in names:
-            raise ConfigError(f"{path}: key 'faults.{i}.centre': no centre named "
-                              f"{fault.centre!r}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"{path}: key 'faults.{i}.centre': no centre named "
+                f"{fault.centre!r}; valid: {', '.join(sorted(names))}"
+            )
     if not any(e.role in ("train", "receiver") for e in scenario.centres):
         raise ConfigError(f"{path}: key 'centres': no centre has role 'train' or 'receiver'")

@@ -1,7 +1,7 @@
 """Run a scenario on Flower's simulation engine.
 
-    python -m fedmammo.simulate SCENARIO.yaml [--out DIR] [--check] [--set key.path=value ...]
-                                 [--quick] [--resume RUN_DIR]
+python -m fedmammo.simulate SCENARIO.yaml [--out DIR] [--check] [--set key.path=value ...]
+                             [--quick] [--resume RUN_DIR]
 """
 
 from __future__ import annotations
@@ -55,13 +55,24 @@ def prepare_data(scenario: Scenario, *, with_pooled: bool) -> None:
         for entry in scenario.centres:
             profile = scenario.resolved_profiles[entry.name or ""]
             progress.update(task, description=f"preparing centre {profile.name}")
-            data = materialise_centre(profile, scenario.data_dir, image_size=scenario.image_size,
-                                      data_seed=scenario.data_seed, test_only=entry.role == "test")
+            data = materialise_centre(
+                profile,
+                scenario.data_dir,
+                image_size=scenario.image_size,
+                data_seed=scenario.data_seed,
+                test_only=entry.role == "test",
+            )
             if with_pooled and entry.role in ("train", "receiver"):
-                materialise_centre(profile, scenario.data_dir, image_size=scenario.image_size,
-                                   data_seed=scenario.data_seed)
-            console.print(f"  centre [bold]{profile.name}[/] ({entry.role}): "
-                          f"{len(data.manifest)} images, {len(data.skipped)} skipped")
+                materialise_centre(
+                    profile,
+                    scenario.data_dir,
+                    image_size=scenario.image_size,
+                    data_seed=scenario.data_seed,
+                )
+            console.print(
+                f"  centre [bold]{profile.name}[/] ({entry.role}): "
+                f"{len(data.manifest)} images, {len(data.skipped)} skipped"
+            )
             progress.advance(task)
 
 
@@ -93,10 +104,17 @@ def run(spec: RunSpec, scenario: Scenario) -> Path:
     cpus = max(p.compute.num_cpus for p in scenario.resolved_profiles.values())
     gpus = max(p.compute.num_gpus for p in scenario.resolved_profiles.values())
     run_simulation(
-        server_app=server_app, client_app=client_app, num_supernodes=len(spec.node_order),
-        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": gpus},
-                        "init_args": {"num_cpus": os.cpu_count() or 1,
-                                      "include_dashboard": False, "log_to_driver": True}},
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=len(spec.node_order),
+        backend_config={
+            "client_resources": {"num_cpus": cpus, "num_gpus": gpus},
+            "init_args": {
+                "num_cpus": os.cpu_count() or 1,
+                "include_dashboard": False,
+                "log_to_driver": True,
+            },
+        },
     )
     results = run_dir / "results.json"
     if not results.is_file():
@@ -105,15 +123,27 @@ def run(spec: RunSpec, scenario: Scenario) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedmammo.simulate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fedmammo.simulate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("scenario", help="scenario YAML (see scenarios/)")
     parser.add_argument("--out", help="output root (default: the scenario's output_dir)")
     parser.add_argument("--check", action="store_true", help="validate, print, do not run")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a dotted key (strategy.rounds=2, centres.A.split.train=0.5)")
-    parser.add_argument("--quick", action="store_true",
-                        help="apply the scenario's quick: overrides (small images, few rounds)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted key (strategy.rounds=2, centres.A.split.train=0.5)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="apply the scenario's quick: overrides (small images, few rounds)",
+    )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     args = parser.parse_args(argv)
     try:
@@ -136,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out or scenario.output_dir)
             run_dir = (out / scenario.name / stamp).resolve()
             run_dir.mkdir(parents=True, exist_ok=True)
-            spec = RunSpec(scenario_file=str(Path(args.scenario).resolve()), run_dir=str(run_dir),
-                           sets=sets, quick=args.quick)
+            spec = RunSpec(
+                scenario_file=str(Path(args.scenario).resolve()),
+                run_dir=str(run_dir),
+                sets=sets,
+                quick=args.quick,
+            )
         (run_dir / "scenario.resolved.yaml").write_text(resolved_yaml(scenario))
         _setup_logging(run_dir)
         console.print(f"run directory: [bold]{run_dir}[/]")

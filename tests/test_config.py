@@ -46,13 +46,16 @@ def _scenario(tree: Path, body: str) -> Path:
 
 
 def test_scenario_resolves_profiles_recipe_and_quick(tree):
-    path = _scenario(tree, """
+    path = _scenario(
+        tree,
+        """
 centres:
   - {profile: centres/a.yaml, role: train}
   - {profile: centres/b.yaml, role: test, overrides: {data.synthetic.segments.0.patients: 4}}
 strategy: strategies/fa.yaml
 quick: {image_size: [32, 24]}
-""")
+""",
+    )
     sc = load_scenario(path, quick=True, sets={"strategy.params.rounds": 7})
     assert sc.name == "scen"
     assert sc.centre_names() == ["a", "b"]
@@ -63,8 +66,9 @@ quick: {image_size: [32, 24]}
 
 
 def test_unknown_scenario_key_names_file_and_key(tree):
-    path = _scenario(tree, "centres: [{profile: centres/a.yaml}]\nstrategy: strategies/fa.yaml\n"
-                           "roundz: 3\n")
+    path = _scenario(
+        tree, "centres: [{profile: centres/a.yaml}]\nstrategy: strategies/fa.yaml\nroundz: 3\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_scenario(path)
     msg = str(err.value)
@@ -106,8 +110,11 @@ def test_out_of_range_profile_value(tree):
 
 
 def test_duplicate_centre_names_are_refused(tree):
-    path = _scenario(tree, "centres: [{profile: centres/a.yaml}, {profile: centres/a.yaml}]\n"
-                           "strategy: strategies/fa.yaml\n")
+    path = _scenario(
+        tree,
+        "centres: [{profile: centres/a.yaml}, {profile: centres/a.yaml}]\n"
+        "strategy: strategies/fa.yaml\n",
+    )
     with pytest.raises(ConfigError, match="used twice"):
         load_scenario(path)
 

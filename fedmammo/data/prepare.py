@@ -41,22 +41,27 @@ def centre_data_dir(root: str | Path, profile: CentreProfile, data_seed: int) ->
     return Path(root) / f"{profile.name}-{profile_stamp(profile, data_seed)}"
 
 
-def _split(manifest: pd.DataFrame, profile: CentreProfile, *, test_only: bool, data_seed: int
-           ) -> pd.DataFrame:
+def _split(
+    manifest: pd.DataFrame, profile: CentreProfile, *, test_only: bool, data_seed: int
+) -> pd.DataFrame:
     """Patient-wise splits; a dataset's official test split is kept (train -> train + val)."""
     if test_only:
         return assign_splits(manifest, {"test": 1.0}, seed=data_seed)
     official = manifest["split"]
-    if not (profile.data.use_dataset_split and official.notna().all()
-            and set(official.unique()) <= {"train", "test"}):
+    if not (
+        profile.data.use_dataset_split
+        and official.notna().all()
+        and set(official.unique()) <= {"train", "test"}
+    ):
         return assign_splits(manifest, dict(profile.split), seed=data_seed)
     f_train, f_val = profile.split.get("train", 0.0), profile.split.get("val", 0.0)
     out = manifest.copy()
     is_train = (official == "train").to_numpy()
     if is_train.any() and f_train + f_val > 0:
         fractions = {"train": f_train / (f_train + f_val), "val": f_val / (f_train + f_val)}
-        sub = assign_splits(manifest[is_train], {k: v for k, v in fractions.items() if v > 0},
-                            seed=data_seed)
+        sub = assign_splits(
+            manifest[is_train], {k: v for k, v in fractions.items() if v > 0}, seed=data_seed
+        )
         out.loc[is_train, "split"] = sub["split"].to_numpy()
     log.info("centre %s: kept the dataset's official test split", profile.name)
     return out
@@ -84,10 +89,14 @@ def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> 
             f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "
             "not exist; fix: set the environment variable it names or edit data.root"
         )
-    options = {"print_summary": True, "summary_path": str(data_dir / "summary.json"),
-               **profile.data.options}
-    return load_manifest(profile.data.format or "", root, centre=profile.name,
-                         source=profile.source, **options)
+    options = {
+        "print_summary": True,
+        "summary_path": str(data_dir / "summary.json"),
+        **profile.data.options,
+    }
+    return load_manifest(
+        profile.data.format or "", root, centre=profile.name, source=profile.source, **options
+    )
 
 
 @dataclass
@@ -102,14 +111,19 @@ class CentreData:
     def rows(self, split: str | None, *, label: str | None = "malignant") -> np.ndarray:
         """Cache rows of a split (None = all), dropping rows whose ``label`` is missing."""
         m = self.manifest
-        keep = np.ones(len(m), dtype=bool) if split is None else (m["split"] == split).to_numpy(
-            dtype=bool, na_value=False)
+        keep = (
+            np.ones(len(m), dtype=bool)
+            if split is None
+            else (m["split"] == split).to_numpy(dtype=bool, na_value=False)
+        )
         if label is not None:
             keep &= m[label].notna().to_numpy()
         return np.flatnonzero(keep)
 
     def labels(self, rows: np.ndarray, label: str = "malignant") -> np.ndarray:
-        return self.manifest[label].to_numpy(dtype="float64", na_value=np.nan)[rows].astype(np.int64)
+        return (
+            self.manifest[label].to_numpy(dtype="float64", na_value=np.nan)[rows].astype(np.int64)
+        )
 
     def segments(self, rows: np.ndarray) -> np.ndarray:
         return self.manifest["segment"].astype(str).to_numpy()[rows]
@@ -122,7 +136,9 @@ class CentreData:
         m = self.manifest
         out: dict[str, int] = {"n-images": len(m), "n-patients": int(m["patient_id"].nunique())}
         lab = m["malignant"].astype("Int64").astype(str).replace("<NA>", "na")
-        for (split, seg, y), n in m.groupby([m["split"].fillna("none"), m["segment"], lab]).size().items():
+        for (split, seg, y), n in (
+            m.groupby([m["split"].fillna("none"), m["segment"], lab]).size().items()
+        ):
             out[f"n|{split}|{seg}|{y}"] = int(n)
         return out
 

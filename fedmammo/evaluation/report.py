@@ -38,8 +38,12 @@ def _fmt(value: float, lo: float | None, hi: float | None) -> str:
 def final_table(df: pd.DataFrame, metric: str = "auc", split: str = "test") -> pd.DataFrame:
     """Arms x centres table of a final metric (whole centre, mean over seeds with the CI of
     the first seed when there is one seed)."""
-    sel = df[(df["metric"] == metric) & (df["split"] == split) & df["segment"].isna()
-             & df["round"].isna()]
+    sel = df[
+        (df["metric"] == metric)
+        & (df["split"] == split)
+        & df["segment"].isna()
+        & df["round"].isna()
+    ]
     if sel.empty:
         return pd.DataFrame()
     rows = {}
@@ -69,8 +73,11 @@ def write_summary(recorder: RunRecorder, console: Console | None = None) -> str:
         for arm, row in table.iterrows():
             rt.add_row(str(arm), *[str(v) if isinstance(v, str) else "" for v in row])
         console.print(rt)
-        lines += ["Test AUROC [95% CI] per arm (rows) and evaluating centre (columns).", "",
-                  to_markdown(table.fillna(""))]
+        lines += [
+            "Test AUROC [95% CI] per arm (rows) and evaluating centre (columns).",
+            "",
+            to_markdown(table.fillna("")),
+        ]
     section = SECTIONS.get(str(recorder.meta.get("kind", "")))
     if section is not None:
         lines += ["", section(recorder, console)]

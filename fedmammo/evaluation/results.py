@@ -17,8 +17,18 @@ import pandas as pd
 
 __all__ = ["RECORD_FIELDS", "RunRecorder"]
 
-RECORD_FIELDS = ("arm", "seed", "centre", "segment", "split", "metric", "value", "ci_low",
-                 "ci_high", "round")
+RECORD_FIELDS = (
+    "arm",
+    "seed",
+    "centre",
+    "segment",
+    "split",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "round",
+)
 
 
 def _clean(v: Any) -> Any:
@@ -75,21 +85,53 @@ class RunRecorder:
         self.flush()
 
     # ------------------------------------------------------------------ records
-    def add(self, records: list[dict], *, arm: str, seed: int, centre: str, split: str,
-            round: int | None = None) -> None:
+    def add(
+        self,
+        records: list[dict],
+        *,
+        arm: str,
+        seed: int,
+        centre: str,
+        split: str,
+        round: int | None = None,
+    ) -> None:
         """Add metric records (``segment, metric, value, ci_low, ci_high``) with their context."""
         for r in records:
-            self.metrics.append({
-                "arm": arm, "seed": seed, "centre": centre, "segment": r.get("segment"),
-                "split": split, "metric": r["metric"], "value": _clean(r.get("value")),
-                "ci_low": _clean(r.get("ci_low")), "ci_high": _clean(r.get("ci_high")),
-                "round": round,
-            })
+            self.metrics.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "centre": centre,
+                    "segment": r.get("segment"),
+                    "split": split,
+                    "metric": r["metric"],
+                    "value": _clean(r.get("value")),
+                    "ci_low": _clean(r.get("ci_low")),
+                    "ci_high": _clean(r.get("ci_high")),
+                    "round": round,
+                }
+            )
 
-    def failure(self, *, arm: str, seed: int, centre: str, reason: str,
-                round: int | None = None, phase: str = "") -> None:
-        self.failures.append({"arm": arm, "seed": seed, "centre": centre, "round": round,
-                              "phase": phase, "reason": reason})
+    def failure(
+        self,
+        *,
+        arm: str,
+        seed: int,
+        centre: str,
+        reason: str,
+        round: int | None = None,
+        phase: str = "",
+    ) -> None:
+        self.failures.append(
+            {
+                "arm": arm,
+                "seed": seed,
+                "centre": centre,
+                "round": round,
+                "phase": phase,
+                "reason": reason,
+            }
+        )
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -100,8 +142,13 @@ class RunRecorder:
 
     def flush(self) -> None:
         """Write results.json and metrics.csv (atomically replaced)."""
-        payload = {"meta": self.meta, "metrics": self.metrics, "failures": self.failures,
-                   "notes": self.notes, "progress": self.progress}
+        payload = {
+            "meta": self.meta,
+            "metrics": self.metrics,
+            "failures": self.failures,
+            "notes": self.notes,
+            "progress": self.progress,
+        }
         tmp = self.run_dir / "results.json.tmp"
         tmp.write_text(json.dumps(payload, indent=1, default=str))
         tmp.replace(self.run_dir / "results.json")

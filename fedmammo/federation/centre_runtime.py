@@ -46,12 +46,16 @@ def identity_of(context: Context) -> CentreIdentity:
         if not profile_path.is_file():
             raise ConfigError(
                 f"node config: centre {node['centre']!r} has no profile at {profile_path}; fix: "
-                "put the centre's YAML at <data-dir>/centre.yaml or pass profile=\"...\""
+                'put the centre\'s YAML at <data-dir>/centre.yaml or pass profile="..."'
             )
         profile = load_profile(profile_path, {"name": str(node["centre"])})
-        return CentreIdentity(name=profile.name, role=str(node.get("role", "train")),
-                              profile=profile, data_root=str(data_dir.parent),
-                              data_dir=str(data_dir))
+        return CentreIdentity(
+            name=profile.name,
+            role=str(node.get("role", "train")),
+            profile=profile,
+            data_root=str(data_dir.parent),
+            data_dir=str(data_dir),
+        )
     spec = load_runspec(context.run_config)
     scenario = scenario_of(spec)
     pid = int(node["partition-id"])
@@ -59,12 +63,18 @@ def identity_of(context: Context) -> CentreIdentity:
     if name == POOLED:
         parts = tuple(
             (scenario.resolved_profiles[n], scenario.data_dir)
-            for n in scenario.centre_names() if scenario.entry(n).role in ("train", "receiver")
+            for n in scenario.centre_names()
+            if scenario.entry(n).role in ("train", "receiver")
         )
-        return CentreIdentity(name="pooled", role="pooled", profile=None,
-                              data_root=scenario.data_dir, pooled=parts)
-    return CentreIdentity(name=name, role=scenario.entry(name).role,
-                          profile=scenario.resolved_profiles[name], data_root=scenario.data_dir)
+        return CentreIdentity(
+            name="pooled", role="pooled", profile=None, data_root=scenario.data_dir, pooled=parts
+        )
+    return CentreIdentity(
+        name=name,
+        role=scenario.entry(name).role,
+        profile=scenario.resolved_profiles[name],
+        data_root=scenario.data_dir,
+    )
 
 
 def centre_data(ident: CentreIdentity, config: ConfigRecord) -> CentreData | PooledData:
@@ -82,7 +92,11 @@ def centre_data(ident: CentreIdentity, config: ConfigRecord) -> CentreData | Poo
         else:
             assert ident.profile is not None
             _DATA[key] = materialise_centre(
-                ident.profile, ident.data_root, image_size=size, data_seed=data_seed,
-                test_only=ident.role == "test", data_dir=ident.data_dir,
+                ident.profile,
+                ident.data_root,
+                image_size=size,
+                data_seed=data_seed,
+                test_only=ident.role == "test",
+                data_dir=ident.data_dir,
             )
     return _DATA[key]

@@ -70,10 +70,16 @@ def decode_metric_records(record: MetricRecord) -> list[dict]:
         if len(parts) < 2:
             continue
         metric, segment = parts[0], parts[1]
-        row = rows.setdefault((metric, segment), {
-            "segment": segment or None, "metric": metric, "value": None,
-            "ci_low": None, "ci_high": None,
-        })
+        row = rows.setdefault(
+            (metric, segment),
+            {
+                "segment": segment or None,
+                "metric": metric,
+                "value": None,
+                "ci_low": None,
+                "ci_high": None,
+            },
+        )
         v = None if isinstance(value, float) and math.isnan(value) else float(value)
         if len(parts) == 2:
             row["value"] = v

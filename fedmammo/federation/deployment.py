@@ -26,12 +26,25 @@ def node_config(centre: str, data_dir: str | Path, *, role: str = "train") -> st
     return f'centre="{centre}" data-dir="{Path(data_dir).resolve()}" role="{role}"'
 
 
-def prepare_site(profile_path: str | Path, data_dir: str | Path, *, image_size: tuple[int, int],
-                 data_seed: int = 0, role: str = "train", name: str | None = None) -> int:
+def prepare_site(
+    profile_path: str | Path,
+    data_dir: str | Path,
+    *,
+    image_size: tuple[int, int],
+    data_seed: int = 0,
+    role: str = "train",
+    name: str | None = None,
+) -> int:
     """Materialise a centre's data in ``data_dir``; return the number of cached images."""
     profile = load_profile(profile_path, {"name": name} if name else None)
-    data = materialise_centre(profile, Path(data_dir).parent, image_size=image_size,
-                              data_seed=data_seed, test_only=role == "test", data_dir=data_dir)
+    data = materialise_centre(
+        profile,
+        Path(data_dir).parent,
+        image_size=image_size,
+        data_seed=data_seed,
+        test_only=role == "test",
+        data_dir=data_dir,
+    )
     return len(data.manifest)
 
 
@@ -53,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         if args.cmd == "prepare":
-            n = prepare_site(args.profile, args.data_dir, image_size=tuple(args.image_size),
-                             data_seed=args.data_seed, role=args.role, name=args.name)
+            n = prepare_site(
+                args.profile,
+                args.data_dir,
+                image_size=tuple(args.image_size),
+                data_seed=args.data_seed,
+                role=args.role,
+                name=args.name,
+            )
             console.print(f"prepared {n} images in {args.data_dir}")
         else:
             print(node_config(args.centre, args.data_dir, role=args.role))

@@ -40,9 +40,7 @@ def _check_string(where: str, value: str) -> None:
         raise EgressError(f"{where}: looks like a file path ({value[:60]!r}); paths never leave")
 
 
-def check_outgoing(
-    content: RecordDict, model_state: Mapping[str, object] | None
-) -> None:
+def check_outgoing(content: RecordDict, model_state: Mapping[str, object] | None) -> None:
     """Raise EgressError unless ``content`` holds only declared weights, scalars, short strings.
 
     ``model_state`` maps each allowed array key to a tensor/array (or a shape tuple); every
@@ -79,10 +77,14 @@ def check_outgoing(
                 _check_string(f"config key {key!r}", key)
                 values = value if isinstance(value, list) else [value]
                 if len(values) > 16:
-                    raise EgressError(f"record {rec_name!r}: config {key!r} has {len(values)} items")
+                    raise EgressError(
+                        f"record {rec_name!r}: config {key!r} has {len(values)} items"
+                    )
                 for v in values:
                     if isinstance(v, bytes):
-                        raise EgressError(f"record {rec_name!r}: config {key!r} holds bytes; refused")
+                        raise EgressError(
+                            f"record {rec_name!r}: config {key!r} holds bytes; refused"
+                        )
                     if isinstance(v, str):
                         _check_string(f"record {rec_name!r}: config {key!r}", v)
         else:  # pragma: no cover - RecordDict only holds the three kinds

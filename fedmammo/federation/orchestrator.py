@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +65,13 @@ class Orchestrator:
 
     def base_config(self, **extra) -> ConfigRecord:
         """Config every centre message carries: image size, data seed, plus ``extra``."""
-        cfg = ConfigRecord({"image-size": list(self.scenario.image_size),
-                            "data-seed": self.scenario.data_seed})
+        cfg = ConfigRecord(
+            {"image-size": list(self.scenario.image_size), "data-seed": self.scenario.data_seed}
+        )
         for k, v in extra.items():
-            if isinstance(v, dict | list) and not (isinstance(v, list) and all(
-                    isinstance(x, int | float | str | bool) for x in v)):
+            if isinstance(v, dict | list) and not (
+                isinstance(v, list) and all(isinstance(x, int | float | str | bool) for x in v)
+            ):
                 put_json(cfg, k, v)
             else:
                 cfg[k] = v
@@ -79,8 +81,14 @@ class Orchestrator:
     def identify(self, expected: int) -> None:
         """Map node ids to centres with a ``query.identify`` round."""
         node_ids = self._wait_for_nodes(expected)
-        msgs = [Message(RecordDict({"config": self.base_config()}), dst_node_id=n,
-                        message_type="query.identify") for n in node_ids]
+        msgs = [
+            Message(
+                RecordDict({"config": self.base_config()}),
+                dst_node_id=n,
+                message_type="query.identify",
+            )
+            for n in node_ids
+        ]
         for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
             src = reply.metadata.src_node_id
             if reply.has_error():
@@ -92,7 +100,9 @@ class Orchestrator:
             self.counts[name] = {k: int(v) for k, v in reply.content["counts"].items()}
         missing = [c for c in self.scenario.centre_names() if c not in self.nodes]
         if missing:
-            raise RuntimeError(f"centres {missing} did not connect (connected: {sorted(self.nodes)})")
+            raise RuntimeError(
+                f"centres {missing} did not connect (connected: {sorted(self.nodes)})"
+            )
 
     def _wait_for_nodes(self, expected: int) -> list[int]:
         import time
@@ -110,8 +120,10 @@ class Orchestrator:
     ) -> tuple[dict[str, RecordDict], dict[str, str]]:
         """Send one message per centre; return replies and failures (centre -> reason)."""
         by_node = {self.nodes[c]: c for c in contents}
-        msgs = [Message(content, dst_node_id=self.nodes[c], message_type=message_type)
-                for c, content in contents.items()]
+        msgs = [
+            Message(content, dst_node_id=self.nodes[c], message_type=message_type)
+            for c, content in contents.items()
+        ]
         replies: dict[str, RecordDict] = {}
         failures: dict[str, str] = {c: "no reply" for c in contents}
         for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
@@ -125,8 +137,11 @@ class Orchestrator:
 
     def centres(self, *roles: str) -> list[str]:
         """Scenario centres with one of ``roles`` (all real centres when none given)."""
-        return [c for c in self.scenario.centre_names()
-                if not roles or self.scenario.entry(c).role in roles]
+        return [
+            c
+            for c in self.scenario.centre_names()
+            if not roles or self.scenario.entry(c).role in roles
+        ]
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, arm: str, seed: int, rnd: int, arrays: ArrayRecord) -> Path:
@@ -139,18 +154,31 @@ class Orchestrator:
         path = self.run_dir / "checkpoints" / arm / f"seed{seed}_round{rnd:03d}.pt"
         return ArrayRecord(torch.load(path, weights_only=True))
 
-    def record_failures(self, failures: Mapping[str, str], *, arm: str, seed: int,
-                        rnd: int | None, phase: str) -> None:
+    def record_failures(
+        self, failures: Mapping[str, str], *, arm: str, seed: int, rnd: int | None, phase: str
+    ) -> None:
         for centre, reason in failures.items():
             reason = short_reason(reason)
-            self.recorder.failure(arm=arm, seed=seed, centre=centre, reason=reason, round=rnd,
-                                  phase=phase)
-            self.console.print(f"[yellow]centre {centre} failed in {phase} (arm {arm}, "
-                               f"round {rnd}): {reason}[/]", highlight=False)
+            self.recorder.failure(
+                arm=arm, seed=seed, centre=centre, reason=reason, round=rnd, phase=phase
+            )
+            self.console.print(
+                f"[yellow]centre {centre} failed in {phase} (arm {arm}, round {rnd}): {reason}[/]",
+                highlight=False,
+            )
 
     def evaluate_everywhere(
-        self, *, arm: str, seed: int, arrays: ArrayRecord, model: dict, message_type: str,
-        centres: Iterable[str], split: str, n_boot: int, rnd: int | None = None,
+        self,
+        *,
+        arm: str,
+        seed: int,
+        arrays: ArrayRecord,
+        model: dict,
+        message_type: str,
+        centres: Iterable[str],
+        split: str,
+        n_boot: int,
+        rnd: int | None = None,
         extra: dict | None = None,
     ) -> None:
         """Evaluate one model at several centres and record the metric records."""
@@ -158,11 +186,23 @@ class Orchestrator:
 
         contents = {}
         for c in centres:
-            cfg = self.base_config(arm=arm, seed=derive_seed(seed, arm, c, "eval"), split=split,
-                                   model=model, **{"n-boot": n_boot}, **(extra or {}))
+            cfg = self.base_config(
+                arm=arm,
+                seed=derive_seed(seed, arm, c, "eval"),
+                split=split,
+                model=model,
+                **{"n-boot": n_boot},
+                **(extra or {}),
+            )
             contents[c] = RecordDict({"arrays": arrays, "config": cfg})
         replies, failures = self.send(message_type, contents)
         self.record_failures(failures, arm=arm, seed=seed, rnd=rnd, phase=f"evaluate-{split}")
         for c, content in replies.items():
-            self.recorder.add(decode_metric_records(content["metrics"]), arm=arm, seed=seed,
-                              centre=c, split=split, round=rnd)
+            self.recorder.add(
+                decode_metric_records(content["metrics"]),
+                arm=arm,
+                seed=seed,
+                centre=c,
+                split=split,
+                round=rnd,
+            )

@@ -49,13 +49,17 @@ def load_runspec(run_config: dict | None = None) -> RunSpec:
         run_dir = str(run_config.get("run-dir") or "")
         if not run_dir:
             raise ConfigError("flwr run: set run config 'run-dir' (an absolute path) too")
-        return RunSpec(scenario_file=scenario, run_dir=run_dir,
-                       quick=bool(run_config.get("quick", False)), deployment=True)
+        return RunSpec(
+            scenario_file=scenario,
+            run_dir=run_dir,
+            quick=bool(run_config.get("quick", False)),
+            deployment=True,
+        )
     path = os.environ.get(ENV_VAR)
     if not path or not Path(path).is_file():
         raise ConfigError(
             f"no scenario: run through `python -m fedmammo.simulate SCENARIO.yaml`, or `flwr run` "
-            f"with -c 'scenario=\"...\" run-dir=\"...\"' ({ENV_VAR}={path!r})"
+            f'with -c \'scenario="..." run-dir="..."\' ({ENV_VAR}={path!r})'
         )
     return RunSpec(**json.loads(Path(path).read_text()))
 

@@ -36,7 +36,12 @@ class MammoCNN(nn.Module):
     """A small VGG-like CNN for whole (downsized) mammograms with global average pooling."""
 
     def __init__(
-        self, *, in_channels: int = 1, width: int = 16, depth: int = 4, norm: Norm = "batch",
+        self,
+        *,
+        in_channels: int = 1,
+        width: int = 16,
+        depth: int = 4,
+        norm: Norm = "batch",
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
@@ -68,16 +73,26 @@ class PatchCNN(nn.Module):
     log-softmax. About 1.1M parameters at 128x128."""
 
     def __init__(
-        self, *, patch_size: int = 128, in_channels: int = 1, width: int = 16, hidden: int = 128,
-        dropout: float = 0.5, norm: Norm = "batch",
+        self,
+        *,
+        patch_size: int = 128,
+        in_channels: int = 1,
+        width: int = 16,
+        hidden: int = 128,
+        dropout: float = 0.5,
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         chans = [width, width * 2, width * 4, width * 8]
         layers: list[nn.Module] = []
         c_in = in_channels
         for c in chans:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), make_norm(norm, c), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c_in, c, 3, padding=1),
+                make_norm(norm, c),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c_in = c
         self.features = nn.Sequential(*layers)
         side = max(1, patch_size // 16)
@@ -109,8 +124,9 @@ class SwinPatchClassifier(nn.Module):
         self.input_size = input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                          align_corners=False)
+        x = F.interpolate(
+            x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+        )
         return self.net(x.expand(-1, 3, -1, -1))
 
 

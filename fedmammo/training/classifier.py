@@ -109,7 +109,7 @@ def train_classifier(
             optimizer.step()
             steps += 1
             seen += len(y)
-            total_loss += float(loss) * len(y)
+            total_loss += float(loss.detach()) * len(y)
     epsilon = privacy.after_training(steps) if privacy is not None else None
     return TrainResult(
         num_examples=seen, steps=steps, loss=total_loss / max(seen, 1),

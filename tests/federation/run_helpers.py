@@ -11,13 +11,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(args: list[str], *, out: Path, timeout: float = 600, env: dict | None = None
-            ) -> tuple[subprocess.CompletedProcess, Path | None]:
+def run_cli(
+    args: list[str], *, out: Path, timeout: float = 600, env: dict | None = None
+) -> tuple[subprocess.CompletedProcess, Path | None]:
     """Run ``python -m fedmammo.simulate ARGS --out OUT``; return the process and run dir."""
     full_env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "fedmammo.simulate", *args, "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmammo.simulate", *args, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
     runs = sorted(out.glob("*/*/results.json"))
     return proc, (runs[-1].parent if runs else None)
 
@@ -28,6 +34,12 @@ def results(run_dir: Path) -> dict:
 
 def final_auc(res: dict, arm: str) -> dict[str, float]:
     """Final whole-centre test AUC per centre for one arm."""
-    return {r["centre"]: r["value"] for r in res["metrics"]
-            if r["arm"] == arm and r["metric"] == "auc" and r["split"] == "test"
-            and r["segment"] is None and r["round"] is None}
+    return {
+        r["centre"]: r["value"]
+        for r in res["metrics"]
+        if r["arm"] == arm
+        and r["metric"] == "auc"
+        and r["split"] == "test"
+        and r["segment"] is None
+        and r["round"] is None
+    }

@@ -18,8 +18,13 @@ def test_metric_records_round_trip():
     records = [
         {"segment": None, "metric": "auroc", "value": 0.81, "ci_low": 0.7, "ci_high": 0.9},
         {"segment": "S1-Ma", "metric": "auroc", "value": 0.75, "ci_low": None, "ci_high": None},
-        {"segment": "S1-Ma", "metric": "wll", "value": float("nan"), "ci_low": None,
-         "ci_high": None},
+        {
+            "segment": "S1-Ma",
+            "metric": "wll",
+            "value": float("nan"),
+            "ci_low": None,
+            "ci_high": None,
+        },
     ]
     decoded = decode_metric_records(encode_metric_records(records))
     by_key = {(r["segment"], r["metric"]): r for r in decoded}
@@ -35,7 +40,8 @@ def test_state_round_trip_restores_integer_buffers():
     record = state_to_arrays(like)
     # FedAvg turns num_batches_tracked into a float; the codec casts it back.
     record["1.num_batches_tracked"] = state_to_arrays(
-        {"x": torch.tensor(3.6, dtype=torch.float64)})["x"]
+        {"x": torch.tensor(3.6, dtype=torch.float64)}
+    )["x"]
     state = arrays_to_state(record, like=like)
     assert state["1.num_batches_tracked"].dtype == torch.int64
     assert int(state["1.num_batches_tracked"]) == 3

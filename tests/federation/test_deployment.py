@@ -33,8 +33,9 @@ def _free_port() -> int:
 
 
 def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -57,35 +58,80 @@ def test_loopback_deployment_matches_simulation(tmp_path):
     sites = {}
     for entry in scenario.centres:
         data_dir = tmp_path / "sites" / entry.name
-        prepare_site(REPO / "centres" / f"{entry.profile}.yaml", data_dir, name=entry.name,
-                     image_size=scenario.image_size, data_seed=scenario.data_seed,
-                     role=entry.role)
+        prepare_site(
+            REPO / "centres" / f"{entry.profile}.yaml",
+            data_dir,
+            name=entry.name,
+            image_size=scenario.image_size,
+            data_seed=scenario.data_seed,
+            role=entry.role,
+        )
         sites[entry.name] = (data_dir, entry.role)
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr_home"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr_home"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     link = _free_port()
     (tmp_path / "flwr_home").mkdir()
     (tmp_path / "flwr_home" / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-        f'address = "127.0.0.1:{link}"\ninsecure = true\n')
-    procs = [_start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                     "--port", str(link), "--database", str(tmp_path / "state.db"),
-                     "--disable-runtime-dependency-installation"],
-                    tmp_path / "superlink.log", env)]
+        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    procs = [
+        _start(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(link),
+                "--database",
+                str(tmp_path / "state.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+            tmp_path / "superlink.log",
+            env,
+        )
+    ]
     run_dir = tmp_path / "deployed_run"
     try:
         time.sleep(5)
         for name, (data_dir, role) in sites.items():
-            procs.append(_start(
-                [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
-                 "--port", str(_free_port()), "--node-config",
-                 node_config(name, data_dir, role=role)],
-                tmp_path / f"supernode_{name}.log", env))
+            procs.append(
+                _start(
+                    [
+                        str(BIN / "flower-supernode"),
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{link}",
+                        "--port",
+                        str(_free_port()),
+                        "--node-config",
+                        node_config(name, data_dir, role=role),
+                    ],
+                    tmp_path / f"supernode_{name}.log",
+                    env,
+                )
+            )
         # Execute: the ServerApp reads the scenario and writes results to run-dir.
         run = subprocess.run(
-            [str(BIN / "flwr"), "run", str(REPO), "loopback", "--stream", "-c",
-             f'scenario="{SCENARIO}" run-dir="{run_dir}"'],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(REPO),
+                "loopback",
+                "--stream",
+                "-c",
+                f'scenario="{SCENARIO}" run-dir="{run_dir}"',
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
     finally:
         _stop(procs)
     logs = run.stdout[-2000:] + run.stderr[-2000:]

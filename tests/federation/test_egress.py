@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-
 from flower_messages import make_incoming
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedmammo.federation.egress import EgressError, check_outgoing, declare_egress, egress_mod
 
@@ -18,11 +17,13 @@ def model_state():
 
 
 def test_matching_weights_and_scalars_pass(model_state):
-    content = RecordDict({
-        "arrays": ArrayRecord(model_state),
-        "metrics": MetricRecord({"num-examples": 10, "auroc|S1-Ma": 0.8}),
-        "info": ConfigRecord({"centre": "A", "role": "train"}),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model_state),
+            "metrics": MetricRecord({"num-examples": 10, "auroc|S1-Ma": 0.8}),
+            "info": ConfigRecord({"centre": "A", "role": "train"}),
+        }
+    )
     check_outgoing(content, model_state)  # no exception
 
 
@@ -51,8 +52,16 @@ def test_per_image_metric_lists_are_refused():
         check_outgoing(content, None)
 
 
-@pytest.mark.parametrize("value", ["/data/site_a/img001.dcm", "~/secret/manifest.csv",
-                                   "C:\\images\\a.dcm", "case_001.png", "x/y/z"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/data/site_a/img001.dcm",
+        "~/secret/manifest.csv",
+        "C:\\images\\a.dcm",
+        "case_001.png",
+        "x/y/z",
+    ],
+)
 def test_paths_are_refused(value):
     with pytest.raises(EgressError, match="path"):
         check_outgoing(RecordDict({"info": ConfigRecord({"where": value})}), None)

@@ -15,8 +15,14 @@ TINY = "scenarios/fedavg_tiny.yaml"
 
 def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     # Prepare: two rounds; tiny_b's handler raises in round 2 (min_centres 1 lets it go on).
-    sets = ["--set", "strategy.params.rounds=2", "--set", "strategy.params.min_centres=1",
-            "--set", "faults=[{centre: tiny_b, round: 2}]"]
+    sets = [
+        "--set",
+        "strategy.params.rounds=2",
+        "--set",
+        "strategy.params.min_centres=1",
+        "--set",
+        "faults=[{centre: tiny_b, round: 2}]",
+    ]
     # Execute
     proc, run_dir = run_cli([TINY, *sets], out=tmp_path)
     # Assert: the run finished, recorded the failure and carried on with tiny_a.
