@@ -24,9 +24,20 @@ __all__ = ["CentreData", "PooledData", "centre_data_dir", "materialise_centre", 
 log = logging.getLogger(__name__)
 
 
+def _phantom_version() -> str:
+    """A hash of the phantom's source: new phantom code means new images."""
+    folder = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("phantom*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def profile_stamp(profile: CentreProfile, data_seed: int) -> str:
-    """A short hash of what determines a centre's data (profile data + labels + seed)."""
+    """A short hash of what determines a centre's data (profile data + labels + seed, and
+    the phantom's code for synthetic centres)."""
     payload = {
+        "phantom": _phantom_version() if profile.data.synthetic is not None else None,
         "data": profile.data.model_dump(mode="json"),
         "labels": profile.labels.model_dump(mode="json"),
         "source": profile.source,
