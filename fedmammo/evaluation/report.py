@@ -35,7 +35,9 @@ def _fmt(value: float, lo: float | None, hi: float | None) -> str:
     return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def final_table(df: pd.DataFrame, metric: str = "auc", split: str = "test") -> pd.DataFrame:
+def final_table(
+    df: pd.DataFrame, metric: str = "auc", split: str = "test", centres: list[str] | None = None
+) -> pd.DataFrame:
     """Arms x centres table of a final metric (whole centre, mean over seeds with the CI of
     the first seed when there is one seed)."""
     sel = df[
@@ -54,14 +56,16 @@ def final_table(df: pd.DataFrame, metric: str = "auc", split: str = "test") -> p
         else:
             v = g["value"].astype(float)
             rows.setdefault(arm, {})[centre] = f"{v.mean():.3f} ({v.std(ddof=1):.3f})"
-    return pd.DataFrame(rows).T
+    table = pd.DataFrame(rows).T
+    order = [c for c in (centres or []) if c in table.columns]
+    return table[order + [c for c in table.columns if c not in order]]
 
 
 def write_summary(recorder: RunRecorder, console: Console | None = None) -> str:
     """Print the final AUROC table (rich) and write results.md; return the markdown."""
     console = console or Console()
     df = recorder.frame()
-    table = final_table(df)
+    table = final_table(df, centres=recorder.meta.get("centre_order"))
     lines = [f"# Results: {recorder.meta.get('scenario', '')}", ""]
     if table.empty:
         lines.append("No final test metrics were recorded.")

@@ -26,18 +26,26 @@ def main(grid: Grid, context: Context) -> None:
     spec = load_runspec(context.run_config)
     scenario = scenario_of(spec)
     recorder = RunRecorder(
-        spec.run_dir, resume=spec.resume,
-        meta={"scenario": scenario.name, "strategy": scenario.recipe.name,
-              "kind": scenario.recipe.kind, "seeds": scenario.seeds, "quick": spec.quick,
-              "deployment": spec.deployment},
+        spec.run_dir,
+        resume=spec.resume,
+        meta={
+            "scenario": scenario.name,
+            "strategy": scenario.recipe.name,
+            "kind": scenario.recipe.kind,
+            "seeds": scenario.seeds,
+            "quick": spec.quick,
+            "deployment": spec.deployment,
+            "centre_order": scenario.centre_names(),
+        },
     )
     orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
     expected = len(spec.node_order) or len(scenario.centres)
     t0 = time.perf_counter()
     orc.identify(expected)
     recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
-    recorder.meta["centres"] = {c: {"role": orc.roles[c], "counts": orc.counts[c]}
-                                for c in orc.nodes}
+    recorder.meta["centres"] = {
+        c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
+    }
     recorder.flush()
     try:
         get_runner(scenario.recipe.kind)(orc)

@@ -1,0 +1,94 @@
+"""Run-directory results: records, resume filtering, the final table and results.md."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from fedmammo.evaluation.report import final_table, write_summary
+from fedmammo.evaluation.results import RunRecorder
+
+
+def _auc(value, lo=None, hi=None, segment=None):
+    return {"segment": segment, "metric": "auc", "value": value, "ci_low": lo, "ci_high": hi}
+
+
+def test_flush_writes_json_and_csv_with_nan_as_null(tmp_path):
+    rec = RunRecorder(tmp_path, meta={"scenario": "x"})
+    rec.add([_auc(float("nan"))], arm="federated", seed=0, centre="A", split="test")
+    rec.flush()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["metrics"][0]["value"] is None
+    assert list(pd.read_csv(tmp_path / "metrics.csv").columns)[:4] == [
+        "arm",
+        "seed",
+        "centre",
+        "segment",
+    ]
+
+
+def test_resume_keeps_completed_rounds_only(tmp_path):
+    rec = RunRecorder(tmp_path)
+    for rnd in (1, 2, 3):
+        rec.add([_auc(0.5 + rnd / 10)], arm="federated", seed=0, centre="A", split="val", round=rnd)
+        if rnd < 3:  # round 3 was interrupted before its checkpoint
+            rec.complete_round("federated", 0, rnd)
+    rec.add([_auc(0.9)], arm="local-A", seed=0, centre="A", split="test")
+    rec.complete_arm("local-A", 0)
+    rec.flush()
+    resumed = RunRecorder(tmp_path, resume=True)
+    kept = {(r["arm"], r["round"]) for r in resumed.metrics}
+    assert kept == {("federated", 1), ("federated", 2), ("local-A", None)}
+    assert resumed.last_round("federated", 0) == 2
+    assert resumed.is_done("local-A", 0) and not resumed.is_done("federated", 0)
+
+
+def test_final_table_orders_centres_and_averages_seeds():
+    rows = []
+    for seed, value in ((0, 0.6), (1, 0.8)):
+        for centre in ("B", "A"):
+            rows.append(
+                {
+                    "arm": "federated",
+                    "seed": seed,
+                    "centre": centre,
+                    "segment": None,
+                    "split": "test",
+                    "metric": "auc",
+                    "value": value,
+                    "ci_low": None,
+                    "ci_high": None,
+                    "round": None,
+                }
+            )
+    rows.append(
+        {
+            "arm": "local-A",
+            "seed": 0,
+            "centre": "A",
+            "segment": None,
+            "split": "test",
+            "metric": "auc",
+            "value": 0.75,
+            "ci_low": 0.6,
+            "ci_high": 0.9,
+            "round": None,
+        }
+    )
+    table = final_table(pd.DataFrame(rows), centres=["A", "B"])
+    assert list(table.columns) == ["A", "B"]
+    assert table.loc["federated", "A"] == "0.700 (0.141)"  # mean (sample std) over 2 seeds
+    assert table.loc["local-A", "A"] == "0.750 [0.600, 0.900]"
+
+
+def test_write_summary_has_table_failures_and_notes(tmp_path):
+    rec = RunRecorder(tmp_path, meta={"scenario": "demo", "centre_order": ["A"]})
+    rec.add([_auc(0.8, 0.7, 0.9)], arm="federated", seed=0, centre="A", split="test")
+    rec.failure(arm="federated", seed=0, centre="B", reason="boom", round=2)
+    rec.note("pooled arm skipped")
+    text = write_summary(rec)
+    assert "| federated | 0.800 [0.700, 0.900] |" in text
+    assert "1 centre failures recorded" in text
+    assert "- pooled arm skipped" in text
+    assert (tmp_path / "results.md").read_text() == text
