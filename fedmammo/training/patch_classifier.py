@@ -1,0 +1,280 @@
+"""Lesion-patch classifier training with best-validation-AUPRC model selection (seed 003, 2.3).
+
+The seed's loop: cross-entropy on the classifier's (log-)probabilities, SGD (lr 0.001, momentum
+0.9), at most 100 epochs, validation after every epoch, and the weights of the epoch with the
+best validation AUPRC kept. Patches are ``(N, S, S)`` float arrays in [0, 1]; training batches
+get random horizontal and vertical flips (a lesion patch has no preferred orientation).
+
+Patches come from a centre's image cache: :func:`patch_frame` gives manifest rows in the
+cache's frame (lesion boxes and pixel spacing of the cached image, which is what
+:func:`fedmammo.data.patches.build_patch_set` needs), :func:`choose_patients` the seeded subset
+of a data fraction. No Flower imports here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score
+from torch import nn
+
+from fedmammo.data.manifest import decode_lesions, encode_lesions
+from fedmammo.data.patches import LESION_SUBSETS
+from fedmammo.data.prepare import CentreData
+from fedmammo.errors import DataError
+
+__all__ = [
+    "PatchClassifierResult",
+    "choose_patients",
+    "count_lesions",
+    "patch_frame",
+    "predict_patch_scores",
+    "train_patch_classifier",
+]
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class PatchClassifierResult:
+    """The selected epoch, its validation AUPRC, the per-epoch history and the kept weights."""
+
+    best_epoch: int
+    best_val_auprc: float
+    epochs_run: int
+    steps: int
+    seconds: float
+    state: StateDict = field(repr=False, default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)  # epoch, loss, val_auprc
+
+
+def patch_frame(data: CentreData, split: str | None) -> pd.DataFrame:
+    """Rows of a split with lesion boxes and pixel spacing in the cached image's frame.
+
+    Columns: image_id, patient_id, malignant, lesions (JSON), pixel_spacing (mm per cached
+    pixel: the DICOM spacing divided by the cache's scale). Lesion boxes that the breast crop
+    cut to nothing are dropped.
+    """
+    manifest = data.manifest.iloc[data.rows(split, label=None)]
+    rows = []
+    for image_id, patient, malignant, spacing in zip(
+        manifest["image_id"],
+        manifest["patient_id"],
+        manifest["malignant"],
+        manifest["pixel_spacing"],
+        strict=True,
+    ):
+        geometry = data.cache.geometry(image_id)
+        lesions = [
+            les
+            for les in data.cache.boxes(image_id)
+            if les.get("box") and les["box"][2] > les["box"][0] and les["box"][3] > les["box"][1]
+        ]
+        rows.append(
+            {
+                "image_id": str(image_id),
+                "patient_id": str(patient),
+                "malignant": malignant,
+                "lesions": encode_lesions(lesions),
+                "pixel_spacing": pd.NA if pd.isna(spacing) else float(spacing) / geometry.scale,
+            }
+        )
+    columns = ["image_id", "patient_id", "malignant", "lesions", "pixel_spacing"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _kept(lesions: list[dict], subset: str) -> list[dict]:
+    kinds = LESION_SUBSETS[subset]
+    return [les for les in lesions if kinds is None or les.get("kind") in kinds]
+
+
+def count_lesions(frame: pd.DataFrame, subset: str) -> int:
+    """Number of lesions of ``subset`` (``all`` / ``masses``) in the rows of ``frame``."""
+    return sum(len(_kept(decode_lesions(v), subset)) for v in frame["lesions"])
+
+
+def choose_patients(
+    frame: pd.DataFrame, fraction: float, *, subset: str, seed: int
+) -> pd.DataFrame:
+    """A seeded ``fraction`` of the patients of ``frame``, stratified by having a lesion.
+
+    Patients with a lesion of ``subset`` and the others are subsampled separately (at least
+    one of each group), so a reduced training set keeps its lesion/healthy mix.
+    """
+    if not 0 < fraction <= 1:
+        raise DataError(f"data fraction must be in (0, 1], got {fraction}")
+    if fraction == 1 or frame.empty:
+        return frame
+    has = frame.groupby("patient_id")["lesions"].agg(
+        lambda col: any(_kept(decode_lesions(v), subset) for v in col)
+    )
+    rng = np.random.default_rng(seed)
+    keep: list[str] = []
+    for group in (has[has].index, has[~has].index):
+        ids = sorted(map(str, group))
+        if ids:
+            k = max(1, round(fraction * len(ids)))
+            keep += list(rng.choice(ids, size=k, replace=False))
+    return frame[frame["patient_id"].isin(keep)]
+
+
+def _tensor(patches: np.ndarray, name: str) -> torch.Tensor:
+    arr = np.asarray(patches, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+        raise DataError(f"patch classifier {name}: expected patches (N, S, S), got {arr.shape}")
+    return torch.from_numpy(arr).unsqueeze(1)
+
+
+def _labels(labels: np.ndarray, n: int, name: str) -> torch.Tensor:
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.isin(y, (0, 1)).all():
+        raise DataError(f"patch classifier {name}: expected {n} labels in {{0, 1}}, got {y.shape}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(2, x.shape[0], generator=gen) < 0.5
+    x = torch.where(flip[0].view(-1, 1, 1, 1), x.flip(-1), x)
+    return torch.where(flip[1].view(-1, 1, 1, 1), x.flip(-2), x)
+
+
+def _log_loss(y: np.ndarray, score: np.ndarray) -> float:
+    p = np.clip(score.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _auprc(y: np.ndarray, score: np.ndarray) -> float:
+    if y.min() == y.max():
+        return math.nan
+    return float(average_precision_score(y, score))
+
+
+@torch.no_grad()
+def predict_patch_scores(
+    model: nn.Module,
+    patches: np.ndarray,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Return the lesion probability (softmax of class 1) of every patch, in order."""
+    x = _tensor(patches, "patches")
+    was_training = model.training
+    model.to(device).eval()
+    out = [
+        torch.softmax(model(batch.to(device)), dim=1)[:, 1].cpu().numpy()
+        for batch in x.split(batch_size)
+    ]
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def train_patch_classifier(
+    model: nn.Module,
+    train_patches: np.ndarray,
+    train_labels: np.ndarray,
+    val_patches: np.ndarray,
+    val_labels: np.ndarray,
+    *,
+    epochs: int = 100,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    patience: int | None = None,
+    augment: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> PatchClassifierResult:
+    """Train ``model`` with SGD and load the weights of the best-validation-AUPRC epoch.
+
+    Ties in validation AUPRC (frequent on small validation sets, where it reaches 1) go to the
+    epoch with the lower validation log-loss. ``patience`` stops after that many epochs without
+    a better validation score (None: run all ``epochs``). A validation set with one class has
+    no AUPRC: the last epoch is kept.
+    """
+    if not 1 <= epochs <= 10_000:
+        raise DataError(f"patch classifier: epochs must be in 1..10000, got {epochs}")
+    start = time.perf_counter()
+    x = _tensor(train_patches, "train_patches")
+    y = _labels(train_labels, len(x), "train_labels")
+    if len(x) < 2:
+        raise DataError(f"patch classifier: needs at least 2 training patches, got {len(x)}")
+    val_x = np.asarray(val_patches, dtype=np.float32)
+    val_y = np.asarray(val_labels).astype(np.int64)
+    torch.manual_seed(seed)  # dropout draws from the global generator
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    best_epoch, best, since_best, steps = 0, (-math.inf, -math.inf), 0, 0
+    best_state: StateDict = {}
+    history: list[dict[str, float]] = []
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, seen = 0.0, 0
+        order = torch.randperm(len(x), generator=gen)
+        batches = list(order.split(batch_size))
+        if len(batches) > 1 and len(batches[-1]) == 1:  # batch norm cannot train on one sample
+            batches.pop()
+        for idx in batches:
+            xb = _flips(x[idx], gen) if augment else x[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb.to(device)), y[idx].to(device))
+            loss.backward()
+            opt.step()
+            steps += 1
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        auprc, val_loss = math.nan, math.nan
+        if len(val_y):
+            scores = predict_patch_scores(model, val_x, device=device)
+            auprc, val_loss = _auprc(val_y, scores), _log_loss(val_y, scores)
+        history.append(
+            {
+                "epoch": float(epoch),
+                "loss": total / max(seen, 1),
+                "val_auprc": auprc,
+                "val_loss": val_loss,
+            }
+        )
+        key = (auprc, -val_loss)
+        if not math.isnan(auprc) and key > best:
+            best_epoch, best, since_best = epoch, key, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+        if patience is not None and best_epoch and since_best >= patience:
+            break
+    if not best_state:  # no usable validation AUPRC: keep the last epoch
+        best_epoch = epoch
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.perf_counter() - start
+    best_auprc = best[0] if math.isfinite(best[0]) else math.nan
+    log.info(
+        "patch classifier: best epoch %d of %d (val AUPRC %.3f), %.1f s",
+        best_epoch,
+        epoch,
+        best_auprc,
+        seconds,
+    )
+    return PatchClassifierResult(
+        best_epoch=best_epoch,
+        best_val_auprc=best_auprc,
+        epochs_run=epoch,
+        steps=steps,
+        seconds=seconds,
+        state=best_state,
+        history=history,
+    )
