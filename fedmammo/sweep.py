@@ -48,8 +48,9 @@ def _as_sets(point: dict[str, Any]) -> dict[str, Any]:
     return sets
 
 
-def run_sweep(spec: RunSpec, scenario: Scenario, run_fn: Callable[[RunSpec, Scenario], Path]
-              ) -> Path:
+def run_sweep(
+    spec: RunSpec, scenario: Scenario, run_fn: Callable[[RunSpec, Scenario], Path]
+) -> Path:
     """Run (or resume) every point of the scenario's sweep; write sweep.csv."""
     root = Path(spec.run_dir)
     points = sweep_points(scenario.sweep)
@@ -62,8 +63,9 @@ def run_sweep(spec: RunSpec, scenario: Scenario, run_fn: Callable[[RunSpec, Scen
         sets = {**spec.sets, **_as_sets(point), "sweep": {}}
         console.rule(f"sweep point {i}/{len(points)}: {name}")
         if not done.is_file():
-            point_spec = replace(spec, run_dir=str(sub), sets=sets,
-                                 resume=(sub / "results.json").is_file())
+            point_spec = replace(
+                spec, run_dir=str(sub), sets=sets, resume=(sub / "results.json").is_file()
+            )
             point_scenario = load_scenario(spec.scenario_file, sets=sets, quick=spec.quick)
             run_fn(point_spec, point_scenario)
             done.write_text("ok\n")
@@ -75,4 +77,15 @@ def run_sweep(spec: RunSpec, scenario: Scenario, run_fn: Callable[[RunSpec, Scen
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     table.to_csv(root / "sweep.csv", index=False)
+    _privacy_utility_plot(root, scenario, table)
     return root
+
+
+def _privacy_utility_plot(root: Path, scenario: Scenario, table: pd.DataFrame) -> None:
+    """privacy_utility.png (issue 7) when the sweep varies a privacy target epsilon."""
+    from fedmammo.evaluation.privacy_report import sweep_privacy_plot
+
+    centre = (scenario.centre_names("test") or scenario.centre_names("receiver") or [None])[0]
+    path = sweep_privacy_plot(root, table, list(scenario.sweep), centre=centre)
+    if path is not None:
+        console.print(f"privacy-utility plot: {path}")

@@ -43,5 +43,9 @@ def validate_recipe_params(kind: str, params: dict[str, Any]) -> BaseModel:
 
 
 # Import the built-in kinds so that they register themselves.
-from fedmammo.recipes import fedavg  # noqa: E402,F401
-from fedmammo.recipes import mtl  # noqa: E402,F401
+from fedmammo.recipes import (
+    fedavg,  # noqa: E402,F401
+    mtl,  # noqa: E402,F401
+    periodic,  # noqa: E402,F401
+    share_gans,  # noqa: E402,F401
+)

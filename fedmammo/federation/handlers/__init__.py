@@ -30,5 +30,10 @@ def handler(category: str, action: str) -> Callable[[Callable], Callable]:
 
 def load_builtin_handlers() -> None:
     """Import every handler module so that they register themselves."""
-    from fedmammo.federation.handlers import classifier  # noqa: F401
-    from fedmammo.federation.handlers import mtl  # noqa: F401
+    from fedmammo.federation.handlers import (
+        audit,  # noqa: F401
+        classifier,  # noqa: F401
+        gan,  # noqa: F401
+        mtl,  # noqa: F401
+        periodic,  # noqa: F401
+    )

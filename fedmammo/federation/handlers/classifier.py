@@ -10,7 +10,13 @@ from fedmammo.evaluation.metrics import metrics_by_segment
 from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.codec import encode_metric_records, get_json, state_to_arrays
 from fedmammo.federation.handlers import handler
-from fedmammo.federation.handlers.common import model_from, reply, save_local_bn
+from fedmammo.federation.handlers.common import (
+    check_injected_fault,
+    model_from,
+    reply,
+    save_local_bn,
+)
+from fedmammo.federation.privacy_state import dp_session_for, finish_dp
 from fedmammo.recipes.common import LocalTrainingParams
 from fedmammo.training.classifier import predict_scores, train_classifier
 
@@ -35,15 +41,20 @@ def identify(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train the received classifier on this centre's training split; return weights."""
     start = time.perf_counter()
+    check_injected_fault(msg)
     cfg = msg.content["config"]
     local_bn = cfg.get("batchnorm", "local") == "local"
     model = model_from(msg, context, keep_local_bn=local_bn)
-    data = centre_data(identity_of(context), cfg)
+    ident = identity_of(context)
+    data = centre_data(ident, cfg)
     rows = data.rows("train")
     params = LocalTrainingParams(**get_json(cfg, "train"))
+    # DP (privacy in the centre profile): refuses (BudgetRefusal) before any step if the
+    # round would overrun the budget or the planned rounds; the error reply is the refusal.
+    privacy = dp_session_for(context, ident, cfg, params, n_examples=_n(rows), phase="classifier")
     result = train_classifier(
         model, data.dataset(rows), data.labels(rows), data.segments(rows),
-        params=params, seed=int(cfg["seed"]), device=device(),
+        params=params, seed=int(cfg["seed"]), device=device(), privacy=privacy,
     )
     if local_bn:
         save_local_bn(model, context, str(cfg["arm"]))
@@ -51,8 +62,10 @@ def train(msg: Message, context: Context) -> Message:
         "num-examples": result.num_examples, "train-loss": result.loss, "steps": result.steps,
         "compute-seconds": time.perf_counter() - start,
     })
-    return reply(msg, context, {"arrays": state_to_arrays(model.state_dict()),
-                                "metrics": metrics}, model)
+    records = {"arrays": state_to_arrays(model.state_dict()), "metrics": metrics}
+    if privacy is not None:
+        records["privacy"] = finish_dp(context, privacy, cfg, result.steps)
+    return reply(msg, context, records, model)
 
 
 @handler("evaluate", "classifier")

@@ -9,7 +9,19 @@ from fedmammo.federation.codec import arrays_to_state, get_json
 from fedmammo.federation.egress import declare_egress
 from fedmammo.models import build_model
 
-__all__ = ["bn_keys", "model_from", "reply", "save_local_bn"]
+__all__ = ["InjectedFault", "bn_keys", "check_injected_fault", "model_from", "reply",
+           "save_local_bn"]
+
+
+class InjectedFault(RuntimeError):
+    """A failure the scenario asked for (``faults:``), to study and test centre dropouts."""
+
+
+def check_injected_fault(msg: Message) -> None:
+    """Raise InjectedFault when the server marked this message as one that must fail."""
+    cfg = msg.content["config"]
+    if cfg.get("inject-fault", False):
+        raise InjectedFault(f"injected fault (scenario 'faults:'), round {cfg.get('server-round')}")
 
 
 def bn_keys(model: nn.Module) -> list[str]:

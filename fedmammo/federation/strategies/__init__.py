@@ -28,5 +28,9 @@ def get_runner(kind: str) -> Callable:
 
 
 def _import_builtin() -> None:
-    from fedmammo.federation.strategies import fedavg  # noqa: F401
-    from fedmammo.federation.strategies import mtl_finetune  # noqa: F401
+    from fedmammo.federation.strategies import (
+        fedavg,  # noqa: F401
+        mtl_finetune,  # noqa: F401
+        periodic,  # noqa: F401
+        share_gans,  # noqa: F401
+    )

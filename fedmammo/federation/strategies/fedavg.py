@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import torch
@@ -12,6 +13,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.privacy_state import ArmPrivacy, run_audits
 from fedmammo.federation.strategies import register_runner
 from fedmammo.models import build_model
 
@@ -28,12 +30,15 @@ class CentreFedAvg(FedAvg):
     """
 
     def __init__(self, nodes: dict[str, int], *, message_type: str = "train.classifier",
-                 weighting: str | dict[str, float] = "num_examples", min_centres: int = 1):
+                 weighting: str | dict[str, float] = "num_examples", min_centres: int = 1,
+                 faults: Iterable[tuple[str, int]] = ()):
         super().__init__(min_train_nodes=min_centres, min_available_nodes=min_centres)
         self.centre_nodes = dict(nodes)
+        self.faults = set(faults)
         self.message_type = message_type
         self.weighting = weighting
         self.failures: dict[str, str] = {}
+        self.node_config: dict[str, dict] = {}  # per-centre extra config (DP ledger on resume)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -42,6 +47,10 @@ class CentreFedAvg(FedAvg):
             cfg = ConfigRecord(dict(config))
             cfg["server-round"] = server_round
             cfg["seed"] = derive_seed(config.get("seed", 0), centre, server_round)
+            if (centre, server_round) in self.faults:
+                cfg["inject-fault"] = True
+            for key, value in self.node_config.get(centre, {}).items():
+                cfg[key] = value
             msgs.append(Message(RecordDict({"arrays": arrays, "config": cfg}),
                                 dst_node_id=node, message_type=self.message_type))
         return msgs
@@ -74,6 +83,18 @@ class CentreFedAvg(FedAvg):
         return arrays, metrics
 
 
+def _record_round_timing(orc: Orchestrator, replies: list[Message], wall: float, *, arm: str,
+                         seed: int, rnd: int) -> None:
+    """Wall time of a training round next to the centres' own compute (measured in handlers)."""
+    compute = [float(m.content["metrics"]["compute-seconds"]) for m in replies
+               if not m.has_error() and "compute-seconds" in m.content["metrics"]]
+    records = [{"metric": "round_wall_seconds", "value": wall}]
+    if compute:
+        records += [{"metric": "centre_compute_seconds_max", "value": max(compute)},
+                    {"metric": "centre_compute_seconds_sum", "value": sum(compute)}]
+    orc.recorder.add(records, arm=arm, seed=seed, centre="all", split="timing", round=rnd)
+
+
 def _initial_arrays(model_spec: dict, seed: int) -> ArrayRecord:
     torch.manual_seed(derive_seed(seed, "init"))
     return state_to_arrays(build_model(model_spec["name"], **model_spec["options"]).state_dict())
@@ -99,17 +120,27 @@ def _train_rounds(orc: Orchestrator, *, arm: str, seed: int, centres: list[str],
     start = max(first_round - 1, orc.recorder.last_round(arm, seed))
     if start >= first_round:
         arrays = orc.load_checkpoint(arm, seed, start)
+    faults = [(f.centre, f.round) for f in orc.scenario.faults if f.arm == arm]
     strategy = CentreFedAvg({c: orc.nodes[c] for c in centres}, message_type=message_type,
-                            weighting=weighting,
+                            weighting=weighting, faults=faults,
                             min_centres=min(getattr(p, "min_centres", 1), len(centres)))
     val_centres = [c for c in centres if c != "pooled"]
     val_extra = {k: v for k, v in config.items() if k != "train"}
+    dp = ArmPrivacy(orc, arm=arm, seed=seed, centres=centres, first_round=first_round,
+                    last_round=last)  # DP: planned rounds, privacy.json, budget refusals
+    strategy.node_config = dp.node_config(centres)
     for rnd in range(start + 1, last + 1):
-        cfg = orc.base_config(arm=arm, seed=seed, model=model, **config)
-        replies = orc.grid.send_and_receive(
-            list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout)
+        cfg = orc.base_config(arm=arm, seed=seed, model=model, **config, **dp.config())
+        t_round = time.perf_counter()
+        replies = list(orc.grid.send_and_receive(
+            list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout))
+        _record_round_timing(orc, replies, time.perf_counter() - t_round, arm=arm, seed=seed,
+                             rnd=rnd)
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         orc.record_failures(strategy.failures, arm=arm, seed=seed, rnd=rnd, phase="train")
+        names = {n: c for c, n in strategy.centre_nodes.items()}
+        if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused
+            return arrays if rnd > first_round else None
         if new_arrays is None:
             orc.recorder.note(f"arm {arm} seed {seed}: stopped at round {rnd}: fewer than "
                               f"{strategy.min_train_nodes} centres replied")
@@ -165,6 +196,8 @@ def run_fedavg(orc: Orchestrator) -> None:
             orc.evaluate_everywhere(arm=arm, seed=seed, arrays=final, model=model,
                                     message_type="evaluate.classifier", centres=every,
                                     split="test", n_boot=p.bootstrap, extra={"batchnorm": bn})
+            run_audits(orc, arm=arm, seed=seed, arrays=final, model=model, batchnorm=bn,
+                       centres=train_centres if arm == "pooled" else centres)
             orc.recorder.complete_arm(arm, seed)
     if "pooled" in p.arms and "pooled" in orc.nodes:
         orc.recorder.note("arm 'pooled' is a simulation-only what-if: it trains as if every "

@@ -1,0 +1,292 @@
+"""privacy.json (what each centre's DP spent, recomputable) and the privacy-utility plot.
+
+``privacy.json`` in a run directory holds:
+
+- ``records``: one per centre, arm, seed and phase with ``accountant`` (rdp/prv), ``delta``,
+  ``epsilon`` (this phase's steps alone), ``max_grad_norm``, ``history`` (list of
+  ``[noise_multiplier, sample_rate, steps]``), and the composed budget of the arm at that
+  centre: ``ledger``, ``ledger_epsilon``, ``ledger_history``; plus ``target_epsilon``,
+  ``noise_multiplier``, ``sample_rate``, ``planned_steps`` and the ``rounds`` it trained;
+- ``refusals``: rounds a centre refused (budget or plan exhausted), with the reason;
+- ``audits``: membership-inference results per centre, arm and seed, next to epsilon;
+- ``summary``: per centre the largest ``ledger_epsilon`` over arms and seeds;
+- ``notes``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedmammo.privacy.accounting import epsilon_of
+
+__all__ = [
+    "PRIVACY_FILE",
+    "PrivacyLog",
+    "plot_privacy_utility",
+    "recompute_epsilon",
+    "sweep_privacy_plot",
+    "utility_points",
+]
+
+logger = logging.getLogger(__name__)
+
+PRIVACY_FILE = "privacy.json"
+NO_DP = "no DP"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class PrivacyLog:
+    """The run's privacy.json, read on creation and rewritten by :meth:`write`."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / PRIVACY_FILE
+        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.records: list[dict] = data.get("records", [])
+        self.refusals: list[dict] = data.get("refusals", [])
+        self.audits: list[dict] = data.get("audits", [])
+        self.notes: list[str] = data.get("notes", [])
+
+    def _find(self, items: list[dict], **key: Any) -> dict | None:
+        for item in items:
+            if all(item.get(k) == v for k, v in key.items()):
+                return item
+        return None
+
+    def record(self, *, centre: str, arm: str, seed: int, report: dict, round: int | None) -> dict:
+        """Add or update the record of a centre's phase with a round's report (cumulative)."""
+        key = {"centre": centre, "arm": arm, "seed": int(seed), "phase": report["phase"]}
+        old = self._find(self.records, **key)
+        rounds = list(old.get("rounds", [])) if old else []
+        if round is not None and round not in rounds:
+            rounds.append(int(round))
+        new = {**key, **{k: v for k, v in report.items() if k != "phase"}, "rounds": rounds}
+        if old is None:
+            self.records.append(new)
+        else:
+            old.clear()
+            old.update(new)
+        return new
+
+    def refusal(self, *, centre: str, arm: str, seed: int, round: int | None, reason: str) -> None:
+        """Record a refused round."""
+        self.refusals.append(
+            {"centre": centre, "arm": arm, "seed": int(seed), "round": round, "reason": reason}
+        )
+
+    def audit(self, *, centre: str, arm: str, seed: int, result: dict) -> None:
+        """Record (or replace) a membership audit of an arm's final model at a centre."""
+        key = {"centre": centre, "arm": arm, "seed": int(seed)}
+        old = self._find(self.audits, **key)
+        if old is not None:
+            self.audits.remove(old)
+        self.audits.append({**key, "attack": "loss_threshold", **result})
+
+    def note(self, text: str) -> None:
+        """Add a note once."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def ledger_state(self, centre: str, ledger: str) -> dict | None:
+        """The centre's ledger as ``CentreAccountant.from_state`` input (to resume a run)."""
+        recs = [r for r in self.records if r["centre"] == centre and r.get("ledger") == ledger]
+        if not recs:
+            return None
+        latest = max(recs, key=lambda r: sum(int(e[2]) for e in r["ledger_history"]))
+        return {
+            "accountant": latest["accountant"],
+            "history": latest["ledger_history"],
+            "phases": {r["phase"]: r["history"] for r in recs},
+            "plans": {
+                r["phase"]: {
+                    "noise_multiplier": r["noise_multiplier"],
+                    "sample_rate": r["sample_rate"],
+                    "planned_steps": float(r["planned_steps"]),
+                }
+                for r in recs
+                if r.get("target_epsilon") is not None
+            },
+        }
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per centre: the largest composed epsilon over its arms and seeds, and its delta."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.records:
+            best = out.get(r["centre"])
+            if best is None or r["ledger_epsilon"] > best["max_epsilon"]:
+                out[r["centre"]] = {
+                    "max_epsilon": r["ledger_epsilon"],
+                    "delta": r["delta"],
+                    "arm": r["arm"],
+                    "seed": r["seed"],
+                }
+        return out
+
+    def write(self) -> Path:
+        """Rewrite privacy.json (atomically replaced)."""
+        payload = {
+            "records": self.records,
+            "refusals": self.refusals,
+            "audits": self.audits,
+            "summary": self.summary(),
+            "notes": self.notes,
+        }
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(_finite(payload), indent=1))
+        tmp.replace(self.path)
+        return self.path
+
+
+def recompute_epsilon(record: dict, *, ledger: bool = False) -> float:
+    """Epsilon of a privacy.json record's history (or its ledger's) with fedmammo's accountant."""
+    history = record["ledger_history"] if ledger else record["history"]
+    return epsilon_of(history, record["delta"], record["accountant"])
+
+
+# --------------------------------------------------------------------------- plot
+def _epsilon_column(table: pd.DataFrame, key: str) -> pd.Series:
+    return pd.to_numeric(table[key], errors="coerce")  # null / None / "" -> NaN (no DP)
+
+
+def utility_points(
+    table: pd.DataFrame, *, epsilon_key: str, centre: str | None = None, metric: str = "auc"
+) -> pd.DataFrame:
+    """Per arm and target epsilon (NaN = no DP): test AUROC with CI at ``centre``, attack AUC.
+
+    AUROC and its bootstrap CI are averaged over seeds (and over evaluating centres when
+    ``centre`` is None); the attack AUC is the mean over the auditing centres and seeds.
+    """
+    if epsilon_key not in table.columns:
+        raise KeyError(f"sweep table has no column {epsilon_key!r}")
+    t = table.assign(_eps=_epsilon_column(table, epsilon_key).fillna(math.inf))
+    final = t["segment"].isna() & t["round"].isna()
+    util = t[final & (t["split"] == "test") & (t["metric"] == metric)]
+    if centre is not None:
+        util = util[util["centre"] == centre]
+    attack = t[final & (t["split"] == "audit") & (t["metric"] == "attack_auc")]
+    mean = {"auc": ("value", "mean"), "ci_low": ("ci_low", "mean"), "ci_high": ("ci_high", "mean")}
+    u = (
+        util.astype({"value": float, "ci_low": float, "ci_high": float})
+        .groupby(["arm", "_eps"])
+        .agg(**mean)
+    )
+    a = attack.astype({"value": float}).groupby(["arm", "_eps"]).agg(attack_auc=("value", "mean"))
+    out = u.join(a, how="outer").reset_index().rename(columns={"_eps": "epsilon"})
+    out["epsilon"] = out["epsilon"].replace(math.inf, np.nan)
+    cols = ["arm", "epsilon", "auc", "ci_low", "ci_high", "attack_auc"]
+    return out.reindex(columns=cols)
+
+
+def plot_privacy_utility(
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    epsilon_key: str,
+    centre: str | None = None,
+    metric: str = "auc",
+) -> Path | None:
+    """Draw ``privacy_utility.png``: AUROC (CI) vs epsilon per arm, attack AUC on a 2nd axis.
+
+    The no-DP point (epsilon null in the sweep) sits right of the largest epsilon, marked
+    "no DP". Returns None when the table has no test AUROC and no audit.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pts = utility_points(table, epsilon_key=epsilon_key, centre=centre, metric=metric)
+    if pts.empty:
+        logger.warning("privacy-utility plot: no test %s and no audit records", metric)
+        return None
+    finite = pts["epsilon"].dropna()
+    top = float(finite.max()) if len(finite) else 1.0
+    no_dp_x = top * 3.0
+    pts = pts.assign(x=pts["epsilon"].fillna(no_dp_x))
+    fig = Figure(figsize=(7.5, 5.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax2 = ax.twinx()
+    colours = ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
+    arms = sorted(set(pts["arm"]))
+    for i, arm in enumerate(arms):
+        g = pts[pts["arm"] == arm].sort_values("x")
+        g = g.assign(x=g["x"] * 1.04 ** (i - (len(arms) - 1) / 2))  # dodge overlapping bars
+        c = colours[i % len(colours)]
+        ok = g["auc"].notna()
+        if ok.any():
+            lo = (g["auc"] - g["ci_low"]).clip(lower=0).fillna(0)
+            hi = (g["ci_high"] - g["auc"]).clip(lower=0).fillna(0)
+            ax.errorbar(
+                g["x"][ok],
+                g["auc"][ok],
+                yerr=[lo[ok], hi[ok]],
+                color=c,
+                marker="o",
+                capsize=3,
+                label=f"{arm}: AUROC",
+            )
+        if g["attack_auc"].notna().any():
+            ax2.plot(
+                g["x"],
+                g["attack_auc"],
+                color=c,
+                marker="x",
+                linestyle="--",
+                label=f"{arm}: attack AUC",
+            )
+    ax.set_xscale("log")
+    ticks = sorted(set(pts["x"]))
+    ax.set_xticks(ticks)
+    ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
+    ax.set_xticklabels(
+        [NO_DP if x == no_dp_x and pts["epsilon"].isna().any() else f"{x:g}" for x in ticks]
+    )
+    ax.minorticks_off()
+    ax.set_xlabel("target epsilon per centre")
+    where = f"at centre {centre}" if centre else "mean over evaluating centres"
+    label = "AUROC" if metric == "auc" else metric
+    ax.set_ylabel(f"test {label} (95% CI), {where}")
+    ax2.set_ylabel("membership attack AUC (loss threshold)")
+    ax2.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax2.set_ylim(0.3, 1.0)
+    handles = ax.get_legend_handles_labels()
+    handles2 = ax2.get_legend_handles_labels()
+    fig.legend(
+        handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="lower center", ncol=3
+    )
+    ax.set_title("Privacy vs utility")
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(out, dpi=120, format="png")
+    return out
+
+
+def sweep_privacy_plot(
+    run_dir: str | Path, table: pd.DataFrame, sweep_keys: list[str], *, centre: str | None = None
+) -> Path | None:
+    """``<run_dir>/privacy_utility.png`` when the sweep varies a ``*target_epsilon`` key."""
+    keys = [k for k in sweep_keys if k.split(".")[-1] == "target_epsilon"]
+    if not keys or table.empty:
+        return None
+    if len(keys) > 1:
+        logger.warning("privacy-utility plot: several epsilon keys %s; using %s", keys, keys[0])
+    if centre is not None and centre not in set(table["centre"]):
+        centre = None
+    return plot_privacy_utility(
+        table, Path(run_dir) / "privacy_utility.png", epsilon_key=keys[0], centre=centre
+    )

@@ -1,0 +1,449 @@
+"""A centre's privacy ledgers in Flower's ``context.state``, its DP sessions and refusals.
+
+Centre side. Every DP training message names a *ledger* (``privacy-ledger``, the server
+sends ``<arm>|<seed>``: every arm and seed of a run is a separate what-if deployment) and
+the number of rounds the server plans for it (``dp-planned-rounds``). The centre keeps one
+:class:`~fedmammo.privacy.accounting.CentreAccountant` per ledger in ``context.state`` (one
+JSON string each; ConfigRecord holds no nested lists), so epsilon composes over every round
+and phase of that ledger, and the noise for a target epsilon is planned once for all the
+planned steps. Work beyond the budget or the plan is refused before any step is taken: the
+handler raises :class:`BudgetRefusal`, the reply is an error whose reason starts with
+:data:`REFUSAL_MARK`, and the server records it and stops that arm.
+
+The reply of a DP round carries a ConfigRecord ``privacy`` (:func:`encode_privacy`):
+hyper-parameters only (noise multiplier, sample rate, steps, delta, clipping norm, epsilon).
+
+Samplers under DP: the accountant assumes Poisson sampling, so a DP round replaces the
+recipe's sampler with Poisson sampling over the centre's training set (sample rate
+``1 / steps_per_epoch``). Fixed periodic batches (sampler ``periodic``, quota rounds) are
+refused with :class:`DPUnsupportedError` rather than reported with a Poisson epsilon; so is
+any ``train.*`` message whose handler has no DP path (:func:`dp_guard_mod`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message
+
+from fedmammo.errors import ConfigError, FedmammoError
+from fedmammo.federation.centre_runtime import CentreIdentity, identity_of
+from fedmammo.privacy.accounting import (
+    BudgetExceeded,
+    CentreAccountant,
+    PrivacyBudget,
+    PrivacyUsageError,
+)
+from fedmammo.privacy.engine import DPSession
+
+__all__ = [
+    "DP_AWARE",
+    "LEDGER_KEY",
+    "PLANNED_ROUNDS_KEY",
+    "PRIOR_KEY",
+    "REFUSAL_MARK",
+    "BudgetRefusal",
+    "DPUnsupportedError",
+    "decode_privacy",
+    "disable_inplace",
+    "dp_guard_mod",
+    "dp_session_for",
+    "encode_privacy",
+    "finish_dp",
+    "is_refusal",
+    "ledger_epsilon",
+    "ledger_name",
+    "load_accountant",
+    "pack_history",
+    "privacy_budget",
+    "save_accountant",
+    "steps_per_round",
+    "unpack_history",
+]
+
+logger = logging.getLogger(__name__)
+
+STATE_KEY = "privacy.ledgers"
+REFUSAL_MARK = "privacy budget refusal"
+LEDGER_KEY = "privacy-ledger"
+PLANNED_ROUNDS_KEY = "dp-planned-rounds"
+PRIOR_KEY = "dp-prior"
+#: ``train.*`` message types whose handlers train with DP when the centre asks for it.
+DP_AWARE: set[str] = {"train.classifier"}
+_CHUNK = 15  # history values per config entry (egress allows lists of up to 16 items)
+_FIXED_BATCH_SAMPLERS = ("periodic",)
+
+
+class BudgetRefusal(FedmammoError):
+    """A centre refuses a round that would exceed its privacy budget or its planned steps."""
+
+    def __init__(self, centre: str, reason: str) -> None:
+        self.centre = centre
+        super().__init__(f"{REFUSAL_MARK}: {reason}")
+
+
+class DPUnsupportedError(ConfigError):
+    """DP was asked for work whose privacy cannot be accounted honestly."""
+
+
+def is_refusal(reason: str | None) -> bool:
+    """True when an error reply's reason is a privacy-budget refusal."""
+    text = reason or ""
+    return REFUSAL_MARK in text or "refuses the requested work" in text
+
+
+# --------------------------------------------------------------------------- ledgers
+def ledger_name(cfg: ConfigRecord) -> str:
+    """The ledger a message charges: ``privacy-ledger``, else its arm."""
+    return str(cfg.get(LEDGER_KEY) or cfg.get("arm") or "run")
+
+
+def load_accountant(
+    context: Context, ledger: str, *, mechanism: str, centre: str, prior: str | None = None
+) -> CentreAccountant:
+    """The ledger's accountant from ``context.state``; else from ``prior`` (resume) or new."""
+    if STATE_KEY in context.state and ledger in context.state[STATE_KEY]:
+        return CentreAccountant.from_state(json.loads(str(context.state[STATE_KEY][ledger])))
+    if prior:
+        logger.info("centre %s: ledger %s restored from the server's privacy.json", centre, ledger)
+        return CentreAccountant.from_state({"centre": centre, **json.loads(prior)})
+    return CentreAccountant(mechanism, centre=centre)  # type: ignore[arg-type]
+
+
+def save_accountant(context: Context, ledger: str, accountant: CentreAccountant) -> None:
+    """Keep the ledger's accountant in ``context.state`` (one JSON string per ledger)."""
+    if STATE_KEY not in context.state:
+        context.state[STATE_KEY] = ConfigRecord({})
+    context.state[STATE_KEY][ledger] = json.dumps(accountant.to_state())
+
+
+def privacy_budget(ident: CentreIdentity, n_examples: int) -> PrivacyBudget | None:
+    """The centre profile's DP budget, or None without DP (and for the pooled what-if)."""
+    if ident.profile is None or not ident.profile.privacy.enabled:
+        return None
+    return PrivacyBudget.from_spec(ident.profile.privacy, n_examples)
+
+
+def steps_per_round(params: Any, n_examples: int) -> tuple[int, int]:
+    """(steps per epoch, steps per round) of ``train_classifier`` on ``n_examples``."""
+    per_epoch = params.steps_per_epoch or math.ceil(n_examples / params.batch_size)
+    return int(per_epoch), int(per_epoch * params.epochs)
+
+
+# --------------------------------------------------------------------------- sessions
+def disable_inplace(model: Any) -> int:
+    """Switch off in-place activations (Opacus' backward hooks forbid them); return how many."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+            count += 1
+    return count
+
+
+class _CentreDPSession(DPSession):
+    """A DPSession whose ``attach`` first makes in-place activations out-of-place."""
+
+    def attach(self, model: Any, optimizer: Any, loader: Any):  # noqa: ANN201 - as DPSession
+        disable_inplace(model)
+        return super().attach(model, optimizer, loader)
+
+
+def _refusal(centre: str, err: Exception) -> BudgetRefusal:
+    return BudgetRefusal(centre, str(err))
+
+
+def dp_session_for(
+    context: Context,
+    ident: CentreIdentity,
+    cfg: ConfigRecord,
+    params: Any,
+    *,
+    n_examples: int,
+    phase: str,
+) -> DPSession | None:
+    """The DP session of one classifier round, checked against the budget (None without DP).
+
+    Raises :class:`BudgetRefusal` when the round would exceed the target epsilon or the
+    planned steps, and :class:`DPUnsupportedError` for fixed-batch samplers.
+    """
+    budget = privacy_budget(ident, n_examples)
+    if budget is None:
+        return None
+    if params.sampler in _FIXED_BATCH_SAMPLERS or "quota" in cfg:
+        raise DPUnsupportedError(
+            f"centre {ident.name!r}: DP training with sampler {params.sampler!r} (fixed periodic "
+            "batches) is refused: the accountant's Poisson epsilon would not hold for it. Use "
+            "sampler 'balanced_labels' or 'random' (Poisson-sampled under DP), or remove "
+            "privacy.target_epsilon / privacy.noise_multiplier from the centre profile"
+        )
+    per_epoch, per_round = steps_per_round(params, n_examples)
+    planned_rounds = int(cfg.get(PLANNED_ROUNDS_KEY, 0))
+    if planned_rounds < 1 and budget.noise_multiplier is None:
+        raise DPUnsupportedError(
+            f"centre {ident.name!r}: privacy.target_epsilon needs the planned number of rounds "
+            f"(config {PLANNED_ROUNDS_KEY!r}) to choose the noise once for the whole run; this "
+            "strategy does not send it: set privacy.noise_multiplier instead"
+        )
+    ledger = ledger_name(cfg)
+    prior = cfg.get(PRIOR_KEY)
+    accountant = load_accountant(
+        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=prior
+    )
+    session = _CentreDPSession(
+        budget,
+        accountant,
+        planned_steps=max(planned_rounds, 1) * per_round,
+        phase=phase,
+        centre=ident.name,
+        seed=int(cfg["seed"]),
+    )
+    try:
+        projected = session.check_budget(per_round, sample_rate=1.0 / per_epoch)
+    except (BudgetExceeded, PrivacyUsageError) as err:
+        raise _refusal(ident.name, err) from err
+    logger.info(
+        "centre %s ledger %s: DP round of %d steps, epsilon after it %.3f",
+        ident.name,
+        ledger,
+        per_round,
+        projected,
+    )
+    return session
+
+
+def finish_dp(context: Context, session: DPSession, cfg: ConfigRecord, steps: int) -> ConfigRecord:
+    """Save the ledger after training and return the reply's ``privacy`` record."""
+    save_accountant(context, ledger_name(cfg), session.accountant)
+    return encode_privacy(session, ledger=ledger_name(cfg), round_steps=steps)
+
+
+def ledger_epsilon(
+    context: Context, ident: CentreIdentity, cfg: ConfigRecord, n_examples: int
+) -> tuple[float, float] | None:
+    """(epsilon, delta) spent so far on the message's ledger, or None without DP."""
+    budget = privacy_budget(ident, n_examples)
+    if budget is None or STATE_KEY not in context.state:
+        return None
+    if ledger_name(cfg) not in context.state[STATE_KEY]:
+        return None
+    acc = load_accountant(context, ledger_name(cfg), mechanism=budget.accountant, centre=ident.name)
+    return acc.epsilon(budget.delta), budget.delta
+
+
+# --------------------------------------------------------------------------- reply codec
+def pack_history(prefix: str, history: list[list[Any]]) -> dict[str, list[float]]:
+    """``[[sigma, q, steps], ...]`` as config entries ``prefix.i`` of at most 15 floats."""
+    flat = [float(v) for entry in history for v in entry[:3]]
+    out = {f"{prefix}.{i // _CHUNK}": flat[i : i + _CHUNK] for i in range(0, len(flat), _CHUNK)}
+    out[f"{prefix}.n"] = [float(len(history))]
+    return out
+
+
+def unpack_history(record: Any, prefix: str) -> list[list[float]]:
+    """Inverse of :func:`pack_history` (steps as ints)."""
+    n = int(record[f"{prefix}.n"][0]) if f"{prefix}.n" in record else 0
+    flat: list[float] = []
+    i = 0
+    while f"{prefix}.{i}" in record:
+        flat += [float(v) for v in record[f"{prefix}.{i}"]]
+        i += 1
+    entries = [flat[k : k + 3] for k in range(0, len(flat), 3)]
+    if len(entries) != n:
+        raise PrivacyUsageError(f"privacy record: {prefix} has {len(entries)} entries, not {n}")
+    return [[s, q, int(round(t))] for s, q, t in entries]
+
+
+def encode_privacy(session: DPSession, *, ledger: str, round_steps: int) -> ConfigRecord:
+    """Hyper-parameters and epsilons of a DP round (nothing about any image)."""
+    acc, budget, phase = session.accountant, session.budget, session.phase
+    if acc.segment_history:
+        raise PrivacyUsageError("per-segment (periodic) ledgers are not reported by this codec")
+    plan = acc.plans.get(phase, {})
+    rec: dict[str, Any] = {
+        "accountant": acc.mechanism,
+        "ledger": ledger,
+        "phase": phase,
+        "delta": float(budget.delta),
+        "epsilon": float(acc.phase_epsilon(phase, budget.delta)),
+        "ledger-epsilon": float(acc.epsilon(budget.delta)),
+        "max-grad-norm": float(budget.max_grad_norm),
+        "noise-multiplier": float(session.noise_multiplier or 0.0),
+        "sample-rate": float(session.sample_rate or 0.0),
+        "planned-steps": float(plan.get("planned_steps", session.planned_steps)),
+        "round-steps": int(round_steps),
+    }
+    if budget.target_epsilon is not None:
+        rec["target-epsilon"] = float(budget.target_epsilon)
+    rec.update(pack_history("history", acc.phases.get(phase, [])))
+    rec.update(pack_history("ledger-history", acc.history))
+    return ConfigRecord(rec)
+
+
+def decode_privacy(record: Any) -> dict[str, Any]:
+    """A reply's ``privacy`` record as a privacy.json entry (server side)."""
+    out = {
+        "accountant": str(record["accountant"]),
+        "ledger": str(record["ledger"]),
+        "phase": str(record["phase"]),
+        "delta": float(record["delta"]),
+        "epsilon": float(record["epsilon"]),
+        "max_grad_norm": float(record["max-grad-norm"]),
+        "history": unpack_history(record, "history"),
+        "ledger_epsilon": float(record["ledger-epsilon"]),
+        "ledger_history": unpack_history(record, "ledger-history"),
+        "noise_multiplier": float(record["noise-multiplier"]),
+        "sample_rate": float(record["sample-rate"]),
+        "planned_steps": int(record["planned-steps"]),
+        "round_steps": int(record["round-steps"]),
+        "target_epsilon": float(record["target-epsilon"]) if "target-epsilon" in record else None,
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- guard
+def dp_guard_mod(msg: Message, context: Context, call_next) -> Message:
+    """Client mod: refuse ``train.*`` messages without a DP path at a centre that wants DP."""
+    kind = msg.metadata.message_type
+    if kind.startswith("train.") and kind not in DP_AWARE:
+        ident = identity_of(context)
+        if ident.profile is not None and ident.profile.privacy.enabled:
+            raise DPUnsupportedError(
+                f"centre {ident.name!r} trains with DP (privacy in its profile) but "
+                f"{kind!r} has no DP path; its epsilon could not be honoured. DP-capable: "
+                f"{sorted(DP_AWARE)}. Remove the centre's privacy settings for this strategy"
+            )
+    return call_next(msg, context)
+
+
+# --------------------------------------------------------------------------- server side
+def ledger_of(arm: str, seed: int) -> str:
+    """The ledger of an arm and seed: each is a separate what-if deployment."""
+    return f"{arm}|{seed}"
+
+
+def audits_enabled(scenario: Any) -> bool:
+    """Audit when the scenario sets ``privacy:`` (even non-DP) or any centre trains with DP."""
+    return scenario.privacy is not None or any(
+        p.privacy.enabled for p in scenario.resolved_profiles.values()
+    )
+
+
+class ArmPrivacy:
+    """Server side of one arm's DP: the plan sent to centres, privacy.json and refusals."""
+
+    def __init__(
+        self,
+        orc: Any,
+        *,
+        arm: str,
+        seed: int,
+        centres: list[str],
+        first_round: int,
+        last_round: int,
+    ):
+        from fedmammo.evaluation.privacy_report import PrivacyLog
+
+        self.orc, self.arm, self.seed = orc, arm, int(seed)
+        self.ledger = ledger_of(arm, seed)
+        self.planned_rounds = int(last_round - first_round + 1)
+        self.log = PrivacyLog(orc.run_dir)
+        if not any(p.privacy.enabled for p in orc.scenario.resolved_profiles.values()):
+            self.log.note("no centre trains with differential privacy in this run")
+        elif "pooled" in centres:
+            self.log.note(f"arm {arm} is not private: the pooled what-if trains without DP")
+
+    def config(self) -> dict[str, Any]:
+        """Keys of every train message: the ledger and the rounds planned for it."""
+        return {LEDGER_KEY: self.ledger, PLANNED_ROUNDS_KEY: self.planned_rounds}
+
+    def node_config(self, centres: list[str]) -> dict[str, dict[str, str]]:
+        """On resume: each centre's recorded ledger (its node state did not survive)."""
+        if not getattr(self.orc.spec, "resume", False):
+            return {}
+        out = {}
+        for c in centres:
+            prior = self.log.ledger_state(c, self.ledger)
+            if prior is not None:
+                out[c] = {PRIOR_KEY: json.dumps(prior)}
+        return out
+
+    def after_round(
+        self, rnd: int, replies: list[Message], names: dict[int, str], failures: dict[str, str]
+    ) -> bool:
+        """Record the round's privacy reports and refusals; True when a centre refused."""
+        for msg in replies:
+            if not msg.has_error() and "privacy" in msg.content:
+                self.log.record(
+                    centre=names.get(msg.metadata.src_node_id, "?"),
+                    arm=self.arm,
+                    seed=self.seed,
+                    report=decode_privacy(msg.content["privacy"]),
+                    round=rnd,
+                )
+        refused = {c: r for c, r in failures.items() if is_refusal(r)}
+        for centre, reason in refused.items():
+            self.log.refusal(
+                centre=centre,
+                arm=self.arm,
+                seed=self.seed,
+                round=rnd,
+                reason=" ".join(reason.split())[-500:],
+            )
+            self.orc.recorder.note(
+                f"arm {self.arm} seed {self.seed}: stopped before round {rnd}: centre {centre} "
+                "refused it (privacy budget); the model of the last completed round is final"
+            )
+            self.orc.console.print(
+                f"[yellow]centre {centre} refused round {rnd} of arm "
+                f"{self.arm} (privacy budget): stopping this arm[/]"
+            )
+        self.log.write()
+        if refused:
+            self.orc.recorder.flush()
+        return bool(refused)
+
+
+def run_audits(
+    orc: Any, *, arm: str, seed: int, arrays: Any, model: dict, centres: list[str], batchnorm: str
+) -> None:
+    """Loss-threshold membership audit of a final model inside each training centre."""
+    from flwr.app import RecordDict
+
+    from fedmammo.evaluation.privacy_report import PrivacyLog
+    from fedmammo.federation.orchestrator import derive_seed
+
+    centres = [c for c in centres if c != "pooled"]
+    if not centres or not audits_enabled(orc.scenario):
+        return
+    contents = {}
+    for c in centres:
+        cfg = orc.base_config(
+            arm=arm,
+            seed=derive_seed(seed, arm, c, "audit"),
+            model=model,
+            batchnorm=batchnorm,
+            **{LEDGER_KEY: ledger_of(arm, seed)},
+        )
+        contents[c] = RecordDict({"arrays": arrays, "config": cfg})
+    replies, failures = orc.send("evaluate.audit", contents)
+    orc.record_failures(failures, arm=arm, seed=seed, rnd=None, phase="audit")
+    log = PrivacyLog(orc.run_dir)
+    for c, content in replies.items():
+        result = {
+            k.replace("-", "_"): float(v)
+            for k, v in content["metrics"].items()
+            if k != "compute-seconds"
+        }
+        rows = [
+            {"metric": f"attack_{k}", "value": v}
+            for k, v in result.items()
+            if k in ("auc", "tpr_at_1pct_fpr", "tpr_bound_at_1pct_fpr")
+        ]
+        orc.recorder.add(rows, arm=arm, seed=seed, centre=c, split="audit")
+        log.audit(centre=c, arm=arm, seed=seed, result=result)
+    log.write()
+    orc.recorder.flush()

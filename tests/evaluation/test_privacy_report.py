@@ -1,0 +1,252 @@
+"""privacy.json records (recomputable, resumable) and the privacy-utility plot of a sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedmammo.config import load_scenario
+from fedmammo.evaluation.privacy_report import (
+    PrivacyLog,
+    plot_privacy_utility,
+    recompute_epsilon,
+    sweep_privacy_plot,
+    utility_points,
+)
+from fedmammo.federation.runspec import RunSpec
+from fedmammo.privacy.accounting import CentreAccountant
+from fedmammo.sweep import run_sweep
+
+dp_accounting = pytest.importorskip("dp_accounting")
+
+ROOT = Path(__file__).resolve().parents[2]
+DELTA = 1e-5
+
+
+def independent_epsilon(history, delta):
+    acc = dp_accounting.rdp.RdpAccountant()
+    for sigma, q, steps in history:
+        acc.compose(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps)
+        )
+    return acc.get_epsilon(delta)
+
+
+def report_of(acc: CentreAccountant, phase: str, *, target: float | None = 6.0) -> dict:
+    """What decode_privacy yields for a centre's accountant after a round."""
+    hist = acc.phases[phase]
+    return {
+        "phase": phase,
+        "accountant": acc.mechanism,
+        "ledger": "federated|0",
+        "delta": DELTA,
+        "epsilon": acc.phase_epsilon(phase, DELTA),
+        "max_grad_norm": 1.0,
+        "history": hist,
+        "ledger_epsilon": acc.epsilon(DELTA),
+        "ledger_history": acc.history,
+        "noise_multiplier": hist[-1][0],
+        "sample_rate": hist[-1][1],
+        "planned_steps": 300,
+        "round_steps": 100,
+        "target_epsilon": target,
+    }
+
+
+def test_records_update_per_round_and_recompute_with_dp_accounting(tmp_path):
+    # Prepare: a centre's ledger over two phases and two rounds.
+    acc = CentreAccountant("rdp", centre="B")
+    acc.record("gan", 1.3, 0.02, 200)
+    log = PrivacyLog(tmp_path)
+    log.record(centre="B", arm="federated", seed=0, report=report_of(acc, "gan"), round=None)
+    acc.record("classifier", 1.1, 0.1, 100)
+    log.record(centre="B", arm="federated", seed=0, report=report_of(acc, "classifier"), round=1)
+    acc.record("classifier", 1.1, 0.1, 100)
+    # Execute
+    log.record(centre="B", arm="federated", seed=0, report=report_of(acc, "classifier"), round=2)
+    log.write()
+    data = json.loads((tmp_path / "privacy.json").read_text())
+    # Assert: one record per phase; the latest round's cumulative history; recomputable.
+    recs = {r["phase"]: r for r in data["records"]}
+    assert set(recs) == {"gan", "classifier"}
+    cls = recs["classifier"]
+    assert cls["history"] == [[1.1, 0.1, 200]] and cls["rounds"] == [1, 2]
+    assert cls["ledger_history"] == [[1.3, 0.02, 200], [1.1, 0.1, 200]]
+    for r in recs.values():
+        assert recompute_epsilon(r) == pytest.approx(r["epsilon"])
+        assert r["epsilon"] == pytest.approx(independent_epsilon(r["history"], DELTA), rel=0.02)
+    assert cls["ledger_epsilon"] == pytest.approx(
+        independent_epsilon(cls["ledger_history"], DELTA), rel=0.02
+    )
+    assert data["summary"]["B"]["max_epsilon"] == pytest.approx(acc.epsilon(DELTA))
+
+
+def test_ledger_state_rebuilds_the_centre_accountant_for_a_resumed_run(tmp_path):
+    # Prepare
+    acc = CentreAccountant("rdp", centre="A")
+    acc.record("classifier", 0.9, 0.05, 60)
+    log = PrivacyLog(tmp_path)
+    log.record(centre="A", arm="federated", seed=0, report=report_of(acc, "classifier"), round=1)
+    log.write()
+    # Execute
+    state = PrivacyLog(tmp_path).ledger_state("A", "federated|0")
+    rebuilt = CentreAccountant.from_state(state)
+    # Assert: same composed budget, same phase steps, same plan of the noise.
+    assert rebuilt.epsilon(DELTA) == pytest.approx(acc.epsilon(DELTA))
+    assert rebuilt.phases == acc.phases
+    assert rebuilt.plans["classifier"] == {
+        "noise_multiplier": 0.9,
+        "sample_rate": 0.05,
+        "planned_steps": 300.0,
+    }
+    assert PrivacyLog(tmp_path).ledger_state("A", "local-A|0") is None
+
+
+def test_refusals_audits_notes_and_non_finite_values_are_json_safe(tmp_path):
+    # Prepare
+    log = PrivacyLog(tmp_path)
+    log.refusal(centre="A", arm="federated", seed=0, round=3, reason="privacy budget refusal: x")
+    log.audit(centre="A", arm="federated", seed=0, result={"auc": 0.7, "epsilon": math.inf})
+    log.audit(centre="A", arm="federated", seed=0, result={"auc": 0.6})
+    log.note("n")
+    log.note("n")
+    # Execute
+    log.write()
+    text = (tmp_path / "privacy.json").read_text()
+    data = json.loads(text)
+    # Assert: strict JSON (no Infinity); an audit is replaced, not duplicated.
+    assert "Infinity" not in text
+    assert data["refusals"][0]["round"] == 3 and data["notes"] == ["n"]
+    assert data["audits"] == [
+        {"centre": "A", "arm": "federated", "seed": 0, "attack": "loss_threshold", "auc": 0.6}
+    ]
+
+
+def sweep_table() -> pd.DataFrame:
+    """A sweep.csv-like table: 2 arms x epsilons (1, 8, no DP) x 2 seeds, test AUC at T."""
+    rows = []
+    for arm in ("federated", "local-A"):
+        for eps in (1.0, 8.0, None):
+            for seed in (0, 1):
+                base = {
+                    "arm": arm,
+                    "seed": seed,
+                    "segment": None,
+                    "round": None,
+                    "privacy.target_epsilon": eps,
+                }
+                auc = {1.0: 0.6, 8.0: 0.7, None: 0.8}[eps] + 0.02 * seed
+                rows.append(
+                    {
+                        **base,
+                        "centre": "T",
+                        "split": "test",
+                        "metric": "auc",
+                        "value": auc,
+                        "ci_low": auc - 0.1,
+                        "ci_high": auc + 0.1,
+                    }
+                )
+                rows.append(
+                    {
+                        **base,
+                        "centre": "A",
+                        "split": "test",
+                        "metric": "auc",
+                        "value": 0.5,
+                        "ci_low": 0.4,
+                        "ci_high": 0.6,
+                    }
+                )
+                for c, att in (("A", 0.5), ("B", 0.6 if eps is None else 0.5)):
+                    rows.append(
+                        {
+                            **base,
+                            "centre": c,
+                            "split": "audit",
+                            "metric": "attack_auc",
+                            "value": att,
+                            "ci_low": None,
+                            "ci_high": None,
+                        }
+                    )
+                rows.append(
+                    {
+                        **base,
+                        "centre": "T",
+                        "split": "val",
+                        "metric": "auc",
+                        "value": 0.1,
+                        "ci_low": None,
+                        "ci_high": None,
+                        "round": 1,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_utility_points_average_seeds_and_keep_the_no_dp_point():
+    # Execute
+    pts = utility_points(sweep_table(), epsilon_key="privacy.target_epsilon", centre="T")
+    # Assert: 2 arms x 3 epsilons; means over seeds; attack mean over auditing centres.
+    assert len(pts) == 6
+    fed = pts[pts["arm"] == "federated"].set_index(
+        pts["epsilon"].fillna(-1)[pts["arm"] == "federated"]
+    )
+    assert fed.loc[1.0, "auc"] == pytest.approx(0.61)
+    assert fed.loc[-1, "auc"] == pytest.approx(0.81) and np.isnan(fed.loc[-1, "epsilon"])
+    assert fed.loc[8.0, "ci_low"] == pytest.approx(0.61)
+    assert fed.loc[-1, "attack_auc"] == pytest.approx(0.55)
+    assert fed.loc[8.0, "attack_auc"] == pytest.approx(0.5)
+
+
+def test_plot_privacy_utility_writes_a_png_and_skips_empty_tables(tmp_path):
+    # Execute
+    out = plot_privacy_utility(
+        sweep_table(), tmp_path / "p.png", epsilon_key="privacy.target_epsilon", centre="T"
+    )
+    empty = plot_privacy_utility(
+        sweep_table().iloc[0:0], tmp_path / "e.png", epsilon_key="privacy.target_epsilon"
+    )
+    # Assert
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert empty is None and not (tmp_path / "e.png").exists()
+
+
+def test_sweep_draws_the_plot_only_for_an_epsilon_sweep(tmp_path):
+    # Prepare: the real sweep loop with a stand-in run that writes each point's results.
+    table = sweep_table()
+    sweep = {"privacy.target_epsilon": [1.0, 8.0, None]}
+    scenario = load_scenario(ROOT / "scenarios" / "dp_quick.yaml", sets={"sweep": sweep})
+    spec = RunSpec(
+        scenario_file=str(ROOT / "scenarios" / "dp_quick.yaml"),
+        run_dir=str(tmp_path),
+        sets={"sweep": sweep},
+    )
+    seen = []
+
+    def fake_run(point_spec, point_scenario):
+        eps = point_scenario.privacy.target_epsilon
+        seen.append((eps, point_scenario.resolved_profiles["tiny_a"].privacy.enabled))
+        rows = table[
+            table["privacy.target_epsilon"].isna()
+            if eps is None
+            else table["privacy.target_epsilon"] == eps
+        ].drop(columns="privacy.target_epsilon")
+        Path(point_spec.run_dir, "results.json").write_text(
+            json.dumps({"metrics": json.loads(rows.to_json(orient="records"))})
+        )
+        return Path(point_spec.run_dir)
+
+    # Execute
+    run_sweep(spec, scenario, fake_run)
+    none = sweep_privacy_plot(tmp_path / "x", table, ["seed"])
+    # Assert: null = no DP; the plot exists at the run root.
+    assert seen == [(1.0, True), (8.0, True), (None, False)]
+    assert (tmp_path / "privacy_utility.png").stat().st_size > 1000
+    assert none is None

@@ -1,0 +1,211 @@
+"""scenarios/dp_quick.yaml: the FedAvg runner with DP on an in-process grid (privacy.json
+against dp-accounting, a budget overrun that stops cleanly), and the real CLI on Ray (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, Error, Message, Metadata, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmammo.config import load_scenario
+from fedmammo.evaluation.results import RunRecorder
+from fedmammo.federation.egress import egress_mod
+from fedmammo.federation.handlers import HANDLERS, load_builtin_handlers
+from fedmammo.federation.orchestrator import Orchestrator
+from fedmammo.federation.privacy_state import REFUSAL_MARK, dp_guard_mod
+from fedmammo.federation.runspec import ENV_VAR, RunSpec
+from fedmammo.federation.strategies.fedavg import run_fedavg
+
+dp_accounting = pytest.importorskip("dp_accounting")
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = ROOT / "scenarios" / "dp_quick.yaml"
+
+
+def independent_epsilon(history: list[list[float]], delta: float) -> float:
+    """Epsilon of a history with Google's dp-accounting RDP accountant."""
+    acc = dp_accounting.rdp.RdpAccountant()
+    for sigma, q, steps in history:
+        acc.compose(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps)
+        )
+    return acc.get_epsilon(delta)
+
+
+def _incoming(content: RecordDict, kind: str, dst: int) -> Message:
+    meta = Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=dst,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=kind,
+    )
+    return Message(content=content, metadata=meta)
+
+
+class FakeGrid:
+    """Delivers messages to the handlers in-process (guard mod, egress guard, error replies)."""
+
+    def __init__(self, n: int) -> None:
+        load_builtin_handlers()
+        self.contexts = {
+            100 + i: Context(
+                run_id=1,
+                node_id=100 + i,
+                state=RecordDict(),
+                run_config={},
+                node_config={"partition-id": i, "num-partitions": n},
+            )
+            for i in range(n)
+        }
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for msg in messages:
+            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
+            fn = HANDLERS[tuple(kind.split(".", 1))]
+            m = _incoming(msg.content, kind, dst=node)
+            try:
+                rep = dp_guard_mod(m, self.contexts[node], lambda a, c, fn=fn: egress_mod(a, c, fn))
+            except Exception as exc:  # what Flower does: an error reply
+                rep = Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=m)
+            replies.append(rep)
+        return replies
+
+
+def run_in_process(tmp: Path, **sets) -> Path:
+    """dp_quick's federated arm through the real runner, without Ray."""
+    sets = {
+        "data_dir": str(tmp / "data"),
+        "strategy.params.arms": ["federated"],
+        "strategy.params.bootstrap": 20,
+        **sets,
+    }
+    scenario = load_scenario(SCENARIO, sets=sets)
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    spec = RunSpec(
+        scenario_file=str(SCENARIO),
+        run_dir=str(run_dir),
+        sets=sets,
+        node_order=scenario.centre_names(),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_VAR, str(spec.save()))
+        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
+            mp.setattr(TaskIdentity, attr, 1)
+        grid = FakeGrid(len(spec.node_order))
+        orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=RunRecorder(run_dir))
+        orc.identify(len(grid.contexts))
+        run_fedavg(orc)
+    return run_dir
+
+
+def check_privacy_json(privacy: dict, targets: dict[str, float], rounds: list[int]) -> None:
+    """Every record recomputes within 2% with dp-accounting and stays within its target."""
+    records = {(r["centre"], r["arm"]): r for r in privacy["records"]}
+    assert {c for c, _ in records} == set(targets)
+    for (centre, _arm), r in records.items():
+        assert r["accountant"] == "rdp" and r["max_grad_norm"] == 1.0
+        assert r["rounds"] == rounds and 0 < r["delta"] < 1 / 20
+        assert r["epsilon"] == pytest.approx(
+            independent_epsilon(r["history"], r["delta"]), rel=0.02
+        )
+        assert r["ledger_epsilon"] == pytest.approx(
+            independent_epsilon(r["ledger_history"], r["delta"]), rel=0.02
+        )
+        assert r["epsilon"] <= targets[centre] * 1.01 and r["target_epsilon"] == targets[centre]
+
+
+def test_dp_quick_privacy_json_matches_dp_accounting_and_audits_are_recorded(tmp_path):
+    # Execute
+    run_dir = run_in_process(tmp_path)
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    # Assert: one record per training centre, recomputable, within its own target.
+    check_privacy_json(privacy, {"tiny_a": 8.0, "tiny_b": 4.0}, [1, 2, 3])
+    assert not privacy["refusals"] and not results["failures"]
+    by_centre = {r["centre"]: r for r in privacy["records"]}
+    assert privacy["summary"]["tiny_b"]["max_epsilon"] == by_centre["tiny_b"]["ledger_epsilon"]
+    # the in-federation audit: scores only, at both training centres, next to epsilon
+    audits = [m for m in results["metrics"] if m["split"] == "audit"]
+    assert {(m["centre"], m["metric"]) for m in audits} >= {
+        ("tiny_a", "attack_auc"),
+        ("tiny_b", "attack_auc"),
+        ("tiny_b", "attack_tpr_at_1pct_fpr"),
+        ("tiny_a", "attack_tpr_bound_at_1pct_fpr"),
+    }
+    assert all(0.0 <= m["value"] <= 1.0 for m in audits)
+    assert {a["centre"]: a["epsilon"] for a in privacy["audits"]} == pytest.approx(
+        {c: r["ledger_epsilon"] for c, r in by_centre.items()}
+    )
+
+
+def test_budget_overrun_stops_the_arm_cleanly_and_keeps_results(tmp_path):
+    # Execute: fixed noise 0.8 at tiny_a with its epsilon-8 cap: round 2 would overrun.
+    run_dir = run_in_process(tmp_path, **{"privacy.noise_multiplier": 0.8})
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    # Assert: tiny_a's refusal recorded; round 1's model tested and audited everywhere.
+    [refusal] = privacy["refusals"]
+    assert (refusal["centre"], refusal["round"]) == ("tiny_a", 2)
+    [failure] = results["failures"]
+    assert failure["centre"] == "tiny_a" and REFUSAL_MARK in failure["reason"]
+    assert any("refused it (privacy budget)" in n for n in results["notes"])
+    assert results["progress"]["federated|0"] == {"round": 1, "done": True}
+    test_auc = [
+        m
+        for m in results["metrics"]
+        if m["split"] == "test" and m["metric"] == "auc" and m["segment"] is None
+    ]
+    assert {m["centre"] for m in test_auc} == {"tiny_a", "tiny_b", "tiny_t"}
+    assert {r["centre"]: r["rounds"] for r in privacy["records"]}["tiny_a"] == [1]
+    assert {a["centre"] for a in privacy["audits"]} == {"tiny_a", "tiny_b"}
+
+
+@pytest.mark.slow
+def test_simulate_cli_writes_privacy_json_on_ray(tmp_path):
+    # Execute: the real command on Flower's simulation engine.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedmammo.simulate",
+            str(SCENARIO),
+            "--out",
+            str(tmp_path / "runs"),
+            "--set",
+            f"data_dir={tmp_path / 'data'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    # Assert
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [run_dir] = list((tmp_path / "runs" / "dp_quick").iterdir())
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    check_privacy_json(privacy, {"tiny_a": 8.0, "tiny_b": 4.0}, [1, 2, 3])
+    assert {r["arm"] for r in privacy["records"]} == {"federated", "local-tiny_a", "local-tiny_b"}
+    assert not results["failures"]
+    audit_arms = {m["arm"] for m in results["metrics"] if m["split"] == "audit"}
+    assert audit_arms == {"federated", "local-tiny_a", "local-tiny_b"}
