@@ -38,14 +38,10 @@ def register_recipe(kind: str) -> Callable[[T], T]:
 def validate_recipe_params(kind: str, params: dict[str, Any]) -> BaseModel:
     """Validate ``params`` with the model registered for ``kind`` (raises ValidationError)."""
     if kind not in RECIPES:
-        raise ValueError(f"unknown strategy kind {kind!r}; valid kinds: {', '.join(sorted(RECIPES))}")
+        valid = ", ".join(sorted(RECIPES))
+        raise ValueError(f"unknown strategy kind {kind!r}; valid kinds: {valid}")
     return RECIPES[kind].model_validate(params)
 
 
 # Import the built-in kinds so that they register themselves.
-from fedmammo.recipes import (
-    fedavg,  # noqa: E402,F401
-    mtl,  # noqa: E402,F401
-    periodic,  # noqa: E402,F401
-    share_gans,  # noqa: E402,F401
-)
+from fedmammo.recipes import fedavg, mtl, periodic, share_gans  # noqa: E402,F401,I001
