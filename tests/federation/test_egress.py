@@ -106,3 +106,10 @@ def test_mod_defaults_to_incoming_arrays_as_reference(model_state):
     assert set(reply.content["arrays"].keys()) == set(model_state)
     with pytest.raises(EgressError, match="no declared model"):
         egress_mod(_message_with(None), _context(), echo)
+
+
+def test_client_app_runs_the_dp_guard_and_the_egress_guard_on_every_message():
+    from fedmammo.federation.client_app import app
+    from fedmammo.federation.privacy_state import dp_guard_mod
+
+    assert app._mods == [dp_guard_mod, egress_mod]
