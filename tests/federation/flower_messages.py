@@ -7,10 +7,72 @@ import time
 from flwr.app import Message, Metadata, RecordDict
 
 
-def make_incoming(content: RecordDict, message_type: str, *, src: int = 0, dst: int = 7
-                  ) -> Message:
+def make_incoming(content: RecordDict, message_type: str, *, src: int = 0, dst: int = 7) -> Message:
     """A message as a ClientApp would receive it from the server."""
-    meta = Metadata(run_id=1, message_id="m1", src_node_id=src, dst_node_id=dst,
-                    reply_to_message_id="", group_id="", created_at=time.time(), ttl=3600.0,
-                    message_type=message_type)
+    meta = Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=src,
+        dst_node_id=dst,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=message_type,
+    )
     return Message(content=content, metadata=meta)
+
+
+class InProcessGrid:
+    """A Flower Grid stand-in that delivers each message to the registered handler of a node
+    through the ClientApp's mods (DP guard, egress guard), keeping a log and every reply.
+
+    ``log``: (node id, message type, config dict); ``replies``: (centre, type, content).
+    With ``strict`` an error reply fails the test at once.
+    """
+
+    def __init__(self, names: list[str], *, strict: bool = False) -> None:
+        from flwr.app import Context, RecordDict
+
+        from fedmammo.federation.handlers import load_builtin_handlers
+
+        load_builtin_handlers()
+        self.contexts = {
+            100 + i: Context(
+                run_id=1,
+                node_id=100 + i,
+                state=RecordDict(),
+                run_config={},
+                node_config={"partition-id": i, "num-partitions": len(names)},
+            )
+            for i in range(len(names))
+        }
+        self.names = {100 + i: n for i, n in enumerate(names)}
+        self.strict = strict
+        self.log: list[tuple[int, str, dict]] = []
+        self.replies: list[tuple[str, str, object]] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        from fedmammo.federation.egress import egress_mod
+        from fedmammo.federation.handlers import HANDLERS
+        from fedmammo.federation.privacy_state import dp_guard_mod
+
+        out = []
+        for msg in messages:
+            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
+            cfg = dict(msg.content["config"]) if "config" in msg.content else {}
+            self.log.append((node, kind, cfg))
+            fn = HANDLERS[tuple(kind.split(".", 1))]
+            incoming = make_incoming(msg.content, kind, dst=node)
+            reply = dp_guard_mod(
+                incoming, self.contexts[node], lambda m, c, fn=fn: egress_mod(m, c, fn)
+            )
+            if self.strict:
+                assert not reply.has_error(), reply.error.reason
+            if not reply.has_error():
+                self.replies.append((self.names[node], kind, reply.content))
+            out.append(reply)
+        return out

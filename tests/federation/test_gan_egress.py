@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from flower_messages import make_incoming
-from flwr.app import ArrayRecord, Context, RecordDict
+from flower_messages import InProcessGrid
+from flwr.app import ArrayRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmammo.config import load_scenario
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.egress import EgressError, check_outgoing, egress_mod
-from fedmammo.federation.handlers import HANDLERS, load_builtin_handlers
+from fedmammo.federation.egress import EgressError, check_outgoing
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.federation.strategies.share_gans import run_share_gans
@@ -25,37 +24,8 @@ ARMS = ["A", "A+real_B", "A+synth_B_dcgan", "A+synth_C_dcgan"]
 PATCH, IMAGE = (16, 16), (64, 48)
 
 
-class InterceptingGrid:
-    """Delivers messages to the handlers through the egress guard and keeps every reply."""
-
-    def __init__(self, names: list[str]) -> None:
-        load_builtin_handlers()
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                state=RecordDict(),
-                run_config={},
-                node_config={"partition-id": i, "num-partitions": len(names)},
-            )
-            for i in range(len(names))
-        }
-        self.names = {100 + i: n for i, n in enumerate(names)}
-        self.replies: list[tuple[str, str, RecordDict]] = []  # (centre, message type, content)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        out = []
-        for msg in messages:
-            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
-            fn = HANDLERS[tuple(kind.split(".", 1))]
-            reply = egress_mod(make_incoming(msg.content, kind, dst=node), self.contexts[node], fn)
-            assert not reply.has_error(), reply.error.reason
-            self.replies.append((self.names[node], kind, reply.content))
-            out.append(reply)
-        return out
+def InterceptingGrid(names):  # noqa: N802
+    return InProcessGrid(names, strict=True)
 
 
 def _scenario(tmp: Path) -> Path:

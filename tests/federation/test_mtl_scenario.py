@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from flower_messages import make_incoming
-from flwr.app import Context, RecordDict
+from flower_messages import InProcessGrid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.egress import egress_mod
-from fedmammo.federation.handlers import HANDLERS, load_builtin_handlers
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.federation.strategies.mtl_finetune import (
@@ -35,36 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARMS = ["single_task", "mtl", "finetune_u1_0.5"]
 
 
-class FakeGrid:
-    """Delivers each message to the registered handler of a node, through the egress guard."""
-
-    def __init__(self, names: list[str]) -> None:
-        load_builtin_handlers()
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                state=RecordDict(),
-                run_config={},
-                node_config={"partition-id": i, "num-partitions": len(names)},
-            )
-            for i in range(len(names))
-        }
-        self.log: list[tuple[int, str, dict]] = []
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
-            cfg = dict(msg.content["config"]) if "config" in msg.content else {}
-            self.log.append((node, kind, cfg))
-            fn = HANDLERS[tuple(kind.split(".", 1))]
-            incoming = make_incoming(msg.content, kind, dst=node)
-            replies.append(egress_mod(incoming, self.contexts[node], fn))
-        return replies
+FakeGrid = InProcessGrid
 
 
 def _scenario(tmp: Path) -> Path:

@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from flower_messages import make_incoming
-from flwr.app import Context, RecordDict
+from flower_messages import InProcessGrid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.egress import egress_mod
-from fedmammo.federation.handlers import HANDLERS, load_builtin_handlers
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.federation.strategies.share_gans import (
@@ -44,36 +41,7 @@ ARMS = [
 METRICS = ("accuracy", "f1", "auc", "auprc")
 
 
-class FakeGrid:
-    """Delivers each message to the registered handler of a node, through the egress guard."""
-
-    def __init__(self, names: list[str]) -> None:
-        load_builtin_handlers()
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                state=RecordDict(),
-                run_config={},
-                node_config={"partition-id": i, "num-partitions": len(names)},
-            )
-            for i in range(len(names))
-        }
-        self.log: list[tuple[int, str, dict]] = []
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
-            self.log.append((node, kind, dict(msg.content["config"])))
-            fn = HANDLERS[tuple(kind.split(".", 1))]
-            replies.append(
-                egress_mod(make_incoming(msg.content, kind, dst=node), self.contexts[node], fn)
-            )
-        return replies
+FakeGrid = InProcessGrid
 
 
 def _scenario(tmp: Path, **params) -> Path:
