@@ -31,6 +31,8 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.centre_runtime import CentreIdentity, identity_of
+from fedmammo.federation.handlers import DP_AWARE
+from fedmammo.federation.privacy_codec import decode_privacy, encode_privacy
 from fedmammo.privacy.accounting import (
     BudgetExceeded,
     CentreAccountant,
@@ -40,28 +42,23 @@ from fedmammo.privacy.accounting import (
 from fedmammo.privacy.engine import DPSession
 
 __all__ = [
-    "DP_AWARE",
     "LEDGER_KEY",
     "PLANNED_ROUNDS_KEY",
     "PRIOR_KEY",
     "REFUSAL_MARK",
     "BudgetRefusal",
     "DPUnsupportedError",
-    "decode_privacy",
-    "disable_inplace",
     "dp_guard_mod",
     "dp_session_for",
-    "encode_privacy",
     "finish_dp",
     "is_refusal",
     "ledger_epsilon",
     "ledger_name",
     "load_accountant",
-    "pack_history",
+    "open_dp_session",
     "privacy_budget",
     "save_accountant",
     "steps_per_round",
-    "unpack_history",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,9 +68,6 @@ REFUSAL_MARK = "privacy budget refusal"
 LEDGER_KEY = "privacy-ledger"
 PLANNED_ROUNDS_KEY = "dp-planned-rounds"
 PRIOR_KEY = "dp-prior"
-#: ``train.*`` message types whose handlers train with DP when the centre asks for it.
-DP_AWARE: set[str] = {"train.classifier"}
-_CHUNK = 15  # history values per config entry (egress allows lists of up to 16 items)
 _FIXED_BATCH_SAMPLERS = ("periodic",)
 
 
@@ -134,53 +128,28 @@ def steps_per_round(params: Any, n_examples: int) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- sessions
-def disable_inplace(model: Any) -> int:
-    """Switch off in-place activations (Opacus' backward hooks forbid them); return how many."""
-    count = 0
-    for module in model.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-            count += 1
-    return count
-
-
-class _CentreDPSession(DPSession):
-    """A DPSession whose ``attach`` first makes in-place activations out-of-place."""
-
-    def attach(self, model: Any, optimizer: Any, loader: Any):  # noqa: ANN201 - as DPSession
-        disable_inplace(model)
-        return super().attach(model, optimizer, loader)
-
-
-def _refusal(centre: str, err: Exception) -> BudgetRefusal:
-    return BudgetRefusal(centre, str(err))
-
-
-def dp_session_for(
+def open_dp_session(
     context: Context,
     ident: CentreIdentity,
     cfg: ConfigRecord,
-    params: Any,
     *,
     n_examples: int,
+    steps_per_epoch: int,
+    epochs: int,
     phase: str,
+    grad_sample_mode: str = "hooks",
 ) -> DPSession | None:
-    """The DP session of one classifier round, checked against the budget (None without DP).
+    """The DP session of one training message, checked against the budget (None without DP).
 
-    Raises :class:`BudgetRefusal` when the round would exceed the target epsilon or the
-    planned steps, and :class:`DPUnsupportedError` for fixed-batch samplers.
+    The message plans ``epochs * steps_per_epoch`` Poisson steps at rate ``1 /
+    steps_per_epoch``; the ledger (``privacy-ledger``) plans ``dp-planned-rounds`` such
+    messages. Raises :class:`BudgetRefusal` when the message would exceed the target epsilon
+    or the planned steps.
     """
     budget = privacy_budget(ident, n_examples)
     if budget is None:
         return None
-    if params.sampler in _FIXED_BATCH_SAMPLERS or "quota" in cfg:
-        raise DPUnsupportedError(
-            f"centre {ident.name!r}: DP training with sampler {params.sampler!r} (fixed periodic "
-            "batches) is refused: the accountant's Poisson epsilon would not hold for it. Use "
-            "sampler 'balanced_labels' or 'random' (Poisson-sampled under DP), or remove "
-            "privacy.target_epsilon / privacy.noise_multiplier from the centre profile"
-        )
-    per_epoch, per_round = steps_per_round(params, n_examples)
+    per_round = int(steps_per_epoch) * int(epochs)
     planned_rounds = int(cfg.get(PLANNED_ROUNDS_KEY, 0))
     if planned_rounds < 1 and budget.noise_multiplier is None:
         raise DPUnsupportedError(
@@ -193,26 +162,63 @@ def dp_session_for(
     accountant = load_accountant(
         context, ledger, mechanism=budget.accountant, centre=ident.name, prior=prior
     )
-    session = _CentreDPSession(
+    session = DPSession(
         budget,
         accountant,
         planned_steps=max(planned_rounds, 1) * per_round,
         phase=phase,
         centre=ident.name,
         seed=int(cfg["seed"]),
+        grad_sample_mode=grad_sample_mode,
     )
     try:
-        projected = session.check_budget(per_round, sample_rate=1.0 / per_epoch)
+        projected = session.check_budget(per_round, sample_rate=1.0 / steps_per_epoch)
     except (BudgetExceeded, PrivacyUsageError) as err:
-        raise _refusal(ident.name, err) from err
+        raise BudgetRefusal(ident.name, str(err)) from err
     logger.info(
-        "centre %s ledger %s: DP round of %d steps, epsilon after it %.3f",
+        "centre %s ledger %s phase %s: DP round of %d steps, epsilon after it %.3f",
         ident.name,
         ledger,
+        phase,
         per_round,
         projected,
     )
     return session
+
+
+def dp_session_for(
+    context: Context,
+    ident: CentreIdentity,
+    cfg: ConfigRecord,
+    params: Any,
+    *,
+    n_examples: int,
+    phase: str,
+) -> DPSession | None:
+    """:func:`open_dp_session` for ``train_classifier``'s ``params`` (refuses fixed batches).
+
+    Raises :class:`DPUnsupportedError` for fixed-batch samplers (their epsilon would not be
+    the Poisson one the accountant reports).
+    """
+    if privacy_budget(ident, n_examples) is None:
+        return None
+    if params.sampler in _FIXED_BATCH_SAMPLERS or "quota" in cfg:
+        raise DPUnsupportedError(
+            f"centre {ident.name!r}: DP training with sampler {params.sampler!r} (fixed periodic "
+            "batches) is refused: the accountant's Poisson epsilon would not hold for it. Use "
+            "sampler 'balanced_labels' or 'random' (Poisson-sampled under DP), or remove "
+            "privacy.target_epsilon / privacy.noise_multiplier from the centre profile"
+        )
+    per_epoch, _ = steps_per_round(params, n_examples)
+    return open_dp_session(
+        context,
+        ident,
+        cfg,
+        n_examples=n_examples,
+        steps_per_epoch=per_epoch,
+        epochs=params.epochs,
+        phase=phase,
+    )
 
 
 def finish_dp(context: Context, session: DPSession, cfg: ConfigRecord, steps: int) -> ConfigRecord:
@@ -232,76 +238,6 @@ def ledger_epsilon(
         return None
     acc = load_accountant(context, ledger_name(cfg), mechanism=budget.accountant, centre=ident.name)
     return acc.epsilon(budget.delta), budget.delta
-
-
-# --------------------------------------------------------------------------- reply codec
-def pack_history(prefix: str, history: list[list[Any]]) -> dict[str, list[float]]:
-    """``[[sigma, q, steps], ...]`` as config entries ``prefix.i`` of at most 15 floats."""
-    flat = [float(v) for entry in history for v in entry[:3]]
-    out = {f"{prefix}.{i // _CHUNK}": flat[i : i + _CHUNK] for i in range(0, len(flat), _CHUNK)}
-    out[f"{prefix}.n"] = [float(len(history))]
-    return out
-
-
-def unpack_history(record: Any, prefix: str) -> list[list[float]]:
-    """Inverse of :func:`pack_history` (steps as ints)."""
-    n = int(record[f"{prefix}.n"][0]) if f"{prefix}.n" in record else 0
-    flat: list[float] = []
-    i = 0
-    while f"{prefix}.{i}" in record:
-        flat += [float(v) for v in record[f"{prefix}.{i}"]]
-        i += 1
-    entries = [flat[k : k + 3] for k in range(0, len(flat), 3)]
-    if len(entries) != n:
-        raise PrivacyUsageError(f"privacy record: {prefix} has {len(entries)} entries, not {n}")
-    return [[s, q, int(round(t))] for s, q, t in entries]
-
-
-def encode_privacy(session: DPSession, *, ledger: str, round_steps: int) -> ConfigRecord:
-    """Hyper-parameters and epsilons of a DP round (nothing about any image)."""
-    acc, budget, phase = session.accountant, session.budget, session.phase
-    if acc.segment_history:
-        raise PrivacyUsageError("per-segment (periodic) ledgers are not reported by this codec")
-    plan = acc.plans.get(phase, {})
-    rec: dict[str, Any] = {
-        "accountant": acc.mechanism,
-        "ledger": ledger,
-        "phase": phase,
-        "delta": float(budget.delta),
-        "epsilon": float(acc.phase_epsilon(phase, budget.delta)),
-        "ledger-epsilon": float(acc.epsilon(budget.delta)),
-        "max-grad-norm": float(budget.max_grad_norm),
-        "noise-multiplier": float(session.noise_multiplier or 0.0),
-        "sample-rate": float(session.sample_rate or 0.0),
-        "planned-steps": float(plan.get("planned_steps", session.planned_steps)),
-        "round-steps": int(round_steps),
-    }
-    if budget.target_epsilon is not None:
-        rec["target-epsilon"] = float(budget.target_epsilon)
-    rec.update(pack_history("history", acc.phases.get(phase, [])))
-    rec.update(pack_history("ledger-history", acc.history))
-    return ConfigRecord(rec)
-
-
-def decode_privacy(record: Any) -> dict[str, Any]:
-    """A reply's ``privacy`` record as a privacy.json entry (server side)."""
-    out = {
-        "accountant": str(record["accountant"]),
-        "ledger": str(record["ledger"]),
-        "phase": str(record["phase"]),
-        "delta": float(record["delta"]),
-        "epsilon": float(record["epsilon"]),
-        "max_grad_norm": float(record["max-grad-norm"]),
-        "history": unpack_history(record, "history"),
-        "ledger_epsilon": float(record["ledger-epsilon"]),
-        "ledger_history": unpack_history(record, "ledger-history"),
-        "noise_multiplier": float(record["noise-multiplier"]),
-        "sample_rate": float(record["sample-rate"]),
-        "planned_steps": int(record["planned-steps"]),
-        "round_steps": int(record["round-steps"]),
-        "target_epsilon": float(record["target-epsilon"]) if "target-epsilon" in record else None,
-    }
-    return out
 
 
 # --------------------------------------------------------------------------- guard

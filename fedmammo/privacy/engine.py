@@ -81,6 +81,16 @@ def validate_for_dp(model: nn.Module) -> None:
         )
 
 
+def _disable_inplace(model: nn.Module) -> int:
+    """Make in-place activations out-of-place (Opacus' backward hooks refuse them); how many."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+            count += 1
+    return count
+
+
 class _CountingPoissonSampler(UniformWithReplacementSampler):
     """Opacus' Poisson sampler that counts the batches it has drawn."""
 
@@ -242,6 +252,7 @@ class DPSession:
     # ---- attach ----------------------------------------------------------------------
     def _make_private(self, model: nn.Module, optimizer: Any, loader: DataLoader, noise_seed: int):
         validate_for_dp(model)
+        _disable_inplace(model)
         model.train()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")

@@ -22,6 +22,7 @@ from fedmammo.federation.codec import put_json, state_to_arrays
 from fedmammo.federation.egress import check_outgoing, egress_mod
 from fedmammo.federation.handlers import audit as audit_handlers
 from fedmammo.federation.handlers import classifier as handlers
+from fedmammo.federation.privacy_codec import decode_privacy, pack_history, unpack_history
 from fedmammo.federation.privacy_state import (
     LEDGER_KEY,
     PLANNED_ROUNDS_KEY,
@@ -29,11 +30,8 @@ from fedmammo.federation.privacy_state import (
     REFUSAL_MARK,
     BudgetRefusal,
     DPUnsupportedError,
-    decode_privacy,
     dp_guard_mod,
     is_refusal,
-    pack_history,
-    unpack_history,
 )
 from fedmammo.models import build_model
 from fedmammo.privacy.accounting import epsilon_of

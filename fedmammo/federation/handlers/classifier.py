@@ -37,7 +37,7 @@ def identify(msg: Message, context: Context) -> Message:
     return reply(msg, context, {"info": info, "counts": MetricRecord(counts)})
 
 
-@handler("train", "classifier")
+@handler("train", "classifier", dp=True)
 def train(msg: Message, context: Context) -> Message:
     """Train the received classifier on this centre's training split; return weights."""
     start = time.perf_counter()
