@@ -357,8 +357,14 @@ def load_strategy(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     path = Path(path)
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
+    quick = dict(data.get("quick") or {})
     for key, value in (overrides or {}).items():
         apply_dotted(data, key, value)
+        if key.startswith("params."):  # a scenario's override wins over the recipe's quick
+            quick.pop(key.removeprefix("params."), None)
+            quick[key.removeprefix("params.")] = value
+    if quick:
+        data["quick"] = quick
     try:
         spec = StrategySpec.model_validate(data)
         spec.typed_params()

@@ -61,8 +61,12 @@ quick: {image_size: [32, 24]}
     assert sc.centre_names() == ["a", "b"]
     assert sc.resolved_profiles["b"].data.synthetic.segments[0].patients == 4
     assert sc.image_size == (32, 24)
+    # an explicit --set (or a scenario's strategy override) wins over the recipe's quick block
     assert sc.recipe.typed_params(quick=False).rounds == 7
-    assert sc.recipe.typed_params(quick=True).rounds == 1
+    assert sc.recipe.typed_params(quick=True).rounds == 7
+    plain = load_scenario(path, quick=True)
+    assert plain.recipe.typed_params(quick=True).rounds == 1
+    assert plain.recipe.typed_params(quick=False).rounds == 3
 
 
 def test_unknown_scenario_key_names_file_and_key(tree):

@@ -23,9 +23,12 @@ __all__ = ["CACHE_FORMAT", "CachedImageDataset", "ImageCache"]
 
 logger = logging.getLogger(__name__)
 
-#: Bumped when the on-disk layout changes (invalidates caches, like READER_VERSION).
-CACHE_FORMAT = "1"
+#: Bumped when the on-disk layout or the cached boxes change (invalidates caches, like
+#: READER_VERSION). 2: lesion boxes cut to the stored breast, lost lesions marked dropped.
+CACHE_FORMAT = "2"
 _SCALE = 65535.0
+#: A lesion keeps its box when at least this fraction of the box holds stored breast pixels.
+_MIN_VISIBLE = 0.5
 _IMAGES, _INDEX, _MANIFEST, _FINGERPRINT = "images.npy", "index.json", "manifest.csv", "fp.json"
 
 
@@ -60,6 +63,48 @@ def _check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
     if len(dup):
         raise DataError(f"manifest has duplicate image_id values, e.g. {dup.iloc[0]!r}")
     return normalise_manifest(manifest, where="manifest given to ImageCache.build")
+
+
+def _visible_box(stored: np.ndarray, box: list[float]) -> list[float] | None:
+    """Cut a cache-frame box to the stored breast pixels (non-zero) it covers.
+
+    The reader zeroes everything outside the breast mask and the resize pads with zeros, so a
+    box can cover no stored pixels at all (a lesion cut off by the crop or the mask). Returns
+    None when the box is empty or less than ``_MIN_VISIBLE`` of its pixels are breast.
+    """
+    x0, y0, x1, y1 = box
+    c0, r0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    c1, r1 = min(stored.shape[1], int(np.ceil(x1))), min(stored.shape[0], int(np.ceil(y1)))
+    if x1 <= x0 or y1 <= y0 or c1 <= c0 or r1 <= r0:
+        return None
+    breast = stored[r0:r1, c0:c1] > 0
+    if breast.mean() < _MIN_VISIBLE:
+        return None
+    rows, cols = np.flatnonzero(breast.any(axis=1)), np.flatnonzero(breast.any(axis=0))
+    return [
+        max(x0, float(c0 + cols[0])),
+        max(y0, float(r0 + rows[0])),
+        min(x1, float(c0 + cols[-1] + 1)),
+        min(y1, float(r0 + rows[-1] + 1)),
+    ]
+
+
+def _cached_lesions(lesions: list[dict], geometry: Geometry, stored: np.ndarray) -> int:
+    """Map ``lesions`` boxes to the cache frame in place; return how many were dropped.
+
+    A dropped lesion keeps its record with ``box: None`` and the reason in ``dropped``, so that
+    its image still counts as holding a lesion (it must not become a healthy image).
+    """
+    dropped = 0
+    for lesion in lesions:
+        if "box" not in lesion:
+            continue
+        box = _visible_box(stored, geometry.map_box(lesion["box"]))
+        if box is None:
+            lesion["dropped"] = "outside the stored breast (cut by the crop or the breast mask)"
+            dropped += 1
+        lesion["box"] = box
+    return dropped
 
 
 def _load(path: str, size: tuple[int, int]) -> tuple[np.ndarray, Geometry] | str:
@@ -140,6 +185,7 @@ class ImageCache:
         records: list[dict[str, Any]] = []
         kept: list[int] = []
         skipped: list[tuple[str, str]] = []
+        dropped = 0
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             results: Iterable[Any] = pool.map(lambda p: _load(p, size), paths)
             if progress:
@@ -152,11 +198,10 @@ class ImageCache:
                     skipped.append((ids[i], result))
                     continue
                 img, geometry = result
-                array[len(kept)] = np.rint(img * _SCALE).astype(np.uint16)
+                stored = np.rint(img * _SCALE).astype(np.uint16)
+                array[len(kept)] = stored
                 lesions = decode_lesions(manifest["lesions"].iloc[i])
-                for lesion in lesions:
-                    if "box" in lesion:
-                        lesion["box"] = geometry.map_box(lesion["box"])
+                dropped += _cached_lesions(lesions, geometry, stored)
                 records.append(
                     {"image_id": ids[i], "geometry": geometry.to_dict(), "lesions": lesions}
                 )
@@ -173,6 +218,13 @@ class ImageCache:
         index = {"size": list(size), "images": records, "skipped": [list(s) for s in skipped]}
         (cache_dir / _INDEX).write_text(json.dumps(index))
         (cache_dir / _FINGERPRINT).write_text(json.dumps({"hash": fingerprint}))
+        if dropped:
+            logger.warning(
+                "%s: dropped %d lesion boxes lying outside the stored breast (cut by the crop or "
+                "the breast mask); their records keep box None",
+                cache_dir,
+                dropped,
+            )
         if skipped:
             logger.warning("%s: cached %d images, skipped %d", cache_dir, len(kept), len(skipped))
         else:
@@ -244,7 +296,11 @@ class ImageCache:
         return Geometry.from_dict(self._records[self.row(image_id)]["geometry"])
 
     def boxes(self, image_id: str) -> list[dict[str, Any]]:
-        """Return the lesion records of ``image_id`` with boxes in cache pixel coordinates."""
+        """Return the lesion records of ``image_id`` with boxes in cache pixel coordinates.
+
+        Boxes lie inside the stored breast with positive size; a lesion outside it (cut by the
+        crop or the breast mask) has ``box`` None and the reason in ``dropped``.
+        """
         return json.loads(json.dumps(self._records[self.row(image_id)]["lesions"]))
 
 

@@ -214,6 +214,25 @@ def _load(images: Callable[[str], np.ndarray] | Mapping[str, np.ndarray], image_
     return image
 
 
+def _lesion_in_image(
+    image: np.ndarray, box: Sequence[float], background_threshold: float
+) -> list[float] | None:
+    """Return ``box`` clipped to the image, or None when it is empty there or on background.
+
+    A lesion box of which less than half the pixels are breast (at least
+    ``background_threshold``) would give a lesion patch without its lesion.
+    """
+    h, w = image.shape
+    x0, y0 = max(float(box[0]), 0.0), max(float(box[1]), 0.0)
+    x1, y1 = min(float(box[2]), float(w)), min(float(box[3]), float(h))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    region = image[math.floor(y0) : math.ceil(y1), math.floor(x0) : math.ceil(x1)]
+    if np.mean(region >= background_threshold) < 0.5:
+        return None
+    return [x0, y0, x1, y1]
+
+
 def _is_healthy(row: pd.Series, lesions: list[dict]) -> bool:
     if lesions:
         return False
@@ -283,12 +302,12 @@ def build_patch_set(
             box = lesion.get("box")
             if box is None or len(box) != 4:
                 raise DataError(f"image {image_id!r}: lesion without a [x0, y0, x1, y1] box")
-            h, w = image.shape
-            if box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h:
+            visible = _lesion_in_image(image, box, background_threshold)
+            if visible is None:
                 skipped += 1
                 continue
             pbox = lesion_patch_box(
-                box,
+                visible,
                 image.shape,
                 margin_px=margin_px,
                 reference_spacing=reference_spacing,
@@ -301,7 +320,11 @@ def build_patch_set(
             boxes.append(pbox)
             sides_mm.append((pbox[2] - pbox[0]) * (spacing or reference_spacing))
     if skipped:
-        logger.warning("build_patch_set: skipped %d lesion boxes outside their image", skipped)
+        logger.warning(
+            "build_patch_set: skipped %d lesion boxes outside their image or on background "
+            "(less than half of the box is breast); no blank lesion patch was made",
+            skipped,
+        )
     n_lesion = len(patches)
     if healthy_per_image is None:
         quota = np.full(len(healthy_rows), n_lesion // max(len(healthy_rows), 1))

@@ -51,6 +51,7 @@ GENERATOR_METRICS: dict[str, str] = {
     "n_training_patches": "patches",
     "epochs": "epochs",
     "n_snapshots": "snapshots",
+    "epsilon": "DP epsilon",  # only for generators trained with a DP discriminator
 }
 #: Flag of the arms that moved real pixels between centres.
 MOVED = "YES (simulation only)"

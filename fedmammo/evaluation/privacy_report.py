@@ -7,6 +7,12 @@
   ``[noise_multiplier, sample_rate, steps]``), and the composed budget of the arm at that
   centre: ``ledger``, ``ledger_epsilon``, ``ledger_history``; plus ``target_epsilon``,
   ``noise_multiplier``, ``sample_rate``, ``planned_steps`` and the ``rounds`` it trained;
+  records of periodic sampling under DP (``sampling: poisson-periodic``: each step
+  Poisson-samples one segment) also hold ``segment_history`` and ``ledger_segment_history``
+  (``{segment: history}``) and ``segment_epsilons``; their ``history`` / ``ledger_history``
+  keep the steps that touched every example, and ``epsilon`` / ``ledger_epsilon`` are the
+  maximum over segments of the shared history composed with the segment's
+  (:func:`recompute_epsilon`);
 - ``refusals``: rounds a centre refused (budget or plan exhausted), with the reason;
 - ``audits``: membership-inference results per centre, arm and seed, next to epsilon;
 - ``summary``: per centre the largest ``ledger_epsilon`` over arms and seeds;
@@ -89,13 +95,15 @@ class PrivacyLog:
             {"centre": centre, "arm": arm, "seed": int(seed), "round": round, "reason": reason}
         )
 
-    def audit(self, *, centre: str, arm: str, seed: int, result: dict) -> None:
-        """Record (or replace) a membership audit of an arm's final model at a centre."""
-        key = {"centre": centre, "arm": arm, "seed": int(seed)}
+    def audit(
+        self, *, centre: str, arm: str, seed: int, result: dict, attack: str = "loss_threshold"
+    ) -> None:
+        """Record (or replace) one attack's audit of an arm's final model at a centre."""
+        key = {"centre": centre, "arm": arm, "seed": int(seed), "attack": attack}
         old = self._find(self.audits, **key)
         if old is not None:
             self.audits.remove(old)
-        self.audits.append({**key, "attack": "loss_threshold", **result})
+        self.audits.append({**key, **result})
 
     def note(self, text: str) -> None:
         """Add a note once."""
@@ -107,11 +115,23 @@ class PrivacyLog:
         recs = [r for r in self.records if r["centre"] == centre and r.get("ledger") == ledger]
         if not recs:
             return None
-        latest = max(recs, key=lambda r: sum(int(e[2]) for e in r["ledger_history"]))
+
+        def steps(r: dict) -> int:
+            segs = r.get("ledger_segment_history", {}).values()
+            return sum(int(e[2]) for h in [r["ledger_history"], *segs] for e in h)
+
+        def phase(r: dict) -> list:
+            tagged = [
+                [*e, k] for k, h in r.get("segment_history", {}).items() for e in h
+            ]  # periodic steps carry their segment
+            return [*r["history"], *tagged]
+
+        latest = max(recs, key=steps)
         return {
             "accountant": latest["accountant"],
             "history": latest["ledger_history"],
-            "phases": {r["phase"]: r["history"] for r in recs},
+            "segment_history": latest.get("ledger_segment_history", {}),
+            "phases": {r["phase"]: phase(r) for r in recs},
             "plans": {
                 r["phase"]: {
                     "noise_multiplier": r["noise_multiplier"],
@@ -153,8 +173,18 @@ class PrivacyLog:
 
 
 def recompute_epsilon(record: dict, *, ledger: bool = False) -> float:
-    """Epsilon of a privacy.json record's history (or its ledger's) with fedmammo's accountant."""
+    """Epsilon of a privacy.json record's history (or its ledger's) with fedmammo's accountant.
+
+    Periodic records: the maximum over segments of the shared history composed with the
+    segment's own steps.
+    """
     history = record["ledger_history"] if ledger else record["history"]
+    segments = record.get("ledger_segment_history" if ledger else "segment_history")
+    if segments:
+        return max(
+            epsilon_of([*history, *h], record["delta"], record["accountant"])
+            for h in segments.values()
+        )
     return epsilon_of(history, record["delta"], record["accountant"])
 
 
@@ -259,7 +289,7 @@ def plot_privacy_utility(
     where = f"at centre {centre}" if centre else "mean over evaluating centres"
     label = "AUROC" if metric == "auc" else metric
     ax.set_ylabel(f"test {label} (95% CI), {where}")
-    ax2.set_ylabel("membership attack AUC (loss threshold)")
+    ax2.set_ylabel("membership attack AUC (x): loss threshold / GAN-Leaks")
     ax2.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax2.set_ylim(0.3, 1.0)
     handles = ax.get_legend_handles_labels()

@@ -383,3 +383,60 @@ def run_audits(
         log.audit(centre=c, arm=arm, seed=seed, result=result)
     log.write()
     orc.recorder.flush()
+
+
+def generator_privacy_config(orc: Any, name: str, seed: int) -> dict[str, Any]:
+    """Keys of a ``train.generator`` message: its own ledger, one planned round, audit flag.
+
+    Each shared generator is its own what-if ledger: an arm samples at most one generator
+    per sharing centre, so the generators a centre trains are alternative deployments.
+    """
+    return {
+        LEDGER_KEY: ledger_of(name, seed),
+        PLANNED_ROUNDS_KEY: 1,
+        "audit": audits_enabled(orc.scenario),
+    }
+
+
+def record_generator_privacy(orc: Any, *, centre: str, name: str, seed: int, content: Any) -> None:
+    """privacy.json and the records of a ``train.generator`` reply's privacy and audit."""
+    from fedmammo.evaluation.privacy_report import PrivacyLog
+
+    if "privacy" not in content and "audit" not in content:
+        return
+    log = PrivacyLog(orc.run_dir)
+    log.note(
+        "generators: each shared generator is one ledger (phase 'gan', DP discriminator); the "
+        "unit of privacy is one lesion patch (a lesion seen in CC and MLO is two patches)"
+    )
+    if "privacy" in content:
+        report = decode_privacy(content["privacy"])
+        log.record(centre=centre, arm=name, seed=seed, report=report, round=None)
+    if "audit" in content:
+        results: dict[str, dict[str, float]] = {}
+        for key, value in content["audit"].items():
+            attack, field = key.split(".", 1)
+            results.setdefault(attack, {})[field] = float(value)
+        rows = []
+        for attack, result in results.items():
+            log.audit(centre=centre, arm=name, seed=seed, result=result, attack=attack)
+            prefix = "attack" if attack == "gan_leaks" else f"{attack}_attack"
+            rows += [
+                {"metric": f"{prefix}_{k}", "value": v}
+                for k, v in result.items()
+                if k in ("auc", "tpr_at_1pct_fpr", "tpr_bound_at_1pct_fpr")
+            ]
+        orc.recorder.add(rows, arm=name, seed=seed, centre=centre, split="audit")
+    log.write()
+
+
+def record_generator_refusal(orc: Any, *, centre: str, name: str, seed: int, reason: str) -> None:
+    """privacy.json: a centre refused to train a generator (its budget); arms using it skip."""
+    from fedmammo.evaluation.privacy_report import PrivacyLog
+
+    if not is_refusal(reason):
+        return
+    log = PrivacyLog(orc.run_dir)
+    log.refusal(centre=centre, arm=name, seed=seed, round=None, reason=" ".join(reason.split()))
+    log.write()
+    orc.console.print(f"[yellow]centre {centre} refused generator {name} (privacy budget)[/]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -11,15 +12,31 @@ from torch import nn
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.models.registry import register_model
 
-__all__ = ["DEFAULT_TASKS", "MultiTaskNet", "build_multitask_net"]
+__all__ = ["DEFAULT_TASKS", "NORMS", "MultiTaskNet", "build_multitask_net"]
 
 #: Task -> number of classes (seed 001, section 2.3).
 DEFAULT_TASKS: dict[str, int] = {"malignancy": 2, "acr": 6, "density": 4, "view": 2}
 
 
-def _norm(channels: int) -> nn.InstanceNorm2d:
-    # track_running_stats=False: always instance statistics, and Opacus accepts it.
-    return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+#: Normalisation layers of :class:`MultiTaskNet` (option ``norm``).
+NORMS = ("instance", "group", "batch")
+
+
+def _norm(channels: int, kind: str = "instance") -> nn.Module:
+    """One normalisation layer; ``instance`` and ``group`` are exact under DP-SGD (Opacus).
+
+    ``instance``: InstanceNorm2d with affine weights and ``track_running_stats=False`` (always
+    per-image statistics; the seed's choice). ``group``: GroupNorm of ``gcd(channels, 8)``
+    groups. ``batch``: BatchNorm2d, for non-private ablations only: it mixes the images of a
+    batch, so a DP centre refuses it (``fedmammo.privacy.engine.validate_for_dp`` names it).
+    """
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise ConfigError(f"MultiTaskNet: norm must be one of {NORMS}, got {kind!r}")
 
 
 class _SeparableConv(nn.Sequential):
@@ -33,19 +50,21 @@ class _SeparableConv(nn.Sequential):
 
 
 class _ResBlock(nn.Module):
-    """Two separable convolutions with instance norm and LeakyReLU, plus a shortcut."""
+    """Two separable convolutions with normalisation (``norm``) and LeakyReLU, plus a shortcut."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, norm: str = "instance") -> None:
         super().__init__()
         self.conv1 = _SeparableConv(c_in, c_out, stride)
-        self.norm1 = _norm(c_out)
+        self.norm1 = _norm(c_out, norm)
         self.act1 = nn.LeakyReLU(0.01)
         self.conv2 = _SeparableConv(c_out, c_out)
-        self.norm2 = _norm(c_out)
+        self.norm2 = _norm(c_out, norm)
         self.shortcut: nn.Module = (
             nn.Identity()
             if c_in == c_out and stride == 1
-            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), _norm(c_out))
+            else nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), _norm(c_out, norm)
+            )
         )
         self.act2 = nn.LeakyReLU(0.01)
 
@@ -84,6 +103,10 @@ class MultiTaskNet(nn.Module):
     The bottleneck must keep more than one pixel (instance norm needs it): a too-small input
     raises :class:`~fedmammo.errors.DataError`.
 
+    ``norm`` picks the normalisation: ``instance`` (default, the seed's), ``group`` (GroupNorm;
+    both train exactly under DP-SGD, whose per-example gradients forbid mixing the images of a
+    batch) or ``batch`` (BatchNorm, non-private runs only: a DP centre refuses it).
+
     ``forward(x)`` returns ``{"logits": {task: (N, C)}, "z": (N, D), "reconstruction":
     (N, C_in, H, W) or None}``.
     """
@@ -99,15 +122,19 @@ class MultiTaskNet(nn.Module):
         fusion: bool = True,
         dropout: float = 0.5,
         stem_stride: int = 1,
+        norm: str = "instance",
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         tasks = dict(DEFAULT_TASKS if tasks is None else tasks)
         _check_options(in_channels, widths, blocks_per_level, tasks, dropout, stem_stride)
+        if norm not in NORMS:
+            raise ConfigError(f"MultiTaskNet: norm must be one of {NORMS}, got {norm!r}")
         self.widths = widths
         self.tasks = tasks
         self.fusion = fusion
         self.stem_stride = stem_stride
+        self.norm = norm
         self.latent_dim = sum(widths) if fusion else widths[-1]
 
         k = 2 * stem_stride + 1
@@ -115,14 +142,14 @@ class MultiTaskNet(nn.Module):
             nn.Conv2d(
                 in_channels, widths[0], k, stride=stem_stride, padding=stem_stride, bias=False
             ),
-            _norm(widths[0]),
+            _norm(widths[0], norm),
             nn.LeakyReLU(0.01),
         )
         levels = []
         c_in = widths[0]
         for i, w in enumerate(widths):
-            blocks = [_ResBlock(c_in, w, stride=1 if i == 0 else 2)]
-            blocks += [_ResBlock(w, w) for _ in range(blocks_per_level - 1)]
+            blocks = [_ResBlock(c_in, w, stride=1 if i == 0 else 2, norm=norm)]
+            blocks += [_ResBlock(w, w, norm=norm) for _ in range(blocks_per_level - 1)]
             levels.append(nn.Sequential(*blocks))
             c_in = w
         self.levels = nn.ModuleList(levels)
@@ -130,7 +157,7 @@ class MultiTaskNet(nn.Module):
         self.generators = nn.ModuleList(_FeatureGenerator(dropout) for _ in range(n_gen))
         self.heads = nn.ModuleDict({t: nn.Linear(self.latent_dim, c) for t, c in tasks.items()})
         self.decoder: nn.Module | None = (
-            _build_decoder(widths, in_channels, stem_stride) if decoder else None
+            _build_decoder(widths, in_channels, stem_stride, norm) if decoder else None
         )
         self._init_weights()
 
@@ -182,10 +209,15 @@ class MultiTaskNet(nn.Module):
         return {"logits": logits, "z": z, "reconstruction": rec}
 
 
-def _build_decoder(widths: tuple[int, ...], out_channels: int, stem_stride: int) -> nn.Sequential:
-    layers: list[nn.Module] = [_ResBlock(widths[-1], widths[-1])]
+def _build_decoder(
+    widths: tuple[int, ...], out_channels: int, stem_stride: int, norm: str = "instance"
+) -> nn.Sequential:
+    layers: list[nn.Module] = [_ResBlock(widths[-1], widths[-1], norm=norm)]
     for i in range(len(widths) - 2, -1, -1):
-        layers += [nn.Upsample(scale_factor=2, mode="nearest"), _ResBlock(widths[i + 1], widths[i])]
+        layers += [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            _ResBlock(widths[i + 1], widths[i], norm=norm),
+        ]
     if stem_stride > 1:
         layers.append(nn.Upsample(scale_factor=stem_stride, mode="nearest"))
     layers.append(nn.Conv2d(widths[0], out_channels, 3, padding=1))

@@ -17,6 +17,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from fedmammo.errors import ConfigError, FedmammoError
 
 __all__ = [
+    "bisect_sigma",
     "BudgetExceeded",
     "CentreAccountant",
     "PrivacyBudget",
@@ -203,14 +204,14 @@ def plan_noise(
                 f"no noise multiplier reaches epsilon {target_epsilon} in {total_steps} steps "
                 f"at sample rate {sample_rate:.3g}: {err}"
             ) from err
-    return _bisect_sigma(
+    return bisect_sigma(
         lambda s: epsilon_of([*prior, (s, sample_rate, total_steps)], delta, accountant),
         target_epsilon,
         epsilon_tolerance,
     )
 
 
-def _bisect_sigma(eps_fn: Any, target: float, tol: float) -> float:
+def bisect_sigma(eps_fn: Any, target: float, tol: float) -> float:
     """Smallest sigma (within ``tol`` in epsilon) whose ``eps_fn(sigma) <= target``."""
     lo, hi = 0.0, 10.0
     eps_hi = eps_fn(hi)

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
@@ -25,7 +25,7 @@ from fedmammo.privacy.accounting import (
     CentreAccountant,
     PrivacyBudget,
     PrivacyUsageError,
-    _bisect_sigma,
+    bisect_sigma,
     epsilon_of,
     plan_noise,
 )
@@ -40,6 +40,11 @@ _FIX = (
     "layers for you (BatchNorm -> GroupNorm)."
 )
 HOOKS_ATTR = "_fedmammo_dp_hooks"
+# Opacus' per-sample hooks fire on a first layer whose input needs no gradient (the images);
+# torch warns at every backward pass. Expected under DP-SGD, so silenced here.
+warnings.filterwarnings(
+    "ignore", message="Full backward hook is firing when gradients", category=UserWarning
+)
 
 
 class DPIncompatibleModelError(FedmammoError, ValueError):
@@ -105,13 +110,20 @@ class _CountingPoissonSampler(UniformWithReplacementSampler):
 
 
 def _empty_safe_collate(dataset: Dataset, collate_fn: Callable | None) -> Callable:
-    first = dataset[0]
-    items = first if isinstance(first, (tuple, list)) else [first]
-    return wrap_collate_with_empty(
-        collate_fn=collate_fn or default_collate,
-        sample_empty_shapes=[(0, *shape_safe(x)) for x in items],
-        dtypes=[dtype_safe(x) for x in items],
+    """``collate_fn`` that turns an empty Poisson batch into the collated structure, 0 long.
+
+    The template is one item collated (any nesting of tensors: tuples, dicts of targets);
+    every tensor of it is cut to length 0, other leaves are kept.
+    """
+    collate = collate_fn or default_collate
+    empty = tree_map(
+        lambda v: v[:0] if isinstance(v, torch.Tensor) else v, collate([dataset[0]])
     )
+
+    def collate_or_empty(batch: list) -> Any:
+        return collate(batch) if len(batch) else empty
+
+    return collate_or_empty
 
 
 class DPSession:
@@ -206,14 +218,14 @@ class DPSession:
                     prior_history=prior[0],
                 )
             else:
-                sigma = _bisect_sigma(
+                sigma = bisect_sigma(
                     lambda s: self.accountant.projected_epsilon(s, sample_rate, remaining, delta),
                     target,
                     0.01,
                 )
         else:
             counts = self._sampler.segment_counts(remaining)
-            sigma = _bisect_sigma(
+            sigma = bisect_sigma(
                 lambda s: self._periodic_projection(s, counts, segment_rates), target, 0.01
             )
         self.accountant.plans[self.phase] = {

@@ -8,6 +8,18 @@ fixed in advance (public), the run is therefore ``(eps_s, delta)``-DP for the ex
 ``s``, where ``eps_s`` composes the sampled-Gaussian steps of ``s`` alone (plus any steps that
 touched every example), and ``(max_s eps_s, delta)``-DP as a whole. Fixed, disjoint periodic
 batches would not be covered by any Poisson bound: they are never reported as such here.
+
+Heterogeneous rates (a segment's rate may change between rounds) keep the argument: each
+example's privacy loss composes the sampled-Gaussian steps that could include it, each at the
+rate it was included with (individualised sampling rates, as in Boenisch et al. 2023,
+"Have it your way: individualized privacy assignment for DP-SGD"). The guarantee treats the
+segment sizes and rarest-label counts that fix the pattern and the rates as public (centres
+report them in ``query.identify``); they are not protected by the DP noise.
+
+:class:`PeriodicDPSession` is a :class:`~fedmammo.privacy.engine.DPSession` whose noise is
+planned once over the per-segment steps of the whole remaining run (given per segment as
+``[(rate, steps), ...]``), and whose ``attach`` uses its :class:`PoissonPeriodicSampler`, so
+that ``training.classifier.train_classifier`` trains with it unchanged.
 """
 
 from __future__ import annotations
@@ -21,10 +33,25 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from fedmammo.data.sampling import build_sampling_pattern
 from fedmammo.errors import ConfigError
-from fedmammo.privacy.accounting import AccountantName, epsilon_of
+from fedmammo.privacy.accounting import (
+    AccountantName,
+    CentreAccountant,
+    PrivacyBudget,
+    bisect_sigma,
+    epsilon_of,
+)
+from fedmammo.privacy.engine import DPSession
 
-__all__ = ["PoissonPeriodicSampler", "periodic_epsilon", "periodic_epsilons"]
+__all__ = [
+    "PeriodicDPSession",
+    "PoissonPeriodicSampler",
+    "periodic_epsilon",
+    "periodic_epsilons",
+    "quota_steps",
+    "step_pattern",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -168,3 +195,150 @@ def periodic_epsilon(
         history_per_segment, delta, accountant, shared_history=shared_history
     )
     return max(eps.values(), default=epsilon_of(shared_history, delta, accountant))
+
+
+def step_pattern(steps_per_segment: Mapping[str, int]) -> list[str]:
+    """Segment of every step: Algorithm 1 of seed 000 over the steps per segment.
+
+    Segments are taken in sorted order; those with no step never appear. The result has
+    ``sum(steps_per_segment.values())`` entries, each segment's spread evenly.
+    """
+    keys = sorted(str(k) for k, v in steps_per_segment.items() if int(v) > 0)
+    if not keys:
+        raise ConfigError("periodic DP sampling: no segment has a step")
+    counts = {str(k): int(v) for k, v in steps_per_segment.items()}
+    return [keys[i] for i in build_sampling_pattern([counts[k] for k in keys]).tolist()]
+
+
+def quota_steps(quota: int, n_examples: int, batch_size: int) -> tuple[int, float]:
+    """``(steps, rate)`` that take ``quota`` samples of a segment of ``n_examples`` in expectation.
+
+    ``steps = max(ceil(quota / batch_size), ceil(quota / n_examples))`` Poisson steps at rate
+    ``quota / (steps * n_examples)`` (at most ``batch_size / n_examples`` and at most 1): the
+    DP form of a federated periodic-sampling quota round (expected, not exact, quota).
+    """
+    if quota < 1 or n_examples < 1 or batch_size < 1:
+        raise ConfigError(
+            f"quota_steps needs quota, n_examples, batch_size >= 1; got {quota}, "
+            f"{n_examples}, {batch_size}"
+        )
+    steps = max(math.ceil(quota / batch_size), math.ceil(quota / n_examples))
+    return int(steps), float(quota) / (steps * n_examples)
+
+
+Plan = Mapping[str, Sequence[tuple[float, int]]]
+
+
+class PeriodicDPSession(DPSession):
+    """A DP session of periodic sampling with Poisson sampling within one segment per step.
+
+    ``remaining`` maps each segment to ``[(sample_rate, steps), ...]``: the steps the rest of
+    the planned run (this round included) will take on it. With a target epsilon the noise
+    multiplier is chosen once so that the worst segment of the whole planned run ends at the
+    target, and reused while the planned total (steps done + remaining) does not change.
+    ``sampler`` is the round's :class:`PoissonPeriodicSampler`; :meth:`attach` uses it.
+    """
+
+    def __init__(
+        self,
+        budget: PrivacyBudget,
+        accountant: CentreAccountant,
+        *,
+        remaining: Plan,
+        sampler: PoissonPeriodicSampler,
+        phase: str,
+        centre: str,
+        seed: int,
+        grad_sample_mode: str = "hooks",
+    ) -> None:
+        self.remaining = {
+            str(k): [(float(q), int(n)) for q, n in v if int(n) > 0] for k, v in remaining.items()
+        }
+        done = sum(int(e[2]) for e in accountant.phases.get(phase, []))
+        planned = done + sum(n for v in self.remaining.values() for _, n in v)
+        super().__init__(
+            budget,
+            accountant,
+            planned_steps=max(planned, 1),
+            phase=phase,
+            centre=centre,
+            seed=seed,
+            grad_sample_mode=grad_sample_mode,
+        )
+        self.periodic_sampler = sampler
+
+    def project(self, sigma: float, extra: Plan) -> float:
+        """Epsilon (max over segments) after ``extra`` steps per segment at noise ``sigma``."""
+        acc, delta = self.accountant, self.budget.delta
+        shared = list(acc.opacus_accountant.history)
+        keys = set(acc.segment_history) | {k for k, v in extra.items() if v}
+        if not keys:
+            return epsilon_of(shared, delta, acc.mechanism)
+        return max(
+            epsilon_of(
+                shared
+                + list(acc.segment_history.get(k, []))
+                + [(sigma, q, n) for q, n in extra.get(k, []) if n],
+                delta,
+                acc.mechanism,
+            )
+            for k in keys
+        )
+
+    def _resolve_noise(self, sample_rate: float, segment_rates: dict | None = None) -> float:
+        target, delta = self.budget.target_epsilon, self.budget.delta
+        spent = self.accountant.epsilon(delta)
+        if target is not None and spent >= target * 1.01:
+            raise self._refuse(spent, " (budget already spent)")
+        if self.budget.noise_multiplier is not None:
+            return float(self.budget.noise_multiplier)
+        if not any(self.remaining.values()):
+            raise self._refuse(spent, f" (all {self.planned_steps} planned steps taken)")
+        plan = self.accountant.plans.get(self.phase)
+        if plan and plan["planned_steps"] == float(self.planned_steps):
+            return float(plan["noise_multiplier"])
+        if plan:
+            logger.warning(
+                "centre %s phase %s: the planned periodic steps changed; re-planning the noise "
+                "for what remains of the budget",
+                self.centre,
+                self.phase,
+            )
+        if spent >= target:
+            raise self._refuse(spent, " (budget already spent)")
+        sigma = bisect_sigma(lambda s: self.project(s, self.remaining), target, 0.01)
+        steps = [n for v in self.remaining.values() for _, n in v]
+        rates = [q for v in self.remaining.values() for q, _ in v]
+        self.accountant.plans[self.phase] = {
+            "noise_multiplier": float(sigma),
+            "sample_rate": float(np.average(rates, weights=steps)),
+            "planned_steps": float(self.planned_steps),
+        }
+        logger.info(
+            "centre %s phase %s: noise multiplier %.4f planned for %d periodic steps (target "
+            "epsilon %.3g, worst segment)",
+            self.centre,
+            self.phase,
+            sigma,
+            sum(steps),
+            target,
+        )
+        return float(sigma)
+
+    def check_round(self) -> float:
+        """Projected epsilon after the sampler's steps; BudgetExceeded before any step."""
+        sampler = self.periodic_sampler
+        rates = sampler.sample_rates_
+        sigma = self._resolve_noise(float(np.mean([rates[k] for k in sampler.pattern_])), rates)
+        counts = sampler.segment_counts(len(sampler))
+        projected = self.project(sigma, {k: [(rates[k], n)] for k, n in counts.items()})
+        target = self.budget.target_epsilon
+        if target is not None and projected > target * 1.01:
+            raise self._refuse(projected)
+        return projected
+
+    def attach(self, model: Any, optimizer: Any, loader: Any):  # type: ignore[override]
+        """:meth:`attach_periodic` with this session's sampler over ``loader.dataset``."""
+        return self.attach_periodic(
+            model, optimizer, loader.dataset, self.periodic_sampler, collate_fn=loader.collate_fn
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -78,6 +79,7 @@ class MtlModelParams(RecipeParams):
     decoder: bool = True
     dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
     stem_stride: int = 1
+    norm: Literal["instance", "group", "batch"] = "instance"  # batch: non-private ablations only
 
     @field_validator("widths")
     @classmethod

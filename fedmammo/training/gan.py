@@ -20,8 +20,18 @@ epoch is one pass of the critic over the data; the 5:1 schedule runs across epoc
 Inference helpers (``load_generator``, ``sample_generator``, ``sample_patches``) live in
 ``fedmammo.models.gans`` and are re-exported here.
 
-DP seam: ``discriminator_step`` / ``critic_step`` are the only places the discriminator learns;
-a DP version replaces them (``privacy`` is reserved and refused for now).
+Differential privacy (``privacy=``, a :class:`fedmammo.privacy.engine.DPSession`): only the
+discriminator (critic) reads real patches, so only it is trained with DP-SGD; the generator
+learns from its outputs and inherits the guarantee by post-processing. The session makes the
+discriminator private and replaces the shuffled batches by Poisson sampling (rate ``1 /
+steps_per_epoch``, as many steps per epoch), which the accountant assumes. Steps then come from
+:mod:`fedmammo.privacy.dp_gan`: DCGAN follows Opacus' DP-GAN example (real and
+``fake.detach()`` in one backward pass of the private discriminator), WGAN-GP takes per-sample
+gradients of the penalised critic loss with ``torch.func`` (``grad_sample_mode="no_op"``), and
+the generator step runs through the discriminator with its Opacus hooks off. Under DP the
+DCGAN discriminator defaults to GroupNorm (``d_norm="group"``); BatchNorm is refused with an
+error naming the layer. Fake batches have the real batch's size, drawn from at least 2 latent
+vectors (the generator's BatchNorm needs 2); an empty Poisson batch is skipped but accounted.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from fedmammo.errors import DataError
 from fedmammo.models.gans import (
@@ -44,6 +55,11 @@ from fedmammo.models.gans import (
     load_generator,
     sample_generator,
     sample_patches,
+)
+from fedmammo.privacy.dp_gan import (
+    dp_dcgan_discriminator_step,
+    dp_wgan_gp_critic_step,
+    generator_step_with_frozen_dp_d,
 )
 
 __all__ = [
@@ -78,6 +94,7 @@ class GanResult:
     history: list[dict[str, float]] = field(default_factory=list)  # epoch, d_loss, g_loss
     critic_steps: int = 0
     generator_steps: int = 0
+    epsilon: float | None = None  # composed epsilon of the DP session, None without DP
 
     def sampling_states(self) -> list[StateDict]:
         """Return the states to sample from: the snapshots, or the last generator if none."""
@@ -201,17 +218,57 @@ def _cpu_state(module: nn.Module) -> StateDict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def _check_privacy(privacy: Any) -> None:
-    if privacy is not None:
-        raise NotImplementedError(
-            "DP GAN training is not wired here yet: call with privacy=None, or replace "
-            "discriminator_step / critic_step with a private version"
+class _Steps:
+    """One GAN's discriminator and generator updates, plain or with a DP session."""
+
+    def __init__(self, kind: str, gen: nn.Module, disc: nn.Module, o: dict[str, Any], privacy):
+        self.kind, self.gen, self.o, self.privacy = kind, gen, o, privacy
+        self.opt_g = torch.optim.Adam(gen.parameters(), lr=o["lr"], betas=o["betas"])
+        self.opt_d: Any = torch.optim.Adam(disc.parameters(), lr=o["lr"], betas=o["betas"])
+        self.disc = disc
+
+    def batches(self, data: torch.Tensor, rng: torch.Generator):
+        """Per-epoch batch iterator factory: shuffled batches, or Poisson ones under DP."""
+        if self.privacy is None:
+            return lambda: (data[idx] for idx in _batches(len(data), self.o["batch_size"], rng))
+        if self.kind == "wgan_gp":
+            self.privacy.grad_sample_mode = "no_op"  # the penalty's grad-of-grad: torch.func
+        loader = DataLoader(TensorDataset(data), batch_size=self.o["batch_size"])
+        self.disc, self.opt_d, loader = self.privacy.attach(self.disc, self.opt_d, loader)
+        return lambda: (batch for (batch,) in loader)
+
+    def fakes(self, n: int, rng: torch.Generator, device: torch.device) -> tuple:
+        z = torch.randn(max(n, 2), self.o["latent_dim"], generator=rng).to(device)
+        return z, self.gen(z)[:n]
+
+    def discriminator(self, real: torch.Tensor, fake: torch.Tensor, rng) -> float:
+        o, n = self.o, len(real)
+        if self.kind == "dcgan":
+            low, high = o["label_smoothing"]
+            labels = smoothed_real_labels(n, rng, low=low, high=high)
+            if self.privacy is None:
+                return discriminator_step(self.disc, self.opt_d, real, fake, real_labels=labels)
+            return dp_dcgan_discriminator_step(
+                self.disc, self.opt_d, real, fake.detach(), labels, torch.zeros(n)
+            )
+        step = critic_step if self.privacy is None else dp_wgan_gp_critic_step
+        return step(self.disc, self.opt_d, real, fake, lambda_gp=o["lambda_gp"], generator=rng)
+
+    def generator(self, z: torch.Tensor, fake: torch.Tensor | None) -> float:
+        """Generator update from ``fake = G(z)`` (recomputed from ``z`` under DP)."""
+        labels = torch.ones(len(z)) if self.kind == "dcgan" else None
+        if self.privacy is None:
+            return generator_step(self.disc, self.opt_g, fake, kind=self.kind)
+        return generator_step_with_frozen_dp_d(
+            self.disc, self.gen, self.opt_g, z, labels, hooks=self.privacy.hooks
         )
 
 
 def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
     """Shared loop; ``o`` holds the keyword arguments of train_dcgan / train_wgan_gp."""
-    _check_privacy(o.pop("privacy"))
+    privacy = o.pop("privacy")
+    if privacy is not None and o["d_norm"] is None and kind == "dcgan":
+        o["d_norm"] = "group"  # BatchNorm mixes examples: no per-sample gradients
     data = _as_tensor(patches, o["batch_size"])
     size, latent, seed = int(data.shape[-1]), o["latent_dim"], o["seed"]
     device = torch.device(o.pop("device"))
@@ -221,41 +278,37 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
             kind, patch_size=size, latent_dim=latent, width=o["width"], norm=o["d_norm"]
         )
     gen, disc = gen.to(device).train(), disc.to(device).train()
-    opt_g = torch.optim.Adam(gen.parameters(), lr=o["lr"], betas=o["betas"])
-    opt_d = torch.optim.Adam(disc.parameters(), lr=o["lr"], betas=o["betas"])
+    steps = _Steps(kind, gen, disc, o, privacy)
     rng = torch.Generator().manual_seed(seed)
+    epoch_batches = steps.batches(data, rng)
     keep = set(snapshot_schedule(o["epochs"], warmup=o["warmup"], every=o["snapshot_every"]))
     result = GanResult(describe(kind, patch_size=size), {}, {})
     epochs: Any = range(1, o["epochs"] + 1)
     if o.pop("progress"):
         from rich.progress import track
 
-        epochs = track(epochs, description=f"training {kind}")
+        epochs = track(epochs, description=f"training {kind}{' (DP)' if privacy else ''}")
     for epoch in epochs:
         d_losses: list[float] = []
         g_losses: list[float] = []
-        for idx in _batches(len(data), o["batch_size"], rng):
-            real = random_flips(data[idx], rng, p=o["flip_p"]).to(device)
-            z = torch.randn(len(idx), latent, generator=rng).to(device)
+        for batch in epoch_batches():
+            if len(batch) == 0:  # Poisson sampling can draw an empty batch (still accounted)
+                continue
+            real = random_flips(batch, rng, p=o["flip_p"]).to(device)
             if kind == "dcgan":
-                labels = smoothed_real_labels(
-                    len(idx), rng, low=o["label_smoothing"][0], high=o["label_smoothing"][1]
-                )
-                fake = gen(z)
-                d_losses.append(discriminator_step(disc, opt_d, real, fake, real_labels=labels))
-                g_losses.append(generator_step(disc, opt_g, fake, kind=kind))
+                z, fake = steps.fakes(len(real), rng, device)
+                d_losses.append(steps.discriminator(real, fake, rng))
+                g_losses.append(steps.generator(z, fake))
                 result.critic_steps += 1
                 result.generator_steps += 1
                 continue
             with torch.no_grad():
-                fake = gen(z)
-            d_losses.append(
-                critic_step(disc, opt_d, real, fake, lambda_gp=o["lambda_gp"], generator=rng)
-            )
+                _, fake = steps.fakes(len(real), rng, device)
+            d_losses.append(steps.discriminator(real, fake, rng))
             result.critic_steps += 1
             if result.critic_steps % o["n_critic"] == 0:
                 z = torch.randn(o["batch_size"], latent, generator=rng).to(device)
-                g_losses.append(generator_step(disc, opt_g, gen(z), kind=kind))
+                g_losses.append(steps.generator(z, gen(z) if privacy is None else None))
                 result.generator_steps += 1
         result.history.append(
             {
@@ -266,6 +319,8 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
         )
         if epoch in keep:
             result.snapshots.append((epoch, _cpu_state(gen)))
+    if privacy is not None:
+        result.epsilon = privacy.after_training(result.critic_steps)
     hyper = ("lr", "betas", "batch_size", "seed", "warmup", "snapshot_every", "flip_p")
     hyper += ("label_smoothing",) if kind == "dcgan" else ("lambda_gp", "n_critic")
     result.description = describe(
@@ -281,7 +336,8 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
         centre=o["centre"],
         extra={k: list(o[k]) if isinstance(o[k], tuple) else o[k] for k in hyper},
     )
-    result.generator_state, result.discriminator_state = _cpu_state(gen), _cpu_state(disc)
+    result.generator_state = _cpu_state(gen)
+    result.discriminator_state = _cpu_state(steps.disc)
     logger.info(
         "%s: %d epochs, %d critic / %d generator steps, %d snapshots",
         kind,

@@ -243,9 +243,16 @@ def train_mtl(
     """Train ``model`` in place with :func:`mtl_loss`; return example-weighted mean loss parts.
 
     Returns ``total``, ``classification``, ``reconstruction``, ``task_<name>``, ``steps`` and
-    ``num_examples``. ``privacy`` (e.g. a DP session) is called as ``privacy.attach(model,
-    optimizer, loader)`` before and ``privacy.after_training(steps)`` after training. Empty
-    batches (Poisson sampling) are skipped.
+    ``num_examples``.
+
+    ``privacy`` is a :class:`fedmammo.privacy.engine.DPSession` (or anything with the same
+    ``attach(model, optimizer, loader)`` / ``after_training(steps)`` pair), called before and
+    after training. Under DP the session swaps ``loader``'s sampler for Poisson sampling at
+    rate ``1 / len(loader)`` (same number of steps per epoch), clips every example's gradient
+    (the multi-task loss is a per-example sum, so per-example gradients are exact with
+    instance or group norm; BatchNorm is refused, naming the layer) and adds the planned
+    noise. An empty Poisson batch is skipped without a step but still accounted (the session
+    counts every batch drawn), as in ``train_classifier``.
     """
     model.to(device).train()
     opt = _optimizer(model, optimizer, lr)

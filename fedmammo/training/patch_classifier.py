@@ -61,11 +61,13 @@ def patch_frame(data: CentreData, split: str | None) -> pd.DataFrame:
     """Rows of a split with lesion boxes and pixel spacing in the cached image's frame.
 
     Columns: image_id, patient_id, malignant, lesions (JSON), pixel_spacing (mm per cached
-    pixel: the DICOM spacing divided by the cache's scale). Lesion boxes that the breast crop
-    cut to nothing are dropped.
+    pixel: the DICOM spacing divided by the cache's scale). Lesions the cache could not place
+    inside the stored breast (box None, or an empty box from a cache built before that check)
+    are dropped; an image left with no lesion is left out (it is no healthy image either).
     """
     manifest = data.manifest.iloc[data.rows(split, label=None)]
     rows = []
+    dropped = left_out = 0
     for image_id, patient, malignant, spacing in zip(
         manifest["image_id"],
         manifest["patient_id"],
@@ -74,11 +76,16 @@ def patch_frame(data: CentreData, split: str | None) -> pd.DataFrame:
         strict=True,
     ):
         geometry = data.cache.geometry(image_id)
+        records = data.cache.boxes(image_id)
         lesions = [
             les
-            for les in data.cache.boxes(image_id)
+            for les in records
             if les.get("box") and les["box"][2] > les["box"][0] and les["box"][3] > les["box"][1]
         ]
+        dropped += len(records) - len(lesions)
+        if records and not lesions:
+            left_out += 1
+            continue
         rows.append(
             {
                 "image_id": str(image_id),
@@ -87,6 +94,15 @@ def patch_frame(data: CentreData, split: str | None) -> pd.DataFrame:
                 "lesions": encode_lesions(lesions),
                 "pixel_spacing": pd.NA if pd.isna(spacing) else float(spacing) / geometry.scale,
             }
+        )
+    if dropped:
+        log.warning(
+            "centre %s, split %s: dropped %d lesions without a usable box (outside the stored "
+            "breast, or none given); left out %d images with no lesion left",
+            data.name,
+            split,
+            dropped,
+            left_out,
         )
     columns = ["image_id", "patient_id", "malignant", "lesions", "pixel_spacing"]
     return pd.DataFrame(rows, columns=columns)

@@ -178,3 +178,64 @@ def test_dataset_rejects_bad_rows_and_labels(tmp_path, centre) -> None:
         CachedImageDataset(cache, [0, 1], pd.array([1, None], dtype="Int8"))
     with pytest.raises(DataError, match="2 rows"):
         CachedImageDataset(cache, [0, 1], np.array([1]))
+
+
+def test_lesion_boxes_lie_inside_the_stored_breast_or_are_dropped(
+    tmp_path, make_dicom, breast, caplog
+) -> None:
+    """Regression: a lesion outside the breast mask or the crop gave a blank 'lesion' patch."""
+    # Prepare: one breast (chest wall left) with four lesions: well inside, at the breast edge,
+    # in the crop rectangle's corner but outside the breast mask (zeroed by the reader), and
+    # beyond the crop (mapped to an empty box)
+    boxes = {
+        "inside": [10, 50, 22, 62],
+        "edge": [50, 56, 60, 66],
+        "corner": [40, 8, 52, 20],
+        "beyond": [80, 100, 92, 112],
+    }
+    path = make_dicom(breast(128, 96), name="edge.dcm")
+    lesions = [{"kind": k, "shape": "oval", "malignant": True, "box": b} for k, b in boxes.items()]
+    manifest = pd.DataFrame(
+        [
+            {
+                "image_id": "e",
+                "patient_id": "p",
+                "path": str(path),
+                "lesions": encode_lesions(lesions),
+            }
+        ]
+    )
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.cache"):
+        cache = ImageCache.build(manifest, tmp_path / "cache", size=(64, 48))
+    # Assert: kept boxes have positive size inside the stored breast, within the mapped box;
+    # the other two keep their record with box None and a reason; the drop is logged
+    image, geometry = cache.get("e"), cache.geometry("e")
+    got = {les["kind"]: les for les in cache.boxes("e")}
+    assert got["corner"]["box"] is None and got["beyond"]["box"] is None
+    assert "outside the stored breast" in got["corner"]["dropped"]
+    assert any("dropped 2 lesion boxes" in r.message for r in caplog.records)
+    for kind in ("inside", "edge"):
+        x0, y0, x1, y1 = got[kind]["box"]
+        mapped = geometry.map_box(boxes[kind])
+        assert 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
+        assert mapped[0] <= x0 and mapped[1] <= y0 and x1 <= mapped[2] and y1 <= mapped[3]
+        region = image[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))]
+        assert np.mean(region > 0) >= 0.5 and region.mean() > 0.05  # not background
+    assert "dropped" not in got["inside"]
+
+
+def test_cache_of_the_previous_format_is_rebuilt(tmp_path, centre, monkeypatch) -> None:
+    # Prepare: a cache written under format 1 (boxes not yet cut to the stored breast)
+    with monkeypatch.context() as m:
+        m.setattr(cache_mod, "CACHE_FORMAT", "1")
+        ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    calls: list[str] = []
+    real = cache_mod.load_mammogram
+    monkeypatch.setattr(
+        cache_mod, "load_mammogram", lambda p, *a, **k: calls.append(p) or real(p, *a, **k)
+    )
+    # Execute
+    ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    # Assert: the current format's fingerprint differs, so every image was read again
+    assert cache_mod.CACHE_FORMAT != "1" and len(calls) == len(centre)

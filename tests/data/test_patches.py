@@ -281,3 +281,52 @@ def test_patch_set_select_keeps_fields_aligned(centre):
     ps = build_patch_set(lambda i: images[i], rows, out_size=32)
     sub = ps.select(ps.labels == 0)
     assert len(sub) == 3 and set(sub.kinds) == {"healthy"} and sub.boxes.shape == (3, 4)
+
+
+def test_lesion_on_background_or_outside_gives_no_blank_patch(caplog):
+    # Prepare: breast on the right half; lesions well inside, at the breast edge (3/4 breast),
+    # on the background (left half, as when the breast mask cut it) and half beyond the image
+    image = _breast(200, 160, 0.5)
+    image[100:110, 120:130] = 0.9  # the inner lesion
+    image[50:60, 75:85] = 0.9  # the edge lesion (its breast part)
+    lesions = [
+        _lesion("mass", [120, 100, 130, 110]),
+        _lesion("mass", [77, 50, 87, 60]),
+        _lesion("calcification", [10, 10, 30, 30]),
+        _lesion("mass", [150, 190, 170, 210]),
+    ]
+    rows = pd.DataFrame({"image_id": ["x"], "lesions": [encode_lesions(lesions)], "malignant": [1]})
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.patches"):
+        ps = build_patch_set({"x": image}, rows, out_size=16, margin_px=5)
+    # Assert: the background lesion is skipped and logged; every lesion patch holds its
+    # lesion box (clipped to the image) and differs from background
+    assert ps.labels.tolist() == [1, 1, 1]
+    assert any("skipped 1 lesion boxes" in r.message for r in caplog.records)
+    for lesion, (x0, y0, x1, y1), patch in zip(
+        [lesions[0], lesions[1], lesions[3]], ps.boxes, ps.patches, strict=True
+    ):
+        bx0, by0, bx1, by1 = lesion["box"]
+        assert x0 <= bx0 and y0 <= by0 and min(bx1, 160) <= x1 and min(by1, 200) <= y1
+        assert np.mean(patch < 0.05) < 0.5 and patch.mean() > 0.3
+
+
+def test_every_lesion_patch_shows_breast_for_random_boxes():
+    # Property: whatever the box, a lesion patch is made only when its lesion is on the breast
+    rng = np.random.default_rng(0)
+    image = _breast(120, 100, 0.6)
+    for _ in range(200):
+        x0, y0 = rng.integers(-20, 110), rng.integers(-20, 130)
+        box = [int(x0), int(y0), int(x0 + rng.integers(1, 30)), int(y0 + rng.integers(1, 30))]
+        rows = pd.DataFrame(
+            {"image_id": ["x"], "lesions": [encode_lesions([_lesion("mass", box)])]}
+        )
+        ps = build_patch_set({"x": image}, rows, out_size=8, healthy_per_image=0, margin_px=2)
+        cx0, cy0 = max(box[0], 0), max(box[1], 0)
+        cx1, cy1 = min(box[2], 100), min(box[3], 120)
+        on_breast = cx1 > cx0 and cy1 > cy0 and np.mean(image[cy0:cy1, cx0:cx1] >= 0.05) >= 0.5
+        assert len(ps) == int(on_breast)
+        if on_breast:
+            px0, py0, px1, py1 = ps.boxes[0]
+            assert px0 <= cx0 and py0 <= cy0 and cx1 <= px1 and cy1 <= py1
+            assert ps.patches[0].mean() > 0.05

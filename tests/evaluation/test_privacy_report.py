@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dp_reference import independent_epsilon
 
 from fedmammo.config import load_scenario
 from fedmammo.evaluation.privacy_report import (
@@ -22,19 +23,10 @@ from fedmammo.federation.runspec import RunSpec
 from fedmammo.privacy.accounting import CentreAccountant
 from fedmammo.sweep import run_sweep
 
-dp_accounting = pytest.importorskip("dp_accounting")
-
 ROOT = Path(__file__).resolve().parents[2]
 DELTA = 1e-5
 
 
-def independent_epsilon(history, delta):
-    acc = dp_accounting.rdp.RdpAccountant()
-    for sigma, q, steps in history:
-        acc.compose(
-            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps)
-        )
-    return acc.get_epsilon(delta)
 
 
 def report_of(acc: CentreAccountant, phase: str, *, target: float | None = 6.0) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import Message, Metadata, RecordDict
+from flwr.app import Error, Message, Metadata, RecordDict
 
 
 def make_incoming(content: RecordDict, message_type: str, *, src: int = 0, dst: int = 7) -> Message:
@@ -28,7 +28,7 @@ class InProcessGrid:
     through the ClientApp's mods (DP guard, egress guard), keeping a log and every reply.
 
     ``log``: (node id, message type, config dict); ``replies``: (centre, type, content).
-    With ``strict`` an error reply fails the test at once.
+    A handler's exception becomes an error reply, as in Flower; with ``strict`` it is raised.
     """
 
     def __init__(self, names: list[str], *, strict: bool = False) -> None:
@@ -67,11 +67,15 @@ class InProcessGrid:
             self.log.append((node, kind, cfg))
             fn = HANDLERS[tuple(kind.split(".", 1))]
             incoming = make_incoming(msg.content, kind, dst=node)
-            reply = dp_guard_mod(
-                incoming, self.contexts[node], lambda m, c, fn=fn: egress_mod(m, c, fn)
-            )
-            if self.strict:
-                assert not reply.has_error(), reply.error.reason
+            try:
+                reply = dp_guard_mod(
+                    incoming, self.contexts[node], lambda m, c, fn=fn: egress_mod(m, c, fn)
+                )
+            except Exception as exc:  # what Flower does: an error reply
+                if self.strict:
+                    raise
+                reason = f"{type(exc).__name__}: {exc}"
+                reply = Message(Error(code=1, reason=reason), reply_to=incoming)
             if not reply.has_error():
                 self.replies.append((self.names[node], kind, reply.content))
             out.append(reply)

@@ -8,84 +8,24 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, Error, Message, Metadata, RecordDict
+from dp_reference import independent_epsilon
+from flower_messages import InProcessGrid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmammo.config import load_scenario
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.egress import egress_mod
-from fedmammo.federation.handlers import HANDLERS, load_builtin_handlers
 from fedmammo.federation.orchestrator import Orchestrator
-from fedmammo.federation.privacy_state import REFUSAL_MARK, dp_guard_mod
+from fedmammo.federation.privacy_state import REFUSAL_MARK
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.federation.strategies.fedavg import run_fedavg
-
-dp_accounting = pytest.importorskip("dp_accounting")
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "scenarios" / "dp_quick.yaml"
 
 
-def independent_epsilon(history: list[list[float]], delta: float) -> float:
-    """Epsilon of a history with Google's dp-accounting RDP accountant."""
-    acc = dp_accounting.rdp.RdpAccountant()
-    for sigma, q, steps in history:
-        acc.compose(
-            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps)
-        )
-    return acc.get_epsilon(delta)
-
-
-def _incoming(content: RecordDict, kind: str, dst: int) -> Message:
-    meta = Metadata(
-        run_id=1,
-        message_id="m1",
-        src_node_id=0,
-        dst_node_id=dst,
-        reply_to_message_id="",
-        group_id="",
-        created_at=time.time(),
-        ttl=3600.0,
-        message_type=kind,
-    )
-    return Message(content=content, metadata=meta)
-
-
-class FakeGrid:
-    """Delivers messages to the handlers in-process (guard mod, egress guard, error replies)."""
-
-    def __init__(self, n: int) -> None:
-        load_builtin_handlers()
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                state=RecordDict(),
-                run_config={},
-                node_config={"partition-id": i, "num-partitions": n},
-            )
-            for i in range(n)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
-            fn = HANDLERS[tuple(kind.split(".", 1))]
-            m = _incoming(msg.content, kind, dst=node)
-            try:
-                rep = dp_guard_mod(m, self.contexts[node], lambda a, c, fn=fn: egress_mod(a, c, fn))
-            except Exception as exc:  # what Flower does: an error reply
-                rep = Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=m)
-            replies.append(rep)
-        return replies
 
 
 def run_in_process(tmp: Path, **sets) -> Path:
@@ -109,7 +49,7 @@ def run_in_process(tmp: Path, **sets) -> Path:
         mp.setenv(ENV_VAR, str(spec.save()))
         for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
             mp.setattr(TaskIdentity, attr, 1)
-        grid = FakeGrid(len(spec.node_order))
+        grid = InProcessGrid(spec.node_order)
         orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=RunRecorder(run_dir))
         orc.identify(len(grid.contexts))
         run_fedavg(orc)

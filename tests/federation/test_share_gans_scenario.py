@@ -11,123 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from flower_messages import InProcessGrid
 from flwr.supercore.task_identity import TaskIdentity
+from gan_runs import ARMS, METRICS, ROOT, run_in_process, tiny_gan_scenario
 
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.orchestrator import Orchestrator
-from fedmammo.federation.runspec import ENV_VAR, RunSpec
+from fedmammo.federation.runspec import ENV_VAR
 from fedmammo.federation.strategies.share_gans import (
     TABLES_FILE,
     _check_plan,
     load_shared_generator,
-    run_share_gans,
 )
 from fedmammo.models.gans import sample_generator
-
-ROOT = Path(__file__).resolve().parents[2]
-ARMS = [
-    "A",
-    "A+real_B",
-    "A+synth_B_dcgan",
-    "A+synth_B_wgan_gp",
-    "A+synth_C_dcgan",
-    "A+synth_B_dcgan+synth_C_dcgan",
-    "A+harmonised_B_dcgan",
-]
-METRICS = ("accuracy", "f1", "auc", "auprc")
-
-
-FakeGrid = InProcessGrid
-
-
-def _scenario(tmp: Path, **params) -> Path:
-    small = {"data.synthetic.image_height": 64}
-    overrides = {
-        "params.arms": ARMS,
-        "params.subsets": ["all"],
-        "params.fractions": [1.0, 0.5],
-        "params.n_synthetic": 8,
-        "params.patches.size": 16,
-        "params.frechet_samples": 16,
-        "params.gans.dcgan": {
-            "epochs": 2,
-            "width": 4,
-            "batch_size": 4,
-            "snapshot_every": 1,
-            "warmup": 1,
-        },
-        "params.gans.wgan_gp": {
-            "epochs": 2,
-            "width": 4,
-            "batch_size": 4,
-            "n_critic": 2,
-            "snapshot_every": None,
-            "warmup": 0,
-        },
-        "params.classifier.epochs": 2,
-        "params.classifier.model.options": {"width": 4, "hidden": 8},
-        "params.cyclegan": {"epochs": 1, "batch_size": 4, "width": 4, "n_blocks": 1, "d_width": 4},
-    }
-    overrides.update({f"params.{k}": v for k, v in params.items()})
-    data = {
-        "name": "gans_tiny",
-        "centres": [
-            {
-                "profile": str(ROOT / "centres" / "inbreast_gan.yaml"),
-                "name": "A",
-                "role": "receiver",
-                "overrides": {
-                    **small,
-                    "data.synthetic.segments.0.patients": 20,
-                    "split": {"train": 0.5, "val": 0.25, "test": 0.25},
-                },
-            },
-            {
-                "profile": str(ROOT / "centres" / "bcdr.yaml"),
-                "name": "B",
-                "role": "sharer",
-                "overrides": {
-                    **small,
-                    "sharing.real_patches_in_simulation": True,
-                    "data.synthetic.segments.0.patients": 8,
-                    "data.synthetic.segments.1.patients": 8,
-                },
-            },
-            {
-                "profile": str(ROOT / "centres" / "optimam.yaml"),
-                "name": "C",
-                "role": "sharer",
-                "overrides": {**small, "data.synthetic.segments.0.patients": 12},
-            },
-        ],
-        "strategy": str(ROOT / "strategies" / "share_gans.yaml"),
-        "strategy_overrides": overrides,
-        "seeds": [0, 1],
-        "image_size": [64, 48],
-        "data_dir": str(tmp / "data"),
-    }
-    path = tmp / f"gans_tiny_{len(list(tmp.glob('*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _run(scenario_file: Path, run_dir: Path, *, resume: bool = False):
-    scenario = load_scenario(scenario_file)
-    names = scenario.centre_names()
-    spec = RunSpec(scenario_file=str(scenario_file), run_dir=str(run_dir), node_order=names)
-    run_dir.mkdir(exist_ok=True)
-    os.environ[ENV_VAR] = str(spec.save())
-    grid = FakeGrid(names)
-    orc = Orchestrator(
-        grid=grid, spec=spec, scenario=scenario, recorder=RunRecorder(run_dir, resume=resume)
-    )
-    orc.identify(len(names))
-    run_share_gans(orc)
-    return orc, grid
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +33,8 @@ def env(tmp_path_factory):
         mp.setenv(ENV_VAR, "")
         for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
             mp.setattr(TaskIdentity, attr, 1)
-        scenario_file = _scenario(tmp)
-        orc, grid = _run(scenario_file, tmp / "run")
+        scenario_file = tiny_gan_scenario(tmp)
+        orc, grid = run_in_process(scenario_file, tmp / "run")
         yield tmp, scenario_file, orc, grid
 
 
@@ -207,11 +103,11 @@ def test_generators_are_trained_once_saved_and_reloadable(env):
 def test_load_generators_reuses_another_runs_generators(env):
     # Prepare
     tmp, _, orc, _ = env
-    scenario_file = _scenario(
+    scenario_file = tiny_gan_scenario(
         tmp, arms=["A+synth_B_dcgan"], fractions=[1.0], load_generators=str(orc.spec.run_dir)
     )
     # Execute
-    other, grid = _run(scenario_file, tmp / "reuse")
+    other, grid = run_in_process(scenario_file, tmp / "reuse")
     # Assert
     assert not [k for _, k, _ in grid.log if k == "train.generator"]
     first = _final(orc.recorder.metrics)[("A+synth_B_dcgan@all-100", 0, "auc")]
@@ -226,7 +122,7 @@ def test_resume_runs_only_what_is_missing(env):
     saved["progress"].pop("A+synth_C_dcgan@all-50|1")
     results.write_text(json.dumps(saved))
     # Execute
-    resumed, grid = _run(scenario_file, Path(orc.spec.run_dir), resume=True)
+    resumed, grid = run_in_process(scenario_file, Path(orc.spec.run_dir), resume=True)
     # Assert
     sent = [(k, c.get("arm")) for _, k, c in grid.log if k != "query.identify"]
     assert sent == [("train.patch_classifier", "A+synth_C_dcgan@all-50")]

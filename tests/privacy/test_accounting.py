@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from dp_reference import independent_epsilon
 
 from fedmammo.config import PrivacySpec
 from fedmammo.errors import ConfigError
@@ -16,17 +17,6 @@ from fedmammo.privacy.accounting import (
     epsilon_of,
     plan_noise,
 )
-
-dp_accounting = pytest.importorskip("dp_accounting")
-
-
-def independent_epsilon(history: list[list[float]], delta: float) -> float:
-    """Epsilon of a history with Google's dp-accounting RDP accountant."""
-    acc = dp_accounting.rdp.RdpAccountant()
-    for sigma, q, steps in history:
-        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-        acc.compose(event, int(steps))
-    return acc.get_epsilon(delta)
 
 
 def test_recorded_history_matches_dp_accounting_within_2pct():

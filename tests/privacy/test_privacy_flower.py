@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from dp_reference import independent_epsilon
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
 from fedmammo.config import CentreProfile
@@ -36,22 +37,12 @@ from fedmammo.federation.privacy_state import (
 from fedmammo.models import build_model
 from fedmammo.privacy.accounting import epsilon_of
 
-dp_accounting = pytest.importorskip("dp_accounting")
-
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = (32, 24)
 MODEL = {"name": "mammo_cnn", "options": {"width": 4, "depth": 2, "norm": "group", "dropout": 0.0}}
 TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.002, "sampler": "balanced_labels", "augment": False}
 
 
-def independent_epsilon(history: list[list[float]], delta: float) -> float:
-    """Epsilon of a history with Google's dp-accounting RDP accountant."""
-    acc = dp_accounting.rdp.RdpAccountant()
-    for sigma, q, steps in history:
-        acc.compose(
-            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps)
-        )
-    return acc.get_epsilon(delta)
 
 
 def incoming(content: RecordDict, kind: str, dst: int = 7) -> Message:
@@ -267,15 +258,20 @@ def test_guard_mod_refuses_train_handlers_without_a_dp_path(centre):
         called.append(msg.metadata.message_type)
         return Message(RecordDict(), reply_to=msg)
 
-    # Execute / Assert: DP centre: train.periodic refused, evaluate and train.classifier pass.
+    # Execute / Assert: DP centre: a train handler without a DP path is refused; evaluate,
+    # train.classifier and train.periodic (Poisson within one segment per step) pass.
+    from fedmammo.federation.handlers import load_builtin_handlers
+
+    load_builtin_handlers()  # every handler declares whether it has a DP path
+    nodp = "train.without_dp_path"
     use_privacy(data_dir, target_epsilon=6.0)
-    with pytest.raises(DPUnsupportedError, match="'train.periodic' has no DP path"):
-        dp_guard_mod(incoming(content, "train.periodic"), new_context(data_dir), call_next)
-    for kind in ("evaluate.periodic", "train.classifier"):
+    with pytest.raises(DPUnsupportedError, match=f"'{nodp}' has no DP path"):
+        dp_guard_mod(incoming(content, nodp), new_context(data_dir), call_next)
+    for kind in ("evaluate.periodic", "train.classifier", "train.periodic"):
         dp_guard_mod(incoming(content, kind), new_context(data_dir), call_next)
     use_privacy(data_dir)  # a non-DP centre may run anything
-    dp_guard_mod(incoming(content, "train.periodic"), new_context(data_dir), call_next)
-    assert called == ["evaluate.periodic", "train.classifier", "train.periodic"]
+    dp_guard_mod(incoming(content, nodp), new_context(data_dir), call_next)
+    assert called == ["evaluate.periodic", "train.classifier", "train.periodic", nodp]
 
 
 def test_long_histories_are_sent_in_chunks_the_egress_guard_accepts():

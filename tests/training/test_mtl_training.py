@@ -338,3 +338,80 @@ def test_opacus_per_sample_gradients_match_naive_reference():
         for i in range(3):
             torch.testing.assert_close(p.grad_sample[i], naive[i][name], rtol=1e-3, atol=1e-5)
     assert torch.count_nonzero(model.heads["acr"].weight.grad_sample) == 0
+
+
+# --------------------------------------------------------------------------- DP (Opacus)
+def _dp_session(noise: float = 1.0, planned: int = 16):
+    from fedmammo.privacy.accounting import CentreAccountant, PrivacyBudget
+    from fedmammo.privacy.engine import DPSession
+
+    budget = PrivacyBudget(target_epsilon=None, noise_multiplier=noise, delta=1e-5)
+    acc = CentreAccountant("rdp", centre="c")
+    return DPSession(budget, acc, planned_steps=planned, phase="mtl", centre="c", seed=0)
+
+
+def test_dp_session_trains_on_poisson_batches_and_accounts_every_batch_drawn():
+    # Prepare: 8 images, batch 1: 8 Poisson steps per epoch at rate 1/8 (some batches empty)
+    from fedmammo.privacy.accounting import epsilon_of
+    from fedmammo.privacy.engine import HOOKS_ATTR
+
+    torch.manual_seed(0)
+    imgs, targets, unc = _synthetic(n=8)
+    loader = DataLoader(MultiTaskDataset(imgs, targets, unc), batch_size=1, collate_fn=collate_mtl)
+    model = MultiTaskNet(widths=TINY, dropout=0.0, norm="group")
+    keys = set(model.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    session = _dp_session()
+    # Execute
+    metrics = train_mtl(model, loader, epochs=2, lr=1e-3, privacy=session)
+    # Assert: 16 batches drawn and accounted, whatever number were empty and skipped
+    assert session.accountant.history == [[1.0, 0.125, 16]]
+    assert session.epsilon == pytest.approx(epsilon_of([[1.0, 0.125, 16]], 1e-5))
+    assert 1 <= metrics["steps"] <= 16 and np.isfinite(metrics["total"])
+    # the model is a plain module again, same keys, trained
+    assert set(model.state_dict()) == keys and not hasattr(model, HOOKS_ATTR)
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_an_empty_first_poisson_batch_keeps_the_batch_structure():
+    # Prepare: the DP session's empty-batch collate; the first batch drawn is empty
+    from fedmammo.privacy.engine import _empty_safe_collate
+
+    imgs, targets, unc = _synthetic(n=4)
+    ds = MultiTaskDataset(imgs, targets, unc)
+    collate = _empty_safe_collate(ds, collate_mtl)
+
+    def loader():
+        return DataLoader(ds, batch_sampler=[[], [0, 1], []], collate_fn=collate)
+
+    class Attach:  # what a DP session does to the loader, without the noise
+        def attach(self, model, optimizer, data_loader):
+            return model, optimizer, loader()
+
+        def after_training(self, steps):
+            self.steps = steps
+
+    empty, full, _ = list(loader())
+    hook = Attach()
+    # Execute
+    metrics = train_mtl(MultiTaskNet(widths=TINY), loader(), epochs=1, lr=1e-3, privacy=hook)
+    # Assert: the empty batch has the full one's structure (dicts of targets) at length 0;
+    # both empty batches were skipped, the other trained
+    assert empty[0].shape == (0, *full[0].shape[1:])
+    assert set(empty[1]) == set(full[1]) and all(len(v) == 0 for v in empty[1].values())
+    assert hook.steps == metrics["steps"] == 1 and metrics["num_examples"] == 2
+
+
+def test_norm_options_and_batchnorm_refused_under_dp_naming_the_layers():
+    from fedmammo.errors import ConfigError
+    from fedmammo.privacy.engine import DPIncompatibleModelError, validate_for_dp
+
+    group = MultiTaskNet(widths=TINY, norm="group")
+    validate_for_dp(group)  # GroupNorm (and the default InstanceNorm) pass
+    validate_for_dp(MultiTaskNet(widths=TINY))
+    assert isinstance(group.stem[1], torch.nn.GroupNorm) and group.stem[1].num_groups == 4
+    assert set(group.state_dict()) == set(MultiTaskNet(widths=TINY).state_dict())
+    with pytest.raises(DPIncompatibleModelError, match=r"levels\.0\.0\.norm1 \(BatchNorm2d\)"):
+        validate_for_dp(MultiTaskNet(widths=TINY, norm="batch"))
+    with pytest.raises(ConfigError, match="norm must be one of"):
+        MultiTaskNet(widths=TINY, norm="layer")

@@ -1,12 +1,15 @@
 """Handlers of generator sharing (seed 003): train.generator and train.patch_classifier.
 
 ``train.generator`` (a sharing centre) trains a DCGAN or WGAN-GP on its own training lesion
-patches and replies the generator only: an ArrayRecord ``gen-e<epoch>`` per kept snapshot (each
-exactly the declared generator state, so the egress guard lets nothing else out), a
+patches and replies the generator only: an ArrayRecord ``gen-e<epoch>`` per kept snapshot
+(each exactly the declared generator state, so the egress guard lets nothing else out), a
 ``description`` (kind, centre, subset, lesion types, critic norm, feature net) and ``metrics``
 (sizes, patches, epochs, snapshots, steps, and the Frechet distance between its real and
 synthetic patches in the random_cnn_v1 feature space, with a real-vs-real floor). A centre whose
-profile sets ``sharing.generators: false`` refuses.
+profile sets ``sharing.generators: false`` refuses. With ``privacy`` in the centre's profile
+the discriminator trains with DP-SGD (phase ``gan`` of the message's ledger) and the reply adds
+the ``privacy`` record; with config ``audit`` an ``audit`` MetricRecord holds the GAN-Leaks and
+LOGAN attack results on its training vs held-out lesion patches (computed inside the centre).
 
 ``train.patch_classifier`` (the receiver) runs one arm, subset, data fraction and seed and
 replies test metrics only. The message carries the arm's generators (``g<i>-e<epoch>``,
@@ -41,7 +44,7 @@ from fedmammo.data.prepare import CentreData
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.evaluation.frechet import frechet_distance
 from fedmammo.evaluation.gan_report import plot_sample_grid
-from fedmammo.evaluation.metrics import classification_metrics
+from fedmammo.evaluation.metrics import bootstrap_auc, classification_metrics
 from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
 from fedmammo.federation.codec import (
     arrays_to_state,
@@ -51,8 +54,10 @@ from fedmammo.federation.codec import (
 )
 from fedmammo.federation.egress import EgressError
 from fedmammo.federation.handlers import handler
+from fedmammo.federation.handlers.audit import audit_generator
 from fedmammo.federation.handlers.common import reply
 from fedmammo.federation.orchestrator import derive_seed
+from fedmammo.federation.privacy_state import finish_dp, open_dp_session
 from fedmammo.federation.runspec import load_runspec, scenario_of
 from fedmammo.models import build_model
 from fedmammo.models.gans import GeneratorDescription, load_generator, sample_patches
@@ -133,7 +138,7 @@ def _lesions(ps: PatchSet) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- sharing centre
-@handler("train", "generator")
+@handler("train", "generator", dp=True)
 def train_generator(msg: Message, context: Context) -> Message:
     """Train a generator on this centre's lesion patches; reply weights, description, quality."""
     start = time.perf_counter()
@@ -169,13 +174,26 @@ def train_generator(msg: Message, context: Context) -> Message:
             "training split; a generator needs at least 2"
         )
     kinds = sorted(set(ps.kinds[ps.labels == 1].tolist()))
+    gan_params = get_json(cfg, "gan-params")
+    # DP (privacy in the profile): only the discriminator is private; refused before training
+    # when the generator's planned steps would exceed the ledger's budget.
+    privacy = open_dp_session(
+        context,
+        ident,
+        cfg,
+        n_examples=len(real),
+        steps_per_epoch=math.ceil(len(real) / int(gan_params.get("batch_size", 16))),
+        epochs=int(gan_params["epochs"]),
+        phase="gan",
+    )
     result = _TRAINERS[gan](
         real,
-        **get_json(cfg, "gan-params"),
+        **gan_params,
         seed=seed,
         device=device(),
         lesion_types=kinds,
         centre=ident.name,
+        privacy=privacy,
     )
     desc, states = result.description, result.sampling_states()
     epochs = [e for e, _ in result.snapshots] or [desc.epochs]
@@ -214,6 +232,24 @@ def train_generator(msg: Message, context: Context) -> Message:
             "feature-net": FEATURE_NET,
         }
     )
+    if privacy is not None:
+        records["privacy"] = finish_dp(context, privacy, cfg, result.critic_steps)
+    if bool(cfg.get("audit", False)):
+        held_out = np.concatenate(
+            [
+                _lesions(_patches(data, split, subset, patch, seed=derive_seed(seed, split),
+                                  augment=False, healthy_per_image=0))
+                for split in ("val", "test")
+            ]
+        )
+        budget = privacy.budget if privacy is not None else None
+        audits = audit_generator(
+            desc, result.discriminator_state, real, held_out, fake,
+            epsilon=result.epsilon, delta=budget.delta if budget else None, device=device(),
+        )
+        records["audit"] = MetricRecord(
+            {f"{a}.{k}": float(v) for a, r in audits.items() for k, v in r.items()}
+        )
     records["metrics"] = MetricRecord(
         {
             "patch-size": desc.patch_size,
@@ -387,16 +423,18 @@ def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
         seed=derive_seed(seed, "train"),
         device=device(),
     )
-    values = classification_metrics(
-        test.labels, predict_patch_scores(model, test.patches, device=device())
-    )
+    scores = predict_patch_scores(model, test.patches, device=device())
+    values = classification_metrics(test.labels, scores)
     values["auc"] = values.pop("auroc")  # the records' name of the AUROC
-    metrics = encode_metric_records(
-        [
-            {"segment": None, "metric": k, "value": values[k]}
-            for k in ("accuracy", "f1", "auc", "auprc", "n", "n_pos")
-        ]
+    records = [
+        {"segment": None, "metric": k, "value": values[k]}
+        for k in ("accuracy", "f1", "auc", "auprc", "n", "n_pos")
+    ]
+    _, low, high = bootstrap_auc(
+        test.labels, scores, n_boot=int(cfg.get("n-boot", 0)), seed=derive_seed(seed, "boot")
     )
+    records[2].update(ci_low=low, ci_high=high)  # NaN without a bootstrap
+    metrics = encode_metric_records(records)
     metrics.update(
         {
             "best-epoch": result.best_epoch,

@@ -12,17 +12,42 @@ plot do. In simulation the centre writes ``latent_<centre>_seed<seed>.png`` into
 ``plot-dir`` the server passes (the run directory's ``plots/``, on the same machine); in
 deployment it ignores any server path and writes to its own ``<output-dir>/plots`` (node
 config ``output-dir``, default ``<data-dir>/outputs``). The reply carries counts only.
+
+Differential privacy (``train.mtl`` at a centre whose profile sets ``privacy``): DP-SGD
+through :func:`~fedmammo.federation.privacy_state.open_dp_session` (Poisson sampling at rate
+``1 / steps_per_epoch``, per-example clipping, the planned noise), and the reply carries the
+``privacy`` record. Budget composition across the method's phases:
+
+- Pre-training rounds (``phase: pretrain``) are DP phase ``mtl``; fine-tuning rounds are DP
+  phase ``finetune``. Both charge *one* ledger: a fine-tuning arm (its own ledger, as every
+  arm is a separate what-if deployment) starts as a copy of the ledger of the pre-training
+  it continues (``dp-parent-ledger``, the ``mtl`` arm's), copied from this centre's own
+  ``context.state``, so its epsilon is pre-training plus fine-tuning. A centre without a
+  record of that parent ledger (node state lost, no server prior) refuses the round.
+- The noise for a target epsilon is planned once for the whole run. ``DPSession`` plans a
+  phase from what remains of the target after earlier phases, so planned alone the
+  pre-training would spend the whole target and leave nothing to fine-tune. When the server
+  announces the phases that will follow at this centre (``dp-later-phases``: their planned
+  rounds and local training parameters), the first pre-training round plans one noise
+  multiplier for all planned steps of every phase (pre-training at its sample rate, then
+  fine-tuning at its own) so that the composed epsilon reaches the target exactly at the
+  end of fine-tuning, and stores it as the plan of both phases. The ``mtl`` model alone
+  then ends below the target (the rest is reserved for fine-tuning); a centre that does
+  not fine-tune plans its pre-training alone, up to the whole target.
+- Every round is checked before any step against the target (and the planned steps);
+  work beyond them is refused (``BudgetRefusal``) and the server stops that arm.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -46,7 +71,10 @@ from fedmammo.federation.codec import (
 from fedmammo.federation.handlers import handler
 from fedmammo.federation.handlers.common import model_from, reply
 from fedmammo.federation.orchestrator import derive_seed
+from fedmammo.federation.privacy_phases import fork_parent_ledger, plan_later_phases
+from fedmammo.federation.privacy_state import finish_dp, open_dp_session, privacy_budget
 from fedmammo.models import build_model
+from fedmammo.privacy.engine import DPSession, validate_for_dp
 from fedmammo.recipes.common import LocalTrainingParams
 from fedmammo.training.classifier import augment_batch, seed_everything
 from fedmammo.training.mtl import (
@@ -57,7 +85,9 @@ from fedmammo.training.mtl import (
     train_mtl,
 )
 
-__all__ = ["evaluate", "latent", "train"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["dp_phase", "evaluate", "latent", "train"]
 
 _EVAL_BATCH = 64
 
@@ -122,9 +152,57 @@ def _loader(
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_mtl)
 
 
-@handler("train", "mtl")
+# --------------------------------------------------------------------------- privacy
+def dp_phase(cfg: Mapping) -> str:
+    """The DP phase of a train.mtl message: ``mtl`` (pre-training) or ``finetune``."""
+    return "finetune" if str(cfg.get("phase", "pretrain")) == "finetune" else "mtl"
+
+
+def _dp_session(
+    context: Context,
+    ident: CentreIdentity,
+    cfg: ConfigRecord,
+    model: nn.Module,
+    *,
+    n_examples: int,
+    steps_per_epoch: int,
+    epochs: int,
+) -> DPSession | None:
+    """The round's DP session (None without DP); refuses before any step when over budget."""
+    budget = privacy_budget(ident, n_examples)
+    if budget is None:
+        return None
+    validate_for_dp(model)  # names every layer DP-SGD cannot train (BatchNorm), up front
+    phase = dp_phase(cfg)
+    fork_parent_ledger(context, ident, cfg, budget)
+    plan_later_phases(
+        context,
+        ident,
+        cfg,
+        budget,
+        n_examples=n_examples,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        phase=phase,
+    )
+    return open_dp_session(
+        context,
+        ident,
+        cfg,
+        n_examples=n_examples,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        phase=phase,
+    )
+
+
+@handler("train", "mtl", dp=True)
 def train(msg: Message, context: Context) -> Message:
-    """Train the received multi-task net on this centre's training split; return weights."""
+    """Train the received multi-task net on this centre's training split; return weights.
+
+    Under DP (``privacy`` in the centre profile) the round trains with DP-SGD and the reply
+    adds the ``privacy`` record; a round beyond the budget is refused before any step.
+    """
     start = time.perf_counter()
     cfg = msg.content["config"]
     ident = identity_of(context)
@@ -146,6 +224,16 @@ def train(msg: Message, context: Context) -> Message:
         augment=params.augment,
         num_samples=per_epoch * params.batch_size if per_epoch else None,
     )
+    # DP: plans the noise, or refuses (BudgetRefusal) before any step; see the module doc
+    privacy = _dp_session(
+        context,
+        ident,
+        cfg,
+        model,
+        n_examples=len(rows),
+        steps_per_epoch=len(loader),
+        epochs=params.epochs,
+    )
     weights = None
     if str(cfg.get("phase", "pretrain")) == "finetune":
         weights = finetune_class_weights(
@@ -160,6 +248,7 @@ def train(msg: Message, context: Context) -> Message:
         device=device(),
         class_weights=weights,
         recon_weight=float(cfg.get("recon-weight", 1.0)),
+        privacy=privacy,
     )
     metrics = MetricRecord(
         {
@@ -175,9 +264,10 @@ def train(msg: Message, context: Context) -> Message:
             metrics[f"loss-{key.removeprefix('task_')}"] = float(value)
     for task, y in targets.items():
         metrics[f"labelled-{task}"] = int((y != MISSING).sum())
-    return reply(
-        msg, context, {"arrays": state_to_arrays(model.state_dict()), "metrics": metrics}, model
-    )
+    records = {"arrays": state_to_arrays(model.state_dict()), "metrics": metrics}
+    if privacy is not None:
+        records["privacy"] = finish_dp(context, privacy, cfg, int(result["steps"]))
+    return reply(msg, context, records, model)
 
 
 @handler("evaluate", "mtl")

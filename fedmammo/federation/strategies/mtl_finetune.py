@@ -9,24 +9,49 @@ arm is trained first when a fine-tuning arm needs it. Every arm is then evaluate
 split of every centre, test-only centres included (``evaluate.mtl``), and the first seed's
 single-task and ``mtl`` models are mapped in latent space inside each centre
 (``query.latent``; only the figure is written, see :mod:`fedmammo.federation.handlers.mtl`).
+
+Differential privacy (centres whose profile sets ``privacy``): every arm and seed is one
+ledger (``<arm>|<seed>``, :class:`~fedmammo.federation.privacy_state.ArmPrivacy` in
+``_train_rounds``: planned rounds sent with each round, privacy.json, refusals). A fine-tuning
+arm's model continues the ``mtl`` arm's, so its ledger continues the ``mtl`` ledger: its
+messages name it (``dp-parent-ledger``), the centre copies its own ``mtl`` ledger and adds
+the fine-tuning phase, and privacy.json gets the inherited pre-training records under the
+fine-tuning arm too (a resumed run restores the centre's ledger from them). The ``mtl``
+arm's messages announce the fine-tuning that will follow (``dp-later-phases``: rounds,
+local training and centres) so that a fine-tuning centre plans one noise multiplier for
+both phases (:mod:`fedmammo.federation.handlers.mtl`). A centre refusing a round (budget)
+stops that arm: the model of its last completed round is evaluated and kept; a fine-tuning
+arm refused at its first round has no result.
 """
 
 from __future__ import annotations
+
+import copy
 
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from rich.console import Console
 
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.mtl_tables import build_mtl_tables, print_tables, tables_markdown
+from fedmammo.evaluation.privacy_report import PrivacyLog
 from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.privacy_phases import LATER_PHASES_KEY, PARENT_LEDGER_KEY
+from fedmammo.federation.privacy_state import ledger_of
 from fedmammo.federation.strategies import register_runner
 from fedmammo.federation.strategies.fedavg import _initial_arrays, _train_rounds
 from fedmammo.models.mtl import DEFAULT_TASKS
 from fedmammo.recipes.mtl import ArmSpec, MtlFinetuneParams, parse_arm
 
-__all__ = ["TABLES_FILE", "arm_config", "arm_model", "plan_arms", "run_mtl_finetune"]
+__all__ = [
+    "TABLES_FILE",
+    "arm_config",
+    "arm_model",
+    "dp_config",
+    "plan_arms",
+    "run_mtl_finetune",
+]
 
 TABLES_FILE = "mtl_tables.md"
 _BASELINES = ("single_task", "single_task_fusion")
@@ -73,6 +98,47 @@ def arm_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int) -> dict:
     return config
 
 
+def dp_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int, plan: list[ArmSpec]) -> dict:
+    """DP keys of the arm's training messages (send them when some centre trains with DP).
+
+    A fine-tuning arm names the ledger it continues (the ``mtl`` arm's); the ``mtl`` arm,
+    when fine-tuning arms follow it, announces their phase (rounds, local training, centres)
+    so that the noise is planned once for pre-training and fine-tuning together.
+    """
+    if spec.finetune_u1 is not None:
+        return {PARENT_LEDGER_KEY: ledger_of("mtl", seed)}
+    if spec.name == "mtl" and any(s.finetune_u1 is not None for s in plan):
+        train = params.finetune_train or params.train
+        later = {
+            "rounds": params.finetune_rounds,
+            "train": train.model_dump(),
+            "centres": list(params.finetune_centres),
+        }
+        return {LATER_PHASES_KEY: {"finetune": later}}
+    return {}
+
+
+def _inherit_privacy_records(orc: Orchestrator, parent: str, arm: str, seed: int) -> None:
+    """Copy the parent arm's privacy.json records under ``arm`` (whose ledger continues it).
+
+    The fine-tuning arm's model carries the pre-training's privacy cost at every centre that
+    pre-trained; with these records privacy.json shows it per arm, and a resumed run restores
+    a fine-tuning centre's ledger from them (``ArmPrivacy.node_config``).
+    """
+    log = PrivacyLog(orc.run_dir)
+    parent_ledger, ledger = ledger_of(parent, seed), ledger_of(arm, seed)
+    inherited = [r for r in log.records if r.get("ledger") == parent_ledger]
+    have = {(r["centre"], r["phase"]) for r in log.records if r["arm"] == arm and r["seed"] == seed}
+    for r in inherited:
+        if (r["centre"], r["phase"]) in have:
+            continue
+        log.records.append(
+            {**copy.deepcopy(r), "arm": arm, "ledger": ledger, "inherited_from": parent_ledger}
+        )
+    if inherited:
+        log.write()
+
+
 def plan_arms(params: MtlFinetuneParams) -> list[ArmSpec]:
     """The arms in running order: ``mtl`` (added if fine-tuning needs it) before fine-tuning."""
     specs = params.arm_specs()
@@ -97,8 +163,10 @@ def _check_centres(orc: Orchestrator, params: MtlFinetuneParams, plan: list[ArmS
 
 
 def _final_arrays(orc: Orchestrator, p: MtlFinetuneParams, spec: ArmSpec, seed: int) -> ArrayRecord:
+    """The final model of a completed arm: its last completed round (earlier if it stopped)."""
     last = p.rounds + (p.finetune_rounds if spec.finetune_u1 is not None else 0)
-    return orc.load_checkpoint(spec.name, seed, last)
+    done = orc.recorder.last_round(spec.name, seed)
+    return orc.load_checkpoint(spec.name, seed, min(done, last) if done else last)
 
 
 def _latent_maps(orc: Orchestrator, seed: int, models: dict[str, tuple[dict, ArrayRecord]]) -> None:
@@ -142,8 +210,9 @@ def _write_tables(orc: Orchestrator, p: MtlFinetuneParams) -> None:
     tables = build_mtl_tables(orc.recorder.frame(), decoder_default=p.model.decoder)
     print_tables(tables, orc.console)
     (orc.run_dir / TABLES_FILE).write_text(tables_markdown(tables))
-    orc.recorder.note(f"multi-task tables (seed 001 Tables 2-5, 8-9 layouts): results.md and "
-                      f"{TABLES_FILE}")
+    orc.recorder.note(
+        f"multi-task tables (seed 001 Tables 2-5, 8-9 layouts): results.md and {TABLES_FILE}"
+    )
 
 
 @register_section("mtl_finetune")
@@ -163,6 +232,7 @@ def run_mtl_finetune(orc: Orchestrator) -> None:
         orc.recorder.note("arm 'mtl' was trained as the starting point of the fine-tuning arms")
     train_centres = orc.centres("train", "receiver")
     every = orc.centres()
+    private = any(prof.privacy.enabled for prof in orc.scenario.resolved_profiles.values())
     for n, seed in enumerate(orc.scenario.seeds):
         finals: dict[str, tuple[dict, ArrayRecord]] = {}
         for spec in plan:
@@ -177,7 +247,8 @@ def run_mtl_finetune(orc: Orchestrator) -> None:
                 "message_type": "train.mtl",
                 "evaluate_type": "evaluate.mtl",
                 "model": model,
-                "config": arm_config(p, spec, seed),
+                "config": arm_config(p, spec, seed)
+                | (dp_config(p, spec, seed, plan) if private else {}),
                 "weighting": "num_examples",
             }
             if spec.finetune_u1 is None:
@@ -189,6 +260,8 @@ def run_mtl_finetune(orc: Orchestrator) -> None:
                     **common,
                 )
             elif "mtl" in finals:
+                if private:
+                    _inherit_privacy_records(orc, "mtl", spec.name, seed)
                 final = _train_rounds(
                     orc,
                     centres=p.finetune_centres,

@@ -49,12 +49,15 @@ from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.privacy_state import ArmPrivacy
 from fedmammo.federation.strategies import register_runner
 from fedmammo.federation.strategies.fedavg import CentreFedAvg, _initial_arrays
 from fedmammo.federation.strategies.periodic_arms import ArmPlan, plan_arms
 from fedmammo.federation.strategies.periodic_quota import (
+    PLANNED_QUOTA_KEY,
     aggregation_weights,
     global_pattern,
+    planned_quotas,
     round_offsets,
     round_quotas,
 )
@@ -71,6 +74,10 @@ class PeriodicFedAvg(CentreFedAvg):
     ``counts[c][s]`` is centre ``c``'s rarest-label count of training segment ``s``.
     ``scheme`` is ``"quota"`` (the method), ``"num_images"`` (FedAvg weights, ``num_images``
     per centre) or ``"equal"``. Only centres with a positive quota are messaged in a round.
+
+    Under DP set ``planned_rounds``: every message then also carries the centre's quotas of
+    this and every later planned round (``dp-planned-quota``), from which it plans its noise
+    once for the run; ``node_config`` adds per-centre keys (a DP ledger on resume).
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class PeriodicFedAvg(CentreFedAvg):
         self.min_centres = min_centres
         self.quotas: dict[str, dict[str, int]] = {}
         self.offsets: dict[str, dict[str, int]] = {}
+        self.planned_rounds: int | None = None
         aggregation_weights({c: {"x": 1} for c in counts}, scheme=scheme, num_images=num_images)
 
     def configure_train(
@@ -109,6 +117,15 @@ class PeriodicFedAvg(CentreFedAvg):
         every = round_offsets(*window)
         self.offsets = {c: {s: every[c][s] for s in q} for c, q in self.quotas.items()}
         self.min_train_nodes = min(self.min_centres, len(self.quotas))
+        planned = {}
+        if self.planned_rounds is not None:
+            planned = planned_quotas(
+                self.pattern,
+                server_round - 1,
+                self.planned_rounds - 1,
+                self.batches_per_round,
+                self.batch_size,
+            )
         msgs = []
         for centre in sorted(self.quotas):
             cfg = ConfigRecord(dict(config))
@@ -116,6 +133,10 @@ class PeriodicFedAvg(CentreFedAvg):
             cfg["seed"] = derive_seed(config.get("seed", 0), centre, server_round)
             put_json(cfg, "quota", self.quotas[centre])
             put_json(cfg, "offsets", self.offsets[centre])
+            if self.planned_rounds is not None:
+                put_json(cfg, PLANNED_QUOTA_KEY, planned.get(centre, {}))
+            for key, value in self.node_config.get(centre, {}).items():
+                cfg[key] = value
             msgs.append(
                 Message(
                     RecordDict({"arrays": arrays, "config": cfg}),
@@ -156,6 +177,11 @@ def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> Cen
     )
 
 
+def _dp_centres(orc: Orchestrator, centres: list[str]) -> bool:
+    profiles = orc.scenario.resolved_profiles
+    return any(c in profiles and profiles[c].privacy.enabled for c in centres)
+
+
 def _validation_sites(orc: Orchestrator, arm: ArmPlan) -> list[str]:
     return ["pooled"] if "pooled" in orc.nodes else [c for c in arm.centres if c != "pooled"]
 
@@ -163,12 +189,23 @@ def _validation_sites(orc: Orchestrator, arm: ArmPlan) -> list[str]:
 def _train_arm(
     orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan, seed: int, arrays: ArrayRecord
 ) -> ArrayRecord | None:
-    """Rounds ``1..p.rounds`` of one arm, validated and checkpointed every round (resumable)."""
+    """Rounds ``1..p.rounds`` of one arm, validated and checkpointed every round (resumable).
+
+    DP (:class:`ArmPrivacy`): every train message names the arm's ledger and planned rounds;
+    replies' privacy records go to privacy.json. When a centre refuses a round (budget), the
+    arm stops and the model of the last completed round is final (None if round 1).
+    """
     model = p.model.model_dump()
     start = orc.recorder.last_round(arm.name, seed)
     if start:
         arrays = orc.load_checkpoint(arm.name, seed, start)
     strategy = _strategy(orc, p, arm)
+    dp = ArmPrivacy(
+        orc, arm=arm.name, seed=seed, centres=arm.centres, first_round=1, last_round=p.rounds
+    )
+    strategy.node_config = dp.node_config(arm.centres)
+    if isinstance(strategy, PeriodicFedAvg) and _dp_centres(orc, arm.centres):
+        strategy.planned_rounds = p.rounds
     stream_seed = derive_seed(seed, "stream", arm.method)
     for rnd in range(start + 1, p.rounds + 1):
         cfg = orc.base_config(
@@ -181,12 +218,18 @@ def _train_arm(
             sampler=arm.method,
             steps=p.batches_per_round,
             **{"stream-seed": stream_seed, "stream-epoch": rnd - 1},
+            **dp.config(),
         )
-        replies = orc.grid.send_and_receive(
-            list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout
+        replies = list(
+            orc.grid.send_and_receive(
+                list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout
+            )
         )
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         orc.record_failures(strategy.failures, arm=arm.name, seed=seed, rnd=rnd, phase="train")
+        names = {n: c for c, n in strategy.centre_nodes.items()}
+        if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused
+            return arrays if rnd > 1 else None
         if new_arrays is None:
             orc.recorder.note(
                 f"arm {arm.name} seed {seed}: stopped at round {rnd}: fewer than "
@@ -386,8 +429,9 @@ def run_periodic_sampling(orc: Orchestrator) -> None:
         init = _initial_arrays(p.model.model_dump(), seed)
         finals: dict[str, ArrayRecord] = {}
         for arm in plan:
-            if orc.recorder.is_done(arm.name, seed):
-                finals[arm.name] = orc.load_checkpoint(arm.name, seed, p.rounds)
+            if orc.recorder.is_done(arm.name, seed):  # last round: earlier if a centre refused
+                last = orc.recorder.last_round(arm.name, seed)
+                finals[arm.name] = orc.load_checkpoint(arm.name, seed, last)
                 continue
             orc.console.rule(f"[bold]{arm.name}[/] seed {seed}")
             final = _train_arm(orc, p, arm, seed, init)

@@ -38,13 +38,19 @@ from fedmammo.data.sampling import build_sampling_pattern
 from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
+    "PLANNED_QUOTA_KEY",
     "WEIGHTING_SCHEMES",
     "aggregation_weights",
     "global_pattern",
     "pattern_window",
+    "planned_quotas",
     "round_offsets",
     "round_quotas",
 ]
+
+#: Config key of a DP quota round: the centre's quotas of this and every later planned round,
+#: ``{segment: {quota: rounds}}`` (JSON), from which it plans its noise once for the run.
+PLANNED_QUOTA_KEY = "dp-planned-quota"
 
 #: Aggregation weightings that :func:`aggregation_weights` understands.
 WEIGHTING_SCHEMES: tuple[str, ...] = ("equal", "num_images", "quota")
@@ -162,3 +168,24 @@ def aggregation_weights(
         )
     total = sum(raw.values())
     return {c: raw[c] / total for c in centres}
+
+
+def planned_quotas(
+    pattern: Sequence[tuple[str, str]],
+    first_index: int,
+    last_index: int,
+    batches_per_round: int,
+    batch_size: int,
+) -> dict[str, dict[str, dict[str, int]]]:
+    """``{centre: {segment: {quota: rounds}}}`` over rounds ``first_index..last_index`` (0-based).
+
+    What remains of a DP run's quotas (the current round included): a centre plans its noise
+    from them once for the whole run (``fedmammo.privacy.periodic.PeriodicDPSession``).
+    """
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for r in range(int(first_index), int(last_index) + 1):
+        for centre, quotas in round_quotas(pattern, r, batches_per_round, batch_size).items():
+            for segment, q in quotas.items():
+                per = out.setdefault(centre, {}).setdefault(segment, {})
+                per[str(q)] = per.get(str(q), 0) + 1
+    return out

@@ -44,6 +44,11 @@ from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.privacy_state import (
+    generator_privacy_config,
+    record_generator_privacy,
+    record_generator_refusal,
+)
 from fedmammo.federation.strategies import register_runner
 from fedmammo.models.gans import GeneratorDescription
 from fedmammo.recipes.share_gans import ArmSpec, ShareGansParams
@@ -166,6 +171,12 @@ def _from_reply(name: str, subset: str, content: RecordDict, params: dict) -> Sh
             **{k.replace("-", "_"): float(metrics[k]) for k in _QUALITY if k in metrics},
         },
     )
+    if "privacy" in content:  # a DP discriminator: the generator carries its guarantee
+        dp = content["privacy"]
+        desc.extra["privacy"] = {
+            k.replace("-", "_"): dp[k]
+            for k in ("accountant", "epsilon", "delta", "noise-multiplier", "max-grad-norm")
+        }
     return SharedGenerator(name, desc, [(k, content[k]) for k in snaps])
 
 
@@ -178,6 +189,8 @@ def _record_generator(orc: Orchestrator, gen: SharedGenerator, seed: int) -> Non
         "epochs": d.epochs,
         "n_snapshots": len(gen.snapshots),
     }
+    if "privacy" in extra:
+        values["epsilon"] = float(extra["privacy"]["epsilon"])
     orc.recorder.add(
         [{"metric": k, "value": v} for k, v in values.items()],
         arm=gen.name,
@@ -237,17 +250,21 @@ def _train_generators(
                         "grid-columns": p.grid_columns,
                         "plot-dir": plot_dir,
                     },
+                    **generator_privacy_config(orc, name, seed),
                 )
                 contents[centre], names[centre] = RecordDict({"config": cfg}), todo[wave]
         orc.console.print(f"  training generators {sorted(n for n, _, _ in names.values())}")
         replies, failures = orc.send("train.generator", contents)
         for centre, reason in failures.items():
+            name = names[centre][0]
             orc.record_failures(
-                {centre: reason}, arm=names[centre][0], seed=seed, rnd=None, phase="train.generator"
+                {centre: reason}, arm=name, seed=seed, rnd=None, phase="train.generator"
             )
+            record_generator_refusal(orc, centre=centre, name=name, seed=seed, reason=reason)
         for centre, content in replies.items():
             name, gan, subset = names[centre]
             gen = _from_reply(name, subset, content, p.gans[gan].kwargs(gan))
+            record_generator_privacy(orc, centre=centre, name=name, seed=seed, content=content)
             save_shared_generator(root, gen)
             _record_generator(orc, gen, seed)
             gens[name] = gen
@@ -285,6 +302,7 @@ def _classifier_config(
             "real-from": spec.real or "",
             "grid-columns": p.grid_columns,
             "plot-dir": "" if orc.spec.deployment else str(orc.run_dir / "plots"),
+            "n-boot": p.bootstrap,
         },
     )
     put_json(
