@@ -106,14 +106,15 @@ def tiny_gan_scenario(
     return path
 
 
-def run_spec_in_process(spec: RunSpec, scenario, *, resume: bool = False):
-    """Run share_gans for ``spec`` / ``scenario`` through an :class:`InProcessGrid`."""
+def run_spec_in_process(spec: RunSpec, scenario, *, resume: bool = False, strict: bool = False):
+    """Run share_gans for ``spec`` / ``scenario`` through an :class:`InProcessGrid`
+    (``strict``: a handler's exception fails the test instead of becoming an error reply)."""
     names = scenario.centre_names()
     spec = dataclasses.replace(spec, node_order=names)
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ[ENV_VAR] = str(spec.save())
-    grid = InProcessGrid(names)
+    grid = InProcessGrid(names, strict=strict)
     orc = Orchestrator(
         grid=grid, spec=spec, scenario=scenario, recorder=RunRecorder(run_dir, resume=resume)
     )
@@ -123,7 +124,9 @@ def run_spec_in_process(spec: RunSpec, scenario, *, resume: bool = False):
     return orc, grid
 
 
-def run_in_process(scenario_file: Path, run_dir: Path, *, resume: bool = False):
+def run_in_process(
+    scenario_file: Path, run_dir: Path, *, resume: bool = False, strict: bool = False
+):
     """Run the share_gans runner through an :class:`InProcessGrid`; (orchestrator, grid)."""
     spec = RunSpec(scenario_file=str(scenario_file), run_dir=str(run_dir))
-    return run_spec_in_process(spec, load_scenario(scenario_file), resume=resume)
+    return run_spec_in_process(spec, load_scenario(scenario_file), resume=resume, strict=strict)

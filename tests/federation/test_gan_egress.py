@@ -6,107 +6,27 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from flower_messages import InProcessGrid
 from flwr.app import ArrayRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from gan_runs import run_in_process, tiny_gan_scenario
 
-from fedmammo.config import load_scenario
-from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.egress import EgressError, check_outgoing
-from fedmammo.federation.orchestrator import Orchestrator
-from fedmammo.federation.runspec import ENV_VAR, RunSpec
-from fedmammo.federation.strategies.share_gans import run_share_gans
+from fedmammo.federation.runspec import ENV_VAR
 from fedmammo.models.gans import build_generator
 
-ROOT = Path(__file__).resolve().parents[2]
 ARMS = ["A", "A+real_B", "A+synth_B_dcgan", "A+synth_C_dcgan"]
 PATCH, IMAGE = (16, 16), (64, 48)
-
-
-def InterceptingGrid(names):  # noqa: N802
-    return InProcessGrid(names, strict=True)
-
-
-def _scenario(tmp: Path) -> Path:
-    small = {"data.synthetic.image_height": 64}
-    data = {
-        "name": "gan_egress",
-        "centres": [
-            {
-                "profile": str(ROOT / "centres" / "inbreast_gan.yaml"),
-                "name": "A",
-                "role": "receiver",
-                "overrides": {
-                    **small,
-                    "data.synthetic.segments.0.patients": 20,
-                    "split": {"train": 0.5, "val": 0.25, "test": 0.25},
-                },
-            },
-            {
-                "profile": str(ROOT / "centres" / "bcdr.yaml"),
-                "name": "B",
-                "role": "sharer",
-                "overrides": {
-                    **small,
-                    "sharing.real_patches_in_simulation": True,
-                    "data.synthetic.segments.0.patients": 8,
-                    "data.synthetic.segments.1.patients": 8,
-                },
-            },
-            {
-                "profile": str(ROOT / "centres" / "optimam.yaml"),
-                "name": "C",
-                "role": "sharer",
-                "overrides": {**small, "data.synthetic.segments.0.patients": 12},
-            },
-        ],
-        "strategy": str(ROOT / "strategies" / "share_gans.yaml"),
-        "strategy_overrides": {
-            "params.arms": ARMS,
-            "params.subsets": ["all"],
-            "params.fractions": [1.0],
-            "params.n_synthetic": 8,
-            "params.patches.size": 16,
-            "params.frechet_samples": 16,
-            "params.gans.dcgan": {
-                "epochs": 2,
-                "width": 4,
-                "batch_size": 4,
-                "snapshot_every": 1,
-                "warmup": 1,
-            },
-            "params.classifier.epochs": 2,
-            "params.classifier.model.options": {"width": 4, "hidden": 8},
-        },
-        "seeds": [0],
-        "image_size": list(IMAGE),
-        "data_dir": str(tmp / "data"),
-    }
-    path = tmp / "gan_egress.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gan_egress")
-    scenario_file = _scenario(tmp)
-    scenario = load_scenario(scenario_file)
-    names = scenario.centre_names()
-    spec = RunSpec(scenario_file=str(scenario_file), run_dir=str(tmp / "run"), node_order=names)
-    Path(spec.run_dir).mkdir()
+    scenario_file = tiny_gan_scenario(tmp, scenario={"seeds": [0]}, arms=ARMS, fractions=[1.0])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ENV_VAR, str(spec.save()))
+        mp.setenv(ENV_VAR, "")
         for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
             mp.setattr(TaskIdentity, attr, 1)
-        grid = InterceptingGrid(names)
-        orc = Orchestrator(
-            grid=grid, spec=spec, scenario=scenario, recorder=RunRecorder(spec.run_dir)
-        )
-        orc.identify(len(names))
-        run_share_gans(orc)
-        yield orc, grid
+        yield run_in_process(scenario_file, tmp / "run", strict=True)
 
 
 def test_sharing_centres_reply_only_generator_weights(run):

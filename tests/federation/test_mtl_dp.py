@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from dp_reference import independent_epsilon
 from flower_messages import InProcessGrid, make_incoming
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -41,8 +42,6 @@ from fedmammo.models import build_model
 from fedmammo.privacy.accounting import epsilon_of
 from fedmammo.privacy.engine import DPIncompatibleModelError
 
-dp_accounting = pytest.importorskip("dp_accounting")
-
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = (32, 24)
 MODEL = {"name": "multitask", "options": {"widths": [4, 4, 8, 8, 8], "dropout": 0.0}}
@@ -51,14 +50,6 @@ TRAIN_FT = {**TRAIN, "batch_size": 6, "lr": 0.0005}
 TARGET = 6.0
 
 
-def independent_epsilon(history: list[list[float]], delta: float) -> float:
-    """Epsilon of a history with Google's dp-accounting RDP accountant."""
-    acc = dp_accounting.rdp.RdpAccountant()
-    for sigma, q, steps in history:
-        acc.compose(
-            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps)
-        )
-    return acc.get_epsilon(delta)
 
 
 @pytest.fixture(scope="module", autouse=True)

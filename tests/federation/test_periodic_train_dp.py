@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from dp_reference import independent_epsilon
 from flower_messages import make_incoming
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -55,14 +56,6 @@ TRAIN = {"batch_size": 4, "lr": 0.01, "augment": False}
 LEDGER = "exp-federated-periodic|0"
 
 
-def independent_epsilon(history, delta: float) -> float:
-    """Epsilon of a history with Google's dp-accounting RDP accountant."""
-    dp_accounting = pytest.importorskip("dp_accounting")
-    acc = dp_accounting.rdp.RdpAccountant()
-    for sigma, q, steps in history:
-        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-        acc.compose(event, int(steps))
-    return acc.get_epsilon(delta)
 
 
 def _profile(name: str, source: str, manufacturers: list[str]) -> CentreProfile:
