@@ -344,9 +344,24 @@ class ArmPrivacy:
 
 
 def run_audits(
-    orc: Any, *, arm: str, seed: int, arrays: Any, model: dict, centres: list[str], batchnorm: str
+    orc: Any,
+    *,
+    arm: str,
+    seed: int,
+    arrays: Any,
+    model: dict,
+    centres: list[str],
+    batchnorm: str | None = None,
+    message_type: str = "evaluate.audit",
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Loss-threshold membership audit of a final model inside each training centre."""
+    """Loss-threshold membership audit of a final model inside each training centre.
+
+    Only when :func:`audits_enabled`. ``message_type`` names the centre's audit handler
+    (``evaluate.audit`` for a classifier, ``evaluate.mtl_audit`` for a multi-task net);
+    ``batchnorm`` (when given) and ``extra`` are further keys of its config. The replies are
+    recorded in results.json (split ``audit``) and privacy.json (``audits``).
+    """
     from flwr.app import RecordDict
 
     from fedmammo.evaluation.privacy_report import PrivacyLog
@@ -355,17 +370,18 @@ def run_audits(
     centres = [c for c in centres if c != "pooled"]
     if not centres or not audits_enabled(orc.scenario):
         return
+    keys = dict(extra or {}) | ({} if batchnorm is None else {"batchnorm": batchnorm})
     contents = {}
     for c in centres:
         cfg = orc.base_config(
             arm=arm,
             seed=derive_seed(seed, arm, c, "audit"),
             model=model,
-            batchnorm=batchnorm,
+            **keys,
             **{LEDGER_KEY: ledger_of(arm, seed)},
         )
         contents[c] = RecordDict({"arrays": arrays, "config": cfg})
-    replies, failures = orc.send("evaluate.audit", contents)
+    replies, failures = orc.send(message_type, contents)
     orc.record_failures(failures, arm=arm, seed=seed, rnd=None, phase="audit")
     log = PrivacyLog(orc.run_dir)
     for c, content in replies.items():

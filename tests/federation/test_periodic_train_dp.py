@@ -435,3 +435,30 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
     assert any("refused it (privacy budget)" in n for n in results["notes"])
     assert [f["centre"] for f in results["failures"]] == ["cb"]
     assert time.perf_counter() - t0 < 60
+
+
+def test_audit_of_a_periodic_arm_counts_only_the_segments_it_trained_on(centres):
+    # Prepare: centre ca holds A-Ma and A-Mb; an arm that trained on A-Ma only
+    from fedmammo.federation.handlers import audit as audit_handlers
+
+    data, data_dir = centres["ca"]
+    model = build_model(MODEL["name"], **MODEL["options"])
+
+    def audit(**config):
+        cfg = _config(0, batchnorm="average", **config)
+        content = RecordDict({"config": cfg, "arrays": state_to_arrays(model.state_dict())})
+        msg = make_incoming(content, "evaluate.audit")
+        out = egress_mod(msg, new_context("ca", data_dir), audit_handlers.audit)
+        assert not out.has_error(), out.error.reason
+        return out.content["metrics"]
+
+    def labelled(split: str, segment: str | None = None) -> int:
+        rows = data.rows(split)
+        return int(len(rows) if segment is None else (data.segments(rows) == segment).sum())
+
+    # Execute
+    one = audit(segments=["A-Ma"])
+    every = audit()
+    # Assert: members are the train rows of the named segments, non-members their val + test
+    assert one["n-members"] == labelled("train", "A-Ma") < every["n-members"] == labelled("train")
+    assert one["n-nonmembers"] == labelled("val", "A-Ma") + labelled("test", "A-Ma")

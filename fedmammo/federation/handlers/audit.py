@@ -6,6 +6,17 @@ never trained on) feed the loss-threshold attack (Yeom et al.). Only the attack'
 at 1% FPR, the two counts and, when the centre trained this arm with DP, the epsilon spent on
 the message's ledger and the TPR bound it implies leave the centre.
 
+Handler ``evaluate.mtl_audit`` does the same for a shared multi-task net
+(:class:`~fedmammo.models.mtl.MultiTaskNet`) on its malignancy task: each image's loss is the
+cross-entropy of the malignancy head on the image's malignancy label (the per-example term of
+the multi-task training loss; the label-uncertainty and class weights only rescale it per
+label and are left out). Members are the training images the arm trained on with a malignancy
+label (the manifest's, minus those the arm's label-drop removed: ``drop-*`` keys as in
+``train.mtl``); non-members the labelled validation and test images; images without a
+malignancy label are left out. A fine-tuning arm's model carries, at a centre that only
+pre-trained, the pre-training's cost: without a ledger of its own there, the epsilon is the
+one of the ledger it continues (``dp-parent-ledger``).
+
 :func:`audit_generator` audits a generator the centre is about to share (called by
 ``train.generator``): GAN-Leaks (black box: distance of each real patch to the nearest
 synthetic sample) and LOGAN (white box: the centre's own discriminator's score, which never
@@ -15,16 +26,30 @@ leaves the centre) on its training lesion patches vs its held-out ones.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from flwr.app import Context, Message, MetricRecord
+from torch import nn
+from torch.utils.data import DataLoader
 
+from fedmammo.data.labels import MISSING, manifest_targets
+from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
-from fedmammo.federation.centre_runtime import centre_data, device, identity_of
+from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
 from fedmammo.federation.handlers import handler
 from fedmammo.federation.handlers.common import model_from, reply
-from fedmammo.federation.privacy_state import ledger_epsilon
+from fedmammo.federation.handlers.mtl import (
+    EVAL_BATCH,
+    mtl_loader,
+    single_centre,
+    training_targets,
+)
+from fedmammo.federation.handlers.periodic import segments_of, select_rows
+from fedmammo.federation.privacy_phases import PARENT_LEDGER_KEY
+from fedmammo.federation.privacy_state import LEDGER_KEY, ledger_epsilon
 from fedmammo.models.gans import GeneratorDescription, build_discriminator
 from fedmammo.privacy.audit import (
     AuditResult,
@@ -34,7 +59,14 @@ from fedmammo.privacy.audit import (
 )
 from fedmammo.training.classifier import predict_scores
 
-__all__ = ["GENERATOR_ATTACKS", "audit", "audit_generator", "example_losses"]
+__all__ = [
+    "GENERATOR_ATTACKS",
+    "audit",
+    "audit_generator",
+    "example_losses",
+    "malignancy_losses",
+    "mtl_audit",
+]
 
 #: Attacks on a shared generator, in the order of :func:`audit_generator`'s results.
 GENERATOR_ATTACKS = ("gan_leaks", "logan")
@@ -47,27 +79,29 @@ def example_losses(p_malignant: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -np.log(np.where(y, p, 1.0 - p))
 
 
-@handler("evaluate", "audit")
-def audit(msg: Message, context: Context) -> Message:
-    """Loss-threshold attack on the received classifier: members = this centre's train split."""
-    start = time.perf_counter()
-    cfg = msg.content["config"]
-    model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "local") == "local")
-    ident = identity_of(context)
-    data = centre_data(ident, cfg)
-    members = data.rows("train")
-    others = np.concatenate([data.rows("val"), data.rows("test")])
-    if len(members) == 0 or len(others) == 0:
+def _need_both(kind: str, ident: CentreIdentity, members: int, others: int) -> None:
+    if members == 0 or others == 0:
         raise DataError(
-            f"evaluate.audit at centre {ident.name!r}: needs labelled training images (members) "
-            f"and labelled val/test images (non-members); has {len(members)} and {len(others)}"
+            f"{kind} at centre {ident.name!r}: needs labelled training images (members) "
+            f"and labelled val/test images (non-members); has {members} and {others}"
         )
-    losses = [
-        example_losses(
-            predict_scores(model, data.dataset(rows), device=device()), data.labels(rows)
-        )
-        for rows in (members, others)
-    ]
+
+
+def _attack_metrics(
+    context: Context,
+    ident: CentreIdentity,
+    cfg: Mapping,
+    losses: tuple[np.ndarray, np.ndarray],
+    *,
+    n_trained: int,
+    start: float,
+) -> MetricRecord:
+    """The reply's metrics: attack scores, counts and, under DP, the ledger's epsilon bound.
+
+    ``n_trained`` is the number of examples the arm trained on here (it sets the budget's
+    delta, as in the training handler). Without a ledger of its own the message's
+    ``dp-parent-ledger`` (the ledger the arm continues) is used.
+    """
     result = loss_threshold_attack(*losses)
     metrics = {
         "auc": result.attack_auc,
@@ -75,7 +109,10 @@ def audit(msg: Message, context: Context) -> Message:
         "n-members": result.n_members,
         "n-nonmembers": result.n_nonmembers,
     }
-    spent = ledger_epsilon(context, ident, cfg, len(members))
+    spent = ledger_epsilon(context, ident, cfg, n_trained)
+    parent = cfg.get(PARENT_LEDGER_KEY)
+    if spent is None and parent:
+        spent = ledger_epsilon(context, ident, {LEDGER_KEY: str(parent)}, n_trained)
     if spent is not None:
         eps, delta = spent
         metrics.update(
@@ -86,7 +123,76 @@ def audit(msg: Message, context: Context) -> Message:
             }
         )
     metrics["compute-seconds"] = time.perf_counter() - start
-    return reply(msg, context, {"metrics": MetricRecord(metrics)})
+    return MetricRecord(metrics)
+
+
+@handler("evaluate", "audit")
+def audit(msg: Message, context: Context) -> Message:
+    """Loss-threshold attack on the received classifier: members = this centre's train split
+    (restricted to the config's ``segments`` when given), non-members its val and test."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "local") == "local")
+    ident = identity_of(context)
+    data = centre_data(ident, cfg)
+    segments = segments_of(cfg)  # periodic sampling: the arm trained on these segments only
+    members = select_rows(data, "train", segments)
+    others = np.concatenate([select_rows(data, split, segments) for split in ("val", "test")])
+    _need_both("evaluate.audit", ident, len(members), len(others))
+    losses = tuple(
+        example_losses(
+            predict_scores(model, data.dataset(rows), device=device()), data.labels(rows)
+        )
+        for rows in (members, others)
+    )
+    metrics = _attack_metrics(context, ident, cfg, losses, n_trained=len(members), start=start)
+    return reply(msg, context, {"metrics": metrics})
+
+
+@torch.no_grad()
+def malignancy_losses(
+    model: nn.Module, loader: DataLoader, *, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Per-image cross-entropy of a multi-task net's malignancy head (labels all present)."""
+    if "malignancy" not in getattr(model, "tasks", {}):
+        raise DataError("membership audit: the multi-task net has no malignancy head")
+    model.to(device).eval()
+    out = []
+    for x, targets, _ in loader:
+        z = model(x.to(device))["logits"]["malignancy"].float()
+        y = targets["malignancy"].to(device)
+        out.append(F.cross_entropy(z, y, reduction="none").cpu().numpy())
+    return np.concatenate(out)
+
+
+def _labelled(data: CentreData, rows: np.ndarray, labels: np.ndarray) -> DataLoader:
+    """Loader of the ``rows`` whose malignancy label (``labels``, aligned) is present."""
+    keep = labels != MISSING
+    y = {"malignancy": labels[keep]}
+    u = {"malignancy": np.zeros(int(keep.sum()), np.float32)}
+    return mtl_loader(data, rows[keep], y, u, batch_size=EVAL_BATCH)
+
+
+@handler("evaluate", "mtl_audit")
+def mtl_audit(msg: Message, context: Context) -> Message:
+    """Loss-threshold attack on the received multi-task net's malignancy task (module doc)."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    model = model_from(msg, context, keep_local_bn=False)
+    ident = identity_of(context)
+    data = single_centre(centre_data(ident, cfg), "evaluate.mtl_audit")
+    # the arm's training rows and (pre-training) labels here, after its label drop
+    drop = {k: cfg[k] for k in ("drop-fraction", "drop-all", "drop-seed") if k in cfg}
+    targets, _, trained = training_targets(data, data.rows("train", label=None), drop, ident.name)
+    held = np.concatenate([data.rows("val", label=None), data.rows("test", label=None)])
+    loaders = (
+        _labelled(data, trained, targets["malignancy"]),
+        _labelled(data, held, manifest_targets(data.manifest.iloc[held])[0]["malignancy"]),
+    )
+    _need_both("evaluate.mtl_audit", ident, *(len(x.dataset) for x in loaders))
+    losses = tuple(malignancy_losses(model, x, device=device()) for x in loaders)
+    metrics = _attack_metrics(context, ident, cfg, losses, n_trained=len(trained), start=start)
+    return reply(msg, context, {"metrics": metrics})
 
 
 @torch.no_grad()

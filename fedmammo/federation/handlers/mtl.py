@@ -87,18 +87,28 @@ from fedmammo.training.mtl import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["dp_phase", "evaluate", "latent", "train"]
+__all__ = [
+    "EVAL_BATCH",
+    "dp_phase",
+    "evaluate",
+    "latent",
+    "mtl_loader",
+    "single_centre",
+    "train",
+    "training_targets",
+]
 
-_EVAL_BATCH = 64
+EVAL_BATCH = 64
 
 
-def _single_centre(data: object, what: str) -> CentreData:
+def single_centre(data: object, what: str) -> CentreData:
+    """``data`` as one centre's data; the multi-task handlers refuse the pooled what-if."""
     if not isinstance(data, CentreData):
         raise DataError(f"{what}: the multi-task method runs at single centres, not on pooled data")
     return data
 
 
-def _targets(
+def training_targets(
     data: CentreData, rows: np.ndarray, cfg: Mapping, centre: str
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """Targets, uncertainties and the kept rows for this round's phase and label-drop arm."""
@@ -130,7 +140,7 @@ def _targets(
     return targets, unc, rows
 
 
-def _loader(
+def mtl_loader(
     data: CentreData,
     rows: np.ndarray,
     targets: Mapping[str, np.ndarray],
@@ -141,6 +151,7 @@ def _loader(
     augment: bool = False,
     num_samples: int | None = None,
 ) -> DataLoader:
+    """Multi-task batches of ``rows``; in order without ``generator``, else sampled from it."""
     array = data.cache.array
     transform = (lambda x: augment_batch(x[None], generator)[0]) if augment else None
     targets = {t: np.array(v) for t, v in targets.items()}  # writable copies for torch
@@ -207,14 +218,14 @@ def train(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     ident = identity_of(context)
     model = model_from(msg, context, keep_local_bn=False)
-    data = _single_centre(centre_data(ident, cfg), "train.mtl")
-    targets, unc, rows = _targets(data, data.rows("train", label=None), cfg, ident.name)
+    data = single_centre(centre_data(ident, cfg), "train.mtl")
+    targets, unc, rows = training_targets(data, data.rows("train", label=None), cfg, ident.name)
     if not len(rows):
         raise DataError(f"centre {ident.name!r}: no training images (check its split)")
     params = LocalTrainingParams(**get_json(cfg, "train"))
     gen = seed_everything(int(cfg["seed"]))
     per_epoch = params.steps_per_epoch
-    loader = _loader(
+    loader = mtl_loader(
         data,
         rows,
         targets,
@@ -276,13 +287,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     cfg = msg.content["config"]
     model = model_from(msg, context, keep_local_bn=False)
-    data = _single_centre(centre_data(identity_of(context), cfg), "evaluate.mtl")
+    data = single_centre(centre_data(identity_of(context), cfg), "evaluate.mtl")
     rows = data.rows(str(cfg["split"]), label=None)
     metrics = MetricRecord({})
     if len(rows):
         targets, unc = manifest_targets(data.manifest.iloc[rows])
         result = evaluate_mtl(
-            model, _loader(data, rows, targets, unc, batch_size=_EVAL_BATCH), device=device()
+            model, mtl_loader(data, rows, targets, unc, batch_size=EVAL_BATCH), device=device()
         )
         records = mtl_records(
             result["predictions"],
@@ -323,13 +334,13 @@ def latent(msg: Message, context: Context) -> Message:
     """
     cfg = msg.content["config"]
     ident = identity_of(context)
-    data = _single_centre(centre_data(ident, cfg), "query.latent")
+    data = single_centre(centre_data(ident, cfg), "query.latent")
     rows = data.rows(str(cfg.get("split", "test")), label=None)
     info = MetricRecord({"n-images": len(rows), "plotted": 0})
     if len(rows) < 3:
         return reply(msg, context, {"info": info})
     targets, unc = manifest_targets(data.manifest.iloc[rows])
-    loader = _loader(data, rows, targets, unc, batch_size=_EVAL_BATCH)
+    loader = mtl_loader(data, rows, targets, unc, batch_size=EVAL_BATCH)
     specs = get_json(cfg, "models")
     codes = {}
     for k, arm in enumerate(cfg["arms"]):

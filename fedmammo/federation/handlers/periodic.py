@@ -260,11 +260,11 @@ def train(msg: Message, context: Context) -> Message:
     model = model_from(msg, context, keep_local_bn=local_bn)
     ident = identity_of(context)
     data = centre_data(ident, cfg)
-    rows = select_rows(data, "train", _segments(cfg))
+    rows = select_rows(data, "train", segments_of(cfg))
     if _size(rows) == 0:
         raise DataError(
             f"train.periodic: no labelled training images in segments "
-            f"{_segments(cfg)} at this centre"
+            f"{segments_of(cfg)} at this centre"
         )
     params = LocalTrainingParams(**get_json(cfg, "train")).model_copy(update={"epochs": 1})
     labels, segments = data.labels(rows), data.segments(rows)
@@ -310,7 +310,8 @@ def train(msg: Message, context: Context) -> Message:
     return reply(msg, context, records, model)
 
 
-def _segments(cfg: ConfigRecord) -> list[str] | None:
+def segments_of(cfg: ConfigRecord) -> list[str] | None:
+    """The message's ``segments`` (one name or a list), or None for all of them."""
     if "segments" not in cfg:
         return None
     value = cfg["segments"]
@@ -370,7 +371,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "average") == "local")
     data = centre_data(identity_of(context), cfg)
-    rows = select_rows(data, str(cfg["split"]), _segments(cfg))
+    rows = select_rows(data, str(cfg["split"]), segments_of(cfg))
     n, n_boot, seed = _size(rows), int(cfg.get("n-boot", 0)), int(cfg["seed"])
     metrics = MetricRecord({})
     if n:
@@ -408,7 +409,7 @@ def plots(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     ident = identity_of(context)
     data = centre_data(ident, cfg)
-    rows = select_rows(data, str(cfg.get("split", "test")), _segments(cfg))
+    rows = select_rows(data, str(cfg.get("split", "test")), segments_of(cfg))
     arms = [str(a) for a in (cfg["arms"] if isinstance(cfg["arms"], list) else [cfg["arms"]])]
     info = MetricRecord({"n-images": _size(rows), "plotted": 0})
     y = data.labels(rows) if _size(rows) else np.zeros(0, dtype=np.int64)

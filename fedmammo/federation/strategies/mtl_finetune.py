@@ -22,6 +22,14 @@ local training and centres) so that a fine-tuning centre plans one noise multipl
 both phases (:mod:`fedmammo.federation.handlers.mtl`). A centre refusing a round (budget)
 stops that arm: the model of its last completed round is evaluated and kept; a fine-tuning
 arm refused at its first round has no result.
+
+Membership audits (when the scenario sets ``privacy:`` or any centre trains with DP): each
+arm's final model at each seed is audited inside every training centre
+(``evaluate.mtl_audit``: loss-threshold attack on the malignancy task, only scores leave; see
+:mod:`fedmammo.federation.handlers.audit`), recorded like the FedAvg runner's (results split
+``audit``, privacy.json ``audits``). A fine-tuning arm is audited at every training centre
+too: its model carries the pre-training of all of them (at a centre that only pre-trained,
+the epsilon is its ``mtl`` ledger's). An arm completed before a resume is not audited again.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy_phases import LATER_PHASES_KEY, PARENT_LEDGER_KEY
-from fedmammo.federation.privacy_state import ledger_of
+from fedmammo.federation.privacy_state import ledger_of, run_audits
 from fedmammo.federation.strategies import register_runner
 from fedmammo.federation.strategies.fedavg import _initial_arrays, _train_rounds
 from fedmammo.models.mtl import DEFAULT_TASKS
@@ -48,6 +56,7 @@ __all__ = [
     "TABLES_FILE",
     "arm_config",
     "arm_model",
+    "audit_config",
     "dp_config",
     "plan_arms",
     "run_mtl_finetune",
@@ -116,6 +125,18 @@ def dp_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int, plan: list[Ar
         }
         return {LATER_PHASES_KEY: {"finetune": later}}
     return {}
+
+
+def audit_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int) -> dict:
+    """Extra config keys of the arm's membership audit (``evaluate.mtl_audit``).
+
+    The arm's label drop (the centre audits the images and labels the arm trained on) and,
+    for a fine-tuning arm, the ledger it continues (the epsilon where it did not fine-tune).
+    """
+    keys = {k: v for k, v in arm_config(params, spec, seed).items() if k.startswith("drop-")}
+    if spec.finetune_u1 is not None:
+        keys[PARENT_LEDGER_KEY] = ledger_of("mtl", seed)
+    return keys
 
 
 def _inherit_privacy_records(orc: Orchestrator, parent: str, arm: str, seed: int) -> None:
@@ -284,6 +305,16 @@ def run_mtl_finetune(orc: Orchestrator) -> None:
                 centres=every,
                 split="test",
                 n_boot=p.bootstrap,
+            )
+            run_audits(
+                orc,
+                arm=spec.name,
+                seed=seed,
+                arrays=final,
+                model=model,
+                centres=train_centres,
+                message_type="evaluate.mtl_audit",
+                extra=audit_config(p, spec, seed),
             )
             orc.recorder.complete_arm(spec.name, seed)
             finals[spec.name] = (model, final)

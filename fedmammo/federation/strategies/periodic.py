@@ -49,7 +49,7 @@ from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
-from fedmammo.federation.privacy_state import ArmPrivacy
+from fedmammo.federation.privacy_state import ArmPrivacy, run_audits
 from fedmammo.federation.strategies import register_runner
 from fedmammo.federation.strategies.fedavg import CentreFedAvg, _initial_arrays
 from fedmammo.federation.strategies.periodic_arms import ArmPlan, plan_arms
@@ -439,6 +439,10 @@ def run_periodic_sampling(orc: Orchestrator) -> None:
                 continue
             finals[arm.name] = final
             _test_arm(orc, p, arm, seed, finals)
+            run_audits(
+                orc, arm=arm.name, seed=seed, arrays=final, model=p.model.model_dump(),
+                centres=arm.centres, batchnorm=p.batchnorm, extra={"segments": arm.segments},
+            )
             orc.recorder.complete_arm(arm.name, seed)
         if p.plots and n == 0:
             _plots(orc, p, plan, seed, finals)
