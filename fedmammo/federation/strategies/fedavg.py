@@ -13,7 +13,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
-from fedmammo.federation.privacy_state import ArmPrivacy, run_audits
+from fedmammo.federation.privacy_server import ArmPrivacy, run_audits
 from fedmammo.federation.strategies import register_runner
 from fedmammo.models import build_model
 

@@ -11,7 +11,7 @@ single-task and ``mtl`` models are mapped in latent space inside each centre
 (``query.latent``; only the figure is written, see :mod:`fedmammo.federation.handlers.mtl`).
 
 Differential privacy (centres whose profile sets ``privacy``): every arm and seed is one
-ledger (``<arm>|<seed>``, :class:`~fedmammo.federation.privacy_state.ArmPrivacy` in
+ledger (``<arm>|<seed>``, :class:`~fedmammo.federation.privacy_server.ArmPrivacy` in
 ``_train_rounds``: planned rounds sent with each round, privacy.json, refusals). A fine-tuning
 arm's model continues the ``mtl`` arm's, so its ledger continues the ``mtl`` ledger: its
 messages name it (``dp-parent-ledger``), the centre copies its own ``mtl`` ledger and adds
@@ -46,7 +46,7 @@ from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy_phases import LATER_PHASES_KEY, PARENT_LEDGER_KEY
-from fedmammo.federation.privacy_state import ledger_of, run_audits
+from fedmammo.federation.privacy_server import ledger_of, run_audits
 from fedmammo.federation.strategies import register_runner
 from fedmammo.federation.strategies.fedavg import _initial_arrays, _train_rounds
 from fedmammo.models.mtl import DEFAULT_TASKS

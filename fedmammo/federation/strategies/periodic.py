@@ -49,7 +49,7 @@ from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
-from fedmammo.federation.privacy_state import ArmPrivacy, run_audits
+from fedmammo.federation.privacy_server import ArmPrivacy, run_audits
 from fedmammo.federation.strategies import register_runner
 from fedmammo.federation.strategies.fedavg import CentreFedAvg, _initial_arrays
 from fedmammo.federation.strategies.periodic_arms import ArmPlan, plan_arms

@@ -44,7 +44,7 @@ from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
-from fedmammo.federation.privacy_state import (
+from fedmammo.federation.privacy_server import (
     generator_privacy_config,
     record_generator_privacy,
     record_generator_refusal,
