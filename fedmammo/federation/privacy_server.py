@@ -149,6 +149,8 @@ def run_audits(
     if not centres or not audits_enabled(orc.scenario):
         return
     keys = dict(extra or {}) | ({} if batchnorm is None else {"batchnorm": batchnorm})
+    ledger = ledger_of(arm, seed)
+    recorded = PrivacyLog(orc.run_dir)
     contents = {}
     for c in centres:
         cfg = orc.base_config(
@@ -156,8 +158,11 @@ def run_audits(
             seed=derive_seed(seed, arm, c, "audit"),
             model=model,
             **keys,
-            **{LEDGER_KEY: ledger_of(arm, seed)},
+            **{LEDGER_KEY: ledger},
         )
+        prior = recorded.ledger_state(c, ledger) if getattr(orc.spec, "resume", False) else None
+        if prior is not None:  # a resumed run's node has lost its ledgers: the recorded one
+            cfg[PRIOR_KEY] = json.dumps(prior)
         contents[c] = RecordDict({"arrays": arrays, "config": cfg})
     replies, failures = orc.send(message_type, contents)
     orc.record_failures(failures, arm=arm, seed=seed, rnd=None, phase="audit")

@@ -233,13 +233,20 @@ def finish_dp(context: Context, session: DPSession, cfg: ConfigRecord, steps: in
 def ledger_epsilon(
     context: Context, ident: CentreIdentity, cfg: ConfigRecord, n_examples: int
 ) -> tuple[float, float] | None:
-    """(epsilon, delta) spent so far on the message's ledger, or None without DP."""
+    """(epsilon, delta) spent so far on the message's ledger, or None without DP.
+
+    A ledger this node does not hold (a restarted node: its ``context.state`` is gone) is
+    read from the server's record (``dp-prior``) when the message carries one.
+    """
     budget = privacy_budget(ident, n_examples)
-    if budget is None or STATE_KEY not in context.state:
+    if budget is None:
         return None
-    if ledger_name(cfg) not in context.state[STATE_KEY]:
+    ledger, prior = ledger_name(cfg), cfg.get(PRIOR_KEY)
+    if not prior and (STATE_KEY not in context.state or ledger not in context.state[STATE_KEY]):
         return None
-    acc = load_accountant(context, ledger_name(cfg), mechanism=budget.accountant, centre=ident.name)
+    acc = load_accountant(
+        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=prior
+    )
     return acc.epsilon(budget.delta), budget.delta
 
 

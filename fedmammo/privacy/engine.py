@@ -40,6 +40,7 @@ _FIX = (
     "layers for you (BatchNorm -> GroupNorm)."
 )
 HOOKS_ATTR = "_fedmammo_dp_hooks"
+_NOISY = 10.0  # a planned noise multiplier above this gets a warning (mostly noise)
 # Opacus' per-sample hooks fire on a first layer whose input needs no gradient (the images);
 # torch warns at every backward pass. Expected under DP-SGD, so silenced here.
 warnings.filterwarnings(
@@ -233,6 +234,15 @@ class DPSession:
             "sample_rate": float(sample_rate),
             "planned_steps": float(self.planned_steps),
         }
+        if sigma > _NOISY:
+            logger.warning(
+                "centre %s phase %s: noise multiplier %.1f for what remains of target epsilon "
+                "%.3g: the updates will be mostly noise; raise the target or plan fewer steps",
+                self.centre,
+                self.phase,
+                sigma,
+                target,
+            )
         logger.info(
             "centre %s phase %s: noise multiplier %.4f planned for %d steps (target epsilon %.3g)",
             self.centre,

@@ -218,3 +218,18 @@ def test_validate_for_dp_names_the_batchnorm_layer():
 def test_batchnorm_without_affine_is_refused_too():
     with pytest.raises(DPIncompatibleModelError, match=r"1 \(BatchNorm1d\)"):
         validate_for_dp(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, affine=False)))
+
+
+def test_a_plan_that_leaves_mostly_noise_is_warned_about(caplog):
+    # Prepare: a tiny target over many steps at a high sample rate needs sigma > 10
+    acc = CentreAccountant("rdp", centre="E")
+    session = DPSession(
+        budget(target_epsilon=0.2, noise_multiplier=None), acc, planned_steps=500, phase="p",
+        centre="E", seed=0,
+    )
+    # Execute
+    with caplog.at_level("WARNING", logger="fedmammo.privacy.engine"):
+        session.check_budget(5, sample_rate=0.5)
+    # Assert
+    assert session.accountant.plans["p"]["noise_multiplier"] > 10
+    assert "mostly noise" in caplog.text and "centre E phase p" in caplog.text

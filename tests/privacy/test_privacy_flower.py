@@ -304,6 +304,23 @@ def test_audit_handler_replies_scores_only_with_the_epsilon_bound(centre):
     assert m["tpr-bound-at-1pct-fpr"] == pytest.approx(bound)
 
 
+def test_audit_at_a_restarted_node_reports_the_recorded_ledgers_epsilon(centre):
+    # Prepare: one DP round, then the node restarts (empty state); the server sends the ledger
+    # it recorded in privacy.json, as run_audits does on --resume
+    _, data_dir = centre
+    use_privacy(data_dir, target_epsilon=6.0)
+    report = dp_round(new_context(data_dir), seed=0)
+    recorded = {"accountant": "rdp", "history": report["ledger_history"], "phases": {}}
+    # Execute
+    fresh = send(audit_handlers.audit, "evaluate.audit", new_context(data_dir),
+                 **{LEDGER_KEY: "federated|0"})["metrics"]
+    restored = send(audit_handlers.audit, "evaluate.audit", new_context(data_dir),
+                    **{LEDGER_KEY: "federated|0", PRIOR_KEY: json.dumps(recorded)})["metrics"]
+    # Assert: without the record no epsilon is claimed; with it, the ledger's epsilon
+    assert "epsilon" not in fresh
+    assert restored["epsilon"] == pytest.approx(report["ledger_epsilon"], rel=1e-6)
+
+
 def test_audit_separates_an_overfit_model_and_not_a_strongly_private_one(centre):
     # Prepare: 20 epochs at lr 0.01 without DP (memorises 28 images) and with sigma 3.
     _, data_dir = centre
