@@ -15,6 +15,7 @@ from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.egress import EgressError, egress_mod
 from fedmammo.federation.handlers import gan as handlers
+from fedmammo.federation.handlers import patch_classifier as receiver
 from fedmammo.models.gans import GeneratorDescription, build_generator
 from fedmammo.recipes.share_gans import ClassifierParams, CycleGanParams
 from fedmammo.training.patch_classifier import patch_frame
@@ -165,7 +166,7 @@ def _classify(centres, tmp_path, arrays=None, generators=(), fraction=1.0, **con
     _, data_dir = centres["ta"]
     context = _context(data_dir, "ta", tmp_path)
     content = _send(
-        handlers.train_patch_classifier_handler,
+        receiver.train_patch_classifier_handler,
         "train.patch_classifier",
         context,
         arrays=arrays,

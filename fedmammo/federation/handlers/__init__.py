@@ -44,5 +44,6 @@ def load_builtin_handlers() -> None:
         classifier,  # noqa: F401
         gan,  # noqa: F401
         mtl,  # noqa: F401
+        patch_classifier,  # noqa: F401
         periodic,  # noqa: F401
     )
