@@ -51,13 +51,7 @@ SCORE_KEYS = {"auc", "tpr-at-1pct-fpr", "n-members", "n-nonmembers", "compute-se
 BOUND_KEYS = {"epsilon", "delta", "tpr-bound-at-1pct-fpr"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: Opacus' many small per-example ops crawl when 2 threads contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- one centre

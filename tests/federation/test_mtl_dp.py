@@ -49,16 +49,7 @@ TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.001, "augment": False}
 TRAIN_FT = {**TRAIN, "batch_size": 6, "lr": 0.0005}
 TARGET = 6.0
 
-
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: Opacus' many small per-example ops crawl when 2 threads contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- one centre
