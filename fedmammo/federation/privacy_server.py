@@ -178,6 +178,11 @@ def run_audits(
             for k, v in result.items()
             if k in ("auc", "tpr_at_1pct_fpr", "tpr_bound_at_1pct_fpr")
         ]
+        rows += [  # offline LiRA, when the recipe asks for shadow models
+            {"metric": f"lira_attack_{k.removeprefix('lira_')}", "value": v}
+            for k, v in result.items()
+            if k in ("lira_auc", "lira_tpr_at_1pct_fpr")
+        ]
         orc.recorder.add(rows, arm=arm, seed=seed, centre=c, split="audit")
         log.audit(centre=c, arm=arm, seed=seed, result=result)
     log.write()

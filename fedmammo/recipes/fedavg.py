@@ -25,3 +25,7 @@ class FedAvgParams(RecipeParams):
     min_centres: int = Field(default=1, ge=1)
     bootstrap: int = Field(default=1000, ge=0, le=100_000)
     checkpoint_every: int = Field(default=1, ge=1)
+    # Offline LiRA shadow models per audit and centre (even; 0: loss-threshold attack only).
+    # Each shadow trains the model locally for rounds x train.epochs epochs: affordable only
+    # at small scale.
+    audit_shadows: int = Field(default=0, ge=0, le=64, multiple_of=2)

@@ -73,8 +73,8 @@ def check_privacy_json(privacy: dict, targets: dict[str, float], rounds: list[in
 
 
 def test_dp_quick_privacy_json_matches_dp_accounting_and_audits_are_recorded(tmp_path):
-    # Execute
-    run_dir = run_in_process(tmp_path)
+    # Execute (with offline LiRA: 2 shadow models per audit and centre)
+    run_dir = run_in_process(tmp_path, **{"strategy.params.audit_shadows": 2})
     privacy = json.loads((run_dir / "privacy.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
     # Assert: one record per training centre, recomputable, within its own target.
@@ -89,6 +89,8 @@ def test_dp_quick_privacy_json_matches_dp_accounting_and_audits_are_recorded(tmp
         ("tiny_b", "attack_auc"),
         ("tiny_b", "attack_tpr_at_1pct_fpr"),
         ("tiny_a", "attack_tpr_bound_at_1pct_fpr"),
+        ("tiny_a", "lira_attack_auc"),
+        ("tiny_b", "lira_attack_tpr_at_1pct_fpr"),
     }
     assert all(0.0 <= m["value"] <= 1.0 for m in audits)
     assert {a["centre"]: a["epsilon"] for a in privacy["audits"]} == pytest.approx(

@@ -116,7 +116,10 @@ def send(fn, kind: str, context: Context, *, train=TRAIN, seed: int = 0, arrays=
     put_json(cfg, "model", MODEL)
     put_json(cfg, "train", train)
     for key, value in config.items():
-        cfg[key] = value
+        if isinstance(value, dict):
+            put_json(cfg, key, value)
+        else:
+            cfg[key] = value
     weights = arrays if arrays is not None else state_to_arrays(model.state_dict())
     content = RecordDict({"config": cfg, "arrays": weights})
     out = egress_mod(incoming(content, kind), context, fn)  # the real path: the egress guard
@@ -336,16 +339,20 @@ def test_audit_separates_an_overfit_model_and_not_a_strongly_private_one(centre)
             train=train,
             **{LEDGER_KEY: "federated|0", PLANNED_ROUNDS_KEY: 1},
         )
-        # Execute: audit the returned weights at the same centre.
+        # Execute: audit the returned weights at the same centre (the plain model also with
+        # offline LiRA: 4 shadow models trained there with the same recipe)
+        lira = {"lira-shadows": 4, "lira-train": train} if name == "plain" else {}
         audits[name] = send(
             audit_handlers.audit,
             "evaluate.audit",
             context,
             arrays=trained["arrays"],
             **{LEDGER_KEY: "federated|0"},
+            **lira,
         )["metrics"]
     # Assert: members stand out of the overfit model; DP pulls the attack towards chance.
     assert audits["plain"]["auc"] > 0.9 and "epsilon" not in audits["plain"]
+    assert audits["plain"]["lira-auc"] > 0.7 and "lira-auc" not in audits["dp"]
     assert audits["dp"]["auc"] < 0.7 and audits["dp"]["auc"] < audits["plain"]["auc"] - 0.25
     assert audits["dp"]["tpr-at-1pct-fpr"] <= audits["dp"]["tpr-bound-at-1pct-fpr"]
 

@@ -39,6 +39,7 @@ from fedmammo.data.labels import MISSING, manifest_targets
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
 from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
+from fedmammo.federation.codec import get_json
 from fedmammo.federation.handlers import handler
 from fedmammo.federation.handlers.common import model_from, reply
 from fedmammo.federation.handlers.mtl import (
@@ -48,16 +49,20 @@ from fedmammo.federation.handlers.mtl import (
     training_targets,
 )
 from fedmammo.federation.handlers.periodic import segments_of, select_rows
+from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.privacy_phases import PARENT_LEDGER_KEY
 from fedmammo.federation.privacy_state import LEDGER_KEY, ledger_epsilon
+from fedmammo.models import build_model
 from fedmammo.models.gans import GeneratorDescription, build_discriminator
 from fedmammo.privacy.audit import (
     AuditResult,
     gan_leaks_attack,
     logan_attack,
     loss_threshold_attack,
+    run_lira_offline,
 )
-from fedmammo.training.classifier import predict_scores
+from fedmammo.recipes.common import LocalTrainingParams
+from fedmammo.training.classifier import predict_scores, train_classifier
 
 __all__ = [
     "GENERATOR_ATTACKS",
@@ -129,7 +134,10 @@ def _attack_metrics(
 @handler("evaluate", "audit")
 def audit(msg: Message, context: Context) -> Message:
     """Loss-threshold attack on the received classifier: members = this centre's train split
-    (restricted to the config's ``segments`` when given), non-members its val and test."""
+    (restricted to the config's ``segments`` when given), non-members its val and test.
+
+    With ``lira-shadows`` > 0 (even) also offline LiRA (``lira-auc``, ``lira-tpr-at-1pct-fpr``)
+    with that many shadow models trained here (see :func:`_lira`)."""
     start = time.perf_counter()
     cfg = msg.content["config"]
     model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "local") == "local")
@@ -146,7 +154,58 @@ def audit(msg: Message, context: Context) -> Message:
         for rows in (members, others)
     )
     metrics = _attack_metrics(context, ident, cfg, losses, n_trained=len(members), start=start)
+    shadows = int(cfg.get("lira-shadows", 0))
+    if shadows:
+        lira = _lira(model, data, members, others, cfg, shadows)
+        metrics.update({"lira-auc": lira.attack_auc, "lira-tpr-at-1pct-fpr": lira.tpr_at_1pct_fpr})
+        metrics["compute-seconds"] = time.perf_counter() - start
     return reply(msg, context, {"metrics": metrics})
+
+
+def _lira(
+    target: nn.Module, data, members: np.ndarray, others: np.ndarray, cfg: Mapping, shadows: int
+) -> AuditResult:
+    """Offline LiRA with ``shadows`` models trained here on random halves of the candidates.
+
+    Each shadow trains a fresh ``model`` with the ``lira-train`` recipe (the arm's local
+    training stretched over its rounds: an approximation of how the shared model was trained);
+    candidates are this centre's members and held-out images.
+    """
+    rows = np.concatenate([members, others])
+    is_member = np.r_[np.ones(len(members), bool), np.zeros(len(others), bool)]
+    spec, params = get_json(cfg, "model"), LocalTrainingParams(**get_json(cfg, "lira-train"))
+
+    def train_fn(idx: np.ndarray, _y: np.ndarray, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        shadow = build_model(spec["name"], **spec.get("options", {}))
+        picked = rows[idx]
+        train_classifier(
+            shadow,
+            data.dataset(picked),
+            data.labels(picked),
+            data.segments(picked),
+            params=params,
+            seed=seed,
+            device=device(),
+        )
+        return shadow
+
+    def logits(model: nn.Module, idx: np.ndarray) -> np.ndarray:
+        p = predict_scores(model, data.dataset(rows[idx]), device=device())
+        p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)  # binary: the class-1 logit against class 0
+
+    index = np.arange(len(rows))
+    return run_lira_offline(
+        train_fn,
+        logits,
+        index,
+        data.labels(rows),
+        is_member,
+        shadows,
+        derive_seed(int(cfg["seed"]), "lira"),
+        target_model=target,
+    )
 
 
 @torch.no_grad()

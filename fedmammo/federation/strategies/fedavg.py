@@ -163,6 +163,14 @@ def _train_rounds(orc: Orchestrator, *, arm: str, seed: int, centres: list[str],
     return arrays
 
 
+def _lira_config(p) -> dict:
+    """Audit keys for offline LiRA (``audit_shadows``): shadows train rounds x epochs locally."""
+    if not p.audit_shadows:
+        return {}
+    train = {**p.train.model_dump(), "epochs": p.train.epochs * p.rounds}
+    return {"lira-shadows": p.audit_shadows, "lira-train": train}
+
+
 @register_runner("fedavg")
 def run_fedavg(orc: Orchestrator) -> None:
     """Federated, local and pooled arms for every seed; test evaluation at every centre."""
@@ -197,7 +205,8 @@ def run_fedavg(orc: Orchestrator) -> None:
                                     message_type="evaluate.classifier", centres=every,
                                     split="test", n_boot=p.bootstrap, extra={"batchnorm": bn})
             run_audits(orc, arm=arm, seed=seed, arrays=final, model=model, batchnorm=bn,
-                       centres=train_centres if arm == "pooled" else centres)
+                       centres=train_centres if arm == "pooled" else centres,
+                       extra=_lira_config(p))
             orc.recorder.complete_arm(arm, seed)
     if "pooled" in p.arms and "pooled" in orc.nodes:
         orc.recorder.note("arm 'pooled' is a simulation-only what-if: it trains as if every "
