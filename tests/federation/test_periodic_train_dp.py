@@ -27,6 +27,7 @@ from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import get_json, put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
 from fedmammo.federation.handlers import periodic as handlers
+from fedmammo.federation.periodic_privacy import PLANNED_QUOTA_KEY
 from fedmammo.federation.privacy_codec import decode_privacy, encode_privacy
 from fedmammo.federation.privacy_state import (
     LEDGER_KEY,
@@ -38,7 +39,6 @@ from fedmammo.federation.privacy_state import (
 )
 from fedmammo.federation.strategies import periodic as runner
 from fedmammo.federation.strategies.periodic_arms import ArmPlan
-from fedmammo.federation.strategies.periodic_quota import PLANNED_QUOTA_KEY
 from fedmammo.models import build_model
 from fedmammo.privacy.accounting import (
     CentreAccountant,

@@ -49,12 +49,12 @@ from fedmammo.evaluation.report import register_section
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.periodic_privacy import PLANNED_QUOTA_KEY
 from fedmammo.federation.privacy_server import ArmPrivacy, run_audits
 from fedmammo.federation.strategies import register_runner
 from fedmammo.federation.strategies.fedavg import CentreFedAvg, _initial_arrays
 from fedmammo.federation.strategies.periodic_arms import ArmPlan, plan_arms
 from fedmammo.federation.strategies.periodic_quota import (
-    PLANNED_QUOTA_KEY,
     aggregation_weights,
     global_pattern,
     planned_quotas,

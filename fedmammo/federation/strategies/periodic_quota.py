@@ -38,7 +38,6 @@ from fedmammo.data.sampling import build_sampling_pattern
 from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
-    "PLANNED_QUOTA_KEY",
     "WEIGHTING_SCHEMES",
     "aggregation_weights",
     "global_pattern",
@@ -48,9 +47,6 @@ __all__ = [
     "round_quotas",
 ]
 
-#: Config key of a DP quota round: the centre's quotas of this and every later planned round,
-#: ``{segment: {quota: rounds}}`` (JSON), from which it plans its noise once for the run.
-PLANNED_QUOTA_KEY = "dp-planned-quota"
 
 #: Aggregation weightings that :func:`aggregation_weights` understands.
 WEIGHTING_SCHEMES: tuple[str, ...] = ("equal", "num_images", "quota")
