@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from centre_nodes import node_context, use_privacy
 from flower_messages import InProcessGrid, make_incoming
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -80,17 +81,11 @@ def centre(tmp_path_factory):
     return data, data_dir
 
 
-def use_privacy(data_dir: Path, **privacy) -> None:
-    """Rewrite the centre's profile with these privacy settings (identity_of re-reads it)."""
-    path = data_dir / "centre.yaml"
-    prof = yaml.safe_load(path.read_text())
-    prof["privacy"] = {"max_grad_norm": 1.0, **privacy}
-    path.write_text(yaml.safe_dump(prof))
+
 
 
 def new_context(data_dir: Path) -> Context:
-    node = {"centre": "mia", "data-dir": str(data_dir), "role": "train"}
-    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    return node_context("mia", data_dir)
 
 
 def send(fn, kind: str, context: Context, *, arrays=None, train=TRAIN, **config) -> RecordDict:

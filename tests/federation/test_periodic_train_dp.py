@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import yaml
+from centre_nodes import node_context, use_privacy
 from dp_reference import independent_epsilon
 from flower_messages import make_incoming
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
@@ -82,17 +82,8 @@ def centres(tmp_path_factory):
     return out
 
 
-def use_privacy(data_dir: Path, **privacy) -> None:
-    """Rewrite the centre's profile with these privacy settings (identity_of re-reads it)."""
-    path = data_dir / "centre.yaml"
-    prof = yaml.safe_load(path.read_text())
-    prof["privacy"] = {"max_grad_norm": 1.0, **privacy}
-    path.write_text(yaml.safe_dump(prof))
 
 
-def new_context(name: str, data_dir: Path, node_id: int = 7) -> Context:
-    node = {"centre": name, "data-dir": str(data_dir), "role": "train"}
-    return Context(run_id=1, node_id=node_id, node_config=node, state=RecordDict(), run_config={})
 
 
 def _config(seed: int, **config) -> ConfigRecord:
@@ -146,7 +137,7 @@ def test_dp_periodic_rounds_compose_per_segment_on_one_ledger(centres):
     # Prepare: 3 planned rounds of 4 steps, target epsilon 6.
     data, data_dir = centres["ca"]
     use_privacy(data_dir, target_epsilon=6.0)
-    context = new_context("ca", data_dir)
+    context = node_context("ca", data_dir)
     # Execute
     reports = [sampler_round(context, r) for r in (1, 2, 3)]
     # Assert: per-segment histories, reported epsilon = max over segments, one ledger.
@@ -183,7 +174,7 @@ def test_round_beyond_the_plan_or_the_cap_is_refused_before_any_step(centres):
     # Prepare: a plan of 2 rounds.
     _, data_dir = centres["ca"]
     use_privacy(data_dir, target_epsilon=6.0)
-    context = new_context("ca", data_dir)
+    context = node_context("ca", data_dir)
     for r in (1, 2):
         sampler_round(context, r, planned=2)
     before = dict(context.state["privacy.ledgers"])
@@ -194,9 +185,9 @@ def test_round_beyond_the_plan_or_the_cap_is_refused_before_any_step(centres):
     assert dict(context.state["privacy.ledgers"]) == before
     # fixed noise with a cap just above one round's epsilon: round 2 would overrun it
     use_privacy(data_dir, noise_multiplier=0.8)
-    one = sampler_round(new_context("ca", data_dir), 1)["ledger_epsilon"]
+    one = sampler_round(node_context("ca", data_dir), 1)["ledger_epsilon"]
     use_privacy(data_dir, noise_multiplier=0.8, target_epsilon=round(one * 1.05, 3))
-    context = new_context("ca", data_dir)
+    context = node_context("ca", data_dir)
     assert sampler_round(context, 1)["ledger_epsilon"] == pytest.approx(one)
     before = dict(context.state["privacy.ledgers"])
     with pytest.raises(BudgetRefusal, match="> target"):
@@ -208,7 +199,7 @@ def test_quota_rounds_take_the_quota_in_expectation_and_plan_once(centres):
     # Prepare: the same quota in both planned rounds.
     data, data_dir = centres["ca"]
     use_privacy(data_dir, target_epsilon=5.0)
-    context = new_context("ca", data_dir)
+    context = node_context("ca", data_dir)
     rows = data.rows("train")
     n = {s: int(np.sum(data.segments(rows) == s)) for s in ("A-Ma", "A-Mb")}
     quota = {"A-Ma": 7, "A-Mb": 2}
@@ -251,9 +242,9 @@ def test_fixed_batches_are_never_used_or_reported_under_dp(centres, monkeypatch)
     monkeypatch.setattr(handlers, "QuotaBatchSampler", forbidden)
     monkeypatch.setattr(handlers, "build_sampler", forbidden)
     # Execute: both batch sources of train.periodic at a DP centre.
-    report = sampler_round(new_context("ca", data_dir), 1)
+    report = sampler_round(node_context("ca", data_dir), 1)
     content = send(
-        new_context("ca", data_dir),
+        node_context("ca", data_dir),
         quota={"A-Ma": 3},
         **{LEDGER_KEY: LEDGER, PLANNED_QUOTA_KEY: {"A-Ma": {"3": 1}}},
     )
@@ -277,13 +268,13 @@ def test_resumed_centre_restores_its_per_segment_ledger_from_privacy_json(centre
     # Prepare: round 1 recorded in privacy.json; the node state is lost.
     _, data_dir = centres["ca"]
     use_privacy(data_dir, target_epsilon=6.0)
-    first = sampler_round(new_context("ca", data_dir), 1)
+    first = sampler_round(node_context("ca", data_dir), 1)
     log = PrivacyLog(tmp_path)
     log.record(centre="ca", arm="exp", seed=0, report=first, round=1)
     prior = json.dumps(log.ledger_state("ca", LEDGER))
     # Execute: round 2 at a fresh node given the prior, vs two rounds in one node state.
-    resumed = sampler_round(new_context("ca", data_dir), 2, **{PRIOR_KEY: prior})
-    context = new_context("ca", data_dir)
+    resumed = sampler_round(node_context("ca", data_dir), 2, **{PRIOR_KEY: prior})
+    context = node_context("ca", data_dir)
     straight = [sampler_round(context, r) for r in (1, 2)][-1]
     # Assert: the same composed per-segment ledger.
     assert resumed["ledger_segment_history"] == straight["ledger_segment_history"]
@@ -297,7 +288,7 @@ def test_non_dp_centre_trains_the_fixed_quota_batches_as_before(centres):
     quota, offsets = {"A-Ma": 7, "A-Mb": 2}, {"A-Ma": 5, "A-Mb": 1}
     # Execute
     content = send(
-        new_context("ca", data_dir), seed=3, quota=quota, offsets=offsets, **{LEDGER_KEY: LEDGER}
+        node_context("ca", data_dir), seed=3, quota=quota, offsets=offsets, **{LEDGER_KEY: LEDGER}
     )
     # Assert: no privacy record; the very weights of train_classifier on the quota batches.
     rows = data.rows("train")
@@ -329,7 +320,7 @@ class Grid:
 
     def __init__(self, centres: dict[str, Path]) -> None:
         self.ids = {name: 100 + i for i, name in enumerate(centres)}
-        self.contexts = {self.ids[n]: new_context(n, d, self.ids[n]) for n, d in centres.items()}
+        self.contexts = {self.ids[n]: node_context(n, d, self.ids[n]) for n, d in centres.items()}
         self.log: list[dict] = []
 
     def send_and_receive(self, messages, timeout=None):
@@ -448,7 +439,7 @@ def test_audit_of_a_periodic_arm_counts_only_the_segments_it_trained_on(centres)
         cfg = _config(0, batchnorm="average", **config)
         content = RecordDict({"config": cfg, "arrays": state_to_arrays(model.state_dict())})
         msg = make_incoming(content, "evaluate.audit")
-        out = egress_mod(msg, new_context("ca", data_dir), audit_handlers.audit)
+        out = egress_mod(msg, node_context("ca", data_dir), audit_handlers.audit)
         assert not out.has_error(), out.error.reason
         return out.content["metrics"]
 

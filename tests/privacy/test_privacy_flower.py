@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from centre_nodes import node_context, use_privacy
 from dp_reference import independent_epsilon
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
@@ -88,17 +88,11 @@ def steps_per_epoch(data) -> int:
     return math.ceil(len(data.rows("train")) / TRAIN["batch_size"])
 
 
-def use_privacy(data_dir: Path, **privacy) -> None:
-    """Rewrite the centre's profile with these privacy settings (identity_of re-reads it)."""
-    path = data_dir / "centre.yaml"
-    prof = yaml.safe_load(path.read_text())
-    prof["privacy"] = {"max_grad_norm": 1.0, **privacy}
-    path.write_text(yaml.safe_dump(prof))
+
 
 
 def new_context(data_dir: Path) -> Context:
-    node = {"centre": "dpc", "data-dir": str(data_dir), "role": "train"}
-    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    return node_context("dpc", data_dir)
 
 
 def send(fn, kind: str, context: Context, *, train=TRAIN, seed: int = 0, arrays=None, **config):
