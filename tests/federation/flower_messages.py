@@ -80,3 +80,31 @@ class InProcessGrid:
                 self.replies.append((self.names[node], kind, reply.content))
             out.append(reply)
         return out
+
+
+def run_strategy_in_process(spec, scenario, runner, *, resume: bool = False, strict: bool = False):
+    """Run a strategy ``runner(orc)`` for ``spec`` / ``scenario`` through an
+    :class:`InProcessGrid` (no Ray); returns (orchestrator, grid)."""
+    import dataclasses
+    from pathlib import Path
+
+    import pytest
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmammo.evaluation.results import RunRecorder
+    from fedmammo.federation.orchestrator import Orchestrator
+    from fedmammo.federation.runspec import ENV_VAR
+
+    spec = dataclasses.replace(spec, node_order=scenario.centre_names(), resume=resume)
+    Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_VAR, str(spec.save()))
+        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
+            mp.setattr(TaskIdentity, attr, 1)
+        grid = InProcessGrid(spec.node_order, strict=strict)
+        recorder = RunRecorder(spec.run_dir, resume=resume)
+        orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
+        orc.identify(len(grid.contexts))
+        runner(orc)
+        orc.recorder.flush()
+    return orc, grid

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
 
 import yaml
-from flower_messages import InProcessGrid
+from flower_messages import run_strategy_in_process
 
 from fedmammo.config import load_scenario
-from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.orchestrator import Orchestrator
-from fedmammo.federation.runspec import ENV_VAR, RunSpec
+from fedmammo.federation.runspec import RunSpec
 from fedmammo.federation.strategies.share_gans import run_share_gans
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,19 +105,7 @@ def tiny_gan_scenario(
 def run_spec_in_process(spec: RunSpec, scenario, *, resume: bool = False, strict: bool = False):
     """Run share_gans for ``spec`` / ``scenario`` through an :class:`InProcessGrid`
     (``strict``: a handler's exception fails the test instead of becoming an error reply)."""
-    names = scenario.centre_names()
-    spec = dataclasses.replace(spec, node_order=names)
-    run_dir = Path(spec.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ[ENV_VAR] = str(spec.save())
-    grid = InProcessGrid(names, strict=strict)
-    orc = Orchestrator(
-        grid=grid, spec=spec, scenario=scenario, recorder=RunRecorder(run_dir, resume=resume)
-    )
-    orc.identify(len(names))
-    run_share_gans(orc)
-    orc.recorder.flush()
-    return orc, grid
+    return run_strategy_in_process(spec, scenario, run_share_gans, resume=resume, strict=strict)
 
 
 def run_in_process(

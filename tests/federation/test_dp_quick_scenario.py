@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 from dp_reference import independent_epsilon
-from flower_messages import InProcessGrid
-from flwr.supercore.task_identity import TaskIdentity
+from flower_messages import run_strategy_in_process
 
 from fedmammo.config import load_scenario
-from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy_state import REFUSAL_MARK
-from fedmammo.federation.runspec import ENV_VAR, RunSpec
+from fedmammo.federation.runspec import RunSpec
 from fedmammo.federation.strategies.fedavg import run_fedavg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,23 +34,9 @@ def run_in_process(tmp: Path, **sets) -> Path:
         **sets,
     }
     scenario = load_scenario(SCENARIO, sets=sets)
-    run_dir = tmp / "run"
-    run_dir.mkdir()
-    spec = RunSpec(
-        scenario_file=str(SCENARIO),
-        run_dir=str(run_dir),
-        sets=sets,
-        node_order=scenario.centre_names(),
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ENV_VAR, str(spec.save()))
-        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
-            mp.setattr(TaskIdentity, attr, 1)
-        grid = InProcessGrid(spec.node_order)
-        orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=RunRecorder(run_dir))
-        orc.identify(len(grid.contexts))
-        run_fedavg(orc)
-    return run_dir
+    spec = RunSpec(scenario_file=str(SCENARIO), run_dir=str(tmp / "run"), sets=sets)
+    run_strategy_in_process(spec, scenario, run_fedavg)
+    return tmp / "run"
 
 
 def check_privacy_json(privacy: dict, targets: dict[str, float], rounds: list[int]) -> None:

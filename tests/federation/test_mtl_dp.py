@@ -16,18 +16,15 @@ import torch
 import yaml
 from centre_nodes import node_context, use_privacy
 from dp_reference import independent_epsilon
-from flower_messages import InProcessGrid, make_incoming
+from flower_messages import InProcessGrid, make_incoming, run_strategy_in_process
 from flwr.app import ConfigRecord, Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmammo.config import CentreProfile, load_scenario
 from fedmammo.data.prepare import materialise_centre
-from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
 from fedmammo.federation.handlers import DP_AWARE
 from fedmammo.federation.handlers import mtl as handlers
-from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy_codec import decode_privacy
 from fedmammo.federation.privacy_phases import LATER_PHASES_KEY, PARENT_LEDGER_KEY
 from fedmammo.federation.privacy_state import (
@@ -37,7 +34,7 @@ from fedmammo.federation.privacy_state import (
     BudgetRefusal,
     dp_guard_mod,
 )
-from fedmammo.federation.runspec import ENV_VAR, RunSpec
+from fedmammo.federation.runspec import RunSpec
 from fedmammo.federation.strategies.mtl_finetune import run_mtl_finetune
 from fedmammo.models import build_model
 from fedmammo.privacy.accounting import epsilon_of
@@ -304,23 +301,11 @@ def run_runner(
 ) -> tuple[Path, InProcessGrid]:
     """The mtl_finetune runner on a fresh in-process grid; ``run_dir`` given: resume it."""
     scenario_file = _scenario(tmp, privacy_a, privacy_b)
-    names = ["a", "b", "c"]
     resume = run_dir is not None
     run_dir = run_dir or tmp / "run"
-    spec = RunSpec(
-        scenario_file=str(scenario_file), run_dir=str(run_dir), node_order=names, resume=resume
-    )
-    run_dir.mkdir(exist_ok=resume)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ENV_VAR, str(spec.save()))
-        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
-            mp.setattr(TaskIdentity, attr, 1)
-        grid = InProcessGrid(names)
-        scenario = load_scenario(spec.scenario_file)
-        recorder = RunRecorder(spec.run_dir, resume=resume)
-        orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
-        orc.identify(len(grid.contexts))
-        run_mtl_finetune(orc)
+    spec = RunSpec(scenario_file=str(scenario_file), run_dir=str(run_dir))
+    scenario = load_scenario(spec.scenario_file)
+    _, grid = run_strategy_in_process(spec, scenario, run_mtl_finetune, resume=resume)
     return run_dir, grid
 
 
