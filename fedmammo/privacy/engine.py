@@ -181,16 +181,27 @@ class DPSession:
             phase=self.phase + why,
         )
 
-    def _resolve_noise(self, sample_rate: float, segment_rates: dict | None = None) -> float:
-        target, delta = self.budget.target_epsilon, self.budget.delta
-        spent = self.accountant.epsilon(delta)
+    def _fixed_noise_or_spent(self, steps_left: bool) -> tuple[float | None, float]:
+        """(the budget's fixed noise multiplier or None, epsilon spent so far).
+
+        Refuses a spent budget, and (for a target epsilon) a plan with no steps left.
+        """
+        target = self.budget.target_epsilon
+        spent = self.accountant.epsilon(self.budget.delta)
         if target is not None and spent >= target * 1.01:
             raise self._refuse(spent, " (budget already spent)")
         if self.budget.noise_multiplier is not None:
-            return float(self.budget.noise_multiplier)
-        remaining = self.planned_steps - self._phase_steps_done()
-        if remaining < 1:
+            return float(self.budget.noise_multiplier), spent
+        if not steps_left:
             raise self._refuse(spent, f" (all {self.planned_steps} planned steps taken)")
+        return None, spent
+
+    def _resolve_noise(self, sample_rate: float, segment_rates: dict | None = None) -> float:
+        target, delta = self.budget.target_epsilon, self.budget.delta
+        remaining = self.planned_steps - self._phase_steps_done()
+        fixed, spent = self._fixed_noise_or_spent(remaining >= 1)
+        if fixed is not None:
+            return fixed
         plan = self.accountant.plans.get(self.phase)
         if (
             plan

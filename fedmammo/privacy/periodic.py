@@ -286,14 +286,10 @@ class PeriodicDPSession(DPSession):
         )
 
     def _resolve_noise(self, sample_rate: float, segment_rates: dict | None = None) -> float:
-        target, delta = self.budget.target_epsilon, self.budget.delta
-        spent = self.accountant.epsilon(delta)
-        if target is not None and spent >= target * 1.01:
-            raise self._refuse(spent, " (budget already spent)")
-        if self.budget.noise_multiplier is not None:
-            return float(self.budget.noise_multiplier)
-        if not any(self.remaining.values()):
-            raise self._refuse(spent, f" (all {self.planned_steps} planned steps taken)")
+        target = self.budget.target_epsilon
+        fixed, spent = self._fixed_noise_or_spent(any(self.remaining.values()))
+        if fixed is not None:
+            return fixed
         plan = self.accountant.plans.get(self.phase)
         if plan and plan["planned_steps"] == float(self.planned_steps):
             return float(plan["noise_multiplier"])
