@@ -20,3 +20,27 @@ def node_context(centre: str, data_dir: Path, node_id: int = 7) -> Context:
     """A new node of ``centre`` (empty ``context.state``, as after a restart)."""
     node = {"centre": centre, "data-dir": str(data_dir), "role": "train"}
     return Context(run_id=1, node_id=node_id, node_config=node, state=RecordDict(), run_config={})
+
+
+def prepared_centre(
+    root: Path, name: str, size: tuple[int, int], *, prevalence: float = 0.5, **profile
+) -> tuple:
+    """A tiny two-vendor phantom centre (6 + 6 patients, split 60/20/20) prepared under
+    ``root``; ``profile`` adds keys such as ``labels``. Returns (CentreData, data dir)."""
+    from fedmammo.config import CentreProfile
+    from fedmammo.data.prepare import materialise_centre
+
+    segments = [
+        {"manufacturer": m, "patients": 6, "prevalence": prevalence} for m in ("Ma", "Mb")
+    ]
+    spec = CentreProfile.model_validate(
+        {
+            "name": name,
+            "source": "T",
+            "data": {"synthetic": {"image_height": 64, "segments": segments}},
+            "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+            **profile,
+        }
+    )
+    data_dir = root / name
+    return materialise_centre(spec, root, image_size=size, data_dir=data_dir), data_dir

@@ -140,7 +140,6 @@ def open_dp_session(
     steps_per_epoch: int,
     epochs: int,
     phase: str,
-    grad_sample_mode: str = "hooks",
 ) -> DPSession | None:
     """The DP session of one training message, checked against the budget (None without DP).
 
@@ -172,7 +171,6 @@ def open_dp_session(
         phase=phase,
         centre=ident.name,
         seed=int(cfg["seed"]),
-        grad_sample_mode=grad_sample_mode,
     )
     try:
         projected = session.check_budget(per_round, sample_rate=1.0 / steps_per_epoch)

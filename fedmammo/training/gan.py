@@ -238,8 +238,11 @@ class _Steps:
         return lambda: (batch for (batch,) in loader)
 
     def fakes(self, n: int, rng: torch.Generator, device: torch.device) -> tuple:
+        """``n`` fakes from at least 2 latents; no graph under DP (the generator step reruns
+        ``G(z)`` through the hook-free discriminator)."""
         z = torch.randn(max(n, 2), self.o["latent_dim"], generator=rng).to(device)
-        return z, self.gen(z)[:n]
+        with torch.set_grad_enabled(self.privacy is None):
+            return z, self.gen(z)[:n]
 
     def discriminator(self, real: torch.Tensor, fake: torch.Tensor, rng) -> float:
         o, n = self.o, len(real)
@@ -249,7 +252,7 @@ class _Steps:
             if self.privacy is None:
                 return discriminator_step(self.disc, self.opt_d, real, fake, real_labels=labels)
             return dp_dcgan_discriminator_step(
-                self.disc, self.opt_d, real, fake.detach(), labels, torch.zeros(n)
+                self.disc, self.opt_d, real, fake, labels, torch.zeros(n)
             )
         step = critic_step if self.privacy is None else dp_wgan_gp_critic_step
         return step(self.disc, self.opt_d, real, fake, lambda_gp=o["lambda_gp"], generator=rng)

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from centre_nodes import node_context, use_privacy
+from centre_nodes import node_context, prepared_centre, use_privacy
 from flower_messages import InProcessGrid, make_incoming, run_strategy_in_process
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from fedmammo.config import CentreProfile, load_scenario
+from fedmammo.config import load_scenario
 from fedmammo.data.labels import MISSING, manifest_targets
-from fedmammo.data.prepare import materialise_centre
 from fedmammo.federation.codec import put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
 from fedmammo.federation.handlers import audit as audit_handlers
@@ -56,26 +55,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def centre(tmp_path_factory):
     """Every patient has one cancer: balanced malignancy labels, 30% of them missing."""
-    profile = CentreProfile.model_validate(
-        {
-            "name": "mia",
-            "source": "T",
-            "data": {
-                "synthetic": {
-                    "image_height": 64,
-                    "segments": [
-                        {"manufacturer": "Ma", "patients": 6, "prevalence": 1.0},
-                        {"manufacturer": "Mb", "patients": 6, "prevalence": 1.0},
-                    ],
-                }
-            },
-            "labels": {"missing": {"malignancy": 0.3}},
-            "split": {"train": 0.6, "val": 0.2, "test": 0.2},
-        }
+    labels = {"missing": {"malignancy": 0.3}}
+    return prepared_centre(
+        tmp_path_factory.mktemp("mtlaudit"), "mia", SIZE, prevalence=1.0, labels=labels
     )
-    data_dir = tmp_path_factory.mktemp("mtlaudit") / "mia"
-    data = materialise_centre(profile, data_dir.parent, image_size=SIZE, data_dir=data_dir)
-    return data, data_dir
 
 
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from centre_nodes import node_context, use_privacy
+from centre_nodes import node_context, prepared_centre, use_privacy
 from dp_reference import independent_epsilon
 from flower_messages import InProcessGrid, make_incoming, run_strategy_in_process
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from fedmammo.config import CentreProfile, load_scenario
-from fedmammo.data.prepare import materialise_centre
+from fedmammo.config import load_scenario
 from fedmammo.federation.codec import put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
 from fedmammo.federation.handlers import DP_AWARE
@@ -53,26 +52,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # --------------------------------------------------------------------------- one centre
 @pytest.fixture(scope="module")
 def centre(tmp_path_factory):
-    profile = CentreProfile.model_validate(
-        {
-            "name": "dpm",
-            "source": "T",
-            "data": {
-                "synthetic": {
-                    "image_height": 64,
-                    "segments": [
-                        {"manufacturer": "Ma", "patients": 6, "prevalence": 0.5},
-                        {"manufacturer": "Mb", "patients": 6, "prevalence": 0.5},
-                    ],
-                }
-            },
-            "labels": {"missing": {"malignancy": 0.3}, "uncertainty": {"acr": 0.2}},
-            "split": {"train": 0.6, "val": 0.2, "test": 0.2},
-        }
-    )
-    data_dir = tmp_path_factory.mktemp("dpmtl") / "dpm"
-    data = materialise_centre(profile, data_dir.parent, image_size=SIZE, data_dir=data_dir)
-    return data, data_dir
+    labels = {"missing": {"malignancy": 0.3}, "uncertainty": {"acr": 0.2}}
+    return prepared_centre(tmp_path_factory.mktemp("dpmtl"), "dpm", SIZE, labels=labels)
 
 
 

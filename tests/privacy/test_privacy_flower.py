@@ -13,12 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from centre_nodes import node_context, use_privacy
+from centre_nodes import node_context, prepared_centre, use_privacy
 from dp_reference import independent_epsilon
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from fedmammo.config import CentreProfile
-from fedmammo.data.prepare import materialise_centre
 from fedmammo.federation.codec import put_json, state_to_arrays
 from fedmammo.federation.egress import check_outgoing, egress_mod
 from fedmammo.federation.handlers import audit as audit_handlers
@@ -63,25 +61,7 @@ def incoming(content: RecordDict, kind: str, dst: int = 7) -> Message:
 # --------------------------------------------------------------------------- one centre
 @pytest.fixture(scope="module")
 def centre(tmp_path_factory):
-    profile = CentreProfile.model_validate(
-        {
-            "name": "dpc",
-            "source": "T",
-            "data": {
-                "synthetic": {
-                    "image_height": 64,
-                    "segments": [
-                        {"manufacturer": "Ma", "patients": 6, "prevalence": 0.5},
-                        {"manufacturer": "Mb", "patients": 6, "prevalence": 0.5},
-                    ],
-                }
-            },
-            "split": {"train": 0.6, "val": 0.2, "test": 0.2},
-        }
-    )
-    data_dir = tmp_path_factory.mktemp("dpcentre") / "dpc"
-    data = materialise_centre(profile, data_dir.parent, image_size=SIZE, data_dir=data_dir)
-    return data, data_dir
+    return prepared_centre(tmp_path_factory.mktemp("dpcentre"), "dpc", SIZE)
 
 
 def steps_per_epoch(data) -> int:
