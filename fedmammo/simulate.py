@@ -18,6 +18,7 @@ import yaml
 from rich.console import Console
 from rich.syntax import Syntax
 
+import fedmammo.methods  # noqa: F401  (registers the methods' recipe kinds)
 from fedmammo.config import Scenario, load_scenario
 from fedmammo.errors import FedmammoError
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
@@ -93,8 +94,7 @@ def run(spec: RunSpec, scenario: Scenario) -> Path:
     """Run one scenario in a run directory through Flower's simulation engine."""
     from flwr.simulation import run_simulation
 
-    from fedmammo.federation.client_app import app as client_app
-    from fedmammo.federation.server_app import app as server_app
+    from fedmammo.apps import client_app, server_app
 
     run_dir = Path(spec.run_dir)
     with_pooled = _wants_pooled(scenario)

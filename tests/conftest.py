@@ -8,6 +8,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import pytest  # noqa: E402
 
+import fedmammo.methods  # noqa: E402,F401  (registers the recipe kinds for load_scenario)
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():

@@ -349,7 +349,7 @@ class QuotaBatchSampler(Sampler[list[int]]):
     Segments are interleaved by Algorithm 1 over the quotas (evenly, like the centre's slots
     in the global pattern window); each segment continues the same label-alternating stream as
     :class:`PeriodicBatchSampler` from ``offsets[s]``, the number of its samples drawn in
-    earlier rounds (``fedmammo.federation.strategies.periodic_quota.round_offsets``), so rounds
+    earlier rounds (``fedmammo.methods.periodic_sampling.quota.round_offsets``), so rounds
     chain without repeats within a cycle. The last batch holds the remainder:
     ``len(self) == ceil(sum(quota) / batch_size)``; an all-zero quota yields no batch.
     """

@@ -10,21 +10,7 @@ from rich.table import Table
 
 from fedmammo.evaluation.results import RunRecorder
 
-__all__ = ["SECTIONS", "final_table", "register_section", "to_markdown", "write_summary"]
-
-#: strategy kind -> function(recorder, console) -> markdown appended to results.md (it may
-#: also print its own tables to the console).
-SECTIONS: dict[str, Callable[[RunRecorder, Console], str]] = {}
-
-
-def register_section(kind: str) -> Callable:
-    """Register the results.md section writer of a strategy kind."""
-
-    def deco(fn: Callable[[RunRecorder, Console], str]) -> Callable:
-        SECTIONS[kind] = fn
-        return fn
-
-    return deco
+__all__ = ["final_table", "to_markdown", "write_summary"]
 
 
 def _fmt(value: float, lo: float | None, hi: float | None) -> str:
@@ -61,8 +47,14 @@ def final_table(
     return table[order + [c for c in table.columns if c not in order]]
 
 
-def write_summary(recorder: RunRecorder, console: Console | None = None) -> str:
-    """Print the final AUROC table (rich) and write results.md; return the markdown."""
+def write_summary(
+    recorder: RunRecorder,
+    console: Console | None = None,
+    *,
+    section: Callable[[RunRecorder, Console], str] | None = None,
+) -> str:
+    """Print the final AUROC table (rich) and write results.md, with the method's
+    ``section`` appended; return the markdown."""
     console = console or Console()
     df = recorder.frame()
     table = final_table(df, centres=recorder.meta.get("centre_order"))
@@ -82,9 +74,9 @@ def write_summary(recorder: RunRecorder, console: Console | None = None) -> str:
             "",
             to_markdown(table.fillna("")),
         ]
-    section = SECTIONS.get(str(recorder.meta.get("kind", "")))
-    if section is not None:
-        lines += ["", section(recorder, console)]
+    extra = section(recorder, console) if section is not None else ""
+    if extra:
+        lines += ["", extra]
     if recorder.failures:
         lines += ["", f"{len(recorder.failures)} centre failures recorded (see results.json)."]
     for note in recorder.notes:

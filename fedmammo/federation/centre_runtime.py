@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context
 
@@ -14,7 +16,15 @@ from fedmammo.data.prepare import CentreData, PooledData, materialise_centre
 from fedmammo.errors import ConfigError
 from fedmammo.federation.runspec import POOLED, load_runspec, scenario_of
 
-__all__ = ["CentreIdentity", "centre_data", "device", "identity_of"]
+__all__ = [
+    "CentreIdentity",
+    "Rows",
+    "centre_data",
+    "device",
+    "identity_of",
+    "segments_of",
+    "select_rows",
+]
 
 log = logging.getLogger(__name__)
 _DATA: dict[tuple, CentreData | PooledData] = {}
@@ -100,3 +110,25 @@ def centre_data(ident: CentreIdentity, config: ConfigRecord) -> CentreData | Poo
                 data_dir=ident.data_dir,
             )
     return _DATA[key]
+
+
+Rows = np.ndarray | list[np.ndarray]
+
+
+def select_rows(data: CentreData | PooledData, split: str, segments: Sequence[str] | None) -> Rows:
+    """Labelled rows of ``split``, restricted to ``segments`` when given (pooled: per part)."""
+    rows = data.rows(split)
+    if not segments:
+        return rows
+    keep = [str(s) for s in segments]
+    if isinstance(data, PooledData):
+        return [r[np.isin(p.segments(r), keep)] for p, r in zip(data.parts, rows, strict=True)]
+    return rows[np.isin(data.segments(rows), keep)]
+
+
+def segments_of(cfg: ConfigRecord) -> list[str] | None:
+    """The message's ``segments`` (one name or a list), or None for all of them."""
+    if "segments" not in cfg:
+        return None
+    value = cfg["segments"]
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]

@@ -1,22 +1,43 @@
-"""The centre: a Flower ClientApp whose handlers come from :mod:`fedmammo.federation.handlers`.
+"""The centre: a Flower ClientApp built from the methods' handlers plus federation's own.
 
 Every reply passes the egress guard (:func:`fedmammo.federation.egress.egress_mod`), and a
-centre whose profile asks for DP refuses training messages that have no DP path
-(:func:`fedmammo.federation.privacy_state.dp_guard_mod`).
+centre whose profile asks for DP refuses training messages whose handler declares no DP path
+(:func:`fedmammo.federation.privacy.ledger.dp_guard_mod`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flwr.clientapp import ClientApp
 
 from fedmammo.federation.egress import egress_mod
-from fedmammo.federation.handlers import HANDLERS, load_builtin_handlers
-from fedmammo.federation.privacy_state import dp_guard_mod
+from fedmammo.federation.handlers import Handler
+from fedmammo.federation.identify import identify
+from fedmammo.federation.privacy.audits import audit
+from fedmammo.federation.privacy.ledger import dp_guard_mod
 
-__all__ = ["app"]
+__all__ = ["CORE_HANDLERS", "build_client_app", "collect_handlers"]
 
-app = ClientApp(mods=[dp_guard_mod, egress_mod])
+#: Handlers every centre answers whatever the method: identity, classifier audits.
+CORE_HANDLERS: tuple[Handler, ...] = (identify, audit)
 
-load_builtin_handlers()
-for (_category, _action), _fn in sorted(HANDLERS.items()):
-    getattr(app, _category)(_action)(_fn)
+
+def collect_handlers(handlers: Iterable[Handler]) -> dict[str, Handler]:
+    """message type -> handler, core handlers included; a type claimed twice is an error."""
+    table: dict[str, Handler] = {}
+    for h in (*CORE_HANDLERS, *handlers):
+        if h.message_type in table and table[h.message_type] is not h:
+            raise ValueError(f"two handlers for message type {h.message_type!r}")
+        table[h.message_type] = h
+    return table
+
+
+def build_client_app(handlers: Iterable[Handler]) -> ClientApp:
+    """A ClientApp answering ``handlers`` (and the core ones) through the DP and egress mods."""
+    table = collect_handlers(handlers)
+    dp_capable = [t for t, h in table.items() if h.dp]
+    app = ClientApp(mods=[dp_guard_mod(dp_capable), egress_mod])
+    for message_type, h in sorted(table.items()):
+        getattr(app, h.category)(h.action)(h.fn)
+    return app

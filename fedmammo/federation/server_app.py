@@ -1,55 +1,66 @@
-"""The orchestrator: a Flower ServerApp that identifies centres and runs the strategy's phases."""
+"""The orchestrator's ServerApp: identify the centres, run the method's phases, summarise."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
 
 from fedmammo.evaluation.report import write_summary
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.runspec import load_runspec, scenario_of
-from fedmammo.federation.strategies import get_runner
 
-__all__ = ["app"]
+__all__ = ["build_server_app"]
 
 log = logging.getLogger(__name__)
-app = ServerApp()
+
+Runner = Callable[[Orchestrator], None]
+Section = Callable[[RunRecorder, Console], str]
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """Identify the centres, run the strategy, keep results.json current, print the table."""
-    spec = load_runspec(context.run_config)
-    scenario = scenario_of(spec)
-    recorder = RunRecorder(
-        spec.run_dir,
-        resume=spec.resume,
-        meta={
-            "scenario": scenario.name,
-            "strategy": scenario.recipe.name,
-            "kind": scenario.recipe.kind,
-            "seeds": scenario.seeds,
-            "quick": spec.quick,
-            "deployment": spec.deployment,
-            "centre_order": scenario.centre_names(),
-        },
-    )
-    orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
-    expected = len(spec.node_order) or len(scenario.centres)
-    t0 = time.perf_counter()
-    orc.identify(expected)
-    recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
-    recorder.meta["centres"] = {
-        c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
-    }
-    recorder.flush()
-    try:
-        get_runner(scenario.recipe.kind)(orc)
-    finally:
-        recorder.meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
+def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> ServerApp:
+    """A ServerApp running, for the scenario's strategy kind, ``method_of(kind)``'s runner and
+    report section."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        """Identify the centres, run the strategy, keep results.json current, print the table."""
+        spec = load_runspec(context.run_config)
+        scenario = scenario_of(spec)
+        run, section = method_of(scenario.recipe.kind)
+        recorder = RunRecorder(
+            spec.run_dir,
+            resume=spec.resume,
+            meta={
+                "scenario": scenario.name,
+                "strategy": scenario.recipe.name,
+                "kind": scenario.recipe.kind,
+                "seeds": scenario.seeds,
+                "quick": spec.quick,
+                "deployment": spec.deployment,
+                "centre_order": scenario.centre_names(),
+            },
+        )
+        orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
+        expected = len(spec.node_order) or len(scenario.centres)
+        t0 = time.perf_counter()
+        orc.identify(expected)
+        recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
+        recorder.meta["centres"] = {
+            c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
+        }
         recorder.flush()
-        write_summary(recorder, orc.console)
+        try:
+            run(orc)
+        finally:
+            recorder.meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
+            recorder.flush()
+            write_summary(recorder, orc.console, section=section)
+
+    return app

@@ -117,9 +117,7 @@ def _empty_safe_collate(dataset: Dataset, collate_fn: Callable | None) -> Callab
     every tensor of it is cut to length 0, other leaves are kept.
     """
     collate = collate_fn or default_collate
-    empty = tree_map(
-        lambda v: v[:0] if isinstance(v, torch.Tensor) else v, collate([dataset[0]])
-    )
+    empty = tree_map(lambda v: v[:0] if isinstance(v, torch.Tensor) else v, collate([dataset[0]]))
 
     def collate_or_empty(batch: list) -> Any:
         return collate(batch) if len(batch) else empty

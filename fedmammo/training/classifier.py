@@ -52,8 +52,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def _optimizer(model: nn.Module, params: Any) -> torch.optim.Optimizer:
     trainable = [p for p in model.parameters() if p.requires_grad]
     if params.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum,
-                               weight_decay=params.weight_decay)
+        return torch.optim.SGD(
+            trainable, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
+        )
     return torch.optim.Adam(trainable, lr=params.lr, weight_decay=params.weight_decay)
 
 
@@ -71,7 +72,7 @@ def train_classifier(
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` with the recipe's sampler and optimiser.
 
-    ``params`` is a :class:`fedmammo.recipes.common.LocalTrainingParams`. ``batch_sampler``
+    ``params`` is a :class:`fedmammo.config.recipe.LocalTrainingParams`. ``batch_sampler``
     overrides the recipe's sampler (federated periodic sampling passes its quota sampler).
     ``privacy`` is a :class:`fedmammo.privacy.engine.DPSession` or None.
     """
@@ -87,8 +88,12 @@ def train_classifier(
     epochs = params.epochs
     if batch_sampler is None:
         batch_sampler = build_sampler(
-            params.sampler, segments=np.asarray(segments), labels=labels,
-            batch_size=params.batch_size, num_batches=steps_per_epoch, seed=seed,
+            params.sampler,
+            segments=np.asarray(segments),
+            labels=labels,
+            batch_size=params.batch_size,
+            num_batches=steps_per_epoch,
+            seed=seed,
         )
     loader = DataLoader(dataset, batch_sampler=batch_sampler)
     if privacy is not None:
@@ -112,8 +117,11 @@ def train_classifier(
             total_loss += float(loss.detach()) * len(y)
     epsilon = privacy.after_training(steps) if privacy is not None else None
     return TrainResult(
-        num_examples=seen, steps=steps, loss=total_loss / max(seen, 1),
-        seconds=time.perf_counter() - start, epsilon=epsilon,
+        num_examples=seen,
+        steps=steps,
+        loss=total_loss / max(seen, 1),
+        seconds=time.perf_counter() - start,
+        epsilon=epsilon,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dp_reference import independent_epsilon
+from helpers.dp_reference import independent_epsilon
 
 from fedmammo.config import load_scenario
 from fedmammo.evaluation.privacy_report import (
@@ -25,8 +25,6 @@ from fedmammo.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 DELTA = 1e-5
-
-
 
 
 def report_of(acc: CentreAccountant, phase: str, *, target: float | None = 6.0) -> dict:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from run_helpers import REPO, final_auc, results, run_cli
+from helpers.run_helpers import REPO, final_auc, results, run_cli
 
 from fedmammo.config import load_scenario
 from fedmammo.federation.deployment import node_config, prepare_site

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flower_messages import make_incoming
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from helpers.flower_messages import make_incoming
 
 from fedmammo.federation.egress import EgressError, check_outgoing, declare_egress, egress_mod
 
@@ -109,7 +109,7 @@ def test_mod_defaults_to_incoming_arrays_as_reference(model_state):
 
 
 def test_client_app_runs_the_dp_guard_and_the_egress_guard_on_every_message():
-    from fedmammo.federation.client_app import app
-    from fedmammo.federation.privacy_state import dp_guard_mod
+    from fedmammo.apps import client_app as app
 
-    assert app._mods == [dp_guard_mod, egress_mod]
+    assert len(app._mods) == 2 and app._mods[1] is egress_mod
+    assert app._mods[0].__qualname__ == "dp_guard_mod.<locals>.mod"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dp_reference import independent_epsilon
+from helpers.dp_reference import independent_epsilon
 
 from fedmammo.config import PrivacySpec
 from fedmammo.errors import ConfigError

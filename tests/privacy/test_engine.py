@@ -224,8 +224,12 @@ def test_a_plan_that_leaves_mostly_noise_is_warned_about(caplog):
     # Prepare: a tiny target over many steps at a high sample rate needs sigma > 10
     acc = CentreAccountant("rdp", centre="E")
     session = DPSession(
-        budget(target_epsilon=0.2, noise_multiplier=None), acc, planned_steps=500, phase="p",
-        centre="E", seed=0,
+        budget(target_epsilon=0.2, noise_multiplier=None),
+        acc,
+        planned_steps=500,
+        phase="p",
+        centre="E",
+        seed=0,
     )
     # Execute
     with caplog.at_level("WARNING", logger="fedmammo.privacy.engine"):

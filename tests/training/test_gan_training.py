@@ -251,7 +251,10 @@ def test_dp_gan_accounts_every_poisson_step_of_the_planned_run(patches, train):
 def test_dp_dcgan_uses_group_norm_and_refuses_batch_norm(patches):
     # Execute
     result = train_dcgan(
-        patches, epochs=1, snapshot_every=None, privacy=_session(24, 3, noise_multiplier=1.0),
+        patches,
+        epochs=1,
+        snapshot_every=None,
+        privacy=_session(24, 3, noise_multiplier=1.0),
         **TINY,
     )
     # Assert: GroupNorm by default under DP; an explicit BatchNorm critic is named and refused
@@ -261,7 +264,10 @@ def test_dp_dcgan_uses_group_norm_and_refuses_batch_norm(patches):
 
     with pytest.raises(DPIncompatibleModelError, match=r"BatchNorm2d\): BatchNorm mixes"):
         train_dcgan(
-            patches, epochs=1, d_norm="batch", privacy=_session(24, 3, noise_multiplier=1.0),
+            patches,
+            epochs=1,
+            d_norm="batch",
+            privacy=_session(24, 3, noise_multiplier=1.0),
             **TINY,
         )
 
@@ -278,9 +284,7 @@ def test_dp_wgan_gp_trains_the_critic_and_is_reproducible(patches):
         assert torch.equal(value, b.discriminator_state[key])
         assert not torch.equal(value, start.discriminator_state[key])
     assert a.generator_steps >= 1
-    assert any(
-        not torch.equal(v, start.generator_state[k]) for k, v in a.generator_state.items()
-    )
+    assert any(not torch.equal(v, start.generator_state[k]) for k, v in a.generator_state.items())
 
 
 def test_dp_dcgan_with_little_noise_still_learns_the_data_intensity():

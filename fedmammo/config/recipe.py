@@ -1,0 +1,77 @@
+"""Recipe parameters: the base model, the blocks several methods share, the kind registry.
+
+A method registers its parameter model under its ``kind`` (``fedmammo.methods.registry``
+does it when the method registers); ``strategies/<name>.yaml`` gives ``kind`` and
+``params``. The registry is filled by importing :mod:`fedmammo.methods`, which every entry
+point does (``python -m fedmammo.simulate``, the Flower apps, ``fedmammo.load_scenario``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedmammo.errors import ConfigError
+
+__all__ = [
+    "LocalTrainingParams",
+    "ModelParams",
+    "RecipeParams",
+    "known_kinds",
+    "register_params",
+    "validate_recipe_params",
+]
+
+_PARAMS: dict[str, type[BaseModel]] = {}
+
+
+class RecipeParams(BaseModel):
+    """Base of every recipe's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelParams(RecipeParams):
+    """A model from the registry (``fedmammo.models.build_model``) and its keyword arguments."""
+
+    name: str = "mammo_cnn"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LocalTrainingParams(RecipeParams):
+    """How a centre trains locally in one round (or one whole local arm)."""
+
+    epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    steps_per_epoch: int | None = Field(default=None, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    sampler: str = "balanced_labels"  # registry name in fedmammo.data.sampling
+    augment: bool = True
+
+
+def register_params(kind: str, model: type[BaseModel]) -> None:
+    """Register the parameter model of strategy ``kind`` (once)."""
+    if kind in _PARAMS and _PARAMS[kind] is not model:
+        raise ValueError(f"strategy kind {kind!r} registered twice")
+    _PARAMS[kind] = model
+
+
+def known_kinds() -> list[str]:
+    """The registered strategy kinds, sorted (empty until :mod:`fedmammo.methods` is imported)."""
+    if not _PARAMS:
+        raise ConfigError(
+            "no strategy kinds are registered: import fedmammo.methods before loading a "
+            "scenario (fedmammo.load_scenario does it for you)"
+        )
+    return sorted(_PARAMS)
+
+
+def validate_recipe_params(kind: str, params: dict[str, Any]) -> BaseModel:
+    """Validate ``params`` with the model registered for ``kind`` (raises ValidationError)."""
+    if kind not in _PARAMS:
+        raise ValueError(f"unknown strategy kind {kind!r}; valid kinds: {', '.join(known_kinds())}")
+    return _PARAMS[kind].model_validate(params)

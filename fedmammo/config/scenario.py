@@ -1,0 +1,102 @@
+"""Strategy recipes (``strategies/*.yaml``) and scenarios (``scenarios/*.yaml``)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from fedmammo.config.dotted import apply_dotted
+from fedmammo.config.profile import CentreProfile, PrivacySpec, Strict
+from fedmammo.config.recipe import known_kinds, validate_recipe_params
+
+__all__ = ["CentreEntry", "FaultSpec", "Scenario", "StrategySpec"]
+
+
+class StrategySpec(Strict):
+    """A strategy recipe: a registered ``kind`` plus its parameters (validated by the kind)."""
+
+    name: str = ""
+    kind: str
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    quick: dict[str, Any] = Field(default_factory=dict)  # params overridden by --quick
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        kinds = known_kinds()
+        if v not in kinds:
+            raise ValueError(f"unknown strategy kind {v!r}; valid kinds: {', '.join(kinds)}")
+        return v
+
+    def typed_params(self, *, quick: bool = False) -> BaseModel:
+        """Return the params validated by the kind's pydantic model (quick overrides applied)."""
+        params = copy.deepcopy(self.params)
+        if quick:
+            for key, value in self.quick.items():
+                apply_dotted(params, key, value)
+        return validate_recipe_params(self.kind, params)
+
+
+class FaultSpec(Strict):
+    """A simulated centre failure: the centre's handler raises in that round (for studying
+    dropouts and for testing that runs survive them)."""
+
+    centre: str
+    round: int = Field(ge=1)
+    arm: str = "federated"
+
+
+class CentreEntry(Strict):
+    """A centre taking part in a scenario: its profile, its role and profile overrides."""
+
+    profile: str
+    name: str | None = None
+    role: Literal["train", "test", "sharer", "receiver"] = "train"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class Scenario(Strict):
+    """A scenario: centres (resolved profiles), a strategy recipe, seeds and run settings."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    centres: list[CentreEntry] = Field(min_length=1)
+    strategy: str | StrategySpec
+    strategy_overrides: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    data_seed: int = 0  # seeds the phantom and the splits (kept fixed across training seeds)
+    image_size: tuple[int, int] = (256, 192)
+    output_dir: str = "runs"
+    data_dir: str = "data"  # where phantom centres and caches are materialised
+    privacy: PrivacySpec | None = None  # scenario-wide default; a profile's own wins
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    faults: list[FaultSpec] = Field(default_factory=list)
+    quick: dict[str, Any] = Field(default_factory=dict)  # scenario keys overridden by --quick
+    # filled by load_scenario:
+    resolved_profiles: dict[str, CentreProfile] = Field(default_factory=dict)
+    source_file: str | None = None
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not all(16 <= x <= 4096 for x in v):
+            raise ValueError("image_size must be [height, width], each in 16..4096")
+        return v
+
+    def centre_names(self, role: str | None = None) -> list[str]:
+        """Names of the scenario's centres, optionally only those with ``role``."""
+        return [e.name or "" for e in self.centres if role is None or e.role == role]
+
+    def entry(self, name: str) -> CentreEntry:
+        for e in self.centres:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    @property
+    def recipe(self) -> StrategySpec:
+        assert isinstance(self.strategy, StrategySpec), "load_scenario resolves the strategy"
+        return self.strategy

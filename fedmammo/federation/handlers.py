@@ -1,0 +1,83 @@
+"""ClientApp handlers: what each declares (message type, DP path, consent) and the reply.
+
+A handler is ``fn(msg, context) -> Message``: it unpacks the message, calls ``training/``
+and packs the reply with :func:`reply`. Methods declare theirs with :func:`handler` in
+their ``client.py`` and list them in their :class:`~fedmammo.methods.registry.Method`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flwr.app import Context, Message, RecordDict
+from torch import nn
+
+from fedmammo.federation.egress import declare_egress
+
+__all__ = ["CATEGORIES", "Handler", "InjectedFault", "check_injected_fault", "handler", "reply"]
+
+CATEGORIES = ("train", "evaluate", "query")
+
+
+@dataclass(eq=False)
+class Handler:
+    """A ClientApp handler and what it declares.
+
+    ``dp``: it trains with DP (through ``federation.privacy.ledger.open_dp_session``) at a
+    centre whose profile sets ``privacy``; a DP centre refuses every other ``train.*``
+    message. ``consent``: the ``sharing`` key of the centre's profile its reply needs.
+    """
+
+    message_type: str
+    fn: Callable[[Message, Context], Message]
+    dp: bool = False
+    consent: str | None = None
+
+    def __call__(self, msg: Message, context: Context) -> Message:
+        return self.fn(msg, context)
+
+    @property
+    def category(self) -> str:
+        return self.message_type.split(".", 1)[0]
+
+    @property
+    def action(self) -> str:
+        return self.message_type.split(".", 1)[1]
+
+
+def handler(
+    message_type: str, *, dp: bool = False, consent: str | None = None
+) -> Callable[[Callable], Handler]:
+    """Declare ``fn`` as the handler of ``<category>.<action>`` (e.g. ``train.classifier``)."""
+    category, _, action = message_type.partition(".")
+    if category not in CATEGORIES or not action:
+        raise ValueError(
+            f"message type {message_type!r}: expected <{'|'.join(CATEGORIES)}>.<action>"
+        )
+
+    def deco(fn: Callable) -> Handler:
+        h = Handler(message_type, fn, dp=dp, consent=consent)
+        functools.update_wrapper(h, fn)  # keeps name and docstring for readers and tests
+        return h
+
+    return deco
+
+
+class InjectedFault(RuntimeError):
+    """A failure the scenario asked for (``faults:``), to study and test centre dropouts."""
+
+
+def check_injected_fault(msg: Message) -> None:
+    """Raise InjectedFault when the server marked this message as one that must fail."""
+    cfg = msg.content["config"]
+    if cfg.get("inject-fault", False):
+        raise InjectedFault(f"injected fault (scenario 'faults:'), round {cfg.get('server-round')}")
+
+
+def reply(msg: Message, context: Context, records: dict, model: nn.Module | None = None) -> Message:
+    """The reply message; ``model`` declares which weights the egress guard may let out."""
+    if model is not None:
+        declare_egress(context, model.state_dict())
+    return Message(content=RecordDict(records), reply_to=msg)

@@ -1,0 +1,176 @@
+"""Membership-inference audits of a shared classifier, inside the centre that owns the images.
+
+Handler ``evaluate.audit`` audits a shared classifier: the received model's per-image losses
+on the centre's training images (members) and on its validation and test images (non-members,
+never trained on) feed the loss-threshold attack (Yeom et al.). Only the attack's AUC, its TPR
+at 1% FPR, the two counts and, when the centre trained this arm with DP, the epsilon spent on
+the message's ledger and the TPR bound it implies leave the centre. :func:`attack_metrics`
+and :func:`need_both` serve the methods' own audit handlers too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord
+from torch import nn
+
+from fedmammo.config.recipe import LocalTrainingParams
+from fedmammo.errors import DataError
+from fedmammo.federation.centre_models import model_from
+from fedmammo.federation.centre_runtime import (
+    CentreIdentity,
+    centre_data,
+    device,
+    identity_of,
+    segments_of,
+    select_rows,
+)
+from fedmammo.federation.codec import get_json
+from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.orchestrator import derive_seed
+from fedmammo.federation.privacy.ledger import LEDGER_KEY, ledger_epsilon
+from fedmammo.federation.privacy.phases import PARENT_LEDGER_KEY
+from fedmammo.models import build_model
+from fedmammo.privacy.audit import (
+    AuditResult,
+    loss_threshold_attack,
+    run_lira_offline,
+)
+from fedmammo.training.classifier import predict_scores, train_classifier
+
+__all__ = ["attack_metrics", "audit", "example_losses", "need_both"]
+
+
+def example_losses(p_malignant: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-example cross-entropy of a binary classifier from its class-1 probabilities."""
+    p = np.clip(np.asarray(p_malignant, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels).astype(bool)
+    return -np.log(np.where(y, p, 1.0 - p))
+
+
+def need_both(kind: str, ident: CentreIdentity, members: int, others: int) -> None:
+    if members == 0 or others == 0:
+        raise DataError(
+            f"{kind} at centre {ident.name!r}: needs labelled training images (members) "
+            f"and labelled val/test images (non-members); has {members} and {others}"
+        )
+
+
+def attack_metrics(
+    context: Context,
+    ident: CentreIdentity,
+    cfg: Mapping,
+    losses: tuple[np.ndarray, np.ndarray],
+    *,
+    n_trained: int,
+    start: float,
+) -> MetricRecord:
+    """The reply's metrics: attack scores, counts and, under DP, the ledger's epsilon bound.
+
+    ``n_trained`` is the number of examples the arm trained on here (it sets the budget's
+    delta, as in the training handler). Without a ledger of its own the message's
+    ``dp-parent-ledger`` (the ledger the arm continues) is used.
+    """
+    result = loss_threshold_attack(*losses)
+    metrics = {
+        "auc": result.attack_auc,
+        "tpr-at-1pct-fpr": result.tpr_at_1pct_fpr,
+        "n-members": result.n_members,
+        "n-nonmembers": result.n_nonmembers,
+    }
+    spent = ledger_epsilon(context, ident, cfg, n_trained)
+    parent = cfg.get(PARENT_LEDGER_KEY)
+    if spent is None and parent:
+        spent = ledger_epsilon(context, ident, {LEDGER_KEY: str(parent)}, n_trained)
+    if spent is not None:
+        eps, delta = spent
+        metrics.update(
+            {
+                "epsilon": eps,
+                "delta": delta,
+                "tpr-bound-at-1pct-fpr": AuditResult.epsilon_bound_tpr(eps, delta),
+            }
+        )
+    metrics["compute-seconds"] = time.perf_counter() - start
+    return MetricRecord(metrics)
+
+
+@handler("evaluate.audit")
+def audit(msg: Message, context: Context) -> Message:
+    """Loss-threshold attack on the received classifier: members = this centre's train split
+    (restricted to the config's ``segments`` when given), non-members its val and test.
+
+    With ``lira-shadows`` > 0 (even) also offline LiRA (``lira-auc``, ``lira-tpr-at-1pct-fpr``)
+    with that many shadow models trained here (see :func:`_lira`)."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "local") == "local")
+    ident = identity_of(context)
+    data = centre_data(ident, cfg)
+    segments = segments_of(cfg)  # periodic sampling: the arm trained on these segments only
+    members = select_rows(data, "train", segments)
+    others = np.concatenate([select_rows(data, split, segments) for split in ("val", "test")])
+    need_both("evaluate.audit", ident, len(members), len(others))
+    losses = tuple(
+        example_losses(
+            predict_scores(model, data.dataset(rows), device=device()), data.labels(rows)
+        )
+        for rows in (members, others)
+    )
+    metrics = attack_metrics(context, ident, cfg, losses, n_trained=len(members), start=start)
+    shadows = int(cfg.get("lira-shadows", 0))
+    if shadows:
+        lira = _lira(model, data, members, others, cfg, shadows)
+        metrics.update({"lira-auc": lira.attack_auc, "lira-tpr-at-1pct-fpr": lira.tpr_at_1pct_fpr})
+        metrics["compute-seconds"] = time.perf_counter() - start
+    return reply(msg, context, {"metrics": metrics})
+
+
+def _lira(
+    target: nn.Module, data, members: np.ndarray, others: np.ndarray, cfg: Mapping, shadows: int
+) -> AuditResult:
+    """Offline LiRA with ``shadows`` models trained here on random halves of the candidates.
+
+    Each shadow trains a fresh ``model`` with the ``lira-train`` recipe (the arm's local
+    training stretched over its rounds: an approximation of how the shared model was trained);
+    candidates are this centre's members and held-out images.
+    """
+    rows = np.concatenate([members, others])
+    is_member = np.r_[np.ones(len(members), bool), np.zeros(len(others), bool)]
+    spec, params = get_json(cfg, "model"), LocalTrainingParams(**get_json(cfg, "lira-train"))
+
+    def train_fn(idx: np.ndarray, _y: np.ndarray, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        shadow = build_model(spec["name"], **spec.get("options", {}))
+        picked = rows[idx]
+        train_classifier(
+            shadow,
+            data.dataset(picked),
+            data.labels(picked),
+            data.segments(picked),
+            params=params,
+            seed=seed,
+            device=device(),
+        )
+        return shadow
+
+    def logits(model: nn.Module, idx: np.ndarray) -> np.ndarray:
+        p = predict_scores(model, data.dataset(rows[idx]), device=device())
+        p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)  # binary: the class-1 logit against class 0
+
+    index = np.arange(len(rows))
+    return run_lira_offline(
+        train_fn,
+        logits,
+        index,
+        data.labels(rows),
+        is_member,
+        shadows,
+        derive_seed(int(cfg["seed"]), "lira"),
+        target_model=target,
+    )

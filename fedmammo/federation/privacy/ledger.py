@@ -1,0 +1,268 @@
+"""A centre's privacy ledgers in Flower's ``context.state``, its DP sessions and refusals.
+
+Centre side. Every DP training message names a *ledger* (``privacy-ledger``, the server
+sends ``<arm>|<seed>``: every arm and seed of a run is a separate what-if deployment) and
+the number of rounds the server plans for it (``dp-planned-rounds``). The centre keeps one
+:class:`~fedmammo.privacy.accounting.CentreAccountant` per ledger in ``context.state`` (one
+JSON string each; ConfigRecord holds no nested lists), so epsilon composes over every round
+and phase of that ledger, and the noise for a target epsilon is planned once for all the
+planned steps. Work beyond the budget or the plan is refused before any step is taken: the
+handler raises :class:`BudgetRefusal`, the reply is an error whose reason starts with
+:data:`REFUSAL_MARK`, and the server records it and stops that arm.
+
+The reply of a DP round carries a ConfigRecord ``privacy`` (:func:`encode_privacy`):
+hyper-parameters only (noise multiplier, sample rate, steps, delta, clipping norm, epsilon).
+
+Samplers under DP: the accountant assumes Poisson sampling, so a DP round replaces the
+recipe's sampler with Poisson sampling over the centre's training set (sample rate
+``1 / steps_per_epoch``). ``train.classifier`` refuses fixed periodic batches (sampler
+``periodic``, quota rounds) with :class:`DPUnsupportedError` rather than report a Poisson
+epsilon for them (``train.periodic`` runs their honest per-segment Poisson form, see
+:mod:`fedmammo.privacy.periodic`); every ``train.*`` message whose handler has no DP path
+is refused too (:func:`dp_guard_mod`). The server side is
+:mod:`fedmammo.federation.privacy.server`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message
+
+from fedmammo.errors import ConfigError, FedmammoError
+from fedmammo.federation.centre_runtime import CentreIdentity, identity_of
+from fedmammo.federation.privacy.codec import encode_privacy
+from fedmammo.privacy.accounting import (
+    BudgetExceeded,
+    CentreAccountant,
+    PrivacyBudget,
+    PrivacyUsageError,
+)
+from fedmammo.privacy.engine import DPSession
+
+__all__ = [
+    "LEDGER_KEY",
+    "PLANNED_ROUNDS_KEY",
+    "PRIOR_KEY",
+    "REFUSAL_MARK",
+    "BudgetRefusal",
+    "DPUnsupportedError",
+    "dp_guard_mod",
+    "dp_session_for",
+    "finish_dp",
+    "is_refusal",
+    "ledger_epsilon",
+    "ledger_name",
+    "load_accountant",
+    "open_dp_session",
+    "privacy_budget",
+    "save_accountant",
+    "steps_per_round",
+]
+
+logger = logging.getLogger(__name__)
+
+STATE_KEY = "privacy.ledgers"
+REFUSAL_MARK = "privacy budget refusal"
+LEDGER_KEY = "privacy-ledger"
+PLANNED_ROUNDS_KEY = "dp-planned-rounds"
+PRIOR_KEY = "dp-prior"
+_FIXED_BATCH_SAMPLERS = ("periodic",)
+
+
+class BudgetRefusal(FedmammoError):
+    """A centre refuses a round that would exceed its privacy budget or its planned steps."""
+
+    def __init__(self, centre: str, reason: str) -> None:
+        self.centre = centre
+        super().__init__(f"{REFUSAL_MARK}: {reason}")
+
+
+class DPUnsupportedError(ConfigError):
+    """DP was asked for work whose privacy cannot be accounted honestly."""
+
+
+def is_refusal(reason: str | None) -> bool:
+    """True when an error reply's reason is a privacy-budget refusal."""
+    text = reason or ""
+    return REFUSAL_MARK in text or "refuses the requested work" in text
+
+
+# --------------------------------------------------------------------------- ledgers
+def ledger_name(cfg: ConfigRecord) -> str:
+    """The ledger a message charges: ``privacy-ledger``, else its arm."""
+    return str(cfg.get(LEDGER_KEY) or cfg.get("arm") or "run")
+
+
+def load_accountant(
+    context: Context, ledger: str, *, mechanism: str, centre: str, prior: str | None = None
+) -> CentreAccountant:
+    """The ledger's accountant from ``context.state``; else from ``prior`` (resume) or new."""
+    if STATE_KEY in context.state and ledger in context.state[STATE_KEY]:
+        return CentreAccountant.from_state(json.loads(str(context.state[STATE_KEY][ledger])))
+    if prior:
+        logger.info("centre %s: ledger %s restored from the server's privacy.json", centre, ledger)
+        return CentreAccountant.from_state({"centre": centre, **json.loads(prior)})
+    return CentreAccountant(mechanism, centre=centre)  # type: ignore[arg-type]
+
+
+def save_accountant(context: Context, ledger: str, accountant: CentreAccountant) -> None:
+    """Keep the ledger's accountant in ``context.state`` (one JSON string per ledger)."""
+    if STATE_KEY not in context.state:
+        context.state[STATE_KEY] = ConfigRecord({})
+    context.state[STATE_KEY][ledger] = json.dumps(accountant.to_state())
+
+
+def privacy_budget(ident: CentreIdentity, n_examples: int) -> PrivacyBudget | None:
+    """The centre profile's DP budget, or None without DP (and for the pooled what-if)."""
+    if ident.profile is None or not ident.profile.privacy.enabled:
+        return None
+    return PrivacyBudget.from_spec(ident.profile.privacy, n_examples)
+
+
+def steps_per_round(params: Any, n_examples: int) -> tuple[int, int]:
+    """(steps per epoch, steps per round) of ``train_classifier`` on ``n_examples``."""
+    per_epoch = params.steps_per_epoch or math.ceil(n_examples / params.batch_size)
+    return int(per_epoch), int(per_epoch * params.epochs)
+
+
+# --------------------------------------------------------------------------- sessions
+def open_dp_session(
+    context: Context,
+    ident: CentreIdentity,
+    cfg: ConfigRecord,
+    *,
+    n_examples: int,
+    steps_per_epoch: int,
+    epochs: int,
+    phase: str,
+) -> DPSession | None:
+    """The DP session of one training message, checked against the budget (None without DP).
+
+    The message plans ``epochs * steps_per_epoch`` Poisson steps at rate ``1 /
+    steps_per_epoch``; the ledger (``privacy-ledger``) plans ``dp-planned-rounds`` such
+    messages. Raises :class:`BudgetRefusal` when the message would exceed the target epsilon
+    or the planned steps.
+    """
+    budget = privacy_budget(ident, n_examples)
+    if budget is None:
+        return None
+    per_round = int(steps_per_epoch) * int(epochs)
+    planned_rounds = int(cfg.get(PLANNED_ROUNDS_KEY, 0))
+    if planned_rounds < 1 and budget.noise_multiplier is None:
+        raise DPUnsupportedError(
+            f"centre {ident.name!r}: privacy.target_epsilon needs the planned number of rounds "
+            f"(config {PLANNED_ROUNDS_KEY!r}) to choose the noise once for the whole run; this "
+            "strategy does not send it: set privacy.noise_multiplier instead"
+        )
+    ledger = ledger_name(cfg)
+    prior = cfg.get(PRIOR_KEY)
+    accountant = load_accountant(
+        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=prior
+    )
+    session = DPSession(
+        budget,
+        accountant,
+        planned_steps=max(planned_rounds, 1) * per_round,
+        phase=phase,
+        centre=ident.name,
+        seed=int(cfg["seed"]),
+    )
+    try:
+        projected = session.check_budget(per_round, sample_rate=1.0 / steps_per_epoch)
+    except (BudgetExceeded, PrivacyUsageError) as err:
+        raise BudgetRefusal(ident.name, str(err)) from err
+    logger.info(
+        "centre %s ledger %s phase %s: DP round of %d steps, epsilon after it %.3f",
+        ident.name,
+        ledger,
+        phase,
+        per_round,
+        projected,
+    )
+    return session
+
+
+def dp_session_for(
+    context: Context,
+    ident: CentreIdentity,
+    cfg: ConfigRecord,
+    params: Any,
+    *,
+    n_examples: int,
+    phase: str,
+) -> DPSession | None:
+    """:func:`open_dp_session` for ``train_classifier``'s ``params`` (refuses fixed batches).
+
+    Raises :class:`DPUnsupportedError` for fixed-batch samplers (their epsilon would not be
+    the Poisson one the accountant reports).
+    """
+    if privacy_budget(ident, n_examples) is None:
+        return None
+    if params.sampler in _FIXED_BATCH_SAMPLERS or "quota" in cfg:
+        raise DPUnsupportedError(
+            f"centre {ident.name!r}: DP training with sampler {params.sampler!r} (fixed periodic "
+            "batches) is refused: the accountant's Poisson epsilon would not hold for it. Use "
+            "sampler 'balanced_labels' or 'random' (Poisson-sampled under DP), or remove "
+            "privacy.target_epsilon / privacy.noise_multiplier from the centre profile"
+        )
+    per_epoch, _ = steps_per_round(params, n_examples)
+    return open_dp_session(
+        context,
+        ident,
+        cfg,
+        n_examples=n_examples,
+        steps_per_epoch=per_epoch,
+        epochs=params.epochs,
+        phase=phase,
+    )
+
+
+def finish_dp(context: Context, session: DPSession, cfg: ConfigRecord, steps: int) -> ConfigRecord:
+    """Save the ledger after training and return the reply's ``privacy`` record."""
+    save_accountant(context, ledger_name(cfg), session.accountant)
+    return encode_privacy(session, ledger=ledger_name(cfg), round_steps=steps)
+
+
+def ledger_epsilon(
+    context: Context, ident: CentreIdentity, cfg: ConfigRecord, n_examples: int
+) -> tuple[float, float] | None:
+    """(epsilon, delta) spent so far on the message's ledger, or None without DP.
+
+    A ledger this node does not hold (a restarted node: its ``context.state`` is gone) is
+    read from the server's record (``dp-prior``) when the message carries one.
+    """
+    budget = privacy_budget(ident, n_examples)
+    if budget is None:
+        return None
+    ledger, prior = ledger_name(cfg), cfg.get(PRIOR_KEY)
+    if not prior and (STATE_KEY not in context.state or ledger not in context.state[STATE_KEY]):
+        return None
+    acc = load_accountant(
+        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=prior
+    )
+    return acc.epsilon(budget.delta), budget.delta
+
+
+# --------------------------------------------------------------------------- guard
+def dp_guard_mod(dp_capable: Iterable[str]) -> Callable[[Message, Context, Callable], Message]:
+    """Client mod: refuse ``train.*`` messages outside ``dp_capable`` at a DP centre."""
+    capable = frozenset(dp_capable)
+
+    def mod(msg: Message, context: Context, call_next) -> Message:
+        kind = msg.metadata.message_type
+        if kind.startswith("train.") and kind not in capable:
+            ident = identity_of(context)
+            if ident.profile is not None and ident.profile.privacy.enabled:
+                raise DPUnsupportedError(
+                    f"centre {ident.name!r} trains with DP (privacy in its profile) but "
+                    f"{kind!r} has no DP path; its epsilon could not be honoured. DP-capable: "
+                    f"{sorted(capable)}. Remove the centre's privacy settings for this strategy"
+                )
+        return call_next(msg, context)
+
+    return mod

@@ -1,0 +1,11 @@
+"""The methods fedmammo runs, one folder each; importing this package registers them all.
+
+Adding a method: write ``methods/<kind>/`` (params, client, server, report, and an
+``__init__`` that calls :func:`fedmammo.methods.registry.register`) and add it to the import
+line below. Nothing else changes.
+"""
+
+from fedmammo.methods import fedavg, mtl_finetune, periodic_sampling, share_gans  # noqa: F401
+from fedmammo.methods.registry import METHODS, Method, get_method, register
+
+__all__ = ["METHODS", "Method", "get_method", "register"]

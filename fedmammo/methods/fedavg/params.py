@@ -1,0 +1,29 @@
+"""Recipe parameters of ``kind: fedavg``: FedAvg rounds plus local and pooled reference arms."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fedmammo.config.recipe import LocalTrainingParams, ModelParams, RecipeParams
+
+__all__ = ["FedAvgParams"]
+
+
+class FedAvgParams(RecipeParams):
+    """FedAvg of an image-level classifier across the training centres."""
+
+    model: ModelParams = ModelParams()
+    train: LocalTrainingParams = LocalTrainingParams()
+    rounds: int = Field(default=5, ge=1, le=10_000)
+    arms: list[Literal["federated", "local", "pooled"]] = ["federated", "local", "pooled"]
+    weighting: Literal["num_examples", "equal"] = "num_examples"
+    batchnorm: Literal["average", "local"] = "local"
+    min_centres: int = Field(default=1, ge=1)
+    bootstrap: int = Field(default=1000, ge=0, le=100_000)
+    checkpoint_every: int = Field(default=1, ge=1)
+    # Offline LiRA shadow models per audit and centre (even; 0: loss-threshold attack only).
+    # Each shadow trains the model locally for rounds x train.epochs epochs: affordable only
+    # at small scale.
+    audit_shadows: int = Field(default=0, ge=0, le=64, multiple_of=2)

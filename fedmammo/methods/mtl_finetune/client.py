@@ -1,0 +1,367 @@
+"""Handlers of the multi-task method: train.mtl, evaluate.mtl and query.latent (seed 001).
+
+A centre trains the received :class:`~fedmammo.models.mtl.MultiTaskNet` on every image of its
+training split (labelled or not: a missing label only zeroes that task's weight) and replies
+with weights and loss parts; it evaluates on the split the server names and replies with
+metric records (malignancy AUC with bootstrap CI, ACR and density balanced accuracy, view AUC,
+malignancy AUC per density class and per view, and per data segment).
+
+``query.latent`` draws the Figure-6-style map of the latent ``z`` inside the centre: the
+per-image embeddings never leave it (the egress guard would refuse them), only the pixels of a
+plot do. In simulation the centre writes ``latent_<centre>_seed<seed>.png`` into the
+``plot-dir`` the server passes (the run directory's ``plots/``, on the same machine); in
+deployment it ignores any server path and writes to its own ``<output-dir>/plots`` (node
+config ``output-dir``, default ``<data-dir>/outputs``). The reply carries counts only.
+
+Differential privacy (``train.mtl`` at a centre whose profile sets ``privacy``): DP-SGD
+through :func:`~fedmammo.federation.privacy.ledger.open_dp_session` (Poisson sampling at rate
+``1 / steps_per_epoch``, per-example clipping, the planned noise), and the reply carries the
+``privacy`` record. Budget composition across the method's phases:
+
+- Pre-training rounds (``phase: pretrain``) are DP phase ``mtl``; fine-tuning rounds are DP
+  phase ``finetune``. Both charge *one* ledger: a fine-tuning arm (its own ledger, as every
+  arm is a separate what-if deployment) starts as a copy of the ledger of the pre-training
+  it continues (``dp-parent-ledger``, the ``mtl`` arm's), copied from this centre's own
+  ``context.state``, so its epsilon is pre-training plus fine-tuning. A centre without a
+  record of that parent ledger (node state lost, no server prior) refuses the round.
+- The noise for a target epsilon is planned once for the whole run. ``DPSession`` plans a
+  phase from what remains of the target after earlier phases, so planned alone the
+  pre-training would spend the whole target and leave nothing to fine-tune. When the server
+  announces the phases that will follow at this centre (``dp-later-phases``: their planned
+  rounds and local training parameters), the first pre-training round plans one noise
+  multiplier for all planned steps of every phase (pre-training at its sample rate, then
+  fine-tuning at its own) so that the composed epsilon reaches the target exactly at the
+  end of fine-tuning, and stores it as the plan of both phases. The ``mtl`` model alone
+  then ends below the target (the rest is reserved for fine-tuning); a centre that does
+  not fine-tune plans its pre-training alone, up to the whole target.
+- Every round is checked before any step against the target (and the planned steps);
+  work beyond them is refused (``BudgetRefusal``) and the server stops that arm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from fedmammo.config.recipe import LocalTrainingParams
+from fedmammo.data.labels import MISSING, drop_labels, finetune_targets, manifest_targets
+from fedmammo.data.prepare import CentreData
+from fedmammo.errors import DataError
+from fedmammo.evaluation.latent import plot_latent
+from fedmammo.federation.centre_models import model_from
+from fedmammo.federation.centre_runtime import (
+    CentreIdentity,
+    centre_data,
+    device,
+    identity_of,
+)
+from fedmammo.federation.codec import (
+    arrays_to_state,
+    encode_metric_records,
+    get_json,
+    state_to_arrays,
+)
+from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.orchestrator import derive_seed
+from fedmammo.federation.privacy.ledger import finish_dp, open_dp_session, privacy_budget
+from fedmammo.federation.privacy.phases import fork_parent_ledger, plan_later_phases
+from fedmammo.methods.mtl_finetune.report import mtl_records
+from fedmammo.models import build_model
+from fedmammo.privacy.engine import DPSession, validate_for_dp
+from fedmammo.training.classifier import augment_batch, seed_everything
+from fedmammo.training.mtl import (
+    MultiTaskDataset,
+    collate_mtl,
+    evaluate_mtl,
+    finetune_class_weights,
+    train_mtl,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "HANDLERS",
+    "EVAL_BATCH",
+    "dp_phase",
+    "evaluate",
+    "latent",
+    "mtl_loader",
+    "single_centre",
+    "train",
+    "training_targets",
+]
+
+EVAL_BATCH = 64
+
+
+def single_centre(data: object, what: str) -> CentreData:
+    """``data`` as one centre's data; the multi-task handlers refuse the pooled what-if."""
+    if not isinstance(data, CentreData):
+        raise DataError(f"{what}: the multi-task method runs at single centres, not on pooled data")
+    return data
+
+
+def training_targets(
+    data: CentreData, rows: np.ndarray, cfg: Mapping, centre: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Targets, uncertainties and the kept rows for this round's phase and label-drop arm."""
+    manifest = data.manifest.iloc[rows]
+    if str(cfg.get("phase", "pretrain")) == "finetune":
+        targets, unc = finetune_targets(
+            manifest, u1=float(cfg["u1"]), u_other=float(cfg.get("u-other", 0.5))
+        )
+    else:
+        targets, unc = manifest_targets(manifest)
+    fraction = float(cfg.get("drop-fraction", 0.0))
+    if fraction <= 0:
+        return targets, unc, rows
+    # the same labels every round: the seed comes from the run seed and the centre only
+    seed = derive_seed(int(cfg.get("drop-seed", 0)), centre)
+    dropped = drop_labels(targets, fraction, tasks=["malignancy"], seed=seed)
+    if not bool(cfg.get("drop-all", False)):
+        return dropped, unc, rows
+    # "all labels dropped" removes whole images (seed 001 Table 5: fewer samples): those whose
+    # malignancy label the malignancy-only arm drops, and the same fraction of the others
+    had = targets["malignancy"] != MISSING
+    lost = had & (dropped["malignancy"] == MISSING)
+    others = {"images": np.where(had, MISSING, 0)}
+    lost |= ~had & (drop_labels(others, fraction, tasks=["images"], seed=seed)["images"] == MISSING)
+    keep = ~lost
+    targets = {t: v[keep] for t, v in targets.items()}
+    unc = {t: v[keep] for t, v in unc.items()}
+    rows = rows[keep]
+    return targets, unc, rows
+
+
+def mtl_loader(
+    data: CentreData,
+    rows: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    unc: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    augment: bool = False,
+    num_samples: int | None = None,
+) -> DataLoader:
+    """Multi-task batches of ``rows``; in order without ``generator``, else sampled from it."""
+    array = data.cache.array
+    transform = (lambda x: augment_batch(x[None], generator)[0]) if augment else None
+    targets = {t: np.array(v) for t, v in targets.items()}  # writable copies for torch
+    unc = {t: np.array(v) for t, v in unc.items()}
+    dataset = MultiTaskDataset(lambda i: array[rows[i]], targets, unc, transform=transform)
+    if generator is None:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_mtl)
+    sampler = RandomSampler(dataset, num_samples=num_samples, generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_mtl)
+
+
+# --------------------------------------------------------------------------- privacy
+def dp_phase(cfg: Mapping) -> str:
+    """The DP phase of a train.mtl message: ``mtl`` (pre-training) or ``finetune``."""
+    return "finetune" if str(cfg.get("phase", "pretrain")) == "finetune" else "mtl"
+
+
+def _dp_session(
+    context: Context,
+    ident: CentreIdentity,
+    cfg: ConfigRecord,
+    model: nn.Module,
+    *,
+    n_examples: int,
+    steps_per_epoch: int,
+    epochs: int,
+) -> DPSession | None:
+    """The round's DP session (None without DP); refuses before any step when over budget."""
+    budget = privacy_budget(ident, n_examples)
+    if budget is None:
+        return None
+    validate_for_dp(model)  # names every layer DP-SGD cannot train (BatchNorm), up front
+    phase = dp_phase(cfg)
+    fork_parent_ledger(context, ident, cfg, budget)
+    plan_later_phases(
+        context,
+        ident,
+        cfg,
+        budget,
+        n_examples=n_examples,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        phase=phase,
+    )
+    return open_dp_session(
+        context,
+        ident,
+        cfg,
+        n_examples=n_examples,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        phase=phase,
+    )
+
+
+@handler("train.mtl", dp=True)
+def train(msg: Message, context: Context) -> Message:
+    """Train the received multi-task net on this centre's training split; return weights.
+
+    Under DP (``privacy`` in the centre profile) the round trains with DP-SGD and the reply
+    adds the ``privacy`` record; a round beyond the budget is refused before any step.
+    """
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    ident = identity_of(context)
+    model = model_from(msg, context, keep_local_bn=False)
+    data = single_centre(centre_data(ident, cfg), "train.mtl")
+    targets, unc, rows = training_targets(data, data.rows("train", label=None), cfg, ident.name)
+    if not len(rows):
+        raise DataError(f"centre {ident.name!r}: no training images (check its split)")
+    params = LocalTrainingParams(**get_json(cfg, "train"))
+    gen = seed_everything(int(cfg["seed"]))
+    per_epoch = params.steps_per_epoch
+    loader = mtl_loader(
+        data,
+        rows,
+        targets,
+        unc,
+        batch_size=params.batch_size,
+        generator=gen,
+        augment=params.augment,
+        num_samples=per_epoch * params.batch_size if per_epoch else None,
+    )
+    # DP: plans the noise, or refuses (BudgetRefusal) before any step; see the module doc
+    privacy = _dp_session(
+        context,
+        ident,
+        cfg,
+        model,
+        n_examples=len(rows),
+        steps_per_epoch=len(loader),
+        epochs=params.epochs,
+    )
+    weights = None
+    if str(cfg.get("phase", "pretrain")) == "finetune":
+        weights = finetune_class_weights(
+            float(cfg.get("class-weight-high", 20.0)), tasks=tuple(model.tasks)
+        )
+    result = train_mtl(
+        model,
+        loader,
+        epochs=params.epochs,
+        lr=params.lr,
+        optimizer=params.optimizer,
+        device=device(),
+        class_weights=weights,
+        recon_weight=float(cfg.get("recon-weight", 1.0)),
+        privacy=privacy,
+    )
+    metrics = MetricRecord(
+        {
+            "num-examples": len(rows),
+            "examples-seen": int(result["num_examples"]),
+            "steps": int(result["steps"]),
+            "train-loss": result.get("total", 0.0),
+            "compute-seconds": time.perf_counter() - start,
+        }
+    )
+    for key, value in result.items():
+        if key not in ("total", "steps", "num_examples"):
+            metrics[f"loss-{key.removeprefix('task_')}"] = float(value)
+    for task, y in targets.items():
+        metrics[f"labelled-{task}"] = int((y != MISSING).sum())
+    records = {"arrays": state_to_arrays(model.state_dict()), "metrics": metrics}
+    if privacy is not None:
+        records["privacy"] = finish_dp(context, privacy, cfg, int(result["steps"]))
+    return reply(msg, context, records, model)
+
+
+@handler("evaluate.mtl")
+def evaluate(msg: Message, context: Context) -> Message:
+    """Multi-task metric records of the received net on one split of this centre."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    model = model_from(msg, context, keep_local_bn=False)
+    data = single_centre(centre_data(identity_of(context), cfg), "evaluate.mtl")
+    rows = data.rows(str(cfg["split"]), label=None)
+    metrics = MetricRecord({})
+    if len(rows):
+        targets, unc = manifest_targets(data.manifest.iloc[rows])
+        result = evaluate_mtl(
+            model, mtl_loader(data, rows, targets, unc, batch_size=EVAL_BATCH), device=device()
+        )
+        records = mtl_records(
+            result["predictions"],
+            result["labels"],
+            data.segments(rows),
+            n_boot=int(cfg.get("n-boot", 0)),
+            seed=int(cfg["seed"]),
+        )
+        records.append({"segment": None, "metric": "loss", "value": result.get("total")})
+        metrics = encode_metric_records(records)
+    metrics["num-examples"] = len(rows)
+    metrics["compute-seconds"] = time.perf_counter() - start
+    return reply(msg, context, {"metrics": metrics})
+
+
+@torch.no_grad()
+def _latent_codes(model: nn.Module, loader: DataLoader) -> np.ndarray:
+    model.to(device()).eval()
+    return np.concatenate([model(x.to(device()))["z"].float().cpu().numpy() for x, _, _ in loader])
+
+
+def _plot_dir(context: Context, ident: CentreIdentity, cfg: Mapping) -> Path:
+    node = context.node_config
+    if "centre" in node:  # deployment: the server's run directory is not on this machine
+        local = node.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
+        return Path(str(local)) / "plots"
+    if "plot-dir" not in cfg:
+        raise DataError("query.latent: the server sent no 'plot-dir'")
+    return Path(str(cfg["plot-dir"]))
+
+
+@handler("query.latent")
+def latent(msg: Message, context: Context) -> Message:
+    """Draw the latent map of the received models on one split; reply with counts only.
+
+    The message holds ``arrays-<k>`` (one model per arm) and ``config`` with ``arms`` and
+    ``models`` (JSON: arm -> model spec), ``split``, ``seed``, ``method`` and ``plot-dir``.
+    """
+    cfg = msg.content["config"]
+    ident = identity_of(context)
+    data = single_centre(centre_data(ident, cfg), "query.latent")
+    rows = data.rows(str(cfg.get("split", "test")), label=None)
+    info = MetricRecord({"n-images": len(rows), "plotted": 0})
+    if len(rows) < 3:
+        return reply(msg, context, {"info": info})
+    targets, unc = manifest_targets(data.manifest.iloc[rows])
+    loader = mtl_loader(data, rows, targets, unc, batch_size=EVAL_BATCH)
+    specs = get_json(cfg, "models")
+    codes = {}
+    for k, arm in enumerate(cfg["arms"]):
+        spec = specs[arm]
+        model = build_model(spec["name"], **spec.get("options", {}))
+        like = model.state_dict()
+        model.load_state_dict(arrays_to_state(msg.content[f"arrays-{k}"], like=like))
+        codes[str(arm)] = _latent_codes(model, loader)
+    seed = int(cfg.get("seed", 0))
+    path = _plot_dir(context, ident, cfg) / f"latent_{ident.name}_seed{seed}.png"
+    plot_latent(
+        codes,
+        targets,
+        path,
+        method=str(cfg.get("method", "pca")),
+        seed=seed,
+        title=f"Latent z at centre {ident.name} ({cfg.get('split', 'test')} split)",
+    )
+    info["plotted"] = 1
+    return reply(msg, context, {"info": info})
+
+
+HANDLERS = (train, evaluate, latent)

@@ -1,0 +1,147 @@
+"""Recipe parameters of ``kind: mtl_finetune``: federated MTL, fine-tuning rounds, ablation arms."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fedmammo.config.recipe import LocalTrainingParams, RecipeParams
+
+__all__ = ["ARM_NAMES", "ArmSpec", "MtlFinetuneParams", "MtlModelParams", "parse_arm"]
+
+_TASKS: dict[str, int] = {"malignancy": 2, "acr": 6, "density": 4, "view": 2}
+
+#: Fixed arm names (seed 001 Tables 2-4); ``drop_malignancy_<P>``, ``drop_all_<P>`` (percent,
+#: 1..99) and ``finetune_u1_<u1>`` (u1 in [0, 1]) are parametric.
+ARM_NAMES: tuple[str, ...] = (
+    "single_task",
+    "single_task_fusion",
+    "mtl",
+    "mtl_rec",
+    "mtl_acr",
+    "mtl_density",
+    "mtl_view",
+)
+_DROP = re.compile(r"^drop_(malignancy|all)_(\d{1,2})$")
+_FINETUNE = re.compile(r"^finetune_u1_(\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """What one ablation arm changes relative to the full multi-task model."""
+
+    name: str
+    tasks: tuple[str, ...] | None  # None = every task of the model options
+    fusion: bool = True
+    decoder: bool | None = None  # None = the model options' choice
+    drop_fraction: float = 0.0
+    drop_all_tasks: bool = False  # False: drop malignancy labels only
+    finetune_u1: float | None = None  # not None: pre-train, then fine-tune with this u1
+
+
+def parse_arm(name: str) -> ArmSpec:
+    """Interpret an arm name; raises ValueError listing the valid names."""
+    fixed = {
+        "single_task": ArmSpec(name, ("malignancy",), fusion=False, decoder=False),
+        "single_task_fusion": ArmSpec(name, ("malignancy",), decoder=False),
+        "mtl": ArmSpec(name, None),
+        "mtl_rec": ArmSpec(name, ("malignancy",), decoder=True),
+        "mtl_acr": ArmSpec(name, ("malignancy", "acr"), decoder=False),
+        "mtl_density": ArmSpec(name, ("malignancy", "density"), decoder=False),
+        "mtl_view": ArmSpec(name, ("malignancy", "view"), decoder=False),
+    }
+    if name in fixed:
+        return fixed[name]
+    if m := _DROP.match(name):
+        pct = int(m.group(2))
+        if 1 <= pct <= 99:
+            return ArmSpec(name, None, drop_fraction=pct / 100, drop_all_tasks=m.group(1) == "all")
+    if (m := _FINETUNE.match(name)) and 0.0 <= float(m.group(1)) <= 1.0:
+        return ArmSpec(name, None, finetune_u1=float(m.group(1)))
+    raise ValueError(
+        f"unknown arm {name!r}; valid arms: {', '.join(ARM_NAMES)}, drop_malignancy_<P>, "
+        "drop_all_<P> (P = 1..99 percent, e.g. drop_all_25), finetune_u1_<u1> (u1 in [0, 1], "
+        "e.g. finetune_u1_0.5)"
+    )
+
+
+class MtlModelParams(RecipeParams):
+    """Options of :class:`fedmammo.models.mtl.MultiTaskNet`."""
+
+    widths: list[int] = Field(default=[16, 32, 64, 128, 256], min_length=1)
+    blocks_per_level: int = Field(default=2, ge=1, le=8)
+    tasks: dict[str, int] = Field(default_factory=lambda: dict(_TASKS))
+    fusion: bool = True
+    decoder: bool = True
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
+    stem_stride: int = 1
+    norm: Literal["instance", "group", "batch"] = "instance"  # batch: non-private ablations only
+
+    @field_validator("widths")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if min(v) < 1:
+            raise ValueError(f"widths must be positive, got {v}")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(v) - set(_TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; valid tasks: {', '.join(_TASKS)}")
+        wrong = {t: c for t, c in v.items() if c != _TASKS[t]}
+        if wrong:
+            raise ValueError(f"class counts {wrong} differ from the labels' {_TASKS}")
+        return v
+
+    @field_validator("stem_stride")
+    @classmethod
+    def _stride(cls, v: int) -> int:
+        if v not in (1, 2, 4):
+            raise ValueError(f"stem_stride must be 1, 2 or 4, got {v}")
+        return v
+
+
+class MtlFinetuneParams(RecipeParams):
+    """FedAvg rounds of the multi-task net, then uncertainty-weighted fine-tuning rounds."""
+
+    model: MtlModelParams = MtlModelParams()
+    train: LocalTrainingParams = LocalTrainingParams()
+    finetune_train: LocalTrainingParams | None = None  # None: same as ``train``
+    rounds: int = Field(default=5, ge=1, le=10_000)
+    finetune_rounds: int = Field(default=2, ge=0, le=10_000)
+    finetune_centres: list[str] = Field(default_factory=list)
+    u1: float = Field(default=0.5, ge=0.0, le=1.0)  # fine-tuning u1 of arms without their own
+    u_other: float = Field(default=0.5, ge=0.0, le=1.0)
+    acr_high_class_weight: float = Field(default=20.0, gt=0.0)
+    recon_weight: float = Field(default=1.0, ge=0.0)
+    arms: list[str] = Field(default_factory=lambda: ["single_task", "mtl"], min_length=1)
+    bootstrap: int = Field(default=1000, ge=0, le=100_000)
+
+    @field_validator("arms")
+    @classmethod
+    def _valid_arms(cls, v: list[str]) -> list[str]:
+        for name in v:
+            parse_arm(name)
+        dupes = sorted({a for a in v if v.count(a) > 1})
+        if dupes:
+            raise ValueError(f"arms listed twice: {dupes}")
+        return v
+
+    @model_validator(mode="after")
+    def _finetune_needs_centres(self) -> MtlFinetuneParams:
+        tuning = [a for a in self.arms if parse_arm(a).finetune_u1 is not None]
+        if tuning and (not self.finetune_centres or self.finetune_rounds < 1):
+            raise ValueError(
+                f"arms {tuning} fine-tune: set finetune_centres (centre names) and "
+                "finetune_rounds >= 1"
+            )
+        return self
+
+    def arm_specs(self) -> list[ArmSpec]:
+        """The parsed arms, in order."""
+        return [parse_arm(a) for a in self.arms]

@@ -1,0 +1,333 @@
+"""Multi-task evaluation records and the seed-001 result tables (Tables 2-5, 8-9 layouts).
+
+:func:`mtl_records` turns one evaluation's predictions into metric records (what a centre may
+send). The table builders read the run's records (``RunRecorder.frame()``): final test
+figures, one cell per arm and evaluating centre, in percent, ``value (CI low, CI high)`` for a
+single seed and ``mean (std)`` over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import roc_auc_score
+
+from fedmammo.evaluation.metrics import bootstrap_auc
+from fedmammo.evaluation.results import RunRecorder
+from fedmammo.evaluation.tables import format_auc
+from fedmammo.methods.mtl_finetune.params import parse_arm
+
+__all__ = [
+    "section",
+    "DENSITY_CLASSES",
+    "ResultTable",
+    "STRATA",
+    "VIEW_CLASSES",
+    "build_mtl_tables",
+    "mtl_records",
+    "print_tables",
+    "tables_markdown",
+]
+
+DENSITY_CLASSES: tuple[str, ...] = ("A", "B", "C", "D")
+VIEW_CLASSES: tuple[str, ...] = ("CC", "MLO")
+#: Segment keys of the density and view strata, in table order.
+STRATA: tuple[str, ...] = (
+    *(f"density={d}" for d in DENSITY_CLASSES),
+    *(f"view={v}" for v in VIEW_CLASSES),
+)
+_MAIN_ARMS = ("single_task", "single_task_fusion", "mtl")
+_TABLE4_ARMS = (
+    "mtl",
+    "single_task",
+    "single_task_fusion",
+    "mtl_rec",
+    "mtl_acr",
+    "mtl_density",
+    "mtl_view",
+)
+_TASK_METRICS = (
+    ("auc", "malignancy AUC"),
+    ("acr_balanced_accuracy", "ACR bal. accuracy"),
+    ("density_balanced_accuracy", "density bal. accuracy"),
+    ("view_auc", "view AUC"),
+)
+
+
+# ---------------------------------------------------------------------------- records
+def _record(segment: str | None, metric: str, value: float, lo=None, hi=None) -> dict[str, Any]:
+    return {"segment": segment, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi}
+
+
+def _auc(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int) -> tuple[float, ...]:
+    keep = y >= 0
+    y, score = y[keep], score[keep]
+    if len(np.unique(y)) < 2:
+        return math.nan, math.nan, math.nan
+    if n_boot > 0:
+        return bootstrap_auc(y, score, n_boot=n_boot, seed=seed)
+    return float(roc_auc_score(y, score)), math.nan, math.nan
+
+
+def _balanced_accuracy(y: np.ndarray, prob: np.ndarray) -> float:
+    keep = y >= 0
+    if not keep.any():
+        return math.nan
+    pred = prob[keep].argmax(axis=1)
+    labels = np.unique(y[keep])
+    recalls = [np.mean(pred[y[keep] == k] == k) for k in labels]
+    return float(np.mean(recalls))  # = sklearn's balanced_accuracy_score without warnings
+
+
+def _scope(
+    segment: str | None, mask: np.ndarray, predictions, labels, n_boot, seed, *, full: bool
+) -> list[dict[str, Any]]:
+    out = [_record(segment, "n", float(mask.sum()))]
+    if "malignancy" in predictions and "malignancy" in labels:
+        y = labels["malignancy"][mask]
+        out.append(_record(segment, "n_malignant", float((y == 1).sum())))
+        auc = _auc(y, predictions["malignancy"][mask][:, 1], n_boot, seed)
+        out.append(_record(segment, "auc", *auc))
+    if not full:
+        return out
+    if "view" in predictions and "view" in labels:
+        auc = _auc(labels["view"][mask], predictions["view"][mask][:, 1], 0, seed)
+        if math.isfinite(auc[0]):
+            out.append(_record(segment, "view_auc", auc[0]))
+    for task in ("acr", "density"):
+        if task in predictions and task in labels:
+            value = _balanced_accuracy(labels[task][mask], predictions[task][mask])
+            if math.isfinite(value):
+                out.append(_record(segment, f"{task}_balanced_accuracy", value))
+    return out
+
+
+def mtl_records(
+    predictions: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    segments: Sequence[str] | None = None,
+    *,
+    n_boot: int = 0,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Metric records of one multi-task evaluation: whole set, strata and data segments.
+
+    ``predictions[task]`` are (N, C) probabilities, ``labels[task]`` (N,) class indices with
+    -1 for missing. Whole set (segment None) and each data segment: ``n``, ``n_malignant``,
+    ``auc`` (malignancy, with bootstrap CI when ``n_boot`` > 0; NaN with one class),
+    ``view_auc``, ``acr_balanced_accuracy`` and ``density_balanced_accuracy`` (where
+    defined). Strata ``density=A..D`` and ``view=CC/MLO`` (by the true label): ``n``,
+    ``n_malignant`` and ``auc``.
+    """
+    n = len(next(iter(labels.values())))
+    records = _scope(None, np.ones(n, bool), predictions, labels, n_boot, seed, full=True)
+    for task, names in (("density", DENSITY_CLASSES), ("view", VIEW_CLASSES)):
+        if task in labels:
+            for k, name in enumerate(names):
+                mask = np.asarray(labels[task]) == k
+                if mask.any():
+                    records += _scope(
+                        f"{task}={name}", mask, predictions, labels, n_boot, seed, full=False
+                    )
+    if segments is not None:
+        text = np.asarray([str(s) for s in segments], dtype=object)
+        for seg in sorted(set(text)):
+            records += _scope(seg, text == seg, predictions, labels, n_boot, seed, full=True)
+    return records
+
+
+# ---------------------------------------------------------------------------- tables
+@dataclass
+class ResultTable:
+    """One result table: a title, string cells (index = row labels) and a footnote."""
+
+    title: str
+    frame: pd.DataFrame
+    note: str = ""
+
+    def markdown(self) -> str:
+        """The table as a titled GitHub pipe table."""
+        cols = [self.frame.index.name or "", *map(str, self.frame.columns)]
+        lines = [f"### {self.title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for idx, row in self.frame.iterrows():
+            lines.append("| " + " | ".join([str(idx), *map(str, row.tolist())]) + " |")
+        if self.note:
+            lines += ["", self.note]
+        return "\n".join(lines) + "\n"
+
+    def rich(self) -> Table:
+        """The table for the terminal."""
+        table = Table(title=self.title, caption=self.note or None)
+        table.add_column(self.frame.index.name or "")
+        for c in self.frame.columns:
+            table.add_column(str(c), justify="right")
+        for idx, row in self.frame.iterrows():
+            table.add_row(str(idx), *map(str, row.tolist()))
+        return table
+
+
+def _final(df: pd.DataFrame, split: str) -> pd.DataFrame:
+    return df[(df["split"] == split) & df["round"].isna()]
+
+
+def _cell(rows: pd.DataFrame) -> str:
+    values = pd.to_numeric(rows["value"], errors="coerce").dropna()
+    if values.empty:
+        return "n/a"
+    if len(rows) == 1:
+        r = rows.iloc[0]
+        lo, hi = r["ci_low"], r["ci_high"]
+        return format_auc(
+            float(r["value"]),
+            None if pd.isna(lo) else float(lo),
+            None if pd.isna(hi) else float(hi),
+        )
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean() * 100:.2f} ({std * 100:.2f})"
+
+
+def _lookup(
+    df: pd.DataFrame, *, arm: str, centre: str, metric: str, segment: str | None = None
+) -> str:
+    sel = df[(df["arm"] == arm) & (df["centre"] == centre) & (df["metric"] == metric)]
+    sel = sel[sel["segment"].isna()] if segment is None else sel[sel["segment"] == segment]
+    return _cell(sel)
+
+
+def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
+    return [v for v in order if v in set(values)]
+
+
+def _frame(rows: dict[str, dict[str, str]], index_name: str) -> pd.DataFrame:
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = index_name
+    return frame
+
+
+def _strata_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTable:
+    rows: dict[str, dict[str, str]] = {}
+    for label, segment in (("overall", None), *((s, s) for s in STRATA)):
+        rows[label] = {
+            a: _lookup(df, arm=a, centre=centre, metric="auc", segment=segment) for a in arms
+        }
+    return ResultTable(
+        f"Malignancy AUC (%) by density and view at {centre} (seed 001 Tables 2-3)",
+        _frame(rows, "stratum"),
+    )
+
+
+def _aux_table(
+    df: pd.DataFrame, arms: list[str], centres: list[str], decoder_default: bool
+) -> ResultTable:
+    rows = {}
+    for arm in arms:
+        spec = parse_arm(arm)
+        tasks = set(spec.tasks or ("malignancy", "acr", "density", "view"))
+        rec = decoder_default if spec.decoder is None else spec.decoder
+        row = {"fusion": "+" if spec.fusion else "-", "rec": "+" if rec else "-"}
+        row |= {t: "+" if t in tasks else "-" for t in ("acr", "density", "view")}
+        row |= {c: _lookup(df, arm=arm, centre=c, metric="auc") for c in centres}
+        rows[arm] = row
+    return ResultTable(
+        "Contribution of each auxiliary task: malignancy AUC (%) (seed 001 Table 4)",
+        _frame(rows, "arm"),
+        "+ enabled, - disabled; every arm trains the malignancy head.",
+    )
+
+
+def _drop_key(arm: str) -> tuple[int, float]:
+    spec = parse_arm(arm)
+    return (int(spec.drop_all_tasks), spec.drop_fraction)
+
+
+def _drop_table(df: pd.DataFrame, arms: list[str], centres: list[str]) -> ResultTable:
+    rows = {}
+    for arm in arms:
+        label = "reference (mtl)" if arm == "mtl" else arm
+        rows[label] = {c: _lookup(df, arm=arm, centre=c, metric="auc") for c in centres}
+    return ResultTable(
+        "Training with fewer labels: malignancy AUC (%) (seed 001 Table 5)",
+        _frame(rows, "arm"),
+        "drop_malignancy_P: P% of malignancy labels removed at every training "
+        "centre; drop_all_P: P% of the images removed (all their labels).",
+    )
+
+
+def _finetune_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTable:
+    rows = {}
+    for arm in arms:
+        label = "reference (mtl)" if arm == "mtl" else arm
+        rows[label] = {
+            name: _lookup(df, arm=arm, centre=centre, metric=m) for m, name in _TASK_METRICS
+        }
+    return ResultTable(
+        f"Fine-tuning on ACR-derived malignancy labels with uncertainty u1, "
+        f"evaluated at {centre} (seed 001 Tables 8-9)",
+        _frame(rows, "arm"),
+    )
+
+
+def build_mtl_tables(
+    df: pd.DataFrame, *, split: str = "test", decoder_default: bool = True
+) -> list[ResultTable]:
+    """The seed-001 tables for the arms and centres present in ``df`` (a run's records).
+
+    Tables 2-3 (per evaluating centre: single-task arms vs ``mtl``, whole set and strata),
+    Table 4 (auxiliary tasks), Table 5 (label drops, with ``mtl`` as reference) and Tables 8-9
+    (per centre: fine-tuning arms, all four task metrics). A table whose arms are absent is
+    left out. ``decoder_default`` is the recipe's ``model.decoder`` (the ``rec`` column).
+    """
+    final = _final(df, split)
+    if final.empty:
+        return []
+    arms = list(dict.fromkeys(final["arm"]))
+    centres = list(dict.fromkeys(final["centre"]))
+    tables: list[ResultTable] = []
+    main = _ordered(arms, _MAIN_ARMS)
+    if main:
+        tables += [_strata_table(final, c, main) for c in centres]
+    aux = _ordered(arms, _TABLE4_ARMS)
+    if len(aux) > 1 or (aux and aux != ["mtl"]):
+        tables.append(_aux_table(final, aux, centres, decoder_default))
+    drops = sorted((a for a in arms if parse_arm(a).drop_fraction > 0), key=_drop_key)
+    if drops:
+        tables.append(_drop_table(final, _ordered(arms, ["mtl"]) + drops, centres))
+    tuned = sorted(
+        (a for a in arms if parse_arm(a).finetune_u1 is not None),
+        key=lambda a: parse_arm(a).finetune_u1,
+    )
+    if tuned:
+        ref = _ordered(arms, ["mtl"])
+        tables += [_finetune_table(final, c, ref + tuned) for c in centres]
+    return tables
+
+
+def tables_markdown(tables: Sequence[ResultTable], *, heading: str = "## Multi-task tables") -> str:
+    """All tables as one markdown section (values in percent)."""
+    if not tables:
+        return f"{heading}\n\nNo final multi-task metrics were recorded.\n"
+    intro = (
+        "Values in percent: `value (95% CI)` for one seed, `mean (std)` over seeds. "
+        "Balanced accuracy is seed 001's weighted accuracy."
+    )
+    return "\n".join([heading, "", intro, "", *(t.markdown() for t in tables)])
+
+
+def print_tables(tables: Sequence[ResultTable], console: Console | None = None) -> None:
+    """Print every table with rich."""
+    console = console or Console()
+    for t in tables:
+        console.print(t.rich())
+
+
+def section(recorder: RunRecorder, console: Console) -> str:
+    """The multi-task tables for results.md."""
+    default = bool(recorder.meta.get("mtl_decoder_default", True))
+    return tables_markdown(build_mtl_tables(recorder.frame(), decoder_default=default))

@@ -1,0 +1,314 @@
+"""Handlers of seed 000's sampling methods: train.periodic, evaluate.periodic, query.periodic_plots.
+
+``train.periodic`` trains the received classifier on this centre's training images of the
+segments the server names (``segments``; others are filtered out), one optimiser step per
+batch of one of two batch sources:
+
+- ``quota`` and ``offsets`` (JSON ``{segment: n}``): exactly ``quota[s]`` samples of each
+  segment ``s`` with alternating labels, continuing the segment's stream after ``offsets[s]``
+  earlier draws (:class:`~fedmammo.data.sampling.QuotaBatchSampler`): federated periodic
+  sampling, whose server side is :class:`~fedmammo.methods.periodic_sampling.server.PeriodicFedAvg`;
+- ``sampler`` (a registered name), ``steps`` and ``stream-epoch``: ``steps`` batches of that
+  sampler, continuing its endless stream at epoch ``stream-epoch`` (pooled arms, baselines and
+  FedAvg arms with a local sampler).
+
+Streams are seeded by ``stream-seed`` (fixed for an arm), augmentation by ``seed`` (per round).
+
+Under DP (``privacy`` in the centre profile) neither batch source is used: fixed batches are
+not covered by the accountant's Poisson bound. The round runs the honest periodic form
+instead (:mod:`fedmammo.methods.periodic_sampling.privacy`, :mod:`fedmammo.privacy.periodic`):
+every step Poisson-samples the one segment the step pattern names, at that segment's rate,
+and is accounted to that segment only; the reply's ``privacy`` record reports the maximum
+over segments, on the message's ledger
+(``privacy-ledger``: one per arm and seed, composed over rounds in ``context.state``):
+
+- ``sampler``: the step pattern is Algorithm 1 over the segments' rarest-label counts
+  (``periodic``) or a round-robin (``balanced_segments``), continued across rounds at step
+  ``stream-epoch * steps``; ``balanced_labels`` and ``random`` Poisson-sample all the images
+  (one segment ``all``; labels no longer alternate). Rates ``min(1, batch_size / n_s)``; the
+  noise is planned once for ``dp-planned-rounds`` rounds of ``steps`` steps.
+- ``quota``: segment ``s`` takes ``k_s = ceil(q_s / batch_size)`` steps at rate
+  ``q_s / (k_s n_s)`` (the quota in expectation), interleaved by Algorithm 1 over the ``k_s``;
+  the noise is planned once from ``dp-planned-quota``, the quotas of this and every later
+  planned round (sent by :class:`~fedmammo.methods.periodic_sampling.server.PeriodicFedAvg`).
+
+A round that would exceed the target epsilon or the plan is refused before any step
+(:class:`~fedmammo.federation.privacy.ledger.BudgetRefusal`).
+
+``evaluate.periodic`` scores ``arrays`` on one split (optionally filtered by ``segments``) and
+replies with metric records globally and per segment. With ``baseline-<j>`` records and
+``baselines`` (JSON list of ``{"name", "segments"}``), it also compares, inside the centre,
+the method with baseline ``j`` on each of its segments: ``baseline_auc`` (with CI),
+``delta_auc`` (paired bootstrap CI) and ``p_value`` (Altman & Bland) per segment. Per-image
+scores never leave: the reply holds scalars only.
+
+``query.periodic_plots`` draws, inside the centre, the ROC curves (global and per segment,
+with operating points; seed 000 Figure 4) and the prediction histograms per segment and
+label (Figure 1, right) of the models ``arrays-<k>`` (labels in ``arms``). In simulation it
+writes ``<stem>_roc.png`` and ``<stem>_hist.png`` into the ``plot-dir`` the server passes (the
+run directory's ``plots/``); in deployment it ignores server paths and writes to its own
+``<output-dir>/plots`` (node config ``output-dir``, default ``<data-dir>/outputs``). Its reply
+carries counts only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from torch import nn
+from torch.utils.data import Sampler
+
+from fedmammo.config.recipe import LocalTrainingParams
+from fedmammo.data.sampling import QuotaBatchSampler, build_sampler
+from fedmammo.errors import DataError
+from fedmammo.evaluation.metrics import metrics_by_segment
+from fedmammo.evaluation.tables import comparison_rows
+from fedmammo.federation.centre_models import model_from, save_local_bn
+from fedmammo.federation.centre_runtime import (
+    CentreIdentity,
+    Rows,
+    centre_data,
+    device,
+    identity_of,
+    segments_of,
+    select_rows,
+)
+from fedmammo.federation.codec import (
+    arrays_to_state,
+    encode_metric_records,
+    get_json,
+    state_to_arrays,
+)
+from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.privacy.ledger import finish_dp, privacy_budget
+from fedmammo.methods.periodic_sampling.privacy import dp_plan, dp_session
+from fedmammo.methods.periodic_sampling.report import draw_centre_plots
+from fedmammo.models import build_model
+from fedmammo.training.classifier import predict_scores, train_classifier
+
+__all__ = ["HANDLERS", "comparison_records", "evaluate", "plots", "train"]
+
+
+def _size(rows: Rows) -> int:
+    return int(sum(map(len, rows))) if isinstance(rows, list) else len(rows)
+
+
+class _ContinuedStream(Sampler[list[int]]):
+    """A segment sampler pinned to epoch ``start + e``: rounds continue one endless stream."""
+
+    def __init__(self, inner: Any, start: int) -> None:
+        super().__init__()
+        self.inner, self.start = inner, int(start)
+        inner.set_epoch(self.start)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(self.start + int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.inner)
+
+
+def _round_sampler(
+    cfg: ConfigRecord, segments: np.ndarray, labels: np.ndarray, batch_size: int
+) -> Sampler:
+    stream_seed = int(cfg["stream-seed"])
+    if "quota" in cfg:
+        quota = {str(k): int(v) for k, v in get_json(cfg, "quota").items()}
+        offsets = {str(k): int(v) for k, v in get_json(cfg, "offsets", {}).items()}
+        return QuotaBatchSampler(
+            segments, labels, quota, batch_size, seed=stream_seed, offsets=offsets
+        )
+    inner = build_sampler(
+        str(cfg["sampler"]),
+        segments=segments,
+        labels=labels,
+        batch_size=batch_size,
+        num_batches=int(cfg["steps"]),
+        seed=stream_seed,
+    )
+    return _ContinuedStream(inner, int(cfg.get("stream-epoch", 0)))
+
+
+@handler("train.periodic", dp=True)
+def train(msg: Message, context: Context) -> Message:
+    """Train on the round's quota (or sampler steps) of the named segments; return weights."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    local_bn = cfg.get("batchnorm", "average") == "local"
+    model = model_from(msg, context, keep_local_bn=local_bn)
+    ident = identity_of(context)
+    data = centre_data(ident, cfg)
+    rows = select_rows(data, "train", segments_of(cfg))
+    if _size(rows) == 0:
+        raise DataError(
+            f"train.periodic: no labelled training images in segments "
+            f"{segments_of(cfg)} at this centre"
+        )
+    params = LocalTrainingParams(**get_json(cfg, "train")).model_copy(update={"epochs": 1})
+    labels, segments = data.labels(rows), data.segments(rows)
+    privacy = None
+    n_train = _size(data.rows("train"))  # the centre's protected set (delta, budget)
+    if privacy_budget(ident, n_train) is not None:  # DP: Poisson within one segment per step
+        plan = dp_plan(cfg, np.asarray(segments).astype(str), labels, params.batch_size)
+        privacy = dp_session(context, ident, cfg, n_train, plan)
+        sampler: Sampler = plan[0]
+    else:
+        sampler = _round_sampler(cfg, segments, labels, params.batch_size)
+    quota = int(sum(get_json(cfg, "quota", {}).values())) if "quota" in cfg else -1
+    if len(sampler) == 0:  # nothing to do this round: weights unchanged
+        steps, seen, loss = 0, 0, 0.0
+    else:
+        result = train_classifier(
+            model,
+            data.dataset(rows),
+            labels,
+            segments,
+            params=params,
+            seed=int(cfg["seed"]),
+            device=device(),
+            batch_sampler=sampler,
+            privacy=privacy,
+        )
+        steps, seen, loss = result.steps, result.num_examples, result.loss
+    if local_bn:
+        save_local_bn(model, context, str(cfg["arm"]))
+    metrics = MetricRecord(
+        {
+            "num-examples": seen,
+            "train-loss": loss,
+            "steps": steps,
+            "quota": quota,
+            "num-images": _size(rows),
+            "compute-seconds": time.perf_counter() - start,
+        }
+    )
+    records = {"arrays": state_to_arrays(model.state_dict()), "metrics": metrics}
+    if privacy is not None:
+        records["privacy"] = finish_dp(context, privacy, cfg, steps)
+    return reply(msg, context, records, model)
+
+
+def _model(spec: Mapping, record: ArrayRecord) -> nn.Module:
+    model = build_model(spec["name"], **spec.get("options", {}))
+    model.load_state_dict(arrays_to_state(record, like=model.state_dict()))
+    return model
+
+
+def comparison_records(
+    y: np.ndarray,
+    baseline: np.ndarray,
+    method: np.ndarray,
+    segments: np.ndarray,
+    compare: Sequence[str],
+    *,
+    n_boot: int,
+    seed: int,
+) -> list[dict]:
+    """``baseline_auc``, ``delta_auc`` (method - baseline) and ``p_value`` per segment."""
+    records: list[dict] = []
+    for segment in compare:
+        mask = segments == segment
+        if not mask.any():
+            continue
+        row = comparison_rows(
+            y[mask], baseline[mask], {"method": method[mask]}, n_boot=n_boot, seed=seed
+        )[0]
+        ci = n_boot > 0
+        records += [
+            {
+                "segment": segment,
+                "metric": "baseline_auc",
+                "value": row["baseline_auc"],
+                "ci_low": row["baseline_low"] if ci else None,
+                "ci_high": row["baseline_high"] if ci else None,
+            },
+            {
+                "segment": segment,
+                "metric": "delta_auc",
+                "value": row["delta"],
+                "ci_low": row["delta_low"] if ci else None,
+                "ci_high": row["delta_high"] if ci else None,
+            },
+            {"segment": segment, "metric": "p_value", "value": row["p_value"]},
+        ]
+    return records
+
+
+@handler("evaluate.periodic")
+def evaluate(msg: Message, context: Context) -> Message:
+    """Metrics of ``arrays`` on one split, globally and per segment; deltas vs baselines."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "average") == "local")
+    data = centre_data(identity_of(context), cfg)
+    rows = select_rows(data, str(cfg["split"]), segments_of(cfg))
+    n, n_boot, seed = _size(rows), int(cfg.get("n-boot", 0)), int(cfg["seed"])
+    metrics = MetricRecord({})
+    if n:
+        y, segments = data.labels(rows), data.segments(rows)
+        dataset = data.dataset(rows)
+        scores = predict_scores(model, dataset, device=device())
+        records = metrics_by_segment(y, scores, segments, n_boot=n_boot, seed=seed)
+        spec = get_json(cfg, "model")
+        for j, base in enumerate(get_json(cfg, "baselines", [])):
+            baseline = predict_scores(
+                _model(spec, msg.content[f"baseline-{j}"]), dataset, device=device()
+            )
+            records += comparison_records(
+                y, baseline, scores, segments, base["segments"], n_boot=n_boot, seed=seed
+            )
+        metrics = encode_metric_records(records)
+    metrics["num-examples"] = n
+    metrics["compute-seconds"] = time.perf_counter() - start
+    return reply(msg, context, {"metrics": metrics})
+
+
+def _plot_dir(context: Context, ident: CentreIdentity, cfg: ConfigRecord) -> Path:
+    node = context.node_config
+    if "centre" in node:  # deployment: the server's run directory is not on this machine
+        local = node.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
+        return Path(str(local)) / "plots"
+    if not str(cfg.get("plot-dir", "")):
+        raise DataError("query.periodic_plots: the server sent no 'plot-dir'")
+    return Path(str(cfg["plot-dir"]))
+
+
+@handler("query.periodic_plots")
+def plots(msg: Message, context: Context) -> Message:
+    """Draw ROC curves and prediction histograms of ``arrays-<k>`` here; reply with counts."""
+    cfg = msg.content["config"]
+    ident = identity_of(context)
+    data = centre_data(ident, cfg)
+    rows = select_rows(data, str(cfg.get("split", "test")), segments_of(cfg))
+    arms = [str(a) for a in (cfg["arms"] if isinstance(cfg["arms"], list) else [cfg["arms"]])]
+    info = MetricRecord({"n-images": _size(rows), "plotted": 0})
+    y = data.labels(rows) if _size(rows) else np.zeros(0, dtype=np.int64)
+    if _size(rows) < 2 or y.min() == y.max():
+        return reply(msg, context, {"info": info})
+    spec = get_json(cfg, "model")
+    dataset = data.dataset(rows)
+    scores = {
+        arm: predict_scores(_model(spec, msg.content[f"arrays-{k}"]), dataset, device=device())
+        for k, arm in enumerate(arms)
+    }
+    out = draw_centre_plots(
+        y,
+        scores,
+        data.segments(rows),
+        _plot_dir(context, ident, cfg),
+        str(cfg["stem"]),
+        title=str(cfg.get("title", "")),
+    )
+    info["plotted"] = len(out)
+    return reply(msg, context, {"info": info})
+
+
+HANDLERS = (train, evaluate, plots)

@@ -1,0 +1,134 @@
+"""Centre side of periodic sampling under DP: the honest per-segment Poisson form.
+
+Fixed periodic batches are not covered by the accountant's Poisson bound, so a DP centre's
+``train.periodic`` round never builds them. Instead every step Poisson-samples the one segment
+the step pattern names, at that segment's rate, and is accounted to that segment only
+(:mod:`fedmammo.privacy.periodic`); the reported epsilon is the maximum over segments, on the
+message's ledger. :func:`dp_plan` builds the round's sampler and the remaining planned steps
+per segment (sampler rounds: ``dp-planned-rounds``; quota rounds: :data:`PLANNED_QUOTA_KEY`,
+the quotas of this and every later planned round, sent by the server's ``PeriodicFedAvg``);
+:func:`dp_session` checks the round against the budget and the plan before any step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+
+from fedmammo.errors import DataError
+from fedmammo.federation.centre_runtime import CentreIdentity
+from fedmammo.federation.codec import get_json
+from fedmammo.federation.privacy.ledger import (
+    PLANNED_ROUNDS_KEY,
+    PRIOR_KEY,
+    BudgetRefusal,
+    DPUnsupportedError,
+    ledger_name,
+    load_accountant,
+    privacy_budget,
+)
+from fedmammo.privacy.accounting import BudgetExceeded, PrivacyUsageError
+from fedmammo.privacy.periodic import (
+    PeriodicDPSession,
+    PoissonPeriodicSampler,
+    quota_steps,
+    step_pattern,
+)
+
+__all__ = ["PHASE", "PLANNED_QUOTA_KEY", "dp_plan", "dp_session"]
+
+#: Config key (JSON) of a DP quota round: ``{segment: {quota: rounds}}`` of this and every
+#: later planned round at the centre, to plan the noise once.
+PLANNED_QUOTA_KEY = "dp-planned-quota"
+
+PHASE = "periodic"
+
+
+def dp_plan(
+    cfg: ConfigRecord, segments: np.ndarray, labels: np.ndarray, batch_size: int
+) -> tuple[PoissonPeriodicSampler, dict[str, list[tuple[float, int]]]]:
+    """The round's Poisson periodic sampler and the remaining planned steps per segment."""
+    keys = sorted({str(s) for s in segments})
+    index = {k: np.flatnonzero(segments == k) for k in keys}
+    seed = int(np.random.SeedSequence([int(cfg["seed"]), 0x5A11]).generate_state(1)[0])
+    if "quota" in cfg:
+        quota = {str(k): int(v) for k, v in get_json(cfg, "quota").items() if int(v) > 0}
+        unknown = sorted(set(quota) - set(keys))
+        if unknown:
+            raise DataError(
+                f"quota names segments {unknown!r} that this centre does not hold; its "
+                f"segments are {keys!r}"
+            )
+        per = {k: quota_steps(q, len(index[k]), batch_size) for k, q in quota.items()}
+        pattern = step_pattern({k: n for k, (n, _) in per.items()})
+        sampler = PoissonPeriodicSampler(
+            {k: index[k] for k in quota},
+            pattern,
+            {k: r for k, (_, r) in per.items()},
+            seed,
+            steps=len(pattern),
+        )
+        remaining: dict[str, list[tuple[float, int]]] = {}
+        for k, by_quota in get_json(cfg, PLANNED_QUOTA_KEY, {}).items():
+            for q, rounds in by_quota.items():
+                if k in index and int(q) > 0:
+                    n, r = quota_steps(int(q), len(index[k]), batch_size)
+                    remaining.setdefault(k, []).append((r, n * int(rounds)))
+        return sampler, remaining
+    method = str(cfg["sampler"])
+    if method in ("periodic", "balanced_segments"):
+        counts = {
+            k: int(np.bincount(labels[index[k]].astype(int), minlength=2).min()) for k in keys
+        }
+        counts = {k: (max(c, 1) if method == "periodic" else 1) for k, c in counts.items()}
+        groups, pattern = index, step_pattern(counts)
+    else:  # balanced_labels, random: Poisson over every image (labels do not alternate)
+        groups, pattern = {"all": np.arange(len(labels))}, ["all"]
+    rates = {k: min(1.0, batch_size / len(v)) for k, v in groups.items()}
+    steps = int(cfg["steps"])
+    sampler = PoissonPeriodicSampler(groups, pattern, rates, seed, steps=steps)
+    sampler.position = int(cfg.get("stream-epoch", 0)) * steps  # the pattern continues
+    left = int(cfg.get(PLANNED_ROUNDS_KEY, 0)) * steps - sampler.position
+    counts = sampler.segment_counts(left) if left > 0 else {}
+    return sampler, {k: [(rates[k], n)] for k, n in counts.items()}
+
+
+def dp_session(
+    context: Context, ident: CentreIdentity, cfg: ConfigRecord, n_examples: int, plan: tuple
+) -> PeriodicDPSession | None:
+    """The round's DP session, checked against the budget and plan (None without DP)."""
+    budget = privacy_budget(ident, n_examples)
+    if budget is None:
+        return None
+    sampler, remaining = plan
+    if (
+        not remaining
+        and budget.noise_multiplier is None
+        and ("quota" in cfg and PLANNED_QUOTA_KEY not in cfg or PLANNED_ROUNDS_KEY not in cfg)
+    ):
+        raise DPUnsupportedError(
+            f"centre {ident.name!r}: privacy.target_epsilon needs the planned rounds "
+            f"({PLANNED_ROUNDS_KEY!r}, and {PLANNED_QUOTA_KEY!r} for quota rounds) to choose "
+            "the noise once for the whole run; set privacy.noise_multiplier instead"
+        )
+    accountant = load_accountant(
+        context,
+        ledger_name(cfg),
+        mechanism=budget.accountant,
+        centre=ident.name,
+        prior=cfg.get(PRIOR_KEY),
+    )
+    try:
+        session = PeriodicDPSession(
+            budget,
+            accountant,
+            remaining=remaining,
+            sampler=sampler,
+            phase=PHASE,
+            centre=ident.name,
+            seed=int(cfg["seed"]),
+        )
+        session.check_round()
+    except (BudgetExceeded, PrivacyUsageError) as err:
+        raise BudgetRefusal(ident.name, str(err)) from err
+    return session

@@ -1,0 +1,444 @@
+"""Federated periodic sampling (seed 000) as a Flower strategy, and the scenario's runner.
+
+:class:`PeriodicFedAvg` is FedAvg whose rounds walk one global sampling pattern. Centres report
+label counts per segment in ``query.identify`` (counts only); the server takes, per training
+segment, the count of its rarest label and builds the Algorithm-1 pattern over all (centre,
+segment) pairs (:func:`~fedmammo.methods.periodic_sampling.quota.global_pattern`). Round
+``r`` covers the next window of ``batches_per_round x batch_size`` slots: each centre receives
+its quota of samples per segment in that window plus offsets (how many it drew before), trains
+on exactly that quota with alternating labels, one optimiser step per batch
+(``train.periodic``), and the server averages by quota.
+
+Reduction to centralised periodic sampling: with ``batches_per_round = 1`` and plain SGD the
+averaged update of a round equals the centralised step on the same batch, because the quota
+weights ``q_c / |B|`` turn the centres' mean gradients into the mean gradient over the whole
+window; with one stream seed per arm and segment keys unique across centres the centres even
+draw the same images, in the same label alternation, as ``PeriodicBatchSampler`` does
+centrally (derivation in :mod:`fedmammo.methods.periodic_sampling.quota`). Several steps
+per round, Adam (state restarted every round) and BatchNorm (statistics of each centre's
+sub-batch) make it an approximation; the segment proportions per pattern cycle hold always.
+
+The runner (kind ``periodic_sampling``) trains, per seed: the baselines (one training segment
+each, at its centre), then per experiment (a list of training segments) and setting the
+methods Bal. labels, Bal. segments and P. sampling: ``pooled`` at the simulation-only pooled
+node with the centralised samplers, ``federated`` with the segments at their centres (FedAvg
+with a local sampler, or :class:`PeriodicFedAvg`, also with image-count and equal weights).
+Each arm is validated every round (on the pooled node when there is one, so global and local
+metrics come from one place), then tested inside every test centre against its baseline
+(``evaluate.periodic``); figures are drawn inside the centres (``query.periodic_plots``) and
+the tables of seed 000 (Tables 2-4 layout) are written to ``periodic_tables.md``, printed,
+and kept in ``results.json`` (``meta.periodic_tables``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedmammo.errors import ConfigError
+from fedmammo.federation.codec import decode_metric_records, put_json
+from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
+from fedmammo.federation.rounds import CentreFedAvg, initial_arrays
+from fedmammo.methods.periodic_sampling.arms import ArmPlan, plan_arms
+from fedmammo.methods.periodic_sampling.params import PeriodicSamplingParams
+from fedmammo.methods.periodic_sampling.privacy import PLANNED_QUOTA_KEY
+from fedmammo.methods.periodic_sampling.quota import (
+    aggregation_weights,
+    global_pattern,
+    planned_quotas,
+    round_offsets,
+    round_quotas,
+)
+from fedmammo.methods.periodic_sampling.report import (
+    comparison_table,
+    plot_arm_learning_curves,
+    print_tables,
+    tables_markdown,
+)
+
+__all__ = ["PeriodicFedAvg", "run"]
+
+TABLES_FILE = "periodic_tables.md"
+
+
+class PeriodicFedAvg(CentreFedAvg):
+    """FedAvg over the windows of a global periodic-sampling pattern, averaged by quota.
+
+    ``counts[c][s]`` is centre ``c``'s rarest-label count of training segment ``s``.
+    ``scheme`` is ``"quota"`` (the method), ``"num_images"`` (FedAvg weights, ``num_images``
+    per centre) or ``"equal"``. Only centres with a positive quota are messaged in a round.
+
+    Under DP set ``planned_rounds``: every message then also carries the centre's quotas of
+    this and every later planned round (``dp-planned-quota``), from which it plans its noise
+    once for the run; ``node_config`` adds per-centre keys (a DP ledger on resume).
+    """
+
+    def __init__(
+        self,
+        nodes: dict[str, int],
+        *,
+        counts: dict[str, dict[str, int]],
+        batches_per_round: int,
+        batch_size: int,
+        scheme: str = "quota",
+        num_images: dict[str, int] | None = None,
+        min_centres: int = 1,
+        message_type: str = "train.periodic",
+    ):
+        super().__init__(nodes, message_type=message_type, weighting={}, min_centres=min_centres)
+        unknown = sorted(set(counts) - set(nodes))
+        if unknown:
+            raise ConfigError(
+                f"PeriodicFedAvg: counts name centres {unknown} that have no node "
+                f"(nodes: {sorted(nodes)})"
+            )
+        self.pattern = global_pattern(counts)
+        self.batches_per_round, self.batch_size = batches_per_round, batch_size
+        self.scheme, self.num_images = scheme, num_images
+        self.min_centres = min_centres
+        self.quotas: dict[str, dict[str, int]] = {}
+        self.offsets: dict[str, dict[str, int]] = {}
+        self.planned_rounds: int | None = None
+        aggregation_weights({c: {"x": 1} for c in counts}, scheme=scheme, num_images=num_images)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One message per centre with a quota in this round's window (round 1 = window 0)."""
+        window = (self.pattern, server_round - 1, self.batches_per_round, self.batch_size)
+        self.quotas = round_quotas(*window)
+        every = round_offsets(*window)
+        self.offsets = {c: {s: every[c][s] for s in q} for c, q in self.quotas.items()}
+        self.min_train_nodes = min(self.min_centres, len(self.quotas))
+        planned = {}
+        if self.planned_rounds is not None:
+            planned = planned_quotas(
+                self.pattern,
+                server_round - 1,
+                self.planned_rounds - 1,
+                self.batches_per_round,
+                self.batch_size,
+            )
+        msgs = []
+        for centre in sorted(self.quotas):
+            cfg = ConfigRecord(dict(config))
+            cfg["server-round"] = server_round
+            cfg["seed"] = derive_seed(config.get("seed", 0), centre, server_round)
+            put_json(cfg, "quota", self.quotas[centre])
+            put_json(cfg, "offsets", self.offsets[centre])
+            if self.planned_rounds is not None:
+                put_json(cfg, PLANNED_QUOTA_KEY, planned.get(centre, {}))
+            for key, value in self.node_config.get(centre, {}).items():
+                cfg[key] = value
+            msgs.append(
+                Message(
+                    RecordDict({"arrays": arrays, "config": cfg}),
+                    dst_node_id=self.centre_nodes[centre],
+                    message_type=self.message_type,
+                )
+            )
+        return msgs
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the replies with the round's weights (quota, image counts or equal)."""
+        self.weighting = aggregation_weights(
+            self.quotas, scheme=self.scheme, num_images=self.num_images
+        )
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        self.failures = {c: r for c, r in self.failures.items() if c in self.quotas}
+        return arrays, metrics
+
+
+def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> CentreFedAvg:
+    nodes = {c: orc.nodes[c] for c in arm.centres}
+    minimum = min(p.min_centres, len(nodes))
+    if arm.setting == "federated" and arm.method == "periodic":
+        return PeriodicFedAvg(
+            nodes,
+            counts=arm.counts,
+            batches_per_round=p.batches_per_round,
+            batch_size=p.train.batch_size,
+            scheme=arm.weighting or "quota",
+            num_images=arm.num_images,
+            min_centres=minimum,
+        )
+    weighting = arm.weighting if arm.setting == "federated" else "equal"
+    return CentreFedAvg(
+        nodes, message_type="train.periodic", weighting=weighting, min_centres=minimum
+    )
+
+
+def _dp_centres(orc: Orchestrator, centres: list[str]) -> bool:
+    profiles = orc.scenario.resolved_profiles
+    return any(c in profiles and profiles[c].privacy.enabled for c in centres)
+
+
+def _validation_sites(orc: Orchestrator, arm: ArmPlan) -> list[str]:
+    return ["pooled"] if "pooled" in orc.nodes else [c for c in arm.centres if c != "pooled"]
+
+
+def _train_arm(
+    orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan, seed: int, arrays: ArrayRecord
+) -> ArrayRecord | None:
+    """Rounds ``1..p.rounds`` of one arm, validated and checkpointed every round (resumable).
+
+    DP (:class:`ArmPrivacy`): every train message names the arm's ledger and planned rounds;
+    replies' privacy records go to privacy.json. When a centre refuses a round (budget), the
+    arm stops and the model of the last completed round is final (None if round 1).
+    """
+    model = p.model.model_dump()
+    start = orc.recorder.last_round(arm.name, seed)
+    if start:
+        arrays = orc.load_checkpoint(arm.name, seed, start)
+    strategy = _strategy(orc, p, arm)
+    dp = ArmPrivacy(
+        orc, arm=arm.name, seed=seed, centres=arm.centres, first_round=1, last_round=p.rounds
+    )
+    strategy.node_config = dp.node_config(arm.centres)
+    if isinstance(strategy, PeriodicFedAvg) and _dp_centres(orc, arm.centres):
+        strategy.planned_rounds = p.rounds
+    stream_seed = derive_seed(seed, "stream", arm.method)
+    for rnd in range(start + 1, p.rounds + 1):
+        cfg = orc.base_config(
+            arm=arm.name,
+            seed=seed,
+            model=model,
+            train=p.train.model_dump(),
+            batchnorm=p.batchnorm,
+            segments=list(arm.segments),
+            sampler=arm.method,
+            steps=p.batches_per_round,
+            **{"stream-seed": stream_seed, "stream-epoch": rnd - 1},
+            **dp.config(),
+        )
+        replies = list(
+            orc.grid.send_and_receive(
+                list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout
+            )
+        )
+        new_arrays, metrics = strategy.aggregate_train(rnd, replies)
+        orc.record_failures(strategy.failures, arm=arm.name, seed=seed, rnd=rnd, phase="train")
+        names = {n: c for c, n in strategy.centre_nodes.items()}
+        if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused
+            return arrays if rnd > 1 else None
+        if new_arrays is None:
+            orc.recorder.note(
+                f"arm {arm.name} seed {seed}: stopped at round {rnd}: fewer than "
+                f"{strategy.min_train_nodes} centres replied"
+            )
+            orc.recorder.flush()
+            return None
+        arrays = new_arrays
+        if metrics is not None:
+            orc.recorder.add(
+                [{"metric": "train_loss", "value": float(metrics["train-loss"])}],
+                arm=arm.name,
+                seed=seed,
+                centre="all",
+                split="train",
+                round=rnd,
+            )
+        orc.evaluate_everywhere(
+            arm=arm.name,
+            seed=seed,
+            arrays=arrays,
+            model=model,
+            message_type="evaluate.periodic",
+            centres=_validation_sites(orc, arm),
+            split="val",
+            n_boot=0,
+            rnd=rnd,
+            extra={"segments": list(arm.segments), "batchnorm": p.batchnorm},
+        )
+        orc.checkpoint(arm.name, seed, rnd, arrays)
+        orc.recorder.complete_round(arm.name, seed, rnd)
+        orc.console.print(f"  {arm.name} seed {seed}: round {rnd}/{p.rounds} done")
+    return arrays
+
+
+def _test_segments(orc: Orchestrator) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for c in orc.centres("test"):
+        segs = {k.split("|")[2] for k in orc.counts.get(c, {}) if k.startswith("n|test|")}
+        if segs:
+            out[c] = sorted(segs)
+    return out
+
+
+def _test_arm(
+    orc: Orchestrator,
+    p: PeriodicSamplingParams,
+    arm: ArmPlan,
+    seed: int,
+    finals: dict[str, ArrayRecord],
+) -> None:
+    """Evaluate one arm inside every test centre, against each test segment's baseline."""
+    contents = {}
+    for centre, segments in _test_segments(orc).items():
+        groups: dict[str, list[str]] = {}
+        for s in segments:
+            base = p.baseline_of(s)
+            if base is not None and f"baseline-{base}" in finals and arm.setting != "baseline":
+                groups.setdefault(f"baseline-{base}", []).append(s)
+        cfg = orc.base_config(
+            arm=arm.name,
+            seed=derive_seed(seed, centre, "test"),
+            split="test",
+            model=p.model.model_dump(),
+            batchnorm=p.batchnorm,
+            **{"n-boot": p.bootstrap},
+        )
+        put_json(cfg, "baselines", [{"name": b, "segments": s} for b, s in groups.items()])
+        content = RecordDict({"arrays": finals[arm.name], "config": cfg})
+        for j, base in enumerate(groups):
+            content[f"baseline-{j}"] = finals[base]
+        contents[centre] = content
+    if not contents:
+        orc.recorder.note("no test centre with test images: nothing to tabulate")
+        return
+    replies, failures = orc.send("evaluate.periodic", contents)
+    orc.record_failures(failures, arm=arm.name, seed=seed, rnd=None, phase="evaluate-test")
+    for centre, content in replies.items():
+        orc.recorder.add(
+            decode_metric_records(content["metrics"]),
+            arm=arm.name,
+            seed=seed,
+            centre=centre,
+            split="test",
+        )
+
+
+def _plots(
+    orc: Orchestrator,
+    p: PeriodicSamplingParams,
+    plan: list[ArmPlan],
+    seed: int,
+    finals: dict[str, ArrayRecord],
+) -> None:
+    """Figures of one seed: learning curves here, ROC curves and histograms inside centres."""
+    plot_dir = orc.run_dir / "plots"
+    meta = {a.name: a.meta() for a in plan}
+    groups: dict[tuple[str, str], list[ArmPlan]] = {}
+    for a in plan:
+        if a.experiment is not None and a.name in finals:
+            groups.setdefault((a.experiment, a.setting), []).append(a)
+    test_segments = _test_segments(orc)
+    for (exp, setting), arms in groups.items():
+        plot_arm_learning_curves(
+            orc.recorder.frame(),
+            {a.name: meta[a.name] for a in arms},
+            plot_dir / f"learning_curves_{exp}_{setting}_seed{seed}.png",
+            seed=seed,
+            steps_per_round=p.batches_per_round,
+            title=f"{exp} ({setting}): validation metrics, seed {seed}",
+        )
+        jobs = [(c, "val", arms, list(arms[0].segments)) for c in _validation_sites(orc, arms[0])]
+        for c, segments in test_segments.items():
+            bases = sorted(
+                {f"baseline-{p.baseline_of(s)}" for s in segments if p.baseline_of(s) is not None}
+                & set(finals)
+            )
+            jobs.append((c, "test", [a for a in plan if a.name in bases] + arms, None))
+        for split in ("val", "test"):  # one message per centre and split
+            contents: dict[str, RecordDict] = {}
+            for c, _, models, segments in (j for j in jobs if j[1] == split):
+                cfg = orc.base_config(
+                    arms=[m.label for m in models],
+                    model=p.model.model_dump(),
+                    split=split,
+                    stem=f"{split}_{exp}_{setting}_{c}_seed{seed}",
+                    title=f"{exp} ({setting}), {split} split at {c}",
+                    **{"plot-dir": "" if orc.spec.deployment else str(plot_dir)},
+                    **({"segments": segments} if segments else {}),
+                )
+                contents[c] = RecordDict({"config": cfg})
+                for k, m in enumerate(models):
+                    contents[c][f"arrays-{k}"] = finals[m.name]
+            if contents:
+                _, failures = orc.send("query.periodic_plots", contents)
+                orc.record_failures(
+                    failures, arm=f"{exp}-{setting}", seed=seed, rnd=None, phase=f"plots-{split}"
+                )
+    where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
+    orc.recorder.note(
+        f"figures in {where}: <split>_<experiment>_<setting>_<centre>_seed<s>"
+        "_roc.png (Figure 4: global and per-segment ROC with operating points) "
+        "and _hist.png (Figure 1 right: prediction distributions per segment and "
+        "label), drawn inside the centres; learning_curves_<experiment>_<setting>"
+        "_seed<s>.png (Figure 3) from validation records"
+    )
+
+
+def _write_tables(orc: Orchestrator, p: PeriodicSamplingParams, plan: list[ArmPlan]) -> None:
+    meta = {a.name: a.meta() for a in plan}
+    frame = orc.recorder.frame()
+    order = [s for segs in _test_segments(orc).values() for s in segs]
+    tables = {
+        exp: {
+            seed: comparison_table(frame, meta, experiment=exp, seed=seed, segments=order)
+            for seed in orc.scenario.seeds
+        }
+        for exp in p.experiments
+    }
+    print_tables(tables, orc.console)
+    markdown = tables_markdown(tables, p.experiments)
+    (orc.run_dir / TABLES_FILE).write_text(markdown)
+    orc.recorder.meta["periodic_tables_markdown"] = markdown
+    orc.recorder.meta["periodic_tables"] = {
+        exp: {str(seed): by_seg for seed, by_seg in by_seed.items()}
+        for exp, by_seed in tables.items()
+    }
+    orc.recorder.note(
+        f"seed 000 tables (Tables 2-4 layout: AUC, ΔAUC with CI and p-value vs "
+        f"the baseline, per test segment): {TABLES_FILE}"
+    )
+    orc.recorder.flush()
+
+
+def run(orc: Orchestrator) -> None:
+    """Baselines and every experiment x setting x method arm per seed; tests, tables, figures."""
+    p: PeriodicSamplingParams = orc.params
+    plan, notes = plan_arms(p, orc.counts, pooled="pooled" in orc.nodes)
+    for note in notes:
+        orc.recorder.note(note)
+    orc.recorder.meta["periodic_arms"] = {a.name: a.meta() for a in plan}
+    orc.recorder.meta["batches_per_round"] = p.batches_per_round
+    if "pooled" in orc.nodes:
+        orc.recorder.note(
+            "pooled arms are a simulation-only what-if (all training segments at "
+            "one site, seed 000's setting); validation of every arm ran on the "
+            "pooled node so that global and per-segment metrics share one set"
+        )
+    for n, seed in enumerate(orc.scenario.seeds):
+        init = initial_arrays(p.model.model_dump(), seed)
+        finals: dict[str, ArrayRecord] = {}
+        for arm in plan:
+            if orc.recorder.is_done(arm.name, seed):  # last round: earlier if a centre refused
+                last = orc.recorder.last_round(arm.name, seed)
+                finals[arm.name] = orc.load_checkpoint(arm.name, seed, last)
+                continue
+            orc.console.rule(f"[bold]{arm.name}[/] seed {seed}")
+            final = _train_arm(orc, p, arm, seed, init)
+            if final is None:
+                continue
+            finals[arm.name] = final
+            _test_arm(orc, p, arm, seed, finals)
+            run_audits(
+                orc,
+                arm=arm.name,
+                seed=seed,
+                arrays=final,
+                model=p.model.model_dump(),
+                centres=arm.centres,
+                batchnorm=p.batchnorm,
+                extra={"segments": arm.segments},
+            )
+            orc.recorder.complete_arm(arm.name, seed)
+        if p.plots and n == 0:
+            _plots(orc, p, plan, seed, finals)
+    _write_tables(orc, p, plan)

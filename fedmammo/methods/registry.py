@@ -1,0 +1,69 @@
+"""The method registry: strategy ``kind`` -> everything the method is made of.
+
+A method is one folder under ``fedmammo/methods/`` with the same files in each
+(``params.py``, ``client.py``, ``server.py``, ``report.py``) and registers itself once, in
+its ``__init__.py``, with :func:`register`. The scenario's ``strategy`` kind resolves here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from fedmammo.config.recipe import register_params
+from fedmammo.federation.handlers import Handler
+
+if TYPE_CHECKING:  # annotations only
+    from rich.console import Console
+
+    from fedmammo.evaluation.results import RunRecorder
+    from fedmammo.federation.orchestrator import Orchestrator
+
+__all__ = ["METHODS", "Method", "get_method", "register"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method: its recipe parameters, server phases, centre handlers and report.
+
+    ``run(orc)`` drives the server side; ``handlers`` answer its messages at the centres;
+    ``report(recorder, console)`` returns the method's section of ``results.md`` (and may
+    print its tables).
+    """
+
+    kind: str
+    description: str
+    params: type[BaseModel]
+    run: Callable[[Orchestrator], None]
+    handlers: tuple[Handler, ...]
+    report: Callable[[RunRecorder, Console], str]
+
+    def __post_init__(self) -> None:
+        types = [h.message_type for h in self.handlers]
+        if len(set(types)) != len(types):
+            raise ValueError(f"method {self.kind!r}: a message type is handled twice: {types}")
+
+
+#: kind -> Method, in registration order.
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Register ``method`` under its kind (and its parameter model with the config loader)."""
+    if method.kind in METHODS:
+        raise ValueError(f"method {method.kind!r} registered twice")
+    register_params(method.kind, method.params)
+    METHODS[method.kind] = method
+    return method
+
+
+def get_method(kind: str) -> Method:
+    """The method registered as ``kind`` (ValueError listing the valid kinds when unknown)."""
+    if kind not in METHODS:
+        raise ValueError(
+            f"unknown strategy kind {kind!r}; valid kinds: {', '.join(sorted(METHODS))}"
+        )
+    return METHODS[kind]

@@ -1,0 +1,16 @@
+"""GAN sharing: centres share trained generators instead of images (paper 003; CycleGAN
+harmonisation from paper 004)."""
+
+from fedmammo.methods.registry import Method, register
+from fedmammo.methods.share_gans import client, params, receiver, report, server
+
+METHOD = register(
+    Method(
+        kind="share_gans",
+        description=" ".join(__doc__.split()),
+        params=params.ShareGansParams,
+        run=server.run,
+        handlers=(*client.HANDLERS, receiver.train_patch_classifier_handler),
+        report=report.section,
+    )
+)

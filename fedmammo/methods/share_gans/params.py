@@ -1,0 +1,250 @@
+"""Recipe parameters of ``kind: share_gans``: seed 003's generator sharing, seed 004's translation.
+
+Arms are strings: the receiving centre's name, then ``+``-joined additions, e.g.
+
+- ``A``: the receiver's own patches only;
+- ``A+real_B``: plus B's real lesion patches (simulation-only upper bound: pixels move);
+- ``A+synth_B_dcgan``: plus synthetic lesion patches from B's DCGAN (``wgan_gp`` likewise);
+- ``A+synth_B_dcgan+synth_C_dcgan``: half from each generator;
+- ``A+harmonised_B_dcgan``: B's synthetic patches translated into A's style by a CycleGAN that
+  A trains between its own lesion patches and B's synthetic ones (seed 004).
+
+Every arm runs for each lesion subset (``all``, ``masses``), each fraction of the receiver's
+training images and each scenario seed; results are recorded under
+:func:`fedmammo.methods.share_gans.report.record_arm` names such as ``A+synth_B_dcgan@masses-50``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fedmammo.config.recipe import ModelParams, RecipeParams
+
+__all__ = [
+    "ArmSpec",
+    "ClassifierParams",
+    "CycleGanParams",
+    "GanParams",
+    "PatchParams",
+    "ShareGansParams",
+    "parse_arm",
+]
+
+GAN_NAMES = ("dcgan", "wgan_gp")
+Subset = Literal["all", "masses"]
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """A parsed arm: the receiver and what it adds to its own patches."""
+
+    name: str
+    receiver: str
+    real: str | None = None  # centre whose real lesion patches are added (simulation only)
+    synthetic: tuple[tuple[str, str], ...] = ()  # (centre, gan) generators sampled
+    harmonised: bool = False  # translate the (single) generator's patches into A's style
+
+    @property
+    def generators(self) -> tuple[tuple[str, str], ...]:
+        return self.synthetic
+
+    @property
+    def moves_pixels(self) -> bool:
+        return self.real is not None
+
+
+def _centre_gan(token: str, prefix: str, arm: str) -> tuple[str, str]:
+    rest = token.removeprefix(prefix)
+    for gan in GAN_NAMES:
+        if rest.endswith(f"_{gan}") and len(rest) > len(gan) + 1:
+            return rest[: -len(gan) - 1], gan
+    raise ValueError(
+        f"arm {arm!r}: {token!r} must be {prefix}<centre>_<gan> with gan in {list(GAN_NAMES)}"
+    )
+
+
+def parse_arm(name: str) -> ArmSpec:
+    """Parse an arm string (see the module docstring); ValueError explains a bad one."""
+    tokens = name.split("+")
+    receiver, additions = tokens[0], tokens[1:]
+    if not receiver or any(not t for t in additions) or "@" in name:
+        raise ValueError(f"arm {name!r}: expected '<receiver>[+<addition>...]', no '@'")
+    real = [t.removeprefix("real_") for t in additions if t.startswith("real_")]
+    synth = [_centre_gan(t, "synth_", name) for t in additions if t.startswith("synth_")]
+    harm = [_centre_gan(t, "harmonised_", name) for t in additions if t.startswith("harmonised_")]
+    unknown = [t for t in additions if not t.startswith(("real_", "synth_", "harmonised_"))]
+    if unknown:
+        raise ValueError(
+            f"arm {name!r}: unknown addition(s) {unknown}; use real_<centre>, "
+            "synth_<centre>_<gan> or harmonised_<centre>_<gan>"
+        )
+    kinds = sum(bool(x) for x in (real, synth, harm))
+    if kinds > 1 or len(real) > 1 or len(harm) > 1 or len(set(synth)) != len(synth):
+        raise ValueError(
+            f"arm {name!r}: combine either one real_<centre>, or distinct synth_ generators, "
+            "or one harmonised_ generator"
+        )
+    return ArmSpec(
+        name=name,
+        receiver=receiver,
+        real=real[0] if real else None,
+        synthetic=tuple(synth or harm),
+        harmonised=bool(harm),
+    )
+
+
+class PatchParams(RecipeParams):
+    """Patch geometry (seed 003, 2.1): size, margin at the reference spacing, background limit."""
+
+    size: int = 64
+    margin_px: float = Field(default=60.0, ge=0)
+    reference_spacing: float = Field(default=0.07, gt=0)
+    max_background: float = Field(default=0.4, ge=0, le=1)
+    augment: bool = True  # random zoom and shift of every classifier patch, both classes
+
+    @field_validator("size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 8 or v & (v - 1):
+            raise ValueError("patch size must be a power of two >= 8 (GAN generators need it)")
+        return v
+
+
+class GanParams(RecipeParams):
+    """Training of one shared generator (DCGAN or WGAN-GP) at a sharing centre."""
+
+    epochs: int = Field(default=300, ge=1, le=100_000)
+    batch_size: int = Field(default=16, ge=2)
+    width: int = Field(default=32, ge=1)
+    latent_dim: int = Field(default=100, ge=1)
+    snapshot_every: int | None = Field(default=25, ge=1)
+    warmup: int = Field(default=150, ge=0)
+    lr: float | None = Field(default=None, gt=0)  # None: the kind's default
+    n_critic: int = Field(default=5, ge=1)  # wgan_gp only
+    lambda_gp: float = Field(default=10.0, ge=0)  # wgan_gp only
+
+    def kwargs(self, gan: str) -> dict[str, Any]:
+        """Keyword arguments of ``train_dcgan`` / ``train_wgan_gp``."""
+        out: dict[str, Any] = self.model_dump(exclude={"lr", "n_critic", "lambda_gp"})
+        if self.lr is not None:
+            out["lr"] = self.lr
+        if gan == "wgan_gp":
+            out |= {"n_critic": self.n_critic, "lambda_gp": self.lambda_gp}
+        return out
+
+
+def _default_gans() -> dict[str, GanParams]:
+    # seed 003: DCGAN snapshots every 50th epoch after 500 of 3000; WGAN-GP last epoch only
+    return {"dcgan": GanParams(), "wgan_gp": GanParams(snapshot_every=None, warmup=0)}
+
+
+class ClassifierParams(RecipeParams):
+    """The receiver's patch classifier and its loop (seed 003, 2.3: SGD 0.001, momentum 0.9)."""
+
+    model: ModelParams = ModelParams(name="patch_cnn", options={"width": 16, "hidden": 128})
+    epochs: int = Field(default=100, ge=1, le=1000)
+    batch_size: int = Field(default=16, ge=2)
+    lr: float = Field(default=0.001, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    patience: int | None = Field(default=None, ge=1)  # None: every epoch, as in the seed
+    augment: bool = True  # random flips of training batches
+
+
+class CycleGanParams(RecipeParams):
+    """CycleGAN of the harmonised arm (A's lesion patches <-> B's synthetic patches)."""
+
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=4, ge=1)
+    width: int = Field(default=16, ge=1)
+    n_blocks: int = Field(default=3, ge=0)
+    d_width: int = Field(default=16, ge=1)
+    lambda_cycle: float = Field(default=10.0, ge=0)
+    lambda_identity: float = Field(default=0.5, ge=0)
+
+
+def _default_arms() -> list[str]:
+    return [
+        "A",
+        "A+real_B",
+        "A+synth_B_dcgan",
+        "A+synth_B_wgan_gp",
+        "A+synth_C_dcgan",
+        "A+synth_B_dcgan+synth_C_dcgan",
+        "A+harmonised_B_dcgan",
+    ]
+
+
+class ShareGansParams(RecipeParams):
+    """Sharing generators instead of images (seed 003) plus the translation arm (seed 004).
+
+    Sharing centres train one generator per (gan, lesion subset) the arms need, once per run;
+    the receiver trains and tests its patch classifier per arm, subset, fraction and seed.
+    ``n_synthetic`` lesion patches are added per synthetic arm (real arm: at most that many),
+    each with as many healthy patches of the receiver. ``load_generators`` reuses the
+    ``generators/`` folder of an earlier run (or the folder itself) instead of training.
+    """
+
+    arms: list[str] = Field(default_factory=_default_arms, min_length=1)
+    subsets: list[Subset] = ["all", "masses"]
+    fractions: list[float] = [1.0, 0.5]
+    n_synthetic: int = Field(default=200, ge=1, le=100_000)
+    patches: PatchParams = PatchParams()
+    gans: dict[Literal["dcgan", "wgan_gp"], GanParams] = Field(default_factory=_default_gans)
+    classifier: ClassifierParams = ClassifierParams()
+    cyclegan: CycleGanParams = CycleGanParams()
+    frechet_samples: int = Field(default=500, ge=4)
+    bootstrap: int = Field(default=1000, ge=0)  # resamples of the test AUROC's 95% CI (0: none)
+    grid_columns: int = Field(default=12, ge=1, le=64)
+    load_generators: str | None = None
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"arms must be distinct, got {v}")
+        receivers = {parse_arm(a).receiver for a in v}
+        if len(receivers) > 1:
+            raise ValueError(
+                f"every arm must start with the same receiver, got {sorted(receivers)}"
+            )
+        return v
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or len(set(v)) != len(v) or any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"fractions must be distinct values in (0, 1], got {v}")
+        return v
+
+    @field_validator("subsets")
+    @classmethod
+    def _subsets(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"subsets must be distinct and not empty, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _gans_known(self) -> ShareGansParams:
+        missing = sorted({g for a in self.arm_specs() for _, g in a.generators} - set(self.gans))
+        if missing:
+            raise ValueError(f"arms use GAN(s) {missing} without parameters under 'gans'")
+        return self
+
+    @property
+    def receiver(self) -> str:
+        return parse_arm(self.arms[0]).receiver
+
+    def arm_specs(self) -> list[ArmSpec]:
+        """The parsed arms, in recipe order."""
+        return [parse_arm(a) for a in self.arms]
+
+    def needed_generators(self) -> list[tuple[str, str]]:
+        """(centre, gan) pairs the arms sample from, in first-use order."""
+        seen: list[tuple[str, str]] = []
+        for spec in self.arm_specs():
+            seen += [g for g in spec.generators if g not in seen]
+        return seen

@@ -1,0 +1,252 @@
+"""Handler of the receiving centre of generator sharing (seeds 003, 004): train.patch_classifier.
+
+``train.patch_classifier`` runs one arm, subset, data fraction and seed and replies test
+metrics only (the AUROC with a bootstrap CI). The message carries the arm's generators
+(``g<i>-e<epoch>``, described by the JSON config ``generators``): the receiver samples
+``n-synthetic`` lesion patches (split evenly), optionally harmonises them into its style with
+a CycleGAN (``harmonise``, seed 004; draws ``harmonised_samples_...png`` inside the centre),
+adds as many of its own healthy patches and keeps the epoch with the best validation AUPRC.
+``real-from`` adds another centre's real lesion patches instead (the simulation-only upper
+bound): the receiver reads that centre's prepared data from the shared simulation data
+directory, like the pooled what-if; the other centre sends nothing, and a deployed centre
+(node config ``centre``) refuses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+
+from fedmammo.data.patches import PatchSet
+from fedmammo.data.prepare import CentreData
+from fedmammo.errors import ConfigError, DataError
+from fedmammo.evaluation.metrics import bootstrap_auc, classification_metrics
+from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
+from fedmammo.federation.codec import (
+    arrays_to_state,
+    encode_metric_records,
+    get_json,
+)
+from fedmammo.federation.egress import EgressError
+from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.orchestrator import derive_seed
+from fedmammo.federation.runspec import load_runspec, scenario_of
+from fedmammo.methods.share_gans.client import (
+    deployed,
+    lesion_patches,
+    lesions,
+    plot_dir,
+    single_centre,
+)
+from fedmammo.methods.share_gans.report import plot_sample_grid
+from fedmammo.models import build_model
+from fedmammo.models.gans import GeneratorDescription, sample_patches
+from fedmammo.training.cyclegan import train_cyclegan, translate
+from fedmammo.training.patch_classifier import (
+    choose_patients,
+    count_lesions,
+    patch_frame,
+    predict_patch_scores,
+    train_patch_classifier,
+)
+
+__all__ = ["train_patch_classifier_handler"]
+
+_EVAL_SETS: dict[tuple, PatchSet] = {}
+_CLASSIFIER_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "patience", "augment")
+
+
+def _eval_set(data: CentreData, split: str, subset: str, patch: Mapping, seed: int) -> PatchSet:
+    """Validation / test patches (balanced, same pre-processing as training), cached."""
+    key = (data.name, str(data.cache.cache_dir), split, subset, tuple(sorted(patch.items())), seed)
+    if key not in _EVAL_SETS:
+        _EVAL_SETS[key] = lesion_patches(
+            data, split, subset, patch, seed=seed, augment=bool(patch["augment"])
+        )
+    return _EVAL_SETS[key]
+
+
+def _received_generators(msg: Message) -> list[tuple[GeneratorDescription, list[dict]]]:
+    out = []
+    for entry in get_json(msg.content["config"], "generators", []):
+        desc = GeneratorDescription.from_dict(entry["description"])
+        states = [arrays_to_state(msg.content[name]) for name in entry["records"]]
+        out.append((desc, states))
+    return out
+
+
+def _names(generators: list[tuple[GeneratorDescription, list[dict]]]) -> str:
+    return "+".join(f"{desc.centre}_{desc.kind}" for desc, _ in generators)
+
+
+def _real_lesion_patches(
+    context: Context, cfg: Mapping, centre: str, subset: str, patch: Mapping, n: int, seed: int
+) -> np.ndarray:
+    """Another centre's real lesion patches, read from the shared data directory (simulation)."""
+    if deployed(context):
+        raise EgressError(
+            f"an arm asks for real patches of centre {centre!r}: that moves pixels and is a "
+            "simulation-only upper bound; a deployed centre never reads another centre's images"
+        )
+    scenario = scenario_of(load_runspec(context.run_config))
+    profile = scenario.resolved_profiles.get(centre)
+    if profile is None:
+        raise ConfigError(f"real-patch arm: no centre {centre!r} in scenario {scenario.name!r}")
+    if not profile.sharing.real_patches_in_simulation:
+        raise ConfigError(
+            f"centre {centre!r} does not allow its real patches to be used, even in "
+            "simulation (fix: set sharing.real_patches_in_simulation: true in that centre's "
+            "scenario overrides, or drop the real-patch arm)"
+        )
+    other = CentreIdentity(
+        name=centre, role=scenario.entry(centre).role, profile=profile, data_root=scenario.data_dir
+    )
+    data = single_centre(centre_data(other, cfg), "real-patch arm")
+    ps = lesion_patches(
+        data, "train", subset, patch, seed=seed, augment=bool(patch["augment"]), healthy_per_image=0
+    )
+    found = lesions(ps)
+    keep = np.random.default_rng(seed).permutation(len(found))[:n]
+    return found[np.sort(keep)]
+
+
+def _own_patches(data: CentreData, cfg: Mapping, subset: str, patch: Mapping, seed: int):
+    """The receiver's lesion patches and a shuffled pool of its healthy ones (its fraction)."""
+    frame = choose_patients(
+        patch_frame(data, "train"),
+        float(cfg["fraction"]),
+        subset=subset,
+        seed=derive_seed(seed, "fraction"),
+    )
+    needed = count_lesions(frame, subset) + int(cfg["n-synthetic"])
+    per_image = max(1, math.ceil(1.25 * needed / max(int(sum(frame["lesions"] == "[]")), 1)))
+    pool = lesion_patches(
+        data,
+        "train",
+        subset,
+        patch,
+        seed=derive_seed(seed, "train-patches"),
+        augment=bool(patch["augment"]),
+        healthy_per_image=per_image,
+        frame=frame,
+    )
+    healthy = pool.patches[pool.labels == 0]
+    order = np.random.default_rng(derive_seed(seed, "select")).permutation(len(healthy))
+    return lesions(pool), healthy[order]
+
+
+def _added_lesions(
+    msg: Message,
+    context: Context,
+    ident: CentreIdentity,
+    own: np.ndarray,
+    subset: str,
+    patch: Mapping,
+    seed: int,
+) -> np.ndarray:
+    """The arm's added lesion patches: real (simulation only), synthetic or harmonised."""
+    cfg = msg.content["config"]
+    n, real_from = int(cfg["n-synthetic"]), str(cfg.get("real-from", ""))
+    if real_from:
+        return _real_lesion_patches(
+            context, cfg, real_from, subset, patch, n, derive_seed(seed, "real", real_from)
+        )
+    generators = _received_generators(msg)
+    if not generators:
+        return np.zeros((0, *own.shape[1:]), np.float32)
+    synthetic = sample_patches(generators, n, seed=derive_seed(seed, "sample"), device=device())
+    if not bool(cfg.get("harmonise", False)):
+        return synthetic
+    # seed 004: a CycleGAN between own lesion patches and the synthetic ones, then B -> A
+    result = train_cyclegan(
+        own,
+        synthetic,
+        **get_json(cfg, "cyclegan"),
+        seed=derive_seed(seed, "cyclegan"),
+        device=device(),
+    )
+    added = translate(result.generator("ba", device=device()), synthetic)
+    where = plot_dir(context, ident, cfg)
+    if bool(cfg.get("draw", False)) and where is not None:
+        plot_sample_grid(
+            [
+                ("synthetic", synthetic),
+                (f"in {ident.name} style", added),
+                (f"real {ident.name}", own),
+            ],
+            where / f"harmonised_samples_{ident.name}_{_names(generators)}_{subset}.png",
+            title=f"Harmonised synthetic patches at centre {ident.name} (CycleGAN, seed 004); "
+            "drawn inside the centre",
+            columns=int(cfg.get("grid-columns", 12)),
+        )
+    return added
+
+
+def _model(spec: Mapping, patch_size: int, seed: int) -> torch.nn.Module:
+    options = dict(spec.get("options", {}))
+    if spec["name"] == "patch_cnn":
+        options.setdefault("patch_size", patch_size)
+    torch.manual_seed(seed)
+    return build_model(spec["name"], **options)
+
+
+@handler("train.patch_classifier")
+def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
+    """Train and test the receiver's patch classifier for one arm; reply test metrics only."""
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    ident = identity_of(context)
+    data = single_centre(centre_data(ident, cfg), "train.patch_classifier")
+    subset, seed = str(cfg["subset"]), int(cfg["seed"])
+    patch, clf = get_json(cfg, "patch"), get_json(cfg, "classifier")
+    own, healthy = _own_patches(data, cfg, subset, patch, seed)
+    added = _added_lesions(msg, context, ident, own, subset, patch, seed)
+    n_lesion = len(own) + len(added)  # class balance: as many of the receiver's healthy
+    x = np.concatenate([own, added, healthy[:n_lesion]])
+    y = np.r_[np.ones(n_lesion, np.int64), np.zeros(min(n_lesion, len(healthy)), np.int64)]
+    val = _eval_set(data, "val", subset, patch, derive_seed(cfg["data-seed"], "val"))
+    test = _eval_set(data, "test", subset, patch, derive_seed(cfg["data-seed"], "test"))
+    if len(test) == 0:
+        raise DataError(f"centre {ident.name!r}: no {subset} test patches")
+    model = _model(clf["model"], int(patch["size"]), derive_seed(seed, "init"))
+    result = train_patch_classifier(
+        model,
+        x,
+        y,
+        val.patches,
+        val.labels,
+        **{k: clf[k] for k in _CLASSIFIER_KEYS},
+        seed=derive_seed(seed, "train"),
+        device=device(),
+    )
+    scores = predict_patch_scores(model, test.patches, device=device())
+    values = classification_metrics(test.labels, scores)
+    values["auc"] = values.pop("auroc")  # the records' name of the AUROC
+    records = [
+        {"segment": None, "metric": k, "value": values[k]}
+        for k in ("accuracy", "f1", "auc", "auprc", "n", "n_pos")
+    ]
+    _, low, high = bootstrap_auc(
+        test.labels, scores, n_boot=int(cfg.get("n-boot", 0)), seed=derive_seed(seed, "boot")
+    )
+    records[2].update(ci_low=low, ci_high=high)  # NaN without a bootstrap
+    metrics = encode_metric_records(records)
+    metrics.update(
+        {
+            "best-epoch": result.best_epoch,
+            "val-auprc": result.best_val_auprc,
+            "epochs-run": result.epochs_run,
+            "n-own-lesion": len(own),
+            "n-added-lesion": len(added),
+            "n-healthy": int((y == 0).sum()),
+            "healthy-shortfall": max(0, n_lesion - len(healthy)),
+            "real-pixels-moved": int(bool(cfg.get("real-from", ""))),
+            "compute-seconds": time.perf_counter() - start,
+        }
+    )
+    return reply(msg, context, {"metrics": metrics})

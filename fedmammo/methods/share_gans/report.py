@@ -1,0 +1,279 @@
+"""Seed 003's result tables and sample grids for the generator-sharing scenario.
+
+Records of the federation core (``results.json``) name each classifier run
+``<arm>@<subset>-<percent>`` (:func:`record_arm`), e.g. ``A+synth_B_dcgan@masses-50``: arm
+``A+synth_B_dcgan``, lesion subset ``masses``, 50% of the receiver's training images. Tables
+are laid out like seed 003's Tables 1-2: arms (rows) x accuracy, F1, AUROC, AUPRC (mean (std)
+over seeds), one block per lesion subset and data fraction, best value per column in bold,
+and a column flagging the arms that moved real pixels (the simulation-only upper bound).
+Generator records (``split == "generator"``) give the shared generators' quality table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from fedmammo.errors import DataError
+from fedmammo.evaluation.report import to_markdown
+from fedmammo.evaluation.results import RunRecorder
+
+__all__ = [
+    "section",
+    "GENERATOR_METRICS",
+    "METRICS",
+    "MOVED",
+    "GanTable",
+    "build_gan_tables",
+    "generator_table",
+    "moves_pixels",
+    "plot_sample_grid",
+    "print_tables",
+    "record_arm",
+    "split_record_arm",
+    "tables_markdown",
+]
+
+#: Record metric -> column title (``auc`` is the AUROC, as in every fedmammo record).
+METRICS: dict[str, str] = {"accuracy": "Accuracy", "f1": "F1", "auc": "AUROC", "auprc": "AUPRC"}
+#: Generator record metric -> column title.
+GENERATOR_METRICS: dict[str, str] = {
+    "frechet_distance": "Frechet",
+    "frechet_real_floor": "real floor",
+    "n_training_patches": "patches",
+    "epochs": "epochs",
+    "n_snapshots": "snapshots",
+    "epsilon": "DP epsilon",  # only for generators trained with a DP discriminator
+}
+#: Flag of the arms that moved real pixels between centres.
+MOVED = "YES (simulation only)"
+_SUBSET_TITLES = {"all": "all lesion types (seed 003 Table 1)", "masses": "masses (Table 2)"}
+
+
+def record_arm(arm: str, subset: str, fraction: float) -> str:
+    """The arm name of the results records: ``<arm>@<subset>-<percent>``."""
+    return f"{arm}@{subset}-{round(fraction * 100):d}"
+
+
+def split_record_arm(name: str) -> tuple[str, str, float] | None:
+    """Inverse of :func:`record_arm`; None for names it did not make."""
+    arm, sep, rest = name.rpartition("@")
+    subset, dash, pct = rest.rpartition("-")
+    if not sep or not arm or not dash or not pct.isdigit() or not subset:
+        return None
+    return arm, subset, int(pct) / 100.0
+
+
+def moves_pixels(arm: str) -> bool:
+    """Whether an arm adds another centre's real patches (``+real_<centre>``)."""
+    return any(t.startswith("real_") for t in arm.split("+")[1:])
+
+
+@dataclass
+class GanTable:
+    """One block of Table 1/2: a lesion subset at one fraction of the receiver's data."""
+
+    subset: str
+    fraction: float
+    frame: pd.DataFrame  # arms x (metric titles, seeds, pixels moved); cells are text
+    best: dict[str, str]  # metric title -> arm with the best mean
+
+    @property
+    def title(self) -> str:
+        subset = _SUBSET_TITLES.get(self.subset, self.subset)
+        return f"{subset}, {round(self.fraction * 100)}% of the receiver's training data"
+
+
+def _cell(values: pd.Series) -> tuple[str, float]:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return "n/a", math.nan
+    if len(v) == 1:
+        return f"{v.iloc[0]:.3f}", float(v.iloc[0])
+    return f"{v.mean():.3f} ({v.std(ddof=1):.3f})", float(v.mean())
+
+
+def build_gan_tables(df: pd.DataFrame, *, arm_order: Sequence[str] | None = None) -> list[GanTable]:
+    """Tables of final test metrics, one per (subset, fraction); arms in ``arm_order`` first."""
+    if df.empty:
+        return []
+    sel = df[(df["split"] == "test") & df["round"].isna() & df["segment"].isna()]
+    sel = sel[sel["metric"].isin(list(METRICS))]
+    parsed = sel["arm"].map(split_record_arm)
+    sel = sel[parsed.notna()].assign(
+        base=[p[0] for p in parsed.dropna()],
+        subset=[p[1] for p in parsed.dropna()],
+        fraction=[p[2] for p in parsed.dropna()],
+    )
+    order = list(arm_order or [])
+    order += [a for a in dict.fromkeys(sel["base"]) if a not in order]
+    subsets = [s for s in ("all", "masses") if s in set(sel["subset"])]
+    subsets += [s for s in dict.fromkeys(sel["subset"]) if s not in subsets]
+    tables = []
+    for subset in subsets:
+        part = sel[sel["subset"] == subset]
+        for fraction in sorted(set(part["fraction"]), reverse=True):
+            block = part[part["fraction"] == fraction]
+            rows: dict[str, dict[str, str]] = {}
+            means: dict[str, dict[str, float]] = {}
+            for arm in [a for a in order if a in set(block["base"])]:
+                g = block[block["base"] == arm]
+                row, mean = {}, {}
+                for metric, title in METRICS.items():
+                    row[title], mean[title] = _cell(g.loc[g["metric"] == metric, "value"])
+                row["seeds"] = str(g["seed"].nunique())
+                row["pixels moved"] = MOVED if moves_pixels(arm) else "no"
+                rows[arm], means[arm] = row, mean
+            best = {}
+            for title in METRICS.values():
+                scored = {a: m[title] for a, m in means.items() if not math.isnan(m[title])}
+                if scored:
+                    best[title] = max(scored, key=lambda a: scored[a])
+            frame = pd.DataFrame.from_dict(rows, orient="index")
+            tables.append(GanTable(subset, float(fraction), frame, best))
+    return tables
+
+
+def generator_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Shared generators (rows) x quality figures from the ``split == "generator"`` records."""
+    if df.empty:
+        return pd.DataFrame()
+    sel = df[(df["split"] == "generator") & df["metric"].isin(list(GENERATOR_METRICS))]
+    rows: dict[str, dict[str, str]] = {}
+    for (arm, metric), g in sel.groupby(["arm", "metric"], sort=False):
+        value = g["value"].dropna()
+        text = "n/a" if value.empty else f"{float(value.iloc[-1]):.4g}"
+        rows.setdefault(str(arm), {})[GENERATOR_METRICS[str(metric)]] = text
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    return frame[[c for c in GENERATOR_METRICS.values() if c in frame.columns]]
+
+
+def _bold(table: GanTable) -> pd.DataFrame:
+    frame = table.frame.copy()
+    for title, arm in table.best.items():
+        frame.loc[arm, title] = f"**{frame.loc[arm, title]}**"
+    return frame
+
+
+def tables_markdown(
+    tables: Sequence[GanTable], generators: pd.DataFrame | None = None, *, heading: str = ""
+) -> str:
+    """Markdown of the tables (best per column in bold) and the generator table."""
+    lines = [heading or "## Lesion-patch classification on the receiver's test set", ""]
+    lines += [
+        "Mean (std) over seeds; AUROC is the records' `auc`. Arms flagged "
+        f"'{MOVED}' moved real lesion patches between centres: a simulation-only upper bound "
+        "that no deployment may run.",
+        "",
+    ]
+    if not tables:
+        lines.append("No final test metrics were recorded.")
+    for table in tables:
+        lines += [f"### {table.title}", "", to_markdown(_bold(table).fillna("")), ""]
+    if generators is not None and not generators.empty:
+        lines += [
+            "## Shared generators",
+            "",
+            "Frechet: distance between each centre's real training lesion patches and samples "
+            "of its generator, in the fixed random_cnn_v1 feature space (computed inside the "
+            "centre; comparable between fedmammo runs only, not a published FID). Real floor: "
+            "the distance between two halves of the real patches. Patches: the generator's "
+            "training patches.",
+            "",
+            to_markdown(generators.fillna(""), index_name="generator"),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def print_tables(
+    tables: Sequence[GanTable],
+    console: Console | None = None,
+    generators: pd.DataFrame | None = None,
+) -> None:
+    """Print the tables with rich (best per column in bold, moved pixels in red)."""
+    console = console or Console()
+    for table in tables:
+        seeds = "/".join(sorted(set(table.frame["seeds"]))) if "seeds" in table.frame else "?"
+        rt = Table(
+            title=table.title,
+            box=box.SIMPLE_HEAD,
+            caption=f"mean (std) over {seeds} "
+            "seed(s); moved YES: real patches left their centre (simulation only)",
+        )
+        rt.add_column("arm", no_wrap=True)
+        for title in METRICS.values():
+            rt.add_column(title, justify="right", min_width=7)
+        rt.add_column("moved", min_width=5)
+        for arm, row in table.frame.iterrows():
+            cells = []
+            for title in METRICS.values():
+                text = str(row[title]).replace(" (", "\n(")
+                cells.append(f"[bold]{text}[/]" if table.best.get(title) == arm else text)
+            moved = row["pixels moved"] == MOVED
+            cells.append("[bold red]YES[/]" if moved else "no")
+            rt.add_row(str(arm), *cells)
+        console.print(rt)
+    if generators is not None and not generators.empty:
+        rt = Table(
+            title="Shared generators (quality computed inside each centre)", box=box.SIMPLE_HEAD
+        )
+        rt.add_column("generator", no_wrap=True)
+        for col in generators.columns:
+            rt.add_column(str(col), justify="right")
+        for name, row in generators.fillna("").iterrows():
+            rt.add_row(str(name), *map(str, row.tolist()))
+        console.print(rt)
+
+
+def plot_sample_grid(
+    rows: Sequence[tuple[str, np.ndarray]],
+    path: str | Path,
+    *,
+    title: str = "",
+    columns: int = 12,
+    dpi: int = 100,
+) -> Path:
+    """Draw labelled rows of patches ``(N, S, S)`` in [0, 1] (e.g. real above synthetic)."""
+    if not rows:
+        raise DataError("plot_sample_grid: no rows of patches given")
+    panel = []
+    for label, patches in rows:
+        arr = np.asarray(patches, dtype=np.float32)
+        if arr.ndim != 3:
+            raise DataError(f"plot_sample_grid: row {label!r} is not (N, S, S): {arr.shape}")
+        panel.append((label, arr[:columns]))
+    fig = Figure(figsize=(1.0 * columns + 1.6, 1.05 * len(panel) + 0.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panel), columns, squeeze=False)
+    for r, (label, arr) in enumerate(panel):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(arr):
+                ax.imshow(arr[c], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, bbox_inches="tight")
+    return out
+
+
+def section(recorder: RunRecorder, console: Console) -> str:
+    """The seed-003 Table 1/2 layout for results.md (already printed by the runner)."""
+    return str(recorder.meta.get("share_gans_tables_markdown", ""))

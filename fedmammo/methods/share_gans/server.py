@@ -1,0 +1,437 @@
+"""Sharing generators instead of images (seed 003) with seed 004's translation arm.
+
+Phase 1: every sharing centre an arm samples from trains one generator per (GAN kind, lesion
+subset) on its own training lesion patches (``train.generator``, once per run, seeded from the
+first scenario seed). Centres train in parallel, one job per centre per wave. The server
+keeps what it received in ``generators/<centre>_<gan>_<subset>/`` (``gen-e<epoch>.pt`` state
+dicts of the snapshots plus ``description.json``: a
+:class:`~fedmammo.models.gans.GeneratorDescription` whose ``extra`` holds the subset, training
+parameters and the Frechet figures), so ``load_generators: <run dir>`` in another scenario
+reuses them; an interrupted run reloads its own.
+
+Phase 2: for each seed, lesion subset, data fraction and arm, the receiver trains and tests
+its patch classifier (``train.patch_classifier``) with the arm's generators in the message.
+The message seed depends on (seed, subset, fraction) only, so all arms of one seed share the
+receiver's patient subset, own patches and initial weights: they differ only in what is
+added. Test metrics are recorded as ``<arm>@<subset>-<percent>`` (split ``test``), the best
+validation AUPRC and epoch under split ``val``, generator quality under split ``generator``.
+
+The real-patch arm (``A+real_B``) moves pixels: it runs in simulation only, when B's profile
+sets ``sharing.real_patches_in_simulation``, and is flagged in the console, in the notes of
+``results.json`` and in a column of the tables (``share_gans_tables.md``, printed at the end).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, RecordDict
+
+from fedmammo.errors import ConfigError
+from fedmammo.federation.codec import decode_metric_records, put_json
+from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.privacy.server import (
+    generator_privacy_config,
+    record_generator_privacy,
+    record_generator_refusal,
+)
+from fedmammo.methods.share_gans.params import ArmSpec, ShareGansParams
+from fedmammo.methods.share_gans.report import (
+    MOVED,
+    build_gan_tables,
+    generator_table,
+    print_tables,
+    record_arm,
+    tables_markdown,
+)
+from fedmammo.models.gans import GeneratorDescription
+
+__all__ = [
+    "GENERATORS_DIR",
+    "TABLES_FILE",
+    "SharedGenerator",
+    "generator_name",
+    "load_shared_generator",
+    "run",
+    "save_shared_generator",
+]
+
+GENERATORS_DIR = "generators"
+TABLES_FILE = "share_gans_tables.md"
+_QUALITY = (
+    "frechet-distance",
+    "frechet-real-floor",
+    "frechet-samples",
+    "generator-steps",
+    "critic-steps",
+    "compute-seconds",
+)
+
+
+@dataclass
+class SharedGenerator:
+    """A generator the server received: description, snapshot weights, quality figures."""
+
+    name: str
+    description: GeneratorDescription
+    snapshots: list[tuple[str, ArrayRecord]] = field(default_factory=list)  # (gen-e<epoch>, w)
+
+
+def generator_name(centre: str, gan: str, subset: str) -> str:
+    """Folder and record name of a shared generator: ``<centre>_<gan>_<subset>``."""
+    return f"{centre}_{gan}_{subset}"
+
+
+def save_shared_generator(root: Path, gen: SharedGenerator) -> Path:
+    """Write ``<root>/<name>/gen-e<epoch>.pt`` per snapshot and ``description.json``."""
+    folder = root / gen.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for record, arrays in gen.snapshots:
+        torch.save(arrays.to_torch_state_dict(), folder / f"{record}.pt")
+    desc = gen.description.to_dict()
+    desc["extra"]["snapshot_files"] = [f"{r}.pt" for r, _ in gen.snapshots]
+    (folder / "description.json").write_text(json.dumps(desc, indent=1, default=str))
+    return folder
+
+
+def load_shared_generator(folder: Path) -> SharedGenerator:
+    """Read a generator written by :func:`save_shared_generator`."""
+    path = folder / "description.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no description.json; not a saved shared generator")
+    desc = GeneratorDescription.from_dict(json.loads(path.read_text()))
+    files = desc.extra.get("snapshot_files") or sorted(p.name for p in folder.glob("gen-e*.pt"))
+    snapshots = [
+        (Path(f).stem, ArrayRecord(torch.load(folder / f, weights_only=True))) for f in files
+    ]
+    return SharedGenerator(name=folder.name, description=desc, snapshots=snapshots)
+
+
+def _check_plan(orc: Orchestrator, p: ShareGansParams) -> list[ArmSpec]:
+    """Validate the arms against the scenario; drop real-patch arms outside simulation."""
+    names = orc.scenario.centre_names()
+    receiver = p.receiver
+    if receiver not in names:
+        raise ConfigError(
+            f"share_gans: the arms' receiver {receiver!r} is not a centre of "
+            f"scenario {orc.scenario.name!r} ({names}); fix: name it so"
+        )
+    specs = []
+    for spec in p.arm_specs():
+        used = [c for c, _ in spec.generators] + ([spec.real] if spec.real else [])
+        wrong = [c for c in used if c not in names or c == receiver]
+        if wrong:
+            raise ConfigError(
+                f"share_gans arm {spec.name!r}: {wrong} must be other centres "
+                f"of the scenario ({[n for n in names if n != receiver]})"
+            )
+        if spec.real:
+            if orc.spec.deployment:
+                orc.recorder.note(
+                    f"arm {spec.name} skipped: real patches never move in a "
+                    "deployment (simulation-only upper bound)"
+                )
+                orc.console.print(f"[yellow]arm {spec.name} skipped in deployment[/]")
+                continue
+            if not orc.scenario.resolved_profiles[spec.real].sharing.real_patches_in_simulation:
+                raise ConfigError(
+                    f"share_gans arm {spec.name!r} needs centre {spec.real!r} to allow "
+                    "sharing.real_patches_in_simulation (fix: set it in that centre's scenario "
+                    "overrides, or drop the arm)"
+                )
+        specs.append(spec)
+    return specs
+
+
+def _from_reply(name: str, subset: str, content: RecordDict, params: dict) -> SharedGenerator:
+    info, metrics = content["description"], content["metrics"]
+    snaps = sorted(k for k, v in content.items() if isinstance(v, ArrayRecord))
+    desc = GeneratorDescription(
+        kind=str(info["kind"]),
+        patch_size=int(metrics["patch-size"]),
+        latent_dim=int(metrics["latent-dim"]),
+        width=int(metrics["width"]),
+        d_norm=str(info["d-norm"]),
+        lesion_types=[str(k) for k in info["lesion-types"]],
+        n_training_patches=int(metrics["n-training-patches"]),
+        epochs=int(metrics["epochs"]),
+        snapshot_epochs=[int(k.removeprefix("gen-e")) for k in snaps],
+        centre=str(info["centre"]),
+        extra={
+            "subset": subset,
+            "training": params,
+            "feature_net": str(info["feature-net"]),
+            **{k.replace("-", "_"): float(metrics[k]) for k in _QUALITY if k in metrics},
+        },
+    )
+    if "privacy" in content:  # a DP discriminator: the generator carries its guarantee
+        dp = content["privacy"]
+        desc.extra["privacy"] = {
+            k.replace("-", "_"): dp[k]
+            for k in ("accountant", "epsilon", "delta", "noise-multiplier", "max-grad-norm")
+        }
+    return SharedGenerator(name, desc, [(k, content[k]) for k in snaps])
+
+
+def _record_generator(orc: Orchestrator, gen: SharedGenerator, seed: int) -> None:
+    d, extra = gen.description, gen.description.extra
+    values = {
+        "frechet_distance": extra.get("frechet_distance"),
+        "frechet_real_floor": extra.get("frechet_real_floor"),
+        "n_training_patches": d.n_training_patches,
+        "epochs": d.epochs,
+        "n_snapshots": len(gen.snapshots),
+    }
+    if "privacy" in extra:
+        values["epsilon"] = float(extra["privacy"]["epsilon"])
+    orc.recorder.add(
+        [{"metric": k, "value": v} for k, v in values.items()],
+        arm=gen.name,
+        seed=seed,
+        centre=d.centre or "",
+        split="generator",
+    )
+    orc.recorder.complete_arm(gen.name, seed)
+
+
+def _train_generators(
+    orc: Orchestrator, p: ShareGansParams, specs: list[ArmSpec]
+) -> dict[str, SharedGenerator]:
+    """Phase 1: saved or loaded generators, else ``train.generator`` waves at the centres."""
+    seed = orc.scenario.seeds[0]
+    root = orc.run_dir / GENERATORS_DIR
+    source = Path(p.load_generators).expanduser() if p.load_generators else None
+    if source is not None and (source / GENERATORS_DIR).is_dir():
+        source = source / GENERATORS_DIR
+    needed = list(dict.fromkeys(g for s in specs for g in s.generators))
+    gens: dict[str, SharedGenerator] = {}
+    jobs: dict[str, list[tuple[str, str, str]]] = {}
+    for subset in p.subsets:
+        for centre, gan in needed:
+            name = generator_name(centre, gan, subset)
+            for folder in (root / name, source / name if source else None):
+                if folder is not None and (folder / "description.json").is_file():
+                    gens[name] = load_shared_generator(folder)
+                    if gens[name].description.patch_size != p.patches.size:
+                        raise ConfigError(
+                            f"{folder}: generator of {gens[name].description.patch_size}-px "
+                            f"patches, the recipe's patches.size is {p.patches.size}"
+                        )
+                    if folder.parent != root:
+                        save_shared_generator(root, gens[name])
+                        orc.recorder.note(f"generator {name} loaded from {folder}")
+                    break
+            else:
+                jobs.setdefault(centre, []).append((name, gan, subset))
+    for name, gen in gens.items():
+        if not orc.recorder.is_done(name, seed):
+            _record_generator(orc, gen, seed)
+    plot_dir = "" if orc.spec.deployment else str(orc.run_dir / "plots")
+    for wave in range(max((len(j) for j in jobs.values()), default=0)):
+        contents, names = {}, {}
+        for centre, todo in jobs.items():
+            if wave < len(todo):
+                name, gan, subset = todo[wave]
+                cfg = orc.base_config(
+                    gan=gan,
+                    subset=subset,
+                    seed=derive_seed(seed, name, "gan"),
+                    patch=p.patches.model_dump(),
+                    **{"gan-params": p.gans[gan].kwargs(gan)},
+                    **{
+                        "frechet-samples": p.frechet_samples,
+                        "grid-columns": p.grid_columns,
+                        "plot-dir": plot_dir,
+                    },
+                    **generator_privacy_config(orc, name, seed),
+                )
+                contents[centre], names[centre] = RecordDict({"config": cfg}), todo[wave]
+        orc.console.print(f"  training generators {sorted(n for n, _, _ in names.values())}")
+        replies, failures = orc.send("train.generator", contents)
+        for centre, reason in failures.items():
+            name = names[centre][0]
+            orc.record_failures(
+                {centre: reason}, arm=name, seed=seed, rnd=None, phase="train.generator"
+            )
+            record_generator_refusal(orc, centre=centre, name=name, seed=seed, reason=reason)
+        for centre, content in replies.items():
+            name, gan, subset = names[centre]
+            gen = _from_reply(name, subset, content, p.gans[gan].kwargs(gan))
+            record_generator_privacy(orc, centre=centre, name=name, seed=seed, content=content)
+            save_shared_generator(root, gen)
+            _record_generator(orc, gen, seed)
+            gens[name] = gen
+            fd = gen.description.extra.get("frechet_distance", float("nan"))
+            orc.console.print(
+                f"  generator {name}: {len(gen.snapshots)} snapshot(s), "
+                f"Frechet {fd:.3g} ({centre} computed it)"
+            )
+    return gens
+
+
+def _classifier_config(
+    orc: Orchestrator,
+    p: ShareGansParams,
+    spec: ArmSpec,
+    *,
+    seed: int,
+    subset: str,
+    fraction: float,
+    gens: list[SharedGenerator],
+    draw: bool,
+):
+    cfg = orc.base_config(
+        arm=record_arm(spec.name, subset, fraction),
+        seed=derive_seed(seed, subset, fraction),
+        subset=subset,
+        fraction=fraction,
+        patch=p.patches.model_dump(),
+        classifier=p.classifier.model_dump(),
+        cyclegan=p.cyclegan.model_dump(),
+        harmonise=spec.harmonised,
+        draw=draw,
+        **{
+            "n-synthetic": p.n_synthetic,
+            "real-from": spec.real or "",
+            "grid-columns": p.grid_columns,
+            "plot-dir": "" if orc.spec.deployment else str(orc.run_dir / "plots"),
+            "n-boot": p.bootstrap,
+        },
+    )
+    put_json(
+        cfg,
+        "generators",
+        [
+            {
+                "description": g.description.to_dict(),
+                "records": [f"g{i}-{r}" for r, _ in g.snapshots],
+            }
+            for i, g in enumerate(gens)
+        ],
+    )
+    content = RecordDict({"config": cfg})
+    for i, g in enumerate(gens):
+        for record, arrays in g.snapshots:
+            content[f"g{i}-{record}"] = arrays
+    return content
+
+
+def _run_arm(
+    orc: Orchestrator,
+    p: ShareGansParams,
+    spec: ArmSpec,
+    gens: dict,
+    *,
+    seed: int,
+    subset: str,
+    fraction: float,
+    draw: bool,
+) -> None:
+    rec = record_arm(spec.name, subset, fraction)
+    if orc.recorder.is_done(rec, seed):
+        return
+    names = [generator_name(c, g, subset) for c, g in spec.generators]
+    missing = [n for n in names if n not in gens]
+    if missing:
+        orc.recorder.note(f"arm {rec} seed {seed}: skipped, generator(s) {missing} missing")
+        return
+    content = _classifier_config(
+        orc,
+        p,
+        spec,
+        seed=seed,
+        subset=subset,
+        fraction=fraction,
+        gens=[gens[n] for n in names],
+        draw=draw,
+    )
+    replies, failures = orc.send("train.patch_classifier", {spec.receiver: content})
+    orc.record_failures(failures, arm=rec, seed=seed, rnd=None, phase="train.patch_classifier")
+    if spec.receiver not in replies:
+        return
+    metrics = replies[spec.receiver]["metrics"]
+    orc.recorder.add(
+        decode_metric_records(metrics), arm=rec, seed=seed, centre=spec.receiver, split="test"
+    )
+    extra = {
+        "auprc": "val-auprc",
+        "best_epoch": "best-epoch",
+        "n_added_lesion": "n-added-lesion",
+        "n_own_lesion": "n-own-lesion",
+        "healthy_shortfall": "healthy-shortfall",
+        "real_pixels_moved": "real-pixels-moved",
+    }
+    orc.recorder.add(
+        [{"metric": k, "value": float(metrics[v])} for k, v in extra.items()],
+        arm=rec,
+        seed=seed,
+        centre=spec.receiver,
+        split="val",
+    )
+    if int(metrics["healthy-shortfall"]):
+        orc.recorder.note(
+            f"arm {rec} seed {seed}: {int(metrics['healthy-shortfall'])} healthy "
+            "patches short of class balance (too few healthy images)"
+        )
+    orc.recorder.complete_arm(rec, seed)
+    auc = next((r["value"] for r in decode_metric_records(metrics) if r["metric"] == "auc"), None)
+    orc.console.print(
+        f"  {rec} seed {seed}: AUROC {'n/a' if auc is None else f'{auc:.3f}'} "
+        f"(epoch {int(metrics['best-epoch'])}, +{int(metrics['n-added-lesion'])})",
+        highlight=False,
+    )
+
+
+def run(orc: Orchestrator) -> None:
+    """Phase 1 (shared generators) then every arm x subset x fraction x seed; the tables."""
+    p: ShareGansParams = orc.params
+    specs = _check_plan(orc, p)
+    moving = [s.name for s in specs if s.moves_pixels]
+    for arm in moving:
+        warning = (
+            f"arm {arm} MOVES REAL PIXELS between centres ({MOVED}): the data-sharing "
+            "upper bound of seed 003, read from the shared simulation data directory"
+        )
+        orc.console.print(f"[bold red]WARNING: {warning}[/]")
+        orc.recorder.note(f"WARNING: {warning}")
+    orc.console.rule("[bold]phase 1: shared generators[/]")
+    gens = _train_generators(orc, p, specs)
+    orc.console.rule("[bold]phase 2: the receiver's patch classifier per arm[/]")
+    for n, seed in enumerate(orc.scenario.seeds):
+        for subset in p.subsets:
+            for k, fraction in enumerate(p.fractions):
+                for spec in specs:
+                    _run_arm(
+                        orc,
+                        p,
+                        spec,
+                        gens,
+                        seed=seed,
+                        subset=subset,
+                        fraction=fraction,
+                        draw=n == 0 and k == 0,
+                    )
+    orc.recorder.note(
+        "records: arm '<arm>@<subset>-<percent of the receiver's training "
+        "data>'; metric 'auc' is the AUROC"
+    )
+    where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
+    orc.recorder.note(
+        f"sample grids synthetic_samples_<centre>_<gan>_<subset>.png in {where}: "
+        "drawn by each sharing centre itself; its real patches never left it"
+    )
+    orc.recorder.note(f"shared generators (weights + description.json) in {GENERATORS_DIR}/")
+    tables = build_gan_tables(orc.recorder.frame(), arm_order=[s.name for s in specs])
+    gen_table = generator_table(orc.recorder.frame())
+    print_tables(tables, orc.console, gen_table)
+    text = tables_markdown(tables, gen_table, heading=f"# {orc.scenario.name}: seed 003 tables")
+    (orc.run_dir / TABLES_FILE).write_text(text + "\n")
+    orc.recorder.meta["share_gans_tables_markdown"] = text
+    orc.recorder.note(
+        f"seed 003 Table 1-2 layout (arms x accuracy, F1, AUROC, AUPRC per "
+        f"subset and fraction): {TABLES_FILE}"
+    )
+    orc.recorder.flush()

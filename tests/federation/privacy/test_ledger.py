@@ -1,0 +1,336 @@
+"""DP in the federation without Ray: train.classifier / evaluate.audit handlers with their
+ledgers in context.state, refusals, the reply codec, the guard mod, and the FedAvg runner on
+an in-process grid (privacy.json against dp-accounting, a budget overrun that stops cleanly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+from helpers.centre_nodes import node_context, prepared_centre, use_privacy
+from helpers.dp_reference import independent_epsilon
+
+from fedmammo.federation.codec import put_json, state_to_arrays
+from fedmammo.federation.egress import check_outgoing, egress_mod
+from fedmammo.federation.privacy import audits as audit_handlers
+from fedmammo.federation.privacy.codec import decode_privacy, pack_history, unpack_history
+from fedmammo.federation.privacy.ledger import (
+    LEDGER_KEY,
+    PLANNED_ROUNDS_KEY,
+    PRIOR_KEY,
+    REFUSAL_MARK,
+    BudgetRefusal,
+    DPUnsupportedError,
+    dp_guard_mod,
+    is_refusal,
+)
+from fedmammo.methods.fedavg import client as handlers
+from fedmammo.models import build_model
+from fedmammo.privacy.accounting import epsilon_of
+
+ROOT = Path(__file__).resolve().parents[3]
+SIZE = (32, 24)
+MODEL = {"name": "mammo_cnn", "options": {"width": 4, "depth": 2, "norm": "group", "dropout": 0.0}}
+TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.002, "sampler": "balanced_labels", "augment": False}
+
+
+def incoming(content: RecordDict, kind: str, dst: int = 7) -> Message:
+    meta = Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=dst,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=kind,
+    )
+    return Message(content=content, metadata=meta)
+
+
+# --------------------------------------------------------------------------- one centre
+@pytest.fixture(scope="module")
+def centre(tmp_path_factory):
+    return prepared_centre(tmp_path_factory.mktemp("dpcentre"), "dpc", SIZE)
+
+
+def steps_per_epoch(data) -> int:
+    return math.ceil(len(data.rows("train")) / TRAIN["batch_size"])
+
+
+def new_context(data_dir: Path) -> Context:
+    return node_context("dpc", data_dir)
+
+
+def send(fn, kind: str, context: Context, *, train=TRAIN, seed: int = 0, arrays=None, **config):
+    torch.manual_seed(0)
+    model = build_model(MODEL["name"], **MODEL["options"])
+    cfg = ConfigRecord(
+        {
+            "image-size": list(SIZE),
+            "data-seed": 0,
+            "arm": "federated",
+            "seed": seed,
+            "batchnorm": "average",
+        }
+    )
+    put_json(cfg, "model", MODEL)
+    put_json(cfg, "train", train)
+    for key, value in config.items():
+        if isinstance(value, dict):
+            put_json(cfg, key, value)
+        else:
+            cfg[key] = value
+    weights = arrays if arrays is not None else state_to_arrays(model.state_dict())
+    content = RecordDict({"config": cfg, "arrays": weights})
+    out = egress_mod(incoming(content, kind), context, fn)  # the real path: the egress guard
+    assert not out.has_error()
+    return out.content
+
+
+def dp_round(context: Context, *, seed: int, train=TRAIN, planned: int = 3, **config) -> dict:
+    content = send(
+        handlers.train,
+        "train.classifier",
+        context,
+        train=train,
+        seed=seed,
+        **{LEDGER_KEY: "federated|0", PLANNED_ROUNDS_KEY: planned, **config},
+    )
+    return decode_privacy(content["privacy"])
+
+
+def test_rounds_compose_one_budget_through_context_state(centre):
+    # Prepare: 3 planned rounds of one epoch, a target epsilon of 6.
+    data, data_dir = centre
+    use_privacy(data_dir, target_epsilon=6.0)
+    context = new_context(data_dir)
+    k = steps_per_epoch(data)
+    # Execute: three rounds through the same node state, and round 1 in a fresh state.
+    reports = [dp_round(context, seed=r) for r in range(3)]
+    fresh = dp_round(new_context(data_dir), seed=0)
+    # Assert: noise chosen once for all 3k steps; epsilon grows as one composed budget.
+    sigma, q = reports[0]["noise_multiplier"], reports[0]["sample_rate"]
+    assert q == pytest.approx(1 / k) and reports[0]["planned_steps"] == 3 * k
+    assert {r["noise_multiplier"] for r in reports} == {sigma}
+    eps = [r["epsilon"] for r in reports]
+    assert eps[0] < eps[1] < eps[2] <= 6.0 * 1.01
+    assert eps[2] == pytest.approx(6.0, rel=0.02)  # the plan spends the whole target
+    assert reports[2]["history"] == [[sigma, q, 3 * k]]
+    assert eps[2] == pytest.approx(
+        independent_epsilon([[sigma, q, 3 * k]], reports[2]["delta"]), rel=0.02
+    )
+    # a fresh accountant per round would report round 1's epsilon at every round
+    assert fresh["epsilon"] == pytest.approx(eps[0]) and fresh["epsilon"] < 0.8 * eps[2]
+
+
+def test_two_rounds_through_state_equal_one_run_of_the_same_steps(centre):
+    # Prepare
+    _, data_dir = centre
+    use_privacy(data_dir, target_epsilon=6.0)
+    context = new_context(data_dir)
+    # Execute: 2 rounds of 1 epoch through context.state vs 1 round of 2 epochs.
+    split = [dp_round(context, seed=s, planned=2) for s in (0, 1)][-1]
+    single = dp_round(new_context(data_dir), seed=0, planned=1, train={**TRAIN, "epochs": 2})
+    # Assert: same planned noise, same composed history, same epsilon.
+    assert split["noise_multiplier"] == pytest.approx(single["noise_multiplier"])
+    assert split["history"] == single["history"]
+    assert split["epsilon"] == pytest.approx(single["epsilon"], rel=1e-9)
+
+
+def test_round_beyond_the_plan_is_refused_before_any_step(centre):
+    # Prepare: the server planned 2 rounds.
+    _, data_dir = centre
+    use_privacy(data_dir, target_epsilon=6.0)
+    context = new_context(data_dir)
+    last = [dp_round(context, seed=s, planned=2) for s in (0, 1)][-1]
+    state_before = dict(context.state["privacy.ledgers"])
+    # Execute / Assert: a third round is refused with the refusal mark; nothing was spent.
+    with pytest.raises(BudgetRefusal) as info:
+        dp_round(context, seed=2, planned=2)
+    assert str(info.value).startswith(REFUSAL_MARK) and is_refusal(str(info.value))
+    assert "'dpc'" in str(info.value) and "planned steps" in str(info.value)
+    assert dict(context.state["privacy.ledgers"]) == state_before
+    assert last["epsilon"] <= 6.0 * 1.01
+
+
+def test_fixed_noise_with_a_cap_is_refused_when_the_next_round_overruns(centre):
+    # Prepare: fixed sigma 0.8 and a cap between the epsilons of one and two rounds.
+    data, data_dir = centre
+    k = steps_per_epoch(data)
+    delta = 1e-5
+    one, two = (epsilon_of([[0.8, 1 / k, r * k]], delta) for r in (1, 2))
+    use_privacy(data_dir, target_epsilon=round((one + two) / 2, 2), noise_multiplier=0.8)
+    context = new_context(data_dir)
+    first = dp_round(context, seed=0)
+    # Execute / Assert: round 2 is refused, naming what was spent and what it would reach.
+    with pytest.raises(BudgetRefusal, match=rf"spent so far {one:.4g}, .* {two:.4g} > target"):
+        dp_round(context, seed=1)
+    assert first["epsilon"] == pytest.approx(one) and first["delta"] == delta
+
+
+def test_resumed_node_restores_its_ledger_from_the_server_prior(centre):
+    # Prepare: one round, then a new node state (a resumed run) given the recorded ledger.
+    data, data_dir = centre
+    k = steps_per_epoch(data)
+    use_privacy(data_dir, target_epsilon=6.0)
+    first = dp_round(new_context(data_dir), seed=0)
+    prior = {
+        "accountant": "rdp",
+        "history": first["ledger_history"],
+        "phases": {"classifier": first["history"]},
+        "plans": {
+            "classifier": {
+                "noise_multiplier": first["noise_multiplier"],
+                "sample_rate": first["sample_rate"],
+                "planned_steps": 3.0 * k,
+            }
+        },
+    }
+    # Execute
+    second = dp_round(new_context(data_dir), seed=1, **{PRIOR_KEY: json.dumps(prior)})
+    # Assert: the second round composes with the first, with the same planned noise.
+    assert second["history"] == [[first["noise_multiplier"], pytest.approx(1 / k), 2 * k]]
+    assert second["epsilon"] > first["epsilon"]
+
+
+def test_non_dp_centre_replies_without_a_privacy_record(centre):
+    _, data_dir = centre
+    use_privacy(data_dir)  # no target, no noise: DP off
+    content = send(handlers.train, "train.classifier", new_context(data_dir))
+    assert "privacy" not in content and content["metrics"]["steps"] > 0
+
+
+@pytest.mark.parametrize("config", [{}, {"quota": '{"T-Ma": 4}'}], ids=["periodic", "quota"])
+def test_fixed_periodic_batches_under_dp_are_refused(centre, config):
+    # Prepare
+    _, data_dir = centre
+    use_privacy(data_dir, target_epsilon=6.0)
+    train = {**TRAIN, "sampler": "periodic" if not config else "balanced_labels"}
+    # Execute / Assert: never a Poisson epsilon for fixed batches.
+    with pytest.raises(DPUnsupportedError, match="fixed periodic batches"):
+        dp_round(new_context(data_dir), seed=0, train=train, **config)
+
+
+def test_guard_mod_refuses_train_handlers_without_a_dp_path(centre):
+    # Prepare
+    _, data_dir = centre
+    content = RecordDict({"config": ConfigRecord({"arm": "x"})})
+    called = []
+
+    def call_next(msg, ctx):
+        called.append(msg.metadata.message_type)
+        return Message(RecordDict(), reply_to=msg)
+
+    # Execute / Assert: DP centre: a train handler without a DP path is refused; evaluate,
+    # train.classifier and train.periodic (Poisson within one segment per step) pass.
+    from fedmammo.apps import DP_CAPABLE
+
+    guard = dp_guard_mod(DP_CAPABLE)  # every handler declares whether it has a DP path
+    nodp = "train.without_dp_path"
+    use_privacy(data_dir, target_epsilon=6.0)
+    with pytest.raises(DPUnsupportedError, match=f"'{nodp}' has no DP path"):
+        guard(incoming(content, nodp), new_context(data_dir), call_next)
+    for kind in ("evaluate.periodic", "train.classifier", "train.periodic"):
+        guard(incoming(content, kind), new_context(data_dir), call_next)
+    use_privacy(data_dir)  # a non-DP centre may run anything
+    guard(incoming(content, nodp), new_context(data_dir), call_next)
+    assert called == ["evaluate.periodic", "train.classifier", "train.periodic", nodp]
+
+
+def test_long_histories_are_sent_in_chunks_the_egress_guard_accepts():
+    # Prepare: 7 entries = 21 values, above the guard's 16-item lists.
+    history = [[1.0 + i / 10, 0.1, 10 + i] for i in range(7)]
+    packed = pack_history("history", history)
+    # Execute
+    check_outgoing(RecordDict({"privacy": ConfigRecord(packed)}), None)
+    # Assert
+    assert all(len(v) <= 16 for v in packed.values())
+    assert unpack_history(packed, "history") == history
+
+
+def test_audit_handler_replies_scores_only_with_the_epsilon_bound(centre):
+    # Prepare: one DP round on the ledger the audit names.
+    data, data_dir = centre
+    use_privacy(data_dir, target_epsilon=6.0)
+    context = new_context(data_dir)
+    report = dp_round(context, seed=0)
+    # Execute
+    out = send(audit_handlers.audit, "evaluate.audit", context, **{LEDGER_KEY: "federated|0"})
+    m = out["metrics"]
+    # Assert: counts of members and non-members, an AUC, and the bound epsilon implies.
+    assert set(out) == {"metrics"}
+    assert m["n-members"] == len(data.rows("train"))
+    assert m["n-nonmembers"] == len(data.rows("val")) + len(data.rows("test"))
+    assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["tpr-at-1pct-fpr"] <= 1.0
+    assert m["epsilon"] == pytest.approx(report["ledger_epsilon"])
+    bound = min(1.0, math.exp(m["epsilon"]) * 0.01 + m["delta"])
+    assert m["tpr-bound-at-1pct-fpr"] == pytest.approx(bound)
+
+
+def test_audit_at_a_restarted_node_reports_the_recorded_ledgers_epsilon(centre):
+    # Prepare: one DP round, then the node restarts (empty state); the server sends the ledger
+    # it recorded in privacy.json, as run_audits does on --resume
+    _, data_dir = centre
+    use_privacy(data_dir, target_epsilon=6.0)
+    report = dp_round(new_context(data_dir), seed=0)
+    recorded = {"accountant": "rdp", "history": report["ledger_history"], "phases": {}}
+    # Execute
+    fresh = send(
+        audit_handlers.audit, "evaluate.audit", new_context(data_dir), **{LEDGER_KEY: "federated|0"}
+    )["metrics"]
+    restored = send(
+        audit_handlers.audit,
+        "evaluate.audit",
+        new_context(data_dir),
+        **{LEDGER_KEY: "federated|0", PRIOR_KEY: json.dumps(recorded)},
+    )["metrics"]
+    # Assert: without the record no epsilon is claimed; with it, the ledger's epsilon
+    assert "epsilon" not in fresh
+    assert restored["epsilon"] == pytest.approx(report["ledger_epsilon"], rel=1e-6)
+
+
+def test_audit_separates_an_overfit_model_and_not_a_strongly_private_one(centre):
+    # Prepare: 20 epochs at lr 0.01 without DP (memorises 28 images) and with sigma 3.
+    _, data_dir = centre
+    train = {**TRAIN, "epochs": 20, "lr": 0.01}
+    audits = {}
+    for name, privacy in (("plain", {}), ("dp", {"noise_multiplier": 3.0})):
+        use_privacy(data_dir, **privacy)
+        context = new_context(data_dir)
+        trained = send(
+            handlers.train,
+            "train.classifier",
+            context,
+            train=train,
+            **{LEDGER_KEY: "federated|0", PLANNED_ROUNDS_KEY: 1},
+        )
+        # Execute: audit the returned weights at the same centre (the plain model also with
+        # offline LiRA: 4 shadow models trained there with the same recipe)
+        lira = {"lira-shadows": 4, "lira-train": train} if name == "plain" else {}
+        audits[name] = send(
+            audit_handlers.audit,
+            "evaluate.audit",
+            context,
+            arrays=trained["arrays"],
+            **{LEDGER_KEY: "federated|0"},
+            **lira,
+        )["metrics"]
+    # Assert: members stand out of the overfit model; DP pulls the attack towards chance.
+    assert audits["plain"]["auc"] > 0.9 and "epsilon" not in audits["plain"]
+    assert audits["plain"]["lira-auc"] > 0.7 and "lira-auc" not in audits["dp"]
+    assert audits["dp"]["auc"] < 0.7 and audits["dp"]["auc"] < audits["plain"]["auc"] - 0.25
+    assert audits["dp"]["tpr-at-1pct-fpr"] <= audits["dp"]["tpr-bound-at-1pct-fpr"]
+
+
+def test_example_losses_are_the_cross_entropy_of_the_true_class():
+    losses = audit_handlers.example_losses(np.array([0.9, 0.9, 0.2]), np.array([1, 0, 0]))
+    np.testing.assert_allclose(losses, -np.log([0.9, 0.1, 0.8]))

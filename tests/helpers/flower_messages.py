@@ -1,0 +1,102 @@
+"""Helpers to build Flower messages outside a running Flower app."""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Error, Message, Metadata, RecordDict
+
+
+def make_incoming(content: RecordDict, message_type: str, *, src: int = 0, dst: int = 7) -> Message:
+    """A message as a ClientApp would receive it from the server."""
+    meta = Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=src,
+        dst_node_id=dst,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=message_type,
+    )
+    return Message(content=content, metadata=meta)
+
+
+class InProcessGrid:
+    """A Flower Grid stand-in that delivers each message to fedmammo's real ClientApp
+    (its handlers behind the DP guard and the egress guard), keeping a log and every reply.
+
+    ``log``: (node id, message type, config dict); ``replies``: (centre, type, content).
+    A handler's exception becomes an error reply, as in Flower; with ``strict`` it is raised.
+    """
+
+    def __init__(self, names: list[str], *, strict: bool = False) -> None:
+        from flwr.app import Context, RecordDict
+
+        self.contexts = {
+            100 + i: Context(
+                run_id=1,
+                node_id=100 + i,
+                state=RecordDict(),
+                run_config={},
+                node_config={"partition-id": i, "num-partitions": len(names)},
+            )
+            for i in range(len(names))
+        }
+        self.names = {100 + i: n for i, n in enumerate(names)}
+        self.strict = strict
+        self.log: list[tuple[int, str, dict]] = []
+        self.replies: list[tuple[str, str, object]] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        from fedmammo.apps import client_app
+
+        out = []
+        for msg in messages:
+            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
+            cfg = dict(msg.content["config"]) if "config" in msg.content else {}
+            self.log.append((node, kind, cfg))
+            incoming = make_incoming(msg.content, kind, dst=node)
+            try:
+                reply = client_app(incoming, self.contexts[node])
+            except Exception as exc:  # what Flower does: an error reply
+                if self.strict:
+                    raise
+                reason = f"{type(exc).__name__}: {exc}"
+                reply = Message(Error(code=1, reason=reason), reply_to=incoming)
+            if not reply.has_error():
+                self.replies.append((self.names[node], kind, reply.content))
+            out.append(reply)
+        return out
+
+
+def run_strategy_in_process(spec, scenario, runner, *, resume: bool = False, strict: bool = False):
+    """Run a strategy ``runner(orc)`` for ``spec`` / ``scenario`` through an
+    :class:`InProcessGrid` (no Ray); returns (orchestrator, grid)."""
+    import dataclasses
+    from pathlib import Path
+
+    import pytest
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmammo.evaluation.results import RunRecorder
+    from fedmammo.federation.orchestrator import Orchestrator
+    from fedmammo.federation.runspec import ENV_VAR
+
+    spec = dataclasses.replace(spec, node_order=scenario.centre_names(), resume=resume)
+    Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_VAR, str(spec.save()))
+        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
+            mp.setattr(TaskIdentity, attr, 1)
+        grid = InProcessGrid(spec.node_order, strict=strict)
+        recorder = RunRecorder(spec.run_dir, resume=resume)
+        orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
+        orc.identify(len(grid.contexts))
+        runner(orc)
+        orc.recorder.flush()
+    return orc, grid

@@ -1,0 +1,258 @@
+"""train.periodic / evaluate.periodic / query.periodic_plots on a tiny phantom centre, no Ray."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, RecordDict
+from helpers.flower_messages import make_incoming
+
+from fedmammo.config import CentreProfile
+from fedmammo.data.prepare import materialise_centre
+from fedmammo.data.sampling import PeriodicBatchSampler, QuotaBatchSampler
+from fedmammo.errors import DataError
+from fedmammo.evaluation.metrics import bootstrap_auc, delta_auc
+from fedmammo.federation.codec import decode_metric_records, put_json, state_to_arrays
+from fedmammo.federation.egress import egress_mod
+from fedmammo.methods.periodic_sampling import client as handlers
+from fedmammo.models import build_model
+from fedmammo.training.classifier import predict_scores
+
+SIZE = (48, 32)
+MODEL = {"name": "mammo_cnn", "options": {"width": 4, "depth": 2, "norm": "group"}}
+TRAIN = {"batch_size": 4, "lr": 0.01, "augment": False}
+
+
+@pytest.fixture(scope="module")
+def centre(tmp_path_factory):
+    profile = CentreProfile.model_validate(
+        {
+            "name": "tiny",
+            "source": "T",
+            "data": {
+                "synthetic": {
+                    "image_height": 64,
+                    "segments": [
+                        {"manufacturer": "Ma", "patients": 8, "prevalence": 0.5},
+                        {"manufacturer": "Mb", "patients": 8, "prevalence": 0.5},
+                    ],
+                }
+            },
+            "split": {"train": 0.5, "val": 0.2, "test": 0.3},
+        }
+    )
+    data_dir = tmp_path_factory.mktemp("centres") / "tiny"
+    data = materialise_centre(profile, data_dir.parent, image_size=SIZE, data_dir=data_dir)
+    return data, data_dir
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return build_model(MODEL["name"], **MODEL["options"])
+
+
+def _send(fn, message_type, data_dir, records, **config):
+    cfg = ConfigRecord({"image-size": list(SIZE), "data-seed": 0, "arm": "a", "seed": 3})
+    put_json(cfg, "model", MODEL)
+    put_json(cfg, "train", TRAIN)
+    for key, value in config.items():
+        if isinstance(value, dict) or (
+            isinstance(value, list) and value and isinstance(value[0], dict)
+        ):
+            put_json(cfg, key, value)
+        else:
+            cfg[key] = value
+    content = RecordDict({"config": cfg, **records})
+    node = {"centre": "tiny", "data-dir": str(data_dir), "role": "train"}
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    out = egress_mod(make_incoming(content, message_type), context, fn)  # the real path
+    assert not out.has_error(), out.error.reason if out.has_error() else ""
+    return out.content
+
+
+def test_train_on_a_quota_takes_exactly_the_quota_in_batches(centre):
+    # Prepare
+    data, data_dir = centre
+    model = _model()
+    quota = {"T-Ma": 7, "T-Mb": 2}
+    # Execute
+    out = _send(
+        handlers.train,
+        "train.periodic",
+        data_dir,
+        {"arrays": state_to_arrays(model.state_dict())},
+        quota=quota,
+        offsets={"T-Ma": 5, "T-Mb": 1},
+        **{"stream-seed": 11},
+    )
+    # Assert: 9 samples in batches of 4 -> 3 optimiser steps; weights changed and returned
+    metrics = out["metrics"]
+    assert metrics["num-examples"] == 9 and metrics["steps"] == 3 and metrics["quota"] == 9
+    assert metrics["num-images"] == len(data.rows("train"))
+    arrays = out["arrays"].to_torch_state_dict()
+    assert set(arrays) == set(model.state_dict())
+    assert any(not torch.equal(v, arrays[k]) for k, v in model.state_dict().items())
+
+
+def test_quota_sampler_continues_the_centralised_stream(centre):
+    # Prepare: what train.periodic builds vs the centralised sampler with the same stream seed
+    data, _ = centre
+    rows = data.rows("train")
+    labels, segments = data.labels(rows), data.segments(rows)
+    central = PeriodicBatchSampler(segments, labels, batch_size=6, num_batches=2, seed=11)
+    flat = [i for batch in central for i in batch]
+    drawn = {s: [i for i in flat if segments[i] == s] for s in ("T-Ma", "T-Mb")}
+    # Execute: the second half of the stream, as a quota with offsets of the first half
+    first = {s: sum(segments[i] == s for i in flat[:6]) for s in drawn}
+    quota = {s: len(drawn[s]) - first[s] for s in drawn}
+    sampler = QuotaBatchSampler(segments, labels, quota, 6, seed=11, offsets=first)
+    # Assert: the very same images per segment
+    got = [i for batch in sampler for i in batch]
+    for s in drawn:
+        assert sorted(i for i in got if segments[i] == s) == sorted(drawn[s][first[s] :])
+
+
+def test_train_with_a_sampler_filters_segments_and_takes_the_steps(centre):
+    # Prepare
+    data, data_dir = centre
+    model = _model()
+    rows = data.rows("train")
+    n_ma = int(np.sum(data.segments(rows) == "T-Ma"))
+    # Execute
+    out = _send(
+        handlers.train,
+        "train.periodic",
+        data_dir,
+        {"arrays": state_to_arrays(model.state_dict())},
+        segments=["T-Ma"],
+        sampler="balanced_labels",
+        steps=3,
+        **{"stream-seed": 2, "stream-epoch": 4},
+    )
+    # Assert
+    metrics = out["metrics"]
+    assert metrics["num-images"] == n_ma < len(rows)
+    assert metrics["steps"] == 3 and metrics["num-examples"] == 12 and metrics["quota"] == -1
+
+
+def test_train_refuses_segments_the_centre_does_not_hold(centre):
+    # Prepare
+    _, data_dir = centre
+    cfg = ConfigRecord(
+        {
+            "image-size": list(SIZE),
+            "data-seed": 0,
+            "arm": "a",
+            "seed": 3,
+            "segments": ["S9-Mz"],
+            "sampler": "periodic",
+            "steps": 1,
+            "stream-seed": 1,
+        }
+    )
+    put_json(cfg, "model", MODEL)
+    put_json(cfg, "train", TRAIN)
+    content = RecordDict({"config": cfg, "arrays": state_to_arrays(_model().state_dict())})
+    node = {"centre": "tiny", "data-dir": str(data_dir), "role": "train"}
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    # Execute / Assert
+    with pytest.raises(DataError, match=r"no labelled training images in segments \['S9-Mz'\]"):
+        handlers.train(make_incoming(content, "train.periodic"), context)
+
+
+def test_evaluate_compares_with_the_baseline_inside_the_centre(centre):
+    # Prepare
+    data, data_dir = centre
+    method, baseline = _model(1), _model(2)
+    rows = data.rows("test")
+    y, segments = data.labels(rows), data.segments(rows)
+    s_method = predict_scores(method, data.dataset(rows))
+    s_base = predict_scores(baseline, data.dataset(rows))
+    # Execute
+    out = _send(
+        handlers.evaluate,
+        "evaluate.periodic",
+        data_dir,
+        {
+            "arrays": state_to_arrays(method.state_dict()),
+            "baseline-0": state_to_arrays(baseline.state_dict()),
+        },
+        split="test",
+        baselines=[{"name": "b", "segments": ["T-Ma", "T-Mb"]}],
+        **{"n-boot": 200},
+    )
+    # Assert: no arrays leave; delta, CI and p equal metrics.delta_auc on the same scores
+    assert set(out.keys()) == {"metrics"}
+    records = {(r["metric"], r["segment"]): r for r in decode_metric_records(out["metrics"])}
+    compared = 0
+    for s in ("T-Ma", "T-Mb"):
+        mask = segments == s
+        expected = delta_auc(y[mask], s_base[mask], s_method[mask], n_boot=200, seed=3)
+        got = records[("delta_auc", s)]
+        if math.isnan(expected[0]):
+            assert got["value"] is None
+            continue
+        compared += 1
+        assert got["value"] == pytest.approx(expected[0], abs=1e-6)
+        assert (got["ci_low"], got["ci_high"]) == pytest.approx(expected[1:3], abs=1e-6)
+        assert records[("p_value", s)]["value"] == pytest.approx(expected[3], abs=1e-6)
+        base = bootstrap_auc(y[mask], s_base[mask], n_boot=200, seed=3)
+        assert records[("baseline_auc", s)]["value"] == pytest.approx(base[0], abs=1e-6)
+        assert records[("auc", s)]["value"] == pytest.approx(
+            bootstrap_auc(y[mask], s_method[mask], n_boot=0)[0], abs=1e-6
+        )
+    assert compared >= 1
+    assert records[("auc", None)]["value"] == pytest.approx(
+        bootstrap_auc(y, s_method, n_boot=0)[0], abs=1e-6
+    )
+
+
+def test_evaluate_filters_segments_and_skips_comparison_without_baselines(centre):
+    # Prepare
+    data, data_dir = centre
+    rows = data.rows("val")
+    n_mb = int(np.sum(data.segments(rows) == "T-Mb"))
+    # Execute
+    out = _send(
+        handlers.evaluate,
+        "evaluate.periodic",
+        data_dir,
+        {"arrays": state_to_arrays(_model().state_dict())},
+        split="val",
+        segments=["T-Mb"],
+    )
+    # Assert
+    records = decode_metric_records(out["metrics"])
+    assert out["metrics"]["num-examples"] == n_mb
+    assert {r["segment"] for r in records} <= {None, "T-Mb"}
+    assert not any(r["metric"] in ("delta_auc", "baseline_auc") for r in records)
+
+
+def test_plots_are_drawn_inside_the_centre_and_only_counts_leave(centre, tmp_path):
+    # Prepare
+    _, data_dir = centre
+    models = {
+        "arrays-0": state_to_arrays(_model(1).state_dict()),
+        "arrays-1": state_to_arrays(_model(2).state_dict()),
+    }
+    # Execute: deployment node config, so the centre writes under its own output-dir
+    out = _send(
+        handlers.plots,
+        "query.periodic_plots",
+        data_dir,
+        models,
+        split="test",
+        arms=["Bal. labels", "P. sampling"],
+        stem="test_e1_pooled_tiny",
+        **{"plot-dir": "/nowhere"},
+    )
+    # Assert
+    assert set(out.keys()) == {"info"} and out["info"]["plotted"] == 2
+    plots = data_dir / "outputs" / "plots"
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "test_e1_pooled_tiny_hist.png",
+        "test_e1_pooled_tiny_roc.png",
+    ]

@@ -1,0 +1,141 @@
+"""Seed 003 tables from hand-made records, record naming, and the sample grid figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+from rich.console import Console
+
+from fedmammo.errors import DataError
+from fedmammo.evaluation.results import RECORD_FIELDS
+from fedmammo.methods.share_gans.report import (
+    MOVED,
+    build_gan_tables,
+    generator_table,
+    moves_pixels,
+    plot_sample_grid,
+    print_tables,
+    record_arm,
+    split_record_arm,
+    tables_markdown,
+)
+
+
+def _record(arm, seed, metric, value, split="test", segment=None, rnd=None):
+    return {
+        "arm": arm,
+        "seed": seed,
+        "centre": "A",
+        "segment": segment,
+        "split": split,
+        "metric": metric,
+        "value": value,
+        "ci_low": None,
+        "ci_high": None,
+        "round": rnd,
+    }
+
+
+@pytest.fixture()
+def frame() -> pd.DataFrame:
+    rows = []
+    values = {  # arm -> auc per seed
+        "A": (0.70, 0.74),
+        "A+real_B": (0.80, 0.84),
+        "A+synth_B_dcgan": (0.76, 0.78),
+    }
+    for arm, aucs in values.items():
+        for seed, auc in enumerate(aucs):
+            for subset, pct in (("all", 100), ("all", 50), ("masses", 100)):
+                name = f"{arm}@{subset}-{pct}"
+                rows += [
+                    _record(name, seed, "auc", auc - (0.1 if pct == 50 else 0.0)),
+                    _record(name, seed, "accuracy", 0.6 + seed / 10),
+                    _record(name, seed, "f1", None),
+                    _record(name, seed, "auprc", auc),
+                ]
+    # records the tables must ignore: validation, per round, per segment, other arms
+    rows += [
+        _record("A@all-100", 0, "auc", 0.0, split="val"),
+        _record("A@all-100", 0, "auc", 0.0, rnd=3),
+        _record("A@all-100", 0, "auc", 0.0, segment="S-Me"),
+        _record("federated", 0, "auc", 0.0),
+    ]
+    rows += [
+        _record("B_dcgan_all", 0, "frechet_distance", 1.25, split="generator"),
+        _record("B_dcgan_all", 0, "n_snapshots", 5, split="generator"),
+    ]
+    return pd.DataFrame(rows, columns=list(RECORD_FIELDS))
+
+
+def test_record_arm_round_trip_and_pixel_flag():
+    # Prepare / Execute
+    name = record_arm("A+synth_B_dcgan+synth_C_dcgan", "masses", 0.5)
+    # Assert
+    assert name == "A+synth_B_dcgan+synth_C_dcgan@masses-50"
+    assert split_record_arm(name) == ("A+synth_B_dcgan+synth_C_dcgan", "masses", 0.5)
+    assert split_record_arm("federated") is None and split_record_arm("x@all") is None
+    assert moves_pixels("A+real_B") and not moves_pixels("A+synth_B_dcgan")
+    assert not moves_pixels("real_A")  # the receiver's own name is not an addition
+
+
+def test_one_table_per_subset_and_fraction_with_mean_and_std_over_seeds(frame):
+    # Execute
+    tables = build_gan_tables(frame, arm_order=["A+real_B", "A"])
+    # Assert
+    assert [(t.subset, t.fraction) for t in tables] == [("all", 1.0), ("all", 0.5), ("masses", 1.0)]
+    first = tables[0].frame
+    assert list(first.index) == ["A+real_B", "A", "A+synth_B_dcgan"]
+    assert first.loc["A", "AUROC"] == "0.720 (0.028)"  # mean and sample std of 0.70, 0.74
+    assert tables[1].frame.loc["A", "AUROC"] == "0.620 (0.028)"
+    assert first.loc["A", "Accuracy"] == "0.650 (0.071)"
+    assert first.loc["A", "F1"] == "n/a"
+    assert first.loc["A", "seeds"] == "2"
+    assert first.loc["A+real_B", "pixels moved"] == MOVED
+    assert first.loc["A+synth_B_dcgan", "pixels moved"] == "no"
+    assert tables[0].best["AUROC"] == "A+real_B" and "F1" not in tables[0].best
+
+
+def test_markdown_bolds_the_best_and_explains_the_flag(frame):
+    # Prepare
+    tables = build_gan_tables(frame)
+    # Execute
+    text = tables_markdown(tables, generator_table(frame))
+    # Assert
+    assert "### all lesion types (seed 003 Table 1), 50% of the receiver's training data" in text
+    assert "| A+real_B | 0.650 (0.071) | n/a | **0.820 (0.028)** |" in text
+    assert "simulation-only upper bound" in text
+    assert "| B_dcgan_all | 1.25 | 5 |" in text
+
+
+def test_generator_table_and_console_output(frame):
+    # Prepare
+    console = Console(record=True, width=100)
+    # Execute
+    gens = generator_table(frame)
+    print_tables(build_gan_tables(frame), console, gens)
+    out = console.export_text()
+    # Assert
+    assert list(gens.columns) == ["Frechet", "snapshots"]
+    assert "A+synth_B_dcgan" in out and "YES" in out and "B_dcgan_all" in out
+
+
+def test_empty_records_give_no_tables():
+    # Execute / Assert
+    assert build_gan_tables(pd.DataFrame(columns=list(RECORD_FIELDS))) == []
+    assert "No final test metrics" in tables_markdown([])
+
+
+def test_sample_grid_draws_each_row(tmp_path):
+    # Prepare
+    rng = np.random.default_rng(0)
+    rows = [("real", rng.random((5, 16, 16))), ("synthetic", rng.random((30, 16, 16)))]
+    # Execute
+    path = plot_sample_grid(rows, tmp_path / "plots" / "grid.png", columns=6, title="t")
+    image = imread(path)
+    # Assert: wider than tall (6 columns, 2 rows), and not blank
+    assert image.shape[1] > image.shape[0] and image[..., :3].std() > 0.05
+    with pytest.raises(DataError, match="not \\(N, S, S\\)"):
+        plot_sample_grid([("bad", np.zeros((16, 16)))], tmp_path / "bad.png")

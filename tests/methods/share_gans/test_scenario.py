@@ -1,0 +1,191 @@
+"""The share_gans runner: in-process on tiny centres (fast) and the --quick scenario (slow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+from helpers.gan_runs import ARMS, METRICS, ROOT, run_in_process, tiny_gan_scenario
+
+from fedmammo.config import load_scenario
+from fedmammo.errors import ConfigError
+from fedmammo.evaluation.results import RunRecorder
+from fedmammo.federation.runspec import ENV_VAR
+from fedmammo.methods.share_gans.server import (
+    TABLES_FILE,
+    _check_plan,
+    load_shared_generator,
+)
+from fedmammo.models.gans import sample_generator
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gans_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_VAR, "")
+        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
+            mp.setattr(TaskIdentity, attr, 1)
+        scenario_file = tiny_gan_scenario(tmp)
+        orc, grid = run_in_process(scenario_file, tmp / "run")
+        yield tmp, scenario_file, orc, grid
+
+
+def _final(records: list[dict]) -> dict[tuple, float]:
+    return {
+        (r["arm"], r["seed"], r["metric"]): r["value"]
+        for r in records
+        if r["split"] in ("test", "val") and r["round"] is None
+    }
+
+
+def test_every_arm_fraction_and_seed_has_test_metrics(env):
+    # Prepare / Execute (the fixture ran the strategy)
+    _, _, orc, _ = env
+    final = _final(orc.recorder.metrics)
+    # Assert
+    assert orc.recorder.failures == []
+    for arm in ARMS:
+        for pct in (100, 50):
+            for seed in (0, 1):
+                for metric in METRICS:
+                    value = final[(f"{arm}@all-{pct}", seed, metric)]
+                    assert value is None or 0.0 <= value <= 1.0
+    tables = (Path(orc.spec.run_dir) / TABLES_FILE).read_text()
+    assert tables.count("| A+synth_B_dcgan+synth_C_dcgan |") == 2  # both fractions
+
+
+def test_arms_of_one_seed_share_the_receivers_own_patches(env):
+    # Prepare
+    _, _, orc, _ = env
+    final = _final(orc.recorder.metrics)
+    # Execute
+    own = {
+        (pct, seed): {final[(f"{a}@all-{pct}", seed, "n_own_lesion")] for a in ARMS}
+        for pct in (100, 50)
+        for seed in (0, 1)
+    }
+    added = {a: final[(f"{a}@all-100", 0, "n_added_lesion")] for a in ARMS}
+    # Assert
+    assert all(len(v) == 1 for v in own.values())
+    assert own[(50, 0)].pop() < own[(100, 0)].pop()
+    assert added["A"] == 0 and 0 < added["A+real_B"] <= 8
+    assert all(added[a] == 8 for a in ARMS if "synth_" in a or "harmonised_" in a)
+
+
+def test_generators_are_trained_once_saved_and_reloadable(env):
+    # Prepare
+    _, _, orc, grid = env
+    run_dir = Path(orc.spec.run_dir)
+    trained = [c["gan"] + "@" + str(n) for n, kind, c in grid.log if kind == "train.generator"]
+    # Execute
+    gen = load_shared_generator(run_dir / "generators" / "B_dcgan_all")
+    patches = sample_generator(
+        gen.description, [a.to_torch_state_dict() for _, a in gen.snapshots], 5
+    )
+    # Assert
+    assert len(trained) == 3  # B dcgan, B wgan_gp, C dcgan; once for both seeds
+    assert gen.description.snapshot_epochs == [1, 2] and gen.description.centre == "B"
+    assert "frechet_distance" in gen.description.extra
+    assert patches.shape == (5, 16, 16) and 0.0 <= patches.min() <= patches.max() <= 1.0
+    for name in ("B_dcgan_all", "B_wgan_gp_all", "C_dcgan_all"):
+        assert (run_dir / "plots" / f"synthetic_samples_{name}.png").is_file()
+    assert (run_dir / "plots" / "harmonised_samples_A_B_dcgan_all.png").is_file()
+
+
+def test_load_generators_reuses_another_runs_generators(env):
+    # Prepare
+    tmp, _, orc, _ = env
+    scenario_file = tiny_gan_scenario(
+        tmp, arms=["A+synth_B_dcgan"], fractions=[1.0], load_generators=str(orc.spec.run_dir)
+    )
+    # Execute
+    other, grid = run_in_process(scenario_file, tmp / "reuse")
+    # Assert
+    assert not [k for _, k, _ in grid.log if k == "train.generator"]
+    first = _final(orc.recorder.metrics)[("A+synth_B_dcgan@all-100", 0, "auc")]
+    assert _final(other.recorder.metrics)[("A+synth_B_dcgan@all-100", 0, "auc")] == first
+
+
+def test_resume_runs_only_what_is_missing(env):
+    # Prepare: forget one arm of seed 1, as if the run had stopped there
+    tmp, scenario_file, orc, _ = env
+    results = Path(orc.spec.run_dir) / "results.json"
+    saved = json.loads(results.read_text())
+    saved["progress"].pop("A+synth_C_dcgan@all-50|1")
+    results.write_text(json.dumps(saved))
+    # Execute
+    resumed, grid = run_in_process(scenario_file, Path(orc.spec.run_dir), resume=True)
+    # Assert
+    sent = [(k, c.get("arm")) for _, k, c in grid.log if k != "query.identify"]
+    assert sent == [("train.patch_classifier", "A+synth_C_dcgan@all-50")]
+    assert ("A+synth_C_dcgan@all-50", 1, "auc") in _final(resumed.recorder.metrics)
+
+
+def test_real_patch_arm_needs_permission_and_never_runs_in_deployment(env):
+    # Prepare
+    _, _, orc, _ = env
+    deployed = dataclasses.replace(
+        orc,
+        spec=dataclasses.replace(orc.spec, deployment=True),
+        recorder=RunRecorder(Path(orc.spec.run_dir) / "dep"),
+    )
+    strict = load_scenario(orc.scenario.source_file)
+    strict.resolved_profiles["B"].sharing.real_patches_in_simulation = False
+    # Execute
+    kept = [s.name for s in _check_plan(deployed, orc.params)]
+    # Assert
+    assert "A+real_B" not in kept and "A+synth_B_dcgan" in kept
+    assert any("A+real_B skipped" in n for n in deployed.recorder.notes)
+    with pytest.raises(ConfigError, match="real_patches_in_simulation"):
+        _check_plan(dataclasses.replace(orc, scenario=strict), orc.params)
+
+
+@pytest.mark.slow
+def test_quick_scenario_runs_end_to_end(tmp_path):
+    # Prepare: --quick, two seeds, a test-only cut (four arms, masses, one fraction, small B/C)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    arms = ["A", "A+real_B", "A+synth_B_dcgan", "A+harmonised_B_dcgan"]
+    sets = {
+        "seeds": "[0,1]",
+        "data_dir": str(tmp_path / "data"),
+        "strategy.params.arms": "[" + ",".join(arms) + "]",
+        "strategy.params.subsets": "[masses]",
+        "strategy.params.fractions": "[1.0]",
+        "centres.B.data.synthetic.segments.0.patients": "20",
+        "centres.B.data.synthetic.segments.1.patients": "30",
+        "centres.C.data.synthetic.segments.0.patients": "10",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedmammo.simulate",
+        "scenarios/share_gans.yaml",
+        "--quick",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={value}"]
+    # Execute
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # Assert
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "share_gans").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["failures"] == []
+    final = _final(results["metrics"])
+    for arm in arms:
+        for seed in (0, 1):
+            assert all((f"{arm}@masses-100", seed, m) in final for m in METRICS)
+    assert (run_dir / "plots" / "synthetic_samples_B_dcgan_masses.png").is_file()
+    assert (run_dir / "generators" / "B_dcgan_masses" / "description.json").is_file()
+    assert "A+real_B" in done.stdout and "MOVES REAL PIXELS" in done.stdout
+    assert np.isfinite(final[("A+synth_B_dcgan@masses-100", 1, "auc")])
