@@ -38,6 +38,6 @@ def build_client_app(handlers: Iterable[Handler]) -> ClientApp:
     table = collect_handlers(handlers)
     dp_capable = [t for t, h in table.items() if h.dp]
     app = ClientApp(mods=[dp_guard_mod(dp_capable), egress_mod])
-    for message_type, h in sorted(table.items()):
+    for _, h in sorted(table.items()):
         getattr(app, h.category)(h.action)(h.fn)
     return app

@@ -23,11 +23,11 @@ from fedmammo.config import load_scenario
 from fedmammo.data.labels import MISSING, manifest_targets
 from fedmammo.federation.codec import put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
-from fedmammo.methods.mtl_finetune import audit as mtl_audit_handler
 from fedmammo.federation.privacy.codec import decode_privacy
 from fedmammo.federation.privacy.ledger import LEDGER_KEY, PLANNED_ROUNDS_KEY, dp_guard_mod
 from fedmammo.federation.privacy.phases import PARENT_LEDGER_KEY
 from fedmammo.federation.runspec import RunSpec
+from fedmammo.methods.mtl_finetune import audit as mtl_audit_handler
 from fedmammo.methods.mtl_finetune import client as handlers
 from fedmammo.methods.mtl_finetune.server import run as run_mtl_finetune
 from fedmammo.models import build_model

@@ -1,4 +1,4 @@
-"""Tests of fedmammo.methods.periodic_sampling.report: Tables 2-4 layout, histories, centre plots."""
+"""Tests of the periodic-sampling report: Tables 2-4 layout, histories, centre plots."""
 
 from __future__ import annotations
 
