@@ -1,13 +1,6 @@
-"""Federated periodic sampling (seed 000) as a Flower strategy, and the scenario's runner.
+"""The periodic-sampling runner (paper 000): baselines, pooled and federated arms, tables.
 
-:class:`PeriodicFedAvg` is FedAvg whose rounds walk one global sampling pattern. Centres report
-label counts per segment in ``query.identify`` (counts only); the server takes, per training
-segment, the count of its rarest label and builds the Algorithm-1 pattern over all (centre,
-segment) pairs (:func:`~fedmammo.methods.periodic_sampling.quota.global_pattern`). Round
-``r`` covers the next window of ``batches_per_round x batch_size`` slots: each centre receives
-its quota of samples per segment in that window plus offsets (how many it drew before), trains
-on exactly that quota with alternating labels, one optimiser step per batch
-(``train.periodic``), and the server averages by quota.
+The federated P. sampling arm uses :class:`~.strategy.PeriodicFedAvg`.
 
 Reduction to centralised periodic sampling: with ``batches_per_round = 1`` and plain SGD the
 averaged update of a round equals the centralised step on the same batch, because the quota
@@ -32,126 +25,25 @@ and kept in ``results.json`` (``meta.periodic_tables``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from flwr.app import ArrayRecord, RecordDict
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-
-from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
 from fedmammo.federation.rounds import CentreFedAvg, initial_arrays
 from fedmammo.methods.periodic_sampling.arms import ArmPlan, plan_arms
 from fedmammo.methods.periodic_sampling.params import PeriodicSamplingParams
-from fedmammo.methods.periodic_sampling.privacy import PLANNED_QUOTA_KEY
-from fedmammo.methods.periodic_sampling.quota import (
-    aggregation_weights,
-    global_pattern,
-    planned_quotas,
-    round_offsets,
-    round_quotas,
-)
 from fedmammo.methods.periodic_sampling.report import (
     comparison_table,
     plot_arm_learning_curves,
     print_tables,
     tables_markdown,
 )
+from fedmammo.methods.periodic_sampling.strategy import PeriodicFedAvg
 
-__all__ = ["PeriodicFedAvg", "run"]
+__all__ = ["run"]
 
 TABLES_FILE = "periodic_tables.md"
-
-
-class PeriodicFedAvg(CentreFedAvg):
-    """FedAvg over the windows of a global periodic-sampling pattern, averaged by quota.
-
-    ``counts[c][s]`` is centre ``c``'s rarest-label count of training segment ``s``.
-    ``scheme`` is ``"quota"`` (the method), ``"num_images"`` (FedAvg weights, ``num_images``
-    per centre) or ``"equal"``. Only centres with a positive quota are messaged in a round.
-
-    Under DP set ``planned_rounds``: every message then also carries the centre's quotas of
-    this and every later planned round (``dp-planned-quota``), from which it plans its noise
-    once for the run; ``node_config`` adds per-centre keys (a DP ledger on resume).
-    """
-
-    def __init__(
-        self,
-        nodes: dict[str, int],
-        *,
-        counts: dict[str, dict[str, int]],
-        batches_per_round: int,
-        batch_size: int,
-        scheme: str = "quota",
-        num_images: dict[str, int] | None = None,
-        min_centres: int = 1,
-        message_type: str = "train.periodic",
-    ):
-        super().__init__(nodes, message_type=message_type, weighting={}, min_centres=min_centres)
-        unknown = sorted(set(counts) - set(nodes))
-        if unknown:
-            raise ConfigError(
-                f"PeriodicFedAvg: counts name centres {unknown} that have no node "
-                f"(nodes: {sorted(nodes)})"
-            )
-        self.pattern = global_pattern(counts)
-        self.batches_per_round, self.batch_size = batches_per_round, batch_size
-        self.scheme, self.num_images = scheme, num_images
-        self.min_centres = min_centres
-        self.quotas: dict[str, dict[str, int]] = {}
-        self.offsets: dict[str, dict[str, int]] = {}
-        self.planned_rounds: int | None = None
-        aggregation_weights({c: {"x": 1} for c in counts}, scheme=scheme, num_images=num_images)
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """One message per centre with a quota in this round's window (round 1 = window 0)."""
-        window = (self.pattern, server_round - 1, self.batches_per_round, self.batch_size)
-        self.quotas = round_quotas(*window)
-        every = round_offsets(*window)
-        self.offsets = {c: {s: every[c][s] for s in q} for c, q in self.quotas.items()}
-        self.min_train_nodes = min(self.min_centres, len(self.quotas))
-        planned = {}
-        if self.planned_rounds is not None:
-            planned = planned_quotas(
-                self.pattern,
-                server_round - 1,
-                self.planned_rounds - 1,
-                self.batches_per_round,
-                self.batch_size,
-            )
-        msgs = []
-        for centre in sorted(self.quotas):
-            cfg = ConfigRecord(dict(config))
-            cfg["server-round"] = server_round
-            cfg["seed"] = derive_seed(config.get("seed", 0), centre, server_round)
-            put_json(cfg, "quota", self.quotas[centre])
-            put_json(cfg, "offsets", self.offsets[centre])
-            if self.planned_rounds is not None:
-                put_json(cfg, PLANNED_QUOTA_KEY, planned.get(centre, {}))
-            for key, value in self.node_config.get(centre, {}).items():
-                cfg[key] = value
-            msgs.append(
-                Message(
-                    RecordDict({"arrays": arrays, "config": cfg}),
-                    dst_node_id=self.centre_nodes[centre],
-                    message_type=self.message_type,
-                )
-            )
-        return msgs
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the replies with the round's weights (quota, image counts or equal)."""
-        self.weighting = aggregation_weights(
-            self.quotas, scheme=self.scheme, num_images=self.num_images
-        )
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        self.failures = {c: r for c, r in self.failures.items() if c in self.quotas}
-        return arrays, metrics
 
 
 def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> CentreFedAvg:

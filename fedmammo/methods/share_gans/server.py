@@ -23,11 +23,8 @@ sets ``sharing.real_patches_in_simulation``, and is flagged in the console, in t
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from fedmammo.errors import ConfigError
@@ -37,6 +34,13 @@ from fedmammo.federation.privacy.server import (
     generator_privacy_config,
     record_generator_privacy,
     record_generator_refusal,
+)
+from fedmammo.methods.share_gans.generators import (
+    GENERATORS_DIR,
+    SharedGenerator,
+    generator_name,
+    load_shared_generator,
+    save_shared_generator,
 )
 from fedmammo.methods.share_gans.params import ArmSpec, ShareGansParams
 from fedmammo.methods.share_gans.report import (
@@ -49,17 +53,8 @@ from fedmammo.methods.share_gans.report import (
 )
 from fedmammo.models.gans import GeneratorDescription
 
-__all__ = [
-    "GENERATORS_DIR",
-    "TABLES_FILE",
-    "SharedGenerator",
-    "generator_name",
-    "load_shared_generator",
-    "run",
-    "save_shared_generator",
-]
+__all__ = ["TABLES_FILE", "run"]
 
-GENERATORS_DIR = "generators"
 TABLES_FILE = "share_gans_tables.md"
 _QUALITY = (
     "frechet-distance",
@@ -69,45 +64,6 @@ _QUALITY = (
     "critic-steps",
     "compute-seconds",
 )
-
-
-@dataclass
-class SharedGenerator:
-    """A generator the server received: description, snapshot weights, quality figures."""
-
-    name: str
-    description: GeneratorDescription
-    snapshots: list[tuple[str, ArrayRecord]] = field(default_factory=list)  # (gen-e<epoch>, w)
-
-
-def generator_name(centre: str, gan: str, subset: str) -> str:
-    """Folder and record name of a shared generator: ``<centre>_<gan>_<subset>``."""
-    return f"{centre}_{gan}_{subset}"
-
-
-def save_shared_generator(root: Path, gen: SharedGenerator) -> Path:
-    """Write ``<root>/<name>/gen-e<epoch>.pt`` per snapshot and ``description.json``."""
-    folder = root / gen.name
-    folder.mkdir(parents=True, exist_ok=True)
-    for record, arrays in gen.snapshots:
-        torch.save(arrays.to_torch_state_dict(), folder / f"{record}.pt")
-    desc = gen.description.to_dict()
-    desc["extra"]["snapshot_files"] = [f"{r}.pt" for r, _ in gen.snapshots]
-    (folder / "description.json").write_text(json.dumps(desc, indent=1, default=str))
-    return folder
-
-
-def load_shared_generator(folder: Path) -> SharedGenerator:
-    """Read a generator written by :func:`save_shared_generator`."""
-    path = folder / "description.json"
-    if not path.is_file():
-        raise ConfigError(f"{folder}: no description.json; not a saved shared generator")
-    desc = GeneratorDescription.from_dict(json.loads(path.read_text()))
-    files = desc.extra.get("snapshot_files") or sorted(p.name for p in folder.glob("gen-e*.pt"))
-    snapshots = [
-        (Path(f).stem, ArrayRecord(torch.load(folder / f, weights_only=True))) for f in files
-    ]
-    return SharedGenerator(name=folder.name, description=desc, snapshots=snapshots)
 
 
 def _check_plan(orc: Orchestrator, p: ShareGansParams) -> list[ArmSpec]:

@@ -12,7 +12,7 @@ from helpers.dp_reference import independent_epsilon
 from helpers.gan_runs import run_in_process, tiny_gan_scenario
 
 from fedmammo.federation.runspec import ENV_VAR
-from fedmammo.methods.share_gans.server import load_shared_generator
+from fedmammo.methods.share_gans.generators import load_shared_generator
 
 GENERATORS = ("B_dcgan_all", "B_wgan_gp_all", "C_dcgan_all")
 ARMS = ["A", "A+synth_B_dcgan", "A+synth_B_wgan_gp", "A+synth_C_dcgan"]

@@ -18,11 +18,8 @@ from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.runspec import ENV_VAR
-from fedmammo.methods.share_gans.server import (
-    TABLES_FILE,
-    _check_plan,
-    load_shared_generator,
-)
+from fedmammo.methods.share_gans.generators import load_shared_generator
+from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
 from fedmammo.models.gans import sample_generator
 
 

@@ -17,7 +17,7 @@ from fedmammo.methods.periodic_sampling.quota import (
     round_offsets,
     round_quotas,
 )
-from fedmammo.methods.periodic_sampling.server import PeriodicFedAvg
+from fedmammo.methods.periodic_sampling.strategy import PeriodicFedAvg
 
 COUNTS = {"A": {"S1-Ma": 20, "S1-Mb": 2}, "B": {"S2-Ma": 5, "S2-Mb": 10}}
 NODES = {"A": 101, "B": 202}

@@ -1,0 +1,68 @@
+"""Generators the server received: their description, snapshot weights, and their folder.
+
+``generators/<centre>_<gan>_<subset>/`` holds ``gen-e<epoch>.pt`` state dicts of the
+snapshots plus ``description.json`` (a :class:`~fedmammo.models.gans.GeneratorDescription`
+whose ``extra`` holds the subset, training parameters and the Frechet figures), so
+``load_generators: <run dir>`` in another scenario reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord
+
+from fedmammo.errors import ConfigError
+from fedmammo.models.gans import GeneratorDescription
+
+__all__ = [
+    "GENERATORS_DIR",
+    "SharedGenerator",
+    "generator_name",
+    "load_shared_generator",
+    "save_shared_generator",
+]
+
+GENERATORS_DIR = "generators"
+
+
+@dataclass
+class SharedGenerator:
+    """A generator the server received: description, snapshot weights, quality figures."""
+
+    name: str
+    description: GeneratorDescription
+    snapshots: list[tuple[str, ArrayRecord]] = field(default_factory=list)  # (gen-e<epoch>, w)
+
+
+def generator_name(centre: str, gan: str, subset: str) -> str:
+    """Folder and record name of a shared generator: ``<centre>_<gan>_<subset>``."""
+    return f"{centre}_{gan}_{subset}"
+
+
+def save_shared_generator(root: Path, gen: SharedGenerator) -> Path:
+    """Write ``<root>/<name>/gen-e<epoch>.pt`` per snapshot and ``description.json``."""
+    folder = root / gen.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for record, arrays in gen.snapshots:
+        torch.save(arrays.to_torch_state_dict(), folder / f"{record}.pt")
+    desc = gen.description.to_dict()
+    desc["extra"]["snapshot_files"] = [f"{r}.pt" for r, _ in gen.snapshots]
+    (folder / "description.json").write_text(json.dumps(desc, indent=1, default=str))
+    return folder
+
+
+def load_shared_generator(folder: Path) -> SharedGenerator:
+    """Read a generator written by :func:`save_shared_generator`."""
+    path = folder / "description.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no description.json; not a saved shared generator")
+    desc = GeneratorDescription.from_dict(json.loads(path.read_text()))
+    files = desc.extra.get("snapshot_files") or sorted(p.name for p in folder.glob("gen-e*.pt"))
+    snapshots = [
+        (Path(f).stem, ArrayRecord(torch.load(folder / f, weights_only=True))) for f in files
+    ]
+    return SharedGenerator(name=folder.name, description=desc, snapshots=snapshots)
