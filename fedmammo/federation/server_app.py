@@ -13,14 +13,51 @@ from rich.console import Console
 from fedmammo.evaluation.report import write_summary
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.orchestrator import Orchestrator
-from fedmammo.federation.runspec import load_runspec, scenario_of
+from fedmammo.federation.runspec import RunSpec, load_runspec, scenario_of
 
-__all__ = ["build_server_app"]
+__all__ = ["build_server_app", "run_scenario"]
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[[Orchestrator], None]
 Section = Callable[[RunRecorder, Console], str]
+
+
+def run_scenario(grid: Grid, spec: RunSpec, run: Runner, section: Section) -> RunRecorder:
+    """Identify the centres, run the method, keep results.json current, write the summary.
+
+    What the ServerApp does with its grid; tests call it with an in-process grid.
+    """
+    scenario = scenario_of(spec)
+    recorder = RunRecorder(
+        spec.run_dir,
+        resume=spec.resume,
+        meta={
+            "scenario": scenario.name,
+            "strategy": scenario.recipe.name,
+            "kind": scenario.recipe.kind,
+            "seeds": scenario.seeds,
+            "quick": spec.quick,
+            "deployment": spec.deployment,
+            "centre_order": scenario.centre_names(),
+        },
+    )
+    orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
+    expected = len(spec.node_order) or len(scenario.centres)
+    t0 = time.perf_counter()
+    orc.identify(expected)
+    recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
+    recorder.meta["centres"] = {
+        c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
+    }
+    recorder.flush()
+    try:
+        run(orc)
+    finally:
+        recorder.meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        recorder.flush()
+        write_summary(recorder, orc.console, section=section)
+    return recorder
 
 
 def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> ServerApp:
@@ -30,37 +67,8 @@ def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> Serv
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        """Identify the centres, run the strategy, keep results.json current, print the table."""
+        """Run the scenario the run config (or the simulation's run spec) names."""
         spec = load_runspec(context.run_config)
-        scenario = scenario_of(spec)
-        run, section = method_of(scenario.recipe.kind)
-        recorder = RunRecorder(
-            spec.run_dir,
-            resume=spec.resume,
-            meta={
-                "scenario": scenario.name,
-                "strategy": scenario.recipe.name,
-                "kind": scenario.recipe.kind,
-                "seeds": scenario.seeds,
-                "quick": spec.quick,
-                "deployment": spec.deployment,
-                "centre_order": scenario.centre_names(),
-            },
-        )
-        orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
-        expected = len(spec.node_order) or len(scenario.centres)
-        t0 = time.perf_counter()
-        orc.identify(expected)
-        recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
-        recorder.meta["centres"] = {
-            c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
-        }
-        recorder.flush()
-        try:
-            run(orc)
-        finally:
-            recorder.meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
-            recorder.flush()
-            write_summary(recorder, orc.console, section=section)
+        run_scenario(grid, spec, *method_of(scenario_of(spec).recipe.kind))
 
     return app
