@@ -3,7 +3,8 @@
 A method registers its parameter model under its ``kind`` (``fedmammo.methods.registry``
 does it when the method registers); ``strategies/<name>.yaml`` gives ``kind`` and
 ``params``. The registry is filled by importing :mod:`fedmammo.methods`, which every entry
-point does (``python -m fedmammo.simulate``, the Flower apps, ``fedmammo.load_scenario``).
+point does (``python -m fedmammo.simulate``, the Flower apps,
+``fedmammo.methods.load_scenario``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def known_kinds() -> list[str]:
     if not _PARAMS:
         raise ConfigError(
             "no strategy kinds are registered: import fedmammo.methods before loading a "
-            "scenario (fedmammo.load_scenario does it for you)"
+            "scenario (fedmammo.methods.load_scenario does it for you)"
         )
     return sorted(_PARAMS)
 

@@ -91,7 +91,10 @@ def centre_data(ident: CentreIdentity, config: ConfigRecord) -> CentreData | Poo
     """This centre's data at the image size and data seed the server asks for (cached)."""
     size = tuple(int(v) for v in config["image-size"])
     data_seed = int(config.get("data-seed", 0))
-    key = (ident.name, ident.data_dir, size, data_seed)
+    # keyed by everything that defines the data: one process may serve several scenarios
+    profiles = tuple(p.model_dump_json() for p in [ident.profile] if p is not None)
+    parts = tuple(p.model_dump_json() for p, _ in ident.pooled)
+    key = (ident.name, ident.data_root, ident.data_dir, profiles, parts, size, data_seed)
     if key not in _DATA:
         if ident.pooled:
             parts = [

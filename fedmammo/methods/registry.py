@@ -41,8 +41,13 @@ class Method:
     handlers: tuple[Handler, ...]
     report: Callable[[RunRecorder, Console], str]
 
+    @property
+    def message_types(self) -> list[str]:
+        """The message types this method's handlers answer."""
+        return [h.message_type for h in self.handlers]
+
     def __post_init__(self) -> None:
-        types = [h.message_type for h in self.handlers]
+        types = self.message_types
         if len(set(types)) != len(types):
             raise ValueError(f"method {self.kind!r}: a message type is handled twice: {types}")
 

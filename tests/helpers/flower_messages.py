@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
+import pytest
 from flwr.app import Error, Message, Metadata, RecordDict
 
 
@@ -74,14 +76,22 @@ class InProcessGrid:
         return out
 
 
+@contextlib.contextmanager
+def in_process_identity():
+    """Let the server side build Flower Messages outside a running ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    with pytest.MonkeyPatch.context() as mp:
+        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
+            mp.setattr(TaskIdentity, attr, 1)
+        yield
+
+
 def run_strategy_in_process(spec, scenario, runner, *, resume: bool = False, strict: bool = False):
     """Run a strategy ``runner(orc)`` for ``spec`` / ``scenario`` through an
     :class:`InProcessGrid` (no Ray); returns (orchestrator, grid)."""
     import dataclasses
     from pathlib import Path
-
-    import pytest
-    from flwr.supercore.task_identity import TaskIdentity
 
     from fedmammo.evaluation.results import RunRecorder
     from fedmammo.federation.orchestrator import Orchestrator
@@ -89,10 +99,9 @@ def run_strategy_in_process(spec, scenario, runner, *, resume: bool = False, str
 
     spec = dataclasses.replace(spec, node_order=scenario.centre_names(), resume=resume)
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, contextlib.ExitStack() as stack:
         mp.setenv(ENV_VAR, str(spec.save()))
-        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
-            mp.setattr(TaskIdentity, attr, 1)
+        stack.enter_context(in_process_identity())
         grid = InProcessGrid(spec.node_order, strict=strict)
         recorder = RunRecorder(spec.run_dir, resume=resume)
         orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)

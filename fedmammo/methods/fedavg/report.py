@@ -41,4 +41,4 @@ def section(recorder: RunRecorder, console: Console) -> str:
     table = round_table(recorder.frame())
     if table.empty:
         return ""
-    return "## Rounds\n\n" + to_markdown(table.fillna(""), index_name="arm, round")
+    return "## Rounds\n\n" + to_markdown(table.astype(object).fillna(""), index_name="arm, round")
