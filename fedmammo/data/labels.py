@@ -123,7 +123,7 @@ def acr_to_malignancy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Malignancy targets derived from ACR assessments, with constant uncertainty ``u1``.
 
-    Seed 001, section 3.3.5: ACR 1-2 -> 0 (benign), ACR 4-5 -> 1 (malignant), ACR 3 ignored
+    multi-task paper, section 3.3.5: ACR 1-2 -> 0 (benign), ACR 4-5 -> 1 (malignant), ACR 3 ignored
     (-1). The seed does not mention ACR 6 (biopsy-proven malignancy); with ``acr6_malignant``
     (default) it becomes 1 like ACR 4-5, otherwise it is ignored. NA or missing -> -1.
     Every derived label gets uncertainty ``u1``; ignored ones get 0 (their weight is 0).

@@ -1,6 +1,7 @@
 """Lesion and healthy patches from cached mammograms, with one pre-processing for both classes.
 
-Geometry follows seed 003 (section 2.1): a lesion patch is a square around the lesion's bounding
+Geometry follows GAN-sharing paper (section 2.1): a lesion patch is a square around the lesion's
+bounding
 box with a 60 px margin at INbreast's 0.07 mm/pixel (scaled with the image's pixel spacing),
 shifted inside the image when it overflows; a healthy patch is a random square inside a breast
 without lesions holding at most 40% background pixels. Both classes then go through the same

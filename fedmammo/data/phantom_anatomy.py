@@ -24,7 +24,7 @@ __all__ = [
     "sample_breast",
 ]
 
-#: Width / height of the phantom images (1152 x 832 as in seed 000).
+#: Width / height of the phantom images (1152 x 832 as in periodic-sampling paper).
 ASPECT = 13.0 / 18.0
 
 #: Mean fraction of the breast area covered by glandular tissue per BI-RADS density A..D.

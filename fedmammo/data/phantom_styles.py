@@ -4,7 +4,7 @@ A style turns a projected density field into stored DICOM pixel values: detector
 exposure (Beer-Lambert), quantum and electronic noise, log conversion, the vendor's tone
 curve, background and collimation, bit depth and photometric interpretation, and the VOI
 window it advertises. The differences are deliberately large enough that a small CNN tells
-vendors apart from pixels alone: the shortcut seed 000 warns about.
+vendors apart from pixels alone: the shortcut periodic-sampling paper warns about.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Batch samplers over data segments: periodic sampling (seed 000) and its baselines."""
+"""Batch samplers over data segments: periodic sampling (periodic-sampling paper) and its
+baselines."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_sampling_pattern(counts: Sequence[int]) -> np.ndarray:
-    """Return the periodic sampling pattern of seed 000's Algorithm 1.
+    """Return the periodic sampling pattern of the periodic-sampling paper's Algorithm 1.
 
     Parameters
     ----------
@@ -271,7 +272,8 @@ class _SegmentBatchSampler(Sampler[list[int]]):
 
 
 class PeriodicBatchSampler(_SegmentBatchSampler):
-    """Periodic sampling (seed 000, Algorithm 2): segments in proportion to their rarest label.
+    """Periodic sampling (periodic-sampling paper, Algorithm 2): segments in proportion to their
+    rarest label.
 
     ``segments`` and ``labels`` (0/1; exclude images whose label is NA) give one entry per
     dataset index. Batches walk the Algorithm-1 pattern (``pattern_``, indices into

@@ -1,4 +1,5 @@
-"""Maps of a model's latent space (seed 001, Figure 6): 2-D PCA or t-SNE of z, coloured by label.
+"""Maps of a model's latent space (multi-task paper, Figure 6): 2-D PCA or t-SNE of z, coloured by
+label.
 
 These functions run where the images are (inside a centre): they take per-image latent codes
 and labels, which must never leave the centre, and write only the figure.

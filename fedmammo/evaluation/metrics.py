@@ -1,4 +1,5 @@
-"""Evaluation metrics of seed 000: bootstrap AUC, delta-AUC p-values, WLL and operating points."""
+"""Evaluation metrics of periodic-sampling paper: bootstrap AUC, delta-AUC p-values, WLL and
+operating points."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Thresholds of the operating points marked on every ROC curve (seed 000, 3.1.2).
+#: Thresholds of the operating points marked on every ROC curve (periodic-sampling paper, 3.1.2).
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
 _Z95 = 1.96
 _CHUNK_ELEMENTS = 1 << 22  # bootstrap rows are processed in chunks of about 4M indices

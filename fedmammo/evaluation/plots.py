@@ -1,4 +1,5 @@
-"""Evaluation plots of seed 000: ROC curves with operating points, learning curves, histograms."""
+"""Evaluation plots of periodic-sampling paper: ROC curves with operating points, learning curves,
+histograms."""
 
 from __future__ import annotations
 

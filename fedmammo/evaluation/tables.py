@@ -1,4 +1,5 @@
-"""Result tables in the style of seed 000's Tables 2-4 (AUC with CI, delta-AUC, p-value)."""
+"""Result tables in the style of the periodic-sampling paper's Tables 2-4 (AUC with CI, delta-AUC,
+p-value)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def format_auc(value: float, low: float | None, high: float | None, *, scale: fl
 
 
 def format_p_value(p: float) -> str:
-    """Return a p-value as in seed 000: four decimals, ``"< 0.0001"`` below."""
+    """Return a p-value as in periodic-sampling paper: four decimals, ``"< 0.0001"`` below."""
     if p is None or not math.isfinite(p):
         return "n/a"
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}"

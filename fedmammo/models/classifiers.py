@@ -1,4 +1,4 @@
-"""Binary image classifiers: a whole-mammogram CNN, the seed-003 patch CNN and Swin-T.
+"""Binary image classifiers: a whole-mammogram CNN, the GAN-sharing paper patch CNN and Swin-T.
 
 Every classifier maps (N, 1, H, W) images in [0, 1] to (N, 2) logits (or log-probabilities,
 which cross-entropy treats the same way); the malignancy/lesion score is ``softmax[:, 1]``.
@@ -69,7 +69,7 @@ class MammoCNN(nn.Module):
 
 
 class PatchCNN(nn.Module):
-    """The seed-003 CNN: 4 conv layers (BN after each), 2 FC (BN after the first), dropout,
+    """The GAN-sharing paper CNN: 4 conv layers (BN after each), 2 FC (BN after the first), dropout,
     log-softmax. About 1.1M parameters at 128x128."""
 
     def __init__(
@@ -138,7 +138,7 @@ def mammo_cnn(**options) -> MammoCNN:
 
 @register_model("patch_cnn")
 def patch_cnn(**options) -> PatchCNN:
-    """Seed-003 lesion-patch CNN (options: patch_size, width, hidden, dropout, norm)."""
+    """GAN-sharing paper lesion-patch CNN (options: patch_size, width, hidden, dropout, norm)."""
     return PatchCNN(**options)
 
 

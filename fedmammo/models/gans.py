@@ -1,6 +1,7 @@
 """DCGAN and WGAN-GP generators and discriminators for 1-channel square lesion patches.
 
-Architecture after seed 003 (section 2.2): the generator maps a latent vector (size 100) to a
+Architecture after GAN-sharing paper (section 2.2): the generator maps a latent vector (size 100)
+to a
 patch through transposed convolutions (kernel 4, stride 2) with batch norm and ReLU, ending in
 tanh (outputs in [-1, 1]; training maps patches from [0, 1]). The discriminator uses kernel 6,
 stride 2, padding 2 (which halves the size exactly) instead of DCGAN's 4, LeakyReLU(0.2) and a
@@ -274,7 +275,8 @@ def sample_generator(
 ) -> np.ndarray:
     """Return ``n`` patches ``(n, S, S)`` in [0, 1], spread evenly over the generator ``states``.
 
-    Several states are the snapshots of one training run (seed 003's answer to mode collapse).
+    Several states are the snapshots of one training run (the GAN-sharing paper's answer to mode
+    collapse).
     """
     if not states:
         raise DataError("sample_generator: no generator states given")

@@ -1,4 +1,5 @@
-"""The seed-001 multi-task network: a ResNet22-like encoder, multi-level fusion, heads, decoder."""
+"""The multi-task paper multi-task network: a ResNet22-like encoder, multi-level fusion, heads,
+decoder."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fedmammo.models.registry import register_model
 
 __all__ = ["DEFAULT_TASKS", "NORMS", "MultiTaskNet", "build_multitask_net"]
 
-#: Task -> number of classes (seed 001, section 2.3).
+#: Task -> number of classes (multi-task paper, section 2.3).
 DEFAULT_TASKS: dict[str, int] = {"malignancy": 2, "acr": 6, "density": 4, "view": 2}
 
 

@@ -198,7 +198,7 @@ def periodic_epsilon(
 
 
 def step_pattern(steps_per_segment: Mapping[str, int]) -> list[str]:
-    """Segment of every step: Algorithm 1 of seed 000 over the steps per segment.
+    """Segment of every step: Algorithm 1 of periodic-sampling paper over the steps per segment.
 
     Segments are taken in sorted order; those with no step never appear. The result has
     ``sum(steps_per_segment.values())`` entries, each segment's spread evenly.

@@ -1,6 +1,6 @@
 """CycleGAN training between two unpaired patch domains, and translation (no Flower here).
 
-Used by the translation arm (seed 004): centre A trains a CycleGAN between its own lesion
+Used by the translation arm (CycleGAN-UDA paper): centre A trains a CycleGAN between its own lesion
 patches (domain A) and synthetic patches sampled from B's shared generator (domain B), then
 translates B's synthetic patches into A's style with ``G_ba``; no pixel leaves any centre.
 

@@ -1,6 +1,6 @@
 """Local GAN training on a centre's own lesion patches: DCGAN and WGAN-GP (no Flower here).
 
-DCGAN (seed 003, 2.2.1): BCE on logits with one-sided label smoothing (real targets drawn
+DCGAN (GAN-sharing paper, 2.2.1): BCE on logits with one-sided label smoothing (real targets drawn
 uniformly in [0.8, 1.1], fake targets 0), random horizontal and vertical flips (p = 0.5), batch
 16, Adam(2e-4, betas (0.5, 0.999)); generator snapshots every ``snapshot_every`` epochs from
 epoch ``warmup`` on, and sampling spread evenly across them against mode collapse.

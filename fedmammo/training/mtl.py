@@ -78,7 +78,7 @@ def weighted_task_loss(
     *,
     class_weights: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
-    """Seed-001 Eq. 1-2: sum over tasks of (1 - u)-weighted cross-entropy, batch-averaged.
+    """multi-task paper Eq. 1-2: sum over tasks of (1 - u)-weighted cross-entropy, batch-averaged.
 
     Targets are class indices with -1 for a missing label, whose weight is 0 (zero loss and
     exactly zero gradient). The sum over samples is divided by the batch size, not by the sum
@@ -104,7 +104,7 @@ def mtl_loss(
     recon_weight: float = 1.0,
     class_weights: Mapping[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Seed-001 Eq. 3: reconstruction MSE plus the weighted task losses; also the parts.
+    """multi-task paper Eq. 3: reconstruction MSE plus the weighted task losses; also the parts.
 
     ``parts`` has ``total``, ``classification``, ``reconstruction`` (0 without decoder) and
     ``task_<name>`` per task, as floats.

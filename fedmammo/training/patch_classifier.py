@@ -1,4 +1,5 @@
-"""Lesion-patch classifier training with best-validation-AUPRC model selection (seed 003, 2.3).
+"""Lesion-patch classifier training with best-validation-AUPRC model selection (GAN-sharing paper,
+2.3).
 
 The seed's loop: cross-entropy on the classifier's (log-)probabilities, SGD (lr 0.001, momentum
 0.9), at most 100 epochs, validation after every epoch, and the weights of the epoch with the

@@ -127,9 +127,9 @@ def test_delta_auc_matches_a_paired_reference_loop_and_detects_a_better_model():
     [
         # SE = (high - low) / 3.92, z = |est| / SE, p = exp(-0.717 z - 0.416 z^2), by hand
         (1.0, 0.0, 2.0, 0.0496168),  # z = 1.96, p = exp(-1.40532 - 1.59807)
-        (-1.55, -2.61, -0.45, 0.0049488),  # seed 000 Table 2 prints 0.0048
-        (0.66, -0.24, 1.57, 0.1533811),  # seed 000 Table 2 prints 0.1500
-        (0.92, 0.15, 1.69, 0.0190541),  # seed 000 Table 3 prints 0.0190
+        (-1.55, -2.61, -0.45, 0.0049488),  # periodic-sampling paper Table 2 prints 0.0048
+        (0.66, -0.24, 1.57, 0.1533811),  # periodic-sampling paper Table 2 prints 0.1500
+        (0.92, 0.15, 1.69, 0.0190541),  # periodic-sampling paper Table 3 prints 0.0190
         (0.0, -1.0, 1.0, 1.0),
     ],
 )

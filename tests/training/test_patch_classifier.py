@@ -1,4 +1,5 @@
-"""The seed-003 patch-classifier loop (best validation AUPRC epoch) and patch-source helpers."""
+"""The GAN-sharing paper patch-classifier loop (best validation AUPRC epoch) and patch-source
+helpers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Handlers of the multi-task method: train.mtl, evaluate.mtl and query.latent (seed 001).
+"""Handlers of the multi-task method: train.mtl, evaluate.mtl and query.latent (multi-task paper).
 
 A centre trains the received :class:`~fedmammo.models.mtl.MultiTaskNet` on every image of its
 training split (labelled or not: a missing label only zeroes that task's weight) and replies
@@ -128,7 +128,8 @@ def training_targets(
     dropped = drop_labels(targets, fraction, tasks=["malignancy"], seed=seed)
     if not bool(cfg.get("drop-all", False)):
         return dropped, unc, rows
-    # "all labels dropped" removes whole images (seed 001 Table 5: fewer samples): those whose
+    # "all labels dropped" removes whole images (multi-task paper Table 5: fewer samples): those
+    # whose
     # malignancy label the malignancy-only arm drops, and the same fraction of the others
     had = targets["malignancy"] != MISSING
     lost = had & (dropped["malignancy"] == MISSING)

@@ -14,7 +14,8 @@ __all__ = ["ARM_NAMES", "ArmSpec", "MtlFinetuneParams", "MtlModelParams", "parse
 
 _TASKS: dict[str, int] = {"malignancy": 2, "acr": 6, "density": 4, "view": 2}
 
-#: Fixed arm names (seed 001 Tables 2-4); ``drop_malignancy_<P>``, ``drop_all_<P>`` (percent,
+#: Fixed arm names (multi-task paper Tables 2-4); ``drop_malignancy_<P>``, ``drop_all_<P>``
+# (percent,
 #: 1..99) and ``finetune_u1_<u1>`` (u1 in [0, 1]) are parametric.
 ARM_NAMES: tuple[str, ...] = (
     "single_task",

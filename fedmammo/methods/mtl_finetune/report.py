@@ -1,4 +1,4 @@
-"""Multi-task evaluation records and the seed-001 result tables (Tables 2-5, 8-9 layouts).
+"""Multi-task evaluation records and the multi-task paper result tables (Tables 2-5, 8-9 layouts).
 
 :func:`mtl_records` turns one evaluation's predictions into metric records (what a centre may
 send). The table builders read the run's records (``RunRecorder.frame()``): final test
@@ -218,7 +218,7 @@ def _strata_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTable
             a: _lookup(df, arm=a, centre=centre, metric="auc", segment=segment) for a in arms
         }
     return ResultTable(
-        f"Malignancy AUC (%) by density and view at {centre} (seed 001 Tables 2-3)",
+        f"Malignancy AUC (%) by density and view at {centre} (multi-task paper Tables 2-3)",
         _frame(rows, "stratum"),
     )
 
@@ -236,7 +236,7 @@ def _aux_table(
         row |= {c: _lookup(df, arm=arm, centre=c, metric="auc") for c in centres}
         rows[arm] = row
     return ResultTable(
-        "Contribution of each auxiliary task: malignancy AUC (%) (seed 001 Table 4)",
+        "Contribution of each auxiliary task: malignancy AUC (%) (multi-task paper Table 4)",
         _frame(rows, "arm"),
         "+ enabled, - disabled; every arm trains the malignancy head.",
     )
@@ -253,7 +253,7 @@ def _drop_table(df: pd.DataFrame, arms: list[str], centres: list[str]) -> Result
         label = "reference (mtl)" if arm == "mtl" else arm
         rows[label] = {c: _lookup(df, arm=arm, centre=c, metric="auc") for c in centres}
     return ResultTable(
-        "Training with fewer labels: malignancy AUC (%) (seed 001 Table 5)",
+        "Training with fewer labels: malignancy AUC (%) (multi-task paper Table 5)",
         _frame(rows, "arm"),
         "drop_malignancy_P: P% of malignancy labels removed at every training "
         "centre; drop_all_P: P% of the images removed (all their labels).",
@@ -269,7 +269,7 @@ def _finetune_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTab
         }
     return ResultTable(
         f"Fine-tuning on ACR-derived malignancy labels with uncertainty u1, "
-        f"evaluated at {centre} (seed 001 Tables 8-9)",
+        f"evaluated at {centre} (multi-task paper Tables 8-9)",
         _frame(rows, "arm"),
     )
 
@@ -277,7 +277,7 @@ def _finetune_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTab
 def build_mtl_tables(
     df: pd.DataFrame, *, split: str = "test", decoder_default: bool = True
 ) -> list[ResultTable]:
-    """The seed-001 tables for the arms and centres present in ``df`` (a run's records).
+    """The multi-task paper tables for the arms and centres present in ``df`` (a run's records).
 
     Tables 2-3 (per evaluating centre: single-task arms vs ``mtl``, whole set and strata),
     Table 4 (auxiliary tasks), Table 5 (label drops, with ``mtl`` as reference) and Tables 8-9
@@ -315,7 +315,7 @@ def tables_markdown(tables: Sequence[ResultTable], *, heading: str = "## Multi-t
         return f"{heading}\n\nNo final multi-task metrics were recorded.\n"
     intro = (
         "Values in percent: `value (95% CI)` for one seed, `mean (std)` over seeds. "
-        "Balanced accuracy is seed 001's weighted accuracy."
+        "Balanced accuracy is the multi-task paper's weighted accuracy."
     )
     return "\n".join([heading, "", intro, "", *(t.markdown() for t in tables)])
 

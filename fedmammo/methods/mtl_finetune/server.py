@@ -1,4 +1,5 @@
-"""Federated multi-task learning (seed 001): FedAvg of MultiTaskNet, fine-tuning rounds, arms.
+"""Federated multi-task learning (multi-task paper): FedAvg of MultiTaskNet, fine-tuning rounds,
+arms.
 
 Per seed and arm: FedAvg rounds ``1..rounds`` of the arm's :class:`MultiTaskNet` over the
 training centres, whatever labels each holds (``train.mtl``: a missing label only zeroes its
@@ -228,7 +229,8 @@ def _write_tables(orc: Orchestrator, p: MtlFinetuneParams) -> None:
     print_tables(tables, orc.console)
     (orc.run_dir / TABLES_FILE).write_text(tables_markdown(tables))
     orc.recorder.note(
-        f"multi-task tables (seed 001 Tables 2-5, 8-9 layouts): results.md and {TABLES_FILE}"
+        "multi-task tables (multi-task paper Tables 2-5, 8-9 layouts): results.md and "
+        f"{TABLES_FILE}"
     )
 
 

@@ -1,4 +1,5 @@
-"""The arms of seed 000's scenario: baselines, and experiment x setting x method (pure Python).
+"""The arms of the periodic-sampling paper's scenario: baselines, and experiment x setting x method
+(pure Python).
 
 Arms are planned from the centres' ``query.identify`` counts (``n|<split>|<segment>|<label>``,
 counts only): which centre holds each training segment, its rarest-label count (the input of

@@ -1,4 +1,5 @@
-"""Handlers of seed 000's sampling methods: train.periodic, evaluate.periodic, query.periodic_plots.
+"""Handlers of the periodic-sampling paper's sampling methods: train.periodic, evaluate.periodic,
+query.periodic_plots.
 
 ``train.periodic`` trains the received classifier on this centre's training images of the
 segments the server names (``segments``; others are filtered out), one optimiser step per
@@ -43,7 +44,8 @@ the method with baseline ``j`` on each of its segments: ``baseline_auc`` (with C
 scores never leave: the reply holds scalars only.
 
 ``query.periodic_plots`` draws, inside the centre, the ROC curves (global and per segment,
-with operating points; seed 000 Figure 4) and the prediction histograms per segment and
+with operating points; periodic-sampling paper Figure 4) and the prediction histograms per segment
+and
 label (Figure 1, right) of the models ``arrays-<k>`` (labels in ``arms``). In simulation it
 writes ``<stem>_roc.png`` and ``<stem>_hist.png`` into the ``plot-dir`` the server passes (the
 run directory's ``plots/``); in deployment it ignores server paths and writes to its own

@@ -1,4 +1,5 @@
-"""Recipe parameters of ``kind: periodic_sampling``: seed 000's arms, pooled and federated."""
+"""Recipe parameters of ``kind: periodic_sampling``: the periodic-sampling paper's arms, pooled and
+federated."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fedmammo.config.recipe import LocalTrainingParams, ModelParams, RecipeParam
 
 __all__ = ["METHOD_LABELS", "PeriodicSamplingParams"]
 
-#: Sampler registry name -> the method's name in seed 000's tables.
+#: Sampler registry name -> the method's name in the periodic-sampling paper's tables.
 METHOD_LABELS: dict[str, str] = {
     "balanced_labels": "Bal. labels",
     "balanced_segments": "Bal. segments",

@@ -1,4 +1,5 @@
-"""Seed 000's report: Tables 2-4 (AUC, delta-AUC vs baseline), ROC, histogram, learning curves.
+"""The periodic-sampling paper's report: Tables 2-4 (AUC, delta-AUC vs baseline), ROC, histogram,
+learning curves.
 
 The tables are read from a run's metric records (``results.json``): per test segment, one row
 per arm with the baseline's AUC, the arm's AUC, delta-AUC (paired bootstrap CI) and its
@@ -209,7 +210,7 @@ def tables_markdown(
 ) -> str:
     """Markdown of ``{experiment: {seed: {segment: rows}}}``, one section per experiment."""
     lines = [
-        "## Seed 000 tables: AUC (95% CI) and ΔAUC vs baseline per test segment",
+        "## periodic-sampling paper tables: AUC (95% CI) and ΔAUC vs baseline per test segment",
         "",
         "AUC in percent; ΔAUC = AUC(method) - AUC(baseline) on the same images, paired "
         "bootstrap CI; p-value from the CI (Altman & Bland). Computed inside each test "

@@ -19,7 +19,8 @@ with a local sampler, or :class:`PeriodicFedAvg`, also with image-count and equa
 Each arm is validated every round (on the pooled node when there is one, so global and local
 metrics come from one place), then tested inside every test centre against its baseline
 (``evaluate.periodic``); figures are drawn inside the centres (``query.periodic_plots``) and
-the tables of seed 000 (Tables 2-4 layout) are written to ``periodic_tables.md``, printed,
+the tables of periodic-sampling paper (Tables 2-4 layout) are written to ``periodic_tables.md``,
+printed,
 and kept in ``results.json`` (``meta.periodic_tables``).
 """
 
@@ -286,7 +287,7 @@ def _write_tables(orc: Orchestrator, p: PeriodicSamplingParams, plan: list[ArmPl
         for exp, by_seed in tables.items()
     }
     orc.recorder.note(
-        f"seed 000 tables (Tables 2-4 layout: AUC, ΔAUC with CI and p-value vs "
+        f"periodic-sampling paper tables (Tables 2-4 layout: AUC, ΔAUC with CI and p-value vs "
         f"the baseline, per test segment): {TABLES_FILE}"
     )
     orc.recorder.flush()
@@ -303,7 +304,7 @@ def run(orc: Orchestrator) -> None:
     if "pooled" in orc.nodes:
         orc.recorder.note(
             "pooled arms are a simulation-only what-if (all training segments at "
-            "one site, seed 000's setting); validation of every arm ran on the "
+            "one site, the periodic-sampling paper's setting); validation of every arm ran on the "
             "pooled node so that global and per-segment metrics share one set"
         )
     for n, seed in enumerate(orc.scenario.seeds):

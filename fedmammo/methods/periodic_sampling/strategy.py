@@ -1,4 +1,5 @@
-"""Federated periodic sampling (seed 000) as a Flower strategy, and the scenario's runner.
+"""Federated periodic sampling (periodic-sampling paper) as a Flower strategy, and the scenario's
+runner.
 
 :class:`PeriodicFedAvg` is FedAvg whose rounds walk one global sampling pattern. Centres report
 label counts per segment in ``query.identify`` (counts only); the server takes, per training

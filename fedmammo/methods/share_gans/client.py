@@ -1,4 +1,4 @@
-"""Handler of the sharing centres of generator sharing (seed 003): ``train.generator``.
+"""Handler of the sharing centres of generator sharing (GAN-sharing paper): ``train.generator``.
 
 ``train.generator`` (a sharing centre) trains a DCGAN or WGAN-GP on its own training lesion
 patches and replies the generator only: an ArrayRecord ``gen-e<epoch>`` per kept snapshot

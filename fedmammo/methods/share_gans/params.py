@@ -1,4 +1,5 @@
-"""Recipe parameters of ``kind: share_gans``: seed 003's generator sharing, seed 004's translation.
+"""Recipe parameters of ``kind: share_gans``: the GAN-sharing paper's generator sharing, the
+CycleGAN-UDA paper's translation.
 
 Arms are strings: the receiving centre's name, then ``+``-joined additions, e.g.
 
@@ -7,7 +8,7 @@ Arms are strings: the receiving centre's name, then ``+``-joined additions, e.g.
 - ``A+synth_B_dcgan``: plus synthetic lesion patches from B's DCGAN (``wgan_gp`` likewise);
 - ``A+synth_B_dcgan+synth_C_dcgan``: half from each generator;
 - ``A+harmonised_B_dcgan``: B's synthetic patches translated into A's style by a CycleGAN that
-  A trains between its own lesion patches and B's synthetic ones (seed 004).
+  A trains between its own lesion patches and B's synthetic ones (CycleGAN-UDA paper).
 
 Every arm runs for each lesion subset (``all``, ``masses``), each fraction of the receiver's
 training images and each scenario seed; results are recorded under
@@ -97,7 +98,8 @@ def parse_arm(name: str) -> ArmSpec:
 
 
 class PatchParams(RecipeParams):
-    """Patch geometry (seed 003, 2.1): size, margin at the reference spacing, background limit."""
+    """Patch geometry (GAN-sharing paper, 2.1): size, margin at the reference spacing, background
+    limit."""
 
     size: int = 64
     margin_px: float = Field(default=60.0, ge=0)
@@ -137,12 +139,13 @@ class GanParams(RecipeParams):
 
 
 def _default_gans() -> dict[str, GanParams]:
-    # seed 003: DCGAN snapshots every 50th epoch after 500 of 3000; WGAN-GP last epoch only
+    # GAN-sharing paper: DCGAN snapshots every 50th epoch after 500 of 3000; WGAN-GP last epoch only
     return {"dcgan": GanParams(), "wgan_gp": GanParams(snapshot_every=None, warmup=0)}
 
 
 class ClassifierParams(RecipeParams):
-    """The receiver's patch classifier and its loop (seed 003, 2.3: SGD 0.001, momentum 0.9)."""
+    """The receiver's patch classifier and its loop (GAN-sharing paper, 2.3: SGD 0.001, momentum
+    0.9)."""
 
     model: ModelParams = ModelParams(name="patch_cnn", options={"width": 16, "hidden": 128})
     epochs: int = Field(default=100, ge=1, le=1000)
@@ -179,7 +182,8 @@ def _default_arms() -> list[str]:
 
 
 class ShareGansParams(RecipeParams):
-    """Sharing generators instead of images (seed 003) plus the translation arm (seed 004).
+    """Sharing generators instead of images (GAN-sharing paper) plus the translation arm
+    (CycleGAN-UDA paper).
 
     Sharing centres train one generator per (gan, lesion subset) the arms need, once per run;
     the receiver trains and tests its patch classifier per arm, subset, fraction and seed.

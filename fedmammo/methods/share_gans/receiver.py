@@ -1,10 +1,12 @@
-"""Handler of the receiving centre of generator sharing (seeds 003, 004): train.patch_classifier.
+"""Handler of the receiving centre of generator sharing (GAN-sharing and CycleGAN-UDA papers):
+train.patch_classifier.
 
 ``train.patch_classifier`` runs one arm, subset, data fraction and seed and replies test
 metrics only (the AUROC with a bootstrap CI). The message carries the arm's generators
 (``g<i>-e<epoch>``, described by the JSON config ``generators``): the receiver samples
 ``n-synthetic`` lesion patches (split evenly), optionally harmonises them into its style with
-a CycleGAN (``harmonise``, seed 004; draws ``harmonised_samples_...png`` inside the centre),
+a CycleGAN (``harmonise``, CycleGAN-UDA paper; draws ``harmonised_samples_...png`` inside the
+centre),
 adds as many of its own healthy patches and keeps the epoch with the best validation AUPRC.
 ``real-from`` adds another centre's real lesion patches instead (the simulation-only upper
 bound): the receiver reads that centre's prepared data from the shared simulation data
@@ -162,7 +164,7 @@ def _added_lesions(
     synthetic = sample_patches(generators, n, seed=derive_seed(seed, "sample"), device=device())
     if not bool(cfg.get("harmonise", False)):
         return synthetic
-    # seed 004: a CycleGAN between own lesion patches and the synthetic ones, then B -> A
+    # CycleGAN-UDA paper: a CycleGAN between own lesion patches and the synthetic ones, then B -> A
     result = train_cyclegan(
         own,
         synthetic,
@@ -180,8 +182,8 @@ def _added_lesions(
                 (f"real {ident.name}", own),
             ],
             where / f"harmonised_samples_{ident.name}_{_names(generators)}_{subset}.png",
-            title=f"Harmonised synthetic patches at centre {ident.name} (CycleGAN, seed 004); "
-            "drawn inside the centre",
+            title=f"Harmonised synthetic patches at centre {ident.name} "
+            "(CycleGAN, CycleGAN-UDA paper); drawn inside the centre",
             columns=int(cfg.get("grid-columns", 12)),
         )
     return added

@@ -1,9 +1,10 @@
-"""Seed 003's result tables and sample grids for the generator-sharing scenario.
+"""The GAN-sharing paper's result tables and sample grids for the generator-sharing scenario.
 
 Records of the federation core (``results.json``) name each classifier run
 ``<arm>@<subset>-<percent>`` (:func:`record_arm`), e.g. ``A+synth_B_dcgan@masses-50``: arm
 ``A+synth_B_dcgan``, lesion subset ``masses``, 50% of the receiver's training images. Tables
-are laid out like seed 003's Tables 1-2: arms (rows) x accuracy, F1, AUROC, AUPRC (mean (std)
+are laid out like the GAN-sharing paper's Tables 1-2: arms (rows) x accuracy, F1, AUROC, AUPRC
+(mean (std)
 over seeds), one block per lesion subset and data fraction, best value per column in bold,
 and a column flagging the arms that moved real pixels (the simulation-only upper bound).
 Generator records (``split == "generator"``) give the shared generators' quality table.
@@ -57,7 +58,10 @@ GENERATOR_METRICS: dict[str, str] = {
 }
 #: Flag of the arms that moved real pixels between centres.
 MOVED = "YES (simulation only)"
-_SUBSET_TITLES = {"all": "all lesion types (seed 003 Table 1)", "masses": "masses (Table 2)"}
+_SUBSET_TITLES = {
+    "all": "all lesion types (GAN-sharing paper Table 1)",
+    "masses": "masses (Table 2)",
+}
 
 
 def record_arm(arm: str, subset: str, fraction: float) -> str:
@@ -275,5 +279,5 @@ def plot_sample_grid(
 
 
 def section(recorder: RunRecorder, console: Console) -> str:
-    """The seed-003 Table 1/2 layout for results.md (already printed by the runner)."""
+    """The GAN-sharing paper Table 1/2 layout for results.md (already printed by the runner)."""
     return str(recorder.meta.get("share_gans_tables_markdown", ""))

@@ -1,4 +1,5 @@
-"""Sharing generators instead of images (seed 003) with seed 004's translation arm.
+"""Sharing generators instead of images (GAN-sharing paper) with the CycleGAN-UDA paper's
+translation arm.
 
 Phase 1: every sharing centre an arm samples from trains one generator per (GAN kind, lesion
 subset) on its own training lesion patches (``train.generator``, once per run, seeded from the
@@ -349,7 +350,7 @@ def run(orc: Orchestrator) -> None:
     for arm in moving:
         warning = (
             f"arm {arm} MOVES REAL PIXELS between centres ({MOVED}): the data-sharing "
-            "upper bound of seed 003, read from the shared simulation data directory"
+            "upper bound of GAN-sharing paper, read from the shared simulation data directory"
         )
         orc.console.print(f"[bold red]WARNING: {warning}[/]")
         orc.recorder.note(f"WARNING: {warning}")
@@ -383,11 +384,12 @@ def run(orc: Orchestrator) -> None:
     tables = build_gan_tables(orc.recorder.frame(), arm_order=[s.name for s in specs])
     gen_table = generator_table(orc.recorder.frame())
     print_tables(tables, orc.console, gen_table)
-    text = tables_markdown(tables, gen_table, heading=f"# {orc.scenario.name}: seed 003 tables")
+    heading = f"# {orc.scenario.name}: GAN-sharing paper tables"
+    text = tables_markdown(tables, gen_table, heading=heading)
     (orc.run_dir / TABLES_FILE).write_text(text + "\n")
     orc.recorder.meta["share_gans_tables_markdown"] = text
     orc.recorder.note(
-        f"seed 003 Table 1-2 layout (arms x accuracy, F1, AUROC, AUPRC per "
+        f"GAN-sharing paper Table 1-2 layout (arms x accuracy, F1, AUROC, AUPRC per "
         f"subset and fraction): {TABLES_FILE}"
     )
     orc.recorder.flush()

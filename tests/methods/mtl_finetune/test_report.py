@@ -1,4 +1,4 @@
-"""Multi-task metric records (against sklearn) and the seed-001 table layouts."""
+"""Multi-task metric records (against sklearn) and the multi-task paper table layouts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed 003 tables from hand-made records, record naming, and the sample grid figure."""
+"""GAN-sharing paper tables from hand-made records, record naming, and the sample grid figure."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def test_markdown_bolds_the_best_and_explains_the_flag(frame):
     # Execute
     text = tables_markdown(tables, generator_table(frame))
     # Assert
-    assert "### all lesion types (seed 003 Table 1), 50% of the receiver's training data" in text
+    title = "### all lesion types (GAN-sharing paper Table 1), 50% of the receiver's training data"
+    assert title in text
     assert "| A+real_B | 0.650 (0.071) | n/a | **0.820 (0.028)** |" in text
     assert "simulation-only upper bound" in text
     assert "| B_dcgan_all | 1.25 | 5 |" in text
