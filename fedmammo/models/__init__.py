@@ -8,4 +8,6 @@ __all__ = ["build_model", "list_models", "register_model"]
 
 # Importing the families registers their builders.
 from fedmammo.models import classifiers as _classifiers  # noqa: E402,F401
+from fedmammo.models import contrastive as _contrastive  # noqa: E402,F401
+from fedmammo.models import detection as _detection  # noqa: E402,F401
 from fedmammo.models import mtl as _mtl  # noqa: E402,F401

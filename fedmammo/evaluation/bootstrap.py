@@ -1,0 +1,71 @@
+"""Bootstrap CIs for any per-sample statistic (accuracy, detection AP), same draws as AUC's.
+
+Resamples use :mod:`fedmammo.evaluation.metrics`' index stream (``default_rng(seed)``,
+``n`` indices with replacement per resample) and its percentile CI, so an accuracy and an AUC
+bootstrapped with the same seed see the same resamples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fedmammo.errors import DataError
+from fedmammo.evaluation.metrics import _bootstrap_indices, _check_boot, _percentile_ci
+
+__all__ = ["accuracy_ci", "bootstrap_mean", "bootstrap_statistic"]
+
+
+def bootstrap_statistic(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """Return (value, CI low, CI high) of ``statistic(index)`` over resamples of ``range(n)``.
+
+    ``statistic`` takes an int index array (a multiset of the n samples) and returns a float
+    (NaN for an undefined resample: skipped). ``n_boot=0``: CI NaN.
+    """
+    if n < 1:
+        raise DataError("no samples to evaluate")
+    _check_boot(n_boot, confidence)
+    value = float(statistic(np.arange(n)))
+    if n_boot == 0:
+        return value, math.nan, math.nan
+    boots = np.array(
+        [statistic(row) for chunk in _bootstrap_indices(n, n_boot, seed) for row in chunk],
+        dtype=np.float64,
+    )
+    low, high = _percentile_ci(boots, confidence)
+    return value, low, high
+
+
+def bootstrap_mean(
+    values: Any, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Return (mean, CI low, CI high) of per-sample ``values`` (vectorised resamples)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise DataError(f"bootstrap_mean: expected a non-empty 1-D array, got shape {v.shape}")
+    _check_boot(n_boot, confidence)
+    if n_boot == 0:
+        return float(v.mean()), math.nan, math.nan
+    boots = np.concatenate([v[c].mean(axis=1) for c in _bootstrap_indices(v.size, n_boot, seed)])
+    low, high = _percentile_ci(boots, confidence)
+    return float(v.mean()), low, high
+
+
+def accuracy_ci(
+    y_true: Any, y_pred: Any, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Return (accuracy, CI low, CI high) of predicted class labels."""
+    y, p = np.asarray(y_true), np.asarray(y_pred)
+    if y.shape != p.shape or y.ndim != 1:
+        raise DataError(f"accuracy_ci: y_true {y.shape} and y_pred {p.shape} must match (1-D)")
+    return bootstrap_mean(y == p, n_boot=n_boot, seed=seed, confidence=confidence)
