@@ -1,4 +1,4 @@
-"""Contrastive pairs from the manifest (seed 002): same-breast CC/MLO pairs and batch masks.
+"""Contrastive pairs from the manifest (Li et al.): same-breast CC/MLO pairs and batch masks.
 
 A breast is ``(patient_id, laterality)``. Multi-view pairs (MVCL) join the CC and MLO images
 of one breast; multi-style pairs (MSCL) are two styles of one image. Nothing here ever pairs

@@ -1,4 +1,4 @@
-"""Encoder embeddings by vendor (seed 002, Fig. 7): t-SNE maps and a vendor-separation score.
+"""Encoder embeddings by vendor (Li et al., Fig. 7): t-SNE maps and a vendor-separation score.
 
 A style-invariant encoder mixes vendors in its embedding space: the t-SNE map shows it and
 the vendor silhouette (near 0 or below: vendors mixed; near 1: one cluster per vendor) puts a

@@ -1,4 +1,4 @@
-"""Contrastive encoders (seed 002): a ResNet backbone, a SimCLR projection head and the losses.
+"""Contrastive encoders (Li et al.): a ResNet backbone, a SimCLR projection head and the losses.
 
 The backbone is torchvision's ResNet-50 (the paper's choice, the default for full runs),
 ResNet-18, or a width- and depth-reduced ResNet built from torchvision's ``BasicBlock`` for

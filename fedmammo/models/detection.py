@@ -1,4 +1,4 @@
-"""Mass detector (seed 002): torchvision's FCOS on a contrastive encoder's ResNet backbone.
+"""Mass detector (Li et al.): torchvision's FCOS on a contrastive encoder's ResNet backbone.
 
 As in torchvision's ``fcos_resnet50_fpn``: an FPN over ``layer2``-``layer4`` plus P6/P7
 (five levels, strides 8-128) and FCOS's shared head, here with ``weights=None`` and

@@ -1,4 +1,4 @@
-"""Local contrastive pre-training (seed 002): SimCLR, MSCL, MVCL and MSVCL on one centre's images.
+"""Local contrastive pre-training (Li et al.): SimCLR, MSCL, MVCL and MSVCL on one centre's images.
 
 One step draws ``batch_size`` source images (SimCLR, MSCL) or breasts (MVCL) and makes two
 views of each, so a batch holds ``2 * batch_size`` samples:

@@ -1,4 +1,4 @@
-"""Style diversification for contrastive pre-training (seed 002, III-B-1): CycleGAN + blending.
+"""Style diversification for contrastive pre-training (Li et al., III-B-1): CycleGAN + blending.
 
 Given M seen vendor styles, every image gets M - 1 translated versions, and a training view
 blends two of its styles: ``style_blend = style_A * (1 - alpha) + style_B * alpha`` with

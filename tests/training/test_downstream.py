@@ -1,4 +1,4 @@
-"""Downstream tasks of seed 002: crops and pairs from a phantom centre, training, evaluation."""
+"""Downstream tasks of Li et al.: crops and pairs from a phantom centre, training, evaluation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Downstream tasks of seed 002 from a pre-trained backbone: detection, matching, BI-RADS,
+"""Downstream tasks of Li et al. from a pre-trained backbone: detection, matching, BI-RADS,
 density (each a short training function and an evaluation with bootstrap CIs)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Downstream classification from a pre-trained backbone: BI-RADS/malignancy on mass crops and
-breast density on whole images (seed 002, III-C-3).
+breast density on whole images (Li et al., III-C-3).
 
 The paper fine-tunes the whole network with SGD (lr 0.001, momentum 0.9, weight decay 1e-5,
 50 epochs, batch 128) and reports accuracy; here the same loop, with accuracy (and AUC for two

@@ -1,4 +1,4 @@
-"""Mass detection (seed 002, III-C-1): FCOS fine-tuning from a pre-trained backbone, and AP.
+"""Mass detection (Li et al., III-C-1): FCOS fine-tuning from a pre-trained backbone, and AP.
 
 Training follows the paper (SGD, lr 0.005, momentum 0.9, weight decay 1e-4, batch 8) with
 random vertical flips (fedmammo keeps every chest wall on one side, so no horizontal flip).

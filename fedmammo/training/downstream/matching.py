@@ -1,4 +1,4 @@
-"""CC-MLO mass matching (seed 002, III-C-2): a siamese embedding trained with a margin loss.
+"""CC-MLO mass matching (Li et al., III-C-2): a siamese embedding trained with a margin loss.
 
 Both crops of a pair go through the same pre-trained backbone (copied) and a linear
 embedding; training minimises equation 3 (:func:`fedmammo.models.contrastive.
