@@ -234,7 +234,8 @@ def _fact_rows(runs: Sequence[RunFolder]) -> list[list[Any]]:
         if run.privacy is None:
             return NOT_RECORDED
         summary = run.privacy.get("summary") or {}
-        return ", ".join(f"{c}: {fmt_number(v.get('max_epsilon'))}" for c, v in summary.items())
+        spent = [f"{c}: {fmt_number(v.get('max_epsilon'))}" for c, v in summary.items()]
+        return ", ".join(spent) or "none (no DP)"
 
     def wall(run: RunFolder) -> str:
         w = run.meta.get("wall_seconds")

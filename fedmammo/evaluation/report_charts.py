@@ -127,7 +127,9 @@ def learning_curves_png(
     ]
     rows = [m for m in metrics if m in set(sel["metric"])]
     arms = list(dict.fromkeys(sel["arm"]))
-    fig = Figure(figsize=(3.2 * len(order) + 1.0, 2.6 * len(rows) + 0.6), layout="constrained")
+    legend_width = 0.9 + 0.065 * max(len(a) for a in arms)
+    width = max(3.3 * len(order), 4.5) + legend_width
+    fig = Figure(figsize=(width, 2.7 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), len(order), squeeze=False)
     for i, metric in enumerate(rows):
         for j, centre in enumerate(order):
@@ -143,6 +145,7 @@ def learning_curves_png(
                     marker="o",
                     ms=3,
                     color=_COLOURS[k % len(_COLOURS)],
+                    ls=("-", "--", ":")[(k // len(_COLOURS)) % 3],
                     label=arm,
                 )
             ax.set_title(f"{centre}" if i == 0 else "")
@@ -158,7 +161,7 @@ def learning_curves_png(
         fig.legend(
             [legend[a] for a in ordered], ordered, loc="outside right upper", fontsize="small"
         )
-    fig.suptitle(f"Learning curves per round and evaluating centre ({split} split)")
+    fig.suptitle(f"Learning curves per evaluating centre ({split} split)", x=0.02, ha="left")
     return _png(fig, dpi)
 
 

@@ -70,17 +70,34 @@ def is_sweep(path: str | Path) -> bool:
 
 
 def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Replace each sweep folder by its points (sorted by name); keep run folders as given."""
+    """Replace each sweep folder by its points (in sweep order); keep run folders as given."""
     out: list[Path] = []
     for path in map(Path, paths):
         if is_sweep(path):
-            points = sorted(p for p in (path / "points").iterdir() if p.is_dir())
+            points = _sweep_order(path, [p for p in (path / "points").iterdir() if p.is_dir()])
             out += [p for p in points if (p / "results.json").is_file()]
             if not any((p / "results.json").is_file() for p in points):
                 raise DataError(f"{path}: sweep folder without any point's results.json yet")
         else:
             out.append(path)
     return out
+
+
+def _natural(name: str) -> list[Any]:
+    parts = re.split(r"(\d+(?:\.\d+)?)", name)
+    return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts)]
+
+
+def _sweep_order(root: Path, points: list[Path]) -> list[Path]:
+    """Points in the order the sweep ran them (sweep.csv), else in natural order (1, 8, 100)."""
+    ran: list[str] = []
+    if (root / "sweep.csv").is_file():
+        try:
+            ran = list(dict.fromkeys(pd.read_csv(root / "sweep.csv", usecols=["point"])["point"]))
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            ran = []
+    rank = {name: i for i, name in enumerate(ran)}
+    return sorted(points, key=lambda p: (rank.get(p.name, len(rank)), _natural(p.name)))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -164,3 +164,19 @@ def test_missing_folder_and_missing_results_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no results.json"):
         write_report(tmp_path / "empty")
+
+
+def test_sweep_points_come_in_sweep_order(tmp_path):
+    sweep = make_sweep_dir(tmp_path)
+    points = sweep / "points"
+    (points / "privacy.target_epsilon=8.0").rename(points / "privacy.target_epsilon=100.0")
+    (points / "privacy.target_epsilon=1.0").rename(points / "privacy.target_epsilon=null")
+
+    natural = [p.name for p in expand_run_dirs([sweep])]
+    (sweep / "sweep.csv").write_text(
+        "arm,point\nx,privacy.target_epsilon=null\nx,privacy.target_epsilon=100.0\n"
+    )
+    ran = [p.name for p in expand_run_dirs([sweep])]
+
+    assert natural == ["privacy.target_epsilon=100.0", "privacy.target_epsilon=null"]
+    assert ran == ["privacy.target_epsilon=null", "privacy.target_epsilon=100.0"]
