@@ -1,0 +1,192 @@
+"""Figures the HTML report draws itself from the records: metric bars with CIs, learning
+curves per round and centre, a thumbnail grid; returned as PNG bytes (nothing is written)."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+__all__ = ["learning_curves_png", "metric_bars_png", "thumbnail_grid_png", "write_thumbnail_grid"]
+
+_COLOURS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:grey",
+    "tab:olive",
+    "tab:cyan",
+)
+_LABELS = {"auc": "AUROC", "auprc": "AUPRC", "wll": "weighted log loss", "f1": "F1"}
+
+
+def _png(fig: Figure, dpi: int) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _label(metric: str) -> str:
+    return _LABELS.get(metric, metric)
+
+
+def metric_bars_png(
+    final: pd.DataFrame,
+    *,
+    metric: str = "auc",
+    centres: Sequence[str] | None = None,
+    dpi: int = 90,
+) -> bytes | None:
+    """Horizontal bars of a final metric per arm, one panel per centre, CI whiskers.
+
+    ``final`` has the columns of :func:`fedmammo.evaluation.run_folder.final_records`;
+    None when it holds no value of ``metric``.
+    """
+    sel = final[(final["metric"] == metric) & final["value"].notna()]
+    if sel.empty:
+        return None
+    present = list(dict.fromkeys(sel["centre"]))
+    order = [c for c in (centres or []) if c in present] + [
+        c for c in present if c not in (centres or [])
+    ]
+    arms = list(dict.fromkeys(sel["arm"]))
+    cols = min(len(order), 4)
+    rows = math.ceil(len(order) / cols)
+    fig = Figure(figsize=(3.4 * cols + 1.6, (0.32 * len(arms) + 1.0) * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    y = np.arange(len(arms))
+    for ax, centre in zip(axes, order):
+        by_arm = sel[sel["centre"] == centre].set_index("arm")
+        values = np.array([by_arm["value"].get(a, np.nan) for a in arms], dtype=float)
+        lo = np.array([by_arm["ci_low"].get(a, np.nan) for a in arms], dtype=float)
+        hi = np.array([by_arm["ci_high"].get(a, np.nan) for a in arms], dtype=float)
+        sd = np.array([by_arm["std"].get(a, np.nan) for a in arms], dtype=float)
+        err_lo = np.where(np.isnan(lo), np.nan_to_num(sd), values - lo)
+        err_hi = np.where(np.isnan(hi), np.nan_to_num(sd), hi - values)
+        colours = [_COLOURS[i % len(_COLOURS)] for i in range(len(arms))]
+        ax.barh(y, np.nan_to_num(values), color=colours, alpha=0.8)
+        ax.errorbar(
+            values,
+            y,
+            xerr=np.vstack([np.clip(np.nan_to_num(err_lo), 0, None), np.nan_to_num(err_hi)]),
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            lw=1,
+        )
+        if metric in {"auc", "auprc", "accuracy", "f1"}:
+            ax.set_xlim(0, 1.0)
+        if metric == "auc":
+            ax.axvline(0.5, color="lightgrey", ls="--", lw=0.8)
+        ax.set_title(str(centre))
+        ax.set_xlabel(_label(metric))
+        ax.set_yticks(y, arms)
+        ax.set_ylim(len(arms) - 0.5, -0.5)  # first arm on top, as in the tables
+    for ax in axes[len(order) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"Test {_label(metric)} per arm and evaluating centre (95% CI or seed s.d.)")
+    return _png(fig, dpi)
+
+
+def learning_curves_png(
+    frame: pd.DataFrame,
+    *,
+    metrics: Sequence[str] = ("auc", "wll"),
+    centres: Sequence[str] | None = None,
+    dpi: int = 90,
+) -> bytes | None:
+    """Per-round metrics, one row per metric and one column per centre, one line per arm.
+
+    Uses validation records (whole centre, seeds averaged), else per-round test records;
+    None when the records have no per-round values of ``metrics``.
+    """
+    rounds = frame[frame["round"].notna() & frame["segment"].isna()]
+    for split in ("val", "test"):
+        sel = rounds[(rounds["split"] == split) & rounds["metric"].isin(list(metrics))]
+        if not sel.empty:
+            break
+    else:
+        return None
+    sel = sel.assign(value=pd.to_numeric(sel["value"], errors="coerce"))
+    mean = sel.groupby(["metric", "centre", "arm", "round"])["value"].mean().sort_index()
+    present = list(dict.fromkeys(sel["centre"]))
+    order = [c for c in (centres or []) if c in present] + [
+        c for c in present if c not in (centres or [])
+    ]
+    rows = [m for m in metrics if m in set(sel["metric"])]
+    arms = list(dict.fromkeys(sel["arm"]))
+    legend_width = 0.9 + 0.065 * max(len(a) for a in arms)
+    width = max(3.3 * len(order), 4.5) + legend_width
+    fig = Figure(figsize=(width, 2.7 * len(rows) + 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), len(order), squeeze=False)
+    for i, metric in enumerate(rows):
+        for j, centre in enumerate(order):
+            ax = axes[i][j]
+            for k, arm in enumerate(arms):
+                try:
+                    series = mean.loc[(metric, centre, arm)].sort_index()
+                except KeyError:
+                    continue
+                ax.plot(
+                    series.index.to_numpy(dtype=float),
+                    series.to_numpy(dtype=float),
+                    marker="o",
+                    ms=3,
+                    color=_COLOURS[k % len(_COLOURS)],
+                    ls=("-", "--", ":")[(k // len(_COLOURS)) % 3],
+                    label=arm,
+                )
+            ax.set_title(f"{centre}" if i == 0 else "")
+            ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(f"{split} {_label(metric)}" if j == 0 else "")
+    legend = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        ordered = [a for a in arms if a in legend]
+        fig.legend(
+            [legend[a] for a in ordered], ordered, loc="outside right upper", fontsize="small"
+        )
+    fig.suptitle(f"Learning curves per evaluating centre ({split} split)", x=0.02, ha="left")
+    return _png(fig, dpi)
+
+
+def thumbnail_grid_png(images: np.ndarray, *, cols: int = 8, dpi: int = 80) -> bytes:
+    """A grid of grey images ``(n, h, w)`` (any numeric dtype, each scaled to its own range)."""
+    arr = np.asarray(images, dtype=float)
+    if arr.ndim != 3 or arr.shape[0] == 0:
+        raise ValueError(f"images must have shape (n, h, w) with n > 0, got {arr.shape}")
+    n, h, w = arr.shape
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(cols * 1.1 * w / max(h, w) + 0.2, rows * 1.1 * h / max(h, w) + 0.2))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, img in zip(axes, arr):
+        lo, hi = float(img.min()), float(img.max())
+        ax.imshow((img - lo) / (hi - lo) if hi > lo else img * 0, cmap="gray", vmin=0, vmax=1)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.subplots_adjust(0.01, 0.01, 0.99, 0.99, 0.05, 0.05)
+    return _png(fig, dpi)
+
+
+def write_thumbnail_grid(images: np.ndarray, path: str | Path, *, cols: int = 8) -> Path:
+    """Write :func:`thumbnail_grid_png` to ``path`` (a centre's ``thumbnails/<centre>.png``)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(thumbnail_grid_png(images, cols=cols))
+    return out

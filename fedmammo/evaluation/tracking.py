@@ -1,0 +1,257 @@
+"""Optional, offline experiment tracking: TensorBoard event files and/or a local MLflow store.
+
+A scenario's ``tracking:`` section turns it on::
+
+    tracking:
+      tensorboard: true          # <run_dir>/tensorboard/ (or {log_dir: PATH})
+      mlflow: true               # sqlite:///<run_dir>/mlflow.db, artefacts in <run_dir>/mlartifacts
+                                 # (or {tracking_uri: URI, experiment: NAME})
+
+Nothing is sent anywhere: both write files in the run folder, and MLflow's telemetry is off.
+Without a ``tracking`` section :class:`Tracker` does nothing, at no cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedmammo.errors import ConfigError
+
+__all__ = ["Tracker", "tracking_settings"]
+
+logger = logging.getLogger(__name__)
+
+_KEYS = {"tensorboard": {"log_dir"}, "mlflow": {"tracking_uri", "experiment"}}
+_MLFLOW_KEY = re.compile(r"[^\w\-. /:]")
+_RUN_ID_FILE = "mlflow_run_id"
+_SCENARIO_KEYS = {"name", "centres", "strategy"}
+
+
+def tracking_settings(cfg: Any) -> dict[str, dict[str, Any]]:
+    """Normalise a ``tracking`` config to ``{backend: options}`` (enabled backends only).
+
+    ``cfg`` is None, the ``tracking`` mapping itself, a mapping holding a ``tracking`` key
+    (the resolved scenario), or an object with a ``tracking`` attribute (a pydantic model).
+    """
+    if cfg is not None and not isinstance(cfg, Mapping) and hasattr(cfg, "tracking"):
+        cfg = cfg.tracking
+    if hasattr(cfg, "model_dump"):
+        cfg = cfg.model_dump()
+    if isinstance(cfg, Mapping) and ("tracking" in cfg or _SCENARIO_KEYS & set(cfg)):
+        cfg = cfg.get("tracking")  # a (resolved) scenario, with or without tracking
+    if not cfg:
+        return {}
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"key 'tracking': expected a mapping, got {type(cfg).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in cfg.items():
+        if name not in _KEYS:
+            raise ConfigError(
+                f"key 'tracking.{name}': unknown tracker; valid: {', '.join(sorted(_KEYS))}"
+            )
+        if value is None or value is False:
+            continue
+        options = {} if value is True else value
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"key 'tracking.{name}': expected true, false or a mapping")
+        unknown = set(options) - _KEYS[name]
+        if unknown:
+            raise ConfigError(
+                f"key 'tracking.{name}.{sorted(unknown)[0]}': unknown option; "
+                f"valid: {', '.join(sorted(_KEYS[name]))}"
+            )
+        out[name] = dict(options)
+    return out
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = "null" if v is None else str(v)
+    return out
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(x):
+            out[str(k)] = x
+    return out
+
+
+class _TensorBoard:
+    def __init__(self, run_dir: Path, options: Mapping[str, Any]) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # tensorboard itself missing
+            raise ConfigError(
+                "key 'tracking.tensorboard' needs the tensorboard package; "
+                "fix: pip install 'fedmammo[tracking]'"
+            ) from exc
+        self.log_dir = Path(options.get("log_dir") or run_dir / "tensorboard")
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def log_round(self, arm: str, centre: str, rnd: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"{arm}/{centre}/{name}", value, global_step=rnd)
+
+    def log_params(self, scenario: Mapping[str, Any]) -> None:
+        text = yaml.safe_dump(dict(scenario), sort_keys=False)
+        self.writer.add_text("scenario", "```\n" + text + "\n```", global_step=0)
+
+    def log_artifact(self, path: Path) -> None:
+        self.writer.add_text("artifacts", str(path), global_step=0)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+class _MLflow:
+    def __init__(self, run_dir: Path, options: Mapping[str, Any], name: str) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline, no usage pings
+        with warnings.catch_warnings():
+            # MLflow's SQL store uses a SQLAlchemy loader that SQLAlchemy 2.1 deprecates: not
+            # ours to fix, and a default run prints no warnings
+            warnings.filterwarnings("ignore", message=".*noload", category=DeprecationWarning)
+            self._open(run_dir, options, name)
+
+    def _open(self, run_dir: Path, options: Mapping[str, Any], name: str) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            raise ConfigError(
+                "key 'tracking.mlflow' needs MLflow; fix: pip install 'fedmammo[tracking]'"
+            ) from exc
+        self.uri = options.get("tracking_uri") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.client = MlflowClient(tracking_uri=self.uri)
+        experiment = options.get("experiment") or name
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            artifacts = (run_dir / "mlartifacts").resolve().as_uri()
+            experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+        id_file = run_dir / _RUN_ID_FILE
+        if id_file.is_file():  # a resumed run keeps logging into its MLflow run
+            self.run_id = id_file.read_text().strip()
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                experiment_id, run_name=run_dir.name, tags={"fedmammo.run_dir": str(run_dir)}
+            )
+            self.run_id = run.info.run_id
+            id_file.write_text(self.run_id + "\n")
+
+    @staticmethod
+    def key(*parts: str) -> str:
+        return "/".join(_MLFLOW_KEY.sub("_", p) for p in parts)
+
+    def log_round(self, arm: str, centre: str, rnd: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(self.key(arm, centre, k), v, now, int(rnd)) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_params(self, scenario: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = _flatten(scenario)
+        params = [Param(self.key(k)[:250], v[:6000]) for k, v in flat.items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        text = yaml.safe_dump(dict(scenario), sort_keys=False)
+        self.client.log_text(self.run_id, text, "scenario.resolved.yaml")
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+
+class Tracker:
+    """Per-round metrics, parameters and artefacts to the configured trackers (or nowhere)."""
+
+    def __init__(self, backends: list[Any] | None = None) -> None:
+        self._backends = list(backends or [])
+
+    @classmethod
+    def from_config(cls, cfg: Any, run_dir: str | Path, *, name: str | None = None) -> Tracker:
+        """Open the trackers ``cfg`` turns on (see :func:`tracking_settings`) for a run folder.
+
+        ``name`` is the MLflow experiment (default: the scenario name from ``cfg`` when it is
+        the resolved scenario, else the run folder's parent name).
+        """
+        settings = tracking_settings(cfg)
+        if not settings:
+            return cls()
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if name is None:
+            name = cfg.get("name") if isinstance(cfg, Mapping) else getattr(cfg, "name", None)
+        name = str(name or run_dir.resolve().parent.name or "fedmammo")
+        backends: list[Any] = []
+        if "tensorboard" in settings:
+            backends.append(_TensorBoard(run_dir, settings["tensorboard"]))
+        if "mlflow" in settings:
+            backends.append(_MLflow(run_dir, settings["mlflow"], name))
+        return cls(backends)
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one tracker is on."""
+        return bool(self._backends)
+
+    def log_round(self, arm: str, centre: str, round: int, metrics: Mapping[str, Any]) -> None:
+        """Log one round's scalar metrics of an arm at a centre (non-finite values skipped)."""
+        if not self._backends:
+            return
+        values = _finite(metrics)
+        for b in self._backends:
+            b.log_round(str(arm), str(centre), int(round), values)
+
+    def log_params(self, resolved_scenario: Mapping[str, Any]) -> None:
+        """Log the resolved scenario (flattened ``a.b.c`` parameters, and as YAML text)."""
+        for b in self._backends:
+            b.log_params(resolved_scenario)
+
+    def log_artifact(self, path: str | Path) -> None:
+        """Attach a file (e.g. report.html) to the tracked run."""
+        for b in self._backends:
+            b.log_artifact(Path(path))
+
+    def close(self) -> None:
+        """Flush and close every tracker (the MLflow run is marked finished)."""
+        for b in self._backends:
+            try:
+                b.close()
+            except Exception:  # closing must not lose a finished run's results
+                logger.exception("closing tracker %s failed", type(b).__name__)
+        self._backends = []
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,74 @@
+"""Write a run's report.html, or a comparison page of several runs or a sweep.
+
+python -m fedmammo.report RUN_DIR [RUN_DIR ...] [--out FILE] [--metric auc ...]
+                          [--show-real-thumbnails]
+
+One run folder: RUN_DIR/report.html. One sweep folder (points/ inside): each point's
+report.html and SWEEP/report.html comparing the points. Several folders: one comparison page
+(--out, default ./comparison.html), one column per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fedmammo.errors import FedmammoError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fedmammo.report",
+        description="Write report.html of a run folder, or a comparison page of several runs.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or sweep folder(s)")
+    p.add_argument("--out", type=Path, help="output file (default: see above)")
+    p.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        help="metric rows of the comparison page (repeatable; default auc)",
+    )
+    p.add_argument(
+        "--show-real-thumbnails",
+        action="store_true",
+        help="also show thumbnail grids of centres with real (non-synthetic) images",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 with a one-line error for bad input)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from fedmammo.evaluation.html_report import write_comparison, write_report
+    from fedmammo.evaluation.run_folder import expand_run_dirs, is_sweep
+
+    dirs = [Path(d) for d in args.run_dirs]
+    metrics = tuple(args.metrics or ("auc",))
+    try:
+        for d in dirs:
+            if not d.is_dir():
+                raise FedmammoError(f"{d}: no such run folder")
+        if len(dirs) == 1 and not is_sweep(dirs[0]):
+            out = write_report(
+                dirs[0], out=args.out, show_real_thumbnails=args.show_real_thumbnails
+            )
+        else:
+            for point in (p for d in dirs if is_sweep(d) for p in expand_run_dirs([d])):
+                write_report(point, show_real_thumbnails=args.show_real_thumbnails)
+            default = dirs[0] / "report.html" if len(dirs) == 1 else Path("comparison.html")
+            out = write_comparison(dirs, args.out or default, metrics=metrics)
+    except FedmammoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""report.html and the comparison page, built from a tiny run folder written by the test."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from report_fixture import make_run_dir, make_sweep_dir, parse
+
+from fedmammo.errors import DataError
+from fedmammo.evaluation.html_parts import fmt_value
+from fedmammo.evaluation.html_report import write_comparison, write_report
+from fedmammo.evaluation.run_folder import expand_run_dirs, final_records, load_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _final(run_dir, metric="auc"):
+    """Reference: final whole-centre test records of results.json, by (arm, centre)."""
+    recs = json.loads((run_dir / "results.json").read_text())["metrics"]
+    return {
+        (r["arm"], r["centre"]): r
+        for r in recs
+        if r["split"] == "test"
+        and r["metric"] == metric
+        and r["segment"] is None
+        and r["round"] is None
+    }
+
+
+def test_report_is_self_contained_and_every_image_is_an_embedded_png(tmp_path):
+    run = make_run_dir(tmp_path)
+
+    html = write_report(run).read_text()
+
+    assert (run / "report.html").is_file()
+    # no resource outside the page: every src/href is a data URI or an in-page anchor
+    for attr, url in re.findall(r'\b(src|href)="([^"]*)"', html):
+        assert url.startswith(("data:", "#")), (attr, url)
+    assert "<script" not in html and "@import" not in html and "url(" not in html
+    images = parse(html).images
+    assert len(images) >= 3  # the run's plot, generated learning curves, a's thumbnails
+    for img in images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)
+        assert base64.b64decode(img["src"][len(prefix) :]).startswith(PNG_MAGIC)
+
+
+def test_results_table_cells_equal_results_json(tmp_path):
+    run = make_run_dir(tmp_path)
+
+    cells = parse(write_report(run).read_text()).cells
+
+    for metric in ("auc", "auprc"):
+        expected = _final(run, metric)
+        shown = {
+            (c["data-arm"], c["data-centre"]): c
+            for c in cells
+            if c.get("data-metric") == metric and "data-centre" in c
+        }
+        assert set(shown) == set(expected)
+        for key, rec in expected.items():
+            assert float(shown[key]["data-value"]) == rec["value"]
+            assert shown[key]["text"] == fmt_value(rec["value"], rec["ci_low"], rec["ci_high"])
+    segments = [c for c in cells if "data-segment" in c]
+    assert {c["data-segment"] for c in segments} == {"A-Ma", "A-Mb", "B-Ma", "B-Mb"}
+
+
+def test_several_seeds_show_mean_and_spread(tmp_path):
+    run = make_run_dir(tmp_path, seeds=(0, 1))
+
+    final = final_records(load_run(run).frame())
+
+    row = final[(final.metric == "auc") & (final.arm == "federated") & (final.centre == "a")]
+    assert row["value"].item() == pytest.approx(0.715)  # 0.71 and 0.72
+    assert row["std"].item() == pytest.approx(0.00707, abs=1e-4)
+    assert row["ci_low"].isna().item() and row["n_seeds"].item() == 2
+
+
+def test_header_centres_and_audit_trail(tmp_path):
+    run = make_run_dir(tmp_path)
+
+    html = write_report(run).read_text()
+
+    assert "0123456789abcdef0123456789abcdef01234567" in html
+    assert "torch 2.4.0" in html and "Test CPU; 2 cores; 8.0 GiB RAM; no GPU" in html
+    assert "12.5 s" in html and "2026-01-01 12:00:00" in html and "complete" in html
+    # centres: consent, budget, epsilon spent, counts per segment and split
+    assert "models yes, generators no" in html and "target epsilon 4" in html
+    assert "2.5 (delta 1e-05)" in html and "dataset dicom-folder" in html
+    assert "12 (4 malignant)" in html and "3 (0 malignant, 3 unlabelled)" in html
+    assert "malignancy 75%" in html
+    # audit trail
+    for text in ("egress refused", "budget spent", "dropped 1 lesion box", "privacy note"):
+        assert text in html
+    assert "DEBUG flwr" not in html and ">pooled<" not in html
+
+
+def test_missing_provenance_says_not_recorded_and_interrupted_run_says_so(tmp_path):
+    run = make_run_dir(tmp_path, provenance=False, done=False)
+
+    html = write_report(run).read_text()
+
+    for key in ("git commit", "package versions", "machine"):
+        assert re.search(rf"<dt>{key}</dt><dd>not recorded</dd>", html), key
+    assert "incomplete: 0 of 2 arm-seed runs done" in html
+
+
+def test_thumbnails_only_for_synthetic_centres_unless_asked(tmp_path):
+    run = make_run_dir(tmp_path)
+
+    default = parse(write_report(run).read_text()).images
+    asked = parse(write_report(run, show_real_thumbnails=True).read_text()).images
+
+    assert [i["alt"] for i in default if i["alt"].startswith("images of")] == ["images of a"]
+    assert [i["alt"] for i in asked if i["alt"].startswith("images of")] == [
+        "images of a",
+        "images of b",
+    ]
+
+
+def test_metric_bars_drawn_only_without_plots_and_results_md_tables_rendered(tmp_path):
+    with_plots = make_run_dir(tmp_path, "r1")
+    without = make_run_dir(tmp_path, "r2", plots=False)
+
+    alts_with = [i["alt"] for i in parse(write_report(with_plots).read_text()).images]
+    html = write_report(without).read_text()
+    alts_without = [i["alt"] for i in parse(html).images]
+
+    assert "test_roc_seed0" in alts_with and "test AUROC per arm" not in alts_with
+    assert "test AUROC per arm" in alts_without and "learning curves" in alts_without
+    md = html[html.index("id='results-md'") :]
+    assert md.count("<table>") == 2
+    assert "<td>61.00 (50.00, 70.00)</td>" in md and "<code>code</code>" in md
+
+
+def test_comparison_has_one_column_per_run_and_expands_sweeps(tmp_path):
+    r1 = make_run_dir(tmp_path, "r1")
+    r2 = make_run_dir(tmp_path, "r2", offset=0.05)
+    sweep = make_sweep_dir(tmp_path)
+
+    out = write_comparison([r1, sweep, r2], tmp_path / "cmp.html")
+
+    html = out.read_text()
+    cells = parse(html).cells
+    labels = ["tiny/r1", "privacy.target_epsilon=1.0", "privacy.target_epsilon=8.0", "tiny/r2"]
+    assert list(dict.fromkeys(c["data-run"] for c in cells)) == labels
+    runs = [r1, *expand_run_dirs([sweep]), r2]
+    for label, run in zip(labels, runs):
+        expected = _final(run)
+        shown = {(c["data-arm"], c["data-centre"]): c for c in cells if c["data-run"] == label}
+        assert {k: float(c["data-value"]) for k, c in shown.items()} == {
+            k: r["value"] for k, r in expected.items()
+        }
+    assert "privacy.target_epsilon=8.0" in html and "a: 2.5" in html  # settings, epsilon
+    assert "privacy_utility" in html  # the sweep's own figure
+
+
+def test_missing_folder_and_missing_results_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="no such run folder"):
+        write_report(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no results.json"):
+        write_report(tmp_path / "empty")
+
+
+def test_sweep_points_come_in_sweep_order(tmp_path):
+    sweep = make_sweep_dir(tmp_path)
+    points = sweep / "points"
+    (points / "privacy.target_epsilon=8.0").rename(points / "privacy.target_epsilon=100.0")
+    (points / "privacy.target_epsilon=1.0").rename(points / "privacy.target_epsilon=null")
+
+    natural = [p.name for p in expand_run_dirs([sweep])]
+    (sweep / "sweep.csv").write_text(
+        "arm,point\nx,privacy.target_epsilon=null\nx,privacy.target_epsilon=100.0\n"
+    )
+    ran = [p.name for p in expand_run_dirs([sweep])]
+
+    assert natural == ["privacy.target_epsilon=100.0", "privacy.target_epsilon=null"]
+    assert ran == ["privacy.target_epsilon=null", "privacy.target_epsilon=100.0"]

@@ -1,0 +1,53 @@
+"""python -m fedmammo.report: one run, several runs, a sweep, and one-line errors."""
+
+from __future__ import annotations
+
+from report_fixture import make_run_dir, make_sweep_dir
+
+from fedmammo.report import main
+
+
+def test_one_run_writes_its_report(tmp_path, capsys):
+    run = make_run_dir(tmp_path)
+
+    code = main([str(run)])
+
+    assert code == 0 and (run / "report.html").is_file()
+    assert capsys.readouterr().out.strip() == str(run / "report.html")
+
+
+def test_several_runs_write_one_comparison_page(tmp_path, monkeypatch):
+    r1, r2 = make_run_dir(tmp_path, "r1"), make_run_dir(tmp_path, "r2", offset=0.1)
+    monkeypatch.chdir(tmp_path)
+
+    assert main([str(r1), str(r2)]) == 0
+    assert main([str(r1), str(r2), "--out", str(tmp_path / "x.html"), "--metric", "auprc"]) == 0
+
+    html = (tmp_path / "comparison.html").read_text()
+    assert 'id="comparison"' in html and "tiny/r1" in html and "tiny/r2" in html
+    assert 'data-metric="auprc"' in (tmp_path / "x.html").read_text()
+    assert not (r1 / "report.html").exists()
+
+
+def test_a_sweep_writes_each_point_and_the_comparison(tmp_path):
+    sweep = make_sweep_dir(tmp_path)
+
+    assert main([str(sweep)]) == 0
+
+    assert (sweep / "report.html").is_file()
+    assert all((p / "report.html").is_file() for p in (sweep / "points").iterdir())
+    assert "points/privacy.target_epsilon=1.0/report.html" in (sweep / "report.html").read_text()
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+
+    missing = main([str(tmp_path / "nope")])
+    err_missing = capsys.readouterr().err
+    empty = main([str(tmp_path / "empty")])
+    err_empty = capsys.readouterr().err
+
+    assert missing == 2 and err_missing == f"error: {tmp_path / 'nope'}: no such run folder\n"
+    assert (
+        empty == 2 and err_empty == f"error: {tmp_path / 'empty'}: no results.json in this folder\n"
+    )
