@@ -114,10 +114,13 @@ class LabelSpec(Strict):
 
 
 class SharingSpec(Strict):
-    """What a centre may send out (pixels never, except the simulation-only real-patch arm)."""
+    """What a centre consents to send out, per reply kind; enforced at the centre whatever the
+    server asks (pixels never, except the simulation-only real-patch arm)."""
 
-    models: bool = True
-    generators: bool = True
+    models: bool = True  # trained model weights (FedAvg, periodic sampling, multi-task)
+    generators: bool = True  # trained GAN generator weights
+    metrics: bool = True  # evaluation metrics and counts (AUROC, CIs, plot counts)
+    audits: bool = True  # membership-inference audit results (attack AUC, TPR)
     real_patches_in_simulation: bool = False
 
 

@@ -1,8 +1,10 @@
 """The centre: a Flower ClientApp built from the methods' handlers plus federation's own.
 
-Every reply passes the egress guard (:func:`fedmammo.federation.egress.egress_mod`), and a
-centre whose profile asks for DP refuses training messages whose handler declares no DP path
-(:func:`fedmammo.federation.privacy.ledger.dp_guard_mod`).
+Every message passes the consent guard (:func:`fedmammo.federation.consent.consent_mod`:
+the centre's own ``sharing`` block against the consent the handler declares), a centre whose
+profile asks for DP refuses training messages whose handler declares no DP path
+(:func:`fedmammo.federation.privacy.ledger.dp_guard_mod`), and every reply passes the egress
+guard (:func:`fedmammo.federation.egress.egress_mod`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterable
 
 from flwr.clientapp import ClientApp
 
+from fedmammo.federation.consent import consent_mod
 from fedmammo.federation.egress import egress_mod
 from fedmammo.federation.handlers import Handler
 from fedmammo.federation.identify import identify
@@ -37,7 +40,8 @@ def build_client_app(handlers: Iterable[Handler]) -> ClientApp:
     """A ClientApp answering ``handlers`` (and the core ones) through the DP and egress mods."""
     table = collect_handlers(handlers)
     dp_capable = [t for t, h in table.items() if h.dp]
-    app = ClientApp(mods=[dp_guard_mod(dp_capable), egress_mod])
+    consents = {t: h.consent for t, h in table.items()}
+    app = ClientApp(mods=[consent_mod(consents), dp_guard_mod(dp_capable), egress_mod])
     for _, h in sorted(table.items()):
         getattr(app, h.category)(h.action)(h.fn)
     return app

@@ -108,8 +108,10 @@ def test_mod_defaults_to_incoming_arrays_as_reference(model_state):
         egress_mod(_message_with(None), _context(), echo)
 
 
-def test_client_app_runs_the_dp_guard_and_the_egress_guard_on_every_message():
+def test_client_app_runs_the_consent_dp_and_egress_guards_on_every_message():
     from fedmammo.apps import client_app as app
 
-    assert len(app._mods) == 2 and app._mods[1] is egress_mod
-    assert app._mods[0].__qualname__ == "dp_guard_mod.<locals>.mod"
+    consent, dp_guard, egress = app._mods
+    assert egress is egress_mod
+    assert consent.__qualname__ == "consent_mod.<locals>.mod"
+    assert dp_guard.__qualname__ == "dp_guard_mod.<locals>.mod"
