@@ -99,7 +99,7 @@ def attack_metrics(
     return MetricRecord(metrics)
 
 
-@handler("evaluate.audit")
+@handler("evaluate.audit", consent="audits")
 def audit(msg: Message, context: Context) -> Message:
     """Loss-threshold attack on the received classifier: members = this centre's train split
     (restricted to the config's ``segments`` when given), non-members its val and test.

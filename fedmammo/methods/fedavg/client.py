@@ -22,7 +22,7 @@ def _n(rows) -> int:
     return int(sum(map(len, rows)) if isinstance(rows, list) else len(rows))
 
 
-@handler("train.classifier", dp=True)
+@handler("train.classifier", dp=True, consent="models")
 def train(msg: Message, context: Context) -> Message:
     """Train the received classifier on this centre's training split; return weights."""
     start = time.perf_counter()
@@ -63,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
     return reply(msg, context, records, model)
 
 
-@handler("evaluate.classifier")
+@handler("evaluate.classifier", consent="metrics")
 def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of the received classifier on one split of this centre, global and per segment."""
     start = time.perf_counter()

@@ -63,7 +63,7 @@ def _labelled(data: CentreData, rows: np.ndarray, labels: np.ndarray) -> DataLoa
     return mtl_loader(data, rows[keep], y, u, batch_size=EVAL_BATCH)
 
 
-@handler("evaluate.mtl_audit")
+@handler("evaluate.mtl_audit", consent="audits")
 def mtl_audit(msg: Message, context: Context) -> Message:
     """Loss-threshold attack on the received multi-task net's malignancy task (module doc)."""
     start = time.perf_counter()

@@ -209,7 +209,7 @@ def _dp_session(
     )
 
 
-@handler("train.mtl", dp=True)
+@handler("train.mtl", dp=True, consent="models")
 def train(msg: Message, context: Context) -> Message:
     """Train the received multi-task net on this centre's training split; return weights.
 
@@ -283,7 +283,7 @@ def train(msg: Message, context: Context) -> Message:
     return reply(msg, context, records, model)
 
 
-@handler("evaluate.mtl")
+@handler("evaluate.mtl", consent="metrics")
 def evaluate(msg: Message, context: Context) -> Message:
     """Multi-task metric records of the received net on one split of this centre."""
     start = time.perf_counter()
@@ -327,7 +327,7 @@ def _plot_dir(context: Context, ident: CentreIdentity, cfg: Mapping) -> Path:
     return Path(str(cfg["plot-dir"]))
 
 
-@handler("query.latent")
+@handler("query.latent", consent="metrics")
 def latent(msg: Message, context: Context) -> Message:
     """Draw the latent map of the received models on one split; reply with counts only.
 

@@ -139,7 +139,7 @@ def _round_sampler(
     return _ContinuedStream(inner, int(cfg.get("stream-epoch", 0)))
 
 
-@handler("train.periodic", dp=True)
+@handler("train.periodic", dp=True, consent="models")
 def train(msg: Message, context: Context) -> Message:
     """Train on the round's quota (or sampler steps) of the named segments; return weights."""
     start = time.perf_counter()
@@ -244,7 +244,7 @@ def comparison_records(
     return records
 
 
-@handler("evaluate.periodic")
+@handler("evaluate.periodic", consent="metrics")
 def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of ``arrays`` on one split, globally and per segment; deltas vs baselines."""
     start = time.perf_counter()
@@ -283,7 +283,7 @@ def _plot_dir(context: Context, ident: CentreIdentity, cfg: ConfigRecord) -> Pat
     return Path(str(cfg["plot-dir"]))
 
 
-@handler("query.periodic_plots")
+@handler("query.periodic_plots", consent="metrics")
 def plots(msg: Message, context: Context) -> Message:
     """Draw ROC curves and prediction histograms of ``arrays-<k>`` here; reply with counts."""
     cfg = msg.content["config"]

@@ -119,7 +119,7 @@ def lesions(ps: PatchSet) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- sharing centre
-@handler("train.generator", dp=True)
+@handler("train.generator", dp=True, consent="generators")
 def train_generator(msg: Message, context: Context) -> Message:
     """Train a generator on this centre's lesion patches; reply weights, description, quality."""
     start = time.perf_counter()

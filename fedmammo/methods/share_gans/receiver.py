@@ -197,7 +197,7 @@ def _model(spec: Mapping, patch_size: int, seed: int) -> torch.nn.Module:
     return build_model(spec["name"], **options)
 
 
-@handler("train.patch_classifier")
+@handler("train.patch_classifier", consent="metrics")
 def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
     """Train and test the receiver's patch classifier for one arm; reply test metrics only."""
     start = time.perf_counter()
