@@ -75,3 +75,6 @@ def test_every_method_runs_end_to_end_on_tiny_data(kind, tmp_path, monkeypatch):
     }
     summary = (tmp_path / "run" / "results.md").read_text()
     assert summary.startswith(f"# Results: {scenario.name}")
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert report.startswith("<!DOCTYPE html>") and scenario.name in report
+    assert results["meta"]["versions"]["flwr"].startswith("1.41")

@@ -11,7 +11,7 @@ from fedmammo.config.dotted import apply_dotted
 from fedmammo.config.profile import CentreProfile, PrivacySpec, Strict
 from fedmammo.config.recipe import known_kinds, validate_recipe_params
 
-__all__ = ["CentreEntry", "FaultSpec", "Scenario", "StrategySpec"]
+__all__ = ["CentreEntry", "FaultSpec", "Scenario", "StrategySpec", "TrackingSpec"]
 
 
 class StrategySpec(Strict):
@@ -58,6 +58,26 @@ class CentreEntry(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class TensorBoardSpec(Strict):
+    """TensorBoard event files (default folder: ``<run dir>/tensorboard``)."""
+
+    log_dir: str | None = None
+
+
+class MlflowSpec(Strict):
+    """A local MLflow store (default: ``sqlite:///<run dir>/mlflow.db``)."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class TrackingSpec(Strict):
+    """Offline experiment tracking of per-round metrics (the ``tracking`` extra)."""
+
+    tensorboard: bool | TensorBoardSpec = False
+    mlflow: bool | MlflowSpec = False
+
+
 class Scenario(Strict):
     """A scenario: centres (resolved profiles), a strategy recipe, seeds and run settings."""
 
@@ -74,6 +94,7 @@ class Scenario(Strict):
     privacy: PrivacySpec | None = None  # scenario-wide default; a profile's own wins
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
     faults: list[FaultSpec] = Field(default_factory=list)
+    tracking: TrackingSpec | None = None  # TensorBoard / MLflow, files in the run folder
     quick: dict[str, Any] = Field(default_factory=dict)  # scenario keys overridden by --quick
     # filled by load_scenario:
     resolved_profiles: dict[str, CentreProfile] = Field(default_factory=dict)

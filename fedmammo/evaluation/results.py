@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class RunRecorder:
         self.failures: list[dict] = []
         self.notes: list[str] = []
         self.progress: dict[str, Any] = {}
+        self._listeners: list[Callable[[str, list[dict]], None]] = []
         path = self.run_dir / "results.json"
         if resume and path.is_file():
             old = json.loads(path.read_text())
@@ -56,6 +58,16 @@ class RunRecorder:
             self.notes = old.get("notes", [])
             self.progress = old.get("progress", {})
             self.metrics = [r for r in old.get("metrics", []) if self._completed(r)]
+
+    # ------------------------------------------------------------------ listeners
+    def subscribe(self, listener: Callable[[str, list[dict]], None]) -> None:
+        """Call ``listener(event, records)`` on ``"records"`` (new metric records, after
+        :meth:`add`) and ``"progress"`` (a round or an arm completed and flushed)."""
+        self._listeners.append(listener)
+
+    def _notify(self, event: str, records: list[dict]) -> None:
+        for listener in self._listeners:
+            listener(event, records)
 
     # ------------------------------------------------------------------ progress
     @staticmethod
@@ -79,10 +91,12 @@ class RunRecorder:
     def complete_round(self, arm: str, seed: int, rnd: int) -> None:
         self.progress.setdefault(self.key(arm, seed), {})["round"] = rnd
         self.flush()
+        self._notify("progress", [])
 
     def complete_arm(self, arm: str, seed: int) -> None:
         self.progress.setdefault(self.key(arm, seed), {})["done"] = True
         self.flush()
+        self._notify("progress", [])
 
     # ------------------------------------------------------------------ records
     def add(
@@ -96,6 +110,7 @@ class RunRecorder:
         round: int | None = None,
     ) -> None:
         """Add metric records (``segment, metric, value, ci_low, ci_high``) with their context."""
+        start = len(self.metrics)
         for r in records:
             self.metrics.append(
                 {
@@ -111,6 +126,7 @@ class RunRecorder:
                     "round": round,
                 }
             )
+        self._notify("records", self.metrics[start:])
 
     def failure(
         self,

@@ -10,8 +10,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
+from fedmammo.evaluation.provenance import run_provenance
 from fedmammo.evaluation.report import write_summary
 from fedmammo.evaluation.results import RunRecorder
+from fedmammo.evaluation.run_outputs import attach_run_outputs
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.runspec import RunSpec, load_runspec, scenario_of
 
@@ -40,7 +42,12 @@ def run_scenario(grid: Grid, spec: RunSpec, run: Runner, section: Section) -> Ru
             "quick": spec.quick,
             "deployment": spec.deployment,
             "centre_order": scenario.centre_names(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **run_provenance(),
         },
+    )
+    outputs = attach_run_outputs(
+        recorder, scenario.model_dump(mode="json", exclude={"source_file"}, exclude_none=True)
     )
     orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
     expected = len(spec.node_order) or len(scenario.centres)
@@ -57,6 +64,7 @@ def run_scenario(grid: Grid, spec: RunSpec, run: Runner, section: Section) -> Ru
         recorder.meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
         recorder.flush()
         write_summary(recorder, orc.console, section=section)
+        outputs.close()
     return recorder
 
 

@@ -1,0 +1,81 @@
+"""What a run writes besides results.json while it runs: report.html and the trackers.
+
+:func:`attach_run_outputs` subscribes to a :class:`~fedmammo.evaluation.results.RunRecorder`:
+every per-round record goes to the configured trackers (TensorBoard, MLflow: ``tracking:``
+in the scenario), and ``report.html`` is rewritten after completed rounds and arms (at most
+every ``report_every`` seconds, so a long study does not spend its time on pages) and once
+more by :meth:`RunOutputs.close`, so an interrupted run has a report too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedmammo.evaluation.html_report import write_report
+from fedmammo.evaluation.results import RunRecorder
+from fedmammo.evaluation.tracking import Tracker
+
+__all__ = ["RunOutputs", "attach_run_outputs"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutputs:
+    """The report writer and trackers of one run (see :func:`attach_run_outputs`)."""
+
+    recorder: RunRecorder
+    tracker: Tracker
+    report_every: float = 30.0
+    _last_report: float = field(default=float("-inf"), repr=False)
+
+    def on_event(self, event: str, records: list[dict]) -> None:
+        """Recorder listener: per-round records to the trackers, the report after progress."""
+        if event == "records":
+            self._track(records)
+        elif time.monotonic() - self._last_report >= self.report_every:
+            self.write_report()
+
+    def _track(self, records: list[dict]) -> None:
+        if not self.tracker.enabled:
+            return
+        for r in records:
+            if r["round"] is None or r["value"] is None:
+                continue
+            name = f"{r['split']}/{r['metric']}" + (f"/{r['segment']}" if r["segment"] else "")
+            self.tracker.log_round(
+                f"{r['arm']}/seed{r['seed']}", r["centre"], r["round"], {name: r["value"]}
+            )
+
+    def write_report(self) -> None:
+        """Rewrite report.html from the run folder (a failure is logged, never raised: the
+        report must not cost the run its results)."""
+        self._last_report = time.monotonic()
+        try:
+            write_report(self.recorder.run_dir)
+        except Exception:  # noqa: BLE001 - see docstring
+            log.exception("report.html could not be written for %s", self.recorder.run_dir)
+
+    def close(self) -> None:
+        """The final report, attached to the trackers, which are then closed."""
+        self.write_report()
+        report = self.recorder.run_dir / "report.html"
+        if report.is_file():
+            self.tracker.log_artifact(report)
+        self.tracker.close()
+
+
+def attach_run_outputs(
+    recorder: RunRecorder, resolved_scenario: Mapping[str, Any], *, report_every: float = 30.0
+) -> RunOutputs:
+    """Subscribe the report writer and the scenario's trackers to ``recorder``."""
+    tracker = Tracker.from_config(resolved_scenario, recorder.run_dir)
+    if tracker.enabled:
+        tracker.log_params(resolved_scenario)
+    outputs = RunOutputs(recorder, tracker, report_every=report_every)
+    recorder.subscribe(outputs.on_event)
+    return outputs
