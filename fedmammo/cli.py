@@ -1,0 +1,81 @@
+"""The ``fedmammo`` command: one entry point for every task.
+
+fedmammo simulate SCENARIO.yaml [...]   run a scenario (= python -m fedmammo.simulate)
+fedmammo check SCENARIO.yaml [...]      validate it and print its plan (= simulate --check)
+fedmammo report RUN_DIR [...]           write report.html / a comparison page
+fedmammo deploy prepare PROFILE [...]   prepare a site (= python -m fedmammo.federation.deployment)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+__all__ = ["COMMANDS", "main"]
+
+
+def _simulate(argv: list[str]) -> int:
+    from fedmammo.simulate import main as simulate
+
+    return simulate(argv)
+
+
+def _check(argv: list[str]) -> int:
+    from fedmammo.simulate import main as simulate
+
+    return simulate([*argv, "--check"])
+
+
+def _report(argv: list[str]) -> int:
+    from fedmammo.report import main as report
+
+    return report(argv)
+
+
+def _deploy(argv: list[str]) -> int:
+    from fedmammo.federation.deployment import main as deploy
+
+    return deploy(argv)
+
+
+#: command -> (entry point, one-line help)
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "simulate": (_simulate, "run a scenario on Flower's simulation engine"),
+    "check": (_check, "validate a scenario and print its resolved form and plan"),
+    "report": (_report, "write report.html of a run, or a comparison page"),
+    "deploy": (_deploy, "prepare a real site (its data, cache and centre.yaml)"),
+}
+
+
+def _shipped(folder: str) -> list[str]:
+    from fedmammo.config import project_root
+
+    return sorted(p.stem for p in (project_root() / folder).glob("*.yaml"))
+
+
+def usage() -> str:
+    """The help text: commands, shipped scenarios and strategy recipes."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: fedmammo COMMAND [ARGS...]   (fedmammo COMMAND --help for its options)", ""]
+    lines += ["commands:"] + [f"  {c:<{width}}  {h}" for c, (_, h) in COMMANDS.items()]
+    lines += ["", "shipped scenarios (scenarios/):", "  " + ", ".join(_shipped("scenarios"))]
+    lines += ["strategy recipes (strategies/):", "  " + ", ".join(_shipped("strategies"))]
+    lines += ["", "e.g. fedmammo simulate scenarios/fedavg_quick.yaml --quick"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``fedmammo COMMAND ARGS``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"fedmammo: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return COMMANDS[command][0](rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
