@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmammo.errors import FedmammoError
+from fedmammo.federation.telemetry import quiet_flower
 
 __all__ = [
     "Pki",
@@ -195,6 +196,8 @@ def register_node(
     cmd = [_flwr(), "supernode", "register", str(public_key), connection, "--format", "json"]
     if name:
         cmd += ["--name", name]
+    env = dict(os.environ if env is None else env)
+    quiet_flower(env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     try:
         out = json.loads(proc.stdout)
