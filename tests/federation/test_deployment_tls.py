@@ -1,0 +1,218 @@
+"""Real sites, secured: TLS and SuperNode authentication with real Flower processes on loopback.
+
+One SuperLink (TLS, ``--enable-supernode-auth``), two registered SuperNodes that run a tiny
+FedAvg scenario to the end with ``flwr run``, and three SuperNodes that must not get in: an
+unregistered key, a node trusting another CA, a plaintext node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from run_helpers import REPO, final_auc, results
+
+from fedmammo.config import load_scenario
+from fedmammo.federation.deployment import node_config, prepare_site
+from fedmammo.federation.pki import (
+    PkiError,
+    init_pki,
+    make_node_key,
+    register_node,
+    superlink_tls_args,
+    supernode_tls_args,
+    write_connection,
+)
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+CONNECTION = "secure"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def _two_centre_scenario(tmp: Path) -> Path:
+    """scenarios/fedavg_tiny.yaml with its two training centres only (two SuperNodes)."""
+    data = yaml.safe_load((REPO / "scenarios" / "fedavg_tiny.yaml").read_text())
+    data["centres"] = [c for c in data["centres"] if c["role"] == "train"]
+    path = tmp / "fedavg_tiny_two.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _register(key: Path, name: str, env: dict, deadline: float) -> int:
+    while True:  # the SuperLink takes a few seconds to listen
+        try:
+            return register_node(key, CONNECTION, name=name, env=env)
+        except PkiError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _supernode(link: int, extra: list[str], node_cfg: str | None = None) -> list[str]:
+    cmd = [
+        str(BIN / "flower-supernode"),
+        "--superlink",
+        f"127.0.0.1:{link}",
+        "--port",
+        str(_free_port()),
+        *extra,
+    ]
+    return cmd + (["--node-config", node_cfg] if node_cfg else [])
+
+
+def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
+    # Prepare: credentials, two sites' data, a TLS connection for the flwr CLI
+    pki = init_pki(tmp_path / "pki")
+    other_ca = init_pki(tmp_path / "other").ca_cert
+    keys = {name: make_node_key(tmp_path / "pki", name) for name in ("tiny_a", "tiny_b", "rogue")}
+    scenario_file = _two_centre_scenario(tmp_path)
+    scenario = load_scenario(scenario_file)
+    sites = {}
+    for entry in scenario.centres:
+        data_dir = tmp_path / "sites" / entry.name
+        prepare_site(
+            REPO / "centres" / f"{entry.profile}.yaml",
+            data_dir,
+            name=entry.name,
+            image_size=scenario.image_size,
+            data_seed=scenario.data_seed,
+            role=entry.role,
+        )
+        sites[entry.name] = node_config(entry.name, data_dir, role=entry.role)
+    link = _free_port()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr_home"),
+        "PYTHONPATH": str(REPO),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    write_connection(
+        tmp_path / "flwr_home", CONNECTION, address=f"127.0.0.1:{link}", ca_cert=pki.ca_cert
+    )
+    run_dir = tmp_path / "deployed_run"
+    logs = {
+        name: tmp_path / f"{name}.log"
+        for name in ("superlink", "tiny_a", "tiny_b", "rogue", "other_ca", "plaintext")
+    }
+    procs = [
+        _start(
+            [
+                str(BIN / "flower-superlink"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(link),
+                "--database",
+                str(tmp_path / "state.db"),
+                "--disable-runtime-dependency-installation",
+                *superlink_tls_args(pki),
+            ],
+            logs["superlink"],
+            env,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        node_ids = {n: _register(keys[n][1], n, env, deadline) for n in ("tiny_a", "tiny_b")}
+        for name, cfg in sites.items():
+            procs.append(
+                _start(
+                    _supernode(link, supernode_tls_args(pki.ca_cert, keys[name][0]), cfg),
+                    logs[name],
+                    env,
+                )
+            )
+        once = ["--max-retries", "1", "--max-wait-time", "10"]
+        intruders = {
+            "rogue": _supernode(link, [*supernode_tls_args(pki.ca_cert, keys["rogue"][0]), *once]),
+            "other_ca": _supernode(link, [*supernode_tls_args(other_ca, keys["tiny_a"][0]), *once]),
+            "plaintext": _supernode(link, ["--insecure", *once]),
+        }
+        bad = {name: _start(cmd, logs[name], env) for name, cmd in intruders.items()}
+        procs += list(bad.values())
+        # Execute: the scenario over TLS, with only the registered nodes
+        run = subprocess.run(
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(REPO),
+                CONNECTION,
+                "--stream",
+                "-c",
+                f'scenario="{scenario_file}" run-dir="{run_dir}"',
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        listed = subprocess.run(
+            [str(BIN / "flwr"), "supernode", "list", CONNECTION, "--format", "json"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        codes = {name: p.wait(timeout=60) for name, p in bad.items()}
+    finally:
+        _stop(procs)
+    text = {name: path.read_text(errors="replace") for name, path in logs.items()}
+    # Assert: the run completed over TLS with both authenticated centres
+    assert (run_dir / "results.json").is_file(), run.stdout[-2000:] + run.stderr[-2000:]
+    deployed = results(run_dir)
+    assert deployed["meta"]["deployment"] is True and deployed["failures"] == []
+    auc = final_auc(deployed, "federated")
+    assert set(auc) == {"tiny_a", "tiny_b"}
+    nodes = json.loads(listed.stdout)["nodes"]
+    assert {int(n["node-id"]) for n in nodes} == set(node_ids.values())
+    assert all(n["status"] == "online" for n in nodes)
+    # an unregistered key is refused by the SuperLink
+    assert codes["rogue"] != 0 and "Failed to activate SuperNode" in text["rogue"]
+    assert "No SuperNode found with the given public key" in text["superlink"]
+    # a node trusting another CA refuses the SuperLink's certificate
+    assert codes["other_ca"] != 0 and "CERTIFICATE_VERIFY_FAILED" in text["other_ca"]
+    # a plaintext node cannot talk to a TLS-only SuperLink
+    assert codes["plaintext"] != 0 and "Failed to initialize the connection" in text["plaintext"]
+    assert "SuperNode ID" not in text["plaintext"] + text["rogue"] + text["other_ca"]
