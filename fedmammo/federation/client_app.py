@@ -4,7 +4,8 @@ Every message passes the consent guard (:func:`fedmammo.federation.consent.conse
 the centre's own ``sharing`` block against the consent the handler declares), a centre whose
 profile asks for DP refuses training messages whose handler declares no DP path
 (:func:`fedmammo.federation.privacy.ledger.dp_guard_mod`), and every reply passes the egress
-guard (:func:`fedmammo.federation.egress.egress_mod`).
+guard (:func:`fedmammo.federation.egress.egress_mod`); an exception anywhere becomes a coded,
+scrubbed error reply (:func:`fedmammo.federation.egress.egress_error_mod`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from flwr.clientapp import ClientApp
 
 from fedmammo.federation.consent import consent_mod
-from fedmammo.federation.egress import egress_mod
+from fedmammo.federation.egress import egress_error_mod, egress_mod
 from fedmammo.federation.handlers import Handler
 from fedmammo.federation.identify import identify
 from fedmammo.federation.privacy.audits import audit
@@ -41,7 +42,10 @@ def build_client_app(handlers: Iterable[Handler]) -> ClientApp:
     table = collect_handlers(handlers)
     dp_capable = [t for t, h in table.items() if h.dp]
     consents = {t: h.consent for t, h in table.items()}
-    app = ClientApp(mods=[consent_mod(consents), dp_guard_mod(dp_capable), egress_mod])
+    # egress_error_mod outermost: every exception (refusals included) becomes a short,
+    # scrubbed error reply; egress_mod checks every reply's content before it leaves.
+    mods = [egress_error_mod, consent_mod(consents), dp_guard_mod(dp_capable), egress_mod]
+    app = ClientApp(mods=mods)
     for _, h in sorted(table.items()):
         getattr(app, h.category)(h.action)(h.fn)
     return app

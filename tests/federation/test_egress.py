@@ -8,7 +8,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from helpers.flower_messages import make_incoming
 
-from fedmammo.federation.egress import EgressError, check_outgoing, declare_egress, egress_mod
+from fedmammo.federation.egress import (
+    EgressError,
+    check_outgoing,
+    declare_egress,
+    egress_error_mod,
+    egress_mod,
+)
 
 
 @pytest.fixture()
@@ -111,7 +117,7 @@ def test_mod_defaults_to_incoming_arrays_as_reference(model_state):
 def test_client_app_runs_the_consent_dp_and_egress_guards_on_every_message():
     from fedmammo.apps import client_app as app
 
-    consent, dp_guard, egress = app._mods
-    assert egress is egress_mod
+    errors, consent, dp_guard, egress = app._mods
+    assert egress is egress_mod and errors is egress_error_mod
     assert consent.__qualname__ == "consent_mod.<locals>.mod"
     assert dp_guard.__qualname__ == "dp_guard_mod.<locals>.mod"

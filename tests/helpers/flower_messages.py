@@ -70,6 +70,8 @@ class InProcessGrid:
                     raise
                 reason = f"{type(exc).__name__}: {exc}"
                 reply = Message(Error(code=1, reason=reason), reply_to=incoming)
+            if self.strict and reply.has_error():  # the ClientApp's error mod caught it
+                raise AssertionError(f"{self.names[node]} {kind}: {reply.error.reason}")
             if not reply.has_error():
                 self.replies.append((self.names[node], kind, reply.content))
             out.append(reply)
