@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from fedmammo.federation.client_app import build_client_app, collect_handlers
 from fedmammo.federation.server_app import build_server_app
+from fedmammo.federation.telemetry import quiet_flower
 from fedmammo.methods import METHODS, get_method
+
+quiet_flower()  # deployment: nothing calls home unless FEDMAMMO_TELEMETRY=1
 
 __all__ = ["DP_CAPABLE", "HANDLERS", "client_app", "server_app"]
 

@@ -21,7 +21,10 @@ from rich.syntax import Syntax
 import fedmammo.methods  # noqa: F401  (registers the methods' recipe kinds)
 from fedmammo.config import Scenario, load_scenario
 from fedmammo.errors import FedmammoError
+from fedmammo.federation.console import safe
+from fedmammo.federation.run_log import add_run_log, quiet_libraries
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
+from fedmammo.federation.telemetry import quiet_flower
 
 __all__ = ["main", "prepare_data", "run"]
 
@@ -71,7 +74,7 @@ def prepare_data(scenario: Scenario, *, with_pooled: bool) -> None:
                     data_seed=scenario.data_seed,
                 )
             console.print(
-                f"  centre [bold]{profile.name}[/] ({entry.role}): "
+                f"  centre [bold]{safe(profile.name)}[/] ({entry.role}): "
                 f"{len(data.manifest)} images, {len(data.skipped)} skipped"
             )
             progress.advance(task)
@@ -80,14 +83,6 @@ def prepare_data(scenario: Scenario, *, with_pooled: bool) -> None:
 def _wants_pooled(scenario: Scenario) -> bool:
     params = scenario.recipe.typed_params()
     return "pooled" in getattr(params, "arms", [])
-
-
-def _setup_logging(run_dir: Path) -> None:
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
 def run(spec: RunSpec, scenario: Scenario) -> Path:
@@ -146,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     args = parser.parse_args(argv)
+    quiet_flower()  # nothing calls home unless FEDMAMMO_TELEMETRY=1
+    quiet_libraries()
     try:
         if args.resume:
             run_dir = Path(args.resume).resolve()
@@ -160,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             scenario = load_scenario(args.scenario, sets=sets, quick=args.quick)
             if args.check:
                 console.print(Syntax(resolved_yaml(scenario), "yaml"))
-                console.print(f"[green]{args.scenario}: valid[/]")
+                console.print(f"[green]{safe(args.scenario)}: valid[/]")
                 return 0
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path(args.out or scenario.output_dir)
@@ -173,18 +170,18 @@ def main(argv: list[str] | None = None) -> int:
                 quick=args.quick,
             )
         (run_dir / "scenario.resolved.yaml").write_text(resolved_yaml(scenario))
-        _setup_logging(run_dir)
-        console.print(f"run directory: [bold]{run_dir}[/]")
+        add_run_log(run_dir)
+        console.print(f"run directory: [bold]{safe(run_dir)}[/]")
         if scenario.sweep:
             from fedmammo.sweep import run_sweep
 
             run_sweep(spec, scenario, run)
         else:
             run(spec, scenario)
-        console.print(f"[green]done[/]: results in {run_dir}")
+        console.print(f"[green]done[/]: results in {safe(run_dir)}")
         return 0
     except FedmammoError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {safe(exc)}", highlight=False)
         return 2
 
 

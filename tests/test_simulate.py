@@ -41,6 +41,13 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     for name in ("scenario.resolved.yaml", "metrics.csv", "results.md", "run.log"):
         assert (run_dir / name).is_file(), name
     assert "Test AUROC" in proc.stdout
+    # a quiet console and a useful log: no library deprecation chatter, fedmammo's own lines
+    console = proc.stdout + proc.stderr
+    assert "DEPRECATED" not in console and "FutureWarning" not in console
+    log = (run_dir / "run.log").read_text()
+    assert "alembic" not in log and "font_manager" not in log
+    assert "fedmammo.data" in log
+    assert (run_dir / "report.html").is_file()
 
     # Prepare: pretend the run was killed after round 1 (progress and checkpoint rolled back).
     rolled = dict(res)

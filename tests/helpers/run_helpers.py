@@ -15,7 +15,7 @@ def run_cli(
     args: list[str], *, out: Path, timeout: float = 600, env: dict | None = None
 ) -> tuple[subprocess.CompletedProcess, Path | None]:
     """Run ``python -m fedmammo.simulate ARGS --out OUT``; return the process and run dir."""
-    full_env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "fedmammo.simulate", *args, "--out", str(out)],
         cwd=REPO,
