@@ -1,7 +1,14 @@
 """Run a scenario on Flower's simulation engine.
 
 python -m fedmammo.simulate SCENARIO.yaml [--out DIR] [--check] [--set key.path=value ...]
-                             [--quick] [--resume RUN_DIR]
+                             [--quick]
+python -m fedmammo.simulate --resume RUN_DIR [--check]
+
+Before anything is made: the whole plan is loaded and checked (every sweep point, arm and
+seed, the quick block, models, samplers, consent, DP), and the data and output folders must
+be writable. Only then is the run folder created, with the scenario as resolved now
+(``scenario.resolved.yaml``, each sweep point's too) and ``runspec.json``; the run and any
+``--resume`` of it read that copy, never the (possibly edited) original files.
 """
 
 from __future__ import annotations
@@ -12,21 +19,29 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.syntax import Syntax
+from rich.table import Table
 
 import fedmammo.methods  # noqa: F401  (registers the methods' recipe kinds)
 from fedmammo.config import Scenario, load_scenario
-from fedmammo.errors import FedmammoError
+from fedmammo.config.dotted import split_dotted
+from fedmammo.config.loading import load_scenario_traced, resolved_mapping
+from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.console import safe
 from fedmammo.federation.run_log import add_run_log, quiet_libraries
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
 from fedmammo.federation.telemetry import quiet_flower
+from fedmammo.methods.planning import plan_scenario
+from fedmammo.resume import INVOCATION, open_run, print_restore
+from fedmammo.sweep import RESOLVED, Point, load_points, run_sweep, write_resolved
 
-__all__ = ["main", "prepare_data", "run"]
+__all__ = ["main", "plan_run", "prepare_data", "run"]
 
 console = Console()
 log = logging.getLogger("fedmammo")
@@ -36,18 +51,139 @@ def _parse_sets(items: list[str]) -> dict:
     sets = {}
     for item in items:
         if "=" not in item:
-            raise FedmammoError(f"--set {item!r}: expected key.path=value")
+            raise ConfigError(
+                f"--set {item}: expected key.path=value (e.g. --set strategy.params.rounds=2)"
+            )
         key, value = item.split("=", 1)
-        sets[key.strip()] = yaml.safe_load(value)
+        try:
+            split_dotted(key.strip())
+            sets[key.strip()] = yaml.safe_load(value)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {exc}") from None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ConfigError(
+                f"--set {item}: the value is not valid YAML ({problem}); quote text values"
+            ) from None
     return sets
 
 
-def resolved_yaml(scenario: Scenario) -> str:
+def resolved_yaml(scenario: Scenario, *, quick: bool = False) -> str:
     """The fully resolved scenario (profiles and recipe inlined) as YAML."""
-    data = scenario.model_dump(mode="json", exclude={"source_file"})
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
 
 
+# --------------------------------------------------------------------------- the plan
+def _plan_points(points: list[Point], quick: bool) -> list[str]:
+    problems = []
+    for point in points:
+        try:
+            point.rows = plan_scenario(point.scenario, quick=quick, origins=point.origins)
+        except ConfigError as exc:
+            prefix = f"sweep point {point.name}: " if point.name else ""
+            problems += [prefix + line for line in str(exc).splitlines()]
+    return problems
+
+
+def _points(path: str | Path, sets: dict, quick: bool) -> tuple[Scenario, list[Point]]:
+    base, origins = load_scenario_traced(path, sets=sets, quick=quick)
+    if base.sweep:
+        return base, load_points(path, base, sets=sets, quick=quick)
+    return base, [Point("", {}, base, origins)]
+
+
+def plan_run(path: str | Path, *, sets: dict, quick: bool) -> tuple[Scenario, list[Point]]:
+    """Load and check everything a run of ``path`` would do: every sweep point, arm and seed
+    (and, without ``quick``, the same under --quick). ConfigError lists every problem."""
+    base, points = _points(path, sets, quick)
+    problems = _plan_points(points, quick)
+    if not quick and not problems:
+        try:
+            _, quick_points = _points(path, sets, True)
+            problems += [f"with --quick: {p}" for p in _plan_points(quick_points, True)]
+        except ConfigError as exc:
+            problems += [f"with --quick: {line}" for line in str(exc).splitlines()]
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    return base, points
+
+
+def print_plan(base: Scenario, points: list[Point], *, quick: bool) -> None:
+    """The plan as a table: one row per unit (arm x seed x sweep point)."""
+    swept = bool(base.sweep)
+    n = sum(len(p.rows) for p in points)
+    title = (
+        f"plan of {safe(base.name)}: {base.recipe.kind}, {n} units"
+        + (f" in {len(points)} sweep points" if swept else "")
+        + (" (--quick)" if quick else "")
+    )
+    table = Table(title=title, title_justify="left")
+    for col in (["point"] if swept else []) + ["arm", "seed", "centres", "rounds", "sends", "note"]:
+        table.add_column(col, overflow="fold")
+    for point in points:
+        for row in point.rows:
+            cells = [
+                row.arm,
+                "" if row.seed is None else str(row.seed),
+                ", ".join(row.centres),
+                "" if row.rounds is None else str(row.rounds),
+                ", ".join(m for m, _ in row.messages),
+                row.note,
+            ]
+            table.add_row(*(safe(c) for c in ([point.name] if swept else []) + cells))
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- folders
+def check_writable(path: Path, what: str, fix: str, *, create: bool) -> None:
+    """ConfigError (one line) unless ``path`` is (or can be made) a writable folder."""
+    target = path.expanduser()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{what} {path}: {probe} is a file, not a folder; {fix}")
+    if not create:
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what} {path}: {probe} is not writable; {fix}")
+        return
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} is not writable ({exc.strerror or exc}); {fix}") from None
+
+
+def _check_folders(points: list[Point], out: Path | None, *, create: bool) -> None:
+    """The output folder, then every data_dir, must be (made) writable folders."""
+    if out is not None:
+        check_writable(
+            out, "output folder", "fix: pass --out DIR, or set output_dir", create=create
+        )
+    for data_dir in dict.fromkeys(p.scenario.data_dir for p in points):
+        check_writable(
+            Path(data_dir),
+            "data_dir",
+            "fix: set data_dir in the scenario (or --set data_dir=DIR) to a writable folder",
+            create=create,
+        )
+
+
+def _new_run_dir(out: Path, name: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = (out / name / stamp).expanduser().resolve()
+    for k in range(1, 1000):
+        run_dir = base if k == 1 else base.with_name(f"{stamp}-{k}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise ConfigError(f"output folder {out}: cannot make a new run folder under {out / name}")
+
+
+# --------------------------------------------------------------------------- running
 def prepare_data(scenario: Scenario, *, with_pooled: bool) -> None:
     """Materialise every centre's data once, before the Flower apps start (no races)."""
     from rich.progress import Progress
@@ -58,7 +194,7 @@ def prepare_data(scenario: Scenario, *, with_pooled: bool) -> None:
         task = progress.add_task("preparing centres", total=len(scenario.centres))
         for entry in scenario.centres:
             profile = scenario.resolved_profiles[entry.name or ""]
-            progress.update(task, description=f"preparing centre {profile.name}")
+            progress.update(task, description=f"preparing centre {safe(profile.name)}")
             data = materialise_centre(
                 profile,
                 scenario.data_dir,
@@ -93,6 +229,7 @@ def run(spec: RunSpec, scenario: Scenario) -> Path:
 
     run_dir = Path(spec.run_dir)
     with_pooled = _wants_pooled(scenario)
+    spec.save()  # before the data: a run killed while preparing it can be resumed
     prepare_data(scenario, with_pooled=with_pooled)
     spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
     os.environ[ENV_VAR] = str(spec.save())
@@ -117,71 +254,120 @@ def run(spec: RunSpec, scenario: Scenario) -> Path:
     return run_dir
 
 
+def execute(spec: RunSpec, base: Scenario) -> int:
+    """Run (or resume) the run folder ``spec`` names: every sweep point, or the one run."""
+    run_dir = Path(spec.run_dir)
+    add_run_log(run_dir)
+    console.print(f"run directory: [bold]{safe(run_dir)}[/]")
+    if base.sweep:
+        run_sweep(spec, base, run)
+    else:
+        run(spec, load_scenario(spec.scenario_file, quick=spec.quick))
+    console.print(f"[green]done[/]: results in {safe(run_dir)}")
+    return 0
+
+
+def _start(args: argparse.Namespace, argv: list[str]) -> int:
+    if not args.scenario:
+        raise ConfigError(
+            "give a scenario (python -m fedmammo.simulate SCENARIO.yaml), or --resume"
+        )
+    sets = _parse_sets(args.sets)
+    base, points = plan_run(args.scenario, sets=sets, quick=args.quick)
+    if args.check:
+        console.print(Syntax(resolved_yaml(base, quick=args.quick), "yaml"))
+    print_plan(base, points, quick=args.quick)
+    out = Path(args.out or base.output_dir)
+    _check_folders(points, out, create=not args.check)
+    if args.check:
+        n = sum(len(p.rows) for p in points)
+        console.print(f"[green]{safe(args.scenario)}: valid[/] ({n} units planned; nothing run)")
+        return 0
+    run_dir = _new_run_dir(out, base.name)
+    write_resolved(run_dir, base, quick=args.quick)
+    for point in points:
+        if point.name:
+            write_resolved(run_dir / "points" / point.name, point.scenario, quick=args.quick)
+    invocation: dict[str, Any] = {
+        "scenario": str(Path(args.scenario).resolve()),
+        "sets": sets,
+        "quick": args.quick,
+        "argv": argv,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    (run_dir / INVOCATION).write_text(json.dumps(invocation, indent=1, default=str))
+    spec = RunSpec(scenario_file=str(run_dir / RESOLVED), run_dir=str(run_dir), quick=args.quick)
+    spec.save()
+    return execute(spec, base)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    spec, base, points = open_run(args, console)
+    print_plan(base, points, quick=spec.quick)
+    print_restore(console, Path(spec.run_dir), points)
+    _check_folders(points, None, create=not args.check)
+    if args.check:
+        console.print(f"[green]{safe(spec.run_dir)}: can be resumed[/] (nothing run)")
+        return 0
+    spec.save()
+    return execute(spec, base)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block, no SystemExit in process
+        raise ConfigError(f"{message} (see python -m fedmammo.simulate --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """The command line; returns the exit code (0 done, 2 bad input: one line per problem)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _Parser(
         prog="python -m fedmammo.simulate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("scenario", help="scenario YAML (see scenarios/)")
+    parser.add_argument("scenario", nargs="?", help="scenario YAML (see scenarios/)")
     parser.add_argument("--out", help="output root (default: the scenario's output_dir)")
-    parser.add_argument("--check", action="store_true", help="validate, print, do not run")
+    parser.add_argument(
+        "--check", action="store_true", help="check everything, print the plan, run nothing"
+    )
     parser.add_argument(
         "--set",
         dest="sets",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a dotted key (strategy.rounds=2, centres.A.split.train=0.5)",
+        help="override a dotted key (strategy.params.rounds=2, centres.A.split.train=0.5)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
         help="apply the scenario's quick: overrides (small images, few rounds)",
     )
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    args = parser.parse_args(argv)
-    quiet_flower()  # nothing calls home unless FEDMAMMO_TELEMETRY=1
-    quiet_libraries()
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its folder's scenario.resolved.yaml",
+    )
     try:
+        args = parser.parse_args(argv)
+        quiet_flower()  # nothing calls home unless FEDMAMMO_TELEMETRY=1
+        quiet_libraries()
         if args.resume:
-            run_dir = Path(args.resume).resolve()
-            saved = run_dir / "runspec.json"
-            if not saved.is_file():
-                raise FedmammoError(f"--resume {run_dir}: no runspec.json there")
-            spec = RunSpec(**json.loads(saved.read_text()))
-            spec.resume, spec.run_dir = True, str(run_dir)
-            scenario = load_scenario(spec.scenario_file, sets=spec.sets, quick=spec.quick)
-        else:
-            sets = _parse_sets(args.sets)
-            scenario = load_scenario(args.scenario, sets=sets, quick=args.quick)
-            if args.check:
-                console.print(Syntax(resolved_yaml(scenario), "yaml"))
-                console.print(f"[green]{safe(args.scenario)}: valid[/]")
-                return 0
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = Path(args.out or scenario.output_dir)
-            run_dir = (out / scenario.name / stamp).resolve()
-            run_dir.mkdir(parents=True, exist_ok=True)
-            spec = RunSpec(
-                scenario_file=str(Path(args.scenario).resolve()),
-                run_dir=str(run_dir),
-                sets=sets,
-                quick=args.quick,
-            )
-        (run_dir / "scenario.resolved.yaml").write_text(resolved_yaml(scenario))
-        add_run_log(run_dir)
-        console.print(f"run directory: [bold]{safe(run_dir)}[/]")
-        if scenario.sweep:
-            from fedmammo.sweep import run_sweep
-
-            run_sweep(spec, scenario, run)
-        else:
-            run(spec, scenario)
-        console.print(f"[green]done[/]: results in {safe(run_dir)}")
-        return 0
+            return _resume(args)
+        return _start(args, argv)
     except FedmammoError as exc:
-        console.print(f"[red]error:[/] {safe(exc)}", highlight=False)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            console.print(f"[red]error:[/] {safe(line)}", highlight=False, soft_wrap=True)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        console.print(
+            f"[red]error:[/] {safe(where)}{safe(exc.strerror or exc)} (a file or folder could "
+            "not be read or written; check the path, its permissions and free space)",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 2
 
 

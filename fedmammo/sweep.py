@@ -1,8 +1,10 @@
 """Grid sweeps: a scenario's ``sweep:`` runs every combination in one run directory.
 
 ``sweep: {privacy.target_epsilon: [1, 3, 8, null], seed: [0, 1, 2]}`` makes 12 points, each
-in ``<run_dir>/points/<key=value,...>/``; finished points are skipped on ``--resume``, and
-``sweep.csv`` gathers every point's metric records with one column per swept key.
+in ``<run_dir>/points/<key=value,...>/`` with its own ``scenario.resolved.yaml`` (written when
+the run starts, after every point loaded and passed the plan checks); finished points are
+skipped on ``--resume``, and ``sweep.csv`` gathers every point's metric records with one
+column per swept key.
 """
 
 from __future__ import annotations
@@ -11,19 +13,47 @@ import itertools
 import json
 import re
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from rich.console import Console
 
 from fedmammo.config import Scenario, load_scenario
+from fedmammo.config.loading import Origins, load_scenario_traced, resolved_mapping
+from fedmammo.errors import ConfigError
 from fedmammo.federation.runspec import RunSpec
+from fedmammo.methods.registry import PlanRow
 
-__all__ = ["point_name", "sweep_points", "run_sweep"]
+__all__ = [
+    "RESOLVED",
+    "Point",
+    "load_points",
+    "point_name",
+    "point_sets",
+    "resolved_points",
+    "run_sweep",
+    "sweep_points",
+    "write_resolved",
+]
 
 console = Console()
+
+#: The scenario as resolved at the start, in every run folder and sweep point folder.
+RESOLVED = "scenario.resolved.yaml"
+
+
+@dataclass
+class Point:
+    """One sweep point (or the whole run when there is no sweep: ``name == ""``)."""
+
+    name: str
+    values: dict[str, Any]
+    scenario: Scenario
+    origins: Origins | None = None
+    rows: list[PlanRow] = field(default_factory=list)
 
 
 def sweep_points(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -38,40 +68,101 @@ def point_name(point: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "", text.replace('"', ""))
 
 
-def _as_sets(point: dict[str, Any]) -> dict[str, Any]:
-    sets = {}
+def point_sets(point: dict[str, Any]) -> dict[str, Any]:
+    """The ``--set`` keys of a sweep point (``seed: 1`` -> ``seeds: [1]``; no nested sweep)."""
+    sets: dict[str, Any] = {}
     for key, value in point.items():
         if key == "seed":
             sets["seeds"] = [value]
         else:
             sets[key] = value
-    return sets
+    return {**sets, "sweep": {}}
+
+
+def load_points(
+    scenario_file: str | Path, scenario: Scenario, *, sets: dict[str, Any], quick: bool
+) -> list[Point]:
+    """Load every sweep point of ``scenario`` from its original file (each validated); an
+    error names the point."""
+    points = []
+    for values in sweep_points(scenario.sweep):
+        name = point_name(values)
+        extra = point_sets(values)
+        labels = {k: f"sweep point {name}" for k in extra}
+        point, origins = load_scenario_traced(
+            scenario_file, sets={**sets, **extra}, quick=quick, labels=labels
+        )
+        points.append(Point(name, values, point, origins))
+    return points
+
+
+def resolved_points(root: Path, scenario: Scenario, *, quick: bool) -> list[Point]:
+    """The sweep points of a run folder, each from its own ``scenario.resolved.yaml``."""
+    points = []
+    for values in sweep_points(scenario.sweep):
+        name = point_name(values)
+        path = root / "points" / name / RESOLVED
+        if not path.is_file():
+            raise ConfigError(
+                f"{root}: sweep point {name} has no {RESOLVED} (a run folder written by an "
+                "older fedmammo, or damaged); start a new run"
+            )
+        points.append(Point(name, values, load_scenario(path, quick=quick)))
+    return points
+
+
+def write_resolved(folder: Path, scenario: Scenario, *, quick: bool) -> Path:
+    """Write ``folder/scenario.resolved.yaml``: the scenario as resolved now, self-contained."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESOLVED
+    text = yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 def run_sweep(
-    spec: RunSpec, scenario: Scenario, run_fn: Callable[[RunSpec, Scenario], Path]
+    spec: RunSpec,
+    scenario: Scenario,
+    run_fn: Callable[[RunSpec, Scenario], Path],
 ) -> Path:
-    """Run (or resume) every point of the scenario's sweep; write sweep.csv."""
+    """Run (or resume) every point of the scenario's sweep; write sweep.csv.
+
+    Each point runs from its folder's ``scenario.resolved.yaml`` (written here from the run
+    spec's scenario and sets when the run did not write it at its start).
+    """
     root = Path(spec.run_dir)
     points = sweep_points(scenario.sweep)
     frames = []
-    for i, point in enumerate(points, start=1):
-        name = point_name(point)
+    for i, values in enumerate(points, start=1):
+        name = point_name(values)
         sub = root / "points" / name
-        sub.mkdir(parents=True, exist_ok=True)
+        resolved = sub / RESOLVED
+        if not resolved.is_file():
+            extra = point_sets(values)
+            fresh, _ = load_scenario_traced(
+                spec.scenario_file,
+                sets={**spec.sets, **extra},
+                quick=spec.quick,
+                labels={k: f"sweep point {name}" for k in extra},
+            )
+            write_resolved(sub, fresh, quick=spec.quick)
         done = sub / "DONE"
-        sets = {**spec.sets, **_as_sets(point), "sweep": {}}
         console.rule(f"sweep point {i}/{len(points)}: {name}")
         if not done.is_file():
             point_spec = replace(
-                spec, run_dir=str(sub), sets=sets, resume=(sub / "results.json").is_file()
+                spec,
+                run_dir=str(sub),
+                scenario_file=str(resolved),
+                sets={},
+                resume=(sub / "results.json").is_file(),
             )
-            point_scenario = load_scenario(spec.scenario_file, sets=sets, quick=spec.quick)
-            run_fn(point_spec, point_scenario)
+            run_fn(point_spec, load_scenario(resolved, quick=spec.quick))
             done.write_text("ok\n")
         results = json.loads((sub / "results.json").read_text())
         frame = pd.DataFrame(results["metrics"])
-        for key, value in point.items():
+        for key, value in values.items():
             frame[key] = json.dumps(value) if isinstance(value, list | dict) else value
         frame["point"] = name
         frames.append(frame)

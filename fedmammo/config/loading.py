@@ -1,22 +1,41 @@
 """Loading YAML: profiles, recipes and scenarios resolved, overridden and validated at once.
 
-Every error names the file, the dotted key and what is allowed, in one line.
+Every error names where the bad value came from (the file, or the override that set it:
+``--set strategy.params.rounds=-1``, ``scen.yaml centres.1.overrides 'split.train'``), the
+dotted key and what is allowed, in one line.
+
+A run folder keeps ``scenario.resolved.yaml`` (:func:`resolved_mapping`): profiles and the
+recipe inlined, every override and the quick block already applied. Loading such a file
+reads no other file, so a resumed run cannot pick up an edited profile or recipe.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from fedmammo.config.dotted import apply_dotted
+from fedmammo.config.dotted import apply_dotted, split_dotted
 from fedmammo.config.profile import CentreProfile
 from fedmammo.config.scenario import Scenario, StrategySpec
 from fedmammo.errors import ConfigError
 
-__all__ = ["load_profile", "load_scenario", "load_strategy", "project_root"]
+__all__ = [
+    "Origins",
+    "load_profile",
+    "load_scenario",
+    "load_scenario_traced",
+    "load_strategy",
+    "project_root",
+    "resolved_mapping",
+    "set_label",
+]
 
 
 def project_root() -> Path:
@@ -27,7 +46,41 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def set_label(key: str, value: Any) -> str:
+    """How an override given on the command line is named in errors: ``--set key=value``."""
+    shown = value if isinstance(value, str) else json.dumps(value, default=str)
+    return f"--set {key}={shown}"
+
+
+@dataclass
+class Origins:
+    """Where each override came from, so that an error names the override, not only the file.
+
+    ``target`` is what the key is relative to: ``scenario``, ``strategy`` (the recipe
+    mapping), ``strategy.quick`` (the recipe's params under --quick) or ``centre:<i>`` (the
+    profile of the i-th centre entry).
+    """
+
+    entries: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # "scenario" / "strategy" -> file
+
+    def add(self, target: str, key: str | tuple[str, ...], label: str) -> None:
+        parts = tuple(key.split(".")) if isinstance(key, str) else tuple(map(str, key))
+        self.entries.append((target, parts, label))
+
+    def label(self, target: str, loc: tuple | list, default: str) -> str:
+        """The latest override of ``target`` on the path ``loc`` (or above or below it)."""
+        loc = tuple(str(p) for p in loc)
+        for t, parts, label in reversed(self.entries):
+            n = min(len(parts), len(loc))
+            if t == target and n and parts[:n] == loc[:n]:
+                return label
+        return default
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
@@ -37,22 +90,54 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: broken YAML: {problem}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc}); give a readable YAML file") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
-def _format_validation(path: Path | str, exc: ValidationError) -> ConfigError:
+def _format_validation(
+    path: Path | str,
+    exc: ValidationError,
+    origins: Origins | None = None,
+    target: str = "",
+    prefix: tuple[str, ...] = (),
+    shown: tuple[str, ...] = (),
+) -> ConfigError:
+    """One line per error: where (the override that set the key, else the file), key, what.
+
+    ``prefix`` is prepended to each error's location (for the key shown and the override
+    looked up); ``shown`` only to the key shown (an inline recipe's ``strategy.``).
+    """
     lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    errors = exc.errors()
+    missing = {tuple(map(str, e["loc"])) for e in errors if e["type"] == "missing"}
+    misspelt: dict[tuple, str] = {}  # an unknown key next to the required key it misspells
+    for err in errors:
+        loc = tuple(map(str, err["loc"]))
+        if err["type"] == "extra_forbidden" and loc:
+            near = [m[-1] for m in missing if m[:-1] == loc[:-1]]
+            close = difflib.get_close_matches(loc[-1], near, n=1)
+            if close:
+                misspelt[loc] = close[0]
+                missing.discard((*loc[:-1], close[0]))
+    for err in errors:
+        loc = (*prefix, *(str(p) for p in err["loc"]))
+        key = ".".join((*shown, *loc)) or "(top level)"
         msg = err["msg"]
+        raw = tuple(map(str, err["loc"]))
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check spelling; see README 'Scenario reference')"
+            if raw in misspelt:
+                msg = f"unknown key; did you mean '{misspelt[raw]}' (required)?"
         elif err["type"] == "missing":
+            if raw not in missing:
+                continue  # reported with the misspelt key
             msg = "required key is missing"
-        lines.append(f"{path}: key '{key}': {msg}")
-    return ConfigError("\n".join(lines))
+        where = origins.label(target, loc, str(path)) if origins else str(path)
+        lines.append(f"{where}: key '{key}': {msg}")
+    return ConfigError("\n".join(dict.fromkeys(lines)))
 
 
 def _resolve_ref(ref: str, folder: str, base: Path) -> Path:
@@ -69,17 +154,80 @@ def _resolve_ref(ref: str, folder: str, base: Path) -> Path:
     return candidates[0]
 
 
-def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> CentreProfile:
-    """Load and validate a centre profile YAML, with optional dotted-key overrides."""
-    path = Path(path)
+def _apply(
+    data: dict, key: str, value: Any, *, origins: Origins, target: str, default: str
+) -> None:
+    """apply_dotted, with a failure named after the override that set ``key``."""
+    try:
+        apply_dotted(data, key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{origins.label(target, key.split('.'), default)}: {exc}") from None
+
+
+def _profile(
+    path: Path,
+    overrides: dict[str, Any],
+    origins: Origins,
+    target: str,
+) -> CentreProfile:
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
-    for key, value in (overrides or {}).items():
-        apply_dotted(data, key, value)
+    for key, value in overrides.items():
+        _apply(data, key, value, origins=origins, target=target, default=str(path))
     try:
         return CentreProfile.model_validate(data)
     except ValidationError as exc:
-        raise _format_validation(path, exc) from None
+        raise _format_validation(path, exc, origins, target) from None
+
+
+def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> CentreProfile:
+    """Load and validate a centre profile YAML, with optional dotted-key overrides."""
+    return _profile(Path(path), dict(overrides or {}), Origins(), "profile")
+
+
+def _strategy(
+    data: dict[str, Any],
+    overrides: dict[str, Any],
+    origins: Origins,
+    where: str,
+    shown: tuple[str, ...] = (),
+) -> StrategySpec:
+    """Validate a recipe mapping after the scenario's overrides; its params with and without
+    its quick block (a scenario's params override wins over the recipe's quick)."""
+    quick = data.get("quick")
+    quick = dict(quick) if isinstance(quick, dict) else quick
+    if isinstance(quick, dict):
+        for k in quick:
+            origins.add("strategy.quick", ("params", *k.split(".")), f"{where} quick '{k}'")
+    for key, value in overrides.items():
+        _apply(data, key, value, origins=origins, target="strategy", default=where)
+        if key.startswith("params.") and isinstance(quick, dict):
+            rest = key.removeprefix("params.")
+            quick.pop(rest, None)
+            quick[rest] = value
+            label = origins.label("strategy", key.split("."), where)
+            origins.add("strategy.quick", ("params", *rest.split(".")), label)
+    if quick:
+        data["quick"] = quick
+    try:
+        spec = StrategySpec.model_validate(data)
+    except ValidationError as exc:
+        raise _format_validation(where, exc, origins, "strategy", shown=shown) from None
+    try:
+        spec.typed_params()
+    except ValidationError as exc:
+        raise _format_validation(where, exc, origins, "strategy", ("params",), shown) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    try:
+        spec.typed_params(quick=True)
+    except ValidationError as exc:
+        raise _format_validation(
+            f"{where} (its quick block)", exc, origins, "strategy.quick", ("params",), shown
+        ) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where} quick: {exc}") from None
+    return spec
 
 
 def load_strategy(path: str | Path, overrides: dict[str, Any] | None = None) -> StrategySpec:
@@ -87,21 +235,7 @@ def load_strategy(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     path = Path(path)
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
-    quick = dict(data.get("quick") or {})
-    for key, value in (overrides or {}).items():
-        apply_dotted(data, key, value)
-        if key.startswith("params."):  # a scenario's override wins over the recipe's quick
-            quick.pop(key.removeprefix("params."), None)
-            quick[key.removeprefix("params.")] = value
-    if quick:
-        data["quick"] = quick
-    try:
-        spec = StrategySpec.model_validate(data)
-        spec.typed_params()
-        spec.typed_params(quick=True)
-    except ValidationError as exc:
-        raise _format_validation(path, exc) from None
-    return spec
+    return _strategy(data, dict(overrides or {}), Origins(), str(path))
 
 
 def load_scenario(
@@ -109,55 +243,132 @@ def load_scenario(
     *,
     sets: dict[str, Any] | None = None,
     quick: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> Scenario:
     """Load a scenario, resolve its profiles and recipe, apply overrides, validate it all.
 
     ``sets`` are dotted keys (``--set``) applied to the scenario mapping; keys starting with
-    ``strategy.`` go to the recipe's params, ``centres.<name>.`` to a centre's overrides.
+    ``strategy.`` go to the recipe, ``centres.<name>.`` to a centre's overrides. ``labels``
+    names a set key in errors (default ``--set key=value``).
     """
+    return load_scenario_traced(path, sets=sets, quick=quick, labels=labels)[0]
+
+
+def _entries(data: dict[str, Any]) -> list[dict[str, Any]]:
+    centres = data.get("centres")
+    return [e for e in centres if isinstance(e, dict)] if isinstance(centres, list) else []
+
+
+def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, label: str) -> None:
+    try:
+        parts = split_dotted(key)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    if parts[0] == "strategy" and len(parts) > 1:
+        if isinstance(data.get("strategy_overrides"), dict | None):
+            data["strategy_overrides"] = dict(data.get("strategy_overrides") or {})
+            data["strategy_overrides"][".".join(parts[1:])] = value
+            origins.add("strategy", parts[1:], label)
+            return
+    if parts[0] == "centres" and len(parts) > 1 and not parts[1].lstrip("-").isdigit():
+        name = parts[1]
+        if len(parts) < 3:
+            raise ConfigError(
+                f"{label}: name a key of centre {name!r}, e.g. centres.{name}.split.train=0.5"
+            )
+        for i, entry in enumerate(_entries(data)):
+            if entry.get("name") == name or Path(str(entry.get("profile"))).stem == name:
+                if not isinstance(entry.get("overrides"), dict | None):
+                    break  # validation names the bad 'overrides'
+                entry["overrides"] = dict(entry.get("overrides") or {})
+                entry["overrides"][".".join(parts[2:])] = value
+                origins.add(f"centre:{i}", parts[2:], label)
+                return
+        else:
+            names = [str(e.get("name") or Path(str(e.get("profile"))).stem) for e in _entries(data)]
+            raise ConfigError(
+                f"{label}: no centre named {name!r} in the scenario; valid: {', '.join(names)} "
+                "(or an index: centres.0....)"
+            )
+    try:
+        apply_dotted(data, key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    origins.add("scenario", parts, label)
+
+
+def load_scenario_traced(
+    path: str | Path,
+    *,
+    sets: dict[str, Any] | None = None,
+    quick: bool = False,
+    labels: dict[str, str] | None = None,
+) -> tuple[Scenario, Origins]:
+    """:func:`load_scenario`, plus where each override came from (to name it in errors)."""
     path = Path(path)
     data = _read_yaml(path)
+    resolved = bool(data.get("resolved_profiles"))
+    if resolved and sets:
+        raise ConfigError(
+            f"{path}: a run folder's resolved scenario takes no overrides ({', '.join(sets)}); "
+            "start a new run from the original scenario to change it"
+        )
     data.setdefault("name", path.stem)
+    origins = Origins(files={"scenario": str(path), "strategy": str(path)})
+    for i, entry in enumerate(_entries(data)):
+        if isinstance(entry.get("overrides"), dict):
+            for k in entry["overrides"]:
+                origins.add(f"centre:{i}", k, f"{path} centres.{i}.overrides '{k}'")
+    if isinstance(data.get("strategy_overrides"), dict):
+        for k in data["strategy_overrides"]:
+            origins.add("strategy", k, f"{path} strategy_overrides '{k}'")
     if quick:
-        for key, value in dict(data.get("quick") or {}).items():
-            _apply_set(data, key, value)
+        block = data.get("quick") or {}
+        if not isinstance(block, dict):
+            raise ConfigError(f"{path}: key 'quick': expected a mapping of dotted keys")
+        for key, value in dict(block).items():
+            _apply_set(data, key, value, origins, f"{path} quick '{key}'")
     for key, value in (sets or {}).items():
-        _apply_set(data, key, value)
+        _apply_set(data, key, value, origins, (labels or {}).get(key) or set_label(key, value))
+
+    inline = data.get("strategy")
+    if isinstance(inline, dict):
+        data["strategy"] = "(inline)"
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise _format_validation(path, exc) from None
+        raise _format_validation(path, exc, origins, "scenario") from None
     scenario.source_file = str(path.resolve())
 
-    if isinstance(scenario.strategy, str):
-        strategy_path = _resolve_ref(scenario.strategy, "strategies", path.parent)
+    overrides = dict(scenario.strategy_overrides)
+    if isinstance(inline, dict):
+        recipe = copy.deepcopy(inline)
+        scenario.strategy = _strategy(recipe, overrides, origins, f"{path}", ("strategy",))
+    else:
+        ref = str(scenario.strategy)
+        strategy_path = _resolve_ref(ref, "strategies", path.parent)
         if not strategy_path.is_file():
+            where = origins.label("scenario", ("strategy",), str(path))
             raise ConfigError(
-                f"{path}: key 'strategy': recipe {scenario.strategy!r} not found "
+                f"{where}: key 'strategy': recipe {ref!r} not found "
                 f"(looked for {strategy_path}); fix: name a file in strategies/"
             )
-        scenario.strategy = load_strategy(strategy_path, scenario.strategy_overrides)
-    try:
-        scenario.recipe.typed_params(quick=quick)
-    except ValidationError as exc:
-        raise _format_validation(f"{path} (strategy {scenario.recipe.name})", exc) from None
+        recipe = _read_yaml(strategy_path)
+        recipe.setdefault("name", strategy_path.stem)
+        origins.files["strategy"] = str(strategy_path)
+        scenario.strategy = _strategy(recipe, overrides, origins, str(strategy_path))
 
     seen: set[str] = set()
     for i, entry in enumerate(scenario.centres):
-        profile_path = _resolve_ref(entry.profile, "centres", path.parent)
-        if not profile_path.is_file():
-            raise ConfigError(
-                f"{path}: key 'centres.{i}.profile': profile {entry.profile!r} not found "
-                f"(looked for {profile_path}); fix: name a file in centres/"
-            )
-        overrides = dict(entry.overrides)
-        if entry.name:
-            overrides["name"] = entry.name
-        if scenario.privacy is not None:
-            prof_data = _read_yaml(profile_path)
-            if "privacy" not in prof_data and "privacy" not in {k.split(".")[0] for k in overrides}:
-                overrides["privacy"] = scenario.privacy.model_dump()
-        profile = load_profile(profile_path, overrides)
+        if resolved:
+            profile = scenario.resolved_profiles.get(entry.name or "")
+            if profile is None:
+                raise ConfigError(
+                    f"{path}: key 'resolved_profiles': no profile for centre {entry.name!r}; "
+                    "this resolved scenario is damaged: start a new run"
+                )
+        else:
+            profile = _entry_profile(path, scenario, i, origins)
         entry.name = profile.name
         if profile.name in seen:
             raise ConfigError(
@@ -167,22 +378,32 @@ def load_scenario(
         seen.add(profile.name)
         scenario.resolved_profiles[profile.name] = profile
     _check_roles(path, scenario)
-    return scenario
+    return scenario, origins
 
 
-def _apply_set(data: dict[str, Any], key: str, value: Any) -> None:
-    if key.startswith("strategy."):
-        data.setdefault("strategy_overrides", {})
-        data["strategy_overrides"][key.removeprefix("strategy.")] = value
-        return
-    if key.startswith("centres.") and not key.split(".")[1].isdigit():
-        _, name, rest = key.split(".", 2)
-        for entry in data.get("centres", []):
-            if entry.get("name") == name or Path(str(entry.get("profile"))).stem == name:
-                entry.setdefault("overrides", {})[rest] = value
-                return
-        raise ConfigError(f"--set {key}: no centre named {name!r} in the scenario")
-    apply_dotted(data, key, value)
+def _entry_profile(path: Path, scenario: Scenario, i: int, origins: Origins) -> CentreProfile:
+    entry = scenario.centres[i]
+    profile_path = _resolve_ref(entry.profile, "centres", path.parent)
+    if not profile_path.is_file():
+        where = origins.label("scenario", ("centres", str(i), "profile"), str(path))
+        raise ConfigError(
+            f"{where}: key 'centres.{i}.profile': profile {entry.profile!r} not found "
+            f"(looked for {profile_path}); fix: name a file in centres/"
+        )
+    overrides = dict(entry.overrides)
+    if entry.name:
+        overrides["name"] = entry.name
+        origins.add(f"centre:{i}", "name", f"{path} centres.{i}.name")
+    if scenario.privacy is not None:
+        prof_data = _read_yaml(profile_path)
+        if "privacy" not in prof_data and "privacy" not in {k.split(".")[0] for k in overrides}:
+            overrides["privacy"] = scenario.privacy.model_dump()
+            origins.add(
+                f"centre:{i}",
+                "privacy",
+                origins.label("scenario", ("privacy",), f"{path} privacy (scenario-wide default)"),
+            )
+    return _profile(profile_path, overrides, origins, f"centre:{i}")
 
 
 def _check_roles(path: Path, scenario: Scenario) -> None:
@@ -198,7 +419,27 @@ def _check_roles(path: Path, scenario: Scenario) -> None:
         if fault.centre not in names:
             raise ConfigError(
                 f"{path}: key 'faults.{i}.centre': no centre named "
-                f"{fault.centre!r}; valid: {', '.join(sorted(names))}"
+                f"{fault.centre!r}; valid: {', '.join(sorted(n or '' for n in names))}"
             )
     if not any(e.role in ("train", "receiver") for e in scenario.centres):
         raise ConfigError(f"{path}: key 'centres': no centre has role 'train' or 'receiver'")
+
+
+def resolved_mapping(scenario: Scenario, *, quick: bool) -> dict[str, Any]:
+    """The scenario as resolved at the start of a run, loadable by :func:`load_scenario`
+    without any other file: profiles and recipe inlined, the recipe's params with ``quick``
+    applied, every override and quick block already applied (so emptied), data_dir absolute.
+    """
+    data = scenario.model_dump(mode="json", exclude={"source_file"})
+    recipe = scenario.recipe
+    data["strategy"] = {
+        **recipe.model_dump(mode="json"),
+        "params": recipe.typed_params(quick=quick).model_dump(mode="json"),
+        "quick": {},
+    }
+    data["strategy_overrides"] = {}
+    data["quick"] = {}
+    for entry in data["centres"]:
+        entry["overrides"] = {}
+    data["data_dir"] = str(Path(scenario.data_dir).expanduser().resolve())
+    return data

@@ -18,12 +18,33 @@ from fedmammo.config import load_profile
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import FedmammoError
 
-__all__ = ["main", "node_config", "prepare_site"]
+__all__ = ["main", "node_config", "prepare_site", "toml_string"]
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string that Flower's ``--node-config`` parser keeps whole.
+
+    The parser (``flwr.common.config.parse_config_args``) cuts a quoted value at the next
+    double quote before reading it as TOML, so a double quote, a backslash and control
+    characters are written as ``\\uXXXX`` / ``\\\\`` escapes; spaces and single quotes
+    stay as they are.
+    """
+    out = []
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"' or ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def node_config(centre: str, data_dir: str | Path, *, role: str = "train") -> str:
-    """The ``--node-config`` string of a SuperNode serving ``centre`` from ``data_dir``."""
-    return f'centre="{centre}" data-dir="{Path(data_dir).resolve()}" role="{role}"'
+    """The ``--node-config`` string of a SuperNode serving ``centre`` from ``data_dir``
+    (values quoted and escaped: a data dir with spaces or quotes survives)."""
+    values = {"centre": centre, "data-dir": str(Path(data_dir).resolve()), "role": role}
+    return " ".join(f"{k}={toml_string(v)}" for k, v in values.items())
 
 
 def prepare_site(

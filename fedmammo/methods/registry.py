@@ -8,7 +8,7 @@ its ``__init__.py``, with :func:`register`. The scenario's ``strategy`` kind res
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -19,10 +19,31 @@ from fedmammo.federation.handlers import Handler
 if TYPE_CHECKING:  # annotations only
     from rich.console import Console
 
+    from fedmammo.config import Scenario
     from fedmammo.evaluation.results import RunRecorder
     from fedmammo.federation.orchestrator import Orchestrator
 
-__all__ = ["METHODS", "Method", "get_method", "register"]
+__all__ = ["METHODS", "Method", "PlanRow", "get_method", "register"]
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One unit of a run's plan (an arm at a seed, a generator to train): what ``--check``
+    prints and checks before anything runs.
+
+    ``messages`` pairs each message type the unit sends with the centres it goes to (the
+    consent and DP guards of those centres are checked against the handlers' declarations);
+    ``model`` is the model the unit trains at those centres (``{"name", "options"}``), checked
+    against the model registry and, at DP centres, for layers DP-SGD cannot train.
+    """
+
+    arm: str
+    seed: int | None
+    centres: tuple[str, ...]
+    rounds: int | None = None
+    messages: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    model: dict | None = field(default=None, compare=False)
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -31,7 +52,9 @@ class Method:
 
     ``run(orc)`` drives the server side; ``handlers`` answer its messages at the centres;
     ``report(recorder, console)`` returns the method's section of ``results.md`` (and may
-    print its tables).
+    print its tables). ``plan(scenario, params)`` (optional) lists the run's units in running
+    order and raises ConfigError for what the scenario cannot run; without it the plan is one
+    row per seed (``fedmammo.methods.planning``).
     """
 
     kind: str
@@ -40,6 +63,7 @@ class Method:
     run: Callable[[Orchestrator], None]
     handlers: tuple[Handler, ...]
     report: Callable[[RunRecorder, Console], str]
+    plan: Callable[[Scenario, BaseModel], list[PlanRow]] | None = None
 
     @property
     def message_types(self) -> list[str]:

@@ -1,6 +1,6 @@
 """FedAvg of a whole-mammogram classifier, with local and pooled reference arms."""
 
-from fedmammo.methods.fedavg import client, params, report, server
+from fedmammo.methods.fedavg import client, params, plan, report, server
 from fedmammo.methods.registry import Method, register
 
 METHOD = register(
@@ -11,5 +11,6 @@ METHOD = register(
         run=server.run,
         handlers=client.HANDLERS,
         report=report.section,
+        plan=plan.plan,
     )
 )

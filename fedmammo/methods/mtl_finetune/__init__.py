@@ -1,6 +1,6 @@
 """Multi-task learning with missing and uncertain labels, then fine-tuning (paper 001)."""
 
-from fedmammo.methods.mtl_finetune import audit, client, params, report, server
+from fedmammo.methods.mtl_finetune import audit, client, params, plan, report, server
 from fedmammo.methods.registry import Method, register
 
 METHOD = register(
@@ -11,5 +11,6 @@ METHOD = register(
         run=server.run,
         handlers=(*client.HANDLERS, audit.mtl_audit),
         report=report.section,
+        plan=plan.plan,
     )
 )

@@ -1,6 +1,6 @@
 """Periodic sampling of data segments, pooled and federated (paper 000)."""
 
-from fedmammo.methods.periodic_sampling import client, params, report, server
+from fedmammo.methods.periodic_sampling import client, params, plan, report, server
 from fedmammo.methods.registry import Method, register
 
 METHOD = register(
@@ -11,5 +11,6 @@ METHOD = register(
         run=server.run,
         handlers=client.HANDLERS,
         report=report.section,
+        plan=plan.plan,
     )
 )

@@ -2,7 +2,7 @@
 harmonisation from paper 004)."""
 
 from fedmammo.methods.registry import Method, register
-from fedmammo.methods.share_gans import client, params, receiver, report, server
+from fedmammo.methods.share_gans import client, params, plan, receiver, report, server
 
 METHOD = register(
     Method(
@@ -12,5 +12,6 @@ METHOD = register(
         run=server.run,
         handlers=(*client.HANDLERS, receiver.train_patch_classifier_handler),
         report=report.section,
+        plan=plan.plan,
     )
 )

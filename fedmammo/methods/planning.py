@@ -1,0 +1,214 @@
+"""The run plan: every unit a run will do (arm x seed, generators), checked before anything
+runs.
+
+:func:`plan_scenario` asks the scenario's method for its plan (``Method.plan``) and checks
+what a run would otherwise find out only at the centres, hours later:
+
+- every model the recipe names exists in the model registry and builds with its options
+  (on PyTorch's meta device: no memory, no time);
+- every sampler exists in the sampler registry;
+- every centre a unit sends a message to consents to the reply (its profile's ``sharing``
+  against the consent the handler declares), and a centre that trains with DP is sent
+  only DP-capable training messages, for models DP-SGD can train, with noise.
+
+Problems are collected and raised together, one line each, naming the override or file the
+value came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from pydantic import BaseModel
+
+from fedmammo.config import LocalTrainingParams, ModelParams, Scenario
+from fedmammo.config.loading import Origins
+from fedmammo.errors import ConfigError
+from fedmammo.methods.registry import PlanRow, get_method
+
+__all__ = ["check_models", "plan_scenario"]
+
+
+def _walk(
+    model: BaseModel, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], BaseModel]]:
+    """Every nested pydantic model of ``model`` with its dotted path (dicts and lists too)."""
+    yield path, model
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items: list[tuple[str, object]] = []
+        if isinstance(value, BaseModel):
+            items = [(name, value)]
+        elif isinstance(value, dict):
+            items = [(f"{name}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, list | tuple):
+            items = [(f"{name}.{i}", v) for i, v in enumerate(value)]
+        for sub, v in items:
+            if isinstance(v, BaseModel):
+                yield from _walk(v, (*path, *sub.split(".")))
+
+
+def _where(
+    scenario: Scenario, origins: Origins | None, params_path: tuple[str, ...], quick: bool
+) -> str:
+    """The override (or file) a recipe params value came from."""
+    default = scenario.source_file or scenario.name
+    if origins is None:
+        return default
+    default = origins.files.get("strategy", default)
+    if quick:
+        label = origins.label("strategy.quick", ("params", *params_path), "")
+        if label:
+            return label
+    return origins.label("strategy", ("params", *params_path), default)
+
+
+def _model_problem(model: dict, cache: dict[str, object]) -> object:
+    """The built model (on the meta device), or the reason it cannot be built (a str)."""
+    key = json.dumps(model, sort_keys=True, default=str)
+    if key in cache:
+        return cache[key]
+    import torch
+
+    from fedmammo.models import build_model, list_models
+
+    name, options = model.get("name"), dict(model.get("options") or {})
+    if name not in list_models():
+        result: object = f"unknown model {name!r}; valid models: {', '.join(list_models())}"
+    else:
+        try:
+            with torch.device("meta"):
+                result = build_model(name, **options)
+        except ConfigError as exc:
+            result = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any builder failure is a bad option
+            result = f"model {name!r} cannot be built with options {options}: {exc}"
+    cache[key] = result
+    return result
+
+
+def check_models(
+    scenario: Scenario, params: BaseModel, origins: Origins | None, *, quick: bool
+) -> list[str]:
+    """Problems with the recipe's models and samplers (unknown names, bad options)."""
+    from fedmammo.data.sampling import SAMPLERS
+
+    problems, cache = [], {}
+    for path, block in _walk(params):
+        if isinstance(block, ModelParams):
+            found = _model_problem(block.model_dump(), cache)
+            if isinstance(found, str):
+                where = _where(scenario, origins, (*path, "name"), quick)
+                problems.append(f"{where}: key 'params.{'.'.join((*path, 'name'))}': {found}")
+        if isinstance(block, LocalTrainingParams) and block.sampler not in SAMPLERS:
+            where = _where(scenario, origins, (*path, "sampler"), quick)
+            problems.append(
+                f"{where}: key 'params.{'.'.join((*path, 'sampler'))}': unknown sampler "
+                f"{block.sampler!r}; valid samplers: {', '.join(sorted(SAMPLERS))}"
+            )
+    return problems
+
+
+def _centre_where(scenario: Scenario, origins: Origins | None, centre: str, key: tuple) -> str:
+    names = scenario.centre_names()
+    i = names.index(centre)
+    default = f"{scenario.source_file or scenario.name} centres.{i} ({centre})"
+    return origins.label(f"centre:{i}", key, default) if origins else default
+
+
+def _check_rows(scenario: Scenario, rows: list[PlanRow], handlers: dict, origins) -> list[str]:
+    """Consent, the DP guard and DP-compatible models at every centre the plan sends to."""
+    from fedmammo.federation.consent import REPLY_KINDS
+    from fedmammo.privacy.engine import dp_incompatible_layers
+
+    problems: list[str] = []
+    seen: set[tuple] = set()
+    cache: dict[str, object] = {}
+    profiles = scenario.resolved_profiles
+    for row in rows:
+        for message_type, centres in row.messages:
+            h = handlers.get(message_type)
+            for c in centres:
+                profile = profiles.get(c)
+                if profile is None or h is None:
+                    continue  # the pooled what-if node, or centres known only from data
+                i = scenario.centre_names().index(c)
+                if h.consent and not getattr(profile.sharing, h.consent):
+                    key = ("consent", c, h.consent)
+                    if key not in seen:
+                        seen.add(key)
+                        where = _centre_where(scenario, origins, c, ("sharing", h.consent))
+                        problems.append(
+                            f"{where}: centre {c!r} does not share {REPLY_KINDS[h.consent]} "
+                            f"(sharing.{h.consent}: false) but arm {row.arm!r} needs its "
+                            f"{message_type!r} replies; fix: allow it (centres.{i}.overrides: "
+                            f"{{sharing.{h.consent}: true}}), change the centre's role, or drop "
+                            "the arm"
+                        )
+                if not (message_type.startswith("train.") and profile.privacy.enabled):
+                    continue
+                where = _centre_where(scenario, origins, c, ("privacy",))
+                if not h.dp:
+                    key = ("dp-guard", c, message_type)
+                    if key not in seen:
+                        seen.add(key)
+                        problems.append(
+                            f"{where}: centre {c!r} trains with DP (privacy in its profile) but "
+                            f"{message_type!r} (arm {row.arm!r}) has no DP path, so the centre "
+                            f"would refuse it; fix: give it no privacy for this strategy "
+                            f"(centres.{i}.overrides: {{privacy: {{}}}})"
+                        )
+                    continue
+                if profile.privacy.noise_multiplier == 0 and ("noise", c) not in seen:
+                    seen.add(("noise", c))
+                    problems.append(
+                        f"{where}: centre {c!r}: privacy.noise_multiplier 0 adds no noise "
+                        "(epsilon is infinite); fix: give a positive noise_multiplier or only "
+                        "a target_epsilon"
+                    )
+                if row.model is None:
+                    continue
+                built = _model_problem(row.model, cache)
+                if isinstance(built, str):
+                    continue  # reported by check_models / the arm's own check
+                bad = dp_incompatible_layers(built)
+                key = ("dp-model", c, json.dumps(row.model, sort_keys=True, default=str))
+                if bad and key not in seen:
+                    seen.add(key)
+                    layer, kind, reason = bad[0]
+                    more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+                    problems.append(
+                        f"{where}: centre {c!r} trains with DP but the model of arm {row.arm!r} "
+                        f"({row.model.get('name')}) has layers DP-SGD cannot train: {layer} "
+                        f"({kind}: {reason}){more}; fix: a DP-ready norm "
+                        "(params.model.options.norm: group) or no privacy at this centre"
+                    )
+    return problems
+
+
+def _default_plan(scenario: Scenario) -> list[PlanRow]:
+    trainers = tuple(
+        c for c in scenario.centre_names() if scenario.entry(c).role in ("train", "receiver")
+    )
+    return [PlanRow(arm="(every arm)", seed=s, centres=trainers) for s in scenario.seeds]
+
+
+def plan_scenario(
+    scenario: Scenario, *, quick: bool, origins: Origins | None = None
+) -> list[PlanRow]:
+    """The run plan of one (sweep point's) scenario; ConfigError listing every problem."""
+    from fedmammo.federation.client_app import collect_handlers
+
+    method = get_method(scenario.recipe.kind)
+    params = scenario.recipe.typed_params(quick=quick)
+    problems = check_models(scenario, params, origins, quick=quick)
+    try:
+        rows = method.plan(scenario, params) if method.plan else _default_plan(scenario)
+    except (ConfigError, ValueError) as exc:
+        problems.append(f"{scenario.source_file or scenario.name}: {exc}")
+        rows = []
+    problems += _check_rows(scenario, rows, collect_handlers(method.handlers), origins)
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    return rows

@@ -1,0 +1,67 @@
+"""The GAN-sharing run plan: phase 1's generators (one per sharing centre, GAN kind and lesion
+subset, once per run), then every arm x subset x fraction x seed at the receiver; the arms
+checked against the scenario by the server's own :func:`~.server._check_plan`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from fedmammo.config import Scenario
+from fedmammo.errors import ConfigError
+from fedmammo.methods.registry import PlanRow
+from fedmammo.methods.share_gans.params import ShareGansParams
+
+__all__ = ["plan"]
+
+
+def _checked_arms(scenario: Scenario, p: ShareGansParams):
+    """The server's plan check on the part of the orchestrator it reads (a simulation)."""
+    from fedmammo.methods.share_gans.server import _check_plan
+
+    view = SimpleNamespace(scenario=scenario, spec=SimpleNamespace(deployment=False))
+    return _check_plan(view, p)  # type: ignore[arg-type]
+
+
+def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
+    """Generators first (seeded from the first seed), then the receiver's classifier arms."""
+    from fedmammo.methods.share_gans.generators import GENERATORS_DIR, generator_name
+    from fedmammo.methods.share_gans.report import record_arm
+
+    specs = _checked_arms(scenario, p)
+    if p.load_generators:
+        source = Path(p.load_generators).expanduser()
+        if not source.is_dir():
+            raise ConfigError(
+                f"key 'params.load_generators': folder {source} not found; name a run folder "
+                f"(or its {GENERATORS_DIR}/ folder) of an earlier share_gans run, or remove it"
+            )
+    rows = []
+    needed = list(dict.fromkeys(g for s in specs for g in s.generators))
+    for subset in p.subsets:
+        for centre, gan in needed:
+            rows.append(
+                PlanRow(
+                    arm=generator_name(centre, gan, subset),
+                    seed=scenario.seeds[0],
+                    centres=(centre,),
+                    rounds=None,
+                    messages=(("train.generator", (centre,)),),
+                    note=f"{gan}, {p.gans[gan].epochs} epochs",
+                )
+            )
+    for seed in scenario.seeds:
+        for subset in p.subsets:
+            for fraction in p.fractions:
+                for spec in specs:
+                    rows.append(
+                        PlanRow(
+                            arm=record_arm(spec.name, subset, fraction),
+                            seed=seed,
+                            centres=(spec.receiver,),
+                            messages=(("train.patch_classifier", (spec.receiver,)),),
+                            model=p.classifier.model.model_dump(),
+                            note="moves real pixels (simulation only)" if spec.real else "",
+                        )
+                    )
+    return rows

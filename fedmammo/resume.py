@@ -1,0 +1,214 @@
+"""``--resume RUN_DIR``: continue a run from what its folder holds, and say what that is.
+
+The run folder is the only source: its ``scenario.resolved.yaml`` (each sweep point's too),
+``runspec.json``, ``results.json`` (rounds and arms done), ``privacy.json`` (the centres'
+ledgers, restored at the centres from it) and ``checkpoints/``. A scenario argument must be
+the file the run started from; ``--set`` and a different ``--quick`` are refused (they would
+make the resumed run a different one). Damaged files give one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fedmammo.config import Scenario, load_scenario
+from fedmammo.errors import ConfigError
+from fedmammo.federation.console import safe
+from fedmammo.federation.runspec import RunSpec
+from fedmammo.methods.planning import plan_scenario
+from fedmammo.sweep import RESOLVED, Point, resolved_points
+
+__all__ = ["INVOCATION", "open_run", "print_restore", "read_json", "read_runspec"]
+
+#: How the run was started (original scenario file, --set keys, --quick, argv).
+INVOCATION = "invocation.json"
+
+
+def read_json(path: Path, *, run_dir: Path, required: bool = False) -> Any:
+    """A run folder's JSON file; ConfigError (one line) when it is damaged."""
+    if not path.is_file():
+        if required:
+            raise ConfigError(
+                f"--resume {run_dir}: no {path.name} there (not a run folder, or one whose "
+                "start was interrupted before it was written); start a new run"
+            )
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--resume {run_dir}: {path.relative_to(run_dir)} is damaged (line {exc.lineno}: "
+            f"{exc.msg}); restore it from a backup or start a new run"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--resume {run_dir}: cannot read {path.name} ({exc})") from None
+
+
+def read_runspec(run_dir: Path) -> RunSpec:
+    """The run folder's runspec.json as a RunSpec (ConfigError when damaged)."""
+    data = read_json(run_dir / "runspec.json", run_dir=run_dir, required=True)
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, got {type(data).__name__}")
+        return RunSpec(**data)
+    except TypeError as exc:
+        raise ConfigError(
+            f"--resume {run_dir}: runspec.json is damaged ({exc}); start a new run"
+        ) from None
+
+
+def _progress(folder: Path, run_dir: Path) -> dict[str, dict]:
+    results = read_json(folder / "results.json", run_dir=run_dir)
+    if results is None:
+        return {}
+    progress = results.get("progress", {}) if isinstance(results, dict) else None
+    if not isinstance(progress, dict) or not isinstance(results.get("metrics", []), list):
+        raise ConfigError(
+            f"--resume {run_dir}: {(folder / 'results.json').relative_to(run_dir)} is damaged "
+            "(no progress/metrics); restore it from a backup or start a new run"
+        )
+    return progress
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve() or Path(a).samefile(b)
+    except OSError:
+        return False
+
+
+def _check_arguments(args: argparse.Namespace, run_dir: Path, spec: RunSpec, original: str) -> None:
+    if args.scenario and not _same_file(args.scenario, original):
+        raise ConfigError(
+            f"--resume {run_dir}: that run is of {original}, not {args.scenario}; drop the "
+            "scenario argument (a resumed run uses the run folder's scenario.resolved.yaml)"
+        )
+    if args.sets:
+        raise ConfigError(
+            f"--resume {run_dir}: --set would change a run half done; resume it as it "
+            "started, or start a new run with the change"
+        )
+    if args.quick and not spec.quick:
+        raise ConfigError(
+            f"--resume {run_dir}: the run started without --quick; drop --quick to resume it"
+        )
+
+
+def _state(entry: dict | None, rounds: int | None) -> tuple[str, str]:
+    if not entry:
+        return "", "not started"
+    if entry.get("done"):
+        return str(entry.get("round", "")), "done: kept"
+    done = int(entry.get("round", 0))
+    of = f" of {rounds}" if rounds else ""
+    return str(done), f"rounds 1..{done} kept, resumes at {done + 1}{of}"
+
+
+def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
+    """What the resumed run keeps: rounds and arms done, ledgers, checkpoints, local state."""
+    table = Table(title=f"restored from {safe(run_dir)}", title_justify="left")
+    swept = any(p.name for p in points)
+    for col in (["point"] if swept else []) + ["arm", "seed", "rounds done", "state"]:
+        table.add_column(col, overflow="fold")
+    partial_fedbn = False
+    totals = Counter()
+    for point in points:
+        folder = run_dir / "points" / point.name if point.name else run_dir
+        progress = _progress(folder, run_dir)
+        if point.name and (folder / "DONE").is_file():
+            table.add_row(safe(point.name), "(every arm)", "", "", "point done: kept")
+            totals["done"] += len(point.rows)
+            continue
+        bn = getattr(point.scenario.recipe.typed_params(), "batchnorm", None)
+        for row in point.rows:
+            entry = progress.get(f"{row.arm}|{row.seed}")
+            done, state = _state(entry, row.rounds)
+            totals["done" if entry and entry.get("done") else "partial" if entry else "todo"] += 1
+            partial_fedbn |= bool(entry and not entry.get("done") and bn == "local")
+            cells = [row.arm, "" if row.seed is None else str(row.seed), done, state]
+            table.add_row(*(safe(c) for c in ([point.name] if swept else []) + cells))
+    console.print(table)
+    console.print(
+        f"units: {totals['done']} done (kept), {totals['partial']} part done (resume at their "
+        f"next round), {totals['todo']} not started"
+    )
+    _print_ledgers(console, run_dir, points)
+    ckpts = sorted(run_dir.glob("**/checkpoints/*/*.pt"))
+    console.print(f"checkpoints: {len(ckpts)} model files (the last completed round of each arm)")
+    local = sorted(p for p in run_dir.glob("**/centre_state/*") if p.is_file())
+    if local:
+        console.print(f"per-centre local state: {len(local)} files ({safe(local[0].parent)})")
+    else:
+        console.print("per-centre local state: none kept in the run folder")
+    if partial_fedbn:
+        console.print(
+            "[yellow]note:[/] an arm with batchnorm: local (FedBN) is part done; the centres' "
+            "own BatchNorm statistics of the rounds already run are not kept on disk, so it "
+            "resumes with the global model's (its results may differ from an unbroken run)"
+        )
+
+
+def _print_ledgers(console: Console, run_dir: Path, points: list[Point]) -> None:
+    ledgers: dict[tuple[str, str], float] = {}
+    for point in points:
+        folder = run_dir / "points" / point.name if point.name else run_dir
+        privacy = read_json(folder / "privacy.json", run_dir=run_dir) or {}
+        records = privacy.get("records", []) if isinstance(privacy, dict) else None
+        if not isinstance(records, list):
+            raise ConfigError(f"--resume {run_dir}: privacy.json is damaged (no records list)")
+        for r in records:
+            if isinstance(r, dict) and r.get("ledger") and "ledger_epsilon" in r:
+                key = (f"{point.name}/" if point.name else "") + str(r.get("centre"))
+                ledgers[(key, str(r["ledger"]))] = float(r["ledger_epsilon"] or 0.0)
+    if not ledgers:
+        console.print("DP ledgers: none recorded (no centre has spent privacy budget yet)")
+        return
+    shown = ", ".join(f"{c} {led}: eps {e:.3g}" for (c, led), e in sorted(ledgers.items())[:12])
+    more = f" (+{len(ledgers) - 12} more)" if len(ledgers) > 12 else ""
+    console.print(
+        f"DP ledgers restored at the centres from privacy.json: {safe(shown)}{more}",
+        soft_wrap=True,
+    )
+
+
+def open_run(args: argparse.Namespace, console: Console) -> tuple[RunSpec, Scenario, list[Point]]:
+    """The run spec, scenario and checked plan of ``--resume RUN_DIR`` (ConfigError, one line,
+    when the folder cannot be resumed as asked)."""
+    run_dir = Path(args.resume).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {args.resume}: no such run folder")
+    spec = read_runspec(run_dir)
+    resolved = run_dir / RESOLVED
+    if not resolved.is_file():
+        raise ConfigError(
+            f"--resume {run_dir}: no {RESOLVED} there (the scenario as the run started); "
+            "this folder cannot be resumed: start a new run"
+        )
+    invocation = read_json(run_dir / INVOCATION, run_dir=run_dir)
+    invocation = invocation if isinstance(invocation, dict) else {}
+    original = str(invocation.get("scenario") or spec.scenario_file)
+    _check_arguments(args, run_dir, spec, original)
+    base = load_scenario(resolved, quick=spec.quick)
+    if base.sweep:
+        points = resolved_points(run_dir, base, quick=spec.quick)
+    else:
+        points = [Point("", {}, base)]
+    for point in points:
+        point.rows = plan_scenario(point.scenario, quick=spec.quick)
+    sets = invocation.get("sets") if isinstance(invocation.get("sets"), dict) else {}
+    started = " ".join(["--quick"] * spec.quick + [f"--set {k}=..." for k in sets])
+    console.print(
+        f"resuming [bold]{safe(base.name)}[/] from {safe(run_dir)} (started from "
+        f"{safe(original)} {safe(started)}; using the folder's {RESOLVED})",
+        soft_wrap=True,
+    )
+    spec.resume, spec.run_dir = True, str(run_dir)
+    spec.scenario_file, spec.sets = str(resolved), {}
+    return spec, base, points
