@@ -11,7 +11,45 @@ from fedmammo.config.dotted import apply_dotted
 from fedmammo.config.profile import CentreProfile, PrivacySpec, Strict
 from fedmammo.config.recipe import known_kinds, validate_recipe_params
 
-__all__ = ["CentreEntry", "FaultSpec", "Scenario", "StrategySpec", "TrackingSpec"]
+__all__ = [
+    "MAX_MESSAGE_TIMEOUT",
+    "CentreEntry",
+    "FaultSpec",
+    "MessageTimeouts",
+    "Scenario",
+    "StrategySpec",
+    "TrackingSpec",
+]
+
+#: Flower's default message TTL (12 h): a message still unanswered then expires at the SuperLink.
+MAX_MESSAGE_TIMEOUT = 12 * 3600.0
+
+
+class MessageTimeouts(Strict):
+    """Seconds the server waits for the replies to one message round, per phase (Flower's
+    message categories: ``query.*``, ``train.*``, ``evaluate.*``). A centre that has not
+    replied by then counts as failed for that round."""
+
+    query: float = Field(default=600.0, gt=0)  # identify (loads the centre's image cache)
+    train: float = Field(default=7200.0, gt=0)  # one round of local training
+    evaluate: float = Field(default=3600.0, gt=0)  # evaluation, audits
+
+    @field_validator("query", "train", "evaluate")
+    @classmethod
+    def _below_ttl(cls, v: float) -> float:
+        if v > MAX_MESSAGE_TIMEOUT:
+            raise ValueError(
+                f"at most {MAX_MESSAGE_TIMEOUT:.0f} s (12 h): Flower drops a message "
+                "unanswered for longer (its TTL)"
+            )
+        return v
+
+    def of(self, message_type: str) -> float:
+        """The timeout of a message type (``train.classifier`` -> ``train``)."""
+        phase = message_type.split(".", 1)[0]
+        if phase in type(self).model_fields:
+            return float(getattr(self, phase))
+        return float(max(self.query, self.train, self.evaluate))
 
 
 class StrategySpec(Strict):
@@ -22,6 +60,11 @@ class StrategySpec(Strict):
     description: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
     quick: dict[str, Any] = Field(default_factory=dict)  # params overridden by --quick
+    # Seconds the server waits, before anything else, for every centre's node to connect and
+    # identify itself (deployment); then it stops, or goes on without the missing centres
+    # where the recipe's min_centres allows. Simulated nodes are all there at once.
+    connect_timeout: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
+    message_timeout: MessageTimeouts = MessageTimeouts()
 
     @field_validator("kind")
     @classmethod

@@ -50,7 +50,6 @@ class Orchestrator:
     scenario: Scenario
     recorder: RunRecorder
     console: Console = field(default_factory=Console)
-    timeout: float = 24 * 3600.0
     nodes: dict[str, int] = field(default_factory=dict)  # centre name -> node id
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
@@ -62,6 +61,15 @@ class Orchestrator:
     @property
     def run_dir(self) -> Path:
         return Path(self.spec.run_dir)
+
+    def timeout_for(self, message_type: str) -> float:
+        """Seconds to wait for the replies to ``message_type`` (recipe ``message_timeout``)."""
+        return self.scenario.recipe.message_timeout.of(message_type)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for one training round's replies (``message_timeout.train``)."""
+        return self.timeout_for("train")
 
     def base_config(self, **extra) -> ConfigRecord:
         """Config every centre message carries: image size, data seed, plus ``extra``."""
@@ -78,9 +86,25 @@ class Orchestrator:
         return cfg
 
     # ------------------------------------------------------------------ identity
-    def identify(self, expected: int) -> None:
-        """Map node ids to centres with a ``query.identify`` round."""
-        node_ids = self._wait_for_nodes(expected)
+    def identify(self, expected: int | None = None) -> None:
+        """Wait for every centre's node and map node ids to centres; raise naming the missing
+        ones. ``expected``: the number of simulated nodes (None: real sites, which get the
+        recipe's ``connect_timeout``)."""
+        from fedmammo.federation.connect import ConnectError, expected_nodes, wait_for_centres
+
+        simulated = expected is not None
+        names = expected_nodes(self.spec, self.scenario, simulated=simulated)
+        conn = wait_for_centres(
+            self, names, timeout=self.scenario.recipe.connect_timeout, simulated=simulated
+        )
+        if conn.missing:
+            timeout = None if simulated else self.scenario.recipe.connect_timeout
+            raise ConnectError(conn.missing_line(timeout))
+
+    def identify_nodes(self, node_ids: Iterable[int], *, timeout: float) -> dict[int, str]:
+        """Ask ``node_ids`` who they are (``query.identify``) and record the centres that
+        answer; return the others (node id -> why)."""
+        node_ids = list(node_ids)
         msgs = [
             Message(
                 RecordDict({"config": self.base_config()}),
@@ -89,30 +113,19 @@ class Orchestrator:
             )
             for n in node_ids
         ]
-        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+        failed = {n: f"no reply within {timeout:g} s" for n in node_ids}
+        for reply in self.grid.send_and_receive(msgs, timeout=timeout):
             src = reply.metadata.src_node_id
             if reply.has_error():
-                raise RuntimeError(f"node {src} failed to identify: {reply.error.reason}")
+                failed[src] = short_reason(reply.error.reason)
+                continue
+            failed.pop(src, None)
             info = reply.content["info"]
             name = str(info["centre"])
             self.nodes[name] = src
             self.roles[name] = str(info["role"])
             self.counts[name] = {k: int(v) for k, v in reply.content["counts"].items()}
-        missing = [c for c in self.scenario.centre_names() if c not in self.nodes]
-        if missing:
-            raise RuntimeError(
-                f"centres {missing} did not connect (connected: {sorted(self.nodes)})"
-            )
-
-    def _wait_for_nodes(self, expected: int) -> list[int]:
-        import time
-
-        deadline = time.monotonic() + 600
-        while True:
-            ids = list(self.grid.get_node_ids())
-            if len(ids) >= expected or time.monotonic() > deadline:
-                return ids
-            time.sleep(1.0)
+        return failed
 
     # ------------------------------------------------------------------ messaging
     def send(
@@ -125,8 +138,10 @@ class Orchestrator:
             for c, content in contents.items()
         ]
         replies: dict[str, RecordDict] = {}
-        failures: dict[str, str] = {c: "no reply" for c in contents}
-        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+        timeout = self.timeout_for(message_type)
+        phase = message_type.split(".")[0]
+        failures = {c: f"no reply within message_timeout.{phase}={timeout:g} s" for c in contents}
+        for reply in self.grid.send_and_receive(msgs, timeout=timeout):
             centre = by_node.get(reply.metadata.src_node_id, "?")
             if reply.has_error():
                 failures[centre] = reply.error.reason or "error"
@@ -136,11 +151,13 @@ class Orchestrator:
         return replies, failures
 
     def centres(self, *roles: str) -> list[str]:
-        """Scenario centres with one of ``roles`` (all real centres when none given)."""
+        """Scenario centres with one of ``roles`` (all real centres when none given); once
+        identified, only those connected (a run may go on without some: ``min_centres``)."""
         return [
             c
             for c in self.scenario.centre_names()
-            if not roles or self.scenario.entry(c).role in roles
+            if (not roles or self.scenario.entry(c).role in roles)
+            and (not self.nodes or c in self.nodes)
         ]
 
     # ------------------------------------------------------------------ checkpoints

@@ -1,23 +1,45 @@
-"""The orchestrator's ServerApp: identify the centres, run the method's phases, summarise."""
+"""The orchestrator's ServerApp: connect the centres, run the method's phases, summarise.
+
+Before anything else the server compares the nodes it can reach with the scenario's centres
+(:mod:`fedmammo.federation.connect`): a simulation federation too small for the scenario
+fails at once with the command that resizes it; real sites get the recipe's
+``connect_timeout``, after which the run stops (results.json and results.md written, a
+failure per missing centre) or, where the recipe's ``min_centres`` allows, goes on without
+them.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+from logging import ERROR, INFO, WARNING
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
+from fedmammo.config import Scenario
+from fedmammo.data.prepare import materialise_centre
+from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.evaluation.provenance import run_provenance
 from fedmammo.evaluation.report import write_summary
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.evaluation.run_outputs import attach_run_outputs
+from fedmammo.federation.connect import (
+    ConnectError,
+    FederationTooSmall,
+    expected_nodes,
+    say,
+    simulation_size_fix,
+    wait_for_centres,
+)
 from fedmammo.federation.orchestrator import Orchestrator
-from fedmammo.federation.runspec import RunSpec, load_runspec, scenario_of
+from fedmammo.federation.run_log import add_run_log
+from fedmammo.federation.runspec import POOLED, RunSpec, load_runspec, scenario_of
 
-__all__ = ["build_server_app", "run_scenario"]
+__all__ = ["build_server_app", "is_simulation", "run_scenario"]
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +47,36 @@ Runner = Callable[[Orchestrator], None]
 Section = Callable[[RunRecorder, Console], str]
 
 
-def run_scenario(grid: Grid, spec: RunSpec, run: Runner, section: Section) -> RunRecorder:
-    """Identify the centres, run the method, keep results.json current, write the summary.
+def is_simulation(grid: Grid, spec: RunSpec) -> bool:
+    """Whether the nodes are simulated: ``python -m fedmammo.simulate``, or ``flwr run`` on a
+    simulation federation (Flower's in-memory grid)."""
+    if not spec.deployment:
+        return True
+    try:
+        from flwr.superlink.grid import InMemoryGrid
+    except ImportError:  # a later Flower moved it: treat nodes as real sites
+        return False
+    return isinstance(grid, InMemoryGrid)
+
+
+def run_scenario(
+    grid: Grid,
+    spec: RunSpec,
+    run: Runner,
+    section: Section,
+    *,
+    simulated: bool | None = None,
+    prepare: bool = False,
+) -> RunRecorder:
+    """Connect the centres, run the method, keep results.json current, write the summary.
 
     What the ServerApp does with its grid; tests call it with an in-process grid.
+    ``simulated`` (default: :func:`is_simulation`): nodes are all there at once;
+    ``prepare``: materialise the simulated centres' data first (``flwr run`` on a local
+    simulation federation, where ``python -m fedmammo.simulate`` did not).
     """
     scenario = scenario_of(spec)
+    simulated = is_simulation(grid, spec) if simulated is None else simulated
     recorder = RunRecorder(
         spec.run_dir,
         resume=spec.resume,
@@ -50,22 +96,95 @@ def run_scenario(grid: Grid, spec: RunSpec, run: Runner, section: Section) -> Ru
         recorder, scenario.model_dump(mode="json", exclude={"source_file"}, exclude_none=True)
     )
     orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
-    expected = len(spec.node_order) or len(scenario.centres)
     t0 = time.perf_counter()
-    orc.identify(expected)
-    recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
-    recorder.meta["centres"] = {
-        c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
-    }
-    recorder.flush()
     try:
+        _connect(orc, simulated=simulated, prepare=prepare)
+        recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
+        recorder.meta["centres"] = {
+            c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
+        }
+        recorder.flush()
         run(orc)
+    except ConnectError as exc:
+        say(ERROR, str(exc))
+        raise
     finally:
         recorder.meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
         recorder.flush()
         write_summary(recorder, orc.console, section=section)
         outputs.close()
     return recorder
+
+
+def _connect(orc: Orchestrator, *, simulated: bool, prepare: bool) -> None:
+    """Wait for the centres; record the missing ones; stop unless ``min_centres`` allows."""
+    spec, scenario, recorder = orc.spec, orc.scenario, orc.recorder
+    expected = expected_nodes(spec, scenario, simulated=simulated)
+    timeout = scenario.recipe.connect_timeout
+    if simulated:
+        have = len(list(orc.grid.get_node_ids()))
+        if have < len(expected):
+            line = simulation_size_fix(have, expected, scenario.name)
+            recorder.failure(arm="all", seed=None, centre="all", reason=line, phase="connect")
+            recorder.note(line)
+            raise FederationTooSmall(line)
+    if prepare:
+        _prepare_centres(scenario, pooled=POOLED in spec.node_order)
+    say(INFO, f"connecting {len(expected)} centres: {', '.join(expected)}")
+    conn = wait_for_centres(orc, expected, timeout=timeout, simulated=simulated)
+    recorder.meta["connect_seconds"] = conn.seconds
+    if not conn.missing:
+        return
+    line = conn.missing_line(None if simulated else timeout)
+    for centre in conn.missing:
+        recorder.failure(arm="all", seed=None, centre=centre, reason=line, phase="connect")
+    why = _may_go_on(orc, conn.connected, conn.missing)
+    if why:
+        recorder.note(f"went on without {', '.join(conn.missing)} ({why}): {line}")
+        say(WARNING, f"going on without {', '.join(conn.missing)}: {why}")
+        return
+    fix = (
+        "fix: check those nodes' errors above"
+        if simulated
+        else "fix: start their SuperNodes (--node-config 'centre=...'), or give them longer "
+        "(the scenario's strategy_overrides: {connect_timeout: SECONDS})"
+    )
+    recorder.note(f"run stopped before training: {line}")
+    raise ConnectError(f"{line}; {fix}")
+
+
+def _may_go_on(orc: Orchestrator, connected: list[str], missing: list[str]) -> str | None:
+    """Why the run may go on without ``missing`` (the recipe's ``min_centres``), or None."""
+    minimum = getattr(orc.params, "min_centres", None)
+    if minimum is None or "pooled" in missing:
+        return None
+    trainers = [c for c in connected if c != "pooled" and orc.roles.get(c) in ("train", "receiver")]
+    if len(trainers) < minimum:
+        return None
+    return f"{len(trainers)} training centres connected, the recipe's min_centres is {minimum}"
+
+
+def _start_run_log(run_dir: Path) -> None:
+    """run.log in the run directory, fedmammo's records at INFO, without raising other
+    libraries' chatter in Flower's own log (the root logger keeps its level)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    level = root.level
+    add_run_log(run_dir)
+    root.setLevel(level)
+    logging.getLogger("fedmammo").setLevel(logging.INFO)
+
+
+def _prepare_centres(scenario: Scenario, *, pooled: bool) -> None:
+    """Materialise every centre's data once before simulated nodes ask for it (no races
+    between the pooled node and the centres it pools)."""
+    for entry in scenario.centres:
+        profile = scenario.resolved_profiles[entry.name or ""]
+        say(INFO, f"preparing centre {profile.name} ({entry.role}) in {scenario.data_dir}")
+        kwargs = {"image_size": scenario.image_size, "data_seed": scenario.data_seed}
+        materialise_centre(profile, scenario.data_dir, test_only=entry.role == "test", **kwargs)
+        if pooled and entry.role in ("train", "receiver"):
+            materialise_centre(profile, scenario.data_dir, **kwargs)
 
 
 def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> ServerApp:
@@ -75,8 +194,25 @@ def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> Serv
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        """Run the scenario the run config (or the simulation's run spec) names."""
-        spec = load_runspec(context.run_config)
-        run_scenario(grid, spec, *method_of(scenario_of(spec).recipe.kind))
+        """Run the scenario the run config (``flwr run``) or the simulation's run spec names."""
+        try:
+            spec = load_runspec(context.run_config)
+            scenario = scenario_of(spec)
+            if spec.deployment and scenario.sweep:
+                raise ConfigError(
+                    f"scenario {scenario.name!r} sweeps {', '.join(scenario.sweep)}: one run "
+                    "per point, which `flwr run` (one run) cannot start; run it with python -m "
+                    f"fedmammo.simulate {spec.scenario_file}"
+                )
+        except FedmammoError as exc:
+            say(ERROR, str(exc))
+            raise
+        simulated = is_simulation(grid, spec)
+        prepare = spec.deployment and simulated  # flwr run on a local simulation federation
+        if spec.deployment:  # flwr run: no python -m fedmammo.simulate around to set up run.log
+            _start_run_log(Path(spec.run_dir))
+            spec.deployment = not simulated
+        runner, section = method_of(scenario.recipe.kind)
+        run_scenario(grid, spec, runner, section, simulated=simulated, prepare=prepare)
 
     return app

@@ -1,0 +1,169 @@
+"""Before anything else: which of the scenario's centres can the server reach?
+
+The server polls the nodes it can reach, asks every new one who it is (``query.identify``)
+and says every few seconds which centres are connected and which are missing, in Flower's
+log (``flwr log``, ``flwr run --stream``) and in the run log. Simulated nodes are all there
+at once, so a simulation federation with fewer SuperNodes than the scenario needs fails at
+once, naming the command that fixes it; real sites get the recipe's ``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import TYPE_CHECKING
+
+from flwr.common.logger import log as flwr_log
+
+from fedmammo.config import Scenario
+from fedmammo.errors import FedmammoError
+from fedmammo.federation.runspec import POOLED, RunSpec
+
+if TYPE_CHECKING:
+    from fedmammo.federation.orchestrator import Orchestrator
+
+__all__ = [
+    "Connection",
+    "ConnectError",
+    "FederationTooSmall",
+    "expected_nodes",
+    "say",
+    "simulation_size_fix",
+    "wait_for_centres",
+]
+
+log = logging.getLogger(__name__)
+
+IDENTIFY = "query.identify"
+
+
+class ConnectError(FedmammoError):
+    """Centres the run needs did not connect (the message names them and the fix)."""
+
+
+class FederationTooSmall(ConnectError):
+    """A simulation federation has fewer SuperNodes than the scenario has nodes."""
+
+
+def say(level: int, text: str) -> None:
+    """One line in Flower's log (``flwr log`` / ``--stream``) and in the run log."""
+    flwr_log(level, "%s", text)
+    if level < WARNING:  # Flower's records reach run.log only from WARNING up
+        log.log(level, text)
+
+
+def expected_nodes(spec: RunSpec, scenario: Scenario, *, simulated: bool) -> list[str]:
+    """The centres whose nodes the run waits for: real sites, or every simulated node
+    (the pooled what-if node included, under the name it identifies with)."""
+    if simulated and spec.node_order:
+        return ["pooled" if n == POOLED else n for n in spec.node_order]
+    return scenario.centre_names()
+
+
+def simulation_size_fix(have: int, need: list[str], scenario: str) -> str:
+    """One line: both numbers and the Flower 1.41 commands that resize the federation."""
+    n = len(need)
+    return (
+        f"the simulation federation has {have} SuperNodes but scenario {scenario!r} needs {n} "
+        f"({', '.join(need)}); fix: flwr federation simulation-config --num-supernodes {n} "
+        f"(once), or this run only: flwr run . --federation-config 'num-supernodes={n}' ..."
+    )
+
+
+@dataclass
+class Connection:
+    """Who answered: centres connected and missing, nodes that failed to identify."""
+
+    expected: list[str]
+    connected: list[str]
+    missing: list[str]
+    errors: dict[int, str] = field(default_factory=dict)  # node id -> why it did not identify
+    seconds: float = 0.0
+
+    def missing_line(self, timeout: float | None) -> str:
+        """One line naming the missing centres, the connected ones and why nodes failed
+        (``timeout``: the connect_timeout waited; None: simulated nodes, no wait)."""
+        waited = f"within connect_timeout={timeout:g} s" if timeout is not None else "(simulated)"
+        text = (
+            f"centres {', '.join(self.missing)} did not connect {waited} "
+            f"(connected: {', '.join(self.connected) or 'none'})"
+        )
+        if self.errors:
+            text += "; nodes that failed to identify: " + "; ".join(
+                f"{n}: {r}" for n, r in self.errors.items()
+            )
+        return text
+
+
+def wait_for_centres(
+    orc: Orchestrator,
+    expected: list[str],
+    *,
+    timeout: float,
+    simulated: bool,
+    every: float = 5.0,
+    poll: float = 1.0,
+) -> Connection:
+    """Identify nodes as they connect until every ``expected`` centre has (or ``timeout``
+    seconds pass; simulated nodes: at once); report progress every ``every`` seconds.
+
+    Raises :class:`FederationTooSmall` when simulated nodes are fewer than ``expected``.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    asked: set[int] = set()
+    errors: dict[int, str] = {}
+    next_report = t0  # a first word after the first answers, then every few seconds
+    while True:
+        ids = list(orc.grid.get_node_ids())
+        if simulated and len(ids) < len(expected):
+            raise FederationTooSmall(simulation_size_fix(len(ids), expected, orc.scenario.name))
+        new = [n for n in ids if n not in asked]
+        if new:
+            asked.update(new)
+            before = dict(orc.nodes)
+            limit = orc.timeout_for(IDENTIFY)
+            if not simulated:  # connect_timeout bounds the whole wait (10 s to answer at least)
+                limit = min(limit, max(deadline - time.monotonic(), 10.0))
+            failed = orc.identify_nodes(new, timeout=limit)
+            errors.update(failed)
+            _check_identities(orc, expected, before)
+            for node, reason in failed.items():
+                if not simulated:  # simulated nodes beyond the scenario fail by design
+                    say(WARNING, f"node {node} failed to identify: {reason}")
+        connected = [c for c in expected if c in orc.nodes]
+        missing = [c for c in expected if c not in orc.nodes]
+        now = time.monotonic()
+        if not missing:
+            say(INFO, f"all {len(expected)} centres connected: {', '.join(connected)}")
+            if len(ids) > len(expected):
+                say(INFO, f"{len(ids) - len(expected)} more nodes than centres: left idle")
+        elif not simulated and now >= next_report:
+            say(
+                INFO,
+                f"waiting for centres: connected {len(connected)}/{len(expected)} "
+                f"({', '.join(connected) or 'none'}), missing {', '.join(missing)}; "
+                f"{max(deadline - now, 0):.0f} s of connect_timeout left",
+            )
+            next_report = now + every
+        if not missing or simulated or now >= deadline:
+            return Connection(expected, connected, missing, errors, round(now - t0, 2))
+        time.sleep(poll)
+
+
+def _check_identities(orc: Orchestrator, expected: list[str], before: dict[str, int]) -> None:
+    """Drop centres the scenario does not name; warn when a centre answers from a new node."""
+    for name in [c for c in orc.nodes if c not in expected]:
+        node = orc.nodes.pop(name)
+        orc.roles.pop(name, None)
+        orc.counts.pop(name, None)
+        say(
+            WARNING,
+            f"node {node} is centre {name!r}, which the scenario does not name "
+            f"(expected: {', '.join(expected)}); ignored",
+        )
+    for name, node in before.items():
+        if orc.nodes.get(name) not in (None, node):
+            say(WARNING, f"centre {name!r} answered from node {orc.nodes[name]} too; using it")

@@ -1,0 +1,301 @@
+"""`flwr run .` the way a Flower user runs it, and a missing centre is never a silent wait.
+
+Fast (no Ray): the connect step over an in-process grid (a missing centre named within a
+short ``connect_timeout`` and the run stopped with results.json written; going on without a
+test centre where ``min_centres`` allows; a simulation federation too small for the scenario
+failing at once with the command that fixes it), the timeout settings, the run spec that
+``flwr run``'s run config gives both apps. Slow: scenarios/fedavg_tiny.yaml through
+``flwr run .`` on Flower's local simulation SuperLink, against ``python -m fedmammo.simulate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers.flower_messages import InProcessGrid, in_process_identity
+from helpers.run_helpers import REPO, results, run_cli
+
+from fedmammo.config import load_scenario
+from fedmammo.config.scenario import MessageTimeouts
+from fedmammo.errors import ConfigError
+from fedmammo.federation.connect import ConnectError, FederationTooSmall
+from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec, load_runspec
+from fedmammo.federation.server_app import run_scenario
+
+TINY = REPO / "scenarios" / "fedavg_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """The tiny centres, prepared once (so identify answers at once)."""
+    from fedmammo.data.prepare import materialise_centre
+
+    data_dir = tmp_path_factory.mktemp("data")
+    scenario = load_scenario(TINY)
+    for entry in scenario.centres:
+        profile = scenario.resolved_profiles[entry.name]
+        test_only = entry.role == "test"
+        size = scenario.image_size
+        materialise_centre(profile, data_dir, image_size=size, test_only=test_only)
+    return data_dir
+
+
+def _spec(tmp_path: Path, data_dir: Path, order: list[str], **sets) -> RunSpec:
+    sets = {"data_dir": str(data_dir), **sets}
+    spec = RunSpec(
+        scenario_file=str(TINY),
+        run_dir=str(tmp_path / "run"),
+        sets=sets,
+        node_order=order,
+        deployment=True,
+    )
+    Path(spec.run_dir).mkdir(parents=True)
+    return spec
+
+
+def _never(orc) -> None:
+    raise AssertionError("the method ran although a needed centre is missing")
+
+
+def _section(recorder, console) -> str:
+    return ""
+
+
+def _connect_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith(("flwr", "fedmammo"))]
+
+
+def test_a_missing_centre_is_named_within_connect_timeout_and_the_run_stops(
+    tmp_path, data_dir, monkeypatch, caplog
+):
+    # Prepare: real sites tiny_a and tiny_t connect; training centre tiny_b never does, and
+    # without it fewer than min_centres (2) training centres remain.
+    spec = _spec(
+        tmp_path, data_dir, ["tiny_a", "tiny_t", "tiny_b"], **{"strategy.connect_timeout": 4}
+    )
+    monkeypatch.setenv(ENV_VAR, str(spec.save()))  # how the in-process centres find theirs
+    caplog.set_level(logging.INFO)
+    # Execute
+    t0 = time.monotonic()
+    with in_process_identity(), pytest.raises(ConnectError) as err:
+        run_scenario(InProcessGrid(["tiny_a", "tiny_t"]), spec, _never, _section)
+    elapsed = time.monotonic() - t0
+    # Assert: progress lines while waiting name connected and missing centres; the run stopped
+    # soon after connect_timeout with the failure, a note and the summary written.
+    assert "tiny_b" in str(err.value) and "connect_timeout=4 s" in str(err.value)
+    assert "start their SuperNodes" in str(err.value)
+    assert elapsed < 4 + 30, elapsed  # identify loads two tiny centres, then 4 s of waiting
+    waiting = [line for line in _connect_lines(caplog) if line.startswith("waiting for centres")]
+    assert waiting, _connect_lines(caplog)
+    assert "connected 2/3 (tiny_a, tiny_t), missing tiny_b" in waiting[-1]
+    res = results(Path(spec.run_dir))
+    assert [(f["centre"], f["phase"]) for f in res["failures"]] == [("tiny_b", "connect")]
+    assert "did not connect within connect_timeout=4 s" in res["failures"][0]["reason"]
+    assert any(n.startswith("run stopped before training") for n in res["notes"])
+    assert res["metrics"] == []
+    assert (Path(spec.run_dir) / "results.md").is_file()
+
+
+def test_the_run_goes_on_without_a_missing_test_centre_where_min_centres_allows(
+    tmp_path, data_dir, monkeypatch
+):
+    # Prepare: both training centres connect (min_centres 2 holds), test centre tiny_t does not.
+    spec = _spec(
+        tmp_path, data_dir, ["tiny_a", "tiny_b", "tiny_t"], **{"strategy.connect_timeout": 1}
+    )
+    monkeypatch.setenv(ENV_VAR, str(spec.save()))
+    seen: list[list[str]] = []
+    # Execute
+    with in_process_identity():
+        run_scenario(
+            InProcessGrid(["tiny_a", "tiny_b"]),
+            spec,
+            lambda orc: seen.append(orc.centres()),
+            _section,
+        )
+    # Assert: the method ran with the connected centres only; the gap is on record.
+    assert seen == [["tiny_a", "tiny_b"]]
+    res = results(Path(spec.run_dir))
+    assert [(f["centre"], f["phase"]) for f in res["failures"]] == [("tiny_t", "connect")]
+    assert any("went on without tiny_t" in n and "min_centres is 2" in n for n in res["notes"])
+    assert set(res["meta"]["centres"]) == {"tiny_a", "tiny_b"}
+
+
+def test_a_simulation_federation_smaller_than_the_scenario_fails_at_once(tmp_path, data_dir):
+    # Prepare: Flower 1.41's default local simulation federation has 2 SuperNodes; the tiny
+    # scenario needs 3.
+    spec = _spec(tmp_path, data_dir, ["tiny_a", "tiny_b", "tiny_t"])
+    # Execute
+    t0 = time.monotonic()
+    with pytest.raises(FederationTooSmall) as err:
+        run_scenario(InProcessGrid(["tiny_a", "tiny_b"]), spec, _never, _section, simulated=True)
+    # Assert: one line, both numbers, the command that fixes it; nothing was waited for.
+    line = str(err.value)
+    assert "\n" not in line
+    assert "has 2 SuperNodes" in line and "needs 3" in line
+    assert "flwr federation simulation-config --num-supernodes 3" in line
+    assert "--federation-config 'num-supernodes=3'" in line
+    assert time.monotonic() - t0 < 10
+    res = results(Path(spec.run_dir))
+    assert res["failures"][0]["phase"] == "connect" and "has 2 SuperNodes" in res["notes"][0]
+
+
+def test_timeouts_have_minutes_defaults_and_are_validated(tmp_path):
+    # Defaults: minutes to connect, per-phase message timeouts instead of one 24-hour wait.
+    recipe = load_scenario(TINY).recipe
+    assert recipe.connect_timeout == 300
+    assert recipe.message_timeout.of("query.identify") == 600
+    assert recipe.message_timeout.of("train.classifier") == 7200
+    assert recipe.message_timeout.of("evaluate.classifier") == 3600
+    assert MessageTimeouts(train=60).of("train.generator") == 60
+    # Overrides from the command line reach the recipe.
+    sets = {"strategy.connect_timeout": 30, "strategy.message_timeout.train": 900}
+    recipe = load_scenario(TINY, sets=sets).recipe
+    assert (recipe.connect_timeout, recipe.message_timeout.train) == (30, 900)
+    # Bad values name the key and why.
+    with pytest.raises(ConfigError, match="message_timeout.train.*12 h"):
+        load_scenario(TINY, sets={"strategy.message_timeout.train": 50_000})
+    with pytest.raises(ConfigError, match="connect_timeout"):
+        load_scenario(TINY, sets={"strategy.connect_timeout": 0})
+    with pytest.raises(ConfigError, match="message_timeout.*trian"):
+        load_scenario(TINY, sets={"strategy.message_timeout.trian": 10})
+
+
+def test_flwr_run_config_gives_both_apps_the_same_spec(tmp_path):
+    # Absolute paths, data anchored at the project holding the scenario, the node order a
+    # simulation federation maps partition ids with (the pooled node after the centres).
+    cfg = {"scenario": str(REPO / "scenarios" / "fedavg_quick.yaml"), "run-dir": str(tmp_path)}
+    spec = load_runspec(cfg)
+    assert spec.deployment and spec.sets == {"data_dir": str(REPO / "data")}
+    assert spec.node_order[-1] == POOLED and len(spec.node_order) >= 3
+    assert load_runspec(cfg) == spec
+    with pytest.raises(ConfigError, match="absolute path.*scenario='\\$PWD/scenarios"):
+        load_runspec({"scenario": "scenarios/fedavg_tiny.yaml", "run-dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="'run-dir' must be an absolute path"):
+        load_runspec({"scenario": str(TINY), "run-dir": "runs/x"})
+
+
+# --------------------------------------------------------------------------- slow: flwr run
+BIN = Path(sys.executable).parent
+#: The README's "Running with `flwr run`" commands (run from the checkout).
+FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
+IGNORED = ("timing",)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _local_superlinks(flwr_home: Path) -> list[int]:
+    """The local SuperLink(s) `flwr` started for this FLWR_HOME (their log file is in it)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"flower-superlink" in a for a in args) and any(
+            str(flwr_home).encode() in a for a in args
+        ):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def _stop_tree(roots: list[int]) -> None:
+    pids = [p for r in roots for p in _descendants(r)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.2)
+
+
+def _records(res: dict) -> dict[tuple, tuple]:
+    keys = ("arm", "seed", "centre", "segment", "split", "metric", "round")
+    return {
+        tuple(r[k] for k in keys): (r["value"], r["ci_low"], r["ci_high"])
+        for r in res["metrics"]
+        if r["split"] not in IGNORED and not r["metric"].endswith("seconds")
+    }
+
+
+@pytest.mark.slow
+def test_flwr_run_on_the_local_simulation_federation_matches_simulate(tmp_path):
+    # Prepare: a fresh Flower home (Flower writes its default connections there: `local` is a
+    # simulation SuperLink that `flwr run` starts on demand) on a free port.
+    flwr_home = tmp_path / "flwr_home"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    }
+    run_dir = tmp_path / "flwr_run"
+    cmd = [
+        str(BIN / "flwr"),
+        "run",
+        ".",
+        "--federation-config",
+        FEDERATION,
+        "--stream",
+        "-c",
+        f"scenario='{TINY}' run-dir='{run_dir}'",
+    ]
+    # Execute
+    try:
+        run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+    finally:
+        _stop_tree(_local_superlinks(flwr_home))
+    out = run.stdout[-4000:] + run.stderr[-3000:]
+    assert (run_dir / "results.json").is_file(), out
+    flwr = results(run_dir)
+    assert flwr["failures"] == [], flwr["failures"]
+    assert flwr["meta"]["deployment"] is False  # simulated nodes
+    assert flwr["progress"]["federated|0"]["done"]
+    assert "all 3 centres connected" in out, out
+    assert (run_dir / "run.log").is_file() and (run_dir / "results.md").is_file()
+    # The same scenario and seed through fedmammo's own CLI.
+    proc, sim_dir = run_cli([str(TINY)], out=tmp_path / "sim")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    simulated = results(sim_dir)
+    # Assert: the same metric records, value and CI, to the last bit (timing aside): the same
+    # apps, data, seeds and one torch thread per centre either way.
+    mine, theirs = _records(flwr), _records(simulated)
+    assert mine.keys() == theirs.keys()
+    assert any(k[4] == "test" for k in mine)
+    assert mine == theirs
+    shutil.rmtree(flwr_home, ignore_errors=True)
