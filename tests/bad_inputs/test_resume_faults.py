@@ -110,21 +110,42 @@ def test_a_new_run_writes_its_folder_only_after_the_plan_and_before_any_data(
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
 
 
-def test_run_saves_its_spec_before_preparing_data(scen, tmp_path, monkeypatch):
-    # A kill during data preparation must leave a resumable folder.
-    from fedmammo.federation.runspec import RunSpec
-
-    run = tmp_path / "run"
-    run.mkdir()
+def test_a_run_killed_while_preparing_data_can_be_resumed(scen, monkeypatch):
+    # Prepare: a new run folder; the process dies while the centres' data is prepared
+    run = make_run_folder(scen)
 
     def killed(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(simulate, "prepare_data", killed)
-    spec = RunSpec(scenario_file=str(scen), run_dir=str(run))
+    monkeypatch.setattr(simulate, "add_run_log", lambda run_dir: None)
+    # Execute
+    with pytest.raises(KeyboardInterrupt):
+        simulate.main(["--resume", str(run)])
+    out = run_cli_in_process(["--resume", str(run), "--check"], monkeypatch)
+    # Assert: the run spec was saved before the data, so the folder is resumable
+    assert json.loads((run / "runspec.json").read_text())["resume"] is True
+    assert out.code == 0, out.text
+    assert "units: 0 done (kept), 0 part done (resume at their next round), 3 not started" in (
+        out.text
+    )
+
+
+def test_run_saves_its_spec_before_preparing_data(scen, tmp_path, monkeypatch):
+    # A sweep point killed while its data is prepared leaves a resumable point folder.
+    from fedmammo.federation.runspec import RunSpec
+
+    point = tmp_path / "point"
+    point.mkdir()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulate, "prepare_data", killed)
+    spec = RunSpec(scenario_file=str(scen), run_dir=str(point))
     with pytest.raises(KeyboardInterrupt):
         simulate.run(spec, simulate.load_scenario(scen))
-    assert json.loads((run / "runspec.json").read_text())["scenario_file"] == str(scen)
+    assert json.loads((point / "runspec.json").read_text())["scenario_file"] == str(scen)
 
 
 def test_two_runs_in_the_same_second_get_two_folders(tmp_path):

@@ -1,0 +1,105 @@
+"""A run killed (SIGKILL, the whole process tree: Ray included) during training, then resumed
+with ``--resume RUN_DIR``, ends with the same results as the run that was never killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "methods" / "fedavg" / "tiny.yaml"
+# FedAvg with averaged BatchNorm: FedBN's local statistics are not kept on disk yet.
+SETS = [
+    "--set", "strategy.params.arms=[federated]",
+    "--set", "strategy.params.rounds=3",
+    "--set", "strategy.params.batchnorm=average",
+]  # fmt: skip
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _cli(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "OMP_NUM_THREADS": "1"}
+    with log.open("w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedmammo.simulate", *args],
+            cwd=REPO,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _progress(out: Path) -> dict:
+    for results in out.glob("*/*/results.json"):
+        try:
+            return json.loads(results.read_text()).get("progress", {})
+        except (OSError, ValueError):
+            return {}
+    return {}
+
+
+def _records(run_dir: Path) -> list[tuple]:
+    res = json.loads((run_dir / "results.json").read_text())
+    keys = ("arm", "seed", "centre", "split", "segment", "round", "metric", "value")
+    rows = [r for r in res["metrics"] if r["split"] != "timing"]  # wall-clock seconds differ
+    return sorted((tuple(str(r.get(k)) for k in keys) for r in rows), key=str)
+
+
+def test_killed_during_training_then_resumed_equals_the_unbroken_run(tmp_path):
+    data = ["--set", f"data_dir={tmp_path / 'data'}"]
+    # Prepare: the unbroken run
+    unbroken = tmp_path / "unbroken"
+    proc = _cli([str(TINY), *SETS, *data, "--out", str(unbroken)], tmp_path / "unbroken.log")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "unbroken.log").read_text()[-3000:]
+    # Execute: the same run, killed (process tree, SIGKILL) once round 1 is recorded
+    broken = tmp_path / "broken"
+    proc = _cli([str(TINY), *SETS, *data, "--out", str(broken)], tmp_path / "broken.log")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = _progress(broken).get("federated|0", {})
+        if state.get("round", 0) >= 1 and not state.get("done"):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    for pid in reversed(_descendants(proc.pid)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+    (run_dir,) = broken.glob("*/*/results.json")
+    run_dir = run_dir.parent
+    killed_at = _progress(broken)["federated|0"]
+    resumed = _cli(["--resume", str(run_dir)], tmp_path / "resume.log")
+    assert resumed.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    # Assert: it was killed part way; after the resume, the same records as the unbroken run
+    log = (tmp_path / "resume.log").read_text()
+    assert not killed_at.get("done") and killed_at["round"] < 3
+    assert f"rounds 1..{killed_at['round']} kept, resumes at {killed_at['round'] + 1} of 3" in log
+    (reference,) = unbroken.glob("*/*/results.json")
+    assert _records(run_dir) == _records(reference.parent)
