@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from flwr.common.logger import log as flwr_log
 
@@ -21,8 +22,20 @@ from fedmammo.config import Scenario
 from fedmammo.errors import FedmammoError
 from fedmammo.federation.runspec import POOLED, RunSpec
 
-if TYPE_CHECKING:
-    from fedmammo.federation.orchestrator import Orchestrator
+
+class Identifying(Protocol):
+    """What the connect step needs of the orchestrator (it never imports it: no loop)."""
+
+    grid: Any
+    scenario: Scenario
+    nodes: dict[str, int]
+    roles: dict[str, str]
+    counts: dict[str, dict[str, int]]
+
+    def timeout_for(self, kind: str) -> float: ...
+
+    def identify_nodes(self, node_ids: Iterable[int], *, timeout: float) -> dict[int, str]: ...
+
 
 __all__ = [
     "Connection",
@@ -98,7 +111,7 @@ class Connection:
 
 
 def wait_for_centres(
-    orc: Orchestrator,
+    orc: Identifying,
     expected: list[str],
     *,
     timeout: float,
@@ -153,7 +166,7 @@ def wait_for_centres(
         time.sleep(poll)
 
 
-def _check_identities(orc: Orchestrator, expected: list[str], before: dict[str, int]) -> None:
+def _check_identities(orc: Identifying, expected: list[str], before: dict[str, int]) -> None:
     """Drop centres the scenario does not name; warn when a centre answers from a new node."""
     for name in [c for c in orc.nodes if c not in expected]:
         node = orc.nodes.pop(name)
