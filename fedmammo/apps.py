@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 from fedmammo.federation.client_app import build_client_app, collect_handlers
+from fedmammo.federation.run_log import quiet_libraries
 from fedmammo.federation.server_app import build_server_app
 from fedmammo.federation.telemetry import quiet_flower
 from fedmammo.methods import METHODS, get_method
 
 quiet_flower()  # deployment: nothing calls home unless FEDMAMMO_TELEMETRY=1
+quiet_libraries()  # in every process that runs the apps (Ray actors included)
 
 __all__ = ["DP_CAPABLE", "HANDLERS", "client_app", "server_app"]
 

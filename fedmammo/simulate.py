@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from rich.console import Console
 from rich.syntax import Syntax
@@ -184,8 +185,12 @@ def _new_run_dir(out: Path, name: str) -> Path:
 
 
 # --------------------------------------------------------------------------- running
-def prepare_data(scenario: Scenario, *, with_pooled: bool) -> None:
-    """Materialise every centre's data once, before the Flower apps start (no races)."""
+def prepare_data(scenario: Scenario, *, with_pooled: bool, thumbnails: Path | None = None) -> None:
+    """Materialise every centre's data once, before the Flower apps start (no races).
+
+    With ``thumbnails`` (a folder), a grid of each synthetic centre's first images is written
+    there for the report (never of a real dataset's images).
+    """
     from rich.progress import Progress
 
     from fedmammo.data.prepare import materialise_centre
@@ -209,6 +214,11 @@ def prepare_data(scenario: Scenario, *, with_pooled: bool) -> None:
                     image_size=scenario.image_size,
                     data_seed=scenario.data_seed,
                 )
+            if thumbnails is not None and profile.data.synthetic is not None and len(data.manifest):
+                from fedmammo.evaluation.report_charts import write_thumbnail_grid
+
+                shown = np.arange(min(16, len(data.manifest)))
+                write_thumbnail_grid(data.cache.images(shown), thumbnails / f"{profile.name}.png")
             console.print(
                 f"  centre [bold]{safe(profile.name)}[/] ({entry.role}): "
                 f"{len(data.manifest)} images, {len(data.skipped)} skipped"
@@ -230,7 +240,7 @@ def run(spec: RunSpec, scenario: Scenario) -> Path:
     run_dir = Path(spec.run_dir)
     with_pooled = _wants_pooled(scenario)
     spec.save()  # before the data: a run killed while preparing it can be resumed
-    prepare_data(scenario, with_pooled=with_pooled)
+    prepare_data(scenario, with_pooled=with_pooled, thumbnails=run_dir / "thumbnails")
     spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
     os.environ[ENV_VAR] = str(spec.save())
     cpus = max(p.compute.num_cpus for p in scenario.resolved_profiles.values())
@@ -352,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         quiet_flower()  # nothing calls home unless FEDMAMMO_TELEMETRY=1
-        quiet_libraries()
+        quiet_libraries(flower_info=False)
         if args.resume:
             return _resume(args)
         return _start(args, argv)

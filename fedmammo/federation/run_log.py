@@ -5,6 +5,10 @@
 - Flower's ``run_simulation`` DEPRECATED warning is filtered: it is the only programmatic
   entry to Flower 1.41's simulation engine, which ``python -m fedmammo.simulate`` needs to
   prepare data and pass the run spec first; ``flwr run .`` is the other, supported, way in.
+- Opacus calls ``logging.basicConfig`` when imported, so every INFO record reaching the root
+  logger (alembic's plugin lines among them) would print on stderr: root console handlers
+  are kept at WARNING. Flower's "Manually terminating ClientAppActor" line at the end of a
+  simulation (a normal shutdown) is filtered too.
 - Ray's accelerator FutureWarning is answered by opting into the future behaviour
   (``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0``: Ray leaves CUDA_VISIBLE_DEVICES alone when a
   centre asks for no GPU), which is what fedmammo wants anyway.
@@ -28,10 +32,12 @@ class OwnRecordsOnly(logging.Filter):
         return record.name.startswith("fedmammo") or record.levelno >= logging.WARNING
 
 
-class _NoRunSimulationDeprecation(logging.Filter):
+class _KnownFlowerNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        return not ("DEPRECATED FEATURE" in text and "run_simulation" in text)
+        if "DEPRECATED FEATURE" in text and "run_simulation" in text:
+            return False
+        return "Manually terminating ClientAppActor" not in text
 
 
 def add_run_log(run_dir: Path) -> logging.Handler:
@@ -45,10 +51,22 @@ def add_run_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def quiet_libraries() -> None:
-    """Filter the known library warnings of a default run (module docstring says why)."""
+def quiet_libraries(*, flower_info: bool = True) -> None:
+    """Filter the known library warnings of a default run (module docstring says why).
+
+    ``flower_info=False`` also hides Flower's INFO lines (the simulation CLI prints its own);
+    the apps keep them, so ``flwr log`` shows the ServerApp's progress in deployment.
+    """
     os.environ.setdefault(RAY_ACCEL_ENV, "0")
+    import opacus  # noqa: F401  (its import adds a root stderr handler: tame it now)
+
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # a console handler, not a file
+            handler.setLevel(logging.WARNING)
     flwr_logger = logging.getLogger("flwr")
-    if not any(isinstance(f, _NoRunSimulationDeprecation) for f in flwr_logger.filters):
-        flwr_logger.addFilter(_NoRunSimulationDeprecation())
-    flwr_logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, _KnownFlowerNoise) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_KnownFlowerNoise())
+        for handler in flwr_logger.handlers:
+            handler.addFilter(_KnownFlowerNoise())
+    if not flower_info:
+        flwr_logger.setLevel(logging.WARNING)
