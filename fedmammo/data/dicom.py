@@ -14,11 +14,21 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 from scipy import ndimage
 
+from fedmammo.data.dicom_checks import (
+    FOR_PROCESSING_SOP_CLASSES,
+    MAX_PIXELS,
+    MissingCodecError,
+    UnreadableImageError,
+    UnsupportedImageError,
+    check_header,
+    header_number,
+)
 from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
     "DEFAULT_SIZE",
     "FOR_PROCESSING_SOP_CLASSES",
+    "MAX_PIXELS",
     "READER_VERSION",
     "Geometry",
     "MissingCodecError",
@@ -34,27 +44,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SIZE: tuple[int, int] = (256, 192)
 #: Bumped whenever the pixel output of load_mammogram changes (invalidates caches).
 READER_VERSION = "1"
-#: Digital mammography / DX / intra-oral "For Processing" SOP classes (raw detector data).
-FOR_PROCESSING_SOP_CLASSES: frozenset[str] = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray Image - For Processing
-        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image - For Processing
-        "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray Image - For Processing
-    }
-)
 _SEGMENT_SIDE = 192  # segmentation runs on a block-averaged copy at least this many pixels across
-
-
-class UnreadableImageError(DataError):
-    """A file is not a readable single-frame greyscale DICOM image (corrupt, no pixels...)."""
-
-
-class MissingCodecError(UnreadableImageError):
-    """The pixel data is compressed with a transfer syntax no installed plugin can decode."""
-
-
-class UnsupportedImageError(DataError):
-    """A readable DICOM image that the pipeline refuses (FOR PROCESSING, colour, multi-frame)."""
 
 
 @dataclass(frozen=True)
@@ -116,37 +106,12 @@ def _read_dataset(path: Path) -> Dataset:
     if not path.is_file():
         raise UnreadableImageError(f"{path}: file not found")
     try:
-        return pydicom.dcmread(path)
+        # Pixel data over 1 MB is read only when decoded, after check_header accepted the size.
+        return pydicom.dcmread(path, defer_size="1 MB")
     except Exception as exc:  # the parser raises many types on bad input
         raise UnreadableImageError(
             f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})"
         ) from exc
-
-
-def _check_presentation(ds: Dataset, path: Path) -> None:
-    intent = str(ds.get("PresentationIntentType", "")).strip().upper()
-    sop = str(ds.get("SOPClassUID", ""))
-    if intent == "FOR PROCESSING" or sop in FOR_PROCESSING_SOP_CLASSES:
-        raise UnsupportedImageError(
-            f"{path}: a FOR PROCESSING image (raw detector data; (0008,0068) "
-            f"PresentationIntentType={intent or '-'}, (0008,0016) SOPClassUID={sop or '-'}); "
-            "use the FOR PRESENTATION image the modality produced from it"
-        )
-    if "PixelData" not in ds:
-        raise UnreadableImageError(f"{path}: no (7FE0,0010) PixelData, not an image")
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnsupportedImageError(
-            f"{path}: (0028,0004) PhotometricInterpretation={photometric or '-'} with "
-            f"SamplesPerPixel={spp}; only greyscale MONOCHROME1/MONOCHROME2 is supported"
-        )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
-        raise UnsupportedImageError(
-            f"{path}: (0028,0008) NumberOfFrames={frames}; only single-frame 2D mammograms are "
-            "supported (tomosynthesis is not)"
-        )
 
 
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
@@ -176,23 +141,15 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
     return arr
 
 
-def _padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
-    value = ds.get("PixelPaddingValue")
+def _padding_mask(raw: np.ndarray, ds: Dataset, path: Path) -> np.ndarray | None:
+    value = header_number(ds, "PixelPaddingValue", path)
     if value is None:
         return None
-    limit = ds.get("PixelPaddingRangeLimit")
+    limit = header_number(ds, "PixelPaddingRangeLimit", path)
     if limit is None:
         return raw == value
     lo, hi = min(value, limit), max(value, limit)
     return (raw >= lo) & (raw <= hi)
-
-
-def _first(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        return float(value[0]) if len(value) else None
-    return float(value)
 
 
 def _window(x: np.ndarray, center: float, width: float, function: str, path: Path) -> np.ndarray:
@@ -226,7 +183,8 @@ def _voi(values: np.ndarray, ds: Dataset, valid: np.ndarray | None, path: Path) 
         top = float(2 ** int(np.ceil(np.log2(float(lut.max()) + 1))) - 1) if lut.max() > 0 else 1.0
         index = np.clip(np.rint(values) - first, 0, entries - 1).astype(np.intp)
         return (lut / top)[index]
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    center = header_number(ds, "WindowCenter", path)
+    width = header_number(ds, "WindowWidth", path)
     if center is not None and width is not None:
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
         return _window(values.astype(np.float32), center, width, function, path)
@@ -244,9 +202,9 @@ def read_pixels(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     ds = _read_dataset(path)
-    _check_presentation(ds, path)
+    check_header(ds, path)
     raw = _decode(ds, path)
-    padding = _padding_mask(raw, ds)
+    padding = _padding_mask(raw, ds, path)
     valid = None if padding is None else ~padding
     try:
         if ds.get("ModalityLUTSequence") or float(ds.get("RescaleSlope", 1) or 1) != 1.0:
