@@ -30,6 +30,7 @@ __all__ = [
     "iter_dicom_files",
     "malignancy_from_birads",
     "print_summary",
+    "read_age",
     "read_birads",
     "read_header",
     "read_label",
@@ -168,6 +169,21 @@ def read_label(
     key = text.upper().removesuffix(".0")
     if key in table:
         return table[key]
+    skips.unreadable_label(where, column, text)
+    return None
+
+
+def read_age(value: object, *, skips: SkipCounter, where: str, column: str) -> float | None:
+    """An age in years (0-120) or None; a value that is not one is None, counted and logged."""
+    text = text_or_none(value)
+    if text is None:
+        return None
+    try:
+        age = float(text)
+    except ValueError:
+        age = math.nan
+    if 0 <= age <= 120:
+        return age
     skips.unreadable_label(where, column, text)
     return None
 
