@@ -132,9 +132,11 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
             )
     try:
         arr = ds.pixel_array
-    except Exception as exc:
+    except Exception as exc:  # any decoder failure on this one file: refuse the file
+        syntax = f" as {tsyntax.name}" if tsyntax is not None else ""
+        detail = " ".join(str(exc).split())  # decoder messages span lines; a reason is one
         raise UnreadableImageError(
-            f"{path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})"
+            f"{path}: pixel data cannot be decoded{syntax} ({type(exc).__name__}: {detail})"
         ) from exc
     if arr.ndim != 2 or arr.size == 0:
         raise UnreadableImageError(f"{path}: pixel array has shape {arr.shape}, expected 2D")

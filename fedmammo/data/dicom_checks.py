@@ -126,6 +126,12 @@ def check_header(ds: Dataset, path: Path) -> None:
         )
     if "PixelData" not in ds:
         raise UnreadableImageError(f"{path}: no (7FE0,0010) PixelData, not an image")
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and not syntax.is_transfer_syntax:
+        raise UnreadableImageError(
+            f"{path}: (0002,0010) TransferSyntaxUID={syntax} is not a DICOM transfer syntax; {_FIX}"
+        )
     rows, cols = _positive(ds, "Rows", path), _positive(ds, "Columns", path)
     spp = _positive(ds, "SamplesPerPixel", path, default=1)
     frames = _positive(ds, "NumberOfFrames", path, default=1)
