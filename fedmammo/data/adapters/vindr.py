@@ -61,7 +61,7 @@ LAYOUT = (
     "ROOT/images/<study_id>/<image_id>.dicom"
 )
 _SPLITS = {"training": "train", "train": "train", "test": "test"}
-_DENSITY = {"A": 1, "B": 2, "C": 3, "D": 4}
+_DENSITY = {f"{prefix}{x}": i + 1 for i, x in enumerate("ABCD") for prefix in ("", "DENSITY ")}
 OPTIONS = ("birads3", "malignancy_uncertainty")
 
 
@@ -111,8 +111,9 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             uncertainty=options.get("malignancy_uncertainty"),
         )
         acr = int(birads[0]) if birads and birads != "0" else None
-        letter = (text_or_none(rec["breast_density"]) or "").upper().removeprefix("DENSITY")
-        density = read_label(letter, _DENSITY, skips=skips, where=where, column="breast_density")
+        density = read_label(
+            rec["breast_density"], _DENSITY, skips=skips, where=where, column="breast_density"
+        )
         view = (text_or_none(rec["view_position"]) or "").upper() or None
         lesions = None if findings is None else encode_lesions(findings.get(image, []))
         rows.append(
