@@ -29,6 +29,10 @@ dicoms = _load("_bad_inputs_dicoms", _TESTS / "data" / "conftest.py")
 #: build_cbis / build_inbreast / ... (published layouts), edit_csv, write_garbage
 trees = _load("_bad_inputs_trees", _TESTS / "data" / "adapters" / "conftest.py")
 
+#: The suite's modules import these builders as ``bad_inputs_builders`` (several conftest
+#: modules are loaded under the one name "conftest" when test folders run together).
+sys.modules.setdefault("bad_inputs_builders", sys.modules[__name__])
+
 #: Small images keep the whole folder fast (64 rows x 48 columns).
 SHAPE = (64, 48)
 

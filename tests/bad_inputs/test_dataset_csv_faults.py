@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import cbis_folder_ids, trees
+from bad_inputs_builders import cbis_folder_ids, trees
 
 from fedmammo.data.adapters import load_manifest
 from fedmammo.errors import DataError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import dicoms, good_dicom, manifest_of, trees
+from bad_inputs_builders import dicoms, good_dicom, manifest_of, trees
 
 from fedmammo.data.adapters import load_manifest
 from fedmammo.data.cache import ImageCache
