@@ -163,6 +163,24 @@ def test_burned_in_label_is_removed_and_breast_cropped(make_dicom, breast) -> No
     assert x0 == 0 and x1 < 40 and y0 > 0 and y1 < 64  # half-ellipse bounding box only
 
 
+def test_fatty_periphery_far_from_the_dense_core_is_kept(make_dicom) -> None:
+    """Regression: the mask grew at most 3% beyond the Otsu core and cut fatty tissue."""
+    # Prepare: a faint fatty half-ellipse (120 pixels deep) around a dense core (60 deep) at
+    # the chest wall, a bright label in the far corner, on a 200 x 160 detector
+    yy, xx = np.mgrid[0:200, 0:160]
+    fat = ((yy - 100) / 90.0) ** 2 + (xx / 120.0) ** 2 < 1
+    pixels = np.where(fat, 570, 100).astype(np.uint16)
+    pixels[((yy - 100) / 60.0) ** 2 + (xx / 60.0) ** 2 < 1] = 2830
+    pixels[5:15, 145:155] = 4000
+    # Execute
+    img, geo = load_mammogram(make_dicom(pixels), None, return_geometry=True)
+    # Assert: the crop spans the whole fatty region, not the core's neighbourhood; every fat
+    # pixel is kept, the label is not
+    y0, x0, y1, x1 = geo.crop
+    assert y0 <= 10 and x0 == 0 and y1 >= 190 and 120 <= x1 < 145
+    assert (img[fat[y0:y1, x0:x1]] > 0).all()
+
+
 def test_resize_keeps_aspect_ratio_and_pads_right_and_bottom(make_dicom, breast) -> None:
     path = make_dicom(breast(side="right", label=False))
     tall, g_tall = load_mammogram(path, (32, 32), return_geometry=True)
