@@ -1,17 +1,20 @@
 """Read the images of a cache build in worker processes, bounded by cores and memory.
 
 The work function and its arguments are module-level and picklable, so the pool works with
-every start method ("spawn" included); the default is "fork" where the platform offers it
-(a worker starts in milliseconds instead of re-importing numpy, pydicom and scipy). Workers
-import neither torch nor pandas. A worker process that dies (a crash in a native decoder,
-the out-of-memory killer) costs only the file it was reading: that file is skipped, named,
-and the others are read again in a fresh pool.
+every start method ("spawn" included). The default on Linux is "fork" when this process runs
+a single thread (a worker starts in milliseconds instead of re-importing numpy, pydicom and
+scipy), else "forkserver" or "spawn": forking a multi-threaded process (one that has run torch
+operations, a Ray actor) can deadlock the child. Workers need neither torch nor pandas.
+A worker process that dies (a crash in a native decoder, the out-of-memory killer) costs only
+the file it was reading: that file is skipped and named, the others are read again.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -24,9 +27,18 @@ import numpy as np
 from fedmammo.data.dicom import MAX_PIXELS, Geometry
 from fedmammo.errors import DataError
 
-__all__ = ["SCALE", "START_METHOD", "Loaded", "plan_workers", "read_all", "read_one"]
+__all__ = [
+    "SCALE",
+    "START_METHOD",
+    "Loaded",
+    "plan_workers",
+    "read_all",
+    "read_one",
+    "start_method",
+]
 
-#: Process start method of the workers; None: "fork" where available, else "spawn".
+#: Process start method of the workers; None: "fork" in a single-threaded process on Linux,
+#: else "forkserver", else "spawn".
 START_METHOD: str | None = None
 #: Fewer images than this per worker are read in this process (a pool would not pay off).
 MIN_IMAGES_PER_WORKER = 8
@@ -97,11 +109,26 @@ def plan_workers(paths: Sequence[str], requested: int | None) -> int:
     return workers
 
 
+def _single_threaded() -> bool:
+    """True if this process runs one OS thread (native threads included, where visible)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
+
+
+def start_method() -> str:
+    """The start method the workers use (START_METHOD, or the safe fast default)."""
+    if START_METHOD is not None:
+        return START_METHOD
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in methods and _single_threaded():
+        return "fork"  # not on macOS, whose system libraries do not survive a fork
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def _context() -> multiprocessing.context.BaseContext:
-    method = START_METHOD
-    if method is None:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return multiprocessing.get_context(method)
+    return multiprocessing.get_context(start_method())
 
 
 def read_all(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,14 @@ def test_worker_count_follows_cores_images_and_memory(tmp_path, monkeypatch) -> 
     assert cache_workers.plan_workers(paths, None) == 2
     monkeypatch.setattr(cache_workers, "_available_memory", lambda: 10)
     assert cache_workers.plan_workers(paths, None) == 1
+
+
+def test_fork_only_from_a_single_threaded_process(monkeypatch) -> None:
+    methods = multiprocessing.get_all_start_methods()
+    monkeypatch.setattr(cache_workers, "_single_threaded", lambda: False)
+    assert cache_workers.start_method() in ("forkserver", "spawn")
+    monkeypatch.setattr(cache_workers, "_single_threaded", lambda: True)
+    fallback = "forkserver" if "forkserver" in methods else "spawn"
+    assert cache_workers.start_method() == ("fork" if sys.platform == "linux" else fallback)
+    monkeypatch.setattr(cache_workers, "START_METHOD", "spawn")
+    assert cache_workers.start_method() == "spawn"
