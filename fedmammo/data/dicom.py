@@ -289,8 +289,9 @@ def load_mammogram(
 ) -> np.ndarray | tuple[np.ndarray, Geometry]:
     """Read a mammogram as float32 in [0, 1], chest wall left, cropped to the breast, sized.
 
-    Raises UnreadableImageError (corrupt, not an image, missing codec) or UnsupportedImageError
-    (FOR PROCESSING, colour, multi-frame), both DataError, naming the file and the reason.
+    Raises UnreadableImageError (corrupt, not an image, missing codec, a header value that is
+    not a finite number) or UnsupportedImageError (FOR PROCESSING, colour, multi-frame, over
+    MAX_PIXELS), both DataError, naming the file, the DICOM tag where one is at fault, and why.
     """
     path = Path(path)
     size = _check_size(size)
