@@ -40,8 +40,10 @@ __all__ = [
 #: Process start method of the workers; None: "fork" in a single-threaded process on Linux,
 #: else "forkserver", else "spawn".
 START_METHOD: str | None = None
-#: Fewer images than this per worker are read in this process (a pool would not pay off).
+#: Fewer images (or file bytes, by start method) than this per worker are read in this
+#: process: a pool would not pay off (a forked worker starts in ~10 ms, a spawned one ~1 s).
 MIN_IMAGES_PER_WORKER = 8
+MIN_BYTES_PER_WORKER = {"fork": 2 * 2**20, "forkserver": 64 * 2**20, "spawn": 64 * 2**20}
 #: Peak working memory of a worker per image pixel (measured: ~15 bytes on a 13-megapixel
 #: RLE film), and pixels per file byte assumed (lossless compression up to ~3:1 on 16 bits).
 _BYTES_PER_PIXEL, _PIXELS_PER_FILE_BYTE = 16, 1.5
@@ -93,14 +95,18 @@ def _available_memory() -> int | None:
 def plan_workers(paths: Sequence[str], requested: int | None) -> int:
     """How many worker processes to read ``paths`` with (1: read them in this process).
 
-    ``requested`` None means one per available core. Either way at most one worker per
-    MIN_IMAGES_PER_WORKER images, and no more than half the available memory holds, each
-    worker needing about _BYTES_PER_PIXEL per pixel of the largest file.
+    ``requested`` None means one per available core. Either way no more workers than the
+    files give work for (MIN_IMAGES_PER_WORKER images and MIN_BYTES_PER_WORKER bytes each: a
+    worker started by "spawn" or "forkserver" re-imports numpy, pydicom and scipy first), and
+    no more than half the available memory holds, each worker needing about
+    _BYTES_PER_PIXEL per pixel of the largest file.
     """
     workers = _cores() if requested is None else max(1, int(requested))
     workers = min(workers, max(1, len(paths) // MIN_IMAGES_PER_WORKER))
     if workers > 1:
         sizes = [os.stat(p).st_size for p in paths if os.path.isfile(p)]
+        per_start = MIN_BYTES_PER_WORKER.get(start_method(), MIN_BYTES_PER_WORKER["spawn"])
+        workers = min(workers, max(1, sum(sizes) // per_start))
         pixels = min(MAX_PIXELS, _PIXELS_PER_FILE_BYTE * max(sizes, default=0))
         per_worker = _BYTES_PER_PIXEL * pixels + 64 * 2**20
         available = _available_memory()

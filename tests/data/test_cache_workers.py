@@ -44,11 +44,18 @@ def many(tmp_path: Path, make_dicom, breast) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.fixture
+def pool_for_tiny_files(monkeypatch) -> None:
+    """Let a pool start for a few kilobytes of files (the tests' images are tiny)."""
+    monkeypatch.setattr(cache_workers, "MIN_BYTES_PER_WORKER", dict.fromkeys(("fork", "spawn"), 1))
+
+
 def _index(cache: ImageCache) -> dict:
     return json.loads((cache.cache_dir / "index.json").read_text())
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.usefixtures("pool_for_tiny_files")
 def test_parallel_build_equals_the_serial_build(tmp_path, many, monkeypatch, method) -> None:
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} start method here")
@@ -72,10 +79,12 @@ def _dies_on_im7(path: str, size, *, return_geometry: bool):
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+@pytest.mark.usefixtures("pool_for_tiny_files")
 def test_a_worker_that_dies_costs_only_its_file(tmp_path, many, monkeypatch) -> None:
-    # Prepare: the build's loader kills its worker process on im7
+    # Prepare: the build's loader kills its worker process on im7 (never this one's)
     monkeypatch.setattr(cache_mod, "load_mammogram", _dies_on_im7)
     monkeypatch.setattr(cache_workers, "START_METHOD", "fork")
+    assert cache_workers.plan_workers(list(many["path"]), 2) == 2
     # Execute
     cache = ImageCache.build(many, tmp_path / "cache", size=SIZE, workers=2)
     # Assert: im7 skipped naming the file and why; the 23 other readable images cached in order
@@ -88,7 +97,7 @@ def test_a_worker_that_dies_costs_only_its_file(tmp_path, many, monkeypatch) -> 
 
 
 def test_worker_count_follows_cores_images_and_memory(tmp_path, monkeypatch) -> None:
-    # Prepare: 100 files of 1 MB, 4 cores
+    # Prepare: 100 files of 1 MB, 4 cores, forked workers
     paths = []
     for i in range(100):
         path = tmp_path / f"f{i}.dcm"
@@ -96,12 +105,17 @@ def test_worker_count_follows_cores_images_and_memory(tmp_path, monkeypatch) -> 
         paths.append(str(path))
     monkeypatch.setattr(cache_workers, "_cores", lambda: 4)
     monkeypatch.setattr(cache_workers, "_available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(cache_workers, "START_METHOD", "fork")
     # Execute / Assert: one per core by default, an explicit count honoured
     assert cache_workers.plan_workers(paths, None) == 4
     assert cache_workers.plan_workers(paths, 3) == 3
     # ... at most one per 8 images, one when few
     assert cache_workers.plan_workers(paths[:20], None) == 2
     assert cache_workers.plan_workers(paths[:10], None) == 1
+    # ... and enough bytes to pay for starting them: 64 MB each when spawned
+    monkeypatch.setattr(cache_workers, "START_METHOD", "spawn")
+    assert cache_workers.plan_workers(paths, None) == 1
+    monkeypatch.setattr(cache_workers, "START_METHOD", "fork")
     # ... and as many as half the available memory holds (16 B per pixel, 1.5 pixels per byte)
     per_worker = 16 * 1.5 * 2**20 + 64 * 2**20
     monkeypatch.setattr(cache_workers, "_available_memory", lambda: int(2 * 2.5 * per_worker))
