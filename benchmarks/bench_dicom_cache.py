@@ -89,6 +89,44 @@ def _best_rates(n: int, contenders: dict[str, Callable[[], object]], repeat: int
     return best
 
 
+def _burn(n: int) -> int:
+    """Pure-Python CPU work (no I/O, no shared state)."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def _parallel_headroom(workers: int, repeat: int) -> float:
+    """Speed-up of pure CPU work in ``workers`` processes over one, now, on this machine.
+
+    The control for the N-process build: on a shared machine (or with one scheduler group per
+    session) more processes need not mean more CPU.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fedmammo.data.cache_workers import start_method
+
+    tasks = [2_000_000] * (2 * workers)
+    with ProcessPoolExecutor(workers, mp_context=_mp_context(start_method())) as pool:
+        list(pool.map(_burn, [1] * workers))  # workers started
+        rates = _best_rates(
+            len(tasks),
+            {
+                "one": lambda: [_burn(n) for n in tasks],
+                "many": lambda: list(pool.map(_burn, tasks)),
+            },
+            repeat,
+        )
+    return rates["many"] / rates["one"]
+
+
+def _mp_context(method: str):  # noqa: ANN202 - multiprocessing's context types are private
+    import multiprocessing
+
+    return multiprocessing.get_context(method)
+
+
 _BEFORE = """
 import sys, shutil, time
 from pathlib import Path
@@ -165,6 +203,7 @@ def main() -> None:
             contenders["before"] = lambda: _build_before(args.before, paths, root / "before")
         decode = _best_rates(args.n, contenders, args.repeat)
         workers = plan_workers([str(p) for p in paths], args.workers)
+        headroom = _parallel_headroom(workers, args.repeat) if workers > 1 else 1.0
         cache = build(fresh=False)
         ids = manifest["image_id"].to_numpy()
         order = rng.integers(0, len(cache), args.reads)
@@ -210,6 +249,11 @@ def main() -> None:
         print(
             f"| {label} | {rate:,.0f} images/s | "
             f"`dcmread(p).pixel_array`: {base:,.0f} images/s | {rate / base:.2f}x |"
+        )
+    if workers > 1:
+        print(
+            f"| control: pure-Python CPU work in {workers} processes | | the same work in 1 "
+            f"process | {headroom:.2f}x |"
         )
     print(
         f"| rebuild with unchanged inputs (fingerprint hit) | {reuse_rate:,.0f} images/s | "

@@ -97,11 +97,12 @@ def test_a_worker_that_dies_costs_only_its_file(tmp_path, many, monkeypatch) -> 
 
 
 def test_worker_count_follows_cores_images_and_memory(tmp_path, monkeypatch) -> None:
-    # Prepare: 100 files of 1 MB, 4 cores, forked workers
+    # Prepare: 100 (sparse) files of 4 MB, 4 cores, forked workers
     paths = []
     for i in range(100):
         path = tmp_path / f"f{i}.dcm"
-        path.write_bytes(b"\0" * 2**20)
+        with path.open("wb") as fh:
+            fh.truncate(4 * 2**20)
         paths.append(str(path))
     monkeypatch.setattr(cache_workers, "_cores", lambda: 4)
     monkeypatch.setattr(cache_workers, "_available_memory", lambda: 64 * 2**30)
@@ -109,15 +110,14 @@ def test_worker_count_follows_cores_images_and_memory(tmp_path, monkeypatch) -> 
     # Execute / Assert: one per core by default, an explicit count honoured
     assert cache_workers.plan_workers(paths, None) == 4
     assert cache_workers.plan_workers(paths, 3) == 3
-    # ... at most one per 8 images, one when few
+    # ... at most one per 8 images and per 32 MB of files (128 MB when spawned), one when few
     assert cache_workers.plan_workers(paths[:20], None) == 2
     assert cache_workers.plan_workers(paths[:10], None) == 1
-    # ... and enough bytes to pay for starting them: 64 MB each when spawned
     monkeypatch.setattr(cache_workers, "START_METHOD", "spawn")
-    assert cache_workers.plan_workers(paths, None) == 1
+    assert cache_workers.plan_workers(paths, None) == 3
     monkeypatch.setattr(cache_workers, "START_METHOD", "fork")
     # ... and as many as half the available memory holds (16 B per pixel, 1.5 pixels per byte)
-    per_worker = 16 * 1.5 * 2**20 + 64 * 2**20
+    per_worker = 16 * 1.5 * 4 * 2**20 + 64 * 2**20
     monkeypatch.setattr(cache_workers, "_available_memory", lambda: int(2 * 2.5 * per_worker))
     assert cache_workers.plan_workers(paths, None) == 2
     monkeypatch.setattr(cache_workers, "_available_memory", lambda: 10)
