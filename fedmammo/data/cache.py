@@ -7,7 +7,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedmammo.data.cache_workers import SCALE, plan_workers, read_all
 from fedmammo.data.dicom import DEFAULT_SIZE, READER_VERSION, Geometry, load_mammogram
 from fedmammo.data.manifest import decode_lesions, normalise_manifest, read_manifest, write_manifest
 from fedmammo.errors import DataError
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 #: Bumped when the on-disk layout or the cached boxes change (invalidates caches, like
 #: READER_VERSION). 2: lesion boxes cut to the stored breast, lost lesions marked dropped.
 CACHE_FORMAT = "2"
-_SCALE = 65535.0
+_SCALE = SCALE
 #: A lesion keeps its box when at least this fraction of the box holds stored breast pixels.
 _MIN_VISIBLE = 0.5
 _IMAGES, _INDEX, _MANIFEST, _FINGERPRINT = "images.npy", "index.json", "manifest.csv", "fp.json"
@@ -107,13 +107,6 @@ def _cached_lesions(lesions: list[dict], geometry: Geometry, stored: np.ndarray)
     return dropped
 
 
-def _load(path: str, size: tuple[int, int]) -> tuple[np.ndarray, Geometry] | str:
-    try:
-        return load_mammogram(path, size, return_geometry=True)
-    except DataError as exc:
-        return str(exc)
-
-
 class ImageCache:
     """Pre-processed images of one centre, read from a cache directory (see build / open)."""
 
@@ -143,12 +136,14 @@ class ImageCache:
         *,
         size: tuple[int, int] = DEFAULT_SIZE,
         progress: bool = False,
-        workers: int = 1,
+        workers: int | None = None,
     ) -> ImageCache:
         """Pre-process every image of ``manifest`` into ``cache_dir``, or reuse a matching cache.
 
         Unreadable images are skipped with a warning and listed in ``skipped``; DataError only
         when none can be read. The returned ``manifest`` holds the given rows that were cached.
+        ``workers``: reading processes (None: one per available core), bounded by memory and
+        the number of images (see cache_workers.plan_workers); 1 reads in this process.
         """
         manifest = _check_manifest(manifest)
         size = (int(size[0]), int(size[1]))
@@ -175,7 +170,7 @@ class ImageCache:
         size: tuple[int, int],
         fingerprint: str,
         progress: bool,
-        workers: int,
+        workers: int | None,
     ) -> ImageCache:
         n = len(manifest)
         tmp = cache_dir / f"{_IMAGES}.partial"
@@ -186,26 +181,26 @@ class ImageCache:
         kept: list[int] = []
         skipped: list[tuple[str, str]] = []
         dropped = 0
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results: Iterable[Any] = pool.map(lambda p: _load(p, size), paths)
-            if progress:
-                from rich.progress import track
+        n_workers = plan_workers(paths, workers)
+        logger.info("%s: reading %d images with %d process(es)", cache_dir, n, n_workers)
+        # load_mammogram is looked up here, at build time (tests replace it in this module).
+        results: Iterable[Any] = read_all(paths, size, workers=n_workers, loader=load_mammogram)
+        if progress:
+            from rich.progress import track
 
-                results = track(results, total=n, description=f"caching {cache_dir.name}")
-            for i, result in enumerate(results):
-                if isinstance(result, str):
-                    logger.warning("skipping image %s: %s", ids[i], result)
-                    skipped.append((ids[i], result))
-                    continue
-                img, geometry = result
-                stored = np.rint(img * _SCALE).astype(np.uint16)
-                array[len(kept)] = stored
-                lesions = decode_lesions(manifest["lesions"].iloc[i])
-                dropped += _cached_lesions(lesions, geometry, stored)
-                records.append(
-                    {"image_id": ids[i], "geometry": geometry.to_dict(), "lesions": lesions}
-                )
-                kept.append(i)
+            results = track(results, total=n, description=f"caching {cache_dir.name}")
+        lesion_column = manifest["lesions"].tolist()
+        for i, result in enumerate(results):
+            if isinstance(result, str):
+                logger.warning("skipping image %s: %s", ids[i], result)
+                skipped.append((ids[i], result))
+                continue
+            stored, geometry = result
+            array[len(kept)] = stored
+            lesions = decode_lesions(lesion_column[i])
+            dropped += _cached_lesions(lesions, geometry, stored)
+            records.append({"image_id": ids[i], "geometry": geometry.to_dict(), "lesions": lesions})
+            kept.append(i)
         array.flush()
         del array
         if not kept:

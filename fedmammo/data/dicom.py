@@ -9,16 +9,25 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import pydicom
-import torch
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
-from scipy import ndimage
 
+from fedmammo.data.breast import breast_mask, resize
+from fedmammo.data.dicom_checks import (
+    FOR_PROCESSING_SOP_CLASSES,
+    MAX_PIXELS,
+    MissingCodecError,
+    UnreadableImageError,
+    UnsupportedImageError,
+    check_header,
+    header_number,
+)
 from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
     "DEFAULT_SIZE",
     "FOR_PROCESSING_SOP_CLASSES",
+    "MAX_PIXELS",
     "READER_VERSION",
     "Geometry",
     "MissingCodecError",
@@ -33,28 +42,10 @@ logger = logging.getLogger(__name__)
 #: Output (height, width) used when none is given.
 DEFAULT_SIZE: tuple[int, int] = (256, 192)
 #: Bumped whenever the pixel output of load_mammogram changes (invalidates caches).
-READER_VERSION = "1"
-#: Digital mammography / DX / intra-oral "For Processing" SOP classes (raw detector data).
-FOR_PROCESSING_SOP_CLASSES: frozenset[str] = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray Image - For Processing
-        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image - For Processing
-        "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray Image - For Processing
-    }
-)
-_SEGMENT_SIDE = 192  # segmentation runs on a block-averaged copy at least this many pixels across
-
-
-class UnreadableImageError(DataError):
-    """A file is not a readable single-frame greyscale DICOM image (corrupt, no pixels...)."""
-
-
-class MissingCodecError(UnreadableImageError):
-    """The pixel data is compressed with a transfer syntax no installed plugin can decode."""
-
-
-class UnsupportedImageError(DataError):
-    """A readable DICOM image that the pipeline refuses (FOR PROCESSING, colour, multi-frame)."""
+#: 2: the breast mask is the whole connected region above the lower threshold (it grew at
+#: most 3% beyond the Otsu core and cut fatty tissue), segmented on a copy of >= 96 pixels
+#: (was 192) and resized without torch (sums in another order: last-bit differences).
+READER_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -116,37 +107,12 @@ def _read_dataset(path: Path) -> Dataset:
     if not path.is_file():
         raise UnreadableImageError(f"{path}: file not found")
     try:
-        return pydicom.dcmread(path)
+        # Pixel data over 1 MB is read only when decoded, after check_header accepted the size.
+        return pydicom.dcmread(path, defer_size="1 MB")
     except Exception as exc:  # the parser raises many types on bad input
         raise UnreadableImageError(
             f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})"
         ) from exc
-
-
-def _check_presentation(ds: Dataset, path: Path) -> None:
-    intent = str(ds.get("PresentationIntentType", "")).strip().upper()
-    sop = str(ds.get("SOPClassUID", ""))
-    if intent == "FOR PROCESSING" or sop in FOR_PROCESSING_SOP_CLASSES:
-        raise UnsupportedImageError(
-            f"{path}: a FOR PROCESSING image (raw detector data; (0008,0068) "
-            f"PresentationIntentType={intent or '-'}, (0008,0016) SOPClassUID={sop or '-'}); "
-            "use the FOR PRESENTATION image the modality produced from it"
-        )
-    if "PixelData" not in ds:
-        raise UnreadableImageError(f"{path}: no (7FE0,0010) PixelData, not an image")
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnsupportedImageError(
-            f"{path}: (0028,0004) PhotometricInterpretation={photometric or '-'} with "
-            f"SamplesPerPixel={spp}; only greyscale MONOCHROME1/MONOCHROME2 is supported"
-        )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
-        raise UnsupportedImageError(
-            f"{path}: (0028,0008) NumberOfFrames={frames}; only single-frame 2D mammograms are "
-            "supported (tomosynthesis is not)"
-        )
 
 
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
@@ -167,44 +133,47 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
             )
     try:
         arr = ds.pixel_array
-    except Exception as exc:
+    except Exception as exc:  # any decoder failure on this one file: refuse the file
+        syntax = f" as {tsyntax.name}" if tsyntax is not None else ""
+        detail = " ".join(str(exc).split())  # decoder messages span lines; a reason is one
         raise UnreadableImageError(
-            f"{path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})"
+            f"{path}: pixel data cannot be decoded{syntax} ({type(exc).__name__}: {detail})"
         ) from exc
     if arr.ndim != 2 or arr.size == 0:
         raise UnreadableImageError(f"{path}: pixel array has shape {arr.shape}, expected 2D")
     return arr
 
 
-def _padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
-    value = ds.get("PixelPaddingValue")
+def _padding_mask(raw: np.ndarray, ds: Dataset, path: Path) -> np.ndarray | None:
+    value = header_number(ds, "PixelPaddingValue", path)
     if value is None:
         return None
-    limit = ds.get("PixelPaddingRangeLimit")
+    limit = header_number(ds, "PixelPaddingRangeLimit", path)
     if limit is None:
         return raw == value
     lo, hi = min(value, limit), max(value, limit)
     return (raw >= lo) & (raw <= hi)
 
 
-def _first(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        return float(value[0]) if len(value) else None
-    return float(value)
-
-
 def _window(x: np.ndarray, center: float, width: float, function: str, path: Path) -> np.ndarray:
-    """Apply a VOI window per PS3.3 C.11.2.1.2/3 with output normalised to [0, 1]."""
+    """Apply a VOI window per PS3.3 C.11.2.1.2/3 to ``x`` (float32, changed in place) with
+    output normalised to [0, 1]."""
     if function == "SIGMOID":
         if width <= 0:
             raise UnreadableImageError(f"{path}: (0028,1051) WindowWidth={width} must be > 0")
-        return (1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))).astype(np.float32)
+        x -= center  # 1 / (1 + exp(-4 (x - center) / width)), one operation at a time
+        x *= -4.0
+        x /= width
+        np.exp(x, out=x)
+        x += 1.0
+        return np.divide(1.0, x, out=x)
     if function == "LINEAR_EXACT":
         if width <= 0:
             raise UnreadableImageError(f"{path}: (0028,1051) WindowWidth={width} must be > 0")
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0).astype(np.float32)
+        x -= center
+        x /= width
+        x += 0.5
+        return np.clip(x, 0.0, 1.0, out=x)
     if function != "LINEAR":
         raise UnreadableImageError(
             f"{path}: (0028,1056) VOILUTFunction={function!r}; "
@@ -214,7 +183,10 @@ def _window(x: np.ndarray, center: float, width: float, function: str, path: Pat
         raise UnreadableImageError(f"{path}: (0028,1051) WindowWidth={width} must be >= 1")
     if width == 1:
         return (x > center - 0.5).astype(np.float32)
-    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0).astype(np.float32)
+    x -= center - 0.5
+    x /= width - 1
+    x += 0.5
+    return np.clip(x, 0.0, 1.0, out=x)
 
 
 def _voi(values: np.ndarray, ds: Dataset, valid: np.ndarray | None, path: Path) -> np.ndarray:
@@ -225,14 +197,27 @@ def _voi(values: np.ndarray, ds: Dataset, valid: np.ndarray | None, path: Path) 
         # Output range 0..2**bits - 1; bits from the data, as writers often mis-declare it.
         top = float(2 ** int(np.ceil(np.log2(float(lut.max()) + 1))) - 1) if lut.max() > 0 else 1.0
         index = np.clip(np.rint(values) - first, 0, entries - 1).astype(np.intp)
-        return (lut / top)[index]
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+        return np.take(lut / top, index)
+    center = header_number(ds, "WindowCenter", path)
+    width = header_number(ds, "WindowWidth", path)
+    x = values.astype(np.float32)  # a copy the steps below change in place
     if center is not None and width is not None:
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-        return _window(values.astype(np.float32), center, width, function, path)
+        return _window(x, center, width, function, path)
     sample = values if valid is None else values[valid]
     lo, hi = (float(sample.min()), float(sample.max())) if sample.size else (0.0, 1.0)
-    return ((values.astype(np.float32) - lo) / max(hi - lo, 1e-12)).clip(0.0, 1.0)
+    x -= lo
+    x /= max(hi - lo, 1e-12)
+    return np.clip(x, 0.0, 1.0, out=x)
+
+
+def _modality(raw: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values -> modality values (the modality LUT or the rescale, when not identity)."""
+    if ds.get("ModalityLUTSequence") or float(ds.get("RescaleSlope", 1) or 1) != 1.0:
+        return apply_modality_lut(raw, ds)
+    if float(ds.get("RescaleIntercept", 0) or 0) != 0.0:
+        return raw.astype(np.float32) + float(ds.RescaleIntercept)
+    return raw
 
 
 def read_pixels(path: str | Path) -> np.ndarray:
@@ -244,105 +229,34 @@ def read_pixels(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     ds = _read_dataset(path)
-    _check_presentation(ds, path)
+    check_header(ds, path)
     raw = _decode(ds, path)
-    padding = _padding_mask(raw, ds)
-    valid = None if padding is None else ~padding
+    padding = _padding_mask(raw, ds, path)
     try:
-        if ds.get("ModalityLUTSequence") or float(ds.get("RescaleSlope", 1) or 1) != 1.0:
-            values = apply_modality_lut(raw, ds)
-        elif float(ds.get("RescaleIntercept", 0) or 0) != 0.0:
-            values = raw.astype(np.float32) + float(ds.RescaleIntercept)
-        else:
-            values = raw
-        img = _voi(values, ds, valid, path)
+        img = _voi(_modality(raw, ds), ds, None if padding is None else ~padding, path)
     except DataError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # pydicom's LUT functions on a header the checks let through
         raise UnreadableImageError(
             f"{path}: modality/VOI LUT cannot be applied ({type(exc).__name__}: {exc})"
         ) from exc
+    img = np.ascontiguousarray(img, dtype=np.float32)
     if str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1":
-        img = 1.0 - img
+        np.subtract(1.0, img, out=img)
     if padding is not None:
         img[padding] = 0.0
-    return np.ascontiguousarray(img, dtype=np.float32)
+    return img
 
 
 # --------------------------------------------------------------------------- geometry
-def _otsu(x: np.ndarray) -> tuple[float, float]:
-    """Return Otsu's threshold of ``x`` and the median of the values below it."""
-    lo, hi = float(x.min()), float(x.max())
-    bins = np.minimum(((x - lo) * (256 / (hi - lo))).astype(np.intp), 255)
-    hist = np.bincount(bins.ravel(), minlength=256).astype(np.float64)
-    p = hist / hist.sum()
-    centres = np.arange(256) + 0.5
-    omega = np.cumsum(p)
-    mu = np.cumsum(p * centres)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mu[-1] * omega - mu) ** 2 / (omega * (1.0 - omega))
-    between[~np.isfinite(between)] = -1.0
-    t = int(np.argmax(between[:-1])) + 1  # bins >= t are foreground
-    below = np.cumsum(hist[:t])
-    median_bin = int(np.searchsorted(below, below[-1] / 2)) + 0.5
-    return lo + t * (hi - lo) / 256, lo + median_bin * (hi - lo) / 256
-
-
-def _largest(binary: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(binary)
-    if n == 0:
-        return binary
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions that do not touch the image border (one labelling pass)."""
-    labels, n = ndimage.label(~mask)
-    hole = np.ones(n + 1, dtype=bool)
-    hole[[0, *np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])]] = False
-    return mask | hole[labels]
-
-
-def _breast_mask(img: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
-    """Return the breast mask on a block-averaged copy and the block size.
-
-    The core is the largest object above Otsu's threshold after an opening (which cuts thin
-    bridges to scanner borders and film edges). The mask then grows from the core, up to 3% of
-    the image size, into pixels above a lower threshold (a quarter of the way from the
-    background level to Otsu's), which keeps the fatty periphery and the skin line.
-    """
-    k = max(1, min(img.shape) // _SEGMENT_SIDE)
-    small = img if k == 1 else _block_mean(img, k)
-    if small.max() - small.min() < 1e-6:
-        raise UnreadableImageError(f"{path}: no breast found (the image is blank)")
-    otsu, background = _otsu(small)
-    core = small >= otsu
-    size = 2 * max(1, round(0.006 * max(small.shape))) + 1
-    opened = ndimage.maximum_filter(ndimage.minimum_filter(core, size=size), size=size)
-    core = _largest(opened if opened.any() else core)
-    grow = 2 * max(2, round(0.03 * max(small.shape))) + 1
-    periphery = small >= background + 0.25 * (otsu - background)
-    labels, _ = ndimage.label(periphery & ndimage.maximum_filter(core, size=grow) | core)
-    mask = labels == int(np.bincount(labels[core]).argmax())  # the region holding the core
-    return ndimage.maximum_filter(_fill_holes(mask), size=3), k
-
-
-def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
-    """Average ``k`` x ``k`` blocks (a partial last block row/column is dropped)."""
-    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(img)[None, None], k)
-    return pooled[0, 0].numpy()
-
-
-def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if img.shape == shape:
-        return img
-    mode = "area" if shape[0] < img.shape[0] else "bilinear"
-    t = torch.from_numpy(img)[None, None]
-    kwargs = {} if mode == "area" else {"align_corners": False}
-    out = torch.nn.functional.interpolate(t, size=shape, mode=mode, **kwargs)
-    return out[0, 0].numpy().clip(0.0, 1.0)
+def _upsample(mask: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """Blow ``k`` x ``k`` blocks up to pixels; the last block row/column takes the remainder."""
+    if k == 1:
+        return mask
+    reps = [np.full(n, k) for n in mask.shape]
+    for axis in (0, 1):
+        reps[axis][-1] += shape[axis] - k * mask.shape[axis]
+    return np.repeat(np.repeat(mask, reps[0], axis=0), reps[1], axis=1)
 
 
 def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -375,13 +289,17 @@ def load_mammogram(
 ) -> np.ndarray | tuple[np.ndarray, Geometry]:
     """Read a mammogram as float32 in [0, 1], chest wall left, cropped to the breast, sized.
 
-    Raises UnreadableImageError (corrupt, not an image, missing codec) or UnsupportedImageError
-    (FOR PROCESSING, colour, multi-frame), both DataError, naming the file and the reason.
+    Raises UnreadableImageError (corrupt, not an image, missing codec, a header value that is
+    not a finite number) or UnsupportedImageError (FOR PROCESSING, colour, multi-frame, over
+    MAX_PIXELS), both DataError, naming the file, the DICOM tag where one is at fault, and why.
     """
     path = Path(path)
     size = _check_size(size)
     img = read_pixels(path)
-    mask, k = _breast_mask(img, path)
+    found = breast_mask(img)
+    if found is None:
+        raise UnreadableImageError(f"{path}: no breast found (the image is blank)")
+    mask, k = found
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     # Crop in original pixels; a mask touching the last block row/column takes the remainder.
@@ -390,28 +308,19 @@ def load_mammogram(
     column_mass = mask.sum(axis=0)
     half = mask.shape[1] // 2
     flipped = bool(column_mass[mask.shape[1] - half :].sum() > column_mass[:half].sum())
-    sub = mask[r0:r1, c0:c1]
-    if k > 1:  # nearest-neighbour upsampling of the cropped mask
-        iy = np.minimum(np.arange(y1 - y0) // k, sub.shape[0] - 1)
-        ix = np.minimum(np.arange(x1 - x0) // k, sub.shape[1] - 1)
-        sub = sub[np.ix_(iy, ix)]
-    crop = np.where(sub, img[y0:y1, x0:x1], np.float32(0.0))
+    crop = img[y0:y1, x0:x1] * _upsample(mask[r0:r1, c0:c1], k, (y1 - y0, x1 - x0))
     ch, cw = crop.shape
     if size is None:
-        out, scale, resized = (
-            np.ascontiguousarray(crop[:, ::-1] if flipped else crop),
-            1.0,
-            (ch, cw),
-        )
+        scale, resized = 1.0, (ch, cw)
+        out = np.ascontiguousarray(crop[:, ::-1] if flipped else crop)
     else:
         scale = min(size[0] / ch, size[1] / cw)
         resized = (
             max(1, min(size[0], round(ch * scale))),
             max(1, min(size[1], round(cw * scale))),
         )
-        small = _resize(crop, resized)
         out = np.zeros(size, dtype=np.float32)
-        out[: resized[0], : resized[1]] = small[:, ::-1] if flipped else small
+        out[: resized[0], : resized[1]] = resize(crop, resized, flip=flipped)
     if not return_geometry:
         return out
     geometry = Geometry(

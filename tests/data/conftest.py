@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -47,6 +49,21 @@ def write_dicom(path: Path, pixels: np.ndarray, **tags: Any) -> Path:
     return path
 
 
+def set_element(path: Path, keyword: str, vr: str, value: Any) -> Path:
+    """Rewrite ``path`` with ``keyword`` stored as ``vr`` holding ``value`` as given.
+
+    Bypasses pydicom's value conversion, so that a header can hold what a faulty writer
+    produces: text in a DS tag, 'NaN', bytes where a number belongs, a negative size.
+    """
+    ds = pydicom.dcmread(path)
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    element = DataElement(tag, "LO" if isinstance(value, str) else vr, value)
+    element.VR = vr
+    ds[tag] = element
+    ds.save_as(path)
+    return path
+
+
 def breast_pixels(
     height: int = 64,
     width: int = 48,
@@ -79,6 +96,12 @@ def make_dicom(tmp_path: Path) -> Callable[..., Path]:
         return write_dicom(tmp_path / (name or f"img{next(counter)}.dcm"), pixels, **tags)
 
     return make
+
+
+@pytest.fixture
+def edit_dicom() -> Callable[[Path, str, str, Any], Path]:
+    """Return set_element: rewrite a file with one tag stored as a given VR and raw value."""
+    return set_element
 
 
 @pytest.fixture

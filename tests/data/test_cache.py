@@ -58,6 +58,56 @@ def test_build_caches_readable_images_and_counts_the_rest(tmp_path, centre, capl
     assert isinstance(cache.array, np.memmap)
 
 
+def test_header_faults_are_skipped_naming_file_and_tag(
+    tmp_path, centre, make_dicom, breast, edit_dicom
+) -> None:
+    """Regression: RescaleIntercept = NaN raised a ValueError in the segmentation (build ended)."""
+    # Prepare: three images with a non-finite or oversized header among the readable ones
+    faults = {
+        "nan_intercept": ({"RescaleIntercept": "NaN"}, "(0028,1052) RescaleIntercept='NaN'"),
+        "inf_window": ({"WindowWidth": "inf"}, "(0028,1051) WindowWidth='inf'"),
+        "huge": ({"Rows": 40000, "Columns": 40000}, "1,600 megapixels"),
+    }
+    rows = []
+    for image_id, (tags, _) in faults.items():
+        path = make_dicom(breast(), name=f"{image_id}.dcm", WindowCenter=900, WindowWidth=1800)
+        for keyword, value in tags.items():
+            edit_dicom(path, keyword, "DS" if isinstance(value, str) else "US", value)
+        rows.append({"image_id": image_id, "patient_id": "pf", "path": str(path)})
+    manifest = pd.concat([centre, pd.DataFrame(rows)], ignore_index=True)
+    # Execute
+    cache = ImageCache.build(manifest, tmp_path / "cache", size=SIZE)
+    # Assert: the five readable images are cached, each fault skipped naming file and tag
+    assert len(cache) == 5 and np.isfinite(cache.images(range(5))).all()
+    reasons = dict(cache.skipped)
+    for image_id, (_, fragment) in faults.items():
+        assert f"{image_id}.dcm" in reasons[image_id] and fragment in reasons[image_id]
+
+
+def test_a_decoder_failure_on_one_file_is_skipped_naming_it(
+    tmp_path, centre, monkeypatch, caplog
+) -> None:
+    # Prepare: the decoder raises an unexpected error type on one file only
+    from pydicom.dataset import Dataset
+
+    real = Dataset.pixel_array
+
+    def flaky(ds: Dataset) -> np.ndarray:
+        if str(ds.filename).endswith("ok3.dcm"):
+            raise RuntimeError("decoder bug")
+        return real.fget(ds)
+
+    monkeypatch.setattr(Dataset, "pixel_array", property(flaky))
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.cache"):
+        cache = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    # Assert: the other images are cached; the failure is counted, logged and names the file
+    assert len(cache) == 4 and "ok3" not in set(cache.manifest["image_id"])
+    reason = dict(cache.skipped)["ok3"]
+    assert "ok3.dcm" in reason and "RuntimeError: decoder bug" in reason
+    assert any("skipping image ok3" in r.message for r in caplog.records)
+
+
 def test_cached_pixels_and_boxes_match_the_reader(tmp_path, centre) -> None:
     cache = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
     img, geometry = load_mammogram(centre.loc[0, "path"], SIZE, return_geometry=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -162,6 +163,24 @@ def test_burned_in_label_is_removed_and_breast_cropped(make_dicom, breast) -> No
     assert x0 == 0 and x1 < 40 and y0 > 0 and y1 < 64  # half-ellipse bounding box only
 
 
+def test_fatty_periphery_far_from_the_dense_core_is_kept(make_dicom) -> None:
+    """Regression: the mask grew at most 3% beyond the Otsu core and cut fatty tissue."""
+    # Prepare: a faint fatty half-ellipse (120 pixels deep) around a dense core (60 deep) at
+    # the chest wall, a bright label in the far corner, on a 200 x 160 detector
+    yy, xx = np.mgrid[0:200, 0:160]
+    fat = ((yy - 100) / 90.0) ** 2 + (xx / 120.0) ** 2 < 1
+    pixels = np.where(fat, 570, 100).astype(np.uint16)
+    pixels[((yy - 100) / 60.0) ** 2 + (xx / 60.0) ** 2 < 1] = 2830
+    pixels[5:15, 145:155] = 4000
+    # Execute
+    img, geo = load_mammogram(make_dicom(pixels), None, return_geometry=True)
+    # Assert: the crop spans the whole fatty region, not the core's neighbourhood; every fat
+    # pixel is kept, the label is not
+    y0, x0, y1, x1 = geo.crop
+    assert y0 <= 10 and x0 == 0 and y1 >= 190 and 120 <= x1 < 145
+    assert (img[fat[y0:y1, x0:x1]] > 0).all()
+
+
 def test_resize_keeps_aspect_ratio_and_pads_right_and_bottom(make_dicom, breast) -> None:
     path = make_dicom(breast(side="right", label=False))
     tall, g_tall = load_mammogram(path, (32, 32), return_geometry=True)
@@ -246,6 +265,77 @@ def test_dicom_without_pixel_data_is_unreadable(make_dicom, breast) -> None:
 def test_blank_image_is_unreadable(make_dicom) -> None:
     with pytest.raises(UnreadableImageError, match="blank"):
         load_mammogram(make_dicom(np.full((32, 32), 700, dtype=np.uint16)))
+
+
+# --------------------------------------------------------------------------- header faults
+@pytest.mark.parametrize(
+    ("keyword", "value", "tag"),
+    [
+        ("RescaleSlope", "NaN", "(0028,1053)"),
+        ("RescaleSlope", "inf", "(0028,1053)"),
+        ("RescaleIntercept", "nan", "(0028,1052)"),
+        ("WindowCenter", "NaN", "(0028,1050)"),
+        ("WindowWidth", "-inf", "(0028,1051)"),
+    ],
+)
+def test_non_finite_header_value_is_refused_naming_file_and_tag(
+    make_dicom, breast, edit_dicom, keyword: str, value: str, tag: str
+) -> None:
+    # Prepare: a window present so that the window tags are the ones used
+    path = edit_dicom(
+        make_dicom(breast(), WindowCenter=1000, WindowWidth=2000), keyword, "DS", value
+    )
+    # Execute / Assert: a DataError naming the file and the tag, never NaN pixels
+    with pytest.raises(UnreadableImageError) as err:
+        load_mammogram(path, (32, 24))
+    assert path.name in str(err.value) and f"{tag} {keyword}" in str(err.value)
+    assert "finite" in str(err.value)
+
+
+def test_header_announcing_40000_squared_pixels_is_refused_before_decoding(
+    make_dicom, breast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a small file whose header announces 40000 x 40000 pixels; spy on decoding
+    path = make_dicom(breast(), Rows=40000, Columns=40000)
+    decoded: list[str] = []
+    real = Dataset.pixel_array
+    monkeypatch.setattr(
+        Dataset, "pixel_array", property(lambda ds: decoded.append("!") or real.fget(ds))
+    )
+    # Execute
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsupportedImageError) as err:
+            load_mammogram(path, (32, 24))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Assert: refused from the header, naming the tags and the cap; nothing decoded or allocated
+    message = str(err.value)
+    assert path.name in message and "(0028,0010) Rows=40000" in message
+    assert "1,600 megapixels" in message and "cap of 100" in message
+    assert decoded == [] and peak < 20 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr", "value", "fragment"),
+    [
+        ("Rows", "SS", -5, "(0028,0010) Rows=-5 must be a positive integer"),
+        ("Columns", "US", 0, "(0028,0011) Columns=0 must be a positive integer"),
+        ("Rows", "DS", "64.5", "(0028,0010) Rows='64.5' is not an integer"),
+        ("RescaleSlope", "LO", "abc", "(0028,1053) RescaleSlope='abc' is not a number"),
+        ("WindowWidth", "OB", b"\x01\x02", "(0028,1051) WindowWidth=b'\\x01\\x02' is not a number"),
+        ("BitsAllocated", "US", 12, "(0028,0100) BitsAllocated=12 must be 1, 8, 16, 32 or 64"),
+        ("RescaleSlope", "DS", "0", "(0028,1053) RescaleSlope=0 erases the image"),
+    ],
+)
+def test_invalid_size_or_wrong_vr_is_refused_naming_the_tag(
+    make_dicom, breast, edit_dicom, keyword: str, vr: str, value: object, fragment: str
+) -> None:
+    path = edit_dicom(make_dicom(breast()), keyword, vr, value)
+    with pytest.raises(UnreadableImageError) as err:
+        load_mammogram(path, (32, 24))
+    assert fragment in str(err.value) and path.name in str(err.value)
 
 
 # --------------------------------------------------------------------------- compressed syntaxes

@@ -30,7 +30,10 @@ __all__ = [
     "iter_dicom_files",
     "malignancy_from_birads",
     "print_summary",
+    "read_age",
+    "read_birads",
     "read_header",
+    "read_label",
     "read_table",
     "summarise_manifest",
     "text_or_none",
@@ -152,6 +155,53 @@ def malignancy_from_birads(
     return label, float(table.get(cat, table.get(cat[0], 0.0)))
 
 
+def read_label(
+    value: object, table: Mapping[str, int | None], *, skips: SkipCounter, where: str, column: str
+) -> int | None:
+    """The label ``table`` gives for ``value`` (keys upper case; '2.0' reads as '2').
+
+    An empty value is None; a value the table does not know is None too, counted and logged
+    by ``skips`` naming ``where`` and ``column``: an unreadable label never becomes a label.
+    """
+    text = text_or_none(value)
+    if text is None:
+        return None
+    key = text.upper().removesuffix(".0")
+    if key in table:
+        return table[key]
+    skips.unreadable_label(where, column, text)
+    return None
+
+
+def read_age(value: object, *, skips: SkipCounter, where: str, column: str) -> float | None:
+    """An age in years (0-120) or None; a value that is not one is None, counted and logged."""
+    text = text_or_none(value)
+    if text is None:
+        return None
+    try:
+        age = float(text)
+    except ValueError:
+        age = math.nan
+    if 0 <= age <= 120:
+        return age
+    skips.unreadable_label(where, column, text)
+    return None
+
+
+def read_birads(value: object, *, skips: SkipCounter, where: str, column: str) -> str | None:
+    """A BI-RADS category ('0'..'6', '4a'..'4c'; 'BI-RADS 4' reads as '4') or None.
+
+    Empty is None; an unknown value is None, counted and logged by ``skips``.
+    """
+    text = text_or_none(value)
+    if text is None:
+        return None
+    key = _birads_key(text)
+    if key is None:
+        skips.unreadable_label(where, column, text)
+    return key
+
+
 def _birads_key(category: object) -> str | None:
     if category is None or category is pd.NA:
         return None
@@ -256,16 +306,28 @@ def header_age(ds: Any) -> float | None:
 
 # --------------------------------------------------------------------------- skips, finishing
 class SkipCounter:
-    """Counts images skipped for a reason, logging one warning per image."""
+    """Counts images skipped for a reason and label values left NA, one warning for each."""
 
     def __init__(self, dataset: str) -> None:
         self.dataset = dataset
         self.reasons: Counter[str] = Counter()
+        self.labels: Counter[str] = Counter()
 
     def skip(self, path: Path | str, reason: str) -> None:
         """Record that ``path`` is skipped because of ``reason``."""
         self.reasons[reason] += 1
         log.warning("%s: skipping %s: %s", self.dataset, path, reason)
+
+    def unreadable_label(self, where: str, column: str, value: object) -> None:
+        """Record that ``column`` holds a value no label can be read from (the label is NA)."""
+        self.labels[column] += 1
+        log.warning(
+            "%s: %s: unreadable %s value %r; the label is left missing (NA)",
+            self.dataset,
+            where,
+            column,
+            value,
+        )
 
     @property
     def total(self) -> int:
@@ -300,6 +362,7 @@ def finish_manifest(
         raise DataError(f"{dataset}: image_id {dup.iloc[0]!r} appears twice in the manifest")
     df.attrs["skipped"] = skips.total
     df.attrs["skip_reasons"] = dict(skips.reasons)
+    df.attrs["unreadable_labels"] = dict(skips.labels)
     df.attrs.update(extra_attrs or {})
     summary = summarise_manifest(df)
     df.attrs["summary"] = summary
@@ -313,6 +376,13 @@ def finish_manifest(
         skips.total,
         available,
     )
+    if skips.labels:
+        log.warning(
+            "%s: %d unreadable label values left missing (NA): %s",
+            dataset,
+            sum(skips.labels.values()),
+            dict(skips.labels),
+        )
     if options.get("print_summary"):
         print_summary(summary, title=f"{dataset} ({df['centre'].iloc[0]})")
     if options.get("summary_path"):
@@ -346,6 +416,7 @@ def summarise_manifest(df: pd.DataFrame) -> dict[str, Any]:
         "splits": {k: int(v) for k, v in df["split"].fillna("none").value_counts().items()},
         "skipped": int(df.attrs.get("skipped", 0)),
         "skip_reasons": dict(df.attrs.get("skip_reasons", {})),
+        "unreadable_labels": dict(df.attrs.get("unreadable_labels", {})),
     }
 
 
@@ -361,6 +432,8 @@ def print_summary(
         f"[bold]{title}[/bold]: {summary['images']} images, {summary['patients']} "
         f"patients, {summary['skipped']} skipped {summary['skip_reasons'] or ''}"
     )
+    if summary.get("unreadable_labels"):
+        console.print(f"unreadable label values (left NA): {summary['unreadable_labels']}")
     head = Table(title="segments")
     head.add_column("segment")
     head.add_column("images", justify="right")

@@ -21,6 +21,7 @@ from fedmammo.data.adapters._common import (
     header_pixel_spacing,
     iter_dicom_files,
     read_header,
+    read_label,
     read_table,
     text_or_none,
 )
@@ -59,7 +60,10 @@ LAYOUT = (
     "LEFT_CC/07-20-2016-DDSM-74994/1.000000-full mammogram images-24515/1-1.dcm, also works)"
 )
 _PATHOLOGY = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
+_DENSITY = {str(d): d for d in (1, 2, 3, 4)}
+_ASSESSMENT = {"0": None, **{str(a): a for a in (1, 2, 3, 4, 5)}}  # 0 = incomplete -> NA
 _FOLDER = re.compile(r"^(Mass|Calc)-(Training|Test)_P_\d+_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$")
+_OUTSIDE = "CSV path outside the dataset root (refused)"
 OPTIONS = ("csv_dir", "lesion_boxes")
 
 
@@ -67,14 +71,16 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     """Read a CBIS-DDSM download into the canonical manifest (one row per full mammogram).
 
     Options: ``csv_dir`` (where the four CSVs are; default ``root``), ``lesion_boxes``
-    (read ROI masks for lesion boxes; default True).
+    (read ROI masks for lesion boxes; default True). A CSV row whose image path leaves the
+    dataset root (``..``, an absolute path) is refused and counted; an unreadable pathology,
+    density or assessment is NA (counted and logged), never a label.
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
     csv_dir = Path(options.get("csv_dir") or root)
-    abnormalities = _read_csvs(csv_dir)
-    locator = _Locator(root)
     skips = SkipCounter(DATASET)
+    abnormalities, incomplete, refused = _read_csvs(csv_dir, skips)
+    locator = _Locator(root)
     with_boxes = bool(options.get("lesion_boxes", True))
     rows, no_box = [], 0
     for folder, abns in abnormalities.items():
@@ -92,27 +98,42 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             if box is None:
                 no_box += 1
                 continue
+            malignant = abn["malignant"]
             lesions.append(
                 {
                     "kind": abn["kind"],
                     "shape": abn["shape"],
-                    "malignant": abn["malignant"] == 1,
+                    "malignant": None if malignant is None else malignant == 1,
                     "box": box,
                 }
             )
-        rows.append(_row(folder, abns, path, ds, lesions))
+        rows.append(_row(folder, abns, path, ds, lesions, complete=folder not in incomplete))
     return finish_manifest(
         rows,
         dataset=DATASET,
         fmt="cbis-ddsm",
         options=options,
         skips=skips,
-        extra_attrs={"lesions_without_box": no_box},
+        extra_attrs={"lesions_without_box": no_box, "paths_outside_root": refused},
     )
 
 
-def _read_csvs(csv_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Abnormalities grouped by full-image folder name (= DICOM PatientID)."""
+def outside_root(rel_path: str) -> bool:
+    """True if a CSV path would leave the dataset root: absolute, a drive, or a '..' part."""
+    text = rel_path.strip().replace("\\", "/")
+    return (
+        text.startswith(("/", "~"))
+        or re.match(r"^[A-Za-z]:", text) is not None
+        or ".." in text.split("/")
+    )
+
+
+def _read_csvs(
+    csv_dir: Path, skips: SkipCounter
+) -> tuple[dict[str, list[dict[str, Any]]], set[str], int]:
+    """Abnormalities grouped by full-image folder name (= DICOM PatientID), the folders whose
+    rows were not all read (a refused row may hold their label) and the count of refused paths.
+    """
     present = [
         (key, csv_dir / name) for key, name in CSV_FILES.items() if (csv_dir / name).is_file()
     ]
@@ -123,48 +144,92 @@ def _read_csvs(csv_dir: Path) -> dict[str, list[dict[str, Any]]]:
             "folder holding the case-description CSVs"
         )
     by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    incomplete: set[str] = set()
+    refused = 0
     for (kind, split), path in present:
         df = read_table(path, dataset=DATASET, expected=COLUMNS[kind], layout=LAYOUT)
         density_col = "breast_density" if kind == "mass" else "breast density"
         shape_col = "mass shape" if kind == "mass" else "calc type"
         for i, rec in enumerate(df.to_dict("records")):
-            image_path = text_or_none(rec["image file path"])
-            if image_path is None:
-                log.warning("%s: %s row %d has no image file path; ignored", DATASET, path, i + 2)
-                continue
+            where = f"{path} line {i + 2}"
             rec = {k: text_or_none(v) for k, v in rec.items()}
-            pathology = (rec["pathology"] or "").upper()
+            image_path = rec["image file path"]
+            if image_path is None:
+                log.warning("%s: %s has no image file path; ignored", DATASET, where)
+                continue
+            if outside_root(image_path):
+                skips.skip(f"{where} (image file path {image_path!r})", _OUTSIDE)
+                refused += 1
+                incomplete.update(_folders_of(rec, kind, split, image_path))
+                continue
+            for key in ("ROI mask file path", "cropped image file path"):
+                if rec[key] and outside_root(rec[key]):
+                    log.warning(
+                        "%s: %s: %s %r leaves the dataset root; refused, lesion box NA",
+                        DATASET,
+                        where,
+                        key,
+                        rec[key],
+                    )
+                    refused += 1
+                    rec[key] = None
+            if rec["pathology"] is None:
+                skips.unreadable_label(where, "pathology", "")
             rec.update(
                 split=split,
                 kind="mass" if kind == "mass" else "calcification",
                 shape=rec[shape_col],
-                density=_int_in(rec[density_col], 1, 4),
-                acr=_int_in(rec["assessment"], 1, 5),  # BI-RADS 0 (incomplete) -> NA
-                malignant=_PATHOLOGY.get(pathology),
+                density=read_label(
+                    rec[density_col], _DENSITY, skips=skips, where=where, column=density_col
+                ),
+                acr=read_label(
+                    rec["assessment"], _ASSESSMENT, skips=skips, where=where, column="assessment"
+                ),
+                malignant=read_label(
+                    rec["pathology"], _PATHOLOGY, skips=skips, where=where, column="pathology"
+                ),
                 source_csv=str(path),
             )
             folder = image_path.replace("\\", "/").strip("/").split("/")[0]
             by_image[folder].append(rec)
-    return dict(by_image)
+    return dict(by_image), incomplete, refused
 
 
-def _int_in(value: object, lo: int, hi: int) -> int | None:
-    try:
-        number = int(float(str(value)))
-    except (TypeError, ValueError):
-        return None
-    return number if lo <= number <= hi else None
+def _folders_of(rec: dict[str, Any], kind: str, split: str, image_path: str) -> set[str]:
+    """The full-image folder names a refused row may belong to (from its path and columns)."""
+    parts = {p for p in image_path.replace("\\", "/").split("/") if _FOLDER.match(p)}
+    side, view = (rec["left or right breast"] or "").upper(), (rec["image view"] or "").upper()
+    prefix = f"{'Mass' if kind == 'mass' else 'Calc'}-{'Training' if split == 'train' else 'Test'}"
+    return parts | {f"{prefix}_{rec['patient_id']}_{side}_{view}"}
 
 
-def _row(folder: str, abns: list[dict[str, Any]], path: Path, ds: Any, lesions: list) -> dict:
+def _row(
+    folder: str,
+    abns: list[dict[str, Any]],
+    path: Path,
+    ds: Any,
+    lesions: list,
+    *,
+    complete: bool,
+) -> dict:
+    """The manifest row of one full mammogram from its abnormality rows.
+
+    Malignant if any abnormality is; benign only if every abnormality's pathology was read as
+    benign and no CSV row of the image was refused (``complete``); otherwise NA.
+    """
     first = abns[0]
     side = (first["left or right breast"] or "").upper()
     laterality = {"LEFT": "L", "RIGHT": "R"}.get(side) or header_laterality(ds)
     view = (first["image view"] or folder.split("_")[-1]).upper()
-    labels = [a["malignant"] for a in abns if a["malignant"] is not None]
+    labels = [a["malignant"] for a in abns]
     acrs = [a["acr"] for a in abns if a["acr"] is not None]
     densities = [a["density"] for a in abns if a["density"] is not None]
-    malignant = max(labels) if labels else None
+    if 1 in labels:
+        malignant: int | None = 1
+    elif complete and all(label == 0 for label in labels):
+        malignant = 0
+    else:
+        malignant = None
     return {
         "image_id": text_or_none(ds.get("SOPInstanceUID")) or folder,
         "patient_id": first["patient_id"],
@@ -197,7 +262,12 @@ class _Locator:
     def find(
         self, rel_path: str, patient_id: str, *, shape: tuple[int, int] | None = None
     ) -> tuple[Path, Any] | None:
-        """(path, header) of the file meant by ``rel_path``; header None if unreadable."""
+        """(path, header) of the file meant by ``rel_path``; header None if unreadable.
+
+        Never follows a path that leaves the root (``outside_root``): None for those.
+        """
+        if outside_root(rel_path):
+            return None
         rel = rel_path.replace("\\", "/").strip("/")
         for base in (self.root, self.root / DATASET):
             direct = base / rel

@@ -19,7 +19,9 @@ from fedmammo.data.adapters._common import (
     header_pixel_spacing,
     header_view,
     iter_dicom_files,
+    read_age,
     read_header,
+    read_label,
     read_table,
     text_or_none,
 )
@@ -35,7 +37,7 @@ LAYOUT = (
     "clinical_csv) and DICOMs per patient folder, e.g. ROOT/CMMD/D1-0001/<study>/<series>/1-1.dcm"
 )
 _PATIENT = re.compile(r"^D\d-\d{4}$")
-_CLASSES = {"malignant": 1, "benign": 0}
+_CLASSES = {"MALIGNANT": 1, "BENIGN": 0}
 OPTIONS = ("clinical_csv", "clinical_xlsx")
 
 
@@ -48,18 +50,21 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
-    clinical = _clinical(root, options)
+    clinical, table_path = _clinical(root, options)
+    skips = SkipCounter(DATASET)
     labels: dict[tuple[str, str], int | None] = {}
     ages: dict[str, float] = {}
-    for rec in clinical.to_dict("records"):
+    for line, rec in enumerate(clinical.to_dict("records"), start=2):
         pid, side = text_or_none(rec["ID1"]), (text_or_none(rec["LeftRight"]) or "").upper()
         if not pid:
             continue
-        labels[(pid, side)] = _CLASSES.get((text_or_none(rec["classification"]) or "").lower())
-        age = text_or_none(rec["Age"])
-        if age:
-            ages[pid] = float(age)
-    skips = SkipCounter(DATASET)
+        where = f"{table_path} line {line}"
+        labels[(pid, side)] = read_label(
+            rec["classification"], _CLASSES, skips=skips, where=where, column="classification"
+        )
+        age = read_age(rec["Age"], skips=skips, where=where, column="Age")
+        if age is not None:
+            ages[pid] = age
     rows = []
     for path in iter_dicom_files(root):
         ds = read_header(path)
@@ -103,7 +108,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     )
 
 
-def _clinical(root: Path, options: dict[str, Any]) -> pd.DataFrame:
+def _clinical(root: Path, options: dict[str, Any]) -> tuple[pd.DataFrame, Path]:
     if options.get("clinical_csv"):
         path = Path(options["clinical_csv"])
     else:
@@ -113,4 +118,4 @@ def _clinical(root: Path, options: dict[str, Any]) -> pd.DataFrame:
             path = csv
     if not path.is_file():
         raise DataError(f"{DATASET}: {path} not found; expected layout: {LAYOUT}")
-    return read_table(path, dataset=DATASET, expected=COLUMNS, layout=LAYOUT)
+    return read_table(path, dataset=DATASET, expected=COLUMNS, layout=LAYOUT), path

@@ -37,13 +37,15 @@ LAYOUT = (
     "and any of " + ", ".join(LABEL_COLUMNS)
 )
 OPTIONS = ("labels_csv", "modalities")
+_DUPLICATE = "duplicate SOPInstanceUID (the first file in path order is kept)"
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
     """Read every mammography DICOM under ``root`` into the canonical manifest.
 
     Files whose Modality is not in ``modalities`` (default ``["MG"]``; a missing Modality
-    tag is accepted) are skipped and counted. Option ``labels_csv`` adds labels by
+    tag is accepted) are skipped and counted; so is a file repeating another's
+    SOPInstanceUID (the first in sorted path order is kept). Option ``labels_csv`` adds labels by
     SOPInstanceUID or file name (name relative to ``root`` or bare).
     """
     check_options(options, OPTIONS, DATASET)
@@ -52,6 +54,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     modalities = {str(m).upper() for m in options.get("modalities") or ["MG"]}
     skips = SkipCounter(DATASET)
     rows, used = [], set()
+    first_of: dict[str, Path] = {}  # SOPInstanceUID -> the first file (sorted paths) holding it
     for path in iter_dicom_files(root):
         ds = read_header(path)
         if ds is None:
@@ -62,6 +65,11 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             skips.skip(path, f"modality {modality} is not {'/'.join(sorted(modalities))}")
             continue
         sop = text_or_none(ds.get("SOPInstanceUID"))
+        if sop is not None and sop in first_of:
+            skips.skip(f"{path} (SOPInstanceUID {sop} as in {first_of[sop]})", _DUPLICATE)
+            continue
+        if sop is not None:
+            first_of[sop] = path
         rel = path.relative_to(root).as_posix()
         key = next((k for k in (sop, rel, path.name) if k and k in labels), None)
         used.add(key)

@@ -21,7 +21,9 @@ from fedmammo.data.adapters._common import (
     header_manufacturer,
     header_pixel_spacing,
     malignancy_from_birads,
+    read_birads,
     read_header,
+    read_label,
     read_table,
     text_or_none,
 )
@@ -50,6 +52,7 @@ LAYOUT = (
 _DICOM_NAME = re.compile(r"^(\d+)_([0-9A-Za-z]+)_MG_([LR])_(CC|MLO|ML)_ANON\.dcm$", re.IGNORECASE)
 _POINT = re.compile(r"\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)")
 OPTIONS = ("csv", "birads3", "malignancy_uncertainty")
+_DENSITY = {str(d): d for d in (1, 2, 3, 4)}
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -75,7 +78,8 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             files[match.group(1)] = (path, match)
     skips = SkipCounter(DATASET)
     rows, bad_xml = [], 0
-    for rec in table.to_dict("records"):
+    for line, rec in enumerate(table.to_dict("records"), start=2):
+        where = f"{csv_path} line {line}"
         name = text_or_none(rec["File Name"])
         if name is None:
             continue
@@ -88,15 +92,14 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         if ds is None:
             skips.skip(path, "unreadable DICOM header")
             continue
-        birads = (text_or_none(rec["Bi-Rads"]) or "").lower()
+        birads = read_birads(rec["Bi-Rads"], skips=skips, where=where, column="Bi-Rads")
         malignant, u_mal = malignancy_from_birads(
             birads,
             birads3=str(options.get("birads3", "benign")),
             uncertainty=options.get("malignancy_uncertainty"),
         )
-        acr = int(birads[0]) if birads[:1].isdigit() and 1 <= int(birads[0]) <= 6 else None
-        density = _int(rec["ACR"])
-        density = density if density in (1, 2, 3, 4) else None
+        acr = int(birads[0]) if birads and birads != "0" else None  # 4a/4b/4c -> 4
+        density = read_label(rec["ACR"], _DENSITY, skips=skips, where=where, column="ACR")
         xml = root / "AllXML" / f"{name}.xml"
         lesions: list[dict] | None = []
         if xml.is_file():

@@ -14,7 +14,9 @@ from fedmammo.data.adapters._common import (
     finish_manifest,
     header_manufacturer,
     header_pixel_spacing,
+    read_age,
     read_header,
+    read_label,
     read_table,
     text_or_none,
 )
@@ -42,6 +44,9 @@ LAYOUT = (
     "ROOT/train.csv (" + ", ".join(COLUMNS) + ") and ROOT/train_images/<patient_id>/<image_id>.dcm"
 )
 OPTIONS = ("csv", "images_dir")
+_CANCER = {"0": 0, "1": 1}
+_BIRADS = {"0": None, **{str(b): b for b in range(1, 7)}}  # 0 = recall (incomplete) -> NA
+_DENSITY = {"A": 1, "B": 2, "C": 3, "D": 4}
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -63,7 +68,9 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     images = Path(options.get("images_dir") or root / "train_images")
     skips = SkipCounter(DATASET)
     rows = []
-    for rec in table.to_dict("records"):
+    csv_path = Path(options.get("csv") or root / "train.csv")
+    for line, rec in enumerate(table.to_dict("records"), start=2):
+        where = f"{csv_path} line {line}"
         patient, image = text_or_none(rec["patient_id"]), text_or_none(rec["image_id"])
         if not patient or not image:
             continue
@@ -75,14 +82,12 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         if ds is None:
             skips.skip(path, "unreadable DICOM header")
             continue
-        cancer = _int(rec["cancer"])
-        birads = _int(rec["BIRADS"])
-        acr = birads if birads in (1, 2, 3, 4, 5, 6) else None
-        letter = (text_or_none(rec["density"]) or "").upper()
-        density = "ABCD".index(letter) + 1 if letter in ("A", "B", "C", "D") else None
+        cancer = read_label(rec["cancer"], _CANCER, skips=skips, where=where, column="cancer")
+        acr = read_label(rec["BIRADS"], _BIRADS, skips=skips, where=where, column="BIRADS")
+        density = read_label(rec["density"], _DENSITY, skips=skips, where=where, column="density")
         view = (text_or_none(rec["view"]) or "").upper() or None
         site, machine = text_or_none(rec["site_id"]), text_or_none(rec["machine_id"])
-        age = text_or_none(rec["age"])
+        age = read_age(rec["age"], skips=skips, where=where, column="age")
         rows.append(
             {
                 "image_id": image,
@@ -93,11 +98,11 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
                 "laterality": (text_or_none(rec["laterality"]) or "").upper() or None,
                 "view": view,
                 "path": os.path.abspath(path),
-                "malignant": cancer if cancer in (0, 1) else None,
+                "malignant": cancer,
                 "acr": acr,
                 "density": density,
-                "age": float(age) if age else None,
-                "u_malignancy": 0.0 if cancer in (0, 1) else None,
+                "age": age,
+                "u_malignancy": 0.0 if cancer is not None else None,
                 "u_acr": 0.0 if acr is not None else None,
                 "u_density": 0.0 if density is not None else None,
                 "u_view": 0.0 if view else None,
@@ -108,11 +113,3 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             }
         )
     return finish_manifest(rows, dataset=DATASET, fmt="rsna", options=options, skips=skips)
-
-
-def _int(value: object) -> int | None:
-    text = text_or_none(value)
-    try:
-        return int(float(text)) if text else None
-    except ValueError:
-        return None

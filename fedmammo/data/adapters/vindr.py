@@ -20,7 +20,9 @@ from fedmammo.data.adapters._common import (
     header_manufacturer,
     header_pixel_spacing,
     malignancy_from_birads,
+    read_birads,
     read_header,
+    read_label,
     read_table,
     text_or_none,
 )
@@ -59,6 +61,7 @@ LAYOUT = (
     "ROOT/images/<study_id>/<image_id>.dicom"
 )
 _SPLITS = {"training": "train", "train": "train", "test": "test"}
+_DENSITY = {f"{prefix}{x}": i + 1 for i, x in enumerate("ABCD") for prefix in ("", "DENSITY ")}
 OPTIONS = ("birads3", "malignancy_uncertainty")
 
 
@@ -78,16 +81,18 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         expected=BREAST_COLUMNS,
         layout=LAYOUT,
     )
+    skips = SkipCounter(DATASET)
     findings_path = root / "finding_annotations.csv"
     findings: dict[str, list[dict]] | None = None
     if findings_path.is_file():
         table = read_table(findings_path, dataset=DATASET, expected=FINDING_COLUMNS, layout=LAYOUT)
-        findings = _findings(table, options)
+        findings = _findings(table, findings_path, skips)
     else:
         log.warning("%s: %s not found; lesion boxes NA", DATASET, findings_path)
-    skips = SkipCounter(DATASET)
     rows = []
-    for rec in breasts.to_dict("records"):
+    breast_csv = root / "breast-level_annotations.csv"
+    for line, rec in enumerate(breasts.to_dict("records"), start=2):
+        where = f"{breast_csv} line {line}"
         study, image = text_or_none(rec["study_id"]), text_or_none(rec["image_id"])
         if not study or not image:
             continue
@@ -99,15 +104,16 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         if ds is None:
             skips.skip(path, "unreadable DICOM header")
             continue
-        birads = (text_or_none(rec["breast_birads"]) or "").upper().removeprefix("BI-RADS").strip()
+        birads = read_birads(rec["breast_birads"], skips=skips, where=where, column="breast_birads")
         malignant, u_mal = malignancy_from_birads(
             birads,
             birads3=str(options.get("birads3", "exclude")),
             uncertainty=options.get("malignancy_uncertainty"),
         )
-        acr = int(birads) if birads.isdigit() and 1 <= int(birads) <= 6 else None
-        letter = (text_or_none(rec["breast_density"]) or "").upper().removeprefix("DENSITY").strip()
-        density = "ABCD".index(letter) + 1 if letter in ("A", "B", "C", "D") else None
+        acr = int(birads[0]) if birads and birads != "0" else None
+        density = read_label(
+            rec["breast_density"], _DENSITY, skips=skips, where=where, column="breast_density"
+        )
         view = (text_or_none(rec["view_position"]) or "").upper() or None
         lesions = None if findings is None else encode_lesions(findings.get(image, []))
         rows.append(
@@ -135,17 +141,19 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     return finish_manifest(rows, dataset=DATASET, fmt="vindr-mammo", options=options, skips=skips)
 
 
-def _findings(table: pd.DataFrame, options: dict[str, Any]) -> dict[str, list[dict]]:
+def _findings(table: pd.DataFrame, path: Path, skips: SkipCounter) -> dict[str, list[dict]]:
     """image_id -> lesion records (boxes in stored-image pixels), 'No Finding' rows dropped."""
     out: dict[str, list[dict]] = defaultdict(list)
-    for rec in table.to_dict("records"):
+    for line, rec in enumerate(table.to_dict("records"), start=2):
         categories = _categories(text_or_none(rec["finding_categories"]))
         coords = [_float(rec[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
         if not categories or categories == ["No Finding"] or any(c is None for c in coords):
             continue
         x0, y0, x1, y1 = coords
-        birads = (text_or_none(rec["finding_birads"]) or "").upper().removeprefix("BI-RADS")
-        malignant, _ = malignancy_from_birads(birads.strip(), birads3="benign")
+        birads = read_birads(
+            rec["finding_birads"], skips=skips, where=f"{path} line {line}", column="finding_birads"
+        )
+        malignant, _ = malignancy_from_birads(birads, birads3="benign")
         out[str(rec["image_id"])].append(
             {
                 "kind": _kind(categories[0]),

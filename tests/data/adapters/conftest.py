@@ -73,6 +73,16 @@ def write_garbage(path: Path) -> Path:
     return path
 
 
+def edit_csv(path: Path, rows: dict[int, dict[str, str]], *, sep: str = ",") -> Path:
+    """Overwrite cells of a dataset CSV: ``{row index: {column: text}}`` (all read as text)."""
+    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    for i, values in rows.items():
+        for column, text in values.items():
+            table.loc[i, column] = text
+    table.to_csv(path, sep=sep, index=False)
+    return path
+
+
 def _mask(box: tuple[int, int, int, int]) -> np.ndarray:
     x0, y0, x1, y1 = box
     mask = np.zeros((ROWS, COLS), dtype=np.uint8)
@@ -659,6 +669,12 @@ def build_cmmd(root: Path, *, xlsx: bool = True) -> dict[str, dict[str, Any]]:
 def dicom_writer() -> Callable[..., Dataset]:
     """The write_dicom helper (small 16-bit MG DICOMs with the given tags)."""
     return write_dicom
+
+
+@pytest.fixture
+def csv_editor() -> Callable[..., Path]:
+    """The edit_csv helper (overwrite cells of a dataset CSV by row index and column)."""
+    return edit_csv
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
+import pydicom
 import pytest
 
 from fedmammo.data.adapters import load_manifest
@@ -97,6 +99,130 @@ def test_cbis_calc_csv_must_use_its_own_density_spelling(tmp_path: Path, builder
     # Execute / Assert
     with pytest.raises(DataError, match="lacks column 'breast density'"):
         load_manifest("cbis-ddsm", tmp_path)
+
+
+MASS_CSV = "mass_case_description_train_set.csv"
+CALC_CSV = "calc_case_description_test_set.csv"
+
+
+def _by_folder(df: pd.DataFrame) -> pd.DataFrame:
+    """The manifest indexed by the DICOM PatientID (= CBIS full-image folder name)."""
+    folders = [str(pydicom.dcmread(p, stop_before_pixels=True).PatientID) for p in df["path"]]
+    return df.set_index(pd.Index(folders))
+
+
+def test_cbis_misspelled_pathology_is_missing_never_benign(
+    tmp_path: Path, builders, csv_editor, caplog
+) -> None:
+    """Regression: 'MALIGANT' beside a BENIGN abnormality made the image and lesion benign."""
+    # Prepare: LEFT_CC has a malignant and a benign abnormality; misspell the malignant one.
+    # RIGHT_MLO's only abnormality gets an unknown value, LEFT_MLO an empty one.
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    csv_editor(tmp_path / MASS_CSV, {0: {"pathology": "MALIGANT"}, 2: {"pathology": ""}})
+    csv_editor(tmp_path / CALC_CSV, {1: {"pathology": "probably fine"}})
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.adapters._common"):
+        df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
+
+    # Assert: no made-up label; each unreadable value counted and logged with file/line/value
+    assert pd.isna(df.loc["Mass-Training_P_00001_LEFT_CC", "malignant"])
+    assert pd.isna(df.loc["Mass-Training_P_00001_LEFT_MLO", "malignant"])
+    assert pd.isna(df.loc["Calc-Test_P_00002_RIGHT_MLO", "malignant"])
+    assert df.loc["Calc-Test_P_00002_RIGHT_CC", "malignant"] == 1  # untouched
+    lesions = decode_lesions(df.loc["Mass-Training_P_00001_LEFT_CC", "lesions"])
+    assert {tuple(les["box"]): les["malignant"] for les in lesions} == {
+        (20, 10, 30, 20): None,
+        (5, 30, 10, 35): False,
+    }
+    assert df.attrs["unreadable_labels"] == {"pathology": 3}
+    assert df.attrs["summary"]["unreadable_labels"] == {"pathology": 3}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        f"{tmp_path / MASS_CSV} line 2: unreadable pathology value 'MALIGANT'" in m
+        for m in messages
+    )
+    assert any(
+        f"{CALC_CSV} line 3: unreadable pathology value 'probably fine'" in m for m in messages
+    )
+
+
+def test_cbis_malignant_abnormality_outweighs_an_unreadable_one(
+    tmp_path: Path, builders, csv_editor
+) -> None:
+    # Prepare: LEFT_CC keeps its MALIGNANT abnormality; the benign one becomes unreadable
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    csv_editor(tmp_path / MASS_CSV, {1: {"pathology": "BENIGN?"}})
+    # Execute
+    df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
+    # Assert: one malignant finding makes the image malignant whatever the other one is
+    assert df.loc["Mass-Training_P_00001_LEFT_CC", "malignant"] == 1
+
+
+@pytest.mark.parametrize("unreadable", [{"breast_density": "5"}, {"assessment": "4.5"}])
+def test_cbis_unreadable_density_or_assessment_is_missing(
+    tmp_path: Path, builders, csv_editor, unreadable: dict[str, str]
+) -> None:
+    # Prepare: LEFT_MLO's only abnormality gets a density or an assessment out of range
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    csv_editor(tmp_path / MASS_CSV, {2: unreadable})
+    # Execute
+    df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
+    # Assert: NA (4.5 is not truncated to 4), counted under its column
+    column = "density" if "breast_density" in unreadable else "acr"
+    assert pd.isna(df.loc["Mass-Training_P_00001_LEFT_MLO", column])
+    assert df.attrs["unreadable_labels"] == {next(iter(unreadable)): 1}
+
+
+def test_cbis_paths_outside_the_root_are_refused_per_row(
+    tmp_path: Path, builders, dicom_writer, csv_editor, caplog
+) -> None:
+    """Regression: an image path with '..' was followed out of the dataset root."""
+    # Prepare: a readable DICOM outside the root, named by LEFT_CC's benign row with '..';
+    # RIGHT_MLO's only row gets an absolute path, RIGHT_CC's ROI mask path leaves the root
+    root = tmp_path / "cbis"
+    builders["cbis-ddsm"](root, "canonical")
+    outside = tmp_path / "elsewhere" / "Mass-Training_P_00001_LEFT_CC" / "1" / "2" / "000000.dcm"
+    dicom_writer(outside, PatientID="Mass-Training_P_00001_LEFT_CC")
+    dotdot = "../elsewhere/Mass-Training_P_00001_LEFT_CC/1/2/000000.dcm"
+    calc = pd.read_csv(root / CALC_CSV, dtype=str, keep_default_na=False)
+    csv_editor(root / MASS_CSV, {1: {"image file path": dotdot}})
+    csv_editor(
+        root / CALC_CSV,
+        {
+            0: {"ROI mask file path": str(outside)},
+            1: {"image file path": "/" + calc.loc[1, "image file path"]},
+        },
+    )
+
+    # Execute
+    with caplog.at_level(logging.WARNING):
+        df = load_manifest("cbis-ddsm", root)
+
+    # Assert: nothing outside the root is read; refusals counted and named by file and line
+    assert not df["path"].str.startswith(str(tmp_path / "elsewhere")).any()
+    by_folder = _by_folder(df)
+    assert "Calc-Test_P_00002_RIGHT_MLO" not in by_folder.index
+    # LEFT_CC lost its benign row: still malignant (its other row); its benign lesion is gone
+    assert by_folder.loc["Mass-Training_P_00001_LEFT_CC", "malignant"] == 1
+    assert df.attrs["skip_reasons"]["CSV path outside the dataset root (refused)"] == 2
+    assert df.attrs["paths_outside_root"] == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"{root / MASS_CSV} line 3 (image file path {dotdot!r})" in m for m in messages)
+    assert any(f"{CALC_CSV} line 2: ROI mask file path" in m for m in messages)
+
+
+def test_cbis_refused_row_leaves_a_benign_image_unlabelled(
+    tmp_path: Path, builders, csv_editor
+) -> None:
+    # Prepare: LEFT_CC's malignant row points outside the root; its benign row stays
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    csv_editor(tmp_path / MASS_CSV, {0: {"image file path": "../x/000000.dcm"}})
+    # Execute
+    df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
+    # Assert: the remaining benign row does not make the image benign (the refused one may
+    # have been malignant): NA
+    assert pd.isna(df.loc["Mass-Training_P_00001_LEFT_CC", "malignant"])
 
 
 @pytest.mark.realdata

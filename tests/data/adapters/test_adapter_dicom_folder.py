@@ -123,3 +123,29 @@ def test_dicom_folder_without_images_is_an_error(tmp_path: Path, garbage_writer)
     # Execute / Assert
     with pytest.raises(DataError, match=r"no readable image found \(1 skipped"):
         load_manifest("dicom-folder", tmp_path)
+
+
+def test_dicom_folder_duplicate_uid_keeps_the_first_file(tree: dict, dicom_writer, caplog) -> None:
+    """Regression: a second file with the same SOPInstanceUID failed the whole adapter."""
+    # Prepare: two copies of image a, one sorting before it ('p0/') and one after ('site/p1/z')
+    root = tree["root"]
+    early = dicom_writer(root / "p0" / "copy.dcm", SOPInstanceUID=tree["a"], PatientID="P9")
+    dicom_writer(root / "site" / "p1" / "z.dcm", SOPInstanceUID=tree["a"], PatientID="P9")
+
+    # Execute
+    with caplog.at_level("WARNING"):
+        df = load_manifest("dicom-folder", root).set_index("image_id")
+
+    # Assert: one row per UID, the first in sorted path order; the others skipped, counted and
+    # logged naming both paths
+    assert sorted(df.index) == sorted([tree["a"], tree["b"], tree["c"]])
+    assert df.loc[tree["a"], "path"] == str(Path(early.filename).resolve())
+    assert df.loc[tree["a"], "patient_id"] == "P9"
+    key = "duplicate SOPInstanceUID (the first file in path order is kept)"
+    assert df.attrs["skip_reasons"][key] == 2
+    logged = [
+        r.getMessage() for r in caplog.records if "duplicate SOPInstanceUID" in r.getMessage()
+    ]
+    assert any(
+        str(root / "site" / "p1" / "a.dcm") in m and str(early.filename) in m for m in logged
+    )
