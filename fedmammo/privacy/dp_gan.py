@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedmammo.privacy.accounting import PrivacyUsageError
-from fedmammo.privacy.engine import HOOKS_ATTR
+from fedmammo.privacy.engine import HOOKS_ATTR, dp_backward
 
 __all__ = [
     "dp_dcgan_discriminator_step",
@@ -59,7 +59,7 @@ def dp_dcgan_discriminator_step(
     y = torch.cat([real_labels, fake_labels]).to(x.dtype).reshape(-1)
     out = D(x).reshape(-1)
     loss = criterion(out, y) if len(y) else out.sum()
-    loss.backward()
+    dp_backward(D, loss)
     optD.step()
     optD.zero_grad(set_to_none=True)
     return float(loss.detach()) if len(y) else 0.0

@@ -29,8 +29,16 @@ from fedmammo.privacy.accounting import (
     epsilon_of,
     plan_noise,
 )
+from fedmammo.privacy.bookkeeping import BookkeepingClipper, BookkeepingDPOptimizer
 
-__all__ = ["DPIncompatibleModelError", "DPSession", "dp_incompatible_layers", "validate_for_dp"]
+__all__ = [
+    "GRAD_SAMPLE_MODES",
+    "DPIncompatibleModelError",
+    "DPSession",
+    "dp_backward",
+    "dp_incompatible_layers",
+    "validate_for_dp",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,10 @@ _FIX = (
     "layers for you (BatchNorm -> GroupNorm)."
 )
 HOOKS_ATTR = "_fedmammo_dp_hooks"
+#: How per-example gradients are clipped: "bk" book-keeping (default, one backward pass, see
+#: ``bookkeeping``), Opacus' "hooks" and "functorch", and "no_op" (the caller sets
+#: ``p.grad_sample`` itself, e.g. the WGAN-GP critic's torch.func gradients).
+GRAD_SAMPLE_MODES = ("bk", "hooks", "functorch", "no_op")
 _NOISY = 10.0  # a planned noise multiplier above this gets a warning (mostly noise)
 # Opacus' per-sample hooks fire on a first layer whose input needs no gradient (the images);
 # torch warns at every backward pass. Expected under DP-SGD, so silenced here.
@@ -87,6 +99,19 @@ def validate_for_dp(model: nn.Module) -> None:
         )
 
 
+def dp_backward(model: nn.Module, loss: torch.Tensor) -> None:
+    """``loss.backward()``, or the book-keeping backward if ``model`` was made private so."""
+    hooks = getattr(model, HOOKS_ATTR, None)
+    if isinstance(hooks, BookkeepingClipper) and hooks.hooks_enabled:
+        hooks.backward(loss)
+    else:
+        loss.backward()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def _disable_inplace(model: nn.Module) -> int:
     """Make in-place activations out-of-place (Opacus' backward hooks refuse them); how many."""
     count = 0
@@ -117,9 +142,7 @@ def _empty_safe_collate(dataset: Dataset, collate_fn: Callable | None) -> Callab
     every tensor of it is cut to length 0, other leaves are kept.
     """
     collate = collate_fn or default_collate
-    empty = tree_map(
-        lambda v: v[:0] if isinstance(v, torch.Tensor) else v, collate([dataset[0]])
-    )
+    empty = tree_map(lambda v: v[:0] if isinstance(v, torch.Tensor) else v, collate([dataset[0]]))
 
     def collate_or_empty(batch: list) -> Any:
         return collate(batch) if len(batch) else empty
@@ -146,7 +169,7 @@ class DPSession:
         phase: str,
         centre: str,
         seed: int,
-        grad_sample_mode: str = "hooks",
+        grad_sample_mode: str = "bk",
     ) -> None:
         if accountant.mechanism != budget.accountant:
             raise PrivacyUsageError(
@@ -155,6 +178,10 @@ class DPSession:
             )
         if planned_steps < 1:
             raise PrivacyUsageError(f"planned_steps must be >= 1, got {planned_steps}")
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise PrivacyUsageError(
+                f"unknown grad_sample_mode {grad_sample_mode!r}; valid: {list(GRAD_SAMPLE_MODES)}"
+            )
         self.budget, self.accountant = budget, accountant
         self.planned_steps, self.phase, self.centre = int(planned_steps), phase, centre
         self.seed, self.grad_sample_mode = int(seed), grad_sample_mode
@@ -287,26 +314,67 @@ class DPSession:
         validate_for_dp(model)
         _disable_inplace(model)
         model.train()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-            engine = PrivacyEngine(accountant=self.budget.accountant)
-            engine.accountant = self.accountant.opacus_accountant  # one ledger across rounds
-            hooks, dp_opt, dp_loader = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
-                noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.budget.max_grad_norm,
-                poisson_sampling=False,  # the loader given is already Poisson (see attach)
-                grad_sample_mode=self.grad_sample_mode,
-                wrap_model=False,
-                noise_generator=torch.Generator().manual_seed(noise_seed),
-            )
-        hooks.forbid_grad_accumulation()
+        device = _device_of(model)
+        noise = torch.Generator(device=device).manual_seed(noise_seed)
+        if self.grad_sample_mode == "bk":
+            hooks, dp_opt = self._bookkeeping(model, optimizer, loader, noise)
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+                engine = PrivacyEngine(accountant=self.budget.accountant)
+                engine.accountant = self.accountant.opacus_accountant  # one ledger across rounds
+                hooks, dp_opt, loader = engine.make_private(
+                    module=model,
+                    optimizer=optimizer,
+                    data_loader=loader,
+                    noise_multiplier=self.noise_multiplier,
+                    max_grad_norm=self.budget.max_grad_norm,
+                    poisson_sampling=False,  # the loader given is already Poisson (see attach)
+                    grad_sample_mode=self.grad_sample_mode,
+                    wrap_model=False,
+                    noise_generator=noise,
+                )
+            hooks.forbid_grad_accumulation()
         setattr(model, HOOKS_ATTR, hooks)
         self.hooks, self.optimizer, self._model = hooks, dp_opt, model
         self._steps_before = self.accountant.total_steps
-        return model, dp_opt, dp_loader
+        return model, dp_opt, loader
+
+    def _bookkeeping(self, model: nn.Module, optimizer: Any, loader: DataLoader, noise):
+        """Book-keeping clipping with Opacus' noise, averaging and accountant hook.
+
+        The same optimizer class, expected batch size and step hook that
+        ``PrivacyEngine.make_private(grad_sample_mode="ghost")`` builds; only the clipped
+        sums come from :class:`~fedmammo.privacy.bookkeeping.BookkeepingClipper`.
+        """
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad}
+        if trainable != in_opt:
+            raise PrivacyUsageError(
+                "the optimizer must hold exactly the model's trainable parameters under DP "
+                "(freeze the others with requires_grad_(False))"
+            )
+        clipper = BookkeepingClipper(model, max_grad_norm=self.budget.max_grad_norm)
+        sample_rate = 1 / len(loader)
+        dp_opt = BookkeepingDPOptimizer(
+            optimizer,
+            clipper=clipper,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.budget.max_grad_norm,
+            expected_batch_size=int(len(loader.dataset) * sample_rate),
+            loss_reduction="mean",
+            generator=noise,
+        )
+        hook = self.accountant.opacus_accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
+        dp_opt.attach_step_hook(hook)
+        return clipper, dp_opt
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()`` for the private model (book-keeping mode: clipped sums)."""
+        if self._model is None:
+            loss.backward()
+        else:
+            dp_backward(self._model, loss)
 
     def attach(self, model: nn.Module, optimizer: Any, loader: DataLoader):
         """Make ``model``/``optimizer`` private and ``loader`` Poisson-sampled (same q, steps).

@@ -56,11 +56,6 @@ from fedmammo.models.gans import (
     sample_generator,
     sample_patches,
 )
-from fedmammo.privacy.dp_gan import (
-    dp_dcgan_discriminator_step,
-    dp_wgan_gp_critic_step,
-    generator_step_with_frozen_dp_d,
-)
 
 __all__ = [
     "GanResult",
@@ -218,6 +213,13 @@ def _cpu_state(module: nn.Module) -> StateDict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+def _dp() -> Any:
+    """:mod:`fedmammo.privacy.dp_gan`, imported only for DP training (it loads Opacus)."""
+    from fedmammo.privacy import dp_gan
+
+    return dp_gan
+
+
 class _Steps:
     """One GAN's discriminator and generator updates, plain or with a DP session."""
 
@@ -251,10 +253,10 @@ class _Steps:
             labels = smoothed_real_labels(n, rng, low=low, high=high)
             if self.privacy is None:
                 return discriminator_step(self.disc, self.opt_d, real, fake, real_labels=labels)
-            return dp_dcgan_discriminator_step(
+            return _dp().dp_dcgan_discriminator_step(
                 self.disc, self.opt_d, real, fake, labels, torch.zeros(n)
             )
-        step = critic_step if self.privacy is None else dp_wgan_gp_critic_step
+        step = critic_step if self.privacy is None else _dp().dp_wgan_gp_critic_step
         return step(self.disc, self.opt_d, real, fake, lambda_gp=o["lambda_gp"], generator=rng)
 
     def generator(self, z: torch.Tensor, fake: torch.Tensor | None) -> float:
@@ -262,7 +264,7 @@ class _Steps:
         labels = torch.ones(len(z)) if self.kind == "dcgan" else None
         if self.privacy is None:
             return generator_step(self.disc, self.opt_g, fake, kind=self.kind)
-        return generator_step_with_frozen_dp_d(
+        return _dp().generator_step_with_frozen_dp_d(
             self.disc, self.gen, self.opt_g, z, labels, hooks=self.privacy.hooks
         )
 

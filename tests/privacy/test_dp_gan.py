@@ -67,12 +67,13 @@ def clipped_sum(per_example_grads: list[list[torch.Tensor]], clip: float) -> lis
     return out
 
 
-def test_dcgan_step_clips_real_and_fake_per_example_in_one_batch():
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_dcgan_step_clips_real_and_fake_per_example_in_one_batch(mode):
     # Prepare
     clip = 1e-2
     D, G = critic(), generator()
     reference = copy.deepcopy(D)
-    session, D, optD, loader = private(D, clip=clip)
+    session, D, optD, loader = private(D, clip=clip, mode=mode)
     (real,) = next(iter(loader))
     fake = G(torch.randn(len(real), Z, generator=torch.Generator().manual_seed(3)))
     ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
@@ -90,7 +91,7 @@ def test_dcgan_step_clips_real_and_fake_per_example_in_one_batch():
     expected = clipped_sum(per_example, clip)
     for new, old, e in zip(D.parameters(), reference.parameters(), expected):
         assert torch.allclose(old - new, e / optD.expected_batch_size, atol=1e-7)
-    assert all(p.grad is None and p.grad_sample is None for p in D.parameters())
+    assert all(p.grad is None and getattr(p, "grad_sample", None) is None for p in D.parameters())
     assert session.after_training(1) == float("inf")  # sigma 0: no privacy, reported as such
 
 
@@ -101,11 +102,12 @@ def test_dcgan_step_refuses_batches_of_different_size():
         dp_dcgan_discriminator_step(D, optD, real, fake, torch.ones(4), torch.zeros(3))
 
 
-def test_generator_step_freezes_the_private_discriminator():
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_generator_step_freezes_the_private_discriminator(mode):
     # Prepare
     D, G = critic(), generator()
     plain_D, plain_G = copy.deepcopy(D), copy.deepcopy(G)
-    session, D, optD, loader = private(D, clip=1.0)
+    session, D, optD, loader = private(D, clip=1.0, mode=mode)
     d_before = copy.deepcopy(D.state_dict())
     optG = torch.optim.SGD(G.parameters(), lr=0.5)
     z = torch.randn(6, Z, generator=torch.Generator().manual_seed(4))
@@ -113,7 +115,7 @@ def test_generator_step_freezes_the_private_discriminator():
     generator_step_with_frozen_dp_d(D, G, optG, z, torch.ones(6))
     # Assert: D untouched, G moved exactly as with a plain D, D's hooks back on.
     assert all(torch.equal(D.state_dict()[k], d_before[k]) for k in d_before)
-    assert all(p.grad is None and p.grad_sample is None for p in D.parameters())
+    assert all(p.grad is None and getattr(p, "grad_sample", None) is None for p in D.parameters())
     assert session.hooks.hooks_enabled
     ref_opt = torch.optim.SGD(plain_G.parameters(), lr=0.5)
     nn.functional.binary_cross_entropy_with_logits(
@@ -192,11 +194,20 @@ def test_wgan_gp_generator_step_uses_the_wgan_loss():
     assert all(p.grad is None for p in D.parameters())
 
 
-def test_empty_poisson_batch_is_a_noise_only_step():
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_empty_poisson_batch_is_a_noise_only_step(mode):
     # Prepare: noise on, an empty real batch (Poisson sampling can draw one).
     D = critic()
     b = PrivacyBudget(target_epsilon=None, noise_multiplier=1.0, delta=1e-5, max_grad_norm=1.0)
-    session = DPSession(b, CentreAccountant(), planned_steps=1, phase="gan", centre="B", seed=0)
+    session = DPSession(
+        b,
+        CentreAccountant(),
+        planned_steps=1,
+        phase="gan",
+        centre="B",
+        seed=0,
+        grad_sample_mode=mode,
+    )
     D, optD, _ = session.attach(
         D, torch.optim.SGD(D.parameters(), lr=1.0), DataLoader(images(), batch_size=BATCH)
     )
