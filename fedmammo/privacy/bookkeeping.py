@@ -50,6 +50,7 @@ class _Capture:
     inputs: list[torch.Tensor]
     output: torch.Tensor | None
     n: int
+    version: int = 0  # output._version at capture: an in-place op on it would void the grads
     grad: torch.Tensor | None = None
     grad_samples: dict[nn.Parameter, torch.Tensor] = field(default_factory=dict)
     ghost: Any = None  # state for the clipped sum of a ghost-norm layer
@@ -211,6 +212,15 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def _check_version(c: _Capture) -> None:
+    if c.output is not None and c.output._version != c.version:
+        raise PrivacyUsageError(
+            f"the output of {type(c.module).__name__} was modified in place after the layer "
+            "ran (e.g. ReLU(inplace=True) or an in-place op in forward); per-example "
+            "gradients need it unchanged: use the out-of-place op"
+        )
+
+
 class BookkeepingClipper:
     """Per-example clipped gradient sums for ``model`` in one backward pass (see module doc).
 
@@ -231,6 +241,8 @@ class BookkeepingClipper:
         self.clipped = False
         self._handles = []
         for module in model.modules():
+            if getattr(module, "inplace", False) is True:
+                module.inplace = False  # an in-place activation would overwrite a captured output
             if not _params(module):
                 continue
             if _rule(module) is _opacus_sampler and type(module) not in _OPACUS_SAMPLED:
@@ -294,7 +306,7 @@ class BookkeepingClipper:
         inputs = [_as_float(t.detach()) for t in inputs if isinstance(t, torch.Tensor)]
         if output.requires_grad:  # no reference from the hook to the capture: no cycle
             output.register_hook(partial(self._on_grad, len(self._captures)))
-        self._captures.append(_Capture(module, inputs, output, n))
+        self._captures.append(_Capture(module, inputs, output, n, output._version))
         self.clipped = False
 
     @torch.no_grad()
@@ -303,6 +315,7 @@ class BookkeepingClipper:
         c = self._captures[index]
         if c.grad is not None:
             return
+        _check_version(c)
         c.grad = _as_float(grad.detach())
         n = c.grad.shape[0]
         if n:
@@ -312,8 +325,10 @@ class BookkeepingClipper:
 
     def backward(self, loss: torch.Tensor) -> None:
         """Output gradients of the captured layers only, then the clipped sums into ``.grad``."""
-        outputs = [c.output for c in self._captures if c.output is not None]
-        outputs = [o for o in outputs if o.requires_grad]
+        live = [c for c in self._captures if c.output is not None and c.output.requires_grad]
+        for c in live:
+            _check_version(c)
+        outputs = [c.output for c in live]
         if not outputs:
             raise PrivacyUsageError("backward() with no captured layer: run the model first")
         torch.autograd.grad(loss, outputs, allow_unused=True)  # the hooks do the work

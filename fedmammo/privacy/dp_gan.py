@@ -56,7 +56,7 @@ def dp_dcgan_discriminator_step(
     criterion = criterion or nn.BCEWithLogitsLoss()
     optD.zero_grad(set_to_none=True)
     x = torch.cat([real, fake.detach()])
-    y = torch.cat([real_labels, fake_labels]).to(x.dtype).reshape(-1)
+    y = torch.cat([real_labels, fake_labels]).to(device=x.device, dtype=x.dtype).reshape(-1)
     out = D(x).reshape(-1)
     loss = criterion(out, y) if len(y) else out.sum()
     dp_backward(D, loss)
@@ -105,7 +105,8 @@ def generator_step_with_frozen_dp_d(
         if real_labels is None:
             loss = -out.mean()
         else:
-            loss = (criterion or nn.BCEWithLogitsLoss())(out, real_labels.to(out.dtype).reshape(-1))
+            target = real_labels.to(device=out.device, dtype=out.dtype).reshape(-1)
+            loss = (criterion or nn.BCEWithLogitsLoss())(out, target)
         loss.backward()
         optG.step()
     finally:
@@ -134,7 +135,7 @@ def _per_example_wgan_gp(
         }
         return zeros, torch.zeros(0, device=real.device)
     shape = (n,) + (1,) * (real.dim() - 1)
-    alpha = torch.rand(shape, generator=generator, device=real.device, dtype=real.dtype)
+    alpha = torch.rand(shape, generator=generator, dtype=real.dtype).to(real.device)
 
     def score(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(module, (p, fixed), (x.unsqueeze(0),)).sum()

@@ -193,3 +193,69 @@ def test_optimizer_must_hold_the_trainable_parameters():
 def test_unknown_grad_sample_mode_lists_the_valid_ones():
     with pytest.raises(PrivacyUsageError, match="valid: \\['bk', 'hooks'"):
         session("ew")
+
+
+def _project_models():
+    from fedmammo.models.gans import build_discriminator
+    from fedmammo.models.registry import build_model
+
+    torch.manual_seed(2)
+    return [
+        ("mammo_cnn", build_model("mammo_cnn", width=4, depth=2, norm="group"), (1, 16, 16)),
+        ("patch_cnn", build_model("patch_cnn", patch_size=16, width=4, norm="group"), (1, 16, 16)),
+        (
+            "discriminator",
+            build_discriminator("dcgan", patch_size=16, width=4, norm="group"),
+            (1, 16, 16),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_project_models_clip_like_the_loop(index):
+    # Prepare: the models fedmammo trains under DP; a 2-class loss on each output.
+    name, model, shape = _project_models()[index]
+    model.eval().train()  # dropout stays in train mode: make it a no-op
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    reference = copy.deepcopy(model)
+    x, y = data(shape)
+
+    def loss_of(net, xb, yb):
+        out = net(xb).reshape(len(xb), -1)
+        if out.shape[1] == 1:
+            return nn.functional.binary_cross_entropy_with_logits(out[:, 0], (yb > 0).float())
+        return nn.functional.cross_entropy(out, yb % out.shape[1])
+
+    clipper = BookkeepingClipper(model, max_grad_norm=1e-2)
+    # Execute
+    clipper.backward(loss_of(model, x, y))
+    # Assert
+    params = [p for p in reference.parameters() if p.requires_grad]
+    expected = [torch.zeros_like(p) for p in params]
+    for i in range(N):
+        grads = torch.autograd.grad(loss_of(reference, x[i : i + 1], y[i : i + 1]), params)
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        for e, g in zip(expected, grads, strict=True):
+            e += g * min(1.0, 1e-2 / (norm + 1e-6))
+    got = [p.grad for p in model.parameters() if p.requires_grad]
+    scale = max(float(e.abs().max()) for e in expected)  # a bias before a norm has ~0 grads
+    for g, e in zip(got, expected, strict=True):
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-6 * scale), name
+
+
+class _AddInPlace(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.add_(1.0)
+
+
+def test_inplace_activation_is_made_out_of_place_and_other_inplace_ops_refused():
+    relu = nn.ReLU(inplace=True)
+    model = nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 2))
+    BookkeepingClipper(model, max_grad_norm=1.0)
+    assert relu.inplace is False
+    model = nn.Sequential(nn.Linear(4, 4), _AddInPlace(), nn.Linear(4, 2))
+    clipper = BookkeepingClipper(model, max_grad_norm=1.0)
+    with pytest.raises(PrivacyUsageError, match="modified in place"):
+        clipper.backward(model(torch.randn(3, 4)).sum())
