@@ -205,7 +205,14 @@ def bench_gan(repeats: int, steps: int = 10, batch: int = 32) -> dict[str, Timin
             {"plain": plain_dcgan, "hooks": dp("dcgan", "hooks"), "bk": dp("dcgan", "bk")},
             repeats,
         ),
-        "WGAN-GP critic": interleaved({"plain": plain_wgan, "no_op": dp("wgan", "no_op")}, repeats),
+        "WGAN-GP critic": interleaved(
+            {
+                "plain": plain_wgan,
+                "vmap": dp("wgan", "no_op", "vmap"),
+                "chain": dp("wgan", "no_op", "chain"),
+            },
+            repeats,
+        ),
     }
 
 
@@ -243,7 +250,7 @@ def main() -> None:
     label = "DCGAN discriminator step (32x32, batch 32 real + 32 fake)"
     lines.append(_row(label, d, 100, "ms", "hooks", "bk"))
     w = gan["WGAN-GP critic"]
-    lines.append(_row("WGAN-GP critic step (32x32, batch 32)", w, 100, "ms", "no_op", "no_op"))
+    lines.append(_row("WGAN-GP critic step (32x32, batch 32)", w, 100, "ms", "vmap", "chain"))
     print(
         f"Process CPU time, {args.threads} torch thread(s), median of {args.repeats} "
         f"interleaved runs after a warm-up; load average {load[0]:.1f} / {load[1]:.1f} on "

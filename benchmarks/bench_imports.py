@@ -98,7 +98,8 @@ def main() -> None:
         f"load {load:.1f}; `{' '.join(['python', *sys.argv])}`\n"
     )
     head = "| module |" + (f" before ({args.base_ref}) |" if base else "") + " after | heavy |"
-    print(head + "\n|---" * (head.count("|") - 1) + "|")
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
     for module, before, after in rows:
         cols = [module] + ([cell(before)] if before else []) + [cell(after)]
         heavy = ", ".join(h for h in after.get("heavy", []) if h != "torch")

@@ -77,17 +77,17 @@ def _unfold(layer: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _conv2d(c: _Capture, n: int) -> torch.Tensor:
+def _conv2d(c: _Capture, n: int, *, materialise: bool = False, bias: bool = True) -> torch.Tensor:
     layer, a, g = c.module, c.inputs[0], c.grad
     out_ch, k = layer.out_channels, layer.in_channels * math.prod(layer.kernel_size)
     positions = g.shape[2] * g.shape[3]
     g3 = g.reshape(n, out_ch, positions)
-    if layer.bias is not None and layer.bias.requires_grad:
+    if bias and layer.bias is not None and layer.bias.requires_grad:
         c.grad_samples[layer.bias] = g3.sum(2)
     ghost = 0.0
     if not layer.weight.requires_grad:
         pass
-    elif _ghost_is_cheaper(positions, out_ch, k):
+    elif not materialise and _ghost_is_cheaper(positions, out_ch, k):
         cols = _unfold(layer, a)
         aa = torch.bmm(cols.transpose(1, 2), cols)
         gg = torch.bmm(g3.transpose(1, 2), g3)
@@ -115,7 +115,7 @@ def _conv2d(c: _Capture, n: int) -> torch.Tensor:
     return _squared_norms(c, n) + ghost
 
 
-def _linear(c: _Capture, n: int) -> torch.Tensor:
+def _linear(c: _Capture, n: int, *, materialise: bool = False) -> torch.Tensor:
     layer, a, g = c.module, c.inputs[0], c.grad
     a3, g3 = a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
     if layer.bias is not None and layer.bias.requires_grad:
@@ -123,6 +123,8 @@ def _linear(c: _Capture, n: int) -> torch.Tensor:
     ghost = 0.0
     if not layer.weight.requires_grad:
         pass
+    elif materialise:
+        c.grad_samples[layer.weight] = torch.bmm(g3.transpose(1, 2), a3)
     elif a3.shape[1] == 1:  # one position: ||g a^T|| = ||g|| ||a||
         c.ghost = layer.weight
         ghost = g3.square().sum((1, 2)) * a3.square().sum((1, 2))
