@@ -189,7 +189,7 @@ def bench_gan(repeats: int, steps: int = 10, batch: int = 32) -> dict[str, Timin
             (plain(fake).mean() - plain(real).mean() + 10 * gp).backward()
             opt.step()
 
-    def dp(kind: str, mode: str) -> Callable[[], None]:
+    def dp(kind: str, mode: str, method: str = "auto") -> Callable[[], None]:
         D = discriminator()
         D, optD, _ = session(mode).attach(
             D, torch.optim.Adam(D.parameters(), lr=2e-4), DataLoader(data, batch_size=batch)
@@ -198,7 +198,9 @@ def bench_gan(repeats: int, steps: int = 10, batch: int = 32) -> dict[str, Timin
             return lambda: [
                 dp_dcgan_discriminator_step(D, optD, real, fake, ones, zeros) for _ in range(steps)
             ]
-        return lambda: [dp_wgan_gp_critic_step(D, optD, real, fake) for _ in range(steps)]
+        return lambda: [
+            dp_wgan_gp_critic_step(D, optD, real, fake, method=method) for _ in range(steps)
+        ]
 
     return {
         "DCGAN discriminator": interleaved(
