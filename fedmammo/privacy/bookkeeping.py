@@ -37,7 +37,15 @@ from torch import nn
 
 from fedmammo.privacy.accounting import PrivacyUsageError
 
-__all__ = ["BookkeepingClipper", "BookkeepingDPOptimizer"]
+__all__ = [
+    "HOOKS_ATTR",
+    "BookkeepingClipper",
+    "BookkeepingDPOptimizer",
+    "dp_backward",
+    "make_private_bookkeeping",
+]
+
+HOOKS_ATTR = "_fedmammo_dp_hooks"  # where a private model keeps its per-example machinery
 
 _EPS = 1e-6  # Opacus' clipping factor: max_grad_norm / (norm + 1e-6)
 
@@ -392,3 +400,50 @@ class BookkeepingDPOptimizer(DPOptimizerFastGradientClipping):
             )
         self.clipper.clipped = False
         return super().pre_step(closure)
+
+
+def make_private_bookkeeping(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    accountant: Any,
+    generator: torch.Generator,
+) -> tuple[BookkeepingClipper, BookkeepingDPOptimizer]:
+    """Book-keeping clipping with Opacus' noise, averaging and accountant step hook.
+
+    The optimizer class, expected batch size and step hook that
+    ``PrivacyEngine.make_private(grad_sample_mode="ghost")`` builds for ``loader`` (already
+    Poisson-sampled); only the clipped sums come from :class:`BookkeepingClipper`.
+    """
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    in_opt = {id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad}
+    if trainable != in_opt:
+        raise PrivacyUsageError(
+            "the optimizer must hold exactly the model's trainable parameters under DP "
+            "(freeze the others with requires_grad_(False))"
+        )
+    clipper = BookkeepingClipper(model, max_grad_norm=max_grad_norm)
+    sample_rate = 1 / len(loader)
+    dp_opt = BookkeepingDPOptimizer(
+        optimizer,
+        clipper=clipper,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=int(len(loader.dataset) * sample_rate),
+        loss_reduction="mean",
+        generator=generator,
+    )
+    dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return clipper, dp_opt
+
+
+def dp_backward(model: nn.Module, loss: torch.Tensor) -> None:
+    """``loss.backward()``, or the book-keeping backward if ``model`` was made private so."""
+    hooks = getattr(model, HOOKS_ATTR, None)
+    if isinstance(hooks, BookkeepingClipper) and hooks.hooks_enabled:
+        hooks.backward(loss)
+    else:
+        loss.backward()

@@ -29,10 +29,11 @@ from fedmammo.privacy.accounting import (
     epsilon_of,
     plan_noise,
 )
-from fedmammo.privacy.bookkeeping import BookkeepingClipper, BookkeepingDPOptimizer
+from fedmammo.privacy.bookkeeping import HOOKS_ATTR, dp_backward, make_private_bookkeeping
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
+    "HOOKS_ATTR",
     "DPIncompatibleModelError",
     "DPSession",
     "dp_backward",
@@ -47,7 +48,6 @@ _FIX = (
     "drop spectral norm, or let opacus.validators.ModuleValidator.fix(model) replace the "
     "layers for you (BatchNorm -> GroupNorm)."
 )
-HOOKS_ATTR = "_fedmammo_dp_hooks"
 #: How per-example gradients are clipped: "bk" book-keeping (default, one backward pass, see
 #: ``bookkeeping``), Opacus' "hooks" and "functorch", and "no_op" (the caller sets
 #: ``p.grad_sample`` itself, e.g. the WGAN-GP critic's torch.func gradients).
@@ -97,15 +97,6 @@ def validate_for_dp(model: nn.Module) -> None:
             f"{type(model).__name__} cannot be trained with DP-SGD; offending layers:\n"
             f"{lines}\n{_FIX}"
         )
-
-
-def dp_backward(model: nn.Module, loss: torch.Tensor) -> None:
-    """``loss.backward()``, or the book-keeping backward if ``model`` was made private so."""
-    hooks = getattr(model, HOOKS_ATTR, None)
-    if isinstance(hooks, BookkeepingClipper) and hooks.hooks_enabled:
-        hooks.backward(loss)
-    else:
-        loss.backward()
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -317,7 +308,15 @@ class DPSession:
         device = _device_of(model)
         noise = torch.Generator(device=device).manual_seed(noise_seed)
         if self.grad_sample_mode == "bk":
-            hooks, dp_opt = self._bookkeeping(model, optimizer, loader, noise)
+            hooks, dp_opt = make_private_bookkeeping(
+                model,
+                optimizer,
+                loader,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.budget.max_grad_norm,
+                accountant=self.accountant.opacus_accountant,
+                generator=noise,
+            )
         else:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
@@ -339,35 +338,6 @@ class DPSession:
         self.hooks, self.optimizer, self._model = hooks, dp_opt, model
         self._steps_before = self.accountant.total_steps
         return model, dp_opt, loader
-
-    def _bookkeeping(self, model: nn.Module, optimizer: Any, loader: DataLoader, noise):
-        """Book-keeping clipping with Opacus' noise, averaging and accountant hook.
-
-        The same optimizer class, expected batch size and step hook that
-        ``PrivacyEngine.make_private(grad_sample_mode="ghost")`` builds; only the clipped
-        sums come from :class:`~fedmammo.privacy.bookkeeping.BookkeepingClipper`.
-        """
-        trainable = {id(p) for p in model.parameters() if p.requires_grad}
-        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad}
-        if trainable != in_opt:
-            raise PrivacyUsageError(
-                "the optimizer must hold exactly the model's trainable parameters under DP "
-                "(freeze the others with requires_grad_(False))"
-            )
-        clipper = BookkeepingClipper(model, max_grad_norm=self.budget.max_grad_norm)
-        sample_rate = 1 / len(loader)
-        dp_opt = BookkeepingDPOptimizer(
-            optimizer,
-            clipper=clipper,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.budget.max_grad_norm,
-            expected_batch_size=int(len(loader.dataset) * sample_rate),
-            loss_reduction="mean",
-            generator=noise,
-        )
-        hook = self.accountant.opacus_accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
-        dp_opt.attach_step_hook(hook)
-        return clipper, dp_opt
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()`` for the private model (book-keeping mode: clipped sums)."""
