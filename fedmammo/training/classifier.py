@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedmammo.data.sampling import build_sampler
-from fedmammo.training.runtime import Runtime
+from fedmammo.training.runtime import Runtime, keep_freed_memory
 
 __all__ = ["TrainResult", "augment_batch", "predict_scores", "seed_everything", "train_classifier"]
 
@@ -90,6 +90,7 @@ def train_classifier(
     run = runtime or Runtime(device=str(device))
     if privacy is not None:
         run.check_dp()
+        keep_freed_memory()  # DP steps churn tens of MB: keep the heap (see runtime)
     run.prepare(model).train()
     optimizer = _optimizer(model, params)
     epochs = params.epochs

@@ -61,7 +61,7 @@ from fedmammo.models.gans import (
     sample_generator,
     sample_patches,
 )
-from fedmammo.training.runtime import Runtime
+from fedmammo.training.runtime import Runtime, keep_freed_memory
 
 __all__ = [
     "GanResult",
@@ -292,6 +292,8 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
     run = o.pop("runtime") or Runtime(device=str(o["device"]))
     device = run.torch_device
     o.pop("device")
+    if privacy is not None:
+        keep_freed_memory()  # DP steps churn tens of MB: keep the heap (see runtime)
     if run.amp == "fp16":
         raise ConfigError("GAN training supports amp='bf16' (fp16 would need a loss scaler)")
     with torch.random.fork_rng(devices=[]):

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedmammo.errors import DataError
-from fedmammo.training.runtime import Runtime
+from fedmammo.training.runtime import Runtime, keep_freed_memory
 
 __all__ = [
     "MTL_TASKS",
@@ -257,6 +257,7 @@ def train_mtl(
     run = runtime or Runtime(device=str(device))
     if privacy is not None:
         run.check_dp()
+        keep_freed_memory()  # DP steps churn tens of MB: keep the heap (see runtime)
     run.prepare(model).train()
     opt = _optimizer(model, optimizer, lr)
     if privacy is not None:
