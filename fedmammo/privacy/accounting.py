@@ -9,10 +9,7 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+from typing import TYPE_CHECKING, Any, Literal
 
 from fedmammo.errors import ConfigError, FedmammoError
 
@@ -27,7 +24,18 @@ __all__ = [
     "plan_noise",
 ]
 
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
+
 logger = logging.getLogger(__name__)
+
+
+def create_accountant(mechanism: str) -> IAccountant:
+    """Opacus' accountant by name (Opacus is imported on first use: it weighs ~2 s)."""
+    from opacus.accountants import create_accountant as create
+
+    return create(mechanism=mechanism)
+
 
 AccountantName = Literal["rdp", "prv"]
 _ACCOUNTANTS = ("rdp", "prv")
@@ -190,6 +198,8 @@ def plan_noise(
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Optimal order is the largest.*")
+                from opacus.accountants.utils import get_noise_multiplier
+
                 sigma = get_noise_multiplier(
                     target_epsilon=target_epsilon,
                     target_delta=delta,

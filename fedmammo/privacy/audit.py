@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import norm
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedmammo.errors import DataError
 
@@ -73,6 +71,8 @@ def _vector(name: str, values: Any) -> np.ndarray:
 
 def attack_result(member_scores: Any, nonmember_scores: Any, *, attack: str = "") -> AuditResult:
     """AUC and TPR at 1% FPR of scores where higher means "member"."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     m = _vector("member scores", member_scores)
     n = _vector("non-member scores", nonmember_scores)
     y = np.r_[np.ones(m.size), np.zeros(n.size)]
@@ -139,6 +139,8 @@ def lira_offline_scores(
     mu = np.where(finite, out, 0.0).sum(axis=1) / k
     var = np.where(finite, (out - mu[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(k - 1, 1)
     std = np.maximum(np.sqrt(var), min_std)
+    from scipy.stats import norm
+
     return -norm.logsf(t, loc=mu, scale=std)
 
 

@@ -16,7 +16,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedmammo.privacy.accounting import PrivacyUsageError
-from fedmammo.privacy.engine import HOOKS_ATTR
+from fedmammo.privacy.critic_grads import critic_chain, per_example_wgan_gp_grads
+from fedmammo.privacy.engine import HOOKS_ATTR, dp_backward
 
 __all__ = [
     "dp_dcgan_discriminator_step",
@@ -26,7 +27,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-_GP_EPS = 1e-12  # inside the square root of the penalty's norm: finite gradient at zero
+_GP_EPS = 1e-12
+#: How per-example WGAN-GP critic gradients are computed (see wgan_gp_critic_per_sample_grads).
+PER_EXAMPLE_METHODS = (
+    "auto",
+    "chain",
+    "vmap",
+)  # inside the square root of the penalty's norm: finite gradient at zero
 
 
 def _same_batch(real: torch.Tensor, fake: torch.Tensor) -> None:
@@ -56,10 +63,10 @@ def dp_dcgan_discriminator_step(
     criterion = criterion or nn.BCEWithLogitsLoss()
     optD.zero_grad(set_to_none=True)
     x = torch.cat([real, fake.detach()])
-    y = torch.cat([real_labels, fake_labels]).to(x.dtype).reshape(-1)
+    y = torch.cat([real_labels, fake_labels]).to(device=x.device, dtype=x.dtype).reshape(-1)
     out = D(x).reshape(-1)
     loss = criterion(out, y) if len(y) else out.sum()
-    loss.backward()
+    dp_backward(D, loss)
     optD.step()
     optD.zero_grad(set_to_none=True)
     return float(loss.detach()) if len(y) else 0.0
@@ -105,7 +112,8 @@ def generator_step_with_frozen_dp_d(
         if real_labels is None:
             loss = -out.mean()
         else:
-            loss = (criterion or nn.BCEWithLogitsLoss())(out, real_labels.to(out.dtype).reshape(-1))
+            target = real_labels.to(device=out.device, dtype=out.dtype).reshape(-1)
+            loss = (criterion or nn.BCEWithLogitsLoss())(out, target)
         loss.backward()
         optG.step()
     finally:
@@ -122,7 +130,10 @@ def _per_example_wgan_gp(
     fake: torch.Tensor,
     lambda_gp: float,
     generator: torch.Generator | None,
+    method: str = "auto",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    if method not in PER_EXAMPLE_METHODS:
+        raise PrivacyUsageError(f"unknown method {method!r}; valid: {list(PER_EXAMPLE_METHODS)}")
     module = critic._module if isinstance(critic, AbstractGradSampleModule) else critic
     params = {k: p.detach() for k, p in module.named_parameters() if p.requires_grad}
     fixed = {k: p.detach() for k, p in module.named_parameters() if not p.requires_grad}
@@ -134,7 +145,19 @@ def _per_example_wgan_gp(
         }
         return zeros, torch.zeros(0, device=real.device)
     shape = (n,) + (1,) * (real.dim() - 1)
-    alpha = torch.rand(shape, generator=generator, device=real.device, dtype=real.dtype)
+    alpha = torch.rand(shape, generator=generator, dtype=real.dtype).to(real.device)
+    layers = critic_chain(module) if method != "vmap" else None
+    if layers is None and method == "chain":
+        raise PrivacyUsageError(
+            f"{type(module).__name__} is not a chain of Conv2d/Linear/(Leaky)ReLU/GroupNorm/"
+            "InstanceNorm/reshape layers; use method='vmap'"
+        )
+    if layers is not None:  # explicit input-gradient pass: no vmap (see critic_grads)
+        by_param, losses = per_example_wgan_gp_grads(
+            layers, real, fake.detach(), alpha, lambda_gp, _GP_EPS
+        )
+        names = {p: k for k, p in module.named_parameters()}
+        return {names[p]: g for p, g in by_param.items()}, losses
 
     def score(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(module, (p, fixed), (x.unsqueeze(0),)).sum()
@@ -159,6 +182,7 @@ def wgan_gp_critic_per_sample_grads(
     *,
     lambda_gp: float = 10.0,
     generator: torch.Generator | None = None,
+    method: str = "auto",
 ) -> None:
     """Set ``p.grad_sample`` to per-example gradients of the WGAN-GP critic loss.
 
@@ -166,9 +190,12 @@ def wgan_gp_critic_per_sample_grads(
     with ``x_hat_i`` between ``real_i`` and ``fake_i`` (uniform weight drawn from
     ``generator``). For a critic made private with ``grad_sample_mode="no_op"``: call
     ``optD.zero_grad(set_to_none=True)`` before and ``optD.step()`` (clip + noise) after.
+    ``method``: "chain" (an explicit input-gradient pass, see ``critic_grads``; for critics
+    that are a chain of supported layers), "vmap" (``torch.func``, any critic) or "auto"
+    (chain when possible).
     """
     _same_batch(real, fake)
-    grads, _ = _per_example_wgan_gp(critic, real, fake, lambda_gp, generator)
+    grads, _ = _per_example_wgan_gp(critic, real, fake, lambda_gp, generator, method)
     module = critic._module if isinstance(critic, AbstractGradSampleModule) else critic
     for name, p in module.named_parameters():
         if p.requires_grad:
@@ -183,11 +210,15 @@ def dp_wgan_gp_critic_step(
     *,
     lambda_gp: float = 10.0,
     generator: torch.Generator | None = None,
+    method: str = "auto",
 ) -> float:
-    """One private WGAN-GP critic step (per-sample grads, clip, noise); the mean loss."""
+    """One private WGAN-GP critic step (per-sample grads, clip, noise); the mean loss.
+
+    ``method`` as in :func:`wgan_gp_critic_per_sample_grads`.
+    """
     _same_batch(real, fake)
     optD.zero_grad(set_to_none=True)
-    grads, losses = _per_example_wgan_gp(critic, real, fake, lambda_gp, generator)
+    grads, losses = _per_example_wgan_gp(critic, real, fake, lambda_gp, generator, method)
     module = critic._module if isinstance(critic, AbstractGradSampleModule) else critic
     for name, p in module.named_parameters():
         if p.requires_grad:

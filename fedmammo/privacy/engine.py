@@ -29,8 +29,17 @@ from fedmammo.privacy.accounting import (
     epsilon_of,
     plan_noise,
 )
+from fedmammo.privacy.bookkeeping import HOOKS_ATTR, dp_backward, make_private_bookkeeping
 
-__all__ = ["DPIncompatibleModelError", "DPSession", "dp_incompatible_layers", "validate_for_dp"]
+__all__ = [
+    "GRAD_SAMPLE_MODES",
+    "HOOKS_ATTR",
+    "DPIncompatibleModelError",
+    "DPSession",
+    "dp_backward",
+    "dp_incompatible_layers",
+    "validate_for_dp",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +48,10 @@ _FIX = (
     "drop spectral norm, or let opacus.validators.ModuleValidator.fix(model) replace the "
     "layers for you (BatchNorm -> GroupNorm)."
 )
-HOOKS_ATTR = "_fedmammo_dp_hooks"
+#: How per-example gradients are clipped: "bk" book-keeping (default, one backward pass, see
+#: ``bookkeeping``), Opacus' "hooks" and "functorch", and "no_op" (the caller sets
+#: ``p.grad_sample`` itself, e.g. the WGAN-GP critic's torch.func gradients).
+GRAD_SAMPLE_MODES = ("bk", "hooks", "functorch", "no_op")
 _NOISY = 10.0  # a planned noise multiplier above this gets a warning (mostly noise)
 # Opacus' per-sample hooks fire on a first layer whose input needs no gradient (the images);
 # torch warns at every backward pass. Expected under DP-SGD, so silenced here.
@@ -85,6 +97,10 @@ def validate_for_dp(model: nn.Module) -> None:
             f"{type(model).__name__} cannot be trained with DP-SGD; offending layers:\n"
             f"{lines}\n{_FIX}"
         )
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _disable_inplace(model: nn.Module) -> int:
@@ -144,7 +160,7 @@ class DPSession:
         phase: str,
         centre: str,
         seed: int,
-        grad_sample_mode: str = "hooks",
+        grad_sample_mode: str = "bk",
     ) -> None:
         if accountant.mechanism != budget.accountant:
             raise PrivacyUsageError(
@@ -153,6 +169,10 @@ class DPSession:
             )
         if planned_steps < 1:
             raise PrivacyUsageError(f"planned_steps must be >= 1, got {planned_steps}")
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise PrivacyUsageError(
+                f"unknown grad_sample_mode {grad_sample_mode!r}; valid: {list(GRAD_SAMPLE_MODES)}"
+            )
         self.budget, self.accountant = budget, accountant
         self.planned_steps, self.phase, self.centre = int(planned_steps), phase, centre
         self.seed, self.grad_sample_mode = int(seed), grad_sample_mode
@@ -285,26 +305,46 @@ class DPSession:
         validate_for_dp(model)
         _disable_inplace(model)
         model.train()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-            engine = PrivacyEngine(accountant=self.budget.accountant)
-            engine.accountant = self.accountant.opacus_accountant  # one ledger across rounds
-            hooks, dp_opt, dp_loader = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
+        device = _device_of(model)
+        noise = torch.Generator(device=device).manual_seed(noise_seed)
+        if self.grad_sample_mode == "bk":
+            hooks, dp_opt = make_private_bookkeeping(
+                model,
+                optimizer,
+                loader,
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.budget.max_grad_norm,
-                poisson_sampling=False,  # the loader given is already Poisson (see attach)
-                grad_sample_mode=self.grad_sample_mode,
-                wrap_model=False,
-                noise_generator=torch.Generator().manual_seed(noise_seed),
+                accountant=self.accountant.opacus_accountant,
+                generator=noise,
             )
-        hooks.forbid_grad_accumulation()
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+                engine = PrivacyEngine(accountant=self.budget.accountant)
+                engine.accountant = self.accountant.opacus_accountant  # one ledger across rounds
+                hooks, dp_opt, loader = engine.make_private(
+                    module=model,
+                    optimizer=optimizer,
+                    data_loader=loader,
+                    noise_multiplier=self.noise_multiplier,
+                    max_grad_norm=self.budget.max_grad_norm,
+                    poisson_sampling=False,  # the loader given is already Poisson (see attach)
+                    grad_sample_mode=self.grad_sample_mode,
+                    wrap_model=False,
+                    noise_generator=noise,
+                )
+            hooks.forbid_grad_accumulation()
         setattr(model, HOOKS_ATTR, hooks)
         self.hooks, self.optimizer, self._model = hooks, dp_opt, model
         self._steps_before = self.accountant.total_steps
-        return model, dp_opt, dp_loader
+        return model, dp_opt, loader
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()`` for the private model (book-keeping mode: clipped sums)."""
+        if self._model is None:
+            loss.backward()
+        else:
+            dp_backward(self._model, loss)
 
     def attach(self, model: nn.Module, optimizer: Any, loader: DataLoader):
         """Make ``model``/``optimizer`` private and ``loader`` Poisson-sampled (same q, steps).

@@ -249,7 +249,7 @@ class PeriodicDPSession(DPSession):
         phase: str,
         centre: str,
         seed: int,
-        grad_sample_mode: str = "hooks",
+        grad_sample_mode: str = "bk",
     ) -> None:
         self.remaining = {
             str(k): [(float(q), int(n)) for q, n in v if int(n) > 0] for k, v in remaining.items()

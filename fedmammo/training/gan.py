@@ -32,6 +32,11 @@ the generator step runs through the discriminator with its Opacus hooks off. Und
 DCGAN discriminator defaults to GroupNorm (``d_norm="group"``); BatchNorm is refused with an
 error naming the layer. Fake batches have the real batch's size, drawn from at least 2 latent
 vectors (the generator's BatchNorm needs 2); an empty Poisson batch is skipped but accounted.
+
+``runtime`` (a :class:`fedmammo.training.runtime.Runtime`) overrides ``device`` and adds
+channels_last, pinned memory and bf16 autocast for the generator and the DCGAN
+discriminator; the WGAN-GP critic step stays in float32 (its penalty differentiates a
+gradient). Without it the loops are the plain float32 ones.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmammo.errors import DataError
+from fedmammo.errors import ConfigError, DataError
 from fedmammo.models.gans import (
     GeneratorDescription,
     build_gan,
@@ -56,11 +61,7 @@ from fedmammo.models.gans import (
     sample_generator,
     sample_patches,
 )
-from fedmammo.privacy.dp_gan import (
-    dp_dcgan_discriminator_step,
-    dp_wgan_gp_critic_step,
-    generator_step_with_frozen_dp_d,
-)
+from fedmammo.training.runtime import Runtime, keep_freed_memory
 
 __all__ = [
     "GanResult",
@@ -218,11 +219,20 @@ def _cpu_state(module: nn.Module) -> StateDict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+def _dp() -> Any:
+    """:mod:`fedmammo.privacy.dp_gan`, imported only for DP training (it loads Opacus)."""
+    from fedmammo.privacy import dp_gan
+
+    return dp_gan
+
+
 class _Steps:
     """One GAN's discriminator and generator updates, plain or with a DP session."""
 
-    def __init__(self, kind: str, gen: nn.Module, disc: nn.Module, o: dict[str, Any], privacy):
-        self.kind, self.gen, self.o, self.privacy = kind, gen, o, privacy
+    def __init__(
+        self, kind: str, gen: nn.Module, disc: nn.Module, o: dict[str, Any], privacy, run: Runtime
+    ):
+        self.kind, self.gen, self.o, self.privacy, self.run = kind, gen, o, privacy, run
         self.opt_g = torch.optim.Adam(gen.parameters(), lr=o["lr"], betas=o["betas"])
         self.opt_d: Any = torch.optim.Adam(disc.parameters(), lr=o["lr"], betas=o["betas"])
         self.disc = disc
@@ -241,30 +251,35 @@ class _Steps:
         """``n`` fakes from at least 2 latents; no graph under DP (the generator step reruns
         ``G(z)`` through the hook-free discriminator)."""
         z = torch.randn(max(n, 2), self.o["latent_dim"], generator=rng).to(device)
-        with torch.set_grad_enabled(self.privacy is None):
+        with torch.set_grad_enabled(self.privacy is None), self.run.autocast():
             return z, self.gen(z)[:n]
 
     def discriminator(self, real: torch.Tensor, fake: torch.Tensor, rng) -> float:
+        """One discriminator update (autocast for DCGAN; the WGAN-GP critic runs in float32:
+        its penalty differentiates a gradient, too fragile in half precision)."""
         o, n = self.o, len(real)
         if self.kind == "dcgan":
             low, high = o["label_smoothing"]
             labels = smoothed_real_labels(n, rng, low=low, high=high)
-            if self.privacy is None:
-                return discriminator_step(self.disc, self.opt_d, real, fake, real_labels=labels)
-            return dp_dcgan_discriminator_step(
-                self.disc, self.opt_d, real, fake, labels, torch.zeros(n)
-            )
-        step = critic_step if self.privacy is None else dp_wgan_gp_critic_step
+            with self.run.autocast():
+                if self.privacy is None:
+                    return discriminator_step(self.disc, self.opt_d, real, fake, real_labels=labels)
+                return _dp().dp_dcgan_discriminator_step(
+                    self.disc, self.opt_d, real, fake, labels, torch.zeros(n)
+                )
+        step = critic_step if self.privacy is None else _dp().dp_wgan_gp_critic_step
+        fake = fake.to(real.dtype)
         return step(self.disc, self.opt_d, real, fake, lambda_gp=o["lambda_gp"], generator=rng)
 
     def generator(self, z: torch.Tensor, fake: torch.Tensor | None) -> float:
         """Generator update from ``fake = G(z)`` (recomputed from ``z`` under DP)."""
         labels = torch.ones(len(z)) if self.kind == "dcgan" else None
-        if self.privacy is None:
-            return generator_step(self.disc, self.opt_g, fake, kind=self.kind)
-        return generator_step_with_frozen_dp_d(
-            self.disc, self.gen, self.opt_g, z, labels, hooks=self.privacy.hooks
-        )
+        with self.run.autocast():
+            if self.privacy is None:
+                return generator_step(self.disc, self.opt_g, fake, kind=self.kind)
+            return _dp().generator_step_with_frozen_dp_d(
+                self.disc, self.gen, self.opt_g, z, labels, hooks=self.privacy.hooks
+            )
 
 
 def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
@@ -274,14 +289,20 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
         o["d_norm"] = "group"  # BatchNorm mixes examples: no per-sample gradients
     data = _as_tensor(patches, o["batch_size"])
     size, latent, seed = int(data.shape[-1]), o["latent_dim"], o["seed"]
-    device = torch.device(o.pop("device"))
+    run = o.pop("runtime") or Runtime(device=str(o["device"]))
+    device = run.torch_device
+    o.pop("device")
+    if privacy is not None:
+        keep_freed_memory()  # DP steps churn tens of MB: keep the heap (see runtime)
+    if run.amp == "fp16":
+        raise ConfigError("GAN training supports amp='bf16' (fp16 would need a loss scaler)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen, disc = build_gan(
             kind, patch_size=size, latent_dim=latent, width=o["width"], norm=o["d_norm"]
         )
-    gen, disc = gen.to(device).train(), disc.to(device).train()
-    steps = _Steps(kind, gen, disc, o, privacy)
+    gen, disc = run.prepare(gen).train(), run.prepare(disc).train()
+    steps = _Steps(kind, gen, disc, o, privacy, run)
     rng = torch.Generator().manual_seed(seed)
     epoch_batches = steps.batches(data, rng)
     keep = set(snapshot_schedule(o["epochs"], warmup=o["warmup"], every=o["snapshot_every"]))
@@ -297,7 +318,7 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
         for batch in epoch_batches():
             if len(batch) == 0:  # Poisson sampling can draw an empty batch (still accounted)
                 continue
-            real = random_flips(batch, rng, p=o["flip_p"]).to(device)
+            real = run.batch(random_flips(batch, rng, p=o["flip_p"]))
             if kind == "dcgan":
                 z, fake = steps.fakes(len(real), rng, device)
                 d_losses.append(steps.discriminator(real, fake, rng))
@@ -311,7 +332,9 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
             result.critic_steps += 1
             if result.critic_steps % o["n_critic"] == 0:
                 z = torch.randn(o["batch_size"], latent, generator=rng).to(device)
-                g_losses.append(steps.generator(z, gen(z) if privacy is None else None))
+                with run.autocast():
+                    fake = gen(z) if privacy is None else None
+                g_losses.append(steps.generator(z, fake))
                 result.generator_steps += 1
         result.history.append(
             {
@@ -367,6 +390,7 @@ def train_dcgan(
     device: str | torch.device = "cpu",
     progress: bool = False,
     privacy: Any | None = None,
+    runtime: Runtime | None = None,
     latent_dim: int = 100,
     width: int = 64,
     d_norm: str | None = None,
@@ -395,6 +419,7 @@ def train_wgan_gp(
     device: str | torch.device = "cpu",
     progress: bool = False,
     privacy: Any | None = None,
+    runtime: Runtime | None = None,
     latent_dim: int = 100,
     width: int = 64,
     d_norm: str | None = None,

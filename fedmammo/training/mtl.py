@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedmammo.errors import DataError
+from fedmammo.training.runtime import Runtime, keep_freed_memory
 
 __all__ = [
     "MTL_TASKS",
@@ -209,13 +209,10 @@ def collate_mtl(items: Sequence[Batch]) -> Batch:
     return x, targets, unc
 
 
-def _to(batch: Batch, device: str | torch.device) -> Batch:
+def _to(batch: Batch, device: str | torch.device | Runtime) -> Batch:
     x, t, u = batch
-    return (
-        x.to(device),
-        {k: v.to(device) for k, v in t.items()},
-        {k: v.to(device) for k, v in u.items()},
-    )
+    move = device.batch if isinstance(device, Runtime) else (lambda v: v.to(device))
+    return move(x), {k: move(v) for k, v in t.items()}, {k: move(v) for k, v in u.items()}
 
 
 def _optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
@@ -239,6 +236,7 @@ def train_mtl(
     recon_weight: float = 1.0,
     max_steps: int | None = None,
     privacy: Any | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place with :func:`mtl_loss`; return example-weighted mean loss parts.
 
@@ -252,28 +250,45 @@ def train_mtl(
     (the multi-task loss is a per-example sum, so per-example gradients are exact with
     instance or group norm; BatchNorm is refused, naming the layer) and adds the planned
     noise. An empty Poisson batch is skipped without a step but still accounted (the session
-    counts every batch drawn), as in ``train_classifier``.
+    counts every batch drawn), as in ``train_classifier``. ``runtime`` (a
+    :class:`~fedmammo.training.runtime.Runtime`) overrides ``device`` and adds mixed
+    precision and channels_last; None keeps the plain float32 loop.
     """
-    model.to(device).train()
+    run = runtime or Runtime(device=str(device))
+    if privacy is not None:
+        run.check_dp()
+        keep_freed_memory()  # DP steps churn tens of MB: keep the heap (see runtime)
+    run.prepare(model).train()
     opt = _optimizer(model, optimizer, lr)
     if privacy is not None:
         model, opt, loader = privacy.attach(model, opt, loader)
+    backward = getattr(privacy, "backward", Tensor.backward)
+    scaler = run.scaler()
     sums: dict[str, float] = {}
     steps = seen = 0
     for _ in range(epochs):
         for batch in loader:
             if max_steps is not None and steps >= max_steps:
                 break
-            x, targets, unc = _to(batch, device)
+            x, targets, unc = _to(batch, run)
             n = x.shape[0]
             if n == 0:
                 continue
             opt.zero_grad(set_to_none=True)
-            total, parts = mtl_loss(
-                model(x), (x, targets, unc), recon_weight=recon_weight, class_weights=class_weights
-            )
-            total.backward()
-            opt.step()
+            with run.autocast():
+                total, parts = mtl_loss(
+                    model(x),
+                    (x, targets, unc),
+                    recon_weight=recon_weight,
+                    class_weights=class_weights,
+                )
+            if scaler is not None:
+                scaler.scale(total).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                backward(total)
+                opt.step()
             steps += 1
             seen += n
             for k, v in parts.items():
@@ -290,6 +305,8 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     keep = labels >= 0
     if len(np.unique(labels[keep])) < 2:
         return float("nan")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels[keep], scores[keep]))
 
 
@@ -299,6 +316,8 @@ def _balanced_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
         return float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes predicted but absent from y_true
+        from sklearn.metrics import balanced_accuracy_score
+
         return float(balanced_accuracy_score(labels[keep], pred[keep]))
 
 

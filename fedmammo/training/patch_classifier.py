@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score
 from torch import nn
 
 from fedmammo.data.manifest import decode_lesions, encode_lesions
@@ -172,6 +171,8 @@ def _log_loss(y: np.ndarray, score: np.ndarray) -> float:
 def _auprc(y: np.ndarray, score: np.ndarray) -> float:
     if y.min() == y.max():
         return math.nan
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y, score))
 
 

@@ -1,0 +1,157 @@
+"""Scale: N tiny simulated centres, a few FedAvg rounds: wall time, memory, bytes per round.
+
+    python benchmarks/bench_scale.py [--centres 10 100 1000] [--rounds 2] [--plot scale.png]
+    python benchmarks/bench_scale.py --dry-run --centres 1000   # write the scenario only
+
+Each N runs ``python -m fedmammo.simulate`` on a generated scenario of N ``tiny`` centres
+(federated arm only, no bootstrap, a 4-wide mammo_cnn on 32x24 images) in a fresh process
+tree, sampled every 0.5 s for RSS. Bytes per round are the model arrays a FedAvg round moves
+(the global model to every centre, one update back from each), computed from the model's
+state_dict; when the run's ``results.json`` records message bytes (``meta.bytes_per_round``)
+that figure is printed instead. Prints a markdown section for BENCHMARKS.md (and a log-log
+plot with ``--plot``). Budget: 1000 centres generate 48,000 phantom DICOMs first; run it on a
+machine with >= 24 GB and time to spare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_federation import MemorySampler  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = {"width": 4, "depth": 3}
+
+
+def scenario(n: int, rounds: int, folder: Path) -> Path:
+    """A FedAvg scenario of ``n`` tiny centres (federated arm only)."""
+    centres = [{"profile": "tiny", "name": f"c{i:04d}", "role": "train"} for i in range(n)]
+    spec = {
+        "name": f"scale_{n}_centres",
+        "centres": centres,
+        "strategy": "fedavg",
+        "strategy_overrides": {
+            "params.rounds": rounds,
+            "params.arms": ["federated"],
+            "params.bootstrap": 0,
+            "params.min_centres": 1,
+            "params.model.options": MODEL,
+        },
+        "image_size": [32, 24],
+        "data_dir": str(folder / "data"),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"scale_{n}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def model_bytes() -> int:
+    """Bytes of the scenario's model arrays (what FedAvg sends each way per centre)."""
+    from fedmammo.models.registry import build_model
+
+    state = build_model("mammo_cnn", **MODEL).state_dict()
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def run(path: Path, out: Path, timeout: float) -> dict:
+    sampler = MemorySampler()
+    sampler.start()
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmammo.simulate", str(path), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{path.name} failed:\n{proc.stderr[-3000:]}")
+    results = json.loads(sorted(out.glob("*/*/results.json"))[-1].read_text())
+    actors = sorted(sampler.peak_by_pid.values())
+    return {
+        "wall": wall,
+        "server": float(results.get("meta", {}).get("wall_seconds", float("nan"))),
+        "rss_total": sampler.peak_total,
+        "rss_actor": actors[len(actors) // 2] if actors else float("nan"),
+        "actors": len(actors),
+        "bytes": results.get("meta", {}).get("bytes_per_round"),
+    }
+
+
+def plot(rows: list[tuple[int, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r[0] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
+    ax[0].loglog(n, [r[1]["wall"] for r in rows], "o-")
+    ax[0].loglog(n, [rows[0][1]["wall"] * k / n[0] for k in n], ":", lw=0.8)
+    ax[0].set(xlabel="centres", ylabel="wall time (s)", title="wall (dotted: linear)")
+    ax[1].loglog(n, [r[1]["rss_total"] / 1024 for r in rows], "o-")
+    ax[1].set(xlabel="centres", ylabel="peak RSS (GB)", title="memory, whole process tree")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--centres", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per run")
+    parser.add_argument("--plot", type=Path, help="write a log-log plot here")
+    parser.add_argument("--dry-run", action="store_true", help="write scenarios, print commands")
+    parser.add_argument("--keep", type=Path, help="keep scenarios and runs under this folder")
+    args = parser.parse_args()
+    per_centre = model_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for n in args.centres:
+            path = scenario(n, args.rounds, root / f"n{n}")
+            if args.dry_run:
+                print(f"python -m fedmammo.simulate {path} --out {root / f'n{n}' / 'runs'}")
+                continue
+            rows.append((n, run(path, root / f"n{n}" / "runs", args.timeout)))
+    if args.dry_run:
+        return
+    load = os.getloadavg()
+    print("## Scale: tiny centres (`benchmarks/bench_scale.py`)\n")
+    print(
+        f"`{' '.join(['python', *sys.argv])}`; {args.rounds} FedAvg rounds, {os.cpu_count()} "
+        f"CPUs, load {load[0]:.1f}; model {per_centre / 1024:.1f} KiB.\n"
+    )
+    print(
+        "| centres | wall (s) | ServerApp (s) | wall / centre (s) | peak RSS tree (MB) | "
+        "RSS per actor (MB) | actors | bytes per round |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, r in rows:
+        sent = r["bytes"] if r["bytes"] is not None else 2 * n * per_centre
+        print(
+            f"| {n} | {r['wall']:.1f} | {r['server']:.1f} | {r['wall'] / n:.2f} | "
+            f"{r['rss_total']:.0f} | {r['rss_actor']:.0f} | {r['actors']} | {sent:,} |"
+        )
+    if args.plot and rows:
+        plot(rows, args.plot)
+        print(f"\n![scale]({args.plot})")
+
+
+if __name__ == "__main__":
+    main()
