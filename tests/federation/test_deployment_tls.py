@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from run_helpers import REPO, final_auc, results
+from helpers.run_helpers import REPO, final_auc, results
 
 from fedmammo.config import load_scenario
 from fedmammo.federation.deployment import node_config, prepare_site

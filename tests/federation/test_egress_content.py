@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from flower_messages import make_incoming
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from helpers.flower_messages import make_incoming
 
 from fedmammo.errors import ConfigError
 from fedmammo.federation.egress import (

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flower_messages import make_incoming
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
+from helpers.flower_messages import make_incoming
 
 from fedmammo.federation.egress import declare_egress, egress_error_mod, egress_mod
 from fedmammo.federation.secagg import (
