@@ -82,7 +82,10 @@ def _plan_points(points: list[Point], quick: bool) -> list[str]:
             point.rows = plan_scenario(point.scenario, quick=quick, origins=point.origins)
         except ConfigError as exc:
             prefix = f"sweep point {point.name}: " if point.name else ""
-            problems += [prefix + line for line in str(exc).splitlines()]
+            problems += [
+                line if line.startswith(prefix) else prefix + line
+                for line in str(exc).splitlines()
+            ]
     return problems
 
 
