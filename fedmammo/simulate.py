@@ -83,8 +83,7 @@ def _plan_points(points: list[Point], quick: bool) -> list[str]:
         except ConfigError as exc:
             prefix = f"sweep point {point.name}: " if point.name else ""
             problems += [
-                line if line.startswith(prefix) else prefix + line
-                for line in str(exc).splitlines()
+                line if line.startswith(prefix) else prefix + line for line in str(exc).splitlines()
             ]
     return problems
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, Context
 from torch import nn
 
-from fedmammo.federation.codec import arrays_to_state, get_json
+from fedmammo.federation.codec import arrays_to_state
+from fedmammo.federation.messages import ModelConfig
 from fedmammo.models import build_model
 
 __all__ = ["bn_keys", "model_from", "save_local_bn"]
@@ -20,18 +21,18 @@ def bn_keys(model: nn.Module) -> list[str]:
     return keys
 
 
-def model_from(msg: Message, context: Context, *, keep_local_bn: bool) -> nn.Module:
-    """Build the model named in the config and load the message's weights into it.
+def model_from(
+    m: ModelConfig, arrays: ArrayRecord, context: Context, *, keep_local_bn: bool
+) -> nn.Module:
+    """Build the model the message names and load its weights ``arrays`` into it.
 
     With ``keep_local_bn`` the centre's own BatchNorm state for this arm (if it has one)
     replaces the received one (FedBN).
     """
-    cfg = msg.content["config"]
-    spec = get_json(cfg, "model")
-    model = build_model(spec["name"], **spec.get("options", {}))
+    model = build_model(m.model["name"], **m.model.get("options", {}))
     like = model.state_dict()
-    state = arrays_to_state(msg.content["arrays"], like=like)
-    local_key = f"bn.{cfg['arm']}"
+    state = arrays_to_state(arrays, like=like)
+    local_key = f"bn.{m.arm}"
     if keep_local_bn and local_key in context.state:
         state.update(arrays_to_state(context.state[local_key], like=like))
     model.load_state_dict(state)

@@ -6,15 +6,19 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 
 from fedmammo.config import CentreProfile, load_profile
 from fedmammo.data.prepare import CentreData, PooledData, materialise_centre
 from fedmammo.errors import ConfigError
 from fedmammo.federation.runspec import POOLED, load_runspec, scenario_of
+
+if TYPE_CHECKING:  # messages imports the privacy ledger, which imports this module
+    from fedmammo.federation.messages import CentreConfig
 
 __all__ = [
     "CentreIdentity",
@@ -22,7 +26,6 @@ __all__ = [
     "centre_data",
     "device",
     "identity_of",
-    "segments_of",
     "select_rows",
 ]
 
@@ -87,10 +90,10 @@ def identity_of(context: Context) -> CentreIdentity:
     )
 
 
-def centre_data(ident: CentreIdentity, config: ConfigRecord) -> CentreData | PooledData:
+def centre_data(ident: CentreIdentity, config: CentreConfig) -> CentreData | PooledData:
     """This centre's data at the image size and data seed the server asks for (cached)."""
-    size = tuple(int(v) for v in config["image-size"])
-    data_seed = int(config.get("data-seed", 0))
+    size = tuple(int(v) for v in config.image_size)
+    data_seed = int(config.data_seed)
     # keyed by everything that defines the data: one process may serve several scenarios
     profiles = tuple(p.model_dump_json() for p in [ident.profile] if p is not None)
     parts = tuple(p.model_dump_json() for p, _ in ident.pooled)
@@ -127,11 +130,3 @@ def select_rows(data: CentreData | PooledData, split: str, segments: Sequence[st
     if isinstance(data, PooledData):
         return [r[np.isin(p.segments(r), keep)] for p, r in zip(data.parts, rows, strict=True)]
     return rows[np.isin(data.segments(rows), keep)]
-
-
-def segments_of(cfg: ConfigRecord) -> list[str] | None:
-    """The message's ``segments`` (one name or a list), or None for all of them."""
-    if "segments" not in cfg:
-        return None
-    value = cfg["segments"]
-    return [str(value)] if isinstance(value, str) else [str(v) for v in value]

@@ -11,6 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
 __all__ = [
+    "RECORD_SEP",
     "arrays_to_state",
     "decode_metric_records",
     "encode_metric_records",
@@ -19,7 +20,7 @@ __all__ = [
     "state_to_arrays",
 ]
 
-_SEP = "|"
+RECORD_SEP = "|"  # metric|segment[|lo|hi] keys of metric records
 
 
 def state_to_arrays(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
@@ -53,12 +54,12 @@ def encode_metric_records(records: list[dict]) -> MetricRecord:
     """Metric records ``{segment, metric, value, ci_low, ci_high}`` as a flat MetricRecord."""
     out: dict[str, float] = {}
     for r in records:
-        base = f"{r['metric']}{_SEP}{r.get('segment') or ''}"
+        base = f"{r['metric']}{RECORD_SEP}{r.get('segment') or ''}"
         value = r["value"]
         out[base] = float("nan") if value is None else float(value)
         for bound, tag in (("ci_low", "lo"), ("ci_high", "hi")):
             if r.get(bound) is not None:
-                out[f"{base}{_SEP}{tag}"] = float(r[bound])
+                out[f"{base}{RECORD_SEP}{tag}"] = float(r[bound])
     return MetricRecord(out)
 
 
@@ -66,7 +67,7 @@ def decode_metric_records(record: MetricRecord) -> list[dict]:
     """Inverse of encode_metric_records (keys without the separator are skipped)."""
     rows: dict[tuple[str, str], dict] = {}
     for key, value in record.items():
-        parts = key.split(_SEP)
+        parts = key.split(RECORD_SEP)
         if len(parts) < 2:
             continue
         metric, segment = parts[0], parts[1]

@@ -15,6 +15,7 @@ from flwr.app import Context, Message, RecordDict
 from torch import nn
 
 from fedmammo.federation.egress import declare_egress
+from fedmammo.federation.messages import RoundFields
 
 __all__ = ["CATEGORIES", "Handler", "InjectedFault", "check_injected_fault", "handler", "reply"]
 
@@ -69,11 +70,10 @@ class InjectedFault(RuntimeError):
     """A failure the scenario asked for (``faults:``), to study and test centre dropouts."""
 
 
-def check_injected_fault(msg: Message) -> None:
+def check_injected_fault(m: RoundFields) -> None:
     """Raise InjectedFault when the server marked this message as one that must fail."""
-    cfg = msg.content["config"]
-    if cfg.get("inject-fault", False):
-        raise InjectedFault(f"injected fault (scenario 'faults:'), round {cfg.get('server-round')}")
+    if m.inject_fault:
+        raise InjectedFault(f"injected fault (scenario 'faults:'), round {m.server_round}")
 
 
 def reply(msg: Message, context: Context, records: dict, model: nn.Module | None = None) -> Message:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Context, Message, MetricRecord
 
 from fedmammo.federation.centre_runtime import centre_data, identity_of
 from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.messages import COUNTS, INFO, CentreInfo, Identify
 
 __all__ = ["identify"]
 
 
-@handler("query.identify")
+@handler(Identify.KIND)
 def identify(msg: Message, context: Context) -> Message:
     """Name, role and label counts per split and segment (counts only)."""
     ident = identity_of(context)
-    data = centre_data(ident, msg.content["config"])
+    data = centre_data(ident, Identify.of(msg))
     counts = data.counts() if hasattr(data, "counts") else {}
-    info = ConfigRecord({"centre": ident.name, "role": ident.role})
-    return reply(msg, context, {"info": info, "counts": MetricRecord(counts)})
+    info = CentreInfo(centre=ident.name, role=ident.role).to_config()
+    return reply(msg, context, {INFO: info, COUNTS: MetricRecord(counts)})

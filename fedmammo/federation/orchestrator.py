@@ -8,21 +8,31 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from rich.console import Console
 
 from fedmammo.config import Scenario
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.codec import put_json
+from fedmammo.federation.messages import (
+    ARRAYS,
+    COUNTS,
+    INFO,
+    METRICS,
+    CentreConfig,
+    CentreInfo,
+    Identify,
+)
 from fedmammo.federation.runspec import RunSpec
 
 __all__ = ["Orchestrator", "derive_seed", "short_reason"]
 
 log = logging.getLogger(__name__)
 
+C = TypeVar("C", bound=CentreConfig)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -71,19 +81,11 @@ class Orchestrator:
         """Seconds to wait for one training round's replies (``message_timeout.train``)."""
         return self.timeout_for("train")
 
-    def base_config(self, **extra) -> ConfigRecord:
-        """Config every centre message carries: image size, data seed, plus ``extra``."""
-        cfg = ConfigRecord(
-            {"image-size": list(self.scenario.image_size), "data-seed": self.scenario.data_seed}
+    def message(self, kind: type[C], **fields) -> C:
+        """A message of ``kind`` with the scenario's image size and data seed, plus ``fields``."""
+        return kind(
+            image_size=tuple(self.scenario.image_size), data_seed=self.scenario.data_seed, **fields
         )
-        for k, v in extra.items():
-            if isinstance(v, dict | list) and not (
-                isinstance(v, list) and all(isinstance(x, int | float | str | bool) for x in v)
-            ):
-                put_json(cfg, k, v)
-            else:
-                cfg[k] = v
-        return cfg
 
     # ------------------------------------------------------------------ identity
     def identify(self, expected: int | None = None) -> None:
@@ -106,11 +108,7 @@ class Orchestrator:
         answer; return the others (node id -> why)."""
         node_ids = list(node_ids)
         msgs = [
-            Message(
-                RecordDict({"config": self.base_config()}),
-                dst_node_id=n,
-                message_type="query.identify",
-            )
+            Message(self.message(Identify).content(), dst_node_id=n, message_type=Identify.KIND)
             for n in node_ids
         ]
         failed = {n: f"no reply within {timeout:g} s" for n in node_ids}
@@ -120,11 +118,10 @@ class Orchestrator:
                 failed[src] = short_reason(reply.error.reason)
                 continue
             failed.pop(src, None)
-            info = reply.content["info"]
-            name = str(info["centre"])
-            self.nodes[name] = src
-            self.roles[name] = str(info["role"])
-            self.counts[name] = {k: int(v) for k, v in reply.content["counts"].items()}
+            info = CentreInfo.from_config(reply.content[INFO])
+            self.nodes[info.centre] = src
+            self.roles[info.centre] = info.role
+            self.counts[info.centre] = {k: int(v) for k, v in reply.content[COUNTS].items()}
         return failed
 
     # ------------------------------------------------------------------ messaging
@@ -186,37 +183,30 @@ class Orchestrator:
 
     def evaluate_everywhere(
         self,
+        kind: type[CentreConfig],
         *,
         arm: str,
         seed: int,
         arrays: ArrayRecord,
-        model: dict,
-        message_type: str,
         centres: Iterable[str],
         split: str,
-        n_boot: int,
         rnd: int | None = None,
-        extra: dict | None = None,
+        **fields,
     ) -> None:
-        """Evaluate one model at several centres and record the metric records."""
-        from fedmammo.federation.codec import decode_metric_records
-
-        contents = {}
-        for c in centres:
-            cfg = self.base_config(
-                arm=arm,
-                seed=derive_seed(seed, arm, c, "eval"),
-                split=split,
-                model=model,
-                **{"n-boot": n_boot},
-                **(extra or {}),
-            )
-            contents[c] = RecordDict({"arrays": arrays, "config": cfg})
-        replies, failures = self.send(message_type, contents)
+        """Evaluate one model at several centres with ``kind`` messages (``split`` and
+        ``fields``, the message seed derived per centre) and record the metric records of the
+        replies (``kind.REPLY``, an :class:`~fedmammo.federation.messages.EvaluationMetrics`)."""
+        contents = {
+            c: self.message(
+                kind, arm=arm, seed=derive_seed(seed, arm, c, "eval"), split=split, **fields
+            ).content({ARRAYS: arrays})
+            for c in centres
+        }
+        replies, failures = self.send(kind.KIND, contents)
         self.record_failures(failures, arm=arm, seed=seed, rnd=rnd, phase=f"evaluate-{split}")
         for c, content in replies.items():
             self.recorder.add(
-                decode_metric_records(content["metrics"]),
+                kind.REPLY.from_metrics(content[METRICS]).records,
                 arm=arm,
                 seed=seed,
                 centre=c,

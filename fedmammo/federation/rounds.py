@@ -3,37 +3,41 @@ weightings, and the resumable round loop (checkpoints, DP ledgers, failures, val
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedmammo.federation.codec import state_to_arrays
+from fedmammo.federation.messages import ARRAYS, METRICS, ModelConfig, TrainConfig, TrainMetrics
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy
 from fedmammo.models import build_model
 
 __all__ = ["CentreFedAvg", "initial_arrays", "record_round_timing", "train_rounds"]
 
-WEIGHT_KEY = "agg-weight"
+WEIGHT_KEY = "agg-weight"  # server side only: the weight aggregate_train gives each reply
 
 
 class CentreFedAvg(FedAvg):
     """FedAvg that trains a named set of centres, per-node configs, and chosen weighting.
 
-    ``weighting``: ``num_examples`` (Flower's default), ``equal`` (every centre the same), or a
-    mapping centre -> weight (e.g. periodic-sampling quotas).
+    ``message``: the kind of the train messages (its config is what ``configure_train``
+    receives; each centre's copy gets the round, its own seed, an injected fault and the
+    fields in ``node_config``). ``weighting``: ``num_examples`` (Flower's default), ``equal``
+    (every centre the same), or a mapping centre -> weight (e.g. periodic-sampling quotas).
     """
 
     def __init__(
         self,
         nodes: dict[str, int],
         *,
-        message_type: str = "train.classifier",
+        message: type[TrainConfig],
         weighting: str | dict[str, float] = "num_examples",
         min_centres: int = 1,
         faults: Iterable[tuple[str, int]] = (),
@@ -41,31 +45,34 @@ class CentreFedAvg(FedAvg):
         super().__init__(min_train_nodes=min_centres, min_available_nodes=min_centres)
         self.centre_nodes = dict(nodes)
         self.faults = set(faults)
-        self.message_type = message_type
+        self.message = message
+        self.message_type = message.KIND
         self.weighting = weighting
         self.failures: dict[str, str] = {}
-        self.node_config: dict[str, dict] = {}  # per-centre extra config (DP ledger on resume)
+        self.node_config: dict[str, dict] = {}  # per-centre message fields (DP ledger on resume)
+
+    def centre_message(self, base: TrainConfig, centre: str, server_round: int) -> TrainConfig:
+        """``base`` for ``centre`` in ``server_round``: its seed, fault and node fields."""
+        return dataclasses.replace(
+            base,
+            server_round=server_round,
+            seed=derive_seed(base.seed, centre, server_round),
+            inject_fault=(centre, server_round) in self.faults,
+            **self.node_config.get(centre, {}),
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        msgs = []
-        for centre, node in self.centre_nodes.items():
-            cfg = ConfigRecord(dict(config))
-            cfg["server-round"] = server_round
-            cfg["seed"] = derive_seed(config.get("seed", 0), centre, server_round)
-            if (centre, server_round) in self.faults:
-                cfg["inject-fault"] = True
-            for key, value in self.node_config.get(centre, {}).items():
-                cfg[key] = value
-            msgs.append(
-                Message(
-                    RecordDict({"arrays": arrays, "config": cfg}),
-                    dst_node_id=node,
-                    message_type=self.message_type,
-                )
+        base = self.message.from_config(config)
+        return [
+            Message(
+                self.centre_message(base, centre, server_round).content({ARRAYS: arrays}),
+                dst_node_id=node,
+                message_type=self.message_type,
             )
-        return msgs
+            for centre, node in self.centre_nodes.items()
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -80,9 +87,9 @@ class CentreFedAvg(FedAvg):
                 self.failures[centre] = msg.error.reason or "error"
                 continue
             self.failures.pop(centre, None)
-            metrics = msg.content["metrics"]
+            metrics = msg.content[METRICS]
             if self.weighting == "num_examples":
-                w = float(metrics["num-examples"])
+                w = float(self.message.REPLY.from_metrics(metrics).num_examples)
             elif self.weighting == "equal":
                 w = 1.0
             else:
@@ -100,11 +107,12 @@ def record_round_timing(
     orc: Orchestrator, replies: list[Message], wall: float, *, arm: str, seed: int, rnd: int
 ) -> None:
     """Wall time of a training round next to the centres' own compute (measured in handlers)."""
-    compute = [
-        float(m.content["metrics"]["compute-seconds"])
+    sent = [
+        TrainMetrics.from_metrics(m.content[METRICS], strict=False)
         for m in replies
-        if not m.has_error() and "compute-seconds" in m.content["metrics"]
+        if not m.has_error()
     ]
+    compute = [float(m.compute_seconds) for m in sent if m.compute_seconds is not None]
     records = [{"metric": "round_wall_seconds", "value": wall}]
     if compute:
         records += [
@@ -127,24 +135,23 @@ def train_rounds(
     centres: list[str],
     arrays: ArrayRecord,
     weighting,
-    message_type: str = "train.classifier",
-    evaluate_type: str = "evaluate.classifier",
-    model: dict | None = None,
-    config: dict | None = None,
+    message: type[TrainConfig],
+    evaluate: type[ModelConfig],
+    model: dict,
+    fields: dict | None = None,
+    evaluate_fields: dict | None = None,
     first_round: int = 1,
     last_round: int | None = None,
 ) -> ArrayRecord | None:
     """Rounds of training at ``centres`` (averaged when several), resumable per round.
 
-    Defaults train the recipe's classifier for rounds ``1..params.rounds``. Other methods
-    pass their message types, ``model`` spec, ``config`` (extra keys of every train and
-    validation message; default the recipe's ``train`` and ``batchnorm``) and round range
-    (a later phase continues the numbering: ``first_round`` > 1 starts from ``arrays``).
+    Every round sends ``message`` (the ``model`` spec plus ``fields``) and validates the
+    average at every centre with ``evaluate`` messages (``evaluate_fields`` added). Rounds
+    ``first_round..last_round`` (default ``1..params.rounds``; a later phase continues the
+    numbering: ``first_round`` > 1 starts from ``arrays``).
     """
     p = orc.params
-    model = p.model.model_dump() if model is None else model
-    if config is None:
-        config = {"train": p.train.model_dump(), "batchnorm": p.batchnorm}
+    fields, evaluate_fields = fields or {}, evaluate_fields or {}
     last = p.rounds if last_round is None else last_round
     start = max(first_round - 1, orc.recorder.last_round(arm, seed))
     if start >= first_round:
@@ -152,23 +159,23 @@ def train_rounds(
     faults = [(f.centre, f.round) for f in orc.scenario.faults if f.arm == arm]
     strategy = CentreFedAvg(
         {c: orc.nodes[c] for c in centres},
-        message_type=message_type,
+        message=message,
         weighting=weighting,
         faults=faults,
         min_centres=min(getattr(p, "min_centres", 1), len(centres)),
     )
     val_centres = [c for c in centres if c != "pooled"]
-    val_extra = {k: v for k, v in config.items() if k != "train"}
     dp = ArmPrivacy(
         orc, arm=arm, seed=seed, centres=centres, first_round=first_round, last_round=last
     )  # DP: planned rounds, privacy.json, budget refusals
     strategy.node_config = dp.node_config(centres)
     for rnd in range(start + 1, last + 1):
-        cfg = orc.base_config(arm=arm, seed=seed, model=model, **config, **dp.config())
+        cfg = orc.message(message, arm=arm, seed=seed, model=model, **fields, **dp.config())
         t_round = time.perf_counter()
         replies = list(
             orc.grid.send_and_receive(
-                list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout
+                list(strategy.configure_train(rnd, arrays, cfg.to_config(), orc.grid)),
+                timeout=orc.timeout,
             )
         )
         record_round_timing(
@@ -193,8 +200,9 @@ def train_rounds(
             )
         arrays = new_arrays
         if metrics is not None:
+            loss = metrics[TrainMetrics.key("train_loss")]  # averaged over the replies
             orc.recorder.add(
-                [{"metric": "train_loss", "value": float(metrics["train-loss"])}],
+                [{"metric": "train_loss", "value": float(loss)}],
                 arm=arm,
                 seed=seed,
                 centre="all",
@@ -203,16 +211,16 @@ def train_rounds(
             )
         if val_centres:
             orc.evaluate_everywhere(
+                evaluate,
                 arm=arm,
                 seed=seed,
                 arrays=arrays,
-                model=model,
-                message_type=evaluate_type,
                 centres=val_centres,
                 split="val",
-                n_boot=0,
                 rnd=rnd,
-                extra=val_extra,
+                model=model,
+                n_boot=0,
+                **evaluate_fields,
             )
         orc.checkpoint(arm, seed, rnd, arrays)
         orc.recorder.complete_round(arm, seed, rnd)

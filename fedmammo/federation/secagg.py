@@ -56,6 +56,7 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 
 from fedmammo.errors import FedmammoError
 from fedmammo.federation.egress import declare_egress
+from fedmammo.federation.messages import ARRAYS, CONFIG, ArmConfig, TrainMetrics
 
 __all__ = [
     "MASKED_RECORD",
@@ -170,9 +171,9 @@ def _float_keys(record: ArrayRecord) -> list[str]:
 
 
 def _same_arrays(messages: list[Message]) -> ArrayRecord | None:
-    first = messages[0].content.get("arrays")
+    first = messages[0].content.get(ARRAYS)
     for m in messages[1:]:
-        other = m.content.get("arrays")
+        other = m.content.get(ARRAYS)
         if (first is None) != (other is None):
             raise SecAggError("some train messages carry arrays and some do not")
         if first is not None and (
@@ -353,17 +354,18 @@ def _rebuild(keys: list[str], average: list[np.ndarray], sent: ArrayRecord | Non
 def _weight(reply: RecordDict, weighting: str) -> float:
     if weighting == "equal":
         return 1.0
+    key = TrainMetrics.key("num_examples")
     for record in reply.metric_records.values():
-        if "num-examples" in record:
-            return float(record["num-examples"])
-    raise SecAggError("the train reply has no 'num-examples' metric to weight the update")
+        if key in record:
+            return float(record[key])
+    raise SecAggError(f"the train reply has no {key!r} metric to weight the update")
 
 
 def _rounding_seed(msg: Message) -> int | None:
-    cfg = msg.content.get("config")
-    if not isinstance(cfg, ConfigRecord) or "seed" not in cfg:
+    cfg, key = msg.content.get(CONFIG), ArmConfig.key("seed")
+    if not isinstance(cfg, ConfigRecord) or key not in cfg:
         return None
-    digest = hashlib.sha256(f"{cfg['seed']}|secagg-rounding".encode()).digest()
+    digest = hashlib.sha256(f"{cfg[key]}|secagg-rounding".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
@@ -381,7 +383,7 @@ def _masked_reply(
     keys = _float_keys(local)
     update = [local[k].numpy().astype(np.float64) for k in keys]
     if mode == "delta":
-        sent = msg.content.get("arrays")
+        sent = msg.content.get(ARRAYS)
         if not isinstance(sent, ArrayRecord) or any(k not in sent for k in keys):
             raise SecAggError("delta mode without the model the update is relative to")
         update = [u - sent[k].numpy().astype(np.float64) for u, k in zip(update, keys, strict=True)]

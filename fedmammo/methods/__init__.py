@@ -7,7 +7,13 @@ method registered.
 """
 
 from fedmammo.config import load_scenario
-from fedmammo.methods import fedavg, mtl_finetune, periodic_sampling, share_gans  # noqa: F401
+from fedmammo.methods import (  # noqa: F401
+    contrastive_dg,
+    fedavg,
+    mtl_finetune,
+    periodic_sampling,
+    share_gans,
+)
 from fedmammo.methods.registry import METHODS, Method, get_method, register
 
 __all__ = ["METHODS", "Method", "get_method", "load_scenario", "register"]

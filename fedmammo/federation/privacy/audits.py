@@ -10,12 +10,12 @@ and :func:`need_both` serve the methods' own audit handlers too.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord
+from flwr.app import Context, Message
 from torch import nn
 
 from fedmammo.config.recipe import LocalTrainingParams
@@ -26,14 +26,12 @@ from fedmammo.federation.centre_runtime import (
     centre_data,
     device,
     identity_of,
-    segments_of,
     select_rows,
 )
-from fedmammo.federation.codec import get_json
 from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.messages import ARRAYS, METRICS, AuditMetrics, EvaluateAudit, LedgerFields
 from fedmammo.federation.orchestrator import derive_seed
-from fedmammo.federation.privacy.ledger import LEDGER_KEY, ledger_epsilon
-from fedmammo.federation.privacy.phases import PARENT_LEDGER_KEY
+from fedmammo.federation.privacy.ledger import ledger_epsilon, ledger_name
 from fedmammo.models import build_model
 from fedmammo.privacy.audit import (
     AuditResult,
@@ -63,43 +61,39 @@ def need_both(kind: str, ident: CentreIdentity, members: int, others: int) -> No
 def attack_metrics(
     context: Context,
     ident: CentreIdentity,
-    cfg: Mapping,
+    m: LedgerFields,
     losses: tuple[np.ndarray, np.ndarray],
     *,
     n_trained: int,
     start: float,
-) -> MetricRecord:
+    parent_ledger: str | None = None,
+) -> AuditMetrics:
     """The reply's metrics: attack scores, counts and, under DP, the ledger's epsilon bound.
 
     ``n_trained`` is the number of examples the arm trained on here (it sets the budget's
-    delta, as in the training handler). Without a ledger of its own the message's
-    ``dp-parent-ledger`` (the ledger the arm continues) is used.
+    delta, as in the training handler). Without a ledger of its own ``parent_ledger`` (the
+    ledger the arm continues, ``dp-parent-ledger``) is used.
     """
     result = loss_threshold_attack(*losses)
-    metrics = {
-        "auc": result.attack_auc,
-        "tpr-at-1pct-fpr": result.tpr_at_1pct_fpr,
-        "n-members": result.n_members,
-        "n-nonmembers": result.n_nonmembers,
-    }
-    spent = ledger_epsilon(context, ident, cfg, n_trained)
-    parent = cfg.get(PARENT_LEDGER_KEY)
-    if spent is None and parent:
-        spent = ledger_epsilon(context, ident, {LEDGER_KEY: str(parent)}, n_trained)
+    spent = ledger_epsilon(context, ident, ledger_name(m), m.prior, n_trained)
+    if spent is None and parent_ledger:
+        spent = ledger_epsilon(context, ident, str(parent_ledger), None, n_trained)
+    dp = {}
     if spent is not None:
         eps, delta = spent
-        metrics.update(
-            {
-                "epsilon": eps,
-                "delta": delta,
-                "tpr-bound-at-1pct-fpr": AuditResult.epsilon_bound_tpr(eps, delta),
-            }
-        )
-    metrics["compute-seconds"] = time.perf_counter() - start
-    return MetricRecord(metrics)
+        bound = AuditResult.epsilon_bound_tpr(eps, delta)
+        dp = dict(epsilon=eps, delta=delta, tpr_bound_at_1pct_fpr=bound)
+    return AuditMetrics(
+        auc=result.attack_auc,
+        tpr_at_1pct_fpr=result.tpr_at_1pct_fpr,
+        n_members=result.n_members,
+        n_nonmembers=result.n_nonmembers,
+        **dp,
+        compute_seconds=time.perf_counter() - start,
+    )
 
 
-@handler("evaluate.audit", consent="audits")
+@handler(EvaluateAudit.KIND, consent="audits")
 def audit(msg: Message, context: Context) -> Message:
     """Loss-threshold attack on the received classifier: members = this centre's train split
     (restricted to the config's ``segments`` when given), non-members its val and test.
@@ -107,41 +101,44 @@ def audit(msg: Message, context: Context) -> Message:
     With ``lira-shadows`` > 0 (even) also offline LiRA (``lira-auc``, ``lira-tpr-at-1pct-fpr``)
     with that many shadow models trained here (see :func:`_lira`)."""
     start = time.perf_counter()
-    cfg = msg.content["config"]
-    model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "local") == "local")
+    m = EvaluateAudit.of(msg)
+    model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=m.batchnorm == "local")
     ident = identity_of(context)
-    data = centre_data(ident, cfg)
-    segments = segments_of(cfg)  # periodic sampling: the arm trained on these segments only
+    data = centre_data(ident, m)
+    segments = m.segments  # periodic sampling: the arm trained on these segments only
     members = select_rows(data, "train", segments)
     others = np.concatenate([select_rows(data, split, segments) for split in ("val", "test")])
-    need_both("evaluate.audit", ident, len(members), len(others))
+    need_both(EvaluateAudit.KIND, ident, len(members), len(others))
     losses = tuple(
         example_losses(
             predict_scores(model, data.dataset(rows), device=device()), data.labels(rows)
         )
         for rows in (members, others)
     )
-    metrics = attack_metrics(context, ident, cfg, losses, n_trained=len(members), start=start)
-    shadows = int(cfg.get("lira-shadows", 0))
-    if shadows:
-        lira = _lira(model, data, members, others, cfg, shadows)
-        metrics.update({"lira-auc": lira.attack_auc, "lira-tpr-at-1pct-fpr": lira.tpr_at_1pct_fpr})
-        metrics["compute-seconds"] = time.perf_counter() - start
-    return reply(msg, context, {"metrics": metrics})
+    metrics = attack_metrics(context, ident, m, losses, n_trained=len(members), start=start)
+    if m.lira_shadows:
+        lira = _lira(model, data, members, others, m)
+        metrics = dataclasses.replace(
+            metrics,
+            lira_auc=lira.attack_auc,
+            lira_tpr_at_1pct_fpr=lira.tpr_at_1pct_fpr,
+            compute_seconds=time.perf_counter() - start,
+        )
+    return reply(msg, context, {METRICS: metrics.to_metrics()})
 
 
 def _lira(
-    target: nn.Module, data, members: np.ndarray, others: np.ndarray, cfg: Mapping, shadows: int
+    target: nn.Module, data, members: np.ndarray, others: np.ndarray, m: EvaluateAudit
 ) -> AuditResult:
     """Offline LiRA with ``shadows`` models trained here on random halves of the candidates.
 
-    Each shadow trains a fresh ``model`` with the ``lira-train`` recipe (the arm's local
+    Each shadow trains a fresh ``model`` with the ``lira_train`` recipe (the arm's local
     training stretched over its rounds: an approximation of how the shared model was trained);
     candidates are this centre's members and held-out images.
     """
     rows = np.concatenate([members, others])
     is_member = np.r_[np.ones(len(members), bool), np.zeros(len(others), bool)]
-    spec, params = get_json(cfg, "model"), LocalTrainingParams(**get_json(cfg, "lira-train"))
+    spec, params = m.model, LocalTrainingParams(**m.lira_train)
 
     def train_fn(idx: np.ndarray, _y: np.ndarray, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -170,7 +167,7 @@ def _lira(
         index,
         data.labels(rows),
         is_member,
-        shadows,
-        derive_seed(int(cfg["seed"]), "lira"),
+        m.lira_shadows,
+        derive_seed(int(m.seed), "lira"),
         target_model=target,
     )

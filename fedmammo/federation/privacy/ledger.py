@@ -16,7 +16,7 @@ hyper-parameters only (noise multiplier, sample rate, steps, delta, clipping nor
 Samplers under DP: the accountant assumes Poisson sampling, so a DP round replaces the
 recipe's sampler with Poisson sampling over the centre's training set (sample rate
 ``1 / steps_per_epoch``). ``train.classifier`` refuses fixed periodic batches (sampler
-``periodic``, quota rounds) with :class:`DPUnsupportedError` rather than report a Poisson
+``periodic``) with :class:`DPUnsupportedError` rather than report a Poisson
 epsilon for them (``train.periodic`` runs their honest per-segment Poisson form, see
 :mod:`fedmammo.privacy.periodic`); every ``train.*`` message whose handler has no DP path
 is refused too (:func:`dp_guard_mod`). The server side is
@@ -29,7 +29,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message
 
@@ -43,6 +43,9 @@ from fedmammo.privacy.accounting import (
     PrivacyUsageError,
 )
 from fedmammo.privacy.engine import DPSession
+
+if TYPE_CHECKING:  # the messages name their DP fields with this module's keys
+    from fedmammo.federation.messages import DPTrainFields, LedgerFields
 
 __all__ = [
     "LEDGER_KEY",
@@ -93,9 +96,9 @@ def is_refusal(reason: str | None) -> bool:
 
 
 # --------------------------------------------------------------------------- ledgers
-def ledger_name(cfg: ConfigRecord) -> str:
-    """The ledger a message charges: ``privacy-ledger``, else its arm."""
-    return str(cfg.get(LEDGER_KEY) or cfg.get("arm") or "run")
+def ledger_name(m: LedgerFields) -> str:
+    """The ledger a message charges: its ledger (``privacy-ledger``), else its arm."""
+    return str(m.ledger or getattr(m, "arm", None) or "run")
 
 
 def load_accountant(
@@ -134,7 +137,7 @@ def steps_per_round(params: Any, n_examples: int) -> tuple[int, int]:
 def open_dp_session(
     context: Context,
     ident: CentreIdentity,
-    cfg: ConfigRecord,
+    m: DPTrainFields,
     *,
     n_examples: int,
     steps_per_epoch: int,
@@ -152,17 +155,16 @@ def open_dp_session(
     if budget is None:
         return None
     per_round = int(steps_per_epoch) * int(epochs)
-    planned_rounds = int(cfg.get(PLANNED_ROUNDS_KEY, 0))
+    planned_rounds = int(m.planned_rounds or 0)
     if planned_rounds < 1 and budget.noise_multiplier is None:
         raise DPUnsupportedError(
             f"centre {ident.name!r}: privacy.target_epsilon needs the planned number of rounds "
             f"(config {PLANNED_ROUNDS_KEY!r}) to choose the noise once for the whole run; this "
             "strategy does not send it: set privacy.noise_multiplier instead"
         )
-    ledger = ledger_name(cfg)
-    prior = cfg.get(PRIOR_KEY)
+    ledger = ledger_name(m)
     accountant = load_accountant(
-        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=prior
+        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=m.prior
     )
     session = DPSession(
         budget,
@@ -170,7 +172,7 @@ def open_dp_session(
         planned_steps=max(planned_rounds, 1) * per_round,
         phase=phase,
         centre=ident.name,
-        seed=int(cfg["seed"]),
+        seed=int(m.seed),
     )
     try:
         projected = session.check_budget(per_round, sample_rate=1.0 / steps_per_epoch)
@@ -190,7 +192,7 @@ def open_dp_session(
 def dp_session_for(
     context: Context,
     ident: CentreIdentity,
-    cfg: ConfigRecord,
+    m: DPTrainFields,
     params: Any,
     *,
     n_examples: int,
@@ -203,7 +205,7 @@ def dp_session_for(
     """
     if privacy_budget(ident, n_examples) is None:
         return None
-    if params.sampler in _FIXED_BATCH_SAMPLERS or "quota" in cfg:
+    if params.sampler in _FIXED_BATCH_SAMPLERS:
         raise DPUnsupportedError(
             f"centre {ident.name!r}: DP training with sampler {params.sampler!r} (fixed periodic "
             "batches) is refused: the accountant's Poisson epsilon would not hold for it. Use "
@@ -214,7 +216,7 @@ def dp_session_for(
     return open_dp_session(
         context,
         ident,
-        cfg,
+        m,
         n_examples=n_examples,
         steps_per_epoch=per_epoch,
         epochs=params.epochs,
@@ -222,24 +224,23 @@ def dp_session_for(
     )
 
 
-def finish_dp(context: Context, session: DPSession, cfg: ConfigRecord, steps: int) -> ConfigRecord:
+def finish_dp(context: Context, session: DPSession, m: LedgerFields, steps: int) -> ConfigRecord:
     """Save the ledger after training and return the reply's ``privacy`` record."""
-    save_accountant(context, ledger_name(cfg), session.accountant)
-    return encode_privacy(session, ledger=ledger_name(cfg), round_steps=steps)
+    save_accountant(context, ledger_name(m), session.accountant)
+    return encode_privacy(session, ledger=ledger_name(m), round_steps=steps)
 
 
 def ledger_epsilon(
-    context: Context, ident: CentreIdentity, cfg: ConfigRecord, n_examples: int
+    context: Context, ident: CentreIdentity, ledger: str, prior: str | None, n_examples: int
 ) -> tuple[float, float] | None:
-    """(epsilon, delta) spent so far on the message's ledger, or None without DP.
+    """(epsilon, delta) spent so far on ``ledger``, or None without DP.
 
     A ledger this node does not hold (a restarted node: its ``context.state`` is gone) is
-    read from the server's record (``dp-prior``) when the message carries one.
+    read from the server's record ``prior`` (``dp-prior``) when the message carries one.
     """
     budget = privacy_budget(ident, n_examples)
     if budget is None:
         return None
-    ledger, prior = ledger_name(cfg), cfg.get(PRIOR_KEY)
     if not prior and (STATE_KEY not in context.state or ledger not in context.state[STATE_KEY]):
         return None
     acc = load_accountant(

@@ -11,15 +11,13 @@ finds the joint plan stored for every phase in the ledger.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 
 from fedmammo.config.recipe import LocalTrainingParams
 from fedmammo.federation.centre_runtime import CentreIdentity
-from fedmammo.federation.codec import get_json
 from fedmammo.federation.privacy.ledger import (
-    PLANNED_ROUNDS_KEY,
-    PRIOR_KEY,
     STATE_KEY,
     BudgetRefusal,
     ledger_name,
@@ -28,6 +26,9 @@ from fedmammo.federation.privacy.ledger import (
     steps_per_round,
 )
 from fedmammo.privacy.accounting import PrivacyBudget, PrivacyUsageError, bisect_sigma, epsilon_of
+
+if TYPE_CHECKING:  # the messages name their phase fields with this module's keys
+    from fedmammo.federation.messages import PhaseFields
 
 __all__ = [
     "LATER_PHASES_KEY",
@@ -52,7 +53,7 @@ def has_ledger(context: Context, ledger: str) -> bool:
 
 
 def fork_parent_ledger(
-    context: Context, ident: CentreIdentity, cfg: ConfigRecord, budget: PrivacyBudget
+    context: Context, ident: CentreIdentity, m: PhaseFields, budget: PrivacyBudget
 ) -> None:
     """Start a fine-tuning arm's ledger as a copy of its pre-training's (this centre's own).
 
@@ -60,9 +61,9 @@ def fork_parent_ledger(
     a resumed run). Without a record of the parent ledger the pre-training steps could not
     be counted, so the round is refused.
     """
-    parent = str(cfg.get(PARENT_LEDGER_KEY) or "")
-    ledger = ledger_name(cfg)
-    if not parent or has_ledger(context, ledger) or cfg.get(PRIOR_KEY):
+    parent = str(m.parent_ledger or "")
+    ledger = ledger_name(m)
+    if not parent or has_ledger(context, ledger) or m.prior:
         return
     if not has_ledger(context, parent):
         raise BudgetRefusal(
@@ -76,12 +77,12 @@ def fork_parent_ledger(
     save_accountant(context, ledger, acc)
 
 
-def _later_phases(cfg: ConfigRecord, centre: str, n_examples: int) -> list[tuple[str, float, int]]:
+def _later_phases(m: PhaseFields, centre: str, n_examples: int) -> list[tuple[str, float, int]]:
     """(phase, sample rate, planned steps) of the DP phases announced to follow at ``centre``."""
-    if LATER_PHASES_KEY not in cfg:
+    if m.later_phases is None:
         return []
     out = []
-    for phase, spec in get_json(cfg, LATER_PHASES_KEY).items():
+    for phase, spec in m.later_phases.items():
         if centre not in spec.get("centres", []) or int(spec.get("rounds", 0)) < 1:
             continue
         per_epoch, per_round = steps_per_round(LocalTrainingParams(**spec["train"]), n_examples)
@@ -92,7 +93,7 @@ def _later_phases(cfg: ConfigRecord, centre: str, n_examples: int) -> list[tuple
 def plan_later_phases(
     context: Context,
     ident: CentreIdentity,
-    cfg: ConfigRecord,
+    m: PhaseFields,
     budget: PrivacyBudget,
     *,
     n_examples: int,
@@ -107,16 +108,16 @@ def plan_later_phases(
     ``DPSession`` finds and reuses it (same sample rate and planned steps); if a later phase
     turns out different, ``DPSession`` re-plans it from what then remains of the target.
     """
-    later = _later_phases(cfg, ident.name, n_examples)
+    later = _later_phases(m, ident.name, n_examples)
     target, delta = budget.target_epsilon, budget.delta
     if not later or target is None or budget.noise_multiplier is not None:
         return
-    ledger = ledger_name(cfg)
+    ledger = ledger_name(m)
     acc = load_accountant(
-        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=cfg.get(PRIOR_KEY)
+        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=m.prior
     )
     q = 1.0 / steps_per_epoch
-    planned = max(int(cfg.get(PLANNED_ROUNDS_KEY, 0)), 1) * steps_per_epoch * epochs
+    planned = max(int(m.planned_rounds or 0), 1) * steps_per_epoch * epochs
     plan = acc.plans.get(phase)
     if plan and plan["sample_rate"] == q and plan["planned_steps"] == float(planned):
         return  # planned by an earlier round

@@ -15,13 +15,18 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedmammo.federation.privacy.codec import decode_privacy
-from fedmammo.federation.privacy.ledger import (
-    LEDGER_KEY,
-    PLANNED_ROUNDS_KEY,
-    PRIOR_KEY,
-    is_refusal,
+from fedmammo.federation.messages import (
+    ARRAYS,
+    AUDIT,
+    METRICS,
+    PRIVACY,
+    AuditMetrics,
+    EvaluateAudit,
+    LedgerFields,
+    decode_attacks,
 )
+from fedmammo.federation.privacy.codec import decode_privacy
+from fedmammo.federation.privacy.ledger import is_refusal
 
 __all__ = [
     "ArmPrivacy",
@@ -71,8 +76,8 @@ class ArmPrivacy:
             self.log.note(f"arm {arm} is not private: the pooled what-if trains without DP")
 
     def config(self) -> dict[str, Any]:
-        """Keys of every train message: the ledger and the rounds planned for it."""
-        return {LEDGER_KEY: self.ledger, PLANNED_ROUNDS_KEY: self.planned_rounds}
+        """Fields of every train message: the ledger and the rounds planned for it."""
+        return dict(ledger=self.ledger, planned_rounds=self.planned_rounds)
 
     def node_config(self, centres: list[str]) -> dict[str, dict[str, str]]:
         """On resume: each centre's recorded ledger (its node state did not survive)."""
@@ -82,7 +87,7 @@ class ArmPrivacy:
         for c in centres:
             prior = self.log.ledger_state(c, self.ledger)
             if prior is not None:
-                out[c] = {PRIOR_KEY: json.dumps(prior)}
+                out[c] = dict(prior=json.dumps(prior))
         return out
 
     def after_round(
@@ -90,12 +95,12 @@ class ArmPrivacy:
     ) -> bool:
         """Record the round's privacy reports and refusals; True when a centre refused."""
         for msg in replies:
-            if not msg.has_error() and "privacy" in msg.content:
+            if not msg.has_error() and PRIVACY in msg.content:
                 self.log.record(
                     centre=names.get(msg.metadata.src_node_id, "?"),
                     arm=self.arm,
                     seed=self.seed,
-                    report=decode_privacy(msg.content["privacy"]),
+                    report=decode_privacy(msg.content[PRIVACY]),
                     round=rnd,
                 )
         refused = {c: r for c, r in failures.items() if is_refusal(r)}
@@ -123,56 +128,47 @@ class ArmPrivacy:
 
 def run_audits(
     orc: Any,
+    message: type[LedgerFields] = EvaluateAudit,
     *,
     arm: str,
     seed: int,
     arrays: Any,
-    model: dict,
     centres: list[str],
-    batchnorm: str | None = None,
-    message_type: str = "evaluate.audit",
-    extra: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> None:
     """Loss-threshold membership audit of a final model inside each training centre.
 
-    Only when :func:`audits_enabled`. ``message_type`` names the centre's audit handler
-    (``evaluate.audit`` for a classifier, ``evaluate.mtl_audit`` for a multi-task net);
-    ``batchnorm`` (when given) and ``extra`` are further keys of its config. The replies are
+    Only when :func:`audits_enabled`. ``message`` is the audit's kind (:class:`EvaluateAudit`
+    for a classifier, the multi-task method's for its net) and ``fields`` its fields beyond
+    arm, seed and ledger (the model spec, say). The replies (:class:`AuditMetrics`) are
     recorded in results.json (split ``audit``) and privacy.json (``audits``).
     """
-    from flwr.app import RecordDict
-
     from fedmammo.evaluation.privacy_report import PrivacyLog
     from fedmammo.federation.orchestrator import derive_seed
 
     centres = [c for c in centres if c != "pooled"]
     if not centres or not audits_enabled(orc.scenario):
         return
-    keys = dict(extra or {}) | ({} if batchnorm is None else {"batchnorm": batchnorm})
     ledger = ledger_of(arm, seed)
     recorded = PrivacyLog(orc.run_dir)
     contents = {}
     for c in centres:
-        cfg = orc.base_config(
+        prior = recorded.ledger_state(c, ledger) if getattr(orc.spec, "resume", False) else None
+        m = orc.message(
+            message,
             arm=arm,
             seed=derive_seed(seed, arm, c, "audit"),
-            model=model,
-            **keys,
-            **{LEDGER_KEY: ledger},
+            ledger=ledger,
+            # a resumed run's node has lost its ledgers: the recorded one
+            prior=None if prior is None else json.dumps(prior),
+            **fields,
         )
-        prior = recorded.ledger_state(c, ledger) if getattr(orc.spec, "resume", False) else None
-        if prior is not None:  # a resumed run's node has lost its ledgers: the recorded one
-            cfg[PRIOR_KEY] = json.dumps(prior)
-        contents[c] = RecordDict({"arrays": arrays, "config": cfg})
-    replies, failures = orc.send(message_type, contents)
+        contents[c] = m.content({ARRAYS: arrays})
+    replies, failures = orc.send(message.KIND, contents)
     orc.record_failures(failures, arm=arm, seed=seed, rnd=None, phase="audit")
     log = PrivacyLog(orc.run_dir)
     for c, content in replies.items():
-        result = {
-            k.replace("-", "_"): float(v)
-            for k, v in content["metrics"].items()
-            if k != "compute-seconds"
-        }
+        result = AuditMetrics.from_metrics(content[METRICS]).scores()
         rows = [
             {"metric": f"attack_{k}", "value": v}
             for k, v in result.items()
@@ -190,37 +186,30 @@ def run_audits(
 
 
 def generator_privacy_config(orc: Any, name: str, seed: int) -> dict[str, Any]:
-    """Keys of a ``train.generator`` message: its own ledger, one planned round, audit flag.
+    """Fields of a ``train.generator`` message: its own ledger, one planned round, audit flag.
 
     Each shared generator is its own what-if ledger: an arm samples at most one generator
     per sharing centre, so the generators a centre trains are alternative deployments.
     """
-    return {
-        LEDGER_KEY: ledger_of(name, seed),
-        PLANNED_ROUNDS_KEY: 1,
-        "audit": audits_enabled(orc.scenario),
-    }
+    return dict(ledger=ledger_of(name, seed), planned_rounds=1, audit=audits_enabled(orc.scenario))
 
 
 def record_generator_privacy(orc: Any, *, centre: str, name: str, seed: int, content: Any) -> None:
     """privacy.json and the records of a ``train.generator`` reply's privacy and audit."""
     from fedmammo.evaluation.privacy_report import PrivacyLog
 
-    if "privacy" not in content and "audit" not in content:
+    if PRIVACY not in content and AUDIT not in content:
         return
     log = PrivacyLog(orc.run_dir)
     log.note(
         "generators: each shared generator is one ledger (phase 'gan', DP discriminator); the "
         "unit of privacy is one lesion patch (a lesion seen in CC and MLO is two patches)"
     )
-    if "privacy" in content:
-        report = decode_privacy(content["privacy"])
+    if PRIVACY in content:
+        report = decode_privacy(content[PRIVACY])
         log.record(centre=centre, arm=name, seed=seed, report=report, round=None)
-    if "audit" in content:
-        results: dict[str, dict[str, float]] = {}
-        for key, value in content["audit"].items():
-            attack, field = key.split(".", 1)
-            results.setdefault(attack, {})[field] = float(value)
+    if AUDIT in content:
+        results = decode_attacks(content[AUDIT])
         rows = []
         for attack, result in results.items():
             log.audit(centre=centre, arm=name, seed=seed, result=result, attack=attack)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy.server import run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
+from fedmammo.methods.fedavg.messages import EvaluateClassifier, TrainClassifier
 
 __all__ = ["run"]
 
 
 def _lira_config(p) -> dict:
-    """Audit keys for offline LiRA (``audit_shadows``): shadows train rounds x epochs locally."""
+    """Audit fields for offline LiRA (``audit_shadows``): shadows train rounds x epochs locally."""
     if not p.audit_shadows:
         return {}
     train = {**p.train.model_dump(), "epochs": p.train.epochs * p.rounds}
-    return {"lira-shadows": p.audit_shadows, "lira-train": train}
+    return dict(lira_shadows=p.audit_shadows, lira_train=train)
 
 
 def run(orc: Orchestrator) -> None:
@@ -42,32 +43,42 @@ def run(orc: Orchestrator) -> None:
                 continue
             orc.console.rule(f"[bold]{arm}[/] seed {seed}")
             final = train_rounds(
-                orc, arm=arm, seed=seed, centres=centres, arrays=init, weighting=weighting
+                orc,
+                arm=arm,
+                seed=seed,
+                centres=centres,
+                arrays=init,
+                weighting=weighting,
+                message=TrainClassifier,
+                evaluate=EvaluateClassifier,
+                model=model,
+                fields=dict(train=p.train.model_dump(), batchnorm=p.batchnorm),
+                evaluate_fields=dict(batchnorm=p.batchnorm),
             )
             if final is None:
                 continue
             # local arms and the pooled arm evaluate with their own BatchNorm statistics
             bn = p.batchnorm if arm == "federated" else "average"
             orc.evaluate_everywhere(
+                EvaluateClassifier,
                 arm=arm,
                 seed=seed,
                 arrays=final,
-                model=model,
-                message_type="evaluate.classifier",
                 centres=every,
                 split="test",
+                model=model,
                 n_boot=p.bootstrap,
-                extra={"batchnorm": bn},
+                batchnorm=bn,
             )
             run_audits(
                 orc,
                 arm=arm,
                 seed=seed,
                 arrays=final,
+                centres=train_centres if arm == "pooled" else centres,
                 model=model,
                 batchnorm=bn,
-                centres=train_centres if arm == "pooled" else centres,
-                extra=_lira_config(p),
+                **_lira_config(p),
             )
             orc.recorder.complete_arm(arm, seed)
     if "pooled" in p.arms and "pooled" in orc.nodes:

@@ -28,6 +28,7 @@ from fedmammo.errors import DataError
 from fedmammo.federation.centre_models import model_from
 from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.messages import ARRAYS, METRICS
 from fedmammo.federation.privacy.audits import attack_metrics, need_both
 from fedmammo.methods.mtl_finetune.client import (
     EVAL_BATCH,
@@ -35,6 +36,7 @@ from fedmammo.methods.mtl_finetune.client import (
     single_centre,
     training_targets,
 )
+from fedmammo.methods.mtl_finetune.messages import EvaluateMtlAudit
 
 __all__ = ["malignancy_losses", "mtl_audit"]
 
@@ -63,23 +65,30 @@ def _labelled(data: CentreData, rows: np.ndarray, labels: np.ndarray) -> DataLoa
     return mtl_loader(data, rows[keep], y, u, batch_size=EVAL_BATCH)
 
 
-@handler("evaluate.mtl_audit", consent="audits")
+@handler(EvaluateMtlAudit.KIND, consent="audits")
 def mtl_audit(msg: Message, context: Context) -> Message:
     """Loss-threshold attack on the received multi-task net's malignancy task (module doc)."""
     start = time.perf_counter()
-    cfg = msg.content["config"]
-    model = model_from(msg, context, keep_local_bn=False)
+    m = EvaluateMtlAudit.of(msg)
+    model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=False)
     ident = identity_of(context)
-    data = single_centre(centre_data(ident, cfg), "evaluate.mtl_audit")
+    data = single_centre(centre_data(ident, m), m.KIND)
     # the arm's training rows and (pre-training) labels here, after its label drop
-    drop = {k: cfg[k] for k in ("drop-fraction", "drop-all", "drop-seed") if k in cfg}
-    targets, _, trained = training_targets(data, data.rows("train", label=None), drop, ident.name)
+    targets, _, trained = training_targets(data, data.rows("train", label=None), m, ident.name)
     held = np.concatenate([data.rows("val", label=None), data.rows("test", label=None)])
     loaders = (
         _labelled(data, trained, targets["malignancy"]),
         _labelled(data, held, manifest_targets(data.manifest.iloc[held])[0]["malignancy"]),
     )
-    need_both("evaluate.mtl_audit", ident, *(len(x.dataset) for x in loaders))
+    need_both(m.KIND, ident, *(len(x.dataset) for x in loaders))
     losses = tuple(malignancy_losses(model, x, device=device()) for x in loaders)
-    metrics = attack_metrics(context, ident, cfg, losses, n_trained=len(trained), start=start)
-    return reply(msg, context, {"metrics": metrics})
+    metrics = attack_metrics(
+        context,
+        ident,
+        m,
+        losses,
+        n_trained=len(trained),
+        start=start,
+        parent_ledger=m.parent_ledger,
+    )
+    return reply(msg, context, {METRICS: metrics.to_metrics()})

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Context, Message
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -63,16 +63,28 @@ from fedmammo.federation.centre_runtime import (
     device,
     identity_of,
 )
-from fedmammo.federation.codec import (
-    arrays_to_state,
-    encode_metric_records,
-    get_json,
-    state_to_arrays,
-)
+from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.messages import (
+    ARRAYS,
+    INFO,
+    METRICS,
+    PRIVACY,
+    EvaluationMetrics,
+    PlotInfo,
+    model_record,
+)
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.privacy.ledger import finish_dp, open_dp_session, privacy_budget
 from fedmammo.federation.privacy.phases import fork_parent_ledger, plan_later_phases
+from fedmammo.methods.mtl_finetune.messages import (
+    FINETUNE,
+    EvaluateMtl,
+    LabelDropFields,
+    QueryLatent,
+    TrainMtl,
+    TrainMtlMetrics,
+)
 from fedmammo.methods.mtl_finetune.report import mtl_records
 from fedmammo.models import build_model
 from fedmammo.privacy.engine import DPSession, validate_for_dp
@@ -110,23 +122,23 @@ def single_centre(data: object, what: str) -> CentreData:
 
 
 def training_targets(
-    data: CentreData, rows: np.ndarray, cfg: Mapping, centre: str
+    data: CentreData, rows: np.ndarray, m: LabelDropFields, centre: str
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    """Targets, uncertainties and the kept rows for this round's phase and label-drop arm."""
+    """Targets, uncertainties and the kept rows for this round's phase and the arm's label
+    drop (``m``: a ``train.mtl`` message, or an audit's label drop)."""
     manifest = data.manifest.iloc[rows]
-    if str(cfg.get("phase", "pretrain")) == "finetune":
-        targets, unc = finetune_targets(
-            manifest, u1=float(cfg["u1"]), u_other=float(cfg.get("u-other", 0.5))
-        )
+    if isinstance(m, TrainMtl) and m.phase == FINETUNE:
+        u_other = 0.5 if m.u_other is None else m.u_other
+        targets, unc = finetune_targets(manifest, u1=float(m.u1), u_other=float(u_other))
     else:
         targets, unc = manifest_targets(manifest)
-    fraction = float(cfg.get("drop-fraction", 0.0))
+    fraction = float(m.drop_fraction or 0.0)
     if fraction <= 0:
         return targets, unc, rows
     # the same labels every round: the seed comes from the run seed and the centre only
-    seed = derive_seed(int(cfg.get("drop-seed", 0)), centre)
+    seed = derive_seed(int(m.drop_seed or 0), centre)
     dropped = drop_labels(targets, fraction, tasks=["malignancy"], seed=seed)
-    if not bool(cfg.get("drop-all", False)):
+    if not m.drop_all:
         return dropped, unc, rows
     # "all labels dropped" removes whole images (multi-task paper Table 5: fewer samples): those
     # whose
@@ -166,15 +178,15 @@ def mtl_loader(
 
 
 # --------------------------------------------------------------------------- privacy
-def dp_phase(cfg: Mapping) -> str:
+def dp_phase(m: TrainMtl) -> str:
     """The DP phase of a train.mtl message: ``mtl`` (pre-training) or ``finetune``."""
-    return "finetune" if str(cfg.get("phase", "pretrain")) == "finetune" else "mtl"
+    return "finetune" if m.phase == FINETUNE else "mtl"
 
 
 def _dp_session(
     context: Context,
     ident: CentreIdentity,
-    cfg: ConfigRecord,
+    m: TrainMtl,
     model: nn.Module,
     *,
     n_examples: int,
@@ -186,12 +198,12 @@ def _dp_session(
     if budget is None:
         return None
     validate_for_dp(model)  # names every layer DP-SGD cannot train (BatchNorm), up front
-    phase = dp_phase(cfg)
-    fork_parent_ledger(context, ident, cfg, budget)
+    phase = dp_phase(m)
+    fork_parent_ledger(context, ident, m, budget)
     plan_later_phases(
         context,
         ident,
-        cfg,
+        m,
         budget,
         n_examples=n_examples,
         steps_per_epoch=steps_per_epoch,
@@ -201,7 +213,7 @@ def _dp_session(
     return open_dp_session(
         context,
         ident,
-        cfg,
+        m,
         n_examples=n_examples,
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
@@ -209,7 +221,7 @@ def _dp_session(
     )
 
 
-@handler("train.mtl", dp=True, consent="models")
+@handler(TrainMtl.KIND, dp=True, consent="models")
 def train(msg: Message, context: Context) -> Message:
     """Train the received multi-task net on this centre's training split; return weights.
 
@@ -217,15 +229,15 @@ def train(msg: Message, context: Context) -> Message:
     adds the ``privacy`` record; a round beyond the budget is refused before any step.
     """
     start = time.perf_counter()
-    cfg = msg.content["config"]
+    m = TrainMtl.of(msg)
     ident = identity_of(context)
-    model = model_from(msg, context, keep_local_bn=False)
-    data = single_centre(centre_data(ident, cfg), "train.mtl")
-    targets, unc, rows = training_targets(data, data.rows("train", label=None), cfg, ident.name)
+    model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=False)
+    data = single_centre(centre_data(ident, m), m.KIND)
+    targets, unc, rows = training_targets(data, data.rows("train", label=None), m, ident.name)
     if not len(rows):
         raise DataError(f"centre {ident.name!r}: no training images (check its split)")
-    params = LocalTrainingParams(**get_json(cfg, "train"))
-    gen = seed_everything(int(cfg["seed"]))
+    params = LocalTrainingParams(**m.train)
+    gen = seed_everything(int(m.seed))
     per_epoch = params.steps_per_epoch
     loader = mtl_loader(
         data,
@@ -241,17 +253,16 @@ def train(msg: Message, context: Context) -> Message:
     privacy = _dp_session(
         context,
         ident,
-        cfg,
+        m,
         model,
         n_examples=len(rows),
         steps_per_epoch=len(loader),
         epochs=params.epochs,
     )
     weights = None
-    if str(cfg.get("phase", "pretrain")) == "finetune":
-        weights = finetune_class_weights(
-            float(cfg.get("class-weight-high", 20.0)), tasks=tuple(model.tasks)
-        )
+    if m.phase == FINETUNE:
+        high = 20.0 if m.class_weight_high is None else m.class_weight_high
+        weights = finetune_class_weights(float(high), tasks=tuple(model.tasks))
     result = train_mtl(
         model,
         loader,
@@ -260,38 +271,37 @@ def train(msg: Message, context: Context) -> Message:
         optimizer=params.optimizer,
         device=device(),
         class_weights=weights,
-        recon_weight=float(cfg.get("recon-weight", 1.0)),
+        recon_weight=float(m.recon_weight),
         privacy=privacy,
     )
-    metrics = MetricRecord(
-        {
-            "num-examples": len(rows),
-            "examples-seen": int(result["num_examples"]),
-            "steps": int(result["steps"]),
-            "train-loss": result.get("total", 0.0),
-            "compute-seconds": time.perf_counter() - start,
-        }
+    metrics = TrainMtlMetrics(
+        num_examples=len(rows),
+        examples_seen=int(result["num_examples"]),
+        steps=int(result["steps"]),
+        train_loss=result.get("total", 0.0),
+        compute_seconds=time.perf_counter() - start,
+        losses={
+            key.removeprefix("task_"): float(value)
+            for key, value in result.items()
+            if key not in ("total", "steps", "num_examples")
+        },
+        labelled={task: int((y != MISSING).sum()) for task, y in targets.items()},
     )
-    for key, value in result.items():
-        if key not in ("total", "steps", "num_examples"):
-            metrics[f"loss-{key.removeprefix('task_')}"] = float(value)
-    for task, y in targets.items():
-        metrics[f"labelled-{task}"] = int((y != MISSING).sum())
-    records = {"arrays": state_to_arrays(model.state_dict()), "metrics": metrics}
+    records = {ARRAYS: state_to_arrays(model.state_dict()), METRICS: metrics.to_metrics()}
     if privacy is not None:
-        records["privacy"] = finish_dp(context, privacy, cfg, int(result["steps"]))
+        records[PRIVACY] = finish_dp(context, privacy, m, int(result["steps"]))
     return reply(msg, context, records, model)
 
 
-@handler("evaluate.mtl", consent="metrics")
+@handler(EvaluateMtl.KIND, consent="metrics")
 def evaluate(msg: Message, context: Context) -> Message:
     """Multi-task metric records of the received net on one split of this centre."""
     start = time.perf_counter()
-    cfg = msg.content["config"]
-    model = model_from(msg, context, keep_local_bn=False)
-    data = single_centre(centre_data(identity_of(context), cfg), "evaluate.mtl")
-    rows = data.rows(str(cfg["split"]), label=None)
-    metrics = MetricRecord({})
+    m = EvaluateMtl.of(msg)
+    model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=False)
+    data = single_centre(centre_data(identity_of(context), m), m.KIND)
+    rows = data.rows(m.split, label=None)
+    records: list[dict] = []
     if len(rows):
         targets, unc = manifest_targets(data.manifest.iloc[rows])
         result = evaluate_mtl(
@@ -301,14 +311,14 @@ def evaluate(msg: Message, context: Context) -> Message:
             result["predictions"],
             result["labels"],
             data.segments(rows),
-            n_boot=int(cfg.get("n-boot", 0)),
-            seed=int(cfg["seed"]),
+            n_boot=m.n_boot,
+            seed=int(m.seed),
         )
         records.append({"segment": None, "metric": "loss", "value": result.get("total")})
-        metrics = encode_metric_records(records)
-    metrics["num-examples"] = len(rows)
-    metrics["compute-seconds"] = time.perf_counter() - start
-    return reply(msg, context, {"metrics": metrics})
+    metrics = EvaluationMetrics(
+        records=records, num_examples=len(rows), compute_seconds=time.perf_counter() - start
+    )
+    return reply(msg, context, {METRICS: metrics.to_metrics()})
 
 
 @torch.no_grad()
@@ -317,52 +327,48 @@ def _latent_codes(model: nn.Module, loader: DataLoader) -> np.ndarray:
     return np.concatenate([model(x.to(device()))["z"].float().cpu().numpy() for x, _, _ in loader])
 
 
-def _plot_dir(context: Context, ident: CentreIdentity, cfg: Mapping) -> Path:
+def _plot_dir(context: Context, ident: CentreIdentity, m: QueryLatent) -> Path:
     node = context.node_config
     if "centre" in node:  # deployment: the server's run directory is not on this machine
         local = node.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
         return Path(str(local)) / "plots"
-    if "plot-dir" not in cfg:
-        raise DataError("query.latent: the server sent no 'plot-dir'")
-    return Path(str(cfg["plot-dir"]))
+    if m.plot_dir is None:
+        raise DataError(f"{m.KIND}: the server sent no {m.key('plot_dir')!r}")
+    return Path(m.plot_dir)
 
 
-@handler("query.latent", consent="metrics")
+@handler(QueryLatent.KIND, consent="metrics")
 def latent(msg: Message, context: Context) -> Message:
     """Draw the latent map of the received models on one split; reply with counts only.
 
-    The message holds ``arrays-<k>`` (one model per arm) and ``config`` with ``arms`` and
-    ``models`` (JSON: arm -> model spec), ``split``, ``seed``, ``method`` and ``plot-dir``.
+    The message (:class:`~fedmammo.methods.mtl_finetune.messages.QueryLatent`) holds one
+    model per arm in ``arrays-<k>``.
     """
-    cfg = msg.content["config"]
+    m = QueryLatent.of(msg)
     ident = identity_of(context)
-    data = single_centre(centre_data(ident, cfg), "query.latent")
-    rows = data.rows(str(cfg.get("split", "test")), label=None)
-    info = MetricRecord({"n-images": len(rows), "plotted": 0})
+    data = single_centre(centre_data(ident, m), m.KIND)
+    rows = data.rows(m.split, label=None)
     if len(rows) < 3:
-        return reply(msg, context, {"info": info})
+        return reply(msg, context, {INFO: PlotInfo(n_images=len(rows)).to_metrics()})
     targets, unc = manifest_targets(data.manifest.iloc[rows])
     loader = mtl_loader(data, rows, targets, unc, batch_size=EVAL_BATCH)
-    specs = get_json(cfg, "models")
     codes = {}
-    for k, arm in enumerate(cfg["arms"]):
-        spec = specs[arm]
+    for k, arm in enumerate(m.arms):
+        spec = m.models[arm]
         model = build_model(spec["name"], **spec.get("options", {}))
         like = model.state_dict()
-        model.load_state_dict(arrays_to_state(msg.content[f"arrays-{k}"], like=like))
-        codes[str(arm)] = _latent_codes(model, loader)
-    seed = int(cfg.get("seed", 0))
-    path = _plot_dir(context, ident, cfg) / f"latent_{ident.name}_seed{seed}.png"
+        model.load_state_dict(arrays_to_state(msg.content[model_record(k)], like=like))
+        codes[arm] = _latent_codes(model, loader)
+    path = _plot_dir(context, ident, m) / f"latent_{ident.name}_seed{m.seed}.png"
     plot_latent(
         codes,
         targets,
         path,
-        method=str(cfg.get("method", "pca")),
-        seed=seed,
-        title=f"Latent z at centre {ident.name} ({cfg.get('split', 'test')} split)",
+        method=m.method,
+        seed=m.seed,
+        title=f"Latent z at centre {ident.name} ({m.split} split)",
     )
-    info["plotted"] = 1
-    return reply(msg, context, {"info": info})
+    return reply(msg, context, {INFO: PlotInfo(n_images=len(rows), plotted=1).to_metrics()})
 
 
 HANDLERS = (train, evaluate, latent)

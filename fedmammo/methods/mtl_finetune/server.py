@@ -37,14 +37,21 @@ from __future__ import annotations
 
 import copy
 
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
 
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.privacy_report import PrivacyLog
+from fedmammo.federation.messages import INFO, PlotInfo, model_record
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
-from fedmammo.federation.privacy.phases import LATER_PHASES_KEY, PARENT_LEDGER_KEY
 from fedmammo.federation.privacy.server import ledger_of, run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
+from fedmammo.methods.mtl_finetune.messages import (
+    FINETUNE,
+    EvaluateMtl,
+    EvaluateMtlAudit,
+    QueryLatent,
+    TrainMtl,
+)
 from fedmammo.methods.mtl_finetune.params import ArmSpec, MtlFinetuneParams, parse_arm
 from fedmammo.methods.mtl_finetune.report import build_mtl_tables, print_tables, tables_markdown
 from fedmammo.models.mtl import DEFAULT_TASKS
@@ -55,6 +62,7 @@ __all__ = [
     "arm_model",
     "audit_config",
     "dp_config",
+    "label_drop",
     "plan_arms",
     "run",
 ]
@@ -81,38 +89,43 @@ def arm_model(params: MtlFinetuneParams, spec: ArmSpec) -> dict:
 
 
 def arm_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int) -> dict:
-    """Extra config keys of the arm's training (and validation) messages."""
+    """Fields of the arm's training messages (:class:`TrainMtl`) beyond arm, seed, model."""
     finetune = spec.finetune_u1 is not None
     train = params.finetune_train if finetune and params.finetune_train else params.train
-    config: dict = {
-        "train": train.model_dump(),
-        "phase": "finetune" if finetune else "pretrain",
-        "recon-weight": params.recon_weight,
-    }
+    config: dict = dict(
+        train=train.model_dump(),
+        phase=FINETUNE if finetune else "pretrain",
+        recon_weight=params.recon_weight,
+    )
     if finetune:
-        config |= {
-            "u1": spec.finetune_u1,
-            "u-other": params.u_other,
-            "class-weight-high": params.acr_high_class_weight,
-        }
-    if spec.drop_fraction > 0:
-        config |= {
-            "drop-fraction": spec.drop_fraction,
-            "drop-all": spec.drop_all_tasks,
-            "drop-seed": derive_seed(seed, "drop"),
-        }
-    return config
+        config |= dict(
+            u1=spec.finetune_u1,
+            u_other=params.u_other,
+            class_weight_high=params.acr_high_class_weight,
+        )
+    return config | label_drop(spec, seed)
+
+
+def label_drop(spec: ArmSpec, seed: int) -> dict:
+    """The arm's label-drop fields (none without a drop): the same at every round and audit."""
+    if spec.drop_fraction <= 0:
+        return {}
+    return dict(
+        drop_fraction=spec.drop_fraction,
+        drop_all=spec.drop_all_tasks,
+        drop_seed=derive_seed(seed, "drop"),
+    )
 
 
 def dp_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int, plan: list[ArmSpec]) -> dict:
-    """DP keys of the arm's training messages (send them when some centre trains with DP).
+    """DP fields of the arm's training messages (sent when some centre trains with DP).
 
     A fine-tuning arm names the ledger it continues (the ``mtl`` arm's); the ``mtl`` arm,
     when fine-tuning arms follow it, announces their phase (rounds, local training, centres)
     so that the noise is planned once for pre-training and fine-tuning together.
     """
     if spec.finetune_u1 is not None:
-        return {PARENT_LEDGER_KEY: ledger_of("mtl", seed)}
+        return dict(parent_ledger=ledger_of("mtl", seed))
     if spec.name == "mtl" and any(s.finetune_u1 is not None for s in plan):
         train = params.finetune_train or params.train
         later = {
@@ -120,20 +133,20 @@ def dp_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int, plan: list[Ar
             "train": train.model_dump(),
             "centres": list(params.finetune_centres),
         }
-        return {LATER_PHASES_KEY: {"finetune": later}}
+        return dict(later_phases={FINETUNE: later})
     return {}
 
 
 def audit_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int) -> dict:
-    """Extra config keys of the arm's membership audit (``evaluate.mtl_audit``).
+    """Fields of the arm's membership audit (:class:`EvaluateMtlAudit`) beyond arm and model.
 
     The arm's label drop (the centre audits the images and labels the arm trained on) and,
     for a fine-tuning arm, the ledger it continues (the epsilon where it did not fine-tune).
     """
-    keys = {k: v for k, v in arm_config(params, spec, seed).items() if k.startswith("drop-")}
+    fields = label_drop(spec, seed)
     if spec.finetune_u1 is not None:
-        keys[PARENT_LEDGER_KEY] = ledger_of("mtl", seed)
-    return keys
+        fields["parent_ledger"] = ledger_of("mtl", seed)
+    return fields
 
 
 def _inherit_privacy_records(orc: Orchestrator, parent: str, arm: str, seed: int) -> None:
@@ -196,25 +209,19 @@ def _latent_maps(orc: Orchestrator, seed: int, models: dict[str, tuple[dict, Arr
     plot_dir = "" if orc.spec.deployment else str(orc.run_dir / "plots")
     contents = {}
     for c in orc.centres():
-        cfg = orc.base_config(
+        query = orc.message(
+            QueryLatent,
             arms=arms,
             models={a: models[a][0] for a in arms},
             split="test",
             seed=seed,
             method="pca",
-            **{"plot-dir": plot_dir},
+            plot_dir=plot_dir,
         )
-        content = RecordDict({"config": cfg})
-        for k, arm in enumerate(arms):
-            content[f"arrays-{k}"] = models[arm][1]
-        contents[c] = content
-    replies, failures = orc.send("query.latent", contents)
+        contents[c] = query.content({model_record(k): models[a][1] for k, a in enumerate(arms)})
+    replies, failures = orc.send(QueryLatent.KIND, contents)
     orc.record_failures(failures, arm="+".join(arms), seed=seed, rnd=None, phase="latent")
-    drawn = [
-        c
-        for c, r in replies.items()
-        if isinstance(r.get("info"), MetricRecord) and int(r["info"]["plotted"])
-    ]
+    drawn = [c for c, r in replies.items() if INFO in r and PlotInfo.from_metrics(r[INFO]).plotted]
     if drawn:
         where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
         orc.recorder.note(
@@ -252,16 +259,16 @@ def run(orc: Orchestrator) -> None:
                 finals[spec.name] = (model, _final_arrays(orc, p, spec, seed))
                 continue
             orc.console.rule(f"[bold]{spec.name}[/] seed {seed}")
-            common = {
-                "arm": spec.name,
-                "seed": seed,
-                "message_type": "train.mtl",
-                "evaluate_type": "evaluate.mtl",
-                "model": model,
-                "config": arm_config(p, spec, seed)
+            common = dict(
+                arm=spec.name,
+                seed=seed,
+                message=TrainMtl,
+                evaluate=EvaluateMtl,
+                model=model,
+                fields=arm_config(p, spec, seed)
                 | (dp_config(p, spec, seed, plan) if private else {}),
-                "weighting": "num_examples",
-            }
+                weighting="num_examples",
+            )
             if spec.finetune_u1 is None:
                 final = train_rounds(
                     orc,
@@ -287,24 +294,24 @@ def run(orc: Orchestrator) -> None:
             if final is None:
                 continue
             orc.evaluate_everywhere(
+                EvaluateMtl,
                 arm=spec.name,
                 seed=seed,
                 arrays=final,
-                model=model,
-                message_type="evaluate.mtl",
                 centres=every,
                 split="test",
+                model=model,
                 n_boot=p.bootstrap,
             )
             run_audits(
                 orc,
+                EvaluateMtlAudit,
                 arm=spec.name,
                 seed=seed,
                 arrays=final,
-                model=model,
                 centres=train_centres,
-                message_type="evaluate.mtl_audit",
-                extra=audit_config(p, spec, seed),
+                model=model,
+                **audit_config(p, spec, seed),
             )
             orc.recorder.complete_arm(spec.name, seed)
             finals[spec.name] = (model, final)

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 from torch.utils.data import Sampler
 
@@ -77,17 +77,27 @@ from fedmammo.federation.centre_runtime import (
     centre_data,
     device,
     identity_of,
-    segments_of,
     select_rows,
 )
-from fedmammo.federation.codec import (
-    arrays_to_state,
-    encode_metric_records,
-    get_json,
-    state_to_arrays,
-)
+from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.messages import (
+    ARRAYS,
+    INFO,
+    METRICS,
+    PRIVACY,
+    EvaluationMetrics,
+    PlotInfo,
+    model_record,
+)
 from fedmammo.federation.privacy.ledger import finish_dp, privacy_budget
+from fedmammo.methods.periodic_sampling.messages import (
+    EvaluatePeriodic,
+    PeriodicPlots,
+    TrainPeriodic,
+    TrainPeriodicMetrics,
+    baseline_record,
+)
 from fedmammo.methods.periodic_sampling.privacy import dp_plan, dp_session
 from fedmammo.methods.periodic_sampling.report import draw_centre_plots
 from fedmammo.models import build_model
@@ -119,52 +129,50 @@ class _ContinuedStream(Sampler[list[int]]):
 
 
 def _round_sampler(
-    cfg: ConfigRecord, segments: np.ndarray, labels: np.ndarray, batch_size: int
+    m: TrainPeriodic, segments: np.ndarray, labels: np.ndarray, batch_size: int
 ) -> Sampler:
-    stream_seed = int(cfg["stream-seed"])
-    if "quota" in cfg:
-        quota = {str(k): int(v) for k, v in get_json(cfg, "quota").items()}
-        offsets = {str(k): int(v) for k, v in get_json(cfg, "offsets", {}).items()}
+    if m.quota is not None:
+        quota = {str(k): int(v) for k, v in m.quota.items()}
+        offsets = {str(k): int(v) for k, v in (m.offsets or {}).items()}
         return QuotaBatchSampler(
-            segments, labels, quota, batch_size, seed=stream_seed, offsets=offsets
+            segments, labels, quota, batch_size, seed=m.stream_seed, offsets=offsets
         )
     inner = build_sampler(
-        str(cfg["sampler"]),
+        str(m.sampler),
         segments=segments,
         labels=labels,
         batch_size=batch_size,
-        num_batches=int(cfg["steps"]),
-        seed=stream_seed,
+        num_batches=int(m.steps),
+        seed=m.stream_seed,
     )
-    return _ContinuedStream(inner, int(cfg.get("stream-epoch", 0)))
+    return _ContinuedStream(inner, m.stream_epoch)
 
 
-@handler("train.periodic", dp=True, consent="models")
+@handler(TrainPeriodic.KIND, dp=True, consent="models")
 def train(msg: Message, context: Context) -> Message:
     """Train on the round's quota (or sampler steps) of the named segments; return weights."""
     start = time.perf_counter()
-    cfg = msg.content["config"]
-    local_bn = cfg.get("batchnorm", "average") == "local"
-    model = model_from(msg, context, keep_local_bn=local_bn)
+    m = TrainPeriodic.of(msg)
+    local_bn = m.batchnorm == "local"
+    model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=local_bn)
     ident = identity_of(context)
-    data = centre_data(ident, cfg)
-    rows = select_rows(data, "train", segments_of(cfg))
+    data = centre_data(ident, m)
+    rows = select_rows(data, "train", m.segments)
     if _size(rows) == 0:
         raise DataError(
-            f"train.periodic: no labelled training images in segments "
-            f"{segments_of(cfg)} at this centre"
+            f"{m.KIND}: no labelled training images in segments {m.segments} at this centre"
         )
-    params = LocalTrainingParams(**get_json(cfg, "train")).model_copy(update={"epochs": 1})
+    params = LocalTrainingParams(**m.train).model_copy(update={"epochs": 1})
     labels, segments = data.labels(rows), data.segments(rows)
     privacy = None
     n_train = _size(data.rows("train"))  # the centre's protected set (delta, budget)
     if privacy_budget(ident, n_train) is not None:  # DP: Poisson within one segment per step
-        plan = dp_plan(cfg, np.asarray(segments).astype(str), labels, params.batch_size)
-        privacy = dp_session(context, ident, cfg, n_train, plan)
+        plan = dp_plan(m, np.asarray(segments).astype(str), labels, params.batch_size)
+        privacy = dp_session(context, ident, m, n_train, plan)
         sampler: Sampler = plan[0]
     else:
-        sampler = _round_sampler(cfg, segments, labels, params.batch_size)
-    quota = int(sum(get_json(cfg, "quota", {}).values())) if "quota" in cfg else -1
+        sampler = _round_sampler(m, segments, labels, params.batch_size)
+    quota = int(sum(m.quota.values())) if m.quota is not None else -1
     if len(sampler) == 0:  # nothing to do this round: weights unchanged
         steps, seen, loss = 0, 0, 0.0
     else:
@@ -174,27 +182,25 @@ def train(msg: Message, context: Context) -> Message:
             labels,
             segments,
             params=params,
-            seed=int(cfg["seed"]),
+            seed=int(m.seed),
             device=device(),
             batch_sampler=sampler,
             privacy=privacy,
         )
         steps, seen, loss = result.steps, result.num_examples, result.loss
     if local_bn:
-        save_local_bn(model, context, str(cfg["arm"]))
-    metrics = MetricRecord(
-        {
-            "num-examples": seen,
-            "train-loss": loss,
-            "steps": steps,
-            "quota": quota,
-            "num-images": _size(rows),
-            "compute-seconds": time.perf_counter() - start,
-        }
+        save_local_bn(model, context, m.arm)
+    metrics = TrainPeriodicMetrics(
+        num_examples=seen,
+        train_loss=loss,
+        steps=steps,
+        quota=quota,
+        num_images=_size(rows),
+        compute_seconds=time.perf_counter() - start,
     )
-    records = {"arrays": state_to_arrays(model.state_dict()), "metrics": metrics}
+    records = {ARRAYS: state_to_arrays(model.state_dict()), METRICS: metrics.to_metrics()}
     if privacy is not None:
-        records["privacy"] = finish_dp(context, privacy, cfg, steps)
+        records[PRIVACY] = finish_dp(context, privacy, m, steps)
     return reply(msg, context, records, model)
 
 
@@ -244,73 +250,65 @@ def comparison_records(
     return records
 
 
-@handler("evaluate.periodic", consent="metrics")
+@handler(EvaluatePeriodic.KIND, consent="metrics")
 def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of ``arrays`` on one split, globally and per segment; deltas vs baselines."""
     start = time.perf_counter()
-    cfg = msg.content["config"]
-    model = model_from(msg, context, keep_local_bn=cfg.get("batchnorm", "average") == "local")
-    data = centre_data(identity_of(context), cfg)
-    rows = select_rows(data, str(cfg["split"]), segments_of(cfg))
-    n, n_boot, seed = _size(rows), int(cfg.get("n-boot", 0)), int(cfg["seed"])
-    metrics = MetricRecord({})
+    m = EvaluatePeriodic.of(msg)
+    model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=m.batchnorm == "local")
+    data = centre_data(identity_of(context), m)
+    rows = select_rows(data, m.split, m.segments)
+    n, n_boot, seed = _size(rows), m.n_boot, int(m.seed)
+    records: list[dict] = []
     if n:
         y, segments = data.labels(rows), data.segments(rows)
         dataset = data.dataset(rows)
         scores = predict_scores(model, dataset, device=device())
         records = metrics_by_segment(y, scores, segments, n_boot=n_boot, seed=seed)
-        spec = get_json(cfg, "model")
-        for j, base in enumerate(get_json(cfg, "baselines", [])):
+        for j, base in enumerate(m.baselines or []):
             baseline = predict_scores(
-                _model(spec, msg.content[f"baseline-{j}"]), dataset, device=device()
+                _model(m.model, msg.content[baseline_record(j)]), dataset, device=device()
             )
             records += comparison_records(
                 y, baseline, scores, segments, base["segments"], n_boot=n_boot, seed=seed
             )
-        metrics = encode_metric_records(records)
-    metrics["num-examples"] = n
-    metrics["compute-seconds"] = time.perf_counter() - start
-    return reply(msg, context, {"metrics": metrics})
+    metrics = EvaluationMetrics(
+        records=records, num_examples=n, compute_seconds=time.perf_counter() - start
+    )
+    return reply(msg, context, {METRICS: metrics.to_metrics()})
 
 
-def _plot_dir(context: Context, ident: CentreIdentity, cfg: ConfigRecord) -> Path:
+def _plot_dir(context: Context, ident: CentreIdentity, m: PeriodicPlots) -> Path:
     node = context.node_config
     if "centre" in node:  # deployment: the server's run directory is not on this machine
         local = node.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
         return Path(str(local)) / "plots"
-    if not str(cfg.get("plot-dir", "")):
-        raise DataError("query.periodic_plots: the server sent no 'plot-dir'")
-    return Path(str(cfg["plot-dir"]))
+    if not m.plot_dir:
+        raise DataError(f"{m.KIND}: the server sent no {m.key('plot_dir')!r}")
+    return Path(m.plot_dir)
 
 
-@handler("query.periodic_plots", consent="metrics")
+@handler(PeriodicPlots.KIND, consent="metrics")
 def plots(msg: Message, context: Context) -> Message:
     """Draw ROC curves and prediction histograms of ``arrays-<k>`` here; reply with counts."""
-    cfg = msg.content["config"]
+    m = PeriodicPlots.of(msg)
     ident = identity_of(context)
-    data = centre_data(ident, cfg)
-    rows = select_rows(data, str(cfg.get("split", "test")), segments_of(cfg))
-    arms = [str(a) for a in (cfg["arms"] if isinstance(cfg["arms"], list) else [cfg["arms"]])]
-    info = MetricRecord({"n-images": _size(rows), "plotted": 0})
+    data = centre_data(ident, m)
+    rows = select_rows(data, m.split, m.segments)
+    info = PlotInfo(n_images=_size(rows), plotted=0)
     y = data.labels(rows) if _size(rows) else np.zeros(0, dtype=np.int64)
     if _size(rows) < 2 or y.min() == y.max():
-        return reply(msg, context, {"info": info})
-    spec = get_json(cfg, "model")
+        return reply(msg, context, {INFO: info.to_metrics()})
     dataset = data.dataset(rows)
     scores = {
-        arm: predict_scores(_model(spec, msg.content[f"arrays-{k}"]), dataset, device=device())
-        for k, arm in enumerate(arms)
+        arm: predict_scores(_model(m.model, msg.content[model_record(k)]), dataset, device=device())
+        for k, arm in enumerate(m.arms)
     }
     out = draw_centre_plots(
-        y,
-        scores,
-        data.segments(rows),
-        _plot_dir(context, ident, cfg),
-        str(cfg["stem"]),
-        title=str(cfg.get("title", "")),
+        y, scores, data.segments(rows), _plot_dir(context, ident, m), m.stem, title=m.title
     )
-    info["plotted"] = len(out)
-    return reply(msg, context, {"info": info})
+    info = PlotInfo(n_images=_size(rows), plotted=len(out))
+    return reply(msg, context, {INFO: info.to_metrics()})
 
 
 HANDLERS = (train, evaluate, plots)

@@ -13,20 +13,19 @@ the quotas of this and every later planned round, sent by the server's ``Periodi
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 
 from fedmammo.errors import DataError
 from fedmammo.federation.centre_runtime import CentreIdentity
-from fedmammo.federation.codec import get_json
 from fedmammo.federation.privacy.ledger import (
     PLANNED_ROUNDS_KEY,
-    PRIOR_KEY,
     BudgetRefusal,
     DPUnsupportedError,
     ledger_name,
     load_accountant,
     privacy_budget,
 )
+from fedmammo.methods.periodic_sampling.messages import PLANNED_QUOTA_KEY, TrainPeriodic
 from fedmammo.privacy.accounting import BudgetExceeded, PrivacyUsageError
 from fedmammo.privacy.periodic import (
     PeriodicDPSession,
@@ -37,22 +36,19 @@ from fedmammo.privacy.periodic import (
 
 __all__ = ["PHASE", "PLANNED_QUOTA_KEY", "dp_plan", "dp_session"]
 
-#: Config key (JSON) of a DP quota round: ``{segment: {quota: rounds}}`` of this and every
-#: later planned round at the centre, to plan the noise once.
-PLANNED_QUOTA_KEY = "dp-planned-quota"
 
 PHASE = "periodic"
 
 
 def dp_plan(
-    cfg: ConfigRecord, segments: np.ndarray, labels: np.ndarray, batch_size: int
+    m: TrainPeriodic, segments: np.ndarray, labels: np.ndarray, batch_size: int
 ) -> tuple[PoissonPeriodicSampler, dict[str, list[tuple[float, int]]]]:
     """The round's Poisson periodic sampler and the remaining planned steps per segment."""
     keys = sorted({str(s) for s in segments})
     index = {k: np.flatnonzero(segments == k) for k in keys}
-    seed = int(np.random.SeedSequence([int(cfg["seed"]), 0x5A11]).generate_state(1)[0])
-    if "quota" in cfg:
-        quota = {str(k): int(v) for k, v in get_json(cfg, "quota").items() if int(v) > 0}
+    seed = int(np.random.SeedSequence([int(m.seed), 0x5A11]).generate_state(1)[0])
+    if m.quota is not None:
+        quota = {str(k): int(v) for k, v in m.quota.items() if int(v) > 0}
         unknown = sorted(set(quota) - set(keys))
         if unknown:
             raise DataError(
@@ -69,13 +65,13 @@ def dp_plan(
             steps=len(pattern),
         )
         remaining: dict[str, list[tuple[float, int]]] = {}
-        for k, by_quota in get_json(cfg, PLANNED_QUOTA_KEY, {}).items():
+        for k, by_quota in (m.planned_quota or {}).items():
             for q, rounds in by_quota.items():
                 if k in index and int(q) > 0:
                     n, r = quota_steps(int(q), len(index[k]), batch_size)
                     remaining.setdefault(k, []).append((r, n * int(rounds)))
         return sampler, remaining
-    method = str(cfg["sampler"])
+    method = str(m.sampler)
     if method in ("periodic", "balanced_segments"):
         counts = {
             k: int(np.bincount(labels[index[k]].astype(int), minlength=2).min()) for k in keys
@@ -85,16 +81,16 @@ def dp_plan(
     else:  # balanced_labels, random: Poisson over every image (labels do not alternate)
         groups, pattern = {"all": np.arange(len(labels))}, ["all"]
     rates = {k: min(1.0, batch_size / len(v)) for k, v in groups.items()}
-    steps = int(cfg["steps"])
+    steps = int(m.steps)
     sampler = PoissonPeriodicSampler(groups, pattern, rates, seed, steps=steps)
-    sampler.position = int(cfg.get("stream-epoch", 0)) * steps  # the pattern continues
-    left = int(cfg.get(PLANNED_ROUNDS_KEY, 0)) * steps - sampler.position
+    sampler.position = m.stream_epoch * steps  # the pattern continues
+    left = int(m.planned_rounds or 0) * steps - sampler.position
     counts = sampler.segment_counts(left) if left > 0 else {}
     return sampler, {k: [(rates[k], n)] for k, n in counts.items()}
 
 
 def dp_session(
-    context: Context, ident: CentreIdentity, cfg: ConfigRecord, n_examples: int, plan: tuple
+    context: Context, ident: CentreIdentity, m: TrainPeriodic, n_examples: int, plan: tuple
 ) -> PeriodicDPSession | None:
     """The round's DP session, checked against the budget and plan (None without DP)."""
     budget = privacy_budget(ident, n_examples)
@@ -104,7 +100,7 @@ def dp_session(
     if (
         not remaining
         and budget.noise_multiplier is None
-        and ("quota" in cfg and PLANNED_QUOTA_KEY not in cfg or PLANNED_ROUNDS_KEY not in cfg)
+        and (m.quota is not None and m.planned_quota is None or m.planned_rounds is None)
     ):
         raise DPUnsupportedError(
             f"centre {ident.name!r}: privacy.target_epsilon needs the planned rounds "
@@ -113,10 +109,10 @@ def dp_session(
         )
     accountant = load_accountant(
         context,
-        ledger_name(cfg),
+        ledger_name(m),
         mechanism=budget.accountant,
         centre=ident.name,
-        prior=cfg.get(PRIOR_KEY),
+        prior=m.prior,
     )
     try:
         session = PeriodicDPSession(
@@ -126,7 +122,7 @@ def dp_session(
             sampler=sampler,
             phase=PHASE,
             centre=ident.name,
-            seed=int(cfg["seed"]),
+            seed=int(m.seed),
         )
         session.check_round()
     except (BudgetExceeded, PrivacyUsageError) as err:

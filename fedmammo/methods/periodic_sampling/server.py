@@ -28,11 +28,17 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, RecordDict
 
-from fedmammo.federation.codec import decode_metric_records, put_json
+from fedmammo.federation.messages import ARRAYS, METRICS, TrainMetrics, model_record
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
 from fedmammo.federation.rounds import CentreFedAvg, initial_arrays
 from fedmammo.methods.periodic_sampling.arms import ArmPlan, plan_arms
+from fedmammo.methods.periodic_sampling.messages import (
+    EvaluatePeriodic,
+    PeriodicPlots,
+    TrainPeriodic,
+    baseline_record,
+)
 from fedmammo.methods.periodic_sampling.params import PeriodicSamplingParams
 from fedmammo.methods.periodic_sampling.report import (
     comparison_table,
@@ -61,9 +67,7 @@ def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> Cen
             min_centres=minimum,
         )
     weighting = arm.weighting if arm.setting == "federated" else "equal"
-    return CentreFedAvg(
-        nodes, message_type="train.periodic", weighting=weighting, min_centres=minimum
-    )
+    return CentreFedAvg(nodes, message=TrainPeriodic, weighting=weighting, min_centres=minimum)
 
 
 def _dp_centres(orc: Orchestrator, centres: list[str]) -> bool:
@@ -97,7 +101,8 @@ def _train_arm(
         strategy.planned_rounds = p.rounds
     stream_seed = derive_seed(seed, "stream", arm.method)
     for rnd in range(start + 1, p.rounds + 1):
-        cfg = orc.base_config(
+        cfg = orc.message(
+            TrainPeriodic,
             arm=arm.name,
             seed=seed,
             model=model,
@@ -106,12 +111,14 @@ def _train_arm(
             segments=list(arm.segments),
             sampler=arm.method,
             steps=p.batches_per_round,
-            **{"stream-seed": stream_seed, "stream-epoch": rnd - 1},
+            stream_seed=stream_seed,
+            stream_epoch=rnd - 1,
             **dp.config(),
         )
         replies = list(
             orc.grid.send_and_receive(
-                list(strategy.configure_train(rnd, arrays, cfg, orc.grid)), timeout=orc.timeout
+                list(strategy.configure_train(rnd, arrays, cfg.to_config(), orc.grid)),
+                timeout=orc.timeout,
             )
         )
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
@@ -128,8 +135,9 @@ def _train_arm(
             return None
         arrays = new_arrays
         if metrics is not None:
+            loss = metrics[TrainMetrics.key("train_loss")]  # averaged over the replies
             orc.recorder.add(
-                [{"metric": "train_loss", "value": float(metrics["train-loss"])}],
+                [{"metric": "train_loss", "value": float(loss)}],
                 arm=arm.name,
                 seed=seed,
                 centre="all",
@@ -137,16 +145,17 @@ def _train_arm(
                 round=rnd,
             )
         orc.evaluate_everywhere(
+            EvaluatePeriodic,
             arm=arm.name,
             seed=seed,
             arrays=arrays,
-            model=model,
-            message_type="evaluate.periodic",
             centres=_validation_sites(orc, arm),
             split="val",
-            n_boot=0,
             rnd=rnd,
-            extra={"segments": list(arm.segments), "batchnorm": p.batchnorm},
+            model=model,
+            n_boot=0,
+            segments=list(arm.segments),
+            batchnorm=p.batchnorm,
         )
         orc.checkpoint(arm.name, seed, rnd, arrays)
         orc.recorder.complete_round(arm.name, seed, rnd)
@@ -178,27 +187,27 @@ def _test_arm(
             base = p.baseline_of(s)
             if base is not None and f"baseline-{base}" in finals and arm.setting != "baseline":
                 groups.setdefault(f"baseline-{base}", []).append(s)
-        cfg = orc.base_config(
+        m = orc.message(
+            EvaluatePeriodic,
             arm=arm.name,
             seed=derive_seed(seed, centre, "test"),
             split="test",
             model=p.model.model_dump(),
             batchnorm=p.batchnorm,
-            **{"n-boot": p.bootstrap},
+            n_boot=p.bootstrap,
+            baselines=[{"name": b, "segments": s} for b, s in groups.items()],
         )
-        put_json(cfg, "baselines", [{"name": b, "segments": s} for b, s in groups.items()])
-        content = RecordDict({"arrays": finals[arm.name], "config": cfg})
-        for j, base in enumerate(groups):
-            content[f"baseline-{j}"] = finals[base]
-        contents[centre] = content
+        records = {ARRAYS: finals[arm.name]}
+        records |= {baseline_record(j): finals[base] for j, base in enumerate(groups)}
+        contents[centre] = m.content(records)
     if not contents:
         orc.recorder.note("no test centre with test images: nothing to tabulate")
         return
-    replies, failures = orc.send("evaluate.periodic", contents)
+    replies, failures = orc.send(EvaluatePeriodic.KIND, contents)
     orc.record_failures(failures, arm=arm.name, seed=seed, rnd=None, phase="evaluate-test")
     for centre, content in replies.items():
         orc.recorder.add(
-            decode_metric_records(content["metrics"]),
+            EvaluatePeriodic.REPLY.from_metrics(content[METRICS]).records,
             arm=arm.name,
             seed=seed,
             centre=centre,
@@ -240,20 +249,21 @@ def _plots(
         for split in ("val", "test"):  # one message per centre and split
             contents: dict[str, RecordDict] = {}
             for c, _, models, segments in (j for j in jobs if j[1] == split):
-                cfg = orc.base_config(
+                query = orc.message(
+                    PeriodicPlots,
                     arms=[m.label for m in models],
                     model=p.model.model_dump(),
                     split=split,
                     stem=f"{split}_{exp}_{setting}_{c}_seed{seed}",
                     title=f"{exp} ({setting}), {split} split at {c}",
-                    **{"plot-dir": "" if orc.spec.deployment else str(plot_dir)},
-                    **({"segments": segments} if segments else {}),
+                    plot_dir="" if orc.spec.deployment else str(plot_dir),
+                    segments=segments or None,
                 )
-                contents[c] = RecordDict({"config": cfg})
-                for k, m in enumerate(models):
-                    contents[c][f"arrays-{k}"] = finals[m.name]
+                contents[c] = query.content(
+                    {model_record(k): finals[m.name] for k, m in enumerate(models)}
+                )
             if contents:
-                _, failures = orc.send("query.periodic_plots", contents)
+                _, failures = orc.send(PeriodicPlots.KIND, contents)
                 orc.record_failures(
                     failures, arm=f"{exp}-{setting}", seed=seed, rnd=None, phase=f"plots-{split}"
                 )
@@ -326,10 +336,10 @@ def run(orc: Orchestrator) -> None:
                 arm=arm.name,
                 seed=seed,
                 arrays=final,
-                model=p.model.model_dump(),
                 centres=arm.centres,
+                model=p.model.model_dump(),
                 batchnorm=p.batchnorm,
-                extra={"segments": arm.segments},
+                segments=arm.segments,
             )
             orc.recorder.complete_arm(arm.name, seed)
         if p.plots and n == 0:

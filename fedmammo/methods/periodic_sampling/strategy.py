@@ -13,16 +13,16 @@ on exactly that quota with alternating labels, one optimiser step per batch
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedmammo.errors import ConfigError
-from fedmammo.federation.codec import put_json
-from fedmammo.federation.orchestrator import derive_seed
+from fedmammo.federation.messages import ARRAYS
 from fedmammo.federation.rounds import CentreFedAvg
-from fedmammo.methods.periodic_sampling.privacy import PLANNED_QUOTA_KEY
+from fedmammo.methods.periodic_sampling.messages import TrainPeriodic
 from fedmammo.methods.periodic_sampling.quota import (
     aggregation_weights,
     global_pattern,
@@ -43,7 +43,7 @@ class PeriodicFedAvg(CentreFedAvg):
 
     Under DP set ``planned_rounds``: every message then also carries the centre's quotas of
     this and every later planned round (``dp-planned-quota``), from which it plans its noise
-    once for the run; ``node_config`` adds per-centre keys (a DP ledger on resume).
+    once for the run; ``node_config`` adds per-centre fields (a DP ledger on resume).
     """
 
     def __init__(
@@ -56,9 +56,9 @@ class PeriodicFedAvg(CentreFedAvg):
         scheme: str = "quota",
         num_images: dict[str, int] | None = None,
         min_centres: int = 1,
-        message_type: str = "train.periodic",
+        message: type[TrainPeriodic] = TrainPeriodic,
     ):
-        super().__init__(nodes, message_type=message_type, weighting={}, min_centres=min_centres)
+        super().__init__(nodes, message=message, weighting={}, min_centres=min_centres)
         unknown = sorted(set(counts) - set(nodes))
         if unknown:
             raise ConfigError(
@@ -92,20 +92,18 @@ class PeriodicFedAvg(CentreFedAvg):
                 self.batches_per_round,
                 self.batch_size,
             )
+        base = self.message.from_config(config)
         msgs = []
         for centre in sorted(self.quotas):
-            cfg = ConfigRecord(dict(config))
-            cfg["server-round"] = server_round
-            cfg["seed"] = derive_seed(config.get("seed", 0), centre, server_round)
-            put_json(cfg, "quota", self.quotas[centre])
-            put_json(cfg, "offsets", self.offsets[centre])
-            if self.planned_rounds is not None:
-                put_json(cfg, PLANNED_QUOTA_KEY, planned.get(centre, {}))
-            for key, value in self.node_config.get(centre, {}).items():
-                cfg[key] = value
+            m = dataclasses.replace(
+                self.centre_message(base, centre, server_round),
+                quota=self.quotas[centre],
+                offsets=self.offsets[centre],
+                planned_quota=planned.get(centre, {}) if self.planned_rounds is not None else None,
+            )
             msgs.append(
                 Message(
-                    RecordDict({"arrays": arrays, "config": cfg}),
+                    m.content({ARRAYS: arrays}),
                     dst_node_id=self.centre_nodes[centre],
                     message_type=self.message_type,
                 )

@@ -28,21 +28,26 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Context, Message
 
 from fedmammo.data.patches import LESION_SUBSETS, PatchSet, build_patch_set
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.evaluation.frechet import frechet_distance
 from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
-from fedmammo.federation.codec import (
-    get_json,
-    state_to_arrays,
-)
+from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.messages import AUDIT, METRICS, PRIVACY, encode_attacks
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.privacy.ledger import finish_dp, open_dp_session
 from fedmammo.methods.share_gans.audit import audit_generator
+from fedmammo.methods.share_gans.messages import (
+    DESCRIPTION,
+    GeneratorInfo,
+    GeneratorMetrics,
+    TrainGenerator,
+    snapshot_record,
+)
 from fedmammo.methods.share_gans.report import plot_sample_grid
 from fedmammo.models.gans import load_generator, sample_patches
 from fedmammo.training.gan import train_dcgan, train_wgan_gp
@@ -77,13 +82,13 @@ def deployed(context: Context) -> bool:
     return "centre" in context.node_config or bool(context.run_config.get("scenario"))
 
 
-def plot_dir(context: Context, ident: CentreIdentity, cfg: Mapping) -> Path | None:
+def plot_dir(context: Context, ident: CentreIdentity, server_dir: str) -> Path | None:
     """Where this centre draws: its own ``<output-dir>/plots`` when deployed, else the
-    server's ``plot-dir`` (same machine in simulation); None: draw nothing."""
+    server's ``server_dir`` (same machine in simulation); None: draw nothing."""
     if "centre" in context.node_config:  # deployment: the server's run directory is elsewhere
         local = context.node_config.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
         return Path(str(local)) / "plots"
-    return Path(str(cfg["plot-dir"])) if cfg.get("plot-dir") else None
+    return Path(server_dir) if server_dir else None
 
 
 def lesion_patches(
@@ -119,11 +124,11 @@ def lesions(ps: PatchSet) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- sharing centre
-@handler("train.generator", dp=True, consent="generators")
+@handler(TrainGenerator.KIND, dp=True, consent="generators")
 def train_generator(msg: Message, context: Context) -> Message:
     """Train a generator on this centre's lesion patches; reply weights, description, quality."""
     start = time.perf_counter()
-    cfg = msg.content["config"]
+    m = TrainGenerator.of(msg)
     ident = identity_of(context)
     if ident.profile is None or not ident.profile.sharing.generators:
         raise ConfigError(
@@ -131,14 +136,14 @@ def train_generator(msg: Message, context: Context) -> Message:
             "sharing.generators: false (fix: set sharing.generators: true in its profile, or "
             "drop the arms that need its generator)"
         )
-    data = single_centre(centre_data(ident, cfg), "train.generator")
-    gan, subset, seed = str(cfg["gan"]), str(cfg["subset"]), int(cfg["seed"])
+    data = single_centre(centre_data(ident, m), m.KIND)
+    gan, subset, seed = m.gan, m.subset, m.seed
     if gan not in _TRAINERS or subset not in LESION_SUBSETS:
         raise ConfigError(
             f"train.generator: gan {gan!r} / subset {subset!r} unknown; valid: "
             f"{sorted(_TRAINERS)} / {sorted(LESION_SUBSETS)}"
         )
-    patch = get_json(cfg, "patch")
+    patch = m.patch
     ps = lesion_patches(
         data,
         "train",
@@ -155,13 +160,13 @@ def train_generator(msg: Message, context: Context) -> Message:
             "training split; a generator needs at least 2"
         )
     kinds = sorted(set(ps.kinds[ps.labels == 1].tolist()))
-    gan_params = get_json(cfg, "gan-params")
+    gan_params = m.gan_params
     # DP (privacy in the profile): only the discriminator is private; refused before training
     # when the generator's planned steps would exceed the ledger's budget.
     privacy = open_dp_session(
         context,
         ident,
-        cfg,
+        m,
         n_examples=len(real),
         steps_per_epoch=math.ceil(len(real) / int(gan_params.get("batch_size", 16))),
         epochs=int(gan_params["epochs"]),
@@ -180,7 +185,7 @@ def train_generator(msg: Message, context: Context) -> Message:
     epochs = [e for e, _ in result.snapshots] or [desc.epochs]
     fake = sample_patches(
         [(desc, states)],
-        int(cfg.get("frechet-samples", 500)),
+        m.frechet_samples,
         seed=derive_seed(seed, "frechet"),
         device=device(),
     )
@@ -190,9 +195,9 @@ def train_generator(msg: Message, context: Context) -> Message:
     if len(real) >= 8:
         mid = len(real) // 2
         floor = frechet_distance(real[half[:mid]], real[half[mid:]], feature_net=FEATURE_NET)
-    where = plot_dir(context, ident, cfg)
+    where = plot_dir(context, ident, m.plot_dir)
     if where is not None:
-        columns = int(cfg.get("grid-columns", 12))
+        columns = m.grid_columns
         plot_sample_grid(
             [(f"real {ident.name}", real[half]), (f"{gan} 1", fake[::2]), (f"{gan} 2", fake[1::2])],
             where / f"synthetic_samples_{ident.name}_{gan}_{subset}.png",
@@ -201,21 +206,19 @@ def train_generator(msg: Message, context: Context) -> Message:
             columns=columns,
         )
     records: dict = {
-        f"gen-e{e:05d}": state_to_arrays(s) for e, s in zip(epochs, states, strict=True)
+        snapshot_record(e): state_to_arrays(s) for e, s in zip(epochs, states, strict=True)
     }
-    records["description"] = ConfigRecord(
-        {
-            "kind": desc.kind,
-            "centre": ident.name,
-            "subset": subset,
-            "lesion-types": kinds,
-            "d-norm": desc.d_norm,
-            "feature-net": FEATURE_NET,
-        }
-    )
+    records[DESCRIPTION] = GeneratorInfo(
+        kind=desc.kind,
+        centre=ident.name,
+        subset=subset,
+        lesion_types=kinds,
+        d_norm=desc.d_norm,
+        feature_net=FEATURE_NET,
+    ).to_config()
     if privacy is not None:
-        records["privacy"] = finish_dp(context, privacy, cfg, result.critic_steps)
-    if bool(cfg.get("audit", False)):
+        records[PRIVACY] = finish_dp(context, privacy, m, result.critic_steps)
+    if m.audit:
         held_out = np.concatenate(
             [
                 lesions(
@@ -243,25 +246,21 @@ def train_generator(msg: Message, context: Context) -> Message:
             delta=budget.delta if budget else None,
             device=device(),
         )
-        records["audit"] = MetricRecord(
-            {f"{a}.{k}": float(v) for a, r in audits.items() for k, v in r.items()}
-        )
-    records["metrics"] = MetricRecord(
-        {
-            "patch-size": desc.patch_size,
-            "latent-dim": desc.latent_dim,
-            "width": desc.width,
-            "n-training-patches": desc.n_training_patches,
-            "epochs": desc.epochs,
-            "n-snapshots": len(states),
-            "generator-steps": result.generator_steps,
-            "critic-steps": result.critic_steps,
-            "frechet-distance": fd,
-            "frechet-real-floor": floor,
-            "frechet-samples": len(fake),
-            "compute-seconds": time.perf_counter() - start,
-        }
-    )
+        records[AUDIT] = encode_attacks(audits)
+    records[METRICS] = GeneratorMetrics(
+        patch_size=desc.patch_size,
+        latent_dim=desc.latent_dim,
+        width=desc.width,
+        n_training_patches=desc.n_training_patches,
+        epochs=desc.epochs,
+        n_snapshots=len(states),
+        generator_steps=result.generator_steps,
+        critic_steps=result.critic_steps,
+        frechet_distance=fd,
+        frechet_real_floor=floor,
+        frechet_samples=len(fake),
+        compute_seconds=time.perf_counter() - start,
+    ).to_metrics()
     return reply(msg, context, records, model=load_generator(desc, states[-1]))
 
 

@@ -29,13 +29,10 @@ from fedmammo.data.prepare import CentreData
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.evaluation.metrics import bootstrap_auc, classification_metrics
 from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
-from fedmammo.federation.codec import (
-    arrays_to_state,
-    encode_metric_records,
-    get_json,
-)
+from fedmammo.federation.codec import arrays_to_state
 from fedmammo.federation.egress import EgressError
 from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.messages import METRICS
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import load_runspec, scenario_of
 from fedmammo.methods.share_gans.client import (
@@ -45,6 +42,7 @@ from fedmammo.methods.share_gans.client import (
     plot_dir,
     single_centre,
 )
+from fedmammo.methods.share_gans.messages import PatchClassifierMetrics, TrainPatchClassifier
 from fedmammo.methods.share_gans.report import plot_sample_grid
 from fedmammo.models import build_model
 from fedmammo.models.gans import GeneratorDescription, sample_patches
@@ -73,9 +71,11 @@ def _eval_set(data: CentreData, split: str, subset: str, patch: Mapping, seed: i
     return _EVAL_SETS[key]
 
 
-def _received_generators(msg: Message) -> list[tuple[GeneratorDescription, list[dict]]]:
+def _received_generators(
+    msg: Message, m: TrainPatchClassifier
+) -> list[tuple[GeneratorDescription, list[dict]]]:
     out = []
-    for entry in get_json(msg.content["config"], "generators", []):
+    for entry in m.generators:
         desc = GeneratorDescription.from_dict(entry["description"])
         states = [arrays_to_state(msg.content[name]) for name in entry["records"]]
         out.append((desc, states))
@@ -87,7 +87,13 @@ def _names(generators: list[tuple[GeneratorDescription, list[dict]]]) -> str:
 
 
 def _real_lesion_patches(
-    context: Context, cfg: Mapping, centre: str, subset: str, patch: Mapping, n: int, seed: int
+    context: Context,
+    m: TrainPatchClassifier,
+    centre: str,
+    subset: str,
+    patch: Mapping,
+    n: int,
+    seed: int,
 ) -> np.ndarray:
     """Another centre's real lesion patches, read from the shared data directory (simulation)."""
     if deployed(context):
@@ -108,7 +114,7 @@ def _real_lesion_patches(
     other = CentreIdentity(
         name=centre, role=scenario.entry(centre).role, profile=profile, data_root=scenario.data_dir
     )
-    data = single_centre(centre_data(other, cfg), "real-patch arm")
+    data = single_centre(centre_data(other, m), "real-patch arm")
     ps = lesion_patches(
         data, "train", subset, patch, seed=seed, augment=bool(patch["augment"]), healthy_per_image=0
     )
@@ -117,15 +123,15 @@ def _real_lesion_patches(
     return found[np.sort(keep)]
 
 
-def _own_patches(data: CentreData, cfg: Mapping, subset: str, patch: Mapping, seed: int):
+def _own_patches(data: CentreData, m: TrainPatchClassifier, subset: str, patch: Mapping, seed: int):
     """The receiver's lesion patches and a shuffled pool of its healthy ones (its fraction)."""
     frame = choose_patients(
         patch_frame(data, "train"),
-        float(cfg["fraction"]),
+        m.fraction,
         subset=subset,
         seed=derive_seed(seed, "fraction"),
     )
-    needed = count_lesions(frame, subset) + int(cfg["n-synthetic"])
+    needed = count_lesions(frame, subset) + m.n_synthetic
     per_image = max(1, math.ceil(1.25 * needed / max(int(sum(frame["lesions"] == "[]")), 1)))
     pool = lesion_patches(
         data,
@@ -144,6 +150,7 @@ def _own_patches(data: CentreData, cfg: Mapping, subset: str, patch: Mapping, se
 
 def _added_lesions(
     msg: Message,
+    m: TrainPatchClassifier,
     context: Context,
     ident: CentreIdentity,
     own: np.ndarray,
@@ -152,29 +159,28 @@ def _added_lesions(
     seed: int,
 ) -> np.ndarray:
     """The arm's added lesion patches: real (simulation only), synthetic or harmonised."""
-    cfg = msg.content["config"]
-    n, real_from = int(cfg["n-synthetic"]), str(cfg.get("real-from", ""))
+    n, real_from = m.n_synthetic, m.real_from
     if real_from:
         return _real_lesion_patches(
-            context, cfg, real_from, subset, patch, n, derive_seed(seed, "real", real_from)
+            context, m, real_from, subset, patch, n, derive_seed(seed, "real", real_from)
         )
-    generators = _received_generators(msg)
+    generators = _received_generators(msg, m)
     if not generators:
         return np.zeros((0, *own.shape[1:]), np.float32)
     synthetic = sample_patches(generators, n, seed=derive_seed(seed, "sample"), device=device())
-    if not bool(cfg.get("harmonise", False)):
+    if not m.harmonise:
         return synthetic
     # CycleGAN-UDA paper: a CycleGAN between own lesion patches and the synthetic ones, then B -> A
     result = train_cyclegan(
         own,
         synthetic,
-        **get_json(cfg, "cyclegan"),
+        **m.cyclegan,
         seed=derive_seed(seed, "cyclegan"),
         device=device(),
     )
     added = translate(result.generator("ba", device=device()), synthetic)
-    where = plot_dir(context, ident, cfg)
-    if bool(cfg.get("draw", False)) and where is not None:
+    where = plot_dir(context, ident, m.plot_dir)
+    if m.draw and where is not None:
         plot_sample_grid(
             [
                 ("synthetic", synthetic),
@@ -184,7 +190,7 @@ def _added_lesions(
             where / f"harmonised_samples_{ident.name}_{_names(generators)}_{subset}.png",
             title=f"Harmonised synthetic patches at centre {ident.name} "
             "(CycleGAN, CycleGAN-UDA paper); drawn inside the centre",
-            columns=int(cfg.get("grid-columns", 12)),
+            columns=m.grid_columns,
         )
     return added
 
@@ -197,22 +203,22 @@ def _model(spec: Mapping, patch_size: int, seed: int) -> torch.nn.Module:
     return build_model(spec["name"], **options)
 
 
-@handler("train.patch_classifier", consent="metrics")
+@handler(TrainPatchClassifier.KIND, consent="metrics")
 def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
     """Train and test the receiver's patch classifier for one arm; reply test metrics only."""
     start = time.perf_counter()
-    cfg = msg.content["config"]
+    m = TrainPatchClassifier.of(msg)
     ident = identity_of(context)
-    data = single_centre(centre_data(ident, cfg), "train.patch_classifier")
-    subset, seed = str(cfg["subset"]), int(cfg["seed"])
-    patch, clf = get_json(cfg, "patch"), get_json(cfg, "classifier")
-    own, healthy = _own_patches(data, cfg, subset, patch, seed)
-    added = _added_lesions(msg, context, ident, own, subset, patch, seed)
+    data = single_centre(centre_data(ident, m), m.KIND)
+    subset, seed = m.subset, m.seed
+    patch, clf = m.patch, m.classifier
+    own, healthy = _own_patches(data, m, subset, patch, seed)
+    added = _added_lesions(msg, m, context, ident, own, subset, patch, seed)
     n_lesion = len(own) + len(added)  # class balance: as many of the receiver's healthy
     x = np.concatenate([own, added, healthy[:n_lesion]])
     y = np.r_[np.ones(n_lesion, np.int64), np.zeros(min(n_lesion, len(healthy)), np.int64)]
-    val = _eval_set(data, "val", subset, patch, derive_seed(cfg["data-seed"], "val"))
-    test = _eval_set(data, "test", subset, patch, derive_seed(cfg["data-seed"], "test"))
+    val = _eval_set(data, "val", subset, patch, derive_seed(m.data_seed, "val"))
+    test = _eval_set(data, "test", subset, patch, derive_seed(m.data_seed, "test"))
     if len(test) == 0:
         raise DataError(f"centre {ident.name!r}: no {subset} test patches")
     model = _model(clf["model"], int(patch["size"]), derive_seed(seed, "init"))
@@ -234,21 +240,19 @@ def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
         for k in ("accuracy", "f1", "auc", "auprc", "n", "n_pos")
     ]
     _, low, high = bootstrap_auc(
-        test.labels, scores, n_boot=int(cfg.get("n-boot", 0)), seed=derive_seed(seed, "boot")
+        test.labels, scores, n_boot=m.n_boot, seed=derive_seed(seed, "boot")
     )
     records[2].update(ci_low=low, ci_high=high)  # NaN without a bootstrap
-    metrics = encode_metric_records(records)
-    metrics.update(
-        {
-            "best-epoch": result.best_epoch,
-            "val-auprc": result.best_val_auprc,
-            "epochs-run": result.epochs_run,
-            "n-own-lesion": len(own),
-            "n-added-lesion": len(added),
-            "n-healthy": int((y == 0).sum()),
-            "healthy-shortfall": max(0, n_lesion - len(healthy)),
-            "real-pixels-moved": int(bool(cfg.get("real-from", ""))),
-            "compute-seconds": time.perf_counter() - start,
-        }
+    metrics = PatchClassifierMetrics(
+        records=records,
+        best_epoch=result.best_epoch,
+        val_auprc=result.best_val_auprc,
+        epochs_run=result.epochs_run,
+        n_own_lesion=len(own),
+        n_added_lesion=len(added),
+        n_healthy=int((y == 0).sum()),
+        healthy_shortfall=max(0, n_lesion - len(healthy)),
+        real_pixels_moved=int(bool(m.real_from)),
+        compute_seconds=time.perf_counter() - start,
     )
-    return reply(msg, context, {"metrics": metrics})
+    return reply(msg, context, {METRICS: metrics.to_metrics()})

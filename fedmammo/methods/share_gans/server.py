@@ -29,8 +29,9 @@ from pathlib import Path
 from flwr.app import ArrayRecord, RecordDict
 
 from fedmammo.errors import ConfigError
-from fedmammo.federation.codec import decode_metric_records, put_json
+from fedmammo.federation.messages import METRICS, PRIVACY
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.privacy.codec import decode_privacy
 from fedmammo.federation.privacy.server import (
     generator_privacy_config,
     record_generator_privacy,
@@ -42,6 +43,15 @@ from fedmammo.methods.share_gans.generators import (
     generator_name,
     load_shared_generator,
     save_shared_generator,
+)
+from fedmammo.methods.share_gans.messages import (
+    DESCRIPTION,
+    GeneratorInfo,
+    GeneratorMetrics,
+    TrainGenerator,
+    TrainPatchClassifier,
+    generator_record,
+    snapshot_epoch,
 )
 from fedmammo.methods.share_gans.params import ArmSpec, ShareGansParams
 from fedmammo.methods.share_gans.report import (
@@ -57,14 +67,15 @@ from fedmammo.models.gans import GeneratorDescription
 __all__ = ["TABLES_FILE", "run"]
 
 TABLES_FILE = "share_gans_tables.md"
-_QUALITY = (
-    "frechet-distance",
-    "frechet-real-floor",
-    "frechet-samples",
-    "generator-steps",
-    "critic-steps",
-    "compute-seconds",
+_QUALITY = (  # GeneratorMetrics kept in the description's extra
+    "frechet_distance",
+    "frechet_real_floor",
+    "frechet_samples",
+    "generator_steps",
+    "critic_steps",
+    "compute_seconds",
 )
+_PRIVACY = ("accountant", "epsilon", "delta", "noise_multiplier", "max_grad_norm")
 
 
 def _check_plan(orc: Orchestrator, p: ShareGansParams) -> list[ArmSpec]:
@@ -104,32 +115,30 @@ def _check_plan(orc: Orchestrator, p: ShareGansParams) -> list[ArmSpec]:
 
 
 def _from_reply(name: str, subset: str, content: RecordDict, params: dict) -> SharedGenerator:
-    info, metrics = content["description"], content["metrics"]
+    info = GeneratorInfo.from_config(content[DESCRIPTION])
+    metrics = GeneratorMetrics.from_metrics(content[METRICS])
     snaps = sorted(k for k, v in content.items() if isinstance(v, ArrayRecord))
     desc = GeneratorDescription(
-        kind=str(info["kind"]),
-        patch_size=int(metrics["patch-size"]),
-        latent_dim=int(metrics["latent-dim"]),
-        width=int(metrics["width"]),
-        d_norm=str(info["d-norm"]),
-        lesion_types=[str(k) for k in info["lesion-types"]],
-        n_training_patches=int(metrics["n-training-patches"]),
-        epochs=int(metrics["epochs"]),
-        snapshot_epochs=[int(k.removeprefix("gen-e")) for k in snaps],
-        centre=str(info["centre"]),
+        kind=info.kind,
+        patch_size=metrics.patch_size,
+        latent_dim=metrics.latent_dim,
+        width=metrics.width,
+        d_norm=info.d_norm,
+        lesion_types=info.lesion_types,
+        n_training_patches=metrics.n_training_patches,
+        epochs=metrics.epochs,
+        snapshot_epochs=[snapshot_epoch(k) for k in snaps],
+        centre=info.centre,
         extra={
             "subset": subset,
             "training": params,
-            "feature_net": str(info["feature-net"]),
-            **{k.replace("-", "_"): float(metrics[k]) for k in _QUALITY if k in metrics},
+            "feature_net": info.feature_net,
+            **{k: float(getattr(metrics, k)) for k in _QUALITY},
         },
     )
-    if "privacy" in content:  # a DP discriminator: the generator carries its guarantee
-        dp = content["privacy"]
-        desc.extra["privacy"] = {
-            k.replace("-", "_"): dp[k]
-            for k in ("accountant", "epsilon", "delta", "noise-multiplier", "max-grad-norm")
-        }
+    if PRIVACY in content:  # a DP discriminator: the generator carries its guarantee
+        dp = decode_privacy(content[PRIVACY])
+        desc.extra["privacy"] = {k: dp[k] for k in _PRIVACY}
     return SharedGenerator(name, desc, [(k, content[k]) for k in snaps])
 
 
@@ -192,26 +201,25 @@ def _train_generators(
         for centre, todo in jobs.items():
             if wave < len(todo):
                 name, gan, subset = todo[wave]
-                cfg = orc.base_config(
+                m = orc.message(
+                    TrainGenerator,
                     gan=gan,
                     subset=subset,
                     seed=derive_seed(seed, name, "gan"),
                     patch=p.patches.model_dump(),
-                    **{"gan-params": p.gans[gan].kwargs(gan)},
-                    **{
-                        "frechet-samples": p.frechet_samples,
-                        "grid-columns": p.grid_columns,
-                        "plot-dir": plot_dir,
-                    },
+                    gan_params=p.gans[gan].kwargs(gan),
+                    frechet_samples=p.frechet_samples,
+                    grid_columns=p.grid_columns,
+                    plot_dir=plot_dir,
                     **generator_privacy_config(orc, name, seed),
                 )
-                contents[centre], names[centre] = RecordDict({"config": cfg}), todo[wave]
+                contents[centre], names[centre] = m.content(), todo[wave]
         orc.console.print(f"  training generators {sorted(n for n, _, _ in names.values())}")
-        replies, failures = orc.send("train.generator", contents)
+        replies, failures = orc.send(TrainGenerator.KIND, contents)
         for centre, reason in failures.items():
             name = names[centre][0]
             orc.record_failures(
-                {centre: reason}, arm=name, seed=seed, rnd=None, phase="train.generator"
+                {centre: reason}, arm=name, seed=seed, rnd=None, phase=TrainGenerator.KIND
             )
             record_generator_refusal(orc, centre=centre, name=name, seed=seed, reason=reason)
         for centre, content in replies.items():
@@ -240,7 +248,8 @@ def _classifier_config(
     gens: list[SharedGenerator],
     draw: bool,
 ):
-    cfg = orc.base_config(
+    m = orc.message(
+        TrainPatchClassifier,
         arm=record_arm(spec.name, subset, fraction),
         seed=derive_seed(seed, subset, fraction),
         subset=subset,
@@ -250,30 +259,22 @@ def _classifier_config(
         cyclegan=p.cyclegan.model_dump(),
         harmonise=spec.harmonised,
         draw=draw,
-        **{
-            "n-synthetic": p.n_synthetic,
-            "real-from": spec.real or "",
-            "grid-columns": p.grid_columns,
-            "plot-dir": "" if orc.spec.deployment else str(orc.run_dir / "plots"),
-            "n-boot": p.bootstrap,
-        },
-    )
-    put_json(
-        cfg,
-        "generators",
-        [
+        n_synthetic=p.n_synthetic,
+        real_from=spec.real or "",
+        grid_columns=p.grid_columns,
+        plot_dir="" if orc.spec.deployment else str(orc.run_dir / "plots"),
+        n_boot=p.bootstrap,
+        generators=[
             {
                 "description": g.description.to_dict(),
-                "records": [f"g{i}-{r}" for r, _ in g.snapshots],
+                "records": [generator_record(i, r) for r, _ in g.snapshots],
             }
             for i, g in enumerate(gens)
         ],
     )
-    content = RecordDict({"config": cfg})
-    for i, g in enumerate(gens):
-        for record, arrays in g.snapshots:
-            content[f"g{i}-{record}"] = arrays
-    return content
+    return m.content(
+        {generator_record(i, r): arrays for i, g in enumerate(gens) for r, arrays in g.snapshots}
+    )
 
 
 def _run_arm(
@@ -305,39 +306,38 @@ def _run_arm(
         gens=[gens[n] for n in names],
         draw=draw,
     )
-    replies, failures = orc.send("train.patch_classifier", {spec.receiver: content})
-    orc.record_failures(failures, arm=rec, seed=seed, rnd=None, phase="train.patch_classifier")
+    kind = TrainPatchClassifier.KIND
+    replies, failures = orc.send(kind, {spec.receiver: content})
+    orc.record_failures(failures, arm=rec, seed=seed, rnd=None, phase=kind)
     if spec.receiver not in replies:
         return
-    metrics = replies[spec.receiver]["metrics"]
-    orc.recorder.add(
-        decode_metric_records(metrics), arm=rec, seed=seed, centre=spec.receiver, split="test"
-    )
+    metrics = TrainPatchClassifier.REPLY.from_metrics(replies[spec.receiver][METRICS])
+    orc.recorder.add(metrics.records, arm=rec, seed=seed, centre=spec.receiver, split="test")
     extra = {
-        "auprc": "val-auprc",
-        "best_epoch": "best-epoch",
-        "n_added_lesion": "n-added-lesion",
-        "n_own_lesion": "n-own-lesion",
-        "healthy_shortfall": "healthy-shortfall",
-        "real_pixels_moved": "real-pixels-moved",
+        "auprc": metrics.val_auprc,
+        "best_epoch": metrics.best_epoch,
+        "n_added_lesion": metrics.n_added_lesion,
+        "n_own_lesion": metrics.n_own_lesion,
+        "healthy_shortfall": metrics.healthy_shortfall,
+        "real_pixels_moved": metrics.real_pixels_moved,
     }
     orc.recorder.add(
-        [{"metric": k, "value": float(metrics[v])} for k, v in extra.items()],
+        [{"metric": k, "value": float(v)} for k, v in extra.items()],
         arm=rec,
         seed=seed,
         centre=spec.receiver,
         split="val",
     )
-    if int(metrics["healthy-shortfall"]):
+    if metrics.healthy_shortfall:
         orc.recorder.note(
-            f"arm {rec} seed {seed}: {int(metrics['healthy-shortfall'])} healthy "
+            f"arm {rec} seed {seed}: {metrics.healthy_shortfall} healthy "
             "patches short of class balance (too few healthy images)"
         )
     orc.recorder.complete_arm(rec, seed)
-    auc = next((r["value"] for r in decode_metric_records(metrics) if r["metric"] == "auc"), None)
+    auc = next((r["value"] for r in metrics.records if r["metric"] == "auc"), None)
     orc.console.print(
         f"  {rec} seed {seed}: AUROC {'n/a' if auc is None else f'{auc:.3f}'} "
-        f"(epoch {int(metrics['best-epoch'])}, +{int(metrics['n-added-lesion'])})",
+        f"(epoch {metrics.best_epoch}, +{metrics.n_added_lesion})",
         highlight=False,
     )
 

@@ -19,6 +19,7 @@ from helpers.dp_reference import independent_epsilon
 
 from fedmammo.federation.codec import put_json, state_to_arrays
 from fedmammo.federation.egress import check_outgoing, egress_mod
+from fedmammo.federation.messages import MessageError
 from fedmammo.federation.privacy import audits as audit_handlers
 from fedmammo.federation.privacy.codec import decode_privacy, pack_history, unpack_history
 from fedmammo.federation.privacy.ledger import (
@@ -83,7 +84,8 @@ def send(fn, kind: str, context: Context, *, train=TRAIN, seed: int = 0, arrays=
         }
     )
     put_json(cfg, "model", MODEL)
-    put_json(cfg, "train", train)
+    if kind.startswith("train."):  # an audit message carries no training recipe
+        put_json(cfg, "train", train)
     for key, value in config.items():
         if isinstance(value, dict):
             put_json(cfg, key, value)
@@ -209,15 +211,23 @@ def test_non_dp_centre_replies_without_a_privacy_record(centre):
     assert "privacy" not in content and content["metrics"]["steps"] > 0
 
 
-@pytest.mark.parametrize("config", [{}, {"quota": '{"T-Ma": 4}'}], ids=["periodic", "quota"])
-def test_fixed_periodic_batches_under_dp_are_refused(centre, config):
+def test_fixed_periodic_batches_under_dp_are_refused(centre):
     # Prepare
     _, data_dir = centre
     use_privacy(data_dir, target_epsilon=6.0)
-    train = {**TRAIN, "sampler": "periodic" if not config else "balanced_labels"}
+    train = {**TRAIN, "sampler": "periodic"}
     # Execute / Assert: never a Poisson epsilon for fixed batches.
     with pytest.raises(DPUnsupportedError, match="fixed periodic batches"):
-        dp_round(new_context(data_dir), seed=0, train=train, **config)
+        dp_round(new_context(data_dir), seed=0, train=train)
+
+
+def test_quota_rounds_are_not_a_train_classifier_message(centre):
+    # Prepare: quota rounds (fixed batches) are train.periodic's; its message kind has no quota
+    _, data_dir = centre
+    use_privacy(data_dir, target_epsilon=6.0)
+    # Execute / Assert: refused before any step, naming the kind and the key
+    with pytest.raises(MessageError, match=r"'train.classifier': unknown key\(s\) \['quota'\]"):
+        dp_round(new_context(data_dir), seed=0, quota='{"T-Ma": 4}')
 
 
 def test_guard_mod_refuses_train_handlers_without_a_dp_path(centre):

@@ -29,6 +29,7 @@ from fedmammo.federation.privacy.phases import PARENT_LEDGER_KEY
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.mtl_finetune import audit as mtl_audit_handler
 from fedmammo.methods.mtl_finetune import client as handlers
+from fedmammo.methods.mtl_finetune.messages import EvaluateMtlAudit
 from fedmammo.methods.mtl_finetune.server import run as run_mtl_finetune
 from fedmammo.models import build_model
 
@@ -73,7 +74,8 @@ def send(fn, kind: str, context: Context, *, arrays=None, train=TRAIN, **config)
     net = build_model(MODEL["name"], **MODEL["options"])
     cfg = ConfigRecord({"image-size": list(SIZE), "data-seed": 0, "arm": "mtl", "seed": 0})
     put_json(cfg, "model", MODEL)
-    put_json(cfg, "train", train)
+    if kind.startswith("train."):  # an audit message carries no training recipe
+        put_json(cfg, "train", train)
     for key, value in config.items():
         cfg[key] = value
     weights = arrays if arrays is not None else state_to_arrays(net.state_dict())
@@ -159,10 +161,11 @@ def test_drop_all_arm_counts_only_the_images_it_trained_on(centre):
     # Prepare: the config of a drop_all_50 arm (as train.mtl receives it).
     data, data_dir = centre
     use_privacy(data_dir)
-    drop = {"drop-fraction": 0.5, "drop-all": True, "drop-seed": 11}
-    targets, _, kept = handlers.training_targets(data, data.rows("train", label=None), drop, "mia")
+    drop = dict(drop_fraction=0.5, drop_all=True, drop_seed=11)
+    arm = EvaluateMtlAudit(image_size=SIZE, arm="mtl", seed=0, model=MODEL, **drop)
+    targets, _, kept = handlers.training_targets(data, data.rows("train", label=None), arm, "mia")
     # Execute
-    m = audit(new_context(data_dir), **drop)
+    m = audit(new_context(data_dir), **{arm.key(k): v for k, v in drop.items()})
     # Assert: members are the images the arm kept, with a malignancy label it kept
     assert m["n-members"] == int((targets["malignancy"] != MISSING).sum())
     assert len(kept) < len(data.rows("train", label=None))

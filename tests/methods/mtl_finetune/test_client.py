@@ -74,7 +74,8 @@ def _model(spec=MODEL, seed=0):
 def _send(fn, message_type, data_dir, model=None, spec=MODEL, context=None, **config):
     cfg = ConfigRecord({"image-size": list(SIZE), "data-seed": 0, "arm": "mtl", "seed": 3})
     put_json(cfg, "model", spec)
-    put_json(cfg, "train", TRAIN)
+    if message_type.startswith("train."):  # an evaluation carries no training recipe
+        put_json(cfg, "train", TRAIN)
     for key, value in config.items():
         cfg[key] = value
     content = RecordDict({"config": cfg})

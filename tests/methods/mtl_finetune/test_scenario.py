@@ -112,9 +112,9 @@ def test_arm_plan_models_and_configs():
     assert single["tasks"] == {"malignancy": 2} and not single["fusion"] and not single["decoder"]
     assert acr["tasks"] == {"malignancy": 2, "acr": 6} and acr["fusion"]
     assert tuned["phase"] == "finetune" and tuned["u1"] == 0.0
-    assert tuned["train"]["lr"] == 0.0001 and tuned["class-weight-high"] == 20.0
-    assert drops[0]["drop-fraction"] == 0.5 and drops[0]["drop-all"] is True
-    assert drops[0]["drop-seed"] == drops[1]["drop-seed"] != drops[2]["drop-seed"]
+    assert tuned["train"]["lr"] == 0.0001 and tuned["class_weight_high"] == 20.0
+    assert drops[0]["drop_fraction"] == 0.5 and drops[0]["drop_all"] is True
+    assert drops[0]["drop_seed"] == drops[1]["drop_seed"] != drops[2]["drop_seed"]
     no_acr = MtlFinetuneParams(model={"tasks": {"malignancy": 2}})
     with pytest.raises(ConfigError, match="mtl_acr.*switches off"):
         arm_model(no_acr, parse_arm("mtl_acr"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -18,12 +19,19 @@ from fedmammo.evaluation.metrics import bootstrap_auc, delta_auc
 from fedmammo.federation.codec import decode_metric_records, put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
 from fedmammo.methods.periodic_sampling import client as handlers
+from fedmammo.methods.periodic_sampling.messages import (
+    EvaluatePeriodic,
+    PeriodicPlots,
+    TrainPeriodic,
+)
 from fedmammo.models import build_model
 from fedmammo.training.classifier import predict_scores
 
 SIZE = (48, 32)
 MODEL = {"name": "mammo_cnn", "options": {"width": 4, "depth": 2, "norm": "group"}}
 TRAIN = {"batch_size": 4, "lr": 0.01, "augment": False}
+KINDS = {k.KIND: k for k in (TrainPeriodic, EvaluatePeriodic, PeriodicPlots)}
+COMMON = {"arm": "a", "seed": 3, "model": MODEL, "train": TRAIN}
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +62,11 @@ def _model(seed=0):
     return build_model(MODEL["name"], **MODEL["options"])
 
 
-def _send(fn, message_type, data_dir, records, **config):
-    cfg = ConfigRecord({"image-size": list(SIZE), "data-seed": 0, "arm": "a", "seed": 3})
-    put_json(cfg, "model", MODEL)
-    put_json(cfg, "train", TRAIN)
-    for key, value in config.items():
-        if isinstance(value, dict) or (
-            isinstance(value, list) and value and isinstance(value[0], dict)
-        ):
-            put_json(cfg, key, value)
-        else:
-            cfg[key] = value
-    content = RecordDict({"config": cfg, **records})
+def _send(fn, message_type, data_dir, records, **fields):
+    kind = KINDS[message_type]
+    names = {f.name for f in dataclasses.fields(kind)}
+    common = {k: v for k, v in COMMON.items() if k in names}  # what this kind carries
+    content = kind(image_size=SIZE, data_seed=0, **common, **fields).content(records)
     node = {"centre": "tiny", "data-dir": str(data_dir), "role": "train"}
     context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
     out = egress_mod(make_incoming(content, message_type), context, fn)  # the real path
@@ -86,7 +87,7 @@ def test_train_on_a_quota_takes_exactly_the_quota_in_batches(centre):
         {"arrays": state_to_arrays(model.state_dict())},
         quota=quota,
         offsets={"T-Ma": 5, "T-Mb": 1},
-        **{"stream-seed": 11},
+        stream_seed=11,
     )
     # Assert: 9 samples in batches of 4 -> 3 optimiser steps; weights changed and returned
     metrics = out["metrics"]
@@ -130,7 +131,8 @@ def test_train_with_a_sampler_filters_segments_and_takes_the_steps(centre):
         segments=["T-Ma"],
         sampler="balanced_labels",
         steps=3,
-        **{"stream-seed": 2, "stream-epoch": 4},
+        stream_seed=2,
+        stream_epoch=4,
     )
     # Assert
     metrics = out["metrics"]
@@ -182,7 +184,7 @@ def test_evaluate_compares_with_the_baseline_inside_the_centre(centre):
         },
         split="test",
         baselines=[{"name": "b", "segments": ["T-Ma", "T-Mb"]}],
-        **{"n-boot": 200},
+        n_boot=200,
     )
     # Assert: no arrays leave; delta, CI and p equal metrics.delta_auc on the same scores
     assert set(out.keys()) == {"metrics"}
@@ -247,7 +249,7 @@ def test_plots_are_drawn_inside_the_centre_and_only_counts_leave(centre, tmp_pat
         split="test",
         arms=["Bal. labels", "P. sampling"],
         stem="test_e1_pooled_tiny",
-        **{"plot-dir": "/nowhere"},
+        plot_dir="/nowhere",
     )
     # Assert
     assert set(out.keys()) == {"info"} and out["info"]["plotted"] == 2

@@ -27,6 +27,7 @@ from fedmammo.evaluation.privacy_report import PrivacyLog, recompute_epsilon
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import get_json, put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
+from fedmammo.federation.messages import EvaluateAudit
 from fedmammo.federation.privacy.codec import decode_privacy, encode_privacy
 from fedmammo.federation.privacy.ledger import (
     LEDGER_KEY,
@@ -350,15 +351,6 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
     recorder = RunRecorder(tmp_path)
     evaluated: list[int] = []
 
-    def base_config(**extra):
-        cfg = ConfigRecord({"image-size": list(SIZE), "data-seed": 0})
-        for k, v in extra.items():
-            if isinstance(v, dict):
-                put_json(cfg, k, v)
-            else:
-                cfg[k] = v
-        return cfg
-
     orc = SimpleNamespace(
         grid=grid,
         timeout=None,
@@ -368,12 +360,12 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
         scenario=SimpleNamespace(resolved_profiles=profiles, privacy=None),
         spec=SimpleNamespace(resume=False),
         console=SimpleNamespace(print=lambda *a, **k: None),
-        base_config=base_config,
+        message=lambda kind, **fields: kind(image_size=SIZE, data_seed=0, **fields),
         record_failures=lambda failures, arm, seed, rnd, phase: [
             recorder.failure(arm=arm, seed=seed, centre=c, reason=r, round=rnd, phase=phase)
             for c, r in failures.items()
         ],
-        evaluate_everywhere=lambda **kw: evaluated.append(kw["rnd"]),
+        evaluate_everywhere=lambda kind, **kw: evaluated.append(kw["rnd"]),
         checkpoint=lambda *a: None,
     )
     params = SimpleNamespace(
@@ -431,10 +423,17 @@ def test_audit_of_a_periodic_arm_counts_only_the_segments_it_trained_on(centres)
     data, data_dir = centres["ca"]
     model = build_model(MODEL["name"], **MODEL["options"])
 
-    def audit(**config):
-        cfg = _config(0, batchnorm="average", **config)
-        content = RecordDict({"config": cfg, "arrays": state_to_arrays(model.state_dict())})
-        msg = make_incoming(content, "evaluate.audit")
+    def audit(segments=None):
+        m = EvaluateAudit(
+            image_size=SIZE,
+            data_seed=0,
+            arm="exp",
+            seed=0,
+            model=MODEL,
+            batchnorm="average",
+            segments=segments,
+        )
+        msg = make_incoming(m.content({"arrays": state_to_arrays(model.state_dict())}), m.KIND)
         out = egress_mod(msg, node_context("ca", data_dir), audit_handlers.audit)
         assert not out.has_error(), out.error.reason
         return out.content["metrics"]

@@ -7,11 +7,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import get_json
+from fedmammo.methods.periodic_sampling.messages import TrainPeriodic
 from fedmammo.methods.periodic_sampling.quota import (
     global_pattern,
     round_offsets,
@@ -60,7 +61,17 @@ def _reply(node: int, value: float, num_examples: int) -> Message:
 
 
 def _configure(strategy: PeriodicFedAvg, rnd: int) -> dict[str, Message]:
-    msgs = strategy.configure_train(rnd, _arrays(0.0), ConfigRecord({"seed": 5, "arm": "x"}), None)
+    base = TrainPeriodic(
+        image_size=(8, 8),
+        arm="x",
+        seed=5,
+        model={},
+        train={},
+        sampler="periodic",
+        steps=2,
+        stream_seed=1,
+    )
+    msgs = strategy.configure_train(rnd, _arrays(0.0), base.to_config(), None)
     by_node = {v: k for k, v in NODES.items()}
     return {by_node[m.metadata.dst_node_id]: m for m in msgs}
 

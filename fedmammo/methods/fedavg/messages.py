@@ -1,0 +1,33 @@
+"""FedAvg's messages: ``train.classifier`` and ``evaluate.classifier``."""
+
+from __future__ import annotations
+
+from fedmammo.federation.messages import (
+    EvaluationMetrics,
+    ModelConfig,
+    TrainConfig,
+    TrainMetrics,
+    message,
+    wire,
+)
+
+__all__ = ["EvaluateClassifier", "TrainClassifier"]
+
+
+@message("train.classifier", reply=TrainMetrics)
+class TrainClassifier(TrainConfig):
+    """Train the received classifier on the centre's training split with ``train``
+    (:class:`~fedmammo.config.recipe.LocalTrainingParams`); ``batchnorm: local`` keeps the
+    centre's own BatchNorm state for the arm (FedBN)."""
+
+    train: dict = wire("train", as_json=True)
+    batchnorm: str = wire("batchnorm", "local")
+
+
+@message("evaluate.classifier", reply=EvaluationMetrics)
+class EvaluateClassifier(ModelConfig):
+    """Metrics of the received classifier on one split, with ``n_boot`` bootstrap samples."""
+
+    split: str = wire("split")
+    n_boot: int = wire("n-boot", 0)
+    batchnorm: str = wire("batchnorm", "local")
