@@ -47,6 +47,7 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     log = (run_dir / "run.log").read_text()
     assert "alembic" not in log and "font_manager" not in log
     assert "fedmammo.data" in log
+    assert "federated seed 0 round 2:" in log and "compute tiny_a" in log  # one line a round
     assert (run_dir / "report.html").is_file()
 
     # Prepare: pretend the run was killed after round 1 (progress and checkpoint rolled back).

@@ -4,6 +4,7 @@ weightings, and the resumable round loop (checkpoints, DP ledgers, failures, val
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable
 
@@ -20,6 +21,8 @@ from fedmammo.federation.privacy.server import ArmPrivacy
 from fedmammo.models import build_model
 
 __all__ = ["CentreFedAvg", "initial_arrays", "record_round_timing", "train_rounds"]
+
+log = logging.getLogger(__name__)
 
 WEIGHT_KEY = "agg-weight"  # server side only: the weight aggregate_train gives each reply
 
@@ -106,13 +109,17 @@ class CentreFedAvg(FedAvg):
 def record_round_timing(
     orc: Orchestrator, replies: list[Message], wall: float, *, arm: str, seed: int, rnd: int
 ) -> None:
-    """Wall time of a training round next to the centres' own compute (measured in handlers)."""
-    sent = [
-        TrainMetrics.from_metrics(m.content[METRICS], strict=False)
-        for m in replies
-        if not m.has_error()
-    ]
-    compute = [float(m.compute_seconds) for m in sent if m.compute_seconds is not None]
+    """Wall time of a training round next to the centres' own compute (measured in handlers),
+    recorded and logged as one line per round (per-centre compute and the messaging rest)."""
+    names = {n: c for c, n in orc.nodes.items()}
+    per_centre = {}
+    for m in replies:
+        if m.has_error():
+            continue
+        sent = TrainMetrics.from_metrics(m.content[METRICS], strict=False)
+        if sent.compute_seconds is not None:
+            per_centre[names.get(m.metadata.src_node_id, "?")] = float(sent.compute_seconds)
+    compute = list(per_centre.values())
     records = [{"metric": "round_wall_seconds", "value": wall}]
     if compute:
         records += [
@@ -120,6 +127,17 @@ def record_round_timing(
             {"metric": "centre_compute_seconds_sum", "value": sum(compute)},
         ]
     orc.recorder.add(records, arm=arm, seed=seed, centre="all", split="timing", round=rnd)
+    centres = ", ".join(f"{c} {s:.1f} s" for c, s in sorted(per_centre.items()))
+    rest = wall - max(compute, default=0.0)
+    log.info(
+        "%s seed %s round %s: %.1f s wall; compute %s; messages and aggregation %.1f s",
+        arm,
+        seed,
+        rnd,
+        wall,
+        centres or "n/a",
+        rest,
+    )
 
 
 def initial_arrays(model_spec: dict, seed: int) -> ArrayRecord:
