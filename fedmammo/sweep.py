@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,8 @@ __all__ = [
     "sweep_points",
     "write_resolved",
 ]
+
+log = logging.getLogger(__name__)
 
 console = Console()
 
@@ -169,7 +172,18 @@ def run_sweep(
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     table.to_csv(root / "sweep.csv", index=False)
     _privacy_utility_plot(root, scenario, table)
+    _comparison_page(root)
     return root
+
+
+def _comparison_page(root: Path) -> None:
+    """SWEEP/report.html: one column per point (the points keep their own report.html)."""
+    from fedmammo.evaluation.html_report import write_comparison
+
+    try:
+        write_comparison([root], root / "report.html")
+    except Exception:  # noqa: BLE001 - a page must never cost the sweep its results
+        log.exception("the sweep's comparison page could not be written in %s", root)
 
 
 def _privacy_utility_plot(root: Path, scenario: Scenario, table: pd.DataFrame) -> None:

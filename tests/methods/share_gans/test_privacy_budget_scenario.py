@@ -101,3 +101,10 @@ def test_sweep_table_and_plot_hold_utility_and_attack_per_budget(sweep_dir):
     assert auc["ci_low"].notna().all() and (auc["ci_low"] <= auc["value"]).all()
     assert len(attack) == 2 * 2 and attack["value"].between(0, 1).all()
     assert (sweep_dir / "privacy_utility.png").stat().st_size > 1000
+
+
+def test_the_sweep_leaves_a_comparison_page_with_one_column_per_point(sweep_dir):
+    page = (sweep_dir / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    for value in ("1.0", "none (no DP)"):  # a column per point, named by its value
+        assert value in page
