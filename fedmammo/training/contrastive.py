@@ -36,6 +36,7 @@ from fedmammo.data.pairs import breast_keys, contrastive_masks, view_pairs
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.models.contrastive import DEFAULT_TAU, nt_xent_loss
 from fedmammo.training.contrastive_styles import sample_style_variants
+from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = [
     "PRETRAIN_SCHEMES",
@@ -47,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-StateDict = dict[str, torch.Tensor]
 
 #: Pre-training schemes (the paper's v2 variants; ``simclr`` is the plain baseline).
 PRETRAIN_SCHEMES: tuple[str, ...] = ("simclr", "mscl", "mvcl", "msvcl")
@@ -243,7 +243,7 @@ def pretrain_contrastive(
                 sums[part] += float(losses[part].detach()) / steps_per_epoch
         result.history.append({"epoch": float(epoch), **sums})
     result.loss = result.history[-1]["loss"] if result.history else math.nan
-    result.state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    result.state = cpu_state(encoder)
     result.seconds = time.perf_counter() - start
     logger.info("contrastive %s: %d steps, loss %.4f", scheme, result.steps, result.loss)
     return result

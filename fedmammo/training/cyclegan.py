@@ -23,12 +23,11 @@ from torch import nn
 
 from fedmammo.errors import DataError
 from fedmammo.models.cyclegan import CycleGanDescription, build_cyclegan, build_translator
+from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = ["CycleGanResult", "train_cyclegan", "translate"]
 
 logger = logging.getLogger(__name__)
-
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -63,10 +62,6 @@ def _as_tensor(patches: np.ndarray, name: str) -> torch.Tensor:
 
 def _lsgan(scores: torch.Tensor, target: float) -> torch.Tensor:
     return F.mse_loss(scores, torch.full_like(scores, target))
-
-
-def _cpu_state(module: nn.Module) -> StateDict:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def train_cyclegan(
@@ -142,8 +137,8 @@ def train_cyclegan(
             for key, value in zip(sums, (loss_d, adv, cycle, identity), strict=True):
                 sums[key] += float(value.detach()) / steps_per_epoch
         result.history.append({"epoch": float(epoch), **sums})
-    result.g_ab_state, result.g_ba_state = _cpu_state(g_ab), _cpu_state(g_ba)
-    result.d_a_state, result.d_b_state = _cpu_state(d_a), _cpu_state(d_b)
+    result.g_ab_state, result.g_ba_state = cpu_state(g_ab), cpu_state(g_ba)
+    result.d_a_state, result.d_b_state = cpu_state(d_a), cpu_state(d_b)
     logger.info("CycleGAN: %d epochs, %d steps", epochs, result.steps)
     return result
 

@@ -62,6 +62,7 @@ from fedmammo.models.gans import (
     sample_patches,
 )
 from fedmammo.training.runtime import Runtime, keep_freed_memory
+from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = [
     "GanResult",
@@ -80,8 +81,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -215,10 +214,6 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return batches
 
 
-def _cpu_state(module: nn.Module) -> StateDict:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
 def _dp() -> Any:
     """:mod:`fedmammo.privacy.dp_gan`, imported only for DP training (it loads Opacus)."""
     from fedmammo.privacy import dp_gan
@@ -344,7 +339,7 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
             }
         )
         if epoch in keep:
-            result.snapshots.append((epoch, _cpu_state(gen)))
+            result.snapshots.append((epoch, cpu_state(gen)))
     if privacy is not None:
         result.epsilon = privacy.after_training(result.critic_steps)
     hyper = ("lr", "betas", "batch_size", "seed", "warmup", "snapshot_every", "flip_p")
@@ -362,8 +357,8 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
         centre=o["centre"],
         extra={k: list(o[k]) if isinstance(o[k], tuple) else o[k] for k in hyper},
     )
-    result.generator_state = _cpu_state(gen)
-    result.discriminator_state = _cpu_state(steps.disc)
+    result.generator_state = cpu_state(gen)
+    result.discriminator_state = cpu_state(steps.disc)
     logger.info(
         "%s: %d epochs, %d critic / %d generator steps, %d snapshots",
         kind,

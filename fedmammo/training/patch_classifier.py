@@ -29,6 +29,7 @@ from fedmammo.data.manifest import decode_lesions, encode_lesions
 from fedmammo.data.patches import LESION_SUBSETS
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
+from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = [
     "PatchClassifierResult",
@@ -40,8 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -268,14 +267,14 @@ def train_patch_classifier(
         key = (auprc, -val_loss)
         if not math.isnan(auprc) and key > best:
             best_epoch, best, since_best = epoch, key, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = cpu_state(model)
         else:
             since_best += 1
         if patience is not None and best_epoch and since_best >= patience:
             break
     if not best_state:  # no usable validation AUPRC: keep the last epoch
         best_epoch = epoch
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best_state = cpu_state(model)
     model.load_state_dict(best_state)
     model.eval()
     seconds = time.perf_counter() - start

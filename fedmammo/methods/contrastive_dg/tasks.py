@@ -55,6 +55,7 @@ from fedmammo.training.downstream import (
     train_matching,
 )
 from fedmammo.training.patch_classifier import choose_patients
+from fedmammo.training.state import cpu_state
 
 __all__ = [
     "STYLED_SCHEMES",
@@ -141,7 +142,7 @@ def _pretrain_supervised(
             total += float(loss.detach()) / steps
         result.history.append({"epoch": float(epoch), "loss": total})
     result.loss = result.history[-1]["loss"]
-    result.state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    result.state = cpu_state(encoder)
     result.seconds = time.perf_counter() - start
     return result
 

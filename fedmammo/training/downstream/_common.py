@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from fedmammo.errors import ConfigError, DataError
-
-StateDict = dict[str, torch.Tensor]
+from fedmammo.training.state import StateDict, cpu_state
 
 
 @dataclass
@@ -32,7 +31,7 @@ class DownstreamResult:
     @property
     def state(self) -> StateDict:
         """The model's weights (CPU copies)."""
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return cpu_state(self.model)
 
 
 def backbone_of(encoder: nn.Module) -> tuple[nn.Module, int]:
