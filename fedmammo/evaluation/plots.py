@@ -22,7 +22,6 @@ __all__ = [
     "learning_curve_series",
     "plot_learning_curves",
     "plot_prediction_histograms",
-    "plot_roc",
     "plot_roc_panels",
     "prediction_histogram_data",
     "roc_curve_data",
@@ -99,20 +98,6 @@ def plot_roc_panels(
     if title:
         fig.suptitle(title)
     return _save(fig, path, dpi)
-
-
-def plot_roc(
-    curves: Mapping[str, tuple[Any, Any]],
-    path: str | Path,
-    *,
-    operating_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    title: str = "ROC curves",
-    dpi: int = 100,
-) -> Path:
-    """Plot global and per-segment ROC curves ``{label: (y, score)}`` with operating points."""
-    return plot_roc_panels(
-        {title: curves}, path, operating_thresholds=operating_thresholds, dpi=dpi
-    )
 
 
 def _scope(value: Any) -> str:

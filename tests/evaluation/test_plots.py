@@ -16,7 +16,6 @@ from fedmammo.evaluation.plots import (
     learning_curve_series,
     plot_learning_curves,
     plot_prediction_histograms,
-    plot_roc,
     plot_roc_panels,
     prediction_histogram_data,
     roc_curve_data,
@@ -61,7 +60,7 @@ def test_plot_roc_writes_a_png_with_global_and_segment_curves(tmp_path):
     curves["benign-only"] = (np.zeros(5, int), np.full(5, 0.3))  # skipped, no crash
 
     # Execute
-    path = plot_roc(curves, tmp_path / "plots" / "roc.png", title="P. sampling")
+    path = plot_roc_panels({"P. sampling": curves}, tmp_path / "plots" / "roc.png")
 
     # Assert
     assert path == tmp_path / "plots" / "roc.png"
