@@ -16,6 +16,7 @@ from fedmammo.evaluation.metrics import (
 
 __all__ = [
     "COMPARISON_COLUMNS",
+    "comparison_row",
     "comparison_rows",
     "format_auc",
     "format_p_value",
@@ -41,6 +42,33 @@ def format_p_value(p: float) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def comparison_row(
+    method: str,
+    auc: Sequence[float],
+    baseline: Sequence[float],
+    delta: Sequence[float],
+    p_value: float,
+) -> dict[str, Any]:
+    """One Tables 2-4 row from (value, low, high) triples: raw numbers and formatted columns."""
+    return {
+        "auc": auc[0],
+        "auc_low": auc[1],
+        "auc_high": auc[2],
+        "baseline_auc": baseline[0],
+        "baseline_low": baseline[1],
+        "baseline_high": baseline[2],
+        "delta": delta[0],
+        "delta_low": delta[1],
+        "delta_high": delta[2],
+        "p_value": p_value,
+        "AUC baseline": format_auc(*baseline),
+        "Method": method,
+        "AUC": format_auc(*auc),
+        "ΔAUC": format_auc(*delta),
+        "p-value": format_p_value(p_value),
+    }
 
 
 def comparison_rows(
@@ -70,22 +98,8 @@ def comparison_rows(
         rows.append(
             {
                 "method": method,
-                "auc": auc[0],
-                "auc_low": auc[1],
-                "auc_high": auc[2],
-                "baseline_auc": base[0],
-                "baseline_low": base[1],
-                "baseline_high": base[2],
-                "delta": delta[0],
-                "delta_low": delta[1],
-                "delta_high": delta[2],
-                "p_value": delta[3],
                 "significance": significance,
-                "AUC baseline": format_auc(*base),
-                "Method": method,
-                "AUC": format_auc(*auc),
-                "ΔAUC": format_auc(*delta[:3]),
-                "p-value": format_p_value(delta[3]),
+                **comparison_row(method, auc, base, delta[:3], delta[3]),
             }
         )
     return rows

@@ -30,7 +30,7 @@ from fedmammo.evaluation.plots import (
     prediction_histogram_data,
 )
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.evaluation.tables import format_auc, format_p_value, markdown_table
+from fedmammo.evaluation.tables import comparison_row, markdown_table
 
 __all__ = [
     "section",
@@ -176,22 +176,8 @@ def comparison_table(
                 {
                     "arm": arm,
                     "centre": str(sel["centre"].iloc[0]),
-                    "auc": auc[0],
-                    "auc_low": auc[1],
-                    "auc_high": auc[2],
-                    "baseline_auc": base[0],
-                    "baseline_low": base[1],
-                    "baseline_high": base[2],
-                    "delta": delta[0],
-                    "delta_low": delta[1],
-                    "delta_high": delta[2],
-                    "p_value": p,
-                    "AUC baseline": format_auc(*base),
                     "Setting": arms[arm]["setting"],
-                    "Method": arms[arm]["label"],
-                    "AUC": format_auc(*auc),
-                    "ΔAUC": format_auc(*delta),
-                    "p-value": format_p_value(p),
+                    **comparison_row(arms[arm]["label"], auc, base, delta, p),
                 }
             )
         if rows:
