@@ -22,13 +22,14 @@ from pathlib import Path
 
 from flwr.app import Context, Message
 
-from fedmammo.data.prepare import CentreData, PooledData
+from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
 from fedmammo.federation.centre_models import model_from
 from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, identity_of
 from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import check_injected_fault, handler, reply
 from fedmammo.federation.messages import ARRAYS, INFO, METRICS, EvaluationMetrics, TrainMetrics
+from fedmammo.federation.site import output_dir, plot_dir, single_centre
 from fedmammo.methods.contrastive_dg.messages import (
     DownstreamMetrics,
     EmbeddingInfo,
@@ -85,27 +86,14 @@ __all__ = [
 STORE = "contrastive_dg"
 
 
-def _deployed_dir(context: Context, ident: CentreIdentity, sub: str) -> Path | None:
-    if "centre" not in context.node_config:
-        return None
-    local = context.node_config.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
-    return Path(str(local)) / sub
-
-
 def _store(context: Context, ident: CentreIdentity, server_dir: str) -> StyleStore | None:
     """This centre's style store: its own output dir when deployed, else the server's path."""
-    root = _deployed_dir(context, ident, STORE) or (Path(server_dir) if server_dir else None)
+    root = output_dir(context, ident, STORE, server_dir)
     return None if root is None else StyleStore(root, ident.name)
 
 
 def _plots(context: Context, ident: CentreIdentity, server_dir: str) -> Path | None:
-    return _deployed_dir(context, ident, "plots") or (Path(server_dir) if server_dir else None)
-
-
-def _one_centre(data: CentreData | PooledData, what: str) -> CentreData:
-    if not isinstance(data, CentreData):
-        raise DataError(f"{what} runs at one centre, not on pooled data")
-    return data
+    return plot_dir(context, ident, server_dir)
 
 
 def _description(info: TileGeneratorInfo) -> GeneratorDescription:
@@ -125,7 +113,7 @@ def train_tile_generator_handler(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     m = TrainTileGenerator.of(msg)
     ident = identity_of(context)
-    data = _one_centre(centre_data(ident, m), m.KIND)
+    data = single_centre(centre_data(ident, m), m.KIND)
     tiles = TileGanParams(**m.tiles)
     _, images = train_rows(data)
     result, n_tiles = train_tile_generator(images, tiles, seed=m.seed, centre=ident.name)
@@ -248,7 +236,7 @@ def evaluate_encoder(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     m = EvaluateEncoder.of(msg)
     encoder = model_from(m, msg.content[ARRAYS], context, keep_local_bn=False)
-    data = _one_centre(centre_data(identity_of(context), m), m.KIND)
+    data = single_centre(centre_data(identity_of(context), m), m.KIND)
     frame, images = train_rows(data, m.split)
     p = PretrainParams(**m.pretrain)
     records = validation_records(encoder, images, frame, scheme=m.scheme, p=p, seed=m.seed)
@@ -265,7 +253,7 @@ def train_downstream(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     m = TrainDownstream.of(msg)
     encoder = model_from(m, msg.content[ARRAYS], context, keep_local_bn=False)
-    data = _one_centre(centre_data(identity_of(context), m), m.KIND)
+    data = single_centre(centre_data(identity_of(context), m), m.KIND)
     ft = FinetuneParams(**m.finetune)
     inputs = task_inputs(data, m.task, "train", ft, fraction=m.fraction, seed=m.seed)
     result = finetune_task(m.task, encoder, inputs, ft, image_size=tuple(m.image_size), seed=m.seed)
@@ -285,7 +273,7 @@ def evaluate_downstream(msg: Message, context: Context) -> Message:
     """The received task models (one per fine-tuning centre) on this centre's test split."""
     start = time.perf_counter()
     m = EvaluateDownstream.of(msg)
-    data = _one_centre(centre_data(identity_of(context), m), m.KIND)
+    data = single_centre(centre_data(identity_of(context), m), m.KIND)
     ft = FinetuneParams(**m.finetune)
     skeleton = build_model(m.model["name"], **m.model.get("options", {}))
     nets = []
@@ -308,7 +296,7 @@ def query_embeddings(msg: Message, context: Context) -> Message:
     """Draw the t-SNE map of this centre's test images in every seen style, per arm."""
     m = QueryEmbeddings.of(msg)
     ident = identity_of(context)
-    data = _one_centre(centre_data(ident, m), m.KIND)
+    data = single_centre(centre_data(ident, m), m.KIND)
     encoders = {}
     for (arm, spec), arrays in zip(m.models.items(), models_of(m, msg.content), strict=True):
         net = build_model(spec["name"], **spec.get("options", {}))

@@ -30,10 +30,10 @@ from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import ARRAYS, METRICS
 from fedmammo.federation.privacy.audits import attack_metrics, need_both
+from fedmammo.federation.site import single_centre
 from fedmammo.methods.mtl_finetune.client import (
     EVAL_BATCH,
     mtl_loader,
-    single_centre,
     training_targets,
 )
 from fedmammo.methods.mtl_finetune.messages import EvaluateMtlAudit

@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,6 +76,7 @@ from fedmammo.federation.messages import (
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.privacy.ledger import finish_dp, open_dp_session, privacy_budget
 from fedmammo.federation.privacy.phases import fork_parent_ledger, plan_later_phases
+from fedmammo.federation.site import plot_dir, single_centre
 from fedmammo.methods.mtl_finetune.messages import (
     FINETUNE,
     EvaluateMtl,
@@ -106,19 +106,11 @@ __all__ = [
     "evaluate",
     "latent",
     "mtl_loader",
-    "single_centre",
     "train",
     "training_targets",
 ]
 
 EVAL_BATCH = 64
-
-
-def single_centre(data: object, what: str) -> CentreData:
-    """``data`` as one centre's data; the multi-task handlers refuse the pooled what-if."""
-    if not isinstance(data, CentreData):
-        raise DataError(f"{what}: the multi-task method runs at single centres, not on pooled data")
-    return data
 
 
 def training_targets(
@@ -327,16 +319,6 @@ def _latent_codes(model: nn.Module, loader: DataLoader) -> np.ndarray:
     return np.concatenate([model(x.to(device()))["z"].float().cpu().numpy() for x, _, _ in loader])
 
 
-def _plot_dir(context: Context, ident: CentreIdentity, m: QueryLatent) -> Path:
-    node = context.node_config
-    if "centre" in node:  # deployment: the server's run directory is not on this machine
-        local = node.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
-        return Path(str(local)) / "plots"
-    if m.plot_dir is None:
-        raise DataError(f"{m.KIND}: the server sent no {m.key('plot_dir')!r}")
-    return Path(m.plot_dir)
-
-
 @handler(QueryLatent.KIND, consent="metrics")
 def latent(msg: Message, context: Context) -> Message:
     """Draw the latent map of the received models on one split; reply with counts only.
@@ -359,7 +341,10 @@ def latent(msg: Message, context: Context) -> Message:
         like = model.state_dict()
         model.load_state_dict(arrays_to_state(msg.content[model_record(k)], like=like))
         codes[arm] = _latent_codes(model, loader)
-    path = _plot_dir(context, ident, m) / f"latent_{ident.name}_seed{m.seed}.png"
+    path = (
+        plot_dir(context, ident, m.plot_dir, needed_by=m.KIND)
+        / f"latent_{ident.name}_seed{m.seed}.png"
+    )
     plot_latent(
         codes,
         targets,

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,7 +71,6 @@ from fedmammo.evaluation.metrics import metrics_by_segment
 from fedmammo.evaluation.tables import comparison_rows
 from fedmammo.federation.centre_models import model_from, save_local_bn
 from fedmammo.federation.centre_runtime import (
-    CentreIdentity,
     Rows,
     centre_data,
     device,
@@ -91,6 +89,7 @@ from fedmammo.federation.messages import (
     model_record,
 )
 from fedmammo.federation.privacy.ledger import finish_dp, privacy_budget
+from fedmammo.federation.site import plot_dir
 from fedmammo.methods.periodic_sampling.messages import (
     EvaluatePeriodic,
     PeriodicPlots,
@@ -278,16 +277,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     return reply(msg, context, {METRICS: metrics.to_metrics()})
 
 
-def _plot_dir(context: Context, ident: CentreIdentity, m: PeriodicPlots) -> Path:
-    node = context.node_config
-    if "centre" in node:  # deployment: the server's run directory is not on this machine
-        local = node.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
-        return Path(str(local)) / "plots"
-    if not m.plot_dir:
-        raise DataError(f"{m.KIND}: the server sent no {m.key('plot_dir')!r}")
-    return Path(m.plot_dir)
-
-
 @handler(PeriodicPlots.KIND, consent="metrics")
 def plots(msg: Message, context: Context) -> Message:
     """Draw ROC curves and prediction histograms of ``arrays-<k>`` here; reply with counts."""
@@ -305,7 +294,12 @@ def plots(msg: Message, context: Context) -> Message:
         for k, arm in enumerate(m.arms)
     }
     out = draw_centre_plots(
-        y, scores, data.segments(rows), _plot_dir(context, ident, m), m.stem, title=m.title
+        y,
+        scores,
+        data.segments(rows),
+        plot_dir(context, ident, m.plot_dir, needed_by=m.KIND),
+        m.stem,
+        title=m.title,
     )
     info = PlotInfo(n_images=_size(rows), plotted=len(out))
     return reply(msg, context, {INFO: info.to_metrics()})

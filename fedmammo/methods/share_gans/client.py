@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, Message
@@ -34,12 +33,13 @@ from fedmammo.data.patches import LESION_SUBSETS, PatchSet, build_patch_set
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.evaluation.frechet import frechet_distance
-from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
+from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import AUDIT, METRICS, PRIVACY, encode_attacks
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.privacy.ledger import finish_dp, open_dp_session
+from fedmammo.federation.site import plot_dir, single_centre
 from fedmammo.methods.share_gans.audit import audit_generator
 from fedmammo.methods.share_gans.messages import (
     DESCRIPTION,
@@ -58,37 +58,13 @@ from fedmammo.training.patch_classifier import (
 __all__ = [
     "HANDLERS",
     "FEATURE_NET",
-    "deployed",
     "lesion_patches",
     "lesions",
-    "plot_dir",
-    "single_centre",
     "train_generator",
 ]
 
 FEATURE_NET = "random_cnn_v1"
 _TRAINERS = {"dcgan": train_dcgan, "wgan_gp": train_wgan_gp}
-
-
-def single_centre(data: object, what: str) -> CentreData:
-    """``data`` as one centre's data; generator sharing refuses the pooled what-if."""
-    if not isinstance(data, CentreData):
-        raise DataError(f"{what}: runs at one centre, not on pooled data")
-    return data
-
-
-def deployed(context: Context) -> bool:
-    """True at a real site (node config ``centre``, or ``flwr run`` with a scenario)."""
-    return "centre" in context.node_config or bool(context.run_config.get("scenario"))
-
-
-def plot_dir(context: Context, ident: CentreIdentity, server_dir: str) -> Path | None:
-    """Where this centre draws: its own ``<output-dir>/plots`` when deployed, else the
-    server's ``server_dir`` (same machine in simulation); None: draw nothing."""
-    if "centre" in context.node_config:  # deployment: the server's run directory is elsewhere
-        local = context.node_config.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
-        return Path(str(local)) / "plots"
-    return Path(server_dir) if server_dir else None
 
 
 def lesion_patches(

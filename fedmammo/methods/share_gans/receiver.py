@@ -35,13 +35,8 @@ from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import METRICS
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import load_runspec, scenario_of
-from fedmammo.methods.share_gans.client import (
-    deployed,
-    lesion_patches,
-    lesions,
-    plot_dir,
-    single_centre,
-)
+from fedmammo.federation.site import deployed, plot_dir, single_centre
+from fedmammo.methods.share_gans.client import lesion_patches, lesions
 from fedmammo.methods.share_gans.messages import PatchClassifierMetrics, TrainPatchClassifier
 from fedmammo.methods.share_gans.report import plot_sample_grid
 from fedmammo.models import build_model

@@ -1,0 +1,55 @@
+"""Where a centre runs and writes: a real site or a simulated node, its plot folder, its data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+
+from fedmammo.data.prepare import CentreData
+from fedmammo.errors import DataError
+from fedmammo.federation.centre_runtime import CentreIdentity
+
+__all__ = ["deployed", "output_dir", "plot_dir", "single_centre"]
+
+
+def deployed(context: Context) -> bool:
+    """True at a real site (node config ``centre``, or ``flwr run`` with a scenario)."""
+    return "centre" in context.node_config or bool(context.run_config.get("scenario"))
+
+
+def output_dir(
+    context: Context,
+    ident: CentreIdentity,
+    sub: str,
+    server_dir: str | None,
+    *,
+    needed_by: str = "",
+) -> Path | None:
+    """Where this centre writes ``sub`` (plots, a method's store): its own
+    ``<output-dir>/<sub>`` at a real site (the server's run folder is on another machine), else
+    the server's ``server_dir`` (same machine in simulation). Without one: None, or a
+    DataError naming ``needed_by`` when it needs one."""
+    node = context.node_config
+    if "centre" in node:
+        local = node.get("output-dir") or Path(ident.data_dir or ".") / "outputs"
+        return Path(str(local)) / sub
+    if server_dir:
+        return Path(server_dir)
+    if needed_by:
+        raise DataError(f"{needed_by}: the server sent no {sub} folder")
+    return None
+
+
+def plot_dir(
+    context: Context, ident: CentreIdentity, server_dir: str | None, *, needed_by: str = ""
+) -> Path | None:
+    """Where this centre draws its figures (see :func:`output_dir`)."""
+    return output_dir(context, ident, "plots", server_dir, needed_by=needed_by)
+
+
+def single_centre(data: object, what: str) -> CentreData:
+    """``data`` as one centre's data: ``what`` refuses the pooled what-if node."""
+    if not isinstance(data, CentreData):
+        raise DataError(f"{what}: runs at single centres, not on pooled data")
+    return data
