@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedmammo.errors import ConfigError
 
 __all__ = [
+    "AveragingParams",
     "LocalTrainingParams",
     "ModelParams",
     "RecipeParams",
@@ -52,6 +53,20 @@ class LocalTrainingParams(RecipeParams):
     weight_decay: float = Field(default=0.0, ge=0)
     sampler: str = "balanced_labels"  # registry name in fedmammo.data.sampling
     augment: bool = True
+
+
+class AveragingParams(RecipeParams):
+    """Switches every averaging method shares (its rounds run through
+    ``fedmammo.federation.rounds``).
+
+    ``secure_aggregation``: every round with two or more centres runs SecAgg+
+    (``fedmammo.federation.secagg``): the server learns the weighted average only, never one
+    centre's update. Weights are then the centres' own example counts or equal; weights the
+    server chooses (periodic sampling's quotas) are refused. Single-centre arms (local,
+    pooled) have nothing to hide from themselves and run as before.
+    """
+
+    secure_aggregation: bool = False
 
 
 def register_params(kind: str, model: type[BaseModel]) -> None:

@@ -5,7 +5,10 @@ the centre's own ``sharing`` block against the consent the handler declares), a 
 profile asks for DP refuses training messages whose handler declares no DP path
 (:func:`fedmammo.federation.privacy.ledger.dp_guard_mod`), and every reply passes the egress
 guard (:func:`fedmammo.federation.egress.egress_mod`); an exception anywhere becomes a coded,
-scrubbed error reply (:func:`fedmammo.federation.egress.egress_error_mod`).
+scrubbed error reply (:func:`fedmammo.federation.egress.egress_error_mod`). Innermost,
+:func:`fedmammo.federation.secagg.secagg_mod` answers the SecAgg+ stages of a train message
+under secure aggregation (consent and the DP guard apply to every stage; the masked update is
+what the egress guard checks) and passes every other message through.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fedmammo.federation.handlers import Handler
 from fedmammo.federation.identify import identify
 from fedmammo.federation.privacy.audits import audit
 from fedmammo.federation.privacy.ledger import dp_guard_mod
+from fedmammo.federation.secagg import secagg_mod
 
 __all__ = ["CORE_HANDLERS", "build_client_app", "collect_handlers"]
 
@@ -43,8 +47,15 @@ def build_client_app(handlers: Iterable[Handler]) -> ClientApp:
     dp_capable = [t for t, h in table.items() if h.dp]
     consents = {t: h.consent for t, h in table.items()}
     # egress_error_mod outermost: every exception (refusals included) becomes a short,
-    # scrubbed error reply; egress_mod checks every reply's content before it leaves.
-    mods = [egress_error_mod, consent_mod(consents), dp_guard_mod(dp_capable), egress_mod]
+    # scrubbed error reply; egress_mod checks every reply's content before it leaves;
+    # secagg_mod inside it, so the masked update (not the plain one) is what leaves.
+    mods = [
+        egress_error_mod,
+        consent_mod(consents),
+        dp_guard_mod(dp_capable),
+        egress_mod,
+        secagg_mod,
+    ]
     app = ClientApp(mods=mods)
     for _, h in sorted(table.items()):
         getattr(app, h.category)(h.action)(h.fn)

@@ -9,18 +9,27 @@ import time
 from collections.abc import Iterable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.messages import ARRAYS, METRICS, ModelConfig, TrainConfig, TrainMetrics
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy
+from fedmammo.federation.secagg import SecAggParams, secure_sum
 from fedmammo.models import build_model
 
-__all__ = ["CentreFedAvg", "initial_arrays", "record_round_timing", "train_rounds"]
+__all__ = [
+    "CentreFedAvg",
+    "initial_arrays",
+    "max_weight",
+    "record_round_timing",
+    "secure_round",
+    "train_rounds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +89,16 @@ class CentreFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = self.weigh(replies)
+        if len(valid) < self.min_train_nodes:
+            return None, None
+        arrays = aggregate_arrayrecords(valid, WEIGHT_KEY)
+        metrics = self.train_metrics_aggr_fn(valid, WEIGHT_KEY)
+        return arrays, metrics
+
+    def weigh(self, replies: Iterable[Message]) -> list[RecordDict]:
+        """The successful replies' contents, each given its weight (``WEIGHT_KEY``);
+        ``failures`` set to the centres without one."""
         names = {n: c for c, n in self.centre_nodes.items()}
         replies = list(replies)
         self.failures = {c: "no reply" for c in self.centre_nodes}
@@ -99,11 +118,64 @@ class CentreFedAvg(FedAvg):
                 w = float(self.weighting.get(centre, 0.0))
             metrics[WEIGHT_KEY] = w
             valid.append(msg.content)
-        if len(valid) < self.min_train_nodes:
-            return None, None
-        arrays = aggregate_arrayrecords(valid, WEIGHT_KEY)
-        metrics = self.train_metrics_aggr_fn(valid, WEIGHT_KEY)
-        return arrays, metrics
+        return valid
+
+
+def max_weight(orc: Orchestrator, centres: list[str], train: dict | None = None) -> float:
+    """The most examples the ``centres`` can report for one round (SecAgg+'s ``max_weight``):
+    the training images they reported at identify, per epoch of ``train`` (local training
+    params), or its fixed steps x batch size when larger (balanced samplers oversample)."""
+    train = train or {}
+    epochs = int(train.get("epochs") or 1)
+    steps, batch = train.get("steps_per_epoch"), int(train.get("batch_size") or 1)
+    total = 0
+    for c in centres:
+        images = sum(v for k, v in orc.counts.get(c, {}).items() if k.startswith("n|train|"))
+        total += epochs * max(images, int(steps or 0) * batch)
+    return float(max(total, 1))
+
+
+def secure_round(
+    orc: Orchestrator,
+    strategy: CentreFedAvg,
+    messages: list[Message],
+    *,
+    seed: int,
+    rnd: int,
+    train: dict | None = None,
+) -> tuple[list[Message], ArrayRecord | None, MetricRecord | None]:
+    """One training round under SecAgg+ (:func:`fedmammo.federation.secagg.secure_sum`):
+    the replies as the server holds them (metrics and privacy reports, no arrays), the
+    weighted average (None when the round failed) and the averaged metrics.
+
+    The centres weight their own updates (``num_examples``: their own count, capped through
+    :func:`max_weight`; or ``equal``).
+    """
+    if strategy.weighting not in ("num_examples", "equal"):
+        raise ConfigError(
+            f"secure aggregation weights by the centres' own counts or equally, not "
+            f"{strategy.weighting!r} (weights the server chooses could single out a centre)"
+        )
+    params = SecAggParams(
+        max_weight=max_weight(orc, list(strategy.centre_nodes), train),
+        weighting="num-examples" if strategy.weighting == "num_examples" else "equal",
+        timeout=orc.timeout,
+        seed=derive_seed(seed, "secagg", rnd),
+    )
+    by_node = {m.metadata.dst_node_id: m for m in messages}
+    result = secure_sum(orc.grid, messages, params=params)
+    replies = [Message(content, reply_to=by_node[n]) for n, content in result.replies.items()]
+    replies += [
+        Message(error=Error(code=0, reason=reason), reply_to=by_node[n])
+        for n, reason in result.failures.items()
+        if n in by_node and n not in result.replies
+    ]
+    valid = strategy.weigh(replies)
+    if result.arrays is None or len(valid) < strategy.min_train_nodes:
+        if result.reason:
+            orc.recorder.note(f"secure aggregation, round {rnd}: {result.reason}")
+        return replies, None, None
+    return replies, result.arrays, strategy.train_metrics_aggr_fn(valid, WEIGHT_KEY)
 
 
 def record_round_timing(
@@ -187,19 +259,23 @@ def train_rounds(
         orc, arm=arm, seed=seed, centres=centres, first_round=first_round, last_round=last
     )  # DP: planned rounds, privacy.json, budget refusals
     strategy.node_config = dp.node_config(centres)
+    # secure aggregation (recipe switch) wherever there is a sum to hide: two or more centres
+    secure = bool(getattr(p, "secure_aggregation", False)) and len(centres) > 1
     for rnd in range(start + 1, last + 1):
         cfg = orc.message(message, arm=arm, seed=seed, model=model, **fields, **dp.config())
         t_round = time.perf_counter()
-        replies = list(
-            orc.grid.send_and_receive(
-                list(strategy.configure_train(rnd, arrays, cfg.to_config(), orc.grid)),
-                timeout=orc.timeout,
+        messages = list(strategy.configure_train(rnd, arrays, cfg.to_config(), orc.grid))
+        if secure:
+            replies, new_arrays, metrics = secure_round(
+                orc, strategy, messages, seed=seed, rnd=rnd, train=fields.get("train")
             )
-        )
+        else:
+            replies = list(orc.grid.send_and_receive(messages, timeout=orc.timeout))
         record_round_timing(
             orc, replies, time.perf_counter() - t_round, arm=arm, seed=seed, rnd=rnd
         )
-        new_arrays, metrics = strategy.aggregate_train(rnd, replies)
+        if not secure:
+            new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         orc.record_failures(strategy.failures, arm=arm, seed=seed, rnd=rnd, phase="train")
         names = {n: c for c, n in strategy.centre_nodes.items()}
         if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused

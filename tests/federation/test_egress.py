@@ -116,8 +116,10 @@ def test_mod_defaults_to_incoming_arrays_as_reference(model_state):
 
 def test_client_app_runs_the_consent_dp_and_egress_guards_on_every_message():
     from fedmammo.apps import client_app as app
+    from fedmammo.federation.secagg import secagg_mod
 
-    errors, consent, dp_guard, egress = app._mods
-    assert egress is egress_mod and errors is egress_error_mod
+    # secagg_mod innermost: its masked update is what the egress guard checks
+    errors, consent, dp_guard, egress, secagg = app._mods
+    assert egress is egress_mod and errors is egress_error_mod and secagg is secagg_mod
     assert consent.__qualname__ == "consent_mod.<locals>.mod"
     assert dp_guard.__qualname__ == "dp_guard_mod.<locals>.mod"

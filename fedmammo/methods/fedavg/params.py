@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedmammo.config.recipe import LocalTrainingParams, ModelParams, RecipeParams
+from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, ModelParams
 
 __all__ = ["FedAvgParams"]
 
 
-class FedAvgParams(RecipeParams):
+class FedAvgParams(AveragingParams):
     """FedAvg of an image-level classifier across the training centres."""
 
     model: ModelParams = ModelParams()

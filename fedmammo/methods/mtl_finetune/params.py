@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedmammo.config.recipe import LocalTrainingParams, RecipeParams
+from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, RecipeParams
 
 __all__ = ["ARM_NAMES", "ArmSpec", "MtlFinetuneParams", "MtlModelParams", "parse_arm"]
 
@@ -107,7 +107,7 @@ class MtlModelParams(RecipeParams):
         return v
 
 
-class MtlFinetuneParams(RecipeParams):
+class MtlFinetuneParams(AveragingParams):
     """FedAvg rounds of the multi-task net, then uncertainty-weighted fine-tuning rounds."""
 
     model: MtlModelParams = MtlModelParams()
