@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import yaml
 from flwr.app import Context
 
 from fedmammo.config import CentreProfile, load_profile
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # messages imports the privacy ledger, which imports this mod
 
 __all__ = [
     "CentreIdentity",
+    "DataSettingsRefusal",
     "Rows",
     "centre_data",
     "device",
@@ -30,6 +32,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class DataSettingsRefusal(ConfigError):
+    """The server asked for data settings (image size, data seed) the centre does not serve."""
+
+
 _DATA: dict[tuple, CentreData | PooledData] = {}
 
 
@@ -43,6 +51,33 @@ class CentreIdentity:
     data_root: str
     data_dir: str | None = None
     pooled: tuple[tuple[CentreProfile, str], ...] = ()
+    # the centre's own data settings (a site's prepared.yaml or node config; in simulation the
+    # run's scenario); None: not known (a site prepared before they were recorded)
+    image_size: tuple[int, int] | None = None
+    data_seed: int | None = None
+
+
+def _site_settings(node, data_dir: Path) -> tuple[tuple[int, int] | None, int | None]:
+    """Image size and data seed of a deployed site: node config (``image-size="HxW"``,
+    ``data-seed``) over ``<data-dir>/prepared.yaml`` (written by deployment ``prepare``)."""
+    from fedmammo.federation.deployment import PREPARED_FILE
+
+    path = data_dir / PREPARED_FILE
+    saved = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    size = saved.get("image_size")
+    if "image-size" in node:
+        size = str(node["image-size"]).lower().split("x")
+    seed = node.get("data-seed", saved.get("data_seed"))
+    try:
+        return (
+            tuple(int(v) for v in size) if size is not None else None,
+            int(seed) if seed is not None else None,
+        )
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"centre data settings: image size {size} / data seed {seed} are not integers; "
+            f"fix {path} or the node config (image-size=HxW, data-seed=N)"
+        ) from None
 
 
 def device() -> torch.device:
@@ -62,12 +97,15 @@ def identity_of(context: Context) -> CentreIdentity:
                 'put the centre\'s YAML at <data-dir>/centre.yaml or pass profile="..."'
             )
         profile = load_profile(profile_path, {"name": str(node["centre"])})
+        size, seed = _site_settings(node, data_dir)
         return CentreIdentity(
             name=profile.name,
             role=str(node.get("role", "train")),
             profile=profile,
             data_root=str(data_dir.parent),
             data_dir=str(data_dir),
+            image_size=size,
+            data_seed=seed,
         )
     spec = load_runspec(context.run_config)
     scenario = scenario_of(spec)
@@ -80,25 +118,48 @@ def identity_of(context: Context) -> CentreIdentity:
             if scenario.entry(n).role in ("train", "receiver")
         )
         return CentreIdentity(
-            name="pooled", role="pooled", profile=None, data_root=scenario.data_dir, pooled=parts
+            name="pooled",
+            role="pooled",
+            profile=None,
+            data_root=scenario.data_dir,
+            pooled=parts,
+            image_size=tuple(scenario.image_size),
+            data_seed=scenario.data_seed,
         )
     return CentreIdentity(
         name=name,
         role=scenario.entry(name).role,
         profile=scenario.resolved_profiles[name],
         data_root=scenario.data_dir,
+        image_size=tuple(scenario.image_size),
+        data_seed=scenario.data_seed,
     )
 
 
 def centre_data(ident: CentreIdentity, config: CentreConfig) -> CentreData | PooledData:
-    """This centre's data at the image size and data seed the server asks for (cached)."""
+    """This centre's data (cached) at its own image size and data seed; a request for other
+    settings is refused (the server does not decide a centre's data)."""
     size = tuple(int(v) for v in config.image_size)
     data_seed = int(config.data_seed)
+    own_size = ident.image_size if ident.image_size is not None else size
+    own_seed = ident.data_seed if ident.data_seed is not None else data_seed
+    if (size, data_seed) != (tuple(own_size), own_seed):
+        raise DataSettingsRefusal(
+            f"centre {ident.name} refused: the server asked for image size "
+            f"{size[0]}x{size[1]} and data seed {data_seed}; this centre serves "
+            f"{own_size[0]}x{own_size[1]}, data seed {own_seed} (its own settings)"
+        )
     # keyed by everything that defines the data: one process may serve several scenarios
     profiles = tuple(p.model_dump_json() for p in [ident.profile] if p is not None)
     parts = tuple(p.model_dump_json() for p, _ in ident.pooled)
     key = (ident.name, ident.data_root, ident.data_dir, profiles, parts, size, data_seed)
     if key not in _DATA:
+        if ident.image_size is None and ident.data_seed is None and ident.data_dir is not None:
+            log.warning(
+                "centre %s: no prepared data settings in its data dir; using the server's "
+                "(run deployment prepare again to record them)",
+                ident.name,
+            )
         if ident.pooled:
             parts = [
                 materialise_centre(p, root, image_size=size, data_seed=data_seed)

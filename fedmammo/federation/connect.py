@@ -144,7 +144,9 @@ def wait_for_centres(
             errors.update(failed)
             _check_identities(orc, expected, before)
             for node, reason in failed.items():
-                if not simulated:  # simulated nodes beyond the scenario fail by design
+                if reason.startswith("refused: centre"):  # a second node claiming a centre
+                    say(WARNING, f"node {node} refused: {reason.removeprefix('refused: ')}")
+                elif not simulated:  # simulated nodes beyond the scenario fail by design
                     say(WARNING, f"node {node} failed to identify: {reason}")
         connected = [c for c in expected if c in orc.nodes]
         missing = [c for c in expected if c not in orc.nodes]
@@ -167,7 +169,8 @@ def wait_for_centres(
 
 
 def _check_identities(orc: Identifying, expected: list[str], before: dict[str, int]) -> None:
-    """Drop centres the scenario does not name; warn when a centre answers from a new node."""
+    """Drop centres the scenario does not name; keep a connected centre on its first node
+    (``identify_nodes`` refuses a second node claiming it)."""
     for name in [c for c in orc.nodes if c not in expected]:
         node = orc.nodes.pop(name)
         orc.roles.pop(name, None)
@@ -179,4 +182,9 @@ def _check_identities(orc: Identifying, expected: list[str], before: dict[str, i
         )
     for name, node in before.items():
         if orc.nodes.get(name) not in (None, node):
-            say(WARNING, f"centre {name!r} answered from node {orc.nodes[name]} too; using it")
+            say(
+                WARNING,
+                f"node {orc.nodes[name]} claims centre {name!r}, connected from node "
+                f"{node}: refused",
+            )
+            orc.nodes[name] = node

@@ -2,8 +2,10 @@
 
 At each site: ``python -m fedmammo.federation.deployment prepare PROFILE.yaml --data-dir DIR``
 materialises the centre (phantom or dataset adapter, splits, cache) and writes
-``DIR/centre.yaml``; then ``flower-supernode ... --node-config "$(python -m
-fedmammo.federation.deployment node-config --centre A --data-dir DIR)"``.
+``DIR/centre.yaml`` and ``DIR/prepared.yaml`` (the image size and data seed the site prepared
+with: the centre serves only these, whatever a server asks); then ``flower-supernode ...
+--node-config "$(python -m fedmammo.federation.deployment node-config --centre A --data-dir
+DIR)"``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from fedmammo.config import load_profile
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import FedmammoError
 
-__all__ = ["main", "node_config", "prepare_site", "toml_string"]
+__all__ = ["PREPARED_FILE", "main", "node_config", "prepare_site", "toml_string"]
+
+#: The site's own data settings, next to centre.yaml (read by ``centre_runtime.identity_of``).
+PREPARED_FILE = "prepared.yaml"
 
 
 def toml_string(value: str) -> str:
@@ -66,6 +72,12 @@ def prepare_site(
         test_only=role == "test",
         data_dir=data_dir,
     )
+    settings = {
+        "centre": profile.name,
+        "image_size": [int(v) for v in image_size],
+        "data_seed": int(data_seed),
+    }
+    (Path(data_dir) / PREPARED_FILE).write_text(yaml.safe_dump(settings, sort_keys=False))
     return len(data.manifest)
 
 

@@ -117,8 +117,15 @@ class Orchestrator:
             if reply.has_error():
                 failed[src] = short_reason(reply.error.reason)
                 continue
-            failed.pop(src, None)
             info = CentreInfo.from_config(reply.content[INFO])
+            if self.nodes.get(info.centre, src) != src:  # a second node claiming a centre
+                failed[src] = (
+                    f"refused: centre {info.centre} is already connected from node "
+                    f"{self.nodes[info.centre]}"
+                )
+                log.warning("node %s claims centre %s, %s", src, info.centre, failed[src])
+                continue
+            failed.pop(src, None)
             self.nodes[info.centre] = src
             self.roles[info.centre] = info.role
             self.counts[info.centre] = {k: int(v) for k, v in reply.content[COUNTS].items()}
