@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedmammo.config.recipe import LocalTrainingParams, ModelParams, RecipeParams
+from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, ModelParams
 
 __all__ = ["METHOD_LABELS", "PeriodicSamplingParams"]
 
@@ -31,7 +31,7 @@ def _default_baselines() -> dict[str, list[str]]:
     return {"S1-Ma": ["S3-Ma", "S4-Mc", "S4-Md", "S5-Mc"], "S1-Mb": ["S3-Mb"]}
 
 
-class PeriodicSamplingParams(RecipeParams):
+class PeriodicSamplingParams(AveragingParams):
     """Baselines, Bal. labels, Bal. segments and P. sampling per experiment, pooled and federated.
 
     ``experiments`` maps a name to the training segments it uses (the rest of each centre's
@@ -92,6 +92,14 @@ class PeriodicSamplingParams(RecipeParams):
         if "periodic" in self.methods and "federated" in self.settings:
             if not self.periodic_weightings:
                 raise ValueError("periodic_weightings is empty; give at least 'quota'")
+            chosen = [w for w in self.periodic_weightings if w != "equal"]
+            if self.secure_aggregation and chosen:
+                raise ValueError(
+                    f"secure_aggregation: periodic_weightings {chosen} are weights the server "
+                    "chooses (they could single out one centre's update); under secure "
+                    "aggregation use periodic_weightings: [equal], or drop 'periodic' from "
+                    "methods"
+                )
         return self
 
     @property

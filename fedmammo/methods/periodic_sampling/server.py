@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, RecordDict
 from fedmammo.federation.messages import ARRAYS, METRICS, TrainMetrics, model_record
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
-from fedmammo.federation.rounds import CentreFedAvg, initial_arrays
+from fedmammo.federation.rounds import CentreFedAvg, initial_arrays, secure_round
 from fedmammo.methods.periodic_sampling.arms import ArmPlan, plan_arms
 from fedmammo.methods.periodic_sampling.messages import (
     EvaluatePeriodic,
@@ -79,6 +79,19 @@ def _validation_sites(orc: Orchestrator, arm: ArmPlan) -> list[str]:
     return ["pooled"] if "pooled" in orc.nodes else [c for c in arm.centres if c != "pooled"]
 
 
+def _secure_round(orc, p, strategy: CentreFedAvg, messages, seed: int, rnd: int):
+    """One federated round under SecAgg+ (``secure_aggregation``): equal weights for the
+    P. sampling arm (quota weights are refused at validation), the recipe's otherwise."""
+    if isinstance(strategy, PeriodicFedAvg):
+        strategy.weighting = "equal"
+    # a centre takes at most batches_per_round batches of train.batch_size in a round
+    train = {"steps_per_epoch": p.batches_per_round, "batch_size": p.train.batch_size}
+    out = secure_round(orc, strategy, messages, seed=seed, rnd=rnd, train=train)
+    if isinstance(strategy, PeriodicFedAvg):  # centres without a quota were not asked
+        strategy.failures = {c: r for c, r in strategy.failures.items() if c in strategy.quotas}
+    return out
+
+
 def _train_arm(
     orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan, seed: int, arrays: ArrayRecord
 ) -> ArrayRecord | None:
@@ -100,6 +113,7 @@ def _train_arm(
     if isinstance(strategy, PeriodicFedAvg) and _dp_centres(orc, arm.centres):
         strategy.planned_rounds = p.rounds
     stream_seed = derive_seed(seed, "stream", arm.method)
+    secure = getattr(p, "secure_aggregation", False) and arm.setting == "federated"
     for rnd in range(start + 1, p.rounds + 1):
         cfg = orc.message(
             TrainPeriodic,
@@ -115,13 +129,12 @@ def _train_arm(
             stream_epoch=rnd - 1,
             **dp.config(),
         )
-        replies = list(
-            orc.grid.send_and_receive(
-                list(strategy.configure_train(rnd, arrays, cfg.to_config(), orc.grid)),
-                timeout=orc.timeout,
-            )
-        )
-        new_arrays, metrics = strategy.aggregate_train(rnd, replies)
+        messages = list(strategy.configure_train(rnd, arrays, cfg.to_config(), orc.grid))
+        if secure and len(messages) > 1:  # (a one-centre round's average is its update)
+            replies, new_arrays, metrics = _secure_round(orc, p, strategy, messages, seed, rnd)
+        else:
+            replies = list(orc.grid.send_and_receive(messages, timeout=orc.timeout))
+            new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         orc.record_failures(strategy.failures, arm=arm.name, seed=seed, rnd=rnd, phase="train")
         names = {n: c for c, n in strategy.centre_nodes.items()}
         if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused
