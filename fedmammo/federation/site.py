@@ -14,8 +14,12 @@ __all__ = ["deployed", "output_dir", "plot_dir", "single_centre"]
 
 
 def deployed(context: Context) -> bool:
-    """True at a real site (node config ``centre``, or ``flwr run`` with a scenario)."""
-    return "centre" in context.node_config or bool(context.run_config.get("scenario"))
+    """True at a real site: its SuperNode names its centre (``--node-config centre=...``).
+
+    A simulated node (``python -m fedmammo.simulate`` or ``flwr run`` on a simulation
+    SuperLink) only has ``partition-id``: simulation-only arms may run there.
+    """
+    return "centre" in context.node_config
 
 
 def output_dir(
