@@ -111,3 +111,32 @@ def run_strategy_in_process(spec, scenario, runner, *, resume: bool = False, str
         runner(orc)
         orc.recorder.flush()
     return orc, grid
+
+
+def run_tiny_in_process(tiny, tmp_path, monkeypatch, kind: str, sets: dict | None = None):
+    """Run method ``kind`` on scenario ``tiny`` through the server's own ``run_scenario`` and
+    the real ClientApp in process; returns (results.json as a dict, the grid)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from fedmammo.config import load_scenario
+    from fedmammo.federation.runspec import ENV_VAR, RunSpec
+    from fedmammo.federation.server_app import run_scenario
+    from fedmammo.methods import METHODS
+
+    sets = {"data_dir": str(tmp_path / "data"), **(sets or {})}
+    scenario = load_scenario(tiny, sets=sets)
+    spec = RunSpec(
+        scenario_file=str(tiny),
+        run_dir=str(tmp_path / "run"),
+        sets=sets,
+        node_order=scenario.centre_names(),
+    )
+    Path(spec.run_dir).mkdir()
+    monkeypatch.setenv(ENV_VAR, str(spec.save()))
+    method = METHODS[kind]
+    with in_process_identity():
+        grid = InProcessGrid(spec.node_order, strict=True)
+        run_scenario(grid, dataclasses.replace(spec), method.run, method.report)
+    return json.loads((Path(spec.run_dir) / "results.json").read_text()), grid

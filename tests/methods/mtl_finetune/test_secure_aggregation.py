@@ -3,19 +3,13 @@ of two centres run SecAgg+ (masked updates only); one-centre fine-tuning rounds 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord
-from helpers.flower_messages import InProcessGrid, in_process_identity
+from helpers.flower_messages import run_tiny_in_process
 
-from fedmammo.config import load_scenario
-from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.federation.secagg import MASKED_RECORD
-from fedmammo.federation.server_app import run_scenario
-from fedmammo.methods import METHODS
 from fedmammo.methods.mtl_finetune.messages import TrainMtl
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
@@ -24,23 +18,9 @@ TINY = Path(__file__).resolve().parent / "tiny.yaml"
 @pytest.mark.usefixtures("one_torch_thread")
 def test_mtl_rounds_run_under_secure_aggregation(tmp_path, monkeypatch):
     # Prepare: the tiny scenario (single_task and mtl on a + b, fine-tuning at b alone)
-    sets = {"data_dir": str(tmp_path / "data"), "strategy.params.secure_aggregation": True}
-    scenario = load_scenario(TINY, sets=sets)
-    spec = RunSpec(
-        scenario_file=str(TINY),
-        run_dir=str(tmp_path / "run"),
-        sets=sets,
-        node_order=scenario.centre_names(),
-    )
-    Path(spec.run_dir).mkdir()
-    monkeypatch.setenv(ENV_VAR, str(spec.save()))
-    method = METHODS["mtl_finetune"]
-    # Execute
-    with in_process_identity():
-        grid = InProcessGrid(spec.node_order, strict=True)
-        run_scenario(grid, dataclasses.replace(spec), method.run, method.report)
+    sets = {"strategy.params.secure_aggregation": True}
+    results, grid = run_tiny_in_process(TINY, tmp_path, monkeypatch, "mtl_finetune", sets)
     # Assert
-    results = json.loads((Path(spec.run_dir) / "results.json").read_text())
     assert results["failures"] == []
     train = [c for _, kind, c in grid.replies if kind == TrainMtl.KIND]
     masked = [c for c in train if MASKED_RECORD in c]

@@ -4,20 +4,15 @@ federated round runs SecAgg+ and the server receives only masked updates."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord
-from helpers.flower_messages import InProcessGrid, in_process_identity
+from helpers.flower_messages import run_tiny_in_process
 
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
-from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.federation.secagg import MASKED_RECORD
-from fedmammo.federation.server_app import run_scenario
-from fedmammo.methods import METHODS
 from fedmammo.methods.periodic_sampling.messages import TrainPeriodic
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
@@ -37,27 +32,12 @@ def test_server_chosen_weights_are_refused_under_secure_aggregation(weightings):
 def test_federated_arms_run_under_secure_aggregation(tmp_path, monkeypatch):
     # Prepare: the tiny scenario, federated setting only, equal weights for P. sampling
     sets = {
-        "data_dir": str(tmp_path / "data"),
         "strategy.params.settings": ["federated"],
         "strategy.params.periodic_weightings": ["equal"],
         "strategy.params.secure_aggregation": True,
     }
-    scenario = load_scenario(TINY, sets=sets)
-    spec = RunSpec(
-        scenario_file=str(TINY),
-        run_dir=str(tmp_path / "run"),
-        sets=sets,
-        node_order=scenario.centre_names(),
-    )
-    Path(spec.run_dir).mkdir()
-    monkeypatch.setenv(ENV_VAR, str(spec.save()))
-    method = METHODS["periodic_sampling"]
-    # Execute
-    with in_process_identity():
-        grid = InProcessGrid(spec.node_order, strict=True)
-        run_scenario(grid, dataclasses.replace(spec), method.run, method.report)
+    results, grid = run_tiny_in_process(TINY, tmp_path, monkeypatch, "periodic_sampling", sets)
     # Assert: no failures; every two-centre train reply carried the masked vector only
-    results = json.loads((Path(spec.run_dir) / "results.json").read_text())
     assert results["failures"] == []
     train = [c for _, kind, c in grid.replies if kind == TrainPeriodic.KIND]
     masked = [c for c in train if MASKED_RECORD in c]
