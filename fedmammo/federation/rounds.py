@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from rich.markup import escape
 
 from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import state_to_arrays
@@ -62,6 +63,7 @@ class CentreFedAvg(FedAvg):
         self.weighting = weighting
         self.failures: dict[str, str] = {}
         self.node_config: dict[str, dict] = {}  # per-centre message fields (DP ledger on resume)
+        self.no_reply = "no reply"  # the failure of a centre that did not answer (site gone)
 
     def centre_message(self, base: TrainConfig, centre: str, server_round: int) -> TrainConfig:
         """``base`` for ``centre`` in ``server_round``: its seed, fault and node fields."""
@@ -101,7 +103,7 @@ class CentreFedAvg(FedAvg):
         ``failures`` set to the centres without one."""
         names = {n: c for c, n in self.centre_nodes.items()}
         replies = list(replies)
-        self.failures = {c: "no reply" for c in self.centre_nodes}
+        self.failures = {c: self.no_reply for c in self.centre_nodes}
         valid = []
         for msg in replies:
             centre = names.get(msg.metadata.src_node_id, "?")
@@ -254,6 +256,7 @@ def train_rounds(
         faults=faults,
         min_centres=min(getattr(p, "min_centres", 1), len(centres)),
     )
+    strategy.no_reply = f"no reply within message_timeout.train={orc.timeout:g} s"
     val_centres = [c for c in centres if c != "pooled"]
     dp = ArmPrivacy(
         orc, arm=arm, seed=seed, centres=centres, first_round=first_round, last_round=last
@@ -281,17 +284,24 @@ def train_rounds(
         if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused
             return arrays if rnd > first_round else None
         if new_arrays is None:
-            orc.recorder.note(
-                f"arm {arm} seed {seed}: stopped at round {rnd}: fewer than "
-                f"{strategy.min_train_nodes} centres replied"
+            line = (
+                f"arm {arm} seed {seed}: stopped at round {rnd}: "
+                f"{len(centres) - len(strategy.failures)} of {len(centres)} centres replied, "
+                f"fewer than min_centres={strategy.min_train_nodes} (missing "
+                f"{', '.join(sorted(strategy.failures))}); completed rounds kept"
             )
+            orc.recorder.note(line)
+            log.error("%s", line)
+            orc.console.print(f"[red]{escape(line)}[/]", highlight=False)
             orc.recorder.flush()
             return None
         if len(strategy.failures):
-            orc.recorder.note(
+            line = (
                 f"arm {arm} seed {seed} round {rnd}: aggregated without "
-                f"{sorted(strategy.failures)} (minimum {strategy.min_train_nodes})"
+                f"{sorted(strategy.failures)} (min_centres={strategy.min_train_nodes})"
             )
+            orc.recorder.note(line)
+            log.warning("%s", line)
         arrays = new_arrays
         if metrics is not None:
             loss = metrics[TrainMetrics.key("train_loss")]  # averaged over the replies

@@ -1,0 +1,86 @@
+"""A site that drops out mid-run (issue 14 item 8), in process: a centre that stops replying
+in round 2 is recorded per round in results.json (failures) and run.log; the round goes on
+with the rest while ``min_centres`` allows, otherwise the arm stops in one line with the
+completed rounds kept."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from helpers import flower_messages
+from helpers.flower_messages import run_tiny_in_process
+
+from fedmammo.methods.fedavg.messages import TrainClassifier
+
+TINY = Path(__file__).resolve().parents[1] / "methods" / "fedavg" / "tiny.yaml"
+
+
+class DroppingGrid(flower_messages.InProcessGrid):
+    """Centre ``b`` is gone from round 2 on: its train messages get no reply (the real Grid
+    returns without it once message_timeout.train has passed)."""
+
+    def __init__(self, names, *, strict=False):
+        super().__init__(names, strict=strict)
+        self.gone = next(n for n, c in self.names.items() if c == "b")
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        drop = [
+            m
+            for m in messages
+            if m.metadata.dst_node_id == self.gone
+            and m.metadata.message_type == TrainClassifier.KIND
+            and int(m.content["config"]["server-round"]) >= 2
+        ]
+        kept = [m for m in messages if m not in drop]
+        return super().send_and_receive(kept, timeout) if kept else []
+
+
+def _run(tmp_path, monkeypatch, caplog, min_centres):
+    monkeypatch.setattr(flower_messages, "InProcessGrid", DroppingGrid)
+    sets = {
+        "strategy.params.arms": ["federated"],
+        "strategy.params.rounds": 3,
+        "strategy.params.min_centres": min_centres,
+    }
+    with caplog.at_level(logging.INFO, logger="fedmammo.federation.rounds"):
+        results, _ = run_tiny_in_process(TINY, tmp_path, monkeypatch, "fedavg", sets)
+    return results
+
+
+def _train_loss_rounds(results):
+    return sorted(
+        r["round"]
+        for r in results["metrics"]
+        if r["metric"] == "train_loss" and r["arm"] == "federated"
+    )
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_dropped_centre_is_recorded_per_round_and_the_rest_go_on(tmp_path, monkeypatch, caplog):
+    results = _run(tmp_path, monkeypatch, caplog, min_centres=1)
+    missing = [f for f in results["failures"] if f["phase"] == "train"]
+    assert [(f["centre"], f["round"]) for f in missing] == [("b", 2), ("b", 3)]
+    assert all(f["reason"].startswith("no reply within message_timeout.train=") for f in missing)
+    assert _train_loss_rounds(results) == [1, 2, 3]  # every round aggregated from a alone
+    assert any("round 2: aggregated without ['b'] (min_centres=1)" in n for n in results["notes"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("round 3: aggregated without ['b']" in line for line in lines)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_below_min_centres_the_arm_stops_in_one_line_keeping_round_one(
+    tmp_path, monkeypatch, caplog
+):
+    results = _run(tmp_path, monkeypatch, caplog, min_centres=2)
+    assert _train_loss_rounds(results) == [1]  # the completed round is kept
+    missing = [(f["centre"], f["round"]) for f in results["failures"] if f["phase"] == "train"]
+    assert missing == [("b", 2)]
+    stop = [n for n in results["notes"] if "stopped at round 2" in n]
+    assert stop == [
+        "arm federated seed 0: stopped at round 2: 1 of 2 centres replied, fewer than "
+        "min_centres=2 (missing b); completed rounds kept"
+    ]
+    assert any("stopped at round 2" in r.getMessage() for r in caplog.records)
