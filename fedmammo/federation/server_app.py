@@ -10,6 +10,7 @@ them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -164,6 +165,19 @@ def _may_go_on(orc: Orchestrator, connected: list[str], missing: list[str]) -> s
     return f"{len(trainers)} training centres connected, the recipe's min_centres is {minimum}"
 
 
+def resumed(spec: RunSpec) -> RunSpec:
+    """``flwr run ... -c "... resume=true"``: the same run folder continued (the server was
+    killed or restarted): rounds recorded in its results.json and checkpoints are kept, the
+    rest run. ConfigError (one line) when the folder holds no run to continue."""
+    run_dir = Path(spec.run_dir)
+    if not (run_dir / "results.json").is_file():
+        raise ConfigError(
+            f"flwr run: resume=true but {run_dir} holds no results.json (no run to continue); "
+            "drop resume=true to start a new run there"
+        )
+    return dataclasses.replace(spec, resume=True)
+
+
 def _start_run_log(run_dir: Path) -> None:
     """run.log in the run directory, fedmammo's records at INFO, without raising other
     libraries' chatter in Flower's own log (the root logger keeps its level)."""
@@ -197,6 +211,8 @@ def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> Serv
         """Run the scenario the run config (``flwr run``) or the simulation's run spec names."""
         try:
             spec = load_runspec(context.run_config)
+            if spec.deployment and context.run_config.get("resume"):
+                spec = resumed(spec)
             scenario = scenario_of(spec)
             if spec.deployment and scenario.sweep:
                 raise ConfigError(

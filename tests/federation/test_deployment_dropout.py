@@ -84,3 +84,81 @@ def test_below_min_centres_the_arm_stops_in_one_line_keeping_round_one(
         "min_centres=2 (missing b); completed rounds kept"
     ]
     assert any("stopped at round 2" in r.getMessage() for r in caplog.records)
+
+
+class ServerKilled(BaseException):
+    """The server process dying mid-run (not an Exception: nothing catches it)."""
+
+
+class KillingGrid(flower_messages.InProcessGrid):
+    """The server dies as it sends round 3's train messages."""
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        if any(
+            m.metadata.message_type == TrainClassifier.KIND
+            and int(m.content["config"]["server-round"]) == 3
+            for m in messages
+        ):
+            raise ServerKilled
+        return super().send_and_receive(messages, timeout)
+
+
+def _deployed_run(tmp_path, monkeypatch, run_dir: Path, grid_cls, *, resume: bool):
+    """The tiny FedAvg scenario run as the deployed ServerApp does (run config, in process)."""
+    import json
+
+    from fedmammo.config import load_scenario
+    from fedmammo.federation.runspec import ENV_VAR, RunSpec
+    from fedmammo.federation.server_app import resumed, run_scenario
+    from fedmammo.methods import METHODS
+
+    sets = {
+        "data_dir": str(tmp_path / "data"),
+        "strategy.params.arms": ["federated"],
+        "strategy.params.rounds": 4,
+        "strategy.params.batchnorm": "average",
+    }
+    scenario = load_scenario(TINY, sets=sets)
+    spec = RunSpec(
+        scenario_file=str(TINY), run_dir=str(run_dir), sets=sets, node_order=scenario.centre_names()
+    )
+    run_dir.mkdir(exist_ok=True)
+    if resume:
+        spec = resumed(spec)
+    monkeypatch.setenv(ENV_VAR, str(spec.save()))
+    method = METHODS["fedavg"]
+    with flower_messages.in_process_identity():
+        grid = grid_cls(spec.node_order, strict=True)
+        run_scenario(grid, spec, method.run, method.report)
+    return json.loads((run_dir / "results.json").read_text()), grid
+
+
+def _records(results):
+    keys = ("arm", "seed", "centre", "split", "round", "metric", "value")
+    rows = [r for r in results["metrics"] if r["split"] != "timing"]
+    return sorted((tuple(str(r.get(k)) for k in keys) for r in rows), key=str)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_server_killed_then_resumed_equals_the_unbroken_run(tmp_path, monkeypatch):
+    from fedmammo.errors import ConfigError
+    from fedmammo.federation.runspec import RunSpec
+    from fedmammo.federation.server_app import resumed
+
+    grid = flower_messages.InProcessGrid
+    unbroken, _ = _deployed_run(tmp_path, monkeypatch, tmp_path / "unbroken", grid, resume=False)
+    broken = tmp_path / "broken"
+    with pytest.raises(ServerKilled):
+        _deployed_run(tmp_path, monkeypatch, broken, KillingGrid, resume=False)
+    import json
+
+    kept = json.loads((broken / "results.json").read_text())["progress"]["federated|0"]
+    assert kept["round"] == 2 and not kept.get("done")  # rounds 1-2 were on disk when it died
+    again, grid = _deployed_run(tmp_path, monkeypatch, broken, grid, resume=True)
+    trained = sorted({c["server-round"] for _, kind, c in grid.log if kind == TrainClassifier.KIND})
+    assert trained == [3, 4]  # the resumed server trained only the rounds it had not finished
+    assert again["progress"]["federated|0"]["done"]
+    assert _records(again) == _records(unbroken)
+    with pytest.raises(ConfigError, match="holds no results.json"):
+        resumed(RunSpec(scenario_file=str(TINY), run_dir=str(tmp_path / "none")))
