@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.processes import kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -23,22 +23,6 @@ SETS = [
     "--set", "strategy.params.rounds=3",
     "--set", "strategy.params.batchnorm=average",
 ]  # fmt: skip
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def _cli(args: list[str], log: Path) -> subprocess.Popen:
@@ -86,11 +70,7 @@ def test_killed_during_training_then_resumed_equals_the_unbroken_run(tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be killed"
-    for pid in reversed(_descendants(proc.pid)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_tree(proc.pid)
     proc.wait(timeout=60)
     (run_dir,) = broken.glob("*/*/results.json")
     run_dir = run_dir.parent

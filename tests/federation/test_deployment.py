@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers.processes import BIN, free_port, start, stop
 from helpers.run_helpers import REPO, final_auc, results, run_cli
 
 from fedmammo.config import load_scenario
@@ -23,33 +20,6 @@ from fedmammo.federation.deployment import node_config, prepare_site
 
 pytestmark = pytest.mark.slow
 SCENARIO = REPO / "scenarios" / "fedavg_tiny.yaml"
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 def test_loopback_deployment_matches_simulation(tmp_path):
@@ -72,14 +42,14 @@ def test_loopback_deployment_matches_simulation(tmp_path):
         "FLWR_HOME": str(tmp_path / "flwr_home"),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    link = _free_port()
+    link = free_port()
     (tmp_path / "flwr_home").mkdir()
     (tmp_path / "flwr_home" / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
         f'address = "127.0.0.1:{link}"\ninsecure = true\n'
     )
     procs = [
-        _start(
+        start(
             [
                 str(BIN / "flower-superlink"),
                 "--insecure",
@@ -100,14 +70,14 @@ def test_loopback_deployment_matches_simulation(tmp_path):
         time.sleep(5)
         for name, (data_dir, role) in sites.items():
             procs.append(
-                _start(
+                start(
                     [
                         str(BIN / "flower-supernode"),
                         "--insecure",
                         "--superlink",
                         f"127.0.0.1:{link}",
                         "--port",
-                        str(_free_port()),
+                        str(free_port()),
                         "--node-config",
                         node_config(name, data_dir, role=role),
                     ],
@@ -133,7 +103,7 @@ def test_loopback_deployment_matches_simulation(tmp_path):
             timeout=420,
         )
     finally:
-        _stop(procs)
+        stop(procs)
     logs = run.stdout[-2000:] + run.stderr[-2000:]
     assert (run_dir / "results.json").is_file(), logs
     deployed = results(run_dir)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers.run_helpers import REPO, final_auc, results
+from helpers import processes
+from helpers.processes import BIN, free_port, metric_records, stop
+from helpers.run_helpers import REPO, final_auc, results, run_cli
 
 from fedmammo.config import load_scenario
 from fedmammo.federation.deployment import node_config, prepare_site
@@ -33,39 +32,11 @@ from fedmammo.federation.pki import (
 )
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 CONNECTION = "secure"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=REPO,
-        start_new_session=True,
-    )
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+def start(cmd: list[str], log: Path, env: dict):
+    return processes.start(cmd, log, env, cwd=REPO)
 
 
 def _two_centre_scenario(tmp: Path) -> Path:
@@ -93,7 +64,7 @@ def _supernode(link: int, extra: list[str], node_cfg: str | None = None) -> list
         "--superlink",
         f"127.0.0.1:{link}",
         "--port",
-        str(_free_port()),
+        str(free_port()),
         *extra,
     ]
     return cmd + (["--node-config", node_cfg] if node_cfg else [])
@@ -118,7 +89,7 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
             role=entry.role,
         )
         sites[entry.name] = node_config(entry.name, data_dir, role=entry.role)
-    link = _free_port()
+    link = free_port()
     env = {
         **os.environ,
         "FLWR_HOME": str(tmp_path / "flwr_home"),
@@ -135,7 +106,7 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
         for name in ("superlink", "tiny_a", "tiny_b", "rogue", "other_ca", "plaintext")
     }
     procs = [
-        _start(
+        start(
             [
                 str(BIN / "flower-superlink"),
                 "--host",
@@ -156,7 +127,7 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
         node_ids = {n: _register(keys[n][1], n, env, deadline) for n in ("tiny_a", "tiny_b")}
         for name, cfg in sites.items():
             procs.append(
-                _start(
+                start(
                     _supernode(link, supernode_tls_args(pki.ca_cert, keys[name][0]), cfg),
                     logs[name],
                     env,
@@ -168,7 +139,7 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
             "other_ca": _supernode(link, [*supernode_tls_args(other_ca, keys["tiny_a"][0]), *once]),
             "plaintext": _supernode(link, ["--insecure", *once]),
         }
-        bad = {name: _start(cmd, logs[name], env) for name, cmd in intruders.items()}
+        bad = {name: start(cmd, logs[name], env) for name, cmd in intruders.items()}
         procs += list(bad.values())
         # Execute: the scenario over TLS, with only the registered nodes
         run = subprocess.run(
@@ -197,7 +168,7 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
         )
         codes = {name: p.wait(timeout=60) for name, p in bad.items()}
     finally:
-        _stop(procs)
+        stop(procs)
     text = {name: path.read_text(errors="replace") for name, path in logs.items()}
     # Assert: the run completed over TLS with both authenticated centres
     assert (run_dir / "results.json").is_file(), run.stdout[-2000:] + run.stderr[-2000:]
@@ -205,6 +176,13 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
     assert deployed["meta"]["deployment"] is True and deployed["failures"] == []
     auc = final_auc(deployed, "federated")
     assert set(auc) == {"tiny_a", "tiny_b"}
+    # ... and gave the same metric records (value and CI, to the bit) as the simulation of the
+    # same scenario and seed through python -m fedmammo.simulate
+    proc, sim_dir = run_cli([str(scenario_file)], out=tmp_path / "sim")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    mine, theirs = metric_records(deployed), metric_records(results(sim_dir))
+    assert mine.keys() == theirs.keys() and any(k[4] == "test" for k in mine)
+    assert mine == theirs
     nodes = json.loads(listed.stdout)["nodes"]
     assert {int(n["node-id"]) for n in nodes} == set(node_ids.values())
     assert all(n["status"] == "online" for n in nodes)

@@ -13,15 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from helpers.flower_messages import InProcessGrid, in_process_identity
+from helpers.processes import BIN, free_port, local_superlinks, metric_records, stop_tree
 from helpers.run_helpers import REPO, results, run_cli
 
 from fedmammo.config import load_scenario
@@ -209,70 +207,9 @@ def test_flwr_run_config_gives_both_apps_the_same_spec(tmp_path):
 
 
 # --------------------------------------------------------------------------- slow: flwr run
-BIN = Path(sys.executable).parent
 #: The README's "Running with `flwr run`" commands (run from the checkout).
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 IGNORED = ("timing",)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(root: int) -> list[int]:
-    """``root`` and every process below it (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
-def _local_superlinks(flwr_home: Path) -> list[int]:
-    """The local SuperLink(s) `flwr` started for this FLWR_HOME (their log file is in it)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"flower-superlink" in a for a in args) and any(
-            str(flwr_home).encode() in a for a in args
-        ):
-            pids.append(int(cmdline.parent.name))
-    return pids
-
-
-def _stop_tree(roots: list[int]) -> None:
-    pids = [p for r in roots for p in _descendants(r)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.2)
-
-
-def _records(res: dict) -> dict[tuple, tuple]:
-    keys = ("arm", "seed", "centre", "segment", "split", "metric", "round")
-    return {
-        tuple(r[k] for k in keys): (r["value"], r["ci_low"], r["ci_high"])
-        for r in res["metrics"]
-        if r["split"] not in IGNORED and not r["metric"].endswith("seconds")
-    }
 
 
 @pytest.mark.slow
@@ -283,7 +220,7 @@ def test_flwr_run_on_the_local_simulation_federation_matches_simulate(tmp_path):
     env = {
         **os.environ,
         "FLWR_HOME": str(flwr_home),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
@@ -303,7 +240,7 @@ def test_flwr_run_on_the_local_simulation_federation_matches_simulate(tmp_path):
     try:
         run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
     finally:
-        _stop_tree(_local_superlinks(flwr_home))
+        stop_tree(local_superlinks(flwr_home))
     out = run.stdout[-4000:] + run.stderr[-3000:]
     assert (run_dir / "results.json").is_file(), out
     flwr = results(run_dir)
@@ -318,7 +255,7 @@ def test_flwr_run_on_the_local_simulation_federation_matches_simulate(tmp_path):
     simulated = results(sim_dir)
     # Assert: the same metric records, value and CI, to the last bit (timing aside): the same
     # apps, data, seeds and one torch thread per centre either way.
-    mine, theirs = _records(flwr), _records(simulated)
+    mine, theirs = metric_records(flwr, IGNORED), metric_records(simulated, IGNORED)
     assert mine.keys() == theirs.keys()
     assert any(k[4] == "test" for k in mine)
     assert mine == theirs

@@ -1,0 +1,126 @@
+"""Starting and stopping real processes in the slow tests (SuperLink, SuperNodes, `flwr run`,
+``python -m fedmammo.simulate``): one home for the port, start, stop and kill helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = [
+    "BIN",
+    "descendants",
+    "free_port",
+    "kill_tree",
+    "local_superlinks",
+    "start",
+    "stop",
+    "stop_tree",
+]
+
+#: The virtualenv's scripts (flower-superlink, flower-supernode, flwr).
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
+    """``cmd`` in its own session (so :func:`stop` ends its children too), output to ``log``."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group, SIGKILL what is left after 10 s."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=10)
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root`` and everything below it, leaves first (a crash, not a shutdown)."""
+    for pid in reversed(descendants(root)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def stop_tree(roots: list[int]) -> None:
+    """SIGTERM then SIGKILL ``roots`` and their descendants, waiting up to 10 s each time."""
+    pids = [p for r in roots for p in descendants(r)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.2)
+
+
+def local_superlinks(flwr_home: Path) -> list[int]:
+    """The local SuperLink(s) `flwr` started for this FLWR_HOME (their log file is in it)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"flower-superlink" in a for a in args) and any(
+            str(flwr_home).encode() in a for a in args
+        ):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def metric_records(res: dict, ignored: tuple[str, ...] = ("timing",)) -> dict[tuple, tuple]:
+    """results.json's metric records keyed by what they measure, (value, CI) each: what a run
+    through real processes must share, to the bit, with the simulation of the same scenario
+    and seed (wall-clock seconds aside)."""
+    keys = ("arm", "seed", "centre", "segment", "split", "metric", "round")
+    return {
+        tuple(r[k] for k in keys): (r["value"], r["ci_low"], r["ci_high"])
+        for r in res["metrics"]
+        if r["split"] not in ignored and not r["metric"].endswith("seconds")
+    }
