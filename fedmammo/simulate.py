@@ -255,6 +255,9 @@ def run(spec: RunSpec, scenario: Scenario) -> Path:
             "client_resources": {"num_cpus": cpus, "num_gpus": gpus},
             "init_args": {
                 "num_cpus": os.cpu_count() or 1,
+                # a private instance even when `ray start` left /tmp/ray/ray_current_cluster
+                # behind (ray.init() without an address joins that cluster, or hangs)
+                "address": "local",
                 "include_dashboard": False,
                 "log_to_driver": True,
             },

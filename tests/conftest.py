@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# never join a Ray cluster some earlier `ray start` left registered in /tmp/ray (flwr run)
+os.environ.setdefault("RAY_ADDRESS", "local")
 
 import pytest  # noqa: E402
 
