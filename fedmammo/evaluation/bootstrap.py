@@ -15,6 +15,7 @@ import numpy as np
 
 from fedmammo.errors import DataError
 from fedmammo.evaluation.metrics import _bootstrap_indices, _check_boot, _percentile_ci
+from fedmammo.progress import progress
 
 __all__ = ["accuracy_ci", "bootstrap_mean", "bootstrap_statistic"]
 
@@ -38,8 +39,9 @@ def bootstrap_statistic(
     value = float(statistic(np.arange(n)))
     if n_boot == 0:
         return value, math.nan, math.nan
+    rows = (row for chunk in _bootstrap_indices(n, n_boot, seed) for row in chunk)
     boots = np.array(
-        [statistic(row) for chunk in _bootstrap_indices(n, n_boot, seed) for row in chunk],
+        [statistic(row) for row in progress(rows, "bootstrap resamples", total=n_boot)],
         dtype=np.float64,
     )
     low, high = _percentile_ci(boots, confidence)

@@ -56,6 +56,13 @@ class CentreIdentity:
     image_size: tuple[int, int] | None = None
     data_seed: int | None = None
 
+    @property
+    def synthetic_data(self) -> bool:
+        """Whether every image this centre holds is synthetic (phantom): only then may its
+        figures show its own images (a real dataset's pixels never go into a plot)."""
+        profiles = [p for p, _ in self.pooled] or [self.profile]
+        return all(p is not None and p.data.synthetic is not None for p in profiles)
+
 
 def _site_settings(node, data_dir: Path) -> tuple[tuple[int, int] | None, int | None]:
     """Image size and data seed of a deployed site: node config (``image-size="HxW"``,

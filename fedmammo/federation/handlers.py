@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from flwr.app import Context, Message, RecordDict
 from torch import nn
 
+from fedmammo.errors import FedmammoError
 from fedmammo.federation.egress import declare_egress
 from fedmammo.federation.messages import RoundFields
+from fedmammo.federation.runspec import load_runspec
+from fedmammo.progress import progress_label
 
 __all__ = ["CATEGORIES", "Handler", "InjectedFault", "check_injected_fault", "handler", "reply"]
 
@@ -37,7 +40,8 @@ class Handler:
     consent: str | None = None
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        return self.fn(msg, context)
+        with progress_label(centre_label(context)):  # names the centre in progress lines
+            return self.fn(msg, context)
 
     @property
     def category(self) -> str:
@@ -64,6 +68,17 @@ def handler(
         return h
 
     return deco
+
+
+def centre_label(context: Context) -> str:
+    """``centre <name>`` of this node, from node config (deployment) or the run's node order."""
+    node = context.node_config
+    if "centre" in node:
+        return f"centre {node['centre']}"
+    try:
+        return f"centre {load_runspec(context.run_config).node_order[int(node['partition-id'])]}"
+    except (FedmammoError, KeyError, IndexError, ValueError):
+        return ""
 
 
 class InjectedFault(RuntimeError):

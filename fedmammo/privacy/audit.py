@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedmammo.errors import DataError
+from fedmammo.progress import progress
 
 __all__ = [
     "AuditResult",
@@ -183,7 +184,7 @@ def run_lira_offline(
     # keep[k, i]: candidate i trains shadow k; each column has exactly n_shadows/2 True.
     keep = rng.random((n_shadows, len(X))).argsort(axis=0) < n_shadows // 2
     out = np.full((len(X), n_shadows), np.nan)
-    for k in range(n_shadows):
+    for k in progress(range(n_shadows), "LiRA shadow models"):
         shadow = train_fn(X[keep[k]], y[keep[k]], int(rng.integers(2**31)))
         conf = logit_scaled_confidence(predict_fn(shadow, X), y)
         out[~keep[k], k] = conf[~keep[k]]

@@ -35,6 +35,7 @@ from torch import nn
 from fedmammo.data.pairs import breast_keys, contrastive_masks, view_pairs
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.models.contrastive import DEFAULT_TAU, nt_xent_loss
+from fedmammo.progress import progress
 from fedmammo.training.contrastive_styles import sample_style_variants
 from fedmammo.training.state import StateDict, cpu_state
 
@@ -220,7 +221,7 @@ def pretrain_contrastive(
     else:
         raise ConfigError(f"contrastive optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     result = ContrastiveResult(scheme=scheme, steps=0, num_examples=0, loss=math.nan, seconds=0.0)
-    for epoch in range(1, epochs + 1):
+    for epoch in progress(range(1, epochs + 1), f"{scheme} pre-training epochs"):
         sums = dict.fromkeys(("loss", *parts), 0.0)
         for _ in range(steps_per_epoch):
             drawn = [batcher.draw(part, batch_size) for part in parts]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 
 from fedmammo.errors import DataError
 from fedmammo.models.cyclegan import CycleGanDescription, build_cyclegan, build_translator
+from fedmammo.progress import progress as show_progress
 from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = ["CycleGanResult", "train_cyclegan", "translate"]
@@ -104,11 +104,9 @@ def train_cyclegan(
     rng = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-max(len(data_a), len(data_b)) // batch_size)
     result = CycleGanResult(desc, {}, {}, {}, {})
-    epoch_iter: Any = range(1, epochs + 1)
-    if progress:
-        from rich.progress import track
-
-        epoch_iter = track(epoch_iter, description="training CycleGAN")
+    epoch_iter = show_progress(
+        range(1, epochs + 1), "CycleGAN epochs", interactive=True if progress else None
+    )
     for epoch in epoch_iter:
         sums = dict.fromkeys(("d_loss", "g_loss", "cycle_loss", "identity_loss"), 0.0)
         for _ in range(steps_per_epoch):

@@ -61,6 +61,7 @@ from fedmammo.models.gans import (
     sample_generator,
     sample_patches,
 )
+from fedmammo.progress import progress
 from fedmammo.training.runtime import Runtime, keep_freed_memory
 from fedmammo.training.state import StateDict, cpu_state
 
@@ -302,11 +303,11 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
     epoch_batches = steps.batches(data, rng)
     keep = set(snapshot_schedule(o["epochs"], warmup=o["warmup"], every=o["snapshot_every"]))
     result = GanResult(describe(kind, patch_size=size), {}, {})
-    epochs: Any = range(1, o["epochs"] + 1)
-    if o.pop("progress"):
-        from rich.progress import track
-
-        epochs = track(epochs, description=f"training {kind}{' (DP)' if privacy else ''}")
+    epochs = progress(
+        range(1, o["epochs"] + 1),
+        f"{kind}{' (DP)' if privacy else ''} epochs",
+        interactive=True if o.pop("progress") else None,
+    )
     for epoch in epochs:
         d_losses: list[float] = []
         g_losses: list[float] = []

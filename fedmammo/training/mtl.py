@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedmammo.errors import DataError
+from fedmammo.progress import progress
 from fedmammo.training.runtime import Runtime, keep_freed_memory
 
 __all__ = [
@@ -266,7 +267,7 @@ def train_mtl(
     scaler = run.scaler()
     sums: dict[str, float] = {}
     steps = seen = 0
-    for _ in range(epochs):
+    for _ in progress(range(epochs), "multi-task epochs"):
         for batch in loader:
             if max_steps is not None and steps >= max_steps:
                 break

@@ -29,6 +29,7 @@ from fedmammo.data.manifest import decode_lesions, encode_lesions
 from fedmammo.data.patches import LESION_SUBSETS
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
+from fedmammo.progress import progress
 from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = [
@@ -236,7 +237,7 @@ def train_patch_classifier(
     best_state: StateDict = {}
     history: list[dict[str, float]] = []
     epoch = 0
-    for epoch in range(1, epochs + 1):
+    for epoch in progress(range(1, epochs + 1), "patch classifier epochs"):
         model.train()
         total, seen = 0.0, 0
         order = torch.randperm(len(x), generator=gen)

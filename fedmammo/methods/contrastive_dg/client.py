@@ -177,7 +177,9 @@ def train_style_bank(msg: Message, context: Context) -> Message:
     first = parts[0].name
     bank = stores[first].bank(m.styles, list(rows[first][0]["image_id"].astype(str)))
     where = _plots(context, ident, m.plot_dir)
-    if where is not None:
+    # the grid shows the centre's images and their translations: drawn only when they are
+    # synthetic (the figure reaches report.html; a real dataset's pixels never do)
+    if where is not None and ident.synthetic_data:
         plot_style_grid(
             bank,
             where / f"style_samples_{ident.name}.png",

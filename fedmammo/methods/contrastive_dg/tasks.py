@@ -30,6 +30,7 @@ from fedmammo.methods.contrastive_dg.params import FinetuneParams, PretrainParam
 from fedmammo.methods.contrastive_dg.styles import StyleStore, train_rows
 from fedmammo.models.contrastive import nt_xent_loss
 from fedmammo.models.detection import build_fcos
+from fedmammo.progress import progress
 from fedmammo.training.contrastive import (
     ContrastiveResult,
     augment_views,
@@ -128,7 +129,7 @@ def _pretrain_supervised(
     encoder.train()
     opt = _optimizer([q for q in encoder.parameters() if q.requires_grad], p)
     result = ContrastiveResult("supervised", steps=0, num_examples=0, loss=math.nan, seconds=0)
-    for epoch in range(1, p.epochs + 1):
+    for epoch in progress(range(1, p.epochs + 1), "supervised pre-training epochs"):
         total = 0.0
         for _ in range(steps):
             idx = rng.choice(len(y_all), size=min(p.batch_size, len(y_all)), replace=False)

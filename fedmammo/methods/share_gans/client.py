@@ -173,13 +173,15 @@ def train_generator(msg: Message, context: Context) -> Message:
         floor = frechet_distance(real[half[:mid]], real[half[mid:]], feature_net=FEATURE_NET)
     where = plot_dir(context, ident, m.plot_dir)
     if where is not None:
-        columns = m.grid_columns
+        # its own patches only when they are synthetic: the figure reaches report.html
+        own = [(f"real {ident.name}", real[half])] if ident.synthetic_data else []
         plot_sample_grid(
-            [(f"real {ident.name}", real[half]), (f"{gan} 1", fake[::2]), (f"{gan} 2", fake[1::2])],
+            [*own, (f"{gan} 1", fake[::2]), (f"{gan} 2", fake[1::2])],
             where / f"synthetic_samples_{ident.name}_{gan}_{subset}.png",
-            title=f"Centre {ident.name}, lesion subset {subset!r}: real patches (top) and "
-            f"samples of its {gan} ({len(states)} snapshot(s)); drawn inside the centre",
-            columns=columns,
+            title=f"Centre {ident.name}, lesion subset {subset!r}: "
+            + ("its phantom patches (top) and " if own else "")
+            + f"samples of its {gan} ({len(states)} snapshot(s)); drawn inside the centre",
+            columns=m.grid_columns,
         )
     records: dict = {
         snapshot_record(e): state_to_arrays(s) for e, s in zip(epochs, states, strict=True)

@@ -176,12 +176,10 @@ def _added_lesions(
     added = translate(result.generator("ba", device=device()), synthetic)
     where = plot_dir(context, ident, m.plot_dir)
     if m.draw and where is not None:
+        # its own patches only when they are synthetic: the figure reaches report.html
+        mine = [(f"{ident.name} (phantom)", own)] if ident.synthetic_data else []
         plot_sample_grid(
-            [
-                ("synthetic", synthetic),
-                (f"in {ident.name} style", added),
-                (f"real {ident.name}", own),
-            ],
+            [("synthetic", synthetic), (f"in {ident.name} style", added), *mine],
             where / f"harmonised_samples_{ident.name}_{_names(generators)}_{subset}.png",
             title=f"Harmonised synthetic patches at centre {ident.name} "
             "(CycleGAN, CycleGAN-UDA paper); drawn inside the centre",

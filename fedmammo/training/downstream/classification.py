@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedmammo.errors import DataError
 from fedmammo.evaluation.bootstrap import accuracy_ci
 from fedmammo.evaluation.metrics import bootstrap_auc
+from fedmammo.progress import progress
 from fedmammo.training.downstream._common import (
     DownstreamResult,
     as_images,
@@ -96,7 +97,7 @@ def train_encoder_classifier(
     result = DownstreamResult(
         task=task, model=model, steps=0, num_examples=0, loss=math.nan, seconds=0
     )
-    for epoch in range(1, epochs + 1):
+    for epoch in progress(range(1, epochs + 1), "classification fine-tuning epochs"):
         total, seen = 0.0, 0
         for xb, yb in loader:
             if len(yb) == 0:  # Poisson sampling can draw an empty batch

@@ -22,6 +22,7 @@ from torch import nn
 
 from fedmammo.errors import DataError
 from fedmammo.evaluation.detection import bootstrap_detection_ap
+from fedmammo.progress import progress
 from fedmammo.training.downstream._common import (
     DownstreamResult,
     as_images,
@@ -76,7 +77,7 @@ def train_detector(
     result = DownstreamResult(
         task="detection", model=detector, steps=0, num_examples=0, loss=math.nan, seconds=0.0
     )
-    for epoch in range(1, epochs + 1):
+    for epoch in progress(range(1, epochs + 1), "detection fine-tuning epochs"):
         total = 0.0
         for idx in torch.randperm(len(x), generator=gen).split(batch_size):
             flips = (

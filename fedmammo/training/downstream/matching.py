@@ -22,6 +22,7 @@ from torch import nn
 from fedmammo.errors import DataError
 from fedmammo.evaluation.bootstrap import accuracy_ci
 from fedmammo.models.contrastive import DEFAULT_MARGIN, margin_contrastive_loss
+from fedmammo.progress import progress
 from fedmammo.training.downstream._common import (
     DownstreamResult,
     as_images,
@@ -78,7 +79,7 @@ def train_matching(
     result = DownstreamResult(
         task="matching", model=model, steps=0, num_examples=0, loss=math.nan, seconds=0.0
     )
-    for epoch in range(1, epochs + 1):
+    for epoch in progress(range(1, epochs + 1), "matching fine-tuning epochs"):
         order = torch.randperm(len(y), generator=gen)
         total = 0.0
         for idx in order.split(batch_size):

@@ -12,6 +12,7 @@ from helpers.flower_messages import make_incoming
 from fedmammo.config import CentreProfile
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import ConfigError
+from fedmammo.federation.centre_runtime import CentreIdentity
 from fedmammo.federation.codec import decode_metric_records, put_json
 from fedmammo.federation.egress import EgressError, egress_mod
 from fedmammo.methods.share_gans import client as handlers
@@ -134,6 +135,38 @@ def test_generator_reply_holds_only_generator_weights_description_and_quality(ce
     assert math.isfinite(metrics["frechet-distance"]) and metrics["frechet-distance"] >= 0
     # the sample grid was drawn inside the centre (deployment: its own output dir)
     assert (out / "plots" / "synthetic_samples_tb_dcgan_all.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_the_sample_grid_shows_own_patches_only_for_synthetic_data(
+    centres, tmp_path, monkeypatch, synthetic
+):
+    # Prepare: the centre's data called real (as a CBIS-DDSM site's would be), rows recorded
+    drawn: list[list[str]] = []
+
+    def recording(rows, path, **kw):
+        drawn.append([label for label, _ in rows])
+
+    monkeypatch.setattr(handlers, "plot_sample_grid", recording)
+    monkeypatch.setattr(CentreIdentity, "synthetic_data", property(lambda self: synthetic))
+    # Execute
+    _generator(centres, tmp_path)
+    # Assert: the generator's samples always; the centre's own patches only when synthetic
+    assert drawn == [(["real tb"] if synthetic else []) + ["dcgan 1", "dcgan 2"]]
+
+
+def test_a_centre_holds_synthetic_data_only_when_every_profile_it_holds_is_a_phantom():
+    phantom = _profile("ta", generators=False)
+    real = phantom.model_copy(
+        update={"data": phantom.data.model_copy(update={"synthetic": None, "format": "cbis-ddsm"})}
+    )
+    assert phantom.data.synthetic is not None
+    assert CentreIdentity("ta", "trainer", phantom, "").synthetic_data
+    assert not CentreIdentity("ta", "trainer", real, "").synthetic_data
+    assert not CentreIdentity("pooled", "pooled", None, "").synthetic_data
+    pooled = ((phantom, "a"), (real, "b"))
+    assert not CentreIdentity("pooled", "pooled", None, "", pooled=pooled).synthetic_data
+    assert CentreIdentity("pooled", "pooled", None, "", pooled=pooled[:1]).synthetic_data
 
 
 def test_wgan_gp_shares_its_last_generator_only(centres, tmp_path):

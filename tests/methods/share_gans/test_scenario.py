@@ -177,7 +177,7 @@ def test_quick_scenario_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs" / "share_gans").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["failures"] == []
+    assert results["failures"] == [], json.dumps(results["failures"])
     final = _final(results["metrics"])
     for arm in arms:
         for seed in (0, 1):
