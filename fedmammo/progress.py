@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 __all__ = ["EVERY_SECONDS", "progress", "progress_label"]
 
@@ -34,17 +34,25 @@ T = TypeVar("T")
 EVERY_SECONDS = 15.0
 
 logger = logging.getLogger("fedmammo.progress")
-_label: contextvars.ContextVar[str] = contextvars.ContextVar("fedmammo_progress_label", default="")
+Label: TypeAlias = str | Callable[[], str]
+_label: contextvars.ContextVar[Label] = contextvars.ContextVar("fedmammo_progress", default="")
 
 
 @contextlib.contextmanager
-def progress_label(label: str) -> Iterator[None]:
-    """Prefix the progress lines of the phases run inside the block with ``label``."""
+def progress_label(label: Label) -> Iterator[None]:
+    """Prefix the progress lines of the phases run inside the block with ``label`` (or what
+    it returns: called only when a phase shows its progress, so setting it costs nothing)."""
     token = _label.set(label)
     try:
         yield
     finally:
         _label.reset(token)
+
+
+def _head(description: str) -> str:
+    label = _label.get()
+    label = label() if callable(label) else label
+    return f"{label}: {description}" if label else description
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -75,9 +83,7 @@ def _ensure_handler() -> None:
         logger.addHandler(handler)
 
 
-def _line(description: str, done: int, total: int | None, elapsed: float) -> str:
-    label = _label.get()
-    head = f"{label}: {description}" if label else description
+def _line(head: str, done: int, total: int | None, elapsed: float) -> str:
     if not total:
         return f"{head} {done}, {elapsed:.0f} s"
     left = elapsed / done * (total - done) if done else float("nan")
@@ -93,18 +99,19 @@ def _logged(
     clock: Callable[[], float],
 ) -> Iterator[T]:
     start = last = clock()
-    done, said = 0, False
+    done, head = 0, ""
     for item in items:
         yield item
         done += 1
         now = clock()
         if now - last >= every:
-            if not said:
+            if not head:  # the first line of the phase
                 _ensure_handler()
-            logger.info(_line(description, done, total, now - start))
-            last, said = now, True
-    if said:
-        logger.info(_line(description, done, total, clock() - start) + " done")
+                head = _head(description)
+            logger.info(_line(head, done, total, now - start))
+            last = now
+    if head:
+        logger.info(_line(head, done, total, clock() - start) + " done")
 
 
 def progress(
@@ -129,12 +136,4 @@ def progress(
         return _logged(items, description, total, every, clock)
     from rich.progress import track
 
-    label = _label.get()
-    return iter(
-        track(
-            items,
-            total=total,
-            description=f"{label}: {description}" if label else description,
-            transient=True,
-        )
-    )
+    return iter(track(items, total=total, description=_head(description), transient=True))

@@ -73,6 +73,28 @@ def test_off_a_terminal_no_bar_escape_codes_reach_the_console(capsys, caplog):
     assert _lines(caplog)[-1] == "epochs 50/50 (100%), 0 s done"
 
 
+def test_a_label_is_resolved_once_and_only_when_a_phase_shows_its_progress(caplog):
+    caplog.set_level(logging.INFO, logger="fedmammo.progress")
+    calls: list[int] = []
+
+    def label() -> str:
+        calls.append(1)
+        return "centre D"
+
+    with progress_label(label):
+        # Execute: a short phase (no line), then a long one (two lines and the closing one)
+        list(progress(range(3), "short", every=10, interactive=False, clock=FakeClock(1.0)))
+        short_calls = len(calls)
+        list(progress(range(4), "long", every=2, interactive=False, clock=FakeClock(1.0)))
+    # Assert
+    assert short_calls == 0 and len(calls) == 1
+    assert _lines(caplog) == [
+        "centre D: long 2/4 (50%), 2 s, ~2 s left",
+        "centre D: long 4/4 (100%), 4 s",
+        "centre D: long 4/4 (100%), 5 s done",
+    ]
+
+
 def test_a_handler_names_its_centre_in_the_lines_of_its_phases(caplog):
     # Prepare: a handler running a phase, a deployed node whose config names centre C
     caplog.set_level(logging.INFO, logger="fedmammo.progress")
@@ -108,7 +130,7 @@ def test_gan_training_reports_its_epochs_and_bootstraps_their_resamples(monkeypa
     value, low, high = bootstrap_statistic(lambda idx: float(np.mean(idx)), 20, n_boot=40)
     # Assert: the totals are the loops' real lengths
     assert announced == [("dcgan epochs", 3), ("bootstrap resamples", 40)]
-    assert low <= high
+    assert value == 9.5 and low <= value <= high
 
 
 def test_a_forced_bar_still_yields_every_item():

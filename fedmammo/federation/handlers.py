@@ -40,7 +40,8 @@ class Handler:
     consent: str | None = None
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        with progress_label(centre_label(context)):  # names the centre in progress lines
+        # names the centre in progress lines (resolved only when a line is written)
+        with progress_label(functools.partial(centre_label, context)):
             return self.fn(msg, context)
 
     @property
@@ -71,7 +72,8 @@ def handler(
 
 
 def centre_label(context: Context) -> str:
-    """``centre <name>`` of this node, from node config (deployment) or the run's node order."""
+    """``centre <name>`` of this node, from node config (deployment) or the run's node order;
+    empty when neither names one."""
     node = context.node_config
     if "centre" in node:
         return f"centre {node['centre']}"
