@@ -1,10 +1,11 @@
 """``--resume RUN_DIR``: continue a run from what its folder holds, and say what that is.
 
 The run folder is the only source: its ``scenario.resolved.yaml`` (each sweep point's too),
-``runspec.json``, ``results.json`` (rounds and arms done), ``privacy.json`` (the centres'
-ledgers, restored at the centres from it) and ``checkpoints/``. A scenario argument must be
-the file the run started from; ``--set`` and a different ``--quick`` are refused (they would
-make the resumed run a different one). Damaged files give one line, never a traceback.
+``runspec.json``, ``results.json`` (rounds and arms done), ``privacy.json`` (a report copy
+of the centres' ledgers; each centre restores its own from its state folder) and
+``checkpoints/``. A scenario argument must be the file the run started from; ``--set`` and a
+different ``--quick`` are refused (they would make the resumed run a different one). Damaged
+files give one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def _print_ledgers(console: Console, run_dir: Path, points: list[Point]) -> None
     shown = ", ".join(f"{c} {led}: eps {e:.3g}" for (c, led), e in sorted(ledgers.items())[:12])
     more = f" (+{len(ledgers) - 12} more)" if len(ledgers) > 12 else ""
     console.print(
-        f"DP ledgers restored at the centres from privacy.json: {safe(shown)}{more}",
+        f"DP ledgers (privacy.json, the server's copy; each centre restores its own from its "
+        f"state folder and reports a disagreement): {safe(shown)}{more}",
         soft_wrap=True,
     )
 

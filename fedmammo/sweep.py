@@ -25,6 +25,7 @@ from rich.console import Console
 from fedmammo.config import Scenario, load_scenario
 from fedmammo.config.loading import Origins, load_scenario_traced, resolved_mapping
 from fedmammo.errors import ConfigError
+from fedmammo.federation.console import safe
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.registry import PlanRow
 
@@ -152,7 +153,7 @@ def run_sweep(
             )
             write_resolved(sub, fresh, quick=spec.quick)
         done = sub / "DONE"
-        console.rule(f"sweep point {i}/{len(points)}: {name}")
+        console.rule(f"sweep point {i}/{len(points)}: {safe(name)}")
         if not done.is_file():
             point_spec = replace(
                 spec,
@@ -193,4 +194,4 @@ def _privacy_utility_plot(root: Path, scenario: Scenario, table: pd.DataFrame) -
     centre = (scenario.centre_names("test") or scenario.centre_names("receiver") or [None])[0]
     path = sweep_privacy_plot(root, table, list(scenario.sweep), centre=centre)
     if path is not None:
-        console.print(f"privacy-utility plot: {path}")
+        console.print(f"privacy-utility plot: {safe(path)}")

@@ -132,6 +132,9 @@ class PrivacySpec(Strict):
     delta: float | None = Field(default=None, gt=0, lt=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
     accountant: Literal["rdp", "prv"] = "rdp"
+    # what one budget covers: every DP release from this data (site), or each what-if arm and
+    # seed of a study (arm); auto: site at a real site, arm in simulation
+    ledger_scope: Literal["auto", "site", "arm"] = "auto"
 
     @property
     def enabled(self) -> bool:

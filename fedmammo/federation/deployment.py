@@ -20,6 +20,7 @@ from rich.console import Console
 from fedmammo.config import load_profile
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import FedmammoError
+from fedmammo.federation.console import safe
 
 __all__ = ["PREPARED_FILE", "main", "node_config", "prepare_site", "toml_string"]
 
@@ -107,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
                 role=args.role,
                 name=args.name,
             )
-            console.print(f"prepared {n} images in {args.data_dir}")
+            console.print(f"prepared {n} images in {safe(args.data_dir)}")
         else:
             print(node_config(args.centre, args.data_dir, role=args.role))
         return 0
     except FedmammoError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {safe(exc)}", highlight=False, soft_wrap=True)
         return 2
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from fedmammo.config import Scenario
 from fedmammo.evaluation.results import RunRecorder
+from fedmammo.federation.console import safe
 from fedmammo.federation.messages import (
     ARRAYS,
     COUNTS,
@@ -184,7 +185,8 @@ class Orchestrator:
                 arm=arm, seed=seed, centre=centre, reason=reason, round=rnd, phase=phase
             )
             self.console.print(
-                f"[yellow]centre {centre} failed in {phase} (arm {arm}, round {rnd}): {reason}[/]",
+                f"[yellow]centre {safe(centre)} failed in {safe(phase)} (arm {safe(arm)}, round "
+                f"{rnd}): {safe(reason)}[/]",
                 highlight=False,
             )
 

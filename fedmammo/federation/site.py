@@ -9,8 +9,9 @@ from flwr.app import Context
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
 from fedmammo.federation.centre_runtime import CentreIdentity
+from fedmammo.federation.runspec import load_runspec
 
-__all__ = ["deployed", "output_dir", "plot_dir", "single_centre"]
+__all__ = ["deployed", "output_dir", "plot_dir", "single_centre", "state_dir"]
 
 
 def deployed(context: Context) -> bool:
@@ -43,6 +44,20 @@ def output_dir(
     if needed_by:
         raise DataError(f"{needed_by}: the server sent no {sub} folder")
     return None
+
+
+def state_dir(context: Context, ident: CentreIdentity) -> Path:
+    """The centre's own state folder (its privacy ledger): ``--node-config state-dir=...``
+    or ``<data-dir>/state`` at a real site, ``<run dir>/centres/<name>`` in simulation.
+
+    Never a path from a message: the server does not choose where a centre keeps its
+    guarantees. Simulation reads the run directory from its own run spec.
+    """
+    node = context.node_config
+    if "centre" in node:
+        local = node.get("state-dir") or Path(ident.data_dir or ".") / "state"
+        return Path(str(local)).expanduser()
+    return Path(load_runspec(context.run_config).run_dir) / "centres" / ident.name
 
 
 def plot_dir(

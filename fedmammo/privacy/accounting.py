@@ -277,7 +277,7 @@ class CentreAccountant:
         return sum(int(n) for _, _, n in self.opacus_accountant.history)
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-safe state (lists, floats, strings) to keep in Flower's ``context.state``."""
+        """JSON-safe state (lists, floats, strings) (a centre's ledger file)."""
         return {
             "accountant": self.mechanism,
             "centre": self.centre,

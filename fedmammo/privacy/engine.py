@@ -183,6 +183,11 @@ class DPSession:
         self._model: nn.Module | None = None
         self._sampler: Any = None
         self._steps_before = 0
+        # the round's planned charge, set by check_budget: (noise multiplier, sample rate,
+        # steps, segment or None); before_steps(session) runs once the model is private, just
+        # before the first step (a centre writes the charge to its ledger file there)
+        self.charges: list[tuple[float, float, int, str | None]] = []
+        self.before_steps: Callable[[DPSession], None] | None = None
 
     # ---- noise -----------------------------------------------------------------------
     def _phase_steps_done(self) -> int:
@@ -337,6 +342,8 @@ class DPSession:
         setattr(model, HOOKS_ATTR, hooks)
         self.hooks, self.optimizer, self._model = hooks, dp_opt, model
         self._steps_before = self.accountant.total_steps
+        if self.before_steps is not None:
+            self.before_steps(self)
         return model, dp_opt, loader
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -421,9 +428,12 @@ class DPSession:
             sigma = self._resolve_noise(q)
         if periodic:
             counts = self._sampler.segment_counts(steps)
-            projected = self._periodic_projection(sigma, counts, self._sampler.sample_rates_)
+            rates = self._sampler.sample_rates_
+            projected = self._periodic_projection(sigma, counts, rates)
+            self.charges = [(sigma, rates[k], int(n), str(k)) for k, n in counts.items() if n]
         else:
             projected = self.accountant.projected_epsilon(sigma, q, steps, delta)
+            self.charges = [(float(sigma), float(q), int(steps), None)]
         target = self.budget.target_epsilon
         if target is not None and projected > target * 1.01:
             raise self._refuse(projected)

@@ -328,6 +328,7 @@ class PeriodicDPSession(DPSession):
         sigma = self._resolve_noise(float(np.mean([rates[k] for k in sampler.pattern_])), rates)
         counts = sampler.segment_counts(len(sampler))
         projected = self.project(sigma, {k: [(rates[k], n)] for k, n in counts.items()})
+        self.charges = [(sigma, rates[k], int(n), str(k)) for k, n in counts.items() if n]
         target = self.budget.target_epsilon
         if target is not None and projected > target * 1.01:
             raise self._refuse(projected)

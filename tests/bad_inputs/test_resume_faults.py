@@ -58,7 +58,8 @@ def test_resume_states_the_ledgers_it_restores(scen, monkeypatch):
     out = run_cli_in_process(["--resume", str(run), "--check"], monkeypatch)
     assert out.code == 0, out.text
     assert (
-        "DP ledgers restored at the centres from privacy.json: a federated|0: eps 1.25" in out.text
+        "each centre restores its own from its state folder and reports a disagreement): "
+        "a federated|0: eps 1.25" in out.text
     )
     assert "checkpoints: 1 model files" in out.text
     assert "done: kept" in out.text

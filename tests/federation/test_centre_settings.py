@@ -70,3 +70,23 @@ def test_the_node_config_sets_a_sites_data_settings(site):
     assert not reply.has_error(), reply.error.reason
     reply = _ask(site, SIZE, SEED, **{"image-size": "64x48"})
     assert reply.has_error() and "this centre serves 64x48" in reply.error.reason
+
+
+def test_a_server_cannot_choose_the_sites_dataset_or_splits(site):
+    # Prepare: an identify message carrying data settings the centre owns (its profile's)
+    from fedmammo.apps import client_app
+
+    node = {"centre": "tiny_a", "data-dir": str(site), "role": "train"}
+    ctx = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    content = Identify(image_size=SIZE, data_seed=SEED).content()
+    content["config"]["split"] = '{"train": 1.0}'
+    content["config"]["data-dir"] = "/elsewhere"
+    # Execute
+    reply = client_app(make_incoming(content, Identify.KIND), ctx)
+    # Assert: refused in one line (quoted key names scrubbed by the egress guard); nothing is
+    # read from the server's values
+    assert reply.has_error()
+    assert "MessageError: message '<value>': unknown key(s) ['<value>', '<value>']" in (
+        reply.error.reason
+    )
+    assert "\n" not in reply.error.reason.strip()

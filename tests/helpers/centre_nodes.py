@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import yaml
@@ -16,9 +18,31 @@ def use_privacy(data_dir: Path, **privacy) -> None:
     path.write_text(yaml.safe_dump(prof))
 
 
-def node_context(centre: str, data_dir: Path, node_id: int = 7) -> Context:
-    """A new node of ``centre`` (empty ``context.state``, as after a restart)."""
-    node = {"centre": centre, "data-dir": str(data_dir), "role": "train"}
+def current_state_dir(data_dir: Path) -> Path:
+    """The state folder :func:`node_context` gives nodes of the running test."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "none").rsplit(" (", 1)[0]
+    return data_dir / "state" / hashlib.sha1(test.encode()).hexdigest()[:12]
+
+
+def ledger_file(state_dir: Path) -> Path | None:
+    """The centre's privacy-ledger file in a state folder (None: nothing spent there)."""
+    return next(state_dir.glob("privacy-ledger-*.json"), None)
+
+
+def node_context(
+    centre: str, data_dir: Path, node_id: int = 7, *, state_dir: Path | None = None
+) -> Context:
+    """A new node of ``centre`` (empty ``context.state``, as after a restart).
+
+    Its state folder (the privacy ledger) survives restarts within one test and is new for
+    each test (``<data-dir>/state/<test>``), unless ``state_dir`` names another one.
+    """
+    node = {
+        "centre": centre,
+        "data-dir": str(data_dir),
+        "role": "train",
+        "state-dir": str(state_dir or current_state_dir(data_dir)),
+    }
     return Context(run_id=1, node_id=node_id, node_config=node, state=RecordDict(), run_config={})
 
 

@@ -425,25 +425,30 @@ def print_summary(
 ) -> None:
     """Print a summary from summarise_manifest as rich tables."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
-    console.print(
-        f"[bold]{title}[/bold]: {summary['images']} images, {summary['patients']} "
-        f"patients, {summary['skipped']} skipped {summary['skip_reasons'] or ''}"
+    console.print(  # values read from the dataset's files are escaped (rich markup)
+        f"[bold]{escape(title)}[/bold]: {summary['images']} images, {summary['patients']} "
+        f"patients, {summary['skipped']} skipped {escape(str(summary['skip_reasons'] or ''))}"
     )
     if summary.get("unreadable_labels"):
-        console.print(f"unreadable label values (left NA): {summary['unreadable_labels']}")
+        console.print(
+            f"unreadable label values (left NA): {escape(str(summary['unreadable_labels']))}"
+        )
     head = Table(title="segments")
     head.add_column("segment")
     head.add_column("images", justify="right")
     for seg, n in summary["segments"].items():
-        head.add_row(seg, str(n))
+        head.add_row(escape(str(seg)), str(n))
     console.print(head)
     labels = Table(title="label availability")
     for col in ("task", "available", "fraction", "counts"):
         labels.add_column(col)
     for task, info in summary["labels"].items():
         counts = ", ".join(f"{k}: {v}" for k, v in info["counts"].items())
-        labels.add_row(task, str(info["available"]), f"{info['fraction']:.0%}", counts)
+        labels.add_row(
+            escape(task), str(info["available"]), f"{info['fraction']:.0%}", escape(counts)
+        )
     console.print(labels)

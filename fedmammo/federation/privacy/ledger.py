@@ -1,11 +1,15 @@
-"""A centre's privacy ledgers in Flower's ``context.state``, its DP sessions and refusals.
+"""A centre's privacy ledgers, its DP sessions and refusals (centre side).
 
-Centre side. Every DP training message names a *ledger* (``privacy-ledger``, the server
-sends ``<arm>|<seed>``: every arm and seed of a run is a separate what-if deployment) and
-the number of rounds the server plans for it (``dp-planned-rounds``). The centre keeps one
-:class:`~fedmammo.privacy.accounting.CentreAccountant` per ledger in ``context.state`` (one
-JSON string each; ConfigRecord holds no nested lists), so epsilon composes over every round
-and phase of that ledger, and the noise for a target epsilon is planned once for all the
+Every DP training message names a *ledger* (``privacy-ledger``, the server sends
+``<arm>|<seed>``) and the number of rounds the server plans for it (``dp-planned-rounds``).
+The centre keeps its :class:`~fedmammo.privacy.accounting.CentreAccountant` ledgers on its
+own disk (:mod:`~fedmammo.federation.privacy.ledger_store`: keyed by its identity and data
+fingerprint; at a real site one ledger for all work on the data whatever the server names
+it, in simulation one per what-if arm and seed), so epsilon composes over every round and
+phase, and survives a restart. A round's planned charge is written before its first step
+and committed after training, before the reply leaves. The server's record (``dp-prior``,
+from its privacy.json on resume) is only compared with the centre's own and a disagreement
+logged: it is never loaded. The noise for a target epsilon is planned once for all the
 planned steps. Work beyond the budget or the plan is refused before any step is taken: the
 handler raises :class:`BudgetRefusal`, the reply is an error whose reason starts with
 :data:`REFUSAL_MARK`, and the server records it and stops that arm.
@@ -36,6 +40,7 @@ from flwr.app import ConfigRecord, Context, Message
 from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.centre_runtime import CentreIdentity, identity_of
 from fedmammo.federation.privacy.codec import encode_privacy
+from fedmammo.federation.privacy.ledger_store import LedgerStore, store_of
 from fedmammo.privacy.accounting import (
     BudgetExceeded,
     CentreAccountant,
@@ -57,19 +62,20 @@ __all__ = [
     "dp_guard_mod",
     "dp_session_for",
     "finish_dp",
+    "has_ledger",
     "is_refusal",
     "ledger_epsilon",
     "ledger_name",
     "load_accountant",
     "open_dp_session",
     "privacy_budget",
+    "reserve_round",
     "save_accountant",
     "steps_per_round",
 ]
 
 logger = logging.getLogger(__name__)
 
-STATE_KEY = "privacy.ledgers"
 REFUSAL_MARK = "privacy budget refusal"
 LEDGER_KEY = "privacy-ledger"
 PLANNED_ROUNDS_KEY = "dp-planned-rounds"
@@ -101,23 +107,77 @@ def ledger_name(m: LedgerFields) -> str:
     return str(m.ledger or getattr(m, "arm", None) or "run")
 
 
+def _steps(state: dict) -> int:
+    shared = sum(int(e[2]) for e in state.get("history", []))
+    return shared + sum(int(e[2]) for v in state.get("segment_history", {}).values() for e in v)
+
+
+def _compare_prior(store: LedgerStore, key: str, own: CentreAccountant | None, prior: str) -> None:
+    """Log when the server's record of a ledger disagrees with the centre's own (never load it)."""
+    try:
+        theirs = _steps(json.loads(prior))
+    except (ValueError, TypeError, AttributeError):
+        logger.warning(
+            "centre %s ledger %s: the server's record is unreadable", store.ident.name, key
+        )
+        return
+    mine = 0 if own is None else _steps(own.to_state())
+    if theirs > mine or (store.scope == "arm" and theirs != mine):
+        logger.warning(
+            "centre %s ledger %s: the server's record (%d DP steps) disagrees with the centre's "
+            "own (%d steps, %s); the centre's own ledger is used",
+            store.ident.name,
+            key,
+            theirs,
+            mine,
+            store.path.name,
+        )
+
+
 def load_accountant(
-    context: Context, ledger: str, *, mechanism: str, centre: str, prior: str | None = None
+    context: Context,
+    ident: CentreIdentity,
+    ledger: str,
+    *,
+    mechanism: str,
+    prior: str | None = None,
 ) -> CentreAccountant:
-    """The ledger's accountant from ``context.state``; else from ``prior`` (resume) or new."""
-    if STATE_KEY in context.state and ledger in context.state[STATE_KEY]:
-        return CentreAccountant.from_state(json.loads(str(context.state[STATE_KEY][ledger])))
+    """The ledger's accountant from the centre's own file (new when it has none).
+
+    ``prior`` (the server's record, ``dp-prior``) is only compared, see :func:`_compare_prior`.
+    """
+    store = store_of(context, ident)
+    key = store.key(ledger)
+    own = store.accountant(key)
     if prior:
-        logger.info("centre %s: ledger %s restored from the server's privacy.json", centre, ledger)
-        return CentreAccountant.from_state({"centre": centre, **json.loads(prior)})
-    return CentreAccountant(mechanism, centre=centre)  # type: ignore[arg-type]
+        _compare_prior(store, key, own, prior)
+    return own if own is not None else CentreAccountant(mechanism, centre=ident.name)  # type: ignore[arg-type]
 
 
-def save_accountant(context: Context, ledger: str, accountant: CentreAccountant) -> None:
-    """Keep the ledger's accountant in ``context.state`` (one JSON string per ledger)."""
-    if STATE_KEY not in context.state:
-        context.state[STATE_KEY] = ConfigRecord({})
-    context.state[STATE_KEY][ledger] = json.dumps(accountant.to_state())
+def save_accountant(
+    context: Context, ident: CentreIdentity, ledger: str, accountant: CentreAccountant
+) -> None:
+    """Store the ledger's accountant in the centre's file (a plan, a fork, a finished round)."""
+    store = store_of(context, ident)
+    store.commit(store.key(ledger), accountant)
+
+
+def has_ledger(context: Context, ident: CentreIdentity, ledger: str) -> bool:
+    """True when the centre's own file holds the ledger."""
+    store = store_of(context, ident)
+    return store.has(store.key(ledger))
+
+
+def reserve_round(context: Context, ident: CentreIdentity, ledger: str, session: DPSession) -> None:
+    """Write-ahead: the round's planned charge (``session.charges``) goes to the centre's file
+    when the model is private, before the first step (``session.before_steps``)."""
+    store = store_of(context, ident)
+    key = store.key(ledger)
+
+    def write(s: DPSession) -> None:
+        store.reserve(key, s.accountant, s.phase, s.charges)
+
+    session.before_steps = write
 
 
 def privacy_budget(ident: CentreIdentity, n_examples: int) -> PrivacyBudget | None:
@@ -163,9 +223,7 @@ def open_dp_session(
             "strategy does not send it: set privacy.noise_multiplier instead"
         )
     ledger = ledger_name(m)
-    accountant = load_accountant(
-        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=m.prior
-    )
+    accountant = load_accountant(context, ident, ledger, mechanism=budget.accountant, prior=m.prior)
     session = DPSession(
         budget,
         accountant,
@@ -178,6 +236,7 @@ def open_dp_session(
         projected = session.check_budget(per_round, sample_rate=1.0 / steps_per_epoch)
     except (BudgetExceeded, PrivacyUsageError) as err:
         raise BudgetRefusal(ident.name, str(err)) from err
+    reserve_round(context, ident, ledger, session)
     logger.info(
         "centre %s ledger %s phase %s: DP round of %d steps, epsilon after it %.3f",
         ident.name,
@@ -225,8 +284,8 @@ def dp_session_for(
 
 
 def finish_dp(context: Context, session: DPSession, m: LedgerFields, steps: int) -> ConfigRecord:
-    """Save the ledger after training and return the reply's ``privacy`` record."""
-    save_accountant(context, ledger_name(m), session.accountant)
+    """Commit the ledger after training (before the reply leaves); the reply's ``privacy``."""
+    save_accountant(context, identity_of(context), ledger_name(m), session.accountant)
     return encode_privacy(session, ledger=ledger_name(m), round_steps=steps)
 
 
@@ -235,17 +294,13 @@ def ledger_epsilon(
 ) -> tuple[float, float] | None:
     """(epsilon, delta) spent so far on ``ledger``, or None without DP.
 
-    A ledger this node does not hold (a restarted node: its ``context.state`` is gone) is
-    read from the server's record ``prior`` (``dp-prior``) when the message carries one.
+    None too when the centre's own file has no such ledger (the server's ``prior`` is only
+    compared with it).
     """
     budget = privacy_budget(ident, n_examples)
-    if budget is None:
+    if budget is None or not has_ledger(context, ident, ledger):
         return None
-    if not prior and (STATE_KEY not in context.state or ledger not in context.state[STATE_KEY]):
-        return None
-    acc = load_accountant(
-        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=prior
-    )
+    acc = load_accountant(context, ident, ledger, mechanism=budget.accountant, prior=prior)
     return acc.epsilon(budget.delta), budget.delta
 
 

@@ -18,8 +18,8 @@ from flwr.app import Context
 from fedmammo.config.recipe import LocalTrainingParams
 from fedmammo.federation.centre_runtime import CentreIdentity
 from fedmammo.federation.privacy.ledger import (
-    STATE_KEY,
     BudgetRefusal,
+    has_ledger,
     ledger_name,
     load_accountant,
     save_accountant,
@@ -34,7 +34,6 @@ __all__ = [
     "LATER_PHASES_KEY",
     "PARENT_LEDGER_KEY",
     "fork_parent_ledger",
-    "has_ledger",
     "plan_later_phases",
 ]
 
@@ -47,25 +46,20 @@ PARENT_LEDGER_KEY = "dp-parent-ledger"
 LATER_PHASES_KEY = "dp-later-phases"
 
 
-def has_ledger(context: Context, ledger: str) -> bool:
-    """True when this centre's ``context.state`` holds the ledger."""
-    return STATE_KEY in context.state and ledger in context.state[STATE_KEY]
-
-
 def fork_parent_ledger(
     context: Context, ident: CentreIdentity, m: PhaseFields, budget: PrivacyBudget
 ) -> None:
     """Start a fine-tuning arm's ledger as a copy of its pre-training's (this centre's own).
 
-    Nothing to do when the ledger exists already or the server restores it (``dp-prior``,
-    a resumed run). Without a record of the parent ledger the pre-training steps could not
-    be counted, so the round is refused.
+    Nothing to do when the centre's file holds the ledger already (a later round, a resumed
+    run; at a real site every name is the one site ledger). Without a record of the parent
+    ledger the pre-training steps could not be counted, so the round is refused.
     """
     parent = str(m.parent_ledger or "")
     ledger = ledger_name(m)
-    if not parent or has_ledger(context, ledger) or m.prior:
+    if not parent or has_ledger(context, ident, ledger):
         return
-    if not has_ledger(context, parent):
+    if not has_ledger(context, ident, parent):
         raise BudgetRefusal(
             ident.name,
             f"centre {ident.name!r} cannot account ledger {ledger!r}: it continues the "
@@ -73,8 +67,8 @@ def fork_parent_ledger(
             "state lost?); rerun the pre-training arm, or resume from the run directory whose "
             "privacy.json records it",
         )
-    acc = load_accountant(context, parent, mechanism=budget.accountant, centre=ident.name)
-    save_accountant(context, ledger, acc)
+    acc = load_accountant(context, ident, parent, mechanism=budget.accountant)
+    save_accountant(context, ident, ledger, acc)
 
 
 def _later_phases(m: PhaseFields, centre: str, n_examples: int) -> list[tuple[str, float, int]]:
@@ -113,9 +107,7 @@ def plan_later_phases(
     if not later or target is None or budget.noise_multiplier is not None:
         return
     ledger = ledger_name(m)
-    acc = load_accountant(
-        context, ledger, mechanism=budget.accountant, centre=ident.name, prior=m.prior
-    )
+    acc = load_accountant(context, ident, ledger, mechanism=budget.accountant, prior=m.prior)
     q = 1.0 / steps_per_epoch
     planned = max(int(m.planned_rounds or 0), 1) * steps_per_epoch * epochs
     plan = acc.plans.get(phase)
@@ -140,7 +132,7 @@ def plan_later_phases(
             "sample_rate": float(rate),
             "planned_steps": float(steps),
         }
-    save_accountant(context, ledger, acc)
+    save_accountant(context, ident, ledger, acc)
     logger.info(
         "centre %s ledger %s: noise multiplier %.4f planned for phase %s (%d steps) and %s "
         "(target epsilon %.3g)",

@@ -5,7 +5,8 @@ Every arm and seed of a run is a separate what-if deployment with its own ledger
 train message the ledger and the rounds planned for it, records the replies' ``privacy``
 records and refusals in privacy.json and tells the runner to stop an arm a centre refused;
 :func:`run_audits` asks every training centre to audit an arm's final model. The centre side
-(ledgers in ``context.state``, DP sessions, refusals) is :mod:`fedmammo.federation.privacy.ledger`.
+(ledgers on the centre's own disk, DP sessions, refusals) is
+:mod:`fedmammo.federation.privacy.ledger`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from flwr.app import Message
 
+from fedmammo.federation.console import safe
 from fedmammo.federation.messages import (
     ARRAYS,
     AUDIT,
@@ -117,8 +119,8 @@ class ArmPrivacy:
                 "refused it (privacy budget); the model of the last completed round is final"
             )
             self.orc.console.print(
-                f"[yellow]centre {centre} refused round {rnd} of arm "
-                f"{self.arm} (privacy budget): stopping this arm[/]"
+                f"[yellow]centre {safe(centre)} refused round {rnd} of arm "
+                f"{safe(self.arm)} (privacy budget): stopping this arm[/]"
             )
         self.log.write()
         if refused:
@@ -232,4 +234,6 @@ def record_generator_refusal(orc: Any, *, centre: str, name: str, seed: int, rea
     log = PrivacyLog(orc.run_dir)
     log.refusal(centre=centre, arm=name, seed=seed, round=None, reason=" ".join(reason.split()))
     log.write()
-    orc.console.print(f"[yellow]centre {centre} refused generator {name} (privacy budget)[/]")
+    orc.console.print(
+        f"[yellow]centre {safe(centre)} refused generator {safe(name)} (privacy budget)[/]"
+    )

@@ -22,8 +22,8 @@ through :func:`~fedmammo.federation.privacy.ledger.open_dp_session` (Poisson sam
   phase ``finetune``. Both charge *one* ledger: a fine-tuning arm (its own ledger, as every
   arm is a separate what-if deployment) starts as a copy of the ledger of the pre-training
   it continues (``dp-parent-ledger``, the ``mtl`` arm's), copied from this centre's own
-  ``context.state``, so its epsilon is pre-training plus fine-tuning. A centre without a
-  record of that parent ledger (node state lost, no server prior) refuses the round.
+  ledger file, so its epsilon is pre-training plus fine-tuning (at a real site every arm
+  charges the one site ledger). A centre without a record of that parent ledger refuses.
 - The noise for a target epsilon is planned once for the whole run. ``DPSession`` plans a
   phase from what remains of the target after earlier phases, so planned alone the
   pre-training would spend the whole target and leave nothing to fine-tune. When the server

@@ -21,7 +21,7 @@ instead (:mod:`fedmammo.methods.periodic_sampling.privacy`, :mod:`fedmammo.priva
 every step Poisson-samples the one segment the step pattern names, at that segment's rate,
 and is accounted to that segment only; the reply's ``privacy`` record reports the maximum
 over segments, on the message's ledger
-(``privacy-ledger``: one per arm and seed, composed over rounds in ``context.state``):
+(``privacy-ledger``: one per arm and seed, composed over rounds in the centre's ledger file):
 
 - ``sampler``: the step pattern is Algorithm 1 over the segments' rarest-label counts
   (``periodic``) or a round-robin (``balanced_segments``), continued across rounds at step

@@ -24,6 +24,7 @@ from fedmammo.federation.privacy.ledger import (
     ledger_name,
     load_accountant,
     privacy_budget,
+    reserve_round,
 )
 from fedmammo.methods.periodic_sampling.messages import PLANNED_QUOTA_KEY, TrainPeriodic
 from fedmammo.privacy.accounting import BudgetExceeded, PrivacyUsageError
@@ -108,11 +109,7 @@ def dp_session(
             "the noise once for the whole run; set privacy.noise_multiplier instead"
         )
     accountant = load_accountant(
-        context,
-        ledger_name(m),
-        mechanism=budget.accountant,
-        centre=ident.name,
-        prior=m.prior,
+        context, ident, ledger_name(m), mechanism=budget.accountant, prior=m.prior
     )
     try:
         session = PeriodicDPSession(
@@ -127,4 +124,5 @@ def dp_session(
         session.check_round()
     except (BudgetExceeded, PrivacyUsageError) as err:
         raise BudgetRefusal(ident.name, str(err)) from err
+    reserve_round(context, ident, ledger_name(m), session)
     return session

@@ -29,6 +29,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, RecordDict
 
 from fedmammo.errors import ConfigError
+from fedmammo.federation.console import safe
 from fedmammo.federation.messages import METRICS, PRIVACY
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.codec import decode_privacy
@@ -231,8 +232,8 @@ def _train_generators(
             gens[name] = gen
             fd = gen.description.extra.get("frechet_distance", float("nan"))
             orc.console.print(
-                f"  generator {name}: {len(gen.snapshots)} snapshot(s), "
-                f"Frechet {fd:.3g} ({centre} computed it)"
+                f"  generator {safe(name)}: {len(gen.snapshots)} snapshot(s), "
+                f"Frechet {fd:.3g} ({safe(centre)} computed it)"
             )
     return gens
 

@@ -1,5 +1,5 @@
 """DP in the federation without Ray: train.classifier / evaluate.audit handlers with their
-ledgers in context.state, refusals, the reply codec, the guard mod, and the FedAvg runner on
+ledgers on the centre's disk, refusals, the reply codec, the guard mod, and the FedAvg runner on
 an in-process grid (privacy.json against dp-accounting, a budget overrun that stops cleanly).
 """
 
@@ -8,15 +8,24 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
-from helpers.centre_nodes import node_context, prepared_centre, use_privacy
+from helpers.centre_nodes import (
+    current_state_dir,
+    ledger_file,
+    node_context,
+    prepared_centre,
+    use_privacy,
+)
 from helpers.dp_reference import independent_epsilon
 
+from fedmammo.errors import DataError
+from fedmammo.federation.centre_runtime import identity_of
 from fedmammo.federation.codec import put_json, state_to_arrays
 from fedmammo.federation.egress import check_outgoing, egress_mod
 from fedmammo.federation.messages import MessageError
@@ -32,9 +41,11 @@ from fedmammo.federation.privacy.ledger import (
     dp_guard_mod,
     is_refusal,
 )
+from fedmammo.federation.privacy.ledger_store import data_fingerprint
 from fedmammo.methods.fedavg import client as handlers
 from fedmammo.models import build_model
 from fedmammo.privacy.accounting import epsilon_of
+from fedmammo.privacy.engine import DPSession
 
 ROOT = Path(__file__).resolve().parents[3]
 SIZE = (32, 24)
@@ -67,8 +78,8 @@ def steps_per_epoch(data) -> int:
     return math.ceil(len(data.rows("train")) / TRAIN["batch_size"])
 
 
-def new_context(data_dir: Path) -> Context:
-    return node_context("dpc", data_dir)
+def new_context(data_dir: Path, state_dir: Path | None = None) -> Context:
+    return node_context("dpc", data_dir, state_dir=state_dir)
 
 
 def send(fn, kind: str, context: Context, *, train=TRAIN, seed: int = 0, arrays=None, **config):
@@ -110,15 +121,15 @@ def dp_round(context: Context, *, seed: int, train=TRAIN, planned: int = 3, **co
     return decode_privacy(content["privacy"])
 
 
-def test_rounds_compose_one_budget_through_context_state(centre):
+def test_rounds_compose_one_budget_through_the_centres_ledger(centre, tmp_path):
     # Prepare: 3 planned rounds of one epoch, a target epsilon of 6.
     data, data_dir = centre
     use_privacy(data_dir, target_epsilon=6.0)
     context = new_context(data_dir)
     k = steps_per_epoch(data)
-    # Execute: three rounds through the same node state, and round 1 in a fresh state.
+    # Execute: three rounds through the same ledger, and round 1 with a new state folder.
     reports = [dp_round(context, seed=r) for r in range(3)]
-    fresh = dp_round(new_context(data_dir), seed=0)
+    fresh = dp_round(new_context(data_dir, tmp_path / "other-state"), seed=0)
     # Assert: noise chosen once for all 3k steps; epsilon grows as one composed budget.
     sigma, q = reports[0]["noise_multiplier"], reports[0]["sample_rate"]
     assert q == pytest.approx(1 / k) and reports[0]["planned_steps"] == 3 * k
@@ -134,14 +145,16 @@ def test_rounds_compose_one_budget_through_context_state(centre):
     assert fresh["epsilon"] == pytest.approx(eps[0]) and fresh["epsilon"] < 0.8 * eps[2]
 
 
-def test_two_rounds_through_state_equal_one_run_of_the_same_steps(centre):
+def test_two_rounds_through_the_ledger_equal_one_run_of_the_same_steps(centre, tmp_path):
     # Prepare
     _, data_dir = centre
     use_privacy(data_dir, target_epsilon=6.0)
     context = new_context(data_dir)
-    # Execute: 2 rounds of 1 epoch through context.state vs 1 round of 2 epochs.
+    # Execute: 2 rounds of 1 epoch through the ledger vs 1 round of 2 epochs (another ledger).
     split = [dp_round(context, seed=s, planned=2) for s in (0, 1)][-1]
-    single = dp_round(new_context(data_dir), seed=0, planned=1, train={**TRAIN, "epochs": 2})
+    single = dp_round(
+        new_context(data_dir, tmp_path / "single"), seed=0, planned=1, train={**TRAIN, "epochs": 2}
+    )
     # Assert: same planned noise, same composed history, same epsilon.
     assert split["noise_multiplier"] == pytest.approx(single["noise_multiplier"])
     assert split["history"] == single["history"]
@@ -154,13 +167,14 @@ def test_round_beyond_the_plan_is_refused_before_any_step(centre):
     use_privacy(data_dir, target_epsilon=6.0)
     context = new_context(data_dir)
     last = [dp_round(context, seed=s, planned=2) for s in (0, 1)][-1]
-    state_before = dict(context.state["privacy.ledgers"])
+    own = ledger_file(current_state_dir(data_dir))
+    state_before = own.read_text()
     # Execute / Assert: a third round is refused with the refusal mark; nothing was spent.
     with pytest.raises(BudgetRefusal) as info:
         dp_round(context, seed=2, planned=2)
     assert str(info.value).startswith(REFUSAL_MARK) and is_refusal(str(info.value))
     assert "'dpc'" in str(info.value) and "planned steps" in str(info.value)
-    assert dict(context.state["privacy.ledgers"]) == state_before
+    assert own.read_text() == state_before
     assert last["epsilon"] <= 6.0 * 1.01
 
 
@@ -179,29 +193,24 @@ def test_fixed_noise_with_a_cap_is_refused_when_the_next_round_overruns(centre):
     assert first["epsilon"] == pytest.approx(one) and first["delta"] == delta
 
 
-def test_resumed_node_restores_its_ledger_from_the_server_prior(centre):
-    # Prepare: one round, then a new node state (a resumed run) given the recorded ledger.
+def test_restarted_node_continues_its_own_ledger_and_ignores_a_forged_prior(centre, caplog):
+    # Prepare: one round, then a restarted node (empty context.state, same state folder)
+    # that the server sends a forged record of the ledger (1000 steps: trusted, it would
+    # exhaust the budget; an empty record is the audit test's).
     data, data_dir = centre
     k = steps_per_epoch(data)
     use_privacy(data_dir, target_epsilon=6.0)
     first = dp_round(new_context(data_dir), seed=0)
-    prior = {
-        "accountant": "rdp",
-        "history": first["ledger_history"],
-        "phases": {"classifier": first["history"]},
-        "plans": {
-            "classifier": {
-                "noise_multiplier": first["noise_multiplier"],
-                "sample_rate": first["sample_rate"],
-                "planned_steps": 3.0 * k,
-            }
-        },
-    }
+    forged = {"accountant": "rdp", "history": [[1.0, 0.5, 1000]], "phases": {}, "plans": {}}
     # Execute
-    second = dp_round(new_context(data_dir), seed=1, **{PRIOR_KEY: json.dumps(prior)})
-    # Assert: the second round composes with the first, with the same planned noise.
+    second = dp_round(new_context(data_dir), seed=1, **{PRIOR_KEY: json.dumps(forged)})
+    # Assert: the second round composes with the first (the centre's own file), with the same
+    # planned noise; the disagreeing server record is reported, not used.
     assert second["history"] == [[first["noise_multiplier"], pytest.approx(1 / k), 2 * k]]
     assert second["epsilon"] > first["epsilon"]
+    assert f"the server's record (1000 DP steps) disagrees with the centre's own ({k} steps" in (
+        caplog.text
+    )
 
 
 def test_non_dp_centre_replies_without_a_privacy_record(centre):
@@ -286,26 +295,106 @@ def test_audit_handler_replies_scores_only_with_the_epsilon_bound(centre):
     assert m["tpr-bound-at-1pct-fpr"] == pytest.approx(bound)
 
 
-def test_audit_at_a_restarted_node_reports_the_recorded_ledgers_epsilon(centre):
-    # Prepare: one DP round, then the node restarts (empty state); the server sends the ledger
-    # it recorded in privacy.json, as run_audits does on --resume
+def test_audit_at_a_restarted_node_reports_its_own_ledgers_epsilon(centre, tmp_path):
+    # Prepare: one DP round, then the node restarts (empty context.state); the server sends
+    # a forged record of the ledger (nothing spent), as run_audits does on --resume
     _, data_dir = centre
     use_privacy(data_dir, target_epsilon=6.0)
     report = dp_round(new_context(data_dir), seed=0)
-    recorded = {"accountant": "rdp", "history": report["ledger_history"], "phases": {}}
+    forged = {"accountant": "rdp", "history": [], "phases": {}}
+    fields = {LEDGER_KEY: "federated|0", PRIOR_KEY: json.dumps(forged)}
     # Execute
-    fresh = send(
-        audit_handlers.audit, "evaluate.audit", new_context(data_dir), **{LEDGER_KEY: "federated|0"}
-    )["metrics"]
-    restored = send(
-        audit_handlers.audit,
-        "evaluate.audit",
-        new_context(data_dir),
-        **{LEDGER_KEY: "federated|0", PRIOR_KEY: json.dumps(recorded)},
-    )["metrics"]
-    # Assert: without the record no epsilon is claimed; with it, the ledger's epsilon
-    assert "epsilon" not in fresh
-    assert restored["epsilon"] == pytest.approx(report["ledger_epsilon"], rel=1e-6)
+    restarted = send(audit_handlers.audit, "evaluate.audit", new_context(data_dir), **fields)
+    elsewhere = new_context(data_dir, tmp_path / "no-ledger")
+    stranger = send(audit_handlers.audit, "evaluate.audit", elsewhere, **fields)
+    # Assert: the restarted node reports its own ledger's epsilon; a node without a ledger
+    # file claims no epsilon, whatever the server's record says
+    assert restarted["metrics"]["epsilon"] == pytest.approx(report["ledger_epsilon"], rel=1e-6)
+    assert "epsilon" not in stranger["metrics"]
+
+
+# --------------------------------------------------------------------------- centre's file
+def test_a_site_keeps_one_ledger_whatever_name_the_server_sends(centre):
+    # Prepare: fixed noise 0.8 and a cap between one and two rounds' epsilon, at a real site
+    data, data_dir = centre
+    k = steps_per_epoch(data)
+    one, two = (epsilon_of([[0.8, 1 / k, r * k]], 1e-5) for r in (1, 2))
+    use_privacy(data_dir, target_epsilon=round((one + two) / 2, 2), noise_multiplier=0.8)
+    first = dp_round(new_context(data_dir), seed=0)
+    # Execute / Assert: a new ledger name, an empty prior, a restarted node: refused all the
+    # same (the spent epsilon is the site's, never reset)
+    for name in ("renamed|0", "", "federated|0"):
+        fields = {LEDGER_KEY: name} if name else {PRIOR_KEY: ""}
+        with pytest.raises(BudgetRefusal, match=rf"spent so far {one:.4g}"):
+            dp_round(new_context(data_dir), seed=1, **fields)
+    assert first["ledger_epsilon"] == pytest.approx(one)
+
+
+def test_a_study_at_the_centre_may_keep_one_ledger_per_arm(centre):
+    # Prepare: the same cap; the profile chooses one ledger per what-if arm (as simulation)
+    data, data_dir = centre
+    k = steps_per_epoch(data)
+    one, two = (epsilon_of([[0.8, 1 / k, r * k]], 1e-5) for r in (1, 2))
+    target = round((one + two) / 2, 2)
+    use_privacy(data_dir, target_epsilon=target, noise_multiplier=0.8, ledger_scope="arm")
+    context = new_context(data_dir)
+    dp_round(context, seed=0)
+    # Execute: another arm's first round, then the first arm's second round
+    other = dp_round(context, seed=0, **{LEDGER_KEY: "local|0"})
+    # Assert: the other arm has its own budget; the first arm's is still spent
+    assert other["ledger_epsilon"] == pytest.approx(one)
+    with pytest.raises(BudgetRefusal, match=rf"spent so far {one:.4g}"):
+        dp_round(new_context(data_dir), seed=1)
+
+
+def test_a_crash_between_training_and_the_reply_counts_the_round_as_spent(
+    centre, monkeypatch, caplog
+):
+    # Prepare: a round that trains and then dies before its ledger is committed
+    data, data_dir = centre
+    k = steps_per_epoch(data)
+    use_privacy(data_dir, noise_multiplier=0.8)
+
+    def power_cut(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DPSession, "after_training", power_cut)
+        with pytest.raises(RuntimeError, match="power cut"):
+            dp_round(new_context(data_dir), seed=0)
+    # Execute: the restarted node trains the next round
+    after = dp_round(new_context(data_dir), seed=1)
+    # Assert: the interrupted round's k planned steps were written ahead and count
+    assert after["ledger_history"] == [[0.8, pytest.approx(1 / k), 2 * k]]
+    assert f"its {k} planned steps are counted as spent" in caplog.text
+    pending = json.loads(ledger_file(current_state_dir(data_dir)).read_text())["pending"]
+    assert pending == {}  # committed with the round that followed
+
+
+def test_an_unreadable_ledger_refuses_dp_work_in_one_line(centre):
+    # Prepare: one round, then the ledger file is damaged
+    _, data_dir = centre
+    use_privacy(data_dir, noise_multiplier=0.8)
+    dp_round(new_context(data_dir), seed=0)
+    path = ledger_file(current_state_dir(data_dir))
+    path.write_text("{not json")
+    # Execute / Assert: never a fresh budget; one line naming the file
+    with pytest.raises(DataError, match=rf"privacy ledger {path} is unreadable .*backup"):
+        dp_round(new_context(data_dir), seed=1)
+
+
+def test_the_ledger_file_is_keyed_by_the_centres_own_data_settings(centre, tmp_path):
+    # Prepare
+    _, data_dir = centre
+    ident = identity_of(new_context(data_dir))
+    # Execute
+    same = data_fingerprint(replace(ident, role="test"))
+    other_seed = data_fingerprint(replace(ident, data_seed=(ident.data_seed or 0) + 1))
+    other_size = data_fingerprint(replace(ident, image_size=(64, 48)))
+    other_name = data_fingerprint(replace(ident, name="someone-else"))
+    # Assert: what defines the data changes the fingerprint; nothing else does
+    assert same == data_fingerprint(ident)
+    assert len({same, other_seed, other_size, other_name}) == 4
 
 
 def test_audit_separates_an_overfit_model_and_not_a_strongly_private_one(centre):

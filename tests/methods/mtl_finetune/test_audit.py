@@ -144,8 +144,9 @@ def test_overfit_net_separates_members_and_a_dp_net_reports_the_bound(centre):
 
 def test_finetuned_model_where_only_pretraining_ran_reports_the_parent_ledger(centre):
     # Prepare: one DP pre-training round (ledger mtl|0) at this centre; no fine-tuning here.
+    # One ledger per what-if arm (as in simulation; a site's one ledger answers either way).
     _, data_dir = centre
-    use_privacy(data_dir, noise_multiplier=2.0)
+    use_privacy(data_dir, noise_multiplier=2.0, ledger_scope="arm")
     context = new_context(data_dir)
     report = decode_privacy(train(context, epochs=1)["privacy"])
     # Execute: audit a fine-tuning arm's model, with and without naming the ledger it continues

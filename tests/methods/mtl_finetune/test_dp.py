@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 from flwr.app import ConfigRecord, Context, RecordDict
-from helpers.centre_nodes import node_context, prepared_centre, use_privacy
+from helpers.centre_nodes import current_state_dir, ledger_file, node_context, prepared_centre
+from helpers.centre_nodes import use_privacy as set_privacy
 from helpers.dp_reference import independent_epsilon
 from helpers.flower_messages import InProcessGrid, make_incoming, run_strategy_in_process
 
@@ -57,8 +58,14 @@ def centre(tmp_path_factory):
     return prepared_centre(tmp_path_factory.mktemp("dpmtl"), "dpm", SIZE, labels=labels)
 
 
-def new_context(data_dir: Path) -> Context:
-    return node_context("dpm", data_dir)
+def new_context(data_dir: Path, state_dir: Path | None = None) -> Context:
+    return node_context("dpm", data_dir, state_dir=state_dir)
+
+
+def use_privacy(data_dir: Path, **privacy) -> None:
+    """The centre's DP settings; each arm a what-if ledger (``ledger_scope: arm``), as in
+    simulation (a site's one ledger for everything: tests/federation/privacy/)."""
+    set_privacy(data_dir, ledger_scope="arm", **privacy)
 
 
 def steps(data, train=TRAIN) -> int:
@@ -111,23 +118,24 @@ def finetune(context: Context, *, arm: str = "finetune_u1_0.5", seed: int = 0, *
     return decode_privacy(content["privacy"])
 
 
-def ledger(context: Context, name: str) -> dict:
-    return json.loads(str(context.state["privacy.ledgers"][name]))
+def ledger(data_dir: Path, name: str) -> dict:
+    """A ledger in the centre's own file (its state folder of this test)."""
+    return json.loads(ledger_file(current_state_dir(data_dir)).read_text())["ledgers"][name]
 
 
 LATER = {"finetune": {"rounds": 1, "train": TRAIN_FT, "centres": ["dpm"]}}
 
 
-def test_rounds_compose_one_budget_and_epsilon_matches_the_accountants(centre):
+def test_rounds_compose_one_budget_and_epsilon_matches_the_accountants(centre, tmp_path):
     # Prepare: 2 planned pre-training rounds of one epoch, target epsilon 6.
     data, data_dir = centre
     use_privacy(data_dir, target_epsilon=TARGET)
     context = new_context(data_dir)
     k = steps(data)
-    # Execute: two rounds on one node state, round 1 again on a fresh state, then a third.
+    # Execute: two rounds on one ledger, round 1 again on another ledger, then a third.
     first, second = pretrain(context, seed=0), pretrain(context, seed=1)
-    fresh = pretrain(new_context(data_dir), seed=0)
-    before = ledger(context, "mtl|3")
+    fresh = pretrain(new_context(data_dir, tmp_path / "fresh"), seed=0)
+    before = ledger(data_dir, "mtl|3")
     with pytest.raises(BudgetRefusal) as refused:
         pretrain(context, seed=2)
     # Assert: the noise is planned once for the 2k steps at rate 1/k ...
@@ -146,7 +154,7 @@ def test_rounds_compose_one_budget_and_epsilon_matches_the_accountants(centre):
     assert fresh["epsilon"] == pytest.approx(first["epsilon"])
     # a round beyond the plan is refused before any step: the ledger is unchanged
     assert str(refused.value).startswith(REFUSAL_MARK) and "planned steps" in str(refused.value)
-    assert ledger(context, "mtl|3") == before
+    assert ledger(data_dir, "mtl|3") == before
 
 
 def test_pretraining_and_finetuning_share_one_budget_with_one_planned_noise(centre):
@@ -173,7 +181,7 @@ def test_pretraining_and_finetuning_share_one_budget_with_one_planned_noise(cent
     assert tuned["epsilon"] < pre["epsilon"] < tuned["ledger_epsilon"]  # phases alone
     # each fine-tuning arm continues the same pre-training ledger, which stays as it was
     assert other["ledger_history"] == tuned["ledger_history"]
-    assert ledger(context, "mtl|3")["history"] == pre["ledger_history"]
+    assert ledger(data_dir, "mtl|3")["history"] == pre["ledger_history"]
 
 
 def test_pretraining_planned_alone_leaves_finetuning_only_noise(centre):
@@ -198,11 +206,11 @@ def test_fixed_noise_with_a_cap_refuses_the_round_that_would_overrun(centre):
     use_privacy(data_dir, noise_multiplier=0.8, target_epsilon=round((one + two) / 2, 2))
     context = new_context(data_dir)
     first = pretrain(context, planned=0)  # a fixed noise needs no planned rounds
-    before = ledger(context, "mtl|3")
+    before = ledger(data_dir, "mtl|3")
     # Execute / Assert: round 2 is refused naming what was spent and what it would reach
     with pytest.raises(BudgetRefusal, match=rf"spent so far {one:.4g}, .* {two:.4g} > target"):
         pretrain(context, planned=0, seed=1)
-    assert first["epsilon"] == pytest.approx(one) and ledger(context, "mtl|3") == before
+    assert first["epsilon"] == pytest.approx(one) and ledger(data_dir, "mtl|3") == before
 
 
 def test_finetuning_without_a_record_of_its_pretraining_is_refused(centre):
@@ -219,7 +227,7 @@ def test_batchnorm_net_is_refused_naming_its_layers(centre):
     context = new_context(data_dir)
     with pytest.raises(DPIncompatibleModelError, match=r"stem\.1 \(BatchNorm2d\)"):
         send(context, model=batchnorm, **{LEDGER_KEY: "mtl|3", PLANNED_ROUNDS_KEY: 1})
-    assert "privacy.ledgers" not in context.state  # nothing planned, nothing spent
+    assert ledger_file(current_state_dir(data_dir)) is None  # nothing planned, nothing spent
 
 
 def test_group_norm_net_trains_with_dp(centre):
@@ -380,9 +388,9 @@ def test_runner_stops_a_refused_arm_and_keeps_its_earlier_rounds(dp_run, tmp_pat
     assert results["progress"]["finetune_u1_0.5|0"]["done"] is True
 
 
-def test_resumed_finetuning_restores_the_pretraining_ledger_from_privacy_json(dp_run, tmp_path):
-    # Prepare: a copy of the run, as if it had stopped before the fine-tuning arm; the new
-    # grid's centres have lost their node state (their ledgers)
+def test_resumed_finetuning_continues_the_pretraining_ledger_of_the_centres_file(dp_run, tmp_path):
+    # Prepare: a copy of the run, as if it had stopped before the fine-tuning arm (its ledger
+    # never written at the centres); the new grid's centres have lost their node state
     first_run, _ = dp_run
     run_dir = tmp_path / "run"
     shutil.copytree(first_run, run_dir)
@@ -392,6 +400,10 @@ def test_resumed_finetuning_restores_the_pretraining_ledger_from_privacy_json(dp
     privacy = json.loads((run_dir / "privacy.json").read_text())
     privacy["records"] = [r for r in privacy["records"] if r["phase"] != "finetune"]
     (run_dir / "privacy.json").write_text(json.dumps(privacy))
+    for path in (run_dir / "centres").glob("*/privacy-ledger-*.json"):
+        own = json.loads(path.read_text())
+        own["ledgers"] = {k: v for k, v in own["ledgers"].items() if not k.startswith("finetune")}
+        path.write_text(json.dumps(own))
     before = _records(first_run)
     # Execute
     _, grid = run_runner(

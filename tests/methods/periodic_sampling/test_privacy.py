@@ -15,7 +15,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from helpers.centre_nodes import node_context, use_privacy
+from helpers.centre_nodes import current_state_dir, ledger_file, node_context, use_privacy
 from helpers.dp_reference import independent_epsilon
 from helpers.flower_messages import make_incoming
 
@@ -23,7 +23,7 @@ from fedmammo.apps import DP_CAPABLE  # noqa: E402
 from fedmammo.config import CentreProfile
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.data.sampling import QuotaBatchSampler
-from fedmammo.evaluation.privacy_report import PrivacyLog, recompute_epsilon
+from fedmammo.evaluation.privacy_report import recompute_epsilon
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.codec import get_json, put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
@@ -167,29 +167,36 @@ def test_dp_periodic_rounds_compose_per_segment_on_one_ledger(centres):
     assert eps[2] < epsilon_of([[sigma, q_max, 12]], last["delta"])
 
 
-def test_round_beyond_the_plan_or_the_cap_is_refused_before_any_step(centres):
+def ledger_text(data_dir) -> str:
+    """The centre's ledger file (its own state folder; one per test)."""
+    return ledger_file(current_state_dir(data_dir)).read_text()
+
+
+def test_round_beyond_the_plan_or_the_cap_is_refused_before_any_step(centres, tmp_path):
     # Prepare: a plan of 2 rounds.
     _, data_dir = centres["ca"]
     use_privacy(data_dir, target_epsilon=6.0)
     context = node_context("ca", data_dir)
     for r in (1, 2):
         sampler_round(context, r, planned=2)
-    before = dict(context.state["privacy.ledgers"])
+    before = ledger_text(data_dir)
     # Execute / Assert: round 3 is refused; the ledger is untouched.
     with pytest.raises(BudgetRefusal, match="planned steps") as info:
         sampler_round(context, 3, planned=2)
     assert str(info.value).startswith(REFUSAL_MARK)
-    assert dict(context.state["privacy.ledgers"]) == before
+    assert ledger_text(data_dir) == before
     # fixed noise with a cap just above one round's epsilon: round 2 would overrun it
+    # (new ledgers: other state folders)
     use_privacy(data_dir, noise_multiplier=0.8)
-    one = sampler_round(node_context("ca", data_dir), 1)["ledger_epsilon"]
+    one = sampler_round(node_context("ca", data_dir, state_dir=tmp_path / "a"), 1)
+    one = one["ledger_epsilon"]
     use_privacy(data_dir, noise_multiplier=0.8, target_epsilon=round(one * 1.05, 3))
-    context = node_context("ca", data_dir)
+    context = node_context("ca", data_dir, state_dir=tmp_path / "b")
     assert sampler_round(context, 1)["ledger_epsilon"] == pytest.approx(one)
-    before = dict(context.state["privacy.ledgers"])
+    before = ledger_file(tmp_path / "b").read_text()
     with pytest.raises(BudgetRefusal, match="> target"):
         sampler_round(context, 2)
-    assert dict(context.state["privacy.ledgers"]) == before
+    assert ledger_file(tmp_path / "b").read_text() == before
 
 
 def test_quota_rounds_take_the_quota_in_expectation_and_plan_once(centres):
@@ -261,19 +268,18 @@ def test_fixed_batches_are_never_used_or_reported_under_dp(centres, monkeypatch)
         encode_privacy(session, ledger=LEDGER, round_steps=2)
 
 
-def test_resumed_centre_restores_its_per_segment_ledger_from_privacy_json(centres, tmp_path):
-    # Prepare: round 1 recorded in privacy.json; the node state is lost.
+def test_restarted_centre_continues_its_own_per_segment_ledger(centres, tmp_path):
+    # Prepare: round 1; the node restarts (context.state lost); the server's privacy.json
+    # copy is forged to an empty record.
     _, data_dir = centres["ca"]
     use_privacy(data_dir, target_epsilon=6.0)
-    first = sampler_round(node_context("ca", data_dir), 1)
-    log = PrivacyLog(tmp_path)
-    log.record(centre="ca", arm="exp", seed=0, report=first, round=1)
-    prior = json.dumps(log.ledger_state("ca", LEDGER))
-    # Execute: round 2 at a fresh node given the prior, vs two rounds in one node state.
-    resumed = sampler_round(node_context("ca", data_dir), 2, **{PRIOR_KEY: prior})
-    context = node_context("ca", data_dir)
+    sampler_round(node_context("ca", data_dir), 1)
+    forged = json.dumps({"accountant": "rdp", "history": [], "segment_history": {}})
+    # Execute: round 2 at a restarted node, vs two rounds in one node (another state folder).
+    resumed = sampler_round(node_context("ca", data_dir), 2, **{PRIOR_KEY: forged})
+    context = node_context("ca", data_dir, state_dir=tmp_path / "straight")
     straight = [sampler_round(context, r) for r in (1, 2)][-1]
-    # Assert: the same composed per-segment ledger.
+    # Assert: the same composed per-segment ledger, from the centre's own file.
     assert resumed["ledger_segment_history"] == straight["ledger_segment_history"]
     assert resumed["ledger_epsilon"] == pytest.approx(straight["ledger_epsilon"], rel=1e-9)
 
