@@ -118,7 +118,6 @@ def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
     swept = any(p.name for p in points)
     for col in (["point"] if swept else []) + ["arm", "seed", "rounds done", "state"]:
         table.add_column(col, overflow="fold")
-    partial_fedbn = False
     totals = Counter()
     for point in points:
         folder = run_dir / "points" / point.name if point.name else run_dir
@@ -127,12 +126,10 @@ def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
             table.add_row(safe(point.name), "(every arm)", "", "", "point done: kept")
             totals["done"] += len(point.rows)
             continue
-        bn = getattr(point.scenario.recipe.typed_params(), "batchnorm", None)
         for row in point.rows:
             entry = progress.get(f"{row.arm}|{row.seed}")
             done, state = _state(entry, row.rounds)
             totals["done" if entry and entry.get("done") else "partial" if entry else "todo"] += 1
-            partial_fedbn |= bool(entry and not entry.get("done") and bn == "local")
             cells = [row.arm, "" if row.seed is None else str(row.seed), done, state]
             table.add_row(*(safe(c) for c in ([point.name] if swept else []) + cells))
     console.print(table)
@@ -143,17 +140,18 @@ def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
     _print_ledgers(console, run_dir, points)
     ckpts = sorted(run_dir.glob("**/checkpoints/*/*.pt"))
     console.print(f"checkpoints: {len(ckpts)} model files (the last completed round of each arm)")
-    local = sorted(p for p in run_dir.glob("**/centre_state/*") if p.is_file())
+    ledgers = sorted(run_dir.glob("**/centres/*/privacy-ledger-*.json"))
+    fedbn = sorted(run_dir.glob("**/centres/*/fedbn/*.pt"))
+    local = ledgers + fedbn
     if local:
-        console.print(f"per-centre local state: {len(local)} files ({safe(local[0].parent)})")
-    else:
-        console.print("per-centre local state: none kept in the run folder")
-    if partial_fedbn:
+        owners = sorted({p.parent.name for p in ledgers} | {p.parent.parent.name for p in fedbn})
         console.print(
-            "[yellow]note:[/] an arm with batchnorm: local (FedBN) is part done; the centres' "
-            "own BatchNorm statistics of the rounds already run are not kept on disk, so it "
-            "resumes with the global model's (its results may differ from an unbroken run)"
+            f"per-centre local state: {len(local)} files kept by the centres themselves "
+            f"(privacy ledgers, FedBN BatchNorm state) for {safe(', '.join(owners))}",
+            soft_wrap=True,
         )
+    else:
+        console.print("per-centre local state: none (no DP ledger, no FedBN state yet)")
 
 
 def _print_ledgers(console: Console, run_dir: Path, points: list[Point]) -> None:

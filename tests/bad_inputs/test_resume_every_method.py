@@ -1,0 +1,137 @@
+"""A resumed run equals the uninterrupted one, for every method (issue 15).
+
+Each registered method's tiny scenario runs three times in process (the real ClientApp
+behind its guards, no Ray): unbroken; killed as the server sends a training batch drawn at
+random (seeded) from the unbroken run's; then resumed from that folder on fresh nodes (every
+centre's context.state lost, as after a restart). The resumed run's metric records must equal
+the unbroken run's (timings aside), and it must train fewer batches than a fresh run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from helpers import flower_messages
+
+from fedmammo.config import load_scenario
+from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
+from fedmammo.federation.server_app import resumed, run_scenario
+from fedmammo.methods import METHODS
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+class ServerKilled(Exception):
+    """The server process died."""
+
+
+def _train_batch(messages) -> bool:
+    return any(m.metadata.message_type.startswith("train.") for m in messages)
+
+
+class CountingGrid(flower_messages.InProcessGrid):
+    """Counts the server's training batches (one send_and_receive with train.* messages)."""
+
+    batches = 0
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        if _train_batch(messages):
+            type(self).batches += 1
+        return super().send_and_receive(messages, timeout)
+
+
+def killing_grid(at: int) -> type:
+    class KillingGrid(flower_messages.InProcessGrid):
+        seen = 0
+
+        def send_and_receive(self, messages, timeout=None):
+            messages = list(messages)
+            if _train_batch(messages):
+                type(self).seen += 1
+                if type(self).seen == at:
+                    raise ServerKilled(f"killed at training batch {at}")
+            return super().send_and_receive(messages, timeout)
+
+    return KillingGrid
+
+
+def _run(kind: str, tmp_path: Path, monkeypatch, run_dir: Path, grid_cls, *, resume: bool, **extra):
+    scenario_file = TESTS / "methods" / kind / "tiny.yaml"
+    sets = {"data_dir": str(tmp_path / "data"), **extra}
+    scenario = load_scenario(scenario_file, sets=sets)
+    params = scenario.recipe.typed_params()
+    order = scenario.centre_names() + ([POOLED] if "pooled" in getattr(params, "arms", []) else [])
+    spec = RunSpec(
+        scenario_file=str(scenario_file), run_dir=str(run_dir), sets=sets, node_order=order
+    )
+    run_dir.mkdir(exist_ok=True)
+    if resume:
+        spec = resumed(spec)
+    monkeypatch.setenv(ENV_VAR, str(spec.save()))
+    method = METHODS[kind]
+    with flower_messages.in_process_identity():
+        grid = grid_cls(spec.node_order, strict=True)
+        run_scenario(grid, spec, method.run, method.report)
+    return json.loads((run_dir / "results.json").read_text()), grid
+
+
+def _records(results: dict) -> list[tuple]:
+    keys = ("arm", "seed", "centre", "split", "segment", "round", "metric", "value")
+    rows = [
+        r
+        for r in results["metrics"]
+        if r["split"] != "timing" and not str(r["metric"]).endswith("compute_seconds")
+    ]
+    return sorted((tuple(str(r.get(k)) for k in keys) for r in rows), key=str)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("kind", sorted(METHODS))
+def test_a_killed_run_resumed_equals_the_unbroken_run(kind, tmp_path, monkeypatch):
+    # Prepare: the unbroken run, and a kill point drawn from its training batches
+    CountingGrid.batches = 0
+    unbroken, _ = _run(
+        kind, tmp_path, monkeypatch, tmp_path / "unbroken", CountingGrid, resume=False
+    )
+    total = CountingGrid.batches
+    assert total >= 2, f"{kind}: the tiny scenario trains in {total} batch(es)"
+    at = random.Random(f"resume-{kind}").randint(2, total)
+    broken = tmp_path / "broken"
+    # Execute: killed at batch `at`, then resumed on fresh nodes
+    with pytest.raises(ServerKilled):
+        _run(kind, tmp_path, monkeypatch, broken, killing_grid(at), resume=False)
+    CountingGrid.batches = 0
+    again, _ = _run(kind, tmp_path, monkeypatch, broken, CountingGrid, resume=True)
+    # Assert: the same records as the unbroken run; what the killed run finished was kept
+    # (rounds and arms; a phase cut in the middle, such as a downstream task set, reruns)
+    assert _records(again) == _records(unbroken), f"{kind} killed at batch {at}/{total}"
+    assert CountingGrid.batches < total, (kind, at, total, CountingGrid.batches)
+    assert again["failures"] == unbroken["failures"] == []
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_resumed_fedbn_arm_continues_each_centres_own_batchnorm(tmp_path, monkeypatch):
+    # Prepare: FedBN (BatchNorm stays at each centre) over 3 rounds, two seeds
+    fedbn = {
+        "strategy.params.arms": ["federated"],
+        "strategy.params.rounds": 3,
+        "strategy.params.batchnorm": "local",
+        "seeds": [0, 1],
+    }
+    unbroken, _ = _run(
+        "fedavg", tmp_path, monkeypatch, tmp_path / "unbroken", CountingGrid, resume=False, **fedbn
+    )
+    # Execute: killed as round 3 of seed 0 starts; resumed on nodes without memory
+    broken = tmp_path / "broken"
+    with pytest.raises(ServerKilled):
+        _run("fedavg", tmp_path, monkeypatch, broken, killing_grid(3), resume=False, **fedbn)
+    again, _ = _run("fedavg", tmp_path, monkeypatch, broken, CountingGrid, resume=True, **fedbn)
+    # Assert: round 3 used each centre's own BatchNorm state of rounds 1-2 (from its state
+    # folder), so the resumed run equals the unbroken one; seed 1 did not inherit seed 0's
+    assert _records(again) == _records(unbroken)
+    files = sorted(p.relative_to(broken) for p in broken.glob("centres/*/fedbn/*.pt"))
+    assert [str(p.parts[1]) for p in files] == ["a", "b"], files
