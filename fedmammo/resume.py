@@ -141,10 +141,10 @@ def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
     ckpts = sorted(run_dir.glob("**/checkpoints/*/*.pt"))
     console.print(f"checkpoints: {len(ckpts)} model files (the last completed round of each arm)")
     ledgers = sorted(run_dir.glob("**/centres/*/privacy-ledger-*.json"))
-    fedbn = sorted(run_dir.glob("**/centres/*/fedbn/*.pt"))
+    fedbn = sorted(run_dir.glob("**/centres/*/fedbn/*/*.pt"))
     local = ledgers + fedbn
     if local:
-        owners = sorted({p.parent.name for p in ledgers} | {p.parent.parent.name for p in fedbn})
+        owners = sorted({p.parent.name for p in ledgers} | {p.parents[2].name for p in fedbn})
         console.print(
             f"per-centre local state: {len(local)} files kept by the centres themselves "
             f"(privacy ledgers, FedBN BatchNorm state) for {safe(', '.join(owners))}",

@@ -1,9 +1,11 @@
 """The model a message carries, and a centre's local BatchNorm state (FedBN) per arm.
 
 FedBN's BatchNorm state is the centre's own: it never leaves, and it lives in the centre's
-state folder (:func:`~fedmammo.federation.site.state_dir`, ``fedbn/<arm>.pt``), so a
-restarted node or a resumed run continues with it. An arm's first round starts from the
-received model's BatchNorm state (a new seed, or a new run, never inherits another's).
+state folder (:func:`~fedmammo.federation.site.state_dir`, ``fedbn/<arm>/round<r>.pt``, one
+per training round), so a restarted node or a resumed run continues with it, and a round the
+server retrains after a restart starts from the same state as the first time. An arm's
+first round starts from the received model's BatchNorm state (a new seed never inherits
+another's).
 """
 
 from __future__ import annotations
@@ -34,11 +36,25 @@ def bn_keys(model: nn.Module) -> list[str]:
     return keys
 
 
-def local_bn_file(context: Context, arm: str) -> Path:
-    """Where this centre keeps its BatchNorm state of ``arm`` (its own state folder)."""
+def _bn_folder(context: Context, arm: str) -> Path:
+    """This centre's BatchNorm states of ``arm``, one file per round (its own state folder)."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", arm)[:60]
     digest = hashlib.sha256(arm.encode()).hexdigest()[:8]
-    return state_dir(context, identity_of(context)) / "fedbn" / f"{name}-{digest}.pt"
+    return state_dir(context, identity_of(context)) / "fedbn" / f"{name}-{digest}"
+
+
+def _saved_rounds(folder: Path) -> dict[int, Path]:
+    found = (re.fullmatch(r"round(\d+)\.pt", p.name) for p in folder.glob("round*.pt"))
+    return {int(f.group(1)): folder / f.group(0) for f in found if f}
+
+
+def local_bn_file(context: Context, arm: str, server_round: int | None) -> Path | None:
+    """The BatchNorm state a message of ``server_round`` continues: the latest saved before
+    that round (a training round r continues round r-1's, also when the server retrains r
+    after a restart), or the latest of all for a message without a round (evaluation)."""
+    saved = _saved_rounds(_bn_folder(context, arm))
+    usable = [r for r in saved if server_round is None or r < int(server_round)]
+    return saved[max(usable)] if usable else None
 
 
 def model_from(
@@ -46,26 +62,30 @@ def model_from(
 ) -> nn.Module:
     """Build the model the message names and load its weights ``arrays`` into it.
 
-    With ``keep_local_bn`` the centre's own BatchNorm state for this arm (if it has one, and
-    the message is not the arm's first round) replaces the received one (FedBN).
+    With ``keep_local_bn`` the centre's own BatchNorm state for this arm (see
+    :func:`local_bn_file`) replaces the received one (FedBN); an arm's first round has none.
     """
     model = build_model(m.model["name"], **m.model.get("options", {}))
     like = model.state_dict()
     state = arrays_to_state(arrays, like=like)
-    first_round = getattr(m, "server_round", None) == 1
-    path = local_bn_file(context, m.arm) if keep_local_bn and not first_round else None
-    if path is not None and path.is_file():
+    path = local_bn_file(context, m.arm, getattr(m, "server_round", None))
+    if keep_local_bn and path is not None:
         own = torch.load(path, weights_only=True)
         state.update({k: v for k, v in own.items() if k in like})
     model.load_state_dict(state)
     return model
 
 
-def save_local_bn(model: nn.Module, context: Context, arm: str) -> None:
-    """Keep this centre's BatchNorm state for ``arm`` in its state folder (atomic write)."""
+def save_local_bn(model: nn.Module, context: Context, m: ModelConfig) -> None:
+    """Keep this centre's BatchNorm state after training round ``m.server_round`` of ``m.arm``
+    (atomic write). Round 1 starts the arm afresh: states of an earlier seed are removed."""
+    rnd = int(getattr(m, "server_round", None) or 1)
+    folder = _bn_folder(context, m.arm)
+    folder.mkdir(parents=True, exist_ok=True)
+    if rnd == 1:
+        for old in _saved_rounds(folder).values():
+            old.unlink()
     state = model.state_dict()
-    path = local_bn_file(context, arm)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = folder / f"round{rnd}.tmp"
     torch.save({k: state[k].detach().cpu().clone() for k in bn_keys(model)}, tmp)
-    tmp.replace(path)
+    tmp.replace(folder / f"round{rnd}.pt")

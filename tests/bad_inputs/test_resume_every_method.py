@@ -28,38 +28,41 @@ class ServerKilled(Exception):
     """The server process died."""
 
 
-def _train_batch(messages) -> bool:
-    return any(m.metadata.message_type.startswith("train.") for m in messages)
+def _batch_of(messages, prefix: str) -> bool:
+    return any(m.metadata.message_type.startswith(prefix) for m in messages)
 
 
 class CountingGrid(flower_messages.InProcessGrid):
-    """Counts the server's training batches (one send_and_receive with train.* messages)."""
+    """Counts the server's training and evaluation batches (send_and_receive calls)."""
 
     batches = 0
+    evaluations = 0
 
     def send_and_receive(self, messages, timeout=None):
         messages = list(messages)
-        if _train_batch(messages):
+        if _batch_of(messages, "train."):
             type(self).batches += 1
+        if _batch_of(messages, "evaluate."):
+            type(self).evaluations += 1
         return super().send_and_receive(messages, timeout)
 
 
-def killing_grid(at: int) -> type:
+def killing_grid(at: int, prefix: str = "train.") -> type:
     class KillingGrid(flower_messages.InProcessGrid):
         seen = 0
 
         def send_and_receive(self, messages, timeout=None):
             messages = list(messages)
-            if _train_batch(messages):
+            if _batch_of(messages, prefix):
                 type(self).seen += 1
                 if type(self).seen == at:
-                    raise ServerKilled(f"killed at training batch {at}")
+                    raise ServerKilled(f"killed at {prefix} batch {at}")
             return super().send_and_receive(messages, timeout)
 
     return KillingGrid
 
 
-def _run(kind: str, tmp_path: Path, monkeypatch, run_dir: Path, grid_cls, *, resume: bool, **extra):
+def _run(kind, tmp_path, monkeypatch, run_dir: Path, grid_cls, *, resume, report=None, **extra):
     scenario_file = TESTS / "methods" / kind / "tiny.yaml"
     sets = {"data_dir": str(tmp_path / "data"), **extra}
     scenario = load_scenario(scenario_file, sets=sets)
@@ -75,7 +78,7 @@ def _run(kind: str, tmp_path: Path, monkeypatch, run_dir: Path, grid_cls, *, res
     method = METHODS[kind]
     with flower_messages.in_process_identity():
         grid = grid_cls(spec.node_order, strict=True)
-        run_scenario(grid, spec, method.run, method.report)
+        run_scenario(grid, spec, method.run, report or method.report)
     return json.loads((run_dir / "results.json").read_text()), grid
 
 
@@ -133,5 +136,38 @@ def test_a_resumed_fedbn_arm_continues_each_centres_own_batchnorm(tmp_path, monk
     # Assert: round 3 used each centre's own BatchNorm state of rounds 1-2 (from its state
     # folder), so the resumed run equals the unbroken one; seed 1 did not inherit seed 0's
     assert _records(again) == _records(unbroken)
-    files = sorted(p.relative_to(broken) for p in broken.glob("centres/*/fedbn/*.pt"))
-    assert [str(p.parts[1]) for p in files] == ["a", "b"], files
+    files = sorted(p.relative_to(broken) for p in broken.glob("centres/*/fedbn/*/*.pt"))
+    assert [(p.parts[1], p.name) for p in files] == [
+        (c, f"round{r}.pt") for c in ("a", "b") for r in (1, 2, 3)
+    ], files
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("phase", ["evaluation", "report"])
+def test_a_run_killed_during_evaluation_or_its_report_resumes_to_the_same_results(
+    phase, tmp_path, monkeypatch
+):
+    # Prepare: the unbroken FedAvg run; the kill point: a random evaluation batch, or the
+    # report (results.json complete, results.md and report.html not yet written)
+    CountingGrid.evaluations = 0
+    unbroken, _ = _run(
+        "fedavg", tmp_path, monkeypatch, tmp_path / "unbroken", CountingGrid, resume=False
+    )
+    broken = tmp_path / "broken"
+    grid, report = CountingGrid, None
+    if phase == "evaluation":
+        at = random.Random("resume-evaluate").randint(1, CountingGrid.evaluations)
+        grid = killing_grid(at, "evaluate.")
+    else:
+
+        def report(*args, **kwargs):
+            raise ServerKilled("killed while writing the report")
+
+    # Execute
+    with pytest.raises(ServerKilled):
+        _run("fedavg", tmp_path, monkeypatch, broken, grid, resume=False, report=report)
+    again, _ = _run("fedavg", tmp_path, monkeypatch, broken, CountingGrid, resume=True)
+    # Assert: the same records, and the report written by the resumed run
+    assert _records(again) == _records(unbroken)
+    assert (broken / "results.md").read_text().startswith("# Results:")
+    assert (broken / "report.html").is_file()

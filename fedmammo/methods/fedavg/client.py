@@ -50,7 +50,7 @@ def train(msg: Message, context: Context) -> Message:
         privacy=privacy,
     )
     if local_bn:
-        save_local_bn(model, context, m.arm)
+        save_local_bn(model, context, m)
     metrics = TrainMetrics(
         num_examples=result.num_examples,
         train_loss=result.loss,

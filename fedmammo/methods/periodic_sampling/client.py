@@ -188,7 +188,7 @@ def train(msg: Message, context: Context) -> Message:
         )
         steps, seen, loss = result.steps, result.num_examples, result.loss
     if local_bn:
-        save_local_bn(model, context, m.arm)
+        save_local_bn(model, context, m)
     metrics = TrainPeriodicMetrics(
         num_examples=seen,
         train_loss=loss,
