@@ -59,9 +59,7 @@ def write_summary(
     df = recorder.frame()
     table = final_table(df, centres=recorder.meta.get("centre_order"))
     lines = [f"# Results: {recorder.meta.get('scenario', '')}", ""]
-    if table.empty:
-        lines.append("No final test metrics were recorded.")
-    else:
+    if not table.empty:
         rt = Table(title="Test AUROC [95% CI] (mean (std) over seeds when several)")
         rt.add_column("arm")
         for c in table.columns:
@@ -75,8 +73,10 @@ def write_summary(
             to_markdown(table.fillna("")),
         ]
     extra = section(recorder, console) if section is not None else ""
-    if extra:
-        lines += ["", extra]
+    if extra:  # the method's own tables (a method without AUROC records has only these)
+        lines += ([] if table.empty else [""]) + [extra]
+    elif table.empty:
+        lines.append("No final test metrics were recorded.")
     if recorder.failures:
         lines += ["", f"{len(recorder.failures)} centre failures recorded (see results.json)."]
     for note in recorder.notes:

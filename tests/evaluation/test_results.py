@@ -92,3 +92,15 @@ def test_write_summary_has_table_failures_and_notes(tmp_path):
     assert "1 centre failures recorded" in text
     assert "- pooled arm skipped" in text
     assert (tmp_path / "results.md").read_text() == text
+
+
+def test_a_method_without_auroc_records_shows_its_own_tables_only(tmp_path):
+    # Prepare: a run whose metrics are not AUROC (contrastive_dg's tasks), and an empty run
+    rec = RunRecorder(tmp_path / "a", meta={"scenario": "dg"})
+    empty = RunRecorder(tmp_path / "b", meta={"scenario": "none"})
+    # Execute
+    text = write_summary(rec, section=lambda r, c: "## Method tables\n\n| a | b |")
+    bare = write_summary(empty, section=lambda r, c: "")
+    # Assert: no false "nothing recorded" above the method's tables; said when truly empty
+    assert text == "# Results: dg\n\n## Method tables\n\n| a | b |\n"
+    assert "No final test metrics were recorded." in bare
