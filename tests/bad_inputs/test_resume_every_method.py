@@ -9,16 +9,13 @@ the unbroken run's (timings aside), and it must train fewer batches than a fresh
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 from helpers import flower_messages
+from helpers.flower_messages import run_tiny_in_process
 
-from fedmammo.config import load_scenario
-from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
-from fedmammo.federation.server_app import resumed, run_scenario
 from fedmammo.methods import METHODS
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -62,24 +59,12 @@ def killing_grid(at: int, prefix: str = "train.") -> type:
     return KillingGrid
 
 
-def _run(kind, tmp_path, monkeypatch, run_dir: Path, grid_cls, *, resume, report=None, **extra):
-    scenario_file = TESTS / "methods" / kind / "tiny.yaml"
-    sets = {"data_dir": str(tmp_path / "data"), **extra}
-    scenario = load_scenario(scenario_file, sets=sets)
-    params = scenario.recipe.typed_params()
-    order = scenario.centre_names() + ([POOLED] if "pooled" in getattr(params, "arms", []) else [])
-    spec = RunSpec(
-        scenario_file=str(scenario_file), run_dir=str(run_dir), sets=sets, node_order=order
-    )
-    run_dir.mkdir(exist_ok=True)
-    if resume:
-        spec = resumed(spec)
-    monkeypatch.setenv(ENV_VAR, str(spec.save()))
-    method = METHODS[kind]
-    with flower_messages.in_process_identity():
-        grid = grid_cls(spec.node_order, strict=True)
-        run_scenario(grid, spec, method.run, report or method.report)
-    return json.loads((run_dir / "results.json").read_text()), grid
+def _run(kind, tmp_path, monkeypatch, run_dir: Path, grid_cls, *, resume, report=None, **sets):
+    tiny = TESTS / "methods" / kind / "tiny.yaml"
+    return run_tiny_in_process(
+        tiny, tmp_path, monkeypatch, kind, sets, run_dir=run_dir, grid_cls=grid_cls,
+        resume=resume, report=report, with_pooled=True,
+    )  # fmt: skip
 
 
 def _records(results: dict) -> list[tuple]:

@@ -113,30 +113,50 @@ def run_strategy_in_process(spec, scenario, runner, *, resume: bool = False, str
     return orc, grid
 
 
-def run_tiny_in_process(tiny, tmp_path, monkeypatch, kind: str, sets: dict | None = None):
+def run_tiny_in_process(
+    tiny,
+    tmp_path,
+    monkeypatch,
+    kind: str,
+    sets: dict | None = None,
+    *,
+    run_dir=None,
+    grid_cls=None,
+    resume: bool = False,
+    report=None,
+    with_pooled: bool = False,
+):
     """Run method ``kind`` on scenario ``tiny`` through the server's own ``run_scenario`` and
-    the real ClientApp in process; returns (results.json as a dict, the grid)."""
+    the real ClientApp in process; returns (results.json as a dict, the grid).
+
+    Data in ``tmp_path/data``, the run in ``run_dir`` (default ``tmp_path/run``); ``grid_cls``
+    replaces :class:`InProcessGrid` (a grid that fails on purpose), ``resume`` continues the
+    run folder as ``flwr run ... resume=true`` does, ``report`` replaces the method's report;
+    ``with_pooled`` adds the pooled what-if node when an arm needs it (as simulation does).
+    """
     import dataclasses
     import json
     from pathlib import Path
 
     from fedmammo.config import load_scenario
-    from fedmammo.federation.runspec import ENV_VAR, RunSpec
-    from fedmammo.federation.server_app import run_scenario
+    from fedmammo.federation.runspec import ENV_VAR, RunSpec, node_order
+    from fedmammo.federation.server_app import resumed, run_scenario
     from fedmammo.methods import METHODS
 
     sets = {"data_dir": str(tmp_path / "data"), **(sets or {})}
     scenario = load_scenario(tiny, sets=sets)
     spec = RunSpec(
         scenario_file=str(tiny),
-        run_dir=str(tmp_path / "run"),
+        run_dir=str(run_dir or tmp_path / "run"),
         sets=sets,
-        node_order=scenario.centre_names(),
+        node_order=node_order(scenario) if with_pooled else scenario.centre_names(),
     )
-    Path(spec.run_dir).mkdir()
+    Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+    if resume:
+        spec = resumed(spec)
     monkeypatch.setenv(ENV_VAR, str(spec.save()))
     method = METHODS[kind]
     with in_process_identity():
-        grid = InProcessGrid(spec.node_order, strict=True)
-        run_scenario(grid, dataclasses.replace(spec), method.run, method.report)
+        grid = (grid_cls or InProcessGrid)(spec.node_order, strict=True)
+        run_scenario(grid, dataclasses.replace(spec), method.run, report or method.report)
     return json.loads((Path(spec.run_dir) / "results.json").read_text()), grid
