@@ -75,3 +75,92 @@ def test_check_reports_bad_scenario_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "key 'roundz': unknown key" in proc.stdout
+
+
+# ---------------------------------------------------------------- a Ray cluster's address
+# In process, no Ray started: a wrong address fails in one line before any folder is made.
+def _one_error(capsys) -> str:
+    out = capsys.readouterr().out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out, out
+    return errors[0]
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["run", "check"])
+def test_a_dead_ray_address_is_one_line_before_anything_is_made(tmp_path, capsys, check):
+    from helpers.processes import free_port
+
+    from fedmammo.simulate import main
+
+    address = f"127.0.0.1:{free_port()}"
+    argv = [TINY, "--ray-address", address, "--out", str(tmp_path / "out")]
+    argv += ["--set", f"data_dir={tmp_path / 'data'}"] + (["--check"] if check else [])
+    assert main(argv) == 2
+    line = _one_error(capsys)
+    assert line.startswith(f"error: --ray-address {address}: cannot attach to a Ray cluster")
+    assert "Connection refused" in line and "ray start --head" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "address", "expected"),
+    [
+        ("flag", "ray://10.0.0.1:10001", "Ray Client (ray://) addresses are not supported"),
+        ("flag", "headnode", "expected HOST:PORT or auto"),
+        ("scenario", "127.0.0.1:1", "simulation.ray_address 127.0.0.1:1: cannot attach"),
+    ],
+)
+def test_a_bad_ray_address_from_the_flag_or_the_scenario_is_one_line(
+    tmp_path, capsys, where, address, expected
+):
+    from fedmammo.simulate import main
+
+    argv = [TINY, "--check", "--out", str(tmp_path / "out")]
+    argv += ["--ray-address", address] if where == "flag" else []
+    argv += ["--set", f"simulation.ray_address={address}"] if where == "scenario" else []
+    assert main(argv) == 2
+    assert expected in _one_error(capsys)
+
+
+def test_a_port_where_no_ray_head_listens_fails_within_seconds(tmp_path, capsys):
+    import socket
+    import time
+
+    from fedmammo.simulate import main
+
+    with socket.socket() as listener:  # accepts TCP, speaks no gRPC (ray.init would hang)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        assert main([TINY, "--check", "--ray-address", address]) == 2
+        took = time.monotonic() - start
+    assert "no Ray head answers within 5 s" in _one_error(capsys)
+    assert took < 20
+
+
+def test_auto_without_a_recorded_cluster_is_one_line(capsys, monkeypatch):
+    import ray._private.services
+
+    from fedmammo.simulate import main
+
+    monkeypatch.setattr(ray._private.services, "find_bootstrap_address", lambda _: None)
+    assert main([TINY, "--check", "--ray-address", "auto"]) == 2
+    assert "no Ray cluster was started on this machine" in _one_error(capsys)
+
+
+def test_client_resources_come_from_the_scenario_and_must_fit_a_node():
+    from fedmammo.config import load_scenario
+    from fedmammo.errors import ConfigError
+    from fedmammo.simulate import check_fits, client_resources
+
+    default = load_scenario(TINY)
+    assert client_resources(default) == {"num_cpus": 1, "num_gpus": 0.0}  # the profiles'
+    chosen = load_scenario(TINY, sets={"simulation.client_resources": {"num_cpus": 0.5}})
+    resources = client_resources(chosen)
+    assert resources == {"num_cpus": 0.5, "num_gpus": 0.0}
+    assert check_fits(resources, [{"CPU": 1.0}, {"CPU": 2.0}], "x") == 6
+    with pytest.raises(ConfigError, match=r"^x: each centre asks for 3 CPU 0 GPU; no node"):
+        check_fits({"num_cpus": 3, "num_gpus": 0}, [{"CPU": 2.0}, {"CPU": 2.0}], "x")
+    with pytest.raises(ConfigError, match="1 GPU; no node has that many"):
+        check_fits({"num_cpus": 1, "num_gpus": 1}, [{"CPU": 4.0}], "x")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from fedmammo.config.dotted import apply_dotted
-from fedmammo.config.profile import CentreProfile, PrivacySpec, Strict
+from fedmammo.config.profile import CentreProfile, ComputeSpec, PrivacySpec, Strict
 from fedmammo.config.recipe import known_kinds, validate_recipe_params
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "FaultSpec",
     "MessageTimeouts",
     "Scenario",
+    "SimulationSpec",
     "StrategySpec",
     "TrackingSpec",
 ]
@@ -121,6 +122,18 @@ class TrackingSpec(Strict):
     mlflow: bool | MlflowSpec = False
 
 
+class SimulationSpec(Strict):
+    """Flower's simulation engine (``python -m fedmammo.simulate``): where the simulated
+    centres run and what each Ray actor asks for."""
+
+    # a running Ray cluster to attach to ("HOST:PORT" printed by `ray start --head`, or
+    # "auto"); None: a private Ray instance on this machine. --ray-address wins over it.
+    ray_address: str | None = Field(default=None, min_length=1)
+    # every simulated centre's Ray resources (num_cpus, num_gpus); None: the largest of the
+    # centres' profiles' ``compute`` blocks
+    client_resources: ComputeSpec | None = None
+
+
 class Scenario(Strict):
     """A scenario: centres (resolved profiles), a strategy recipe, seeds and run settings."""
 
@@ -138,6 +151,7 @@ class Scenario(Strict):
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
     faults: list[FaultSpec] = Field(default_factory=list)
     tracking: TrackingSpec | None = None  # TensorBoard / MLflow, files in the run folder
+    simulation: SimulationSpec = SimulationSpec()  # Ray: cluster address, client_resources
     quick: dict[str, Any] = Field(default_factory=dict)  # scenario keys overridden by --quick
     # filled by load_scenario:
     resolved_profiles: dict[str, CentreProfile] = Field(default_factory=dict)
