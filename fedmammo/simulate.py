@@ -344,6 +344,8 @@ def attach_ray(address: str, env_vars: dict[str, str], what: str = "") -> list[d
             "one with `ray start --head` and pass the address it prints (see docs/deployment.md)"
         ) from None
     nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+    if address == "auto":  # say which cluster that was
+        address = getattr(ray.get_runtime_context(), "gcs_address", None) or address
     log.info("attached to the Ray cluster at %s: %d nodes", address, len(nodes))
     console.print(f"Ray cluster at [bold]{safe(address)}[/]: {len(nodes)} nodes")
     return nodes
