@@ -67,7 +67,9 @@ class _Grid:
         sent = msg.content["arrays"]
         local = {k: sent[k].numpy() + self.updates[node][k] for k in sent}
         declare_egress(context, local, copies=1)
-        metrics = MetricRecord({"num-examples": self.weights[node]})
+        metrics = MetricRecord(
+            {"num-examples": self.weights[node], "num-images": self.weights[node]}
+        )
         arrays = ArrayRecord({k: Array(v) for k, v in local.items()})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 

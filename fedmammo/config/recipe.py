@@ -9,20 +9,24 @@ point does (``python -m fedmammo.simulate``, the Flower apps,
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from fedmammo.errors import ConfigError
 
 __all__ = [
+    "WEIGHTINGS",
+    "WEIGHTING_ALIASES",
     "AveragingParams",
     "LocalTrainingParams",
     "ModelParams",
     "RecipeParams",
+    "Weighting",
     "known_kinds",
     "register_params",
     "validate_recipe_params",
+    "weighting_name",
 ]
 
 _PARAMS: dict[str, type[BaseModel]] = {}
@@ -55,15 +59,40 @@ class LocalTrainingParams(RecipeParams):
     augment: bool = True
 
 
+#: How an averaging round weighs each centre's update (recipe key ``weighting``), from the
+#: counts the centre reports in its reply: ``images`` its training images, ``labelled`` those
+#: labelled for the task being trained, ``quota`` the samples of the round's periodic quota it
+#: trained on; ``uniform`` every centre the same.
+WEIGHTINGS: tuple[str, ...] = ("images", "labelled", "quota", "uniform")
+#: Old names, still accepted: ``num_examples`` was the examples a round saw (steps x batch,
+#: equal at every centre with fixed steps), ``num_images`` periodic sampling's image count.
+WEIGHTING_ALIASES: dict[str, str] = {
+    "num_examples": "images",
+    "num_images": "images",
+    "equal": "uniform",
+}
+
+
+def weighting_name(value: Any) -> Any:
+    """The current name of a weighting (old names mapped by ``WEIGHTING_ALIASES``)."""
+    return WEIGHTING_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+#: A recipe's weighting (old names accepted); a method narrows the Literal to what it reports.
+Weighting = Annotated[
+    Literal["images", "labelled", "quota", "uniform"], BeforeValidator(weighting_name)
+]
+
+
 class AveragingParams(RecipeParams):
     """Switches every averaging method shares (its rounds run through
     ``fedmammo.federation.rounds``).
 
     ``secure_aggregation``: every round with two or more centres runs SecAgg+
     (``fedmammo.federation.secagg``): the server learns the weighted average only, never one
-    centre's update. Weights are then the centres' own example counts or equal; weights the
-    server chooses (periodic sampling's quotas) are refused. Single-centre arms (local,
-    pooled) have nothing to hide from themselves and run as before.
+    centre's update. Each centre weighs its own update by its own count (``weighting``:
+    images, labelled or quota) or equally (uniform). Single-centre arms (local, pooled) have
+    nothing to hide from themselves and run as before.
     """
 
     secure_aggregation: bool = False

@@ -305,12 +305,18 @@ class TrainConfig(ModelConfig, RoundFields, DPTrainFields):
 # --------------------------------------------------------------------------- replies
 @message("train reply")
 class TrainMetrics(Metrics):
-    """A training reply: examples (the FedAvg weight), loss, steps, compute time."""
+    """A training reply: examples seen, loss, steps, compute time, and the centre's own counts
+    an averaging round weighs it by (``weighting``): ``num_images`` (its training images),
+    ``num_labelled`` (those labelled for the task trained), ``quota`` (the periodic quota it
+    trained on; -1: sampler steps)."""
 
     num_examples: int = wire("num-examples")
     train_loss: float = wire("train-loss")
     steps: int = wire("steps", 0)
     compute_seconds: float | None = wire("compute-seconds", None)
+    num_images: int | None = wire("num-images", None)
+    num_labelled: int | None = wire("num-labelled", None)
+    quota: int | None = wire("quota", None)
 
 
 @message("evaluate reply")

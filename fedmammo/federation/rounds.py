@@ -15,19 +15,22 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from rich.markup import escape
 
+from fedmammo.config.recipe import WEIGHTINGS, weighting_name
 from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.messages import ARRAYS, METRICS, ModelConfig, TrainConfig, TrainMetrics
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy
-from fedmammo.federation.secagg import SecAggParams, secure_sum
+from fedmammo.federation.secagg import SecAggParams, centre_weight, secure_sum
 from fedmammo.models import build_model
 
 __all__ = [
     "CentreFedAvg",
+    "check_weighting",
     "initial_arrays",
     "max_weight",
     "record_round_timing",
+    "record_weighting",
     "secure_round",
     "train_rounds",
 ]
@@ -37,13 +40,27 @@ log = logging.getLogger(__name__)
 WEIGHT_KEY = "agg-weight"  # server side only: the weight aggregate_train gives each reply
 
 
+def check_weighting(weighting: str) -> str:
+    """The weighting's current name (old names mapped); ConfigError for an unknown one."""
+    name = weighting_name(weighting)
+    if name not in WEIGHTINGS:
+        raise ConfigError(
+            f"weighting {weighting!r}: valid are {', '.join(WEIGHTINGS)} (old names "
+            "num_examples, num_images -> images; equal -> uniform)"
+        )
+    return name
+
+
 class CentreFedAvg(FedAvg):
     """FedAvg that trains a named set of centres, per-node configs, and chosen weighting.
 
     ``message``: the kind of the train messages (its config is what ``configure_train``
     receives; each centre's copy gets the round, its own seed, an injected fault and the
-    fields in ``node_config``). ``weighting``: ``num_examples`` (Flower's default), ``equal``
-    (every centre the same), or a mapping centre -> weight (e.g. periodic-sampling quotas).
+    fields in ``node_config``). ``weighting`` (:data:`fedmammo.config.recipe.WEIGHTINGS`):
+    each reply is weighted by the count the centre reported for it (``images``: its training
+    images, ``labelled``: those labelled for the task, ``quota``: its periodic quota this
+    round) or equally (``uniform``); the server never sets a centre's weight itself.
+    ``weights`` holds the last round's normalised weights per centre.
     """
 
     def __init__(
@@ -51,7 +68,7 @@ class CentreFedAvg(FedAvg):
         nodes: dict[str, int],
         *,
         message: type[TrainConfig],
-        weighting: str | dict[str, float] = "num_examples",
+        weighting: str = "images",
         min_centres: int = 1,
         faults: Iterable[tuple[str, int]] = (),
     ):
@@ -60,7 +77,8 @@ class CentreFedAvg(FedAvg):
         self.faults = set(faults)
         self.message = message
         self.message_type = message.KIND
-        self.weighting = weighting
+        self.weighting = check_weighting(weighting)
+        self.weights: dict[str, float] = {}
         self.failures: dict[str, str] = {}
         self.node_config: dict[str, dict] = {}  # per-centre message fields (DP ledger on resume)
         self.no_reply = "no reply"  # the failure of a centre that did not answer (site gone)
@@ -104,7 +122,7 @@ class CentreFedAvg(FedAvg):
         names = {n: c for c, n in self.centre_nodes.items()}
         replies = list(replies)
         self.failures = {c: self.no_reply for c in self.centre_nodes}
-        valid = []
+        valid, weights = [], {}
         for msg in replies:
             centre = names.get(msg.metadata.src_node_id, "?")
             if msg.has_error():
@@ -112,15 +130,23 @@ class CentreFedAvg(FedAvg):
                 continue
             self.failures.pop(centre, None)
             metrics = msg.content[METRICS]
-            if self.weighting == "num_examples":
-                w = float(self.message.REPLY.from_metrics(metrics).num_examples)
-            elif self.weighting == "equal":
-                w = 1.0
-            else:
-                w = float(self.weighting.get(centre, 0.0))
+            w = centre_weight(metrics, self.weighting, centre=centre)
             metrics[WEIGHT_KEY] = w
+            weights[centre] = w
             valid.append(msg.content)
+        total = sum(weights.values())
+        if valid and total <= 0:  # nothing to weigh: no centre holds what the weighting counts
+            reason = f"weight 0 (weighting: {self.weighting})"
+            self.failures.update({c: reason for c in weights})
+            self.weights = {}
+            return []
+        self.weights = {c: w / total for c, w in weights.items()}
         return valid
+
+
+def record_weighting(orc: Orchestrator, arm: str, weighting: str) -> None:
+    """Keep the arm's weighting in results.json (``meta.weighting``: ``{arm: name}``)."""
+    orc.recorder.meta.setdefault("weighting", {})[arm] = check_weighting(weighting)
 
 
 def max_weight(orc: Orchestrator, centres: list[str], train: dict | None = None) -> float:
@@ -150,17 +176,12 @@ def secure_round(
     the replies as the server holds them (metrics and privacy reports, no arrays), the
     weighted average (None when the round failed) and the averaged metrics.
 
-    The centres weight their own updates (``num_examples``: their own count, capped through
-    :func:`max_weight`; or ``equal``).
+    The centres weight their own updates by the strategy's ``weighting`` (their own count,
+    capped through :func:`max_weight`; or uniform).
     """
-    if strategy.weighting not in ("num_examples", "equal"):
-        raise ConfigError(
-            f"secure aggregation weights by the centres' own counts or equally, not "
-            f"{strategy.weighting!r} (weights the server chooses could single out a centre)"
-        )
     params = SecAggParams(
         max_weight=max_weight(orc, list(strategy.centre_nodes), train),
-        weighting="num-examples" if strategy.weighting == "num_examples" else "equal",
+        weighting=strategy.weighting,
         timeout=orc.timeout,
         seed=derive_seed(seed, "secagg", rnd),
     )
@@ -257,6 +278,7 @@ def train_rounds(
         min_centres=min(getattr(p, "min_centres", 1), len(centres)),
     )
     strategy.no_reply = f"no reply within message_timeout.train={orc.timeout:g} s"
+    record_weighting(orc, arm, strategy.weighting)
     val_centres = [c for c in centres if c != "pooled"]
     dp = ArmPrivacy(
         orc, arm=arm, seed=seed, centres=centres, first_round=first_round, last_round=last

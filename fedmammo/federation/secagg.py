@@ -54,7 +54,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-from fedmammo.errors import FedmammoError
+from fedmammo.config.recipe import WEIGHTINGS
+from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.egress import declare_egress
 from fedmammo.federation.messages import ARRAYS, CONFIG, ArmConfig, TrainMetrics
 
@@ -63,6 +64,7 @@ __all__ = [
     "SecAggError",
     "SecAggParams",
     "SecureAggregate",
+    "centre_weight",
     "secagg_mod",
     "secure_sum",
 ]
@@ -72,7 +74,9 @@ log = logging.getLogger(__name__)
 MASKED_RECORD = "secagg-masked"
 FACTOR_KEY = "secagg-factor"
 MODE_KEY = "secagg-mode"  # "delta": updates relative to the sent arrays; "absolute"
-WEIGHTING_KEY = "secagg-weighting"  # "num-examples" (the centre's own count) or "equal"
+WEIGHTING_KEY = "secagg-weighting"  # a WEIGHTINGS name: the centre's own count, or uniform
+#: The reply field (:class:`TrainMetrics`) holding the centre's count for each weighting.
+COUNT_FIELDS = {"images": "num_images", "labelled": "num_labelled", "quota": "quota"}
 _OPAQUE_BYTES_PER_PEER = 4096
 
 
@@ -94,15 +98,16 @@ class SecAggParams:
     clipping_range: float = 8.0
     quantization_range: int = 1 << 22
     modulus_range: int = 1 << 32
-    weighting: str = "num-examples"
+    weighting: str = "images"
     timeout: float | None = None
     seed: int | None = None  # neighbour assignment (None: system randomness)
 
     def __post_init__(self) -> None:
-        if self.weighting not in ("num-examples", "equal"):
+        if self.weighting not in WEIGHTINGS:
             raise SecAggError(
-                f"weighting {self.weighting!r}: valid are 'num-examples', 'equal' (weights the "
-                "server chooses would let it single out one centre's update)"
+                f"weighting {self.weighting!r}: valid are {', '.join(WEIGHTINGS)} (each centre "
+                "weighs its update by its own count or uniformly; weights the server chose "
+                "would let it single out one centre's update)"
             )
         if self.modulus_range > 1 << 32 or bin(self.modulus_range).count("1") != 1:
             raise SecAggError("modulus_range must be a power of 2 of at most 2**32")
@@ -198,7 +203,7 @@ def secure_sum(
         raise SecAggError(f"secure aggregation needs at least 2 centres, got {len(types)}")
     sent = _same_arrays(messages)
     mode = "delta" if sent is not None else "absolute"
-    max_weight = 1.0 if p.weighting == "equal" else float(p.max_weight)
+    max_weight = 1.0 if p.weighting == "uniform" else float(p.max_weight)
     nodes = list(types)
     n_shares, threshold = _counts(p, len(nodes))
     (random.Random(p.seed) if p.seed is not None else random.SystemRandom()).shuffle(nodes)
@@ -351,13 +356,30 @@ def _rebuild(keys: list[str], average: list[np.ndarray], sent: ArrayRecord | Non
 
 
 # ====================================================================== centre side
-def _weight(reply: RecordDict, weighting: str) -> float:
-    if weighting == "equal":
+def centre_weight(metrics: Mapping[str, Any], weighting: str, *, centre: str = "?") -> float:
+    """A train reply's weight under ``weighting``: 1 for ``uniform``, else the centre's own
+    count (:data:`COUNT_FIELDS`) from its reply ``metrics``; ConfigError when it sent none."""
+    if weighting == "uniform":
         return 1.0
-    key = TrainMetrics.key("num_examples")
+    if weighting not in COUNT_FIELDS:
+        raise ConfigError(f"weighting {weighting!r}: valid are {', '.join(WEIGHTINGS)}")
+    key = TrainMetrics.key(COUNT_FIELDS[weighting])
+    value = metrics.get(key)
+    if value is None or float(value) < 0:
+        raise ConfigError(
+            f"weighting: {weighting}: centre {centre!r}'s train reply has no {key!r} count "
+            f"(got {value!r}); this method's round cannot be weighted by {weighting}"
+        )
+    return float(value)
+
+
+def _weight(reply: RecordDict, weighting: str) -> float:
+    if weighting not in COUNT_FIELDS:  # uniform (an unknown name was refused by SecAggParams)
+        return 1.0
+    key = TrainMetrics.key(COUNT_FIELDS[weighting])
     for record in reply.metric_records.values():
         if key in record:
-            return float(record[key])
+            return centre_weight(record, weighting)
     raise SecAggError(f"the train reply has no {key!r} metric to weight the update")
 
 

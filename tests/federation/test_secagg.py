@@ -73,7 +73,8 @@ class Centres:
         local = {k: a.numpy() + self.updates[node].get(k, 0) for k, a in sent.items()}
         local = {k: np.asarray(v, dtype=sent[k].numpy().dtype) for k, v in local.items()}
         declare_egress(context, local, copies=1)
-        metrics = MetricRecord({"num-examples": self.weights[node], "train-loss": 0.5})
+        w = self.weights[node]
+        metrics = MetricRecord({"num-examples": w, "num-images": w, "train-loss": 0.5})
         return Message(RecordDict({"arrays": _record(local), "metrics": metrics}), reply_to=msg)
 
     def get_node_ids(self) -> list[int]:
@@ -249,9 +250,9 @@ def test_a_centre_refuses_a_threshold_that_would_let_the_server_unmask_it():
     assert "must exceed half" in reply.error.reason
 
 
-def test_server_chosen_weights_and_a_single_centre_are_refused():
-    with pytest.raises(SecAggError, match="single out"):
-        SecAggParams(weighting="quota")
+def test_unknown_weightings_and_a_single_centre_are_refused():
+    with pytest.raises(SecAggError, match="valid are images, labelled, quota, uniform"):
+        SecAggParams(weighting="per-centre")
     centres = Centres([10])
     with pytest.raises(SecAggError, match="at least 2"):
         secure_sum(centres, _train_messages(centres, _global_model()))

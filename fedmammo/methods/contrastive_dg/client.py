@@ -227,6 +227,7 @@ def train_encoder(msg: Message, context: Context) -> Message:
         train_loss=result.loss,
         steps=result.steps,
         compute_seconds=time.perf_counter() - start,
+        num_images=len(frame),  # the weighting count (self-supervised: no labels)
     )
     records = {ARRAYS: state_to_arrays(encoder.state_dict()), METRICS: metrics.to_metrics()}
     return reply(msg, context, records, encoder)

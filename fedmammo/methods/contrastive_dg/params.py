@@ -14,11 +14,11 @@ Arms (rows of the paper's Tables II-III; every arm ends with the same downstream
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from fedmammo.config.recipe import RecipeParams
+from fedmammo.config.recipe import RecipeParams, weighting_name
 from fedmammo.models.contrastive import DEFAULT_MARGIN, DEFAULT_TAU
 
 __all__ = [
@@ -206,7 +206,9 @@ class ContrastiveDgParams(RecipeParams):
     encoder: EncoderParams = EncoderParams()
     pretrain: PretrainParams = PretrainParams()
     rounds: int = Field(default=10, ge=1, le=10_000)
-    weighting: Literal["num_examples", "equal"] = "num_examples"
+    # pre-training rounds weigh a centre by its images (self-supervised: no labels) or
+    # uniformly; old names num_examples / equal accepted
+    weighting: Annotated[Literal["images", "uniform"], BeforeValidator(weighting_name)] = "images"
     min_centres: int = Field(default=1, ge=1)
     styles: StyleParams = StyleParams()
     downstream: Literal["local", "federated"] = "local"

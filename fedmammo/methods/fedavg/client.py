@@ -56,6 +56,8 @@ def train(msg: Message, context: Context) -> Message:
         train_loss=result.loss,
         steps=result.steps,
         compute_seconds=time.perf_counter() - start,
+        num_images=_n(data.rows("train", label=None)),  # the weighting counts (its own)
+        num_labelled=_n(rows),
     )
     records = {ARRAYS: state_to_arrays(model.state_dict()), METRICS: metrics.to_metrics()}
     if privacy is not None:

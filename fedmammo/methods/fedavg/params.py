@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
-from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, ModelParams
+from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, ModelParams, weighting_name
 
 __all__ = ["FedAvgParams"]
 
 
 class FedAvgParams(AveragingParams):
-    """FedAvg of an image-level classifier across the training centres."""
+    """FedAvg of an image-level classifier across the training centres.
+
+    ``weighting``: each centre's update counts by its training images (``images``, the
+    default: pooled training's share of each centre), its labelled training images
+    (``labelled``) or equally (``uniform``); old names ``num_examples`` / ``equal`` accepted.
+    """
 
     model: ModelParams = ModelParams()
     train: LocalTrainingParams = LocalTrainingParams()
     rounds: int = Field(default=5, ge=1, le=10_000)
     arms: list[Literal["federated", "local", "pooled"]] = ["federated", "local", "pooled"]
-    weighting: Literal["num_examples", "equal"] = "num_examples"
+    weighting: Annotated[
+        Literal["images", "labelled", "uniform"], BeforeValidator(weighting_name)
+    ] = "images"
     batchnorm: Literal["average", "local"] = "local"
     min_centres: int = Field(default=1, ge=1)
     bootstrap: int = Field(default=1000, ge=0, le=100_000)

@@ -30,10 +30,10 @@ def run(orc: Orchestrator) -> None:
         if "federated" in p.arms:
             plan.append(("federated", train_centres, p.weighting))
         if "local" in p.arms:
-            plan += [(f"local-{c}", [c], "equal") for c in train_centres]
+            plan += [(f"local-{c}", [c], "uniform") for c in train_centres]
         if "pooled" in p.arms:
             if "pooled" in orc.nodes:
-                plan.append(("pooled", ["pooled"], "equal"))
+                plan.append(("pooled", ["pooled"], "uniform"))
             else:
                 orc.recorder.note(
                     "pooled arm skipped: no pooled node (deployment runs cannot pool data)"

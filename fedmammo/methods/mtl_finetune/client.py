@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -104,6 +104,7 @@ __all__ = [
     "EVAL_BATCH",
     "dp_phase",
     "evaluate",
+    "labelled_images",
     "latent",
     "mtl_loader",
     "train",
@@ -144,6 +145,13 @@ def training_targets(
     unc = {t: v[keep] for t, v in unc.items()}
     rows = rows[keep]
     return targets, unc, rows
+
+
+def labelled_images(targets: Mapping[str, np.ndarray], tasks: Sequence[str]) -> int:
+    """Images with a label for at least one of ``tasks`` (the tasks the arm trains; a
+    single-task baseline: its task's labelled images), the ``labelled`` weighting count."""
+    present = [targets[t] != MISSING for t in tasks if t in targets]
+    return int(np.logical_or.reduce(present).sum()) if present else 0
 
 
 def mtl_loader(
@@ -278,6 +286,8 @@ def train(msg: Message, context: Context) -> Message:
             if key not in ("total", "steps", "num_examples")
         },
         labelled={task: int((y != MISSING).sum()) for task, y in targets.items()},
+        num_images=len(rows),  # the weighting counts (its own): images, and those labelled
+        num_labelled=labelled_images(targets, tuple(model.tasks)),  # for the arm's tasks
     )
     records = {ARRAYS: state_to_arrays(model.state_dict()), METRICS: metrics.to_metrics()}
     if privacy is not None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, RecipeParams
+from fedmammo.config.recipe import (
+    AveragingParams,
+    LocalTrainingParams,
+    RecipeParams,
+    weighting_name,
+)
 
 __all__ = ["ARM_NAMES", "ArmSpec", "MtlFinetuneParams", "MtlModelParams", "parse_arm"]
 
@@ -108,7 +113,13 @@ class MtlModelParams(RecipeParams):
 
 
 class MtlFinetuneParams(AveragingParams):
-    """FedAvg rounds of the multi-task net, then uncertainty-weighted fine-tuning rounds."""
+    """FedAvg rounds of the multi-task net, then uncertainty-weighted fine-tuning rounds.
+
+    ``weighting``: every round weighs a centre by its training images labelled for the arm's
+    tasks (``labelled``, the default: a single-task baseline counts its task's labels, as
+    pooled training would; an image without any of the arm's labels adds no loss), by all its
+    training images (``images``) or equally (``uniform``).
+    """
 
     model: MtlModelParams = MtlModelParams()
     train: LocalTrainingParams = LocalTrainingParams()
@@ -122,6 +133,9 @@ class MtlFinetuneParams(AveragingParams):
     recon_weight: float = Field(default=1.0, ge=0.0)
     arms: list[str] = Field(default_factory=lambda: ["single_task", "mtl"], min_length=1)
     bootstrap: int = Field(default=1000, ge=0, le=100_000)
+    weighting: Annotated[
+        Literal["images", "labelled", "uniform"], BeforeValidator(weighting_name)
+    ] = "labelled"
 
     @field_validator("arms")
     @classmethod

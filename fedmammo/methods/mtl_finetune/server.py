@@ -267,7 +267,7 @@ def run(orc: Orchestrator) -> None:
                 model=model,
                 fields=arm_config(p, spec, seed)
                 | (dp_config(p, spec, seed, plan) if private else {}),
-                weighting="num_examples",
+                weighting=p.weighting,
             )
             if spec.finetune_u1 is None:
                 final = train_rounds(

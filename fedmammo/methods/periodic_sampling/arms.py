@@ -2,8 +2,9 @@
 (pure Python).
 
 Arms are planned from the centres' ``query.identify`` counts (``n|<split>|<segment>|<label>``,
-counts only): which centre holds each training segment, its rarest-label count (the input of
-the global periodic-sampling pattern) and its number of training images (FedAvg weights).
+counts only): which centre holds each training segment and its rarest-label count (the input
+of the global periodic-sampling pattern). Aggregation weights are not planned here: every
+round weighs a centre by the count it reports in its reply (``weighting``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from fedmammo.methods.periodic_sampling.params import METHOD_LABELS, PeriodicSam
 
 __all__ = ["ArmPlan", "plan_arms", "rarest_label_counts"]
 
-_WEIGHT_LABELS = {"num_images": "by images", "equal": "equal weights"}
+_WEIGHT_LABELS = {
+    "images": "by images",
+    "labelled": "by labelled images",
+    "uniform": "equal weights",
+}
 
 
 def rarest_label_counts(
@@ -42,19 +47,6 @@ def rarest_label_counts(
     return out
 
 
-def _images(
-    counts: dict[str, dict[str, int]], segments: Iterable[str], split: str
-) -> dict[str, int]:
-    wanted = set(segments)
-    out: dict[str, int] = {}
-    for centre, by_key in counts.items():
-        for key, n in by_key.items():
-            parts = key.split("|")
-            if len(parts) == 4 and parts[1] == split and parts[2] in wanted and parts[3] != "na":
-                out[centre] = out.get(centre, 0) + int(n)
-    return out
-
-
 @dataclass
 class ArmPlan:
     """One arm: where it trains, on which segments, with which sampler and weighting."""
@@ -68,10 +60,9 @@ class ArmPlan:
     weighting: str | None = None
     label: str = ""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # rarest-label counts
-    num_images: dict[str, int] = field(default_factory=dict)
 
     def meta(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("counts", "num_images")}
+        return {k: v for k, v in asdict(self).items() if k != "counts"}
 
 
 def plan_arms(
@@ -107,7 +98,6 @@ def plan_arms(
                 f"strategy params.experiments.{exp}: segments {missing} are held by "
                 f"no training centre (held: {sorted(held)})"
             )
-        images = _images(train_counts, segments, "train")
         for setting in p.settings:
             if setting == "pooled" and not pooled:
                 notes.append(f"{exp}: pooled arms skipped (no pooled node: deployment)")
@@ -147,7 +137,6 @@ def plan_arms(
                                 w,
                                 label + extra,
                                 rarest,
-                                images,
                             )
                         )
     return arms, notes

@@ -109,6 +109,16 @@ def _size(rows: Rows) -> int:
     return int(sum(map(len, rows))) if isinstance(rows, list) else len(rows)
 
 
+def _images(data: Any, segments: Sequence[str] | None) -> int:
+    """The training images in ``segments`` (None: all), labelled or not (``images``)."""
+    rows = data.rows("train", label=None)
+    parts, rows = (data.parts, rows) if isinstance(rows, list) else ([data], [rows])
+    if not segments:
+        return _size(rows)
+    keep = [str(s) for s in segments]
+    return int(sum(np.isin(d.segments(r), keep).sum() for d, r in zip(parts, rows, strict=True)))
+
+
 class _ContinuedStream(Sampler[list[int]]):
     """A segment sampler pinned to epoch ``start + e``: rounds continue one endless stream."""
 
@@ -194,7 +204,8 @@ def train(msg: Message, context: Context) -> Message:
         train_loss=loss,
         steps=steps,
         quota=quota,
-        num_images=_size(rows),
+        num_images=_images(data, m.segments),
+        num_labelled=_size(rows),
         compute_seconds=time.perf_counter() - start,
     )
     records = {ARRAYS: state_to_arrays(model.state_dict()), METRICS: metrics.to_metrics()}

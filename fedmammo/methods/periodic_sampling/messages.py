@@ -36,10 +36,8 @@ def baseline_record(j: int) -> str:
 
 @message("train.periodic reply")
 class TrainPeriodicMetrics(TrainMetrics):
-    """A periodic round's reply: also the quota it took (-1: sampler steps) and its images."""
-
-    quota: int | None = wire("quota", None)
-    num_images: int | None = wire("num-images", None)
+    """A periodic round's reply: ``quota`` (-1: sampler steps), ``num_images`` and
+    ``num_labelled`` (the arm's training segments) are :class:`TrainMetrics` fields."""
 
 
 @message("train.periodic", reply=TrainPeriodicMetrics)

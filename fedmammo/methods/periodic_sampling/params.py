@@ -3,11 +3,11 @@ federated."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, ModelParams
+from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, ModelParams, weighting_name
 
 __all__ = ["METHOD_LABELS", "PeriodicSamplingParams"]
 
@@ -20,7 +20,14 @@ METHOD_LABELS: dict[str, str] = {
 
 Method = Literal["balanced_labels", "balanced_segments", "periodic"]
 Setting = Literal["pooled", "federated"]
-Weighting = Literal["quota", "num_images", "equal"]
+#: Weightings of the federated P. sampling arms (old names num_images, equal accepted).
+Weighting = Annotated[
+    Literal["quota", "images", "labelled", "uniform"], BeforeValidator(weighting_name)
+]
+#: Weightings of the federated Bal. labels / Bal. segments arms (no quota: sampler steps).
+SamplerWeighting = Annotated[
+    Literal["images", "labelled", "uniform"], BeforeValidator(weighting_name)
+]
 
 
 def _default_experiments() -> dict[str, list[str]]:
@@ -40,10 +47,13 @@ class PeriodicSamplingParams(AveragingParams):
     ``baseline_sampler``). Every arm trains ``rounds`` rounds of ``batches_per_round`` batches
     of ``train.batch_size``: pooled arms take that many optimiser steps on the pooled data with
     the method's sampler; federated Bal. labels / Bal. segments arms are FedAvg (weighted by
-    ``fedavg_weighting``) with each centre taking that many steps with the method's sampler on
-    its own segments; the federated P. sampling arm gives each centre its quota of the round's
-    window of the global pattern and averages by quota; ``periodic_weightings`` adds arms that
-    train the same quotas but average by number of images or equally.
+    ``fedavg_weighting``, default ``images``: each centre's training images in the
+    experiment's segments, its share of a pooled batch) with each centre taking that many
+    steps with the method's sampler on its own segments; the federated P. sampling arm gives
+    each centre its quota of the round's window of the global pattern and averages by quota
+    (which reduces to the centralised step); ``periodic_weightings`` adds arms that train the
+    same quotas but average by images, labelled images or uniformly. Every weight is the
+    count the centre reports in its reply.
     """
 
     model: ModelParams = ModelParams(options={"width": 8, "depth": 4, "norm": "batch"})
@@ -55,8 +65,8 @@ class PeriodicSamplingParams(AveragingParams):
     settings: list[Setting] = ["pooled", "federated"]
     baselines: dict[str, list[str]] = Field(default_factory=_default_baselines)
     baseline_sampler: Method = "balanced_labels"
-    fedavg_weighting: Literal["num_examples", "equal"] = "num_examples"
-    periodic_weightings: list[Weighting] = ["quota", "num_images", "equal"]
+    fedavg_weighting: SamplerWeighting = "images"
+    periodic_weightings: list[Weighting] = ["quota", "images", "uniform"]
     batchnorm: Literal["average", "local"] = "average"
     min_centres: int = Field(default=1, ge=1)
     bootstrap: int = Field(default=2000, ge=0, le=100_000)
@@ -92,14 +102,6 @@ class PeriodicSamplingParams(AveragingParams):
         if "periodic" in self.methods and "federated" in self.settings:
             if not self.periodic_weightings:
                 raise ValueError("periodic_weightings is empty; give at least 'quota'")
-            chosen = [w for w in self.periodic_weightings if w != "equal"]
-            if self.secure_aggregation and chosen:
-                raise ValueError(
-                    f"secure_aggregation: periodic_weightings {chosen} are weights the server "
-                    "chooses (they could single out one centre's update); under secure "
-                    "aggregation use periodic_weightings: [equal], or drop 'periodic' from "
-                    "methods"
-                )
         return self
 
     @property

@@ -48,7 +48,7 @@ __all__ = [
 TABLE_COLUMNS: tuple[str, ...] = ("AUC baseline", "Setting", "Method", "AUC", "ΔAUC", "p-value")
 _SETTING_ORDER = {"pooled": 0, "federated": 1}
 _METHOD_ORDER = {"balanced_labels": 0, "balanced_segments": 1, "periodic": 2}
-_WEIGHT_ORDER = {"quota": 0, "num_images": 1, "equal": 2, "num_examples": 0}
+_WEIGHT_ORDER = {"quota": 0, "images": 1, "labelled": 2, "uniform": 3}
 
 
 def draw_centre_plots(

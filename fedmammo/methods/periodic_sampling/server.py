@@ -15,7 +15,8 @@ The runner (kind ``periodic_sampling``) trains, per seed: the baselines (one tra
 each, at its centre), then per experiment (a list of training segments) and setting the
 methods Bal. labels, Bal. segments and P. sampling: ``pooled`` at the simulation-only pooled
 node with the centralised samplers, ``federated`` with the segments at their centres (FedAvg
-with a local sampler, or :class:`PeriodicFedAvg`, also with image-count and equal weights).
+with a local sampler, or :class:`PeriodicFedAvg`, also with image-count and uniform weights;
+every weight is the count the centre reports, the weighting per arm in ``meta.weighting``).
 Each arm is validated every round (on the pooled node when there is one, so global and local
 metrics come from one place), then tested inside every test centre against its baseline
 (``evaluate.periodic``); figures are drawn inside the centres (``query.periodic_plots``) and
@@ -31,7 +32,12 @@ from flwr.app import ArrayRecord, RecordDict
 from fedmammo.federation.messages import ARRAYS, METRICS, TrainMetrics, model_record
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
-from fedmammo.federation.rounds import CentreFedAvg, initial_arrays, secure_round
+from fedmammo.federation.rounds import (
+    CentreFedAvg,
+    initial_arrays,
+    record_weighting,
+    secure_round,
+)
 from fedmammo.methods.periodic_sampling.arms import ArmPlan, plan_arms
 from fedmammo.methods.periodic_sampling.messages import (
     EvaluatePeriodic,
@@ -63,10 +69,9 @@ def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> Cen
             batches_per_round=p.batches_per_round,
             batch_size=p.train.batch_size,
             scheme=arm.weighting or "quota",
-            num_images=arm.num_images,
             min_centres=minimum,
         )
-    weighting = arm.weighting if arm.setting == "federated" else "equal"
+    weighting = arm.weighting if arm.setting == "federated" else "uniform"
     return CentreFedAvg(nodes, message=TrainPeriodic, weighting=weighting, min_centres=minimum)
 
 
@@ -80,10 +85,8 @@ def _validation_sites(orc: Orchestrator, arm: ArmPlan) -> list[str]:
 
 
 def _secure_round(orc, p, strategy: CentreFedAvg, messages, seed: int, rnd: int):
-    """One federated round under SecAgg+ (``secure_aggregation``): equal weights for the
-    P. sampling arm (quota weights are refused at validation), the recipe's otherwise."""
-    if isinstance(strategy, PeriodicFedAvg):
-        strategy.weighting = "equal"
+    """One federated round under SecAgg+ (``secure_aggregation``), each centre weighing its
+    update by its own count (quota, images, labelled) or uniformly, as the recipe says."""
     # a centre takes at most batches_per_round batches of train.batch_size in a round
     train = {"steps_per_epoch": p.batches_per_round, "batch_size": p.train.batch_size}
     out = secure_round(orc, strategy, messages, seed=seed, rnd=rnd, train=train)
@@ -106,6 +109,7 @@ def _train_arm(
     if start:
         arrays = orc.load_checkpoint(arm.name, seed, start)
     strategy = _strategy(orc, p, arm)
+    record_weighting(orc, arm.name, strategy.weighting)
     dp = ArmPrivacy(
         orc, arm=arm.name, seed=seed, centres=arm.centres, first_round=1, last_round=p.rounds
     )

@@ -8,7 +8,7 @@ segment) pairs (:func:`~fedmammo.methods.periodic_sampling.quota.global_pattern`
 ``r`` covers the next window of ``batches_per_round x batch_size`` slots: each centre receives
 its quota of samples per segment in that window plus offsets (how many it drew before), trains
 on exactly that quota with alternating labels, one optimiser step per batch
-(``train.periodic``), and the server averages by quota.
+(``train.periodic``), and the server averages by the quota each centre reports it trained on.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from fedmammo.federation.messages import ARRAYS
 from fedmammo.federation.rounds import CentreFedAvg
 from fedmammo.methods.periodic_sampling.messages import TrainPeriodic
 from fedmammo.methods.periodic_sampling.quota import (
-    aggregation_weights,
     global_pattern,
     planned_quotas,
     round_offsets,
@@ -38,8 +37,10 @@ class PeriodicFedAvg(CentreFedAvg):
     """FedAvg over the windows of a global periodic-sampling pattern, averaged by quota.
 
     ``counts[c][s]`` is centre ``c``'s rarest-label count of training segment ``s``.
-    ``scheme`` is ``"quota"`` (the method), ``"num_images"`` (FedAvg weights, ``num_images``
-    per centre) or ``"equal"``. Only centres with a positive quota are messaged in a round.
+    ``scheme`` (the weighting) is ``"quota"`` (the method: each centre's quota of the round,
+    as it reports it), ``"images"`` / ``"labelled"`` (its training images / labelled images in
+    the training segments, as it reports them) or ``"uniform"``. Only centres with a positive
+    quota are messaged in a round.
 
     Under DP set ``planned_rounds``: every message then also carries the centre's quotas of
     this and every later planned round (``dp-planned-quota``), from which it plans its noise
@@ -54,11 +55,10 @@ class PeriodicFedAvg(CentreFedAvg):
         batches_per_round: int,
         batch_size: int,
         scheme: str = "quota",
-        num_images: dict[str, int] | None = None,
         min_centres: int = 1,
         message: type[TrainPeriodic] = TrainPeriodic,
     ):
-        super().__init__(nodes, message=message, weighting={}, min_centres=min_centres)
+        super().__init__(nodes, message=message, weighting=scheme, min_centres=min_centres)
         unknown = sorted(set(counts) - set(nodes))
         if unknown:
             raise ConfigError(
@@ -67,12 +67,10 @@ class PeriodicFedAvg(CentreFedAvg):
             )
         self.pattern = global_pattern(counts)
         self.batches_per_round, self.batch_size = batches_per_round, batch_size
-        self.scheme, self.num_images = scheme, num_images
         self.min_centres = min_centres
         self.quotas: dict[str, dict[str, int]] = {}
         self.offsets: dict[str, dict[str, int]] = {}
         self.planned_rounds: int | None = None
-        aggregation_weights({c: {"x": 1} for c in counts}, scheme=scheme, num_images=num_images)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -113,10 +111,8 @@ class PeriodicFedAvg(CentreFedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the replies with the round's weights (quota, image counts or equal)."""
-        self.weighting = aggregation_weights(
-            self.quotas, scheme=self.scheme, num_images=self.num_images
-        )
+        """Average the replies by the weighting (the centres' reported quotas, image counts, or
+        uniformly); centres without a quota this round were not asked."""
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.failures = {c: r for c, r in self.failures.items() if c in self.quotas}
         return arrays, metrics

@@ -19,7 +19,7 @@ from helpers.flower_messages import InProcessGrid, in_process_identity
 
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
-from fedmammo.federation.rounds import CentreFedAvg, secure_round
+from fedmammo.federation.rounds import CentreFedAvg
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.federation.secagg import MASKED_RECORD
 from fedmammo.federation.server_app import run_scenario
@@ -119,7 +119,6 @@ def test_secure_rounds_follow_each_other(tmp_path, monkeypatch):
     _assert_only_masked_updates(grid, rounds=2)
 
 
-def test_quota_weighting_is_refused_under_secure_aggregation():
-    strategy = CentreFedAvg({"a": 1, "b": 2}, message=TrainClassifier, weighting={"a": 0.9})
-    with pytest.raises(ConfigError, match="single out"):
-        secure_round(None, strategy, [], seed=0, rnd=1)
+def test_weights_the_server_chooses_are_refused():
+    with pytest.raises(ConfigError, match="valid are images, labelled, quota, uniform"):
+        CentreFedAvg({"a": 1, "b": 2}, message=TrainClassifier, weighting={"a": 0.9})

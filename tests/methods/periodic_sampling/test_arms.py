@@ -52,17 +52,16 @@ def test_plan_arms_orders_baselines_first_and_expands_periodic_weightings():
         "e1-federated-balanced_labels",
         "e1-federated-balanced_segments",
         "e1-federated-periodic",
-        "e1-federated-periodic-num_images",
-        "e1-federated-periodic-equal",
+        "e1-federated-periodic-images",
+        "e1-federated-periodic-uniform",
     ]
     by = {a.name: a for a in arms}
     assert by["baseline-S1-Ma"].centres == ["s1"] and by["baseline-S1-Ma"].segments == ["S1-Ma"]
     assert by["e1-pooled-periodic"].centres == ["pooled"]
-    fed = by["e1-federated-periodic-num_images"]
-    assert fed.centres == ["s1", "s2"] and fed.weighting == "num_images"
+    fed = by["e1-federated-periodic-images"]
+    assert fed.centres == ["s1", "s2"] and fed.weighting == "images"
     assert fed.counts == {"s1": {"S1-Ma": 25}, "s2": {"S2-Ma": 4}}
-    assert fed.num_images == {"s1": 65, "s2": 204}
-    assert by["e1-federated-balanced_labels"].weighting == "num_examples"
+    assert by["e1-federated-balanced_labels"].weighting == "images"
     assert notes == []
     # without a pooled node (deployment) the pooled arms are skipped with a note
     arms, notes = plan_arms(params, IDENTIFY, pooled=False)

@@ -393,7 +393,6 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
         "quota",
         "P. sampling",
         counts,
-        {"ca": 1, "cb": 1},
     )
     init = state_to_arrays(build_model(MODEL["name"], **MODEL["options"]).state_dict())
     t0 = time.perf_counter()

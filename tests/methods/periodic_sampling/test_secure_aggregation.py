@@ -1,6 +1,6 @@
-"""``secure_aggregation: true`` for periodic sampling's federated arms: quota (and image-count)
-weights, which the server chooses, are refused at validation; with equal weights every
-federated round runs SecAgg+ and the server receives only masked updates."""
+"""``secure_aggregation: true`` for periodic sampling's federated arms: every weighting is the
+centre's own count (quota, images, labelled) or uniform, so each centre weighs its own update;
+every federated round runs SecAgg+ and the server receives only masked updates."""
 
 from __future__ import annotations
 
@@ -18,22 +18,25 @@ from fedmammo.methods.periodic_sampling.messages import TrainPeriodic
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
 
 
-@pytest.mark.parametrize("weightings", [["quota"], ["equal", "num_images"]])
-def test_server_chosen_weights_are_refused_under_secure_aggregation(weightings):
+def test_centre_counted_weightings_load_under_secure_aggregation_and_unknown_ones_do_not():
     sets = {
         "strategy.params.secure_aggregation": True,
-        "strategy.params.periodic_weightings": weightings,
+        "strategy.params.periodic_weightings": ["quota", "num_images", "equal", "labelled"],
     }
-    with pytest.raises(ConfigError, match="single out one centre"):
+    scenario = load_scenario(TINY, sets=sets)  # old names mapped to the new ones
+    weightings = scenario.strategy.typed_params().periodic_weightings
+    assert weightings == ["quota", "images", "uniform", "labelled"]
+    sets["strategy.params.periodic_weightings"] = ["per_centre"]
+    with pytest.raises(ConfigError, match="periodic_weightings"):
         load_scenario(TINY, sets=sets)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_federated_arms_run_under_secure_aggregation(tmp_path, monkeypatch):
-    # Prepare: the tiny scenario, federated setting only, equal weights for P. sampling
+    # Prepare: the tiny scenario, federated setting only, quota weights for P. sampling
     sets = {
         "strategy.params.settings": ["federated"],
-        "strategy.params.periodic_weightings": ["equal"],
+        "strategy.params.periodic_weightings": ["quota"],
         "strategy.params.secure_aggregation": True,
     }
     results, grid = run_tiny_in_process(TINY, tmp_path, monkeypatch, "periodic_sampling", sets)

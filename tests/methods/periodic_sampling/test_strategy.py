@@ -39,7 +39,7 @@ def _arrays(value: float) -> ArrayRecord:
     return ArrayRecord({"w": torch.full((2, 3), value), "b": torch.full((3,), value)})
 
 
-def _reply(node: int, value: float, num_examples: int) -> Message:
+def _reply(node: int, value: float, num_examples: int, quota: int = 1, images: int = 1) -> Message:
     meta = Metadata(
         run_id=1,
         message_id=f"r{node}",
@@ -54,7 +54,15 @@ def _reply(node: int, value: float, num_examples: int) -> Message:
     content = RecordDict(
         {
             "arrays": _arrays(value),
-            "metrics": MetricRecord({"num-examples": num_examples, "train-loss": value}),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": num_examples,
+                    "train-loss": value,
+                    "quota": quota,
+                    "num-images": images,
+                    "num-labelled": images,
+                }
+            ),
         }
     )
     return Message(content=content, metadata=meta)
@@ -117,12 +125,12 @@ def test_offsets_continue_where_the_previous_round_stopped():
 
 
 def test_aggregate_train_weights_replies_by_quota():
-    # Prepare: num-examples deliberately disagree with the quotas
+    # Prepare: num-examples and images deliberately disagree with the quotas
     strategy = _strategy()
     msgs = _configure(strategy, 2)
     q = {c: sum(get_json(m.content["config"], "quota").values()) for c, m in msgs.items()}
     assert set(q) == {"A", "B"}
-    replies = [_reply(NODES["A"], 1.0, 1000), _reply(NODES["B"], 3.0, 1)]
+    replies = [_reply(NODES["A"], 1.0, 1000, q["A"], 1), _reply(NODES["B"], 3.0, 1, q["B"], 900)]
     # Execute
     arrays, metrics = strategy.aggregate_train(2, replies)
     # Assert
@@ -130,21 +138,22 @@ def test_aggregate_train_weights_replies_by_quota():
     state = arrays.to_torch_state_dict()
     np.testing.assert_allclose(state["w"].numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(state["b"].numpy(), expected, rtol=1e-6)
-    assert strategy.weighting == pytest.approx({c: q[c] / 14 for c in q})
+    assert strategy.weights == pytest.approx({c: q[c] / 14 for c in q})
     assert metrics["train-loss"] == pytest.approx(expected)
     assert strategy.failures == {}
 
 
 @pytest.mark.parametrize(
-    ("scheme", "weights"), [("num_images", (300.0, 100.0)), ("equal", (1.0, 1.0))]
+    ("scheme", "weights"),
+    [("images", (300.0, 100.0)), ("num_images", (300.0, 100.0)), ("uniform", (1.0, 1.0))],
 )
 def test_aggregate_train_comparison_weightings(scheme, weights):
-    # Prepare
-    strategy = _strategy(scheme=scheme, num_images={"A": 300, "B": 100})
+    # Prepare: the image counts are the centres' own, in their replies
+    strategy = _strategy(scheme=scheme)
     _configure(strategy, 2)
     # Execute
     arrays, _ = strategy.aggregate_train(
-        2, [_reply(NODES["A"], 1.0, 5), _reply(NODES["B"], 3.0, 5)]
+        2, [_reply(NODES["A"], 1.0, 5, 3, 300), _reply(NODES["B"], 3.0, 5, 11, 100)]
     )
     # Assert
     expected = (weights[0] * 1.0 + weights[1] * 3.0) / sum(weights)
