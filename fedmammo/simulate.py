@@ -265,10 +265,11 @@ def ray_address_of(scenario: Scenario, ray_address: str | None = None) -> tuple[
     return None
 
 
-def _check_reachable(address: str, what: str) -> None:
+def _check_reachable(address: str, what: str) -> str:
     """ConfigError (one line) unless a Ray head answers at ``address`` (HOST:PORT, or auto:
     the cluster `ray start` last recorded on this machine) within a few seconds; Ray itself
-    retries a dead address for minutes."""
+    retries a dead address for minutes. Returns the HOST:PORT it checked (ray.init would
+    read ``auto`` as RAY_ADDRESS when that is set, even to ``local``)."""
     fix = "start one with `ray start --head` and pass the address it prints"
     if address.startswith("ray://"):
         raise ConfigError(
@@ -296,6 +297,7 @@ def _check_reachable(address: str, what: str) -> None:
         ) from None
     if problem := _not_a_ray_head(address):
         raise ConfigError(f"{what}: cannot attach to a Ray cluster there ({problem}); {fix}")
+    return address
 
 
 def _not_a_ray_head(address: str, timeout: float = 5) -> str | None:
@@ -327,7 +329,7 @@ def attach_ray(address: str, env_vars: dict[str, str], what: str = "") -> list[d
     import ray
 
     what = what or f"--ray-address {address}"
-    _check_reachable(address, what)
+    address = _check_reachable(address, what)
     if ray.is_initialized():
         ray.shutdown()
     try:
@@ -344,8 +346,6 @@ def attach_ray(address: str, env_vars: dict[str, str], what: str = "") -> list[d
             "one with `ray start --head` and pass the address it prints (see docs/deployment.md)"
         ) from None
     nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
-    if address == "auto":  # say which cluster that was
-        address = getattr(ray.get_runtime_context(), "gcs_address", None) or address
     log.info("attached to the Ray cluster at %s: %d nodes", address, len(nodes))
     console.print(f"Ray cluster at [bold]{safe(address)}[/]: {len(nodes)} nodes")
     return nodes

@@ -149,6 +149,21 @@ def test_auto_without_a_recorded_cluster_is_one_line(capsys, monkeypatch):
     assert "no Ray cluster was started on this machine" in _one_error(capsys)
 
 
+def test_auto_is_the_recorded_cluster_even_with_ray_address_local(capsys, monkeypatch):
+    # ray.init("auto") would read RAY_ADDRESS=local and quietly start a private instance
+    import ray._private.services
+    from helpers.processes import free_port
+
+    from fedmammo.simulate import main
+
+    recorded = f"127.0.0.1:{free_port()}"  # what `ray start` wrote; nothing listens now
+    monkeypatch.setattr(ray._private.services, "find_bootstrap_address", lambda _: recorded)
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert main([TINY, "--check", "--ray-address", "auto"]) == 2
+    line = _one_error(capsys)
+    assert line.startswith("error: --ray-address auto: cannot attach to a Ray cluster there")
+
+
 def test_client_resources_come_from_the_scenario_and_must_fit_a_node():
     from fedmammo.config import load_scenario
     from fedmammo.errors import ConfigError
