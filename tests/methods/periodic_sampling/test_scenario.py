@@ -20,8 +20,8 @@ EXPERIMENT_ARMS = [
     "federated-balanced_labels",
     "federated-balanced_segments",
     "federated-periodic",
-    "federated-periodic-num_images",
-    "federated-periodic-equal",
+    "federated-periodic-images",
+    "federated-periodic-uniform",
 ]
 
 
