@@ -150,16 +150,18 @@ def record_weighting(orc: Orchestrator, arm: str, weighting: str) -> None:
 
 
 def max_weight(orc: Orchestrator, centres: list[str], train: dict | None = None) -> float:
-    """The most examples the ``centres`` can report for one round (SecAgg+'s ``max_weight``):
-    the training images they reported at identify, per epoch of ``train`` (local training
-    params), or its fixed steps x batch size when larger (balanced samplers oversample)."""
+    """The largest weight the ``centres`` can report together for one round (SecAgg+'s
+    ``max_weight``): per centre, its images as reported at identify (``n-images``, every
+    split, unlabelled ones too: a bound of ``images`` and ``labelled``), or a round's fixed
+    steps x batch size of ``train`` (local training params) when larger (a quota)."""
     train = train or {}
-    epochs = int(train.get("epochs") or 1)
     steps, batch = train.get("steps_per_epoch"), int(train.get("batch_size") or 1)
     total = 0
     for c in centres:
-        images = sum(v for k, v in orc.counts.get(c, {}).items() if k.startswith("n|train|"))
-        total += epochs * max(images, int(steps or 0) * batch)
+        counts = orc.counts.get(c, {})
+        labelled = sum(v for k, v in counts.items() if k.startswith("n|train|"))
+        images = max(int(counts.get("n-images", 0)), labelled)
+        total += max(images, int(steps or 0) * batch)
     return float(max(total, 1))
 
 

@@ -105,20 +105,21 @@ def _count(content: dict, key: str) -> float:
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("weighting", ["images", "labelled", "uniform", "num_examples"])
+@pytest.mark.parametrize("weighting", [None, "images", "labelled", "uniform", "num_examples"])
 def test_fedavg_round_is_the_weighted_mean_of_the_centres_updates(tmp_path, weighting):
-    # Prepare: centres of 8 and 24 training images, none and ~60 % of labels missing
+    # Prepare: centres of 8 and 24 training images, none and ~60 % of labels missing (None:
+    # the default, labelled images: the examples each centre trains on)
     body = (
         "  params.rounds: 1\n  params.arms: [federated]\n  params.bootstrap: 0\n"
         "  params.model.options: {width: 4, depth: 3, norm: batch}\n"
         "  params.train.steps_per_epoch: 2\n"
-        f"  params.weighting: {weighting}\n"
+        + (f"  params.weighting: {weighting}\n" if weighting else "")
     )
     scenario = _scenario(tmp_path, "fedavg", body, "[32, 24]")
     # Execute
     orc, grid, results = _run(tmp_path, scenario, "fedavg", {})
     # Assert: each reply carries the centre's own counts, as identify reported them
-    name = {"num_examples": "images"}.get(weighting, weighting)
+    name = {"num_examples": "images", None: "labelled"}.get(weighting, weighting)
     replies = []
     counts = {c: _counts(orc, c) for c in ("a", "b")}
     assert counts["a"][0] != counts["b"][0] and counts["a"][1] != counts["b"][1]

@@ -14,9 +14,10 @@ __all__ = ["FedAvgParams"]
 class FedAvgParams(AveragingParams):
     """FedAvg of an image-level classifier across the training centres.
 
-    ``weighting``: each centre's update counts by its training images (``images``, the
-    default: pooled training's share of each centre), its labelled training images
-    (``labelled``) or equally (``uniform``); old names ``num_examples`` / ``equal`` accepted.
+    ``weighting``: each centre's update counts by its labelled training images (``labelled``,
+    the default: the examples it trains on, FedAvg's n_k and pooled training's share of each
+    centre), all its training images (``images``, unlabelled ones too) or equally
+    (``uniform``); old names ``num_examples`` -> images, ``equal`` -> uniform accepted.
     """
 
     model: ModelParams = ModelParams()
@@ -25,7 +26,7 @@ class FedAvgParams(AveragingParams):
     arms: list[Literal["federated", "local", "pooled"]] = ["federated", "local", "pooled"]
     weighting: Annotated[
         Literal["images", "labelled", "uniform"], BeforeValidator(weighting_name)
-    ] = "images"
+    ] = "labelled"
     batchnorm: Literal["average", "local"] = "local"
     min_centres: int = Field(default=1, ge=1)
     bootstrap: int = Field(default=1000, ge=0, le=100_000)

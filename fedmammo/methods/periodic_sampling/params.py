@@ -47,8 +47,8 @@ class PeriodicSamplingParams(AveragingParams):
     ``baseline_sampler``). Every arm trains ``rounds`` rounds of ``batches_per_round`` batches
     of ``train.batch_size``: pooled arms take that many optimiser steps on the pooled data with
     the method's sampler; federated Bal. labels / Bal. segments arms are FedAvg (weighted by
-    ``fedavg_weighting``, default ``images``: each centre's training images in the
-    experiment's segments, its share of a pooled batch) with each centre taking that many
+    ``fedavg_weighting``, default ``labelled``: each centre's labelled training images in the
+    experiment's segments, the examples it trains on) with each centre taking that many
     steps with the method's sampler on its own segments; the federated P. sampling arm gives
     each centre its quota of the round's window of the global pattern and averages by quota
     (which reduces to the centralised step); ``periodic_weightings`` adds arms that train the
@@ -65,7 +65,7 @@ class PeriodicSamplingParams(AveragingParams):
     settings: list[Setting] = ["pooled", "federated"]
     baselines: dict[str, list[str]] = Field(default_factory=_default_baselines)
     baseline_sampler: Method = "balanced_labels"
-    fedavg_weighting: SamplerWeighting = "images"
+    fedavg_weighting: SamplerWeighting = "labelled"
     periodic_weightings: list[Weighting] = ["quota", "images", "uniform"]
     batchnorm: Literal["average", "local"] = "average"
     min_centres: int = Field(default=1, ge=1)

@@ -61,7 +61,7 @@ def test_plan_arms_orders_baselines_first_and_expands_periodic_weightings():
     fed = by["e1-federated-periodic-images"]
     assert fed.centres == ["s1", "s2"] and fed.weighting == "images"
     assert fed.counts == {"s1": {"S1-Ma": 25}, "s2": {"S2-Ma": 4}}
-    assert by["e1-federated-balanced_labels"].weighting == "images"
+    assert by["e1-federated-balanced_labels"].weighting == "labelled"
     assert notes == []
     # without a pooled node (deployment) the pooled arms are skipped with a note
     arms, notes = plan_arms(params, IDENTIFY, pooled=False)
