@@ -247,8 +247,8 @@ def client_resources(scenario: Scenario) -> dict[str, float]:
     if chosen is not None:
         return {"num_cpus": chosen.num_cpus, "num_gpus": chosen.num_gpus}
     return {
-        "num_cpus": max(p.compute.num_cpus for p in profiles),
-        "num_gpus": max(p.compute.num_gpus for p in profiles),
+        "num_cpus": max((p.compute.num_cpus for p in profiles), default=1),
+        "num_gpus": max((p.compute.num_gpus for p in profiles), default=0.0),
     }
 
 
@@ -361,13 +361,21 @@ def check_fits(resources: dict[str, float], nodes: list[dict[str, float]], where
             n = min(n, int(node.get("GPU", 0) / resources["num_gpus"]))
         fits += n
     if not fits:
-        have = ", ".join(f"{n.get('CPU', 0):g} CPU {n.get('GPU', 0):g} GPU" for n in nodes)
+        have = ", ".join(
+            f"{n.get('CPU', 0):g} CPU" + (f" {n['GPU']:g} GPU" if "GPU" in n else "") for n in nodes
+        )
         raise ConfigError(
             f"{where}: each centre asks for {resources['num_cpus']:g} CPU "
             f"{resources['num_gpus']:g} GPU; no node has that many ({have or 'no nodes'}); "
             "fix: lower simulation.client_resources (or the profiles' compute blocks)"
         )
     return fits
+
+
+def _fits_here(scenario: Scenario) -> None:
+    """A private Ray instance has this machine's cores (it finds the GPUs itself)."""
+    resources = {**client_resources(scenario), "num_gpus": 0}
+    check_fits(resources, [{"CPU": os.cpu_count() or 1}], "this machine")
 
 
 def backend_config(scenario: Scenario, *, attached: bool) -> dict[str, Any]:
@@ -393,12 +401,11 @@ def run(spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None) ->
     with_pooled = _wants_pooled(scenario)
     spec_file = spec.save()  # before the data: a run killed while preparing it can be resumed
     cluster = ray_address_of(scenario, ray_address)
-    resources = client_resources(scenario)
     if cluster:  # first: a wrong address fails before the data is prepared
         env = {ENV_VAR: str(spec_file), RAY_ACCEL_ENV: "0"}
-        check_fits(resources, attach_ray(cluster[0], env, cluster[1]), cluster[1])
-    else:  # a private instance: this machine's cores (Ray finds its GPUs itself)
-        check_fits({**resources, "num_gpus": 0}, [{"CPU": os.cpu_count() or 1}], "this machine")
+        check_fits(client_resources(scenario), attach_ray(cluster[0], env, cluster[1]), cluster[1])
+    else:
+        _fits_here(scenario)
     prepare_data(scenario, with_pooled=with_pooled, thumbnails=run_dir / "thumbnails")
     spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
     os.environ[ENV_VAR] = str(spec.save())
@@ -440,6 +447,9 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out or base.output_dir)
     if cluster := ray_address_of(base, args.ray_address):
         _check_reachable(*cluster)  # before any folder is made
+    else:  # on a cluster, checked against its nodes when the run attaches
+        for point in points:
+            _fits_here(point.scenario)
     _check_folders(points, out, create=not args.check)
     if args.check:
         n = sum(len(p.rows) for p in points)
@@ -469,6 +479,9 @@ def _resume(args: argparse.Namespace) -> int:
     print_restore(console, Path(spec.run_dir), points)
     if cluster := ray_address_of(base, args.ray_address):
         _check_reachable(*cluster)
+    else:
+        for point in points:
+            _fits_here(point.scenario)
     _check_folders(points, None, create=not args.check)
     if args.check:
         console.print(f"[green]{safe(spec.run_dir)}: can be resumed[/] (nothing run)")

@@ -177,5 +177,18 @@ def test_client_resources_come_from_the_scenario_and_must_fit_a_node():
     assert check_fits(resources, [{"CPU": 1.0}, {"CPU": 2.0}], "x") == 6
     with pytest.raises(ConfigError, match=r"^x: each centre asks for 3 CPU 0 GPU; no node"):
         check_fits({"num_cpus": 3, "num_gpus": 0}, [{"CPU": 2.0}, {"CPU": 2.0}], "x")
-    with pytest.raises(ConfigError, match="1 GPU; no node has that many"):
+    with pytest.raises(ConfigError, match=r"1 GPU; no node has that many \(4 CPU\); fix"):
         check_fits({"num_cpus": 1, "num_gpus": 1}, [{"CPU": 4.0}], "x")
+
+
+def test_client_resources_beyond_this_machine_fail_the_check(tmp_path, capsys):
+    import os
+
+    from fedmammo.simulate import main
+
+    cpus = os.cpu_count()
+    big = "simulation.client_resources={num_cpus: 64}"
+    assert main([TINY, "--check", "--set", big, "--out", str(tmp_path / "out")]) == 2
+    line = _one_error(capsys)
+    assert line.startswith("error: this machine: each centre asks for 64 CPU 0 GPU; no node")
+    assert f"({cpus} CPU)" in line and "simulation.client_resources" in line
