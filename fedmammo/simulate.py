@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +40,15 @@ from fedmammo.config.dotted import split_dotted
 from fedmammo.config.loading import load_scenario_traced, resolved_mapping
 from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.console import safe
+from fedmammo.federation.ray_cluster import (
+    attach_ray,
+    backend_config,
+    check_fits,
+    check_reachable,
+    client_resources,
+    fits_here,
+    ray_address_of,
+)
 from fedmammo.federation.run_log import RAY_ACCEL_ENV, add_run_log, quiet_libraries
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
 from fedmammo.federation.telemetry import quiet_flower
@@ -239,157 +247,6 @@ def _wants_pooled(scenario: Scenario) -> bool:
     return "pooled" in getattr(params, "arms", [])
 
 
-def client_resources(scenario: Scenario) -> dict[str, float]:
-    """Each simulated centre's Ray resources: the scenario's ``simulation.client_resources``,
-    else the largest of the profiles' ``compute`` blocks."""
-    chosen = scenario.simulation.client_resources
-    profiles = scenario.resolved_profiles.values()
-    if chosen is not None:
-        return {"num_cpus": chosen.num_cpus, "num_gpus": chosen.num_gpus}
-    return {
-        "num_cpus": max((p.compute.num_cpus for p in profiles), default=1),
-        "num_gpus": max((p.compute.num_gpus for p in profiles), default=0.0),
-    }
-
-
-def ray_address_of(scenario: Scenario, ray_address: str | None = None) -> tuple[str, str] | None:
-    """The Ray cluster to attach to and where that was said: --ray-address, else the
-    scenario's ``simulation.ray_address``, else Ray's own RAY_ADDRESS; None: a private Ray."""
-    for where, address in (
-        ("--ray-address", ray_address),
-        ("simulation.ray_address", scenario.simulation.ray_address),
-        ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS")),
-    ):
-        if address and address != "local":  # Ray's own word for "a private instance"
-            return address, f"{where} {address}"
-    return None
-
-
-def _check_reachable(address: str, what: str) -> str:
-    """ConfigError (one line) unless a Ray head answers at ``address`` (HOST:PORT, or auto:
-    the cluster `ray start` last recorded on this machine) within a few seconds; Ray itself
-    retries a dead address for minutes. Returns the HOST:PORT it checked (ray.init would
-    read ``auto`` as RAY_ADDRESS when that is set, even to ``local``)."""
-    fix = "start one with `ray start --head` and pass the address it prints"
-    if address.startswith("ray://"):
-        raise ConfigError(
-            f"{what}: Ray Client (ray://) addresses are not supported; run "
-            "the command on a node of the cluster with the head's HOST:PORT (or auto)"
-        )
-    if address == "auto":
-        from ray._private.services import find_bootstrap_address
-
-        address = find_bootstrap_address(None) or ""
-        if not address:
-            raise ConfigError(
-                f"{what}: no Ray cluster was started on this machine (`ray start` records "
-                f"one in /tmp/ray/ray_current_cluster); {fix}"
-            )
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"{what}: expected HOST:PORT or auto; {fix}")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as exc:
-        raise ConfigError(
-            f"{what}: cannot attach to a Ray cluster there (nothing answers: "
-            f"{exc.strerror or exc}); {fix}"
-        ) from None
-    if problem := _not_a_ray_head(address):
-        raise ConfigError(f"{what}: cannot attach to a Ray cluster there ({problem}); {fix}")
-    return address
-
-
-def _not_a_ray_head(address: str, timeout: float = 5) -> str | None:
-    """None when Ray's GCS (the head's HOST:PORT) answers at ``address``, else why not: one
-    bounded call, where ray.init would retry something else's port for minutes."""
-    import grpc
-    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-        try:
-            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            if code == grpc.StatusCode.UNAUTHENTICATED:  # a head that wants a token
-                return None
-            if code == grpc.StatusCode.UNIMPLEMENTED:
-                return "a gRPC server that is not a Ray head answers (a Flower SuperLink?)"
-            return f"no Ray head answers within {timeout:g} s: {code.name}"
-    return None
-
-
-def attach_ray(address: str, env_vars: dict[str, str], what: str = "") -> list[dict[str, float]]:
-    """Connect this process to the running Ray cluster at ``address`` before Flower starts
-    (Flower then uses that connection). The cluster's worker processes were not started from
-    this process, so what the centres need from its environment goes in the job's runtime
-    environment. Returns the resources of its live nodes. ConfigError (one line) when no
-    cluster answers there."""
-    import ray
-
-    what = what or f"--ray-address {address}"
-    address = _check_reachable(address, what)
-    if ray.is_initialized():
-        ray.shutdown()
-    try:
-        ray.init(
-            address=address,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-            runtime_env={"env_vars": env_vars},
-        )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(
-            f"{what}: cannot attach to a Ray cluster there ({reason}); start "
-            "one with `ray start --head` and pass the address it prints (see docs/deployment.md)"
-        ) from None
-    nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
-    log.info("attached to the Ray cluster at %s: %d nodes", address, len(nodes))
-    console.print(f"Ray cluster at [bold]{safe(address)}[/]: {len(nodes)} nodes")
-    return nodes
-
-
-def check_fits(resources: dict[str, float], nodes: list[dict[str, float]], where: str) -> int:
-    """How many centres run at once (Flower's count: per node, its CPUs (and GPUs) over each
-    centre's); ConfigError (one line) when not one fits on any node."""
-    fits = 0
-    for node in nodes:
-        n = int(node.get("CPU", 0) / resources["num_cpus"])
-        if resources["num_gpus"] > 0:
-            n = min(n, int(node.get("GPU", 0) / resources["num_gpus"]))
-        fits += n
-    if not fits:
-        have = ", ".join(
-            f"{n.get('CPU', 0):g} CPU" + (f" {n['GPU']:g} GPU" if "GPU" in n else "") for n in nodes
-        )
-        raise ConfigError(
-            f"{where}: each centre asks for {resources['num_cpus']:g} CPU "
-            f"{resources['num_gpus']:g} GPU; no node has that many ({have or 'no nodes'}); "
-            "fix: lower simulation.client_resources (or the profiles' compute blocks)"
-        )
-    return fits
-
-
-def _fits_here(scenario: Scenario) -> None:
-    """A private Ray instance has this machine's cores (it finds the GPUs itself)."""
-    resources = {**client_resources(scenario), "num_gpus": 0}
-    check_fits(resources, [{"CPU": os.cpu_count() or 1}], "this machine")
-
-
-def backend_config(scenario: Scenario, *, attached: bool) -> dict[str, Any]:
-    """Flower's Ray backend settings: the centres' resources; a private Ray instance gets
-    this machine's cores (an attached cluster's resources are its own)."""
-    init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if not attached:
-        init_args["num_cpus"] = os.cpu_count() or 1
-        # a private instance even when `ray start` left /tmp/ray/ray_current_cluster behind
-        # (ray.init() without an address joins that cluster, or hangs when it is gone)
-        init_args["address"] = "local"
-    return {"client_resources": client_resources(scenario), "init_args": init_args}
-
-
 def run(spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None) -> Path:
     """Run one scenario in a run directory through Flower's simulation engine (on the Ray
     cluster at ``ray_address`` when one is given, see :func:`ray_address_of`)."""
@@ -403,9 +260,11 @@ def run(spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None) ->
     cluster = ray_address_of(scenario, ray_address)
     if cluster:  # first: a wrong address fails before the data is prepared
         env = {ENV_VAR: str(spec_file), RAY_ACCEL_ENV: "0"}
-        check_fits(client_resources(scenario), attach_ray(cluster[0], env, cluster[1]), cluster[1])
+        address, nodes = attach_ray(cluster[0], env, cluster[1])
+        console.print(f"Ray cluster at [bold]{safe(address)}[/]: {len(nodes)} nodes")
+        check_fits(client_resources(scenario), nodes, cluster[1])
     else:
-        _fits_here(scenario)
+        fits_here(scenario)
     prepare_data(scenario, with_pooled=with_pooled, thumbnails=run_dir / "thumbnails")
     spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
     os.environ[ENV_VAR] = str(spec.save())
@@ -446,10 +305,10 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     print_plan(base, points, quick=args.quick)
     out = Path(args.out or base.output_dir)
     if cluster := ray_address_of(base, args.ray_address):
-        _check_reachable(*cluster)  # before any folder is made
+        check_reachable(*cluster)  # before any folder is made
     else:  # on a cluster, checked against its nodes when the run attaches
         for point in points:
-            _fits_here(point.scenario)
+            fits_here(point.scenario)
     _check_folders(points, out, create=not args.check)
     if args.check:
         n = sum(len(p.rows) for p in points)
@@ -478,10 +337,10 @@ def _resume(args: argparse.Namespace) -> int:
     print_plan(base, points, quick=spec.quick)
     print_restore(console, Path(spec.run_dir), points)
     if cluster := ray_address_of(base, args.ray_address):
-        _check_reachable(*cluster)
+        check_reachable(*cluster)
     else:
         for point in points:
-            _fits_here(point.scenario)
+            fits_here(point.scenario)
     _check_folders(points, None, create=not args.check)
     if args.check:
         console.print(f"[green]{safe(spec.run_dir)}: can be resumed[/] (nothing run)")

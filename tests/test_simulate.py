@@ -167,7 +167,7 @@ def test_auto_is_the_recorded_cluster_even_with_ray_address_local(capsys, monkey
 def test_client_resources_come_from_the_scenario_and_must_fit_a_node():
     from fedmammo.config import load_scenario
     from fedmammo.errors import ConfigError
-    from fedmammo.simulate import check_fits, client_resources
+    from fedmammo.federation.ray_cluster import check_fits, client_resources
 
     default = load_scenario(TINY)
     assert client_resources(default) == {"num_cpus": 1, "num_gpus": 0.0}  # the profiles'
