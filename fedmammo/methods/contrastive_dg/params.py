@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from fedmammo.config.recipe import RecipeParams, weighting_name
+from fedmammo.config.recipe import AveragingParams, RecipeParams, weighting_name
 from fedmammo.models.contrastive import DEFAULT_MARGIN, DEFAULT_TAU
 
 __all__ = [
@@ -193,10 +193,11 @@ class FinetuneParams(RecipeParams):
         return getattr(self, name)
 
 
-class ContrastiveDgParams(RecipeParams):
+class ContrastiveDgParams(AveragingParams):
     """Federated multi-style multi-view contrastive pre-training, then local downstream tasks.
 
-    ``rounds`` FedAvg rounds pre-train each arm's encoder at the training centres;
+    ``rounds`` FedAvg rounds pre-train each arm's encoder at the training centres (under
+    ``secure_aggregation: true`` every round of two or more centres runs SecAgg+);
     ``downstream: local`` fine-tunes each task at every ``downstream_centres`` centre (default:
     every training centre) and evaluates on seen (its own test split) and unseen vendors (the
     test-only centres). ``fractions``: labelled fractions of the detection training set.
