@@ -8,7 +8,8 @@ batch_size`` slots of that pattern, cyclically (:func:`round_quotas`). Centre ``
 number of slots of that segment in all earlier windows (:func:`round_offsets`); it trains on
 exactly ``q[c][s]`` samples that continue its label-alternating stream from ``o[c][s]``
 (``fedmammo.data.sampling.QuotaBatchSampler``). The server averages the returned weights in
-proportion to ``sum_s q[c][s]`` (:func:`aggregation_weights`). Over a full cycle of the
+proportion to ``sum_s q[c][s]`` (``weighting: quota``: each centre reports the quota it
+trained on, ``fedmammo.federation.rounds``). Over a full cycle of the
 pattern each segment contributes ``counts / sum(counts)`` of the samples, as centrally.
 
 Reduction to centralised periodic sampling. Take ``batches_per_round = 1`` and one local SGD
@@ -38,18 +39,12 @@ from fedmammo.data.sampling import build_sampling_pattern
 from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
-    "WEIGHTING_SCHEMES",
-    "aggregation_weights",
     "global_pattern",
     "pattern_window",
     "planned_quotas",
     "round_offsets",
     "round_quotas",
 ]
-
-
-#: Aggregation weightings that :func:`aggregation_weights` understands.
-WEIGHTING_SCHEMES: tuple[str, ...] = ("equal", "num_images", "quota")
 
 
 def global_pattern(counts_by_centre: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str]]:
@@ -129,41 +124,6 @@ def round_offsets(
         pair = (centre, segment)
         offsets.setdefault(centre, {})[segment] = full * per_cycle[pair] + prefix[pair]
     return offsets
-
-
-def aggregation_weights(
-    quotas: Mapping[str, Mapping[str, int]],
-    *,
-    scheme: str = "quota",
-    num_images: Mapping[str, int] | None = None,
-) -> dict[str, float]:
-    """Return normalised aggregation weights of the round's centres (summing to 1).
-
-    ``scheme="quota"`` weights each centre by its total quota, ``"num_images"`` by its
-    number of training images (``num_images``, required), ``"equal"`` equally.
-    """
-    centres = [c for c in quotas if sum(quotas[c].values()) > 0]
-    if not centres:
-        raise DataError("no centre has a positive quota this round")
-    if scheme == "quota":
-        raw = {c: float(sum(quotas[c].values())) for c in centres}
-    elif scheme == "equal":
-        raw = {c: 1.0 for c in centres}
-    elif scheme == "num_images":
-        if num_images is None:
-            raise ConfigError("scheme='num_images' needs num_images={centre: count}")
-        missing = [c for c in centres if c not in num_images]
-        if missing:
-            raise DataError(f"num_images lacks centres {missing!r}")
-        raw = {c: float(num_images[c]) for c in centres}
-        if any(v < 0 for v in raw.values()) or sum(raw.values()) <= 0:
-            raise DataError(f"num_images must be non-negative with a positive total: {raw!r}")
-    else:
-        raise ConfigError(
-            f"unknown aggregation scheme {scheme!r}; valid: {', '.join(WEIGHTING_SCHEMES)}"
-        )
-    total = sum(raw.values())
-    return {c: raw[c] / total for c in centres}
 
 
 def planned_quotas(

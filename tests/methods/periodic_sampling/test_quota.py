@@ -14,7 +14,6 @@ from fedmammo.data.sampling import PeriodicBatchSampler, QuotaBatchSampler
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.methods.periodic_sampling import quota as periodic_quota
 from fedmammo.methods.periodic_sampling.quota import (
-    aggregation_weights,
     global_pattern,
     pattern_window,
     round_offsets,
@@ -107,28 +106,6 @@ def test_round_arguments_are_validated():
         round_quotas(pattern, -1, 1, 4)
     with pytest.raises(DataError, match="empty"):
         round_quotas([], 0, 1, 4)
-
-
-def test_aggregation_weights_by_quota_equal_and_num_images():
-    # Prepare
-    quotas = {"A": {"S1-Ma": 6, "S1-Mb": 1}, "B": {"S2-Ma": 1}, "C": {"S3": 0}}
-    num_images = {"A": 900, "B": 100, "C": 5000}
-
-    # Execute
-    by_quota = aggregation_weights(quotas)
-    equal = aggregation_weights(quotas, scheme="equal")
-    by_size = aggregation_weights(quotas, scheme="num_images", num_images=num_images)
-
-    # Assert: centres without quota are left out; weights sum to 1
-    assert by_quota == pytest.approx({"A": 7 / 8, "B": 1 / 8})
-    assert equal == pytest.approx({"A": 0.5, "B": 0.5})
-    assert by_size == pytest.approx({"A": 0.9, "B": 0.1})
-    with pytest.raises(ConfigError, match="valid: equal, num_images, quota"):
-        aggregation_weights(quotas, scheme="median")
-    with pytest.raises(ConfigError, match="needs num_images"):
-        aggregation_weights(quotas, scheme="num_images")
-    with pytest.raises(DataError, match="lacks centres"):
-        aggregation_weights(quotas, scheme="num_images", num_images={"A": 3})
 
 
 def test_one_batch_rounds_reproduce_centralised_periodic_batches():
