@@ -71,6 +71,9 @@ class PeriodicSamplingParams(AveragingParams):
     min_centres: int = Field(default=1, ge=1)
     bootstrap: int = Field(default=2000, ge=0, le=100_000)
     plots: bool = True
+    # the model an arm is tested with: the round with the best validation WLL (the paper keeps
+    # "the checkpoint achieving the best WLL / image on the validation set"), or the last
+    checkpoint: Literal["best_val_wll", "last"] = "best_val_wll"
 
     @field_validator("experiments")
     @classmethod

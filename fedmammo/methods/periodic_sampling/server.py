@@ -27,6 +27,8 @@ and kept in ``results.json`` (``meta.periodic_tables``).
 
 from __future__ import annotations
 
+import math
+
 from flwr.app import ArrayRecord, RecordDict
 
 from fedmammo.federation.messages import ARRAYS, METRICS, TrainMetrics, model_record
@@ -178,6 +180,45 @@ def _train_arm(
         orc.recorder.complete_round(arm.name, seed, rnd)
         orc.console.print(f"  {arm.name} seed {seed}: round {rnd}/{p.rounds} done")
     return arrays
+
+
+def selected_round(records: list[dict], arm: str, seed: int, last: int, rule: str) -> int:
+    """The round whose model an arm is tested with: ``last``, or (``best_val_wll``) the round
+    with the lowest validation WLL over the arm's validation sets (their ``n``-weighted mean
+    when several centres validated; one global set on the pooled node), ties to the earlier.
+    """
+    if rule == "last":
+        return last
+    by_round: dict[int, dict[str, dict[str, float]]] = {}
+    for r in records:
+        if (
+            r["arm"] == arm
+            and r["seed"] == seed
+            and r["split"] == "val"
+            and r.get("segment") is None
+            and r.get("round") is not None
+            and int(r["round"]) <= last
+            and r["metric"] in ("wll", "n")
+            and r["value"] is not None
+        ):
+            by_round.setdefault(int(r["round"]), {}).setdefault(r["centre"], {})[r["metric"]] = (
+                float(r["value"])
+            )
+    scores = {}
+    for rnd, centres in by_round.items():
+        pairs = [(c["wll"], c.get("n", 1.0)) for c in centres.values() if "wll" in c]
+        total = sum(n for _, n in pairs)
+        if pairs and total > 0 and all(math.isfinite(w) for w, _ in pairs):
+            scores[rnd] = sum(w * n for w, n in pairs) / total
+    return min(scores, key=lambda r: (scores[r], r)) if scores else last
+
+
+def _final_model(orc: Orchestrator, p: PeriodicSamplingParams, arm: str, seed: int) -> ArrayRecord:
+    """The checkpoint an arm is tested with (``checkpoint``), recorded in meta."""
+    last = orc.recorder.last_round(arm, seed)
+    chosen = selected_round(orc.recorder.metrics, arm, seed, last, p.checkpoint)
+    orc.recorder.meta.setdefault("selected_round", {})[f"{arm}|{seed}"] = chosen
+    return orc.load_checkpoint(arm, seed, chosen)
 
 
 def _test_segments(orc: Orchestrator) -> dict[str, list[str]]:
@@ -339,14 +380,12 @@ def run(orc: Orchestrator) -> None:
         finals: dict[str, ArrayRecord] = {}
         for arm in plan:
             if orc.recorder.is_done(arm.name, seed):  # last round: earlier if a centre refused
-                last = orc.recorder.last_round(arm.name, seed)
-                finals[arm.name] = orc.load_checkpoint(arm.name, seed, last)
+                finals[arm.name] = _final_model(orc, p, arm.name, seed)
                 continue
             orc.console.rule(f"[bold]{arm.name}[/] seed {seed}")
-            final = _train_arm(orc, p, arm, seed, init)
-            if final is None:
+            if _train_arm(orc, p, arm, seed, init) is None:
                 continue
-            finals[arm.name] = final
+            final = finals[arm.name] = _final_model(orc, p, arm.name, seed)
             _test_arm(orc, p, arm, seed, finals)
             run_audits(
                 orc,

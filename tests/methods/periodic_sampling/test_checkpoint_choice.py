@@ -1,0 +1,64 @@
+"""Paper 000's checkpoint choice: an arm is tested with the round of best validation WLL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers.flower_messages import run_tiny_in_process
+
+from fedmammo.methods.periodic_sampling.server import selected_round
+
+TINY = Path(__file__).resolve().parent / "tiny.yaml"
+
+
+def _val(rnd, wll, *, centre="pooled", n=10.0, segment=None, arm="a", seed=0):
+    base = {"arm": arm, "seed": seed, "centre": centre, "split": "val", "segment": segment}
+    return [
+        {**base, "round": rnd, "metric": "wll", "value": wll},
+        {**base, "round": rnd, "metric": "n", "value": n},
+    ]
+
+
+def test_the_round_of_lowest_validation_wll_is_chosen():
+    # Prepare: one global validation set; rounds 1-4, round 3 is best; a segment's record and
+    # another arm's better round must not count
+    records = [*_val(1, 0.70), *_val(2, 0.55), *_val(3, 0.50), *_val(4, 0.52)]
+    records += _val(2, 0.10, segment="S1-Ma") + _val(4, 0.01, arm="b")
+    # Execute / Assert
+    assert selected_round(records, "a", 0, 4, "best_val_wll") == 3
+    assert selected_round(records, "a", 0, 4, "last") == 4
+    assert selected_round(records, "a", 0, 2, "best_val_wll") == 2  # rounds after the last
+    assert selected_round(records, "a", 1, 4, "best_val_wll") == 4  # no records: the last
+    assert selected_round([*_val(1, 0.5), *_val(2, 0.5)], "a", 0, 2, "best_val_wll") == 1
+
+
+def test_several_validation_centres_are_weighted_by_their_images():
+    # Prepare: round 1 is better at the big centre, round 2 at the small one
+    records = _val(1, 0.40, centre="big", n=90) + _val(1, 0.90, centre="small", n=10)
+    records += _val(2, 0.50, centre="big", n=90) + _val(2, 0.10, centre="small", n=10)
+    # Execute / Assert: 0.45 vs 0.46 (a plain mean would pick round 2: 0.65 vs 0.30)
+    assert selected_round(records, "a", 0, 2, "best_val_wll") == 1
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_run_tests_each_arm_with_its_best_validation_round(tmp_path, monkeypatch):
+    # Prepare / Execute: the tiny study over 3 rounds
+    sets = {"strategy.params.rounds": 3}
+    results, _ = run_tiny_in_process(
+        TINY, tmp_path, monkeypatch, "periodic_sampling", sets, with_pooled=True
+    )
+    # Assert: every arm's chosen round (results.json meta) is its round of lowest validation
+    # WLL on the pooled node's global set
+    chosen = results["meta"]["selected_round"]
+    assert chosen and set(chosen) == set(results["progress"])
+    for key, rnd in chosen.items():
+        arm, seed = key.split("|")
+        val = {
+            r["round"]: r["value"]
+            for r in results["metrics"]
+            if r["arm"] == arm and r["split"] == "val" and r["metric"] == "wll"
+            and r["segment"] is None and r["seed"] == int(seed)
+        }  # fmt: skip
+        assert set(val) == {1, 2, 3}
+        assert rnd == min(val, key=lambda r: (val[r], r)), (key, val)
