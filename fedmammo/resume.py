@@ -141,17 +141,19 @@ def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
     ckpts = sorted(run_dir.glob("**/checkpoints/*/*.pt"))
     console.print(f"checkpoints: {len(ckpts)} model files (the last completed round of each arm)")
     ledgers = sorted(run_dir.glob("**/centres/*/privacy-ledger-*.json"))
-    fedbn = sorted(run_dir.glob("**/centres/*/fedbn/*/*.pt"))
-    local = ledgers + fedbn
+    rounds = sorted(run_dir.glob("**/centres/*/fedbn/*/*.pt"))
+    rounds += sorted(run_dir.glob("**/centres/*/optimizer/*/*.pt"))
+    local = ledgers + rounds
     if local:
-        owners = sorted({p.parent.name for p in ledgers} | {p.parents[2].name for p in fedbn})
+        owners = sorted({p.parent.name for p in ledgers} | {p.parents[2].name for p in rounds})
         console.print(
             f"per-centre local state: {len(local)} files kept by the centres themselves "
-            f"(privacy ledgers, FedBN BatchNorm state) for {safe(', '.join(owners))}",
+            f"(privacy ledgers, FedBN BatchNorm and optimiser state per round) for "
+            f"{safe(', '.join(owners))}",
             soft_wrap=True,
         )
     else:
-        console.print("per-centre local state: none (no DP ledger, no FedBN state yet)")
+        console.print("per-centre local state: none (no DP ledger, FedBN or optimiser state)")
 
 
 def _print_ledgers(console: Console, run_dir: Path, points: list[Point]) -> None:

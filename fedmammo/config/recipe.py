@@ -57,6 +57,9 @@ class LocalTrainingParams(RecipeParams):
     weight_decay: float = Field(default=0.0, ge=0)
     sampler: str = "balanced_labels"  # registry name in fedmammo.data.sampling
     augment: bool = True
+    # each centre carries its optimiser's state (Adam's moments) from round to round, kept in
+    # its own state folder (paper 000 trains one Adam run; False: a fresh optimiser per round)
+    keep_optimizer_state: bool = False
 
 
 #: How an averaging round weighs each centre's update (recipe key ``weighting``), from the

@@ -5,7 +5,8 @@ state folder (:func:`~fedmammo.federation.site.state_dir`, ``fedbn/<arm>/round<r
 per training round), so a restarted node or a resumed run continues with it, and a round the
 server retrains after a restart starts from the same state as the first time. An arm's
 first round starts from the received model's BatchNorm state (a new seed never inherits
-another's).
+another's). The optimiser's state (``train.keep_optimizer_state``: Adam's moments carried
+from round to round, paper 000) is kept the same way, under ``optimizer/``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,19 @@ from fedmammo.federation.messages import ModelConfig
 from fedmammo.federation.site import state_dir
 from fedmammo.models import build_model
 
-__all__ = ["bn_keys", "local_bn_file", "model_from", "save_local_bn"]
+__all__ = [
+    "FEDBN",
+    "OPTIMIZER",
+    "bn_keys",
+    "load_round_state",
+    "model_from",
+    "round_state_file",
+    "save_local_bn",
+    "save_round_state",
+]
+
+#: Kinds of per-round centre state: FedBN's BatchNorm state, the optimiser's state.
+FEDBN, OPTIMIZER = "fedbn", "optimizer"
 
 
 def bn_keys(model: nn.Module) -> list[str]:
@@ -36,11 +49,11 @@ def bn_keys(model: nn.Module) -> list[str]:
     return keys
 
 
-def _bn_folder(context: Context, arm: str) -> Path:
-    """This centre's BatchNorm states of ``arm``, one file per round (its own state folder)."""
+def _round_folder(context: Context, kind: str, arm: str) -> Path:
+    """This centre's ``kind`` state of ``arm``, one file per round (its own state folder)."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", arm)[:60]
     digest = hashlib.sha256(arm.encode()).hexdigest()[:8]
-    return state_dir(context, identity_of(context)) / "fedbn" / f"{name}-{digest}"
+    return state_dir(context, identity_of(context)) / kind / f"{name}-{digest}"
 
 
 def _saved_rounds(folder: Path) -> dict[int, Path]:
@@ -48,13 +61,35 @@ def _saved_rounds(folder: Path) -> dict[int, Path]:
     return {int(f.group(1)): folder / f.group(0) for f in found if f}
 
 
-def local_bn_file(context: Context, arm: str, server_round: int | None) -> Path | None:
-    """The BatchNorm state a message of ``server_round`` continues: the latest saved before
+def round_state_file(
+    context: Context, kind: str, arm: str, server_round: int | None
+) -> Path | None:
+    """The ``kind`` state a message of ``server_round`` continues: the latest saved before
     that round (a training round r continues round r-1's, also when the server retrains r
     after a restart), or the latest of all for a message without a round (evaluation)."""
-    saved = _saved_rounds(_bn_folder(context, arm))
+    saved = _saved_rounds(_round_folder(context, kind, arm))
     usable = [r for r in saved if server_round is None or r < int(server_round)]
     return saved[max(usable)] if usable else None
+
+
+def save_round_state(context: Context, kind: str, m: ModelConfig, state: dict) -> None:
+    """Keep ``state`` as this centre's ``kind`` state after round ``m.server_round`` of
+    ``m.arm`` (atomic write). Round 1 starts the arm afresh: an earlier seed's are removed."""
+    rnd = int(getattr(m, "server_round", None) or 1)
+    folder = _round_folder(context, kind, m.arm)
+    folder.mkdir(parents=True, exist_ok=True)
+    if rnd == 1:
+        for old in _saved_rounds(folder).values():
+            old.unlink()
+    tmp = folder / f"round{rnd}.tmp"
+    torch.save(state, tmp)
+    tmp.replace(folder / f"round{rnd}.pt")
+
+
+def load_round_state(context: Context, kind: str, m: ModelConfig) -> dict | None:
+    """The ``kind`` state this message continues (see :func:`round_state_file`), or None."""
+    path = round_state_file(context, kind, m.arm, getattr(m, "server_round", None))
+    return None if path is None else torch.load(path, weights_only=True)
 
 
 def model_from(
@@ -63,29 +98,22 @@ def model_from(
     """Build the model the message names and load its weights ``arrays`` into it.
 
     With ``keep_local_bn`` the centre's own BatchNorm state for this arm (see
-    :func:`local_bn_file`) replaces the received one (FedBN); an arm's first round has none.
+    :func:`round_state_file`) replaces the received one (FedBN); an arm's first round has
+    none.
     """
     model = build_model(m.model["name"], **m.model.get("options", {}))
     like = model.state_dict()
     state = arrays_to_state(arrays, like=like)
-    path = local_bn_file(context, m.arm, getattr(m, "server_round", None))
-    if keep_local_bn and path is not None:
-        own = torch.load(path, weights_only=True)
+    own = load_round_state(context, FEDBN, m) if keep_local_bn else None
+    if own is not None:
         state.update({k: v for k, v in own.items() if k in like})
     model.load_state_dict(state)
     return model
 
 
 def save_local_bn(model: nn.Module, context: Context, m: ModelConfig) -> None:
-    """Keep this centre's BatchNorm state after training round ``m.server_round`` of ``m.arm``
-    (atomic write). Round 1 starts the arm afresh: states of an earlier seed are removed."""
-    rnd = int(getattr(m, "server_round", None) or 1)
-    folder = _bn_folder(context, m.arm)
-    folder.mkdir(parents=True, exist_ok=True)
-    if rnd == 1:
-        for old in _saved_rounds(folder).values():
-            old.unlink()
+    """Keep this centre's BatchNorm state after training round ``m.server_round`` of ``m.arm``."""
     state = model.state_dict()
-    tmp = folder / f"round{rnd}.tmp"
-    torch.save({k: state[k].detach().cpu().clone() for k in bn_keys(model)}, tmp)
-    tmp.replace(folder / f"round{rnd}.pt")
+    save_round_state(
+        context, FEDBN, m, {k: state[k].detach().cpu().clone() for k in bn_keys(model)}
+    )

@@ -32,6 +32,7 @@ class TrainResult:
     loss: float
     seconds: float
     epsilon: float | None = None
+    optimizer_state: dict | None = None  # the optimiser's state_dict after the last step
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -71,6 +72,7 @@ def train_classifier(
     privacy: Any | None = None,
     batch_sampler: Any | None = None,
     runtime: Runtime | None = None,
+    optimizer_state: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` with the recipe's sampler and optimiser.
 
@@ -79,6 +81,8 @@ def train_classifier(
     ``privacy`` is a :class:`fedmammo.privacy.engine.DPSession` or None. ``runtime`` (a
     :class:`~fedmammo.training.runtime.Runtime`) overrides ``device`` and turns on mixed
     precision, channels_last and pinned memory; None keeps the plain float32 loop.
+    ``optimizer_state`` (a previous result's ``optimizer_state``) continues that optimiser
+    (Adam's moments and step count) instead of starting a fresh one.
     """
     start = time.perf_counter()
     gen = seed_everything(seed)
@@ -92,7 +96,9 @@ def train_classifier(
         run.check_dp()
         keep_freed_memory()  # DP steps churn tens of MB: keep the heap (see runtime)
     run.prepare(model).train()
-    optimizer = _optimizer(model, params)
+    optimizer = base_optimizer = _optimizer(model, params)
+    if optimizer_state is not None:
+        base_optimizer.load_state_dict(optimizer_state)
     epochs = params.epochs
     if batch_sampler is None:
         batch_sampler = build_sampler(
@@ -138,6 +144,7 @@ def train_classifier(
         loss=total_loss / max(seen, 1),
         seconds=time.perf_counter() - start,
         epsilon=epsilon,
+        optimizer_state=base_optimizer.state_dict(),
     )
 
 

@@ -26,10 +26,14 @@ def test_resume_uses_the_folders_copy_not_the_edited_files(scen, tmp_path, monke
     recipe.write_text(recipe.read_text().replace("rounds: 2", "rounds: 7"))
     (tmp_path / "centres" / "site.yaml").write_text("broken: [\n")
     started = {}
-    monkeypatch.setattr(simulate, "execute", lambda spec, base: started.update(spec=spec) or 0)
+    monkeypatch.setattr(
+        simulate, "execute", lambda spec, base, **kw: started.update(spec=spec) or 0
+    )
     # Execute
     check = run_cli_in_process(["--resume", str(run), "--check"], monkeypatch)
-    monkeypatch.setattr(simulate, "execute", lambda spec, base: started.update(spec=spec) or 0)
+    monkeypatch.setattr(
+        simulate, "execute", lambda spec, base, **kw: started.update(spec=spec) or 0
+    )
     code = simulate.main([str(scen), "--resume", str(run)])  # same scenario argument: accepted
     # Assert: the plan and the restore table come from the resolved copy (2 rounds)
     assert check.code == 0, check.text
@@ -87,7 +91,9 @@ def test_a_new_run_writes_its_folder_only_after_the_plan_and_before_any_data(
 ):
     # Prepare: stop where the run would start
     started = {}
-    monkeypatch.setattr(simulate, "execute", lambda spec, base: started.update(spec=spec) or 0)
+    monkeypatch.setattr(
+        simulate, "execute", lambda spec, base, **kw: started.update(spec=spec) or 0
+    )
     # Execute
     code = simulate.main([str(scen), "--set", "strategy.params.rounds=3"])
     # Assert: resolved copy (overrides applied, self-contained), invocation, runspec

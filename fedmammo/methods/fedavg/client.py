@@ -8,7 +8,13 @@ from flwr.app import Context, Message
 
 from fedmammo.config.recipe import LocalTrainingParams
 from fedmammo.evaluation.metrics import metrics_by_segment
-from fedmammo.federation.centre_models import model_from, save_local_bn
+from fedmammo.federation.centre_models import (
+    OPTIMIZER,
+    load_round_state,
+    model_from,
+    save_local_bn,
+    save_round_state,
+)
 from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.handlers import check_injected_fault, handler, reply
@@ -36,6 +42,7 @@ def train(msg: Message, context: Context) -> Message:
     data = centre_data(ident, m)
     rows = data.rows("train")
     params = LocalTrainingParams(**m.train)
+    keep = params.keep_optimizer_state  # Adam's state from this centre's previous round
     # DP (privacy in the centre profile): refuses (BudgetRefusal) before any step if the
     # round would overrun the budget or the planned rounds; the error reply is the refusal.
     privacy = dp_session_for(context, ident, m, params, n_examples=_n(rows), phase="classifier")
@@ -48,7 +55,10 @@ def train(msg: Message, context: Context) -> Message:
         seed=int(m.seed),
         device=device(),
         privacy=privacy,
+        optimizer_state=load_round_state(context, OPTIMIZER, m) if keep else None,
     )
+    if keep:
+        save_round_state(context, OPTIMIZER, m, result.optimizer_state)
     if local_bn:
         save_local_bn(model, context, m)
     metrics = TrainMetrics(

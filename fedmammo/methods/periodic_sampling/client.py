@@ -69,7 +69,13 @@ from fedmammo.data.sampling import QuotaBatchSampler, build_sampler
 from fedmammo.errors import DataError
 from fedmammo.evaluation.metrics import metrics_by_segment
 from fedmammo.evaluation.tables import comparison_rows
-from fedmammo.federation.centre_models import model_from, save_local_bn
+from fedmammo.federation.centre_models import (
+    OPTIMIZER,
+    load_round_state,
+    model_from,
+    save_local_bn,
+    save_round_state,
+)
 from fedmammo.federation.centre_runtime import (
     Rows,
     centre_data,
@@ -172,6 +178,7 @@ def train(msg: Message, context: Context) -> Message:
             f"{m.KIND}: no labelled training images in segments {m.segments} at this centre"
         )
     params = LocalTrainingParams(**m.train).model_copy(update={"epochs": 1})
+    keep = params.keep_optimizer_state
     labels, segments = data.labels(rows), data.segments(rows)
     privacy = None
     n_train = _size(data.rows("train"))  # the centre's protected set (delta, budget)
@@ -195,8 +202,11 @@ def train(msg: Message, context: Context) -> Message:
             device=device(),
             batch_sampler=sampler,
             privacy=privacy,
+            optimizer_state=load_round_state(context, OPTIMIZER, m) if keep else None,
         )
         steps, seen, loss = result.steps, result.num_examples, result.loss
+        if keep:  # Adam's state from this centre's previous round of the arm, continued
+            save_round_state(context, OPTIMIZER, m, result.optimizer_state)
     if local_bn:
         save_local_bn(model, context, m)
     metrics = TrainPeriodicMetrics(
