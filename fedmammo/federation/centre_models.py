@@ -74,16 +74,17 @@ def round_state_file(
 
 def save_round_state(context: Context, kind: str, m: ModelConfig, state: dict) -> None:
     """Keep ``state`` as this centre's ``kind`` state after round ``m.server_round`` of
-    ``m.arm`` (atomic write). Round 1 starts the arm afresh: an earlier seed's are removed."""
+    ``m.arm`` (atomic write), with the round before it (what a retrained round starts from);
+    older rounds are removed. Round 1 starts the arm afresh: an earlier seed's are removed."""
     rnd = int(getattr(m, "server_round", None) or 1)
     folder = _round_folder(context, kind, m.arm)
     folder.mkdir(parents=True, exist_ok=True)
-    if rnd == 1:
-        for old in _saved_rounds(folder).values():
-            old.unlink()
     tmp = folder / f"round{rnd}.tmp"
     torch.save(state, tmp)
     tmp.replace(folder / f"round{rnd}.pt")
+    for old, path in _saved_rounds(folder).items():  # kept: this round and the one before
+        if old < rnd - 1 or (rnd == 1 and old > 1):
+            path.unlink()
 
 
 def load_round_state(context: Context, kind: str, m: ModelConfig) -> dict | None:
