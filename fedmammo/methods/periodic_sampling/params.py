@@ -74,6 +74,10 @@ class PeriodicSamplingParams(AveragingParams):
     # the model an arm is tested with: the round with the best validation WLL (the paper keeps
     # "the checkpoint achieving the best WLL / image on the validation set"), or the last
     checkpoint: Literal["best_val_wll", "last"] = "best_val_wll"
+    # validate and test an exponential moving average of the weights (the paper: decay 0.99 per
+    # step, TensorFlow's EMA); kept by the server over rounds, one update per round with decay
+    # ema_decay ** batches_per_round (the steps of a round); None: the weights themselves
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)
 
     @field_validator("experiments")
     @classmethod

@@ -102,14 +102,20 @@ def _train_arm(
 ) -> ArrayRecord | None:
     """Rounds ``1..p.rounds`` of one arm, validated and checkpointed every round (resumable).
 
+    With ``ema_decay`` the server keeps the moving average of the weights (from the initial
+    model, one update per round) and validates that; training continues from the weights.
+
     DP (:class:`ArmPrivacy`): every train message names the arm's ledger and planned rounds;
     replies' privacy records go to privacy.json. When a centre refuses a round (budget), the
     arm stops and the model of the last completed round is final (None if round 1).
     """
     model = p.model.model_dump()
     start = orc.recorder.last_round(arm.name, seed)
+    ema, initial = None, arrays
     if start:
         arrays = orc.load_checkpoint(arm.name, seed, start)
+        if p.ema_decay is not None:
+            ema = orc.load_checkpoint(ema_name(arm.name), seed, start)
     strategy = _strategy(orc, p, arm)
     record_weighting(orc, arm.name, strategy.weighting)
     dp = ArmPrivacy(
@@ -163,11 +169,14 @@ def _train_arm(
                 split="train",
                 round=rnd,
             )
+        if p.ema_decay is not None:  # what is validated and tested: the moving average
+            ema = ema_update(ema or initial, arrays, p.ema_decay**p.batches_per_round)
+            orc.checkpoint(ema_name(arm.name), seed, rnd, ema)
         orc.evaluate_everywhere(
             EvaluatePeriodic,
             arm=arm.name,
             seed=seed,
-            arrays=arrays,
+            arrays=arrays if ema is None else ema,
             centres=_validation_sites(orc, arm),
             split="val",
             rnd=rnd,
@@ -218,7 +227,24 @@ def _final_model(orc: Orchestrator, p: PeriodicSamplingParams, arm: str, seed: i
     last = orc.recorder.last_round(arm, seed)
     chosen = selected_round(orc.recorder.metrics, arm, seed, last, p.checkpoint)
     orc.recorder.meta.setdefault("selected_round", {})[f"{arm}|{seed}"] = chosen
-    return orc.load_checkpoint(arm, seed, chosen)
+    return orc.load_checkpoint(arm if p.ema_decay is None else ema_name(arm), seed, chosen)
+
+
+def ema_name(arm: str) -> str:
+    """Where an arm's moving-average checkpoints go (``checkpoints/<arm>.ema/``)."""
+    return f"{arm}.ema"
+
+
+def ema_update(ema: ArrayRecord, arrays: ArrayRecord, decay: float) -> ArrayRecord:
+    """``decay * ema + (1 - decay) * arrays`` for floating tensors (BatchNorm's running
+    statistics included, as TensorFlow's EMA of every variable); counters follow ``arrays``."""
+    old, new = ema.to_torch_state_dict(), arrays.to_torch_state_dict()
+    return ArrayRecord(
+        {
+            k: decay * old[k] + (1.0 - decay) * v if v.is_floating_point() else v.clone()
+            for k, v in new.items()
+        }
+    )
 
 
 def _test_segments(orc: Orchestrator) -> dict[str, list[str]]:

@@ -1,12 +1,16 @@
-"""Paper 000's checkpoint choice: an arm is tested with the round of best validation WLL."""
+"""Paper 000's training: an arm is tested with the round of best validation WLL, and with the
+exponential moving average of its weights when ``ema_decay`` is set."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.flower_messages import run_tiny_in_process
 
+from fedmammo.config import load_scenario
+from fedmammo.federation.rounds import initial_arrays
 from fedmammo.methods.periodic_sampling.server import selected_round
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
@@ -66,3 +70,29 @@ def test_a_run_tests_each_arm_with_its_best_validation_round(tmp_path, monkeypat
         }  # fmt: skip
         assert set(val) == {1, 2, 3}
         assert rnd == min(val, key=lambda r: (val[r], r)), (key, val)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_moving_average_checkpoints_follow_the_per_round_update(tmp_path, monkeypatch):
+    # Prepare / Execute: decay 0.5 per step, 2 steps per round: 0.25 per round
+    sets = {"strategy.params.ema_decay": 0.5}
+    results, _ = run_tiny_in_process(TINY, tmp_path, monkeypatch, "periodic_sampling", sets)
+    # Assert: for every arm, the EMA checkpoints follow ema_r = 0.25 ema_{r-1} + 0.75 w_r from
+    # the initial model, for every floating tensor
+    ckpt = tmp_path / "run" / "checkpoints"
+    params = load_scenario(TINY).recipe.typed_params()
+    init = initial_arrays(params.model.model_dump(), 0).to_torch_state_dict()
+    arms = [a for a in results["progress"] if a.endswith("|0")]
+    assert arms
+    for key in arms:
+        arm = key.split("|")[0]
+        ema = init
+        for rnd in (1, 2):
+            w = torch.load(ckpt / arm / f"seed0_round{rnd:03d}.pt")
+            got = torch.load(ckpt / f"{arm}.ema" / f"seed0_round{rnd:03d}.pt")
+            ema = {
+                k: 0.25 * ema[k] + 0.75 * v if v.is_floating_point() else v for k, v in w.items()
+            }
+            for k, v in ema.items():
+                torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6, msg=f"{arm} {k}")
+            assert not torch.equal(got["head.weight"], w["head.weight"])

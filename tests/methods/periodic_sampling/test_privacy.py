@@ -381,6 +381,7 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
         batches_per_round=2,
         rounds=3,
         min_centres=1,
+        ema_decay=None,
     )
     counts = {"ca": {"A-Ma": 3, "A-Mb": 3}, "cb": {"B-Mc": 3}}
     arm = ArmPlan(
