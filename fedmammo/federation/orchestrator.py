@@ -147,7 +147,12 @@ class Orchestrator:
         phase = message_type.split(".")[0]
         failures = {c: f"no reply within message_timeout.{phase}={timeout:g} s" for c in contents}
         for reply in self.grid.send_and_receive(msgs, timeout=timeout):
-            centre = by_node.get(reply.metadata.src_node_id, "?")
+            # the SuperLink answers for a node gone offline (src_node_id 1): match the message
+            sent = {
+                m.metadata.message_id: m.metadata.dst_node_id for m in msgs if m.metadata.message_id
+            }
+            src = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            centre = by_node.get(src, "?")
             if reply.has_error():
                 failures[centre] = reply.error.reason or "error"
                 continue

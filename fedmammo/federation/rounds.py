@@ -97,7 +97,7 @@ class CentreFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         base = self.message.from_config(config)
-        return [
+        self.sent = [
             Message(
                 self.centre_message(base, centre, server_round).content({ARRAYS: arrays}),
                 dst_node_id=node,
@@ -105,6 +105,7 @@ class CentreFedAvg(FedAvg):
             )
             for centre, node in self.centre_nodes.items()
         ]
+        return self.sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -123,8 +124,15 @@ class CentreFedAvg(FedAvg):
         replies = list(replies)
         self.failures = {c: self.no_reply for c in self.centre_nodes}
         valid, weights = [], {}
+        # the SuperLink answers for a node gone offline (src_node_id 1): match the message
+        sent = {
+            m.metadata.message_id: m.metadata.dst_node_id
+            for m in getattr(self, "sent", [])
+            if m.metadata.message_id
+        }
         for msg in replies:
-            centre = names.get(msg.metadata.src_node_id, "?")
+            src = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            centre = names.get(src, "?")
             if msg.has_error():
                 self.failures[centre] = msg.error.reason or "error"
                 continue

@@ -162,3 +162,135 @@ def test_server_killed_then_resumed_equals_the_unbroken_run(tmp_path, monkeypatc
     assert _records(again) == _records(unbroken)
     with pytest.raises(ConfigError, match="holds no results.json"):
         resumed(RunSpec(scenario_file=str(TINY), run_dir=str(tmp_path / "none")))
+
+
+# --------------------------------------------------------------- slow: real Flower processes
+def _progress(run_dir: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((run_dir / "results.json").read_text()).get("progress", {})
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
+    """SuperLink + two SuperNodes on loopback; tiny_b's SuperNode is killed (SIGKILL) once
+    round 1 is recorded: rounds 2-3 aggregate tiny_a alone (min_centres 1), tiny_b is
+    recorded missing in each, and round 1 stays as it was."""
+    import os
+    import time
+
+    import yaml
+    from helpers.processes import BIN, free_port, kill_tree, start, stop
+    from helpers.run_helpers import REPO, results
+
+    from fedmammo.config import load_scenario
+    from fedmammo.federation.deployment import node_config, prepare_site
+
+    data = yaml.safe_load((REPO / "scenarios" / "fedavg_tiny.yaml").read_text())
+    data["centres"] = [c for c in data["centres"] if c["role"] == "train"]
+    data["strategy_overrides"].update(
+        {
+            "params.rounds": 3,
+            "params.min_centres": 1,
+            "params.bootstrap": 0,
+            "message_timeout": {"train": 20, "evaluate": 20},
+        }
+    )
+    scenario_file = tmp_path / "dropout.yaml"
+    scenario_file.write_text(yaml.safe_dump(data))
+    scenario = load_scenario(scenario_file)
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr_home"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    link = free_port()
+    (tmp_path / "flwr_home").mkdir()
+    (tmp_path / "flwr_home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    superlink = [
+        str(BIN / "flower-superlink"),
+        "--insecure",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(link),
+        "--database",
+        str(tmp_path / "state.db"),
+        "--disable-runtime-dependency-installation",
+    ]
+    procs = [start(superlink, tmp_path / "superlink.log", env)]
+    nodes = {}
+    run_dir = tmp_path / "run"
+    try:
+        for entry in scenario.centres:
+            data_dir = tmp_path / "sites" / entry.name
+            prepare_site(
+                REPO / "centres" / f"{entry.profile}.yaml",
+                data_dir,
+                name=entry.name,
+                image_size=scenario.image_size,
+                data_seed=scenario.data_seed,
+                role=entry.role,
+            )
+            cmd = [
+                str(BIN / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{link}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                node_config(entry.name, data_dir, role=entry.role),
+            ]
+            nodes[entry.name] = start(cmd, tmp_path / f"{entry.name}.log", env)
+        procs += list(nodes.values())
+        run = start(
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(REPO),
+                "loopback",
+                "--stream",
+                "-c",
+                f'scenario="{scenario_file}" run-dir="{run_dir}"',
+            ],
+            tmp_path / "flwr_run.log",
+            env,
+            cwd=REPO,
+        )
+        procs.append(run)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and run.poll() is None:
+            if _progress(run_dir).get("federated|0", {}).get("round", 0) >= 1:
+                break
+            time.sleep(0.2)
+        kill_tree(nodes["tiny_b"].pid)  # the site drops out mid-run
+        round_one = [
+            r for r in results(run_dir)["metrics"] if r["round"] == 1 and r["split"] != "timing"
+        ]
+        run.wait(timeout=150)
+        deadline = time.monotonic() + 30  # the ServerApp writes results.md last
+        while time.monotonic() < deadline and not (run_dir / "results.md").is_file():
+            time.sleep(0.5)
+    finally:
+        stop(procs)
+    out = (tmp_path / "flwr_run.log").read_text(errors="replace")[-3000:]
+    res = results(run_dir)
+    assert res["progress"]["federated|0"]["done"], out
+    missing = sorted((f["centre"], f["round"]) for f in res["failures"] if f["phase"] == "train")
+    assert missing == [("tiny_b", 2), ("tiny_b", 3)], (res["failures"], out)
+    # the SuperLink's 'Node Unavailable' answers are put under the centre they were sent to
+    assert {f["centre"] for f in res["failures"]} == {"tiny_b"}, res["failures"]
+    assert sorted(r["round"] for r in res["metrics"] if r["metric"] == "train_loss") == [1, 2, 3]
+    kept = [r for r in res["metrics"] if r["round"] == 1 and r["split"] != "timing"]
+    assert round_one and kept == round_one  # the completed round is not lost
+    log = (run_dir / "run.log").read_text()
+    assert "round 2: aggregated without ['tiny_b']" in log
+    assert "round 3: aggregated without ['tiny_b']" in log
