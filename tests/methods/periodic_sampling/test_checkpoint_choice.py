@@ -11,7 +11,7 @@ from helpers.flower_messages import run_tiny_in_process
 
 from fedmammo.config import load_scenario
 from fedmammo.federation.rounds import initial_arrays
-from fedmammo.methods.periodic_sampling.server import selected_round
+from fedmammo.methods.periodic_sampling.checkpoints import selected_round
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
 
