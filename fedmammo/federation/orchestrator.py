@@ -27,6 +27,7 @@ from fedmammo.federation.messages import (
     CentreInfo,
     Identify,
 )
+from fedmammo.federation.replies import reply_node
 from fedmammo.federation.runspec import RunSpec
 
 __all__ = ["Orchestrator", "derive_seed", "short_reason"]
@@ -114,7 +115,7 @@ class Orchestrator:
         ]
         failed = {n: f"no reply within {timeout:g} s" for n in node_ids}
         for reply in self.grid.send_and_receive(msgs, timeout=timeout):
-            src = reply.metadata.src_node_id
+            src = reply_node(reply, msgs)
             if reply.has_error():
                 failed[src] = short_reason(reply.error.reason)
                 continue
@@ -147,12 +148,7 @@ class Orchestrator:
         phase = message_type.split(".")[0]
         failures = {c: f"no reply within message_timeout.{phase}={timeout:g} s" for c in contents}
         for reply in self.grid.send_and_receive(msgs, timeout=timeout):
-            # the SuperLink answers for a node gone offline (src_node_id 1): match the message
-            sent = {
-                m.metadata.message_id: m.metadata.dst_node_id for m in msgs if m.metadata.message_id
-            }
-            src = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            centre = by_node.get(src, "?")
+            centre = by_node.get(reply_node(reply, msgs), "?")
             if reply.has_error():
                 failures[centre] = reply.error.reason or "error"
                 continue

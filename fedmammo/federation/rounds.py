@@ -21,6 +21,7 @@ from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.messages import ARRAYS, METRICS, ModelConfig, TrainConfig, TrainMetrics
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy
+from fedmammo.federation.replies import reply_node
 from fedmammo.federation.secagg import SecAggParams, centre_weight, secure_sum
 from fedmammo.models import build_model
 
@@ -124,15 +125,8 @@ class CentreFedAvg(FedAvg):
         replies = list(replies)
         self.failures = {c: self.no_reply for c in self.centre_nodes}
         valid, weights = [], {}
-        # the SuperLink answers for a node gone offline (src_node_id 1): match the message
-        sent = {
-            m.metadata.message_id: m.metadata.dst_node_id
-            for m in getattr(self, "sent", [])
-            if m.metadata.message_id
-        }
         for msg in replies:
-            src = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-            centre = names.get(src, "?")
+            centre = names.get(reply_node(msg, getattr(self, "sent", [])), "?")
             if msg.has_error():
                 self.failures[centre] = msg.error.reason or "error"
                 continue

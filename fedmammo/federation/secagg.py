@@ -58,6 +58,7 @@ from fedmammo.config.recipe import WEIGHTINGS
 from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.egress import declare_egress
 from fedmammo.federation.messages import ARRAYS, CONFIG, ArmConfig, TrainMetrics
+from fedmammo.federation.replies import reply_node
 
 __all__ = [
     "MASKED_RECORD",
@@ -158,7 +159,7 @@ def _exchange(grid, types: Mapping[int, str], contents: Mapping[int, RecordDict]
     ok: dict[int, RecordDict] = {}
     failed: dict[int, str] = {node: "no reply" for node in contents}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
-        node = reply.metadata.src_node_id
+        node = reply_node(reply, msgs)
         if reply.has_error():
             failed[node] = reply.error.reason or "error"
         elif node in failed:
