@@ -81,6 +81,7 @@ class CentreFedAvg(FedAvg):
         self.weighting = check_weighting(weighting)
         self.weights: dict[str, float] = {}
         self.failures: dict[str, str] = {}
+        self.sent: list[Message] = []  # the round's messages (replies are matched to them)
         self.node_config: dict[str, dict] = {}  # per-centre message fields (DP ledger on resume)
         self.no_reply = "no reply"  # the failure of a centre that did not answer (site gone)
 
@@ -126,7 +127,7 @@ class CentreFedAvg(FedAvg):
         self.failures = {c: self.no_reply for c in self.centre_nodes}
         valid, weights = [], {}
         for msg in replies:
-            centre = names.get(reply_node(msg, getattr(self, "sent", [])), "?")
+            centre = names.get(reply_node(msg, self.sent), "?")
             if msg.has_error():
                 self.failures[centre] = msg.error.reason or "error"
                 continue

@@ -7,16 +7,14 @@ simulation of the same scenario and seed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
 import pytest
-from helpers.processes import BIN, free_port, start, stop
+from helpers.processes import BIN, loopback_superlink, prepare_sites, start, stop, supernode
 from helpers.run_helpers import REPO, final_auc, results, run_cli
 
 from fedmammo.config import load_scenario
-from fedmammo.federation.deployment import node_config, prepare_site
 
 pytestmark = pytest.mark.slow
 SCENARIO = REPO / "scenarios" / "fedavg_tiny.yaml"
@@ -25,66 +23,15 @@ SCENARIO = REPO / "scenarios" / "fedavg_tiny.yaml"
 def test_loopback_deployment_matches_simulation(tmp_path):
     # Prepare: each site's data folder, as a hospital would (same profiles and data seed).
     scenario = load_scenario(SCENARIO)
-    sites = {}
-    for entry in scenario.centres:
-        data_dir = tmp_path / "sites" / entry.name
-        prepare_site(
-            REPO / "centres" / f"{entry.profile}.yaml",
-            data_dir,
-            name=entry.name,
-            image_size=scenario.image_size,
-            data_seed=scenario.data_seed,
-            role=entry.role,
-        )
-        sites[entry.name] = (data_dir, entry.role)
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(tmp_path / "flwr_home"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    link = free_port()
-    (tmp_path / "flwr_home").mkdir()
-    (tmp_path / "flwr_home" / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
-    )
-    procs = [
-        start(
-            [
-                str(BIN / "flower-superlink"),
-                "--insecure",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(link),
-                "--database",
-                str(tmp_path / "state.db"),
-                "--disable-runtime-dependency-installation",
-            ],
-            tmp_path / "superlink.log",
-            env,
-        )
-    ]
+    sites = prepare_sites(scenario, tmp_path / "sites")
+    env, link, superlink = loopback_superlink(tmp_path)
+    procs = [start(superlink, tmp_path / "superlink.log", env)]
     run_dir = tmp_path / "deployed_run"
     try:
         time.sleep(5)
         for name, (data_dir, role) in sites.items():
-            procs.append(
-                start(
-                    [
-                        str(BIN / "flower-supernode"),
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{link}",
-                        "--port",
-                        str(free_port()),
-                        "--node-config",
-                        node_config(name, data_dir, role=role),
-                    ],
-                    tmp_path / f"supernode_{name}.log",
-                    env,
-                )
-            )
+            cmd = supernode(link, name, data_dir, role)
+            procs.append(start(cmd, tmp_path / f"supernode_{name}.log", env))
         # Execute: the ServerApp reads the scenario and writes results to run-dir.
         run = subprocess.run(
             [

@@ -179,15 +179,21 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
     """SuperLink + two SuperNodes on loopback; tiny_b's SuperNode is killed (SIGKILL) once
     round 1 is recorded: rounds 2-3 aggregate tiny_a alone (min_centres 1), tiny_b is
     recorded missing in each, and round 1 stays as it was."""
-    import os
     import time
 
     import yaml
-    from helpers.processes import BIN, free_port, kill_tree, start, stop
+    from helpers.processes import (
+        BIN,
+        kill_tree,
+        loopback_superlink,
+        prepare_sites,
+        start,
+        stop,
+        supernode,
+    )
     from helpers.run_helpers import REPO, results
 
     from fedmammo.config import load_scenario
-    from fedmammo.federation.deployment import node_config, prepare_site
 
     data = yaml.safe_load((REPO / "scenarios" / "fedavg_tiny.yaml").read_text())
     data["centres"] = [c for c in data["centres"] if c["role"] == "train"]
@@ -202,54 +208,14 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
     scenario_file = tmp_path / "dropout.yaml"
     scenario_file.write_text(yaml.safe_dump(data))
     scenario = load_scenario(scenario_file)
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(tmp_path / "flwr_home"),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    link = free_port()
-    (tmp_path / "flwr_home").mkdir()
-    (tmp_path / "flwr_home" / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
-    )
-    superlink = [
-        str(BIN / "flower-superlink"),
-        "--insecure",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(link),
-        "--database",
-        str(tmp_path / "state.db"),
-        "--disable-runtime-dependency-installation",
-    ]
+    env, link, superlink = loopback_superlink(tmp_path)
     procs = [start(superlink, tmp_path / "superlink.log", env)]
     nodes = {}
     run_dir = tmp_path / "run"
     try:
-        for entry in scenario.centres:
-            data_dir = tmp_path / "sites" / entry.name
-            prepare_site(
-                REPO / "centres" / f"{entry.profile}.yaml",
-                data_dir,
-                name=entry.name,
-                image_size=scenario.image_size,
-                data_seed=scenario.data_seed,
-                role=entry.role,
-            )
-            cmd = [
-                str(BIN / "flower-supernode"),
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{link}",
-                "--port",
-                str(free_port()),
-                "--node-config",
-                node_config(entry.name, data_dir, role=entry.role),
-            ]
-            nodes[entry.name] = start(cmd, tmp_path / f"{entry.name}.log", env)
+        for name, (data_dir, role) in prepare_sites(scenario, tmp_path / "sites").items():
+            cmd = supernode(link, name, data_dir, role)
+            nodes[name] = start(cmd, tmp_path / f"{name}.log", env)
         procs += list(nodes.values())
         run = start(
             [

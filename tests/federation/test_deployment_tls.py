@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import processes
-from helpers.processes import BIN, free_port, metric_records, stop
+from helpers.processes import BIN, free_port, metric_records, prepare_sites, stop
 from helpers.run_helpers import REPO, final_auc, results, run_cli
 
 from fedmammo.config import load_scenario
-from fedmammo.federation.deployment import node_config, prepare_site
+from fedmammo.federation.deployment import node_config
 from fedmammo.federation.pki import (
     PkiError,
     init_pki,
@@ -77,18 +77,10 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
     keys = {name: make_node_key(tmp_path / "pki", name) for name in ("tiny_a", "tiny_b", "rogue")}
     scenario_file = _two_centre_scenario(tmp_path)
     scenario = load_scenario(scenario_file)
-    sites = {}
-    for entry in scenario.centres:
-        data_dir = tmp_path / "sites" / entry.name
-        prepare_site(
-            REPO / "centres" / f"{entry.profile}.yaml",
-            data_dir,
-            name=entry.name,
-            image_size=scenario.image_size,
-            data_seed=scenario.data_seed,
-            role=entry.role,
-        )
-        sites[entry.name] = node_config(entry.name, data_dir, role=entry.role)
+    sites = {
+        name: node_config(name, data_dir, role=role)
+        for name, (data_dir, role) in prepare_sites(scenario, tmp_path / "sites").items()
+    }
     link = free_port()
     env = {
         **os.environ,

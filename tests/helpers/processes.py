@@ -17,6 +17,9 @@ __all__ = [
     "free_port",
     "kill_tree",
     "local_superlinks",
+    "loopback_superlink",
+    "prepare_sites",
+    "supernode",
     "start",
     "stop",
     "stop_tree",
@@ -38,6 +41,59 @@ def start(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> subp
         return subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
+
+
+def prepare_sites(scenario, root: Path) -> dict[str, tuple[Path, str]]:
+    """Each centre's data folder under ``root`` as its site prepares it (its profile, the
+    scenario's image size and data seed): centre -> (data dir, role)."""
+    from fedmammo.federation.deployment import prepare_site
+    from helpers.run_helpers import REPO
+
+    sites = {}
+    for entry in scenario.centres:
+        data_dir = root / entry.name
+        prepare_site(
+            REPO / "centres" / f"{entry.profile}.yaml",
+            data_dir,
+            name=entry.name,
+            image_size=scenario.image_size,
+            data_seed=scenario.data_seed,
+            role=entry.role,
+        )
+        sites[entry.name] = (data_dir, entry.role)
+    return sites
+
+
+def loopback_superlink(tmp_path: Path) -> tuple[dict, int, list[str]]:
+    """A plaintext SuperLink on 127.0.0.1: the environment (``FLWR_HOME`` with federation
+    ``loopback``, telemetry off), its port and its command (state in ``tmp_path``)."""
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr_home"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    link = free_port()
+    (tmp_path / "flwr_home").mkdir()
+    (tmp_path / "flwr_home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    cmd = [
+        str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link),
+        "--database", str(tmp_path / "state.db"), "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    return env, link, cmd
+
+
+def supernode(link: int, name: str, data_dir: Path, role: str) -> list[str]:
+    """A plaintext SuperNode of centre ``name`` dialling the loopback SuperLink at ``link``."""
+    from fedmammo.federation.deployment import node_config
+
+    return [
+        str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+        "--port", str(free_port()), "--node-config", node_config(name, data_dir, role=role),
+    ]  # fmt: skip
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
