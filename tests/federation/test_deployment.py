@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
-from helpers.processes import BIN, loopback_superlink, prepare_sites, start, stop, supernode
+from helpers.processes import (
+    BIN,
+    listening,
+    loopback_superlink,
+    prepare_sites,
+    start,
+    stop,
+    supernode,
+    wait_for,
+)
 from helpers.run_helpers import REPO, final_auc, results, run_cli
 
 from fedmammo.config import load_scenario
@@ -28,7 +36,8 @@ def test_loopback_deployment_matches_simulation(tmp_path):
     procs = [start(superlink, tmp_path / "superlink.log", env)]
     run_dir = tmp_path / "deployed_run"
     try:
-        time.sleep(5)
+        # `flwr run` does not retry: it needs the SuperLink up (SuperNodes retry by themselves)
+        wait_for(lambda: listening(link), 120, "SuperLink listening", tmp_path)
         for name, (data_dir, role) in sites.items():
             cmd = supernode(link, name, data_dir, role)
             procs.append(start(cmd, tmp_path / f"supernode_{name}.log", env))

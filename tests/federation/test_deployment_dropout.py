@@ -179,17 +179,18 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
     """SuperLink + two SuperNodes on loopback; tiny_b's SuperNode is killed (SIGKILL) once
     round 1 is recorded: rounds 2-3 aggregate tiny_a alone (min_centres 1), tiny_b is
     recorded missing in each, and round 1 stays as it was."""
-    import time
 
     import yaml
     from helpers.processes import (
         BIN,
         kill_tree,
+        listening,
         loopback_superlink,
         prepare_sites,
         start,
         stop,
         supernode,
+        wait_for,
     )
     from helpers.run_helpers import REPO, results
 
@@ -213,6 +214,8 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
     nodes = {}
     run_dir = tmp_path / "run"
     try:
+        # `flwr run` does not retry: it needs the SuperLink up (SuperNodes retry by themselves)
+        wait_for(lambda: listening(link), 120, "SuperLink listening", tmp_path)
         for name, (data_dir, role) in prepare_sites(scenario, tmp_path / "sites").items():
             cmd = supernode(link, name, data_dir, role)
             nodes[name] = start(cmd, tmp_path / f"{name}.log", env)
@@ -232,19 +235,19 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
             cwd=REPO,
         )
         procs.append(run)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and run.poll() is None:
-            if _progress(run_dir).get("federated|0", {}).get("round", 0) >= 1:
-                break
-            time.sleep(0.2)
+
+        # `flwr run --stream` may end before the ServerApp does (its log stream is only a
+        # view): wait on the run's own results file, and show every log if it never comes.
+        def rounds_done() -> int:
+            return _progress(run_dir).get("federated|0", {}).get("round", 0)
+
+        wait_for(lambda: rounds_done() >= 1, 300, "round 1 recorded", tmp_path)
         kill_tree(nodes["tiny_b"].pid)  # the site drops out mid-run
         round_one = [
             r for r in results(run_dir)["metrics"] if r["round"] == 1 and r["split"] != "timing"
         ]
-        run.wait(timeout=150)
-        deadline = time.monotonic() + 30  # the ServerApp writes results.md last
-        while time.monotonic() < deadline and not (run_dir / "results.md").is_file():
-            time.sleep(0.5)
+        # the ServerApp writes results.md last
+        wait_for(lambda: (run_dir / "results.md").is_file(), 300, "results.md written", tmp_path)
     finally:
         stop(procs)
     out = (tmp_path / "flwr_run.log").read_text(errors="replace")[-3000:]

@@ -16,6 +16,7 @@ __all__ = [
     "descendants",
     "free_port",
     "kill_tree",
+    "listening",
     "local_superlinks",
     "loopback_superlink",
     "prepare_sites",
@@ -23,6 +24,7 @@ __all__ = [
     "start",
     "stop",
     "stop_tree",
+    "wait_for",
 ]
 
 #: The virtualenv's scripts (flower-superlink, flower-supernode, flwr).
@@ -33,6 +35,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def start(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
@@ -180,3 +189,20 @@ def metric_records(res: dict, ignored: tuple[str, ...] = ("timing",)) -> dict[tu
         for r in res["metrics"]
         if r["split"] not in ignored and not r["metric"].endswith("seconds")
     }
+
+
+def wait_for(done, timeout: float, what: str, logs: Path) -> None:
+    """Poll ``done()`` every 0.2 s for up to ``timeout`` seconds; if it never holds, fail with
+    ``what`` and the tail of every ``*.log`` under ``logs`` (a slow test's only evidence)."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return
+        time.sleep(0.2)
+    tails = "\n".join(
+        f"--- {log.relative_to(logs)}\n{log.read_text(errors='replace')[-2000:]}"
+        for log in sorted(logs.rglob("*.log"))
+    )
+    pytest.fail(f"no {what} within {timeout:.0f} s\n{tails}")
