@@ -3,6 +3,7 @@
 fedmammo simulate SCENARIO.yaml [...]   run a scenario (= python -m fedmammo.simulate)
 fedmammo check SCENARIO.yaml [...]      validate it and print its plan (= simulate --check)
 fedmammo report RUN_DIR [...]           write report.html / a comparison page
+fedmammo reproduce RUNS... [--out F]    the papers' headlines vs these runs (docs/reproduction.md)
 fedmammo deploy prepare PROFILE [...]   prepare a site (= python -m fedmammo.federation.deployment)
 """
 
@@ -32,6 +33,12 @@ def _report(argv: list[str]) -> int:
     return report(argv)
 
 
+def _reproduce(argv: list[str]) -> int:
+    from fedmammo.reproduce import main as reproduce
+
+    return reproduce(argv)
+
+
 def _deploy(argv: list[str]) -> int:
     from fedmammo.federation.deployment import main as deploy
 
@@ -43,6 +50,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "simulate": (_simulate, "run a scenario on Flower's simulation engine"),
     "check": (_check, "validate a scenario and print its resolved form and plan"),
     "report": (_report, "write report.html of a run, or a comparison page"),
+    "reproduce": (_reproduce, "check the seed papers' headlines against run folders"),
     "deploy": (_deploy, "prepare a real site (its data, cache and centre.yaml)"),
 }
 

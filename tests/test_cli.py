@@ -8,7 +8,7 @@ from fedmammo import cli
 def test_help_lists_commands_scenarios_and_recipes(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("simulate", "check", "report", "deploy"):
+    for command in ("simulate", "check", "report", "reproduce", "deploy"):
         assert f"  {command}" in out
     assert "fedavg_quick" in out and "share_gans" in out  # scenarios
     assert "periodic_sampling" in out and "mtl_finetune" in out  # recipes
@@ -27,3 +27,8 @@ def test_check_validates_a_shipped_scenario_without_running_it(capsys):
 def test_report_of_a_missing_folder_is_one_line(capsys, tmp_path):
     assert cli.main(["report", str(tmp_path / "nope")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_reproduce_of_a_missing_folder_is_one_line(capsys, tmp_path):
+    assert cli.main(["reproduce", str(tmp_path / "nope"), "--out", str(tmp_path / "r.md")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such file or folder\n"

@@ -1,0 +1,169 @@
+"""A paper's headline checked against a run's records (fedmammo.evaluation.claims), and the
+reproduction table built from run folders (fedmammo.reproduce)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedmammo.evaluation.claims import Claim, check_claim
+from fedmammo.reproduce import CLAIMS, find_runs, main, render, select_runs
+
+
+def rec(arm, value, lo=None, hi=None, *, seed=0, centre="c", segment=None, metric="auc"):
+    return {
+        "arm": arm, "seed": seed, "centre": centre, "segment": segment, "split": "test",
+        "metric": metric, "value": value, "ci_low": lo, "ci_high": hi, "round": None,
+    }  # fmt: skip
+
+
+PAIRED = Claim("p", "x below baseline", "-1.2", "k", "x", None, ("delta_auc",), direction=-1)
+TWO = Claim("p", "x above y", "80 vs 70", "k", "x", "y", ("auc",))
+
+
+def test_a_paired_difference_whose_ci_excludes_zero_on_the_papers_side_agrees():
+    records = [
+        rec("x", -0.05, -0.08, -0.02, metric="delta_auc", segment="S3-Ma"),
+        rec("x", -0.01, -0.04, 0.02, metric="delta_auc", segment="S3-Mb"),
+    ]
+    f = check_claim(PAIRED, records)
+    assert (f.verdict, f.cells, f.cells_for, f.cells_against) == ("yes", 2, 1, 0)
+    assert f.mean_difference == pytest.approx(-0.03)
+    assert f.summary() == "Δ -3.0 (1/2 cells for, 0 against; 1 seed)"
+
+
+def test_a_significant_difference_the_other_way_disagrees_and_says_where():
+    f = check_claim(PAIRED, [rec("x", 0.04, 0.01, 0.07, metric="delta_auc")])
+    assert f.verdict == "no" and f.why == "1 of 1 cells significantly the other way"
+
+
+def test_overlapping_cis_or_mixed_cells_are_inconclusive():
+    f = check_claim(PAIRED, [rec("x", -0.02, -0.05, 0.01, metric="delta_auc")])
+    assert f.verdict == "inconclusive" and f.why == "the CIs overlap in all 1 cells"
+    mixed = [
+        rec("x", -0.05, -0.08, -0.02, metric="delta_auc", seed=0),
+        rec("x", 0.04, 0.01, 0.07, metric="delta_auc", seed=1),
+    ]
+    f = check_claim(PAIRED, mixed)
+    assert f.verdict == "inconclusive" and f.why == "mixed: 1 cells for, 1 against"
+    assert f.seeds == (0, 1)
+
+
+def test_two_arms_count_only_where_their_cis_do_not_overlap():
+    records = [
+        rec("x", 0.80, 0.75, 0.85, centre="a"), rec("y", 0.70, 0.65, 0.74, centre="a"),  # apart
+        rec("x", 0.80, 0.70, 0.90, centre="b"), rec("y", 0.75, 0.68, 0.82, centre="b"),  # overlap
+        rec("x", 0.90, 0.85, 0.95, centre="t"),  # no reference at t: not a cell
+    ]  # fmt: skip
+    f = check_claim(TWO, records)
+    assert (f.verdict, f.cells, f.cells_for, f.cells_against) == ("yes", 2, 1, 0)
+    assert f.mean_difference == pytest.approx((0.10 + 0.05) / 2)
+
+
+def test_only_the_claims_cells_and_final_test_records_count():
+    claim = Claim("p", "c", "r", "k", "x", "y", ("auc",), centres=("a",), segments=(None,))
+    records = [
+        rec("x", 0.9, centre="a"), rec("y", 0.5, centre="a"),
+        rec("x", 0.1, centre="b"), rec("y", 0.9, centre="b"),  # another centre
+        rec("x", 0.1, centre="a", segment="S1"), rec("y", 0.9, centre="a", segment="S1"),
+        {**rec("x", 0.1, centre="a"), "round": 3}, {**rec("x", 0.1, centre="a"), "split": "val"},
+        rec("x", float("nan"), centre="a", seed=1), rec("y", 0.5, centre="a", seed=1),
+    ]  # fmt: skip
+    f = check_claim(claim, records)
+    assert f.cells == 1 and f.mean_difference == pytest.approx(0.4) and f.seeds == (0,)
+
+
+def test_without_cis_a_direction_needs_three_seeds_all_on_one_side():
+    def run(diffs):
+        out = []
+        for seed, d in enumerate(diffs):
+            out += [rec("x", 0.5 + d, seed=seed), rec("y", 0.5, seed=seed)]
+        return out
+
+    assert check_claim(TWO, run([0.1, 0.2, 0.05])).verdict == "yes"
+    assert check_claim(TWO, run([-0.1, -0.2, -0.05])).verdict == "no"
+    f = check_claim(TWO, run([0.1, 0.2]))
+    assert f.verdict == "inconclusive" and "2 seed(s)" in f.why
+    f = check_claim(TWO, run([0.1, -0.2, 0.05]))
+    assert f.verdict == "inconclusive" and f.why == "2 of 3 seeds in the paper's direction"
+    assert f.summary() == "Δ -1.7 (3 cells, no CI; 3 seeds)"
+
+
+def test_an_arm_the_run_does_not_have_is_no_data():
+    f = check_claim(TWO, [rec("z", 0.5)])
+    assert f.verdict == "no data" and f.why == "no final test auc of x vs y"
+    assert f.summary() == "no final test auc of x vs y"
+
+
+# ----------------------------------------------------------------- the reproduction table
+def write_run(root, name, *, kind, quick, started, metrics, done=True, seeds=(0,)):
+    path = root / kind / name
+    path.mkdir(parents=True)
+    results = {
+        "meta": {"kind": kind, "quick": quick, "started": started, "seeds": list(seeds),
+                 "git_commit": "abcdef0123", "git_dirty": False},
+        "metrics": metrics,
+        "progress": {"arm|0": {"round": 2, "done": done}},
+    }  # fmt: skip
+    (path / "results.json").write_text(json.dumps(results))
+    return path
+
+
+def periodic(delta):
+    return [rec("exp2-pooled-periodic", delta, delta - 0.01, delta + 0.01, metric="delta_auc",
+                segment="S3-Ma")]  # fmt: skip
+
+
+def test_the_table_uses_the_latest_complete_run_per_method_and_scale(tmp_path):
+    write_run(tmp_path, "old", kind="periodic_sampling", quick=False, started="2026-01-01",
+              metrics=periodic(0.05))  # fmt: skip
+    write_run(tmp_path, "new", kind="periodic_sampling", quick=False, started="2026-02-01",
+              metrics=periodic(-0.05))  # fmt: skip
+    write_run(tmp_path, "newest-but-unfinished", kind="periodic_sampling", quick=False,
+              started="2026-03-01", metrics=periodic(0.5), done=False)  # fmt: skip
+    write_run(tmp_path, "q", kind="periodic_sampling", quick=True, started="2026-01-01",
+              metrics=periodic(0.03))  # fmt: skip
+    runs = find_runs([tmp_path])
+    assert len(runs) == 4
+    chosen = select_runs(runs)
+    assert chosen[("periodic_sampling", False)].path.name == "new"
+    assert chosen[("periodic_sampling", True)].path.name == "q"
+    text = render(runs, "cmd")
+    row = next(ln for ln in text.splitlines() if "P. sampling above the baseline" in ln)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[3] == "Δ +3.0 (1/1 cells for, 0 against; 1 seed) [1]"
+    assert cells[4] == "Δ -5.0 (0/1 cells for, 1 against; 1 seed) [2]"
+    assert cells[5] == "no"  # the full run decides
+    assert "1. periodic_sampling quick (periodic_sampling/q; seeds 0; commit abcdef0)" in text
+    assert "2. periodic_sampling full (periodic_sampling/new; seeds 0; commit abcdef0)" in text
+    assert text == render(find_runs([tmp_path]), "cmd")  # regenerated: the same file
+    mtl = next(ln for ln in text.splitlines() if "Multi-task above single-task" in ln)
+    assert "| no run | no run | not run |" in mtl
+    assert f"Summary: no 1, not run {len(CLAIMS) - 1}." in text  # yes, no, inconclusive, not run
+
+
+def test_an_unfinished_run_is_used_when_it_is_the_only_one_and_says_so(tmp_path):
+    write_run(tmp_path, "r", kind="periodic_sampling", quick=False, started="2026-01-01",
+              metrics=periodic(0.05), done=False)  # fmt: skip
+    text = render(find_runs([tmp_path]), "cmd")
+    assert "periodic_sampling/r, incomplete; seeds 0" in text
+
+
+def test_the_command_writes_the_file_and_bad_paths_fail_in_one_line(tmp_path, capsys):
+    write_run(tmp_path / "runs", "r", kind="periodic_sampling", quick=True,
+              started="2026-01-01", metrics=periodic(0.05))  # fmt: skip
+    out = tmp_path / "docs" / "reproduction.md"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert out.read_text().startswith("# Reproduction")
+    assert f"{out}: {len(CLAIMS)} claims, 1 run folder(s)." in capsys.readouterr().out
+    assert main([str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing'}: no such file or folder\n"
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "holds no run folder (no results.json under it)" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text("{not json")
+    assert main([str(bad), "--out", str(out)]) == 2
+    assert "results.json: not a readable results.json" in capsys.readouterr().err
