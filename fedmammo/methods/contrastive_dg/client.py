@@ -2,12 +2,13 @@
 :mod:`.styles`; the messages in :mod:`.messages`).
 
 What leaves a centre: its tile DCGAN (``train.tile_generator``), the averaged encoder's local
-update (``train.encoder``), its fine-tuned task models (``train.downstream``), and counts and
-metrics. Style banks, translators and translated images stay on the centre's disk: in
-simulation under the server's ``store-dir`` (same machine), in deployment under the centre's
-own ``<output-dir>/contrastive_dg`` (node config ``output-dir``, default
-``<data-dir>/outputs``). Figures (style sample grids, t-SNE maps) are drawn inside the centre:
-in simulation into the server's ``plot-dir``, in deployment into ``<output-dir>/plots``.
+update (``train.encoder``), its fine-tuned task models (``train.downstream``) or its local
+update of the averaged task model (``train.downstream_round``), and counts and metrics.
+Style banks, translators and translated images stay on the centre's disk: in simulation
+under the server's ``store-dir`` (same machine), in deployment under the centre's own
+``<output-dir>/contrastive_dg`` (node config ``output-dir``, default ``<data-dir>/outputs``).
+Figures (style sample grids, t-SNE maps) are drawn inside the centre: in simulation into the
+server's ``plot-dir``, in deployment into ``<output-dir>/plots``.
 
 No DP: contrastive pre-training cannot be made DP-SGD private (the NT-Xent loss of an image
 depends on the other images of its batch), so no handler declares a DP path and a centre
@@ -29,6 +30,7 @@ from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, iden
 from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import check_injected_fault, handler, reply
 from fedmammo.federation.messages import ARRAYS, INFO, METRICS, EvaluationMetrics, TrainMetrics
+from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.site import output_dir, plot_dir, single_centre
 from fedmammo.methods.contrastive_dg.messages import (
     DownstreamMetrics,
@@ -40,6 +42,7 @@ from fedmammo.methods.contrastive_dg.messages import (
     TileGeneratorInfo,
     TileGeneratorMetrics,
     TrainDownstream,
+    TrainDownstreamRound,
     TrainEncoder,
     TrainStyleBank,
     TrainTileGenerator,
@@ -78,6 +81,7 @@ __all__ = [
     "evaluate_encoder",
     "query_embeddings",
     "train_downstream",
+    "train_downstream_round",
     "train_encoder",
     "train_style_bank",
     "train_tile_generator_handler",
@@ -271,6 +275,44 @@ def train_downstream(msg: Message, context: Context) -> Message:
     return reply(msg, context, records, result.model)
 
 
+@handler(TrainDownstreamRound.KIND, consent="models")
+def train_downstream_round(msg: Message, context: Context) -> Message:
+    """One federated round of a task: continue the received (averaged) task model on this
+    centre's labelled training split; reply its weights and the task's sample count."""
+    start = time.perf_counter()
+    m = TrainDownstreamRound.of(msg)
+    check_injected_fault(m)
+    ident = identity_of(context)
+    data = single_centre(centre_data(ident, m), m.KIND)
+    ft = FinetuneParams(**m.finetune)
+    net = _task_net(m, msg.content[ARRAYS], ft)
+    # the same patients (and matching decoys) as train.downstream: the arm's seed, not the round's
+    choice = derive_seed(m.patients_seed, m.task, m.fraction, ident.name)
+    inputs = task_inputs(data, m.task, "train", ft, fraction=m.fraction, seed=choice)
+    result = finetune_task(
+        m.task, None, inputs, ft, image_size=tuple(m.image_size), seed=m.seed, model=net
+    )
+    metrics = TrainMetrics(
+        num_examples=len(inputs),
+        train_loss=result.loss,
+        steps=result.steps,
+        compute_seconds=time.perf_counter() - start,
+        num_images=len(inputs),  # the weighting count: the task's training samples here
+        num_labelled=len(inputs),
+    )
+    records = {ARRAYS: state_to_arrays(net.state_dict()), METRICS: metrics.to_metrics()}
+    return reply(msg, context, records, net)
+
+
+def _task_net(m, arrays, ft: FinetuneParams):
+    """The task model a message carries: built on the encoder spec ``m.model``, ``arrays``
+    loaded."""
+    skeleton = build_model(m.model["name"], **m.model.get("options", {}))
+    net = task_model(m.task, skeleton, ft, tuple(m.image_size))
+    net.load_state_dict(arrays_to_state(arrays, like=net.state_dict()))
+    return net
+
+
 @handler(EvaluateDownstream.KIND, consent="metrics")
 def evaluate_downstream(msg: Message, context: Context) -> Message:
     """The received task models (one per fine-tuning centre) on this centre's test split."""
@@ -278,12 +320,7 @@ def evaluate_downstream(msg: Message, context: Context) -> Message:
     m = EvaluateDownstream.of(msg)
     data = single_centre(centre_data(identity_of(context), m), m.KIND)
     ft = FinetuneParams(**m.finetune)
-    skeleton = build_model(m.model["name"], **m.model.get("options", {}))
-    nets = []
-    for arrays in models_of(m, msg.content):
-        net = task_model(m.task, skeleton, ft, tuple(m.image_size))
-        net.load_state_dict(arrays_to_state(arrays, like=net.state_dict()))
-        nets.append(net)
+    nets = [_task_net(m, arrays, ft) for arrays in models_of(m, msg.content)]
     inputs = task_inputs(data, m.task, m.split, ft, seed=m.seed)
     records = evaluate_task(
         m.task, nets, inputs, ft, fraction=m.fraction, n_boot=m.n_boot, seed=m.seed
@@ -332,6 +369,7 @@ HANDLERS = (
     train_encoder,
     evaluate_encoder,
     train_downstream,
+    train_downstream_round,
     evaluate_downstream,
     query_embeddings,
 )

@@ -17,7 +17,11 @@ Pre-training (FedAvg rounds through :func:`fedmammo.federation.rounds.train_roun
 Downstream (per arm, task and label fraction): ``train.downstream`` (:class:`TrainDownstream`:
 replies the fine-tuned task model) and ``evaluate.downstream`` (:class:`EvaluateDownstream`:
 the task models of one or several fine-tuning centres, ``arrays-<k>``, on a centre's test
-split). ``query.embeddings`` (:class:`QueryEmbeddings`) draws the t-SNE map inside a centre.
+split; without ``sources``, the one model in ``arrays``). ``downstream: federated`` trains the
+task model by FedAvg rounds instead: ``train.downstream_round``
+(:class:`TrainDownstreamRound`, through ``train_rounds``, validated each round with
+``evaluate.downstream`` on the val split). ``query.embeddings`` (:class:`QueryEmbeddings`)
+draws the t-SNE map inside a centre.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 from fedmammo.federation.messages import (
+    ARRAYS,
     ArmConfig,
     Config,
     EvaluationMetrics,
@@ -48,6 +53,7 @@ __all__ = [
     "TileGeneratorInfo",
     "TileGeneratorMetrics",
     "TrainDownstream",
+    "TrainDownstreamRound",
     "TrainEncoder",
     "TrainStyleBank",
     "TrainTileGenerator",
@@ -177,15 +183,30 @@ class TrainDownstream(ModelConfig):
     finetune: dict = wire("finetune", as_json=True)
 
 
-@message("evaluate.downstream", reply=EvaluationMetrics)
-class EvaluateDownstream(ModelConfig):
-    """Evaluate the task models fine-tuned at ``sources`` (``arrays-<k>``, in order) on a
-    split; the metric is averaged over the models, its CI bootstraps the test samples."""
+@message("train.downstream_round", reply=TrainMetrics)
+class TrainDownstreamRound(TrainConfig):
+    """One FedAvg round of ``task``'s fine-tuning (``downstream: federated``): continue the
+    received task model (``arrays``; ``model``: the encoder spec it is built on) for the
+    task's local epochs on the centre's training split, detection on ``fraction`` of its
+    patients. ``patients_seed`` (the arm's seed) chooses those patients and the matching
+    decoys as ``train.downstream`` does (the message seed changes every round)."""
 
     task: str = wire("task")
     fraction: float = wire("fraction", 1.0)
     finetune: dict = wire("finetune", as_json=True)
-    sources: list[str] = wire("sources")
+    patients_seed: int = wire("patients-seed")
+
+
+@message("evaluate.downstream", reply=EvaluationMetrics)
+class EvaluateDownstream(ModelConfig):
+    """Evaluate the task models fine-tuned at ``sources`` (``arrays-<k>``, in order) on a
+    split; the metric is averaged over the models, its CI bootstraps the test samples.
+    Without ``sources``: the one model in ``arrays`` (a federated round's average)."""
+
+    task: str = wire("task")
+    fraction: float = wire("fraction", 1.0)
+    finetune: dict = wire("finetune", as_json=True)
+    sources: list[str] = wire("sources", [], omit_default=True)
     split: str = wire("split", "test")
     n_boot: int = wire("n-boot", 0)
 
@@ -211,6 +232,9 @@ class QueryEmbeddings(ArmConfig, StoreFields, PlotFields):
 
 
 def models_of(m: EvaluateDownstream | QueryEmbeddings, content) -> list[ArrayRecord]:
-    """The weights a message carries, one per source (``arrays-<k>``, in order)."""
+    """The weights a message carries, one per source (``arrays-<k>``, in order); an
+    :class:`EvaluateDownstream` without sources carries one model in ``arrays``."""
+    if isinstance(m, EvaluateDownstream) and not m.sources:
+        return [content[ARRAYS]]
     n = len(m.sources) if isinstance(m, EvaluateDownstream) else len(m.models)
     return [content[model_record(k)] for k in range(n)]

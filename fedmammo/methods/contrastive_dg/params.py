@@ -194,13 +194,18 @@ class FinetuneParams(RecipeParams):
 
 
 class ContrastiveDgParams(AveragingParams):
-    """Federated multi-style multi-view contrastive pre-training, then local downstream tasks.
+    """Federated multi-style multi-view contrastive pre-training, then the downstream tasks.
 
     ``rounds`` FedAvg rounds pre-train each arm's encoder at the training centres (under
-    ``secure_aggregation: true`` every round of two or more centres runs SecAgg+);
-    ``downstream: local`` fine-tunes each task at every ``downstream_centres`` centre (default:
-    every training centre) and evaluates on seen (its own test split) and unseen vendors (the
-    test-only centres). ``fractions``: labelled fractions of the detection training set.
+    ``secure_aggregation: true`` every round of two or more centres runs SecAgg+). The
+    labelled centres are ``downstream_centres`` (default: every training centre).
+    ``downstream: local`` fine-tunes each task at every labelled centre on its own;
+    ``downstream: federated`` trains one task model (pre-trained encoder + task head) by
+    ``downstream_rounds`` FedAvg rounds across them (each round: ``finetune.<task>.epochs``
+    local epochs per centre, weighted by ``weighting``: a centre's training samples of the
+    task, or uniformly). Both are tested on seen (each labelled centre's test split) and
+    unseen vendors (the test-only centres). ``fractions``: labelled fractions of the
+    detection training set.
     """
 
     arms: list[Arm] = Field(default_factory=lambda: list(ARMS), min_length=1)
@@ -213,6 +218,7 @@ class ContrastiveDgParams(AveragingParams):
     min_centres: int = Field(default=1, ge=1)
     styles: StyleParams = StyleParams()
     downstream: Literal["local", "federated"] = "local"
+    downstream_rounds: int = Field(default=10, ge=1, le=10_000)  # downstream: federated
     downstream_centres: list[str] = Field(default_factory=list)
     tasks: list[Task] = Field(default_factory=lambda: list(TASKS), min_length=1)
     fractions: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])
@@ -237,11 +243,6 @@ class ContrastiveDgParams(AveragingParams):
 
     @model_validator(mode="after")
     def _checks(self) -> ContrastiveDgParams:
-        if self.downstream == "federated":
-            raise ValueError(
-                "downstream: federated is not implemented yet (FedAvg fine-tuning of the four "
-                "tasks); use downstream: local (each labelled centre fine-tunes its own)"
-            )
         if "embedding_arms" not in self.model_fields_set:  # the defaults that are arms
             self.embedding_arms = [a for a in self.embedding_arms if a in self.arms]
         missing = sorted(set(self.embedding_arms) - set(self.arms))

@@ -30,6 +30,7 @@ def plan(scenario: Scenario, p: ContrastiveDgParams) -> list[PlanRow]:
         EvaluateEncoder,
         QueryEmbeddings,
         TrainDownstream,
+        TrainDownstreamRound,
         TrainEncoder,
         TrainStyleBank,
         TrainTileGenerator,
@@ -50,7 +51,8 @@ def plan(scenario: Scenario, p: ContrastiveDgParams) -> list[PlanRow]:
                 note="tile generators shared; style banks stay at the centres",
             )
         )
-    downstream = ((TrainDownstream.KIND, tuple(run.labelled)), (EvaluateDownstream.KIND, tested))
+    fine_tune = TrainDownstreamRound if p.downstream == "federated" else TrainDownstream
+    downstream = ((fine_tune.KIND, tuple(run.labelled)), (EvaluateDownstream.KIND, tested))
     for n, seed in enumerate(scenario.seeds):
         for arm in run.arms:
             centres = ("pooled",) if arm == "pooled" else seen

@@ -10,11 +10,17 @@
    :func:`~fedmammo.federation.rounds.train_rounds`, validated each round with
    ``evaluate.encoder``); ``random`` skips it, ``pooled`` trains at the pooled node with as
    many steps per round as all centres together.
-3. Downstream (``downstream: local``): per task and detection label fraction, every labelled
+3. Downstream, per task and detection label fraction. ``downstream: local``: every labelled
    centre fine-tunes the task from the arm's encoder (``train.downstream``) and the models
    are tested (``evaluate.downstream``): each labelled centre tests its own model (a seen
    vendor), each test-only centre tests all of them (an unseen vendor; metric averaged over
-   the models). Every arm and seed share the patients, initial heads and test resamples.
+   the models). ``downstream: federated``: the server builds the task model (the arm's
+   encoder + a task head drawn from the seed, not the arm) and ``downstream_rounds`` FedAvg
+   rounds train it at the labelled centres (``train.downstream_round`` through
+   :func:`~fedmammo.federation.rounds.train_rounds`, under the progress key
+   :func:`downstream_key`: checkpointed, validated and resumable per round); the one final
+   model is tested at every labelled and test-only centre. Every arm and seed share the
+   patients, initial heads and test resamples.
 4. Embedding maps of the first seed, drawn inside each training centre (``query.embeddings``),
    and the label-fraction plot (from the recorded metrics).
 """
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 from flwr.app import ArrayRecord
 
 from fedmammo.errors import ConfigError
+from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.messages import (
     ARRAYS,
     INFO,
@@ -45,11 +52,17 @@ from fedmammo.methods.contrastive_dg.messages import (
     TileGeneratorInfo,
     TileGeneratorMetrics,
     TrainDownstream,
+    TrainDownstreamRound,
     TrainEncoder,
     TrainStyleBank,
     TrainTileGenerator,
 )
-from fedmammo.methods.contrastive_dg.params import SCHEMES, ContrastiveDgParams, metric_name
+from fedmammo.methods.contrastive_dg.params import (
+    SCHEMES,
+    ContrastiveDgParams,
+    FinetuneParams,
+    metric_name,
+)
 from fedmammo.methods.contrastive_dg.report import (
     FRACTIONS_PLOT,
     META_KEY,
@@ -57,9 +70,10 @@ from fedmammo.methods.contrastive_dg.report import (
     vendor_of,
 )
 from fedmammo.methods.contrastive_dg.styles import styles_key
-from fedmammo.methods.contrastive_dg.tasks import STYLED_SCHEMES
+from fedmammo.methods.contrastive_dg.tasks import STYLED_SCHEMES, initial_task_model
+from fedmammo.models import build_model
 
-__all__ = ["STYLES_ARM", "Plan", "make_plan", "run"]
+__all__ = ["STYLES_ARM", "Plan", "downstream_key", "initial_task_arrays", "make_plan", "run"]
 
 STYLES_ARM = "styles"  # progress key of the style phase (once per run)
 
@@ -257,10 +271,50 @@ def _downstream_job(
     if not models:
         return
     jobs = {c: [c] for c in models} | {u: list(models) for u in plan.unseen}
+    _test_downstream(orc, p, arm, seed, common, models, jobs)
+
+
+def downstream_key(arm: str, task: str, fraction: float) -> str:
+    """Progress key (and checkpoint folder) of one federated downstream job's rounds:
+    ``msvcl.detection_ap50@0.25``; its per-round records (train loss, validation, timing)
+    are kept under it, the final test records under the arm."""
+    return f"{arm}.{metric_name(task, fraction)}"
+
+
+def initial_task_arrays(
+    spec: dict,
+    encoder: ArrayRecord,
+    task: str,
+    fraction: float,
+    ft: FinetuneParams,
+    *,
+    image_size: tuple[int, int],
+    seed: int,
+) -> ArrayRecord:
+    """The federated task model's start: the encoder's backbone and a task head drawn from
+    ``seed``, task and fraction (every arm starts from the same head)."""
+    net = build_model(spec["name"], **spec.get("options", {}))
+    net.load_state_dict(arrays_to_state(encoder, like=net.state_dict()))
+    head_seed = derive_seed(seed, task, fraction, "head")
+    model = initial_task_model(task, net, ft, image_size=image_size, seed=head_seed)
+    return state_to_arrays(model.state_dict())
+
+
+def _test_downstream(
+    orc: Orchestrator,
+    p: ContrastiveDgParams,
+    arm: str,
+    seed: int,
+    common: dict,
+    models: dict[str, ArrayRecord],
+    jobs: dict[str, list[str]],
+) -> None:
+    """Test the task ``models`` (source -> weights): ``jobs`` centre -> the sources it tests."""
+    name = metric_name(common["task"], common["fraction"])
     contents = {
         c: orc.message(
             EvaluateDownstream,
-            seed=derive_seed(seed, task, c, "eval"),
+            seed=derive_seed(seed, common["task"], c, "eval"),
             sources=sources,
             n_boot=p.bootstrap,
             **common,
@@ -275,6 +329,58 @@ def _downstream_job(
         orc.recorder.add(records, arm=arm, seed=seed, centre=c, split="test")
         values += [f"{c} {r['value']:.3f}" for r in records if r["value"] is not None]
     orc.console.print(f"  {arm} seed {seed} {name}: {', '.join(values)}", highlight=False)
+
+
+def _federated_downstream_job(
+    orc: Orchestrator,
+    p: ContrastiveDgParams,
+    plan: Plan,
+    arm: str,
+    seed: int,
+    arrays: ArrayRecord,
+    task: str,
+    fraction: float,
+) -> None:
+    """FedAvg rounds of one task at the labelled centres, then the final model tested at
+    every labelled (seen) and test-only (unseen) centre, recorded under the arm."""
+    name, spec = metric_name(task, fraction), encoder_spec(p, arm)
+    job = {"task": task, "fraction": fraction, "finetune": p.finetune.model_dump()}
+    key = downstream_key(arm, task, fraction)
+    size = tuple(orc.scenario.image_size)
+    init = initial_task_arrays(spec, arrays, task, fraction, p.finetune, image_size=size, seed=seed)
+    final = train_rounds(
+        orc,
+        arm=key,
+        seed=seed,
+        centres=plan.labelled,
+        arrays=init,
+        weighting=p.weighting,
+        message=TrainDownstreamRound,
+        evaluate=EvaluateDownstream,
+        model=spec,
+        fields={**job, "patients_seed": seed},
+        evaluate_fields=job,
+        last_round=p.downstream_rounds,
+    )
+    if final is None:
+        orc.recorder.note(f"arm {arm} seed {seed} {name}: no federated task model (rounds failed)")
+        return
+    losses = [
+        r["value"]
+        for r in orc.recorder.metrics
+        if (r["arm"], r["seed"], r["metric"], r["split"]) == (key, seed, "train_loss", "train")
+    ]
+    if losses:
+        orc.recorder.add(
+            [{"metric": f"{name}.train_loss", "value": losses[-1]}],
+            arm=arm,
+            seed=seed,
+            centre="all",
+            split="finetune",
+        )
+    jobs = {c: ["federated"] for c in [*plan.labelled, *plan.unseen]}
+    common = {"arm": arm, "model": spec, **job}
+    _test_downstream(orc, p, arm, seed, common, {"federated": final}, jobs)
 
 
 def _embeddings(
@@ -372,9 +478,10 @@ def run(orc: Orchestrator) -> None:
             if orc.recorder.is_done(arm, seed):
                 continue
             orc.console.rule(f"[bold]{arm}[/] seed {seed}: downstream tasks")
+            job = _federated_downstream_job if p.downstream == "federated" else _downstream_job
             for task in p.tasks:
                 for fraction in p.fractions if task == "detection" else [1.0]:
-                    _downstream_job(orc, p, plan, arm, seed, arrays, task, fraction)
+                    job(orc, p, plan, arm, seed, arrays, task, fraction)
             orc.recorder.complete_arm(arm, seed)
         if n == 0:
             _embeddings(orc, p, plan, seed, finals, key)

@@ -64,6 +64,7 @@ __all__ = [
     "embedding_map",
     "evaluate_task",
     "finetune_task",
+    "initial_task_model",
     "pretrain",
     "pretrain_inputs",
     "task_inputs",
@@ -283,29 +284,40 @@ def task_model(
     return EncoderClassifier(encoder, _classes(task, ft))
 
 
+def initial_task_model(
+    task: str, encoder: nn.Module, ft: FinetuneParams, *, image_size: tuple[int, int], seed: int
+) -> nn.Module:
+    """The task's network on ``encoder``'s backbone, its new layers drawn with ``seed``."""
+    torch.manual_seed(seed)
+    return task_model(task, encoder, ft, image_size)
+
+
 def finetune_task(
     task: str,
-    encoder: nn.Module,
+    encoder: nn.Module | None,
     inputs: TaskInputs,
     ft: FinetuneParams,
     *,
     image_size: tuple[int, int],
     seed: int,
+    model: nn.Module | None = None,
 ) -> DownstreamResult:
-    """Fine-tune the task's network from ``encoder`` on ``inputs`` (the paper's loops)."""
+    """Fine-tune the task's network on ``inputs`` (the paper's loops): ``model`` in place when
+    given (a federated round continues the averaged task model), else a new one from
+    ``encoder`` (:func:`initial_task_model` with ``seed``, the local downstream)."""
     if len(inputs) == 0:
         raise DataError(f"{task}: no training samples at this centre")
+    if model is None:
+        if encoder is None:
+            raise DataError(f"{task}: fine-tuning needs an encoder or a task model")
+        model = initial_task_model(task, encoder, ft, image_size=image_size, seed=seed)
     loop = ft.task(task).model_dump()
     if task == "detection":
-        torch.manual_seed(seed)
-        detector = task_model(task, encoder, ft, image_size)
-        return train_detector(detector, inputs.images, inputs.boxes, seed=seed, **loop)
+        return train_detector(model, inputs.images, inputs.boxes, seed=seed, **loop)
     if task == "matching":
-        return train_matching(
-            encoder, inputs.pairs, margin=ft.margin, embed_dim=_EMBED_DIM, seed=seed, **loop
-        )
+        return train_matching(model, inputs.pairs, margin=ft.margin, seed=seed, **loop)
     return train_encoder_classifier(
-        encoder,
+        model,
         inputs.images,
         inputs.labels,
         num_classes=_classes(task, ft),

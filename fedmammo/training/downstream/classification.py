@@ -56,7 +56,7 @@ def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_encoder_classifier(
-    encoder: nn.Module,
+    model: nn.Module,
     images: np.ndarray,
     labels: np.ndarray,
     *,
@@ -75,7 +75,10 @@ def train_encoder_classifier(
 ) -> DownstreamResult:
     """Fine-tune a classifier on images (N, H, W) in [0, 1] with labels 0..num_classes-1.
 
-    Samples labelled -1 (missing) are dropped. ``augment`` flips vertically at random.
+    ``model``: a prebuilt :class:`EncoderClassifier` with ``num_classes`` outputs (trained in
+    place: a federated round continues the averaged model) or a contrastive encoder (a new
+    classifier on a copy of its backbone, its head drawn with ``seed``). Samples labelled -1
+    (missing) are dropped. ``augment`` flips vertically at random.
     """
     start = time.perf_counter()
     x = as_images(images, task)
@@ -87,7 +90,17 @@ def train_encoder_classifier(
         raise DataError(f"{task}: need labels in 0..{num_classes - 1} (found {sorted(set(y))})")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = EncoderClassifier(encoder, num_classes, freeze_backbone=freeze_backbone).to(device)
+    if isinstance(model, EncoderClassifier):
+        if model.head.out_features != num_classes:
+            raise DataError(
+                f"{task}: the classifier has {model.head.out_features} outputs, "
+                f"num_classes is {num_classes}"
+            )
+        if freeze_backbone:
+            model.backbone.requires_grad_(False)
+    else:
+        model = EncoderClassifier(model, num_classes, freeze_backbone=freeze_backbone)
+    model = model.to(device)
     model.train()
     opt = make_optimizer(model.parameters(), optimizer=optimizer, lr=lr, weight_decay=weight_decay)
     data = TensorDataset(x[keep], torch.from_numpy(y[keep]))

@@ -56,7 +56,7 @@ def _check(pairs: MatchPairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def train_matching(
-    encoder: nn.Module,
+    model: nn.Module,
     pairs: MatchPairs,
     *,
     margin: float = DEFAULT_MARGIN,
@@ -69,12 +69,19 @@ def train_matching(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> DownstreamResult:
-    """Fine-tune a :class:`MatchingNet` on CC-MLO crop pairs with the margin loss."""
+    """Fine-tune a :class:`MatchingNet` on CC-MLO crop pairs with the margin loss.
+
+    ``model``: a prebuilt :class:`MatchingNet` (trained in place, ``embed_dim`` unused: a
+    federated round continues the averaged model) or a contrastive encoder (a new
+    :class:`MatchingNet` on a copy of its backbone, its embedding drawn with ``seed``).
+    """
     start = time.perf_counter()
     cc, mlo, y = _check(pairs)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = MatchingNet(encoder, embed_dim=embed_dim).to(device).train()
+    if not isinstance(model, MatchingNet):
+        model = MatchingNet(model, embed_dim=embed_dim)
+    model = model.to(device).train()
     opt = make_optimizer(model.parameters(), optimizer=optimizer, lr=lr, weight_decay=weight_decay)
     result = DownstreamResult(
         task="matching", model=model, steps=0, num_examples=0, loss=math.nan, seconds=0.0

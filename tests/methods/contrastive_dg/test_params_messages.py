@@ -25,10 +25,13 @@ from fedmammo.methods.contrastive_dg.params import (
 BASE = {"image_size": (64, 48), "data_seed": 0, "arm": "msvcl", "seed": 3}
 
 
-def test_federated_downstream_is_refused_at_validation_with_the_fix():
+def test_downstream_is_local_or_federated_with_at_least_one_round():
     # Execute / Assert
-    with pytest.raises(ValidationError, match="downstream: federated is not implemented yet"):
-        ContrastiveDgParams(downstream="federated")
+    assert ContrastiveDgParams(downstream="federated", downstream_rounds=3).downstream_rounds == 3
+    with pytest.raises(ValidationError, match="'local' or 'federated'"):
+        ContrastiveDgParams(downstream="central")
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        ContrastiveDgParams(downstream_rounds=0)
 
 
 def test_fractions_are_sorted_and_bounded_embedding_arms_must_be_arms():
