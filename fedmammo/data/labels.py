@@ -123,10 +123,13 @@ def acr_to_malignancy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Malignancy targets derived from ACR assessments, with constant uncertainty ``u1``.
 
-    multi-task paper, section 3.3.5: ACR 1-2 -> 0 (benign), ACR 4-5 -> 1 (malignant), ACR 3 ignored
-    (-1). The seed does not mention ACR 6 (biopsy-proven malignancy); with ``acr6_malignant``
-    (default) it becomes 1 like ACR 4-5, otherwise it is ignored. NA or missing -> -1.
-    Every derived label gets uncertainty ``u1``; ignored ones get 0 (their weight is 0).
+    multi-task paper, section 3.3.5: ACR 1-2 -> 0 (benign), ACR 4-5 -> 1 (malignant), ACR 3
+    ignored (-1), and "the same uncertainty score u1 for all of the synthetic labels"
+    (weight ``1 - u1``, Eq. 2). ACR 6 is not in that rule: section 2.3 defines it as
+    "confirmed malignant cases", i.e. a biopsy-confirmed label, not a synthetic one. With
+    ``acr6_malignant`` (default) it becomes 1 with uncertainty 0 (full weight, like any
+    confirmed label); otherwise it is ignored. NA or missing -> -1. Ignored labels get
+    uncertainty 0 (their weight is 0 anyway).
     """
     if not 0.0 <= u1 <= 1.0:
         raise ConfigError(f"u1 must be in [0, 1], got {u1}")
@@ -134,8 +137,11 @@ def acr_to_malignancy(
     arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
     target = np.full(len(arr), MISSING, dtype=np.int64)
     target[np.isin(arr, (1, 2))] = 0
-    target[np.isin(arr, (4, 5, 6) if acr6_malignant else (4, 5))] = 1
-    uncertainty = np.where(target == MISSING, 0.0, u1).astype(np.float32)
+    target[np.isin(arr, (4, 5))] = 1
+    synthetic = target != MISSING
+    if acr6_malignant:
+        target[arr == 6] = 1  # confirmed: not synthetic, uncertainty 0
+    uncertainty = np.where(synthetic, u1, 0.0).astype(np.float32)
     return target, uncertainty
 
 

@@ -13,6 +13,10 @@
 CLI: ``python -m fedmammo.data.phantom PROFILE.yaml --out DIR [--patients N] [--seed S]
 [--height H]``. The same profile and seed give byte-identical files.
 
+ACR assessments are a reader's (:func:`reader_acr`): the category is drawn given the breast's
+finding, so that P(malignant | category) lies in the BI-RADS ranges; ``labels.reader_noise``
+sets the reader's disagreement (and moves density labels one class).
+
 Prevalence is patient-level: a cancer patient has one malignant lesion in one breast, seen in
 its CC and MLO images, so about ``prevalence / 2`` of a segment's images are malignant.
 Counts are rounded, not sampled: a segment of n patients has round(prevalence * n) cancers
@@ -50,7 +54,14 @@ from fedmammo.data.phantom_report import save_contact_sheet, summary_table
 from fedmammo.data.phantom_styles import AcquisitionStyle, acquire, get_style
 from fedmammo.errors import ConfigError, FedmammoError
 
-__all__ = ["generate_centre", "main", "resolve_styles", "segment_patient_counts"]
+__all__ = [
+    "acr_probabilities",
+    "generate_centre",
+    "main",
+    "reader_acr",
+    "resolve_styles",
+    "segment_patient_counts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +125,48 @@ def _reader(rng: np.random.Generator, value: int, noise: float, lo: int, hi: int
     return int(min(max(value, lo), hi))
 
 
-def _acr(rng: np.random.Generator, finding: int, noise: float) -> int:
-    if finding == _CANCER:
-        base = int(rng.choice((4, 5, 6), p=(0.3, 0.45, 0.25)))
-    elif finding == _BENIGN:
-        base = int(rng.choice((2, 3), p=(0.65, 0.35)))
-    else:
-        base = 1
-    return _reader(rng, base, noise, 1, 6)
+# The reader's ACR assessment (categories 1..6) of a breast given its finding (rows: normal,
+# benign lesion, cancer), as a careful reader (reader_noise 0) and as a confused one (1); a
+# profile's reader_noise mixes the two. Disagreement: cancers read 4 or 5 (a few missed, read
+# 1-2; ACR 6 = biopsy-proven), benign lesions 2, 3 or 4 (a few overlooked), normal breasts
+# mostly 1 with some 2, 3 and recalls at 4. No cancer is read 3 and no benign finding 5: the
+# shipped centres range from screening (prevalence 0.025) to enriched (0.87) populations,
+# where any such mass pushes P(malignant | 3) over 2 % or P(malignant | 5) under 95 %.
+# With it, P(malignant | category) stays in the BI-RADS ranges (1-2: ~0 %, 3: < 2 %,
+# 4: 2-95 %, 5-6: > 95 %) at every shipped profile (tests/data/test_phantom_acr.py).
+_ACR_CAREFUL = np.array(
+    [
+        [0.86, 0.08, 0.03, 0.03, 0.0, 0.0],
+        [0.0, 0.55, 0.30, 0.15, 0.0, 0.0],
+        [0.005, 0.0, 0.0, 0.395, 0.40, 0.20],
+    ]
+)
+_ACR_CONFUSED = np.array(
+    [
+        [0.70, 0.16, 0.07, 0.07, 0.0, 0.0],
+        [0.10, 0.35, 0.30, 0.25, 0.0, 0.0],
+        [0.02, 0.01, 0.0, 0.62, 0.25, 0.10],
+    ]
+)
+
+
+def acr_probabilities(noise: float) -> np.ndarray:
+    """P(ACR category 1..6 | finding): a (3, 6) array, rows normal, benign lesion, cancer."""
+    if not 0.0 <= noise <= 1.0:
+        raise ConfigError(f"reader_noise must be in [0, 1], got {noise}")
+    return (1.0 - noise) * _ACR_CAREFUL + noise * _ACR_CONFUSED
+
+
+def reader_acr(rng: np.random.Generator, findings: Any, noise: float) -> np.ndarray:
+    """A reader's ACR category (1..6) for each breast finding (0 normal, 1 benign, 2 cancer).
+
+    One uniform draw per breast from ``rng`` (inverse CDF of :func:`acr_probabilities`), so
+    the same generator state gives the same categories.
+    """
+    f = np.asarray(findings, dtype=np.int64).reshape(-1)
+    cdf = np.cumsum(acr_probabilities(noise), axis=1)[f]
+    u = rng.random(len(f))
+    return np.minimum((u[:, None] >= cdf).sum(axis=1), 5) + 1
 
 
 @dataclass(frozen=True)
@@ -154,7 +199,8 @@ def _patient(
     """Generate one patient's exam: manifest rows, lesion records and stored pixel arrays."""
     seg = ctx.spec.segments[seg_idx]
     source = seg.source or ctx.profile.source
-    rng_meta, rng_anat, rng_uid = (np.random.default_rng(s) for s in ctx.rng(seg_idx, k).spawn(3))
+    streams = ctx.rng(seg_idx, k).spawn(4)  # the first three streams as before; 4th: reader
+    rng_meta, rng_anat, rng_uid, rng_reader = (np.random.default_rng(s) for s in streams)
     noise = ctx.profile.labels.reader_noise
     patient_id = f"{ctx.profile.name}-{seg_idx}-{k:05d}"
     age = _age(rng_meta, ctx.spec)
@@ -170,7 +216,8 @@ def _patient(
             malignant=status == _CANCER,
             calcification_fraction=ctx.spec.calcification_fraction,
         )
-    acr = {side: _acr(rng_meta, status if side == lesion_side else _NORMAL, noise) for side in "LR"}
+    findings = [status if side == lesion_side else _NORMAL for side in "LR"]
+    acr = dict(zip("LR", map(int, reader_acr(rng_reader, findings, noise)), strict=True))
     beta = float(rng_meta.uniform(2.7, 3.3))
     study_uid, series_uid = uid_from_rng(rng_uid), uid_from_rng(rng_uid)
 

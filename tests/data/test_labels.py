@@ -67,7 +67,8 @@ def test_acr_to_malignancy_rule():
     # Assert
     assert target.tolist() == [0, 0, -1, 1, 1, 1, -1, -1]
     assert target_seed.tolist() == [0, 0, -1, 1, 1, -1, -1, -1]
-    assert unc.tolist() == pytest.approx([0.25, 0.25, 0, 0.25, 0.25, 0.25, 0, 0])
+    # synthetic labels (ACR 1-2, 4-5) get u1; ACR 6 is confirmed malignant (paper 2.3): u = 0
+    assert unc.tolist() == pytest.approx([0.25, 0.25, 0, 0.25, 0.25, 0, 0, 0])
     with pytest.raises(ConfigError, match="u1"):
         acr_to_malignancy(acr, u1=1.5)
 
@@ -82,7 +83,7 @@ def test_finetune_targets_derive_malignancy_and_set_other_uncertainty():
     assert kept_t["malignancy"].tolist() == [1, 0, -1, 1, 0]
     assert kept_u["malignancy"].tolist() == pytest.approx([0.0, 0.2, 0.0, 0.75, 0.0])
     assert all_t["malignancy"].tolist() == [1, 0, -1, 1, -1]
-    assert all_u["malignancy"].tolist() == pytest.approx([0.75, 0.75, 0.0, 0.75, 0.0])
+    assert all_u["malignancy"].tolist() == pytest.approx([0.0, 0.75, 0.0, 0.75, 0.0])  # a: ACR 6
     assert kept_u["density"].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.5, 0.5])
     assert kept_u["view"].tolist() == pytest.approx([0.5, 0.5, 0.5, 0.0, 0.0])
 

@@ -319,9 +319,11 @@ def test_density_age_and_acr_statistics_match_profile_with_reader_noise(stats_ce
     ages = patients["age"].astype(float)
     assert ages.between(40, 85).all() and abs(ages.mean() - 57) < 4 * 9 / np.sqrt(n) + 0.5
     acr = {k: g["acr"].astype(int) for k, g in breast_status.groupby("finding")}
-    assert acr[0].isin([1, 2]).all() and (acr[0] == 1).mean() > 1 - noise / 2 - 0.05
-    assert acr[1].between(1, 4).all() and acr[1].isin([2, 3]).mean() > 0.8
-    assert acr[2].between(3, 6).all() and (acr[2] >= 4).mean() > 0.85
+    # the reader (phantom.acr_probabilities): normal 1-4 mostly 1, benign 1-4 mostly 2-3,
+    # cancers never 3, mostly 4-6; P(malignant | category) is tested in test_phantom_acr.py
+    assert acr[0].between(1, 4).all() and (acr[0] == 1).mean() > 0.7
+    assert acr[1].between(1, 4).all() and acr[1].isin([2, 3]).mean() > 0.6
+    assert (acr[2] != 3).all() and (acr[2] >= 4).mean() > 0.9
 
 
 def test_missing_labels_are_na_at_requested_fraction_with_uncertainty(stats_centre):
