@@ -53,6 +53,7 @@ from fedmammo.methods.contrastive_dg.params import (
     FinetuneParams,
     PretrainParams,
     TileGanParams,
+    round_epochs,
 )
 from fedmammo.methods.contrastive_dg.styles import (
     StyleStore,
@@ -286,6 +287,9 @@ def train_downstream_round(msg: Message, context: Context) -> Message:
     data = single_centre(centre_data(ident, m), m.KIND)
     ft = FinetuneParams(**m.finetune)
     net = _task_net(m, msg.content[ARRAYS], ft)
+    loop = ft.task(m.task)  # this round's share of the task's epochs
+    epochs = round_epochs(loop.epochs, m.rounds, int(m.server_round or 1))
+    ft = ft.model_copy(update={m.task: loop.model_copy(update={"epochs": epochs})})
     # the same patients (and matching decoys) as train.downstream: the arm's seed, not the round's
     choice = derive_seed(m.patients_seed, m.task, m.fraction, ident.name)
     inputs = task_inputs(data, m.task, "train", ft, fraction=m.fraction, seed=choice)

@@ -186,15 +186,17 @@ class TrainDownstream(ModelConfig):
 @message("train.downstream_round", reply=TrainMetrics)
 class TrainDownstreamRound(TrainConfig):
     """One FedAvg round of ``task``'s fine-tuning (``downstream: federated``): continue the
-    received task model (``arrays``; ``model``: the encoder spec it is built on) for the
-    task's local epochs on the centre's training split, detection on ``fraction`` of its
-    patients. ``patients_seed`` (the arm's seed) chooses those patients and the matching
-    decoys as ``train.downstream`` does (the message seed changes every round)."""
+    received task model (``arrays``; ``model``: the encoder spec it is built on) on the
+    centre's training split, detection on ``fraction`` of its patients, for this round's
+    share of the task's epochs over ``rounds`` rounds (``params.round_epochs``).
+    ``patients_seed`` (the arm's seed) chooses those patients and the matching decoys as
+    ``train.downstream`` does (the message seed changes every round)."""
 
     task: str = wire("task")
     fraction: float = wire("fraction", 1.0)
     finetune: dict = wire("finetune", as_json=True)
     patients_seed: int = wire("patients-seed")
+    rounds: int = wire("rounds", 1)
 
 
 @message("evaluate.downstream", reply=EvaluationMetrics)

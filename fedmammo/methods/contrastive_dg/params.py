@@ -35,6 +35,7 @@ __all__ = [
     "TileGanParams",
     "metric_name",
     "parse_metric",
+    "round_epochs",
 ]
 
 Arm = Literal["random", "supervised", "simclr", "mscl", "mvcl", "msvcl", "pooled"]
@@ -76,6 +77,12 @@ def parse_metric(name: str) -> tuple[str, float] | None:
     if task not in TASK_METRICS or base != f"{task}_{TASK_METRICS[task]}":
         return None
     return task, float(fraction) if fraction else 1.0
+
+
+def round_epochs(epochs: int, rounds: int, server_round: int) -> int:
+    """Local epochs of round ``server_round`` (1-based) of ``rounds`` federated rounds that
+    share out ``epochs``: the first ``epochs % rounds`` rounds take one more."""
+    return epochs // rounds + (1 if server_round <= epochs % rounds else 0)
 
 
 class EncoderParams(RecipeParams):
@@ -201,10 +208,11 @@ class ContrastiveDgParams(AveragingParams):
     labelled centres are ``downstream_centres`` (default: every training centre).
     ``downstream: local`` fine-tunes each task at every labelled centre on its own;
     ``downstream: federated`` trains one task model (pre-trained encoder + task head) by
-    ``downstream_rounds`` FedAvg rounds across them (each round: ``finetune.<task>.epochs``
-    local epochs per centre, weighted by ``weighting``: a centre's training samples of the
-    task, or uniformly). Both are tested on seen (each labelled centre's test split) and
-    unseen vendors (the test-only centres). ``fractions``: labelled fractions of the
+    ``downstream_rounds`` FedAvg rounds across them, weighted by ``weighting`` (a centre's
+    training samples of the task, or uniformly); the task's ``finetune.<task>.epochs`` are
+    spread over the rounds (:func:`round_epochs`: the same local epochs as ``local``). Both
+    are tested on seen (each labelled centre's test split) and unseen vendors (the test-only
+    centres). ``fractions``: labelled fractions of the
     detection training set.
     """
 
@@ -218,7 +226,7 @@ class ContrastiveDgParams(AveragingParams):
     min_centres: int = Field(default=1, ge=1)
     styles: StyleParams = StyleParams()
     downstream: Literal["local", "federated"] = "local"
-    downstream_rounds: int = Field(default=10, ge=1, le=10_000)  # downstream: federated
+    downstream_rounds: int = Field(default=10, ge=1, le=1000)  # downstream: federated
     downstream_centres: list[str] = Field(default_factory=list)
     tasks: list[Task] = Field(default_factory=lambda: list(TASKS), min_length=1)
     fractions: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])
@@ -243,6 +251,14 @@ class ContrastiveDgParams(AveragingParams):
 
     @model_validator(mode="after")
     def _checks(self) -> ContrastiveDgParams:
+        if self.downstream == "federated":
+            short = [t for t in self.tasks if self.finetune.task(t).epochs < self.downstream_rounds]
+            if short:
+                raise ValueError(
+                    f"downstream_rounds {self.downstream_rounds} > finetune.<task>.epochs of "
+                    f"{short} (federated rounds share out the task's epochs, at least one each): "
+                    "lower downstream_rounds or raise those epochs"
+                )
         if "embedding_arms" not in self.model_fields_set:  # the defaults that are arms
             self.embedding_arms = [a for a in self.embedding_arms if a in self.arms]
         missing = sorted(set(self.embedding_arms) - set(self.arms))

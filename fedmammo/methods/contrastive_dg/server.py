@@ -358,7 +358,7 @@ def _federated_downstream_job(
         message=TrainDownstreamRound,
         evaluate=EvaluateDownstream,
         model=spec,
-        fields={**job, "patients_seed": seed},
+        fields={**job, "patients_seed": seed, "rounds": p.downstream_rounds},
         evaluate_fields=job,
         last_round=p.downstream_rounds,
     )

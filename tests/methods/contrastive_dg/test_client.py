@@ -3,6 +3,7 @@ tile generators, style banks kept at the centre, downstream models out and back 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,49 @@ def test_evaluating_a_model_twice_averages_to_the_model_itself(centres, tmp_path
     # Assert
     assert len(once) == 1 and once == twice
     assert 0.0 <= once[0]["value"] <= 1.0
+
+
+def test_a_federated_round_continues_the_task_model_for_its_share_of_the_epochs(centres, tmp_path):
+    # Prepare: a density model (as the server builds it), 3 epochs shared over 2 rounds
+    from fedmammo.federation.messages import TrainMetrics
+    from fedmammo.federation.rounds import initial_arrays
+    from fedmammo.methods.contrastive_dg.messages import TrainDownstreamRound
+    from fedmammo.methods.contrastive_dg.server import initial_task_arrays
+
+    ft = FT.model_copy(update={"density": ONE_EPOCH.model_copy(update={"epochs": 3})})
+    start = initial_task_arrays(
+        ENCODER, initial_arrays(ENCODER, 0), "density", 1.0, ft, image_size=SIZE, seed=0
+    )
+    context = _context(centres["A"][1], "A", tmp_path)
+
+    def round_(server_round):
+        m = TrainDownstreamRound(
+            arm="random.density_accuracy",
+            model=ENCODER,
+            task="density",
+            finetune=ft.model_dump(),
+            patients_seed=0,
+            rounds=2,
+            server_round=server_round,
+            **BASE,
+        )
+        content = _send(client.train_downstream_round, m, context, {ARRAYS: start})
+        return content, TrainMetrics.from_metrics(content[METRICS])
+
+    # Execute
+    (first, sent1), (_, sent2) = round_(1), round_(2)
+    # Assert: round 1 trains 2 epochs, round 2 one; the count weighting reads is the samples'
+    assert sent1.steps == 2 * sent2.steps > 0
+    assert sent1.num_images == sent1.num_examples == sent1.num_labelled > 0
+    state = first[ARRAYS].to_torch_state_dict()
+    assert state.keys() == start.to_torch_state_dict().keys()  # the whole task model returns
+    # ... and evaluate.downstream without sources tests the one model in arrays
+    evaluate = EvaluateDownstream(
+        arm="random", model=ENCODER, task="density", finetune=ft.model_dump(), n_boot=0, **BASE
+    )
+    alone = _send(client.evaluate_downstream, evaluate, context, {ARRAYS: first[ARRAYS]})
+    as_source = dataclasses.replace(evaluate, sources=["federated"])
+    named = _send(client.evaluate_downstream, as_source, context, {"arrays-0": first[ARRAYS]})
+    assert EvaluationMetrics.from_metrics(alone[METRICS]).records == (
+        EvaluationMetrics.from_metrics(named[METRICS]).records
+    )

@@ -19,6 +19,7 @@ from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.rounds import initial_arrays
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.contrastive_dg import server
+from fedmammo.methods.contrastive_dg.params import round_epochs
 from fedmammo.methods.contrastive_dg.tasks import (
     evaluate_task,
     finetune_task,
@@ -39,6 +40,8 @@ FEDERATED = {
     "strategy.params.downstream_rounds": 2,
     "strategy.params.arms": ["random", "msvcl"],
     "strategy.params.tasks": ["density", "matching"],
+    "strategy.params.finetune.density.epochs": 2,  # one local epoch in each of the 2 rounds
+    "strategy.params.finetune.matching.epochs": 3,  # 2 in round 1, 1 in round 2
 }
 
 
@@ -278,11 +281,19 @@ def test_the_aggregate_is_the_sample_weighted_mean_of_unequal_centres(tmp_path):
     assert not torch.allclose(states["A"]["head.weight"], states["B"]["head.weight"])
 
 
+def test_rounds_share_out_the_task_epochs():
+    # Execute / Assert: every epoch is trained once, the first rounds take the remainder
+    assert [round_epochs(50, 10, r) for r in range(1, 11)] == [5] * 10
+    assert [round_epochs(6, 4, r) for r in range(1, 5)] == [2, 2, 1, 1]
+    assert [round_epochs(3, 3, r) for r in range(1, 4)] == [1, 1, 1]
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
         ("downstream", "federatd", "downstream"),
         ("downstream_rounds", 0, "downstream_rounds"),
+        ("downstream_rounds", 2, "downstream_rounds 2 > finetune.<task>.epochs of ['density']"),
     ],
 )
 def test_a_bad_downstream_value_fails_in_one_line(tmp_path, key, value, expected):
