@@ -1,11 +1,13 @@
 """Flower orchestration overhead, start-up time and memory per simulated centre.
 
-    python benchmarks/bench_federation.py [--centres 20]
+    python benchmarks/bench_federation.py [--centres 20] [--base-ref REV]
 
 1. ``scenarios/fedavg_quick.yaml --quick``: wall time of each federated round divided by the
    slowest centre's own compute in that round (measured inside the handlers); start-up time
    (process start to the end of the identify round); peak RSS per simulated centre (Ray
-   worker processes, sampled from /proc).
+   worker processes, sampled from /proc; only the run's own process tree is counted).
+   ``--base-ref``: the same run first from that git revision (``git archive``), for a
+   before / after table in one run.
 2. A generated scenario with N tiny centres (two rounds, federated arm only): wall time and
    peak memory of the whole process tree.
 Prints a markdown section for BENCHMARKS.md.
@@ -29,11 +31,38 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _children() -> dict[int, list[int]]:
+    """parent pid -> child pids, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            ppid = int((pid_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(pid_dir.name))
+    return tree
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (Ray's gcs, raylet and actors are started by the
+    driver, so they are here; another user's Ray on the same machine is not)."""
+    tree, found, todo = _children(), [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(tree.get(pid, []))
+    return found
+
+
 class MemorySampler(threading.Thread):
-    """Samples RSS of every process whose command line matches, every 0.5 s."""
+    """Samples the RSS of a process tree every 0.5 s (``root`` set once the process runs);
+    Ray actors (``ClientAppActor`` in the command line) are also tracked one by one."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
+        self.root: int | None = None
         self.peak_by_pid: dict[int, float] = {}
         self.peak_total = 0.0
         self.stop = threading.Event()
@@ -41,16 +70,10 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             total = 0.0
-            for pid_dir in Path("/proc").iterdir():
-                if not pid_dir.name.isdigit():
-                    continue
+            for pid in descendants(self.root) if self.root else []:
+                pid_dir = Path("/proc") / str(pid)
                 try:
                     cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                    if not any(
-                        k in cmd
-                        for k in ("ClientAppActor", "fedmammo", "ray::", "raylet", "gcs_server")
-                    ):
-                        continue
                     rss_kb = next(
                         int(line.split()[1])
                         for line in (pid_dir / "status").read_text().splitlines()
@@ -61,25 +84,43 @@ class MemorySampler(threading.Thread):
                 mb = rss_kb / 1024
                 total += mb
                 if "ClientAppActor" in cmd:
-                    pid = int(pid_dir.name)
                     self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0.0), mb)
             self.peak_total = max(self.peak_total, total)
             time.sleep(0.5)
 
 
-def run(args: list[str], out: Path) -> tuple[float, Path, MemorySampler]:
+def export(ref: str, folder: Path) -> Path:
+    """The repository at ``ref`` (``git archive``) in ``folder``: a run from there imports
+    that revision's fedmammo (PYTHONPATH and the working directory come before the editable
+    install), in the driver and in every Ray actor (they inherit the environment)."""
+    archive = subprocess.run(["git", "archive", ref], cwd=REPO, capture_output=True, check=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def run(
+    args: list[str], out: Path, source: Path | None = None
+) -> tuple[float, Path, MemorySampler]:
     sampler = MemorySampler()
     sampler.start()
     t0 = time.perf_counter()
-    subprocess.run(
+    env = {**os.environ, "PYTHONPATH": str(source)} if source else None
+    proc = subprocess.Popen(
         [sys.executable, "-m", "fedmammo.simulate", *args, "--out", str(out)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
+        cwd=source or REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    sampler.root = proc.pid
+    _, err = proc.communicate()
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"fedmammo.simulate {' '.join(args)} failed:\n{err[-3000:]}")
     run_dir = sorted(out.glob("*/*/results.json"))[-1].parent
     return wall, run_dir, sampler
 
@@ -105,56 +146,71 @@ def many_centres_scenario(n: int, folder: Path) -> Path:
     return path
 
 
+def quick(tmp: Path, source: Path | None = None) -> dict[str, str]:
+    """``fedavg_quick --quick`` from ``source`` (default: this tree): the table's cells."""
+    wall, run_dir, mem = run(["scenarios/fedavg_quick.yaml", "--quick"], tmp, source)
+    res = json.loads((run_dir / "results.json").read_text())
+    df = pd.DataFrame(res["metrics"])
+    timing = df[(df["split"] == "timing") & (df["arm"] == "federated")]
+    per_round = timing.pivot_table(index="round", columns="metric", values="value")
+    ratio = per_round["round_wall_seconds"] / per_round["centre_compute_seconds_max"]
+    in_app = res["meta"]["wall_seconds"]
+    peaks = sorted(mem.peak_by_pid.values())
+    rows = {
+        "nodes": str(len(res["meta"]["centres"])),
+        "process wall time": f"{wall:.1f} s",
+        "of which the ServerApp": f"{in_app:.1f} s",
+        f"federated round wall time / slowest centre's compute (median over {len(ratio)} "
+        "rounds)": f"{ratio.median():.2f}x",
+        "median round wall time": f"{per_round['round_wall_seconds'].median():.2f} s",
+        "start-up: CLI start -> ServerApp start (imports, phantom + cache prepared, Ray start)": (
+            f"{wall - in_app:.1f} s"
+        ),
+        "start-up: identify round (Ray actors start, import torch, open caches)": (
+            f"{res['meta']['startup_seconds']:.1f} s"
+        ),
+        "peak RSS per simulated centre (Ray actor), median / max": (
+            f"{peaks[len(peaks) // 2]:.0f} / {peaks[-1]:.0f} MB" if peaks else "-"
+        ),
+        "peak RSS, whole process tree": f"{mem.peak_total:.0f} MB",
+    }
+    return rows
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--centres", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--centres", type=int, default=20, help="0: skip the many-centres run")
+    parser.add_argument(
+        "--base-ref", help="also run fedavg_quick from this git revision (before / after)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        wall, run_dir, mem = run(["scenarios/fedavg_quick.yaml", "--quick"], tmp / "quick")
-        res = json.loads((run_dir / "results.json").read_text())
-        df = pd.DataFrame(res["metrics"])
-        timing = df[(df["split"] == "timing") & (df["arm"] == "federated")]
-        per_round = timing.pivot_table(index="round", columns="metric", values="value")
-        ratio = per_round["round_wall_seconds"] / per_round["centre_compute_seconds_max"]
-        startup = res["meta"]["startup_seconds"]
-        in_app = res["meta"]["wall_seconds"]
-        centre_peaks = sorted(mem.peak_by_pid.values())
-        wall_n, run_n, mem_n = run([str(many_centres_scenario(args.centres, tmp))], tmp / "many")
-        res_n = json.loads((run_n / "results.json").read_text())
+        before = None
+        if args.base_ref:
+            before = quick(tmp / "quick-base", export(args.base_ref, tmp / "base"))
+        after = quick(tmp / "quick")
+        if args.centres:
+            many = many_centres_scenario(args.centres, tmp)
+            wall_n, run_n, mem_n = run([str(many)], tmp / "many")
+            res_n = json.loads((run_n / "results.json").read_text())
     print("## Flower orchestration (`benchmarks/bench_federation.py`)\n")
     print(
-        f"fedavg_quick --quick: {len(res['meta']['centres'])} simulated nodes, "
-        f"{os.cpu_count()} CPUs; process wall {wall:.1f} s, of which the ServerApp ran "
-        f"{in_app:.1f} s.\n"
+        f"`{' '.join(['python', *sys.argv])}`: fedavg_quick --quick, {after['nodes']} simulated "
+        f"nodes, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end.\n"
     )
-    print("| measurement | value |\n|---|---|")
-    print(
-        f"| federated round wall time / slowest centre's compute (median over "
-        f"{len(ratio)} rounds) | {ratio.median():.2f}x |"
-    )
-    print(f"| median round wall time | {per_round['round_wall_seconds'].median():.2f} s |")
-    print(
-        f"| start-up: CLI start -> ServerApp start (imports, phantom + cache prepared, Ray "
-        f"start) | {wall - in_app:.1f} s |"
-    )
-    print(
-        f"| start-up: identify round (Ray actors start, import torch, open caches) | "
-        f"{startup:.1f} s |"
-    )
-    if centre_peaks:
-        print(
-            f"| peak RSS per simulated centre (Ray actor), median / max | "
-            f"{centre_peaks[len(centre_peaks) // 2]:.0f} / {centre_peaks[-1]:.0f} MB |"
-        )
-    print(f"| peak RSS, whole process tree | {mem.peak_total:.0f} MB |")
-    print(f"| {args.centres} tiny centres, 2 FedAvg rounds: wall time | {wall_n:.1f} s |")
-    print(
-        f"| {args.centres} tiny centres: ServerApp time | {res_n['meta']['wall_seconds']:.1f} s |"
-    )
-    print(
-        f"| {args.centres} tiny centres: peak RSS, whole process tree | {mem_n.peak_total:.0f} MB |"
-    )
+    if before:
+        print(f"| measurement | before ({args.base_ref}) | after |\n|---|---|---|")
+    else:
+        print("| measurement | value |\n|---|---|")
+    for key, value in after.items():
+        if key != "nodes":
+            print(f"| {key} | " + (f"{before[key]} | " if before else "") + f"{value} |")
+    if args.centres:
+        n = args.centres
+        print(f"| {n} tiny centres, 2 FedAvg rounds: wall time | {wall_n:.1f} s |")
+        print(f"| {n} tiny centres: ServerApp time | {res_n['meta']['wall_seconds']:.1f} s |")
+        print(f"| {n} tiny centres: peak RSS, whole process tree | {mem_n.peak_total:.0f} MB |")
 
 
 if __name__ == "__main__":

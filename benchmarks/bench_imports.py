@@ -21,7 +21,18 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "opacus", "scipy", "sklearn", "pandas", "matplotlib", "flwr", "ray", "pydicom")
+HEAVY = (
+    "torch",
+    "opacus",
+    "scipy",
+    "sklearn",
+    "pandas",
+    "matplotlib",
+    "flwr",
+    "ray",
+    "pydicom",
+    "torchvision",
+)
 DEFAULT = (
     "fedmammo.training.classifier",
     "fedmammo.training.gan",
@@ -30,6 +41,7 @@ DEFAULT = (
     "fedmammo.privacy.accounting",
     "fedmammo.privacy.engine",
     "fedmammo.federation.client_app",
+    "fedmammo.apps",  # what every Ray actor imports (Flower's ClientApp component)
 )
 PROBE = """
 import json, resource, sys, time

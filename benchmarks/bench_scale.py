@@ -68,18 +68,25 @@ def run(path: Path, out: Path, timeout: float) -> dict:
     sampler = MemorySampler()
     sampler.start()
     start = time.perf_counter()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "fedmammo.simulate", str(path), "--out", str(out)],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
     )
+    sampler.root = proc.pid  # only this run's process tree (Ray's processes included)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.communicate()
+        raise SystemExit(f"{path.name}: no result within {timeout:.0f} s") from None
     wall = time.perf_counter() - start
     sampler.stop.set()
     sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"{path.name} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{path.name} failed:\n{err[-3000:]}")
     results = json.loads(sorted(out.glob("*/*/results.json"))[-1].read_text())
     actors = sorted(sampler.peak_by_pid.values())
     return {

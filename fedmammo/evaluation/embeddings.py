@@ -13,9 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.metrics import silhouette_score
 
 from fedmammo.errors import DataError
 from fedmammo.evaluation.latent import embed_2d
@@ -35,6 +32,8 @@ def vendor_silhouette(embeddings: np.ndarray, vendors: Sequence[str]) -> float:
         raise DataError(f"vendor_silhouette: {z.shape} embeddings for {len(labels)} vendors")
     if not 2 <= len(set(labels)) < len(labels):
         return float("nan")
+    from sklearn.metrics import silhouette_score  # scikit-learn and matplotlib load where used
+
     return float(silhouette_score(z, labels, metric="cosine"))
 
 
@@ -60,6 +59,9 @@ def plot_embeddings_by_vendor(
         raise DataError(
             f"plot_embeddings_by_vendor: lengths differ: {sizes}, vendors {len(labels)}"
         )
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     points = {name: embed_2d(z, method=method, seed=seed) for name, z in embeddings.items()}
     names = sorted(set(labels))
     fig = Figure(figsize=(3.4 * len(points), 3.2), layout="constrained")

@@ -12,10 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from fedmammo.errors import ConfigError, DataError
 
@@ -40,11 +36,15 @@ def embed_2d(z: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.ndarray
     if not np.all(np.isfinite(z)):
         raise DataError("latent codes hold NaN or infinite values")
     if method == "pca":
+        from sklearn.decomposition import PCA  # scikit-learn and matplotlib load where used
+
         k = min(2, z.shape[1], z.shape[0])
         out = PCA(n_components=k, random_state=seed).fit_transform(z)
         return np.pad(out, ((0, 0), (0, 2 - k)))
     if method == "tsne":
         perplexity = float(min(30.0, max(2.0, (z.shape[0] - 1) / 3)))
+        from sklearn.manifold import TSNE
+
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
         return tsne.fit_transform(z)
     raise ConfigError(f"unknown latent projection {method!r}; valid: pca, tsne")
@@ -74,6 +74,9 @@ def plot_latent(
     rows = [t for t in LATENT_ROWS if t in labels]
     if not rows:
         raise DataError(f"plot_latent: labels need one of {list(LATENT_ROWS)}, got {list(labels)}")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     points = {arm: embed_2d(z, method=method, seed=seed) for arm, z in codes.items()}
     fig = Figure(figsize=(3.2 * len(points), 2.9 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(points), squeeze=False)

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fedmammo.errors import DataError
 
@@ -129,6 +128,8 @@ def bootstrap_auc(
     _check_boot(n_boot, confidence)
     if not _two_classes(y):
         return math.nan, math.nan, math.nan
+    from sklearn.metrics import roc_auc_score  # here: importing metrics stays light
+
     auc = float(roc_auc_score(y, score))
     if n_boot == 0:
         return auc, math.nan, math.nan
@@ -175,6 +176,8 @@ def delta_auc(
     _check_boot(n_boot, confidence)
     if not _two_classes(y):
         return math.nan, math.nan, math.nan, math.nan
+    from sklearn.metrics import roc_auc_score
+
     delta = float(roc_auc_score(y, method) - roc_auc_score(y, base))
     if n_boot == 0:
         return delta, math.nan, math.nan, math.nan
@@ -255,6 +258,8 @@ def classification_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) ->
     fp = int(np.sum((predicted == 1) & (y == 0)))
     fn = n_pos - tp
     both = _two_classes(y)
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     return {
         "accuracy": float(np.mean(predicted == y)),
         "f1": 2.0 * tp / (2 * tp + fp + fn) if n_pos else math.nan,

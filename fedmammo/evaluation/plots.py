@@ -7,16 +7,16 @@ import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedmammo.errors import DataError
 from fedmammo.evaluation.metrics import DEFAULT_THRESHOLDS, _check, operating_points
+
+if TYPE_CHECKING:  # matplotlib and scikit-learn load where a plot or a curve is made
+    from matplotlib.figure import Figure
 
 __all__ = [
     "learning_curve_series",
@@ -37,6 +37,8 @@ _COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     fig.savefig(out, dpi=dpi, format="png")
     logger.debug("wrote %s", out)
@@ -50,6 +52,8 @@ def roc_curve_data(
     y, score = _check(y_true, y_score)
     if not 0 < int(y.sum()) < y.size:
         return None
+    from sklearn.metrics import roc_auc_score, roc_curve  # loaded where used
+
     fpr, tpr, _ = roc_curve(y, score, drop_intermediate=False)
     return {
         "fpr": fpr,
@@ -75,6 +79,8 @@ def plot_roc_panels(
 
     A curve labelled ``global`` is black; operating points share one marker per threshold.
     """
+    from matplotlib.figure import Figure  # matplotlib loads where a plot is drawn
+
     fig = Figure(figsize=(4.2 * max(1, len(panels)), 4.4), layout="constrained")
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     for ax, (panel, curves) in zip(axes, panels.items()):
@@ -147,6 +153,8 @@ def plot_learning_curves(
     series = learning_curve_series(history, metrics=metrics, hue=hue)
     rows = [m for m in metrics if any(key[0] == m for key in series)] or list(metrics)[:1]
     scopes = sorted({key[1] for key in series}, key=lambda s: (s != GLOBAL, s)) or [GLOBAL]
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(3.8 * len(scopes), 2.8 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(scopes), squeeze=False)
     lines = sorted({line for by_line in series.values() for line in by_line})
@@ -203,6 +211,8 @@ def plot_prediction_histograms(
     edges, data = prediction_histogram_data(y_true, y_score, segments, bins=bins)
     n = len(data)
     cols = min(n, 4)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(3.6 * cols, 2.8 * math.ceil(n / cols)), layout="constrained")
     axes = fig.subplots(math.ceil(n / cols), cols, squeeze=False).ravel()
     for ax, (segment, by_label) in zip(axes, data.items()):

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from flwr.app import ArrayRecord, Message, RecordDict
@@ -16,7 +16,6 @@ from flwr.serverapp import Grid
 from rich.console import Console
 
 from fedmammo.config import Scenario
-from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.console import safe
 from fedmammo.federation.messages import (
     ARRAYS,
@@ -29,6 +28,9 @@ from fedmammo.federation.messages import (
 )
 from fedmammo.federation.replies import reply_node
 from fedmammo.federation.runspec import RunSpec
+
+if TYPE_CHECKING:  # results load pandas; a centre imports this module for derive_seed
+    from fedmammo.evaluation.results import RunRecorder
 
 __all__ = ["Orchestrator", "derive_seed", "short_reason"]
 

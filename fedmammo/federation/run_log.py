@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["OwnRecordsOnly", "add_run_log", "quiet_libraries"]
@@ -58,7 +59,14 @@ def quiet_libraries(*, flower_info: bool = True) -> None:
     the apps keep them, so ``flwr log`` shows the ServerApp's progress in deployment.
     """
     os.environ.setdefault(RAY_ACCEL_ENV, "0")
-    import opacus  # noqa: F401  (its import adds a root stderr handler: tame it now)
+    # Importing Opacus calls logging.basicConfig (a root stderr handler): make that handler
+    # now, as Opacus would, so the loop below tames it and Opacus's later call (DP centres
+    # import it on first use) finds one and adds nothing; no need to load Opacus here.
+    logging.basicConfig(
+        format="%(asctime)s:%(levelname)s:%(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        stream=sys.stderr,
+    )
 
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler:  # a console handler, not a file

@@ -25,9 +25,7 @@ from fedmammo.config import Scenario
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.evaluation.provenance import run_provenance
-from fedmammo.evaluation.report import write_summary
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.evaluation.run_outputs import attach_run_outputs
 from fedmammo.federation.connect import (
     ConnectError,
     FederationTooSmall,
@@ -76,6 +74,11 @@ def run_scenario(
     ``prepare``: materialise the simulated centres' data first (``flwr run`` on a local
     simulation federation, where ``python -m fedmammo.simulate`` did not).
     """
+    # the report and the run's outputs load matplotlib: imported here, not in every process
+    # that imports the apps (a simulated centre imports this module too)
+    from fedmammo.evaluation.report import write_summary
+    from fedmammo.evaluation.run_outputs import attach_run_outputs
+
     scenario = scenario_of(spec)
     simulated = is_simulation(grid, spec) if simulated is None else simulated
     recorder = RunRecorder(

@@ -19,13 +19,14 @@ encoded: its epsilon would not hold (:class:`PrivacyUsageError`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord
 
 from fedmammo.privacy.accounting import PrivacyUsageError
-from fedmammo.privacy.engine import DPSession, _CountingPoissonSampler
-from fedmammo.privacy.periodic import PoissonPeriodicSampler
+
+if TYPE_CHECKING:  # the engine loads Opacus: a centre without DP never needs it
+    from fedmammo.privacy.engine import DPSession
 
 __all__ = ["decode_privacy", "encode_privacy", "pack_history", "unpack_history"]
 
@@ -75,6 +76,9 @@ def _unpack_list(record: Any, prefix: str) -> list[Any]:
 
 
 def _check_poisson(session: DPSession) -> None:
+    from fedmammo.privacy.engine import _CountingPoissonSampler
+    from fedmammo.privacy.periodic import PoissonPeriodicSampler
+
     sampler = session._sampler
     if sampler is not None and not isinstance(
         sampler, (_CountingPoissonSampler, PoissonPeriodicSampler)

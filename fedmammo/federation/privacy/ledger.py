@@ -47,10 +47,10 @@ from fedmammo.privacy.accounting import (
     PrivacyBudget,
     PrivacyUsageError,
 )
-from fedmammo.privacy.engine import DPSession
 
 if TYPE_CHECKING:  # the messages name their DP fields with this module's keys
     from fedmammo.federation.messages import DPTrainFields, LedgerFields
+    from fedmammo.privacy.engine import DPSession  # loads Opacus: imported where DP starts
 
 __all__ = [
     "LEDGER_KEY",
@@ -222,6 +222,8 @@ def open_dp_session(
             f"(config {PLANNED_ROUNDS_KEY!r}) to choose the noise once for the whole run; this "
             "strategy does not send it: set privacy.noise_multiplier instead"
         )
+    from fedmammo.privacy.engine import DPSession
+
     ledger = ledger_name(m)
     accountant = load_accountant(context, ident, ledger, mechanism=budget.accountant, prior=m.prior)
     session = DPSession(

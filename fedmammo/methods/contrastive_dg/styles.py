@@ -30,8 +30,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 
 from fedmammo.data.prepare import CentreData
@@ -236,6 +234,9 @@ def plot_style_grid(
     pick = np.random.default_rng(seed).choice(len(bank), size=n, replace=False)
     alphas = (0.25, 0.5, 0.75) if len(bank.styles) > 1 else ()
     labels = list(bank.styles) + [f"{bank.styles[0]}/{bank.styles[1]} a={a}" for a in alphas]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(1.3 * len(labels), 1.6 * n + 0.6), layout="constrained")
     axes = fig.subplots(n, len(labels), squeeze=False)
     for r, i in enumerate(pick):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -87,7 +88,6 @@ from fedmammo.methods.mtl_finetune.messages import (
 )
 from fedmammo.methods.mtl_finetune.report import mtl_records
 from fedmammo.models import build_model
-from fedmammo.privacy.engine import DPSession, validate_for_dp
 from fedmammo.training.classifier import augment_batch, seed_everything
 from fedmammo.training.mtl import (
     MultiTaskDataset,
@@ -96,6 +96,9 @@ from fedmammo.training.mtl import (
     finetune_class_weights,
     train_mtl,
 )
+
+if TYPE_CHECKING:  # the engine loads Opacus: imported in _dp_session, under DP only
+    from fedmammo.privacy.engine import DPSession
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +200,8 @@ def _dp_session(
     budget = privacy_budget(ident, n_examples)
     if budget is None:
         return None
+    from fedmammo.privacy.engine import validate_for_dp
+
     validate_for_dp(model)  # names every layer DP-SGD cannot train (BatchNorm), up front
     phase = dp_phase(m)
     fork_parent_ledger(context, ident, m, budget)

@@ -12,6 +12,8 @@ the quotas of this and every later planned round, sent by the server's ``Periodi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from flwr.app import Context
 
@@ -28,12 +30,9 @@ from fedmammo.federation.privacy.ledger import (
 )
 from fedmammo.methods.periodic_sampling.messages import PLANNED_QUOTA_KEY, TrainPeriodic
 from fedmammo.privacy.accounting import BudgetExceeded, PrivacyUsageError
-from fedmammo.privacy.periodic import (
-    PeriodicDPSession,
-    PoissonPeriodicSampler,
-    quota_steps,
-    step_pattern,
-)
+
+if TYPE_CHECKING:  # privacy.periodic loads the DP engine (Opacus): imported where DP is planned
+    from fedmammo.privacy.periodic import PeriodicDPSession, PoissonPeriodicSampler
 
 __all__ = ["PHASE", "PLANNED_QUOTA_KEY", "dp_plan", "dp_session"]
 
@@ -45,6 +44,8 @@ def dp_plan(
     m: TrainPeriodic, segments: np.ndarray, labels: np.ndarray, batch_size: int
 ) -> tuple[PoissonPeriodicSampler, dict[str, list[tuple[float, int]]]]:
     """The round's Poisson periodic sampler and the remaining planned steps per segment."""
+    from fedmammo.privacy.periodic import PoissonPeriodicSampler, quota_steps, step_pattern
+
     keys = sorted({str(s) for s in segments})
     index = {k: np.flatnonzero(segments == k) for k in keys}
     seed = int(np.random.SeedSequence([int(m.seed), 0x5A11]).generate_state(1)[0])
@@ -111,6 +112,8 @@ def dp_session(
     accountant = load_accountant(
         context, ident, ledger_name(m), mechanism=budget.accountant, prior=m.prior
     )
+    from fedmammo.privacy.periodic import PeriodicDPSession
+
     try:
         session = PeriodicDPSession(
             budget,

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
@@ -96,6 +95,8 @@ def plot_histogram_grid(
     """Prediction distributions, benign vs malignant: one row per model, one column per segment."""
     data = {arm: prediction_histogram_data(y, s, segments, bins=bins) for arm, s in scores.items()}
     cols = sorted({seg for _, by_seg in data.values() for seg in by_seg})
+    from matplotlib.figure import Figure  # here: a centre imports this module
+
     fig = Figure(figsize=(3.2 * max(1, len(cols)), 2.4 * max(1, len(data))), layout="constrained")
     axes = fig.subplots(max(1, len(data)), max(1, len(cols)), squeeze=False)
     for i, (arm, (edges, by_seg)) in enumerate(data.items()):

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -257,6 +255,9 @@ def plot_sample_grid(
         if arr.ndim != 3:
             raise DataError(f"plot_sample_grid: row {label!r} is not (N, S, S): {arr.shape}")
         panel.append((label, arr[:columns]))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(1.0 * columns + 1.6, 1.05 * len(panel) + 0.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panel), columns, squeeze=False)
