@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from rich.console import Console
 
 from fedmammo.evaluation.report import to_markdown
@@ -177,6 +175,9 @@ def plot_label_fractions(frame: pd.DataFrame, meta: dict, run_dir: str | Path) -
     panels = [(g, t) for g, t in panels if not t.empty]
     if not panels:
         return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (group, table) in zip(axes, panels, strict=True):
@@ -252,6 +253,18 @@ def section(recorder: RunRecorder, console: Console) -> str:
         return ""
     top = max(meta.get("fractions") or [1.0])
     parts = ["## Contrastive pre-training for unseen vendors (Li et al.)"]
+    labelled = ", ".join(meta.get("labelled", []))
+    if meta.get("downstream") == "federated":
+        parts.append(
+            f"Downstream: federated: {meta.get('downstream_rounds')} FedAvg rounds of each task "
+            f"model across the labelled centres ({labelled}); every centre, seen or unseen, "
+            "tests the one averaged model."
+        )
+    elif labelled:
+        parts.append(
+            f"Downstream: local: each labelled centre ({labelled}) fine-tunes its own task "
+            "model and tests it; unseen vendors average over those models."
+        )
     summary = summary_table(frame, meta)
     if not summary.empty:
         parts += [

@@ -461,6 +461,8 @@ def run(orc: Orchestrator) -> None:
         "arms": plan.arms,
         "tasks": list(p.tasks),
         "fractions": list(p.fractions),
+        "downstream": p.downstream,
+        "downstream_rounds": p.downstream_rounds if p.downstream == "federated" else None,
         "vendors": {c: vendor_of(orc.scenario, c) for c in [*plan.seen, *plan.unseen]},
     }
     first = orc.scenario.seeds[0]

@@ -131,3 +131,24 @@ def test_several_seeds_show_mean_and_sd(tmp_path):
     table = task_table(rec.frame(), META, "density_accuracy")
     # Assert
     assert table.loc["msvcl", "A (Ma)"] == f"0.500 ({pd.Series([0.4, 0.6]).std():.3f})"
+
+
+@pytest.mark.parametrize("downstream", ["local", "federated"])
+def test_section_says_how_the_downstream_models_were_trained(tmp_path, downstream):
+    # Prepare
+    rec = _recorder(tmp_path)
+    rec.meta[META_KEY] = {
+        **META,
+        "labelled": ["A", "B"],
+        "downstream": downstream,
+        "downstream_rounds": 5 if downstream == "federated" else None,
+    }
+    # Execute
+    text = section(rec, Console(quiet=True))
+    # Assert
+    expected = {
+        "local": "Downstream: local: each labelled centre (A, B) fine-tunes its own",
+        "federated": "Downstream: federated: 5 FedAvg rounds of each task model across the "
+        "labelled centres (A, B)",
+    }[downstream]
+    assert expected in text
