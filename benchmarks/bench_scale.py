@@ -9,15 +9,19 @@ tree, sampled every 0.5 s for RSS. Bytes per round are the model arrays a FedAvg
 (the global model to every centre, one update back from each), computed from the model's
 state_dict; when the run's ``results.json`` records message bytes (``meta.bytes_per_round``)
 that figure is printed instead. Prints a markdown section for BENCHMARKS.md (and a log-log
-plot with ``--plot``). Budget: 1000 centres generate 48,000 phantom DICOMs first; run it on a
-machine with >= 24 GB and time to spare.
+plot with ``--plot``). Budget: 1000 centres generate 48,000 phantom DICOMs first. A run past
+``--timeout`` seconds or ``--max-rss-gb`` is stopped (its own process tree killed by pid) and
+reported as such, and no larger N is tried. ``--ref REV`` runs that git revision (``git
+archive``; imports come from it, in the Ray actors too), not a working tree being edited.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_federation import MemorySampler  # noqa: E402
+from bench_federation import MemorySampler, descendants, export  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {"width": 4, "depth": 3}
@@ -64,38 +68,60 @@ def model_bytes() -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
-def run(path: Path, out: Path, timeout: float) -> dict:
+def run(
+    path: Path, out: Path, timeout: float, max_rss_mb: float, source: Path | None = None
+) -> dict:
+    """One simulation of ``path``; stopped (its whole process tree killed) past ``timeout``
+    seconds or ``max_rss_mb`` of RSS: then ``stopped`` says why and what was reached."""
     sampler = MemorySampler()
     sampler.start()
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedmammo.simulate", str(path), "--out", str(out)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedmammo.simulate", str(path), "--out", str(out)],
+            cwd=source or REPO,
+            env={**os.environ, "PYTHONPATH": str(source)} if source else None,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     sampler.root = proc.pid  # only this run's process tree (Ray's processes included)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        proc.communicate()
-        raise SystemExit(f"{path.name}: no result within {timeout:.0f} s") from None
+    stopped = None
+    while proc.poll() is None:
+        elapsed = time.perf_counter() - start
+        if elapsed > timeout:
+            stopped = f"stopped after {elapsed:.0f} s (--timeout)"
+        elif sampler.peak_total > max_rss_mb:
+            stopped = f"stopped at {sampler.peak_total:.0f} MB RSS (--max-rss-gb)"
+        if stopped:
+            for pid in reversed(descendants(proc.pid)):  # this run's processes only
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(1.0)
     wall = time.perf_counter() - start
     sampler.stop.set()
     sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{path.name} failed:\n{err[-3000:]}")
-    results = json.loads(sorted(out.glob("*/*/results.json"))[-1].read_text())
     actors = sorted(sampler.peak_by_pid.values())
-    return {
+    row = {
         "wall": wall,
-        "server": float(results.get("meta", {}).get("wall_seconds", float("nan"))),
         "rss_total": sampler.peak_total,
         "rss_actor": actors[len(actors) // 2] if actors else float("nan"),
         "actors": len(actors),
-        "bytes": results.get("meta", {}).get("bytes_per_round"),
+        "stopped": stopped,
+    }
+    if stopped:
+        return row
+    if proc.returncode != 0:
+        raise SystemExit(f"{path.name} failed:\n{log.read_text()[-3000:]}")
+    results = json.loads(sorted(out.glob("*/*/results.json"))[-1].read_text())
+    meta = results.get("meta", {})
+    return {
+        **row,
+        "server": float(meta.get("wall_seconds", float("nan"))),
+        "bytes": meta.get("bytes_per_round"),
     }
 
 
@@ -120,22 +146,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--centres", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per run")
+    parser.add_argument(
+        "--timeout", type=float, default=6 * 3600, help="seconds per run: stop it past this"
+    )
+    parser.add_argument(
+        "--max-rss-gb", type=float, default=20.0, help="stop a run whose process tree passes this"
+    )
     parser.add_argument("--plot", type=Path, help="write a log-log plot here")
     parser.add_argument("--dry-run", action="store_true", help="write scenarios, print commands")
     parser.add_argument("--keep", type=Path, help="keep scenarios and runs under this folder")
+    parser.add_argument(
+        "--ref", help="run this git revision (git archive), not the working tree being edited"
+    )
     args = parser.parse_args()
     per_centre = model_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
+        source = export(args.ref, Path(tmp) / "source") if args.ref else None
         rows = []
         for n in args.centres:
             path = scenario(n, args.rounds, root / f"n{n}")
             if args.dry_run:
                 print(f"python -m fedmammo.simulate {path} --out {root / f'n{n}' / 'runs'}")
                 continue
-            rows.append((n, run(path, root / f"n{n}" / "runs", args.timeout)))
+            out = root / f"n{n}" / "runs"
+            rows.append((n, run(path, out, args.timeout, args.max_rss_gb * 1024, source)))
+            print(f"{n} centres: {rows[-1][1]}", file=sys.stderr, flush=True)
+            if rows[-1][1]["stopped"]:
+                break  # a larger N would not fit either
     if args.dry_run:
         return
     load = os.getloadavg()
@@ -150,13 +189,20 @@ def main() -> None:
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in rows:
+        if r["stopped"]:
+            print(
+                f"| {n} | {r['stopped']} | - | - | >= {r['rss_total']:.0f} | "
+                f"{r['rss_actor']:.0f} | {r['actors']} | - |"
+            )
+            continue
         sent = r["bytes"] if r["bytes"] is not None else 2 * n * per_centre
         print(
             f"| {n} | {r['wall']:.1f} | {r['server']:.1f} | {r['wall'] / n:.2f} | "
             f"{r['rss_total']:.0f} | {r['rss_actor']:.0f} | {r['actors']} | {sent:,} |"
         )
-    if args.plot and rows:
-        plot(rows, args.plot)
+    done = [(n, r) for n, r in rows if not r["stopped"]]
+    if args.plot and done:
+        plot(done, args.plot)
         print(f"\n![scale]({args.plot})")
 
 

@@ -1,0 +1,89 @@
+"""A simulated centre (a Ray actor running the ClientApp) starts small: importing the apps
+loads no plotting, scikit-learn or Opacus; those load where they are used (issue 19).
+
+Each check imports in a fresh interpreter (this test process has them all loaded already).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+#: Libraries a centre loads only when a handler needs them (DP, a plot, a metric).
+LAZY = ("matplotlib", "sklearn", "opacus")
+
+#: The ClientApp module, then what Flower loads in every Ray actor (the apps component).
+CENTRE_MODULES = ("fedmammo.federation.client_app", "fedmammo.apps")
+
+PROBE = """
+import importlib, json, sys
+seen = {{}}
+for module in {modules!r}:
+    importlib.import_module(module)
+    seen[module] = sorted(m for m in {lazy!r} if m in sys.modules)
+print(json.dumps(seen))
+"""
+
+
+def loaded_by(modules: tuple[str, ...], lazy: tuple[str, ...] = LAZY) -> dict[str, list[str]]:
+    """module -> which of ``lazy`` one fresh interpreter holds after importing it (in order)."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(modules=modules, lazy=lazy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_centre_imports_no_plotting_sklearn_or_opacus() -> None:
+    assert loaded_by(CENTRE_MODULES) == {m: [] for m in CENTRE_MODULES}
+
+
+def test_the_probe_sees_a_library_that_is_loaded() -> None:
+    """The check above would notice: importing the plots' first use loads matplotlib."""
+    assert loaded_by(("fedmammo.evaluation.report_charts",), ("matplotlib",)) == {
+        "fedmammo.evaluation.report_charts": ["matplotlib"]
+    }
+
+
+def test_the_lazy_names_still_load_on_first_use() -> None:
+    code = (
+        "import sys, fedmammo.evaluation as ev\n"
+        "assert 'sklearn' not in sys.modules\n"
+        "assert ev.classification_metrics([0, 1, 1], [0.2, 0.9, 0.6])['auroc'] == 1.0\n"
+        "assert 'sklearn' in sys.modules\n"
+        "from fedmammo.evaluation import markdown_table, weighted_log_loss  # noqa: F401\n"
+        "assert 'weighted_log_loss' in dir(ev)\n"
+        "try:\n"
+        "    ev.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    assert 'no_such_name' in str(exc)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_quiet_libraries_tames_opacus_without_importing_it() -> None:
+    """The apps no longer import Opacus to tame its root handler; Opacus imported later (a
+    DP centre) adds none, so its INFO lines stay off the console."""
+    code = (
+        "import logging, sys\n"
+        "from fedmammo.federation.run_log import quiet_libraries\n"
+        "quiet_libraries()\n"
+        "assert 'opacus' not in sys.modules\n"
+        "before = list(logging.getLogger().handlers)\n"
+        "import opacus  # noqa: F401\n"
+        "assert logging.getLogger().handlers == before, logging.getLogger().handlers\n"
+        "assert all(h.level >= logging.WARNING for h in before), before\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
