@@ -9,6 +9,7 @@ method registered.
 from fedmammo.config import load_scenario
 from fedmammo.methods import (  # noqa: F401
     contrastive_dg,
+    cyclegan_uda,
     fedavg,
     mtl_finetune,
     periodic_sampling,

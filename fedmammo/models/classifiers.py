@@ -1,4 +1,5 @@
-"""Binary image classifiers: a whole-mammogram CNN, the GAN-sharing paper patch CNN and Swin-T.
+"""Binary image classifiers: a whole-mammogram CNN, the GAN-sharing paper patch CNN, Swin-T,
+and torchvision's AlexNet and ResNet-50 (the CycleGAN-UDA paper's whole-image classifiers).
 
 Every classifier maps (N, 1, H, W) images in [0, 1] to (N, 2) logits (or log-probabilities,
 which cross-entropy treats the same way); the malignancy/lesion score is ``softmax[:, 1]``.
@@ -12,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedmammo.errors import ConfigError
 from fedmammo.models.registry import register_model
 
-__all__ = ["MammoCNN", "PatchCNN", "SwinPatchClassifier", "make_norm"]
+__all__ = ["MammoCNN", "PatchCNN", "SwinPatchClassifier", "TorchvisionClassifier", "make_norm"]
 
 Norm = Literal["batch", "group", "instance", "none"]
 
@@ -130,6 +132,48 @@ class SwinPatchClassifier(nn.Module):
         return self.net(x.expand(-1, 3, -1, -1))
 
 
+class TorchvisionClassifier(nn.Module):
+    """torchvision's AlexNet or ResNet-50 (random initialisation, 2 classes) on images resized
+    to ``input_size`` squared and stacked to three channels, as :class:`SwinPatchClassifier`.
+
+    ``hidden`` (AlexNet only) is the width of its two fully connected layers (torchvision: 4096;
+    smaller for tests and CPU-scale runs).
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: Literal["alexnet", "resnet50"],
+        input_size: int = 224,
+        dropout: float = 0.5,
+        hidden: int = 4096,
+    ) -> None:
+        super().__init__()
+        from torchvision.models import alexnet, resnet50
+
+        if arch == "alexnet":
+            if input_size < 63:
+                raise ConfigError(f"model 'alexnet': input_size must be >= 63, got {input_size}")
+            self.net = alexnet(weights=None, num_classes=2, dropout=dropout)
+            if hidden != 4096:
+                head = self.net.classifier
+                head[1], head[4], head[6] = (
+                    nn.Linear(256 * 6 * 6, hidden),
+                    nn.Linear(hidden, hidden),
+                    nn.Linear(hidden, 2),
+                )
+        else:
+            self.net = resnet50(weights=None, num_classes=2)
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
+        return self.net(x.expand(-1, 3, -1, -1))
+
+
 @register_model("mammo_cnn")
 def mammo_cnn(**options) -> MammoCNN:
     """Whole-mammogram CNN (options: width, depth, norm, dropout)."""
@@ -146,3 +190,19 @@ def patch_cnn(**options) -> PatchCNN:
 def swin_patch(**options) -> SwinPatchClassifier:
     """torchvision Swin-T for patches (options: input_size, dropout)."""
     return SwinPatchClassifier(**options)
+
+
+@register_model("alexnet")
+def alexnet(
+    *, input_size: int = 224, dropout: float = 0.5, hidden: int = 4096
+) -> TorchvisionClassifier:
+    """torchvision AlexNet, 1-channel input (options: input_size, dropout, hidden)."""
+    return TorchvisionClassifier(
+        arch="alexnet", input_size=input_size, dropout=dropout, hidden=hidden
+    )
+
+
+@register_model("resnet50")
+def resnet50(*, input_size: int = 224) -> TorchvisionClassifier:
+    """torchvision ResNet-50, 1-channel input (options: input_size)."""
+    return TorchvisionClassifier(arch="resnet50", input_size=input_size)

@@ -1,0 +1,254 @@
+"""The CycleGAN-UDA paper's (004) experiment as a federation: a film centre and a digital
+centre, each the other's source and target.
+
+Per seed and direction (source S -> target T), when a ``uda`` arm runs:
+
+1. S trains a DCGAN on square breast tiles of its own images and sends its generator
+   (``train.uda_tile_generator``): the only trace of S's domain that leaves S.
+2. The server forwards it to T, which trains a CycleGAN between its own tiles and tiles
+   sampled from S's generator and sends back only ``G``: S's style -> T's style
+   (``train.uda_translator``). The server keeps it in ``translators/`` (a resumed run reuses
+   it).
+
+Then per classifier (``models``) and arm, in both directions: the training centre (S for
+``source_only`` and ``uda``, T for ``in_domain``) trains the classifier from the same
+initial weights (``train.uda_classifier``; in ``uda`` on its images plus their translations
+by ``G``, made inside S) and T tests it (``evaluate.uda_classifier``): records ``<arm>-<model>``
+at centre T, split ``test``, metric ``auc`` with its bootstrap 95 % CI. The direction of a
+record is its centre: T = the digital centre is film -> digital, and the reverse.
+
+Only weights and metrics move: generator weights (S -> server -> T), the translator (T ->
+server -> S), classifier weights (trainer -> server -> T).
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord
+
+from fedmammo.federation.messages import ARRAYS, METRICS
+from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.methods.cyclegan_uda.messages import (
+    GENERATOR,
+    TRANSLATOR,
+    EvaluateUdaClassifier,
+    TileGeneratorMetrics,
+    TrainTileGenerator,
+    TrainTranslator,
+    TrainUdaClassifier,
+    TranslatorMetrics,
+    UdaTrainMetrics,
+)
+from fedmammo.methods.cyclegan_uda.params import CycleGanUdaParams, arm_name
+from fedmammo.methods.cyclegan_uda.plan import check_centres, tile_unit, translator_unit
+from fedmammo.models.gans import GeneratorDescription
+
+__all__ = ["TRANSLATORS_DIR", "run"]
+
+TRANSLATORS_DIR = "translators"
+
+
+def _record(orc: Orchestrator, unit: str, seed: int, centre: str, values: dict) -> None:
+    orc.recorder.add(
+        [{"metric": k, "value": float(v)} for k, v in values.items()],
+        arm=unit,
+        seed=seed,
+        centre=centre,
+        split="generator",
+    )
+    orc.recorder.complete_arm(unit, seed)
+
+
+def _tile_generator(
+    orc: Orchestrator, p: CycleGanUdaParams, source: str, seed: int
+) -> tuple[GeneratorDescription, ArrayRecord] | None:
+    """Step 1: the source centre's tile generator (weights and description), None on failure."""
+    unit = tile_unit(source)
+    m = orc.message(
+        TrainTileGenerator, arm=unit, seed=derive_seed(seed, unit), tiles=p.tiles.model_dump()
+    )
+    replies, failures = orc.send(m.KIND, {source: m.content()})
+    orc.record_failures(failures, arm=unit, seed=seed, rnd=None, phase=m.KIND)
+    if source not in replies:
+        return None
+    info = TileGeneratorMetrics.from_metrics(replies[source][METRICS])
+    desc = GeneratorDescription(
+        kind="dcgan",
+        patch_size=info.tile_size,
+        latent_dim=info.latent_dim,
+        width=info.width,
+        n_training_patches=info.n_tiles,
+        epochs=info.epochs,
+        centre=source,
+    )
+    _record(
+        orc,
+        unit,
+        seed,
+        source,
+        {"n_tiles": info.n_tiles, "generator_steps": info.generator_steps},
+    )
+    return desc, replies[source][GENERATOR]
+
+
+def _translator(
+    orc: Orchestrator, p: CycleGanUdaParams, source: str, target: str, seed: int
+) -> ArrayRecord | None:
+    """Step 2: the target centre's CycleGAN generator source -> target (saved, reused)."""
+    unit = translator_unit(source, target)
+    path = orc.run_dir / TRANSLATORS_DIR / f"{source}_to_{target}_seed{seed}.pt"
+    if path.is_file() and orc.recorder.is_done(unit, seed):
+        return ArrayRecord(torch.load(path, weights_only=True))
+    shared = _tile_generator(orc, p, source, seed)
+    if shared is None:
+        return None
+    desc, weights = shared
+    m = orc.message(
+        TrainTranslator,
+        arm=unit,
+        seed=derive_seed(seed, unit),
+        generator_description=desc.to_dict(),
+        tiles=p.tiles.model_dump(),
+        cyclegan=p.cyclegan.model_dump(),
+    )
+    replies, failures = orc.send(m.KIND, {target: m.content({GENERATOR: weights})})
+    orc.record_failures(failures, arm=unit, seed=seed, rnd=None, phase=m.KIND)
+    if target not in replies:
+        return None
+    info = TranslatorMetrics.from_metrics(replies[target][METRICS])
+    translator = replies[target][TRANSLATOR]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(translator.to_torch_state_dict(), path)
+    _record(
+        orc,
+        unit,
+        seed,
+        target,
+        {
+            "steps": info.steps,
+            "cycle_loss": info.cycle_loss,
+            "identity_loss": info.identity_loss,
+            "n_synthetic": info.n_synthetic,
+        },
+    )
+    orc.console.print(
+        f"  translator {source} -> {target}: {info.steps} CycleGAN steps at {target}, "
+        f"cycle loss {info.cycle_loss:.3f}",
+        highlight=False,
+    )
+    return translator
+
+
+def _train_and_test(
+    orc: Orchestrator,
+    p: CycleGanUdaParams,
+    *,
+    arm: str,
+    key: str,
+    seed: int,
+    trainer: str,
+    target: str,
+    translator: ArrayRecord | None,
+) -> None:
+    """One arm in one direction: train at ``trainer``, test at ``target``."""
+    name = arm_name(arm, key)
+    spec = p.models[key].model_dump()
+    m = orc.message(
+        TrainUdaClassifier,
+        arm=name,
+        seed=derive_seed(seed, name, trainer, target),
+        model=spec,
+        init_seed=derive_seed(seed, key, "init"),  # every arm of a model starts the same
+        train=p.train.model_dump(),
+        translator_arch=(
+            {"width": p.cyclegan.width, "n_blocks": p.cyclegan.n_blocks} if translator else {}
+        ),
+    )
+    records = {TRANSLATOR: translator} if translator is not None else {}
+    replies, failures = orc.send(m.KIND, {trainer: m.content(records)})
+    orc.record_failures(failures, arm=name, seed=seed, rnd=None, phase=m.KIND)
+    if trainer not in replies:
+        return
+    info = UdaTrainMetrics.from_metrics(replies[trainer][METRICS])
+    orc.recorder.add(
+        [
+            {"metric": "train_loss", "value": info.train_loss},
+            {"metric": "n_labelled", "value": info.num_labelled},
+            {"metric": "n_translated", "value": info.n_translated},
+        ],
+        arm=name,
+        seed=seed,
+        centre=trainer,
+        split="train",
+    )
+    orc.evaluate_everywhere(
+        EvaluateUdaClassifier,
+        arm=name,
+        seed=seed,
+        arrays=replies[trainer][ARRAYS],
+        centres=[target],
+        split="test",
+        model=spec,
+        n_boot=p.bootstrap,
+    )
+    auc = next(
+        (
+            r["value"]
+            for r in reversed(orc.recorder.metrics)
+            if r["arm"] == name
+            and r["centre"] == target
+            and r["metric"] == "auc"
+            and r["segment"] is None
+            and r["split"] == "test"
+        ),
+        None,
+    )
+    shown = "n/a" if auc is None else f"{auc:.3f}"
+    orc.console.print(f"  {name} {trainer} -> {target}: AUROC {shown}", highlight=False)
+
+
+def run(orc: Orchestrator) -> None:
+    """Translators (when a uda arm runs), then every model x arm x direction, per seed."""
+    p: CycleGanUdaParams = orc.params
+    pairs = check_centres(orc.scenario, p)
+    for seed in orc.scenario.seeds:
+        translators: dict[tuple[str, str], ArrayRecord | None] = {}
+        if "uda" in p.arms and not all(orc.recorder.is_done(a, seed) for a in p.arm_names()):
+            orc.console.rule(f"[bold]CycleGAN translators[/] seed {seed}")
+            for source, target in pairs:
+                translators[(source, target)] = _translator(orc, p, source, target, seed)
+        for key in p.models:
+            for arm in p.arms:
+                name = arm_name(arm, key)
+                if orc.recorder.is_done(name, seed):
+                    continue
+                orc.console.rule(f"[bold]{name}[/] seed {seed}")
+                for source, target in pairs:
+                    translator = translators.get((source, target)) if arm == "uda" else None
+                    if arm == "uda" and translator is None:
+                        orc.recorder.note(
+                            f"arm {name} seed {seed}: {source} -> {target} skipped, no "
+                            "translator (see failures)"
+                        )
+                        continue
+                    _train_and_test(
+                        orc,
+                        p,
+                        arm=arm,
+                        key=key,
+                        seed=seed,
+                        trainer=target if arm == "in_domain" else source,
+                        target=target,
+                        translator=translator,
+                    )
+                orc.recorder.complete_arm(name, seed)
+    orc.recorder.note(
+        "records: arm '<source_only|in_domain|uda>-<model>' tested at the target centre "
+        f"(split test, metric auc with its bootstrap 95 % CI); {p.film} tests digital -> film, "
+        f"{p.digital} tests film -> digital"
+    )
+    orc.recorder.note(
+        f"translators (target centres' CycleGAN generators, source -> target) in "
+        f"{TRANSLATORS_DIR}/; no pixel left any centre"
+    )
+    orc.recorder.flush()
