@@ -23,6 +23,7 @@ __all__ = [
     "collate_mtl",
     "evaluate_mtl",
     "finetune_class_weights",
+    "mtl_augmentation",
     "mtl_loss",
     "train_mtl",
     "weighted_task_loss",
@@ -137,6 +138,40 @@ def finetune_class_weights(
         "malignancy": torch.tensor([1.0, high]),
     }
     return {t: out[t] for t in tasks if t in out}
+
+
+def mtl_augmentation(
+    *,
+    p: float = 0.5,
+    zoom: Sequence[float] = (0.8, 1.2),
+    translate: float = 0.1,
+    vertical_flip: bool = True,
+) -> Callable[[Tensor], Tensor]:
+    """The multi-task paper's training augmentation (section 3.2) on one (C, H, W) image.
+
+    Random translation (up to ``translate`` of the width and of the height), random zoom
+    (scale drawn in ``zoom``, > 1 zooms in, about the centre, bilinear, background 0) and
+    random vertical flip, each applied independently with probability ``p``: "each image
+    can be modified with none, one, or several augmentations with a probability of 0.5 for
+    each technique". No shear, no horizontal flip (the chest wall stays on its side).
+    torchvision transforms v2 (``RandomAffine``, ``RandomVerticalFlip``) drawing from
+    torch's global generator, which the training handler seeds.
+    """
+    from torchvision.transforms import InterpolationMode, v2
+
+    lo, hi = (float(v) for v in zoom)
+    steps: list[nn.Module] = []
+    if translate > 0:
+        shift = v2.RandomAffine(degrees=0.0, translate=(translate, translate))
+        steps.append(v2.RandomApply([shift], p=p))
+    if (lo, hi) != (1.0, 1.0):
+        scale = v2.RandomAffine(
+            degrees=0.0, scale=(lo, hi), interpolation=InterpolationMode.BILINEAR
+        )
+        steps.append(v2.RandomApply([scale], p=p))
+    if vertical_flip:
+        steps.append(v2.RandomVerticalFlip(p=p))
+    return v2.Compose(steps) if steps else (lambda x: x)
 
 
 class MultiTaskDataset(Dataset):

@@ -94,6 +94,7 @@ from fedmammo.training.mtl import (
     collate_mtl,
     evaluate_mtl,
     finetune_class_weights,
+    mtl_augmentation,
     train_mtl,
 )
 
@@ -105,6 +106,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "HANDLERS",
     "EVAL_BATCH",
+    "breast_keys",
     "dp_phase",
     "evaluate",
     "labelled_images",
@@ -167,10 +169,20 @@ def mtl_loader(
     generator: torch.Generator | None = None,
     augment: bool = False,
     num_samples: int | None = None,
+    augmentation: Mapping | None = None,
 ) -> DataLoader:
-    """Multi-task batches of ``rows``; in order without ``generator``, else sampled from it."""
+    """Multi-task batches of ``rows``; in order without ``generator``, else sampled from it.
+
+    ``augment`` (training only): the paper's translation / zoom / vertical flip with the
+    ``augmentation`` options (:func:`~fedmammo.training.mtl.mtl_augmentation`), or without
+    them the shared flips and shifts (``augment_batch``).
+    """
     array = data.cache.array
-    transform = (lambda x: augment_batch(x[None], generator)[0]) if augment else None
+    transform = None
+    if augment and augmentation is not None:
+        transform = mtl_augmentation(**augmentation)
+    elif augment:
+        transform = lambda x: augment_batch(x[None], generator)[0]  # noqa: E731
     targets = {t: np.array(v) for t, v in targets.items()}  # writable copies for torch
     unc = {t: np.array(v) for t, v in unc.items()}
     dataset = MultiTaskDataset(lambda i: array[rows[i]], targets, unc, transform=transform)
@@ -253,6 +265,7 @@ def train(msg: Message, context: Context) -> Message:
         generator=gen,
         augment=params.augment,
         num_samples=per_epoch * params.batch_size if per_epoch else None,
+        augmentation=m.augmentation,
     )
     # DP: plans the noise, or refuses (BudgetRefusal) before any step; see the module doc
     privacy = _dp_session(
@@ -300,6 +313,14 @@ def train(msg: Message, context: Context) -> Message:
     return reply(msg, context, records, model)
 
 
+def breast_keys(manifest) -> list[str] | None:
+    """One key per image naming its breast (patient and laterality), or None without them."""
+    if not {"patient_id", "laterality"} <= set(manifest.columns):
+        return None
+    side = manifest["laterality"].astype("string").str.strip().str.upper().fillna("?")
+    return (manifest["patient_id"].astype("string").fillna("?") + "|" + side).tolist()
+
+
 @handler(EvaluateMtl.KIND, consent="metrics")
 def evaluate(msg: Message, context: Context) -> Message:
     """Multi-task metric records of the received net on one split of this centre."""
@@ -310,16 +331,25 @@ def evaluate(msg: Message, context: Context) -> Message:
     rows = data.rows(m.split, label=None)
     records: list[dict] = []
     if len(rows):
-        targets, unc = manifest_targets(data.manifest.iloc[rows])
-        result = evaluate_mtl(
-            model, mtl_loader(data, rows, targets, unc, batch_size=EVAL_BATCH), device=device()
-        )
+        manifest = data.manifest.iloc[rows]
+        targets, unc = manifest_targets(manifest)
+        loader = mtl_loader(data, rows, targets, unc, batch_size=EVAL_BATCH)
+        result = evaluate_mtl(model, loader, device=device())
+        reference = None
+        if m.reference_model is not None:
+            spec = m.reference_model
+            ref_model = build_model(spec["name"], **spec.get("options", {}))
+            state = arrays_to_state(msg.content[model_record(0)], like=ref_model.state_dict())
+            ref_model.load_state_dict(state)
+            reference = evaluate_mtl(ref_model, loader, device=device())["predictions"]
         records = mtl_records(
             result["predictions"],
             result["labels"],
             data.segments(rows),
             n_boot=m.n_boot,
             seed=int(m.seed),
+            breasts=breast_keys(manifest),
+            reference=reference,
         )
         records.append({"segment": None, "metric": "loss", "value": result.get("total")})
     metrics = EvaluationMetrics(

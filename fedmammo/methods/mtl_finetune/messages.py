@@ -60,7 +60,8 @@ class TrainMtl(TrainConfig, PhaseFields, LabelDropFields):
 
     ``phase``: ``pretrain`` (the manifest's labels) or ``finetune`` (ACR-derived malignancy
     labels of uncertainty ``u1``, others ``u_other`` (None: 0.5), ACR 4-5 up-weighted by
-    ``class_weight_high`` (None: 20)); ``recon_weight`` weighs the reconstruction loss.
+    ``class_weight_high`` (None: 20)); ``recon_weight`` weighs the reconstruction loss;
+    ``augmentation``: :func:`fedmammo.training.mtl.mtl_augmentation` options.
     """
 
     train: dict = wire("train", as_json=True)
@@ -69,6 +70,9 @@ class TrainMtl(TrainConfig, PhaseFields, LabelDropFields):
     u1: float | None = wire("u1", None)
     u_other: float | None = wire("u-other", None)
     class_weight_high: float | None = wire("class-weight-high", None)
+    # the paper's translation / zoom / vertical flip (MtlAugmentParams) when train.augment is
+    # on; None: the shared flips and shifts (training.classifier.augment_batch)
+    augmentation: dict | None = wire("augmentation", None, as_json=True)
 
     def check(self) -> None:
         if self.phase == FINETUNE and self.u1 is None:
@@ -77,10 +81,17 @@ class TrainMtl(TrainConfig, PhaseFields, LabelDropFields):
 
 @message("evaluate.mtl", reply=EvaluationMetrics)
 class EvaluateMtl(ModelConfig):
-    """Multi-task metric records of the received net on one split (``n_boot`` bootstraps)."""
+    """Multi-task metric records of the received net on one split (``n_boot`` bootstraps).
+
+    With ``reference_model`` (a model spec; its weights in ``arrays-0``), the reference arm
+    ``reference_arm`` is evaluated on the same images and the records add DeLong's paired
+    p-value of the two AUCs (image- and breast-wise); only the numbers leave the centre.
+    """
 
     split: str = wire("split")
     n_boot: int = wire("n-boot", 0)
+    reference_arm: str | None = wire("reference-arm", None)
+    reference_model: dict | None = wire("reference-model", None, as_json=True)
 
 
 @message("evaluate.mtl_audit", reply=AuditMetrics)

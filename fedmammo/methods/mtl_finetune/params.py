@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -15,7 +16,16 @@ from fedmammo.config.recipe import (
     weighting_name,
 )
 
-__all__ = ["ARM_NAMES", "ArmSpec", "MtlFinetuneParams", "MtlModelParams", "parse_arm"]
+__all__ = [
+    "ARM_NAMES",
+    "BASELINE_ARMS",
+    "ArmSpec",
+    "MtlFinetuneParams",
+    "MtlAugmentParams",
+    "MtlModelParams",
+    "parse_arm",
+    "reference_arm",
+]
 
 _TASKS: dict[str, int] = {"malignancy": 2, "acr": 6, "density": 4, "view": 2}
 
@@ -74,6 +84,25 @@ def parse_arm(name: str) -> ArmSpec:
     )
 
 
+#: The single-task baselines, in the order a reference is chosen (paper Tables 2-3).
+BASELINE_ARMS: tuple[str, ...] = ("single_task", "single_task_fusion")
+
+
+def reference_arm(arm: str, arms: Sequence[str]) -> str | None:
+    """The arm whose AUC ``arm``'s is tested against (DeLong, on the same test images).
+
+    A fine-tuning arm: ``mtl``, the model it starts from (paper Tables 8-9, "Reference
+    (MTL)"). Any other arm but a baseline: the first single-task baseline among ``arms``
+    (Tables 2-3 compare the baseline with the multi-task model). A baseline: None.
+    """
+    spec = parse_arm(arm)
+    if spec.finetune_u1 is not None:
+        return "mtl"
+    if arm in BASELINE_ARMS:
+        return None
+    return next((b for b in BASELINE_ARMS if b in arms), None)
+
+
 class MtlModelParams(RecipeParams):
     """Options of :class:`fedmammo.models.mtl.MultiTaskNet`."""
 
@@ -112,6 +141,29 @@ class MtlModelParams(RecipeParams):
         return v
 
 
+class MtlAugmentParams(RecipeParams):
+    """The multi-task paper's training augmentation (section 3.2), used when ``augment`` is on.
+
+    "(i) random horizontal and vertical translation, (ii) random zoom, and (iii) random
+    vertical flipping", each applied with probability ``p`` (0.5 in the paper), no shear and
+    no horizontal flip. ``translate``: the largest shift as a fraction of the width and of the
+    height; ``zoom``: the scale range (> 1 zooms in). The paper gives no ranges; it follows
+    its refs. 16-17, and Shen et al. 2019 (ref. 16) zoom by 0.8-1.2 and shift by up to 10 %.
+    """
+
+    p: float = Field(default=0.5, ge=0.0, le=1.0)
+    zoom: tuple[float, float] = (0.8, 1.2)
+    translate: float = Field(default=0.1, ge=0.0, le=0.5)
+    vertical_flip: bool = True
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 4.0:
+            raise ValueError(f"zoom must be [low, high] with 0 < low <= high <= 4, got {list(v)}")
+        return v
+
+
 class MtlFinetuneParams(AveragingParams):
     """FedAvg rounds of the multi-task net, then uncertainty-weighted fine-tuning rounds.
 
@@ -131,6 +183,7 @@ class MtlFinetuneParams(AveragingParams):
     u_other: float = Field(default=0.5, ge=0.0, le=1.0)
     acr_high_class_weight: float = Field(default=20.0, gt=0.0)
     recon_weight: float = Field(default=1.0, ge=0.0)
+    augmentation: MtlAugmentParams = MtlAugmentParams()  # when train.augment is on
     arms: list[str] = Field(default_factory=lambda: ["single_task", "mtl"], min_length=1)
     bootstrap: int = Field(default=1000, ge=0, le=100_000)
     weighting: Annotated[

@@ -19,21 +19,33 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmammo.evaluation.metrics import bootstrap_auc
+from fedmammo.evaluation.paired import delong_test
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.evaluation.tables import format_auc
-from fedmammo.methods.mtl_finetune.params import parse_arm
+from fedmammo.evaluation.tables import format_auc, format_p_value
+from fedmammo.methods.mtl_finetune.params import parse_arm, reference_arm
 
 __all__ = [
     "section",
     "DENSITY_CLASSES",
+    "PAPER_THRESHOLD",
     "ResultTable",
     "STRATA",
+    "TRIAGE_SENSITIVITY",
     "VIEW_CLASSES",
+    "best_mcc",
+    "breast_level",
     "build_mtl_tables",
     "mtl_records",
+    "operating_point",
     "print_tables",
+    "specificity_at_sensitivity",
     "tables_markdown",
 ]
+
+#: The multi-task paper's operating point (section 4): malignant when P(malignant) > 0.5.
+PAPER_THRESHOLD = 0.5
+#: Its triage operating point (section 4): the specificity at 95 % sensitivity.
+TRIAGE_SENSITIVITY = 0.95
 
 DENSITY_CLASSES: tuple[str, ...] = ("A", "B", "C", "D")
 VIEW_CLASSES: tuple[str, ...] = ("CC", "MLO")
@@ -87,15 +99,141 @@ def _balanced_accuracy(y: np.ndarray, prob: np.ndarray) -> float:
     return float(np.mean(recalls))  # = sklearn's balanced_accuracy_score without warnings
 
 
+def operating_point(y: Any, score: Any, threshold: float = PAPER_THRESHOLD) -> dict[str, float]:
+    """MCC, sensitivity and specificity of ``score > threshold`` (the paper's ``p > 0.5``).
+
+    sklearn's ``matthews_corrcoef`` (0 when a row or column of the confusion matrix is
+    empty) and ``confusion_matrix``; sensitivity (specificity) is NaN without positives
+    (negatives).
+    """
+    from sklearn.metrics import confusion_matrix, matthews_corrcoef  # a centre imports this
+
+    y = np.asarray(y, dtype=np.int64)
+    pred = (np.asarray(score, dtype=np.float64) > threshold).astype(np.int64)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {
+        "mcc": float(matthews_corrcoef(y, pred)),
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,
+        "specificity": float(tn / (tn + fp)) if tn + fp else math.nan,
+    }
+
+
+def _roc(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, score, drop_intermediate=False)
+    return fpr, tpr
+
+
+def best_mcc(y: Any, score: Any) -> tuple[float, float, float]:
+    """(MCC, sensitivity, specificity) at the ROC threshold (``score >= t``) of highest MCC
+    (paper section 4, "the highest MCC"); NaN without both classes."""
+    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return math.nan, math.nan, math.nan
+    fpr, tpr = _roc(y, score)
+    p, n = int((y == 1).sum()), int((y == 0).sum())
+    tp, fp = tpr * p, fpr * n
+    fn, tn = p - tp, n - fp
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    mcc = np.where(den > 0, (tp * tn - fp * fn) / np.where(den > 0, den, 1.0), 0.0)
+    k = int(np.argmax(mcc))
+    return float(mcc[k]), float(tpr[k]), float(1.0 - fpr[k])
+
+
+def specificity_at_sensitivity(y: Any, score: Any, target: float = TRIAGE_SENSITIVITY) -> float:
+    """The highest specificity of a ROC threshold whose sensitivity is at least ``target``
+    (paper section 4, triage at 95 % sensitivity); NaN without both classes."""
+    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return math.nan
+    fpr, tpr = _roc(y, score)
+    return float((1.0 - fpr[tpr >= target - 1e-12]).max())
+
+
+def breast_level(breasts: Any, y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Breast-wise labels and scores: per breast the highest malignancy probability of its
+    images and the highest label of its labelled images (paper section 5: "the highest
+    malignancy probability for two views of a breast"); breasts without a labelled image
+    are left out. Sorted by breast key."""
+    frame = pd.DataFrame(
+        {
+            "breast": np.asarray(breasts, dtype=object),
+            "y": np.asarray(y, dtype=np.float64),
+            "score": np.asarray(score, dtype=np.float64),
+        }
+    )
+    frame.loc[frame["y"] < 0, "y"] = np.nan
+    grouped = frame.groupby("breast", sort=True).agg(y=("y", "max"), score=("score", "max"))
+    grouped = grouped.dropna(subset=["y"])
+    return grouped["y"].to_numpy(dtype=np.int64), grouped["score"].to_numpy()
+
+
+def _two_classes(y: np.ndarray) -> bool:
+    return len(np.unique(y)) == 2
+
+
+def _malignancy_records(
+    segment: str | None,
+    y: np.ndarray,
+    score: np.ndarray,
+    breasts: np.ndarray | None,
+    reference: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The paper's fine-tuning metrics: operating points, breast-wise AUC, DeLong p-values."""
+    keep = y >= 0
+    yk, sk = y[keep], score[keep]
+    out: list[dict[str, Any]] = []
+    if _two_classes(yk):
+        if reference is not None:
+            _, ref_auc, p = delong_test(yk, sk, reference[keep])
+            out += [_record(segment, "auc_p", p), _record(segment, "reference_auc", ref_auc)]
+        out += [_record(segment, k, v) for k, v in operating_point(yk, sk).items()]
+        mcc, sens, spec = best_mcc(yk, sk)
+        out += [
+            _record(segment, "mcc_best", mcc),
+            _record(segment, "sensitivity_at_mcc_best", sens),
+            _record(segment, "specificity_at_mcc_best", spec),
+            _record(segment, "specificity_at_sens95", specificity_at_sensitivity(yk, sk)),
+        ]
+    if breasts is not None:
+        yb, sb = breast_level(breasts, y, score)
+        out.append(_record(segment, "n_breasts", float(len(yb))))
+        out.append(_record(segment, "breast_auc", *_auc(yb, sb, n_boot, seed)))
+        if reference is not None and _two_classes(yb):
+            _, rb = breast_level(breasts, y, reference)
+            out.append(_record(segment, "breast_auc_p", delong_test(yb, sb, rb)[2]))
+    return out
+
+
 def _scope(
-    segment: str | None, mask: np.ndarray, predictions, labels, n_boot, seed, *, full: bool
+    segment: str | None,
+    mask: np.ndarray,
+    predictions,
+    labels,
+    n_boot,
+    seed,
+    *,
+    full: bool,
+    breasts: np.ndarray | None = None,
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     out = [_record(segment, "n", float(mask.sum()))]
     if "malignancy" in predictions and "malignancy" in labels:
         y = labels["malignancy"][mask]
+        score = predictions["malignancy"][mask][:, 1]
+        ref = None if reference is None else reference["malignancy"][mask][:, 1]
         out.append(_record(segment, "n_malignant", float((y == 1).sum())))
-        auc = _auc(y, predictions["malignancy"][mask][:, 1], n_boot, seed)
+        auc = _auc(y, score, n_boot, seed)
         out.append(_record(segment, "auc", *auc))
+        if full:
+            where = None if breasts is None else breasts[mask]
+            out += _malignancy_records(segment, y, score, where, ref, n_boot, seed)
+        elif ref is not None and _two_classes(y[y >= 0]):
+            keep = y >= 0
+            out.append(_record(segment, "auc_p", delong_test(y[keep], score[keep], ref[keep])[2]))
     if not full:
         return out
     if "view" in predictions and "view" in labels:
@@ -117,6 +255,8 @@ def mtl_records(
     *,
     n_boot: int = 0,
     seed: int = 0,
+    breasts: Sequence[str] | None = None,
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Metric records of one multi-task evaluation: whole set, strata and data segments.
 
@@ -124,23 +264,58 @@ def mtl_records(
     -1 for missing. Whole set (segment None) and each data segment: ``n``, ``n_malignant``,
     ``auc`` (malignancy, with bootstrap CI when ``n_boot`` > 0; NaN with one class),
     ``view_auc``, ``acr_balanced_accuracy`` and ``density_balanced_accuracy`` (where
-    defined). Strata ``density=A..D`` and ``view=CC/MLO`` (by the true label): ``n``,
-    ``n_malignant`` and ``auc``.
+    defined), and the paper's operating points on the labelled images: ``mcc``,
+    ``sensitivity``, ``specificity`` at ``P(malignant) > 0.5``, ``mcc_best`` (with
+    ``sensitivity_at_mcc_best``, ``specificity_at_mcc_best``) and ``specificity_at_sens95``.
+    With ``breasts`` (a key per image, e.g. patient and laterality): ``n_breasts`` and
+    ``breast_auc`` (highest probability of the breast's images, :func:`breast_level`).
+    With ``reference`` (the reference arm's predictions on the same images): ``auc_p``
+    (DeLong's paired test of the two AUCs), ``reference_auc`` and ``breast_auc_p``.
+    Strata ``density=A..D`` and ``view=CC/MLO`` (by the true label): ``n``,
+    ``n_malignant``, ``auc`` and, with ``reference``, ``auc_p``.
     """
     n = len(next(iter(labels.values())))
-    records = _scope(None, np.ones(n, bool), predictions, labels, n_boot, seed, full=True)
+    keys = None if breasts is None else np.asarray([str(b) for b in breasts], dtype=object)
+    records = _scope(
+        None,
+        np.ones(n, bool),
+        predictions,
+        labels,
+        n_boot,
+        seed,
+        full=True,
+        breasts=keys,
+        reference=reference,
+    )
     for task, names in (("density", DENSITY_CLASSES), ("view", VIEW_CLASSES)):
         if task in labels:
             for k, name in enumerate(names):
                 mask = np.asarray(labels[task]) == k
                 if mask.any():
                     records += _scope(
-                        f"{task}={name}", mask, predictions, labels, n_boot, seed, full=False
+                        f"{task}={name}",
+                        mask,
+                        predictions,
+                        labels,
+                        n_boot,
+                        seed,
+                        full=False,
+                        reference=reference,
                     )
     if segments is not None:
         text = np.asarray([str(s) for s in segments], dtype=object)
         for seg in sorted(set(text)):
-            records += _scope(seg, text == seg, predictions, labels, n_boot, seed, full=True)
+            records += _scope(
+                seg,
+                text == seg,
+                predictions,
+                labels,
+                n_boot,
+                seed,
+                full=True,
+                breasts=keys,
+                reference=reference,
+            )
     return records
 
 
@@ -194,12 +369,40 @@ def _cell(rows: pd.DataFrame) -> str:
     return f"{values.mean() * 100:.2f} ({std * 100:.2f})"
 
 
+def _p_cell(rows: pd.DataFrame) -> str:
+    """p-values, one per seed (``/``-separated in seed order); ``""`` without any."""
+    values = pd.to_numeric(rows.sort_values("seed")["value"], errors="coerce").dropna()
+    return " / ".join(format_p_value(float(v)) for v in values)
+
+
+def _number_cell(rows: pd.DataFrame) -> str:
+    """A unitless value (MCC) with two decimals: ``value`` or ``mean (std)`` over seeds."""
+    values = pd.to_numeric(rows["value"], errors="coerce").dropna()
+    if values.empty:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.2f}"
+    return f"{values.mean():.2f} ({values.std(ddof=1):.2f})"
+
+
+def _select(
+    df: pd.DataFrame, *, arm: str, centre: str, metric: str, segment: str | None = None
+) -> pd.DataFrame:
+    sel = df[(df["arm"] == arm) & (df["centre"] == centre) & (df["metric"] == metric)]
+    return sel[sel["segment"].isna()] if segment is None else sel[sel["segment"] == segment]
+
+
 def _lookup(
     df: pd.DataFrame, *, arm: str, centre: str, metric: str, segment: str | None = None
 ) -> str:
-    sel = df[(df["arm"] == arm) & (df["centre"] == centre) & (df["metric"] == metric)]
-    sel = sel[sel["segment"].isna()] if segment is None else sel[sel["segment"] == segment]
-    return _cell(sel)
+    return _cell(_select(df, arm=arm, centre=centre, metric=metric, segment=segment))
+
+
+def _with_p(df: pd.DataFrame, *, arm: str, centre: str, segment: str | None = None) -> str:
+    """The arm's AUC cell, with DeLong's p against its reference arm when recorded."""
+    cell = _lookup(df, arm=arm, centre=centre, metric="auc", segment=segment)
+    p = _p_cell(_select(df, arm=arm, centre=centre, metric="auc_p", segment=segment))
+    return f"{cell} p={p}" if p and cell != "n/a" else cell
 
 
 def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
@@ -215,12 +418,49 @@ def _frame(rows: dict[str, dict[str, str]], index_name: str) -> pd.DataFrame:
 def _strata_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTable:
     rows: dict[str, dict[str, str]] = {}
     for label, segment in (("overall", None), *((s, s) for s in STRATA)):
-        rows[label] = {
-            a: _lookup(df, arm=a, centre=centre, metric="auc", segment=segment) for a in arms
-        }
+        rows[label] = {a: _with_p(df, arm=a, centre=centre, segment=segment) for a in arms}
+    has_p = (df["metric"] == "auc_p").any()
     return ResultTable(
         f"Malignancy AUC (%) by density and view at {centre} (multi-task paper Tables 2-3)",
         _frame(rows, "stratum"),
+        _P_NOTE if has_p else "",
+    )
+
+
+_P_NOTE = (
+    "p: DeLong's paired test of the arm's AUC against its reference arm's on the same test "
+    "images (a fine-tuning arm against mtl, any other arm against the single-task "
+    "baseline), one value per seed."
+)
+_OPERATING_COLUMNS = (
+    ("auc", "AUC", _cell),
+    ("auc_p", "p (AUC)", _p_cell),
+    ("breast_auc", "breast AUC", _cell),
+    ("breast_auc_p", "p (breast AUC)", _p_cell),
+    ("mcc", "MCC", _number_cell),
+    ("sensitivity", "sens.", _cell),
+    ("specificity", "spec.", _cell),
+    ("mcc_best", "best MCC", _number_cell),
+    ("sensitivity_at_mcc_best", "sens. @ best MCC", _cell),
+    ("specificity_at_mcc_best", "spec. @ best MCC", _cell),
+    ("specificity_at_sens95", "spec. @ 95% sens.", _cell),
+)
+
+
+def _operating_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTable:
+    rows = {}
+    for arm in arms:
+        row = {"reference": reference_arm(arm, arms) or "-"}
+        for metric, name, cell in _OPERATING_COLUMNS:
+            row[name] = cell(_select(df, arm=arm, centre=centre, metric=metric)) or "-"
+        rows[arm] = row
+    return ResultTable(
+        f"Malignancy at the paper's operating points at {centre} (multi-task paper section 4)",
+        _frame(rows, "arm"),
+        "Percent except MCC and p. MCC, sens. and spec. at P(malignant) > 0.5 (the paper's "
+        "operating point); best MCC: the ROC threshold of highest MCC; spec. @ 95% sens.: "
+        "the triage point. Breast AUC: each breast scored by the highest probability of its "
+        "images (the paper's breast-wise protocol). " + _P_NOTE,
     )
 
 
@@ -268,6 +508,9 @@ def _finetune_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTab
         rows[label] = {
             name: _lookup(df, arm=arm, centre=centre, metric=m) for m, name in _TASK_METRICS
         }
+        if (df["metric"] == "auc_p").any():
+            p = _p_cell(_select(df, arm=arm, centre=centre, metric="auc_p"))
+            rows[label]["p vs mtl (AUC)"] = p if arm != "mtl" and p else "-"
     return ResultTable(
         f"Fine-tuning on ACR-derived malignancy labels with uncertainty u1, "
         f"evaluated at {centre} (multi-task paper Tables 8-9)",
@@ -307,6 +550,11 @@ def build_mtl_tables(
     if tuned:
         ref = _ordered(arms, ["mtl"])
         tables += [_finetune_table(final, c, ref + tuned) for c in centres]
+    if (final["metric"] == "mcc").any():
+        order = [*_MAIN_ARMS, *_TABLE4_ARMS, *(drops or ()), *tuned]
+        listed = list(dict.fromkeys(a for a in order if a in set(arms)))
+        listed += [a for a in arms if a not in listed]
+        tables += [_operating_table(final, c, listed) for c in centres]
     return tables
 
 

@@ -7,7 +7,10 @@ task's weight). Fine-tuning arms (``finetune_u1_<u1>``) start from the ``mtl`` a
 model and continue with rounds ``rounds+1..rounds+finetune_rounds`` at ``finetune_centres``
 on ACR-derived malignancy labels of uncertainty ``u1`` (ACR 4-5 up-weighted); the ``mtl``
 arm is trained first when a fine-tuning arm needs it. Every arm is then evaluated on the test
-split of every centre, test-only centres included (``evaluate.mtl``), and the first seed's
+split of every centre, test-only centres included (``evaluate.mtl``); an arm with a reference
+(:func:`~fedmammo.methods.mtl_finetune.params.reference_arm`: ``mtl`` for a fine-tuning arm,
+the single-task baseline for the others) sends the reference's model along, and the centre
+adds DeLong's paired p-values of the two AUCs on the same images. The first seed's
 single-task and ``mtl`` models are mapped in latent space inside each centre
 (``query.latent``; only the figure is written, see :mod:`fedmammo.methods.mtl_finetune.client`).
 
@@ -41,7 +44,7 @@ from flwr.app import ArrayRecord
 
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.privacy_report import PrivacyLog
-from fedmammo.federation.messages import INFO, PlotInfo, model_record
+from fedmammo.federation.messages import ARRAYS, INFO, METRICS, PlotInfo, model_record
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ledger_of, run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
@@ -52,7 +55,13 @@ from fedmammo.methods.mtl_finetune.messages import (
     QueryLatent,
     TrainMtl,
 )
-from fedmammo.methods.mtl_finetune.params import ArmSpec, MtlFinetuneParams, parse_arm
+from fedmammo.methods.mtl_finetune.params import (
+    BASELINE_ARMS,
+    ArmSpec,
+    MtlFinetuneParams,
+    parse_arm,
+    reference_arm,
+)
 from fedmammo.methods.mtl_finetune.report import build_mtl_tables, print_tables, tables_markdown
 from fedmammo.models.mtl import DEFAULT_TASKS
 
@@ -96,6 +105,7 @@ def arm_config(params: MtlFinetuneParams, spec: ArmSpec, seed: int) -> dict:
         train=train.model_dump(),
         phase=FINETUNE if finetune else "pretrain",
         recon_weight=params.recon_weight,
+        augmentation=params.augmentation.model_dump(),
     )
     if finetune:
         config |= dict(
@@ -171,10 +181,12 @@ def _inherit_privacy_records(orc: Orchestrator, parent: str, arm: str, seed: int
 
 
 def plan_arms(params: MtlFinetuneParams) -> list[ArmSpec]:
-    """The arms in running order: ``mtl`` (added if fine-tuning needs it) before fine-tuning."""
+    """The arms in running order: the single-task baselines first (the other arms' AUCs are
+    tested against them), ``mtl`` (added if fine-tuning needs it) before fine-tuning."""
     specs = params.arm_specs()
     tuned = [s for s in specs if s.finetune_u1 is not None]
-    plain = [s for s in specs if s.finetune_u1 is None]
+    plain = [s for s in specs if s.finetune_u1 is None and s.name in BASELINE_ARMS]
+    plain += [s for s in specs if s.finetune_u1 is None and s.name not in BASELINE_ARMS]
     if tuned and not any(s.name == "mtl" for s in plain):
         plain.append(parse_arm("mtl"))
     return plain + tuned
@@ -230,6 +242,51 @@ def _latent_maps(orc: Orchestrator, seed: int, models: dict[str, tuple[dict, Arr
         )
 
 
+def _evaluate(
+    orc: Orchestrator,
+    p: MtlFinetuneParams,
+    arm: str,
+    seed: int,
+    final: ArrayRecord,
+    model: dict,
+    reference: tuple[str, dict, ArrayRecord] | None,
+) -> None:
+    """Evaluate ``arm``'s final model on the test split of every centre; with ``reference``
+    (arm, model spec, weights) the centre also evaluates it on the same images and adds
+    DeLong's paired p-values (``auc_p``, ``breast_auc_p``) to the records."""
+    if reference is None:
+        orc.evaluate_everywhere(
+            EvaluateMtl,
+            arm=arm,
+            seed=seed,
+            arrays=final,
+            centres=orc.centres(),
+            split="test",
+            model=model,
+            n_boot=p.bootstrap,
+        )
+        return
+    ref_arm, ref_model, ref_arrays = reference
+    contents = {
+        c: orc.message(
+            EvaluateMtl,
+            arm=arm,
+            seed=derive_seed(seed, arm, c, "eval"),
+            split="test",
+            model=model,
+            n_boot=p.bootstrap,
+            reference_arm=ref_arm,
+            reference_model=ref_model,
+        ).content({ARRAYS: final, model_record(0): ref_arrays})
+        for c in orc.centres()
+    }
+    replies, failures = orc.send(EvaluateMtl.KIND, contents)
+    orc.record_failures(failures, arm=arm, seed=seed, rnd=None, phase="evaluate-test")
+    for c, content in replies.items():
+        records = EvaluateMtl.REPLY.from_metrics(content[METRICS]).records
+        orc.recorder.add(records, arm=arm, seed=seed, centre=c, split="test", round=None)
+
+
 def _write_tables(orc: Orchestrator, p: MtlFinetuneParams) -> None:
     orc.recorder.meta["mtl_decoder_default"] = p.model.decoder
     tables = build_mtl_tables(orc.recorder.frame(), decoder_default=p.model.decoder)
@@ -249,7 +306,7 @@ def run(orc: Orchestrator) -> None:
     if len(plan) > len(p.arms):
         orc.recorder.note("arm 'mtl' was trained as the starting point of the fine-tuning arms")
     train_centres = orc.centres("train", "receiver")
-    every = orc.centres()
+    names = [s.name for s in plan]
     private = any(prof.privacy.enabled for prof in orc.scenario.resolved_profiles.values())
     for n, seed in enumerate(orc.scenario.seeds):
         finals: dict[str, tuple[dict, ArrayRecord]] = {}
@@ -293,15 +350,15 @@ def run(orc: Orchestrator) -> None:
                 continue
             if final is None:
                 continue
-            orc.evaluate_everywhere(
-                EvaluateMtl,
-                arm=spec.name,
-                seed=seed,
-                arrays=final,
-                centres=every,
-                split="test",
-                model=model,
-                n_boot=p.bootstrap,
+            ref = reference_arm(spec.name, names)
+            _evaluate(
+                orc,
+                p,
+                spec.name,
+                seed,
+                final,
+                model,
+                (ref, *finals[ref]) if ref in finals else None,
             )
             run_audits(
                 orc,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,54 @@ def test_latent_query_writes_the_figure_locally_and_replies_counts_only(centre):
     assert out.content["info"]["n-images"] == len(data.rows("test", label=None))
     png = data_dir / "outputs" / "plots" / "latent_tiny_seed0.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_with_a_reference_model_adds_paired_p_values(centre):
+    # Prepare: the reference arm (single-task) travels as arrays-0 with its spec
+    data, data_dir = centre
+    model, reference = _model(), _model(SINGLE, seed=1)
+    cfg = ConfigRecord(
+        {"image-size": list(SIZE), "data-seed": 0, "arm": "mtl", "seed": 3, "split": "test"}
+    )
+    put_json(cfg, "model", MODEL)
+    put_json(cfg, "reference-model", SINGLE)
+    cfg["reference-arm"] = "single_task"
+    content = RecordDict({"config": cfg, "arrays": state_to_arrays(model.state_dict())})
+    content["arrays-0"] = state_to_arrays(reference.state_dict())
+    # Execute
+    out = egress_mod(make_incoming(content, "evaluate.mtl"), _context(data_dir), handlers.evaluate)
+    same = _send(handlers.evaluate, "evaluate.mtl", data_dir, model, split="test")
+    # Assert: p-values and breast-wise AUC are numbers; without a reference there is no p
+    assert not out.has_error() and set(out.content) == {"metrics"}
+    by_key = {
+        (r["segment"], r["metric"]): r["value"]
+        for r in decode_metric_records(out.content["metrics"])
+    }
+    rows = data.rows("test", label=None)
+    breasts = handlers.breast_keys(data.manifest.iloc[rows])
+    assert by_key[(None, "n_breasts")] <= len(set(breasts)) < len(rows)
+    for metric in ("auc_p", "breast_auc_p", "reference_auc", "breast_auc", "mcc", "specificity"):
+        value = by_key[(None, metric)]
+        assert value is not None and np.isfinite(value), metric
+    assert 0.0 <= by_key[(None, "auc_p")] <= 1.0
+    plain = {(r["segment"], r["metric"]) for r in decode_metric_records(same["metrics"])}
+    assert (None, "auc_p") not in plain and (None, "breast_auc") in plain
+
+
+def test_train_applies_the_recipes_augmentation(centre, monkeypatch):
+    # Prepare: record the augmentation the training loader builds
+    data, data_dir = centre
+    built = []
+    real = handlers.mtl_augmentation
+
+    def spy(**options):
+        built.append(options)
+        return real(**options)
+
+    monkeypatch.setattr(handlers, "mtl_augmentation", spy)
+    options = {"p": 0.5, "zoom": [0.9, 1.3], "translate": 0.05, "vertical_flip": True}
+    # Execute
+    _send(handlers.train, "train.mtl", data_dir, _model(), augmentation=json.dumps(options))
+    _send(handlers.evaluate, "evaluate.mtl", data_dir, _model(), split="test")
+    # Assert: built once, by the training round, with the recipe's options
+    assert built == [options]

@@ -1,0 +1,167 @@
+"""The multi-task paper's fine-tuning metrics: DeLong p-value, operating points, breast-wise AUC."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import matthews_corrcoef, roc_auc_score
+
+from fedmammo.errors import DataError
+from fedmammo.evaluation.paired import delong_test
+from fedmammo.evaluation.results import RECORD_FIELDS
+from fedmammo.methods.mtl_finetune.params import reference_arm
+from fedmammo.methods.mtl_finetune.report import (
+    best_mcc,
+    breast_level,
+    build_mtl_tables,
+    mtl_records,
+    operating_point,
+    specificity_at_sensitivity,
+)
+
+# 3 malignant, 5 benign; at p > 0.5: TP 2 (0.9, 0.6), FN 1 (0.4), FP 1 (0.7), TN 4
+Y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+SCORE = np.array([0.9, 0.6, 0.4, 0.7, 0.2, 0.1, 0.3, 0.5])
+
+
+def test_delong_hand_computed_example():
+    # Prepare: a: positives 0.9, 0.6, negatives 0.7, 0.1 (AUC 0.75); b separates (AUC 1).
+    # Components a: V10 = [1, 0.5], V01 = [0.5, 1], each variance 0.125; b's are constant,
+    # so var(AUC_a - AUC_b) = 0.125 / 2 + 0.125 / 2 = 0.125, z = 0.25 / sqrt(0.125)
+    y = [1, 1, 0, 0]
+    a, b = [0.9, 0.6, 0.7, 0.1], [0.8, 0.5, 0.4, 0.2]
+    # Execute
+    auc_a, auc_b, p = delong_test(y, a, b)
+    # Assert: p = 2 (1 - Phi(1 / sqrt(2))) = erfc(0.5)
+    assert (auc_a, auc_b) == pytest.approx((0.75, 1.0))
+    assert p == pytest.approx(math.erfc(0.5)) and p == pytest.approx(0.4795, abs=1e-4)
+
+
+def test_delong_identical_large_and_clearly_better():
+    # Prepare
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    good = y + rng.normal(0, 0.5, 300)
+    poor = rng.random(300)
+    tied = np.round(good, 1)  # ties count one half, as in sklearn's AUC
+    # Execute
+    same = delong_test(y, good, good)
+    better = delong_test(y, good, poor)
+    ties = delong_test(y, tied, poor)
+    # Assert
+    assert same[2] == 1.0 and same[0] == same[1] == pytest.approx(roc_auc_score(y, good))
+    assert better[0] > 0.85 and better[2] < 1e-6
+    assert ties[0] == pytest.approx(roc_auc_score(y, tied))
+    assert all(math.isnan(v) for v in delong_test([0, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]))
+    with pytest.raises(DataError, match="labels"):
+        delong_test([0, 1], [0.1], [0.2, 0.3])
+
+
+def test_operating_point_at_p_over_half_hand_computed():
+    # Execute
+    point = operating_point(Y, SCORE)
+    # Assert: MCC = (2*4 - 1*1) / sqrt(3*3*5*5) = 7/15; 0.5 is not > 0.5 (negative)
+    assert point["mcc"] == pytest.approx(7 / 15)
+    assert point["sensitivity"] == pytest.approx(2 / 3)
+    assert point["specificity"] == pytest.approx(4 / 5)
+    assert point["mcc"] == pytest.approx(matthews_corrcoef(Y, SCORE > 0.5))
+
+
+def test_best_mcc_and_triage_specificity_hand_computed():
+    # Execute
+    mcc, sens, spec = best_mcc(Y, SCORE)
+    triage = specificity_at_sensitivity(Y, SCORE, 0.95)
+    # Assert: score >= 0.4 gives TP 3, FP 2, TN 3: MCC 9/15, the highest of every threshold
+    assert (mcc, sens, spec) == pytest.approx((0.6, 1.0, 0.6))
+    brute = max(matthews_corrcoef(Y, SCORE >= t) for t in np.unique(SCORE))
+    assert mcc == pytest.approx(brute)
+    assert triage == pytest.approx(0.6)  # sensitivity 1 first reached at 0.4
+    assert math.isnan(best_mcc([0, 0], [0.1, 0.2])[0])
+
+
+def test_breast_level_takes_the_highest_probability_of_each_breast():
+    # Prepare: p1|L two views (one unlabelled), p1|R two benign views, p2|L unlabelled
+    keys = ["p1|L", "p1|L", "p1|R", "p1|R", "p2|L"]
+    y = [1, -1, 0, 0, -1]
+    score = [0.2, 0.9, 0.3, 0.1, 0.8]
+    # Execute
+    yb, sb = breast_level(keys, y, score)
+    # Assert
+    assert yb.tolist() == [1, 0] and sb.tolist() == [0.9, 0.3]
+
+
+def _evaluation(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(rng.integers(0, 2, n // 2), 2)  # both views of a breast share the label
+    breasts = np.repeat([f"p{i}|L" for i in range(n // 2)], 2)
+    views = np.tile([0, 1], n // 2)
+    labels = {"malignancy": y, "view": views}
+    good = np.clip(0.5 + 0.4 * (y - 0.5) + rng.normal(0, 0.1, n), 0, 1)
+    poor = rng.random(n)
+    as_probs = lambda p: {"malignancy": np.c_[1 - p, p]}  # noqa: E731
+    return labels, breasts, as_probs(good), as_probs(poor)
+
+
+def _get(records, metric, segment=None):
+    found = [r for r in records if r["segment"] == segment and r["metric"] == metric]
+    assert len(found) == 1, (metric, segment)
+    return found[0]["value"]
+
+
+def test_records_have_p_values_breast_auc_and_operating_points():
+    # Prepare
+    labels, breasts, good, poor = _evaluation()
+    # Execute
+    vs_poor = mtl_records(good, labels, breasts=breasts, reference=poor)
+    vs_self = mtl_records(good, labels, breasts=breasts, reference=good)
+    alone = mtl_records(good, labels)
+    # Assert
+    assert _get(vs_poor, "auc_p") < 1e-3 and _get(vs_poor, "breast_auc_p") < 0.01
+    assert _get(vs_self, "auc_p") == 1.0 and _get(vs_self, "breast_auc_p") == 1.0
+    assert _get(vs_poor, "auc_p", "view=CC") < 0.05  # strata are tested too
+    assert _get(vs_poor, "reference_auc") == pytest.approx(
+        roc_auc_score(labels["malignancy"], poor["malignancy"][:, 1])
+    )
+    assert _get(vs_poor, "n_breasts") == 40
+    yb, sb = breast_level(breasts, labels["malignancy"], good["malignancy"][:, 1])
+    assert _get(vs_poor, "breast_auc") == pytest.approx(roc_auc_score(yb, sb))
+    point = operating_point(labels["malignancy"], good["malignancy"][:, 1])
+    assert _get(alone, "mcc") == pytest.approx(point["mcc"]) and point["mcc"] > 0.5
+    assert not [r for r in alone if r["metric"] in ("auc_p", "breast_auc", "breast_auc_p")]
+
+
+def test_reference_arms():
+    arms = ["single_task", "mtl", "mtl_acr", "finetune_u1_0.5"]
+    assert reference_arm("finetune_u1_0.5", arms) == "mtl"
+    assert reference_arm("mtl", arms) == reference_arm("mtl_acr", arms) == "single_task"
+    assert reference_arm("single_task", arms) is None
+    assert reference_arm("mtl", ["mtl", "single_task_fusion"]) == "single_task_fusion"
+    assert reference_arm("mtl", ["mtl"]) is None
+
+
+def test_tables_show_p_values_and_the_operating_point_table():
+    # Prepare: one seed, records as a centre sends them
+    labels, breasts, good, poor = _evaluation()
+    rows = []
+    for arm, pred, ref in (("single_task", poor, None), ("mtl", good, poor)):
+        for r in mtl_records(pred, labels, breasts=breasts, reference=ref):
+            rows.append({**r, "arm": arm, "seed": 0, "centre": "c", "split": "test", "round": None})
+    df = pd.DataFrame(rows, columns=list(RECORD_FIELDS))
+    # Execute
+    tables = {t.title: t for t in build_mtl_tables(df)}
+    # Assert
+    strata = next(t for k, t in tables.items() if "Tables 2-3" in k)
+    assert " p=" in strata.frame.loc["overall", "mtl"] and "DeLong" in strata.note
+    assert " p=" not in strata.frame.loc["overall", "single_task"]
+    ops = next(t for k, t in tables.items() if "operating points" in k).frame
+    assert ops.loc["mtl", "reference"] == "single_task"
+    assert ops.loc["mtl", "p (AUC)"] in ("< 0.0001", f"{_get(rows_of(rows, 'mtl'), 'auc_p'):.4f}")
+    assert ops.loc["single_task", "p (AUC)"] == "-"
+    assert ops.loc["mtl", "MCC"] == f"{_get(rows_of(rows, 'mtl'), 'mcc'):.2f}"
+
+
+def rows_of(rows, arm):
+    return [r for r in rows if r["arm"] == arm]
