@@ -176,6 +176,10 @@ def test_a_run_killed_in_a_downstream_round_resumes_from_its_last_round(tmp_path
 
 
 def test_one_centre_one_round_equals_fine_tuning_there_directly(tmp_path):
+    """With one centre and one round, FedAvg is that centre's fine-tuning of the averaged
+    start. It is not ``downstream: local``'s model at that centre: a local head is drawn per
+    centre (a federated one must be common to all) and the round's training seed is derived
+    per round; the patients chosen are the same."""
     # Prepare: one labelled centre A, density, one round
     path, scenario = _scenario(tmp_path, {"A": 6}, downstream_rounds=1)
     p = scenario.recipe.typed_params()
@@ -232,9 +236,10 @@ def test_one_centre_one_round_equals_fine_tuning_there_directly(tmp_path):
         assert recorded[c] == pytest.approx(direct["value"]), c
 
 
-def test_the_aggregate_is_the_sample_weighted_mean_of_unequal_centres(tmp_path):
-    # Prepare: two labelled centres of unequal size, one round, weighting by samples
-    path, scenario = _scenario(tmp_path, {"A": 8, "B": 3}, downstream_rounds=1)
+@pytest.mark.parametrize("weighting", ["images", "uniform"])
+def test_the_aggregate_is_the_weighted_mean_of_unequal_centres(tmp_path, weighting):
+    # Prepare: two labelled centres of unequal size, one round, the recipe's weighting
+    path, scenario = _scenario(tmp_path, {"A": 8, "B": 3}, downstream_rounds=1, weighting=weighting)
     p = scenario.recipe.typed_params()
     encoder = initial_arrays(SPEC, SEED)
     out = {}
@@ -270,8 +275,11 @@ def test_the_aggregate_is_the_sample_weighted_mean_of_unequal_centres(tmp_path):
             model=net,
         )
         states[c], counts[c] = net.state_dict(), len(inputs)
-    # Assert: unequal counts, and the aggregate is the count-weighted mean of every tensor
+    # Assert: unequal counts, and the aggregate is the count-weighted (or plain) mean of every
+    # tensor, BatchNorm's running statistics included
     assert counts["A"] != counts["B"], counts
+    if weighting == "uniform":
+        counts = {"A": 1, "B": 1}
     wa, wb = counts["A"] / sum(counts.values()), counts["B"] / sum(counts.values())
     federated = arrays_to_state(out["final"], like=states["A"])
     for k, a in states["A"].items():
