@@ -204,6 +204,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         records = metrics_by_segment(
             data.labels(rows), scores, data.segments(rows), n_boot=m.n_boot, seed=m.seed
         )
+        # whole-centre records only: each domain is one centre (a segment would repeat it)
+        records = [r for r in records if r["segment"] is None]
     metrics = EvaluationMetrics(
         records=records, num_examples=len(rows), compute_seconds=time.perf_counter() - start
     )

@@ -22,7 +22,7 @@ def _cell(rows: pd.DataFrame) -> str:
 
 
 def uda_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows: tested at (the target centre); columns: arm (``<arm>-<model>``)."""
+    """Rows: the target centre (tested there: the direction other -> it); columns: arm."""
     test = frame[
         (frame["split"] == "test")
         & (frame["metric"] == "auc")
@@ -35,7 +35,7 @@ def uda_table(frame: pd.DataFrame) -> pd.DataFrame:
     centres = list(dict.fromkeys(test["centre"]))
     table = pd.DataFrame(
         [[_cell(test[(test["arm"] == a) & (test["centre"] == c)]) for a in arms] for c in centres],
-        index=[f"tested at {c}" for c in centres],
+        index=[f"-> {c} (tested at {c})" for c in centres],
         columns=arms,
     )
     return table

@@ -98,6 +98,8 @@ def test_every_arm_has_a_test_auroc_with_ci_at_each_target_centre(tiny_run):
     # Assert: six arms, each tested at both target centres (digital: film -> digital)
     assert results["failures"] == []
     assert set(final) == {(a, c) for a in ARMS for c in ("film", "digital")}
+    tested = [r for r in results["metrics"] if r["split"] == "test"]
+    assert {r["segment"] for r in tested} == {None}  # one record per centre, not per segment
     for record in final.values():
         assert 0.0 <= record["value"] <= 1.0
         assert record["ci_low"] <= record["value"] <= record["ci_high"]
@@ -126,5 +128,6 @@ def test_results_md_has_the_papers_layout(tiny_run):
     _, _, run_dir = tiny_run
     summary = (run_dir / "results.md").read_text()
     assert "CycleGAN-UDA (paper 004)" in summary
-    assert "| tested at digital |" in summary and "| tested at film |" in summary
+    assert "| -> digital (tested at digital) |" in summary
+    assert "| -> film (tested at film) |" in summary
     assert (run_dir / "translators" / "film_to_digital_seed0.pt").is_file()
