@@ -67,6 +67,16 @@ def _train_images(data, *, labelled: bool) -> tuple[np.ndarray, np.ndarray]:
     return rows, data.cache.images(rows)
 
 
+def _tiles(images: np.ndarray, tiles: TileGanParams, seed: int) -> np.ndarray:
+    return breast_tiles(
+        images,
+        n=tiles.n_tiles,
+        size=tiles.tile_size,
+        seed=derive_seed(seed, "tiles"),
+        max_background=tiles.max_background,
+    )
+
+
 @handler(TrainTileGenerator.KIND, consent="generators")
 def train_tile_generator(msg: Message, context: Context) -> Message:
     """Train a DCGAN on this centre's breast tiles; reply the generator weights only."""
@@ -76,9 +86,7 @@ def train_tile_generator(msg: Message, context: Context) -> Message:
     data = single_centre(centre_data(ident, m), m.KIND)
     tiles = TileGanParams(**m.tiles)
     _, images = _train_images(data, labelled=False)
-    real = breast_tiles(
-        images, n=tiles.n_tiles, size=tiles.tile_size, seed=derive_seed(m.seed, "tiles")
-    )
+    real = _tiles(images, tiles, m.seed)
     result = train_dcgan(
         real, **tiles.gan_kwargs(), seed=m.seed, centre=ident.name, device=device()
     )
@@ -115,9 +123,7 @@ def train_translator(msg: Message, context: Context) -> Message:
         desc, [state], tiles.n_synthetic, seed=derive_seed(m.seed, "sample"), device=device()
     )
     _, images = _train_images(data, labelled=False)
-    own = breast_tiles(
-        images, n=tiles.n_tiles, size=tiles.tile_size, seed=derive_seed(m.seed, "tiles")
-    )
+    own = _tiles(images, tiles, m.seed)
     # domain A: this (target) centre's tiles; domain B: the source style. G_ba: source -> here.
     result = train_cyclegan(
         own, synthetic, **cyclegan.model_dump(), seed=derive_seed(m.seed, "cyclegan")

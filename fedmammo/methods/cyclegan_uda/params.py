@@ -43,10 +43,13 @@ class TileGanParams(RecipeParams):
     tile_size: int = 32
     n_tiles: int = Field(default=256, ge=8)  # real tiles per centre (DCGAN and CycleGAN)
     n_synthetic: int = Field(default=256, ge=8)  # tiles the target samples from the generator
-    epochs: int = Field(default=60, ge=1)
+    epochs: int = Field(default=100, ge=1)
     batch_size: int = Field(default=16, ge=2)
     width: int = Field(default=16, ge=1)
     latent_dim: int = Field(default=64, ge=1)
+    # most a tile may hold of background: high, so the CycleGAN also learns the skin line and
+    # the background it translates in whole images
+    max_background: float = Field(default=0.9, gt=0, le=1)
 
     @field_validator("tile_size")
     @classmethod
@@ -70,7 +73,7 @@ class TileGanParams(RecipeParams):
 class CycleGanParams(RecipeParams):
     """The target centre's CycleGAN (:func:`fedmammo.training.cyclegan.train_cyclegan`)."""
 
-    epochs: int = Field(default=10, ge=1)
+    epochs: int = Field(default=40, ge=1)
     batch_size: int = Field(default=8, ge=1)
     width: int = Field(default=16, ge=1)
     n_blocks: int = Field(default=3, ge=0)
