@@ -35,7 +35,7 @@ from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import ARRAYS, METRICS, EvaluationMetrics
 from fedmammo.federation.orchestrator import derive_seed
-from fedmammo.federation.site import single_centre
+from fedmammo.federation.site import plot_dir, single_centre
 from fedmammo.methods.cyclegan_uda.messages import (
     GENERATOR,
     TRANSLATOR,
@@ -48,6 +48,7 @@ from fedmammo.methods.cyclegan_uda.messages import (
     UdaTrainMetrics,
 )
 from fedmammo.methods.cyclegan_uda.params import CycleGanParams, TileGanParams
+from fedmammo.methods.cyclegan_uda.report import plot_translations
 from fedmammo.models import build_model
 from fedmammo.models.cyclegan import ResnetGenerator
 from fedmammo.models.gans import GeneratorDescription, load_generator, sample_generator
@@ -166,8 +167,18 @@ def train_classifier_handler(msg: Message, context: Context) -> Message:
     translator = _translator(msg, m)
     n_translated = 0
     if translator is not None:
-        translated = translate_images(translator, data.cache.images(rows))
+        images = data.cache.images(rows)
+        translated = translate_images(translator, images)
         n_translated = len(translated)
+        where = plot_dir(context, ident, m.plot_dir)
+        if where is not None and ident.synthetic_data:  # its images reach report.html
+            plot_translations(
+                images,
+                translated,
+                where / f"translated_{ident.name}_to_{m.target}.png",  # the last seed's
+                title=f"Centre {ident.name}'s phantom images (top) in {m.target}'s style "
+                "(the CycleGAN generator it received); drawn inside the centre",
+            )
         extra = TensorDataset(torch.from_numpy(translated)[:, None], torch.from_numpy(labels))
         dataset = ConcatDataset([dataset, extra])
         labels = np.concatenate([labels, labels])

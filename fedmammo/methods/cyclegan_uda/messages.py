@@ -90,11 +90,14 @@ class UdaTrainMetrics(TrainMetrics):
 class TrainUdaClassifier(ModelConfig):
     """Train the classifier ``model`` (initialised at the centre from ``init_seed``) on the
     centre's labelled training images with ``train``; with a ``translator`` record, also on
-    those images translated by it (``translator_arch``: its width and residual blocks)."""
+    those images translated by it (``translator_arch``: its width and residual blocks), and
+    draws some of them next to their translations inside the centre (phantom data only)."""
 
     init_seed: int = wire("init-seed")
     train: dict = wire("train", as_json=True)
     translator_arch: dict = wire("translator-arch", {}, as_json=True)
+    target: str = wire("target", "")  # the translator's style (figure title and file name)
+    plot_dir: str = wire("plot-dir", "")
 
 
 @message("evaluate.uda_classifier", reply=EvaluationMetrics)

@@ -1,15 +1,19 @@
 """CycleGAN-UDA's section of results.md: the paper's Table 1 layout (direction x arm x model,
-test AUROC with its 95 % CI, mean over seeds when there are several)."""
+test AUROC with its 95 % CI, mean over seeds when there are several), and the figure of a
+source centre's images next to their translations (drawn inside that centre)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 from rich.console import Console
 
 from fedmammo.evaluation.report import to_markdown
 from fedmammo.evaluation.results import RunRecorder
 
-__all__ = ["section", "uda_table"]
+__all__ = ["plot_translations", "section", "uda_table"]
 
 
 def _cell(rows: pd.DataFrame) -> str:
@@ -52,3 +56,28 @@ def section(recorder: RunRecorder, console: Console) -> str:
         "uda: trained at the other centre on its images plus their translations into this "
         "centre's style.\n\n" + to_markdown(table, index_name="target")
     )
+
+
+def plot_translations(
+    images: np.ndarray, translated: np.ndarray, path: str | Path, *, title: str, n: int = 8
+) -> Path:
+    """Two rows: images ``(N, H, W)`` in [0, 1] above their translations."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = min(n, len(images))
+    fig = Figure(figsize=(1.1 * n + 1.4, 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, n, squeeze=False)
+    for r, (label, arr) in enumerate((("own", images), ("translated", translated))):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(arr[c], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        axes[r][0].set_ylabel(label, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90, bbox_inches="tight")
+    return out

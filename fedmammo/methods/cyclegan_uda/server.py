@@ -163,6 +163,8 @@ def _train_and_test(
         translator_arch=(
             {"width": p.cyclegan.width, "n_blocks": p.cyclegan.n_blocks} if translator else {}
         ),
+        target=target,
+        plot_dir="" if orc.spec.deployment or translator is None else str(orc.run_dir / "plots"),
     )
     records = {TRANSLATOR: translator} if translator is not None else {}
     replies, failures = orc.send(m.KIND, {trainer: m.content(records)})

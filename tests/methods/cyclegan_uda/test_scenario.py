@@ -131,3 +131,5 @@ def test_results_md_has_the_papers_layout(tiny_run):
     assert "| -> digital (tested at digital) |" in summary
     assert "| -> film (tested at film) |" in summary
     assert (run_dir / "translators" / "film_to_digital_seed0.pt").is_file()
+    figures = sorted(p.name for p in (run_dir / "plots").glob("translated_*.png"))
+    assert figures == ["translated_digital_to_film.png", "translated_film_to_digital.png"]
