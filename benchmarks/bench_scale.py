@@ -133,9 +133,11 @@ def plot(rows: list[tuple[int, dict]], path: Path) -> None:
 
     n = [r[0] for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
-    ax[0].loglog(n, [r[1]["wall"] for r in rows], "o-")
-    ax[0].loglog(n, [rows[0][1]["wall"] * k / n[0] for k in n], ":", lw=0.8)
-    ax[0].set(xlabel="centres", ylabel="wall time (s)", title="wall (dotted: linear)")
+    ax[0].loglog(n, [r[1]["wall"] for r in rows], "o-", label="process wall")
+    ax[0].loglog(n, [r[1]["server"] for r in rows], "s-", label="ServerApp")
+    ax[0].loglog(n, [rows[0][1]["wall"] * k / n[0] for k in n], ":", lw=0.8, label="linear")
+    ax[0].set(xlabel="centres", ylabel="time (s)", title="wall time")
+    ax[0].legend(fontsize=8)
     ax[1].loglog(n, [r[1]["rss_total"] / 1024 for r in rows], "o-")
     ax[1].set(xlabel="centres", ylabel="peak RSS (GB)", title="memory, whole process tree")
     fig.tight_layout()
