@@ -3,8 +3,10 @@
 :func:`attach_run_outputs` subscribes to a :class:`~fedmammo.evaluation.results.RunRecorder`:
 every per-round record goes to the configured trackers (TensorBoard, MLflow: ``tracking:``
 in the scenario), and ``report.html`` is rewritten after completed rounds and arms (at most
-every ``report_every`` seconds, so a long study does not spend its time on pages) and once
-more by :meth:`RunOutputs.close`, so an interrupted run has a report too.
+every ``report_every`` seconds, and never sooner than :data:`REPORT_SHARE` of the time allows:
+a page that took 25 s to draw at 100 centres waits 225 s for the next, so a long study does
+not spend its time on pages) and once more by :meth:`RunOutputs.close`, so an interrupted run
+has a report too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from fedmammo.evaluation.html_report import write_report
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.evaluation.tracking import Tracker
 
-__all__ = ["RunOutputs", "attach_run_outputs"]
+__all__ = ["REPORT_SHARE", "RunOutputs", "attach_run_outputs"]
+
+#: The largest share of a run's wall time that rewriting the live report.html may take.
+REPORT_SHARE = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +37,13 @@ class RunOutputs:
     tracker: Tracker
     report_every: float = 30.0
     _last_report: float = field(default=float("-inf"), repr=False)
+    _wait: float = field(default=0.0, repr=False)
 
     def on_event(self, event: str, records: list[dict]) -> None:
         """Recorder listener: per-round records to the trackers, the report after progress."""
         if event == "records":
             self._track(records)
-        elif time.monotonic() - self._last_report >= self.report_every:
+        elif time.monotonic() - self._last_report >= max(self.report_every, self._wait):
             self.write_report()
 
     def _track(self, records: list[dict]) -> None:
@@ -54,11 +60,14 @@ class RunOutputs:
     def write_report(self) -> None:
         """Rewrite report.html from the run folder (a failure is logged, never raised: the
         report must not cost the run its results)."""
-        self._last_report = time.monotonic()
+        start = time.monotonic()
         try:
             write_report(self.recorder.run_dir)
         except Exception:  # noqa: BLE001 - see docstring
             log.exception("report.html could not be written for %s", self.recorder.run_dir)
+        self._last_report = time.monotonic()
+        took = self._last_report - start
+        self._wait = took * (1 - REPORT_SHARE) / REPORT_SHARE
 
     def close(self) -> None:
         """The final report, attached to the trackers, which are then closed."""

@@ -60,3 +60,28 @@ def test_per_round_records_reach_tensorboard(tmp_path):
             values.update({(tag, e.step): e.value for e in acc.Scalars(tag)})
     rounds = {step: v for (tag, step), v in values.items() if "val/auc" in tag}
     assert rounds == pytest.approx({1: 0.6, 2: 0.7})
+
+
+def test_a_slow_report_is_rewritten_less_often(tmp_path, monkeypatch):
+    """A page that takes d seconds to write waits 9 d before the next (REPORT_SHARE = 0.1),
+    and at least report_every: the live report never takes more than a tenth of the run."""
+    from fedmammo.evaluation import run_outputs
+
+    clock = {"now": 1000.0}
+    writes = []
+
+    def slow_write(run_dir):
+        writes.append(clock["now"])
+        clock["now"] += 25.0  # the page took 25 s (100 centres)
+
+    monkeypatch.setattr(run_outputs.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(run_outputs, "write_report", slow_write)
+    recorder = RunRecorder(tmp_path, meta={"scenario": "tiny"})
+    attach_run_outputs(recorder, SCENARIO, report_every=30.0)
+    for rnd in range(1, 40):
+        _round(recorder, rnd)
+        clock["now"] += 10.0  # a round every 10 s
+    gaps = [b - a - 25.0 for a, b in zip(writes, writes[1:])]
+    assert writes and all(g >= 9 * 25.0 for g in gaps), gaps
+    # the run lasts 440 s: pages at 0 s and after 250 s, where report_every alone gives ~12
+    assert len(writes) == 2
