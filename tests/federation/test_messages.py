@@ -113,8 +113,15 @@ CONFIGS: list[Config] = [
         u1=0.5,
         u_other=0.4,
         class_weight_high=10.0,
+        augmentation={"p": 0.5, "zoom": [0.8, 1.2], "translate": 0.1, "vertical_flip": True},
     ),
-    EvaluateMtl(**MODEL, split="test", n_boot=10),
+    EvaluateMtl(
+        **MODEL,
+        split="test",
+        n_boot=10,
+        reference_arm="single_task",
+        reference_model=MODEL["model"],
+    ),
     EvaluateMtlAudit(
         **MODEL,
         ledger="ft|0",
