@@ -15,14 +15,18 @@ from fedmammo.errors import DataError
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "best_mcc",
     "bootstrap_auc",
+    "breast_level",
     "classification_metrics",
     "delta_auc",
     "is_significant_decrease",
     "is_significant_increase",
+    "mcc_at_threshold",
     "metrics_by_segment",
     "operating_points",
     "p_value_from_ci",
+    "specificity_at_sensitivity",
     "weighted_log_loss",
 ]
 
@@ -243,6 +247,77 @@ def operating_points(
             }
         )
     return points
+
+
+def mcc_at_threshold(y: Any, score: Any, threshold: float = 0.5) -> dict[str, float]:
+    """MCC, sensitivity and specificity of ``score > threshold`` (the multi-task paper's
+    operating point is ``p > 0.5``).
+
+    sklearn's ``matthews_corrcoef`` (0 when a row or column of the confusion matrix is
+    empty) and ``confusion_matrix``; sensitivity (specificity) is NaN without positives
+    (negatives).
+    """
+    from sklearn.metrics import confusion_matrix, matthews_corrcoef
+
+    y = np.asarray(y, dtype=np.int64)
+    pred = (np.asarray(score, dtype=np.float64) > threshold).astype(np.int64)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {
+        "mcc": float(matthews_corrcoef(y, pred)),
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,
+        "specificity": float(tn / (tn + fp)) if tn + fp else math.nan,
+    }
+
+
+def _roc(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, score, drop_intermediate=False)
+    return fpr, tpr
+
+
+def best_mcc(y: Any, score: Any) -> tuple[float, float, float]:
+    """(MCC, sensitivity, specificity) at the ROC threshold (``score >= t``) of highest MCC
+    (multi-task paper section 4, "the highest MCC"); NaN without both classes."""
+    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return math.nan, math.nan, math.nan
+    fpr, tpr = _roc(y, score)
+    p, n = int((y == 1).sum()), int((y == 0).sum())
+    tp, fp = tpr * p, fpr * n
+    fn, tn = p - tp, n - fp
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    mcc = np.where(den > 0, (tp * tn - fp * fn) / np.where(den > 0, den, 1.0), 0.0)
+    k = int(np.argmax(mcc))
+    return float(mcc[k]), float(tpr[k]), float(1.0 - fpr[k])
+
+
+def specificity_at_sensitivity(y: Any, score: Any, target: float = 0.95) -> float:
+    """The highest specificity of a ROC threshold whose sensitivity is at least ``target``
+    (multi-task paper section 4, triage at 95 % sensitivity); NaN without both classes."""
+    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return math.nan
+    fpr, tpr = _roc(y, score)
+    return float((1.0 - fpr[tpr >= target - 1e-12]).max())
+
+
+def breast_level(breasts: Any, y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Breast-wise labels and scores: per breast the highest malignancy probability of its
+    images and the highest label of its labelled images (multi-task paper section 5: "the highest
+    malignancy probability for two views of a breast"); breasts without a labelled image
+    are left out. Sorted by breast key."""
+    frame = pd.DataFrame(
+        {
+            "breast": np.asarray(breasts, dtype=object),
+            "y": np.asarray(y, dtype=np.float64),
+            "score": np.asarray(score, dtype=np.float64),
+        }
+    )
+    frame.loc[frame["y"] < 0, "y"] = np.nan
+    grouped = frame.groupby("breast", sort=True).agg(y=("y", "max"), score=("score", "max"))
+    grouped = grouped.dropna(subset=["y"])
+    return grouped["y"].to_numpy(dtype=np.int64), grouped["score"].to_numpy()
 
 
 def classification_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[str, float]:

@@ -18,7 +18,13 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from fedmammo.evaluation.metrics import bootstrap_auc
+from fedmammo.evaluation.metrics import (
+    best_mcc,
+    bootstrap_auc,
+    breast_level,
+    mcc_at_threshold,
+    specificity_at_sensitivity,
+)
 from fedmammo.evaluation.paired import delong_test
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.evaluation.tables import format_auc, format_p_value
@@ -32,13 +38,9 @@ __all__ = [
     "STRATA",
     "TRIAGE_SENSITIVITY",
     "VIEW_CLASSES",
-    "best_mcc",
-    "breast_level",
     "build_mtl_tables",
     "mtl_records",
-    "operating_point",
     "print_tables",
-    "specificity_at_sensitivity",
     "tables_markdown",
 ]
 
@@ -99,76 +101,6 @@ def _balanced_accuracy(y: np.ndarray, prob: np.ndarray) -> float:
     return float(np.mean(recalls))  # = sklearn's balanced_accuracy_score without warnings
 
 
-def operating_point(y: Any, score: Any, threshold: float = PAPER_THRESHOLD) -> dict[str, float]:
-    """MCC, sensitivity and specificity of ``score > threshold`` (the paper's ``p > 0.5``).
-
-    sklearn's ``matthews_corrcoef`` (0 when a row or column of the confusion matrix is
-    empty) and ``confusion_matrix``; sensitivity (specificity) is NaN without positives
-    (negatives).
-    """
-    from sklearn.metrics import confusion_matrix, matthews_corrcoef  # a centre imports this
-
-    y = np.asarray(y, dtype=np.int64)
-    pred = (np.asarray(score, dtype=np.float64) > threshold).astype(np.int64)
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
-    return {
-        "mcc": float(matthews_corrcoef(y, pred)),
-        "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,
-        "specificity": float(tn / (tn + fp)) if tn + fp else math.nan,
-    }
-
-
-def _roc(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(y, score, drop_intermediate=False)
-    return fpr, tpr
-
-
-def best_mcc(y: Any, score: Any) -> tuple[float, float, float]:
-    """(MCC, sensitivity, specificity) at the ROC threshold (``score >= t``) of highest MCC
-    (paper section 4, "the highest MCC"); NaN without both classes."""
-    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
-    if len(np.unique(y)) < 2:
-        return math.nan, math.nan, math.nan
-    fpr, tpr = _roc(y, score)
-    p, n = int((y == 1).sum()), int((y == 0).sum())
-    tp, fp = tpr * p, fpr * n
-    fn, tn = p - tp, n - fp
-    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    mcc = np.where(den > 0, (tp * tn - fp * fn) / np.where(den > 0, den, 1.0), 0.0)
-    k = int(np.argmax(mcc))
-    return float(mcc[k]), float(tpr[k]), float(1.0 - fpr[k])
-
-
-def specificity_at_sensitivity(y: Any, score: Any, target: float = TRIAGE_SENSITIVITY) -> float:
-    """The highest specificity of a ROC threshold whose sensitivity is at least ``target``
-    (paper section 4, triage at 95 % sensitivity); NaN without both classes."""
-    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
-    if len(np.unique(y)) < 2:
-        return math.nan
-    fpr, tpr = _roc(y, score)
-    return float((1.0 - fpr[tpr >= target - 1e-12]).max())
-
-
-def breast_level(breasts: Any, y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Breast-wise labels and scores: per breast the highest malignancy probability of its
-    images and the highest label of its labelled images (paper section 5: "the highest
-    malignancy probability for two views of a breast"); breasts without a labelled image
-    are left out. Sorted by breast key."""
-    frame = pd.DataFrame(
-        {
-            "breast": np.asarray(breasts, dtype=object),
-            "y": np.asarray(y, dtype=np.float64),
-            "score": np.asarray(score, dtype=np.float64),
-        }
-    )
-    frame.loc[frame["y"] < 0, "y"] = np.nan
-    grouped = frame.groupby("breast", sort=True).agg(y=("y", "max"), score=("score", "max"))
-    grouped = grouped.dropna(subset=["y"])
-    return grouped["y"].to_numpy(dtype=np.int64), grouped["score"].to_numpy()
-
-
 def _two_classes(y: np.ndarray) -> bool:
     return len(np.unique(y)) == 2
 
@@ -190,13 +122,19 @@ def _malignancy_records(
         if reference is not None:
             _, ref_auc, p = delong_test(yk, sk, reference[keep])
             out += [_record(segment, "auc_p", p), _record(segment, "reference_auc", ref_auc)]
-        out += [_record(segment, k, v) for k, v in operating_point(yk, sk).items()]
+        out += [
+            _record(segment, k, v) for k, v in mcc_at_threshold(yk, sk, PAPER_THRESHOLD).items()
+        ]
         mcc, sens, spec = best_mcc(yk, sk)
         out += [
             _record(segment, "mcc_best", mcc),
             _record(segment, "sensitivity_at_mcc_best", sens),
             _record(segment, "specificity_at_mcc_best", spec),
-            _record(segment, "specificity_at_sens95", specificity_at_sensitivity(yk, sk)),
+            _record(
+                segment,
+                "specificity_at_sens95",
+                specificity_at_sensitivity(yk, sk, TRIAGE_SENSITIVITY),
+            ),
         ]
     if breasts is not None:
         yb, sb = breast_level(breasts, y, score)
@@ -268,7 +206,8 @@ def mtl_records(
     ``sensitivity``, ``specificity`` at ``P(malignant) > 0.5``, ``mcc_best`` (with
     ``sensitivity_at_mcc_best``, ``specificity_at_mcc_best``) and ``specificity_at_sens95``.
     With ``breasts`` (a key per image, e.g. patient and laterality): ``n_breasts`` and
-    ``breast_auc`` (highest probability of the breast's images, :func:`breast_level`).
+    ``breast_auc`` (highest probability of the breast's images,
+    :func:`fedmammo.evaluation.metrics.breast_level`).
     With ``reference`` (the reference arm's predictions on the same images): ``auc_p``
     (DeLong's paired test of the two AUCs), ``reference_auc`` and ``breast_auc_p``.
     Strata ``density=A..D`` and ``view=CC/MLO`` (by the true label): ``n``,

@@ -10,17 +10,16 @@ import pytest
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
 from fedmammo.errors import DataError
+from fedmammo.evaluation.metrics import (
+    best_mcc,
+    breast_level,
+    mcc_at_threshold,
+    specificity_at_sensitivity,
+)
 from fedmammo.evaluation.paired import delong_test
 from fedmammo.evaluation.results import RECORD_FIELDS
 from fedmammo.methods.mtl_finetune.params import reference_arm
-from fedmammo.methods.mtl_finetune.report import (
-    best_mcc,
-    breast_level,
-    build_mtl_tables,
-    mtl_records,
-    operating_point,
-    specificity_at_sensitivity,
-)
+from fedmammo.methods.mtl_finetune.report import build_mtl_tables, mtl_records
 
 # 3 malignant, 5 benign; at p > 0.5: TP 2 (0.9, 0.6), FN 1 (0.4), FP 1 (0.7), TN 4
 Y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
@@ -62,7 +61,7 @@ def test_delong_identical_large_and_clearly_better():
 
 def test_operating_point_at_p_over_half_hand_computed():
     # Execute
-    point = operating_point(Y, SCORE)
+    point = mcc_at_threshold(Y, SCORE)
     # Assert: MCC = (2*4 - 1*1) / sqrt(3*3*5*5) = 7/15; 0.5 is not > 0.5 (negative)
     assert point["mcc"] == pytest.approx(7 / 15)
     assert point["sensitivity"] == pytest.approx(2 / 3)
@@ -128,7 +127,7 @@ def test_records_have_p_values_breast_auc_and_operating_points():
     assert _get(vs_poor, "n_breasts") == 40
     yb, sb = breast_level(breasts, labels["malignancy"], good["malignancy"][:, 1])
     assert _get(vs_poor, "breast_auc") == pytest.approx(roc_auc_score(yb, sb))
-    point = operating_point(labels["malignancy"], good["malignancy"][:, 1])
+    point = mcc_at_threshold(labels["malignancy"], good["malignancy"][:, 1])
     assert _get(alone, "mcc") == pytest.approx(point["mcc"]) and point["mcc"] > 0.5
     assert not [r for r in alone if r["metric"] in ("auc_p", "breast_auc", "breast_auc_p")]
 
