@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from fedmammo.errors import ConfigError
 
@@ -19,9 +19,11 @@ __all__ = [
     "WEIGHTINGS",
     "WEIGHTING_ALIASES",
     "AveragingParams",
+    "CycleGanParams",
     "LocalTrainingParams",
     "ModelParams",
     "RecipeParams",
+    "TileGanParams",
     "Weighting",
     "known_kinds",
     "register_params",
@@ -74,6 +76,50 @@ WEIGHTING_ALIASES: dict[str, str] = {
     "num_images": "images",
     "equal": "uniform",
 }
+
+
+class TileGanParams(RecipeParams):
+    """A DCGAN a centre trains on square tiles of its own breast tissue and shares (its
+    generator only): how the CycleGAN methods (contrastive_dg, cyclegan_uda) learn another
+    centre's style without its pixels. A method subclasses it for its own defaults."""
+
+    tile_size: int = 32
+    n_tiles: int = Field(default=512, ge=8)  # real tiles per centre (DCGAN and CycleGAN)
+    n_synthetic: int = Field(default=512, ge=8)  # tiles sampled per received generator
+    epochs: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=16, ge=2)
+    width: int = Field(default=32, ge=1)
+    latent_dim: int = Field(default=64, ge=1)
+
+    @field_validator("tile_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 8 or v & (v - 1):
+            raise ValueError("tile_size must be a power of two >= 8 (the DCGAN needs it)")
+        return v
+
+    def gan_kwargs(self) -> dict:
+        """Keyword arguments of :func:`fedmammo.training.gan.train_dcgan`."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "width": self.width,
+            "latent_dim": self.latent_dim,
+            "snapshot_every": None,
+            "warmup": 0,
+        }
+
+
+class CycleGanParams(RecipeParams):
+    """One style translator (:func:`fedmammo.training.cyclegan.train_cyclegan` keywords)."""
+
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    width: int = Field(default=16, ge=1)
+    n_blocks: int = Field(default=3, ge=0)
+    d_width: int = Field(default=16, ge=1)
+    lambda_cycle: float = Field(default=10.0, ge=0)
+    lambda_identity: float = Field(default=0.5, ge=0)
 
 
 def weighting_name(value: Any) -> Any:

@@ -18,7 +18,13 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from fedmammo.config.recipe import AveragingParams, RecipeParams, weighting_name
+from fedmammo.config.recipe import (
+    AveragingParams,
+    CycleGanParams,
+    RecipeParams,
+    TileGanParams,
+    weighting_name,
+)
 from fedmammo.models.contrastive import DEFAULT_MARGIN, DEFAULT_TAU
 
 __all__ = [
@@ -117,48 +123,6 @@ class PretrainParams(RecipeParams):
     weight_decay: float = Field(default=1e-6, ge=0)
     mvcl_weight: float = Field(default=1.0, ge=0)
     augment: bool = True
-
-
-class TileGanParams(RecipeParams):
-    """The tile generator each seen centre trains on its own breast tiles and shares."""
-
-    tile_size: int = 32
-    n_tiles: int = Field(default=512, ge=8)
-    n_synthetic: int = Field(default=512, ge=8)  # tiles sampled per received generator
-    epochs: int = Field(default=200, ge=1)
-    batch_size: int = Field(default=16, ge=2)
-    width: int = Field(default=32, ge=1)
-    latent_dim: int = Field(default=64, ge=1)
-
-    @field_validator("tile_size")
-    @classmethod
-    def _power_of_two(cls, v: int) -> int:
-        if v < 8 or v & (v - 1):
-            raise ValueError("tile_size must be a power of two >= 8 (the DCGAN needs it)")
-        return v
-
-    def gan_kwargs(self) -> dict:
-        """Keyword arguments of :func:`fedmammo.training.gan.train_dcgan`."""
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "width": self.width,
-            "latent_dim": self.latent_dim,
-            "snapshot_every": None,
-            "warmup": 0,
-        }
-
-
-class CycleGanParams(RecipeParams):
-    """One style translator (:func:`fedmammo.training.cyclegan.train_cyclegan`)."""
-
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    width: int = Field(default=16, ge=1)
-    n_blocks: int = Field(default=3, ge=0)
-    d_width: int = Field(default=16, ge=1)
-    lambda_cycle: float = Field(default=10.0, ge=0)
-    lambda_identity: float = Field(default=0.5, ge=0)
 
 
 class StyleParams(RecipeParams):

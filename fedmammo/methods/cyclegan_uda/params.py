@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from fedmammo.config import recipe as shared
 from fedmammo.config.recipe import LocalTrainingParams, ModelParams, RecipeParams
 
 __all__ = [
@@ -36,50 +37,23 @@ def arm_name(arm: str, model: str) -> str:
     return f"{arm}-{model}"
 
 
-class TileGanParams(RecipeParams):
+class TileGanParams(shared.TileGanParams):
     """The source centre's shared tile DCGAN: what the target centre's CycleGAN learns the
     source style from (square tiles of breast tissue; no source pixel leaves the source)."""
 
-    tile_size: int = 32
-    n_tiles: int = Field(default=256, ge=8)  # real tiles per centre (DCGAN and CycleGAN)
-    n_synthetic: int = Field(default=256, ge=8)  # tiles the target samples from the generator
+    n_tiles: int = Field(default=256, ge=8)
+    n_synthetic: int = Field(default=256, ge=8)
     epochs: int = Field(default=100, ge=1)
-    batch_size: int = Field(default=16, ge=2)
     width: int = Field(default=16, ge=1)
-    latent_dim: int = Field(default=64, ge=1)
     # most a tile may hold of background: high, so the CycleGAN also learns the skin line and
     # the background it translates in whole images
     max_background: float = Field(default=0.9, gt=0, le=1)
 
-    @field_validator("tile_size")
-    @classmethod
-    def _power_of_two(cls, v: int) -> int:
-        if v < 8 or v & (v - 1):
-            raise ValueError("tile_size must be a power of two >= 8 (the DCGAN needs it)")
-        return v
 
-    def gan_kwargs(self) -> dict:
-        """Keyword arguments of :func:`fedmammo.training.gan.train_dcgan`."""
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "width": self.width,
-            "latent_dim": self.latent_dim,
-            "snapshot_every": None,
-            "warmup": 0,
-        }
-
-
-class CycleGanParams(RecipeParams):
+class CycleGanParams(shared.CycleGanParams):
     """The target centre's CycleGAN (:func:`fedmammo.training.cyclegan.train_cyclegan`)."""
 
     epochs: int = Field(default=40, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    width: int = Field(default=16, ge=1)
-    n_blocks: int = Field(default=3, ge=0)
-    d_width: int = Field(default=16, ge=1)
-    lambda_cycle: float = Field(default=10.0, ge=0)
-    lambda_identity: float = Field(default=0.5, ge=0)
 
 
 def _default_models() -> dict[str, ModelParams]:

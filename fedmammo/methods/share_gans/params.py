@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from fedmammo.config import recipe as shared
 from fedmammo.config.recipe import ModelParams, RecipeParams
 
 __all__ = [
@@ -157,16 +158,10 @@ class ClassifierParams(RecipeParams):
     augment: bool = True  # random flips of training batches
 
 
-class CycleGanParams(RecipeParams):
+class CycleGanParams(shared.CycleGanParams):
     """CycleGAN of the harmonised arm (A's lesion patches <-> B's synthetic patches)."""
 
-    epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=4, ge=1)
-    width: int = Field(default=16, ge=1)
-    n_blocks: int = Field(default=3, ge=0)
-    d_width: int = Field(default=16, ge=1)
-    lambda_cycle: float = Field(default=10.0, ge=0)
-    lambda_identity: float = Field(default=0.5, ge=0)
 
 
 def _default_arms() -> list[str]:
