@@ -1,5 +1,10 @@
 """Figures the HTML report draws itself from the records: metric bars with CIs, learning
-curves per round and centre, a thumbnail grid; returned as PNG bytes (nothing is written)."""
+curves per round and centre, a thumbnail grid; returned as PNG bytes (nothing is written).
+
+Above :data:`MAX_CENTRE_PANELS` evaluating centres the bars and curves summarise the centres
+per arm (a box of the centres' values, a mean curve with a band) instead of one panel per
+centre: at 300 centres the per-centre figure had 600 panels and took minutes to lay out
+(BENCHMARKS.md, "Scale")."""
 
 from __future__ import annotations
 
@@ -14,7 +19,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["learning_curves_png", "metric_bars_png", "thumbnail_grid_png", "write_thumbnail_grid"]
+__all__ = [
+    "MAX_CENTRE_PANELS",
+    "learning_curves_figure",
+    "learning_curves_png",
+    "metric_bars_figure",
+    "metric_bars_png",
+    "thumbnail_grid_png",
+    "write_thumbnail_grid",
+]
+
+#: Most evaluating centres drawn one panel each; more are summarised per arm.
+MAX_CENTRE_PANELS = 12
 
 _COLOURS = (
     "tab:blue",
@@ -42,6 +58,12 @@ def _label(metric: str) -> str:
     return _LABELS.get(metric, metric)
 
 
+def _centre_order(present: Sequence[str], centres: Sequence[str] | None) -> list[str]:
+    """``centres``' order first (those present), then the others as they come."""
+    first = [c for c in (centres or []) if c in present]
+    return first + [c for c in present if c not in first]
+
+
 def metric_bars_png(
     final: pd.DataFrame,
     *,
@@ -49,7 +71,16 @@ def metric_bars_png(
     centres: Sequence[str] | None = None,
     dpi: int = 90,
 ) -> bytes | None:
-    """Horizontal bars of a final metric per arm, one panel per centre, CI whiskers.
+    """:func:`metric_bars_figure` as PNG bytes (None when there is nothing to draw)."""
+    fig = metric_bars_figure(final, metric=metric, centres=centres)
+    return None if fig is None else _png(fig, dpi)
+
+
+def metric_bars_figure(
+    final: pd.DataFrame, *, metric: str = "auc", centres: Sequence[str] | None = None
+) -> Figure | None:
+    """Horizontal bars of a final metric per arm, one panel per centre, CI whiskers; above
+    :data:`MAX_CENTRE_PANELS` centres one panel with a box of the centres' values per arm.
 
     ``final`` has the columns of :func:`fedmammo.evaluation.run_folder.final_records`;
     None when it holds no value of ``metric``.
@@ -57,11 +88,10 @@ def metric_bars_png(
     sel = final[(final["metric"] == metric) & final["value"].notna()]
     if sel.empty:
         return None
-    present = list(dict.fromkeys(sel["centre"]))
-    order = [c for c in (centres or []) if c in present] + [
-        c for c in present if c not in (centres or [])
-    ]
+    order = _centre_order(list(dict.fromkeys(sel["centre"])), centres)
     arms = list(dict.fromkeys(sel["arm"]))
+    if len(order) > MAX_CENTRE_PANELS:
+        return _metric_boxes_figure(sel, metric, arms, len(order))
     cols = min(len(order), 4)
     rows = math.ceil(len(order) / cols)
     fig = Figure(figsize=(3.4 * cols + 1.6, (0.32 * len(arms) + 1.0) * rows), layout="constrained")
@@ -97,7 +127,31 @@ def metric_bars_png(
     for ax in axes[len(order) :]:
         ax.set_visible(False)
     fig.suptitle(f"Test {_label(metric)} per arm and evaluating centre (95% CI or seed s.d.)")
-    return _png(fig, dpi)
+    return fig
+
+
+def _metric_boxes_figure(sel: pd.DataFrame, metric: str, arms: list[str], n: int) -> Figure:
+    """One box per arm of its centres' final values (seeds averaged per centre)."""
+    per_centre = sel.groupby(["arm", "centre"], sort=False)["value"].mean()
+    fig = Figure(figsize=(7.0, 0.45 * len(arms) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    ax.boxplot(
+        [per_centre.loc[arm].to_numpy(dtype=float) for arm in arms],
+        orientation="horizontal",
+        tick_labels=arms,
+        patch_artist=True,
+        boxprops={"facecolor": "tab:blue", "alpha": 0.5},
+        medianprops={"color": "black", "gid": "median"},
+        flierprops={"markersize": 3},
+    )
+    if metric in {"auc", "auprc", "accuracy", "f1"}:
+        ax.set_xlim(0, 1.0)
+    if metric == "auc":
+        ax.axvline(0.5, color="lightgrey", ls="--", lw=0.8)
+    ax.set_ylim(len(arms) + 0.5, 0.5)  # first arm on top, as in the tables
+    ax.set_xlabel(_label(metric))
+    fig.suptitle(f"Test {_label(metric)} per arm across {n} evaluating centres (box: quartiles)")
+    return fig
 
 
 def learning_curves_png(
@@ -107,7 +161,20 @@ def learning_curves_png(
     centres: Sequence[str] | None = None,
     dpi: int = 90,
 ) -> bytes | None:
-    """Per-round metrics, one row per metric and one column per centre, one line per arm.
+    """:func:`learning_curves_figure` as PNG bytes (None when there is nothing to draw)."""
+    fig = learning_curves_figure(frame, metrics=metrics, centres=centres)
+    return None if fig is None else _png(fig, dpi)
+
+
+def learning_curves_figure(
+    frame: pd.DataFrame,
+    *,
+    metrics: Sequence[str] = ("auc", "wll"),
+    centres: Sequence[str] | None = None,
+) -> Figure | None:
+    """Per-round metrics, one row per metric and one column per centre, one line per arm;
+    above :data:`MAX_CENTRE_PANELS` centres one column per arm: the mean over centres and
+    the band of their 10th-90th percentiles.
 
     Uses validation records (whole centre, seeds averaged), else per-round test records;
     None when the records have no per-round values of ``metrics``.
@@ -121,12 +188,11 @@ def learning_curves_png(
         return None
     sel = sel.assign(value=pd.to_numeric(sel["value"], errors="coerce"))
     mean = sel.groupby(["metric", "centre", "arm", "round"])["value"].mean().sort_index()
-    present = list(dict.fromkeys(sel["centre"]))
-    order = [c for c in (centres or []) if c in present] + [
-        c for c in present if c not in (centres or [])
-    ]
+    order = _centre_order(list(dict.fromkeys(sel["centre"])), centres)
     rows = [m for m in metrics if m in set(sel["metric"])]
     arms = list(dict.fromkeys(sel["arm"]))
+    if len(order) > MAX_CENTRE_PANELS:
+        return _curve_bands_figure(mean, rows, arms, split, len(order))
     legend_width = 0.9 + 0.065 * max(len(a) for a in arms)
     width = max(3.3 * len(order), 4.5) + legend_width
     fig = Figure(figsize=(width, 2.7 * len(rows) + 0.6), layout="constrained")
@@ -162,7 +228,39 @@ def learning_curves_png(
             [legend[a] for a in ordered], ordered, loc="outside right upper", fontsize="small"
         )
     fig.suptitle(f"Learning curves per evaluating centre ({split} split)", x=0.02, ha="left")
-    return _png(fig, dpi)
+    return fig
+
+
+def _curve_bands_figure(
+    mean: pd.Series, rows: list[str], arms: list[str], split: str, n: int
+) -> Figure:
+    """One column per arm: per round, the mean over centres and their 10-90th percentiles."""
+    fig = Figure(figsize=(max(3.3 * len(arms), 4.5), 2.7 * len(rows) + 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), len(arms), squeeze=False, sharey="row")
+    for i, metric in enumerate(rows):
+        for j, arm in enumerate(arms):
+            ax = axes[i][j]
+            try:
+                by_round = mean.loc[metric].xs(arm, level="arm").groupby(level="round")
+            except KeyError:
+                continue
+            x = np.array(sorted(by_round.groups), dtype=float)
+            centre_mean = by_round.mean().to_numpy(dtype=float)
+            low, high = (by_round.quantile(q).to_numpy(dtype=float) for q in (0.1, 0.9))
+            colour = _COLOURS[j % len(_COLOURS)]
+            ax.fill_between(x, low, high, color=colour, alpha=0.25, lw=0)
+            ax.plot(x, centre_mean, marker="o", ms=3, color=colour)
+            ax.set_title(arm if i == 0 else "")
+            ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(f"{split} {_label(metric)}" if j == 0 else "")
+    fig.suptitle(
+        f"Learning curves across {n} evaluating centres ({split} split): mean and 10-90th "
+        "percentile band",
+        x=0.02,
+        ha="left",
+    )
+    return fig
 
 
 def thumbnail_grid_png(images: np.ndarray, *, cols: int = 8, dpi: int = 80) -> bytes:
