@@ -13,6 +13,20 @@ import pytest  # noqa: E402
 import fedmammo.methods  # noqa: E402,F401  (registers the recipe kinds for load_scenario)
 
 
+@pytest.fixture(scope="session")
+def fedavg_tiny_simulation(tmp_path_factory):
+    """The run folder of ``python -m fedmammo.simulate scenarios/fedavg_tiny.yaml`` (default
+    seed), made once per session: the reference the deployment tests compare with (read
+    only)."""
+    from helpers.run_helpers import REPO, run_cli
+
+    proc, run_dir = run_cli(
+        [str(REPO / "scenarios" / "fedavg_tiny.yaml")], out=tmp_path_factory.mktemp("sim")
+    )
+    assert proc.returncode == 0 and run_dir is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: Opacus' many small per-example ops crawl when two

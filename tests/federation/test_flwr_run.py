@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers.flower_messages import InProcessGrid, in_process_identity
 from helpers.processes import BIN, free_port, local_superlinks, metric_records, stop_tree
-from helpers.run_helpers import REPO, results, run_cli
+from helpers.run_helpers import REPO, results
 
 from fedmammo.config import load_scenario
 from fedmammo.config.scenario import MessageTimeouts
@@ -213,7 +213,9 @@ IGNORED = ("timing",)
 
 
 @pytest.mark.slow
-def test_flwr_run_on_the_local_simulation_federation_matches_simulate(tmp_path):
+def test_flwr_run_on_the_local_simulation_federation_matches_simulate(
+    tmp_path, fedavg_tiny_simulation
+):
     # Prepare: a fresh Flower home (Flower writes its default connections there: `local` is a
     # simulation SuperLink that `flwr run` starts on demand) on a free port.
     flwr_home = tmp_path / "flwr_home"
@@ -250,9 +252,7 @@ def test_flwr_run_on_the_local_simulation_federation_matches_simulate(tmp_path):
     assert "all 3 centres connected" in out, out
     assert (run_dir / "run.log").is_file() and (run_dir / "results.md").is_file()
     # The same scenario and seed through fedmammo's own CLI.
-    proc, sim_dir = run_cli([str(TINY)], out=tmp_path / "sim")
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    simulated = results(sim_dir)
+    simulated = results(fedavg_tiny_simulation)
     # Assert: the same metric records, value and CI, to the last bit (timing aside): the same
     # apps, data, seeds and one torch thread per centre either way.
     mine, theirs = metric_records(flwr, IGNORED), metric_records(simulated, IGNORED)
