@@ -35,25 +35,30 @@ DET = {
 DENSITY = {arm: {c: (0.7, 0.6, 0.8) for c in ("A", "B", "D")} for arm in DET}
 
 
-def _recorder(tmp_path) -> RunRecorder:
+def _recorder(tmp_path, seeds=({},)) -> RunRecorder:
+    """One seed per entry of ``seeds``: DET with that entry's (arm, centre) cells replaced."""
     rec = RunRecorder(tmp_path, meta={META_KEY: META})
+    for seed, changed in enumerate(seeds):
+        for arm in DET:
+            for metric, table in (("detection_ap50@1", DET), ("density_accuracy", DENSITY)):
+                for centre, (v, lo, hi) in table[arm].items():
+                    if metric.startswith("detection"):
+                        v, lo, hi = changed.get((arm, centre), (v, lo, hi))
+                    rec.add(
+                        [{"metric": metric, "value": v, "ci_low": lo, "ci_high": hi}],
+                        arm=arm,
+                        seed=seed,
+                        centre=centre,
+                        split="test",
+                    )
     for arm in DET:
-        for metric, table in (("detection_ap50@1", DET), ("density_accuracy", DENSITY)):
-            for centre, (v, lo, hi) in table[arm].items():
-                rec.add(
-                    [{"metric": metric, "value": v, "ci_low": lo, "ci_high": hi}],
-                    arm=arm,
-                    seed=0,
-                    centre=centre,
-                    split="test",
-                )
-            rec.add(
-                [{"metric": "detection_ap50@0.5", "value": DET[arm]["D"][0] / 2}],
-                arm=arm,
-                seed=0,
-                centre="D",
-                split="test",
-            )
+        rec.add(
+            [{"metric": "detection_ap50@0.5", "value": DET[arm]["D"][0] / 2}],
+            arm=arm,
+            seed=0,
+            centre="D",
+            split="test",
+        )
         rec.add([{"metric": "val_loss", "value": 1.0}], arm=arm, seed=0, centre="A", split="val")
     return rec
 
@@ -86,6 +91,21 @@ def test_headline_counts_cells_whose_cis_separate(tmp_path):
     assert "msvcl vs simclr on unseen vendors: mean difference +0.100" in text
     assert "separate in 1 (msvcl higher) and 0 (simclr higher), overlap in 1" in text
     assert "msvcl vs random on unseen vendors: mean difference +0.200" in text
+
+
+def test_with_several_seeds_the_headline_counts_each_seeds_cells_with_their_own_cis(tmp_path):
+    # Prepare: seed 1's msvcl detection at D is 0.3 [0.25, 0.35] (simclr 0.4 [0.3, 0.5])
+    rec = _recorder(tmp_path, seeds=({}, {("msvcl", "D"): (0.3, 0.25, 0.35)}))
+    # Execute
+    text = headline(rec.frame(), META)
+    report = section(rec, Console(quiet=True))
+    # Assert: deltas +0.2, 0 (seed 0) and -0.1, 0 (seed 1); seed 0's detection CIs separate
+    assert (
+        "msvcl vs simclr on unseen vendors: mean difference +0.025 over 4 (task, vendor) cells "
+        "x 2 seeds; 95% CIs separate in 1 (msvcl higher) and 0 (simclr higher), overlap in 3"
+    ) in text
+    assert "Table II layout: detection_ap50@1 per vendor [mean (s.d.) over 2 seeds]" in report
+    assert "[95% bootstrap CI]" not in report
 
 
 def test_label_fraction_series_and_plot(tmp_path):
