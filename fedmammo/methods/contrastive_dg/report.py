@@ -240,7 +240,8 @@ def headline(frame: pd.DataFrame, meta: dict, arm: str = "msvcl") -> str:
                     ties + (verdict is None),
                 )
         if deltas:
-            where = "(task, vendor) cells" + (f" x {len(seeds)} seeds" if len(seeds) > 1 else "")
+            several = f"(task, vendor, seed) cells of {len(seeds)} seeds"
+            where = several if len(seeds) > 1 else "(task, vendor) cells"
             lines.append(
                 f"- {arm} vs {other} on unseen vendors: mean difference {np.mean(deltas):+.3f} "
                 f"over {len(deltas)} {where}; 95% CIs separate in {wins} "

@@ -101,8 +101,9 @@ def test_with_several_seeds_the_headline_counts_each_seeds_cells_with_their_own_
     report = section(rec, Console(quiet=True))
     # Assert: deltas +0.2, 0 (seed 0) and -0.1, 0 (seed 1); seed 0's detection CIs separate
     assert (
-        "msvcl vs simclr on unseen vendors: mean difference +0.025 over 4 (task, vendor) cells "
-        "x 2 seeds; 95% CIs separate in 1 (msvcl higher) and 0 (simclr higher), overlap in 3"
+        "msvcl vs simclr on unseen vendors: mean difference +0.025 over 4 (task, vendor, seed) "
+        "cells of 2 seeds; 95% CIs separate in 1 (msvcl higher) and 0 (simclr higher), "
+        "overlap in 3"
     ) in text
     assert "Table II layout: detection_ap50@1 per vendor [mean (s.d.) over 2 seeds]" in report
     assert "[95% bootstrap CI]" not in report
