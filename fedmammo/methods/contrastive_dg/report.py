@@ -11,6 +11,7 @@ are means of the cells (no CI).
 from __future__ import annotations
 
 import math
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -227,11 +228,9 @@ def headline(frame: pd.DataFrame, meta: dict, arm: str = "msvcl") -> str:
             continue
         wins = losses = ties = 0
         deltas = []
-        for cells in per_seed:
-            for key in cells:
-                if key[0] != arm or (other, *key[1:]) not in cells:
-                    continue
-                a, b = cells[key], cells[(other, *key[1:])]
+        for cells, task, c in product(per_seed, meta.get("tasks", TASKS), unseen):
+            a, b = cells.get((arm, task, c)), cells.get((other, task, c))
+            if a is not None and b is not None:
                 deltas.append(a[0] - b[0])
                 verdict = _above(a, b)
                 wins, losses, ties = (
@@ -251,14 +250,13 @@ def headline(frame: pd.DataFrame, meta: dict, arm: str = "msvcl") -> str:
 
 
 def _final_cells(final: pd.DataFrame, meta: dict, top: float) -> dict[tuple, tuple]:
-    """(arm, task, unseen centre) -> cell of :func:`_cells`, for one seed's records."""
-    out = {}
-    for task in meta.get("tasks", TASKS):
-        cells = _cells(final, metric_name(task, top))
-        for (a, c), cell in cells.items():
-            if c in meta.get("unseen", []):
-                out[(a, task, c)] = cell
-    return out
+    """(arm, task, centre) -> cell of :func:`_cells`, for one seed's records."""
+    tasks = meta.get("tasks", TASKS)
+    return {
+        (a, task, c): cell
+        for task in tasks
+        for (a, c), cell in _cells(final, metric_name(task, top)).items()
+    }
 
 
 def section(recorder: RunRecorder, console: Console) -> str:
