@@ -26,6 +26,7 @@ __all__ = [
     "TileGanParams",
     "Weighting",
     "known_kinds",
+    "power_of_two",
     "register_params",
     "validate_recipe_params",
     "weighting_name",
@@ -78,6 +79,14 @@ WEIGHTING_ALIASES: dict[str, str] = {
 }
 
 
+def power_of_two(value: int, name: str) -> int:
+    """``value`` when it is a power of two >= 8 (the GAN generators' patch and tile sizes),
+    else a ValueError naming ``name`` (a recipe field validator's check)."""
+    if value < 8 or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= 8 (GAN generators need it)")
+    return value
+
+
 class TileGanParams(RecipeParams):
     """A DCGAN a centre trains on square tiles of its own breast tissue and shares (its
     generator only): how the CycleGAN methods (contrastive_dg, cyclegan_uda) learn another
@@ -94,9 +103,7 @@ class TileGanParams(RecipeParams):
     @field_validator("tile_size")
     @classmethod
     def _power_of_two(cls, v: int) -> int:
-        if v < 8 or v & (v - 1):
-            raise ValueError("tile_size must be a power of two >= 8 (the DCGAN needs it)")
-        return v
+        return power_of_two(v, "tile_size")
 
     def gan_kwargs(self) -> dict:
         """Keyword arguments of :func:`fedmammo.training.gan.train_dcgan`."""

@@ -111,9 +111,7 @@ class PatchParams(RecipeParams):
     @field_validator("size")
     @classmethod
     def _power_of_two(cls, v: int) -> int:
-        if v < 8 or v & (v - 1):
-            raise ValueError("patch size must be a power of two >= 8 (GAN generators need it)")
-        return v
+        return shared.power_of_two(v, "patch size")
 
 
 class GanParams(RecipeParams):
