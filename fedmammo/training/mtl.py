@@ -273,11 +273,16 @@ def train_mtl(
     max_steps: int | None = None,
     privacy: Any | None = None,
     runtime: Runtime | None = None,
-) -> dict[str, float]:
+    optimizer_state: dict | None = None,
+) -> dict[str, Any]:
     """Train ``model`` in place with :func:`mtl_loss`; return example-weighted mean loss parts.
 
     Returns ``total``, ``classification``, ``reconstruction``, ``task_<name>``, ``steps`` and
-    ``num_examples``.
+    ``num_examples`` (floats), and ``optimizer_state``, the optimiser's state_dict after the
+    last step. ``optimizer_state`` given (a previous call's) continues that optimiser (Adam's
+    moments and step count) instead of starting a fresh one: with a few dozen steps per
+    federated round, a fresh Adam each round restarts its bias-corrected first steps and a
+    small net can stay at chance (measured on the mtl_finetune phantoms, docs/mtl_finetune.md).
 
     ``privacy`` is a :class:`fedmammo.privacy.engine.DPSession` (or anything with the same
     ``attach(model, optimizer, loader)`` / ``after_training(steps)`` pair), called before and
@@ -295,7 +300,9 @@ def train_mtl(
         run.check_dp()
         keep_freed_memory()  # DP steps churn tens of MB: keep the heap (see runtime)
     run.prepare(model).train()
-    opt = _optimizer(model, optimizer, lr)
+    opt = base_opt = _optimizer(model, optimizer, lr)
+    if optimizer_state is not None:
+        base_opt.load_state_dict(optimizer_state)
     if privacy is not None:
         model, opt, loader = privacy.attach(model, opt, loader)
     backward = getattr(privacy, "backward", Tensor.backward)
@@ -331,9 +338,10 @@ def train_mtl(
                 sums[k] = sums.get(k, 0.0) + v * n
     if privacy is not None:
         privacy.after_training(steps)
-    metrics = {k: v / max(seen, 1) for k, v in sums.items()}
+    metrics: dict[str, Any] = {k: v / max(seen, 1) for k, v in sums.items()}
     metrics.update(steps=float(steps), num_examples=float(seen))
     log.debug("train_mtl: %d steps, %d examples, loss %.4f", steps, seen, metrics.get("total", 0))
+    metrics["optimizer_state"] = base_opt.state_dict()
     return metrics
 
 

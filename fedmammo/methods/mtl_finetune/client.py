@@ -56,7 +56,12 @@ from fedmammo.data.labels import MISSING, drop_labels, finetune_targets, manifes
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
 from fedmammo.evaluation.latent import plot_latent
-from fedmammo.federation.centre_models import model_from
+from fedmammo.federation.centre_models import (
+    OPTIMIZER,
+    load_round_state,
+    model_from,
+    save_round_state,
+)
 from fedmammo.federation.centre_runtime import (
     CentreIdentity,
     centre_data,
@@ -277,6 +282,7 @@ def train(msg: Message, context: Context) -> Message:
         steps_per_epoch=len(loader),
         epochs=params.epochs,
     )
+    keep = params.keep_optimizer_state  # Adam's state from this centre's previous round
     weights = None
     if m.phase == FINETUNE:
         high = 20.0 if m.class_weight_high is None else m.class_weight_high
@@ -291,7 +297,10 @@ def train(msg: Message, context: Context) -> Message:
         class_weights=weights,
         recon_weight=float(m.recon_weight),
         privacy=privacy,
+        optimizer_state=load_round_state(context, OPTIMIZER, m) if keep else None,
     )
+    if keep:
+        save_round_state(context, OPTIMIZER, m, result["optimizer_state"])
     metrics = TrainMtlMetrics(
         num_examples=len(rows),
         examples_seen=int(result["num_examples"]),
@@ -301,7 +310,7 @@ def train(msg: Message, context: Context) -> Message:
         losses={
             key.removeprefix("task_"): float(value)
             for key, value in result.items()
-            if key not in ("total", "steps", "num_examples")
+            if key not in ("total", "steps", "num_examples", "optimizer_state")
         },
         labelled={task: int((y != MISSING).sum()) for task, y in targets.items()},
         num_images=len(rows),  # the weighting counts (its own): images, and those labelled

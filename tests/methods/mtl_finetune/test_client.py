@@ -276,3 +276,37 @@ def test_train_applies_the_recipes_augmentation(centre, monkeypatch):
     _send(handlers.evaluate, "evaluate.mtl", data_dir, _model(), split="test")
     # Assert: built once, by the training round, with the recipe's options
     assert built == [options]
+
+
+def test_a_centre_carries_its_adam_state_from_round_to_round(centre, tmp_path):
+    # Prepare: a centre keeping its optimiser state in its own state folder
+    data, data_dir = centre
+    node = {"centre": "tiny", "data-dir": str(data_dir), "role": "train"}
+
+    def context(state_dir):
+        config = {**node, "state-dir": str(state_dir)}
+        return Context(run_id=1, node_id=7, node_config=config, state=RecordDict(), run_config={})
+
+    keep, fresh = context(tmp_path / "keep"), context(tmp_path / "fresh")
+    recipe = json.dumps({**TRAIN, "keep_optimizer_state": True})
+
+    def send(model, rnd, ctx, train):
+        out = _send(handlers.train, "train.mtl", data_dir, model, context=ctx, train=train,
+                    **{"server-round": rnd})  # fmt: skip
+        after = _model()
+        after.load_state_dict(out["arrays"].to_torch_state_dict())
+        return after
+
+    # Execute: rounds 1 and 2 carrying Adam's state; round 2 again with a fresh Adam
+    first = send(_model(), 1, keep, recipe)
+    second = send(first, 2, keep, recipe)
+    restarted = send(first, 2, fresh, json.dumps(TRAIN))
+    # Assert: one Adam run of 2 + 2 steps, kept per round in the centre's state folder
+    saved = sorted((tmp_path / "keep").glob("optimizer/*/round*.pt"))
+    assert [p.name for p in saved] == ["round1.pt", "round2.pt"]
+    steps = {int(s["step"]) for s in torch.load(saved[-1])["state"].values()}
+    assert steps == {4}
+    assert not list((tmp_path / "fresh").glob("optimizer/*/*"))  # off: nothing kept
+    # the moments were used: round 2 from the same weights differs from a fresh Adam's
+    a, b = second.state_dict(), restarted.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
