@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from rich.console import Console
 from rich.syntax import Syntax
@@ -201,45 +200,41 @@ def _new_run_dir(out: Path, name: str) -> Path:
 
 
 # --------------------------------------------------------------------------- running
-def prepare_data(scenario: Scenario, *, with_pooled: bool, thumbnails: Path | None = None) -> None:
-    """Materialise every centre's data once, before the Flower apps start (no races).
+def prepare_data(scenario: Scenario, *, thumbnails: Path | None = None) -> None:
+    """Materialise every centre's data once, before the Flower apps start (no races); several
+    centres at once in worker processes (fedmammo.data.prepare.materialise_centres).
 
     With ``thumbnails`` (a folder), a grid of each synthetic centre's first images is written
     there for the report (never of a real dataset's images).
     """
     from rich.progress import Progress
 
-    from fedmammo.data.prepare import materialise_centre
+    from fedmammo.data.prepare import CentreJob, materialise_centres
 
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("preparing centres", total=len(scenario.centres))
-        for entry in scenario.centres:
-            profile = scenario.resolved_profiles[entry.name or ""]
-            progress.update(task, description=f"preparing centre {safe(profile.name)}")
-            data = materialise_centre(
-                profile,
-                scenario.data_dir,
-                image_size=scenario.image_size,
-                data_seed=scenario.data_seed,
-                test_only=entry.role == "test",
-            )
-            if with_pooled and entry.role in ("train", "receiver"):
-                materialise_centre(
-                    profile,
-                    scenario.data_dir,
-                    image_size=scenario.image_size,
-                    data_seed=scenario.data_seed,
-                )
-            if thumbnails is not None and profile.data.synthetic is not None and len(data.manifest):
-                from fedmammo.evaluation.report_charts import write_thumbnail_grid
-
-                shown = np.arange(min(16, len(data.manifest)))
-                write_thumbnail_grid(data.cache.images(shown), thumbnails / f"{profile.name}.png")
+    profiles = [scenario.resolved_profiles[entry.name or ""] for entry in scenario.centres]
+    jobs = [
+        CentreJob(
+            profile=profile,
+            data_root=str(scenario.data_dir),
+            image_size=tuple(scenario.image_size),
+            data_seed=scenario.data_seed,
+            test_only=entry.role == "test",
+            thumbnail=None if thumbnails is None else str(thumbnails / f"{profile.name}.png"),
+        )
+        for entry, profile in zip(scenario.centres, profiles, strict=True)
+    ]
+    # no refresh thread: the workers may be forked from this process (cache_workers)
+    with Progress(console=console, transient=True, auto_refresh=False) as progress:
+        task = progress.add_task(f"preparing {len(jobs)} centres", total=len(jobs))
+        progress.refresh()
+        prepared = materialise_centres(jobs)
+        for entry, (job, images, skipped) in zip(scenario.centres, prepared, strict=True):
             console.print(
-                f"  centre [bold]{safe(profile.name)}[/] ({entry.role}): "
-                f"{len(data.manifest)} images, {len(data.skipped)} skipped"
+                f"  centre [bold]{safe(job.profile.name)}[/] ({entry.role}): {images} images, "
+                f"{skipped} skipped"
             )
             progress.advance(task)
+            progress.refresh()
 
 
 def _wants_pooled(scenario: Scenario) -> bool:
@@ -265,7 +260,7 @@ def run(spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None) ->
         check_fits(client_resources(scenario), nodes, cluster[1])
     else:
         fits_here(scenario)
-    prepare_data(scenario, with_pooled=with_pooled, thumbnails=run_dir / "thumbnails")
+    prepare_data(scenario, thumbnails=run_dir / "thumbnails")
     spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
     os.environ[ENV_VAR] = str(spec.save())
     run_simulation(

@@ -31,7 +31,10 @@ __all__ = [
     "SCALE",
     "START_METHOD",
     "Loaded",
+    "available_memory",
+    "cores",
     "plan_workers",
+    "pool_context",
     "read_all",
     "read_one",
     "start_method",
@@ -67,13 +70,14 @@ def read_one(path: str, size: tuple[int, int], loader: Callable[..., Any]) -> Lo
     return np.rint(img * SCALE).astype(np.uint16), geometry
 
 
-def _cores() -> int:
+def cores() -> int:
+    """CPU cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """Bytes of memory this process may still use (cgroup limit or MemAvailable); None if
     unknown."""
     limits = []
@@ -102,7 +106,7 @@ def plan_workers(paths: Sequence[str], requested: int | None) -> int:
     no more than half the available memory holds, each worker needing about
     _BYTES_PER_PIXEL per pixel of the largest file.
     """
-    workers = _cores() if requested is None else max(1, int(requested))
+    workers = cores() if requested is None else max(1, int(requested))
     workers = min(workers, max(1, len(paths) // MIN_IMAGES_PER_WORKER))
     if workers > 1:
         sizes = [os.stat(p).st_size for p in paths if os.path.isfile(p)]
@@ -110,7 +114,7 @@ def plan_workers(paths: Sequence[str], requested: int | None) -> int:
         workers = min(workers, max(1, sum(sizes) // per_start))
         pixels = min(MAX_PIXELS, _PIXELS_PER_FILE_BYTE * max(sizes, default=0))
         per_worker = _BYTES_PER_PIXEL * pixels + 64 * 2**20
-        available = _available_memory()
+        available = available_memory()
         if available is not None:
             workers = min(workers, max(1, int(available // 2 // per_worker)))
     return workers
@@ -134,7 +138,8 @@ def start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def pool_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of worker pools (:func:`start_method`)."""
     return multiprocessing.get_context(start_method())
 
 
@@ -172,7 +177,7 @@ def _pool_map(
 ) -> Iterator[Loaded]:
     """Results of ``work`` over ``paths`` in order from a pool of ``workers`` processes."""
     chunk = 1 if workers == 1 else max(1, min(16, len(paths) // (4 * workers)))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=pool_context())
     try:
         yield from pool.map(work, paths, chunksize=chunk)
     finally:  # idle workers exit on their own; waiting for them would only add latency

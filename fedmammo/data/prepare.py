@@ -19,7 +19,16 @@ from fedmammo.data.manifest import normalise_manifest, read_manifest
 from fedmammo.data.splits import assign_splits
 from fedmammo.errors import DataError
 
-__all__ = ["CentreData", "PooledData", "centre_data_dir", "materialise_centre", "profile_stamp"]
+__all__ = [
+    "CentreData",
+    "CentreJob",
+    "PooledData",
+    "centre_data_dir",
+    "materialise_centre",
+    "materialise_centres",
+    "preparation_workers",
+    "profile_stamp",
+]
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +191,13 @@ def materialise_centre(
     data_seed: int = 0,
     test_only: bool = False,
     data_dir: str | Path | None = None,
+    cache_workers: int | None = None,
 ) -> CentreData:
     """Prepare a centre once: source manifest, patient-wise splits, and the image cache.
 
     Everything is written under ``data_dir`` (default: a folder named after the centre and a
     hash of its profile under ``data_root``) and reused while inputs and settings are unchanged.
+    ``cache_workers``: processes reading its images (``ImageCache.build``; None: by cores).
     """
     data_dir = Path(data_dir) if data_dir else centre_data_dir(data_root, profile, data_seed)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -198,8 +209,134 @@ def materialise_centre(
         manifest["segment"] = manifest[key].astype(str).agg("-".join, axis=1)
     manifest = _split(manifest, profile, test_only=test_only, data_seed=data_seed)
     h, w = image_size
-    cache = ImageCache.build(manifest, data_dir / f"cache_{h}x{w}", size=(h, w))
+    cache = ImageCache.build(
+        manifest, data_dir / f"cache_{h}x{w}", size=(h, w), workers=cache_workers
+    )
     cached = normalise_manifest(cache.manifest)
     if cache.skipped:
         log.warning("centre %s: %d unreadable images skipped", profile.name, len(cache.skipped))
     return CentreData(name=profile.name, manifest=cached, cache=cache, skipped=list(cache.skipped))
+
+
+@dataclass(frozen=True)
+class CentreJob:
+    """One centre to prepare (:func:`materialise_centres`); ``thumbnail``: where to write a
+    grid of its first images (synthetic centres only; None: no grid)."""
+
+    profile: CentreProfile
+    data_root: str
+    image_size: tuple[int, int]
+    data_seed: int = 0
+    test_only: bool = False
+    thumbnail: str | None = None
+
+
+#: Fewer centres than this are prepared in this process: starting the workers (a forkserver
+#: importing fedmammo, ~1.5 s) costs more than it saves (measured, benchmarks/bench_prepare.py:
+#: 4 tiny centres 2.1 s alone, 2.8 s in 2 workers; 32 centres 12.8 s, 7.0 s).
+MIN_CENTRES_FOR_POOL = 8
+#: Memory set aside per centre prepared in parallel: the phantom's images of one patient or
+#: one decoded DICOM file at a time, plus the worker's numpy / pandas / pydicom (~0.3 GB).
+PREPARE_BYTES_PER_WORKER = 1 << 30
+
+
+def preparation_workers(jobs: int, requested: int | None = None) -> int:
+    """How many processes prepare ``jobs`` centres: one per core (or ``requested``), no more
+    than the centres, and no more than half the available memory holds at
+    PREPARE_BYTES_PER_WORKER each; 1 prepares them in this process, as for fewer than
+    MIN_CENTRES_FOR_POOL centres unless ``requested``."""
+    from fedmammo.data.cache_workers import available_memory, cores
+
+    if requested is None and jobs < MIN_CENTRES_FOR_POOL:
+        return 1
+    workers = cores() if requested is None else max(1, int(requested))
+    workers = min(workers, jobs)
+    available = available_memory()
+    if available is not None:
+        workers = min(workers, max(1, int(available // 2 // PREPARE_BYTES_PER_WORKER)))
+    return max(1, workers)
+
+
+def _prepare(job: CentreJob, cache_workers: int | None = None) -> tuple[int, int]:
+    """Prepare one centre (and its thumbnail grid); its image and skipped-file counts."""
+    data = materialise_centre(
+        job.profile,
+        job.data_root,
+        image_size=job.image_size,
+        data_seed=job.data_seed,
+        test_only=job.test_only,
+        cache_workers=cache_workers,
+    )
+    if job.thumbnail and job.profile.data.synthetic is not None and len(data.manifest):
+        from fedmammo.evaluation.report_charts import write_thumbnail_grid
+
+        shown = np.arange(min(16, len(data.manifest)))
+        write_thumbnail_grid(data.cache.images(shown), job.thumbnail)
+    return len(data.manifest), len(data.skipped)
+
+
+def _worker_logging(queue, levels: dict[str, int]) -> None:
+    """Pool initializer: send this worker's log records to the parent (spawned or forkserver
+    workers would otherwise lose them, the run log with them)."""
+    import logging.handlers
+
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(queue)]
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+
+
+class _Relay(logging.Handler):
+    """Hands a worker's record to this process's logger of the same name (its handlers)."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+        return True
+
+
+def _prepare_in_worker(job: CentreJob) -> tuple[int, int]:
+    return _prepare(job, cache_workers=1)  # the centres are the parallel work: no nested pool
+
+
+def materialise_centres(jobs: list[CentreJob], *, workers: int | None = None):
+    """Prepare every centre of ``jobs``; yield ``(job, images, skipped)`` in their order.
+
+    Centres are independent (each its own folder), so several are prepared at once in worker
+    processes (:func:`preparation_workers`; each reads its images in one process) and the
+    results are the same as one by one; the workers' log records reach this process's
+    handlers (the run log). The first error (a missing data root, unreadable files) is raised
+    as the worker raised it, naming its centre; centres finished before it keep their
+    folders, and a re-run reuses them.
+    """
+    n = preparation_workers(len(jobs), workers)
+    if n <= 1:
+        for job in jobs:
+            yield (job, *_prepare(job))
+        return
+    import logging.handlers
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fedmammo.data.cache_workers import pool_context
+
+    context = pool_context()  # before the relay's thread: fork only from one thread
+    if context.get_start_method() == "forkserver":  # workers fork from one that imported us
+        context.set_forkserver_preload([__name__])
+    queue = context.Queue()
+    levels = {
+        name: logging.getLogger(name or None).getEffectiveLevel() for name in ("", "fedmammo")
+    }
+    relay = logging.handlers.QueueListener(queue, _Relay())
+    relay.start()
+    try:
+        with ProcessPoolExecutor(
+            max_workers=n,
+            mp_context=context,
+            initializer=_worker_logging,
+            initargs=(queue, levels),
+        ) as pool:
+            for job, counts in zip(jobs, pool.map(_prepare_in_worker, jobs), strict=True):
+                yield (job, *counts)
+    finally:
+        relay.stop()

@@ -104,8 +104,8 @@ def test_worker_count_follows_cores_images_and_memory(tmp_path, monkeypatch) -> 
         with path.open("wb") as fh:
             fh.truncate(4 * 2**20)
         paths.append(str(path))
-    monkeypatch.setattr(cache_workers, "_cores", lambda: 4)
-    monkeypatch.setattr(cache_workers, "_available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(cache_workers, "cores", lambda: 4)
+    monkeypatch.setattr(cache_workers, "available_memory", lambda: 64 * 2**30)
     monkeypatch.setattr(cache_workers, "START_METHOD", "fork")
     # Execute / Assert: one per core by default, an explicit count honoured
     assert cache_workers.plan_workers(paths, None) == 4
@@ -118,9 +118,9 @@ def test_worker_count_follows_cores_images_and_memory(tmp_path, monkeypatch) -> 
     monkeypatch.setattr(cache_workers, "START_METHOD", "fork")
     # ... and as many as half the available memory holds (16 B per pixel, 1.5 pixels per byte)
     per_worker = 16 * 1.5 * 4 * 2**20 + 64 * 2**20
-    monkeypatch.setattr(cache_workers, "_available_memory", lambda: int(2 * 2.5 * per_worker))
+    monkeypatch.setattr(cache_workers, "available_memory", lambda: int(2 * 2.5 * per_worker))
     assert cache_workers.plan_workers(paths, None) == 2
-    monkeypatch.setattr(cache_workers, "_available_memory", lambda: 10)
+    monkeypatch.setattr(cache_workers, "available_memory", lambda: 10)
     assert cache_workers.plan_workers(paths, None) == 1
 
 
