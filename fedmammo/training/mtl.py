@@ -280,9 +280,8 @@ def train_mtl(
     Returns ``total``, ``classification``, ``reconstruction``, ``task_<name>``, ``steps`` and
     ``num_examples`` (floats), and ``optimizer_state``, the optimiser's state_dict after the
     last step. ``optimizer_state`` given (a previous call's) continues that optimiser (Adam's
-    moments and step count) instead of starting a fresh one: with a few dozen steps per
-    federated round, a fresh Adam each round restarts its bias-corrected first steps and a
-    small net can stay at chance (measured on the mtl_finetune phantoms, docs/mtl_finetune.md).
+    moments and step count) instead of starting a fresh one (the paper trains one Adam run;
+    docs/mtl_finetune.md compares the two).
 
     ``privacy`` is a :class:`fedmammo.privacy.engine.DPSession` (or anything with the same
     ``attach(model, optimizer, loader)`` / ``after_training(steps)`` pair), called before and
