@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -296,11 +298,9 @@ class _Relay(logging.Handler):
         return True
 
 
-def _prepare_in_worker(job: CentreJob) -> tuple[int, int]:
-    return _prepare(job, cache_workers=1)  # the centres are the parallel work: no nested pool
-
-
-def materialise_centres(jobs: list[CentreJob], *, workers: int | None = None):
+def materialise_centres(
+    jobs: list[CentreJob], *, workers: int | None = None
+) -> Iterator[tuple[CentreJob, int, int]]:
     """Prepare every centre of ``jobs``; yield ``(job, images, skipped)`` in their order.
 
     Centres are independent (each its own folder), so several are prepared at once in worker
@@ -336,7 +336,9 @@ def materialise_centres(jobs: list[CentreJob], *, workers: int | None = None):
             initializer=_worker_logging,
             initargs=(queue, levels),
         ) as pool:
-            for job, counts in zip(jobs, pool.map(_prepare_in_worker, jobs), strict=True):
+            # the centres are the parallel work: each reads its images in its worker
+            prepared = pool.map(partial(_prepare, cache_workers=1), jobs)
+            for job, counts in zip(jobs, prepared, strict=True):
                 yield (job, *counts)
     finally:
         relay.stop()

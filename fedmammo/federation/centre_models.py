@@ -29,6 +29,8 @@ __all__ = [
     "FEDBN",
     "OPTIMIZER",
     "bn_keys",
+    "keep_optimizer_state",
+    "kept_optimizer_state",
     "load_round_state",
     "model_from",
     "round_state_file",
@@ -91,6 +93,18 @@ def load_round_state(context: Context, kind: str, m: ModelConfig) -> dict | None
     """The ``kind`` state this message continues (see :func:`round_state_file`), or None."""
     path = round_state_file(context, kind, m.arm, getattr(m, "server_round", None))
     return None if path is None else torch.load(path, weights_only=True)
+
+
+def kept_optimizer_state(context: Context, m: ModelConfig, keep: bool) -> dict | None:
+    """The optimiser state this round continues (this centre's from its previous round of
+    ``m.arm``) when the recipe keeps it (``train.keep_optimizer_state``), else None."""
+    return load_round_state(context, OPTIMIZER, m) if keep else None
+
+
+def keep_optimizer_state(context: Context, m: ModelConfig, state: dict, keep: bool) -> None:
+    """Keep ``state`` (the optimiser's after this round) when the recipe keeps it."""
+    if keep:
+        save_round_state(context, OPTIMIZER, m, state)
 
 
 def model_from(

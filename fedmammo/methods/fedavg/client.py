@@ -9,11 +9,10 @@ from flwr.app import Context, Message
 from fedmammo.config.recipe import LocalTrainingParams
 from fedmammo.evaluation.metrics import metrics_by_segment
 from fedmammo.federation.centre_models import (
-    OPTIMIZER,
-    load_round_state,
+    keep_optimizer_state,
+    kept_optimizer_state,
     model_from,
     save_local_bn,
-    save_round_state,
 )
 from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.codec import state_to_arrays
@@ -55,10 +54,9 @@ def train(msg: Message, context: Context) -> Message:
         seed=int(m.seed),
         device=device(),
         privacy=privacy,
-        optimizer_state=load_round_state(context, OPTIMIZER, m) if keep else None,
+        optimizer_state=kept_optimizer_state(context, m, keep),
     )
-    if keep:
-        save_round_state(context, OPTIMIZER, m, result.optimizer_state)
+    keep_optimizer_state(context, m, result.optimizer_state, keep)
     if local_bn:
         save_local_bn(model, context, m)
     metrics = TrainMetrics(

@@ -57,10 +57,9 @@ from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
 from fedmammo.evaluation.latent import plot_latent
 from fedmammo.federation.centre_models import (
-    OPTIMIZER,
-    load_round_state,
+    keep_optimizer_state,
+    kept_optimizer_state,
     model_from,
-    save_round_state,
 )
 from fedmammo.federation.centre_runtime import (
     CentreIdentity,
@@ -297,10 +296,9 @@ def train(msg: Message, context: Context) -> Message:
         class_weights=weights,
         recon_weight=float(m.recon_weight),
         privacy=privacy,
-        optimizer_state=load_round_state(context, OPTIMIZER, m) if keep else None,
+        optimizer_state=kept_optimizer_state(context, m, keep),
     )
-    if keep:
-        save_round_state(context, OPTIMIZER, m, result["optimizer_state"])
+    keep_optimizer_state(context, m, result.pop("optimizer_state"), keep)
     metrics = TrainMtlMetrics(
         num_examples=len(rows),
         examples_seen=int(result["num_examples"]),
@@ -310,7 +308,7 @@ def train(msg: Message, context: Context) -> Message:
         losses={
             key.removeprefix("task_"): float(value)
             for key, value in result.items()
-            if key not in ("total", "steps", "num_examples", "optimizer_state")
+            if key not in ("total", "steps", "num_examples")
         },
         labelled={task: int((y != MISSING).sum()) for task, y in targets.items()},
         num_images=len(rows),  # the weighting counts (its own): images, and those labelled

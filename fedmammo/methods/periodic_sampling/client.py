@@ -70,11 +70,10 @@ from fedmammo.errors import DataError
 from fedmammo.evaluation.metrics import metrics_by_segment
 from fedmammo.evaluation.tables import comparison_rows
 from fedmammo.federation.centre_models import (
-    OPTIMIZER,
-    load_round_state,
+    keep_optimizer_state,
+    kept_optimizer_state,
     model_from,
     save_local_bn,
-    save_round_state,
 )
 from fedmammo.federation.centre_runtime import (
     Rows,
@@ -202,11 +201,10 @@ def train(msg: Message, context: Context) -> Message:
             device=device(),
             batch_sampler=sampler,
             privacy=privacy,
-            optimizer_state=load_round_state(context, OPTIMIZER, m) if keep else None,
+            optimizer_state=kept_optimizer_state(context, m, keep),
         )
         steps, seen, loss = result.steps, result.num_examples, result.loss
-        if keep:  # Adam's state from this centre's previous round of the arm, continued
-            save_round_state(context, OPTIMIZER, m, result.optimizer_state)
+        keep_optimizer_state(context, m, result.optimizer_state, keep)
     if local_bn:
         save_local_bn(model, context, m)
     metrics = TrainPeriodicMetrics(
