@@ -22,7 +22,7 @@ __all__ = [
     "MultiTaskDataset",
     "collate_mtl",
     "evaluate_mtl",
-    "finetune_class_weights",
+    "finetune_acr_weights",
     "mtl_augmentation",
     "mtl_loss",
     "train_mtl",
@@ -37,11 +37,26 @@ MTL_TASKS: tuple[str, ...] = ("malignancy", "acr", "density", "view")
 Batch = tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]
 
 
+def _acr_sample_weights(
+    targets: Mapping[str, Tensor], acr_weights: Tensor | None, n: int, like: Tensor
+) -> Tensor | None:
+    """Each sample's weight by its ACR class (``acr_weights``, 6 values); 1 without an ACR."""
+    if acr_weights is None or "acr" not in targets:
+        return None
+    acr = targets["acr"].to(like.device).long().reshape(-1)
+    weights = torch.as_tensor(acr_weights, dtype=like.dtype, device=like.device).reshape(-1)
+    if weights.numel() != 6:
+        raise DataError(f"acr_weights has {weights.numel()} values, not 6 (ACR 1-6)")
+    if acr.numel() != n:
+        raise DataError(f"task 'acr': {acr.numel()} targets for a batch of {n}")
+    return torch.where(acr >= 0, weights[acr.clamp(0, 5)], 1.0)
+
+
 def _task_losses(
     logits: Mapping[str, Tensor],
     targets: Mapping[str, Tensor],
     uncertainty: Mapping[str, Tensor],
-    class_weights: Mapping[str, Tensor] | None,
+    acr_weights: Tensor | None,
 ) -> dict[str, Tensor]:
     """Per-task weighted cross-entropy, summed over the batch and divided by its size."""
     out: dict[str, Tensor] = {}
@@ -64,11 +79,9 @@ def _task_losses(
         w = torch.where(present, 1.0 - u.clamp(0.0, 1.0), torch.zeros_like(u))
         safe_y = y.clamp(min=0)  # missing -> class 0, then multiplied by w = 0: zero gradient
         ce = F.cross_entropy(z, safe_y, reduction="none")
-        if class_weights is not None and task in class_weights:
-            cw = torch.as_tensor(class_weights[task], dtype=z.dtype, device=z.device)
-            if cw.numel() != classes:
-                raise DataError(f"class_weights[{task!r}] has {cw.numel()} values, not {classes}")
-            ce = ce * cw[safe_y]
+        by_acr = _acr_sample_weights(targets, acr_weights, n, ce)
+        if by_acr is not None:
+            ce = ce * by_acr
         out[task] = (w * ce).sum() / max(n, 1)
     return out
 
@@ -78,7 +91,7 @@ def weighted_task_loss(
     targets: Mapping[str, Tensor],
     uncertainty: Mapping[str, Tensor],
     *,
-    class_weights: Mapping[str, Tensor] | None = None,
+    acr_weights: Tensor | None = None,
 ) -> Tensor:
     """multi-task paper Eq. 1-2: sum over tasks of (1 - u)-weighted cross-entropy, batch-averaged.
 
@@ -86,9 +99,11 @@ def weighted_task_loss(
     exactly zero gradient). The sum over samples is divided by the batch size, not by the sum
     of weights: uncertain labels shrink the loss, as in the seed ("no additional
     normalization"). A task in ``logits`` without targets counts as missing everywhere.
-    ``class_weights[task]`` (C values) multiplies each sample's loss by its class's weight.
+    ``acr_weights`` (6 values, ACR 1-6) multiplies every task's loss of a sample by the weight
+    of the sample's ACR class (the paper's fine-tuning weighs "all samples having ACR in
+    {4, 5}"); a sample without an ACR label weighs 1.
     """
-    losses = _task_losses(logits, targets, uncertainty, class_weights)
+    losses = _task_losses(logits, targets, uncertainty, acr_weights)
     if not losses:
         raise DataError("weighted_task_loss: no task logits (every head is switched off)")
     return torch.stack(list(losses.values())).sum()
@@ -104,7 +119,7 @@ def mtl_loss(
     batch: Batch,
     *,
     recon_weight: float = 1.0,
-    class_weights: Mapping[str, Tensor] | None = None,
+    acr_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """multi-task paper Eq. 3: reconstruction MSE plus the weighted task losses; also the parts.
 
@@ -112,7 +127,7 @@ def mtl_loss(
     ``task_<name>`` per task, as floats.
     """
     x, targets, uncertainty = batch
-    losses = _task_losses(outputs["logits"], targets, uncertainty, class_weights)
+    losses = _task_losses(outputs["logits"], targets, uncertainty, acr_weights)
     cls = torch.stack(list(losses.values())).sum() if losses else x.new_zeros(())
     rec = _reconstruction_loss(outputs, x)
     total = cls if rec is None else cls + recon_weight * rec
@@ -125,19 +140,14 @@ def mtl_loss(
     return total, parts
 
 
-def finetune_class_weights(
-    high: float = 20.0, *, tasks: Sequence[str] = ("acr", "malignancy")
-) -> dict[str, Tensor]:
-    """Class weights of the seed's fine-tuning (weight ``high`` for ACR 4-5, 1 elsewhere).
+def finetune_acr_weights(high: float = 20.0) -> Tensor:
+    """The seed's fine-tuning sample weights by ACR 1-6: ``high`` for ACR 4-5, 1 elsewhere.
 
-    ACR classes 3 and 4 (ACR 4 and 5) get ``high``; malignancy class 1, which fine-tuning
-    derives from ACR 4-5 (and 6), gets it too so the same samples are up-weighted there.
+    Section 3.3.5: "We set the weight to 20 for all samples having ACR in {4, 5}, and to 1 for
+    all the other classes": a sample's weight follows its ACR assessment, so a confirmed
+    ACR 6 cancer weighs 1 although fine-tuning labels it malignant as ACR 4-5 are.
     """
-    out = {
-        "acr": torch.tensor([1.0, 1.0, 1.0, high, high, 1.0]),
-        "malignancy": torch.tensor([1.0, high]),
-    }
-    return {t: out[t] for t in tasks if t in out}
+    return torch.tensor([1.0, 1.0, 1.0, high, high, 1.0])
 
 
 def mtl_augmentation(
@@ -268,7 +278,7 @@ def train_mtl(
     lr: float,
     optimizer: str = "adam",
     device: str | torch.device = "cpu",
-    class_weights: Mapping[str, Tensor] | None = None,
+    acr_weights: Tensor | None = None,
     recon_weight: float = 1.0,
     max_steps: int | None = None,
     privacy: Any | None = None,
@@ -322,7 +332,7 @@ def train_mtl(
                     model(x),
                     (x, targets, unc),
                     recon_weight=recon_weight,
-                    class_weights=class_weights,
+                    acr_weights=acr_weights,
                 )
             if scaler is not None:
                 scaler.scale(total).backward()

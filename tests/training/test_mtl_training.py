@@ -14,7 +14,7 @@ from fedmammo.training.mtl import (
     MultiTaskDataset,
     collate_mtl,
     evaluate_mtl,
-    finetune_class_weights,
+    finetune_acr_weights,
     mtl_loss,
     train_mtl,
     weighted_task_loss,
@@ -138,22 +138,40 @@ def test_weight_scales_as_one_minus_uncertainty():
     assert losses[1.0] == 0.0
 
 
-def test_class_weights_multiply_the_loss_of_their_class_only():
-    # Prepare
-    logits = _logits(n=2)
-    acr = {"acr": logits["acr"]}
-    t_high = {"acr": torch.tensor([3, 4])}
-    t_low = {"acr": torch.tensor([0, 1])}
-    cw = finetune_class_weights(20.0)
-    # Execute
-    high = float(weighted_task_loss(acr, t_high, _zeros_u(t_high)))
-    high_w = float(weighted_task_loss(acr, t_high, _zeros_u(t_high), class_weights=cw))
-    low = float(weighted_task_loss(acr, t_low, _zeros_u(t_low)))
-    low_w = float(weighted_task_loss(acr, t_low, _zeros_u(t_low), class_weights=cw))
-    # Assert
-    assert high_w == pytest.approx(20 * high)
-    assert low_w == pytest.approx(low)
-    assert cw["malignancy"].tolist() == [1.0, 20.0]
+def test_acr_4_5_samples_weigh_20_in_every_task_and_confirmed_acr_6_cancers_weigh_1():
+    # Prepare: ACR 5 (cancer), ACR 6 (confirmed cancer), ACR 2 (benign), no ACR (benign);
+    # fine-tuning labels ACR 4-6 malignant, so a weight by malignancy class would give 20, 20
+    logits = {"malignancy": torch.randn(4, 2), "acr": torch.randn(4, 6)}
+    targets = {"malignancy": torch.tensor([1, 1, 0, 0]), "acr": torch.tensor([4, 5, 1, -1])}
+    unc = _zeros_u(targets)
+    weights = finetune_acr_weights(20.0)
+
+    def per_sample(task: str) -> list[float]:
+        out = []
+        for i in range(4):
+            one = {t: v[i : i + 1] for t, v in targets.items()}
+            lone = {task: logits[task][i : i + 1]}
+            plain = float(weighted_task_loss(lone, one, _zeros_u(one)))
+            weighted = float(weighted_task_loss(lone, one, _zeros_u(one), acr_weights=weights))
+            out.append(weighted / plain if plain else float("nan"))
+        return out
+
+    # Execute / Assert: the sample's ACR sets its weight, in the malignancy loss too
+    assert per_sample("malignancy") == pytest.approx([20.0, 1.0, 1.0, 1.0])
+    assert per_sample("acr")[:3] == pytest.approx([20.0, 1.0, 1.0])
+    assert weights.tolist() == [1.0, 1.0, 1.0, 20.0, 20.0, 1.0]
+    # the batch loss is the mean of the weighted per-sample losses
+    batch = float(weighted_task_loss(logits, targets, unc, acr_weights=weights))
+    ce_m = torch.nn.functional.cross_entropy(
+        logits["malignancy"], targets["malignancy"], reduction="none"
+    )
+    ce_a = torch.nn.functional.cross_entropy(
+        logits["acr"][:3], targets["acr"][:3], reduction="none"
+    )
+    by = torch.tensor([20.0, 1.0, 1.0, 1.0])
+    assert batch == pytest.approx(
+        float((ce_m * by).sum() / 4 + (ce_a * by[:3]).sum() / 4), rel=1e-5
+    )
 
 
 def test_bad_targets_raise_data_error():

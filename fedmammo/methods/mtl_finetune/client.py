@@ -97,7 +97,7 @@ from fedmammo.training.mtl import (
     MultiTaskDataset,
     collate_mtl,
     evaluate_mtl,
-    finetune_class_weights,
+    finetune_acr_weights,
     mtl_augmentation,
     train_mtl,
 )
@@ -285,7 +285,7 @@ def train(msg: Message, context: Context) -> Message:
     weights = None
     if m.phase == FINETUNE:
         high = 20.0 if m.class_weight_high is None else m.class_weight_high
-        weights = finetune_class_weights(float(high), tasks=tuple(model.tasks))
+        weights = finetune_acr_weights(float(high))
     result = train_mtl(
         model,
         loader,
@@ -293,7 +293,7 @@ def train(msg: Message, context: Context) -> Message:
         lr=params.lr,
         optimizer=params.optimizer,
         device=device(),
-        class_weights=weights,
+        acr_weights=weights,
         recon_weight=float(m.recon_weight),
         privacy=privacy,
         optimizer_state=kept_optimizer_state(context, m, keep),
