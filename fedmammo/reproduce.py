@@ -24,7 +24,7 @@ from typing import Any
 from fedmammo.errors import DataError, FedmammoError
 from fedmammo.evaluation.claims import MIN_SEEDS_WITHOUT_CI, Claim, Finding, check_claim
 
-__all__ = ["CLAIMS", "Run", "find_runs", "main", "render", "select_runs"]
+__all__ = ["CLAIMS", "Run", "find_runs", "main", "render", "select_run"]
 
 _PS = "Periodic sampling (000, ICLR 2022 submission)"
 _MTL = "Multi-task learning with poor and missing labels (001, Tardy & Mateus 2022)"
@@ -185,12 +185,19 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
-def select_runs(runs: list[Run]) -> dict[tuple[str, bool], Run]:
-    """(kind, quick) -> the run the table uses: the latest complete one, else the latest."""
-    chosen: dict[tuple[str, bool], Run] = {}
-    for run in sorted(runs, key=lambda r: (r.complete, r.started)):
-        chosen[(run.kind, run.quick)] = run
-    return chosen
+def _holds(run: Run, claim: Claim) -> bool:
+    arms = {m.get("arm") for m in run.metrics}
+    return claim.arm in arms and (claim.reference is None or claim.reference in arms)
+
+
+def select_run(runs: list[Run], claim: Claim, quick: bool) -> Run | None:
+    """The run a claim's cell uses: of the runs of its kind at this scale, the latest complete
+    one holding the claim's arm and reference (a re-run of some arms answers their rows only),
+    else the latest complete one, else the latest."""
+    mine = [r for r in runs if r.kind == claim.kind and r.quick == quick]
+    if not mine:
+        return None
+    return max(mine, key=lambda r: (r.complete and _holds(r, claim), r.complete, r.started))
 
 
 def _verdict(quick: Finding | None, full: Finding | None) -> tuple[str, str]:
@@ -207,11 +214,10 @@ def _cell(text: str) -> str:
 
 def render(runs: list[Run], command: str) -> str:
     """The markdown of docs/reproduction.md for ``runs``."""
-    chosen = select_runs(runs)
     used: list[Run] = []
 
     def finding(claim: Claim, quick: bool) -> tuple[Finding | None, str]:
-        run = chosen.get((claim.kind, quick))
+        run = select_run(runs, claim, quick)
         if run is None:
             return None, "no run"
         if run not in used:

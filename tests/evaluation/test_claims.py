@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fedmammo.evaluation.claims import Claim, check_claim
-from fedmammo.reproduce import CLAIMS, find_runs, main, render, select_runs
+from fedmammo.reproduce import CLAIMS, find_runs, main, render, select_run
 
 
 def rec(arm, value, lo=None, hi=None, *, seed=0, centre="c", segment=None, metric="auc"):
@@ -126,9 +126,9 @@ def test_the_table_uses_the_latest_complete_run_per_method_and_scale(tmp_path):
               metrics=periodic(0.03))  # fmt: skip
     runs = find_runs([tmp_path])
     assert len(runs) == 4
-    chosen = select_runs(runs)
-    assert chosen[("periodic_sampling", False)].path.name == "new"
-    assert chosen[("periodic_sampling", True)].path.name == "q"
+    claim = next(c for c in CLAIMS if c.kind == "periodic_sampling")
+    assert select_run(runs, claim, quick=False).path.name == "new"
+    assert select_run(runs, claim, quick=True).path.name == "q"
     text = render(runs, "cmd")
     row = next(ln for ln in text.splitlines() if "P. sampling above the baseline" in ln)
     cells = [c.strip() for c in row.split("|")[1:-1]]
@@ -141,6 +141,29 @@ def test_the_table_uses_the_latest_complete_run_per_method_and_scale(tmp_path):
     mtl = next(ln for ln in text.splitlines() if "Multi-task above single-task" in ln)
     assert "| no run | no run | not run |" in mtl
     assert f"Summary: no 1, not run {len(CLAIMS) - 1}." in text  # yes, no, inconclusive, not run
+
+
+def test_a_later_run_of_some_arms_answers_their_rows_and_the_earlier_run_the_others(tmp_path):
+    # Prepare: a full run of every arm, then a later re-run of the fine-tuning arms only
+    def mtl(arm, ref, diff):
+        return [rec(arm, 0.5 + diff, 0.49 + diff, 0.51 + diff, centre="hmi"),
+                rec(ref, 0.5, 0.49, 0.51, centre="hmi")]  # fmt: skip
+
+    write_run(tmp_path, "all", kind="mtl_finetune", quick=False, started="2026-01-01",
+              metrics=mtl("mtl", "single_task", 0.1) + mtl("finetune_u1_0.9", "finetune_u1_0", -0.1))  # fmt: skip
+    write_run(tmp_path, "finetune", kind="mtl_finetune", quick=False, started="2026-02-01",
+              metrics=mtl("finetune_u1_0.9", "finetune_u1_0", 0.1))  # fmt: skip
+    runs = find_runs([tmp_path])
+    tuning = next(c for c in CLAIMS if c.arm == "finetune_u1_0.9")
+    multi = next(c for c in CLAIMS if c.arm == "mtl" and c.reference == "single_task")
+    # Execute / Assert
+    assert select_run(runs, tuning, quick=False).path.name == "finetune"
+    assert select_run(runs, multi, quick=False).path.name == "all"
+    text = render(runs, "cmd")
+    assert "mtl_finetune full (mtl_finetune/all;" in text
+    assert "mtl_finetune full (mtl_finetune/finetune;" in text
+    row = next(ln for ln in text.splitlines() if tuning.claim in ln)
+    assert "| Δ +10.0 (1/1 cells for, 0 against; 1 seed) [2] | yes |" in row
 
 
 def test_an_unfinished_run_is_used_when_it_is_the_only_one_and_says_so(tmp_path):
