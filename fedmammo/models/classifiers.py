@@ -7,6 +7,7 @@ which cross-entropy treats the same way); the malignancy/lesion score is ``softm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -113,22 +114,49 @@ class PatchCNN(nn.Module):
 
 
 class SwinPatchClassifier(nn.Module):
-    """torchvision Swin-T on patches resized to 224 and stacked to three channels.
+    """torchvision's Swin transformer on patches resized to ``input_size`` and stacked to three
+    channels; by default Swin-T (embed_dim 96, depths 2-2-6-2, heads 3-6-12-24, window 7) at 224.
 
-    No pretrained weights can be downloaded here, so it starts from random initialisation.
+    ``embed_dim``, ``depths``, ``num_heads`` and ``window_size`` shrink it for CPU (same
+    architecture, fewer channels and a smaller window for small inputs). No pretrained weights
+    can be downloaded here, so it starts from random initialisation.
     """
 
-    def __init__(self, *, input_size: int = 224, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        input_size: int = 224,
+        dropout: float = 0.0,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+    ) -> None:
         super().__init__()
-        from torchvision.models import swin_t
+        from torchvision.models.swin_transformer import SwinTransformer
 
-        self.net = swin_t(weights=None, num_classes=2, dropout=dropout)
+        if len(depths) != len(num_heads):
+            raise ConfigError(
+                f"model 'swin_t': depths {list(depths)} and num_heads {list(num_heads)} need "
+                "one value per stage each"
+            )
+        self.net = SwinTransformer(
+            patch_size=[4, 4],
+            embed_dim=embed_dim,
+            depths=list(depths),
+            num_heads=list(num_heads),
+            window_size=[window_size, window_size],
+            stochastic_depth_prob=0.2,
+            dropout=dropout,
+            num_classes=2,
+        )
         self.input_size = input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(
-            x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-        )
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
         return self.net(x.expand(-1, 3, -1, -1))
 
 
@@ -188,7 +216,8 @@ def patch_cnn(**options) -> PatchCNN:
 
 @register_model("swin_t")
 def swin_patch(**options) -> SwinPatchClassifier:
-    """torchvision Swin-T for patches (options: input_size, dropout)."""
+    """torchvision Swin (Swin-T by default) for patches (options: input_size, dropout,
+    embed_dim, depths, num_heads, window_size)."""
     return SwinPatchClassifier(**options)
 
 

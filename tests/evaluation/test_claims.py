@@ -149,8 +149,9 @@ def test_a_later_run_of_some_arms_answers_their_rows_and_the_earlier_run_the_oth
         return [rec(arm, 0.5 + diff, 0.49 + diff, 0.51 + diff, centre="hmi"),
                 rec(ref, 0.5, 0.49, 0.51, centre="hmi")]  # fmt: skip
 
+    both = mtl("mtl", "single_task", 0.1) + mtl("finetune_u1_0.9", "finetune_u1_0", -0.1)
     write_run(tmp_path, "all", kind="mtl_finetune", quick=False, started="2026-01-01",
-              metrics=mtl("mtl", "single_task", 0.1) + mtl("finetune_u1_0.9", "finetune_u1_0", -0.1))  # fmt: skip
+              metrics=both)  # fmt: skip
     write_run(tmp_path, "finetune", kind="mtl_finetune", quick=False, started="2026-02-01",
               metrics=mtl("finetune_u1_0.9", "finetune_u1_0", 0.1))  # fmt: skip
     runs = find_runs([tmp_path])

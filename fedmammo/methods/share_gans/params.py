@@ -13,10 +13,13 @@ Arms are strings: the receiving centre's name, then ``+``-joined additions, e.g.
 Every arm runs for each lesion subset (``all``, ``masses``), each fraction of the receiver's
 training images and each scenario seed; results are recorded under
 :func:`fedmammo.methods.share_gans.report.record_arm` names such as ``A+synth_B_dcgan@masses-50``.
+``classifier.extra_models`` trains some or all arms with further classifiers too (the paper's
+Swin transformer beside its CNN), recorded as ``A+synth_B_dcgan~swin@masses-50``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +32,7 @@ __all__ = [
     "ArmSpec",
     "ClassifierParams",
     "CycleGanParams",
+    "ExtraModel",
     "GanParams",
     "PatchParams",
     "ShareGansParams",
@@ -142,6 +146,13 @@ def _default_gans() -> dict[str, GanParams]:
     return {"dcgan": GanParams(), "wgan_gp": GanParams(snapshot_every=None, warmup=0)}
 
 
+class ExtraModel(RecipeParams):
+    """A further classifier of the receiver: its model and the arms it trains (None: all)."""
+
+    model: ModelParams
+    arms: list[str] | None = None
+
+
 class ClassifierParams(RecipeParams):
     """The receiver's patch classifier and its loop (GAN-sharing paper, 2.3: SGD 0.001, momentum
     0.9)."""
@@ -154,6 +165,18 @@ class ClassifierParams(RecipeParams):
     weight_decay: float = Field(default=0.0, ge=0)
     patience: int | None = Field(default=None, ge=1)  # None: every epoch, as in the seed
     augment: bool = True  # random flips of training batches
+    # label -> a further classifier trained with the same loop (the paper's Swin transformer)
+    extra_models: dict[str, ExtraModel] = Field(default_factory=dict)
+
+    @field_validator("extra_models")
+    @classmethod
+    def _labels(cls, v: dict[str, ExtraModel]) -> dict[str, ExtraModel]:
+        bad = [k for k in v if not re.fullmatch(r"[a-z0-9_]+", k)]
+        if bad:
+            raise ValueError(
+                f"extra_models labels must be [a-z0-9_]+ (they end record names), got {bad}"
+            )
+        return v
 
 
 class CycleGanParams(shared.CycleGanParams):
@@ -225,6 +248,16 @@ class ShareGansParams(RecipeParams):
         return v
 
     @model_validator(mode="after")
+    def _extra_model_arms(self) -> ShareGansParams:
+        for label, extra in self.classifier.extra_models.items():
+            unknown = [a for a in extra.arms or [] if a not in self.arms]
+            if unknown:
+                raise ValueError(
+                    f"classifier.extra_models.{label}.arms names {unknown}, not in arms {self.arms}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _gans_known(self) -> ShareGansParams:
         missing = sorted({g for a in self.arm_specs() for _, g in a.generators} - set(self.gans))
         if missing:
@@ -238,6 +271,17 @@ class ShareGansParams(RecipeParams):
     def arm_specs(self) -> list[ArmSpec]:
         """The parsed arms, in recipe order."""
         return [parse_arm(a) for a in self.arms]
+
+    def classifier_runs(self) -> list[tuple[ArmSpec, str, dict[str, Any]]]:
+        """(arm, model label, classifier) per classifier run of a cell: every arm with the
+        classifier's model (label ""), then each extra model with its arms."""
+        base = self.classifier.model_dump(exclude={"extra_models"})
+        runs = [(spec, "", base) for spec in self.arm_specs()]
+        for label, extra in self.classifier.extra_models.items():
+            chosen = extra.arms or self.arms
+            clf = {**base, "model": extra.model.model_dump()}
+            runs += [(spec, label, clf) for spec in self.arm_specs() if spec.name in chosen]
+        return runs
 
     def needed_generators(self) -> list[tuple[str, str]]:
         """(centre, gan) pairs the arms sample from, in first-use order."""

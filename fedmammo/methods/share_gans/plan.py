@@ -28,7 +28,7 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
     from fedmammo.methods.share_gans.generators import GENERATORS_DIR, generator_name
     from fedmammo.methods.share_gans.report import record_arm
 
-    specs = _checked_arms(scenario, p)
+    specs = _checked_arms(scenario, p)  # every arm's generators exist in the scenario
     if p.load_generators:
         source = Path(p.load_generators).expanduser()
         if not source.is_dir():
@@ -53,14 +53,14 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
     for seed in scenario.seeds:
         for subset in p.subsets:
             for fraction in p.fractions:
-                for spec in specs:
+                for spec, label, classifier in p.classifier_runs():
                     rows.append(
                         PlanRow(
-                            arm=record_arm(spec.name, subset, fraction),
+                            arm=record_arm(spec.name, subset, fraction, label),
                             seed=seed,
                             centres=(spec.receiver,),
                             messages=(("train.patch_classifier", (spec.receiver,)),),
-                            model=p.classifier.model.model_dump(),
+                            model=classifier["model"],
                             note="moves real pixels (simulation only)" if spec.real else "",
                         )
                     )

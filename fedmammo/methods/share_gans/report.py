@@ -34,6 +34,7 @@ __all__ = [
     "MOVED",
     "GanTable",
     "build_gan_tables",
+    "classifier_arm",
     "generator_table",
     "moves_pixels",
     "plot_sample_grid",
@@ -62,9 +63,17 @@ _SUBSET_TITLES = {
 }
 
 
-def record_arm(arm: str, subset: str, fraction: float) -> str:
-    """The arm name of the results records: ``<arm>@<subset>-<percent>``."""
-    return f"{arm}@{subset}-{round(fraction * 100):d}"
+def classifier_arm(arm: str, model: str = "") -> str:
+    """An arm as trained by an extra classifier (label ``model``): ``<arm>~<model>``; the
+    recipe's own classifier keeps the arm's name."""
+    return f"{arm}~{model}" if model else arm
+
+
+def record_arm(arm: str, subset: str, fraction: float, model: str = "") -> str:
+    """The arm name of the results records: ``<arm>@<subset>-<percent>``, or
+    ``<arm>~<model>@<subset>-<percent>`` for an extra classifier (:func:`classifier_arm`; in
+    the tables its rows follow the first classifier's, as the paper's Swin rows its CNN's)."""
+    return f"{classifier_arm(arm, model)}@{subset}-{round(fraction * 100):d}"
 
 
 def split_record_arm(name: str) -> tuple[str, str, float] | None:

@@ -58,6 +58,7 @@ from fedmammo.methods.share_gans.params import ArmSpec, ShareGansParams
 from fedmammo.methods.share_gans.report import (
     MOVED,
     build_gan_tables,
+    classifier_arm,
     generator_table,
     print_tables,
     record_arm,
@@ -248,15 +249,17 @@ def _classifier_config(
     fraction: float,
     gens: list[SharedGenerator],
     draw: bool,
+    label: str,
+    classifier: dict,
 ):
     m = orc.message(
         TrainPatchClassifier,
-        arm=record_arm(spec.name, subset, fraction),
-        seed=derive_seed(seed, subset, fraction),
+        arm=record_arm(spec.name, subset, fraction, label),
+        seed=derive_seed(seed, subset, fraction),  # every classifier: the same patches
         subset=subset,
         fraction=fraction,
         patch=p.patches.model_dump(),
-        classifier=p.classifier.model_dump(),
+        classifier=classifier,
         cyclegan=p.cyclegan.model_dump(),
         harmonise=spec.harmonised,
         draw=draw,
@@ -288,8 +291,10 @@ def _run_arm(
     subset: str,
     fraction: float,
     draw: bool,
+    label: str,
+    classifier: dict,
 ) -> None:
-    rec = record_arm(spec.name, subset, fraction)
+    rec = record_arm(spec.name, subset, fraction, label)
     if orc.recorder.is_done(rec, seed):
         return
     names = [generator_name(c, g, subset) for c, g in spec.generators]
@@ -306,6 +311,8 @@ def _run_arm(
         fraction=fraction,
         gens=[gens[n] for n in names],
         draw=draw,
+        label=label,
+        classifier=classifier,
     )
     kind = TrainPatchClassifier.KIND
     replies, failures = orc.send(kind, {spec.receiver: content})
@@ -361,7 +368,7 @@ def run(orc: Orchestrator) -> None:
     for n, seed in enumerate(orc.scenario.seeds):
         for subset in p.subsets:
             for k, fraction in enumerate(p.fractions):
-                for spec in specs:
+                for spec, label, classifier in p.classifier_runs():
                     _run_arm(
                         orc,
                         p,
@@ -370,11 +377,13 @@ def run(orc: Orchestrator) -> None:
                         seed=seed,
                         subset=subset,
                         fraction=fraction,
-                        draw=n == 0 and k == 0,
+                        draw=n == 0 and k == 0 and not label,
+                        label=label,
+                        classifier=classifier,
                     )
     orc.recorder.note(
         "records: arm '<arm>@<subset>-<percent of the receiver's training "
-        "data>'; metric 'auc' is the AUROC"
+        "data>' ('<arm>~<label>@...' for classifier.extra_models); metric 'auc' is the AUROC"
     )
     where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
     orc.recorder.note(
@@ -382,7 +391,8 @@ def run(orc: Orchestrator) -> None:
         "drawn by each sharing centre itself; its real patches never left it"
     )
     orc.recorder.note(f"shared generators (weights + description.json) in {GENERATORS_DIR}/")
-    tables = build_gan_tables(orc.recorder.frame(), arm_order=[s.name for s in specs])
+    order = [classifier_arm(s.name, label) for s, label, _ in p.classifier_runs()]
+    tables = build_gan_tables(orc.recorder.frame(), arm_order=order)
     gen_table = generator_table(orc.recorder.frame())
     print_tables(tables, orc.console, gen_table)
     heading = f"# {orc.scenario.name}: GAN-sharing paper tables"

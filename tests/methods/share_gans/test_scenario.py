@@ -22,6 +22,11 @@ from fedmammo.methods.share_gans.generators import load_shared_generator
 from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
 from fedmammo.models.gans import sample_generator
 
+# a second classifier (the paper's Swin transformer, tiny) for two of the arms
+SWIN_OPTIONS = {"input_size": 16, "embed_dim": 8, "depths": [1, 1], "num_heads": [1, 2]}
+SWIN = {"model": {"name": "swin_t", "options": {**SWIN_OPTIONS, "window_size": 2}},
+        "arms": ["A", "A+synth_B_dcgan"]}  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -30,7 +35,7 @@ def env(tmp_path_factory):
         mp.setenv(ENV_VAR, "")
         for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
             mp.setattr(TaskIdentity, attr, 1)
-        scenario_file = tiny_gan_scenario(tmp)
+        scenario_file = tiny_gan_scenario(tmp, **{"classifier.extra_models": {"swin": SWIN}})
         orc, grid = run_in_process(scenario_file, tmp / "run")
         yield tmp, scenario_file, orc, grid
 
@@ -57,6 +62,28 @@ def test_every_arm_fraction_and_seed_has_test_metrics(env):
                     assert value is None or 0.0 <= value <= 1.0
     tables = (Path(orc.spec.run_dir) / TABLES_FILE).read_text()
     assert tables.count("| A+synth_B_dcgan+synth_C_dcgan |") == 2  # both fractions
+
+
+def test_an_extra_classifier_trains_its_arms_on_the_same_patches_and_follows_in_the_tables(env):
+    # Prepare / Execute (the fixture ran the strategy with the tiny Swin for A, A+synth_B_dcgan)
+    _, _, orc, grid = env
+    final = _final(orc.recorder.metrics)
+    swin = {c["arm"]: json.loads(c["classifier"])["model"] for _, k, c in grid.log
+            if k == "train.patch_classifier" and "~" in c["arm"]}  # fmt: skip
+    # Assert: only the listed arms, each cell and seed, the Swin model sent, the same patches
+    assert sorted(swin) == sorted(f"{a}~swin@all-{p}" for a in SWIN["arms"] for p in (100, 50))
+    assert all(m == SWIN["model"] for m in swin.values())
+    for arm in SWIN["arms"]:
+        for pct in (100, 50):
+            for seed in (0, 1):
+                name = f"{arm}~swin@all-{pct}"
+                assert 0.0 <= final[(name, seed, "auc")] <= 1.0
+                for count in ("n_own_lesion", "n_added_lesion", "healthy_shortfall"):
+                    assert final[(name, seed, count)] == final[(f"{arm}@all-{pct}", seed, count)]
+    tables = (Path(orc.spec.run_dir) / TABLES_FILE).read_text()
+    block = tables.split("### ")[1]  # all lesion types, 100 %: CNN rows, then the Swin rows
+    rows = [ln.split("|")[1].strip() for ln in block.splitlines() if ln.startswith("| A")]
+    assert rows == [*ARMS, "A~swin", "A+synth_B_dcgan~swin"]
 
 
 def test_arms_of_one_seed_share_the_receivers_own_patches(env):
