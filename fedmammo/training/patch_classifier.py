@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -210,10 +211,13 @@ def train_patch_classifier(
     weight_decay: float = 0.0,
     patience: int | None = None,
     augment: bool = True,
+    optimizer: Literal["sgd", "adamw"] = "sgd",
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> PatchClassifierResult:
-    """Train ``model`` with SGD and load the weights of the best-validation-AUPRC epoch.
+    """Train ``model`` with SGD (``momentum``; the GAN-sharing paper's CNN) or AdamW (the Swin
+    transformer's own recipe; ``momentum`` unused) and load the weights of the
+    best-validation-AUPRC epoch.
 
     Ties in validation AUPRC (frequent on small validation sets, where it reaches 1) go to the
     epoch with the lower validation log-loss. ``patience`` stops after that many epochs without
@@ -232,7 +236,16 @@ def train_patch_classifier(
     torch.manual_seed(seed)  # dropout draws from the global generator
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, weight_decay=weight_decay
+        )
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+    else:
+        raise DataError(f"patch classifier: optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
     best_epoch, best, since_best, steps = 0, (-math.inf, -math.inf), 0, 0
     best_state: StateDict = {}
     history: list[dict[str, float]] = []

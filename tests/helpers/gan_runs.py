@@ -54,6 +54,7 @@ def tiny_gan_scenario(
         },
         "params.classifier.epochs": 2,
         "params.classifier.model.options": {"width": 4, "hidden": 8},
+        "params.classifier.extra_models": {},  # the CNN only (the recipe's Swin is 64 px)
         "params.cyclegan": {"epochs": 1, "batch_size": 4, "width": 4, "n_blocks": 1, "d_width": 4},
     }
     overrides.update({f"params.{k}": v for k, v in params.items()})

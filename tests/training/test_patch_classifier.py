@@ -57,6 +57,33 @@ def test_keeps_the_best_validation_epoch_and_learns_an_easy_task():
     assert scores[ty == 1].mean() > scores[ty == 0].mean() + 0.2
 
 
+def test_adamw_trains_a_small_swin_and_its_weight_decay_shrinks_the_weights():
+    # Prepare: the tiny Swin of the share_gans tests, one AdamW step without and with decay
+    x, y = _blobs(16, 0)
+
+    def swin():
+        torch.manual_seed(0)
+        return build_model("swin_t", input_size=16, embed_dim=8, depths=[1, 1],
+                           num_heads=[1, 2], window_size=2)  # fmt: skip
+
+    def first_step(weight_decay):
+        model = swin()
+        before = model.net.head.weight.detach().clone()
+        train_patch_classifier(model, x, y, x[:0], y[:0], epochs=1, batch_size=16,
+                               optimizer="adamw", lr=0.01, weight_decay=weight_decay,
+                               augment=False)  # fmt: skip
+        return before, model.net.head.weight.detach()
+
+    # Execute
+    before, plain = first_step(0.0)
+    _, decayed = first_step(0.5)
+    # Assert: AdamW's step (lr in sign units: each weight moves by about lr), decoupled decay
+    assert (plain - before).abs().max() == pytest.approx(0.01, rel=0.01)
+    assert torch.allclose(decayed, plain - 0.01 * 0.5 * before, atol=1e-6)
+    with pytest.raises(DataError, match="optimizer must be 'sgd' or 'adamw', got 'adam'"):
+        train_patch_classifier(swin(), x, y, x[:0], y[:0], epochs=1, optimizer="adam")
+
+
 def test_patience_stops_after_that_many_epochs_without_improvement():
     # Prepare: a validation set of identical patches never improves after epoch 1
     x, y = _blobs(32, 0)

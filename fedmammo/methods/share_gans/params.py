@@ -147,10 +147,14 @@ def _default_gans() -> dict[str, GanParams]:
 
 
 class ExtraModel(RecipeParams):
-    """A further classifier of the receiver: its model and the arms it trains (None: all)."""
+    """A further classifier of the receiver: its model, the arms it trains (those of them the
+    run has; None: all) and the training settings it changes (None: the classifier's)."""
 
     model: ModelParams
     arms: list[str] | None = None
+    optimizer: Literal["sgd", "adamw"] | None = None
+    lr: float | None = Field(default=None, gt=0)
+    weight_decay: float | None = Field(default=None, ge=0)
 
 
 class ClassifierParams(RecipeParams):
@@ -165,6 +169,7 @@ class ClassifierParams(RecipeParams):
     weight_decay: float = Field(default=0.0, ge=0)
     patience: int | None = Field(default=None, ge=1)  # None: every epoch, as in the seed
     augment: bool = True  # random flips of training batches
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: lr and weight_decay, no momentum
     # label -> a further classifier trained with the same loop (the paper's Swin transformer)
     extra_models: dict[str, ExtraModel] = Field(default_factory=dict)
 
@@ -250,11 +255,11 @@ class ShareGansParams(RecipeParams):
     @model_validator(mode="after")
     def _extra_model_arms(self) -> ShareGansParams:
         for label, extra in self.classifier.extra_models.items():
-            unknown = [a for a in extra.arms or [] if a not in self.arms]
-            if unknown:
-                raise ValueError(
-                    f"classifier.extra_models.{label}.arms names {unknown}, not in arms {self.arms}"
-                )
+            for arm in extra.arms or []:
+                try:
+                    parse_arm(arm)
+                except ValueError as exc:
+                    raise ValueError(f"classifier.extra_models.{label}.arms: {exc}") from None
         return self
 
     @model_validator(mode="after")
@@ -278,8 +283,9 @@ class ShareGansParams(RecipeParams):
         base = self.classifier.model_dump(exclude={"extra_models"})
         runs = [(spec, "", base) for spec in self.arm_specs()]
         for label, extra in self.classifier.extra_models.items():
-            chosen = extra.arms or self.arms
-            clf = {**base, "model": extra.model.model_dump()}
+            chosen = self.arms if extra.arms is None else extra.arms
+            changed = extra.model_dump(exclude={"model", "arms"}, exclude_none=True)
+            clf = {**base, **changed, "model": extra.model.model_dump()}
             runs += [(spec, label, clf) for spec in self.arm_specs() if spec.name in chosen]
         return runs
 

@@ -53,7 +53,9 @@ from fedmammo.training.patch_classifier import (
 __all__ = ["train_patch_classifier_handler"]
 
 _EVAL_SETS: dict[tuple, PatchSet] = {}
-_CLASSIFIER_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "patience", "augment")
+_CLASSIFIER_KEYS = (
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "patience", "augment", "optimizer"
+)  # fmt: skip
 
 
 def _eval_set(data: CentreData, split: str, subset: str, patch: Mapping, seed: int) -> PatchSet:
@@ -221,7 +223,7 @@ def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
         y,
         val.patches,
         val.labels,
-        **{k: clf[k] for k in _CLASSIFIER_KEYS},
+        **{k: clf[k] for k in _CLASSIFIER_KEYS if k in clf},
         seed=derive_seed(seed, "train"),
         device=device(),
     )

@@ -18,6 +18,7 @@ from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.runspec import ENV_VAR
+from fedmammo.methods import get_method
 from fedmammo.methods.share_gans.generators import load_shared_generator
 from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
 from fedmammo.models.gans import sample_generator
@@ -25,7 +26,7 @@ from fedmammo.models.gans import sample_generator
 # a second classifier (the paper's Swin transformer, tiny) for two of the arms
 SWIN_OPTIONS = {"input_size": 16, "embed_dim": 8, "depths": [1, 1], "num_heads": [1, 2]}
 SWIN = {"model": {"name": "swin_t", "options": {**SWIN_OPTIONS, "window_size": 2}},
-        "arms": ["A", "A+synth_B_dcgan"]}  # fmt: skip
+        "arms": ["A", "A+synth_B_dcgan"], "optimizer": "adamw", "lr": 0.002}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,16 @@ def test_an_extra_classifier_trains_its_arms_on_the_same_patches_and_follows_in_
     # Prepare / Execute (the fixture ran the strategy with the tiny Swin for A, A+synth_B_dcgan)
     _, _, orc, grid = env
     final = _final(orc.recorder.metrics)
-    swin = {c["arm"]: json.loads(c["classifier"])["model"] for _, k, c in grid.log
-            if k == "train.patch_classifier" and "~" in c["arm"]}  # fmt: skip
-    # Assert: only the listed arms, each cell and seed, the Swin model sent, the same patches
+    sent = {c["arm"]: json.loads(c["classifier"]) for _, k, c in grid.log
+            if k == "train.patch_classifier"}  # fmt: skip
+    swin = {arm: clf for arm, clf in sent.items() if "~" in arm}
+    # Assert: only the listed arms, each cell and seed, the Swin model and its own optimiser
+    # (the rest of the loop as the CNN's), the same patches
     assert sorted(swin) == sorted(f"{a}~swin@all-{p}" for a in SWIN["arms"] for p in (100, 50))
-    assert all(m == SWIN["model"] for m in swin.values())
+    cnn = sent["A@all-100"]
+    assert cnn["optimizer"] == "sgd" and "extra_models" not in cnn
+    for clf in swin.values():
+        assert clf == {**cnn, "model": SWIN["model"], "optimizer": "adamw", "lr": 0.002}
     for arm in SWIN["arms"]:
         for pct in (100, 50):
             for seed in (0, 1):
@@ -213,3 +219,21 @@ def test_quick_scenario_runs_end_to_end(tmp_path):
     assert (run_dir / "generators" / "B_dcgan_masses" / "description.json").is_file()
     assert "A+real_B" in done.stdout and "MOVES REAL PIXELS" in done.stdout
     assert np.isfinite(final[("A+synth_B_dcgan@masses-100", 1, "auc")])
+
+
+def test_the_shipped_full_plan_trains_the_swin_for_three_arms_and_quick_for_none():
+    # Prepare
+    def plan(quick: bool, **sets):
+        sets = {"data_dir": "/tmp/unused", **sets}
+        scenario = load_scenario(ROOT / "scenarios" / "share_gans.yaml", sets=sets, quick=quick)
+        return get_method("share_gans").plan(scenario, scenario.recipe.typed_params(quick=quick))
+
+    # Execute
+    full = [r for r in plan(False) if "~" in r.arm]
+    quick = [r for r in plan(True, **{"strategy.params.classifier.extra_models.swin.lr": 1e-4})]
+    # Assert: 3 arms x 2 subsets x 2 fractions x 3 seeds, the Swin model in the plan
+    assert len(full) == 36 and {r.arm.split("~")[0] for r in full} == {
+        "A", "A+real_B", "A+synth_B_dcgan"
+    }  # fmt: skip
+    assert all(r.model["name"] == "swin_t" for r in full)
+    assert not [r for r in quick if "~" in r.arm] and quick  # a --set swin value still loads
