@@ -34,3 +34,16 @@ def test_a_cpu_sized_swin_classifies_one_channel_patches_of_any_size():
 def test_depths_and_heads_of_different_lengths_are_refused():
     with pytest.raises(ConfigError, match=r"depths \[2, 2\] and num_heads \[3\]"):
         build_model("swin_t", depths=[2, 2], num_heads=[3])
+
+
+def test_the_swin_sees_each_patch_standardised_so_brightness_and_contrast_do_not_matter():
+    # Prepare
+    torch.manual_seed(0)
+    small = build_model(
+        "swin_t", input_size=16, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4
+    ).eval()
+    x = torch.rand(2, 1, 16, 16) * 0.3 + 0.2
+    # Execute / Assert: an affine change of intensities gives the same logits
+    with torch.no_grad():
+        assert torch.allclose(small(x), small(2.5 * x + 0.1), atol=1e-4)
+        assert not torch.allclose(small(x), small(x.flip(-1)), atol=1e-4)
