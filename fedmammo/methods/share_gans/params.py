@@ -277,16 +277,20 @@ class ShareGansParams(RecipeParams):
         """The parsed arms, in recipe order."""
         return [parse_arm(a) for a in self.arms]
 
-    def classifier_runs(self) -> list[tuple[ArmSpec, str, dict[str, Any]]]:
-        """(arm, model label, classifier) per classifier run of a cell: every arm with the
-        classifier's model (label ""), then each extra model with its arms."""
+    def classifier_runs(
+        self, specs: list[ArmSpec] | None = None
+    ) -> list[tuple[ArmSpec, str, dict[str, Any]]]:
+        """(arm, model label, classifier) per classifier run of a cell: every arm of ``specs``
+        (None: all; the server passes those its plan check kept) with the classifier's model
+        (label ""), then each extra model with those of its arms."""
+        specs = self.arm_specs() if specs is None else specs
         base = self.classifier.model_dump(exclude={"extra_models"})
-        runs = [(spec, "", base) for spec in self.arm_specs()]
+        runs = [(spec, "", base) for spec in specs]
         for label, extra in self.classifier.extra_models.items():
             chosen = self.arms if extra.arms is None else extra.arms
             changed = extra.model_dump(exclude={"model", "arms"}, exclude_none=True)
             clf = {**base, **changed, "model": extra.model.model_dump()}
-            runs += [(spec, label, clf) for spec in self.arm_specs() if spec.name in chosen]
+            runs += [(spec, label, clf) for spec in specs if spec.name in chosen]
         return runs
 
     def needed_generators(self) -> list[tuple[str, str]]:

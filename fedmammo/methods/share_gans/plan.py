@@ -28,7 +28,7 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
     from fedmammo.methods.share_gans.generators import GENERATORS_DIR, generator_name
     from fedmammo.methods.share_gans.report import record_arm
 
-    specs = _checked_arms(scenario, p)  # every arm's generators exist in the scenario
+    specs = _checked_arms(scenario, p)
     if p.load_generators:
         source = Path(p.load_generators).expanduser()
         if not source.is_dir():
@@ -53,7 +53,7 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
     for seed in scenario.seeds:
         for subset in p.subsets:
             for fraction in p.fractions:
-                for spec, label, classifier in p.classifier_runs():
+                for spec, label, classifier in p.classifier_runs(specs):
                     rows.append(
                         PlanRow(
                             arm=record_arm(spec.name, subset, fraction, label),

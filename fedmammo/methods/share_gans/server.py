@@ -368,7 +368,7 @@ def run(orc: Orchestrator) -> None:
     for n, seed in enumerate(orc.scenario.seeds):
         for subset in p.subsets:
             for k, fraction in enumerate(p.fractions):
-                for spec, label, classifier in p.classifier_runs():
+                for spec, label, classifier in p.classifier_runs(specs):
                     _run_arm(
                         orc,
                         p,
@@ -391,7 +391,7 @@ def run(orc: Orchestrator) -> None:
         "drawn by each sharing centre itself; its real patches never left it"
     )
     orc.recorder.note(f"shared generators (weights + description.json) in {GENERATORS_DIR}/")
-    order = [classifier_arm(s.name, label) for s, label, _ in p.classifier_runs()]
+    order = [classifier_arm(s.name, label) for s, label, _ in p.classifier_runs(specs)]
     tables = build_gan_tables(orc.recorder.frame(), arm_order=order)
     gen_table = generator_table(orc.recorder.frame())
     print_tables(tables, orc.console, gen_table)

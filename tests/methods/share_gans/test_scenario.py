@@ -12,12 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
-from helpers.gan_runs import ARMS, METRICS, ROOT, run_in_process, tiny_gan_scenario
+from helpers.gan_runs import (
+    ARMS,
+    METRICS,
+    ROOT,
+    run_in_process,
+    run_spec_in_process,
+    tiny_gan_scenario,
+)
 
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.runspec import ENV_VAR
+from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.methods import get_method
 from fedmammo.methods.share_gans.generators import load_shared_generator
 from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
@@ -176,6 +183,25 @@ def test_real_patch_arm_needs_permission_and_never_runs_in_deployment(env):
     assert any("A+real_B skipped" in n for n in deployed.recorder.notes)
     with pytest.raises(ConfigError, match="real_patches_in_simulation"):
         _check_plan(dataclasses.replace(orc, scenario=strict), orc.params)
+
+
+def test_a_deployment_sends_no_real_patch_arm_to_any_classifier(env):
+    # Prepare: the real-patch arm for the CNN and the Swin, run as at real sites
+    tmp, _, orc, _ = env
+    swin = {**SWIN, "arms": ["A", "A+real_B"]}
+    scenario_file = tiny_gan_scenario(
+        tmp, arms=["A", "A+real_B"], fractions=[1.0], load_generators=str(orc.spec.run_dir),
+        **{"classifier.extra_models": {"swin": swin}},
+    )  # fmt: skip
+    spec = RunSpec(scenario_file=str(scenario_file), run_dir=str(tmp / "deployed"))
+    # Execute
+    deployed, grid = run_spec_in_process(
+        dataclasses.replace(spec, deployment=True), load_scenario(scenario_file)
+    )
+    # Assert: the CNN and the Swin train A only; the real-patch arm is skipped with a note
+    sent = sorted(c["arm"] for _, k, c in grid.log if k == "train.patch_classifier")
+    assert sent == ["A@all-100", "A@all-100", "A~swin@all-100", "A~swin@all-100"]  # 2 seeds
+    assert any("A+real_B skipped" in n for n in deployed.recorder.notes)
 
 
 @pytest.mark.slow
