@@ -37,19 +37,15 @@ MTL_TASKS: tuple[str, ...] = ("malignancy", "acr", "density", "view")
 Batch = tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]
 
 
-def _acr_sample_weights(
-    targets: Mapping[str, Tensor], acr_weights: Tensor | None, n: int, like: Tensor
-) -> Tensor | None:
+def _acr_sample_weights(targets: Mapping[str, Tensor], acr_weights: Tensor | None) -> Tensor | None:
     """Each sample's weight by its ACR class (``acr_weights``, 6 values); 1 without an ACR."""
     if acr_weights is None or "acr" not in targets:
         return None
-    acr = targets["acr"].to(like.device).long().reshape(-1)
-    weights = torch.as_tensor(acr_weights, dtype=like.dtype, device=like.device).reshape(-1)
+    weights = torch.as_tensor(acr_weights, dtype=torch.float32).reshape(-1)
     if weights.numel() != 6:
         raise DataError(f"acr_weights has {weights.numel()} values, not 6 (ACR 1-6)")
-    if acr.numel() != n:
-        raise DataError(f"task 'acr': {acr.numel()} targets for a batch of {n}")
-    return torch.where(acr >= 0, weights[acr.clamp(0, 5)], 1.0)
+    acr = targets["acr"].long().reshape(-1)
+    return torch.where(acr >= 0, weights.to(acr.device)[acr.clamp(0, 5)], 1.0)
 
 
 def _task_losses(
@@ -60,6 +56,7 @@ def _task_losses(
 ) -> dict[str, Tensor]:
     """Per-task weighted cross-entropy, summed over the batch and divided by its size."""
     out: dict[str, Tensor] = {}
+    by_acr = _acr_sample_weights(targets, acr_weights)  # once per batch, for every task
     for task, z in logits.items():
         n, classes = z.shape
         if task not in targets:
@@ -79,9 +76,10 @@ def _task_losses(
         w = torch.where(present, 1.0 - u.clamp(0.0, 1.0), torch.zeros_like(u))
         safe_y = y.clamp(min=0)  # missing -> class 0, then multiplied by w = 0: zero gradient
         ce = F.cross_entropy(z, safe_y, reduction="none")
-        by_acr = _acr_sample_weights(targets, acr_weights, n, ce)
         if by_acr is not None:
-            ce = ce * by_acr
+            if by_acr.numel() != n:
+                raise DataError(f"task 'acr': {by_acr.numel()} targets for a batch of {n}")
+            ce = ce * by_acr.to(ce)
         out[task] = (w * ce).sum() / max(n, 1)
     return out
 
