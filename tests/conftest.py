@@ -1,10 +1,17 @@
-"""Shared pytest setup: deterministic, single-threaded torch for stable, fast tests."""
+"""Shared pytest setup: deterministic, single-threaded torch for stable, fast tests.
+
+Under pytest-xdist (README's ``-n auto``) each worker gets one torch thread (the workers share
+the cores) and runs whole test files (``--dist loadfile``), so that a module-scoped fixture
+(a quick scenario's run) is made once. Slow tests of different files may run at the same
+time: each starts its own Ray instance or Flower processes on free ports. (``loadgroup``
+would group finer, but pytest-xdist 3.8 cannot tag test ids under pytest 9.2.)
+"""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 # never join a Ray cluster some earlier `ray start` left registered in /tmp/ray (flwr run)
 os.environ.setdefault("RAY_ADDRESS", "local")
 

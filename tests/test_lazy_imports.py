@@ -1,5 +1,6 @@
 """A simulated centre (a Ray actor running the ClientApp) starts small: importing the apps
-loads no plotting, scikit-learn or Opacus; those load where they are used (issue 19).
+loads no plotting, scikit-learn, Opacus or torchvision; those load where they are used
+(issue 19).
 
 Each check imports in a fresh interpreter (this test process has them all loaded already).
 """
@@ -10,8 +11,9 @@ import json
 import subprocess
 import sys
 
-#: Libraries a centre loads only when a handler needs them (DP, a plot, a metric).
-LAZY = ("matplotlib", "sklearn", "opacus")
+#: Libraries a centre loads only when a handler needs them (DP, a plot, a metric, a
+#: torchvision model).
+LAZY = ("matplotlib", "sklearn", "opacus", "torchvision")
 
 #: The ClientApp module, then what Flower loads in every Ray actor (the apps component).
 CENTRE_MODULES = ("fedmammo.federation.client_app", "fedmammo.apps")
@@ -38,7 +40,7 @@ def loaded_by(modules: tuple[str, ...], lazy: tuple[str, ...] = LAZY) -> dict[st
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_centre_imports_no_plotting_sklearn_or_opacus() -> None:
+def test_a_centre_imports_no_plotting_sklearn_opacus_or_torchvision() -> None:
     assert loaded_by(CENTRE_MODULES) == {m: [] for m in CENTRE_MODULES}
 
 
@@ -63,6 +65,26 @@ def test_the_lazy_names_still_load_on_first_use() -> None:
         "    assert 'no_such_name' in str(exc)\n"
         "else:\n"
         "    raise SystemExit('no AttributeError')\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_torchvision_model_families_register_on_first_lookup() -> None:
+    """The contrastive encoders and FCOS are built by name although ``fedmammo.models`` no
+    longer imports their modules; a plain classifier is built without torchvision."""
+    code = (
+        "import sys\n"
+        "from fedmammo.models import build_model, list_models\n"
+        "build_model('mammo_cnn')\n"
+        "assert 'torchvision' not in sys.modules\n"
+        "enc = build_model('contrastive_resnet_slim', width=8, blocks=[1, 1, 1, 1])\n"
+        "assert type(enc).__name__ == 'ContrastiveEncoder', type(enc)\n"
+        "assert 'torchvision' in sys.modules\n"
+        "names = list_models()\n"
+        "assert {'fcos', 'contrastive_resnet50', 'mammo_cnn', 'swin_t'} <= set(names), names\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -6,8 +6,7 @@ from fedmammo.models.registry import build_model, list_models, register_model
 
 __all__ = ["build_model", "list_models", "register_model"]
 
-# Importing the families registers their builders.
+# Importing the families registers their builders; those that import torchvision
+# (registry.LAZY_FAMILIES) are imported when one of their names is first asked for.
 from fedmammo.models import classifiers as _classifiers  # noqa: E402,F401
-from fedmammo.models import contrastive as _contrastive  # noqa: E402,F401
-from fedmammo.models import detection as _detection  # noqa: E402,F401
 from fedmammo.models import mtl as _mtl  # noqa: E402,F401

@@ -34,7 +34,7 @@ from torch import nn
 
 from fedmammo.data.pairs import breast_keys, contrastive_masks, view_pairs
 from fedmammo.errors import ConfigError, DataError
-from fedmammo.models.contrastive import DEFAULT_TAU, nt_xent_loss
+from fedmammo.models.contrastive_losses import DEFAULT_TAU, nt_xent_loss
 from fedmammo.progress import progress
 from fedmammo.training.contrastive_styles import sample_style_variants
 from fedmammo.training.state import StateDict, cpu_state

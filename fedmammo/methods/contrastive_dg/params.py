@@ -25,7 +25,7 @@ from fedmammo.config.recipe import (
     TileGanParams,
     weighting_name,
 )
-from fedmammo.models.contrastive import DEFAULT_MARGIN, DEFAULT_TAU
+from fedmammo.models.contrastive_losses import DEFAULT_MARGIN, DEFAULT_TAU
 
 __all__ = [
     "ARMS",

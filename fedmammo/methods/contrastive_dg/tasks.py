@@ -28,8 +28,7 @@ from fedmammo.evaluation.detection import average_precision, match_image
 from fedmammo.evaluation.embeddings import plot_embeddings_by_vendor, vendor_silhouette
 from fedmammo.methods.contrastive_dg.params import FinetuneParams, PretrainParams, metric_name
 from fedmammo.methods.contrastive_dg.styles import StyleStore, train_rows
-from fedmammo.models.contrastive import nt_xent_loss
-from fedmammo.models.detection import build_fcos
+from fedmammo.models.contrastive_losses import nt_xent_loss
 from fedmammo.progress import progress
 from fedmammo.training.contrastive import (
     ContrastiveResult,
@@ -278,6 +277,8 @@ def task_model(
 ) -> nn.Module:
     """The task's network on a copy of ``encoder``'s backbone (what the replies carry)."""
     if task == "detection":
+        from fedmammo.models.detection import build_fcos  # torchvision's FCOS: only here
+
         return build_fcos(image_size=image_size, encoder=encoder, fpn_channels=ft.fpn_channels)
     if task == "matching":
         return MatchingNet(encoder, embed_dim=_EMBED_DIM)

@@ -1,12 +1,12 @@
 """CC-MLO mass matching (Li et al., III-C-2): a siamese embedding trained with a margin loss.
 
 Both crops of a pair go through the same pre-trained backbone (copied) and a linear
-embedding; training minimises equation 3 (:func:`fedmammo.models.contrastive.
-margin_contrastive_loss`, m = 10). A pair is predicted to match when the distance of its
-embeddings is below ``m / 2``, halfway between where the loss pulls matches (0) and pushes
-non-matches (>= m); accuracy is reported with a bootstrap CI. The paper's geometric features
-(ROI-to-nipple and ROI-to-chest-wall distances) need nipple and pectoral segmentations that
-fedmammo does not have; only appearance is used.
+embedding; training minimises equation 3
+(:func:`fedmammo.models.contrastive_losses.margin_contrastive_loss`, m = 10). A pair is
+predicted to match when the distance of its embeddings is below ``m / 2``, halfway between
+where the loss pulls matches (0) and pushes non-matches (>= m); accuracy is reported with a
+bootstrap CI. The paper's geometric features (ROI-to-nipple and ROI-to-chest-wall distances)
+need nipple and pectoral segmentations that fedmammo does not have; only appearance is used.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 
 from fedmammo.errors import DataError
 from fedmammo.evaluation.bootstrap import accuracy_ci
-from fedmammo.models.contrastive import DEFAULT_MARGIN, margin_contrastive_loss
+from fedmammo.models.contrastive_losses import DEFAULT_MARGIN, margin_contrastive_loss
 from fedmammo.progress import progress
 from fedmammo.training.downstream._common import (
     DownstreamResult,
