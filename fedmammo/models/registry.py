@@ -3,7 +3,7 @@
 The families whose modules import torchvision at definition (the contrastive encoders and the
 FCOS detector) are imported the first time a name is looked up that the families already
 loaded do not register, so that a centre training a plain classifier never imports
-torchvision (about 1.5 s and 160 MB of a Ray actor's start-up).
+torchvision (1.3 s and 155 MB of the import, measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations
