@@ -23,14 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_federation import export  # noqa: E402  (the whole tree: tests, scenarios, docs)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def export(ref: str, folder: Path) -> Path:
-    """The whole tree of ``ref`` (tests, scenarios, docs) in ``folder``."""
-    archive = subprocess.run(["git", "archive", ref], cwd=REPO, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
-    return folder
 
 
 def run_suite(source: Path, args: list[str]) -> dict:

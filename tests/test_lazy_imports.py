@@ -28,16 +28,16 @@ print(json.dumps(seen))
 """
 
 
+def fresh(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter (its error output if it fails)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def loaded_by(modules: tuple[str, ...], lazy: tuple[str, ...] = LAZY) -> dict[str, list[str]]:
     """module -> which of ``lazy`` one fresh interpreter holds after importing it (in order)."""
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(modules=modules, lazy=lazy)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(fresh(PROBE.format(modules=modules, lazy=lazy)).splitlines()[-1])
 
 
 def test_a_centre_imports_no_plotting_sklearn_opacus_or_torchvision() -> None:
@@ -67,9 +67,7 @@ def test_the_lazy_names_still_load_on_first_use() -> None:
         "    raise SystemExit('no AttributeError')\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert fresh(code) == "ok"
 
 
 def test_torchvision_model_families_register_on_first_lookup() -> None:
@@ -87,9 +85,7 @@ def test_torchvision_model_families_register_on_first_lookup() -> None:
         "assert {'fcos', 'contrastive_resnet50', 'mammo_cnn', 'swin_t'} <= set(names), names\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert fresh(code) == "ok"
 
 
 def test_quiet_libraries_tames_opacus_without_importing_it() -> None:
@@ -106,6 +102,4 @@ def test_quiet_libraries_tames_opacus_without_importing_it() -> None:
         "assert all(h.level >= logging.WARNING for h in before), before\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert fresh(code) == "ok"

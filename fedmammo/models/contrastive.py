@@ -8,7 +8,7 @@ the paper's ImageNet and ImageNet -> Mammo rows cannot be reproduced and every e
 from random initialisation.
 
 The losses live in :mod:`fedmammo.models.contrastive_losses` (no torchvision: a centre that
-trains with them need not import it) and are re-exported here.
+trains with them need not import it).
 """
 
 from __future__ import annotations
@@ -24,23 +24,13 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from fedmammo.errors import ConfigError
 from fedmammo.models.classifiers import make_norm
-from fedmammo.models.contrastive_losses import (
-    DEFAULT_MARGIN,
-    DEFAULT_TAU,
-    margin_contrastive_loss,
-    nt_xent_loss,
-)
 from fedmammo.models.registry import register_model
 
 __all__ = [
     "ARCHS",
-    "DEFAULT_MARGIN",
-    "DEFAULT_TAU",
     "ContrastiveEncoder",
     "SlimResNet",
     "build_contrastive_encoder",
-    "margin_contrastive_loss",
-    "nt_xent_loss",
     "stage_channels",
 ]
 

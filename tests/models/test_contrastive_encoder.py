@@ -12,12 +12,8 @@ from torchvision.models import resnet18, resnet50
 from fedmammo.data.pairs import contrastive_masks
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.models import build_model, list_models
-from fedmammo.models.contrastive import (
-    DEFAULT_TAU,
-    build_contrastive_encoder,
-    margin_contrastive_loss,
-    nt_xent_loss,
-)
+from fedmammo.models.contrastive import build_contrastive_encoder
+from fedmammo.models.contrastive_losses import DEFAULT_TAU, margin_contrastive_loss, nt_xent_loss
 from fedmammo.privacy.engine import dp_incompatible_layers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,7 +9,8 @@ import torch
 
 from fedmammo.data.pairs import contrastive_masks
 from fedmammo.errors import ConfigError, DataError
-from fedmammo.models.contrastive import DEFAULT_TAU, build_contrastive_encoder, nt_xent_loss
+from fedmammo.models.contrastive import build_contrastive_encoder
+from fedmammo.models.contrastive_losses import DEFAULT_TAU, nt_xent_loss
 from fedmammo.models.cyclegan import CycleGanDescription, build_translator
 from fedmammo.training.contrastive import augment_views, encode_images, pretrain_contrastive
 from fedmammo.training.contrastive_styles import (
