@@ -1,13 +1,15 @@
 """Flower orchestration overhead, start-up time and memory per simulated centre.
 
     python benchmarks/bench_federation.py [--centres 20] [--base-ref REV]
+                                          [--backends ray inprocess]
 
 1. ``scenarios/fedavg_quick.yaml --quick``: wall time of each federated round divided by the
    slowest centre's own compute in that round (measured inside the handlers); start-up time
    (process start to the end of the identify round); peak RSS per simulated centre (Ray
    worker processes, sampled from /proc; only the run's own process tree is counted).
    ``--base-ref``: the same run first from that git revision (``git archive``), for a
-   before / after table in one run.
+   before / after table in one run. ``--backends``: one column per simulation backend of
+   this tree (``--backend`` of fedmammo.simulate), one run after the other.
 2. A generated scenario with N tiny centres (two rounds, federated arm only): wall time and
    peak memory of the whole process tree.
 Prints a markdown section for BENCHMARKS.md.
@@ -146,9 +148,11 @@ def many_centres_scenario(n: int, folder: Path) -> Path:
     return path
 
 
-def quick(tmp: Path, source: Path | None = None) -> dict[str, str]:
-    """``fedavg_quick --quick`` from ``source`` (default: this tree): the table's cells."""
-    wall, run_dir, mem = run(["scenarios/fedavg_quick.yaml", "--quick"], tmp, source)
+def quick(tmp: Path, source: Path | None = None, backend: str | None = None) -> dict[str, str]:
+    """``fedavg_quick --quick`` from ``source`` (default: this tree), on ``backend`` (default:
+    the scenario's): the table's cells."""
+    args = ["scenarios/fedavg_quick.yaml", "--quick"] + (["--backend", backend] if backend else [])
+    wall, run_dir, mem = run(args, tmp, source)
     res = json.loads((run_dir / "results.json").read_text())
     df = pd.DataFrame(res["metrics"])
     timing = df[(df["split"] == "timing") & (df["arm"] == "federated")]
@@ -183,29 +187,36 @@ def main() -> None:
     parser.add_argument(
         "--base-ref", help="also run fedavg_quick from this git revision (before / after)"
     )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["ray", "inprocess"],
+        help="one fedavg_quick column per simulation backend (default: the scenario's)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        before = None
+        columns = {}
         if args.base_ref:
-            before = quick(tmp / "quick-base", export(args.base_ref, tmp / "base"))
-        after = quick(tmp / "quick")
+            base = export(args.base_ref, tmp / "base")
+            columns[f"before ({args.base_ref})"] = quick(tmp / "quick-base", base)
+        for backend in args.backends or [None]:
+            name = f"--backend {backend}" if backend else ("after" if columns else "value")
+            columns[name] = quick(tmp / f"quick-{backend}", backend=backend)
         if args.centres:
             many = many_centres_scenario(args.centres, tmp)
             wall_n, run_n, mem_n = run([str(many)], tmp / "many")
             res_n = json.loads((run_n / "results.json").read_text())
     print("## Flower orchestration (`benchmarks/bench_federation.py`)\n")
+    first = next(iter(columns.values()))
     print(
-        f"`{' '.join(['python', *sys.argv])}`: fedavg_quick --quick, {after['nodes']} simulated "
+        f"`{' '.join(['python', *sys.argv])}`: fedavg_quick --quick, {first['nodes']} simulated "
         f"nodes, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end.\n"
     )
-    if before:
-        print(f"| measurement | before ({args.base_ref}) | after |\n|---|---|---|")
-    else:
-        print("| measurement | value |\n|---|---|")
-    for key, value in after.items():
+    print("| measurement | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
+    for key in first:
         if key != "nodes":
-            print(f"| {key} | " + (f"{before[key]} | " if before else "") + f"{value} |")
+            print(f"| {key} | " + " | ".join(c[key] for c in columns.values()) + " |")
     if args.centres:
         n = args.centres
         print(f"| {n} tiny centres, 2 FedAvg rounds: wall time | {wall_n:.1f} s |")

@@ -1,12 +1,14 @@
 """Run a scenario on Flower's simulation engine.
 
 python -m fedmammo.simulate SCENARIO.yaml [--out DIR] [--check] [--set key.path=value ...]
-                             [--quick] [--ray-address ADDRESS]
-python -m fedmammo.simulate --resume RUN_DIR [--check] [--ray-address ADDRESS]
+                             [--quick] [--ray-address ADDRESS] [--backend ray|inprocess]
+python -m fedmammo.simulate --resume RUN_DIR [--check] [--ray-address ADDRESS] [--backend ...]
 
 With ``--ray-address`` (or the scenario's ``simulation.ray_address``) the centres run on a
 running Ray cluster instead of a private Ray instance; the data and run folders must then be
-where every node reads them (docs/deployment.md, "Simulation on a Ray cluster").
+where every node reads them (docs/deployment.md, "Simulation on a Ray cluster"). With
+``--backend inprocess`` (or ``simulation.backend: inprocess``) no Ray is started: every centre
+runs in this process, one after another (:mod:`fedmammo.federation.inprocess`).
 
 Before anything is made: the whole plan is loaded and checked (every sweep point, arm and
 seed, the quick block, models, samplers, consent, DP), and the data and output folders must
@@ -26,7 +28,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from rich.console import Console
@@ -37,6 +39,7 @@ import fedmammo.methods  # noqa: F401  (registers the methods' recipe kinds)
 from fedmammo.config import Scenario, load_scenario
 from fedmammo.config.dotted import split_dotted
 from fedmammo.config.loading import load_scenario_traced, resolved_mapping
+from fedmammo.config.scenario import SimulationSpec
 from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.console import safe
 from fedmammo.federation.ray_cluster import (
@@ -242,17 +245,33 @@ def _wants_pooled(scenario: Scenario) -> bool:
     return "pooled" in getattr(params, "arms", [])
 
 
-def run(spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None) -> Path:
-    """Run one scenario in a run directory through Flower's simulation engine (on the Ray
-    cluster at ``ray_address`` when one is given, see :func:`ray_address_of`)."""
-    from flwr.simulation import run_simulation
+def backend_of(scenario: Scenario, backend: str | None, ray_address: str | None) -> str:
+    """The simulation backend: ``--backend``, else the scenario's ``simulation.backend``.
+    ConfigError (one line) for ``inprocess`` with a Ray cluster named by ``--ray-address`` or
+    the scenario (Ray's own ``RAY_ADDRESS`` is then not used)."""
+    chosen = backend or scenario.simulation.backend
+    if chosen == "inprocess" and (address := ray_address or scenario.simulation.ray_address):
+        where = "--ray-address" if ray_address else "simulation.ray_address"
+        raise ConfigError(
+            f"backend inprocess runs every centre in this process, so it cannot use the Ray "
+            f"cluster of {where} {address}; fix: drop one of them (--backend ray is the default)"
+        )
+    return chosen
 
+
+def run(
+    spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None, backend: str | None = None
+) -> Path:
+    """Run one scenario in a run directory through Flower's simulation engine (on the Ray
+    cluster at ``ray_address`` when one is given, see :func:`ray_address_of`), or with
+    ``backend="inprocess"`` every centre in this process (:mod:`fedmammo.federation.inprocess`)."""
     from fedmammo.apps import client_app, server_app
 
     run_dir = Path(spec.run_dir)
     with_pooled = _wants_pooled(scenario)
+    spec.backend = backend_of(scenario, backend, ray_address)
     spec_file = spec.save()  # before the data: a run killed while preparing it can be resumed
-    cluster = ray_address_of(scenario, ray_address)
+    cluster = None if spec.backend == "inprocess" else ray_address_of(scenario, ray_address)
     if cluster:  # first: a wrong address fails before the data is prepared
         env = {ENV_VAR: str(spec_file), RAY_ACCEL_ENV: "0"}
         address, nodes = attach_ray(cluster[0], env, cluster[1])
@@ -263,27 +282,36 @@ def run(spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None) ->
     prepare_data(scenario, thumbnails=run_dir / "thumbnails")
     spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
     os.environ[ENV_VAR] = str(spec.save())
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(spec.node_order),
-        backend_config=backend_config(scenario, attached=cluster is not None),
-    )
+    if spec.backend == "inprocess":
+        from fedmammo.federation.inprocess import run_in_process
+
+        num_cpus = client_resources(scenario)["num_cpus"]
+        run_in_process(server_app, client_app, len(spec.node_order), num_cpus=num_cpus)
+    else:
+        from flwr.simulation import run_simulation
+
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(spec.node_order),
+            backend_config=backend_config(scenario, attached=cluster is not None),
+        )
     results = run_dir / "results.json"
     if not results.is_file():
         raise FedmammoError(f"the run wrote no results ({run_dir}); see {run_dir / 'run.log'}")
     return run_dir
 
 
-def execute(spec: RunSpec, base: Scenario, *, ray_address: str | None = None) -> int:
+def execute(spec: RunSpec, base: Scenario, args: argparse.Namespace) -> int:
     """Run (or resume) the run folder ``spec`` names: every sweep point, or the one run."""
     run_dir = Path(spec.run_dir)
     add_run_log(run_dir)
     console.print(f"run directory: [bold]{safe(run_dir)}[/]")
+    where = {"ray_address": args.ray_address, "backend": args.backend}
     if base.sweep:
-        run_sweep(spec, base, functools.partial(run, ray_address=ray_address))
+        run_sweep(spec, base, functools.partial(run, **where))
     else:
-        run(spec, load_scenario(spec.scenario_file, quick=spec.quick), ray_address=ray_address)
+        run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
     console.print(f"[green]done[/]: results in {safe(run_dir)}")
     return 0
 
@@ -299,11 +327,7 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         console.print(Syntax(resolved_yaml(base, quick=args.quick), "yaml"))
     print_plan(base, points, quick=args.quick)
     out = Path(args.out or base.output_dir)
-    if cluster := ray_address_of(base, args.ray_address):
-        check_reachable(*cluster)  # before any folder is made
-    else:  # on a cluster, checked against its nodes when the run attaches
-        for point in points:
-            fits_here(point.scenario)
+    _check_where(base, points, args)
     _check_folders(points, out, create=not args.check)
     if args.check:
         n = sum(len(p.rows) for p in points)
@@ -324,24 +348,34 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     (run_dir / INVOCATION).write_text(json.dumps(invocation, indent=1, default=str))
     spec = RunSpec(scenario_file=str(run_dir / RESOLVED), run_dir=str(run_dir), quick=args.quick)
     spec.save()
-    return execute(spec, base, ray_address=args.ray_address)
+    return execute(spec, base, args)
+
+
+def _check_where(base: Scenario, points: list[Point], args: argparse.Namespace) -> None:
+    """Where the centres will run, before any folder is made: a Ray cluster must answer;
+    on this machine each centre's ``num_cpus`` must fit (a cluster's nodes are checked when
+    the run attaches)."""
+    backend = backend_of(base, args.backend, args.ray_address)
+    if backend == "ray" and (cluster := ray_address_of(base, args.ray_address)):
+        check_reachable(*cluster)
+        return
+    for point in points:
+        fits_here(point.scenario)
 
 
 def _resume(args: argparse.Namespace) -> int:
     spec, base, points = open_run(args, console)
     print_plan(base, points, quick=spec.quick)
     print_restore(console, Path(spec.run_dir), points)
-    if cluster := ray_address_of(base, args.ray_address):
-        check_reachable(*cluster)
-    else:
-        for point in points:
-            fits_here(point.scenario)
+    if args.backend is None:  # where it ran before, unless told otherwise
+        args.backend = spec.backend
+    _check_where(base, points, args)
     _check_folders(points, None, create=not args.check)
     if args.check:
         console.print(f"[green]{safe(spec.run_dir)}: can be resumed[/] (nothing run)")
         return 0
     spec.save()
-    return execute(spec, base, ray_address=args.ray_address)
+    return execute(spec, base, args)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -380,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ADDRESS",
         help="run the centres on the running Ray cluster at ADDRESS (HOST:PORT from `ray start "
         "--head`, or auto); see docs/deployment.md, 'Simulation on a Ray cluster'",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=get_args(SimulationSpec.model_fields["backend"].annotation),
+        help="ray (default): Flower's Ray engine, centres in parallel actors; inprocess: every "
+        "centre in this process, one after another, no Ray (starts in seconds; for small and "
+        "quick runs); default: the scenario's simulation.backend",
     )
     parser.add_argument(
         "--resume",

@@ -126,6 +126,10 @@ class SimulationSpec(Strict):
     """Flower's simulation engine (``python -m fedmammo.simulate``): where the simulated
     centres run and what each Ray actor asks for."""
 
+    # ray: Flower's Ray engine (centres in parallel actors); inprocess: every centre in the
+    # simulate process, one after another, no Ray (seconds to start; small and quick runs).
+    # --backend wins over it.
+    backend: Literal["ray", "inprocess"] = "ray"
     # a running Ray cluster to attach to ("HOST:PORT" printed by `ray start --head`, or
     # "auto"); None: a private Ray instance on this machine. --ray-address wins over it.
     ray_address: str | None = Field(default=None, min_length=1)

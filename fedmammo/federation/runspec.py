@@ -41,6 +41,7 @@ class RunSpec:
     resume: bool = False
     node_order: list[str] = field(default_factory=list)  # simulation: partition-id -> centre
     deployment: bool = False  # real sites (flwr run on a deployment SuperLink)
+    backend: str = "ray"  # simulation: Flower's Ray engine, or "inprocess" (no Ray)
 
     def save(self) -> Path:
         path = Path(self.run_dir) / "runspec.json"

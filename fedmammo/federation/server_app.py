@@ -91,6 +91,7 @@ def run_scenario(
             "seeds": scenario.seeds,
             "quick": spec.quick,
             "deployment": spec.deployment,
+            "backend": None if spec.deployment else spec.backend,
             "centre_order": scenario.centre_names(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **run_provenance(),

@@ -37,7 +37,9 @@ def test_phantom_trained_fedavg_evaluates_on_real_cbis_images(tmp_path):
     path.write_text(yaml.safe_dump(scenario))
     # Execute
     proc, run_dir = run_cli(
-        [str(path)], out=tmp_path / "runs", env={"FEDMAMMO_CBIS_DDSM_ROOT": str(root)}
+        [str(path), "--backend", "inprocess"],
+        out=tmp_path / "runs",
+        env={"FEDMAMMO_CBIS_DDSM_ROOT": str(root)},
     )
     # Assert: the real centre identified its 8 images and returned test metrics.
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

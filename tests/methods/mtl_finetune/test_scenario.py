@@ -190,6 +190,8 @@ def test_quick_scenario_runs_end_to_end(tmp_path):
         "fedmammo.simulate",
         "scenarios/mtl_finetune.yaml",
         "--quick",
+        "--backend",
+        "inprocess",  # no Ray start: same numbers (tests/federation/test_inprocess.py)
         "--out",
         str(tmp_path / "runs"),
         "--set",

@@ -1,4 +1,5 @@
-"""End-to-end: scenarios/periodic_sampling.yaml --quick through Flower's simulation engine."""
+"""End-to-end: scenarios/periodic_sampling.yaml --quick through the simulate command (in
+process: the Ray backend gives the same numbers, tests/federation/test_inprocess.py)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def run_dir(tmp_path_factory) -> Path:
         "fedmammo.simulate",
         "scenarios/periodic_sampling.yaml",
         "--quick",
+        "--backend",
+        "inprocess",
         "--out",
         str(out),
         "--set",
