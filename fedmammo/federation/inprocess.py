@@ -36,7 +36,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-__all__ = ["InProcessGrid", "actor_threads", "run_in_process", "torch_threads"]
+__all__ = ["InProcessGrid", "actor_threads", "run_in_process", "server_identity", "torch_threads"]
 
 _RUN_ID = 1  # one run per grid; Flower's simulation draws a random one
 _FIRST_NODE_ID = 1001  # node ids are opaque to fedmammo (identify maps them to centres)
@@ -146,8 +146,9 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _server_identity() -> Iterator[None]:
-    """The server task's identity, as Flower's ``run_simulation`` sets it (Messages read it)."""
+def server_identity() -> Iterator[None]:
+    """The server task's identity, as Flower's ``run_simulation`` sets it: what a server-side
+    ``Message(...)`` reads (run id, node id, task id), restored afterwards."""
     from flwr.supercore.task_identity import TaskIdentity
 
     before = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
@@ -168,6 +169,6 @@ def run_in_process(
     server_context = Context(
         run_id=_RUN_ID, node_id=0, node_config={}, state=RecordDict(), run_config={}
     )
-    with _server_identity():
+    with server_identity():
         server_app(grid, server_context)
     return grid

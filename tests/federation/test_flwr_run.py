@@ -131,23 +131,24 @@ def test_the_run_goes_on_without_a_missing_test_centre_where_min_centres_allows(
 def test_a_second_node_claiming_a_connected_centre_is_refused_and_logged(
     tmp_path, data_dir, monkeypatch, caplog
 ):
-    # Prepare: every centre connects; a fourth node (103) also claims to be tiny_a
+    # Prepare: every centre connects; a fourth node also claims to be tiny_a
     spec = _spec(
         tmp_path, data_dir, ["tiny_a", "tiny_b", "tiny_t"], **{"strategy.connect_timeout": 1}
     )
     monkeypatch.setenv(ENV_VAR, str(spec.save()))
     grid = InProcessGrid(["tiny_a", "tiny_b", "tiny_t", "tiny_a"])
-    grid.contexts[103].node_config["partition-id"] = 0  # resolves to tiny_a as well
+    a, b, t, impostor = grid.get_node_ids()
+    grid.contexts[impostor].node_config["partition-id"] = 0  # resolves to tiny_a as well
     caplog.set_level(logging.INFO)
     seen: list[dict[str, int]] = []
     # Execute
     with in_process_identity():
         run_scenario(grid, spec, lambda orc: seen.append(dict(orc.nodes)), _section)
     # Assert: tiny_a stays on its first node; the impostor is refused and logged
-    assert seen == [{"tiny_a": 100, "tiny_b": 101, "tiny_t": 102}]
+    assert seen == [{"tiny_a": a, "tiny_b": b, "tiny_t": t}]
     lines = _connect_lines(caplog)
     assert any(
-        "node 103 refused: centre tiny_a is already connected from node 100" in line
+        f"node {impostor} refused: centre tiny_a is already connected from node {a}" in line
         for line in lines
     ), lines
 

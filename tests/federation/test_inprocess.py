@@ -18,7 +18,12 @@ from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 from helpers.run_helpers import REPO, results, run_cli
 
-from fedmammo.federation.inprocess import InProcessGrid, actor_threads, run_in_process
+from fedmammo.federation.inprocess import (
+    InProcessGrid,
+    actor_threads,
+    run_in_process,
+    server_identity,
+)
 
 
 def _echo_client(seen: list) -> ClientApp:
@@ -75,9 +80,7 @@ def test_each_centre_keeps_its_own_context_and_nothing_is_shared():
     threads = torch.get_num_threads()
     # Act: two rounds to three centres, each centre computing with 3 torch threads
     grid = InProcessGrid(_echo_client(seen), 3, num_threads=3)
-    with pytest.MonkeyPatch.context() as mp:
-        for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
-            mp.setattr(TaskIdentity, attr, value)
+    with server_identity():
         _server(2, replies, sent)(grid, None)
     # Assert: partition ids as Flower's simulation gives them, a state per centre
     assert [(s["partition"], s["of"]) for s in seen] == [(i, 3) for i in range(3)] * 2
@@ -135,9 +138,7 @@ def test_run_in_process_sets_the_server_identity_only_while_it_runs():
 
 def test_a_message_to_a_node_that_does_not_exist_is_an_error():
     grid = InProcessGrid(_echo_client([]), 2)
-    with pytest.MonkeyPatch.context() as mp:
-        for attr in ("_task_id", "_run_id", "_node_id"):
-            mp.setattr(TaskIdentity, attr, 1)
+    with server_identity():
         message = Message(RecordDict(), dst_node_id=5, message_type="query")
     with pytest.raises(ValueError, match=r"no simulated node 5 \(nodes: \[1001, 1002\]\)"):
         grid.push_messages([message])

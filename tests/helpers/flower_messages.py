@@ -6,7 +6,10 @@ import contextlib
 import time
 
 import pytest
-from flwr.app import Error, Message, Metadata, RecordDict
+import torch
+from flwr.app import Message, Metadata, RecordDict
+
+from fedmammo.federation import inprocess
 
 
 def make_incoming(content: RecordDict, message_type: str, *, src: int = 0, dst: int = 7) -> Message:
@@ -25,68 +28,41 @@ def make_incoming(content: RecordDict, message_type: str, *, src: int = 0, dst: 
     return Message(content=content, metadata=meta)
 
 
-class InProcessGrid:
-    """A Flower Grid stand-in that delivers each message to fedmammo's real ClientApp
-    (its handlers behind the DP guard and the egress guard), keeping a log and every reply.
+class InProcessGrid(inprocess.InProcessGrid):
+    """fedmammo's in-process grid over the real ClientApp (its handlers behind the DP, consent
+    and egress guards), one node per name, keeping a log and every reply; the centres compute
+    with the torch threads the test has when it makes the grid.
 
     ``log``: (node id, message type, config dict); ``replies``: (centre, type, content).
-    A handler's exception becomes an error reply, as in Flower; with ``strict`` it is raised.
+    A failing centre answers with an error reply, as in Flower; with ``strict`` it is raised.
     """
 
     def __init__(self, names: list[str], *, strict: bool = False) -> None:
-        from flwr.app import Context, RecordDict
+        from fedmammo.apps import client_app
 
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                state=RecordDict(),
-                run_config={},
-                node_config={"partition-id": i, "num-partitions": len(names)},
-            )
-            for i in range(len(names))
-        }
-        self.names = {100 + i: n for i, n in enumerate(names)}
+        super().__init__(client_app, len(names), num_threads=torch.get_num_threads())
+        self.names = dict(zip(self.contexts, names, strict=True))
         self.strict = strict
         self.log: list[tuple[int, str, dict]] = []
         self.replies: list[tuple[str, str, object]] = []
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
     def send_and_receive(self, messages, timeout=None):
-        from fedmammo.apps import client_app
+        return super().send_and_receive(messages, timeout=timeout)
 
-        out = []
-        for msg in messages:
-            node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
-            cfg = dict(msg.content["config"]) if "config" in msg.content else {}
-            self.log.append((node, kind, cfg))
-            incoming = make_incoming(msg.content, kind, dst=node)
-            try:
-                reply = client_app(incoming, self.contexts[node])
-            except Exception as exc:  # what Flower does: an error reply
-                if self.strict:
-                    raise
-                reason = f"{type(exc).__name__}: {exc}"
-                reply = Message(Error(code=1, reason=reason), reply_to=incoming)
-            if self.strict and reply.has_error():  # the ClientApp's error mod caught it
-                raise AssertionError(f"{self.names[node]} {kind}: {reply.error.reason}")
-            if not reply.has_error():
-                self.replies.append((self.names[node], kind, reply.content))
-            out.append(reply)
-        return out
+    def _deliver(self, message, message_id):
+        node, kind = message.metadata.dst_node_id, message.metadata.message_type
+        cfg = dict(message.content["config"]) if "config" in message.content else {}
+        self.log.append((node, kind, cfg))
+        reply = super()._deliver(message, message_id)
+        if self.strict and reply.has_error():
+            raise AssertionError(f"{self.names[node]} {kind}: {reply.error.reason}")
+        if not reply.has_error():
+            self.replies.append((self.names[node], kind, reply.content))
+        return reply
 
 
-@contextlib.contextmanager
-def in_process_identity():
-    """Let the server side build Flower Messages outside a running ServerApp."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    with pytest.MonkeyPatch.context() as mp:
-        for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
-            mp.setattr(TaskIdentity, attr, 1)
-        yield
+#: Let the server side build Flower Messages outside a running ServerApp.
+in_process_identity = inprocess.server_identity
 
 
 def run_strategy_in_process(spec, scenario, runner, *, resume: bool = False, strict: bool = False):

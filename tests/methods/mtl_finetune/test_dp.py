@@ -411,7 +411,8 @@ def test_resumed_finetuning_continues_the_pretraining_ledger_of_the_centres_file
     )
     # Assert: only the fine-tuning arm trained, on b's restored pre-training ledger
     trained = {(c["arm"], n) for n, kind, c in grid.log if kind == "train.mtl"}
-    assert trained == {("finetune_u1_0.5", 101)}
+    node_of = {name: node for node, name in grid.names.items()}
+    assert trained == {("finetune_u1_0.5", node_of["b"])}
     tuned = _records(run_dir)[("b", "finetune_u1_0.5", "finetune")]
     b_mtl = before[("b", "mtl", "mtl")]
     assert tuned["ledger_history"][: len(b_mtl["ledger_history"])] == b_mtl["ledger_history"]
