@@ -1,6 +1,7 @@
 """Scale: N tiny simulated centres, a few FedAvg rounds: wall time, memory, bytes per round.
 
     python benchmarks/bench_scale.py [--centres 10 100 1000] [--rounds 2] [--plot scale.png]
+                                     [--backend ray|inprocess]
     python benchmarks/bench_scale.py --dry-run --centres 1000   # write the scenario only
 
 Each N runs ``python -m fedmammo.simulate`` on a generated scenario of N ``tiny`` centres
@@ -13,6 +14,7 @@ plot with ``--plot``). Budget: 1000 centres generate 48,000 phantom DICOMs first
 ``--timeout`` seconds or ``--max-rss-gb`` is stopped (its own process tree killed by pid) and
 reported as such, and no larger N is tried. ``--ref REV`` runs that git revision (``git
 archive``; imports come from it, in the Ray actors too), not a working tree being edited.
+``--backend`` is passed to the simulate command (default: the scenario's, Ray).
 """
 
 from __future__ import annotations
@@ -69,7 +71,12 @@ def model_bytes() -> int:
 
 
 def run(
-    path: Path, out: Path, timeout: float, max_rss_mb: float, source: Path | None = None
+    path: Path,
+    out: Path,
+    timeout: float,
+    max_rss_mb: float,
+    source: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict:
     """One simulation of ``path``; stopped (its whole process tree killed) past ``timeout``
     seconds or ``max_rss_mb`` of RSS: then ``stopped`` says why and what was reached."""
@@ -80,7 +87,7 @@ def run(
     log = out / "stderr.txt"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fedmammo.simulate", str(path), "--out", str(out)],
+            [sys.executable, "-m", "fedmammo.simulate", str(path), "--out", str(out), *extra],
             cwd=source or REPO,
             env={**os.environ, "PYTHONPATH": str(source)} if source else None,
             stdout=subprocess.DEVNULL,
@@ -160,7 +167,9 @@ def main() -> None:
     parser.add_argument(
         "--ref", help="run this git revision (git archive), not the working tree being edited"
     )
+    parser.add_argument("--backend", choices=["ray", "inprocess"], help="simulate's --backend")
     args = parser.parse_args()
+    extra = ("--backend", args.backend) if args.backend else ()
     per_centre = model_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
@@ -170,10 +179,11 @@ def main() -> None:
         for n in args.centres:
             path = scenario(n, args.rounds, root / f"n{n}")
             if args.dry_run:
-                print(f"python -m fedmammo.simulate {path} --out {root / f'n{n}' / 'runs'}")
+                cmd = f"python -m fedmammo.simulate {path} --out {root / f'n{n}' / 'runs'}"
+                print(" ".join([cmd, *extra]))
                 continue
             out = root / f"n{n}" / "runs"
-            rows.append((n, run(path, out, args.timeout, args.max_rss_gb * 1024, source)))
+            rows.append((n, run(path, out, args.timeout, args.max_rss_gb * 1024, source, extra)))
             print(f"{n} centres: {rows[-1][1]}", file=sys.stderr, flush=True)
             if rows[-1][1]["stopped"]:
                 break  # a larger N would not fit either

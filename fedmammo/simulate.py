@@ -279,6 +279,8 @@ def run(
         check_fits(client_resources(scenario), nodes, cluster[1])
     else:
         fits_here(scenario)
+    if spec.backend == "inprocess":
+        console.print("backend [bold]inprocess[/]: the centres answer in this process, in turn")
     prepare_data(scenario, thumbnails=run_dir / "thumbnails")
     spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
     os.environ[ENV_VAR] = str(spec.save())

@@ -161,7 +161,7 @@ def run_cli_in_process(args: list[str], monkeypatch) -> Outcome:
     console = Console(file=buf, width=400, color_system=None, force_terminal=False)
     monkeypatch.setattr(simulate, "console", console)
 
-    def no_run(spec, base, **kwargs):
+    def no_run(spec, base, args):
         raise AssertionError(f"the CLI started a run in {spec.run_dir}")
 
     monkeypatch.setattr(simulate, "execute", no_run)

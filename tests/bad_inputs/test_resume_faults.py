@@ -27,12 +27,12 @@ def test_resume_uses_the_folders_copy_not_the_edited_files(scen, tmp_path, monke
     (tmp_path / "centres" / "site.yaml").write_text("broken: [\n")
     started = {}
     monkeypatch.setattr(
-        simulate, "execute", lambda spec, base, **kw: started.update(spec=spec) or 0
+        simulate, "execute", lambda spec, base, args: started.update(spec=spec) or 0
     )
     # Execute
     check = run_cli_in_process(["--resume", str(run), "--check"], monkeypatch)
     monkeypatch.setattr(
-        simulate, "execute", lambda spec, base, **kw: started.update(spec=spec) or 0
+        simulate, "execute", lambda spec, base, args: started.update(spec=spec) or 0
     )
     code = simulate.main([str(scen), "--resume", str(run)])  # same scenario argument: accepted
     # Assert: the plan and the restore table come from the resolved copy (2 rounds)
@@ -92,7 +92,7 @@ def test_a_new_run_writes_its_folder_only_after_the_plan_and_before_any_data(
     # Prepare: stop where the run would start
     started = {}
     monkeypatch.setattr(
-        simulate, "execute", lambda spec, base, **kw: started.update(spec=spec) or 0
+        simulate, "execute", lambda spec, base, args: started.update(spec=spec) or 0
     )
     # Execute
     code = simulate.main([str(scen), "--set", "strategy.params.rounds=3"])

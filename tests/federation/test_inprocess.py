@@ -227,11 +227,13 @@ def test_an_inprocess_run_resumes_in_process(tmp_path, capsys):
     assert main([*argv, "--set", f"data_dir={tmp_path / 'data'}"]) == 0
     (run_dir,) = (tmp_path / "out").glob("*/*")
     first = results(run_dir)
+    capsys.readouterr()
     # Act: resume it without saying where (Ray's RAY_ADDRESS does not apply in process)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_ADDRESS", "127.0.0.1:1")
         assert main(["--resume", str(run_dir)]) == 0
-    # Assert: it ran in process again and kept every number
+    # Assert: it ran in process again (and said so) and kept every number
+    assert "backend inprocess: the centres answer in this process" in capsys.readouterr().out
     again = results(run_dir)
     assert again["meta"]["backend"] == "inprocess"
     keep = [m for m in first["metrics"] if m["split"] != "timing"]
