@@ -51,7 +51,7 @@ from fedmammo.federation.ray_cluster import (
     fits_here,
     ray_address_of,
 )
-from fedmammo.federation.run_log import RAY_ACCEL_ENV, add_run_log, quiet_libraries
+from fedmammo.federation.run_log import RAY_ACCEL_ENV, quiet_libraries, run_log
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
 from fedmammo.federation.telemetry import quiet_flower
 from fedmammo.methods.planning import plan_scenario
@@ -307,13 +307,13 @@ def run(
 def execute(spec: RunSpec, base: Scenario, args: argparse.Namespace) -> int:
     """Run (or resume) the run folder ``spec`` names: every sweep point, or the one run."""
     run_dir = Path(spec.run_dir)
-    add_run_log(run_dir)
     console.print(f"run directory: [bold]{safe(run_dir)}[/]")
     where = {"ray_address": args.ray_address, "backend": args.backend}
-    if base.sweep:
-        run_sweep(spec, base, functools.partial(run, **where))
-    else:
-        run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
+    with run_log(run_dir):
+        if base.sweep:
+            run_sweep(spec, base, functools.partial(run, **where))
+        else:
+            run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
     console.print(f"[green]done[/]: results in {safe(run_dir)}")
     return 0
 

@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["OwnRecordsOnly", "add_run_log", "quiet_libraries"]
+__all__ = ["OwnRecordsOnly", "add_run_log", "quiet_libraries", "run_log"]
 
 RAY_ACCEL_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
 
@@ -50,6 +52,22 @@ def add_run_log(run_dir: Path) -> logging.Handler:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     return handler
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """:func:`add_run_log` for the length of the block, then the root logger as it was (a
+    process that runs several scenarios, in process, writes each run's records to its own
+    run.log only)."""
+    root = logging.getLogger()
+    level = root.level
+    handler = add_run_log(run_dir)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)
 
 
 def quiet_libraries(*, flower_info: bool = True) -> None:

@@ -8,6 +8,8 @@ number with the Ray run of the same scenario.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -232,8 +234,12 @@ def test_an_inprocess_run_resumes_in_process(tmp_path, capsys):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_ADDRESS", "127.0.0.1:1")
         assert main(["--resume", str(run_dir)]) == 0
-    # Assert: it ran in process again (and said so) and kept every number
+    # Assert: it ran in process again (and said so), left no run-log handler behind, and kept
+    # every number
     assert "backend inprocess: the centres answer in this process" in capsys.readouterr().out
+    logs = [getattr(h, "baseFilename", "") for h in logging.getLogger().handlers]
+    assert not [f for f in logs if f.startswith(str(tmp_path))], logs
+    assert "round 2" in (run_dir / "run.log").read_text()
     again = results(run_dir)
     assert again["meta"]["backend"] == "inprocess"
     keep = [m for m in first["metrics"] if m["split"] != "timing"]
