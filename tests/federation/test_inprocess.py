@@ -56,7 +56,8 @@ def _echo_client(seen: list) -> ClientApp:
     return app
 
 
-def _server(rounds: int, replies: list, sent: list, *, fail_node: int | None = None) -> ServerApp:
+def _server(rounds: int, replies: list, sent: list, *, fail: int | None = None) -> ServerApp:
+    """``rounds`` queries to every node; the node at index ``fail`` is told to raise."""
     app = ServerApp()
 
     @app.main()
@@ -64,11 +65,11 @@ def _server(rounds: int, replies: list, sent: list, *, fail_node: int | None = N
         for _ in range(rounds):
             messages = [
                 Message(
-                    RecordDict({"config": ConfigRecord({"fail": node == fail_node})}),
+                    RecordDict({"config": ConfigRecord({"fail": i == fail})}),
                     dst_node_id=node,
                     message_type="query",
                 )
-                for node in grid.get_node_ids()
+                for i, node in enumerate(grid.get_node_ids())
             ]
             sent.extend(messages)
             replies.append(list(grid.send_and_receive(messages)))
@@ -110,11 +111,11 @@ def test_a_centre_that_raises_answers_with_flowers_error_reply():
     # Prepare
     seen, replies, sent = [], [], []
     # Act: the second centre raises in its handler
-    run_in_process(_server(1, replies, sent, fail_node=1002), _echo_client(seen), 3)
+    grid = run_in_process(_server(1, replies, sent, fail=1), _echo_client(seen), 3)
     # Assert: the others answered; the failing one's reply is an error naming the exception
     (round_replies,) = replies
     errors = [r for r in round_replies if r.has_error()]
-    assert [r.metadata.src_node_id for r in errors] == [1002]
+    assert [r.metadata.src_node_id for r in errors] == [grid.get_node_ids()[1]]
     assert errors[0].error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     assert "centre broke" in errors[0].error.reason
     assert sum(not r.has_error() for r in round_replies) == 2
