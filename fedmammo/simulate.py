@@ -276,9 +276,10 @@ def run(
         env = {ENV_VAR: str(spec_file), RAY_ACCEL_ENV: "0"}
         address, nodes = attach_ray(cluster[0], env, cluster[1])
         console.print(f"Ray cluster at [bold]{safe(address)}[/]: {len(nodes)} nodes")
-        check_fits(client_resources(scenario), nodes, cluster[1])
+        workers = check_fits(client_resources(scenario), nodes, cluster[1])
     else:
-        fits_here(scenario)
+        workers = fits_here(scenario)
+    spec.workers = 1 if spec.backend == "inprocess" else workers
     if spec.backend == "inprocess":
         console.print("backend [bold]inprocess[/]: the centres answer in this process, in turn")
     prepare_data(scenario, thumbnails=run_dir / "thumbnails")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -17,6 +17,7 @@ from rich.console import Console
 
 from fedmammo.config import Scenario
 from fedmammo.federation.console import safe
+from fedmammo.federation.jobs import Job, JobResult, run_jobs
 from fedmammo.federation.messages import (
     ARRAYS,
     COUNTS,
@@ -157,6 +158,29 @@ class Orchestrator:
             replies[centre] = reply.content
             failures.pop(centre, None)
         return replies, failures
+
+    def run_jobs(
+        self, message_type: str, jobs: Sequence[Job], *, one_at_a_time: Collection[str] = ()
+    ) -> Iterator[JobResult]:
+        """Independent jobs, their results in order (:func:`~fedmammo.federation.jobs.run_jobs`).
+
+        In a simulation as many at once as the engine runs (``RunSpec.workers``: one in
+        process), also at one centre except the ``one_at_a_time`` centres (those whose jobs may
+        charge a privacy ledger); at real sites one at a time per centre, all centres at once.
+        """
+        if self.spec.deployment:
+            in_flight, most = None, 1
+        else:
+            in_flight = most = max(1, self.spec.workers)
+        return run_jobs(
+            self.grid,
+            self.nodes,
+            message_type,
+            jobs,
+            timeout=self.timeout_for(message_type),
+            in_flight=in_flight,
+            per_centre=lambda centre: 1 if centre in one_at_a_time else most,
+        )
 
     def centres(self, *roles: str) -> list[str]:
         """Scenario centres with one of ``roles`` (all real centres when none given); once

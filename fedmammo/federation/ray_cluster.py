@@ -166,10 +166,11 @@ def check_fits(resources: dict[str, float], nodes: list[dict[str, float]], where
     return fits
 
 
-def fits_here(scenario: Scenario) -> None:
-    """A private Ray instance has this machine's cores (it finds the GPUs itself)."""
+def fits_here(scenario: Scenario) -> int:
+    """How many centres a private Ray instance runs at once: this machine's cores over each
+    centre's (it finds the GPUs itself)."""
     resources = {**client_resources(scenario), "num_gpus": 0}
-    check_fits(resources, [{"CPU": os.cpu_count() or 1}], "this machine")
+    return check_fits(resources, [{"CPU": os.cpu_count() or 1}], "this machine")
 
 
 def backend_config(scenario: Scenario, *, attached: bool) -> dict[str, Any]:

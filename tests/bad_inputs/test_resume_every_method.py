@@ -30,31 +30,32 @@ def _batch_of(messages, prefix: str) -> bool:
 
 
 class CountingGrid(flower_messages.InProcessGrid):
-    """Counts the server's training and evaluation batches (send_and_receive calls)."""
+    """Counts the server's training and evaluation batches (messages pushed together: a
+    send_and_receive call, or one job of a job queue)."""
 
     batches = 0
     evaluations = 0
 
-    def send_and_receive(self, messages, timeout=None):
+    def push_messages(self, messages):
         messages = list(messages)
         if _batch_of(messages, "train."):
             type(self).batches += 1
         if _batch_of(messages, "evaluate."):
             type(self).evaluations += 1
-        return super().send_and_receive(messages, timeout)
+        return super().push_messages(messages)
 
 
 def killing_grid(at: int, prefix: str = "train.") -> type:
     class KillingGrid(flower_messages.InProcessGrid):
         seen = 0
 
-        def send_and_receive(self, messages, timeout=None):
+        def push_messages(self, messages):
             messages = list(messages)
             if _batch_of(messages, prefix):
                 type(self).seen += 1
                 if type(self).seen == at:
                     raise ServerKilled(f"killed at {prefix} batch {at}")
-            return super().send_and_receive(messages, timeout)
+            return super().push_messages(messages)
 
     return KillingGrid
 

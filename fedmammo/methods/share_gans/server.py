@@ -3,9 +3,10 @@ translation arm.
 
 Phase 1: every sharing centre an arm samples from trains one generator per (GAN kind, lesion
 subset) on its own training lesion patches (``train.generator``, once per run, seeded from the
-first scenario seed). Centres train in parallel, one job per centre per wave. The server
-keeps what it received in ``generators/<centre>_<gan>_<subset>/`` (``gen-e<epoch>.pt`` state
-dicts of the snapshots plus ``description.json``: a
+first scenario seed). Centres train in parallel; in a simulation one centre's generators
+too, as many at once as the engine runs (one after another at a centre that trains under DP).
+The server keeps what it received in ``generators/<centre>_<gan>_<subset>/``
+(``gen-e<epoch>.pt`` state dicts of the snapshots plus ``description.json``: a
 :class:`~fedmammo.models.gans.GeneratorDescription` whose ``extra`` holds the subset, training
 parameters and the Frechet figures), so ``load_generators: <run dir>`` in another scenario
 reuses them; an interrupted run reloads its own.
@@ -24,12 +25,14 @@ sets ``sharing.real_patches_in_simulation``, and is flagged in the console, in t
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from flwr.app import ArrayRecord, RecordDict
 
 from fedmammo.errors import ConfigError
 from fedmammo.federation.console import safe
+from fedmammo.federation.jobs import Job, JobResult
 from fedmammo.federation.messages import METRICS, PRIVACY
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.codec import decode_privacy
@@ -165,6 +168,13 @@ def _record_generator(orc: Orchestrator, gen: SharedGenerator, seed: int) -> Non
     orc.recorder.complete_arm(gen.name, seed)
 
 
+def _private_centres(orc: Orchestrator, centres) -> set[str]:
+    """Centres whose profile trains under DP (or is unknown here): their generators train
+    one after another, so no two DP rounds charge one ledger at once."""
+    profiles = orc.scenario.resolved_profiles
+    return {c for c in centres if c not in profiles or profiles[c].privacy.enabled}
+
+
 def _train_generators(
     orc: Orchestrator, p: ShareGansParams, specs: list[ArmSpec]
 ) -> dict[str, SharedGenerator]:
@@ -198,44 +208,53 @@ def _train_generators(
         if not orc.recorder.is_done(name, seed):
             _record_generator(orc, gen, seed)
     plot_dir = "" if orc.spec.deployment else str(orc.run_dir / "plots")
-    for wave in range(max((len(j) for j in jobs.values()), default=0)):
-        contents, names = {}, {}
-        for centre, todo in jobs.items():
-            if wave < len(todo):
-                name, gan, subset = todo[wave]
-                m = orc.message(
-                    TrainGenerator,
-                    gan=gan,
-                    subset=subset,
-                    seed=derive_seed(seed, name, "gan"),
-                    patch=p.patches.model_dump(),
-                    gan_params=p.gans[gan].kwargs(gan),
-                    frechet_samples=p.frechet_samples,
-                    grid_columns=p.grid_columns,
-                    plot_dir=plot_dir,
-                    **generator_privacy_config(orc, name, seed),
-                )
-                contents[centre], names[centre] = m.content(), todo[wave]
-        orc.console.print(f"  training generators {sorted(n for n, _, _ in names.values())}")
-        replies, failures = orc.send(TrainGenerator.KIND, contents)
-        for centre, reason in failures.items():
-            name = names[centre][0]
+
+    def content(name: str, gan: str, subset: str) -> RecordDict:
+        m = orc.message(
+            TrainGenerator,
+            gan=gan,
+            subset=subset,
+            seed=derive_seed(seed, name, "gan"),
+            patch=p.patches.model_dump(),
+            gan_params=p.gans[gan].kwargs(gan),
+            frechet_samples=p.frechet_samples,
+            grid_columns=p.grid_columns,
+            plot_dir=plot_dir,
+            **generator_privacy_config(orc, name, seed),
+        )
+        return m.content()
+
+    # the centres' queues interleaved, so every centre starts at once
+    queue = [
+        (centre, todo[k]) for k in range(max(map(len, jobs.values()), default=0))
+        for centre, todo in jobs.items() if k < len(todo)
+    ]  # fmt: skip
+    if queue:
+        orc.console.print(f"  training generators {sorted(name for _, (name, _, _) in queue)}")
+    results = orc.run_jobs(
+        TrainGenerator.KIND,
+        [Job(centre, partial(content, *todo)) for centre, todo in queue],
+        one_at_a_time=_private_centres(orc, jobs),
+    )
+    for result in results:
+        centre, (name, gan, subset) = queue[result.index]
+        if result.content is None:
+            reason = result.failure or "error"
             orc.record_failures(
                 {centre: reason}, arm=name, seed=seed, rnd=None, phase=TrainGenerator.KIND
             )
             record_generator_refusal(orc, centre=centre, name=name, seed=seed, reason=reason)
-        for centre, content in replies.items():
-            name, gan, subset = names[centre]
-            gen = _from_reply(name, subset, content, p.gans[gan].kwargs(gan))
-            record_generator_privacy(orc, centre=centre, name=name, seed=seed, content=content)
-            save_shared_generator(root, gen)
-            _record_generator(orc, gen, seed)
-            gens[name] = gen
-            fd = gen.description.extra.get("frechet_distance", float("nan"))
-            orc.console.print(
-                f"  generator {safe(name)}: {len(gen.snapshots)} snapshot(s), "
-                f"Frechet {fd:.3g} ({safe(centre)} computed it)"
-            )
+            continue
+        gen = _from_reply(name, subset, result.content, p.gans[gan].kwargs(gan))
+        record_generator_privacy(orc, centre=centre, name=name, seed=seed, content=result.content)
+        save_shared_generator(root, gen)
+        _record_generator(orc, gen, seed)
+        gens[name] = gen
+        fd = gen.description.extra.get("frechet_distance", float("nan"))
+        orc.console.print(
+            f"  generator {safe(name)}: {len(gen.snapshots)} snapshot(s), "
+            f"Frechet {fd:.3g} ({safe(centre)} computed it)"
+        )
     return gens
 
 
@@ -281,7 +300,7 @@ def _classifier_config(
     )
 
 
-def _run_arm(
+def _arm_job(
     orc: Orchestrator,
     p: ShareGansParams,
     spec: ArmSpec,
@@ -293,16 +312,18 @@ def _run_arm(
     draw: bool,
     label: str,
     classifier: dict,
-) -> None:
+) -> Job | None:
+    """The receiver's job for one arm run; None when it is done or a generator is missing."""
     rec = record_arm(spec.name, subset, fraction, label)
     if orc.recorder.is_done(rec, seed):
-        return
+        return None
     names = [generator_name(c, g, subset) for c, g in spec.generators]
     missing = [n for n in names if n not in gens]
     if missing:
         orc.recorder.note(f"arm {rec} seed {seed}: skipped, generator(s) {missing} missing")
-        return
-    content = _classifier_config(
+        return None
+    content = partial(
+        _classifier_config,
         orc,
         p,
         spec,
@@ -314,13 +335,19 @@ def _run_arm(
         label=label,
         classifier=classifier,
     )
-    kind = TrainPatchClassifier.KIND
-    replies, failures = orc.send(kind, {spec.receiver: content})
-    orc.record_failures(failures, arm=rec, seed=seed, rnd=None, phase=kind)
-    if spec.receiver not in replies:
+    return Job(spec.receiver, content)
+
+
+def _record_arm(orc: Orchestrator, rec: str, seed: int, result: JobResult) -> None:
+    """Record one arm run's reply (test metrics, best validation epoch) or its failure."""
+    kind, receiver = TrainPatchClassifier.KIND, result.centre
+    if result.content is None:
+        orc.record_failures(
+            {receiver: result.failure or "error"}, arm=rec, seed=seed, rnd=None, phase=kind
+        )
         return
-    metrics = TrainPatchClassifier.REPLY.from_metrics(replies[spec.receiver][METRICS])
-    orc.recorder.add(metrics.records, arm=rec, seed=seed, centre=spec.receiver, split="test")
+    metrics = TrainPatchClassifier.REPLY.from_metrics(result.content[METRICS])
+    orc.recorder.add(metrics.records, arm=rec, seed=seed, centre=receiver, split="test")
     extra = {
         "auprc": metrics.val_auprc,
         "best_epoch": metrics.best_epoch,
@@ -333,8 +360,15 @@ def _run_arm(
         [{"metric": k, "value": float(v)} for k, v in extra.items()],
         arm=rec,
         seed=seed,
-        centre=spec.receiver,
+        centre=receiver,
         split="val",
+    )
+    orc.recorder.add(
+        [{"metric": "compute_seconds", "value": metrics.compute_seconds}],
+        arm=rec,
+        seed=seed,
+        centre=receiver,
+        split="timing",
     )
     if metrics.healthy_shortfall:
         orc.recorder.note(
@@ -365,11 +399,12 @@ def run(orc: Orchestrator) -> None:
     orc.console.rule("[bold]phase 1: shared generators[/]")
     gens = _train_generators(orc, p, specs)
     orc.console.rule("[bold]phase 2: the receiver's patch classifier per arm[/]")
+    jobs, runs = [], []  # every arm run not yet done, in the tables' order
     for n, seed in enumerate(orc.scenario.seeds):
         for subset in p.subsets:
             for k, fraction in enumerate(p.fractions):
                 for spec, label, classifier in p.classifier_runs(specs):
-                    _run_arm(
+                    job = _arm_job(
                         orc,
                         p,
                         spec,
@@ -381,6 +416,11 @@ def run(orc: Orchestrator) -> None:
                         label=label,
                         classifier=classifier,
                     )
+                    if job is not None:
+                        jobs.append(job)
+                        runs.append((record_arm(spec.name, subset, fraction, label), seed))
+    for result in orc.run_jobs(TrainPatchClassifier.KIND, jobs):
+        _record_arm(orc, *runs[result.index], result)
     orc.recorder.note(
         "records: arm '<arm>@<subset>-<percent of the receiver's training "
         "data>' ('<arm>~<label>@...' for classifier.extra_models); metric 'auc' is the AUROC"

@@ -265,3 +265,19 @@ def test_the_shipped_full_plan_trains_the_swin_for_three_arms_and_quick_for_none
     }  # fmt: skip
     assert all(r.model["name"] == "swin_t" for r in full)
     assert not [r for r in quick if "~" in r.arm] and quick  # a --set swin value still loads
+
+
+def test_generators_of_a_centre_under_dp_train_one_at_a_time():
+    # two DP rounds must never charge one ledger at once: such a centre gets one job at a time
+    from types import SimpleNamespace
+
+    from fedmammo.methods.share_gans.server import _private_centres
+
+    def profile(dp: bool):
+        return SimpleNamespace(privacy=SimpleNamespace(enabled=dp))
+
+    orc = SimpleNamespace(
+        scenario=SimpleNamespace(resolved_profiles={"B": profile(True), "C": profile(False)})
+    )
+    # a centre the server has no profile of is treated as private
+    assert _private_centres(orc, ["B", "C", "D"]) == {"B", "D"}
