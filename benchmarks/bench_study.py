@@ -40,13 +40,15 @@ def column(args: list[str], out: Path, source: Path | None = None) -> tuple[dict
     res = json.loads((run_dir / "results.json").read_text())
     spec = json.loads((run_dir / "runspec.json").read_text())
     compute = sum(
-        m["value"] for m in res["metrics"] if str(m["metric"]).endswith("compute_seconds")
+        m["value"]
+        for m in res["metrics"]
+        if m["split"] == "timing" and str(m["metric"]).endswith("compute_seconds")
     )
     app = res["meta"]["wall_seconds"]
     cells = {
         "process wall time": f"{wall / 60:.1f} min ({wall:.0f} s)",
         "of which the ServerApp": f"{app:.0f} s",
-        "centres' own compute (sum of compute_seconds)": f"{compute:.0f} s",
+        "centres' own compute (sum of compute_seconds)": f"{compute:.0f} s" if compute else "-",
         "ServerApp wall / centres' compute": f"{app / compute:.2f}x" if compute else "-",
         "jobs at once (runspec workers)": str(spec.get("workers", 1)),
         "peak RSS, whole process tree": f"{mem.peak_total:.0f} MB",

@@ -178,7 +178,7 @@ def _private_centres(orc: Orchestrator, centres) -> set[str]:
 def _train_generators(
     orc: Orchestrator, p: ShareGansParams, specs: list[ArmSpec]
 ) -> dict[str, SharedGenerator]:
-    """Phase 1: saved or loaded generators, else ``train.generator`` waves at the centres."""
+    """Phase 1: saved or loaded generators, else ``train.generator`` jobs at the centres."""
     seed = orc.scenario.seeds[0]
     root = orc.run_dir / GENERATORS_DIR
     source = Path(p.load_generators).expanduser() if p.load_generators else None
@@ -249,6 +249,13 @@ def _train_generators(
         record_generator_privacy(orc, centre=centre, name=name, seed=seed, content=result.content)
         save_shared_generator(root, gen)
         _record_generator(orc, gen, seed)
+        orc.recorder.add(  # this run's training time (not a loaded generator's)
+            [{"metric": "compute_seconds", "value": gen.description.extra["compute_seconds"]}],
+            arm=name,
+            seed=seed,
+            centre=centre,
+            split="timing",
+        )
         gens[name] = gen
         fd = gen.description.extra.get("frechet_distance", float("nan"))
         orc.console.print(
