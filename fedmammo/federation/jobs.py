@@ -10,10 +10,12 @@ yields each job's result in the order the jobs were given, whatever order the re
 in: what a caller records is the same as with one message at a time.
 
 A Flower simulation hands two messages for one node to two workers, each with a copy of the
-node's context; fedmammo's centres keep nothing between messages in their context that such
-jobs change (their data caches are per process, their privacy ledgers on disk under a lock).
-Jobs that may charge a privacy ledger are sent to a centre one at a time
-(``per_centre=1`` for that centre), so two rounds never charge one ledger at once.
+node's context, and keeps the context of whichever answers last. What a job needs from its
+centre is not in that context (the data caches are per process, the privacy ledgers on disk
+under a lock); the one thing kept there across messages, the egress guard's count of refused
+replies, may miss one of two refusals made at once. SecAgg+ rounds, whose state is in the
+context, are never sent as jobs. Jobs that may charge a privacy ledger go to a centre one at
+a time (``per_centre=1`` for that centre), so two rounds never charge one ledger at once.
 """
 
 from __future__ import annotations
