@@ -181,6 +181,30 @@ def test_client_resources_come_from_the_scenario_and_must_fit_a_node():
         check_fits({"num_cpus": 1, "num_gpus": 1}, [{"CPU": 4.0}], "x")
 
 
+@pytest.mark.parametrize(
+    ("resources", "cpus", "gpus", "workers"),
+    [
+        ({"num_cpus": 1}, 2, 0, 2),
+        ({"num_cpus": 0.5}, 2, 0, 4),
+        ({"num_cpus": 1, "num_gpus": 0.5}, 8, 1, 2),  # the GPU bounds it
+        ({"num_cpus": 1, "num_gpus": 1}, 8, 0, 1),  # Ray finds no GPU: at least one
+    ],
+)
+def test_a_private_ray_runs_cores_over_a_centres_cpus_at_once(
+    monkeypatch, resources, cpus, gpus, workers
+):
+    # how many jobs the server keeps in flight (RunSpec.workers): what Flower's pool runs
+    import torch
+
+    from fedmammo.config import load_scenario
+    from fedmammo.federation import ray_cluster
+
+    scenario = load_scenario(TINY, sets={"simulation.client_resources": resources})
+    monkeypatch.setattr(ray_cluster.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert ray_cluster.fits_here(scenario) == workers
+
+
 def test_client_resources_beyond_this_machine_fail_the_check(tmp_path, capsys):
     import os
 

@@ -168,9 +168,15 @@ def check_fits(resources: dict[str, float], nodes: list[dict[str, float]], where
 
 def fits_here(scenario: Scenario) -> int:
     """How many centres a private Ray instance runs at once: this machine's cores over each
-    centre's (it finds the GPUs itself)."""
-    resources = {**client_resources(scenario), "num_gpus": 0}
-    return check_fits(resources, [{"CPU": os.cpu_count() or 1}], "this machine")
+    centre's, and its GPUs over each centre's share when centres ask for one (Ray finds the
+    GPUs itself: only the cores are checked)."""
+    resources = client_resources(scenario)
+    fits = check_fits({**resources, "num_gpus": 0}, [{"CPU": os.cpu_count() or 1}], "this machine")
+    if resources["num_gpus"] > 0:
+        import torch
+
+        fits = max(1, min(fits, int(torch.cuda.device_count() / resources["num_gpus"])))
+    return fits
 
 
 def backend_config(scenario: Scenario, *, attached: bool) -> dict[str, Any]:

@@ -248,7 +248,6 @@ def _train_generators(
         gen = _from_reply(name, subset, result.content, p.gans[gan].kwargs(gan))
         record_generator_privacy(orc, centre=centre, name=name, seed=seed, content=result.content)
         save_shared_generator(root, gen)
-        _record_generator(orc, gen, seed)
         orc.recorder.add(  # this run's training time (not a loaded generator's)
             [{"metric": "compute_seconds", "value": gen.description.extra["compute_seconds"]}],
             arm=name,
@@ -256,6 +255,7 @@ def _train_generators(
             centre=centre,
             split="timing",
         )
+        _record_generator(orc, gen, seed)
         gens[name] = gen
         fd = gen.description.extra.get("frechet_distance", float("nan"))
         orc.console.print(
