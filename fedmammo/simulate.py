@@ -279,8 +279,9 @@ def run(
         workers = check_fits(client_resources(scenario), nodes, cluster[1])
     else:
         workers = fits_here(scenario)
-    spec.workers = 1 if spec.backend == "inprocess" else workers
+    spec.workers = workers  # jobs in flight: as many as the engine runs at once
     if spec.backend == "inprocess":
+        spec.workers = 1
         console.print("backend [bold]inprocess[/]: the centres answer in this process, in turn")
     prepare_data(scenario, thumbnails=run_dir / "thumbnails")
     spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])

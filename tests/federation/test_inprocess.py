@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
-from helpers.run_helpers import REPO, results, run_cli
+from helpers.run_helpers import REPO, comparable_metrics, results, run_cli
 
 from fedmammo.federation.inprocess import (
     InProcessGrid,
@@ -173,16 +173,8 @@ def test_inprocess_simulation_gives_the_numbers_of_the_ray_simulation(
     res = results(run_dir)
 
     # Assert: every metric (all arms, centres, rounds, CIs) equal; only the timings differ
-    def metrics(r: dict) -> dict:
-        key = ("arm", "seed", "centre", "segment", "split", "metric", "round")
-        return {
-            tuple(str(m[k]) for k in key): (m["value"], m["ci_low"], m["ci_high"])
-            for m in r["metrics"]
-            if m["split"] != "timing"
-        }
-
-    assert len(metrics(res)) > 100
-    assert metrics(res) == metrics(ray_res)
+    assert len(comparable_metrics(res)) > 100
+    assert comparable_metrics(res) == comparable_metrics(ray_res)
     assert res["failures"] == ray_res["failures"] == []
     assert (res["meta"]["backend"], ray_res["meta"]["backend"]) == ("inprocess", "ray")
     assert "Ray" not in proc.stdout + proc.stderr  # no Ray instance was started

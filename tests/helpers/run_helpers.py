@@ -32,6 +32,18 @@ def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+def comparable_metrics(res: dict) -> dict:
+    """Every metric of a run but its timings, keyed by what names it (arm, seed, centre,
+    segment, split, metric, round), valued (value, CI low, CI high): equal for two runs of
+    one scenario and seed, whatever the backend."""
+    key = ("arm", "seed", "centre", "segment", "split", "metric", "round")
+    return {
+        tuple(str(m[k]) for k in key): (m["value"], m["ci_low"], m["ci_high"])
+        for m in res["metrics"]
+        if m["split"] != "timing"
+    }
+
+
 def final_auc(res: dict, arm: str) -> dict[str, float]:
     """Final whole-centre test AUC per centre for one arm."""
     return {

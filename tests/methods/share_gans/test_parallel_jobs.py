@@ -7,18 +7,9 @@ import json
 import os
 
 import pytest
-from helpers.run_helpers import REPO, results, run_cli
+from helpers.run_helpers import REPO, comparable_metrics, results, run_cli
 
 TINY = str(REPO / "tests" / "methods" / "share_gans" / "tiny.yaml")
-
-
-def _metrics(run_dir) -> dict:
-    key = ("arm", "seed", "centre", "segment", "split", "metric", "round")
-    return {
-        tuple(str(m[k]) for k in key): (m["value"], m["ci_low"], m["ci_high"])
-        for m in results(run_dir)["metrics"]
-        if m["split"] != "timing" and not str(m["metric"]).endswith("compute_seconds")
-    }
 
 
 @pytest.mark.slow
@@ -32,7 +23,7 @@ def test_jobs_in_parallel_on_ray_give_the_numbers_of_one_at_a_time(tmp_path):
     workers = [json.loads((d / "runspec.json").read_text())["workers"] for d in (ray_dir, one_dir)]
     assert workers == [os.cpu_count(), 1]
     # every generator quality figure and arm metric (with its CI) equal, in the same order
-    ray_metrics, one_metrics = _metrics(ray_dir), _metrics(one_dir)
+    ray_metrics, one_metrics = (comparable_metrics(results(d)) for d in (ray_dir, one_dir))
     assert len(ray_metrics) > 50
     assert ray_metrics == one_metrics
     assert list(ray_metrics) == list(one_metrics)
