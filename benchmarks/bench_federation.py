@@ -6,7 +6,9 @@
 1. ``scenarios/fedavg_quick.yaml --quick``: wall time of each federated round divided by the
    slowest centre's own compute in that round (measured inside the handlers); start-up time
    (process start to the end of the identify round); peak RSS per simulated centre (Ray
-   worker processes, sampled from /proc; only the run's own process tree is counted).
+   worker processes, sampled from /proc; only the run's own process tree is counted), and
+   its PSS and USS (what a centre adds beside the others: shared library pages split or
+   left out).
    ``--base-ref``: the same run first from that git revision (``git archive``), for a
    before / after table in one run. ``--backends``: one column per simulation backend of
    this tree (``--backend`` of fedmammo.simulate), one run after the other.
@@ -58,14 +60,33 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def _pss_uss_mb(pid_dir: Path) -> tuple[float, float]:
+    """A process's proportional and unique set sizes (MB), from ``smaps_rollup``: what it
+    costs beside processes that map the same libraries (PSS shares each shared page among
+    them; USS counts only its private pages)."""
+    kb = {}
+    for line in (pid_dir / "smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        kb[key] = int(value.split()[0])
+    return kb["Pss"] / 1024, (kb["Private_Clean"] + kb["Private_Dirty"]) / 1024
+
+
+def _median(peaks: dict[int, float]) -> str:
+    values = sorted(peaks.values())
+    return f"{values[len(values) // 2]:.0f}" if values else "-"
+
+
 class MemorySampler(threading.Thread):
     """Samples the RSS of a process tree every 0.5 s (``root`` set once the process runs);
-    Ray actors (``ClientAppActor`` in the command line) are also tracked one by one."""
+    Ray actors (``ClientAppActor`` in the command line) are also tracked one by one, with
+    their PSS and USS."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.root: int | None = None
         self.peak_by_pid: dict[int, float] = {}
+        self.peak_pss_by_pid: dict[int, float] = {}
+        self.peak_uss_by_pid: dict[int, float] = {}
         self.peak_total = 0.0
         self.stop = threading.Event()
 
@@ -87,6 +108,12 @@ class MemorySampler(threading.Thread):
                 total += mb
                 if "ClientAppActor" in cmd:
                     self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0.0), mb)
+                    try:
+                        pss, uss = _pss_uss_mb(pid_dir)
+                    except (OSError, KeyError, ValueError):
+                        continue
+                    self.peak_pss_by_pid[pid] = max(self.peak_pss_by_pid.get(pid, 0.0), pss)
+                    self.peak_uss_by_pid[pid] = max(self.peak_uss_by_pid.get(pid, 0.0), uss)
             self.peak_total = max(self.peak_total, total)
             time.sleep(0.5)
 
@@ -175,6 +202,9 @@ def quick(tmp: Path, source: Path | None = None, backend: str | None = None) -> 
         ),
         "peak RSS per simulated centre (Ray actor), median / max": (
             f"{peaks[len(peaks) // 2]:.0f} / {peaks[-1]:.0f} MB" if peaks else "-"
+        ),
+        "of it, peak PSS / USS per simulated centre (Ray actor), median": (
+            f"{_median(mem.peak_pss_by_pid)} / {_median(mem.peak_uss_by_pid)} MB"
         ),
         "peak RSS, whole process tree": f"{mem.peak_total:.0f} MB",
     }

@@ -2,9 +2,10 @@
 
 Under pytest-xdist (README's ``-n auto``) each worker gets one torch thread (the workers share
 the cores) and runs whole test files (``--dist loadfile``), so that a module-scoped fixture
-(a quick scenario's run) is made once. Slow tests of different files may run at the same
-time: each starts its own Ray instance or Flower processes on free ports. (``loadgroup``
-would group finer, but pytest-xdist 3.8 cannot tag test ids under pytest 9.2.)
+(a quick scenario's run) is made once; files with slow tests are handed out first. Slow tests
+of different files may run at the same time: each starts its own Ray instance or Flower
+processes on free ports. (``loadgroup`` would group finer, but pytest-xdist 3.8 cannot tag
+test ids under pytest 9.2.)
 """
 
 from __future__ import annotations
@@ -15,23 +16,46 @@ os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WOR
 # never join a Ray cluster some earlier `ray start` left registered in /tmp/ray (flwr run)
 os.environ.setdefault("RAY_ADDRESS", "local")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 import fedmammo.methods  # noqa: E402,F401  (registers the recipe kinds for load_scenario)
 
 
+def pytest_collection_modifyitems(items):
+    """Files holding slow tests first. pytest-xdist hands whole files (``--dist loadfile``) to
+    the workers in collection order (``--no-loadscope-reorder``; by default it would order
+    files by their number of tests, which puts the one-test Ray and Flower files last): the
+    long runs start at once and the many short files fill in around them, instead of a long
+    file starting near the end and running alone."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: file order kept within
+
+
 @pytest.fixture(scope="session")
 def fedavg_tiny_simulation(tmp_path_factory):
     """The run folder of ``python -m fedmammo.simulate scenarios/fedavg_tiny.yaml`` (default
-    seed), made once per session: the reference the deployment tests compare with (read
-    only)."""
+    seed, Ray backend), made once per pytest session and shared by its xdist workers: the
+    first worker to ask runs it under a file lock, the others wait and read the same folder
+    (the reference the deployment tests compare with; read only)."""
+    from filelock import FileLock
     from helpers.run_helpers import REPO, run_cli
 
-    proc, run_dir = run_cli(
-        [str(REPO / "scenarios" / "fedavg_tiny.yaml")], out=tmp_path_factory.mktemp("sim")
-    )
-    assert proc.returncode == 0 and run_dir is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return run_dir
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    out = root / "fedavg_tiny_simulation"
+    made = out / "run_dir.txt"
+    with FileLock(f"{out}.lock"):
+        if not made.is_file():
+            out.mkdir(exist_ok=True)
+            proc, run_dir = run_cli([str(REPO / "scenarios" / "fedavg_tiny.yaml")], out=out)
+            assert proc.returncode == 0 and run_dir is not None, (
+                proc.stdout[-2000:] + proc.stderr[-2000:]
+            )
+            made.write_text(str(run_dir))
+    return Path(made.read_text())
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
 """A run killed (SIGKILL, the whole process tree: Ray included) during training, then resumed
-with ``--resume RUN_DIR``, ends with the same results as the run that was never killed."""
+with ``--resume RUN_DIR``, ends with the same results as the run that was never killed. The
+killed and the resumed runs use Ray; the unbroken reference runs in process (one Ray start
+fewer: the two backends give the same numbers, tests/federation/test_inprocess.py, and this
+test checks it once more with FedBN's per-centre state)."""
 
 from __future__ import annotations
 
@@ -56,9 +59,10 @@ def _records(run_dir: Path) -> list[tuple]:
 
 def test_killed_during_training_then_resumed_equals_the_unbroken_run(tmp_path):
     data = ["--set", f"data_dir={tmp_path / 'data'}"]
-    # Prepare: the unbroken run
+    # Prepare: the unbroken run (in process)
     unbroken = tmp_path / "unbroken"
-    proc = _cli([str(TINY), *SETS, *data, "--out", str(unbroken)], tmp_path / "unbroken.log")
+    args = [str(TINY), *SETS, *data, "--backend", "inprocess", "--out", str(unbroken)]
+    proc = _cli(args, tmp_path / "unbroken.log")
     assert proc.wait(timeout=900) == 0, (tmp_path / "unbroken.log").read_text()[-3000:]
     # Execute: the same run, killed (process tree, SIGKILL) once round 1 is recorded
     broken = tmp_path / "broken"
