@@ -5,11 +5,11 @@
 
 Runs ``python -m fedmammo.simulate SCENARIO`` (default ``scenarios/share_gans.yaml``) once per
 column, one after the other: from ``--base-ref`` (exported with ``git archive``, as
-``bench_federation.py`` does) and from this tree on each backend. Per column: the process
-wall time, the ServerApp's, the centres' own compute (the handlers' ``compute_seconds``:
-generators and arm runs) and how many jobs the engine ran at once (``runspec.json``'s
-``workers``; 1 before it existed). Then whether every non-timing metric equals the first
-column's. Prints a markdown section for BENCHMARKS.md.
+``bench_federation.py`` does; on the first of ``--backends``) and from this tree on each
+backend. Per column: the process wall time, the ServerApp's, the centres' own compute (the
+handlers' ``compute_seconds``: generators and arm runs) and how many jobs the engine ran at
+once (``runspec.json``'s ``workers``; 1 before it existed). Then whether every non-timing
+metric equals the first column's. Prints a markdown section for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def main() -> None:
         tmp = Path(tmp)
         if args.base_ref:
             base = export(args.base_ref, tmp / "base")
-            columns[f"before ({args.base_ref}, ray)"] = column(
-                [*study, "--backend", "ray"], tmp / "base-run", base
+            first = args.backends[0]  # the base runs on the first backend asked for
+            columns[f"before ({args.base_ref}, {first})"] = column(
+                [*study, "--backend", first], tmp / "base-run", base
             )
         for backend in args.backends:
             name = f"after, {backend}" if args.base_ref else backend

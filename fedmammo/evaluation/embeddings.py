@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmammo.errors import DataError
+from fedmammo.evaluation.figures import write_png
 from fedmammo.evaluation.latent import embed_2d
 
 __all__ = ["plot_embeddings_by_vendor", "vendor_silhouette"]
@@ -59,7 +60,6 @@ def plot_embeddings_by_vendor(
         raise DataError(
             f"plot_embeddings_by_vendor: lengths differ: {sizes}, vendors {len(labels)}"
         )
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     points = {name: embed_2d(z, method=method, seed=seed) for name, z in embeddings.items()}
@@ -78,7 +78,6 @@ def plot_embeddings_by_vendor(
     fig.suptitle(title or f"Embeddings by vendor ({method.upper()})")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=dpi, format="png")
+    write_png(fig, out, dpi)
     log.info("wrote embedding map %s", out)
     return points

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmammo.errors import ConfigError, DataError
+from fedmammo.evaluation.figures import write_png
 
 __all__ = ["LATENT_ROWS", "embed_2d", "plot_latent"]
 
@@ -74,7 +75,6 @@ def plot_latent(
     rows = [t for t in LATENT_ROWS if t in labels]
     if not rows:
         raise DataError(f"plot_latent: labels need one of {list(LATENT_ROWS)}, got {list(labels)}")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     points = {arm: embed_2d(z, method=method, seed=seed) for arm, z in codes.items()}
@@ -101,7 +101,6 @@ def plot_latent(
     fig.suptitle(title or f"Latent space ({method.upper()})")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=dpi, format="png")
+    write_png(fig, out, dpi)
     log.info("wrote latent map %s", out)
     return out

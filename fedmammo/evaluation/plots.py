@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fedmammo.errors import DataError
+from fedmammo.evaluation.figures import write_png
 from fedmammo.evaluation.metrics import DEFAULT_THRESHOLDS, _check, operating_points
 
 if TYPE_CHECKING:  # matplotlib and scikit-learn load where a plot or a curve is made
@@ -37,10 +38,7 @@ _COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=dpi, format="png")
+    write_png(fig, out, dpi)
     logger.debug("wrote %s", out)
     return out
 

@@ -235,8 +235,9 @@ def plot_privacy_utility(
     The no-DP point (epsilon null in the sweep) sits right of the largest epsilon, marked
     "no DP". Returns None when the table has no test AUROC and no audit.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from fedmammo.evaluation.figures import write_png
 
     pts = utility_points(table, epsilon_key=epsilon_key, centre=centre, metric=metric)
     if pts.empty:
@@ -301,8 +302,7 @@ def plot_privacy_utility(
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=120, format="png")
+    write_png(fig, out, 120)
     return out
 
 

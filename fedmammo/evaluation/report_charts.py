@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from fedmammo.evaluation.figures import write_png
 
 __all__ = [
     "MAX_CENTRE_PANELS",
@@ -48,9 +49,8 @@ _LABELS = {"auc": "AUROC", "auprc": "AUPRC", "wll": "weighted log loss", "f1": "
 
 
 def _png(fig: Figure, dpi: int) -> bytes:
-    FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    write_png(fig, buf, dpi)
     return buf.getvalue()
 
 

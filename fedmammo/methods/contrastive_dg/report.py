@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from fedmammo.evaluation.figures import write_png
 from fedmammo.evaluation.report import to_markdown
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.methods.contrastive_dg.params import ARMS, TASKS, metric_name, parse_metric
@@ -176,7 +177,6 @@ def plot_label_fractions(frame: pd.DataFrame, meta: dict, run_dir: str | Path) -
     panels = [(g, t) for g, t in panels if not t.empty]
     if not panels:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
@@ -195,8 +195,7 @@ def plot_label_fractions(frame: pd.DataFrame, meta: dict, run_dir: str | Path) -
     fig.suptitle("Mass detection by label fraction (the paper's Fig. 6)", fontsize=9)
     out = Path(run_dir) / FRACTIONS_PLOT
     out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=100, format="png")
+    write_png(fig, out, 100)
     return out
 
 

@@ -234,8 +234,9 @@ def plot_style_grid(
     pick = np.random.default_rng(seed).choice(len(bank), size=n, replace=False)
     alphas = (0.25, 0.5, 0.75) if len(bank.styles) > 1 else ()
     labels = list(bank.styles) + [f"{bank.styles[0]}/{bank.styles[1]} a={a}" for a in alphas]
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from fedmammo.evaluation.figures import write_png
 
     fig = Figure(figsize=(1.3 * len(labels), 1.6 * n + 0.6), layout="constrained")
     axes = fig.subplots(n, len(labels), squeeze=False)
@@ -253,6 +254,5 @@ def plot_style_grid(
     fig.suptitle("\n".join(textwrap.wrap(text, width=max(30, 18 * len(labels)))), fontsize=8)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=dpi, format="png")
+    write_png(fig, out, dpi)
     return out
