@@ -169,8 +169,9 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
     auc = final_auc(deployed, "federated")
     assert set(auc) == {"tiny_a", "tiny_b"}
     # ... and gave the same metric records (value and CI, to the bit) as the simulation of the
-    # same scenario and seed through python -m fedmammo.simulate
-    proc, sim_dir = run_cli([str(scenario_file)], out=tmp_path / "sim")
+    # same scenario and seed through python -m fedmammo.simulate (in process: the Ray
+    # backend gives the same numbers, tests/federation/test_inprocess.py)
+    proc, sim_dir = run_cli([str(scenario_file), "--backend", "inprocess"], out=tmp_path / "sim")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     mine, theirs = metric_records(deployed), metric_records(results(sim_dir))
     assert mine.keys() == theirs.keys() and any(k[4] == "test" for k in mine)
