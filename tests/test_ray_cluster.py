@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers.flower_messages import InProcessGrid, in_process_identity
-from helpers.processes import metric_records
-from helpers.run_helpers import REPO, results, run_cli
+from helpers.run_helpers import REPO, comparable_metrics, results, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -133,5 +132,5 @@ def test_tiny_scenario_runs_on_a_two_node_ray_cluster(cluster, tmp_path, monkeyp
     # identify (4 nodes) + 2 arms x 2 rounds x (train + evaluate) at the very least
     assert sum(runs.values()) >= 12, runs
     reference = _in_process(tmp_path, monkeypatch)
-    mine, theirs = metric_records(on_cluster), metric_records(reference)
+    mine, theirs = comparable_metrics(on_cluster), comparable_metrics(reference)
     assert len(mine) > 100 and mine == theirs

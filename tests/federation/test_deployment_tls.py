@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import processes
-from helpers.processes import BIN, free_port, metric_records, prepare_sites, stop
-from helpers.run_helpers import REPO, final_auc, results, run_cli
+from helpers.processes import BIN, free_port, prepare_sites, stop
+from helpers.run_helpers import REPO, comparable_metrics, final_auc, results, run_cli
 
 from fedmammo.config import load_scenario
 from fedmammo.federation.deployment import node_config
@@ -173,7 +173,7 @@ def test_tls_with_registered_supernodes_runs_and_keeps_others_out(tmp_path):
     # backend gives the same numbers, tests/federation/test_inprocess.py)
     proc, sim_dir = run_cli([str(scenario_file), "--backend", "inprocess"], out=tmp_path / "sim")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    mine, theirs = metric_records(deployed), metric_records(results(sim_dir))
+    mine, theirs = comparable_metrics(deployed), comparable_metrics(results(sim_dir))
     assert mine.keys() == theirs.keys() and any(k[4] == "test" for k in mine)
     assert mine == theirs
     nodes = json.loads(listed.stdout)["nodes"]

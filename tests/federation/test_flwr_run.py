@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from helpers.flower_messages import InProcessGrid, in_process_identity
-from helpers.processes import BIN, free_port, local_superlinks, metric_records, stop_tree
-from helpers.run_helpers import REPO, results
+from helpers.processes import BIN, free_port, local_superlinks, stop_tree
+from helpers.run_helpers import REPO, comparable_metrics, results
 
 from fedmammo.config import load_scenario
 from fedmammo.config.scenario import MessageTimeouts
@@ -256,7 +256,7 @@ def test_flwr_run_on_the_local_simulation_federation_matches_simulate(
     simulated = results(fedavg_tiny_simulation)
     # Assert: the same metric records, value and CI, to the last bit (timing aside): the same
     # apps, data, seeds and one torch thread per centre either way.
-    mine, theirs = metric_records(flwr, IGNORED), metric_records(simulated, IGNORED)
+    mine, theirs = comparable_metrics(flwr, IGNORED), comparable_metrics(simulated, IGNORED)
     assert mine.keys() == theirs.keys()
     assert any(k[4] == "test" for k in mine)
     assert mine == theirs

@@ -179,18 +179,6 @@ def local_superlinks(flwr_home: Path) -> list[int]:
     return pids
 
 
-def metric_records(res: dict, ignored: tuple[str, ...] = ("timing",)) -> dict[tuple, tuple]:
-    """results.json's metric records keyed by what they measure, (value, CI) each: what a run
-    through real processes must share, to the bit, with the simulation of the same scenario
-    and seed (wall-clock seconds aside)."""
-    keys = ("arm", "seed", "centre", "segment", "split", "metric", "round")
-    return {
-        tuple(r[k] for k in keys): (r["value"], r["ci_low"], r["ci_high"])
-        for r in res["metrics"]
-        if r["split"] not in ignored and not r["metric"].endswith("seconds")
-    }
-
-
 def wait_for(done, timeout: float, what: str, logs: Path) -> None:
     """Poll ``done()`` every 0.2 s for up to ``timeout`` seconds; if it never holds, fail with
     ``what`` and the tail of every ``*.log`` under ``logs`` (a slow test's only evidence)."""

@@ -32,15 +32,15 @@ def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-def comparable_metrics(res: dict) -> dict:
-    """Every metric of a run but its timings, keyed by what names it (arm, seed, centre,
-    segment, split, metric, round), valued (value, CI low, CI high): equal for two runs of
-    one scenario and seed, whatever the backend."""
-    key = ("arm", "seed", "centre", "segment", "split", "metric", "round")
+def comparable_metrics(res: dict, ignored: tuple[str, ...] = ("timing",)) -> dict[tuple, tuple]:
+    """results.json's metric records keyed by what they measure (arm, seed, centre, segment,
+    split, metric, round), valued (value, CI low, CI high): what two runs of one scenario and
+    seed share to the bit, whatever the backend or the processes (wall-clock seconds aside)."""
+    keys = ("arm", "seed", "centre", "segment", "split", "metric", "round")
     return {
-        tuple(str(m[k]) for k in key): (m["value"], m["ci_low"], m["ci_high"])
-        for m in res["metrics"]
-        if m["split"] != "timing"
+        tuple(r[k] for k in keys): (r["value"], r["ci_low"], r["ci_high"])
+        for r in res["metrics"]
+        if r["split"] not in ignored and not r["metric"].endswith("seconds")
     }
 
 
