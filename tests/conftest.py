@@ -2,10 +2,9 @@
 
 Under pytest-xdist (README's ``-n auto``) each worker gets one torch thread (the workers share
 the cores) and runs whole test files (``--dist loadfile``), so that a module-scoped fixture
-(a quick scenario's run) is made once; files with slow tests are handed out first. Slow tests
-of different files may run at the same time: each starts its own Ray instance or Flower
-processes on free ports. (``loadgroup`` would group finer, but pytest-xdist 3.8 cannot tag
-test ids under pytest 9.2.)
+(a quick scenario's run) is made once. Slow tests of different files may run at the same
+time: each starts its own Ray instance or Flower processes on free ports. (``loadgroup``
+would group finer, but pytest-xdist 3.8 cannot tag test ids under pytest 9.2.)
 """
 
 from __future__ import annotations
@@ -21,16 +20,6 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 import fedmammo.methods  # noqa: E402,F401  (registers the recipe kinds for load_scenario)
-
-
-def pytest_collection_modifyitems(items):
-    """Files holding slow tests first. pytest-xdist hands whole files (``--dist loadfile``) to
-    the workers in collection order (``--no-loadscope-reorder``; by default it would order
-    files by their number of tests, which puts the one-test Ray and Flower files last): the
-    long runs start at once and the many short files fill in around them, instead of a long
-    file starting near the end and running alone."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: file order kept within
 
 
 @pytest.fixture(scope="session")
