@@ -57,10 +57,13 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     (run_dir / "checkpoints" / "federated" / "seed0_round002.pt").unlink()
     round1 = [r for r in res["metrics"] if r["round"] == 1]
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
-    # Execute
-    proc2, _ = run_cli([TINY, "--resume", str(run_dir)], out=tmp_path / "unused")
+    # Execute: resumed in process (one Ray start fewer; a Ray-to-Ray resume is
+    # tests/bad_inputs/test_kill_resume.py), with the fault still injected in round 2.
+    resume = [TINY, "--resume", str(run_dir), "--backend", "inprocess"]
+    proc2, _ = run_cli(resume, out=tmp_path / "unused")
     # Assert: round 1 kept as it was, round 2 and the final evaluation redone.
     assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
+    assert "backend inprocess" in proc2.stdout
     res2 = results(run_dir)
     assert [r for r in res2["metrics"] if r["round"] == 1] == round1
     assert {r["round"] for r in res2["metrics"] if r["split"] == "val"} == {1, 2}
