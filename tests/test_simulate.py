@@ -58,7 +58,7 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     round1 = [r for r in res["metrics"] if r["round"] == 1]
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
     # Execute: resumed in process (one Ray start fewer; a Ray-to-Ray resume is
-    # tests/bad_inputs/test_kill_resume.py), with the fault still injected in round 2.
+    # tests/bad_inputs/test_kill_resume.py).
     resume = [TINY, "--resume", str(run_dir), "--backend", "inprocess"]
     proc2, _ = run_cli(resume, out=tmp_path / "unused")
     # Assert: round 1 kept as it was, round 2 and the final evaluation redone.
