@@ -85,9 +85,10 @@ def _parse_sets(items: list[str]) -> dict:
     return sets
 
 
-def resolved_yaml(scenario: Scenario, *, quick: bool = False) -> str:
-    """The fully resolved scenario (profiles and recipe inlined) as YAML."""
-    return yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
+def resolved_yaml(scenario: Scenario, *, quick: bool = False, width: int = 80) -> str:
+    """The fully resolved scenario (profiles and recipe inlined) as YAML, lines folded at
+    spaces to about ``width`` characters."""
+    return yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False, width=width)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -146,7 +147,7 @@ def print_plan(base: Scenario, points: list[Point], *, quick: bool) -> None:
                 "" if row.seed is None else str(row.seed),
                 ", ".join(row.centres),
                 "" if row.rounds is None else str(row.rounds),
-                ", ".join(m for m, _ in row.messages),
+                "\n".join(m for m, _ in row.messages),  # one message kind per line
                 row.note,
             ]
             table.add_row(*(safe(c) for c in ([point.name] if swept else []) + cells))
@@ -328,7 +329,10 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     sets = _parse_sets(args.sets)
     base, points = plan_run(args.scenario, sets=sets, quick=args.quick)
     if args.check:
-        console.print(Syntax(resolved_yaml(base, quick=args.quick), "yaml"))
+        # folded at spaces before the console's edge (PyYAML may pass its width by a word),
+        # then wrapped, never cropped, where a line is still longer
+        text = resolved_yaml(base, quick=args.quick, width=console.width - 12)
+        console.print(Syntax(text, "yaml", word_wrap=True))
     print_plan(base, points, quick=args.quick)
     out = Path(args.out or base.output_dir)
     _check_where(base, points, args)

@@ -32,3 +32,28 @@ def test_report_of_a_missing_folder_is_one_line(capsys, tmp_path):
 def test_reproduce_of_a_missing_folder_is_one_line(capsys, tmp_path):
     assert cli.main(["reproduce", str(tmp_path / "nope"), "--out", str(tmp_path / "r.md")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such file or folder\n"
+
+
+def test_check_on_a_narrow_console_folds_its_lines_and_loses_no_text(monkeypatch):
+    import io
+    from pathlib import Path
+
+    import yaml
+    from rich.console import Console
+
+    from fedmammo import simulate
+
+    # Prepare: a 60-column console (a narrow terminal, or a log file's default 80)
+    out = io.StringIO()
+    monkeypatch.setattr(simulate, "console", Console(file=out, width=60))
+    # Execute
+    assert cli.main(["check", "scenarios/fedavg_quick.yaml"]) == 0
+    # Assert: nothing wider than the console, the recipe's description whole (it was
+    # cropped at the edge before), one message kind per line in the plan's "sends" column
+    text = out.getvalue()
+    assert max(map(len, text.splitlines())) <= 60
+    description = yaml.safe_load(Path("strategies/fedavg.yaml").read_text())["description"]
+    assert " ".join(description.split()) in " ".join(text.split())
+    rows = [line.split("│") for line in text.splitlines() if line.startswith("│")]
+    sends = [row[5].strip() for row in rows]  # │ arm │ seed │ centres │ rounds │ sends │
+    assert rows and not any("," in cell for cell in sends)

@@ -61,9 +61,9 @@ def write_summary(
     lines = [f"# Results: {recorder.meta.get('scenario', '')}", ""]
     if not table.empty:
         rt = Table(title="Test AUROC [95% CI] (mean (std) over seeds when several)")
-        rt.add_column("arm")
+        rt.add_column("arm", overflow="fold")  # fold, never cut to "…", on a narrow console
         for c in table.columns:
-            rt.add_column(str(c))
+            rt.add_column(str(c), overflow="fold")
         for arm, row in table.iterrows():
             rt.add_row(str(arm), *[str(v) if isinstance(v, str) else "" for v in row])
         console.print(rt)

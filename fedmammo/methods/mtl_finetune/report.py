@@ -280,9 +280,9 @@ class ResultTable:
     def rich(self) -> Table:
         """The table for the terminal."""
         table = Table(title=self.title, caption=self.note or None)
-        table.add_column(self.frame.index.name or "")
+        table.add_column(self.frame.index.name or "", overflow="fold")  # fold, never cut to "…"
         for c in self.frame.columns:
-            table.add_column(str(c), justify="right")
+            table.add_column(str(c), justify="right", overflow="fold")
         for idx, row in self.frame.iterrows():
             table.add_row(str(idx), *map(str, row.tolist()))
         return table

@@ -226,7 +226,7 @@ def print_tables(
             for segment, rows in by_segment.items():
                 table = Table(title=f"{exp} seed {seed}: {_segment_title(segment)}")
                 for column in TABLE_COLUMNS:
-                    table.add_column(column)
+                    table.add_column(column, overflow="fold")  # fold, never cut to "…"
                 for row in rows:
                     table.add_row(*(str(row[c]) for c in TABLE_COLUMNS))
                 console.print(table)

@@ -222,9 +222,9 @@ def print_tables(
             caption=f"mean (std) over {seeds} "
             "seed(s); moved YES: real patches left their centre (simulation only)",
         )
-        rt.add_column("arm", no_wrap=True)
+        rt.add_column("arm", overflow="fold")  # fold, never crop or cut to "…"
         for title in METRICS.values():
-            rt.add_column(title, justify="right", min_width=7)
+            rt.add_column(title, justify="right", min_width=max(7, len(title)), overflow="fold")
         rt.add_column("moved", min_width=5)
         for arm, row in table.frame.iterrows():
             cells = []
@@ -239,9 +239,9 @@ def print_tables(
         rt = Table(
             title="Shared generators (quality computed inside each centre)", box=box.SIMPLE_HEAD
         )
-        rt.add_column("generator", no_wrap=True)
+        rt.add_column("generator", overflow="fold")
         for col in generators.columns:
-            rt.add_column(str(col), justify="right")
+            rt.add_column(str(col), justify="right", overflow="fold")
         for name, row in generators.fillna("").iterrows():
             rt.add_row(str(name), *map(str, row.tolist()))
         console.print(rt)

@@ -123,6 +123,26 @@ def test_generator_table_and_console_output(frame):
     assert "A+synth_B_dcgan" in out and "YES" in out and "B_dcgan_all" in out
 
 
+@pytest.mark.parametrize("width", [65, 80])
+def test_a_narrow_console_folds_the_tables_and_cuts_no_name(frame, width):
+    # Prepare: 80 columns is what a log file gets (with the study's longer arm names the
+    # arm column took all the room and "Accuracy" was cut to "Accura…"); 65 is about the
+    # narrowest the five metric columns fit in
+    console = Console(record=True, width=width)
+    # Execute
+    print_tables(build_gan_tables(frame), console, generator_table(frame))
+    out = console.export_text()
+    # Assert: nothing cropped or cut short; the headers whole; each arm name whole once the
+    # pieces it was folded into (the first word of the lines that start in its column) are
+    # joined
+    assert "…" not in out and max(map(len, out.splitlines())) <= width
+    for header in ("Accuracy", "AUROC", "AUPRC", "moved"):
+        assert header in out, header
+    first_column = "".join(line.split()[0] for line in out.splitlines() if line[2:3].strip())
+    for arm in ("A+real_B", "A+synth_B_dcgan", "B_dcgan_all"):
+        assert arm in first_column, arm
+
+
 def test_empty_records_give_no_tables():
     # Execute / Assert
     assert build_gan_tables(pd.DataFrame(columns=list(RECORD_FIELDS))) == []
