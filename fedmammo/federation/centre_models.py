@@ -2,17 +2,20 @@
 
 FedBN's BatchNorm state is the centre's own: it never leaves, and it lives in the centre's
 state folder (:func:`~fedmammo.federation.site.state_dir`, ``fedbn/<arm>/round<r>.pt``, one
-per training round), so a restarted node or a resumed run continues with it, and a round the
-server retrains after a restart starts from the same state as the first time. An arm's
-first round starts from the received model's BatchNorm state (a new seed never inherits
-another's). The optimiser's state (``train.keep_optimizer_state``: Adam's moments carried
-from round to round, paper 000) is kept the same way, under ``optimizer/``.
+per training round, every round kept: a few kB each), so a restarted node or a resumed run
+continues with it, a round the server retrains after a restart starts from the same state as
+the first time, and a model tested from an earlier round (periodic sampling's best validation
+round) is tested with that round's state. An arm's first round starts from the received
+model's BatchNorm state (a new seed never inherits another's). The optimiser's state
+(``train.keep_optimizer_state``: Adam's moments carried from round to round, paper 000) is kept
+the same way, under ``optimizer/``, its last two rounds only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -31,6 +34,7 @@ __all__ = [
     "bn_keys",
     "keep_optimizer_state",
     "kept_optimizer_state",
+    "load_model",
     "load_round_state",
     "model_from",
     "round_state_file",
@@ -76,16 +80,17 @@ def round_state_file(
 
 def save_round_state(context: Context, kind: str, m: ModelConfig, state: dict) -> None:
     """Keep ``state`` as this centre's ``kind`` state after round ``m.server_round`` of
-    ``m.arm`` (atomic write), with the round before it (what a retrained round starts from);
-    older rounds are removed. Round 1 starts the arm afresh: an earlier seed's are removed."""
+    ``m.arm`` (atomic write). FedBN's earlier rounds are kept; of the optimiser's, the round
+    before this one (what a retrained round starts from). Round 1 starts the arm afresh: an
+    earlier seed's rounds are removed."""
     rnd = int(getattr(m, "server_round", None) or 1)
     folder = _round_folder(context, kind, m.arm)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"round{rnd}.tmp"
     torch.save(state, tmp)
     tmp.replace(folder / f"round{rnd}.pt")
-    for old, path in _saved_rounds(folder).items():  # kept: this round and the one before
-        if old < rnd - 1 or (rnd == 1 and old > 1):
+    for old, path in _saved_rounds(folder).items():
+        if (rnd == 1 and old > 1) or (kind != FEDBN and old < rnd - 1):
             path.unlink()
 
 
@@ -107,23 +112,48 @@ def keep_optimizer_state(context: Context, m: ModelConfig, state: dict, keep: bo
         save_round_state(context, OPTIMIZER, m, state)
 
 
+def load_model(
+    spec: Mapping,
+    arrays: ArrayRecord,
+    context: Context | None = None,
+    *,
+    local_bn: str | None = None,
+    after_round: int | None = None,
+) -> nn.Module:
+    """Build the model ``spec`` (``{"name", "options"}``) names and load ``arrays`` into it.
+
+    With ``local_bn`` (an arm's name) this centre's own BatchNorm state of that arm replaces
+    the received one (FedBN): the state it kept after round ``after_round`` (or its latest
+    round before; None: its latest of all). Where the centre has none (an arm's first round, a
+    centre that never trained the arm) the received state stays.
+    """
+    model = build_model(spec["name"], **spec.get("options", {}))
+    like = model.state_dict()
+    state = arrays_to_state(arrays, like=like)
+    if local_bn is not None and context is not None:
+        until = None if after_round is None else int(after_round) + 1
+        path = round_state_file(context, FEDBN, local_bn, until)
+        if path is not None:
+            own = torch.load(path, weights_only=True)
+            state.update({k: v for k, v in own.items() if k in like})
+    model.load_state_dict(state)
+    return model
+
+
 def model_from(
     m: ModelConfig, arrays: ArrayRecord, context: Context, *, keep_local_bn: bool
 ) -> nn.Module:
-    """Build the model the message names and load its weights ``arrays`` into it.
-
-    With ``keep_local_bn`` the centre's own BatchNorm state for this arm (see
-    :func:`round_state_file`) replaces the received one (FedBN); an arm's first round has
-    none.
-    """
-    model = build_model(m.model["name"], **m.model.get("options", {}))
-    like = model.state_dict()
-    state = arrays_to_state(arrays, like=like)
-    own = load_round_state(context, FEDBN, m) if keep_local_bn else None
-    if own is not None:
-        state.update({k: v for k, v in own.items() if k in like})
-    model.load_state_dict(state)
-    return model
+    """Build the model the message names and load its weights ``arrays`` into it; with
+    ``keep_local_bn`` the centre's own BatchNorm state of ``m.arm`` that its round continues
+    (the round before; the latest for a message without a round), see :func:`load_model`."""
+    rnd = getattr(m, "server_round", None)
+    return load_model(
+        m.model,
+        arrays,
+        context,
+        local_bn=m.arm if keep_local_bn else None,
+        after_round=None if rnd is None else int(rnd) - 1,
+    )
 
 
 def save_local_bn(model: nn.Module, context: Context, m: ModelConfig) -> None:

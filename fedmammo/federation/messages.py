@@ -56,6 +56,7 @@ __all__ = [
     "PhaseFields",
     "PlotInfo",
     "RoundFields",
+    "TestedRoundFields",
     "TrainConfig",
     "TrainMetrics",
     "decode_attacks",
@@ -269,6 +270,14 @@ class RoundFields(Config):
 
 
 @fields_of
+class TestedRoundFields(Config):
+    """The round whose weights the carried model is: under FedBN (``batchnorm: local``) the
+    centre uses its own BatchNorm state as it was after that round (None: its latest)."""
+
+    model_round: int | None = wire("model-round", None)
+
+
+@fields_of
 class LedgerFields(Config):
     """The DP ledger a message charges and the server's record of it (resume)."""
 
@@ -402,7 +411,7 @@ class Identify(CentreConfig):
 
 
 @message("evaluate.audit", reply=AuditMetrics)
-class EvaluateAudit(ModelConfig, LedgerFields):
+class EvaluateAudit(ModelConfig, LedgerFields, TestedRoundFields):
     """Loss-threshold (and optional offline LiRA) audit of a shared classifier at a centre.
 
     ``segments``: the arm trained on these only (periodic sampling). ``lira_shadows`` > 0:

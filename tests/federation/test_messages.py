@@ -65,6 +65,7 @@ CONFIGS: list[Config] = [
         ledger="federated|0",
         prior="{}",
         batchnorm="average",
+        model_round=3,
         segments=["S1-Ma", "S1-Mb"],
         lira_shadows=2,
         lira_train=TRAIN,
@@ -86,7 +87,12 @@ CONFIGS: list[Config] = [
         planned_quota={"S1-Ma": {"7": 2}},
     ),
     EvaluatePeriodic(
-        **MODEL, split="test", n_boot=200, segments=["S3-Ma"], baselines=[{"name": "b"}]
+        **MODEL,
+        split="test",
+        n_boot=200,
+        segments=["S3-Ma"],
+        baselines=[{"name": "b", "round": 2}],
+        model_round=3,
     ),
     PeriodicPlots(
         **CENTRE,
@@ -97,6 +103,7 @@ CONFIGS: list[Config] = [
         title="e1",
         plot_dir="/runs/x/plots",
         segments=["S1-Ma"],
+        fedbn=[{"arm": "baseline-S1-Ma", "round": 2}, {"arm": "periodic", "round": 3}],
     ),
     TrainMtl(
         **MODEL,

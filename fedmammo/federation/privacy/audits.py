@@ -20,7 +20,7 @@ from torch import nn
 
 from fedmammo.config.recipe import LocalTrainingParams
 from fedmammo.errors import DataError
-from fedmammo.federation.centre_models import model_from
+from fedmammo.federation.centre_models import load_model
 from fedmammo.federation.centre_runtime import (
     CentreIdentity,
     centre_data,
@@ -102,7 +102,13 @@ def audit(msg: Message, context: Context) -> Message:
     with that many shadow models trained here (see :func:`_lira`)."""
     start = time.perf_counter()
     m = EvaluateAudit.of(msg)
-    model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=m.batchnorm == "local")
+    model = load_model(  # FedBN: this centre's BatchNorm state of the audited round
+        m.model,
+        msg.content[ARRAYS],
+        context,
+        local_bn=m.arm if m.batchnorm == "local" else None,
+        after_round=m.model_round,
+    )
     ident = identity_of(context)
     data = centre_data(ident, m)
     segments = m.segments  # periodic sampling: the arm trained on these segments only

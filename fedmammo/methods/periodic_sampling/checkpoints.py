@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.methods.periodic_sampling.params import PeriodicSamplingParams
 
-__all__ = ["ema_name", "ema_update", "final_model", "selected_round"]
+__all__ = ["ema_name", "ema_update", "final_model", "selected_round", "tested_round"]
 
 
 def selected_round(records: list[dict], arm: str, seed: int, last: int, rule: str) -> int:
@@ -50,6 +50,11 @@ def final_model(orc: Orchestrator, p: PeriodicSamplingParams, arm: str, seed: in
     chosen = selected_round(orc.recorder.metrics, arm, seed, last, p.checkpoint)
     orc.recorder.meta.setdefault("selected_round", {})[f"{arm}|{seed}"] = chosen
     return orc.load_checkpoint(arm if p.ema_decay is None else ema_name(arm), seed, chosen)
+
+
+def tested_round(orc: Orchestrator, arm: str, seed: int) -> int | None:
+    """The round :func:`final_model` chose for ``arm`` and ``seed`` (None before it ran)."""
+    return orc.recorder.meta.get("selected_round", {}).get(f"{arm}|{seed}")
 
 
 def ema_name(arm: str) -> str:

@@ -41,27 +41,28 @@ replies with metric records globally and per segment. With ``baseline-<j>`` reco
 ``baselines`` (JSON list of ``{"name", "segments"}``), it also compares, inside the centre,
 the method with baseline ``j`` on each of its segments: ``baseline_auc`` (with CI),
 ``delta_auc`` (paired bootstrap CI) and ``p_value`` (Altman & Bland) per segment. Per-image
-scores never leave: the reply holds scalars only.
+scores never leave: the reply holds scalars only. Under FedBN (``batchnorm: local``) every
+model is scored with this centre's own BatchNorm state of its arm as it was after the round
+it was tested from (``model-round``, a baseline's ``round``; the best validation round need
+not be the last), as the plots below are.
 
 ``query.periodic_plots`` draws, inside the centre, the ROC curves (global and per segment,
-with operating points; periodic-sampling paper Figure 4) and the prediction histograms per segment
-and
-label (Figure 1, right) of the models ``arrays-<k>`` (labels in ``arms``). In simulation it
-writes ``<stem>_roc.png`` and ``<stem>_hist.png`` into the ``plot-dir`` the server passes (the
-run directory's ``plots/``); in deployment it ignores server paths and writes to its own
-``<output-dir>/plots`` (node config ``output-dir``, default ``<data-dir>/outputs``). Its reply
-carries counts only.
+with operating points; periodic-sampling paper Figure 4) and the prediction histograms per
+segment and label (Figure 1, right) of the models ``arrays-<k>`` (labels in ``arms``). In
+simulation it writes ``<stem>_roc.png`` and ``<stem>_hist.png`` into the ``plot-dir`` the
+server passes (the run directory's ``plots/``); in deployment it ignores server paths and
+writes to its own ``<output-dir>/plots`` (node config ``output-dir``, default
+``<data-dir>/outputs``). Its reply carries counts only.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message
-from torch import nn
+from flwr.app import Context, Message
 from torch.utils.data import Sampler
 
 from fedmammo.config.recipe import LocalTrainingParams
@@ -72,6 +73,7 @@ from fedmammo.evaluation.tables import comparison_rows
 from fedmammo.federation.centre_models import (
     keep_optimizer_state,
     kept_optimizer_state,
+    load_model,
     model_from,
     save_local_bn,
 )
@@ -82,7 +84,7 @@ from fedmammo.federation.centre_runtime import (
     identity_of,
     select_rows,
 )
-from fedmammo.federation.codec import arrays_to_state, state_to_arrays
+from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import (
     ARRAYS,
@@ -104,7 +106,6 @@ from fedmammo.methods.periodic_sampling.messages import (
 )
 from fedmammo.methods.periodic_sampling.privacy import dp_plan, dp_session
 from fedmammo.methods.periodic_sampling.report import draw_centre_plots
-from fedmammo.models import build_model
 from fedmammo.training.classifier import predict_scores, train_classifier
 
 __all__ = ["HANDLERS", "comparison_records", "evaluate", "plots", "train"]
@@ -222,12 +223,6 @@ def train(msg: Message, context: Context) -> Message:
     return reply(msg, context, records, model)
 
 
-def _model(spec: Mapping, record: ArrayRecord) -> nn.Module:
-    model = build_model(spec["name"], **spec.get("options", {}))
-    model.load_state_dict(arrays_to_state(record, like=model.state_dict()))
-    return model
-
-
 def comparison_records(
     y: np.ndarray,
     baseline: np.ndarray,
@@ -273,7 +268,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of ``arrays`` on one split, globally and per segment; deltas vs baselines."""
     start = time.perf_counter()
     m = EvaluatePeriodic.of(msg)
-    model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=m.batchnorm == "local")
+    fedbn = m.batchnorm == "local"  # each model with this centre's BatchNorm of its round
+    model = load_model(
+        m.model,
+        msg.content[ARRAYS],
+        context,
+        local_bn=m.arm if fedbn else None,
+        after_round=m.model_round,
+    )
     data = centre_data(identity_of(context), m)
     rows = select_rows(data, m.split, m.segments)
     n, n_boot, seed = _size(rows), m.n_boot, int(m.seed)
@@ -284,9 +286,14 @@ def evaluate(msg: Message, context: Context) -> Message:
         scores = predict_scores(model, dataset, device=device())
         records = metrics_by_segment(y, scores, segments, n_boot=n_boot, seed=seed)
         for j, base in enumerate(m.baselines or []):
-            baseline = predict_scores(
-                _model(m.model, msg.content[baseline_record(j)]), dataset, device=device()
+            base_model = load_model(
+                m.model,
+                msg.content[baseline_record(j)],
+                context,
+                local_bn=base["name"] if fedbn else None,
+                after_round=base.get("round"),
             )
+            baseline = predict_scores(base_model, dataset, device=device())
             records += comparison_records(
                 y, baseline, scores, segments, base["segments"], n_boot=n_boot, seed=seed
             )
@@ -308,10 +315,17 @@ def plots(msg: Message, context: Context) -> Message:
     if _size(rows) < 2 or y.min() == y.max():
         return reply(msg, context, {INFO: info.to_metrics()})
     dataset = data.dataset(rows)
-    scores = {
-        arm: predict_scores(_model(m.model, msg.content[model_record(k)]), dataset, device=device())
-        for k, arm in enumerate(m.arms)
-    }
+    scores = {}
+    for k, arm in enumerate(m.arms):
+        fedbn = m.fedbn[k] if m.fedbn else {}
+        model = load_model(
+            m.model,
+            msg.content[model_record(k)],
+            context,
+            local_bn=fedbn.get("arm"),
+            after_round=fedbn.get("round"),
+        )
+        scores[arm] = predict_scores(model, dataset, device=device())
     out = draw_centre_plots(
         y,
         scores,

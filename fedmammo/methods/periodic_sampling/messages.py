@@ -9,6 +9,7 @@ from fedmammo.federation.messages import (
     MessageError,
     ModelConfig,
     PlotInfo,
+    TestedRoundFields,
     TrainConfig,
     TrainMetrics,
     message,
@@ -72,10 +73,12 @@ class TrainPeriodic(TrainConfig):
 
 
 @message("evaluate.periodic", reply=EvaluationMetrics)
-class EvaluatePeriodic(ModelConfig):
-    """Metrics of ``arrays`` on one split (restricted to ``segments``); with ``baselines``
-    (``[{"name", "segments"}]``, weights in ``baseline-<j>``) the deltas against each on its
-    segments, computed inside the centre."""
+class EvaluatePeriodic(ModelConfig, TestedRoundFields):
+    """Metrics of ``arrays`` (the weights of round ``model_round``) on one split (restricted
+    to ``segments``); with ``baselines`` (``[{"name", "segments", "round"}]``: the baseline
+    arm, its segments and tested round; weights in ``baseline-<j>``) the deltas against each
+    on its segments, computed inside the centre. Under FedBN every model is used with the
+    centre's BatchNorm state of its arm after its round."""
 
     split: str = wire("split")
     n_boot: int = wire("n-boot", 0)
@@ -88,7 +91,10 @@ class EvaluatePeriodic(ModelConfig):
 class PeriodicPlots(CentreConfig):
     """Draw ROC curves and prediction histograms of the models ``arrays-<k>`` (labelled
     ``arms``) on one split inside the centre: ``<stem>_roc.png`` and ``<stem>_hist.png`` in
-    ``plot_dir`` (simulation; a deployed centre draws into its own output directory)."""
+    ``plot_dir`` (simulation; a deployed centre draws into its own output directory).
+
+    ``fedbn`` (FedBN): per model ``{"arm", "round"}``, whose BatchNorm state at the centre
+    (after that round) replaces the received one, as ``evaluate.periodic`` uses it."""
 
     arms: list[str] = wire("arms")
     model: dict = wire("model", as_json=True)
@@ -97,3 +103,4 @@ class PeriodicPlots(CentreConfig):
     title: str = wire("title", "")
     plot_dir: str = wire("plot-dir", "")
     segments: list[str] | None = wire("segments", None)
+    fedbn: list[dict] | None = wire("fedbn", None, as_json=True)

@@ -39,7 +39,12 @@ from fedmammo.federation.rounds import (
     secure_round,
 )
 from fedmammo.methods.periodic_sampling.arms import ArmPlan, plan_arms
-from fedmammo.methods.periodic_sampling.checkpoints import ema_name, ema_update, final_model
+from fedmammo.methods.periodic_sampling.checkpoints import (
+    ema_name,
+    ema_update,
+    final_model,
+    tested_round,
+)
 from fedmammo.methods.periodic_sampling.messages import (
     EvaluatePeriodic,
     PeriodicPlots,
@@ -222,7 +227,11 @@ def _test_arm(
             model=p.model.model_dump(),
             batchnorm=p.batchnorm,
             n_boot=p.bootstrap,
-            baselines=[{"name": b, "segments": s} for b, s in groups.items()],
+            model_round=tested_round(orc, arm.name, seed),
+            baselines=[
+                {"name": b, "segments": s, "round": tested_round(orc, b, seed)}
+                for b, s in groups.items()
+            ],
         )
         records = {ARRAYS: finals[arm.name]}
         records |= {baseline_record(j): finals[base] for j, base in enumerate(groups)}
@@ -276,6 +285,7 @@ def _plots(
         for split in ("val", "test"):  # one message per centre and split
             contents: dict[str, RecordDict] = {}
             for c, _, models, segments in (j for j in jobs if j[1] == split):
+                tested = [{"arm": a.name, "round": tested_round(orc, a.name, seed)} for a in models]
                 query = orc.message(
                     PeriodicPlots,
                     arms=[m.label for m in models],
@@ -285,6 +295,7 @@ def _plots(
                     title=f"{exp} ({setting}), {split} split at {c}",
                     plot_dir="" if orc.spec.deployment else str(plot_dir),
                     segments=segments or None,
+                    fedbn=tested if p.batchnorm == "local" else None,
                 )
                 contents[c] = query.content(
                     {model_record(k): finals[m.name] for k, m in enumerate(models)}
@@ -364,6 +375,7 @@ def run(orc: Orchestrator) -> None:
                 centres=arm.centres,
                 model=p.model.model_dump(),
                 batchnorm=p.batchnorm,
+                model_round=tested_round(orc, arm.name, seed),
                 segments=arm.segments,
             )
             orc.recorder.complete_arm(arm.name, seed)

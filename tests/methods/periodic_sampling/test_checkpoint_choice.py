@@ -12,6 +12,7 @@ from helpers.flower_messages import run_tiny_in_process
 from fedmammo.config import load_scenario
 from fedmammo.federation.rounds import initial_arrays
 from fedmammo.methods.periodic_sampling.checkpoints import selected_round
+from fedmammo.methods.periodic_sampling.messages import EvaluatePeriodic, PeriodicPlots
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
 
@@ -47,18 +48,42 @@ def test_several_validation_centres_are_weighted_by_their_images():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_run_tests_each_arm_with_its_best_validation_round(tmp_path, monkeypatch):
-    # Prepare / Execute: the tiny study over 3 rounds
-    sets = {"strategy.params.rounds": 3}
-    results, _ = run_tiny_in_process(
+    # Prepare / Execute: the tiny study over 3 rounds, under FedBN, with its figures
+    sets = {
+        "strategy.params.rounds": 3,
+        "strategy.params.batchnorm": "local",
+        "strategy.params.plots": True,
+    }
+    results, grid = run_tiny_in_process(
         TINY, tmp_path, monkeypatch, "periodic_sampling", sets, with_pooled=True
     )
     # Assert: every arm's chosen round (results.json meta) is its round of lowest validation
     # WLL on the pooled node's global set
     chosen = results["meta"]["selected_round"]
-    # (and each training centre kept its Adam state per arm and round, keep_optimizer_state)
-    saved = list((tmp_path / "run" / "centres").glob("*/optimizer/*/round*.pt"))
+    # (and each training centre kept its Adam state per arm and round, keep_optimizer_state;
+    # its BatchNorm state of every round, to test an arm with the chosen round's)
+    centres = tmp_path / "run" / "centres"
+    saved = list(centres.glob("*/optimizer/*/round*.pt"))
     assert {p.parts[-4] for p in saved} == {"s1", "s2", "pooled"}
     assert {p.name for p in saved} == {"round2.pt", "round3.pt"}  # older rounds pruned
+    bn = {p.name for p in centres.glob("*/fedbn/*/round*.pt")}
+    assert bn == {"round1.pt", "round2.pt", "round3.pt"}
+    # the test messages name the chosen round of the arm and of each baseline it is compared
+    # with, and so do the figures' (each centre uses its BatchNorm state of those rounds)
+    tests = [
+        EvaluatePeriodic.from_config(c) for _, kind, c in grid.log if kind == EvaluatePeriodic.KIND
+    ]
+    tests = [m for m in tests if m.split == "test"]
+    assert {m.arm for m in tests} == {k.split("|")[0] for k in chosen}
+    for m in tests:
+        assert m.batchnorm == "local" and m.model_round == chosen[f"{m.arm}|0"]
+        assert all(b["round"] == chosen[f"{b['name']}|0"] for b in m.baselines or [])
+    assert any(m.baselines for m in tests)
+    figures = [
+        PeriodicPlots.from_config(c) for _, kind, c in grid.log if kind == PeriodicPlots.KIND
+    ]
+    assert figures and all(len(f.fedbn) == len(f.arms) for f in figures)
+    assert all(b["round"] == chosen[f"{b['arm']}|0"] for f in figures for b in f.fedbn)
     assert chosen and set(chosen) == set(results["progress"])
     for key, rnd in chosen.items():
         arm, seed = key.split("|")

@@ -15,7 +15,8 @@ from fedmammo.config import CentreProfile
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.data.sampling import PeriodicBatchSampler, QuotaBatchSampler
 from fedmammo.errors import DataError
-from fedmammo.evaluation.metrics import bootstrap_auc, delta_auc
+from fedmammo.evaluation.metrics import bootstrap_auc, delta_auc, metrics_by_segment
+from fedmammo.federation.centre_models import bn_keys
 from fedmammo.federation.codec import decode_metric_records, put_json, state_to_arrays
 from fedmammo.federation.egress import egress_mod
 from fedmammo.methods.periodic_sampling import client as handlers
@@ -65,7 +66,7 @@ def _model(seed=0):
 def _send(fn, message_type, data_dir, records, **fields):
     kind = KINDS[message_type]
     names = {f.name for f in dataclasses.fields(kind)}
-    common = {k: v for k, v in COMMON.items() if k in names}  # what this kind carries
+    common = {k: v for k, v in COMMON.items() if k in names and k not in fields}
     content = kind(image_size=SIZE, data_seed=0, **common, **fields).content(records)
     node = {"centre": "tiny", "data-dir": str(data_dir), "role": "train"}
     context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
@@ -258,3 +259,83 @@ def test_plots_are_drawn_inside_the_centre_and_only_counts_leave(centre, tmp_pat
         "test_e1_pooled_tiny_hist.png",
         "test_e1_pooled_tiny_roc.png",
     ]
+
+
+def test_fedbn_scores_a_model_with_the_batchnorm_state_of_its_tested_round(centre, monkeypatch):
+    # Prepare: three FedBN rounds of arm "fbn" (the centre keeps each round's BatchNorm state)
+    data, data_dir = centre
+    spec = {**MODEL, "options": {**MODEL["options"], "norm": "batch"}}
+    torch.manual_seed(0)
+    start = build_model(spec["name"], **spec["options"]).state_dict()
+    after, arrays = {}, state_to_arrays(start)
+    for rnd in (1, 2, 3):
+        out = _send(
+            handlers.train,
+            "train.periodic",
+            data_dir,
+            {"arrays": arrays},
+            arm="fbn",
+            model=spec,
+            batchnorm="local",
+            server_round=rnd,
+            sampler="balanced_labels",
+            steps=2,
+            stream_seed=rnd,
+        )
+        arrays = out["arrays"]
+        after[rnd] = arrays.to_torch_state_dict()
+    # what the server sends back: round 2's weights with the BatchNorm state of its average
+    # (here: the initial one), which FedBN replaces by the centre's own
+    bn = set(bn_keys(build_model(spec["name"], **spec["options"])))
+    sent = {k: start[k] if k in bn else v for k, v in after[2].items()}
+    rows = data.rows("test")
+    y, segments = data.labels(rows), data.segments(rows)
+
+    def scores(state):
+        model = build_model(spec["name"], **spec["options"])
+        model.load_state_dict(state)
+        return predict_scores(model, data.dataset(rows))
+
+    def wll(model_round):
+        out = _send(
+            handlers.evaluate,
+            "evaluate.periodic",
+            data_dir,
+            {"arrays": state_to_arrays(sent)},
+            arm="fbn",
+            model=spec,
+            split="test",
+            batchnorm="local",
+            model_round=model_round,
+        )
+        records = decode_metric_records(out["metrics"])
+        return next(r["value"] for r in records if r["metric"] == "wll" and r["segment"] is None)
+
+    def expected(state):
+        records = metrics_by_segment(y, scores(state), segments, n_boot=0, seed=3)
+        return next(r["value"] for r in records if r["metric"] == "wll" and r["segment"] is None)
+
+    round2 = {**after[2]}  # round 2's weights with the centre's own round-2 BatchNorm state
+    round3_bn = {k: after[3][k] if k in bn else v for k, v in after[2].items()}
+    # Execute / Assert: model-round 2 -> round 2's state; none -> the latest (round 3's)
+    assert wll(2) == pytest.approx(expected(round2), abs=1e-9)
+    assert wll(None) == pytest.approx(expected(round3_bn), abs=1e-9)
+    assert expected(round2) != pytest.approx(expected(round3_bn), abs=1e-6)  # they differ
+    # the figures score the same models as the metrics
+    drawn = {}
+    monkeypatch.setattr(
+        handlers, "draw_centre_plots", lambda y, s, *a, **k: drawn.update(s) or ["x.png"]
+    )
+    _send(
+        handlers.plots,
+        "query.periodic_plots",
+        data_dir,
+        {"arrays-0": state_to_arrays(sent), "arrays-1": state_to_arrays(sent)},
+        split="test",
+        arms=["round 2", "as sent"],
+        model=spec,
+        stem="fbn",
+        fedbn=[{"arm": "fbn", "round": 2}, {}],
+    )
+    np.testing.assert_allclose(drawn["round 2"], scores(round2), atol=1e-6)
+    np.testing.assert_allclose(drawn["as sent"], scores(sent), atol=1e-6)
