@@ -115,7 +115,7 @@ def keep_optimizer_state(context: Context, m: ModelConfig, state: dict, keep: bo
 def load_model(
     spec: Mapping,
     arrays: ArrayRecord,
-    context: Context | None = None,
+    context: Context,
     *,
     local_bn: str | None = None,
     after_round: int | None = None,
@@ -130,7 +130,7 @@ def load_model(
     model = build_model(spec["name"], **spec.get("options", {}))
     like = model.state_dict()
     state = arrays_to_state(arrays, like=like)
-    if local_bn is not None and context is not None:
+    if local_bn is not None:
         until = None if after_round is None else int(after_round) + 1
         path = round_state_file(context, FEDBN, local_bn, until)
         if path is not None:
