@@ -9,7 +9,10 @@ column, one after the other: from ``--base-ref`` (exported with ``git archive``,
 backend. Per column: the process wall time, the ServerApp's, the centres' own compute (the
 handlers' ``compute_seconds``: generators and arm runs) and how many jobs the engine ran at
 once (``runspec.json``'s ``workers``; 1 before it existed). Then whether every non-timing
-metric equals the first column's. Prints a markdown section for BENCHMARKS.md.
+metric equals the first column's and, where they differ, the quality each column reaches: the
+mean of each test metric over every record both columns have, the mean paired difference with
+its standard error, and the mean test AUROC per arm. ``--keep DIR`` copies each column's
+``results.json`` there. Prints a markdown section for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,9 +40,53 @@ def metrics(res: dict) -> dict:
     }
 
 
-def column(args: list[str], out: Path, source: Path | None = None) -> tuple[dict, dict]:
-    """One run: its table cells and its metrics."""
+QUALITY = ("auc", "auprc", "accuracy", "f1")  # test metrics compared when the numbers differ
+
+
+def quality(columns: dict[str, tuple[dict, dict]]) -> None:
+    """Print each column's mean test metrics against the first column's, paired by record."""
+    names = list(columns)
+    first = columns[names[0]][1]
+    print(
+        "\n| test metric (records both have) | " + " | ".join(names) + " |\n|---|"
+        + "---|" * len(names)
+    )  # fmt: skip
+    for metric in QUALITY:
+        cells, n = [], 0
+        for name in names:
+            other = columns[name][1]
+            keys = [k for k in first if k[4:6] == ("test", metric) and k in other]
+            if not keys:
+                break
+            n = len(keys)
+            mean = statistics.fmean(other[k][0] for k in keys)
+            diffs = [other[k][0] - first[k][0] for k in keys]
+            se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+            change = "" if name == names[0] else f" ({statistics.fmean(diffs):+.4f} +- {se:.4f})"
+            cells.append(f"{mean:.4f}{change}")
+        if cells:
+            print(f"| {metric} ({n}) | " + " | ".join(cells) + " |")
+    arms = sorted({re.sub(r"@.*", "", k[0]) for k in first if k[4:6] == ("test", "auc")})
+    print("\n| mean test AUROC per arm | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for arm in arms:
+        cells = []
+        for name in names:
+            values = [
+                v[0] for k, v in columns[name][1].items()
+                if k[4:6] == ("test", "auc") and re.sub(r"@.*", "", k[0]) == arm
+            ]  # fmt: skip
+            cells.append(f"{statistics.fmean(values):.4f} ({len(values)})" if values else "-")
+        print(f"| {arm} | " + " | ".join(cells) + " |")
+
+
+def column(
+    args: list[str], out: Path, source: Path | None = None, keep: Path | None = None
+) -> tuple[dict, dict]:
+    """One run: its table cells and its metrics (its results.json copied to ``keep``)."""
     wall, run_dir, mem = run(args, out, source)
+    if keep is not None:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "results.json", keep)
     res = json.loads((run_dir / "results.json").read_text())
     spec = json.loads((run_dir / "runspec.json").read_text())
     compute = sum(
@@ -65,7 +115,9 @@ def main() -> None:
         "--backends", nargs="+", choices=["ray", "inprocess"], default=["ray"],
         help="one column per simulation backend of this tree (default: ray)",
     )  # fmt: skip
+    parser.add_argument("--keep", type=Path, help="copy each column's results.json here")
     args = parser.parse_args()
+    keep = (lambda label: args.keep / f"{label}.json") if args.keep else (lambda label: None)
     study = [args.scenario] + (["--quick"] if args.quick else [])
     columns: dict[str, tuple[dict, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,11 +126,13 @@ def main() -> None:
             base = export(args.base_ref, tmp / "base")
             first = args.backends[0]  # the base runs on the first backend asked for
             columns[f"before ({args.base_ref}, {first})"] = column(
-                [*study, "--backend", first], tmp / "base-run", base
+                [*study, "--backend", first], tmp / "base-run", base, keep("before")
             )
         for backend in args.backends:
             name = f"after, {backend}" if args.base_ref else backend
-            columns[name] = column([*study, "--backend", backend], tmp / f"run-{backend}")
+            columns[name] = column(
+                [*study, "--backend", backend], tmp / f"run-{backend}", keep=keep(backend)
+            )
     first_cells, first_metrics = next(iter(columns.values()))
     print(f"## One study (`benchmarks/bench_study.py`): {' '.join(study)}\n")
     print(
@@ -97,6 +151,8 @@ def main() -> None:
     print(
         f"| metrics equal to the first column's ({len(first_metrics)}) | " + " | ".join(same) + " |"
     )
+    if any(m != first_metrics for _, m in columns.values()):
+        quality(columns)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from fedmammo.data.patches import LESION_SUBSETS
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
 from fedmammo.progress import progress
+from fedmammo.training.runtime import Runtime
 from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = [
@@ -184,13 +185,19 @@ def predict_patch_scores(
     *,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    channels_last: bool = False,
 ) -> np.ndarray:
-    """Return the lesion probability (softmax of class 1) of every patch, in order."""
+    """Return the lesion probability (softmax of class 1) of every patch, in order.
+
+    ``channels_last`` as in :func:`train_patch_classifier` (the model's own format is kept when
+    it already is channels_last).
+    """
+    run = Runtime(device=str(device), channels_last=channels_last)
     x = _tensor(patches, "patches")
     was_training = model.training
-    model.to(device).eval()
+    run.prepare(model).eval()
     out = [
-        torch.softmax(model(batch.to(device)), dim=1)[:, 1].cpu().numpy()
+        torch.softmax(model(run.batch(batch)), dim=1)[:, 1].cpu().numpy()
         for batch in x.split(batch_size)
     ]
     model.train(was_training)
@@ -212,6 +219,8 @@ def train_patch_classifier(
     patience: int | None = None,
     augment: bool = True,
     optimizer: Literal["sgd", "adamw"] = "sgd",
+    channels_last: bool = False,
+    fused_optimizer: bool = False,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> PatchClassifierResult:
@@ -223,6 +232,13 @@ def train_patch_classifier(
     epoch with the lower validation log-loss. ``patience`` stops after that many epochs without
     a better validation score (None: run all ``epochs``). A validation set with one class has
     no AUPRC: the last epoch is kept.
+
+    ``channels_last`` stores the model and batches as ``torch.channels_last`` (oneDNN's
+    vectorised convolution and max-pooling kernels: a patch CNN step about 1.7x faster on CPU);
+    ``fused_optimizer`` takes the optimizer's fused step (one kernel for all parameters:
+    AdamW's step on a small Swin about 1.15x faster). Both round differently from the default
+    kernels, so a run is reproducible with the same settings but not bit for bit across them;
+    off, the loop is the one of earlier fedmammo releases.
     """
     if not 1 <= epochs <= 10_000:
         raise DataError(f"patch classifier: epochs must be in 1..10000, got {epochs}")
@@ -235,14 +251,16 @@ def train_patch_classifier(
     val_y = np.asarray(val_labels).astype(np.int64)
     torch.manual_seed(seed)  # dropout draws from the global generator
     gen = torch.Generator().manual_seed(seed)
-    model.to(device).train()
+    run = Runtime(device=str(device), channels_last=channels_last)
+    run.prepare(model).train()
+    fused = {"fused": True} if fused_optimizer else {}
     if optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lr, weight_decay=weight_decay
+            model.parameters(), lr=lr, weight_decay=weight_decay, **fused
         )
     elif optimizer == "sgd":
         opt = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, **fused
         )
     else:
         raise DataError(f"patch classifier: optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
@@ -260,7 +278,7 @@ def train_patch_classifier(
         for idx in batches:
             xb = _flips(x[idx], gen) if augment else x[idx]
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb.to(device)), y[idx].to(device))
+            loss = F.cross_entropy(model(run.batch(xb)), y[idx].to(run.torch_device))
             loss.backward()
             opt.step()
             steps += 1
@@ -268,7 +286,7 @@ def train_patch_classifier(
             seen += len(idx)
         auprc, val_loss = math.nan, math.nan
         if len(val_y):
-            scores = predict_patch_scores(model, val_x, device=device)
+            scores = predict_patch_scores(model, val_x, device=device, channels_last=channels_last)
             auprc, val_loss = _auprc(val_y, scores), _log_loss(val_y, scores)
         history.append(
             {

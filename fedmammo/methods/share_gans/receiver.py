@@ -54,7 +54,8 @@ __all__ = ["train_patch_classifier_handler"]
 
 _EVAL_SETS: dict[tuple, PatchSet] = {}
 _CLASSIFIER_KEYS = (
-    "epochs", "batch_size", "lr", "momentum", "weight_decay", "patience", "augment", "optimizer"
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "patience", "augment", "optimizer",
+    "channels_last", "fused_optimizer",
 )  # fmt: skip
 
 
@@ -227,7 +228,9 @@ def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
         seed=derive_seed(seed, "train"),
         device=device(),
     )
-    scores = predict_patch_scores(model, test.patches, device=device())
+    scores = predict_patch_scores(
+        model, test.patches, device=device(), channels_last=bool(clf.get("channels_last"))
+    )
     values = classification_metrics(test.labels, scores)
     values["auc"] = values.pop("auroc")  # the records' name of the AUROC
     records = [
