@@ -84,6 +84,39 @@ def test_adamw_trains_a_small_swin_and_its_weight_decay_shrinks_the_weights():
         train_patch_classifier(swin(), x, y, x[:0], y[:0], epochs=1, optimizer="adam")
 
 
+def test_channels_last_and_fused_kernels_train_the_same_model_up_to_rounding(monkeypatch):
+    # Prepare: the reference loop, then the fast kernels (the fused step recorded)
+    x, y = _blobs(32, 0)
+    vx, vy = _blobs(12, 1)
+    asked = []
+    sgd = torch.optim.SGD
+    monkeypatch.setattr(torch.optim, "SGD", lambda *a, **k: asked.append(k) or sgd(*a, **k))
+
+    def train(**kernels):
+        model = _model()
+        result = train_patch_classifier(model, x, y, vx, vy, epochs=3, batch_size=8, seed=1,
+                                        **kernels)  # fmt: skip
+        scores = predict_patch_scores(model, vx, channels_last=kernels.get("channels_last", False))
+        return model, result, scores
+
+    # Execute
+    ref, ref_result, ref_scores = train()
+    fast, fast_result, fast_scores = train(channels_last=True, fused_optimizer=True)
+    again, _, again_scores = train(channels_last=True, fused_optimizer=True)
+    # Assert: the fast run's convolutions are channels_last and its step fused; the weights,
+    # the kept epoch and the scores are the reference's up to float rounding; and a fast run
+    # repeats bit for bit
+    assert [k.get("fused", False) for k in asked] == [False, True, True]
+    conv = fast.features[4].weight  # 8 x 4 x 3 x 3: its layout tells the two formats apart
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert ref.features[4].weight.is_contiguous()
+    assert fast_result.best_epoch == ref_result.best_epoch
+    for name, value in ref.state_dict().items():
+        assert torch.allclose(fast.state_dict()[name].float(), value.float(), atol=1e-5), name
+    np.testing.assert_allclose(fast_scores, ref_scores, atol=1e-5)
+    np.testing.assert_array_equal(again_scores, fast_scores)
+
+
 def test_patience_stops_after_that_many_epochs_without_improvement():
     # Prepare: a validation set of identical patches never improves after epoch 1
     x, y = _blobs(32, 0)

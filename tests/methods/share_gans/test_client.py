@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -243,6 +244,33 @@ def test_same_seed_same_result_and_half_data_uses_fewer_own_patches(centres, tmp
     # Assert
     assert test_a == test_b
     assert 0 < half["n-own-lesion"] < full["n-own-lesion"]
+
+
+def test_the_recipes_kernel_settings_reach_the_training_loop_and_the_test_scores(
+    centres, tmp_path, monkeypatch
+):
+    # Prepare: the recipe asks for the fast kernels; the loop and the test scoring spied on
+    seen: dict[str, dict] = {}
+
+    def spy(name):
+        real = getattr(receiver, name)
+
+        def call(*args, **kwargs):
+            seen[name] = kwargs
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("train_patch_classifier", "predict_patch_scores"):
+        monkeypatch.setattr(receiver, name, spy(name))
+    fast = {**CLF, "channels_last": True, "fused_optimizer": True}
+    monkeypatch.setattr(sys.modules[__name__], "CLF", fast)
+    # Execute
+    _classify(centres, tmp_path)
+    # Assert
+    train = seen["train_patch_classifier"]
+    assert train["channels_last"] is train["fused_optimizer"] is True
+    assert seen["predict_patch_scores"]["channels_last"] is True
 
 
 def test_synthetic_arm_adds_sampled_lesions_and_as_many_own_healthy(centres, tmp_path, dcgan_reply):

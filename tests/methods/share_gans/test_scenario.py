@@ -27,6 +27,7 @@ from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.methods import get_method
 from fedmammo.methods.share_gans.generators import load_shared_generator
+from fedmammo.methods.share_gans.params import ClassifierParams
 from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
 from fedmammo.models.gans import sample_generator
 
@@ -265,6 +266,20 @@ def test_the_shipped_full_plan_trains_the_swin_for_three_arms_and_quick_for_none
     }  # fmt: skip
     assert all(r.model["name"] == "swin_t" for r in full)
     assert not [r for r in quick if "~" in r.arm] and quick  # a --set swin value still loads
+
+
+def test_the_shipped_recipe_trains_every_classifier_with_the_fast_kernels_off_by_default():
+    # Prepare
+    scenario = load_scenario(ROOT / "scenarios" / "share_gans.yaml", sets={"data_dir": "/tmp/x"})
+    # Execute
+    runs = {quick: scenario.recipe.typed_params(quick=quick).classifier_runs() for quick in (0, 1)}
+    # Assert: the CNN and the Swin (full), the CNN (quick) ask for both; a recipe that does
+    # not name them keeps the reference kernels
+    assert {label for _, label, _ in runs[0]} == {"", "swin"} and runs[1]
+    for _, _, classifier in runs[0] + runs[1]:
+        assert classifier["channels_last"] is classifier["fused_optimizer"] is True
+    default = ClassifierParams()
+    assert default.channels_last is default.fused_optimizer is False
 
 
 def test_generators_of_a_centre_under_dp_train_one_at_a_time():
