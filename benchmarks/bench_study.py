@@ -106,6 +106,11 @@ def column(
     return cells, metrics(res)
 
 
+def kept(folder: Path | None, label: str) -> Path | None:
+    """Where ``--keep`` puts a column's results.json (None: not kept)."""
+    return folder / f"{label}.json" if folder else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", nargs="?", default="scenarios/share_gans.yaml")
@@ -117,7 +122,6 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--keep", type=Path, help="copy each column's results.json here")
     args = parser.parse_args()
-    keep = (lambda label: args.keep / f"{label}.json") if args.keep else (lambda label: None)
     study = [args.scenario] + (["--quick"] if args.quick else [])
     columns: dict[str, tuple[dict, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,12 +130,14 @@ def main() -> None:
             base = export(args.base_ref, tmp / "base")
             first = args.backends[0]  # the base runs on the first backend asked for
             columns[f"before ({args.base_ref}, {first})"] = column(
-                [*study, "--backend", first], tmp / "base-run", base, keep("before")
+                [*study, "--backend", first], tmp / "base-run", base, kept(args.keep, "before")
             )
         for backend in args.backends:
             name = f"after, {backend}" if args.base_ref else backend
             columns[name] = column(
-                [*study, "--backend", backend], tmp / f"run-{backend}", keep=keep(backend)
+                [*study, "--backend", backend],
+                tmp / f"run-{backend}",
+                keep=kept(args.keep, backend),
             )
     first_cells, first_metrics = next(iter(columns.values()))
     print(f"## One study (`benchmarks/bench_study.py`): {' '.join(study)}\n")
