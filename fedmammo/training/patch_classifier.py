@@ -236,7 +236,7 @@ def train_patch_classifier(
     ``channels_last`` stores the model and batches as ``torch.channels_last`` (oneDNN's
     vectorised convolution and max-pooling kernels: a patch CNN step about 1.7x faster on CPU);
     ``fused_optimizer`` takes the optimizer's fused step (one kernel for all parameters:
-    AdamW's step on a small Swin about 1.15x faster). Both round differently from the default
+    AdamW's step on a small Swin about 1.18x faster). Both round differently from the default
     kernels, so a run is reproducible with the same settings but not bit for bit across them;
     off, the loop is the one of earlier fedmammo releases.
     """

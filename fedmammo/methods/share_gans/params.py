@@ -172,7 +172,7 @@ class ClassifierParams(RecipeParams):
     optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: lr and weight_decay, no momentum
     # Faster kernels that round differently (train_patch_classifier): off repeats earlier runs
     channels_last: bool = False  # channels_last model and batches: patch CNN ~1.7x on CPU
-    fused_optimizer: bool = False  # the optimizer's fused step: Swin's AdamW ~1.15x on CPU
+    fused_optimizer: bool = False  # the optimizer's fused step: Swin's AdamW ~1.18x on CPU
     # label -> a further classifier trained with the same loop (the paper's Swin transformer)
     extra_models: dict[str, ExtraModel] = Field(default_factory=dict)
 
