@@ -94,16 +94,20 @@ def save_round_state(context: Context, kind: str, m: ModelConfig, state: dict) -
             path.unlink()
 
 
-def load_round_state(context: Context, kind: str, m: ModelConfig) -> dict | None:
-    """The ``kind`` state this message continues (see :func:`round_state_file`), or None."""
-    path = round_state_file(context, kind, m.arm, getattr(m, "server_round", None))
+def load_round_state(
+    context: Context, kind: str, arm: str, server_round: int | None
+) -> dict | None:
+    """The ``kind`` state of ``arm`` that round ``server_round`` continues (see
+    :func:`round_state_file`), or None."""
+    path = round_state_file(context, kind, arm, server_round)
     return None if path is None else torch.load(path, weights_only=True)
 
 
 def kept_optimizer_state(context: Context, m: ModelConfig, keep: bool) -> dict | None:
     """The optimiser state this round continues (this centre's from its previous round of
     ``m.arm``) when the recipe keeps it (``train.keep_optimizer_state``), else None."""
-    return load_round_state(context, OPTIMIZER, m) if keep else None
+    rnd = getattr(m, "server_round", None)
+    return load_round_state(context, OPTIMIZER, m.arm, rnd) if keep else None
 
 
 def keep_optimizer_state(context: Context, m: ModelConfig, state: dict, keep: bool) -> None:
@@ -132,10 +136,8 @@ def load_model(
     state = arrays_to_state(arrays, like=like)
     if local_bn is not None:
         until = None if after_round is None else int(after_round) + 1
-        path = round_state_file(context, FEDBN, local_bn, until)
-        if path is not None:
-            own = torch.load(path, weights_only=True)
-            state.update({k: v for k, v in own.items() if k in like})
+        own = load_round_state(context, FEDBN, local_bn, until) or {}
+        state.update({k: v for k, v in own.items() if k in like})
     model.load_state_dict(state)
     return model
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
@@ -196,7 +195,7 @@ def test_centre_that_shares_no_generators_refuses(centres, tmp_path):
         )
 
 
-def _classify(centres, tmp_path, arrays=None, generators=(), fraction=1.0, **config):
+def _classify(centres, tmp_path, arrays=None, generators=(), fraction=1.0, clf=CLF, **config):
     _, data_dir = centres["ta"]
     context = _context(data_dir, "ta", tmp_path)
     content = _send(
@@ -207,7 +206,7 @@ def _classify(centres, tmp_path, arrays=None, generators=(), fraction=1.0, **con
         arm="x",
         fraction=fraction,
         patch=PATCH,
-        classifier=CLF,
+        classifier=clf,
         cyclegan=CYC,
         generators=list(generators),
         **{"n-synthetic": N_SYNTH},
@@ -264,9 +263,8 @@ def test_the_recipes_kernel_settings_reach_the_training_loop_and_the_test_scores
     for name in ("train_patch_classifier", "predict_patch_scores"):
         monkeypatch.setattr(receiver, name, spy(name))
     fast = {**CLF, "channels_last": True, "fused_optimizer": True}
-    monkeypatch.setattr(sys.modules[__name__], "CLF", fast)
     # Execute
-    _classify(centres, tmp_path)
+    _classify(centres, tmp_path, clf=fast)
     # Assert
     train = seen["train_patch_classifier"]
     assert train["channels_last"] is train["fused_optimizer"] is True
