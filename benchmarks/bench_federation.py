@@ -1,7 +1,7 @@
 """Flower orchestration overhead, start-up time and memory per simulated centre.
 
     python benchmarks/bench_federation.py [--centres 20] [--base-ref REV]
-                                          [--backends ray inprocess]
+                                          [--backends ray inprocess] [--set KEY=VALUE ...]
 
 1. ``scenarios/fedavg_quick.yaml --quick``: wall time of each federated round divided by the
    slowest centre's own compute in that round (measured inside the handlers); start-up time
@@ -11,7 +11,9 @@
    left out).
    ``--base-ref``: the same run first from that git revision (``git archive``), for a
    before / after table in one run. ``--backends``: one column per simulation backend of
-   this tree (``--backend`` of fedmammo.simulate), one run after the other.
+   this tree (``--backend`` of fedmammo.simulate), one run after the other. ``--set``: passed
+   to every one of these runs. The local arms' rounds (one centre each) show the messaging
+   cost alone; the federated arm's also wait for a free actor when the centres outnumber them.
 2. A generated scenario with N tiny centres (two rounds, federated arm only): wall time and
    peak memory of the whole process tree.
 Prints a markdown section for BENCHMARKS.md.
@@ -175,16 +177,27 @@ def many_centres_scenario(n: int, folder: Path) -> Path:
     return path
 
 
-def quick(tmp: Path, source: Path | None = None, backend: str | None = None) -> dict[str, str]:
+def round_ratios(metrics: pd.DataFrame, arms: pd.Series) -> pd.DataFrame:
+    """Each round of ``arms``: its wall time, the slowest centre's compute and their ratio."""
+    timing = metrics[(metrics["split"] == "timing") & arms]
+    per_round = timing.pivot_table(index=["arm", "round"], columns="metric", values="value")
+    per_round["ratio"] = per_round["round_wall_seconds"] / per_round["centre_compute_seconds_max"]
+    return per_round
+
+
+def quick(
+    tmp: Path, source: Path | None = None, backend: str | None = None, sets: list[str] = ()
+) -> dict[str, str]:
     """``fedavg_quick --quick`` from ``source`` (default: this tree), on ``backend`` (default:
-    the scenario's): the table's cells."""
+    the scenario's), with ``sets`` (``--set`` overrides): the table's cells."""
     args = ["scenarios/fedavg_quick.yaml", "--quick"] + (["--backend", backend] if backend else [])
+    args += [a for s in sets for a in ("--set", s)]
     wall, run_dir, mem = run(args, tmp, source)
     res = json.loads((run_dir / "results.json").read_text())
     df = pd.DataFrame(res["metrics"])
-    timing = df[(df["split"] == "timing") & (df["arm"] == "federated")]
-    per_round = timing.pivot_table(index="round", columns="metric", values="value")
-    ratio = per_round["round_wall_seconds"] / per_round["centre_compute_seconds_max"]
+    per_round = round_ratios(df, df["arm"] == "federated")
+    ratio = per_round["ratio"]
+    local = round_ratios(df, df["arm"].str.startswith("local-"))["ratio"]
     in_app = res["meta"]["wall_seconds"]
     peaks = sorted(mem.peak_by_pid.values())
     rows = {
@@ -193,6 +206,8 @@ def quick(tmp: Path, source: Path | None = None, backend: str | None = None) -> 
         "of which the ServerApp": f"{in_app:.1f} s",
         f"federated round wall time / slowest centre's compute (median over {len(ratio)} "
         "rounds)": f"{ratio.median():.2f}x",
+        f"one-centre rounds (local arms): round wall / the centre's compute (median over "
+        f"{len(local)})": f"{local.median():.2f}x",
         "median round wall time": f"{per_round['round_wall_seconds'].median():.2f} s",
         "start-up: CLI start -> ServerApp start (imports, phantom + cache prepared, Ray start)": (
             f"{wall - in_app:.1f} s"
@@ -223,16 +238,23 @@ def main() -> None:
         choices=["ray", "inprocess"],
         help="one fedavg_quick column per simulation backend (default: the scenario's)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to every fedavg_quick run (e.g. simulation.client_resources.num_cpus=0.5)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         columns = {}
         if args.base_ref:
             base = export(args.base_ref, tmp / "base")
-            columns[f"before ({args.base_ref})"] = quick(tmp / "quick-base", base)
+            columns[f"before ({args.base_ref})"] = quick(tmp / "quick-base", base, sets=args.set)
         for backend in args.backends or [None]:
             name = f"--backend {backend}" if backend else ("after" if columns else "value")
-            columns[name] = quick(tmp / f"quick-{backend}", backend=backend)
+            columns[name] = quick(tmp / f"quick-{backend}", backend=backend, sets=args.set)
         if args.centres:
             many = many_centres_scenario(args.centres, tmp)
             wall_n, run_n, mem_n = run([str(many)], tmp / "many")

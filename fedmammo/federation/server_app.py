@@ -38,7 +38,7 @@ from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.run_log import add_run_log
 from fedmammo.federation.runspec import POOLED, RunSpec, load_runspec, scenario_of
 
-__all__ = ["build_server_app", "is_simulation", "run_scenario"]
+__all__ = ["build_server_app", "is_simulation", "poll_often", "pull_interval", "run_scenario"]
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,41 @@ Runner = Callable[[Orchestrator], None]
 Section = Callable[[RunRecorder, Console], str]
 
 
-def is_simulation(grid: Grid, spec: RunSpec) -> bool:
-    """Whether the nodes are simulated: ``python -m fedmammo.simulate``, or ``flwr run`` on a
-    simulation federation (Flower's in-memory grid)."""
-    if not spec.deployment:
-        return True
+#: How often the ServerApp asks Flower's in-memory grid (simulation) for replies, up to
+#: FEW_NODES nodes; Flower's default, 0.1 s, left every exchange waiting 0.05 s on average
+#: after the last reply (BENCHMARKS.md, "Polling for replies"). Each pull walks every
+#: outstanding message, so beyond FEW_NODES the interval grows with the nodes, back to
+#: Flower's 0.1 s at 1000.
+PULL_INTERVAL, FEW_NODES = 0.01, 100
+
+
+def _in_memory(grid: Grid) -> bool:
+    """Whether ``grid`` is Flower's in-memory grid (a simulation's)."""
     try:
         from flwr.superlink.grid import InMemoryGrid
     except ImportError:  # a later Flower moved it: treat nodes as real sites
         return False
     return isinstance(grid, InMemoryGrid)
+
+
+def is_simulation(grid: Grid, spec: RunSpec) -> bool:
+    """Whether the nodes are simulated: ``python -m fedmammo.simulate``, or ``flwr run`` on a
+    simulation federation (Flower's in-memory grid)."""
+    return not spec.deployment or _in_memory(grid)
+
+
+def pull_interval(nodes: int) -> float:
+    """Seconds between the ServerApp's pulls for replies in a simulation of ``nodes`` nodes
+    (:data:`PULL_INTERVAL`, growing linearly beyond :data:`FEW_NODES`)."""
+    return PULL_INTERVAL * max(1.0, nodes / FEW_NODES)
+
+
+def poll_often(grid: Grid, nodes: int = 0) -> None:
+    """Pull replies every :func:`pull_interval` of ``nodes`` (0: the nodes registered now)
+    from Flower's in-memory grid; other grids (real sites over gRPC, the in-process one) are
+    left as they are."""
+    if _in_memory(grid):
+        grid.pull_interval = pull_interval(nodes or len(list(grid.get_node_ids())))
 
 
 def run_scenario(
@@ -228,6 +253,8 @@ def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> Serv
             say(ERROR, str(exc))
             raise
         simulated = is_simulation(grid, spec)
+        # simulate.py names its nodes (some may still be registering); flwr run does not
+        poll_often(grid, len(spec.node_order))
         prepare = spec.deployment and simulated  # flwr run on a local simulation federation
         if spec.deployment:  # flwr run: no python -m fedmammo.simulate around to set up run.log
             _start_run_log(Path(spec.run_dir))
