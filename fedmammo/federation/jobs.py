@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-__all__ = ["Job", "JobResult", "run_jobs"]
+from fedmammo.federation.window import pull_interval_of
 
-#: Seconds between two pulls of the replies (Flower's own grids poll every 0.1 s).
-POLL_SECONDS = 0.1
+__all__ = ["Job", "JobResult", "run_jobs"]
 
 
 @dataclass(frozen=True)
@@ -123,4 +122,4 @@ def run_jobs(
                 busy[jobs[index].centre] -= 1
                 finish(index, None, f"no reply within message_timeout.{phase}={timeout:g} s")
         if not replies and out:
-            time.sleep(POLL_SECONDS)
+            time.sleep(pull_interval_of(grid))

@@ -29,6 +29,7 @@ from fedmammo.federation.messages import (
 )
 from fedmammo.federation.replies import reply_node
 from fedmammo.federation.runspec import RunSpec
+from fedmammo.federation.window import send_and_receive, window_for
 
 if TYPE_CHECKING:  # results load pandas; a centre imports this module for derive_seed
     from fedmammo.evaluation.results import RunRecorder
@@ -117,7 +118,7 @@ class Orchestrator:
             for n in node_ids
         ]
         failed = {n: f"no reply within {timeout:g} s" for n in node_ids}
-        for reply in self.grid.send_and_receive(msgs, timeout=timeout):
+        for reply in self.exchange(msgs, timeout=timeout):
             src = reply_node(reply, msgs)
             if reply.has_error():
                 failed[src] = short_reason(reply.error.reason)
@@ -137,6 +138,13 @@ class Orchestrator:
         return failed
 
     # ------------------------------------------------------------------ messaging
+    def exchange(self, messages: Sequence[Message], *, timeout: float) -> list[Message]:
+        """The replies to ``messages`` (``grid.send_and_receive``); in a simulation a few per
+        engine worker out at once (:mod:`fedmammo.federation.window`: Flower's engine scans
+        every stored message for every node), at real sites all at once."""
+        window = None if self.spec.deployment else window_for(self.spec.workers)
+        return send_and_receive(self.grid, messages, timeout=timeout, window=window)
+
     def send(
         self, message_type: str, contents: Mapping[str, RecordDict]
     ) -> tuple[dict[str, RecordDict], dict[str, str]]:
@@ -150,7 +158,7 @@ class Orchestrator:
         timeout = self.timeout_for(message_type)
         phase = message_type.split(".")[0]
         failures = {c: f"no reply within message_timeout.{phase}={timeout:g} s" for c in contents}
-        for reply in self.grid.send_and_receive(msgs, timeout=timeout):
+        for reply in self.exchange(msgs, timeout=timeout):
             centre = by_node.get(reply_node(reply, msgs), "?")
             if reply.has_error():
                 failures[centre] = reply.error.reason or "error"

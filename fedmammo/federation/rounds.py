@@ -300,7 +300,7 @@ def train_rounds(
                 orc, strategy, messages, seed=seed, rnd=rnd, train=fields.get("train")
             )
         else:
-            replies = list(orc.grid.send_and_receive(messages, timeout=orc.timeout))
+            replies = orc.exchange(messages, timeout=orc.timeout)
         record_round_timing(
             orc, replies, time.perf_counter() - t_round, arm=arm, seed=seed, rnd=rnd
         )

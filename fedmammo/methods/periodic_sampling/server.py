@@ -149,7 +149,7 @@ def _train_arm(
         if secure and len(messages) > 1:  # (a one-centre round's average is its update)
             replies, new_arrays, metrics = _secure_round(orc, p, strategy, messages, seed, rnd)
         else:
-            replies = list(orc.grid.send_and_receive(messages, timeout=orc.timeout))
+            replies = orc.exchange(messages, timeout=orc.timeout)
             new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         orc.record_failures(strategy.failures, arm=arm.name, seed=seed, rnd=rnd, phase="train")
         names = {n: c for c, n in strategy.centre_nodes.items()}
