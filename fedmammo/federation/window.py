@@ -6,9 +6,9 @@ message (``vce_api.add_messages_to_queue`` -> ``InMemoryLinkState.get_message_in
 message stays stored until its reply is pulled, so with all of a round's messages sent at
 once one pass costs nodes x messages: 15-31 ms at 100 nodes and 1.4-3.4 s at 1000
 (``benchmarks/bench_dispatch.py``; BENCHMARKS.md, "Flower's dispatch scan"), Python time that
-holds the simulation process's GIL and the link state's lock. Sending at most ``window`` messages at a time keeps a pass at nodes x window.
-The engine runs only as many messages at once as it has workers, so a window of a few per
-worker keeps every worker fed.
+holds the simulation process's GIL and the link state's lock. Sending at most ``window``
+messages at a time keeps a pass at nodes x window. The engine runs only as many messages at
+once as it has workers, so a window of a few per worker keeps every worker fed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-__all__ = ["PER_WORKER", "pull_interval_of", "send_and_receive", "window_for"]
+__all__ = ["pull_interval_of", "send_and_receive", "window_for"]
 
 #: Messages out at once per engine worker (at least 8 in all): one running, the others queued.
 PER_WORKER, SMALLEST = 4, 8
