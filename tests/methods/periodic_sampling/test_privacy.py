@@ -373,6 +373,7 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
         ],
         evaluate_everywhere=lambda kind, **kw: evaluated.append(kw["rnd"]),
         checkpoint=lambda *a: None,
+        exchange=lambda messages, timeout: grid.send_and_receive(messages, timeout=timeout),
     )
     params = SimpleNamespace(
         model=SimpleNamespace(model_dump=lambda: MODEL),
