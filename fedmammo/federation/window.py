@@ -27,6 +27,9 @@ __all__ = ["pull_interval_of", "send_and_receive", "window_for"]
 PER_WORKER, SMALLEST = 4, 8
 #: Seconds between two pulls when the grid does not say (Flower's grids poll every 0.1 s).
 POLL_SECONDS = 0.1
+#: Seconds between two pulls of a windowed exchange: a pull walks only the messages out (at
+#: most the window), so it can be frequent whatever the number of nodes.
+WINDOW_PULL_SECONDS = 0.01
 
 
 def pull_interval_of(grid: Grid) -> float:
@@ -53,7 +56,7 @@ def send_and_receive(
     messages = list(messages)
     if window is None or len(messages) <= window:
         return list(grid.send_and_receive(messages, timeout=timeout))
-    interval = pull_interval_of(grid)
+    interval = min(pull_interval_of(grid), WINDOW_PULL_SECONDS)
     waiting, out, replies = deque(messages), {}, []  # out: message id -> deadline
     while waiting or out:
         while waiting and len(out) < window:
