@@ -134,3 +134,18 @@ def test_the_orchestrator_windows_a_simulation_and_sends_real_sites_everything(d
     with server_identity():
         replies = orc.exchange(_messages(grid), timeout=60)
     assert grid.peak == peak and len(replies) == 20
+
+
+def test_a_windowed_exchange_pulls_every_10_ms_even_where_the_grid_pulls_less_often(monkeypatch):
+    # a pull walks only the messages out (at most the window), so it may be frequent at 1000
+    # nodes too, where the grid's own interval (poll_often) is Flower's 0.1 s
+    from fedmammo.federation import window
+
+    naps = []
+    monkeypatch.setattr(window.time, "sleep", naps.append)
+    grid = QueueingGrid(12)
+    grid.pull_interval = 0.1
+    with server_identity():
+        replies = send_and_receive(grid, _messages(grid), timeout=60, window=4)
+    assert len(replies) == 12
+    assert naps and set(naps) == {window.WINDOW_PULL_SECONDS} and window.WINDOW_PULL_SECONDS == 0.01
