@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -198,7 +199,7 @@ def round_ratios(metrics: pd.DataFrame, arms: pd.Series) -> pd.DataFrame:
 
 
 def quick(
-    tmp: Path, source: Path | None = None, backend: str | None = None, sets: list[str] = ()
+    tmp: Path, source: Path | None = None, backend: str | None = None, sets: Sequence[str] = ()
 ) -> dict[str, str]:
     """``fedavg_quick --quick`` from ``source`` (default: this tree), on ``backend`` (default:
     the scenario's), with ``sets`` (``--set`` overrides): the table's cells."""
