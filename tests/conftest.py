@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+from helpers.threads import set_test_threads
+
+set_test_threads(os.environ)  # before torch is imported
 # never join a Ray cluster some earlier `ray start` left registered in /tmp/ray (flwr run)
 os.environ.setdefault("RAY_ADDRESS", "local")
 
