@@ -1,6 +1,6 @@
 """A simulated centre (a Ray actor running the ClientApp) starts small: importing the apps
-loads no plotting, scikit-learn, Opacus or torchvision; those load where they are used
-(issue 19).
+loads no plotting, scikit-learn, Opacus, torchvision, pydicom or SciPy; those load where they
+are used (issue 19).
 
 Each check imports in a fresh interpreter (this test process has them all loaded already).
 """
@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 #: Libraries a centre loads only when a handler needs them (DP, a plot, a metric, a
-#: torchvision model).
-LAZY = ("matplotlib", "sklearn", "opacus", "torchvision")
+#: torchvision model, a cache to build from DICOM, a generator to score).
+LAZY = ("matplotlib", "sklearn", "opacus", "torchvision", "pydicom", "scipy")
 
 #: The ClientApp module, then what Flower loads in every Ray actor (the apps component).
 CENTRE_MODULES = ("fedmammo.federation.client_app", "fedmammo.apps")
@@ -40,7 +40,7 @@ def loaded_by(modules: tuple[str, ...], lazy: tuple[str, ...] = LAZY) -> dict[st
     return json.loads(fresh(PROBE.format(modules=modules, lazy=lazy)).splitlines()[-1])
 
 
-def test_a_centre_imports_no_plotting_sklearn_opacus_or_torchvision() -> None:
+def test_a_centre_imports_no_plotting_sklearn_opacus_torchvision_pydicom_or_scipy() -> None:
     assert loaded_by(CENTRE_MODULES) == {m: [] for m in CENTRE_MODULES}
 
 
@@ -100,6 +100,26 @@ def test_quiet_libraries_tames_opacus_without_importing_it() -> None:
         "import opacus  # noqa: F401\n"
         "assert logging.getLogger().handlers == before, logging.getLogger().handlers\n"
         "assert all(h.level >= logging.WARNING for h in before), before\n"
+        "print('ok')\n"
+    )
+    assert fresh(code) == "ok"
+
+
+def test_the_cache_reads_dicom_through_the_reader_it_imports_on_first_use() -> None:
+    """``fedmammo.data.cache`` opens built caches without the reader; its ``load_mammogram``
+    (which builds read, and tests replace) is the reader's, imported when first asked for."""
+    code = (
+        "import sys\n"
+        "import fedmammo.data.cache as cache\n"
+        "assert 'pydicom' not in sys.modules and 'scipy' not in sys.modules\n"
+        "from fedmammo.data.dicom import load_mammogram\n"
+        "assert cache.load_mammogram is load_mammogram\n"
+        "try:\n"
+        "    cache.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    assert 'no_such_name' in str(exc)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
         "print('ok')\n"
     )
     assert fresh(code) == "ok"

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 
 from fedmammo.data.cache_workers import SCALE, plan_workers, read_all
-from fedmammo.data.dicom import DEFAULT_SIZE, READER_VERSION, Geometry, load_mammogram
 from fedmammo.data.manifest import decode_lesions, normalise_manifest, read_manifest, write_manifest
+from fedmammo.data.reader_spec import DEFAULT_SIZE, READER_VERSION, Geometry
 from fedmammo.errors import DataError
 
 __all__ = ["CACHE_FORMAT", "CachedImageDataset", "ImageCache"]
@@ -183,8 +183,9 @@ class ImageCache:
         dropped = 0
         n_workers = plan_workers(paths, workers)
         logger.info("%s: reading %d images with %d process(es)", cache_dir, n, n_workers)
-        # load_mammogram is looked up here, at build time (tests replace it in this module).
-        results: Iterable[Any] = read_all(paths, size, workers=n_workers, loader=load_mammogram)
+        # looked up at build time: tests replace this module's load_mammogram
+        loader = globals().get("load_mammogram") or __getattr__("load_mammogram")
+        results: Iterable[Any] = read_all(paths, size, workers=n_workers, loader=loader)
         if progress:
             from rich.progress import track
 
@@ -354,3 +355,13 @@ class CachedImageDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, torch.tensor(self.labels[i], dtype=torch.int64)
+
+
+def __getattr__(name: str) -> Any:
+    """``load_mammogram``, imported on first use: a built cache opens without the reader (and
+    so without pydicom and SciPy), see :mod:`fedmammo.data.reader_spec`."""
+    if name == "load_mammogram":
+        from fedmammo.data.dicom import load_mammogram
+
+        return load_mammogram
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmammo.data.dicom import MAX_PIXELS, Geometry
+from fedmammo.data.reader_spec import MAX_PIXELS, Geometry
 from fedmammo.errors import DataError
 
 __all__ = [

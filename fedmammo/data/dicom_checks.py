@@ -9,6 +9,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from fedmammo.data.reader_spec import MAX_PIXELS
 from fedmammo.errors import DataError
 
 __all__ = [
@@ -21,9 +22,6 @@ __all__ = [
     "header_number",
 ]
 
-#: Largest image the reader decodes (Rows x Columns x SamplesPerPixel x NumberOfFrames).
-#: A full-field digital mammogram is 10-30 megapixels; a digitised film up to ~40.
-MAX_PIXELS = 100_000_000
 #: Digital mammography / DX / intra-oral "For Processing" SOP classes (raw detector data).
 FOR_PROCESSING_SOP_CLASSES: frozenset[str] = frozenset(
     {
@@ -141,7 +139,7 @@ def check_header(ds: Dataset, path: Path) -> None:
             f"{path}: (0028,0010) Rows={rows} x (0028,0011) Columns={cols} x (0028,0002) "
             f"SamplesPerPixel={spp} x (0028,0008) NumberOfFrames={frames} = "
             f"{pixels / 1e6:,.0f} megapixels exceeds the reader's cap of {MAX_PIXELS / 1e6:.0f} "
-            "(fedmammo.data.dicom_checks.MAX_PIXELS); refused before decoding"
+            "(fedmammo.data.reader_spec.MAX_PIXELS); refused before decoding"
         )
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from functools import cache
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 
@@ -107,6 +106,8 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    import scipy.linalg  # here: a centre that scores no generator does not load SciPy
+
     values, vectors = scipy.linalg.eigh(matrix)
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
@@ -122,6 +123,8 @@ def frechet_distance_from_stats(
             f"Frechet distance: inconsistent shapes mu {mu1.shape}/{mu2.shape}, "
             f"cov {cov1.shape}/{cov2.shape}"
         )
+    import scipy.linalg
+
     root1 = _sqrt_psd((cov1 + cov1.T) / 2.0)
     middle = root1 @ cov2 @ root1
     eigen = scipy.linalg.eigvalsh((middle + middle.T) / 2.0)
