@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,8 @@ class ImageCache:
         dropped = 0
         n_workers = plan_workers(paths, workers)
         logger.info("%s: reading %d images with %d process(es)", cache_dir, n, n_workers)
-        # looked up at build time: tests replace this module's load_mammogram
-        loader = globals().get("load_mammogram") or __getattr__("load_mammogram")
+        # this module's load_mammogram, looked up at build time (tests replace it)
+        loader = sys.modules[__name__].load_mammogram
         results: Iterable[Any] = read_all(paths, size, workers=n_workers, loader=loader)
         if progress:
             from rich.progress import track
