@@ -118,7 +118,9 @@ def test_the_cache_reads_dicom_through_the_reader_it_imports_on_first_use() -> N
         "import sys\n"
         "import fedmammo.data.cache as cache\n"
         "assert 'pydicom' not in sys.modules and 'scipy' not in sys.modules\n"
+        "loader = cache.load_mammogram\n"
+        "assert 'pydicom' in sys.modules and 'scipy' in sys.modules  # asked for: imported\n"
         "from fedmammo.data.dicom import load_mammogram\n"
-        "assert cache.load_mammogram is load_mammogram\n" + UNKNOWN_NAME.format(module="cache")
+        "assert loader is load_mammogram\n" + UNKNOWN_NAME.format(module="cache")
     )
     assert fresh(code) == "ok"
