@@ -205,7 +205,8 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
             "params.bootstrap": 0,
             # room for a flwr-clientapp start under a loaded test run (20 s was missed in
             # round 1 on 2 busy cores); the killed node's pending messages end sooner, with
-            # the SuperLink's 'Node Unavailable' once its heartbeat has lapsed (<= 60 s)
+            # the SuperLink's 'Node Unavailable' once its heartbeat has lapsed (<= 20 s with
+            # the 10 s heartbeat its SuperNodes declare)
             "message_timeout": {"train": 90, "evaluate": 90},
         }
     )
@@ -220,7 +221,7 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
         # `flwr run` does not retry: it needs the SuperLink up (SuperNodes retry by themselves)
         wait_for(lambda: listening(link), 120, "SuperLink listening", tmp_path)
         for name, (data_dir, role) in prepare_sites(scenario, tmp_path / "sites").items():
-            cmd = supernode(link, name, data_dir, role)
+            cmd = supernode(link, name, data_dir, role, quick_heartbeat=True)
             nodes[name] = start(cmd, tmp_path / f"{name}.log", env)
         procs += list(nodes.values())
         run = start(
@@ -260,6 +261,7 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
     assert missing == [("tiny_b", 2), ("tiny_b", 3)], (res["failures"], out)
     # the SuperLink's 'Node Unavailable' answers are put under the centre they were sent to
     assert {f["centre"] for f in res["failures"]} == {"tiny_b"}, res["failures"]
+    assert all("Node Unavailable" in f["reason"] for f in res["failures"]), res["failures"]
     assert sorted(r["round"] for r in res["metrics"] if r["metric"] == "train_loss") == [1, 2, 3]
     kept = [r for r in res["metrics"] if r["round"] == 1 and r["split"] != "timing"]
     assert round_one and kept == round_one  # the completed round is not lost

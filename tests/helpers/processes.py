@@ -95,12 +95,20 @@ def loopback_superlink(tmp_path: Path) -> tuple[dict, int, list[str]]:
     return env, link, cmd
 
 
-def supernode(link: int, name: str, data_dir: Path, role: str) -> list[str]:
-    """A plaintext SuperNode of centre ``name`` dialling the loopback SuperLink at ``link``."""
+def supernode(
+    link: int, name: str, data_dir: Path, role: str, *, quick_heartbeat: bool = False
+) -> list[str]:
+    """A plaintext SuperNode of centre ``name`` dialling the loopback SuperLink at ``link``;
+    ``quick_heartbeat``: it declares a 10 s heartbeat, not 30 s (``supernode_quick_heartbeat``)."""
     from fedmammo.federation.deployment import node_config
 
+    program = (
+        [sys.executable, str(Path(__file__).with_name("supernode_quick_heartbeat.py"))]
+        if quick_heartbeat
+        else [str(BIN / "flower-supernode")]
+    )
     return [
-        str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+        *program, "--insecure", "--superlink", f"127.0.0.1:{link}",
         "--port", str(free_port()), "--node-config", node_config(name, data_dir, role=role),
     ]  # fmt: skip
 
