@@ -26,7 +26,7 @@ from fedmammo.federation.centre_runtime import identity_of
 from fedmammo.federation.codec import arrays_to_state
 from fedmammo.federation.messages import ModelConfig
 from fedmammo.federation.site import state_dir
-from fedmammo.models import build_model
+from fedmammo.models import build_model_to_load
 
 __all__ = [
     "FEDBN",
@@ -131,7 +131,7 @@ def load_model(
     round before; None: its latest of all). Where the centre has none (an arm's first round, a
     centre that never trained the arm) the received state stays.
     """
-    model = build_model(spec["name"], **spec.get("options", {}))
+    model = build_model_to_load(spec["name"], **spec.get("options", {}))
     like = model.state_dict()
     state = arrays_to_state(arrays, like=like)
     if local_bn is not None:

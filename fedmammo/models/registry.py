@@ -12,11 +12,12 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from fedmammo.errors import ConfigError
 
-__all__ = ["build_model", "list_models", "register_model"]
+__all__ = ["build_model", "build_model_to_load", "list_models", "register_model"]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 #: Families imported on demand (by :func:`build_model` of a name not registered yet, and by
@@ -57,3 +58,29 @@ def build_model(name: str, **options: Any) -> nn.Module:
         return _BUILDERS[name](**options)
     except TypeError as exc:
         raise ConfigError(f"model {name!r}: bad options {options}: {exc}") from exc
+
+
+def build_model_to_load(name: str, **options: Any) -> nn.Module:
+    """The model :func:`build_model` makes, its parameters and buffers allocated on the CPU
+    but not initialised: for weights about to be loaded (``load_state_dict``, strict as by
+    default, then sets every one).
+
+    It is built on PyTorch's ``meta`` device and given empty storage (``to_empty``), so the
+    random initialisation is skipped (a ResNet-50's 25 M draws, about 0.15 s a build) and the
+    global random state is left as it was. A model that keeps state no state dict carries (a
+    non-persistent buffer, a plain tensor attribute) is built as :func:`build_model` builds it.
+    """
+    with torch.device("meta"):
+        model = build_model(name, **options)
+    if _state_outside_state_dict(model):
+        return build_model(name, **options)
+    return model.to_empty(device="cpu")
+
+
+def _state_outside_state_dict(model: nn.Module) -> bool:
+    for module in model.modules():
+        if module._non_persistent_buffers_set:
+            return True
+        if any(isinstance(v, torch.Tensor) for v in vars(module).values()):
+            return True  # a tensor attribute that is neither a parameter nor a buffer
+    return False

@@ -73,7 +73,7 @@ from fedmammo.methods.contrastive_dg.tasks import (
     task_model,
     validation_records,
 )
-from fedmammo.models import build_model
+from fedmammo.models import build_model_to_load
 from fedmammo.models.gans import GeneratorDescription, load_generator
 
 __all__ = [
@@ -311,7 +311,7 @@ def train_downstream_round(msg: Message, context: Context) -> Message:
 def _task_net(m, arrays, ft: FinetuneParams):
     """The task model a message carries: built on the encoder spec ``m.model``, ``arrays``
     loaded."""
-    skeleton = build_model(m.model["name"], **m.model.get("options", {}))
+    skeleton = build_model_to_load(m.model["name"], **m.model.get("options", {}))
     net = task_model(m.task, skeleton, ft, tuple(m.image_size))
     net.load_state_dict(arrays_to_state(arrays, like=net.state_dict()))
     return net
@@ -343,7 +343,7 @@ def query_embeddings(msg: Message, context: Context) -> Message:
     data = single_centre(centre_data(ident, m), m.KIND)
     encoders = {}
     for (arm, spec), arrays in zip(m.models.items(), models_of(m, msg.content), strict=True):
-        net = build_model(spec["name"], **spec.get("options", {}))
+        net = build_model_to_load(spec["name"], **spec.get("options", {}))
         net.load_state_dict(arrays_to_state(arrays, like=net.state_dict()))
         encoders[arm] = net
     frame, images = train_rows(data, m.split)

@@ -71,7 +71,7 @@ from fedmammo.methods.contrastive_dg.report import (
 )
 from fedmammo.methods.contrastive_dg.styles import styles_key
 from fedmammo.methods.contrastive_dg.tasks import STYLED_SCHEMES, initial_task_model
-from fedmammo.models import build_model
+from fedmammo.models import build_model_to_load
 
 __all__ = ["STYLES_ARM", "Plan", "downstream_key", "initial_task_arrays", "make_plan", "run"]
 
@@ -293,7 +293,7 @@ def initial_task_arrays(
 ) -> ArrayRecord:
     """The federated task model's start: the encoder's backbone and a task head drawn from
     ``seed``, task and fraction (every arm starts from the same head)."""
-    net = build_model(spec["name"], **spec.get("options", {}))
+    net = build_model_to_load(spec["name"], **spec.get("options", {}))
     net.load_state_dict(arrays_to_state(encoder, like=net.state_dict()))
     head_seed = derive_seed(seed, task, fraction, "head")
     model = initial_task_model(task, net, ft, image_size=image_size, seed=head_seed)

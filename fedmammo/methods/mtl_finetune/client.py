@@ -91,7 +91,7 @@ from fedmammo.methods.mtl_finetune.messages import (
     TrainMtlMetrics,
 )
 from fedmammo.methods.mtl_finetune.report import mtl_records
-from fedmammo.models import build_model
+from fedmammo.models import build_model_to_load
 from fedmammo.training.classifier import augment_batch, seed_everything
 from fedmammo.training.mtl import (
     MultiTaskDataset,
@@ -345,7 +345,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         reference = None
         if m.reference_model is not None:
             spec = m.reference_model
-            ref_model = build_model(spec["name"], **spec.get("options", {}))
+            ref_model = build_model_to_load(spec["name"], **spec.get("options", {}))
             state = arrays_to_state(msg.content[model_record(0)], like=ref_model.state_dict())
             ref_model.load_state_dict(state)
             reference = evaluate_mtl(ref_model, loader, device=device())["predictions"]
@@ -389,7 +389,7 @@ def latent(msg: Message, context: Context) -> Message:
     codes = {}
     for k, arm in enumerate(m.arms):
         spec = m.models[arm]
-        model = build_model(spec["name"], **spec.get("options", {}))
+        model = build_model_to_load(spec["name"], **spec.get("options", {}))
         like = model.state_dict()
         model.load_state_dict(arrays_to_state(msg.content[model_record(k)], like=like))
         codes[arm] = _latent_codes(model, loader)
