@@ -6,8 +6,8 @@ then overwritten) against ``build_model_to_load`` (empty storage, no initialisat
 Each model's two ways are timed interleaved in one process (median wall of ``--repeats``,
 build + ``load_state_dict``). ``--scenario-runs`` then times the tiny CycleGAN-UDA run
 (``tests/methods/cyclegan_uda/tiny.yaml``, in process; its centres load a ResNet-50 for each
-evaluation) from a ``git archive`` of ``--base-ref`` and from this tree, alternately, on
-data prepared beforehand.
+evaluation) from a ``git archive`` of ``--base-ref`` (default b301c79, the last revision
+without ``build_model_to_load``) and from this tree, alternately, on data prepared beforehand.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ TINY = "tests/methods/cyclegan_uda/tiny.yaml"
 
 
 def time_builds(repeats: int) -> list[tuple[str, float, float]]:
-    import torch
-
     from fedmammo.models import build_model, build_model_to_load
 
     rows = []
@@ -45,8 +43,6 @@ def time_builds(repeats: int) -> list[tuple[str, float, float]]:
                 fn(name, **options).load_state_dict(state)
                 times[way].append(time.perf_counter() - start)
         rows.append((label, statistics.median(times["build"]), statistics.median(times["to_load"])))
-        del state
-        torch.manual_seed(0)
     return rows
 
 
@@ -63,7 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--scenario-runs", type=int, default=0)
-    parser.add_argument("--base-ref", default="HEAD~1", help="git revision of the before run")
+    parser.add_argument(
+        "--base-ref", default="b301c79", help="the 'before' revision (default: the last without it)"
+    )
     opts = parser.parse_args()
     print("| model | build_model + load | build_model_to_load + load | ratio |")
     print("|---|---:|---:|---:|")
