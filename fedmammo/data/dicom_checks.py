@@ -14,7 +14,6 @@ from fedmammo.errors import DataError
 
 __all__ = [
     "FOR_PROCESSING_SOP_CLASSES",
-    "MAX_PIXELS",
     "MissingCodecError",
     "UnreadableImageError",
     "UnsupportedImageError",

@@ -37,6 +37,7 @@ __all__ = [
     "load_model",
     "load_round_state",
     "model_from",
+    "model_with_weights",
     "round_state_file",
     "save_local_bn",
     "save_round_state",
@@ -131,14 +132,20 @@ def load_model(
     round before; None: its latest of all). Where the centre has none (an arm's first round, a
     centre that never trained the arm) the received state stays.
     """
-    model = build_model_to_load(spec["name"], **spec.get("options", {}))
-    like = model.state_dict()
-    state = arrays_to_state(arrays, like=like)
+    model = model_with_weights(spec, arrays)
     if local_bn is not None:
         until = None if after_round is None else int(after_round) + 1
-        own = load_round_state(context, FEDBN, local_bn, until) or {}
-        state.update({k: v for k, v in own.items() if k in like})
-    model.load_state_dict(state)
+        own = load_round_state(context, FEDBN, local_bn, until)
+        if own:
+            model.load_state_dict(own, strict=False)  # its BatchNorm keys only
+    return model
+
+
+def model_with_weights(spec: Mapping, arrays: ArrayRecord) -> nn.Module:
+    """The model ``spec`` (``{"name", "options"}``) names, built uninitialised
+    (:func:`~fedmammo.models.build_model_to_load`) with ``arrays`` loaded into it."""
+    model = build_model_to_load(spec["name"], **spec.get("options", {}))
+    model.load_state_dict(arrays_to_state(arrays, like=model.state_dict()))
     return model
 
 

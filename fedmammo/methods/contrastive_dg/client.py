@@ -25,7 +25,7 @@ from flwr.app import Context, Message
 
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
-from fedmammo.federation.centre_models import model_from
+from fedmammo.federation.centre_models import model_from, model_with_weights
 from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, identity_of
 from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import check_injected_fault, handler, reply
@@ -343,9 +343,7 @@ def query_embeddings(msg: Message, context: Context) -> Message:
     data = single_centre(centre_data(ident, m), m.KIND)
     encoders = {}
     for (arm, spec), arrays in zip(m.models.items(), models_of(m, msg.content), strict=True):
-        net = build_model_to_load(spec["name"], **spec.get("options", {}))
-        net.load_state_dict(arrays_to_state(arrays, like=net.state_dict()))
-        encoders[arm] = net
+        encoders[arm] = model_with_weights(spec, arrays)
     frame, images = train_rows(data, m.split)
     store = _store(context, ident, m.store_dir)
     translators = store.translators(m.styles) if store is not None and m.styles else {}

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from flwr.app import ArrayRecord
 
 from fedmammo.errors import ConfigError
-from fedmammo.federation.codec import arrays_to_state, state_to_arrays
+from fedmammo.federation.centre_models import model_with_weights
+from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.messages import (
     ARRAYS,
     INFO,
@@ -71,7 +72,6 @@ from fedmammo.methods.contrastive_dg.report import (
 )
 from fedmammo.methods.contrastive_dg.styles import styles_key
 from fedmammo.methods.contrastive_dg.tasks import STYLED_SCHEMES, initial_task_model
-from fedmammo.models import build_model_to_load
 
 __all__ = ["STYLES_ARM", "Plan", "downstream_key", "initial_task_arrays", "make_plan", "run"]
 
@@ -293,8 +293,7 @@ def initial_task_arrays(
 ) -> ArrayRecord:
     """The federated task model's start: the encoder's backbone and a task head drawn from
     ``seed``, task and fraction (every arm starts from the same head)."""
-    net = build_model_to_load(spec["name"], **spec.get("options", {}))
-    net.load_state_dict(arrays_to_state(encoder, like=net.state_dict()))
+    net = model_with_weights(spec, encoder)
     head_seed = derive_seed(seed, task, fraction, "head")
     model = initial_task_model(task, net, ft, image_size=image_size, seed=head_seed)
     return state_to_arrays(model.state_dict())

@@ -60,6 +60,7 @@ from fedmammo.federation.centre_models import (
     keep_optimizer_state,
     kept_optimizer_state,
     model_from,
+    model_with_weights,
 )
 from fedmammo.federation.centre_runtime import (
     CentreIdentity,
@@ -67,7 +68,7 @@ from fedmammo.federation.centre_runtime import (
     device,
     identity_of,
 )
-from fedmammo.federation.codec import arrays_to_state, state_to_arrays
+from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import (
     ARRAYS,
@@ -91,7 +92,6 @@ from fedmammo.methods.mtl_finetune.messages import (
     TrainMtlMetrics,
 )
 from fedmammo.methods.mtl_finetune.report import mtl_records
-from fedmammo.models import build_model_to_load
 from fedmammo.training.classifier import augment_batch, seed_everything
 from fedmammo.training.mtl import (
     MultiTaskDataset,
@@ -344,10 +344,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         result = evaluate_mtl(model, loader, device=device())
         reference = None
         if m.reference_model is not None:
-            spec = m.reference_model
-            ref_model = build_model_to_load(spec["name"], **spec.get("options", {}))
-            state = arrays_to_state(msg.content[model_record(0)], like=ref_model.state_dict())
-            ref_model.load_state_dict(state)
+            ref_model = model_with_weights(m.reference_model, msg.content[model_record(0)])
             reference = evaluate_mtl(ref_model, loader, device=device())["predictions"]
         records = mtl_records(
             result["predictions"],
@@ -388,10 +385,7 @@ def latent(msg: Message, context: Context) -> Message:
     loader = mtl_loader(data, rows, targets, unc, batch_size=EVAL_BATCH)
     codes = {}
     for k, arm in enumerate(m.arms):
-        spec = m.models[arm]
-        model = build_model_to_load(spec["name"], **spec.get("options", {}))
-        like = model.state_dict()
-        model.load_state_dict(arrays_to_state(msg.content[model_record(k)], like=like))
+        model = model_with_weights(m.models[arm], msg.content[model_record(k)])
         codes[arm] = _latent_codes(model, loader)
     path = (
         plot_dir(context, ident, m.plot_dir, needed_by=m.KIND)
