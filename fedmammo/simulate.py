@@ -20,6 +20,7 @@ be writable. Only then is the run folder created, with the scenario as resolved 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -27,6 +28,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -49,6 +51,7 @@ from fedmammo.federation.ray_cluster import (
     check_reachable,
     client_resources,
     fits_here,
+    private_ray,
     ray_address_of,
 )
 from fedmammo.federation.run_log import RAY_ACCEL_ENV, quiet_libraries, run_log
@@ -260,26 +263,19 @@ def backend_of(scenario: Scenario, backend: str | None, ray_address: str | None)
     return chosen
 
 
-def run(
-    spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None, backend: str | None = None
-) -> Path:
-    """Run one scenario in a run directory through Flower's simulation engine (on the Ray
-    cluster at ``ray_address`` when one is given, see :func:`ray_address_of`), or with
-    ``backend="inprocess"`` every centre in this process (:mod:`fedmammo.federation.inprocess`)."""
+def _run_engine(
+    spec: RunSpec,
+    scenario: Scenario,
+    workers: int,
+    with_pooled: bool,
+    ray_up: Callable[[], None] | None,
+    *,
+    attached: bool,
+) -> None:
+    """Prepare the data, then run the ServerApp and the ClientApps on the chosen engine."""
     from fedmammo.apps import client_app, server_app
 
     run_dir = Path(spec.run_dir)
-    with_pooled = _wants_pooled(scenario)
-    spec.backend = backend_of(scenario, backend, ray_address)
-    spec_file = spec.save()  # before the data: a run killed while preparing it can be resumed
-    cluster = None if spec.backend == "inprocess" else ray_address_of(scenario, ray_address)
-    if cluster:  # first: a wrong address fails before the data is prepared
-        env = {ENV_VAR: str(spec_file), RAY_ACCEL_ENV: "0"}
-        address, nodes = attach_ray(cluster[0], env, cluster[1])
-        console.print(f"Ray cluster at [bold]{safe(address)}[/]: {len(nodes)} nodes")
-        workers = check_fits(client_resources(scenario), nodes, cluster[1])
-    else:
-        workers = fits_here(scenario)
     spec.workers = workers  # jobs in flight: as many as the engine runs at once
     if spec.backend == "inprocess":
         spec.workers = 1
@@ -292,15 +288,44 @@ def run(
 
         num_cpus = client_resources(scenario)["num_cpus"]
         run_in_process(server_app, client_app, len(spec.node_order), num_cpus=num_cpus)
-    else:
-        from flwr.simulation import run_simulation
+        return
+    from flwr.simulation import run_simulation
 
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=len(spec.node_order),
-            backend_config=backend_config(scenario, attached=cluster is not None),
-        )
+    if ray_up is not None:
+        ray_up()
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=len(spec.node_order),
+        backend_config=backend_config(scenario, attached=attached),
+    )
+
+
+def run(
+    spec: RunSpec, scenario: Scenario, *, ray_address: str | None = None, backend: str | None = None
+) -> Path:
+    """Run one scenario in a run directory through Flower's simulation engine (on the Ray
+    cluster at ``ray_address`` when one is given, see :func:`ray_address_of`), or with
+    ``backend="inprocess"`` every centre in this process (:mod:`fedmammo.federation.inprocess`)."""
+    run_dir = Path(spec.run_dir)
+    with_pooled = _wants_pooled(scenario)
+    spec.backend = backend_of(scenario, backend, ray_address)
+    spec_file = spec.save()  # before the data: a run killed while preparing it can be resumed
+    os.environ[ENV_VAR] = str(spec_file)  # Ray's workers inherit it when Ray starts them
+    cluster = None if spec.backend == "inprocess" else ray_address_of(scenario, ray_address)
+    if cluster:  # first: a wrong address fails before the data is prepared
+        env = {ENV_VAR: str(spec_file), RAY_ACCEL_ENV: "0"}
+        address, nodes = attach_ray(cluster[0], env, cluster[1])
+        console.print(f"Ray cluster at [bold]{safe(address)}[/]: {len(nodes)} nodes")
+        workers = check_fits(client_resources(scenario), nodes, cluster[1])
+    else:
+        workers = fits_here(scenario)
+    ray_start: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if spec.backend == "ray" and not cluster:  # a private Ray starts while the data is prepared
+        init_args = backend_config(scenario, attached=False)["init_args"]
+        ray_start = private_ray(init_args, prestart=workers >= (os.cpu_count() or 1))
+    with ray_start as ray_up:
+        _run_engine(spec, scenario, workers, with_pooled, ray_up, attached=cluster is not None)
     results = run_dir / "results.json"
     if not results.is_file():
         raise FedmammoError(f"the run wrote no results ({run_dir}); see {run_dir / 'run.log'}")

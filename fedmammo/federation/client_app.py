@@ -8,14 +8,19 @@ guard (:func:`fedmammo.federation.egress.egress_mod`); an exception anywhere bec
 scrubbed error reply (:func:`fedmammo.federation.egress.egress_error_mod`). Innermost,
 :func:`fedmammo.federation.secagg.secagg_mod` answers the SecAgg+ stages of a train message
 under secure aggregation (consent and the DP guard apply to every stage; the masked update is
-what the egress guard checks) and passes every other message through.
+what the egress guard checks) and passes every other message through. Outermost,
+:func:`torch_threads_mod` keeps torch's threads to ``OMP_NUM_THREADS``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
+import torch
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from fedmammo.federation.consent import consent_mod
 from fedmammo.federation.egress import egress_error_mod, egress_mod
@@ -25,7 +30,7 @@ from fedmammo.federation.privacy.audits import audit
 from fedmammo.federation.privacy.ledger import dp_guard_mod
 from fedmammo.federation.secagg import secagg_mod
 
-__all__ = ["CORE_HANDLERS", "build_client_app", "collect_handlers"]
+__all__ = ["CORE_HANDLERS", "build_client_app", "collect_handlers", "torch_threads_mod"]
 
 #: Handlers every centre answers whatever the method: identity, classifier audits.
 CORE_HANDLERS: tuple[Handler, ...] = (identify, audit)
@@ -41,6 +46,17 @@ def collect_handlers(handlers: Iterable[Handler]) -> dict[str, Handler]:
     return table
 
 
+def torch_threads_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
+    """torch's intra-op threads set to ``OMP_NUM_THREADS`` when it names a count torch is not
+    using: OpenMP reads it once, when torch is imported, and a Ray worker started ahead of its
+    actor (:func:`fedmammo.federation.ray_cluster.private_ray`) imports torch before Ray sets
+    it to the actor's ``num_cpus``; two actors of two threads each on two cores run slower."""
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    if wanted.isdigit() and int(wanted) > 0 and torch.get_num_threads() != int(wanted):
+        torch.set_num_threads(int(wanted))
+    return call_next(msg, ctx)
+
+
 def build_client_app(handlers: Iterable[Handler]) -> ClientApp:
     """A ClientApp answering ``handlers`` (and the core ones) through the DP and egress mods."""
     table = collect_handlers(handlers)
@@ -50,6 +66,7 @@ def build_client_app(handlers: Iterable[Handler]) -> ClientApp:
     # scrubbed error reply; egress_mod checks every reply's content before it leaves;
     # secagg_mod inside it, so the masked update (not the plain one) is what leaves.
     mods = [
+        torch_threads_mod,
         egress_error_mod,
         consent_mod(consents),
         dp_guard_mod(dp_capable),

@@ -14,6 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fedmammo.config import Scenario
@@ -26,6 +30,7 @@ __all__ = [
     "check_reachable",
     "client_resources",
     "fits_here",
+    "private_ray",
     "ray_address_of",
 ]
 
@@ -189,3 +194,84 @@ def backend_config(scenario: Scenario, *, attached: bool) -> dict[str, Any]:
         # (ray.init() without an address joins that cluster, or hangs when it is gone)
         init_args["address"] = "local"
     return {"client_resources": client_resources(scenario), "init_args": init_args}
+
+
+#: What each worker of a private Ray instance imports before it is given a centre: the Flower
+#: apps (torch, Flower, fedmammo's centre code), about 2 s of each centre's start.
+CENTRE_MODULES = "fedmammo.apps"
+#: Ray's settings (read by its raylet when it starts) for workers started with the instance.
+PRESTART_ENV = {"RAY_enable_worker_prestart": "1", "RAY_preload_python_modules": CENTRE_MODULES}
+
+
+@contextmanager
+def private_ray(init_args: dict[str, Any], *, prestart: bool) -> Iterator[Callable[[], None]]:
+    """This run's private Ray instance, started in a background thread (``ray.init`` with
+    Flower's ``init_args``) while this process goes on (imports, data preparation). Yields a
+    function that waits until Ray is up and raises what ``ray.init`` raised; Flower's backend
+    then finds Ray running and uses it. On exit Ray is shut down (Flower's backend has
+    normally done so already).
+
+    ``prestart``: Ray starts one worker per core at once, each importing
+    :data:`CENTRE_MODULES` before it takes work (:data:`PRESTART_ENV`), so the actors Flower
+    creates later find their imports done. Worth it when the actors take every core's worker
+    (one CPU or less per centre): a worker left idle keeps its memory.
+
+    What the start in the main thread would do is done here: Flower hands ``sys.path`` to the
+    workers as a job runtime environment; here it goes in ``PYTHONPATH`` (which Flower also
+    sets), so that workers started before the job match the actors' environment and are given
+    to them. Ray's SIGTERM handler (exit, so that cleanup runs) is installed from this, the
+    main thread. The starting thread lives as long as Ray: Ray's processes die with the
+    thread that started them (Linux's parent-death signal).
+    """
+    import signal
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(signum))  # as ray.init does
+    started, done = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def keep_ray() -> None:
+        try:
+            import ray
+
+            logging.getLogger("ray._private.worker").addFilter(_not_the_main_thread_warning)
+            ray.init(**init_args)
+        except BaseException as exc:  # handed to the caller by wait()
+            failure.append(exc)
+        finally:
+            started.set()
+        done.wait()
+
+    def wait() -> None:
+        started.wait()
+        for name in PRESTART_ENV if prestart else ():
+            os.environ.pop(name, None)  # the raylet has read them; no later Ray inherits them
+        if failure:
+            raise failure[0]
+
+    if prestart:
+        os.environ.update(PRESTART_ENV)
+    thread = threading.Thread(target=keep_ray, name="private-ray", daemon=True)
+    thread.start()
+    try:
+        yield wait
+    finally:
+        try:
+            wait()
+        except BaseException:  # noqa: S110  (already raised to the caller, or Ray is not up)
+            pass
+        else:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        done.set()
+        thread.join()
+
+
+def _not_the_main_thread_warning(record: logging.LogRecord) -> bool:
+    """False for ray.init's warning that it set no SIGTERM handler (private_ray sets it)."""
+    return "SIGTERM handler is not set" not in record.getMessage()
