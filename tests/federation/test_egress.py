@@ -116,10 +116,13 @@ def test_mod_defaults_to_incoming_arrays_as_reference(model_state):
 
 def test_client_app_runs_the_consent_dp_and_egress_guards_on_every_message():
     from fedmammo.apps import client_app as app
+    from fedmammo.federation.client_app import torch_threads_mod
     from fedmammo.federation.secagg import secagg_mod
 
-    # secagg_mod innermost: its masked update is what the egress guard checks
-    errors, consent, dp_guard, egress, secagg = app._mods
+    # secagg_mod innermost: its masked update is what the egress guard checks; outside the
+    # error guard only the torch threads' setting, which raises nothing
+    threads, errors, consent, dp_guard, egress, secagg = app._mods
+    assert threads is torch_threads_mod
     assert egress is egress_mod and errors is egress_error_mod and secagg is secagg_mod
     assert consent.__qualname__ == "consent_mod.<locals>.mod"
     assert dp_guard.__qualname__ == "dp_guard_mod.<locals>.mod"
