@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -223,8 +224,6 @@ def private_ray(init_args: dict[str, Any], *, prestart: bool) -> Iterator[Callab
     main thread. The starting thread lives as long as Ray: Ray's processes die with the
     thread that started them (Linux's parent-death signal).
     """
-    import signal
-
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])]
     )
