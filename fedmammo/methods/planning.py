@@ -71,19 +71,16 @@ def _model_problem(model: dict, cache: dict[str, object]) -> object:
         return cache[key]
     import torch
 
-    from fedmammo.models import build_model, list_models
+    from fedmammo.models import build_model
 
     name, options = model.get("name"), dict(model.get("options") or {})
-    if name not in list_models():
-        result: object = f"unknown model {name!r}; valid models: {', '.join(list_models())}"
-    else:
-        try:
-            with torch.device("meta"):
-                result = build_model(name, **options)
-        except ConfigError as exc:
-            result = str(exc)
-        except Exception as exc:  # noqa: BLE001 - any builder failure is a bad option
-            result = f"model {name!r} cannot be built with options {options}: {exc}"
+    try:  # an unknown name: ConfigError listing the valid ones (torchvision's families load
+        with torch.device("meta"):  # only then, or for a name of theirs)
+            result: object = build_model(name, **options)
+    except ConfigError as exc:
+        result = str(exc)
+    except Exception as exc:  # noqa: BLE001 - any builder failure is a bad option
+        result = f"model {name!r} cannot be built with options {options}: {exc}"
     cache[key] = result
     return result
 
@@ -120,7 +117,6 @@ def _centre_where(scenario: Scenario, origins: Origins | None, centre: str, key:
 def _check_rows(scenario: Scenario, rows: list[PlanRow], handlers: dict, origins) -> list[str]:
     """Consent, the DP guard and DP-compatible models at every centre the plan sends to."""
     from fedmammo.federation.consent import REPLY_KINDS
-    from fedmammo.privacy.engine import dp_incompatible_layers
 
     problems: list[str] = []
     seen: set[tuple] = set()
@@ -172,6 +168,8 @@ def _check_rows(scenario: Scenario, rows: list[PlanRow], handlers: dict, origins
                 built = _model_problem(row.model, cache)
                 if isinstance(built, str):
                     continue  # reported by check_models / the arm's own check
+                from fedmammo.privacy.engine import dp_incompatible_layers  # Opacus: ~1 s
+
                 bad = dp_incompatible_layers(built)
                 key = ("dp-model", c, json.dumps(row.model, sort_keys=True, default=str))
                 if bad and key not in seen:
