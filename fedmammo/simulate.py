@@ -11,9 +11,10 @@ where every node reads them (docs/deployment.md, "Simulation on a Ray cluster").
 runs in this process, one after another (:mod:`fedmammo.federation.inprocess`).
 
 Before anything is made: the whole plan is loaded and checked (every sweep point, arm and
-seed, the quick block, models, samplers, consent, DP), and the data and output folders must
-be writable. Only then is the run folder created, with the scenario as resolved now
-(``scenario.resolved.yaml``, each sweep point's too) and ``runspec.json``; the run and any
+seed, the quick block, models, samplers, consent, DP), every real-data centre's data root
+must exist, and the data and output folders must be writable. Only then is the run folder
+created, with the scenario as resolved now (``scenario.resolved.yaml``, each sweep point's
+too) and ``runspec.json``; the run and any
 ``--resume`` of it read that copy, never the (possibly edited) original files.
 """
 
@@ -42,7 +43,7 @@ from fedmammo.config import Scenario, load_scenario
 from fedmammo.config.dotted import split_dotted
 from fedmammo.config.loading import load_scenario_traced, resolved_mapping
 from fedmammo.config.scenario import SimulationSpec
-from fedmammo.errors import ConfigError, FedmammoError
+from fedmammo.errors import ConfigError, DataError, FedmammoError
 from fedmammo.federation.console import safe
 from fedmammo.federation.ray_cluster import (
     attach_ray,
@@ -179,7 +180,18 @@ def check_writable(path: Path, what: str, fix: str, *, create: bool) -> None:
 
 
 def _check_folders(points: list[Point], out: Path | None, *, create: bool) -> None:
-    """The output folder, then every data_dir, must be (made) writable folders."""
+    """The output folder, then every data_dir, must be (made) writable folders, and every
+    real-data centre's data root must exist (DataError, one line per centre)."""
+    from fedmammo.data.prepare import missing_data_root
+
+    problems = dict.fromkeys(
+        problem
+        for point in points
+        for profile in point.scenario.resolved_profiles.values()
+        if (problem := missing_data_root(profile))
+    )
+    if problems:
+        raise DataError("\n".join(problems))
     if out is not None:
         check_writable(
             out, "output folder", "fix: pass --out DIR, or set output_dir", create=create

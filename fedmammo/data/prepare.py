@@ -28,6 +28,7 @@ __all__ = [
     "centre_data_dir",
     "materialise_centre",
     "materialise_centres",
+    "missing_data_root",
     "preparation_workers",
     "profile_stamp",
 ]
@@ -93,6 +94,20 @@ def _centre_seed(name: str, data_seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{name}:{data_seed}".encode()).digest()[:4], "little")
 
 
+def missing_data_root(profile: CentreProfile) -> str | None:
+    """Why a real-data centre's images cannot be read from its data root (one line), or None
+    (it exists, or the centre is a phantom)."""
+    if profile.data.synthetic is not None:
+        return None
+    root = profile.data.resolved_root()
+    if root is None or not root.exists():
+        return (
+            f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "
+            "not exist; fix: set the environment variable it names or edit data.root"
+        )
+    return None
+
+
 def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> pd.DataFrame:
     if profile.data.synthetic is not None:
         phantom_dir = data_dir / "phantom"
@@ -105,12 +120,9 @@ def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> 
         return read_manifest(manifest_path)
     from fedmammo.data.adapters import load_manifest
 
+    if problem := missing_data_root(profile):
+        raise DataError(problem)
     root = profile.data.resolved_root()
-    if root is None or not root.exists():
-        raise DataError(
-            f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "
-            "not exist; fix: set the environment variable it names or edit data.root"
-        )
     options = {
         "print_summary": True,
         "summary_path": str(data_dir / "summary.json"),
