@@ -14,8 +14,8 @@ Before anything is made: the whole plan is loaded and checked (every sweep point
 seed, the quick block, models, samplers, consent, DP), every real-data centre's data root
 must exist, and the data and output folders must be writable. Only then is the run folder
 created, with the scenario as resolved now (``scenario.resolved.yaml``, each sweep point's
-too) and ``runspec.json``; the run and any
-``--resume`` of it read that copy, never the (possibly edited) original files.
+too) and ``runspec.json``; the run and any ``--resume`` of it read that copy, never the
+(possibly edited) original files.
 """
 
 from __future__ import annotations
