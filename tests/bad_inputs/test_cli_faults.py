@@ -452,35 +452,24 @@ CASES = [
         ("data_dir", "is a file, not a folder", "fix"),
         files={"afile": "x"},
     ),
-    Case(
-        "missing-data-root",  # a real dataset not mounted: said before Ray or any folder
-        ("{scen}",),
-        (
-            "centre 'a': data root '/nonexistent/fedmammo-cbis'",
-            "does not exist",
-            "fix: set the environment variable it names or edit data.root",
-        ),
-        scenario=_edit("centres/site.yaml, name: a", "centres/real.yaml, name: a"),
-        files={
-            "centres/real.yaml": "name: real\nsource: CBIS-DDSM\n"
-            "data: {format: cbis-ddsm, root: /nonexistent/fedmammo-cbis}\n"
-        },
-        survives=("no run folder", "no data"),
-    ),
-    Case(
-        "missing-data-root-check",  # --check said "valid" and the run then failed
-        ("{scen}", "--check"),
-        (
-            "centre 'a': data root '/nonexistent/fedmammo-cbis'",
-            "does not exist",
-            "fix: set the environment variable it names or edit data.root",
-        ),
-        scenario=_edit("centres/site.yaml, name: a", "centres/real.yaml, name: a"),
-        files={
-            "centres/real.yaml": "name: real\nsource: CBIS-DDSM\n"
-            "data: {format: cbis-ddsm, root: /nonexistent/fedmammo-cbis}\n"
-        },
-        survives=("no run folder", "no data"),
+    *(
+        Case(
+            name,
+            ("{scen}", *check),
+            (
+                "centre 'a': data root '/nonexistent/fedmammo-cbis'",
+                "does not exist",
+                "fix: set the environment variable it names or edit data.root",
+            ),
+            scenario=_edit("centres/site.yaml, name: a", "centres/real.yaml, name: a"),
+            files={
+                "centres/real.yaml": "name: real\nsource: CBIS-DDSM\n"
+                "data: {format: cbis-ddsm, root: /nonexistent/fedmammo-cbis}\n"
+            },
+            survives=("no run folder", "no data"),
+        )
+        # a real dataset not mounted: said before Ray or any folder; --check said "valid"
+        for name, check in (("missing-data-root", ()), ("missing-data-root-check", ("--check",)))
     ),
     Case(
         "output-folder-unwritable",
