@@ -82,9 +82,11 @@ def test_torchvision_model_families_register_on_first_lookup() -> None:
     longer imports their modules; a plain classifier is built without torchvision."""
     code = (
         "import sys\n"
-        "from fedmammo.models import build_model, list_models\n"
+        "from fedmammo.models import build_model, has_model, list_models\n"
         "build_model('mammo_cnn')\n"
-        "assert 'torchvision' not in sys.modules\n"
+        "assert has_model('mammo_cnn') and 'torchvision' not in sys.modules\n"
+        "assert has_model('fcos') and 'torchvision' in sys.modules  # its family, imported\n"
+        "assert not has_model('no_such_model')\n"
         "enc = build_model('contrastive_resnet_slim', width=8, blocks=[1, 1, 1, 1])\n"
         "assert type(enc).__name__ == 'ContrastiveEncoder', type(enc)\n"
         "assert 'torchvision' in sys.modules\n"

@@ -71,16 +71,19 @@ def _model_problem(model: dict, cache: dict[str, object]) -> object:
         return cache[key]
     import torch
 
-    from fedmammo.models import build_model
+    from fedmammo.models import build_model, has_model, list_models
 
     name, options = model.get("name"), dict(model.get("options") or {})
-    try:  # an unknown name: ConfigError listing the valid ones (torchvision's families load
-        with torch.device("meta"):  # only then, or for a name of theirs)
-            result: object = build_model(name, **options)
-    except ConfigError as exc:
-        result = str(exc)
-    except Exception as exc:  # noqa: BLE001 - any builder failure is a bad option
-        result = f"model {name!r} cannot be built with options {options}: {exc}"
+    if not has_model(name):  # torchvision's families load only for their names, or an unknown one
+        result: object = f"unknown model {name!r}; valid models: {', '.join(list_models())}"
+    else:
+        try:
+            with torch.device("meta"):
+                result = build_model(name, **options)
+        except ConfigError as exc:
+            result = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any builder failure is a bad option
+            result = f"model {name!r} cannot be built with options {options}: {exc}"
     cache[key] = result
     return result
 

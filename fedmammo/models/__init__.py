@@ -5,11 +5,12 @@ from __future__ import annotations
 from fedmammo.models.registry import (
     build_model,
     build_model_to_load,
+    has_model,
     list_models,
     register_model,
 )
 
-__all__ = ["build_model", "build_model_to_load", "list_models", "register_model"]
+__all__ = ["build_model", "build_model_to_load", "has_model", "list_models", "register_model"]
 
 # Importing the families registers their builders; those that import torchvision
 # (registry.LAZY_FAMILIES) are imported when one of their names is first asked for.

@@ -17,7 +17,7 @@ from torch import nn
 
 from fedmammo.errors import ConfigError
 
-__all__ = ["build_model", "build_model_to_load", "list_models", "register_model"]
+__all__ = ["build_model", "build_model_to_load", "has_model", "list_models", "register_model"]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 #: Families imported on demand (by :func:`build_model` of a name not registered yet, and by
@@ -48,11 +48,18 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(name: str, **options: Any) -> nn.Module:
-    """Build the model registered as ``name`` with keyword ``options``."""
+def has_model(name: str) -> bool:
+    """Whether a builder is registered as ``name``; the torchvision families are imported only
+    when the families already loaded do not register it (never on the ``meta`` device of a
+    build, where a tensor made at import would be an empty shell)."""
     if name not in _BUILDERS:
         _load_lazy_families()
-    if name not in _BUILDERS:
+    return name in _BUILDERS
+
+
+def build_model(name: str, **options: Any) -> nn.Module:
+    """Build the model registered as ``name`` with keyword ``options``."""
+    if not has_model(name):
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
     try:
         return _BUILDERS[name](**options)
@@ -70,6 +77,7 @@ def build_model_to_load(name: str, **options: Any) -> nn.Module:
     global random state is left as it was. A model that keeps state no state dict carries (a
     non-persistent buffer, a plain tensor attribute) is built as :func:`build_model` builds it.
     """
+    has_model(name)  # its family imported here, not on the meta device
     with torch.device("meta"):
         model = build_model(name, **options)
     if _state_outside_state_dict(model):
