@@ -246,9 +246,9 @@ def quick(
 def prepare(sets: Sequence[str]) -> None:
     """fedavg_quick's centres prepared (phantom images, caches) with ``sets``, untimed."""
     from fedmammo.config import load_scenario
-    from fedmammo.simulate import prepare_data
+    from fedmammo.simulate import parse_sets, prepare_data
 
-    overrides = dict(s.split("=", 1) for s in sets)
+    overrides = parse_sets(list(sets))  # as the command reads them
     prepare_data(
         load_scenario(REPO / "scenarios" / "fedavg_quick.yaml", sets=overrides, quick=True)
     )

@@ -62,13 +62,14 @@ from fedmammo.methods.planning import plan_scenario
 from fedmammo.resume import INVOCATION, open_run, print_restore
 from fedmammo.sweep import RESOLVED, Point, load_points, run_sweep, write_resolved
 
-__all__ = ["main", "plan_run", "prepare_data", "run"]
+__all__ = ["main", "parse_sets", "plan_run", "prepare_data", "run"]
 
 console = Console()
 log = logging.getLogger("fedmammo")
 
 
-def _parse_sets(items: list[str]) -> dict:
+def parse_sets(items: list[str]) -> dict:
+    """``--set key.path=value`` items as {dotted key: YAML value}; ConfigError naming the item."""
     sets = {}
     for item in items:
         if "=" not in item:
@@ -180,8 +181,8 @@ def check_writable(path: Path, what: str, fix: str, *, create: bool) -> None:
 
 
 def _check_folders(points: list[Point], out: Path | None, *, create: bool) -> None:
-    """The output folder, then every data_dir, must be (made) writable folders, and every
-    real-data centre's data root must exist (DataError, one line per centre)."""
+    """Every real-data centre's data root must exist (DataError, one line per centre); the
+    output folder, then every data_dir, must be (made) writable folders."""
     from fedmammo.data.prepare import missing_data_root
 
     problems = dict.fromkeys(
@@ -276,32 +277,19 @@ def backend_of(scenario: Scenario, backend: str | None, ray_address: str | None)
 
 
 def _run_engine(
-    spec: RunSpec,
-    scenario: Scenario,
-    workers: int,
-    with_pooled: bool,
-    ray_up: Callable[[], None] | None,
-    *,
-    attached: bool,
+    spec: RunSpec, scenario: Scenario, ray_up: Callable[[], None] | None, *, attached: bool
 ) -> None:
-    """Prepare the data, then run the ServerApp and the ClientApps on the chosen engine."""
+    """The ServerApp and the ClientApps on the run's engine: every centre in this process, or
+    Flower's Ray simulation (once ``ray_up``, when given, says the private Ray is up)."""
     from fedmammo.apps import client_app, server_app
 
-    run_dir = Path(spec.run_dir)
-    spec.workers = workers  # jobs in flight: as many as the engine runs at once
-    if spec.backend == "inprocess":
-        spec.workers = 1
-        console.print("backend [bold]inprocess[/]: the centres answer in this process, in turn")
-    prepare_data(scenario, thumbnails=run_dir / "thumbnails")
-    spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
-    os.environ[ENV_VAR] = str(spec.save())
     if spec.backend == "inprocess":
         from fedmammo.federation.inprocess import run_in_process
 
         num_cpus = client_resources(scenario)["num_cpus"]
         run_in_process(server_app, client_app, len(spec.node_order), num_cpus=num_cpus)
         return
-    from flwr.simulation import run_simulation
+    from flwr.simulation import run_simulation  # (imported while Ray may still be starting)
 
     if ray_up is not None:
         ray_up()
@@ -332,12 +320,19 @@ def run(
         workers = check_fits(client_resources(scenario), nodes, cluster[1])
     else:
         workers = fits_here(scenario)
+    spec.workers = workers  # jobs in flight: as many as the engine runs at once
     ray_start: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if spec.backend == "ray" and not cluster:  # a private Ray starts while the data is prepared
+    if spec.backend == "inprocess":
+        spec.workers = 1
+        console.print("backend [bold]inprocess[/]: the centres answer in this process, in turn")
+    elif not cluster:  # a private Ray, started while the data is prepared
         init_args = backend_config(scenario, attached=False)["init_args"]
         ray_start = private_ray(init_args, prestart=workers >= (os.cpu_count() or 1))
     with ray_start as ray_up:
-        _run_engine(spec, scenario, workers, with_pooled, ray_up, attached=cluster is not None)
+        prepare_data(scenario, thumbnails=run_dir / "thumbnails")
+        spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
+        os.environ[ENV_VAR] = str(spec.save())
+        _run_engine(spec, scenario, ray_up, attached=cluster is not None)
     results = run_dir / "results.json"
     if not results.is_file():
         raise FedmammoError(f"the run wrote no results ({run_dir}); see {run_dir / 'run.log'}")
@@ -363,7 +358,7 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError(
             "give a scenario (python -m fedmammo.simulate SCENARIO.yaml), or --resume"
         )
-    sets = _parse_sets(args.sets)
+    sets = parse_sets(args.sets)
     base, points = plan_run(args.scenario, sets=sets, quick=args.quick)
     if args.check:
         # folded at spaces before the console's edge (PyYAML may pass its width by a word),

@@ -244,11 +244,15 @@ def private_ray(init_args: dict[str, Any], *, prestart: bool) -> Iterator[Callab
             started.set()
         done.wait()
 
-    def wait() -> None:
+    def up() -> bool:
+        """Wait for the start; True when Ray is up."""
         started.wait()
         for name in PRESTART_ENV if prestart else ():
             os.environ.pop(name, None)  # the raylet has read them; no later Ray inherits them
-        if failure:
+        return not failure
+
+    def wait() -> None:
+        if not up():
             raise failure[0]
 
     if prestart:
@@ -258,11 +262,7 @@ def private_ray(init_args: dict[str, Any], *, prestart: bool) -> Iterator[Callab
     try:
         yield wait
     finally:
-        try:
-            wait()
-        except BaseException:  # noqa: S110  (already raised to the caller, or Ray is not up)
-            pass
-        else:
+        if up():
             import ray
 
             if ray.is_initialized():
