@@ -41,6 +41,7 @@ __all__ = [
     "HOOKS_ATTR",
     "BookkeepingClipper",
     "BookkeepingDPOptimizer",
+    "conv2d_weight_grad_samples",
     "dp_backward",
     "make_private_bookkeeping",
 ]
@@ -101,7 +102,20 @@ def _conv2d(c: _Capture, n: int, *, materialise: bool = False, bias: bool = True
         gg = torch.bmm(g3.transpose(1, 2), g3)
         c.ghost = layer.weight
         ghost = (aa * gg).sum((1, 2))
-    elif layer.in_channels > 1 and positions >= 64:  # oneDNN's grouped weight grad wins
+    else:
+        c.grad_samples[layer.weight] = conv2d_weight_grad_samples(layer, a, g)
+    return _squared_norms(c, n) + ghost
+
+
+def conv2d_weight_grad_samples(
+    layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-example gradients ``(n, *weight.shape)`` of ``layer.weight`` for inputs ``a`` and
+    output gradients ``g`` (added to ``out`` in place when given): oneDNN's grouped weight
+    gradient for multi-channel inputs on >= 64 output positions, else unfold + bmm (timed
+    on the benchmark models' layers: BENCHMARKS.md, "Differential privacy")."""
+    n, out_ch = g.shape[0], layer.out_channels
+    if layer.in_channels > 1 and g.shape[2] * g.shape[3] >= 64:
         weight = torch.empty((n * out_ch, *layer.weight.shape[1:]), dtype=a.dtype, device=a.device)
         _, gs, _ = torch.ops.aten.convolution_backward(
             g.reshape(1, n * out_ch, *g.shape[2:]),
@@ -116,11 +130,13 @@ def _conv2d(c: _Capture, n: int, *, materialise: bool = False, bias: bool = True
             n,
             [False, True, False],
         )
-        c.grad_samples[layer.weight] = gs.reshape(n, *layer.weight.shape)
-    else:
-        gs = torch.bmm(g3, _unfold(layer, a).transpose(1, 2))
-        c.grad_samples[layer.weight] = gs.reshape(n, *layer.weight.shape)
-    return _squared_norms(c, n) + ghost
+        gs = gs.reshape(n, *layer.weight.shape)
+        return gs if out is None else out.add_(gs)
+    g3, cols = g.reshape(n, out_ch, -1), _unfold(layer, a).transpose(1, 2)
+    if out is None:
+        return torch.bmm(g3, cols).reshape(n, *layer.weight.shape)
+    out.reshape(n, out_ch, -1).baddbmm_(g3, cols)
+    return out
 
 
 def _linear(c: _Capture, n: int, *, materialise: bool = False) -> torch.Tensor:

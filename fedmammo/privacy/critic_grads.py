@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 
-from fedmammo.privacy.bookkeeping import _Capture, _group_norm
+from fedmammo.privacy.bookkeeping import _Capture, _group_norm, conv2d_weight_grad_samples
 
 __all__ = ["critic_chain", "per_example_wgan_gp_grads"]
 
@@ -155,13 +154,9 @@ def per_example_wgan_gp_grads(
         outputs = [out for *_, out in uses]
         grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
     per_example: dict[nn.Parameter, torch.Tensor] = {}
-    pieces: dict[nn.Parameter, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for (kind, layer, ins, _out), g in zip(uses, grads, strict=True):
         if g is not None:
-            _use_grads(kind, layer, ins[0].detach(), g.detach(), n, per_example, pieces)
-    for p, parts in pieces.items():  # sum over uses and positions of g (x) a: one bmm
-        gs = torch.bmm(_positions(parts, 0, n), _positions(parts, 1, n).transpose(1, 2))
-        _add(per_example, p, gs.reshape(n, *p.shape))
+            _use_grads(kind, layer, ins[0].detach(), g.detach(), n, per_example)
     for p in (p for layer in layers for p in layer.parameters(recurse=False)):
         if p.requires_grad and p not in per_example:
             per_example[p] = torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device)
@@ -199,60 +194,42 @@ def _backward_step(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, uses:
     raise TypeError(f"unsupported critic layer {type(layer).__name__}")  # critic_chain checks
 
 
-def _positions(parts: list[tuple[torch.Tensor, torch.Tensor]], which: int, n: int) -> torch.Tensor:
-    """``(n, C, total positions)``: every piece's ``(k n, C, P)`` slices side by side, the k
-    slices of an example as more positions (one copy per piece)."""
-    pieces = [part[which] for part in parts]
-    total = sum(t.shape[0] // n * t.shape[2] for t in pieces)
-    out = pieces[0].new_empty((n, pieces[0].shape[1], total))
-    at = 0
-    for t in pieces:
-        for s in range(t.shape[0] // n):
-            out[:, :, at : at + t.shape[2]] = t[s * n : (s + 1) * n]
-            at += t.shape[2]
-    return out
-
-
 def _add(store: dict, p: nn.Parameter, value: torch.Tensor) -> None:
     store[p] = store[p] + value if p in store else value
 
 
 def _use_grads(
-    kind: str,
-    layer: nn.Module,
-    a: torch.Tensor,
-    g: torch.Tensor,
-    n: int,
-    per_example: dict,
-    pieces: dict,
+    kind: str, layer: nn.Module, a: torch.Tensor, g: torch.Tensor, n: int, per_example: dict
 ) -> None:
-    """Record one use's share of the per-example gradients of ``layer``'s parameters.
+    """Add one use's share to the per-example gradients of ``layer``'s parameters.
 
-    Weights get ``(output grads, inputs)`` position pieces for one bmm later; biases and
-    norm scales get their per-example sums directly.
+    A use holds ``k`` slices of ``n`` examples (3 for the forward over interpolates, fakes
+    and reals, 1 for the input-gradient pass); weights are summed slice by slice into one
+    tensor (``baddbmm`` / in-place adds: no copies of the slices side by side).
     """
-    k = g.shape[0] // n  # 3 slices for the forward use, 1 for the input-gradient pass
+    k = g.shape[0] // n
     if isinstance(layer, nn.Conv2d):
         if kind == "conv_input_grad":  # out = conv_transpose(a, W): a conv of g with grad a
             a, g = g, a
         elif layer.bias is not None and layer.bias.requires_grad:
             _add(per_example, layer.bias, g.sum((2, 3)).reshape(k, n, -1).sum(0))
-        cols = unfold2d(
-            a,
-            kernel_size=layer.kernel_size,
-            padding=layer.padding,
-            stride=layer.stride,
-            dilation=layer.dilation,
-        )
-        pieces.setdefault(layer.weight, []).append((g.reshape(g.shape[0], g.shape[1], -1), cols))
+        for s in range(k):
+            rows = slice(s * n, (s + 1) * n)
+            total = per_example.get(layer.weight)
+            per_example[layer.weight] = conv2d_weight_grad_samples(layer, a[rows], g[rows], total)
     elif isinstance(layer, nn.Linear):
-        a3 = a.reshape(a.shape[0], -1, a.shape[-1]).transpose(1, 2)  # (kn, I, T)
+        a3 = a.reshape(a.shape[0], -1, a.shape[-1])  # (kn, T, I)
         g3 = g.reshape(g.shape[0], -1, g.shape[-1]).transpose(1, 2)  # (kn, O, T)
         if kind == "linear_input_grad":  # out = a @ W: d/dW = a^T g
-            a3, g3 = g3, a3
+            a3, g3 = g3.transpose(1, 2), a3.transpose(1, 2)
         elif layer.bias is not None and layer.bias.requires_grad:
             _add(per_example, layer.bias, g3.sum(2).reshape(k, n, -1).sum(0))
-        pieces.setdefault(layer.weight, []).append((g3, a3))
+        for s in range(k):
+            rows = slice(s * n, (s + 1) * n)
+            if layer.weight in per_example:
+                per_example[layer.weight].baddbmm_(g3[rows], a3[rows])
+            else:
+                per_example[layer.weight] = torch.bmm(g3[rows], a3[rows])
     elif kind == "norm_input_grad":  # out = a * weight per channel
         _add(per_example, layer.weight, (g * a).reshape(n, g.shape[1], -1).sum(2))
     else:  # a norm's forward use
