@@ -22,6 +22,28 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 import fedmammo.methods  # noqa: E402,F401  (registers the recipe kinds for load_scenario)
+from fedmammo.data.prepare import PHANTOM_STORE_ENV  # noqa: E402
+
+
+def _session_folder(tmp_path_factory) -> Path:
+    """The pytest session's temporary folder, shared by its xdist workers."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def phantom_store(tmp_path_factory):
+    """One phantom store for the session (``FEDMAMMO_PHANTOM_STORE``, also seen by the
+    commands the tests start): a phantom centre that many tests prepare in their own data
+    folders is generated once and copied after (the same bytes)."""
+    store = _session_folder(tmp_path_factory) / "phantom_store"
+    previous = os.environ.get(PHANTOM_STORE_ENV)
+    os.environ[PHANTOM_STORE_ENV] = str(store)
+    yield store
+    if previous is None:
+        os.environ.pop(PHANTOM_STORE_ENV, None)
+    else:
+        os.environ[PHANTOM_STORE_ENV] = previous
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +55,7 @@ def fedavg_tiny_simulation(tmp_path_factory):
     from filelock import FileLock
     from helpers.run_helpers import REPO, run_cli
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the session's folder, above each worker's own
-    out = root / "fedavg_tiny_simulation"
+    out = _session_folder(tmp_path_factory) / "fedavg_tiny_simulation"
     made = out / "run_dir.txt"
     with FileLock(f"{out}.lock"):
         if not made.is_file():

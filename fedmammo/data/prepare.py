@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,11 +20,12 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from fedmammo.config import CentreProfile
 from fedmammo.data.cache import CachedImageDataset, ImageCache
-from fedmammo.data.manifest import normalise_manifest, read_manifest
+from fedmammo.data.manifest import normalise_manifest, read_manifest, write_manifest
 from fedmammo.data.splits import assign_splits
 from fedmammo.errors import DataError
 
 __all__ = [
+    "PHANTOM_STORE_ENV",
     "CentreData",
     "CentreJob",
     "PooledData",
@@ -34,6 +38,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Environment variable naming a folder of generated phantom centres (optional). A synthetic
+#: centre prepared in a new data folder is then copied from it when the same profile, seed
+#: and phantom code were generated before, and generated once into it otherwise: for runs
+#: that each start from an empty data folder (the test suite, CI jobs, sweeps).
+PHANTOM_STORE_ENV = "FEDMAMMO_PHANTOM_STORE"
 
 
 def _phantom_version() -> str:
@@ -113,10 +123,7 @@ def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> 
         phantom_dir = data_dir / "phantom"
         manifest_path = phantom_dir / "manifest.csv"
         if not manifest_path.is_file():
-            from fedmammo.data.phantom import generate_centre
-
-            log.info("generating phantom centre %s in %s", profile.name, phantom_dir)
-            generate_centre(profile, phantom_dir, seed=_centre_seed(profile.name, data_seed))
+            _phantom_centre(profile, phantom_dir, data_seed)
         return read_manifest(manifest_path)
     from fedmammo.data.adapters import load_manifest
 
@@ -131,6 +138,52 @@ def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> 
     return load_manifest(
         profile.data.format or "", root, centre=profile.name, source=profile.source, **options
     )
+
+
+def _phantom_centre(profile: CentreProfile, phantom_dir: Path, data_seed: int) -> None:
+    """Generate the centre's phantom in ``phantom_dir``, or copy it from the phantom store
+    (:data:`PHANTOM_STORE_ENV`), generating it there first when it is not there yet."""
+    from fedmammo.data.phantom import generate_centre
+
+    seed = _centre_seed(profile.name, data_seed)
+    store = os.environ.get(PHANTOM_STORE_ENV)
+    if not store:
+        log.info("generating phantom centre %s in %s", profile.name, phantom_dir)
+        generate_centre(profile, phantom_dir, seed=seed)
+        return
+    kept = Path(store).expanduser().resolve() / profile_stamp(profile, data_seed)
+    if not (kept / "manifest.csv").is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{kept.name}-", dir=kept.parent))
+        log.info("generating phantom centre %s in the phantom store %s", profile.name, kept)
+        generate_centre(profile, staging, seed=seed)
+        write_manifest(_manifest_moved(staging, kept), staging / "manifest.csv")
+        try:
+            staging.rename(kept)  # atomic: readers see a whole entry or none
+        except OSError:  # another process stored the same centre first: theirs is identical
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (kept / "manifest.csv").is_file():
+                raise DataError(
+                    f"phantom store entry {kept} has no manifest.csv (not written by "
+                    f"fedmammo, or damaged): delete it, or unset {PHANTOM_STORE_ENV}"
+                ) from None
+    else:
+        log.info("copying phantom centre %s from the phantom store %s", profile.name, kept)
+    shutil.copytree(
+        kept, phantom_dir, ignore=shutil.ignore_patterns("manifest.csv"), dirs_exist_ok=True
+    )
+    # the manifest last: it marks the copy complete
+    write_manifest(_manifest_moved(kept, phantom_dir), phantom_dir / "manifest.csv")
+
+
+def _manifest_moved(folder: Path, to: Path) -> pd.DataFrame:
+    """``folder``'s phantom manifest with its image paths moved from ``folder`` to ``to``."""
+    manifest = read_manifest(folder / "manifest.csv")
+    old, new = str(folder.resolve()), str(to.resolve())
+    if not all(p.startswith(old + os.sep) for p in manifest["path"]):
+        raise DataError(f"{folder / 'manifest.csv'}: image paths outside {old}")
+    manifest["path"] = [new + p[len(old) :] for p in manifest["path"]]
+    return manifest
 
 
 @dataclass

@@ -51,8 +51,10 @@ def _cache(root, name: str):
     return np.load(folder / "images.npy"), (folder / "manifest.csv").read_text()
 
 
-def test_parallel_preparation_writes_what_one_by_one_writes(tmp_path, caplog):
-    # Prepare / Execute: the same three centres one by one and in 2 worker processes
+def test_parallel_preparation_writes_what_one_by_one_writes(tmp_path, caplog, monkeypatch):
+    # Prepare / Execute: the same three centres one by one and in 2 worker processes, each
+    # generating its phantoms (no phantom store)
+    monkeypatch.delenv(prepare.PHANTOM_STORE_ENV, raising=False)
     serial = list(materialise_centres(_jobs(tmp_path / "serial"), workers=1))
     caplog.clear()  # the records of the workers only (root may be at INFO already)
     with caplog.at_level(logging.INFO, logger="fedmammo"):
