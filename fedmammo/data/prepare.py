@@ -153,8 +153,14 @@ def _phantom_centre(profile: CentreProfile, phantom_dir: Path, data_seed: int) -
         return
     kept = Path(store).expanduser().resolve() / profile_stamp(profile, data_seed)
     if not (kept / "manifest.csv").is_file():
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{kept.name}-", dir=kept.parent))
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{kept.name}-", dir=kept.parent))
+        except OSError as exc:
+            raise DataError(
+                f"{PHANTOM_STORE_ENV}={store}: the phantom store cannot be written "
+                f"({exc.strerror or exc}); point it to a writable folder or unset it"
+            ) from exc
         log.info("generating phantom centre %s in the phantom store %s", profile.name, kept)
         generate_centre(profile, staging, seed=seed)
         write_manifest(_manifest_moved(staging, kept), staging / "manifest.csv")

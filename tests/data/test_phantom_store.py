@@ -134,3 +134,12 @@ def test_a_damaged_store_entry_is_named(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=f"phantom store entry {entry} has no manifest.csv"):
         materialise_centre(PROFILE, tmp_path / "one", image_size=SIZE)
     assert [p.name for p in (tmp_path / "store").iterdir()] == [entry.name]  # no staging left
+
+
+def test_a_store_that_cannot_be_written_is_named_with_its_variable(tmp_path, monkeypatch):
+    # Prepare: the store's path is a file
+    (tmp_path / "store").write_text("")
+    monkeypatch.setenv(PHANTOM_STORE_ENV, str(tmp_path / "store"))
+    # Execute / Assert
+    with pytest.raises(DataError, match=f"{PHANTOM_STORE_ENV}=.*/store: the phantom store cannot"):
+        materialise_centre(PROFILE, tmp_path / "one", image_size=SIZE)
