@@ -219,17 +219,18 @@ def _use_grads(
             per_example[layer.weight] = conv2d_weight_grad_samples(layer, a[rows], g[rows], total)
     elif isinstance(layer, nn.Linear):
         a3 = a.reshape(a.shape[0], -1, a.shape[-1])  # (kn, T, I)
-        g3 = g.reshape(g.shape[0], -1, g.shape[-1]).transpose(1, 2)  # (kn, O, T)
+        g3 = g.reshape(g.shape[0], -1, g.shape[-1])  # (kn, T, O)
         if kind == "linear_input_grad":  # out = a @ W: d/dW = a^T g
-            a3, g3 = g3.transpose(1, 2), a3.transpose(1, 2)
+            a3, g3 = g3, a3
         elif layer.bias is not None and layer.bias.requires_grad:
-            _add(per_example, layer.bias, g3.sum(2).reshape(k, n, -1).sum(0))
+            _add(per_example, layer.bias, g3.sum(1).reshape(k, n, -1).sum(0))
         for s in range(k):
             rows = slice(s * n, (s + 1) * n)
+            gt = g3[rows].transpose(1, 2)  # (n, O, T) @ (n, T, I): summed over positions
             if layer.weight in per_example:
-                per_example[layer.weight].baddbmm_(g3[rows], a3[rows])
+                per_example[layer.weight].baddbmm_(gt, a3[rows])
             else:
-                per_example[layer.weight] = torch.bmm(g3[rows], a3[rows])
+                per_example[layer.weight] = torch.bmm(gt, a3[rows])
     elif kind == "norm_input_grad":  # out = a * weight per channel
         _add(per_example, layer.weight, (g * a).reshape(n, g.shape[1], -1).sum(2))
     else:  # a norm's forward use
