@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import processes
-from helpers.processes import BIN, free_port, prepare_sites, stop
+from helpers.processes import BIN, free_port, prepare_sites, stop, supernode_program
 from helpers.run_helpers import REPO, comparable_metrics, final_auc, results, run_cli
 
 from fedmammo.config import load_scenario
@@ -60,7 +60,7 @@ def _register(key: Path, name: str, env: dict, deadline: float) -> int:
 
 def _supernode(link: int, extra: list[str], node_cfg: str | None = None) -> list[str]:
     cmd = [
-        str(BIN / "flower-supernode"),
+        *supernode_program(),
         "--superlink",
         f"127.0.0.1:{link}",
         "--port",

@@ -95,20 +95,23 @@ def loopback_superlink(tmp_path: Path) -> tuple[dict, int, list[str]]:
     return env, link, cmd
 
 
+def supernode_program(*, quick_heartbeat: bool = False) -> list[str]:
+    """``flower-supernode`` that polls for messages every 0.2 s, not 3 s, when idle, and with
+    ``quick_heartbeat`` declares a 10 s heartbeat, not 30 s (``quick_supernode.py``)."""
+    program = [sys.executable, str(Path(__file__).with_name("quick_supernode.py"))]
+    return program + (["--quick-heartbeat"] if quick_heartbeat else [])
+
+
 def supernode(
     link: int, name: str, data_dir: Path, role: str, *, quick_heartbeat: bool = False
 ) -> list[str]:
-    """A plaintext SuperNode of centre ``name`` dialling the loopback SuperLink at ``link``;
-    ``quick_heartbeat``: it declares a 10 s heartbeat, not 30 s (``supernode_quick_heartbeat``)."""
+    """A plaintext SuperNode of centre ``name`` dialling the loopback SuperLink at ``link``
+    (:func:`supernode_program`)."""
     from fedmammo.federation.deployment import node_config
 
-    program = (
-        [sys.executable, str(Path(__file__).with_name("supernode_quick_heartbeat.py"))]
-        if quick_heartbeat
-        else [str(BIN / "flower-supernode")]
-    )
     return [
-        *program, "--insecure", "--superlink", f"127.0.0.1:{link}",
+        *supernode_program(quick_heartbeat=quick_heartbeat), "--insecure",
+        "--superlink", f"127.0.0.1:{link}",
         "--port", str(free_port()), "--node-config", node_config(name, data_dir, role=role),
     ]  # fmt: skip
 
