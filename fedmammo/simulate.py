@@ -331,7 +331,7 @@ def run(
     with ray_start as ray_up:
         prepare_data(scenario, thumbnails=run_dir / "thumbnails")
         spec.node_order = scenario.centre_names() + ([POOLED] if with_pooled else [])
-        os.environ[ENV_VAR] = str(spec.save())
+        spec.save()  # with the node order; ENV_VAR already names this file
         _run_engine(spec, scenario, ray_up, attached=cluster is not None)
     results = run_dir / "results.json"
     if not results.is_file():

@@ -135,7 +135,7 @@ def conv2d_weight_grad_samples(
     g3, cols = g.reshape(n, out_ch, -1), _unfold(layer, a).transpose(1, 2)
     if out is None:
         return torch.bmm(g3, cols).reshape(n, *layer.weight.shape)
-    out.reshape(n, out_ch, -1).baddbmm_(g3, cols)
+    out.view(n, out_ch, -1).baddbmm_(g3, cols)  # a view: the sum lands in ``out``
     return out
 
 
