@@ -37,13 +37,9 @@ def phantom_store(tmp_path_factory):
     commands the tests start): a phantom centre that many tests prepare in their own data
     folders is generated once and copied after (the same bytes)."""
     store = _session_folder(tmp_path_factory) / "phantom_store"
-    previous = os.environ.get(PHANTOM_STORE_ENV)
-    os.environ[PHANTOM_STORE_ENV] = str(store)
-    yield store
-    if previous is None:
-        os.environ.pop(PHANTOM_STORE_ENV, None)
-    else:
-        os.environ[PHANTOM_STORE_ENV] = previous
+    with pytest.MonkeyPatch.context() as session_env:  # restored when the session ends
+        session_env.setenv(PHANTOM_STORE_ENV, str(store))
+        yield store
 
 
 @pytest.fixture(scope="session")
