@@ -207,6 +207,36 @@ def test_flwr_run_config_gives_both_apps_the_same_spec(tmp_path):
         load_runspec({"scenario": str(TINY), "run-dir": "runs/x"})
 
 
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")  # Flower's pathspec
+def test_the_app_bundle_carries_the_package_and_its_yaml_and_no_tests_docs_or_caches(tmp_path):
+    # The FAB is what every SuperNode installs and what `flwr run` hashes: built from a copy
+    # of the checkout with a test file, a doc and import-linter's cache planted in it.
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    app = tmp_path / "fedmammo_app"
+    skip = shutil.ignore_patterns("__pycache__")
+    for folder in ("fedmammo", "scenarios", "centres", "strategies"):
+        shutil.copytree(REPO / folder, app / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, app / name)
+    clean = build_fab_from_disk(app)
+    for planted in ("tests/test_x.py", "tests/helpers/x.py", "docs/x.md", ".grimp_cache/x.json"):
+        (app / planted).parent.mkdir(parents=True, exist_ok=True)
+        (app / planted).write_text("{}")
+    assert build_fab_from_disk(app) == clean  # the bundle and its hash ignore them
+    assert build_fab_from_disk(REPO) == clean  # and the checkout, wherever it is, gives the same
+
+    names = set(zipfile.ZipFile(io.BytesIO(clean)).namelist())
+    wanted = {p.relative_to(app).as_posix() for p in app.glob("fedmammo/**/*.py")}
+    for folder in ("scenarios", "centres", "strategies"):
+        wanted |= {p.relative_to(app).as_posix() for p in app.glob(f"{folder}/*.yaml")}
+    assert "fedmammo/apps.py" in wanted and "centres/cbis_ddsm.yaml" in wanted
+    assert names == wanted | {"README.md", "LICENSE", "pyproject.toml", ".info/CONTENT"}
+
+
 # --------------------------------------------------------------------------- slow: flwr run
 #: The README's "Running with `flwr run`" commands (run from the checkout).
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
