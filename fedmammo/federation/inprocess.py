@@ -83,6 +83,7 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             message_id = str(uuid4())
+            message.metadata.__dict__["_message_id"] = message_id  # as Flower's grids do
             self._replies[message_id] = self._deliver(message, message_id)
             ids.append(message_id)
         return ids

@@ -28,15 +28,23 @@ def _echo() -> ClientApp:
 
 
 class QueueingGrid(InProcessGrid):
-    """Replies come out ``delay`` pulls after their message went in; messages to ``silent``
-    nodes are never answered. ``peak``: the most messages out at once; ``calls``: how the
-    caller used the grid."""
+    """Replies come out ``delay`` pulls after their message went in (``delays``: per node
+    instead); messages to ``silent`` nodes are never answered. ``peak``: the most messages
+    out at once; ``calls``: how the caller used the grid; ``arrived``: the replying nodes in
+    the order their replies came out."""
 
-    def __init__(self, nodes: int, *, delay: int = 2, silent: frozenset[int] = frozenset()):
+    def __init__(
+        self,
+        nodes: int,
+        *,
+        delay: int = 2,
+        delays: dict[int, int] | None = None,
+        silent: frozenset[int] = frozenset(),
+    ):
         super().__init__(_echo(), nodes)
-        self.delay, self.silent = delay, silent
+        self.delay, self.delays, self.silent = delay, delays or {}, silent
         self.out: dict[str, int] = {}  # message id -> pulls still to wait
-        self.peak, self.calls, self.pull_interval = 0, [], 0.001
+        self.peak, self.calls, self.pull_interval, self.arrived = 0, [], 0.001, []
 
     def push_messages(self, messages):
         messages = list(messages)
@@ -45,7 +53,7 @@ class QueueingGrid(InProcessGrid):
         for message, message_id in zip(messages, ids, strict=True):
             if message.metadata.dst_node_id in self.silent:
                 self._replies.pop(message_id)
-            self.out[message_id] = self.delay
+            self.out[message_id] = self.delays.get(message.metadata.dst_node_id, self.delay)
         self.peak = max(self.peak, len(self.out))
         return ids
 
@@ -58,7 +66,9 @@ class QueueingGrid(InProcessGrid):
                     ready.append(message_id)
         for message_id in ready:
             del self.out[message_id]
-        return super().pull_messages(ready)
+        replies = list(super().pull_messages(ready))
+        self.arrived += [r.metadata.src_node_id for r in replies]
+        return replies
 
     def send_and_receive(self, messages, *, timeout=None):
         """Flower's loop: push everything, pull until every reply is in."""
@@ -111,6 +121,21 @@ def test_without_a_window_or_within_it_flowers_own_call_sends_everything_at_once
         replies = send_and_receive(grid, _messages(grid), timeout=60, window=window)
     assert grid.calls[0] == ("send_and_receive", 30)
     assert grid.peak == 30 and len(replies) == 30
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_replies_come_back_in_the_order_of_their_messages_whatever_order_they_arrive_in(window):
+    # A FedAvg sum taken in arrival order changes in its last bits with that order.
+    grid = QueueingGrid(12)
+    nodes = grid.get_node_ids()
+    grid.delays = {n: 3 * (len(nodes) - i) for i, n in enumerate(nodes)}  # the last node first
+    with server_identity():
+        messages = _messages(grid)
+        replies = send_and_receive(grid, messages, timeout=60, window=window)
+        ids = [m.metadata.message_id for m in messages]
+    assert grid.arrived != list(nodes)  # they did arrive out of order
+    assert [r.metadata.src_node_id for r in replies] == list(nodes)
+    assert [r.metadata.reply_to_message_id for r in replies] == ids
 
 
 def test_the_window_is_a_few_messages_per_engine_worker():
