@@ -28,21 +28,14 @@ def _echo() -> ClientApp:
 
 
 class QueueingGrid(InProcessGrid):
-    """Replies come out ``delay`` pulls after their message went in (``delays``: per node
-    instead); messages to ``silent`` nodes are never answered. ``peak``: the most messages
-    out at once; ``calls``: how the caller used the grid; ``arrived``: the replying nodes in
-    the order their replies came out."""
+    """Replies come out ``delay`` pulls after their message went in (``delays``: node ->
+    pulls, for some nodes); messages to ``silent`` nodes are never answered. ``peak``: the
+    most messages out at once; ``calls``: how the caller used the grid; ``arrived``: the
+    replying nodes in the order their replies came out."""
 
-    def __init__(
-        self,
-        nodes: int,
-        *,
-        delay: int = 2,
-        delays: dict[int, int] | None = None,
-        silent: frozenset[int] = frozenset(),
-    ):
+    def __init__(self, nodes: int, *, delay: int = 2, silent: frozenset[int] = frozenset()):
         super().__init__(_echo(), nodes)
-        self.delay, self.delays, self.silent = delay, delays or {}, silent
+        self.delay, self.silent, self.delays = delay, silent, {}
         self.out: dict[str, int] = {}  # message id -> pulls still to wait
         self.peak, self.calls, self.pull_interval, self.arrived = 0, [], 0.001, []
 
