@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedmammo.federation.replies import in_sent_order
+
 __all__ = ["pull_interval_of", "send_and_receive", "window_for"]
 
 #: Messages out at once per engine worker (at least 8 in all): one running, the others queued.
@@ -47,7 +49,7 @@ def send_and_receive(
     grid: Grid, messages: Iterable[Message], *, timeout: float | None, window: int | None
 ) -> list[Message]:
     """The replies to ``messages``, as ``grid.send_and_receive`` returns them, but in the
-    order of the messages they answer, not of their arrival (:func:`_in_sent_order`).
+    order of the messages they answer, not of their arrival (``replies.in_sent_order``).
 
     With ``window`` (None: Flower's own call, every message at once), at most that many are
     out at a time: the next is sent as a reply comes in, and each message has ``timeout``
@@ -56,7 +58,7 @@ def send_and_receive(
     """
     messages = list(messages)
     if window is None or len(messages) <= window:
-        return _in_sent_order(grid.send_and_receive(messages, timeout=timeout), messages)
+        return in_sent_order(grid.send_and_receive(messages, timeout=timeout), messages)
     interval = min(pull_interval_of(grid), WINDOW_PULL_SECONDS)
     waiting, out, replies = deque(messages), {}, []  # out: message id -> deadline
     while waiting or out:
@@ -72,15 +74,4 @@ def send_and_receive(
             del out[message_id]
         if not got and out:
             time.sleep(interval)
-    return _in_sent_order(replies, messages)
-
-
-def _in_sent_order(replies: Iterable[Message], sent: list[Message]) -> list[Message]:
-    """``replies`` in the order of the ``sent`` messages they answer (a reply to none of them
-    last). Replies arrive in whatever order the centres finish, and a FedAvg sum of three or
-    more models taken in that order changes in its last bits with it: enough, over rounds of
-    training, to change a run's test metrics from one run of the same scenario and seed to
-    the next. The grid sets each message's id when it pushes it."""
-    position = {m.metadata.message_id: i for i, m in enumerate(sent)}
-    last = len(position)
-    return sorted(replies, key=lambda r: position.get(r.metadata.reply_to_message_id, last))
+    return in_sent_order(replies, messages)

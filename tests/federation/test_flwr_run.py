@@ -10,11 +10,13 @@ failing at once with the command that fixes it), the timeout settings, the run s
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -211,9 +213,6 @@ def test_flwr_run_config_gives_both_apps_the_same_spec(tmp_path):
 def test_the_app_bundle_carries_the_package_and_its_yaml_and_no_tests_docs_or_caches(tmp_path):
     # The FAB is what every SuperNode installs and what `flwr run` hashes: built from a copy
     # of the checkout with a test file, a doc and import-linter's cache planted in it.
-    import io
-    import zipfile
-
     from flwr.cli.build import build_fab_from_disk
 
     app = tmp_path / "fedmammo_app"
