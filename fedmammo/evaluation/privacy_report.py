@@ -14,7 +14,10 @@
   maximum over segments of the shared history composed with the segment's
   (:func:`recompute_epsilon`);
 - ``refusals``: rounds a centre refused (budget or plan exhausted), with the reason;
-- ``audits``: membership-inference results per centre, arm and seed, next to epsilon;
+- ``audits``: membership-inference results per centre, arm, seed and attack: AUC, TPR at 1%
+  FPR (at ``fpr_reached``), the epsilon the attack proves at 95% confidence
+  (``epsilon_lower_95``) and, under DP, the epsilon spent; a ``WARNING`` note when an attack
+  proves more than was spent;
 - ``summary``: per centre the largest ``ledger_epsilon`` over arms and seeds;
 - ``notes``.
 """
@@ -98,12 +101,26 @@ class PrivacyLog:
     def audit(
         self, *, centre: str, arm: str, seed: int, result: dict, attack: str = "loss_threshold"
     ) -> None:
-        """Record (or replace) one attack's audit of an arm's final model at a centre."""
+        """Record (or replace) one attack's audit of an arm's final model at a centre; a
+        warning (log and notes) when the attack proves more epsilon than the ledger spent."""
         key = {"centre": centre, "arm": arm, "seed": int(seed), "attack": attack}
         old = self._find(self.audits, **key)
         if old is not None:
             self.audits.remove(old)
         self.audits.append({**key, **result})
+        spent = result.get("epsilon")
+        for name, proved in (
+            (attack, result.get("epsilon_lower_95")),
+            ("LiRA", result.get("lira_epsilon_lower_95")),
+        ):
+            if spent is not None and proved is not None and proved > spent:
+                text = (
+                    f"WARNING: the {name} audit of {arm} (seed {seed}) at centre {centre} proves "
+                    f"epsilon >= {proved:.2f} at 95% confidence, more than the {spent:.2f} its "
+                    "ledger spent: check how this arm trained there"
+                )
+                logger.warning("%s", text)
+                self.note(text)
 
     def note(self, text: str) -> None:
         """Add a note once."""

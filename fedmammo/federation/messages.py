@@ -368,17 +368,21 @@ class CentreInfo(Config):
 
 @message("evaluate.audit reply")
 class AuditMetrics(Metrics):
-    """A membership audit's scores and counts; under DP the epsilon spent and its TPR bound."""
+    """A membership audit's scores and counts, the epsilon the attack proves at 95% and, under
+    DP, the epsilon spent and its TPR bound (:class:`fedmammo.privacy.audit.AuditResult`)."""
 
     auc: float = wire("auc")
     tpr_at_1pct_fpr: float = wire("tpr-at-1pct-fpr")
     n_members: int = wire("n-members")
     n_nonmembers: int = wire("n-nonmembers")
+    fpr_reached: float = wire("fpr-reached", 0.0)
+    epsilon_lower_95: float = wire("epsilon-lower-95", 0.0)
     epsilon: float | None = wire("epsilon", None)
     delta: float | None = wire("delta", None)
     tpr_bound_at_1pct_fpr: float | None = wire("tpr-bound-at-1pct-fpr", None)
     lira_auc: float | None = wire("lira-auc", None)
     lira_tpr_at_1pct_fpr: float | None = wire("lira-tpr-at-1pct-fpr", None)
+    lira_epsilon_lower_95: float | None = wire("lira-epsilon-lower-95", None)
     compute_seconds: float = wire("compute-seconds", 0.0)
 
     def scores(self) -> dict[str, float]:

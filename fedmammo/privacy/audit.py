@@ -2,7 +2,10 @@
 
 Every attack turns per-example scores (higher = "member") into an :class:`AuditResult`:
 the attack's ROC AUC and its TPR at 1% FPR, to report next to the bound that epsilon implies
-(``TPR <= e^eps * FPR + delta``).
+(``TPR <= e^eps * FPR + delta``), and the epsilon the attack proves at 95% confidence
+(:meth:`AuditResult.epsilon_lower_bound`). With fewer than 100 non-members the 1%-FPR point
+is an FPR of 0 observed on few examples, so its TPR may exceed the 1% bound without
+contradicting DP; the lower bound accounts for that.
 """
 
 from __future__ import annotations
@@ -42,19 +45,45 @@ class AuditResult:
     n_members: int
     n_nonmembers: int
     attack: str = ""
+    #: The FPR of the operating point ``tpr_at_1pct_fpr`` reports: the lowest FPR (<= 1%) at
+    #: which the scores reach that TPR (always 0 with fewer than 100 non-members).
+    fpr_reached: float = 0.0
 
     @staticmethod
     def epsilon_bound_tpr(epsilon: float, delta: float, fpr: float = 0.01) -> float:
         """Largest TPR an (epsilon, delta)-DP model allows at ``fpr``: min(1, e^eps fpr + delta)."""
-        if math.isinf(epsilon):
+        if epsilon >= math.log(1.0 / fpr):  # e^eps * fpr >= 1 (and no overflow at eps 1000)
             return 1.0
         return float(min(1.0, math.exp(epsilon) * fpr + delta))
 
+    def epsilon_lower_bound(self, delta: float = 0.0, confidence: float = 0.95) -> float:
+        """The epsilon this attack proves at ``confidence``: ``log((TPR_low - delta) / FPR_high)``.
+
+        An (epsilon, delta)-DP model lets no test exceed ``TPR <= e^eps FPR + delta``, so the
+        attack's operating point (``tpr_at_1pct_fpr`` at ``fpr_reached``) bounds epsilon from
+        below once sampling error is allowed for (Jagielski et al. 2020): TPR_low and FPR_high
+        are the Clopper-Pearson bounds (scipy's exact binomial interval at ``confidence``, each
+        side one-sided at (1 + confidence) / 2, so both hold together at ``confidence``). 0 when
+        the attack proves nothing. The threshold is chosen on the same scores, which favours
+        the attacker: a bound above the epsilon spent is a reason to check the training.
+        """
+        from scipy.stats import binomtest
+
+        tp = round(self.tpr_at_1pct_fpr * self.n_members)
+        fp = round(self.fpr_reached * self.n_nonmembers)
+        tpr_low = binomtest(tp, self.n_members).proportion_ci(confidence, "exact").low
+        fpr_high = binomtest(fp, self.n_nonmembers).proportion_ci(confidence, "exact").high
+        if tpr_low <= delta:
+            return 0.0
+        return max(0.0, math.log((tpr_low - delta) / fpr_high))
+
     def to_dict(self, *, epsilon: float | None = None, delta: float | None = None) -> dict:
-        """JSON-safe dict; with epsilon and delta also the TPR bound at 1% FPR."""
+        """JSON-safe dict with ``epsilon_lower_95``; with epsilon and delta also the TPR bound
+        at 1% FPR (the lower bound then allows for delta)."""
         out: dict[str, Any] = asdict(self)
         if epsilon is not None and delta is not None:
             out["tpr_bound_at_1pct_fpr"] = self.epsilon_bound_tpr(epsilon, delta)
+        out["epsilon_lower_95"] = self.epsilon_lower_bound(delta or 0.0)
         return out
 
 
@@ -79,13 +108,15 @@ def attack_result(member_scores: Any, nonmember_scores: Any, *, attack: str = ""
     y = np.r_[np.ones(m.size), np.zeros(n.size)]
     s = np.r_[m, n]
     fpr, tpr, _ = roc_curve(y, s)
-    tpr_low = float(tpr[fpr <= 0.01].max()) if np.any(fpr <= 0.01) else 0.0
+    # The best TPR at FPR <= 1% (the curve starts at (0, 0)), at the lowest FPR that reaches it.
+    point = int(np.argmax(tpr >= tpr[fpr <= 0.01].max()))
     return AuditResult(
         attack_auc=float(roc_auc_score(y, s)),
-        tpr_at_1pct_fpr=tpr_low,
+        tpr_at_1pct_fpr=float(tpr[point]),
         n_members=int(m.size),
         n_nonmembers=int(n.size),
         attack=attack,
+        fpr_reached=float(fpr[point]),
     )
 
 

@@ -117,6 +117,23 @@ def test_refusals_audits_notes_and_non_finite_values_are_json_safe(tmp_path):
     ]
 
 
+def test_an_audit_proving_more_epsilon_than_spent_is_a_warning(tmp_path, caplog):
+    # Prepare: LiRA proves 3.1 where the ledger spent 2.0; the loss attack proves 0.4.
+    log = PrivacyLog(tmp_path)
+    result = {"auc": 0.8, "epsilon": 2.0, "epsilon_lower_95": 0.4, "lira_epsilon_lower_95": 3.1}
+    # Execute
+    log.audit(centre="A", arm="local-A", seed=1, result=result)
+    log.audit(centre="B", arm="local-B", seed=1, result={**result, "lira_epsilon_lower_95": 1.9})
+    log.audit(centre="C", arm="pooled", seed=1, result={"auc": 0.9, "epsilon_lower_95": 5.0})
+    # Assert: one warning, naming the attack, arm, centre and both epsilons; none without DP
+    expected = (
+        "WARNING: the LiRA audit of local-A (seed 1) at centre A proves epsilon >= 3.10 at 95% "
+        "confidence, more than the 2.00 its ledger spent: check how this arm trained there"
+    )
+    assert log.notes == [expected]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [expected]
+
+
 def sweep_table() -> pd.DataFrame:
     """A sweep.csv-like table: 2 arms x epsilons (1, 8, no DP) x 2 seeds, test AUC at T."""
     rows = []

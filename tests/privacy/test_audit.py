@@ -90,6 +90,8 @@ def test_epsilon_bound_tpr():
     assert AuditResult.epsilon_bound_tpr(1.0, 1e-5) == pytest.approx(math.e * 0.01 + 1e-5)
     assert AuditResult.epsilon_bound_tpr(10.0, 1e-5) == 1.0
     assert AuditResult.epsilon_bound_tpr(math.inf, 1e-5) == 1.0
+    assert AuditResult.epsilon_bound_tpr(1000.0, 1e-5) == 1.0  # e^1000 overflowed a float
+    assert AuditResult.epsilon_bound_tpr(math.log(100) - 1e-9, 0.0) == pytest.approx(1.0)
     r = attack_result([1.0], [0.0])
     assert r.to_dict(epsilon=0.0, delta=0.0)["tpr_bound_at_1pct_fpr"] == pytest.approx(0.01)
 
@@ -104,6 +106,63 @@ def test_attack_result_auc_and_tpr_at_low_fpr():
     assert r.tpr_at_1pct_fpr == pytest.approx(0.3)
     expected_auc = (30 * 200 + 70 * 101) / (100 * 200)
     assert r.attack_auc == pytest.approx(expected_auc)
+
+
+def test_fpr_reached_is_the_operating_points_fpr():
+    # 200 non-members: 1% FPR is 2 of them, above 30 of the members; 28 non-members: the 1%
+    # point is an FPR of 0.
+    r = attack_result(np.r_[np.full(20, 500.0), np.full(30, 197.5), np.zeros(50)], np.arange(200.0))
+    assert (r.tpr_at_1pct_fpr, r.fpr_reached) == (pytest.approx(0.5), pytest.approx(0.01))
+    r = attack_result(np.r_[np.full(8, 99.0), np.zeros(104)], np.arange(28.0))
+    assert (r.tpr_at_1pct_fpr, r.fpr_reached) == (pytest.approx(8 / 112), 0.0)
+    # A flat stretch of the curve ending in ties past 1%: the lowest FPR with that TPR.
+    r = attack_result([10.0, 10.0, 2.0, 2.0], [5.0, 2.0, 2.0, 2.0, 2.0] + [0.0] * 295)
+    assert (r.tpr_at_1pct_fpr, r.fpr_reached) == (pytest.approx(0.5), 0.0)
+
+
+def test_epsilon_lower_bound_of_a_perfect_attack_is_the_clopper_pearson_limit():
+    # Prepare: n members all above n non-members; the exact bounds at 97.5% one-sided.
+    n = 1000
+    r = attack_result(np.ones(n), np.zeros(n))
+    tpr_low, fpr_high = 0.025 ** (1 / n), 1 - 0.025 ** (1 / n)
+    # Execute / Assert: log(TPR_low / FPR_high), and delta taken off the TPR.
+    assert r.epsilon_lower_bound() == pytest.approx(math.log(tpr_low / fpr_high), rel=1e-9)
+    assert r.epsilon_lower_bound(delta=0.5) == pytest.approx(
+        math.log((tpr_low - 0.5) / fpr_high), rel=1e-9
+    )
+    assert r.to_dict()["epsilon_lower_95"] == pytest.approx(5.600, abs=1e-3)
+
+
+def test_a_tpr_above_the_1pct_bound_on_few_non_members_proves_nothing():
+    # Prepare: a generator audit as measured (C at epsilon 1): 8 of 112 members caught at an
+    # FPR of 0 on 28 non-members, above the 1% bound of epsilon 1 (0.027).
+    r = attack_result(np.r_[np.full(8, 99.0), np.zeros(104)], np.arange(28.0))
+    bound = AuditResult.epsilon_bound_tpr(1.0, 1e-5)
+    # Execute
+    scores = r.to_dict(epsilon=1.0, delta=1e-5)
+    # Assert: above the bound, yet the upper FPR on 28 examples (12%) leaves epsilon unproved.
+    assert r.tpr_at_1pct_fpr > bound
+    assert scores["epsilon_lower_95"] == 0.0
+    assert r.epsilon_lower_bound() == 0.0
+    assert attack_result([0.0], [1.0]).epsilon_lower_bound() == 0.0  # no member caught
+
+
+def test_epsilon_lower_bound_of_the_laplace_mechanism():
+    # Prepare: a member's score is 1 + Laplace(1 / eps), a non-member's 0 + Laplace(1 / eps):
+    # the mechanism is eps-DP, and beyond score 1 every threshold's TPR / FPR is exactly e^eps.
+    eps, rng = 2.0, np.random.default_rng(0)
+    # Execute: many small audits, and one large one.
+    small = [
+        attack_result(
+            1.0 + rng.laplace(0, 1 / eps, 1000), rng.laplace(0, 1 / eps, 1000)
+        ).epsilon_lower_bound()
+        for _ in range(200)
+    ]
+    large = attack_result(1.0 + rng.laplace(0, 1 / eps, 40_000), rng.laplace(0, 1 / eps, 40_000))
+    # Assert: a valid lower bound (at most ~5% of audits above eps, allowing the threshold
+    # chosen on the same scores), and a tight one when the audit is large.
+    assert np.mean(np.array(small) > eps) <= 0.05
+    assert 1.6 < large.epsilon_lower_bound() <= eps
 
 
 def test_logan_scores_are_d_outputs():

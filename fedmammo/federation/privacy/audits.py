@@ -78,17 +78,18 @@ def attack_metrics(
     spent = ledger_epsilon(context, ident, ledger_name(m), m.prior, n_trained)
     if spent is None and parent_ledger:
         spent = ledger_epsilon(context, ident, str(parent_ledger), None, n_trained)
-    dp = {}
-    if spent is not None:
-        eps, delta = spent
-        bound = AuditResult.epsilon_bound_tpr(eps, delta)
-        dp = dict(epsilon=eps, delta=delta, tpr_bound_at_1pct_fpr=bound)
+    eps, delta = spent if spent is not None else (None, None)
+    scores = result.to_dict(epsilon=eps, delta=delta)
     return AuditMetrics(
         auc=result.attack_auc,
         tpr_at_1pct_fpr=result.tpr_at_1pct_fpr,
         n_members=result.n_members,
         n_nonmembers=result.n_nonmembers,
-        **dp,
+        fpr_reached=result.fpr_reached,
+        epsilon_lower_95=scores["epsilon_lower_95"],
+        epsilon=eps,
+        delta=delta,
+        tpr_bound_at_1pct_fpr=scores.get("tpr_bound_at_1pct_fpr"),
         compute_seconds=time.perf_counter() - start,
     )
 
@@ -128,6 +129,7 @@ def audit(msg: Message, context: Context) -> Message:
             metrics,
             lira_auc=lira.attack_auc,
             lira_tpr_at_1pct_fpr=lira.tpr_at_1pct_fpr,
+            lira_epsilon_lower_95=lira.epsilon_lower_bound(metrics.delta or 0.0),
             compute_seconds=time.perf_counter() - start,
         )
     return reply(msg, context, {METRICS: metrics.to_metrics()})

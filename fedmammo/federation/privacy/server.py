@@ -40,6 +40,10 @@ __all__ = [
     "run_audits",
 ]
 
+#: An attack's scores kept in the run's records (``attack_<name>``, ``logan_attack_<name>``,
+#: ``lira_attack_<name>``); privacy.json keeps every score and count.
+RECORDED = ("auc", "tpr_at_1pct_fpr", "tpr_bound_at_1pct_fpr", "epsilon_lower_95")
+
 
 def ledger_of(arm: str, seed: int) -> str:
     """The ledger of an arm and seed: each is a separate what-if deployment."""
@@ -171,15 +175,11 @@ def run_audits(
     log = PrivacyLog(orc.run_dir)
     for c, content in replies.items():
         result = AuditMetrics.from_metrics(content[METRICS]).scores()
-        rows = [
-            {"metric": f"attack_{k}", "value": v}
-            for k, v in result.items()
-            if k in ("auc", "tpr_at_1pct_fpr", "tpr_bound_at_1pct_fpr")
-        ]
+        rows = [{"metric": f"attack_{k}", "value": v} for k, v in result.items() if k in RECORDED]
         rows += [  # offline LiRA, when the recipe asks for shadow models
-            {"metric": f"lira_attack_{k.removeprefix('lira_')}", "value": v}
-            for k, v in result.items()
-            if k in ("lira_auc", "lira_tpr_at_1pct_fpr")
+            {"metric": f"lira_attack_{k}", "value": result[f"lira_{k}"]}
+            for k in RECORDED
+            if f"lira_{k}" in result
         ]
         orc.recorder.add(rows, arm=arm, seed=seed, centre=c, split="audit")
         log.audit(centre=c, arm=arm, seed=seed, result=result)
@@ -217,9 +217,7 @@ def record_generator_privacy(orc: Any, *, centre: str, name: str, seed: int, con
             log.audit(centre=centre, arm=name, seed=seed, result=result, attack=attack)
             prefix = "attack" if attack == "gan_leaks" else f"{attack}_attack"
             rows += [
-                {"metric": f"{prefix}_{k}", "value": v}
-                for k, v in result.items()
-                if k in ("auc", "tpr_at_1pct_fpr", "tpr_bound_at_1pct_fpr")
+                {"metric": f"{prefix}_{k}", "value": v} for k, v in result.items() if k in RECORDED
             ]
         orc.recorder.add(rows, arm=name, seed=seed, centre=centre, split="audit")
     log.write()

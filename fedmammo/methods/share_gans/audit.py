@@ -13,7 +13,7 @@ import torch
 
 from fedmammo.errors import DataError
 from fedmammo.models.gans import GeneratorDescription, build_discriminator
-from fedmammo.privacy.audit import AuditResult, gan_leaks_attack, logan_attack
+from fedmammo.privacy.audit import gan_leaks_attack, logan_attack
 
 __all__ = ["GENERATOR_ATTACKS", "audit_generator"]
 
@@ -48,8 +48,9 @@ def audit_generator(
     """GAN-Leaks and LOGAN attack results on patches ``(N, S, S)`` in [0, 1], per attack.
 
     Members are the generator's training patches, non-members held-out patches of the same
-    centre. Each result holds ``auc``, ``tpr_at_1pct_fpr``, the two counts and, with
-    ``epsilon``, the TPR bound at 1% FPR that (epsilon, delta)-DP implies.
+    centre. Each result holds ``auc``, ``tpr_at_1pct_fpr`` at ``fpr_reached``, the two
+    counts, ``epsilon_lower_95`` (the epsilon the attack proves) and, with ``epsilon``, the TPR
+    bound at 1% FPR that (epsilon, delta)-DP implies.
     """
     if len(members) < 2 or len(nonmembers) < 2:
         raise DataError(
@@ -65,18 +66,9 @@ def audit_generator(
     }
     out = {}
     for name, r in results.items():
-        out[name] = {
-            "auc": r.attack_auc,
-            "tpr_at_1pct_fpr": r.tpr_at_1pct_fpr,
-            "n_members": r.n_members,
-            "n_nonmembers": r.n_nonmembers,
-        }
+        fields = r.to_dict(epsilon=epsilon, delta=delta)
+        del fields["attack"]  # the key of out
+        out[name] = {"auc": fields.pop("attack_auc"), **fields}
         if epsilon is not None and delta is not None:
-            out[name].update(
-                {
-                    "epsilon": epsilon,
-                    "delta": delta,
-                    "tpr_bound_at_1pct_fpr": AuditResult.epsilon_bound_tpr(epsilon, delta),
-                }
-            )
+            out[name].update({"epsilon": epsilon, "delta": delta})
     return out

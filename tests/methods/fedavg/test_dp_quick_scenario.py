@@ -72,8 +72,14 @@ def test_dp_quick_privacy_json_matches_dp_accounting_and_audits_are_recorded(tmp
         ("tiny_a", "attack_tpr_bound_at_1pct_fpr"),
         ("tiny_a", "lira_attack_auc"),
         ("tiny_b", "lira_attack_tpr_at_1pct_fpr"),
+        ("tiny_a", "attack_epsilon_lower_95"),
+        ("tiny_b", "lira_attack_epsilon_lower_95"),
     }
-    assert all(0.0 <= m["value"] <= 1.0 for m in audits)
+    proved = [m for m in audits if m["metric"].endswith("epsilon_lower_95")]
+    assert all(0.0 <= m["value"] <= 1.0 for m in audits if m not in proved)
+    # what the attacks prove stays within each centre's spend (no warning note)
+    assert all(0.0 <= m["value"] <= by_centre[m["centre"]]["ledger_epsilon"] for m in proved)
+    assert not any(n.startswith("WARNING") for n in privacy["notes"])
     assert {a["centre"]: a["epsilon"] for a in privacy["audits"]} == pytest.approx(
         {c: r["ledger_epsilon"] for c, r in by_centre.items()}
     )

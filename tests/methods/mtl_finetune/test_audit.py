@@ -47,7 +47,15 @@ MODEL = {
     },
 }
 TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.005, "augment": False}
-SCORE_KEYS = {"auc", "tpr-at-1pct-fpr", "n-members", "n-nonmembers", "compute-seconds"}
+SCORE_KEYS = {
+    "auc",
+    "tpr-at-1pct-fpr",
+    "fpr-reached",
+    "epsilon-lower-95",
+    "n-members",
+    "n-nonmembers",
+    "compute-seconds",
+}
 BOUND_KEYS = {"epsilon", "delta", "tpr-bound-at-1pct-fpr"}
 
 
@@ -140,6 +148,8 @@ def test_overfit_net_separates_members_and_a_dp_net_reports_the_bound(centre):
     bound = min(1.0, math.exp(dp["epsilon"]) * 0.01 + dp["delta"])
     assert dp["tpr-bound-at-1pct-fpr"] == pytest.approx(bound)
     assert dp["auc"] < plain["auc"]  # 0.60 here
+    # ... and the epsilon the attack proves stays within the one spent (19 members prove none)
+    assert 0.0 <= dp["epsilon-lower-95"] <= dp["epsilon"]
 
 
 def test_finetuned_model_where_only_pretraining_ran_reports_the_parent_ledger(centre):

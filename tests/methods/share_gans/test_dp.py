@@ -72,6 +72,9 @@ def test_each_generator_spends_its_own_budget_and_it_recomputes_independently(dp
     assert orc.recorder.failures == []
 
 
+PREFIX = {"gan_leaks": "attack", "logan": "logan_attack"}  # the records' metric prefix
+
+
 def test_generator_audits_run_at_the_sharing_centre_and_only_scores_leave(dp_run):
     # Prepare
     orc, grid = dp_run
@@ -85,6 +88,13 @@ def test_generator_audits_run_at_the_sharing_centre_and_only_scores_leave(dp_run
         eps = next(r["epsilon"] for r in privacy["records"] if r["arm"] == name)
         bound = by_key[(name, "attack_tpr_bound_at_1pct_fpr")]
         assert bound == pytest.approx(min(1.0, math.exp(eps) * 0.01), abs=1e-3)
+        for prefix in ("attack", "logan_attack"):  # what each attack proves, within the spend
+            assert 0.0 <= by_key[(name, f"{prefix}_epsilon_lower_95")] <= eps
+    for a in privacy["audits"]:  # privacy.json: the operating point's FPR, and the same bound
+        assert 0.0 <= a["fpr_reached"] <= 0.01
+        assert (
+            a["epsilon_lower_95"] == by_key[(a["arm"], f"{PREFIX[a['attack']]}_epsilon_lower_95")]
+        )
     attacks = {(a["arm"], a["attack"]) for a in privacy["audits"]}
     assert attacks == {(g, a) for g in GENERATORS for a in ("gan_leaks", "logan")}
     replies = [c for centre, k, c in grid.replies if k == "train.generator"]
