@@ -16,8 +16,9 @@
 - ``refusals``: rounds a centre refused (budget or plan exhausted), with the reason;
 - ``audits``: membership-inference results per centre, arm, seed and attack: AUC, TPR at 1%
   FPR (at ``fpr_reached``), the epsilon the attack proves at 95% confidence
-  (``epsilon_lower_95``) and, under DP, the epsilon spent; a ``WARNING`` note when an attack
-  proves more than was spent;
+  (``epsilon_lower_95``), the most any attack could prove on those counts
+  (``epsilon_provable_95``) and, under DP, the epsilon spent; a ``WARNING`` note when an
+  attack proves more than was spent;
 - ``summary``: per centre the largest ``ledger_epsilon`` over arms and seeds;
 - ``notes``.
 """
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from fedmammo.privacy.accounting import epsilon_of
+from fedmammo.privacy.audit import AuditResult
 
 __all__ = [
     "PRIVACY_FILE",
@@ -101,12 +103,18 @@ class PrivacyLog:
     def audit(
         self, *, centre: str, arm: str, seed: int, result: dict, attack: str = "loss_threshold"
     ) -> None:
-        """Record (or replace) one attack's audit of an arm's final model at a centre; a
-        warning (log and notes) when the attack proves more epsilon than the ledger spent."""
+        """Record (or replace) one attack's audit of an arm's final model at a centre, with
+        ``epsilon_provable_95`` (the most any attack could prove on its counts); a warning
+        (log and notes) when the attack proves more epsilon than the ledger spent."""
         key = {"centre": centre, "arm": arm, "seed": int(seed), "attack": attack}
         old = self._find(self.audits, **key)
         if old is not None:
             self.audits.remove(old)
+        if "n_members" in result and "n_nonmembers" in result:
+            provable = AuditResult.provable_epsilon(
+                result["n_members"], result["n_nonmembers"], result.get("delta") or 0.0
+            )
+            result = {**result, "epsilon_provable_95": provable}
         self.audits.append({**key, **result})
         spent = result.get("epsilon")
         for name, proved in (

@@ -77,6 +77,15 @@ class AuditResult:
             return 0.0
         return max(0.0, math.log((tpr_low - delta) / fpr_high))
 
+    @classmethod
+    def provable_epsilon(
+        cls, n_members: int, n_nonmembers: int, delta: float = 0.0, confidence: float = 0.95
+    ) -> float:
+        """The most any attack could prove on these counts (every member caught at FPR 0):
+        an audit of fewer examples cannot check a larger epsilon."""
+        perfect = cls(1.0, 1.0, int(n_members), int(n_nonmembers), fpr_reached=0.0)
+        return perfect.epsilon_lower_bound(delta, confidence)
+
     def to_dict(self, *, epsilon: float | None = None, delta: float | None = None) -> dict:
         """JSON-safe dict with ``epsilon_lower_95``; with epsilon and delta also the TPR bound
         at 1% FPR (the lower bound then allows for delta)."""

@@ -134,6 +134,20 @@ def test_an_audit_proving_more_epsilon_than_spent_is_a_warning(tmp_path, caplog)
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [expected]
 
 
+def test_an_audit_records_the_most_its_counts_could_prove(tmp_path):
+    # Prepare: C's generator audit in the full privacy_budget sweep (112 and 28 patches).
+    log = PrivacyLog(tmp_path)
+    counts = {"n_members": 112.0, "n_nonmembers": 28.0, "delta": 1e-5, "epsilon": 8.0}
+    # Execute
+    log.audit(centre="C", arm="C_dcgan_all", seed=0, result={"auc": 0.51, **counts})
+    log.audit(centre="C", arm="old", seed=0, result={"auc": 0.5})  # a record without counts
+    # Assert: a perfect attack on 28 held-out patches proves epsilon >= 2.06 at most
+    provable = math.log((0.025 ** (1 / 112) - 1e-5) / (1 - 0.025 ** (1 / 28)))
+    assert log.audits[0]["epsilon_provable_95"] == pytest.approx(provable, rel=1e-9)
+    assert log.audits[0]["epsilon_provable_95"] == pytest.approx(2.06, abs=0.01)
+    assert "epsilon_provable_95" not in log.audits[1]
+
+
 def sweep_table() -> pd.DataFrame:
     """A sweep.csv-like table: 2 arms x epsilons (1, 8, no DP) x 2 seeds, test AUC at T."""
     rows = []

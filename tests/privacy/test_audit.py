@@ -131,6 +131,11 @@ def test_epsilon_lower_bound_of_a_perfect_attack_is_the_clopper_pearson_limit():
         math.log((tpr_low - 0.5) / fpr_high), rel=1e-9
     )
     assert r.to_dict()["epsilon_lower_95"] == pytest.approx(5.600, abs=1e-3)
+    # ... which is what these counts can prove at most; 166 members and 50 non-members: 2.6
+    assert AuditResult.provable_epsilon(n, n) == pytest.approx(r.epsilon_lower_bound())
+    assert AuditResult.provable_epsilon(166, 50) == pytest.approx(
+        math.log(0.025 ** (1 / 166) / (1 - 0.025 ** (1 / 50))), rel=1e-9
+    )
 
 
 def test_a_tpr_above_the_1pct_bound_on_few_non_members_proves_nothing():
