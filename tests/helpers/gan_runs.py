@@ -20,6 +20,7 @@ ARMS = [
     "A+synth_C_dcgan",
     "A+synth_B_dcgan+synth_C_dcgan",
     "A+harmonised_B_dcgan",
+    "A+untrained_dcgan",
 ]
 METRICS = ("accuracy", "f1", "auc", "auprc")
 

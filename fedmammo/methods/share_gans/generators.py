@@ -3,7 +3,8 @@
 ``generators/<centre>_<gan>_<subset>/`` holds ``gen-e<epoch>.pt`` state dicts of the
 snapshots plus ``description.json`` (a :class:`~fedmammo.models.gans.GeneratorDescription`
 whose ``extra`` holds the subset, training parameters and the Frechet figures), so
-``load_generators: <run dir>`` in another scenario reuses them.
+``load_generators: <run dir>`` in another scenario reuses them. The control arms'
+generators (``untrained_<gan>``) are made here by :func:`untrained_generator`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedmammo.errors import ConfigError
-from fedmammo.models.gans import GeneratorDescription
+from fedmammo.models.gans import GeneratorDescription, build_generator, describe
 
 __all__ = [
     "GENERATORS_DIR",
@@ -24,6 +25,7 @@ __all__ = [
     "generator_name",
     "load_shared_generator",
     "save_shared_generator",
+    "untrained_generator",
 ]
 
 GENERATORS_DIR = "generators"
@@ -66,3 +68,23 @@ def load_shared_generator(folder: Path) -> SharedGenerator:
         (Path(f).stem, ArrayRecord(torch.load(folder / f, weights_only=True))) for f in files
     ]
     return SharedGenerator(name=folder.name, description=desc, snapshots=snapshots)
+
+
+def untrained_generator(
+    name: str, kind: str, *, patch_size: int, latent_dim: int, width: int, seed: int, subset: str
+) -> SharedGenerator:
+    """A control arm's generator: ``kind``'s architecture as initialised (seeded by ``seed``),
+    never trained, so it carries nothing of any centre's data; one snapshot, ``gen-e0``."""
+    with torch.random.fork_rng():  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        gen = build_generator(patch_size=patch_size, latent_dim=latent_dim, width=width)
+    desc = describe(
+        kind,
+        patch_size=patch_size,
+        latent_dim=latent_dim,
+        width=width,
+        epochs=0,
+        snapshot_epochs=[0],
+        extra={"subset": subset, "training": {"untrained": True}},
+    )
+    return SharedGenerator(name, desc, [("gen-e0", ArrayRecord(gen.state_dict()))])

@@ -8,7 +8,10 @@ Arms are strings: the receiving centre's name, then ``+``-joined additions, e.g.
 - ``A+synth_B_dcgan``: plus synthetic lesion patches from B's DCGAN (``wgan_gp`` likewise);
 - ``A+synth_B_dcgan+synth_C_dcgan``: half from each generator;
 - ``A+harmonised_B_dcgan``: B's synthetic patches translated into A's style by a CycleGAN that
-  A trains between its own lesion patches and B's synthetic ones (CycleGAN-UDA paper).
+  A trains between its own lesion patches and B's synthetic ones (CycleGAN-UDA paper);
+- ``A+untrained_dcgan``: a negative control, built like ``A+synth_B_dcgan`` but from a
+  generator of the recipe's architecture that never trained (the server initialises it; no
+  centre's data, no privacy cost): what an arm gains without any generator's content.
 
 Every arm runs for each lesion subset (``all``, ``masses``), each fraction of the receiver's
 training images and each scenario seed; results are recorded under
@@ -29,6 +32,7 @@ from fedmammo.config import recipe as shared
 from fedmammo.config.recipe import ModelParams, RecipeParams
 
 __all__ = [
+    "UNTRAINED",
     "ArmSpec",
     "ClassifierParams",
     "CycleGanParams",
@@ -40,6 +44,8 @@ __all__ = [
 ]
 
 GAN_NAMES = ("dcgan", "wgan_gp")
+#: The "centre" of a control arm's generator (``untrained_<gan>``): none trained it.
+UNTRAINED = "untrained"
 Subset = Literal["all", "masses"]
 
 
@@ -50,7 +56,7 @@ class ArmSpec:
     name: str
     receiver: str
     real: str | None = None  # centre whose real lesion patches are added (simulation only)
-    synthetic: tuple[tuple[str, str], ...] = ()  # (centre, gan) generators sampled
+    synthetic: tuple[tuple[str, str], ...] = ()  # (centre or UNTRAINED, gan) generators sampled
     harmonised: bool = False  # translate the (single) generator's patches into A's style
 
     @property
@@ -72,6 +78,13 @@ def _centre_gan(token: str, prefix: str, arm: str) -> tuple[str, str]:
     )
 
 
+def _untrained(token: str, arm: str) -> tuple[str, str]:
+    gan = token.removeprefix("untrained_")
+    if gan not in GAN_NAMES:
+        raise ValueError(f"arm {arm!r}: {token!r} must be untrained_<gan> with gan in {GAN_NAMES}")
+    return UNTRAINED, gan
+
+
 def parse_arm(name: str) -> ArmSpec:
     """Parse an arm string (see the module docstring); ValueError explains a bad one."""
     tokens = name.split("+")
@@ -80,12 +93,14 @@ def parse_arm(name: str) -> ArmSpec:
         raise ValueError(f"arm {name!r}: expected '<receiver>[+<addition>...]', no '@'")
     real = [t.removeprefix("real_") for t in additions if t.startswith("real_")]
     synth = [_centre_gan(t, "synth_", name) for t in additions if t.startswith("synth_")]
+    synth += [_untrained(t, name) for t in additions if t.startswith("untrained_")]
     harm = [_centre_gan(t, "harmonised_", name) for t in additions if t.startswith("harmonised_")]
-    unknown = [t for t in additions if not t.startswith(("real_", "synth_", "harmonised_"))]
+    prefixes = ("real_", "synth_", "harmonised_", "untrained_")
+    unknown = [t for t in additions if not t.startswith(prefixes)]
     if unknown:
         raise ValueError(
             f"arm {name!r}: unknown addition(s) {unknown}; use real_<centre>, "
-            "synth_<centre>_<gan> or harmonised_<centre>_<gan>"
+            "synth_<centre>_<gan>, harmonised_<centre>_<gan> or untrained_<gan>"
         )
     kinds = sum(bool(x) for x in (real, synth, harm))
     if kinds > 1 or len(real) > 1 or len(harm) > 1 or len(set(synth)) != len(synth):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from fedmammo.config import Scenario
 from fedmammo.errors import ConfigError
 from fedmammo.methods.registry import PlanRow
-from fedmammo.methods.share_gans.params import ShareGansParams
+from fedmammo.methods.share_gans.params import UNTRAINED, ShareGansParams
 
 __all__ = ["plan"]
 
@@ -40,14 +40,15 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
     needed = list(dict.fromkeys(g for s in specs for g in s.generators))
     for subset in p.subsets:
         for centre, gan in needed:
+            trained = centre != UNTRAINED  # a control's generator: the server initialises it
             rows.append(
                 PlanRow(
                     arm=generator_name(centre, gan, subset),
                     seed=scenario.seeds[0],
-                    centres=(centre,),
+                    centres=(centre,) if trained else (),
                     rounds=None,
-                    messages=(("train.generator", (centre,)),),
-                    note=f"{gan}, {p.gans[gan].epochs} epochs",
+                    messages=(("train.generator", (centre,)),) if trained else (),
+                    note=f"{gan}, {p.gans[gan].epochs} epochs" if trained else f"{gan}, untrained",
                 )
             )
     for seed in scenario.seeds:

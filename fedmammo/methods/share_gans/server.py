@@ -47,6 +47,7 @@ from fedmammo.methods.share_gans.generators import (
     generator_name,
     load_shared_generator,
     save_shared_generator,
+    untrained_generator,
 )
 from fedmammo.methods.share_gans.messages import (
     DESCRIPTION,
@@ -57,7 +58,7 @@ from fedmammo.methods.share_gans.messages import (
     generator_record,
     snapshot_epoch,
 )
-from fedmammo.methods.share_gans.params import ArmSpec, ShareGansParams
+from fedmammo.methods.share_gans.params import UNTRAINED, ArmSpec, ShareGansParams
 from fedmammo.methods.share_gans.report import (
     MOVED,
     build_gan_tables,
@@ -95,7 +96,12 @@ def _check_plan(orc: Orchestrator, p: ShareGansParams) -> list[ArmSpec]:
     specs = []
     for spec in p.arm_specs():
         used = [c for c, _ in spec.generators] + ([spec.real] if spec.real else [])
-        wrong = [c for c in used if c not in names or c == receiver]
+        if UNTRAINED in used and UNTRAINED in names:
+            raise ConfigError(
+                f"share_gans arm {spec.name!r}: a centre is named {UNTRAINED!r}, the name of "
+                "the control arms' untrained generator; rename the centre"
+            )
+        wrong = [c for c in used if c != UNTRAINED and (c not in names or c == receiver)]
         if wrong:
             raise ConfigError(
                 f"share_gans arm {spec.name!r}: {wrong} must be other centres "
@@ -159,7 +165,7 @@ def _record_generator(orc: Orchestrator, gen: SharedGenerator, seed: int) -> Non
     if "privacy" in extra:
         values["epsilon"] = float(extra["privacy"]["epsilon"])
     orc.recorder.add(
-        [{"metric": k, "value": v} for k, v in values.items()],
+        [{"metric": k, "value": v} for k, v in values.items() if v is not None],
         arm=gen.name,
         seed=seed,
         centre=d.centre or "",
@@ -203,7 +209,20 @@ def _train_generators(
                         orc.recorder.note(f"generator {name} loaded from {folder}")
                     break
             else:
-                jobs.setdefault(centre, []).append((name, gan, subset))
+                if centre == UNTRAINED:  # a control: made here, no centre trains it
+                    g = p.gans[gan]
+                    gens[name] = untrained_generator(
+                        name,
+                        gan,
+                        patch_size=p.patches.size,
+                        latent_dim=g.latent_dim,
+                        width=g.width,
+                        seed=derive_seed(seed, name, "gan"),
+                        subset=subset,
+                    )
+                    save_shared_generator(root, gens[name])
+                else:
+                    jobs.setdefault(centre, []).append((name, gan, subset))
     for name, gen in gens.items():
         if not orc.recorder.is_done(name, seed):
             _record_generator(orc, gen, seed)

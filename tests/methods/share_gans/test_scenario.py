@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from flwr.supercore.task_identity import TaskIdentity
 from helpers.gan_runs import (
     ARMS,
@@ -24,10 +26,11 @@ from helpers.gan_runs import (
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import RunRecorder
+from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.methods import get_method
-from fedmammo.methods.share_gans.generators import load_shared_generator
-from fedmammo.methods.share_gans.params import ClassifierParams
+from fedmammo.methods.share_gans.generators import load_shared_generator, untrained_generator
+from fedmammo.methods.share_gans.params import UNTRAINED, ClassifierParams
 from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
 from fedmammo.models.gans import sample_generator
 
@@ -115,7 +118,45 @@ def test_arms_of_one_seed_share_the_receivers_own_patches(env):
     assert all(len(v) == 1 for v in own.values())
     assert own[(50, 0)].pop() < own[(100, 0)].pop()
     assert added["A"] == 0 and 0 < added["A+real_B"] <= 8
-    assert all(added[a] == 8 for a in ARMS if "synth_" in a or "harmonised_" in a)
+    assert all(added[a] == 8 for a in ARMS if "synth_" in a or "_dcgan" in a)
+
+
+def test_the_control_arms_generator_is_the_servers_untrained_one(env):
+    # Prepare / Execute (the fixture ran A+untrained_dcgan beside the other arms)
+    _, _, orc, grid = env
+    name = "untrained_dcgan_all"
+    saved = load_shared_generator(Path(orc.spec.run_dir) / "generators" / name)
+    made = untrained_generator(
+        name, "dcgan", patch_size=16, latent_dim=100, width=4, seed=derive_seed(0, name, "gan"),
+        subset="all",
+    )  # fmt: skip
+    sent = [c for _, k, c in grid.log if k == "train.generator"]
+    control = [c for _, k, c in grid.log if k == "train.patch_classifier"
+               and c["arm"].startswith("A+untrained_dcgan@")]  # fmt: skip
+    # Assert: no centre was asked to train it; its weights are the seeded initialisation, never
+    # trained; every classifier run of the arm received it
+    assert [c["gan"] for c in sent].count("dcgan") == 2  # B's and C's, not the control's
+    assert (saved.description.epochs, saved.description.centre) == (0, None)
+    assert [r for r, _ in saved.snapshots] == ["gen-e0"]
+    for (_, a), (_, b) in zip(saved.snapshots, made.snapshots, strict=True):
+        for key, tensor in a.to_torch_state_dict().items():
+            assert torch.equal(tensor, b.to_torch_state_dict()[key])
+    assert len(control) == 4  # 2 fractions x 2 seeds
+    assert all(json.loads(c["generators"])[0]["description"]["epochs"] == 0 for c in control)
+
+
+def test_a_centre_named_like_the_control_generator_is_refused(env):
+    # Prepare: the tiny scenario's centre names, with a centre called "untrained"
+    _, _, orc, _ = env
+    names = [*orc.scenario.centre_names(), UNTRAINED]
+    renamed = SimpleNamespace(scenario=SimpleNamespace(centre_names=lambda: names, name="x"))
+    params = orc.params.model_copy(update={"arms": ["A", "A+untrained_dcgan"]})
+    # Execute / Assert: refused with the fix; the same arms pass with the real names
+    with pytest.raises(ConfigError, match="a centre is named 'untrained'.*rename the centre"):
+        _check_plan(renamed, params)
+    assert [s.name for s in _check_plan(orc, params)] == ["A", "A+untrained_dcgan"]
+    with pytest.raises(ValueError, match="untrained_<gan> with gan in"):
+        params.model_copy(update={"arms": ["A+untrained_stylegan"]}).arm_specs()
 
 
 def test_generators_are_trained_once_saved_and_reloadable(env):
