@@ -42,8 +42,9 @@ _SWIN = (
     "the paper's Swin-T is at 224 px (28M)."
 )
 _CONTROL = (
-    " A generator trained for 1 epoch gives A most of the same gain (README, 'A negative "
-    "control'): here the gain is the arm's construction, not what B's generator learned."
+    " The control arm A+untrained_dcgan (a generator that never trained) gets most of the "
+    "same gain (README, 'A negative control'): here the gain is mostly the arm's "
+    "construction, not what B's generator learned."
 )
 _MTL_STEPS = (
     "At CPU scale (630 local steps) every auxiliary task slowed the shared encoder's "
