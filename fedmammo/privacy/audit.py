@@ -83,14 +83,21 @@ class AuditResult:
     ) -> float:
         """The most any attack could prove on these counts (every member caught at FPR 0):
         an audit of fewer examples cannot check a larger epsilon."""
-        perfect = cls(1.0, 1.0, int(n_members), int(n_nonmembers), fpr_reached=0.0)
+        perfect = cls(
+            attack_auc=1.0,
+            tpr_at_1pct_fpr=1.0,
+            n_members=int(n_members),
+            n_nonmembers=int(n_nonmembers),
+            fpr_reached=0.0,
+        )
         return perfect.epsilon_lower_bound(delta, confidence)
 
     def to_dict(self, *, epsilon: float | None = None, delta: float | None = None) -> dict:
-        """JSON-safe dict with ``epsilon_lower_95``; with epsilon and delta also the TPR bound
-        at 1% FPR (the lower bound then allows for delta)."""
+        """JSON-safe dict with ``epsilon_lower_95``; with epsilon and delta (the ledger's spend)
+        also those and the TPR bound at 1% FPR (the lower bound then allows for delta)."""
         out: dict[str, Any] = asdict(self)
         if epsilon is not None and delta is not None:
+            out.update(epsilon=epsilon, delta=delta)
             out["tpr_bound_at_1pct_fpr"] = self.epsilon_bound_tpr(epsilon, delta)
         out["epsilon_lower_95"] = self.epsilon_lower_bound(delta or 0.0)
         return out

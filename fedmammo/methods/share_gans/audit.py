@@ -69,6 +69,4 @@ def audit_generator(
         fields = r.to_dict(epsilon=epsilon, delta=delta)
         del fields["attack"]  # the key of out
         out[name] = {"auc": fields.pop("attack_auc"), **fields}
-        if epsilon is not None and delta is not None:
-            out[name].update({"epsilon": epsilon, "delta": delta})
     return out

@@ -181,6 +181,22 @@ def _private_centres(orc: Orchestrator, centres) -> set[str]:
     return {c for c in centres if c not in profiles or profiles[c].privacy.enabled}
 
 
+def _control_generator(
+    p: ShareGansParams, name: str, gan: str, subset: str, seed: int
+) -> SharedGenerator:
+    """A control arm's generator (``untrained_<gan>``): the recipe's architecture, never trained."""
+    g = p.gans[gan]
+    return untrained_generator(
+        name,
+        gan,
+        patch_size=p.patches.size,
+        latent_dim=g.latent_dim,
+        width=g.width,
+        seed=derive_seed(seed, name, "gan"),
+        subset=subset,
+    )
+
+
 def _train_generators(
     orc: Orchestrator, p: ShareGansParams, specs: list[ArmSpec]
 ) -> dict[str, SharedGenerator]:
@@ -210,16 +226,7 @@ def _train_generators(
                     break
             else:
                 if centre == UNTRAINED:  # a control: made here, no centre trains it
-                    g = p.gans[gan]
-                    gens[name] = untrained_generator(
-                        name,
-                        gan,
-                        patch_size=p.patches.size,
-                        latent_dim=g.latent_dim,
-                        width=g.width,
-                        seed=derive_seed(seed, name, "gan"),
-                        subset=subset,
-                    )
+                    gens[name] = _control_generator(p, name, gan, subset, seed)
                     save_shared_generator(root, gens[name])
                 else:
                     jobs.setdefault(centre, []).append((name, gan, subset))
