@@ -30,6 +30,7 @@ from fedmammo.privacy.accounting import (
     plan_noise,
 )
 from fedmammo.privacy.bookkeeping import HOOKS_ATTR, dp_backward, make_private_bookkeeping
+from fedmammo.privacy.label_sampling import LabelPoissonSampler, label_rates
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
@@ -353,27 +354,41 @@ class DPSession:
         else:
             dp_backward(self._model, loss)
 
-    def attach(self, model: nn.Module, optimizer: Any, loader: DataLoader):
-        """Make ``model``/``optimizer`` private and ``loader`` Poisson-sampled (same q, steps).
+    def attach(self, model: nn.Module, optimizer: Any, loader: DataLoader, *, labels: Any = None):
+        """Make ``model``/``optimizer`` private and ``loader`` Poisson-sampled (same steps).
 
         The model is returned unwrapped (state_dict keys unchanged); per-sample gradients come
         from hooks in ``self.hooks``. The loader's own sampler is replaced by Poisson sampling
-        with rate ``1 / len(loader)`` and ``len(loader)`` steps per epoch.
+        with ``len(loader)`` steps per epoch: at rate ``1 / len(loader)``, or with ``labels``
+        (one per example of the dataset) at one rate per label, every label expected equally
+        often and every step accounted at the largest rate (see ``label_sampling``).
         """
         if self.hooks is not None:
             self.detach()
         steps = len(loader)
         if steps < 1:
             raise PrivacyUsageError(f"centre {self.centre!r}: the training loader is empty")
-        self.sample_rate = 1.0 / steps
+        rates = None
+        if labels is not None:
+            if len(labels) != len(loader.dataset):
+                raise PrivacyUsageError(
+                    f"centre {self.centre!r}: {len(labels)} labels for a dataset of "
+                    f"{len(loader.dataset)} examples"
+                )
+            rates = label_rates(labels, steps)
+        self.sample_rate = 1.0 / steps if rates is None else float(rates.max())
         self.noise_multiplier = self._resolve_noise(self.sample_rate)
         loader_seed, noise_seed = self._seeds()
-        self._sampler = _CountingPoissonSampler(
-            num_samples=len(loader.dataset),
-            sample_rate=self.sample_rate,
-            generator=torch.Generator().manual_seed(loader_seed),
-            steps=steps,
-        )
+        generator = torch.Generator().manual_seed(loader_seed)
+        if rates is None:
+            self._sampler = _CountingPoissonSampler(
+                num_samples=len(loader.dataset),
+                sample_rate=self.sample_rate,
+                generator=generator,
+                steps=steps,
+            )
+        else:
+            self._sampler = LabelPoissonSampler(rates, steps=steps, generator=generator)
         poisson = DataLoader(
             loader.dataset,
             batch_sampler=self._sampler,
@@ -382,7 +397,12 @@ class DPSession:
             pin_memory=loader.pin_memory,
             worker_init_fn=loader.worker_init_fn,
         )
-        return self._make_private(model, optimizer, poisson, noise_seed)
+        model, dp_opt, poisson = self._make_private(model, optimizer, poisson, noise_seed)
+        if rates is not None:  # Opacus took 1 / len(loader) for the rate and the batch
+            dp_opt.expected_batch_size = self._sampler.expected_batch_size
+            hook = self.accountant.opacus_accountant.get_optimizer_hook_fn
+            dp_opt.attach_step_hook(hook(sample_rate=self.sample_rate))
+        return model, dp_opt, poisson
 
     def attach_periodic(
         self,

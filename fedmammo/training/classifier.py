@@ -100,6 +100,8 @@ def train_classifier(
     if optimizer_state is not None:
         base_optimizer.load_state_dict(optimizer_state)
     epochs = params.epochs
+    # Under DP the recipe's balanced batches become Poisson ones with a rate per label.
+    balanced = batch_sampler is None and params.sampler == "balanced_labels"
     if batch_sampler is None:
         batch_sampler = build_sampler(
             params.sampler,
@@ -111,7 +113,8 @@ def train_classifier(
         )
     loader = DataLoader(dataset, batch_sampler=batch_sampler, **run.loader_kwargs())
     if privacy is not None:
-        model, optimizer, loader = privacy.attach(model, optimizer, loader)
+        by_label = {"labels": labels} if balanced else {}
+        model, optimizer, loader = privacy.attach(model, optimizer, loader, **by_label)
     backward = getattr(privacy, "backward", Tensor.backward)
     scaler = run.scaler()
     steps, total_loss, seen = 0, 0.0, 0

@@ -77,11 +77,12 @@ def _unpack_list(record: Any, prefix: str) -> list[Any]:
 
 def _check_poisson(session: DPSession) -> None:
     from fedmammo.privacy.engine import _CountingPoissonSampler
+    from fedmammo.privacy.label_sampling import LabelPoissonSampler
     from fedmammo.privacy.periodic import PoissonPeriodicSampler
 
     sampler = session._sampler
     if sampler is not None and not isinstance(
-        sampler, (_CountingPoissonSampler, PoissonPeriodicSampler)
+        sampler, (_CountingPoissonSampler, LabelPoissonSampler, PoissonPeriodicSampler)
     ):
         raise PrivacyUsageError(
             f"centre {session.centre!r}: the batches of phase {session.phase!r} came from "

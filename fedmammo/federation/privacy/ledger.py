@@ -18,13 +18,14 @@ The reply of a DP round carries a ConfigRecord ``privacy`` (:func:`encode_privac
 hyper-parameters only (noise multiplier, sample rate, steps, delta, clipping norm, epsilon).
 
 Samplers under DP: the accountant assumes Poisson sampling, so a DP round replaces the
-recipe's sampler with Poisson sampling over the centre's training set (sample rate
-``1 / steps_per_epoch``). ``train.classifier`` refuses fixed periodic batches (sampler
-``periodic``) with :class:`DPUnsupportedError` rather than report a Poisson
-epsilon for them (``train.periodic`` runs their honest per-segment Poisson form, see
-:mod:`fedmammo.privacy.periodic`); every ``train.*`` message whose handler has no DP path
-is refused too (:func:`dp_guard_mod`). The server side is
-:mod:`fedmammo.federation.privacy.server`.
+recipe's sampler with Poisson sampling over the centre's training set: ``random`` at rate
+``1 / steps_per_epoch``, ``balanced_labels`` at one rate per label that expects every label
+equally often, accounted at the largest (:mod:`fedmammo.privacy.label_sampling`).
+``train.classifier`` refuses fixed periodic batches (sampler ``periodic``) with
+:class:`DPUnsupportedError` rather than report a Poisson epsilon for them (``train.periodic``
+runs their honest per-segment Poisson form, see :mod:`fedmammo.privacy.periodic`); every
+``train.*`` message whose handler has no DP path is refused too (:func:`dp_guard_mod`). The
+server side is :mod:`fedmammo.federation.privacy.server`.
 """
 
 from __future__ import annotations
@@ -203,11 +204,12 @@ def open_dp_session(
     steps_per_epoch: int,
     epochs: int,
     phase: str,
+    sample_rate: float | None = None,
 ) -> DPSession | None:
     """The DP session of one training message, checked against the budget (None without DP).
 
-    The message plans ``epochs * steps_per_epoch`` Poisson steps at rate ``1 /
-    steps_per_epoch``; the ledger (``privacy-ledger``) plans ``dp-planned-rounds`` such
+    The message plans ``epochs * steps_per_epoch`` Poisson steps at ``sample_rate`` (default
+    ``1 / steps_per_epoch``); the ledger (``privacy-ledger``) plans ``dp-planned-rounds`` such
     messages. Raises :class:`BudgetRefusal` when the message would exceed the target epsilon
     or the planned steps.
     """
@@ -235,7 +237,9 @@ def open_dp_session(
         seed=int(m.seed),
     )
     try:
-        projected = session.check_budget(per_round, sample_rate=1.0 / steps_per_epoch)
+        projected = session.check_budget(
+            per_round, sample_rate=sample_rate or 1.0 / steps_per_epoch
+        )
     except (BudgetExceeded, PrivacyUsageError) as err:
         raise BudgetRefusal(ident.name, str(err)) from err
     reserve_round(context, ident, ledger, session)
@@ -256,14 +260,17 @@ def dp_session_for(
     m: DPTrainFields,
     params: Any,
     *,
-    n_examples: int,
+    labels: Any,
     phase: str,
 ) -> DPSession | None:
-    """:func:`open_dp_session` for ``train_classifier``'s ``params`` (refuses fixed batches).
+    """:func:`open_dp_session` for ``train_classifier``'s ``params`` on examples ``labels``.
 
-    Raises :class:`DPUnsupportedError` for fixed-batch samplers (their epsilon would not be
-    the Poisson one the accountant reports).
+    Sampler ``balanced_labels`` is planned at the largest of its per-label rates, as
+    ``train_classifier`` will sample (:mod:`fedmammo.privacy.label_sampling`). Raises
+    :class:`DPUnsupportedError` for fixed-batch samplers (their epsilon would not be the
+    Poisson one the accountant reports).
     """
+    n_examples = len(labels)
     if privacy_budget(ident, n_examples) is None:
         return None
     if params.sampler in _FIXED_BATCH_SAMPLERS:
@@ -274,6 +281,11 @@ def dp_session_for(
             "privacy.target_epsilon / privacy.noise_multiplier from the centre profile"
         )
     per_epoch, _ = steps_per_round(params, n_examples)
+    rate = None
+    if params.sampler == "balanced_labels":
+        from fedmammo.privacy.label_sampling import label_rates
+
+        rate = float(label_rates(labels, per_epoch).max())
     return open_dp_session(
         context,
         ident,
@@ -282,6 +294,7 @@ def dp_session_for(
         steps_per_epoch=per_epoch,
         epochs=params.epochs,
         phase=phase,
+        sample_rate=rate,
     )
 
 

@@ -44,11 +44,12 @@ def train(msg: Message, context: Context) -> Message:
     keep = params.keep_optimizer_state  # Adam's state from this centre's previous round
     # DP (privacy in the centre profile): refuses (BudgetRefusal) before any step if the
     # round would overrun the budget or the planned rounds; the error reply is the refusal.
-    privacy = dp_session_for(context, ident, m, params, n_examples=_n(rows), phase="classifier")
+    labels = data.labels(rows)
+    privacy = dp_session_for(context, ident, m, params, labels=labels, phase="classifier")
     result = train_classifier(
         model,
         data.dataset(rows),
-        data.labels(rows),
+        labels,
         data.segments(rows),
         params=params,
         seed=int(m.seed),

@@ -78,6 +78,12 @@ def steps_per_epoch(data) -> int:
     return math.ceil(len(data.rows("train")) / TRAIN["batch_size"])
 
 
+def balanced_rate(data) -> float:
+    """The accounted rate of sampler balanced_labels: B / (2 n_minority), B = n / steps."""
+    labels = data.labels(data.rows("train"))
+    return len(labels) / steps_per_epoch(data) / (2 * np.bincount(labels).min())
+
+
 def new_context(data_dir: Path, state_dir: Path | None = None) -> Context:
     return node_context("dpc", data_dir, state_dir=state_dir)
 
@@ -132,7 +138,8 @@ def test_rounds_compose_one_budget_through_the_centres_ledger(centre, tmp_path):
     fresh = dp_round(new_context(data_dir, tmp_path / "other-state"), seed=0)
     # Assert: noise chosen once for all 3k steps; epsilon grows as one composed budget.
     sigma, q = reports[0]["noise_multiplier"], reports[0]["sample_rate"]
-    assert q == pytest.approx(1 / k) and reports[0]["planned_steps"] == 3 * k
+    assert q == pytest.approx(balanced_rate(data)) and reports[0]["planned_steps"] == 3 * k
+    assert q > 1 / k  # balanced labels: the minority label's rate, above the uniform 1 / k
     assert {r["noise_multiplier"] for r in reports} == {sigma}
     eps = [r["epsilon"] for r in reports]
     assert eps[0] < eps[1] < eps[2] <= 6.0 * 1.01
@@ -182,8 +189,9 @@ def test_fixed_noise_with_a_cap_is_refused_when_the_next_round_overruns(centre):
     # Prepare: fixed sigma 0.8 and a cap between the epsilons of one and two rounds.
     data, data_dir = centre
     k = steps_per_epoch(data)
+    q = balanced_rate(data)  # the rate balanced_labels is accounted at
     delta = 1e-5
-    one, two = (epsilon_of([[0.8, 1 / k, r * k]], delta) for r in (1, 2))
+    one, two = (epsilon_of([[0.8, q, r * k]], delta) for r in (1, 2))
     use_privacy(data_dir, target_epsilon=round((one + two) / 2, 2), noise_multiplier=0.8)
     context = new_context(data_dir)
     first = dp_round(context, seed=0)
@@ -206,7 +214,8 @@ def test_restarted_node_continues_its_own_ledger_and_ignores_a_forged_prior(cent
     second = dp_round(new_context(data_dir), seed=1, **{PRIOR_KEY: json.dumps(forged)})
     # Assert: the second round composes with the first (the centre's own file), with the same
     # planned noise; the disagreeing server record is reported, not used.
-    assert second["history"] == [[first["noise_multiplier"], pytest.approx(1 / k), 2 * k]]
+    q = pytest.approx(balanced_rate(data))
+    assert second["history"] == [[first["noise_multiplier"], q, 2 * k]]
     assert second["epsilon"] > first["epsilon"]
     assert f"the server's record (1000 DP steps) disagrees with the centre's own ({k} steps" in (
         caplog.text
@@ -318,7 +327,8 @@ def test_a_site_keeps_one_ledger_whatever_name_the_server_sends(centre):
     # Prepare: fixed noise 0.8 and a cap between one and two rounds' epsilon, at a real site
     data, data_dir = centre
     k = steps_per_epoch(data)
-    one, two = (epsilon_of([[0.8, 1 / k, r * k]], 1e-5) for r in (1, 2))
+    q = balanced_rate(data)  # the rate balanced_labels is accounted at
+    one, two = (epsilon_of([[0.8, q, r * k]], 1e-5) for r in (1, 2))
     use_privacy(data_dir, target_epsilon=round((one + two) / 2, 2), noise_multiplier=0.8)
     first = dp_round(new_context(data_dir), seed=0)
     # Execute / Assert: a new ledger name, an empty prior, a restarted node: refused all the
@@ -334,7 +344,8 @@ def test_a_study_at_the_centre_may_keep_one_ledger_per_arm(centre):
     # Prepare: the same cap; the profile chooses one ledger per what-if arm (as simulation)
     data, data_dir = centre
     k = steps_per_epoch(data)
-    one, two = (epsilon_of([[0.8, 1 / k, r * k]], 1e-5) for r in (1, 2))
+    q = balanced_rate(data)  # the rate balanced_labels is accounted at
+    one, two = (epsilon_of([[0.8, q, r * k]], 1e-5) for r in (1, 2))
     target = round((one + two) / 2, 2)
     use_privacy(data_dir, target_epsilon=target, noise_multiplier=0.8, ledger_scope="arm")
     context = new_context(data_dir)
@@ -365,7 +376,7 @@ def test_a_crash_between_training_and_the_reply_counts_the_round_as_spent(
     # Execute: the restarted node trains the next round
     after = dp_round(new_context(data_dir), seed=1)
     # Assert: the interrupted round's k planned steps were written ahead and count
-    assert after["ledger_history"] == [[0.8, pytest.approx(1 / k), 2 * k]]
+    assert after["ledger_history"] == [[0.8, pytest.approx(balanced_rate(data)), 2 * k]]
     assert f"its {k} planned steps are counted as spent" in caplog.text
     pending = json.loads(ledger_file(current_state_dir(data_dir)).read_text())["pending"]
     assert pending == {}  # committed with the round that followed

@@ -86,8 +86,8 @@ def test_dp_quick_privacy_json_matches_dp_accounting_and_audits_are_recorded(tmp
 
 
 def test_budget_overrun_stops_the_arm_cleanly_and_keeps_results(tmp_path):
-    # Execute: fixed noise 0.8 at tiny_a with its epsilon-8 cap: round 2 would overrun.
-    run_dir = run_in_process(tmp_path, **{"privacy.noise_multiplier": 0.8})
+    # Execute: fixed noise 1.2 at tiny_a with its epsilon-8 cap: round 2 would overrun.
+    run_dir = run_in_process(tmp_path, **{"privacy.noise_multiplier": 1.2})
     privacy = json.loads((run_dir / "privacy.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
     # Assert: tiny_a's refusal recorded; round 1's model tested and audited everywhere.
