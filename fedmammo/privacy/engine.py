@@ -375,7 +375,7 @@ class DPSession:
                     f"centre {self.centre!r}: {len(labels)} labels for a dataset of "
                     f"{len(loader.dataset)} examples"
                 )
-            rates = label_rates(labels, steps)
+            rates = label_rates(labels, len(labels) / steps)
         self.sample_rate = 1.0 / steps if rates is None else float(rates.max())
         self.noise_multiplier = self._resolve_noise(self.sample_rate)
         loader_seed, noise_seed = self._seeds()

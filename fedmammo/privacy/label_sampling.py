@@ -29,19 +29,19 @@ from torch.utils.data import Sampler
 __all__ = ["LabelPoissonSampler", "label_rates"]
 
 
-def label_rates(labels: Any, steps: int) -> np.ndarray:
-    """Per-example Poisson rates that expect every label equally often in a step.
+def label_rates(labels: Any, expected_batch: float) -> np.ndarray:
+    """Per-example Poisson rates that expect every label ``expected_batch / K`` times a step.
 
-    ``steps`` is the number of steps per epoch (the uniform sampler's rate is ``1 / steps``).
+    ``expected_batch`` is the uniform sampler's expected batch (``n / steps`` for rate ``1 /
+    steps``); a label with fewer examples than its share joins every step (rate 1).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) == 0:
         raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
-    if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not expected_batch > 0:
+        raise ValueError(f"the expected batch must be > 0, got {expected_batch}")
     values, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    expected_batch = len(labels) / int(steps)
-    per_label = np.minimum(1.0, expected_batch / (len(values) * counts))
+    per_label = np.minimum(1.0, float(expected_batch) / (len(values) * counts))
     return per_label[index.ravel()]
 
 

@@ -64,6 +64,9 @@ class PoissonPeriodicSampler(Sampler[list[int]]):
     all segments or a mapping per segment. ``steps`` per iteration defaults to enough pattern
     cycles for one expected pass over every segment. Iterations continue the pattern and the
     random stream (seeded by ``seed``); batches may be empty and still count as steps.
+    ``example_rates`` optionally gives a segment one rate per member (label-balanced
+    sampling, :mod:`~fedmammo.privacy.label_sampling`); its accounted rate in
+    ``sample_rates`` must be their maximum.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class PoissonPeriodicSampler(Sampler[list[int]]):
         seed: int,
         *,
         steps: int | None = None,
+        example_rates: Mapping[Hashable, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         keys = list(segments)
@@ -94,6 +98,15 @@ class PoissonPeriodicSampler(Sampler[list[int]]):
         if any(not 0 < rates[k] <= 1 for k in set(self.pattern_)):
             raise ConfigError(f"periodic DP sampling: sample rates must be in (0, 1]: {rates}")
         self.sample_rates_ = rates
+        self.example_rates_ = {
+            str(k): np.asarray(v, float) for k, v in (example_rates or {}).items()
+        }
+        for key, each in self.example_rates_.items():
+            if each.shape != self.segments_[key].shape or not np.isclose(each.max(), rates[key]):
+                raise ConfigError(
+                    f"periodic DP sampling: segment {key!r} needs one rate per member, the "
+                    f"largest being its accounted rate {rates[key]}"
+                )
         self.seed = int(seed)
         cycles = max(math.ceil(1.0 / rates[k] / self.pattern_.count(k)) for k in set(self.pattern_))
         self.steps = int(steps) if steps is not None else cycles * len(self.pattern_)
@@ -143,9 +156,13 @@ class PoissonPeriodicSampler(Sampler[list[int]]):
     @property
     def expected_batch_size(self) -> float:
         """Mean expected batch size over the pattern."""
-        return float(
-            np.mean([self.sample_rates_[k] * len(self.segments_[k]) for k in self.pattern_])
-        )
+        return float(np.mean([np.sum(self._rates(k)) for k in self.pattern_]))
+
+    def _rates(self, key: str) -> np.ndarray:
+        """The members' rates of segment ``key``: one per member, or the segment's rate."""
+        if key in self.example_rates_:
+            return self.example_rates_[key]
+        return np.full(len(self.segments_[key]), self.sample_rates_[key])
 
     def mark(self) -> None:
         """Remember the drawn counts (``drawn_since_mark`` counts from here)."""
@@ -162,7 +179,7 @@ class PoissonPeriodicSampler(Sampler[list[int]]):
         for _ in range(self.steps):
             key = self.segment_of_step(self.position)
             members = self.segments_[key]
-            mask = self._rng.random(len(members)) < self.sample_rates_[key]
+            mask = self._rng.random(len(members)) < self._rates(key)
             self.position += 1
             self.drawn[key] += 1
             yield members[mask].tolist()

@@ -13,9 +13,11 @@ from scipy.stats import binomtest
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from fedmammo.errors import ConfigError
 from fedmammo.privacy.accounting import CentreAccountant, PrivacyBudget, epsilon_of
 from fedmammo.privacy.engine import DPSession
 from fedmammo.privacy.label_sampling import LabelPoissonSampler, label_rates
+from fedmammo.privacy.periodic import PoissonPeriodicSampler
 from fedmammo.training.classifier import train_classifier
 
 N_POS, N_NEG, BATCH = 6, 54, 6  # 10% positives, 10 steps per epoch
@@ -47,7 +49,7 @@ def dataset() -> TensorDataset:
 # --------------------------------------------------------------------------- rates
 def test_rates_expect_each_label_equally_often_at_the_uniform_batch_size():
     # Execute: 60 examples, 10 steps: the uniform sampler expects batches of 6 at rate 1/10.
-    rates = label_rates(labels(), 10)
+    rates = label_rates(labels(), 6.0)
     # Assert: 3 of each label expected per step; positives at 3/6, negatives at 3/54.
     assert rates[:N_POS] == pytest.approx(np.full(N_POS, 0.5))
     assert rates[N_POS:] == pytest.approx(np.full(N_NEG, 3 / 54))
@@ -57,26 +59,31 @@ def test_rates_expect_each_label_equally_often_at_the_uniform_batch_size():
 
 def test_balanced_or_single_labels_give_the_uniform_rate_and_rates_cap_at_one():
     # Balanced labels, in any order, and a single label: every example at 1 / steps.
-    assert label_rates(np.array([1, 0, 0, 1, 1, 0]), 3) == pytest.approx(np.full(6, 1 / 3))
-    assert label_rates(np.full(8, 7), 4) == pytest.approx(np.full(8, 1 / 4))
+    assert label_rates(np.array([1, 0, 0, 1, 1, 0]), 2.0) == pytest.approx(np.full(6, 1 / 3))
+    assert label_rates(np.full(8, 7), 2.0) == pytest.approx(np.full(8, 1 / 4))
     # 2 positives of 100 in 2 steps: 25 expected per label, so positives join every batch.
-    rates = label_rates(np.r_[np.ones(2, int), np.zeros(98, int)], 2)
+    rates = label_rates(np.r_[np.ones(2, int), np.zeros(98, int)], 50.0)
     assert rates[:2] == pytest.approx([1.0, 1.0]) and rates[2] == pytest.approx(25 / 98)
 
 
 def test_bad_rate_inputs_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="non-empty 1-D"):
         label_rates(np.array([], int), 3)
-    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="the expected batch must be > 0, got 0"):
         label_rates(labels(), 0)
     with pytest.raises(ValueError, match=r"every rate must be in \(0, 1\]"):
         LabelPoissonSampler(np.array([0.5, 0.0]), steps=2, generator=torch.Generator())
+    # the periodic sampler accounts a segment at one rate: the largest of its members'
+    with pytest.raises(ConfigError, match="'all' needs one rate per member, the largest being"):
+        PoissonPeriodicSampler(
+            {"all": [0, 1]}, ["all"], {"all": 0.5}, 0, example_rates={"all": np.array([0.2, 0.3])}
+        )
 
 
 # --------------------------------------------------------------------------- sampler
 def test_sampler_draws_each_example_at_its_rate_and_repeats_with_its_seed():
     # Prepare
-    rates = label_rates(labels(), 10)
+    rates = label_rates(labels(), 6.0)
     sampler = LabelPoissonSampler(rates, steps=4000, generator=torch.Generator().manual_seed(5))
     # Execute
     batches = list(sampler)
@@ -141,7 +148,7 @@ def test_a_target_epsilon_is_planned_and_spent_at_the_largest_rate():
         centre="A",
         seed=0,
     )
-    projected = session.check_budget(10, sample_rate=float(label_rates(labels(), 10).max()))
+    projected = session.check_budget(10, sample_rate=float(label_rates(labels(), 6.0).max()))
     plan = dict(acc.plans["p"])
     model = tiny_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

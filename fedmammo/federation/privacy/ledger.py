@@ -285,7 +285,7 @@ def dp_session_for(
     if params.sampler == "balanced_labels":
         from fedmammo.privacy.label_sampling import label_rates
 
-        rate = float(label_rates(labels, per_epoch).max())
+        rate = float(label_rates(labels, n_examples / per_epoch).max())
     return open_dp_session(
         context,
         ident,

@@ -26,8 +26,10 @@ over segments, on the message's ledger
 - ``sampler``: the step pattern is Algorithm 1 over the segments' rarest-label counts
   (``periodic``) or a round-robin (``balanced_segments``), continued across rounds at step
   ``stream-epoch * steps``; ``balanced_labels`` and ``random`` Poisson-sample all the images
-  (one segment ``all``; labels no longer alternate). Rates ``min(1, batch_size / n_s)``; the
-  noise is planned once for ``dp-planned-rounds`` rounds of ``steps`` steps.
+  (one segment ``all``). Rates ``min(1, batch_size / n_s)``, except ``balanced_labels``: one
+  rate per label that expects each label equally often, accounted at the largest
+  (:mod:`fedmammo.privacy.label_sampling`); the noise is planned once for
+  ``dp-planned-rounds`` rounds of ``steps`` steps.
 - ``quota``: segment ``s`` takes ``k_s = ceil(q_s / batch_size)`` steps at rate
   ``q_s / (k_s n_s)`` (the quota in expectation), interleaved by Algorithm 1 over the ``k_s``;
   the noise is planned once from ``dp-planned-quota``, the quotas of this and every later

@@ -83,8 +83,14 @@ def dp_plan(
     else:  # balanced_labels, random: Poisson over every image (labels do not alternate)
         groups, pattern = {"all": np.arange(len(labels))}, ["all"]
     rates = {k: min(1.0, batch_size / len(v)) for k, v in groups.items()}
+    each = None
+    if method == "balanced_labels":  # one rate per label, accounted at the largest
+        from fedmammo.privacy.label_sampling import label_rates
+
+        each = {"all": label_rates(labels, batch_size)}
+        rates = {"all": float(each["all"].max())}
     steps = int(m.steps)
-    sampler = PoissonPeriodicSampler(groups, pattern, rates, seed, steps=steps)
+    sampler = PoissonPeriodicSampler(groups, pattern, rates, seed, steps=steps, example_rates=each)
     sampler.position = m.stream_epoch * steps  # the pattern continues
     left = int(m.planned_rounds or 0) * steps - sampler.position
     counts = sampler.segment_counts(left) if left > 0 else {}

@@ -40,7 +40,7 @@ from fedmammo.federation.privacy.ledger import (
 from fedmammo.methods.periodic_sampling import client as handlers
 from fedmammo.methods.periodic_sampling import server as runner
 from fedmammo.methods.periodic_sampling.arms import ArmPlan
-from fedmammo.methods.periodic_sampling.privacy import PLANNED_QUOTA_KEY
+from fedmammo.methods.periodic_sampling.privacy import PLANNED_QUOTA_KEY, dp_plan
 from fedmammo.models import build_model
 from fedmammo.privacy.accounting import (
     CentreAccountant,
@@ -165,6 +165,29 @@ def test_dp_periodic_rounds_compose_per_segment_on_one_ledger(centres):
     q_max = max(e[1] for h in last["ledger_segment_history"].values() for e in h)
     # each example is at risk only on its own segment's steps, not on all 12
     assert eps[2] < epsilon_of([[sigma, q_max, 12]], last["delta"])
+
+
+@pytest.mark.parametrize("method", ["balanced_labels", "random"])
+def test_dp_baseline_samplers_keep_or_drop_the_label_balance(method):
+    # Prepare: a round of the baseline arm at a centre with 6 malignant images of 60.
+    labels = np.r_[np.ones(6, int), np.zeros(54, int)]
+    segments = np.array(["s1", "s2"] * 30)
+    m = SimpleNamespace(
+        seed=0, quota=None, sampler=method, steps=3000, stream_epoch=0, planned_rounds=2
+    )
+    # Execute
+    sampler, remaining = dp_plan(m, segments, labels, batch_size=6)
+    drawn = np.zeros(60, int)
+    for batch in sampler:
+        drawn[batch] += 1
+    # Assert: one segment "all" with the expected batch of 6; balanced_labels expects 3
+    # malignant images a step (rate 0.5, the accounted one), random 0.6 (rate 0.1).
+    rate = 0.5 if method == "balanced_labels" else 0.1
+    assert sampler.sample_rates_ == {"all": pytest.approx(rate)}
+    assert sampler.expected_batch_size == pytest.approx(6.0)
+    assert remaining == {"all": [(pytest.approx(rate), 6000)]}
+    per_step = drawn[:6].sum() / 3000
+    assert per_step == pytest.approx(3.0 if method == "balanced_labels" else 0.6, rel=0.05)
 
 
 def ledger_text(data_dir) -> str:
