@@ -21,6 +21,7 @@ ARMS = [
     "A+synth_B_dcgan+synth_C_dcgan",
     "A+harmonised_B_dcgan",
     "A+untrained_dcgan",
+    "A+own_lesions",
 ]
 METRICS = ("accuracy", "f1", "auc", "auprc")
 

@@ -118,8 +118,9 @@ class TrainPatchClassifier(ArmConfig):
     """Train and test the receiver's patch classifier (``classifier``) for one arm, lesion
     ``subset`` and ``fraction`` of its training images, adding ``n_synthetic`` lesion patches
     sampled from ``generators`` (``[{"description", "records"}]``; ``harmonise``: translated
-    into the receiver's style by a CycleGAN trained with ``cyclegan``) or another centre's real
-    ones (``real_from``, simulation only)."""
+    into the receiver's style by a CycleGAN trained with ``cyclegan``), another centre's real
+    ones (``real_from``, simulation only) or, for a control, its own drawn again
+    (``own_lesions``)."""
 
     subset: str = wire("subset")
     fraction: float = wire("fraction")
@@ -130,6 +131,7 @@ class TrainPatchClassifier(ArmConfig):
     draw: bool = wire("draw", False)
     n_synthetic: int = wire("n-synthetic")
     real_from: str = wire("real-from", "")
+    own_lesions: bool = wire("own-lesions", False)
     grid_columns: int = wire("grid-columns", 12)
     plot_dir: str = wire("plot-dir", "")
     n_boot: int = wire("n-boot", 0)

@@ -11,7 +11,10 @@ Arms are strings: the receiving centre's name, then ``+``-joined additions, e.g.
   A trains between its own lesion patches and B's synthetic ones (CycleGAN-UDA paper);
 - ``A+untrained_dcgan``: a negative control, built like ``A+synth_B_dcgan`` but from a
   generator of the recipe's architecture that never trained (the server initialises it; no
-  centre's data, no privacy cost): what an arm gains without any generator's content.
+  centre's data, no privacy cost): what an arm gains without any generator's content;
+- ``A+own_lesions``: a second control, the added lesion patches drawn again from A's own
+  (with replacement; augmented as every training patch), with as many of A's healthy
+  patches: what an arm gains from its size and A's extra healthy patches alone.
 
 Every arm runs for each lesion subset (``all``, ``masses``), each fraction of the receiver's
 training images and each scenario seed; results are recorded under
@@ -32,6 +35,7 @@ from fedmammo.config import recipe as shared
 from fedmammo.config.recipe import ModelParams, RecipeParams
 
 __all__ = [
+    "OWN_LESIONS",
     "UNTRAINED",
     "ArmSpec",
     "ClassifierParams",
@@ -46,6 +50,8 @@ __all__ = [
 GAN_NAMES = ("dcgan", "wgan_gp")
 #: The "centre" of a control arm's generator (``untrained_<gan>``): none trained it.
 UNTRAINED = "untrained"
+#: The addition of the second control arm: the receiver's own lesion patches drawn again.
+OWN_LESIONS = "own_lesions"
 Subset = Literal["all", "masses"]
 
 
@@ -58,6 +64,7 @@ class ArmSpec:
     real: str | None = None  # centre whose real lesion patches are added (simulation only)
     synthetic: tuple[tuple[str, str], ...] = ()  # (centre or UNTRAINED, gan) generators sampled
     harmonised: bool = False  # translate the (single) generator's patches into A's style
+    own_lesions: bool = False  # control: the receiver's own lesion patches drawn again
 
     @property
     def generators(self) -> tuple[tuple[str, str], ...]:
@@ -95,18 +102,19 @@ def parse_arm(name: str) -> ArmSpec:
     synth = [_centre_gan(t, "synth_", name) for t in additions if t.startswith("synth_")]
     synth += [_untrained(t, name) for t in additions if t.startswith("untrained_")]
     harm = [_centre_gan(t, "harmonised_", name) for t in additions if t.startswith("harmonised_")]
+    own = [t for t in additions if t == OWN_LESIONS]
     prefixes = ("real_", "synth_", "harmonised_", "untrained_")
-    unknown = [t for t in additions if not t.startswith(prefixes)]
+    unknown = [t for t in additions if not t.startswith(prefixes) and t != OWN_LESIONS]
     if unknown:
         raise ValueError(
             f"arm {name!r}: unknown addition(s) {unknown}; use real_<centre>, "
-            "synth_<centre>_<gan>, harmonised_<centre>_<gan> or untrained_<gan>"
+            f"synth_<centre>_<gan>, harmonised_<centre>_<gan>, untrained_<gan> or {OWN_LESIONS}"
         )
-    kinds = sum(bool(x) for x in (real, synth, harm))
-    if kinds > 1 or len(real) > 1 or len(harm) > 1 or len(set(synth)) != len(synth):
+    kinds = sum(bool(x) for x in (real, synth, harm, own))
+    if kinds > 1 or len(real) > 1 or len(harm) > 1 or len(own) > 1 or len(set(synth)) != len(synth):
         raise ValueError(
             f"arm {name!r}: combine either one real_<centre>, or distinct synth_ generators, "
-            "or one harmonised_ generator"
+            f"or one harmonised_ generator, or {OWN_LESIONS} alone"
         )
     return ArmSpec(
         name=name,
@@ -114,6 +122,7 @@ def parse_arm(name: str) -> ArmSpec:
         real=real[0] if real else None,
         synthetic=tuple(synth or harm),
         harmonised=bool(harm),
+        own_lesions=bool(own),
     )
 
 

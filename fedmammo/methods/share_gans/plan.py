@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from fedmammo.config import Scenario
 from fedmammo.errors import ConfigError
 from fedmammo.methods.registry import PlanRow
-from fedmammo.methods.share_gans.params import UNTRAINED, ShareGansParams
+from fedmammo.methods.share_gans.params import UNTRAINED, ArmSpec, ShareGansParams
 
 __all__ = ["plan"]
 
@@ -21,6 +21,12 @@ def _checked_arms(scenario: Scenario, p: ShareGansParams):
 
     view = SimpleNamespace(scenario=scenario, spec=SimpleNamespace(deployment=False))
     return _check_plan(view, p)  # type: ignore[arg-type]
+
+
+def _note(spec: ArmSpec) -> str:
+    if spec.real:
+        return "moves real pixels (simulation only)"
+    return "control: own lesion patches again" if spec.own_lesions else ""
 
 
 def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
@@ -62,7 +68,7 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
                             centres=(spec.receiver,),
                             messages=(("train.patch_classifier", (spec.receiver,)),),
                             model=classifier["model"],
-                            note="moves real pixels (simulation only)" if spec.real else "",
+                            note=_note(spec),
                         )
                     )
     return rows

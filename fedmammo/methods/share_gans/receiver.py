@@ -8,6 +8,7 @@ metrics only (the AUROC with a bootstrap CI). The message carries the arm's gene
 a CycleGAN (``harmonise``, CycleGAN-UDA paper; draws ``harmonised_samples_...png`` inside the
 centre),
 adds as many of its own healthy patches and keeps the epoch with the best validation AUPRC.
+``own-lesions`` (a control) draws the added lesion patches from its own again instead.
 ``real-from`` adds another centre's real lesion patches instead (the simulation-only upper
 bound): the receiver reads that centre's prepared data from the shared simulation data
 directory, like the pooled what-if; the other centre sends nothing, and a deployed centre
@@ -158,6 +159,11 @@ def _added_lesions(
 ) -> np.ndarray:
     """The arm's added lesion patches: real (simulation only), synthetic or harmonised."""
     n, real_from = m.n_synthetic, m.real_from
+    if m.own_lesions:  # the second control: nothing new, the receiver's own lesions again
+        if len(own) == 0:
+            raise DataError(f"centre {ident.name!r}: no own {subset} lesion patches to draw again")
+        pick = np.random.default_rng(derive_seed(seed, "own-lesions")).integers(0, len(own), n)
+        return own[pick]
     if real_from:
         return _real_lesion_patches(
             context, m, real_from, subset, patch, n, derive_seed(seed, "real", real_from)

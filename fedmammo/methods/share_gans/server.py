@@ -317,6 +317,7 @@ def _classifier_config(
         draw=draw,
         n_synthetic=p.n_synthetic,
         real_from=spec.real or "",
+        own_lesions=spec.own_lesions,
         grid_columns=p.grid_columns,
         plot_dir="" if orc.spec.deployment else str(orc.run_dir / "plots"),
         n_boot=p.bootstrap,

@@ -24,13 +24,14 @@ from helpers.gan_runs import (
 )
 
 from fedmammo.config import load_scenario
-from fedmammo.errors import ConfigError
+from fedmammo.errors import ConfigError, DataError
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.methods import get_method
 from fedmammo.methods.share_gans.generators import load_shared_generator, untrained_generator
-from fedmammo.methods.share_gans.params import UNTRAINED, ClassifierParams
+from fedmammo.methods.share_gans.params import UNTRAINED, ClassifierParams, parse_arm
+from fedmammo.methods.share_gans.receiver import _added_lesions
 from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
 from fedmammo.models.gans import sample_generator
 
@@ -143,6 +144,50 @@ def test_the_control_arms_generator_is_the_servers_untrained_one(env):
             assert torch.equal(tensor, b.to_torch_state_dict()[key])
     assert len(control) == 4  # 2 fractions x 2 seeds
     assert all(json.loads(c["generators"])[0]["description"]["epochs"] == 0 for c in control)
+
+
+def test_the_second_control_adds_the_receivers_own_lesions_again(env):
+    # Prepare / Execute (the fixture ran A+own_lesions beside the other arms)
+    _, _, orc, grid = env
+    final = _final(orc.recorder.metrics)
+    sent = [c for _, k, c in grid.log if k == "train.patch_classifier"]
+    control = [c for c in sent if c["arm"].startswith("A+own_lesions@")]
+    # Assert: only its messages ask for the own lesions again, with no generator or real
+    # patches; it adds as many lesion patches as a generator arm, and as many healthy ones
+    assert len(control) == 4  # 2 fractions x 2 seeds
+    assert all(c["own-lesions"] and json.loads(c["generators"]) == [] for c in control)
+    assert all(not c["real-from"] for c in control)
+    assert not any(c["own-lesions"] for c in sent if c not in control)
+    for pct in (100, 50):
+        for seed in (0, 1):
+            control, synth = f"A+own_lesions@all-{pct}", f"A+synth_B_dcgan@all-{pct}"
+            assert final[(control, seed, "n_added_lesion")] == 8
+            for count in ("n_own_lesion", "healthy_shortfall"):
+                assert final[(control, seed, count)] == final[(synth, seed, count)]
+
+
+def test_own_lesions_are_drawn_from_the_receivers_patches_by_seed():
+    # Prepare: 3 own patches, a message asking for 7 of them again
+    own = np.arange(3 * 16, dtype=np.float32).reshape(3, 1, 4, 4)
+    m = SimpleNamespace(n_synthetic=7, real_from="", own_lesions=True)
+    ident = SimpleNamespace(name="A")
+    # Execute
+    draw = [_added_lesions(None, m, None, ident, own, "all", {}, seed) for seed in (1, 1, 2)]
+    # Assert: every patch is one of the own ones; the seed fixes the draw
+    assert draw[0].shape == (7, 1, 4, 4)
+    assert all(any(np.array_equal(p, o) for o in own) for p in draw[0])
+    assert np.array_equal(draw[0], draw[1]) and not np.array_equal(draw[0], draw[2])
+    with pytest.raises(DataError, match="centre 'A': no own masses lesion patches to draw again"):
+        _added_lesions(None, m, None, ident, own[:0], "masses", {}, 1)
+
+
+def test_the_own_lesions_control_combines_with_nothing():
+    assert parse_arm("A+own_lesions").own_lesions and not parse_arm("A+real_B").own_lesions
+    for bad in ("A+own_lesions+synth_B_dcgan", "A+own_lesions+own_lesions"):
+        with pytest.raises(ValueError, match="or own_lesions alone"):
+            parse_arm(bad)
+    with pytest.raises(ValueError, match="untrained_<gan> or own_lesions"):
+        parse_arm("A+own_patches")
 
 
 def test_a_centre_named_like_the_control_generator_is_refused(env):
