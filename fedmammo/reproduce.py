@@ -42,9 +42,11 @@ _SWIN = (
     "the paper's Swin-T is at 224 px (28M)."
 )
 _CONTROL = (
-    " The control arm A+untrained_dcgan (a generator that never trained) gets most of the "
-    "same gain (README, 'A negative control'): here the gain is mostly the arm's "
-    "construction, not what B's generator learned."
+    " With the CNN, the control arm A+own_lesions (A's own lesion patches drawn again, no "
+    "generator) gets the same gain, and A+untrained_dcgan (a generator that never trained) "
+    "most of it "
+    "(README, 'A negative control'): here the gain is the arm's size, not what B's "
+    "generator learned."
 )
 _MTL_STEPS = (
     "At CPU scale (630 local steps) every auxiliary task slowed the shared encoder's "
