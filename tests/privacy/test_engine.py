@@ -7,21 +7,15 @@ import json
 
 import pytest
 import torch
+from helpers.dp_session import budget, tiny_cnn
 from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmammo.privacy.accounting import BudgetExceeded, CentreAccountant, PrivacyBudget, epsilon_of
+from fedmammo.privacy.accounting import BudgetExceeded, CentreAccountant, epsilon_of
 from fedmammo.privacy.engine import DPIncompatibleModelError, DPSession, validate_for_dp
 
 N, BATCH = 60, 6  # sample rate 1/10, 10 steps per epoch
-
-
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)
-    )
 
 
 def dataset() -> TensorDataset:
@@ -44,11 +38,6 @@ def train_round(session: DPSession, model: nn.Module, *, lr: float = 0.1, skip_o
         opt.step()
         steps += 1
     return session.after_training(steps), opt, steps
-
-
-def budget(**kw) -> PrivacyBudget:
-    base = {"target_epsilon": None, "noise_multiplier": 1.0, "delta": 1e-5, "max_grad_norm": 1.0}
-    return PrivacyBudget(**{**base, **kw})
 
 
 def test_session_round_uses_opacus_and_records_history():

@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers.dp_session import budget, tiny_cnn
 from scipy.stats import binomtest
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fedmammo.errors import ConfigError
-from fedmammo.privacy.accounting import CentreAccountant, PrivacyBudget, epsilon_of
+from fedmammo.privacy.accounting import CentreAccountant, epsilon_of
 from fedmammo.privacy.engine import DPSession
 from fedmammo.privacy.label_sampling import LabelPoissonSampler, label_rates
 from fedmammo.privacy.periodic import PoissonPeriodicSampler
@@ -25,18 +26,6 @@ N_POS, N_NEG, BATCH = 6, 54, 6  # 10% positives, 10 steps per epoch
 
 def labels() -> np.ndarray:
     return np.r_[np.ones(N_POS, int), np.zeros(N_NEG, int)]
-
-
-def budget(**kw) -> PrivacyBudget:
-    base = {"target_epsilon": None, "noise_multiplier": 1.0, "delta": 1e-5, "max_grad_norm": 1.0}
-    return PrivacyBudget(**{**base, **kw})
-
-
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)
-    )
 
 
 def dataset() -> TensorDataset:
