@@ -157,7 +157,8 @@ def _added_lesions(
     patch: Mapping,
     seed: int,
 ) -> np.ndarray:
-    """The arm's added lesion patches: real (simulation only), synthetic or harmonised."""
+    """The arm's added lesion patches: real (simulation only), synthetic, harmonised, or (the
+    own_lesions control) the receiver's own drawn again."""
     n, real_from = m.n_synthetic, m.real_from
     if m.own_lesions:  # the second control: nothing new, the receiver's own lesions again
         if len(own) == 0:
