@@ -3,8 +3,9 @@
 The server polls the nodes it can reach, asks every new one who it is (``query.identify``)
 and says every few seconds which centres are connected and which are missing, in Flower's
 log (``flwr log``, ``flwr run --stream``) and in the run log. Simulated nodes are all there
-at once, so a simulation federation with fewer SuperNodes than the scenario needs fails at
-once, naming the command that fixes it; real sites get the recipe's ``connect_timeout``.
+at once (once Flower has registered them: :func:`simulated_node_ids`), so a simulation
+federation with fewer SuperNodes than the scenario needs fails at once, naming the command
+that fixes it; real sites get the recipe's ``connect_timeout``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "FederationTooSmall",
     "expected_nodes",
     "say",
+    "simulated_node_ids",
     "simulation_size_fix",
     "wait_for_centres",
 ]
@@ -73,6 +75,25 @@ def expected_nodes(spec: RunSpec, scenario: Scenario, *, simulated: bool) -> lis
     if simulated and spec.node_order:
         return ["pooled" if n == POOLED else n for n in spec.node_order]
     return scenario.centre_names()
+
+
+def simulated_node_ids(grid: Any, need: int, *, wait: float = 10.0) -> list[int]:
+    """The simulated SuperNodes' ids, once Flower has registered them.
+
+    Flower's simulation (flwr 1.41, ``run_simulation``) starts the ServerApp's thread before
+    its engine registers the SuperNodes, so a ServerApp that asks at once can find none. Asks
+    again while there are none, for up to ``wait`` seconds; fewer than ``need`` are read once
+    more 0.2 s later (the engine registers them all in one loop).
+    """
+    deadline = time.monotonic() + wait
+    ids = list(grid.get_node_ids())
+    while not ids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        ids = list(grid.get_node_ids())
+    if 0 < len(ids) < need:
+        time.sleep(0.2)
+        ids = list(grid.get_node_ids())
+    return ids
 
 
 def simulation_size_fix(have: int, need: list[str], scenario: str) -> str:

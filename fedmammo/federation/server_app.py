@@ -31,6 +31,7 @@ from fedmammo.federation.connect import (
     FederationTooSmall,
     expected_nodes,
     say,
+    simulated_node_ids,
     simulation_size_fix,
     wait_for_centres,
 )
@@ -154,7 +155,7 @@ def _connect(orc: Orchestrator, *, simulated: bool, prepare: bool) -> None:
     expected = expected_nodes(spec, scenario, simulated=simulated)
     timeout = scenario.recipe.connect_timeout
     if simulated:
-        have = len(list(orc.grid.get_node_ids()))
+        have = len(simulated_node_ids(orc.grid, len(expected)))
         if have < len(expected):
             line = simulation_size_fix(have, expected, scenario.name)
             recorder.failure(arm="all", seed=None, centre="all", reason=line, phase="connect")

@@ -27,7 +27,7 @@ from helpers.run_helpers import REPO, comparable_metrics, results
 from fedmammo.config import load_scenario
 from fedmammo.config.scenario import MessageTimeouts
 from fedmammo.errors import ConfigError
-from fedmammo.federation.connect import ConnectError, FederationTooSmall
+from fedmammo.federation.connect import ConnectError, FederationTooSmall, simulated_node_ids
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec, load_runspec
 from fedmammo.federation.server_app import run_scenario
 
@@ -172,6 +172,30 @@ def test_a_simulation_federation_smaller_than_the_scenario_fails_at_once(tmp_pat
     assert time.monotonic() - t0 < 10
     res = results(Path(spec.run_dir))
     assert res["failures"][0]["phase"] == "connect" and "has 2 SuperNodes" in res["notes"][0]
+
+
+class LateGrid:
+    """A grid whose SuperNodes appear only after ``late`` reads, as in Flower's simulation."""
+
+    def __init__(self, ids: list[int], late: int) -> None:
+        self.ids, self.late, self.reads = ids, late, 0
+
+    def get_node_ids(self) -> list[int]:
+        self.reads += 1
+        return self.ids if self.reads > self.late else []
+
+
+def test_simulated_nodes_registered_after_the_serverapp_starts_are_waited_for():
+    # Flower 1.41 starts the ServerApp thread before it registers the simulated SuperNodes.
+    late = LateGrid([1, 2, 3], late=5)
+    assert simulated_node_ids(late, 3) == [1, 2, 3] and late.reads == 6
+    # Too few: read once more, then returned at once for the size error
+    small = LateGrid([1, 2], late=0)
+    t0 = time.monotonic()
+    assert simulated_node_ids(small, 3) == [1, 2] and small.reads == 2
+    assert time.monotonic() - t0 < 1
+    # None at all: given up after the wait
+    assert simulated_node_ids(LateGrid([], late=0), 3, wait=0.2) == []
 
 
 def test_timeouts_have_minutes_defaults_and_are_validated(tmp_path):
