@@ -160,10 +160,10 @@ def test_the_second_control_adds_the_receivers_own_lesions_again(env):
     assert not any(c["own-lesions"] for c in sent if c not in control)
     for pct in (100, 50):
         for seed in (0, 1):
-            control, synth = f"A+own_lesions@all-{pct}", f"A+synth_B_dcgan@all-{pct}"
-            assert final[(control, seed, "n_added_lesion")] == 8
+            arm, synth = f"A+own_lesions@all-{pct}", f"A+synth_B_dcgan@all-{pct}"
+            assert final[(arm, seed, "n_added_lesion")] == 8
             for count in ("n_own_lesion", "healthy_shortfall"):
-                assert final[(control, seed, count)] == final[(synth, seed, count)]
+                assert final[(arm, seed, count)] == final[(synth, seed, count)]
 
 
 def test_own_lesions_are_drawn_from_the_receivers_patches_by_seed():
