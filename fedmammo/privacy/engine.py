@@ -30,7 +30,7 @@ from fedmammo.privacy.accounting import (
     plan_noise,
 )
 from fedmammo.privacy.bookkeeping import HOOKS_ATTR, dp_backward, make_private_bookkeeping
-from fedmammo.privacy.label_sampling import LabelPoissonSampler, label_rates
+from fedmammo.privacy.label_sampling import LabelPoissonSampler, epoch_label_rates
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
@@ -375,7 +375,7 @@ class DPSession:
                     f"centre {self.centre!r}: {len(labels)} labels for a dataset of "
                     f"{len(loader.dataset)} examples"
                 )
-            rates = label_rates(labels, len(labels) / steps)
+            rates = epoch_label_rates(labels, steps)
         self.sample_rate = 1.0 / steps if rates is None else float(rates.max())
         self.noise_multiplier = self._resolve_noise(self.sample_rate)
         loader_seed, noise_seed = self._seeds()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["LabelPoissonSampler", "label_rates"]
+__all__ = ["LabelPoissonSampler", "epoch_label_rates", "label_rates"]
 
 
 def label_rates(labels: Any, expected_batch: float) -> np.ndarray:
@@ -43,6 +43,12 @@ def label_rates(labels: Any, expected_batch: float) -> np.ndarray:
     values, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
     per_label = np.minimum(1.0, float(expected_batch) / (len(values) * counts))
     return per_label[index.ravel()]
+
+
+def epoch_label_rates(labels: Any, steps: int) -> np.ndarray:
+    """:func:`label_rates` for ``steps`` steps per epoch (expected batch ``n / steps``): the
+    rates a DP round samples with, and whose largest its budget check plans at."""
+    return label_rates(labels, len(labels) / int(steps))
 
 
 class LabelPoissonSampler(Sampler[list[int]]):

@@ -156,13 +156,13 @@ class PoissonPeriodicSampler(Sampler[list[int]]):
     @property
     def expected_batch_size(self) -> float:
         """Mean expected batch size over the pattern."""
-        return float(np.mean([np.sum(self._rates(k)) for k in self.pattern_]))
+        return float(np.mean([self._expected_batch(k) for k in self.pattern_]))
 
-    def _rates(self, key: str) -> np.ndarray:
-        """The members' rates of segment ``key``: one per member, or the segment's rate."""
-        if key in self.example_rates_:
-            return self.example_rates_[key]
-        return np.full(len(self.segments_[key]), self.sample_rates_[key])
+    def _expected_batch(self, key: str) -> float:
+        each = self.example_rates_.get(key)
+        if each is None:
+            return self.sample_rates_[key] * len(self.segments_[key])
+        return float(each.sum())
 
     def mark(self) -> None:
         """Remember the drawn counts (``drawn_since_mark`` counts from here)."""
@@ -179,7 +179,8 @@ class PoissonPeriodicSampler(Sampler[list[int]]):
         for _ in range(self.steps):
             key = self.segment_of_step(self.position)
             members = self.segments_[key]
-            mask = self._rng.random(len(members)) < self._rates(key)
+            rate = self.example_rates_.get(key, self.sample_rates_[key])  # per member or one
+            mask = self._rng.random(len(members)) < rate
             self.position += 1
             self.drawn[key] += 1
             yield members[mask].tolist()

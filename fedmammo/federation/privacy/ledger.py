@@ -283,9 +283,9 @@ def dp_session_for(
     per_epoch, _ = steps_per_round(params, n_examples)
     rate = None
     if params.sampler == "balanced_labels":
-        from fedmammo.privacy.label_sampling import label_rates
+        from fedmammo.privacy.label_sampling import epoch_label_rates
 
-        rate = float(label_rates(labels, n_examples / per_epoch).max())
+        rate = float(epoch_label_rates(labels, per_epoch).max())
     return open_dp_session(
         context,
         ident,
