@@ -181,15 +181,16 @@ def check_writable(path: Path, what: str, fix: str, *, create: bool) -> None:
 
 
 def _check_folders(points: list[Point], out: Path | None, *, create: bool) -> None:
-    """Every real-data centre's data root must exist (DataError, one line per centre); the
-    output folder, then every data_dir, must be (made) writable folders."""
-    from fedmammo.data.prepare import missing_data_root
+    """Every real-data centre's format and options must be known (ConfigError) and its data
+    root exist (DataError), one line per centre; the output folder, then every data_dir, must
+    be (made) writable folders."""
+    from fedmammo.data.prepare import data_config_problem, missing_data_root
 
+    profiles = [p for point in points for p in point.scenario.resolved_profiles.values()]
+    if problems := dict.fromkeys(filter(None, map(data_config_problem, profiles))):
+        raise ConfigError("\n".join(problems))
     problems = dict.fromkeys(
-        problem
-        for point in points
-        for profile in point.scenario.resolved_profiles.values()
-        if (problem := missing_data_root(profile))
+        problem for profile in profiles if (problem := missing_data_root(profile))
     )
     if problems:
         raise DataError("\n".join(problems))

@@ -22,7 +22,7 @@ from fedmammo.config import CentreProfile
 from fedmammo.data.cache import CachedImageDataset, ImageCache
 from fedmammo.data.manifest import normalise_manifest, read_manifest, write_manifest
 from fedmammo.data.splits import assign_splits
-from fedmammo.errors import DataError
+from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
     "PHANTOM_STORE_ENV",
@@ -30,6 +30,7 @@ __all__ = [
     "CentreJob",
     "PooledData",
     "centre_data_dir",
+    "data_config_problem",
     "materialise_centre",
     "materialise_centres",
     "missing_data_root",
@@ -118,6 +119,34 @@ def missing_data_root(profile: CentreProfile) -> str | None:
     return None
 
 
+#: Adapter options a centre profile sets from its own fields, never from data.options.
+_PROFILE_OPTIONS = {"centre": "name", "source": "source"}
+
+
+def data_config_problem(profile: CentreProfile) -> str | None:
+    """What is wrong with a real-data centre's ``data.format`` and ``data.options`` (one line),
+    or None; checked before any file is read."""
+    if profile.data.synthetic is not None:
+        return None
+    from fedmammo.data.adapters import list_formats, options_of
+
+    where = f"centre {profile.name!r}"
+    fmt = profile.data.format or ""
+    if fmt not in list_formats():
+        return f"{where}: unknown data.format {fmt!r}; valid formats: {', '.join(list_formats())}"
+    options = set(profile.data.options)
+    if reserved := sorted(options & set(_PROFILE_OPTIONS)):
+        fields = ", ".join(f"{k!r} by the profile's {_PROFILE_OPTIONS[k]!r}" for k in reserved)
+        return f"{where}: data.options may not set {fields}; fix: set those profile fields"
+    if unknown := sorted(options - options_of(fmt)):
+        valid = ", ".join(sorted(options_of(fmt) - set(_PROFILE_OPTIONS)))
+        return (
+            f"{where}: unknown data.options {', '.join(map(repr, unknown))} for format "
+            f"{fmt!r}; valid options: {valid} (docs/datasets.md)"
+        )
+    return None
+
+
 def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> pd.DataFrame:
     if profile.data.synthetic is not None:
         phantom_dir = data_dir / "phantom"
@@ -127,17 +156,66 @@ def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> 
         return read_manifest(manifest_path)
     from fedmammo.data.adapters import load_manifest
 
+    if problem := data_config_problem(profile):
+        raise ConfigError(problem)
     if problem := missing_data_root(profile):
         raise DataError(problem)
     root = profile.data.resolved_root()
+    assert root is not None
+    stamp_file, manifest_file = data_dir / "source_manifest.json", data_dir / "source_manifest.csv"
+    stamp = _dataset_stamp(profile, root)
+    kept = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+    if kept.get("stamp") == stamp and manifest_file.is_file():
+        df = read_manifest(manifest_file)
+        df.attrs.update(skipped=kept["skipped"], skip_reasons=kept["skip_reasons"])
+        log.info(
+            "centre %s: %d images listed from %s as before (no file under it changed; %d "
+            "skipped then, summary in %s)",
+            profile.name,
+            len(df),
+            root,
+            kept["skipped"],
+            data_dir / "summary.json",
+        )
+        return df
     options = {
         "print_summary": True,
         "summary_path": str(data_dir / "summary.json"),
         **profile.data.options,
     }
-    return load_manifest(
+    df = load_manifest(
         profile.data.format or "", root, centre=profile.name, source=profile.source, **options
     )
+    stamp_file.unlink(missing_ok=True)
+    write_manifest(df, manifest_file)
+    kept = {
+        "stamp": stamp,
+        "skipped": df.attrs["skipped"],
+        "skip_reasons": df.attrs["skip_reasons"],
+    }
+    stamp_file.write_text(json.dumps(kept, indent=2))
+    return df
+
+
+def _dataset_stamp(profile: CentreProfile, root: Path) -> str:
+    """A hash of what a real-data centre's manifest is read from: the format, options and
+    adapter code, and the path, size and modification time of every file under the root and
+    of every file an option names. Listing a tree costs far less than reading its headers."""
+    from fedmammo.data import adapters
+
+    digest = hashlib.sha256()
+    spec = [profile.name, profile.source, profile.data.format, profile.data.options]
+    digest.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    for code in sorted(Path(adapters.__file__).parent.glob("*.py")):
+        digest.update(code.read_bytes())
+    named = [v for v in profile.data.options.values() if isinstance(v, str)]
+    for top in [root, *(Path(os.path.expandvars(os.path.expanduser(v))) for v in named)]:
+        files = sorted(top.rglob("*")) if top.is_dir() else [top] if top.is_file() else []
+        for path in files:
+            if path.is_file():
+                st = path.stat()
+                digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _phantom_centre(profile: CentreProfile, phantom_dir: Path, data_seed: int) -> None:
@@ -199,7 +277,8 @@ class CentreData:
     name: str
     manifest: pd.DataFrame
     cache: ImageCache
-    skipped: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (image id, reason) the cache could not read
+    listed_skipped: int = 0  # images the dataset lists but its adapter skipped
 
     def rows(self, split: str | None, *, label: str | None = "malignant") -> np.ndarray:
         """Cache rows of a split (None = all), dropping rows whose ``label`` is missing."""
@@ -276,6 +355,7 @@ def materialise_centre(
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "centre.yaml").write_text(yaml.safe_dump(profile.model_dump(mode="json")))
     manifest = _source_manifest(profile, data_dir, data_seed)
+    listed_skipped = int(manifest.attrs.get("skipped", 0))
     manifest["centre"] = profile.name
     key = profile.data.segment_key
     if key != ["source", "manufacturer"]:
@@ -288,7 +368,13 @@ def materialise_centre(
     cached = normalise_manifest(cache.manifest)
     if cache.skipped:
         log.warning("centre %s: %d unreadable images skipped", profile.name, len(cache.skipped))
-    return CentreData(name=profile.name, manifest=cached, cache=cache, skipped=list(cache.skipped))
+    return CentreData(
+        name=profile.name,
+        manifest=cached,
+        cache=cache,
+        skipped=list(cache.skipped),
+        listed_skipped=listed_skipped,
+    )
 
 
 @dataclass(frozen=True)
@@ -345,7 +431,7 @@ def _prepare(job: CentreJob, cache_workers: int | None = None) -> tuple[int, int
 
         shown = np.arange(min(16, len(data.manifest)))
         write_thumbnail_grid(data.cache.images(shown), job.thumbnail)
-    return len(data.manifest), len(data.skipped)
+    return len(data.manifest), data.listed_skipped + len(data.skipped)
 
 
 def _worker_logging(queue, levels: dict[str, int]) -> None:

@@ -471,6 +471,47 @@ CASES = [
         # a real dataset not mounted: said before Ray or any folder; --check said "valid"
         for name, check in (("missing-data-root", ()), ("missing-data-root-check", ("--check",)))
     ),
+    *(
+        Case(
+            name,
+            ("{scen}", *check),
+            expected,
+            scenario=_edit("centres/site.yaml, name: a", "centres/real.yaml, name: a"),
+            files={
+                "centres/real.yaml": "name: real\nsource: CBIS-DDSM\n"
+                f"data: {{format: {fmt}, root: /nonexistent/fedmammo-cbis, options: {options}}}\n"
+            },
+            survives=("no run folder", "no data"),
+        )
+        # said before the data root, any folder or Ray; --check said "valid", a run crashed
+        for name, check, fmt, options, expected in (
+            (
+                "unknown-data-format-check",
+                ("--check",),
+                "dicom_folder",
+                "{}",
+                (
+                    "centre 'a': unknown data.format 'dicom_folder'",
+                    "valid formats:",
+                    "dicom-folder",
+                ),
+            ),
+            (
+                "unknown-data-option-check",
+                ("--check",),
+                "dicom-folder",
+                "{label_csv: x.csv}",
+                ("centre 'a': unknown data.options 'label_csv'", "valid options:", "labels_csv"),
+            ),
+            (
+                "data-option-set-by-the-profile",
+                (),
+                "cbis-ddsm",
+                "{source: HospA}",
+                ("data.options may not set 'source' by the profile's 'source'", "fix"),
+            ),
+        )
+    ),
     Case(
         "output-folder-unwritable",
         ("{scen}", "--out", "/proc/fedmammo-runs"),

@@ -78,7 +78,7 @@ def test_a_failing_centre_raises_its_error_and_keeps_the_others(tmp_path):
     # Prepare: the second centre reads a dataset whose root does not exist
     jobs = _jobs(tmp_path)
     missing = CentreProfile.model_validate(
-        {"name": "gone", "source": "G", "data": {"format": "dicom_folder", "root": "/nowhere"}}
+        {"name": "gone", "source": "G", "data": {"format": "dicom-folder", "root": "/nowhere"}}
     )
     jobs[1] = CentreJob(profile=missing, data_root=str(tmp_path), image_size=SIZE)
     # Execute / Assert: the worker's DataError, naming the centre and its root
@@ -103,3 +103,63 @@ def test_worker_count_follows_cores_centres_and_memory(monkeypatch):
     assert preparation_workers(10) == 2
     monkeypatch.setattr(cache_workers, "available_memory", lambda: 10)
     assert preparation_workers(10) == 1
+
+
+def test_a_dataset_is_listed_again_only_when_a_file_under_its_root_changes(tmp_path, monkeypatch):
+    # Prepare: a hospital folder of DICOM files (a phantom's) with one corrupt file, read by
+    # the dicom-folder adapter; count the adapter's listings
+    from fedmammo.data import adapters
+    from fedmammo.data.phantom import generate_centre
+
+    folder = tmp_path / "dicoms"
+    generate_centre(_profile("h", 2), folder, seed=1)
+    (folder / "zz_broken.dcm").write_bytes(b"not a DICOM file")
+    listings = []
+    read = adapters.ADAPTERS["dicom-folder"]
+    monkeypatch.setitem(
+        adapters.ADAPTERS, "dicom-folder", lambda *a, **k: listings.append(1) or read(*a, **k)
+    )
+    profile = CentreProfile.model_validate(
+        {"name": "h", "source": "H", "data": {"format": "dicom-folder", "root": str(folder)}}
+    )
+    job = CentreJob(profile=profile, data_root=str(tmp_path / "data"), image_size=SIZE)
+
+    # Execute: prepared twice, then once more after a file under the root changed
+    first = [(n, s) for _, n, s in materialise_centres([job])]
+    (cache,) = (tmp_path / "data").glob("h-*/cache_32x24/images.npy")
+    built = cache.stat().st_mtime_ns
+    second = [(n, s) for _, n, s in materialise_centres([job])]
+    reused = prepare.materialise_centre(profile, tmp_path / "data", image_size=SIZE).manifest
+    os.utime(folder / "zz_broken.dcm", ns=(1, 1))
+    third = [(n, s) for _, n, s in materialise_centres([job])]
+
+    # Assert: 8 images and the corrupt file counted as skipped every time; the headers read
+    # only the first time and after the change; the manifest reused is the one the adapter
+    # reads, and the image cache it keys was not built again
+    assert first == second == third == [(8, 1)]
+    assert len(listings) == 2
+    listed = adapters.load_manifest("dicom-folder", folder, centre="h", source="H")
+    assert reused["path"].tolist() == listed["path"].tolist()
+    assert cache.stat().st_mtime_ns == built
+
+
+def test_a_profile_setting_what_the_profile_owns_or_an_unknown_option_is_named():
+    def problem(data):
+        return prepare.data_config_problem(
+            CentreProfile.model_validate({"name": "h", "source": "H", "data": data})
+        )
+
+    base = {"format": "dicom-folder", "root": "/x"}
+    assert problem(base) is None
+    assert problem({**base, "options": {"labels_csv": "l.csv", "modalities": ["MG"]}}) is None
+    assert problem({**base, "format": "dicom"}) == (
+        "centre 'h': unknown data.format 'dicom'; valid formats: cbis-ddsm, cmmd, dicom-folder, "
+        "inbreast, rsna, vindr-mammo"
+    )
+    assert "may not set 'centre' by the profile's 'name'" in problem(
+        {**base, "options": {"centre": "other"}}
+    )
+    unknown = problem({**base, "options": {"label_csv": "l.csv"}})
+    assert unknown.startswith("centre 'h': unknown data.options 'label_csv' for format")
+    assert "valid options: labels_csv, modalities, print_summary, summary_path" in unknown
+    assert problem({"synthetic": _profile("s", 1).data.synthetic.model_dump()}) is None

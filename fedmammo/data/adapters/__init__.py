@@ -13,25 +13,38 @@ from typing import Any
 import pandas as pd
 
 from fedmammo.data.adapters import cbis_ddsm, cmmd, dicom_folder, inbreast, rsna, vindr
-from fedmammo.data.adapters._common import print_summary, summarise_manifest
+from fedmammo.data.adapters._common import COMMON_OPTIONS, print_summary, summarise_manifest
 from fedmammo.errors import ConfigError, DataError
 
-__all__ = ["ADAPTERS", "list_formats", "load_manifest", "print_summary", "summarise_manifest"]
+__all__ = [
+    "ADAPTERS",
+    "list_formats",
+    "load_manifest",
+    "options_of",
+    "print_summary",
+    "summarise_manifest",
+]
 
-#: Format name (the ``data.format`` of a centre profile) -> adapter.
-ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
-    "cbis-ddsm": cbis_ddsm.load,
-    "inbreast": inbreast.load,
-    "vindr-mammo": vindr.load,
-    "rsna": rsna.load,
-    "cmmd": cmmd.load,
-    "dicom-folder": dicom_folder.load,
+_MODULES = {
+    "cbis-ddsm": cbis_ddsm,
+    "inbreast": inbreast,
+    "vindr-mammo": vindr,
+    "rsna": rsna,
+    "cmmd": cmmd,
+    "dicom-folder": dicom_folder,
 }
+#: Format name (the ``data.format`` of a centre profile) -> adapter.
+ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {n: m.load for n, m in _MODULES.items()}
 
 
 def list_formats() -> list[str]:
     """Names of the registered dataset formats."""
     return sorted(ADAPTERS)
+
+
+def options_of(fmt: str) -> frozenset[str]:
+    """The options the adapter of format ``fmt`` accepts (its own and the common ones)."""
+    return frozenset(_MODULES[fmt].OPTIONS) | COMMON_OPTIONS
 
 
 def load_manifest(fmt: str, root: str | Path, **options: Any) -> pd.DataFrame:

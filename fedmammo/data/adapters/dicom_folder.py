@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,14 @@ from fedmammo.data.adapters._common import (
     SkipCounter,
     check_options,
     finish_manifest,
+    format_columns,
     header_age,
     header_laterality,
     header_manufacturer,
     header_pixel_spacing,
     header_view,
     iter_dicom_files,
+    option_path,
     read_header,
     read_table,
     text_or_none,
@@ -25,6 +29,8 @@ from fedmammo.data.adapters._common import (
 from fedmammo.errors import DataError
 
 __all__ = ["KEY_COLUMNS", "LABEL_COLUMNS", "load"]
+
+log = logging.getLogger(__name__)
 
 DATASET = "dicom-folder"
 #: Columns a labels CSV may key its rows by (the first present is used).
@@ -38,6 +44,10 @@ LAYOUT = (
 )
 OPTIONS = ("labels_csv", "modalities")
 _DUPLICATE = "duplicate SOPInstanceUID (the first file in path order is kept)"
+_KEYS_HINT = (
+    "keys are SOPInstanceUIDs, or file names relative to the data root (e.g. 'p1/a.dcm'), "
+    "or bare file names"
+)
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -46,14 +56,18 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     Files whose Modality is not in ``modalities`` (default ``["MG"]``; a missing Modality
     tag is accepted) are skipped and counted; so is a file repeating another's
     SOPInstanceUID (the first in sorted path order is kept). Option ``labels_csv`` adds labels by
-    SOPInstanceUID or file name (name relative to ``root`` or bare).
+    SOPInstanceUID or file name (name relative to ``root`` or bare); a bare name of several
+    files, or a CSV none of whose rows matches a file, is a DataError; rows that match no file
+    are logged.
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
-    labels = _labels(Path(options["labels_csv"])) if options.get("labels_csv") else {}
+    labels_csv = option_path(options, "labels_csv", dataset=DATASET)
+    labels = _labels(labels_csv) if labels_csv else {}
     modalities = {str(m).upper() for m in options.get("modalities") or ["MG"]}
     skips = SkipCounter(DATASET)
     rows, used = [], set()
+    by_bare_name: dict[str, list[Path]] = defaultdict(list)  # key -> files it labels by name
     first_of: dict[str, Path] = {}  # SOPInstanceUID -> the first file (sorted paths) holding it
     for path in iter_dicom_files(root):
         ds = read_header(path)
@@ -72,7 +86,10 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             first_of[sop] = path
         rel = path.relative_to(root).as_posix()
         key = next((k for k in (sop, rel, path.name) if k and k in labels), None)
-        used.add(key)
+        if key is not None:
+            used.add(key)
+            if key == path.name and key not in (sop, rel):
+                by_bare_name[key].append(path)
         lab = labels.get(key, {}) if key else {}
         view = header_view(ds)
         study = text_or_none(ds.get("StudyInstanceUID"))
@@ -95,14 +112,50 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         if lab.get("split"):
             row["split"] = lab["split"]
         rows.append(row)
+    unmatched = [k for k in labels if k not in used]
+    if labels_csv is not None and rows:
+        _check_matches(labels_csv, root, len(labels), unmatched, by_bare_name)
     return finish_manifest(
         rows,
         dataset=DATASET,
         fmt="dicom-folder",
         options=options,
         skips=skips,
-        extra_attrs={"labels_unmatched": len(set(labels) - used)},
+        root=root,
+        extra_attrs={"labels_unmatched": len(unmatched)},
     )
+
+
+def _check_matches(
+    path: Path, root: Path, n_keys: int, unmatched: list[str], by_bare_name: dict[str, list[Path]]
+) -> None:
+    """Refuse a labels CSV whose bare file name labels several files or that matches no file;
+    warn about its rows that match no file."""
+    for key, paths in by_bare_name.items():
+        if len(paths) > 1:
+            raise DataError(
+                f"{DATASET}: {path}: key {key!r} is the bare name of {len(paths)} files under "
+                f"{root} (e.g. {paths[0]} and {paths[1]}) and would label them all; fix: key "
+                "those rows by SOPInstanceUID or by the file name relative to the data root "
+                f"(e.g. {paths[0].relative_to(root).as_posix()!r})"
+            )
+    examples = ", ".join(map(repr, unmatched[:3]))
+    if unmatched and len(unmatched) == n_keys:
+        raise DataError(
+            f"{DATASET}: no row of {path} matches an image under {root} ({n_keys} keys, e.g. "
+            f"{examples}), so the labels cannot be meant for this folder; "
+            f"{_KEYS_HINT}"
+        )
+    if unmatched:
+        log.warning(
+            "%s: %d row(s) of %s match no image under %s (e.g. %s); their labels are unused; %s",
+            DATASET,
+            len(unmatched),
+            path,
+            root,
+            examples,
+            _KEYS_HINT,
+        )
 
 
 def _labels(path: Path) -> dict[str, dict[str, Any]]:
@@ -114,8 +167,24 @@ def _labels(path: Path) -> dict[str, dict[str, Any]]:
             f"{DATASET}: {path} lacks a key column; expected one of {', '.join(KEY_COLUMNS)} "
             f"and any of {', '.join(LABEL_COLUMNS)}"
         )
+    if not any(c in table.columns for c in LABEL_COLUMNS):
+        raise DataError(
+            f"{DATASET}: {path} has no label column (columns found: "
+            f"{format_columns(table.columns)}); fix: name the label columns as expected: any "
+            f"of {', '.join(LABEL_COLUMNS)} next to the key column {key_col!r}"
+        )
+    ignored = [c for c in table.columns if c != key_col and c not in LABEL_COLUMNS]
+    if ignored:
+        log.warning(
+            "%s: %s: column(s) %s ignored (label columns: %s)",
+            DATASET,
+            path,
+            format_columns(ignored),
+            ", ".join(LABEL_COLUMNS),
+        )
     out: dict[str, dict[str, Any]] = {}
-    for i, rec in enumerate(table.to_dict("records")):
+    first_line: dict[str, int] = {}
+    for line, rec in enumerate(table.to_dict("records"), start=2):
         key = text_or_none(rec[key_col])
         if key is None:
             continue
@@ -123,8 +192,15 @@ def _labels(path: Path) -> dict[str, dict[str, Any]]:
         for col in LABEL_COLUMNS:
             text = text_or_none(rec.get(col))
             if text is not None:
-                values[col] = _convert(col, text, path, i + 2)
-        out[key] = values
+                values[col] = _convert(col, text, path, line)
+        if key in out:
+            if out[key] != values:
+                raise DataError(
+                    f"{DATASET}: {path} lines {first_line[key]} and {line} label {key_col} "
+                    f"{key!r} differently; fix: keep one row per key"
+                )
+            continue  # an identical duplicate
+        out[key], first_line[key] = values, line
     return out
 
 

@@ -21,6 +21,7 @@ from fedmammo.data.adapters._common import (
     header_manufacturer,
     header_pixel_spacing,
     malignancy_from_birads,
+    option_path,
     read_birads,
     read_header,
     read_label,
@@ -30,7 +31,7 @@ from fedmammo.data.adapters._common import (
 from fedmammo.data.manifest import encode_lesions
 from fedmammo.errors import DataError
 
-__all__ = ["COLUMNS", "load", "read_rois"]
+__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "load", "read_rois"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ COLUMNS = [
     "ACR",
     "Bi-Rads",
 ]
+#: The published columns the adapter reads ('Patient ID' says "removed": not read).
+REQUIRED_COLUMNS = [c for c in COLUMNS if c != "Patient ID"]
 LAYOUT = (
     "ROOT/INbreast.csv (';'-separated: " + ";".join(COLUMNS) + "), ROOT/AllDICOMs/"
     "{File Name}_{hash}_MG_{L|R}_{CC|ML}_ANON.dcm and optional ROIs ROOT/AllXML/{File Name}.xml"
@@ -66,8 +69,8 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
-    csv_path = Path(options.get("csv") or root / "INbreast.csv")
-    table = read_table(csv_path, dataset=DATASET, expected=COLUMNS, layout=LAYOUT, sep=";")
+    csv_path = option_path(options, "csv", dataset=DATASET) or root / "INbreast.csv"
+    table = read_table(csv_path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT, sep=";")
     dicom_dir = root / "AllDICOMs"
     if not dicom_dir.is_dir():
         raise DataError(f"{DATASET}: folder {dicom_dir} not found; expected layout: {LAYOUT}")
@@ -142,6 +145,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         fmt="inbreast",
         options=options,
         skips=skips,
+        root=dicom_dir,
         extra_attrs={"unreadable_xml": bad_xml},
     )
 

@@ -14,6 +14,7 @@ from fedmammo.data.adapters._common import (
     finish_manifest,
     header_manufacturer,
     header_pixel_spacing,
+    option_path,
     read_age,
     read_header,
     read_label,
@@ -21,7 +22,7 @@ from fedmammo.data.adapters._common import (
     text_or_none,
 )
 
-__all__ = ["COLUMNS", "load"]
+__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "load"]
 
 DATASET = "RSNA"
 COLUMNS = [
@@ -39,6 +40,10 @@ COLUMNS = [
     "density",
     "machine_id",
     "difficult_negative_case",
+]
+#: The published columns the adapter reads (the others may be absent).
+REQUIRED_COLUMNS = [
+    c for c in COLUMNS if c not in ("biopsy", "invasive", "implant", "difficult_negative_case")
 ]
 LAYOUT = (
     "ROOT/train.csv (" + ", ".join(COLUMNS) + ") and ROOT/train_images/<patient_id>/<image_id>.dcm"
@@ -59,16 +64,11 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
-    table = read_table(
-        Path(options.get("csv") or root / "train.csv"),
-        dataset=DATASET,
-        expected=COLUMNS,
-        layout=LAYOUT,
-    )
-    images = Path(options.get("images_dir") or root / "train_images")
+    csv_path = option_path(options, "csv", dataset=DATASET) or root / "train.csv"
+    table = read_table(csv_path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT)
+    images = option_path(options, "images_dir", dataset=DATASET) or root / "train_images"
     skips = SkipCounter(DATASET)
     rows = []
-    csv_path = Path(options.get("csv") or root / "train.csv")
     for line, rec in enumerate(table.to_dict("records"), start=2):
         where = f"{csv_path} line {line}"
         patient, image = text_or_none(rec["patient_id"]), text_or_none(rec["image_id"])
@@ -112,4 +112,6 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
                 "machine_id": machine,
             }
         )
-    return finish_manifest(rows, dataset=DATASET, fmt="rsna", options=options, skips=skips)
+    return finish_manifest(
+        rows, dataset=DATASET, fmt="rsna", options=options, skips=skips, root=images
+    )

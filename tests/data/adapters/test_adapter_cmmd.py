@@ -75,4 +75,4 @@ def test_cmmd_missing_table_and_column(tmp_path: Path, builders) -> None:
     with pytest.raises(DataError) as err:
         load_manifest("cmmd", tmp_path, clinical_csv=str(csv))
     assert f"{csv} lacks column 'classification'" in str(err.value)
-    assert "expected columns: ID1, LeftRight, Age" in str(err.value)
+    assert "required columns: ID1, LeftRight, Age, classification;" in str(err.value)

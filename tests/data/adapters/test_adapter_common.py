@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pydicom.dataset import Dataset
 from rich.console import Console
@@ -17,6 +19,8 @@ from fedmammo.data.adapters._common import (
     header_laterality,
     header_view,
     malignancy_from_birads,
+    read_header,
+    read_table,
 )
 from fedmammo.errors import ConfigError, DataError
 
@@ -156,3 +160,180 @@ def test_dicom_folder_profile_loads(monkeypatch, tmp_path: Path) -> None:
     # Assert
     assert profile.data.format == "dicom-folder" and profile.data.resolved_root() == tmp_path
     assert "labels_csv" not in profile.data.options
+
+
+def test_missing_column_lists_the_columns_found(tmp_path: Path) -> None:
+    # Prepare: 20 columns, none of them the one required
+    path = tmp_path / "t.csv"
+    pd.DataFrame({f"c{i}": ["1"] for i in range(20)}).to_csv(path, index=False)
+
+    # Execute / Assert: the first 12 and how many more
+    with pytest.raises(DataError) as err:
+        read_table(path, dataset="X", expected=["cancer"], layout="L")
+    message = str(err.value)
+    assert f"{path} lacks column 'cancer'; required columns: cancer; columns found: " in message
+    assert "'c0', 'c1'" in message and "'c11' and 8 more;" in message and "'c12'" not in message
+
+
+@pytest.mark.parametrize(
+    ("fmt", "table", "written", "said"),
+    [
+        ("rsna", "train.csv", ";", "looks separated by ';' (semicolon), not ',' (comma)"),
+        ("rsna", "train.csv", "\t", "looks separated by a tab, not ',' (comma)"),
+        ("inbreast", "INbreast.csv", ",", "looks separated by ',' (comma), not ';' (semicolon)"),
+    ],
+)
+def test_missing_column_of_a_wrongly_separated_csv_names_the_separator(
+    tmp_path: Path, builders, fmt: str, table: str, written: str, said: str
+) -> None:
+    # Prepare: the table saved with another separator
+    builders[fmt](tmp_path)
+    path = tmp_path / table
+    sep = ";" if fmt == "inbreast" else ","
+    pd.read_csv(path, sep=sep, dtype=str).to_csv(path, sep=written, index=False)
+
+    # Execute / Assert
+    with pytest.raises(DataError) as err:
+        load_manifest(fmt, tmp_path)
+    message = str(err.value)
+    assert f"{path} lacks column" in message and said in message and "\n" not in message
+
+
+#: Published columns no adapter reads, per format and table: a table without them loads.
+UNREAD = {
+    "cbis-ddsm": {
+        "mass_case_description_train_set.csv": [
+            "abnormality id",
+            "abnormality type",
+            "mass margins",
+            "subtlety",
+        ],
+        "calc_case_description_test_set.csv": [
+            "abnormality id",
+            "abnormality type",
+            "calc distribution",
+            "subtlety",
+        ],
+    },
+    "inbreast": {"INbreast.csv": ["Patient ID"]},
+    "vindr-mammo": {
+        "breast-level_annotations.csv": ["series_id", "height", "width"],
+        "finding_annotations.csv": [
+            "study_id",
+            "series_id",
+            "laterality",
+            "view_position",
+            "height",
+            "width",
+            "breast_birads",
+            "breast_density",
+            "split",
+        ],
+    },
+    "rsna": {"train.csv": ["biopsy", "invasive", "implant", "difficult_negative_case"]},
+    "cmmd": {"clinical.csv": ["number", "abnormality", "subtype"]},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(UNREAD))
+def test_tables_with_only_the_read_columns_load(tmp_path: Path, builders, fmt: str) -> None:
+    """Regression: RSNA required biopsy, invasive, ...; CMMD number, abnormality, subtype."""
+    # Prepare
+    args = {"cbis-ddsm": ("canonical",)}.get(fmt, ())
+    kwargs = {"xlsx": False} if fmt == "cmmd" else {}
+    builders[fmt](tmp_path, *args, **kwargs)
+    options = {"clinical_csv": str(tmp_path / "clinical.csv")} if fmt == "cmmd" else {}
+    full = load_manifest(fmt, tmp_path, **options)
+    sep = ";" if fmt == "inbreast" else ","
+    for name, unread in UNREAD[fmt].items():
+        path = tmp_path / name
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        table.drop(columns=unread).to_csv(path, sep=sep, index=False)
+
+    # Execute
+    trimmed = load_manifest(fmt, tmp_path, **options)
+
+    # Assert: the same manifest
+    pd.testing.assert_frame_equal(trimmed, full)
+
+
+@pytest.mark.parametrize("images_dir", [None, "elsewhere"])
+def test_no_readable_image_names_the_folder(tmp_path: Path, builders, images_dir) -> None:
+    # Prepare: RSNA's CSV without its images
+    builders["rsna"](tmp_path)
+    shutil.rmtree(tmp_path / "train_images")
+    options = {"images_dir": str(tmp_path / images_dir)} if images_dir else {}
+
+    # Execute / Assert
+    with pytest.raises(DataError) as err:
+        load_manifest("rsna", tmp_path, **options)
+    folder = tmp_path / (images_dir or "train_images")
+    assert f"RSNA: no readable image found in {folder} (5 skipped" in str(err.value)
+
+
+#: (format, path option, what it names relative to the tree, builder keyword arguments)
+PATH_OPTIONS = [
+    ("cbis-ddsm", "csv_dir", None, {"layout": "canonical"}),
+    ("inbreast", "csv", "INbreast.csv", {}),
+    ("rsna", "csv", "train.csv", {}),
+    ("rsna", "images_dir", "train_images", {}),
+    ("cmmd", "clinical_csv", "clinical.csv", {"xlsx": False}),
+    ("cmmd", "clinical_xlsx", "CMMD_clinicaldata_revision.xlsx", {}),
+]
+
+
+@pytest.mark.parametrize("spelling", ["${FEDMAMMO_TEST_ELSEWHERE}", "~"])
+@pytest.mark.parametrize(("fmt", "option", "name", "kwargs"), PATH_OPTIONS)
+def test_path_options_expand_env_and_home(
+    tmp_path: Path, builders, monkeypatch, fmt, option, name, kwargs, spelling
+) -> None:
+    # Prepare: the file (or the CSVs) moved out of the tree, named through $VAR or ~
+    if option == "clinical_xlsx":
+        pytest.importorskip("openpyxl")
+    tree, elsewhere = tmp_path / "tree", tmp_path / "elsewhere"
+    tree.mkdir()
+    elsewhere.mkdir()
+    expected = builders[fmt](tree, **kwargs)
+    monkeypatch.setenv("FEDMAMMO_TEST_ELSEWHERE", str(elsewhere))
+    monkeypatch.setenv("HOME", str(elsewhere))
+    moved = [p.name for p in tree.glob("*.csv")] if name is None else [name]
+    for item in moved:
+        shutil.move(tree / item, elsewhere / item)
+
+    # Execute
+    value = spelling if name is None else f"{spelling}/{name}"
+    df = load_manifest(fmt, tree, **{option: value})
+
+    # Assert
+    assert sorted(df["image_id"]) == sorted(expected)
+
+
+def test_path_option_with_an_unset_variable_names_it(tmp_path: Path, builders, monkeypatch) -> None:
+    # Prepare
+    builders["rsna"](tmp_path)
+    monkeypatch.delenv("FEDMAMMO_TEST_UNSET", raising=False)
+
+    # Execute / Assert
+    with pytest.raises(DataError) as err:
+        load_manifest("rsna", tmp_path, images_dir="${FEDMAMMO_TEST_UNSET}/imgs")
+    message = str(err.value)
+    assert "RSNA: option images_dir '${FEDMAMMO_TEST_UNSET}/imgs'" in message
+    assert "FEDMAMMO_TEST_UNSET which is not set" in message
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_read_header_of_a_truncated_file_never_raises(tmp_path: Path, dicom_writer) -> None:
+    """Regression: a file cut inside a length field raised struct.error out of read_header."""
+    # Prepare
+    whole = tmp_path / "whole.dcm"
+    dicom_writer(whole, PatientID="P1")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.dcm"
+
+    # Execute / Assert: None, or the part of the header before the cut
+    results = []
+    for size in range(0, min(len(data), 900)):
+        cut.write_bytes(data[:size])
+        results.append(read_header(cut))
+    assert results[0] is None and results[154] is None  # in the file meta's first length
+    assert any(ds is not None for ds in results)

@@ -121,8 +121,9 @@ def test_dicom_folder_without_images_is_an_error(tmp_path: Path, garbage_writer)
     garbage_writer(tmp_path / "x.dcm")
 
     # Execute / Assert
-    with pytest.raises(DataError, match=r"no readable image found \(1 skipped"):
+    with pytest.raises(DataError) as err:
         load_manifest("dicom-folder", tmp_path)
+    assert f"no readable image found in {tmp_path} (1 skipped" in str(err.value)
 
 
 def test_dicom_folder_duplicate_uid_keeps_the_first_file(tree: dict, dicom_writer, caplog) -> None:
@@ -149,3 +150,121 @@ def test_dicom_folder_duplicate_uid_keeps_the_first_file(tree: dict, dicom_write
     assert any(
         str(root / "site" / "p1" / "a.dcm") in m and str(early.filename) in m for m in logged
     )
+
+
+def _labels(path: Path, **columns: list) -> str:
+    pd.DataFrame(columns).to_csv(path, index=False)
+    return str(path)
+
+
+def test_dicom_folder_labels_csv_without_label_columns_is_an_error(
+    tree: dict, tmp_path: Path, caplog
+) -> None:
+    """Regression: a 'cancer' column instead of 'malignant' loaded with every label NA."""
+    # Prepare
+    wrong = _labels(tmp_path / "wrong.csv", SOPInstanceUID=[tree["a"]], cancer=[1])
+    extra = _labels(
+        tmp_path / "extra.csv", SOPInstanceUID=[tree["a"]], malignant=[1], cancer=[1], note=["x"]
+    )
+
+    # Execute / Assert: no label column at all -> refused, naming file, found and expected
+    with pytest.raises(DataError) as err:
+        load_manifest("dicom-folder", tree["root"], labels_csv=wrong)
+    message = str(err.value)
+    assert f"{wrong} has no label column (columns found: 'SOPInstanceUID', 'cancer')" in message
+    assert "any of malignant, acr, density, u_malignancy" in message
+    # Execute / Assert: unknown columns beside a label column -> loaded, one warning naming them
+    with caplog.at_level("WARNING"):
+        df = load_manifest("dicom-folder", tree["root"], labels_csv=extra).set_index("image_id")
+    assert df.loc[tree["a"], "malignant"] == 1
+    ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(ignored) == 1 and "'cancer', 'note'" in ignored[0] and extra in ignored[0]
+
+
+def test_dicom_folder_unmatched_label_rows_are_logged(tree: dict, tmp_path: Path, caplog) -> None:
+    # Prepare: a's row matches; four rows match no file
+    keys = [tree["a"], "1.2.3", "1.2.4", "p9/x.dcm", "1.2.6"]
+    csv = _labels(tmp_path / "labels.csv", SOPInstanceUID=keys, malignant=[1, 0, 0, 0, 0])
+
+    # Execute
+    with caplog.at_level("WARNING"):
+        df = load_manifest("dicom-folder", tree["root"], labels_csv=csv).set_index("image_id")
+
+    # Assert: counted, one warning with the count, three example keys and the hint
+    assert df.loc[tree["a"], "malignant"] == 1 and df.attrs["labels_unmatched"] == 4
+    logged = [r.getMessage() for r in caplog.records if "match no image" in r.getMessage()]
+    assert len(logged) == 1
+    assert f"4 row(s) of {csv} match no image under {tree['root']}" in logged[0]
+    assert "(e.g. '1.2.3', '1.2.4', 'p9/x.dcm')" in logged[0] and "1.2.6" not in logged[0]
+    assert "keys are SOPInstanceUIDs, or file names relative to the data root" in logged[0]
+
+
+def test_dicom_folder_labels_matching_no_file_are_an_error(tree: dict, tmp_path: Path) -> None:
+    # Prepare: labels of another folder
+    csv = _labels(tmp_path / "other.csv", file_name=["x/1.dcm", "y/2.dcm"], malignant=[1, 0])
+
+    # Execute / Assert
+    with pytest.raises(DataError) as err:
+        load_manifest("dicom-folder", tree["root"], labels_csv=csv)
+    message = str(err.value)
+    assert f"no row of {csv} matches an image under {tree['root']} (2 keys" in message
+    assert "'x/1.dcm', 'y/2.dcm'" in message and "or bare file names" in message
+
+
+def test_dicom_folder_bare_name_of_several_files_is_an_error(tmp_path: Path, dicom_writer) -> None:
+    """Regression: '1-1.dcm' labelled every file of that name in every sub-folder."""
+    # Prepare: TCIA-style trees repeat the file name 1-1.dcm in every series folder
+    root = tmp_path / "tree"
+    first = dicom_writer(root / "s1" / "1-1.dcm", PatientID="P1")
+    dicom_writer(root / "s2" / "1-1.dcm", PatientID="P2")
+    bare = _labels(tmp_path / "bare.csv", file_name=["1-1.dcm"], malignant=[1])
+    relative = _labels(tmp_path / "rel.csv", file_name=["s1/1-1.dcm"], malignant=[1])
+
+    # Execute / Assert: refused, naming the key, the CSV, two paths and the fix
+    with pytest.raises(DataError) as err:
+        load_manifest("dicom-folder", root, labels_csv=bare)
+    message = str(err.value)
+    assert f"{bare}: key '1-1.dcm' is the bare name of 2 files" in message
+    assert str(root / "s1" / "1-1.dcm") in message and str(root / "s2" / "1-1.dcm") in message
+    assert "key those rows by SOPInstanceUID or by the file name relative" in message
+    # Execute / Assert: the relative name labels the one file
+    df = load_manifest("dicom-folder", root, labels_csv=relative).set_index("image_id")
+    assert df.loc[str(first.SOPInstanceUID), "malignant"] == 1
+    assert df["malignant"].notna().sum() == 1
+
+
+def test_dicom_folder_duplicate_label_keys(tree: dict, tmp_path: Path) -> None:
+    # Prepare
+    a, c = tree["a"], tree["c"]
+    clash = _labels(tmp_path / "clash.csv", SOPInstanceUID=[a, c, a], malignant=[1, 0, 0])
+    same = _labels(tmp_path / "same.csv", SOPInstanceUID=[a, c, a], malignant=["1", "0", "1.0"])
+
+    # Execute / Assert: different values -> refused naming both lines and the key
+    with pytest.raises(DataError) as err:
+        load_manifest("dicom-folder", tree["root"], labels_csv=clash)
+    assert f"{clash} lines 2 and 4 label SOPInstanceUID {a!r} differently" in str(err.value)
+    # Execute / Assert: identical duplicates are accepted
+    df = load_manifest("dicom-folder", tree["root"], labels_csv=same).set_index("image_id")
+    assert (df.loc[a, "malignant"], df.loc[c, "malignant"]) == (1, 0)
+
+
+def test_dicom_folder_labels_csv_expands_env_and_home(
+    tree: dict, tmp_path: Path, monkeypatch
+) -> None:
+    # Prepare
+    (tmp_path / "secure").mkdir()
+    _labels(tmp_path / "secure" / "labels.csv", SOPInstanceUID=[tree["a"]], malignant=[1])
+    monkeypatch.setenv("FEDMAMMO_TEST_LABELS", str(tmp_path / "secure"))
+    monkeypatch.setenv("HOME", str(tmp_path / "secure"))
+    monkeypatch.delenv("FEDMAMMO_TEST_UNSET", raising=False)
+
+    # Execute / Assert: ${ENV} and ~ are expanded like data.root
+    for spelling in ("${FEDMAMMO_TEST_LABELS}/labels.csv", "~/labels.csv"):
+        df = load_manifest("dicom-folder", tree["root"], labels_csv=spelling)
+        assert df.set_index("image_id").loc[tree["a"], "malignant"] == 1, spelling
+    # Execute / Assert: an unset variable is named
+    with pytest.raises(DataError) as err:
+        load_manifest("dicom-folder", tree["root"], labels_csv="${FEDMAMMO_TEST_UNSET}/l.csv")
+    message = str(err.value)
+    assert "option labels_csv '${FEDMAMMO_TEST_UNSET}/l.csv'" in message
+    assert "environment variable FEDMAMMO_TEST_UNSET which is not set" in message

@@ -95,4 +95,4 @@ def test_inbreast_missing_column(tmp_path: Path, builders) -> None:
     with pytest.raises(DataError) as err:
         load_manifest("inbreast", tmp_path)
     assert f"{csv} lacks column 'Bi-Rads'" in str(err.value)
-    assert "expected columns: Patient ID, Patient age" in str(err.value)
+    assert "required columns: Patient age, Laterality" in str(err.value)
