@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Literal, overload
 
@@ -45,11 +46,48 @@ def _read_dataset(path: Path) -> Dataset:
         raise UnreadableImageError(f"{path}: file not found")
     try:
         # Pixel data over 1 MB is read only when decoded, after check_header accepted the size.
-        return pydicom.dcmread(path, defer_size="1 MB")
+        ds = pydicom.dcmread(path, defer_size="1 MB")
     except Exception as exc:  # the parser raises many types on bad input
         raise UnreadableImageError(
             f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})"
         ) from exc
+    if "PixelData" not in ds and (early := _ends_early(path)):
+        raise UnreadableImageError(
+            f"{path}: the file ends before its (7FE0,0010) PixelData ({path.stat().st_size:,} "
+            f"bytes: a truncated copy or download?); pydicom: {early}"
+        )
+    return ds
+
+
+def _ends_early(path: Path) -> str | None:
+    """pydicom's end-of-file warning when reading ``path`` again, or None (it does not end
+    early). Only on the path of a file without pixel data, so warnings are caught once."""
+    pydicom_log = logging.getLogger("pydicom")  # it logged the warnings the first time
+
+    def silence(record: logging.LogRecord) -> bool:
+        return False
+
+    pydicom_log.addFilter(silence)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pydicom.dcmread(path, defer_size="1 MB")
+    except Exception:  # read once already; a failure now says nothing new
+        return None
+    finally:
+        pydicom_log.removeFilter(silence)
+    return next((str(w.message) for w in caught if "End of file" in str(w.message)), None)
+
+
+class _DropTracebacks(logging.Filter):
+    """Drops the traceback pydicom logs for each decoding plugin that fails: the error
+    fedmammo raises names every plugin's failure in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None and not isinstance(record.msg, BaseException)
+
+
+_PLUGIN_LOG = logging.getLogger("pydicom.pixels.decoders.base")
 
 
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
@@ -68,6 +106,8 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
                 f'({tsyntax}). Install the codecs extra: pip install "fedmammo[codecs]" '
                 f"(JPEG 2000); pydicom's plugins for this syntax: {options}"
             )
+    quiet = _DropTracebacks()
+    _PLUGIN_LOG.addFilter(quiet)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # any decoder failure on this one file: refuse the file
@@ -76,6 +116,8 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
         raise UnreadableImageError(
             f"{path}: pixel data cannot be decoded{syntax} ({type(exc).__name__}: {detail})"
         ) from exc
+    finally:
+        _PLUGIN_LOG.removeFilter(quiet)
     if arr.ndim != 2 or arr.size == 0:
         raise UnreadableImageError(f"{path}: pixel array has shape {arr.shape}, expected 2D")
     return arr

@@ -122,7 +122,11 @@ def check_header(ds: Dataset, path: Path) -> None:
             "use the FOR PRESENTATION image the modality produced from it"
         )
     if "PixelData" not in ds:
-        raise UnreadableImageError(f"{path}: no (7FE0,0010) PixelData, not an image")
+        size = f"{path.stat().st_size:,} bytes" if path.is_file() else "no file"
+        raise UnreadableImageError(
+            f"{path}: no (7FE0,0010) PixelData: not an image (SOPClassUID {sop or '-'}), or a "
+            f"copy cut short before its pixels ({size})"
+        )
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and not syntax.is_transfer_syntax:

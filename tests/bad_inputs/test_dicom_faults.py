@@ -44,6 +44,14 @@ def truncated(keep: int) -> Make:
     return make
 
 
+def cut_in_compressed_pixels(path: Path) -> Path:
+    """A JPEG 2000 image cut short inside its encapsulated pixel data, as a download cut short
+    is (pydicom stops at the end of the file with a warning and drops the pixel data)."""
+    trees.write_dicom(path, jpeg2000=True)
+    path.write_bytes(path.read_bytes()[:-12])
+    return path
+
+
 def syntax(uid: bytes) -> Make:
     """A readable image whose file meta claims transfer syntax ``uid`` (same byte length)."""
 
@@ -198,6 +206,12 @@ CACHE_FAULTS = [
         header(PixelData=b"\0" * 100), "pixel data is less than expected", id="short-pixel-data"
     ),
     pytest.param(truncated(300), "no (7FE0,0010) PixelData", id="cut-in-the-header"),
+    pytest.param(
+        cut_in_compressed_pixels,
+        "the file ends before its (7FE0,0010) PixelData (768 bytes",
+        id="cut-in-compressed-pixels",
+        marks=pytest.mark.filterwarnings("ignore:End of file reached"),
+    ),
     # --- wrong transfer syntax
     pytest.param(
         syntax(b"1.2.840.10008.1.2.5\0"),
@@ -290,3 +304,20 @@ def test_dicom_fault_in_a_folder_is_skipped_and_the_others_listed(
     assert df.attrs["skip_reasons"] == {reason: 1}
     assert sorted(df["path"]) == sorted(str(p.resolve()) for p in good.values())
     assert any(str(bad) in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+
+
+def test_a_stream_no_plugin_decodes_is_one_error_without_a_traceback_per_plugin(
+    tmp_path: Path, caplog
+) -> None:
+    from fedmammo.data.dicom import UnreadableImageError, read_pixels
+
+    bad = jpeg2000_stream(tmp_path / "bad.dcm")
+    with caplog.at_level(logging.DEBUG), pytest.raises(UnreadableImageError) as error:
+        read_pixels(bad)
+    # one error naming the file and each plugin's failure; pydicom logged no traceback
+    assert str(error.value).startswith(f"{bad}: pixel data cannot be decoded as JPEG 2000")
+    assert "pylibjpeg" in str(error.value) and "\n" not in str(error.value)
+    assert [
+        r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR
+    ] == []
+    assert logging.getLogger("pydicom.pixels.decoders.base").filters == []  # removed after
