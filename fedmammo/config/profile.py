@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -160,6 +161,18 @@ class CentreProfile(Strict):
     split: dict[Literal["train", "val", "test"], float] = Field(
         default_factory=lambda: {"train": 0.6, "val": 0.2, "test": 0.2}
     )
+
+    def digest(self) -> str:
+        """A short hash of what the profile says about the centre's data, labels, splits,
+        consent and privacy: everything but where its data lives (``data.root``), its
+        description and its machine (``compute``). A site and a coordinator holding the same
+        profile and overrides get the same digest on different machines."""
+        import hashlib
+
+        kept = self.model_dump(mode="json", exclude={"description": True, "compute": True})
+        kept["data"].pop("root", None)
+        text = json.dumps(kept, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @field_validator("split")
     @classmethod

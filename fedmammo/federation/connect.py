@@ -32,6 +32,7 @@ class Identifying(Protocol):
     nodes: dict[str, int]
     roles: dict[str, str]
     counts: dict[str, dict[str, int]]
+    profiles: dict[str, str | None]
 
     def timeout_for(self, kind: str) -> float: ...
 
@@ -45,6 +46,7 @@ __all__ = [
     "expected_nodes",
     "say",
     "simulated_node_ids",
+    "other_profiles",
     "simulation_size_fix",
     "wait_for_centres",
 ]
@@ -106,6 +108,12 @@ def simulation_size_fix(have: int, need: list[str], scenario: str) -> str:
     )
 
 
+def _refused_settings(centre: str, reason: str) -> bool:
+    """True if ``reason`` (an identify error reply) is ``centre``'s refusal of the run's image
+    size or data seed (centre_runtime.DataSettingsRefusal, whose text names the centre)."""
+    return f"DataSettingsRefusal: centre {centre} refused:" in reason
+
+
 @dataclass
 class Connection:
     """Who answered: centres connected and missing, nodes that failed to identify."""
@@ -115,6 +123,13 @@ class Connection:
     missing: list[str]
     errors: dict[int, str] = field(default_factory=dict)  # node id -> why it did not identify
     seconds: float = 0.0
+
+    @property
+    def refusing(self) -> list[str]:
+        """Missing centres whose node refused the run's data settings (a wait cannot help)."""
+        return [
+            c for c in self.missing if any(_refused_settings(c, r) for r in self.errors.values())
+        ]
 
     def missing_line(self, timeout: float | None) -> str:
         """One line naming the missing centres, the connected ones and why nodes failed
@@ -172,6 +187,13 @@ def wait_for_centres(
         connected = [c for c in expected if c in orc.nodes]
         missing = [c for c in expected if c not in orc.nodes]
         now = time.monotonic()
+        conn = Connection(expected, connected, missing, errors, round(now - t0, 2))
+        if missing and set(conn.refusing) == set(missing):
+            say(
+                WARNING,
+                f"every missing centre refused the run's data settings: {', '.join(missing)}",
+            )
+            return conn
         if not missing:
             say(INFO, f"all {len(expected)} centres connected: {', '.join(connected)}")
             if len(ids) > len(expected):
@@ -185,8 +207,27 @@ def wait_for_centres(
             )
             next_report = now + every
         if not missing or simulated or now >= deadline:
-            return Connection(expected, connected, missing, errors, round(now - t0, 2))
+            return conn
         time.sleep(poll)
+
+
+def other_profiles(orc: Identifying, connected: Iterable[str]) -> list[str]:
+    """One line per connected centre whose own profile (what its site runs: data, labels,
+    splits, consent, privacy) is not the one the scenario resolved for it, e.g. the scenario's
+    overrides, which a real site does not take from the server."""
+    lines = []
+    for centre in connected:
+        own, planned = orc.profiles.get(centre), orc.scenario.resolved_profiles.get(centre)
+        if own is None or planned is None or own == planned.digest():
+            continue
+        lines.append(
+            f"centre {centre} runs its own profile, not the one scenario "
+            f"{orc.scenario.name!r} resolved for it (its overrides, quick block or profile "
+            "file differ from what the site prepared): the site's data, consent and privacy "
+            "apply, so the plan checked before the run may not be what runs; fix: prepare the "
+            "site with the scenario's profile and overrides, or drop them from the scenario"
+        )
+    return lines
 
 
 def _check_identities(orc: Identifying, expected: list[str], before: dict[str, int]) -> None:

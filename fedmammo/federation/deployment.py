@@ -5,7 +5,7 @@ materialises the centre (phantom or dataset adapter, splits, cache) and writes
 ``DIR/centre.yaml`` and ``DIR/prepared.yaml`` (the image size and data seed the site prepared
 with: the centre serves only these, whatever a server asks); then ``flower-supernode ...
 --node-config "$(python -m fedmammo.federation.deployment node-config --centre A --data-dir
-DIR)"``.
+DIR)"`` (refused for a DIR that ``prepare`` did not complete).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from rich.console import Console
 
 from fedmammo.config import load_profile
 from fedmammo.data.prepare import materialise_centre
-from fedmammo.errors import FedmammoError
+from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.console import safe
 
-__all__ = ["PREPARED_FILE", "main", "node_config", "prepare_site", "toml_string"]
+__all__ = ["PREPARED_FILE", "check_prepared", "main", "node_config", "prepare_site", "toml_string"]
 
 #: The site's own data settings, next to centre.yaml (read by ``centre_runtime.identity_of``).
 PREPARED_FILE = "prepared.yaml"
@@ -52,6 +52,21 @@ def node_config(centre: str, data_dir: str | Path, *, role: str = "train") -> st
     (values quoted and escaped: a data dir with spaces or quotes survives)."""
     values = {"centre": centre, "data-dir": str(Path(data_dir).resolve()), "role": role}
     return " ".join(f"{k}={toml_string(v)}" for k, v in values.items())
+
+
+def check_prepared(data_dir: str | Path) -> Path:
+    """``data_dir`` if ``prepare`` completed there (its ``centre.yaml`` and ``prepared.yaml``),
+    else a ConfigError naming the folder and the fix."""
+    path = Path(data_dir).expanduser().resolve()
+    missing = [f for f in ("centre.yaml", PREPARED_FILE) if not (path / f).is_file()]
+    if missing:
+        state = "does not exist" if not path.exists() else f"has no {' or '.join(missing)}"
+        raise ConfigError(
+            f"--data-dir {path} {state}: not a prepared centre folder; fix: correct the path, "
+            f"or run `python -m fedmammo.federation.deployment prepare PROFILE.yaml "
+            f"--data-dir {path}` first"
+        )
+    return path
 
 
 def prepare_site(
@@ -110,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             console.print(f"prepared {n} images in {safe(args.data_dir)}")
         else:
-            print(node_config(args.centre, args.data_dir, role=args.role))
+            print(node_config(args.centre, check_prepared(args.data_dir), role=args.role))
         return 0
     except FedmammoError as exc:
-        console.print(f"[red]error:[/] {safe(exc)}", highlight=False, soft_wrap=True)
+        # stderr: `--node-config "$(... node-config ...)"` must not capture the error as config
+        Console(stderr=True).print(f"[red]error:[/] {safe(exc)}", highlight=False, soft_wrap=True)
         return 2
 
 

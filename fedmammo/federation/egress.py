@@ -114,9 +114,14 @@ class _Spec:
     shape: tuple[int, ...]
 
 
-def scrub(text: str, *, limit: int = 300) -> str:
-    """``text`` without file paths and quoted values, on one line, at most ``limit`` chars."""
-    out = _SCRUB_QUOTED.sub("'<value>'", str(text))
+def scrub(text: str, *, limit: int = 300, keep: tuple[str, ...] = ()) -> str:
+    """``text`` without file paths and quoted values, on one line, at most ``limit`` chars;
+    quoted values in ``keep`` (names the receiver knows, such as the centre's) stay."""
+
+    def value(match: re.Match[str]) -> str:
+        return match.group(0) if match.group(0)[1:-1] in keep else "'<value>'"
+
+    out = _SCRUB_QUOTED.sub(value, str(text))
     out = _SCRUB_PATH.sub("<path>", out)
     out = " ".join(out.split())
     return out if len(out) <= limit else out[: limit - 3] + "..."
@@ -129,9 +134,16 @@ def _code(exc: BaseException) -> str:
     return "error"
 
 
-def error_reply(msg: Message, exc: BaseException) -> Message:
-    """The error reply for ``exc``: Flower error code 2, reason ``"<code>: <scrubbed>"``."""
-    reason = f"{_code(exc)}: {type(exc).__name__}: {scrub(str(exc))}"
+def error_reply(msg: Message, exc: BaseException, *, centre: str | None = None) -> Message:
+    """The error reply for ``exc``: Flower error code 2, reason ``"<code>: <scrubbed>"``.
+
+    ``centre``: the name a deployed centre is known by (kept when quoted); the reason then
+    says that the whole message is in that site's SuperNode log.
+    """
+    keep = (centre,) if centre else ()
+    reason = f"{_code(exc)}: {type(exc).__name__}: {scrub(str(exc), keep=keep)}"
+    if centre and reason != f"{_code(exc)}: {type(exc).__name__}: {exc}":
+        reason += f" (paths and quoted values hidden: the whole message is in {centre}'s log)"
     return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
 
 
@@ -416,4 +428,5 @@ def egress_error_mod(msg: Message, context: Context, call_next) -> Message:
             log.warning("egress refused a %s reply: %s", msg.metadata.message_type, exc)
         else:
             log.warning("%s failed: %s", msg.metadata.message_type, exc, exc_info=True)
-        return error_reply(msg, exc)
+        centre = context.node_config.get("centre")  # set at a real site (deployed)
+        return error_reply(msg, exc, centre=None if centre is None else str(centre))

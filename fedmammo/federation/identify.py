@@ -13,9 +13,11 @@ __all__ = ["identify"]
 
 @handler(Identify.KIND)
 def identify(msg: Message, context: Context) -> Message:
-    """Name, role and label counts per split and segment (counts only)."""
+    """Name, role, the digest of its own profile, and label counts per split and segment
+    (counts only)."""
     ident = identity_of(context)
     data = centre_data(ident, Identify.of(msg))
     counts = data.counts() if hasattr(data, "counts") else {}
-    info = CentreInfo(centre=ident.name, role=ident.role).to_config()
+    digest = ident.profile.digest() if ident.profile is not None else None
+    info = CentreInfo(centre=ident.name, role=ident.role, profile=digest).to_config()
     return reply(msg, context, {INFO: info, COUNTS: MetricRecord(counts)})

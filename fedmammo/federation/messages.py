@@ -364,6 +364,7 @@ class CentreInfo(Config):
 
     centre: str = wire("centre")
     role: str = wire("role")
+    profile: str | None = wire("profile", None)  # CentreProfile.digest() of the centre's own
 
 
 @message("evaluate.audit reply")

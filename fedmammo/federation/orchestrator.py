@@ -69,6 +69,7 @@ class Orchestrator:
     nodes: dict[str, int] = field(default_factory=dict)  # centre name -> node id
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
+    profiles: dict[str, str | None] = field(default_factory=dict)  # centre -> its own digest
 
     @property
     def params(self):
@@ -135,6 +136,7 @@ class Orchestrator:
             self.nodes[info.centre] = src
             self.roles[info.centre] = info.role
             self.counts[info.centre] = {k: int(v) for k, v in reply.content[COUNTS].items()}
+            self.profiles[info.centre] = info.profile
         return failed
 
     # ------------------------------------------------------------------ messaging

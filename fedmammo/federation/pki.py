@@ -4,6 +4,7 @@
     python -m fedmammo.federation.pki node DIR NAME
     python -m fedmammo.federation.pki register DIR/nodes/NAME.pub CONNECTION [--name NAME]
     python -m fedmammo.federation.pki connection FLWR_HOME NAME --address HOST:PORT --ca CA.crt
+        [--default]
 
 ``init`` writes ``DIR/ca.crt`` (give it to every site), ``DIR/ca.key`` (keep it offline),
 ``DIR/server.pem`` and ``DIR/server.key`` (the SuperLink's; subject alternative names
@@ -12,7 +13,9 @@ pair in OpenSSH format, as Flower 1.41 reads them (``flower-supernode
 --auth-supernode-private-key DIR/nodes/NAME``, ``flwr supernode register DIR/nodes/NAME.pub``);
 a site should run it itself and send only the ``.pub`` file. ``register`` runs ``flwr
 supernode register`` against a SuperLink started with ``--enable-supernode-auth`` and prints
-the node id. See docs/deployment.md for the whole site checklist.
+the node id. ``connection`` adds (or replaces) one TLS connection in Flower's
+``FLWR_HOME/config.toml``, keeping the others and the default connection (``--default``
+changes it). See docs/deployment.md for the whole site checklist.
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedmammo.errors import FedmammoError
+from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.telemetry import quiet_flower
 
 __all__ = [
@@ -209,23 +214,56 @@ def register_node(
     return int(out["node-id"])
 
 
+def _read_flower_config(path: Path) -> dict:
+    """``path`` parsed, or Flower's own first-use config (``local`` the default) when absent."""
+    if not path.exists():
+        from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML
+
+        return tomllib.loads(DEFAULT_FLOWER_CONFIG_TOML)
+    try:
+        config = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix or move it, then rerun") from None
+    if not isinstance(config.get("superlink", {}), dict):
+        raise ConfigError(f"{path}: 'superlink' is not a table; fix or move the file, then rerun")
+    return config
+
+
 def write_connection(
     flwr_home: str | Path,
     name: str,
     *,
     address: str,
     ca_cert: str | Path,
-    default: bool = True,
-) -> Path:
-    """Write ``FLWR_HOME/config.toml`` with a TLS connection ``name`` (for ``flwr`` CLI)."""
+    default: bool = False,
+) -> tuple[Path, str]:
+    """Add or replace the TLS connection ``name`` in ``FLWR_HOME/config.toml`` (``flwr`` CLI).
+
+    Every other connection and key is kept (a missing file starts as the one Flower writes on
+    first use, with its ``local`` simulation connection); ``name`` becomes the default only
+    with ``default`` or when none is set. Returns the path and a line saying what changed.
+    """
+    if name == "default" or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(
+            f"connection name {name!r}: use letters, digits, '-' and '_' only (not 'default')"
+        )
     path = Path(flwr_home) / "config.toml"
-    head = f'[superlink]\ndefault = "{name}"\n\n' if default else ""
+    config = _read_flower_config(path)
+    links = config.setdefault("superlink", {})
+    action = "replaced" if name in links else "added"
+    links[name] = {"address": address, "root-certificates": str(Path(ca_cert).resolve())}
+    before = links.get("default")
+    if default or not before:
+        links["default"] = name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f'{head}[superlink.{name}]\naddress = "{address}"\n'
-        f'root-certificates = "{Path(ca_cert).resolve()}"\n'
-    )
-    return path
+    path.write_text(tomli_w.dumps(config))
+    others = sorted(k for k, v in links.items() if k != name and isinstance(v, dict))
+    if links["default"] == before:
+        chosen = f"default connection stays {before!r} (name {name!r} in flwr commands)"
+    else:
+        chosen = f"default connection is now {name!r}" + (f" (was {before!r})" if before else "")
+    kept = ", ".join(map(repr, others)) or "no other connections"
+    return path, f"{path}: {action} connection {name!r} ({address}, TLS); kept {kept}; {chosen}"
 
 
 def superlink_tls_args(pki: Pki) -> list[str]:
@@ -260,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("public_key")
     reg.add_argument("connection")
     reg.add_argument("--name")
-    con = sub.add_parser("connection", help="write a TLS connection to FLWR_HOME/config.toml")
+    con = sub.add_parser("connection", help="add a TLS connection to FLWR_HOME/config.toml")
     con.add_argument("flwr_home")
     con.add_argument("name")
     con.add_argument("--address", required=True)
     con.add_argument("--ca", required=True)
+    con.add_argument("--default", action="store_true", help="make NAME the default connection")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "init":
@@ -276,9 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "register":
             print(register_node(args.public_key, args.connection, name=args.name))
         else:
-            print(
-                write_connection(args.flwr_home, args.name, address=args.address, ca_cert=args.ca)
-            )
+            con_args = {"address": args.address, "ca_cert": args.ca, "default": args.default}
+            print(write_connection(args.flwr_home, args.name, **con_args)[1])
         return 0
     except (FedmammoError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ from fedmammo.federation.connect import (
     ConnectError,
     FederationTooSmall,
     expected_nodes,
+    other_profiles,
     say,
     simulated_node_ids,
     simulation_size_fix,
@@ -166,6 +167,9 @@ def _connect(orc: Orchestrator, *, simulated: bool, prepare: bool) -> None:
     say(INFO, f"connecting {len(expected)} centres: {', '.join(expected)}")
     conn = wait_for_centres(orc, expected, timeout=timeout, simulated=simulated)
     recorder.meta["connect_seconds"] = conn.seconds
+    for line in other_profiles(orc, conn.connected):
+        say(WARNING, line)
+        recorder.note(line)
     if not conn.missing:
         return
     line = conn.missing_line(None if simulated else timeout)
@@ -176,12 +180,26 @@ def _connect(orc: Orchestrator, *, simulated: bool, prepare: bool) -> None:
         recorder.note(f"went on without {', '.join(conn.missing)} ({why}): {line}")
         say(WARNING, f"going on without {', '.join(conn.missing)}: {why}")
         return
-    fix = (
-        "fix: check those nodes' errors above"
-        if simulated
-        else "fix: start their SuperNodes (--node-config 'centre=...'), or give them longer "
-        "(the scenario's strategy_overrides: {connect_timeout: SECONDS})"
-    )
+    if simulated:
+        fix = "fix: check those nodes' errors above"
+    elif conn.refusing:
+        fix = (
+            f"fix: run a scenario with the image size and data seed {', '.join(conn.refusing)} "
+            "prepared (their refusals above name them; the scenario's image_size, or its quick "
+            "block with quick=true), or prepare those sites again with this run's (deployment "
+            "prepare --image-size H W --data-seed N)"
+        )
+    elif conn.errors:
+        fix = (
+            "fix: the nodes that failed to identify run but refused: mend what their errors "
+            "name at those sites (the SuperNode logs there hold the whole messages), restart "
+            "their SuperNodes and run again"
+        )
+    else:
+        fix = (
+            "fix: start their SuperNodes (--node-config 'centre=...'), or give them longer "
+            "(the scenario's strategy_overrides: {connect_timeout: SECONDS})"
+        )
     recorder.note(f"run stopped before training: {line}")
     raise ConnectError(f"{line}; {fix}")
 

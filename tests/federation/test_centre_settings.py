@@ -4,6 +4,7 @@ a server request that disagrees is refused with one clear line."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,81 @@ def test_a_server_cannot_choose_the_sites_dataset_or_splits(site):
         reply.error.reason
     )
     assert "\n" not in reply.error.reason.strip()
+
+
+def test_a_run_asking_for_other_settings_stops_waiting_and_names_the_fix(site, monkeypatch):
+    # Prepare: the only node is tiny_a, which answers the run's identify (64x48; it prepared
+    # 32x24) with its real refusal; the run would otherwise wait 120 s for it
+    from types import SimpleNamespace
+
+    from fedmammo.federation import server_app
+    from fedmammo.federation.connect import ConnectError, wait_for_centres
+
+    class Orc:
+        grid = SimpleNamespace(get_node_ids=lambda: [7])
+        nodes, roles, counts = {}, {}, {}
+        params = SimpleNamespace(min_centres=None)
+
+        def timeout_for(self, kind):
+            return 30.0
+
+        def identify_nodes(self, ids, *, timeout):
+            return {n: _ask(site, (64, 48), SEED).error.reason for n in ids}
+
+    # Execute / Assert: the wait ends once the missing centre has refused, not at the timeout
+    t0 = time.monotonic()
+    conn = wait_for_centres(Orc(), ["tiny_a"], timeout=120, simulated=False, poll=0.1)
+    assert time.monotonic() - t0 < 30
+    assert conn.missing == conn.refusing == ["tiny_a"]
+    # and the run stops with the fix for settings, not "start their SuperNodes"
+    recorded = []
+    orc = Orc()
+    orc.spec = None
+    orc.scenario = SimpleNamespace(recipe=SimpleNamespace(connect_timeout=120))
+    orc.recorder = SimpleNamespace(
+        meta={}, failure=lambda **kw: recorded.append(kw), note=lambda line: recorded.append(line)
+    )
+    monkeypatch.setattr(server_app, "expected_nodes", lambda *a, **k: ["tiny_a"])
+    monkeypatch.setattr(server_app, "wait_for_centres", lambda *a, **k: conn)
+    with pytest.raises(ConnectError) as error:
+        server_app._connect(orc, simulated=False, prepare=False)
+    message = str(error.value)
+    assert "this centre serves 32x24, data seed 3" in message
+    assert "fix: run a scenario with the image size and data seed tiny_a prepared" in message
+    assert "start their SuperNodes" not in message
+    assert recorded[0]["centre"] == "tiny_a" and recorded[0]["phase"] == "connect"
+
+
+def test_a_site_running_another_profile_than_the_scenarios_is_named(site):
+    # Prepare: the site prepared centres/tiny.yaml as is; the coordinator's scenario resolves
+    # the same profile, once as is, once with an override a site does not take from a server
+    from types import SimpleNamespace
+
+    from fedmammo.config import load_profile
+    from fedmammo.federation.connect import other_profiles
+    from fedmammo.federation.messages import CentreInfo
+
+    info = CentreInfo.from_config(_ask(site, SIZE, SEED).content[INFO])
+    same = load_profile(REPO / "centres" / "tiny.yaml", {"name": "tiny_a"})
+    moved = load_profile(
+        REPO / "centres" / "tiny.yaml",
+        {"name": "tiny_a", "compute.num_cpus": 4, "description": "elsewhere"},
+    )
+    overridden = load_profile(
+        REPO / "centres" / "tiny.yaml", {"name": "tiny_a", "sharing.models": False}
+    )
+
+    def lines(planned):
+        orc = SimpleNamespace(
+            profiles={"tiny_a": info.profile},
+            scenario=SimpleNamespace(name="s", resolved_profiles={"tiny_a": planned}),
+        )
+        return other_profiles(orc, ["tiny_a"])
+
+    # Execute / Assert: the identify reply carries the digest of the site's own profile; where
+    # the data lives, the machine and the description do not count; an override does
+    assert info.profile == same.digest() == moved.digest()
+    assert lines(same) == lines(moved) == []
+    (line,) = lines(overridden)
+    assert line.startswith("centre tiny_a runs its own profile, not the one scenario 's'")
+    assert "fix: prepare the site with the scenario's profile and overrides" in line

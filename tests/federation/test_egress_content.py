@@ -217,6 +217,28 @@ def test_a_failing_handler_leaves_as_a_code_and_a_scrubbed_message():
     assert "/sites" not in reason and "P-17" not in reason and "dataset" not in reason
 
 
+def test_a_deployed_centre_keeps_its_own_name_and_points_to_its_log():
+    def refusing(msg, context):
+        raise ConfigError("centre 's3' does not share model weights, so 'P-17 arm' is refused")
+
+    reason = _reason(_guarded(_incoming(), _context(centre="s3"), refusing))
+    assert reason == (
+        "config: ConfigError: centre 's3' does not share model weights, so '<value>' is refused "
+        "(paths and quoted values hidden: the whole message is in s3's log)"
+    )
+
+    # a message with nothing to hide is sent whole, without the pointer
+    def plain(msg, context):
+        raise ConfigError("no training images")
+
+    assert _reason(_guarded(_incoming(), _context(centre="s3"), plain)) == (
+        "config: ConfigError: no training images"
+    )
+    # in simulation (no centre in the node config) nothing is kept and no log is named
+    reason = _reason(_guarded(_incoming(), _context(), refusing))
+    assert "'s3'" not in reason and "log" not in reason
+
+
 def test_an_inner_error_reply_is_scrubbed_too():
     from flwr.app import Error
 

@@ -1,12 +1,14 @@
 """deployment.node_config survives any data dir: parsed back by Flower's own --node-config
-parser (``flwr.common.config.parse_config_args``), value for value."""
+parser (``flwr.common.config.parse_config_args``), value for value; the ``node-config``
+command refuses a folder that ``prepare`` did not make."""
 
 from __future__ import annotations
 
 import pytest
 from flwr.common.config import parse_config_args
+from helpers.run_helpers import REPO
 
-from fedmammo.federation.deployment import node_config
+from fedmammo.federation.deployment import main, node_config
 
 
 @pytest.mark.parametrize(
@@ -26,3 +28,26 @@ def test_node_config_round_trips_through_flowers_parser(tmp_path, folder):
     data_dir = tmp_path / folder
     parsed = parse_config_args([node_config('site "A"', data_dir, role="test")])
     assert parsed == {"centre": 'site "A"', "data-dir": str(data_dir.resolve()), "role": "test"}
+
+
+def test_node_config_cli_serves_only_a_prepared_centre_folder(tmp_path, capsys):
+    # Prepare: one folder prepared by the deployment CLI, a typo of it, one never prepared
+    site = tmp_path / "fedmammo" / "s1"
+    assert main(["prepare", str(REPO / "centres" / "tiny.yaml"), "--data-dir", str(site),
+                 "--name", "s1", "--image-size", "32", "24"]) == 0  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    # Execute / Assert: the prepared folder gives the config Flower parses
+    assert main(["node-config", "--centre", "s1", "--data-dir", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert parse_config_args([out.strip()])["data-dir"] == str(site.resolve())
+    for folder, why in [
+        (tmp_path / "fedmamo" / "s1", "does not exist"),
+        (tmp_path / "empty", "has no centre.yaml or prepared.yaml"),
+    ]:
+        assert main(["node-config", "--centre", "s1", "--data-dir", str(folder)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""  # nothing for `--node-config "$(...)"` to pick up
+        (line,) = captured.err.strip().splitlines()
+        assert f"--data-dir {folder} {why}: not a prepared centre folder" in line
+        assert "deployment prepare PROFILE.yaml" in line and "correct the path" in line

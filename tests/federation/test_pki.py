@@ -58,9 +58,11 @@ def test_cli_and_connection_file(tmp_path, capsys):
     assert main(["init", str(tmp_path / "pki"), "--host", "203.0.113.7"]) == 0
     assert main(["node", str(tmp_path / "pki"), "site1"]) == 0
     assert main(["init", str(tmp_path / "pki")]) == 2  # refuses: the CA exists
-    path = write_connection(
+    path, _ = write_connection(
         tmp_path / "home", "fed", address="203.0.113.7:9093", ca_cert=tmp_path / "pki" / "ca.crt"
     )
     text = path.read_text()
-    assert 'default = "fed"' in text and f'"{(tmp_path / "pki" / "ca.crt").resolve()}"' in text
+    assert '[superlink.fed]\naddress = "203.0.113.7:9093"' in text
+    assert f'"{(tmp_path / "pki" / "ca.crt").resolve()}"' in text
+    assert 'default = "local"' in text  # Flower's first-use default is kept
     assert "insecure" not in text
