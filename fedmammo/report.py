@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 with a one-line error for bad input)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from fedmammo.evaluation.html_report import write_comparison, write_report
+    from fedmammo.evaluation.html_report import check_metrics, write_comparison, write_report
     from fedmammo.evaluation.run_folder import expand_run_dirs, is_sweep
 
     dirs = [Path(d) for d in args.run_dirs]
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         for d in dirs:
             if not d.is_dir():
                 raise FedmammoError(f"{d}: no such run folder")
+        if args.metrics:
+            check_metrics(dirs, metrics)
         if len(dirs) == 1 and not is_sweep(dirs[0]):
             out = write_report(
                 dirs[0], out=args.out, show_real_thumbnails=args.show_real_thumbnails

@@ -51,3 +51,28 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert (
         empty == 2 and err_empty == f"error: {tmp_path / 'empty'}: no results.json in this folder\n"
     )
+
+
+def test_an_unknown_metric_is_one_line_listing_the_metrics_the_runs_hold(tmp_path, capsys):
+    # Prepare: two runs and a sweep (whose points would get their own report first)
+    r1, r2 = make_run_dir(tmp_path, "r1"), make_run_dir(tmp_path, "r2", offset=0.1)
+    sweep = make_sweep_dir(tmp_path)
+    out = tmp_path / "x.html"
+
+    # Execute
+    several = main([str(r1), str(r2), "--out", str(out), "--metric", "auc", "--metric", "aucc"])
+    err_several = capsys.readouterr().err
+    swept = main([str(sweep), "--metric", "aucc"])
+    err_swept = capsys.readouterr().err
+
+    # Assert: exit code 2, one line naming the option, the folders and the metrics held
+    assert several == 2 and swept == 2
+    assert err_several == (
+        f"error: --metric 'aucc': not a final test metric of {r1}, {r2}; "
+        "fix: one of the metrics held there: auc, auprc, n\n"
+    )
+    assert err_swept.startswith(f"error: --metric 'aucc': not a final test metric of {sweep};")
+    assert err_swept.count("\n") == 1 and err_swept.endswith("held there: auc, auprc, n\n")
+    # nothing written: no comparison page, no run's or sweep point's report
+    assert not out.exists() and not (sweep / "report.html").exists()
+    assert not list(tmp_path.rglob("report.html"))

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from fedmammo.config.dotted import apply_dotted, split_dotted
 from fedmammo.config.profile import CentreProfile
-from fedmammo.config.scenario import Scenario, StrategySpec
+from fedmammo.config.scenario import CentreEntry, Scenario, StrategySpec
 from fedmammo.errors import ConfigError
 
 __all__ = [
@@ -278,6 +278,12 @@ def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, lab
             )
         for i, entry in enumerate(_entries(data)):
             if entry.get("name") == name or Path(str(entry.get("profile"))).stem == name:
+                if parts[2] in CentreEntry.model_fields:
+                    raise ConfigError(
+                        f"{label}: {parts[2]!r} is a key of the scenario's centre entry, not of "
+                        f"the profile of centre {name!r} (which centres.{name}. edits); fix: "
+                        f"--set centres.{i}.{'.'.join(parts[2:])}=... (by index)"
+                    )
                 if not isinstance(entry.get("overrides"), dict | None):
                     break  # validation names the bad 'overrides'
                 entry["overrides"] = dict(entry.get("overrides") or {})
@@ -295,6 +301,8 @@ def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, lab
     except ConfigError as exc:
         raise ConfigError(f"{label}: {exc}") from None
     origins.add("scenario", parts, label)
+    if parts[0] == "centres" and len(parts) > 3 and parts[1].isdigit() and parts[2] == "overrides":
+        origins.add(f"centre:{parts[1]}", parts[3:], label)  # a profile key, by index
 
 
 def load_scenario_traced(

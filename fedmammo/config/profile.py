@@ -178,5 +178,10 @@ class CentreProfile(Strict):
     @classmethod
     def _split_sums(cls, v: dict[str, float]) -> dict[str, float]:
         if any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
-            raise ValueError("split fractions (train, val, test) must be >= 0 and sum to 1")
+            got = ", ".join(f"{k} {x:g}" for k, x in v.items())
+            raise ValueError(
+                f"split fractions (train, val, test) must be >= 0 and sum to 1, got {got} (sum "
+                f"{sum(v.values()):g}); fix: give all three, e.g. split: "
+                "{train: 0.5, val: 0.25, test: 0.25}"
+            )
         return v

@@ -168,6 +168,16 @@ class Scenario(Strict):
             raise ValueError("image_size must be [height, width], each in 16..4096")
         return v
 
+    @field_validator("sweep")
+    @classmethod
+    def _points(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if empty := [k for k, values in v.items() if not values]:
+            raise ValueError(
+                f"sweep {', '.join(map(repr, empty))} has no values (0 points to run); give at "
+                "least one, or drop the key"
+            )
+        return v
+
     def centre_names(self, role: str | None = None) -> list[str]:
         """Names of the scenario's centres, optionally only those with ``role``."""
         return [e.name or "" for e in self.centres if role is None or e.role == role]

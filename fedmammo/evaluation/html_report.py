@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from fedmammo.errors import ConfigError
 from fedmammo.evaluation.html_parts import (
     NOT_RECORDED,
     Cell,
@@ -39,6 +40,7 @@ from fedmammo.evaluation.run_sections import audit_section, centres_section, hea
 
 __all__ = [
     "HEADLINE_METRICS",
+    "check_metrics",
     "render_comparison",
     "render_report",
     "write_comparison",
@@ -252,6 +254,21 @@ def _fact_rows(runs: Sequence[RunFolder]) -> list[list[Any]]:
         ("max epsilon spent", eps),
     ]
     return [[Cell(name, cls="fact"), *[f(r) for r in runs]] for name, f in facts]
+
+
+def check_metrics(
+    run_dirs: Sequence[str | Path], metrics: Sequence[str], *, split: str = "test"
+) -> None:
+    """ConfigError naming the metrics no run holds (final ``split`` records), e.g. a typo."""
+    runs = [load_run(p) for p in expand_run_dirs(list(run_dirs))]
+    held = sorted({m for r in runs for m in final_records(r.frame(), split=split)["metric"]})
+    unknown = [m for m in metrics if m not in held]
+    if unknown:
+        raise ConfigError(
+            f"--metric {', '.join(map(repr, unknown))}: not a final {split} metric of "
+            f"{', '.join(map(str, run_dirs))}; fix: one of the metrics held there: "
+            f"{', '.join(held) or '(none)'}"
+        )
 
 
 def render_comparison(

@@ -134,17 +134,33 @@ def _code(exc: BaseException) -> str:
     return "error"
 
 
-def error_reply(msg: Message, exc: BaseException, *, centre: str | None = None) -> Message:
+def error_reply(
+    msg: Message, exc: BaseException, *, centre: str | None = None, deployed: bool = False
+) -> Message:
     """The error reply for ``exc``: Flower error code 2, reason ``"<code>: <scrubbed>"``.
 
-    ``centre``: the name a deployed centre is known by (kept when quoted); the reason then
-    says that the whole message is in that site's SuperNode log.
+    ``centre``: the name the server knows the centre by (kept when quoted); at a real site
+    (``deployed``) the reason then says that the whole message is in that site's log.
     """
     keep = (centre,) if centre else ()
     reason = f"{_code(exc)}: {type(exc).__name__}: {scrub(str(exc), keep=keep)}"
-    if centre and reason != f"{_code(exc)}: {type(exc).__name__}: {exc}":
+    if deployed and centre and reason != f"{_code(exc)}: {type(exc).__name__}: {exc}":
         reason += f" (paths and quoted values hidden: the whole message is in {centre}'s log)"
     return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
+
+
+def _centre_name(context: Context) -> str | None:
+    """The centre a node serves: its node config at a real site, the run spec's node order
+    in simulation; None if neither says (the name is then scrubbed like any value)."""
+    node = context.node_config
+    if "centre" in node:
+        return str(node["centre"])
+    try:
+        from fedmammo.federation.runspec import load_runspec
+
+        return load_runspec(context.run_config).node_order[int(node["partition-id"])]
+    except Exception:  # noqa: BLE001 - a name for an error message, never a second failure
+        return None
 
 
 def _spec_of(value) -> _Spec:
@@ -426,7 +442,9 @@ def egress_error_mod(msg: Message, context: Context, call_next) -> Message:
             count = refusal_count(context) + 1
             context.state[_COUNTER_KEY] = MetricRecord({REFUSALS_METRIC: count})
             log.warning("egress refused a %s reply: %s", msg.metadata.message_type, exc)
+        elif isinstance(exc, FedmammoError):  # a refusal or bad input its message names
+            log.warning("%s failed: %s", msg.metadata.message_type, exc)
         else:
             log.warning("%s failed: %s", msg.metadata.message_type, exc, exc_info=True)
-        centre = context.node_config.get("centre")  # set at a real site (deployed)
-        return error_reply(msg, exc, centre=None if centre is None else str(centre))
+        deployed = "centre" in context.node_config
+        return error_reply(msg, exc, centre=_centre_name(context), deployed=deployed)

@@ -58,15 +58,22 @@ class BudgetExceeded(FedmammoError):
         target: float,
         delta: float,
         phase: str | None = None,
+        why: str = "",
     ) -> None:
         self.centre, self.spent, self.requested = centre, float(spent), float(requested)
         self.target, self.delta, self.phase = float(target), float(delta), phase
-        where = f" in phase {phase!r}" if phase else ""
+        where = f" in phase {phase}" if phase else ""
+        if why:  # the budget is (nearly) spent or the plan used up, not exceeded by this work
+            state = f"{why}: epsilon spent so far {self.spent:.4g} of target {self.target:.4g}"
+        else:
+            state = (
+                f"epsilon spent so far {self.spent:.4g}, after the requested steps "
+                f"{self.requested:.4g} > target {self.target:.4g}"
+            )
         super().__init__(
-            f"centre {centre!r} refuses the requested work{where}: epsilon spent so far "
-            f"{self.spent:.4g}, after the requested steps {self.requested:.4g} > target "
-            f"{self.target:.4g} (delta {self.delta:.3g}). Plan fewer rounds or steps, raise "
-            "privacy.target_epsilon in the centre profile, or stop training at this centre."
+            f"centre {centre!r} refuses the requested work{where}: {state} (delta "
+            f"{self.delta:.3g}). Plan fewer rounds or steps, raise privacy.target_epsilon in "
+            "the centre profile, or stop training at this centre."
         )
 
 

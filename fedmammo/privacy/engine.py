@@ -202,7 +202,8 @@ class DPSession:
             requested=requested,
             target=float(self.budget.target_epsilon),
             delta=delta,
-            phase=self.phase + why,
+            phase=self.phase,
+            why=why,
         )
 
     def _fixed_noise_or_spent(self, steps_left: bool) -> tuple[float | None, float]:
@@ -213,11 +214,11 @@ class DPSession:
         target = self.budget.target_epsilon
         spent = self.accountant.epsilon(self.budget.delta)
         if target is not None and spent >= target * 1.01:
-            raise self._refuse(spent, " (budget already spent)")
+            raise self._refuse(spent, "budget already spent")
         if self.budget.noise_multiplier is not None:
             return float(self.budget.noise_multiplier), spent
         if not steps_left:
-            raise self._refuse(spent, f" (all {self.planned_steps} planned steps taken)")
+            raise self._refuse(spent, f"all {self.planned_steps} planned steps taken")
         return None, spent
 
     def _resolve_noise(self, sample_rate: float, segment_rates: dict | None = None) -> float:
@@ -241,7 +242,7 @@ class DPSession:
                 self.phase,
             )
         if spent >= target:
-            raise self._refuse(spent, " (budget already spent)")
+            raise self._refuse(spent, "budget already spent")
         if segment_rates is None:
             prior = self.accountant._histories()
             if len(prior) == 1:

@@ -319,7 +319,7 @@ class PeriodicDPSession(DPSession):
                 self.phase,
             )
         if spent >= target:
-            raise self._refuse(spent, " (budget already spent)")
+            raise self._refuse(spent, "budget already spent")
         sigma = bisect_sigma(lambda s: self.project(s, self.remaining), target, 0.01)
         steps = [n for v in self.remaining.values() for _, n in v]
         rates = [q for v in self.remaining.values() for q, _ in v]

@@ -68,6 +68,17 @@ CASES = [
         scenario=SCENARIO + "seeds: abc\n",
     ),
     Case(
+        "yaml-sweep-without-values",
+        ("{scen}", "--check"),
+        (
+            "scen.yaml: key 'sweep'",
+            "sweep 'strategy.params.train.lr' has no values",
+            "drop the key",
+        ),
+        scenario=SCENARIO + "sweep: {strategy.params.train.lr: []}\n",
+        survives=("no run folder",),
+    ),
+    Case(
         "yaml-image-size-too-small",
         ("{scen}",),
         ("key 'image_size'", "16..4096"),
@@ -243,7 +254,24 @@ CASES = [
     Case(
         "set-centre-bad-split",
         ("{scen}", "--set", "centres.a.split.train=0.9"),
-        ("--set centres.a.split.train=0.9: key 'split'", "sum to 1"),
+        (
+            "--set centres.a.split.train=0.9: key 'split'",
+            "sum to 1, got train 0.9 (sum 0.9)",
+            "fix: give all three",
+        ),
+    ),
+    Case(
+        "set-centre-entry-key-by-name",
+        ("{scen}", "--set", "centres.b.role=test"),
+        (
+            "--set centres.b.role=test: 'role' is a key of the scenario's centre entry",
+            "fix: --set centres.1.role=... (by index)",
+        ),
+    ),
+    Case(
+        "set-profile-key-by-index-names-the-set",
+        ("{scen}", "--set", "centres.1.overrides.split.train=0.9"),
+        ("--set centres.1.overrides.split.train=0.9: key 'split'", "sum to 1"),
     ),
     Case(
         "set-centre-without-key",
@@ -435,7 +463,12 @@ CASES = [
     Case(
         "periodic-segment-held-by-no-centre",
         ("{scen}",),
-        ("params.experiments.e", "'S9-Ma'", "held by no training centre"),
+        (
+            "params.experiments.e",
+            "'S9-Ma'",
+            "held by no training centre",
+            "held: ['T-Ma', 'T-Mb']",  # every segment the training centres hold
+        ),
         scenario=SCENARIO.replace("strategies/fa.yaml", "periodic_sampling")
         + "strategy_overrides: {params.experiments: {e: [T-Ma, S9-Ma]}, params.baselines: {}}\n",
     ),

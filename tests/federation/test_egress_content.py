@@ -234,9 +234,37 @@ def test_a_deployed_centre_keeps_its_own_name_and_points_to_its_log():
     assert _reason(_guarded(_incoming(), _context(centre="s3"), plain)) == (
         "config: ConfigError: no training images"
     )
-    # in simulation (no centre in the node config) nothing is kept and no log is named
+    # a node whose centre is unknown keeps nothing and names no log
     reason = _reason(_guarded(_incoming(), _context(), refusing))
     assert "'s3'" not in reason and "log" not in reason
+
+
+def test_a_refusal_is_logged_in_one_line_and_a_simulated_centre_keeps_its_name(
+    tmp_path, monkeypatch, caplog
+):
+    # Prepare: a simulated node (partition 1 of a run spec whose nodes are a, s3)
+    from fedmammo.errors import FedmammoError
+    from fedmammo.federation.runspec import ENV_VAR, RunSpec
+
+    spec = RunSpec(scenario_file="x.yaml", run_dir=str(tmp_path), node_order=["a", "s3"])
+    monkeypatch.setenv(ENV_VAR, str(spec.save()))
+
+    def refusing(msg, context):
+        raise FedmammoError("centre 's3' refuses the requested work in phase fedavg")
+
+    def crashing(msg, context):
+        raise RuntimeError("a bug")
+
+    # Execute
+    with caplog.at_level("WARNING", logger="fedmammo.federation.egress"):
+        refused = _reason(_guarded(_incoming(), _context(**{"partition-id": 1}), refusing))
+        crashed = _reason(_guarded(_incoming(), _context(**{"partition-id": 1}), crashing))
+    # Assert: the name stays, no pointer to a site log; a refusal logs no traceback, a bug does
+    assert refused == (
+        "error: FedmammoError: centre 's3' refuses the requested work in phase fedavg"
+    )
+    assert crashed == "error: RuntimeError: a bug"
+    assert [r.exc_info is not None for r in caplog.records] == [False, True]
 
 
 def test_an_inner_error_reply_is_scrubbed_too():

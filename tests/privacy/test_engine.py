@@ -142,6 +142,12 @@ def test_next_round_beyond_the_plan_is_refused_before_work():
     with pytest.raises(BudgetExceeded, match="'C'") as info:
         train_round(session, model)
     assert info.value.target == 3.0 and info.value.spent <= 3.0 * 1.01
+    # the reason, without an inequality that reads false (spent is below the target)
+    assert (
+        f"in phase fedavg: all 20 planned steps taken: epsilon spent so far "
+        f"{info.value.spent:.4g} of target 3 (delta"
+    ) in str(info.value)
+    assert ">" not in str(info.value)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
     assert acc.history[0][2] == 20
 

@@ -25,10 +25,11 @@ _WEIGHT_LABELS = {
 
 
 def rarest_label_counts(
-    counts: dict[str, dict[str, int]], segments: Iterable[str], *, split: str = "train"
+    counts: dict[str, dict[str, int]], segments: Iterable[str] | None, *, split: str = "train"
 ) -> dict[str, dict[str, int]]:
-    """``{centre: {segment: min over labels}}`` from identify counts ``n|split|segment|label``."""
-    wanted = set(segments)
+    """``{centre: {segment: min over labels}}`` from identify counts ``n|split|segment|label``
+    (``segments`` None: every segment a centre holds)."""
+    wanted = None if segments is None else set(segments)
     out: dict[str, dict[str, int]] = {}
     for centre, by_key in counts.items():
         per: dict[str, dict[str, int]] = {}
@@ -38,13 +39,20 @@ def rarest_label_counts(
                 len(parts) == 4
                 and parts[0] == "n"
                 and parts[1] == split
-                and parts[2] in wanted
+                and (wanted is None or parts[2] in wanted)
                 and parts[3] in ("0", "1")
             ):
                 per.setdefault(parts[2], {"0": 0, "1": 0})[parts[3]] = int(n)
         if per:
             out[centre] = {s: min(v.values()) for s, v in sorted(per.items())}
     return out
+
+
+def _held_anywhere(counts: dict[str, dict[str, int]]) -> list[str]:
+    """The segments with labelled training images at any centre of ``counts`` (sorted)."""
+    return sorted(
+        {s for by_segment in rarest_label_counts(counts, None).values() for s in by_segment}
+    )
 
 
 @dataclass
@@ -96,7 +104,8 @@ def plan_arms(
         if missing:
             raise ConfigError(
                 f"strategy params.experiments.{exp}: segments {missing} are held by "
-                f"no training centre (held: {sorted(held)})"
+                f"no training centre (held: {_held_anywhere(train_counts)}); fix the recipe "
+                "or the scenario's centres"
             )
         for setting in p.settings:
             if setting == "pooled" and not pooled:

@@ -76,6 +76,20 @@ def test_plan_arms_names_segments_that_no_centre_holds():
         plan_arms(params, IDENTIFY, pooled=True)
 
 
+def test_plan_arms_lists_every_segment_the_training_centres_hold():
+    # Prepare: none of the named segments is held
+    params = PeriodicSamplingParams(experiments={"e1": ["S9-Mz"]}, baselines={})
+    # Execute
+    with pytest.raises(ConfigError) as info:
+        plan_arms(params, IDENTIFY, pooled=True)
+    # Assert: the held list shows what the recipe can name (train split, labelled), sorted;
+    # not the (empty) intersection with the request, nor s3's test-only segment
+    message = str(info.value)
+    assert "\n" not in message
+    assert "held: ['S1-Ma', 'S1-Mb', 'S2-Ma', 'S2-Mb']" in message
+    assert "fix" in message
+
+
 def test_arm_planning_does_not_import_flower():
     tree = ast.parse(Path(periodic_arms.__file__).read_text())
     modules = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
