@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedmammo.data.sampling import build_sampler
+from fedmammo.errors import DataError
 from fedmammo.training.runtime import Runtime, keep_freed_memory
 
 __all__ = ["TrainResult", "augment_batch", "predict_scores", "seed_everything", "train_classifier"]
@@ -89,7 +90,11 @@ def train_classifier(
     labels = np.asarray(labels)
     n = len(labels)
     if n == 0:
-        raise ValueError("train_classifier: no training examples")
+        raise DataError(
+            "no training examples: the training split holds no image with a label (malignancy "
+            "labels missing, or too few images for the split); fix: give the centre labels "
+            "(docs/datasets.md) or make it a test centre"
+        )
     steps_per_epoch = params.steps_per_epoch or math.ceil(n / params.batch_size)
     run = runtime or Runtime(device=str(device))
     if privacy is not None:

@@ -55,3 +55,15 @@ def test_a_continued_optimiser_equals_one_longer_run():
         float((nets[2].state_dict()[k] - v).abs().max()) for k, v in nets[0].state_dict().items()
     )
     assert drift > 1e-4
+
+
+def test_a_centre_without_labelled_training_images_is_one_line_with_the_fix():
+    from fedmammo.errors import DataError
+
+    model = build_model("mammo_cnn", **MODEL)
+    data, _, _ = _data()
+    params = LocalTrainingParams(epochs=1)
+    with pytest.raises(DataError) as error:
+        train_classifier(model, data, np.array([], dtype=int), np.array([]), params=params, seed=0)
+    assert str(error.value).startswith("no training examples: the training split holds no image")
+    assert "fix: give the centre labels (docs/datasets.md)" in str(error.value)
