@@ -65,7 +65,14 @@ def _status(run: RunFolder) -> str:
         return NOT_RECORDED
     done = [k for k, v in progress.items() if v.get("done")]
     if len(done) == len(progress):
-        return f"complete ({len(done)} arm-seed runs)"
+        # an arm that ended early (a privacy budget, too few centres) is done, not complete
+        stopped = [
+            note.split("; ")[0]
+            for note in run.results.get("notes") or []
+            if re.match(r"arm \S+ seed \S+: stopped ", str(note))
+        ]
+        early = f"; ended early: {' | '.join(stopped)}" if stopped else ""
+        return f"complete ({len(done)} arm-seed runs){early}"
     pending = ", ".join(f"{k} after round {v.get('round', 0)}" for k, v in progress.items())
     return f"incomplete: {len(done)} of {len(progress)} arm-seed runs done; {pending}"
 

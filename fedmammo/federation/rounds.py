@@ -288,10 +288,10 @@ def train_rounds(
     dp = ArmPrivacy(
         orc, arm=arm, seed=seed, centres=centres, first_round=first_round, last_round=last
     )  # DP: planned rounds, privacy.json, budget refusals
-    strategy.node_config = dp.node_config(centres)
     # secure aggregation (recipe switch) wherever there is a sum to hide: two or more centres
     secure = bool(getattr(p, "secure_aggregation", False)) and len(centres) > 1
     for rnd in range(start + 1, last + 1):
+        strategy.node_config = dp.node_config(centres)  # the record as of the last round
         cfg = orc.message(message, arm=arm, seed=seed, model=model, **fields, **dp.config())
         t_round = time.perf_counter()
         messages = list(strategy.configure_train(rnd, arrays, cfg.to_config(), orc.grid))

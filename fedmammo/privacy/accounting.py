@@ -67,8 +67,8 @@ class BudgetExceeded(FedmammoError):
             state = f"{why}: epsilon spent so far {self.spent:.4g} of target {self.target:.4g}"
         else:
             state = (
-                f"epsilon spent so far {self.spent:.4g}, after the requested steps "
-                f"{self.requested:.4g} > target {self.target:.4g}"
+                f"epsilon spent so far {self.spent:.4g}; the requested steps would bring it "
+                f"to {self.requested:.4g} > target {self.target:.4g}"
             )
         super().__init__(
             f"centre {centre!r} refuses the requested work{where}: {state} (delta "

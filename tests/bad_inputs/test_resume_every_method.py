@@ -157,3 +157,30 @@ def test_a_run_killed_during_evaluation_or_its_report_resumes_to_the_same_result
     assert _records(again) == _records(unbroken)
     assert (broken / "results.md").read_text().startswith("# Results:")
     assert (broken / "report.html").is_file()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_resumed_dp_run_charges_as_the_unbroken_one_and_its_records_agree(
+    tmp_path, monkeypatch, caplog
+):
+    # Prepare: DP FedAvg (fixed noise) over 3 rounds, unbroken
+    dp = {
+        "strategy.params.arms": ["federated"],
+        "strategy.params.rounds": 3,
+        "strategy.params.model.options.norm": "group",
+        "privacy": {"noise_multiplier": 1.0, "max_grad_norm": 1.0},
+    }
+    unbroken, _ = _run(
+        "fedavg", tmp_path, monkeypatch, tmp_path / "unbroken", CountingGrid, resume=False, **dp
+    )
+    # Execute: killed as round 2 starts; resumed on nodes without memory
+    broken = tmp_path / "broken"
+    with pytest.raises(ServerKilled):
+        _run("fedavg", tmp_path, monkeypatch, broken, killing_grid(2), resume=False, **dp)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again, _ = _run("fedavg", tmp_path, monkeypatch, broken, CountingGrid, resume=True, **dp)
+    # Assert: the same records; in rounds 2 and 3 the server's record of each centre's ledger
+    # (sent on resume) agrees with the centre's own, so no centre warns of a disagreement
+    assert _records(again) == _records(unbroken)
+    assert [r.getMessage() for r in caplog.records if "disagrees" in r.getMessage()] == []

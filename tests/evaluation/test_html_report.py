@@ -180,3 +180,21 @@ def test_sweep_points_come_in_sweep_order(tmp_path):
 
     assert natural == ["privacy.target_epsilon=100.0", "privacy.target_epsilon=null"]
     assert ran == ["privacy.target_epsilon=null", "privacy.target_epsilon=100.0"]
+
+
+def test_an_arm_stopped_early_is_named_in_the_status(tmp_path):
+    # Prepare: every arm-seed run done, one of them ended by a centre's privacy budget
+    run = make_run_dir(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    results["notes"].append(
+        "arm federated seed 0: stopped before round 2: centre b refused it (privacy budget); "
+        "the model of the last completed round is final"
+    )
+    (run / "results.json").write_text(json.dumps(results))
+    # Execute
+    html = write_report(run).read_text()
+    # Assert: done, and which arm ended early before which round and why
+    assert (
+        "ended early: arm federated seed 0: stopped before round 2: centre b refused it "
+        "(privacy budget)"
+    ) in html

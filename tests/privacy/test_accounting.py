@@ -91,7 +91,10 @@ def test_would_exceed_simulates_on_a_copy():
 
 def test_budget_exceeded_message_names_centre_spent_requested_target():
     err = BudgetExceeded(centre="B", spent=2.5, requested=4.1, target=3.0, delta=1e-5, phase="gan")
-    assert "'B'" in str(err) and "2.5" in str(err) and "4.1" in str(err) and "3" in str(err)
+    assert str(err).startswith(
+        "centre 'B' refuses the requested work in phase gan: epsilon spent so far 2.5; the "
+        "requested steps would bring it to 4.1 > target 3 (delta 1e-05)."
+    )
     assert err.requested == 4.1 and err.target == 3.0
 
 

@@ -86,7 +86,8 @@ class ArmPrivacy:
         return dict(ledger=self.ledger, planned_rounds=self.planned_rounds)
 
     def node_config(self, centres: list[str]) -> dict[str, dict[str, str]]:
-        """On resume: each centre's recorded ledger (its node state did not survive)."""
+        """On resume: each centre's ledger as recorded so far, rounds since the resume
+        included (its node state did not survive; the centre compares it with its own)."""
         if not getattr(self.orc.spec, "resume", False):
             return {}
         out = {}

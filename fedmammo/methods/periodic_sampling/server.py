@@ -125,12 +125,12 @@ def _train_arm(
     dp = ArmPrivacy(
         orc, arm=arm.name, seed=seed, centres=arm.centres, first_round=1, last_round=p.rounds
     )
-    strategy.node_config = dp.node_config(arm.centres)
     if isinstance(strategy, PeriodicFedAvg) and _dp_centres(orc, arm.centres):
         strategy.planned_rounds = p.rounds
     stream_seed = derive_seed(seed, "stream", arm.method)
     secure = getattr(p, "secure_aggregation", False) and arm.setting == "federated"
     for rnd in range(start + 1, p.rounds + 1):
+        strategy.node_config = dp.node_config(arm.centres)  # the record as of the last round
         cfg = orc.message(
             TrainPeriodic,
             arm=arm.name,
