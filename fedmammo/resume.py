@@ -4,8 +4,8 @@ The run folder is the only source: its ``scenario.resolved.yaml`` (each sweep po
 ``runspec.json``, ``results.json`` (rounds and arms done), ``privacy.json`` (a report copy
 of the centres' ledgers; each centre restores its own from its state folder) and
 ``checkpoints/``. A scenario argument must be the file the run started from; ``--set`` and a
-different ``--quick`` are refused (they would make the resumed run a different one). Damaged
-files give one line, never a traceback.
+different ``--quick`` are refused (they would make the resumed run a different one), and so
+is ``--out`` (the run goes on in its folder). Damaged files give one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -100,6 +100,11 @@ def _check_arguments(args: argparse.Namespace, run_dir: Path, spec: RunSpec, ori
         raise ConfigError(
             f"--resume {run_dir}: the run started without --quick; drop --quick to resume it"
         )
+    if getattr(args, "out", None):
+        raise ConfigError(
+            f"--resume {run_dir}: --out would not move the run (it goes on in its own "
+            "folder); drop --out, or start a new run there"
+        )
 
 
 def _state(entry: dict | None, rounds: int | None) -> tuple[str, str]:
@@ -180,6 +185,18 @@ def _print_ledgers(console: Console, run_dir: Path, points: list[Point]) -> None
     )
 
 
+def _points_backend(run_dir: Path, points: list[Point]) -> str | None:
+    """The backend the first sweep point that started ran on (its runspec.json), or None."""
+    for point in points:
+        try:
+            data = json.loads((run_dir / "points" / point.name / "runspec.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("backend") in ("ray", "inprocess"):
+            return data["backend"]
+    return None
+
+
 def open_run(args: argparse.Namespace, console: Console) -> tuple[RunSpec, Scenario, list[Point]]:
     """The run spec, scenario and checked plan of ``--resume RUN_DIR`` (ConfigError, one line,
     when the folder cannot be resumed as asked)."""
@@ -204,6 +221,9 @@ def open_run(args: argparse.Namespace, console: Console) -> tuple[RunSpec, Scena
         points = [Point("", {}, base)]
     for point in points:
         point.rows = plan_scenario(point.scenario, quick=spec.quick)
+    if base.sweep and "ray_address" not in read_json(run_dir / "runspec.json", run_dir=run_dir):
+        # a sweep's runspec.json from before it recorded the backend always said "ray"
+        spec.backend = _points_backend(run_dir, points) or spec.backend
     sets = invocation.get("sets") if isinstance(invocation.get("sets"), dict) else {}
     started = " ".join(["--quick"] * spec.quick + [f"--set {k}=..." for k in sets])
     console.print(

@@ -16,6 +16,9 @@ must exist, and the data and output folders must be writable. Only then is the r
 created, with the scenario as resolved now (``scenario.resolved.yaml``, each sweep point's
 too) and ``runspec.json``; the run and any ``--resume`` of it read that copy, never the
 (possibly edited) original files.
+
+Ctrl-C stops a run as a failure would, with one line saying how to resume (exit code 130;
+:mod:`fedmammo.interrupt`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
@@ -58,6 +62,7 @@ from fedmammo.federation.ray_cluster import (
 from fedmammo.federation.run_log import RAY_ACCEL_ENV, quiet_libraries, run_log
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
 from fedmammo.federation.telemetry import quiet_flower
+from fedmammo.interrupt import STOP, STOP_SECONDS, CtrlC, interrupted, stoppable
 from fedmammo.methods.planning import plan_scenario
 from fedmammo.resume import INVOCATION, open_run, print_restore
 from fedmammo.sweep import RESOLVED, Point, load_points, run_sweep, write_resolved
@@ -294,12 +299,19 @@ def _run_engine(
 
     if ray_up is not None:
         ray_up()
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(spec.node_order),
-        backend_config=backend_config(scenario, attached=attached),
-    )
+    threads: list[threading.Thread] = []
+    try:
+        run_simulation(
+            server_app=stoppable(server_app, STOP, threads),
+            client_app=client_app,
+            num_supernodes=len(spec.node_order),
+            backend_config=backend_config(scenario, attached=attached),
+        )
+    except KeyboardInterrupt:
+        STOP.set()  # (already set when Ctrl-C came through CtrlC's handler)
+        for thread in threads:  # the ServerApp writes the run's results and report
+            thread.join(STOP_SECONDS)
+        raise
 
 
 def run(
@@ -311,6 +323,7 @@ def run(
     run_dir = Path(spec.run_dir)
     with_pooled = _wants_pooled(scenario)
     spec.backend = backend_of(scenario, backend, ray_address)
+    spec.ray_address = ray_address
     spec_file = spec.save()  # before the data: a run killed while preparing it can be resumed
     os.environ[ENV_VAR] = str(spec_file)  # Ray's workers inherit it when Ray starts them
     cluster = None if spec.backend == "inprocess" else ray_address_of(scenario, ray_address)
@@ -345,7 +358,7 @@ def execute(spec: RunSpec, base: Scenario, args: argparse.Namespace) -> int:
     run_dir = Path(spec.run_dir)
     console.print(f"run directory: [bold]{safe(run_dir)}[/]")
     where = {"ray_address": args.ray_address, "backend": args.backend}
-    with run_log(run_dir):
+    with CtrlC(run_dir), run_log(run_dir):
         if base.sweep:
             run_sweep(spec, base, functools.partial(run, **where))
         else:
@@ -387,7 +400,14 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         "started": dt.datetime.now().isoformat(timespec="seconds"),
     }
     (run_dir / INVOCATION).write_text(json.dumps(invocation, indent=1, default=str))
-    spec = RunSpec(scenario_file=str(run_dir / RESOLVED), run_dir=str(run_dir), quick=args.quick)
+    spec = RunSpec(
+        scenario_file=str(run_dir / RESOLVED),
+        run_dir=str(run_dir),
+        quick=args.quick,
+        # where it runs, for --resume (a sweep's points record their own too)
+        backend=backend_of(base, args.backend, args.ray_address),
+        ray_address=args.ray_address,
+    )
     spec.save()
     return execute(spec, base, args)
 
@@ -408,13 +428,22 @@ def _resume(args: argparse.Namespace) -> int:
     spec, base, points = open_run(args, console)
     print_plan(base, points, quick=spec.quick)
     print_restore(console, Path(spec.run_dir), points)
-    if args.backend is None:  # where it ran before, unless told otherwise
-        args.backend = spec.backend
+    if args.backend is None and args.ray_address is None:  # where it ran, unless told
+        args.backend, args.ray_address = spec.backend, spec.ray_address
+        cluster = f" on the Ray cluster at {spec.ray_address}" if spec.ray_address else ""
+        console.print(
+            f"backend {safe(spec.backend)}{safe(cluster)}, as the run started (--backend or "
+            "--ray-address to choose another)",
+            highlight=False,
+            soft_wrap=True,
+        )
     _check_where(base, points, args)
     _check_folders(points, None, create=not args.check)
     if args.check:
         console.print(f"[green]{safe(spec.run_dir)}: can be resumed[/] (nothing run)")
         return 0
+    spec.backend = backend_of(base, args.backend, args.ray_address)  # for the next --resume
+    spec.ray_address = args.ray_address
     spec.save()
     return execute(spec, base, args)
 
@@ -425,7 +454,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit code (0 done, 2 bad input: one line per problem)."""
+    """The command line; returns the exit code (0 done, 2 bad input: one line per problem,
+    130 interrupted by Ctrl-C: one line saying how to resume)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _Parser(
         prog="python -m fedmammo.simulate",
@@ -475,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             return _resume(args)
         return _start(args, argv)
+    except KeyboardInterrupt as exc:
+        return interrupted(exc)
     except FedmammoError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             console.print(f"[red]error:[/] {safe(line)}", highlight=False, soft_wrap=True)

@@ -42,6 +42,7 @@ class RunSpec:
     node_order: list[str] = field(default_factory=list)  # simulation: partition-id -> centre
     deployment: bool = False  # real sites (flwr run on a deployment SuperLink)
     backend: str = "ray"  # simulation: Flower's Ray engine, or "inprocess" (no Ray)
+    ray_address: str | None = None  # simulation: the --ray-address the run was given
     workers: int = 1  # simulation: centres the engine runs at once (jobs in flight)
 
     def save(self) -> Path:

@@ -48,6 +48,41 @@ def test_resume_uses_the_folders_copy_not_the_edited_files(scen, tmp_path, monke
     assert json.loads((run / "runspec.json").read_text())["resume"] is True
 
 
+def test_resume_with_out_is_one_line_and_leaves_the_folder_as_it_was(scen, tmp_path, monkeypatch):
+    # --out used to be ignored silently: the run went on in its own folder
+    from bad_inputs.cli_cases import folder_digest
+
+    run = make_run_folder(scen, progress={"federated|0": {"round": 1}})
+    before = folder_digest(run)
+    out = run_cli_in_process(["--resume", str(run), "--out", str(tmp_path / "x")], monkeypatch)
+    assert out.code == 2 and len(out.errors) == 1 and "Traceback" not in out.text, out.text
+    assert out.errors[0] == (
+        f"error: --resume {run}: --out would not move the run (it goes on in its own folder); "
+        "drop --out, or start a new run there"
+    )
+    assert folder_digest(run) == before and not (tmp_path / "x").exists()
+
+
+def test_resume_keeps_where_the_run_started_unless_told(scen, monkeypatch):
+    # a run started in process (a sweep's spec too) or on a cluster resumes there
+    run = make_run_folder(scen, progress={"federated|0": {"round": 1}})
+    spec = json.loads((run / "runspec.json").read_text())
+    (run / "runspec.json").write_text(json.dumps({**spec, "backend": "inprocess"}))
+    started = {}
+    monkeypatch.setattr(
+        simulate, "execute", lambda spec, base, args: started.update(args=args) or 0
+    )
+    assert simulate.main(["--resume", str(run)]) == 0
+    assert (started["args"].backend, started["args"].ray_address) == ("inprocess", None)
+    assert simulate.main(["--resume", str(run), "--backend", "ray"]) == 0
+    assert json.loads((run / "runspec.json").read_text())["backend"] == "ray"  # said: kept
+    # a cluster's address is kept as given (checked first: here nothing answers)
+    (run / "runspec.json").write_text(json.dumps({**spec, "ray_address": "127.0.0.1:1"}))
+    out = run_cli_in_process(["--resume", str(run), "--check"], monkeypatch)
+    assert "backend ray on the Ray cluster at 127.0.0.1:1, as the run started" in out.text
+    assert out.code == 2 and "--ray-address 127.0.0.1:1: cannot attach" in out.errors[0]
+
+
 def test_resume_states_the_ledgers_it_restores(scen, monkeypatch):
     run = make_run_folder(scen, progress={"federated|0": {"round": 2, "done": True}})
     record = {
@@ -128,10 +163,10 @@ def test_a_run_killed_while_preparing_data_can_be_resumed(scen, monkeypatch):
     monkeypatch.setattr(simulate, "prepare_data", killed)
     monkeypatch.setattr(simulate, "run_log", lambda run_dir: contextlib.nullcontext())
     # Execute
-    with pytest.raises(KeyboardInterrupt):
-        simulate.main(["--resume", str(run)])
+    code = simulate.main(["--resume", str(run)])
     out = run_cli_in_process(["--resume", str(run), "--check"], monkeypatch)
     # Assert: the run spec was saved before the data, so the folder is resumable
+    assert code == 130  # interrupted (fedmammo.interrupt.INTERRUPTED)
     assert json.loads((run / "runspec.json").read_text())["resume"] is True
     assert out.code == 0, out.text
     assert "units: 0 done (kept), 0 part done (resume at their next round), 3 not started" in (
