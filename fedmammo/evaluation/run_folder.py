@@ -46,6 +46,7 @@ class RunFolder:
     results_md: str | None = None
     plots: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    warnings_source: str = "run.log"  # a sweep point's: the sweep's run.log, every point's
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -140,9 +141,9 @@ def load_run(run_dir: str | Path) -> RunFolder:
     if not scenario_file.is_file() and root is not None:
         scenario_file = root / "scenario.resolved.yaml"
     scenario = yaml.safe_load(scenario_file.read_text()) if scenario_file.is_file() else {}
-    log = path / "run.log"
+    log, source = path / "run.log", "run.log"
     if not log.is_file() and root is not None:
-        log = root / "run.log"
+        log, source = root / "run.log", "the sweep's run.log (every point's lines)"
     md = path / "results.md"
     plots_dir = path / "plots"
     return RunFolder(
@@ -154,6 +155,7 @@ def load_run(run_dir: str | Path) -> RunFolder:
         results_md=md.read_text() if md.is_file() else None,
         plots=sorted(plots_dir.glob("*.png")) if plots_dir.is_dir() else [],
         warnings=log_warnings(log),
+        warnings_source=source,
     )
 
 

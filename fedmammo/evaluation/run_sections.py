@@ -343,7 +343,7 @@ def audit_section(run: RunFolder) -> str:
         )
     notes = [*(run.results.get("notes") or []), *(privacy.get("notes") or [])]
     parts.append(f"<h3>Notes ({len(notes)})</h3>" + (_list(notes) if notes else "<p>None.</p>"))
-    parts.append(f"<h3>Warnings in run.log ({len(run.warnings)})</h3>")
+    parts.append(f"<h3>Warnings in {esc(run.warnings_source)} ({len(run.warnings)})</h3>")
     if run.warnings:
         parts.append(f"<pre class='log'>{esc(chr(10).join(run.warnings))}</pre>")
     else:

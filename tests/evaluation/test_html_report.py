@@ -198,3 +198,17 @@ def test_an_arm_stopped_early_is_named_in_the_status(tmp_path):
         "ended early: arm federated seed 0: stopped before round 2: centre b refused it "
         "(privacy budget)"
     ) in html
+
+
+def test_a_sweep_points_page_says_its_warnings_are_the_whole_sweeps(tmp_path):
+    # Prepare: a sweep whose points have no run.log of their own (the sweep writes one)
+    sweep = make_sweep_dir(tmp_path)
+    point = expand_run_dirs([sweep])[0]
+    (point / "run.log").unlink(missing_ok=True)
+    line = "2026-01-01 13:00:00,000 WARNING fedmammo.x: centre b: mostly noise at epsilon 1"
+    (sweep / "run.log").write_text(line + "\n")
+    # Execute
+    html = write_report(point).read_text()
+    # Assert: the line is shown, under a heading that says whose it is
+    assert "Warnings in the sweep&#x27;s run.log (every point&#x27;s lines) (1)" in html
+    assert "mostly noise at epsilon 1" in html
