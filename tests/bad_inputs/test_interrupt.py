@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import kill_tree
-from helpers.run_helpers import REPO, comparable_metrics, results
+from helpers.processes import kill_tree, simulate_process
+from helpers.run_helpers import comparable_metrics, results
 from rich.console import Console
 
 from fedmammo import interrupt, simulate
@@ -27,19 +26,6 @@ HINT = (
     "interrupted: completed rounds are kept in {run}; resume with: "
     "python -m fedmammo.simulate --resume {run}"
 )
-
-
-def _cli(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "OMP_NUM_THREADS": "1"}
-    with log.open("w") as f:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fedmammo.simulate", *args],
-            cwd=REPO,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
 
 
 def _interrupt_after_round_1(proc: subprocess.Popen, out: Path, timeout: float) -> Path:
@@ -74,12 +60,16 @@ def test_ctrl_c_in_process_says_how_to_resume_and_the_resumed_run_equals_the_unb
     sets = ["--set", "strategy.params.rounds=3", "--set", f"data_dir={tmp_path / 'data'}"]
     # Prepare: the unbroken run
     unbroken = tmp_path / "unbroken"
-    proc = _cli([TINY, *sets, "--backend", "inprocess", "--out", str(unbroken)], tmp_path / "u.log")
+    proc = simulate_process(
+        [TINY, *sets, "--backend", "inprocess", "--out", str(unbroken)], tmp_path / "u.log"
+    )
     code, text = _wait(proc, tmp_path / "u.log", 600)
     assert code == 0, text[-3000:]
     # Execute: the same run, Ctrl-C once round 1 is recorded
     broken = tmp_path / "broken"
-    proc = _cli([TINY, *sets, "--backend", "inprocess", "--out", str(broken)], tmp_path / "b.log")
+    proc = simulate_process(
+        [TINY, *sets, "--backend", "inprocess", "--out", str(broken)], tmp_path / "b.log"
+    )
     run_dir = _interrupt_after_round_1(proc, broken, 600)
     code, text = _wait(proc, tmp_path / "b.log", 120)
     # Assert: 130, the one line, no traceback; the rounds done and the report are there
@@ -92,7 +82,7 @@ def test_ctrl_c_in_process_says_how_to_resume_and_the_resumed_run_equals_the_unb
     assert not stopped["progress"]["federated|0"].get("done") and not stopped["failures"]
     assert (run_dir / "results.md").is_file() and (run_dir / "report.html").is_file()
     # Execute: resume it, saying nothing of the backend
-    proc = _cli(["--resume", str(run_dir)], tmp_path / "r.log")
+    proc = simulate_process(["--resume", str(run_dir)], tmp_path / "r.log")
     code, text = _wait(proc, tmp_path / "r.log", 600)
     # Assert: in process again, every number of the unbroken run
     assert code == 0, text[-3000:]
@@ -107,7 +97,9 @@ def test_ctrl_c_on_ray_stops_the_servers_thread_and_ray_within_seconds(tmp_path)
     # kept the process from exiting until a second Ctrl-C.
     sets = ["--set", "strategy.params.rounds=4", "--set", f"data_dir={tmp_path / 'data'}"]
     out = tmp_path / "out"
-    proc = _cli([TINY, *sets, "--backend", "ray", "--out", str(out)], tmp_path / "ray.log")
+    proc = simulate_process(
+        [TINY, *sets, "--backend", "ray", "--out", str(out)], tmp_path / "ray.log"
+    )
     run_dir = _interrupt_after_round_1(proc, out, 600)
     sent = time.monotonic()
     code, text = _wait(proc, tmp_path / "ray.log", 120)

@@ -7,14 +7,11 @@ test checks it once more with FedBN's per-centre state)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import kill_tree
+from helpers.processes import kill_tree, simulate_process
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +23,6 @@ SETS = [
     "--set", "strategy.params.rounds=3",
     "--set", "strategy.params.batchnorm=local",
 ]  # fmt: skip
-
-
-def _cli(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "OMP_NUM_THREADS": "1"}
-    with log.open("w") as f:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fedmammo.simulate", *args],
-            cwd=REPO,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
 
 
 def _progress(out: Path) -> dict:
@@ -62,11 +46,13 @@ def test_killed_during_training_then_resumed_equals_the_unbroken_run(tmp_path):
     # Prepare: the unbroken run (in process)
     unbroken = tmp_path / "unbroken"
     args = [str(TINY), *SETS, *data, "--backend", "inprocess", "--out", str(unbroken)]
-    proc = _cli(args, tmp_path / "unbroken.log")
+    proc = simulate_process(args, tmp_path / "unbroken.log")
     assert proc.wait(timeout=900) == 0, (tmp_path / "unbroken.log").read_text()[-3000:]
     # Execute: the same run, killed (process tree, SIGKILL) once round 1 is recorded
     broken = tmp_path / "broken"
-    proc = _cli([str(TINY), *SETS, *data, "--out", str(broken)], tmp_path / "broken.log")
+    proc = simulate_process(
+        [str(TINY), *SETS, *data, "--out", str(broken)], tmp_path / "broken.log"
+    )
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
         state = _progress(broken).get("federated|0", {})
@@ -79,7 +65,7 @@ def test_killed_during_training_then_resumed_equals_the_unbroken_run(tmp_path):
     (run_dir,) = broken.glob("*/*/results.json")
     run_dir = run_dir.parent
     killed_at = _progress(broken)["federated|0"]
-    resumed = _cli(["--resume", str(run_dir)], tmp_path / "resume.log")
+    resumed = simulate_process(["--resume", str(run_dir)], tmp_path / "resume.log")
     assert resumed.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     # Assert: it was killed part way; after the resume, the same records as the unbroken run
     log = (tmp_path / "resume.log").read_text()

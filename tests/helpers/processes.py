@@ -52,6 +52,15 @@ def start(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> subp
         )
 
 
+def simulate_process(args: list[str], log: Path) -> subprocess.Popen:
+    """``python -m fedmammo.simulate ARGS`` from the repository, in its own session, one torch
+    thread, output to ``log``."""
+    from helpers.run_helpers import REPO
+
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "OMP_NUM_THREADS": "1"}
+    return start([sys.executable, "-m", "fedmammo.simulate", *args], log, env, cwd=REPO)
+
+
 def prepare_sites(scenario, root: Path) -> dict[str, tuple[Path, str]]:
     """Each centre's data folder under ``root`` as its site prepares it (its profile, the
     scenario's image size and data seed): centre -> (data dir, role)."""
