@@ -124,9 +124,15 @@ _PROFILE_OPTIONS = {"centre": "name", "source": "source"}
 
 
 def data_config_problem(profile: CentreProfile) -> str | None:
-    """What is wrong with a real-data centre's ``data.format`` and ``data.options`` (one line),
-    or None; checked before any file is read."""
+    """What is wrong with a real-data centre's ``data.format`` and ``data.options``, or a
+    phantom centre's segment styles (one line), or None; checked before any file is made."""
     if profile.data.synthetic is not None:
+        from fedmammo.data.phantom import resolve_styles
+
+        try:
+            resolve_styles(profile)
+        except ConfigError as exc:
+            return str(exc)
         return None
     from fedmammo.data.adapters import list_formats, options_of
 

@@ -124,6 +124,9 @@ def _results_section(run: RunFolder) -> str:
             else:
                 parts.append(f"<details><summary>{esc(title)}</summary>{block}</details>")
         segments = final_records(frame, split="test", by_segment=True)
+        if (segments.groupby("segment")["centre"].nunique() > 1).any():  # density=A, say
+            where = segments["centre"].astype(str) + ": " + segments["segment"].astype(str)
+            segments = segments.assign(segment=where)
         if not segments.empty and metrics:
             block = _pivot(segments, metrics[0], "segment", None, "results-segments")
             title = f"Test {_NAMES.get(metrics[0], metrics[0])} per data segment"

@@ -79,6 +79,15 @@ CASES = [
         survives=("no run folder",),
     ),
     Case(
+        "phantom-style-unknown-check",
+        ("{scen}", "--check", "--set", "centres.a.data.synthetic.segments.0.style=flim"),
+        (
+            "centre 'a': key 'data.synthetic.segments.0.style': unknown phantom style 'flim'",
+            "valid styles: film, ma",
+        ),
+        survives=("no run folder", "no data"),
+    ),
+    Case(
         "yaml-image-size-too-small",
         ("{scen}",),
         ("key 'image_size'", "16..4096"),

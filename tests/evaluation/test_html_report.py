@@ -212,3 +212,25 @@ def test_a_sweep_points_page_says_its_warnings_are_the_whole_sweeps(tmp_path):
     # Assert: the line is shown, under a heading that says whose it is
     assert "Warnings in the sweep&#x27;s run.log (every point&#x27;s lines) (1)" in html
     assert "mostly noise at epsilon 1" in html
+
+
+def test_a_segment_evaluated_at_two_centres_has_a_column_per_centre(tmp_path):
+    # Prepare: the same segment name (a density class, as in multi-task runs) at a and b
+    run = make_run_dir(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    for centre, value in (("a", 0.25), ("b", 0.582)):
+        results["metrics"].append(
+            {"arm": "federated", "seed": 0, "centre": centre, "segment": "density=A",
+             "split": "test", "metric": "auc", "value": value, "ci_low": None,
+             "ci_high": None, "round": None}
+        )  # fmt: skip
+    (run / "results.json").write_text(json.dumps(results))
+    # Execute
+    cells = parse(write_report(run).read_text()).cells
+    # Assert: each centre's value under its own column, neither lost
+    shown = {
+        c["data-segment"]: float(c["data-value"])
+        for c in cells
+        if c.get("data-segment", "").endswith("density=A") and c["data-arm"] == "federated"
+    }
+    assert shown == {"a: density=A": 0.25, "b: density=A": 0.582}
