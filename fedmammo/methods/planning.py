@@ -18,6 +18,7 @@ value came from.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 from pydantic import BaseModel
@@ -195,6 +196,16 @@ def _default_plan(scenario: Scenario) -> list[PlanRow]:
     return [PlanRow(arm="(every arm)", seed=s, centres=trainers) for s in scenario.seeds]
 
 
+def _plan_error_where(scenario: Scenario, origins: Origins | None, message: str) -> str:
+    """Where a method's plan error comes from: the override (``--set``, strategy_overrides)
+    of the recipe parameter it names (``strategy params.<key> ...``), else the scenario."""
+    default = str(scenario.source_file or scenario.name)
+    key = re.match(r"strategy (params(?:\.[\w-]+)+)", message)
+    if origins is None or key is None:
+        return default
+    return origins.label("strategy", key.group(1).split("."), default)
+
+
 def plan_scenario(
     scenario: Scenario, *, quick: bool, origins: Origins | None = None
 ) -> list[PlanRow]:
@@ -207,7 +218,7 @@ def plan_scenario(
     try:
         rows = method.plan(scenario, params) if method.plan else _default_plan(scenario)
     except (ConfigError, ValueError) as exc:
-        problems.append(f"{scenario.source_file or scenario.name}: {exc}")
+        problems.append(f"{_plan_error_where(scenario, origins, str(exc))}: {exc}")
         rows = []
     problems += _check_rows(scenario, rows, collect_handlers(method.handlers), origins)
     if problems:

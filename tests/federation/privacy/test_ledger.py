@@ -196,7 +196,7 @@ def test_fixed_noise_with_a_cap_is_refused_when_the_next_round_overruns(centre):
     context = new_context(data_dir)
     first = dp_round(context, seed=0)
     # Execute / Assert: round 2 is refused, naming what was spent and what it would reach.
-    with pytest.raises(BudgetRefusal, match=rf"spent so far {one:.4g}, .* {two:.4g} > target"):
+    with pytest.raises(BudgetRefusal, match=rf"spent so far {one:.4g}; .* {two:.4g} > target"):
         dp_round(context, seed=1)
     assert first["epsilon"] == pytest.approx(one) and first["delta"] == delta
 
