@@ -160,17 +160,26 @@ def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> 
         if not manifest_path.is_file():
             _phantom_centre(profile, phantom_dir, data_seed)
         return read_manifest(manifest_path)
-    from fedmammo.data.adapters import load_manifest
-
     if problem := data_config_problem(profile):
         raise ConfigError(problem)
     if problem := missing_data_root(profile):
         raise DataError(problem)
     root = profile.data.resolved_root()
     assert root is not None
+    return _dataset_manifest(profile, root, data_dir)
+
+
+def _dataset_manifest(profile: CentreProfile, root: Path, data_dir: Path) -> pd.DataFrame:
+    """The adapter's manifest of ``root``, read once and kept in ``data_dir`` while no file
+    it was read from changes (:func:`_dataset_stamp`); written whole or not at all."""
+    from fedmammo.data.adapters import load_manifest
+
     stamp_file, manifest_file = data_dir / "source_manifest.json", data_dir / "source_manifest.csv"
     stamp = _dataset_stamp(profile, root)
-    kept = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+    try:
+        kept = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+    except ValueError:  # damaged: read the dataset again
+        kept = {}
     if kept.get("stamp") == stamp and manifest_file.is_file():
         df = read_manifest(manifest_file)
         df.attrs.update(skipped=kept["skipped"], skip_reasons=kept["skip_reasons"])
@@ -193,13 +202,17 @@ def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> 
         profile.data.format or "", root, centre=profile.name, source=profile.source, **options
     )
     stamp_file.unlink(missing_ok=True)
-    write_manifest(df, manifest_file)
+    tmp = data_dir / "source_manifest.csv.partial"
+    write_manifest(df, tmp)
+    tmp.replace(manifest_file)
     kept = {
         "stamp": stamp,
         "skipped": df.attrs["skipped"],
         "skip_reasons": df.attrs["skip_reasons"],
     }
-    stamp_file.write_text(json.dumps(kept, indent=2))
+    tmp = data_dir / "source_manifest.json.partial"
+    tmp.write_text(json.dumps(kept, indent=2))
+    tmp.replace(stamp_file)  # last: the stamp says the manifest beside it is whole
     return df
 
 

@@ -45,8 +45,8 @@ __all__ = [
     "FederationTooSmall",
     "expected_nodes",
     "say",
-    "simulated_node_ids",
     "other_profiles",
+    "simulated_node_ids",
     "simulation_size_fix",
     "wait_for_centres",
 ]

@@ -191,9 +191,9 @@ def _connect(orc: Orchestrator, *, simulated: bool, prepare: bool) -> None:
         )
     elif conn.errors:
         fix = (
-            "fix: the nodes that failed to identify run but refused: mend what their errors "
-            "name at those sites (the SuperNode logs there hold the whole messages), restart "
-            "their SuperNodes and run again"
+            "fix: nodes that failed to identify are running but refused: mend what their "
+            "errors name at those sites (their SuperNode logs hold the whole messages) and "
+            "restart them; start any missing centre's SuperNode (--node-config 'centre=...')"
         )
     else:
         fix = (

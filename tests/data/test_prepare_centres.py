@@ -138,6 +138,11 @@ def test_a_dataset_is_listed_again_only_when_a_file_under_its_root_changes(tmp_p
     # reads, and the image cache it keys was not built again
     assert first == second == third == [(8, 1)]
     assert len(listings) == 2
+    # a damaged record of the listing: the headers are read again, nothing fails
+    (stamp,) = (tmp_path / "data").glob("h-*/source_manifest.json")
+    stamp.write_text("{")
+    assert [(n, s) for _, n, s in materialise_centres([job])] == [(8, 1)]
+    assert len(listings) == 3
     listed = adapters.load_manifest("dicom-folder", folder, centre="h", source="H")
     assert reused["path"].tolist() == listed["path"].tolist()
     assert cache.stat().st_mtime_ns == built
