@@ -92,7 +92,7 @@ def load_points(
     for values in sweep_points(scenario.sweep):
         name = point_name(values)
         extra = point_sets(values)
-        labels = {k: f"sweep point {name}" for k in extra}
+        labels = {k: f"{scenario_file} sweep point {name}" for k in extra}
         point, origins = load_scenario_traced(
             scenario_file, sets={**sets, **extra}, quick=quick, labels=labels
         )

@@ -221,9 +221,15 @@ def write_report(
 
 # ---------------------------------------------------------------------- comparison page
 def _labels(runs: Sequence[RunFolder]) -> list[str]:
+    """Column names: a run's name, a sweep point's settings (after its sweep's folder when
+    several sweeps are compared), primed if still taken."""
+    sweeps = {r.path.parent.parent for r in runs if r.path.parent.name == "points"}
     labels = []
     for run in runs:
-        label = run.path.name if run.path.parent.name == "points" else run.name
+        label = run.name
+        if run.path.parent.name == "points":
+            sweep = run.path.parent.parent
+            label = f"{sweep.name}/{run.path.name}" if len(sweeps) > 1 else run.path.name
         while label in labels:
             label += "'"
         labels.append(label)

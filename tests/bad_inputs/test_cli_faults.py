@@ -358,7 +358,7 @@ CASES = [
     Case(
         "sweep-point-names-point",
         ("{scen}",),
-        ("sweep point strategy.params.rounds=0", "key 'params.rounds'"),
+        ("scen.yaml sweep point strategy.params.rounds=0", "key 'params.rounds'"),
         scenario=SCENARIO + "sweep: {strategy.params.rounds: [1, 0]}\n",
     ),
     # ---- budget and sharing conflicts

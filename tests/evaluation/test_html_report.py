@@ -234,3 +234,17 @@ def test_a_segment_evaluated_at_two_centres_has_a_column_per_centre(tmp_path):
         if c.get("data-segment", "").endswith("density=A") and c["data-arm"] == "federated"
     }
     assert shown == {"a: density=A": 0.25, "b: density=A": 0.582}
+
+
+def test_two_sweeps_compared_name_their_points_after_their_folders(tmp_path):
+    first = make_sweep_dir(tmp_path / "one")
+    second = make_sweep_dir(tmp_path / "two")
+    second = second.rename(second.with_name("20260102-090000"))
+
+    cells = parse(write_comparison([first, second], tmp_path / "cmp.html").read_text()).cells
+
+    assert list(dict.fromkeys(c["data-run"] for c in cells)) == [
+        f"{sweep}/privacy.target_epsilon={eps}"
+        for sweep in ("20260101-130000", "20260102-090000")
+        for eps in (1.0, 8.0)
+    ]
