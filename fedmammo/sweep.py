@@ -26,6 +26,7 @@ from fedmammo.config import Scenario, load_scenario
 from fedmammo.config.loading import Origins, load_scenario_traced, resolved_mapping
 from fedmammo.errors import ConfigError
 from fedmammo.federation.console import safe
+from fedmammo.federation.run_log import run_log
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.registry import PlanRow
 
@@ -162,7 +163,8 @@ def run_sweep(
                 sets={},
                 resume=(sub / "results.json").is_file(),
             )
-            run_fn(point_spec, load_scenario(resolved, quick=spec.quick))
+            with run_log(sub):  # the point's own records too, for its report
+                run_fn(point_spec, load_scenario(resolved, quick=spec.quick))
             done.write_text("ok\n")
         results = json.loads((sub / "results.json").read_text())
         frame = pd.DataFrame(results["metrics"])

@@ -162,6 +162,10 @@ def test_a_sweep_interrupted_in_process_resumes_in_process(tmp_path, monkeypatch
     for point in ("seed=0", "seed=1"):
         assert results(root / "points" / point)["meta"]["backend"] == "inprocess"
     assert (root / "sweep.csv").is_file()
+    # each point has a run.log of its own records (its report's warnings), the sweep all
+    logs = {p: (root / "points" / p / "run.log").read_text() for p in ("seed=0", "seed=1")}
+    assert "federated seed 1" in logs["seed=1"] and "federated seed 1" not in logs["seed=0"]
+    assert "federated seed 1" in (root / "run.log").read_text()
 
 
 def test_a_sweep_folder_from_before_its_spec_named_the_backend_resumes_as_its_points_ran(
