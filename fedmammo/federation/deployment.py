@@ -54,9 +54,10 @@ def node_config(centre: str, data_dir: str | Path, *, role: str = "train") -> st
     return " ".join(f"{k}={toml_string(v)}" for k, v in values.items())
 
 
-def check_prepared(data_dir: str | Path) -> Path:
-    """``data_dir`` if ``prepare`` completed there (its ``centre.yaml`` and ``prepared.yaml``),
-    else a ConfigError naming the folder and the fix."""
+def check_prepared(data_dir: str | Path, centre: str) -> Path:
+    """``data_dir`` if ``prepare`` completed there (its ``centre.yaml`` and ``prepared.yaml``)
+    for ``centre``, else a ConfigError naming the folder and the fix (a SuperNode would
+    otherwise serve one centre's data under another's name)."""
     path = Path(data_dir).expanduser().resolve()
     missing = [f for f in ("centre.yaml", PREPARED_FILE) if not (path / f).is_file()]
     if missing:
@@ -65,6 +66,12 @@ def check_prepared(data_dir: str | Path) -> Path:
             f"--data-dir {path} {state}: not a prepared centre folder; fix: correct the path, "
             f"or run `python -m fedmammo.federation.deployment prepare PROFILE.yaml "
             f"--data-dir {path}` first"
+        )
+    prepared = (yaml.safe_load((path / PREPARED_FILE).read_text()) or {}).get("centre")
+    if prepared is not None and str(prepared) != centre:
+        raise ConfigError(
+            f"--data-dir {path} was prepared for centre {prepared!r}, not {centre!r}; fix: "
+            f"--centre {prepared}, or the data dir prepared for {centre}"
         )
     return path
 
@@ -125,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             console.print(f"prepared {n} images in {safe(args.data_dir)}")
         else:
-            print(node_config(args.centre, check_prepared(args.data_dir), role=args.role))
+            data_dir = check_prepared(args.data_dir, args.centre)
+            print(node_config(args.centre, data_dir, role=args.role))
         return 0
     except FedmammoError as exc:
         # stderr: `--node-config "$(... node-config ...)"` must not capture the error as config
