@@ -88,6 +88,7 @@ class _DropTracebacks(logging.Filter):
 
 
 _PLUGIN_LOG = logging.getLogger("pydicom.pixels.decoders.base")
+_QUIET = _DropTracebacks()
 
 
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
@@ -106,8 +107,7 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
                 f'({tsyntax}). Install the codecs extra: pip install "fedmammo[codecs]" '
                 f"(JPEG 2000); pydicom's plugins for this syntax: {options}"
             )
-    quiet = _DropTracebacks()
-    _PLUGIN_LOG.addFilter(quiet)
+    _PLUGIN_LOG.addFilter(_QUIET)  # for this decode only (as pydicom used outside fedmammo)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # any decoder failure on this one file: refuse the file
@@ -117,7 +117,7 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
             f"{path}: pixel data cannot be decoded{syntax} ({type(exc).__name__}: {detail})"
         ) from exc
     finally:
-        _PLUGIN_LOG.removeFilter(quiet)
+        _PLUGIN_LOG.removeFilter(_QUIET)
     if arr.ndim != 2 or arr.size == 0:
         raise UnreadableImageError(f"{path}: pixel array has shape {arr.shape}, expected 2D")
     return arr

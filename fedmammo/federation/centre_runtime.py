@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import yaml
 from flwr.app import Context
 
 from fedmammo.config import CentreProfile, load_profile
@@ -67,10 +66,10 @@ class CentreIdentity:
 def _site_settings(node, data_dir: Path) -> tuple[tuple[int, int] | None, int | None]:
     """Image size and data seed of a deployed site: node config (``image-size="HxW"``,
     ``data-seed``) over ``<data-dir>/prepared.yaml`` (written by deployment ``prepare``)."""
-    from fedmammo.federation.deployment import PREPARED_FILE
+    from fedmammo.federation.deployment import PREPARED_FILE, prepared_settings
 
     path = data_dir / PREPARED_FILE
-    saved = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    saved = prepared_settings(data_dir)
     size = saved.get("image_size")
     if "image-size" in node:
         size = str(node["image-size"]).lower().split("x")

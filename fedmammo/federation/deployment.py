@@ -22,7 +22,15 @@ from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.console import safe
 
-__all__ = ["PREPARED_FILE", "check_prepared", "main", "node_config", "prepare_site", "toml_string"]
+__all__ = [
+    "PREPARED_FILE",
+    "check_prepared",
+    "main",
+    "node_config",
+    "prepare_site",
+    "prepared_settings",
+    "toml_string",
+]
 
 #: The site's own data settings, next to centre.yaml (read by ``centre_runtime.identity_of``).
 PREPARED_FILE = "prepared.yaml"
@@ -54,6 +62,12 @@ def node_config(centre: str, data_dir: str | Path, *, role: str = "train") -> st
     return " ".join(f"{k}={toml_string(v)}" for k, v in values.items())
 
 
+def prepared_settings(data_dir: str | Path) -> dict:
+    """What ``prepare`` recorded in ``data_dir`` (centre, image size, data seed); {} if none."""
+    path = Path(data_dir) / PREPARED_FILE
+    return (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+
+
 def check_prepared(data_dir: str | Path, centre: str) -> Path:
     """``data_dir`` if ``prepare`` completed there (its ``centre.yaml`` and ``prepared.yaml``)
     for ``centre``, else a ConfigError naming the folder and the fix (a SuperNode would
@@ -67,7 +81,7 @@ def check_prepared(data_dir: str | Path, centre: str) -> Path:
             f"or run `python -m fedmammo.federation.deployment prepare PROFILE.yaml "
             f"--data-dir {path}` first"
         )
-    prepared = (yaml.safe_load((path / PREPARED_FILE).read_text()) or {}).get("centre")
+    prepared = prepared_settings(path).get("centre")
     if prepared is not None and str(prepared) != centre:
         raise ConfigError(
             f"--data-dir {path} was prepared for centre {prepared!r}, not {centre!r}; fix: "

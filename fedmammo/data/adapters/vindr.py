@@ -63,15 +63,7 @@ FINDING_COLUMNS = [
 ]
 #: The published columns the adapter reads (the others may be absent).
 BREAST_REQUIRED = [c for c in BREAST_COLUMNS if c not in ("series_id", "height", "width")]
-FINDING_REQUIRED = [
-    "image_id",
-    "finding_categories",
-    "finding_birads",
-    "xmin",
-    "ymin",
-    "xmax",
-    "ymax",
-]
+FINDING_REQUIRED = [c for c in FINDING_COLUMNS if c == "image_id" or c not in BREAST_COLUMNS]
 LAYOUT = (
     "ROOT/breast-level_annotations.csv (" + ", ".join(BREAST_COLUMNS) + "), "
     "ROOT/finding_annotations.csv (" + ", ".join(FINDING_COLUMNS) + ") and "
