@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -356,13 +357,14 @@ def run(
 def execute(spec: RunSpec, base: Scenario, args: argparse.Namespace) -> int:
     """Run (or resume) the run folder ``spec`` names: every sweep point, or the one run."""
     run_dir = Path(spec.run_dir)
-    console.print(f"run directory: [bold]{safe(run_dir)}[/]")
     where = {"ray_address": args.ray_address, "backend": args.backend}
-    with CtrlC(run_dir), run_log(run_dir):
-        if base.sweep:
-            run_sweep(spec, base, functools.partial(run, **where))
-        else:
-            run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
+    with CtrlC(run_dir):
+        console.print(f"run directory: [bold]{safe(run_dir)}[/]")
+        with run_log(run_dir):
+            if base.sweep:
+                run_sweep(spec, base, functools.partial(run, **where))
+            else:
+                run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
     console.print(f"[green]done[/]: results in {safe(run_dir)}")
     return 0
 
@@ -388,6 +390,24 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         console.print(f"[green]{safe(args.scenario)}: valid[/] ({n} units planned; nothing run)")
         return 0
     run_dir = _new_run_dir(out, base.name)
+    try:
+        spec = _write_run_folder(run_dir, base, points, args, sets, argv)
+    except KeyboardInterrupt:  # Ctrl-C before the run could be resumed: no folder left
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return execute(spec, base, args)
+
+
+def _write_run_folder(
+    run_dir: Path,
+    base: Scenario,
+    points: list[Point],
+    args: argparse.Namespace,
+    sets: dict[str, Any],
+    argv: list[str],
+) -> RunSpec:
+    """What ``--resume`` needs: the resolved scenario (and each sweep point's), the invocation
+    and the run spec, written last."""
     write_resolved(run_dir, base, quick=args.quick)
     for point in points:
         if point.name:
@@ -409,7 +429,7 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         ray_address=args.ray_address,
     )
     spec.save()
-    return execute(spec, base, args)
+    return spec
 
 
 def _check_where(base: Scenario, points: list[Point], args: argparse.Namespace) -> None:

@@ -93,6 +93,13 @@ class RunRecorder:
         self.flush()
         self._notify("progress", [])
 
+    def stop_arm(self, arm: str, seed: int, text: str) -> None:
+        """Record that an arm-seed run ended before its planned rounds (a privacy budget, too
+        few centres): ``text`` ("arm A seed S: stopped ...") is kept as a note and in the run's
+        progress, where the report's status reads it."""
+        self.note(text)
+        self.progress.setdefault(self.key(arm, seed), {})["stopped"] = text
+
     def complete_arm(self, arm: str, seed: int) -> None:
         self.progress.setdefault(self.key(arm, seed), {})["done"] = True
         self.flush()

@@ -66,11 +66,7 @@ def _status(run: RunFolder) -> str:
     done = [k for k, v in progress.items() if v.get("done")]
     if len(done) == len(progress):
         # an arm that ended early (a privacy budget, too few centres) is done, not complete
-        stopped = [
-            note.split("; ")[0]
-            for note in run.results.get("notes") or []
-            if re.match(r"arm \S+ seed \S+: stopped ", str(note))
-        ]
+        stopped = [str(v["stopped"]).split("; ")[0] for v in progress.values() if v.get("stopped")]
         early = f"; ended early: {' | '.join(stopped)}" if stopped else ""
         return f"complete ({len(done)} arm-seed runs){early}"
     pending = ", ".join(f"{k} after round {v.get('round', 0)}" for k, v in progress.items())

@@ -317,7 +317,7 @@ def train_rounds(
                 f"fewer than min_centres={strategy.min_train_nodes} (missing "
                 f"{', '.join(sorted(strategy.failures))}); completed rounds kept"
             )
-            orc.recorder.note(line)
+            orc.recorder.stop_arm(arm, seed, line)
             log.error("%s", line)
             orc.console.print(f"[red]{escape(line)}[/]", highlight=False)
             orc.recorder.flush()

@@ -123,6 +123,31 @@ def _console(monkeypatch) -> io.StringIO:
     return buf
 
 
+@pytest.mark.parametrize("at", ["write_resolved", "execute"])
+def test_ctrl_c_before_the_run_starts_says_so_and_what_is_left(tmp_path, monkeypatch, at):
+    # Prepare: Ctrl-C while the run folder is written, or as the run opens it
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    argv = [TINY, "--backend", "inprocess", "--out", str(out)]
+    monkeypatch.setattr(simulate, "write_resolved" if at == "write_resolved" else "run_log", ctrl_c)
+    buf = _console(monkeypatch)
+    # Execute
+    code = simulate.main(argv)
+    # Assert: a half-written folder is removed ("no run was started" is then true); a
+    # written one is named with its resume command
+    folders = list((out / "fedavg_tiny").iterdir()) if (out / "fedavg_tiny").exists() else []
+    assert code == 130
+    if at == "write_resolved":
+        assert folders == []
+        assert "interrupted: no run was started" in buf.getvalue().splitlines()
+    else:
+        [run] = folders
+        assert (run / "runspec.json").is_file()
+        assert HINT.format(run=run) in buf.getvalue().splitlines(), buf.getvalue()
+
+
 def test_a_sweep_interrupted_in_process_resumes_in_process(tmp_path, monkeypatch):
     # Prepare: a two-point sweep in process; Ctrl-C while the second point prepares its data
     argv = [TINY, "--backend", "inprocess", "--out", str(tmp_path / "out")]

@@ -12,6 +12,7 @@ from report_fixture import make_run_dir, make_sweep_dir, parse
 from fedmammo.errors import DataError
 from fedmammo.evaluation.html_parts import fmt_value
 from fedmammo.evaluation.html_report import write_comparison, write_report
+from fedmammo.evaluation.results import RunRecorder
 from fedmammo.evaluation.run_folder import expand_run_dirs, final_records, load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -185,15 +186,20 @@ def test_sweep_points_come_in_sweep_order(tmp_path):
 def test_an_arm_stopped_early_is_named_in_the_status(tmp_path):
     # Prepare: every arm-seed run done, one of them ended by a centre's privacy budget
     run = make_run_dir(tmp_path)
-    results = json.loads((run / "results.json").read_text())
-    results["notes"].append(
+    recorder = RunRecorder(run, resume=True)
+    recorder.stop_arm(
+        "federated",
+        0,
         "arm federated seed 0: stopped before round 2: centre b refused it (privacy budget); "
-        "the model of the last completed round is final"
+        "the model of the last completed round is final",
     )
-    (run / "results.json").write_text(json.dumps(results))
+    recorder.flush()
     # Execute
     html = write_report(run).read_text()
-    # Assert: done, and which arm ended early before which round and why
+    # Assert: recorded in the arm's progress and kept as a note; the status names the arm
+    results = json.loads((run / "results.json").read_text())
+    assert results["progress"]["federated|0"]["stopped"].startswith("arm federated seed 0: ")
+    assert results["notes"][-1] == results["progress"]["federated|0"]["stopped"]
     assert (
         "ended early: arm federated seed 0: stopped before round 2: centre b refused it "
         "(privacy budget)"

@@ -83,6 +83,7 @@ def test_below_min_centres_the_arm_stops_in_one_line_keeping_round_one(
         "arm federated seed 0: stopped at round 2: 1 of 2 centres replied, fewer than "
         "min_centres=2 (missing b); completed rounds kept"
     ]
+    assert results["progress"]["federated|0"]["stopped"] == stop[0]  # the report's status
     assert any("stopped at round 2" in r.getMessage() for r in caplog.records)
 
 

@@ -119,9 +119,11 @@ class ArmPrivacy:
                 round=rnd,
                 reason=" ".join(reason.split())[-500:],
             )
-            self.orc.recorder.note(
+            self.orc.recorder.stop_arm(
+                self.arm,
+                self.seed,
                 f"arm {self.arm} seed {self.seed}: stopped before round {rnd}: centre {centre} "
-                "refused it (privacy budget); the model of the last completed round is final"
+                "refused it (privacy budget); the model of the last completed round is final",
             )
             self.orc.console.print(
                 f"[yellow]centre {safe(centre)} refused round {rnd} of arm "

@@ -156,9 +156,11 @@ def _train_arm(
         if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused
             return arrays if rnd > 1 else None
         if new_arrays is None:
-            orc.recorder.note(
+            orc.recorder.stop_arm(
+                arm.name,
+                seed,
                 f"arm {arm.name} seed {seed}: stopped at round {rnd}: fewer than "
-                f"{strategy.min_train_nodes} centres replied"
+                f"{strategy.min_train_nodes} centres replied",
             )
             orc.recorder.flush()
             return None

@@ -96,7 +96,12 @@ def test_budget_overrun_stops_the_arm_cleanly_and_keeps_results(tmp_path):
     [failure] = results["failures"]
     assert failure["centre"] == "tiny_a" and REFUSAL_MARK in failure["reason"]
     assert any("refused it (privacy budget)" in n for n in results["notes"])
-    assert results["progress"]["federated|0"] == {"round": 1, "done": True}
+    assert results["progress"]["federated|0"] == {
+        "round": 1,
+        "done": True,
+        "stopped": "arm federated seed 0: stopped before round 2: centre tiny_a refused it "
+        "(privacy budget); the model of the last completed round is final",
+    }
     test_auc = [
         m
         for m in results["metrics"]

@@ -441,7 +441,9 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
         assert r["ledger_epsilon"] == pytest.approx(max_over_segments(r), rel=0.02)
     assert by_centre["cb"]["rounds"] == [1]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert any("refused it (privacy budget)" in n for n in results["notes"])
+    [stopped] = [p["stopped"] for p in results["progress"].values() if "stopped" in p]
+    assert "stopped before round 2: centre cb refused it (privacy budget)" in stopped
+    assert stopped in results["notes"]
     assert [f["centre"] for f in results["failures"]] == ["cb"]
     assert time.perf_counter() - t0 < 60
 
