@@ -83,7 +83,7 @@ def column(
     args: list[str], out: Path, source: Path | None = None, keep: Path | None = None
 ) -> tuple[dict, dict]:
     """One run: its table cells and its metrics (its results.json copied to ``keep``)."""
-    wall, run_dir, mem = run(args, out, source)
+    wall, run_dir, mem, _ = run(args, out, source)
     if keep is not None:
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / "results.json", keep)

@@ -228,10 +228,11 @@ def make_sweep_dir(root: Path) -> Path:
         point = make_run_dir(sweep / "points", f"privacy.target_epsilon={eps}", offset=0.02 * k)
         moved = sweep / "points" / point.name
         point.rename(moved)
-        spec = {"sets": {"privacy.target_epsilon": eps, "sweep": {}}}
-        (moved / "runspec.json").write_text(json.dumps(spec))
+        (moved / "runspec.json").write_text(json.dumps({"sets": {}}))  # as a point's is
         (moved / "scenario.resolved.yaml").unlink()
     (sweep / "points" / "tiny").rmdir()
+    sets = {"sweep": {"privacy.target_epsilon": [1.0, 8.0]}, "strategy.params.rounds": 2}
+    (sweep / "invocation.json").write_text(json.dumps({"sets": sets}))
     (sweep / "scenario.resolved.yaml").write_text(yaml.safe_dump(SCENARIO, sort_keys=False))
     _png(sweep / "privacy_utility.png")
     return sweep

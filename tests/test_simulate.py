@@ -31,7 +31,7 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     res = results(run_dir)
     fails = [f for f in res["failures"] if f["phase"] == "train"]
     assert [(f["centre"], f["round"]) for f in fails] == [("tiny_b", 2)]
-    assert "injected fault" in fails[0]["reason"]
+    assert fails[0]["reason"] == "fault: InjectedFault: injected fault (scenario key faults), round 2"
     assert any("aggregated without ['tiny_b']" in n for n in res["notes"])
     aucs = final_auc(res, "federated")
     assert set(aucs) == {"tiny_a", "tiny_b", "tiny_t"}
@@ -49,7 +49,10 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     assert "alembic" not in log and "font_manager" not in log
     assert "fedmammo.data" in log
     assert "federated seed 0 round 2:" in log and "compute tiny_a" in log  # one line a round
-    assert (run_dir / "report.html").is_file()
+    assert "Traceback" not in console  # the injected fault is one line, like a refusal
+    # the report names the run's --set keys (invocation.json), not "scenario as written"
+    report = (run_dir / "report.html").read_text()
+    assert "strategy.params.rounds=2, strategy.params.min_centres=1, faults=" in report
 
     # Prepare: pretend the run was killed after round 1 (progress and checkpoint rolled back).
     rolled = dict(res)

@@ -301,8 +301,11 @@ def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, lab
     except ConfigError as exc:
         raise ConfigError(f"{label}: {exc}") from None
     origins.add("scenario", parts, label)
-    if parts[0] == "centres" and len(parts) > 3 and parts[1].isdigit() and parts[2] == "overrides":
-        origins.add(f"centre:{parts[1]}", parts[3:], label)  # a profile key, by index
+    if parts[0] == "centres" and len(parts) > 2 and parts[1].isdigit() and parts[2] == "overrides":
+        # a profile key by index, or every key of an overrides mapping
+        keys = [parts[3:]] if len(parts) > 3 else list(value) if isinstance(value, dict) else []
+        for k in keys:
+            origins.add(f"centre:{parts[1]}", k, label)
 
 
 def load_scenario_traced(

@@ -326,7 +326,7 @@ class CentreData:
         """Counts only: images per split, segment and label (what identify may report)."""
         m = self.manifest
         out: dict[str, int] = {"n-images": len(m), "n-patients": int(m["patient_id"].nunique())}
-        lab = m["malignant"].astype("Int64").astype(str).replace("<NA>", "na")
+        lab = m["malignant"].astype("Int64").astype("string").fillna("na")
         for (split, seg, y), n in (
             m.groupby([m["split"].fillna("none"), m["segment"], lab]).size().items()
         ):

@@ -238,8 +238,7 @@ def _labels(runs: Sequence[RunFolder]) -> list[str]:
 
 def _fact_rows(runs: Sequence[RunFolder]) -> list[list[Any]]:
     def sets(run: RunFolder) -> str:
-        s = {k: v for k, v in run.runspec.get("sets", {}).items() if k != "sweep"}
-        return ", ".join(f"{k}={v}" for k, v in s.items()) or "-"
+        return ", ".join(run.settings) or "-"
 
     def eps(run: RunFolder) -> str:
         if run.privacy is None:

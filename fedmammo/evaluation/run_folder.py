@@ -47,6 +47,7 @@ class RunFolder:
     plots: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     warnings_source: str = "run.log"  # a sweep point's: the sweep's run.log, every point's
+    settings: list[str] = field(default_factory=list)  # its --set keys and sweep point
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -156,7 +157,19 @@ def load_run(run_dir: str | Path) -> RunFolder:
         plots=sorted(plots_dir.glob("*.png")) if plots_dir.is_dir() else [],
         warnings=log_warnings(log),
         warnings_source=source,
+        settings=_settings(path, root),
     )
+
+
+def _settings(path: Path, root: Path | None) -> list[str]:
+    """``key=value`` of each ``--set`` the run was started with (invocation.json: the run's,
+    or its sweep's) and of what its run spec set (``flwr run``'s data_dir), then a sweep
+    point's own values (its folder's name); the sweep itself is left out."""
+    invocation = _read_json((root or path) / "invocation.json") or {}
+    runspec = _read_json(path / "runspec.json") or {}
+    sets = {**(invocation.get("sets") or {}), **(runspec.get("sets") or {})}
+    listed = [f"{k}={v}" for k, v in sets.items() if k != "sweep" and not k.startswith("sweep.")]
+    return listed + ([path.name] if root is not None else [])
 
 
 def final_records(

@@ -95,7 +95,6 @@ def header_section(run: RunFolder) -> str:
     commit = meta.get("git_commit")
     if commit and meta.get("git_dirty"):
         commit = f"{commit} (with uncommitted changes)"
-    sets = {k: v for k, v in (run.runspec.get("sets") or {}).items() if k != "sweep"}
     facts = [
         ("scenario", meta.get("scenario") or sc.get("name") or NOT_RECORDED),
         ("description", sc.get("description") or NOT_RECORDED),
@@ -107,7 +106,7 @@ def header_section(run: RunFolder) -> str:
         ("run folder", str(run.path)),
         ("started", started_at(run) or NOT_RECORDED),
         ("status", _status(run)),
-        ("settings", ", ".join(f"{k}={v}" for k, v in sets.items()) or "scenario as written"),
+        ("settings", ", ".join(run.settings) or "scenario as written"),
         ("seeds", ", ".join(map(str, meta.get("seeds") or sc.get("seeds") or [])) or NOT_RECORDED),
         ("data seed", fmt_number(sc.get("data_seed"))),
         ("image size", " x ".join(map(str, sc.get("image_size") or [])) or NOT_RECORDED),

@@ -83,14 +83,15 @@ def centre_label(context: Context) -> str:
         return ""
 
 
-class InjectedFault(RuntimeError):
-    """A failure the scenario asked for (``faults:``), to study and test centre dropouts."""
+class InjectedFault(FedmammoError, RuntimeError):
+    """A failure the scenario asked for (``faults:``), to study and test centre dropouts
+    (logged in one line, like a refusal: no traceback to read)."""
 
 
 def check_injected_fault(m: RoundFields) -> None:
     """Raise InjectedFault when the server marked this message as one that must fail."""
     if m.inject_fault:
-        raise InjectedFault(f"injected fault (scenario 'faults:'), round {m.server_round}")
+        raise InjectedFault(f"injected fault (scenario key faults), round {m.server_round}")
 
 
 def reply(msg: Message, context: Context, records: dict, model: nn.Module | None = None) -> Message:

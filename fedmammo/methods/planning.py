@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from fedmammo.config import LocalTrainingParams, ModelParams, Scenario
 from fedmammo.config.loading import Origins
-from fedmammo.errors import ConfigError
+from fedmammo.errors import CentreSettingError, ConfigError
 from fedmammo.methods.registry import PlanRow, get_method
 
 __all__ = ["check_models", "plan_scenario"]
@@ -196,11 +196,16 @@ def _default_plan(scenario: Scenario) -> list[PlanRow]:
     return [PlanRow(arm="(every arm)", seed=s, centres=trainers) for s in scenario.seeds]
 
 
-def _plan_error_where(scenario: Scenario, origins: Origins | None, message: str) -> str:
+def _plan_error_where(scenario: Scenario, origins: Origins | None, exc: Exception) -> str:
     """Where a method's plan error comes from: the override (``--set``, strategy_overrides)
-    of the recipe parameter it names (``strategy params.<key> ...``), else the scenario."""
+    of the recipe parameter it names (``strategy params.<key> ...``), the centres' settings
+    a :class:`CentreSettingError` names, else the scenario."""
+    if isinstance(exc, CentreSettingError):
+        key = tuple(exc.key.split("."))
+        places = (_centre_where(scenario, origins, c, key) for c in exc.centres)
+        return "; ".join(dict.fromkeys(places))
     default = str(scenario.source_file or scenario.name)
-    key = re.match(r"strategy (params(?:\.[\w-]+)+)", message)
+    key = re.match(r"strategy (params(?:\.[\w-]+)+)", str(exc))
     if origins is None or key is None:
         return default
     return origins.label("strategy", key.group(1).split("."), default)
@@ -218,7 +223,7 @@ def plan_scenario(
     try:
         rows = method.plan(scenario, params) if method.plan else _default_plan(scenario)
     except (ConfigError, ValueError) as exc:
-        problems.append(f"{_plan_error_where(scenario, origins, str(exc))}: {exc}")
+        problems.append(f"{_plan_error_where(scenario, origins, exc)}: {exc}")
         rows = []
     problems += _check_rows(scenario, rows, collect_handlers(method.handlers), origins)
     if problems:

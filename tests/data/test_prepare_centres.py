@@ -168,3 +168,29 @@ def test_a_profile_setting_what_the_profile_owns_or_an_unknown_option_is_named()
     assert unknown.startswith("centre 'h': unknown data.options 'label_csv' for format")
     assert "valid options: labels_csv, modalities, print_summary, summary_path" in unknown
     assert problem({"synthetic": _profile("s", 1).data.synthetic.model_dump()}) is None
+
+
+def test_counts_keep_unlabelled_images_under_na():
+    # Prepare: a manifest whose malignancy labels are 1, 0 and missing (pandas' nullable Int)
+    import pandas as pd
+
+    manifest = pd.DataFrame(
+        {
+            "patient_id": ["p1", "p1", "p2", "p3"],
+            "split": ["train", "train", "test", None],
+            "segment": ["S-A", "S-A", "S-A", "S-B"],
+            "malignant": pd.array([1, None, 0, None], dtype="Int64"),
+        }
+    )
+    data = prepare.CentreData(name="c", manifest=manifest, cache=None)  # counts read no image
+    # Execute
+    counts = data.counts()
+    # Assert: every image counted once, the unlabelled ones under "na"
+    assert counts == {
+        "n-images": 4,
+        "n-patients": 3,
+        "n|train|S-A|1": 1,
+        "n|train|S-A|na": 1,
+        "n|test|S-A|0": 1,
+        "n|none|S-B|na": 1,
+    }

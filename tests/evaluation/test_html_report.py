@@ -155,7 +155,15 @@ def test_comparison_has_one_column_per_run_and_expands_sweeps(tmp_path):
         assert {k: float(c["data-value"]) for k, c in shown.items()} == {
             k: r["value"] for k, r in expected.items()
         }
-    assert "privacy.target_epsilon=8.0" in html and "a: 2.5" in html  # settings, epsilon
+    assert "a: 2.5" in html  # epsilon
+    # settings: the sweep's --set keys (not the sweep) and each point's own value
+    row = re.search(r'<th class="fact">settings</th>(.*?)</tr>', html).group(1)
+    assert re.findall(r"<td>(.*?)</td>", row) == [
+        "-",
+        "strategy.params.rounds=2, privacy.target_epsilon=1.0",
+        "strategy.params.rounds=2, privacy.target_epsilon=8.0",
+        "-",
+    ]
     assert "privacy_utility" in html  # the sweep's own figure
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord
 
-from fedmammo.errors import ConfigError
+from fedmammo.errors import CentreSettingError, ConfigError
 from fedmammo.federation.centre_models import model_with_weights
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.messages import (
@@ -98,11 +98,13 @@ def make_plan(orc: Orchestrator, p: ContrastiveDgParams) -> Plan:
         raise ConfigError("contrastive_dg needs training centres (role: train)")
     private = [c for c in seen if orc.scenario.resolved_profiles[c].privacy.enabled]
     if private:
-        raise ConfigError(
+        raise CentreSettingError(
             f"contrastive_dg: centres {private} ask for DP, but contrastive pre-training "
             "cannot run under DP-SGD (the NT-Xent loss of an image depends on the other "
             "images of its batch, so per-example clipping bounds no patient's influence). "
-            "Fix: remove their privacy settings for this scenario"
+            "Fix: remove their privacy settings for this scenario",
+            centres=private,
+            key="privacy",
         )
     labelled = list(p.downstream_centres) or seen
     wrong = [c for c in labelled if c not in seen]

@@ -12,6 +12,7 @@ from fedmammo.data.phantom_styles import STYLES
 from fedmammo.errors import ConfigError
 from fedmammo.methods.contrastive_dg.params import ARMS, ContrastiveDgParams
 from fedmammo.methods.contrastive_dg.server import make_plan
+from fedmammo.simulate import plan_run
 
 ROOT = Path(__file__).resolve().parents[3]
 SCENARIO = ROOT / "scenarios" / "contrastive_dg.yaml"
@@ -74,6 +75,28 @@ def test_plan_refuses_dp_centres_and_unknown_downstream_centres(tmp_path):
     orc, p = _orc(tmp_path, privacy=False, downstream_centres=["D"])
     with pytest.raises(ConfigError, match="not training centres"):
         make_plan(orc, p)
+
+
+@pytest.mark.parametrize(
+    ("sets", "where"),
+    [
+        (
+            {"centres.A.privacy.noise_multiplier": 1.1, "centres.C.privacy.target_epsilon": 8},
+            "--set centres.A.privacy.noise_multiplier=1.1; --set centres.C.privacy."
+            "target_epsilon=8: contrastive_dg: centres ['A', 'C'] ask for DP",
+        ),
+        (  # the whole overrides mapping of the scenario's entry, by index
+            {"centres.1.overrides": {"privacy": {"noise_multiplier": 1.1}}},
+            '--set centres.1.overrides={"privacy": {"noise_multiplier": 1.1}}: contrastive_dg: '
+            "centres ['B'] ask for DP",
+        ),
+    ],
+)
+def test_a_dp_centre_is_refused_naming_the_override_that_made_it_one(sets, where):
+    # Execute / Assert: the --set, not the scenario file
+    with pytest.raises(ConfigError) as caught:
+        plan_run(SCENARIO, sets=sets, quick=True)
+    assert where in str(caught.value)
 
 
 def test_plan_drops_pooled_without_a_pooled_node(tmp_path):
