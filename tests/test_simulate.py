@@ -31,7 +31,8 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     res = results(run_dir)
     fails = [f for f in res["failures"] if f["phase"] == "train"]
     assert [(f["centre"], f["round"]) for f in fails] == [("tiny_b", 2)]
-    assert fails[0]["reason"] == "fault: InjectedFault: injected fault (scenario key faults), round 2"
+    reason = "fault: InjectedFault: injected fault (scenario key faults), round 2"
+    assert fails[0]["reason"] == reason
     assert any("aggregated without ['tiny_b']" in n for n in res["notes"])
     aucs = final_auc(res, "federated")
     assert set(aucs) == {"tiny_a", "tiny_b", "tiny_t"}
