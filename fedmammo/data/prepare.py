@@ -90,6 +90,18 @@ def _split(
         return assign_splits(manifest, dict(profile.split), seed=data_seed)
     f_train, f_val = profile.split.get("train", 0.0), profile.split.get("val", 0.0)
     out = manifest.copy()
+    patients = manifest["patient_id"].astype(str)
+    both = sorted(set(patients[official == "train"]) & set(patients[official == "test"]))
+    if both:  # (CBIS-DDSM splits its mass and calcification lists apart; a user's CSV may too)
+        log.warning(
+            "centre %s: %d patients have images in both the dataset's official train and test "
+            "splits (%s); all their images are kept in test, so no test patient is trained on",
+            profile.name,
+            len(both),
+            ", ".join(both[:5]) + (", ..." if len(both) > 5 else ""),
+        )
+        official = official.where(~patients.isin(both), "test")
+        out["split"] = official
     is_train = (official == "train").to_numpy()
     if is_train.any() and f_train + f_val > 0:
         fractions = {"train": f_train / (f_train + f_val), "val": f_val / (f_train + f_val)}
@@ -315,6 +327,10 @@ class CentreData:
         return (
             self.manifest[label].to_numpy(dtype="float64", na_value=np.nan)[rows].astype(np.int64)
         )
+
+    def patients(self, rows: np.ndarray) -> np.ndarray:
+        """The patient of each row (what a bootstrap CI resamples)."""
+        return self.manifest["patient_id"].astype(str).to_numpy()[rows]
 
     def segments(self, rows: np.ndarray) -> np.ndarray:
         return self.manifest["segment"].astype(str).to_numpy()[rows]

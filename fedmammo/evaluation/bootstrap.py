@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from fedmammo.errors import DataError
-from fedmammo.evaluation.metrics import _bootstrap_indices, _check_boot, _percentile_ci
+from fedmammo.evaluation.metrics import (
+    _bootstrap_indices,
+    _check_boot,
+    _percentile_ci,
+    _resample_counts,
+)
 from fedmammo.progress import progress
 
 __all__ = ["accuracy_ci", "bootstrap_mean", "bootstrap_statistic"]
@@ -26,12 +31,15 @@ def bootstrap_statistic(
     *,
     n_boot: int = 2000,
     seed: int = 0,
+    groups: Any = None,
     confidence: float = 0.95,
 ) -> tuple[float, float, float]:
     """Return (value, CI low, CI high) of ``statistic(index)`` over resamples of ``range(n)``.
 
     ``statistic`` takes an int index array (a multiset of the n samples) and returns a float
-    (NaN for an undefined resample: skipped). ``n_boot=0``: CI NaN.
+    (NaN for an undefined resample: skipped). With ``groups`` (one key per sample: its
+    patient) whole patients are resampled, as by :func:`~fedmammo.evaluation.metrics.
+    bootstrap_auc`. ``n_boot=0``: CI NaN.
     """
     if n < 1:
         raise DataError("no samples to evaluate")
@@ -39,7 +47,15 @@ def bootstrap_statistic(
     value = float(statistic(np.arange(n)))
     if n_boot == 0:
         return value, math.nan, math.nan
-    rows = (row for chunk in _bootstrap_indices(n, n_boot, seed) for row in chunk)
+    if groups is None:
+        rows = (row for chunk in _bootstrap_indices(n, n_boot, seed) for row in chunk)
+    else:
+        every = np.arange(n)
+        rows = (
+            np.repeat(every, row)
+            for chunk in _resample_counts(n, n_boot, seed, groups)
+            for row in chunk
+        )
     boots = np.array(
         [statistic(row) for row in progress(rows, "bootstrap resamples", total=n_boot)],
         dtype=np.float64,

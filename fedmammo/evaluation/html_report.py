@@ -115,9 +115,11 @@ def _results_section(run: RunFolder) -> str:
     else:
         metrics = [m for m in HEADLINE_METRICS if m in set(final["metric"])]
         seeds = int(final["n_seeds"].max())
-        spread = "[95% CI]" if seeds == 1 else f"(s.d. over {seeds} seeds)"
         for i, metric in enumerate(metrics):
-            title = f"Test {_NAMES.get(metric, metric)} {spread} per arm and evaluating centre"
+            with_ci = final.loc[final["metric"] == metric, "ci_low"].notna().any()
+            spread = "[95% CI] " if with_ci else ""  # AUROC's: bootstrap over patients
+            spread = f"(s.d. over {seeds} seeds) " if seeds > 1 else spread
+            title = f"Test {_NAMES.get(metric, metric)} {spread}per arm and evaluating centre"
             block = _pivot(final, metric, "centre", order, f"results-{metric}")
             if i == 0:
                 parts.append(f"<h3>{esc(title)}</h3>{block}")

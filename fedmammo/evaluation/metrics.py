@@ -76,13 +76,14 @@ class _RankAuc:
         sorted_score = score[order]
         self.starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
 
-    def __call__(self, idx: np.ndarray) -> np.ndarray:
-        """AUCs of the resamples ``idx[b]`` (index rows; NaN where a row has one class)."""
-        b, n = idx.shape
-        flat = (self.rank_of[idx] + (np.arange(b) * n)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
-        pos = counts * self.pos
-        neg = counts - pos
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        """AUCs of the resamples ``counts[b]`` (how often each sample, in the caller's order,
+        is in resample b; NaN where a resample has one class)."""
+        n = counts.shape[1]
+        in_order = np.empty(counts.shape, dtype=np.float64)
+        in_order[:, self.rank_of] = counts  # into score order
+        pos = in_order * self.pos
+        neg = in_order - pos
         if self.starts.size < n:  # tied scores: pool each tie group
             pos = np.add.reduceat(pos, self.starts, axis=1)
             neg = np.add.reduceat(neg, self.starts, axis=1)
@@ -99,6 +100,45 @@ def _bootstrap_indices(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
     rows = max(1, _CHUNK_ELEMENTS // n)
     for first in range(0, n_boot, rows):
         yield rng.integers(0, n, size=(min(rows, n_boot - first), n))
+
+
+def _group_codes(groups: Any, n: int) -> np.ndarray:
+    """``groups`` (one key per sample: its patient) as codes 0..g-1; DataError if it does not
+    fit the samples."""
+    keys = np.asarray(groups, dtype=object)
+    if keys.shape != (n,):
+        raise DataError(f"groups has shape {keys.shape}; expected one key per sample ({n},)")
+    if pd.isna(keys).any():
+        raise DataError("groups holds missing keys; every sample needs its patient")
+    return pd.factorize(keys)[0]
+
+
+def _resample_counts(n: int, n_boot: int, seed: int, groups: Any = None) -> Iterator[np.ndarray]:
+    """Yield chunks (rows: resamples) of how often each of the ``n`` samples is drawn.
+
+    ``groups`` None: ``n`` samples with replacement (the stream of :func:`_bootstrap_indices`).
+    Otherwise whole groups (patients) are drawn with replacement, as many as there are, each
+    bringing all its samples: a cluster bootstrap, for samples that are not independent (the
+    CC and MLO views of a breast, a patient's two breasts).
+    """
+    if groups is None:
+        for idx in _bootstrap_indices(n, n_boot, seed):
+            yield _row_counts(idx, n)
+        return
+    codes = _group_codes(groups, n)
+    g = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK_ELEMENTS // max(n, g))
+    for first in range(0, n_boot, rows):
+        drawn = rng.integers(0, g, size=(min(rows, n_boot - first), g))
+        yield _row_counts(drawn, g)[:, codes]
+
+
+def _row_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``counts[b, i]``: how often index ``i`` (of ``n``) is in row ``b`` of ``idx``."""
+    b = idx.shape[0]
+    flat = (idx + (np.arange(b) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n)
 
 
 def _percentile_ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -120,13 +160,20 @@ def _check_boot(n_boot: int, confidence: float) -> None:
 
 
 def bootstrap_auc(
-    y_true: Any, y_score: Any, n_boot: int = 2000, seed: int = 0, *, confidence: float = 0.95
+    y_true: Any,
+    y_score: Any,
+    n_boot: int = 2000,
+    seed: int = 0,
+    *,
+    groups: Any = None,
+    confidence: float = 0.95,
 ) -> tuple[float, float, float]:
     """Return (AUC, CI low, CI high): full-set AUC and an Efron percentile bootstrap CI.
 
     Resamples draw ``n`` indices with replacement (``default_rng(seed).integers``, row
-    chunks); resamples with a single class are skipped. ``n_boot=0`` skips the bootstrap (CI
-    NaN). All NaN if ``y_true`` has one class.
+    chunks), or, with ``groups`` (one key per sample: its patient), whole patients with
+    replacement (:func:`_resample_counts`); resamples with a single class are skipped.
+    ``n_boot=0`` skips the bootstrap (CI NaN). All NaN if ``y_true`` has one class.
     """
     y, score = _check(y_true, y_score)
     _check_boot(n_boot, confidence)
@@ -138,7 +185,7 @@ def bootstrap_auc(
     if n_boot == 0:
         return auc, math.nan, math.nan
     ranker = _RankAuc(y, score)
-    boots = np.concatenate([ranker(c) for c in _bootstrap_indices(y.size, n_boot, seed)])
+    boots = np.concatenate([ranker(c) for c in _resample_counts(y.size, n_boot, seed, groups)])
     low, high = _percentile_ci(boots, confidence)
     return auc, low, high
 
@@ -166,12 +213,14 @@ def delta_auc(
     n_boot: int = 2000,
     seed: int = 0,
     *,
+    groups: Any = None,
     confidence: float = 0.95,
 ) -> tuple[float, float, float, float]:
     """Return (delta, CI low, CI high, p): AUC(method) - AUC(baseline) on the same samples.
 
     The CI is the percentile CI of the paired bootstrap (both scores on the same resamples,
-    same draws as :func:`bootstrap_auc`); ``p`` comes from that CI by Altman & Bland (2011),
+    same draws as :func:`bootstrap_auc`, by patient with ``groups``); ``p`` comes from that CI
+    by Altman & Bland (2011),
     see :func:`p_value_from_ci`. ``n_boot=0``: CI and p NaN. All NaN if ``y_true`` has one
     class.
     """
@@ -187,7 +236,7 @@ def delta_auc(
         return delta, math.nan, math.nan, math.nan
     rank_base, rank_method = _RankAuc(y, base), _RankAuc(y, method)
     diffs = np.concatenate(
-        [rank_method(c) - rank_base(c) for c in _bootstrap_indices(y.size, n_boot, seed)]
+        [rank_method(c) - rank_base(c) for c in _resample_counts(y.size, n_boot, seed, groups)]
     )
     low, high = _percentile_ci(diffs, confidence)
     return delta, low, high, p_value_from_ci(delta, low, high)
@@ -355,8 +404,9 @@ def _scope_records(
     seed: int,
     threshold: float,
     thresholds: Sequence[float],
+    groups: np.ndarray | None,
 ) -> list[dict[str, Any]]:
-    auc, low, high = bootstrap_auc(y, score, n_boot=n_boot, seed=seed)
+    auc, low, high = bootstrap_auc(y, score, n_boot=n_boot, seed=seed, groups=groups)
     if n_boot == 0:
         low = high = None
     records = [{"segment": segment, "metric": "auc", "value": auc, "ci_low": low, "ci_high": high}]
@@ -381,12 +431,14 @@ def metrics_by_segment(
     seed: int = 0,
     threshold: float = 0.5,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    groups: Any = None,
 ) -> list[dict[str, Any]]:
     """Return metric records globally (segment None) and per segment (as text, sorted).
 
     Records are ``{"segment", "metric", "value", "ci_low", "ci_high"}``: ``auc`` with its
-    bootstrap CI (None when ``n_boot=0``), then accuracy, f1, auprc, wll, n, n_pos and
-    ``tpr@t`` / ``fpr@t`` at the operating thresholds (CI None).
+    bootstrap CI (None when ``n_boot=0``; by patient with ``groups``, one key per sample),
+    then accuracy, f1, auprc, wll, n, n_pos and ``tpr@t`` / ``fpr@t`` at the operating
+    thresholds (CI None).
     """
     y, score = _check(y_true, y_score)
     keys = np.asarray(segments, dtype=object)
@@ -394,10 +446,12 @@ def metrics_by_segment(
         raise DataError(f"segments has shape {keys.shape}; expected one key per sample {y.shape}")
     if pd.isna(keys).any():
         raise DataError("segments holds missing keys; fill the manifest's segment column")
+    patients = None if groups is None else _group_codes(groups, y.size)
     text = np.array([str(k) for k in keys], dtype=object)
     options = {"n_boot": n_boot, "seed": seed, "threshold": threshold, "thresholds": thresholds}
-    records = _scope_records(None, y, score, **options)
+    records = _scope_records(None, y, score, groups=patients, **options)
     for segment in sorted(set(text)):
         mask = text == segment
-        records.extend(_scope_records(segment, y[mask], score[mask], **options))
+        part = None if patients is None else patients[mask]
+        records.extend(_scope_records(segment, y[mask], score[mask], groups=part, **options))
     return records

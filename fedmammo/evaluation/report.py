@@ -60,7 +60,9 @@ def write_summary(
     table = final_table(df, centres=recorder.meta.get("centre_order"))
     lines = [f"# Results: {recorder.meta.get('scenario', '')}", ""]
     if not table.empty:
-        rt = Table(title="Test AUROC [95% CI] (mean (std) over seeds when several)")
+        seeds = df["seed"].nunique()
+        what = "[95% CI]" if seeds <= 1 else f"mean (std) over {seeds} seeds"
+        rt = Table(title=f"Test AUROC {what}")
         rt.add_column("arm", overflow="fold")  # fold, never cut to "…", on a narrow console
         for c in table.columns:
             rt.add_column(str(c), overflow="fold")
@@ -68,7 +70,8 @@ def write_summary(
             rt.add_row(str(arm), *[str(v) if isinstance(v, str) else "" for v in row])
         console.print(rt)
         lines += [
-            "Test AUROC [95% CI] per arm (rows) and evaluating centre (columns).",
+            f"Test AUROC {what} per arm (rows) and evaluating centre (columns)"
+            + (": 95% bootstrap CIs over the centre's test patients." if seeds <= 1 else "."),
             "",
             to_markdown(table.fillna("")),
         ]

@@ -78,17 +78,20 @@ def comparison_rows(
     *,
     n_boot: int = 2000,
     seed: int = 0,
+    groups: Any = None,
 ) -> list[dict[str, Any]]:
-    """Return one row per method: raw numbers plus the formatted columns of Tables 2-4.
+    """Return one row per method: raw numbers plus the formatted columns of Tables 2-4
+    (bootstrap CIs by patient with ``groups``, one key per sample).
 
     Raw keys: method, auc, auc_low, auc_high, baseline_auc, baseline_low, baseline_high,
     delta, delta_low, delta_high, p_value, significance (``increase`` / ``decrease`` / ``""``).
     """
-    base = bootstrap_auc(y_true, baseline_score, n_boot=n_boot, seed=seed)
+    boot = {"n_boot": n_boot, "seed": seed, "groups": groups}
+    base = bootstrap_auc(y_true, baseline_score, **boot)
     rows = []
     for method, score in method_scores.items():
-        auc = bootstrap_auc(y_true, score, n_boot=n_boot, seed=seed)
-        delta = delta_auc(y_true, baseline_score, score, n_boot=n_boot, seed=seed)
+        auc = bootstrap_auc(y_true, score, **boot)
+        delta = delta_auc(y_true, baseline_score, score, **boot)
         if is_significant_increase(delta[1], delta[3]):
             significance = "increase"
         elif is_significant_decrease(delta[2], delta[3]):

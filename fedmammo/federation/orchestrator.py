@@ -241,10 +241,13 @@ class Orchestrator:
     ) -> None:
         """Evaluate one model at several centres with ``kind`` messages (``split`` and
         ``fields``, the message seed derived per centre) and record the metric records of the
-        replies (``kind.REPLY``, an :class:`~fedmammo.federation.messages.EvaluationMetrics`)."""
+        replies (``kind.REPLY``, an :class:`~fedmammo.federation.messages.EvaluationMetrics`).
+
+        The seed does not depend on the arm: every arm tested at a centre sees the same
+        bootstrap resamples of its test images, so two arms' CIs are comparable."""
         contents = {
             c: self.message(
-                kind, arm=arm, seed=derive_seed(seed, arm, c, "eval"), split=split, **fields
+                kind, arm=arm, seed=derive_seed(seed, c, "eval"), split=split, **fields
             ).content({ARRAYS: arrays})
             for c in centres
         }

@@ -122,3 +122,37 @@ def test_bad_fractions_and_manifests_are_errors() -> None:
         assign_splits(m.assign(patient_id=pd.NA))
     with pytest.raises(DataError, match="label column 'acr'"):
         assign_splits(m, label="acr")
+
+
+def test_a_patient_in_both_official_splits_is_kept_whole_in_test(caplog) -> None:
+    # Prepare: 20 patients of 2 images in the dataset's official split; P0-P4 have one image
+    # in train and one in test (CBIS-DDSM's mass and calcification lists are split apart)
+    from fedmammo.config import CentreProfile
+    from fedmammo.data.prepare import _split
+
+    patients = [f"P{i}" for i in range(20) for _ in range(2)]
+    official = ["train", "test"] * 5 + ["train", "train"] * 10 + ["test", "test"] * 5
+    manifest = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(40)],
+            "patient_id": patients,
+            "split": pd.array(official, dtype="string"),
+            "malignant": [k % 3 == 0 for k in range(40)],
+            "segment": "S-A",
+        }
+    )
+    profile = CentreProfile(name="c", data={"format": "dicom-folder", "root": "/x"})
+    # Execute
+    out = _split(manifest, profile, test_only=False, data_seed=0)
+    # Assert: one split a patient; P0-P4 wholly in test; the other official test kept
+    per_patient = out.groupby("patient_id")["split"].nunique()
+    assert per_patient.max() == 1
+    assert set(out.loc[out["patient_id"].isin([f"P{i}" for i in range(5)]), "split"]) == {"test"}
+    assert set(out.loc[out["patient_id"].isin([f"P{i}" for i in range(15, 20)]), "split"]) == {
+        "test"
+    }
+    assert set(out.loc[out["patient_id"].isin([f"P{i}" for i in range(5, 15)]), "split"]) <= {
+        "train",
+        "val",
+    }
+    assert "5 patients have images in both the dataset's official train and test" in caplog.text

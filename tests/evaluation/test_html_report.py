@@ -262,3 +262,14 @@ def test_two_sweeps_compared_name_their_points_after_their_folders(tmp_path):
         for sweep in ("20260101-130000", "20260102-090000")
         for eps in (1.0, 8.0)
     ]
+
+
+def test_only_metrics_with_a_ci_are_titled_with_one(tmp_path):
+    # Prepare: one seed; AUROC records carry a CI, AUPRC's none
+    run = make_run_dir(tmp_path)
+    # Execute
+    html = write_report(run).read_text()
+    # Assert
+    assert "Test AUROC [95% CI] per arm and evaluating centre" in html
+    assert "Test AUPRC per arm and evaluating centre" in html
+    assert "AUPRC [95% CI]" not in html

@@ -60,6 +60,68 @@ def test_bootstrap_auc_matches_a_slow_sklearn_loop_with_the_same_seed():
     assert low < auc < high
 
 
+def _patients(n_patients: int, per: int, seed: int = 0):
+    """``per`` images a patient sharing its label and most of its score (CC/MLO views)."""
+    rng = np.random.default_rng(seed)
+    label = (rng.random(n_patients) < 0.3).astype(int)
+    base = rng.normal(size=n_patients) + 1.2 * label
+    groups = np.repeat([f"p{i}" for i in range(n_patients)], per)
+    score = np.repeat(base, per) + 0.1 * rng.normal(size=n_patients * per)
+    return np.repeat(label, per), score, groups
+
+
+def test_a_patient_bootstrap_matches_a_slow_loop_over_drawn_patients():
+    # Prepare: 40 patients, 4 images each, listed out of patient order
+    y, score, groups = _patients(40, 4)
+    order = np.random.default_rng(1).permutation(y.size)
+    y, score, groups = y[order], score[order], groups[order]
+    # Execute
+    auc, low, high = bootstrap_auc(y, score, n_boot=300, seed=5, groups=groups)
+    # Assert: the same as drawing 40 patients with replacement and taking all their images
+    # (codes in order of first appearance, default_rng(seed).integers(0, 40, (300, 40)))
+    names = list(dict.fromkeys(groups))
+    members = [np.flatnonzero(groups == g) for g in names]
+    draws = np.random.default_rng(5).integers(0, len(names), size=(300, len(names)))
+    values = []
+    for row in draws:
+        i = np.concatenate([members[k] for k in row])
+        if 0 < y[i].sum() < i.size:
+            values.append(roc_auc_score(y[i], score[i]))
+    assert auc == roc_auc_score(y, score)
+    assert (low, high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])), abs=1e-12)
+
+
+def test_a_patient_bootstrap_is_wider_than_an_image_one_when_images_are_copies():
+    # Prepare: each patient's 4 images nearly the same: 4x the images, not 4x the information
+    y, score, groups = _patients(60, 4, seed=3)
+    # Execute
+    _, i_low, i_high = bootstrap_auc(y, score, n_boot=1000, seed=0)
+    _, p_low, p_high = bootstrap_auc(y, score, n_boot=1000, seed=0, groups=groups)
+    d_img = delta_auc(y, score, score + 0.3 * y, n_boot=1000, seed=0)
+    d_pat = delta_auc(y, score, score + 0.3 * y, n_boot=1000, seed=0, groups=groups)
+    # Assert: about twice as wide (sqrt of 4 copies); so is the paired difference's CI
+    assert 1.6 < (p_high - p_low) / (i_high - i_low) < 2.4
+    assert (d_pat[2] - d_pat[1]) > 1.5 * (d_img[2] - d_img[1])
+
+
+def test_a_patient_bootstrap_of_one_image_each_is_the_image_bootstrap_relabelled():
+    # Prepare: one image a patient, patients named in image order
+    y, score = _scores(80, 1.0)
+    groups = np.array([f"p{i:03d}" for i in range(y.size)])
+    # Execute / Assert: every patient is one image, so the draws are the same
+    assert bootstrap_auc(y, score, n_boot=200, seed=2, groups=groups) == bootstrap_auc(
+        y, score, n_boot=200, seed=2
+    )
+
+
+def test_patient_groups_must_fit_the_samples():
+    y, score = _scores(10, 1.0)
+    with pytest.raises(DataError, match=r"groups has shape \(9,\); expected one key per sample"):
+        bootstrap_auc(y, score, groups=["p"] * 9)
+    with pytest.raises(DataError, match="groups holds missing keys"):
+        bootstrap_auc(y, score, groups=["p"] * 9 + [None])
+
+
 def test_bootstrap_skips_one_class_resamples_like_the_reference():
     # Prepare: 1 positive in 8 samples -> about a third of the resamples lack it
     y = np.array([0, 0, 0, 1, 0, 0, 0, 0])
@@ -231,6 +293,12 @@ def test_metrics_by_segment_records_global_and_local_values():
     assert by_key[(None, "wll")]["value"] == pytest.approx(weighted_log_loss(y, score))
     assert by_key[("S1-Ma", "n")]["value"] == 100 and by_key[("S1-Ma", "n")]["ci_low"] is None
     assert by_key[("S1-Ma", "tpr@0.6")]["value"] == operating_points(y[:100], score[:100])[2]["tpr"]
+    # with patients: each scope's CI resamples the patients of that scope
+    patients = np.array([f"p{i // 2}" for i in range(160)])  # two images a patient
+    grouped = metrics_by_segment(y, score, segments, n_boot=100, seed=3, groups=patients)
+    local = {(r["segment"], r["metric"]): r for r in grouped}[("S2-Ma", "auc")]
+    expected = bootstrap_auc(y[100:], score[100:], n_boot=100, seed=3, groups=patients[100:])
+    assert (local["value"], local["ci_low"], local["ci_high"]) == expected
 
 
 def test_zero_bootstraps_give_point_estimates_without_ci():

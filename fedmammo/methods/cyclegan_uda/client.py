@@ -219,7 +219,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     if len(rows):
         scores = predict_scores(model, data.dataset(rows), device=device())
         records = metrics_by_segment(
-            data.labels(rows), scores, data.segments(rows), n_boot=m.n_boot, seed=m.seed
+            data.labels(rows),
+            scores,
+            data.segments(rows),
+            n_boot=m.n_boot,
+            seed=m.seed,
+            groups=data.patients(rows),
         )
         # whole-centre records only: each domain is one centre (a segment would repeat it)
         records = [r for r in records if r["segment"] is None]

@@ -87,7 +87,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     if n:
         scores = predict_scores(model, data.dataset(rows), device=device())
         records = metrics_by_segment(
-            data.labels(rows), scores, data.segments(rows), n_boot=m.n_boot, seed=int(m.seed)
+            data.labels(rows),
+            scores,
+            data.segments(rows),
+            n_boot=m.n_boot,
+            seed=int(m.seed),
+            groups=data.patients(rows),
         )
     metrics = EvaluationMetrics(
         records=records, num_examples=n, compute_seconds=time.perf_counter() - start

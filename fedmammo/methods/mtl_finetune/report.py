@@ -79,13 +79,16 @@ def _record(segment: str | None, metric: str, value: float, lo=None, hi=None) ->
     return {"segment": segment, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi}
 
 
-def _auc(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int) -> tuple[float, ...]:
+def _auc(
+    y: np.ndarray, score: np.ndarray, n_boot: int, seed: int, patients: np.ndarray | None = None
+) -> tuple[float, ...]:
     keep = y >= 0
     y, score = y[keep], score[keep]
     if len(np.unique(y)) < 2:
         return math.nan, math.nan, math.nan
     if n_boot > 0:
-        return bootstrap_auc(y, score, n_boot=n_boot, seed=seed)
+        groups = None if patients is None else patients[keep]
+        return bootstrap_auc(y, score, n_boot=n_boot, seed=seed, groups=groups)
     from sklearn.metrics import roc_auc_score  # here: a centre imports this module
 
     return float(roc_auc_score(y, score)), math.nan, math.nan
@@ -157,6 +160,7 @@ def _scope(
     full: bool,
     breasts: np.ndarray | None = None,
     reference: Mapping[str, np.ndarray] | None = None,
+    patients: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     out = [_record(segment, "n", float(mask.sum()))]
     if "malignancy" in predictions and "malignancy" in labels:
@@ -164,7 +168,7 @@ def _scope(
         score = predictions["malignancy"][mask][:, 1]
         ref = None if reference is None else reference["malignancy"][mask][:, 1]
         out.append(_record(segment, "n_malignant", float((y == 1).sum())))
-        auc = _auc(y, score, n_boot, seed)
+        auc = _auc(y, score, n_boot, seed, None if patients is None else patients[mask])
         out.append(_record(segment, "auc", *auc))
         if full:
             where = None if breasts is None else breasts[mask]
@@ -205,7 +209,8 @@ def mtl_records(
     defined), and the paper's operating points on the labelled images: ``mcc``,
     ``sensitivity``, ``specificity`` at ``P(malignant) > 0.5``, ``mcc_best`` (with
     ``sensitivity_at_mcc_best``, ``specificity_at_mcc_best``) and ``specificity_at_sens95``.
-    With ``breasts`` (a key per image, e.g. patient and laterality): ``n_breasts`` and
+    With ``breasts`` (a key per image, ``patient|laterality``) the ``auc`` bootstrap resamples
+    whole patients; ``n_breasts`` and
     ``breast_auc`` (highest probability of the breast's images,
     :func:`fedmammo.evaluation.metrics.breast_level`).
     With ``reference`` (the reference arm's predictions on the same images): ``auc_p``
@@ -215,6 +220,8 @@ def mtl_records(
     """
     n = len(next(iter(labels.values())))
     keys = None if breasts is None else np.asarray([str(b) for b in breasts], dtype=object)
+    # the image-level AUC's bootstrap resamples patients (the patient part of a breast key)
+    patients = None if keys is None else np.asarray([k.rsplit("|", 1)[0] for k in keys], object)
     records = _scope(
         None,
         np.ones(n, bool),
@@ -225,6 +232,7 @@ def mtl_records(
         full=True,
         breasts=keys,
         reference=reference,
+        patients=patients,
     )
     for task, names in (("density", DENSITY_CLASSES), ("view", VIEW_CLASSES)):
         if task in labels:
@@ -240,6 +248,7 @@ def mtl_records(
                         seed,
                         full=False,
                         reference=reference,
+                        patients=patients,
                     )
     if segments is not None:
         text = np.asarray([str(s) for s in segments], dtype=object)
@@ -254,6 +263,7 @@ def mtl_records(
                 full=True,
                 breasts=keys,
                 reference=reference,
+                patients=patients,
             )
     return records
 

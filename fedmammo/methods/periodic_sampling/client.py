@@ -234,15 +234,22 @@ def comparison_records(
     *,
     n_boot: int,
     seed: int,
+    patients: np.ndarray | None = None,
 ) -> list[dict]:
-    """``baseline_auc``, ``delta_auc`` (method - baseline) and ``p_value`` per segment."""
+    """``baseline_auc``, ``delta_auc`` (method - baseline) and ``p_value`` per segment
+    (bootstrap CIs over ``patients``, when given)."""
     records: list[dict] = []
     for segment in compare:
         mask = segments == segment
         if not mask.any():
             continue
         row = comparison_rows(
-            y[mask], baseline[mask], {"method": method[mask]}, n_boot=n_boot, seed=seed
+            y[mask],
+            baseline[mask],
+            {"method": method[mask]},
+            n_boot=n_boot,
+            seed=seed,
+            groups=None if patients is None else patients[mask],
         )[0]
         ci = n_boot > 0
         records += [
@@ -283,10 +290,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     n, n_boot, seed = _size(rows), m.n_boot, int(m.seed)
     records: list[dict] = []
     if n:
-        y, segments = data.labels(rows), data.segments(rows)
+        y, segments, patients = data.labels(rows), data.segments(rows), data.patients(rows)
         dataset = data.dataset(rows)
         scores = predict_scores(model, dataset, device=device())
-        records = metrics_by_segment(y, scores, segments, n_boot=n_boot, seed=seed)
+        records = metrics_by_segment(y, scores, segments, n_boot=n_boot, seed=seed, groups=patients)
         for j, base in enumerate(m.baselines or []):
             base_model = load_model(
                 m.model,
@@ -297,7 +304,14 @@ def evaluate(msg: Message, context: Context) -> Message:
             )
             baseline = predict_scores(base_model, dataset, device=device())
             records += comparison_records(
-                y, baseline, scores, segments, base["segments"], n_boot=n_boot, seed=seed
+                y,
+                baseline,
+                scores,
+                segments,
+                base["segments"],
+                n_boot=n_boot,
+                seed=seed,
+                patients=patients,
             )
     metrics = EvaluationMetrics(
         records=records, num_examples=n, compute_seconds=time.perf_counter() - start

@@ -270,6 +270,12 @@ class ShareGansParams(RecipeParams):
     def _fractions(cls, v: list[float]) -> list[float]:
         if not v or len(set(v)) != len(v) or any(not 0 < f <= 1 for f in v):
             raise ValueError(f"fractions must be distinct values in (0, 1], got {v}")
+        percents = [round(f * 100) for f in v]  # the results name each fraction by its percent
+        if len(set(percents)) != len(percents) or 0 in percents:
+            raise ValueError(
+                f"fractions {v} name the same whole percent ({percents}) or 0%: the results "
+                "name each by its percent (masses-50); give fractions at least 1% apart"
+            )
         return v
 
     @field_validator("subsets")

@@ -244,8 +244,13 @@ def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
         {"segment": None, "metric": k, "value": values[k]}
         for k in ("accuracy", "f1", "auc", "auprc", "n", "n_pos")
     ]
-    _, low, high = bootstrap_auc(
-        test.labels, scores, n_boot=m.n_boot, seed=derive_seed(seed, "boot")
+    patient_of = data.manifest.set_index("image_id")["patient_id"].astype(str)
+    _, low, high = bootstrap_auc(  # whole patients resampled: their patches are not independent
+        test.labels,
+        scores,
+        n_boot=m.n_boot,
+        seed=derive_seed(seed, "boot"),
+        groups=patient_of.reindex(test.image_ids.astype(str)).to_numpy(),
     )
     records[2].update(ci_low=low, ci_high=high)  # NaN without a bootstrap
     metrics = PatchClassifierMetrics(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, RecordDict
 
-from fedmammo.errors import ConfigError
+from fedmammo.errors import CentreSettingError, ConfigError
 from fedmammo.federation.console import safe
 from fedmammo.federation.jobs import Job, JobResult
 from fedmammo.federation.messages import METRICS, PRIVACY
@@ -92,6 +92,17 @@ def _check_plan(orc: Orchestrator, p: ShareGansParams) -> list[ArmSpec]:
         raise ConfigError(
             f"share_gans: the arms' receiver {receiver!r} is not a centre of "
             f"scenario {orc.scenario.name!r} ({names}); fix: name it so"
+        )
+    profile = orc.scenario.resolved_profiles[receiver]
+    empty = [k for k in ("val", "test") if not profile.split.get(k)]
+    if profile.data.synthetic is not None and empty:  # a dataset may bring its own split
+        raise CentreSettingError(
+            f"share_gans: the receiver {receiver!r} has no {' and no '.join(empty)} images "
+            f"(split {profile.split}): every arm selects its model on the receiver's val "
+            "images and is tested on its test images; fix: give it a split with both, e.g. "
+            "split: {train: 0.2, val: 0.1, test: 0.7}, or name another receiver",
+            centres=[receiver],
+            key="split",
         )
     specs = []
     for spec in p.arm_specs():

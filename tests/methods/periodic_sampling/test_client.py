@@ -171,7 +171,7 @@ def test_evaluate_compares_with_the_baseline_inside_the_centre(centre):
     data, data_dir = centre
     method, baseline = _model(1), _model(2)
     rows = data.rows("test")
-    y, segments = data.labels(rows), data.segments(rows)
+    y, segments, patients = data.labels(rows), data.segments(rows), data.patients(rows)
     s_method = predict_scores(method, data.dataset(rows))
     s_base = predict_scores(baseline, data.dataset(rows))
     # Execute
@@ -193,7 +193,9 @@ def test_evaluate_compares_with_the_baseline_inside_the_centre(centre):
     compared = 0
     for s in ("T-Ma", "T-Mb"):
         mask = segments == s
-        expected = delta_auc(y[mask], s_base[mask], s_method[mask], n_boot=200, seed=3)
+        # the CIs resample whole patients (their CC and MLO images together)
+        boot = {"n_boot": 200, "seed": 3, "groups": patients[mask]}
+        expected = delta_auc(y[mask], s_base[mask], s_method[mask], **boot)
         got = records[("delta_auc", s)]
         if math.isnan(expected[0]):
             assert got["value"] is None
@@ -202,7 +204,7 @@ def test_evaluate_compares_with_the_baseline_inside_the_centre(centre):
         assert got["value"] == pytest.approx(expected[0], abs=1e-6)
         assert (got["ci_low"], got["ci_high"]) == pytest.approx(expected[1:3], abs=1e-6)
         assert records[("p_value", s)]["value"] == pytest.approx(expected[3], abs=1e-6)
-        base = bootstrap_auc(y[mask], s_base[mask], n_boot=200, seed=3)
+        base = bootstrap_auc(y[mask], s_base[mask], **boot)
         assert records[("baseline_auc", s)]["value"] == pytest.approx(base[0], abs=1e-6)
         assert records[("auc", s)]["value"] == pytest.approx(
             bootstrap_auc(y[mask], s_method[mask], n_boot=0)[0], abs=1e-6

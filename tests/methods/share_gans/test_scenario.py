@@ -382,3 +382,26 @@ def test_generators_of_a_centre_under_dp_train_one_at_a_time():
     )
     # a centre the server has no profile of is treated as private
     assert _private_centres(orc, ["B", "C", "D"]) == {"B", "D"}
+
+
+@pytest.mark.parametrize("fractions", [[0.5, 0.501], [1.0, 0.004]])
+def test_fractions_that_would_share_a_results_name_are_refused(fractions):
+    # 0.5 and 0.501 were both recorded as ...@masses-50 and averaged as one seed's two values
+    from fedmammo.methods.share_gans.params import ShareGansParams
+
+    with pytest.raises(ValueError, match=r"name the same whole percent .* or 0%"):
+        ShareGansParams(fractions=fractions)
+
+
+def test_a_receiver_without_test_images_is_refused_by_the_check():
+    # a receiver without test images: every arm used to fail after the GANs were trained
+    from fedmammo.simulate import plan_run
+
+    scenario = Path(__file__).resolve().parents[3] / "scenarios" / "share_gans.yaml"
+    sets = {"centres.A.split": {"train": 0.9, "val": 0.1, "test": 0.0}}
+    with pytest.raises(ConfigError) as caught:
+        plan_run(scenario, sets=sets, quick=True)
+    assert str(caught.value).startswith(
+        '--set centres.A.split={"train": 0.9, "val": 0.1, "test": 0.0}: share_gans: the receiver '
+        "'A' has no test images"
+    )
