@@ -97,3 +97,28 @@ def test_weights_in_a_reply_that_declares_no_weight_consent_are_refused(centre):
     mod = consent_mod({"evaluate.classifier": "metrics"})
     with pytest.raises(ConsentRefusal, match="declares no weight sharing"):
         mod(_incoming("evaluate.classifier"), node_context("ca", centre), _weights_reply)
+
+
+def test_the_threat_models_consent_table_lists_every_handler_under_its_key():
+    # docs/threat_model.md's table is what a data-protection officer reads: it must match
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "threat_model.md").read_text()
+    listed: dict[str | None, set[str]] = {}
+    for line in doc.splitlines():
+        row = re.match(r"\|[^|]+\| (`(\w+)`|none) \| (.+) \|$", line)
+        if row and "`" in row.group(3):
+            names = set(re.findall(r"`([\w.*]+)`", row.group(3)))
+            listed.setdefault(row.group(2), set()).update(names)
+    actual: dict[str | None, set[str]] = {}
+    for name, handler in HANDLERS.items():
+        actual.setdefault(handler.consent, set()).add(name)
+    for consent, names in actual.items():
+        shown = listed.get(consent, set())
+        missing = {
+            n
+            for n in names
+            if n not in shown and not any(s.endswith(".*") and n.startswith(s[:-1]) for s in shown)
+        }
+        assert not missing, f"docs/threat_model.md does not list {sorted(missing)} under {consent}"
