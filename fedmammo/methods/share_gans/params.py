@@ -233,7 +233,9 @@ class ShareGansParams(RecipeParams):
     """Sharing generators instead of images (GAN-sharing paper) plus the translation arm
     (CycleGAN-UDA paper).
 
-    Sharing centres train one generator per (gan, lesion subset) the arms need, once per run;
+    Sharing centres train one generator per (gan, lesion subset) the arms need, once per run,
+    from ``generator_seed`` (whatever the scenario's seeds: a seed's records do not depend on
+    the other seeds, and their spread is the receiver's classifiers', not the generators');
     the receiver trains and tests its patch classifier per arm, subset, fraction and seed.
     ``n_synthetic`` lesion patches are added per synthetic arm (real arm: at most that many),
     each with as many healthy patches of the receiver. ``load_generators`` reuses the
@@ -252,6 +254,7 @@ class ShareGansParams(RecipeParams):
     bootstrap: int = Field(default=1000, ge=0)  # resamples of the test AUROC's 95% CI (0: none)
     grid_columns: int = Field(default=12, ge=1, le=64)
     load_generators: str | None = None
+    generator_seed: int = Field(default=0, ge=0)  # the shared generators' training seed
 
     @field_validator("arms")
     @classmethod

@@ -50,7 +50,7 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
             rows.append(
                 PlanRow(
                     arm=generator_name(centre, gan, subset),
-                    seed=scenario.seeds[0],
+                    seed=p.generator_seed,
                     centres=(centre,) if trained else (),
                     rounds=None,
                     messages=(("train.generator", (centre,)),) if trained else (),

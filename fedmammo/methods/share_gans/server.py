@@ -2,8 +2,8 @@
 translation arm.
 
 Phase 1: every sharing centre an arm samples from trains one generator per (GAN kind, lesion
-subset) on its own training lesion patches (``train.generator``, once per run, seeded from the
-first scenario seed). Centres train in parallel; in a simulation one centre's generators
+subset) on its own training lesion patches (``train.generator``, once per run, seeded by the
+recipe's ``generator_seed``). Centres train in parallel; in a simulation one centre's generators
 too, as many at once as the engine runs (one after another at a centre that trains under DP).
 The server keeps what it received in ``generators/<centre>_<gan>_<subset>/``
 (``gen-e<epoch>.pt`` state dicts of the snapshots plus ``description.json``: a
@@ -212,7 +212,7 @@ def _train_generators(
     orc: Orchestrator, p: ShareGansParams, specs: list[ArmSpec]
 ) -> dict[str, SharedGenerator]:
     """Phase 1: saved or loaded generators, else ``train.generator`` jobs at the centres."""
-    seed = orc.scenario.seeds[0]
+    seed = p.generator_seed
     root = orc.run_dir / GENERATORS_DIR
     source = Path(p.load_generators).expanduser() if p.load_generators else None
     if source is not None and (source / GENERATORS_DIR).is_dir():
