@@ -24,6 +24,12 @@ def _simulate(argv: list[str]) -> int:
 def _check(argv: list[str]) -> int:
     from fedmammo.simulate import main as simulate
 
+    if {"-h", "--help"} & set(argv):  # the help below is simulate's: say what check is
+        print(
+            "fedmammo check SCENARIO.yaml [OPTIONS] is fedmammo simulate SCENARIO.yaml --check "
+            "[OPTIONS]:\ncheck everything a run would check, print the resolved scenario and "
+            "the run plan, run nothing.\nsimulate's help follows (--check is implied):\n"
+        )
     return simulate([*argv, "--check"])
 
 

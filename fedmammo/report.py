@@ -26,7 +26,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Write report.html of a run folder, or a comparison page of several runs.",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or sweep folder(s)")
-    p.add_argument("--out", type=Path, help="output file (default: see above)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output file (default: RUN_DIR/report.html for one run or sweep folder, "
+        "./comparison.html for several)",
+    )
     p.add_argument(
         "--metric",
         action="append",

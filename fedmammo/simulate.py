@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a dotted key (strategy.params.rounds=2, centres.A.split.train=0.5)",
+        help="override a dotted key (strategy.params.rounds=2, "
+        "centres.s1.data.synthetic.lesion_contrast=2); the value is YAML",
     )
     parser.add_argument(
         "--quick",

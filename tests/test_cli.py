@@ -57,3 +57,26 @@ def test_check_on_a_narrow_console_folds_its_lines_and_loses_no_text(monkeypatch
     rows = [line.split("│") for line in text.splitlines() if line.startswith("│")]
     sends = [row[5].strip() for row in rows]  # │ arm │ seed │ centres │ rounds │ sends │
     assert rows and not any("," in cell for cell in sends)
+
+
+def test_help_texts_say_what_check_is_and_give_every_default(capsys):
+    import pytest
+
+    # check --help: simulate's help, said to be simulate --check
+    with pytest.raises(SystemExit):
+        cli.main(["check", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("fedmammo check SCENARIO.yaml [OPTIONS] is fedmammo simulate")
+    assert "--check is implied" in out and "usage: python -m fedmammo.simulate" in out
+    # report --help: --out's defaults, not "see above"
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "RUN_DIR/report.html for one run" in out and "./comparison.html for several" in out
+    # deploy prepare --help: every option explained, the image size's default and its rule
+    with pytest.raises(SystemExit):
+        cli.main(["deploy", "prepare", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 256 192); must match the scenario's image_size" in out
+    for option in ("profile", "--data-dir", "--name", "--role", "--data-seed"):
+        assert f"{option} " in out

@@ -82,7 +82,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; give a YAML file")
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
+        # where it was looked for, and the fix: the shipped file of that name, else where the
+        # shipped ones are (a profile or recipe is named after its folder; else a scenario)
+        root = project_root()
+        folders = ("scenarios", "centres", "strategies")
+        kinds = [path.parent.name] if path.parent.name in folders else list(folders)
+        kind = kinds[0]
+        shipped = sorted(f.stem for f in (root / kind).glob("*.yaml"))
+        same = next((c for k in kinds if (c := root / k / f"{path.stem}.yaml").is_file()), None)
+        if same is not None:
+            shown = same.relative_to(Path.cwd()) if root == Path.cwd() else same
+            fix = f"fix: give {shown}"
+        else:
+            fix = "fix: give the file's path"
+            if root != Path.cwd():
+                fix = f"fix: run from the fedmammo checkout ({root}) or give the file's path"
+            if shipped:
+                fix += f"; shipped {kind}: {', '.join(shipped)}"
+        raise ConfigError(f"{path}: file not found (looked for {path.absolute()}); {fix}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -122,16 +122,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedmammo.federation.deployment")
     sub = parser.add_subparsers(dest="cmd", required=True)
     prep = sub.add_parser("prepare", help="materialise a site's centre in its data folder")
-    prep.add_argument("profile")
-    prep.add_argument("--data-dir", required=True)
-    prep.add_argument("--name")
-    prep.add_argument("--role", default="train", choices=["train", "test", "sharer", "receiver"])
-    prep.add_argument("--image-size", nargs=2, type=int, default=[256, 192])
-    prep.add_argument("--data-seed", type=int, default=0)
+    prep.add_argument("profile", help="the centre's profile, a YAML file (e.g. centres/s1.yaml)")
+    prep.add_argument(
+        "--data-dir",
+        required=True,
+        help="the site's data folder: images, splits, cache, centre.yaml and prepared.yaml "
+        "go here (the SuperNode's data-dir)",
+    )
+    prep.add_argument(
+        "--name", help="the centre's name (default: the profile's); must match the scenario's"
+    )
+    prep.add_argument(
+        "--role",
+        default="train",
+        choices=["train", "test", "sharer", "receiver"],
+        help="the centre's role in the scenario; test puts every image in the test split "
+        "(default: train)",
+    )
+    prep.add_argument(
+        "--image-size",
+        nargs=2,
+        type=int,
+        default=[256, 192],
+        metavar=("HEIGHT", "WIDTH"),
+        help="the size images are cached at (default: 256 192); must match the scenario's "
+        "image_size (the site serves only this size)",
+    )
+    prep.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="seeds the phantom and the patient-wise splits (default: 0); must match the "
+        "scenario's data_seed",
+    )
     nc = sub.add_parser("node-config", help="print the SuperNode --node-config string")
-    nc.add_argument("--centre", required=True)
-    nc.add_argument("--data-dir", required=True)
-    nc.add_argument("--role", default="train")
+    nc.add_argument("--centre", required=True, help="the centre's name in the scenario")
+    nc.add_argument("--data-dir", required=True, help="the folder `prepare` wrote")
+    nc.add_argument("--role", default="train", help="the centre's role (default: train)")
     args = parser.parse_args(argv)
     console = Console()
     try:

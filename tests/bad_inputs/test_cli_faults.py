@@ -209,7 +209,11 @@ CASES = [
         files={"strategies/fa2.yaml": "kind: fedavg\nquick: {train.sampler: fast}\n"},
     ),
     # ---- missing files
-    Case("missing-scenario-file", ("{tmp}/nope.yaml",), ("nope.yaml: file not found",)),
+    Case(
+        "missing-scenario-file",
+        ("{tmp}/nope.yaml",),
+        ("nope.yaml: file not found (looked for /", "nope.yaml); fix: "),
+    ),
     Case("scenario-is-a-folder", ("{tmp}/centres",), ("centres: is a folder",)),
     Case(
         "missing-profile",
