@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import yaml
@@ -131,11 +132,18 @@ def export(ref: str, folder: Path) -> Path:
     return folder
 
 
-def run(
-    args: list[str], out: Path, source: Path | None = None
-) -> tuple[float, Path, MemorySampler, float]:
+class Run(NamedTuple):
+    """One ``fedmammo.simulate`` process, as :func:`run` measured it."""
+
+    wall: float  # process wall time (s)
+    run_dir: Path  # the run folder (results.json, run.log, runspec.json)
+    memory: MemorySampler  # RSS / PSS / USS samples of its process tree
+    started: float  # when the process was started (seconds since the epoch)
+
+
+def run(args: list[str], out: Path, source: Path | None = None) -> Run:
     """``fedmammo.simulate args``: its wall time, run folder, memory samples and start time
-    (seconds since the epoch)."""
+    (seconds since the epoch), as a :class:`Run`."""
     sampler = MemorySampler()
     sampler.start()
     started = time.time()
@@ -157,7 +165,7 @@ def run(
     if proc.returncode != 0:
         raise SystemExit(f"fedmammo.simulate {' '.join(args)} failed:\n{err[-3000:]}")
     run_dir = sorted(out.glob("*/*/results.json"))[-1].parent
-    return wall, run_dir, sampler, started
+    return Run(wall=wall, run_dir=run_dir, memory=sampler, started=started)
 
 
 def server_started(run_dir: Path) -> float:
@@ -205,14 +213,15 @@ def quick(
     the scenario's), with ``sets`` (``--set`` overrides): the table's cells."""
     args = ["scenarios/fedavg_quick.yaml", "--quick"] + (["--backend", backend] if backend else [])
     args += [a for s in sets for a in ("--set", s)]
-    wall, run_dir, mem, started = run(args, tmp, source)
+    done = run(args, tmp, source)
+    wall, run_dir, mem = done.wall, done.run_dir, done.memory
     res = json.loads((run_dir / "results.json").read_text())
     df = pd.DataFrame(res["metrics"])
     per_round = round_ratios(df, df["arm"] == "federated")
     ratio = per_round["ratio"]
     local = round_ratios(df, df["arm"].str.startswith("local-"))["ratio"]
     in_app = res["meta"]["wall_seconds"]
-    before_app = server_started(run_dir) - started
+    before_app = server_started(run_dir) - done.started
     peaks = sorted(mem.peak_by_pid.values())
     rows = {
         "nodes": str(len(res["meta"]["centres"])),
@@ -289,8 +298,8 @@ def main() -> None:
             columns[name] = quick(tmp / f"quick-{backend}", backend=backend, sets=sets)
         if args.centres:
             many = many_centres_scenario(args.centres, tmp)
-            wall_n, run_n, mem_n, _ = run([str(many)], tmp / "many")
-            res_n = json.loads((run_n / "results.json").read_text())
+            many_run = run([str(many)], tmp / "many")
+            res_n = json.loads((many_run.run_dir / "results.json").read_text())
     print("## Flower orchestration (`benchmarks/bench_federation.py`)\n")
     first = next(iter(columns.values()))
     print(
@@ -303,9 +312,10 @@ def main() -> None:
             print(f"| {key} | " + " | ".join(c[key] for c in columns.values()) + " |")
     if args.centres:
         n = args.centres
-        print(f"| {n} tiny centres, 2 FedAvg rounds: wall time | {wall_n:.1f} s |")
+        print(f"| {n} tiny centres, 2 FedAvg rounds: wall time | {many_run.wall:.1f} s |")
         print(f"| {n} tiny centres: ServerApp time | {res_n['meta']['wall_seconds']:.1f} s |")
-        print(f"| {n} tiny centres: peak RSS, whole process tree | {mem_n.peak_total:.0f} MB |")
+        peak = many_run.memory.peak_total
+        print(f"| {n} tiny centres: peak RSS, whole process tree | {peak:.0f} MB |")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,15 @@
     python benchmarks/bench_imports.py [--base-ref HEAD~3] [--repeats 3] [modules ...]
 
 Each import runs in a fresh interpreter (``-X importtime`` not used: it slows the import);
-printed: median wall time, peak RSS and PSS (shared library pages counted once per sharer:
-what N actors really cost), how many modules got loaded and which heavy libraries came with
-them. ``--base-ref`` imports the same modules from that git revision (``git archive`` into a
-temporary folder) in the same run, for before/after.
+printed: the import's wall time, median over ``--repeats``; then, from the last repeat only:
+the probe process's peak RSS (``ru_maxrss``), its PSS read once from
+``/proc/self/smaps_rollup`` right after the import (not a peak), how many modules got loaded
+and which heavy libraries came with them. PSS splits each shared page among every process on
+the machine that maps it at that moment, so it depends on what else runs: a lone probe on an
+idle machine shows PSS close to its RSS, the same probe beside other torch processes a lower
+PSS. It is not what N actors of one run cost (``bench_federation.py`` samples that, per
+actor, during a run). ``--base-ref`` imports the same modules from that git revision (``git
+archive`` into a temporary folder) in the same run, for before/after.
 """
 
 from __future__ import annotations
@@ -106,7 +111,8 @@ def main() -> None:
             rows.append((module, before, after))
     load = os.getloadavg()[0]
     print(
-        f"Fresh interpreter per import, median of {args.repeats}; wall, peak RSS / PSS; "
+        f"Fresh interpreter per import; wall: median of {args.repeats}; peak RSS / PSS "
+        "after the import, last repeat (PSS depends on what else maps the libraries); "
         f"load {load:.1f}; `{' '.join(['python', *sys.argv])}`\n"
     )
     head = "| module |" + (f" before ({args.base_ref}) |" if base else "") + " after | heavy |"

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scale.py [--centres 10 100 1000] [--rounds 2] [--plot scale.png]
                                      [--backend ray|inprocess]
-    python benchmarks/bench_scale.py --dry-run --centres 1000   # write the scenario only
+    python benchmarks/bench_scale.py --dry-run --centres 1000   # write and check, run nothing
 
 Each N runs ``python -m fedmammo.simulate`` on a generated scenario of N ``tiny`` centres
 (federated arm only, no bootstrap, a 4-wide mammo_cnn on 32x24 images) in a fresh process
@@ -15,6 +15,9 @@ plot with ``--plot``). Budget: 1000 centres generate 48,000 phantom DICOMs first
 reported as such, and no larger N is tried. ``--ref REV`` runs that git revision (``git
 archive``; imports come from it, in the Ray actors too), not a working tree being edited.
 ``--backend`` is passed to the simulate command (default: the scenario's, Ray).
+``--dry-run`` writes each scenario, validates it with ``python -m fedmammo.simulate SCENARIO
+--check`` (from ``--ref``'s tree if given: the scenario loads and the plan is checked, no data
+is generated and nothing is run) and prints the command that would run it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -151,6 +155,21 @@ def plot(rows: list[tuple[int, dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def check(path: Path, source: Path | None, extra: Sequence[str]) -> None:
+    """``python -m fedmammo.simulate path --check`` (the scenario loaded and its plan checked,
+    nothing run), from ``source`` if given; exits with simulate's message if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmammo.simulate", str(path), "--check", *extra],
+        cwd=source or REPO,
+        env={**os.environ, "PYTHONPATH": str(source)} if source else None,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{path}: the check failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    print(f"{path}: checked", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--centres", type=int, nargs="+", default=[10, 100, 1000])
@@ -162,7 +181,9 @@ def main() -> None:
         "--max-rss-gb", type=float, default=20.0, help="stop a run whose process tree passes this"
     )
     parser.add_argument("--plot", type=Path, help="write a log-log plot here")
-    parser.add_argument("--dry-run", action="store_true", help="write scenarios, print commands")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="write and check scenarios, print commands"
+    )
     parser.add_argument("--keep", type=Path, help="keep scenarios and runs under this folder")
     parser.add_argument(
         "--ref", help="run this git revision (git archive), not the working tree being edited"
@@ -179,8 +200,10 @@ def main() -> None:
         for n in args.centres:
             path = scenario(n, args.rounds, root / f"n{n}")
             if args.dry_run:
+                check(path, source, extra)
                 cmd = f"python -m fedmammo.simulate {path} --out {root / f'n{n}' / 'runs'}"
-                print(" ".join([cmd, *extra]))
+                where = f"  # from `git archive {args.ref}`, PYTHONPATH set to it" if source else ""
+                print(" ".join([cmd, *extra]) + where)
                 continue
             out = root / f"n{n}" / "runs"
             rows.append((n, run(path, out, args.timeout, args.max_rss_gb * 1024, source, extra)))

@@ -83,7 +83,8 @@ def column(
     args: list[str], out: Path, source: Path | None = None, keep: Path | None = None
 ) -> tuple[dict, dict]:
     """One run: its table cells and its metrics (its results.json copied to ``keep``)."""
-    wall, run_dir, mem, _ = run(args, out, source)
+    done = run(args, out, source)
+    wall, run_dir = done.wall, done.run_dir
     if keep is not None:
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / "results.json", keep)
@@ -101,7 +102,7 @@ def column(
         "centres' own compute (sum of compute_seconds)": f"{compute:.0f} s" if compute else "-",
         "ServerApp wall / centres' compute": f"{app / compute:.2f}x" if compute else "-",
         "jobs at once (runspec workers)": str(spec.get("workers", 1)),
-        "peak RSS, whole process tree": f"{mem.peak_total:.0f} MB",
+        "peak RSS, whole process tree": f"{done.memory.peak_total:.0f} MB",
     }
     return cells, metrics(res)
 

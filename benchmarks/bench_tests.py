@@ -9,6 +9,9 @@ processes from it too), then this checkout's suite; each with ``python -m pytest
 given arguments, one after the other on the same machine. Printed: wall time, CPU time of the
 pytest process and the children it waited for (Ray's daemons are not waited for, so their
 CPU is not counted), pytest's summary line, and the ratio after / before.
+
+``--base-args``, ``--args`` and ``--select`` take the next word as their value even when it
+starts with a dash (``--base-args "-q"``, ``--args -x``); ``--base-args=-q`` works too.
 """
 
 from __future__ import annotations
@@ -50,13 +53,26 @@ def run_suite(source: Path, args: list[str]) -> dict:
     return {"wall": wall, "cpu": cpu, "summary": lines[-1].strip("= ") if lines else "no output"}
 
 
+PYTEST_OPTIONS = ("--base-args", "--args", "--select")  # their values are pytest arguments
+
+
+def glue(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--args VALUE`` (and ``--base-args``, ``--select``) written as
+    ``--args=VALUE``, so that a value starting with a dash (``-q``) is not read as an option."""
+    out, rest = [], iter(argv)
+    for word in rest:
+        value = next(rest, None) if word in PYTEST_OPTIONS else None
+        out.append(word if value is None else f"{word}={value}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-ref", required=True, help="git revision to compare against")
     parser.add_argument("--base-args", default="-q", help="pytest arguments of the base run")
     parser.add_argument("--args", default="-q -n auto", help="pytest arguments of this checkout")
     parser.add_argument("--select", default="", help="added to both, e.g. \"-m 'not slow'\"")
-    opts = parser.parse_args()
+    opts = parser.parse_args(glue(sys.argv[1:]))
     select = shlex.split(opts.select)
     with tempfile.TemporaryDirectory() as tmp:
         base_args = [*shlex.split(opts.base_args), *select]
