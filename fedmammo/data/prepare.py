@@ -366,6 +366,12 @@ class PooledData:
     def segments(self, rows: list[np.ndarray]) -> np.ndarray:
         return np.concatenate([p.segments(r) for p, r in zip(self.parts, rows, strict=True)])
 
+    def patients(self, rows: list[np.ndarray]) -> np.ndarray:
+        """``<centre>:<patient>``: two centres' patient ids never merge."""
+        return np.concatenate(
+            [p.name + ":" + p.patients(r) for p, r in zip(self.parts, rows, strict=True)]
+        )
+
     def dataset(self, rows: list[np.ndarray], label: str = "malignant") -> Dataset:
         return ConcatDataset([p.dataset(r, label) for p, r in zip(self.parts, rows, strict=True)])
 

@@ -380,7 +380,12 @@ def test_runner_stops_a_refused_arm_and_keeps_its_earlier_rounds(dp_run, tmp_pat
     [refusal] = privacy["refusals"]
     assert (refusal["centre"], refusal["arm"], refusal["round"]) == ("a", "mtl", 2)
     assert REFUSAL_MARK in refusal["reason"]
-    assert results["progress"]["mtl|0"] == {"round": 1, "done": True}
+    assert results["progress"]["mtl|0"] == {
+        "round": 1,
+        "done": True,
+        "stopped": "arm mtl seed 0: stopped before round 2: centre a refused it (privacy "
+        "budget); the model of the last completed round is final",
+    }
     assert _test_auc_centres(results, "mtl") == {"a", "b", "c"}
     records = _records(run_dir)
     assert records[("a", "mtl", "mtl")]["rounds"] == [1]

@@ -194,7 +194,13 @@ def test_a_centre_named_like_the_control_generator_is_refused(env):
     # Prepare: the tiny scenario's centre names, with a centre called "untrained"
     _, _, orc, _ = env
     names = [*orc.scenario.centre_names(), UNTRAINED]
-    renamed = SimpleNamespace(scenario=SimpleNamespace(centre_names=lambda: names, name="x"))
+    renamed = SimpleNamespace(
+        scenario=SimpleNamespace(
+            centre_names=lambda: names,
+            name="x",
+            resolved_profiles=orc.scenario.resolved_profiles,
+        )
+    )
     params = orc.params.model_copy(update={"arms": ["A", "A+untrained_dcgan"]})
     # Execute / Assert: refused with the fix; the same arms pass with the real names
     with pytest.raises(ConfigError, match="a centre is named 'untrained'.*rename the centre"):
