@@ -8,8 +8,9 @@ weights ``q_c / |B|`` turn the centres' mean gradients into the mean gradient ov
 window; with one stream seed per arm and segment keys unique across centres the centres even
 draw the same images, in the same label alternation, as ``PeriodicBatchSampler`` does
 centrally (derivation in :mod:`fedmammo.methods.periodic_sampling.quota`). Several steps
-per round, Adam (each centre keeps its own optimizer state across rounds) and BatchNorm (statistics of each centre's
-sub-batch) make it an approximation; the segment proportions per pattern cycle hold always.
+per round, Adam (each centre keeps its own optimizer state across rounds) and BatchNorm
+(statistics of each centre's sub-batch) make it an approximation; the segment proportions per
+pattern cycle hold always.
 
 The runner (kind ``periodic_sampling``) trains, per seed: the baselines (one training segment
 each, at its centre), then per experiment (a list of training segments) and setting the
