@@ -34,6 +34,7 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     reason = "fault: InjectedFault: injected fault (scenario key faults), round 2"
     assert fails[0]["reason"] == reason
     assert any("aggregated without ['tiny_b']" in n for n in res["notes"])
+    assert not any("never fired" in n for n in res["notes"])  # it did
     aucs = final_auc(res, "federated")
     assert set(aucs) == {"tiny_a", "tiny_b", "tiny_t"}
     assert all(v is None or 0.0 <= v <= 1.0 for v in aucs.values())

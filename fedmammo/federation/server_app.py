@@ -139,6 +139,7 @@ def run_scenario(
         }
         recorder.flush()
         run(orc)
+        _note_faults_that_never_fired(orc)
     except ConnectError as exc:
         say(ERROR, str(exc))
         raise
@@ -148,6 +149,27 @@ def run_scenario(
         write_summary(recorder, orc.console, section=section)
         outputs.close()
     return recorder
+
+
+def _note_faults_that_never_fired(orc: Orchestrator) -> None:
+    """A ``faults:`` entry no round injected (an arm name the method does not use, a round
+    past the arm's last, a method whose rounds inject none): a warning and a note, not a
+    silent run without the drop-out the user asked for."""
+    fired = {
+        (f["centre"], f["round"], f["arm"])
+        for f in orc.recorder.failures
+        if "InjectedFault" in str(f.get("reason"))
+    }
+    for f in orc.scenario.faults:
+        if (f.centre, f.round, f.arm) not in fired:
+            line = (
+                f"fault {{centre: {f.centre}, round: {f.round}, arm: {f.arm}}} never fired: no "
+                f"round {f.round} of an arm named {f.arm!r} trained at {f.centre} (faults are "
+                f"injected in the federated rounds of fedavg, mtl_finetune and contrastive_dg; "
+                f"arm defaults to 'federated')"
+            )
+            say(WARNING, line)
+            orc.recorder.note(line)
 
 
 def _connect(orc: Orchestrator, *, simulated: bool, prepare: bool) -> None:
