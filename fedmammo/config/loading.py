@@ -140,9 +140,11 @@ def _format_validation(
                 misspelt[loc] = close[0]
                 missing.discard((*loc[:-1], close[0]))
     for err in errors:
-        loc = (*prefix, *(str(p) for p in err["loc"]))
+        named = [str(p) for p in err["loc"]]
+        is_name = named[-1:] == ["[key]"]  # pydantic's mark of a mapping's key (gans.stylegan)
+        loc = (*prefix, *(named[:-1] if is_name else named))
         key = ".".join((*shown, *loc)) or "(top level)"
-        msg = err["msg"]
+        msg = f"not a valid name here: {err['msg']}" if is_name else err["msg"]
         raw = tuple(map(str, err["loc"]))
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check spelling; see README 'Scenario reference')"

@@ -141,10 +141,10 @@ def _check_rows(scenario: Scenario, rows: list[PlanRow], handlers: dict, origins
                         where = _centre_where(scenario, origins, c, ("sharing", h.consent))
                         problems.append(
                             f"{where}: centre {c!r} does not share {REPLY_KINDS[h.consent]} "
-                            f"(sharing.{h.consent}: false) but arm {row.arm!r} needs its "
-                            f"{message_type!r} replies; fix: allow it (centres.{i}.overrides: "
-                            f"{{sharing.{h.consent}: true}}), change the centre's role, or drop "
-                            "the arm"
+                            f"(sharing.{h.consent}: false) but {row.arm!r} (a unit of the "
+                            f"plan) needs its {message_type!r} replies; fix: allow it "
+                            f"(centres.{i}.overrides: {{sharing.{h.consent}: true}}), change "
+                            "the centre's role, or drop the arm"
                         )
                 if not (message_type.startswith("train.") and profile.privacy.enabled):
                     continue

@@ -429,3 +429,13 @@ def test_the_generators_seed_is_the_recipes_not_the_first_scenario_seed():
     )
     rows = method.plan(scenario, scenario.recipe.typed_params(quick=True))
     assert {r.seed for r in rows if r.arm.startswith("B_")} == {7}
+
+
+def test_an_unknown_gan_name_is_named_with_its_set_not_pydantics_key_mark():
+    scenario_file = Path(__file__).resolve().parents[3] / "scenarios" / "share_gans.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(scenario_file, sets={"strategy.params.gans.stylegan.epochs": 3}, quick=True)
+    assert str(caught.value) == (
+        "--set strategy.params.gans.stylegan.epochs=3: key 'params.gans.stylegan': not a valid "
+        "name here: Input should be 'dcgan' or 'wgan_gp'"
+    )
