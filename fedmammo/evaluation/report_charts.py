@@ -103,19 +103,13 @@ def metric_bars_figure(
         lo = np.array([by_arm["ci_low"].get(a, np.nan) for a in arms], dtype=float)
         hi = np.array([by_arm["ci_high"].get(a, np.nan) for a in arms], dtype=float)
         sd = np.array([by_arm["std"].get(a, np.nan) for a in arms], dtype=float)
-        err_lo = np.where(np.isnan(lo), np.nan_to_num(sd), values - lo)
-        err_hi = np.where(np.isnan(hi), np.nan_to_num(sd), hi - values)
+        # the interval itself: a percentile CI (patients resampled) need not hold the value
+        lower = np.where(np.isnan(lo), values - np.nan_to_num(sd), lo)
+        upper = np.where(np.isnan(hi), values + np.nan_to_num(sd), hi)
         colours = [_COLOURS[i % len(_COLOURS)] for i in range(len(arms))]
         ax.barh(y, np.nan_to_num(values), color=colours, alpha=0.8)
-        ax.errorbar(
-            values,
-            y,
-            xerr=np.vstack([np.clip(np.nan_to_num(err_lo), 0, None), np.nan_to_num(err_hi)]),
-            fmt="none",
-            ecolor="black",
-            capsize=3,
-            lw=1,
-        )
+        ax.hlines(y, lower, upper, colors="black", lw=1)
+        ax.plot(np.r_[lower, upper], np.r_[y, y], "|", color="black", ms=6)
         if metric in {"auc", "auprc", "accuracy", "f1"}:
             ax.set_xlim(0, 1.0)
         if metric == "auc":

@@ -83,3 +83,25 @@ def test_nothing_to_draw_is_none():
     frame = _frame(3)
     assert learning_curves_figure(frame[frame["round"].isna()]) is None
     assert metric_bars_figure(frame, metric="wll") is None
+
+
+def test_a_ci_that_does_not_hold_its_value_is_drawn_as_it_is():
+    # A patient-level percentile CI can lie wholly below (or above) the full-set AUROC; the
+    # bars drew value +- (value - low, high - value) and matplotlib refused a negative error
+    final = pd.DataFrame(
+        {
+            "arm": ["a", "b"],
+            "centre": ["c", "c"],
+            "segment": [None, None],
+            "metric": ["auc", "auc"],
+            "value": [0.80, 0.70],
+            "ci_low": [0.60, 0.50],
+            "ci_high": [0.75, 0.90],
+            "std": [np.nan, np.nan],
+        }
+    )
+    fig = metric_bars_figure(final)
+    (ax,) = _visible(fig)
+    (segments,) = [c for c in ax.collections if len(c.get_segments()) == 2]
+    drawn = [tuple(np.round(s[:, 0], 6)) for s in segments.get_segments()]
+    assert drawn == [(0.60, 0.75), (0.50, 0.90)]
