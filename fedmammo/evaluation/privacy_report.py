@@ -283,17 +283,9 @@ def plot_privacy_utility(
         c = colours[i % len(colours)]
         ok = g["auc"].notna()
         if ok.any():
-            lo = (g["auc"] - g["ci_low"]).clip(lower=0).fillna(0)
-            hi = (g["ci_high"] - g["auc"]).clip(lower=0).fillna(0)
-            ax.errorbar(
-                g["x"][ok],
-                g["auc"][ok],
-                yerr=[lo[ok], hi[ok]],
-                color=c,
-                marker="o",
-                capsize=3,
-                label=f"{arm}: AUROC",
-            )
+            ax.plot(g["x"][ok], g["auc"][ok], color=c, marker="o", label=f"{arm}: AUROC")
+            # each CI as it is (a percentile CI of patients need not hold the AUROC)
+            ax.vlines(g["x"][ok], g["ci_low"][ok], g["ci_high"][ok], colors=c, lw=1)
         if g["attack_auc"].notna().any():
             ax2.plot(
                 g["x"],

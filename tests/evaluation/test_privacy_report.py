@@ -271,3 +271,29 @@ def test_sweep_draws_the_plot_only_for_an_epsilon_sweep(tmp_path):
     assert seen == [(1.0, True), (8.0, True), (None, False)]
     assert (tmp_path / "privacy_utility.png").stat().st_size > 1000
     assert none is None
+
+
+def test_the_privacy_utility_plot_draws_each_ci_as_it_is(tmp_path, monkeypatch):
+    # Prepare: capture the figure; one point's CI lies wholly below its AUROC
+    from fedmammo.evaluation import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "write_png", lambda fig, path, *a, **kw: drawn.append(fig) or path)
+    table = sweep_table()
+    table.loc[table.index[0], ["ci_low", "ci_high"]] = [0.1, 0.2]
+    # Execute
+    plot_privacy_utility(
+        table, tmp_path / "p.png", epsilon_key="privacy.target_epsilon", centre="T"
+    )
+    # Assert: every CI drawn from its low to its high end, the shifted one too
+    pts = utility_points(table, epsilon_key="privacy.target_epsilon", centre="T")
+    ax = drawn[0].axes[0]
+    spans = sorted(
+        tuple(np.round(sorted(seg[:, 1]), 6)) for c in ax.collections for seg in c.get_segments()
+    )
+    expected = sorted(
+        (round(lo, 6), round(hi, 6))
+        for lo, hi in zip(pts["ci_low"], pts["ci_high"], strict=True)
+        if np.isfinite(lo) and np.isfinite(hi)
+    )
+    assert spans == expected
