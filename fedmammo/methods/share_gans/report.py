@@ -96,7 +96,7 @@ class GanTable:
 
     subset: str
     fraction: float
-    frame: pd.DataFrame  # arms x (metric titles, seeds, pixels moved); cells are text
+    frame: pd.DataFrame  # arms x (metric titles, seeds, added lesions, pixels moved); text
     best: dict[str, str]  # metric title -> arm with the best mean
 
     @property
@@ -120,6 +120,9 @@ def build_gan_tables(df: pd.DataFrame, *, arm_order: Sequence[str] | None = None
         return []
     sel = df[(df["split"] == "test") & df["round"].isna() & df["segment"].isna()]
     sel = sel[sel["metric"].isin(list(METRICS))]
+    # lesion patches an arm added (the real-patch arm: at most what the sharer has)
+    added = df[(df["split"] == "val") & (df["metric"] == "n_added_lesion")]
+    added = added.groupby("arm")["value"].mean()
     parsed = sel["arm"].map(split_record_arm)
     sel = sel[parsed.notna()].assign(
         base=[p[0] for p in parsed.dropna()],
@@ -143,6 +146,8 @@ def build_gan_tables(df: pd.DataFrame, *, arm_order: Sequence[str] | None = None
                 for metric, title in METRICS.items():
                     row[title], mean[title] = _cell(g.loc[g["metric"] == metric, "value"])
                 row["seeds"] = str(g["seed"].nunique())
+                n_added = added.reindex(g["arm"].unique()).mean()
+                row["added lesions"] = "-" if math.isnan(n_added) else f"{n_added:.0f}"
                 row["pixels moved"] = MOVED if moves_pixels(arm) else "no"
                 rows[arm], means[arm] = row, mean
             best = {}

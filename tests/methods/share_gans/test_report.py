@@ -63,6 +63,11 @@ def frame() -> pd.DataFrame:
         _record("A@all-100", 0, "auc", 0.0, segment="S-Me"),
         _record("federated", 0, "auc", 0.0),
     ]
+    rows += [  # lesion patches added: the real arm fewer than the synthetic one
+        _record("A+real_B@all-100", 0, "n_added_lesion", 42, split="val"),
+        _record("A+synth_B_dcgan@all-100", 0, "n_added_lesion", 64, split="val"),
+        _record("A@all-100", 0, "n_added_lesion", 0, split="val"),
+    ]
     rows += [
         _record("B_dcgan_all", 0, "frechet_distance", 1.25, split="generator"),
         _record("B_dcgan_all", 0, "n_snapshots", 5, split="generator"),
@@ -93,6 +98,8 @@ def test_one_table_per_subset_and_fraction_with_mean_and_std_over_seeds(frame):
     assert first.loc["A", "Accuracy"] == "0.650 (0.071)"
     assert first.loc["A", "F1"] == "n/a"
     assert first.loc["A", "seeds"] == "2"
+    assert list(first["added lesions"]) == ["42", "0", "64"]
+    assert tables[2].frame.loc["A", "added lesions"] == "-"  # not recorded there
     assert first.loc["A+real_B", "pixels moved"] == MOVED
     assert first.loc["A+synth_B_dcgan", "pixels moved"] == "no"
     assert tables[0].best["AUROC"] == "A+real_B" and "F1" not in tables[0].best
