@@ -141,8 +141,11 @@ def _malignancy_records(
         ]
     if breasts is not None:
         yb, sb = breast_level(breasts, y, score)
+        # each breast's patient (breast_level's order: labelled breasts by key), resampled
+        labelled = sorted({b for b, label in zip(breasts, y, strict=True) if label >= 0})
+        patients = np.asarray([b.rsplit("|", 1)[0] for b in labelled], dtype=object)
         out.append(_record(segment, "n_breasts", float(len(yb))))
-        out.append(_record(segment, "breast_auc", *_auc(yb, sb, n_boot, seed)))
+        out.append(_record(segment, "breast_auc", *_auc(yb, sb, n_boot, seed, patients)))
         if reference is not None and _two_classes(yb):
             _, rb = breast_level(breasts, y, reference)
             out.append(_record(segment, "breast_auc_p", delong_test(yb, sb, rb)[2]))
@@ -209,8 +212,8 @@ def mtl_records(
     defined), and the paper's operating points on the labelled images: ``mcc``,
     ``sensitivity``, ``specificity`` at ``P(malignant) > 0.5``, ``mcc_best`` (with
     ``sensitivity_at_mcc_best``, ``specificity_at_mcc_best``) and ``specificity_at_sens95``.
-    With ``breasts`` (a key per image, ``patient|laterality``) the ``auc`` bootstrap resamples
-    whole patients; ``n_breasts`` and
+    With ``breasts`` (a key per image, ``patient|laterality``) the ``auc`` and ``breast_auc``
+    bootstraps resample whole patients; ``n_breasts`` and
     ``breast_auc`` (highest probability of the breast's images,
     :func:`fedmammo.evaluation.metrics.breast_level`).
     With ``reference`` (the reference arm's predictions on the same images): ``auc_p``

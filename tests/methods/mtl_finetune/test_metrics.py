@@ -12,6 +12,7 @@ from sklearn.metrics import matthews_corrcoef, roc_auc_score
 from fedmammo.errors import DataError
 from fedmammo.evaluation.metrics import (
     best_mcc,
+    bootstrap_auc,
     breast_level,
     mcc_at_threshold,
     specificity_at_sensitivity,
@@ -164,3 +165,26 @@ def test_tables_show_p_values_and_the_operating_point_table():
 
 def rows_of(rows, arm):
     return [r for r in rows if r["arm"] == arm]
+
+
+def test_breast_and_image_auc_cis_resample_patients():
+    # Prepare: 30 patients, both breasts, two views each; right breasts malignant for 10
+    rng = np.random.default_rng(4)
+    patients = np.repeat([f"p{i}" for i in range(30)], 4)
+    sides = np.tile(["L", "L", "R", "R"], 30)
+    breasts = np.array([f"{p}|{s}" for p, s in zip(patients, sides, strict=True)])
+    y = np.array([int(s == "R" and int(p[1:]) < 10) for p, s in zip(patients, sides, strict=True)])
+    score = np.clip(0.3 + 0.3 * y + rng.normal(0, 0.15, y.size), 0, 1)
+    # Execute
+    records = mtl_records(
+        {"malignancy": np.c_[1 - score, score]}, {"malignancy": y}, breasts=breasts, n_boot=200
+    )
+    # Assert: the image AUC's CI over patients; the breast AUC's over the breasts' patients
+    image = [r for r in records if r["segment"] is None and r["metric"] == "auc"][0]
+    expected = bootstrap_auc(y, score, n_boot=200, seed=0, groups=patients)
+    assert (image["value"], image["ci_low"], image["ci_high"]) == expected
+    yb, sb = breast_level(breasts, y, score)
+    breast = [r for r in records if r["segment"] is None and r["metric"] == "breast_auc"][0]
+    of_breast = [key.split("|")[0] for key in sorted(set(breasts))]  # breast_level's order
+    by_breast = bootstrap_auc(yb, sb, n_boot=200, seed=0, groups=of_breast)
+    assert (breast["value"], breast["ci_low"], breast["ci_high"]) == by_breast
