@@ -116,9 +116,12 @@ def _results_section(run: RunFolder) -> str:
         metrics = [m for m in HEADLINE_METRICS if m in set(final["metric"])]
         seeds = int(final["n_seeds"].max())
         for i, metric in enumerate(metrics):
-            with_ci = final.loc[final["metric"] == metric, "ci_low"].notna().any()
-            spread = "[95% CI] " if with_ci else ""  # AUROC's: bootstrap over patients
-            spread = f"(s.d. over {seeds} seeds) " if seeds > 1 else spread
+            if seeds > 1:
+                spread = f"(s.d. over {seeds} seeds) "
+            elif final.loc[final["metric"] == metric, "ci_low"].notna().any():
+                spread = "[95% CI] "  # AUROC's: a bootstrap over patients
+            else:
+                spread = ""
             title = f"Test {_NAMES.get(metric, metric)} {spread}per arm and evaluating centre"
             block = _pivot(final, metric, "centre", order, f"results-{metric}")
             if i == 0:

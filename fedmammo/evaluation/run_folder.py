@@ -147,26 +147,26 @@ def load_run(run_dir: str | Path) -> RunFolder:
         log, source = root / "run.log", "the sweep's run.log (every point's lines)"
     md = path / "results.md"
     plots_dir = path / "plots"
+    runspec = _read_json(path / "runspec.json") or {}
     return RunFolder(
         path=path,
         results=results,
         scenario=scenario or {},
         privacy=_read_json(path / "privacy.json"),
-        runspec=_read_json(path / "runspec.json") or {},
+        runspec=runspec,
         results_md=md.read_text() if md.is_file() else None,
         plots=sorted(plots_dir.glob("*.png")) if plots_dir.is_dir() else [],
         warnings=log_warnings(log),
         warnings_source=source,
-        settings=_settings(path, root),
+        settings=_settings(path, root, runspec),
     )
 
 
-def _settings(path: Path, root: Path | None) -> list[str]:
+def _settings(path: Path, root: Path | None, runspec: dict[str, Any]) -> list[str]:
     """``key=value`` of each ``--set`` the run was started with (invocation.json: the run's,
     or its sweep's) and of what its run spec set (``flwr run``'s data_dir), then a sweep
     point's own values (its folder's name); the sweep itself is left out."""
     invocation = _read_json((root or path) / "invocation.json") or {}
-    runspec = _read_json(path / "runspec.json") or {}
     sets = {**(invocation.get("sets") or {}), **(runspec.get("sets") or {})}
     listed = [f"{k}={v}" for k, v in sets.items() if k != "sweep" and not k.startswith("sweep.")]
     return listed + ([path.name] if root is not None else [])

@@ -104,6 +104,11 @@ def _balanced_accuracy(y: np.ndarray, prob: np.ndarray) -> float:
     return float(np.mean(recalls))  # = sklearn's balanced_accuracy_score without warnings
 
 
+def _patients(breasts) -> np.ndarray:
+    """The patient part of ``patient|laterality`` breast keys (what a bootstrap resamples)."""
+    return np.asarray([str(b).rsplit("|", 1)[0] for b in breasts], dtype=object)
+
+
 def _two_classes(y: np.ndarray) -> bool:
     return len(np.unique(y)) == 2
 
@@ -141,9 +146,8 @@ def _malignancy_records(
         ]
     if breasts is not None:
         yb, sb = breast_level(breasts, y, score)
-        # each breast's patient (breast_level's order: labelled breasts by key), resampled
-        labelled = sorted({b for b, label in zip(breasts, y, strict=True) if label >= 0})
-        patients = np.asarray([b.rsplit("|", 1)[0] for b in labelled], dtype=object)
+        # each breast's patient, in breast_level's order (labelled breasts by key)
+        patients = _patients(sorted(set(breasts[y >= 0])))
         out.append(_record(segment, "n_breasts", float(len(yb))))
         out.append(_record(segment, "breast_auc", *_auc(yb, sb, n_boot, seed, patients)))
         if reference is not None and _two_classes(yb):
@@ -224,7 +228,7 @@ def mtl_records(
     n = len(next(iter(labels.values())))
     keys = None if breasts is None else np.asarray([str(b) for b in breasts], dtype=object)
     # the image-level AUC's bootstrap resamples patients (the patient part of a breast key)
-    patients = None if keys is None else np.asarray([k.rsplit("|", 1)[0] for k in keys], object)
+    patients = None if keys is None else _patients(keys)
     records = _scope(
         None,
         np.ones(n, bool),
