@@ -20,6 +20,7 @@ __all__ = [
     "breast_level",
     "classification_metrics",
     "delta_auc",
+    "group_codes",
     "is_significant_decrease",
     "is_significant_increase",
     "mcc_at_threshold",
@@ -102,7 +103,7 @@ def _bootstrap_indices(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
         yield rng.integers(0, n, size=(min(rows, n_boot - first), n))
 
 
-def _group_codes(groups: Any, n: int) -> np.ndarray:
+def group_codes(groups: Any, n: int) -> np.ndarray:
     """``groups`` (one key per sample: its patient) as codes 0..g-1; DataError if it does not
     fit the samples."""
     keys = np.asarray(groups, dtype=object)
@@ -125,7 +126,7 @@ def _resample_counts(n: int, n_boot: int, seed: int, groups: Any = None) -> Iter
         for idx in _bootstrap_indices(n, n_boot, seed):
             yield _row_counts(idx, n)
         return
-    codes = _group_codes(groups, n)
+    codes = group_codes(groups, n)
     g = int(codes.max()) + 1
     rng = np.random.default_rng(seed)
     rows = max(1, _CHUNK_ELEMENTS // max(n, g))
@@ -446,7 +447,7 @@ def metrics_by_segment(
         raise DataError(f"segments has shape {keys.shape}; expected one key per sample {y.shape}")
     if pd.isna(keys).any():
         raise DataError("segments holds missing keys; fill the manifest's segment column")
-    patients = None if groups is None else _group_codes(groups, y.size)
+    patients = None if groups is None else group_codes(groups, y.size)
     text = np.array([str(k) for k in keys], dtype=object)
     options = {"n_boot": n_boot, "seed": seed, "threshold": threshold, "thresholds": thresholds}
     records = _scope_records(None, y, score, groups=patients, **options)

@@ -10,10 +10,12 @@ from rich.table import Table
 
 from fedmammo.evaluation.results import RunRecorder
 
-__all__ = ["final_table", "to_markdown", "write_summary"]
+__all__ = ["final_table", "format_estimate", "to_markdown", "write_summary"]
 
 
-def _fmt(value: float, lo: float | None, hi: float | None) -> str:
+def format_estimate(value: float, lo: float | None, hi: float | None) -> str:
+    """``0.821 [0.593, 0.984]`` with a CI, ``0.821`` without (None or NaN), ``n/a`` without
+    a value."""
     if value is None or pd.isna(value):
         return "n/a"
     if lo is None or pd.isna(lo) or hi is None or pd.isna(hi):
@@ -38,7 +40,9 @@ def final_table(
     for (arm, centre), g in sel.groupby(["arm", "centre"], sort=False):
         if len(g) == 1:
             r = g.iloc[0]
-            rows.setdefault(arm, {})[centre] = _fmt(r["value"], r["ci_low"], r["ci_high"])
+            rows.setdefault(arm, {})[centre] = format_estimate(
+                r["value"], r["ci_low"], r["ci_high"]
+            )
         else:
             v = g["value"].astype(float)
             rows.setdefault(arm, {})[centre] = f"{v.mean():.3f} ({v.std(ddof=1):.3f})"

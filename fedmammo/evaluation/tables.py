@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from fedmammo.evaluation.metrics import (
     bootstrap_auc,
     delta_auc,
@@ -16,6 +18,7 @@ from fedmammo.evaluation.metrics import (
 
 __all__ = [
     "COMPARISON_COLUMNS",
+    "comparison_records",
     "comparison_row",
     "comparison_rows",
     "format_auc",
@@ -106,6 +109,55 @@ def comparison_rows(
             }
         )
     return rows
+
+
+def comparison_records(
+    y: Any,
+    baseline: Any,
+    method: Any,
+    segments: Any,
+    compare: Sequence[str | None],
+    *,
+    n_boot: int,
+    seed: int,
+    patients: Any = None,
+) -> list[dict[str, Any]]:
+    """Metric records (``segment, metric, value, ci_low, ci_high``) comparing ``method`` with
+    ``baseline`` scores of the same images: ``baseline_auc``, ``delta_auc`` (method - baseline,
+    paired bootstrap CI) and ``p_value`` for each of ``compare``'s segments (None: all the
+    images; a segment without images is skipped). CIs resample ``patients`` when given, and
+    are None with ``n_boot=0``."""
+    y, baseline, method = np.asarray(y), np.asarray(baseline), np.asarray(method)
+    segments = np.array([str(s) for s in segments], dtype=object)
+    records: list[dict[str, Any]] = []
+    for segment in compare:
+        mask = np.ones(y.shape, dtype=bool) if segment is None else segments == segment
+        if not mask.any():
+            continue
+        row = comparison_rows(
+            y[mask],
+            baseline[mask],
+            {"method": method[mask]},
+            n_boot=n_boot,
+            seed=seed,
+            groups=None if patients is None else np.asarray(patients)[mask],
+        )[0]
+        ci = n_boot > 0
+        for metric, value, low, high in (
+            ("baseline_auc", "baseline_auc", "baseline_low", "baseline_high"),
+            ("delta_auc", "delta", "delta_low", "delta_high"),
+        ):
+            records.append(
+                {
+                    "segment": segment,
+                    "metric": metric,
+                    "value": row[value],
+                    "ci_low": row[low] if ci else None,
+                    "ci_high": row[high] if ci else None,
+                }
+            )
+        records.append({"segment": segment, "metric": "p_value", "value": row["p_value"]})
+    return records
 
 
 def markdown_table(

@@ -251,6 +251,20 @@ class Orchestrator:
             ).content({ARRAYS: arrays})
             for c in centres
         }
+        self.record_evaluations(kind, contents, arm=arm, seed=seed, split=split, rnd=rnd)
+
+    def record_evaluations(
+        self,
+        kind: type[CentreConfig],
+        contents: Mapping[str, RecordDict],
+        *,
+        arm: str,
+        seed: int,
+        split: str,
+        rnd: int | None = None,
+    ) -> None:
+        """Send the ``kind`` messages ``contents`` (centre -> content) and record the metric
+        records of the replies under ``arm``, ``seed`` and ``split``; failures too."""
         replies, failures = self.send(kind.KIND, contents)
         self.record_failures(failures, arm=arm, seed=seed, rnd=rnd, phase=f"evaluate-{split}")
         for c, content in replies.items():

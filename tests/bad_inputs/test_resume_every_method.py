@@ -9,6 +9,7 @@ the unbroken run's (timings aside), and it must train fewer batches than a fresh
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -129,11 +130,12 @@ def test_a_resumed_fedbn_arm_continues_each_centres_own_batchnorm(tmp_path, monk
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("phase", ["evaluation", "report"])
+@pytest.mark.parametrize("phase", ["evaluation", "comparison", "report"])
 def test_a_run_killed_during_evaluation_or_its_report_resumes_to_the_same_results(
     phase, tmp_path, monkeypatch
 ):
-    # Prepare: the unbroken FedAvg run; the kill point: a random evaluation batch, or the
+    # Prepare: the unbroken FedAvg run; the kill point: a random evaluation batch, the last
+    # one (each training centre's federated-vs-local comparison, after every arm), or the
     # report (results.json complete, results.md and report.html not yet written)
     CountingGrid.evaluations = 0
     unbroken, _ = _run(
@@ -144,6 +146,8 @@ def test_a_run_killed_during_evaluation_or_its_report_resumes_to_the_same_result
     if phase == "evaluation":
         at = random.Random("resume-evaluate").randint(1, CountingGrid.evaluations)
         grid = killing_grid(at, "evaluate.")
+    elif phase == "comparison":
+        grid = killing_grid(CountingGrid.evaluations, "evaluate.")
     else:
 
         def report(*args, **kwargs):
@@ -152,6 +156,11 @@ def test_a_run_killed_during_evaluation_or_its_report_resumes_to_the_same_result
     # Execute
     with pytest.raises(ServerKilled):
         _run("fedavg", tmp_path, monkeypatch, broken, grid, resume=False, report=report)
+    if phase == "comparison":  # killed with every arm done and no comparison made
+        killed = json.loads((broken / "results.json").read_text())
+        assert all(p["done"] for p in killed["progress"].values()), killed["progress"]
+        assert not [r for r in killed["metrics"] if r["metric"] == "delta_auc"]
+        assert [r for r in unbroken["metrics"] if r["metric"] == "delta_auc"]
     again, _ = _run("fedavg", tmp_path, monkeypatch, broken, CountingGrid, resume=True)
     # Assert: the same records, and the report written by the resumed run
     assert _records(again) == _records(unbroken)

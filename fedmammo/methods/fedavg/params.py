@@ -30,7 +30,6 @@ class FedAvgParams(AveragingParams):
     batchnorm: Literal["average", "local"] = "local"
     min_centres: int = Field(default=1, ge=1)
     bootstrap: int = Field(default=1000, ge=0, le=100_000)
-    checkpoint_every: int = Field(default=1, ge=1)
     # Offline LiRA shadow models per audit and centre (even; 0: loss-threshold attack only).
     # Each shadow trains the model locally for rounds x train.epochs epochs: affordable only
     # at small scale.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fedmammo.federation.orchestrator import Orchestrator
+from flwr.app import ArrayRecord
+
+from fedmammo.federation.messages import ARRAYS
+from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
-from fedmammo.methods.fedavg.messages import EvaluateClassifier, TrainClassifier
+from fedmammo.methods.fedavg.messages import BASELINE, EvaluateClassifier, TrainClassifier
 
-__all__ = ["run"]
+__all__ = ["compare_with_local", "run"]
 
 
 def _lira_config(p) -> dict:
@@ -18,8 +21,54 @@ def _lira_config(p) -> dict:
     return dict(lira_shadows=p.audit_shadows, lira_train=train)
 
 
+def _final(orc: Orchestrator, arm: str, seed: int) -> ArrayRecord:
+    """The weights an arm ended with: its checkpoint after its last completed round."""
+    return orc.load_checkpoint(arm, seed, orc.recorder.last_round(arm, seed))
+
+
+def compare_with_local(
+    orc: Orchestrator, *, seed: int, centres: list[str], model: dict, batchnorm: str, n_boot: int
+) -> None:
+    """What each training centre gains from federating: at every centre ``c`` of ``centres``
+    whose arms ``federated`` and ``local-c`` both completed, the federated model against
+    ``local-c`` on ``c``'s test images, paired, inside the centre (``baseline_auc``,
+    ``delta_auc``, ``p_value`` records of the federated arm). The seed is the test
+    evaluation's, so ``baseline_auc`` repeats ``local-c``'s test AUROC and CI. Centres
+    compared before a resume are not compared again."""
+    if not orc.recorder.is_done("federated", seed):
+        return
+    frame = orc.recorder.frame()
+    compared = frame[
+        (frame["arm"] == "federated") & (frame["seed"] == seed) & (frame["metric"] == "delta_auc")
+    ]
+    pending = [
+        c
+        for c in centres
+        if orc.recorder.is_done(f"local-{c}", seed) and c not in set(compared["centre"])
+    ]
+    if not pending:
+        return
+    federated = _final(orc, "federated", seed)
+    contents = {
+        c: orc.message(
+            EvaluateClassifier,
+            arm="federated",
+            seed=derive_seed(seed, c, "eval"),
+            split="test",
+            model=model,
+            n_boot=n_boot,
+            batchnorm=batchnorm,
+            baseline=f"local-{c}",
+        ).content({ARRAYS: federated, BASELINE: _final(orc, f"local-{c}", seed)})
+        for c in pending
+    }
+    orc.record_evaluations(EvaluateClassifier, contents, arm="federated", seed=seed, split="test")
+    orc.recorder.flush()
+
+
 def run(orc: Orchestrator) -> None:
-    """Federated, local and pooled arms for every seed; test evaluation at every centre."""
+    """Federated, local and pooled arms for every seed; test evaluation at every centre; each
+    training centre's gain from federating (:func:`compare_with_local`)."""
     p = orc.params
     model = p.model.model_dump()
     train_centres = orc.centres("train", "receiver")
@@ -81,6 +130,15 @@ def run(orc: Orchestrator) -> None:
                 **_lira_config(p),
             )
             orc.recorder.complete_arm(arm, seed)
+        if {"federated", "local"} <= set(p.arms):
+            compare_with_local(
+                orc,
+                seed=seed,
+                centres=train_centres,
+                model=model,
+                batchnorm=p.batchnorm,
+                n_boot=p.bootstrap,
+            )
     if "pooled" in p.arms and "pooled" in orc.nodes:
         orc.recorder.note(
             "arm 'pooled' is a simulation-only what-if: it trains as if every "

@@ -121,14 +121,17 @@ def _malignancy_records(
     reference: np.ndarray | None,
     n_boot: int,
     seed: int,
+    patients: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """The paper's fine-tuning metrics: operating points, breast-wise AUC, DeLong p-values."""
+    """The paper's fine-tuning metrics: operating points, breast-wise AUC, DeLong p-values
+    (clustered by ``patients``, each image's, when given)."""
     keep = y >= 0
     yk, sk = y[keep], score[keep]
     out: list[dict[str, Any]] = []
     if _two_classes(yk):
         if reference is not None:
-            _, ref_auc, p = delong_test(yk, sk, reference[keep])
+            groups = None if patients is None else patients[keep]
+            _, ref_auc, p = delong_test(yk, sk, reference[keep], groups)
             out += [_record(segment, "auc_p", p), _record(segment, "reference_auc", ref_auc)]
         out += [
             _record(segment, k, v) for k, v in mcc_at_threshold(yk, sk, PAPER_THRESHOLD).items()
@@ -152,7 +155,7 @@ def _malignancy_records(
         out.append(_record(segment, "breast_auc", *_auc(yb, sb, n_boot, seed, patients)))
         if reference is not None and _two_classes(yb):
             _, rb = breast_level(breasts, y, reference)
-            out.append(_record(segment, "breast_auc_p", delong_test(yb, sb, rb)[2]))
+            out.append(_record(segment, "breast_auc_p", delong_test(yb, sb, rb, patients)[2]))
     return out
 
 
@@ -175,14 +178,16 @@ def _scope(
         score = predictions["malignancy"][mask][:, 1]
         ref = None if reference is None else reference["malignancy"][mask][:, 1]
         out.append(_record(segment, "n_malignant", float((y == 1).sum())))
-        auc = _auc(y, score, n_boot, seed, None if patients is None else patients[mask])
-        out.append(_record(segment, "auc", *auc))
+        mine = None if patients is None else patients[mask]
+        out.append(_record(segment, "auc", *_auc(y, score, n_boot, seed, mine)))
         if full:
             where = None if breasts is None else breasts[mask]
-            out += _malignancy_records(segment, y, score, where, ref, n_boot, seed)
+            out += _malignancy_records(segment, y, score, where, ref, n_boot, seed, mine)
         elif ref is not None and _two_classes(y[y >= 0]):
             keep = y >= 0
-            out.append(_record(segment, "auc_p", delong_test(y[keep], score[keep], ref[keep])[2]))
+            groups = None if mine is None else mine[keep]
+            p = delong_test(y[keep], score[keep], ref[keep], groups)[2]
+            out.append(_record(segment, "auc_p", p))
     if not full:
         return out
     if "view" in predictions and "view" in labels:
@@ -221,7 +226,8 @@ def mtl_records(
     ``breast_auc`` (highest probability of the breast's images,
     :func:`fedmammo.evaluation.metrics.breast_level`).
     With ``reference`` (the reference arm's predictions on the same images): ``auc_p``
-    (DeLong's paired test of the two AUCs), ``reference_auc`` and ``breast_auc_p``.
+    (DeLong's paired test of the two AUCs; with ``breasts``, Obuchowski's variance over
+    patients), ``reference_auc`` and ``breast_auc_p``.
     Strata ``density=A..D`` and ``view=CC/MLO`` (by the true label): ``n``,
     ``n_malignant``, ``auc`` and, with ``reference``, ``auc_p``.
     """
@@ -386,7 +392,8 @@ def _strata_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTable
 _P_NOTE = (
     "p: DeLong's paired test of the arm's AUC against its reference arm's on the same test "
     "images (a fine-tuning arm against mtl, any other arm against the single-task "
-    "baseline), one value per seed."
+    "baseline), one value per seed; its variance is Obuchowski's over patients, whose "
+    "images are not independent."
 )
 _OPERATING_COLUMNS = (
     ("auc", "AUC", _cell),

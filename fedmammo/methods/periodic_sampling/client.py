@@ -71,7 +71,7 @@ from fedmammo.config.recipe import LocalTrainingParams
 from fedmammo.data.sampling import QuotaBatchSampler, build_sampler
 from fedmammo.errors import DataError
 from fedmammo.evaluation.metrics import metrics_by_segment
-from fedmammo.evaluation.tables import comparison_rows
+from fedmammo.evaluation.tables import comparison_records
 from fedmammo.federation.centre_models import (
     keep_optimizer_state,
     kept_optimizer_state,
@@ -110,7 +110,7 @@ from fedmammo.methods.periodic_sampling.privacy import dp_plan, dp_session
 from fedmammo.methods.periodic_sampling.report import draw_centre_plots
 from fedmammo.training.classifier import predict_scores, train_classifier
 
-__all__ = ["HANDLERS", "comparison_records", "evaluate", "plots", "train"]
+__all__ = ["HANDLERS", "evaluate", "plots", "train"]
 
 
 def _size(rows: Rows) -> int:
@@ -223,53 +223,6 @@ def train(msg: Message, context: Context) -> Message:
     if privacy is not None:
         records[PRIVACY] = finish_dp(context, privacy, m, steps)
     return reply(msg, context, records, model)
-
-
-def comparison_records(
-    y: np.ndarray,
-    baseline: np.ndarray,
-    method: np.ndarray,
-    segments: np.ndarray,
-    compare: Sequence[str],
-    *,
-    n_boot: int,
-    seed: int,
-    patients: np.ndarray | None = None,
-) -> list[dict]:
-    """``baseline_auc``, ``delta_auc`` (method - baseline) and ``p_value`` per segment
-    (bootstrap CIs over ``patients``, when given)."""
-    records: list[dict] = []
-    for segment in compare:
-        mask = segments == segment
-        if not mask.any():
-            continue
-        row = comparison_rows(
-            y[mask],
-            baseline[mask],
-            {"method": method[mask]},
-            n_boot=n_boot,
-            seed=seed,
-            groups=None if patients is None else patients[mask],
-        )[0]
-        ci = n_boot > 0
-        records += [
-            {
-                "segment": segment,
-                "metric": "baseline_auc",
-                "value": row["baseline_auc"],
-                "ci_low": row["baseline_low"] if ci else None,
-                "ci_high": row["baseline_high"] if ci else None,
-            },
-            {
-                "segment": segment,
-                "metric": "delta_auc",
-                "value": row["delta"],
-                "ci_low": row["delta_low"] if ci else None,
-                "ci_high": row["delta_high"] if ci else None,
-            },
-            {"segment": segment, "metric": "p_value", "value": row["p_value"]},
-        ]
-    return records
 
 
 @handler(EvaluatePeriodic.KIND, consent="metrics")

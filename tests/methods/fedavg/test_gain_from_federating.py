@@ -1,0 +1,102 @@
+"""What each training centre gains from federating: FedAvg compares, inside every training
+centre, the federated model with that centre's local model on its test images (paired,
+patient-level bootstrap), and results.md tabulates it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message
+from helpers.flower_messages import in_process_identity, run_tiny_in_process
+
+from fedmammo.federation.messages import ARRAYS
+from fedmammo.federation.runspec import ENV_VAR
+from fedmammo.methods.fedavg.messages import EvaluateClassifier
+
+TINY = Path(__file__).resolve().parent / "tiny.yaml"
+SETS = {"strategy.params.arms": ["federated", "local"], "strategy.params.bootstrap": 50}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny FedAvg scenario (federated and local arms), in process, with its grid."""
+    tmp = tmp_path_factory.mktemp("gain")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        results, grid = run_tiny_in_process(TINY, tmp, monkeypatch, "fedavg", SETS)
+    return tmp / "run", results, grid
+
+
+def _test_records(results: dict, arm: str, metric: str) -> dict:
+    return {
+        (r["centre"], r["segment"]): r
+        for r in results["metrics"]
+        if r["arm"] == arm and r["metric"] == metric and r["split"] == "test"
+    }
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_every_training_centre_compares_federated_with_its_local_model(tiny_run):
+    _, results, _ = tiny_run
+    deltas = _test_records(results, "federated", "delta_auc")
+    base = _test_records(results, "federated", "baseline_auc")
+    p_values = _test_records(results, "federated", "p_value")
+    # only the training centres (t trains nothing: it has no local arm), over all their test
+    # images and per segment
+    assert {c for c, _ in deltas} == {"a", "b"}
+    for c in ("a", "b"):
+        segments = {s for (centre, s) in _test_records(results, "federated", "auc") if centre == c}
+        assert {s for (centre, s) in deltas if centre == c} == segments
+        assert {s for (centre, s) in p_values if centre == c} == segments
+    for c in ("a", "b"):
+        fed = _test_records(results, "federated", "auc")[c, None]
+        local = _test_records(results, f"local-{c}", "auc")[c, None]
+        # the baseline is local-c on the same images and the same patient resamples: its AUROC
+        # and CI repeat local-c's own test record exactly
+        assert (base[c, None]["value"], base[c, None]["ci_low"], base[c, None]["ci_high"]) == (
+            local["value"],
+            local["ci_low"],
+            local["ci_high"],
+        )
+        delta = deltas[c, None]
+        assert delta["value"] == pytest.approx(fed["value"] - local["value"], abs=1e-12)
+        assert delta["ci_low"] <= delta["ci_high"]
+        assert delta["ci_high"] - delta["ci_low"] > 0  # 50 resamples of a few patients vary
+        assert 0.0 <= p_values[c, None]["value"] <= 1.0
+    assert results["failures"] == []
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_results_md_tabulates_each_centres_gain(tiny_run):
+    run_dir, results, _ = tiny_run
+    text = (run_dir / "results.md").read_text()
+    assert "## What each centre gains from federating" in text
+    delta = _test_records(results, "federated", "delta_auc")
+    local = _test_records(results, "local-a", "auc")["a", None]
+    row = next(line for line in text.splitlines() if line.startswith("| a |"))
+    d = delta["a", None]
+    assert f"{local['value']:.3f} [{local['ci_low']:.3f}, {local['ci_high']:.3f}]" in row
+    assert f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]" in row
+    assert not any(line.startswith("| t |") for line in text.splitlines())
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_comparison_without_the_baseline_weights_is_refused_by_name(tiny_run, monkeypatch):
+    run_dir, _, grid = tiny_run
+    monkeypatch.setenv(ENV_VAR, str(run_dir / "runspec.json"))
+    # the run's own test evaluation at a, now naming a baseline arm but carrying no weights
+    node, config = next(
+        (n, cfg)
+        for n, kind, cfg in grid.log
+        if kind == EvaluateClassifier.KIND and grid.names[n] == "a" and cfg["split"] == "test"
+    )
+    m = dataclasses.replace(EvaluateClassifier.from_config(config), baseline="local-a")
+    arrays = ArrayRecord(torch.load(run_dir / "checkpoints" / "federated" / "seed0_round002.pt"))
+    grid.strict = False
+    with in_process_identity():
+        message = Message(m.content({ARRAYS: arrays}), dst_node_id=node, message_type=m.KIND)
+        [reply] = grid.send_and_receive([message])
+    assert reply.has_error()
+    assert "names baseline arm local-a but carries no baseline record" in reply.error.reason
