@@ -65,16 +65,30 @@ def bootstrap_statistic(
 
 
 def bootstrap_mean(
-    values: Any, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+    values: Any,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    groups: Any = None,
+    confidence: float = 0.95,
 ) -> tuple[float, float, float]:
-    """Return (mean, CI low, CI high) of per-sample ``values`` (vectorised resamples)."""
+    """Return (mean, CI low, CI high) of per-sample ``values`` (vectorised resamples); with
+    ``groups`` (one key per sample: its patient) whole patients are resampled and each
+    resample's mean is over the samples it drew."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size == 0:
         raise DataError(f"bootstrap_mean: expected a non-empty 1-D array, got shape {v.shape}")
     _check_boot(n_boot, confidence)
     if n_boot == 0:
         return float(v.mean()), math.nan, math.nan
-    boots = np.concatenate([v[c].mean(axis=1) for c in _bootstrap_indices(v.size, n_boot, seed)])
+    if groups is None:
+        chunks = [v[c].mean(axis=1) for c in _bootstrap_indices(v.size, n_boot, seed)]
+    else:
+        chunks = [
+            (counts @ v) / counts.sum(axis=1)
+            for counts in _resample_counts(v.size, n_boot, seed, groups)
+        ]
+    boots = np.concatenate(chunks)
     low, high = _percentile_ci(boots, confidence)
     return float(v.mean()), low, high
 

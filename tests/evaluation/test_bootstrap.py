@@ -35,6 +35,33 @@ def test_generic_statistic_matches_the_vectorised_mean_and_handles_no_bootstrap(
     assert value == pytest.approx(values.mean()) and math.isnan(low) and math.isnan(high)
 
 
+def test_mean_over_patients_equals_the_generic_patient_bootstrap():
+    # Prepare: 30 patients of 1-5 samples each
+    rng = np.random.default_rng(2)
+    groups = np.repeat([f"p{k}" for k in range(30)], rng.integers(1, 6, 30))
+    values = rng.random(groups.size)
+    # Execute
+    vectorised = bootstrap_mean(values, n_boot=300, seed=4, groups=groups)
+    generic = bootstrap_statistic(
+        lambda idx: values[idx].mean(), values.size, n_boot=300, seed=4, groups=groups
+    )
+    # Assert: the same resamples of patients, each mean over the samples drawn
+    assert vectorised == pytest.approx(generic, rel=1e-12)
+
+
+def test_copies_of_a_patients_samples_do_not_narrow_the_patient_bootstrap():
+    # Prepare: one sample per patient, then every sample four times under its patient
+    values = (np.random.default_rng(3).random(40) < 0.7).astype(float)
+    patients = np.arange(40)
+    # Execute
+    once = bootstrap_mean(values, n_boot=400, seed=5, groups=patients)
+    copies = bootstrap_mean(np.repeat(values, 4), n_boot=400, seed=5, groups=np.repeat(patients, 4))
+    as_images = bootstrap_mean(np.repeat(values, 4), n_boot=400, seed=5)
+    # Assert: the same interval by patient; about half as wide counting copies as samples
+    assert copies == pytest.approx(once, rel=1e-12)
+    assert (as_images[2] - as_images[1]) < 0.7 * (once[2] - once[1])
+
+
 def test_bad_input_is_refused():
     with pytest.raises(DataError, match="must match"):
         accuracy_ci([0, 1], [0])

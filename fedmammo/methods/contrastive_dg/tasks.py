@@ -3,8 +3,8 @@ the downstream tasks' inputs, models, fine-tuning and evaluation, the embedding 
 
 Evaluation of several task models at once (an unseen centre receives the models fine-tuned
 at every labelled centre): the metric is the mean over the models of each model's metric on
-the centre's test samples, and its bootstrap CI resamples those samples (the same resample
-for every model), so it reads "a locally fine-tuned model, on this vendor".
+the centre's test samples, and its bootstrap CI resamples the samples' patients (the same
+resample for every model), so it reads "a locally fine-tuned model, on this vendor".
 """
 
 from __future__ import annotations
@@ -236,6 +236,7 @@ class TaskInputs:
     boxes: list[np.ndarray] = field(default_factory=list)
     pairs: MatchPairs | None = None
     n_patients: int = 0
+    patients: np.ndarray | None = None  # each sample's patient (what a bootstrap resamples)
 
     def __len__(self) -> int:
         if self.pairs is not None:
@@ -254,17 +255,28 @@ def task_inputs(
     n_patients = int(frame["patient_id"].nunique())
     if task == "matching":
         pairs = matching_pairs(data.cache.get, frame, out_size=ft.crop_size, seed=seed)
-        return TaskInputs(task, pairs=pairs, n_patients=n_patients)
+        return TaskInputs(task, pairs=pairs, n_patients=n_patients, patients=pairs.patient_ids)
     if task == "birads":
         crops = mass_crops(data.cache.get, frame, out_size=ft.crop_size, label="birads")
-        return TaskInputs(task, images=crops.crops, labels=crops.labels, n_patients=n_patients)
+        return TaskInputs(
+            task,
+            images=crops.crops,
+            labels=crops.labels,
+            n_patients=n_patients,
+            patients=crops.patient_ids,
+        )
     images = data.cache.images(data.cache.rows(frame["image_id"].astype(str)))
+    patients = frame["patient_id"].astype(str).to_numpy()
     if task == "density":
         labels = density_labels(frame, binary=ft.density_classes == 2)
-        return TaskInputs(task, images=images, labels=labels, n_patients=n_patients)
+        return TaskInputs(
+            task, images=images, labels=labels, n_patients=n_patients, patients=patients
+        )
     if task == "detection":
         boxes = detection_targets(frame)
-        return TaskInputs(task, images=images, boxes=boxes, n_patients=n_patients)
+        return TaskInputs(
+            task, images=images, boxes=boxes, n_patients=n_patients, patients=patients
+        )
     raise DataError(f"unknown downstream task {task!r}")
 
 
@@ -366,23 +378,29 @@ def evaluate_task(
     n_boot: int = 0,
     seed: int = 0,
 ) -> list[dict]:
-    """The task metric averaged over ``models``, with a bootstrap CI over the samples."""
+    """The task metric averaged over ``models``, with a bootstrap CI over the samples (over
+    their patients, when ``inputs`` names them)."""
     name = metric_name(task, fraction)
     if not models or len(inputs) == 0:
         return []
+    patients = inputs.patients
     if task == "detection":
         per = [_detection_per_image(m, inputs) for m in models]
 
         def stat(idx: np.ndarray) -> float:
             return float(np.mean([_ap(p, idx) for p in per]))
 
-        value, low, high = bootstrap_statistic(stat, len(inputs), n_boot=n_boot, seed=seed)
+        value, low, high = bootstrap_statistic(
+            stat, len(inputs), n_boot=n_boot, seed=seed, groups=patients
+        )
         return [_record(name, value, low, high)]
     stack = np.stack([_correct(task, m, inputs, ft) for m in models])
-    correct = stack[:, np.isfinite(stack).all(axis=0)].mean(axis=0)  # unlabelled: left out
+    labelled = np.isfinite(stack).all(axis=0)  # unlabelled samples are left out
+    correct = stack[:, labelled].mean(axis=0)
     if correct.size == 0:
         return []
-    value, low, high = bootstrap_mean(correct, n_boot=n_boot, seed=seed)
+    groups = None if patients is None else patients[labelled]
+    value, low, high = bootstrap_mean(correct, n_boot=n_boot, seed=seed, groups=groups)
     return [_record(name, value, low, high)]
 
 

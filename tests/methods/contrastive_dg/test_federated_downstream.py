@@ -232,6 +232,8 @@ def test_one_centre_one_round_equals_fine_tuning_there_directly(tmp_path):
     }
     for c in ("A", "D"):
         test = task_inputs(data[c], "density", "test", p.finetune)
+        # each test image names its patient, for the CI's patient bootstrap
+        assert len(test.patients) == len(test) and len(set(test.patients)) == test.n_patients
         (direct,) = evaluate_task("density", [net], test, p.finetune)
         assert recorded[c] == pytest.approx(direct["value"]), c
 

@@ -72,6 +72,30 @@ def test_accuracy_of_several_models_is_the_mean_of_their_accuracies():
     assert both[0]["ci_low"] <= both[0]["value"] <= both[0]["ci_high"]
 
 
+def test_the_ci_resamples_patients_when_the_inputs_name_them():
+    # Prepare: 12 patients of 4 identical crops each; a classifier right on 8 of them
+    images = np.repeat(np.linspace(0.1, 0.8, 12), 4)[:, None, None] * np.ones((1, 8, 8))
+    images = images.astype(np.float32)
+    labels = (np.repeat(np.arange(12), 4) % 3 != 0).astype(np.int64)
+    patients = np.repeat([f"p{k}" for k in range(12)], 4)
+    model = [_Classifier(0.3)]
+    # Execute
+    by_patient = evaluate_task(
+        "birads",
+        model,
+        TaskInputs("birads", images=images, labels=labels, patients=patients),
+        FT,
+        n_boot=300,
+    )[0]
+    by_crop = evaluate_task(
+        "birads", model, TaskInputs("birads", images=images, labels=labels), FT, n_boot=300
+    )[0]
+    # Assert: same value; the crops of a patient are not four cases, so the CI is wider
+    assert by_patient["value"] == by_crop["value"]
+    width = {k: r["ci_high"] - r["ci_low"] for k, r in (("p", by_patient), ("c", by_crop))}
+    assert width["p"] > 1.5 * width["c"]
+
+
 def test_unlabelled_samples_are_left_out():
     images = np.zeros((4, 8, 8), np.float32)
     inputs = TaskInputs("birads", images=images, labels=np.array([0, 0, -1, 1]))
