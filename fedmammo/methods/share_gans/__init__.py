@@ -10,7 +10,11 @@ METHOD = register(
         description=" ".join(__doc__.split()),
         params=params.ShareGansParams,
         run=server.run,
-        handlers=(*client.HANDLERS, receiver.train_patch_classifier_handler),
+        handlers=(
+            *client.HANDLERS,
+            receiver.train_patch_classifier_handler,
+            receiver.patch_gain_handler,
+        ),
         report=report.section,
         plan=plan.plan,
     )

@@ -1,4 +1,5 @@
-"""Generator sharing's messages: ``train.generator`` and ``train.patch_classifier``.
+"""Generator sharing's messages: ``train.generator``, ``train.patch_classifier`` and
+``evaluate.patch_gain``.
 
 A ``train.generator`` reply carries the generator's snapshots (``gen-e<epoch>``, see
 :func:`snapshot_record`), its ``description`` (:class:`GeneratorInfo`), ``metrics``
@@ -22,6 +23,7 @@ from fedmammo.federation.messages import (
 
 __all__ = [
     "DESCRIPTION",
+    "EvaluatePatchGain",
     "GeneratorInfo",
     "GeneratorMetrics",
     "PatchClassifierMetrics",
@@ -120,7 +122,8 @@ class TrainPatchClassifier(ArmConfig):
     sampled from ``generators`` (``[{"description", "records"}]``; ``harmonise``: translated
     into the receiver's style by a CycleGAN trained with ``cyclegan``), another centre's real
     ones (``real_from``, simulation only) or, for a control, its own drawn again
-    (``own_lesions``)."""
+    (``own_lesions``). With ``run_key`` the receiver keeps its test scores, on its own disk, for
+    :class:`EvaluatePatchGain`."""
 
     subset: str = wire("subset")
     fraction: float = wire("fraction")
@@ -136,3 +139,17 @@ class TrainPatchClassifier(ArmConfig):
     plot_dir: str = wire("plot-dir", "")
     n_boot: int = wire("n-boot", 0)
     generators: list[dict] = wire("generators", [], as_json=True)
+    run_key: str = wire("run-key", "", omit_default=True)
+
+
+@message("evaluate.patch_gain", reply=EvaluationMetrics)
+class EvaluatePatchGain(ArmConfig):
+    """Compare, inside the receiver, the test scores it kept of ``arm`` (a
+    ``train.patch_classifier`` run of this ``seed`` and ``run_key``) with those of the
+    ``baseline`` run: the same test patches and bootstrap resamples, paired. Reply:
+    ``baseline_auc``, ``delta_auc`` (arm - baseline, CI over the test patches' patients) and
+    ``p_value``."""
+
+    baseline: str = wire("baseline")
+    run_key: str = wire("run-key")
+    n_boot: int = wire("n-boot", 0)

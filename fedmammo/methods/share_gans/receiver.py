@@ -1,5 +1,5 @@
-"""Handler of the receiving centre of generator sharing (GAN-sharing and CycleGAN-UDA papers):
-train.patch_classifier.
+"""Handlers of the receiving centre of generator sharing (GAN-sharing and CycleGAN-UDA papers):
+train.patch_classifier and evaluate.patch_gain.
 
 ``train.patch_classifier`` runs one arm, subset, data fraction and seed and replies test
 metrics only (the AUROC with a bootstrap CI). The message carries the arm's generators
@@ -13,13 +13,21 @@ adds as many of its own healthy patches and keeps the epoch with the best valida
 bound): the receiver reads that centre's prepared data from the shared simulation data
 directory, like the pooled what-if; the other centre sends nothing, and a deployed centre
 (node config ``centre``) refuses.
+
+With a ``run-key`` the receiver keeps each run's test scores in its own state folder
+(:data:`KEPT_SCORES`), and ``evaluate.patch_gain`` compares an arm run with the receiver-alone
+run of the same seed from them: the AUROC difference with a paired bootstrap CI over the test
+patches' patients. Scores never leave the receiver.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,16 +37,21 @@ from fedmammo.data.patches import PatchSet
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.evaluation.metrics import bootstrap_auc, classification_metrics
+from fedmammo.evaluation.tables import comparison_records
 from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
 from fedmammo.federation.codec import arrays_to_state
 from fedmammo.federation.egress import EgressError
 from fedmammo.federation.handlers import handler, reply
-from fedmammo.federation.messages import METRICS
+from fedmammo.federation.messages import METRICS, EvaluationMetrics
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import load_runspec, scenario_of
-from fedmammo.federation.site import deployed, plot_dir, single_centre
+from fedmammo.federation.site import deployed, plot_dir, single_centre, state_dir
 from fedmammo.methods.share_gans.client import lesion_patches, lesions
-from fedmammo.methods.share_gans.messages import PatchClassifierMetrics, TrainPatchClassifier
+from fedmammo.methods.share_gans.messages import (
+    EvaluatePatchGain,
+    PatchClassifierMetrics,
+    TrainPatchClassifier,
+)
 from fedmammo.methods.share_gans.report import plot_sample_grid
 from fedmammo.models import build_model
 from fedmammo.models.gans import GeneratorDescription, sample_patches
@@ -51,7 +64,10 @@ from fedmammo.training.patch_classifier import (
     train_patch_classifier,
 )
 
-__all__ = ["train_patch_classifier_handler"]
+__all__ = ["KEPT_SCORES", "patch_gain_handler", "train_patch_classifier_handler"]
+
+#: The receiver's folder (in its own state folder) of the test scores of each arm run.
+KEPT_SCORES = "share_gans_scores"
 
 _EVAL_SETS: dict[tuple, PatchSet] = {}
 _CLASSIFIER_KEYS = (
@@ -198,6 +214,67 @@ def _added_lesions(
     return added
 
 
+def _kept_scores_file(
+    context: Context, ident: CentreIdentity, run_key: str, arm: str, seed: int
+) -> Path:
+    """Where the receiver keeps one arm run's test scores: its own state folder, under names
+    made from what the server sent (sanitised and hashed, never a path it chose)."""
+    run = hashlib.sha256(run_key.encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9_.@+~-]", "_", arm)[:80]
+    digest = hashlib.sha256(f"{arm}|{seed}".encode()).hexdigest()[:8]
+    return state_dir(context, ident) / KEPT_SCORES / run / f"{name}-{digest}.npz"
+
+
+def _keep_scores(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+
+
+def _kept_scores(context: Context, ident: CentreIdentity, m: EvaluatePatchGain, arm: str):
+    path = _kept_scores_file(context, ident, m.run_key, arm, m.seed)
+    if not path.is_file():
+        raise DataError(
+            f"centre {ident.name}: no test scores kept of arm {arm} (seed {m.seed}) in this run: "
+            "its train.patch_classifier run did not finish here, or this centre's state folder "
+            f"was emptied ({path.parent})"
+        )
+    with np.load(path, allow_pickle=False) as kept:
+        return {k: kept[k] for k in kept.files}
+
+
+@handler(EvaluatePatchGain.KIND, consent="metrics")
+def patch_gain_handler(msg: Message, context: Context) -> Message:
+    """One arm run against the receiver-alone run of the same seed, from the test scores the
+    receiver kept of both: paired AUROC difference, CI over patients; scalars only leave."""
+    start = time.perf_counter()
+    m = EvaluatePatchGain.of(msg)
+    ident = identity_of(context)
+    arm, base = (_kept_scores(context, ident, m, a) for a in (m.arm, m.baseline))
+    if not all(np.array_equal(arm[k], base[k]) for k in ("image_ids", "labels", "patients")):
+        raise DataError(
+            f"centre {ident.name}: arms {m.arm} and {m.baseline} were tested on different "
+            "patches; they cannot be compared pair by pair"
+        )
+    n = len(arm["labels"])
+    records = comparison_records(
+        arm["labels"],
+        base["scores"],
+        arm["scores"],
+        np.zeros(n),
+        [None],
+        n_boot=m.n_boot,
+        seed=derive_seed(m.seed, "boot"),  # the resamples of both runs' own CIs
+        patients=arm["patients"],
+    )
+    metrics = EvaluationMetrics(
+        records=records, num_examples=n, compute_seconds=time.perf_counter() - start
+    )
+    return reply(msg, context, {METRICS: metrics.to_metrics()})
+
+
 def _model(spec: Mapping, patch_size: int, seed: int) -> torch.nn.Module:
     options = dict(spec.get("options", {}))
     if spec["name"] == "patch_cnn":
@@ -245,14 +322,19 @@ def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
         for k in ("accuracy", "f1", "auc", "auprc", "n", "n_pos")
     ]
     patient_of = data.manifest.set_index("image_id")["patient_id"].astype(str)
+    patients = patient_of.reindex(test.image_ids.astype(str)).to_numpy()
     _, low, high = bootstrap_auc(  # whole patients resampled: their patches are not independent
-        test.labels,
-        scores,
-        n_boot=m.n_boot,
-        seed=derive_seed(seed, "boot"),
-        groups=patient_of.reindex(test.image_ids.astype(str)).to_numpy(),
+        test.labels, scores, n_boot=m.n_boot, seed=derive_seed(seed, "boot"), groups=patients
     )
     records[2].update(ci_low=low, ci_high=high)  # NaN without a bootstrap
+    if m.run_key:  # for evaluate.patch_gain: the arm against the receiver alone, paired
+        _keep_scores(
+            _kept_scores_file(context, ident, m.run_key, m.arm, seed),
+            image_ids=test.image_ids.astype(str),
+            labels=test.labels,
+            scores=scores,
+            patients=patients.astype(str),
+        )
     metrics = PatchClassifierMetrics(
         records=records,
         best_epoch=result.best_epoch,

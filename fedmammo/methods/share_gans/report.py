@@ -29,6 +29,8 @@ from fedmammo.evaluation.results import RunRecorder
 
 __all__ = [
     "section",
+    "GAIN",
+    "GAIN_CI",
     "GENERATOR_METRICS",
     "METRICS",
     "MOVED",
@@ -55,6 +57,8 @@ GENERATOR_METRICS: dict[str, str] = {
     "n_snapshots": "snapshots",
     "epsilon": "DP epsilon",  # only for generators trained with a DP discriminator
 }
+#: Columns of the arms' paired AUROC gain over the receiver alone (``delta_auc`` records).
+GAIN, GAIN_CI = "ΔAUROC vs alone", "CI above / below 0"
 #: Flag of the arms that moved real pixels between centres.
 MOVED = "YES (simulation only)"
 _SUBSET_TITLES = {
@@ -114,12 +118,23 @@ def _cell(values: pd.Series) -> tuple[str, float]:
     return f"{v.mean():.3f} ({v.std(ddof=1):.3f})", float(v.mean())
 
 
+def _gain_cells(gains: pd.DataFrame) -> tuple[str, str]:
+    """An arm's paired AUROC gain over the receiver alone (mean (std) over seeds) and in how
+    many seeds its CI lies above / below 0; "-" for the receiver-alone arm itself."""
+    if gains.empty:
+        return "-", "-"
+    text, _ = _cell(gains["value"])
+    with_ci = gains.dropna(subset=["ci_low", "ci_high"])
+    above, below = int((with_ci["ci_low"] > 0).sum()), int((with_ci["ci_high"] < 0).sum())
+    return text, f"{above} / {below} of {len(with_ci)}" if len(with_ci) else "-"
+
+
 def build_gan_tables(df: pd.DataFrame, *, arm_order: Sequence[str] | None = None) -> list[GanTable]:
     """Tables of final test metrics, one per (subset, fraction); arms in ``arm_order`` first."""
     if df.empty:
         return []
     sel = df[(df["split"] == "test") & df["round"].isna() & df["segment"].isna()]
-    sel = sel[sel["metric"].isin(list(METRICS))]
+    sel = sel[sel["metric"].isin([*METRICS, "delta_auc"])]
     # lesion patches an arm added (the real-patch arm: at most what the sharer has)
     added = df[(df["split"] == "val") & (df["metric"] == "n_added_lesion")]
     added = added.groupby("arm")["value"].mean()
@@ -145,7 +160,8 @@ def build_gan_tables(df: pd.DataFrame, *, arm_order: Sequence[str] | None = None
                 row, mean = {}, {}
                 for metric, title in METRICS.items():
                     row[title], mean[title] = _cell(g.loc[g["metric"] == metric, "value"])
-                row["seeds"] = str(g["seed"].nunique())
+                row[GAIN], row[GAIN_CI] = _gain_cells(g[g["metric"] == "delta_auc"])
+                row["seeds"] = str(g.loc[g["metric"] == "auc", "seed"].nunique())
                 n_added = added.reindex(g["arm"].unique()).mean()
                 row["added lesions"] = "-" if math.isnan(n_added) else f"{n_added:.0f}"
                 row["pixels moved"] = MOVED if moves_pixels(arm) else "no"
@@ -187,9 +203,12 @@ def tables_markdown(
     """Markdown of the tables (best per column in bold) and the generator table."""
     lines = [heading or "## Lesion-patch classification on the receiver's test set", ""]
     lines += [
-        "Mean (std) over seeds; AUROC is the records' `auc`. Arms flagged "
-        f"'{MOVED}' moved real lesion patches between centres: a simulation-only upper bound "
-        "that no deployment may run.",
+        "Mean (std) over seeds; AUROC is the records' `auc`. "
+        f"{GAIN}: the arm's AUROC minus the receiver-alone arm's, on the same test patches, "
+        "computed inside the receiver; "
+        f"{GAIN_CI}: in how many seeds its paired 95% bootstrap CI (over the test patients) "
+        f"lies above / below 0. Arms flagged '{MOVED}' moved real lesion patches between "
+        "centres: a simulation-only upper bound that no deployment may run.",
         "",
     ]
     if not tables:
@@ -226,18 +245,22 @@ def print_tables(
         rt = Table(
             title=table.title,
             box=box.SIMPLE_HEAD,
-            caption=f"mean (std) over {seeds} "
-            "seed(s); moved YES: real patches left their centre (simulation only)",
+            caption=f"mean (std) over {seeds} seed(s); ΔAUROC: over the receiver alone, paired; "
+            "CI +/-: seeds whose CI of it is above / below 0; moved YES: real patches left "
+            "their centre (simulation only)",
         )
         rt.add_column("arm", overflow="fold")  # fold, never crop or cut to "…"
         for title in METRICS.values():
             rt.add_column(title, justify="right", min_width=max(7, len(title)), overflow="fold")
+        rt.add_column("ΔAUROC", justify="right", overflow="fold")  # GAIN, GAIN_CI, shorter
+        rt.add_column("CI +/-", justify="right", overflow="fold")
         rt.add_column("moved", min_width=5)
         for arm, row in table.frame.iterrows():
             cells = []
             for title in METRICS.values():
                 text = str(row[title]).replace(" (", "\n(")
                 cells.append(f"[bold]{text}[/]" if table.best.get(title) == arm else text)
+            cells += [str(row.get(title, "-")).replace(" (", "\n(") for title in (GAIN, GAIN_CI)]
             moved = row["pixels moved"] == MOVED
             cells.append("[bold red]YES[/]" if moved else "no")
             rt.add_row(str(arm), *cells)

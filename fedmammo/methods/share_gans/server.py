@@ -51,6 +51,7 @@ from fedmammo.methods.share_gans.generators import (
 )
 from fedmammo.methods.share_gans.messages import (
     DESCRIPTION,
+    EvaluatePatchGain,
     GeneratorInfo,
     GeneratorMetrics,
     TrainGenerator,
@@ -332,6 +333,7 @@ def _classifier_config(
         grid_columns=p.grid_columns,
         plot_dir="" if orc.spec.deployment else str(orc.run_dir / "plots"),
         n_boot=p.bootstrap,
+        run_key=orc.run_dir.name,  # the receiver keeps the test scores for the paired gain
         generators=[
             {
                 "description": g.description.to_dict(),
@@ -429,6 +431,60 @@ def _record_arm(orc: Orchestrator, rec: str, seed: int, result: JobResult) -> No
     )
 
 
+def _gains_over_receiver_alone(orc: Orchestrator, p: ShareGansParams, specs: list[ArmSpec]):
+    """Phase 3: every finished arm run against the receiver-alone arm run of its cell and seed
+    (``evaluate.patch_gain``, computed by the receiver from the test scores it kept):
+    ``baseline_auc``, ``delta_auc`` and ``p_value`` records of the arm run. Runs compared
+    before a resume are not compared again."""
+    alone = next((s for s in specs if s.name == s.receiver), None)
+    if alone is None:
+        return
+    frame = orc.recorder.frame()
+    compared = set(zip(*(frame.loc[frame["metric"] == "delta_auc", c] for c in ("arm", "seed"))))
+    jobs, runs = [], []
+    for seed in orc.scenario.seeds:
+        for subset in p.subsets:
+            for fraction in p.fractions:
+                for spec, label, _ in p.classifier_runs(specs):
+                    rec = record_arm(spec.name, subset, fraction, label)
+                    base = record_arm(alone.name, subset, fraction, label)
+                    if (
+                        spec is alone
+                        or (rec, seed) in compared
+                        or not orc.recorder.is_done(rec, seed)
+                        or not orc.recorder.is_done(base, seed)
+                    ):
+                        continue
+                    m = orc.message(
+                        EvaluatePatchGain,
+                        arm=rec,
+                        seed=derive_seed(seed, subset, fraction),  # the runs' own
+                        baseline=base,
+                        run_key=orc.run_dir.name,
+                        n_boot=p.bootstrap,
+                    )
+                    jobs.append(Job(spec.receiver, m.content))
+                    runs.append((rec, seed))
+    if jobs:
+        orc.console.print(
+            f"  {len(jobs)} arm run(s) against {alone.name} alone: paired, inside {alone.receiver}"
+        )
+    for result in orc.run_jobs(EvaluatePatchGain.KIND, jobs):
+        rec, seed = runs[result.index]
+        if result.content is None:
+            orc.record_failures(
+                {result.centre: result.failure or "error"},
+                arm=rec,
+                seed=seed,
+                rnd=None,
+                phase=EvaluatePatchGain.KIND,
+            )
+            continue
+        records = EvaluatePatchGain.REPLY.from_metrics(result.content[METRICS]).records
+        orc.recorder.add(records, arm=rec, seed=seed, centre=result.centre, split="test")
+    orc.recorder.flush()
+
+
 def run(orc: Orchestrator) -> None:
     """Phase 1 (shared generators) then every arm x subset x fraction x seed; the tables."""
     p: ShareGansParams = orc.params
@@ -466,6 +522,7 @@ def run(orc: Orchestrator) -> None:
                         runs.append((record_arm(spec.name, subset, fraction, label), seed))
     for result in orc.run_jobs(TrainPatchClassifier.KIND, jobs):
         _record_arm(orc, *runs[result.index], result)
+    _gains_over_receiver_alone(orc, p, specs)
     orc.recorder.note(
         "records: arm '<arm>@<subset>-<percent of the receiver's training "
         "data>' ('<arm>~<label>@...' for classifier.extra_models); metric 'auc' is the AUROC"

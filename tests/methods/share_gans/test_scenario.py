@@ -13,7 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from helpers.flower_messages import InProcessGrid, in_process_identity
 from helpers.gan_runs import (
     ARMS,
     METRICS,
@@ -31,7 +33,8 @@ from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.methods import get_method
 from fedmammo.methods.share_gans.generators import load_shared_generator, untrained_generator
 from fedmammo.methods.share_gans.params import UNTRAINED, ClassifierParams, parse_arm
-from fedmammo.methods.share_gans.receiver import _added_lesions
+from fedmammo.methods.share_gans.receiver import KEPT_SCORES, _added_lesions
+from fedmammo.methods.share_gans.report import GAIN, GAIN_CI, record_arm
 from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
 from fedmammo.models.gans import sample_generator
 
@@ -102,6 +105,69 @@ def test_an_extra_classifier_trains_its_arms_on_the_same_patches_and_follows_in_
     block = tables.split("### ")[1]  # all lesion types, 100 %: CNN rows, then the Swin rows
     rows = [ln.split("|")[1].strip() for ln in block.splitlines() if ln.startswith("| A")]
     assert rows == [*ARMS, "A~swin", "A+synth_B_dcgan~swin"]
+
+
+def test_every_arm_run_is_compared_with_the_receiver_alone_inside_the_receiver(env):
+    # Prepare / Execute (the fixture ran the strategy: phase 3 compares every arm run)
+    _, _, orc, grid = env
+    test = {
+        (r["arm"], r["seed"], r["metric"]): r
+        for r in orc.recorder.metrics
+        if r["split"] == "test" and r["segment"] is None
+    }
+    runs = [(a, "") for a in ARMS] + [(a, "swin") for a in SWIN["arms"]]
+    # Assert: each arm run against A's run of the same cell, seed and classifier: A's AUROC and
+    # CI repeated exactly (the same patches and resamples), the difference of the two AUROCs
+    compared = 0
+    for arm, label in runs:
+        for pct in (100, 50):
+            for seed in (0, 1):
+                rec, alone = (record_arm(a, "all", pct / 100, label) for a in (arm, "A"))
+                if arm == "A":
+                    assert (rec, seed, "delta_auc") not in test
+                    continue
+                base, delta = test[(rec, seed, "baseline_auc")], test[(rec, seed, "delta_auc")]
+                a_auc = test[(alone, seed, "auc")]
+                assert [base[k] for k in ("value", "ci_low", "ci_high")] == [
+                    a_auc[k] for k in ("value", "ci_low", "ci_high")
+                ]
+                auc = test[(rec, seed, "auc")]["value"]
+                assert delta["value"] == pytest.approx(auc - a_auc["value"], abs=1e-12)
+                assert delta["ci_low"] <= delta["ci_high"]
+                assert 0 <= test[(rec, seed, "p_value")]["value"] <= 1
+                compared += 1
+    gains = [c for _, k, c in grid.log if k == "evaluate.patch_gain"]
+    assert compared == len(gains) == (len(ARMS) - 1 + 1) * 2 * 2
+    # the scores stayed at the receiver: one kept file per arm run, in its own state folder
+    centres = Path(orc.spec.run_dir) / "centres"
+    assert len(list(centres.glob(f"A/{KEPT_SCORES}/*/*.npz"))) == (len(ARMS) + 2) * 2 * 2
+    assert not list(centres.glob(f"[BC]/{KEPT_SCORES}"))
+    tables = (Path(orc.spec.run_dir) / TABLES_FILE).read_text()
+    lines = tables.splitlines()
+    header = next(ln for ln in lines if ln.startswith("| arm |")).split("|")
+    cells = dict(zip(header, next(ln for ln in lines if ln.startswith("| A |")).split("|")))
+    assert cells[f" {GAIN} "] == cells[f" {GAIN_CI} "] == " - "  # A: no gain over itself
+    cells = dict(zip(header, next(ln for ln in lines if ln.startswith("| A+real_B |")).split("|")))
+    assert cells[f" {GAIN_CI} "].strip().endswith("of 2")  # two seeds, each with its CI
+
+
+def test_a_gain_without_kept_scores_is_refused_by_name(env, monkeypatch):
+    # Prepare: the run's own gain message, for an arm run the receiver never trained, to a
+    # fresh receiver node of the run (its state folder is the run's)
+    _, _, orc, run_grid = env
+    config = next(c for _, k, c in run_grid.log if k == "evaluate.patch_gain")
+    config = {**config, "arm": "A+synth_Z_dcgan@all-100"}
+    monkeypatch.setenv(ENV_VAR, str(Path(orc.spec.run_dir) / "runspec.json"))
+    grid = InProcessGrid(orc.spec.node_order)
+    node = next(n for n, name in grid.names.items() if name == "A")
+    # Execute
+    with in_process_identity():
+        content = RecordDict({"config": ConfigRecord(config)})
+        message = Message(content, dst_node_id=node, message_type="evaluate.patch_gain")
+        [reply] = grid.send_and_receive([message])
+    # Assert
+    assert reply.has_error()
+    assert "no test scores kept of arm A+synth_Z_dcgan@all-100" in reply.error.reason
 
 
 def test_arms_of_one_seed_share_the_receivers_own_patches(env):
@@ -255,7 +321,10 @@ def test_resume_runs_only_what_is_missing(env):
     resumed, grid = run_in_process(scenario_file, Path(orc.spec.run_dir), resume=True)
     # Assert
     sent = [(k, c.get("arm")) for _, k, c in grid.log if k != "query.identify"]
-    assert sent == [("train.patch_classifier", "A+synth_C_dcgan@all-50")]
+    assert sent == [
+        ("train.patch_classifier", "A+synth_C_dcgan@all-50"),
+        ("evaluate.patch_gain", "A+synth_C_dcgan@all-50"),  # its gain went with its records
+    ]
     assert ("A+synth_C_dcgan@all-50", 1, "auc") in _final(resumed.recorder.metrics)
 
 
