@@ -1,6 +1,7 @@
 """The GAN-sharing run plan: phase 1's generators (one per sharing centre, GAN kind and lesion
-subset, once per run), then every arm x subset x fraction x seed at the receiver; the arms
-checked against the scenario by the server's own :func:`~.server._check_plan`."""
+subset, once per run), then every arm x subset x fraction x seed at the receiver, each
+compared with the receiver alone there; the arms checked against the scenario by the
+server's own :func:`~.server._check_plan`."""
 
 from __future__ import annotations
 
@@ -61,12 +62,15 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
         for subset in p.subsets:
             for fraction in p.fractions:
                 for spec, label, classifier in p.classifier_runs(specs):
+                    messages = [("train.patch_classifier", (spec.receiver,))]
+                    if spec.name != spec.receiver and any(s.name == s.receiver for s in specs):
+                        messages.append(("evaluate.patch_gain", (spec.receiver,)))  # vs alone
                     rows.append(
                         PlanRow(
                             arm=record_arm(spec.name, subset, fraction, label),
                             seed=seed,
                             centres=(spec.receiver,),
-                            messages=(("train.patch_classifier", (spec.receiver,)),),
+                            messages=tuple(messages),
                             model=classifier["model"],
                             note=_note(spec),
                         )
