@@ -24,13 +24,14 @@ from torch import nn
 
 from fedmammo.federation.centre_runtime import identity_of
 from fedmammo.federation.codec import arrays_to_state
-from fedmammo.federation.messages import ModelConfig
+from fedmammo.federation.messages import BASELINE, BaselineFields, MessageError, ModelConfig
 from fedmammo.federation.site import state_dir
 from fedmammo.models import build_model_to_load
 
 __all__ = [
     "FEDBN",
     "OPTIMIZER",
+    "baseline_model",
     "bn_keys",
     "keep_optimizer_state",
     "kept_optimizer_state",
@@ -147,6 +148,16 @@ def model_with_weights(spec: Mapping, arrays: ArrayRecord) -> nn.Module:
     model = build_model_to_load(spec["name"], **spec.get("options", {}))
     model.load_state_dict(arrays_to_state(arrays, like=model.state_dict()))
     return model
+
+
+def baseline_model(msg_content, m: BaselineFields) -> nn.Module:
+    """The baseline arm's model a message carries in its :data:`BASELINE` record (``m`` names
+    the arm and, as a :class:`ModelConfig`, the model spec), with the BatchNorm state it has."""
+    if BASELINE not in msg_content:
+        raise MessageError(
+            f"{m.KIND} names baseline arm {m.baseline} but carries no {BASELINE} record"
+        )
+    return model_with_weights(m.model, msg_content[BASELINE])
 
 
 def model_from(

@@ -35,6 +35,7 @@ from fedmammo.federation.privacy.phases import LATER_PHASES_KEY, PARENT_LEDGER_K
 __all__ = [
     "ARRAYS",
     "AUDIT",
+    "BASELINE",
     "CONFIG",
     "COUNTS",
     "INFO",
@@ -42,6 +43,7 @@ __all__ = [
     "PRIVACY",
     "ArmConfig",
     "AuditMetrics",
+    "BaselineFields",
     "CentreConfig",
     "CentreInfo",
     "Config",
@@ -70,6 +72,7 @@ __all__ = [
 # Record names of a message's content (RecordDict keys).
 CONFIG = "config"
 ARRAYS = "arrays"
+BASELINE = "baseline"  # a second model's weights, to compare the carried one with
 METRICS = "metrics"
 PRIVACY = "privacy"
 INFO = "info"
@@ -267,6 +270,16 @@ class RoundFields(Config):
 
     server_round: int | None = wire("server-round", None)
     inject_fault: bool = wire("inject-fault", False, omit_default=True)
+
+
+@fields_of
+class BaselineFields(Config):
+    """A second model to compare the carried one with, on the same images inside the centre:
+    the name of its arm (its weights in the :data:`BASELINE` record, with their own BatchNorm
+    state). The reply then holds only the comparison: ``baseline_auc``, ``delta_auc``
+    (carried - baseline, paired bootstrap CI) and ``p_value``."""
+
+    baseline: str = wire("baseline", "", omit_default=True)
 
 
 @fields_of

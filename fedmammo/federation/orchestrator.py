@@ -57,6 +57,12 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def evaluation_seed(seed: int, centre: str) -> int:
+    """The seed of a test evaluation at ``centre``: not the arm's, so every arm tested there
+    sees the same bootstrap resamples (and a paired comparison repeats each arm's own CI)."""
+    return derive_seed(seed, centre, "eval")
+
+
 @dataclass
 class Orchestrator:
     """What a strategy runner uses to talk to centres and record results."""
@@ -247,7 +253,7 @@ class Orchestrator:
         bootstrap resamples of its test images, so two arms' CIs are comparable."""
         contents = {
             c: self.message(
-                kind, arm=arm, seed=derive_seed(seed, c, "eval"), split=split, **fields
+                kind, arm=arm, seed=evaluation_seed(seed, c), split=split, **fields
             ).content({ARRAYS: arrays})
             for c in centres
         }

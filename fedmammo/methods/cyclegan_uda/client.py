@@ -29,7 +29,8 @@ from torch.utils.data import ConcatDataset, TensorDataset
 from fedmammo.config.recipe import LocalTrainingParams
 from fedmammo.errors import DataError
 from fedmammo.evaluation.metrics import metrics_by_segment
-from fedmammo.federation.centre_models import model_from
+from fedmammo.evaluation.tables import comparison_records
+from fedmammo.federation.centre_models import baseline_model, model_from
 from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import handler, reply
@@ -209,7 +210,8 @@ def train_classifier_handler(msg: Message, context: Context) -> Message:
 
 @handler(EvaluateUdaClassifier.KIND, consent="metrics")
 def evaluate(msg: Message, context: Context) -> Message:
-    """Test metrics of the received classifier on one split here (AUROC with its CI)."""
+    """Test metrics of the received classifier on one split here (AUROC with its CI); with a
+    baseline arm, its paired difference to that arm's classifier."""
     start = time.perf_counter()
     m = EvaluateUdaClassifier.of(msg)
     model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=False)
@@ -217,17 +219,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     rows = data.rows(m.split)
     records = []
     if len(rows):
-        scores = predict_scores(model, data.dataset(rows), device=device())
-        records = metrics_by_segment(
-            data.labels(rows),
-            scores,
-            data.segments(rows),
-            n_boot=m.n_boot,
-            seed=m.seed,
-            groups=data.patients(rows),
-        )
-        # whole-centre records only: each domain is one centre (a segment would repeat it)
-        records = [r for r in records if r["segment"] is None]
+        dataset, y, segments = data.dataset(rows), data.labels(rows), data.segments(rows)
+        boot = dict(n_boot=m.n_boot, seed=m.seed)
+        patients = data.patients(rows)
+        scores = predict_scores(model, dataset, device=device())
+        if m.baseline:  # whole-centre records only: each domain is one centre
+            base = predict_scores(baseline_model(msg.content, m), dataset, device=device())
+            records = comparison_records(
+                y, base, scores, segments, [None], patients=patients, **boot
+            )
+        else:
+            records = metrics_by_segment(y, scores, segments, groups=patients, **boot)
+            records = [r for r in records if r["segment"] is None]
     metrics = EvaluationMetrics(
         records=records, num_examples=len(rows), compute_seconds=time.perf_counter() - start
     )

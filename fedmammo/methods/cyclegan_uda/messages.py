@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fedmammo.federation.messages import (
     ArmConfig,
+    BaselineFields,
     EvaluationMetrics,
     Metrics,
     ModelConfig,
@@ -101,9 +102,10 @@ class TrainUdaClassifier(ModelConfig):
 
 
 @message("evaluate.uda_classifier", reply=EvaluationMetrics)
-class EvaluateUdaClassifier(ModelConfig):
+class EvaluateUdaClassifier(ModelConfig, BaselineFields):
     """Metrics (the AUROC with a bootstrap CI of ``n_boot`` resamples) of the received
-    classifier on one split of the centre."""
+    classifier on one split of the centre; with a ``baseline`` arm, only its paired
+    comparison with that arm's classifier."""
 
     split: str = wire("split")
     n_boot: int = wire("n-boot", 0)

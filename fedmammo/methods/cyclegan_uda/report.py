@@ -25,11 +25,12 @@ def _cell(rows: pd.DataFrame) -> str:
     return f"{value:.3f}" + (f" (n={len(rows)} seeds)" if len(rows) > 1 else "")
 
 
-def uda_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows: the target centre (tested there: the direction other -> it); columns: arm."""
+def uda_table(frame: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
+    """Rows: the target centre (tested there: the direction other -> it); columns: arm;
+    cells: the final test ``metric`` (``delta_auc``: the arm's paired gain over source_only)."""
     test = frame[
         (frame["split"] == "test")
-        & (frame["metric"] == "auc")
+        & (frame["metric"] == metric)
         & frame["round"].isna()
         & frame["segment"].isna()
     ]
@@ -47,15 +48,25 @@ def uda_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def section(recorder: RunRecorder, console: Console) -> str:
     """The paper's layout: test AUROC [95 % CI] per target centre and arm."""
-    table = uda_table(recorder.frame())
+    frame = recorder.frame()
+    table = uda_table(frame)
     if table.empty:
         return ""
-    return (
+    text = (
         "## CycleGAN-UDA (paper 004): test AUROC [95 % CI] at the target centre\n\n"
         "source_only: trained at the other centre; in_domain: trained here (upper bound); "
         "uda: trained at the other centre on its images plus their translations into this "
         "centre's style.\n\n" + to_markdown(table, index_name="target")
     )
+    gains = uda_table(frame, "delta_auc")
+    if not gains.empty:
+        text += (
+            "\n\n## Gain over source_only: ΔAUROC [95 % CI] at the target centre\n\n"
+            "The arm's test AUROC minus source_only's (same model), on the same test images "
+            "and bootstrap resamples of the target's patients: a paired CI, computed inside "
+            "the target centre.\n\n" + to_markdown(gains, index_name="target")
+        )
+    return text
 
 
 def plot_translations(

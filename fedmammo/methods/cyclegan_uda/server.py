@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord
 
-from fedmammo.federation.messages import ARRAYS, METRICS
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.messages import ARRAYS, BASELINE, METRICS
+from fedmammo.federation.orchestrator import Orchestrator, derive_seed, evaluation_seed
 from fedmammo.methods.cyclegan_uda.messages import (
     GENERATOR,
     TRANSLATOR,
@@ -139,6 +139,54 @@ def _translator(
     return translator
 
 
+def _tested(name: str, target: str) -> str:
+    """The checkpoint name of arm record ``name``'s classifier as tested at ``target``."""
+    return f"{name}@{target}"
+
+
+def _gains_over_source_only(
+    orc: Orchestrator, p: CycleGanUdaParams, key: str, seed: int, pairs: list[tuple[str, str]]
+) -> None:
+    """Per direction, ``uda`` and ``in_domain`` against ``source_only`` (model ``key``) at
+    the target centre, paired on its test images (``baseline_auc``, ``delta_auc``,
+    ``p_value`` records of the arm); directions compared before a resume are skipped."""
+    base = arm_name("source_only", key)
+    if "source_only" not in p.arms:
+        return
+    frame = orc.recorder.frame()
+    compared = set(
+        zip(*(frame.loc[frame["metric"] == "delta_auc", c] for c in ("arm", "seed", "centre")))
+    )
+    checkpoints = orc.run_dir / "checkpoints"
+    for arm in [a for a in p.arms if a != "source_only"]:
+        name = arm_name(arm, key)
+        contents = {}
+        for _, target in pairs:
+            kept = [
+                checkpoints / _tested(n, target) / f"seed{seed}_round000.pt" for n in (name, base)
+            ]
+            if (name, seed, target) in compared or not all(f.is_file() for f in kept):
+                continue
+            m = orc.message(
+                EvaluateUdaClassifier,
+                arm=name,
+                seed=evaluation_seed(seed, target),  # the resamples of both arms' own CIs
+                split="test",
+                model=p.models[key].model_dump(),
+                n_boot=p.bootstrap,
+                baseline=base,
+            )
+            arrays, baseline = (
+                orc.load_checkpoint(_tested(n, target), seed, 0) for n in (name, base)
+            )
+            contents[target] = m.content({ARRAYS: arrays, BASELINE: baseline})
+        if contents:
+            orc.record_evaluations(
+                EvaluateUdaClassifier, contents, arm=name, seed=seed, split="test"
+            )
+    orc.recorder.flush()
+
+
 def _train_and_test(
     orc: Orchestrator,
     p: CycleGanUdaParams,
@@ -183,6 +231,7 @@ def _train_and_test(
         centre=trainer,
         split="train",
     )
+    orc.checkpoint(_tested(name, target), seed, 0, replies[trainer][ARRAYS])  # for the gains
     orc.evaluate_everywhere(
         EvaluateUdaClassifier,
         arm=name,
@@ -244,6 +293,7 @@ def run(orc: Orchestrator) -> None:
                         translator=translator,
                     )
                 orc.recorder.complete_arm(name, seed)
+            _gains_over_source_only(orc, p, key, seed, pairs)
     orc.recorder.note(
         "records: arm '<source_only|in_domain|uda>-<model>' tested at the target centre "
         f"(split test, metric auc with its bootstrap 95 % CI); {p.film} tests digital -> film, "

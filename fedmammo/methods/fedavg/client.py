@@ -10,25 +10,18 @@ from fedmammo.config.recipe import LocalTrainingParams
 from fedmammo.evaluation.metrics import metrics_by_segment
 from fedmammo.evaluation.tables import comparison_records
 from fedmammo.federation.centre_models import (
+    baseline_model,
     keep_optimizer_state,
     kept_optimizer_state,
     model_from,
-    model_with_weights,
     save_local_bn,
 )
 from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.handlers import check_injected_fault, handler, reply
-from fedmammo.federation.messages import (
-    ARRAYS,
-    METRICS,
-    PRIVACY,
-    EvaluationMetrics,
-    MessageError,
-    TrainMetrics,
-)
+from fedmammo.federation.messages import ARRAYS, METRICS, PRIVACY, EvaluationMetrics, TrainMetrics
 from fedmammo.federation.privacy.ledger import dp_session_for, finish_dp
-from fedmammo.methods.fedavg.messages import BASELINE, EvaluateClassifier, TrainClassifier
+from fedmammo.methods.fedavg.messages import EvaluateClassifier, TrainClassifier
 from fedmammo.training.classifier import predict_scores, train_classifier
 
 __all__ = ["HANDLERS", "evaluate", "train"]
@@ -83,15 +76,6 @@ def train(msg: Message, context: Context) -> Message:
     return reply(msg, context, records, model)
 
 
-def _baseline_model(msg: Message, m: EvaluateClassifier):
-    """The baseline arm's classifier the message carries (with the BatchNorm state it has)."""
-    if BASELINE not in msg.content:
-        raise MessageError(
-            f"{m.KIND} names baseline arm {m.baseline} but carries no {BASELINE} record"
-        )
-    return model_with_weights(m.model, msg.content[BASELINE])
-
-
 @handler(EvaluateClassifier.KIND, consent="metrics")
 def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of the received classifier on one split of this centre, global and per segment;
@@ -109,7 +93,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         patients = data.patients(rows)
         scores = predict_scores(model, dataset, device=device())
         if m.baseline:
-            base = predict_scores(_baseline_model(msg, m), dataset, device=device())
+            base = predict_scores(baseline_model(msg.content, m), dataset, device=device())
             compare = [None, *sorted(set(map(str, segments)))]
             records = comparison_records(
                 y, base, scores, segments, compare, patients=patients, **boot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fedmammo.federation.messages import (
+    BaselineFields,
     EvaluationMetrics,
     ModelConfig,
     TrainConfig,
@@ -11,10 +12,7 @@ from fedmammo.federation.messages import (
     wire,
 )
 
-__all__ = ["BASELINE", "EvaluateClassifier", "TrainClassifier"]
-
-#: Record of an ``evaluate.classifier`` message holding the baseline arm's weights.
-BASELINE = "baseline"
+__all__ = ["EvaluateClassifier", "TrainClassifier"]
 
 
 @message("train.classifier", reply=TrainMetrics)
@@ -28,17 +26,11 @@ class TrainClassifier(TrainConfig):
 
 
 @message("evaluate.classifier", reply=EvaluationMetrics)
-class EvaluateClassifier(ModelConfig):
+class EvaluateClassifier(ModelConfig, BaselineFields):
     """Metrics of the received classifier on one split, with ``n_boot`` bootstrap samples
-    (over patients).
-
-    ``baseline``: the name of another arm whose weights the message carries in its
-    ``baseline`` record (:data:`BASELINE`; its own BatchNorm state, as trained). The reply then
-    holds only the comparison of the two models on the same images, made inside the centre:
-    ``baseline_auc``, ``delta_auc`` (received - baseline, paired bootstrap CI) and
-    ``p_value``, over all the images and per segment."""
+    (over patients); with a ``baseline`` arm, only its paired comparison with that arm, over
+    all the images and per segment."""
 
     split: str = wire("split")
     n_boot: int = wire("n-boot", 0)
     batchnorm: str = wire("batchnorm", "local")
-    baseline: str = wire("baseline", "", omit_default=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
-from fedmammo.federation.messages import ARRAYS
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.messages import ARRAYS, BASELINE
+from fedmammo.federation.orchestrator import Orchestrator, evaluation_seed
 from fedmammo.federation.privacy.server import run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
-from fedmammo.methods.fedavg.messages import BASELINE, EvaluateClassifier, TrainClassifier
+from fedmammo.methods.fedavg.messages import EvaluateClassifier, TrainClassifier
 
 __all__ = ["compare_with_local", "run"]
 
@@ -53,7 +53,7 @@ def compare_with_local(
         c: orc.message(
             EvaluateClassifier,
             arm="federated",
-            seed=derive_seed(seed, c, "eval"),
+            seed=evaluation_seed(seed, c),
             split="test",
             model=model,
             n_boot=n_boot,

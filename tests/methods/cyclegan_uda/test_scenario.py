@@ -133,3 +133,30 @@ def test_results_md_has_the_papers_layout(tiny_run):
     assert (run_dir / "translators" / "film_to_digital_seed0.pt").is_file()
     figures = sorted(p.name for p in (run_dir / "plots").glob("translated_*.png"))
     assert figures == ["translated_digital_to_film.png", "translated_film_to_digital.png"]
+
+
+def test_uda_and_in_domain_are_compared_with_source_only_at_each_target(tiny_run):
+    # Prepare
+    results, _, run_dir = tiny_run
+    test = {
+        (r["arm"], r["centre"], r["metric"]): r
+        for r in results["metrics"]
+        if r["split"] == "test" and r["round"] is None
+    }
+    # Assert: per model and direction, the paired gain over source_only (same model), whose
+    # baseline repeats source_only's own AUROC and CI (the same resamples)
+    gains = {(a, c) for a, c, m in test if m == "delta_auc"}
+    assert gains == {(a, c) for a in ARMS if "source_only" not in a for c in ("film", "digital")}
+    for arm, centre in gains:
+        alone = test[(f"source_only-{arm.split('-')[1]}", centre, "auc")]
+        base = test[(arm, centre, "baseline_auc")]
+        assert [base[k] for k in ("value", "ci_low", "ci_high")] == [
+            alone[k] for k in ("value", "ci_low", "ci_high")
+        ]
+        delta = test[(arm, centre, "delta_auc")]
+        assert delta["value"] == pytest.approx(
+            test[(arm, centre, "auc")]["value"] - alone["value"], abs=1e-12
+        )
+        assert 0.0 <= test[(arm, centre, "p_value")]["value"] <= 1.0
+    summary = (run_dir / "results.md").read_text()
+    assert "## Gain over source_only: ΔAUROC [95 % CI] at the target centre" in summary
