@@ -160,6 +160,17 @@ class RunRecorder:
         if text not in self.notes:
             self.notes.append(text)
 
+    def has(self, arm: str, seed: int, metric: str, *, centre: str | None = None) -> bool:
+        """Whether a ``metric`` record of ``arm`` and ``seed`` (at ``centre``, if given) was
+        recorded (and kept, on a resume)."""
+        return any(
+            r["arm"] == arm
+            and r["seed"] == seed
+            and r["metric"] == metric
+            and (centre is None or r["centre"] == centre)
+            for r in self.metrics
+        )
+
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.metrics, columns=list(RECORD_FIELDS))
 

@@ -209,15 +209,17 @@ class Orchestrator:
         ]
 
     # ------------------------------------------------------------------ checkpoints
+    def checkpoint_path(self, arm: str, seed: int, rnd: int) -> Path:
+        return self.run_dir / "checkpoints" / arm / f"seed{seed}_round{rnd:03d}.pt"
+
     def checkpoint(self, arm: str, seed: int, rnd: int, arrays: ArrayRecord) -> Path:
-        path = self.run_dir / "checkpoints" / arm / f"seed{seed}_round{rnd:03d}.pt"
+        path = self.checkpoint_path(arm, seed, rnd)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(arrays.to_torch_state_dict(), path)
         return path
 
     def load_checkpoint(self, arm: str, seed: int, rnd: int) -> ArrayRecord:
-        path = self.run_dir / "checkpoints" / arm / f"seed{seed}_round{rnd:03d}.pt"
-        return ArrayRecord(torch.load(path, weights_only=True))
+        return ArrayRecord(torch.load(self.checkpoint_path(arm, seed, rnd), weights_only=True))
 
     def record_failures(
         self, failures: Mapping[str, str], *, arm: str, seed: int, rnd: int | None, phase: str

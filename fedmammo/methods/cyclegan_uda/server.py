@@ -153,19 +153,13 @@ def _gains_over_source_only(
     base = arm_name("source_only", key)
     if "source_only" not in p.arms:
         return
-    frame = orc.recorder.frame()
-    compared = set(
-        zip(*(frame.loc[frame["metric"] == "delta_auc", c] for c in ("arm", "seed", "centre")))
-    )
-    checkpoints = orc.run_dir / "checkpoints"
     for arm in [a for a in p.arms if a != "source_only"]:
         name = arm_name(arm, key)
         contents = {}
         for _, target in pairs:
-            kept = [
-                checkpoints / _tested(n, target) / f"seed{seed}_round000.pt" for n in (name, base)
-            ]
-            if (name, seed, target) in compared or not all(f.is_file() for f in kept):
+            kept = [orc.checkpoint_path(_tested(n, target), seed, 0) for n in (name, base)]
+            compared = orc.recorder.has(name, seed, "delta_auc", centre=target)
+            if compared or not all(f.is_file() for f in kept):
                 continue
             m = orc.message(
                 EvaluateUdaClassifier,

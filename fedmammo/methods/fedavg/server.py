@@ -37,14 +37,11 @@ def compare_with_local(
     compared before a resume are not compared again."""
     if not orc.recorder.is_done("federated", seed):
         return
-    frame = orc.recorder.frame()
-    compared = frame[
-        (frame["arm"] == "federated") & (frame["seed"] == seed) & (frame["metric"] == "delta_auc")
-    ]
     pending = [
         c
         for c in centres
-        if orc.recorder.is_done(f"local-{c}", seed) and c not in set(compared["centre"])
+        if orc.recorder.is_done(f"local-{c}", seed)
+        and not orc.recorder.has("federated", seed, "delta_auc", centre=c)
     ]
     if not pending:
         return

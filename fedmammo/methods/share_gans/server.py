@@ -439,8 +439,6 @@ def _gains_over_receiver_alone(orc: Orchestrator, p: ShareGansParams, specs: lis
     alone = next((s for s in specs if s.name == s.receiver), None)
     if alone is None:
         return
-    frame = orc.recorder.frame()
-    compared = set(zip(*(frame.loc[frame["metric"] == "delta_auc", c] for c in ("arm", "seed"))))
     jobs, runs = [], []
     for seed in orc.scenario.seeds:
         for subset in p.subsets:
@@ -450,7 +448,7 @@ def _gains_over_receiver_alone(orc: Orchestrator, p: ShareGansParams, specs: lis
                     base = record_arm(alone.name, subset, fraction, label)
                     if (
                         spec is alone
-                        or (rec, seed) in compared
+                        or orc.recorder.has(rec, seed, "delta_auc")
                         or not orc.recorder.is_done(rec, seed)
                         or not orc.recorder.is_done(base, seed)
                     ):
