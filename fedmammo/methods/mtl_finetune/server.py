@@ -44,8 +44,8 @@ from flwr.app import ArrayRecord
 
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.privacy_report import PrivacyLog
-from fedmammo.federation.messages import ARRAYS, INFO, METRICS, PlotInfo, model_record
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.messages import ARRAYS, INFO, PlotInfo, model_record
+from fedmammo.federation.orchestrator import Orchestrator, derive_seed, evaluation_seed
 from fedmammo.federation.privacy.server import ledger_of, run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
 from fedmammo.methods.mtl_finetune.messages import (
@@ -271,7 +271,7 @@ def _evaluate(
         c: orc.message(
             EvaluateMtl,
             arm=arm,
-            seed=derive_seed(seed, arm, c, "eval"),
+            seed=evaluation_seed(seed, c),  # every arm: the same resamples
             split="test",
             model=model,
             n_boot=p.bootstrap,
@@ -280,11 +280,7 @@ def _evaluate(
         ).content({ARRAYS: final, model_record(0): ref_arrays})
         for c in orc.centres()
     }
-    replies, failures = orc.send(EvaluateMtl.KIND, contents)
-    orc.record_failures(failures, arm=arm, seed=seed, rnd=None, phase="evaluate-test")
-    for c, content in replies.items():
-        records = EvaluateMtl.REPLY.from_metrics(content[METRICS]).records
-        orc.recorder.add(records, arm=arm, seed=seed, centre=c, split="test", round=None)
+    orc.record_evaluations(EvaluateMtl, contents, arm=arm, seed=seed, split="test")
 
 
 def _write_tables(orc: Orchestrator, p: MtlFinetuneParams) -> None:
