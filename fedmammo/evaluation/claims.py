@@ -11,7 +11,8 @@ The verdict rule (the same for every claim, written in ``docs/reproduction.md``)
 
 - With confidence intervals (a paired difference's CI, or each arm's own CI), a cell counts
   *for* the paper when the difference's CI excludes 0 on the paper's side (or the two arms'
-  CIs do not overlap, the arm on the paper's side), *against* in the mirror case. ``yes``: at
+  CIs do not overlap, the arm on the paper's side), *against* in the mirror case. A
+  ``paired`` claim reads the arm's paired ``delta_auc`` where the run recorded one. ``yes``: at
   least one cell for, none against, and the mean difference on the paper's side; ``no``: the
   mirror; otherwise ``inconclusive``.
 - Without any CI (arms reported as mean (std) over seeds, as the GAN-sharing paper does):
@@ -55,6 +56,11 @@ class Claim:
     segments: tuple[str | None, ...] = ()
     direction: int = 1
     note: str = ""
+    #: The arm's ``delta_auc`` records are its paired AUROC difference to ``reference`` (on
+    #: the same images and resamples): an ``auc`` cell reads them, with their CI, where the
+    #: run has them (share_gans' gain over the receiver alone, cyclegan_uda's over
+    #: source_only), and compares the two arms' CIs where it has not (older runs).
+    paired: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,11 @@ def _final_test(records: Iterable[dict[str, Any]], claim: Claim) -> dict[tuple, 
     """(arm, seed, centre, segment, metric) -> record, for the claim's final test records."""
     out = {}
     arms = {claim.arm, claim.reference} - {None}
+    metrics = set(claim.metrics) | ({"delta_auc"} if claim.paired else set())
     for r in records:
         if r.get("split") != "test" or r.get("round") is not None:
             continue
-        if r.get("arm") not in arms or r.get("metric") not in claim.metrics:
+        if r.get("arm") not in arms or r.get("metric") not in metrics:
             continue
         if claim.centres and r.get("centre") not in claim.centres:
             continue
@@ -131,7 +138,11 @@ def check_claim(claim: Claim, records: Iterable[dict[str, Any]]) -> Finding:
     found = _final_test(records, claim)
     cells = []  # (seed, difference, low, high)
     for (arm, seed, centre, segment, metric), record in sorted(found.items(), key=str):
-        if arm != claim.arm:
+        if arm != claim.arm or metric not in claim.metrics:
+            continue
+        paired = found.get((arm, seed, centre, segment, "delta_auc"))
+        if claim.paired and metric == "auc" and paired is not None:
+            cells.append((seed, *_cell(paired, None)))
             continue
         reference = None
         if claim.reference is not None:

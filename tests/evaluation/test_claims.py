@@ -191,3 +191,38 @@ def test_the_command_writes_the_file_and_bad_paths_fail_in_one_line(tmp_path, ca
     (bad / "results.json").write_text("{not json")
     assert main([str(bad), "--out", str(out)]) == 2
     assert "results.json: not a readable results.json" in capsys.readouterr().err
+
+
+def test_a_paired_claim_reads_the_arms_paired_gain_where_the_run_recorded_it():
+    # Prepare: two arms whose CIs overlap, and the arm's paired gain over the reference on the
+    # same resamples, whose CI excludes 0
+    both = [rec("x", 0.82, 0.74, 0.90), rec("y", 0.78, 0.70, 0.86)]
+    gain = rec("x", 0.04, 0.01, 0.07, metric="delta_auc")
+    paired = Claim("p", "x above y", "80 vs 70", "k", "x", "y", ("auc",), paired=True)
+    # Execute
+    with_gain, old_run, unpaired = (
+        check_claim(paired, [*both, gain]),
+        check_claim(paired, both),
+        check_claim(TWO, [*both, gain]),
+    )
+    # Assert: the paired CI decides where it exists; otherwise (or for a claim whose arm's
+    # gain is not against its reference) the two CIs do
+    assert (with_gain.verdict, with_gain.cells_for) == ("yes", 1)
+    assert with_gain.mean_difference == pytest.approx(0.04)
+    assert old_run.verdict == unpaired.verdict == "inconclusive"
+    assert old_run.mean_difference == pytest.approx(0.04)
+
+
+def test_paired_claims_compare_with_the_baseline_their_gain_is_recorded_against():
+    # share_gans records each arm's gain over the receiver alone of its cell and classifier;
+    # cyclegan_uda each arm's over source_only with its model
+    paired = [c for c in CLAIMS if c.paired]
+    assert {c.kind for c in paired} == {"share_gans", "cyclegan_uda"}
+    for c in paired:
+        assert c.metrics == ("auc",)
+        if c.kind == "share_gans":
+            arm, _, cell = c.arm.partition("@")
+            label = arm.partition("~")[2]
+            assert c.reference == (f"A~{label}@{cell}" if label else f"A@{cell}")
+        else:
+            assert c.reference == "source_only-" + c.arm.split("-", 1)[1]
