@@ -166,30 +166,41 @@ def print_plan(base: Scenario, points: list[Point], *, quick: bool) -> None:
 
 
 # --------------------------------------------------------------------------- folders
-def check_writable(path: Path, what: str, fix: str, *, create: bool) -> None:
-    """ConfigError (one line) unless ``path`` is (or can be made) a writable folder."""
+def check_writable(path: Path, what: str, fix: str, *, create: bool) -> list[Path]:
+    """ConfigError (one line) unless ``path`` is (or can be made) a writable folder; returns
+    the folders made (``create``), innermost first."""
     target = path.expanduser()
-    probe = target
+    probe, missing = target, []  # the folders to make, innermost first
     while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ConfigError(f"{what} {path}: {probe} is a file, not a folder; {fix}")
     if not create:
         if not os.access(probe, os.W_OK | os.X_OK):
             raise ConfigError(f"{what} {path}: {probe} is not writable; {fix}")
-        return
+        return []
     try:
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=target):
             pass
     except OSError as exc:
+        _remove_empty(missing)
         raise ConfigError(f"{what} {path} is not writable ({exc.strerror or exc}); {fix}") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders this check made (innermost first) that are still empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _check_folders(points: list[Point], out: Path | None, *, create: bool) -> None:
     """Every real-data centre's format and options must be known (ConfigError) and its data
     root exist (DataError), one line per centre; the output folder, then every data_dir, must
-    be (made) writable folders."""
+    be (made) writable folders (those made are removed again when one is refused)."""
     from fedmammo.data.prepare import data_config_problem, missing_data_root
 
     profiles = [p for point in points for p in point.scenario.resolved_profiles.values()]
@@ -200,17 +211,22 @@ def _check_folders(points: list[Point], out: Path | None, *, create: bool) -> No
     )
     if problems:
         raise DataError("\n".join(problems))
-    if out is not None:
-        check_writable(
-            out, "output folder", "fix: pass --out DIR, or set output_dir", create=create
-        )
-    for data_dir in dict.fromkeys(p.scenario.data_dir for p in points):
-        check_writable(
-            Path(data_dir),
-            "data_dir",
-            "fix: set data_dir in the scenario (or --set data_dir=DIR) to a writable folder",
-            create=create,
-        )
+    made: list[Path] = []  # removed again when a later folder is refused: nothing left behind
+    try:
+        if out is not None:
+            made += check_writable(
+                out, "output folder", "fix: pass --out DIR, or set output_dir", create=create
+            )
+        for data_dir in dict.fromkeys(p.scenario.data_dir for p in points):
+            made += check_writable(
+                Path(data_dir),
+                "data_dir",
+                "fix: set data_dir in the scenario (or --set data_dir=DIR) to a writable folder",
+                create=create,
+            )
+    except ConfigError:
+        _remove_empty(made)
+        raise
 
 
 def _new_run_dir(out: Path, name: str) -> Path:

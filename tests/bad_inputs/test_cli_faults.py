@@ -497,6 +497,7 @@ CASES = [
         ("{scen}", "--set", "data_dir={tmp}/afile/data"),
         ("data_dir", "is a file, not a folder", "fix"),
         files={"afile": "x"},
+        survives=("no run folder", "no data", "no output folder"),
     ),
     *(
         Case(
@@ -567,7 +568,7 @@ CASES = [
         "data-dir-unwritable",
         ("{scen}", "--set", "data_dir=/proc/fedmammo-data"),
         ("data_dir /proc/fedmammo-data is not writable",),
-        survives=("no run folder",),
+        survives=("no run folder", "no output folder"),
     ),
     # ---- resume
     Case(
@@ -675,6 +676,8 @@ def test_bad_input_gives_one_line_and_leaves_nothing_behind(case, tmp_path, monk
         assert not runs.exists() or not any(runs.iterdir()), sorted(runs.rglob("*"))
     if "no data" in case.survives:
         assert not (tmp_path / "data").exists()
+    if "no output folder" in case.survives:  # not even an empty one
+        assert not runs.exists()
     if "run folder intact" in case.survives:
         assert folder_digest(run) == before
 
