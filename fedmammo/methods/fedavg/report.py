@@ -17,35 +17,61 @@ GAIN_NOTE = (
     "BatchNorm state) against the centre's local model, on its test images, compared inside "
     "the centre. "
     "ΔAUROC = federated - local, with a paired bootstrap CI over the centre's test patients "
-    "(both models scored on the same resamples) and its p-value (Altman & Bland). Per data "
+    "(both models scored on the same resamples) and its p-value (Altman & Bland): each cell "
+    "`value [95% CI]`; with several seeds, per centre also `mean (s.d.)` over seeds. Per data "
     "segment in metrics.csv (`delta_auc` records of the federated arm)."
 )
 
 
 def gain_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per training centre (and seed, when several): local and federated test AUROC, their
-    difference with its paired CI and p-value, from the federated arm's ``baseline_auc``,
-    ``delta_auc`` and ``p_value`` records; empty without them."""
+    """Per training centre: local and federated test AUROC, their difference with its paired
+    CI and p-value, from the federated arm's ``baseline_auc``, ``delta_auc`` and ``p_value``
+    records; empty without them. With several seeds, a row per centre and seed, then per
+    centre the mean (s.d.) over seeds and in how many seeds the difference's CI lies above /
+    below 0."""
     sel = frame[
         (frame["arm"] == "federated")
         & (frame["split"] == "test")
         & frame["segment"].isna()
         & frame["round"].isna()
     ]
-    seeds = frame["seed"].nunique() > 1
-    rows = {}
+    several = frame["seed"].nunique() > 1
+    rows, per_centre = {}, {}
     for (seed, centre), group in sel.groupby(["seed", "centre"], sort=False):
         by = {r["metric"]: r for r in group.to_dict("records")}
         if "delta_auc" not in by:
             continue
+        per_centre.setdefault(centre, []).append(by)
         cell = {m: format_estimate(r["value"], r["ci_low"], r["ci_high"]) for m, r in by.items()}
-        rows[f"{centre} seed {seed}" if seeds else centre] = {
-            "local AUROC [95% CI]": cell["baseline_auc"],
-            "federated AUROC [95% CI]": cell.get("auc", "n/a"),
-            "ΔAUROC [95% CI]": cell["delta_auc"],
+        rows[f"{centre} seed {seed}" if several else centre] = {
+            "local AUROC": cell["baseline_auc"],
+            "federated AUROC": cell.get("auc", "n/a"),
+            "ΔAUROC": cell["delta_auc"],
             "p-value": format_p_value(by["p_value"]["value"]),
         }
-    return pd.DataFrame(rows).T
+    if several:
+        for centre, seeds in per_centre.items():
+            rows[f"{centre}, {len(seeds)} seeds"] = _over_seeds(seeds)
+    return pd.DataFrame(rows).T.fillna("")
+
+
+def _over_seeds(seeds: list[dict]) -> dict[str, str]:
+    """A centre's mean (s.d.) over seeds and its seeds whose paired CI excludes 0."""
+
+    def spread(metric: str) -> str:
+        values = pd.Series([by[metric]["value"] for by in seeds if metric in by], dtype=float)
+        return f"{values.mean():.3f} ({values.std(ddof=1):.3f})" if len(values) else "n/a"
+
+    deltas = [by["delta_auc"] for by in seeds]
+    with_ci = [d for d in deltas if pd.notna(d["ci_low"]) and pd.notna(d["ci_high"])]
+    above = sum(d["ci_low"] > 0 for d in with_ci)
+    below = sum(d["ci_high"] < 0 for d in with_ci)
+    return {
+        "local AUROC": spread("baseline_auc"),
+        "federated AUROC": spread("auc"),
+        "ΔAUROC": spread("delta_auc"),
+        "seeds with the CI above / below 0": f"{above} / {below} of {len(with_ci)}",
+    }
 
 
 def round_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -7,14 +7,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from flwr.app import ArrayRecord, Message
 from helpers.flower_messages import in_process_identity, run_tiny_in_process
 
+from fedmammo.evaluation.results import RECORD_FIELDS
 from fedmammo.federation.messages import ARRAYS
 from fedmammo.federation.runspec import ENV_VAR
 from fedmammo.methods.fedavg.messages import EvaluateClassifier
+from fedmammo.methods.fedavg.report import gain_table
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
 SETS = {"strategy.params.arms": ["federated", "local"], "strategy.params.bootstrap": 50}
@@ -100,3 +104,30 @@ def test_a_comparison_without_the_baseline_weights_is_refused_by_name(tiny_run, 
         [reply] = grid.send_and_receive([message])
     assert reply.has_error()
     assert "names baseline arm local-a but carries no baseline record" in reply.error.reason
+
+
+def test_with_several_seeds_each_centre_gets_its_mean_over_seeds():
+    # Prepare: s1's gain in two seeds, the first CI above 0, the second holding it
+    def rec(seed, metric, value, lo=None, hi=None):
+        return {
+            "arm": "federated", "seed": seed, "centre": "s1", "segment": None, "split": "test",
+            "metric": metric, "value": value, "ci_low": lo, "ci_high": hi, "round": None,
+        }  # fmt: skip
+
+    records = [
+        rec(0, "auc", 0.90, 0.85, 0.95), rec(0, "baseline_auc", 0.80, 0.70, 0.90),
+        rec(0, "delta_auc", 0.10, 0.02, 0.18), rec(0, "p_value", 0.01),
+        rec(1, "auc", 0.84, 0.78, 0.90), rec(1, "baseline_auc", 0.80, 0.71, 0.89),
+        rec(1, "delta_auc", 0.04, -0.03, 0.11), rec(1, "p_value", 0.3),
+    ]  # fmt: skip
+    frame = pd.DataFrame(records, columns=list(RECORD_FIELDS))
+    # Execute
+    table = gain_table(frame)
+    # Assert: a row per seed with its CI, then the mean (s.d.) and the seeds' CIs counted
+    assert list(table.index) == ["s1 seed 0", "s1 seed 1", "s1, 2 seeds"]
+    assert table.loc["s1 seed 0", "ΔAUROC"] == "0.100 [0.020, 0.180]"
+    mean = table.loc["s1, 2 seeds"]
+    assert mean["ΔAUROC"] == f"0.070 ({np.std([0.10, 0.04], ddof=1):.3f})"
+    assert mean["federated AUROC"] == "0.870 (0.042)"
+    assert mean["seeds with the CI above / below 0"] == "1 / 0 of 2"
+    assert mean["p-value"] == ""
