@@ -137,6 +137,7 @@ def check_claim(claim: Claim, records: Iterable[dict[str, Any]]) -> Finding:
     """The claim's :class:`Finding` in one run's metric records (``results.json`` metrics)."""
     found = _final_test(records, claim)
     cells = []  # (seed, difference, low, high)
+    unpaired = 0  # cells judged by two arms' CIs
     for (arm, seed, centre, segment, metric), record in sorted(found.items(), key=str):
         if arm != claim.arm or metric not in claim.metrics:
             continue
@@ -144,6 +145,7 @@ def check_claim(claim: Claim, records: Iterable[dict[str, Any]]) -> Finding:
         if claim.paired and metric == "auc" and paired is not None:
             cells.append((seed, *_cell(paired, None)))
             continue
+        unpaired += claim.reference is not None
         reference = None
         if claim.reference is not None:
             reference = found.get((claim.reference, seed, centre, segment, metric))
@@ -168,7 +170,8 @@ def check_claim(claim: Claim, records: Iterable[dict[str, Any]]) -> Finding:
         elif n_against and not n_for and mean * sign < 0:
             verdict, why = "no", f"{n_against} of {len(with_ci)} cells significantly the other way"
         elif not n_for and not n_against:
-            verdict, why = "inconclusive", f"the CIs overlap in all {len(with_ci)} cells"
+            what = "the CIs overlap" if unpaired else "the paired CI holds 0"
+            verdict, why = "inconclusive", f"{what} in all {len(with_ci)} cells"
         else:
             verdict = "inconclusive"
             why = f"mixed: {n_for} cells for, {n_against} against"

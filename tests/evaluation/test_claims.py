@@ -40,7 +40,9 @@ def test_a_significant_difference_the_other_way_disagrees_and_says_where():
 
 def test_overlapping_cis_or_mixed_cells_are_inconclusive():
     f = check_claim(PAIRED, [rec("x", -0.02, -0.05, 0.01, metric="delta_auc")])
-    assert f.verdict == "inconclusive" and f.why == "the CIs overlap in all 1 cells"
+    assert f.verdict == "inconclusive" and f.why == "the paired CI holds 0 in all 1 cells"
+    two = check_claim(TWO, [rec("x", 0.82, 0.74, 0.90), rec("y", 0.78, 0.70, 0.86)])
+    assert two.verdict == "inconclusive" and two.why == "the CIs overlap in all 1 cells"
     mixed = [
         rec("x", -0.05, -0.08, -0.02, metric="delta_auc", seed=0),
         rec("x", 0.04, 0.01, 0.07, metric="delta_auc", seed=1),
