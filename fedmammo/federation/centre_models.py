@@ -13,7 +13,6 @@ the same way, under ``optimizer/``, its last two rounds only.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import nn
 from fedmammo.federation.centre_runtime import identity_of
 from fedmammo.federation.codec import arrays_to_state
 from fedmammo.federation.messages import BASELINE, BaselineFields, MessageError, ModelConfig
-from fedmammo.federation.site import state_dir
+from fedmammo.federation.site import state_dir, state_name
 from fedmammo.models import build_model_to_load
 
 __all__ = [
@@ -59,9 +58,7 @@ def bn_keys(model: nn.Module) -> list[str]:
 
 def _round_folder(context: Context, kind: str, arm: str) -> Path:
     """This centre's ``kind`` state of ``arm``, one file per round (its own state folder)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", arm)[:60]
-    digest = hashlib.sha256(arm.encode()).hexdigest()[:8]
-    return state_dir(context, identity_of(context)) / kind / f"{name}-{digest}"
+    return state_dir(context, identity_of(context)) / kind / state_name(arm)
 
 
 def _saved_rounds(folder: Path) -> dict[int, Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 from flwr.app import Context
@@ -44,6 +46,15 @@ def output_dir(
     if needed_by:
         raise DataError(f"{needed_by}: the server sent no {sub} folder")
     return None
+
+
+def state_name(label: str, key: str | None = None) -> str:
+    """A file or folder name in a centre's state folder made from what a server sent:
+    ``label`` with anything but letters, digits, ``_ . -`` replaced (60 characters at most),
+    then 8 hex digits of the SHA-256 of ``key`` (default ``label``). Never a path the server
+    chose, and two labels that sanitise alike stay apart."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", label)[:60]
+    return f"{name}-{hashlib.sha256((label if key is None else key).encode()).hexdigest()[:8]}"
 
 
 def state_dir(context: Context, ident: CentreIdentity) -> Path:

@@ -150,9 +150,9 @@ def _gains_over_source_only(
     """Per direction, ``uda`` and ``in_domain`` against ``source_only`` (model ``key``) at
     the target centre, paired on its test images (``baseline_auc``, ``delta_auc``,
     ``p_value`` records of the arm); directions compared before a resume are skipped."""
-    base = arm_name("source_only", key)
     if "source_only" not in p.arms:
         return
+    base = arm_name("source_only", key)
     for arm in [a for a in p.arms if a != "source_only"]:
         name = arm_name(arm, key)
         contents = {}

@@ -22,9 +22,7 @@ patches' patients. Scores never leave the receiver.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +43,7 @@ from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import METRICS, EvaluationMetrics
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import load_runspec, scenario_of
-from fedmammo.federation.site import deployed, plot_dir, single_centre, state_dir
+from fedmammo.federation.site import deployed, plot_dir, single_centre, state_dir, state_name
 from fedmammo.methods.share_gans.client import lesion_patches, lesions
 from fedmammo.methods.share_gans.messages import (
     EvaluatePatchGain,
@@ -219,10 +217,8 @@ def _kept_scores_file(
 ) -> Path:
     """Where the receiver keeps one arm run's test scores: its own state folder, under names
     made from what the server sent (sanitised and hashed, never a path it chose)."""
-    run = hashlib.sha256(run_key.encode()).hexdigest()[:16]
-    name = re.sub(r"[^A-Za-z0-9_.@+~-]", "_", arm)[:80]
-    digest = hashlib.sha256(f"{arm}|{seed}".encode()).hexdigest()[:8]
-    return state_dir(context, ident) / KEPT_SCORES / run / f"{name}-{digest}.npz"
+    folder = state_dir(context, ident) / KEPT_SCORES / state_name(run_key)
+    return folder / f"{state_name(arm, f'{arm}|{seed}')}.npz"
 
 
 def _keep_scores(path: Path, **arrays: np.ndarray) -> None:

@@ -26,6 +26,7 @@ sets ``sharing.real_patches_in_simulation``, and is flagged in the console, in t
 from __future__ import annotations
 
 from functools import partial
+from itertools import product
 from pathlib import Path
 
 from flwr.app import ArrayRecord, RecordDict
@@ -440,29 +441,23 @@ def _gains_over_receiver_alone(orc: Orchestrator, p: ShareGansParams, specs: lis
     if alone is None:
         return
     jobs, runs = [], []
-    for seed in orc.scenario.seeds:
-        for subset in p.subsets:
-            for fraction in p.fractions:
-                for spec, label, _ in p.classifier_runs(specs):
-                    rec = record_arm(spec.name, subset, fraction, label)
-                    base = record_arm(alone.name, subset, fraction, label)
-                    if (
-                        spec is alone
-                        or orc.recorder.has(rec, seed, "delta_auc")
-                        or not orc.recorder.is_done(rec, seed)
-                        or not orc.recorder.is_done(base, seed)
-                    ):
-                        continue
-                    m = orc.message(
-                        EvaluatePatchGain,
-                        arm=rec,
-                        seed=derive_seed(seed, subset, fraction),  # the runs' own
-                        baseline=base,
-                        run_key=orc.run_dir.name,
-                        n_boot=p.bootstrap,
-                    )
-                    jobs.append(Job(spec.receiver, m.content))
-                    runs.append((rec, seed))
+    cells = product(orc.scenario.seeds, p.subsets, p.fractions, p.classifier_runs(specs))
+    for seed, subset, fraction, (spec, label, _) in cells:
+        rec = record_arm(spec.name, subset, fraction, label)
+        base = record_arm(alone.name, subset, fraction, label)
+        done = orc.recorder.is_done(rec, seed) and orc.recorder.is_done(base, seed)
+        if spec is alone or not done or orc.recorder.has(rec, seed, "delta_auc"):
+            continue
+        m = orc.message(
+            EvaluatePatchGain,
+            arm=rec,
+            seed=derive_seed(seed, subset, fraction),  # the runs' own
+            baseline=base,
+            run_key=orc.run_dir.name,
+            n_boot=p.bootstrap,
+        )
+        jobs.append(Job(spec.receiver, m.content))
+        runs.append((rec, seed))
     if jobs:
         orc.console.print(
             f"  {len(jobs)} arm run(s) against {alone.name} alone: paired, inside {alone.receiver}"
