@@ -94,10 +94,17 @@ def bootstrap_mean(
 
 
 def accuracy_ci(
-    y_true: Any, y_pred: Any, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+    y_true: Any,
+    y_pred: Any,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    groups: Any = None,
+    confidence: float = 0.95,
 ) -> tuple[float, float, float]:
-    """Return (accuracy, CI low, CI high) of predicted class labels."""
+    """Return (accuracy, CI low, CI high) of predicted class labels; with ``groups`` (one key
+    per sample: its patient) the CI resamples whole patients (:func:`bootstrap_mean`)."""
     y, p = np.asarray(y_true), np.asarray(y_pred)
     if y.shape != p.shape or y.ndim != 1:
         raise DataError(f"accuracy_ci: y_true {y.shape} and y_pred {p.shape} must match (1-D)")
-    return bootstrap_mean(y == p, n_boot=n_boot, seed=seed, confidence=confidence)
+    return bootstrap_mean(y == p, n_boot=n_boot, seed=seed, groups=groups, confidence=confidence)

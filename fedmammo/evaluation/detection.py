@@ -104,10 +104,17 @@ def bootstrap_detection_ap(
     iou_threshold: float = 0.5,
     n_boot: int = 2000,
     seed: int = 0,
+    groups: Any = None,
     confidence: float = 0.95,
 ) -> tuple[float, float, float]:
-    """Return (AP, CI low, CI high), resampling images with replacement."""
+    """Return (AP, CI low, CI high), resampling images with replacement, or with ``groups``
+    (one key per image: its patient) whole patients."""
     per = _per_image(predictions, targets, iou_threshold)
     return bootstrap_statistic(
-        lambda idx: _ap_of(per, idx), len(per), n_boot=n_boot, seed=seed, confidence=confidence
+        lambda idx: _ap_of(per, idx),
+        len(per),
+        n_boot=n_boot,
+        seed=seed,
+        groups=groups,
+        confidence=confidence,
     )

@@ -62,8 +62,27 @@ def test_copies_of_a_patients_samples_do_not_narrow_the_patient_bootstrap():
     assert (as_images[2] - as_images[1]) < 0.7 * (once[2] - once[1])
 
 
+def test_accuracy_by_patient_is_the_patient_bootstrap_of_the_correct_predictions():
+    # Prepare: 25 patients of 2-4 images; a patient's images mostly right or mostly wrong
+    rng = np.random.default_rng(6)
+    patients = np.repeat(np.arange(25), rng.integers(2, 5, 25))
+    y = rng.integers(0, 2, patients.size)
+    right = (rng.random(25) < 0.75)[patients]
+    pred = np.where(right, y, 1 - y)
+    # Execute
+    by_patient = accuracy_ci(y, pred, n_boot=400, seed=7, groups=patients)
+    by_image = accuracy_ci(y, pred, n_boot=400, seed=7)
+    # Assert: the patient bootstrap of the 0/1 correct flags; wider than the image one here
+    expected = bootstrap_mean((y == pred).astype(float), n_boot=400, seed=7, groups=patients)
+    assert by_patient == pytest.approx(expected, rel=1e-12)
+    assert by_patient[0] == by_image[0]
+    assert by_patient[2] - by_patient[1] > by_image[2] - by_image[1]
+
+
 def test_bad_input_is_refused():
     with pytest.raises(DataError, match="must match"):
         accuracy_ci([0, 1], [0])
     with pytest.raises(DataError, match="n_boot"):
         bootstrap_mean([1.0], n_boot=-1)
+    with pytest.raises(DataError, match="one key per sample"):
+        accuracy_ci([0, 1], [0, 1], groups=["p"])

@@ -1,4 +1,5 @@
-"""Detection AP at IoU 0.5 against hand-computed cases, and its bootstrap over images."""
+"""Detection AP at IoU 0.5 against hand-computed cases, and its bootstrap over images or
+patients."""
 
 from __future__ import annotations
 
@@ -74,3 +75,26 @@ def test_bootstrap_resamples_images_and_brackets_the_estimate():
     assert ap == pytest.approx(detection_ap(predictions, targets))
     assert low < ap < high and (ap, low, high) == again
     assert math.isnan(bootstrap_detection_ap(predictions, targets, n_boot=0)[1])
+
+
+def test_copies_of_a_patients_images_do_not_narrow_the_patient_bootstrap_of_ap():
+    # Prepare: 30 images (one per patient), then each image three times under its patient
+    rng = np.random.default_rng(1)
+    predictions, targets = [], []
+    for _ in range(30):
+        gt = np.array([[10, 10, 20, 20]], dtype=float)
+        hit = rng.random() < 0.6
+        boxes = gt if hit else np.array([[40, 40, 50, 50]], dtype=float)
+        predictions.append({"boxes": boxes, "scores": np.array([rng.random()])})
+        targets.append(gt)
+    patients = np.arange(30)
+    # Execute
+    once = bootstrap_detection_ap(predictions, targets, n_boot=300, seed=2, groups=patients)
+    copies = bootstrap_detection_ap(
+        predictions * 3, targets * 3, n_boot=300, seed=2, groups=np.tile(patients, 3)
+    )
+    as_images = bootstrap_detection_ap(predictions * 3, targets * 3, n_boot=300, seed=2)
+    # Assert: AP of a doubled-up set is the set's AP, so the patient CI is the same; counting
+    # the copies as images makes it much narrower
+    assert copies == pytest.approx(once, rel=1e-12)
+    assert as_images[2] - as_images[1] < 0.7 * (once[2] - once[1])

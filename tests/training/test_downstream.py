@@ -13,7 +13,8 @@ from torch import nn
 from fedmammo.config import CentreProfile
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import DataError
-from fedmammo.evaluation.detection import box_iou
+from fedmammo.evaluation.bootstrap import accuracy_ci
+from fedmammo.evaluation.detection import bootstrap_detection_ap, box_iou
 from fedmammo.models.contrastive import build_contrastive_encoder
 from fedmammo.models.detection import build_fcos
 from fedmammo.privacy.accounting import CentreAccountant, PrivacyBudget
@@ -31,6 +32,7 @@ from fedmammo.training.downstream import (
     mass_crops,
     matching_pairs,
     pair_distances,
+    predict_detections,
     train_detector,
     train_encoder_classifier,
     train_matching,
@@ -150,6 +152,43 @@ def test_classifier_learns_an_easy_task_and_reports_accuracy_and_auc_with_cis():
     assert result.steps == 12 and result.num_examples == 96
 
 
+class _Brightness(nn.Module):
+    """Two-class logits from a crop's mean intensity (bright = class 1), no training."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(m), 20 * (m - 0.45)], dim=1)
+
+
+def test_classifier_cis_resample_patients_and_copies_of_a_patient_do_not_narrow_them():
+    # Prepare: 24 images of 24 patients (two segments); the same set with every image 4 times
+    x, y = _bright_dark(24, 2)
+    y[::5] = 1 - y[::5]  # some mistakes, so accuracy has a CI
+    y[3] = -1  # an unlabelled image is left out with its patient key
+    patients = np.array([f"p{k}" for k in range(24)])
+    segments = np.where(np.arange(24) < 12, "a", "b")
+    x4, y4, segments4 = np.tile(x, (4, 1, 1)), np.tile(y, 4), np.tile(segments, 4)
+    model = _Brightness()
+    # Execute
+    once = evaluate_classifier(model, x, y, segments, n_boot=300, patients=patients)
+    copies = evaluate_classifier(
+        model, x4, y4, segments4, n_boot=300, patients=np.tile(patients, 4)
+    )
+    as_images = evaluate_classifier(model, x4, y4, segments4, n_boot=300)
+    # Assert: the same records by patient; about half as wide when the copies count as cases
+    for a, b in zip(once, copies, strict=True):
+        assert (a["segment"], a["metric"]) == (b["segment"], b["metric"])
+        assert [a["value"], a["ci_low"], a["ci_high"]] == pytest.approx(
+            [b["value"], b["ci_low"], b["ci_high"]], rel=1e-12
+        )
+    width = {(r["segment"], r["metric"]): r["ci_high"] - r["ci_low"] for r in once}
+    for r in as_images:
+        if r["segment"] is None:
+            assert r["ci_high"] - r["ci_low"] < 0.7 * width[(None, r["metric"])]
+    with pytest.raises(DataError, match="patients has 3 keys for 24 samples"):
+        evaluate_classifier(model, x, y, patients=["p0", "p1", "p2"])
+
+
 def test_frozen_backbone_keeps_the_pretrained_weights_and_missing_labels_are_dropped():
     # Prepare
     encoder = _encoder()
@@ -216,6 +255,27 @@ def test_matching_accuracy_thresholds_the_embedding_distance_at_half_the_margin(
     }
 
 
+def test_matching_cis_resample_the_pairs_patients():
+    # Prepare: 10 patients with 3 pairs each, distances such that a patient is all right or not
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"p{k}" for k in range(10)], 3)
+    match = np.tile([1, 0, 0], 10)
+    wrong = np.repeat(rng.random(10) < 0.3, 3)
+    distance = np.where((match == 1) ^ wrong, 0.02, 0.08)  # x 100: 2 (match) or 8
+    cc = np.zeros((30, 8, 8), np.float32)
+    mlo = (np.ones((30, 8, 8)) * distance[:, None, None]).astype(np.float32)
+    pairs = MatchPairs(cc, mlo, match, patients, np.array(["s"] * 30))
+    # Execute
+    records = evaluate_matching(_MeanTimes(), pairs, margin=10.0, n_boot=300, seed=1)
+    # Assert: the CI of the correct flags resampled by patient
+    expected = accuracy_ci(
+        match, (distance < 0.05).astype(int), n_boot=300, seed=1, groups=patients
+    )
+    got = records[0]
+    assert [got["value"], got["ci_low"], got["ci_high"]] == pytest.approx(list(expected))
+    assert got["value"] == pytest.approx(1 - wrong.mean())
+
+
 def test_matching_trains_on_phantom_pairs(centre):
     data, frame = centre
     pairs = matching_pairs(data.cache.get, frame, out_size=32, seed=0)
@@ -236,8 +296,16 @@ def test_detector_trains_and_reports_ap_per_segment(centre):
     # Execute
     result = train_detector(detector, images[:8], boxes[:8], batch_size=4, seed=0)
     records = evaluate_detector(detector, images[:8], boxes[:8], frame["segment"][:8], n_boot=20)
+    patients = frame["patient_id"].to_numpy()[:8]
+    by_patient = evaluate_detector(
+        detector, images[:8], boxes[:8], frame["segment"][:8], n_boot=20, patients=patients
+    )
     # Assert
     assert result.steps == 2 and math.isfinite(result.loss)
     assert [r["segment"] for r in records] == [None, "S-Ma"] and records[0]["metric"] == "ap50"
     assert 0.0 <= records[0]["value"] <= 1.0 and records[0]["value"] == records[1]["value"]
     assert box_iou(boxes[1], boxes[1])[0, 0] == pytest.approx(1.0)
+    predictions = predict_detections(detector, images[:8])
+    expected = bootstrap_detection_ap(predictions, boxes[:8], n_boot=20, groups=patients)
+    got = by_patient[0]
+    assert [got["value"], got["ci_low"], got["ci_high"]] == pytest.approx(list(expected))

@@ -65,14 +65,14 @@ def as_images(images: Any, name: str) -> torch.Tensor:
     return torch.from_numpy(arr)[:, None]
 
 
-def segments_or_none(segments: Any, n: int) -> np.ndarray | None:
-    """Segment keys as text (one per sample), or None."""
-    if segments is None:
+def keys_or_none(keys: Any, n: int, name: str = "segments") -> np.ndarray | None:
+    """One key per sample (its segment, its patient) as text, or None."""
+    if keys is None:
         return None
-    keys = np.asarray([str(s) for s in segments], dtype=object)
-    if keys.shape != (n,):
-        raise DataError(f"segments has {keys.shape[0]} keys for {n} samples")
-    return keys
+    out = np.asarray([str(k) for k in keys], dtype=object)
+    if out.shape != (n,):
+        raise DataError(f"{name} has {out.shape[0]} keys for {n} samples")
+    return out
 
 
 def scoped_records(
@@ -80,15 +80,17 @@ def scoped_records(
     compute: Any,
     n: int,
     segments: np.ndarray | None,
+    patients: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Records ``{segment, metric, value, ci_low, ci_high}``: all samples (None), then each
-    segment; ``compute(index)`` returns (value, low, high) on the samples at ``index``."""
+    segment; ``compute(index, groups)`` returns (value, low, high) on the samples at ``index``,
+    ``groups`` being their ``patients`` (what a bootstrap resamples; None: the samples)."""
     scopes: list[tuple[str | None, np.ndarray]] = [(None, np.arange(n))]
     if segments is not None:
         scopes += [(s, np.flatnonzero(segments == s)) for s in sorted(set(segments))]
     out = []
     for segment, index in scopes:
-        value, low, high = compute(index)
+        value, low, high = compute(index, None if patients is None else patients[index])
         out.append(
             {
                 "segment": segment,

@@ -28,9 +28,9 @@ from fedmammo.training.downstream._common import (
     DownstreamResult,
     as_images,
     backbone_of,
+    keys_or_none,
     make_optimizer,
     scoped_records,
-    segments_or_none,
 )
 
 __all__ = ["EncoderClassifier", "evaluate_classifier", "predict_proba", "train_encoder_classifier"]
@@ -158,33 +158,40 @@ def evaluate_classifier(
     *,
     n_boot: int = 2000,
     seed: int = 0,
+    patients: Any | None = None,
 ) -> list[dict[str, Any]]:
     """Accuracy (and AUC with two classes) with bootstrap CIs, overall and per segment.
 
     Records are ``{"segment", "metric", "value", "ci_low", "ci_high"}`` (segment None = all),
     like :func:`fedmammo.evaluation.metrics.metrics_by_segment`. Unlabelled (-1) samples are
-    left out.
+    left out. With ``patients`` (one per sample) the CIs resample whole patients, as a
+    patient's images are not independent cases; without, they resample the samples.
     """
     y = np.asarray(labels, dtype=np.int64)
     keep = y >= 0
     if not keep.any():
         raise DataError("evaluate_classifier: no labelled samples")
+    seg = keys_or_none(segments, len(y))
+    pat = keys_or_none(patients, len(y), "patients")
+    seg, pat = (None if k is None else k[keep] for k in (seg, pat))
     proba = predict_proba(model, np.asarray(images)[keep])
     y = y[keep]
-    seg = segments_or_none(segments, len(keep))
-    seg = None if seg is None else seg[keep]
     pred = proba.argmax(axis=1)
     records = scoped_records(
         "accuracy",
-        lambda idx: accuracy_ci(y[idx], pred[idx], n_boot=n_boot, seed=seed),
+        lambda idx, groups: accuracy_ci(y[idx], pred[idx], n_boot=n_boot, seed=seed, groups=groups),
         len(y),
         seg,
+        pat,
     )
     if proba.shape[1] == 2:
         records += scoped_records(
             "auc",
-            lambda idx: bootstrap_auc(y[idx], proba[idx, 1], n_boot=n_boot, seed=seed),
+            lambda idx, groups: bootstrap_auc(
+                y[idx], proba[idx, 1], n_boot=n_boot, seed=seed, groups=groups
+            ),
             len(y),
             seg,
+            pat,
         )
     return records

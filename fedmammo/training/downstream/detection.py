@@ -26,9 +26,9 @@ from fedmammo.progress import progress
 from fedmammo.training.downstream._common import (
     DownstreamResult,
     as_images,
+    keys_or_none,
     make_optimizer,
     scoped_records,
-    segments_or_none,
 )
 from fedmammo.training.downstream.crops import mass_boxes
 
@@ -140,18 +140,22 @@ def evaluate_detector(
     iou_threshold: float = 0.5,
     n_boot: int = 2000,
     seed: int = 0,
+    patients: Any | None = None,
 ) -> list[dict[str, Any]]:
-    """AP at ``iou_threshold`` (metric ``ap50``) with bootstrap CIs, overall and per segment."""
+    """AP at ``iou_threshold`` (metric ``ap50``) with bootstrap CIs, overall and per segment;
+    with ``patients`` (one per image) the CIs resample whole patients."""
     predictions = predict_detections(detector, images)
-    seg = segments_or_none(segments, len(predictions))
+    seg = keys_or_none(segments, len(predictions))
+    pat = keys_or_none(patients, len(predictions), "patients")
 
-    def compute(idx: np.ndarray) -> tuple[float, float, float]:
+    def compute(idx: np.ndarray, groups: np.ndarray | None) -> tuple[float, float, float]:
         return bootstrap_detection_ap(
             [predictions[i] for i in idx],
             [boxes[i] for i in idx],
             iou_threshold=iou_threshold,
             n_boot=n_boot,
             seed=seed,
+            groups=groups,
         )
 
-    return scoped_records("ap50", compute, len(predictions), seg)
+    return scoped_records("ap50", compute, len(predictions), seg, pat)

@@ -27,9 +27,9 @@ from fedmammo.training.downstream._common import (
     DownstreamResult,
     as_images,
     backbone_of,
+    keys_or_none,
     make_optimizer,
     scoped_records,
-    segments_or_none,
 )
 from fedmammo.training.downstream.crops import MatchPairs
 
@@ -130,14 +130,16 @@ def evaluate_matching(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Matching accuracy (distance < ``threshold``, default ``margin / 2``) with bootstrap CIs,
-    overall and per segment."""
+    overall and per segment; the CIs resample the pairs' patients (``pairs.patient_ids``)."""
     threshold = margin / 2 if threshold is None else threshold
     predicted = (pair_distances(model, pairs) < threshold).astype(np.int64)
     y = np.asarray(pairs.match, dtype=np.int64)
-    seg = segments_or_none(pairs.segments, len(y))
     return scoped_records(
         "accuracy",
-        lambda idx: accuracy_ci(y[idx], predicted[idx], n_boot=n_boot, seed=seed),
+        lambda idx, groups: accuracy_ci(
+            y[idx], predicted[idx], n_boot=n_boot, seed=seed, groups=groups
+        ),
         len(y),
-        seg,
+        keys_or_none(pairs.segments, len(y)),
+        keys_or_none(pairs.patient_ids, len(y), "patient_ids"),
     )
