@@ -270,14 +270,18 @@ class Orchestrator:
         seed: int,
         split: str,
         rnd: int | None = None,
+        rename: Mapping[str, str] | None = None,
     ) -> None:
         """Send the ``kind`` messages ``contents`` (centre -> content) and record the metric
-        records of the replies under ``arm``, ``seed`` and ``split``; failures too."""
+        records of the replies under ``arm``, ``seed`` and ``split`` (metrics named in
+        ``rename`` under their new names); failures too."""
         replies, failures = self.send(kind.KIND, contents)
         self.record_failures(failures, arm=arm, seed=seed, rnd=rnd, phase=f"evaluate-{split}")
+        rename = rename or {}
         for c, content in replies.items():
+            records = kind.REPLY.from_metrics(content[METRICS]).records
             self.recorder.add(
-                kind.REPLY.from_metrics(content[METRICS]).records,
+                [{**r, "metric": rename.get(r["metric"], r["metric"])} for r in records],
                 arm=arm,
                 seed=seed,
                 centre=c,

@@ -36,6 +36,7 @@ class CountingGrid(flower_messages.InProcessGrid):
 
     batches = 0
     evaluations = 0
+    first_comparison = 0  # the evaluation batch that first names a baseline arm
 
     def push_messages(self, messages):
         messages = list(messages)
@@ -43,6 +44,13 @@ class CountingGrid(flower_messages.InProcessGrid):
             type(self).batches += 1
         if _batch_of(messages, "evaluate."):
             type(self).evaluations += 1
+            compares = any(
+                config.get("baseline")
+                for m in messages
+                for config in m.content.config_records.values()
+            )
+            if compares and not self.first_comparison:
+                type(self).first_comparison = self.evaluations
         return super().push_messages(messages)
 
 
@@ -134,10 +142,11 @@ def test_a_resumed_fedbn_arm_continues_each_centres_own_batchnorm(tmp_path, monk
 def test_a_run_killed_during_evaluation_or_its_report_resumes_to_the_same_results(
     phase, tmp_path, monkeypatch
 ):
-    # Prepare: the unbroken FedAvg run; the kill point: a random evaluation batch, the last
-    # one (each training centre's federated-vs-local comparison, after every arm), or the
-    # report (results.json complete, results.md and report.html not yet written)
-    CountingGrid.evaluations = 0
+    # Prepare: the unbroken FedAvg run; the kill point: a random evaluation batch, the first
+    # comparison (the federated model against local-c at a training centre, then against
+    # pooled at every centre, after every arm), or the report (results.json complete,
+    # results.md and report.html not yet written)
+    CountingGrid.evaluations = CountingGrid.first_comparison = 0
     unbroken, _ = _run(
         "fedavg", tmp_path, monkeypatch, tmp_path / "unbroken", CountingGrid, resume=False
     )
@@ -147,7 +156,7 @@ def test_a_run_killed_during_evaluation_or_its_report_resumes_to_the_same_result
         at = random.Random("resume-evaluate").randint(1, CountingGrid.evaluations)
         grid = killing_grid(at, "evaluate.")
     elif phase == "comparison":
-        grid = killing_grid(CountingGrid.evaluations, "evaluate.")
+        grid = killing_grid(CountingGrid.first_comparison, "evaluate.")
     else:
 
         def report(*args, **kwargs):
@@ -159,8 +168,9 @@ def test_a_run_killed_during_evaluation_or_its_report_resumes_to_the_same_result
     if phase == "comparison":  # killed with every arm done and no comparison made
         killed = json.loads((broken / "results.json").read_text())
         assert all(p["done"] for p in killed["progress"].values()), killed["progress"]
-        assert not [r for r in killed["metrics"] if r["metric"] == "delta_auc"]
-        assert [r for r in unbroken["metrics"] if r["metric"] == "delta_auc"]
+        for metric in ("delta_auc", "delta_auc_vs_pooled"):
+            assert not [r for r in killed["metrics"] if r["metric"] == metric]
+            assert [r for r in unbroken["metrics"] if r["metric"] == metric]
     again, _ = _run("fedavg", tmp_path, monkeypatch, broken, CountingGrid, resume=True)
     # Assert: the same records, and the report written by the resumed run
     assert _records(again) == _records(unbroken)

@@ -1,5 +1,5 @@
-"""FedAvg's section of results.md: each training centre's gain from federating, validation
-AUROC and time per round, per arm."""
+"""FedAvg's section of results.md: each training centre's gain from federating, each centre's
+federated model against the pooled one, validation AUROC and time per round, per arm."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from fedmammo.evaluation.report import format_estimate, to_markdown
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.evaluation.tables import format_p_value
 
-__all__ = ["gain_table", "round_table", "section"]
+__all__ = ["VS_POOLED", "gain_table", "round_table", "section"]
+
+#: How the federated arm's records of its comparison with the pooled arm are named; those with
+#: ``local-c`` keep the comparison's own names (the keys).
+VS_POOLED = {
+    "baseline_auc": "pooled_auc",
+    "delta_auc": "delta_auc_vs_pooled",
+    "p_value": "p_value_vs_pooled",
+}
 
 GAIN_NOTE = (
     "At each training centre, the federated model (under FedBN with the centre's own "
@@ -22,13 +30,23 @@ GAIN_NOTE = (
     "segment in metrics.csv (`delta_auc` records of the federated arm)."
 )
 
+POOLED_NOTE = (
+    "At every centre, test-only ones too, the federated model against the `pooled` arm (one "
+    "model trained on every training centre's images in one place: a simulation-only what-if), "
+    "on the centre's test images, compared inside the centre as above. ΔAUROC = federated - "
+    "pooled: below 0, what keeping the images at their centres costs. Per data segment in "
+    "metrics.csv (`delta_auc_vs_pooled` records of the federated arm)."
+)
 
-def gain_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per training centre: local and federated test AUROC, their difference with its paired
-    CI and p-value, from the federated arm's ``baseline_auc``, ``delta_auc`` and ``p_value``
-    records; empty without them. With several seeds, a row per centre and seed, then per
-    centre the mean (s.d.) over seeds and in how many seeds the difference's CI lies above /
-    below 0."""
+
+def gain_table(frame: pd.DataFrame, reference: str = "local") -> pd.DataFrame:
+    """Per centre: the ``reference`` arm's (``local``: the centre's own, ``pooled``) and the
+    federated test AUROC, their difference with its paired CI and p-value, from the federated
+    arm's comparison records (``baseline_auc``, ``delta_auc``, ``p_value``, or their
+    :data:`VS_POOLED` names); empty without them. With several seeds, a row per centre and
+    seed, then per centre the mean (s.d.) over seeds and in how many seeds the difference's
+    CI lies above / below 0."""
+    names = VS_POOLED if reference == "pooled" else {m: m for m in VS_POOLED}
     sel = frame[
         (frame["arm"] == "federated")
         & (frame["split"] == "test")
@@ -38,28 +56,33 @@ def gain_table(frame: pd.DataFrame) -> pd.DataFrame:
     several = frame["seed"].nunique() > 1
     rows, per_centre = {}, {}
     for (seed, centre), group in sel.groupby(["seed", "centre"], sort=False):
-        by = {r["metric"]: r for r in group.to_dict("records")}
-        if "delta_auc" not in by:
+        found = {r["metric"]: r for r in group.to_dict("records")}
+        if names["delta_auc"] not in found:
             continue
+        by = {m: found[name] for m, name in names.items() if name in found}
+        by["auc"] = found.get("auc")
         per_centre.setdefault(centre, []).append(by)
-        cell = {m: format_estimate(r["value"], r["ci_low"], r["ci_high"]) for m, r in by.items()}
+        cell = {
+            m: format_estimate(r["value"], r["ci_low"], r["ci_high"]) if r else "n/a"
+            for m, r in by.items()
+        }
         rows[f"{centre} seed {seed}" if several else centre] = {
-            "local AUROC": cell["baseline_auc"],
-            "federated AUROC": cell.get("auc", "n/a"),
+            f"{reference} AUROC": cell["baseline_auc"],
+            "federated AUROC": cell["auc"],
             "ΔAUROC": cell["delta_auc"],
             "p-value": format_p_value(by["p_value"]["value"]),
         }
     if several:
         for centre, seeds in per_centre.items():
-            rows[f"{centre}, {len(seeds)} seeds"] = _over_seeds(seeds)
+            rows[f"{centre}, {len(seeds)} seeds"] = _over_seeds(seeds, reference)
     return pd.DataFrame(rows).T.fillna("")
 
 
-def _over_seeds(seeds: list[dict]) -> dict[str, str]:
+def _over_seeds(seeds: list[dict], reference: str) -> dict[str, str]:
     """A centre's mean (s.d.) over seeds and its seeds whose paired CI excludes 0."""
 
     def spread(metric: str) -> str:
-        values = pd.Series([by[metric]["value"] for by in seeds if metric in by], dtype=float)
+        values = pd.Series([by[metric]["value"] for by in seeds if by.get(metric)], dtype=float)
         return f"{values.mean():.3f} ({values.std(ddof=1):.3f})" if len(values) else "n/a"
 
     deltas = [by["delta_auc"] for by in seeds]
@@ -67,7 +90,7 @@ def _over_seeds(seeds: list[dict]) -> dict[str, str]:
     above = sum(d["ci_low"] > 0 for d in with_ci)
     below = sum(d["ci_high"] < 0 for d in with_ci)
     return {
-        "local AUROC": spread("baseline_auc"),
+        f"{reference} AUROC": spread("baseline_auc"),
         "federated AUROC": spread("auc"),
         "ΔAUROC": spread("delta_auc"),
         "seeds with the CI above / below 0": f"{above} / {below} of {len(with_ci)}",
@@ -100,14 +123,18 @@ def round_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def section(recorder: RunRecorder, console: Console) -> str:
-    """Each centre's gain from federating; per-round validation AUROC and timings (mean over
-    seeds) for results.md."""
+    """Each centre's gain from federating, its federated model against the pooled one, and
+    per-round validation AUROC and timings (mean over seeds) for results.md."""
     frame = recorder.frame()
     parts = []
     gains = gain_table(frame)
     if not gains.empty:
         table = to_markdown(gains, index_name="centre")
         parts.append(f"## What each centre gains from federating\n\n{GAIN_NOTE}\n\n{table}")
+    costs = gain_table(frame, "pooled")
+    if not costs.empty:
+        table = to_markdown(costs, index_name="centre")
+        parts.append(f"## Federated against pooled\n\n{POOLED_NOTE}\n\n{table}")
     rounds = round_table(frame)
     if not rounds.empty:
         table = to_markdown(rounds.astype(object).fillna(""), index_name="arm, round")

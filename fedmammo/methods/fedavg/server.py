@@ -9,8 +9,9 @@ from fedmammo.federation.orchestrator import Orchestrator, evaluation_seed
 from fedmammo.federation.privacy.server import run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
 from fedmammo.methods.fedavg.messages import EvaluateClassifier, TrainClassifier
+from fedmammo.methods.fedavg.report import VS_POOLED
 
-__all__ = ["compare_with_local", "run"]
+__all__ = ["compare_with_references", "run"]
 
 
 def _lira_config(p) -> dict:
@@ -26,46 +27,67 @@ def _final(orc: Orchestrator, arm: str, seed: int) -> ArrayRecord:
     return orc.load_checkpoint(arm, seed, orc.recorder.last_round(arm, seed))
 
 
-def compare_with_local(
-    orc: Orchestrator, *, seed: int, centres: list[str], model: dict, batchnorm: str, n_boot: int
+def compare_with_references(
+    orc: Orchestrator,
+    *,
+    seed: int,
+    references: list[tuple[str, str]],
+    model: dict,
+    batchnorm: str,
+    n_boot: int,
 ) -> None:
-    """What each training centre gains from federating: at every centre ``c`` of ``centres``
-    whose arms ``federated`` and ``local-c`` both completed, the federated model against
-    ``local-c`` on ``c``'s test images, paired, inside the centre (``baseline_auc``,
-    ``delta_auc``, ``p_value`` records of the federated arm). The seed is the test
-    evaluation's, so ``baseline_auc`` repeats ``local-c``'s test AUROC and CI. Centres
-    compared before a resume are not compared again."""
+    """The federated model against reference arms, paired, on a centre's test images inside
+    the centre: for each (centre, arm) of ``references`` whose arms both completed.
+
+    - ``local-c`` at training centre ``c``: what ``c`` gains from federating
+      (``baseline_auc``, ``delta_auc``, ``p_value`` records of the federated arm);
+    - ``pooled`` at any centre: what federating costs against pooling the training images
+      (the same records named by :data:`VS_POOLED`).
+
+    The seed is the test evaluation's, so ``baseline_auc`` / ``pooled_auc`` repeat the
+    reference arm's own test AUROC and CI. Pairs compared before a resume are not compared
+    again."""
     if not orc.recorder.is_done("federated", seed):
         return
-    pending = [
-        c
-        for c in centres
-        if orc.recorder.is_done(f"local-{c}", seed)
-        and not orc.recorder.has("federated", seed, "delta_auc", centre=c)
-    ]
-    if not pending:
-        return
-    federated = _final(orc, "federated", seed)
-    contents = {
-        c: orc.message(
-            EvaluateClassifier,
-            arm="federated",
-            seed=evaluation_seed(seed, c),
-            split="test",
-            model=model,
-            n_boot=n_boot,
-            batchnorm=batchnorm,
-            baseline=f"local-{c}",
-        ).content({ARRAYS: federated, BASELINE: _final(orc, f"local-{c}", seed)})
-        for c in pending
-    }
-    orc.record_evaluations(EvaluateClassifier, contents, arm="federated", seed=seed, split="test")
-    orc.recorder.flush()
+    federated = None
+    for reference in dict.fromkeys(arm for _, arm in references):
+        rename = VS_POOLED if reference == "pooled" else {}
+        delta = rename.get("delta_auc", "delta_auc")
+        pending = [
+            c
+            for c, arm in references
+            if arm == reference
+            and orc.recorder.is_done(arm, seed)
+            and not orc.recorder.has("federated", seed, delta, centre=c)
+        ]
+        if not pending:
+            continue
+        if federated is None:
+            federated = _final(orc, "federated", seed)
+        baseline = _final(orc, reference, seed)
+        contents = {
+            c: orc.message(
+                EvaluateClassifier,
+                arm="federated",
+                seed=evaluation_seed(seed, c),
+                split="test",
+                model=model,
+                n_boot=n_boot,
+                batchnorm=batchnorm,
+                baseline=reference,
+            ).content({ARRAYS: federated, BASELINE: baseline})
+            for c in pending
+        }
+        orc.record_evaluations(
+            EvaluateClassifier, contents, arm="federated", seed=seed, split="test", rename=rename
+        )
+        orc.recorder.flush()
 
 
 def run(orc: Orchestrator) -> None:
     """Federated, local and pooled arms for every seed; test evaluation at every centre; each
-    training centre's gain from federating (:func:`compare_with_local`)."""
+    training centre's gain from federating and each centre's cost of federating against
+    pooling (:func:`compare_with_references`)."""
     p = orc.params
     model = p.model.model_dump()
     train_centres = orc.centres("train", "receiver")
@@ -127,15 +149,19 @@ def run(orc: Orchestrator) -> None:
                 **_lira_config(p),
             )
             orc.recorder.complete_arm(arm, seed)
+        references = []
         if {"federated", "local"} <= set(p.arms):
-            compare_with_local(
-                orc,
-                seed=seed,
-                centres=train_centres,
-                model=model,
-                batchnorm=p.batchnorm,
-                n_boot=p.bootstrap,
-            )
+            references += [(c, f"local-{c}") for c in train_centres]
+        if {"federated", "pooled"} <= set(p.arms) and "pooled" in orc.nodes:
+            references += [(c, "pooled") for c in every]
+        compare_with_references(
+            orc,
+            seed=seed,
+            references=references,
+            model=model,
+            batchnorm=p.batchnorm,
+            n_boot=p.bootstrap,
+        )
     if "pooled" in p.arms and "pooled" in orc.nodes:
         orc.recorder.note(
             "arm 'pooled' is a simulation-only what-if: it trains as if every "

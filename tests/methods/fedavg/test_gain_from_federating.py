@@ -1,6 +1,7 @@
 """What each training centre gains from federating: FedAvg compares, inside every training
 centre, the federated model with that centre's local model on its test images (paired,
-patient-level bootstrap), and results.md tabulates it."""
+patient-level bootstrap), and at every centre with the pooled model; results.md tabulates
+both."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ from fedmammo.methods.fedavg.messages import EvaluateClassifier
 from fedmammo.methods.fedavg.report import gain_table
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
-SETS = {"strategy.params.arms": ["federated", "local"], "strategy.params.bootstrap": 50}
+SETS = {"strategy.params.arms": ["federated", "local", "pooled"], "strategy.params.bootstrap": 50}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """The tiny FedAvg scenario (federated and local arms), in process, with its grid."""
+    """The tiny FedAvg scenario (federated, local and pooled arms), in process, with its grid."""
     tmp = tmp_path_factory.mktemp("gain")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        results, grid = run_tiny_in_process(TINY, tmp, monkeypatch, "fedavg", SETS)
+        results, grid = run_tiny_in_process(
+            TINY, tmp, monkeypatch, "fedavg", SETS, with_pooled=True
+        )
     return tmp / "run", results, grid
 
 
@@ -73,6 +76,32 @@ def test_every_training_centre_compares_federated_with_its_local_model(tiny_run)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
+def test_every_centre_compares_federated_with_the_pooled_model(tiny_run):
+    _, results, _ = tiny_run
+    deltas = _test_records(results, "federated", "delta_auc_vs_pooled")
+    pooled_auc = _test_records(results, "federated", "pooled_auc")
+    p_values = _test_records(results, "federated", "p_value_vs_pooled")
+    # every centre, the test-only one too, over all its test images and per segment
+    assert {c for c, _ in deltas} == {"a", "b", "t"}
+    segments = set(_test_records(results, "federated", "auc"))
+    assert set(deltas) == set(pooled_auc) == set(p_values) == segments
+    for c in ("a", "b", "t"):
+        fed = _test_records(results, "federated", "auc")[c, None]
+        pooled = _test_records(results, "pooled", "auc")[c, None]
+        # pooled_auc repeats the pooled arm's own test AUROC and CI at c
+        got = pooled_auc[c, None]
+        assert (got["value"], got["ci_low"], got["ci_high"]) == (
+            pooled["value"],
+            pooled["ci_low"],
+            pooled["ci_high"],
+        )
+        assert deltas[c, None]["value"] == pytest.approx(fed["value"] - pooled["value"], abs=1e-12)
+        assert deltas[c, None]["ci_low"] <= deltas[c, None]["value"] <= deltas[c, None]["ci_high"]
+    # the comparison with local-c keeps its own names: nothing of it was renamed
+    assert {c for c, _ in _test_records(results, "federated", "delta_auc")} == {"a", "b"}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_results_md_tabulates_each_centres_gain(tiny_run):
     run_dir, results, _ = tiny_run
     text = (run_dir / "results.md").read_text()
@@ -83,7 +112,17 @@ def test_results_md_tabulates_each_centres_gain(tiny_run):
     d = delta["a", None]
     assert f"{local['value']:.3f} [{local['ci_low']:.3f}, {local['ci_high']:.3f}]" in row
     assert f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]" in row
-    assert not any(line.startswith("| t |") for line in text.splitlines())
+    gains, pooled = text.split("## What each centre gains from federating")[1].split(
+        "## Federated against pooled"
+    )
+    assert not any(line.startswith("| t |") for line in gains.splitlines())
+    # the pooled table: a row per centre, the test-only t too, with its paired difference
+    vs_pooled = _test_records(results, "federated", "delta_auc_vs_pooled")
+    for c in ("a", "b", "t"):
+        row = next(line for line in pooled.splitlines() if line.startswith(f"| {c} |"))
+        d = vs_pooled[c, None]
+        assert f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]" in row
+    assert "| centre | pooled AUROC | federated AUROC | ΔAUROC | p-value |" in pooled
 
 
 @pytest.mark.usefixtures("one_torch_thread")
