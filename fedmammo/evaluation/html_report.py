@@ -28,7 +28,11 @@ from fedmammo.evaluation.html_parts import (
     page,
     table,
 )
-from fedmammo.evaluation.report_charts import learning_curves_png, metric_bars_png
+from fedmammo.evaluation.report_charts import (
+    learning_curves_png,
+    metric_bars_png,
+    paired_differences_png,
+)
 from fedmammo.evaluation.run_folder import (
     RunFolder,
     expand_run_dirs,
@@ -154,6 +158,15 @@ def _results_section(run: RunFolder) -> str:
             figures.append(
                 img_tag(png, "test AUROC per arm", caption="test AUROC (drawn from the records)")
             )
+    differences = paired_differences_png(final, final_records(frame, split="test", by_segment=True))
+    if differences:
+        figures.append(
+            img_tag(
+                differences,
+                "paired AUROC differences",
+                caption="paired test AUROC differences (drawn from the records)",
+            )
+        )
     curves = learning_curves_png(frame, centres=order)
     if curves:
         figures.append(

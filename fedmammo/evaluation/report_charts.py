@@ -1,5 +1,6 @@
 """Figures the HTML report draws itself from the records: metric bars with CIs, learning
-curves per round and centre, a thumbnail grid; returned as PNG bytes (nothing is written).
+curves per round and centre, the paired AUROC differences as a forest plot, a thumbnail grid;
+returned as PNG bytes (nothing is written).
 
 Above :data:`MAX_CENTRE_PANELS` evaluating centres the bars and curves summarise the centres
 per arm (a box of the centres' values, a mean curve with a band) instead of one panel per
@@ -22,16 +23,26 @@ from fedmammo.evaluation.figures import write_png
 
 __all__ = [
     "MAX_CENTRE_PANELS",
+    "MAX_FOREST_ROWS",
     "learning_curves_figure",
     "learning_curves_png",
     "metric_bars_figure",
     "metric_bars_png",
+    "paired_differences_figure",
+    "paired_differences_png",
     "thumbnail_grid_png",
     "write_thumbnail_grid",
 ]
 
 #: Most evaluating centres drawn one panel each; more are summarised per arm.
 MAX_CENTRE_PANELS = 12
+
+#: Most paired differences drawn in the forest plot, a row each; with more it is not drawn
+#: (the tables and metrics.csv hold them all).
+MAX_FOREST_ROWS = 120
+
+#: A paired difference's colour: its CI above 0, below 0, holding 0 (or no CI).
+_ABOVE, _BELOW, _HOLDS = "tab:green", "tab:red", "tab:grey"
 
 _COLOURS = (
     "tab:blue",
@@ -121,6 +132,71 @@ def metric_bars_figure(
     for ax in axes[len(order) :]:
         ax.set_visible(False)
     fig.suptitle(f"Test {_label(metric)} per arm and evaluating centre (95% CI or seed s.d.)")
+    return fig
+
+
+def paired_differences_png(
+    final: pd.DataFrame, by_segment: pd.DataFrame, *, dpi: int = 90
+) -> bytes | None:
+    """:func:`paired_differences_figure` as PNG bytes (None when there is nothing to draw)."""
+    fig = paired_differences_figure(final, by_segment)
+    return None if fig is None else _png(fig, dpi)
+
+
+def _paired_rows(final: pd.DataFrame, by_segment: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per paired-difference metric (``delta_auc``, ``delta_auc_vs_<arm>``), its rows: over
+    each centre's test images, or per data segment where the run recorded it only so."""
+    out = {}
+    metrics = pd.concat([final["metric"], by_segment["metric"]]).astype(str)
+    for metric in dict.fromkeys(m for m in metrics if m.startswith("delta_auc")):
+        rows = final[(final["metric"] == metric) & final["value"].notna()]
+        if rows.empty:
+            rows = by_segment[(by_segment["metric"] == metric) & by_segment["value"].notna()]
+        if not rows.empty:
+            out[metric] = rows
+    return out
+
+
+def paired_differences_figure(final: pd.DataFrame, by_segment: pd.DataFrame) -> Figure | None:
+    """A forest plot of the run's paired test AUROC differences: a panel per difference
+    (``delta_auc``: each arm against its reference; ``delta_auc_vs_<arm>``: against that
+    arm), a row per arm and centre (and data segment, where the run recorded the difference
+    only per segment), the difference with its paired 95% CI, or +- the s.d. over seeds. Green:
+    the CI lies above 0, red: below, grey: it holds 0 (or there is no CI).
+
+    ``final`` and ``by_segment`` are :func:`fedmammo.evaluation.run_folder.final_records` of
+    the test split, without and with segments. None when there is no difference, or more than
+    :data:`MAX_FOREST_ROWS`."""
+    panels = _paired_rows(final, by_segment)
+    heights = [len(rows) for rows in panels.values()]
+    if not panels or sum(heights) > MAX_FOREST_ROWS:
+        return None
+    fig = Figure(figsize=(7.5, 0.24 * sum(heights) + 1.1 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights).ravel()
+    for ax, (metric, rows) in zip(axes, panels.items()):
+        value = rows["value"].to_numpy(dtype=float)
+        lo, hi = (
+            pd.to_numeric(rows[c], errors="coerce").to_numpy(float) for c in ("ci_low", "ci_high")
+        )
+        sd = pd.to_numeric(rows["std"], errors="coerce").to_numpy(float)
+        spread = ~np.isnan(sd) & np.isnan(lo)
+        lo, hi = np.where(spread, value - sd, lo), np.where(spread, value + sd, hi)
+        # a seed s.d. is no CI: its rows stay grey
+        colours = np.select([~spread & (lo > 0), ~spread & (hi < 0)], [_ABOVE, _BELOW], _HOLDS)
+        y = np.arange(len(rows))
+        ax.hlines(y, lo, hi, colors=colours, lw=1.5)
+        ax.scatter(value, y, c=colours, s=18, zorder=3)
+        ax.axvline(0.0, color="black", lw=0.8)
+        labels = [
+            f"{r['arm']} @ {r['centre']}" + (f" ({r['segment']})" if r["segment"] else "")
+            for r in rows.to_dict("records")
+        ]
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top, as in the tables
+        reference = metric.removeprefix("delta_auc").removeprefix("_vs_")
+        ax.set_title(f"against {reference}" if reference else "against each arm's reference")
+        ax.set_xlabel("ΔAUROC (arm - reference)")
+    fig.suptitle("Paired test AUROC differences (95% CI, or seed s.d.)")
     return fig
 
 

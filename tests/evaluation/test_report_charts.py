@@ -1,16 +1,20 @@
 """The report's own charts: one panel per centre up to MAX_CENTRE_PANELS, per-arm summaries
-(box of the centres' values, mean curve with a percentile band) above it."""
+(box of the centres' values, mean curve with a percentile band) above it; the forest plot of
+the paired AUROC differences."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 
 from fedmammo.evaluation.report_charts import (
     MAX_CENTRE_PANELS,
+    MAX_FOREST_ROWS,
     learning_curves_figure,
     metric_bars_figure,
+    paired_differences_figure,
 )
 
 ARMS = ("federated", "local")
@@ -105,3 +109,90 @@ def test_a_ci_that_does_not_hold_its_value_is_drawn_as_it_is():
     (segments,) = [c for c in ax.collections if len(c.get_segments()) == 2]
     drawn = [tuple(np.round(s[:, 0], 6)) for s in segments.get_segments()]
     assert drawn == [(0.60, 0.75), (0.50, 0.90)]
+
+
+def _final(rows) -> pd.DataFrame:
+    """final_records-like rows: (arm, centre, segment, metric, value, ci_low, ci_high, std)."""
+    columns = ["arm", "centre", "segment", "metric", "value", "ci_low", "ci_high", "std"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _forest(ax):
+    """(tick labels, point x, point colours, CI segments) of a forest panel."""
+    (points,) = ax.collections[1:]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    colours = [to_hex(c) for c in points.get_facecolors()]
+    segments = [  # a row without a CI has an empty segment
+        tuple(np.round(s[:, 0], 6)) if s.ndim == 2 else () for s in ax.collections[0].get_segments()
+    ]
+    return labels, list(np.round(points.get_offsets()[:, 0], 6)), colours, segments
+
+
+def test_the_forest_plot_draws_each_difference_with_its_ci_coloured_by_where_it_lies():
+    # Prepare: FedAvg-like records: against local at a, b (above, holding 0), against pooled
+    # at a, b, t (below, holding, no CI)
+    final = _final(
+        [
+            ("federated", "a", "", "delta_auc", 0.10, 0.02, 0.18, None),
+            ("federated", "b", "", "delta_auc", 0.01, -0.05, 0.07, None),
+            ("federated", "a", "", "delta_auc_vs_pooled", -0.20, -0.30, -0.10, None),
+            ("federated", "b", "", "delta_auc_vs_pooled", 0.00, -0.02, 0.03, None),
+            ("federated", "t", "", "delta_auc_vs_pooled", -0.05, None, None, None),
+            ("federated", "a", "", "auc", 0.90, 0.80, 0.95, None),
+        ]
+    )
+    segments = _final([("federated", "a", "S-Ma", "delta_auc", 0.5, 0.4, 0.6, None)])
+    # Execute
+    fig = paired_differences_figure(final, segments)
+    # Assert: a panel per difference, the whole-centre rows only (segments are in the tables)
+    local, pooled = _visible(fig)
+    assert (local.get_title(), pooled.get_title()) == (
+        "against each arm's reference",
+        "against pooled",
+    )
+    green, red, grey = "#2ca02c", "#d62728", "#7f7f7f"
+    assert _forest(local) == (
+        ["federated @ a", "federated @ b"],
+        [0.10, 0.01],
+        [green, grey],
+        [(0.02, 0.18), (-0.05, 0.07)],
+    )
+    assert _forest(pooled) == (
+        ["federated @ a", "federated @ b", "federated @ t"],
+        [-0.20, 0.0, -0.05],
+        [red, grey, grey],
+        [(-0.30, -0.10), (-0.02, 0.03), ()],
+    )
+    assert [line.get_xdata()[0] for line in local.get_lines()] == [0.0]  # the line at 0
+
+
+def test_differences_recorded_only_per_segment_get_a_row_per_segment_and_seeds_their_sd():
+    # Prepare: periodic-sampling-like records, per test segment only, averaged over seeds
+    final = _final([("m", "s3", "", "auc", 0.8, None, None, 0.01)])
+    segments = _final(
+        [
+            ("m", "s3", "S3-Ma", "delta_auc", 0.10, None, None, 0.02),
+            ("m", "s3", "S3-Mb", "delta_auc", -0.04, None, None, 0.03),
+        ]
+    )
+    # Execute
+    fig = paired_differences_figure(final, segments)
+    # Assert: +- the seed s.d., grey (an s.d. is no CI, whatever side of 0 it lies)
+    (ax,) = _visible(fig)
+    labels, x, colours, spans = _forest(ax)
+    assert labels == ["m @ s3 (S3-Ma)", "m @ s3 (S3-Mb)"] and x == [0.10, -0.04]
+    assert spans == [(0.08, 0.12), (-0.07, -0.01)]
+    assert colours == ["#7f7f7f"] * 2
+
+
+def test_no_difference_or_too_many_draws_no_forest():
+    empty = _final([])
+    assert (
+        paired_differences_figure(_final([("a", "c", "", "auc", 0.7, 0.6, 0.8, None)]), empty)
+        is None
+    )
+    many = _final(
+        [("a", f"c{i}", "", "delta_auc", 0.0, -0.1, 0.1, None) for i in range(MAX_FOREST_ROWS + 1)]
+    )
+    assert paired_differences_figure(many, empty) is None
+    assert paired_differences_figure(many[:MAX_FOREST_ROWS], empty) is not None

@@ -123,6 +123,8 @@ def test_results_md_tabulates_each_centres_gain(tiny_run):
         d = vs_pooled[c, None]
         assert f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]" in row
     assert "| centre | pooled AUROC | federated AUROC | ΔAUROC | p-value |" in pooled
+    # and report.html draws both as a forest plot
+    assert 'alt="paired AUROC differences"' in (run_dir / "report.html").read_text()
 
 
 @pytest.mark.usefixtures("one_torch_thread")
