@@ -22,8 +22,11 @@ from fedmammo.models.gans import GeneratorDescription, build_generator, describe
 __all__ = [
     "GENERATORS_DIR",
     "SharedGenerator",
+    "check_patch_size",
     "generator_name",
     "load_shared_generator",
+    "read_description",
+    "saved_generator",
     "save_shared_generator",
     "untrained_generator",
 ]
@@ -57,12 +60,40 @@ def save_shared_generator(root: Path, gen: SharedGenerator) -> Path:
     return folder
 
 
-def load_shared_generator(folder: Path) -> SharedGenerator:
-    """Read a generator written by :func:`save_shared_generator`."""
+def saved_generator(source: Path | None, name: str) -> Path | None:
+    """The folder of generator ``name`` that ``load_generators: <source>`` names (a run folder
+    or its ``generators/`` folder), or None when it holds none."""
+    if source is None:
+        return None
+    for folder in (source / GENERATORS_DIR / name, source / name):
+        if (folder / "description.json").is_file():
+            return folder
+    return None
+
+
+def read_description(folder: Path) -> GeneratorDescription:
+    """The :class:`GeneratorDescription` a saved generator's ``description.json`` holds."""
     path = folder / "description.json"
     if not path.is_file():
         raise ConfigError(f"{folder}: no description.json; not a saved shared generator")
-    desc = GeneratorDescription.from_dict(json.loads(path.read_text()))
+    try:
+        return GeneratorDescription.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a generator description ({e})") from None
+
+
+def check_patch_size(folder: Path, description: GeneratorDescription, size: int) -> None:
+    """ConfigError unless a saved generator makes the recipe's ``patches.size`` patches."""
+    if description.patch_size != size:
+        raise ConfigError(
+            f"{folder}: generator of {description.patch_size}-px patches, the recipe's "
+            f"patches.size is {size}"
+        )
+
+
+def load_shared_generator(folder: Path) -> SharedGenerator:
+    """Read a generator written by :func:`save_shared_generator`."""
+    desc = read_description(folder)
     files = desc.extra.get("snapshot_files") or sorted(p.name for p in folder.glob("gen-e*.pt"))
     snapshots = [
         (Path(f).stem, ArrayRecord(torch.load(folder / f, weights_only=True))) for f in files

@@ -32,10 +32,17 @@ def _note(spec: ArmSpec) -> str:
 
 def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
     """Generators first (seeded from the first seed), then the receiver's classifier arms."""
-    from fedmammo.methods.share_gans.generators import GENERATORS_DIR, generator_name
+    from fedmammo.methods.share_gans.generators import (
+        GENERATORS_DIR,
+        check_patch_size,
+        generator_name,
+        read_description,
+        saved_generator,
+    )
     from fedmammo.methods.share_gans.report import record_arm
 
     specs = _checked_arms(scenario, p)
+    source = None
     if p.load_generators:
         source = Path(p.load_generators).expanduser()
         if not source.is_dir():
@@ -47,15 +54,25 @@ def plan(scenario: Scenario, p: ShareGansParams) -> list[PlanRow]:
     needed = list(dict.fromkeys(g for s in specs for g in s.generators))
     for subset in p.subsets:
         for centre, gan in needed:
-            trained = centre != UNTRAINED  # a control's generator: the server initialises it
+            name = generator_name(centre, gan, subset)
+            loaded = saved_generator(source, name)
+            if loaded is not None:  # no centre trains it
+                check_patch_size(loaded, read_description(loaded), p.patches.size)
+            trained = centre != UNTRAINED and loaded is None
+            if loaded is not None:
+                note = f"{gan}, loaded from {loaded}"
+            elif trained:
+                note = f"{gan}, {p.gans[gan].epochs} epochs"
+            else:  # a control's generator: the server initialises it
+                note = f"{gan}, untrained"
             rows.append(
                 PlanRow(
-                    arm=generator_name(centre, gan, subset),
+                    arm=name,
                     seed=p.generator_seed,
                     centres=(centre,) if trained else (),
                     rounds=None,
                     messages=(("train.generator", (centre,)),) if trained else (),
-                    note=f"{gan}, {p.gans[gan].epochs} epochs" if trained else f"{gan}, untrained",
+                    note=note,
                 )
             )
     for seed in scenario.seeds:

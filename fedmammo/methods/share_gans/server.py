@@ -45,9 +45,11 @@ from fedmammo.federation.privacy.server import (
 from fedmammo.methods.share_gans.generators import (
     GENERATORS_DIR,
     SharedGenerator,
+    check_patch_size,
     generator_name,
     load_shared_generator,
     save_shared_generator,
+    saved_generator,
     untrained_generator,
 )
 from fedmammo.methods.share_gans.messages import (
@@ -217,32 +219,24 @@ def _train_generators(
     seed = p.generator_seed
     root = orc.run_dir / GENERATORS_DIR
     source = Path(p.load_generators).expanduser() if p.load_generators else None
-    if source is not None and (source / GENERATORS_DIR).is_dir():
-        source = source / GENERATORS_DIR
     needed = list(dict.fromkeys(g for s in specs for g in s.generators))
     gens: dict[str, SharedGenerator] = {}
     jobs: dict[str, list[tuple[str, str, str]]] = {}
     for subset in p.subsets:
         for centre, gan in needed:
             name = generator_name(centre, gan, subset)
-            for folder in (root / name, source / name if source else None):
-                if folder is not None and (folder / "description.json").is_file():
-                    gens[name] = load_shared_generator(folder)
-                    if gens[name].description.patch_size != p.patches.size:
-                        raise ConfigError(
-                            f"{folder}: generator of {gens[name].description.patch_size}-px "
-                            f"patches, the recipe's patches.size is {p.patches.size}"
-                        )
-                    if folder.parent != root:
-                        save_shared_generator(root, gens[name])
-                        orc.recorder.note(f"generator {name} loaded from {folder}")
-                    break
-            else:
-                if centre == UNTRAINED:  # a control: made here, no centre trains it
-                    gens[name] = _control_generator(p, name, gan, subset, seed)
+            folder = saved_generator(orc.run_dir, name) or saved_generator(source, name)
+            if folder is not None:
+                gens[name] = load_shared_generator(folder)
+                check_patch_size(folder, gens[name].description, p.patches.size)
+                if folder.parent != root:
                     save_shared_generator(root, gens[name])
-                else:
-                    jobs.setdefault(centre, []).append((name, gan, subset))
+                    orc.recorder.note(f"generator {name} loaded from {folder}")
+            elif centre == UNTRAINED:  # a control: made here, no centre trains it
+                gens[name] = _control_generator(p, name, gan, subset, seed)
+                save_shared_generator(root, gens[name])
+            else:
+                jobs.setdefault(centre, []).append((name, gan, subset))
     for name, gen in gens.items():
         if not orc.recorder.is_done(name, seed):
             _record_generator(orc, gen, seed)

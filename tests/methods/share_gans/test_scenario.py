@@ -31,7 +31,11 @@ from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.methods import get_method
-from fedmammo.methods.share_gans.generators import load_shared_generator, untrained_generator
+from fedmammo.methods.share_gans.generators import (
+    load_shared_generator,
+    save_shared_generator,
+    untrained_generator,
+)
 from fedmammo.methods.share_gans.params import UNTRAINED, ClassifierParams, parse_arm
 from fedmammo.methods.share_gans.receiver import KEPT_SCORES, _added_lesions
 from fedmammo.methods.share_gans.report import GAIN, GAIN_CI, record_arm
@@ -498,6 +502,44 @@ def test_the_generators_seed_is_the_recipes_not_the_first_scenario_seed():
     )
     rows = method.plan(scenario, scenario.recipe.typed_params(quick=True))
     assert {r.seed for r in rows if r.arm.startswith("B_")} == {7}
+
+
+def test_the_plan_says_which_generators_load_generators_gives_and_checks_their_patch_size(
+    tmp_path,
+):
+    # Prepare: an earlier run's folder holding B's DCGAN of masses, once at the recipe's patch
+    # size and once at another
+    scenario_file = Path(__file__).resolve().parents[3] / "scenarios" / "share_gans.yaml"
+    method = get_method("share_gans")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    sets = {"strategy.params.load_generators": str(earlier)}
+    scenario = load_scenario(scenario_file, sets=sets, quick=True)
+    params = scenario.recipe.typed_params(quick=True)
+    name = next(r.arm for r in method.plan(scenario, params) if r.arm.startswith("B_dcgan"))
+    subset = name.removeprefix("B_dcgan_")
+
+    def saved(patch_size: int) -> None:
+        gen = untrained_generator(
+            name, "dcgan", patch_size=patch_size, latent_dim=8, width=4, seed=0, subset=subset
+        )
+        save_shared_generator(earlier / "generators", dataclasses.replace(gen, name=name))
+
+    # Execute
+    saved(params.patches.size)
+    rows = {r.arm: r for r in method.plan(scenario, params)}
+    saved(params.patches.size * 2)
+    with pytest.raises(ConfigError) as caught:
+        method.plan(scenario, params)
+    # Assert: the loaded generator is trained by no centre; the others still are
+    assert rows[name].messages == () and rows[name].centres == ()
+    assert rows[name].note == f"dcgan, loaded from {earlier / 'generators' / name}"
+    others = [r for arm, r in rows.items() if arm.startswith("B_") and arm != name]
+    assert others and all(r.messages == (("train.generator", ("B",)),) for r in others)
+    assert str(caught.value) == (
+        f"{earlier / 'generators' / name}: generator of {params.patches.size * 2}-px patches, "
+        f"the recipe's patches.size is {params.patches.size}"
+    )
 
 
 def test_an_unknown_gan_name_is_named_with_its_set_not_pydantics_key_mark():
