@@ -105,7 +105,8 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
             raise MissingCodecError(
                 f"{path}: no installed plugin decodes transfer syntax {tsyntax.name!r} "
                 f'({tsyntax}). Install the codecs extra: pip install "fedmammo[codecs]" '
-                f"(JPEG 2000); pydicom's plugins for this syntax: {options}"
+                f"(JPEG 2000, JPEG Lossless, JPEG-LS); pydicom's plugins for this syntax: "
+                f"{options}"
             )
     _PLUGIN_LOG.addFilter(_QUIET)  # for this decode only (as pydicom used outside fedmammo)
     try:

@@ -136,8 +136,9 @@ _PROFILE_OPTIONS = {"centre": "name", "source": "source"}
 
 
 def data_config_problem(profile: CentreProfile) -> str | None:
-    """What is wrong with a real-data centre's ``data.format`` and ``data.options``, or a
-    phantom centre's segment styles (one line), or None; checked before any file is made."""
+    """What is wrong with a real-data centre's ``data.format`` and ``data.options`` (their
+    names, and the values checkable without the data, e.g. the label rule), or a phantom
+    centre's segment styles (one line), or None; checked before any file is made."""
     if profile.data.synthetic is not None:
         from fedmammo.data.phantom import resolve_styles
 
@@ -146,7 +147,7 @@ def data_config_problem(profile: CentreProfile) -> str | None:
         except ConfigError as exc:
             return str(exc)
         return None
-    from fedmammo.data.adapters import list_formats, options_of
+    from fedmammo.data.adapters import list_formats, option_values_problem, options_of
 
     where = f"centre {profile.name!r}"
     fmt = profile.data.format or ""
@@ -162,6 +163,8 @@ def data_config_problem(profile: CentreProfile) -> str | None:
             f"{where}: unknown data.options {', '.join(map(repr, unknown))} for format "
             f"{fmt!r}; valid options: {valid} (docs/datasets.md)"
         )
+    if problem := option_values_problem(fmt, profile.data.options):
+        return f"{where}: data.options {problem} (docs/datasets.md)"
     return None
 
 

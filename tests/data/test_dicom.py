@@ -339,7 +339,9 @@ def test_invalid_size_or_wrong_vr_is_refused_naming_the_tag(
 
 
 # --------------------------------------------------------------------------- compressed syntaxes
-@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"])
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+)
 def test_lossless_compressed_files_decode_like_the_uncompressed_one(name: str) -> None:
     path = get_testdata_file(name)
     if not pydicom.pixels.get_decoder(
@@ -361,12 +363,36 @@ def test_missing_codec_names_syntax_and_extra(monkeypatch: pytest.MonkeyPatch) -
     assert "MR_small_jp2klossless.dcm" in message
 
 
-def test_jpeg_ls_without_plugin_is_a_clear_error() -> None:
-    path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
-    if pydicom.pixels.get_decoder(pydicom.dcmread(path).file_meta.TransferSyntaxUID).is_available:
-        pytest.skip("a JPEG-LS plugin is installed")
+def test_jpeg_lossless_as_rsna_ships_it_decodes_like_the_uncompressed_file(tmp_path: Path) -> None:
+    # Prepare: the MR test file as JPEG Lossless, first-order prediction (1.2.840.10008.1.2.4.70,
+    # one of RSNA's two syntaxes), written by GDCM (the codecs extra's decoder for it)
+    gdcm = pytest.importorskip("gdcm")
+    source = get_testdata_file("MR_small.dcm")
+    reader = gdcm.ImageReader()
+    reader.SetFileName(source)
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(tmp_path / "jpeg_lossless.dcm"))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    # Execute
+    ds = pydicom.dcmread(tmp_path / "jpeg_lossless.dcm")
+    pixels = read_pixels(tmp_path / "jpeg_lossless.dcm")
+    # Assert
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    np.testing.assert_allclose(pixels, read_pixels(source))
+
+
+def test_jpeg_ls_without_plugin_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = SimpleNamespace(is_available=False, missing_dependencies=["gdcm - requires x"])
+    monkeypatch.setattr(dicom, "get_decoder", lambda uid: missing)
     with pytest.raises(MissingCodecError, match="JPEG-LS"):
-        read_pixels(path)
+        read_pixels(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
 
 
 # --------------------------------------------------------------------------- real mammograms

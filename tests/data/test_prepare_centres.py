@@ -170,6 +170,38 @@ def test_a_profile_setting_what_the_profile_owns_or_an_unknown_option_is_named()
     assert problem({"synthetic": _profile("s", 1).data.synthetic.model_dump()}) is None
 
 
+@pytest.mark.parametrize(
+    ("fmt", "options", "said"),
+    [
+        (
+            "inbreast",
+            {"birads3": "benin"},
+            "birads3 'benin' is not allowed; allowed values: benign, exclude (case-insensitive)",
+        ),
+        (
+            "vindr-mammo",
+            {"malignancy_uncertainty": {"4c": 7}},
+            "malignancy_uncertainty['4c'] 7 is not allowed; allowed values: a number in [0, 1] "
+            "(0 = certain; the loss weighs a label by 1 - u)",
+        ),
+    ],
+)
+def test_check_names_a_label_rule_value_that_is_not_allowed(fmt, options, said):
+    """Regression: --check said "valid" for birads3: benin (read as benign) and an uncertainty
+    of 7 (a loss weight 1 - u of -6)."""
+
+    # Prepare
+    def problem(options):
+        data = {"format": fmt, "root": "/x", "options": options}
+        return prepare.data_config_problem(
+            CentreProfile.model_validate({"name": "h", "source": "H", "data": data})
+        )
+
+    # Execute / Assert
+    assert problem(options) == f"centre 'h': data.options {said} (docs/datasets.md)"
+    assert problem({"birads3": "Exclude", "malignancy_uncertainty": {"4a": 0.7}}) is None
+
+
 def test_counts_keep_unlabelled_images_under_na():
     # Prepare: a manifest whose malignancy labels are 1, 0 and missing (pandas' nullable Int)
     import pandas as pd

@@ -6,20 +6,27 @@ canonical manifest (fedmammo.data.manifest); this package registers them by form
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from fedmammo.data.adapters import cbis_ddsm, cmmd, dicom_folder, inbreast, rsna, vindr
-from fedmammo.data.adapters._common import COMMON_OPTIONS, print_summary, summarise_manifest
+from fedmammo.data.adapters._common import (
+    COMMON_OPTIONS,
+    LABEL_RULE_OPTIONS,
+    label_rule_problem,
+    print_summary,
+    summarise_manifest,
+)
 from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
     "ADAPTERS",
     "list_formats",
     "load_manifest",
+    "option_values_problem",
     "options_of",
     "print_summary",
     "summarise_manifest",
@@ -45,6 +52,16 @@ def list_formats() -> list[str]:
 def options_of(fmt: str) -> frozenset[str]:
     """The options the adapter of format ``fmt`` accepts (its own and the common ones)."""
     return frozenset(_MODULES[fmt].OPTIONS) | COMMON_OPTIONS
+
+
+def option_values_problem(fmt: str, options: Mapping[str, Any]) -> str | None:
+    """What is wrong with the values of the options of format ``fmt`` that can be checked
+    without the data (one line starting with the option's name, saying the allowed values),
+    or None: the label rule (``birads3``, ``malignancy_uncertainty``) of the formats taking it.
+    """
+    if set(LABEL_RULE_OPTIONS) & set(_MODULES[fmt].OPTIONS):
+        return label_rule_problem(options)
+    return None
 
 
 def load_manifest(fmt: str, root: str | Path, **options: Any) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -19,8 +20,12 @@ from fedmammo.data.manifest import LABEL_TASKS, make_segment, normalise_manifest
 from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
+    "BIRADS3_RULES",
     "BIRADS_MALIGNANCY_UNCERTAINTY",
     "COMMON_OPTIONS",
+    "LABEL_RULE_OPTIONS",
+    "TRUNCATED_HEADER",
+    "UNREADABLE_HEADER",
     "SkipCounter",
     "check_options",
     "finish_manifest",
@@ -30,14 +35,19 @@ __all__ = [
     "header_manufacturer",
     "header_pixel_spacing",
     "header_view",
+    "image_header_problem",
+    "image_size",
     "is_dicom_file",
     "iter_dicom_files",
+    "label_rule_problem",
+    "label_rules",
     "malignancy_from_birads",
     "option_path",
     "print_summary",
     "read_age",
     "read_birads",
     "read_header",
+    "read_image_header",
     "read_label",
     "read_table",
     "summarise_manifest",
@@ -83,6 +93,11 @@ BIRADS_MALIGNANCY_UNCERTAINTY: dict[str, float] = {
     "5": 0.05,
     "6": 0.0,
 }
+#: Values of the option ``birads3`` (read case-insensitively): BI-RADS 3 counted benign, or
+#: left out (malignancy NA).
+BIRADS3_RULES: tuple[str, ...] = ("benign", "exclude")
+#: The options that set the BI-RADS label rule of an adapter deriving malignancy from BI-RADS.
+LABEL_RULE_OPTIONS: tuple[str, ...] = ("birads3", "malignancy_uncertainty")
 
 
 def check_options(options: Mapping[str, Any], allowed: Iterable[str], dataset: str) -> None:
@@ -129,6 +144,28 @@ def format_columns(columns: Iterable[object], limit: int = 12) -> str:
 _SEPARATORS = {",": "',' (comma)", ";": "';' (semicolon)", "\t": "a tab"}
 
 
+#: The pandas engine that reads each spreadsheet format and the module it needs (both in the
+#: ``xlsx`` extra; pandas deprecates xlrd for .xls).
+_SPREADSHEET_ENGINES = {".xlsx": ("openpyxl", "openpyxl"), ".xls": ("calamine", "python_calamine")}
+
+
+def _read_spreadsheet(path: Path, engine: tuple[str, str], dataset: str) -> pd.DataFrame:
+    """The first sheet of an .xlsx / .xls file as strings; DataError naming the file when the
+    reader is not installed or the file is not a readable spreadsheet (truncated, another
+    format renamed)."""
+    engine, module = engine
+    if importlib.util.find_spec(module) is None:
+        raise DataError(
+            f'{dataset}: reading {path} needs {module}; fix: pip install "fedmammo[xlsx]", '
+            "or export the sheet as CSV and name that file instead"
+        )
+    try:
+        return pd.read_excel(path, dtype=str, engine=engine)
+    except Exception as exc:  # each reader has its own errors; any of them: not a table
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{dataset}: {path} cannot be read as a spreadsheet: {reason}") from exc
+
+
 def read_table(
     path: Path,
     *,
@@ -145,26 +182,20 @@ def read_table(
     expected = list(expected)
     if not path.is_file():
         raise DataError(f"{dataset}: {path} not found; expected layout: {layout}")
-    try:
-        if path.suffix.lower() in (".xlsx", ".xls"):
-            try:
-                import openpyxl  # noqa: F401
-            except ImportError:
-                raise DataError(
-                    f"{dataset}: reading {path} needs openpyxl; fix: pip install "
-                    '"fedmammo[xlsx]" (or give a CSV export with option clinical_csv)'
-                ) from None
-            df = pd.read_excel(path, dtype=str)
-        else:
+    engine = _SPREADSHEET_ENGINES.get(path.suffix.lower())
+    if engine is None:
+        try:
             df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{dataset}: {path} cannot be read as a table: {exc}") from exc
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise DataError(f"{dataset}: {path} cannot be read as a table: {exc}") from exc
+    else:
+        df = _read_spreadsheet(path, engine, dataset)
     df.columns = [str(c).strip() for c in df.columns]
     for col in expected:
         if col not in df.columns:
             hint, only = "", df.columns[0] if len(df.columns) == 1 else ""
             other = [s for s in _SEPARATORS if s != sep and s in only]
-            if other and path.suffix.lower() not in (".xlsx", ".xls"):
+            if other and path.suffix.lower() not in _SPREADSHEET_ENGINES:
                 want = _SEPARATORS.get(sep, repr(sep))
                 hint = (
                     f" (the file looks separated by {_SEPARATORS[other[0]]}, not {want}; "
@@ -195,15 +226,90 @@ def malignancy_from_birads(
 
     Rule (Tardy & Mateus 2022, Front. Radiol.): {1, 2} -> 0, {4, 5, 6} -> 1; category 3 is
     benign (``birads3="benign"``, as they count INbreast) or left out (``"exclude"`` -> None).
+    ``uncertainty`` overrides BIRADS_MALIGNANCY_UNCERTAINTY per category. A ``birads3`` or
+    ``uncertainty`` that :func:`label_rule_problem` refuses is a ConfigError.
     """
+    rule = {"birads3": birads3, "malignancy_uncertainty": uncertainty}
+    if problem := label_rule_problem(rule):
+        raise ConfigError(f"malignancy_from_birads: option {problem}")
     cat = _birads_key(category)
     if cat is None or cat == "0":
         return None, None
-    if cat == "3" and birads3 == "exclude":
+    if cat == "3" and _birads3_rule(birads3) == "exclude":
         return None, None
-    table = {**BIRADS_MALIGNANCY_UNCERTAINTY, **{str(k): v for k, v in (uncertainty or {}).items()}}
+    table = _uncertainty_table(uncertainty)
     label = 0 if cat in ("1", "2", "3") else 1
     return label, float(table.get(cat, table.get(cat[0], 0.0)))
+
+
+def label_rule_problem(options: Mapping[str, Any]) -> str | None:
+    """What is wrong with the label-rule options of ``options`` (one line starting with the
+    option's name and saying the allowed values), or None.
+
+    ``birads3`` must be one of BIRADS3_RULES (any case); ``malignancy_uncertainty`` a mapping
+    of BI-RADS categories (1, 2, 3, 4, 4a, 4b, 4c, 5, 6) to numbers in [0, 1]: the loss weighs
+    a label by ``1 - u``. An option absent (or ``malignancy_uncertainty`` None) is no problem.
+    """
+    if "birads3" in options and _birads3_rule(options["birads3"]) is None:
+        return (
+            f"birads3 {options['birads3']!r} is not allowed; allowed values: "
+            f"{', '.join(BIRADS3_RULES)} (case-insensitive)"
+        )
+    return _uncertainty_problem(options.get("malignancy_uncertainty"))
+
+
+def label_rules(
+    options: Mapping[str, Any], *, dataset: str, birads3: str
+) -> tuple[str, dict[str, float]]:
+    """The label rule ``options`` set: the ``birads3`` rule (``birads3`` when unset) and the
+    BI-RADS category -> u_malignancy table (the defaults with the option's overrides).
+
+    An option :func:`label_rule_problem` refuses is a ConfigError naming ``dataset``.
+    """
+    if problem := label_rule_problem(options):
+        raise ConfigError(f"{dataset}: option {problem}")
+    rule = _birads3_rule(options.get("birads3", birads3))
+    assert rule is not None, f"default birads3 {birads3!r} is not one of {BIRADS3_RULES}"
+    return rule, _uncertainty_table(options.get("malignancy_uncertainty"))
+
+
+def _birads3_rule(value: object) -> str | None:
+    """The BIRADS3_RULES entry ``value`` names (any case, spaces around ignored), or None."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    return text if text in BIRADS3_RULES else None
+
+
+def _uncertainty_problem(value: object) -> str | None:
+    """What is wrong with a ``malignancy_uncertainty`` value (one line), or None."""
+    if value is None:
+        return None
+    categories = ", ".join(BIRADS_MALIGNANCY_UNCERTAINTY)
+    if not isinstance(value, Mapping):
+        return (
+            f"malignancy_uncertainty {value!r} is not a mapping; allowed: "
+            f"{{BI-RADS category: number in [0, 1]}} with categories {categories}"
+        )
+    for key, u in value.items():
+        if _birads_key(key) not in BIRADS_MALIGNANCY_UNCERTAINTY:
+            return (
+                f"malignancy_uncertainty key {key!r} is not a BI-RADS category with a "
+                f"malignancy label; allowed keys: {categories}"
+            )
+        if isinstance(u, bool) or not isinstance(u, int | float) or not 0 <= u <= 1:
+            return (
+                f"malignancy_uncertainty[{key!r}] {u!r} is not allowed; allowed values: a "
+                "number in [0, 1] (0 = certain; the loss weighs a label by 1 - u)"
+            )
+    return None
+
+
+def _uncertainty_table(overrides: Mapping[object, float] | None) -> dict[str, float]:
+    """BI-RADS category -> u_malignancy: the defaults with ``overrides`` (keys read like
+    BI-RADS values, so 4C, 'BI-RADS 5' and 5 name 4c, 5 and 5)."""
+    table = dict(BIRADS_MALIGNANCY_UNCERTAINTY)
+    for key, u in (overrides or {}).items():
+        table[str(_birads_key(key))] = float(u)
+    return table
 
 
 def read_label(
@@ -306,6 +412,41 @@ def read_header(path: Path) -> Any | None:
     ) as exc:
         log.debug("cannot read DICOM header of %s: %s", path, exc)
         return None
+
+
+#: Skip reason of a file whose DICOM header cannot be read at all.
+UNREADABLE_HEADER = "unreadable DICOM header"
+#: Skip reason of a file whose header reads but stops before the image size: pydicom reads a
+#: file cut short up to the cut without error, so only the missing Rows/Columns tell.
+TRUNCATED_HEADER = "DICOM header ends before Rows/Columns (truncated file)"
+
+
+def image_size(ds: Any) -> tuple[int, int] | None:
+    """(Rows, Columns) of a header; None when either is absent or not a number."""
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def image_header_problem(ds: Any) -> str | None:
+    """Why a header from :func:`read_header` cannot be listed as an image (UNREADABLE_HEADER,
+    TRUNCATED_HEADER), or None when it can."""
+    if ds is None:
+        return UNREADABLE_HEADER
+    if image_size(ds) is None:
+        return TRUNCATED_HEADER
+    return None
+
+
+def read_image_header(path: Path, skips: SkipCounter) -> Any | None:
+    """The header of the image file ``path``, or None once ``skips`` has counted and logged it
+    with the reason :func:`image_header_problem` gives (unreadable, or cut before its size)."""
+    ds = read_header(path)
+    if problem := image_header_problem(ds):
+        skips.skip(path, problem)
+        return None
+    return ds
 
 
 def _text(ds: Any, keyword: str) -> str | None:

@@ -13,12 +13,15 @@ from typing import Any
 import pandas as pd
 
 from fedmammo.data.adapters._common import (
+    UNREADABLE_HEADER,
     SkipCounter,
     check_options,
     finish_manifest,
     header_laterality,
     header_manufacturer,
     header_pixel_spacing,
+    image_header_problem,
+    image_size,
     iter_dicom_files,
     option_path,
     read_header,
@@ -94,7 +97,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             continue
         path, ds = found
         if ds is None:
-            skips.skip(path, "unreadable DICOM header")
+            skips.skip(path, image_header_problem(read_header(path)) or UNREADABLE_HEADER)
             continue
         lesions = []
         for abn in abns:
@@ -279,11 +282,11 @@ class _Locator:
             direct = base / rel
             if direct.is_file():
                 ds = _image_header(direct)
-                if shape is None or ds is None or _shape(ds) == shape:
+                if shape is None or ds is None or image_size(ds) == shape:
                     return direct, ds
         candidates, unreadable = self.candidates(patient_id)
         if shape is not None:
-            candidates = [(p, ds) for p, ds in candidates if _shape(ds) == shape]
+            candidates = [(p, ds) for p, ds in candidates if image_size(ds) == shape]
         if not candidates:
             return (unreadable[0], None) if unreadable and shape is None else None
         uids = set(rel.split("/")[1:-1])
@@ -314,24 +317,17 @@ class _Locator:
             log.info("%s: indexing DICOM headers under %s by PatientID", DATASET, self.root)
             self._by_patient = defaultdict(list)
             for path in iter_dicom_files(self.root):
-                ds = read_header(path)
+                ds = _image_header(path)  # a file cut before its size is no candidate
                 if ds is not None:
                     self._by_patient[str(ds.get("PatientID", "")).strip()].append((path, ds))
         return self._by_patient
 
 
 def _image_header(path: Path) -> Any | None:
-    """The header of an image file; None if unreadable or cut before its Rows and Columns (a
-    truncated file reads without error up to the cut)."""
+    """The header of an image file; None if ``_common.image_header_problem`` refuses it
+    (unreadable, or cut before its Rows and Columns: a truncated file reads up to the cut)."""
     ds = read_header(path)
-    return ds if ds is not None and _shape(ds) is not None else None
-
-
-def _shape(ds: Any) -> tuple[int, int] | None:
-    try:
-        return int(ds.Rows), int(ds.Columns)
-    except (AttributeError, TypeError, ValueError):
-        return None
+    return None if image_header_problem(ds) else ds
 
 
 def _uids(ds: Any) -> set[str]:
@@ -343,7 +339,7 @@ def _lesion_box(locator: _Locator, abn: dict[str, Any], image_ds: Any) -> list[i
     import numpy as np
     import pydicom
 
-    shape = _shape(image_ds)
+    shape = image_size(image_ds)
     for key in ("ROI mask file path", "cropped image file path"):  # CBIS swaps them sometimes
         rel = abn.get(key)
         if not rel:

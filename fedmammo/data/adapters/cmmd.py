@@ -21,7 +21,7 @@ from fedmammo.data.adapters._common import (
     iter_dicom_files,
     option_path,
     read_age,
-    read_header,
+    read_image_header,
     read_label,
     read_table,
     text_or_none,
@@ -70,9 +70,8 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             ages[pid] = age
     rows = []
     for path in iter_dicom_files(root):
-        ds = read_header(path)
+        ds = read_image_header(path, skips)
         if ds is None:
-            skips.skip(path, "unreadable DICOM header")
             continue
         pid = text_or_none(ds.get("PatientID")) or next(
             (p for p in reversed(path.parts) if _PATIENT.match(p)), None

@@ -20,6 +20,7 @@ from fedmammo.data.adapters._common import (
     header_manufacturer,
     header_pixel_spacing,
     header_view,
+    image_header_problem,
     iter_dicom_files,
     option_path,
     read_header,
@@ -71,12 +72,12 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     first_of: dict[str, Path] = {}  # SOPInstanceUID -> the first file (sorted paths) holding it
     for path in iter_dicom_files(root):
         ds = read_header(path)
-        if ds is None:
-            skips.skip(path, "unreadable DICOM header")
-            continue
-        modality = (text_or_none(ds.get("Modality")) or "").upper()
+        modality = (text_or_none(ds.get("Modality")) or "").upper() if ds is not None else ""
         if modality and modality not in modalities:
             skips.skip(path, f"modality {modality} is not {'/'.join(sorted(modalities))}")
+            continue
+        if problem := image_header_problem(ds):  # after the modality: a report has no Rows
+            skips.skip(path, problem)
             continue
         sop = text_or_none(ds.get("SOPInstanceUID"))
         if sop is not None and sop in first_of:

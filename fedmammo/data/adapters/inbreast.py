@@ -20,10 +20,11 @@ from fedmammo.data.adapters._common import (
     header_age,
     header_manufacturer,
     header_pixel_spacing,
+    label_rules,
     malignancy_from_birads,
     option_path,
     read_birads,
-    read_header,
+    read_image_header,
     read_label,
     read_table,
     text_or_none,
@@ -49,13 +50,21 @@ COLUMNS = [
 #: The published columns the adapter reads ('Patient ID' says "removed": not read).
 REQUIRED_COLUMNS = [c for c in COLUMNS if c != "Patient ID"]
 LAYOUT = (
-    "ROOT/INbreast.csv (';'-separated: " + ";".join(COLUMNS) + "), ROOT/AllDICOMs/"
+    "ROOT/INbreast.csv (';'-separated: " + ";".join(COLUMNS) + ") or the release's "
+    "ROOT/INbreast.xls, ROOT/AllDICOMs/"
     "{File Name}_{hash}_MG_{L|R}_{CC|ML}_ANON.dcm and optional ROIs ROOT/AllXML/{File Name}.xml"
 )
 _DICOM_NAME = re.compile(r"^(\d+)_([0-9A-Za-z]+)_MG_([LR])_(CC|MLO|ML)_ANON\.dcm$", re.IGNORECASE)
 _POINT = re.compile(r"\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)")
 OPTIONS = ("csv", "birads3", "malignancy_uncertainty")
 _DENSITY = {str(d): d for d in (1, 2, 3, 4)}
+
+
+def _release_table(root: Path) -> Path:
+    """The image table: ``INbreast.csv``, else the release's own ``INbreast.xls`` (same
+    columns; reading it needs the ``xlsx`` extra)."""
+    csv, xls = root / "INbreast.csv", root / "INbreast.xls"
+    return xls if xls.is_file() and not csv.is_file() else csv
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -68,8 +77,9 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     Bi-Rads -> acr (4a/4b/4c -> 4).
     """
     check_options(options, OPTIONS, DATASET)
+    birads3, uncertainty = label_rules(options, dataset=DATASET, birads3="benign")
     root = Path(root)
-    csv_path = option_path(options, "csv", dataset=DATASET) or root / "INbreast.csv"
+    csv_path = option_path(options, "csv", dataset=DATASET) or _release_table(root)
     table = read_table(csv_path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT, sep=";")
     dicom_dir = root / "AllDICOMs"
     if not dicom_dir.is_dir():
@@ -91,16 +101,11 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
             skips.skip(f"{dicom_dir}/{name}_*_MG_*_ANON.dcm", "DICOM for File Name not found")
             continue
         path, match = files[name]
-        ds = read_header(path)
+        ds = read_image_header(path, skips)
         if ds is None:
-            skips.skip(path, "unreadable DICOM header")
             continue
         birads = read_birads(rec["Bi-Rads"], skips=skips, where=where, column="Bi-Rads")
-        malignant, u_mal = malignancy_from_birads(
-            birads,
-            birads3=str(options.get("birads3", "benign")),
-            uncertainty=options.get("malignancy_uncertainty"),
-        )
+        malignant, u_mal = malignancy_from_birads(birads, birads3=birads3, uncertainty=uncertainty)
         acr = int(birads[0]) if birads and birads != "0" else None  # 4a/4b/4c -> 4
         density = read_label(rec["ACR"], _DENSITY, skips=skips, where=where, column="ACR")
         xml = root / "AllXML" / f"{name}.xml"

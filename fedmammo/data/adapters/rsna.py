@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,15 @@ from fedmammo.data.adapters._common import (
     header_pixel_spacing,
     option_path,
     read_age,
-    read_header,
+    read_image_header,
     read_label,
     read_table,
     text_or_none,
 )
 
 __all__ = ["COLUMNS", "REQUIRED_COLUMNS", "load"]
+
+log = logging.getLogger(__name__)
 
 DATASET = "RSNA"
 COLUMNS = [
@@ -52,6 +55,8 @@ OPTIONS = ("csv", "images_dir")
 _CANCER = {"0": 0, "1": 1}
 _BIRADS = {"0": None, **{str(b): b for b in range(1, 7)}}  # 0 = recall (incomplete) -> NA
 _DENSITY = {"A": 1, "B": 2, "C": 3, "D": 4}
+#: What an empty site_id / machine_id cell stands for (as a missing Manufacturer tag does).
+UNKNOWN = "unknown"
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -59,7 +64,8 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
 
     malignant = ``cancer`` (biopsy-proven or follow-up, u = 0); density A-D -> 1-4; BIRADS
     1 / 2 -> acr 1 / 2 and 0 ("recall": incomplete assessment) -> NA; segment =
-    ``site<site_id>-machine<machine_id>``. Images on disk but not in the CSV are ignored.
+    ``site<site_id>-machine<machine_id>`` (an empty cell reads "unknown", with a warning
+    naming the line). Images on disk but not in the CSV are ignored.
     Options: ``csv`` (default ROOT/train.csv), ``images_dir`` (default ROOT/train_images).
     """
     check_options(options, OPTIONS, DATASET)
@@ -78,15 +84,15 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         if not path.is_file():
             skips.skip(path, "image file not found")
             continue
-        ds = read_header(path)
+        ds = read_image_header(path, skips)
         if ds is None:
-            skips.skip(path, "unreadable DICOM header")
             continue
         cancer = read_label(rec["cancer"], _CANCER, skips=skips, where=where, column="cancer")
         acr = read_label(rec["BIRADS"], _BIRADS, skips=skips, where=where, column="BIRADS")
         density = read_label(rec["density"], _DENSITY, skips=skips, where=where, column="density")
         view = (text_or_none(rec["view"]) or "").upper() or None
-        site, machine = text_or_none(rec["site_id"]), text_or_none(rec["machine_id"])
+        site = _segment_part(rec["site_id"], where=where, column="site_id")
+        machine = _segment_part(rec["machine_id"], where=where, column="machine_id")
         age = read_age(rec["age"], skips=skips, where=where, column="age")
         rows.append(
             {
@@ -115,3 +121,15 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     return finish_manifest(
         rows, dataset=DATASET, fmt="rsna", options=options, skips=skips, root=images
     )
+
+
+def _segment_part(value: object, *, where: str, column: str) -> str:
+    """A site_id / machine_id cell as text; an empty one is UNKNOWN, with a warning naming
+    ``where`` (the CSV line) and ``column``."""
+    text = text_or_none(value)
+    if text is None:
+        log.warning(
+            "%s: %s: empty %s; the image's segment uses %r", DATASET, where, column, UNKNOWN
+        )
+        return UNKNOWN
+    return text

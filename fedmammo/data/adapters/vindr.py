@@ -19,9 +19,10 @@ from fedmammo.data.adapters._common import (
     header_age,
     header_manufacturer,
     header_pixel_spacing,
+    label_rules,
     malignancy_from_birads,
     read_birads,
-    read_header,
+    read_image_header,
     read_label,
     read_table,
     text_or_none,
@@ -80,9 +81,11 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     No biopsy results are published: malignancy is derived from breast_birads as Tardy &
     Mateus (2022) do for screening labels without histology: 1-2 -> 0, 4-5 -> 1, 3 -> NA
     (option ``birads3: benign`` keeps 3 as 0), with u_malignancy from
-    ``_common.BIRADS_MALIGNANCY_UNCERTAINTY`` (option ``malignancy_uncertainty``).
+    ``_common.BIRADS_MALIGNANCY_UNCERTAINTY`` (option ``malignancy_uncertainty``); a lesion's
+    ``malignant`` follows its finding_birads by the same rule.
     """
     check_options(options, OPTIONS, DATASET)
+    birads3, uncertainty = label_rules(options, dataset=DATASET, birads3="exclude")
     root = Path(root)
     breasts = read_table(
         root / "breast-level_annotations.csv",
@@ -95,7 +98,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     findings: dict[str, list[dict]] | None = None
     if findings_path.is_file():
         table = read_table(findings_path, dataset=DATASET, expected=FINDING_REQUIRED, layout=LAYOUT)
-        findings = _findings(table, findings_path, skips)
+        findings = _findings(table, findings_path, skips, birads3=birads3)
     else:
         log.warning("%s: %s not found; lesion boxes NA", DATASET, findings_path)
     rows = []
@@ -109,16 +112,11 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         if not path.is_file():
             skips.skip(path, "image file not found")
             continue
-        ds = read_header(path)
+        ds = read_image_header(path, skips)
         if ds is None:
-            skips.skip(path, "unreadable DICOM header")
             continue
         birads = read_birads(rec["breast_birads"], skips=skips, where=where, column="breast_birads")
-        malignant, u_mal = malignancy_from_birads(
-            birads,
-            birads3=str(options.get("birads3", "exclude")),
-            uncertainty=options.get("malignancy_uncertainty"),
-        )
+        malignant, u_mal = malignancy_from_birads(birads, birads3=birads3, uncertainty=uncertainty)
         acr = int(birads[0]) if birads and birads != "0" else None
         density = read_label(
             rec["breast_density"], _DENSITY, skips=skips, where=where, column="breast_density"
@@ -152,8 +150,18 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     )
 
 
-def _findings(table: pd.DataFrame, path: Path, skips: SkipCounter) -> dict[str, list[dict]]:
-    """image_id -> lesion records (boxes in stored-image pixels), 'No Finding' rows dropped."""
+def _findings(
+    table: pd.DataFrame, path: Path, skips: SkipCounter, *, birads3: str
+) -> dict[str, list[dict]]:
+    """image_id -> lesion records (boxes in stored-image pixels), 'No Finding' rows dropped.
+
+    A finding's ``malignant`` follows its ``finding_birads`` by the images' rule (``birads3``:
+    a BI-RADS 3 finding is benign or NA like a BI-RADS 3 breast). Its kind is its first
+    category; VinDr-Mammo's categories are all finding types (Mass, Suspicious Calcification,
+    Asymmetry, Focal / Global Asymmetry, Architectural Distortion, Skin Thickening / Retraction,
+    Nipple Retraction, Suspicious Lymph Node), none a shape descriptor: ``shape`` is empty and
+    further categories of the same box are not kept.
+    """
     out: dict[str, list[dict]] = defaultdict(list)
     for line, rec in enumerate(table.to_dict("records"), start=2):
         categories = _categories(text_or_none(rec["finding_categories"]))
@@ -164,11 +172,11 @@ def _findings(table: pd.DataFrame, path: Path, skips: SkipCounter) -> dict[str, 
         birads = read_birads(
             rec["finding_birads"], skips=skips, where=f"{path} line {line}", column="finding_birads"
         )
-        malignant, _ = malignancy_from_birads(birads, birads3="benign")
+        malignant, _ = malignancy_from_birads(birads, birads3=birads3)
         out[str(rec["image_id"])].append(
             {
                 "kind": _kind(categories[0]),
-                "shape": ", ".join(categories[1:]),
+                "shape": "",
                 "malignant": None if malignant is None else bool(malignant),
                 "box": [math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)],
             }

@@ -525,9 +525,9 @@ def build_vindr(root: Path) -> dict[str, dict[str, Any]]:
             "training",
         ]
     )
-    expected["d3b8ba4a1e0a2f9e"]["lesions"] = [
-        ("mass", [10, 12, 31, 41], True),
-        ("calcification", [1, 2, 5, 7], False),
+    expected["d3b8ba4a1e0a2f9e"]["lesions"] = [  # the BI-RADS 3 finding: NA, as is a BI-RADS 3
+        ("mass", [10, 12, 31, 41], True),  # breast by the default birads3: exclude
+        ("calcification", [1, 2, 5, 7], None),
     ]
     f2 = [s2, "y", "ee55ff66aa77bb88", "R", "CC", str(ROWS), str(COLS), "BI-RADS 5", "DENSITY A"]
     finding.append([*f2, "['Architectural Distortion']", "BI-RADS 5", "3", "4", "9", "8", "test"])

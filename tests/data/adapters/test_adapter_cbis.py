@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pydicom
 import pytest
 
 from fedmammo.data.adapters import load_manifest
+from fedmammo.data.adapters._common import TRUNCATED_HEADER
 from fedmammo.data.manifest import MANIFEST_COLUMNS, decode_lesions
 from fedmammo.errors import DataError
 
@@ -267,7 +269,8 @@ def test_cbis_truncated_full_mammogram_is_skipped_as_unreadable(
     tmp_path: Path, builders, caplog, layout: str, cut: str
 ) -> None:
     """Regression: a truncated TCIA file was 'full-mammogram DICOM not found' naming the CSV's
-    path instead of the file."""
+    path instead of the file. A cut inside the file meta leaves no header; a later cut leaves
+    a header without Rows/Columns, skipped with that reason."""
     # Prepare: RIGHT_CC's full mammogram cut short
     builders["cbis-ddsm"](tmp_path, layout)
     path = _full_image(tmp_path, layout, RIGHT_CC)
@@ -283,9 +286,8 @@ def test_cbis_truncated_full_mammogram_is_skipped_as_unreadable(
     with caplog.at_level(logging.WARNING):
         df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
 
-    # Assert: skipped and counted as unreadable, the warning naming the file itself
+    # Assert: skipped and counted with its reason, the warning naming the file itself
+    reason = "unreadable DICOM header" if cut == "file-meta" else TRUNCATED_HEADER
     assert RIGHT_CC not in df.index
-    assert df.attrs["skip_reasons"] == {"unreadable DICOM header": 2}  # with P_00003's
-    assert any(
-        f"skipping {path}: unreadable DICOM header" in r.getMessage() for r in caplog.records
-    )
+    assert df.attrs["skip_reasons"] == Counter(["unreadable DICOM header", reason])  # + P_00003
+    assert any(f"skipping {path}: {reason}" in r.getMessage() for r in caplog.records)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -337,3 +338,61 @@ def test_read_header_of_a_truncated_file_never_raises(tmp_path: Path, dicom_writ
         results.append(read_header(cut))
     assert results[0] is None and results[154] is None  # in the file meta's first length
     assert any(ds is not None for ds in results)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("clinical.xlsx", b"PK\x03\x04" + bytes(64)),  # a zip cut short: openpyxl's BadZipFile
+        ("INbreast.xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64)),  # OLE2 header, no sheet
+    ],
+)
+def test_a_broken_spreadsheet_is_one_line_naming_the_file(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        read_table(path, dataset="X", expected=["a"], layout="L")
+    message = str(err.value)
+    assert message.startswith(f"X: {path} cannot be read as a spreadsheet: ")
+    assert "\n" not in message
+
+
+def test_a_spreadsheet_without_its_reader_names_the_reader_and_the_extra(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path = tmp_path / "INbreast.xls"
+    path.write_bytes(b"\xd0\xcf\x11\xe0")
+    monkeypatch.setitem(sys.modules, "python_calamine", None)
+    with pytest.raises(DataError) as err:
+        read_table(path, dataset="X", expected=["a"], layout="L")
+    assert str(err.value) == (
+        f'X: reading {path} needs python_calamine; fix: pip install "fedmammo[xlsx]", or export '
+        "the sheet as CSV and name that file instead"
+    )
+
+
+def test_inbreast_reads_the_releases_xls_when_there_is_no_csv(
+    tmp_path: Path, builders, monkeypatch
+) -> None:
+    # Prepare: the tree with its table as the release ships it, INbreast.xls (pandas' reader
+    # stands in for calamine: no .xls writer exists to make one here)
+    builders["inbreast"](tmp_path)
+    table = pd.read_csv(tmp_path / "INbreast.csv", sep=";", dtype=str)
+    (tmp_path / "INbreast.csv").rename(tmp_path / "INbreast.xls")
+    read = []
+
+    def read_excel(path, **kwargs):
+        read.append((Path(path).name, kwargs["engine"]))
+        return table
+
+    monkeypatch.setattr(pd, "read_excel", read_excel)
+    # Execute
+    df = load_manifest("inbreast", tmp_path)
+    # Assert: the same manifest as from the CSV, read from INbreast.xls with calamine
+    assert read == [("INbreast.xls", "calamine")]
+    (tmp_path / "INbreast.xls").rename(tmp_path / "INbreast.csv")
+    monkeypatch.undo()
+    from_csv = load_manifest("inbreast", tmp_path)
+    pd.testing.assert_frame_equal(df.reset_index(drop=True), from_csv.reset_index(drop=True))

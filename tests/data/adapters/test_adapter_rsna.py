@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -82,3 +83,27 @@ def test_rsna_corrupt_image_is_skipped_and_counted(
     # Assert
     assert "220375232" not in set(df["image_id"])
     assert df.attrs["skip_reasons"] == {"image file not found": 1, "unreadable DICOM header": 1}
+
+
+def test_rsna_empty_site_or_machine_is_unknown_with_a_warning(
+    tmp_path: Path, builders, csv_editor, caplog
+) -> None:
+    """Regression: an empty site_id made the segment 'siteNone-machine29', silently."""
+    # Prepare: line 2 without its site_id, line 4 without its machine_id
+    builders["rsna"](tmp_path)
+    csv = csv_editor(tmp_path / "train.csv", {0: {"site_id": ""}, 2: {"machine_id": " "}})
+
+    # Execute
+    with caplog.at_level(logging.WARNING):
+        df = load_manifest("rsna", tmp_path).set_index("image_id")
+
+    # Assert
+    assert df.loc["462822612", "segment"] == "siteunknown-machine29"
+    assert df.loc["462822612", "site_id"] == "unknown"
+    assert df.loc["220375232", "segment"] == "site1-machineunknown"
+    assert df.loc["220375232", "machine_id"] == "unknown"
+    assert df.loc["1459541791", "segment"] == "site2-machine29"
+    assert not any("None" in s for s in df["segment"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"RSNA: {csv} line 2: empty site_id; the image's segment uses 'unknown'" in messages
+    assert f"RSNA: {csv} line 4: empty machine_id; the image's segment uses 'unknown'" in messages

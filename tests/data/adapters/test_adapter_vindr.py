@@ -92,3 +92,48 @@ def test_vindr_corrupt_image_is_skipped_and_counted(
     # Assert
     assert victim not in set(df["image_id"]) and len(df) == len(expected) - 1
     assert df.attrs["skip_reasons"] == {"image file not found": 1, "unreadable DICOM header": 1}
+
+
+@pytest.mark.parametrize(("birads3", "expected"), [("exclude", None), ("benign", False)])
+def test_vindr_finding_labels_follow_the_birads3_rule(
+    tmp_path: Path, builders, csv_editor, birads3: str, expected: bool | None
+) -> None:
+    """Regression: a BI-RADS 3 finding was benign (malignant False) although the profile's
+    default birads3: exclude leaves a BI-RADS 3 breast NA."""
+    # Prepare: aa11bb22cc33dd44 is a BI-RADS 3 breast; give it a BI-RADS 3 finding box
+    builders["vindr-mammo"](tmp_path)
+    path = tmp_path / "finding_annotations.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    row = table.index[table["image_id"] == "aa11bb22cc33dd44"][0]
+    box = {"xmin": "1", "ymin": "2", "xmax": "5", "ymax": "6"}
+    csv_editor(
+        path, {row: {"finding_categories": "['Mass']", "finding_birads": "BI-RADS 3", **box}}
+    )
+
+    # Execute
+    df = load_manifest("vindr-mammo", tmp_path, birads3=birads3).set_index("image_id")
+
+    # Assert: the box's label is the breast's
+    image = df.loc["aa11bb22cc33dd44"]
+    (lesion,) = decode_lesions(image["lesions"])
+    assert lesion["malignant"] is expected
+    assert (None if pd.isna(image["malignant"]) else bool(image["malignant"])) is expected
+
+
+def test_vindr_lesion_kind_is_the_first_category_and_shape_no_category(
+    tmp_path: Path, builders
+) -> None:
+    """Regression: ['Suspicious Calcification', 'Mass'] was kind calcification, shape 'Mass'."""
+    # Prepare
+    builders["vindr-mammo"](tmp_path)
+
+    # Execute
+    df = load_manifest("vindr-mammo", tmp_path).set_index("image_id")
+
+    # Assert: VinDr-Mammo's categories are finding types, none a shape descriptor
+    lesions = decode_lesions(df.loc["d3b8ba4a1e0a2f9e", "lesions"])
+    assert [(les["kind"], les["shape"]) for les in lesions] == [
+        ("mass", ""),
+        ("calcification", ""),
+    ]
+    assert all(les["shape"] == "" for v in df["lesions"] for les in decode_lesions(v))
