@@ -147,7 +147,8 @@ class Scenario(Strict):
     strategy: str | StrategySpec
     strategy_overrides: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default=[0], min_length=1)
-    data_seed: int = 0  # seeds the phantom and the splits (kept fixed across training seeds)
+    # seeds the phantom and the splits (kept fixed across training seeds)
+    data_seed: int = Field(default=0, ge=0)
     image_size: tuple[int, int] = (256, 192)
     output_dir: str = "runs"
     data_dir: str = "data"  # where phantom centres and caches are materialised
@@ -160,6 +161,15 @@ class Scenario(Strict):
     # filled by load_scenario:
     resolved_profiles: dict[str, CentreProfile] = Field(default_factory=dict)
     source_file: str | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if negative := [s for s in v if s < 0]:
+            raise ValueError(f"seeds must be >= 0 (numpy's generators refuse {negative[0]})")
+        if repeated := sorted({s for s in v if v.count(s) > 1}):
+            raise ValueError(f"seed {repeated[0]} is listed twice; each seed runs once")
+        return v
 
     @field_validator("image_size")
     @classmethod

@@ -94,14 +94,16 @@ def check_models(
 ) -> list[str]:
     """Problems with the recipe's models and samplers (unknown names, bad options)."""
     from fedmammo.data.sampling import SAMPLERS
+    from fedmammo.models import has_model
 
     problems, cache = [], {}
     for path, block in _walk(params):
         if isinstance(block, ModelParams):
             found = _model_problem(block.model_dump(), cache)
-            if isinstance(found, str):
-                where = _where(scenario, origins, (*path, "name"), quick)
-                problems.append(f"{where}: key 'params.{'.'.join((*path, 'name'))}': {found}")
+            if isinstance(found, str):  # an unknown name, else options the builder refused
+                key = (*path, "options" if has_model(block.name) else "name")
+                where = _where(scenario, origins, key, quick)
+                problems.append(f"{where}: key 'params.{'.'.join(key)}': {found}")
         if isinstance(block, LocalTrainingParams) and block.sampler not in SAMPLERS:
             where = _where(scenario, origins, (*path, "sampler"), quick)
             problems.append(
@@ -189,6 +191,27 @@ def _check_rows(scenario: Scenario, rows: list[PlanRow], handlers: dict, origins
     return problems
 
 
+def _min_centres_problem(
+    scenario: Scenario, params: BaseModel, origins: Origins | None, *, quick: bool
+) -> str | None:
+    """The recipe's ``min_centres`` above the scenario's training centres: the federated arm
+    could never aggregate as the recipe asks (one line), or None."""
+    minimum = getattr(params, "min_centres", None)
+    roles = {c: scenario.entry(c).role for c in scenario.centre_names()}
+    trainers = [c for c, role in roles.items() if role in ("train", "receiver")]
+    if minimum is None or minimum <= len(trainers):
+        return None
+    others = ", ".join(f"{c} ({role})" for c, role in roles.items() if c not in trainers)
+    where = _where(scenario, origins, ("min_centres",), quick)
+    return (
+        f"{where}: key 'params.min_centres': {minimum}, but the scenario has "
+        f"{len(trainers)} training centre(s) (role train or receiver): "
+        f"{', '.join(trainers) or 'none'}"
+        + (f"; {others} only evaluate" if others else "")
+        + "; fix: give more centres role train, or lower params.min_centres"
+    )
+
+
 def _default_plan(scenario: Scenario) -> list[PlanRow]:
     trainers = tuple(
         c for c in scenario.centre_names() if scenario.entry(c).role in ("train", "receiver")
@@ -220,6 +243,8 @@ def plan_scenario(
     method = get_method(scenario.recipe.kind)
     params = scenario.recipe.typed_params(quick=quick)
     problems = check_models(scenario, params, origins, quick=quick)
+    if problem := _min_centres_problem(scenario, params, origins, quick=quick):
+        problems.append(problem)
     try:
         rows = method.plan(scenario, params) if method.plan else _default_plan(scenario)
     except (ConfigError, ValueError) as exc:

@@ -332,7 +332,35 @@ CASES = [
     Case(
         "set-bad-model-option",
         ("{scen}", "--set", "strategy.params.model.options.wdth=4"),
-        ("key 'params.model.name'", "bad options", "wdth"),
+        (
+            "--set strategy.params.model.options.wdth=4: key 'params.model.options'",
+            "bad options",
+            "wdth",
+        ),
+    ),
+    Case(
+        "set-negative-data-seed",
+        ("{scen}", "--set", "data_seed=-5"),
+        ("--set data_seed=-5: key 'data_seed'", "greater than or equal to 0"),
+    ),
+    Case(
+        "set-seed-twice",
+        ("{scen}", "--set", "seeds=[0, 1, 0]"),
+        ("key 'seeds'", "seed 0 is listed twice; each seed runs once"),
+    ),
+    Case(
+        "set-negative-seed",
+        ("{scen}", "--set", "seeds=[-1]"),
+        ("key 'seeds'", "seeds must be >= 0"),
+    ),
+    Case(
+        "set-min-centres-above-the-training-centres",
+        ("{scen}", "--set", "strategy.params.min_centres=3"),
+        (
+            "--set strategy.params.min_centres=3: key 'params.min_centres': 3, but the scenario "
+            "has 2 training centre(s) (role train or receiver): a, b; t (test) only evaluate",
+            "fix: give more centres role train, or lower params.min_centres",
+        ),
     ),
     Case(
         "set-missing-recipe",
