@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -128,12 +129,13 @@ def plan_run(path: str | Path, *, sets: dict, quick: bool) -> tuple[Scenario, li
     (and, without ``quick``, the same under --quick). ConfigError lists every problem."""
     base, points = _points(path, sets, quick)
     problems = _plan_points(points, quick)
-    if not quick and not problems:
+    if not problems:  # the other mode too: a scenario is either run's
+        other = "without --quick" if quick else "with --quick"
         try:
-            _, quick_points = _points(path, sets, True)
-            problems += [f"with --quick: {p}" for p in _plan_points(quick_points, True)]
+            _, other_points = _points(path, sets, not quick)
+            problems += [f"{other}: {p}" for p in _plan_points(other_points, not quick)]
         except ConfigError as exc:
-            problems += [f"with --quick: {line}" for line in str(exc).splitlines()]
+            problems += [f"{other}: {line}" for line in str(exc).splitlines()]
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     return base, points
@@ -285,6 +287,16 @@ def _wants_pooled(scenario: Scenario) -> bool:
     return "pooled" in getattr(params, "arms", [])
 
 
+def with_command_line_simulation(scenario: Scenario, args: argparse.Namespace) -> Scenario:
+    """``scenario`` with ``--backend`` and ``--ray-address`` in its ``simulation`` block, so
+    the resolved scenario a run keeps (and --check prints) says where the run went."""
+    given = {"backend": args.backend, "ray_address": args.ray_address}
+    update = {k: v for k, v in given.items() if v is not None}
+    if not update:
+        return scenario
+    return scenario.model_copy(update={"simulation": scenario.simulation.model_copy(update=update)})
+
+
 def backend_of(scenario: Scenario, backend: str | None, ray_address: str | None) -> str:
     """The simulation backend: ``--backend``, else the scenario's ``simulation.backend``.
     ConfigError (one line) for ``inprocess`` with a Ray cluster named by ``--ray-address`` or
@@ -392,6 +404,12 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         )
     sets = parse_sets(args.sets)
     base, points = plan_run(args.scenario, sets=sets, quick=args.quick)
+    base = with_command_line_simulation(base, args)
+    points = [
+        dataclasses.replace(p, scenario=with_command_line_simulation(p.scenario, args))
+        for p in points
+    ]
+    _check_where(base, points, args)  # a Ray cluster named must answer, first
     if args.check:
         # folded at spaces before the console's edge (PyYAML may pass its width by a word),
         # then wrapped, never cropped, where a line is still longer
@@ -399,7 +417,6 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         console.print(Syntax(text, "yaml", word_wrap=True))
     print_plan(base, points, quick=args.quick)
     out = Path(args.out or base.output_dir)
-    _check_where(base, points, args)
     _check_folders(points, out, create=not args.check)
     if args.check:
         n = sum(len(p.rows) for p in points)

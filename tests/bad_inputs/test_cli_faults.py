@@ -757,6 +757,27 @@ def test_check_prints_the_plan_of_every_sweep_point_arm_and_seed(tmp_path, monke
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+def test_check_prints_the_backend_the_command_line_chose(tmp_path, monkeypatch):
+    # the scenario says ray (the default); --backend inprocess wins, and the resolved scenario
+    # printed (and kept by a run) says so
+    scen = write_tree(tmp_path, Case("backend", (), (), scenario=SCENARIO))
+    out = run_cli_in_process([str(scen), "--check", "--backend", "inprocess"], monkeypatch)
+    assert out.code == 0, out.text
+    simulation = out.text[out.text.index("simulation:") :].splitlines()
+    assert any(line.split() == ["backend:", "inprocess"] for line in simulation[:4]), simulation
+
+
+def test_a_bad_value_of_the_full_run_is_refused_under_quick_too(tmp_path, monkeypatch):
+    # --quick replaces image_size (the scenario's quick block); the value the full run would
+    # use is still checked
+    scenario = _edit("image_size: [32, 24]", "image_size: [8, 8]")
+    scen = write_tree(tmp_path, Case("full", (), (), scenario=scenario))
+    out = run_cli_in_process([str(scen), "--check", "--quick"], monkeypatch)
+    assert out.code == 2
+    assert "without --quick: " in out.text and "key 'image_size'" in out.text
+    assert not (tmp_path / "runs").exists()
+
+
 def test_every_shipped_scenario_passes_check(monkeypatch):
     root = Path(__file__).resolve().parents[2]
     for scen in sorted((root / "scenarios").glob("*.yaml")):
