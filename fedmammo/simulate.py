@@ -65,7 +65,7 @@ from fedmammo.federation.run_log import RAY_ACCEL_ENV, quiet_libraries, run_log
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
 from fedmammo.federation.telemetry import quiet_flower
 from fedmammo.interrupt import STOP, STOP_SECONDS, CtrlC, interrupted, stoppable
-from fedmammo.methods.planning import plan_scenario
+from fedmammo.methods.planning import fault_problems, plan_scenario
 from fedmammo.resume import INVOCATION, open_run, print_restore
 from fedmammo.sweep import RESOLVED, Point, load_points, run_sweep, write_resolved
 
@@ -129,6 +129,8 @@ def plan_run(path: str | Path, *, sets: dict, quick: bool) -> tuple[Scenario, li
     (and, without ``quick``, the same under --quick). ConfigError lists every problem."""
     base, points = _points(path, sets, quick)
     problems = _plan_points(points, quick)
+    for point in points:  # in this mode only (fault_problems says why)
+        problems += fault_problems(point.scenario, point.rows, point.origins)
     if not problems:  # the other mode too: a scenario is either run's
         other = "without --quick" if quick else "with --quick"
         try:

@@ -43,6 +43,14 @@ class _KnownFlowerNoise(logging.Filter):
         return "Manually terminating ClientAppActor" not in text
 
 
+class _NotFlowers(logging.Filter):
+    """On a root console handler: Flower's records, which Flower's own console handler has
+    printed already (without this every Flower warning showed twice on stderr)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("flwr")
+
+
 def add_run_log(run_dir: Path) -> logging.Handler:
     """Append the run's records to ``run_dir/run.log`` (see the module docstring)."""
     handler = logging.FileHandler(run_dir / "run.log")
@@ -86,10 +94,16 @@ def quiet_libraries(*, flower_info: bool = True) -> None:
         stream=sys.stderr,
     )
 
+    flwr_logger = logging.getLogger("flwr")
+    flower_prints = any(isinstance(h, logging.StreamHandler) for h in flwr_logger.handlers)
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler:  # a console handler, not a file
             handler.setLevel(logging.WARNING)
-    flwr_logger = logging.getLogger("flwr")
+            if flower_prints and not any(isinstance(f, _NotFlowers) for f in handler.filters):
+                handler.addFilter(_NotFlowers())
+    for handler in flwr_logger.handlers:  # colour codes only where a terminal shows them
+        if hasattr(handler, "colored") and hasattr(handler, "stream"):
+            handler.colored = bool(getattr(handler.stream, "isatty", lambda: False)())
     if not any(isinstance(f, _KnownFlowerNoise) for f in flwr_logger.filters):
         flwr_logger.addFilter(_KnownFlowerNoise())
         for handler in flwr_logger.handlers:

@@ -28,7 +28,7 @@ from fedmammo.config.loading import Origins
 from fedmammo.errors import CentreSettingError, ConfigError
 from fedmammo.methods.registry import PlanRow, get_method
 
-__all__ = ["check_models", "plan_scenario"]
+__all__ = ["check_models", "fault_problems", "plan_scenario"]
 
 
 def _walk(
@@ -210,6 +210,37 @@ def _min_centres_problem(
         + (f"; {others} only evaluate" if others else "")
         + "; fix: give more centres role train, or lower params.min_centres"
     )
+
+
+def fault_problems(
+    scenario: Scenario, rows: list[PlanRow], origins: Origins | None = None
+) -> list[str]:
+    """Faults no round of the plan ``rows`` can fire: an arm the plan does not train in
+    rounds, a round past that arm's last, a centre the arm does not train at (one line each).
+    Checked for the mode a run uses only: a fault of round 3 is fine in the full run of a
+    scenario whose --quick run has one round."""
+    problems = []
+    default = str(scenario.source_file or scenario.name)
+    for i, fault in enumerate(scenario.faults):
+        where = origins.label("scenario", ("faults", str(i)), default) if origins else default
+        trained = [r for r in rows if r.arm == fault.arm and r.rounds]
+        if not trained:
+            armed = sorted({r.arm for r in rows if r.rounds})
+            problems.append(
+                f"{where}: key 'faults.{i}.arm': no arm {fault.arm!r} trains in rounds in "
+                f"this plan; arms with rounds: {', '.join(armed) or 'none'}"
+            )
+        elif fault.round > max(r.rounds for r in trained):
+            problems.append(
+                f"{where}: key 'faults.{i}.round': {fault.round}, but arm {fault.arm!r} "
+                f"trains {max(r.rounds for r in trained)} round(s)"
+            )
+        elif not any(fault.centre in r.centres for r in trained):
+            problems.append(
+                f"{where}: key 'faults.{i}.centre': arm {fault.arm!r} does not train at "
+                f"{fault.centre!r}; it trains at {', '.join(trained[0].centres)}"
+            )
+    return problems
 
 
 def _default_plan(scenario: Scenario) -> list[PlanRow]:

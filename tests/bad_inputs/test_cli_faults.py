@@ -339,6 +339,19 @@ CASES = [
         ),
     ),
     Case(
+        "fault-past-the-last-round",
+        ("{scen}", "--set", "faults=[{centre: a, round: 5}]"),
+        (
+            '--set faults=[{"centre": "a", "round": 5}]: key \'faults.0.round\'',
+            "arm 'federated' trains 2 round(s)",
+        ),
+    ),
+    Case(
+        "fault-at-a-centre-the-arm-does-not-train",
+        ("{scen}", "--set", "faults=[{centre: t, round: 1}]"),
+        ("key 'faults.0.centre'", "arm 'federated' does not train at 't'; it trains at a, b"),
+    ),
+    Case(
         "set-negative-data-seed",
         ("{scen}", "--set", "data_seed=-5"),
         ("--set data_seed=-5: key 'data_seed'", "greater than or equal to 0"),
@@ -511,7 +524,8 @@ CASES = [
             "held: ['T-Ma', 'T-Mb']",  # every segment the training centres hold
         ),
         scenario=SCENARIO.replace("strategies/fa.yaml", "periodic_sampling")
-        + "strategy_overrides: {params.experiments: {e: [T-Ma, S9-Ma]}, params.baselines: {}}\n",
+        + "strategy_overrides: {params.experiments: {}, params.experiments.e: [T-Ma, S9-Ma], "
+        "params.baselines: {}}\n",
     ),
     # ---- folders
     Case(

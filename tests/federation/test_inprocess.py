@@ -219,16 +219,9 @@ def test_an_inprocess_run_resumes_in_process(tmp_path, capsys):
     from fedmammo.simulate import main
 
     argv = [TINY, "--backend", "inprocess", "--out", str(tmp_path / "out")]
-    typo = "faults=[{centre: b, round: 1, arm: federatd}]"  # never fires: a misspelt arm
-    assert main([*argv, "--set", f"data_dir={tmp_path / 'data'}", "--set", typo]) == 0
+    assert main([*argv, "--set", f"data_dir={tmp_path / 'data'}"]) == 0
     (run_dir,) = (tmp_path / "out").glob("*/*")
     first = results(run_dir)
-    never = [n for n in first["notes"] if "never fired" in n]
-    assert never == [
-        "fault {centre: b, round: 1, arm: federatd} never fired: no round 1 of an arm named "
-        "'federatd' trained at b (faults are injected in the federated rounds of fedavg, "
-        "mtl_finetune and contrastive_dg; arm defaults to 'federated')"
-    ]
     assert not first["failures"]
     capsys.readouterr()
     # Act: resume it without saying where (Ray's RAY_ADDRESS does not apply in process)

@@ -1,0 +1,56 @@
+"""The console of a run: each Flower warning once, without colour codes off a terminal."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+
+def test_a_flower_warning_prints_once_and_plainly_when_stderr_is_no_terminal() -> None:
+    # Prepare: a process as simulate sets its logging up (Opacus' root console handler made
+    # by quiet_libraries), its stderr a pipe
+    code = (
+        "import logging\n"
+        "from flwr.common.logger import log\n"
+        "from fedmammo.federation.run_log import quiet_libraries\n"
+        "quiet_libraries()\n"
+        "log(logging.WARNING, 'a fault never fired')\n"
+        "logging.getLogger('somelib').warning('another library warns')\n"
+    )
+    # Execute
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Assert: Flower's line once (its own handler, not the root's too), no escape codes; other
+    # libraries' warnings still reach the console through the root handler
+    flower = [line for line in done.stderr.splitlines() if "a fault never fired" in line]
+    assert len(flower) == 1, done.stderr
+    assert flower[0].startswith("WARNING") and "\x1b[" not in flower[0]
+    assert sum("another library warns" in line for line in done.stderr.splitlines()) == 1
+
+
+def test_a_fault_no_round_fired_is_a_warning_and_a_note(caplog) -> None:
+    # Prepare: a run whose faults were planned (periodic sampling plans rounds but injects
+    # none, and `flwr run` plans nothing): one fired, one did not
+    from types import SimpleNamespace
+
+    from fedmammo.config.scenario import FaultSpec
+    from fedmammo.federation.server_app import _note_faults_that_never_fired
+
+    notes: list[str] = []
+    fired = {"centre": "a", "round": 1, "arm": "federated", "reason": "InjectedFault: injected"}
+    orc = SimpleNamespace(
+        scenario=SimpleNamespace(
+            faults=[FaultSpec(centre="a", round=1), FaultSpec(centre="b", round=2)]
+        ),
+        recorder=SimpleNamespace(failures=[fired], note=notes.append),
+    )
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        _note_faults_that_never_fired(orc)
+    # Assert
+    assert notes == [
+        "fault {centre: b, round: 2, arm: federated} never fired: no round 2 of an arm named "
+        "'federated' trained at b (faults are injected in the federated rounds of fedavg, "
+        "mtl_finetune and contrastive_dg; arm defaults to 'federated')"
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == notes
