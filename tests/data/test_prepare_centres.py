@@ -148,7 +148,12 @@ def test_a_dataset_is_listed_again_only_when_a_file_under_its_root_changes(tmp_p
     assert cache.stat().st_mtime_ns == built
 
 
-def test_a_profile_setting_what_the_profile_owns_or_an_unknown_option_is_named():
+def test_a_profile_setting_what_the_profile_owns_or_an_unknown_option_is_named(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "l.csv").write_text("")  # a path option names a file that exists
+
     def problem(data):
         return prepare.data_config_problem(
             CentreProfile.model_validate({"name": "h", "source": "H", "data": data})
@@ -200,6 +205,36 @@ def test_check_names_a_label_rule_value_that_is_not_allowed(fmt, options, said):
     # Execute / Assert
     assert problem(options) == f"centre 'h': data.options {said} (docs/datasets.md)"
     assert problem({"birads3": "Exclude", "malignancy_uncertainty": {"4a": 0.7}}) is None
+
+
+def test_check_names_a_path_option_whose_variable_is_unset_or_whose_file_is_missing(
+    tmp_path, monkeypatch
+):
+    """Regression: --check said "valid" for labels_csv: ${UNSET}/labels.csv, and the run then
+    failed after making its folder."""
+
+    # Prepare
+    def problem(options):
+        data = {"format": "dicom-folder", "root": str(tmp_path), "options": options}
+        return prepare.data_config_problem(
+            CentreProfile.model_validate({"name": "h", "source": "H", "data": data})
+        )
+
+    monkeypatch.delenv("FEDMAMMO_UNSET_SECURE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels.csv").write_text("image,malignant\n")
+    # Execute / Assert
+    assert problem({"labels_csv": "${FEDMAMMO_UNSET_SECURE}/labels.csv"}) == (
+        "centre 'h': data.options labels_csv '${FEDMAMMO_UNSET_SECURE}/labels.csv' names the "
+        "environment variable FEDMAMMO_UNSET_SECURE which is not set "
+        "(${FEDMAMMO_UNSET_SECURE}/labels.csv not found); fix: export FEDMAMMO_UNSET_SECURE or "
+        "give the path itself in data.options (docs/datasets.md)"
+    )
+    assert problem({"labels_csv": "other.csv"}) == (
+        f"centre 'h': data.options labels_csv 'other.csv': {tmp_path / 'other.csv'} not found "
+        "(docs/datasets.md)"
+    )
+    assert problem({"labels_csv": "labels.csv"}) is None
 
 
 def test_counts_keep_unlabelled_images_under_na():

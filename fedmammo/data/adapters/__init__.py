@@ -17,6 +17,7 @@ from fedmammo.data.adapters._common import (
     COMMON_OPTIONS,
     LABEL_RULE_OPTIONS,
     label_rule_problem,
+    option_path,
     print_summary,
     summarise_manifest,
 )
@@ -24,6 +25,7 @@ from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
     "ADAPTERS",
+    "PATH_OPTIONS",
     "list_formats",
     "load_manifest",
     "option_values_problem",
@@ -54,13 +56,25 @@ def options_of(fmt: str) -> frozenset[str]:
     return frozenset(_MODULES[fmt].OPTIONS) | COMMON_OPTIONS
 
 
+#: The options naming a file or folder (expanded by ``_common.option_path``).
+PATH_OPTIONS = ("labels_csv", "csv_dir", "csv", "images_dir", "clinical_csv", "clinical_xlsx")
+
+
 def option_values_problem(fmt: str, options: Mapping[str, Any]) -> str | None:
     """What is wrong with the values of the options of format ``fmt`` that can be checked
-    without the data (one line starting with the option's name, saying the allowed values),
-    or None: the label rule (``birads3``, ``malignancy_uncertainty``) of the formats taking it.
-    """
+    without reading the data (one line starting with the option's name), or None: the label
+    rule (``birads3``, ``malignancy_uncertainty``) of the formats taking it, and each path
+    option: its environment variables set, the file or folder there."""
     if set(LABEL_RULE_OPTIONS) & set(_MODULES[fmt].OPTIONS):
-        return label_rule_problem(options)
+        if problem := label_rule_problem(options):
+            return problem
+    for key in PATH_OPTIONS:
+        try:
+            path = option_path(options, key, dataset=fmt)
+        except DataError as exc:  # a variable not set
+            return str(exc).removeprefix(f"{fmt}: option ")
+        if path is not None and not path.exists():
+            return f"{key} {options[key]!r}: {path.absolute()} not found"
     return None
 
 
