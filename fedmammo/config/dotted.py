@@ -1,12 +1,19 @@
-"""Dotted-key overrides (``--set a.b.c=value``) applied to nested mappings."""
+"""Dotted-key overrides (``--set a.b.c=value``) applied to nested mappings.
+
+A mapping value merges into the mapping it lands on, key by key and recursively, so that the
+nested form of an override equals its dotted form (``data: {synthetic: {lesion_contrast: 2}}``
+is ``data.synthetic.lesion_contrast: 2``). A list, a scalar or an empty mapping (``{}``, which
+clears: ``privacy: {}``) replaces the value.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fedmammo.errors import ConfigError
 
-__all__ = ["apply_dotted", "split_dotted"]
+__all__ = ["apply_dotted", "merged", "split_dotted"]
 
 
 def split_dotted(dotted: str) -> list[str]:
@@ -33,8 +40,23 @@ def _index(node: list, part: str, where: str) -> int:
     return i
 
 
-def apply_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"`` (list indices allowed).
+def merged(old: Any, new: Any) -> Any:
+    """``new`` given for a key that holds ``old``: a non-empty mapping merges into a mapping,
+    key by key and recursively; anything else (a list, a scalar, ``{}``) replaces ``old``.
+
+    Returns a new value; neither argument is changed (nor shared with the result).
+    """
+    if not (isinstance(new, dict) and new and isinstance(old, dict)):
+        return copy.deepcopy(new)
+    out = copy.deepcopy(old)
+    for key, value in new.items():
+        out[key] = merged(out[key], value) if key in out else copy.deepcopy(value)
+    return out
+
+
+def apply_dotted(data: dict[str, Any], dotted: str, value: Any, *, merge: bool = True) -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"`` (list indices allowed); a
+    mapping ``value`` merges into a mapping there (:func:`merged`) unless ``merge`` is False.
 
     Missing mappings on the way are created (validation then names an unknown key); a path
     through a value that is not a mapping or list, or a bad list index, is a ConfigError.
@@ -55,6 +77,9 @@ def apply_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             )
     last = parts[-1]
     if isinstance(node, list):
-        node[_index(node, last, dotted)] = value
+        key: int | str = _index(node, last, dotted)
+        old = node[key]
     else:
-        node[last] = value
+        key = last
+        old = node.get(last)
+    node[key] = merged(old, value) if merge else copy.deepcopy(value)

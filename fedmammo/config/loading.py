@@ -28,22 +28,56 @@ from fedmammo.errors import ConfigError
 
 __all__ = [
     "Origins",
+    "checkout_root",
     "load_profile",
     "load_scenario",
     "load_scenario_traced",
     "load_strategy",
     "project_root",
     "resolved_mapping",
+    "search_roots",
     "set_label",
 ]
 
+#: scenario keys whose mapping value is replaced whole by an override, never merged: a sweep
+#: is one grid (its keys are dotted paths, not nested keys), so a sweep point's ``sweep: {}``
+#: and a quick block's smaller grid replace it
+WHOLE_VALUE_KEYS = ("sweep",)
+
+
+def checkout_root() -> Path:
+    """The fedmammo checkout: the shipped centres/, strategies/ and scenarios/."""
+    return Path(__file__).resolve().parents[2]
+
 
 def project_root() -> Path:
-    """The directory holding centres/, strategies/ and scenarios/ (cwd, else the checkout)."""
+    """The directory holding centres/, strategies/ and scenarios/ (cwd, else the checkout).
+
+    Listing only (``fedmammo --help``); a profile or recipe is looked up in every folder of
+    :func:`search_roots`.
+    """
     here = Path.cwd()
     if (here / "centres").is_dir():
         return here
-    return Path(__file__).resolve().parents[2]
+    return checkout_root()
+
+
+def search_roots() -> list[Path]:
+    """Where centres/, strategies/ and scenarios/ are looked for, first first: the current
+    directory (the user's own), then the checkout (the shipped ones)."""
+    return _unique([Path.cwd(), checkout_root()])
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats (the same file or folder reached twice), in order."""
+    seen: set[Path] = set()
+    out = []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def set_label(key: str, value: Any) -> str:
@@ -84,14 +118,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         # where it was looked for, and the fix: the shipped file of that name, else where the
         # shipped ones are (a profile or recipe is named after its folder; else a scenario)
-        root = project_root()
+        root = checkout_root()
         folders = ("scenarios", "centres", "strategies")
         kinds = [path.parent.name] if path.parent.name in folders else list(folders)
         kind = kinds[0]
         shipped = sorted(f.stem for f in (root / kind).glob("*.yaml"))
-        same = next((c for k in kinds if (c := root / k / f"{path.stem}.yaml").is_file()), None)
+        named = [r / k / f"{path.stem}.yaml" for r in search_roots() for k in kinds]
+        same = next((c for c in named if c.is_file()), None)
         if same is not None:
-            shown = same.relative_to(Path.cwd()) if root == Path.cwd() else same
+            shown = same.relative_to(Path.cwd()) if same.is_relative_to(Path.cwd()) else same
             fix = f"fix: give {shown}"
         else:
             fix = "fix: give the file's path"
@@ -159,18 +194,36 @@ def _format_validation(
     return ConfigError("\n".join(dict.fromkeys(lines)))
 
 
-def _resolve_ref(ref: str, folder: str, base: Path) -> Path:
-    """A bare stem names ``<root>/<folder>/<stem>.yaml``; anything else is a path, relative
-    to the referring file (or to the project root)."""
+def _ref_candidates(ref: str, folder: str, base: Path) -> list[Path]:
+    """Where a profile or recipe reference is looked for, first first.
+
+    A bare stem names ``<folder>/<stem>.yaml``: the user's (in the current directory, then
+    next to the referring file ``base``), then the shipped one (the checkout's). Anything
+    else is a path: relative to the referring file, the current directory, the checkout.
+    """
     p = Path(ref)
     if p.suffix not in (".yaml", ".yml") and len(p.parts) == 1:
-        candidates = [project_root() / folder / f"{ref}.yaml", base / folder / f"{ref}.yaml"]
-    else:
-        candidates = [base / p, project_root() / p]
-    for c in candidates:
-        if c.is_file():
-            return c
-    return candidates[0]
+        cwd, shipped = Path.cwd(), checkout_root()
+        return _unique([r / folder / f"{ref}.yaml" for r in (cwd, base, shipped)])
+    return _unique([base / p, *(r / p for r in search_roots())])
+
+
+def _resolve_ref(ref: str, folder: str, base: Path) -> tuple[Path, list[Path]]:
+    """The first existing file of :func:`_ref_candidates` (else the first candidate), and
+    every candidate (for the error when none exists)."""
+    candidates = _ref_candidates(ref, folder, base)
+    found = next((c for c in candidates if c.is_file()), candidates[0])
+    return found, candidates
+
+
+def _not_found(kind: str, ref: str, folder: str, looked: list[Path]) -> str:
+    """The end of a missing profile / recipe error: every place looked, and the fix."""
+    shipped = sorted(f.stem for f in (checkout_root() / folder).glob("*.yaml"))
+    listed = f" (shipped: {', '.join(shipped)})" if shipped else ""
+    return (
+        f"{kind} {ref!r} not found (looked for {', '.join(map(str, looked))}); "
+        f"fix: name a file in {folder}/{listed} or give its path"
+    )
 
 
 def _apply(
@@ -220,12 +273,11 @@ def _strategy(
             origins.add("strategy.quick", ("params", *k.split(".")), f"{where} quick '{k}'")
     for key, value in overrides.items():
         _apply(data, key, value, origins=origins, target="strategy", default=where)
-        if key.startswith("params.") and isinstance(quick, dict):
-            rest = key.removeprefix("params.")
-            quick.pop(rest, None)
-            quick[rest] = value
+        if isinstance(quick, dict):
             label = origins.label("strategy", key.split("."), where)
-            origins.add("strategy.quick", ("params", *rest.split(".")), label)
+            for rest, v in _params_keys(key, value):
+                _add_last(quick, rest, v)
+                origins.add("strategy.quick", ("params", *rest.split(".")), label)
     if quick:
         data["quick"] = quick
     try:
@@ -247,6 +299,32 @@ def _strategy(
     except ConfigError as exc:
         raise ConfigError(f"{where} quick: {exc}") from None
     return spec
+
+
+def _params_keys(key: str, value: Any) -> list[tuple[str, Any]]:
+    """An override of a recipe as keys of its params (what wins over its quick block):
+    ``params.a.b: v`` is ``a.b: v``, ``params: {a: v}`` is ``a: v``; none for other keys."""
+    if key.startswith("params."):
+        return [(key.removeprefix("params."), value)]
+    if key == "params" and isinstance(value, dict):
+        return list(value.items())
+    return []
+
+
+def _add_last(overrides: dict[str, Any], key: str, value: Any) -> None:
+    """Add an override after every other, so that it wins, as if applied after them all.
+
+    A mapping for a key whose entry is a mapping goes in as its dotted keys (``key.a``), after
+    that entry (which keeps what it set: ``{}`` still clears first); any other value replaces
+    the key's entry.
+    """
+    old = overrides.get(key)
+    if isinstance(old, dict) and isinstance(value, dict) and value:
+        for k, v in value.items():
+            _add_last(overrides, f"{key}.{k}", v)
+        return
+    overrides.pop(key, None)
+    overrides[key] = value
 
 
 def load_strategy(path: str | Path, overrides: dict[str, Any] | None = None) -> StrategySpec:
@@ -286,7 +364,7 @@ def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, lab
     if parts[0] == "strategy" and len(parts) > 1:
         if isinstance(data.get("strategy_overrides"), dict | None):
             data["strategy_overrides"] = dict(data.get("strategy_overrides") or {})
-            data["strategy_overrides"][".".join(parts[1:])] = value
+            _add_last(data["strategy_overrides"], ".".join(parts[1:]), value)
             origins.add("strategy", parts[1:], label)
             return
     if parts[0] == "centres" and len(parts) > 1 and not parts[1].lstrip("-").isdigit():
@@ -306,7 +384,7 @@ def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, lab
                 if not isinstance(entry.get("overrides"), dict | None):
                     break  # validation names the bad 'overrides'
                 entry["overrides"] = dict(entry.get("overrides") or {})
-                entry["overrides"][".".join(parts[2:])] = value
+                _add_last(entry["overrides"], ".".join(parts[2:]), value)
                 origins.add(f"centre:{i}", parts[2:], label)
                 return
         else:
@@ -316,7 +394,7 @@ def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, lab
                 "(or an index: centres.0....)"
             )
     try:
-        apply_dotted(data, key, value)
+        apply_dotted(data, key, value, merge=parts[0] not in WHOLE_VALUE_KEYS)
     except ConfigError as exc:
         raise ConfigError(f"{label}: {exc}") from None
     origins.add("scenario", parts, label)
@@ -376,12 +454,11 @@ def load_scenario_traced(
         scenario.strategy = _strategy(recipe, overrides, origins, f"{path}", ("strategy",))
     else:
         ref = str(scenario.strategy)
-        strategy_path = _resolve_ref(ref, "strategies", path.parent)
+        strategy_path, looked = _resolve_ref(ref, "strategies", path.parent)
         if not strategy_path.is_file():
             where = origins.label("scenario", ("strategy",), str(path))
             raise ConfigError(
-                f"{where}: key 'strategy': recipe {ref!r} not found "
-                f"(looked for {strategy_path}); fix: name a file in strategies/"
+                f"{where}: key 'strategy': {_not_found('recipe', ref, 'strategies', looked)}"
             )
         recipe = _read_yaml(strategy_path)
         recipe.setdefault("name", strategy_path.stem)
@@ -413,13 +490,11 @@ def load_scenario_traced(
 
 def _entry_profile(path: Path, scenario: Scenario, i: int, origins: Origins) -> CentreProfile:
     entry = scenario.centres[i]
-    profile_path = _resolve_ref(entry.profile, "centres", path.parent)
+    profile_path, looked = _resolve_ref(entry.profile, "centres", path.parent)
     if not profile_path.is_file():
         where = origins.label("scenario", ("centres", str(i), "profile"), str(path))
-        raise ConfigError(
-            f"{where}: key 'centres.{i}.profile': profile {entry.profile!r} not found "
-            f"(looked for {profile_path}); fix: name a file in centres/"
-        )
+        missing = _not_found("profile", entry.profile, "centres", looked)
+        raise ConfigError(f"{where}: key 'centres.{i}.profile': {missing}")
     overrides = dict(entry.overrides)
     if entry.name:
         overrides["name"] = entry.name

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fedmammo.config import load_scenario
-from fedmammo.config.loading import resolved_mapping
+from fedmammo.config.loading import load_scenario_traced, resolved_mapping
 from fedmammo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,3 +74,226 @@ def test_the_resolved_copy_loads_alone_to_the_same_scenario(tmp_path, scenario, 
     )
     with pytest.raises(ConfigError, match="takes no overrides"):
         load_scenario(copy, sets={"seeds": [1]})
+
+
+# ---- overrides: a mapping merges (the nested form is the dotted form); lists replace
+
+SEGMENT = "{manufacturer: Mc, patients: 8, prevalence: 0.5}"
+NESTED = f"""
+centres:
+  - profile: tiny
+    name: a
+    overrides:
+      data: {{synthetic: {{segments: [{SEGMENT}], lesion_contrast: 2}}}}
+      labels: {{reader_noise: 0.2, missing: {{acr: 0.5}}}}
+  - {{profile: tiny, name: t, role: test}}
+strategy: fedavg
+strategy_overrides:
+  params: {{rounds: 4}}
+  params.train: {{epochs: 3, lr: 0.01}}
+"""
+DOTTED = f"""
+centres:
+  - profile: tiny
+    name: a
+    overrides:
+      data.synthetic.segments: [{SEGMENT}]
+      data.synthetic.lesion_contrast: 2
+      labels.reader_noise: 0.2
+      labels.missing.acr: 0.5
+  - {{profile: tiny, name: t, role: test}}
+strategy: fedavg
+strategy_overrides:
+  params.rounds: 4
+  params.train.epochs: 3
+  params.train.lr: 0.01
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_nested_override_equals_its_dotted_form(tmp_path, quick):
+    # Prepare
+    nested = load_scenario(_write(tmp_path, "nested.yaml", NESTED), quick=quick)
+    dotted = load_scenario(_write(tmp_path, "dotted.yaml", DOTTED), quick=quick)
+    # Assert: the same profiles and recipe; the keys not named keep the profile's / recipe's
+    assert nested.resolved_profiles == dotted.resolved_profiles
+    assert nested.recipe.typed_params(quick=quick) == dotted.recipe.typed_params(quick=quick)
+    a = nested.resolved_profiles["a"]
+    assert a.data.synthetic.image_height == 64  # tiny's, not the default 256
+    assert a.data.synthetic.lesion_contrast == 2
+    assert [s.manufacturer for s in a.data.synthetic.segments] == ["Mc"]  # a list replaces
+    assert a.labels.missing == {"malignancy": 0.25, "acr": 0.5}
+    assert a.labels.uncertainty == {"acr": 0.2} and a.labels.reader_noise == 0.2
+    params = nested.recipe.typed_params(quick=quick)
+    assert (params.rounds, params.train.epochs, params.train.lr) == (4, 3, 0.01)  # over quick
+    assert (params.train.batch_size, params.train.sampler) == (16, "balanced_labels")
+
+
+def test_a_set_and_a_quick_block_merge_a_mapping_too(tmp_path):
+    # Prepare: tiny's segments and labels, edited by --set and the quick block in both forms
+    base = "centres:\n  - {profile: tiny, name: a}\n  - {profile: tiny, name: t, role: test}\n"
+    base += "strategy: fedavg\n"
+    nested = _write(
+        tmp_path,
+        "n.yaml",
+        base + "quick: {centres.a.data: {synthetic: {image_height: 128}}}\n",
+    )
+    quick = "quick: {centres.a.data.synthetic.image_height: 128}\n"
+    dotted = _write(tmp_path, "d.yaml", base + quick)
+    # Execute
+    got = [
+        load_scenario(path, quick=True, sets=sets).resolved_profiles["a"]
+        for path, sets in [
+            (nested, {"centres.a.labels": {"reader_noise": 0.3}}),
+            (dotted, {"centres.a.labels.reader_noise": 0.3}),
+        ]
+    ]
+    # Assert
+    assert got[0] == got[1]
+    assert got[0].data.synthetic.image_height == 128 and len(got[0].data.synthetic.segments) == 2
+    assert got[0].labels.missing == {"malignancy": 0.25} and got[0].labels.reader_noise == 0.3
+
+
+def test_a_set_of_a_key_the_overrides_already_give_applies_over_it(tmp_path):
+    # Prepare: the scenario gives segment 0 a vendor, --set its patients (the same key)
+    path = _write(
+        tmp_path,
+        "s.yaml",
+        INLINE.replace(
+            "{profile: tiny, name: a}",
+            "{profile: tiny, name: a, overrides: {data.synthetic.segments.0: {manufacturer: Mc}}}",
+        ),
+    )
+    # Execute
+    sets = {"centres.a.data.synthetic.segments.0": {"patients": 3}}
+    segment = load_scenario(path, sets=sets).resolved_profiles["a"].data.synthetic.segments[0]
+    # Assert
+    assert (segment.manufacturer, segment.patients, segment.lesion_prevalence) == ("Mc", 3, 0.5)
+
+
+def test_a_set_over_an_override_that_clears_starts_from_the_cleared_value(tmp_path):
+    # Prepare: a profile with DP; the scenario clears its privacy, --set gives it other DP
+    dp = (ROOT / "centres" / "tiny.yaml").read_text() + "privacy: {target_epsilon: 8.0}\n"
+    _write(tmp_path, "dp.yaml", dp)
+    text = INLINE.replace("{profile: tiny, name: a}", "{profile: dp.yaml, name: a}")
+    text = text.replace("name: a}", "name: a, overrides: {privacy: {}}}")
+    path = _write(tmp_path, "s.yaml", text)
+    # Execute
+    sets = {"centres.a.privacy": {"noise_multiplier": 1.1}}
+    privacy = load_scenario(path, sets=sets).resolved_profiles["a"].privacy
+    # Assert: the profile's target epsilon stays cleared
+    assert (privacy.target_epsilon, privacy.noise_multiplier) == (None, 1.1)
+
+
+def test_an_empty_mapping_clears_what_it_lands_on(tmp_path):
+    # Prepare: a profile of its own with DP, and a scenario that gives the centre no privacy
+    dp = (ROOT / "centres" / "tiny.yaml").read_text() + "privacy: {target_epsilon: 8.0}\n"
+    _write(tmp_path, "dp.yaml", dp)
+    text = INLINE.replace("{profile: tiny, name: a}", "{profile: dp.yaml, name: a}")
+    plain = _write(tmp_path, "plain.yaml", text)
+    cleared = _write(
+        tmp_path,
+        "cleared.yaml",
+        text.replace("name: a}", "name: a, overrides: {privacy: {}, labels.missing: {}}}"),
+    )
+    # Execute
+    kept = load_scenario(plain).resolved_profiles["a"]
+    gone = load_scenario(cleared).resolved_profiles["a"]
+    # Assert
+    assert kept.privacy.enabled and kept.labels.missing == {"malignancy": 0.25}
+    assert not gone.privacy.enabled and gone.labels.missing == {}
+
+
+def test_an_unknown_key_in_a_nested_override_is_named_by_its_full_path(tmp_path):
+    # Prepare
+    path = _write(
+        tmp_path,
+        "s.yaml",
+        INLINE.replace(
+            "{profile: tiny, name: a}",
+            "{profile: tiny, name: a, overrides: {data: {synthetic: {lesion_contarst: 2}}}}",
+        ),
+    )
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    # Assert: one line, naming the override and the full dotted key
+    assert str(err.value) == (
+        f"{path} centres.0.overrides 'data': key 'data.synthetic.lesion_contarst': "
+        "unknown key (check spelling; see README 'Scenario reference')"
+    )
+    inline = _write(tmp_path, "i.yaml", INLINE)
+    with pytest.raises(ConfigError, match=r"^--set strategy.params.train=.*'strategy.params.tr"):
+        load_scenario(inline, sets={"strategy.params.train": {"x": 1}})
+
+
+# ---- where profiles and recipes are looked up: the user's folders, then the shipped ones
+
+MINE = """
+centres:
+  - {profile: mytiny, name: a}
+  - {profile: tiny, name: t, role: test}
+strategy: fedavg
+"""
+
+
+def test_a_users_centres_folder_adds_to_the_shipped_ones(tmp_path, monkeypatch):
+    # Prepare: the user's own folder, with a profile of its own next to the shipped ones
+    (tmp_path / "centres").mkdir()
+    tiny = (ROOT / "centres" / "tiny.yaml").read_text()
+    (tmp_path / "centres" / "mytiny.yaml").write_text(tiny.replace("source: T", "source: M"))
+    path = _write(tmp_path, "my.yaml", MINE)
+    monkeypatch.chdir(tmp_path)
+    # Execute
+    scenario, origins = load_scenario_traced("my.yaml")
+    # Assert: the user's mytiny, the shipped tiny and fedavg
+    assert scenario.resolved_profiles["a"].source == "M"
+    assert scenario.resolved_profiles["t"].source == "T"
+    assert origins.files["strategy"] == str(ROOT / "strategies" / "fedavg.yaml")
+    assert load_scenario(path).recipe.kind == "fedavg"
+
+
+def test_a_users_file_wins_over_the_shipped_one_of_that_name(tmp_path, monkeypatch):
+    # Prepare: the user's tiny and fedavg, in the current folder
+    for folder in ("centres", "strategies"):
+        (tmp_path / folder).mkdir()
+    tiny = (ROOT / "centres" / "tiny.yaml").read_text()
+    (tmp_path / "centres" / "tiny.yaml").write_text(tiny.replace("source: T", "source: U"))
+    recipe = (ROOT / "strategies" / "fedavg.yaml").read_text().replace("rounds: 6", "rounds: 9")
+    (tmp_path / "strategies" / "fedavg.yaml").write_text(recipe)
+    monkeypatch.chdir(tmp_path)
+    # Execute
+    scenario = load_scenario(_write(tmp_path, "s.yaml", INLINE))
+    # Assert
+    assert scenario.resolved_profiles["a"].source == "U"
+    text = MINE.replace("mytiny", "tiny").replace("name: t,", "name: b,")
+    assert load_scenario(_write(tmp_path, "f.yaml", text)).recipe.typed_params().rounds == 9
+
+
+def test_a_missing_profile_or_recipe_names_every_place_looked(tmp_path, monkeypatch):
+    # Prepare: the scenario in one folder, started from another
+    here, proj = tmp_path / "here", tmp_path / "proj"
+    here.mkdir()
+    proj.mkdir()
+    path = _write(proj, "s.yaml", MINE.replace("fedavg", "nope"))
+    monkeypatch.chdir(here)
+    # Execute / Assert: the recipe, then (once it is found) the profile
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: key 'strategy': recipe 'nope' not found (looked for ")
+    looked = [f"{r}/strategies/nope.yaml" for r in (here, proj, ROOT)]
+    assert all(p in text for p in looked) and "shipped: " in text and "\n" not in text, text
+    path.write_text(MINE)
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: key 'centres.0.profile': profile 'mytiny' not found (looked ")
+    looked = [f"{r}/centres/mytiny.yaml" for r in (here, proj, ROOT)]
+    assert all(p in text for p in looked), text

@@ -140,8 +140,9 @@ def test_periodic_federated_arms_are_the_weighted_means_of_the_centres_updates(t
     body = (
         "  params.model.options: {width: 4, depth: 3, norm: batch}\n"
         "  params.train.batch_size: 4\n  params.rounds: 1\n  params.batches_per_round: 2\n"
-        "  params.experiments: {exp1: [S1-Ma, S2-Ma]}\n"
-        "  params.baselines: {S1-Ma: [S3-Ma]}\n"
+        # only these (a mapping merges into the recipe's: {} clears it first)
+        "  params.experiments: {}\n  params.experiments.exp1: [S1-Ma, S2-Ma]\n"
+        "  params.baselines: {}\n  params.baselines.S1-Ma: [S3-Ma]\n"
         "  params.settings: [federated]\n  params.methods: [balanced_labels, periodic]\n"
         "  params.periodic_weightings: [quota, images, labelled, uniform]\n"
         "  params.fedavg_weighting: images\n"

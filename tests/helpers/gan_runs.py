@@ -53,6 +53,7 @@ def tiny_gan_scenario(
             "n_critic": 2,
             "snapshot_every": None,
             "warmup": 0,
+            "lr": None,  # WGAN-GP's own default (1e-4), not the recipe's
         },
         "params.classifier.epochs": 2,
         "params.classifier.model.options": {"width": 4, "hidden": 8},

@@ -185,7 +185,14 @@ def test_drop_all_arm_counts_only_the_images_it_trained_on(centre):
 
 # --------------------------------------------------------------------------- the runner
 ARMS = ["mtl", "finetune_u1_0.5"]
-RUN_TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.001, "augment": False}
+# merged into the recipe's train blocks: a fresh Adam every round (not the recipe's)
+RUN_TRAIN = {
+    "epochs": 1,
+    "batch_size": 8,
+    "lr": 0.001,
+    "augment": False,
+    "keep_optimizer_state": False,
+}
 
 
 def _scenario(tmp: Path, *, privacy: bool, arms: list[str]) -> Path:

@@ -274,8 +274,9 @@ def _scenario(tmp: Path, privacy_a: dict, privacy_b: dict) -> Path:
             "params.arms": ARMS,
             "params.model.widths": [4, 4, 8, 8, 8],
             "params.model.stem_stride": 1,
-            "params.train": {**TRAIN, "batch_size": 8},
-            "params.finetune_train": TRAIN_FT,
+            # a mapping merges into the recipe's: not its keep_optimizer_state
+            "params.train": {**TRAIN, "batch_size": 8, "keep_optimizer_state": False},
+            "params.finetune_train": {**TRAIN_FT, "keep_optimizer_state": False},
             "params.bootstrap": 10,
         },
         "image_size": list(SIZE),

@@ -55,7 +55,8 @@ def env(tmp_path_factory):
         mp.setenv(ENV_VAR, "")
         for attr in ("_run_id", "_node_id", "_task_id"):  # what a server-side Message() reads
             mp.setattr(TaskIdentity, attr, 1)
-        scenario_file = tiny_gan_scenario(tmp, **{"classifier.extra_models": {"swin": SWIN}})
+        # the helper clears the recipe's extra_models (its Swin would merge into this one)
+        scenario_file = tiny_gan_scenario(tmp, **{"classifier.extra_models.swin": SWIN})
         orc, grid = run_in_process(scenario_file, tmp / "run")
         yield tmp, scenario_file, orc, grid
 
@@ -357,7 +358,7 @@ def test_a_deployment_sends_no_real_patch_arm_to_any_classifier(env):
     swin = {**SWIN, "arms": ["A", "A+real_B"]}
     scenario_file = tiny_gan_scenario(
         tmp, arms=["A", "A+real_B"], fractions=[1.0], load_generators=str(orc.spec.run_dir),
-        **{"classifier.extra_models": {"swin": swin}},
+        **{"classifier.extra_models.swin": swin},
     )  # fmt: skip
     spec = RunSpec(scenario_file=str(scenario_file), run_dir=str(tmp / "deployed"))
     # Execute
