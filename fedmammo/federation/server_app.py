@@ -138,6 +138,7 @@ def run_scenario(
             c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
         }
         recorder.flush()
+        _warn_without_test_images(orc)
         run(orc)
         _note_faults_that_never_fired(orc)
     except ConnectError as exc:
@@ -149,6 +150,23 @@ def run_scenario(
         write_summary(recorder, orc.console, section=section)
         outputs.close()
     return recorder
+
+
+def _warn_without_test_images(orc: Orchestrator) -> None:
+    """Every centre reported its counts and none holds a test image: a warning and a note
+    before any training, not a run that ends "done" with no result table."""
+    reported = {c: n for c, n in orc.counts.items() if c != "pooled"}
+    if not reported or not all(reported.values()):
+        return  # a centre that reports no counts may hold test images
+    tested = sum(v for n in reported.values() for k, v in n.items() if k.startswith("n|test|"))
+    if tested == 0:
+        line = (
+            f"no centre has test images ({', '.join(reported)}): the run trains but tests "
+            "nothing, so it reports no test metric; fix: give a centre role test, or a split "
+            "with test > 0"
+        )
+        say(WARNING, line)
+        orc.recorder.note(line)
 
 
 def _note_faults_that_never_fired(orc: Orchestrator) -> None:

@@ -1,4 +1,5 @@
-"""The console of a run: each Flower warning once, without colour codes off a terminal."""
+"""What a run tells its user: each Flower warning once, without colour codes off a terminal;
+faults that never fired; a run without test images, said before it trains."""
 
 from __future__ import annotations
 
@@ -54,3 +55,37 @@ def test_a_fault_no_round_fired_is_a_warning_and_a_note(caplog) -> None:
         "mtl_finetune and contrastive_dg; arm defaults to 'federated')"
     ]
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == notes
+
+
+def test_a_run_whose_centres_hold_no_test_image_says_so_before_training(caplog) -> None:
+    from types import SimpleNamespace
+
+    from fedmammo.federation.server_app import _warn_without_test_images
+
+    def orc(counts):
+        notes: list[str] = []
+        return SimpleNamespace(
+            counts=counts, recorder=SimpleNamespace(notes=notes, note=notes.append)
+        )
+
+    without = orc(
+        {
+            "a": {"n-images": 8, "n|train|T-Ma|1": 6, "n|val|T-Ma|0": 2},
+            "b": {"n-images": 4, "n|train|T-Ma|0": 4},
+            "pooled": {"n-images": 12},
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        _warn_without_test_images(without)
+    assert without.recorder.notes == [
+        "no centre has test images (a, b): the run trains but tests nothing, so it reports no "
+        "test metric; fix: give a centre role test, or a split with test > 0"
+    ]
+    # a centre with test images, or one that reported no counts (it may hold some): silence
+    for counts in (
+        {"a": {"n|train|T-Ma|1": 6}, "t": {"n|test|T-Ma|0": 3}},
+        {"a": {"n|train|T-Ma|1": 6}, "b": {}},
+    ):
+        quiet = orc(counts)
+        _warn_without_test_images(quiet)
+        assert quiet.recorder.notes == []
