@@ -126,7 +126,8 @@ def _points(path: str | Path, sets: dict, quick: bool) -> tuple[Scenario, list[P
 
 def plan_run(path: str | Path, *, sets: dict, quick: bool) -> tuple[Scenario, list[Point]]:
     """Load and check everything a run of ``path`` would do: every sweep point, arm and seed
-    (and, without ``quick``, the same under --quick). ConfigError lists every problem."""
+    (and the same in the other mode: with --quick, and without it under ``quick``; faults in
+    this mode only). ConfigError lists every problem."""
     base, points = _points(path, sets, quick)
     problems = _plan_points(points, quick)
     for point in points:  # in this mode only (fault_problems says why)

@@ -197,11 +197,12 @@ def _min_centres_problem(
     """The recipe's ``min_centres`` above the scenario's training centres: the federated arm
     could never aggregate as the recipe asks (one line), or None."""
     minimum = getattr(params, "min_centres", None)
-    roles = {c: scenario.entry(c).role for c in scenario.centre_names()}
-    trainers = [c for c, role in roles.items() if role in ("train", "receiver")]
+    trainers = _trainers(scenario)
     if minimum is None or minimum <= len(trainers):
         return None
-    others = ", ".join(f"{c} ({role})" for c, role in roles.items() if c not in trainers)
+    others = ", ".join(
+        f"{c} ({scenario.entry(c).role})" for c in scenario.centre_names() if c not in trainers
+    )
     where = _where(scenario, origins, ("min_centres",), quick)
     return (
         f"{where}: key 'params.min_centres': {minimum}, but the scenario has "
@@ -230,10 +231,10 @@ def fault_problems(
                 f"{where}: key 'faults.{i}.arm': no arm {fault.arm!r} trains in rounds in "
                 f"this plan; arms with rounds: {', '.join(armed) or 'none'}"
             )
-        elif fault.round > max(r.rounds for r in trained):
+        elif fault.round > (last := max(r.rounds for r in trained)):
             problems.append(
                 f"{where}: key 'faults.{i}.round': {fault.round}, but arm {fault.arm!r} "
-                f"trains {max(r.rounds for r in trained)} round(s)"
+                f"trains {last} round(s)"
             )
         elif not any(fault.centre in r.centres for r in trained):
             problems.append(
@@ -243,11 +244,15 @@ def fault_problems(
     return problems
 
 
-def _default_plan(scenario: Scenario) -> list[PlanRow]:
-    trainers = tuple(
+def _trainers(scenario: Scenario) -> tuple[str, ...]:
+    """The scenario's training centres (role train or receiver), in its order."""
+    return tuple(
         c for c in scenario.centre_names() if scenario.entry(c).role in ("train", "receiver")
     )
-    return [PlanRow(arm="(every arm)", seed=s, centres=trainers) for s in scenario.seeds]
+
+
+def _default_plan(scenario: Scenario) -> list[PlanRow]:
+    return [PlanRow(arm="(every arm)", seed=s, centres=_trainers(scenario)) for s in scenario.seeds]
 
 
 def _plan_error_where(scenario: Scenario, origins: Origins | None, exc: Exception) -> str:

@@ -149,11 +149,11 @@ _SEPARATORS = {",": "',' (comma)", ";": "';' (semicolon)", "\t": "a tab"}
 _SPREADSHEET_ENGINES = {".xlsx": ("openpyxl", "openpyxl"), ".xls": ("calamine", "python_calamine")}
 
 
-def _read_spreadsheet(path: Path, engine: tuple[str, str], dataset: str) -> pd.DataFrame:
-    """The first sheet of an .xlsx / .xls file as strings; DataError naming the file when the
-    reader is not installed or the file is not a readable spreadsheet (truncated, another
-    format renamed)."""
-    engine, module = engine
+def _read_spreadsheet(path: Path, reader: tuple[str, str], dataset: str) -> pd.DataFrame:
+    """The first sheet of an .xlsx / .xls file as strings, with ``reader`` (pandas engine,
+    module it needs); DataError naming the file when the module is not installed or the file
+    is not a readable spreadsheet (truncated, another format renamed)."""
+    engine, module = reader
     if importlib.util.find_spec(module) is None:
         raise DataError(
             f'{dataset}: reading {path} needs {module}; fix: pip install "fedmammo[xlsx]", '
@@ -182,14 +182,14 @@ def read_table(
     expected = list(expected)
     if not path.is_file():
         raise DataError(f"{dataset}: {path} not found; expected layout: {layout}")
-    engine = _SPREADSHEET_ENGINES.get(path.suffix.lower())
-    if engine is None:
+    reader = _SPREADSHEET_ENGINES.get(path.suffix.lower())
+    if reader is None:
         try:
             df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise DataError(f"{dataset}: {path} cannot be read as a table: {exc}") from exc
     else:
-        df = _read_spreadsheet(path, engine, dataset)
+        df = _read_spreadsheet(path, reader, dataset)
     df.columns = [str(c).strip() for c in df.columns]
     for col in expected:
         if col not in df.columns:

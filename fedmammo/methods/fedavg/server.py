@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from flwr.app import ArrayRecord
 
 from fedmammo.federation.messages import ARRAYS, BASELINE
@@ -49,22 +51,19 @@ def compare_with_references(
     again."""
     if not orc.recorder.is_done("federated", seed):
         return
-    federated = None
-    for reference in dict.fromkeys(arm for _, arm in references):
-        rename = VS_POOLED if reference == "pooled" else {}
+    final = functools.cache(lambda arm: _final(orc, arm, seed))  # each checkpoint read once
+    for pooled in (False, True):  # every centre's local-c comparison in one batch, then pooled
+        rename = VS_POOLED if pooled else {}
         delta = rename.get("delta_auc", "delta_auc")
         pending = [
-            c
+            (c, arm)
             for c, arm in references
-            if arm == reference
+            if (arm == "pooled") == pooled
             and orc.recorder.is_done(arm, seed)
             and not orc.recorder.has("federated", seed, delta, centre=c)
         ]
         if not pending:
             continue
-        if federated is None:
-            federated = _final(orc, "federated", seed)
-        baseline = _final(orc, reference, seed)
         contents = {
             c: orc.message(
                 EvaluateClassifier,
@@ -74,9 +73,9 @@ def compare_with_references(
                 model=model,
                 n_boot=n_boot,
                 batchnorm=batchnorm,
-                baseline=reference,
-            ).content({ARRAYS: federated, BASELINE: baseline})
-            for c in pending
+                baseline=arm,
+            ).content({ARRAYS: final("federated"), BASELINE: final(arm)})
+            for c, arm in pending
         }
         orc.record_evaluations(
             EvaluateClassifier, contents, arm="federated", seed=seed, split="test", rename=rename

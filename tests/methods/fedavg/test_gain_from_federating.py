@@ -44,6 +44,10 @@ def _test_records(results: dict, arm: str, metric: str) -> dict:
     }
 
 
+def _estimate(record: dict) -> tuple:
+    return record["value"], record["ci_low"], record["ci_high"]
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_every_training_centre_compares_federated_with_its_local_model(tiny_run):
     _, results, _ = tiny_run
@@ -62,11 +66,7 @@ def test_every_training_centre_compares_federated_with_its_local_model(tiny_run)
         local = _test_records(results, f"local-{c}", "auc")[c, None]
         # the baseline is local-c on the same images and the same patient resamples: its AUROC
         # and CI repeat local-c's own test record exactly
-        assert (base[c, None]["value"], base[c, None]["ci_low"], base[c, None]["ci_high"]) == (
-            local["value"],
-            local["ci_low"],
-            local["ci_high"],
-        )
+        assert _estimate(base[c, None]) == _estimate(local)
         delta = deltas[c, None]
         assert delta["value"] == pytest.approx(fed["value"] - local["value"], abs=1e-12)
         assert delta["ci_low"] <= delta["ci_high"]
@@ -89,12 +89,7 @@ def test_every_centre_compares_federated_with_the_pooled_model(tiny_run):
         fed = _test_records(results, "federated", "auc")[c, None]
         pooled = _test_records(results, "pooled", "auc")[c, None]
         # pooled_auc repeats the pooled arm's own test AUROC and CI at c
-        got = pooled_auc[c, None]
-        assert (got["value"], got["ci_low"], got["ci_high"]) == (
-            pooled["value"],
-            pooled["ci_low"],
-            pooled["ci_high"],
-        )
+        assert _estimate(pooled_auc[c, None]) == _estimate(pooled)
         assert deltas[c, None]["value"] == pytest.approx(fed["value"] - pooled["value"], abs=1e-12)
         assert deltas[c, None]["ci_low"] <= deltas[c, None]["value"] <= deltas[c, None]["ci_high"]
     # the comparison with local-c keeps its own names: nothing of it was renamed
