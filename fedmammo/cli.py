@@ -18,7 +18,7 @@ __all__ = ["COMMANDS", "main"]
 def _simulate(argv: list[str]) -> int:
     from fedmammo.simulate import main as simulate
 
-    return simulate(argv)
+    return simulate(argv, prog="fedmammo simulate")
 
 
 def _check(argv: list[str]) -> int:
@@ -30,25 +30,25 @@ def _check(argv: list[str]) -> int:
             "[OPTIONS]:\ncheck everything a run would check, print the resolved scenario and "
             "the run plan, run nothing.\nsimulate's help follows (--check is implied):\n"
         )
-    return simulate([*argv, "--check"])
+    return simulate([*argv, "--check"], prog="fedmammo check")
 
 
 def _report(argv: list[str]) -> int:
     from fedmammo.report import main as report
 
-    return report(argv)
+    return report(argv, prog="fedmammo report")
 
 
 def _reproduce(argv: list[str]) -> int:
     from fedmammo.reproduce import main as reproduce
 
-    return reproduce(argv)
+    return reproduce(argv, prog="fedmammo reproduce")
 
 
 def _deploy(argv: list[str]) -> int:
     from fedmammo.federation.deployment import main as deploy
 
-    return deploy(argv)
+    return deploy(argv, prog="fedmammo deploy")
 
 
 #: command -> (entry point, one-line help)

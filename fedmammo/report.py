@@ -20,9 +20,9 @@ from fedmammo.errors import FedmammoError
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m fedmammo.report") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fedmammo.report",
+        prog=prog,
         description="Write report.html of a run folder, or a comparison page of several runs.",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or sweep folder(s)")
@@ -46,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.report") -> int:
     """Entry point; returns the exit code (2 with a one-line error for bad input)."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from fedmammo.evaluation.html_report import check_metrics, write_comparison, write_report
     from fedmammo.evaluation.run_folder import expand_run_dirs, is_sweep

@@ -284,9 +284,9 @@ def render(runs: list[Run], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m fedmammo.reproduce") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fedmammo.reproduce",
+        prog=prog,
         description="Write the table of the seed papers' headlines against fedmammo runs.",
     )
     p.add_argument("paths", nargs="+", metavar="RUN_OR_FOLDER", help="run folders or their parents")
@@ -296,9 +296,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.reproduce") -> int:
     """Entry point; returns the exit code (2 with a one-line error for bad input)."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     try:
         runs = find_runs(args.paths)
     except FedmammoError as exc:

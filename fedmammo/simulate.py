@@ -506,15 +506,16 @@ def _resume(args: argparse.Namespace) -> int:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage block, no SystemExit in process
-        raise ConfigError(f"{message} (see python -m fedmammo.simulate --help)")
+        raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.simulate") -> int:
     """The command line; returns the exit code (0 done, 2 bad input: one line per problem,
-    130 interrupted by Ctrl-C: one line saying how to resume)."""
+    130 interrupted by Ctrl-C: one line saying how to resume). ``prog``: the command's name
+    in its help and errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _Parser(
-        prog="python -m fedmammo.simulate",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -67,7 +67,14 @@ def test_help_texts_say_what_check_is_and_give_every_default(capsys):
         cli.main(["check", "--help"])
     out = capsys.readouterr().out
     assert out.startswith("fedmammo check SCENARIO.yaml [OPTIONS] is fedmammo simulate")
-    assert "--check is implied" in out and "usage: python -m fedmammo.simulate" in out
+    assert "--check is implied" in out and "usage: fedmammo check " in out
+    # each command's usage names it as typed (it said python -m fedmammo.simulate)
+    for command in ("simulate", "report", "reproduce", "deploy"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert capsys.readouterr().out.startswith(f"usage: fedmammo {command} ")
+    assert cli.main(["check", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus (see fedmammo check --help)" in capsys.readouterr().out
     # report --help: --out's defaults, not "see above"
     with pytest.raises(SystemExit):
         cli.main(["report", "--help"])

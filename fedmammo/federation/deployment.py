@@ -118,8 +118,10 @@ def prepare_site(
     return len(data.manifest)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedmammo.federation.deployment")
+def main(
+    argv: list[str] | None = None, *, prog: str = "python -m fedmammo.federation.deployment"
+) -> int:
+    parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="cmd", required=True)
     prep = sub.add_parser("prepare", help="materialise a site's centre in its data folder")
     prep.add_argument("profile", help="the centre's profile, a YAML file (e.g. centres/s1.yaml)")
