@@ -189,9 +189,23 @@ def _format_validation(
             if raw not in missing:
                 continue  # reported with the misspelt key
             msg = "required key is missing"
+        elif err["type"].endswith(("_type", "_parsing")) and "input" in err:
+            msg = f"{msg}, got {_shown_value(err['input'])}"
         where = origins.label(target, loc, str(path)) if origins else str(path)
         lines.append(f"{where}: key '{key}': {msg}")
     return ConfigError("\n".join(dict.fromkeys(lines)))
+
+
+def _shown_value(value: Any, limit: int = 60) -> str:
+    """A value the user wrote, as YAML would show it (a long one cut), and its type."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    text = text.removesuffix("...").strip()  # a scalar's document end marker
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    kinds = {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"}
+    kinds |= {int: "an integer", float: "a number", type(None): "empty"}
+    kind = kinds.get(type(value), type(value).__name__)
+    return f"{text} ({kind})"
 
 
 def _ref_candidates(ref: str, folder: str, base: Path) -> list[Path]:

@@ -171,6 +171,13 @@ class Scenario(Strict):
             raise ValueError(f"seed {repeated[0]} is listed twice; each seed runs once")
         return v
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size_pair(cls, v: Any) -> Any:
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise ValueError(f"image_size must be [height, width] (e.g. [256, 192]), got {v!r}")
+        return v
+
     @field_validator("image_size")
     @classmethod
     def _size(cls, v: tuple[int, int]) -> tuple[int, int]:

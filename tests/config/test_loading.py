@@ -43,6 +43,30 @@ def test_a_misspelt_required_key_is_one_line_with_the_fix(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("sets", "said"),
+    [
+        ({"image_size": 32}, "image_size must be [height, width] (e.g. [256, 192]), got 32"),
+        ({"image_size": [64, 48, 3]}, "image_size must be [height, width] (e.g. [256, 192])"),
+        ({"seeds": "x"}, "'seeds': Input should be a valid list, got x (a string)"),
+        ({"data_seed": "abc"}, "'data_seed': Input should be a valid integer, unable to parse "),
+        ({"strategy_overrides": [1]}, "valid dictionary, got [1] (a list)"),
+        ({"centres": 5}, "'centres': Input should be a valid list, got 5 (an integer)"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_shown_with_what_was_expected(tmp_path, sets, said):
+    # Prepare
+    path = tmp_path / "s.yaml"
+    path.write_text(INLINE)
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path, sets=sets)
+    # Assert: one line naming the --set, the key, what is expected and what was given
+    ((key, value),) = sets.items()
+    assert str(err.value).startswith(f"--set {key}=")
+    assert said in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_centre_override_error_names_the_override(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(
