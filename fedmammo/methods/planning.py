@@ -213,6 +213,27 @@ def _min_centres_problem(
     )
 
 
+def _role_problems(
+    scenario: Scenario, roles: tuple[str, ...], origins: Origins | None
+) -> list[str]:
+    """A centre whose role the method gives no meaning (a ``sharer`` under fedavg would
+    neither train nor be tested on all its images): one line each, with the fix."""
+    kind = scenario.recipe.kind
+    problems = []
+    for i, entry in enumerate(scenario.centres):
+        if entry.role in roles:
+            continue
+        where = f"{scenario.source_file or scenario.name} centres.{i} ({entry.name})"
+        if origins is not None:
+            where = origins.label("scenario", ("centres", str(i), "role"), where)
+        problems.append(
+            f"{where}: key 'centres.{i}.role': {entry.role!r}, which {kind} does not use "
+            f"(its roles: {', '.join(roles)}); fix: role train to train, or test to evaluate "
+            f"on all its images (--set centres.{i}.role=test)"
+        )
+    return problems
+
+
 def fault_problems(
     scenario: Scenario, rows: list[PlanRow], origins: Origins | None = None
 ) -> list[str]:
@@ -278,7 +299,8 @@ def plan_scenario(
 
     method = get_method(scenario.recipe.kind)
     params = scenario.recipe.typed_params(quick=quick)
-    problems = check_models(scenario, params, origins, quick=quick)
+    problems = _role_problems(scenario, method.roles, origins)
+    problems += check_models(scenario, params, origins, quick=quick)
     if problem := _min_centres_problem(scenario, params, origins, quick=quick):
         problems.append(problem)
     try:

@@ -54,7 +54,8 @@ class Method:
     ``report(recorder, console)`` returns the method's section of ``results.md`` (and may
     print its tables). ``plan(scenario, params)`` (optional) lists the run's units in running
     order and raises ConfigError for what the scenario cannot run; without it the plan is one
-    row per seed (``fedmammo.methods.planning``).
+    row per seed (``fedmammo.methods.planning``). ``roles``: the centre roles the method gives
+    a meaning (``--check`` refuses a centre with another).
     """
 
     kind: str
@@ -64,6 +65,7 @@ class Method:
     handlers: tuple[Handler, ...]
     report: Callable[[RunRecorder, Console], str]
     plan: Callable[[Scenario, BaseModel], list[PlanRow]] | None = None
+    roles: tuple[str, ...] = ("train", "receiver", "test")
 
     @property
     def message_types(self) -> list[str]:

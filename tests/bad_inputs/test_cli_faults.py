@@ -376,6 +376,15 @@ CASES = [
         ),
     ),
     Case(
+        "set-a-role-the-method-does-not-use",
+        ("{scen}", "--set", "centres.2.role=sharer"),
+        (
+            "--set centres.2.role=sharer: key 'centres.2.role': 'sharer', which fedavg does not "
+            "use (its roles: train, receiver, test)",
+            "fix: role train to train, or test to evaluate on all its images",
+        ),
+    ),
+    Case(
         "set-missing-recipe",
         ("{scen}", "--set", "strategy=nope"),
         ("--set strategy=nope: key 'strategy'", "recipe 'nope' not found"),

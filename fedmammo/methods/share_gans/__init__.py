@@ -17,5 +17,6 @@ METHOD = register(
         ),
         report=report.section,
         plan=plan.plan,
+        roles=("train", "receiver", "sharer", "test"),
     )
 )
