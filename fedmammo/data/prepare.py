@@ -118,8 +118,8 @@ def _centre_seed(name: str, data_seed: int) -> int:
 
 
 def missing_data_root(profile: CentreProfile) -> str | None:
-    """Why a real-data centre's images cannot be read from its data root (one line), or None
-    (it exists, or the centre is a phantom)."""
+    """Why a real-data centre's images cannot be read from its data root (one line): it does
+    not exist, or a table its format reads is not there; None for a phantom centre."""
     if profile.data.synthetic is not None:
         return None
     root = profile.data.resolved_root()
@@ -127,6 +127,13 @@ def missing_data_root(profile: CentreProfile) -> str | None:
         return (
             f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "
             "not exist; fix: set the environment variable it names or edit data.root"
+        )
+    from fedmammo.data.adapters import missing_tables
+
+    if problem := missing_tables(profile.data.format or "", root, profile.data.options):
+        return (
+            f"centre {profile.name!r}: {problem}; fix: point data.root at the dataset's top "
+            "folder, or give the table's path in data.options (docs/datasets.md)"
         )
     return None
 

@@ -28,6 +28,7 @@ __all__ = [
     "PATH_OPTIONS",
     "list_formats",
     "load_manifest",
+    "missing_tables",
     "option_values_problem",
     "options_of",
     "print_summary",
@@ -75,6 +76,18 @@ def option_values_problem(fmt: str, options: Mapping[str, Any]) -> str | None:
             return str(exc).removeprefix(f"{fmt}: option ")
         if path is not None and not path.exists():
             return f"{key} {options[key]!r}: {path.absolute()} not found"
+    return None
+
+
+def missing_tables(fmt: str, root: Path, options: Mapping[str, Any]) -> str | None:
+    """The first table format ``fmt`` reads from ``root`` that is not there (one line naming
+    every file that would do, and the published layout), or None: checked by ``--check``,
+    before the run lists the data."""
+    module = _MODULES.get(fmt)
+    for group in module.tables(root, dict(options)) if hasattr(module, "tables") else []:
+        if not any(path.is_file() for path in group):
+            names = " or ".join(str(path) for path in group)
+            return f"{fmt}: {names} not found; expected layout: {module.LAYOUT}"
     return None
 
 

@@ -74,6 +74,14 @@ _OUTSIDE = "CSV path outside the dataset root (refused)"
 OPTIONS = ("csv_dir", "lesion_boxes")
 
 
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
+    """The case-description CSVs, as the one group of files of which one must exist (in
+    option ``csv_dir``, default the root). Checked by ``--check``
+    (``adapters.missing_tables``)."""
+    csv_dir = option_path(options, "csv_dir", dataset=DATASET) or Path(root)
+    return [tuple(csv_dir / name for name in CSV_FILES.values())]
+
+
 def load(root: Path, **options: Any) -> pd.DataFrame:
     """Read a CBIS-DDSM download into the canonical manifest (one row per full mammogram).
 

@@ -111,13 +111,19 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     )
 
 
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
+    """The clinical table, as the one group of files of which one must exist: option
+    ``clinical_csv``, else ``clinical_xlsx`` (default ROOT/CMMD_clinicaldata_revision.xlsx)
+    or a CSV export beside it. Checked by ``--check`` (``adapters.missing_tables``)."""
+    if (given := option_path(options, "clinical_csv", dataset=DATASET)) is not None:
+        return [(given,)]
+    xlsx = option_path(options, "clinical_xlsx", dataset=DATASET) or Path(root) / CLINICAL_XLSX
+    return [(xlsx, xlsx.with_suffix(".csv"))]
+
+
 def _clinical(root: Path, options: dict[str, Any]) -> tuple[pd.DataFrame, Path]:
-    path = option_path(options, "clinical_csv", dataset=DATASET)
-    if path is None:
-        path = option_path(options, "clinical_xlsx", dataset=DATASET) or root / CLINICAL_XLSX
-        csv = path.with_suffix(".csv")
-        if not path.is_file() and csv.is_file():
-            path = csv
+    (group,) = tables(root, options)
+    path = next((t for t in group if t.is_file()), group[0])
     if not path.is_file():
         raise DataError(f"{DATASET}: {path} not found; expected layout: {LAYOUT}")
     return read_table(path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT), path

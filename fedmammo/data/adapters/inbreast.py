@@ -60,11 +60,13 @@ OPTIONS = ("csv", "birads3", "malignancy_uncertainty")
 _DENSITY = {str(d): d for d in (1, 2, 3, 4)}
 
 
-def _release_table(root: Path) -> Path:
-    """The image table: ``INbreast.csv``, else the release's own ``INbreast.xls`` (same
-    columns; reading it needs the ``xlsx`` extra)."""
-    csv, xls = root / "INbreast.csv", root / "INbreast.xls"
-    return xls if xls.is_file() and not csv.is_file() else csv
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
+    """The image table, as the one group of files of which one must exist: option ``csv``,
+    else ``INbreast.csv``, else the release's own ``INbreast.xls`` (same columns; reading it
+    needs the ``xlsx`` extra). Checked by ``--check`` (``adapters.missing_tables``)."""
+    if (given := option_path(options, "csv", dataset=DATASET)) is not None:
+        return [(given,)]
+    return [(Path(root) / "INbreast.csv", Path(root) / "INbreast.xls")]
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -79,7 +81,8 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     check_options(options, OPTIONS, DATASET)
     birads3, uncertainty = label_rules(options, dataset=DATASET, birads3="benign")
     root = Path(root)
-    csv_path = option_path(options, "csv", dataset=DATASET) or _release_table(root)
+    (group,) = tables(root, options)
+    csv_path = next((t for t in group if t.is_file()), group[0])  # else: not found, named
     table = read_table(csv_path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT, sep=";")
     dicom_dir = root / "AllDICOMs"
     if not dicom_dir.is_dir():

@@ -59,6 +59,12 @@ _DENSITY = {"A": 1, "B": 2, "C": 3, "D": 4}
 UNKNOWN = "unknown"
 
 
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
+    """The tables ``load`` must read, as groups of which one file must exist (checked by
+    ``--check``: ``adapters.missing_tables``)."""
+    return [(option_path(options, "csv", dataset=DATASET) or Path(root) / "train.csv",)]
+
+
 def load(root: Path, **options: Any) -> pd.DataFrame:
     """Read the RSNA Screening Mammography training set into the canonical manifest.
 
@@ -70,7 +76,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
-    csv_path = option_path(options, "csv", dataset=DATASET) or root / "train.csv"
+    ((csv_path,),) = tables(root, options)
     table = read_table(csv_path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT)
     images = option_path(options, "images_dir", dataset=DATASET) or root / "train_images"
     skips = SkipCounter(DATASET)

@@ -75,6 +75,12 @@ _DENSITY = {f"{prefix}{x}": i + 1 for i, x in enumerate("ABCD") for prefix in ("
 OPTIONS = ("birads3", "malignancy_uncertainty")
 
 
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
+    """The tables ``load`` must read, as groups of which one file must exist (checked by
+    ``--check``: ``adapters.missing_tables``)."""
+    return [(Path(root) / "breast-level_annotations.csv",)]
+
+
 def load(root: Path, **options: Any) -> pd.DataFrame:
     """Read a VinDr-Mammo download into the canonical manifest.
 
@@ -87,8 +93,9 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     check_options(options, OPTIONS, DATASET)
     birads3, uncertainty = label_rules(options, dataset=DATASET, birads3="exclude")
     root = Path(root)
+    ((breast_csv,),) = tables(root, options)
     breasts = read_table(
-        root / "breast-level_annotations.csv",
+        breast_csv,
         dataset=DATASET,
         expected=BREAST_REQUIRED,
         layout=LAYOUT,
@@ -102,7 +109,6 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     else:
         log.warning("%s: %s not found; lesion boxes NA", DATASET, findings_path)
     rows = []
-    breast_csv = root / "breast-level_annotations.csv"
     for line, rec in enumerate(breasts.to_dict("records"), start=2):
         where = f"{breast_csv} line {line}"
         study, image = text_or_none(rec["study_id"]), text_or_none(rec["image_id"])

@@ -13,7 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from rich.console import Console
 
-from fedmammo.config import load_profile
+from fedmammo.config import CentreProfile, load_profile
 from fedmammo.data.adapters import ADAPTERS, load_manifest, print_summary, summarise_manifest
 from fedmammo.data.adapters._common import (
     header_age,
@@ -23,6 +23,8 @@ from fedmammo.data.adapters._common import (
     read_header,
     read_table,
 )
+from fedmammo.data.adapters.cbis_ddsm import CSV_FILES as CBIS_CSV_FILES
+from fedmammo.data.prepare import missing_data_root
 from fedmammo.errors import ConfigError, DataError
 
 CENTRES = Path(__file__).resolve().parents[3] / "centres"
@@ -396,3 +398,38 @@ def test_inbreast_reads_the_releases_xls_when_there_is_no_csv(
     monkeypatch.undo()
     from_csv = load_manifest("inbreast", tmp_path)
     pd.testing.assert_frame_equal(df.reset_index(drop=True), from_csv.reset_index(drop=True))
+
+
+#: (format, the tables its tree holds: removing them all is what --check must name)
+DEFAULT_TABLES = [
+    ("cbis-ddsm", list(CBIS_CSV_FILES.values())),
+    ("inbreast", ["INbreast.csv", "INbreast.xls"]),
+    ("vindr-mammo", ["breast-level_annotations.csv"]),
+    ("rsna", ["train.csv"]),
+    ("cmmd", ["CMMD_clinicaldata_revision.xlsx", "CMMD_clinicaldata_revision.csv"]),
+]
+
+
+@pytest.mark.parametrize(("fmt", "names"), DEFAULT_TABLES)
+def test_check_names_a_missing_default_table_before_the_data_is_listed(
+    tmp_path: Path, builders, fmt, names
+) -> None:
+    # Prepare: the published tree, read by a profile with no table option
+    if fmt == "cmmd":
+        pytest.importorskip("openpyxl")
+    builders[fmt](tmp_path)
+    profile = CentreProfile.model_validate(
+        {"name": "site", "source": "S", "data": {"format": fmt, "root": str(tmp_path)}}
+    )
+    assert missing_data_root(profile) is None  # the whole tree: nothing to say
+    for name in names:
+        (tmp_path / name).unlink(missing_ok=True)
+
+    # Execute
+    problem = missing_data_root(profile)
+
+    # Assert: one line naming the centre, every file that would do, the layout and the fix
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith(f"centre 'site': {fmt}: ")
+    assert " or ".join(str(tmp_path / n) for n in names) + " not found" in problem
+    assert "expected layout: " in problem and "fix: point data.root" in problem
