@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = ["COMMANDS", "main"]
 
@@ -61,20 +62,36 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
-def _shipped(folder: str) -> list[str]:
-    from fedmammo.config import project_root
+def _listing(kind: str, folder: str) -> list[str]:
+    """Lines listing ``folder``'s YAML files: the shipped ones (in the checkout), then the
+    user's own in the current directory, if it has any (looked up first by name)."""
+    from fedmammo.config.loading import checkout_root
 
-    return sorted(p.stem for p in (project_root() / folder).glob("*.yaml"))
+    here, shipped = Path.cwd().resolve(), checkout_root().resolve()
+    where = f"{folder}/" if here == shipped else f"{shipped / folder}/"
+    lines = [f"shipped {kind} ({where}):", "  " + ", ".join(_stems(shipped / folder))]
+    if here != shipped and (mine := _stems(here / folder)):
+        first = "" if folder == "scenarios" else ", looked up first by name"
+        lines += [f"your {kind} (./{folder}/{first}):", "  " + ", ".join(mine)]
+    return lines
+
+
+def _stems(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 def usage() -> str:
-    """The help text: commands, shipped scenarios and strategy recipes."""
+    """The help text: commands, shipped scenarios and strategy recipes (and the user's)."""
+    from fedmammo.config.loading import checkout_root
+
     width = max(map(len, COMMANDS))
     lines = ["usage: fedmammo COMMAND [ARGS...]   (fedmammo COMMAND --help for its options)", ""]
     lines += ["commands:"] + [f"  {c:<{width}}  {h}" for c, (_, h) in COMMANDS.items()]
-    lines += ["", "shipped scenarios (scenarios/):", "  " + ", ".join(_shipped("scenarios"))]
-    lines += ["strategy recipes (strategies/):", "  " + ", ".join(_shipped("strategies"))]
-    lines += ["", "e.g. fedmammo simulate scenarios/fedavg_quick.yaml --quick"]
+    lines += ["", *_listing("scenarios", "scenarios"), *_listing("strategy recipes", "strategies")]
+    example = Path("scenarios", "fedavg_quick.yaml")
+    if not example.is_file():
+        example = checkout_root() / example
+    lines += ["", f"e.g. fedmammo simulate {example} --quick"]
     return "\n".join(lines)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fedmammo import cli
 
 
@@ -12,6 +14,33 @@ def test_help_lists_commands_scenarios_and_recipes(capsys):
         assert f"  {command}" in out
     assert "fedavg_quick" in out and "share_gans" in out  # scenarios
     assert "periodic_sampling" in out and "mtl_finetune" in out  # recipes
+
+
+def test_help_from_a_users_folder_lists_the_shipped_files_and_the_users_own(
+    capsys, tmp_path, monkeypatch
+):
+    # Prepare: a study folder with its own scenario and recipe (no centres/ of its own)
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "my_study.yaml").write_text("{}")
+    (tmp_path / "strategies").mkdir()
+    (tmp_path / "strategies" / "my_recipe.yaml").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(cli.__file__).resolve().parents[1]
+    # Execute
+    assert cli.main(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # Assert: the shipped ones by their path (it listed the user's folder instead before),
+    # then the user's; the example command runs from here
+    at = lines.index(f"shipped scenarios ({shipped / 'scenarios'}/):")
+    assert "fedavg_quick" in lines[at + 1] and "my_study" not in lines[at + 1]
+    assert lines[at + 2 : at + 4] == ["your scenarios (./scenarios/):", "  my_study"]
+    at = lines.index(f"shipped strategy recipes ({shipped / 'strategies'}/):")
+    assert "fedavg" in lines[at + 1] and "my_recipe" not in lines[at + 1]
+    assert lines[at + 2 : at + 4] == [
+        "your strategy recipes (./strategies/, looked up first by name):",
+        "  my_recipe",
+    ]
+    assert lines[-1] == f"e.g. fedmammo simulate {shipped}/scenarios/fedavg_quick.yaml --quick"
 
 
 def test_unknown_command_is_one_line_and_exit_2(capsys):

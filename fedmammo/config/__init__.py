@@ -2,7 +2,7 @@
 their YAML loading (one error line naming file, key and fix)."""
 
 from fedmammo.config.dotted import apply_dotted
-from fedmammo.config.loading import load_profile, load_scenario, load_strategy, project_root
+from fedmammo.config.loading import load_profile, load_scenario, load_strategy
 from fedmammo.config.profile import (
     TASKS,
     AgeSpec,
@@ -40,5 +40,4 @@ __all__ = [
     "load_profile",
     "load_scenario",
     "load_strategy",
-    "project_root",
 ]

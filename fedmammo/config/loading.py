@@ -33,7 +33,6 @@ __all__ = [
     "load_scenario",
     "load_scenario_traced",
     "load_strategy",
-    "project_root",
     "resolved_mapping",
     "search_roots",
     "set_label",
@@ -48,18 +47,6 @@ WHOLE_VALUE_KEYS = ("sweep",)
 def checkout_root() -> Path:
     """The fedmammo checkout: the shipped centres/, strategies/ and scenarios/."""
     return Path(__file__).resolve().parents[2]
-
-
-def project_root() -> Path:
-    """The directory holding centres/, strategies/ and scenarios/ (cwd, else the checkout).
-
-    Listing only (``fedmammo --help``); a profile or recipe is looked up in every folder of
-    :func:`search_roots`.
-    """
-    here = Path.cwd()
-    if (here / "centres").is_dir():
-        return here
-    return checkout_root()
 
 
 def search_roots() -> list[Path]:
