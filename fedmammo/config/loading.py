@@ -479,13 +479,14 @@ def load_scenario_traced(
             profile = _entry_profile(path, scenario, i, origins)
         entry.name = profile.name
         if profile.name in seen:
+            where = origins.label("scenario", ("centres", str(i), "name"), str(path))
             raise ConfigError(
-                f"{path}: key 'centres.{i}': centre name {profile.name!r} used twice; "
+                f"{where}: key 'centres.{i}': centre name {profile.name!r} used twice; "
                 "fix: give each entry a distinct 'name'"
             )
         seen.add(profile.name)
         scenario.resolved_profiles[profile.name] = profile
-    _check_roles(path, scenario)
+    _check_roles(path, scenario, origins)
     return scenario, origins
 
 
@@ -512,19 +513,21 @@ def _entry_profile(path: Path, scenario: Scenario, i: int, origins: Origins) -> 
     return _profile(profile_path, overrides, origins, f"centre:{i}")
 
 
-def _check_roles(path: Path, scenario: Scenario) -> None:
-    for entry in scenario.centres:
+def _check_roles(path: Path, scenario: Scenario, origins: Origins) -> None:
+    for i, entry in enumerate(scenario.centres):
         profile = scenario.resolved_profiles[entry.name or ""]
         if entry.role == "sharer" and not (profile.sharing.generators or profile.sharing.models):
+            where = origins.label("scenario", ("centres", str(i), "role"), str(path))
             raise ConfigError(
-                f"{path}: centre {entry.name!r} has role 'sharer' but its profile shares nothing; "
+                f"{where}: centre {entry.name!r} has role 'sharer' but its profile shares nothing; "
                 "fix: set sharing.generators: true in its profile or change its role"
             )
     names = {e.name for e in scenario.centres}
     for i, fault in enumerate(scenario.faults):
         if fault.centre not in names:
+            where = origins.label("scenario", ("faults", str(i), "centre"), str(path))
             raise ConfigError(
-                f"{path}: key 'faults.{i}.centre': no centre named "
+                f"{where}: key 'faults.{i}.centre': no centre named "
                 f"{fault.centre!r}; valid: {', '.join(sorted(n or '' for n in names))}"
             )
     if not any(e.role in ("train", "receiver") for e in scenario.centres):

@@ -501,7 +501,10 @@ CASES = [
     Case(
         "fault-names-unknown-centre",
         ("{scen}", "--set", "faults=[{centre: z, round: 1}]"),
-        ("key 'faults.0.centre'", "no centre named 'z'"),
+        (
+            '--set faults=[{"centre": "z", "round": 1}]: key \'faults.0.centre\'',
+            "no centre named 'z'",
+        ),
     ),
     Case(
         "no-training-centre",
@@ -514,6 +517,11 @@ CASES = [
         ("{scen}",),
         ("centre name 'a' used twice",),
         scenario=_edit("name: b, role", "name: a, role"),
+    ),
+    Case(
+        "set-centre-name-used-twice",
+        ("{scen}", "--set", "centres.1.name=a"),
+        ("--set centres.1.name=a: key 'centres.1': centre name 'a' used twice",),
     ),
     Case(
         "mtl-finetune-centre-not-training",
