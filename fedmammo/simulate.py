@@ -173,7 +173,8 @@ def print_plan(base: Scenario, points: list[Point], *, quick: bool) -> None:
 # --------------------------------------------------------------------------- folders
 def check_writable(path: Path, what: str, fix: str, *, create: bool) -> list[Path]:
     """ConfigError (one line) unless ``path`` is (or can be made) a writable folder; returns
-    the folders made (``create``), innermost first."""
+    the folders made (``create``), innermost first. Without ``create`` (``--check``) nothing
+    is left behind: a file is made and removed in the nearest existing folder."""
     target = path.expanduser()
     probe, missing = target, []  # the folders to make, innermost first
     while not probe.exists() and probe != probe.parent:
@@ -181,9 +182,13 @@ def check_writable(path: Path, what: str, fix: str, *, create: bool) -> list[Pat
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ConfigError(f"{what} {path}: {probe} is a file, not a folder; {fix}")
-    if not create:
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise ConfigError(f"{what} {path}: {probe} is not writable; {fix}")
+    if not create:  # a file made and removed at once: os.access says yes to root under /proc
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise ConfigError(f"{what} {path}: {probe} is not writable ({why}); {fix}") from None
         return []
     try:
         target.mkdir(parents=True, exist_ok=True)

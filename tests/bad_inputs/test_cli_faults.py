@@ -624,6 +624,11 @@ CASES = [
         ("output folder /proc/fedmammo-runs is not writable",),
     ),
     Case(
+        "check-output-folder-unwritable-even-for-root",
+        ("{scen}", "--check", "--out", "/proc/fedmammo-runs"),
+        ("output folder /proc/fedmammo-runs: /proc is not writable (",),
+    ),
+    Case(
         "data-dir-unwritable",
         ("{scen}", "--set", "data_dir=/proc/fedmammo-data"),
         ("data_dir /proc/fedmammo-data is not writable",),
