@@ -128,9 +128,9 @@ def missing_data_root(profile: CentreProfile) -> str | None:
             f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "
             "not exist; fix: set the environment variable it names or edit data.root"
         )
-    from fedmammo.data.adapters import missing_tables
+    from fedmammo.data.adapters import missing_table
 
-    if problem := missing_tables(profile.data.format or "", root, profile.data.options):
+    if problem := missing_table(profile.data.format or "", root, profile.data.options):
         return (
             f"centre {profile.name!r}: {problem}; fix: point data.root at the dataset's top "
             "folder, or give the table's path in data.options (docs/datasets.md)"

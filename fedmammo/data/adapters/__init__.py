@@ -28,7 +28,7 @@ __all__ = [
     "PATH_OPTIONS",
     "list_formats",
     "load_manifest",
-    "missing_tables",
+    "missing_table",
     "option_values_problem",
     "options_of",
     "print_summary",
@@ -79,16 +79,18 @@ def option_values_problem(fmt: str, options: Mapping[str, Any]) -> str | None:
     return None
 
 
-def missing_tables(fmt: str, root: Path, options: Mapping[str, Any]) -> str | None:
-    """The first table format ``fmt`` reads from ``root`` that is not there (one line naming
-    every file that would do, and the published layout), or None: checked by ``--check``,
-    before the run lists the data."""
+def missing_table(fmt: str, root: Path, options: Mapping[str, Any]) -> str | None:
+    """Format ``fmt``'s label table missing from ``root`` (one line naming every file that
+    would do, and the published layout), or None: checked by ``--check``, before the run
+    lists the data. A format without a table (dicom-folder) is never missing one."""
     module = _MODULES.get(fmt)
-    for group in module.tables(root, dict(options)) if hasattr(module, "tables") else []:
-        if not any(path.is_file() for path in group):
-            names = " or ".join(str(path) for path in group)
-            return f"{fmt}: {names} not found; expected layout: {module.LAYOUT}"
-    return None
+    if not hasattr(module, "table_files"):
+        return None
+    candidates = module.table_files(root, dict(options))
+    if any(path.is_file() for path in candidates):
+        return None
+    names = " or ".join(map(str, candidates))
+    return f"{fmt}: {names} not found; expected layout: {module.LAYOUT}"
 
 
 def load_manifest(fmt: str, root: str | Path, **options: Any) -> pd.DataFrame:

@@ -29,6 +29,7 @@ __all__ = [
     "SkipCounter",
     "check_options",
     "finish_manifest",
+    "first_file",
     "format_columns",
     "header_age",
     "header_laterality",
@@ -130,6 +131,11 @@ def option_path(options: Mapping[str, Any], key: str, *, dataset: str) -> Path |
             "the path itself in data.options"
         )
     return Path(text)
+
+
+def first_file(candidates: tuple[Path, ...]) -> Path:
+    """The first of ``candidates`` that is a file, else the first (named when not found)."""
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def format_columns(columns: Iterable[object], limit: int = 12) -> str:

@@ -74,12 +74,11 @@ _OUTSIDE = "CSV path outside the dataset root (refused)"
 OPTIONS = ("csv_dir", "lesion_boxes")
 
 
-def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
-    """The case-description CSVs, as the one group of files of which one must exist (in
-    option ``csv_dir``, default the root). Checked by ``--check``
-    (``adapters.missing_tables``)."""
+def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
+    """The case-description CSVs, in option ``csv_dir`` (default the root): the adapter reads
+    every one there, ``--check`` names them all when none is."""
     csv_dir = option_path(options, "csv_dir", dataset=DATASET) or Path(root)
-    return [tuple(csv_dir / name for name in CSV_FILES.values())]
+    return tuple(csv_dir / name for name in CSV_FILES.values())
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from fedmammo.data.adapters._common import (
     SkipCounter,
     check_options,
     finish_manifest,
+    first_file,
     header_age,
     header_laterality,
     header_manufacturer,
@@ -111,19 +112,18 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     )
 
 
-def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
-    """The clinical table, as the one group of files of which one must exist: option
-    ``clinical_csv``, else ``clinical_xlsx`` (default ROOT/CMMD_clinicaldata_revision.xlsx)
-    or a CSV export beside it. Checked by ``--check`` (``adapters.missing_tables``)."""
+def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
+    """Where the clinical table may be, first first (``--check`` names them all when none
+    is there): option ``clinical_csv``, else ``clinical_xlsx`` (default
+    ROOT/CMMD_clinicaldata_revision.xlsx) or a CSV export beside it."""
     if (given := option_path(options, "clinical_csv", dataset=DATASET)) is not None:
-        return [(given,)]
+        return (given,)
     xlsx = option_path(options, "clinical_xlsx", dataset=DATASET) or Path(root) / CLINICAL_XLSX
-    return [(xlsx, xlsx.with_suffix(".csv"))]
+    return (xlsx, xlsx.with_suffix(".csv"))
 
 
 def _clinical(root: Path, options: dict[str, Any]) -> tuple[pd.DataFrame, Path]:
-    (group,) = tables(root, options)
-    path = next((t for t in group if t.is_file()), group[0])
+    path = first_file(table_files(root, options))
     if not path.is_file():
         raise DataError(f"{DATASET}: {path} not found; expected layout: {LAYOUT}")
     return read_table(path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT), path

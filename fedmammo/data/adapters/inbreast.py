@@ -17,6 +17,7 @@ from fedmammo.data.adapters._common import (
     SkipCounter,
     check_options,
     finish_manifest,
+    first_file,
     header_age,
     header_manufacturer,
     header_pixel_spacing,
@@ -60,13 +61,13 @@ OPTIONS = ("csv", "birads3", "malignancy_uncertainty")
 _DENSITY = {str(d): d for d in (1, 2, 3, 4)}
 
 
-def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
-    """The image table, as the one group of files of which one must exist: option ``csv``,
-    else ``INbreast.csv``, else the release's own ``INbreast.xls`` (same columns; reading it
-    needs the ``xlsx`` extra). Checked by ``--check`` (``adapters.missing_tables``)."""
+def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
+    """Where the image table may be, first first (``--check`` names them all when none is
+    there): option ``csv``, else ``INbreast.csv``, else the release's own ``INbreast.xls``
+    (same columns; reading it needs the ``xlsx`` extra)."""
     if (given := option_path(options, "csv", dataset=DATASET)) is not None:
-        return [(given,)]
-    return [(Path(root) / "INbreast.csv", Path(root) / "INbreast.xls")]
+        return (given,)
+    return (Path(root) / "INbreast.csv", Path(root) / "INbreast.xls")
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -81,8 +82,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     check_options(options, OPTIONS, DATASET)
     birads3, uncertainty = label_rules(options, dataset=DATASET, birads3="benign")
     root = Path(root)
-    (group,) = tables(root, options)
-    csv_path = next((t for t in group if t.is_file()), group[0])  # else: not found, named
+    csv_path = first_file(table_files(root, options))
     table = read_table(csv_path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT, sep=";")
     dicom_dir = root / "AllDICOMs"
     if not dicom_dir.is_dir():

@@ -13,6 +13,7 @@ from fedmammo.data.adapters._common import (
     SkipCounter,
     check_options,
     finish_manifest,
+    first_file,
     header_manufacturer,
     header_pixel_spacing,
     option_path,
@@ -59,10 +60,10 @@ _DENSITY = {"A": 1, "B": 2, "C": 3, "D": 4}
 UNKNOWN = "unknown"
 
 
-def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
-    """The tables ``load`` must read, as groups of which one file must exist (checked by
-    ``--check``: ``adapters.missing_tables``)."""
-    return [(option_path(options, "csv", dataset=DATASET) or Path(root) / "train.csv",)]
+def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
+    """Where the image table may be, first first (``--check`` names them all when none is
+    there): option ``csv``, else ROOT/train.csv."""
+    return (option_path(options, "csv", dataset=DATASET) or Path(root) / "train.csv",)
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -76,7 +77,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
-    ((csv_path,),) = tables(root, options)
+    csv_path = first_file(table_files(root, options))
     table = read_table(csv_path, dataset=DATASET, expected=REQUIRED_COLUMNS, layout=LAYOUT)
     images = option_path(options, "images_dir", dataset=DATASET) or root / "train_images"
     skips = SkipCounter(DATASET)

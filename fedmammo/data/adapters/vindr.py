@@ -16,6 +16,7 @@ from fedmammo.data.adapters._common import (
     SkipCounter,
     check_options,
     finish_manifest,
+    first_file,
     header_age,
     header_manufacturer,
     header_pixel_spacing,
@@ -75,10 +76,10 @@ _DENSITY = {f"{prefix}{x}": i + 1 for i, x in enumerate("ABCD") for prefix in ("
 OPTIONS = ("birads3", "malignancy_uncertainty")
 
 
-def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, ...]]:
-    """The tables ``load`` must read, as groups of which one file must exist (checked by
-    ``--check``: ``adapters.missing_tables``)."""
-    return [(Path(root) / "breast-level_annotations.csv",)]
+def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
+    """Where the breast-level table may be (``--check`` names it when it is not there); the
+    finding table beside it is optional."""
+    return (Path(root) / "breast-level_annotations.csv",)
 
 
 def load(root: Path, **options: Any) -> pd.DataFrame:
@@ -93,7 +94,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     check_options(options, OPTIONS, DATASET)
     birads3, uncertainty = label_rules(options, dataset=DATASET, birads3="exclude")
     root = Path(root)
-    ((breast_csv,),) = tables(root, options)
+    breast_csv = first_file(table_files(root, options))
     breasts = read_table(
         breast_csv,
         dataset=DATASET,
