@@ -15,6 +15,7 @@ from fedmammo.errors import DataError
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "MIN_UNITS_PER_CLASS",
     "best_mcc",
     "bootstrap_auc",
     "breast_level",
@@ -28,6 +29,7 @@ __all__ = [
     "operating_points",
     "p_value_from_ci",
     "specificity_at_sensitivity",
+    "units_per_class",
     "weighted_log_loss",
 ]
 
@@ -64,6 +66,22 @@ def _check(y: Any, score: Any, *, name: str = "score") -> tuple[np.ndarray, np.n
 
 def _two_classes(y: np.ndarray) -> bool:
     return 0 < int(y.sum()) < y.size
+
+
+#: The fewest positive and negative units (patients with ``groups``, else images) a CI or a
+#: p-value of an AUC is given for: with one, the variance of its side cannot be estimated
+#: (resampling it, or DeLong's S10, sees only the other side's variation).
+MIN_UNITS_PER_CLASS = 2
+
+
+def units_per_class(y: np.ndarray, groups: Any = None) -> int:
+    """The fewer of the positive and the negative units: images, or with ``groups`` (one key
+    per sample) the patients holding at least one image of the class."""
+    if groups is None:
+        n_pos = int(y.sum())
+        return min(n_pos, y.size - n_pos)
+    codes = group_codes(groups, y.size)
+    return min(np.unique(codes[y == 1]).size, np.unique(codes[y == 0]).size)
 
 
 class _RankAuc:
@@ -174,7 +192,9 @@ def bootstrap_auc(
     Resamples draw ``n`` indices with replacement (``default_rng(seed).integers``, row
     chunks), or, with ``groups`` (one key per sample: its patient), whole patients with
     replacement (:func:`_resample_counts`); resamples with a single class are skipped.
-    ``n_boot=0`` skips the bootstrap (CI NaN). All NaN if ``y_true`` has one class.
+    ``n_boot=0`` skips the bootstrap (CI NaN), as does a class with fewer than
+    :data:`MIN_UNITS_PER_CLASS` units (:func:`units_per_class`). All NaN if ``y_true`` has
+    one class.
     """
     y, score = _check(y_true, y_score)
     _check_boot(n_boot, confidence)
@@ -183,7 +203,7 @@ def bootstrap_auc(
     from sklearn.metrics import roc_auc_score  # here: importing metrics stays light
 
     auc = float(roc_auc_score(y, score))
-    if n_boot == 0:
+    if n_boot == 0 or units_per_class(y, groups) < MIN_UNITS_PER_CLASS:
         return auc, math.nan, math.nan
     ranker = _RankAuc(y, score)
     boots = np.concatenate([ranker(c) for c in _resample_counts(y.size, n_boot, seed, groups)])
@@ -222,8 +242,8 @@ def delta_auc(
     The CI is the percentile CI of the paired bootstrap (both scores on the same resamples,
     same draws as :func:`bootstrap_auc`, by patient with ``groups``); ``p`` comes from that CI
     by Altman & Bland (2011),
-    see :func:`p_value_from_ci`. ``n_boot=0``: CI and p NaN. All NaN if ``y_true`` has one
-    class.
+    see :func:`p_value_from_ci`. ``n_boot=0`` or a class with fewer than
+    :data:`MIN_UNITS_PER_CLASS` units: CI and p NaN. All NaN if ``y_true`` has one class.
     """
     y, base = _check(y_true, score_baseline, name="score_baseline")
     _, method = _check(y_true, score_method, name="score_method")
@@ -233,7 +253,7 @@ def delta_auc(
     from sklearn.metrics import roc_auc_score
 
     delta = float(roc_auc_score(y, method) - roc_auc_score(y, base))
-    if n_boot == 0:
+    if n_boot == 0 or units_per_class(y, groups) < MIN_UNITS_PER_CLASS:
         return delta, math.nan, math.nan, math.nan
     rank_base, rank_method = _RankAuc(y, base), _RankAuc(y, method)
     diffs = np.concatenate(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fedmammo.errors import DataError
-from fedmammo.evaluation.metrics import group_codes
+from fedmammo.evaluation.metrics import MIN_UNITS_PER_CLASS, group_codes, units_per_class
 
 __all__ = ["delong_test"]
 
@@ -49,8 +49,10 @@ def delong_test(
 
     ``y_true`` 0/1; both scores rank the same images (higher = more likely 1). ``groups``:
     one key per image, its patient (Obuchowski's clustered variance; None: every image its
-    own). Identical scores give p = 1; a difference with zero variance gives p = 0. All NaN
-    without both classes.
+    own). Identical scores give p = 1; a difference with zero variance gives p = 0. p is NaN
+    with fewer than ``MIN_UNITS_PER_CLASS`` positive or negative units (patients with
+    ``groups``, else images): one unit's side has no variance to estimate, and a p-value
+    from the other side alone is far too small. All NaN without both classes.
     """
     y = np.asarray(y_true).reshape(-1)
     a = np.asarray(score_a, dtype=np.float64).reshape(-1)
@@ -72,10 +74,10 @@ def delong_test(
     v10_b, v01_b = _components(b[pos], b[neg])
     v10, v01 = np.stack([v10_a, v10_b], axis=1), np.stack([v01_a, v01_b], axis=1)
     auc = v10.mean(axis=0)  # (AUC_a, AUC_b)
+    if units_per_class(y, codes) < MIN_UNITS_PER_CLASS:  # one side's variance unknown
+        return float(auc[0]), float(auc[1]), math.nan
     if codes is None:
-        s10 = np.cov(v10.T) if m > 1 else np.zeros((2, 2))
-        s01 = np.cov(v01.T) if n > 1 else np.zeros((2, 2))
-        cov = s10 / m + s01 / n
+        cov = np.cov(v10.T) / m + np.cov(v01.T) / n
     else:
         cov = _clustered_covariance(v10, v01, codes[pos], codes[neg], auc)
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
@@ -102,7 +104,7 @@ def _clustered_covariance(
     dx, dy = x - np.outer(m_i, auc), y - np.outer(n_i, auc)
     big_m, big_n = len(pos), len(neg)
     i10, i01, i = int((m_i > 0).sum()), int((n_i > 0).sum()), int(((m_i + n_i) > 0).sum())
-    s10 = i10 / ((i10 - 1) * big_m) * (dx.T @ dx) if i10 > 1 else np.zeros((2, 2))
-    s01 = i01 / ((i01 - 1) * big_n) * (dy.T @ dy) if i01 > 1 else np.zeros((2, 2))
+    s10 = i10 / ((i10 - 1) * big_m) * (dx.T @ dx)  # i10, i01 >= 2: checked by the caller
+    s01 = i01 / ((i01 - 1) * big_n) * (dy.T @ dy)
     s11 = i / (i - 1) * (dx.T @ dy) if i > 1 else np.zeros((2, 2))
     return s10 / big_m + s01 / big_n + (s11 + s11.T) / (big_m * big_n)

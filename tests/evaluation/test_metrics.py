@@ -28,6 +28,7 @@ from fedmammo.evaluation.metrics import (
     metrics_by_segment,
     operating_points,
     p_value_from_ci,
+    units_per_class,
     weighted_log_loss,
 )
 
@@ -123,9 +124,9 @@ def test_patient_groups_must_fit_the_samples():
 
 
 def test_bootstrap_skips_one_class_resamples_like_the_reference():
-    # Prepare: 1 positive in 8 samples -> about a third of the resamples lack it
-    y = np.array([0, 0, 0, 1, 0, 0, 0, 0])
-    score = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.05, 0.3])
+    # Prepare: 2 positives in 10 samples -> about a tenth of the resamples lack both
+    y = np.array([0, 0, 0, 1, 0, 0, 0, 0, 1, 0])
+    score = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.05, 0.3, 0.6, 0.15])
 
     # Execute
     result = bootstrap_auc(y, score, n_boot=300, seed=1)
@@ -347,3 +348,29 @@ def test_comparison_rows_format_tables_like_seed_000():
     assert "| P. sampling |" in text
     assert tables.format_auc(0.8405, 0.82641, 0.85412) == "84.05 (82.64, 85.41)"
     assert tables.format_p_value(0.00004) == "< 0.0001" and tables.format_p_value(0.15) == "0.1500"
+
+
+def test_one_positive_unit_gives_the_auc_without_a_ci_or_p_value():
+    # Prepare: one malignant patient (two views) among 10 benign images of 5 patients; and
+    # the same with a second malignant patient
+    y = np.array([1, 1] + [0] * 10)
+    score = np.linspace(0.9, 0.0, 12)
+    other = score[::-1].copy()
+    patients = ["m1", "m1"] + [f"b{i // 2}" for i in range(10)]
+    y2, score2 = np.append(y, 1), np.append(score, 0.95)
+    other2, patients2 = np.append(other, 0.5), [*patients, "m2"]
+
+    # Execute
+    alone = bootstrap_auc(y, score, n_boot=200, groups=patients)
+    paired = delta_auc(y, other, score, n_boot=200, groups=patients)
+    one_image = bootstrap_auc(y[1:], score[1:], n_boot=200)  # one malignant image
+    two = bootstrap_auc(y2, score2, n_boot=200, groups=patients2)
+    two_paired = delta_auc(y2, other2, score2, n_boot=200, groups=patients2)
+
+    # Assert: the point estimates stay, the resampled spread of one side alone is no CI
+    assert alone[0] == 1.0 and np.isnan(alone[1:]).all()
+    assert paired[0] == 1.0 and np.isnan(paired[1:]).all()
+    assert one_image[0] == 1.0 and np.isnan(one_image[1:]).all()
+    assert units_per_class(y, patients) == 1 and units_per_class(y2, patients2) == 2
+    assert units_per_class(y, None) == 2  # two images, counted alone
+    assert np.isfinite(two[1:]).all() and np.isfinite(two_paired[1:]).all()

@@ -121,3 +121,20 @@ def test_groups_must_name_every_image():
         delong_test([0, 1, 1], [0.1, 0.8, 0.7], [0.2, 0.3, 0.9], groups=["p1", "p2"])
     with pytest.raises(DataError, match="missing keys"):
         delong_test([0, 1, 1], [0.1, 0.8, 0.7], [0.2, 0.3, 0.9], groups=["p1", None, "p2"])
+
+
+def test_one_malignant_patient_gives_no_p_value_where_it_was_significant_by_chance():
+    # Prepare: 200 studies of two equally uninformative models on one malignant patient
+    # (two views) and 10 benign images; the same with 2 malignant patients
+    rng = np.random.default_rng(5)
+    y = np.array([1, 1] + [0] * 10)
+    groups = ["m", "m"] + [f"b{i}" for i in range(10)]
+    y2, groups2 = np.array([1, 1, 1, 1] + [0] * 10), ["m", "m", "n", "n"] + groups[2:]
+    one, two = [], []
+    for _ in range(200):
+        one.append(delong_test(y, rng.random(12), rng.random(12), groups))
+        two.append(delong_test(y2, rng.random(14), rng.random(14), groups2)[2])
+    # Assert: with one malignant patient the AUCs, never a p-value (before, 44% of such
+    # studies came out p < 0.05: S10 was taken as 0); with two, a p-value every time
+    assert all(np.isfinite(r[:2]).all() and math.isnan(r[2]) for r in one)
+    assert np.isfinite(two).all()

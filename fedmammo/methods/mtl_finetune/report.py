@@ -332,8 +332,9 @@ def _cell(rows: pd.DataFrame) -> str:
 
 
 def _p_cell(rows: pd.DataFrame) -> str:
-    """p-values, one per seed (``/``-separated in seed order); ``""`` without any."""
-    values = pd.to_numeric(rows.sort_values("seed")["value"], errors="coerce").dropna()
+    """p-values, one per seed (``/``-separated in seed order; "n/a" where a stratum has too
+    few patients of a class for one); ``""`` without any."""
+    values = pd.to_numeric(rows.sort_values("seed")["value"], errors="coerce")
     return " / ".join(format_p_value(float(v)) for v in values)
 
 
@@ -393,7 +394,8 @@ _P_NOTE = (
     "p: DeLong's paired test of the arm's AUC against its reference arm's on the same test "
     "images (a fine-tuning arm against mtl, any other arm against the single-task "
     "baseline), one value per seed; its variance is Obuchowski's over patients, whose "
-    "images are not independent."
+    "images are not independent. n/a, and an AUC without CI: fewer than 2 malignant or 2 "
+    "benign patients in the stratum, too few to estimate either."
 )
 _OPERATING_COLUMNS = (
     ("auc", "AUC", _cell),

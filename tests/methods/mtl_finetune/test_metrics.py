@@ -188,3 +188,29 @@ def test_breast_and_image_auc_cis_resample_patients():
     of_breast = [key.split("|")[0] for key in sorted(set(breasts))]  # breast_level's order
     by_breast = bootstrap_auc(yb, sb, n_boot=200, seed=0, groups=of_breast)
     assert (breast["value"], breast["ci_low"], breast["ci_high"]) == by_breast
+
+
+def test_a_stratum_with_one_malignant_patient_shows_no_p_value_or_ci():
+    # Prepare: density A holds one malignant patient (both views) and 4 benign ones
+    labels, breasts, good, poor = _evaluation()
+    density = np.full(len(breasts), 2)  # density B (index 1) for everyone but ...
+    y = labels["malignancy"]
+    malignant = np.flatnonzero(y == 1)[:2]  # ... one malignant breast's two views
+    benign = np.flatnonzero(y == 0)[:8]  # ... and four benign breasts
+    density[np.r_[malignant, benign]] = 0
+    labels = {**labels, "density": density}
+    rows = []
+    for arm, pred, ref in (("single_task", poor, None), ("mtl", good, poor)):
+        for r in mtl_records(pred, labels, breasts=breasts, reference=ref, n_boot=50):
+            rows.append({**r, "arm": arm, "seed": 0, "centre": "c", "split": "test", "round": None})
+    # Execute
+    strata = next(t for t in build_mtl_tables(pd.DataFrame(rows)) if "Tables 2-3" in t.title)
+    mine = rows_of(rows, "mtl")
+    # Assert: the AUC stands alone; before, p came from the benign side's variance only
+    assert _get(mine, "n_malignant", "density=A") == 2
+    assert np.isnan(_get(mine, "auc_p", "density=A"))
+    auc = next(r for r in mine if r["segment"] == "density=A" and r["metric"] == "auc")
+    assert np.isnan([auc["ci_low"], auc["ci_high"]]).all()
+    assert strata.frame.loc["density=A", "mtl"].endswith(" p=n/a")
+    assert "(" not in strata.frame.loc["density=A", "mtl"]
+    assert "fewer than 2 malignant or 2 benign patients" in strata.note
