@@ -10,7 +10,7 @@ from rich.table import Table
 
 from fedmammo.evaluation.results import RunRecorder
 
-__all__ = ["final_table", "format_estimate", "to_markdown", "write_summary"]
+__all__ = ["final_table", "format_estimate", "share_table", "to_markdown", "write_summary"]
 
 
 def format_estimate(value: float, lo: float | None, hi: float | None) -> str:
@@ -79,6 +79,8 @@ def write_summary(
             "",
             to_markdown(table.fillna("")),
         ]
+    if not (shares := share_table(df, recorder.meta.get("centre_order"))).empty:
+        lines += ["", SHARES_TITLE, "", SHARES_NOTE, "", to_markdown(shares.fillna(""))]
     extra = section(recorder, console) if section is not None else ""
     if extra:  # the method's own tables (a method without AUROC records has only these)
         lines += ([] if table.empty else [""]) + [extra]
@@ -91,6 +93,27 @@ def write_summary(
     text = "\n".join(lines) + "\n"
     (recorder.run_dir / "results.md").write_text(text)
     return text
+
+
+SHARES_TITLE = "## Each centre's share of the federated average"
+SHARES_NOTE = (
+    "The normalised FedAvg weight of each training centre (`fedavg_share`), mean over the "
+    "arm's rounds and seeds, under the arm's `weighting` (results.json `meta.weighting`). "
+    "Arms whose shares differ were averaged from different mixes of the centres' updates as "
+    "well as trained differently: `labelled` counts the images labelled for the arm's tasks."
+)
+
+
+def share_table(df: pd.DataFrame, centres: list[str] | None = None) -> pd.DataFrame:
+    """Arms x centres: each centre's mean ``fedavg_share`` over the arm's rounds and seeds,
+    two decimals (empty without such records)."""
+    sel = df[(df["metric"] == "fedavg_share") & (df["split"] == "train")]
+    if sel.empty:
+        return pd.DataFrame()
+    means = sel.groupby(["arm", "centre"], sort=False)["value"].mean().unstack("centre")
+    order = [c for c in (centres or []) if c in means.columns]
+    means = means[order + [c for c in means.columns if c not in order]]
+    return means.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
 
 
 def to_markdown(df: pd.DataFrame, index_name: str = "arm") -> str:

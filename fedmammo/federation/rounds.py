@@ -206,6 +206,25 @@ def secure_round(
     return replies, result.arrays, strategy.train_metrics_aggr_fn(valid, WEIGHT_KEY)
 
 
+def record_shares(
+    orc: Orchestrator, weights: dict[str, float], *, arm: str, seed: int, rnd: int
+) -> None:
+    """Each centre's share of the round's average (its normalised weight: ``fedavg_share``,
+    split ``train``), when two or more were averaged: what the federated model was made of,
+    which differs between arms when the weighting counts the arm's labelled images."""
+    if len(weights) < 2:
+        return
+    for centre, share in weights.items():
+        orc.recorder.add(
+            [{"metric": "fedavg_share", "value": float(share)}],
+            arm=arm,
+            seed=seed,
+            centre=centre,
+            split="train",
+            round=rnd,
+        )
+
+
 def record_round_timing(
     orc: Orchestrator, replies: list[Message], wall: float, *, arm: str, seed: int, rnd: int
 ) -> None:
@@ -330,6 +349,7 @@ def train_rounds(
             orc.recorder.note(line)
             log.warning("%s", line)
         arrays = new_arrays
+        record_shares(orc, strategy.weights, arm=arm, seed=seed, rnd=rnd)
         if metrics is not None:
             loss = metrics[TrainMetrics.key("train_loss")]  # averaged over the replies
             orc.recorder.add(

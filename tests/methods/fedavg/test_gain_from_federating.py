@@ -22,7 +22,13 @@ from fedmammo.methods.fedavg.messages import EvaluateClassifier
 from fedmammo.methods.fedavg.report import gain_table
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
-SETS = {"strategy.params.arms": ["federated", "local", "pooled"], "strategy.params.bootstrap": 50}
+HALF_TEST = {"train": 0.4, "val": 0.1, "test": 0.5}  # 2 cancer patients in a's and b's tests
+SETS = {
+    "strategy.params.arms": ["federated", "local", "pooled"],
+    "strategy.params.bootstrap": 50,
+    "centres.a.split": HALF_TEST,
+    "centres.b.split": HALF_TEST,
+}
 
 
 @pytest.fixture(scope="module")

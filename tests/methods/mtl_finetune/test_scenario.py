@@ -16,6 +16,7 @@ from helpers.flower_messages import InProcessGrid
 
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError
+from fedmammo.evaluation.report import share_table
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
@@ -160,6 +161,21 @@ def test_finetuning_continues_the_mtl_model_at_the_named_centre_only(run):
     single = torch.load(Path(spec.run_dir) / "checkpoints" / "single_task" / "seed0_round001.pt")
     assert not any(k.startswith(("decoder.", "heads.acr")) for k in single)
     assert "heads.malignancy.weight" in single
+
+
+def test_each_arms_shares_of_the_average_follow_its_labelled_images(run):
+    # Prepare: a and b hold the same images; 90% of b's malignancy labels are missing, and
+    # every image keeps its view label
+    spec, orc, grid, _ = run
+    # Execute
+    shares = share_table(orc.recorder.frame(), ["a", "b"]).astype(float)
+    # Assert: the single-task net is averaged by malignancy labels (about 1 : 0.1), the
+    # multi-task net by images with any label (1 : 1), so their FedAvg mixes differ;
+    # fine-tuning (at b alone) averages nothing
+    assert 0.8 <= shares.loc["single_task", "a"] <= 0.95
+    assert shares.loc["mtl", "a"] == pytest.approx(0.5, abs=0.011)
+    assert shares.loc["mtl", "a"] + shares.loc["mtl", "b"] == pytest.approx(1.0, abs=0.011)
+    assert "finetune_u1_0.5" not in shares.index
 
 
 def test_resume_trains_only_what_is_missing(run):

@@ -45,8 +45,8 @@ def centre(tmp_path_factory):
                 "synthetic": {
                     "image_height": 64,
                     "segments": [
-                        {"manufacturer": "Ma", "patients": 8, "prevalence": 0.5},
-                        {"manufacturer": "Mb", "patients": 8, "prevalence": 0.5},
+                        {"manufacturer": "Ma", "patients": 12, "prevalence": 0.5},
+                        {"manufacturer": "Mb", "patients": 12, "prevalence": 0.5},
                     ],
                 }
             },
