@@ -54,6 +54,7 @@ from fedmammo.federation.console import safe
 from fedmammo.federation.ray_cluster import (
     attach_ray,
     backend_config,
+    centre_threads,
     check_fits,
     check_reachable,
     client_resources,
@@ -361,6 +362,8 @@ def run(
     with_pooled = _wants_pooled(scenario)
     spec.backend = backend_of(scenario, backend, ray_address)
     spec.ray_address = ray_address
+    if not spec.resume:  # a resumed run keeps its own (None in a folder from before)
+        spec.torch_threads = centre_threads(client_resources(scenario)["num_cpus"])
     spec_file = spec.save()  # before the data: a run killed while preparing it can be resumed
     os.environ[ENV_VAR] = str(spec_file)  # Ray's workers inherit it when Ray starts them
     cluster = None if spec.backend == "inprocess" else ray_address_of(scenario, ray_address)

@@ -161,6 +161,8 @@ def make_run_dir(
             "versions": {"python": "3.11.2", "torch": "2.4.0", "flwr": "1.41.0"},
             "machine": {"cpu": "Test CPU", "cpu_count": 2, "memory_gib": 8.0, "gpus": []},
         }
+        for centre in meta["centres"].values():
+            centre["torch_threads"] = 1
     metrics = records(offset, seeds)
     progress = {f"{arm}|{s}": {"round": 3, "done": done} for arm in ARMS for s in seeds}
     results = {

@@ -87,6 +87,20 @@ def _machine(m: Any) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def _threads(centres: Any) -> str:
+    """Each centre's torch threads as it reported them (a run's numbers depend on them), one
+    value when all agree."""
+    if not isinstance(centres, Mapping):
+        return NOT_RECORDED
+    found = {c: v.get("torch_threads") for c, v in centres.items() if isinstance(v, Mapping)}
+    known = {c: n for c, n in found.items() if n is not None}
+    if not known:
+        return NOT_RECORDED
+    if len(set(known.values())) == 1 and len(known) == len(found):
+        return str(next(iter(known.values())))
+    return ", ".join(f"{c} {found[c] if found[c] is not None else '?'}" for c in found)
+
+
 def header_section(run: RunFolder) -> str:
     """Scenario, description, provenance, seeds, wall time, machine."""
     meta, sc = run.meta, run.scenario
@@ -122,6 +136,7 @@ def header_section(run: RunFolder) -> str:
             else NOT_RECORDED,
         ),
         ("machine", _machine(meta.get("machine"))),
+        ("torch threads per centre", _threads(meta.get("centres"))),
     ]
     items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
     return f'<section id="run"><h2>Run</h2><dl class="facts">{items}</dl></section>'

@@ -9,13 +9,16 @@ scrubbed error reply (:func:`fedmammo.federation.egress.egress_error_mod`). Inne
 :func:`fedmammo.federation.secagg.secagg_mod` answers the SecAgg+ stages of a train message
 under secure aggregation (consent and the DP guard apply to every stage; the masked update is
 what the egress guard checks) and passes every other message through. Outermost,
-:func:`torch_threads_mod` keeps torch's threads to ``OMP_NUM_THREADS``.
+:func:`torch_threads_mod` keeps torch's threads to the simulation's (or ``OMP_NUM_THREADS``).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from flwr.app import Context, Message
@@ -28,6 +31,7 @@ from fedmammo.federation.handlers import Handler
 from fedmammo.federation.identify import identify
 from fedmammo.federation.privacy.audits import audit
 from fedmammo.federation.privacy.ledger import dp_guard_mod
+from fedmammo.federation.runspec import ENV_VAR
 from fedmammo.federation.secagg import secagg_mod
 
 __all__ = ["CORE_HANDLERS", "build_client_app", "collect_handlers", "torch_threads_mod"]
@@ -47,14 +51,29 @@ def collect_handlers(handlers: Iterable[Handler]) -> dict[str, Handler]:
 
 
 def torch_threads_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
-    """torch's intra-op threads set to ``OMP_NUM_THREADS`` when it names a count torch is not
-    using: OpenMP reads it once, when torch is imported, and a Ray worker started ahead of its
-    actor (:func:`fedmammo.federation.ray_cluster.private_ray`) imports torch before Ray sets
-    it to the actor's ``num_cpus``; two actors of two threads each on two cores run slower."""
-    wanted = os.environ.get("OMP_NUM_THREADS", "")
-    if wanted.isdigit() and int(wanted) > 0 and torch.get_num_threads() != int(wanted):
-        torch.set_num_threads(int(wanted))
+    """torch's intra-op threads set to the simulation's (:func:`simulation_threads`: from the
+    scenario's ``client_resources``), at a real site to ``OMP_NUM_THREADS`` when it names a
+    count torch is not using. OpenMP reads the variable once, when torch is imported, and a
+    Ray worker started ahead of its actor (:func:`fedmammo.federation.ray_cluster.private_ray`)
+    imports torch before Ray sets it to the actor's ``num_cpus``; and a shell's own value
+    would change a simulation's numbers (float sums in another order)."""
+    wanted = simulation_threads(os.environ.get(ENV_VAR, ""))
+    if wanted is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        wanted = int(env) if env.isdigit() and int(env) > 0 else None
+    if wanted is not None and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
     return call_next(msg, ctx)
+
+
+@functools.lru_cache(maxsize=8)
+def simulation_threads(spec_file: str) -> int | None:
+    """The torch threads the simulation's run spec (``spec_file``) gives every centre, or None
+    (a real site, or a run folder from before they were recorded)."""
+    path = Path(spec_file) if spec_file else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("torch_threads")
 
 
 def build_client_app(handlers: Iterable[Handler]) -> ClientApp:

@@ -7,7 +7,7 @@ message to the destination centre's ClientApp at once, one message after another
 else changes: each centre keeps its own Flower ``Context`` (``partition-id``,
 ``num-partitions`` as Flower's simulation sets them), every message and reply is copied (no
 object is shared between the server and a centre, as when Ray pickles them), and a centre
-computes with the torch threads a Ray actor would have (:func:`actor_threads`), so a run's
+computes with the torch threads a Ray actor would have (:func:`centre_threads`), so a run's
 numbers are those of the Ray backend (``tests/federation/test_inprocess.py`` compares them).
 
 What it saves: Ray's start (GCS, raylet, workers) and each actor importing fedmammo and
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
-import os
 import time
 from collections.abc import Iterable, Iterator
 from uuid import uuid4
@@ -36,7 +34,9 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-__all__ = ["InProcessGrid", "actor_threads", "run_in_process", "server_identity", "torch_threads"]
+from fedmammo.federation.ray_cluster import centre_threads
+
+__all__ = ["InProcessGrid", "run_in_process", "server_identity", "torch_threads"]
 
 _RUN_ID = 1  # one run per grid; Flower's simulation draws a random one
 _FIRST_NODE_ID = 1001  # node ids are opaque to fedmammo (identify maps them to centres)
@@ -128,13 +128,6 @@ class InProcessGrid(Grid):
         return reply
 
 
-def actor_threads(num_cpus: float) -> int:
-    """The torch threads of a Ray actor with ``num_cpus``: ``OMP_NUM_THREADS`` when set, else
-    ``floor(num_cpus)``, at least 1 (``ray._private.utils.set_omp_num_threads_if_unset``)."""
-    from_env = os.environ.get("OMP_NUM_THREADS")
-    return int(from_env) if from_env else max(math.floor(num_cpus), 1)
-
-
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to ``n`` inside the block (a Ray actor's ``num_cpus``)."""
@@ -166,7 +159,7 @@ def run_in_process(
     """Run ``server_app`` against ``num_nodes`` centres answering with ``client_app`` in this
     process, each computing as a Ray actor of ``num_cpus`` would; returns the grid (its
     ``contexts`` hold each centre's Flower state)."""
-    grid = InProcessGrid(client_app, num_nodes, num_threads=actor_threads(num_cpus))
+    grid = InProcessGrid(client_app, num_nodes, num_threads=centre_threads(num_cpus))
     server_context = Context(
         run_id=_RUN_ID, node_id=0, node_config={}, state=RecordDict(), run_config={}
     )

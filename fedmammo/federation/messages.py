@@ -378,6 +378,9 @@ class CentreInfo(Config):
     centre: str = wire("centre")
     role: str = wire("role")
     profile: str | None = wire("profile", None)  # CentreProfile.digest() of the centre's own
+    # torch's intra-op threads at the centre: float sums run in another order with another
+    # count, so a run's numbers depend on it (recorded in results.json meta.centres)
+    torch_threads: int | None = wire("torch-threads", None)
 
 
 @message("evaluate.audit reply")

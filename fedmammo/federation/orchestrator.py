@@ -76,6 +76,7 @@ class Orchestrator:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     profiles: dict[str, str | None] = field(default_factory=dict)  # centre -> its own digest
+    threads: dict[str, int | None] = field(default_factory=dict)  # centre -> torch threads
 
     @property
     def params(self):
@@ -143,6 +144,7 @@ class Orchestrator:
             self.roles[info.centre] = info.role
             self.counts[info.centre] = {k: int(v) for k, v in reply.content[COUNTS].items()}
             self.profiles[info.centre] = info.profile
+            self.threads[info.centre] = info.torch_threads
         return failed
 
     # ------------------------------------------------------------------ messaging

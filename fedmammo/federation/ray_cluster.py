@@ -12,6 +12,7 @@ and each centre's ``client_resources`` must fit a node (:func:`check_fits`, Flow
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from fedmammo.errors import ConfigError
 __all__ = [
     "attach_ray",
     "backend_config",
+    "centre_threads",
     "check_fits",
     "check_reachable",
     "client_resources",
@@ -36,6 +38,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def centre_threads(num_cpus: float) -> int:
+    """The torch threads of a simulated centre with ``num_cpus`` (its Ray actor's): the floor,
+    at least 1, as Ray sets ``OMP_NUM_THREADS`` in an actor (``set_omp_num_threads_if_unset``).
+    A value of the scenario: an ``OMP_NUM_THREADS`` in the shell does not change it, so the
+    run's numbers follow from its scenario and seed."""
+    return max(math.floor(num_cpus), 1)
 
 
 def client_resources(scenario: Scenario) -> dict[str, float]:

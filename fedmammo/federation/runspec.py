@@ -44,6 +44,9 @@ class RunSpec:
     backend: str = "ray"  # simulation: Flower's Ray engine, or "inprocess" (no Ray)
     ray_address: str | None = None  # simulation: the --ray-address the run was given
     workers: int = 1  # simulation: centres the engine runs at once (jobs in flight)
+    # simulation: every centre's torch threads, floor(client_resources.num_cpus): from the
+    # scenario, never an inherited OMP_NUM_THREADS (None: a run folder from before)
+    torch_threads: int | None = None
 
     def save(self) -> Path:
         path = Path(self.run_dir) / "runspec.json"

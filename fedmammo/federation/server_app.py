@@ -135,7 +135,8 @@ def run_scenario(
         _connect(orc, simulated=simulated, prepare=prepare)
         recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
         recorder.meta["centres"] = {
-            c: {"role": orc.roles[c], "counts": orc.counts[c]} for c in orc.nodes
+            c: {"role": orc.roles[c], "counts": orc.counts[c], "torch_threads": orc.threads[c]}
+            for c in orc.nodes
         }
         recorder.flush()
         _warn_without_test_images(orc)

@@ -87,6 +87,7 @@ def test_header_centres_and_audit_trail(tmp_path):
 
     assert "0123456789abcdef0123456789abcdef01234567" in html
     assert "torch 2.4.0" in html and "Test CPU; 2 cores; 8.0 GiB RAM; no GPU" in html
+    assert "<dt>torch threads per centre</dt><dd>1</dd>" in html
     assert "12.5 s" in html and "2026-01-01 12:00:00" in html and "complete" in html
     # centres: consent, budget, epsilon spent, counts per segment and split
     assert "models yes, generators no" in html and "target epsilon 4" in html
@@ -104,7 +105,7 @@ def test_missing_provenance_says_not_recorded_and_interrupted_run_says_so(tmp_pa
 
     html = write_report(run).read_text()
 
-    for key in ("git commit", "package versions", "machine"):
+    for key in ("git commit", "package versions", "machine", "torch threads per centre"):
         assert re.search(rf"<dt>{key}</dt><dd>not recorded</dd>", html), key
     assert "incomplete: 0 of 2 arm-seed runs done" in html
 

@@ -22,10 +22,10 @@ from helpers.run_helpers import REPO, comparable_metrics, results, run_cli
 
 from fedmammo.federation.inprocess import (
     InProcessGrid,
-    actor_threads,
     run_in_process,
     server_identity,
 )
+from fedmammo.federation.ray_cluster import centre_threads
 
 
 def _echo_client(seen: list) -> ClientApp:
@@ -148,15 +148,16 @@ def test_a_message_to_a_node_that_does_not_exist_is_an_error():
 
 
 @pytest.mark.parametrize(
-    ("env", "num_cpus", "threads"), [(None, 1, 1), (None, 2.5, 2), (None, 0.5, 1), ("3", 1, 3)]
+    ("env", "num_cpus", "threads"), [(None, 1, 1), (None, 2.5, 2), (None, 0.5, 1), ("3", 1, 1)]
 )
 def test_a_centre_gets_the_threads_of_a_ray_actor(monkeypatch, env, num_cpus, threads):
-    # Ray: OMP_NUM_THREADS when the environment sets it, else floor(num_cpus), at least 1
+    # floor(num_cpus), at least 1, as Ray gives an actor; a shell's OMP_NUM_THREADS does not
+    # count (it changed a run's numbers: float sums in another order)
     if env is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", env)
-    assert actor_threads(num_cpus) == threads
+    assert centre_threads(num_cpus) == threads
 
 
 @pytest.mark.slow
@@ -177,6 +178,8 @@ def test_inprocess_simulation_gives_the_numbers_of_the_ray_simulation(
     assert comparable_metrics(res) == comparable_metrics(ray_res)
     assert res["failures"] == ray_res["failures"] == []
     assert (res["meta"]["backend"], ray_res["meta"]["backend"]) == ("inprocess", "ray")
+    for run in (res, ray_res):  # each centre's torch threads, as it reported them
+        assert {c["torch_threads"] for c in run["meta"]["centres"].values()} == {1}
     assert "Ray" not in proc.stdout + proc.stderr  # no Ray instance was started
 
 

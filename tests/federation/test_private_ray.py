@@ -17,6 +17,7 @@ import torch
 
 from fedmammo.federation.client_app import torch_threads_mod
 from fedmammo.federation.ray_cluster import PRESTART_ENV, private_ray
+from fedmammo.federation.runspec import ENV_VAR, RunSpec
 
 
 @pytest.fixture
@@ -98,6 +99,7 @@ def test_torch_threads_follow_omp_num_threads_set_after_torch_was_imported(monke
         seen.append(torch.get_num_threads())
         return f"reply to {msg}"
 
+    monkeypatch.delenv(ENV_VAR, raising=False)  # no simulation's run spec: a real site
     try:
         torch.set_num_threads(2)
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as Ray sets it for a one-CPU actor
@@ -110,3 +112,20 @@ def test_torch_threads_follow_omp_num_threads_set_after_torch_was_imported(monke
         assert seen == [1, 2, 2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_simulated_centre_takes_the_run_specs_threads_not_the_shells(monkeypatch, tmp_path):
+    # Prepare: a run spec giving every centre 1 thread (client_resources.num_cpus 1), and a
+    # shell with OMP_NUM_THREADS=2, which Ray passes to its actors as it finds it
+    spec = RunSpec(scenario_file="s.yaml", run_dir=str(tmp_path), torch_threads=1)
+    monkeypatch.setenv(ENV_VAR, str(spec.save()))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    before, seen = torch.get_num_threads(), []
+    # Execute
+    try:
+        torch.set_num_threads(2)
+        torch_threads_mod("train", None, lambda msg, ctx: seen.append(torch.get_num_threads()))
+    finally:
+        torch.set_num_threads(before)
+    # Assert: the scenario's count (with the shell's, fedavg_quick's AUROCs moved by up to 0.31)
+    assert seen == [1]
