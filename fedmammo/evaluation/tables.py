@@ -40,6 +40,15 @@ def format_auc(value: float, low: float | None, high: float | None, *, scale: fl
     return text
 
 
+#: Under every table giving a p-value read from a bootstrap CI.
+P_FROM_CI_NOTE = (
+    "The p-value is read from the CI's width (Altman & Bland, as the periodic-sampling "
+    "paper), which assumes a symmetric interval: a skewed bootstrap CI can lie beside 0 with "
+    "p above 0.05, or hold 0 with p below it. A difference is significant only when both "
+    "hold (CI beside 0 and p < 0.05)."
+)
+
+
 def format_p_value(p: float) -> str:
     """Return a p-value as in periodic-sampling paper: four decimals, ``"< 0.0001"`` below."""
     if p is None or not math.isfinite(p):
