@@ -66,6 +66,7 @@ from fedmammo.training.runtime import Runtime, keep_freed_memory
 from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = [
+    "hyperparameters",
     "GanResult",
     "critic_step",
     "discriminator_step",
@@ -343,8 +344,7 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
             result.snapshots.append((epoch, cpu_state(gen)))
     if privacy is not None:
         result.epsilon = privacy.after_training(result.critic_steps)
-    hyper = ("lr", "betas", "batch_size", "seed", "warmup", "snapshot_every", "flip_p")
-    hyper += ("label_smoothing",) if kind == "dcgan" else ("lambda_gp", "n_critic")
+    hyper = _hyper_keys(kind)
     result.description = describe(
         kind,
         patch_size=size,
@@ -369,6 +369,26 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
         len(result.snapshots),
     )
     return result
+
+
+def _hyper_keys(kind: str) -> tuple[str, ...]:
+    """The training settings a generator's description records for a GAN ``kind``."""
+    keys = ("lr", "betas", "batch_size", "seed", "warmup", "snapshot_every", "flip_p")
+    return keys + (("label_smoothing",) if kind == "dcgan" else ("lambda_gp", "n_critic"))
+
+
+def hyperparameters(kind: str, given: dict[str, Any]) -> dict[str, Any]:
+    """How a ``kind`` generator was trained: its trainer's defaults of the recorded settings
+    (learning rate, betas, label smoothing, flips, ...) with the ``given`` ones over them, and
+    every other ``given`` setting (the recipe's epochs, width, ...): what a receiving site
+    reads in the generator's description.json."""
+    import inspect
+
+    trainer = {"dcgan": train_dcgan, "wgan_gp": train_wgan_gp}[kind]
+    defaults = {k: v.default for k, v in inspect.signature(trainer).parameters.items()}
+    recorded = [k for k in _hyper_keys(kind) if k != "seed"]  # the run derives each seed
+    chosen = {k: defaults[k] for k in recorded} | dict(given)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()}
 
 
 def train_dcgan(

@@ -73,6 +73,7 @@ from fedmammo.methods.share_gans.report import (
     tables_markdown,
 )
 from fedmammo.models.gans import GeneratorDescription
+from fedmammo.training.gan import hyperparameters
 
 __all__ = ["TABLES_FILE", "run"]
 
@@ -157,7 +158,7 @@ def _from_reply(name: str, subset: str, content: RecordDict, params: dict) -> Sh
         centre=info.centre,
         extra={
             "subset": subset,
-            "training": params,
+            "training": hyperparameters(info.kind, params),
             "feature_net": info.feature_net,
             **{k: float(getattr(metrics, k)) for k in _QUALITY},
         },

@@ -295,6 +295,12 @@ def test_generators_are_trained_once_saved_and_reloadable(env):
     assert len(trained) == 3  # B dcgan, B wgan_gp, C dcgan; once for both seeds
     assert gen.description.snapshot_epochs == [1, 2] and gen.description.centre == "B"
     assert "frechet_distance" in gen.description.extra
+    # how it was trained, for the site that receives it: the paper's DCGAN settings too
+    training = gen.description.extra["training"]
+    assert training["label_smoothing"] == [0.8, 1.1] and training["betas"] == [0.5, 0.999]
+    assert (training["lr"], training["flip_p"]) == (2e-4, 0.5) and "seed" not in training
+    wgan = load_shared_generator(run_dir / "generators" / "B_wgan_gp_all").description
+    assert (wgan.extra["training"]["lambda_gp"], wgan.extra["training"]["n_critic"]) == (10.0, 2)
     assert patches.shape == (5, 16, 16) and 0.0 <= patches.min() <= patches.max() <= 1.0
     for name in ("B_dcgan_all", "B_wgan_gp_all", "C_dcgan_all"):
         assert (run_dir / "plots" / f"synthetic_samples_{name}.png").is_file()
