@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from fedmammo.errors import ConfigError
 from fedmammo.federation.console import safe
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.planning import plan_scenario
+from fedmammo.methods.registry import PlanRow
 from fedmammo.sweep import RESOLVED, Point, resolved_points
 
 __all__ = ["INVOCATION", "open_run", "print_restore", "read_json", "read_runspec"]
@@ -91,11 +93,6 @@ def _check_arguments(args: argparse.Namespace, run_dir: Path, spec: RunSpec, ori
             f"--resume {run_dir}: that run is of {original}, not {args.scenario}; drop the "
             "scenario argument (a resumed run uses the run folder's scenario.resolved.yaml)"
         )
-    if args.sets:
-        raise ConfigError(
-            f"--resume {run_dir}: --set would change a run half done; resume it as it "
-            "started, or start a new run with the change"
-        )
     if args.quick and not spec.quick:
         raise ConfigError(
             f"--resume {run_dir}: the run started without --quick; drop --quick to resume it"
@@ -107,14 +104,59 @@ def _check_arguments(args: argparse.Namespace, run_dir: Path, spec: RunSpec, ori
         )
 
 
-def _state(entry: dict | None, rounds: int | None) -> tuple[str, str]:
+def _finished(run_dir: Path, points: list[Point]) -> bool:
+    """Every unit of the run done (a sweep point's DONE, or its results.json progress)."""
+    for point in points:
+        folder = run_dir / "points" / point.name if point.name else run_dir
+        if point.name and (folder / "DONE").is_file():
+            continue
+        progress = _progress(folder, run_dir)
+        if not all(progress.get(f"{r.arm}|{r.seed}", {}).get("done") for r in point.rows):
+            return False
+    return True
+
+
+def _refuse_sets(
+    args: argparse.Namespace,
+    run_dir: Path,
+    spec: RunSpec,
+    original: str,
+    invocation: dict,
+    points: list[Point],
+) -> None:
+    """--set is refused: a resumed run must stay the run it was; a finished run has nothing
+    left to resume, so the change is a new run's (the command to start it)."""
+    if not _finished(run_dir, points):
+        raise ConfigError(
+            f"--resume {run_dir}: --set would change a run half done; resume it as it "
+            "started, or start a new run with the change"
+        )
+    started = invocation.get("sets") if isinstance(invocation.get("sets"), dict) else {}
+    sets = {k: json.dumps(v) for k, v in started.items()}  # the run's own, then the change
+    for item in args.sets:
+        key, _, value = item.partition("=")
+        sets[key.strip()] = value
+    command = ["python", "-m", "fedmammo.simulate", original] + ["--quick"] * spec.quick
+    command += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    raise ConfigError(
+        f"--resume {run_dir}: that run is finished (every unit done), so --set cannot change "
+        f"it; to change a setting, start a new run (without --resume): {shlex.join(command)}"
+    )
+
+
+def _state(entry: dict | None, row: PlanRow) -> tuple[str, str]:
     if not entry:
         return "", "not started"
     if entry.get("done"):
         return str(entry.get("round", "")), "done: kept"
-    done = int(entry.get("round", 0))
-    of = f" of {rounds}" if rounds else ""
-    return str(done), f"rounds 1..{done} kept, resumes at {done + 1}{of}"
+    done, first, last = int(entry.get("round", 0)), row.first_round, row.last_round
+    if last is not None and done >= last:  # cut after its last round: its test remains
+        trained = f"{done - first + 1} of {row.rounds} rounds"
+        return str(done), f"training done ({trained}); resumes at its test evaluation"
+    if done < first:
+        return str(done), f"resumes at round {first}" + (f" of {first}..{last}" if last else "")
+    of = f" of {last}" if last is not None else ""
+    return str(done), f"rounds {first}..{done} kept, resumes at {done + 1}{of}"
 
 
 def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
@@ -133,18 +175,20 @@ def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
             continue
         for row in point.rows:
             entry = progress.get(f"{row.arm}|{row.seed}")
-            done, state = _state(entry, row.rounds)
+            done, state = _state(entry, row)
             totals["done" if entry and entry.get("done") else "partial" if entry else "todo"] += 1
             cells = [row.arm, "" if row.seed is None else str(row.seed), done, state]
             table.add_row(*(safe(c) for c in ([point.name] if swept else []) + cells))
     console.print(table)
     console.print(
-        f"units: {totals['done']} done (kept), {totals['partial']} part done (resume at their "
-        f"next round), {totals['todo']} not started"
+        f"units: {totals['done']} done (kept), {totals['partial']} part done (resume where "
+        f"they stopped), {totals['todo']} not started"
     )
     _print_ledgers(console, run_dir, points)
     ckpts = sorted(run_dir.glob("**/checkpoints/*/*.pt"))
-    console.print(f"checkpoints: {len(ckpts)} model files (the last completed round of each arm)")
+    console.print(
+        f"checkpoints: {len(ckpts)} model files (every completed round of each arm and seed)"
+    )
     ledgers = sorted(run_dir.glob("**/centres/*/privacy-ledger-*.json"))
     rounds = sorted(run_dir.glob("**/centres/*/fedbn/*/*.pt"))
     rounds += sorted(run_dir.glob("**/centres/*/optimizer/*/*.pt"))
@@ -221,6 +265,8 @@ def open_run(args: argparse.Namespace, console: Console) -> tuple[RunSpec, Scena
         points = [Point("", {}, base)]
     for point in points:
         point.rows = plan_scenario(point.scenario, quick=spec.quick)
+    if args.sets:
+        _refuse_sets(args, run_dir, spec, original, invocation, points)
     if base.sweep and "ray_address" not in read_json(run_dir / "runspec.json", run_dir=run_dir):
         # a sweep's runspec.json from before it recorded the backend always said "ray"
         spec.backend = _points_backend(run_dir, points) or spec.backend

@@ -252,10 +252,12 @@ def fault_problems(
                 f"{where}: key 'faults.{i}.arm': no arm {fault.arm!r} trains in rounds in "
                 f"this plan; arms with rounds: {', '.join(armed) or 'none'}"
             )
-        elif fault.round > (last := max(r.rounds for r in trained)):
+        elif not any(r.first_round <= fault.round <= (r.last_round or 0) for r in trained):
+            first = min(r.first_round for r in trained)
+            last = max(r.last_round or 0 for r in trained)
             problems.append(
                 f"{where}: key 'faults.{i}.round': {fault.round}, but arm {fault.arm!r} "
-                f"trains {last} round(s)"
+                + (f"trains {last} round(s)" if first == 1 else f"trains rounds {first}..{last}")
             )
         elif not any(fault.centre in r.centres for r in trained):
             problems.append(

@@ -169,7 +169,7 @@ def test_a_run_killed_while_preparing_data_can_be_resumed(scen, monkeypatch):
     assert code == 130  # interrupted (fedmammo.interrupt.INTERRUPTED)
     assert json.loads((run / "runspec.json").read_text())["resume"] is True
     assert out.code == 0, out.text
-    assert "units: 0 done (kept), 0 part done (resume at their next round), 3 not started" in (
+    assert "units: 0 done (kept), 0 part done (resume where they stopped), 3 not started" in (
         out.text
     )
 

@@ -51,6 +51,7 @@ def plan(scenario: Scenario, p: MtlFinetuneParams) -> list[PlanRow]:
                     seed=seed,
                     centres=centres,
                     rounds=p.finetune_rounds if tuning else p.rounds,
+                    first_round=p.rounds + 1 if tuning else 1,
                     messages=tuple(messages),
                     model=arm_model(p, spec),
                     note=note,

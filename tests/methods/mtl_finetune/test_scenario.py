@@ -230,3 +230,17 @@ def test_quick_scenario_runs_end_to_end(tmp_path):
     assert "Tables 2-3" in tables and "Tables 8-9" in tables
     assert "Tables 2-3" in summary and "Tables 8-9" in summary
     assert (run_dir / "plots" / "latent_inbreast_like_seed0.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("fault_round", "said"),
+    [(3, "valid (3 units planned"), (1, "but arm 'finetune_u1_0.5' trains rounds 3..3")],
+)
+def test_a_fault_in_a_fine_tuning_round_is_checked_against_its_numbering(capsys, fault_round, said):
+    # --quick: 2 pre-training rounds, then fine-tuning round 3 (it was refused as "past the
+    # arm's 1 round", and round 1 let through)
+    from fedmammo import cli
+
+    fault = f"faults=[{{centre: vtb, round: {fault_round}, arm: finetune_u1_0.5}}]"
+    cli.main(["check", str(ROOT / "scenarios" / "mtl_finetune.yaml"), "--quick", "--set", fault])
+    assert said in capsys.readouterr().out
