@@ -10,8 +10,9 @@
   labelled training images, plus the same images translated by a received translator in a
   ``uda`` arm (translated on the spot, never stored or sent); replies the weights (consent
   ``models``).
-- ``evaluate.uda_classifier`` (the target centre): test AUROC with a bootstrap CI, metrics
-  only (consent ``metrics``).
+- ``evaluate.uda_classifier`` (the target centre; the source centre too for its own
+  ``source_only`` and ``uda`` classifiers): test AUROC with a bootstrap CI, metrics only
+  (consent ``metrics``).
 
 No handler replies an image: every ArrayRecord is exactly a model it declared (the egress
 guard checks it).

@@ -8,6 +8,10 @@ Arms, for every classifier of ``models`` (arm ``<arm>-<model key>``) and every d
 - ``in_domain``: trained on the target centre's own labelled images (the upper bound);
 - ``uda``: trained on the source's images plus the same images translated into the target's
   style by a CycleGAN the target centre trained and shared (its generator only).
+
+``source_only`` and ``uda`` are also tested at their own source centre (records
+``<arm>-<model>-same_domain``): the paper's same-domain rows, whether UDA keeps the source's
+performance.
 """
 
 from __future__ import annotations
@@ -24,17 +28,26 @@ __all__ = [
     "DIRECTIONS",
     "CycleGanParams",
     "CycleGanUdaParams",
+    "SOURCE_ARMS",
     "TileGanParams",
     "arm_name",
+    "same_domain_arm",
 ]
 
 ARMS = ("source_only", "in_domain", "uda")
 DIRECTIONS = ("film_to_digital", "digital_to_film")
+SOURCE_ARMS = ("source_only", "uda")  # trained at the source centre, so also tested there
 
 
 def arm_name(arm: str, model: str) -> str:
     """The record name of ``arm`` with classifier ``model``: ``<arm>-<model>``."""
     return f"{arm}-{model}"
+
+
+def same_domain_arm(name: str) -> str:
+    """The record name of arm record ``name``'s classifier tested at its own training centre
+    (the source): a name of its own, as that centre also holds the reverse direction's test."""
+    return f"{name}-same_domain"
 
 
 class TileGanParams(shared.TileGanParams):

@@ -1,6 +1,7 @@
-"""CycleGAN-UDA's section of results.md: the paper's Table 1 layout (direction x arm x model,
-test AUROC with its 95 % CI, mean over seeds when there are several), and the figure of a
-source centre's images next to their translations (drawn inside that centre)."""
+"""CycleGAN-UDA's section of results.md: the paper's Table 1 layout (per direction, the
+source model tested at the target and at the source itself x arm x model, test AUROC with its
+95 % CI, mean over seeds when there are several), and the figure of a source centre's images
+next to their translations (drawn inside that centre)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from rich.console import Console
 
 from fedmammo.evaluation.report import to_markdown
 from fedmammo.evaluation.results import RunRecorder
+from fedmammo.methods.cyclegan_uda.params import same_domain_arm
 
-__all__ = ["plot_translations", "section", "uda_table"]
+__all__ = ["DIRECTIONS_META", "plot_translations", "section", "uda_table"]
+
+DIRECTIONS_META = "uda_directions"  # results.json meta: the run's [source, target] pairs
 
 
 def _cell(rows: pd.DataFrame) -> str:
@@ -25,9 +29,13 @@ def _cell(rows: pd.DataFrame) -> str:
     return f"{value:.3f}" + (f" (n={len(rows)} seeds)" if len(rows) > 1 else "")
 
 
-def uda_table(frame: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """Rows: the target centre (tested there: the direction other -> it); columns: arm;
-    cells: the final test ``metric`` (``delta_auc``: the arm's paired gain over source_only)."""
+def uda_table(
+    frame: pd.DataFrame, directions: list[list[str]], metric: str = "auc"
+) -> pd.DataFrame:
+    """Rows: per direction ``[source, target]``, ``source -> target (target)`` (arm records at
+    the target) then ``source -> source (source)`` (their ``-same_domain`` records at the
+    source); columns: arm; cells: the final test ``metric`` (``delta_auc``: the arm's paired
+    gain over source_only). Rows without any value are left out."""
     test = frame[
         (frame["split"] == "test")
         & (frame["metric"] == metric)
@@ -36,35 +44,52 @@ def uda_table(frame: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     ]
     if test.empty:
         return pd.DataFrame()
-    arms = list(dict.fromkeys(test["arm"]))
-    centres = list(dict.fromkeys(test["centre"]))
-    table = pd.DataFrame(
-        [[_cell(test[(test["arm"] == a) & (test["centre"] == c)]) for a in arms] for c in centres],
-        index=[f"-> {c} (tested at {c})" for c in centres],
-        columns=arms,
-    )
-    return table
+    same = {same_domain_arm(a) for a in test["arm"]}
+    arms = [a for a in dict.fromkeys(test["arm"]) if a not in same]
+
+    def cells(centre: str, records: list[str]) -> list[str]:
+        return [_cell(test[(test["arm"] == r) & (test["centre"] == centre)]) for r in records]
+
+    rows = {}
+    for source, target in directions:
+        rows[f"{source} -> {target} (target)"] = cells(target, arms)
+        rows[f"{source} -> {source} (source)"] = cells(source, [same_domain_arm(a) for a in arms])
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=arms)
+    return table[(table != "").any(axis=1)]
+
+
+def _directions_of(frame: pd.DataFrame) -> list[list[str]]:
+    """A run folder from before ``uda_directions`` was kept: each test centre is the target
+    of the direction from the other (film and digital)."""
+    centres = list(dict.fromkeys(frame.loc[frame["split"] == "test", "centre"]))
+    return [[centres[1 - i], c] for i, c in enumerate(centres)] if len(centres) == 2 else []
 
 
 def section(recorder: RunRecorder, console: Console) -> str:
-    """The paper's layout: test AUROC [95 % CI] per target centre and arm."""
+    """The paper's layout: test AUROC [95 % CI] per direction (at the target and at the source
+    itself) and arm."""
     frame = recorder.frame()
-    table = uda_table(frame)
+    directions = recorder.meta.get(DIRECTIONS_META) or _directions_of(frame)
+    table = uda_table(frame, directions)
     if table.empty:
         return ""
     text = (
-        "## CycleGAN-UDA (paper 004): test AUROC [95 % CI] at the target centre\n\n"
-        "source_only: trained at the other centre; in_domain: trained here (upper bound); "
-        "uda: trained at the other centre on its images plus their translations into this "
-        "centre's style.\n\n" + to_markdown(table, index_name="target")
+        "## CycleGAN-UDA (paper 004): test AUROC [95 % CI], trained at -> tested at\n\n"
+        "source_only: trained at the source centre; in_domain: trained at the target (upper "
+        "bound); uda: trained at the source on its images plus their translations into the "
+        "target's style. Rows `A -> B (target)`: the models of direction A -> B tested at B "
+        "(cross-domain); rows `A -> A (source)`: the same source_only and uda models tested on "
+        "A's own test images (same domain: does UDA keep the source's performance?).\n\n"
+        + to_markdown(table, index_name="trained -> tested")
     )
-    gains = uda_table(frame, "delta_auc")
+    gains = uda_table(frame, directions, "delta_auc")
     if not gains.empty:
         text += (
-            "\n\n## Gain over source_only: ΔAUROC [95 % CI] at the target centre\n\n"
-            "The arm's test AUROC minus source_only's (same model), on the same test images "
-            "and bootstrap resamples of the target's patients: a paired CI, computed inside "
-            "the target centre.\n\n" + to_markdown(gains, index_name="target")
+            "\n\n## Gain over source_only: ΔAUROC [95 % CI] at the target and the source centre"
+            "\n\nThe arm's test AUROC minus source_only's (same model and direction), on the "
+            "same test images and bootstrap resamples of the testing centre's patients: a "
+            "paired CI, computed inside that centre.\n\n"
+            + to_markdown(gains, index_name="trained -> tested")
         )
     return text
 

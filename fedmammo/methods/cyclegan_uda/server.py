@@ -15,10 +15,13 @@ Then per classifier (``models``) and arm, in both directions: the training centr
 initial weights (``train.uda_classifier``; in ``uda`` on its images plus their translations
 by ``G``, made inside S) and T tests it (``evaluate.uda_classifier``): records ``<arm>-<model>``
 at centre T, split ``test``, metric ``auc`` with its bootstrap 95 % CI. The direction of a
-record is its centre: T = the digital centre is film -> digital, and the reverse.
+record is its centre: T = the digital centre is film -> digital, and the reverse. S also tests
+its own ``source_only`` and ``uda`` classifiers (the paper's same-domain rows): records
+``<arm>-<model>-same_domain`` at centre S.
 
 Only weights and metrics move: generator weights (S -> server -> T), the translator (T ->
-server -> S), classifier weights (trainer -> server -> T).
+server -> S), classifier weights (trainer -> server -> T, and back to S for its same-domain
+test).
 """
 
 from __future__ import annotations
@@ -39,8 +42,14 @@ from fedmammo.methods.cyclegan_uda.messages import (
     TranslatorMetrics,
     UdaTrainMetrics,
 )
-from fedmammo.methods.cyclegan_uda.params import CycleGanUdaParams, arm_name
+from fedmammo.methods.cyclegan_uda.params import (
+    SOURCE_ARMS,
+    CycleGanUdaParams,
+    arm_name,
+    same_domain_arm,
+)
 from fedmammo.methods.cyclegan_uda.plan import check_centres, tile_unit, translator_unit
+from fedmammo.methods.cyclegan_uda.report import DIRECTIONS_META
 from fedmammo.models.gans import GeneratorDescription
 
 __all__ = ["TRANSLATORS_DIR", "run"]
@@ -140,44 +149,62 @@ def _translator(
 
 
 def _tested(name: str, target: str) -> str:
-    """The checkpoint name of arm record ``name``'s classifier as tested at ``target``."""
+    """The checkpoint name of arm record ``name``'s classifier of the direction into
+    ``target`` (tested there, and at its source in a same-domain record)."""
     return f"{name}@{target}"
+
+
+def _compare(
+    orc: Orchestrator,
+    p: CycleGanUdaParams,
+    key: str,
+    seed: int,
+    pairs: list[tuple[str, str]],
+    *,
+    arm: str,
+    at_source: bool,
+) -> None:
+    """``arm`` against ``source_only`` (model ``key``) per direction, paired on the test
+    images of the target centre, or of the source centre with ``at_source`` (same-domain
+    records); directions compared before a resume are skipped."""
+    name, base = arm_name(arm, key), arm_name("source_only", key)
+    record, baseline_record = (
+        (same_domain_arm(name), same_domain_arm(base)) if at_source else (name, base)
+    )
+    contents = {}
+    for source, target in pairs:
+        centre = source if at_source else target
+        kept = [orc.checkpoint_path(_tested(n, target), seed, 0) for n in (name, base)]
+        compared = orc.recorder.has(record, seed, "delta_auc", centre=centre)
+        if compared or not all(f.is_file() for f in kept):
+            continue
+        m = orc.message(
+            EvaluateUdaClassifier,
+            arm=record,
+            seed=evaluation_seed(seed, centre),  # the resamples of both arms' own CIs
+            split="test",
+            model=p.models[key].model_dump(),
+            n_boot=p.bootstrap,
+            baseline=baseline_record,
+        )
+        arrays, baseline = (orc.load_checkpoint(_tested(n, target), seed, 0) for n in (name, base))
+        contents[centre] = m.content({ARRAYS: arrays, BASELINE: baseline})
+    if contents:
+        orc.record_evaluations(EvaluateUdaClassifier, contents, arm=record, seed=seed, split="test")
 
 
 def _gains_over_source_only(
     orc: Orchestrator, p: CycleGanUdaParams, key: str, seed: int, pairs: list[tuple[str, str]]
 ) -> None:
     """Per direction, ``uda`` and ``in_domain`` against ``source_only`` (model ``key``) at
-    the target centre, paired on its test images (``baseline_auc``, ``delta_auc``,
-    ``p_value`` records of the arm); directions compared before a resume are skipped."""
+    the target centre, and ``uda`` against it at the source centre (does UDA keep the source's
+    performance?): ``baseline_auc``, ``delta_auc``, ``p_value`` records of the arm."""
     if "source_only" not in p.arms:
         return
-    base = arm_name("source_only", key)
     for arm in [a for a in p.arms if a != "source_only"]:
-        name = arm_name(arm, key)
-        contents = {}
-        for _, target in pairs:
-            kept = [orc.checkpoint_path(_tested(n, target), seed, 0) for n in (name, base)]
-            compared = orc.recorder.has(name, seed, "delta_auc", centre=target)
-            if compared or not all(f.is_file() for f in kept):
-                continue
-            m = orc.message(
-                EvaluateUdaClassifier,
-                arm=name,
-                seed=evaluation_seed(seed, target),  # the resamples of both arms' own CIs
-                split="test",
-                model=p.models[key].model_dump(),
-                n_boot=p.bootstrap,
-                baseline=base,
-            )
-            arrays, baseline = (
-                orc.load_checkpoint(_tested(n, target), seed, 0) for n in (name, base)
-            )
-            contents[target] = m.content({ARRAYS: arrays, BASELINE: baseline})
-        if contents:
-            orc.record_evaluations(
-                EvaluateUdaClassifier, contents, arm=name, seed=seed, split="test"
-            )
+        _compare(orc, p, key, seed, pairs, arm=arm, at_source=False)
+        if arm in SOURCE_ARMS:
+            _compare(orc, p, key, seed, pairs, arm=arm, at_source=True)
     orc.recorder.flush()
 
 
@@ -192,7 +219,8 @@ def _train_and_test(
     target: str,
     translator: ArrayRecord | None,
 ) -> None:
-    """One arm in one direction: train at ``trainer``, test at ``target``."""
+    """One arm in one direction: train at ``trainer``, test at ``target`` (and, for an arm of
+    ``SOURCE_ARMS``, at ``trainer`` too: its same-domain record)."""
     name = arm_name(arm, key)
     spec = p.models[key].model_dump()
     m = orc.message(
@@ -226,36 +254,46 @@ def _train_and_test(
         split="train",
     )
     orc.checkpoint(_tested(name, target), seed, 0, replies[trainer][ARRAYS])  # for the gains
-    orc.evaluate_everywhere(
-        EvaluateUdaClassifier,
-        arm=name,
-        seed=seed,
-        arrays=replies[trainer][ARRAYS],
-        centres=[target],
-        split="test",
-        model=spec,
-        n_boot=p.bootstrap,
-    )
-    auc = next(
+    tested = {name: target}
+    if arm in SOURCE_ARMS:  # the same-domain row: tested on the trainer's own test images too
+        tested[same_domain_arm(name)] = trainer
+    for record, centre in tested.items():
+        orc.evaluate_everywhere(
+            EvaluateUdaClassifier,
+            arm=record,
+            seed=seed,
+            arrays=replies[trainer][ARRAYS],
+            centres=[centre],
+            split="test",
+            model=spec,
+            n_boot=p.bootstrap,
+        )
+        auc = _test_auc(orc, record, centre)
+        shown = "n/a" if auc is None else f"{auc:.3f}"
+        orc.console.print(f"  {record} {trainer} -> {centre}: AUROC {shown}", highlight=False)
+
+
+def _test_auc(orc: Orchestrator, record: str, centre: str) -> float | None:
+    """The last whole-centre test AUROC of arm record ``record`` at ``centre`` (for the log)."""
+    return next(
         (
             r["value"]
             for r in reversed(orc.recorder.metrics)
-            if r["arm"] == name
-            and r["centre"] == target
+            if r["arm"] == record
+            and r["centre"] == centre
             and r["metric"] == "auc"
             and r["segment"] is None
             and r["split"] == "test"
         ),
         None,
     )
-    shown = "n/a" if auc is None else f"{auc:.3f}"
-    orc.console.print(f"  {name} {trainer} -> {target}: AUROC {shown}", highlight=False)
 
 
 def run(orc: Orchestrator) -> None:
     """Translators (when a uda arm runs), then every model x arm x direction, per seed."""
     p: CycleGanUdaParams = orc.params
     pairs = check_centres(orc.scenario, p)
+    orc.recorder.meta[DIRECTIONS_META] = [list(pair) for pair in pairs]  # the report's rows
     for seed in orc.scenario.seeds:
         translators: dict[tuple[str, str], ArrayRecord | None] = {}
         if "uda" in p.arms and not all(orc.recorder.is_done(a, seed) for a in p.arm_names()):
@@ -287,11 +325,14 @@ def run(orc: Orchestrator) -> None:
                         translator=translator,
                     )
                 orc.recorder.complete_arm(name, seed)
+                if arm in SOURCE_ARMS:  # its same-domain records are kept on a resume too
+                    orc.recorder.complete_arm(same_domain_arm(name), seed)
             _gains_over_source_only(orc, p, key, seed, pairs)
     orc.recorder.note(
         "records: arm '<source_only|in_domain|uda>-<model>' tested at the target centre "
         f"(split test, metric auc with its bootstrap 95 % CI); {p.film} tests digital -> film, "
-        f"{p.digital} tests film -> digital"
+        f"{p.digital} tests film -> digital; arm '<source_only|uda>-<model>-same_domain': the "
+        "same classifier tested at its own source centre (film -> film, digital -> digital)"
     )
     orc.recorder.note(
         f"translators (target centres' CycleGAN generators, source -> target) in "

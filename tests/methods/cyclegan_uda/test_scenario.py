@@ -5,11 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
+from sklearn.metrics import roc_auc_score
 
 from fedmammo.config import load_scenario
+from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import ConfigError
+from fedmammo.evaluation.metrics import metrics_by_segment
+from fedmammo.federation.orchestrator import evaluation_seed
 from fedmammo.methods import get_method
+from fedmammo.methods.cyclegan_uda.params import same_domain_arm
+from fedmammo.methods.cyclegan_uda.report import _directions_of, uda_table
+from fedmammo.models import build_model
+from fedmammo.training.classifier import predict_scores
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
 ROOT = Path(__file__).resolve().parents[3]
@@ -21,6 +32,8 @@ ARMS = [
     "in_domain-resnet50",
     "uda-resnet50",
 ]
+SAME_DOMAIN = [same_domain_arm(a) for a in ARMS if not a.startswith("in_domain")]
+BOTH = ("film", "digital")
 
 
 def _plan(path: Path, **sets):
@@ -54,6 +67,15 @@ def test_plan_lists_the_six_arms_after_both_translators():
     )
     assert by_arm["uda-resnet50"].model["name"] == "resnet50"
     assert {r.seed for r in rows} == {0, 1, 2}
+    # one model per direction: each source model tested at its target and at its source
+    assert by_arm["uda-alexnet"].note == (
+        "trained at film, tested at digital (target) and film (source)\n"
+        "trained at digital, tested at film (target) and digital (source)"
+    )
+    assert by_arm["in_domain-alexnet"].note == (
+        "trained and tested at digital (the target of film -> digital)\n"
+        "trained and tested at film (the target of digital -> film)"
+    )
 
 
 def test_one_direction_without_uda_needs_no_translator():
@@ -65,7 +87,17 @@ def test_one_direction_without_uda_needs_no_translator():
         },
     )
     assert [r.arm for r in rows] == [a for a in ARMS if not a.startswith("uda")]
-    assert all(dict(r.messages)["evaluate.uda_classifier"] == ("film",) for r in rows)
+    evaluated = {r.arm: dict(r.messages)["evaluate.uda_classifier"] for r in rows}
+    notes = {r.arm: r.note for r in rows}
+    # source_only is tested at its target and its own source, in_domain at the target only
+    assert evaluated["source_only-alexnet"] == ("film", "digital")
+    assert evaluated["in_domain-resnet50"] == ("film",)
+    assert notes["source_only-alexnet"] == (
+        "trained at digital, tested at film (target) and digital (source)"
+    )
+    assert notes["in_domain-alexnet"] == (
+        "trained and tested at film (the target of digital -> film)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,16 +127,18 @@ def test_every_arm_has_a_test_auroc_with_ci_at_each_target_centre(tiny_run):
         and r["metric"] == "auc"
         and r["segment"] is None
     }
-    # Assert: six arms, each tested at both target centres (digital: film -> digital)
+    # Assert: six arms, each tested at both target centres (digital: film -> digital), and
+    # the four source models (source_only, uda) at their own source centre as well (in_domain,
+    # trained at the target, has no same-domain record)
     assert results["failures"] == []
-    assert set(final) == {(a, c) for a in ARMS for c in ("film", "digital")}
+    assert set(final) == {(a, c) for a in ARMS + SAME_DOMAIN for c in BOTH}
     tested = [r for r in results["metrics"] if r["split"] == "test"]
     assert {r["segment"] for r in tested} == {None}  # one record per centre, not per segment
     for record in final.values():
         assert 0.0 <= record["value"] <= 1.0
         assert record["ci_low"] <= record["value"] <= record["ci_high"]
     assert results["meta"]["kind"] == "cyclegan_uda"
-    assert all(results["progress"][f"{a}|0"]["done"] for a in ARMS)
+    assert all(results["progress"][f"{a}|0"]["done"] for a in ARMS + SAME_DOMAIN)
 
 
 def test_uda_arms_train_on_translated_images_and_the_others_do_not(tiny_run):
@@ -128,8 +162,18 @@ def test_results_md_has_the_papers_layout(tiny_run):
     _, _, run_dir = tiny_run
     summary = (run_dir / "results.md").read_text()
     assert "CycleGAN-UDA (paper 004)" in summary
-    assert "| -> digital (tested at digital) |" in summary
-    assert "| -> film (tested at film) |" in summary
+    table = summary.split("## CycleGAN-UDA")[1].split("## Gain")[0]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows == [
+        "trained -> tested",
+        "film -> digital (target)",
+        "film -> film (source)",
+        "digital -> film (target)",
+        "digital -> digital (source)",
+    ]
+    same = next(line for line in summary.splitlines() if "| film -> film (source) |" in line)
+    cells = [c.strip() for c in same.split("|")[2:-1]]  # 6 arm columns, in_domain's empty
+    assert len(cells) == 6 and [c == "" for c in cells] == [False, True, False] * 2
     assert (run_dir / "translators" / "film_to_digital_seed0.pt").is_file()
     figures = sorted(p.name for p in (run_dir / "plots").glob("translated_*.png"))
     assert figures == ["translated_digital_to_film.png", "translated_film_to_digital.png"]
@@ -144,11 +188,14 @@ def test_uda_and_in_domain_are_compared_with_source_only_at_each_target(tiny_run
         if r["split"] == "test" and r["round"] is None
     }
     # Assert: per model and direction, the paired gain over source_only (same model), whose
-    # baseline repeats source_only's own AUROC and CI (the same resamples)
+    # baseline repeats source_only's own AUROC and CI (the same resamples); at the target for
+    # uda and in_domain, at the source (same domain) for uda
     gains = {(a, c) for a, c, m in test if m == "delta_auc"}
-    assert gains == {(a, c) for a in ARMS if "source_only" not in a for c in ("film", "digital")}
+    compared = [a for a in ARMS + SAME_DOMAIN if "source_only" not in a]
+    assert gains == {(a, c) for a in compared for c in BOTH}
     for arm, centre in gains:
-        alone = test[(f"source_only-{arm.split('-')[1]}", centre, "auc")]
+        base = f"source_only-{arm.split('-')[1]}"
+        alone = test[(same_domain_arm(base) if arm in SAME_DOMAIN else base, centre, "auc")]
         base = test[(arm, centre, "baseline_auc")]
         assert [base[k] for k in ("value", "ci_low", "ci_high")] == [
             alone[k] for k in ("value", "ci_low", "ci_high")
@@ -159,4 +206,96 @@ def test_uda_and_in_domain_are_compared_with_source_only_at_each_target(tiny_run
         )
         assert 0.0 <= test[(arm, centre, "p_value")]["value"] <= 1.0
     summary = (run_dir / "results.md").read_text()
-    assert "## Gain over source_only: ΔAUROC [95 % CI] at the target centre" in summary
+    assert "## Gain over source_only: ΔAUROC [95 % CI] at the target and the source" in summary
+    assert "| film -> film (source) |" in summary.split("## Gain over source_only")[1]
+
+
+def _test_images(run_dir: Path, centre: str):
+    """``centre``'s test images, labels, segments and patients, prepared as the run did."""
+    scenario = load_scenario(TINY, sets={"data_dir": str(run_dir.parent / "data")})
+    data = materialise_centre(
+        scenario.resolved_profiles[centre],
+        scenario.data_dir,
+        image_size=tuple(scenario.image_size),
+        data_seed=scenario.data_seed,
+    )
+    rows = data.rows("test")
+    return data.dataset(rows), data.labels(rows), data.segments(rows), data.patients(rows)
+
+
+def _alexnet_scores(run_dir: Path, arm: str, target: str, dataset) -> np.ndarray:
+    """Scores on ``dataset`` of ``arm``'s AlexNet of the direction into ``target`` (saved)."""
+    model = build_model("alexnet", input_size=64, hidden=16)
+    path = run_dir / "checkpoints" / f"{arm}@{target}" / "seed0_round000.pt"
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return predict_scores(model, dataset)
+
+
+def test_source_models_match_an_independent_auroc_at_the_source_and_the_target(tiny_run):
+    # Prepare: both centres' test images; the film-trained AlexNets of film -> digital
+    results, _, run_dir = tiny_run
+    test = {
+        (r["arm"], r["centre"], r["metric"]): r
+        for r in results["metrics"]
+        if r["split"] == "test" and r["round"] is None and r["segment"] is None
+    }
+    images = {c: _test_images(run_dir, c) for c in BOTH}
+    auroc = {}
+    for arm in ("source_only-alexnet", "uda-alexnet"):
+        # Execute: sklearn's AUROC of the same classifier on each centre's test images, and
+        # the bootstrap CI with the centre's evaluation seed (the target's as before the change)
+        for record, centre in ((arm, "digital"), (same_domain_arm(arm), "film")):
+            dataset, y, segments, patients = images[centre]
+            scores = _alexnet_scores(run_dir, arm, "digital", dataset)
+            auroc[(arm, centre)] = roc_auc_score(y, scores)
+            own = metrics_by_segment(
+                y, scores, segments, groups=patients, n_boot=50, seed=evaluation_seed(0, centre)
+            )
+            ci = next(r for r in own if r["metric"] == "auc" and r["segment"] is None)
+            # Assert
+            got = test[(record, centre, "auc")]
+            assert got["value"] == pytest.approx(auroc[(arm, centre)], abs=1e-9)
+            assert (got["ci_low"], got["ci_high"]) == pytest.approx((ci["ci_low"], ci["ci_high"]))
+    # Assert: the paired gain at the source is uda's AUROC minus source_only's, there
+    gain = test[(same_domain_arm("uda-alexnet"), "film", "delta_auc")]["value"]
+    expected = auroc[("uda-alexnet", "film")] - auroc[("source_only-alexnet", "film")]
+    assert gain == pytest.approx(expected, abs=1e-9)
+
+
+def test_table_puts_same_domain_records_in_their_own_rows():
+    # Prepare: film -> digital only; records at digital (target) and film (source)
+    def record(arm, centre, value):
+        return {
+            "arm": arm,
+            "seed": 0,
+            "centre": centre,
+            "segment": None,
+            "split": "test",
+            "metric": "auc",
+            "value": value,
+            "ci_low": None,
+            "ci_high": None,
+            "round": None,
+        }
+
+    frame = pd.DataFrame(
+        [
+            record("source_only-a", "digital", 0.6),
+            record("in_domain-a", "digital", 0.9),
+            record("uda-a", "digital", 0.7),
+            record("source_only-a-same_domain", "film", 0.8),
+            record("uda-a-same_domain", "film", 0.75),
+        ]
+    )
+    # Execute
+    table = uda_table(frame, [["film", "digital"]])
+    # Assert
+    assert list(table.columns) == ["source_only-a", "in_domain-a", "uda-a"]
+    assert table.loc["film -> digital (target)"].tolist() == ["0.600", "0.900", "0.700"]
+    assert table.loc["film -> film (source)"].tolist() == ["0.800", "", "0.750"]
+    # a run folder from before the directions were kept: each test centre the other's target
+    old = frame[~frame["arm"].str.endswith("same_domain")].assign(
+        centre=["digital", "film", "digital"]
+    )
+    assert _directions_of(old) == [["film", "digital"], ["digital", "film"]]
+    assert list(uda_table(frame, [["digital", "film"]]).index) == []  # no such direction ran
