@@ -175,7 +175,7 @@ CONFIGS: list[Config] = [
         n_boot=100,
         generators=[{"description": {"kind": "dcgan"}, "records": ["g0-gen-e00002"]}],
     ),
-    CentreInfo(centre="A", role="train", profile="0123456789abcdef"),
+    CentreInfo(centre="A", role="train", profile="0123456789abcdef", torch_threads=2),
     GeneratorInfo(
         kind="dcgan",
         centre="B",
