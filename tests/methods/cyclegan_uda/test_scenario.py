@@ -15,6 +15,7 @@ from fedmammo.config import load_scenario
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.metrics import metrics_by_segment
+from fedmammo.evaluation.results import RECORD_FIELDS
 from fedmammo.federation.orchestrator import evaluation_seed
 from fedmammo.methods import get_method
 from fedmammo.methods.cyclegan_uda.params import same_domain_arm
@@ -265,18 +266,8 @@ def test_source_models_match_an_independent_auroc_at_the_source_and_the_target(t
 def test_table_puts_same_domain_records_in_their_own_rows():
     # Prepare: film -> digital only; records at digital (target) and film (source)
     def record(arm, centre, value):
-        return {
-            "arm": arm,
-            "seed": 0,
-            "centre": centre,
-            "segment": None,
-            "split": "test",
-            "metric": "auc",
-            "value": value,
-            "ci_low": None,
-            "ci_high": None,
-            "round": None,
-        }
+        fields = {"arm": arm, "seed": 0, "centre": centre, "split": "test", "metric": "auc"}
+        return dict.fromkeys(RECORD_FIELDS) | fields | {"value": value}
 
     frame = pd.DataFrame(
         [
