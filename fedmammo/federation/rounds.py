@@ -31,6 +31,7 @@ __all__ = [
     "initial_arrays",
     "max_weight",
     "record_round_timing",
+    "record_shares",
     "record_weighting",
     "secure_round",
     "train_rounds",

@@ -36,6 +36,7 @@ from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
 from fedmammo.federation.rounds import (
     CentreFedAvg,
     initial_arrays,
+    record_shares,
     record_weighting,
     secure_round,
 )
@@ -166,6 +167,7 @@ def _train_arm(
             orc.recorder.flush()
             return None
         arrays = new_arrays
+        record_shares(orc, strategy.weights, arm=arm.name, seed=seed, rnd=rnd)
         if metrics is not None:
             loss = metrics[TrainMetrics.key("train_loss")]  # averaged over the replies
             orc.recorder.add(

@@ -95,6 +95,16 @@ def test_a_run_tests_each_arm_with_its_best_validation_round(tmp_path, monkeypat
         }  # fmt: skip
         assert set(val) == {1, 2, 3}
         assert rnd == min(val, key=lambda r: (val[r], r)), (key, val)
+    # every federated round records each centre's share of the average: the shares sum to 1,
+    # and a pooled arm (one node) records none
+    shares = [r for r in results["metrics"] if r["metric"] == "fedavg_share"]
+    by_round: dict = {}
+    for r in shares:
+        by_round.setdefault((r["arm"], r["round"]), []).append(r["value"])
+    assert by_round and {arm for arm, _ in by_round} == {
+        k.split("|")[0] for k in chosen if "-federated-" in k
+    }
+    assert all(len(v) == 2 and abs(sum(v) - 1) < 1e-9 for v in by_round.values())
 
 
 @pytest.mark.usefixtures("one_torch_thread")
