@@ -307,17 +307,19 @@ def test_a_missing_profile_or_recipe_names_every_place_looked(tmp_path, monkeypa
     proj.mkdir()
     path = _write(proj, "s.yaml", MINE.replace("fedavg", "nope"))
     monkeypatch.chdir(here)
+
+    def error() -> str:
+        with pytest.raises(ConfigError) as err:
+            load_scenario(path)
+        return str(err.value)
+
     # Execute / Assert: the recipe, then (once it is found) the profile
-    with pytest.raises(ConfigError) as err:
-        load_scenario(path)
-    text = str(err.value)
+    text = error()
     assert text.startswith(f"{path}: key 'strategy': recipe 'nope' not found (looked for ")
     looked = [f"{r}/strategies/nope.yaml" for r in (here, proj, ROOT)]
     assert all(p in text for p in looked) and "shipped: " in text and "\n" not in text, text
     path.write_text(MINE)
-    with pytest.raises(ConfigError) as err:
-        load_scenario(path)
-    text = str(err.value)
+    text = error()
     assert text.startswith(f"{path}: key 'centres.0.profile': profile 'mytiny' not found (looked ")
     looked = [f"{r}/centres/mytiny.yaml" for r in (here, proj, ROOT)]
     assert all(p in text for p in looked), text
