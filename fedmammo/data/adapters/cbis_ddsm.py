@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from fedmammo.data.adapters._common import (
+    BIRADS_MALIGNANCY_UNCERTAINTY,
     UNREADABLE_HEADER,
     SkipCounter,
     check_options,
@@ -67,6 +68,8 @@ LAYOUT = (
     "LEFT_CC/07-20-2016-DDSM-74994/1.000000-full mammogram images-24515/1-1.dcm, also works)"
 )
 _PATHOLOGY = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
+#: Benign on the screening films alone, no biopsy (DDSM): u from the abnormality's assessment.
+_NOT_BIOPSIED = "BENIGN_WITHOUT_CALLBACK"
 _DENSITY = {str(d): d for d in (1, 2, 3, 4)}
 _ASSESSMENT = {"0": None, **{str(a): a for a in (1, 2, 3, 4, 5)}}  # 0 = incomplete -> NA
 _FOLDER = re.compile(r"^(Mass|Calc)-(Training|Test)_P_\d+_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$")
@@ -84,6 +87,10 @@ def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
 def load(root: Path, **options: Any) -> pd.DataFrame:
     """Read a CBIS-DDSM download into the canonical manifest (one row per full mammogram).
 
+    The abnormalities of one breast view (patient, side, view) are one image even when both the
+    mass and the calcification CSVs list it (TCIA gives it a Mass- and a Calc- folder): one
+    row, its DICOM from the first of those folders (sorted) whose file is found and readable.
+
     Options: ``csv_dir`` (where the four CSVs are; default ``root``), ``lesion_boxes``
     (read ROI masks for lesion boxes; default True). A CSV row whose image path leaves the
     dataset root (``..``, an absolute path) is refused and counted; an unreadable pathology,
@@ -97,8 +104,16 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     locator = _Locator(root)
     with_boxes = bool(options.get("lesion_boxes", True))
     rows, no_box = [], 0
-    for folder, abns in abnormalities.items():
-        found = locator.find(abns[0]["image file path"], folder)
+    merged = sum(len({_folder(a) for a in abns}) > 1 for abns in abnormalities.values())
+    if merged:
+        log.info(
+            "%s: %d image(s) listed in several folders (mass and calcification CSVs) merged "
+            "into one row each by patient, breast side and view",
+            DATASET,
+            merged,
+        )
+    for abns in abnormalities.values():
+        folder, found = _find_image(locator, abns)
         if found is None:
             skips.skip(f"{root}/{abns[0]['image file path']}", "full-mammogram DICOM not found")
             continue
@@ -121,7 +136,8 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
                     "box": box,
                 }
             )
-        rows.append(_row(folder, abns, path, ds, lesions, complete=folder not in incomplete))
+        complete = not ({_key(a) for a in abns} | {_folder(a) for a in abns}) & incomplete
+        rows.append(_row(folder, abns, path, ds, lesions, complete=complete))
     return finish_manifest(
         rows,
         dataset=DATASET,
@@ -145,9 +161,10 @@ def outside_root(rel_path: str) -> bool:
 
 def _read_csvs(
     csv_dir: Path, skips: SkipCounter
-) -> tuple[dict[str, list[dict[str, Any]]], set[str], int]:
-    """Abnormalities grouped by full-image folder name (= DICOM PatientID), the folders whose
-    rows were not all read (a refused row may hold their label) and the count of refused paths.
+) -> tuple[dict[Any, list[dict[str, Any]]], set[Any], int]:
+    """Abnormalities of the four CSVs grouped by image (``_key``: patient, side, view), the
+    image keys and folder names whose rows were not all read (a refused row may hold their
+    label) and the count of refused paths.
     """
     present = [
         (key, csv_dir / name) for key, name in CSV_FILES.items() if (csv_dir / name).is_file()
@@ -158,8 +175,8 @@ def _read_csvs(
             f"expected layout: {LAYOUT}; fix: point data.root (or option csv_dir) at the "
             "folder holding the case-description CSVs"
         )
-    by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    incomplete: set[str] = set()
+    by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    incomplete: set[Any] = set()
     refused = 0
     for (kind, split), path in present:
         df = read_table(path, dataset=DATASET, expected=REQUIRED_COLUMNS[kind], layout=LAYOUT)
@@ -176,6 +193,7 @@ def _read_csvs(
                 skips.skip(f"{where} (image file path {image_path!r})", _OUTSIDE)
                 refused += 1
                 incomplete.update(_folders_of(rec, kind, split, image_path))
+                incomplete.add(_key(rec))  # its image (patient, side, view)
                 continue
             for key in ("ROI mask file path", "cropped image file path"):
                 if rec[key] and outside_root(rec[key]):
@@ -205,9 +223,41 @@ def _read_csvs(
                 ),
                 source_csv=str(path),
             )
-            folder = image_path.replace("\\", "/").strip("/").split("/")[0]
-            by_image[folder].append(rec)
+            by_image[_key(rec)].append(rec)
     return dict(by_image), incomplete, refused
+
+
+def _folder(rec: dict[str, Any]) -> str:
+    """The full-image folder of an abnormality row (= its DICOM's PatientID)."""
+    return rec["image file path"].replace("\\", "/").strip("/").split("/")[0]
+
+
+def _key(rec: dict[str, Any]) -> tuple[str, ...] | str:
+    """The image an abnormality row is on: (patient_id, side, view), as DDSM has one image per
+    breast view; its folder name if any of the three is missing."""
+    parts = [rec[c] for c in ("patient_id", "left or right breast", "image view")]
+    if any(p is None for p in parts):
+        return _folder(rec)
+    return tuple(p.upper() for p in parts)
+
+
+def _find_image(
+    locator: _Locator, abns: list[dict[str, Any]]
+) -> tuple[str, tuple[Path, Any] | None]:
+    """(folder, (path, header)) of an image's DICOM: the first of its folders (sorted) whose
+    file is found with a readable header, else the first found unreadable (header None), else
+    (first folder, None)."""
+    first_path: dict[str, str] = {}  # folder -> the image path of its first row
+    for abn in abns:
+        first_path.setdefault(_folder(abn), abn["image file path"])
+    unreadable = None
+    for folder in sorted(first_path):
+        found = locator.find(first_path[folder], folder)
+        if found is not None and found[1] is not None:
+            return folder, found
+        if found is not None and unreadable is None:
+            unreadable = folder, found
+    return unreadable or (_folder(abns[0]), None)
 
 
 def _folders_of(rec: dict[str, Any], kind: str, split: str, image_path: str) -> set[str]:
@@ -227,10 +277,13 @@ def _row(
     *,
     complete: bool,
 ) -> dict:
-    """The manifest row of one full mammogram from its abnormality rows.
+    """The manifest row of one full mammogram (its DICOM in ``folder``) from its abnormality
+    rows, of either kind.
 
     Malignant if any abnormality is; benign only if every abnormality's pathology was read as
-    benign and no CSV row of the image was refused (``complete``); otherwise NA.
+    benign and no CSV row of the image was refused (``complete``); otherwise NA. A benign
+    image's u_malignancy is the largest of its abnormalities' (``_benign_uncertainty``).
+    The split is the CSVs' one, "test" if its abnormalities come from both.
     """
     first = abns[0]
     side = (first["left or right breast"] or "").upper()
@@ -239,12 +292,15 @@ def _row(
     labels = [a["malignant"] for a in abns]
     acrs = [a["acr"] for a in abns if a["acr"] is not None]
     densities = [a["density"] for a in abns if a["density"] is not None]
+    u_malignancy: float | None = 0.0
     if 1 in labels:
         malignant: int | None = 1
     elif complete and all(label == 0 for label in labels):
         malignant = 0
+        u_malignancy = max(_benign_uncertainty(a) for a in abns)
     else:
-        malignant = None
+        malignant, u_malignancy = None, None
+    splits = {a["split"] for a in abns}
     return {
         "image_id": text_or_none(ds.get("SOPInstanceUID")) or folder,
         "patient_id": first["patient_id"],
@@ -256,14 +312,23 @@ def _row(
         "malignant": malignant,
         "acr": max(acrs) if acrs else None,
         "density": densities[0] if densities else None,
-        "u_malignancy": 0.0 if malignant is not None else None,
+        "u_malignancy": u_malignancy,
         "u_acr": 0.0 if acrs else None,
         "u_density": 0.0 if densities else None,
         "u_view": 0.0,
         "pixel_spacing": header_pixel_spacing(ds),
         "lesions": encode_lesions(lesions) if lesions else None,
-        "split": first["split"],
+        "split": "test" if len(splits) > 1 else splits.pop(),
     }
+
+
+def _benign_uncertainty(abn: dict[str, Any]) -> float:
+    """u_malignancy of a benign abnormality: 0 if biopsied (BENIGN); for BENIGN_WITHOUT_CALLBACK
+    (benign on the screening films, no biopsy) the BI-RADS table's u of its assessment, of
+    category 3 when the assessment is 0 or missing."""
+    if (abn["pathology"] or "").strip().upper() != _NOT_BIOPSIED:
+        return 0.0
+    return BIRADS_MALIGNANCY_UNCERTAINTY[str(abn["acr"] or 3)]
 
 
 class _Locator:

@@ -44,7 +44,10 @@ LAYOUT = (
     "and any of " + ", ".join(LABEL_COLUMNS)
 )
 OPTIONS = ("labels_csv", "modalities")
-_DUPLICATE = "duplicate SOPInstanceUID (the first file in path order is kept)"
+_DUPLICATE = (
+    "duplicate SOPInstanceUID (the largest file is kept, as a smaller copy may be truncated; "
+    "the first in path order among equal sizes)"
+)
 _KEYS_HINT = (
     "keys are SOPInstanceUIDs, or file names relative to the data root (e.g. 'p1/a.dcm'), "
     "or bare file names"
@@ -56,10 +59,10 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
 
     Files whose Modality is not in ``modalities`` (default ``["MG"]``; a missing Modality
     tag is accepted) are skipped and counted; so is a file repeating another's
-    SOPInstanceUID (the first in sorted path order is kept). Option ``labels_csv`` adds labels by
-    SOPInstanceUID or file name (name relative to ``root`` or bare); a bare name of several
-    files, or a CSV none of whose rows matches a file, is a DataError; rows that match no file
-    are logged.
+    SOPInstanceUID (the largest is kept, a smaller copy may be truncated; among equal sizes the
+    first in sorted path order). Option ``labels_csv`` adds labels by SOPInstanceUID or file
+    name (name relative to ``root`` or bare); a bare name of several files, or a CSV none of
+    whose rows matches a file, is a DataError; rows that match no file are logged.
     """
     check_options(options, OPTIONS, DATASET)
     root = Path(root)
@@ -69,7 +72,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     skips = SkipCounter(DATASET)
     rows, used = [], set()
     by_bare_name: dict[str, list[Path]] = defaultdict(list)  # key -> files it labels by name
-    first_of: dict[str, Path] = {}  # SOPInstanceUID -> the first file (sorted paths) holding it
+    images = []  # (path, header) of the readable mammograms, in sorted path order
     for path in iter_dicom_files(root):
         ds = read_header(path)
         modality = (text_or_none(ds.get("Modality")) or "").upper() if ds is not None else ""
@@ -79,12 +82,9 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         if problem := image_header_problem(ds):  # after the modality: a report has no Rows
             skips.skip(path, problem)
             continue
+        images.append((path, ds))
+    for path, ds in _drop_duplicates(images, skips):
         sop = text_or_none(ds.get("SOPInstanceUID"))
-        if sop is not None and sop in first_of:
-            skips.skip(f"{path} (SOPInstanceUID {sop} as in {first_of[sop]})", _DUPLICATE)
-            continue
-        if sop is not None:
-            first_of[sop] = path
         rel = path.relative_to(root).as_posix()
         key = next((k for k in (sop, rel, path.name) if k and k in labels), None)
         if key is not None:
@@ -125,6 +125,32 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         root=root,
         extra_attrs={"labels_unmatched": len(unmatched)},
     )
+
+
+def _drop_duplicates(images: list[tuple[Path, Any]], skips: SkipCounter) -> list[tuple[Path, Any]]:
+    """``images`` (in path order) with one file per SOPInstanceUID: the largest, as a smaller
+    copy may be truncated (the first in path order among equal sizes). The others are skipped,
+    the warning naming the file kept and why."""
+    size = {path: path.stat().st_size for path, _ in images}
+    best: dict[str, Path] = {}  # SOPInstanceUID -> the file kept
+    for path, ds in images:
+        sop = text_or_none(ds.get("SOPInstanceUID"))
+        if sop is not None and (sop not in best or size[path] > size[best[sop]]):
+            best[sop] = path
+    kept = []
+    for path, ds in images:
+        sop = text_or_none(ds.get("SOPInstanceUID"))
+        keep = best[sop] if sop is not None else path
+        if keep == path:
+            kept.append((path, ds))
+            continue
+        why = (
+            f"larger: {size[keep]} vs {size[path]} bytes"
+            if size[keep] > size[path]
+            else "same size, first in path order"
+        )
+        skips.skip(f"{path} (SOPInstanceUID {sop}; kept {keep}, {why})", _DUPLICATE)
+    return kept
 
 
 def _check_matches(

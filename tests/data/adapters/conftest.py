@@ -192,6 +192,7 @@ def build_cbis(root: Path, layout: str = "canonical") -> dict[str, dict[str, Any
         patient_id="P_00001",
         view="MLO",
         malignant=0,
+        u_malignancy=0.02,  # BENIGN_WITHOUT_CALLBACK (no biopsy), assessment 3
         acr=3,
         density=3,
         split="train",

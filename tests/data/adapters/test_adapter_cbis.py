@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -38,7 +39,8 @@ def test_cbis_manifest_row_by_row(tmp_path: Path, builders, layout: str) -> None
         assert row["manufacturer"] == "film"
         assert row["segment"] == "CBIS-DDSM-film"
         assert row["centre"] == "cbis-ddsm" and row["source"] == "CBIS-DDSM"
-        assert row["u_malignancy"] == 0.0 and row["u_view"] == 0.0
+        assert row["u_malignancy"] == pytest.approx(exp.get("u_malignancy", 0.0))
+        assert row["u_view"] == 0.0
         assert pd.isna(row["pixel_spacing"]) and pd.isna(row["age"])
         boxes = [les["box"] for les in decode_lesions(row["lesions"])]
         if exp["boxes"] is None:
@@ -225,6 +227,108 @@ def test_cbis_refused_row_leaves_a_benign_image_unlabelled(
     # Assert: the remaining benign row does not make the image benign (the refused one may
     # have been malignant): NA
     assert pd.isna(df.loc["Mass-Training_P_00001_LEFT_CC", "malignant"])
+
+
+@pytest.mark.parametrize(
+    ("assessment", "u"), [("3", 0.02), ("0", 0.02), ("", 0.02), ("2", 0.0), ("4", 0.3)]
+)
+def test_cbis_benign_without_callback_takes_the_u_of_its_assessment(
+    tmp_path: Path, builders, csv_editor, assessment: str, u: float
+) -> None:
+    """Regression: BENIGN_WITHOUT_CALLBACK (no biopsy) was weighted as a certain label."""
+    # Prepare: LEFT_MLO's only abnormality is BENIGN_WITHOUT_CALLBACK; give it the assessment
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    csv_editor(tmp_path / MASS_CSV, {2: {"assessment": assessment}})
+    # Execute
+    df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
+    # Assert: benign, u of the BI-RADS table (of category 3 for 0 / missing); BENIGN stays 0
+    assert df.loc["Mass-Training_P_00001_LEFT_MLO", "malignant"] == 0
+    assert df.loc["Mass-Training_P_00001_LEFT_MLO", "u_malignancy"] == pytest.approx(u)
+    assert df.loc["Calc-Test_P_00002_RIGHT_MLO", "u_malignancy"] == 0.0  # BENIGN, biopsied
+
+
+def test_cbis_benign_image_takes_the_largest_u_of_its_abnormalities(
+    tmp_path: Path, builders, csv_editor
+) -> None:
+    # Prepare: LEFT_CC: a BENIGN_WITHOUT_CALLBACK abnormality (assessment 3) beside a BENIGN one
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    csv_editor(
+        tmp_path / MASS_CSV, {0: {"pathology": "BENIGN_WITHOUT_CALLBACK", "assessment": "3"}}
+    )
+    # Execute
+    df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
+    # Assert
+    assert df.loc["Mass-Training_P_00001_LEFT_CC", "malignant"] == 0
+    assert df.loc["Mass-Training_P_00001_LEFT_CC", "u_malignancy"] == pytest.approx(0.02)
+
+
+def _add_calc_on_left_cc(root: Path, dicom_writer, split: str, *, image: bool = True) -> str:
+    """List P_00001's LEFT CC image in a calc CSV too, as TCIA does: its own Calc- folder with
+    the full image and an ROI mask, a BENIGN_WITHOUT_CALLBACK row (assessment 2). The folder."""
+    folder = f"Calc-{'Training' if split == 'train' else 'Test'}_P_00001_LEFT_CC"
+    full = f"{folder}/1.5/1.6/000000.dcm"
+    mask_rel = f"{folder}_1/1.7/1.8/000000.dcm"
+    if image:
+        dicom_writer(root / full, PatientID=folder, Laterality="L", Manufacturer=None)
+    mask = np.zeros((48, 64), dtype=np.uint8)
+    mask[40:45, 50:60] = 255
+    dicom_writer(root / mask_rel, PatientID=f"{folder}_1", pixels=mask, Manufacturer=None)
+    csv = root / f"calc_case_description_{split}_set.csv"
+    columns = pd.read_csv(root / CALC_CSV, nrows=0).columns
+    table = pd.read_csv(csv, dtype=str) if csv.is_file() else pd.DataFrame(columns=columns)
+    row = {"patient_id": "P_00001", "breast density": "3", "left or right breast": "LEFT"}
+    row |= {"image view": "CC", "calc type": "PUNCTATE", "assessment": "2"}
+    row |= {"pathology": "BENIGN_WITHOUT_CALLBACK", "image file path": full}
+    row |= {"ROI mask file path": mask_rel, "cropped image file path": ""}
+    pd.concat([table, pd.DataFrame([row])]).to_csv(csv, index=False)
+    return folder
+
+
+@pytest.mark.parametrize(("calc_split", "split"), [("train", "train"), ("test", "test")])
+def test_cbis_image_in_mass_and_calc_csvs_is_one_row(
+    tmp_path: Path, builders, dicom_writer, caplog, calc_split: str, split: str
+) -> None:
+    """Regression: a breast view in both lists became two rows, possibly with opposite labels."""
+    # Prepare: LEFT_CC (MALIGNANT and BENIGN masses, mass train CSV) also has a
+    # BENIGN_WITHOUT_CALLBACK calcification in the train or the test calc CSV
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    calc_folder = _add_calc_on_left_cc(tmp_path, dicom_writer, calc_split)
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedmammo.data.adapters.cbis_ddsm"):
+        df = load_manifest("cbis-ddsm", tmp_path)
+
+    # Assert: one row for the view, malignant (u 0: biopsy), lesions of both kinds; its
+    # DICOM from the first folder (Calc- sorts first); test if listed in both official splits
+    left_cc = df[(df["patient_id"] == "P_00001") & (df["view"] == "CC")]
+    assert len(left_cc) == 1 and len(df) == 4
+    row = left_cc.iloc[0]
+    assert (row["malignant"], row["u_malignancy"], row["acr"]) == (1, 0.0, 4)
+    assert row["split"] == split
+    assert f"/{calc_folder}/" in row["path"]
+    lesions = {
+        tuple(les["box"]): (les["kind"], les["malignant"]) for les in decode_lesions(row["lesions"])
+    }
+    assert lesions == {
+        (20, 10, 30, 20): ("mass", True),
+        (5, 30, 10, 35): ("mass", False),
+        (50, 40, 60, 45): ("calcification", False),
+    }
+    assert any("1 image(s) listed in several folders" in r.getMessage() for r in caplog.records)
+
+
+def test_cbis_merged_image_falls_back_to_the_folder_whose_file_is_found(
+    tmp_path: Path, builders, dicom_writer
+) -> None:
+    # Prepare: the calc listing of LEFT_CC names a full image that is not on disk
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    _add_calc_on_left_cc(tmp_path, dicom_writer, "train", image=False)
+    # Execute
+    df = _by_folder(load_manifest("cbis-ddsm", tmp_path))
+    # Assert: the mass folder's DICOM is used; nothing skipped but the corrupt P_00003
+    assert df.loc["Mass-Training_P_00001_LEFT_CC", "malignant"] == 1
+    assert len(decode_lesions(df.loc["Mass-Training_P_00001_LEFT_CC", "lesions"])) == 3
+    assert df.attrs["skipped"] == 1
 
 
 @pytest.mark.realdata

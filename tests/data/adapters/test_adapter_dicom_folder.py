@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,11 @@ import pytest
 
 from fedmammo.data.adapters import load_manifest
 from fedmammo.errors import DataError
+
+DUPLICATE = (
+    "duplicate SOPInstanceUID (the largest file is kept, as a smaller copy may be truncated; "
+    "the first in path order among equal sizes)"
+)
 
 
 @pytest.fixture
@@ -126,29 +132,53 @@ def test_dicom_folder_without_images_is_an_error(tmp_path: Path, garbage_writer)
     assert f"no readable image found in {tmp_path} (1 skipped" in str(err.value)
 
 
-def test_dicom_folder_duplicate_uid_keeps_the_first_file(tree: dict, dicom_writer, caplog) -> None:
+def test_dicom_folder_duplicate_uid_keeps_the_first_of_equal_copies(tree: dict, caplog) -> None:
     """Regression: a second file with the same SOPInstanceUID failed the whole adapter."""
-    # Prepare: two copies of image a, one sorting before it ('p0/') and one after ('site/p1/z')
+    # Prepare: two byte-identical copies of image a, one sorting before it ('p0/') and one after
     root = tree["root"]
-    early = dicom_writer(root / "p0" / "copy.dcm", SOPInstanceUID=tree["a"], PatientID="P9")
-    dicom_writer(root / "site" / "p1" / "z.dcm", SOPInstanceUID=tree["a"], PatientID="P9")
+    original = root / "site" / "p1" / "a.dcm"
+    for copy in (root / "p0" / "copy.dcm", root / "site" / "p1" / "z.dcm"):
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(original, copy)
 
     # Execute
     with caplog.at_level("WARNING"):
         df = load_manifest("dicom-folder", root).set_index("image_id")
 
-    # Assert: one row per UID, the first in sorted path order; the others skipped, counted and
-    # logged naming both paths
+    # Assert: one row per UID, the first in sorted path order among equal sizes; the others
+    # skipped, counted and logged naming both paths and why
     assert sorted(df.index) == sorted([tree["a"], tree["b"], tree["c"]])
-    assert df.loc[tree["a"], "path"] == str(Path(early.filename).resolve())
-    assert df.loc[tree["a"], "patient_id"] == "P9"
-    key = "duplicate SOPInstanceUID (the first file in path order is kept)"
-    assert df.attrs["skip_reasons"][key] == 2
-    logged = [
-        r.getMessage() for r in caplog.records if "duplicate SOPInstanceUID" in r.getMessage()
-    ]
+    assert df.loc[tree["a"], "path"] == str((root / "p0" / "copy.dcm").resolve())
+    assert df.attrs["skip_reasons"][DUPLICATE] == 2
+    logged = [r.getMessage() for r in caplog.records if DUPLICATE in r.getMessage()]
     assert any(
-        str(root / "site" / "p1" / "a.dcm") in m and str(early.filename) in m for m in logged
+        f"{original} (SOPInstanceUID {tree['a']}; kept {root / 'p0' / 'copy.dcm'}, same size, "
+        "first in path order)" in m
+        for m in logged
+    )
+
+
+def test_dicom_folder_duplicate_uid_keeps_the_intact_copy(tree: dict, caplog) -> None:
+    """Regression: a truncated copy sorting first was kept and the intact file dropped."""
+    # Prepare: a copy of image a cut in its pixel data, sorting before the intact file
+    root = tree["root"]
+    original = root / "site" / "p1" / "a.dcm"
+    cut = root / "incoming" / "a.dcm"
+    cut.parent.mkdir()
+    data = original.read_bytes()
+    cut.write_bytes(data[:-1000])
+
+    # Execute
+    with caplog.at_level("WARNING"):
+        df = load_manifest("dicom-folder", root).set_index("image_id")
+
+    # Assert: the larger (intact) file is kept; the cut one skipped, the warning saying why
+    assert df.loc[tree["a"], "path"] == str(original.resolve())
+    assert df.attrs["skip_reasons"][DUPLICATE] == 1
+    assert any(
+        f"skipping {cut} (SOPInstanceUID {tree['a']}; kept {original}, larger: "
+        f"{len(data)} vs {len(data) - 1000} bytes)" in r.getMessage()
+        for r in caplog.records
     )
 
 
