@@ -2,6 +2,14 @@
 
 Only the discriminator reads real images, so only it is trained with DP-SGD; the generator
 learns from the discriminator's outputs and inherits the guarantee by post-processing.
+
+Sensitivity: the noise (``sigma * C``) and the accountant assume that adding or removing one
+real image changes the sum of clipped per-example gradients by at most ``C``. That holds
+when only that image's own term changes, so the fakes must not depend on the real batch:
+neither their number nor their latents (``fedmammo.training.gan`` draws the expected Poisson
+batch size every step, from a latent stream of its own; its generator steps likewise).
+Fakes tied to the real batch (``len(real)`` of them) would let one real image add a second
+clipped term, its fake's: a sensitivity of up to ``2 C``.
 """
 
 from __future__ import annotations
@@ -39,8 +47,16 @@ PER_EXAMPLE_METHODS = (
 def _same_batch(real: torch.Tensor, fake: torch.Tensor) -> None:
     if real.shape[0] != fake.shape[0]:
         raise PrivacyUsageError(
-            f"DP-GAN step needs as many fake as real images (got {fake.shape[0]} fake for "
-            f"{real.shape[0]} real); draw the generator batch with the real batch's size"
+            f"WGAN-GP step pairs each real with one fake (got {fake.shape[0]} fake for "
+            f"{real.shape[0]} real); pick one partner per real from a fake batch whose size "
+            "does not depend on the real batch"
+        )
+
+
+def _labels_match(x: torch.Tensor, labels: torch.Tensor, what: str) -> None:
+    if labels.reshape(-1).shape[0] != x.shape[0]:
+        raise PrivacyUsageError(
+            f"{labels.reshape(-1).shape[0]} {what} labels for {x.shape[0]} {what} images"
         )
 
 
@@ -57,9 +73,14 @@ def dp_dcgan_discriminator_step(
     """One private discriminator step on real + fake.detach() in one batch; returns the loss.
 
     ``criterion`` defaults to ``BCEWithLogitsLoss`` on ``D``'s flattened output. Each real and
-    each fake image is one clipped per-sample gradient; noise is calibrated to the real batch.
+    each fake image is its own clipped per-sample gradient (norm at most ``C``), and the noise
+    is ``sigma * C``: calibrated to one real image changing one term. That holds only if
+    ``fake`` does not depend on the real batch: pass a fixed number of fakes (for example the
+    expected batch size), never ``len(real)`` of them (see the module docstring). ``real`` may
+    be empty (an empty Poisson batch: the step is the fakes' terms plus noise).
     """
-    _same_batch(real, fake)
+    _labels_match(real, real_labels, "real")
+    _labels_match(fake, fake_labels, "fake")
     criterion = criterion or nn.BCEWithLogitsLoss()
     optD.zero_grad(set_to_none=True)
     x = torch.cat([real, fake.detach()])
@@ -188,8 +209,11 @@ def wgan_gp_critic_per_sample_grads(
 
     Example ``i``'s loss is ``D(fake_i) - D(real_i) + lambda_gp (||grad_x D(x_hat_i)|| - 1)^2``
     with ``x_hat_i`` between ``real_i`` and ``fake_i`` (uniform weight drawn from
-    ``generator``). For a critic made private with ``grad_sample_mode="no_op"``: call
-    ``optD.zero_grad(set_to_none=True)`` before and ``optD.step()`` (clip + noise) after.
+    ``generator``): the pair is one clipped example, so one real changes one term. ``fake_i``
+    must be drawn independently of the real batch (e.g. a random pick from a fixed-size fake
+    batch, as ``fedmammo.training.gan`` does). For a critic made private with
+    ``grad_sample_mode="no_op"``: call ``optD.zero_grad(set_to_none=True)`` before and
+    ``optD.step()`` (clip + noise) after.
     ``method``: "chain" (an explicit input-gradient pass, see ``critic_grads``; for critics
     that are a chain of supported layers), "vmap" (``torch.func``, any critic) or "auto"
     (chain when possible).
@@ -214,7 +238,8 @@ def dp_wgan_gp_critic_step(
 ) -> float:
     """One private WGAN-GP critic step (per-sample grads, clip, noise); the mean loss.
 
-    ``method`` as in :func:`wgan_gp_critic_per_sample_grads`.
+    Each (``real_i``, ``fake_i``) pair is one clipped example; ``fake`` as in and ``method`` as
+    in :func:`wgan_gp_critic_per_sample_grads`. An empty pair batch is a noise-only step.
     """
     _same_batch(real, fake)
     optD.zero_grad(set_to_none=True)

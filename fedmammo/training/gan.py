@@ -30,8 +30,19 @@ steps_per_epoch``, as many steps per epoch), which the accountant assumes. Steps
 gradients of the penalised critic loss with ``torch.func`` (``grad_sample_mode="no_op"``), and
 the generator step runs through the discriminator with its Opacus hooks off. Under DP the
 DCGAN discriminator defaults to GroupNorm (``d_norm="group"``); BatchNorm is refused with an
-error naming the layer. Fake batches have the real batch's size, drawn from at least 2 latent
-vectors (the generator's BatchNorm needs 2); an empty Poisson batch is skipped but accounted.
+error naming the layer. Without DP a fake batch has the real batch's size. Under DP it must
+not depend on the private data: every discriminator step draws the same number of fakes, the
+expected Poisson batch size ``max(1, round(sample_rate * n))``, from latents of a stream of
+their own (seeded from ``seed``, not advanced by the real batches), and the DCGAN generator
+step reuses those latents. Adding or removing one real patch then changes the clipped
+gradient sum by that patch's own term (norm at most the clipping norm ``C``), the
+sensitivity that the noise and the accountant assume. Were the fakes ``len(real)``, one
+patch more would also bring one fake more (a second clipped term: up to ``2 C``), and the
+generator's update would follow the un-noised batch size. The WGAN-GP critic clips each
+(real, fake) pair as one example: each real is paired with a fake picked at random from the
+fixed fake batch. An empty Poisson batch is a step like any other (the fakes' terms and
+noise): skipping it would reveal that it was empty. Fakes come from at least 2 latent
+vectors (the generator's BatchNorm needs 2).
 
 ``runtime`` (a :class:`fedmammo.training.runtime.Runtime`) overrides ``device`` and adds
 channels_last, pinned memory and bf16 autocast for the generator and the DCGAN
@@ -233,6 +244,9 @@ class _Steps:
         self.opt_g = torch.optim.Adam(gen.parameters(), lr=o["lr"], betas=o["betas"])
         self.opt_d: Any = torch.optim.Adam(disc.parameters(), lr=o["lr"], betas=o["betas"])
         self.disc = disc
+        # under DP (set by batches): fakes per discriminator step and their latent stream
+        self.n_fake: int | None = None
+        self.latent_rng: torch.Generator | None = None
 
     def batches(self, data: torch.Tensor, rng: torch.Generator):
         """Per-epoch batch iterator factory: shuffled batches, or Poisson ones under DP."""
@@ -242,12 +256,23 @@ class _Steps:
             self.privacy.grad_sample_mode = "no_op"  # the penalty's grad-of-grad: torch.func
         loader = DataLoader(TensorDataset(data), batch_size=self.o["batch_size"])
         self.disc, self.opt_d, loader = self.privacy.attach(self.disc, self.opt_d, loader)
+        # a fake count and latents that no real batch can move (see the module docstring)
+        self.n_fake = max(1, round(float(self.privacy.sample_rate) * len(data)))
+        seed = np.random.SeedSequence([int(self.o["seed"]), 0x6C6174]).generate_state(1)[0]
+        self.latent_rng = torch.Generator().manual_seed(int(seed))
         return lambda: (batch for (batch,) in loader)
 
-    def fakes(self, n: int, rng: torch.Generator, device: torch.device) -> tuple:
-        """``n`` fakes from at least 2 latents; no graph under DP (the generator step reruns
-        ``G(z)`` through the hook-free discriminator)."""
-        z = torch.randn(max(n, 2), self.o["latent_dim"], generator=rng).to(device)
+    def latents(self, n: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+        """``n`` latent vectors: from ``rng`` without DP, from the own latent stream under DP."""
+        rng = rng if self.latent_rng is None else self.latent_rng
+        return torch.randn(n, self.o["latent_dim"], generator=rng).to(device)
+
+    def fakes(self, n_real: int, rng: torch.Generator, device: torch.device) -> tuple:
+        """Fakes for a real batch of ``n_real``: as many without DP, the fixed ``n_fake`` under
+        DP; from at least 2 latents; no graph under DP (the generator step reruns ``G(z)``
+        through the hook-free discriminator)."""
+        n = n_real if self.n_fake is None else self.n_fake
+        z = self.latents(max(n, 2), rng, device)
         with torch.set_grad_enabled(self.privacy is None), self.run.autocast():
             return z, self.gen(z)[:n]
 
@@ -262,9 +287,14 @@ class _Steps:
                 if self.privacy is None:
                     return discriminator_step(self.disc, self.opt_d, real, fake, real_labels=labels)
                 return _dp().dp_dcgan_discriminator_step(
-                    self.disc, self.opt_d, real, fake, labels, torch.zeros(n)
+                    self.disc, self.opt_d, real, fake, labels, torch.zeros(len(fake))
                 )
         step = critic_step if self.privacy is None else _dp().dp_wgan_gp_critic_step
+        if self.privacy is not None:  # one pair per real, its fake picked from the fixed batch
+            # from a generator of this step (one draw of rng whatever n): the i-th real's pick
+            # and interpolation weight do not depend on how many reals follow it
+            picks = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
+            fake = fake[torch.randint(len(fake), (n,), generator=picks).to(fake.device)]
         fake = fake.to(real.dtype)
         return step(self.disc, self.opt_d, real, fake, lambda_gp=o["lambda_gp"], generator=rng)
 
@@ -312,9 +342,7 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
     for epoch in epochs:
         d_losses: list[float] = []
         g_losses: list[float] = []
-        for batch in epoch_batches():
-            if len(batch) == 0:  # Poisson sampling can draw an empty batch (still accounted)
-                continue
+        for batch in epoch_batches():  # under DP an empty Poisson batch is a step too
             real = run.batch(random_flips(batch, rng, p=o["flip_p"]))
             if kind == "dcgan":
                 z, fake = steps.fakes(len(real), rng, device)
@@ -328,7 +356,7 @@ def _train(kind: str, patches: np.ndarray, o: dict[str, Any]) -> GanResult:
             d_losses.append(steps.discriminator(real, fake, rng))
             result.critic_steps += 1
             if result.critic_steps % o["n_critic"] == 0:
-                z = torch.randn(o["batch_size"], latent, generator=rng).to(device)
+                z = steps.latents(o["batch_size"], rng, device)
                 with run.autocast():
                     fake = gen(z) if privacy is None else None
                 g_losses.append(steps.generator(z, fake))

@@ -69,17 +69,18 @@ def clipped_sum(per_example_grads: list[list[torch.Tensor]], clip: float) -> lis
 
 @pytest.mark.parametrize("mode", ["bk", "hooks"])
 def test_dcgan_step_clips_real_and_fake_per_example_in_one_batch(mode):
-    # Prepare
+    # Prepare: a fixed fake batch (its size is not the Poisson real batch's)
     clip = 1e-2
     D, G = critic(), generator()
     reference = copy.deepcopy(D)
     session, D, optD, loader = private(D, clip=clip, mode=mode)
     (real,) = next(iter(loader))
-    fake = G(torch.randn(len(real), Z, generator=torch.Generator().manual_seed(3)))
-    ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
+    fake = G(torch.randn(len(real) + 3, Z, generator=torch.Generator().manual_seed(3)))
+    ones, zeros = torch.ones(len(real)), torch.zeros(len(fake))
     # Execute
     dp_dcgan_discriminator_step(D, optD, real, fake, ones, zeros)
-    # Assert: the update is the sum of 2B clipped per-example BCE grads over the batch size.
+    # Assert: the update is the sum of the clipped per-example BCE grads of every real and
+    # every fake, over the expected batch size.
     per_example = []
     for x, y in [(real, ones), (fake.detach(), zeros)]:
         for i in range(len(x)):
@@ -95,11 +96,43 @@ def test_dcgan_step_clips_real_and_fake_per_example_in_one_batch(mode):
     assert session.after_training(1) == float("inf")  # sigma 0: no privacy, reported as such
 
 
-def test_dcgan_step_refuses_batches_of_different_size():
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_dcgan_step_one_more_real_adds_only_its_own_clipped_term(mode):
+    # Prepare: the same fixed fakes whatever the real batch (noise 0, every term clipped)
+    clip = 1e-3
+    session, D, optD, _ = private(critic(), clip=clip, mode=mode)
+    start = copy.deepcopy(D.state_dict())
+    pool = images().tensors[0]
+    fake = generator()(torch.randn(8, Z, generator=torch.Generator().manual_seed(3))).detach()
+
+    def clipped_sum(real: torch.Tensor) -> torch.Tensor:
+        D.load_state_dict(start)
+        dp_dcgan_discriminator_step(
+            D, optD, real, fake, torch.full((len(real),), 0.95), torch.zeros(len(fake))
+        )
+        moved = [(start[k] - v).flatten() for k, v in D.state_dict().items()]
+        return torch.cat(moved) * optD.expected_batch_size
+
+    # Execute / Assert: over several batches, adding one real moves the sum by C
+    for k in (0, 3, 6, 11):
+        shift = (clipped_sum(pool[: k + 1]) - clipped_sum(pool[:k])).norm() / clip
+        assert float(shift) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_dcgan_step_refuses_labels_that_do_not_match_the_images():
     session, D, optD, _ = private(critic(), clip=1.0)
     real, fake = torch.zeros(4, 1, 16, 16), torch.zeros(3, 1, 16, 16)
-    with pytest.raises(PrivacyUsageError, match="as many fake as real"):
-        dp_dcgan_discriminator_step(D, optD, real, fake, torch.ones(4), torch.zeros(3))
+    with pytest.raises(PrivacyUsageError, match="3 real labels for 4 real"):
+        dp_dcgan_discriminator_step(D, optD, real, fake, torch.ones(3), torch.zeros(3))
+    with pytest.raises(PrivacyUsageError, match="4 fake labels for 3 fake"):
+        dp_dcgan_discriminator_step(D, optD, real, fake, torch.ones(4), torch.zeros(4))
+
+
+def test_wgan_gp_step_refuses_unpaired_batches():
+    session, D, optD, _ = private(critic(), clip=1.0, mode="no_op")
+    real, fake = torch.zeros(4, 1, 16, 16), torch.zeros(3, 1, 16, 16)
+    with pytest.raises(PrivacyUsageError, match="pairs each real with one fake"):
+        dp_wgan_gp_critic_step(D, optD, real, fake)
 
 
 @pytest.mark.parametrize("mode", ["bk", "hooks"])
@@ -265,6 +298,33 @@ def test_empty_poisson_batch_is_a_noise_only_step(mode):
     loss = dp_dcgan_discriminator_step(D, optD, empty, empty, torch.ones(0), torch.zeros(0))
     session.after_training(1)
     # Assert: the step still happened (noise only) and was accounted.
+    assert loss == 0.0
+    assert any(not torch.equal(D.state_dict()[k], before[k]) for k in before)
+    assert session.accountant.total_steps == 1
+
+
+def test_empty_poisson_batch_is_a_noise_only_wgan_gp_critic_step():
+    # Prepare: as above, for the critic (the trainer steps on an empty batch too)
+    D = critic()
+    b = PrivacyBudget(target_epsilon=None, noise_multiplier=1.0, delta=1e-5, max_grad_norm=1.0)
+    session = DPSession(
+        b,
+        CentreAccountant(),
+        planned_steps=1,
+        phase="gan",
+        centre="B",
+        seed=0,
+        grad_sample_mode="no_op",
+    )
+    D, optD, _ = session.attach(
+        D, torch.optim.SGD(D.parameters(), lr=1.0), DataLoader(images(), batch_size=BATCH)
+    )
+    before = copy.deepcopy(D.state_dict())
+    empty = torch.zeros(0, 1, 16, 16)
+    # Execute
+    loss = dp_wgan_gp_critic_step(D, optD, empty, empty)
+    session.after_training(1)
+    # Assert
     assert loss == 0.0
     assert any(not torch.equal(D.state_dict()[k], before[k]) for k in before)
     assert session.accountant.total_steps == 1

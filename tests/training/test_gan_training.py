@@ -242,10 +242,131 @@ def test_dp_gan_accounts_every_poisson_step_of_the_planned_run(patches, train):
     (entry,) = session.accountant.phases["gan"]
     sigma, q, steps = entry
     assert q == pytest.approx(1 / 3) and steps == 6 and sigma > 0.5
-    assert result.critic_steps <= 6
+    assert result.critic_steps == 6  # every Poisson batch is a step, an empty one too
     assert result.epsilon == pytest.approx(session.epsilon)
     assert 3.5 < result.epsilon <= 4.0 * 1.01
     assert session.hooks is None  # detached: a plain module again
+
+
+class _RecordingSGD(torch.optim.SGD):
+    """SGD that keeps the gradients of its last step (the noised, scaled clipped sum)."""
+
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
+        self.seen = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
+        return super().step(closure)
+
+
+def _dp_step_clipped_sum(kind: str, real: torch.Tensor, seed: int, clip: float):
+    """The trainer's private discriminator step on the real batch ``real``, with noise 0, in
+    float64: the sum of clipped per-example gradients it applied, and its number of fakes.
+    Everything is rebuilt from the same seeds, so two calls differ only in ``real``."""
+    from fedmammo.models.gans import build_gan
+    from fedmammo.privacy.accounting import CentreAccountant, PrivacyBudget
+    from fedmammo.privacy.engine import DPSession
+    from fedmammo.training.runtime import Runtime
+
+    torch.manual_seed(0)
+    gen, disc = build_gan(
+        kind, patch_size=32, latent_dim=8, width=4, norm="group" if kind == "dcgan" else None
+    )
+    budget = PrivacyBudget(
+        target_epsilon=None, noise_multiplier=0.0, delta=1e-5, max_grad_norm=clip
+    )
+    session = DPSession(
+        budget, CentreAccountant(), planned_steps=10, phase="gan", centre="B", seed=0
+    )
+    o = {"lr": 1.0, "betas": (0.5, 0.999), "latent_dim": 8, "label_smoothing": (0.8, 1.1)}
+    o |= {"batch_size": 8, "lambda_gp": 10.0, "seed": seed}
+    steps = gan_mod._Steps(kind, gen.train(), disc.train(), o, session, Runtime(device="cpu"))
+    steps.opt_d = recording = _RecordingSGD(disc.parameters(), lr=1.0)
+    steps.batches(torch.zeros(24, 1, 32, 32), torch.Generator().manual_seed(0))  # rate 1/3
+    rng = torch.Generator().manual_seed(seed)
+    _, fake = steps.fakes(len(real), rng, torch.device("cpu"))  # as _train does
+    steps.discriminator(real, fake, rng)
+    summed = torch.cat([g.flatten() for g in recording.seen])
+    return summed * steps.opt_d.expected_batch_size, len(fake)
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "wgan_gp"])
+def test_dp_step_one_more_real_patch_moves_the_clipped_sum_by_at_most_the_clip(kind):
+    # Prepare: real batches of varying size, and each with one more patch (same seeds)
+    clip = 1e-3  # below every per-example gradient norm: every term is clipped to C
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # differences of sums of ~20 terms, to 1e-6
+    try:
+        g = torch.Generator().manual_seed(5)
+        pool = torch.rand(30, 1, 32, 32, generator=g) * 2 - 1
+        shifts, fake_counts = [], set()
+        for draw, k in enumerate([0, 2, 5, 8, 11]):
+            real, more = pool[:k], pool[: k + 1]
+            # Execute
+            without, n_without = _dp_step_clipped_sum(kind, real, draw, clip)
+            with_one_more, n_with = _dp_step_clipped_sum(kind, more, draw, clip)
+            shifts.append(float((with_one_more - without).norm()) / clip)
+            fake_counts |= {n_without, n_with}
+    finally:
+        torch.set_default_dtype(dtype)
+    # Assert: the sensitivity the noise and the accountant assume, C (one fake more would
+    # add a second clipped term: up to 2 C); the fakes are the expected batch, 24 / 3, always
+    assert max(shifts) <= 1 + 1e-6, shifts
+    if kind == "dcgan":  # the one new term is the new patch's own, clipped to exactly C
+        assert min(shifts) == pytest.approx(1.0, rel=1e-4)
+    assert fake_counts == {8}
+
+
+@pytest.mark.parametrize("train", [train_dcgan, train_wgan_gp])
+def test_dp_fakes_and_latents_do_not_follow_the_real_batch(patches, train, monkeypatch):
+    # Prepare: record the batch sizes every private step sees
+    from fedmammo.privacy import dp_gan
+
+    seen: dict[str, list[int]] = {"real": [], "fake": [], "latent": []}
+
+    def dcgan_step(D, optD, real, fake, *args, **kwargs):
+        seen["real"].append(len(real))
+        seen["fake"].append(len(fake))
+        return dp_gan.dp_dcgan_discriminator_step(D, optD, real, fake, *args, **kwargs)
+
+    def critic_step(D, optD, real, fake, **kwargs):
+        seen["real"].append(len(real))
+        return dp_gan.dp_wgan_gp_critic_step(D, optD, real, fake, **kwargs)
+
+    def generator_step(D, G, optG, z, *args, **kwargs):
+        seen["latent"].append(len(z))
+        return dp_gan.generator_step_with_frozen_dp_d(D, G, optG, z, *args, **kwargs)
+
+    fakes = gan_mod._Steps.fakes
+
+    def recording_fakes(self, n_real, rng, device):
+        z, fake = fakes(self, n_real, rng, device)
+        if train is train_wgan_gp:
+            seen["fake"].append(len(fake))
+        return z, fake
+
+    recorder = type(
+        "Recorder",
+        (),
+        {
+            "dp_dcgan_discriminator_step": staticmethod(dcgan_step),
+            "dp_wgan_gp_critic_step": staticmethod(critic_step),
+            "generator_step_with_frozen_dp_d": staticmethod(generator_step),
+        },
+    )
+    monkeypatch.setattr(gan_mod, "_dp", lambda: recorder)
+    monkeypatch.setattr(gan_mod._Steps, "fakes", recording_fakes)
+    extra = {"n_critic": 2} if train is train_wgan_gp else {}
+    # Execute: 24 patches, batch 8: Poisson rate 1/3, expected batch 8
+    train(
+        patches,
+        epochs=4,
+        snapshot_every=None,
+        privacy=_session(24, 12, noise_multiplier=1.0),
+        **TINY,
+        **extra,
+    )
+    # Assert: the real batches vary; the fakes and the generator's latents do not
+    assert len(seen["real"]) == 12 and len(set(seen["real"])) > 1
+    assert set(seen["fake"]) == {8} and len(seen["fake"]) == 12
+    assert set(seen["latent"]) == {8} and seen["latent"]
 
 
 def test_dp_dcgan_uses_group_norm_and_refuses_batch_norm(patches):
