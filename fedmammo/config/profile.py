@@ -123,6 +123,8 @@ class SharingSpec(Strict):
     metrics: bool = True  # evaluation metrics and counts (AUROC, CIs, plot counts)
     audits: bool = True  # membership-inference audit results (attack AUC, TPR)
     real_patches_in_simulation: bool = False
+    # model weights leave only masked, in a secure-aggregation round of two or more centres
+    require_secure_aggregation: bool = False
 
 
 class PrivacySpec(Strict):
@@ -136,6 +138,9 @@ class PrivacySpec(Strict):
     # what one budget covers: every DP release from this data (site), or each what-if arm and
     # seed of a study (arm); auto: site at a real site, arm in simulation
     ledger_scope: Literal["auto", "site", "arm"] = "auto"
+    # under DP, also send statistics of the training images computed without noise (training
+    # losses, a generator's Frechet distances to the real training patches): outside epsilon
+    release_training_statistics: bool = False
 
     @property
     def enabled(self) -> bool:

@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from fedmammo.config import CentreProfile
 from fedmammo.data.cache import CachedImageDataset, ImageCache
 from fedmammo.data.manifest import normalise_manifest, read_manifest, write_manifest
-from fedmammo.data.splits import assign_splits
+from fedmammo.data.splits import SPLITS, assign_splits
 from fedmammo.errors import ConfigError, DataError
 
 __all__ = [
@@ -322,7 +322,10 @@ class CentreData:
     listed_skipped: int = 0  # images the dataset lists but its adapter skipped
 
     def rows(self, split: str | None, *, label: str | None = "malignant") -> np.ndarray:
-        """Cache rows of a split (None = all), dropping rows whose ``label`` is missing."""
+        """Cache rows of a split (None = all), dropping rows whose ``label`` is missing; a
+        split other than train, val, test (a server's typo or probe) is a ConfigError."""
+        if split is not None and split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         m = self.manifest
         keep = (
             np.ones(len(m), dtype=bool)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from flwr.app import Context, Message
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fedmammo.errors import FedmammoError
 from fedmammo.federation.centre_runtime import identity_of
@@ -46,6 +47,20 @@ def check_consent(centre: str, sharing: object, message_type: str, needed: str |
         )
 
 
+def check_masked(centre: str, sharing: object, message_type: str, needed: str | None, msg) -> None:
+    """Raise ConsentRefusal when ``sharing.require_secure_aggregation`` is set and a message
+    whose reply carries model weights is not a stage of a secure-aggregation round."""
+    if needed != "models" or not getattr(sharing, "require_secure_aggregation", False):
+        return
+    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return  # a SecAgg+ stage: the weights leave masked, summed with 2+ centres' (secagg)
+    raise ConsentRefusal(
+        f"consent refused: centre {centre!r} sends model weights only masked, in a "
+        "secure-aggregation round of two or more centres (sharing.require_secure_aggregation: "
+        f"true in its profile), and {message_type!r} asks for them in the clear"
+    )
+
+
 def consent_mod(
     declared: Mapping[str, str | None],
 ) -> Callable[[Message, Context, Callable], Message]:
@@ -58,6 +73,7 @@ def consent_mod(
         ident = identity_of(context)
         if ident.profile is not None:  # the pooled what-if node is simulation-only
             check_consent(ident.name, ident.profile.sharing, kind, needed)
+            check_masked(ident.name, ident.profile.sharing, kind, needed, msg)
         reply = call_next(msg, context)
         if not reply.has_error() and reply.content.array_records and needed not in WEIGHT_KINDS:
             raise ConsentRefusal(

@@ -92,6 +92,7 @@ _CODES = {  # exception class name (anywhere in its MRO) -> short code
     "InjectedFault": "fault",
     "ConfigError": "config",
     "DataError": "data",
+    "ConsentRefusal": "consent",
 }
 
 
@@ -140,13 +141,23 @@ def error_reply(
     """The error reply for ``exc``: Flower error code 2, reason ``"<code>: <scrubbed>"``.
 
     ``centre``: the name the server knows the centre by (kept when quoted); at a real site
-    (``deployed``) the reason then says that the whole message is in that site's log.
+    (``deployed``) the reason then says that the whole message is in that site's log. The
+    server's own words stay too: the message type and the keys of its config records.
     """
     keep = (centre,) if centre else ()
+    keep += (msg.metadata.message_type, *_config_keys(msg))
     reason = f"{_code(exc)}: {type(exc).__name__}: {scrub(str(exc), keep=keep)}"
     if deployed and centre and reason != f"{_code(exc)}: {type(exc).__name__}: {exc}":
         reason += f" (paths and quoted values hidden: the whole message is in {centre}'s log)"
     return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
+
+
+def _config_keys(msg: Message) -> tuple[str, ...]:
+    """The keys of ``msg``'s config records (the server's words, safe to echo back)."""
+    try:
+        return tuple(k for rec in msg.content.config_records.values() for k in rec)
+    except Exception:  # noqa: BLE001 - an error reply must not fail on a malformed message
+        return ()
 
 
 def _centre_name(context: Context) -> str | None:

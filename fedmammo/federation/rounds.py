@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterable
 
@@ -226,6 +227,21 @@ def record_shares(
         )
 
 
+def record_train_loss(orc: Orchestrator, metrics, *, arm: str, seed: int, rnd: int) -> None:
+    """The round's training loss (averaged over the replies), unless a centre withheld its
+    own (NaN: a DP centre sends no noise-free statistic of its training images)."""
+    loss = float(metrics[TrainMetrics.key("train_loss")]) if metrics is not None else math.nan
+    if math.isfinite(loss):
+        orc.recorder.add(
+            [{"metric": "train_loss", "value": loss}],
+            arm=arm,
+            seed=seed,
+            centre="all",
+            split="train",
+            round=rnd,
+        )
+
+
 def record_round_timing(
     orc: Orchestrator, replies: list[Message], wall: float, *, arm: str, seed: int, rnd: int
 ) -> None:
@@ -351,16 +367,7 @@ def train_rounds(
             log.warning("%s", line)
         arrays = new_arrays
         record_shares(orc, strategy.weights, arm=arm, seed=seed, rnd=rnd)
-        if metrics is not None:
-            loss = metrics[TrainMetrics.key("train_loss")]  # averaged over the replies
-            orc.recorder.add(
-                [{"metric": "train_loss", "value": float(loss)}],
-                arm=arm,
-                seed=seed,
-                centre="all",
-                split="train",
-                round=rnd,
-            )
+        record_train_loss(orc, metrics, arm=arm, seed=seed, rnd=rnd)
         if val_centres:
             orc.evaluate_everywhere(
                 evaluate,

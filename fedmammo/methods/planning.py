@@ -120,8 +120,11 @@ def _centre_where(scenario: Scenario, origins: Origins | None, centre: str, key:
     return origins.label(f"centre:{i}", key, default) if origins else default
 
 
-def _check_rows(scenario: Scenario, rows: list[PlanRow], handlers: dict, origins) -> list[str]:
-    """Consent, the DP guard and DP-compatible models at every centre the plan sends to."""
+def _check_rows(
+    scenario: Scenario, rows: list[PlanRow], handlers: dict, origins, *, secure: bool = False
+) -> list[str]:
+    """Consent, the DP guard and DP-compatible models at every centre the plan sends to;
+    ``secure``: the recipe runs rounds of two or more centres under secure aggregation."""
     from fedmammo.federation.consent import REPLY_KINDS
 
     problems: list[str] = []
@@ -147,6 +150,24 @@ def _check_rows(scenario: Scenario, rows: list[PlanRow], handlers: dict, origins
                             f"plan) needs its {message_type!r} replies; fix: allow it "
                             f"(centres.{i}.overrides: {{sharing.{h.consent}: true}}), change "
                             "the centre's role, or drop the arm"
+                        )
+                masked = secure and len(centres) > 1
+                if h.consent == "models" and profile.sharing.require_secure_aggregation:
+                    key = ("masked", c, row.arm)
+                    if not masked and key not in seen:
+                        seen.add(key)
+                        where = _centre_where(
+                            scenario, origins, c, ("sharing", "require_secure_aggregation")
+                        )
+                        problems.append(
+                            f"{where}: centre {c!r} sends model weights only in secure-"
+                            f"aggregation rounds of two or more centres, but {row.arm!r} "
+                            f"sends {message_type!r} to {len(centres)} centre(s)"
+                            + ("" if secure else " without secure aggregation")
+                            + "; fix: set strategy.params.secure_aggregation: true and drop "
+                            "the arms that train a centre alone, or lift the requirement "
+                            f"(centres.{i}.overrides: "
+                            "{sharing.require_secure_aggregation: false})"
                         )
                 if not (message_type.startswith("train.") and profile.privacy.enabled):
                     continue
@@ -310,7 +331,10 @@ def plan_scenario(
     except (ConfigError, ValueError) as exc:
         problems.append(f"{_plan_error_where(scenario, origins, exc)}: {exc}")
         rows = []
-    problems += _check_rows(scenario, rows, collect_handlers(method.handlers), origins)
+    secure = bool(getattr(params, "secure_aggregation", False))
+    problems += _check_rows(
+        scenario, rows, collect_handlers(method.handlers), origins, secure=secure
+    )
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     return rows

@@ -42,6 +42,12 @@ _ACCOUNTANTS = ("rdp", "prv")
 _MAX_SIGMA = 1e4
 
 
+def over_target(epsilon: float, target: float | None) -> bool:
+    """True if ``epsilon`` exceeds ``target`` (None: no target) beyond float rounding: a
+    centre refuses such work. Planned noise ends at or below the target by construction."""
+    return target is not None and epsilon > target * (1 + 1e-9)
+
+
 class PrivacyUsageError(FedmammoError, ValueError):
     """The privacy machinery was called in a way that would void the guarantee."""
 

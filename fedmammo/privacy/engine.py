@@ -27,6 +27,7 @@ from fedmammo.privacy.accounting import (
     PrivacyUsageError,
     bisect_sigma,
     epsilon_of,
+    over_target,
     plan_noise,
 )
 from fedmammo.privacy.bookkeeping import HOOKS_ATTR, dp_backward, make_private_bookkeeping
@@ -213,7 +214,7 @@ class DPSession:
         """
         target = self.budget.target_epsilon
         spent = self.accountant.epsilon(self.budget.delta)
-        if target is not None and spent >= target * 1.01:
+        if target is not None and spent >= target:
             raise self._refuse(spent, "budget already spent")
         if self.budget.noise_multiplier is not None:
             return float(self.budget.noise_multiplier), spent
@@ -456,7 +457,7 @@ class DPSession:
             projected = self.accountant.projected_epsilon(sigma, q, steps, delta)
             self.charges = [(float(sigma), float(q), int(steps), None)]
         target = self.budget.target_epsilon
-        if target is not None and projected > target * 1.01:
+        if over_target(projected, target):
             raise self._refuse(projected)
         return projected
 

@@ -41,6 +41,7 @@ from fedmammo.privacy.accounting import (
     PrivacyBudget,
     bisect_sigma,
     epsilon_of,
+    over_target,
 )
 from fedmammo.privacy.engine import DPSession
 
@@ -348,7 +349,7 @@ class PeriodicDPSession(DPSession):
         projected = self.project(sigma, {k: [(rates[k], n)] for k, n in counts.items()})
         self.charges = [(sigma, rates[k], int(n), str(k)) for k, n in counts.items() if n]
         target = self.budget.target_epsilon
-        if target is not None and projected > target * 1.01:
+        if over_target(projected, target):
             raise self._refuse(projected)
         return projected
 

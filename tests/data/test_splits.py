@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedmammo.data.splits import assign_splits
+from fedmammo.data.splits import SPLITS, assign_splits
 from fedmammo.errors import ConfigError, DataError
 
 
@@ -156,3 +156,16 @@ def test_a_patient_in_both_official_splits_is_kept_whole_in_test(caplog) -> None
         "val",
     }
     assert "5 patients have images in both the dataset's official train and test" in caplog.text
+
+
+def test_a_centre_refuses_rows_of_a_split_it_does_not_have(tmp_path):
+    # Prepare: a prepared centre (a server names the split of evaluate messages)
+    from helpers.centre_nodes import prepared_centre
+
+    data, _ = prepared_centre(tmp_path, "c1", (32, 24))
+    # Execute / Assert: the three splits partition the labelled images; anything else is refused
+    parts = [set(data.rows(s).tolist()) for s in SPLITS]
+    assert sum(map(len, parts)) == len(data.rows(None)) and not parts[0] & parts[2]
+    for bad in ("../../x", "Train", ""):
+        with pytest.raises(ConfigError, match=r"unknown split .*; valid: train, val, test"):
+            data.rows(bad)

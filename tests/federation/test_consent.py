@@ -92,6 +92,33 @@ def test_the_server_cannot_lift_a_refusal_through_the_message(centre):
         consent_mod({"train.classifier": "models"})(msg, node_context("ca", centre), _weights_reply)
 
 
+def test_a_centre_requiring_secure_aggregation_refuses_model_weights_in_the_clear(centre):
+    # Prepare: the profile asks that model weights leave only masked
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    _share(centre, require_secure_aggregation=True)
+    called = []
+
+    def handler(msg, ctx):
+        called.append(msg.metadata.message_type)
+        return _metrics_reply(msg, ctx)
+
+    mod = consent_mod({"train.classifier": "models", "evaluate.classifier": "metrics"})
+    ctx = node_context("ca", centre)
+    # Execute / Assert: a plain training message is refused before the handler runs
+    with pytest.raises(ConsentRefusal, match=r"require_secure_aggregation: true.*in the clear"):
+        mod(_incoming("train.classifier"), ctx, handler)
+    assert called == []
+    # a SecAgg+ stage of the same message type goes on (secagg_mod masks its reply); metrics
+    # need no masking
+    staged = make_incoming(
+        RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({"stage": "setup"})}), "train.classifier"
+    )
+    mod(staged, ctx, handler)
+    mod(_incoming("evaluate.classifier"), ctx, handler)
+    assert called == ["train.classifier", "evaluate.classifier"]
+
+
 def test_weights_in_a_reply_that_declares_no_weight_consent_are_refused(centre):
     _share(centre)  # everything allowed
     mod = consent_mod({"evaluate.classifier": "metrics"})

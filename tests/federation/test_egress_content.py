@@ -316,3 +316,18 @@ def test_a_declaration_never_outlives_its_reply(model_state):
     _guarded(_incoming(), ctx, declares_then_fails)
     reply = _guarded(_incoming(), ctx, sends_weights)
     assert "no declared model" in _reason(reply)
+
+
+def test_a_refusal_keeps_the_servers_own_words_and_hides_the_centres():
+    # Prepare: a consent refusal that quotes the message type, a config key of the message
+    # and a value of the centre's own data
+    from fedmammo.federation.consent import ConsentRefusal
+
+    def refusing(msg, context):
+        raise ConsentRefusal("'train.classifier' with key 'arm' refused for patient 'P-17'")
+
+    # Execute
+    reason = _reason(_guarded(_incoming(), _context(centre="s3"), refusing))
+    # Assert: its own code; the server's words stay, the centre's value does not
+    assert reason.startswith("consent: ConsentRefusal: 'train.classifier' with key 'arm'")
+    assert "'<value>'" in reason and "P-17" not in reason

@@ -320,20 +320,53 @@ def ledger_epsilon(
 
 
 # --------------------------------------------------------------------------- guard
+#: Metric keys of a training reply that are statistics of the training images computed without
+#: noise (losses, a generator's Frechet distances to the real training patches), and prefixes.
+TRAINING_STATISTICS = ("train-loss", "frechet-distance", "frechet-real-floor")
+TRAINING_STATISTIC_PREFIXES = ("loss-",)
+
+
 def dp_guard_mod(dp_capable: Iterable[str]) -> Callable[[Message, Context, Callable], Message]:
-    """Client mod: refuse ``train.*`` messages outside ``dp_capable`` at a DP centre."""
+    """Client mod: refuse ``train.*`` messages outside ``dp_capable`` at a DP centre; withhold
+    (NaN) the training statistics of a DP centre's training replies (:func:`withhold`)."""
     capable = frozenset(dp_capable)
 
     def mod(msg: Message, context: Context, call_next) -> Message:
         kind = msg.metadata.message_type
-        if kind.startswith("train.") and kind not in capable:
-            ident = identity_of(context)
-            if ident.profile is not None and ident.profile.privacy.enabled:
-                raise DPUnsupportedError(
-                    f"centre {ident.name!r} trains with DP (privacy in its profile) but "
-                    f"{kind!r} has no DP path; its epsilon could not be honoured. DP-capable: "
-                    f"{sorted(capable)}. Remove the centre's privacy settings for this strategy"
-                )
-        return call_next(msg, context)
+        if not kind.startswith("train."):
+            return call_next(msg, context)
+        ident = identity_of(context)
+        privacy = ident.profile.privacy if ident.profile is not None else None
+        if privacy is None or not privacy.enabled:
+            return call_next(msg, context)
+        if kind not in capable:
+            raise DPUnsupportedError(
+                f"centre {ident.name!r} trains with DP (privacy in its profile) but "
+                f"{kind!r} has no DP path; its epsilon could not be honoured. DP-capable: "
+                f"{sorted(capable)}. Remove the centre's privacy settings for this strategy"
+            )
+        reply = call_next(msg, context)
+        if not reply.has_error() and not privacy.release_training_statistics:
+            withhold(reply, ident.name, kind)
+        return reply
 
     return mod
+
+
+def withhold(reply: Message, centre: str, kind: str) -> None:
+    """Set the :data:`TRAINING_STATISTICS` of ``reply``'s metric records to NaN (logged here):
+    epsilon covers the weights, not these noise-free numbers of the same images."""
+    kept = {}
+    for record in reply.content.metric_records.values():
+        for key in list(record):
+            if key in TRAINING_STATISTICS or key.startswith(TRAINING_STATISTIC_PREFIXES):
+                kept[key] = record[key]
+                record[key] = math.nan
+    if kept:
+        logger.info(
+            "centre %s: %s reply: withheld %s (DP; privacy.release_training_statistics: false): %s",
+            centre,
+            kind,
+            ", ".join(sorted(kept)),
+            ", ".join(f"{k}={v:.6g}" for k, v in sorted(kept.items())),
+        )

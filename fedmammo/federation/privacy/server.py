@@ -190,13 +190,16 @@ def run_audits(
     orc.recorder.flush()
 
 
-def generator_privacy_config(orc: Any, name: str, seed: int) -> dict[str, Any]:
-    """Fields of a ``train.generator`` message: its own ledger, one planned round, audit flag.
+def generator_privacy_config(orc: Any, centre: str, name: str, seed: int) -> dict[str, Any]:
+    """Fields of a ``train.generator`` message: its own ledger, one planned round, audit flag
+    (when :func:`audits_enabled` and ``centre`` shares audit results).
 
     Each shared generator is its own what-if ledger: an arm samples at most one generator
     per sharing centre, so the generators a centre trains are alternative deployments.
     """
-    return dict(ledger=ledger_of(name, seed), planned_rounds=1, audit=audits_enabled(orc.scenario))
+    profile = orc.scenario.resolved_profiles.get(centre)
+    audit = audits_enabled(orc.scenario) and (profile is None or profile.sharing.audits)
+    return dict(ledger=ledger_of(name, seed), planned_rounds=1, audit=audit)
 
 
 def record_generator_privacy(orc: Any, *, centre: str, name: str, seed: int, content: Any) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import textwrap
 from collections.abc import Mapping
 from itertools import combinations
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from fedmammo.data.prepare import CentreData
-from fedmammo.errors import DataError
+from fedmammo.errors import ConfigError, DataError
 from fedmammo.methods.contrastive_dg.params import CycleGanParams, TileGanParams
 from fedmammo.models.cyclegan import ResnetGenerator
 from fedmammo.models.gans import GeneratorDescription, sample_generator
@@ -63,6 +64,16 @@ def styles_key(*parts: object) -> str:
     """A short, stable name of a style bank (what determines it: seed, settings, data)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _checked(key: str) -> str:
+    """``key`` if it is a plain name such as a :func:`styles_key` (a server sends it; it
+    names files in the centre's folder): letters, digits, ``_`` and ``-``, at most 64."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(key)):
+        raise ConfigError(
+            f"style bank name {key!r} refused: letters, digits, _ and - only (at most 64)"
+        )
+    return key
 
 
 def train_rows(data: CentreData, split: str = "train") -> tuple[pd.DataFrame, np.ndarray]:
@@ -156,10 +167,10 @@ class StyleStore:
         self.folder = Path(root) / centre
 
     def _bank_path(self, key: str) -> Path:
-        return self.folder / f"styles-{key}.npz"
+        return self.folder / f"styles-{_checked(key)}.npz"
 
     def _translator_path(self, key: str) -> Path:
-        return self.folder / f"translators-{key}.pt"
+        return self.folder / f"translators-{_checked(key)}.pt"
 
     def has(self, key: str) -> bool:
         """True when the bank ``key`` is on disk."""

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, RecordDict
 
-from fedmammo.federation.messages import ARRAYS, METRICS, TrainMetrics, model_record
+from fedmammo.federation.messages import ARRAYS, METRICS, model_record
 from fedmammo.federation.orchestrator import Orchestrator, derive_seed
 from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
 from fedmammo.federation.rounds import (
     CentreFedAvg,
     initial_arrays,
     record_shares,
+    record_train_loss,
     record_weighting,
     secure_round,
 )
@@ -168,16 +169,7 @@ def _train_arm(
             return None
         arrays = new_arrays
         record_shares(orc, strategy.weights, arm=arm.name, seed=seed, rnd=rnd)
-        if metrics is not None:
-            loss = metrics[TrainMetrics.key("train_loss")]  # averaged over the replies
-            orc.recorder.add(
-                [{"metric": "train_loss", "value": float(loss)}],
-                arm=arm.name,
-                seed=seed,
-                centre="all",
-                split="train",
-                round=rnd,
-            )
+        record_train_loss(orc, metrics, arm=arm.name, seed=seed, rnd=rnd)
         if p.ema_decay is not None:  # what is validated and tested: the moving average
             ema = ema_update(ema or initial, arrays, p.ema_decay**p.batches_per_round)
             orc.checkpoint(ema_name(arm.name), seed, rnd, ema)

@@ -35,6 +35,7 @@ from fedmammo.errors import ConfigError, DataError
 from fedmammo.evaluation.frechet import frechet_distance
 from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.codec import state_to_arrays
+from fedmammo.federation.consent import check_consent
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import AUDIT, METRICS, PRIVACY, encode_attacks
 from fedmammo.federation.orchestrator import derive_seed
@@ -112,6 +113,8 @@ def train_generator(msg: Message, context: Context) -> Message:
             "sharing.generators: false (fix: set sharing.generators: true in its profile, or "
             "drop the arms that need its generator)"
         )
+    if m.audit:  # attack results on its training patches: its audits consent, before any work
+        check_consent(ident.name, ident.profile.sharing, m.KIND, "audits")
     data = single_centre(centre_data(ident, m), m.KIND)
     gan, subset, seed = m.gan, m.subset, m.seed
     if gan not in _TRAINERS or subset not in LESION_SUBSETS:

@@ -25,6 +25,7 @@ sets ``sharing.real_patches_in_simulation``, and is flagged in the console, in t
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from itertools import product
 from pathlib import Path
@@ -160,13 +161,18 @@ def _from_reply(name: str, subset: str, content: RecordDict, params: dict) -> Sh
             "subset": subset,
             "training": hyperparameters(info.kind, params),
             "feature_net": info.feature_net,
-            **{k: float(getattr(metrics, k)) for k in _QUALITY},
+            # NaN: withheld by a DP centre (a statistic of its training patches) -> None
+            **{k: _finite(getattr(metrics, k)) for k in _QUALITY},
         },
     )
     if PRIVACY in content:  # a DP discriminator: the generator carries its guarantee
         dp = decode_privacy(content[PRIVACY])
         desc.extra["privacy"] = {k: dp[k] for k in _PRIVACY}
     return SharedGenerator(name, desc, [(k, content[k]) for k in snaps])
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(float(value)) else None
 
 
 def _record_generator(orc: Orchestrator, gen: SharedGenerator, seed: int) -> None:
@@ -243,7 +249,7 @@ def _train_generators(
             _record_generator(orc, gen, seed)
     plot_dir = "" if orc.spec.deployment else str(orc.run_dir / "plots")
 
-    def content(name: str, gan: str, subset: str) -> RecordDict:
+    def content(centre: str, name: str, gan: str, subset: str) -> RecordDict:
         m = orc.message(
             TrainGenerator,
             gan=gan,
@@ -254,7 +260,7 @@ def _train_generators(
             frechet_samples=p.frechet_samples,
             grid_columns=p.grid_columns,
             plot_dir=plot_dir,
-            **generator_privacy_config(orc, name, seed),
+            **generator_privacy_config(orc, centre, name, seed),
         )
         return m.content()
 
@@ -267,7 +273,7 @@ def _train_generators(
         orc.console.print(f"  training generators {sorted(name for _, (name, _, _) in queue)}")
     results = orc.run_jobs(
         TrainGenerator.KIND,
-        [Job(centre, partial(content, *todo)) for centre, todo in queue],
+        [Job(centre, partial(content, centre, *todo)) for centre, todo in queue],
         one_at_a_time=_private_centres(orc, jobs),
     )
     for result in results:
@@ -291,10 +297,11 @@ def _train_generators(
         )
         _record_generator(orc, gen, seed)
         gens[name] = gen
-        fd = gen.description.extra.get("frechet_distance", float("nan"))
+        fd = gen.description.extra.get("frechet_distance")
+        quality = f"Frechet {fd:.3g}" if fd is not None else "Frechet withheld (DP)"
         orc.console.print(
             f"  generator {safe(name)}: {len(gen.snapshots)} snapshot(s), "
-            f"Frechet {fd:.3g} ({safe(centre)} computed it)"
+            f"{quality} ({safe(centre)} computed it)"
         )
     return gens
 

@@ -274,6 +274,42 @@ def test_guard_mod_refuses_train_handlers_without_a_dp_path(centre):
     assert called == ["evaluate.periodic", "train.classifier", "train.periodic", nodp]
 
 
+def test_a_dp_centre_withholds_its_training_statistics_unless_its_profile_releases_them(
+    centre, caplog
+):
+    # Prepare: the guard mod around the real train.classifier handler at a DP centre
+    from fedmammo.apps import DP_CAPABLE
+    from fedmammo.federation.messages import METRICS, TrainMetrics
+
+    _, data_dir = centre
+    guard = dp_guard_mod(DP_CAPABLE)
+
+    def guarded(msg, ctx):
+        return guard(msg, ctx, handlers.train)
+
+    def train_loss(**privacy) -> float:
+        use_privacy(data_dir, noise_multiplier=1.0, **privacy)
+        content = send(
+            guarded,
+            "train.classifier",
+            new_context(data_dir),
+            **{LEDGER_KEY: "federated|0", PLANNED_ROUNDS_KEY: 3},
+        )
+        assert "privacy" in content  # trained with DP either way
+        return TrainMetrics.from_metrics(content[METRICS]).train_loss
+
+    # Execute / Assert: withheld by default (NaN on the wire, the value in the centre's log)
+    with caplog.at_level("INFO", logger="fedmammo.federation.privacy.ledger"):
+        withheld = train_loss()
+    assert math.isnan(withheld)
+    logged = [r.getMessage() for r in caplog.records if "withheld train-loss" in r.getMessage()]
+    assert len(logged) == 1 and "release_training_statistics: false" in logged[0]
+    # released by the centre's own profile
+    released = train_loss(release_training_statistics=True)
+    assert math.isfinite(released) and released > 0
+    use_privacy(data_dir)
+
+
 def test_long_histories_are_sent_in_chunks_the_egress_guard_accepts():
     # Prepare: 7 entries = 21 values, above the guard's 16-item lists.
     history = [[1.0 + i / 10, 0.1, 10 + i] for i in range(7)]

@@ -13,6 +13,7 @@ from helpers.flower_messages import make_incoming
 
 from fedmammo.config import CentreProfile
 from fedmammo.data.prepare import materialise_centre
+from fedmammo.errors import ConfigError
 from fedmammo.federation.egress import egress_mod
 from fedmammo.federation.messages import ARRAYS, INFO, METRICS, EvaluationMetrics
 from fedmammo.methods.contrastive_dg import client
@@ -255,3 +256,11 @@ def test_a_federated_round_continues_the_task_model_for_its_share_of_the_epochs(
     assert EvaluationMetrics.from_metrics(alone[METRICS]).records == (
         EvaluationMetrics.from_metrics(named[METRICS]).records
     )
+
+
+def test_a_style_bank_name_from_the_server_never_names_a_path(tmp_path):
+    store = StyleStore(tmp_path, "A")
+    for bad in ("../../x", "a/b", ".hidden", ""):
+        with pytest.raises(ConfigError, match="style bank name .* refused"):
+            store.has(bad)
+    assert store.has("0123abcdef45") is False  # a styles_key is a name

@@ -30,12 +30,16 @@ TINY = Path(__file__).resolve().parent / "tiny.yaml"
 C, Q = 8.0, 1 << 22  # SecAggParams defaults: clipping range, quantisation range
 
 
-def _run(tmp_path: Path, name: str, monkeypatch, *, secure: bool, rounds: int = 1):
+REQUIRE = {"sharing": {"require_secure_aggregation": True}}
+
+
+def _run(tmp_path: Path, name: str, monkeypatch, *, secure: bool, rounds: int = 1, **more):
     sets = {
         "data_dir": str(tmp_path / "data"),
         "strategy.params.arms": ["federated"],
         "strategy.params.rounds": rounds,
         "strategy.params.secure_aggregation": secure,
+        **more,
     }
     scenario = load_scenario(TINY, sets=sets)
     spec = RunSpec(
@@ -115,8 +119,10 @@ def test_secure_fedavg_equals_plain_fedavg_and_the_server_sees_only_masked_updat
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_secure_rounds_follow_each_other(tmp_path, monkeypatch):
-    # Two rounds: the centre's SecAgg+ state goes from unmask back to setup
-    _, grid, secure, _ = _run(tmp_path, "secure", monkeypatch, secure=True, rounds=2)
+    # Two rounds: the centre's SecAgg+ state goes from unmask back to setup; both training
+    # centres require secure aggregation in their profiles, so any plain round would fail
+    more = {"centres.0.overrides": REQUIRE, "centres.1.overrides": REQUIRE}
+    _, grid, secure, _ = _run(tmp_path, "secure", monkeypatch, secure=True, rounds=2, **more)
     assert [r["round"] for r in secure["metrics"] if r["metric"] == "train_loss"] == [1, 2]
     _assert_only_masked_updates(grid, rounds=2)
 
@@ -124,3 +130,32 @@ def test_secure_rounds_follow_each_other(tmp_path, monkeypatch):
 def test_weights_the_server_chooses_are_refused():
     with pytest.raises(ConfigError, match="valid are images, labelled, quota, uniform"):
         CentreFedAvg({"a": 1, "b": 2}, message=TrainClassifier, weighting={"a": 0.9})
+
+
+@pytest.mark.parametrize(
+    ("secure", "arms", "refused"),
+    [(False, ["federated"], "federated"), (True, ["federated", "local"], "local-a")],
+)
+def test_check_refuses_plain_rounds_at_a_centre_requiring_secure_aggregation(
+    tmp_path, secure, arms, refused
+):
+    # Prepare: centre a requires secure aggregation; the recipe sends it a plain round (a
+    # plain recipe, or a local arm: one centre, nothing to sum)
+    from fedmammo.methods.planning import plan_scenario
+
+    sets = {
+        "data_dir": str(tmp_path / "data"),
+        "strategy.params.arms": arms,
+        "strategy.params.secure_aggregation": secure,
+        "centres.0.overrides": REQUIRE,
+    }
+    # Execute / Assert: refused before anything runs, naming the centre, the arm and the fix
+    with pytest.raises(ConfigError) as err:
+        plan_scenario(load_scenario(TINY, sets=sets), quick=False)
+    assert "centre 'a' sends model weights only in secure-aggregation rounds" in str(err.value)
+    assert f"but {refused!r} sends 'train.classifier'" in str(err.value)
+    assert "require_secure_aggregation: false" in str(err.value)
+    assert "centre 'b'" not in str(err.value)
+    # the secure federated arm alone passes
+    sets.update({"strategy.params.arms": ["federated"], "strategy.params.secure_aggregation": True})
+    assert plan_scenario(load_scenario(TINY, sets=sets), quick=False)

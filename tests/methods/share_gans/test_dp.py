@@ -116,3 +116,37 @@ def test_a_generator_over_budget_is_refused_and_its_arms_skip(tmp_path):
     assert done == {"A@all-100"}
     notes = " ".join(orc.recorder.notes)
     assert "A+synth_B_dcgan@all-100 seed 0: skipped" in notes
+
+
+def test_a_sharer_that_keeps_its_audits_refuses_an_audited_generator_request(tmp_path, monkeypatch):
+    # Prepare: B keeps its audit results (sharing.audits: false); a server that asks every
+    # generator for an audit anyway (the shipped server asks only where the profile allows)
+    from fedmammo.methods.share_gans import server
+
+    ask_all = server.generator_privacy_config
+    monkeypatch.setattr(
+        server,
+        "generator_privacy_config",
+        lambda *a, **k: {**ask_all(*a, **k), "audit": True},
+    )
+    scenario = tiny_gan_scenario(
+        tmp_path,
+        centres={"A": NO_DP, "B": {"sharing.audits": False}},
+        scenario={"privacy": {"target_epsilon": 3.0}, "seeds": [0]},
+        arms=["A", "A+synth_B_dcgan", "A+synth_C_dcgan"],
+        fractions=[1.0],
+    )
+    # Execute
+    orc, _ = run_in_process(scenario, tmp_path / "run")
+    # Assert: B refused before training, naming the rule; C trained and audited its generator
+    privacy = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    (failure,) = orc.recorder.failures
+    assert failure["arm"] == "B_dcgan_all", failure
+    assert "consent: ConsentRefusal" in failure["reason"]
+    assert "sharing.audits: false" in failure["reason"]
+    assert {r["arm"] for r in privacy["records"]} == {"C_dcgan_all"}  # B spent nothing
+    assert {a["arm"] for a in privacy["audits"]} == {"C_dcgan_all"}
+    # and the shipped server does not ask B for one
+    monkeypatch.setattr(server, "generator_privacy_config", ask_all)
+    assert ask_all(orc, "B", "B_dcgan_all", 0)["audit"] is False
+    assert ask_all(orc, "C", "C_dcgan_all", 0)["audit"] is True
