@@ -142,10 +142,14 @@ def error_reply(
 
     ``centre``: the name the server knows the centre by (kept when quoted); at a real site
     (``deployed``) the reason then says that the whole message is in that site's log. The
-    server's own words stay too: the message type and the keys of its config records.
+    server's own words stay too: the message type, and in a MessageError (a message of the
+    wrong form) the keys of its config records. Other errors keep no key: a key equal to one
+    of the centre's values would otherwise confirm a guess.
     """
     keep = (centre,) if centre else ()
-    keep += (msg.metadata.message_type, *_config_keys(msg))
+    keep += (msg.metadata.message_type,)
+    if any(cls.__name__ == "MessageError" for cls in type(exc).__mro__):
+        keep += _config_keys(msg)
     reason = f"{_code(exc)}: {type(exc).__name__}: {scrub(str(exc), keep=keep)}"
     if deployed and centre and reason != f"{_code(exc)}: {type(exc).__name__}: {exc}":
         reason += f" (paths and quoted values hidden: the whole message is in {centre}'s log)"

@@ -32,12 +32,15 @@ class Handler:
     ``dp``: it trains with DP (through ``federation.privacy.ledger.open_dp_session``) at a
     centre whose profile sets ``privacy``; a DP centre refuses every other ``train.*``
     message. ``consent``: the ``sharing`` key of the centre's profile its reply needs.
+    ``averaged``: its replies are averaged in rounds that the recipe switch
+    ``secure_aggregation`` runs under SecAgg+ (when two or more centres train).
     """
 
     message_type: str
     fn: Callable[[Message, Context], Message]
     dp: bool = False
     consent: str | None = None
+    averaged: bool = False
 
     def __call__(self, msg: Message, context: Context) -> Message:
         # names the centre in progress lines (resolved only when a line is written)
@@ -54,7 +57,7 @@ class Handler:
 
 
 def handler(
-    message_type: str, *, dp: bool = False, consent: str | None = None
+    message_type: str, *, dp: bool = False, consent: str | None = None, averaged: bool = False
 ) -> Callable[[Callable], Handler]:
     """Declare ``fn`` as the handler of ``<category>.<action>`` (e.g. ``train.classifier``)."""
     category, _, action = message_type.partition(".")
@@ -64,7 +67,7 @@ def handler(
         )
 
     def deco(fn: Callable) -> Handler:
-        h = Handler(message_type, fn, dp=dp, consent=consent)
+        h = Handler(message_type, fn, dp=dp, consent=consent, averaged=averaged)
         functools.update_wrapper(h, fn)  # keeps name and docstring for readers and tests
         return h
 

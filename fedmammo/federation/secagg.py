@@ -430,6 +430,33 @@ def _masked_reply(
     return out, {k: v.shape for k, v in masked.items()}
 
 
+def _check_unmask_lists(state: SecAggPlusState, configs: ConfigRecord) -> None:
+    """Refuse an unmask request that would hand the server both secrets of one node.
+
+    The centre gives a share of a node's self-mask seed if the server lists it active and of
+    its pairwise key if listed dropped; both for one node unmask that node's update alone.
+    Flower's ``_unmask`` takes the lists as sent, so a server listing every node in both got
+    each update. The lists must be disjoint, name only neighbours whose shares this centre
+    holds, each once, and never the centre itself as dropped.
+    """
+    active = [int(n) for n in configs[Key.ACTIVE_NODE_ID_LIST]]
+    dead = [int(n) for n in configs[Key.DEAD_NODE_ID_LIST]]
+    problems = []
+    if both := sorted(set(active) & set(dead)):
+        problems.append(f"nodes {both} listed both active and dropped")
+    if state.nid in dead:
+        problems.append("this centre listed as dropped")
+    if unknown := sorted((set(active) | set(dead)) - set(state.rd_seed_share_dict)):
+        problems.append(f"nodes {unknown} are not among its neighbours")
+    if len(set(active)) != len(active) or len(set(dead)) != len(dead):
+        problems.append("a node listed twice")
+    if problems:
+        raise SecAggError(
+            "secure aggregation unmask refused: " + "; ".join(problems) + " (a server asking "
+            "for both secrets of one node could unmask that node's update)"
+        )
+
+
 def secagg_mod(msg: Message, context: Context, call_next) -> Message:
     """Client mod: answer the SecAgg+ stages of a train message; only the collect stage reaches
     the handler, and its update leaves masked. Messages without SecAgg+ config pass through.
@@ -470,6 +497,7 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
         content, shapes = _masked_reply(state, configs, msg, reply.content)
         declare_egress(context, shapes, copies=1)
     else:
+        _check_unmask_lists(state, configs)
         content = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(_unmask(state, configs))})
         declare_egress(context, opaque=opaque)
     context.state[RECORD_KEY_STATE] = ConfigRecord(state.to_dict())

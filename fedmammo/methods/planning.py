@@ -121,10 +121,11 @@ def _centre_where(scenario: Scenario, origins: Origins | None, centre: str, key:
 
 
 def _check_rows(
-    scenario: Scenario, rows: list[PlanRow], handlers: dict, origins, *, secure: bool = False
+    scenario: Scenario, rows: list[PlanRow], handlers: dict, origins, *, secure: bool | None
 ) -> list[str]:
     """Consent, the DP guard and DP-compatible models at every centre the plan sends to;
-    ``secure``: the recipe runs rounds of two or more centres under secure aggregation."""
+    ``secure``: the recipe's switch that runs averaged rounds of two or more centres under
+    secure aggregation (None: the recipe has none)."""
     from fedmammo.federation.consent import REPLY_KINDS
 
     problems: list[str] = []
@@ -151,22 +152,15 @@ def _check_rows(
                             f"(centres.{i}.overrides: {{sharing.{h.consent}: true}}), change "
                             "the centre's role, or drop the arm"
                         )
-                masked = secure and len(centres) > 1
+                masked = bool(secure) and h.averaged and len(centres) > 1
                 if h.consent == "models" and profile.sharing.require_secure_aggregation:
                     key = ("masked", c, row.arm)
                     if not masked and key not in seen:
                         seen.add(key)
-                        where = _centre_where(
-                            scenario, origins, c, ("sharing", "require_secure_aggregation")
-                        )
                         problems.append(
-                            f"{where}: centre {c!r} sends model weights only in secure-"
-                            f"aggregation rounds of two or more centres, but {row.arm!r} "
-                            f"sends {message_type!r} to {len(centres)} centre(s)"
-                            + ("" if secure else " without secure aggregation")
-                            + "; fix: set strategy.params.secure_aggregation: true and drop "
-                            "the arms that train a centre alone, or lift the requirement "
-                            f"(centres.{i}.overrides: "
+                            _unmasked_problem(scenario, origins, c, row.arm, message_type)
+                            + _unmasked_fix(secure, h.averaged, len(centres))
+                            + f"lift the requirement (centres.{i}.overrides: "
                             "{sharing.require_secure_aggregation: false})"
                         )
                 if not (message_type.startswith("train.") and profile.privacy.enabled):
@@ -210,6 +204,25 @@ def _check_rows(
                         "(params.model.options.norm: group) or no privacy at this centre"
                     )
     return problems
+
+
+def _unmasked_problem(scenario, origins, centre: str, arm: str, message_type: str) -> str:
+    where = _centre_where(scenario, origins, centre, ("sharing", "require_secure_aggregation"))
+    return (
+        f"{where}: centre {centre!r} sends model weights only in secure-aggregation rounds "
+        f"of two or more centres, but {arm!r} asks for them in the clear ({message_type!r})"
+    )
+
+
+def _unmasked_fix(secure: bool | None, averaged: bool, n_centres: int) -> str:
+    """Why a unit's weights leave in the clear, and the fix that exists for it."""
+    if secure is None:
+        return "; this recipe has no secure aggregation: drop the arm or "
+    if not averaged:
+        return "; its replies are never averaged: drop the arm or "
+    if n_centres < 2:
+        return "; it trains one centre alone: drop the arm or "
+    return "; fix: set strategy.params.secure_aggregation: true, or "
 
 
 def _min_centres_problem(
@@ -331,7 +344,7 @@ def plan_scenario(
     except (ConfigError, ValueError) as exc:
         problems.append(f"{_plan_error_where(scenario, origins, exc)}: {exc}")
         rows = []
-    secure = bool(getattr(params, "secure_aggregation", False))
+    secure = getattr(params, "secure_aggregation", None)
     problems += _check_rows(
         scenario, rows, collect_handlers(method.handlers), origins, secure=secure
     )

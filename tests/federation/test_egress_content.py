@@ -319,15 +319,26 @@ def test_a_declaration_never_outlives_its_reply(model_state):
 
 
 def test_a_refusal_keeps_the_servers_own_words_and_hides_the_centres():
-    # Prepare: a consent refusal that quotes the message type, a config key of the message
-    # and a value of the centre's own data
+    # Prepare: a consent refusal that quotes the message type and a value of the centre's
+    # own data, which the server also sent as a config key (a guess)
     from fedmammo.federation.consent import ConsentRefusal
+    from fedmammo.federation.messages import MessageError
 
     def refusing(msg, context):
-        raise ConsentRefusal("'train.classifier' with key 'arm' refused for patient 'P-17'")
+        raise ConsentRefusal("'train.classifier' refused for patient 'P-17'")
 
+    guess = make_incoming(
+        RecordDict({"config": ConfigRecord({"arm": "x", "P-17": 1})}), "train.classifier"
+    )
     # Execute
-    reason = _reason(_guarded(_incoming(), _context(centre="s3"), refusing))
-    # Assert: its own code; the server's words stay, the centre's value does not
-    assert reason.startswith("consent: ConsentRefusal: 'train.classifier' with key 'arm'")
+    reason = _reason(_guarded(guess, _context(centre="s3"), refusing))
+    # Assert: its own code; the message type stays; the centre's value does not, even though
+    # the server sent it as a key (no oracle for guesses)
+    assert reason.startswith("consent: ConsentRefusal: 'train.classifier' refused for patient")
     assert "'<value>'" in reason and "P-17" not in reason
+
+    # a message of the wrong form: its keys are the server's words and stay
+    def malformed(msg, context):
+        raise MessageError("message 'train.classifier': unknown key(s) ['P-17']")
+
+    assert "unknown key(s) ['P-17']" in _reason(_guarded(guess, _context(), malformed))

@@ -254,6 +254,56 @@ def test_a_centre_refuses_a_threshold_that_would_let_the_server_unmask_it():
     assert "must exceed half" in reply.error.reason
 
 
+class _UnmaskLie(Centres):
+    """A server that edits the unmask stage's lists before sending them."""
+
+    def __init__(self, weights, lie):
+        super().__init__(weights)
+        self.lie = lie
+
+    def send_and_receive(self, messages, timeout=None):
+        for msg in messages:
+            cfg = msg.content[RECORD_KEY_CONFIGS]
+            if cfg[Key.STAGE] == Stage.UNMASK:
+                self.lie(cfg, msg.metadata.dst_node_id)
+        return super().send_and_receive(messages, timeout)
+
+
+def _both(cfg, node):  # every node active and dropped: both secrets of each (audit 9)
+    cfg[Key.DEAD_NODE_ID_LIST] = list(cfg[Key.ACTIVE_NODE_ID_LIST])
+
+
+def _self_dropped(cfg, node):
+    cfg[Key.DEAD_NODE_ID_LIST] = [node]
+    cfg[Key.ACTIVE_NODE_ID_LIST] = [n for n in cfg[Key.ACTIVE_NODE_ID_LIST] if n != node]
+
+
+def _stranger(cfg, node):
+    cfg[Key.DEAD_NODE_ID_LIST] = [999]
+
+
+@pytest.mark.parametrize(
+    ("lie", "said"),
+    [
+        (_both, "listed both active and dropped"),
+        (_self_dropped, "this centre listed as dropped"),
+        (_stranger, "[999] are not among its neighbours"),
+    ],
+)
+def test_a_centre_refuses_unmask_lists_that_would_give_both_secrets_of_a_node(lie, said):
+    # Prepare: two honest centres; the server lies only in the unmask stage
+    centres = _UnmaskLie([10, 20], lie)
+    # Execute
+    result = secure_sum(centres, _train_messages(centres, _global_model()))
+    # Assert: no aggregate, and every unmask reply is a refusal carrying no share
+    assert result.arrays is None
+    unmasks = [reply for _, stage, reply in centres.log if stage == Stage.UNMASK]
+    assert len(unmasks) == 2
+    for reply in unmasks:
+        assert reply.has_error() and "unmask refused" in reply.error.reason
+        assert said in reply.error.reason
+
+
 def test_unknown_weightings_and_a_single_centre_are_refused():
     with pytest.raises(SecAggError, match="valid are images, labelled, quota, uniform"):
         SecAggParams(weighting="per-centre")

@@ -327,17 +327,27 @@ TRAINING_STATISTIC_PREFIXES = ("loss-",)
 
 
 def dp_guard_mod(dp_capable: Iterable[str]) -> Callable[[Message, Context, Callable], Message]:
-    """Client mod: refuse ``train.*`` messages outside ``dp_capable`` at a DP centre; withhold
-    (NaN) the training statistics of a DP centre's training replies (:func:`withhold`)."""
+    """Client mod, at a DP centre: refuse ``train.*`` messages outside ``dp_capable`` and
+    metrics on the training split; withhold (NaN) the training statistics of its training
+    replies (:func:`withhold`); unless its profile releases training statistics."""
     capable = frozenset(dp_capable)
 
     def mod(msg: Message, context: Context, call_next) -> Message:
         kind = msg.metadata.message_type
-        if not kind.startswith("train."):
+        training = kind.startswith("train.")
+        if not (training or _asks_for_training_split(msg)):
             return call_next(msg, context)
         ident = identity_of(context)
         privacy = ident.profile.privacy if ident.profile is not None else None
         if privacy is None or not privacy.enabled:
+            return call_next(msg, context)
+        if not training:  # metrics on the training split
+            if not privacy.release_training_statistics:
+                raise DPUnsupportedError(
+                    f"centre {ident.name!r} trains with DP and sends no noise-free statistic "
+                    f"of its training images (privacy.release_training_statistics: false), "
+                    f"so {kind!r} on split 'train' is refused; evaluate on val or test"
+                )
             return call_next(msg, context)
         if kind not in capable:
             raise DPUnsupportedError(
@@ -351,6 +361,13 @@ def dp_guard_mod(dp_capable: Iterable[str]) -> Callable[[Message, Context, Calla
         return reply
 
     return mod
+
+
+def _asks_for_training_split(msg: Message) -> bool:
+    """True if a message's config names the training split (metrics on the DP images)."""
+    if not msg.has_content():
+        return False
+    return any(rec.get("split") == "train" for rec in msg.content.config_records.values())
 
 
 def withhold(reply: Message, centre: str, kind: str) -> None:

@@ -208,7 +208,7 @@ def train_style_bank(msg: Message, context: Context) -> Message:
 
 
 # --------------------------------------------------------------------------- pre-training
-@handler(TrainEncoder.KIND, consent="models")
+@handler(TrainEncoder.KIND, consent="models", averaged=True)
 def train_encoder(msg: Message, context: Context) -> Message:
     """One round of local pre-training of the received encoder; reply its weights."""
     start = time.perf_counter()
@@ -276,7 +276,7 @@ def train_downstream(msg: Message, context: Context) -> Message:
     return reply(msg, context, records, result.model)
 
 
-@handler(TrainDownstreamRound.KIND, consent="models")
+@handler(TrainDownstreamRound.KIND, consent="models", averaged=True)
 def train_downstream_round(msg: Message, context: Context) -> Message:
     """One federated round of a task: continue the received (averaged) task model on this
     centre's labelled training split; reply its weights and the task's sample count."""

@@ -31,7 +31,7 @@ def _n(rows) -> int:
     return int(sum(map(len, rows)) if isinstance(rows, list) else len(rows))
 
 
-@handler(TrainClassifier.KIND, dp=True, consent="models")
+@handler(TrainClassifier.KIND, dp=True, consent="models", averaged=True)
 def train(msg: Message, context: Context) -> Message:
     """Train the received classifier on this centre's training split; return weights."""
     start = time.perf_counter()

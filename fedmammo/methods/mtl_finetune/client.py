@@ -242,7 +242,7 @@ def _dp_session(
     )
 
 
-@handler(TrainMtl.KIND, dp=True, consent="models")
+@handler(TrainMtl.KIND, dp=True, consent="models", averaged=True)
 def train(msg: Message, context: Context) -> Message:
     """Train the received multi-task net on this centre's training split; return weights.
 

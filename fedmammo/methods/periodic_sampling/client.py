@@ -165,7 +165,7 @@ def _round_sampler(
     return _ContinuedStream(inner, m.stream_epoch)
 
 
-@handler(TrainPeriodic.KIND, dp=True, consent="models")
+@handler(TrainPeriodic.KIND, dp=True, consent="models", averaged=True)
 def train(msg: Message, context: Context) -> Message:
     """Train on the round's quota (or sampler steps) of the named segments; return weights."""
     start = time.perf_counter()

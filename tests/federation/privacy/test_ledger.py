@@ -310,6 +310,35 @@ def test_a_dp_centre_withholds_its_training_statistics_unless_its_profile_releas
     use_privacy(data_dir)
 
 
+def test_a_dp_centre_refuses_metrics_on_its_training_split(centre):
+    # Prepare: a DP centre; the server asks for evaluation on the training images
+    from fedmammo.apps import DP_CAPABLE
+
+    _, data_dir = centre
+    guard = dp_guard_mod(DP_CAPABLE)
+    called = []
+
+    def call_next(msg, ctx):
+        called.append(msg.content.config_records["config"]["split"])
+        return Message(RecordDict(), reply_to=msg)
+
+    def ask(split):
+        content = RecordDict({"config": ConfigRecord({"arm": "x", "split": split})})
+        return guard(incoming(content, "evaluate.classifier"), new_context(data_dir), call_next)
+
+    use_privacy(data_dir, noise_multiplier=1.0)
+    # Execute / Assert: refused before the handler runs; val and test pass
+    with pytest.raises(DPUnsupportedError, match="on split 'train' is refused"):
+        ask("train")
+    ask("test")
+    # released by the profile, or no DP: the handler runs
+    use_privacy(data_dir, noise_multiplier=1.0, release_training_statistics=True)
+    ask("train")
+    use_privacy(data_dir)
+    ask("train")
+    assert called == ["test", "train", "train"]
+
+
 def test_long_histories_are_sent_in_chunks_the_egress_guard_accepts():
     # Prepare: 7 entries = 21 values, above the guard's 16-item lists.
     history = [[1.0 + i / 10, 0.1, 10 + i] for i in range(7)]

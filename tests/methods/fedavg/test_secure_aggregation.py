@@ -133,11 +133,14 @@ def test_weights_the_server_chooses_are_refused():
 
 
 @pytest.mark.parametrize(
-    ("secure", "arms", "refused"),
-    [(False, ["federated"], "federated"), (True, ["federated", "local"], "local-a")],
+    ("secure", "arms", "refused", "why"),
+    [
+        (False, ["federated"], "federated", "fix: set strategy.params.secure_aggregation: true"),
+        (True, ["federated", "local"], "local-a", "it trains one centre alone: drop the arm"),
+    ],
 )
 def test_check_refuses_plain_rounds_at_a_centre_requiring_secure_aggregation(
-    tmp_path, secure, arms, refused
+    tmp_path, secure, arms, refused, why
 ):
     # Prepare: centre a requires secure aggregation; the recipe sends it a plain round (a
     # plain recipe, or a local arm: one centre, nothing to sum)
@@ -152,10 +155,36 @@ def test_check_refuses_plain_rounds_at_a_centre_requiring_secure_aggregation(
     # Execute / Assert: refused before anything runs, naming the centre, the arm and the fix
     with pytest.raises(ConfigError) as err:
         plan_scenario(load_scenario(TINY, sets=sets), quick=False)
-    assert "centre 'a' sends model weights only in secure-aggregation rounds" in str(err.value)
-    assert f"but {refused!r} sends 'train.classifier'" in str(err.value)
-    assert "require_secure_aggregation: false" in str(err.value)
-    assert "centre 'b'" not in str(err.value)
+    text = str(err.value)
+    assert "centre 'a' sends model weights only in secure-aggregation rounds" in text
+    assert f"but {refused!r} asks for them in the clear ('train.classifier'); {why}" in text
+    assert "require_secure_aggregation: false" in text and "centre 'b'" not in text
     # the secure federated arm alone passes
     sets.update({"strategy.params.arms": ["federated"], "strategy.params.secure_aggregation": True})
     assert plan_scenario(load_scenario(TINY, sets=sets), quick=False)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "sets", "said"),
+    [
+        (  # contrastive_dg's local fine-tuning is never averaged, even under the switch
+            "contrastive_dg.yaml",
+            {"strategy.params.secure_aggregation": True},
+            "('train.downstream'); its replies are never averaged: drop the arm or lift",
+        ),
+        (  # cyclegan_uda has no switch: the hint must not name one
+            "cyclegan_uda.yaml",
+            {},
+            "('train.uda_classifier'); this recipe has no secure aggregation: drop the arm or",
+        ),
+    ],
+)
+def test_check_names_the_fix_that_exists_for_each_recipe(scenario, sets, said):
+    from fedmammo.methods.planning import plan_scenario
+
+    path = TINY.parents[3] / "scenarios" / scenario
+    n = len(load_scenario(path, sets=sets).centre_names())
+    sets = {**sets, **{f"centres.{i}.overrides": REQUIRE for i in range(n)}}
+    with pytest.raises(ConfigError) as err:
+        plan_scenario(load_scenario(path, sets=sets), quick=True)
+    assert said in str(err.value)

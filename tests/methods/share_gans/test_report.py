@@ -118,6 +118,19 @@ def test_markdown_bolds_the_best_and_explains_the_flag(frame):
     assert "| B_dcgan_all | 1.25 | 5 |" in text
 
 
+def test_the_generator_note_says_when_dp_centres_withheld_the_frechet_distance(frame):
+    # Prepare: the same run with every Frechet distance withheld (not recorded), then one
+    gens = generator_table(frame)
+    withheld = gens.drop(columns=["Frechet"])
+    mixed = pd.concat([gens, pd.DataFrame({"snapshots": ["2"]}, index=["C_dcgan_all"])])
+    # Execute / Assert: the note never describes a column the table lacks
+    text = tables_markdown([], withheld)
+    assert "No Frechet distance: the DP centres withheld it" in text
+    assert "Real floor" not in text
+    assert "Empty: withheld by a DP centre" in tables_markdown([], mixed)
+    assert "withheld" not in tables_markdown([], gens)
+
+
 def test_generator_table_and_console_output(frame):
     # Prepare
     console = Console(record=True, width=100)
