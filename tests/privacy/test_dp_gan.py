@@ -275,9 +275,22 @@ def test_wgan_gp_generator_step_uses_the_wgan_loss():
     assert all(p.grad is None for p in D.parameters())
 
 
-@pytest.mark.parametrize("mode", ["bk", "hooks"])
-def test_empty_poisson_batch_is_a_noise_only_step(mode):
-    # Prepare: noise on, an empty real batch (Poisson sampling can draw one).
+def _dcgan_step(D, optD, empty):
+    return dp_dcgan_discriminator_step(D, optD, empty, empty, torch.ones(0), torch.zeros(0))
+
+
+def _wgan_gp_step(D, optD, empty):
+    return dp_wgan_gp_critic_step(D, optD, empty, empty)
+
+
+@pytest.mark.parametrize(
+    ("mode", "step"),
+    [("bk", _dcgan_step), ("hooks", _dcgan_step), ("no_op", _wgan_gp_step)],
+    ids=["dcgan-bk", "dcgan-hooks", "wgan_gp"],
+)
+def test_empty_poisson_batch_is_a_noise_only_step(mode, step):
+    # Prepare: noise on, an empty real batch (Poisson sampling can draw one; the trainer
+    # steps on it, for the discriminator and the critic)
     D = critic()
     b = PrivacyBudget(target_epsilon=None, noise_multiplier=1.0, delta=1e-5, max_grad_norm=1.0)
     session = DPSession(
@@ -293,38 +306,10 @@ def test_empty_poisson_batch_is_a_noise_only_step(mode):
         D, torch.optim.SGD(D.parameters(), lr=1.0), DataLoader(images(), batch_size=BATCH)
     )
     before = copy.deepcopy(D.state_dict())
-    empty = torch.zeros(0, 1, 16, 16)
     # Execute
-    loss = dp_dcgan_discriminator_step(D, optD, empty, empty, torch.ones(0), torch.zeros(0))
+    loss = step(D, optD, torch.zeros(0, 1, 16, 16))
     session.after_training(1)
     # Assert: the step still happened (noise only) and was accounted.
-    assert loss == 0.0
-    assert any(not torch.equal(D.state_dict()[k], before[k]) for k in before)
-    assert session.accountant.total_steps == 1
-
-
-def test_empty_poisson_batch_is_a_noise_only_wgan_gp_critic_step():
-    # Prepare: as above, for the critic (the trainer steps on an empty batch too)
-    D = critic()
-    b = PrivacyBudget(target_epsilon=None, noise_multiplier=1.0, delta=1e-5, max_grad_norm=1.0)
-    session = DPSession(
-        b,
-        CentreAccountant(),
-        planned_steps=1,
-        phase="gan",
-        centre="B",
-        seed=0,
-        grad_sample_mode="no_op",
-    )
-    D, optD, _ = session.attach(
-        D, torch.optim.SGD(D.parameters(), lr=1.0), DataLoader(images(), batch_size=BATCH)
-    )
-    before = copy.deepcopy(D.state_dict())
-    empty = torch.zeros(0, 1, 16, 16)
-    # Execute
-    loss = dp_wgan_gp_critic_step(D, optD, empty, empty)
-    session.after_training(1)
-    # Assert
     assert loss == 0.0
     assert any(not torch.equal(D.state_dict()[k], before[k]) for k in before)
     assert session.accountant.total_steps == 1
