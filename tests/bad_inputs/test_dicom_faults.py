@@ -274,7 +274,8 @@ def _duplicate_uid(root: Path, good: dict[str, Path]) -> Path:
 ADAPTER_FAULTS = [
     pytest.param(
         _duplicate_uid,
-        "duplicate SOPInstanceUID (the first file in path order is kept)",
+        "duplicate SOPInstanceUID (the largest file is kept, as a smaller copy may be "
+        "truncated; the first in path order among equal sizes)",
         id="duplicate-uid",
     ),
     pytest.param(
