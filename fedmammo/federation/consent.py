@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from flwr.app import Context, Message
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from fedmammo.errors import FedmammoError
 from fedmammo.federation.centre_runtime import identity_of
@@ -49,16 +49,29 @@ def check_consent(centre: str, sharing: object, message_type: str, needed: str |
 
 def check_masked(centre: str, sharing: object, message_type: str, needed: str | None, msg) -> None:
     """Raise ConsentRefusal when ``sharing.require_secure_aggregation`` is set and a message
-    whose reply carries model weights is not a stage of a secure-aggregation round."""
+    whose reply carries model weights is not a stage of a secure-aggregation round, or is an
+    unmask stage that names dropped nodes.
+
+    Dropouts are refused because a server telling different centres different dropouts can
+    collect both secrets of one centre's partners: with five or more centres it unmasks one
+    update (audit 9, recheck 2). Without dropouts only sums of two or more centres unmask.
+    """
     if needed != "models" or not getattr(sharing, "require_secure_aggregation", False):
         return
-    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
-        return  # a SecAgg+ stage: the weights leave masked, summed with 2+ centres' (secagg)
-    raise ConsentRefusal(
-        f"consent refused: centre {centre!r} sends model weights only masked, in a "
-        "secure-aggregation round of two or more centres (sharing.require_secure_aggregation: "
-        f"true in its profile), and {message_type!r} asks for them in the clear"
-    )
+    if not (msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records):
+        raise ConsentRefusal(
+            f"consent refused: centre {centre!r} sends model weights only masked, in a "
+            "secure-aggregation round of two or more centres (sharing.require_secure_"
+            f"aggregation: true in its profile), and {message_type!r} asks for them in the clear"
+        )
+    stage = msg.content.config_records[RECORD_KEY_CONFIGS]
+    if stage.get(Key.STAGE) == Stage.UNMASK and stage.get(Key.DEAD_NODE_ID_LIST):
+        raise ConsentRefusal(
+            f"consent refused: centre {centre!r} requires secure aggregation, so it answers no "
+            "unmask request that names dropped nodes (different dropouts told to different "
+            "centres could unmask one centre's update); the round fails rather than go on "
+            "without them"
+        )
 
 
 def consent_mod(

@@ -478,10 +478,15 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
     opaque = {RECORD_KEY_CONFIGS: _OPAQUE_BYTES_PER_PEER * max(peers, 1)}
     if state.current_stage == Stage.SETUP:
         shares, threshold = int(configs[Key.SHARE_NUMBER]), int(configs[Key.THRESHOLD])
-        if not 2 * threshold > shares >= 2 or shares > int(configs[Key.SAMPLE_NUMBER]):
+        if not 2 * threshold > shares >= 2:
             raise SecAggError(
                 f"secure aggregation setup refused: threshold {threshold} of "
-                f"{shares} shares must exceed half the shares"
+                f"{shares} shares must exceed half the shares (and 2 shares at least)"
+            )
+        if shares > int(configs[Key.SAMPLE_NUMBER]):
+            raise SecAggError(
+                f"secure aggregation setup refused: {shares} shares for a round of "
+                f"{configs[Key.SAMPLE_NUMBER]} centres"
             )
         state.nid = msg.metadata.dst_node_id
         content = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(_setup(state, configs))})

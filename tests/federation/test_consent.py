@@ -117,6 +117,23 @@ def test_a_centre_requiring_secure_aggregation_refuses_model_weights_in_the_clea
     mod(staged, ctx, handler)
     mod(_incoming("evaluate.classifier"), ctx, handler)
     assert called == ["train.classifier", "evaluate.classifier"]
+    # an unmask stage naming dropped nodes is refused (different dropouts told to different
+    # centres unmask one update of five); without dropouts it goes on
+    from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
+
+    def unmask(dead):
+        cfg = {
+            Key.STAGE: Stage.UNMASK,
+            Key.ACTIVE_NODE_ID_LIST: [1, 2],
+            Key.DEAD_NODE_ID_LIST: dead,
+        }
+        return make_incoming(RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(cfg)}), "train.mtl")
+
+    mod = consent_mod({"train.mtl": "models"})
+    with pytest.raises(ConsentRefusal, match="answers no unmask request that names dropped"):
+        mod(unmask([3]), ctx, handler)
+    mod(unmask([]), ctx, handler)
+    assert called[-1] == "train.mtl"
 
 
 def test_weights_in_a_reply_that_declares_no_weight_consent_are_refused(centre):
