@@ -62,7 +62,9 @@ def check_masked(centre: str, sharing: object, message_type: str, needed: str | 
         raise ConsentRefusal(
             f"consent refused: centre {centre!r} sends model weights only masked, in a "
             "secure-aggregation round of two or more centres (sharing.require_secure_"
-            f"aggregation: true in its profile), and {message_type!r} asks for them in the clear"
+            f"aggregation: true in its profile), and {message_type!r} asks for them in the clear; "
+            "fix: run the arm with strategy.params.secure_aggregation: true and two or more "
+            "centres, or drop it (`simulate SCENARIO --check` lists such arms)"
         )
     stage = msg.content.config_records[RECORD_KEY_CONFIGS]
     if stage.get(Key.STAGE) == Stage.UNMASK and stage.get(Key.DEAD_NODE_ID_LIST):

@@ -231,11 +231,9 @@ class Orchestrator:
             self.recorder.failure(
                 arm=arm, seed=seed, centre=centre, reason=reason, round=rnd, phase=phase
             )
-            self.console.print(
-                f"[yellow]centre {safe(centre)} failed in {safe(phase)} (arm {safe(arm)}, round "
-                f"{rnd}): {safe(reason)}[/]",
-                highlight=False,
-            )
+            line = f"centre {centre} failed in {phase} (arm {arm}, round {rnd}): {reason}"
+            log.warning("%s", line)  # run.log (the console line below is not a record)
+            self.console.print(f"[yellow]{safe(line)}[/]", highlight=False)
 
     def evaluate_everywhere(
         self,

@@ -326,6 +326,11 @@ def train_rounds(
     )  # DP: planned rounds, privacy.json, budget refusals
     # secure aggregation (recipe switch) wherever there is a sum to hide: two or more centres
     secure = bool(getattr(p, "secure_aggregation", False)) and len(centres) > 1
+    if secure and start < last:
+        orc.recorder.note(
+            f"arm {arm} seed {seed}: rounds {start + 1}..{last} under secure aggregation "
+            f"(SecAgg+): the server received only masked updates of {', '.join(centres)}"
+        )
     for rnd in range(start + 1, last + 1):
         strategy.node_config = dp.node_config(centres)  # the record as of the last round
         cfg = orc.message(message, arm=arm, seed=seed, model=model, **fields, **dp.config())
@@ -349,9 +354,10 @@ def train_rounds(
         if new_arrays is None:
             line = (
                 f"arm {arm} seed {seed}: stopped at round {rnd}: "
-                f"{len(centres) - len(strategy.failures)} of {len(centres)} centres replied, "
-                f"fewer than min_centres={strategy.min_train_nodes} (missing "
-                f"{', '.join(sorted(strategy.failures))}); completed rounds kept"
+                f"{len(centres) - len(strategy.failures)} of {len(centres)} centres sent an "
+                f"update, fewer than min_centres={strategy.min_train_nodes} (none from "
+                f"{', '.join(sorted(strategy.failures))}: their reasons are in the failures); "
+                "completed rounds kept"
             )
             orc.recorder.stop_arm(arm, seed, line)
             log.error("%s", line)

@@ -292,6 +292,18 @@ def _prepare_centres(scenario: Scenario, *, pooled: bool) -> None:
             materialise_centre(profile, scenario.data_dir, **kwargs)
 
 
+def _record_run(spec: RunSpec, scenario: Scenario) -> None:
+    """A ``flwr run``'s folder gets what ``simulate`` writes for a run (the scenario as
+    resolved, the run spec), unless a resume finds them there already."""
+    from fedmammo.sweep import RESOLVED, write_resolved
+
+    run_dir = Path(spec.run_dir)
+    if not (run_dir / RESOLVED).exists():
+        write_resolved(run_dir, scenario, quick=spec.quick)
+    if not (run_dir / "runspec.json").exists():
+        spec.save()
+
+
 def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> ServerApp:
     """A ServerApp running, for the scenario's strategy kind, ``method_of(kind)``'s runner and
     report section."""
@@ -320,6 +332,7 @@ def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> Serv
         prepare = spec.deployment and simulated  # flwr run on a local simulation federation
         if spec.deployment:  # flwr run: no python -m fedmammo.simulate around to set up run.log
             _start_run_log(Path(spec.run_dir))
+            _record_run(spec, scenario)
             spec.deployment = not simulated
         runner, section = method_of(scenario.recipe.kind)
         run_scenario(grid, spec, runner, section, simulated=simulated, prepare=prepare)

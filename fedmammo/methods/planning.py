@@ -160,7 +160,8 @@ def _check_rows(
                         problems.append(
                             _unmasked_problem(scenario, origins, c, row.arm, message_type)
                             + _unmasked_fix(secure, h.averaged, len(centres))
-                            + f"lift the requirement (centres.{i}.overrides: "
+                            + "lift the requirement in the centre's profile (in this "
+                            f"scenario: centres.{i}.overrides: "
                             "{sharing.require_secure_aggregation: false})"
                         )
                 if not (message_type.startswith("train.") and profile.privacy.enabled):

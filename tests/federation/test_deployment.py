@@ -78,3 +78,7 @@ def test_loopback_deployment_matches_simulation(tmp_path, fedavg_tiny_simulation
     counts = {c: v["counts"]["n-images"] for c, v in deployed["meta"]["centres"].items()}
     assert counts == {c: v["counts"]["n-images"] for c, v in simulated["meta"]["centres"].items()}
     assert json.loads((run_dir / "results.json").read_text())["progress"]["federated|0"]["done"]
+    # the run folder holds what a simulated one does: the scenario as resolved, the run spec
+    resolved = (run_dir / "scenario.resolved.yaml").read_text()
+    assert "strategy" in resolved and "tiny_a" in resolved
+    assert json.loads((run_dir / "runspec.json").read_text())["deployment"] is True

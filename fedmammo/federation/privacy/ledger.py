@@ -357,7 +357,9 @@ def dp_guard_mod(dp_capable: Iterable[str]) -> Callable[[Message, Context, Calla
             )
         reply = call_next(msg, context)
         if not reply.has_error() and not privacy.release_training_statistics:
-            withhold(reply, ident.name, kind)
+            kept = withhold(reply, ident.name, kind)
+            if kept:
+                keep_withheld(context, ident, msg, kept)
         return reply
 
     return mod
@@ -370,9 +372,33 @@ def _asks_for_training_split(msg: Message) -> bool:
     return any(rec.get("split") == "train" for rec in msg.content.config_records.values())
 
 
-def withhold(reply: Message, centre: str, kind: str) -> None:
-    """Set the :data:`TRAINING_STATISTICS` of ``reply``'s metric records to NaN (logged here):
-    epsilon covers the weights, not these noise-free numbers of the same images."""
+WITHHELD_FILE = "withheld-statistics.csv"
+
+
+def keep_withheld(context: Context, ident: Any, msg: Message, kept: dict[str, float]) -> None:
+    """Append the withheld values to ``withheld-statistics.csv`` in the centre's own state
+    folder (one line per value: message type, arm, seed, round, key, value)."""
+    import csv
+
+    from fedmammo.federation.site import state_dir
+
+    cfg = msg.content.config_records.get("config", {})
+    path = state_dir(context, ident) / WITHHELD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        out = csv.writer(f)
+        if new:
+            out.writerow(["message", "arm", "seed", "round", "key", "value"])
+        for key, value in sorted(kept.items()):
+            row = [cfg.get(k, "") for k in ("arm", "seed", "server-round")]
+            out.writerow([msg.metadata.message_type, *row, key, repr(float(value))])
+
+
+def withhold(reply: Message, centre: str, kind: str) -> dict[str, float]:
+    """Set the :data:`TRAINING_STATISTICS` of ``reply``'s metric records to NaN and return the
+    values (kept at the centre): epsilon covers the weights, not these noise-free numbers of
+    the same images."""
     kept = {}
     for record in reply.content.metric_records.values():
         for key in list(record):
@@ -387,3 +413,4 @@ def withhold(reply: Message, centre: str, kind: str) -> None:
             ", ".join(sorted(kept)),
             ", ".join(f"{k}={v:.6g}" for k, v in sorted(kept.items())),
         )
+    return kept

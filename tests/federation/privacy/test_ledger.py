@@ -304,6 +304,20 @@ def test_a_dp_centre_withholds_its_training_statistics_unless_its_profile_releas
     assert math.isnan(withheld)
     logged = [r.getMessage() for r in caplog.records if "withheld train-loss" in r.getMessage()]
     assert len(logged) == 1 and "release_training_statistics: false" in logged[0]
+    # and in a file of the centre's own state folder (a site's log may not keep INFO records)
+    import csv
+
+    from fedmammo.federation.privacy.ledger import WITHHELD_FILE
+
+    with (current_state_dir(data_dir) / WITHHELD_FILE).open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["message"], row["arm"], row["seed"], row["key"]) == (
+        "train.classifier",
+        "federated",
+        "0",
+        "train-loss",
+    )
+    assert 0 < float(row["value"]) < 10
     # released by the centre's own profile
     released = train_loss(release_training_statistics=True)
     assert math.isfinite(released) and released > 0
