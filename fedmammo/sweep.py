@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from rich.console import Console
 
 from fedmammo.config import Scenario, load_scenario
-from fedmammo.config.loading import Origins, load_scenario_traced, resolved_mapping
+from fedmammo.config.loading import (
+    RESOLVED,
+    Origins,
+    load_scenario_traced,
+    write_resolved,
+)
 from fedmammo.errors import ConfigError
 from fedmammo.federation.console import safe
 from fedmammo.federation.run_log import run_log
@@ -47,7 +51,6 @@ log = logging.getLogger(__name__)
 console = Console()
 
 #: The scenario as resolved at the start, in every run folder and sweep point folder.
-RESOLVED = "scenario.resolved.yaml"
 
 
 @dataclass
@@ -114,17 +117,6 @@ def resolved_points(root: Path, scenario: Scenario, *, quick: bool) -> list[Poin
             )
         points.append(Point(name, values, load_scenario(path, quick=quick)))
     return points
-
-
-def write_resolved(folder: Path, scenario: Scenario, *, quick: bool) -> Path:
-    """Write ``folder/scenario.resolved.yaml``: the scenario as resolved now, self-contained."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / RESOLVED
-    text = yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
 
 
 def run_sweep(

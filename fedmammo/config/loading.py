@@ -552,3 +552,18 @@ def resolved_mapping(scenario: Scenario, *, quick: bool) -> dict[str, Any]:
         entry["overrides"] = {}
     data["data_dir"] = str(Path(scenario.data_dir).expanduser().resolve())
     return data
+
+
+#: The file a run folder keeps its scenario in, as resolved when the run started.
+RESOLVED = "scenario.resolved.yaml"
+
+
+def write_resolved(folder: Path, scenario: Scenario, *, quick: bool) -> Path:
+    """Write ``folder/scenario.resolved.yaml``: the scenario as resolved now, self-contained."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESOLVED
+    text = yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

@@ -295,7 +295,7 @@ def _prepare_centres(scenario: Scenario, *, pooled: bool) -> None:
 def _record_run(spec: RunSpec, scenario: Scenario) -> None:
     """A ``flwr run``'s folder gets what ``simulate`` writes for a run (the scenario as
     resolved, the run spec), unless a resume finds them there already."""
-    from fedmammo.sweep import RESOLVED, write_resolved
+    from fedmammo.config.loading import RESOLVED, write_resolved
 
     run_dir = Path(spec.run_dir)
     if not (run_dir / RESOLVED).exists():
