@@ -356,7 +356,7 @@ def train_rounds(
                 f"arm {arm} seed {seed}: stopped at round {rnd}: "
                 f"{len(centres) - len(strategy.failures)} of {len(centres)} centres sent an "
                 f"update, fewer than min_centres={strategy.min_train_nodes} (none from "
-                f"{', '.join(sorted(strategy.failures))}: their reasons are in the failures); "
+                f"{', '.join(sorted(strategy.failures))}; the reasons are in the failures); "
                 "completed rounds kept"
             )
             orc.recorder.stop_arm(arm, seed, line)

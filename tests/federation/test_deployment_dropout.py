@@ -80,8 +80,8 @@ def test_below_min_centres_the_arm_stops_in_one_line_keeping_round_one(
     assert missing == [("b", 2)]
     stop = [n for n in results["notes"] if "stopped at round 2" in n]
     assert stop == [
-        "arm federated seed 0: stopped at round 2: 1 of 2 centres replied, fewer than "
-        "min_centres=2 (missing b); completed rounds kept"
+        "arm federated seed 0: stopped at round 2: 1 of 2 centres sent an update, fewer than "
+        "min_centres=2 (none from b; the reasons are in the failures); completed rounds kept"
     ]
     assert results["progress"]["federated|0"]["stopped"] == stop[0]  # the report's status
     assert any("stopped at round 2" in r.getMessage() for r in caplog.records)

@@ -217,32 +217,35 @@ def tables_markdown(
     for table in tables:
         lines += [f"### {table.title}", "", to_markdown(_bold(table).fillna("")), ""]
     if generators is not None and not generators.empty:
-        frechet = (
-            "Frechet: distance between each centre's real training lesion patches and samples "
-            "of its generator, in the fixed random_cnn_v1 feature space (computed inside the "
-            "centre; comparable between fedmammo runs only, not a published FID). Real floor: "
-            "the distance between two halves of the real patches: with tens of patches a half "
-            "in a 112-dimensional space it is mostly estimation noise (0.04 and 0.97 for two "
-            "generators of the same patches), a rough scale, not a bound. "
-            + (
-                "Empty: withheld by a DP centre (a noise-free statistic of its training patches). "
-                if generators[FRECHET_COLUMN].isna().any()
-                else ""
-            )
-            if FRECHET_COLUMN in generators
-            else "No Frechet distance: the DP centres withheld it (a noise-free statistic of "
-            "their training patches; privacy.release_training_statistics in a profile sends "
-            "it). "
-        )
         lines += [
             "## Shared generators",
             "",
-            frechet + "Patches: the generator's training patches.",
+            _frechet_note(generators) + "Patches: the generator's training patches.",
             "",
             to_markdown(generators.fillna(""), index_name="generator"),
             "",
         ]
     return "\n".join(lines)
+
+
+def _frechet_note(generators: pd.DataFrame) -> str:
+    """What the generator table's Frechet columns mean, or why there are none."""
+    if FRECHET_COLUMN not in generators:
+        return (
+            "No Frechet distance: the DP centres withheld it (a noise-free statistic of their "
+            "training patches; privacy.release_training_statistics in a profile sends it). "
+        )
+    note = (
+        "Frechet: distance between each centre's real training lesion patches and samples "
+        "of its generator, in the fixed random_cnn_v1 feature space (computed inside the "
+        "centre; comparable between fedmammo runs only, not a published FID). Real floor: "
+        "the distance between two halves of the real patches: with tens of patches a half "
+        "in a 112-dimensional space it is mostly estimation noise (0.04 and 0.97 for two "
+        "generators of the same patches), a rough scale, not a bound. "
+    )
+    if generators[FRECHET_COLUMN].isna().any():
+        note += "Empty: withheld by a DP centre (a noise-free statistic of its training patches). "
+    return note
 
 
 def print_tables(
