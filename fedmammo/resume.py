@@ -21,12 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmammo.config import Scenario, load_scenario
+from fedmammo.config.loading import RESOLVED
 from fedmammo.errors import ConfigError
 from fedmammo.federation.console import safe
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.planning import plan_scenario
 from fedmammo.methods.registry import PlanRow
-from fedmammo.sweep import RESOLVED, Point, resolved_points
+from fedmammo.sweep import Point, resolved_points
 
 __all__ = ["INVOCATION", "open_run", "print_restore", "read_json", "read_runspec"]
 

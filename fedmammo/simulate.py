@@ -47,7 +47,12 @@ from rich.table import Table
 import fedmammo.methods  # noqa: F401  (registers the methods' recipe kinds)
 from fedmammo.config import Scenario, load_scenario
 from fedmammo.config.dotted import split_dotted
-from fedmammo.config.loading import load_scenario_traced, resolved_mapping
+from fedmammo.config.loading import (
+    RESOLVED,
+    load_scenario_traced,
+    resolved_mapping,
+    write_resolved,
+)
 from fedmammo.config.scenario import SimulationSpec
 from fedmammo.errors import ConfigError, DataError, FedmammoError
 from fedmammo.federation.console import safe
@@ -68,7 +73,7 @@ from fedmammo.federation.telemetry import quiet_flower
 from fedmammo.interrupt import STOP, STOP_SECONDS, CtrlC, interrupted, stoppable
 from fedmammo.methods.planning import fault_problems, plan_scenario
 from fedmammo.resume import INVOCATION, open_run, print_restore
-from fedmammo.sweep import RESOLVED, Point, load_points, run_sweep, write_resolved
+from fedmammo.sweep import Point, load_points, run_sweep
 
 __all__ = ["main", "parse_sets", "plan_run", "prepare_data", "run"]
 

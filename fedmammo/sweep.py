@@ -35,7 +35,6 @@ from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.registry import PlanRow
 
 __all__ = [
-    "RESOLVED",
     "Point",
     "load_points",
     "point_name",
@@ -43,14 +42,11 @@ __all__ = [
     "resolved_points",
     "run_sweep",
     "sweep_points",
-    "write_resolved",
 ]
 
 log = logging.getLogger(__name__)
 
 console = Console()
-
-#: The scenario as resolved at the start, in every run folder and sweep point folder.
 
 
 @dataclass

@@ -10,12 +10,16 @@ that carries weights its handler did not declare. The table of reply kinds is
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from flwr.app import Context, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from fedmammo.errors import FedmammoError
 from fedmammo.federation.centre_runtime import identity_of
+
+if TYPE_CHECKING:
+    from fedmammo.config.profile import SharingSpec
 
 __all__ = ["CONSENT_KEYS", "REPLY_KINDS", "ConsentRefusal", "consent_mod"]
 
@@ -47,7 +51,9 @@ def check_consent(centre: str, sharing: object, message_type: str, needed: str |
         )
 
 
-def check_masked(centre: str, sharing: object, message_type: str, needed: str | None, msg) -> None:
+def check_masked(
+    centre: str, sharing: SharingSpec, message_type: str, needed: str | None, msg: Message
+) -> None:
     """Raise ConsentRefusal when ``sharing.require_secure_aggregation`` is set and a message
     whose reply carries model weights is not a stage of a secure-aggregation round, or is an
     unmask stage that names dropped nodes.
@@ -56,7 +62,7 @@ def check_masked(centre: str, sharing: object, message_type: str, needed: str | 
     collect both secrets of one centre's partners: with five or more centres it unmasks one
     update (audit 9, recheck 2). Without dropouts only sums of two or more centres unmask.
     """
-    if needed != "models" or not getattr(sharing, "require_secure_aggregation", False):
+    if needed != "models" or not sharing.require_secure_aggregation:
         return
     if not (msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records):
         raise ConsentRefusal(

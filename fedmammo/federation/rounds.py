@@ -32,7 +32,7 @@ __all__ = [
     "initial_arrays",
     "max_weight",
     "record_round_timing",
-    "record_shares",
+    "record_round",
     "record_weighting",
     "secure_round",
     "train_rounds",
@@ -208,28 +208,29 @@ def secure_round(
     return replies, result.arrays, strategy.train_metrics_aggr_fn(valid, WEIGHT_KEY)
 
 
-def record_shares(
-    orc: Orchestrator, weights: dict[str, float], *, arm: str, seed: int, rnd: int
+def record_round(
+    orc: Orchestrator,
+    weights: dict[str, float],
+    metrics: MetricRecord | None,
+    *,
+    arm: str,
+    seed: int,
+    rnd: int,
 ) -> None:
-    """Each centre's share of the round's average (its normalised weight: ``fedavg_share``,
-    split ``train``), when two or more were averaged: what the federated model was made of,
-    which differs between arms when the weighting counts the arm's labelled images."""
-    if len(weights) < 2:
-        return
-    for centre, share in weights.items():
-        orc.recorder.add(
-            [{"metric": "fedavg_share", "value": float(share)}],
-            arm=arm,
-            seed=seed,
-            centre=centre,
-            split="train",
-            round=rnd,
-        )
-
-
-def record_train_loss(orc: Orchestrator, metrics, *, arm: str, seed: int, rnd: int) -> None:
-    """The round's training loss (averaged over the replies), unless a centre withheld its
-    own (NaN: a DP centre sends no noise-free statistic of its training images)."""
+    """A round's training records (split ``train``): each centre's share of the average (its
+    normalised weight, ``fedavg_share``) when two or more were averaged, as the weighting can
+    count the arm's labelled images; and the training loss averaged over the replies, unless
+    a centre withheld its own (NaN: a DP centre sends no noise-free statistic of its images)."""
+    if len(weights) > 1:
+        for centre, share in weights.items():
+            orc.recorder.add(
+                [{"metric": "fedavg_share", "value": float(share)}],
+                arm=arm,
+                seed=seed,
+                centre=centre,
+                split="train",
+                round=rnd,
+            )
     loss = float(metrics[TrainMetrics.key("train_loss")]) if metrics is not None else math.nan
     if math.isfinite(loss):
         orc.recorder.add(
@@ -372,8 +373,7 @@ def train_rounds(
             orc.recorder.note(line)
             log.warning("%s", line)
         arrays = new_arrays
-        record_shares(orc, strategy.weights, arm=arm, seed=seed, rnd=rnd)
-        record_train_loss(orc, metrics, arm=arm, seed=seed, rnd=rnd)
+        record_round(orc, strategy.weights, metrics, arm=arm, seed=seed, rnd=rnd)
         if val_centres:
             orc.evaluate_everywhere(
                 evaluate,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -153,17 +154,20 @@ def _check_rows(
                             "the centre's role, or drop the arm"
                         )
                 masked = bool(secure) and h.averaged and len(centres) > 1
-                if h.consent == "models" and profile.sharing.require_secure_aggregation:
-                    key = ("masked", c, row.arm)
-                    if not masked and key not in seen:
-                        seen.add(key)
-                        problems.append(
-                            _unmasked_problem(scenario, origins, c, row.arm, message_type)
-                            + _unmasked_fix(secure, h.averaged, len(centres))
-                            + "lift the requirement in the centre's profile (in this "
-                            f"scenario: centres.{i}.overrides: "
-                            "{sharing.require_secure_aggregation: false})"
-                        )
+                key = ("masked", c, row.arm)
+                if (
+                    h.consent == "models"
+                    and profile.sharing.require_secure_aggregation
+                    and not masked
+                    and key not in seen
+                ):
+                    seen.add(key)
+                    where = _centre_where(
+                        scenario, origins, c, ("sharing", "require_secure_aggregation")
+                    )
+                    problems.append(
+                        f"{where}: {_unmasked_problem(c, i, row.arm, message_type, h, secure)}"
+                    )
                 if not (message_type.startswith("train.") and profile.privacy.enabled):
                     continue
                 where = _centre_where(scenario, origins, c, ("privacy",))
@@ -207,23 +211,25 @@ def _check_rows(
     return problems
 
 
-def _unmasked_problem(scenario, origins, centre: str, arm: str, message_type: str) -> str:
-    where = _centre_where(scenario, origins, centre, ("sharing", "require_secure_aggregation"))
-    return (
-        f"{where}: centre {centre!r} sends model weights only in secure-aggregation rounds "
-        f"of two or more centres, but {arm!r} asks for them in the clear ({message_type!r})"
-    )
-
-
-def _unmasked_fix(secure: bool | None, averaged: bool, n_centres: int) -> str:
-    """Why a unit's weights leave in the clear, and the fix that exists for it."""
+def _unmasked_problem(
+    centre: str, index: int, arm: str, message_type: str, h: Any, secure: bool | None
+) -> str:
+    """Why a unit sends ``centre`` (which requires secure aggregation) a plain round, and the
+    fix that exists for it."""
     if secure is None:
-        return "; this recipe has no secure aggregation: drop the arm or "
-    if not averaged:
-        return "; its replies are never averaged: drop the arm or "
-    if n_centres < 2:
-        return "; it trains one centre alone: drop the arm or "
-    return "; fix: set strategy.params.secure_aggregation: true, or "
+        why = "this recipe has no secure aggregation: drop the arm or"
+    elif not h.averaged:
+        why = "its replies are never averaged: drop the arm or"
+    elif secure:
+        why = "it trains one centre alone: drop the arm or"
+    else:
+        why = "fix: set strategy.params.secure_aggregation: true, or"
+    return (
+        f"centre {centre!r} sends model weights only in secure-aggregation rounds of two or "
+        f"more centres, but {arm!r} asks for them in the clear ({message_type!r}); {why} lift "
+        f"the requirement in the centre's profile (in this scenario: centres.{index}.overrides: "
+        "{sharing.require_secure_aggregation: false})"
+    )
 
 
 def _min_centres_problem(

@@ -43,14 +43,13 @@ class PlanRow:
     rounds: int | None = None
     messages: tuple[tuple[str, tuple[str, ...]], ...] = ()
     first_round: int = 1  # a later phase continues the numbering (mtl fine-tuning)
+    model: dict | None = field(default=None, compare=False)
+    note: str = ""
 
     @property
     def last_round(self) -> int | None:
         """The number of the unit's last round (None without rounds)."""
         return self.first_round + self.rounds - 1 if self.rounds else None
-
-    model: dict | None = field(default=None, compare=False)
-    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -123,10 +123,10 @@ def write_tree(tmp: Path, case: Case) -> Path:
 def make_run_folder(scen: Path, *, quick: bool = False, progress: dict | None = None) -> Path:
     """A run folder as ``python -m fedmammo.simulate`` leaves it when killed after its start:
     the resolved scenario, invocation.json, runspec.json and (optionally) results.json."""
+    from fedmammo.config.loading import RESOLVED, write_resolved
     from fedmammo.federation.runspec import RunSpec
     from fedmammo.resume import INVOCATION
     from fedmammo.simulate import plan_run
-    from fedmammo.sweep import RESOLVED, write_resolved
 
     base, points = plan_run(scen, sets={}, quick=quick)
     run_dir = Path(base.output_dir) / base.name / "20260101-000000"

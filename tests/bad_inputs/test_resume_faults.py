@@ -12,7 +12,7 @@ import yaml
 from bad_inputs.cli_cases import SCENARIO, Case, make_run_folder, run_cli_in_process, write_tree
 
 from fedmammo import simulate
-from fedmammo.sweep import RESOLVED
+from fedmammo.config.loading import RESOLVED
 
 
 @pytest.fixture()

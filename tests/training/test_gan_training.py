@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -342,14 +343,10 @@ def test_dp_fakes_and_latents_do_not_follow_the_real_batch(patches, train, monke
             seen["fake"].append(len(fake))
         return z, fake
 
-    recorder = type(
-        "Recorder",
-        (),
-        {
-            "dp_dcgan_discriminator_step": staticmethod(dcgan_step),
-            "dp_wgan_gp_critic_step": staticmethod(critic_step),
-            "generator_step_with_frozen_dp_d": staticmethod(generator_step),
-        },
+    recorder = SimpleNamespace(
+        dp_dcgan_discriminator_step=dcgan_step,
+        dp_wgan_gp_critic_step=critic_step,
+        generator_step_with_frozen_dp_d=generator_step,
     )
     monkeypatch.setattr(gan_mod, "_dp", lambda: recorder)
     monkeypatch.setattr(gan_mod._Steps, "fakes", recording_fakes)

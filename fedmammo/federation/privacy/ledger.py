@@ -30,6 +30,7 @@ server side is :mod:`fedmammo.federation.privacy.server`.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from fedmammo.errors import ConfigError, FedmammoError
 from fedmammo.federation.centre_runtime import CentreIdentity, identity_of
 from fedmammo.federation.privacy.codec import encode_privacy
 from fedmammo.federation.privacy.ledger_store import LedgerStore, store_of
+from fedmammo.federation.site import state_dir
 from fedmammo.privacy.accounting import (
     BudgetExceeded,
     CentreAccountant,
@@ -375,14 +377,13 @@ def _asks_for_training_split(msg: Message) -> bool:
 WITHHELD_FILE = "withheld-statistics.csv"
 
 
-def keep_withheld(context: Context, ident: Any, msg: Message, kept: dict[str, float]) -> None:
+def keep_withheld(
+    context: Context, ident: CentreIdentity, msg: Message, kept: dict[str, float]
+) -> None:
     """Append the withheld values to ``withheld-statistics.csv`` in the centre's own state
     folder (one line per value: message type, arm, seed, round, key, value)."""
-    import csv
-
-    from fedmammo.federation.site import state_dir
-
     cfg = msg.content.config_records.get("config", {})
+    where = [msg.metadata.message_type, *(cfg.get(k, "") for k in ("arm", "seed", "server-round"))]
     path = state_dir(context, ident) / WITHHELD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
@@ -391,8 +392,7 @@ def keep_withheld(context: Context, ident: Any, msg: Message, kept: dict[str, fl
         if new:
             out.writerow(["message", "arm", "seed", "round", "key", "value"])
         for key, value in sorted(kept.items()):
-            row = [cfg.get(k, "") for k in ("arm", "seed", "server-round")]
-            out.writerow([msg.metadata.message_type, *row, key, repr(float(value))])
+            out.writerow([*where, key, repr(float(value))])
 
 
 def withhold(reply: Message, centre: str, kind: str) -> dict[str, float]:

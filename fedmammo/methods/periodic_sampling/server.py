@@ -36,8 +36,7 @@ from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
 from fedmammo.federation.rounds import (
     CentreFedAvg,
     initial_arrays,
-    record_shares,
-    record_train_loss,
+    record_round,
     record_weighting,
     secure_round,
 )
@@ -168,8 +167,7 @@ def _train_arm(
             orc.recorder.flush()
             return None
         arrays = new_arrays
-        record_shares(orc, strategy.weights, arm=arm.name, seed=seed, rnd=rnd)
-        record_train_loss(orc, metrics, arm=arm.name, seed=seed, rnd=rnd)
+        record_round(orc, strategy.weights, metrics, arm=arm.name, seed=seed, rnd=rnd)
         if p.ema_decay is not None:  # what is validated and tested: the moving average
             ema = ema_update(ema or initial, arrays, p.ema_decay**p.batches_per_round)
             orc.checkpoint(ema_name(arm.name), seed, rnd, ema)
