@@ -1,7 +1,6 @@
 """Write a run's report.html, or a comparison page of several runs or a sweep.
 
 python -m fedmammo.report RUN_DIR [RUN_DIR ...] [--out FILE] [--metric auc ...]
-                          [--show-real-thumbnails]
 
 One run folder: RUN_DIR/report.html. One sweep folder (points/ inside): each point's
 report.html and SWEEP/report.html comparing the points. Several folders: one comparison page
@@ -38,11 +37,6 @@ def _parser(prog: str = "python -m fedmammo.report") -> argparse.ArgumentParser:
         dest="metrics",
         help="metric rows of the comparison page (repeatable; default auc)",
     )
-    p.add_argument(
-        "--show-real-thumbnails",
-        action="store_true",
-        help="also show thumbnail grids of centres with real (non-synthetic) images",
-    )
     return p
 
 
@@ -62,12 +56,10 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.repor
         if args.metrics:
             check_metrics(dirs, metrics)
         if len(dirs) == 1 and not is_sweep(dirs[0]):
-            out = write_report(
-                dirs[0], out=args.out, show_real_thumbnails=args.show_real_thumbnails
-            )
+            out = write_report(dirs[0], out=args.out)
         else:
             for point in (p for d in dirs if is_sweep(d) for p in expand_run_dirs([d])):
-                write_report(point, show_real_thumbnails=args.show_real_thumbnails)
+                write_report(point)
             default = dirs[0] / "report.html" if len(dirs) == 1 else Path("comparison.html")
             out = write_comparison(dirs, args.out or default, metrics=metrics)
     except FedmammoError as exc:

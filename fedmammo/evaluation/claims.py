@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MIN_SEEDS_WITHOUT_CI", "Claim", "Finding", "check_claim"]
+__all__ = ["MIN_SEEDS_WITHOUT_CI", "Claim", "Finding", "check_claim", "finite_number"]
 
 #: Seeds needed to call a direction from the seeds' signs alone (no CI in the records).
 MIN_SEEDS_WITHOUT_CI = 3
@@ -88,7 +88,8 @@ class Finding:
         return f"Δ {self.mean_difference * scale:+.1f} ({detail}; {seeds})"
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float; None for None, NaN or what is not a number."""
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -114,7 +115,7 @@ def _final_test(records: Iterable[dict[str, Any]], claim: Claim) -> dict[tuple, 
             continue
         if claim.segments and r.get("segment") not in claim.segments:
             continue
-        if _number(r.get("value")) is None:
+        if finite_number(r.get("value")) is None:
             continue
         out[(r["arm"], r.get("seed"), r.get("centre"), r.get("segment"), r["metric"])] = r
     return out
@@ -123,11 +124,11 @@ def _final_test(records: Iterable[dict[str, Any]], claim: Claim) -> dict[tuple, 
 def _cell(arm: dict, reference: dict | None) -> tuple[float, float | None, float | None]:
     """The cell's difference and the bounds its significance is judged by: the difference's
     own CI (paired), or (arm low - reference high, arm high - reference low) for two CIs."""
-    lo, hi = _number(arm.get("ci_low")), _number(arm.get("ci_high"))
+    lo, hi = finite_number(arm.get("ci_low")), finite_number(arm.get("ci_high"))
     if reference is None:
-        return _number(arm["value"]), lo, hi
-    rlo, rhi = _number(reference.get("ci_low")), _number(reference.get("ci_high"))
-    diff = _number(arm["value"]) - _number(reference["value"])
+        return finite_number(arm["value"]), lo, hi
+    rlo, rhi = finite_number(reference.get("ci_low")), finite_number(reference.get("ci_high"))
+    diff = finite_number(arm["value"]) - finite_number(reference["value"])
     if None in (lo, hi, rlo, rhi):
         return diff, None, None
     return diff, lo - rhi, hi - rlo  # > 0 everywhere: the CIs do not overlap, arm above

@@ -17,7 +17,6 @@ __all__ = [
     "NOT_RECORDED",
     "esc",
     "fmt_number",
-    "fmt_value",
     "img_tag",
     "markdown_html",
     "page",
@@ -127,19 +126,6 @@ def fmt_number(v: Any, digits: int = 4) -> str:
             return "n/a"
         return f"{v:.{digits}g}"
     return str(v)
-
-
-def fmt_value(
-    value: float | None, lo: float | None = None, hi: float | None = None, std: float | None = None
-) -> str:
-    """``0.993 [0.971, 1.000]`` with a CI, ``0.897 (0.019)`` with a seed s.d., else ``0.993``."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    if lo is not None and hi is not None:
-        return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
-    if std is not None and math.isfinite(std):
-        return f"{value:.3f} ({std:.3f})"
-    return f"{value:.3f}"
 
 
 def _flat(v: Any) -> str:

@@ -22,12 +22,12 @@ from fedmammo.evaluation.html_parts import (
     Cell,
     esc,
     fmt_number,
-    fmt_value,
     img_tag,
     markdown_html,
     page,
     table,
 )
+from fedmammo.evaluation.report import format_estimate
 from fedmammo.evaluation.report_charts import (
     learning_curves_png,
     metric_bars_png,
@@ -77,7 +77,7 @@ def _value_cell(row: Mapping[str, Any] | None, **attrs: Any) -> Cell:
     lo, hi, sd = (row.get(k) for k in ("ci_low", "ci_high", "std"))
     lo, hi, sd = (None if x is None or pd.isna(x) else float(x) for x in (lo, hi, sd))
     return Cell(
-        fmt_value(value, lo, hi, sd),
+        format_estimate(value, lo, hi, sd),
         cls="num",
         attrs={
             **attrs,
@@ -186,18 +186,13 @@ def _results_section(run: RunFolder) -> str:
     return "".join(parts)
 
 
-def render_report(
-    run: RunFolder,
-    *,
-    thumbnails: Mapping[str, str | Path] | None = None,
-    show_real_thumbnails: bool = False,
-) -> str:
+def render_report(run: RunFolder) -> str:
     """The HTML of one run's report."""
     scenario = run.meta.get("scenario") or run.scenario.get("name") or run.path.name
     body = "".join(
         [
             header_section(run),
-            centres_section(run, thumbnails=thumbnails, show_real=show_real_thumbnails),
+            centres_section(run),
             _results_section(run),
             audit_section(run),
         ]
@@ -219,21 +214,14 @@ def render_report(
     )
 
 
-def write_report(
-    run_dir: str | Path,
-    *,
-    out: str | Path | None = None,
-    thumbnails: Mapping[str, str | Path] | None = None,
-    show_real_thumbnails: bool = False,
-) -> Path:
+def write_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
     """Write ``<run_dir>/report.html`` (or ``out``) and return its path.
 
-    ``thumbnails`` maps centre -> PNG grid (``<run_dir>/thumbnails/<centre>.png`` is found by
-    itself); grids of centres with real (non-synthetic) data are left out unless
-    ``show_real_thumbnails``.
+    Thumbnail grids (``<run_dir>/thumbnails/<centre>.png``) are shown for synthetic centres
+    only: real images stay out of a report, which is made to be passed around.
     """
     run = load_run(run_dir)
-    html = render_report(run, thumbnails=thumbnails, show_real_thumbnails=show_real_thumbnails)
+    html = render_report(run)
     return _atomic_write(Path(out) if out else run.path / "report.html", html)
 
 

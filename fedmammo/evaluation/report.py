@@ -13,14 +13,22 @@ from fedmammo.evaluation.results import RunRecorder
 __all__ = ["final_table", "format_estimate", "share_table", "to_markdown", "write_summary"]
 
 
-def format_estimate(value: float, lo: float | None, hi: float | None) -> str:
-    """``0.821 [0.593, 0.984]`` with a CI, ``0.821`` without (None or NaN), ``n/a`` without
-    a value."""
+def format_estimate(
+    value: float | None,
+    lo: float | None = None,
+    hi: float | None = None,
+    std: float | None = None,
+) -> str:
+    """``0.821 [0.593, 0.984]`` with a CI, ``0.821 (0.019)`` with a seed s.d. instead, else
+    ``0.821`` (a None or NaN bound is no CI); ``n/a`` without a value. Every table of a run
+    (terminal, results.md, report.html) writes an estimate this way."""
     if value is None or pd.isna(value):
         return "n/a"
-    if lo is None or pd.isna(lo) or hi is None or pd.isna(hi):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+    if not (lo is None or pd.isna(lo) or hi is None or pd.isna(hi)):
+        return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+    if std is not None and not pd.isna(std):
+        return f"{value:.3f} ({std:.3f})"
+    return f"{value:.3f}"
 
 
 def final_table(

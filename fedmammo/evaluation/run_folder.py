@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from fedmammo.errors import DataError
+from fedmammo.evaluation.claims import finite_number
 from fedmammo.evaluation.results import RECORD_FIELDS
 
 __all__ = [
@@ -194,18 +195,10 @@ def final_records(
             {
                 **dict(zip(cols, key)),
                 "value": float(values.mean()) if len(values) else None,
-                "ci_low": _num(g["ci_low"].iloc[0]) if one else None,
-                "ci_high": _num(g["ci_high"].iloc[0]) if one else None,
+                "ci_low": finite_number(g["ci_low"].iloc[0]) if one else None,
+                "ci_high": finite_number(g["ci_high"].iloc[0]) if one else None,
                 "std": float(values.std(ddof=1)) if len(values) > 1 else None,
                 "n_seeds": int(g["seed"].nunique()),
             }
         )
     return pd.DataFrame(rows)
-
-
-def _num(v: Any) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if pd.isna(x) else x

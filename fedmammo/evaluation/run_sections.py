@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from fedmammo.evaluation.html_parts import (
@@ -190,12 +189,7 @@ def _budget(privacy: Mapping[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
-def centres_section(
-    run: RunFolder,
-    *,
-    thumbnails: Mapping[str, str | Path] | None = None,
-    show_real: bool = False,
-) -> str:
+def centres_section(run: RunFolder) -> str:
     """Centres: role, data, consent, budget and epsilon spent; images per segment; thumbnails."""
     profiles = run.scenario.get("resolved_profiles") or {}
     roles = {c.get("name"): c.get("role") for c in run.scenario.get("centres") or []}
@@ -254,9 +248,9 @@ def centres_section(
             seg_rows.append(
                 [name, segment, *[_split_cell(splits.get(s)) for s in ("train", "val", "test")]]
             )
-        grid = Path((thumbnails or {}).get(name) or run.path / "thumbnails" / f"{name}.png")
-        if grid.is_file():
-            if synthetic or show_real:
+        grid = run.path / "thumbnails" / f"{name}.png"
+        if grid.is_file():  # written for synthetic centres only; a real one's is not shown
+            if synthetic:
                 grids.append(img_tag(grid.read_bytes(), f"images of {name}", caption=name))
             else:
                 grids.append(f"<p class='muted'>{esc(name)}: real images, not shown.</p>")
@@ -289,7 +283,7 @@ def centres_section(
             )
         )
     if grids:
-        parts.append("<h3>Sample images (synthetic data only)</h3>" + "".join(grids))
+        parts.append("<h3>Sample images (synthetic centres only)</h3>" + "".join(grids))
     parts.append("</section>")
     return "".join(parts)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, ClassVar, Self
 
+import pydantic
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedmammo.errors import FedmammoError
@@ -118,18 +119,25 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@cache
+def _adapter(tp: Any) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(tp)
+
+
 def _coerce(tp: Any, value: Any) -> Any:
-    """``value`` as the field type ``tp`` (scalars, ``X | None``, lists and tuples of them)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        inner = [a for a in args if a is not type(None)]
-        return value if value is None or len(inner) != 1 else _coerce(inner[0], value)
-    if tp in (int, float, str, bool):
-        return tp(value)
-    if origin in (list, tuple):
-        items = [value] if isinstance(value, str | int | float | bool) else value
-        return origin(_coerce(args[0], v) for v in items)
-    return value
+    """``value`` as the field type ``tp``, validated by pydantic (lax mode: a list for a tuple,
+    3.0 for an int, ``"false"`` for False; 3.7 for an int or ``"maybe"`` for a bool is an
+    error). A lone scalar for a list field is a list of one."""
+    origin = typing.get_origin(tp)
+    inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (types.UnionType, typing.Union) and len(inner) == 1:
+        origin = typing.get_origin(inner[0])
+    if origin in (list, tuple) and isinstance(value, str | int | float | bool):
+        value = [value]
+    try:
+        return _adapter(tp).validate_python(value)
+    except pydantic.ValidationError as err:
+        raise ValueError(f"{value!r}: {err.errors()[0]['msg']}") from None
 
 
 @fields_of

@@ -10,8 +10,8 @@ import pytest
 from report_fixture import make_run_dir, make_sweep_dir, parse
 
 from fedmammo.errors import DataError
-from fedmammo.evaluation.html_parts import fmt_value
 from fedmammo.evaluation.html_report import write_comparison, write_report
+from fedmammo.evaluation.report import format_estimate
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.evaluation.run_folder import expand_run_dirs, final_records, load_run
 
@@ -64,7 +64,9 @@ def test_results_table_cells_equal_results_json(tmp_path):
         assert set(shown) == set(expected)
         for key, rec in expected.items():
             assert float(shown[key]["data-value"]) == rec["value"]
-            assert shown[key]["text"] == fmt_value(rec["value"], rec["ci_low"], rec["ci_high"])
+            assert shown[key]["text"] == format_estimate(
+                rec["value"], rec["ci_low"], rec["ci_high"]
+            )
     segments = [c for c in cells if "data-segment" in c]
     assert {c["data-segment"] for c in segments} == {"A-Ma", "A-Mb", "B-Ma", "B-Mb"}
 
@@ -110,17 +112,14 @@ def test_missing_provenance_says_not_recorded_and_interrupted_run_says_so(tmp_pa
     assert "incomplete: 0 of 2 arm-seed runs done" in html
 
 
-def test_thumbnails_only_for_synthetic_centres_unless_asked(tmp_path):
-    run = make_run_dir(tmp_path)
+def test_thumbnails_only_for_synthetic_centres(tmp_path):
+    run = make_run_dir(tmp_path)  # a thumbnail file for the real centre b too
 
-    default = parse(write_report(run).read_text()).images
-    asked = parse(write_report(run, show_real_thumbnails=True).read_text()).images
+    html = write_report(run).read_text()
 
-    assert [i["alt"] for i in default if i["alt"].startswith("images of")] == ["images of a"]
-    assert [i["alt"] for i in asked if i["alt"].startswith("images of")] == [
-        "images of a",
-        "images of b",
-    ]
+    shown = [i["alt"] for i in parse(html).images if i["alt"].startswith("images of")]
+    assert shown == ["images of a"]
+    assert "b: real images, not shown." in html
 
 
 def test_metric_bars_drawn_only_without_plots_and_results_md_tables_rendered(tmp_path):

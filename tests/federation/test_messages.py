@@ -351,6 +351,33 @@ def test_an_unreadable_value_names_the_kind_and_the_key():
         EvaluateClassifier.from_config(config)
 
 
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "reason"),
+    [
+        ("classifier", "seed", 3.7, "fractional part"),  # was cut to 3
+        ("audit", "lira-shadows", "2x", "valid integer"),
+        ("classifier", "inject-fault", "maybe", "valid boolean"),
+    ],
+)
+def test_a_value_that_would_lose_meaning_as_its_type_is_refused(kind, key, value, reason):
+    sent = {
+        "classifier": TrainClassifier(**MODEL, train=TRAIN),
+        "audit": EvaluateAudit(**MODEL),
+    }[kind]
+    config = sent.to_config()
+    config[key] = value
+    with pytest.raises(MessageError, match=rf"key '{key}' unreadable: .*{reason}"):
+        type(sent).from_config(config)
+
+
+def test_a_bool_sent_as_text_keeps_its_meaning():
+    config = TrainClassifier(**MODEL, train=TRAIN).to_config()
+    config["inject-fault"] = "false"  # bool("false") would be True
+    assert TrainClassifier.from_config(config).inject_fault is False
+    config["seed"] = 3.0
+    assert TrainClassifier.from_config(config).seed == 3
+
+
 def test_reply_reading_can_skip_keys_it_does_not_know():
     # Prepare: an average of replies (Flower's aggregate) has every key of the replies
     record = MetricRecord({**TrainMtlMetrics(num_examples=1, train_loss=0.5).to_metrics()})

@@ -20,7 +20,7 @@ import pandas as pd
 from rich.console import Console
 
 from fedmammo.evaluation.figures import write_png
-from fedmammo.evaluation.report import to_markdown
+from fedmammo.evaluation.report import format_estimate, to_markdown
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.methods.contrastive_dg.params import ARMS, TASKS, metric_name, parse_metric
 
@@ -75,11 +75,7 @@ def _fmt(cell: tuple | None) -> str:
     if cell is None:
         return ""
     value, a, b, n = cell
-    if n > 1:
-        return f"{value:.3f} ({a:.3f})"
-    if a is None or b is None or pd.isna(a) or pd.isna(b):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{a:.3f}, {b:.3f}]"
+    return format_estimate(value, std=a) if n > 1 else format_estimate(value, a, b)
 
 
 def _mean(values: list[float]) -> float:
