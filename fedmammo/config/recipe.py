@@ -24,6 +24,7 @@ __all__ = [
     "ModelParams",
     "RecipeParams",
     "TileGanParams",
+    "FedAvgWeighting",
     "Weighting",
     "known_kinds",
     "power_of_two",
@@ -134,9 +135,14 @@ def weighting_name(value: Any) -> Any:
     return WEIGHTING_ALIASES.get(value, value) if isinstance(value, str) else value
 
 
-#: A recipe's weighting (old names accepted); a method narrows the Literal to what it reports.
+#: A FedAvg weighting of centres' replies (old names num_images, equal accepted): by quota
+#: (periodic sampling's own rounds), training images, labelled images, or uniform.
 Weighting = Annotated[
-    Literal["images", "labelled", "quota", "uniform"], BeforeValidator(weighting_name)
+    Literal["quota", "images", "labelled", "uniform"], BeforeValidator(weighting_name)
+]
+#: The weightings of a round without quotas.
+FedAvgWeighting = Annotated[
+    Literal["images", "labelled", "uniform"], BeforeValidator(weighting_name)
 ]
 
 

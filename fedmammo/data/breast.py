@@ -59,7 +59,8 @@ def _largest(binary: np.ndarray) -> np.ndarray:
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions that do not touch the image border (one labelling pass)."""
+    """Fill background regions that do not touch the image border: one labelling pass, where
+    ``scipy.ndimage.binary_fill_holes`` propagates from the border iteratively."""
     labels, n = ndimage.label(~mask)
     hole = np.ones(n + 1, dtype=bool)
     hole[0] = False

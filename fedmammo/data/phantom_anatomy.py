@@ -103,10 +103,6 @@ class BreastGeometry:
     falloff: float
     pectoral: tuple[float, float] | None = None
 
-    @property
-    def nipple(self) -> tuple[float, float]:
-        return self.depth, self.centre_y
-
     def half_height_at(self, x: float) -> float:
         """Half of the breast's vertical extent at column ``x``."""
         r = min(max(x / self.depth, 0.0), 1.0)

@@ -23,6 +23,7 @@ from fedmammo.data.cache import CachedImageDataset, ImageCache
 from fedmammo.data.manifest import normalise_manifest, read_manifest, write_manifest
 from fedmammo.data.splits import SPLITS, assign_splits
 from fedmammo.errors import ConfigError, DataError
+from fedmammo.seeds import hashed_int
 
 __all__ = [
     "PHANTOM_STORE_ENV",
@@ -114,7 +115,7 @@ def _split(
 
 
 def _centre_seed(name: str, data_seed: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{name}:{data_seed}".encode()).digest()[:4], "little")
+    return hashed_int(f"{name}:{data_seed}")
 
 
 def missing_data_root(profile: CentreProfile) -> str | None:

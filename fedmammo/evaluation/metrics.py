@@ -1,5 +1,5 @@
-"""Evaluation metrics of periodic-sampling paper: bootstrap AUC, delta-AUC p-values, WLL and
-operating points."""
+"""Evaluation metrics of every method: AUROC with patient-clustered bootstrap CIs, paired
+delta-AUC and DeLong p-values, WLL, MCC, breast-level scores and operating points."""
 
 from __future__ import annotations
 
@@ -85,7 +85,11 @@ def units_per_class(y: np.ndarray, groups: Any = None) -> int:
 
 
 class _RankAuc:
-    """AUC of one score under many multisets of its samples (rank-based Mann-Whitney U)."""
+    """AUC of one score under many multisets of its samples (rank-based Mann-Whitney U).
+
+    Not ``sklearn.metrics.roc_auc_score`` per resample: that sorts every resample again; here
+    one sort serves all of them (a bootstrap's AUCs in one vectorised pass). Tests compare the
+    two (``tests/evaluation/test_metrics.py``)."""
 
     def __init__(self, y: np.ndarray, score: np.ndarray) -> None:
         order = np.argsort(score, kind="mergesort")

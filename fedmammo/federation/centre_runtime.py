@@ -16,6 +16,7 @@ from fedmammo.config import CentreProfile, load_profile
 from fedmammo.data.prepare import CentreData, PooledData, materialise_centre
 from fedmammo.errors import ConfigError
 from fedmammo.federation.runspec import POOLED, load_runspec, scenario_of
+from fedmammo.training.runtime import select_device
 
 if TYPE_CHECKING:  # messages imports the privacy ledger, which imports this module
     from fedmammo.federation.messages import CentreConfig
@@ -87,8 +88,8 @@ def _site_settings(node, data_dir: Path) -> tuple[tuple[int, int] | None, int | 
 
 
 def device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The centre's device: CUDA when present, else CPU (``select_device("auto")``)."""
+    return select_device("auto")
 
 
 def identity_of(context: Context) -> CentreIdentity:

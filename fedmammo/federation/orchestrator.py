@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -30,11 +29,12 @@ from fedmammo.federation.messages import (
 from fedmammo.federation.replies import reply_node
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.federation.window import send_and_receive, window_for
+from fedmammo.seeds import evaluation_seed
 
-if TYPE_CHECKING:  # results load pandas; a centre imports this module for derive_seed
+if TYPE_CHECKING:  # annotations only: results load pandas
     from fedmammo.evaluation.results import RunRecorder
 
-__all__ = ["Orchestrator", "derive_seed", "short_reason"]
+__all__ = ["Orchestrator", "short_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,6 @@ def short_reason(reason: str) -> str:
     found = re.findall(r"Message: (.+?)(?:'>|$)", text, flags=re.S)
     line = found[-1] if found else text.strip().splitlines()[-1]
     return " ".join(line.split())[:500]
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 31-bit seed from any parts (seed, centre, arm, round): no shared RNG state."""
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def evaluation_seed(seed: int, centre: str) -> int:
-    """The seed of a test evaluation at ``centre``: not the arm's, so every arm tested there
-    sees the same bootstrap resamples (and a paired comparison repeats each arm's own CI)."""
-    return derive_seed(seed, centre, "eval")
 
 
 @dataclass

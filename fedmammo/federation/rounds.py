@@ -20,11 +20,12 @@ from fedmammo.config.recipe import WEIGHTINGS, weighting_name
 from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.messages import ARRAYS, METRICS, ModelConfig, TrainConfig, TrainMetrics
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy.server import ArmPrivacy
 from fedmammo.federation.replies import reply_node
 from fedmammo.federation.secagg import SecAggParams, centre_weight, secure_sum
 from fedmammo.models import build_model
+from fedmammo.seeds import derive_seed
 
 __all__ = [
     "CentreFedAvg",

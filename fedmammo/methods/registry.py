@@ -1,7 +1,8 @@
 """The method registry: strategy ``kind`` -> everything the method is made of.
 
 A method is one folder under ``fedmammo/methods/`` with the same files in each
-(``params.py``, ``client.py``, ``server.py``, ``report.py``) and registers itself once, in
+(``params.py``, ``messages.py``, ``client.py``, ``server.py``, ``report.py``, ``plan.py``;
+docs/architecture.md) and registers itself once, in
 its ``__init__.py``, with :func:`register`. The scenario's ``strategy`` kind resolves here.
 """
 

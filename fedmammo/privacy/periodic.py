@@ -127,20 +127,6 @@ class PoissonPeriodicSampler(Sampler[list[int]]):
             f"periodic DP sampling: pattern entry {p!r} names no segment; known {sorted(keys)}"
         )
 
-    @classmethod
-    def from_batch_size(
-        cls,
-        segments: Mapping[Hashable, Sequence[int]],
-        pattern: Sequence[Hashable],
-        batch_size: int,
-        seed: int,
-        *,
-        steps: int | None = None,
-    ) -> PoissonPeriodicSampler:
-        """Rates ``min(1, batch_size / n_s)``: expected batch size ``batch_size`` per segment."""
-        rates = {k: min(1.0, batch_size / max(len(v), 1)) for k, v in segments.items()}
-        return cls(segments, pattern, rates, seed, steps=steps)
-
     def segment_of_step(self, t: int) -> str:
         """Segment read at global step ``t``."""
         return self.pattern_[t % len(self.pattern_)]

@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedmammo.data.sampling import build_sampler
 from fedmammo.errors import DataError
-from fedmammo.training.runtime import Runtime, keep_freed_memory
+from fedmammo.training.augment import vertical_flips
+from fedmammo.training.runtime import Runtime, keep_freed_memory, seed_torch
 
-__all__ = ["TrainResult", "augment_batch", "predict_scores", "seed_everything", "train_classifier"]
+__all__ = ["TrainResult", "augment_batch", "predict_scores", "train_classifier"]
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,10 @@ class TrainResult:
     optimizer_state: dict | None = None  # the optimiser's state_dict after the last step
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global RNG for layers that use it (dropout) and return a local generator."""
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random vertical flips and small translations (no horizontal flip: chest wall stays left)."""
-    n = x.shape[0]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    x = torch.where(flip[:, None, None, None], x.flip(-2), x)
+    """Per-sample vertical flips (:func:`~fedmammo.training.augment.vertical_flips`), then one
+    circular vertical shift of the whole batch by up to 1/16 of the height."""
+    x = vertical_flips(x, generator)
     max_shift = max(1, x.shape[-2] // 16)
     dy = int(torch.randint(-max_shift, max_shift + 1, (1,), generator=generator))
     return torch.roll(x, shifts=dy, dims=-2)
@@ -86,7 +80,7 @@ def train_classifier(
     (Adam's moments and step count) instead of starting a fresh one.
     """
     start = time.perf_counter()
-    gen = seed_everything(seed)
+    gen = seed_torch(seed)
     labels = np.asarray(labels)
     n = len(labels)
     if n == 0:

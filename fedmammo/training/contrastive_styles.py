@@ -158,23 +158,23 @@ def train_style_translators(
     own_tiles: np.ndarray,
     other_tiles: Mapping[str, np.ndarray],
     *,
-    epochs: int,
     seed: int = 0,
     **cyclegan_options,
-) -> dict[str, nn.Module]:
-    """Train one CycleGAN per other style; return style -> ``G_ab`` (own -> that style).
+) -> tuple[dict[str, nn.Module], int]:
+    """Train one CycleGAN per other style (seed ``seed + k`` for the k-th in sorted order);
+    return style -> ``G_ab`` (own -> that style) and the CycleGAN steps taken.
 
     ``other_tiles`` holds (synthetic) square tiles of each other vendor; ``cyclegan_options``
-    go to :func:`~fedmammo.training.cyclegan.train_cyclegan` (batch_size, width, n_blocks...).
+    go to :func:`~fedmammo.training.cyclegan.train_cyclegan` (epochs, batch_size, width...).
     """
     out: dict[str, nn.Module] = {}
+    steps = 0
     for k, style in enumerate(sorted(other_tiles)):
-        result = train_cyclegan(
-            own_tiles, other_tiles[style], epochs=epochs, seed=seed + k, **cyclegan_options
-        )
+        result = train_cyclegan(own_tiles, other_tiles[style], seed=seed + k, **cyclegan_options)
         out[style] = result.generator("ab")
+        steps += result.steps
         logger.info("style translator -> %s: %d steps", style, result.steps)
-    return out
+    return out, steps
 
 
 def sample_style_variants(

@@ -32,13 +32,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CycleGanResult:
-    """Trained CycleGAN: generator and critic states and a per-epoch loss history."""
+    """Trained CycleGAN: generator states and a per-epoch loss history (the discriminators
+    are dropped: nothing uses them after training)."""
 
     description: CycleGanDescription
     g_ab_state: StateDict
     g_ba_state: StateDict
-    d_a_state: StateDict
-    d_b_state: StateDict
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
 
@@ -103,7 +102,7 @@ def train_cyclegan(
     opt_d = torch.optim.Adam([*d_a.parameters(), *d_b.parameters()], lr=lr, betas=betas)
     rng = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-max(len(data_a), len(data_b)) // batch_size)
-    result = CycleGanResult(desc, {}, {}, {}, {})
+    result = CycleGanResult(desc, {}, {})
     epoch_iter = show_progress(
         range(1, epochs + 1), "CycleGAN epochs", interactive=True if progress else None
     )
@@ -136,7 +135,6 @@ def train_cyclegan(
                 sums[key] += float(value.detach()) / steps_per_epoch
         result.history.append({"epoch": float(epoch), **sums})
     result.g_ab_state, result.g_ba_state = cpu_state(g_ab), cpu_state(g_ba)
-    result.d_a_state, result.d_b_state = cpu_state(d_a), cpu_state(d_b)
     logger.info("CycleGAN: %d epochs, %d steps", epochs, result.steps)
     return result
 

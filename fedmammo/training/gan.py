@@ -18,7 +18,7 @@ D(x_hat)|| - 1)^2`` with ``x_hat`` uniform on segments between real and fake sam
 epoch is one pass of the critic over the data; the 5:1 schedule runs across epoch boundaries.
 
 Inference helpers (``load_generator``, ``sample_generator``, ``sample_patches``) live in
-``fedmammo.models.gans`` and are re-exported here.
+``fedmammo.models.gans``.
 
 Differential privacy (``privacy=``, a :class:`fedmammo.privacy.engine.DPSession`): only the
 discriminator (critic) reads real patches, so only it is trained with DP-SGD; the generator
@@ -68,11 +68,9 @@ from fedmammo.models.gans import (
     GeneratorDescription,
     build_gan,
     describe,
-    load_generator,
-    sample_generator,
-    sample_patches,
 )
 from fedmammo.progress import progress
+from fedmammo.training.augment import random_flips
 from fedmammo.training.runtime import Runtime, keep_freed_memory
 from fedmammo.training.state import StateDict, cpu_state
 
@@ -83,10 +81,7 @@ __all__ = [
     "discriminator_step",
     "generator_step",
     "gradient_penalty",
-    "load_generator",
     "random_flips",
-    "sample_generator",
-    "sample_patches",
     "smoothed_real_labels",
     "snapshot_schedule",
     "train_dcgan",
@@ -119,13 +114,6 @@ def smoothed_real_labels(
 ) -> torch.Tensor:
     """Return ``n`` real-class targets drawn uniformly in ``[low, high]`` (one-sided smoothing)."""
     return low + (high - low) * torch.rand(n, generator=generator)
-
-
-def random_flips(x: torch.Tensor, generator: torch.Generator, *, p: float = 0.5) -> torch.Tensor:
-    """Flip each sample of ``(B, C, H, W)`` horizontally and, independently, vertically with p."""
-    flip = torch.rand(2, x.shape[0], generator=generator) < p
-    x = torch.where(flip[0].view(-1, 1, 1, 1), x.flip(-1), x)
-    return torch.where(flip[1].view(-1, 1, 1, 1), x.flip(-2), x)
 
 
 def snapshot_schedule(epochs: int, *, warmup: int, every: int | None) -> list[int]:

@@ -31,7 +31,8 @@ from fedmammo.data.patches import LESION_SUBSETS
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import DataError
 from fedmammo.progress import progress
-from fedmammo.training.runtime import Runtime
+from fedmammo.training.augment import random_flips
+from fedmammo.training.runtime import Runtime, seed_torch
 from fedmammo.training.state import StateDict, cpu_state
 
 __all__ = [
@@ -159,12 +160,6 @@ def _labels(labels: np.ndarray, n: int, name: str) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
-def _flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(2, x.shape[0], generator=gen) < 0.5
-    x = torch.where(flip[0].view(-1, 1, 1, 1), x.flip(-1), x)
-    return torch.where(flip[1].view(-1, 1, 1, 1), x.flip(-2), x)
-
-
 def _log_loss(y: np.ndarray, score: np.ndarray) -> float:
     p = np.clip(score.astype(np.float64), 1e-7, 1 - 1e-7)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -249,8 +244,7 @@ def train_patch_classifier(
         raise DataError(f"patch classifier: needs at least 2 training patches, got {len(x)}")
     val_x = np.asarray(val_patches, dtype=np.float32)
     val_y = np.asarray(val_labels).astype(np.int64)
-    torch.manual_seed(seed)  # dropout draws from the global generator
-    gen = torch.Generator().manual_seed(seed)
+    gen = seed_torch(seed)  # dropout draws from the global generator
     run = Runtime(device=str(device), channels_last=channels_last)
     run.prepare(model).train()
     fused = {"fused": True} if fused_optimizer else {}
@@ -276,7 +270,7 @@ def train_patch_classifier(
         if len(batches) > 1 and len(batches[-1]) == 1:  # batch norm cannot train on one sample
             batches.pop()
         for idx in batches:
-            xb = _flips(x[idx], gen) if augment else x[idx]
+            xb = random_flips(x[idx], gen) if augment else x[idx]
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(run.batch(xb)), y[idx].to(run.torch_device))
             loss.backward()

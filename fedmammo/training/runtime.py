@@ -30,6 +30,7 @@ __all__ = [
     "Runtime",
     "keep_freed_memory",
     "release_memory",
+    "seed_torch",
     "select_device",
 ]
 
@@ -41,24 +42,26 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _allocator_tuned = False
 
 
-def select_device(spec: str = "cpu", *, index: int | None = None) -> torch.device:
+def seed_torch(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (model init, dropout) and return a generator of the same seed
+    for the batches and augmentation (Python's and NumPy's RNGs are not touched: fedmammo
+    draws from its own generators)."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def select_device(spec: str = "cpu") -> torch.device:
     """The torch device for ``spec``: "cpu", "cuda", "cuda:N", "mps" or "auto".
 
-    "auto" is a GPU when one is visible (under Ray each centre sees the GPU share its
-    ``client_resources.num_gpus`` gave it), else the CPU; ``index`` (e.g. the centre's
-    partition id) spreads centres over several visible GPUs round-robin.
+    "auto" (what every centre uses) is the GPU when one is visible (under Ray each centre
+    sees the GPU share its ``client_resources.num_gpus`` gave it), else the CPU.
     """
     spec = str(spec).strip().lower()
     if spec == "auto":
-        if torch.cuda.is_available():
-            count = torch.cuda.device_count()
-            return torch.device("cuda", (index or 0) % count)
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r} asked for but CUDA is not available here")
-    if device.type == "cuda" and device.index is None and index is not None:
-        device = torch.device("cuda", index % torch.cuda.device_count())
     return device
 
 

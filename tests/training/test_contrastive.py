@@ -133,16 +133,17 @@ def test_breast_tiles_hold_mostly_breast_and_translators_are_seeded():
     images[:, :, :8] = 0.0  # background strip
     # Execute
     tiles = breast_tiles(images, n=6, size=16, seed=0)
-    first = train_style_translators(
+    first, steps = train_style_translators(
         tiles, {"B": tiles[::-1].copy()}, epochs=1, seed=3, batch_size=2, width=4, n_blocks=1
     )
-    again = train_style_translators(
+    again, _ = train_style_translators(
         tiles, {"B": tiles[::-1].copy()}, epochs=1, seed=3, batch_size=2, width=4, n_blocks=1
     )
     # Assert
     assert tiles.shape == (6, 16, 16)
     assert all(np.mean(t < 0.05) <= 0.4 for t in tiles)
     assert list(first) == ["B"] and not first["B"].training
+    assert steps == 3  # one epoch of 6 tiles in batches of 2
     for p, q in zip(first["B"].parameters(), again["B"].parameters(), strict=True):
         assert torch.equal(p, q)
 

@@ -13,6 +13,7 @@ from torch import nn
 
 import fedmammo.training.gan as gan_mod
 from fedmammo.errors import DataError
+from fedmammo.models.gans import sample_generator
 from fedmammo.training.gan import (
     gradient_penalty,
     random_flips,
@@ -202,7 +203,7 @@ def test_dcgan_moves_its_samples_towards_the_data_intensity():
     untrained = train_dcgan(data, epochs=0, **options)
     trained = train_dcgan(data, epochs=12, **options)
     before, after = (
-        gan_mod.sample_generator(r.description, r.sampling_states(), 16, seed=0).mean()
+        sample_generator(r.description, r.sampling_states(), 16, seed=0).mean()
         for r in (untrained, trained)
     )
     # Assert: a short run moves the mean clearly from 0.5 towards 0.85
@@ -414,8 +415,6 @@ def test_dp_dcgan_with_little_noise_still_learns_the_data_intensity():
     session = _session(32, 48, noise_multiplier=0.3, max_grad_norm=5.0)
     # Execute
     trained = train_dcgan(data, epochs=12, privacy=session, **options)
-    after = gan_mod.sample_generator(
-        trained.description, trained.sampling_states(), 16, seed=0
-    ).mean()
+    after = sample_generator(trained.description, trained.sampling_states(), 16, seed=0).mean()
     # Assert
     assert after - 0.5 > 0.08

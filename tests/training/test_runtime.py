@@ -107,7 +107,7 @@ def test_runtime_validation_and_device_selection():
         Runtime(amp="int8")
     assert select_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        assert select_device("auto", index=3) == torch.device("cpu")
+        assert select_device("auto") == torch.device("cpu")
         with pytest.raises(ConfigError, match="CUDA is not available"):
             select_device("cuda")
     assert Runtime.for_gpu().channels_last and Runtime.for_gpu().amp == "bf16"

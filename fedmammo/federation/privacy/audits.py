@@ -30,7 +30,6 @@ from fedmammo.federation.centre_runtime import (
 )
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import ARRAYS, METRICS, AuditMetrics, EvaluateAudit, LedgerFields
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.privacy.ledger import ledger_epsilon, ledger_name
 from fedmammo.models import build_model
 from fedmammo.privacy.audit import (
@@ -38,6 +37,7 @@ from fedmammo.privacy.audit import (
     loss_threshold_attack,
     run_lira_offline,
 )
+from fedmammo.seeds import derive_seed
 from fedmammo.training.classifier import predict_scores, train_classifier
 
 __all__ = ["attack_metrics", "audit", "example_losses", "need_both"]

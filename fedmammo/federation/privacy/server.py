@@ -153,7 +153,7 @@ def run_audits(
     recorded in results.json (split ``audit``) and privacy.json (``audits``).
     """
     from fedmammo.evaluation.privacy_report import PrivacyLog
-    from fedmammo.federation.orchestrator import derive_seed
+    from fedmammo.seeds import derive_seed
 
     centres = [c for c in centres if c != "pooled"]
     if not centres or not audits_enabled(orc.scenario):

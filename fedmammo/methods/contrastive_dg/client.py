@@ -30,7 +30,6 @@ from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, iden
 from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import check_injected_fault, handler, reply
 from fedmammo.federation.messages import ARRAYS, INFO, METRICS, EvaluationMetrics, TrainMetrics
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.site import output_dir, plot_dir, single_centre
 from fedmammo.methods.contrastive_dg.messages import (
     DownstreamMetrics,
@@ -75,6 +74,7 @@ from fedmammo.methods.contrastive_dg.tasks import (
 )
 from fedmammo.models import build_model_to_load
 from fedmammo.models.gans import GeneratorDescription, load_generator
+from fedmammo.seeds import derive_seed
 
 __all__ = [
     "HANDLERS",

@@ -41,7 +41,7 @@ from fedmammo.federation.messages import (
     EvaluationMetrics,
     model_record,
 )
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.rounds import initial_arrays, train_rounds
 from fedmammo.methods.contrastive_dg.messages import (
     DownstreamMetrics,
@@ -72,6 +72,7 @@ from fedmammo.methods.contrastive_dg.report import (
 )
 from fedmammo.methods.contrastive_dg.styles import styles_key
 from fedmammo.methods.contrastive_dg.tasks import STYLED_SCHEMES, initial_task_model
+from fedmammo.seeds import derive_seed
 
 __all__ = ["STYLES_ARM", "Plan", "downstream_key", "initial_task_arrays", "make_plan", "run"]
 

@@ -42,6 +42,7 @@ from fedmammo.training.contrastive_styles import (
     StyleBank,
     blend_styles,
     breast_tiles,
+    train_style_translators,
     translate_images,
 )
 from fedmammo.training.cyclegan import train_cyclegan
@@ -94,10 +95,6 @@ def train_tile_generator(
     return result, len(real)
 
 
-def _cyclegan_kwargs(p: CycleGanParams) -> dict:
-    return p.model_dump()
-
-
 def build_centre_styles(
     images: np.ndarray,
     *,
@@ -112,8 +109,7 @@ def build_centre_styles(
     ``generators``: style -> (description, weights) of the other seen centres' tile DCGANs.
     """
     own = breast_tiles(images, n=tiles.n_tiles, size=tiles.tile_size, seed=seed)
-    translators: dict[str, nn.Module] = {}
-    steps = 0
+    synthetic: dict[str, np.ndarray] = {}
     for k, style in enumerate(sorted(generators)):
         desc, state = generators[style]
         if desc.patch_size != tiles.tile_size:
@@ -121,11 +117,8 @@ def build_centre_styles(
                 f"generator of {style!r} makes {desc.patch_size}-px tiles, the recipe's "
                 f"tile_size is {tiles.tile_size}"
             )
-        synthetic = sample_generator(desc, [state], tiles.n_synthetic, seed=seed + 7919 * k)
-        result = train_cyclegan(own, synthetic, seed=seed + k, **_cyclegan_kwargs(cyclegan))
-        translators[style] = result.generator("ab")
-        steps += result.steps
-        log.info("style translator %s -> %s: %d steps", own_style, style, result.steps)
+        synthetic[style] = sample_generator(desc, [state], tiles.n_synthetic, seed=seed + 7919 * k)
+    translators, steps = train_style_translators(own, synthetic, seed=seed, **cyclegan.model_dump())
     return _bank(images, own_style, translators), translators, steps
 
 
@@ -153,7 +146,7 @@ def build_pooled_styles(
     translators: dict[str, dict[str, nn.Module]] = {s: {} for s in parts}
     steps = 0
     for k, (a, b) in enumerate(combinations(sorted(parts), 2)):
-        result = train_cyclegan(real[a], real[b], seed=seed + k, **_cyclegan_kwargs(cyclegan))
+        result = train_cyclegan(real[a], real[b], seed=seed + k, **cyclegan.model_dump())
         translators[a][b], translators[b][a] = result.generator("ab"), result.generator("ba")
         steps += result.steps
     banks = {s: _bank(parts[s], s, translators[s]) for s in parts}

@@ -36,7 +36,6 @@ from fedmammo.federation.centre_runtime import centre_data, device, identity_of
 from fedmammo.federation.codec import arrays_to_state, state_to_arrays
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import ARRAYS, METRICS, EvaluationMetrics
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.site import plot_dir, single_centre
 from fedmammo.methods.cyclegan_uda.messages import (
     GENERATOR,
@@ -54,6 +53,7 @@ from fedmammo.methods.cyclegan_uda.report import plot_translations
 from fedmammo.models import build_model
 from fedmammo.models.cyclegan import ResnetGenerator
 from fedmammo.models.gans import GeneratorDescription, load_generator, sample_generator
+from fedmammo.seeds import derive_seed
 from fedmammo.training.classifier import predict_scores, train_classifier
 from fedmammo.training.contrastive_styles import breast_tiles, translate_images
 from fedmammo.training.cyclegan import train_cyclegan

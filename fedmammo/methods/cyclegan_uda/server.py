@@ -30,7 +30,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedmammo.federation.messages import ARRAYS, BASELINE, METRICS
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed, evaluation_seed
+from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.methods.cyclegan_uda.messages import (
     GENERATOR,
     TRANSLATOR,
@@ -51,6 +51,7 @@ from fedmammo.methods.cyclegan_uda.params import (
 from fedmammo.methods.cyclegan_uda.plan import check_centres, tile_unit, translator_unit
 from fedmammo.methods.cyclegan_uda.report import DIRECTIONS_META
 from fedmammo.models.gans import GeneratorDescription
+from fedmammo.seeds import derive_seed, evaluation_seed
 
 __all__ = ["TRANSLATORS_DIR", "run"]
 
@@ -138,6 +139,7 @@ def _translator(
             "cycle_loss": info.cycle_loss,
             "identity_loss": info.identity_loss,
             "n_synthetic": info.n_synthetic,
+            "n_own_tiles": info.n_own_tiles,
         },
     )
     orc.console.print(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
-from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, ModelParams, weighting_name
+from fedmammo.config.recipe import (
+    AveragingParams,
+    FedAvgWeighting,
+    LocalTrainingParams,
+    ModelParams,
+)
 
 __all__ = ["FedAvgParams"]
 
@@ -24,9 +29,7 @@ class FedAvgParams(AveragingParams):
     train: LocalTrainingParams = LocalTrainingParams()
     rounds: int = Field(default=5, ge=1, le=10_000)
     arms: list[Literal["federated", "local", "pooled"]] = ["federated", "local", "pooled"]
-    weighting: Annotated[
-        Literal["images", "labelled", "uniform"], BeforeValidator(weighting_name)
-    ] = "labelled"
+    weighting: FedAvgWeighting = "labelled"
     batchnorm: Literal["average", "local"] = "local"
     min_centres: int = Field(default=1, ge=1)
     bootstrap: int = Field(default=1000, ge=0, le=100_000)

@@ -7,11 +7,12 @@ import functools
 from flwr.app import ArrayRecord
 
 from fedmammo.federation.messages import ARRAYS, BASELINE
-from fedmammo.federation.orchestrator import Orchestrator, evaluation_seed
+from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy.server import run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
 from fedmammo.methods.fedavg.messages import EvaluateClassifier, TrainClassifier
 from fedmammo.methods.fedavg.report import VS_POOLED
+from fedmammo.seeds import evaluation_seed
 
 __all__ = ["compare_with_references", "run"]
 

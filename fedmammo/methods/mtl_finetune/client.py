@@ -79,7 +79,6 @@ from fedmammo.federation.messages import (
     PlotInfo,
     model_record,
 )
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.privacy.ledger import finish_dp, open_dp_session, privacy_budget
 from fedmammo.federation.privacy.phases import fork_parent_ledger, plan_later_phases
 from fedmammo.federation.site import plot_dir, single_centre
@@ -92,7 +91,8 @@ from fedmammo.methods.mtl_finetune.messages import (
     TrainMtlMetrics,
 )
 from fedmammo.methods.mtl_finetune.report import mtl_records
-from fedmammo.training.classifier import augment_batch, seed_everything
+from fedmammo.seeds import derive_seed
+from fedmammo.training.classifier import augment_batch
 from fedmammo.training.mtl import (
     MultiTaskDataset,
     collate_mtl,
@@ -101,6 +101,7 @@ from fedmammo.training.mtl import (
     mtl_augmentation,
     train_mtl,
 )
+from fedmammo.training.runtime import seed_torch
 
 if TYPE_CHECKING:  # the engine loads Opacus: imported in _dp_session, under DP only
     from fedmammo.privacy.engine import DPSession
@@ -258,7 +259,7 @@ def train(msg: Message, context: Context) -> Message:
     if not len(rows):
         raise DataError(f"centre {ident.name!r}: no training images (check its split)")
     params = LocalTrainingParams(**m.train)
-    gen = seed_everything(int(m.seed))
+    gen = seed_torch(int(m.seed))
     per_epoch = params.steps_per_epoch
     loader = mtl_loader(
         data,

@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedmammo.config.recipe import (
     AveragingParams,
+    FedAvgWeighting,
     LocalTrainingParams,
     RecipeParams,
-    weighting_name,
 )
 
 __all__ = [
@@ -186,9 +186,7 @@ class MtlFinetuneParams(AveragingParams):
     augmentation: MtlAugmentParams = MtlAugmentParams()  # when train.augment is on
     arms: list[str] = Field(default_factory=lambda: ["single_task", "mtl"], min_length=1)
     bootstrap: int = Field(default=1000, ge=0, le=100_000)
-    weighting: Annotated[
-        Literal["images", "labelled", "uniform"], BeforeValidator(weighting_name)
-    ] = "labelled"
+    weighting: FedAvgWeighting = "labelled"
 
     @field_validator("arms")
     @classmethod

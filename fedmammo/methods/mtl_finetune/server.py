@@ -45,7 +45,7 @@ from flwr.app import ArrayRecord
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.privacy_report import PrivacyLog
 from fedmammo.federation.messages import ARRAYS, INFO, PlotInfo, model_record
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed, evaluation_seed
+from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy.server import ledger_of, run_audits
 from fedmammo.federation.rounds import initial_arrays, train_rounds
 from fedmammo.methods.mtl_finetune.messages import (
@@ -64,6 +64,7 @@ from fedmammo.methods.mtl_finetune.params import (
 )
 from fedmammo.methods.mtl_finetune.report import build_mtl_tables, print_tables, tables_markdown
 from fedmammo.models.mtl import DEFAULT_TASKS
+from fedmammo.seeds import derive_seed, evaluation_seed
 
 __all__ = [
     "TABLES_FILE",

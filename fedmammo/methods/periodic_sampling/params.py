@@ -3,11 +3,17 @@ federated."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from fedmammo.config.recipe import AveragingParams, LocalTrainingParams, ModelParams, weighting_name
+from fedmammo.config.recipe import (
+    AveragingParams,
+    FedAvgWeighting,
+    LocalTrainingParams,
+    ModelParams,
+    Weighting,
+)
 
 __all__ = ["METHOD_LABELS", "PeriodicSamplingParams"]
 
@@ -20,14 +26,6 @@ METHOD_LABELS: dict[str, str] = {
 
 Method = Literal["balanced_labels", "balanced_segments", "periodic"]
 Setting = Literal["pooled", "federated"]
-#: Weightings of the federated P. sampling arms (old names num_images, equal accepted).
-Weighting = Annotated[
-    Literal["quota", "images", "labelled", "uniform"], BeforeValidator(weighting_name)
-]
-#: Weightings of the federated Bal. labels / Bal. segments arms (no quota: sampler steps).
-SamplerWeighting = Annotated[
-    Literal["images", "labelled", "uniform"], BeforeValidator(weighting_name)
-]
 
 
 def _default_experiments() -> dict[str, list[str]]:
@@ -65,7 +63,7 @@ class PeriodicSamplingParams(AveragingParams):
     settings: list[Setting] = ["pooled", "federated"]
     baselines: dict[str, list[str]] = Field(default_factory=_default_baselines)
     baseline_sampler: Method = "balanced_labels"
-    fedavg_weighting: SamplerWeighting = "labelled"
+    fedavg_weighting: FedAvgWeighting = "labelled"  # Bal. labels / segments: sampler steps
     periodic_weightings: list[Weighting] = ["quota", "images", "uniform"]
     batchnorm: Literal["average", "local"] = "average"
     min_centres: int = Field(default=1, ge=1)

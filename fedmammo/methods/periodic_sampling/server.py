@@ -31,7 +31,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, RecordDict
 
 from fedmammo.federation.messages import ARRAYS, METRICS, model_record
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy.server import ArmPrivacy, run_audits
 from fedmammo.federation.rounds import (
     CentreFedAvg,
@@ -61,6 +61,7 @@ from fedmammo.methods.periodic_sampling.report import (
     tables_markdown,
 )
 from fedmammo.methods.periodic_sampling.strategy import PeriodicFedAvg
+from fedmammo.seeds import derive_seed
 
 __all__ = ["run"]
 

@@ -38,7 +38,6 @@ from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.consent import check_consent
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import AUDIT, METRICS, PRIVACY, encode_attacks
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.privacy.ledger import finish_dp, open_dp_session
 from fedmammo.federation.site import plot_dir, single_centre
 from fedmammo.methods.share_gans.audit import audit_generator
@@ -51,6 +50,7 @@ from fedmammo.methods.share_gans.messages import (
 )
 from fedmammo.methods.share_gans.report import plot_sample_grid
 from fedmammo.models.gans import load_generator, sample_patches
+from fedmammo.seeds import derive_seed
 from fedmammo.training.gan import train_dcgan, train_wgan_gp
 from fedmammo.training.patch_classifier import (
     patch_frame,

@@ -328,10 +328,3 @@ class ShareGansParams(RecipeParams):
             clf = {**base, **changed, "model": extra.model.model_dump()}
             runs += [(spec, label, clf) for spec in specs if spec.name in chosen]
         return runs
-
-    def needed_generators(self) -> list[tuple[str, str]]:
-        """(centre, gan) pairs the arms sample from, in first-use order."""
-        seen: list[tuple[str, str]] = []
-        for spec in self.arm_specs():
-            seen += [g for g in spec.generators if g not in seen]
-        return seen

@@ -41,7 +41,6 @@ from fedmammo.federation.codec import arrays_to_state
 from fedmammo.federation.egress import EgressError
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import METRICS, EvaluationMetrics
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import load_runspec, scenario_of
 from fedmammo.federation.site import deployed, plot_dir, single_centre, state_dir, state_name
 from fedmammo.methods.share_gans.client import lesion_patches, lesions
@@ -53,6 +52,7 @@ from fedmammo.methods.share_gans.messages import (
 from fedmammo.methods.share_gans.report import plot_sample_grid
 from fedmammo.models import build_model
 from fedmammo.models.gans import GeneratorDescription, sample_patches
+from fedmammo.seeds import derive_seed
 from fedmammo.training.cyclegan import train_cyclegan, translate
 from fedmammo.training.patch_classifier import (
     choose_patients,

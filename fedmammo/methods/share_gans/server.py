@@ -36,7 +36,7 @@ from fedmammo.errors import CentreSettingError, ConfigError
 from fedmammo.federation.console import safe
 from fedmammo.federation.jobs import Job, JobResult
 from fedmammo.federation.messages import METRICS, PRIVACY
-from fedmammo.federation.orchestrator import Orchestrator, derive_seed
+from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy.codec import decode_privacy
 from fedmammo.federation.privacy.server import (
     generator_privacy_config,
@@ -74,6 +74,7 @@ from fedmammo.methods.share_gans.report import (
     tables_markdown,
 )
 from fedmammo.models.gans import GeneratorDescription
+from fedmammo.seeds import derive_seed
 from fedmammo.training.gan import hyperparameters
 
 __all__ = ["TABLES_FILE", "run"]

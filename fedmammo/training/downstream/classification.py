@@ -24,6 +24,7 @@ from fedmammo.errors import DataError
 from fedmammo.evaluation.bootstrap import accuracy_ci
 from fedmammo.evaluation.metrics import bootstrap_auc
 from fedmammo.progress import progress
+from fedmammo.training.augment import vertical_flips
 from fedmammo.training.downstream._common import (
     DownstreamResult,
     as_images,
@@ -32,6 +33,7 @@ from fedmammo.training.downstream._common import (
     make_optimizer,
     scoped_records,
 )
+from fedmammo.training.runtime import seed_torch
 
 __all__ = ["EncoderClassifier", "evaluate_classifier", "predict_proba", "train_encoder_classifier"]
 
@@ -48,11 +50,6 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
-
-
-def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-2), x)
 
 
 def train_encoder_classifier(
@@ -88,8 +85,7 @@ def train_encoder_classifier(
     keep = y >= 0
     if not keep.any() or y.max() >= num_classes:
         raise DataError(f"{task}: need labels in 0..{num_classes - 1} (found {sorted(set(y))})")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seed_torch(seed)
     if isinstance(model, EncoderClassifier):
         if model.head.out_features != num_classes:
             raise DataError(
@@ -115,7 +111,7 @@ def train_encoder_classifier(
         for xb, yb in loader:
             if len(yb) == 0:  # Poisson sampling can draw an empty batch
                 continue
-            xb = _flip(xb, gen) if augment else xb
+            xb = vertical_flips(xb, gen) if augment else xb
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
             loss.backward()

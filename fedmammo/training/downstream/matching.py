@@ -32,6 +32,7 @@ from fedmammo.training.downstream._common import (
     scoped_records,
 )
 from fedmammo.training.downstream.crops import MatchPairs
+from fedmammo.training.runtime import seed_torch
 
 __all__ = ["MatchingNet", "evaluate_matching", "pair_distances", "train_matching"]
 
@@ -77,8 +78,7 @@ def train_matching(
     """
     start = time.perf_counter()
     cc, mlo, y = _check(pairs)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seed_torch(seed)
     if not isinstance(model, MatchingNet):
         model = MatchingNet(model, embed_dim=embed_dim)
     model = model.to(device).train()

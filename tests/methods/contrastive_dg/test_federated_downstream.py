@@ -16,7 +16,6 @@ from fedmammo.config import load_scenario
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import arrays_to_state
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.rounds import initial_arrays
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.contrastive_dg import server
@@ -28,6 +27,7 @@ from fedmammo.methods.contrastive_dg.tasks import (
     task_model,
 )
 from fedmammo.models import build_model
+from fedmammo.seeds import derive_seed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,13 +13,13 @@ from helpers.flower_messages import run_strategy_in_process
 from fedmammo.config import load_scenario
 from fedmammo.data.prepare import materialise_centre
 from fedmammo.federation.codec import arrays_to_state
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.rounds import initial_arrays, train_rounds
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.contrastive_dg.messages import EvaluateEncoder, TrainEncoder
 from fedmammo.methods.contrastive_dg.params import CycleGanParams, PretrainParams
 from fedmammo.methods.contrastive_dg.styles import StyleStore, train_rows
 from fedmammo.models import build_model
+from fedmammo.seeds import derive_seed
 from fedmammo.training.contrastive import pretrain_contrastive
 from fedmammo.training.contrastive_styles import StyleBank
 

@@ -16,11 +16,11 @@ from fedmammo.data.prepare import materialise_centre
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.metrics import metrics_by_segment
 from fedmammo.evaluation.results import RECORD_FIELDS
-from fedmammo.federation.orchestrator import evaluation_seed
 from fedmammo.methods import get_method
 from fedmammo.methods.cyclegan_uda.params import same_domain_arm
 from fedmammo.methods.cyclegan_uda.report import _directions_of, uda_table
 from fedmammo.models import build_model
+from fedmammo.seeds import evaluation_seed
 from fedmammo.training.classifier import predict_scores
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"

@@ -28,7 +28,6 @@ from helpers.gan_runs import (
 from fedmammo.config import load_scenario
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.federation.orchestrator import derive_seed
 from fedmammo.federation.runspec import ENV_VAR, RunSpec
 from fedmammo.methods import get_method
 from fedmammo.methods.share_gans.generators import (
@@ -41,6 +40,7 @@ from fedmammo.methods.share_gans.receiver import KEPT_SCORES, _added_lesions
 from fedmammo.methods.share_gans.report import GAIN, GAIN_CI, record_arm
 from fedmammo.methods.share_gans.server import TABLES_FILE, _check_plan
 from fedmammo.models.gans import sample_generator
+from fedmammo.seeds import derive_seed
 
 # a second classifier (the paper's Swin transformer, tiny) for two of the arms
 SWIN_OPTIONS = {"input_size": 16, "embed_dim": 8, "depths": [1, 1], "num_heads": [1, 2]}
