@@ -24,53 +24,36 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from fedmammo.config.scenario import TrackingSpec
 from fedmammo.errors import ConfigError
 
 __all__ = ["Tracker", "tracking_settings"]
 
 logger = logging.getLogger(__name__)
 
-_KEYS = {"tensorboard": {"log_dir"}, "mlflow": {"tracking_uri", "experiment"}}
+_MEMBERS = {"bool", "TensorBoardSpec", "MlflowSpec"}  # pydantic names a union's members
 _MLFLOW_KEY = re.compile(r"[^\w\-. /:]")
 _RUN_ID_FILE = "mlflow_run_id"
-_SCENARIO_KEYS = {"name", "centres", "strategy"}
 
 
-def tracking_settings(cfg: Any) -> dict[str, dict[str, Any]]:
-    """Normalise a ``tracking`` config to ``{backend: options}`` (enabled backends only).
-
-    ``cfg`` is None, the ``tracking`` mapping itself, a mapping holding a ``tracking`` key
-    (the resolved scenario), or an object with a ``tracking`` attribute (a pydantic model).
-    """
-    if cfg is not None and not isinstance(cfg, Mapping) and hasattr(cfg, "tracking"):
-        cfg = cfg.tracking
-    if hasattr(cfg, "model_dump"):
-        cfg = cfg.model_dump()
-    if isinstance(cfg, Mapping) and ("tracking" in cfg or _SCENARIO_KEYS & set(cfg)):
-        cfg = cfg.get("tracking")  # a (resolved) scenario, with or without tracking
-    if not cfg:
-        return {}
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"key 'tracking': expected a mapping, got {type(cfg).__name__}")
+def tracking_settings(resolved: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The trackers a resolved scenario turns on, ``{backend: options}`` (its ``tracking``
+    block read by :class:`~fedmammo.config.scenario.TrackingSpec`, which refuses unknown
+    trackers and options)."""
+    try:
+        spec = TrackingSpec.model_validate((resolved or {}).get("tracking") or {})
+    except ValidationError as err:  # the deepest error; a union's member names left out
+        first = max(err.errors(), key=lambda e: len(e["loc"]))
+        where = ".".join(p for p in map(str, ("tracking", *first["loc"])) if p not in _MEMBERS)
+        what = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"key {where!r}: {what}") from None
     out: dict[str, dict[str, Any]] = {}
-    for name, value in cfg.items():
-        if name not in _KEYS:
-            raise ConfigError(
-                f"key 'tracking.{name}': unknown tracker; valid: {', '.join(sorted(_KEYS))}"
-            )
-        if value is None or value is False:
-            continue
-        options = {} if value is True else value
-        if not isinstance(options, Mapping):
-            raise ConfigError(f"key 'tracking.{name}': expected true, false or a mapping")
-        unknown = set(options) - _KEYS[name]
-        if unknown:
-            raise ConfigError(
-                f"key 'tracking.{name}.{sorted(unknown)[0]}': unknown option; "
-                f"valid: {', '.join(sorted(_KEYS[name]))}"
-            )
-        out[name] = dict(options)
+    for name in ("tensorboard", "mlflow"):
+        value = getattr(spec, name)
+        if value:
+            out[name] = {} if value is True else value.model_dump(exclude_none=True)
     return out
 
 
@@ -197,20 +180,18 @@ class Tracker:
         self._backends = list(backends or [])
 
     @classmethod
-    def from_config(cls, cfg: Any, run_dir: str | Path, *, name: str | None = None) -> Tracker:
-        """Open the trackers ``cfg`` turns on (see :func:`tracking_settings`) for a run folder.
-
-        ``name`` is the MLflow experiment (default: the scenario name from ``cfg`` when it is
-        the resolved scenario, else the run folder's parent name).
-        """
-        settings = tracking_settings(cfg)
+    def from_config(
+        cls, resolved: Mapping[str, Any], run_dir: str | Path, *, name: str | None = None
+    ) -> Tracker:
+        """Open the trackers a resolved scenario turns on (:func:`tracking_settings`) for a
+        run folder. ``name`` is the MLflow experiment (default: the scenario's name, else the
+        run folder's parent name)."""
+        settings = tracking_settings(resolved)
         if not settings:
             return cls()
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        if name is None:
-            name = cfg.get("name") if isinstance(cfg, Mapping) else getattr(cfg, "name", None)
-        name = str(name or run_dir.resolve().parent.name or "fedmammo")
+        name = str(name or resolved.get("name") or run_dir.resolve().parent.name or "fedmammo")
         backends: list[Any] = []
         if "tensorboard" in settings:
             backends.append(_TensorBoard(run_dir, settings["tensorboard"]))

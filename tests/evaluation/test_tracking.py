@@ -36,9 +36,9 @@ def test_without_tracking_section_nothing_is_written(tmp_path):
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        ({"tracking": {"wandb": True}}, "tracking.wandb': unknown tracker"),
-        ({"tracking": {"mlflow": {"uri": "x"}}}, "tracking.mlflow.uri': unknown option"),
-        ({"tracking": ["tensorboard"]}, "expected a mapping"),
+        ({"tracking": {"wandb": True}}, "key 'tracking.wandb': unknown key"),
+        ({"tracking": {"mlflow": {"uri": "x"}}}, "key 'tracking.mlflow.uri': unknown key"),
+        ({"tracking": ["tensorboard"]}, "key 'tracking': Input should be a valid dictionary"),
     ],
 )
 def test_bad_tracking_config_is_a_clear_error(cfg, message):
@@ -50,7 +50,9 @@ def test_settings_accept_booleans_and_options():
     cfg = {"tracking": {"tensorboard": True, "mlflow": False}}
 
     assert tracking_settings(cfg) == {"tensorboard": {}}
-    assert tracking_settings({"mlflow": {"experiment": "e"}}) == {"mlflow": {"experiment": "e"}}
+    only_mlflow = {"tracking": {"mlflow": {"experiment": "e"}}}
+    assert tracking_settings(only_mlflow) == {"mlflow": {"experiment": "e"}}
+    assert tracking_settings({"name": "no-tracking"}) == {}
 
 
 def test_tensorboard_event_files_hold_the_rounds(tmp_path):
