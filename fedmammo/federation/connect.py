@@ -46,6 +46,7 @@ __all__ = [
     "expected_nodes",
     "say",
     "other_profiles",
+    "role_problem",
     "simulated_node_ids",
     "simulation_size_fix",
     "wait_for_centres",
@@ -209,6 +210,28 @@ def wait_for_centres(
         if not missing or simulated or now >= deadline:
             return conn
         time.sleep(poll)
+
+
+_SPLITS = {True: "every image in the test split", False: "its images split train/val/test"}
+
+
+def role_problem(scenario: Any, centre: str, role: str) -> str | None:
+    """Why a site running ``centre`` as ``role`` (its node config) cannot take part in
+    ``scenario`` (None when it can, or when the scenario does not name it): a test centre keeps
+    every image in the test split, the other roles split theirs, so a mismatch would test on
+    other images than the scenario means, without a word. The node is refused."""
+    try:
+        planned = scenario.entry(centre).role
+    except KeyError:
+        return None
+    if (planned == "test") == (role == "test"):
+        return None
+    return (
+        f"centre {centre}'s site runs it as role {role!r} (its node config), but scenario "
+        f"{scenario.name!r} gives it role {planned!r} ({_SPLITS[planned == 'test']}); fix: at "
+        f"the site, `python -m fedmammo.federation.deployment prepare ... --role {planned}` "
+        f"and restart its SuperNode with `node-config ... --role {planned}`"
+    )
 
 
 def other_profiles(orc: Identifying, connected: Iterable[str]) -> list[str]:

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from rich.console import Console
 
 from fedmammo.config import Scenario
+from fedmammo.federation.connect import role_problem
 from fedmammo.federation.console import safe
 from fedmammo.federation.jobs import Job, JobResult, run_jobs
 from fedmammo.federation.messages import (
@@ -126,6 +127,11 @@ class Orchestrator:
                     f"{self.nodes[info.centre]}"
                 )
                 log.warning("node %s claims centre %s, %s", src, info.centre, failed[src])
+                continue
+            wrong_role = role_problem(self.scenario, info.centre, info.role)
+            if wrong_role:
+                failed[src] = f"refused: {wrong_role}"
+                log.warning("node %s refused: %s", src, wrong_role)
                 continue
             failed.pop(src, None)
             self.nodes[info.centre] = src

@@ -171,3 +171,24 @@ def test_a_site_running_another_profile_than_the_scenarios_is_named(site):
     (line,) = lines(overridden)
     assert line.startswith("centre tiny_a runs its own profile, not the one scenario 's'")
     assert "fix: prepare the site with the scenario's profile and overrides" in line
+
+
+def test_a_site_running_a_test_centre_as_a_training_centre_is_refused():
+    # Prepare: fedavg_quick tests on s4 alone; a site started without --role runs as train
+    from fedmammo.federation.connect import role_problem
+    from fedmammo.methods import load_scenario
+
+    scenario = load_scenario(REPO / "scenarios" / "fedavg_quick.yaml")
+    # Execute / Assert: test-ness must match (it decides the split); the scenario's other
+    # roles and centres it does not name are not this check's business
+    assert role_problem(scenario, "s4", "test") is None
+    assert role_problem(scenario, "s1", "train") is None
+    assert role_problem(scenario, "s1", "receiver") is None
+    assert role_problem(scenario, "elsewhere", "test") is None
+    wrong = role_problem(scenario, "s4", "train")
+    assert wrong.startswith(
+        "centre s4's site runs it as role 'train' (its node config), but scenario "
+        "'fedavg_quick' gives it role 'test' (every image in the test split)"
+    )
+    assert wrong.endswith("restart its SuperNode with `node-config ... --role test`")
+    assert "its images split train/val/test" in role_problem(scenario, "s1", "test")
