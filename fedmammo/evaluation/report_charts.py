@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedmammo.evaluation.figures import write_png
+from fedmammo.evaluation.metrics import is_significant_decrease, is_significant_increase
 
 __all__ = [
     "MAX_CENTRE_PANELS",
@@ -157,12 +158,29 @@ def _paired_rows(final: pd.DataFrame, by_segment: pd.DataFrame) -> dict[str, pd.
     return out
 
 
+def _p_values(
+    final: pd.DataFrame, by_segment: pd.DataFrame, metric: str, rows: pd.DataFrame
+) -> np.ndarray:
+    """The p-value of each row's difference (``p_value`` beside ``delta_auc``,
+    ``p_value_vs_<arm>`` beside ``delta_auc_vs_<arm>``); NaN where none was recorded."""
+    both = pd.concat([final, by_segment])
+    named = both[both["metric"] == "p_value" + metric.removeprefix("delta_auc")]
+
+    def key(r: dict) -> tuple:
+        return r["arm"], r["centre"], r["segment"] if isinstance(r["segment"], str) else ""
+
+    found = {key(r): r["value"] for r in named.to_dict("records")}
+    return np.array([found.get(key(r), np.nan) for r in rows.to_dict("records")], dtype=float)
+
+
 def paired_differences_figure(final: pd.DataFrame, by_segment: pd.DataFrame) -> Figure | None:
     """A forest plot of the run's paired test AUROC differences: a panel per difference
     (``delta_auc``: each arm against its reference; ``delta_auc_vs_<arm>``: against that
     arm), a row per arm and centre (and data segment, where the run recorded the difference
-    only per segment), the difference with its paired 95% CI, or +- the s.d. over seeds. Green:
-    the CI lies above 0, red: below, grey: it holds 0 (or there is no CI).
+    only per segment), the difference with its paired 95% CI, or +- the s.d. over seeds. Colours
+    follow the tables' rule (:func:`~fedmammo.evaluation.metrics.is_significant_increase`):
+    green, a significant gain (the CI above 0 and p < 0.05); red, a significant loss; grey,
+    neither (a CI beside 0 with p >= 0.05 from a skewed CI, no CI, or a seed s.d.).
 
     ``final`` and ``by_segment`` are :func:`fedmammo.evaluation.run_folder.final_records` of
     the test split, without and with segments. None when there is no difference, or more than
@@ -181,8 +199,11 @@ def paired_differences_figure(final: pd.DataFrame, by_segment: pd.DataFrame) -> 
         sd = pd.to_numeric(rows["std"], errors="coerce").to_numpy(float)
         spread = ~np.isnan(sd) & np.isnan(lo)
         lo, hi = np.where(spread, value - sd, lo), np.where(spread, value + sd, hi)
+        p = _p_values(final, by_segment, metric, rows)
+        gain = [is_significant_increase(a, q) for a, q in zip(lo, p, strict=True)]
+        loss = [is_significant_decrease(b, q) for b, q in zip(hi, p, strict=True)]
         # a seed s.d. is no CI: its rows stay grey
-        colours = np.select([~spread & (lo > 0), ~spread & (hi < 0)], [_ABOVE, _BELOW], _HOLDS)
+        colours = np.select([~spread & gain, ~spread & loss], [_ABOVE, _BELOW], _HOLDS)
         y = np.arange(len(rows))
         ax.hlines(y, lo, hi, colors=colours, lw=1.5)
         ax.scatter(value, y, c=colours, s=18, zorder=3)

@@ -128,16 +128,21 @@ def _forest(ax):
     return labels, list(np.round(points.get_offsets()[:, 0], 6)), colours, segments
 
 
-def test_the_forest_plot_draws_each_difference_with_its_ci_coloured_by_where_it_lies():
+def test_the_forest_plot_draws_each_difference_with_its_ci_coloured_by_the_tables_rule():
     # Prepare: FedAvg-like records: against local at a, b (above, holding 0), against pooled
-    # at a, b, t (below, holding, no CI)
+    # at a, b, t, u (below, holding, no CI, below 0 but p 0.10 from a skewed CI)
     final = _final(
         [
             ("federated", "a", "", "delta_auc", 0.10, 0.02, 0.18, None),
+            ("federated", "a", "", "p_value", 0.01, None, None, None),
             ("federated", "b", "", "delta_auc", 0.01, -0.05, 0.07, None),
+            ("federated", "b", "", "p_value", 0.70, None, None, None),
             ("federated", "a", "", "delta_auc_vs_pooled", -0.20, -0.30, -0.10, None),
+            ("federated", "a", "", "p_value_vs_pooled", 0.001, None, None, None),
             ("federated", "b", "", "delta_auc_vs_pooled", 0.00, -0.02, 0.03, None),
             ("federated", "t", "", "delta_auc_vs_pooled", -0.05, None, None, None),
+            ("federated", "u", "", "delta_auc_vs_pooled", -0.12, -0.377, -0.002, None),
+            ("federated", "u", "", "p_value_vs_pooled", 0.10, None, None, None),
             ("federated", "a", "", "auc", 0.90, 0.80, 0.95, None),
         ]
     )
@@ -157,11 +162,11 @@ def test_the_forest_plot_draws_each_difference_with_its_ci_coloured_by_where_it_
         [green, grey],
         [(0.02, 0.18), (-0.05, 0.07)],
     )
-    assert _forest(pooled) == (
-        ["federated @ a", "federated @ b", "federated @ t"],
-        [-0.20, 0.0, -0.05],
-        [red, grey, grey],
-        [(-0.30, -0.10), (-0.02, 0.03), ()],
+    assert _forest(pooled) == (  # u: the CI lies below 0, but p >= 0.05: not a loss
+        ["federated @ a", "federated @ b", "federated @ t", "federated @ u"],
+        [-0.20, 0.0, -0.05, -0.12],
+        [red, grey, grey, grey],
+        [(-0.30, -0.10), (-0.02, 0.03), (), (-0.377, -0.002)],
     )
     assert [line.get_xdata()[0] for line in local.get_lines()] == [0.0]  # the line at 0
 
