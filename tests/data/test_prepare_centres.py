@@ -8,6 +8,7 @@ import logging
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedmammo.config import CentreProfile
@@ -67,6 +68,14 @@ def test_parallel_preparation_writes_what_one_by_one_writes(tmp_path, caplog, mo
         expected_images, expected_manifest = _cache(tmp_path / "serial", name)
         np.testing.assert_array_equal(images, expected_images)
         assert manifest.replace("/pool/", "/serial/") == expected_manifest
+    # every patient's two breasts in one split (the training centres; c is test only)
+    for name in "ab":
+        (folder,) = (tmp_path / "pool").glob(f"{name}-*/cache_32x24")
+        table = pd.read_csv(folder / "manifest.csv")
+        per_patient = table.groupby("patient_id").agg(
+            breasts=("laterality", "nunique"), splits=("split", "nunique")
+        )
+        assert (per_patient["breasts"] == 2).all() and (per_patient["splits"] == 1).all()
     assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == ["a.png", "b.png", "c.png"]
     # the workers' log records reached this process (the run log's handlers)
     generated = [r for r in caplog.records if r.getMessage().startswith("generating phantom")]

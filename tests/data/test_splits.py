@@ -11,7 +11,8 @@ from fedmammo.errors import ConfigError, DataError
 
 
 def _manifest(n_patients: int = 400, *, seed: int = 0) -> pd.DataFrame:
-    """Four images per patient; two segments; ~20% malignant patients; ~15% unlabelled."""
+    """Four images per patient (CC and MLO of both breasts); two segments; ~20% malignant
+    patients; ~15% unlabelled."""
     rng = np.random.default_rng(seed)
     rows = []
     for p in range(n_patients):
@@ -28,6 +29,8 @@ def _manifest(n_patients: int = 400, *, seed: int = 0) -> pd.DataFrame:
                 {
                     "image_id": f"i{p}-{k}",
                     "patient_id": f"p{p:04d}",
+                    "laterality": "LR"[k // 2],
+                    "view": ("CC", "MLO")[k % 2],
                     "segment": segment,
                     "malignant": label,
                 }
@@ -49,6 +52,7 @@ def _strata(df: pd.DataFrame) -> pd.Series:
 def test_splits_are_disjoint_by_patient() -> None:
     out = assign_splits(_manifest(), seed=1)
     assert out["split"].notna().all()
+    # both breasts of a patient in one split (a split by breast would leak the other breast)
     assert (out.groupby("patient_id")["split"].nunique() == 1).all()
     assert (
         len(out) == len(_manifest())

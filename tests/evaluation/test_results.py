@@ -104,3 +104,23 @@ def test_a_method_without_auroc_records_shows_its_own_tables_only(tmp_path):
     # Assert: no false "nothing recorded" above the method's tables; said when truly empty
     assert text == "# Results: dg\n\n## Method tables\n\n| a | b |\n"
     assert "No final test metrics were recorded." in bare
+
+
+def test_resume_keeps_the_recorded_centre_failures_and_notes(tmp_path):
+    # Prepare: round 1 lost centre B and left a note; the run was interrupted after it
+    rec = RunRecorder(tmp_path)
+    rec.add([_auc(0.6)], arm="federated", seed=0, centre="A", split="val", round=1)
+    rec.failure(arm="federated", seed=0, centre="B", reason="timeout", round=1, phase="fit")
+    rec.note("centre B missed round 1")
+    rec.complete_round("federated", 0, 1)
+    # Execute: resume, record round 2 (B fails again) and flush
+    resumed = RunRecorder(tmp_path, resume=True)
+    resumed.add([_auc(0.7)], arm="federated", seed=0, centre="A", split="val", round=2)
+    resumed.failure(arm="federated", seed=0, centre="B", reason="timeout", round=2, phase="fit")
+    resumed.complete_round("federated", 0, 2)
+    data = json.loads((tmp_path / "results.json").read_text())
+    # Assert: the failure recorded before the interruption is still there, before round 2's
+    first = {"arm": "federated", "seed": 0, "centre": "B", "phase": "fit", "reason": "timeout"}
+    assert data["failures"] == [{**first, "round": 1}, {**first, "round": 2}]
+    assert data["notes"] == ["centre B missed round 1"]
+    assert [(r["round"], r["value"]) for r in data["metrics"]] == [(1, 0.6), (2, 0.7)]

@@ -282,12 +282,24 @@ def _stranger(cfg, node):
     cfg[Key.DEAD_NODE_ID_LIST] = [999]
 
 
+def _active_twice(cfg, node):  # the docstring's "each once"
+    cfg[Key.ACTIVE_NODE_ID_LIST] = list(cfg[Key.ACTIVE_NODE_ID_LIST]) * 2
+
+
+def _dropped_twice(cfg, node):
+    others = [n for n in cfg[Key.ACTIVE_NODE_ID_LIST] if n != node]
+    cfg[Key.ACTIVE_NODE_ID_LIST] = [node]
+    cfg[Key.DEAD_NODE_ID_LIST] = others * 2
+
+
 @pytest.mark.parametrize(
     ("lie", "said"),
     [
         (_both, "listed both active and dropped"),
         (_self_dropped, "this centre listed as dropped"),
         (_stranger, "[999] are not among its neighbours"),
+        (_active_twice, "a node listed twice"),
+        (_dropped_twice, "a node listed twice"),
     ],
 )
 def test_a_centre_refuses_unmask_lists_that_would_give_both_secrets_of_a_node(lie, said):

@@ -223,3 +223,30 @@ def test_a_weighting_a_method_cannot_count_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="valid are images, labelled, quota, uniform"):
         check_weighting("by_size")
     assert check_weighting("equal") == "uniform" and check_weighting("num_images") == "images"
+
+
+def test_each_centres_training_seed_depends_on_the_arm_seed_the_centre_and_the_round():
+    # Prepare: one round's base message for two arm seeds (each arm runs once per seed)
+    from dataclasses import replace
+
+    from fedmammo.federation.rounds import CentreFedAvg
+    from fedmammo.methods.fedavg.messages import TrainClassifier
+
+    strategy = CentreFedAvg({"a": 1, "b": 2}, message=TrainClassifier)
+    base = TrainClassifier(
+        image_size=(32, 24), arm="federated", seed=0, model={"name": "mammo_cnn"}, train={}
+    )
+    keys = [(s, c, r) for s in (0, 1) for c in ("a", "b") for r in (1, 2)]
+
+    def sent_seeds() -> dict:
+        return {
+            (s, c, r): strategy.centre_message(replace(base, seed=s), c, r).seed for s, c, r in keys
+        }
+
+    # Execute
+    seeds = sent_seeds()
+    # Assert: the arm seed changes every centre's seed in every round (batch order,
+    # augmentation, DP noise), centres and rounds get their own, and it is reproducible
+    assert all(seeds[(0, c, r)] != seeds[(1, c, r)] for _, c, r in keys)
+    assert len(set(seeds.values())) == len(keys)
+    assert sent_seeds() == seeds

@@ -193,6 +193,41 @@ def test_skipped_batches_still_count_as_steps():
     assert acc.total_steps == 10 and acc.phases["p"][0][2] == 10
 
 
+@pytest.mark.parametrize("minority", [None, 200], ids=["uniform", "label_rates"])
+def test_poisson_batches_are_drawn_at_the_rates_the_session_accounts_every_step_at(minority):
+    # Prepare: 1000 examples (the dataset holds their index) in a loader of 10 batches:
+    # expected batch B = 100; uniform rate 1/10, or with 200 positives the per-label rates
+    # B / (2 n_label) = 0.0625 and 0.25, every step accounted at the largest
+    n, steps, epochs = 1000, 10, 50
+    labels = None if minority is None else torch.arange(n) < minority
+    if labels is None:
+        expected, accounted = torch.full((n,), 1 / steps), 1 / steps
+    else:
+        expected = torch.where(labels, 100 / (2 * minority), 100 / (2 * (n - minority)))
+        accounted = 100 / (2 * minority)
+    acc = CentreAccountant("rdp")
+    session = DPSession(budget(), acc, planned_steps=steps * epochs, phase="p", centre="A", seed=0)
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=n // steps)
+    # Execute: draw 50 epochs of batches, then account them
+    _, _, poisson = session.attach(model, opt, loader, labels=labels)
+    seen = torch.zeros(n)
+    for _ in range(epochs):
+        for (batch,) in poisson:
+            seen[batch] += 1
+    session.after_training(0)
+    # Assert: each example's inclusion frequency is its expected rate (per label: within 4
+    # standard errors), the largest is the rate accounted, for every batch drawn
+    freq = seen / (steps * epochs)
+    for rate in expected.unique():
+        group = freq[expected == rate]
+        se = (rate * (1 - rate) / (len(group) * steps * epochs)).sqrt()
+        assert abs(group.mean() - rate) < 4 * se, (float(rate), float(group.mean()))
+    assert session.sample_rate == pytest.approx(accounted)
+    assert acc.history == [[1.0, pytest.approx(accounted), steps * epochs]]
+
+
 def test_same_seed_reproduces_and_rounds_draw_fresh_noise():
     # Prepare
     runs = []

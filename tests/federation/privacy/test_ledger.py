@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 from helpers.centre_nodes import (
     current_state_dir,
     ledger_file,
@@ -322,6 +322,56 @@ def test_a_dp_centre_withholds_its_training_statistics_unless_its_profile_releas
     released = train_loss(release_training_statistics=True)
     assert math.isfinite(released) and released > 0
     use_privacy(data_dir)
+
+
+def test_a_dp_centre_withholds_every_loss_part_of_a_multi_task_reply(centre):
+    # Prepare: the guard mod at a DP centre around a train.mtl handler whose reply carries
+    # the total loss, one loss per part (loss-<part>) and counts
+    import csv
+
+    from fedmammo.apps import DP_CAPABLE
+    from fedmammo.federation.messages import METRICS
+    from fedmammo.federation.privacy.ledger import WITHHELD_FILE
+
+    _, data_dir = centre
+    use_privacy(data_dir, noise_multiplier=1.0)
+    sent = {
+        "train-loss": 1.25,
+        "loss-malignancy": 0.75,
+        "loss-recon": 0.5,
+        "num-images": 12,
+        "labelled-malignancy": 9,
+    }
+
+    def handler(msg, ctx):
+        return Message(RecordDict({METRICS: MetricRecord(dict(sent))}), reply_to=msg)
+
+    cfg = ConfigRecord({"arm": "mtl", "seed": 3, "server-round": 2})
+    msg = incoming(RecordDict({"config": cfg}), "train.mtl")
+    # Execute
+    try:
+        reply = dp_guard_mod(DP_CAPABLE)(msg, new_context(data_dir), handler)
+    finally:
+        use_privacy(data_dir)
+    # Assert: every loss is NaN on the wire, the counts are unchanged, and the centre keeps
+    # the losses in its own file
+    out = dict(reply.content[METRICS])
+    assert {k for k, v in out.items() if math.isnan(v)} == {
+        "train-loss",
+        "loss-malignancy",
+        "loss-recon",
+    }
+    assert (out["num-images"], out["labelled-malignancy"]) == (12, 9)
+    with (current_state_dir(data_dir) / WITHHELD_FILE).open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["message"], r["arm"], r["seed"], r["round"]) for r in rows] == [
+        ("train.mtl", "mtl", "3", "2")
+    ] * 3
+    assert {r["key"]: float(r["value"]) for r in rows} == {
+        "loss-malignancy": 0.75,
+        "loss-recon": 0.5,
+        "train-loss": 1.25,
+    }
 
 
 def test_a_dp_centre_refuses_metrics_on_its_training_split(centre):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
@@ -76,6 +77,25 @@ def test_the_target_shares_only_the_generator_source_to_target(tiny_run):
         arrays = _arrays(content)
         assert [n for n, _ in arrays] == ["translator"]
         assert _shapes(arrays[0][1]) == translator
+
+
+def test_the_target_replies_the_generator_from_the_source_style_to_its_own(
+    tiny_run, cyclegan_calls
+):
+    # Prepare: the CycleGANs the target centres trained (domain A: own tiles, B: tiles
+    # sampled from the source's generator), in the order of their replies
+    _, grid, _ = tiny_run
+    replies = [content for _, kind, content in grid.replies if kind == "train.uda_translator"]
+    # Execute / Assert: B is the source style, and the reply is G_ba (B -> A: source ->
+    # target), not G_ab (both have the same shapes)
+    assert len(replies) == len(cyclegan_calls) == 2
+    for content, call in zip(replies, cyclegan_calls, strict=True):
+        assert call["source_style"] is call["sampled"] and call["own"] is not call["sampled"]
+        sent = {k: a.numpy() for k, a in content["translator"].items()}
+        g_ab, g_ba = call["result"].g_ab_state, call["result"].g_ba_state
+        assert sent.keys() == g_ba.keys()
+        assert all(np.array_equal(sent[k], g_ba[k].numpy()) for k in sent)
+        assert not all(np.array_equal(sent[k], g_ab[k].numpy()) for k in sent)
 
 
 def test_only_uda_arms_send_the_source_a_translator(tiny_run):

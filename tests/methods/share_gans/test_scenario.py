@@ -217,6 +217,27 @@ def test_the_control_arms_generator_is_the_servers_untrained_one(env):
     assert all(json.loads(c["generators"])[0]["description"]["epochs"] == 0 for c in control)
 
 
+def test_every_arm_run_receives_each_of_its_generators_and_no_other(env):
+    # Prepare / Execute (the fixture ran every arm, A+synth_B_dcgan+synth_C_dcgan included)
+    _, _, _, grid = env
+    sent = [c for _, k, c in grid.log if k == "train.patch_classifier"]
+    # Assert: per message, the generators described are the arm's (centre, gan) in its order,
+    # each with its own records (the two-generator arm trains with B's and C's)
+    arms = set()
+    for cfg in sent:
+        arm = cfg["arm"].rpartition("@")[0].partition("~")[0]
+        arms.add(arm)
+        expected = [(None if c == UNTRAINED else c, g) for c, g in parse_arm(arm).generators]
+        generators = json.loads(cfg["generators"])
+        got = [(d["description"]["centre"], d["description"]["kind"]) for d in generators]
+        assert got == expected, cfg["arm"]
+        for i, d in enumerate(generators):
+            assert d["records"] and all(r.startswith(f"g{i}-") for r in d["records"])
+    assert arms == set(ARMS)
+    both = [c for c in sent if c["arm"].startswith("A+synth_B_dcgan+synth_C_dcgan@")]
+    assert len(both) == 4  # 2 fractions x 2 seeds
+
+
 def test_the_second_control_adds_the_receivers_own_lesions_again(env):
     # Prepare / Execute (the fixture ran A+own_lesions beside the other arms)
     _, _, orc, grid = env
