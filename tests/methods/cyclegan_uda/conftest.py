@@ -44,9 +44,10 @@ def tiny_run(tmp_path_factory, cyclegan_calls):
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(client, "sample_generator", sample_generator)
-            mp.setattr(client, "train_cyclegan", train_cyclegan)
-            results, grid = run_tiny_in_process(TINY, tmp, mp, "cyclegan_uda")
+            with pytest.MonkeyPatch.context() as spy:  # this run's calls only, not later tests'
+                spy.setattr(client, "sample_generator", sample_generator)
+                spy.setattr(client, "train_cyclegan", train_cyclegan)
+                results, grid = run_tiny_in_process(TINY, tmp, mp, "cyclegan_uda")
             yield results, grid, tmp / "run"
     finally:
         torch.set_num_threads(threads)
