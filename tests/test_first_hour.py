@@ -115,7 +115,8 @@ def _check_read(tmp: Path, out: str) -> None:
     (run,) = _runs(tmp, "fedavg_tiny")
     assert "# Results: fedavg_tiny" in out  # cat results.md
     assert f"{run.name}/report.html" in out  # fedmammo report prints the page it wrote
-    assert re.search(r"federated at tiny_t: AUROC \d\.\d{3} \[", out)  # the Python snippet
+    # the Python snippet; tiny_t's test patients are too few for a CI
+    assert re.search(r"federated at tiny_t: AUROC \d\.\d{3} \(no CI\)", out)
 
 
 def _check_change(tmp: Path, out: str) -> None:

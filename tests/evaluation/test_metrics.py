@@ -20,6 +20,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from fedmammo.errors import DataError
 from fedmammo.evaluation import tables
 from fedmammo.evaluation.metrics import (
+    MIN_UNITS_PER_CLASS,
     bootstrap_auc,
     classification_metrics,
     delta_auc,
@@ -124,15 +125,16 @@ def test_patient_groups_must_fit_the_samples():
 
 
 def test_bootstrap_skips_one_class_resamples_like_the_reference():
-    # Prepare: 2 positives in 10 samples -> about a tenth of the resamples lack both
-    y = np.array([0, 0, 0, 1, 0, 0, 0, 0, 1, 0])
+    # Prepare: 5 positives in 10 samples -> 1 resample in 512 lacks a class; 1500 draws
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 0, 1, 1])
     score = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.05, 0.3, 0.6, 0.15])
 
     # Execute
-    result = bootstrap_auc(y, score, n_boot=300, seed=1)
+    result = bootstrap_auc(y, score, n_boot=1500, seed=1)
 
     # Assert
-    assert result[1:] == pytest.approx(tuple(_reference_boot(y, [score], 300, 1, roc_auc_score)))
+    reference = _reference_boot(y, [score], 1500, 1, roc_auc_score)
+    assert result[1:] == pytest.approx(tuple(reference))
 
 
 def test_bootstrap_auc_of_separable_and_random_scores():
@@ -350,27 +352,33 @@ def test_comparison_rows_format_tables_like_seed_000():
     assert tables.format_p_value(0.00004) == "< 0.0001" and tables.format_p_value(0.15) == "0.1500"
 
 
-def test_one_positive_unit_gives_the_auc_without_a_ci_or_p_value():
-    # Prepare: one malignant patient (two views) among 10 benign images of 5 patients; and
-    # the same with a second malignant patient
-    y = np.array([1, 1] + [0] * 10)
-    score = np.linspace(0.9, 0.0, 12)
-    other = score[::-1].copy()
-    patients = ["m1", "m1"] + [f"b{i // 2}" for i in range(10)]
-    y2, score2 = np.append(y, 1), np.append(score, 0.95)
-    other2, patients2 = np.append(other, 0.5), [*patients, "m2"]
+def _two_view_patients(malignant: int, benign: int = 6) -> tuple[np.ndarray, np.ndarray, list]:
+    """Two views per patient: labels, a perfectly ranking score, patient keys."""
+    y = np.repeat([1] * malignant + [0] * benign, 2)
+    score = np.linspace(1.0, 0.0, y.size)
+    patients = [f"p{i // 2}" for i in range(y.size)]
+    return y, score, patients
+
+
+def test_too_few_patients_of_a_class_give_the_auc_without_a_ci_or_p_value():
+    # Prepare: one malignant patient fewer than the minimum (two views each) among 6 benign
+    # patients; and exactly the minimum
+    few, enough = MIN_UNITS_PER_CLASS - 1, MIN_UNITS_PER_CLASS
+    y, score, patients = _two_view_patients(few)
+    y2, score2, patients2 = _two_view_patients(enough)
 
     # Execute
     alone = bootstrap_auc(y, score, n_boot=200, groups=patients)
-    paired = delta_auc(y, other, score, n_boot=200, groups=patients)
-    one_image = bootstrap_auc(y[1:], score[1:], n_boot=200)  # one malignant image
-    two = bootstrap_auc(y2, score2, n_boot=200, groups=patients2)
-    two_paired = delta_auc(y2, other2, score2, n_boot=200, groups=patients2)
+    paired = delta_auc(y, score[::-1].copy(), score, n_boot=200, groups=patients)
+    as_images = bootstrap_auc(y, score, n_boot=200)  # twice as many images as patients
+    at_minimum = bootstrap_auc(y2, score2, n_boot=200, groups=patients2)
+    paired_at_minimum = delta_auc(y2, score2[::-1].copy(), score2, n_boot=200, groups=patients2)
 
-    # Assert: the point estimates stay, the resampled spread of one side alone is no CI
+    # Assert: the point estimates stay; too few patients of a class give no CI and no p
+    assert MIN_UNITS_PER_CLASS == 5
     assert alone[0] == 1.0 and np.isnan(alone[1:]).all()
     assert paired[0] == 1.0 and np.isnan(paired[1:]).all()
-    assert one_image[0] == 1.0 and np.isnan(one_image[1:]).all()
-    assert units_per_class(y, patients) == 1 and units_per_class(y2, patients2) == 2
-    assert units_per_class(y, None) == 2  # two images, counted alone
-    assert np.isfinite(two[1:]).all() and np.isfinite(two_paired[1:]).all()
+    assert units_per_class(y, patients) == few and units_per_class(y2, patients2) == enough
+    assert units_per_class(y, None) == 2 * few  # images, counted alone
+    assert np.isfinite(as_images[1:]).all()
+    assert np.isfinite(at_minimum[1:]).all() and np.isfinite(paired_at_minimum[1:]).all()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedmammo.errors import DataError
+from fedmammo.evaluation.metrics import MIN_UNITS_PER_CLASS
 from fedmammo.evaluation.paired import delong_test
 
 
@@ -123,18 +124,25 @@ def test_groups_must_name_every_image():
         delong_test([0, 1, 1], [0.1, 0.8, 0.7], [0.2, 0.3, 0.9], groups=["p1", None, "p2"])
 
 
-def test_one_malignant_patient_gives_no_p_value_where_it_was_significant_by_chance():
+def test_too_few_malignant_patients_give_no_p_value_where_it_was_significant_by_chance():
     # Prepare: 200 studies of two equally uninformative models on one malignant patient
-    # (two views) and 10 benign images; the same with 2 malignant patients
+    # (two views) and 10 benign images; on one malignant patient fewer than the minimum; and
+    # on the minimum (metrics.MIN_UNITS_PER_CLASS)
     rng = np.random.default_rng(5)
-    y = np.array([1, 1] + [0] * 10)
-    groups = ["m", "m"] + [f"b{i}" for i in range(10)]
-    y2, groups2 = np.array([1, 1, 1, 1] + [0] * 10), ["m", "m", "n", "n"] + groups[2:]
-    one, two = [], []
-    for _ in range(200):
-        one.append(delong_test(y, rng.random(12), rng.random(12), groups))
-        two.append(delong_test(y2, rng.random(14), rng.random(14), groups2)[2])
-    # Assert: with one malignant patient the AUCs, never a p-value (before, 44% of such
-    # studies came out p < 0.05: S10 was taken as 0); with two, a p-value every time
-    assert all(np.isfinite(r[:2]).all() and math.isnan(r[2]) for r in one)
-    assert np.isfinite(two).all()
+    benign = [f"b{i}" for i in range(10)]
+
+    def study(malignant: int) -> tuple[np.ndarray, list[str]]:
+        groups = [f"m{i // 2}" for i in range(2 * malignant)] + benign
+        return np.array([1] * (2 * malignant) + [0] * 10), groups
+
+    runs = {}
+    for k in (1, MIN_UNITS_PER_CLASS - 1, MIN_UNITS_PER_CLASS):
+        y, groups = study(k)
+        runs[k] = [
+            delong_test(y, rng.random(y.size), rng.random(y.size), groups) for _ in range(200)
+        ]
+    # Assert: below the minimum the AUCs, never a p-value (with one patient, 44% of such
+    # studies came out p < 0.05 when S10 was taken as 0); at the minimum a p-value every time
+    for k in (1, MIN_UNITS_PER_CLASS - 1):
+        assert all(np.isfinite(r[:2]).all() and math.isnan(r[2]) for r in runs[k])
+    assert all(np.isfinite(r[2]) for r in runs[MIN_UNITS_PER_CLASS])

@@ -70,8 +70,10 @@ def tiny_gan_scenario(
                 "role": "receiver",
                 "overrides": {
                     **small,
-                    "data.synthetic.segments.0.patients": 20,
-                    "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+                    # 7-8 cancer patients among 15 in test: CIs (metrics.MIN_UNITS_PER_CLASS)
+                    "data.synthetic.segments.0.patients": 40,
+                    "data.synthetic.segments.0.prevalence": 0.5,
+                    "split": {"train": 0.5, "val": 0.125, "test": 0.375},
                 },
             },
             {

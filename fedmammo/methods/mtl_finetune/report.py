@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmammo.evaluation.metrics import (
+    MIN_UNITS_PER_CLASS,
     best_mcc,
     bootstrap_auc,
     breast_level,
@@ -394,8 +395,9 @@ _P_NOTE = (
     "p: DeLong's paired test of the arm's AUC against its reference arm's on the same test "
     "images (a fine-tuning arm against mtl, any other arm against the single-task "
     "baseline), one value per seed; its variance is Obuchowski's over patients, whose "
-    "images are not independent. n/a, and an AUC without CI: fewer than 2 malignant or 2 "
-    "benign patients in the stratum, too few to estimate either."
+    "images are not independent. n/a, and an AUC without CI: fewer than "
+    f"{MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign patients in the "
+    "stratum, too few to estimate either (docs/report.md)."
 )
 _OPERATING_COLUMNS = (
     ("auc", "AUC", _cell),

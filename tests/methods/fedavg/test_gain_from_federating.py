@@ -22,12 +22,26 @@ from fedmammo.methods.fedavg.messages import EvaluateClassifier
 from fedmammo.methods.fedavg.report import gain_table
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
-HALF_TEST = {"train": 0.4, "val": 0.1, "test": 0.5}  # 2 cancer patients in a's and b's tests
+HALF_TEST = {"train": 0.4, "val": 0.1, "test": 0.5}
+
+
+def _segments(patients: int) -> list[dict]:
+    """Two vendors' segments of ``patients`` patients each, half of them with cancer."""
+    return [
+        {"manufacturer": m, "patients": patients, "prevalence": 0.5, "lesion_prevalence": 0.5}
+        for m in ("Ma", "Mb")
+    ]
+
+
+# Every label known; 12 cancer and 12 other patients at a and b (6 and 6 in their test
+# splits), 6 and 6 at the test-only t: enough for CIs (metrics.MIN_UNITS_PER_CLASS)
 SETS = {
     "strategy.params.arms": ["federated", "local", "pooled"],
     "strategy.params.bootstrap": 50,
-    "centres.a.split": HALF_TEST,
-    "centres.b.split": HALF_TEST,
+    **{f"centres.{c}.split": HALF_TEST for c in "ab"},
+    **{f"centres.{c}.data.synthetic.segments": _segments(12) for c in "ab"},
+    "centres.t.data.synthetic.segments": _segments(6),
+    **{f"centres.{c}.labels.missing": {} for c in "abt"},
 }
 
 

@@ -46,8 +46,8 @@ def centre(tmp_path_factory):
                 "synthetic": {
                     "image_height": 64,
                     "segments": [
-                        {"manufacturer": "Ma", "patients": 6, "prevalence": 0.5},
-                        {"manufacturer": "Mb", "patients": 6, "prevalence": 0.5},
+                        {"manufacturer": "Ma", "patients": 20, "prevalence": 0.5},
+                        {"manufacturer": "Mb", "patients": 20, "prevalence": 0.5},
                     ],
                 }
             },
@@ -55,7 +55,8 @@ def centre(tmp_path_factory):
                 "missing": {"malignancy": 0.3, "density": 0.1},
                 "uncertainty": {"density": 0.2},
             },
-            "split": {"train": 0.5, "val": 0.2, "test": 0.3},
+            # about 10 cancer patients in test: CIs and p (metrics.MIN_UNITS_PER_CLASS)
+            "split": {"train": 0.3, "val": 0.2, "test": 0.5},
         }
     )
     data_dir = tmp_path_factory.mktemp("centres") / "tiny"

@@ -28,16 +28,18 @@ SCORE = np.array([0.9, 0.6, 0.4, 0.7, 0.2, 0.1, 0.3, 0.5])
 
 
 def test_delong_hand_computed_example():
-    # Prepare: a: positives 0.9, 0.6, negatives 0.7, 0.1 (AUC 0.75); b separates (AUC 1).
-    # Components a: V10 = [1, 0.5], V01 = [0.5, 1], each variance 0.125; b's are constant,
-    # so var(AUC_a - AUC_b) = 0.125 / 2 + 0.125 / 2 = 0.125, z = 0.25 / sqrt(0.125)
-    y = [1, 1, 0, 0]
-    a, b = [0.9, 0.6, 0.7, 0.1], [0.8, 0.5, 0.4, 0.2]
+    # Prepare: five copies of a: positives 0.9, 0.6, negatives 0.7, 0.1 (AUC 0.75); b
+    # separates (AUC 1); ten images of each class (five are the fewest given a p). Components
+    # of a: V10 = [1, 0.5] x 5, V01 = [0.5, 1] x 5, each sample variance 10 x 0.0625 / 9; b's
+    # are constant, so var(AUC_a - AUC_b) = 2 x 0.0625 / 9 and z = 0.25 / sqrt(0.125 / 9)
+    y = [1, 1, 0, 0] * 5
+    a, b = [0.9, 0.6, 0.7, 0.1] * 5, [0.8, 0.5, 0.4, 0.2] * 5
     # Execute
     auc_a, auc_b, p = delong_test(y, a, b)
-    # Assert: p = 2 (1 - Phi(1 / sqrt(2))) = erfc(0.5)
+    # Assert: z = 3 / sqrt(2), p = 2 (1 - Phi(z)) = erfc(1.5)
     assert (auc_a, auc_b) == pytest.approx((0.75, 1.0))
-    assert p == pytest.approx(math.erfc(0.5)) and p == pytest.approx(0.4795, abs=1e-4)
+    assert p == pytest.approx(math.erfc(1.5)) and p == pytest.approx(0.03389, abs=1e-5)
+    assert math.isnan(delong_test(y[:8], a[:8], b[:8])[2])  # four of each: too few
 
 
 def test_delong_identical_large_and_clearly_better():
@@ -213,4 +215,4 @@ def test_a_stratum_with_one_malignant_patient_shows_no_p_value_or_ci():
     assert np.isnan([auc["ci_low"], auc["ci_high"]]).all()
     assert strata.frame.loc["density=A", "mtl"].endswith(" p=n/a")
     assert "(" not in strata.frame.loc["density=A", "mtl"]
-    assert "fewer than 2 malignant or 2 benign patients" in strata.note
+    assert "fewer than 5 malignant or 5 benign patients" in strata.note

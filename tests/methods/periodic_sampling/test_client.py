@@ -45,12 +45,14 @@ def centre(tmp_path_factory):
                 "synthetic": {
                     "image_height": 64,
                     "segments": [
-                        {"manufacturer": "Ma", "patients": 12, "prevalence": 0.5},
-                        {"manufacturer": "Mb", "patients": 12, "prevalence": 0.5},
+                        {"manufacturer": "Ma", "patients": 24, "prevalence": 0.5},
+                        {"manufacturer": "Mb", "patients": 24, "prevalence": 0.5},
                     ],
                 }
             },
-            "split": {"train": 0.5, "val": 0.2, "test": 0.3},
+            # 6 cancer and 6 other patients per segment in test: a CI each
+            # (metrics.MIN_UNITS_PER_CLASS)
+            "split": {"train": 0.3, "val": 0.2, "test": 0.5},
         }
     )
     data_dir = tmp_path_factory.mktemp("centres") / "tiny"
@@ -209,7 +211,7 @@ def test_evaluate_compares_with_the_baseline_inside_the_centre(centre):
         assert records[("auc", s)]["value"] == pytest.approx(
             bootstrap_auc(y[mask], s_method[mask], n_boot=0)[0], abs=1e-6
         )
-    assert compared >= 1
+    assert compared == 2  # both segments, each with a CI
     assert records[("auc", None)]["value"] == pytest.approx(
         bootstrap_auc(y, s_method, n_boot=0)[0], abs=1e-6
     )

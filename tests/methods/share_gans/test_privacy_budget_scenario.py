@@ -23,8 +23,10 @@ TINY = {
     "sweep": {"privacy.target_epsilon": [1.0, None]},
     "image_size": [64, 48],
     "centres.A.data.synthetic.image_height": 64,
-    "centres.A.data.synthetic.segments.0.patients": 24,
-    "centres.A.split": {"train": 0.5, "val": 0.25, "test": 0.25},
+    # 7-8 cancer patients among 15 in test: CIs (metrics.MIN_UNITS_PER_CLASS)
+    "centres.A.data.synthetic.segments.0.patients": 40,
+    "centres.A.data.synthetic.segments.0.prevalence": 0.5,
+    "centres.A.split": {"train": 0.5, "val": 0.125, "test": 0.375},
     "centres.B.data.synthetic.image_height": 64,
     "centres.B.data.synthetic.segments.0.patients": 8,
     "centres.B.data.synthetic.segments.1.patients": 8,
