@@ -8,9 +8,17 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from fedmammo.evaluation.metrics import MIN_UNITS_PER_CLASS
 from fedmammo.evaluation.results import RunRecorder
 
 __all__ = ["final_table", "format_estimate", "share_table", "to_markdown", "write_summary"]
+
+#: Under a table of AUROCs with CIs.
+NO_CI_NOTE = (
+    "95% bootstrap CIs over the centre's test patients; a value alone where the centre tests "
+    f"fewer than {MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign patients, "
+    "too few for a CI (docs/report.md)."
+)
 
 
 def format_estimate(
@@ -83,7 +91,7 @@ def write_summary(
         console.print(rt)
         lines += [
             f"Test AUROC {what} per arm (rows) and evaluating centre (columns)"
-            + (": 95% bootstrap CIs over the centre's test patients." if seeds <= 1 else "."),
+            + (f": {NO_CI_NOTE}" if seeds <= 1 else "."),
             "",
             to_markdown(table.fillna("")),
         ]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fedmammo.evaluation.metrics import (
+    MIN_UNITS_PER_CLASS,
     bootstrap_auc,
     delta_auc,
     is_significant_decrease,
@@ -45,7 +46,9 @@ P_FROM_CI_NOTE = (
     "The p-value is read from the CI's width (Altman & Bland, as the periodic-sampling "
     "paper), which assumes a symmetric interval: a skewed bootstrap CI can lie beside 0 with "
     "p above 0.05, or hold 0 with p below it. A difference is significant only when both "
-    "hold (CI beside 0 and p < 0.05)."
+    "hold (CI beside 0 and p < 0.05). A value without a CI and p n/a: fewer than "
+    f"{MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign test patients, too few "
+    "for either (docs/report.md)."
 )
 
 
