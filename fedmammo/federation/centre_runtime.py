@@ -64,9 +64,10 @@ class CentreIdentity:
         return all(p is not None and p.data.synthetic is not None for p in profiles)
 
 
-def _site_settings(node, data_dir: Path) -> tuple[tuple[int, int] | None, int | None]:
-    """Image size and data seed of a deployed site: node config (``image-size="HxW"``,
-    ``data-seed``) over ``<data-dir>/prepared.yaml`` (written by deployment ``prepare``)."""
+def _site_settings(node, data_dir: Path) -> tuple[tuple[int, int] | None, int | None, str]:
+    """Image size, data seed and role of a deployed site: node config (``image-size="HxW"``,
+    ``data-seed``, ``role``) over ``<data-dir>/prepared.yaml`` (written by deployment
+    ``prepare``); role train when neither names one."""
     from fedmammo.federation.deployment import PREPARED_FILE, prepared_settings
 
     path = data_dir / PREPARED_FILE
@@ -75,10 +76,12 @@ def _site_settings(node, data_dir: Path) -> tuple[tuple[int, int] | None, int | 
     if "image-size" in node:
         size = str(node["image-size"]).lower().split("x")
     seed = node.get("data-seed", saved.get("data_seed"))
+    role = str(node.get("role") or saved.get("role") or "train")
     try:
         return (
             tuple(int(v) for v in size) if size is not None else None,
             int(seed) if seed is not None else None,
+            role,
         )
     except (TypeError, ValueError):
         raise ConfigError(
@@ -104,10 +107,10 @@ def identity_of(context: Context) -> CentreIdentity:
                 'put the centre\'s YAML at <data-dir>/centre.yaml or pass profile="..."'
             )
         profile = load_profile(profile_path, {"name": str(node["centre"])})
-        size, seed = _site_settings(node, data_dir)
+        size, seed, role = _site_settings(node, data_dir)
         return CentreIdentity(
             name=profile.name,
-            role=str(node.get("role", "train")),
+            role=role,
             profile=profile,
             data_root=str(data_dir.parent),
             data_dir=str(data_dir),

@@ -2,8 +2,8 @@
 
 At each site: ``python -m fedmammo.federation.deployment prepare PROFILE.yaml --data-dir DIR``
 materialises the centre (phantom or dataset adapter, splits, cache) and writes
-``DIR/centre.yaml`` and ``DIR/prepared.yaml`` (the image size and data seed the site prepared
-with: the centre serves only these, whatever a server asks); then ``flower-supernode ...
+``DIR/centre.yaml`` and ``DIR/prepared.yaml`` (the role, image size and data seed the site
+prepared with: the centre serves only these, whatever a server asks); then ``flower-supernode ...
 --node-config "$(python -m fedmammo.federation.deployment node-config --centre A --data-dir
 DIR)"`` (refused for a DIR that ``prepare`` did not complete).
 """
@@ -29,6 +29,7 @@ __all__ = [
     "node_config",
     "prepare_site",
     "prepared_settings",
+    "site_role",
     "toml_string",
 ]
 
@@ -63,7 +64,8 @@ def node_config(centre: str, data_dir: str | Path, *, role: str = "train") -> st
 
 
 def prepared_settings(data_dir: str | Path) -> dict:
-    """What ``prepare`` recorded in ``data_dir`` (centre, image size, data seed); {} if none."""
+    """What ``prepare`` recorded in ``data_dir`` (centre, role, image size, data seed); {} if
+    none."""
     path = Path(data_dir) / PREPARED_FILE
     return (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
 
@@ -90,6 +92,20 @@ def check_prepared(data_dir: str | Path, centre: str) -> Path:
     return path
 
 
+def site_role(data_dir: str | Path, asked: str | None = None) -> str:
+    """The role a site serves its centre in: the one ``prepare`` split its images for (train
+    when it did not record one); ``asked`` (node-config's ``--role``) must agree with it as
+    far as the split goes (test or not), else a ConfigError naming the fix."""
+    prepared = str(prepared_settings(data_dir).get("role") or asked or "train")
+    if asked is not None and (asked == "test") != (prepared == "test"):
+        raise ConfigError(
+            f"--data-dir {Path(data_dir).resolve()} was prepared as role {prepared!r}, not "
+            f"{asked!r}: a test centre keeps every image in the test split; fix: --role "
+            f"{prepared}, or prepare the folder again with --role {asked}"
+        )
+    return asked or prepared
+
+
 def prepare_site(
     profile_path: str | Path,
     data_dir: str | Path,
@@ -111,6 +127,7 @@ def prepare_site(
     )
     settings = {
         "centre": profile.name,
+        "role": role,  # a test centre's images are all test images: the split depends on it
         "image_size": [int(v) for v in image_size],
         "data_seed": int(data_seed),
     }
@@ -160,7 +177,9 @@ def main(
     nc = sub.add_parser("node-config", help="print the SuperNode --node-config string")
     nc.add_argument("--centre", required=True, help="the centre's name in the scenario")
     nc.add_argument("--data-dir", required=True, help="the folder `prepare` wrote")
-    nc.add_argument("--role", default="train", help="the centre's role (default: train)")
+    nc.add_argument(
+        "--role", help="the centre's role in the scenario (default: the one `prepare` was given)"
+    )
     args = parser.parse_args(argv)
     console = Console()
     try:
@@ -176,7 +195,7 @@ def main(
             console.print(f"prepared {n} images in {safe(args.data_dir)}")
         else:
             data_dir = check_prepared(args.data_dir, args.centre)
-            print(node_config(args.centre, data_dir, role=args.role))
+            print(node_config(args.centre, data_dir, role=site_role(data_dir, args.role)))
         return 0
     except FedmammoError as exc:
         # stderr: `--node-config "$(... node-config ...)"` must not capture the error as config

@@ -56,3 +56,31 @@ def test_node_config_cli_serves_only_a_prepared_centre_folder(tmp_path, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"--data-dir {site.resolve()} was prepared for centre 's1', not 's2'" in line
     assert "fix: --centre s1" in line
+
+
+def test_a_site_serves_the_role_it_was_prepared_for(tmp_path, capsys):
+    # Prepare: a test-only site, prepared as such (every image a test image)
+    from types import SimpleNamespace
+
+    from fedmammo.federation.centre_runtime import identity_of
+    from fedmammo.federation.deployment import prepared_settings
+
+    site = tmp_path / "fedmammo" / "s4"
+    assert main(["prepare", str(REPO / "centres" / "tiny.yaml"), "--data-dir", str(site),
+                 "--name", "s4", "--role", "test", "--image-size", "32", "24"]) == 0  # fmt: skip
+    capsys.readouterr()
+    # Execute: node-config without --role, with the same role, with a training role
+    assert main(["node-config", "--centre", "s4", "--data-dir", str(site)]) == 0
+    default = parse_config_args([capsys.readouterr().out.strip()])
+    assert main(["node-config", "--centre", "s4", "--data-dir", str(site), "--role", "test"]) == 0
+    capsys.readouterr()
+    refused = main(["node-config", "--centre", "s4", "--data-dir", str(site), "--role", "train"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    # Assert: the role travels from prepare to the node config, and to a node started
+    # without one; a role that would split the images otherwise is refused, naming the fix
+    assert prepared_settings(site)["role"] == "test" and default["role"] == "test"
+    assert refused == 2
+    assert f"--data-dir {site.resolve()} was prepared as role 'test', not 'train'" in line
+    assert "fix: --role test, or prepare the folder again with --role train" in line
+    node = SimpleNamespace(node_config={"centre": "s4", "data-dir": str(site)})
+    assert identity_of(node).role == "test"
