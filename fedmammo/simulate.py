@@ -404,11 +404,17 @@ def execute(spec: RunSpec, base: Scenario, args: argparse.Namespace) -> int:
     where = {"ray_address": args.ray_address, "backend": args.backend}
     with CtrlC(run_dir):
         console.print(f"run directory: [bold]{safe(run_dir)}[/]")
-        with run_log(run_dir):
-            if base.sweep:
-                run_sweep(spec, base, functools.partial(run, **where))
-            else:
-                run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
+        with run_log(run_dir) as run_log_file:
+            try:
+                if base.sweep:
+                    run_sweep(spec, base, functools.partial(run, **where))
+                else:
+                    run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
+            except FedmammoError as exc:  # in run.log too (the console has it), and resumable
+                record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), None)
+                run_log_file.handle(record)
+                exc.run_dir = run_dir
+                raise
     console.print(f"[green]done[/]: results in {safe(run_dir)}")
     return 0
 
@@ -581,6 +587,13 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.simul
     except FedmammoError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             console.print(f"[red]error:[/] {safe(line)}", highlight=False, soft_wrap=True)
+        if run_dir := getattr(exc, "run_dir", None):  # the run had started: nothing is lost
+            console.print(
+                f"the run folder {safe(run_dir)} keeps what was done; after the fix: "
+                f"python -m fedmammo.simulate --resume {safe(run_dir)}",
+                highlight=False,
+                soft_wrap=True,
+            )
         return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

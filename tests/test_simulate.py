@@ -230,3 +230,31 @@ def test_client_resources_beyond_this_machine_fail_the_check(tmp_path, capsys):
     line = _one_error(capsys)
     assert line.startswith("error: this machine: each centre asks for 64 CPU 0 GPU; no node")
     assert f"({cpus} CPU)" in line and "simulation.client_resources" in line
+
+
+def test_an_error_after_the_run_started_names_its_folder_and_resume_and_goes_to_run_log(
+    tmp_path, capsys, monkeypatch
+):
+    # Prepare: data preparation fails (a bad labels CSV, say) once the run folder exists
+    import fedmammo.simulate as simulate
+    from fedmammo.errors import DataError
+
+    def broken(*args, **kwargs):
+        raise DataError("my_labels.csv line 5: column 'malignant' value 'yes' is not in 0..1")
+
+    monkeypatch.setattr(simulate, "prepare_data", broken)
+    argv = [TINY, "--backend", "inprocess", "--out", str(tmp_path / "out")]
+    # Execute
+    code = simulate.main(argv)
+    out = capsys.readouterr().out
+    # Assert: the error line, then the folder kept and how to resume; run.log has it too
+    (run,) = (tmp_path / "out" / "fedavg_tiny").iterdir()
+    assert code == 2
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert errors == ["error: my_labels.csv line 5: column 'malignant' value 'yes' is not in 0..1"]
+    hint = f"the run folder {run} keeps what was done; after the fix: "
+    assert f"{hint}python -m fedmammo.simulate --resume {run}" in out.splitlines()
+    logged = (run / "run.log").read_text().splitlines()
+    assert any(
+        " ERROR fedmammo: my_labels.csv line 5: column 'malignant'" in line for line in logged
+    )

@@ -63,15 +63,15 @@ def add_run_log(run_dir: Path) -> logging.Handler:
 
 
 @contextlib.contextmanager
-def run_log(run_dir: Path) -> Iterator[None]:
-    """:func:`add_run_log` for the length of the block, then the root logger as it was (a
-    process that runs several scenarios, in process, writes each run's records to its own
-    run.log only)."""
+def run_log(run_dir: Path) -> Iterator[logging.Handler]:
+    """:func:`add_run_log` for the length of the block (its handler: a record for run.log
+    alone), then the root logger as it was (a process that runs several scenarios, in
+    process, writes each run's records to its own run.log only)."""
     root = logging.getLogger()
     level = root.level
     handler = add_run_log(run_dir)
     try:
-        yield
+        yield handler
     finally:
         root.removeHandler(handler)
         handler.close()
