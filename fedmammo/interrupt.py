@@ -23,7 +23,15 @@ from rich.console import Console
 
 from fedmammo.federation.console import safe
 
-__all__ = ["INTERRUPTED", "STOP", "CtrlC", "Interrupted", "interrupted", "stoppable"]
+__all__ = [
+    "INTERRUPTED",
+    "STOP",
+    "CtrlC",
+    "Interrupted",
+    "exit_code",
+    "interrupted",
+    "stoppable",
+]
 
 console = Console()
 
@@ -194,3 +202,13 @@ def interrupted(exc: KeyboardInterrupt) -> int:
         _leave_now()
     _say_interrupted(run_dir)
     return INTERRUPTED
+
+
+def exit_code(code: int) -> int:
+    """A command-line process's exit code; after a finished run (0) a Ctrl-C in the seconds
+    the interpreter takes to leave (Ray's and the threads' shutdown) is ignored, so it cannot
+    turn a complete run into exit code 130. For ``if __name__ == "__main__"`` only: it changes
+    the process's SIGINT handler."""
+    if code == 0:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code

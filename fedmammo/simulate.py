@@ -70,7 +70,7 @@ from fedmammo.federation.ray_cluster import (
 from fedmammo.federation.run_log import RAY_ACCEL_ENV, quiet_libraries, run_log
 from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
 from fedmammo.federation.telemetry import quiet_flower
-from fedmammo.interrupt import STOP, STOP_SECONDS, CtrlC, interrupted, stoppable
+from fedmammo.interrupt import STOP, STOP_SECONDS, CtrlC, exit_code, interrupted, stoppable
 from fedmammo.methods.planning import fault_problems, plan_scenario
 from fedmammo.resume import INVOCATION, open_run, print_restore
 from fedmammo.sweep import Point, load_points, run_sweep
@@ -607,4 +607,4 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.simul
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main()))

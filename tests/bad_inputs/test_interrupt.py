@@ -298,3 +298,24 @@ def _call(app, grid, context, errors: list) -> None:
         app(grid=grid, context=context)
     except BaseException as exc:  # noqa: BLE001 - the test reports it
         errors.append(exc)
+
+
+@pytest.mark.parametrize(("code", "survives"), [(0, True), (2, False)])
+def test_a_ctrl_c_after_a_finished_run_does_not_turn_it_into_a_failure(code, survives):
+    # Prepare: a process that finished with `code`, then gets SIGINT while it leaves
+    script = (
+        "import os, signal, time\n"
+        "from fedmammo.interrupt import exit_code\n"
+        f"code = exit_code({code})\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.5)\n"
+        "print('left with', code)\n"
+        "raise SystemExit(code)\n"
+    )
+    # Execute
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    # Assert: after a finished run the interrupt is ignored; after a failed one it is not
+    if survives:
+        assert (proc.returncode, proc.stdout) == (0, "left with 0\n")
+    else:
+        assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
