@@ -14,15 +14,18 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fedmammo.config.dotted import apply_dotted, split_dotted
 from fedmammo.config.profile import CentreProfile
+from fedmammo.config.recipe import params_model
 from fedmammo.config.scenario import CentreEntry, Scenario, StrategySpec
 from fedmammo.errors import ConfigError
 
@@ -136,6 +139,42 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _step(tp: Any, part: str) -> Any:
+    """The type found at ``part`` inside ``tp`` (a model's field, a list's item, a dict's
+    value, through unions and Annotated); None where there is none."""
+    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,)
+    for member in members:
+        while typing.get_origin(member) is Annotated:
+            member = typing.get_args(member)[0]
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            if part in member.model_fields:
+                return member.model_fields[part].annotation
+            if part == member.__name__:  # pydantic names the union member it tried
+                return member
+        elif typing.get_origin(member) in (list, tuple) and part.isdigit():
+            return typing.get_args(member)[0]
+        elif typing.get_origin(member) is dict:
+            return typing.get_args(member)[1]
+    return None
+
+
+def _model_in(tp: Any) -> type[BaseModel] | None:
+    """The model ``tp`` is, or the first model of its union."""
+    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,)
+    return next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+
+
+def _known_keys(model: type[BaseModel] | None, loc: tuple[str, ...]) -> list[str]:
+    """The keys ``model`` accepts at ``loc`` (the fields of the model found there)."""
+    tp: Any = model
+    for part in loc:
+        tp = _step(tp, part)
+        if tp is None:
+            return []
+    found = _model_in(tp)
+    return list(found.model_fields) if found else []
+
+
 def _format_validation(
     path: Path | str,
     exc: ValidationError,
@@ -143,11 +182,13 @@ def _format_validation(
     target: str = "",
     prefix: tuple[str, ...] = (),
     shown: tuple[str, ...] = (),
+    model: type[BaseModel] | None = None,
 ) -> ConfigError:
     """One line per error: where (the override that set the key, else the file), key, what.
 
     ``prefix`` is prepended to each error's location (for the key shown and the override
-    looked up); ``shown`` only to the key shown (an inline recipe's ``strategy.``).
+    looked up); ``shown`` only to the key shown (an inline recipe's ``strategy.``); ``model``:
+    the model validated, whose keys an unknown key may misspell ("did you mean").
     """
     lines = []
     errors = exc.errors()
@@ -170,8 +211,11 @@ def _format_validation(
         raw = tuple(map(str, err["loc"]))
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check spelling; see README 'Scenario reference')"
+            near = difflib.get_close_matches(raw[-1], _known_keys(model, raw[:-1]), n=1)
             if raw in misspelt:
                 msg = f"unknown key; did you mean '{misspelt[raw]}' (required)?"
+            elif near:
+                msg = f"unknown key; did you mean '{near[0]}'?"
         elif err["type"] == "missing":
             if raw not in missing:
                 continue  # reported with the misspelt key
@@ -250,7 +294,7 @@ def _profile(
     try:
         return CentreProfile.model_validate(data)
     except ValidationError as exc:
-        raise _format_validation(path, exc, origins, target) from None
+        raise _format_validation(path, exc, origins, target, model=CentreProfile) from None
 
 
 def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> CentreProfile:
@@ -284,18 +328,28 @@ def _strategy(
     try:
         spec = StrategySpec.model_validate(data)
     except ValidationError as exc:
-        raise _format_validation(where, exc, origins, "strategy", shown=shown) from None
+        raise _format_validation(
+            where, exc, origins, "strategy", shown=shown, model=StrategySpec
+        ) from None
     try:
         spec.typed_params()
     except ValidationError as exc:
-        raise _format_validation(where, exc, origins, "strategy", ("params",), shown) from None
+        raise _format_validation(
+            where, exc, origins, "strategy", ("params",), shown, params_model(spec.kind)
+        ) from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     try:
         spec.typed_params(quick=True)
     except ValidationError as exc:
         raise _format_validation(
-            f"{where} (its quick block)", exc, origins, "strategy.quick", ("params",), shown
+            f"{where} (its quick block)",
+            exc,
+            origins,
+            "strategy.quick",
+            ("params",),
+            shown,
+            params_model(spec.kind),
         ) from None
     except ConfigError as exc:
         raise ConfigError(f"{where} quick: {exc}") from None
@@ -446,7 +500,7 @@ def load_scenario_traced(
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise _format_validation(path, exc, origins, "scenario") from None
+        raise _format_validation(path, exc, origins, "scenario", model=Scenario) from None
     scenario.source_file = str(path.resolve())
 
     overrides = dict(scenario.strategy_overrides)

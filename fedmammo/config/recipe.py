@@ -27,6 +27,7 @@ __all__ = [
     "FedAvgWeighting",
     "Weighting",
     "known_kinds",
+    "params_model",
     "power_of_two",
     "register_params",
     "validate_recipe_params",
@@ -175,6 +176,11 @@ def known_kinds() -> list[str]:
             "scenario (fedmammo.methods.load_scenario does it for you)"
         )
     return sorted(_PARAMS)
+
+
+def params_model(kind: str) -> type[BaseModel] | None:
+    """The parameter model registered for ``kind`` (None: no such kind)."""
+    return _PARAMS.get(kind)
 
 
 def validate_recipe_params(kind: str, params: dict[str, Any]) -> BaseModel:

@@ -250,7 +250,7 @@ def test_an_unknown_key_in_a_nested_override_is_named_by_its_full_path(tmp_path)
     # Assert: one line, naming the override and the full dotted key
     assert str(err.value) == (
         f"{path} centres.0.overrides 'data': key 'data.synthetic.lesion_contarst': "
-        "unknown key (check spelling; see README 'Scenario reference')"
+        "unknown key; did you mean 'lesion_contrast'?"
     )
     inline = _write(tmp_path, "i.yaml", INLINE)
     with pytest.raises(ConfigError, match=r"^--set strategy.params.train=.*'strategy.params.tr"):
@@ -323,3 +323,31 @@ def test_a_missing_profile_or_recipe_names_every_place_looked(tmp_path, monkeypa
     assert text.startswith(f"{path}: key 'centres.0.profile': profile 'mytiny' not found (looked ")
     looked = [f"{r}/centres/mytiny.yaml" for r in (here, proj, ROOT)]
     assert all(p in text for p in looked), text
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown", "meant"),
+    [
+        ("seedz", [1], "seedz", "seeds"),
+        ("simulation.backnd", "ray", "simulation.backnd", "backend"),
+        ("tracking", {"tensorbord": True}, "tracking.tensorbord", "tensorboard"),
+        ("strategy.params.roundz", 3, "params.roundz", "rounds"),
+        ("strategy.params.train.epochz", 2, "params.train.epochz", "epochs"),
+        ("centres.s1.privacy.target_epsilom", 3, "privacy.target_epsilom", "target_epsilon"),
+        (
+            "centres.s1.data.synthetic.segments.0.patiens",
+            3,
+            "data.synthetic.segments.0.patiens",
+            "patients",
+        ),
+    ],
+)
+def test_a_misspelt_key_at_any_level_gets_the_key_it_misspells(key, value, shown, meant):
+    with pytest.raises(ConfigError) as err:
+        load_scenario(ROOT / "scenarios" / "fedavg_quick.yaml", sets={key: value})
+    assert f"key '{shown}': unknown key; did you mean '{meant}'?" in str(err.value)
+
+
+def test_an_unknown_key_like_no_known_one_keeps_the_plain_message():
+    with pytest.raises(ConfigError, match=r"key 'zzzq': unknown key \(check spelling; see README"):
+        load_scenario(ROOT / "scenarios" / "fedavg_quick.yaml", sets={"zzzq": 1})

@@ -39,7 +39,12 @@ def _ask(data_dir: Path, image_size, data_seed, **node):
 
 def test_prepare_records_the_sites_data_settings(site):
     saved = yaml.safe_load((site / PREPARED_FILE).read_text())
-    assert saved == {"centre": "tiny_a", "image_size": list(SIZE), "data_seed": SEED}
+    assert saved == {
+        "centre": "tiny_a",
+        "role": "train",
+        "image_size": list(SIZE),
+        "data_seed": SEED,
+    }
 
 
 def test_the_centre_answers_at_its_own_settings(site):
