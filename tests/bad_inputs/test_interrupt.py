@@ -302,9 +302,11 @@ def _call(app, grid, context, errors: list) -> None:
 
 @pytest.mark.parametrize(("code", "survives"), [(0, True), (2, False)])
 def test_a_ctrl_c_after_a_finished_run_does_not_turn_it_into_a_failure(code, survives):
-    # Prepare: a process that finished with `code`, then gets SIGINT while it leaves
+    # Prepare: a process that finished with `code`, then gets SIGINT while it leaves (with
+    # Python's own SIGINT handler, as from a terminal: a background job inherits SIGINT ignored)
     script = (
         "import os, signal, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from fedmammo.interrupt import exit_code\n"
         f"code = exit_code({code})\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
