@@ -139,14 +139,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The types ``tp`` may be: a union's members, each without its Annotated metadata."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) not in (Union, UnionType):
+        return (tp,)
+    return tuple(m for arg in typing.get_args(tp) for m in _members(arg))
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
 def _step(tp: Any, part: str) -> Any:
     """The type found at ``part`` inside ``tp`` (a model's field, a list's item, a dict's
     value, through unions and Annotated); None where there is none."""
-    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,)
-    for member in members:
-        while typing.get_origin(member) is Annotated:
-            member = typing.get_args(member)[0]
-        if isinstance(member, type) and issubclass(member, BaseModel):
+    for member in _members(tp):
+        if _is_model(member):
             if part in member.model_fields:
                 return member.model_fields[part].annotation
             if part == member.__name__:  # pydantic names the union member it tried
@@ -158,12 +168,6 @@ def _step(tp: Any, part: str) -> Any:
     return None
 
 
-def _model_in(tp: Any) -> type[BaseModel] | None:
-    """The model ``tp`` is, or the first model of its union."""
-    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,)
-    return next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
-
-
 def _known_keys(model: type[BaseModel] | None, loc: tuple[str, ...]) -> list[str]:
     """The keys ``model`` accepts at ``loc`` (the fields of the model found there)."""
     tp: Any = model
@@ -171,7 +175,7 @@ def _known_keys(model: type[BaseModel] | None, loc: tuple[str, ...]) -> list[str
         tp = _step(tp, part)
         if tp is None:
             return []
-    found = _model_in(tp)
+    found = next((m for m in _members(tp) if _is_model(m)), None)
     return list(found.model_fields) if found else []
 
 
