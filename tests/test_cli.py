@@ -113,6 +113,6 @@ def test_help_texts_say_what_check_is_and_give_every_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["deploy", "prepare", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: 256 192); must match the scenario's image_size" in out
-    for option in ("profile", "--data-dir", "--name", "--role", "--data-seed"):
+    assert "(default: 256 192, or the scenario's); must match the scenario's image_size" in out
+    for option in ("profile", "--scenario", "--data-dir", "--centre", "--role", "--data-seed"):
         assert f"{option} " in out

@@ -400,14 +400,19 @@ def load_scenario(
     sets: dict[str, Any] | None = None,
     quick: bool = False,
     labels: dict[str, str] | None = None,
+    with_recipe: bool = True,
 ) -> Scenario:
     """Load a scenario, resolve its profiles and recipe, apply overrides, validate it all.
 
     ``sets`` are dotted keys (``--set``) applied to the scenario mapping; keys starting with
     ``strategy.`` go to the recipe, ``centres.<name>.`` to a centre's overrides. ``labels``
-    names a set key in errors (default ``--set key=value``).
+    names a set key in errors (default ``--set key=value``). ``with_recipe=False``: the centres,
+    their profiles and the run settings only; the strategy recipe is neither read nor
+    validated (what a site preparing its data needs: no method is imported).
     """
-    return load_scenario_traced(path, sets=sets, quick=quick, labels=labels)[0]
+    return load_scenario_traced(
+        path, sets=sets, quick=quick, labels=labels, with_recipe=with_recipe
+    )[0]
 
 
 def _entries(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -470,6 +475,7 @@ def load_scenario_traced(
     sets: dict[str, Any] | None = None,
     quick: bool = False,
     labels: dict[str, str] | None = None,
+    with_recipe: bool = True,
 ) -> tuple[Scenario, Origins]:
     """:func:`load_scenario`, plus where each override came from (to name it in errors)."""
     path = Path(path)
@@ -507,22 +513,8 @@ def load_scenario_traced(
         raise _format_validation(path, exc, origins, "scenario", model=Scenario) from None
     scenario.source_file = str(path.resolve())
 
-    overrides = dict(scenario.strategy_overrides)
-    if isinstance(inline, dict):
-        recipe = copy.deepcopy(inline)
-        scenario.strategy = _strategy(recipe, overrides, origins, f"{path}", ("strategy",))
-    else:
-        ref = str(scenario.strategy)
-        strategy_path, looked = _resolve_ref(ref, "strategies", path.parent)
-        if not strategy_path.is_file():
-            where = origins.label("scenario", ("strategy",), str(path))
-            raise ConfigError(
-                f"{where}: key 'strategy': {_not_found('recipe', ref, 'strategies', looked)}"
-            )
-        recipe = _read_yaml(strategy_path)
-        recipe.setdefault("name", strategy_path.stem)
-        origins.files["strategy"] = str(strategy_path)
-        scenario.strategy = _strategy(recipe, overrides, origins, str(strategy_path))
+    if with_recipe:
+        scenario.strategy = _scenario_recipe(path, scenario, inline, origins)
 
     seen: set[str] = set()
     for i, entry in enumerate(scenario.centres):
@@ -546,6 +538,24 @@ def load_scenario_traced(
         scenario.resolved_profiles[profile.name] = profile
     _check_roles(path, scenario, origins)
     return scenario, origins
+
+
+def _scenario_recipe(path: Path, scenario: Scenario, inline: Any, origins: Origins) -> StrategySpec:
+    """The scenario's strategy recipe (inline or a file in strategies/), overrides applied."""
+    overrides = dict(scenario.strategy_overrides)
+    if isinstance(inline, dict):
+        return _strategy(copy.deepcopy(inline), overrides, origins, f"{path}", ("strategy",))
+    ref = str(scenario.strategy)
+    strategy_path, looked = _resolve_ref(ref, "strategies", path.parent)
+    if not strategy_path.is_file():
+        where = origins.label("scenario", ("strategy",), str(path))
+        raise ConfigError(
+            f"{where}: key 'strategy': {_not_found('recipe', ref, 'strategies', looked)}"
+        )
+    recipe = _read_yaml(strategy_path)
+    recipe.setdefault("name", strategy_path.stem)
+    origins.files["strategy"] = str(strategy_path)
+    return _strategy(recipe, overrides, origins, str(strategy_path))
 
 
 def _entry_profile(path: Path, scenario: Scenario, i: int, origins: Origins) -> CentreProfile:

@@ -62,18 +62,17 @@ def simulate_process(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def prepare_sites(scenario, root: Path) -> dict[str, tuple[Path, str]]:
-    """Each centre's data folder under ``root`` as its site prepares it (its profile, the
-    scenario's image size and data seed): centre -> (data dir, role)."""
+    """Each centre's data folder under ``root`` as its site prepares it (``prepare --scenario``:
+    the scenario's profile, the centre's role, image size and data seed): centre -> (data dir,
+    role)."""
     from fedmammo.federation.deployment import prepare_site
-    from helpers.run_helpers import REPO
 
     sites = {}
     for entry in scenario.centres:
         data_dir = root / entry.name
         prepare_site(
-            REPO / "centres" / f"{entry.profile}.yaml",
+            scenario.resolved_profiles[entry.name],
             data_dir,
-            name=entry.name,
             image_size=scenario.image_size,
             data_seed=scenario.data_seed,
             role=entry.role,
