@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "main", "run"]
 
 
 def _simulate(argv: list[str]) -> int:
@@ -108,5 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     return COMMANDS[command][0](rest)
 
 
+def run() -> int:
+    """The ``fedmammo`` console script (and ``python -m fedmammo.cli``): :func:`main`, and
+    after a finished run a Ctrl-C while the process leaves is ignored
+    (:func:`fedmammo.interrupt.exit_code`, which changes the process's SIGINT handler: for
+    a process's entry point only)."""
+    from fedmammo.interrupt import exit_code
+
+    return exit_code(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

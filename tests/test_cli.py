@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+
+import pytest
 
 from fedmammo import cli
 
@@ -89,8 +92,6 @@ def test_check_on_a_narrow_console_folds_its_lines_and_loses_no_text(monkeypatch
 
 
 def test_help_texts_say_what_check_is_and_give_every_default(capsys):
-    import pytest
-
     # check --help: simulate's help, said to be simulate --check
     with pytest.raises(SystemExit):
         cli.main(["check", "--help"])
@@ -116,3 +117,19 @@ def test_help_texts_say_what_check_is_and_give_every_default(capsys):
     assert "(default: 256 192, or the scenario's); must match the scenario's image_size" in out
     for option in ("profile", "--scenario", "--data-dir", "--centre", "--role", "--data-seed"):
         assert f"{option} " in out
+
+
+@pytest.mark.parametrize(("code", "ignored"), [(0, True), (2, False)])
+def test_the_console_script_ignores_a_ctrl_c_only_after_a_finished_run(monkeypatch, code, ignored):
+    # the installed `fedmammo` script is cli.run, which applies interrupt.exit_code
+    from importlib.metadata import entry_points
+
+    import fedmammo.interrupt
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "fedmammo"]
+    assert script.value == "fedmammo.cli:run"
+    handlers = []
+    monkeypatch.setattr(fedmammo.interrupt.signal, "signal", lambda *a: handlers.append(a))
+    monkeypatch.setattr(cli, "main", lambda: code)
+    assert cli.run() == code
+    assert handlers == ([(signal.SIGINT, signal.SIG_IGN)] if ignored else [])
