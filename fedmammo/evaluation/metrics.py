@@ -27,7 +27,7 @@ __all__ = [
     "mcc_at_threshold",
     "metrics_by_segment",
     "operating_points",
-    "p_value_from_ci",
+    "paired_permutation_p",
     "specificity_at_sensitivity",
     "units_per_class",
     "weighted_log_loss",
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: Thresholds of the operating points marked on every ROC curve (periodic-sampling paper, 3.1.2).
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-_Z95 = 1.96
 _CHUNK_ELEMENTS = 1 << 22  # bootstrap rows are processed in chunks of about 4M indices
 
 
@@ -218,20 +217,73 @@ def bootstrap_auc(
     return auc, low, high
 
 
-def p_value_from_ci(estimate: float, ci_low: float, ci_high: float) -> float:
-    """Return the two-sided p-value of an estimate from its 95% CI (Altman & Bland, 2011).
+class _PairedRanks:
+    """Two models' scores of the same samples as within-model midranks (doubled: integers
+    2..2n), and the AUC of many rows of them at once (each row: one model's ranks, possibly
+    swapped with the other's for some patients)."""
 
-    ``SE = (high - low) / (2 * 1.96)``, ``z = |estimate| / SE``,
-    ``p = exp(-0.717 z - 0.416 z**2)`` (BMJ 2011;343:d2090). A zero-width CI gives p = 1 for
-    a zero estimate and p = 0 otherwise; NaN bounds give NaN.
+    def __init__(self, y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> None:
+        from scipy.stats import rankdata  # here: importing metrics stays light
+
+        self.pos, self.neg = y == 1, y == 0
+        # AUC is rank-invariant: the same AUCs, with the two models' values on one scale
+        self.a = (2 * rankdata(score_a)).astype(np.int64)
+        self.b = (2 * rankdata(score_b)).astype(np.int64)
+        self.bins = 2 * y.size + 1
+
+    def aucs(self, rows: np.ndarray) -> np.ndarray:
+        """AUC of each row (ties count one half), by counting: each row's negatives as a
+        histogram over the rank values, whose running sum gives each positive's count below."""
+        b, m = rows.shape[0], self.bins
+        shift = m * np.arange(b)[:, None]
+        counts = np.bincount((rows[:, self.neg] + shift).ravel(), minlength=b * m).reshape(b, m)
+        below = np.cumsum(counts, axis=1) - counts
+        pos = rows[:, self.pos]
+        wins = np.take_along_axis(below, pos, 1) + 0.5 * np.take_along_axis(counts, pos, 1)
+        return wins.sum(axis=1) / (pos.shape[1] * (rows.shape[1] - pos.shape[1]))
+
+
+def paired_permutation_p(
+    y_true: Any,
+    score_a: Any,
+    score_b: Any,
+    n_perm: int = 2000,
+    seed: int = 0,
+    *,
+    groups: Any = None,
+) -> float:
+    """Two-sided p-value of AUC(b) - AUC(a) from a paired permutation test.
+
+    Each permutation swaps the two models' scores of a random half of the patients (with
+    ``groups``, one key per sample; else of the samples), as within-model ranks so that the
+    two models' scales do not matter (Bandos, Rockette & Gur, Stat Med 2005;24:2873). Under
+    the null hypothesis that, patient by patient, the two models' scores are exchangeable (two
+    equally good models), every swap is as likely as the observed assignment, and the p-value
+    is ``(1 + #{|d*| >= |d|}) / (n_perm + 1)``. The ranks are computed once, before the swaps,
+    so this holds closely rather than exactly; measured: p < 0.05 in 5.0% and p < 0.01 in
+    0.45% of 2,000 simulated null studies with 10 malignant test patients (docs/report.md).
+    NaN if ``y_true`` has one class.
     """
-    if not all(math.isfinite(v) for v in (estimate, ci_low, ci_high)):
+    y, a = _check(y_true, score_a, name="score_a")
+    _, b = _check(y_true, score_b, name="score_b")
+    if isinstance(n_perm, bool) or not isinstance(n_perm, int | np.integer) or n_perm < 1:
+        raise DataError(f"n_perm must be an integer >= 1, got {n_perm!r}")
+    if not _two_classes(y):
         return math.nan
-    se = (ci_high - ci_low) / (2.0 * _Z95)
-    if se <= 0.0:
-        return 1.0 if estimate == 0.0 else 0.0
-    z = abs(estimate) / se
-    return float(math.exp(-0.717 * z - 0.416 * z * z))
+    ranks = _PairedRanks(y, a, b)
+    observed = abs(float(np.diff(ranks.aucs(np.stack([ranks.a, ranks.b])))[0]))
+    codes = np.arange(y.size) if groups is None else group_codes(groups, y.size)
+    g = int(codes.max()) + 1
+    rng = np.random.default_rng([seed, 1])  # not the bootstrap's stream
+    rows = max(1, _CHUNK_ELEMENTS // (4 * y.size))
+    extreme = 0
+    for first in range(0, n_perm, rows):
+        swap = rng.integers(0, 2, size=(min(rows, n_perm - first), g), dtype=bool)[:, codes]
+        d = ranks.aucs(np.where(swap, ranks.a, ranks.b)) - ranks.aucs(
+            np.where(swap, ranks.b, ranks.a)
+        )
+        extreme += int(np.sum(np.abs(d) >= observed - 1e-12))
+    return (1 + extreme) / (n_perm + 1)
 
 
 def delta_auc(
@@ -247,10 +299,10 @@ def delta_auc(
     """Return (delta, CI low, CI high, p): AUC(method) - AUC(baseline) on the same samples.
 
     The CI is the percentile CI of the paired bootstrap (both scores on the same resamples,
-    same draws as :func:`bootstrap_auc`, by patient with ``groups``); ``p`` comes from that CI
-    by Altman & Bland (2011),
-    see :func:`p_value_from_ci`. ``n_boot=0`` or a class with fewer than
-    :data:`MIN_UNITS_PER_CLASS` units: CI and p NaN. All NaN if ``y_true`` has one class.
+    same draws as :func:`bootstrap_auc`, by patient with ``groups``); ``p`` is the paired
+    permutation test's (:func:`paired_permutation_p`, ``n_boot`` permutations, by patient with
+    ``groups``). ``n_boot=0`` or a class with fewer than :data:`MIN_UNITS_PER_CLASS` units: CI
+    and p NaN. All NaN if ``y_true`` has one class.
     """
     y, base = _check(y_true, score_baseline, name="score_baseline")
     _, method = _check(y_true, score_method, name="score_method")
@@ -267,7 +319,7 @@ def delta_auc(
         [rank_method(c) - rank_base(c) for c in _resample_counts(y.size, n_boot, seed, groups)]
     )
     low, high = _percentile_ci(diffs, confidence)
-    return delta, low, high, p_value_from_ci(delta, low, high)
+    return delta, low, high, paired_permutation_p(y, base, method, n_boot, seed, groups=groups)
 
 
 def is_significant_increase(ci_low: float, p_value: float, *, alpha: float = 0.05) -> bool:

@@ -41,14 +41,16 @@ def format_auc(value: float, low: float | None, high: float | None, *, scale: fl
     return text
 
 
-#: Under every table giving a p-value read from a bootstrap CI.
-P_FROM_CI_NOTE = (
-    "The p-value is read from the CI's width (Altman & Bland, as the periodic-sampling "
-    "paper), which assumes a symmetric interval: a skewed bootstrap CI can lie beside 0 with "
-    "p above 0.05, or hold 0 with p below it. A difference is significant only when both "
-    "hold (CI beside 0 and p < 0.05). A value without a CI and p n/a: fewer than "
-    f"{MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign test patients, too few "
-    "for either (docs/report.md)."
+#: Under every table giving a paired difference's p-value.
+P_VALUE_NOTE = (
+    "The p-value is a paired permutation test's (each patient's two scores swapped between "
+    "the models at random, as ranks; Bandos et al. 2005), which holds its 5% level for two "
+    "equally good models (measured: docs/report.md). "
+    "The periodic-sampling paper reads p from the CI's width instead (Altman & Bland); the "
+    "bootstrap CI alone is a little too narrow with few patients, so a difference is "
+    "significant only when both hold (CI beside 0 and p < 0.05). A value without a CI and p "
+    f"n/a: fewer than {MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign test "
+    "patients, too few for a CI (docs/report.md)."
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -28,7 +29,7 @@ from fedmammo.evaluation.metrics import (
     is_significant_increase,
     metrics_by_segment,
     operating_points,
-    p_value_from_ci,
+    paired_permutation_p,
     units_per_class,
     weighted_log_loss,
 )
@@ -182,30 +183,76 @@ def test_delta_auc_matches_a_paired_reference_loop_and_detects_a_better_model():
     diff = lambda yy, base, method: roc_auc_score(yy, method) - roc_auc_score(yy, base)  # noqa: E731
     assert delta == pytest.approx(roc_auc_score(y, strong) - roc_auc_score(y, weak), abs=1e-12)
     assert (low, high) == pytest.approx(tuple(_reference_boot(y, [weak, strong], 250, 9, diff)))
-    assert p == pytest.approx(p_value_from_ci(delta, low, high))
-    assert is_significant_increase(low, p) and p < 1e-4
+    assert p == paired_permutation_p(y, weak, strong, 250, 9)
+    assert is_significant_increase(low, p) and p == 1 / 251  # no swap reaches it
     assert is_significant_decrease(*delta_auc(y, strong, weak, n_boot=250, seed=9)[2:])
 
 
-@pytest.mark.parametrize(
-    ("estimate", "low", "high", "expected"),
-    [
-        # SE = (high - low) / 3.92, z = |est| / SE, p = exp(-0.717 z - 0.416 z^2), by hand
-        (1.0, 0.0, 2.0, 0.0496168),  # z = 1.96, p = exp(-1.40532 - 1.59807)
-        (-1.55, -2.61, -0.45, 0.0049488),  # periodic-sampling paper Table 2 prints 0.0048
-        (0.66, -0.24, 1.57, 0.1533811),  # periodic-sampling paper Table 2 prints 0.1500
-        (0.92, 0.15, 1.69, 0.0190541),  # periodic-sampling paper Table 3 prints 0.0190
-        (0.0, -1.0, 1.0, 1.0),
-    ],
-)
-def test_altman_bland_p_value_from_ci(estimate, low, high, expected):
-    assert p_value_from_ci(estimate, low, high) == pytest.approx(expected, abs=1e-6)
+def _exact_permutation_p(y, a, b, groups) -> float:
+    """The permutation p-value by enumerating every swap of the patients (by hand)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a), rankdata(b)
+    patients = sorted(set(groups))
+    observed = abs(roc_auc_score(y, b) - roc_auc_score(y, a))
+    extreme = 0
+    for swapped in itertools.product([False, True], repeat=len(patients)):
+        swap = np.array([swapped[patients.index(g)] for g in groups])
+        d = roc_auc_score(y, np.where(swap, ra, rb)) - roc_auc_score(y, np.where(swap, rb, ra))
+        extreme += abs(d) >= observed - 1e-12
+    return extreme / 2 ** len(patients)
 
 
-def test_altman_bland_degenerate_cis():
-    assert p_value_from_ci(0.0, 0.0, 0.0) == 1.0
-    assert p_value_from_ci(0.2, 0.2, 0.2) == 0.0
-    assert math.isnan(p_value_from_ci(0.1, math.nan, 0.3))
+def test_paired_permutation_p_approaches_the_p_of_every_swap_enumerated():
+    # Prepare: 8 patients of 2 images, 3 with cancer; tied scores; model b a bit better
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(8), 2)
+    y = (groups < 3).astype(int)
+    a = np.round(y + rng.normal(size=16), 1)
+    b = np.round(1.5 * y + rng.normal(size=16), 1)
+    exact = _exact_permutation_p(y, a, b, groups)  # 256 swaps
+
+    # Execute
+    p = paired_permutation_p(y, a, b, 20_000, seed=1, groups=groups)
+
+    # Assert: Monte-Carlo error of 20,000 permutations is below 0.004 here
+    assert 0.02 < exact < 0.8
+    assert p == pytest.approx(exact, abs=0.012)
+
+
+def test_paired_permutation_p_ignores_each_models_scale():
+    y, score = _scores(120, 1.0, seed=2)
+    other = np.clip(score + np.random.default_rng(3).normal(scale=0.2, size=y.size), 0, 1)
+    p = paired_permutation_p(y, score, other, 500, seed=4)
+    assert paired_permutation_p(y, score, np.exp(5 * other), 500, seed=4) == p
+    assert paired_permutation_p(y, score * 100 - 7, other, 500, seed=4) == p
+
+
+def test_paired_permutation_p_holds_its_level_for_two_equally_good_models():
+    # Prepare: 300 null studies (the same score distribution, a patient effect both share)
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(16), 3)
+    y = ((groups < 6) & (np.arange(48) % 3 < 2)).astype(int)
+    ps = []
+    for study in range(300):
+        shared = 0.5 * rng.normal(size=16)[groups]
+        a, b = (y + shared + rng.normal(size=48) for _ in range(2))
+
+        # Execute
+        ps.append(paired_permutation_p(y, a, b, 199, seed=study, groups=groups))
+
+    # Assert: exact test: P(p <= alpha) <= alpha (binomial sd of the rate about 0.013)
+    ps = np.array(ps)
+    assert np.mean(ps < 0.05) <= 0.05 + 0.03
+    assert np.mean(ps < 0.5) == pytest.approx(0.5, abs=0.1)
+
+
+def test_paired_permutation_p_edge_cases():
+    y, score = _scores(60, 1.0)
+    assert paired_permutation_p(y, score, score.copy(), 100) == 1.0  # no difference at all
+    assert math.isnan(paired_permutation_p([1, 1, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]))
+    with pytest.raises(DataError, match="n_perm must be an integer >= 1, got 0"):
+        paired_permutation_p(y, score, score, 0)
 
 
 def test_weighted_log_loss_equals_sklearn_with_balanced_weights():

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from fedmammo.evaluation.report import format_estimate, to_markdown
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.evaluation.tables import P_FROM_CI_NOTE, format_p_value
+from fedmammo.evaluation.tables import P_VALUE_NOTE, format_p_value
 
 __all__ = ["VS_POOLED", "gain_table", "round_table", "section"]
 
@@ -25,9 +25,9 @@ GAIN_NOTE = (
     "BatchNorm state) against the centre's local model, on its test images, compared inside "
     "the centre. "
     "ΔAUROC = federated - local, with a paired bootstrap CI over the centre's test patients "
-    "(both models scored on the same resamples) and its p-value (Altman & Bland): each cell "
+    "(both models scored on the same resamples) and its p-value (below): each cell "
     "`value [95% CI]`; with several seeds, per centre also `mean (s.d.)` over seeds. Per data "
-    "segment in metrics.csv (`delta_auc` records of the federated arm). " + P_FROM_CI_NOTE
+    "segment in metrics.csv (`delta_auc` records of the federated arm). " + P_VALUE_NOTE
 )
 
 POOLED_NOTE = (
@@ -35,7 +35,7 @@ POOLED_NOTE = (
     "model trained on every training centre's images in one place: a simulation-only what-if), "
     "on the centre's test images, compared inside the centre as above. ΔAUROC = federated - "
     "pooled: below 0, what keeping the images at their centres costs. Per data segment in "
-    "metrics.csv (`delta_auc_vs_pooled` records of the federated arm). " + P_FROM_CI_NOTE
+    "metrics.csv (`delta_auc_vs_pooled` records of the federated arm). " + P_VALUE_NOTE
 )
 
 

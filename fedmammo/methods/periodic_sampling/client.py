@@ -42,7 +42,7 @@ A round that would exceed the target epsilon or the plan is refused before any s
 replies with metric records globally and per segment. With ``baseline-<j>`` records and
 ``baselines`` (JSON list of ``{"name", "segments"}``), it also compares, inside the centre,
 the method with baseline ``j`` on each of its segments: ``baseline_auc`` (with CI),
-``delta_auc`` (paired bootstrap CI) and ``p_value`` (Altman & Bland) per segment. Per-image
+``delta_auc`` (paired bootstrap CI) and ``p_value`` (paired permutation test) per segment. Per-image
 scores never leave: the reply holds scalars only. Under FedBN (``batchnorm: local``) every
 model is scored with this centre's own BatchNorm state of its arm as it was after the round
 it was tested from (``model-round``, a baseline's ``round``; the best validation round need

@@ -121,8 +121,9 @@ def test_results_md_tabulates_each_centres_gain(tiny_run):
     run_dir, results, _ = tiny_run
     text = (run_dir / "results.md").read_text()
     assert "## What each centre gains from federating" in text
-    # how to read p next to a skewed CI, under both tables
-    assert text.count("A difference is significant only when both hold") == 2
+    # where p comes from and how to read it next to the CI, under both tables
+    assert text.count("a difference is significant only when both hold") == 2
+    assert text.count("The p-value is a paired permutation test's") == 2
     delta = _test_records(results, "federated", "delta_auc")
     local = _test_records(results, "local-a", "auc")["a", None]
     row = next(line for line in text.splitlines() if line.startswith("| a |"))
