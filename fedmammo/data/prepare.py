@@ -334,7 +334,7 @@ class CentreData:
             else (m["split"] == split).to_numpy(dtype=bool, na_value=False)
         )
         if label is not None:
-            keep &= m[label].notna().to_numpy()
+            keep = keep & m[label].notna().to_numpy()  # the split's array may be read-only
         return np.flatnonzero(keep)
 
     def labels(self, rows: np.ndarray, label: str = "malignant") -> np.ndarray:

@@ -8,10 +8,18 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from fedmammo.evaluation.claims import finite_number
 from fedmammo.evaluation.metrics import MIN_UNITS_PER_CLASS
 from fedmammo.evaluation.results import RunRecorder
 
-__all__ = ["final_table", "format_estimate", "share_table", "to_markdown", "write_summary"]
+__all__ = [
+    "final_table",
+    "format_estimate",
+    "reference_table",
+    "share_table",
+    "to_markdown",
+    "write_summary",
+]
 
 #: Under a table of AUROCs with CIs.
 NO_CI_NOTE = (
@@ -95,6 +103,8 @@ def write_summary(
             "",
             to_markdown(table.fillna("")),
         ]
+    if not (reference := reference_table(recorder.meta)).empty:
+        lines += ["", REFERENCE_TITLE, "", REFERENCE_NOTE, "", to_markdown(reference, "")]
     if not (shares := share_table(df, recorder.meta.get("centre_order"))).empty:
         lines += ["", SHARES_TITLE, "", SHARES_NOTE, "", to_markdown(shares.fillna(""))]
     extra = section(recorder, console) if section is not None else ""
@@ -109,6 +119,31 @@ def write_summary(
     text = "\n".join(lines) + "\n"
     (recorder.run_dir / "results.md").write_text(text)
     return text
+
+
+REFERENCE_TITLE = "## Reference: the brightest pixel, no model"
+REFERENCE_NOTE = (
+    "Each centre's test images scored by their brightest pixel (the image cache's), no model: "
+    "malignancy AUROC [95% CI, patient bootstrap], computed inside the centre when it "
+    "connected. An image-level malignancy AUROC at or below it has learned no more than "
+    '"something bright is in this image". On the phantom at `lesion_contrast` 2.5 it is '
+    "0.94-0.99: there the task is mostly lesion detection (README, \"What the phantom's "
+    'malignancy task measures").'
+)
+
+
+def reference_table(meta: dict) -> pd.DataFrame:
+    """One row: each centre's brightest-pixel reference AUROC (``meta.centres.<c>.
+    brightest_pixel``), in the centre order; empty when no centre has one."""
+    centres = meta.get("centres") or {}
+    order = [c for c in meta.get("centre_order") or [] if c in centres]
+    row = {}
+    for centre in order + [c for c in centres if c not in order]:
+        ref = (centres[centre] or {}).get("brightest_pixel") or {}
+        auc = finite_number(ref.get("brightest_pixel_auc"))
+        if auc is not None:
+            row[centre] = format_estimate(auc, ref.get("ci_low"), ref.get("ci_high"))
+    return pd.DataFrame([row], index=["brightest pixel"]) if row else pd.DataFrame()
 
 
 SHARES_TITLE = "## Each centre's share of the federated average"

@@ -16,6 +16,7 @@ from fedmammo.evaluation.html_parts import (
     records_table,
     table,
 )
+from fedmammo.evaluation.report import format_estimate
 from fedmammo.evaluation.run_folder import RunFolder
 
 __all__ = ["audit_section", "centres_section", "header_section", "started_at"]
@@ -238,6 +239,7 @@ def centres_section(run: RunFolder) -> str:
                 source,
                 Cell(fmt_number(counts.get("n-images")), cls="num"),
                 Cell(fmt_number(counts.get("n-patients")), cls="num"),
+                _reference(info.get("brightest_pixel")),
                 labels,
                 consent,
                 _budget(profile.get("privacy")) if profile else NOT_RECORDED,
@@ -264,6 +266,7 @@ def centres_section(run: RunFolder) -> str:
                     "data",
                     "images",
                     "patients",
+                    "brightest-pixel AUROC, test (no model)",
                     "labels available",
                     "consent (sharing)",
                     "privacy budget",
@@ -286,6 +289,13 @@ def centres_section(run: RunFolder) -> str:
         parts.append("<h3>Sample images (synthetic centres only)</h3>" + "".join(grids))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _reference(ref: dict | None) -> str:
+    """A centre's brightest-pixel reference AUROC with its CI (results.md explains it)."""
+    if not ref:
+        return NOT_RECORDED
+    return format_estimate(ref.get("brightest_pixel_auc"), ref.get("ci_low"), ref.get("ci_high"))
 
 
 # ---------------------------------------------------------------------- audit trail

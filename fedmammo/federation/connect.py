@@ -33,6 +33,7 @@ class Identifying(Protocol):
     roles: dict[str, str]
     counts: dict[str, dict[str, int]]
     profiles: dict[str, str | None]
+    references: dict[str, dict[str, float]]
 
     def timeout_for(self, kind: str) -> float: ...
 
@@ -260,6 +261,7 @@ def _check_identities(orc: Identifying, expected: list[str], before: dict[str, i
         node = orc.nodes.pop(name)
         orc.roles.pop(name, None)
         orc.counts.pop(name, None)
+        orc.references.pop(name, None)
         say(
             WARNING,
             f"node {node} is centre {name!r}, which the scenario does not name "

@@ -39,6 +39,7 @@ __all__ = [
     "BASELINE",
     "CONFIG",
     "COUNTS",
+    "REFERENCE",
     "INFO",
     "METRICS",
     "PRIVACY",
@@ -78,6 +79,7 @@ METRICS = "metrics"
 PRIVACY = "privacy"
 INFO = "info"
 COUNTS = "counts"
+REFERENCE = "reference"  # identify: the brightest-pixel AUROC of the test images
 AUDIT = "audit"
 
 

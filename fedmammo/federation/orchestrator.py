@@ -23,6 +23,7 @@ from fedmammo.federation.messages import (
     COUNTS,
     INFO,
     METRICS,
+    REFERENCE,
     CentreConfig,
     CentreInfo,
     Identify,
@@ -66,6 +67,8 @@ class Orchestrator:
     roles: dict[str, str] = field(default_factory=dict)
     profiles: dict[str, str | None] = field(default_factory=dict)  # centre -> its own digest
     threads: dict[str, int | None] = field(default_factory=dict)  # centre -> torch threads
+    # centre -> its brightest-pixel reference AUROC of its test images (identify's "reference")
+    references: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def params(self):
@@ -139,6 +142,8 @@ class Orchestrator:
             self.counts[info.centre] = {k: int(v) for k, v in reply.content[COUNTS].items()}
             self.profiles[info.centre] = info.profile
             self.threads[info.centre] = info.torch_threads
+            if REFERENCE in reply.content:
+                self.references[info.centre] = dict(reply.content[REFERENCE])
         return failed
 
     # ------------------------------------------------------------------ messaging

@@ -135,7 +135,12 @@ def run_scenario(
         _connect(orc, simulated=simulated, prepare=prepare)
         recorder.meta["startup_seconds"] = round(time.perf_counter() - t0, 2)
         recorder.meta["centres"] = {
-            c: {"role": orc.roles[c], "counts": orc.counts[c], "torch_threads": orc.threads[c]}
+            c: {
+                "role": orc.roles[c],
+                "counts": orc.counts[c],
+                "torch_threads": orc.threads[c],
+                "brightest_pixel": orc.references.get(c),
+            }
             for c in orc.nodes
         }
         recorder.flush()
