@@ -425,7 +425,9 @@ def _operating_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTa
         f"Malignancy at the paper's operating points at {centre} (multi-task paper section 4)",
         _frame(rows, "arm"),
         "Percent except MCC and p. MCC, sens. and spec. at P(malignant) > 0.5 (the paper's "
-        "operating point); best MCC: the ROC threshold of highest MCC; spec. @ 95% sens.: "
+        "operating point); best MCC: the highest MCC over the thresholds of the test ROC, as "
+        "the paper reports it: a threshold chosen on the test images, so an upper bound "
+        "(above 0 even for a chance-level model); spec. @ 95% sens.: "
         "the triage point. Breast AUC: each breast scored by the highest probability of its "
         "images (the paper's breast-wise protocol). " + _P_NOTE,
     )
