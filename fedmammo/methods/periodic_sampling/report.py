@@ -29,7 +29,7 @@ from fedmammo.evaluation.plots import (
     prediction_histogram_data,
 )
 from fedmammo.evaluation.results import RunRecorder
-from fedmammo.evaluation.tables import P_FROM_CI_NOTE, comparison_row, markdown_table
+from fedmammo.evaluation.tables import P_VALUE_NOTE, comparison_row, markdown_table
 
 __all__ = [
     "section",
@@ -200,7 +200,7 @@ def tables_markdown(
         "## periodic-sampling paper tables: AUC (95% CI) and ΔAUC vs baseline per test segment",
         "",
         "AUC in percent; ΔAUC = AUC(method) - AUC(baseline) on the same images, paired "
-        "bootstrap CI. Computed inside each test centre. " + P_FROM_CI_NOTE,
+        "bootstrap CI. Computed inside each test centre. " + P_VALUE_NOTE,
         "",
     ]
     for exp, by_seed in tables.items():
