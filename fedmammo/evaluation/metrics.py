@@ -101,6 +101,11 @@ class _RankAuc:
         sorted_score = score[order]
         self.starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
 
+    def full(self) -> float:
+        """The AUC of the samples themselves (each once): ``roc_auc_score``'s value, without
+        importing scikit-learn (a centre computes it when it connects)."""
+        return float(self(np.ones((1, self.rank_of.size)))[0])
+
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         """AUCs of the resamples ``counts[b]`` (how often each sample, in the caller's order,
         is in resample b; NaN where a resample has one class)."""
@@ -206,12 +211,10 @@ def bootstrap_auc(
     _check_boot(n_boot, confidence)
     if not _two_classes(y):
         return math.nan, math.nan, math.nan
-    from sklearn.metrics import roc_auc_score  # here: importing metrics stays light
-
-    auc = float(roc_auc_score(y, score))
+    ranker = _RankAuc(y, score)
+    auc = ranker.full()
     if n_boot == 0 or units_per_class(y, groups) < MIN_UNITS_PER_CLASS:
         return auc, math.nan, math.nan
-    ranker = _RankAuc(y, score)
     boots = np.concatenate([ranker(c) for c in _resample_counts(y.size, n_boot, seed, groups)])
     low, high = _percentile_ci(boots, confidence)
     return auc, low, high
@@ -309,12 +312,10 @@ def delta_auc(
     _check_boot(n_boot, confidence)
     if not _two_classes(y):
         return math.nan, math.nan, math.nan, math.nan
-    from sklearn.metrics import roc_auc_score
-
-    delta = float(roc_auc_score(y, method) - roc_auc_score(y, base))
+    rank_base, rank_method = _RankAuc(y, base), _RankAuc(y, method)
+    delta = rank_method.full() - rank_base.full()
     if n_boot == 0 or units_per_class(y, groups) < MIN_UNITS_PER_CLASS:
         return delta, math.nan, math.nan, math.nan
-    rank_base, rank_method = _RankAuc(y, base), _RankAuc(y, method)
     diffs = np.concatenate(
         [rank_method(c) - rank_base(c) for c in _resample_counts(y.size, n_boot, seed, groups)]
     )
