@@ -38,7 +38,8 @@ def brightest_pixel_reference(data: CentreData, n_boot: int = 1000) -> dict[str,
 @handler(Identify.KIND)
 def identify(msg: Message, context: Context) -> Message:
     """Name, role, the digest of its own profile, its torch threads, label counts per split
-    and segment (counts only), and the brightest-pixel reference AUROC of its test images."""
+    and segment (counts only), and, under ``sharing.metrics``, the brightest-pixel reference
+    AUROC of its test images."""
     ident = identity_of(context)
     data = centre_data(ident, Identify.of(msg))
     counts = data.counts() if hasattr(data, "counts") else {}
@@ -47,6 +48,7 @@ def identify(msg: Message, context: Context) -> Message:
         centre=ident.name, role=ident.role, profile=digest, torch_threads=torch.get_num_threads()
     ).to_config()
     content = {INFO: info, COUNTS: MetricRecord(counts)}
-    if isinstance(data, CentreData):
+    # a metric of the test images: it leaves only with the centre's consent to metrics
+    if isinstance(data, CentreData) and ident.profile is not None and ident.profile.sharing.metrics:
         content[REFERENCE] = MetricRecord(brightest_pixel_reference(data))
     return reply(msg, context, content)

@@ -89,3 +89,18 @@ def test_results_md_gets_one_reference_row_in_the_centres_order():
     assert table.to_dict("records") == [{"s4": "0.958", "s1": "0.900 [0.800, 1.000]"}]
     assert reference_table({"centres": {"s3": {}}}).empty
     assert REFERENCE_TITLE.startswith("## Reference: the brightest pixel")
+
+
+def test_a_centre_that_shares_no_metrics_sends_no_reference(tmp_path):
+    from fedmammo.apps import client_app
+    from fedmammo.config import load_profile
+
+    profile = load_profile(REPO / "centres" / "tiny.yaml", {"sharing.metrics": False})
+    data_dir = tmp_path / "quiet"
+    prepare_site(profile, data_dir, image_size=SIZE, data_seed=SEED, role="test")
+    node = {"centre": "tiny", "data-dir": str(data_dir), "role": "test"}
+    ctx = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    content = Identify(image_size=SIZE, data_seed=SEED).content()
+    reply = client_app(make_incoming(content, Identify.KIND), ctx)
+    assert not reply.has_error(), reply.error.reason
+    assert REFERENCE not in reply.content and "counts" in reply.content
