@@ -463,12 +463,12 @@ def classification_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) ->
     fp = int(np.sum((predicted == 1) & (y == 0)))
     fn = n_pos - tp
     both = _two_classes(y)
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import average_precision_score
 
     return {
         "accuracy": float(np.mean(predicted == y)),
         "f1": 2.0 * tp / (2 * tp + fp + fn) if n_pos else math.nan,
-        "auroc": float(roc_auc_score(y, score)) if both else math.nan,
+        "auroc": _RankAuc(y, score).full() if both else math.nan,  # as bootstrap_auc's
         "auprc": float(average_precision_score(y, score)) if both else math.nan,
         "wll": weighted_log_loss(y, score),
         "n": float(y.size),
