@@ -153,10 +153,13 @@ class ImageCache:
         fp_file = cache_dir / _FINGERPRINT
         if fp_file.is_file() and json.loads(fp_file.read_text()).get("hash") == fingerprint:
             cache = cls.open(cache_dir)
+            stored = cache.manifest
             by_id = manifest.set_index(manifest["image_id"].astype(str), drop=False)
             cache.manifest = by_id.loc[[r["image_id"] for r in cache._records]].reset_index(
                 drop=True
             )
+            if _split_of(stored) != _split_of(cache.manifest):  # e.g. the centre's role changed
+                _replace_manifest(cache.manifest, cache_dir / _MANIFEST)
             logger.info("%s: cache is up to date (%d images)", cache_dir, len(cache))
             return cache
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -366,3 +369,18 @@ def __getattr__(name: str) -> Any:
 
         return load_mammogram
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _split_of(manifest: pd.DataFrame) -> list[str]:
+    """Each row's split as text ('' where none): what manifest.csv must show."""
+    if "split" not in manifest:
+        return []
+    return manifest["split"].astype("string").fillna("").tolist()
+
+
+def _replace_manifest(manifest: pd.DataFrame, path: Path) -> None:
+    """Rewrite ``path`` whole (a reader never sees half a file): the images are unchanged,
+    only the rows' splits (the cache's fingerprint does not cover them)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    write_manifest(manifest, tmp)
+    os.replace(tmp, path)

@@ -15,7 +15,7 @@ import torch
 from fedmammo.data import cache as cache_mod
 from fedmammo.data.cache import CachedImageDataset, ImageCache
 from fedmammo.data.dicom import load_mammogram
-from fedmammo.data.manifest import encode_lesions
+from fedmammo.data.manifest import encode_lesions, read_manifest
 from fedmammo.errors import DataError
 
 SIZE = (32, 24)
@@ -150,6 +150,20 @@ def test_build_reuses_a_matching_cache(tmp_path, centre, monkeypatch) -> None:
     assert list(again.manifest["image_id"]) == [f"ok{i}" for i in range(5)]
     assert (again.manifest["split"] == "test").all() and (again.manifest["malignant"] == 0).all()
     assert len(again.skipped) == 3
+
+
+def test_a_reused_cache_writes_the_new_splits_to_its_manifest_csv(tmp_path, centre) -> None:
+    # Prepare: a centre cached as a training centre, then prepared again as test-only
+    ImageCache.build(centre.assign(split="train"), tmp_path / "cache", size=SIZE)
+    csv = tmp_path / "cache" / "manifest.csv"
+    # Execute
+    ImageCache.build(centre.assign(split="test"), tmp_path / "cache", size=SIZE)
+    # Assert: the file on disk says what the centre now uses; unchanged splits leave it alone
+    assert set(read_manifest(csv)["split"]) == {"test"}
+    written = csv.stat().st_mtime_ns
+    ImageCache.build(centre.assign(split="test"), tmp_path / "cache", size=SIZE)
+    assert csv.stat().st_mtime_ns == written
+    assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
 def test_build_rebuilds_when_inputs_or_settings_change(tmp_path, centre, monkeypatch) -> None:
