@@ -150,6 +150,7 @@ def make_run_dir(
                     "n|train|A-Mb|0": 5,
                     "n|test|A-Mb|na": 3,
                 },
+                "brightest_pixel": {"brightest_pixel_auc": 0.75, "ci_low": 0.5, "ci_high": 1.0},
             },
             "b": {"role": "test", "counts": {"n-images": 10, "n|test|B-Mc|0": 10}},
             "pooled": {"role": "pooled", "counts": {}},

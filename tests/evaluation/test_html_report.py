@@ -96,6 +96,10 @@ def test_header_centres_and_audit_trail(tmp_path):
     assert "2.5 (delta 1e-05)" in html and "dataset dicom-folder" in html
     assert "12 (4 malignant)" in html and "3 (0 malignant, 3 unlabelled)" in html
     assert "malignancy 75%" in html
+    # the brightest-pixel reference of a's test images (b's run recorded none)
+    table = html[html.index('id="centres-table"') :]
+    table = table[: table.index("</table>")]
+    assert "brightest-pixel AUROC, test (no model)" in table and "0.750 [0.500, 1.000]" in table
     # audit trail
     for text in ("egress refused", "budget spent", "dropped 1 lesion box", "privacy note"):
         assert text in html
