@@ -127,7 +127,7 @@ REFERENCE_NOTE = (
     "malignancy AUROC [95% CI, patient bootstrap], computed inside the centre when it "
     "connected. An image-level malignancy AUROC at or below it has learned no more than "
     '"something bright is in this image". On the phantom at `lesion_contrast` 2.5 it is '
-    "0.94-0.99: there the task is mostly lesion detection (README, \"What the phantom's "
+    "0.94-1.00: there the task is mostly lesion detection (README, \"What the phantom's "
     'malignancy task measures").'
 )
 

@@ -151,11 +151,10 @@ def prepare_site(
     name: str | None = None,
 ) -> int:
     """Materialise a centre's data in ``data_dir``; return the number of cached images.
-    ``profile``: a profile file, or a resolved profile (e.g. :func:`scenario_site`'s)."""
+    ``profile``: a profile file (``name`` renames its centre), or a resolved profile (e.g.
+    :func:`scenario_site`'s)."""
     if not isinstance(profile, CentreProfile):
         profile = load_profile(profile, {"name": name} if name else None)
-    elif name and name != profile.name:
-        profile = profile.model_copy(update={"name": name})
     data = materialise_centre(
         profile,
         Path(data_dir).parent,
