@@ -28,6 +28,7 @@ from fedmammo.config.profile import CentreProfile
 from fedmammo.config.recipe import params_model
 from fedmammo.config.scenario import CentreEntry, Scenario, StrategySpec
 from fedmammo.errors import ConfigError
+from fedmammo.files import replace_whole
 
 __all__ = [
     "Origins",
@@ -631,7 +632,4 @@ def write_resolved(folder: Path, scenario: Scenario, *, quick: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESOLVED
     text = yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return replace_whole(path, lambda t: t.write_text(text))

@@ -19,6 +19,7 @@ from fedmammo.data.cache_workers import SCALE, plan_workers, read_all
 from fedmammo.data.manifest import decode_lesions, normalise_manifest, read_manifest, write_manifest
 from fedmammo.data.reader_spec import DEFAULT_SIZE, READER_VERSION, Geometry
 from fedmammo.errors import DataError
+from fedmammo.files import replace_whole
 
 __all__ = ["CACHE_FORMAT", "CachedImageDataset", "ImageCache"]
 
@@ -381,6 +382,4 @@ def _split_of(manifest: pd.DataFrame) -> list[str]:
 def _replace_manifest(manifest: pd.DataFrame, path: Path) -> None:
     """Rewrite ``path`` whole (a reader never sees half a file): the images are unchanged,
     only the rows' splits (the cache's fingerprint does not cover them)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    write_manifest(manifest, tmp)
-    os.replace(tmp, path)
+    replace_whole(path, lambda t: write_manifest(manifest, t))

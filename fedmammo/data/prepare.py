@@ -23,6 +23,7 @@ from fedmammo.data.cache import CachedImageDataset, ImageCache
 from fedmammo.data.manifest import normalise_manifest, read_manifest, write_manifest
 from fedmammo.data.splits import SPLITS, assign_splits
 from fedmammo.errors import ConfigError, DataError
+from fedmammo.files import replace_whole
 from fedmammo.seeds import hashed_int
 
 __all__ = [
@@ -225,17 +226,14 @@ def _dataset_manifest(profile: CentreProfile, root: Path, data_dir: Path) -> pd.
         profile.data.format or "", root, centre=profile.name, source=profile.source, **options
     )
     stamp_file.unlink(missing_ok=True)
-    tmp = data_dir / "source_manifest.csv.partial"
-    write_manifest(df, tmp)
-    tmp.replace(manifest_file)
+    replace_whole(manifest_file, lambda t: write_manifest(df, t))
     kept = {
         "stamp": stamp,
         "skipped": df.attrs["skipped"],
         "skip_reasons": df.attrs["skip_reasons"],
     }
-    tmp = data_dir / "source_manifest.json.partial"
-    tmp.write_text(json.dumps(kept, indent=2))
-    tmp.replace(stamp_file)  # last: the stamp says the manifest beside it is whole
+    # last: the stamp says the manifest beside it is whole
+    replace_whole(stamp_file, lambda t: t.write_text(json.dumps(kept, indent=2)))
     return df
 
 

@@ -41,6 +41,7 @@ from fedmammo.evaluation.run_folder import (
     load_run,
 )
 from fedmammo.evaluation.run_sections import audit_section, centres_section, header_section
+from fedmammo.files import replace_whole
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -58,10 +59,7 @@ _NAMES = {"auc": "AUROC", "auprc": "AUPRC", "accuracy": "accuracy", "f1": "F1", 
 
 def _atomic_write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return replace_whole(path, lambda t: t.write_text(text, encoding="utf-8"))
 
 
 def _order(items: Sequence[str], preferred: Sequence[str] | None) -> list[str]:

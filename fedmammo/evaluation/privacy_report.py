@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedmammo.files import replace_whole
 from fedmammo.privacy.accounting import epsilon_of
 from fedmammo.privacy.audit import AuditResult
 
@@ -191,10 +192,9 @@ class PrivacyLog:
             "summary": self.summary(),
             "notes": self.notes,
         }
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_finite(payload), indent=1))
-        tmp.replace(self.path)
-        return self.path
+        return replace_whole(
+            self.path, lambda t: t.write_text(json.dumps(_finite(payload), indent=1))
+        )
 
 
 def recompute_epsilon(record: dict, *, ledger: bool = False) -> float:

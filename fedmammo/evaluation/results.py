@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from fedmammo.files import replace_whole
+
 __all__ = ["RECORD_FIELDS", "RunRecorder"]
 
 RECORD_FIELDS = (
@@ -183,7 +185,6 @@ class RunRecorder:
             "notes": self.notes,
             "progress": self.progress,
         }
-        tmp = self.run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-        tmp.replace(self.run_dir / "results.json")
+        text = json.dumps(payload, indent=1, default=str)
+        replace_whole(self.run_dir / "results.json", lambda t: t.write_text(text))
         self.frame().to_csv(self.run_dir / "metrics.csv", index=False)

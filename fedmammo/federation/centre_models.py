@@ -25,6 +25,7 @@ from fedmammo.federation.centre_runtime import identity_of
 from fedmammo.federation.codec import arrays_to_state
 from fedmammo.federation.messages import BASELINE, BaselineFields, MessageError, ModelConfig
 from fedmammo.federation.site import state_dir, state_name
+from fedmammo.files import replace_whole
 from fedmammo.models import build_model_to_load
 
 __all__ = [
@@ -85,9 +86,7 @@ def save_round_state(context: Context, kind: str, m: ModelConfig, state: dict) -
     rnd = int(getattr(m, "server_round", None) or 1)
     folder = _round_folder(context, kind, m.arm)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"round{rnd}.tmp"
-    torch.save(state, tmp)
-    tmp.replace(folder / f"round{rnd}.pt")
+    replace_whole(folder / f"round{rnd}.pt", lambda t: torch.save(state, t))
     for old, path in _saved_rounds(folder).items():
         if (rnd == 1 and old > 1) or (kind != FEDBN and old < rnd - 1):
             path.unlink()

@@ -35,6 +35,7 @@ from torch import nn
 
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import ConfigError, DataError
+from fedmammo.files import replace_npz
 from fedmammo.methods.contrastive_dg.params import CycleGanParams, TileGanParams
 from fedmammo.models.cyclegan import ResnetGenerator
 from fedmammo.models.gans import GeneratorDescription, sample_generator
@@ -179,14 +180,12 @@ class StyleStore:
     ) -> None:
         """Write the bank (float16 images, style names, image ids) and the translators."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".styles-{key}.tmp.npz"
-        np.savez(
-            tmp,
-            images=bank.images.astype(np.float16),
-            styles=np.asarray(bank.styles),
-            image_ids=np.asarray(image_ids),
-        )
-        tmp.replace(self._bank_path(key))
+        arrays = {
+            "images": bank.images.astype(np.float16),
+            "styles": np.asarray(bank.styles),
+            "image_ids": np.asarray(image_ids),
+        }
+        replace_npz(self._bank_path(key), arrays)
         torch.save(
             {
                 "width": cyclegan.width,

@@ -43,6 +43,7 @@ from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import METRICS, EvaluationMetrics
 from fedmammo.federation.runspec import load_runspec, scenario_of
 from fedmammo.federation.site import deployed, plot_dir, single_centre, state_dir, state_name
+from fedmammo.files import replace_npz
 from fedmammo.methods.share_gans.client import lesion_patches, lesions
 from fedmammo.methods.share_gans.messages import (
     EvaluatePatchGain,
@@ -223,10 +224,7 @@ def _kept_scores_file(
 
 def _keep_scores(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
+    replace_npz(path, arrays)
 
 
 def _kept_scores(context: Context, ident: CentreIdentity, m: EvaluatePatchGain, arm: str):

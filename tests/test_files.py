@@ -1,0 +1,32 @@
+"""Files written whole: a failed write leaves the old file and no temporary behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmammo.files import replace_npz, replace_whole
+
+
+def test_a_file_is_replaced_whole_and_a_failed_write_keeps_the_old_one(tmp_path):
+    path = tmp_path / "results.json"
+    assert replace_whole(path, lambda t: t.write_text("one")) == path
+    replace_whole(path, lambda t: t.write_text("two"))
+    assert path.read_text() == "two"
+
+    def half_then_fail(tmp):
+        tmp.write_text("thr")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_whole(path, half_then_fail)
+    assert path.read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_npz_arrays_land_under_the_exact_name(tmp_path):
+    path = tmp_path / "scores.npz.keep"  # savez would append .npz to a name; not here
+    replace_npz(path, {"a": np.arange(3), "b": np.ones((2, 2))})
+    with np.load(path) as z:
+        assert z["a"].tolist() == [0, 1, 2] and z["b"].shape == (2, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.npz.keep"]
