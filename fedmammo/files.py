@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["replace_npz", "replace_whole"]
+__all__ = ["replace_json", "replace_npz", "replace_whole"]
 
 
 def replace_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -34,3 +37,22 @@ def replace_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
             np.savez(f, **arrays)
 
     return replace_whole(path, write)
+
+
+def replace_json(
+    path: str | Path, payload: Any, *, default: Callable[[Any], Any] | None = None
+) -> Path:
+    """``payload`` as indented JSON in ``path``, written whole; NaN and infinities (a CI that
+    could not be computed) as null, so the file is strict JSON that every parser reads."""
+    text = json.dumps(_finite(payload), indent=1, default=default, allow_nan=False)
+    return replace_whole(path, lambda tmp: tmp.write_text(text))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 
-from fedmammo.files import replace_npz, replace_whole
+from fedmammo.evaluation.results import RunRecorder
+from fedmammo.files import replace_json, replace_npz, replace_whole
 
 
 def test_a_file_is_replaced_whole_and_a_failed_write_keeps_the_old_one(tmp_path):
@@ -30,3 +34,27 @@ def test_npz_arrays_land_under_the_exact_name(tmp_path):
     with np.load(path) as z:
         assert z["a"].tolist() == [0, 1, 2] and z["b"].shape == (2, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.npz.keep"]
+
+
+def test_json_files_are_strict_json_with_null_for_what_could_not_be_computed(tmp_path):
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    payload = {"auc": 0.9, "ci": [math.nan, math.inf], "nested": {"low": -math.inf}}
+    replace_json(tmp_path / "a.json", payload)
+    assert json.loads((tmp_path / "a.json").read_text(), parse_constant=refuse) == {
+        "auc": 0.9,
+        "ci": [None, None],
+        "nested": {"low": None},
+    }
+    # results.json: a centre's reference without a CI (meta) is null, not NaN
+    recorder = RunRecorder(tmp_path / "run")
+    recorder.meta["centres"] = {
+        "t": {"brightest_pixel": {"brightest_pixel_auc": 0.7, "ci_low": math.nan}}
+    }
+    recorder.flush()
+    saved = json.loads((tmp_path / "run" / "results.json").read_text(), parse_constant=refuse)
+    assert saved["meta"]["centres"]["t"]["brightest_pixel"] == {
+        "brightest_pixel_auc": 0.7,
+        "ci_low": None,
+    }

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedmammo.files import replace_whole
+from fedmammo.files import replace_json
 from fedmammo.privacy.accounting import epsilon_of
 from fedmammo.privacy.audit import AuditResult
 
@@ -51,16 +51,6 @@ logger = logging.getLogger(__name__)
 
 PRIVACY_FILE = "privacy.json"
 NO_DP = "no DP"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 class PrivacyLog:
@@ -192,9 +182,7 @@ class PrivacyLog:
             "summary": self.summary(),
             "notes": self.notes,
         }
-        return replace_whole(
-            self.path, lambda t: t.write_text(json.dumps(_finite(payload), indent=1))
-        )
+        return replace_json(self.path, payload)
 
 
 def recompute_epsilon(record: dict, *, ledger: bool = False) -> float:

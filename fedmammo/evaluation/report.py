@@ -126,9 +126,10 @@ REFERENCE_NOTE = (
     "Each centre's test images scored by their brightest pixel (the image cache's), no model: "
     "malignancy AUROC [95% CI, patient bootstrap], computed inside the centre when it "
     "connected. An image-level malignancy AUROC at or below it has learned no more than "
-    '"something bright is in this image". On the phantom at `lesion_contrast` 2.5 it is '
-    "0.94-1.00: there the task is mostly lesion detection (README, \"What the phantom's "
-    'malignancy task measures").'
+    '"something bright is in this image". At `fedavg_quick`\'s phantom centres (128x96 '
+    "images, `lesion_contrast` 2.5) it is 0.96-1.00: there the task is mostly lesion "
+    'detection; it is lower on smaller images and at lower contrast (README, "What the '
+    "phantom's malignancy task measures\")."
 )
 
 

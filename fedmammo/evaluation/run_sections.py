@@ -211,6 +211,7 @@ def centres_section(run: RunFolder) -> str:
         sharing = profile.get("sharing")
         consent = (
             f"models {_yes(sharing.get('models'))}, generators {_yes(sharing.get('generators'))}"
+            + ("" if sharing.get("metrics", True) else ", metrics no")
             + (
                 ", real patches (simulation only)"
                 if sharing.get("real_patches_in_simulation")
@@ -239,7 +240,7 @@ def centres_section(run: RunFolder) -> str:
                 source,
                 Cell(fmt_number(counts.get("n-images")), cls="num"),
                 Cell(fmt_number(counts.get("n-patients")), cls="num"),
-                _reference(info.get("brightest_pixel")),
+                _reference(info.get("brightest_pixel"), (sharing or {}).get("metrics")),
                 labels,
                 consent,
                 _budget(profile.get("privacy")) if profile else NOT_RECORDED,
@@ -291,11 +292,13 @@ def centres_section(run: RunFolder) -> str:
     return "".join(parts)
 
 
-def _reference(ref: dict | None) -> str:
-    """A centre's brightest-pixel reference AUROC with its CI (results.md explains it)."""
+def _reference(ref: dict | None, consents: bool | None) -> str:
+    """A centre's brightest-pixel reference AUROC with its CI (results.md explains it); why
+    there is none: no consent to send metrics, no test images of both classes."""
     if not ref:
-        return NOT_RECORDED
-    return format_estimate(ref.get("brightest_pixel_auc"), ref.get("ci_low"), ref.get("ci_high"))
+        return "withheld (sharing.metrics off)" if consents is False else NOT_RECORDED
+    value = format_estimate(ref.get("brightest_pixel_auc"), ref.get("ci_low"), ref.get("ci_high"))
+    return "n/a (no malignant and benign test images)" if value == "n/a" else value
 
 
 # ---------------------------------------------------------------------- audit trail

@@ -43,9 +43,9 @@ def format_auc(value: float, low: float | None, high: float | None, *, scale: fl
 
 #: Under every table giving a paired difference's p-value.
 P_VALUE_NOTE = (
-    "The p-value is a paired permutation test's (each patient's two scores swapped between "
-    "the models at random, as ranks; Bandos et al. 2005), which holds its 5% level for two "
-    "equally good models (measured: docs/report.md). "
+    "The two-sided p-value is a paired permutation test's (at random, a patient's scores from "
+    "one model are exchanged with the other's, each model's scores as ranks; Bandos et al. "
+    "2005), which holds its 5% level for two equally good models (measured: docs/report.md). "
     "The periodic-sampling paper reads p from the CI's width instead (Altman & Bland); the "
     "bootstrap CI alone is a little too narrow with few patients, so a difference is "
     "significant only when both hold (CI beside 0 and p < 0.05). A value without a CI and p "

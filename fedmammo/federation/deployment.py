@@ -85,8 +85,8 @@ def check_prepared(data_dir: str | Path, centre: str) -> Path:
         state = "does not exist" if not path.exists() else f"has no {' or '.join(missing)}"
         raise ConfigError(
             f"--data-dir {path} {state}: not a prepared centre folder; fix: correct the path, "
-            f"or run `python -m fedmammo.federation.deployment prepare PROFILE.yaml "
-            f"--data-dir {path}` first"
+            f"or run `python -m fedmammo.federation.deployment prepare --scenario SCENARIO.yaml "
+            f"--centre {centre} --data-dir {path}` first"
         )
     prepared = prepared_settings(path).get("centre")
     if prepared is not None and str(prepared) != centre:
@@ -294,7 +294,8 @@ def main(
             console.print(
                 f"prepared {n} images of centre {safe(site.profile.name)} in "
                 f"{safe(args.data_dir)} (role {site.role}, image size "
-                f"{site.image_size[0]}x{site.image_size[1]}, data seed {site.data_seed})"
+                f"{site.image_size[0]}x{site.image_size[1]}, data seed {site.data_seed})",
+                soft_wrap=True,  # one line, as README shows it
             )
         else:
             data_dir = check_prepared(args.data_dir, args.centre)

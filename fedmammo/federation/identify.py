@@ -23,9 +23,10 @@ _ROWS_AT_ONCE = 256  # cached images read at a time (a large test split is not c
 def brightest_pixel_reference(data: CentreData, n_boot: int = 1000) -> dict[str, float]:
     """The malignancy AUROC of the test images scored by their brightest cached pixel, with
     its patient-bootstrap 95% CI (NaN without malignant and benign test images): what a model
-    must beat to have learned more than "is something bright in this image". On the phantom's
-    CPU-scale scenarios (``lesion_contrast`` 2.5) it is 0.94-1.00: there the task is mostly
-    lesion detection (README, "What the phantom's malignancy task measures")."""
+    must beat to have learned more than "is something bright in this image". At
+    ``fedavg_quick``'s phantom centres (128x96, ``lesion_contrast`` 2.5) it is 0.96-1.00:
+    there the task is mostly lesion detection (README, "What the phantom's malignancy task
+    measures")."""
     rows = data.rows("test")
     if rows.size == 0:
         return {"brightest_pixel_auc": math.nan, "ci_low": math.nan, "ci_high": math.nan}

@@ -277,3 +277,13 @@ def test_only_metrics_with_a_ci_are_titled_with_one(tmp_path):
     assert "Test AUROC [95% CI] per arm and evaluating centre" in html
     assert "Test AUPRC per arm and evaluating centre" in html
     assert "AUPRC [95% CI]" not in html
+
+
+def test_the_centres_table_says_why_a_reference_is_missing():
+    from fedmammo.evaluation.run_sections import _reference
+
+    assert _reference(None, consents=False) == "withheld (sharing.metrics off)"
+    assert _reference(None, consents=True) == "not recorded"  # a run from before it existed
+    missing = {"brightest_pixel_auc": None, "ci_low": None, "ci_high": None}
+    assert _reference(missing, consents=True) == "n/a (no malignant and benign test images)"
+    assert _reference({"brightest_pixel_auc": 0.9}, consents=True) == "0.900"

@@ -50,7 +50,8 @@ def test_node_config_cli_serves_only_a_prepared_centre_folder(tmp_path, capsys):
         assert captured.out == ""  # nothing for `--node-config "$(...)"` to pick up
         (line,) = captured.err.strip().splitlines()
         assert f"--data-dir {folder} {why}: not a prepared centre folder" in line
-        assert "deployment prepare PROFILE.yaml" in line and "correct the path" in line
+        assert "deployment prepare --scenario SCENARIO.yaml --centre" in line
+        assert "correct the path" in line
     # another centre's name for the prepared folder
     assert main(["node-config", "--centre", "s2", "--data-dir", str(site)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -123,7 +123,7 @@ def test_results_md_tabulates_each_centres_gain(tiny_run):
     assert "## What each centre gains from federating" in text
     # where p comes from and how to read it next to the CI, under both tables
     assert text.count("a difference is significant only when both hold") == 2
-    assert text.count("The p-value is a paired permutation test's") == 2
+    assert text.count("The two-sided p-value is a paired permutation test's") == 2
     delta = _test_records(results, "federated", "delta_auc")
     local = _test_records(results, "local-a", "auc")["a", None]
     row = next(line for line in text.splitlines() if line.startswith("| a |"))
