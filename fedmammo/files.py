@@ -39,12 +39,10 @@ def replace_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     return replace_whole(path, write)
 
 
-def replace_json(
-    path: str | Path, payload: Any, *, default: Callable[[Any], Any] | None = None
-) -> Path:
+def replace_json(path: str | Path, payload: Any) -> Path:
     """``payload`` as indented JSON in ``path``, written whole; NaN and infinities (a CI that
     could not be computed) as null, so the file is strict JSON that every parser reads."""
-    text = json.dumps(_finite(payload), indent=1, default=default, allow_nan=False)
+    text = json.dumps(_finite(payload), indent=1, allow_nan=False)
     return replace_whole(path, lambda tmp: tmp.write_text(text))
 
 

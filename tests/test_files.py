@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from fedmammo.evaluation.results import RunRecorder
 from fedmammo.files import replace_json, replace_npz, replace_whole
 
 
@@ -47,14 +46,12 @@ def test_json_files_are_strict_json_with_null_for_what_could_not_be_computed(tmp
         "ci": [None, None],
         "nested": {"low": None},
     }
-    # results.json: a centre's reference without a CI (meta) is null, not NaN
-    recorder = RunRecorder(tmp_path / "run")
-    recorder.meta["centres"] = {
-        "t": {"brightest_pixel": {"brightest_pixel_auc": 0.7, "ci_low": math.nan}}
-    }
-    recorder.flush()
-    saved = json.loads((tmp_path / "run" / "results.json").read_text(), parse_constant=refuse)
-    assert saved["meta"]["centres"]["t"]["brightest_pixel"] == {
-        "brightest_pixel_auc": 0.7,
-        "ci_low": None,
-    }
+
+
+def test_a_reference_without_a_ci_is_kept_as_null_in_results_json():
+    from fedmammo.federation.orchestrator import reference_of
+
+    sent = {"brightest_pixel_auc": 0.7, "ci_low": math.nan, "ci_high": math.nan}
+    kept = reference_of(sent)
+    assert kept == {"brightest_pixel_auc": 0.7, "ci_low": None, "ci_high": None}
+    assert json.dumps(kept, allow_nan=False)  # strict JSON

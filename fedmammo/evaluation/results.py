@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedmammo.files import replace_json
+from fedmammo.files import replace_whole
 
 __all__ = ["RECORD_FIELDS", "RunRecorder"]
 
@@ -177,8 +177,7 @@ class RunRecorder:
         return pd.DataFrame(self.metrics, columns=list(RECORD_FIELDS))
 
     def flush(self) -> None:
-        """Write results.json (strict JSON: a NaN in ``meta`` is null) and metrics.csv
-        (each replaced whole)."""
+        """Write results.json and metrics.csv (each replaced whole)."""
         payload = {
             "meta": self.meta,
             "metrics": self.metrics,
@@ -186,5 +185,6 @@ class RunRecorder:
             "notes": self.notes,
             "progress": self.progress,
         }
-        replace_json(self.run_dir / "results.json", payload, default=str)
+        text = json.dumps(payload, indent=1, default=str)
+        replace_whole(self.run_dir / "results.json", lambda t: t.write_text(text))
         self.frame().to_csv(self.run_dir / "metrics.csv", index=False)
