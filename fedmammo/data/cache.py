@@ -160,7 +160,9 @@ class ImageCache:
                 drop=True
             )
             if _split_of(stored) != _split_of(cache.manifest):  # e.g. the centre's role changed
-                _replace_manifest(cache.manifest, cache_dir / _MANIFEST)
+                # rewritten whole: the images are unchanged, only the rows' splits (the
+                # fingerprint does not cover them)
+                replace_whole(cache_dir / _MANIFEST, lambda t: write_manifest(cache.manifest, t))
             logger.info("%s: cache is up to date (%d images)", cache_dir, len(cache))
             return cache
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -377,9 +379,3 @@ def _split_of(manifest: pd.DataFrame) -> list[str]:
     if "split" not in manifest:
         return []
     return manifest["split"].astype("string").fillna("").tolist()
-
-
-def _replace_manifest(manifest: pd.DataFrame, path: Path) -> None:
-    """Rewrite ``path`` whole (a reader never sees half a file): the images are unchanged,
-    only the rows' splits (the cache's fingerprint does not cover them)."""
-    replace_whole(path, lambda t: write_manifest(manifest, t))

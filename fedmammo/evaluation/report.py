@@ -15,6 +15,7 @@ from fedmammo.evaluation.results import RunRecorder
 __all__ = [
     "final_table",
     "format_estimate",
+    "format_reference",
     "reference_table",
     "share_table",
     "to_markdown",
@@ -140,11 +141,18 @@ def reference_table(meta: dict) -> pd.DataFrame:
     order = [c for c in meta.get("centre_order") or [] if c in centres]
     row = {}
     for centre in order + [c for c in centres if c not in order]:
-        ref = (centres[centre] or {}).get("brightest_pixel") or {}
-        auc = finite_number(ref.get("brightest_pixel_auc"))
-        if auc is not None:
-            row[centre] = format_estimate(auc, ref.get("ci_low"), ref.get("ci_high"))
+        estimate = format_reference((centres[centre] or {}).get("brightest_pixel"))
+        if estimate != "n/a":
+            row[centre] = estimate
     return pd.DataFrame([row], index=["brightest pixel"]) if row else pd.DataFrame()
+
+
+def format_reference(ref: dict | None) -> str:
+    """A centre's brightest-pixel reference as an estimate (:func:`format_estimate`); ``n/a``
+    when there is none or it has no value."""
+    ref = ref or {}
+    auc = finite_number(ref.get("brightest_pixel_auc"))
+    return format_estimate(auc, ref.get("ci_low"), ref.get("ci_high"))
 
 
 SHARES_TITLE = "## Each centre's share of the federated average"

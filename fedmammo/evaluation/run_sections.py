@@ -16,7 +16,7 @@ from fedmammo.evaluation.html_parts import (
     records_table,
     table,
 )
-from fedmammo.evaluation.report import format_estimate
+from fedmammo.evaluation.report import format_reference
 from fedmammo.evaluation.run_folder import RunFolder
 
 __all__ = ["audit_section", "centres_section", "header_section", "started_at"]
@@ -297,7 +297,7 @@ def _reference(ref: dict | None, consents: bool | None) -> str:
     there is none: no consent to send metrics, no test images of both classes."""
     if not ref:
         return "withheld (sharing.metrics off)" if consents is False else NOT_RECORDED
-    value = format_estimate(ref.get("brightest_pixel_auc"), ref.get("ci_low"), ref.get("ci_high"))
+    value = format_reference(ref)
     return "n/a (no malignant and benign test images)" if value == "n/a" else value
 
 
