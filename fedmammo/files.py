@@ -39,10 +39,13 @@ def replace_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     return replace_whole(path, write)
 
 
-def replace_json(path: str | Path, payload: Any) -> Path:
+def replace_json(
+    path: str | Path, payload: Any, *, default: Callable[[Any], Any] | None = None
+) -> Path:
     """``payload`` as indented JSON in ``path``, written whole; NaN and infinities (a CI that
-    could not be computed) as null, so the file is strict JSON that every parser reads."""
-    text = json.dumps(_finite(payload), indent=1, allow_nan=False)
+    could not be computed) as null, so the file is strict JSON that every parser reads.
+    ``default`` converts what JSON has no type for (as in :func:`json.dumps`)."""
+    text = json.dumps(_finite(payload), indent=1, allow_nan=False, default=default)
     return replace_whole(path, lambda tmp: tmp.write_text(text))
 
 

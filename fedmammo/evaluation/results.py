@@ -2,7 +2,8 @@
 
 ``results.json`` holds ``metrics``, a list of records ``{arm, seed, centre, segment, split,
 metric, value, ci_low, ci_high, round}`` (segment None for the whole centre, round None for
-final figures), plus ``failures``, ``notes`` and ``progress``; ``metrics.csv`` the same rows.
+final figures), plus ``meta``, ``failures``, ``notes`` and ``progress``; ``metrics.csv`` the same
+rows. It is strict JSON: a value that could not be computed (NaN, an infinity) is null.
 Everything is rewritten after each round, so an interrupted run loses nothing completed.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedmammo.files import replace_whole
+from fedmammo.files import replace_json
 
 __all__ = ["RECORD_FIELDS", "RunRecorder"]
 
@@ -185,6 +186,5 @@ class RunRecorder:
             "notes": self.notes,
             "progress": self.progress,
         }
-        text = json.dumps(payload, indent=1, default=str)
-        replace_whole(self.run_dir / "results.json", lambda t: t.write_text(text))
+        replace_json(self.run_dir / "results.json", payload, default=str)
         self.frame().to_csv(self.run_dir / "metrics.csv", index=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from fedmammo.evaluation.report import final_table, write_summary
 from fedmammo.evaluation.results import RunRecorder
@@ -14,12 +15,17 @@ def _auc(value, lo=None, hi=None, segment=None):
     return {"segment": segment, "metric": "auc", "value": value, "ci_low": lo, "ci_high": hi}
 
 
-def test_flush_writes_json_and_csv_with_nan_as_null(tmp_path):
-    rec = RunRecorder(tmp_path, meta={"scenario": "x"})
+def test_flush_writes_strict_json_and_csv_with_nan_as_null(tmp_path):
+    # a method's table in meta may hold a p-value that could not be computed (NaN)
+    table = {"rows": [{"p_value": float("nan"), "auc": 0.75, "low": float("-inf")}]}
+    rec = RunRecorder(tmp_path, meta={"scenario": "x", "table": table, "where": tmp_path})
     rec.add([_auc(float("nan"))], arm="federated", seed=0, centre="A", split="test")
     rec.flush()
-    data = json.loads((tmp_path / "results.json").read_text())
+    text = (tmp_path / "results.json").read_text()
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in results.json"))
     assert data["metrics"][0]["value"] is None
+    assert data["meta"]["table"] == {"rows": [{"p_value": None, "auc": 0.75, "low": None}]}
+    assert data["meta"]["where"] == str(tmp_path)  # what JSON has no type for, as text
     assert list(pd.read_csv(tmp_path / "metrics.csv").columns)[:4] == [
         "arm",
         "seed",
