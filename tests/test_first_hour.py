@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from fedmammo.evaluation.metrics import MIN_UNITS_PER_CLASS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "first_hour.md"
@@ -64,6 +67,33 @@ def test_page_has_a_command_for_every_step():
     run_steps = {b.step for b in blocks if b.run}
     assert run_steps == set(STEPS), f"steps with commands: {sorted(run_steps)}"
     assert all("fedavg_tiny.yaml" in b.code for b in blocks if "simulate scenarios/" in b.code)
+
+
+def _bullet(text: str, step: int, name: str) -> str:
+    """The ``- **name**: ...`` bullet of section ``## step.``, joined into one line."""
+    section = text[text.index(f"\n## {step}.") :]
+    section = section[: section.index("\n## ", 1)]
+    start = section.index(f"- **{name}**")
+    end = section.find("\n- ", start + 1)
+    return " ".join(section[start : end if end > 0 else None].split())
+
+
+def test_step_2_says_the_tiny_test_sets_give_no_ci():
+    # Prepare: tiny_t is a test-only `tiny` centre: every patient a test patient
+    profile = yaml.safe_load((ROOT / "centres" / "tiny.yaml").read_text())
+    segments = profile["data"]["synthetic"]["segments"]
+    patients = sum(seg["patients"] for seg in segments)
+    cancers = sum(round(seg["prevalence"] * seg["patients"]) for seg in segments)
+    text = DOC.read_text()
+    # Execute
+    results = _bullet(text, 2, "Results")
+    # Assert: no CI is promised (the run shows none: _check_read's "(no CI)"), as step 1 says
+    assert "every AUROC comes alone" in " ".join(text.split())
+    assert "every AUROC stands alone, with no interval" in results
+    assert "with CIs" not in results and "interval spans" not in results
+    assert f"`tiny_t`'s {patients} hold {cancers}" in results
+    assert cancers < MIN_UNITS_PER_CLASS
+    assert f"fewer than the {MIN_UNITS_PER_CLASS} cancer patients a CI needs" in results
 
 
 def _workdir(tmp: Path) -> dict[str, str]:

@@ -66,6 +66,8 @@ pre.log { background:#f7f7f9; border:1px solid var(--line); padding:8px; font-si
 details > summary { cursor:pointer; font-weight:600; margin:8px 0; }
 .md table { margin-left:0; }
 .md h1 { font-size:18px; } .md h2 { font-size:16px; border:none; } .md h3 { font-size:15px; }
+.md h4 { font-size:15px; } .md h5 { font-size:14px; margin:12px 0 6px; }
+.md h6 { font-size:13px; margin:10px 0 4px; }
 footer { color:var(--muted); font-size:12px; padding:12px 28px; border-top:1px solid var(--line); }
 """
 
@@ -157,19 +159,31 @@ def records_table(
     return table(cols, rows, table_id=table_id)
 
 
-def img_tag(png: bytes, alt: str, *, caption: str | None = None) -> str:
-    """A ``<figure>`` with the PNG embedded as a base64 data URI."""
+def img_tag(png: bytes, alt: str, *, caption: str | None = None, href: str | None = None) -> str:
+    """A ``<figure>`` with the PNG embedded as a base64 data URI; with ``href`` (the PNG's
+    file, relative to the page) the image is a link to it, to open it full size."""
     data = base64.b64encode(png).decode("ascii")
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}">{cap}</figure>'
+    img = f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+    if href:
+        img = f'<a href="{esc(href)}" title="open full size">{img}</a>'
+    return f"<figure>{img}{cap}</figure>"
 
 
 _MD = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
-def markdown_html(text: str) -> str:
-    """Render markdown (headings, pipe tables, lists, emphasis) to HTML; raw HTML is escaped."""
-    return f'<div class="md">{_MD.render(text)}</div>'
+def markdown_html(text: str, *, heading_shift: int = 0) -> str:
+    """Render markdown (headings, pipe tables, lists, emphasis) to HTML; raw HTML is escaped.
+
+    ``heading_shift`` moves every heading down that many levels (capped at ``<h6>``), so a
+    document's ``#`` nests under the page's section it is shown in.
+    """
+    tokens = _MD.parse(text)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1:]) + heading_shift)}"
+    return f'<div class="md">{_MD.renderer.render(tokens, _MD.options, {})}</div>'
 
 
 def page(title: str, subtitle: str, nav: Sequence[tuple[str, str]], body: str, foot: str) -> str:

@@ -2,7 +2,9 @@
 
 Everything comes from the run folder (results.json, metrics records, results.md, privacy.json,
 scenario.resolved.yaml, plots/*.png, run.log, thumbnails/*.png); images are embedded as data
-URIs and the CSS is inline, so the page opens offline and can be mailed as one file.
+URIs and the CSS is inline, so the page opens offline and can be mailed as one file. A figure
+that is a file of the run folder (plots/*.png, a sweep's figures) is also a link to that file,
+by a path relative to the page, to open it full size beside the page.
 """
 
 from __future__ import annotations
@@ -55,6 +57,23 @@ __all__ = [
 #: Final metrics shown as arm x centre tables, in this order (others go to the long table).
 HEADLINE_METRICS = ("auc", "auprc", "accuracy", "f1", "wll")
 _NAMES = {"auc": "AUROC", "auprc": "AUPRC", "accuracy": "accuracy", "f1": "F1", "wll": "WLL"}
+#: results.md's headings go this many levels down: its ``#`` nests under the page's <h3>.
+_RESULTS_MD_SHIFT = 3
+
+
+def _is_count(metric: str) -> bool:
+    """A metric that counts (``n``, ``n_pos``, ``n_breasts``, ``n-images``...)."""
+    return metric == "n" or metric.startswith(("n_", "n-"))
+
+
+def _file_href(path: Path, out_dir: Path) -> str | None:
+    """``path`` relative to the page's folder, as a link; None where there is no such path
+    (another drive)."""
+    try:
+        rel = os.path.relpath(path.resolve(), out_dir.resolve())
+    except ValueError:
+        return None
+    return quote(Path(rel).as_posix(), safe="/=,+@")
 
 
 def _atomic_write(path: Path, text: str) -> Path:
@@ -68,14 +87,19 @@ def _order(items: Sequence[str], preferred: Sequence[str] | None) -> list[str]:
     return first + [c for c in seen if c not in first]
 
 
-def _value_cell(row: Mapping[str, Any] | None, **attrs: Any) -> Cell:
+def _value_cell(row: Mapping[str, Any] | None, *, count: bool = False, **attrs: Any) -> Cell:
+    """A value with its CI or seed s.d.; with ``count``, a whole value is written as an
+    integer (``48``, not ``48.000``)."""
     if row is None or row.get("value") is None or pd.isna(row.get("value")):
         return Cell("-", cls="missing")
     value = float(row["value"])
     lo, hi, sd = (row.get(k) for k in ("ci_low", "ci_high", "std"))
     lo, hi, sd = (None if x is None or pd.isna(x) else float(x) for x in (lo, hi, sd))
+    text = format_estimate(value, lo, hi, sd)
+    if count and value.is_integer() and lo is None and hi is None:
+        text = f"{int(value)}" + (f" ({sd:.3f})" if sd else "")
     return Cell(
-        format_estimate(value, lo, hi, sd),
+        text,
         cls="num",
         attrs={
             **attrs,
@@ -107,7 +131,7 @@ def _pivot(
     return table(["arm", *cols], rows, table_id=table_id, cls="results")
 
 
-def _results_section(run: RunFolder) -> str:
+def _results_section(run: RunFolder, out_dir: Path) -> str:
     frame = run.frame()
     order = run.meta.get("centre_order")
     final = final_records(frame, split="test")
@@ -141,7 +165,7 @@ def _results_section(run: RunFolder) -> str:
         long = final[~final["metric"].isin(metrics)]
         if not long.empty:
             rows = [
-                [r["arm"], r["centre"], r["metric"], _value_cell(r)]
+                [r["arm"], r["centre"], r["metric"], _value_cell(r, count=_is_count(r["metric"]))]
                 for r in long.to_dict("records")
             ]
             parts.append(
@@ -175,23 +199,29 @@ def _results_section(run: RunFolder) -> str:
     if run.results_md:
         parts.append(
             "<h3>Tables of results.md</h3>"
-            + f"<div id='results-md'>{markdown_html(run.results_md)}</div>"
+            + "<div id='results-md'>"
+            + markdown_html(run.results_md, heading_shift=_RESULTS_MD_SHIFT)
+            + "</div>"
         )
     if run.plots:
         parts.append("<h3>Plots of the run (plots/)</h3>")
-        parts += [img_tag(p.read_bytes(), p.stem, caption=p.name) for p in run.plots]
+        parts += [
+            img_tag(p.read_bytes(), p.stem, caption=p.name, href=_file_href(p, out_dir))
+            for p in run.plots
+        ]
     parts.append("</section>")
     return "".join(parts)
 
 
-def render_report(run: RunFolder) -> str:
-    """The HTML of one run's report."""
+def render_report(run: RunFolder, *, out_dir: str | Path | None = None) -> str:
+    """The HTML of one run's report; its figures of plots/ link to their files relative to
+    ``out_dir``, the page's folder (default: the run folder)."""
     scenario = run.meta.get("scenario") or run.scenario.get("name") or run.path.name
     body = "".join(
         [
             header_section(run),
             centres_section(run),
-            _results_section(run),
+            _results_section(run, Path(out_dir) if out_dir else run.path),
             audit_section(run),
         ]
     )
@@ -219,8 +249,8 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
     only: real images stay out of a report, which is made to be passed around.
     """
     run = load_run(run_dir)
-    html = render_report(run)
-    return _atomic_write(Path(out) if out else run.path / "report.html", html)
+    path = Path(out) if out else run.path / "report.html"
+    return _atomic_write(path, render_report(run, out_dir=path.parent))
 
 
 # ---------------------------------------------------------------------- comparison page
@@ -326,16 +356,20 @@ def render_comparison(
     for run, label in zip(runs, labels):
         report = run.path / "report.html"
         if report.is_file():
-            href = quote(
-                os.path.relpath(report.resolve(), Path(out_dir or ".").resolve()), safe="/=,+@"
-            )
-            links.append(f'<li><a href="{esc(href)}">{esc(label)}</a></li>')
+            href = _file_href(report, Path(out_dir or "."))
+            if href:
+                links.append(f'<li><a href="{esc(href)}">{esc(label)}</a></li>')
     if links:
         parts.append(f"<h3>Reports of the runs</h3><ul>{''.join(links)}</ul>")
     sweep_pngs = [p for d in map(Path, run_dirs) if is_sweep(d) for p in sorted(d.glob("*.png"))]
     if sweep_pngs:
         parts.append("<h3>Sweep figures</h3>")
-        parts += [img_tag(p.read_bytes(), p.stem, caption=p.name) for p in sweep_pngs]
+        parts += [
+            img_tag(
+                p.read_bytes(), p.stem, caption=p.name, href=_file_href(p, Path(out_dir or "."))
+            )
+            for p in sweep_pngs
+        ]
     parts.append("</section>")
     made = datetime.now().strftime("%Y-%m-%d %H:%M")
     title = "fedmammo comparison: " + ", ".join(

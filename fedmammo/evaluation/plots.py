@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # matplotlib and scikit-learn load where a plot or a curve is
     from matplotlib.figure import Figure
 
 __all__ = [
+    "ROC_PANELS_PER_ROW",
+    "histogram_xlabel",
     "learning_curve_series",
     "plot_learning_curves",
     "plot_prediction_histograms",
@@ -33,6 +35,9 @@ logger = logging.getLogger(__name__)
 GLOBAL = "global"
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
+#: ROC panels per row of :func:`plot_roc_panels`: more wrap to the next row, so a figure
+#: shown at a page's width keeps its legends (the AUROCs) readable.
+ROC_PANELS_PER_ROW = 4
 
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
@@ -76,11 +81,18 @@ def plot_roc_panels(
     """Plot one ROC panel per model (``{panel: {curve label: (y, score)}}``), Figure 4 style.
 
     A curve labelled ``global`` is black; operating points share one marker per threshold.
+    Panels fill rows of at most :data:`ROC_PANELS_PER_ROW`; unused axes of the last row are
+    hidden.
     """
     from matplotlib.figure import Figure  # matplotlib loads where a plot is drawn
 
-    fig = Figure(figsize=(4.2 * max(1, len(panels)), 4.4), layout="constrained")
-    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    n = max(1, len(panels))
+    cols = min(n, ROC_PANELS_PER_ROW)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.2 * cols, 4.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
     for ax, (panel, curves) in zip(axes, panels.items()):
         colour_index = 0
         for label, (y, score) in curves.items():
@@ -195,6 +207,14 @@ def prediction_histogram_data(
     return edges, data
 
 
+def histogram_xlabel(edges: np.ndarray) -> str:
+    """The x label of a score histogram, saying what its bins span (fixed [0, 1] for
+    probabilities: scores packed near 0.5 then fill one bin, which is what they are)."""
+    low, high = float(edges[0]), float(edges[-1])
+    name = "predicted probability" if 0 <= low and high <= 1 else "score"
+    return f"{name} ({len(edges) - 1} bins over [{low:.3g}, {high:.3g}])"
+
+
 def plot_prediction_histograms(
     y_true: Any,
     y_score: Any,
@@ -220,7 +240,7 @@ def plot_prediction_histograms(
                 density = counts / (counts.sum() * np.diff(edges))
                 ax.stairs(density, edges, color=colour, fill=True, alpha=0.45)
             ax.plot([], [], color=colour, lw=6, alpha=0.45, label=f"{name} (n={counts.sum()})")
-        ax.set(title=segment, xlabel="predicted probability", ylabel="density")
+        ax.set(title=segment, xlabel=histogram_xlabel(edges), ylabel="density")
         ax.legend(fontsize="small")
     for ax in axes[n:]:
         ax.set_visible(False)

@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 PRIVACY_FILE = "privacy.json"
 NO_DP = "no DP"
+#: What a utility point's interval is (:func:`utility_points`).
+CI95, NO_INTERVAL = "95% CI", "none"
 
 
 class PrivacyLog:
@@ -209,10 +211,15 @@ def _epsilon_column(table: pd.DataFrame, key: str) -> pd.Series:
 def utility_points(
     table: pd.DataFrame, *, epsilon_key: str, centre: str | None = None, metric: str = "auc"
 ) -> pd.DataFrame:
-    """Per arm and target epsilon (NaN = no DP): test AUROC with CI at ``centre``, attack AUC.
+    """Per arm and target epsilon (NaN = no DP): test AUROC at ``centre`` with an interval,
+    and the attack AUC.
 
-    AUROC and its bootstrap CI are averaged over seeds (and over evaluating centres when
-    ``centre`` is None); the attack AUC is the mean over the auditing centres and seeds.
+    With one seed the interval (``low``, ``high``) is the AUROC's own 95% CI (NaN where the
+    test set was too small for one); with several, the AUROC is the mean over seeds and the
+    interval its mean +- the s.d. over seeds, as the report's tables give it (a mean of CI
+    bounds would be no CI of anything); ``interval`` says which. With ``centre`` None the
+    AUROC is first averaged over the evaluating centres of each seed (no CI then). The
+    attack AUC is the mean over the auditing centres and seeds.
     """
     if epsilon_key not in table.columns:
         raise KeyError(f"sweep table has no column {epsilon_key!r}")
@@ -221,18 +228,42 @@ def utility_points(
     util = t[final & (t["split"] == "test") & (t["metric"] == metric)]
     if centre is not None:
         util = util[util["centre"] == centre]
-    attack = t[final & (t["split"] == "audit") & (t["metric"] == "attack_auc")]
-    mean = {"auc": ("value", "mean"), "ci_low": ("ci_low", "mean"), "ci_high": ("ci_high", "mean")}
-    u = (
-        util.astype({"value": float, "ci_low": float, "ci_high": float})
-        .groupby(["arm", "_eps"])
-        .agg(**mean)
+    util = util.astype({"value": float, "ci_low": float, "ci_high": float})
+    per_seed = util.groupby(["arm", "_eps", "seed"]).agg(
+        value=("value", "mean"),
+        ci_low=("ci_low", "first"),  # read only where the seed has one record (one centre)
+        ci_high=("ci_high", "first"),
+        n=("value", "size"),
     )
+    rows = []
+    for (arm, eps), g in per_seed.groupby(level=["arm", "_eps"]):
+        values = g["value"].to_numpy()
+        if len(g) > 1:
+            sd = float(np.std(values, ddof=1))
+            low, high = values.mean() - sd, values.mean() + sd
+            interval = f"s.d. over {len(g)} seeds"
+        elif int(g["n"].iloc[0]) == 1 and np.isfinite(g["ci_low"].iloc[0]):
+            low, high, interval = float(g["ci_low"].iloc[0]), float(g["ci_high"].iloc[0]), CI95
+        else:
+            low, high, interval = math.nan, math.nan, NO_INTERVAL
+        rows.append((arm, eps, float(values.mean()), low, high, interval, len(g)))
+    cols = ["arm", "_eps", "auc", "low", "high", "interval", "seeds"]
+    u = pd.DataFrame(rows, columns=cols).set_index(["arm", "_eps"])
+    attack = t[final & (t["split"] == "audit") & (t["metric"] == "attack_auc")]
     a = attack.astype({"value": float}).groupby(["arm", "_eps"]).agg(attack_auc=("value", "mean"))
     out = u.join(a, how="outer").reset_index().rename(columns={"_eps": "epsilon"})
     out["epsilon"] = out["epsilon"].replace(math.inf, np.nan)
-    cols = ["arm", "epsilon", "auc", "ci_low", "ci_high", "attack_auc"]
-    return out.reindex(columns=cols)
+    return out.reindex(columns=["arm", "epsilon", *cols[2:], "attack_auc"])
+
+
+def _interval_label(pts: pd.DataFrame, centre: str | None) -> str:
+    """The y label's word for the points' intervals, and where some have none."""
+    kinds = sorted(set(pts["interval"].dropna()) - {NO_INTERVAL})
+    why = "too few test patients" if centre else "a mean over centres"
+    text = " / ".join(kinds) if kinds else f"no CI: {why}"
+    if kinds and (pts["interval"] == NO_INTERVAL).any():
+        text += "; a dot alone: no CI"
+    return text
 
 
 def plot_privacy_utility(
@@ -243,7 +274,10 @@ def plot_privacy_utility(
     centre: str | None = None,
     metric: str = "auc",
 ) -> Path | None:
-    """Draw ``privacy_utility.png``: AUROC (CI) vs epsilon per arm, attack AUC on a 2nd axis.
+    """Draw ``privacy_utility.png``: AUROC vs epsilon per arm with each point's interval
+    (:func:`utility_points`: the 95% CI with one seed, +- the s.d. over seeds with several,
+    none where the test set held too few patients), attack AUC on a second axis. Both axes
+    span the same range, so their one dotted line at 0.5 is chance for either.
 
     The no-DP point (epsilon null in the sweep) sits right of the largest epsilon, marked
     "no DP". Returns None when the table has no test AUROC and no audit.
@@ -272,8 +306,9 @@ def plot_privacy_utility(
         ok = g["auc"].notna()
         if ok.any():
             ax.plot(g["x"][ok], g["auc"][ok], color=c, marker="o", label=f"{arm}: AUROC")
-            # each CI as it is (a percentile CI of patients need not hold the AUROC)
-            ax.vlines(g["x"][ok], g["ci_low"][ok], g["ci_high"][ok], colors=c, lw=1)
+            # each interval as it is (a percentile CI of patients need not hold the AUROC)
+            span = ok & g["low"].notna() & g["high"].notna()
+            ax.vlines(g["x"][span], g["low"][span], g["high"][span], colors=c, lw=1)
         if g["attack_auc"].notna().any():
             ax2.plot(
                 g["x"],
@@ -294,10 +329,13 @@ def plot_privacy_utility(
     ax.set_xlabel("target epsilon per centre")
     where = f"at centre {centre}" if centre else "mean over evaluating centres"
     label = "AUROC" if metric == "auc" else metric
-    ax.set_ylabel(f"test {label} (95% CI), {where}")
-    ax2.set_ylabel("membership attack AUC (x): loss threshold / GAN-Leaks")
-    ax2.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax2.set_ylim(0.3, 1.0)
+    ax.set_ylabel(f"test {label} (o; {_interval_label(pts, centre)}), {where}")
+    ax2.set_ylabel("membership attack AUC (x), mean over auditing centres")
+    drawn = pts[["auc", "low", "high", "attack_auc"]].to_numpy(dtype=float)
+    bottom = min(0.3, float(np.nanmin(drawn)) - 0.05) if np.isfinite(drawn).any() else 0.3
+    for axis in (ax, ax2):  # one scale, so that 0.5 is chance on both
+        axis.set_ylim(bottom, 1.0)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="0.5: chance (both axes)")
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
     fig.legend(

@@ -16,6 +16,7 @@ __all__ = [
     "final_table",
     "format_estimate",
     "format_reference",
+    "reference_caveat",
     "reference_table",
     "share_table",
     "to_markdown",
@@ -127,16 +128,31 @@ REFERENCE_NOTE = (
     "Each centre's test images scored by their brightest pixel (the image cache's), no model: "
     "malignancy AUROC [95% CI, patient bootstrap], computed inside the centre when it "
     "connected. An image-level malignancy AUROC at or below it has learned no more than "
-    '"something bright is in this image". At `fedavg_quick`\'s phantom centres (128x96 '
-    "images, `lesion_contrast` 2.5) it is 0.96-1.00: there the task is mostly lesion "
-    'detection; it is lower on smaller images and at lower contrast (README, "What the '
-    "phantom's malignancy task measures\")."
+    '"something bright is in this image". How high it is depends on the centres: README, '
+    "\"What the phantom's malignancy task measures\", measured 0.96-0.97 at `fedavg_quick`'s "
+    "s3 and s4 at that scenario's full settings (128x96 images, `lesion_contrast` 2.5), where "
+    "the task is mostly lesion detection; it is lower on smaller images, at lower contrast and "
+    "with more benign findings. This run's own values are the row below."
 )
+#: Methods whose test AUROCs score lesion patches, not whole images: the image-level
+#: brightest-pixel reference measures another task there (README: patches have their own
+#: shortcut, counting specks).
+PATCH_AUROC_KINDS = frozenset({"share_gans"})
+#: What the reference row (results.md) and column (report.html) say for those methods.
+REFERENCE_NOT_COMPARABLE = "image-level: not comparable with this run's lesion-patch AUROCs"
+
+
+def reference_caveat(kind: str | None) -> str:
+    """Why a run's brightest-pixel reference cannot be read against its AUROCs (the run's
+    ``meta["kind"]`` scores lesion patches); empty for image-level methods."""
+    return REFERENCE_NOT_COMPARABLE if kind in PATCH_AUROC_KINDS else ""
 
 
 def reference_table(meta: dict) -> pd.DataFrame:
     """One row: each centre's brightest-pixel reference AUROC (``meta.centres.<c>.
-    brightest_pixel``), in the centre order; empty when no centre has one."""
+    brightest_pixel``), in the centre order; empty when no centre has one. For a method
+    whose AUROCs score lesion patches (:data:`PATCH_AUROC_KINDS`) the row's label says it
+    is not comparable with them."""
     centres = meta.get("centres") or {}
     order = [c for c in meta.get("centre_order") or [] if c in centres]
     row = {}
@@ -144,7 +160,9 @@ def reference_table(meta: dict) -> pd.DataFrame:
         estimate = format_reference((centres[centre] or {}).get("brightest_pixel"))
         if estimate != "n/a":
             row[centre] = estimate
-    return pd.DataFrame([row], index=["brightest pixel"]) if row else pd.DataFrame()
+    caveat = reference_caveat(meta.get("kind"))
+    label = f"brightest pixel ({caveat})" if caveat else "brightest pixel"
+    return pd.DataFrame([row], index=[label]) if row else pd.DataFrame()
 
 
 def format_reference(ref: dict | None) -> str:

@@ -42,6 +42,9 @@ MAX_CENTRE_PANELS = 12
 #: (the tables and metrics.csv hold them all).
 MAX_FOREST_ROWS = 120
 
+#: Most rounds given a tick each on a learning curve's x axis; with more, integer ticks.
+MAX_ROUND_TICKS = 12
+
 #: A paired difference's colour: its CI above 0, below 0, holding 0 (or no CI).
 _ABOVE, _BELOW, _HOLDS = "tab:green", "tab:red", "tab:grey"
 
@@ -115,13 +118,15 @@ def metric_bars_figure(
         lo = np.array([by_arm["ci_low"].get(a, np.nan) for a in arms], dtype=float)
         hi = np.array([by_arm["ci_high"].get(a, np.nan) for a in arms], dtype=float)
         sd = np.array([by_arm["std"].get(a, np.nan) for a in arms], dtype=float)
-        # the interval itself: a percentile CI (patients resampled) need not hold the value
-        lower = np.where(np.isnan(lo), values - np.nan_to_num(sd), lo)
-        upper = np.where(np.isnan(hi), values + np.nan_to_num(sd), hi)
+        # the interval itself: a percentile CI (patients resampled) need not hold the value;
+        # none (NaN, nothing drawn) where there is neither a CI nor a seed s.d.
+        lower = np.where(np.isnan(lo), values - sd, lo)
+        upper = np.where(np.isnan(hi), values + sd, hi)
         colours = [_COLOURS[i % len(_COLOURS)] for i in range(len(arms))]
         ax.barh(y, np.nan_to_num(values), color=colours, alpha=0.8)
-        ax.hlines(y, lower, upper, colors="black", lw=1)
-        ax.plot(np.r_[lower, upper], np.r_[y, y], "|", color="black", ms=6)
+        ok = np.isfinite(lower) & np.isfinite(upper)
+        ax.hlines(y[ok], lower[ok], upper[ok], colors="black", lw=1)
+        ax.plot(np.r_[lower[ok], upper[ok]], np.r_[y[ok], y[ok]], "|", color="black", ms=6)
         if metric in {"auc", "auprc", "accuracy", "f1"}:
             ax.set_xlim(0, 1.0)
         if metric == "auc":
@@ -277,13 +282,16 @@ def learning_curves_figure(
             break
     else:
         return None
-    sel = sel.assign(value=pd.to_numeric(sel["value"], errors="coerce"))
+    sel = sel.assign(value=pd.to_numeric(sel["value"], errors="coerce")).dropna(subset=["value"])
+    if sel.empty:  # only values that could not be computed (e.g. one class at every centre)
+        return None
     mean = sel.groupby(["metric", "centre", "arm", "round"])["value"].mean().sort_index()
+    rounds_drawn = sorted(int(r) for r in set(sel["round"]))
     order = _centre_order(list(dict.fromkeys(sel["centre"])), centres)
     rows = [m for m in metrics if m in set(sel["metric"])]
     arms = list(dict.fromkeys(sel["arm"]))
     if len(order) > MAX_CENTRE_PANELS:
-        return _curve_bands_figure(mean, rows, arms, split, len(order))
+        return _curve_bands_figure(mean, rows, arms, split, len(order), rounds_drawn)
     legend_width = 0.9 + 0.065 * max(len(a) for a in arms)
     width = max(3.3 * len(order), 4.5) + legend_width
     fig = Figure(figsize=(width, 2.7 * len(rows) + 0.6), layout="constrained")
@@ -306,8 +314,7 @@ def learning_curves_figure(
                     label=arm,
                 )
             ax.set_title(f"{centre}" if i == 0 else "")
-            ax.set_xlabel("round")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _round_axis(ax, rounds_drawn)
             ax.set_ylabel(f"{split} {_label(metric)}" if j == 0 else "")
     legend = {}
     for ax in axes.ravel():
@@ -323,7 +330,7 @@ def learning_curves_figure(
 
 
 def _curve_bands_figure(
-    mean: pd.Series, rows: list[str], arms: list[str], split: str, n: int
+    mean: pd.Series, rows: list[str], arms: list[str], split: str, n: int, rounds: list[int]
 ) -> Figure:
     """One column per arm: per round, the mean over centres and their 10-90th percentiles."""
     fig = Figure(figsize=(max(3.3 * len(arms), 4.5), 2.7 * len(rows) + 0.6), layout="constrained")
@@ -342,8 +349,7 @@ def _curve_bands_figure(
             ax.fill_between(x, low, high, color=colour, alpha=0.25, lw=0)
             ax.plot(x, centre_mean, marker="o", ms=3, color=colour)
             ax.set_title(arm if i == 0 else "")
-            ax.set_xlabel("round")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _round_axis(ax, rounds)
             ax.set_ylabel(f"{split} {_label(metric)}" if j == 0 else "")
     fig.suptitle(
         f"Learning curves across {n} evaluating centres ({split} split): mean and 10-90th "
@@ -352,6 +358,17 @@ def _curve_bands_figure(
         ha="left",
     )
     return fig
+
+
+def _round_axis(ax, rounds: list[int]) -> None:
+    """A learning curve's x axis: a tick at each round drawn (a run of one round included),
+    integer ticks chosen by matplotlib beyond :data:`MAX_ROUND_TICKS` rounds."""
+    ax.set_xlabel("round")
+    if len(rounds) <= MAX_ROUND_TICKS:
+        ax.set_xticks(rounds)
+        ax.set_xlim(rounds[0] - 0.5, rounds[-1] + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def thumbnail_grid_png(images: np.ndarray, *, cols: int = 8, dpi: int = 80) -> bytes:

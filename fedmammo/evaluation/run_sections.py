@@ -16,7 +16,7 @@ from fedmammo.evaluation.html_parts import (
     records_table,
     table,
 )
-from fedmammo.evaluation.report import format_reference
+from fedmammo.evaluation.report import format_reference, reference_caveat
 from fedmammo.evaluation.run_folder import RunFolder
 
 __all__ = ["audit_section", "centres_section", "header_section", "started_at"]
@@ -267,7 +267,7 @@ def centres_section(run: RunFolder) -> str:
                     "data",
                     "images",
                     "patients",
-                    "brightest-pixel AUROC, test (no model)",
+                    _reference_header(run.meta.get("kind")),
                     "labels available",
                     "consent (sharing)",
                     "privacy budget",
@@ -290,6 +290,13 @@ def centres_section(run: RunFolder) -> str:
         parts.append("<h3>Sample images (synthetic centres only)</h3>" + "".join(grids))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _reference_header(kind: str | None) -> str:
+    """The Centres table's reference column, saying so where the run's AUROCs score lesion
+    patches (the row of results.md says the same)."""
+    caveat = reference_caveat(kind)
+    return f"brightest-pixel AUROC, test (no model{'; ' + caveat if caveat else ''})"
 
 
 def _reference(ref: dict | None, consents: bool | None) -> str:

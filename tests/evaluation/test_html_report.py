@@ -37,9 +37,13 @@ def test_report_is_self_contained_and_every_image_is_an_embedded_png(tmp_path):
     html = write_report(run).read_text()
 
     assert (run / "report.html").is_file()
-    # no resource outside the page: every src/href is a data URI or an in-page anchor
+    # no resource outside the page: every src is a data URI; every href an in-page anchor or
+    # a link to a figure's own file in the run folder (relative, no network)
     for attr, url in re.findall(r'\b(src|href)="([^"]*)"', html):
-        assert url.startswith(("data:", "#")), (attr, url)
+        if attr == "href" and url.startswith("plots/"):
+            assert (run / url).is_file(), url
+        else:
+            assert url.startswith(("data:", "#")), (attr, url)
     assert "<script" not in html and "@import" not in html and "url(" not in html
     images = parse(html).images
     assert len(images) >= 3  # the run's plot, generated learning curves, a's thumbnails
@@ -114,6 +118,62 @@ def test_missing_provenance_says_not_recorded_and_interrupted_run_says_so(tmp_pa
     for key in ("git commit", "package versions", "machine", "torch threads per centre"):
         assert re.search(rf"<dt>{key}</dt><dd>not recorded</dd>", html), key
     assert "incomplete: 0 of 2 arm-seed runs done" in html
+
+
+def test_each_plot_of_the_run_links_to_its_file_relative_to_the_page(tmp_path):
+    run = make_run_dir(tmp_path)
+
+    beside = write_report(run).read_text()
+    elsewhere = tmp_path / "pages" / "r.html"
+    away = write_report(run, out=elsewhere).read_text()
+
+    # the embedded image is wrapped in a link to plots/<name>.png, to open it full size
+    link = '<a href="plots/test_roc_seed0.png" title="open full size"><img src="data:image/png'
+    assert link in beside
+    href = re.search(r'<a href="([^"]*test_roc_seed0\.png)"', away).group(1)
+    assert href == "../tiny/20260101-120000/plots/test_roc_seed0.png"
+    assert (elsewhere.parent / href).resolve() == (run / "plots" / "test_roc_seed0.png").resolve()
+    # figures drawn from the records have no file, and no link
+    assert beside.count('title="open full size"') == 1
+
+
+def test_results_md_headings_nest_under_the_pages_section(tmp_path):
+    run = make_run_dir(tmp_path)
+
+    html = write_report(run).read_text()
+
+    md = html[html.index("id='results-md'") :]
+    md = md[: md.index("<h3>")] if "<h3>" in md else md
+    # results.md's "# Results" and "## Extra table" sit under the <h3> "Tables of results.md"
+    assert "<h4>Results: tiny</h4>" in md and "<h5>Extra table</h5>" in md
+    assert not re.search(r"<h[123]>", md)
+
+
+def test_counts_among_the_other_metrics_are_integers(tmp_path):
+    # Prepare: besides the fixture's n (40), a count and a rate of the multi-task records
+    run = make_run_dir(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    for metric, value in (("n_breasts", 120.0), ("sensitivity", 0.5)):
+        results["metrics"].append(
+            {"arm": "federated", "seed": 0, "centre": "a", "segment": None, "split": "test",
+             "metric": metric, "value": value, "ci_low": None, "ci_high": None, "round": None}
+        )  # fmt: skip
+    (run / "results.json").write_text(json.dumps(results))
+    # Execute
+    html = write_report(run).read_text()
+    # Assert: counts as integers (not 40.000), other metrics with 3 decimals
+    other = html[html.index('id="results-other"') :]
+    other = other[: other.index("</table>")]
+    shown = re.findall(
+        r'<td>([^<]*)</td><td class="num" data-value="[^"]*"[^>]*>([^<]*)</td>', other
+    )
+    assert set(shown) == {("n", "40"), ("n_breasts", "120"), ("sensitivity", "0.500")}
+    # over seeds: a whole mean stays whole (its s.d. beside it); a fractional one keeps decimals
+    from fedmammo.evaluation.html_report import _value_cell
+
+    assert _value_cell({"value": 48.0, "std": 0.0}, count=True).text == "48"
+    assert _value_cell({"value": 48.0, "std": 1.414}, count=True).text == "48 (1.414)"
+    assert _value_cell({"value": 47.5, "std": 0.707}, count=True).text == "47.500 (0.707)"
 
 
 def test_thumbnails_only_for_synthetic_centres(tmp_path):
@@ -277,6 +337,22 @@ def test_only_metrics_with_a_ci_are_titled_with_one(tmp_path):
     assert "Test AUROC [95% CI] per arm and evaluating centre" in html
     assert "Test AUPRC per arm and evaluating centre" in html
     assert "AUPRC [95% CI]" not in html
+
+
+def test_a_patch_level_method_says_the_reference_is_not_comparable(tmp_path):
+    # Prepare: a share_gans run, whose AUROCs score lesion patches
+    run = make_run_dir(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    results["meta"]["kind"] = "share_gans"
+    (run / "results.json").write_text(json.dumps(results))
+    # Execute
+    html = write_report(run).read_text()
+    fedavg = write_report(make_run_dir(tmp_path, "r2")).read_text()
+    # Assert: the Centres column says so; a method of image AUROCs keeps the plain header
+    caveat = "image-level: not comparable with this run&#x27;s lesion-patch AUROCs"
+    assert f"brightest-pixel AUROC, test (no model; {caveat})" in html
+    assert "0.750 [0.500, 1.000]" in html
+    assert "<th>brightest-pixel AUROC, test (no model)</th>" in fedavg and caveat not in fedavg
 
 
 def test_the_centres_table_says_why_a_reference_is_missing():

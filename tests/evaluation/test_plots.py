@@ -11,8 +11,11 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedmammo.errors import DataError
+from fedmammo.evaluation import plots as plots_module
 from fedmammo.evaluation.metrics import operating_points
 from fedmammo.evaluation.plots import (
+    ROC_PANELS_PER_ROW,
+    histogram_xlabel,
     learning_curve_series,
     plot_learning_curves,
     plot_prediction_histograms,
@@ -68,17 +71,57 @@ def test_plot_roc_writes_a_png_with_global_and_segment_curves(tmp_path):
     assert 300 <= width <= 2000 and 300 <= height <= 2000
 
 
+def _capture_figures(monkeypatch) -> list:
+    """The figures the plots module saves, in order (each is still written)."""
+    figures = []
+    save = plots_module._save
+
+    def capture(fig, path, dpi):
+        figures.append(fig)
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(plots_module, "_save", capture)
+    return figures
+
+
 def test_plot_roc_panels_draws_one_panel_per_model(tmp_path):
     # Prepare
     y, score, _ = _data()
     panels = {arm: {"global": (y, score)} for arm in ("Bal. labels", "Bal. segments", "P. s.")}
 
     # Execute
-    width3, _ = _png_size(plot_roc_panels(panels, tmp_path / "three.png"))
-    width1, _ = _png_size(plot_roc_panels({"one": panels["P. s."]}, tmp_path / "one.png"))
+    width3, height3 = _png_size(plot_roc_panels(panels, tmp_path / "three.png"))
+    width1, height1 = _png_size(plot_roc_panels({"one": panels["P. s."]}, tmp_path / "one.png"))
 
-    # Assert
+    # Assert: up to 4 panels side by side, one row
     assert width3 == pytest.approx(3 * width1, rel=0.05)
+    assert height3 == pytest.approx(height1, rel=0.05)
+
+
+def test_plot_roc_panels_wraps_at_four_per_row_and_hides_unused_axes(tmp_path, monkeypatch):
+    # Prepare: 7 models, as periodic sampling's test figures have
+    figures = _capture_figures(monkeypatch)
+    y, score, _ = _data()
+    names = [f"arm{k}" for k in range(7)]
+    panels = {name: {"global": (y, score)} for name in names}
+
+    # Execute
+    width7, height7 = _png_size(plot_roc_panels(panels, tmp_path / "seven.png"))
+    width1, height1 = _png_size(plot_roc_panels({"one": panels["arm0"]}, tmp_path / "one.png"))
+
+    # Assert: a 2 x 4 grid, the 8th axis hidden, panels in order, every legend with its AUROC
+    assert ROC_PANELS_PER_ROW == 4
+    assert width7 == pytest.approx(4 * width1, rel=0.05)
+    assert height7 == pytest.approx(2 * height1, rel=0.05)
+    axes = figures[0].axes
+    assert axes[0].get_subplotspec().get_geometry()[:2] == (2, 4)
+    shown = [ax for ax in axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == names
+    assert len(axes) == 8 and not axes[7].get_visible()
+    auc = f"{roc_auc_score(y, score):.3f}"
+    assert all(
+        f"global ({auc})" in [t.get_text() for t in ax.get_legend().get_texts()] for ax in shown
+    )
 
 
 def _history() -> pd.DataFrame:
@@ -130,12 +173,13 @@ def test_plot_learning_curves_writes_a_grid_png(tmp_path):
         plot_learning_curves(_history().drop(columns="metric"), tmp_path / "x.png")
 
 
-def test_prediction_histograms_count_each_segment_and_label(tmp_path):
+def test_prediction_histograms_count_each_segment_and_label(tmp_path, monkeypatch):
     # Prepare
     y, score, segments = _data(300, seed=1)
 
     # Execute
     edges, data = prediction_histogram_data(y, score, segments, bins=10)
+    figures = _capture_figures(monkeypatch)
     path = plot_prediction_histograms(y, score, segments, tmp_path / "hist.png", bins=10)
 
     # Assert
@@ -149,3 +193,13 @@ def test_prediction_histograms_count_each_segment_and_label(tmp_path):
             )
     width, height = _png_size(path)
     assert width >= 500 and height >= 200
+    # densities, over bins the x label states
+    for ax in figures[0].axes:
+        assert ax.get_ylabel() == "density"
+        assert ax.get_xlabel() == "predicted probability (10 bins over [0, 1])"
+
+
+def test_histogram_xlabel_names_the_bins_span():
+    assert histogram_xlabel(np.linspace(0, 1, 21)) == "predicted probability (20 bins over [0, 1])"
+    # scores that are not probabilities are binned over their range, and named scores
+    assert histogram_xlabel(np.linspace(-2.5, 3.5, 7)) == "score (6 bins over [-2.5, 3.5])"

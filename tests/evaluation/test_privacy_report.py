@@ -221,9 +221,29 @@ def test_utility_points_average_seeds_and_keep_the_no_dp_point():
     )
     assert fed.loc[1.0, "auc"] == pytest.approx(0.61)
     assert fed.loc[-1, "auc"] == pytest.approx(0.81) and np.isnan(fed.loc[-1, "epsilon"])
-    assert fed.loc[8.0, "ci_low"] == pytest.approx(0.61)
+    # two seeds: mean +- their s.d. (0.70 and 0.72), never a mean of the seeds' CI bounds
+    sd = np.std([0.70, 0.72], ddof=1)
+    assert (fed.loc[8.0, "low"], fed.loc[8.0, "high"]) == pytest.approx((0.71 - sd, 0.71 + sd))
+    assert set(pts["interval"]) == {"s.d. over 2 seeds"} and set(pts["seeds"]) == {2}
     assert fed.loc[-1, "attack_auc"] == pytest.approx(0.55)
     assert fed.loc[8.0, "attack_auc"] == pytest.approx(0.5)
+
+
+def test_with_one_seed_a_point_has_its_own_ci_or_none():
+    table = sweep_table()
+    table = table[table["seed"] == 0].copy()
+    no_ci = (table["arm"] == "local-A") & (table["centre"] == "T") & (table["split"] == "test")
+    table.loc[no_ci, ["ci_low", "ci_high"]] = np.nan  # too few patients for a CI
+    pts = utility_points(table, epsilon_key="privacy.target_epsilon", centre="T")
+    fed, local = (pts[pts["arm"] == a] for a in ("federated", "local-A"))
+    assert fed["low"].tolist() == pytest.approx([0.5, 0.6, 0.7])
+    assert fed["high"].tolist() == pytest.approx([0.7, 0.8, 0.9])
+    assert set(fed["interval"]) == {"95% CI"}
+    assert local["low"].isna().all() and set(local["interval"]) == {"none"}
+    # over both evaluating centres of a seed: their mean, with no interval
+    both = utility_points(table, epsilon_key="privacy.target_epsilon")
+    assert both[both["arm"] == "federated"]["auc"].tolist() == pytest.approx([0.55, 0.6, 0.65])
+    assert set(both["interval"]) == {"none"}
 
 
 def test_plot_privacy_utility_writes_a_png_and_skips_empty_tables(tmp_path):
@@ -274,12 +294,13 @@ def test_sweep_draws_the_plot_only_for_an_epsilon_sweep(tmp_path):
 
 
 def test_the_privacy_utility_plot_draws_each_ci_as_it_is(tmp_path, monkeypatch):
-    # Prepare: capture the figure; one point's CI lies wholly below its AUROC
+    # Prepare: capture the figure; one seed; one point's CI lies wholly below its AUROC
     from fedmammo.evaluation import figures
 
     drawn = []
     monkeypatch.setattr(figures, "write_png", lambda fig, path, *a, **kw: drawn.append(fig) or path)
     table = sweep_table()
+    table = table[table["seed"] == 0].copy()
     table.loc[table.index[0], ["ci_low", "ci_high"]] = [0.1, 0.2]
     # Execute
     plot_privacy_utility(
@@ -287,13 +308,18 @@ def test_the_privacy_utility_plot_draws_each_ci_as_it_is(tmp_path, monkeypatch):
     )
     # Assert: every CI drawn from its low to its high end, the shifted one too
     pts = utility_points(table, epsilon_key="privacy.target_epsilon", centre="T")
-    ax = drawn[0].axes[0]
+    ax, ax2 = drawn[0].axes
     spans = sorted(
         tuple(np.round(sorted(seg[:, 1]), 6)) for c in ax.collections for seg in c.get_segments()
     )
     expected = sorted(
         (round(lo, 6), round(hi, 6))
-        for lo, hi in zip(pts["ci_low"], pts["ci_high"], strict=True)
+        for lo, hi in zip(pts["low"], pts["high"], strict=True)
         if np.isfinite(lo) and np.isfinite(hi)
     )
-    assert spans == expected
+    assert (0.1, 0.2) in spans and spans == expected
+    assert "95% CI" in ax.get_ylabel() and "mean over auditing centres" in ax2.get_ylabel()
+    # one scale on both axes (down to the lowest CI end), so the 0.5 line is chance on both
+    assert ax.get_ylim() == ax2.get_ylim() == pytest.approx((0.05, 1.0))
+    (chance,) = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert set(chance.get_ydata()) == {0.5}

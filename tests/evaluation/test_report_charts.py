@@ -111,6 +111,42 @@ def test_a_ci_that_does_not_hold_its_value_is_drawn_as_it_is():
     assert drawn == [(0.60, 0.75), (0.50, 0.90)]
 
 
+def test_a_value_without_ci_or_sd_gets_no_whisker():
+    # arm a: a CI; arm b: too few patients for one, one seed (no s.d.); arm c: a seed s.d.
+    final = pd.DataFrame(
+        {
+            "arm": ["a", "b", "c"],
+            "centre": ["c"] * 3,
+            "segment": [None] * 3,
+            "metric": ["auc"] * 3,
+            "value": [0.80, 0.70, 0.60],
+            "ci_low": [0.60, np.nan, np.nan],
+            "ci_high": [0.90, np.nan, np.nan],
+            "std": [np.nan, np.nan, 0.05],
+        }
+    )
+    (ax,) = _visible(metric_bars_figure(final))
+    (whiskers,) = [c for c in ax.collections if len(c.get_segments())]
+    drawn = [tuple(np.round(s[:, 0], 6)) for s in whiskers.get_segments()]
+    assert drawn == [(0.60, 0.90), (0.55, 0.65)]  # nothing at b
+    caps = [line for line in ax.get_lines() if line.get_marker() == "|"]
+    (xs,) = [line.get_xdata() for line in caps]
+    assert sorted(np.round(xs, 6)) == [0.55, 0.6, 0.65, 0.9]
+
+
+def test_one_round_gets_one_round_tick_and_arms_without_values_no_legend_entry():
+    frame = _frame(2, rounds=1)
+    empty = frame[(frame["arm"] == "local") & (frame["round"] == 1)].index
+    frame.loc[empty, "value"] = np.nan  # e.g. an AUROC of a validation set of one class
+    fig = learning_curves_figure(frame, metrics=("auc",))
+    for ax in _visible(fig):
+        assert list(ax.get_xticks()) == [1.0]
+        assert ax.get_xlim() == (0.5, 1.5)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["federated"]
+    frame.loc[frame["round"] == 1, "value"] = np.nan
+    assert learning_curves_figure(frame, metrics=("auc",)) is None  # nothing computed
+
+
 def _final(rows) -> pd.DataFrame:
     """final_records-like rows: (arm, centre, segment, metric, value, ci_low, ci_high, std)."""
     columns = ["arm", "centre", "segment", "metric", "value", "ci_low", "ci_high", "std"]

@@ -14,7 +14,12 @@ from helpers.flower_messages import make_incoming
 from helpers.run_helpers import REPO
 from sklearn.metrics import roc_auc_score
 
-from fedmammo.evaluation.report import REFERENCE_TITLE, reference_table
+from fedmammo.evaluation.report import (
+    REFERENCE_NOTE,
+    REFERENCE_TITLE,
+    reference_caveat,
+    reference_table,
+)
 from fedmammo.federation.deployment import prepare_site
 from fedmammo.federation.identify import brightest_pixel_reference
 from fedmammo.federation.messages import REFERENCE, Identify
@@ -89,6 +94,30 @@ def test_results_md_gets_one_reference_row_in_the_centres_order():
     assert table.to_dict("records") == [{"s4": "0.958", "s1": "0.900 [0.800, 1.000]"}]
     assert reference_table({"centres": {"s3": {}}}).empty
     assert REFERENCE_TITLE.startswith("## Reference: the brightest pixel")
+
+
+def test_the_note_quotes_readme_not_this_run():
+    # no fixed claim about the run at hand: the figures are README's, named as such
+    assert "it is 0.96-1.00" not in REFERENCE_NOTE
+    section = 'README, "What the phantom\'s malignancy task measures", measured 0.96-0.97'
+    assert section in REFERENCE_NOTE and "full settings (128x96 images" in REFERENCE_NOTE
+    assert "This run's own values are the row below." in REFERENCE_NOTE
+    readme = (REPO / "README.md").read_text()
+    text = readme[readme.index("### What the phantom's malignancy task measures") :]
+    text = text[: text.index("\n### ", 5)]
+    assert "0.958 [0.918, 0.989]" in text and "0.967 at s3" in text  # 0.96-0.97
+
+
+def test_a_patch_level_methods_row_says_the_reference_is_not_comparable():
+    ref = {"brightest_pixel_auc": 0.607, "ci_low": 0.552, "ci_high": 0.666}
+    centres = {"A": {"brightest_pixel": ref}}
+    patches = reference_table({"kind": "share_gans", "centre_order": ["A"], "centres": centres})
+    images = reference_table({"kind": "fedavg", "centre_order": ["A"], "centres": centres})
+    caveat = "image-level: not comparable with this run's lesion-patch AUROCs"
+    assert list(patches.index) == [f"brightest pixel ({caveat})"]
+    assert patches.loc[patches.index[0], "A"] == "0.607 [0.552, 0.666]"
+    assert list(images.index) == ["brightest pixel"]
+    assert reference_caveat("share_gans") == caveat and reference_caveat(None) == ""
 
 
 def test_a_centre_that_shares_no_metrics_sends_no_reference(tmp_path):

@@ -448,7 +448,8 @@ def _aux_table(
     return ResultTable(
         "Contribution of each auxiliary task: malignancy AUC (%) (multi-task paper Table 4)",
         _frame(rows, "arm"),
-        "+ enabled, - disabled; every arm trains the malignancy head.",
+        # not a leading "+ ": markdown would read it as a list marker and drop the key
+        "Key: `+` enabled, `-` disabled; every arm trains the malignancy head.",
     )
 
 

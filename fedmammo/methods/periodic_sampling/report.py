@@ -24,6 +24,7 @@ from rich.table import Table
 
 from fedmammo.evaluation.plots import (
     _save,
+    histogram_xlabel,
     plot_learning_curves,
     plot_roc_panels,
     prediction_histogram_data,
@@ -92,7 +93,11 @@ def plot_histogram_grid(
     title: str | None = None,
     dpi: int = 100,
 ) -> Path:
-    """Prediction distributions, benign vs malignant: one row per model, one column per segment."""
+    """Prediction distributions, benign vs malignant: one row per model, one column per segment.
+
+    Densities over the bins of :func:`prediction_histogram_data` (fixed [0, 1] for
+    probabilities), which the x label states.
+    """
     data = {arm: prediction_histogram_data(y, s, segments, bins=bins) for arm, s in scores.items()}
     cols = sorted({seg for _, by_seg in data.values() for seg in by_seg})
     from matplotlib.figure import Figure  # here: a centre imports this module
@@ -109,7 +114,8 @@ def plot_histogram_grid(
                     ax.stairs(density, edges, color=colour, fill=True, alpha=0.45)
                 ax.plot([], [], color=colour, lw=6, alpha=0.45, label=f"{name} ({counts.sum()})")
             ax.set_title(f"{arm}: {seg}", fontsize="small")
-            ax.set_xlabel("predicted probability", fontsize="small")
+            ax.set_xlabel(histogram_xlabel(edges), fontsize="small")
+            ax.set_ylabel("density", fontsize="small")
             ax.legend(fontsize="x-small")
     if title:
         fig.suptitle(title)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef, roc_auc_score
 
+from fedmammo.evaluation.html_parts import markdown_html
 from fedmammo.evaluation.results import RECORD_FIELDS
 from fedmammo.methods.mtl_finetune.report import build_mtl_tables, mtl_records, tables_markdown
 
@@ -97,6 +100,45 @@ def test_strata_split_by_true_density_and_view(evaluation):
     }
 
 
+def _documented_metrics() -> dict[str, str]:
+    """docs/report.md "What the metrics are": each backquoted record name -> its meaning."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "report.md").read_text()
+    rows = text[text.index("### What the metrics are") :].split("\n## ", 1)[0].splitlines()
+    meanings = {}
+    for row in (r for r in rows if r.startswith("| `")):
+        names, meaning = row.strip("|").split("|", 1)
+        for name in re.findall(r"`([^`]+)`", names):
+            meanings[name] = meaning.strip()
+    return meanings
+
+
+def test_docs_give_the_operating_point_records_their_computed_meanings(evaluation):
+    # Prepare
+    predictions, labels, _ = evaluation
+    keep = labels["malignancy"] >= 0
+    y, score = labels["malignancy"][keep], predictions["malignancy"][keep, 1]
+    # Execute
+    records = {
+        r["metric"]: r["value"] for r in mtl_records(predictions, labels) if not r["segment"]
+    }
+    docs = _documented_metrics()
+    # Assert: mcc / sensitivity / specificity are at P(malignant) > 0.5 ...
+    called = (score > 0.5).astype(int)
+    assert records["mcc"] == pytest.approx(matthews_corrcoef(y, called))
+    assert records["sensitivity"] == pytest.approx(called[y == 1].mean())
+    assert records["specificity"] == pytest.approx(1 - called[y == 0].mean())
+    for name in ("mcc", "sensitivity", "specificity"):
+        assert "P(malignant) > 0.5" in docs[name], name
+    # ... the best-threshold ones over the test ROC, an upper bound (never below mcc at 0.5)
+    assert records["mcc_best"] >= records["mcc"]
+    for name in ("mcc_best", "sensitivity_at_mcc_best", "specificity_at_mcc_best"):
+        assert name in records
+        assert "thresholds of the test ROC" in docs[name] and "upper bound" in docs[name], name
+        assert "0.5" not in docs[name], name
+    assert "specificity_at_sens95" in records and "95% sensitivity" in docs["specificity_at_sens95"]
+    assert "breast" in docs["breast_auc"]
+
+
 def test_bootstrap_ci_brackets_the_auc_and_one_class_gives_nan(evaluation):
     # Prepare
     predictions, labels, _ = evaluation
@@ -162,6 +204,11 @@ def test_tables_layout_and_mean_std_over_seeds(records):
     assert aux.loc["single_task", ["fusion", "rec", "acr"]].tolist() == ["-", "-", "-"]
     assert aux.loc["mtl_acr", ["fusion", "rec", "acr", "density"]].tolist() == ["+", "-", "+", "-"]
     assert aux.loc["mtl", "rec"] == "+"
+    # the key to the +/- cells survives markdown: no leading list marker, the signs as code
+    key = next(t for k, t in tables.items() if "Table 4" in k).note
+    assert key.startswith("Key: `+` enabled, `-` disabled;")
+    rendered = markdown_html(key)
+    assert "<li>" not in rendered and "<code>+</code> enabled" in rendered
     drops = next(t for k, t in tables.items() if "Table 5" in k).frame
     assert list(drops.index) == ["reference (mtl)", "drop_malignancy_25", "drop_all_50"]
     tuned = next(t for k, t in tables.items() if "Tables 8-9" in k and "inb" in k).frame

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedmammo.evaluation import plots as plots_module
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.methods.periodic_sampling import report as periodic_report
 from fedmammo.methods.periodic_sampling.report import (
@@ -198,6 +199,34 @@ def test_draw_centre_plots_writes_roc_and_histogram_files(tmp_path):
     # Assert
     assert [p.name for p in paths] == ["test_e1_roc.png", "test_e1_hist.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_centre_plots_wrap_the_roc_panels_and_label_the_histograms(tmp_path, monkeypatch):
+    # Prepare: 7 models (as a periodic-sampling experiment tests), two segments
+    saved = {}
+    save = plots_module._save  # periodic_report's is the same function
+
+    def capture(fig, path, dpi):
+        saved[path.name] = fig
+        return save(fig, path, dpi)
+
+    for module in (plots_module, periodic_report):  # the ROC's saver, the histograms'
+        monkeypatch.setattr(module, "_save", capture)
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(30, int), np.ones(10, int)]
+    segments = np.array(["A", "B"] * 20)
+    scores = {f"m{k}": np.clip(0.45 + 0.05 * rng.random(40), 0, 1) for k in range(7)}
+    # Execute
+    draw_centre_plots(y, scores, segments, tmp_path / "plots", "test_e1")
+    # Assert: the ROC panels in rows of 4 (2 x 4, the last axis hidden)
+    roc = saved["test_e1_roc.png"].axes
+    assert roc[0].get_subplotspec().get_geometry()[:2] == (2, 4)
+    assert [ax.get_title() for ax in roc if ax.get_visible()] == list(scores)
+    # the histograms: densities over fixed [0, 1] bins, which the x label says
+    hist = saved["test_e1_hist.png"].axes
+    assert len(hist) == 7 * 2
+    assert {ax.get_ylabel() for ax in hist} == {"density"}
+    assert {ax.get_xlabel() for ax in hist} == {"predicted probability (20 bins over [0, 1])"}
 
 
 def test_report_does_not_import_flower():
