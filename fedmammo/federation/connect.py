@@ -136,11 +136,17 @@ class Connection:
     def missing_line(self, timeout: float | None) -> str:
         """One line naming the missing centres, the connected ones and why nodes failed
         (``timeout``: the connect_timeout waited; None: simulated nodes, no wait)."""
-        waited = f"within connect_timeout={timeout:g} s" if timeout is not None else "(simulated)"
-        text = (
-            f"centres {', '.join(self.missing)} did not connect {waited} "
-            f"(connected: {', '.join(self.connected) or 'none'})"
-        )
+        if self.missing and set(self.refusing) == set(self.missing):  # stopped without a wait
+            text = (
+                f"every missing centre refused the run's data settings: "
+                f"{', '.join(self.missing)} (connected: {', '.join(self.connected) or 'none'})"
+            )
+        else:
+            waited = "(simulated)" if timeout is None else f"within connect_timeout={timeout:g} s"
+            text = (
+                f"centres {', '.join(self.missing)} did not connect {waited} "
+                f"(connected: {', '.join(self.connected) or 'none'})"
+            )
         if self.errors:
             text += "; nodes that failed to identify: " + "; ".join(
                 f"{n}: {r}" for n, r in self.errors.items()

@@ -145,6 +145,8 @@ def run_scenario(
         }
         recorder.flush()
         _warn_without_test_images(orc)
+        if spec.deployment:
+            _note_other_thread_counts(orc)
         run(orc)
         _note_faults_that_never_fired(orc)
     except ConnectError as exc:
@@ -172,6 +174,26 @@ def _warn_without_test_images(orc: Orchestrator) -> None:
             "with test > 0"
         )
         say(WARNING, line)
+        orc.recorder.note(line)
+
+
+def _note_other_thread_counts(orc: Orchestrator) -> None:
+    """Deployed sites whose torch thread count is not the one ``python -m fedmammo.simulate``
+    gives this scenario's centres: a note (their float sums run in another order, so their
+    records can differ from the simulation's in the last digits), not an error."""
+    from fedmammo.federation.ray_cluster import centre_threads, client_resources
+
+    simulated = centre_threads(client_resources(orc.scenario)["num_cpus"])
+    other = {c: n for c, n in orc.threads.items() if n is not None and n != simulated}
+    if other:
+        listed = ", ".join(f"{c} {n}" for c, n in sorted(other.items()))
+        line = (
+            f"torch threads per centre: {listed}, where the simulation of this scenario gives "
+            f"each centre {simulated}: their records may differ from the simulation's in the "
+            f"last digits; for the simulation's numbers to the bit, start those SuperNodes "
+            f"with OMP_NUM_THREADS={simulated}"
+        )
+        say(INFO, line)
         orc.recorder.note(line)
 
 

@@ -140,6 +140,8 @@ def test_a_run_asking_for_other_settings_stops_waiting_and_names_the_fix(site, m
     assert "this centre serves 32x24, data seed 3" in message
     assert "fix: run a scenario with the image size and data seed tiny_a prepared" in message
     assert "start their SuperNodes" not in message
+    assert message.startswith("every missing centre refused the run's data settings: tiny_a")
+    assert "connect_timeout" not in message  # it did not wait for it
     assert recorded[0]["centre"] == "tiny_a" and recorded[0]["phase"] == "connect"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_a_flower_warning_prints_once_and_plainly_when_stderr_is_no_terminal() -> None:
@@ -89,3 +90,34 @@ def test_a_run_whose_centres_hold_no_test_image_says_so_before_training(caplog) 
         quiet = orc(counts)
         _warn_without_test_images(quiet)
         assert quiet.recorder.notes == []
+
+
+def test_deployed_sites_with_another_torch_thread_count_get_a_note() -> None:
+    # Prepare: fedavg_tiny's simulation gives each centre floor(num_cpus) = 1 torch thread
+    from types import SimpleNamespace
+
+    from fedmammo.config import load_scenario
+    from fedmammo.federation.ray_cluster import centre_threads, client_resources
+    from fedmammo.federation.server_app import _note_other_thread_counts
+
+    scenario = load_scenario(Path(__file__).parents[2] / "scenarios" / "fedavg_tiny.yaml")
+    assert centre_threads(client_resources(scenario)["num_cpus"]) == 1
+
+    def orc(threads):
+        notes: list[str] = []
+        recorder = SimpleNamespace(notes=notes, note=notes.append)
+        return SimpleNamespace(scenario=scenario, threads=threads, recorder=recorder)
+
+    # Execute: two sites started without OMP_NUM_THREADS (torch's default, the cores)
+    differ = orc({"tiny_a": 2, "tiny_b": 1, "tiny_t": 4})
+    _note_other_thread_counts(differ)
+    # Assert: the note names each such site with its count, and the fix
+    assert differ.recorder.notes == [
+        "torch threads per centre: tiny_a 2, tiny_t 4, where the simulation of this scenario "
+        "gives each centre 1: their records may differ from the simulation's in the last "
+        "digits; for the simulation's numbers to the bit, start those SuperNodes with "
+        "OMP_NUM_THREADS=1"
+    ]
+    same = orc({"tiny_a": 1, "tiny_b": 1, "tiny_t": None})  # None: a site that did not say
+    _note_other_thread_counts(same)
+    assert same.recorder.notes == []
