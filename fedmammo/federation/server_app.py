@@ -211,8 +211,8 @@ def _note_faults_that_never_fired(orc: Orchestrator) -> None:
             line = (
                 f"fault {{centre: {f.centre}, round: {f.round}, arm: {f.arm}}} never fired: no "
                 f"round {f.round} of an arm named {f.arm!r} trained at {f.centre} (faults are "
-                f"injected in the federated rounds of fedavg, mtl_finetune and contrastive_dg; "
-                f"arm defaults to 'federated')"
+                f"injected in the rounds of fedavg, mtl_finetune, contrastive_dg and "
+                f"periodic_sampling; arm defaults to 'federated')"
             )
             say(WARNING, line)
             orc.recorder.note(line)

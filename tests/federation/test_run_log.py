@@ -31,8 +31,8 @@ def test_a_flower_warning_prints_once_and_plainly_when_stderr_is_no_terminal() -
 
 
 def test_a_fault_no_round_fired_is_a_warning_and_a_note(caplog) -> None:
-    # Prepare: a run whose faults were planned (periodic sampling plans rounds but injects
-    # none, and `flwr run` plans nothing): one fired, one did not
+    # Prepare: a run whose faults were planned (`flwr run` plans nothing): one fired, one
+    # did not
     from types import SimpleNamespace
 
     from fedmammo.config.scenario import FaultSpec
@@ -52,8 +52,8 @@ def test_a_fault_no_round_fired_is_a_warning_and_a_note(caplog) -> None:
     # Assert
     assert notes == [
         "fault {centre: b, round: 2, arm: federated} never fired: no round 2 of an arm named "
-        "'federated' trained at b (faults are injected in the federated rounds of fedavg, "
-        "mtl_finetune and contrastive_dg; arm defaults to 'federated')"
+        "'federated' trained at b (faults are injected in the rounds of fedavg, mtl_finetune, "
+        "contrastive_dg and periodic_sampling; arm defaults to 'federated')"
     ]
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == notes
 

@@ -87,7 +87,7 @@ from fedmammo.federation.centre_runtime import (
     select_rows,
 )
 from fedmammo.federation.codec import state_to_arrays
-from fedmammo.federation.handlers import handler, reply
+from fedmammo.federation.handlers import check_injected_fault, handler, reply
 from fedmammo.federation.messages import (
     ARRAYS,
     INFO,
@@ -170,6 +170,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train on the round's quota (or sampler steps) of the named segments; return weights."""
     start = time.perf_counter()
     m = TrainPeriodic.of(msg)
+    check_injected_fault(m)
     local_bn = m.batchnorm == "local"
     model = model_from(m, msg.content[ARRAYS], context, keep_local_bn=local_bn)
     ident = identity_of(context)

@@ -71,6 +71,7 @@ TABLES_FILE = "periodic_tables.md"
 def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> CentreFedAvg:
     nodes = {c: orc.nodes[c] for c in arm.centres}
     minimum = min(p.min_centres, len(nodes))
+    faults = [(f.centre, f.round) for f in orc.scenario.faults if f.arm == arm.name]
     if arm.setting == "federated" and arm.method == "periodic":
         return PeriodicFedAvg(
             nodes,
@@ -79,9 +80,12 @@ def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> Cen
             batch_size=p.train.batch_size,
             scheme=arm.weighting or "quota",
             min_centres=minimum,
+            faults=faults,
         )
     weighting = arm.weighting if arm.setting == "federated" else "uniform"
-    return CentreFedAvg(nodes, message=TrainPeriodic, weighting=weighting, min_centres=minimum)
+    return CentreFedAvg(
+        nodes, message=TrainPeriodic, weighting=weighting, min_centres=minimum, faults=faults
+    )
 
 
 def _dp_centres(orc: Orchestrator, centres: list[str]) -> bool:

@@ -57,8 +57,11 @@ class PeriodicFedAvg(CentreFedAvg):
         scheme: str = "quota",
         min_centres: int = 1,
         message: type[TrainPeriodic] = TrainPeriodic,
+        faults: Iterable[tuple[str, int]] = (),
     ):
-        super().__init__(nodes, message=message, weighting=scheme, min_centres=min_centres)
+        super().__init__(
+            nodes, message=message, weighting=scheme, min_centres=min_centres, faults=faults
+        )
         unknown = sorted(set(counts) - set(nodes))
         if unknown:
             raise ConfigError(

@@ -9,9 +9,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from helpers.flower_messages import make_incoming
 
 from fedmammo.errors import ConfigError
 from fedmammo.federation.codec import get_json
+from fedmammo.federation.handlers import InjectedFault
+from fedmammo.methods.periodic_sampling import client
 from fedmammo.methods.periodic_sampling.messages import TrainPeriodic
 from fedmammo.methods.periodic_sampling.quota import (
     global_pattern,
@@ -105,6 +108,23 @@ def test_configure_train_sends_each_centre_its_window_quota_and_offsets(rnd):
         assert cfg["server-round"] == rnd and cfg["arm"] == "x"
     seeds = {int(m.content["config"]["seed"]) for m in msgs.values()}
     assert len(seeds) == len(msgs)  # augmentation seeds differ per centre
+
+
+def test_a_scenario_fault_marks_that_centres_message_of_that_round_only():
+    # Prepare: faults: [{centre: B, round: 2, arm: ...}] as the runner passes them
+    strategy = _strategy(faults=[("B", 2)])
+    # Execute / Assert: B's round-2 message asks its handler to fail, no other does
+    for rnd in (1, 2, 3):
+        marked = {
+            c: TrainPeriodic.from_config(m.content["config"]).inject_fault
+            for c, m in _configure(strategy, rnd).items()
+        }
+        assert marked == {c: (c, rnd) == ("B", 2) for c in marked}
+    # and the centre's handler fails at once on such a message (before any training)
+    (b,) = [m for c, m in _configure(strategy, 2).items() if c == "B"]
+    incoming = make_incoming(b.content, message_type="train.periodic")
+    with pytest.raises(InjectedFault, match="round 2"):
+        client.train.__wrapped__(incoming, None)
 
 
 def test_offsets_continue_where_the_previous_round_stopped():
