@@ -386,7 +386,7 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
         run_dir=tmp_path,
         recorder=recorder,
         nodes=grid.ids,
-        scenario=SimpleNamespace(resolved_profiles=profiles, privacy=None),
+        scenario=SimpleNamespace(resolved_profiles=profiles, privacy=None, faults=[]),
         spec=SimpleNamespace(resume=False),
         console=SimpleNamespace(print=lambda *a, **k: None),
         message=lambda kind, **fields: kind(image_size=SIZE, data_seed=0, **fields),
