@@ -10,13 +10,19 @@ incomplete one only when no complete one exists, and marked so). Each claim of
 the table says the paper's number, fedmammo's quick and full results and whether the
 direction agrees (from the full run when there is one). Nothing in the table is typed by
 hand: rerun the command on the same run folders and the file is the same.
+
+A run made before a commit of :data:`CI_CHANGES` (how its method's CIs are computed; by git
+ancestry of the run's ``meta.git_commit`` in fedmammo's checkout) gets a note above the
+table, since its cells and verdicts may differ from a run made now.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,17 @@ from typing import Any
 from fedmammo.errors import DataError, FedmammoError
 from fedmammo.evaluation.claims import MIN_SEEDS_WITHOUT_CI, Claim, Finding, check_claim
 
-__all__ = ["CLAIMS", "Run", "find_runs", "main", "render", "select_run"]
+__all__ = [
+    "CI_CHANGES",
+    "CLAIMS",
+    "CiChange",
+    "Run",
+    "find_runs",
+    "lacks",
+    "main",
+    "render",
+    "select_run",
+]
 
 _PS = "Periodic sampling (000, ICLR 2022 submission)"
 _MTL = "Multi-task learning with poor and missing labels (001, Tardy & Mateus 2022)"
@@ -146,6 +162,44 @@ CLAIMS: tuple[Claim, ...] = (
 
 
 @dataclass(frozen=True)
+class CiChange:
+    """A commit that changed how the CIs of some methods (``kinds``) are computed: a run made
+    before it may count other cells, and reach other verdicts, than one made now. ``rerun``
+    names a run of the same study made at the commit, and ``verdicts`` what it gives
+    (claim -> verdict); the note says where the table differs."""
+
+    commit: str
+    kinds: tuple[str, ...]
+    what: str
+    rerun: str = ""
+    verdicts: tuple[tuple[str, str], ...] = ()
+
+
+#: CI changes a run may predate, oldest first.
+CI_CHANGES: tuple[CiChange, ...] = (
+    CiChange(
+        "2ac88cc",
+        ("fedavg", "periodic_sampling", "mtl_finetune", "share_gans", "cyclegan_uda"),
+        "the bootstrap CIs resample patients (a patient's CC and MLO views and both breasts "
+        "together) instead of images, which moves intervals both ways (0.5x-1.6x on "
+        "privacy_budget_fedavg, docs/privacy_budget.md)",
+    ),
+    CiChange(
+        "7d6e974",
+        ("contrastive_dg",),
+        "contrastive_dg's downstream CIs (crops, images, CC-MLO pairs, detection AP) resample "
+        "patients instead of the samples themselves",
+        rerun="docs/contrastive_dg.md's full run made at 7d6e974",
+        verdicts=(
+            ("MSVCL above SimCLR on unseen vendors (four-task average)", "no"),
+            ("MSVCL above random initialisation on unseen vendors", "yes"),
+            ("MSVCL above supervised pre-training on unseen vendors", "inconclusive"),
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
 class Run:
     """One run folder as the table uses it."""
 
@@ -157,6 +211,7 @@ class Run:
     seeds: tuple[int, ...]
     commit: str
     metrics: tuple[dict[str, Any], ...]
+    sha: str = ""  # meta.git_commit in full ("" when the run did not record one)
 
     @property
     def label(self) -> str:
@@ -189,6 +244,7 @@ def _read(path: Path) -> Run:
         seeds=tuple(meta.get("seeds") or ()),
         commit=commit,
         metrics=tuple(results.get("metrics") or ()),
+        sha=str(meta.get("git_commit") or ""),
     )
 
 
@@ -232,12 +288,81 @@ def _verdict(quick: Finding | None, full: Finding | None) -> tuple[str, str]:
     return "not run", (full or quick).why if (full or quick) else ""
 
 
+def lacks(sha: str, commit: str) -> bool | None:
+    """Whether a run made at ``sha`` was made without ``commit`` (``commit`` is not among its
+    ancestors in fedmammo's checkout); None when git cannot tell (no ``sha``, no git or
+    checkout, or a commit the checkout does not hold)."""
+    if not sha:
+        return None
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), "merge-base", "--is-ancestor", commit, sha],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: False, 1: True}.get(done.returncode)
+
+
+def _numbers(ns: list[int]) -> str:
+    """1, 2, 3, 5, 7, 8 -> '1-3, 5, 7, 8'."""
+    spans: list[list[int]] = []
+    for n in ns:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(
+        f"{a}-{b}" if b > a + 1 else ", ".join(map(str, range(a, b + 1))) for a, b in spans
+    )
+
+
+def _ci_notes(
+    used: list[Run], verdicts: dict[str, str], lacking: Callable[[str, str], bool | None]
+) -> list[str]:
+    """One note per change of :data:`CI_CHANGES` that some listed run was made without."""
+    lines = []
+    for change in CI_CHANGES:
+        before = [
+            i
+            for i, run in enumerate(used, 1)
+            if run.kind in change.kinds and lacking(run.sha, change.commit)
+        ]
+        if not before:
+            continue
+        runs = f"Run{'s' if len(before) > 1 else ''} {_numbers(before)}"
+        note = (
+            f"> **{runs} below predate{'' if len(before) > 1 else 's'} commit {change.commit}**:"
+            f" since then {change.what}; cell counts and verdicts may differ from a run made now."
+        )
+        differ = [
+            (claim, then, verdicts[claim])
+            for claim, then in change.verdicts
+            if claim in verdicts and verdicts[claim] != then
+        ]
+        if differ:
+            said = "; ".join(
+                f'"{c}" as **{then}** where this page says {now}' for c, then, now in differ
+            )
+            same = len(change.verdicts) - len(differ)
+            note += f" {change.rerun} reads {said}" + (
+                f" (its other {same} verdicts as here)." if same else "."
+            )
+        lines += [note, ""]
+    return lines
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(runs: list[Run], command: str) -> str:
-    """The markdown of docs/reproduction.md for ``runs``."""
+def render(
+    runs: list[Run], command: str, *, lacking: Callable[[str, str], bool | None] = lacks
+) -> str:
+    """The markdown of docs/reproduction.md for ``runs``; ``lacking(sha, commit)`` says
+    whether a run made at ``sha`` predates ``commit`` (default: git ancestry, :func:`lacks`)."""
     used: list[Run] = []
 
     def finding(claim: Claim, quick: bool) -> tuple[Finding | None, str]:
@@ -268,12 +393,14 @@ def render(runs: list[Run], command: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     counts: dict[str, int] = {}
+    verdicts: dict[str, str] = {}
     for claim in CLAIMS:
         quick, quick_text = finding(claim, True)
         full, full_text = finding(claim, False)
         verdict, why = _verdict(quick, full)
         key = verdict.removesuffix(" (quick only)")
         counts[key] = counts.get(key, 0) + 1
+        verdicts[claim.claim] = verdict
         note = "; ".join(t for t in (why, claim.note) if t)
         cells = (claim.paper, claim.claim, claim.paper_result, quick_text, full_text, verdict, note)
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
@@ -283,6 +410,7 @@ def render(runs: list[Run], command: str) -> str:
     lines += ["Runs:", ""] + [f"{i}. {run.label}" for i, run in enumerate(used, 1)]
     if not used:
         lines.append("(none)")
+    lines[4:4] = _ci_notes(used, verdicts, lacking)  # after "Generated by ..."
     return "\n".join(lines) + "\n"
 
 
