@@ -345,7 +345,8 @@ def render_comparison(
             )
             for ix, lab in zip(index, labels)
         ]
-        rows.append([label, *cells])
+        if any(c.cls != "missing" for c in cells):  # a row of dashes says nothing
+            rows.append([label, *cells])
     parts = [
         '<section id="comparison-section"><h2>Comparison</h2>',
         f"<p>{len(runs)} runs; values are {esc(split)} metrics of the whole evaluating centre, "

@@ -226,8 +226,9 @@ def centres_section(run: RunFolder) -> str:
             if missing
             else ("all" if profile else NOT_RECORDED)
         )
-        if run.privacy is None:
-            spent = NOT_RECORDED
+        if run.privacy is None:  # no DP round wrote privacy.json: none spent without DP
+            no_dp = bool(profile) and _budget(profile.get("privacy")) == "no DP"
+            spent = "none" if no_dp else NOT_RECORDED
         elif name in summary:
             s = summary[name]
             spent = f"{fmt_number(s.get('max_epsilon'))} (delta {fmt_number(s.get('delta'))})"

@@ -110,6 +110,24 @@ def test_header_centres_and_audit_trail(tmp_path):
     assert "DEBUG flwr" not in html and ">pooled<" not in html
 
 
+def test_without_privacy_json_a_centre_without_dp_spent_none(tmp_path):
+    # Prepare: a run in which no DP round wrote privacy.json (a share_gans run without DP)
+    run = make_run_dir(tmp_path)
+    (run / "privacy.json").unlink()
+    # Execute
+    html = write_report(run).read_text()
+    # Assert: the last column, epsilon spent: b trains without DP (none); a's profile asks
+    # for DP, so its spend is not known without the file
+    table = html[html.index('id="centres-table"') :]
+    table = table[: table.index("</table>")]
+    spent = {
+        row[0]: row[-1]
+        for row in (re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r) for r in table.split("<tr")[1:])
+        if row
+    }
+    assert spent["a"] == "not recorded" and spent["b"] == "none"
+
+
 def test_missing_provenance_says_not_recorded_and_interrupted_run_says_so(tmp_path):
     run = make_run_dir(tmp_path, provenance=False, done=False)
 
@@ -229,6 +247,25 @@ def test_comparison_has_one_column_per_run_and_expands_sweeps(tmp_path):
         "-",
     ]
     assert "privacy_utility" in html  # the sweep's own figure
+
+
+def test_comparison_leaves_out_rows_no_run_has_a_value_for(tmp_path):
+    # Prepare: two runs whose centre b recorded a test AUROC that could not be computed
+    runs = [make_run_dir(tmp_path, name) for name in ("r1", "r2")]
+    for run in runs:
+        results = json.loads((run / "results.json").read_text())
+        results["metrics"].append(
+            {"arm": "local-b", "seed": 0, "centre": "b", "segment": None, "split": "test",
+             "metric": "auc", "value": None, "ci_low": None, "ci_high": None, "round": None}
+        )  # fmt: skip
+        (run / "results.json").write_text(json.dumps(results))
+    # Execute
+    html = write_comparison(runs, tmp_path / "cmp.html").read_text()
+    # Assert: no row of dashes for local-b @ b; the rows with values stay
+    assert "local-b @ b" not in html
+    assert {(c["data-arm"], c["data-centre"]) for c in parse(html).cells} == {
+        key for key, r in _final(runs[0]).items() if r["value"] is not None
+    }
 
 
 def test_missing_folder_and_missing_results_are_clear_errors(tmp_path):
