@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.repor
         for d in dirs:
             if not d.is_dir():
                 raise FedmammoError(f"{d}: no such run folder")
+        if args.out is not None and args.out.is_dir():
+            name = "report.html" if len(dirs) == 1 else "comparison.html"
+            raise FedmammoError(
+                f"--out {args.out}: a folder, not a file; fix: give a file name, "
+                f"e.g. --out {args.out / name}"
+            )
         if args.metrics:
             check_metrics(dirs, metrics)
         if len(dirs) == 1 and not is_sweep(dirs[0]):

@@ -53,6 +53,31 @@ def test_errors_are_one_line(tmp_path, capsys):
     )
 
 
+def test_an_out_that_is_a_folder_is_one_line_naming_a_file_to_give(tmp_path, capsys):
+    # Prepare: two runs, a sweep and an existing folder given as --out
+    r1, r2 = make_run_dir(tmp_path, "r1"), make_run_dir(tmp_path, "r2", offset=0.1)
+    sweep = make_sweep_dir(tmp_path)
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+
+    # Execute
+    several = main([str(r1), str(r2), "--out", str(folder)])
+    err_several = capsys.readouterr().err
+    one = main([str(r1), "--out", str(folder)])
+    err_one = capsys.readouterr().err
+    swept = main([str(sweep), "--out", str(folder)])
+    capsys.readouterr()
+
+    # Assert: exit code 2, one line naming the option and a file to give; nothing written
+    assert several == 2 and one == 2 and swept == 2
+    assert err_several == (
+        f"error: --out {folder}: a folder, not a file; fix: give a file name, "
+        f"e.g. --out {folder / 'comparison.html'}\n"
+    )
+    assert err_one.count("\n") == 1 and err_one.endswith(f"--out {folder / 'report.html'}\n")
+    assert not list(folder.iterdir()) and not list(tmp_path.rglob("report.html"))
+
+
 def test_an_unknown_metric_is_one_line_listing_the_metrics_the_runs_hold(tmp_path, capsys):
     # Prepare: two runs and a sweep (whose points would get their own report first)
     r1, r2 = make_run_dir(tmp_path, "r1"), make_run_dir(tmp_path, "r2", offset=0.1)

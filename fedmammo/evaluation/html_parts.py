@@ -100,10 +100,14 @@ def table(
     table_id: str | None = None,
     cls: str = "",
     attrs: Mapping[str, Any] | None = None,
+    break_underscores: bool = False,
 ) -> str:
-    """An HTML table; cells are strings (escaped) or :class:`Cell`; the first column is a th."""
+    """An HTML table; cells are strings (escaped) or :class:`Cell`; the first column is a th.
+    With ``break_underscores`` a header may wrap after each ``_`` (long field names), so a
+    table of many such columns fits the page."""
     extra = "".join(f' {k}="{esc(v)}"' for k, v in (attrs or {}).items())
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    wbr = "_<wbr>" if break_underscores else "_"
+    head = "".join(f"<th>{esc(h).replace('_', wbr)}</th>" for h in headers)
     body = []
     for row in rows:
         cells = [c if isinstance(c, Cell) else Cell("" if c is None else str(c)) for c in row]
@@ -146,17 +150,21 @@ def records_table(
     *,
     table_id: str | None = None,
 ) -> str:
-    """A table of dict records (columns: ``columns`` or the union of keys in first-seen order)."""
+    """A table of dict records (columns: ``columns`` or the union of keys in first-seen order);
+    a value that is a :class:`Cell` already is shown as it is (a cell with a note or a class)."""
     cols = list(columns or dict.fromkeys(k for r in records for k in r))
     rows = []
     for r in records:
         row = []
         for c in cols:
             v = r.get(c)
+            if isinstance(v, Cell):
+                row.append(v)
+                continue
             num = isinstance(v, int | float) and not isinstance(v, bool)
             row.append(Cell(_flat(v), cls="num" if num else ""))
         rows.append(row)
-    return table(cols, rows, table_id=table_id)
+    return table(cols, rows, table_id=table_id, break_underscores=True)
 
 
 def img_tag(png: bytes, alt: str, *, caption: str | None = None, href: str | None = None) -> str:

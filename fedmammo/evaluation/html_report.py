@@ -353,6 +353,16 @@ def render_comparison(
         "with the 95% CI of one seed or the s.d. over seeds.</p>",
         table(["", *labels], rows, table_id="comparison", cls="results"),
     ]
+    for f, label in zip(finals, labels):
+        if not f[f["metric"].isin(list(metrics)) & f["value"].notna()].empty:
+            continue
+        own = sorted(set(f.loc[f["value"].notna(), "metric"]))
+        shown = ", ".join(own[:8]) + (", ..." if len(own) > 8 else "") or "none"
+        parts.append(
+            f"<p class='muted'>{esc(label)} holds none of the metrics shown "
+            f"({esc(', '.join(metrics))}); its {esc(split)} metrics: {esc(shown)} "
+            "(choose with --metric).</p>"
+        )
     links = []
     for run, label in zip(runs, labels):
         report = run.path / "report.html"

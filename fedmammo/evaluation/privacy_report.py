@@ -330,7 +330,7 @@ def plot_privacy_utility(
     where = f"at centre {centre}" if centre else "mean over evaluating centres"
     label = "AUROC" if metric == "auc" else metric
     ax.set_ylabel(f"test {label} (o; {_interval_label(pts, centre)}), {where}")
-    ax2.set_ylabel("membership attack AUC (x), mean over auditing centres")
+    ax2.set_ylabel("membership attack AUC (x), mean over centres\n(loss threshold or GAN-Leaks)")
     drawn = pts[["auc", "low", "high", "attack_auc"]].to_numpy(dtype=float)
     bottom = min(0.3, float(np.nanmin(drawn)) - 0.05) if np.isfinite(drawn).any() else 0.3
     for axis in (ax, ax2):  # one scale, so that 0.5 is chance on both

@@ -59,6 +59,12 @@ def _duration(seconds: Any) -> str:
     return f"{s:.1f} s ({human})"
 
 
+#: What results.json ``progress`` counts: its keys (``<arm>|<seed>``) are the units a resumed
+#: run skips once done, an arm-seed run or a method's phase (share_gans' generators,
+#: contrastive_dg's styles, cyclegan_uda's translators).
+_EACH = "each an arm-seed run or a method phase"
+
+
 def _status(run: RunFolder) -> str:
     progress = run.results.get("progress") or {}
     if not progress:
@@ -68,9 +74,9 @@ def _status(run: RunFolder) -> str:
         # an arm that ended early (a privacy budget, too few centres) is done, not complete
         stopped = [str(v["stopped"]).split("; ")[0] for v in progress.values() if v.get("stopped")]
         early = f"; ended early: {' | '.join(stopped)}" if stopped else ""
-        return f"complete ({len(done)} arm-seed runs){early}"
+        return f"complete ({len(done)} units done, {_EACH}){early}"
     pending = ", ".join(f"{k} after round {v.get('round', 0)}" for k, v in progress.items())
-    return f"incomplete: {len(done)} of {len(progress)} arm-seed runs done; {pending}"
+    return f"incomplete: {len(done)} of {len(progress)} units done ({_EACH}); {pending}"
 
 
 def _machine(m: Any) -> str:
@@ -318,6 +324,35 @@ def _list(items: list[str]) -> str:
     return f"<ul>{lis}</ul>"
 
 
+#: Fewer non-members than this and the attack's 1%-FPR operating point is an FPR measured on
+#: too few examples: an FPR of 0 is consistent with one of several percent.
+FEW_NONMEMBERS = 100
+
+_AUDIT_GUIDE = (
+    "<p class='muted'>Reading it: compare <code>epsilon_lower_95</code>, the epsilon the attack "
+    "proves at 95% confidence, with <code>epsilon</code>, the epsilon the ledger spent. "
+    "<code>tpr_at_1pct_fpr</code> against <code>tpr_bound_at_1pct_fpr</code> (the most DP "
+    f"allows at 1% FPR) means something only with {FEW_NONMEMBERS} or more non-members: with "
+    "fewer, an FPR of 0 is consistent with a much larger one. Rows with fewer are marked "
+    f"(&lt; {FEW_NONMEMBERS}) in <code>n_nonmembers</code>. See docs/privacy_budget.md, "
+    "&quot;Reading an audit&quot;.</p>"
+)
+
+
+def _mark_few(audit: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An audit row whose non-members are too few to compare its TPR with the DP bound: its
+    ``n_nonmembers`` cell marked (the number unchanged)."""
+    n = audit.get("n_nonmembers")
+    if not isinstance(n, int | float) or isinstance(n, bool) or n >= FEW_NONMEMBERS:
+        return audit
+    note = (
+        f"fewer than {FEW_NONMEMBERS} non-members: the TPR at 1% FPR is not comparable with "
+        "the DP bound"
+    )
+    cell = Cell(f"{fmt_number(n)} (< {FEW_NONMEMBERS})", attrs={"title": note}, cls="num warn few")
+    return {**audit, "n_nonmembers": cell}
+
+
 def audit_section(run: RunFolder) -> str:
     """Failures, refusals, DP spends, membership-inference audits, notes, run.log warnings."""
     privacy = run.privacy or {}
@@ -350,7 +385,8 @@ def audit_section(run: RunFolder) -> str:
     audits = privacy.get("audits") or []
     if audits:
         parts.append("<h3>Membership-inference audits</h3>")
-        parts.append(records_table(audits, table_id="mia-audits"))
+        parts.append(records_table([_mark_few(a) for a in audits], table_id="mia-audits"))
+        parts.append(_AUDIT_GUIDE)
     timing = frame[(frame["split"] == "timing") & frame["round"].notna()]
     if not timing.empty:
         wide = timing.pivot_table(

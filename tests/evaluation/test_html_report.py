@@ -135,7 +135,8 @@ def test_missing_provenance_says_not_recorded_and_interrupted_run_says_so(tmp_pa
 
     for key in ("git commit", "package versions", "machine", "torch threads per centre"):
         assert re.search(rf"<dt>{key}</dt><dd>not recorded</dd>", html), key
-    assert "incomplete: 0 of 2 arm-seed runs done" in html
+    # progress counts units (arm-seed runs or a method's phases), not only arm-seed runs
+    assert "incomplete: 0 of 2 units done (each an arm-seed run or a method phase)" in html
 
 
 def test_each_plot_of_the_run_links_to_its_file_relative_to_the_page(tmp_path):
@@ -268,6 +269,21 @@ def test_comparison_leaves_out_rows_no_run_has_a_value_for(tmp_path):
     }
 
 
+def test_comparison_says_which_run_holds_none_of_the_metrics_shown(tmp_path):
+    # Prepare: r2's method records no AUROC (its test metrics are a task's accuracy)
+    r1, r2 = (make_run_dir(tmp_path, name) for name in ("r1", "r2"))
+    results = json.loads((r2 / "results.json").read_text())
+    for r in results["metrics"]:
+        r["metric"] = "density_accuracy" if r["metric"] == "auc" else r["metric"]
+    (r2 / "results.json").write_text(json.dumps(results))
+    # Execute
+    html = write_comparison([r1, r2], tmp_path / "cmp.html").read_text()
+    # Assert: a line names r2, the metric shown, and what r2 holds; none for r1
+    (line,) = re.findall(r"<p class='muted'>([^<]*holds none[^<]*)</p>", html)
+    assert line.startswith("tiny/r2 holds none of the metrics shown (auc); its test metrics: ")
+    assert "density_accuracy" in line and line.endswith("(choose with --metric).")
+
+
 def test_missing_folder_and_missing_results_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="no such run folder"):
         write_report(tmp_path / "nope")
@@ -310,6 +326,7 @@ def test_an_arm_stopped_early_is_named_in_the_status(tmp_path):
     assert results["progress"]["federated|0"]["stopped"].startswith("arm federated seed 0: ")
     assert results["notes"][-1] == results["progress"]["federated|0"]["stopped"]
     assert (
+        "complete (2 units done, each an arm-seed run or a method phase); "
         "ended early: arm federated seed 0: stopped before round 2: centre b refused it "
         "(privacy budget)"
     ) in html

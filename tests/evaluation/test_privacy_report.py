@@ -318,7 +318,10 @@ def test_the_privacy_utility_plot_draws_each_ci_as_it_is(tmp_path, monkeypatch):
         if np.isfinite(lo) and np.isfinite(hi)
     )
     assert (0.1, 0.2) in spans and spans == expected
-    assert "95% CI" in ax.get_ylabel() and "mean over auditing centres" in ax2.get_ylabel()
+    assert (
+        "95% CI" in ax.get_ylabel()
+        and "mean over centres\n(loss threshold or GAN-Leaks)" in ax2.get_ylabel()
+    )
     # one scale on both axes (down to the lowest CI end), so the 0.5 line is chance on both
     assert ax.get_ylim() == ax2.get_ylim() == pytest.approx((0.05, 1.0))
     (chance,) = [line for line in ax.get_lines() if line.get_linestyle() == ":"]

@@ -202,6 +202,13 @@ def generator_privacy_config(orc: Any, centre: str, name: str, seed: int) -> dic
     return dict(ledger=ledger_of(name, seed), planned_rounds=1, audit=audit)
 
 
+#: privacy.json's note once a generator trained with a DP discriminator replied.
+GENERATOR_LEDGER_NOTE = (
+    "generators: each shared generator is one ledger (phase 'gan', DP discriminator); the "
+    "unit of privacy is one lesion patch (a lesion seen in CC and MLO is two patches)"
+)
+
+
 def record_generator_privacy(orc: Any, *, centre: str, name: str, seed: int, content: Any) -> None:
     """privacy.json and the records of a ``train.generator`` reply's privacy and audit."""
     from fedmammo.evaluation.privacy_report import PrivacyLog
@@ -209,11 +216,8 @@ def record_generator_privacy(orc: Any, *, centre: str, name: str, seed: int, con
     if PRIVACY not in content and AUDIT not in content:
         return
     log = PrivacyLog(orc.run_dir)
-    log.note(
-        "generators: each shared generator is one ledger (phase 'gan', DP discriminator); the "
-        "unit of privacy is one lesion patch (a lesion seen in CC and MLO is two patches)"
-    )
-    if PRIVACY in content:
+    if PRIVACY in content:  # DP: a generator audited without DP has no ledger to explain
+        log.note(GENERATOR_LEDGER_NOTE)
         report = decode_privacy(content[PRIVACY])
         log.record(centre=centre, arm=name, seed=seed, report=report, round=None)
     if AUDIT in content:

@@ -425,7 +425,7 @@ def _embeddings(
     if replies:
         where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
         orc.recorder.note(
-            f"embedding maps embeddings_<centre>.png ({', '.join(arms)}, seed {seed}) in "
+            f"embedding maps `embeddings_<centre>.png` ({', '.join(arms)}, seed {seed}) in "
             f"{where}: each training centre's test images in its own style and translated "
             "into the other seen styles, drawn inside the centre"
         )
@@ -447,7 +447,7 @@ def _notes(orc: Orchestrator, p: ContrastiveDgParams, plan: Plan) -> None:
     if p.needs_styles():
         where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
         orc.recorder.note(
-            f"style sample grids style_samples_<centre>.png in {where}: drawn inside each "
+            f"style sample grids `style_samples_<centre>.png` in {where}: drawn inside each "
             "centre; only tile generators left the centres, never images"
         )
 

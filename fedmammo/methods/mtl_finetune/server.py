@@ -239,7 +239,7 @@ def _latent_maps(orc: Orchestrator, seed: int, models: dict[str, tuple[dict, Arr
         where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
         orc.recorder.note(
             f"latent maps ({' vs '.join(arms)}, seed {seed}) of {', '.join(drawn)} in {where} "
-            "as latent_<centre>_seed<seed>.png: drawn inside each centre, only the figure left it"
+            "as `latent_<centre>_seed<seed>.png`: drawn inside each centre, only the figure left it"
         )
 
 

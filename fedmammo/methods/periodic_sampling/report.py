@@ -37,6 +37,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "comparison_table",
     "draw_centre_plots",
+    "figures_note",
     "learning_history",
     "plot_arm_learning_curves",
     "plot_histogram_grid",
@@ -49,6 +50,18 @@ TABLE_COLUMNS: tuple[str, ...] = ("AUC baseline", "Setting", "Method", "AUC", "Î
 _SETTING_ORDER = {"pooled": 0, "federated": 1}
 _METHOD_ORDER = {"balanced_labels": 0, "balanced_segments": 1, "periodic": 2}
 _WEIGHT_ORDER = {"quota": 0, "images": 1, "labelled": 2, "uniform": 3}
+
+
+def figures_note(where: str) -> str:
+    """The run's note on its figures in ``where``; file patterns in backticks, so that
+    results.md's markdown (report.html) keeps their underscores."""
+    return (
+        f"figures in {where}: `<split>_<experiment>_<setting>_<centre>_seed<s>_roc.png` "
+        "(Figure 4: global and per-segment ROC with operating points) and `..._hist.png` "
+        "(Figure 1 right: prediction distributions per segment and label), drawn inside the "
+        "centres; `learning_curves_<experiment>_<setting>_seed<s>.png` (Figure 3) from "
+        "validation records"
+    )
 
 
 def draw_centre_plots(

@@ -56,6 +56,7 @@ from fedmammo.methods.periodic_sampling.messages import (
 from fedmammo.methods.periodic_sampling.params import PeriodicSamplingParams
 from fedmammo.methods.periodic_sampling.report import (
     comparison_table,
+    figures_note,
     plot_arm_learning_curves,
     print_tables,
     tables_markdown,
@@ -306,13 +307,7 @@ def _plots(
                     failures, arm=f"{exp}-{setting}", seed=seed, rnd=None, phase=f"plots-{split}"
                 )
     where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
-    orc.recorder.note(
-        f"figures in {where}: <split>_<experiment>_<setting>_<centre>_seed<s>"
-        "_roc.png (Figure 4: global and per-segment ROC with operating points) "
-        "and _hist.png (Figure 1 right: prediction distributions per segment and "
-        "label), drawn inside the centres; learning_curves_<experiment>_<setting>"
-        "_seed<s>.png (Figure 3) from validation records"
-    )
+    orc.recorder.note(figures_note(where))
 
 
 def _write_tables(orc: Orchestrator, p: PeriodicSamplingParams, plan: list[ArmPlan]) -> None:

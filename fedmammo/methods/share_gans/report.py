@@ -208,8 +208,10 @@ def tables_markdown(
         f"{GAIN}: the arm's AUROC minus the receiver-alone arm's, on the same test patches, "
         "computed inside the receiver; "
         f"{GAIN_CI}: in how many seeds its paired 95% bootstrap CI (over the test patients) "
-        f"lies above / below 0. Arms flagged '{MOVED}' moved real lesion patches between "
-        "centres: a simulation-only upper bound that no deployment may run.",
+        "lies above / below 0, by the CI alone (the forest plot of report.html also asks its "
+        "paired p-value, the `p_value` record, to be below 0.05). "
+        f"Arms flagged '{MOVED}' moved real lesion patches between centres: a simulation-only "
+        "upper bound that no deployment may run.",
         "",
     ]
     if not tables:
@@ -261,7 +263,7 @@ def print_tables(
             title=table.title,
             box=box.SIMPLE_HEAD,
             caption=f"mean (std) over {seeds} seed(s); ΔAUROC: over the receiver alone, paired; "
-            "CI +/-: seeds whose CI of it is above / below 0; moved YES: real patches left "
+            "CI +/-: seeds whose CI alone is above / below 0; moved YES: real patches left "
             "their centre (simulation only)",
         )
         rt.add_column("arm", overflow="fold")  # fold, never crop or cut to "…"

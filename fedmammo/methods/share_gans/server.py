@@ -525,7 +525,7 @@ def run(orc: Orchestrator) -> None:
     )
     where = "each centre's <output-dir>/plots" if orc.spec.deployment else "plots/"
     orc.recorder.note(
-        f"sample grids synthetic_samples_<centre>_<gan>_<subset>.png in {where}: "
+        f"sample grids `synthetic_samples_<centre>_<gan>_<subset>.png` in {where}: "
         "drawn by each sharing centre itself; its real patches never left it"
     )
     orc.recorder.note(f"shared generators (weights + description.json) in {GENERATORS_DIR}/")

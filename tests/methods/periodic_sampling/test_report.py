@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,14 @@ import pandas as pd
 import pytest
 
 from fedmammo.evaluation import plots as plots_module
+from fedmammo.evaluation.html_parts import markdown_html
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.methods.periodic_sampling import report as periodic_report
 from fedmammo.methods.periodic_sampling.report import (
     TABLE_COLUMNS,
     comparison_table,
     draw_centre_plots,
+    figures_note,
     learning_history,
     plot_arm_learning_curves,
     tables_markdown,
@@ -227,6 +230,20 @@ def test_centre_plots_wrap_the_roc_panels_and_label_the_histograms(tmp_path, mon
     assert len(hist) == 7 * 2
     assert {ax.get_ylabel() for ax in hist} == {"density"}
     assert {ax.get_xlabel() for ax in hist} == {"predicted probability (20 bins over [0, 1])"}
+
+
+def test_the_figures_note_keeps_its_file_patterns_underscores_in_report_html():
+    # Prepare: the note as results.md lists it, which report.html renders as markdown
+    note = figures_note("plots/")
+    # Execute
+    html = markdown_html(f"- {note}")
+    # Assert: each file pattern is code, its underscores kept, nothing in italics
+    for pattern in (
+        "<split>_<experiment>_<setting>_<centre>_seed<s>_roc.png",
+        "learning_curves_<experiment>_<setting>_seed<s>.png",
+    ):
+        assert f"<code>{escape(pattern)}</code>" in html
+    assert "<em>" not in html
 
 
 def test_report_does_not_import_flower():
