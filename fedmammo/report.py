@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.repor
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from fedmammo.evaluation.html_report import check_metrics, write_comparison, write_report
     from fedmammo.evaluation.run_folder import expand_run_dirs, is_sweep
+    from fedmammo.sweep import redraw_privacy_utility
 
     dirs = [Path(d) for d in args.run_dirs]
     metrics = tuple(args.metrics or ("auc",))
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.repor
         else:
             for point in (p for d in dirs if is_sweep(d) for p in expand_run_dirs([d])):
                 write_report(point)
+            for sweep in filter(is_sweep, dirs):  # an older sweep gets the current figure
+                redraw_privacy_utility(sweep)
             default = dirs[0] / "report.html" if len(dirs) == 1 else Path("comparison.html")
             out = write_comparison(dirs, args.out or default, metrics=metrics)
     except FedmammoError as exc:

@@ -39,6 +39,7 @@ __all__ = [
     "load_points",
     "point_name",
     "point_sets",
+    "redraw_privacy_utility",
     "resolved_points",
     "run_sweep",
     "sweep_points",
@@ -179,9 +180,31 @@ def _comparison_page(root: Path) -> None:
 
 def _privacy_utility_plot(root: Path, scenario: Scenario, table: pd.DataFrame) -> None:
     """privacy_utility.png (issue 7) when the sweep varies a privacy target epsilon."""
-    from fedmammo.evaluation.privacy_report import sweep_privacy_plot
-
-    centre = (scenario.centre_names("test") or scenario.centre_names("receiver") or [None])[0]
-    path = sweep_privacy_plot(root, table, list(scenario.sweep), centre=centre)
+    roles = {e.name or "": e.role for e in scenario.centres}
+    path = _draw_privacy_utility(root, table, list(scenario.sweep), roles)
     if path is not None:
         console.print(f"privacy-utility plot: {safe(path)}")
+
+
+def redraw_privacy_utility(root: Path) -> Path | None:
+    """Draw a finished sweep's privacy_utility.png again from its ``sweep.csv`` and resolved
+    scenario (``fedmammo report SWEEP``: an older sweep gets the current figure); None when
+    the sweep varies no target epsilon or its files are missing."""
+    import yaml
+
+    resolved, csv = root / RESOLVED, root / "sweep.csv"
+    if not (resolved.is_file() and csv.is_file()):
+        return None
+    spec = yaml.safe_load(resolved.read_text()) or {}
+    roles = {c.get("name") or "": c.get("role", "train") for c in spec.get("centres") or []}
+    return _draw_privacy_utility(root, pd.read_csv(csv), list(spec.get("sweep") or {}), roles)
+
+
+def _draw_privacy_utility(
+    root: Path, table: pd.DataFrame, keys: list[str], roles: dict[str, str]
+) -> Path | None:
+    """The plot at the first test-only centre (else the first receiver)."""
+    from fedmammo.evaluation.privacy_report import sweep_privacy_plot
+
+    centres = [c for r in ("test", "receiver") for c, role in roles.items() if role == r]
+    return sweep_privacy_plot(root, table, keys, centre=centres[0] if centres else None)

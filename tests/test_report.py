@@ -39,6 +39,34 @@ def test_a_sweep_writes_each_point_and_the_comparison(tmp_path):
     assert "points/privacy.target_epsilon=1.0/report.html" in (sweep / "report.html").read_text()
 
 
+def test_a_sweep_reported_again_gets_its_privacy_utility_plot_redrawn(tmp_path):
+    # Prepare: the sweep's sweep.csv (the points' records, one epsilon column) and its resolved
+    # scenario's sweep key, as run_sweep writes them; an older figure in the folder
+    import json
+
+    import pandas as pd
+    import yaml
+
+    sweep = make_sweep_dir(tmp_path)
+    frames = []
+    for eps in (1.0, 8.0):
+        point = sweep / "points" / f"privacy.target_epsilon={eps}"
+        frame = pd.DataFrame(json.loads((point / "results.json").read_text())["metrics"])
+        frames.append(frame.assign(**{"privacy.target_epsilon": eps}))
+    pd.concat(frames).to_csv(sweep / "sweep.csv", index=False)
+    old = (sweep / "privacy_utility.png").read_bytes()
+    # Execute / Assert: without a swept epsilon key the figure is left as it is ...
+    assert main([str(sweep)]) == 0
+    assert (sweep / "privacy_utility.png").read_bytes() == old
+    # ... and with one, it is drawn again from sweep.csv
+    resolved = yaml.safe_load((sweep / "scenario.resolved.yaml").read_text())
+    resolved["sweep"] = {"privacy.target_epsilon": [1.0, 8.0]}
+    (sweep / "scenario.resolved.yaml").write_text(yaml.safe_dump(resolved))
+    assert main([str(sweep)]) == 0
+    new = (sweep / "privacy_utility.png").read_bytes()
+    assert new != old and new[:4] == b"\x89PNG" and len(new) > 10 * len(old)
+
+
 def test_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
 
