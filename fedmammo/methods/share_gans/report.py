@@ -242,8 +242,8 @@ def _frechet_note(generators: pd.DataFrame) -> str:
         "of its generator, in the fixed random_cnn_v1 feature space (computed inside the "
         "centre; comparable between fedmammo runs only, not a published FID). Real floor: "
         "the distance between two halves of the real patches: with tens of patches a half "
-        "in a 112-dimensional space it is mostly estimation noise (0.04 and 0.97 for two "
-        "generators of the same patches), a rough scale, not a bound. "
+        "in a 112-dimensional space it is mostly estimation noise (it can differ severalfold "
+        "between two generators of the same patches), a rough scale, not a bound. "
     )
     if generators[FRECHET_COLUMN].isna().any():
         note += "Empty: withheld by a DP centre (a noise-free statistic of its training patches). "
