@@ -102,7 +102,7 @@ class GanTable:
     subset: str
     fraction: float
     frame: pd.DataFrame  # arms x (metric titles, seeds, added lesions, pixels moved); text
-    best: dict[str, str]  # metric title -> arm with the best mean
+    best: dict[str, tuple[str, ...]]  # metric title -> the arms with the best mean (all tied)
 
     @property
     def title(self) -> str:
@@ -170,8 +170,10 @@ def build_gan_tables(df: pd.DataFrame, *, arm_order: Sequence[str] | None = None
             best = {}
             for title in METRICS.values():
                 scored = {a: m[title] for a, m in means.items() if not math.isnan(m[title])}
-                if scored:
-                    best[title] = max(scored, key=lambda a: scored[a])
+                top = max(scored.values(), default=math.nan)
+                tied = tuple(a for a, v in scored.items() if v == top)
+                if 0 < len(tied) < len(scored) or len(scored) == 1:  # all level: none best
+                    best[title] = tied
             frame = pd.DataFrame.from_dict(rows, orient="index")
             tables.append(GanTable(subset, float(fraction), frame, best))
     return tables
@@ -193,8 +195,9 @@ def generator_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def _bold(table: GanTable) -> pd.DataFrame:
     frame = table.frame.copy()
-    for title, arm in table.best.items():
-        frame.loc[arm, title] = f"**{frame.loc[arm, title]}**"
+    for title, arms in table.best.items():
+        for arm in arms:
+            frame.loc[arm, title] = f"**{frame.loc[arm, title]}**"
     return frame
 
 
@@ -276,7 +279,7 @@ def print_tables(
             cells = []
             for title in METRICS.values():
                 text = str(row[title]).replace(" (", "\n(")
-                cells.append(f"[bold]{text}[/]" if table.best.get(title) == arm else text)
+                cells.append(f"[bold]{text}[/]" if arm in table.best.get(title, ()) else text)
             cells += [str(row.get(title, "-")).replace(" (", "\n(") for title in (GAIN, GAIN_CI)]
             moved = row["pixels moved"] == MOVED
             cells.append("[bold red]YES[/]" if moved else "no")

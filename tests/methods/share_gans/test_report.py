@@ -102,7 +102,26 @@ def test_one_table_per_subset_and_fraction_with_mean_and_std_over_seeds(frame):
     assert tables[2].frame.loc["A", "added lesions"] == "-"  # not recorded there
     assert first.loc["A+real_B", "pixels moved"] == MOVED
     assert first.loc["A+synth_B_dcgan", "pixels moved"] == "no"
-    assert tables[0].best["AUROC"] == "A+real_B" and "F1" not in tables[0].best
+    assert tables[0].best["AUROC"] == ("A+real_B",) and "F1" not in tables[0].best
+    # every arm at the same accuracy: none is the best
+    assert set(first["Accuracy"]) == {"0.650 (0.071)"} and "Accuracy" not in tables[0].best
+
+
+def test_arms_tied_at_the_best_mean_are_all_bold(frame):
+    # Prepare: A+synth_B_dcgan's AUROC raised to A+real_B's in every seed and block
+    real = frame[(frame["arm"].str.startswith("A+real_B")) & (frame["metric"] == "auc")]
+    tied = frame.copy()
+    for _, r in real.iterrows():
+        twin = r["arm"].replace("A+real_B", "A+synth_B_dcgan")
+        same = (tied["arm"] == twin) & (tied["metric"] == "auc") & (tied["seed"] == r["seed"])
+        tied.loc[same, "value"] = r["value"]
+    # Execute
+    tables = build_gan_tables(tied)
+    text = tables_markdown(tables, generator_table(tied))
+    # Assert: both arms bold in the AUROC column, nobody else
+    assert tables[0].best["AUROC"] == ("A+real_B", "A+synth_B_dcgan")
+    assert "| A+real_B | 0.650 (0.071) | n/a | **0.820 (0.028)** |" in text
+    assert "| A+synth_B_dcgan | 0.650 (0.071) | n/a | **0.820 (0.028)** |" in text
 
 
 def test_markdown_bolds_the_best_and_explains_the_flag(frame):
