@@ -137,7 +137,10 @@ def metric_bars_figure(
         ax.set_ylim(len(arms) - 0.5, -0.5)  # first arm on top, as in the tables
     for ax in axes[len(order) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Test {_label(metric)} per arm and evaluating centre (95% CI or seed s.d.)")
+    fig.suptitle(
+        f"Test {_label(metric)} per arm and evaluating centre (whiskers: 95% CI or seed s.d., "
+        "where there is one)"
+    )
     return fig
 
 
