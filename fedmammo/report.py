@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,6 @@ def _parser(prog: str = "python -m fedmammo.report") -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or sweep folder(s)")
     p.add_argument(
         "--out",
-        type=Path,
         help="output file (default: RUN_DIR/report.html for one run or sweep folder, "
         "./comparison.html for several)",
     )
@@ -49,28 +49,30 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.repor
     from fedmammo.sweep import redraw_privacy_utility
 
     dirs = [Path(d) for d in args.run_dirs]
+    out_file = None if args.out is None else Path(args.out)
     metrics = tuple(args.metrics or ("auc",))
     try:
         for d in dirs:
             if not d.is_dir():
                 raise FedmammoError(f"{d}: no such run folder")
-        if args.out is not None and args.out.is_dir():
+        # a folder: one that exists, or a name written as one (Path drops the trailing "/")
+        if out_file is not None and (out_file.is_dir() or args.out.endswith(("/", os.sep))):
             name = "report.html" if len(dirs) == 1 else "comparison.html"
             raise FedmammoError(
                 f"--out {args.out}: a folder, not a file; fix: give a file name, "
-                f"e.g. --out {args.out / name}"
+                f"e.g. --out {out_file / name}"
             )
         if args.metrics:
             check_metrics(dirs, metrics)
         if len(dirs) == 1 and not is_sweep(dirs[0]):
-            out = write_report(dirs[0], out=args.out)
+            out = write_report(dirs[0], out=out_file)
         else:
             for point in (p for d in dirs if is_sweep(d) for p in expand_run_dirs([d])):
                 write_report(point)
             for sweep in filter(is_sweep, dirs):  # an older sweep gets the current figure
                 redraw_privacy_utility(sweep)
             default = dirs[0] / "report.html" if len(dirs) == 1 else Path("comparison.html")
-            out = write_comparison(dirs, args.out or default, metrics=metrics)
+            out = write_comparison(dirs, out_file or default, metrics=metrics)
     except FedmammoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -175,6 +175,9 @@ class CiChange:
     verdicts: tuple[tuple[str, str], ...] = ()
 
 
+#: What a verdict from quick runs alone ends with.
+QUICK_ONLY = " (quick only)"
+
 #: CI changes a run may predate, oldest first.
 CI_CHANGES: tuple[CiChange, ...] = (
     CiChange(
@@ -284,7 +287,7 @@ def _verdict(quick: Finding | None, full: Finding | None) -> tuple[str, str]:
     if full is not None and full.verdict != "no data":
         return full.verdict, full.why
     if quick is not None and quick.verdict != "no data":
-        return f"{quick.verdict} (quick only)", quick.why
+        return f"{quick.verdict}{QUICK_ONLY}", quick.why
     return "not run", (full or quick).why if (full or quick) else ""
 
 
@@ -340,7 +343,7 @@ def _ci_notes(
         differ = [
             (claim, then, verdicts[claim])
             for claim, then in change.verdicts
-            if claim in verdicts and verdicts[claim] != then
+            if claim in verdicts and verdicts[claim].removesuffix(QUICK_ONLY) != then
         ]
         if differ:
             said = "; ".join(
@@ -398,7 +401,7 @@ def render(
         quick, quick_text = finding(claim, True)
         full, full_text = finding(claim, False)
         verdict, why = _verdict(quick, full)
-        key = verdict.removesuffix(" (quick only)")
+        key = verdict.removesuffix(QUICK_ONLY)
         counts[key] = counts.get(key, 0) + 1
         verdicts[claim.claim] = verdict
         note = "; ".join(t for t in (why, claim.note) if t)

@@ -104,6 +104,11 @@ def test_an_out_that_is_a_folder_is_one_line_naming_a_file_to_give(tmp_path, cap
     )
     assert err_one.count("\n") == 1 and err_one.endswith(f"--out {folder / 'report.html'}\n")
     assert not list(folder.iterdir()) and not list(tmp_path.rglob("report.html"))
+    # a folder that does not exist yet, written as one (a trailing "/"): refused, not a file
+    new = f"{tmp_path / 'new'}/"
+    assert main([str(r1), "--out", new]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {new}: a folder, not a file")
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_unknown_metric_is_one_line_listing_the_metrics_the_runs_hold(tmp_path, capsys):

@@ -341,6 +341,7 @@ def render_comparison(
         cells = [
             _value_cell(
                 ix.get((metric, arm, centre)),
+                count=_is_count(metric),
                 **{"data-run": lab, "data-metric": metric, "data-arm": arm, "data-centre": centre},
             )
             for ix, lab in zip(index, labels)
@@ -357,11 +358,15 @@ def render_comparison(
         if not f[f["metric"].isin(list(metrics)) & f["value"].notna()].empty:
             continue
         own = sorted(set(f.loc[f["value"].notna(), "metric"]))
-        shown = ", ".join(own[:8]) + (", ..." if len(own) > 8 else "") or "none"
+        shown = ", ".join(own[:8]) + (", ..." if len(own) > 8 else "")
+        held = (
+            f"its {split} metrics: {shown} (choose with --metric)"
+            if own
+            else (f"it holds no {split} metric")
+        )
         parts.append(
             f"<p class='muted'>{esc(label)} holds none of the metrics shown "
-            f"({esc(', '.join(metrics))}); its {esc(split)} metrics: {esc(shown)} "
-            "(choose with --metric).</p>"
+            f"({esc(', '.join(metrics))}); {esc(held)}.</p>"
         )
     links = []
     for run, label in zip(runs, labels):

@@ -176,7 +176,8 @@ def format_reference(ref: dict | None) -> str:
 SHARES_TITLE = "## Each centre's share of the federated average"
 SHARES_NOTE = (
     "The normalised FedAvg weight of each training centre (`fedavg_share`), mean over the "
-    "arm's rounds and seeds, under the arm's `weighting` (results.json `meta.weighting`). "
+    "arm's rounds that averaged two or more centres (a round a centre missed records no "
+    "share) and seeds, under the arm's `weighting` (results.json `meta.weighting`). "
     "Arms whose shares differ were averaged from different mixes of the centres' updates as "
     "well as trained differently: `labelled` counts the images labelled for the arm's tasks."
 )

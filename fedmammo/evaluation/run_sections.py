@@ -70,12 +70,19 @@ def _status(run: RunFolder) -> str:
     if not progress:
         return NOT_RECORDED
     done = [k for k, v in progress.items() if v.get("done")]
-    if len(done) == len(progress):
-        # an arm that ended early (a privacy budget, too few centres) is done, not complete
+    # an arm that ended early is finished: done (a privacy budget) or stopped without it (too
+    # few centres: a --resume tries it again, a site may be back)
+    retried = [k for k, v in progress.items() if v.get("stopped") and not v.get("done")]
+    if len(done) + len(retried) == len(progress):
         stopped = [str(v["stopped"]).split("; ")[0] for v in progress.values() if v.get("stopped")]
         early = f"; ended early: {' | '.join(stopped)}" if stopped else ""
-        return f"complete ({len(done)} units done, {_EACH}){early}"
-    pending = ", ".join(f"{k} after round {v.get('round', 0)}" for k, v in progress.items())
+        again = f" ({len(retried)} of them tried again by --resume)" if retried else ""
+        return f"complete ({len(done)} units done, {_EACH}){early}{again}"
+    pending = ", ".join(
+        f"{k} after round {v.get('round', 0)}"
+        for k, v in progress.items()
+        if not v.get("done") and k not in retried
+    )
     return f"incomplete: {len(done)} of {len(progress)} units done ({_EACH}); {pending}"
 
 
@@ -328,14 +335,23 @@ def _list(items: list[str]) -> str:
 #: too few examples: an FPR of 0 is consistent with one of several percent.
 FEW_NONMEMBERS = 100
 
+_FEW_NOTE = (
+    f"means something only with {FEW_NONMEMBERS} or more non-members: with fewer, an FPR of 0 "
+    f"is consistent with a much larger one. Rows with fewer are marked (&lt; {FEW_NONMEMBERS}) "
+    "in <code>n_nonmembers</code>. See docs/privacy_budget.md, &quot;Reading an audit&quot;.</p>"
+)
+#: How to read the audit table, with DP (a spent epsilon and the bound it sets) and without.
 _AUDIT_GUIDE = (
     "<p class='muted'>Reading it: compare <code>epsilon_lower_95</code>, the epsilon the attack "
     "proves at 95% confidence, with <code>epsilon</code>, the epsilon the ledger spent. "
     "<code>tpr_at_1pct_fpr</code> against <code>tpr_bound_at_1pct_fpr</code> (the most DP "
-    f"allows at 1% FPR) means something only with {FEW_NONMEMBERS} or more non-members: with "
-    "fewer, an FPR of 0 is consistent with a much larger one. Rows with fewer are marked "
-    f"(&lt; {FEW_NONMEMBERS}) in <code>n_nonmembers</code>. See docs/privacy_budget.md, "
-    "&quot;Reading an audit&quot;.</p>"
+    f"allows at 1% FPR) {_FEW_NOTE}"
+)
+_AUDIT_GUIDE_NO_DP = (
+    "<p class='muted'>Reading it: without DP there is no bound to compare with; "
+    "<code>epsilon_lower_95</code> is the epsilon the attack proves at 95% confidence (0: "
+    "nothing proved), and <code>tpr_at_1pct_fpr</code> above 0.01 shows members told apart, "
+    f"which {_FEW_NOTE}"
 )
 
 
@@ -386,7 +402,8 @@ def audit_section(run: RunFolder) -> str:
     if audits:
         parts.append("<h3>Membership-inference audits</h3>")
         parts.append(records_table([_mark_few(a) for a in audits], table_id="mia-audits"))
-        parts.append(_AUDIT_GUIDE)
+        with_dp = any("tpr_bound_at_1pct_fpr" in a for a in audits)
+        parts.append(_AUDIT_GUIDE if with_dp else _AUDIT_GUIDE_NO_DP)
     timing = frame[(frame["split"] == "timing") & frame["round"].notna()]
     if not timing.empty:
         wide = timing.pivot_table(

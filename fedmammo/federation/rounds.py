@@ -35,6 +35,7 @@ __all__ = [
     "record_round_timing",
     "record_round",
     "record_weighting",
+    "round_outcome",
     "secure_round",
     "train_rounds",
 ]
@@ -283,6 +284,50 @@ def initial_arrays(model_spec: dict, seed: int) -> ArrayRecord:
     return state_to_arrays(build_model(model_spec["name"], **model_spec["options"]).state_dict())
 
 
+def round_outcome(
+    orc: Orchestrator,
+    strategy: CentreFedAvg,
+    asked: int,
+    *,
+    arm: str,
+    seed: int,
+    rnd: int,
+    stopped: bool,
+) -> bool:
+    """After a round of ``asked`` centres that left ``strategy.failures``: when it gave no
+    model (``stopped``), the arm stops in one line (console, run.log, the arm's progress:
+    how many centres sent an update and why that was not enough; completed rounds kept) and
+    True is returned; when it went on without some centres, a note and a warning name them.
+    """
+    missing = sorted(strategy.failures)
+    sent = asked - len(missing)
+    if stopped:
+        why = (
+            f"fewer than min_centres={strategy.min_train_nodes}"
+            if sent < strategy.min_train_nodes
+            else "too few for its secure-aggregation round (SecAgg+ needs 2 or more centres' "
+            "masked updates and no dropout past its threshold)"
+        )
+        whose = f"none from {', '.join(missing)}, whose reasons are" if missing else "reasons"
+        line = (
+            f"arm {arm} seed {seed}: stopped at round {rnd}: {sent} of {asked} centres sent an "
+            f"update, {why} ({whose} in the failures); completed rounds kept"
+        )
+        orc.recorder.stop_arm(arm, seed, line)
+        log.error("%s", line)
+        orc.console.print(f"[red]{escape(line)}[/]", highlight=False)
+        orc.recorder.flush()
+        return True
+    if missing:
+        line = (
+            f"arm {arm} seed {seed} round {rnd}: aggregated without {missing} "
+            f"(min_centres={strategy.min_train_nodes})"
+        )
+        orc.recorder.note(line)
+        log.warning("%s", line)
+    return False
+
+
 def train_rounds(
     orc: Orchestrator,
     *,
@@ -353,26 +398,10 @@ def train_rounds(
         names = {n: c for c, n in strategy.centre_nodes.items()}
         if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused
             return arrays if rnd > first_round else None
-        if new_arrays is None:
-            line = (
-                f"arm {arm} seed {seed}: stopped at round {rnd}: "
-                f"{len(centres) - len(strategy.failures)} of {len(centres)} centres sent an "
-                f"update, fewer than min_centres={strategy.min_train_nodes} (none from "
-                f"{', '.join(sorted(strategy.failures))}; the reasons are in the failures); "
-                "completed rounds kept"
-            )
-            orc.recorder.stop_arm(arm, seed, line)
-            log.error("%s", line)
-            orc.console.print(f"[red]{escape(line)}[/]", highlight=False)
-            orc.recorder.flush()
+        if round_outcome(
+            orc, strategy, len(messages), arm=arm, seed=seed, rnd=rnd, stopped=new_arrays is None
+        ):
             return None
-        if len(strategy.failures):
-            line = (
-                f"arm {arm} seed {seed} round {rnd}: aggregated without "
-                f"{sorted(strategy.failures)} (min_centres={strategy.min_train_nodes})"
-            )
-            orc.recorder.note(line)
-            log.warning("%s", line)
         arrays = new_arrays
         record_round(orc, strategy.weights, metrics, arm=arm, seed=seed, rnd=rnd)
         if val_centres:

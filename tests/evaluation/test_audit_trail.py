@@ -51,3 +51,23 @@ def test_audits_table_marks_too_few_nonmembers_and_says_how_to_read_it(tmp_path)
     guide = guide[: guide.index("</p>")]
     assert "compare <code>epsilon_lower_95</code>" in guide and "100 or more non-members" in guide
     assert "docs/privacy_budget.md, &quot;Reading an audit&quot;" in guide
+
+
+def test_without_dp_the_guide_names_only_the_columns_the_table_has(tmp_path):
+    # Prepare: a no-DP point's audit: no spent epsilon, no bound
+    run = make_run_dir(tmp_path)
+    privacy = json.loads((run / "privacy.json").read_text())
+    audit = _audit(40.0, 0.0)
+    for key in ("epsilon", "delta", "tpr_bound_at_1pct_fpr"):
+        del audit[key]
+    privacy["audits"] = [audit]
+    (run / "privacy.json").write_text(json.dumps(privacy))
+    # Execute
+    html = write_report(run).read_text()
+    # Assert: the guide reads the columns there are, and still marks the few non-members
+    start = html.index('id="mia-audits"')
+    guide = html[html.index("</table>", start) :]
+    guide = guide[: guide.index("</p>")]
+    assert "without DP there is no bound to compare with" in guide
+    assert "tpr_bound_at_1pct_fpr" not in guide and "<code>epsilon</code>" not in guide
+    assert "100 or more non-members" in guide and "40 (&lt; 100)" in html

@@ -294,6 +294,16 @@ def test_a_run_with_the_rerun_verdicts_gets_the_note_without_a_difference(tmp_pa
     assert note.endswith("cell counts and verdicts may differ from a run made now.")
 
 
+def test_a_quick_runs_verdict_equal_to_the_reruns_is_no_difference(tmp_path):
+    # the same "no", from a quick run only: "no (quick only)" on the page
+    write_run(tmp_path, "c", kind="contrastive_dg", quick=True, started="2026-01-01",
+              metrics=contrastive((0.95, 0.90, 0.99)))  # fmt: skip
+    text = render(find_runs([tmp_path]), "cmd", lacking=lambda sha, commit: True)
+    assert "no (quick only)" in text
+    note = next(ln for ln in text.splitlines() if "7d6e974**" in ln)
+    assert note.endswith("cell counts and verdicts may differ from a run made now.")
+
+
 def test_a_note_lists_its_runs_in_spans():
     assert _numbers([1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13]) == "1-5, 8-13"
     assert _numbers([6, 7]) == "6, 7" and _numbers([2]) == "2"

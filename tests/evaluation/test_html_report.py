@@ -282,6 +282,11 @@ def test_comparison_says_which_run_holds_none_of_the_metrics_shown(tmp_path):
     (line,) = re.findall(r"<p class='muted'>([^<]*holds none[^<]*)</p>", html)
     assert line.startswith("tiny/r2 holds none of the metrics shown (auc); its test metrics: ")
     assert "density_accuracy" in line and line.endswith("(choose with --metric).")
+    # counts in a comparison as integers, as on the run's page
+    both = write_comparison([r1, r2], tmp_path / "n.html", metrics=("n",)).read_text()
+    assert {c["data-metric"] for c in parse(both).cells} == {"n"}
+    shown = re.findall(r'data-metric="n"[^>]*>([^<]*)<', both)
+    assert shown and set(shown) == {"40"}
 
 
 def test_missing_folder_and_missing_results_are_clear_errors(tmp_path):
@@ -330,6 +335,34 @@ def test_an_arm_stopped_early_is_named_in_the_status(tmp_path):
         "ended early: arm federated seed 0: stopped before round 2: centre b refused it "
         "(privacy budget)"
     ) in html
+
+
+def test_an_arm_stopped_below_min_centres_is_finished_not_pending(tmp_path):
+    # Prepare: local done; federated stopped at round 2 (too few centres: no "done", so that
+    # a --resume tries it again); then an unfinished run of the same state plus a pending arm
+    run = make_run_dir(tmp_path, done=False)
+    recorder = RunRecorder(run, resume=True)
+    recorder.complete_arm("local-a", 0)
+    recorder.progress["federated|0"] = {"round": 1}
+    recorder.stop_arm(
+        "federated",
+        0,
+        "arm federated seed 0: stopped at round 2: 1 of 2 centres sent an update, fewer than "
+        "min_centres=2 (none from b, whose reasons are in the failures); completed rounds kept",
+    )
+    recorder.flush()
+    # Execute / Assert: complete, the stop named, and that a resume retries it
+    html = write_report(run).read_text()
+    assert (
+        "complete (1 units done, each an arm-seed run or a method phase); ended early: arm "
+        "federated seed 0: stopped at round 2: 1 of 2 centres sent an update, fewer than "
+        "min_centres=2 (none from b, whose reasons are in the failures) (1 of them tried "
+        "again by --resume)"
+    ) in html
+    recorder.progress["pooled|0"] = {"round": 3}
+    recorder.flush()
+    html = write_report(run).read_text()
+    assert "incomplete: 1 of 3 units done" in html and "; pooled|0 after round 3<" in html
 
 
 def test_a_sweep_points_page_says_its_warnings_are_the_whole_sweeps(tmp_path):

@@ -81,7 +81,7 @@ def test_below_min_centres_the_arm_stops_in_one_line_keeping_round_one(
     stop = [n for n in results["notes"] if "stopped at round 2" in n]
     assert stop == [
         "arm federated seed 0: stopped at round 2: 1 of 2 centres sent an update, fewer than "
-        "min_centres=2 (none from b; the reasons are in the failures); completed rounds kept"
+        "min_centres=2 (none from b, whose reasons are in the failures); completed rounds kept"
     ]
     assert results["progress"]["federated|0"]["stopped"] == stop[0]  # the report's status
     assert any("stopped at round 2" in r.getMessage() for r in caplog.records)

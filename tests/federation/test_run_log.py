@@ -114,9 +114,9 @@ def test_deployed_sites_with_another_torch_thread_count_get_a_note() -> None:
     # Assert: the note names each such site with its count, and the fix
     assert differ.recorder.notes == [
         "torch threads per centre: tiny_a 2, tiny_t 4, where the simulation of this scenario "
-        "gives each centre 1: their records may differ from the simulation's in the last "
-        "digits; for the simulation's numbers to the bit, start those SuperNodes with "
-        "OMP_NUM_THREADS=1"
+        "gives each centre 1: their float sums run in another order, so training and every "
+        "metric can differ from the simulation's, not only in the last digits; for the "
+        "simulation's numbers, start those SuperNodes with OMP_NUM_THREADS=1"
     ]
     same = orc({"tiny_a": 1, "tiny_b": 1, "tiny_t": None})  # None: a site that did not say
     _note_other_thread_counts(same)

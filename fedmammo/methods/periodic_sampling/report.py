@@ -213,8 +213,10 @@ def _segment_title(segment: str) -> str:
 def tables_markdown(
     tables: Mapping[str, Mapping[int, Mapping[str, list[dict[str, Any]]]]],
     experiments: Mapping[str, Sequence[str]],
+    stopped: Sequence[str] = (),
 ) -> str:
-    """Markdown of ``{experiment: {seed: {segment: rows}}}``, one section per experiment."""
+    """Markdown of ``{experiment: {seed: {segment: rows}}}``, one section per experiment;
+    ``stopped``: the lines of arms that stopped early (listed: their rows are missing)."""
     lines = [
         "## periodic-sampling paper tables: AUC (95% CI) and ΔAUC vs baseline per test segment",
         "",
@@ -222,6 +224,14 @@ def tables_markdown(
         "bootstrap CI. Computed inside each test centre. " + P_VALUE_NOTE,
         "",
     ]
+    if stopped:
+        lines += [
+            "Arms that stopped early, untested: their rows are missing, and a stopped "
+            "baseline leaves its segments' baseline, ΔAUC and p-value n/a:",
+            "",
+            *(f"- {line}" for line in stopped),
+            "",
+        ]
     for exp, by_seed in tables.items():
         segs = " + ".join(_segment_title(s) for s in experiments.get(exp, []))
         lines += [f"### Experiment {exp} (training segments {segs})", ""]

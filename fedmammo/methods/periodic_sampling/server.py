@@ -38,6 +38,7 @@ from fedmammo.federation.rounds import (
     initial_arrays,
     record_round,
     record_weighting,
+    round_outcome,
     secure_round,
 )
 from fedmammo.methods.periodic_sampling.arms import ArmPlan, plan_arms
@@ -163,14 +164,15 @@ def _train_arm(
         names = {n: c for c, n in strategy.centre_nodes.items()}
         if dp.after_round(rnd, replies, names, strategy.failures):  # a centre refused
             return arrays if rnd > 1 else None
-        if new_arrays is None:
-            orc.recorder.stop_arm(
-                arm.name,
-                seed,
-                f"arm {arm.name} seed {seed}: stopped at round {rnd}: fewer than "
-                f"{strategy.min_train_nodes} centres replied",
-            )
-            orc.recorder.flush()
+        if round_outcome(
+            orc,
+            strategy,
+            len(messages),
+            arm=arm.name,
+            seed=seed,
+            rnd=rnd,
+            stopped=new_arrays is None,
+        ):
             return None
         arrays = new_arrays
         record_round(orc, strategy.weights, metrics, arm=arm.name, seed=seed, rnd=rnd)
@@ -322,7 +324,8 @@ def _write_tables(orc: Orchestrator, p: PeriodicSamplingParams, plan: list[ArmPl
         for exp in p.experiments
     }
     print_tables(tables, orc.console)
-    markdown = tables_markdown(tables, p.experiments)
+    stopped = [s["stopped"] for s in orc.recorder.progress.values() if s.get("stopped")]
+    markdown = tables_markdown(tables, p.experiments, stopped)
     (orc.run_dir / TABLES_FILE).write_text(markdown)
     orc.recorder.meta["periodic_tables_markdown"] = markdown
     orc.recorder.meta["periodic_tables"] = {

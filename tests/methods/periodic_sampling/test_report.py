@@ -165,6 +165,23 @@ def test_tables_markdown_has_a_section_per_experiment_and_a_table_per_segment(tm
     header = "| " + " | ".join(TABLE_COLUMNS) + " |"
     assert text.count(header) == 4
     assert "| 60.00 (55.00, 65.00) | federated | P. sampling | 70.00 (65.00, 75.00) |" in text
+    assert "stopped early" not in text
+
+
+def test_tables_markdown_lists_the_arms_that_stopped_early(tmp_path):
+    # Prepare: the stop line a round below min_centres records (rounds.round_outcome)
+    tables = {"e1": {0: comparison_table(_frame(tmp_path), ARMS, experiment="e1", seed=0)}}
+    line = (
+        "arm e1-federated-periodic seed 0: stopped at round 1: 1 of 2 centres sent an update, "
+        "fewer than min_centres=2 (none from s1, whose reasons are in the failures); completed "
+        "rounds kept"
+    )
+    # Execute
+    text = tables_markdown(tables, {"e1": ["S1-Ma"]}, [line])
+    # Assert: before the experiments, saying why rows and a baseline's comparisons are missing
+    intro, rest = text.split("### Experiment e1", 1)
+    assert f"\n- {line}\n" in intro and "their rows are missing" in intro
+    assert "a stopped baseline leaves its segments' baseline, ΔAUC and p-value n/a" in intro
 
 
 def test_learning_history_converts_rounds_to_steps_and_keeps_only_true_global_metrics(tmp_path):
