@@ -130,7 +130,7 @@ def header_section(run: RunFolder) -> str:
             f"{meta.get('kind') or strategy.get('kind') or NOT_RECORDED}"
             + (f": {strategy['description']}" if strategy.get("description") else ""),
         ),
-        ("run folder", str(run.path)),
+        ("run folder", str(run.path.resolve())),
         ("started", started_at(run) or NOT_RECORDED),
         ("status", _status(run)),
         ("settings", ", ".join(run.settings) or "scenario as written"),

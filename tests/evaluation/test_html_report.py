@@ -128,6 +128,13 @@ def test_without_privacy_json_a_centre_without_dp_spent_none(tmp_path):
     assert spent["a"] == "not recorded" and spent["b"] == "none"
 
 
+def test_the_run_folder_row_is_absolute_however_the_report_was_asked_for(tmp_path, monkeypatch):
+    run = make_run_dir(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    html = write_report(run.relative_to(tmp_path)).read_text()
+    assert f"<dt>run folder</dt><dd>{run.resolve()}</dd>" in html
+
+
 def test_missing_provenance_says_not_recorded_and_interrupted_run_says_so(tmp_path):
     run = make_run_dir(tmp_path, provenance=False, done=False)
 
