@@ -48,10 +48,15 @@ def test_json_files_are_strict_json_with_null_for_what_could_not_be_computed(tmp
     }
 
 
-def test_a_reference_without_a_ci_is_kept_as_null_in_results_json():
-    from fedmammo.federation.orchestrator import reference_of
+def test_a_reference_without_a_ci_is_kept_as_null_in_results_json(tmp_path):
+    from fedmammo.evaluation.results import RunRecorder
 
     sent = {"brightest_pixel_auc": 0.7, "ci_low": math.nan, "ci_high": math.nan}
-    kept = reference_of(sent)
-    assert kept == {"brightest_pixel_auc": 0.7, "ci_low": None, "ci_high": None}
-    assert json.dumps(kept, allow_nan=False)  # strict JSON
+    RunRecorder(tmp_path, meta={"centres": {"a": {"brightest_pixel": sent}}}).flush()
+    text = (tmp_path / "results.json").read_text()
+    kept = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in results.json"))
+    assert kept["meta"]["centres"]["a"]["brightest_pixel"] == {
+        "brightest_pixel_auc": 0.7,
+        "ci_low": None,
+        "ci_high": None,
+    }

@@ -326,6 +326,7 @@ def render_comparison(
     """
     runs = [load_run(p) for p in expand_run_dirs(list(run_dirs))]
     labels = _labels(runs)
+    page_dir = Path(out_dir or ".")
     finals = [final_records(r.frame(), split=split) for r in runs]
     keys: list[tuple[str, str, str]] = []
     for f in finals:
@@ -360,9 +361,7 @@ def render_comparison(
         own = sorted(set(f.loc[f["value"].notna(), "metric"]))
         shown = ", ".join(own[:8]) + (", ..." if len(own) > 8 else "")
         held = (
-            f"its {split} metrics: {shown} (choose with --metric)"
-            if own
-            else (f"it holds no {split} metric")
+            f"its {split} metrics: {shown} (choose with --metric)" if own else f"no {split} metric"
         )
         parts.append(
             f"<p class='muted'>{esc(label)} holds none of the metrics shown "
@@ -372,7 +371,7 @@ def render_comparison(
     for run, label in zip(runs, labels):
         report = run.path / "report.html"
         if report.is_file():
-            href = _file_href(report, Path(out_dir or "."))
+            href = _file_href(report, page_dir)
             if href:
                 links.append(f'<li><a href="{esc(href)}">{esc(label)}</a></li>')
     if links:
@@ -381,9 +380,7 @@ def render_comparison(
     if sweep_pngs:
         parts.append("<h3>Sweep figures</h3>")
         parts += [
-            img_tag(
-                p.read_bytes(), p.stem, caption=p.name, href=_file_href(p, Path(out_dir or "."))
-            )
+            img_tag(p.read_bytes(), p.stem, caption=p.name, href=_file_href(p, page_dir))
             for p in sweep_pngs
         ]
     parts.append("</section>")

@@ -158,19 +158,19 @@ def reference_table(meta: dict) -> pd.DataFrame:
     row = {}
     for centre in order + [c for c in centres if c not in order]:
         estimate = format_reference((centres[centre] or {}).get("brightest_pixel"))
-        if estimate != "n/a":
+        if estimate is not None:
             row[centre] = estimate
     caveat = reference_caveat(meta.get("kind"))
     label = f"brightest pixel ({caveat})" if caveat else "brightest pixel"
     return pd.DataFrame([row], index=[label]) if row else pd.DataFrame()
 
 
-def format_reference(ref: dict | None) -> str:
-    """A centre's brightest-pixel reference as an estimate (:func:`format_estimate`); ``n/a``
+def format_reference(ref: dict | None) -> str | None:
+    """A centre's brightest-pixel reference as an estimate (:func:`format_estimate`); None
     when there is none or it has no value."""
     ref = ref or {}
     auc = finite_number(ref.get("brightest_pixel_auc"))
-    return format_estimate(auc, ref.get("ci_low"), ref.get("ci_high"))
+    return None if auc is None else format_estimate(auc, ref.get("ci_low"), ref.get("ci_high"))
 
 
 SHARES_TITLE = "## Each centre's share of the federated average"

@@ -318,8 +318,7 @@ def _reference(ref: dict | None, consents: bool | None) -> str:
     there is none: no consent to send metrics, no test images of both classes."""
     if not ref:
         return "withheld (sharing.metrics off)" if consents is False else NOT_RECORDED
-    value = format_reference(ref)
-    return "n/a (no malignant and benign test images)" if value == "n/a" else value
+    return format_reference(ref) or "n/a (no malignant and benign test images)"
 
 
 # ---------------------------------------------------------------------- audit trail

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,12 +51,6 @@ def short_reason(reason: str) -> str:
     found = re.findall(r"Message: (.+?)(?:'>|$)", text, flags=re.S)
     line = found[-1] if found else text.strip().splitlines()[-1]
     return " ".join(line.split())[:500]
-
-
-def reference_of(record: Mapping[str, float]) -> dict[str, float | None]:
-    """A centre's brightest-pixel reference as results.json keeps it: NaN (no CI, no test
-    images of both classes) as None, JSON's null."""
-    return {k: None if math.isnan(v) else float(v) for k, v in record.items()}
 
 
 @dataclass
@@ -150,7 +143,7 @@ class Orchestrator:
             self.profiles[info.centre] = info.profile
             self.threads[info.centre] = info.torch_threads
             if REFERENCE in reply.content:
-                self.references[info.centre] = reference_of(reply.content[REFERENCE])
+                self.references[info.centre] = dict(reply.content[REFERENCE])
         return failed
 
     # ------------------------------------------------------------------ messaging
