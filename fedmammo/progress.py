@@ -49,10 +49,12 @@ def progress_label(label: Label) -> Iterator[None]:
         _label.reset(token)
 
 
-def _head(description: str) -> str:
+def labelled(text: str) -> str:
+    """``text`` prefixed with the label of the :func:`progress_label` block it runs in (at a
+    centre: ``centre <name>: ...``), for log lines that would otherwise name no centre."""
     label = _label.get()
     label = label() if callable(label) else label
-    return f"{label}: {description}" if label else description
+    return f"{label}: {text}" if label else text
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -107,7 +109,7 @@ def _logged(
         if now - last >= every:
             if not head:  # the first line of the phase
                 _ensure_handler()
-                head = _head(description)
+                head = labelled(description)
             logger.info(_line(head, done, total, now - start))
             last = now
     if head:
@@ -136,4 +138,4 @@ def progress(
         return _logged(items, description, total, every, clock)
     from rich.progress import track
 
-    return iter(track(items, total=total, description=_head(description), transient=True))
+    return iter(track(items, total=total, description=labelled(description), transient=True))

@@ -247,14 +247,15 @@ def _shown_value(value: Any, limit: int = 60) -> str:
 def _ref_candidates(ref: str, folder: str, base: Path) -> list[Path]:
     """Where a profile or recipe reference is looked for, first first.
 
-    A bare stem names ``<folder>/<stem>.yaml``: the user's (in the current directory, then
-    next to the referring file ``base``), then the shipped one (the checkout's). Anything
-    else is a path: relative to the referring file, the current directory, the checkout.
+    A bare stem names ``<folder>/<stem>.yaml``: the user's (next to the referring file
+    ``base``, then in the current directory), then the shipped one (the checkout's), so a
+    scenario with its own ``centres/`` reads the same files from any folder. Anything else is
+    a path: relative to the referring file, the current directory, the checkout.
     """
     p = Path(ref)
     if p.suffix not in (".yaml", ".yml") and len(p.parts) == 1:
         cwd, shipped = Path.cwd(), checkout_root()
-        return _unique([r / folder / f"{ref}.yaml" for r in (cwd, base, shipped)])
+        return _unique([r / folder / f"{ref}.yaml" for r in (base, cwd, shipped)])
     return _unique([base / p, *(r / p for r in search_roots())])
 
 
@@ -421,7 +422,22 @@ def _entries(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in centres if isinstance(e, dict)] if isinstance(centres, list) else []
 
 
-def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, label: str) -> None:
+def _entry_name(entry: dict[str, Any], base: Path) -> str:
+    """A centre entry's name as the run will call it: its ``name``, else its profile file's
+    own ``name``, else the profile's file name (an unreadable profile is named later)."""
+    if entry.get("name"):
+        return str(entry["name"])
+    ref = str(entry.get("profile"))
+    try:
+        own = _read_yaml(_resolve_ref(ref, "centres", base)[0]).get("name")
+    except ConfigError:
+        own = None
+    return str(own) if own else Path(ref).stem
+
+
+def _apply_set(
+    data: dict[str, Any], key: str, value: Any, origins: Origins, label: str, base: Path
+) -> None:
     try:
         parts = split_dotted(key)
     except ConfigError as exc:
@@ -438,8 +454,9 @@ def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, lab
             raise ConfigError(
                 f"{label}: name a key of centre {name!r}, e.g. centres.{name}.split.train=0.5"
             )
+        names = [_entry_name(e, base) for e in _entries(data)]
         for i, entry in enumerate(_entries(data)):
-            if entry.get("name") == name or Path(str(entry.get("profile"))).stem == name:
+            if names[i] == name:
                 if parts[2] in CentreEntry.model_fields:
                     raise ConfigError(
                         f"{label}: {parts[2]!r} is a key of the scenario's centre entry, not of "
@@ -453,10 +470,13 @@ def _apply_set(data: dict[str, Any], key: str, value: Any, origins: Origins, lab
                 origins.add(f"centre:{i}", parts[2:], label)
                 return
         else:
-            names = [str(e.get("name") or Path(str(e.get("profile"))).stem) for e in _entries(data)]
+            users = [
+                n for e, n in zip(_entries(data), names) if Path(str(e.get("profile"))).stem == name
+            ]
+            profile = f" (profile {name!r} is used by {', '.join(users)})" if users else ""
             raise ConfigError(
-                f"{label}: no centre named {name!r} in the scenario; valid: {', '.join(names)} "
-                "(or an index: centres.0....)"
+                f"{label}: no centre named {name!r} in the scenario{profile}; valid: "
+                f"{', '.join(names)} (or an index: centres.0....)"
             )
     try:
         apply_dotted(data, key, value, merge=parts[0] not in WHOLE_VALUE_KEYS)
@@ -501,9 +521,16 @@ def load_scenario_traced(
         if not isinstance(block, dict):
             raise ConfigError(f"{path}: key 'quick': expected a mapping of dotted keys")
         for key, value in dict(block).items():
-            _apply_set(data, key, value, origins, f"{path} quick '{key}'")
+            _apply_set(data, key, value, origins, f"{path} quick '{key}'", path.parent)
     for key, value in (sets or {}).items():
-        _apply_set(data, key, value, origins, (labels or {}).get(key) or set_label(key, value))
+        label = (labels or {}).get(key) or set_label(key, value)
+        if key.split(".")[0] == "quick":
+            raise ConfigError(
+                f"{label}: the quick block is applied before --set, so a key set in it has no "
+                "effect; fix: set the key itself (e.g. --set strategy.params.rounds=3), which "
+                "wins over the quick block"
+            )
+        _apply_set(data, key, value, origins, label, path.parent)
 
     inline = data.get("strategy")
     if isinstance(inline, dict):

@@ -14,6 +14,7 @@ import pandas as pd
 from torch.utils.data import Sampler
 
 from fedmammo.errors import ConfigError, DataError
+from fedmammo.progress import labelled
 
 __all__ = [
     "SAMPLERS",
@@ -189,11 +190,11 @@ def _warn_single_label(groups: Sequence[tuple[Hashable, Any]]) -> None:
         if len(pools[0]) == 0 or len(pools[1]) == 0:
             label = 0 if len(pools[0]) else 1
             logger.warning(
-                "segment %r has only label %d (%d images): its label alternation falls back "
-                "to that label",
-                key,
-                label,
-                len(pools[label]),
+                "%s",
+                labelled(
+                    f"segment {key!r} has only label {label} ({len(pools[label])} images): its "
+                    "label alternation falls back to that label"
+                ),
             )
 
 
@@ -240,7 +241,10 @@ class _SegmentBatchSampler(Sampler[list[int]]):
         }
         for key, count in zip(self.segment_keys_, counts):
             if count == 0 and min_count == 0:
-                logger.warning("segment %r has a single label and min_count=0: never sampled", key)
+                logger.warning(
+                    "%s",
+                    labelled(f"segment {key!r} has a single label and min_count=0: never sampled"),
+                )
         self._groups, self.pattern_ = self._build()
         _warn_single_label(self._groups)
         default = math.ceil(sum(self.counts_.values()) / self.batch_size)

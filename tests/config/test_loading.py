@@ -351,3 +351,68 @@ def test_a_misspelt_key_at_any_level_gets_the_key_it_misspells(key, value, shown
 def test_an_unknown_key_like_no_known_one_keeps_the_plain_message():
     with pytest.raises(ConfigError, match=r"key 'zzzq': unknown key \(check spelling; see README"):
         load_scenario(ROOT / "scenarios" / "fedavg_quick.yaml", sets={"zzzq": 1})
+
+
+NAMED = """
+centres:
+  - {profile: tiny, name: site_a}
+  - {profile: other, name: tiny}
+  - {profile: own_name, role: test}
+strategy: fedavg
+"""
+
+
+def test_a_set_by_centre_name_edits_the_centre_of_that_name_not_a_profile_of_it(tmp_path):
+    # Prepare: a centre named 'tiny' after a centre whose profile is 'tiny', and a profile
+    # whose own name ('porto') is not its file's
+    (tmp_path / "centres").mkdir()
+    tiny = (ROOT / "centres" / "tiny.yaml").read_text()
+    (tmp_path / "centres" / "other.yaml").write_text(tiny)
+    (tmp_path / "centres" / "own_name.yaml").write_text(f"name: porto\n{tiny}")
+    path = _write(tmp_path, "s.yaml", NAMED)
+    split = {"train": 0.3, "val": 0.2, "test": 0.5}
+    # Execute
+    scenario = load_scenario(path, sets={"centres.tiny.split": split})
+    renamed = load_scenario(path, sets={"centres.porto.split.test": 1.0})
+    # Assert: the named centre changed, the other kept its profile's split
+    assert scenario.resolved_profiles["tiny"].split == split
+    assert scenario.resolved_profiles["site_a"].split != split
+    assert renamed.resolved_profiles["porto"].split["test"] == 1.0
+
+
+def test_a_set_naming_a_profile_shared_by_several_centres_is_refused_naming_them():
+    with pytest.raises(ConfigError) as err:
+        load_scenario(ROOT / "scenarios" / "fedavg_tiny.yaml", sets={"centres.tiny.split.train": 1})
+    assert (
+        "no centre named 'tiny' in the scenario (profile 'tiny' is used by tiny_a, tiny_b, "
+        "tiny_t); valid: tiny_a, tiny_b, tiny_t"
+    ) in str(err.value)
+
+
+def test_a_set_of_the_quick_block_is_refused_with_the_key_to_set_instead():
+    with pytest.raises(ConfigError) as err:
+        load_scenario(
+            ROOT / "scenarios" / "fedavg_tiny.yaml",
+            sets={"quick.strategy.params.rounds": 3},
+            quick=True,
+        )
+    assert str(err.value) == (
+        "--set quick.strategy.params.rounds=3: the quick block is applied before --set, so a key "
+        "set in it has no effect; fix: set the key itself (e.g. --set "
+        "strategy.params.rounds=3), which wins over the quick block"
+    )
+
+
+def test_a_profile_next_to_the_scenario_wins_over_one_in_the_current_folder(tmp_path, monkeypatch):
+    # Prepare: the same stem in the scenario's centres/ and in the current folder's
+    proj, here = tmp_path / "proj", tmp_path / "here"
+    tiny = (ROOT / "centres" / "tiny.yaml").read_text()
+    for folder, source in ((proj, "P"), (here, "H")):
+        (folder / "centres").mkdir(parents=True)
+        (folder / "centres" / "mytiny.yaml").write_text(
+            tiny.replace("source: T", f"source: {source}")
+        )
+    path = _write(proj, "s.yaml", MINE)
+    monkeypatch.chdir(here)
+    # Execute / Assert: the scenario reads its own profile from any folder
+    assert load_scenario(path).resolved_profiles["a"].source == "P"

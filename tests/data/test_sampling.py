@@ -352,3 +352,22 @@ def test_quota_sampler_rejects_unknown_segments_and_yields_nothing_for_zero_quot
         QuotaBatchSampler(segments, labels, {"S9": 3}, batch_size=2)
     with pytest.raises(DataError, match=r"quota\['S1'\] = -1"):
         QuotaBatchSampler(segments, labels, {"S1": -1}, batch_size=2)
+
+
+def test_a_single_label_warning_at_a_centre_names_the_centre(caplog):
+    # Prepare: a sampler built inside a centre's handler (which sets the progress label)
+    from fedmammo.progress import progress_label
+
+    segments, labels = _dataset({"<all>": (48, 0)})
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.sampling"):
+        with progress_label("centre hosp_south"):
+            PeriodicBatchSampler(segments, labels, batch_size=8, num_batches=2)
+        PeriodicBatchSampler(segments, labels, batch_size=8, num_batches=2)
+    # Assert: inside the block the line names the centre, outside it does not
+    first, second = [r.getMessage() for r in caplog.records]
+    assert first == (
+        "centre hosp_south: segment '<all>' has only label 0 (48 images): its label "
+        "alternation falls back to that label"
+    )
+    assert second == first.removeprefix("centre hosp_south: ")

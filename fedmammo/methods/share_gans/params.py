@@ -296,6 +296,13 @@ class ShareGansParams(RecipeParams):
                     parse_arm(arm)
                 except ValueError as exc:
                     raise ValueError(f"classifier.extra_models.{label}.arms: {exc}") from None
+            unknown = [a for a in extra.arms or [] if a not in self.arms]
+            if unknown:
+                raise ValueError(
+                    f"classifier.extra_models.{label}.arms: {unknown} not among params.arms "
+                    f"({self.arms}): the extra model trains only arms the run has; fix: list "
+                    f"some of those, or [] for no {label} rows"
+                )
         return self
 
     @model_validator(mode="after")
