@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmammo.config import Scenario, load_scenario
-from fedmammo.config.loading import RESOLVED
+from fedmammo.config.loading import RESOLVED, edited_resolved
 from fedmammo.errors import ConfigError
 from fedmammo.federation.console import safe
 from fedmammo.federation.runspec import RunSpec
@@ -259,6 +259,13 @@ def open_run(args: argparse.Namespace, console: Console) -> tuple[RunSpec, Scena
     invocation = invocation if isinstance(invocation, dict) else {}
     original = str(invocation.get("scenario") or spec.scenario_file)
     _check_arguments(args, run_dir, spec, original)
+    for copy in [resolved, *sorted(run_dir.glob(f"points/*/{RESOLVED}"))]:
+        if edited_resolved(copy):
+            raise ConfigError(
+                f"--resume {run_dir}: {copy.relative_to(run_dir)} was edited after the run "
+                "wrote it; a resumed run must go on with the settings its finished rounds used "
+                "(restore the file, or start a new run with the changed scenario)"
+            )
     base = load_scenario(resolved, quick=spec.quick)
     if base.sweep:
         points = resolved_points(run_dir, base, quick=spec.quick)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
@@ -654,9 +655,25 @@ def resolved_mapping(scenario: Scenario, *, quick: bool) -> dict[str, Any]:
 RESOLVED = "scenario.resolved.yaml"
 
 
+_SEAL = "# fedmammo: the scenario as this run resolved it; --resume refuses an edited copy. sha256 "
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def write_resolved(folder: Path, scenario: Scenario, *, quick: bool) -> Path:
-    """Write ``folder/scenario.resolved.yaml``: the scenario as resolved now, self-contained."""
+    """Write ``folder/scenario.resolved.yaml``: the scenario as resolved now, self-contained,
+    under a first line holding the sha256 of the rest (:func:`edited_resolved`)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESOLVED
-    text = yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
+    body = yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
+    text = f"{_SEAL}{_sha256(body)}\n{body}"
     return replace_whole(path, lambda t: t.write_text(text))
+
+
+def edited_resolved(path: Path) -> bool:
+    """Whether a run folder's resolved scenario was changed after the run wrote it (False for
+    a copy written before fedmammo sealed them)."""
+    first, _, body = path.read_text().partition("\n")
+    return first.startswith(_SEAL) and first.removeprefix(_SEAL) != _sha256(body)
