@@ -18,7 +18,9 @@ too) and ``runspec.json``; the run and any ``--resume`` of it read that copy, ne
 (possibly edited) original files.
 
 Ctrl-C stops a run as a failure would, with one line saying how to resume (exit code 130;
-:mod:`fedmammo.interrupt`).
+:mod:`fedmammo.interrupt`). A run folder is one process's at a time: a run and its
+``--resume`` hold ``RUN_DIR/.lock`` (:mod:`fedmammo.run_lock`), and a second start is refused
+in one line naming the process that holds it.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import functools
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -73,6 +77,7 @@ from fedmammo.federation.telemetry import quiet_flower
 from fedmammo.interrupt import STOP, STOP_SECONDS, CtrlC, exit_code, interrupted, stoppable
 from fedmammo.methods.planning import fault_problems, plan_scenario
 from fedmammo.resume import INVOCATION, open_run, print_restore
+from fedmammo.run_lock import hold_run_folder
 from fedmammo.sweep import Point, load_points, run_sweep
 
 __all__ = ["main", "parse_sets", "plan_run", "prepare_data", "run"]
@@ -399,24 +404,111 @@ def run(
 
 
 def execute(spec: RunSpec, base: Scenario, args: argparse.Namespace) -> int:
-    """Run (or resume) the run folder ``spec`` names: every sweep point, or the one run."""
+    """Run (or resume) the run folder ``spec`` names: every sweep point, or the one run.
+
+    A FedmammoError or an OSError (a full disk, a folder made read-only) goes to run.log too
+    and carries the run folder (``main`` then says how to resume). A finished run's last line
+    says ``done``, and what is missing: units that ended early (a --resume tries them again),
+    a report.html that could not be written (exit code 0 all the same: the results are
+    there)."""
     run_dir = Path(spec.run_dir)
     where = {"ray_address": args.ray_address, "backend": args.backend}
     with CtrlC(run_dir):
         console.print(f"run directory: [bold]{safe(run_dir)}[/]")
-        with run_log(run_dir) as run_log_file:
-            try:
-                if base.sweep:
-                    run_sweep(spec, base, functools.partial(run, **where))
-                else:
-                    run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
-            except FedmammoError as exc:  # in run.log too (the console has it), and resumable
-                record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), None)
-                run_log_file.handle(record)
-                exc.run_dir = run_dir
-                raise
-    console.print(f"[green]done[/]: results in {safe(run_dir)}")
+        try:
+            with run_log(run_dir) as run_log_file:
+                try:
+                    if base.sweep:
+                        run_sweep(spec, base, functools.partial(run, **where))
+                    else:
+                        run(spec, load_scenario(spec.scenario_file, quick=spec.quick), **where)
+                except (FedmammoError, OSError) as exc:  # in run.log too (the console has it)
+                    _mark(exc, run_dir, base)
+                    _log_quietly(run_log_file, _error_text(exc))
+                    raise
+        except (FedmammoError, OSError) as exc:  # resumable (run.log itself may have failed)
+            _mark(exc, run_dir, base)
+            raise
+    lines = _ended_early(run_dir, base) + _reports_not_written(run_dir, base)
+    for line in lines or [f"[green]done[/]: results in {safe(run_dir)}"]:
+        console.print(line, highlight=False, soft_wrap=True)
     return 0
+
+
+def _mark(exc: BaseException, run_dir: Path, base: Scenario) -> None:
+    """What ``main`` says after an error of the run in ``run_dir``: where, and how to resume."""
+    if getattr(exc, "run_dir", None) is None:
+        exc.run_dir = run_dir  # type: ignore[attr-defined]
+        exc.data_dirs = [Path(base.data_dir)]  # type: ignore[attr-defined]
+
+
+def _log_quietly(handler: logging.Handler, text: str) -> None:
+    """``text`` as an ERROR record of run.log alone; a run.log that cannot be written (the
+    full disk that stopped the run) is passed over without logging's traceback block."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (text,), None)
+    raising, logging.raiseExceptions = logging.raiseExceptions, False
+    try:
+        handler.handle(record)
+    finally:
+        logging.raiseExceptions = raising
+
+
+def _folders(run_dir: Path, base: Scenario) -> list[tuple[str, Path]]:
+    """(label, folder) of each run in ``run_dir``: its sweep points, or the run itself."""
+    if not base.sweep:
+        return [("", run_dir)]
+    points = run_dir / "points"
+    found = sorted(p for p in points.iterdir() if p.is_dir()) if points.is_dir() else []
+    return [(f"point {p.name}: ", p) for p in found]
+
+
+def _ended_early(run_dir: Path, base: Scenario) -> list[str]:
+    """``done, but ...`` for the units that stopped before their last round without being
+    done (too few centres sent an update; a --resume tries them again), or none."""
+    units, kept = [], []
+    for label, folder in _folders(run_dir, base):
+        try:
+            progress = json.loads((folder / "results.json").read_text()).get("progress", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        stopped = [
+            f"{label}arm {key.rpartition('|')[0]} seed {key.rpartition('|')[2]}"
+            for key, state in progress.items()
+            if isinstance(state, dict) and state.get("stopped") and not state.get("done")
+        ]
+        units += stopped
+        if stopped and label and (folder / "DONE").is_file():
+            kept.append(folder.name)
+    if not units:
+        return []
+    see = (run_dir / "results.md") if not base.sweep else "each point's results.md"
+    again = (
+        f"--resume tries them again: python -m fedmammo.simulate --resume {safe(run_dir)}"
+        if not kept
+        else f"a finished sweep point ({safe(', '.join(kept))}) is kept as it is by --resume: "
+        "run it again as a new run"
+    )
+    return [
+        f"[yellow]done, but {len(units)} unit(s) ended early[/] ({safe('; '.join(units))}; "
+        f"see {safe(see)}); {again}"
+    ]
+
+
+def _reports_not_written(run_dir: Path, base: Scenario) -> list[str]:
+    """``done, but ...`` when the final report.html of the run (a sweep point's) failed."""
+    from fedmammo.evaluation.run_outputs import final_report_problem
+
+    lines = []
+    for label, folder in _folders(run_dir, base):
+        if (why := final_report_problem(folder)) is None:
+            continue
+        if (folder / "report.html").is_file():
+            why += "; the report.html there is an older one"
+        lines.append(
+            f"[yellow]done, but {safe(label)}report.html could not be written[/] ({safe(why)}); "
+            f"write it with: fedmammo report {safe(run_dir)}"
+        )
+    return lines
 
 
 def _start(args: argparse.Namespace, argv: list[str]) -> int:
@@ -445,12 +537,13 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         console.print(f"[green]{safe(args.scenario)}: valid[/] ({n} units planned; nothing run)")
         return 0
     run_dir = _new_run_dir(out, base.name)
-    try:
-        spec = _write_run_folder(run_dir, base, points, args, sets, argv)
-    except KeyboardInterrupt:  # Ctrl-C before the run could be resumed: no folder left
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    return execute(spec, base, args)
+    with hold_run_folder(run_dir):  # before anything a --resume would read is there
+        try:
+            spec = _write_run_folder(run_dir, base, points, args, sets, argv)
+        except KeyboardInterrupt:  # Ctrl-C before the run could be resumed: no folder left
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        return execute(spec, base, args)
 
 
 def _write_run_folder(
@@ -501,6 +594,13 @@ def _check_where(base: Scenario, points: list[Point], args: argparse.Namespace) 
 
 def _resume(args: argparse.Namespace) -> int:
     spec, base, points = open_run(args, console)
+    with hold_run_folder(Path(spec.run_dir), probe=args.check):  # one process at a time
+        return _resume_held(args, spec, base, points)
+
+
+def _resume_held(
+    args: argparse.Namespace, spec: RunSpec, base: Scenario, points: list[Point]
+) -> int:
     print_plan(base, points, quick=spec.quick)
     print_restore(console, Path(spec.run_dir), points)
     if args.backend is None and args.ray_address is None:  # where it ran, unless told
@@ -584,8 +684,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.simul
         return _start(args, argv)
     except KeyboardInterrupt as exc:
         return interrupted(exc)
-    except FedmammoError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+    except (FedmammoError, OSError) as exc:
+        for line in _error_text(exc).splitlines() or [type(exc).__name__]:
             console.print(f"[red]error:[/] {safe(line)}", highlight=False, soft_wrap=True)
         if run_dir := getattr(exc, "run_dir", None):  # the run had started: nothing is lost
             console.print(
@@ -595,15 +695,65 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.simul
                 soft_wrap=True,
             )
         return 2
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        console.print(
-            f"[red]error:[/] {safe(where)}{safe(exc.strerror or exc)} (a file or folder could "
-            "not be read or written; check the path, its permissions and free space)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 2
+
+
+# --------------------------------------------------------------------------- OS errors
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.\d+\.tmp$")  # fedmammo.files.replace_whole's
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error's line(s): a FedmammoError's message; an OSError's path (the file a hidden
+    temporary was to replace), its reason and, for a full disk, the free space where it ran
+    out (the file's file system, else the run folder's and the data_dir's)."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    name = exc.filename
+    if name is not None:
+        path = Path(os.fsdecode(name))
+        if match := _TEMPORARY.match(path.name):
+            path = path.with_name(match["name"])
+        name = str(path)
+    where = f"{name}: " if name else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        if name:
+            space = _free_space([("its folder", Path(name).parent)])
+        else:
+            run_dir = getattr(exc, "run_dir", None)
+            dirs = [("the run folder", Path(run_dir))] if run_dir else []
+            dirs += [("data_dir", Path(d)) for d in getattr(exc, "data_dirs", ())]
+            space = _free_space(dirs)
+        if not space:
+            return f"{where}{reason}; free some space where the run writes (--out, data_dir)"
+        return f"{where}{reason}{space}; free some space there"
+    return (
+        f"{where}{reason} (a file or folder could not be read or written; check the path, its "
+        "permissions and free space)"
+    )
+
+
+def _free_space(places: Iterable[tuple[str, Path]]) -> str:
+    """`` on the file system of WHAT PATH (N free)`` per file system of ``places`` (those
+    that share one are named together), or "" when none can be measured."""
+    seen: dict[int, list[str]] = {}
+    free: dict[int, int] = {}
+    for what, path in places:
+        try:
+            device = os.stat(path).st_dev
+            free.setdefault(device, shutil.disk_usage(path).free)
+        except OSError:
+            continue
+        seen.setdefault(device, []).append(f"{what} {path}")
+    parts = [f"{' and '.join(names)} ({_size(free[d])} free)" for d, names in seen.items()]
+    return f" on the file system of {'; of '.join(parts)}" if parts else ""
+
+
+def _size(n: float) -> str:
+    """``n`` bytes for a person: 512 bytes, 40.0 KB, 3.1 GB."""
+    units = ["bytes", "KB", "MB", "GB", "TB"]
+    while n >= 1024 and len(units) > 1:
+        n, units = n / 1024, units[1:]
+    return f"{int(n)} bytes" if units[0] == "bytes" else f"{n:.1f} {units[0]}"
 
 
 if __name__ == "__main__":

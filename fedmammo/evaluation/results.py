@@ -92,16 +92,31 @@ class RunRecorder:
         return bool(self.progress.get(self.key(arm, seed), {}).get("done", False))
 
     def complete_round(self, arm: str, seed: int, rnd: int) -> None:
-        self.progress.setdefault(self.key(arm, seed), {})["round"] = rnd
+        state = self.progress.setdefault(self.key(arm, seed), {})
+        if state.get("stopped") and not state.get("done"):
+            self._retried(arm, seed, rnd, state.pop("stopped"))
+        state["round"] = rnd
         self.flush()
         self._notify("progress", [])
 
     def stop_arm(self, arm: str, seed: int, text: str) -> None:
         """Record that an arm-seed run ended before its planned rounds (a privacy budget, too
         few centres): ``text`` ("arm A seed S: stopped ...") is kept as a note and in the run's
-        progress, where the report's status reads it."""
+        progress, where the report's status reads it. A stop without the arm done is tried
+        again by a resumed run: once a round of it completes, :meth:`complete_round` replaces
+        both with a note that it was retried."""
         self.note(text)
         self.progress.setdefault(self.key(arm, seed), {})["stopped"] = text
+
+    def _retried(self, arm: str, seed: int, rnd: int, text: str) -> None:
+        """The stop ``text`` of an arm tried again on resume (a round of it just completed):
+        its note becomes one saying so (the failures of the earlier attempt stay)."""
+        if text in self.notes:
+            self.notes.remove(text)
+        prefix = f"arm {arm} seed {seed}: "
+        earlier = str(text).removeprefix(prefix).split("; ")[0]
+        again = f"retried on resume, and round {rnd} completed"
+        self.note(f"{prefix}{again} (the earlier attempt {earlier})")
 
     def complete_arm(self, arm: str, seed: int) -> None:
         self.progress.setdefault(self.key(arm, seed), {})["done"] = True

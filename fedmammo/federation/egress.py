@@ -151,9 +151,31 @@ def error_reply(
     if any(cls.__name__ == "MessageError" for cls in type(exc).__mro__):
         keep += _config_keys(msg)
     reason = f"{_code(exc)}: {type(exc).__name__}: {scrub(str(exc), keep=keep)}"
-    if deployed and centre and reason != f"{_code(exc)}: {type(exc).__name__}: {exc}":
+    hidden = reason != f"{_code(exc)}: {type(exc).__name__}: {exc}"
+    if cause := _likely_cause(exc):
+        reason = f"{reason.rstrip()} {cause}"
+    if deployed and centre and hidden:
         reason += f" (paths and quoted values hidden: the whole message is in {centre}'s log)"
     return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
+
+
+#: What PyTorch and oneDNN say when memory runs out (a process's address-space limit, say).
+_OUT_OF_MEMORY = ("could not create a primitive", "DefaultCPUAllocator: can't allocate")
+#: What torch.save says when its file cannot be written (a full disk: no errno of its own).
+_WRITE_FAILED = ("basic_ios::clear", "PytorchStreamWriter failed writing", "file write failed")
+
+
+def _likely_cause(exc: BaseException) -> str:
+    """``(out of memory?)`` or ``(a file could not be written: ...)`` for errors whose own
+    words do not say so; "" for the rest."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and any(t in text for t in _OUT_OF_MEMORY)
+    ):
+        return "(out of memory?)"
+    if isinstance(exc, RuntimeError) and any(t in text for t in _WRITE_FAILED):
+        return "(a file could not be written: is the disk full, or the folder read-only?)"
+    return ""
 
 
 def _config_keys(msg: Message) -> tuple[str, ...]:

@@ -154,10 +154,26 @@ def run_scenario(
         raise
     finally:
         recorder.meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        recorder.flush()
+        _final_flush(recorder)
         write_summary(recorder, orc.console, section=section)
         outputs.close()
     return recorder
+
+
+def _final_flush(recorder: RunRecorder) -> None:
+    """The run's last results.json; when it cannot be written (a full disk), one line naming
+    the run folder before the error goes on: the centre failures and notes the console
+    showed since the last write are then nowhere on disk."""
+    try:
+        recorder.flush()
+    except OSError as exc:
+        say(
+            ERROR,
+            f"results.json could not be written in the run folder {recorder.run_dir} "
+            f"({exc.strerror or exc}): the centre failures and notes shown above since its "
+            "last write are not on disk",
+        )
+        raise
 
 
 def _warn_without_test_images(orc: Orchestrator) -> None:

@@ -22,9 +22,9 @@ def test_a_resume_refuses_a_resolved_scenario_edited_after_the_start(tmp_path, m
     # Assert: one line naming the file; a copy written before the seal existed is accepted
     assert out.code == 2 and edited_resolved(resolved)
     assert out.errors == [
-        f"error: --resume {run}: {RESOLVED} was edited after the run wrote it; a resumed run must go "
-        "on with the settings its finished rounds used (restore the file, or start a new run "
-        "with the changed scenario)"
+        f"error: --resume {run}: {RESOLVED} was edited after the run wrote it; a resumed run "
+        "must go on with the settings its finished rounds used (restore the file, or start a "
+        "new run with the changed scenario)"
     ]
     resolved.write_text(text.partition("\n")[2])  # no seal line: an older run folder
     assert not edited_resolved(resolved)
