@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -152,17 +153,22 @@ class ImageCache:
         cache_dir = Path(cache_dir)
         fingerprint = _fingerprint(manifest, size)
         fp_file = cache_dir / _FINGERPRINT
-        if fp_file.is_file() and json.loads(fp_file.read_text()).get("hash") == fingerprint:
-            cache = cls.open(cache_dir)
+        cache = None
+        if _stored_hash(fp_file) == fingerprint:
+            try:
+                cache = cls._load(cache_dir)
+            except _Damaged as exc:  # e.g. a disk-full cut of an older version's build
+                logger.warning("%s; rebuilding the image cache %s", exc, cache_dir)
+        if cache is not None:
             stored = cache.manifest
             by_id = manifest.set_index(manifest["image_id"].astype(str), drop=False)
             cache.manifest = by_id.loc[[r["image_id"] for r in cache._records]].reset_index(
                 drop=True
             )
             if _split_of(stored) != _split_of(cache.manifest):  # e.g. the centre's role changed
-                # rewritten whole: the images are unchanged, only the rows' splits (the
+                # rewritten (whole): the images are unchanged, only the rows' splits (the
                 # fingerprint does not cover them)
-                replace_whole(cache_dir / _MANIFEST, lambda t: write_manifest(cache.manifest, t))
+                write_manifest(cache.manifest, cache_dir / _MANIFEST)
             logger.info("%s: cache is up to date (%d images)", cache_dir, len(cache))
             return cache
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +187,7 @@ class ImageCache:
     ) -> ImageCache:
         n = len(manifest)
         tmp = cache_dir / f"{_IMAGES}.partial"
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(n, *size))
+        array = _new_array(tmp, (n, *size))
         paths = [str(p) for p in manifest["path"]]
         ids = [str(i) for i in manifest["image_id"]]
         records: list[dict[str, Any]] = []
@@ -217,10 +223,12 @@ class ImageCache:
             raise DataError(f"{cache_dir}: none of the {n} images could be read ({reasons} ...)")
         _finalise_array(tmp, cache_dir / _IMAGES, len(kept), size)
         cached = manifest.iloc[kept].reset_index(drop=True)
+        # each file whole (a full disk leaves none of it), the fingerprint last: it marks the
+        # cache valid
         write_manifest(cached, cache_dir / _MANIFEST)
         index = {"size": list(size), "images": records, "skipped": [list(s) for s in skipped]}
-        (cache_dir / _INDEX).write_text(json.dumps(index))
-        (cache_dir / _FINGERPRINT).write_text(json.dumps({"hash": fingerprint}))
+        _write_text(cache_dir / _INDEX, json.dumps(index))
+        _write_text(cache_dir / _FINGERPRINT, json.dumps({"hash": fingerprint}))
         if dropped:
             logger.warning(
                 "%s: dropped %d lesion boxes lying outside the stored breast (cut by the crop or "
@@ -236,7 +244,9 @@ class ImageCache:
 
     @classmethod
     def open(cls, cache_dir: str | Path) -> ImageCache:
-        """Open a cache written by build."""
+        """Open a cache written by build; DataError naming the file when one of its files is
+        missing, cannot be parsed or does not match the others (ImageCache.build rebuilds
+        such a cache by itself)."""
         cache_dir = Path(cache_dir)
         needed = [cache_dir / f for f in (_IMAGES, _INDEX, _MANIFEST, _FINGERPRINT)]
         if not all(p.is_file() for p in needed):
@@ -244,14 +254,37 @@ class ImageCache:
                 f"{cache_dir}: not a complete image cache (needs "
                 f"{', '.join(p.name for p in needed)}); build it with ImageCache.build"
             )
-        index = json.loads((cache_dir / _INDEX).read_text())
-        return cls(
-            cache_dir,
-            size=(int(index["size"][0]), int(index["size"][1])),
-            manifest=read_manifest(cache_dir / _MANIFEST),
-            records=index["images"],
-            skipped=[(str(i), str(r)) for i, r in index["skipped"]],
-        )
+        try:
+            return cls._load(cache_dir)
+        except _Damaged as exc:
+            raise DataError(
+                f"{exc}: the image cache {cache_dir} is damaged; delete that folder and it is "
+                "rebuilt from the images on the next run"
+            ) from None
+
+    @classmethod
+    def _load(cls, cache_dir: Path) -> ImageCache:
+        """The cache in ``cache_dir``, its files checked against each other (_Damaged if not:
+        unparsable JSON or CSV, an images.npy shorter than its header says)."""
+        index_file, manifest_file = cache_dir / _INDEX, cache_dir / _MANIFEST
+        try:
+            index = json.loads(index_file.read_text())
+            size = (int(index["size"][0]), int(index["size"][1]))
+            records = index["images"]
+            ids = [str(r["image_id"]) for r in records]
+            skipped = [(str(i), str(r)) for i, r in index["skipped"]]
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise _Damaged(index_file, exc) from None
+        try:
+            manifest = read_manifest(manifest_file)
+        except (OSError, ValueError, DataError) as exc:
+            raise _Damaged(manifest_file, exc) from None
+        if manifest["image_id"].astype(str).tolist() != ids:
+            why = f"its {len(manifest)} rows are not the {len(ids)} images of {_INDEX}"
+            raise _Damaged(manifest_file, why)
+        if problem := _array_problem(cache_dir / _IMAGES, (len(ids), *size)):
+            raise _Damaged(cache_dir / _IMAGES, problem)
+        return cls(cache_dir, size=size, manifest=manifest, records=records, skipped=skipped)
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -307,6 +340,94 @@ class ImageCache:
         return json.loads(json.dumps(self._records[self.row(image_id)]["lesions"]))
 
 
+class _Damaged(Exception):
+    """A cache file that cannot be read or does not match the others (``file: why``)."""
+
+    def __init__(self, path: Path, why: object) -> None:
+        super().__init__(f"{path}: {why}")
+
+
+def _stored_hash(fp_file: Path) -> str | None:
+    """The fingerprint ``fp_file`` holds; None when there is none or it cannot be read (an
+    interrupted build: the cache is rebuilt)."""
+    if not fp_file.is_file():
+        return None
+    try:
+        stored = json.loads(fp_file.read_text())
+        if not isinstance(stored, dict) or not isinstance(stored.get("hash"), str):
+            raise ValueError(f"not the fingerprint {{'hash': ...}}: {stored!r:.60}")
+    except ValueError as exc:  # also text that is not UTF-8
+        logger.warning("%s: unreadable (%s); rebuilding the image cache", fp_file, exc)
+        return None
+    return stored["hash"]
+
+
+def _array_problem(path: Path, shape: tuple[int, ...]) -> str | None:
+    """Why ``path`` is not a whole uint16 .npy array of ``shape`` (None when it is): its header
+    is read and the file's length checked against it, the data itself is not read."""
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                return f"not a .npy array of a known version ({version})"
+            stored, fortran, dtype = readers[version](f)
+            needed = f.tell() + int(np.prod(stored)) * dtype.itemsize
+            length = os.fstat(f.fileno()).st_size
+    except (OSError, ValueError) as exc:
+        return f"not a .npy array ({exc})"
+    if tuple(stored) != shape or dtype != np.uint16 or fortran:
+        return f"holds a {dtype} array of shape {tuple(stored)}, not uint16 of shape {shape}"
+    if length != needed:
+        return f"{length} bytes where its header asks for {needed} (cut short?)"
+    return None
+
+
+def _write_text(path: Path, text: str) -> None:
+    replace_whole(path, lambda tmp: tmp.write_text(text))
+
+
+def _new_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint16 .npy memory map at ``path`` whose disk space is reserved first.
+
+    ``open_memmap`` makes a sparse file: writing its pages through the map on a full file
+    system kills the process with SIGBUS (no exception, no message). Reserving the space
+    (``posix_fallocate``) turns that into an OSError ENOSPC naming the file, raised here,
+    and the partial file is removed.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=shape)
+    try:
+        _reserve(path)
+    except BaseException:
+        del array
+        path.unlink(missing_ok=True)
+        raise
+    return array
+
+
+def _reserve(path: Path) -> None:
+    """Allocate ``path``'s blocks (its current length); OSError naming it when they do not fit.
+    Where the platform or file system cannot reserve space, nothing is done."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    length = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, length)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return
+        why, needs = exc.strerror or str(exc), f"{length / 2**20:.1f} MB"
+        if length < 2**20:
+            needs = f"{length / 2**10:.0f} KB"
+        raise OSError(exc.errno, f"{why} (the image cache needs {needs} here)", str(path)) from None
+    finally:
+        os.close(fd)
+
+
 def _finalise_array(tmp: Path, final: Path, kept: int, size: tuple[int, int]) -> None:
     """Move the partial array into place, dropping the unused rows of skipped images."""
     src = np.load(tmp, mmap_mode="r")
@@ -315,7 +436,12 @@ def _finalise_array(tmp: Path, final: Path, kept: int, size: tuple[int, int]) ->
         os.replace(tmp, final)
         return
     partial = final.with_name(final.name + ".tmp")
-    dst = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint16, shape=(kept, *size))
+    try:
+        dst = _new_array(partial, (kept, *size))
+    except BaseException:  # no room for the copy: the partial array goes too (disk space)
+        del src
+        tmp.unlink(missing_ok=True)
+        raise
     for start in range(0, kept, 256):
         dst[start : start + 256] = src[start : min(kept, start + 256)]
     dst.flush()

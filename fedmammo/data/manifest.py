@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedmammo.errors import DataError
+from fedmammo.files import replace_whole
 
 __all__ = [
     "LABEL_TASKS",
@@ -101,8 +102,11 @@ def normalise_manifest(df: pd.DataFrame, *, where: str = "manifest") -> pd.DataF
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a manifest as CSV (NA written as empty cells)."""
-    normalise_manifest(df).to_csv(path, index=False)
+    """Write a manifest as CSV (NA written as empty cells), whole (:func:`replace_whole`): a
+    full disk or a kill leaves the old file or none, never part of one (a phantom's manifest
+    marks the phantom complete)."""
+    table = normalise_manifest(df)
+    replace_whole(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from fedmammo.config import CentreProfile
 from fedmammo.data.cache import CachedImageDataset, ImageCache
-from fedmammo.data.manifest import normalise_manifest, read_manifest, write_manifest
+from fedmammo.data.manifest import decode_lesions, normalise_manifest, read_manifest, write_manifest
 from fedmammo.data.splits import SPLITS, assign_splits
 from fedmammo.errors import ConfigError, DataError
 from fedmammo.files import replace_whole
@@ -179,11 +179,7 @@ def data_config_problem(profile: CentreProfile) -> str | None:
 
 def _source_manifest(profile: CentreProfile, data_dir: Path, data_seed: int) -> pd.DataFrame:
     if profile.data.synthetic is not None:
-        phantom_dir = data_dir / "phantom"
-        manifest_path = phantom_dir / "manifest.csv"
-        if not manifest_path.is_file():
-            _phantom_centre(profile, phantom_dir, data_seed)
-        return read_manifest(manifest_path)
+        return _phantom_manifest(profile, data_dir / "phantom", data_seed)
     if problem := data_config_problem(profile):
         raise ConfigError(problem)
     if problem := missing_data_root(profile):
@@ -258,6 +254,94 @@ def _dataset_stamp(profile: CentreProfile, root: Path) -> str:
     return digest.hexdigest()
 
 
+#: Images of one phantom patient: one exam, R-CC, L-CC, R-MLO, L-MLO (``phantom.EXAM``; not
+#: imported from there: the phantom's modules load SciPy, which a reused phantom never needs).
+PHANTOM_IMAGES_PER_PATIENT = 4
+
+
+def _phantom_manifest(profile: CentreProfile, phantom_dir: Path, data_seed: int) -> pd.DataFrame:
+    """The manifest of the centre's phantom in ``phantom_dir``, generated (or copied from the
+    phantom store) when there is none or it is not whole (:func:`_phantom_problem`: a manifest
+    cut short by a full disk before manifests were written whole); image paths of a phantom
+    folder moved or copied from elsewhere are rewritten to this folder's images."""
+    manifest_path = phantom_dir / "manifest.csv"
+    if manifest_path.is_file():
+        manifest, problem = _phantom_problem(profile, manifest_path)
+        if manifest is not None:
+            return manifest
+        log.warning(
+            "%s: %s; generating centre %s's phantom again", manifest_path, problem, profile.name
+        )
+        manifest_path.unlink()
+    _phantom_centre(profile, phantom_dir, data_seed)
+    manifest, problem = _phantom_problem(profile, manifest_path)
+    if manifest is None:
+        store = os.environ.get(PHANTOM_STORE_ENV)
+        copied = f" (copied from the phantom store {PHANTOM_STORE_ENV}={store})" if store else ""
+        raise DataError(
+            f"{manifest_path}: {problem}, just after it was made{copied}; delete {phantom_dir}"
+            + (" and the store's entry for this centre" if store else "")
+            + " and run again"
+        )
+    return manifest
+
+
+def _phantom_problem(
+    profile: CentreProfile, manifest_path: Path
+) -> tuple[pd.DataFrame | None, str | None]:
+    """``(manifest, None)`` when ``manifest_path`` is a whole phantom manifest of ``profile``,
+    its image paths moved to its folder (:func:`_paths_moved_here`), else ``(None, why)``:
+    cut short, unreadable, or not the profile's number of patients and images."""
+    with open(manifest_path, "rb") as f:
+        length = f.seek(0, os.SEEK_END)
+        if length:
+            f.seek(-1, os.SEEK_END)
+        if not length or f.read(1) != b"\n":  # cut mid-line (a whole CSV ends its last line)
+            return None, "the file is cut short (its last line is incomplete)"
+    try:
+        manifest = read_manifest(manifest_path)
+        for lesions in manifest["lesions"]:
+            decode_lesions(lesions)
+    except (DataError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        return None, f"the file cannot be read ({exc})"
+    assert profile.data.synthetic is not None
+    patients = sum(seg.patients for seg in profile.data.synthetic.segments)
+    images = patients * PHANTOM_IMAGES_PER_PATIENT
+    found = (len(manifest), manifest["patient_id"].nunique())
+    if found != (images, patients) or manifest["path"].isna().any():
+        return None, (
+            f"it lists {found[0]} images of {found[1]} patients where the profile asks for "
+            f"{patients} patients x {PHANTOM_IMAGES_PER_PATIENT} images = {images} (cut short?)"
+        )
+    return _paths_moved_here(manifest, manifest_path)
+
+
+def _paths_moved_here(
+    manifest: pd.DataFrame, manifest_path: Path
+) -> tuple[pd.DataFrame | None, str | None]:
+    """A phantom manifest names its images by absolute path (``<phantom>/dicom/<patient>/
+    <file>.dcm``). When they lie in another folder (the data folder was moved or copied), they
+    are rewritten to this folder's images and the manifest saved so: a copy never reads the
+    original's files, and its cache's fingerprint (which hashes the paths) is its own."""
+    here = manifest_path.parent.resolve()
+    old = _image_folder(manifest)
+    if old == here:
+        return manifest, None
+    if old is None:
+        return None, "its image paths do not lie in one phantom folder's dicom/"
+    if not (here / "dicom").is_dir():
+        return None, f"its images are not in this folder (it names those of {old})"
+    moved = normalise_manifest(_moved(manifest, str(old), str(here), where=manifest_path))
+    write_manifest(moved, manifest_path)
+    log.info(
+        "%s: named the images of %s (the data folder was moved or copied); now those of %s",
+        manifest_path,
+        old,
+        here,
+    )
+    return moved, None
+
+
 def _phantom_centre(profile: CentreProfile, phantom_dir: Path, data_seed: int) -> None:
     """Generate the centre's phantom in ``phantom_dir``, or copy it from the phantom store
     (:data:`PHANTOM_STORE_ENV`), generating it there first when it is not there yet."""
@@ -301,11 +385,29 @@ def _phantom_centre(profile: CentreProfile, phantom_dir: Path, data_seed: int) -
 
 
 def _manifest_moved(folder: Path, to: Path) -> pd.DataFrame:
-    """``folder``'s phantom manifest with its image paths moved from ``folder`` to ``to``."""
+    """``folder``'s phantom manifest with its image paths moved to ``to`` (from ``folder``, or
+    from where they were made if ``folder`` was moved since)."""
     manifest = read_manifest(folder / "manifest.csv")
-    old, new = str(folder.resolve()), str(to.resolve())
+    old = _image_folder(manifest)
+    if old is None:
+        raise DataError(f"{folder / 'manifest.csv'}: image paths outside {folder.resolve()}")
+    return _moved(manifest, str(old), str(to.resolve()), where=folder / "manifest.csv")
+
+
+def _image_folder(manifest: pd.DataFrame) -> Path | None:
+    """The phantom folder holding all of ``manifest``'s images (paths ``<folder>/dicom/
+    <patient>/<file>.dcm``), or None when they do not lie in one."""
+    roots = {
+        p.parents[2] if len(p.parts) > 3 and p.parent.parent.name == "dicom" else None
+        for p in map(Path, manifest["path"].astype(str))
+    }
+    return roots.pop() if len(roots) == 1 else None
+
+
+def _moved(manifest: pd.DataFrame, old: str, new: str, *, where: Path) -> pd.DataFrame:
+    """``manifest`` with its image paths, all under folder ``old``, moved to folder ``new``."""
     if not all(p.startswith(old + os.sep) for p in manifest["path"]):
-        raise DataError(f"{folder / 'manifest.csv'}: image paths outside {old}")
+        raise DataError(f"{where}: image paths outside {old}")
     manifest["path"] = [new + p[len(old) :] for p in manifest["path"]]
     return manifest
 

@@ -303,3 +303,110 @@ def test_cache_of_the_previous_format_is_rebuilt(tmp_path, centre, monkeypatch) 
     ImageCache.build(centre, tmp_path / "cache", size=SIZE)
     # Assert: the current format's fingerprint differs, so every image was read again
     assert cache_mod.CACHE_FORMAT != "1" and len(calls) == len(centre)
+
+
+def _cut(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+#: A cache file damaged as a full disk leaves it (before files were written whole): emptied
+#: or cut; the fingerprint also as JSON of the wrong kind and as bytes that are not text.
+DAMAGE = {
+    "empty fp.json": lambda d: (d / "fp.json").write_text(""),
+    "fp.json not a fingerprint": lambda d: (d / "fp.json").write_text("[1]"),
+    "fp.json not text": lambda d: (d / "fp.json").write_bytes(b"\xff\xfe{"),
+    "index.json cut": lambda d: _cut(d / "index.json", 0.5),
+    "empty manifest.csv": lambda d: (d / "manifest.csv").write_text(""),
+    "manifest.csv cut at a line end": lambda d: (d / "manifest.csv").write_text(
+        "".join((d / "manifest.csv").read_text().splitlines(keepends=True)[:3])
+    ),
+    "images.npy cut": lambda d: _cut(d / "images.npy", 0.5),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cache_is_rebuilt_with_the_same_images(
+    tmp_path, centre, monkeypatch, caplog, damage
+) -> None:
+    """Regression (audit 13 F1): a full disk during a build left an empty fp.json, and every
+    later build crashed with a bare JSONDecodeError; so did a cut index.json, manifest.csv
+    or images.npy."""
+    # Prepare: a clean cache, then one of its files damaged
+    clean = ImageCache.build(centre, tmp_path / "clean", size=SIZE)
+    ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    DAMAGE[damage](tmp_path / "cache")
+    calls: list[str] = []
+    real = cache_mod.load_mammogram
+    monkeypatch.setattr(
+        cache_mod, "load_mammogram", lambda p, *a, **k: calls.append(p) or real(p, *a, **k)
+    )
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.cache"):
+        rebuilt = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    # Assert: every image read again, the same cache as a clean build, the damage logged
+    # naming the file; the next build reuses it
+    assert len(calls) == len(centre)
+    assert np.array_equal(rebuilt.array, clean.array)
+    assert np.array_equal(ImageCache.open(tmp_path / "cache").array, clean.array)
+    assert rebuilt.skipped == clean.skipped and rebuilt.boxes("ok0") == clean.boxes("ok0")
+    damaged = damage.split()[-1] if damage.startswith("empty") else damage.split()[0]
+    assert any(
+        str(tmp_path / "cache" / damaged) in r.getMessage() and "rebuilding" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+    calls.clear()
+    ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    assert calls == []
+
+
+@pytest.mark.parametrize("name", ["index.json", "manifest.csv", "images.npy"])
+def test_open_names_a_damaged_cache_file_and_the_fix(tmp_path, centre, name) -> None:
+    # Prepare
+    ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    _cut(tmp_path / "cache" / name, 0.5)
+    # Execute / Assert: one DataError naming the file, the folder and what to do
+    with pytest.raises(DataError) as err:
+        ImageCache.open(tmp_path / "cache")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'cache' / name}: ")
+    assert f"the image cache {tmp_path / 'cache'} is damaged; delete that folder" in message
+
+
+def test_a_cache_that_does_not_fit_on_the_disk_is_a_clean_error(tmp_path, centre, monkeypatch):
+    """Regression (audit 13 F3): writing the sparse memory map on a full disk killed the
+    process with SIGBUS (exit 135, no message); the space is reserved first now."""
+    # Prepare: a file system with no room for the array
+    import errno
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_mod.os, "posix_fallocate", full)
+    # Execute
+    with pytest.raises(OSError) as err:
+        ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    # Assert: ENOSPC naming the partial file and the space needed; nothing left that holds
+    # disk space or looks like a cache
+    partial = tmp_path / "cache" / "images.npy.partial"
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(partial)
+    assert "No space left on device (the image cache needs 12 KB here)" in str(err.value)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == []
+    # once there is room, the build works
+    monkeypatch.undo()
+    assert len(ImageCache.build(centre, tmp_path / "cache", size=SIZE)) == 5
+
+
+def test_the_space_of_the_cache_is_reserved(tmp_path, centre, monkeypatch) -> None:
+    # Prepare
+    reserved: list[int] = []
+    real = os.posix_fallocate
+    monkeypatch.setattr(
+        cache_mod.os, "posix_fallocate", lambda fd, o, n: reserved.append(n) or real(fd, o, n)
+    )
+    # Execute: 8 rows reserved, 5 kept (the copy without the skipped rows is reserved too)
+    cache = ImageCache.build(centre, tmp_path / "cache", size=SIZE)
+    # Assert
+    row = SIZE[0] * SIZE[1] * 2
+    assert [n // row for n in reserved] == [8, 5] and len(cache) == 5
+    assert (tmp_path / "cache" / "images.npy").stat().st_size == reserved[-1]

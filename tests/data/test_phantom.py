@@ -510,6 +510,41 @@ def test_unknown_style_and_real_data_profile_are_config_errors(tmp_path: Path):
     assert not list(tmp_path.rglob("*.dcm"))
 
 
+def test_a_full_disk_while_writing_the_manifest_leaves_none(tmp_path: Path, monkeypatch):
+    """Regression (audit 13 F2): manifest.csv, which marks a phantom complete, was written in
+    place, so a full disk left part of it; it is written whole now (or not at all)."""
+    # Prepare: the disk fills up half-way through the manifest
+    import errno
+
+    real = pd.DataFrame.to_csv
+
+    def full(self, path, **kwargs):
+        real(self.iloc[: len(self) // 2], path, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    profile = load_profile(CENTRES / "tiny.yaml")
+    # Execute
+    with pytest.raises(OSError, match="No space left"):
+        generate_centre(profile, tmp_path, patients=2, image_height=32)
+    # Assert: no manifest (the phantom is generated again next time), no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "contact_sheet.png",
+        "dicom",
+        "lesions.json",
+    ]
+    # and a manifest written before is kept whole
+    monkeypatch.undo()
+    generate_centre(profile, tmp_path, patients=2, image_height=32)
+    whole = (tmp_path / "manifest.csv").read_text()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    with pytest.raises(OSError, match="No space left"):
+        generate_centre(profile, tmp_path, patients=2, image_height=32)
+    assert (tmp_path / "manifest.csv").read_text() == whole and len(
+        read_manifest(tmp_path / "manifest.csv")
+    ) == 8
+
+
 # --------------------------------------------------------------------------- CLI
 def test_cli_prints_summary_table(tmp_path: Path, capsys):
     # Execute

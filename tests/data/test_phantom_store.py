@@ -143,3 +143,16 @@ def test_a_store_that_cannot_be_written_is_named_with_its_variable(tmp_path, mon
     # Execute / Assert
     with pytest.raises(DataError, match=f"{PHANTOM_STORE_ENV}=.*/store: the phantom store cannot"):
         materialise_centre(PROFILE, tmp_path / "one", image_size=SIZE)
+
+
+def test_a_moved_store_is_copied_with_the_paths_of_the_new_folder(tmp_path, monkeypatch, generated):
+    # Prepare: a store filled, then moved (the old folder is gone)
+    monkeypatch.setenv(PHANTOM_STORE_ENV, str(tmp_path / "store"))
+    materialise_centre(PROFILE, tmp_path / "one", image_size=SIZE)
+    (tmp_path / "store").rename(tmp_path / "moved_store")
+    monkeypatch.setenv(PHANTOM_STORE_ENV, str(tmp_path / "moved_store"))
+    # Execute
+    two = materialise_centre(PROFILE, tmp_path / "two", image_size=SIZE)
+    # Assert: copied, not generated again; every image read from the new data folder
+    assert len(generated) == 1 and two.skipped == [] and len(two.manifest) == 12
+    _same_files(_folder(tmp_path / "one"), _folder(tmp_path / "two"))

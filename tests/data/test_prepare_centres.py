@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 
 from fedmammo.config import CentreProfile
 from fedmammo.data import cache_workers, prepare
+from fedmammo.data.manifest import read_manifest
 from fedmammo.data.prepare import CentreJob, materialise_centres, preparation_workers
 from fedmammo.errors import DataError
 
@@ -270,3 +272,107 @@ def test_counts_keep_unlabelled_images_under_na():
         "n|test|S-A|0": 1,
         "n|none|S-B|na": 1,
     }
+
+
+def _phantom_dir(root, profile: CentreProfile):
+    return prepare.centre_data_dir(root, profile, 0) / "phantom"
+
+
+@pytest.mark.parametrize(
+    ("cut", "said"),
+    [
+        ("mid-line", "the file is cut short (its last line is incomplete)"),
+        (
+            "at a line end",
+            "it lists 7 images of 2 patients where the profile asks for 3 patients x 4 images "
+            "= 12 (cut short?)",
+        ),
+    ],
+)
+def test_a_phantom_manifest_cut_short_is_generated_again(tmp_path, monkeypatch, caplog, cut, said):
+    """Regression (audit 13 F2): a full disk cut the phantom's manifest.csv; cut mid-line,
+    every later run crashed in decode_lesions; cut at a line end, the centre silently used
+    the images it still listed (7 of 12)."""
+    # Prepare: a centre prepared (phantom generated in place), then its manifest cut short
+    monkeypatch.delenv(prepare.PHANTOM_STORE_ENV, raising=False)
+    profile = _profile("a", 3)
+    images = np.array(prepare.materialise_centre(profile, tmp_path, image_size=SIZE).cache.array)
+    manifest = _phantom_dir(tmp_path, profile) / "manifest.csv"
+    whole = manifest.read_text()
+    lines = whole.splitlines(keepends=True)
+    manifest.write_text("".join(lines[:8]) + (lines[8][:40] if cut == "mid-line" else ""))
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.prepare"):
+        again = prepare.materialise_centre(profile, tmp_path, image_size=SIZE)
+    # Assert: generated again (the same manifest and images as the first time), and said so
+    assert manifest.read_text() == whole
+    assert len(again.manifest) == 12 and again.skipped == []
+    np.testing.assert_array_equal(again.cache.array, images)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{manifest}: {said}; generating centre a's phantom again"
+    ]
+
+
+def test_a_phantom_store_entry_cut_short_is_named(tmp_path, monkeypatch):
+    # Prepare: a store entry whose manifest lists 1 of its 3 patients
+    monkeypatch.setenv(prepare.PHANTOM_STORE_ENV, str(tmp_path / "store"))
+    profile = _profile("a", 3)
+    prepare.materialise_centre(profile, tmp_path / "one", image_size=SIZE)
+    (entry,) = (tmp_path / "store").iterdir()
+    lines = (entry / "manifest.csv").read_text().splitlines(keepends=True)
+    (entry / "manifest.csv").write_text("".join(lines[:5]))
+    # Execute / Assert: copied into a new data folder, it is refused naming both folders
+    phantom_dir = _phantom_dir(tmp_path / "two", profile)
+    with pytest.raises(DataError) as err:
+        prepare.materialise_centre(profile, tmp_path / "two", image_size=SIZE)
+    assert str(err.value) == (
+        f"{phantom_dir / 'manifest.csv'}: it lists 4 images of 1 patients where the profile "
+        "asks for 3 patients x 4 images = 12 (cut short?), just after it was made (copied "
+        f"from the phantom store {prepare.PHANTOM_STORE_ENV}={tmp_path / 'store'}); delete "
+        f"{phantom_dir} and the store's entry for this centre and run again"
+    )
+
+
+def test_a_moved_data_folder_reads_its_own_images(tmp_path):
+    """Regression (audit 13 F7): the phantom's manifest named the images where it was
+    generated, so a moved data folder read none of them ('file not found')."""
+    # Prepare: a centre prepared, then its data folder moved (the original is gone)
+    profile = _profile("a", 3)
+    images = np.array(
+        prepare.materialise_centre(profile, tmp_path / "data", image_size=SIZE).cache.array
+    )
+    (tmp_path / "data").rename(tmp_path / "moved")
+    # Execute
+    moved = prepare.materialise_centre(profile, tmp_path / "moved", image_size=SIZE)
+    # Assert: every image read from the moved folder, as before; both manifests name them
+    assert len(moved.manifest) == 12 and moved.skipped == []
+    np.testing.assert_array_equal(moved.cache.array, images)
+    folder = prepare.centre_data_dir(tmp_path / "moved", profile, 0).resolve()
+    dicom = str(folder / "phantom" / "dicom") + os.sep
+    for table in ("phantom/manifest.csv", "cache_32x24/manifest.csv"):
+        assert all(p.startswith(dicom) for p in read_manifest(folder / table)["path"]), table
+
+
+def test_a_copied_data_folder_reads_its_own_images_not_the_originals(tmp_path):
+    """Regression (audit 13 F7): a copied data folder read the original's images (its cache,
+    copied too, matched the original's paths), so changes to the copy went unseen."""
+    # Prepare: a prepared centre copied (as cp -a: times kept), two images deleted in the copy
+    profile = _profile("a", 3)
+    prepare.materialise_centre(profile, tmp_path / "data", image_size=SIZE)
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    gone = sorted((_phantom_dir(tmp_path / "copy", profile) / "dicom").rglob("*.dcm"))[:2]
+    for path in gone:
+        path.unlink()
+    # Execute
+    copy = prepare.materialise_centre(profile, tmp_path / "copy", image_size=SIZE)
+    original = prepare.materialise_centre(profile, tmp_path / "data", image_size=SIZE)
+    # Assert: the copy misses exactly its deleted images; the original is whole
+    assert sorted(i for i, _ in copy.skipped) == sorted(p.stem for p in gone)
+    assert len(copy.manifest) == 10 and len(original.manifest) == 12 and original.skipped == []
+    assert copy.cache.cache_dir.is_relative_to(tmp_path / "copy")
+
+
+def test_the_phantom_exam_size_matches_the_phantom():
+    from fedmammo.data.phantom import EXAM
+
+    assert prepare.PHANTOM_IMAGES_PER_PATIENT == len(EXAM)
