@@ -23,6 +23,7 @@ from rich.table import Table
 from fedmammo.config import Scenario, load_scenario
 from fedmammo.config.loading import RESOLVED, edited_resolved
 from fedmammo.errors import ConfigError
+from fedmammo.evaluation.results import results_problem
 from fedmammo.federation.console import safe
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.planning import plan_scenario
@@ -72,13 +73,12 @@ def _progress(folder: Path, run_dir: Path) -> dict[str, dict]:
     results = read_json(folder / "results.json", run_dir=run_dir)
     if results is None:
         return {}
-    progress = results.get("progress", {}) if isinstance(results, dict) else None
-    if not isinstance(progress, dict) or not isinstance(results.get("metrics", []), list):
+    if problem := results_problem(results):
         raise ConfigError(
             f"--resume {run_dir}: {(folder / 'results.json').relative_to(run_dir)} is damaged "
-            "(no progress/metrics); restore it from a backup or start a new run"
+            f"({problem}); restore it from a backup or start a new run"
         )
-    return progress
+    return results.get("progress", {})
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:

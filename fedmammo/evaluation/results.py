@@ -10,6 +10,7 @@ Everything is rewritten after each round, so an interrupted run loses nothing co
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +18,12 @@ from typing import Any
 
 import pandas as pd
 
+from fedmammo.errors import DataError
 from fedmammo.files import replace_json
 
-__all__ = ["RECORD_FIELDS", "RunRecorder"]
+log = logging.getLogger(__name__)
+
+__all__ = ["CODE_KEYS", "RECORD_FIELDS", "RunRecorder", "results_problem"]
 
 RECORD_FIELDS = (
     "arm",
@@ -41,6 +45,41 @@ def _clean(v: Any) -> Any:
     return v
 
 
+#: results.json's parts and the JSON type each must have.
+_PARTS = {"meta": dict, "metrics": list, "failures": list, "notes": list, "progress": dict}
+#: The provenance keys a resumed run compares with the code its folder was started with.
+CODE_KEYS = ("git_commit", "git_dirty")
+
+
+def results_problem(results: Any) -> str | None:
+    """What makes a parsed results.json unusable (a phrase: its part and the type found), or
+    None: the parts of the wrong JSON type, a metric record not an object, a value not a
+    number (a hand edit; fedmammo writes null for a missing value)."""
+    if not isinstance(results, dict):
+        return f"expected an object, got {type(results).__name__}"
+    for key, kind in _PARTS.items():
+        if key in results and not isinstance(results[key], kind):
+            wanted = "an object" if kind is dict else "a list"
+            return f"'{key}' is {type(results[key]).__name__}, not {wanted}"
+    for i, record in enumerate(results.get("metrics", [])):
+        if not isinstance(record, dict):
+            return f"metrics[{i}] is {type(record).__name__}, not an object"
+        value = record.get("value")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"metrics[{i}] ('{record.get('metric')}'): value {value!r} is not a number"
+    return None
+
+
+def _code_history(old: dict, new: dict) -> list[dict]:
+    """Each code a run folder was run with (commit, uncommitted changes), first first: the
+    old history (or the old provenance), and the new one if it differs."""
+    history = old.get("code_history") or [{k: old.get(k) for k in CODE_KEYS}]
+    now = {k: new.get(k) for k in CODE_KEYS}
+    if now != history[-1] and any(v is not None for v in now.values()):
+        history = [*history, now]
+    return history
+
+
 class RunRecorder:
     """Collects results of a run and keeps results.json / metrics.csv up to date."""
 
@@ -56,7 +95,19 @@ class RunRecorder:
         path = self.run_dir / "results.json"
         if resume and path.is_file():
             old = json.loads(path.read_text())
-            self.meta = {**old.get("meta", {}), **self.meta}
+            if problem := results_problem(old):
+                raise DataError(f"{path}: damaged ({problem}); restore it or start a new run")
+            old_meta = old.get("meta", {})
+            history = _code_history(old_meta, self.meta)
+            if len(history) > len(old_meta.get("code_history") or [None]):
+                log.warning(
+                    "%s: resumed on other code than it ran on (%s); its report lists each",
+                    self.run_dir,
+                    ", then ".join(str(c["git_commit"])[:12] for c in history),
+                )
+            self.meta = {**old_meta, **self.meta}
+            if len(history) > 1:
+                self.meta["code_history"] = history
             self.failures = old.get("failures", [])
             self.notes = old.get("notes", [])
             self.progress = old.get("progress", {})

@@ -18,7 +18,7 @@ import yaml
 
 from fedmammo.errors import DataError
 from fedmammo.evaluation.claims import finite_number
-from fedmammo.evaluation.results import RECORD_FIELDS
+from fedmammo.evaluation.results import RECORD_FIELDS, results_problem
 
 __all__ = [
     "RunFolder",
@@ -138,6 +138,8 @@ def load_run(run_dir: str | Path) -> RunFolder:
         results = json.loads(results_path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{results_path}: not valid JSON ({exc})") from exc
+    if problem := results_problem(results):
+        raise DataError(f"{results_path}: damaged ({problem})")
     root = _sweep_root(path)
     scenario_file = path / "scenario.resolved.yaml"
     if not scenario_file.is_file() and root is not None:

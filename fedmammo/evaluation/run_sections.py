@@ -119,9 +119,14 @@ def header_section(run: RunFolder) -> str:
     meta, sc = run.meta, run.scenario
     strategy = sc.get("strategy") or {}
     versions = meta.get("versions")
-    commit = meta.get("git_commit")
-    if commit and meta.get("git_dirty"):
-        commit = f"{commit} (with uncommitted changes)"
+    codes = meta.get("code_history") or [meta]
+    commit = ", then ".join(
+        f"{c.get('git_commit') or NOT_RECORDED}"
+        + (" (with uncommitted changes)" if c.get("git_dirty") else "")
+        for c in codes
+    )
+    if len(codes) > 1:
+        commit += " (resumed on other code)"
     facts = [
         ("scenario", meta.get("scenario") or sc.get("name") or NOT_RECORDED),
         ("description", sc.get("description") or NOT_RECORDED),

@@ -457,3 +457,19 @@ def test_the_centres_table_says_why_a_reference_is_missing():
     missing = {"brightest_pixel_auc": None, "ci_low": None, "ci_high": None}
     assert _reference(missing, consents=True) == "n/a (no malignant and benign test images)"
     assert _reference({"brightest_pixel_auc": 0.9}, consents=True) == "0.900"
+
+
+def test_a_run_resumed_on_other_code_names_each_commit(tmp_path):
+    # Prepare: the fixture's run, whose results.json says it was resumed on a dirty checkout
+    run = make_run_dir(tmp_path)
+    data = json.loads((run / "results.json").read_text())
+    first = {"git_commit": data["meta"]["git_commit"], "git_dirty": False}
+    data["meta"]["code_history"] = [first, {"git_commit": "f" * 40, "git_dirty": True}]
+    (run / "results.json").write_text(json.dumps(data))
+    # Execute
+    html = write_report(run).read_text()
+    # Assert
+    assert (
+        f"<dt>git commit</dt><dd>{first['git_commit']}, then {'f' * 40} (with uncommitted "
+        "changes) (resumed on other code)</dd>"
+    ) in html

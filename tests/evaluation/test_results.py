@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -130,3 +131,55 @@ def test_resume_keeps_the_recorded_centre_failures_and_notes(tmp_path):
     assert data["failures"] == [{**first, "round": 1}, {**first, "round": 2}]
     assert data["notes"] == ["centre B missed round 1"]
     assert [(r["round"], r["value"]) for r in data["metrics"]] == [(1, 0.6), (2, 0.7)]
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"meta": [1]}, "'meta' is list, not an object"),
+        ({"failures": "oops"}, "'failures' is str, not a list"),
+        ({"metrics": [3]}, "metrics[0] is int, not an object"),
+        ({"metrics": [_auc("0.9x")]}, "metrics[0] ('auc'): value '0.9x' is not a number"),
+    ],
+)
+def test_a_results_json_of_the_wrong_shape_is_refused_by_resume_and_report(tmp_path, edit, said):
+    # Prepare: a run's results.json, then hand-edited into valid JSON of the wrong shape
+    from fedmammo.errors import DataError
+    from fedmammo.evaluation.results import results_problem
+    from fedmammo.evaluation.run_folder import load_run
+
+    rec = RunRecorder(tmp_path, meta={"scenario": "x"})
+    rec.add([_auc(0.7)], arm="federated", seed=0, centre="A", split="test")
+    rec.flush()
+    path = tmp_path / "results.json"
+    assert results_problem(json.loads(path.read_text())) is None
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    before = path.read_text()
+    # Execute / Assert: one line naming the file and the part; the file is left as it was
+    with pytest.raises(DataError, match=f"results.json: damaged \\({re.escape(said)}\\)"):
+        RunRecorder(tmp_path, resume=True)
+    with pytest.raises(DataError, match=re.escape(said)):
+        load_run(tmp_path)
+    assert path.read_text() == before
+
+
+def test_a_resume_on_other_code_keeps_each_code_and_warns(tmp_path, caplog):
+    # Prepare: a run started on one commit, resumed on another, then again on the second
+    first = {"git_commit": "a" * 40, "git_dirty": False}
+    second = {"git_commit": "b" * 40, "git_dirty": True}
+    RunRecorder(tmp_path, meta=first).flush()
+    # Execute
+    with caplog.at_level("WARNING", logger="fedmammo.evaluation.results"):
+        resumed = RunRecorder(tmp_path, meta=second, resume=True)
+        resumed.flush()
+        again = RunRecorder(tmp_path, meta=second, resume=True)
+    # Assert: both codes in order, one warning (the second resume changed nothing)
+    assert resumed.meta["code_history"] == [first, second] == again.meta["code_history"]
+    assert again.meta["git_commit"] == "b" * 40
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: resumed on other code than it ran on (aaaaaaaaaaaa, then bbbbbbbbbbbb); "
+        "its report lists each"
+    ]
+    same = RunRecorder(tmp_path / "same", meta=first)
+    same.flush()
+    assert "code_history" not in RunRecorder(tmp_path / "same", meta=first, resume=True).meta
