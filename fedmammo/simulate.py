@@ -59,6 +59,7 @@ from fedmammo.config.loading import (
 )
 from fedmammo.config.scenario import SimulationSpec
 from fedmammo.errors import ConfigError, DataError, FedmammoError
+from fedmammo.evaluation.tracking import missing_trackers
 from fedmammo.federation.console import safe
 from fedmammo.federation.ray_cluster import (
     attach_ray,
@@ -140,7 +141,7 @@ def plan_run(path: str | Path, *, sets: dict, quick: bool) -> tuple[Scenario, li
     (and the same in the other mode: with --quick, and without it under ``quick``; faults in
     this mode only). ConfigError lists every problem."""
     base, points = _points(path, sets, quick)
-    problems = _plan_points(points, quick)
+    problems = _plan_points(points, quick) + missing_trackers(base.tracking)
     for point in points:  # in this mode only (fault_problems says why)
         problems += fault_problems(point.scenario, point.rows, point.origins)
     if not problems:  # the other mode too: a scenario is either run's

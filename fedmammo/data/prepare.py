@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -125,6 +126,13 @@ def missing_data_root(profile: CentreProfile) -> str | None:
     if profile.data.synthetic is not None:
         return None
     root = profile.data.resolved_root()
+    unset = re.findall(r"\$\{?(\w+)", str(root)) if root is not None else []
+    if unset:
+        return (
+            f"centre {profile.name!r}: data root {profile.data.root!r} names the environment "
+            f"variable{'s' * (len(unset) > 1)} {', '.join(unset)}, not set; fix: export "
+            f"{unset[0]}=/path/to/the/dataset (docs/datasets.md) or edit data.root"
+        )
     if root is None or not root.exists():
         return (
             f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from fedmammo.config.scenario import TrackingSpec
 from fedmammo.errors import ConfigError
 
-__all__ = ["Tracker", "tracking_settings"]
+__all__ = ["Tracker", "missing_trackers", "tracking_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,26 @@ def tracking_settings(resolved: Mapping[str, Any] | None) -> dict[str, dict[str,
         if value:
             out[name] = {} if value is True else value.model_dump(exclude_none=True)
     return out
+
+
+#: The package each tracker imports, and what its key says when it is not installed.
+_NEEDS = {
+    "tensorboard": ("tensorboard", "the tensorboard package"),
+    "mlflow": ("mlflow", "MLflow"),
+}
+
+
+def missing_trackers(spec: TrackingSpec | None) -> list[str]:
+    """One line per tracker ``spec`` turns on whose package is not installed (``--check``
+    says so before a run that would stop after its data preparation)."""
+    import importlib.util
+
+    on = [name for name in _NEEDS if spec is not None and getattr(spec, name)]
+    return [
+        f"key 'tracking.{name}' needs {_NEEDS[name][1]}; fix: pip install 'fedmammo[tracking]'"
+        for name in on
+        if importlib.util.find_spec(_NEEDS[name][0]) is None
+    ]
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

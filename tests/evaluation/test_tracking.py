@@ -101,3 +101,23 @@ def test_mlflow_store_holds_rounds_params_and_report(tmp_path):
     names = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert names == {"report.html", "scenario.resolved.yaml"}
     assert found.info.status == "FINISHED" and found.info.run_name == run.name
+
+
+def test_check_names_a_tracker_whose_package_is_not_installed(monkeypatch):
+    # Prepare: tensorboard hidden from the import system, mlflow installed (the extra)
+    import importlib.util
+
+    from fedmammo.config.scenario import TrackingSpec
+    from fedmammo.evaluation.tracking import missing_trackers
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else found(name)
+    )
+    spec = TrackingSpec.model_validate({"tensorboard": True, "mlflow": True})
+    # Execute / Assert
+    assert missing_trackers(spec) == [
+        "key 'tracking.tensorboard' needs the tensorboard package; fix: pip install "
+        "'fedmammo[tracking]'"
+    ]
+    assert missing_trackers(None) == [] == missing_trackers(TrackingSpec())

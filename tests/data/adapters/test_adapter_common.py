@@ -433,3 +433,25 @@ def test_check_names_a_missing_default_table_before_the_data_is_listed(
     assert problem.startswith(f"centre 'site': {fmt}: ")
     assert " or ".join(str(tmp_path / n) for n in names) + " not found" in problem
     assert "expected layout: " in problem and "fix: point data.root" in problem
+
+
+def test_a_data_root_naming_an_unset_variable_says_it_is_not_set(tmp_path, monkeypatch):
+    # Prepare: the shipped INbreast profile's root, its variable unset, then set to a folder
+    monkeypatch.delenv("FEDMAMMO_INBREAST_ROOT", raising=False)
+    profile = CentreProfile.model_validate(
+        {
+            "name": "lisbon",
+            "source": "S",
+            "data": {"format": "inbreast", "root": "${FEDMAMMO_INBREAST_ROOT}"},
+        }
+    )
+    # Execute / Assert
+    assert missing_data_root(profile) == (
+        "centre 'lisbon': data root '${FEDMAMMO_INBREAST_ROOT}' names the environment variable "
+        "FEDMAMMO_INBREAST_ROOT, not set; fix: export FEDMAMMO_INBREAST_ROOT=/path/to/the/dataset "
+        "(docs/datasets.md) or edit data.root"
+    )
+    monkeypatch.setenv("FEDMAMMO_INBREAST_ROOT", str(tmp_path / "absent"))
+    assert "(resolved: " + str(tmp_path / "absent") + ") does not exist" in missing_data_root(
+        profile
+    )
