@@ -659,7 +659,7 @@ CASES = [
     Case(
         "resume-results-without-progress",
         ("--resume", "{run}"),
-        ("results.json is damaged (no progress",),
+        ("results.json is damaged ('progress' is list, not an object)",),
         damage=_write("results.json", '{"progress": [1]}'),
         survives=INTACT,
     ),

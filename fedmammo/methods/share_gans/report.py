@@ -7,15 +7,21 @@ are laid out like the GAN-sharing paper's Tables 1-2: arms (rows) x accuracy, F1
 (mean (std)
 over seeds), one block per lesion subset and data fraction, best value per column in bold,
 and a column flagging the arms that moved real pixels (the simulation-only upper bound).
-Generator records (``split == "generator"``) give the shared generators' quality table.
+Generator records (``split == "generator"``) give the shared generators' quality table; with
+the run's privacy.json it also gives each sharing centre's epsilon over all the DP generators
+it released (:func:`~fedmammo.evaluation.privacy_report.generator_composition`: each is
+within its target alone, but they were trained on the same patches and the receiver holds
+them all).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +30,11 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmammo.errors import DataError
+from fedmammo.evaluation.privacy_report import (
+    PRIVACY_FILE,
+    composed_generators_note,
+    generator_composition,
+)
 from fedmammo.evaluation.report import to_markdown
 from fedmammo.evaluation.results import RunRecorder
 
@@ -32,6 +43,8 @@ __all__ = [
     "GAIN",
     "GAIN_CI",
     "GENERATOR_METRICS",
+    "TOGETHER",
+    "composed_markdown",
     "METRICS",
     "MOVED",
     "GanTable",
@@ -58,6 +71,8 @@ GENERATOR_METRICS: dict[str, str] = {
     "epsilon": "DP epsilon",  # only for generators trained with a DP discriminator
 }
 FRECHET_COLUMN = GENERATOR_METRICS["frechet_distance"]
+#: Column of the generator table: the sharing centre's epsilon over all its DP generators.
+TOGETHER = "centre's DP epsilon, its generators together"
 #: Columns of the arms' paired AUROC gain over the receiver alone (``delta_auc`` records).
 GAIN, GAIN_CI = "ΔAUROC vs alone", "CI above / below 0"
 #: Flag of the arms that moved real pixels between centres.
@@ -179,8 +194,13 @@ def build_gan_tables(df: pd.DataFrame, *, arm_order: Sequence[str] | None = None
     return tables
 
 
-def generator_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Shared generators (rows) x quality figures from the ``split == "generator"`` records."""
+def generator_table(df: pd.DataFrame, privacy: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Shared generators (rows) x quality figures from the ``split == "generator"`` records.
+
+    With ``privacy`` (the run's privacy.json) a DP generator's row also gives its centre's
+    epsilon over all the generators it released (column :data:`TOGETHER`), and
+    ``frame.attrs["notes"]`` says where that exceeds the centre's target.
+    """
     if df.empty:
         return pd.DataFrame()
     sel = df[(df["split"] == "generator") & df["metric"].isin(list(GENERATOR_METRICS))]
@@ -190,7 +210,66 @@ def generator_table(df: pd.DataFrame) -> pd.DataFrame:
         text = "n/a" if value.empty else f"{float(value.iloc[-1]):.4g}"
         rows.setdefault(str(arm), {})[GENERATOR_METRICS[str(metric)]] = text
     frame = pd.DataFrame.from_dict(rows, orient="index")
-    return frame[[c for c in GENERATOR_METRICS.values() if c in frame.columns]]
+    frame = frame[[c for c in GENERATOR_METRICS.values() if c in frame.columns]]
+    together = _together(privacy)
+    cells = {
+        name: _together_cell(entry)
+        for entry in together.values()
+        for name in entry["released"]
+        if name in frame.index
+    }
+    if cells:
+        frame[TOGETHER] = [cells.get(str(name), "") for name in frame.index]
+    frame.attrs["notes"] = [
+        text
+        for centre, entry in together.items()
+        if any(n in cells for n in entry["released"])
+        and (text := composed_generators_note(centre, entry))
+    ]
+    return frame
+
+
+def _together(privacy: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """:func:`generator_composition` of privacy.json's records, where a centre released more
+    than one DP generator (one alone is its own row's epsilon); {} otherwise."""
+    together = generator_composition((privacy or {}).get("records") or [])
+    return together if any(len(e["released"]) > 1 for e in together.values()) else {}
+
+
+def _together_cell(entry: Mapping[str, Any]) -> str:
+    eps, n = entry.get("composed_epsilon"), len(entry["released"])
+    if eps is None:
+        return f"n/a ({entry.get('why', 'not composable')})"
+    return f"{eps:.4g} ({n} generator{'s' if n != 1 else ''})"
+
+
+def composed_markdown(privacy: Mapping[str, Any] | None) -> str:
+    """Markdown: each centre's epsilon over all the DP generators it released in the run
+    (from privacy.json), with a note where that exceeds its target; "" unless a centre
+    released more than one."""
+    together = _together(privacy)
+    if not together:
+        return ""
+    rows = {
+        centre: {
+            "generators": ", ".join(e["released"]),
+            "each at most": f"{e['each_at_most']:.4g}",
+            "together": _together_cell(e),
+            "target": "-" if e.get("target_epsilon") is None else f"{e['target_epsilon']:g}",
+        }
+        for centre, e in together.items()
+    }
+    lines = [
+        "## DP generators of each sharing centre, together",
+        "",
+        "Each generator is a ledger of its own, held to the centre's target alone; the "
+        "receiver holds them all, trained on the same patches, so the centre's privacy loss "
+        "is their composition (together: same accountant and delta).",
+        "",
+        to_markdown(pd.DataFrame.from_dict(rows, orient="index"), index_name="centre"),
+    ]
+    notes = [t for c, e in together.items() if (t := composed_generators_note(c, e))]
+    return "\n".join(lines + [f"\n- {t}" for t in notes])
 
 
 def _bold(table: GanTable) -> pd.DataFrame:
@@ -230,6 +309,7 @@ def tables_markdown(
             to_markdown(generators.fillna(""), index_name="generator"),
             "",
         ]
+        lines += [f"- {note}\n" for note in generators.attrs.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -295,6 +375,8 @@ def print_tables(
         for name, row in generators.fillna("").iterrows():
             rt.add_row(str(name), *map(str, row.tolist()))
         console.print(rt)
+        for note in generators.attrs.get("notes", []):
+            console.print(note, style="yellow", highlight=False, markup=False, soft_wrap=True)
 
 
 def plot_sample_grid(
@@ -339,5 +421,16 @@ def plot_sample_grid(
 
 
 def section(recorder: RunRecorder, console: Console) -> str:
-    """The GAN-sharing paper Table 1/2 layout for results.md (already printed by the runner)."""
-    return str(recorder.meta.get("share_gans_tables_markdown", ""))
+    """The GAN-sharing paper Table 1/2 layout for results.md (already printed by the runner),
+    and each sharing centre's epsilon over all its DP generators where the generator table
+    does not give it (:func:`composed_markdown`)."""
+    text = str(recorder.meta.get("share_gans_tables_markdown", ""))
+    path = Path(recorder.run_dir) / PRIVACY_FILE
+    if TOGETHER in text or not path.is_file():
+        return text
+    try:
+        privacy = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return text
+    extra = composed_markdown(privacy)
+    return f"{text}\n\n{extra}" if text and extra else (text or extra)

@@ -25,6 +25,7 @@ sets ``sharing.real_patches_in_simulation``, and is flagged in the console, in t
 
 from __future__ import annotations
 
+import json
 import math
 from functools import partial
 from itertools import product
@@ -33,6 +34,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, RecordDict
 
 from fedmammo.errors import CentreSettingError, ConfigError
+from fedmammo.evaluation.privacy_report import PRIVACY_FILE
 from fedmammo.federation.console import safe
 from fedmammo.federation.jobs import Job, JobResult
 from fedmammo.federation.messages import METRICS, PRIVACY
@@ -531,7 +533,9 @@ def run(orc: Orchestrator) -> None:
     orc.recorder.note(f"shared generators (weights + description.json) in {GENERATORS_DIR}/")
     order = [classifier_arm(s.name, label) for s, label, _ in p.classifier_runs(specs)]
     tables = build_gan_tables(orc.recorder.frame(), arm_order=order)
-    gen_table = generator_table(orc.recorder.frame())
+    spent = orc.run_dir / PRIVACY_FILE  # each sharer's generators composed (DP only)
+    privacy = json.loads(spent.read_text()) if spent.is_file() else None
+    gen_table = generator_table(orc.recorder.frame(), privacy=privacy)
     print_tables(tables, orc.console, gen_table)
     heading = f"# {orc.scenario.name}: GAN-sharing paper tables"
     text = tables_markdown(tables, gen_table, heading=heading)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,18 +11,23 @@ from matplotlib.image import imread
 from rich.console import Console
 
 from fedmammo.errors import DataError
-from fedmammo.evaluation.results import RECORD_FIELDS
+from fedmammo.evaluation.privacy_report import PrivacyLog
+from fedmammo.evaluation.results import RECORD_FIELDS, RunRecorder
 from fedmammo.methods.share_gans.report import (
     MOVED,
+    TOGETHER,
     build_gan_tables,
+    composed_markdown,
     generator_table,
     moves_pixels,
     plot_sample_grid,
     print_tables,
     record_arm,
+    section,
     split_record_arm,
     tables_markdown,
 )
+from fedmammo.privacy.accounting import epsilon_of
 
 
 def _record(arm, seed, metric, value, split="test", segment=None, rnd=None):
@@ -199,3 +206,92 @@ def test_sample_grid_draws_each_row(tmp_path):
     assert image.shape[1] > image.shape[0] and image[..., :3].std() > 0.05
     with pytest.raises(DataError, match="not \\(N, S, S\\)"):
         plot_sample_grid([("bad", np.zeros((16, 16)))], tmp_path / "bad.png")
+
+
+def _dp_generators(tmp_path):
+    """audit13 F5: porto released a DCGAN and a WGAN-GP, each 9.997 of its target 10,
+    trained on the same 114 patches: the records, and privacy.json as the run wrote it."""
+    history = [[2.0337, 0.125, 800]]
+    eps = epsilon_of(history, 1e-5, "rdp")
+    log = PrivacyLog(tmp_path)
+    rows = []
+    for name in ("porto_dcgan_all", "porto_wgan_gp_all"):
+        report = {
+            "phase": "gan",
+            "accountant": "rdp",
+            "ledger": f"{name}|0",
+            "delta": 1e-5,
+            "epsilon": eps,
+            "max_grad_norm": 1.0,
+            "history": history,
+            "ledger_epsilon": eps,
+            "ledger_history": history,
+            "noise_multiplier": 2.0337,
+            "sample_rate": 0.125,
+            "planned_steps": 800,
+            "round_steps": 800,
+            "target_epsilon": 10.0,
+        }
+        log.record(centre="porto", arm=name, seed=0, report=report, round=None)
+        for metric, value in (("n_training_patches", 114), ("epsilon", eps)):
+            rows.append({**_record(name, 0, metric, value, split="generator"), "centre": "porto"})
+    log.write()
+    return pd.DataFrame(rows, columns=list(RECORD_FIELDS)), json.loads(log.path.read_text())
+
+
+def test_the_generator_table_gives_a_centres_generators_together(tmp_path):
+    # Prepare
+    frame, privacy = _dp_generators(tmp_path)
+    composed = epsilon_of([[2.0337, 0.125, 800]] * 2, 1e-5, "rdp")
+    console = Console(record=True, width=100)
+    # Execute
+    gens = generator_table(frame, privacy)
+    text = tables_markdown([], gens)
+    print_tables([], console, gens)
+    # Assert: each generator 9.997, together the composition of both histories (15.15)
+    assert gens["DP epsilon"].tolist() == ["9.997", "9.997"]
+    assert gens[TOGETHER].tolist() == [f"{composed:.4g} (2 generators)"] * 2
+    assert f"{composed:.4g}" == "15.14"
+    note = (
+        "generators released together: centre porto: each generator within its target "
+        "epsilon 10 (at most 9.997), the 2 together spend epsilon 15.14 (composed, rdp, delta "
+        "1e-05): they were trained on the same images and all released in this run "
+        "(porto_dcgan_all, porto_wgan_gp_all)"
+    )
+    assert f"- {note}" in text
+    assert note in " ".join(console.export_text().split())
+    # without privacy.json: the table as before
+    assert TOGETHER not in generator_table(frame).columns
+
+
+def test_results_md_gets_the_composition_the_runner_s_table_lacks(tmp_path):
+    # Prepare: the runner's tables (without privacy.json), then the run's privacy.json
+    frame, _ = _dp_generators(tmp_path)
+    stored = tables_markdown([], generator_table(frame))
+    recorder = RunRecorder(tmp_path, meta={"share_gans_tables_markdown": stored})
+    # Execute
+    text = section(recorder, Console(record=True))
+    # Assert: the runner's text, then a table per centre and the note
+    assert text.startswith(stored)
+    assert "## DP generators of each sharing centre, together" in text
+    assert (
+        "| porto | porto_dcgan_all, porto_wgan_gp_all | 9.997 | 15.14 (2 generators) | 10 |" in text
+    )
+    assert "- generators released together: centre porto: each generator within" in text
+    # a table that gives it already is not repeated
+    given = tables_markdown(
+        [], generator_table(frame, json.loads((tmp_path / "privacy.json").read_text()))
+    )
+    recorder.meta["share_gans_tables_markdown"] = given
+    assert section(recorder, Console(record=True)) == given
+
+
+def test_one_dp_generator_per_centre_adds_no_composition(tmp_path):
+    # Prepare: porto's DCGAN alone
+    frame, privacy = _dp_generators(tmp_path)
+    privacy["records"] = privacy["records"][:1]
+    frame = frame[frame["arm"] == "porto_dcgan_all"]
+    # Execute / Assert: its own row's epsilon says it all
+    gens = generator_table(frame, privacy)
+    assert TOGETHER not in gens.columns and gens.attrs["notes"] == []
+    assert composed_markdown(privacy) == ""
