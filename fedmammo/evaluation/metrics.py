@@ -70,9 +70,9 @@ def _two_classes(y: np.ndarray) -> bool:
 #: The fewest positive and negative units (patients with ``groups``, else images) a CI or a
 #: p-value of an AUC is given for. With one, the variance of its side cannot be estimated
 #: (resampling it, or DeLong's S10, sees only the other side's variation); with a few, it is
-#: underestimated: of 400 simulated pairs of equally good models, "CI beside 0 and p < 0.05"
-#: held for 27.8% with 2 malignant patients, 15.8% with 3, 6.5% with 5
-#: (docs/scripts/paired_test_null_rate.py; nominal 5%).
+#: underestimated: of 400 simulated pairs of equally good models, the paired bootstrap CI
+#: alone lay beside 0 for 29.8% with 2 malignant patients, 18.0% with 3, 8.5% with 5
+#: (docs/scripts/paired_test_null_rate.py --min-units 1; nominal 5%).
 MIN_UNITS_PER_CLASS = 5
 
 

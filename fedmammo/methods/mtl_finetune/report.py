@@ -395,7 +395,9 @@ _P_NOTE = (
     "p: DeLong's paired test of the arm's AUC against its reference arm's on the same test "
     "images (a fine-tuning arm against mtl, any other arm against the single-task "
     "baseline), one value per seed; its variance is Obuchowski's over patients, whose "
-    "images are not independent. n/a, and an AUC without CI: fewer than "
+    "images are not independent. It is a large-sample test: with 5-10 malignant patients it "
+    "falls below 0.05 in 7-10% of studies of two equally good models, not 5% "
+    "(docs/report.md). n/a, and an AUC without CI: fewer than "
     f"{MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign patients in the "
     "stratum, too few to estimate either (docs/report.md)."
 )
