@@ -250,6 +250,10 @@ def centres_section(run: RunFolder) -> str:
         elif name in summary:
             s = summary[name]
             spent = f"{fmt_number(s.get('max_epsilon'))} (delta {fmt_number(s.get('delta'))})"
+            together = (s.get("generators") or {}).get("composed_epsilon")
+            if together is not None and len(s["generators"]["released"]) > 1:
+                n = len(s["generators"]["released"])
+                spent += f"; its {n} generators together {fmt_number(together)}"
         else:
             spent = "none"
         rows.append(

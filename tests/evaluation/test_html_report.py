@@ -473,3 +473,19 @@ def test_a_run_resumed_on_other_code_names_each_commit(tmp_path):
         f"<dt>git commit</dt><dd>{first['git_commit']}, then {'f' * 40} (with uncommitted "
         "changes) (resumed on other code)</dd>"
     ) in html
+
+
+def test_a_sharer_of_several_generators_shows_them_composed_beside_its_spend(tmp_path):
+    # Prepare: privacy.json's summary as a share_gans run with two DP generators of a leaves it
+    run = make_run_dir(tmp_path)
+    privacy = json.loads((run / "privacy.json").read_text())
+    privacy["summary"]["a"]["generators"] = {
+        "released": ["gan_dcgan@all", "gan_wgan_gp@all"],
+        "composed_epsilon": 15.15,
+        "each_at_most": 2.5,
+    }
+    (run / "privacy.json").write_text(json.dumps(privacy))
+    # Execute
+    html = write_report(run).read_text()
+    # Assert
+    assert "2.5 (delta 1e-05); its 2 generators together 15.15" in html
