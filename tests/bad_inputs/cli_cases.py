@@ -167,3 +167,14 @@ def run_cli_in_process(args: list[str], monkeypatch) -> Outcome:
     monkeypatch.setattr(simulate, "execute", no_run)
     code = simulate.main(args)
     return Outcome(code, buf.getvalue())
+
+
+def capture_console(monkeypatch) -> io.StringIO:
+    """The buffer that ``simulate``'s and ``interrupt``'s console write to, plain and wide."""
+    from fedmammo import interrupt, simulate
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=400, color_system=None, force_terminal=False)
+    monkeypatch.setattr(simulate, "console", console)
+    monkeypatch.setattr(interrupt, "console", console)
+    return buf

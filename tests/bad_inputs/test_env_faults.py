@@ -6,7 +6,6 @@ injected (an OSError with errno ENOSPC where the library would raise it), never 
 from __future__ import annotations
 
 import errno
-import io
 import json
 import logging
 import os
@@ -15,25 +14,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from bad_inputs.cli_cases import Case, make_run_folder, run_cli_in_process, write_tree
+from bad_inputs.cli_cases import (
+    Case,
+    capture_console,
+    make_run_folder,
+    run_cli_in_process,
+    write_tree,
+)
 from helpers.run_helpers import REPO, results
-from rich.console import Console
 
-from fedmammo import interrupt, run_lock, simulate
+from fedmammo import run_lock, simulate
 from fedmammo.evaluation.results import RunRecorder
 
 TINY = "scenarios/fedavg_tiny.yaml"
 FULL = os.strerror(errno.ENOSPC)  # "No space left on device"
 HINT = "the run folder {run} keeps what was done; after the fix: "
 HINT += "python -m fedmammo.simulate --resume {run}"
-
-
-def _console(monkeypatch) -> io.StringIO:
-    buf = io.StringIO()
-    console = Console(file=buf, width=400, color_system=None, force_terminal=False)
-    monkeypatch.setattr(simulate, "console", console)
-    monkeypatch.setattr(interrupt, "console", console)
-    return buf
 
 
 def _tiny(tmp_path: Path, *more: str) -> list[str]:
@@ -122,7 +118,7 @@ def test_the_lock_is_released_on_every_way_out(run_folder, monkeypatch, fails):
         raise fails()
 
     monkeypatch.setattr(simulate, "execute", execute)
-    _console(monkeypatch)
+    capture_console(monkeypatch)
     assert simulate.main(["--resume", str(run_folder)]) in (2, 130)
     assert not (run_folder / run_lock.LOCK).exists()
     with run_lock.hold_run_folder(run_folder):  # free again
@@ -148,7 +144,7 @@ def test_a_new_run_holds_its_folder_from_the_start(tmp_path, monkeypatch):
         return 0
 
     monkeypatch.setattr(simulate, "execute", execute)
-    _console(monkeypatch)
+    capture_console(monkeypatch)
     assert simulate.main(_tiny(tmp_path)) == 0
     assert seen == [str(os.getpid())]
     assert not (_run_folder(tmp_path) / run_lock.LOCK).exists()
@@ -158,7 +154,7 @@ def test_a_new_run_holds_its_folder_from_the_start(tmp_path, monkeypatch):
 def test_a_full_disk_during_the_run_names_the_file_system_and_how_to_resume(tmp_path, monkeypatch):
     # Prepare: the disk fills while the data is prepared (pandas, PIL: no file name given)
     monkeypatch.setattr(simulate, "prepare_data", _enospc)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     # Execute
     code = simulate.main(_tiny(tmp_path))
     # Assert: exit 2; the file systems where it ran out, with their free space; the resume line
@@ -180,7 +176,7 @@ def test_a_read_only_run_folder_names_the_file_not_its_hidden_temporary(tmp_path
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp))
 
     monkeypatch.setattr(simulate, "prepare_data", read_only)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     assert simulate.main(_tiny(tmp_path)) == 2
     run, out = _run_folder(tmp_path), buf.getvalue()
     assert f"error: {tmp_path / 'out' / 'x' / 'results.json'}: Permission denied (" in out
@@ -195,7 +191,7 @@ def test_results_json_that_cannot_be_written_at_the_end_is_one_line_naming_the_f
     from fedmammo.evaluation import results as results_module
 
     monkeypatch.setattr(results_module, "replace_json", _enospc)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     # Execute
     code = simulate.main(_tiny(tmp_path))
     # Assert: the error and the resume line; run.log says results.json was not written there
@@ -223,7 +219,7 @@ def test_a_final_report_that_cannot_be_written_is_said_in_the_last_line(
         return write(run_dir)
 
     monkeypatch.setattr(run_outputs, "write_report", write_until_done)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     # Execute
     with caplog.at_level(logging.ERROR):
         code = simulate.main(_tiny(tmp_path))
@@ -269,7 +265,7 @@ def test_an_arm_every_centre_failed_says_so_and_its_resume_clears_the_stop(tmp_p
 
     train = client.train_classifier
     monkeypatch.setattr(client, "train_classifier", out_of_memory)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     # Execute
     code = simulate.main(_tiny(tmp_path))
     # Assert: exit 0, the last line names the unit and the resume; the reasons say memory
@@ -290,7 +286,7 @@ def test_an_arm_every_centre_failed_says_so_and_its_resume_clears_the_stop(tmp_p
     )
     # Execute: the memory is back; resume
     monkeypatch.setattr(client, "train_classifier", train)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     code = simulate.main(["--resume", str(run)])
     # Assert: done, and nothing says the arm ended early any more
     assert code == 0, buf.getvalue()

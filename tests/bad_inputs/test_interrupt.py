@@ -5,7 +5,6 @@ too). A second Ctrl-C leaves at once; one lost in a destructor is raised again."
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
@@ -15,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from bad_inputs.cli_cases import capture_console
 from helpers.processes import kill_tree, simulate_process
 from helpers.run_helpers import comparable_metrics, results
-from rich.console import Console
 
 from fedmammo import interrupt, simulate
 
@@ -115,14 +114,6 @@ def test_ctrl_c_on_ray_stops_the_servers_thread_and_ray_within_seconds(tmp_path)
 
 
 # ------------------------------------------------------------------ a sweep, in process
-def _console(monkeypatch) -> io.StringIO:
-    buf = io.StringIO()
-    console = Console(file=buf, width=400, color_system=None, force_terminal=False)
-    monkeypatch.setattr(simulate, "console", console)
-    monkeypatch.setattr(interrupt, "console", console)
-    return buf
-
-
 @pytest.mark.parametrize("at", ["write_resolved", "execute"])
 def test_ctrl_c_before_the_run_starts_says_so_and_what_is_left(tmp_path, monkeypatch, at):
     # Prepare: Ctrl-C while the run folder is written, or as the run opens it
@@ -132,7 +123,7 @@ def test_ctrl_c_before_the_run_starts_says_so_and_what_is_left(tmp_path, monkeyp
     out = tmp_path / "out"
     argv = [TINY, "--backend", "inprocess", "--out", str(out)]
     monkeypatch.setattr(simulate, "write_resolved" if at == "write_resolved" else "run_log", ctrl_c)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     # Execute
     code = simulate.main(argv)
     # Assert: a half-written folder is removed ("no run was started" is then true); a
@@ -161,7 +152,7 @@ def test_a_sweep_interrupted_in_process_resumes_in_process(tmp_path, monkeypatch
         return prepare(*args, **kwargs)
 
     monkeypatch.setattr(simulate, "prepare_data", prepare_once)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     # Execute
     code = simulate.main(argv)
     # Assert: 130 and the line naming the sweep's folder; its spec records the backend
@@ -179,7 +170,7 @@ def test_a_sweep_interrupted_in_process_resumes_in_process(tmp_path, monkeypatch
     monkeypatch.setattr(simulate, "prepare_data", prepare)
     monkeypatch.setattr(simulate, "private_ray", no_ray)
     monkeypatch.setattr(simulate, "attach_ray", no_ray)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     code = simulate.main(["--resume", str(root)])
     # Assert: both points in process, the second one run now
     assert code == 0, buf.getvalue()[-3000:]
@@ -235,7 +226,7 @@ def test_a_ctrl_c_lost_in_a_destructor_is_raised_again_and_a_second_one_leaves(
         raise _Left
 
     monkeypatch.setattr(interrupt, "_leave_now", leave)
-    buf = _console(monkeypatch)
+    buf = capture_console(monkeypatch)
     before = signal.getsignal(signal.SIGINT), sys.unraisablehook
     # Execute: the first Ctrl-C is lost in a destructor
     with pytest.raises(interrupt.Interrupted) as caught, interrupt.CtrlC(tmp_path):
