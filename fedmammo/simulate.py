@@ -465,33 +465,26 @@ def _folders(run_dir: Path, base: Scenario) -> list[tuple[str, Path]]:
 
 def _ended_early(run_dir: Path, base: Scenario) -> list[str]:
     """``done, but ...`` for the units that stopped before their last round without being
-    done (too few centres sent an update; a --resume tries them again), or none."""
-    units, kept = [], []
+    done (too few centres sent an update; a --resume tries them again: a sweep point holding
+    one is not marked DONE), or none."""
+    units = []
     for label, folder in _folders(run_dir, base):
         try:
             progress = json.loads((folder / "results.json").read_text()).get("progress", {})
         except (OSError, ValueError, AttributeError):
             continue
-        stopped = [
+        units += [
             f"{label}arm {key.rpartition('|')[0]} seed {key.rpartition('|')[2]}"
             for key, state in progress.items()
             if isinstance(state, dict) and state.get("stopped") and not state.get("done")
         ]
-        units += stopped
-        if stopped and label and (folder / "DONE").is_file():
-            kept.append(folder.name)
     if not units:
         return []
     see = (run_dir / "results.md") if not base.sweep else "each point's results.md"
-    again = (
-        f"--resume tries them again: python -m fedmammo.simulate --resume {safe(run_dir)}"
-        if not kept
-        else f"a finished sweep point ({safe(', '.join(kept))}) is kept as it is by --resume: "
-        "run it again as a new run"
-    )
     return [
         f"[yellow]done, but {len(units)} unit(s) ended early[/] ({safe('; '.join(units))}; "
-        f"see {safe(see)}); {again}"
+        f"see {safe(see)}); --resume tries them again: python -m fedmammo.simulate --resume "
+        f"{safe(run_dir)}"
     ]
 
 

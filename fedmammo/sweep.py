@@ -287,8 +287,9 @@ def run_sweep(
                 for line in shadowed.values():
                     _log_line(line, [handler])
                 run_fn(point_spec, load_scenario(resolved, quick=spec.quick))
-            done.write_text("ok\n")
         results = json.loads((sub / "results.json").read_text())
+        if not done.is_file() and not _ended_early(results):  # else --resume runs it again
+            done.write_text("ok\n")
         frame = pd.DataFrame(results["metrics"])
         for key, value in values.items():
             frame[key] = json.dumps(value) if isinstance(value, list | dict) else value
@@ -299,6 +300,13 @@ def run_sweep(
     _privacy_utility_plot(root, scenario, table, specs)
     _comparison_page(root)
     return root
+
+
+def _ended_early(results: dict[str, Any]) -> bool:
+    """Whether a point's run has a unit that stopped without being done (too few centres
+    sent an update; a unit a budget stopped is done)."""
+    progress = results.get("progress") or {}
+    return any(s.get("stopped") and not s.get("done") for s in progress.values())
 
 
 def _comparison_page(root: Path) -> None:

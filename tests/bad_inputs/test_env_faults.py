@@ -354,3 +354,32 @@ def test_a_centres_failure_reason_says_what_its_words_do_not(exc, ends):
 
     reply = error_reply(make_incoming(RecordDict(), "train.classifier"), exc)
     assert reply.error.reason.endswith(ends), reply.error.reason
+
+
+def test_a_sweep_point_with_an_arm_that_ended_early_is_run_again_by_resume(tmp_path, monkeypatch):
+    # Prepare: a one-point sweep of fedavg_tiny whose training centres fail in round 1
+    from fedmammo.methods.fedavg import client
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("could not create a primitive")
+
+    train = client.train_classifier
+    monkeypatch.setattr(client, "train_classifier", out_of_memory)
+    buf = capture_console(monkeypatch)
+    # Execute
+    code = simulate.main(_tiny(tmp_path, "--set", "sweep={seeds: [[0]]}"))
+    # Assert: the point is not marked DONE, and the last line says a resume tries it again
+    run, out = _run_folder(tmp_path), buf.getvalue()
+    (point,) = (run / "points").iterdir()
+    assert code == 0, out
+    assert not (point / "DONE").exists()
+    assert out.splitlines()[-1].endswith(
+        f"see each point's results.md); --resume tries them again: python -m "
+        f"fedmammo.simulate --resume {run}"
+    )
+    # Execute: resume with the memory back; Assert: the point runs again and is done
+    monkeypatch.setattr(client, "train_classifier", train)
+    buf = capture_console(monkeypatch)
+    assert simulate.main(["--resume", str(run)]) == 0, buf.getvalue()
+    assert (point / "DONE").is_file()
+    assert results(point)["progress"]["federated|0"] == {"round": 1, "done": True}
