@@ -201,19 +201,9 @@ def _tell_console(line: str) -> None:
         console.print(f"{what} {safe(line)}", highlight=False, soft_wrap=True)
 
 
-def _log_line(line: str, handlers: Sequence[logging.Handler] | None = None) -> None:
-    """``line`` as a WARNING record (INFO for a centre without DP): to ``handlers`` alone
-    when given (a point's run.log); else to the run logs, and the console too unless it
-    said so already."""
+def _log_line(line: str, handlers: Sequence[logging.Handler]) -> None:
+    """``line`` as a WARNING record (INFO for a centre without DP) to ``handlers`` (run logs)."""
     record = log.makeRecord(log.name, _level(line), __file__, 0, "%s", (line,), None)
-    if handlers is None and line not in _SHOWN:
-        _SHOWN.add(line)
-        if _level(line) == logging.WARNING:
-            log.handle(record)
-            return
-        console.print(f"note: {safe(line)}", highlight=False, soft_wrap=True)
-    if handlers is None:
-        handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     for handler in handlers:
         handler.handle(record)
 
@@ -267,8 +257,10 @@ def run_sweep(
             write_resolved(resolved.parent, fresh, quick=spec.quick)
     specs = _point_specs(root, names)
     shadowed = shadowed_privacy(list(scenario.sweep), specs)
+    run_logs = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     for line in shadowed.values():
-        _log_line(line)  # the sweep's run.log
+        _tell_console(line)  # (once: the points' loading said it already)
+        _log_line(line, run_logs)  # the sweep's run.log
     frames = []
     for i, (values, name) in enumerate(zip(points, names, strict=True), start=1):
         sub = root / "points" / name
