@@ -96,6 +96,12 @@ def parse_sets(items: list[str]) -> dict:
                 f"--set {item}: expected key.path=value (e.g. --set strategy.params.rounds=2)"
             )
         key, value = item.split("=", 1)
+        if any("\udc80" <= c <= "\udcff" for c in item):  # bytes the locale could not decode
+            raise ConfigError(
+                f"--set {ascii(item)}: holds bytes that are not text in this locale "
+                f"({sys.getfilesystemencoding()}); fix: run with a UTF-8 locale "
+                "(LC_ALL=C.UTF-8) or PYTHONUTF8=1"
+            )
         try:
             split_dotted(key.strip())
             sets[key.strip()] = yaml.safe_load(value)

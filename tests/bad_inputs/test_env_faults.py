@@ -24,6 +24,7 @@ from bad_inputs.cli_cases import (
 from helpers.run_helpers import REPO, results
 
 from fedmammo import run_lock, simulate
+from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import RunRecorder
 
 TINY = "scenarios/fedavg_tiny.yaml"
@@ -383,3 +384,17 @@ def test_a_sweep_point_with_an_arm_that_ended_early_is_run_again_by_resume(tmp_p
     assert simulate.main(["--resume", str(run)]) == 0, buf.getvalue()
     assert (point / "DONE").is_file()
     assert results(point)["progress"]["federated|0"] == {"round": 1, "done": True}
+
+
+def test_a_set_value_the_locale_could_not_decode_says_so_not_that_it_is_bad_yaml():
+    # Prepare: what Python makes of a non-ASCII argument under LC_ALL=C with UTF-8 mode off
+    arg = "data_dir=/tmp/Ünïcødé".encode().decode("ascii", "surrogateescape")
+    # Execute / Assert
+    with pytest.raises(ConfigError) as err:
+        simulate.parse_sets([arg])
+    assert str(err.value) == (
+        f"--set {ascii(arg)}: holds bytes that are not text in this locale "
+        f"({sys.getfilesystemencoding()}); fix: run with a UTF-8 locale (LC_ALL=C.UTF-8) or "
+        "PYTHONUTF8=1"
+    )
+    assert simulate.parse_sets(["data_dir=/tmp/Ünïcødé"]) == {"data_dir": "/tmp/Ünïcødé"}
