@@ -128,9 +128,10 @@ def _plan_points(points: list[Point], quick: bool) -> list[str]:
         try:
             point.rows = plan_scenario(point.scenario, quick=quick, origins=point.origins)
         except ConfigError as exc:
-            prefix = f"sweep point {point.name}: " if point.name else ""
+            named = f"sweep point {point.name}"  # unless the line names it already
             problems += [
-                line if line.startswith(prefix) else prefix + line for line in str(exc).splitlines()
+                line if not point.name or named in line else f"{named}: {line}"
+                for line in str(exc).splitlines()
             ]
     return problems
 

@@ -398,3 +398,20 @@ def test_a_set_value_the_locale_could_not_decode_says_so_not_that_it_is_bad_yaml
         "PYTHONUTF8=1"
     )
     assert simulate.parse_sets(["data_dir=/tmp/Ünïcødé"]) == {"data_dir": "/tmp/Ünïcødé"}
+
+
+def test_a_sweep_points_plan_error_names_the_point_once(tmp_path, monkeypatch):
+    # Prepare: a DP sweep over a recipe whose model has BatchNorm (DP-SGD cannot train it)
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        "centres:\n  - {profile: tiny, name: a}\n  - {profile: tiny, name: b}\n"
+        "  - {profile: tiny, name: t, role: test}\n"
+        "strategy: fedavg\nsweep: {privacy.target_epsilon: [1.0, 8.0]}\n"
+    )
+    # Execute
+    out = run_cli_in_process([str(scenario), "--check"], monkeypatch)
+    # Assert: one line per point and training centre, each naming its point once
+    assert out.code == 2 and len(out.errors) == 4, out.text
+    for line, eps in zip(out.errors, ("1.0", "1.0", "8.0", "8.0"), strict=True):
+        assert line.startswith(f"error: {scenario} sweep point privacy.target_epsilon={eps}: ")
+        assert line.count("sweep point") == 1 and "DP-SGD cannot train" in line
