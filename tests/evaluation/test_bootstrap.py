@@ -86,3 +86,17 @@ def test_bad_input_is_refused():
         bootstrap_mean([1.0], n_boot=-1)
     with pytest.raises(DataError, match="one key per sample"):
         accuracy_ci([0, 1], [0, 1], groups=["p"])
+
+
+def test_no_ci_from_fewer_than_five_patients_or_samples():
+    # Prepare: correct / wrong per image, 2 images per patient
+    values = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=float)
+    four = np.repeat(np.arange(4), 2)
+    five = np.repeat(np.arange(5), 2)
+    # Execute / Assert: a mean always; a CI from 5 patients (or 5 samples) up
+    mean, low, high = bootstrap_mean(values[:8], n_boot=50, groups=four)
+    assert mean == pytest.approx(values[:8].mean()) and math.isnan(low) and math.isnan(high)
+    mean, low, high = bootstrap_mean(values, n_boot=50, groups=five)
+    assert low <= mean <= high
+    assert math.isnan(accuracy_ci([1, 0, 1, 1], [1, 1, 1, 1], n_boot=50)[1])
+    assert math.isnan(bootstrap_statistic(lambda i: float(len(i)), 4, n_boot=50)[1])

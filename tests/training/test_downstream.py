@@ -308,4 +308,9 @@ def test_detector_trains_and_reports_ap_per_segment(centre):
     predictions = predict_detections(detector, images[:8])
     expected = bootstrap_detection_ap(predictions, boxes[:8], n_boot=20, groups=patients)
     got = by_patient[0]
-    assert [got["value"], got["ci_low"], got["ci_high"]] == pytest.approx(list(expected))
+    assert got["value"] == pytest.approx(expected[0])
+    # the 8 images are 2 patients: too few for a CI (fewer than 5), by either path
+    assert len(set(patients)) < 5 and math.isnan(expected[1]) and math.isnan(expected[2])
+    assert got["ci_low"] is None and got["ci_high"] is None
+    eight = bootstrap_detection_ap(predictions, boxes[:8], n_boot=20)  # 8 images, no patients
+    assert eight[1] <= eight[0] <= eight[2]
