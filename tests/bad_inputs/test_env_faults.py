@@ -257,8 +257,8 @@ def test_close_says_whether_the_final_report_was_written(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ an arm that stopped
-def test_an_arm_every_centre_failed_says_so_and_its_resume_clears_the_stop(tmp_path, monkeypatch):
-    # Prepare: both training centres run out of memory in round 1 (oneDNN's words)
+def _centres_out_of_memory(monkeypatch):
+    """Every FedAvg centre's training fails as oneDNN does out of memory; returns the undo."""
     from fedmammo.methods.fedavg import client
 
     def out_of_memory(*args, **kwargs):
@@ -266,6 +266,12 @@ def test_an_arm_every_centre_failed_says_so_and_its_resume_clears_the_stop(tmp_p
 
     train = client.train_classifier
     monkeypatch.setattr(client, "train_classifier", out_of_memory)
+    return lambda: monkeypatch.setattr(client, "train_classifier", train)
+
+
+def test_an_arm_every_centre_failed_says_so_and_its_resume_clears_the_stop(tmp_path, monkeypatch):
+    # Prepare: both training centres run out of memory in round 1 (oneDNN's words)
+    restore = _centres_out_of_memory(monkeypatch)
     buf = capture_console(monkeypatch)
     # Execute
     code = simulate.main(_tiny(tmp_path))
@@ -286,7 +292,7 @@ def test_an_arm_every_centre_failed_says_so_and_its_resume_clears_the_stop(tmp_p
         r.endswith("could not create a primitive (out of memory?)") for r in reasons.values()
     )
     # Execute: the memory is back; resume
-    monkeypatch.setattr(client, "train_classifier", train)
+    restore()
     buf = capture_console(monkeypatch)
     code = simulate.main(["--resume", str(run)])
     # Assert: done, and nothing says the arm ended early any more
@@ -359,13 +365,7 @@ def test_a_centres_failure_reason_says_what_its_words_do_not(exc, ends):
 
 def test_a_sweep_point_with_an_arm_that_ended_early_is_run_again_by_resume(tmp_path, monkeypatch):
     # Prepare: a one-point sweep of fedavg_tiny whose training centres fail in round 1
-    from fedmammo.methods.fedavg import client
-
-    def out_of_memory(*args, **kwargs):
-        raise RuntimeError("could not create a primitive")
-
-    train = client.train_classifier
-    monkeypatch.setattr(client, "train_classifier", out_of_memory)
+    restore = _centres_out_of_memory(monkeypatch)
     buf = capture_console(monkeypatch)
     # Execute
     code = simulate.main(_tiny(tmp_path, "--set", "sweep={seeds: [[0]]}"))
@@ -379,7 +379,7 @@ def test_a_sweep_point_with_an_arm_that_ended_early_is_run_again_by_resume(tmp_p
         f"fedmammo.simulate --resume {run}"
     )
     # Execute: resume with the memory back; Assert: the point runs again and is done
-    monkeypatch.setattr(client, "train_classifier", train)
+    restore()
     buf = capture_console(monkeypatch)
     assert simulate.main(["--resume", str(run)]) == 0, buf.getvalue()
     assert (point / "DONE").is_file()
