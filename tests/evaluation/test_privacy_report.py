@@ -149,6 +149,12 @@ def test_an_audit_records_the_most_its_counts_could_prove(tmp_path):
     assert "epsilon_provable_95" not in log.audits[1]
 
 
+def _record(base: dict, centre: str, split: str, metric: str, value, low=None, high=None) -> dict:
+    """One sweep.csv row: ``base`` (arm, seed, swept keys, ...) and the record's fields."""
+    fields = {"centre": centre, "split": split, "metric": metric, "value": value}
+    return {**base, **fields, "ci_low": low, "ci_high": high}
+
+
 def sweep_table() -> pd.DataFrame:
     """A sweep.csv-like table: 2 arms x epsilons (1, 8, no DP) x 2 seeds, test AUC at T."""
     rows = []
@@ -163,40 +169,10 @@ def sweep_table() -> pd.DataFrame:
                     "privacy.target_epsilon": eps,
                 }
                 auc = {1.0: 0.6, 8.0: 0.7, None: 0.8}[eps] + 0.02 * seed
-                rows.append(
-                    {
-                        **base,
-                        "centre": "T",
-                        "split": "test",
-                        "metric": "auc",
-                        "value": auc,
-                        "ci_low": auc - 0.1,
-                        "ci_high": auc + 0.1,
-                    }
-                )
-                rows.append(
-                    {
-                        **base,
-                        "centre": "A",
-                        "split": "test",
-                        "metric": "auc",
-                        "value": 0.5,
-                        "ci_low": 0.4,
-                        "ci_high": 0.6,
-                    }
-                )
+                rows.append(_record(base, "T", "test", "auc", auc, auc - 0.1, auc + 0.1))
+                rows.append(_record(base, "A", "test", "auc", 0.5, 0.4, 0.6))
                 for c, att in (("A", 0.5), ("B", 0.6 if eps is None else 0.5)):
-                    rows.append(
-                        {
-                            **base,
-                            "centre": c,
-                            "split": "audit",
-                            "metric": "attack_auc",
-                            "value": att,
-                            "ci_low": None,
-                            "ci_high": None,
-                        }
-                    )
+                    rows.append(_record(base, c, "audit", "attack_auc", att))
                 rows.append(
                     {
                         **base,
@@ -346,28 +322,8 @@ def two_key_table() -> pd.DataFrame:
                     "privacy.target_epsilon": eps,
                     "privacy.max_grad_norm": norm,
                 }
-                rows.append(
-                    {
-                        **base,
-                        "centre": "T",
-                        "split": "test",
-                        "metric": "auc",
-                        "value": auc,
-                        "ci_low": auc - 0.1,
-                        "ci_high": auc + 0.05,
-                    }
-                )
-                rows.append(
-                    {
-                        **base,
-                        "centre": "A",
-                        "split": "audit",
-                        "metric": "attack_auc",
-                        "value": 0.5 + 0.01 * k,
-                        "ci_low": None,
-                        "ci_high": None,
-                    }
-                )
+                rows.append(_record(base, "T", "test", "auc", auc, auc - 0.1, auc + 0.05))
+                rows.append(_record(base, "A", "audit", "attack_auc", 0.5 + 0.01 * k))
     return pd.DataFrame(rows)
 
 
