@@ -10,6 +10,7 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -39,6 +40,7 @@ from fedmammo.federation.connect import (
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.run_log import add_run_log
 from fedmammo.federation.runspec import POOLED, RunSpec, load_runspec, scenario_of
+from fedmammo.run_lock import hold_run_folder
 
 __all__ = ["build_server_app", "is_simulation", "poll_often", "pull_interval", "run_scenario"]
 
@@ -348,6 +350,18 @@ def _record_run(spec: RunSpec, scenario: Scenario) -> None:
         spec.save()
 
 
+def _hold_deployed_folder(spec: RunSpec, run_config) -> contextlib.AbstractContextManager:
+    """The run folder of a ``flwr run`` for this ServerApp alone (:func:`hold_run_folder`): a
+    second ``flwr run`` of the same folder, a resume among them, is refused in one line. A
+    resume of a folder that is not there holds nothing (:func:`resumed` names it)."""
+    run_dir = Path(spec.run_dir)
+    if not run_config.get("resume"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        return contextlib.nullcontext()
+    return hold_run_folder(run_dir)
+
+
 def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> ServerApp:
     """A ServerApp running, for the scenario's strategy kind, ``method_of(kind)``'s runner and
     report section."""
@@ -356,29 +370,32 @@ def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> Serv
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         """Run the scenario the run config (``flwr run``) or the simulation's run spec names."""
-        try:
-            spec = load_runspec(context.run_config)
-            if spec.deployment and context.run_config.get("resume"):
-                spec = resumed(spec)
-            scenario = scenario_of(spec)
-            if spec.deployment and scenario.sweep:
-                raise ConfigError(
-                    f"scenario {scenario.name!r} sweeps {', '.join(scenario.sweep)}: one run "
-                    "per point, which `flwr run` (one run) cannot start; run it with python -m "
-                    f"fedmammo.simulate {spec.scenario_file}"
-                )
-        except FedmammoError as exc:
-            say(ERROR, str(exc))
-            raise
-        simulated = is_simulation(grid, spec)
-        # simulate.py names its nodes (some may still be registering); flwr run does not
-        poll_often(grid, len(spec.node_order))
-        prepare = spec.deployment and simulated  # flwr run on a local simulation federation
-        if spec.deployment:  # flwr run: no python -m fedmammo.simulate around to set up run.log
-            _start_run_log(Path(spec.run_dir))
-            _record_run(spec, scenario)
-            spec.deployment = not simulated
-        runner, section = method_of(scenario.recipe.kind)
-        run_scenario(grid, spec, runner, section, simulated=simulated, prepare=prepare)
+        with contextlib.ExitStack() as held:
+            try:
+                spec = load_runspec(context.run_config)
+                if spec.deployment:  # no `python -m fedmammo.simulate` around to hold the folder
+                    held.enter_context(_hold_deployed_folder(spec, context.run_config))
+                if spec.deployment and context.run_config.get("resume"):
+                    spec = resumed(spec)
+                scenario = scenario_of(spec)
+                if spec.deployment and scenario.sweep:
+                    raise ConfigError(
+                        f"scenario {scenario.name!r} sweeps {', '.join(scenario.sweep)}: one "
+                        "run per point, which `flwr run` (one run) cannot start; run it with "
+                        f"python -m fedmammo.simulate {spec.scenario_file}"
+                    )
+            except FedmammoError as exc:
+                say(ERROR, str(exc))
+                raise
+            simulated = is_simulation(grid, spec)
+            # simulate.py names its nodes (some may still be registering); flwr run does not
+            poll_often(grid, len(spec.node_order))
+            prepare = spec.deployment and simulated  # flwr run on a local simulation federation
+            if spec.deployment:  # flwr run: no simulate around to set up run.log
+                _start_run_log(Path(spec.run_dir))
+                _record_run(spec, scenario)
+                spec.deployment = not simulated
+            runner, section = method_of(scenario.recipe.kind)
+            run_scenario(grid, spec, runner, section, simulated=simulated, prepare=prepare)
 
     return app

@@ -314,3 +314,45 @@ def test_flwr_run_on_the_local_simulation_federation_matches_simulate(
     assert any(k[4] == "test" for k in mine)
     assert mine == theirs
     shutil.rmtree(flwr_home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_flwr_run_of_a_folder_another_process_holds_is_refused(tmp_path, resume, caplog):
+    import multiprocessing
+
+    from flwr.app import Context, RecordDict
+
+    from fedmammo.errors import FedmammoError
+    from fedmammo.federation.server_app import build_server_app
+    from fedmammo.run_lock import LOCK, hold_run_folder
+
+    # Prepare: another process (a first `flwr run`'s ServerApp) holds the run folder
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ready, leave = multiprocessing.Event(), multiprocessing.Event()
+
+    def holder():
+        with hold_run_folder(run_dir):
+            ready.set()
+            leave.wait(60)
+
+    other = multiprocessing.get_context("fork").Process(target=holder)
+    other.start()
+    assert ready.wait(30)
+    config = {"scenario": str(TINY), "run-dir": str(run_dir), "resume": resume}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+    app = build_server_app(lambda kind: (_never, _section))
+    try:
+        # Execute: a second ServerApp on the same folder (a resume reads nothing first)
+        with pytest.raises(FedmammoError) as err:
+            app(InProcessGrid(["tiny_a", "tiny_b", "tiny_t"]), context)
+    finally:
+        leave.set()
+        other.join(30)
+    # Assert: one line naming the holder, said in the log; nothing written in its folder
+    assert str(err.value) == (
+        f"run folder {run_dir} is in use by process {other.pid}; wait for it or stop it"
+    )
+    assert any(str(err.value) in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # the holder removed its lock
+    assert not (run_dir / LOCK).exists()
