@@ -78,33 +78,38 @@ def centre_data_dir(root: str | Path, profile: CentreProfile, data_seed: int) ->
     return Path(root) / f"{profile.name}-{profile_stamp(profile, data_seed)}"
 
 
+#: A dataset's split names, from the most held out: a patient with images in several goes
+#: wholly to the first of them (no test or validation patient is trained on).
+_HELD_OUT_FIRST = ("test", "val", "train")
+
+
 def _split(
     manifest: pd.DataFrame, profile: CentreProfile, *, test_only: bool, data_seed: int
 ) -> pd.DataFrame:
-    """Patient-wise splits; a dataset's official test split is kept (train -> train + val)."""
+    """Patient-wise splits. A dataset's own split (``use_dataset_split``, every image split):
+    ``train`` / ``val`` / ``test`` kept as given; ``train`` / ``test`` keeps the test split and
+    divides train into train + val by the profile's fractions. Otherwise every image is split
+    by the profile's fractions (with a warning when a split was given but cannot be used)."""
     if test_only:
         return assign_splits(manifest, {"test": 1.0}, seed=data_seed)
     official = manifest["split"]
-    if not (
-        profile.data.use_dataset_split
-        and official.notna().all()
-        and set(official.unique()) <= {"train", "test"}
-    ):
+    given = set(official.dropna().unique())
+    usable = official.notna().all() and given <= set(_HELD_OUT_FIRST)
+    if not (profile.data.use_dataset_split and usable):
+        if profile.data.use_dataset_split and given:
+            log.warning(
+                "centre %s: the dataset's split is not used (%s); every image is split again "
+                "by the profile's split fractions",
+                profile.name,
+                _unusable_split(official, given),
+            )
         return assign_splits(manifest, dict(profile.split), seed=data_seed)
-    f_train, f_val = profile.split.get("train", 0.0), profile.split.get("val", 0.0)
     out = manifest.copy()
-    patients = manifest["patient_id"].astype(str)
-    both = sorted(set(patients[official == "train"]) & set(patients[official == "test"]))
-    if both:  # (CBIS-DDSM splits its mass and calcification lists apart; a user's CSV may too)
-        log.warning(
-            "centre %s: %d patients have images in both the dataset's official train and test "
-            "splits (%s); all their images are kept in test, so no test patient is trained on",
-            profile.name,
-            len(both),
-            ", ".join(both[:5]) + (", ..." if len(both) > 5 else ""),
-        )
-        official = official.where(~patients.isin(both), "test")
-        out["split"] = official
+    out["split"] = official = _one_split_per_patient(official, manifest, profile)
+    if "val" in given:
+        log.info("centre %s: kept the dataset's train / val / test split", profile.name)
+        return out
+    f_train, f_val = profile.split.get("train", 0.0), profile.split.get("val", 0.0)
     is_train = (official == "train").to_numpy()
     if is_train.any() and f_train + f_val > 0:
         fractions = {"train": f_train / (f_train + f_val), "val": f_val / (f_train + f_val)}
@@ -114,6 +119,38 @@ def _split(
         out.loc[is_train, "split"] = sub["split"].to_numpy()
     log.info("centre %s: kept the dataset's official test split", profile.name)
     return out
+
+
+def _unusable_split(official: pd.Series, given: set) -> str:
+    """Why a dataset's split column cannot be kept, for the warning."""
+    other = sorted(str(v) for v in given - set(_HELD_OUT_FIRST))
+    if other:
+        return f"values other than train / val / test: {', '.join(other[:5])}"
+    missing = int(official.isna().sum())
+    return f"{missing} of {len(official)} images have none"
+
+
+def _one_split_per_patient(
+    official: pd.Series, manifest: pd.DataFrame, profile: CentreProfile
+) -> pd.Series:
+    """``official`` with every patient in one split: the most held out of its images' (test,
+    then val), with a warning naming them (CBIS-DDSM splits its mass and calcification lists
+    apart; a user's CSV may too)."""
+    patients = manifest["patient_id"].astype(str)
+    rank = official.map({name: i for i, name in enumerate(_HELD_OUT_FIRST)})
+    first = rank.groupby(patients).transform("min")
+    moved = sorted(set(patients[rank != first]))
+    if not moved:
+        return official
+    log.warning(
+        "centre %s: %d patients have images in more than one of the dataset's splits (%s); "
+        "all their images are kept in the most held-out one (test, then val), so no test or "
+        "validation patient is trained on",
+        profile.name,
+        len(moved),
+        ", ".join(moved[:5]) + (", ..." if len(moved) > 5 else ""),
+    )
+    return first.map(dict(enumerate(_HELD_OUT_FIRST))).astype(official.dtype)
 
 
 def _centre_seed(name: str, data_seed: int) -> int:

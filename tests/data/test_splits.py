@@ -147,7 +147,8 @@ def test_a_patient_in_both_official_splits_is_kept_whole_in_test(caplog) -> None
     )
     profile = CentreProfile(name="c", data={"format": "dicom-folder", "root": "/x"})
     # Execute
-    out = _split(manifest, profile, test_only=False, data_seed=0)
+    with caplog.at_level("INFO", logger="fedmammo"):
+        out = _split(manifest, profile, test_only=False, data_seed=0)
     # Assert: one split a patient; P0-P4 wholly in test; the other official test kept
     per_patient = out.groupby("patient_id")["split"].nunique()
     assert per_patient.max() == 1
@@ -159,7 +160,65 @@ def test_a_patient_in_both_official_splits_is_kept_whole_in_test(caplog) -> None
         "train",
         "val",
     }
-    assert "5 patients have images in both the dataset's official train and test" in caplog.text
+    assert "5 patients have images in more than one of the dataset's splits" in caplog.text
+    assert "kept the dataset's official test split" in caplog.text
+
+
+def _official(split: list[str | None], per_patient: int = 2) -> pd.DataFrame:
+    n = len(split)
+    return pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(n)],
+            "patient_id": [f"P{k // per_patient}" for k in range(n)],
+            "split": pd.array(split, dtype="string"),
+            "malignant": [k % 3 == 0 for k in range(n)],
+            "segment": "S-A",
+        }
+    )
+
+
+def test_a_labels_csv_train_val_test_split_is_kept_as_given(caplog) -> None:
+    # Prepare: a hospital's own patient-wise split of 30 patients (2 images each), 18 / 6 / 6,
+    # but P0 has one image in train and one in val, P1 one in val and one in test
+    from fedmammo.config import CentreProfile
+    from fedmammo.data.prepare import _split
+
+    split = ["train", "val", "val", "test"] + ["train"] * 32 + ["val"] * 12 + ["test"] * 12
+    manifest = _official(split)
+    profile = CentreProfile(name="c", data={"format": "dicom-folder", "root": "/x"})
+    # Execute
+    with caplog.at_level("INFO", logger="fedmammo"):
+        out = _split(manifest, profile, test_only=False, data_seed=0)
+    # Assert: every other image stays where the CSV put it, whatever the profile's fractions;
+    # P0 goes wholly to val and P1 to test (the most held-out split of their images)
+    by_patient = out.groupby("patient_id")["split"].agg(set).to_dict()
+    assert by_patient["P0"] == {"val"} and by_patient["P1"] == {"test"}
+    rest = manifest["patient_id"] > "P1"
+    assert out.loc[rest, "split"].tolist() == manifest.loc[rest, "split"].tolist()
+    assert "2 patients have images in more than one of the dataset's splits (P0, P1)" in caplog.text
+    assert "kept the dataset's train / val / test split" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("split", "why"),
+    [
+        (["train", "test", None, None] + ["train"] * 16, "2 of 20 images have none"),
+        (["train", "holdout"] * 10, "values other than train / val / test: holdout"),
+    ],
+)
+def test_a_dataset_split_that_cannot_be_kept_is_said_and_every_image_split_again(
+    caplog, split, why
+) -> None:
+    from fedmammo.config import CentreProfile
+    from fedmammo.data.prepare import _split
+
+    profile = CentreProfile(name="c", data={"format": "dicom-folder", "root": "/x"})
+    out = _split(_official(split), profile, test_only=False, data_seed=0)
+    assert out.groupby("patient_id")["split"].nunique().max() == 1
+    assert (
+        f"centre c: the dataset's split is not used ({why}); every image is split again by "
+        "the profile's split fractions"
+    ) in caplog.text
 
 
 def test_a_centre_refuses_rows_of_a_split_it_does_not_have(tmp_path):

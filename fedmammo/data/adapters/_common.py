@@ -199,22 +199,28 @@ def read_table(
     df.columns = [str(c).strip() for c in df.columns]
     for col in expected:
         if col not in df.columns:
-            hint, only = "", df.columns[0] if len(df.columns) == 1 else ""
-            other = [s for s in _SEPARATORS if s != sep and s in only]
-            if other and path.suffix.lower() not in _SPREADSHEET_ENGINES:
-                want = _SEPARATORS.get(sep, repr(sep))
-                hint = (
-                    f" (the file looks separated by {_SEPARATORS[other[0]]}, not {want}; "
-                    f"fix: save it with {want} as the separator)"
-                )
             raise DataError(
                 f"{dataset}: {path} lacks column {col!r}; required columns: "
-                f"{', '.join(expected)}; columns found: {format_columns(df.columns)}{hint}; "
-                f"expected layout: {layout}"
+                f"{', '.join(expected)}; columns found: {format_columns(df.columns)}"
+                f"{separator_hint(df, path, sep)}; expected layout: {layout}"
             )
     for col in df.columns:
         df[col] = df[col].astype("string").str.strip().replace("", pd.NA)
     return df
+
+
+def separator_hint(df: pd.DataFrame, path: Path, sep: str = ",") -> str:
+    """For a CSV read as one column whose name holds another separator: which separator the
+    file seems to use and the fix, in parentheses after a leading space; else ''."""
+    only = str(df.columns[0]) if len(df.columns) == 1 else ""
+    other = [s for s in _SEPARATORS if s != sep and s in only]
+    if not other or path.suffix.lower() in _SPREADSHEET_ENGINES:
+        return ""
+    want = _SEPARATORS.get(sep, repr(sep))
+    return (
+        f" (the file looks separated by {_SEPARATORS[other[0]]}, not {want}; "
+        f"fix: save it with {want} as the separator)"
+    )
 
 
 def text_or_none(value: object) -> str | None:

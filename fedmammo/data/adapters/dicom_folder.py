@@ -25,6 +25,7 @@ from fedmammo.data.adapters._common import (
     option_path,
     read_header,
     read_table,
+    separator_hint,
     text_or_none,
 )
 from fedmammo.errors import DataError
@@ -36,8 +37,21 @@ log = logging.getLogger(__name__)
 DATASET = "dicom-folder"
 #: Columns a labels CSV may key its rows by (the first present is used).
 KEY_COLUMNS = ("SOPInstanceUID", "sop_instance_uid", "image_id", "file_name", "filename", "file")
-#: Optional label columns of a labels CSV.
-LABEL_COLUMNS = ("malignant", "acr", "density", "u_malignancy", "u_acr", "u_density", "split")
+#: Optional label columns of a labels CSV (``patient_id`` replaces the PatientID header: the
+#: grouping that keeps a patient's images in one split).
+LABEL_COLUMNS = (
+    "malignant",
+    "acr",
+    "density",
+    "u_malignancy",
+    "u_acr",
+    "u_density",
+    "split",
+    "patient_id",
+)
+#: At least this many images, each with a PatientID of its own: warned (one per image is what
+#: an anonymiser writing a new ID per file gives).
+PER_IMAGE_PATIENTS_WARN = 8
 LAYOUT = (
     "any tree of mammography DICOMs under ROOT (*.dcm, *.dicom or files with the DICM "
     "preamble); optional labels CSV with a key column (one of " + ", ".join(KEY_COLUMNS) + ") "
@@ -96,7 +110,11 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         study = text_or_none(ds.get("StudyInstanceUID"))
         row = {
             "image_id": sop or rel,
-            "patient_id": text_or_none(ds.get("PatientID")) or study or sop or rel,
+            "patient_id": lab.get("patient_id")
+            or text_or_none(ds.get("PatientID"))
+            or study
+            or sop
+            or rel,
             "study_id": study,
             "manufacturer": header_manufacturer(ds),
             "laterality": header_laterality(ds),
@@ -116,6 +134,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     unmatched = [k for k in labels if k not in used]
     if labels_csv is not None and rows:
         _check_matches(labels_csv, root, len(labels), unmatched, by_bare_name)
+    _warn_per_image_patients(rows, root)
     return finish_manifest(
         rows,
         dataset=DATASET,
@@ -151,6 +170,21 @@ def _drop_duplicates(images: list[tuple[Path, Any]], skips: SkipCounter) -> list
         )
         skips.skip(f"{path} (SOPInstanceUID {sop}; kept {keep}, {why})", _DUPLICATE)
     return kept
+
+
+def _warn_per_image_patients(rows: list[dict[str, Any]], root: Path) -> None:
+    """Warn when every image is its own patient: splits are patient-wise, so a patient's other
+    views (an anonymiser's new PatientID per file) could be trained on and tested on."""
+    patients = {r["patient_id"] for r in rows}
+    if len(rows) >= PER_IMAGE_PATIENTS_WARN and len(patients) == len(rows):
+        log.warning(
+            "%s: every one of the %d images under %s has a patient of its own (PatientID); "
+            "images are split patient-wise, so if a patient has several images here they may "
+            "land in different splits; fix: give the labels CSV a patient_id column",
+            DATASET,
+            len(rows),
+            root,
+        )
 
 
 def _check_matches(
@@ -192,7 +226,8 @@ def _labels(path: Path) -> dict[str, dict[str, Any]]:
     if key_col is None:
         raise DataError(
             f"{DATASET}: {path} lacks a key column; expected one of {', '.join(KEY_COLUMNS)} "
-            f"and any of {', '.join(LABEL_COLUMNS)}"
+            f"and any of {', '.join(LABEL_COLUMNS)}; columns found: "
+            f"{format_columns(table.columns)}{separator_hint(table, path)}"
         )
     if not any(c in table.columns for c in LABEL_COLUMNS):
         raise DataError(
@@ -235,6 +270,8 @@ _RANGES = {"malignant": (0, 1), "acr": (1, 6), "density": (1, 4)}
 
 
 def _convert(col: str, text: str, path: Path, line: int) -> Any:
+    if col == "patient_id":
+        return text
     if col == "split":
         if text not in ("train", "val", "test"):
             raise DataError(f"{DATASET}: {path} line {line}: split {text!r} not train/val/test")

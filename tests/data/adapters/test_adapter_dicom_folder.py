@@ -104,6 +104,54 @@ def test_dicom_folder_labels_csv_by_uid_and_file_name(tree: dict, tmp_path: Path
     assert pd.isna(df2.loc[tree["c"], "acr"])
 
 
+def test_a_labels_csv_patient_id_replaces_per_image_patient_ids(
+    tmp_path: Path, dicom_writer, caplog
+) -> None:
+    # Prepare: 8 images of 4 patients whose anonymiser wrote a PatientID per file
+    root = tmp_path / "site"
+    files = [
+        dicom_writer(root / f"img{k}.dcm", PatientID=f"ANON-{k}", Manufacturer="GE")
+        for k in range(8)
+    ]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(
+        {
+            "SOPInstanceUID": [str(ds.SOPInstanceUID) for ds in files],
+            "patient_id": [f"P{k // 2}" for k in range(8)],
+            "malignant": [k % 2 for k in range(8)],
+        }
+    ).to_csv(labels, index=False)
+    # Execute
+    from_headers = load_manifest("dicom-folder", root)
+    warned = caplog.text
+    caplog.clear()
+    from_csv = load_manifest("dicom-folder", root, labels_csv=str(labels))
+    # Assert: the headers' 8 patients are warned about; the CSV's 4 are used, without a warning
+    assert from_headers["patient_id"].nunique() == 8
+    assert f"every one of the 8 images under {root} has a patient of its own (PatientID)" in warned
+    assert "fix: give the labels CSV a patient_id column" in warned
+    assert sorted(from_csv.groupby("patient_id").size().to_dict().items()) == [
+        ("P0", 2),
+        ("P1", 2),
+        ("P2", 2),
+        ("P3", 2),
+    ]
+    assert "patient of its own" not in caplog.text and "ignored" not in caplog.text
+
+
+def test_a_semicolon_labels_csv_without_a_key_column_names_its_separator(
+    tree: dict, tmp_path: Path
+) -> None:
+    labels = tmp_path / "excel.csv"
+    labels.write_text(f"SOPInstanceUID;malignant\n{tree['a']};1\n")
+    with pytest.raises(DataError) as err:
+        load_manifest("dicom-folder", tree["root"], labels_csv=str(labels))
+    assert (
+        "columns found: 'SOPInstanceUID;malignant' (the file looks separated by ';' "
+        "(semicolon), not ',' (comma); fix: save it with ',' (comma) as the separator)"
+    ) in str(err.value)
+
+
 def test_dicom_folder_bad_labels_csv(tree: dict, tmp_path: Path) -> None:
     # Prepare
     no_key = tmp_path / "nokey.csv"
