@@ -214,15 +214,36 @@ def record_round(
     orc: Orchestrator,
     weights: dict[str, float],
     metrics: MetricRecord | None,
+    replies: Iterable[Message],
     *,
     arm: str,
     seed: int,
     rnd: int,
 ) -> None:
-    """A round's training records (split ``train``): each centre's share of the average (its
-    normalised weight, ``fedavg_share``) when two or more were averaged, as the weighting can
-    count the arm's labelled images; and the training loss averaged over the replies, unless
-    a centre withheld its own (NaN: a DP centre sends no noise-free statistic of its images)."""
+    """A round's training records (split ``train``): each averaged centre's optimiser steps
+    and examples seen (``train_steps``, ``train_examples``: what an arm's training budget is
+    made of, which arms compared in one table need not share) and its share of the average
+    (its normalised weight, ``fedavg_share``) when two or more were averaged, as the weighting
+    can count the arm's labelled images; and the training loss averaged over the replies,
+    unless a centre withheld its own (NaN: a DP centre sends no noise-free statistic of its
+    images)."""
+    names = {n: c for c, n in orc.nodes.items()}
+    for msg in replies:
+        centre = names.get(msg.metadata.src_node_id)
+        if msg.has_error() or centre not in weights or METRICS not in msg.content:
+            continue
+        sent = TrainMetrics.from_metrics(msg.content[METRICS], strict=False)
+        orc.recorder.add(
+            [
+                {"metric": "train_steps", "value": float(sent.steps)},
+                {"metric": "train_examples", "value": float(sent.num_examples)},
+            ],
+            arm=arm,
+            seed=seed,
+            centre=centre,
+            split="train",
+            round=rnd,
+        )
     if len(weights) > 1:
         for centre, share in weights.items():
             orc.recorder.add(
@@ -403,7 +424,7 @@ def train_rounds(
         ):
             return None
         arrays = new_arrays
-        record_round(orc, strategy.weights, metrics, arm=arm, seed=seed, rnd=rnd)
+        record_round(orc, strategy.weights, metrics, replies, arm=arm, seed=seed, rnd=rnd)
         if val_centres:
             orc.evaluate_everywhere(
                 evaluate,

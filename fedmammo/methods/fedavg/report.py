@@ -98,7 +98,9 @@ def _over_seeds(seeds: list[dict], reference: str) -> dict[str, str]:
 
 
 def round_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per arm and round: mean validation AUROC over centres, round wall time, slowest centre.
+    """Per arm and round: mean validation AUROC over the centres that validated it (the arm's
+    own training centres: all for ``federated``, one for ``local-<c>``, none for ``pooled``),
+    round wall time, slowest centre.
 
     Averaged over seeds; empty when the run recorded no rounds.
     """
@@ -107,7 +109,9 @@ def round_table(frame: pd.DataFrame) -> pd.DataFrame:
     val = val[val["segment"].isna()]
     timing = rounds[rounds["split"] == "timing"]
     parts = {
-        "val AUROC (mean over centres)": val.groupby(["arm", "round"])["value"].mean(),
+        "val AUROC (mean over the arm's own training centres)": val.groupby(["arm", "round"])[
+            "value"
+        ].mean(),
         "round wall s": timing[timing["metric"] == "round_wall_seconds"]
         .groupby(["arm", "round"])["value"]
         .mean(),

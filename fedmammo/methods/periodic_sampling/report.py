@@ -33,6 +33,7 @@ from fedmammo.evaluation.results import RunRecorder
 from fedmammo.evaluation.tables import P_VALUE_NOTE, comparison_row, markdown_table
 
 __all__ = [
+    "BUDGET_NOTE",
     "section",
     "TABLE_COLUMNS",
     "comparison_table",
@@ -50,6 +51,17 @@ TABLE_COLUMNS: tuple[str, ...] = ("AUC baseline", "Setting", "Method", "AUC", "Î
 _SETTING_ORDER = {"pooled": 0, "federated": 1}
 _METHOD_ORDER = {"balanced_labels": 0, "balanced_segments": 1, "periodic": 2}
 _WEIGHT_ORDER = {"quota": 0, "images": 1, "labelled": 2, "uniform": 3}
+
+
+#: What each arm trains on per round: the arms of one table do not share a training budget.
+BUDGET_NOTE = (
+    "Training budgets differ between the arms of a table: in each round the baseline, a pooled "
+    "arm and federated P. sampling take `batches_per_round` batches in all (P. sampling splits "
+    "them between the centres by quota), while federated Bal. labels and Bal. segments take "
+    "`batches_per_round` batches at each centre: with two centres, twice the optimiser steps "
+    "and images. Each centre's steps and images per round are in results.json "
+    "(`train_steps`, `train_examples`)."
+)
 
 
 def figures_note(where: str) -> str:
@@ -223,6 +235,8 @@ def tables_markdown(
         "AUC in percent; Î”AUC = AUC(method) - AUC(baseline) on the same images, paired "
         "bootstrap CI. Computed inside each test centre. " + P_VALUE_NOTE,
         "",
+        BUDGET_NOTE,
+        "",
     ]
     if stopped:
         lines += [
@@ -307,7 +321,8 @@ def plot_arm_learning_curves(
     history = history[history["value"].notna()]
     if history.empty:
         return None
-    return plot_learning_curves(history, path, xlabel="# learning steps", title=title)
+    xlabel = "rounds x batches_per_round (federated Bal. arms: at each centre)"
+    return plot_learning_curves(history, path, xlabel=xlabel, title=title)
 
 
 def section(recorder: RunRecorder, console: Console) -> str:

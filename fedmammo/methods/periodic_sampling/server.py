@@ -175,7 +175,7 @@ def _train_arm(
         ):
             return None
         arrays = new_arrays
-        record_round(orc, strategy.weights, metrics, arm=arm.name, seed=seed, rnd=rnd)
+        record_round(orc, strategy.weights, metrics, replies, arm=arm.name, seed=seed, rnd=rnd)
         if p.ema_decay is not None:  # what is validated and tested: the moving average
             ema = ema_update(ema or initial, arrays, p.ema_decay**p.batches_per_round)
             orc.checkpoint(ema_name(arm.name), seed, rnd, ema)

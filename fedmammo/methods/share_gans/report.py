@@ -293,7 +293,12 @@ def tables_markdown(
         "lies above / below 0, by the CI alone (the forest plot of report.html also asks its "
         "paired p-value, the `p_value` record, to be below 0.05). "
         f"Arms flagged '{MOVED}' moved real lesion patches between centres: a simulation-only "
-        "upper bound that no deployment may run.",
+        "upper bound that no deployment may run. "
+        "Every arm but the receiver alone adds its lesion patches and as many of the "
+        "receiver's healthy ones, and trains the same epochs, so it also takes more optimiser "
+        "steps: up to several times the receiver alone's. Compare a synthetic or harmonised "
+        "arm with `A+own_lesions` (real lesions of the receiver's own, the same size), not "
+        "only with `A`.",
         "",
     ]
     if not tables:

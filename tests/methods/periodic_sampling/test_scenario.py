@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fedmammo.methods.periodic_sampling.report import BUDGET_NOTE
+
 ROOT = Path(__file__).resolve().parents[3]
 TEST_SEGMENTS = ["S3-Ma", "S3-Mb", "S4-Mc", "S4-Md", "S5-Mc"]
 EXPERIMENT_ARMS = [
@@ -76,6 +78,7 @@ def test_quick_run_tabulates_every_arm_on_every_test_segment(run_dir):
     assert tested > 0
     markdown = (run_dir / "periodic_tables.md").read_text()
     assert markdown.count("| AUC baseline | Setting | Method | AUC | ΔAUC | p-value |") == 10
+    assert BUDGET_NOTE in markdown  # the arms' training budgets differ, and it says how
     summary = (run_dir / "results.md").read_text()
     assert "periodic_tables.md" in summary
     assert markdown.strip() in summary  # the Tables 2-4 layout is in results.md too
@@ -126,3 +129,30 @@ def test_quick_run_draws_every_figure_and_records_learning_curves(run_dir):
         assert ("exp2-federated-periodic", rnd, None) in val
         for segment in ("S1-Ma", "S1-Mb", "S2-Ma", "S2-Mb"):
             assert ("exp2-federated-periodic", rnd, segment) in val
+
+
+@pytest.mark.slow
+def test_each_centres_steps_and_images_per_round_are_recorded(run_dir):
+    # Prepare: the quick recipe's round: 4 batches of 16 (strategies/periodic_sampling.yaml)
+    results = json.loads((run_dir / "results.json").read_text())
+    budget = {}
+    for r in results["metrics"]:
+        if r["split"] == "train" and r["metric"] in ("train_steps", "train_examples"):
+            budget.setdefault((r["arm"], r["round"]), {}).setdefault(r["centre"], {})[
+                r["metric"]
+            ] = r["value"]
+    # Assert: every arm's every round; a federated Bal. labels / Bal. segments arm takes the
+    # round's 4 batches at each centre (twice the images of the pooled arm), federated P.
+    # sampling splits one window of 4 x 16 between them, as the pooled arm takes it alone
+    for exp in ("exp1", "exp2"):
+        for rnd in (1, 2):
+            pooled = budget[(f"{exp}-pooled-balanced_labels", rnd)]
+            assert pooled == {"pooled": {"train_steps": 4.0, "train_examples": 64.0}}
+            for method in ("balanced_labels", "balanced_segments"):
+                per_centre = budget[(f"{exp}-federated-{method}", rnd)]
+                assert per_centre == {
+                    c: {"train_steps": 4.0, "train_examples": 64.0} for c in ("s1", "s2")
+                }
+            periodic = budget[(f"{exp}-federated-periodic", rnd)]
+            assert sum(v["train_examples"] for v in periodic.values()) == 64.0
+            assert all(1 <= v["train_steps"] <= 4 for v in periodic.values())
