@@ -38,6 +38,7 @@ __all__ = [
     "load_scenario",
     "load_scenario_traced",
     "load_strategy",
+    "read_from",
     "resolved_mapping",
     "search_roots",
     "set_label",
@@ -249,14 +250,16 @@ def _ref_candidates(ref: str, folder: str, base: Path) -> list[Path]:
     """Where a profile or recipe reference is looked for, first first.
 
     A bare stem names ``<folder>/<stem>.yaml``: the user's (next to the referring file
-    ``base``, then in the current directory), then the shipped one (the checkout's), so a
-    scenario with its own ``centres/`` reads the same files from any folder. Anything else is
-    a path: relative to the referring file, the current directory, the checkout.
+    ``base``; beside it when ``base`` is a ``scenarios/`` folder, the checkout's own layout;
+    then in the current directory), then the shipped one (the checkout's), so a scenario with
+    its own ``centres/`` reads the same files from any folder. Anything else is a path:
+    relative to the referring file, the current directory, the checkout.
     """
     p = Path(ref)
     if p.suffix not in (".yaml", ".yml") and len(p.parts) == 1:
         cwd, shipped = Path.cwd(), checkout_root()
-        return _unique([r / folder / f"{ref}.yaml" for r in (base, cwd, shipped)])
+        project = [base.parent] if base.name == "scenarios" else []  # the checkout's layout
+        return _unique([r / folder / f"{ref}.yaml" for r in (base, *project, cwd, shipped)])
     return _unique([base / p, *(r / p for r in search_roots())])
 
 
@@ -565,6 +568,10 @@ def load_scenario_traced(
             )
         seen.add(profile.name)
         scenario.resolved_profiles[profile.name] = profile
+        if f"centre:{i}" in origins.files:
+            scenario.source_files[f"centre {profile.name}"] = origins.files[f"centre:{i}"]
+    if with_recipe and not resolved and origins.files["strategy"] != str(path):
+        scenario.source_files["strategy"] = origins.files["strategy"]
     _check_roles(path, scenario, origins)
     return scenario, origins
 
@@ -583,7 +590,7 @@ def _scenario_recipe(path: Path, scenario: Scenario, inline: Any, origins: Origi
         )
     recipe = _read_yaml(strategy_path)
     recipe.setdefault("name", strategy_path.stem)
-    origins.files["strategy"] = str(strategy_path)
+    origins.files["strategy"] = str(strategy_path.resolve())
     return _strategy(recipe, overrides, origins, str(strategy_path))
 
 
@@ -594,6 +601,7 @@ def _entry_profile(path: Path, scenario: Scenario, i: int, origins: Origins) -> 
         where = origins.label("scenario", ("centres", str(i), "profile"), str(path))
         missing = _not_found("profile", entry.profile, "centres", looked)
         raise ConfigError(f"{where}: key 'centres.{i}.profile': {missing}")
+    origins.files[f"centre:{i}"] = str(profile_path.resolve())
     overrides = dict(entry.overrides)
     if entry.name:
         overrides["name"] = entry.name
@@ -636,7 +644,7 @@ def resolved_mapping(scenario: Scenario, *, quick: bool) -> dict[str, Any]:
     without any other file: profiles and recipe inlined, the recipe's params with ``quick``
     applied, every override and quick block already applied (so emptied), data_dir absolute.
     """
-    data = scenario.model_dump(mode="json", exclude={"source_file"})
+    data = scenario.model_dump(mode="json", exclude={"source_file", "source_files"})
     recipe = scenario.recipe
     data["strategy"] = {
         **recipe.model_dump(mode="json"),
@@ -667,9 +675,20 @@ def write_resolved(folder: Path, scenario: Scenario, *, quick: bool) -> Path:
     under a first line holding the sha256 of the rest (:func:`edited_resolved`)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESOLVED
-    body = yaml.safe_dump(resolved_mapping(scenario, quick=quick), sort_keys=False)
+    body = read_from(scenario) + yaml.safe_dump(
+        resolved_mapping(scenario, quick=quick), sort_keys=False
+    )
     text = f"{_SEAL}{_sha256(body)}\n{body}"
     return replace_whole(path, lambda t: t.write_text(text))
+
+
+def read_from(scenario: Scenario) -> str:
+    """YAML comment lines naming the file each part of ``scenario`` was read from (the recipe,
+    each centre's profile); '' for a scenario read from a resolved copy."""
+    lines = [f"#   {part}: {file}" for part, file in scenario.source_files.items()]
+    if scenario.source_file and lines:
+        lines.insert(0, f"#   scenario: {scenario.source_file}")
+    return "".join(f"{line}\n" for line in ["# read from:", *lines]) if lines else ""
 
 
 def edited_resolved(path: Path) -> bool:

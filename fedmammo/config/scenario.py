@@ -161,6 +161,7 @@ class Scenario(Strict):
     # filled by load_scenario:
     resolved_profiles: dict[str, CentreProfile] = Field(default_factory=dict)
     source_file: str | None = None
+    source_files: dict[str, str] = Field(default_factory=dict)  # what each part was read from
 
     @field_validator("seeds")
     @classmethod

@@ -9,7 +9,13 @@ import pytest
 import yaml
 
 from fedmammo.config import load_scenario
-from fedmammo.config.loading import load_scenario_traced, resolved_mapping
+from fedmammo.config.loading import (
+    RESOLVED,
+    edited_resolved,
+    load_scenario_traced,
+    resolved_mapping,
+    write_resolved,
+)
 from fedmammo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -416,3 +422,36 @@ def test_a_profile_next_to_the_scenario_wins_over_one_in_the_current_folder(tmp_
     monkeypatch.chdir(here)
     # Execute / Assert: the scenario reads its own profile from any folder
     assert load_scenario(path).resolved_profiles["a"].source == "P"
+
+
+def test_a_study_laid_out_like_the_checkout_reads_its_own_files_from_any_folder(
+    tmp_path, monkeypatch
+):
+    # Prepare: study/scenarios/s.yaml beside study/centres/tiny.yaml and study/strategies/
+    # fedavg.yaml (shipped names), started from another folder
+    study, elsewhere = tmp_path / "study", tmp_path / "elsewhere"
+    for folder in ("scenarios", "centres", "strategies"):
+        (study / folder).mkdir(parents=True)
+    elsewhere.mkdir()
+    tiny = (ROOT / "centres" / "tiny.yaml").read_text()
+    (study / "centres" / "tiny.yaml").write_text(tiny.replace("source: T", "source: U"))
+    recipe = (ROOT / "strategies" / "fedavg.yaml").read_text().replace("rounds: 6", "rounds: 9")
+    (study / "strategies" / "fedavg.yaml").write_text(recipe)
+    path = _write(study / "scenarios", "s.yaml", MINE.replace("mytiny", "tiny").replace("t,", "b,"))
+    monkeypatch.chdir(elsewhere)
+    # Execute
+    scenario = load_scenario(path)
+    written = write_resolved(tmp_path / "run", scenario, quick=False).read_text()
+    # Assert: the study's recipe and profile, not the shipped ones of those names; the run
+    # folder's resolved scenario says which files were read, and still loads unedited
+    assert scenario.recipe.typed_params().rounds == 9
+    assert {p.source for p in scenario.resolved_profiles.values()} == {"U"}
+    assert written.splitlines()[1:4] == [
+        "# read from:",
+        f"#   scenario: {path.resolve()}",
+        f"#   centre a: {(study / 'centres' / 'tiny.yaml').resolve()}",
+    ]
+    assert f"#   strategy: {(study / 'strategies' / 'fedavg.yaml').resolve()}" in written
+    assert not edited_resolved(tmp_path / "run" / RESOLVED)
+    again = load_scenario(tmp_path / "run" / RESOLVED)
+    assert again.recipe.typed_params().rounds == 9 and again.source_files == {}
