@@ -159,7 +159,8 @@ def _centre_seed(name: str, data_seed: int) -> int:
 
 def missing_data_root(profile: CentreProfile) -> str | None:
     """Why a real-data centre's images cannot be read from its data root (one line): it does
-    not exist, or a table its format reads is not there; None for a phantom centre."""
+    not exist, a table its format reads is not there or not readable as that format's (a
+    dicom-folder labels CSV's columns and values); None for a phantom centre."""
     if profile.data.synthetic is not None:
         return None
     root = profile.data.resolved_root()
@@ -175,13 +176,16 @@ def missing_data_root(profile: CentreProfile) -> str | None:
             f"centre {profile.name!r}: data root {profile.data.root!r} (resolved: {root}) does "
             "not exist; fix: set the environment variable it names or edit data.root"
         )
-    from fedmammo.data.adapters import missing_table
+    from fedmammo.data.adapters import missing_table, table_problem
 
-    if problem := missing_table(profile.data.format or "", root, profile.data.options):
+    fmt = profile.data.format or ""
+    if problem := missing_table(fmt, root, profile.data.options):
         return (
             f"centre {profile.name!r}: {problem}; fix: point data.root at the dataset's top "
             "folder, or give the table's path in data.options (docs/datasets.md)"
         )
+    if problem := table_problem(fmt, profile.data.options):
+        return f"centre {profile.name!r}: {problem}"
     return None
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "load_manifest",
     "missing_table",
     "option_values_problem",
+    "table_problem",
     "options_of",
     "print_summary",
     "summarise_manifest",
@@ -91,6 +92,13 @@ def missing_table(fmt: str, root: Path, options: Mapping[str, Any]) -> str | Non
         return None
     names = " or ".join(map(str, candidates))
     return f"{fmt}: {names} not found; expected layout: {module.LAYOUT}"
+
+
+def table_problem(fmt: str, options: Mapping[str, Any]) -> str | None:
+    """What is wrong with the contents of a table format ``fmt`` reads from its options (a
+    dicom-folder labels CSV's columns and values), or None: checked by ``--check``."""
+    check = getattr(_MODULES.get(fmt), "table_problem", None)
+    return None if check is None else check(dict(options))
 
 
 def load_manifest(fmt: str, root: str | Path, **options: Any) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from fedmammo.data.adapters._common import (
 )
 from fedmammo.errors import DataError
 
-__all__ = ["KEY_COLUMNS", "LABEL_COLUMNS", "load"]
+__all__ = ["KEY_COLUMNS", "LABEL_COLUMNS", "load", "table_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,19 @@ def _check_matches(
             examples,
             _KEYS_HINT,
         )
+
+
+def table_problem(options: dict[str, Any]) -> str | None:
+    """What is wrong with the labels CSV's columns or values (the CSV read whole, as a run
+    reads it), or None: checked by ``--check``, before a run makes its folder."""
+    path = option_path(options, "labels_csv", dataset=DATASET)
+    if path is None or not path.is_file():
+        return None  # (said by the path check)
+    try:
+        _labels(path)
+    except DataError as exc:
+        return str(exc)
+    return None
 
 
 def _labels(path: Path) -> dict[str, dict[str, Any]]:

@@ -455,3 +455,34 @@ def test_a_data_root_naming_an_unset_variable_says_it_is_not_set(tmp_path, monke
     assert "(resolved: " + str(tmp_path / "absent") + ") does not exist" in missing_data_root(
         profile
     )
+
+
+def test_check_reads_a_dicom_folder_labels_csv_before_the_data_is_listed(tmp_path: Path) -> None:
+    # Prepare: a hospital's CSV in its own layout (no key column), then with a bad value
+    labels = tmp_path / "labels.csv"
+    labels.write_text("accession,pathology\nA1,malignant\n")
+    profile = CentreProfile.model_validate(
+        {
+            "name": "site",
+            "source": "S",
+            "data": {
+                "format": "dicom-folder",
+                "root": str(tmp_path),
+                "options": {"labels_csv": str(labels)},
+            },
+        }
+    )
+    # Execute / Assert: the reader's own line, said before any image is read
+    assert missing_data_root(profile) == (
+        f"centre 'site': dicom-folder: {labels} lacks a key column; expected one of "
+        "SOPInstanceUID, sop_instance_uid, image_id, file_name, filename, file and any of "
+        "malignant, acr, density, u_malignancy, u_acr, u_density, split, patient_id; columns "
+        "found: 'accession', 'pathology'"
+    )
+    labels.write_text("file,malignant\na.dcm,malignant\n")
+    assert missing_data_root(profile) == (
+        f"centre 'site': dicom-folder: {labels} line 2: column 'malignant' value 'malignant' "
+        "is not in 0..1"
+    )
+    labels.write_text("file,malignant\na.dcm,1\n")
+    assert missing_data_root(profile) is None
