@@ -24,6 +24,7 @@ from fedmammo.config import Scenario, load_scenario
 from fedmammo.config.loading import RESOLVED, edited_resolved
 from fedmammo.errors import ConfigError
 from fedmammo.evaluation.results import results_problem
+from fedmammo.federation.checkpoints import checkpoint_problem, sidecar_path
 from fedmammo.federation.console import safe
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.methods.planning import plan_scenario
@@ -186,16 +187,14 @@ def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
         f"they stopped), {totals['todo']} not started"
     )
     _print_ledgers(console, run_dir, points)
-    ckpts = sorted(run_dir.glob("**/checkpoints/*/*.pt"))
-    console.print(
-        f"checkpoints: {len(ckpts)} model files (every completed round of each arm and seed)"
-    )
+    damaged = _print_checkpoints(console, run_dir)
     ledgers = sorted(run_dir.glob("**/centres/*/privacy-ledger-*.json"))
-    rounds = sorted(run_dir.glob("**/centres/*/fedbn/*/*.pt"))
-    rounds += sorted(run_dir.glob("**/centres/*/optimizer/*/*.pt"))
+    # per round, per seed where the messages carry one: fedbn/<arm>-<hash>/[seed<S>/]round<R>.pt
+    rounds = sorted(run_dir.glob("**/centres/*/fedbn/**/*.pt"))
+    rounds += sorted(run_dir.glob("**/centres/*/optimizer/**/*.pt"))
     local = ledgers + rounds
     if local:
-        owners = sorted({p.parent.name for p in ledgers} | {p.parents[2].name for p in rounds})
+        owners = sorted({_owner(p, run_dir) for p in local})
         console.print(
             f"per-centre local state: {len(local)} files kept by the centres themselves "
             f"(privacy ledgers, FedBN BatchNorm and optimiser state per round) for "
@@ -204,6 +203,41 @@ def print_restore(console: Console, run_dir: Path, points: list[Point]) -> None:
         )
     else:
         console.print("per-centre local state: none (no DP ledger, FedBN or optimiser state)")
+    if damaged:
+        raise ConfigError(
+            "\n".join(
+                f"--resume {run_dir}: checkpoint {path.relative_to(run_dir)}: {problem}; the run "
+                "cannot be resumed as is: restore it from a backup, or start a new run"
+                for path, problem in damaged
+            )
+        )
+
+
+def _owner(path: Path, run_dir: Path) -> str:
+    """The centre whose state folder (``centres/<centre>/...``) holds ``path``."""
+    parts = path.relative_to(run_dir).parts
+    return parts[len(parts) - parts[::-1].index("centres")]
+
+
+def _print_checkpoints(console: Console, run_dir: Path) -> list[tuple[Path, str]]:
+    """Say how many checkpoints the run has and how many match the sha256 of their sidecar;
+    return the damaged ones (sweep points' too), each with why: bytes that are not the ones
+    recorded, a damaged sidecar, a sidecar without its checkpoint. A checkpoint without a
+    sidecar (from before fedmammo wrote them) is not checked."""
+    ckpts = sorted(run_dir.glob("**/checkpoints/*/*.pt"))
+    sidecars = {sidecar_path(p) for p in ckpts} | set(run_dir.glob("**/checkpoints/*/*.json"))
+    damaged = []
+    for sidecar in sorted(sidecars):
+        path = sidecar.with_suffix(".pt")
+        if sidecar.is_file() and (problem := checkpoint_problem(path)):
+            damaged.append((path, problem))
+    checked = [p for p in ckpts if sidecar_path(p).is_file()]
+    line = f"checkpoints: {len(ckpts)} model files (every completed round of each arm and seed)"
+    if checked:
+        intact = len(checked) - sum(path.is_file() for path, _ in damaged)
+        line += f"; {intact} of {len(checked)} with a sidecar match the sha256 it recorded"
+    console.print(line, soft_wrap=True)
+    return damaged
 
 
 def _print_ledgers(console: Console, run_dir: Path, points: list[Point]) -> None:

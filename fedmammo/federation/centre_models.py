@@ -1,14 +1,18 @@
-"""The model a message carries, and a centre's local BatchNorm state (FedBN) per arm.
+"""The model a message carries, and a centre's local BatchNorm state (FedBN) per arm and seed.
 
-FedBN's BatchNorm state is the centre's own: it never leaves, and it lives in the centre's
-state folder (:func:`~fedmammo.federation.site.state_dir`, ``fedbn/<arm>/round<r>.pt``, one
-per training round, every round kept: a few kB each), so a restarted node or a resumed run
-continues with it, a round the server retrains after a restart starts from the same state as
-the first time, and a model tested from an earlier round (periodic sampling's best validation
-round) is tested with that round's state. An arm's first round starts from the received
-model's BatchNorm state (a new seed never inherits another's). The optimiser's state
+Under FedBN (``batchnorm: local``) a training centre trains and tests with its own BatchNorm
+state, kept in its state folder (:func:`~fedmammo.federation.site.state_dir`,
+``fedbn/<arm>-<hash>/seed<s>/round<r>.pt``, one per training round, every round of every seed
+kept: a few kB each), so a restarted node or a resumed run continues with it, a round the
+server retrains after a restart starts from the same state as the first time, a model tested
+from an earlier round (periodic sampling's best validation round) is tested with that round's
+state, and each seed's numbers can be reproduced from the run folder afterwards. An arm's first
+round starts from the received model's BatchNorm state (a seed never inherits another's). The
+state is not secret from the server: a training reply carries the whole model, BatchNorm
+included, and the server's average of those is the global model's BatchNorm (what test-only
+centres use, and what the checkpoints hold). The optimiser's state
 (``train.keep_optimizer_state``: Adam's moments carried from round to round, paper 000) is kept
-the same way, under ``optimizer/``, its last two rounds only.
+the same way, under ``optimizer/``, its last two rounds per seed only.
 """
 
 from __future__ import annotations
@@ -57,9 +61,11 @@ def bn_keys(model: nn.Module) -> list[str]:
     return keys
 
 
-def _round_folder(context: Context, kind: str, arm: str) -> Path:
-    """This centre's ``kind`` state of ``arm``, one file per round (its own state folder)."""
-    return state_dir(context, identity_of(context)) / kind / state_name(arm)
+def _round_folder(context: Context, kind: str, arm: str, seed: int | None) -> Path:
+    """This centre's ``kind`` state of ``arm`` and run seed ``seed``, one file per round (its
+    own state folder; a message without a run seed: the arm's folder itself)."""
+    folder = state_dir(context, identity_of(context)) / kind / state_name(arm)
+    return folder if seed is None else folder / f"seed{int(seed)}"
 
 
 def _saved_rounds(folder: Path) -> dict[int, Path]:
@@ -68,23 +74,23 @@ def _saved_rounds(folder: Path) -> dict[int, Path]:
 
 
 def round_state_file(
-    context: Context, kind: str, arm: str, server_round: int | None
+    context: Context, kind: str, arm: str, seed: int | None, server_round: int | None
 ) -> Path | None:
     """The ``kind`` state a message of ``server_round`` continues: the latest saved before
     that round (a training round r continues round r-1's, also when the server retrains r
     after a restart), or the latest of all for a message without a round (evaluation)."""
-    saved = _saved_rounds(_round_folder(context, kind, arm))
+    saved = _saved_rounds(_round_folder(context, kind, arm, seed))
     usable = [r for r in saved if server_round is None or r < int(server_round)]
     return saved[max(usable)] if usable else None
 
 
 def save_round_state(context: Context, kind: str, m: ModelConfig, state: dict) -> None:
     """Keep ``state`` as this centre's ``kind`` state after round ``m.server_round`` of
-    ``m.arm`` (atomic write). FedBN's earlier rounds are kept; of the optimiser's, the round
-    before this one (what a retrained round starts from). Round 1 starts the arm afresh: an
-    earlier seed's rounds are removed."""
+    ``m.arm`` and ``m.run_seed`` (atomic write). FedBN's earlier rounds are kept; of the
+    optimiser's, the round before this one (what a retrained round starts from). Round 1 starts
+    the seed afresh: later rounds of an earlier start of it are removed."""
     rnd = int(getattr(m, "server_round", None) or 1)
-    folder = _round_folder(context, kind, m.arm)
+    folder = _round_folder(context, kind, m.arm, m.run_seed)
     folder.mkdir(parents=True, exist_ok=True)
     replace_whole(folder / f"round{rnd}.pt", lambda t: torch.save(state, t))
     for old, path in _saved_rounds(folder).items():
@@ -93,19 +99,20 @@ def save_round_state(context: Context, kind: str, m: ModelConfig, state: dict) -
 
 
 def load_round_state(
-    context: Context, kind: str, arm: str, server_round: int | None
+    context: Context, kind: str, arm: str, seed: int | None, server_round: int | None
 ) -> dict | None:
-    """The ``kind`` state of ``arm`` that round ``server_round`` continues (see
+    """The ``kind`` state of ``arm`` and ``seed`` that round ``server_round`` continues (see
     :func:`round_state_file`), or None."""
-    path = round_state_file(context, kind, arm, server_round)
+    path = round_state_file(context, kind, arm, seed, server_round)
     return None if path is None else torch.load(path, weights_only=True)
 
 
 def kept_optimizer_state(context: Context, m: ModelConfig, keep: bool) -> dict | None:
     """The optimiser state this round continues (this centre's from its previous round of
-    ``m.arm``) when the recipe keeps it (``train.keep_optimizer_state``), else None."""
+    ``m.arm`` and ``m.run_seed``) when the recipe keeps it (``train.keep_optimizer_state``), else
+    None."""
     rnd = getattr(m, "server_round", None)
-    return load_round_state(context, OPTIMIZER, m.arm, rnd) if keep else None
+    return load_round_state(context, OPTIMIZER, m.arm, m.run_seed, rnd) if keep else None
 
 
 def keep_optimizer_state(context: Context, m: ModelConfig, state: dict, keep: bool) -> None:
@@ -119,20 +126,21 @@ def load_model(
     arrays: ArrayRecord,
     context: Context,
     *,
-    local_bn: str | None = None,
+    local_bn: tuple[str, int | None] | None = None,
     after_round: int | None = None,
 ) -> nn.Module:
     """Build the model ``spec`` (``{"name", "options"}``) names and load ``arrays`` into it.
 
-    With ``local_bn`` (an arm's name) this centre's own BatchNorm state of that arm replaces
-    the received one (FedBN): the state it kept after round ``after_round`` (or its latest
-    round before; None: its latest of all). Where the centre has none (an arm's first round, a
-    centre that never trained the arm) the received state stays.
+    With ``local_bn`` (an arm's name and a run seed) this centre's own BatchNorm state of that arm
+    and seed replaces the received one (FedBN): the state it kept after round ``after_round``
+    (or its latest round before; None: its latest of all). Where the centre has none (an arm's
+    first round, a centre that never trained the arm) the received state stays.
     """
     model = model_with_weights(spec, arrays)
     if local_bn is not None:
         until = None if after_round is None else int(after_round) + 1
-        own = load_round_state(context, FEDBN, local_bn, until)
+        arm, seed = local_bn
+        own = load_round_state(context, FEDBN, arm, seed, until)
         if own:
             model.load_state_dict(own, strict=False)  # its BatchNorm keys only
     return model
@@ -167,13 +175,14 @@ def model_from(
         m.model,
         arrays,
         context,
-        local_bn=m.arm if keep_local_bn else None,
+        local_bn=(m.arm, m.run_seed) if keep_local_bn else None,
         after_round=None if rnd is None else int(rnd) - 1,
     )
 
 
 def save_local_bn(model: nn.Module, context: Context, m: ModelConfig) -> None:
-    """Keep this centre's BatchNorm state after training round ``m.server_round`` of ``m.arm``."""
+    """Keep this centre's BatchNorm state after training round ``m.server_round`` of ``m.arm``
+    and ``m.run_seed``."""
     state = model.state_dict()
     save_round_state(
         context, FEDBN, m, {k: state[k].detach().cpu().clone() for k in bn_keys(model)}

@@ -261,10 +261,13 @@ class CentreConfig(Config):
 
 @fields_of
 class ArmConfig(CentreConfig):
-    """A message about one arm: its name and the message's seed."""
+    """A message about one arm: its name, the message's seed and the run's seed it is derived
+    from (``run_seed``: what a centre keeps per-seed state under, FedBN's BatchNorm and the
+    optimiser's; None from a server that does not send it)."""
 
     arm: str = wire("arm")
     seed: int = wire("seed")
+    run_seed: int | None = wire("run-seed", None, omit_default=True)
 
 
 @fields_of

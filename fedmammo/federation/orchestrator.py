@@ -7,14 +7,14 @@ import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from rich.console import Console
 
 from fedmammo.config import Scenario
+from fedmammo.federation.checkpoints import read_checkpoint, write_checkpoint
 from fedmammo.federation.connect import role_problem
 from fedmammo.federation.console import safe
 from fedmammo.federation.jobs import Job, JobResult, run_jobs
@@ -213,14 +213,39 @@ class Orchestrator:
     def checkpoint_path(self, arm: str, seed: int, rnd: int) -> Path:
         return self.run_dir / "checkpoints" / arm / f"seed{seed}_round{rnd:03d}.pt"
 
-    def checkpoint(self, arm: str, seed: int, rnd: int, arrays: ArrayRecord) -> Path:
+    def checkpoint(
+        self,
+        arm: str,
+        seed: int,
+        rnd: int,
+        arrays: ArrayRecord,
+        *,
+        model: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write the model ``arrays`` of ``arm`` and ``seed`` after round ``rnd`` whole, a plain
+        state dict (``torch.load(path, weights_only=True)``), and its sidecar
+        (:func:`sidecar_path`): the file's sha256, arm, seed, round, image size, scenario,
+        code, and ``model`` (the spec, ``{"name", "options"}``, of the weights) when it builds
+        a model with exactly these keys and shapes (else null)."""
+        meta = self.recorder.meta
+        about = {
+            "arm": arm,
+            "seed": seed,
+            "round": rnd,
+            "model": model,
+            "image_size": list(self.scenario.image_size),
+            "scenario": self.scenario.name,
+            "strategy": self.scenario.recipe.name,
+            "git_commit": meta.get("git_commit"),
+            "git_dirty": meta.get("git_dirty"),
+            "fedmammo_version": (meta.get("versions") or {}).get("fedmammo"),
+        }
         path = self.checkpoint_path(arm, seed, rnd)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(arrays.to_torch_state_dict(), path)
-        return path
+        return write_checkpoint(path, arrays.to_torch_state_dict(), about)
 
     def load_checkpoint(self, arm: str, seed: int, rnd: int) -> ArrayRecord:
-        return ArrayRecord(torch.load(self.checkpoint_path(arm, seed, rnd), weights_only=True))
+        """The model :meth:`checkpoint` wrote (checked: :func:`read_checkpoint`)."""
+        return ArrayRecord(read_checkpoint(self.checkpoint_path(arm, seed, rnd)))
 
     def record_failures(
         self, failures: Mapping[str, str], *, arm: str, seed: int, rnd: int | None, phase: str
@@ -254,7 +279,12 @@ class Orchestrator:
         bootstrap resamples of its test images, so two arms' CIs are comparable."""
         contents = {
             c: self.message(
-                kind, arm=arm, seed=evaluation_seed(seed, c), split=split, **fields
+                kind,
+                arm=arm,
+                seed=evaluation_seed(seed, c),
+                run_seed=seed,
+                split=split,
+                **fields,
             ).content({ARRAYS: arrays})
             for c in centres
         }

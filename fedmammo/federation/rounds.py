@@ -401,7 +401,9 @@ def train_rounds(
         )
     for rnd in range(start + 1, last + 1):
         strategy.node_config = dp.node_config(centres)  # the record as of the last round
-        cfg = orc.message(message, arm=arm, seed=seed, model=model, **fields, **dp.config())
+        cfg = orc.message(
+            message, arm=arm, seed=seed, run_seed=seed, model=model, **fields, **dp.config()
+        )
         t_round = time.perf_counter()
         messages = list(strategy.configure_train(rnd, arrays, cfg.to_config(), orc.grid))
         if secure:
@@ -438,7 +440,7 @@ def train_rounds(
                 n_boot=0,
                 **evaluate_fields,
             )
-        orc.checkpoint(arm, seed, rnd, arrays)
+        orc.checkpoint(arm, seed, rnd, arrays, model=model)
         orc.recorder.complete_round(arm, seed, rnd)
         orc.console.print(f"  {arm} seed {seed}: round {rnd}/{last} done")
     return arrays

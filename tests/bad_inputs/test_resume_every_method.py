@@ -129,11 +129,12 @@ def test_a_resumed_fedbn_arm_continues_each_centres_own_batchnorm(tmp_path, monk
         _run("fedavg", tmp_path, monkeypatch, broken, killing_grid(3), resume=False, **fedbn)
     again, _ = _run("fedavg", tmp_path, monkeypatch, broken, CountingGrid, resume=True, **fedbn)
     # Assert: round 3 used each centre's own BatchNorm state of rounds 1-2 (from its state
-    # folder), so the resumed run equals the unbroken one; seed 1 did not inherit seed 0's
+    # folder), so the resumed run equals the unbroken one; seed 1 did not inherit seed 0's,
+    # and every seed's rounds are kept (each seed's numbers can be reproduced afterwards)
     assert _records(again) == _records(unbroken)
-    files = sorted(p.relative_to(broken) for p in broken.glob("centres/*/fedbn/*/*.pt"))
-    assert [(p.parts[1], p.name) for p in files] == [  # seed 1's rounds (seed 0's removed)
-        (c, f"round{r}.pt") for c in ("a", "b") for r in (1, 2, 3)
+    files = sorted(p.relative_to(broken) for p in broken.glob("centres/*/fedbn/*/*/*.pt"))
+    assert [(p.parts[1], p.parts[-2], p.name) for p in files] == [
+        (c, f"seed{s}", f"round{r}.pt") for c in ("a", "b") for s in (0, 1) for r in (1, 2, 3)
     ], files
 
 

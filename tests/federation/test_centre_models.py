@@ -40,14 +40,14 @@ def test_fedbn_puts_the_centres_own_batchnorm_state_over_the_received_model(own_
     received, own = _model(0), _model(1)
     asked = []
 
-    def fake_load_round_state(context, kind, arm, until):
-        asked.append((context, kind, arm, until))
+    def fake_load_round_state(context, kind, arm, seed, until):
+        asked.append((context, kind, arm, seed, until))
         return {k: own.state_dict()[k] for k in bn_keys(own)} if own_saved else None
 
     monkeypatch.setattr(centre_models, "load_round_state", fake_load_round_state)
     arrays = state_to_arrays(received.state_dict())
-    model = load_model(SPEC, arrays, "ctx", local_bn="arm a", after_round=2)
-    assert asked == [("ctx", FEDBN, "arm a", 3)]  # the state kept after round 2
+    model = load_model(SPEC, arrays, "ctx", local_bn=("arm a", 7), after_round=2)
+    assert asked == [("ctx", FEDBN, "arm a", 7, 3)]  # the state of seed 7 kept after round 2
     state, bn = model.state_dict(), bn_keys(model)
     other = [k for k in state if k not in bn]
     assert bn and other

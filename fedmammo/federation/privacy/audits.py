@@ -107,7 +107,7 @@ def audit(msg: Message, context: Context) -> Message:
         m.model,
         msg.content[ARRAYS],
         context,
-        local_bn=m.arm if m.batchnorm == "local" else None,
+        local_bn=(m.arm, m.run_seed) if m.batchnorm == "local" else None,
         after_round=m.model_round,
     )
     ident = identity_of(context)

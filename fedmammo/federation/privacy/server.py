@@ -167,6 +167,7 @@ def run_audits(
             message,
             arm=arm,
             seed=derive_seed(seed, arm, c, "audit"),
+            run_seed=seed,
             ledger=ledger,
             # a resumed run's node has lost its ledgers: the recorded one
             prior=None if prior is None else json.dumps(prior),

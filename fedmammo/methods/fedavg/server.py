@@ -70,6 +70,7 @@ def compare_with_references(
                 EvaluateClassifier,
                 arm="federated",
                 seed=evaluation_seed(seed, c),
+                run_seed=seed,
                 split="test",
                 model=model,
                 n_boot=n_boot,

@@ -236,7 +236,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         m.model,
         msg.content[ARRAYS],
         context,
-        local_bn=m.arm if fedbn else None,
+        local_bn=(m.arm, m.run_seed) if fedbn else None,
         after_round=m.model_round,
     )
     data = centre_data(identity_of(context), m)
@@ -253,7 +253,7 @@ def evaluate(msg: Message, context: Context) -> Message:
                 m.model,
                 msg.content[baseline_record(j)],
                 context,
-                local_bn=base["name"] if fedbn else None,
+                local_bn=(base["name"], m.run_seed) if fedbn else None,
                 after_round=base.get("round"),
             )
             baseline = predict_scores(base_model, dataset, device=device())
@@ -292,7 +292,7 @@ def plots(msg: Message, context: Context) -> Message:
             m.model,
             msg.content[model_record(k)],
             context,
-            local_bn=fedbn.get("arm"),
+            local_bn=(fedbn["arm"], fedbn.get("seed")) if fedbn else None,
             after_round=fedbn.get("round"),
         )
         scores[arm] = predict_scores(model, dataset, device=device())

@@ -93,8 +93,8 @@ class PeriodicPlots(CentreConfig):
     ``arms``) on one split inside the centre: ``<stem>_roc.png`` and ``<stem>_hist.png`` in
     ``plot_dir`` (simulation; a deployed centre draws into its own output directory).
 
-    ``fedbn`` (FedBN): per model ``{"arm", "round"}``, whose BatchNorm state at the centre
-    (after that round) replaces the received one, as ``evaluate.periodic`` uses it."""
+    ``fedbn`` (FedBN): per model ``{"arm", "seed", "round"}``, whose BatchNorm state at the
+    centre (after that round) replaces the received one, as ``evaluate.periodic`` uses it."""
 
     arms: list[str] = wire("arms")
     model: dict = wire("model", as_json=True)

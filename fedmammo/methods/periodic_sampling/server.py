@@ -148,6 +148,7 @@ def _train_arm(
             train=p.train.model_dump(),
             batchnorm=p.batchnorm,
             segments=list(arm.segments),
+            run_seed=seed,
             sampler=arm.method,
             steps=p.batches_per_round,
             stream_seed=stream_seed,
@@ -178,7 +179,7 @@ def _train_arm(
         record_round(orc, strategy.weights, metrics, replies, arm=arm.name, seed=seed, rnd=rnd)
         if p.ema_decay is not None:  # what is validated and tested: the moving average
             ema = ema_update(ema or initial, arrays, p.ema_decay**p.batches_per_round)
-            orc.checkpoint(ema_name(arm.name), seed, rnd, ema)
+            orc.checkpoint(ema_name(arm.name), seed, rnd, ema, model=model)
         orc.evaluate_everywhere(
             EvaluatePeriodic,
             arm=arm.name,
@@ -192,7 +193,7 @@ def _train_arm(
             segments=list(arm.segments),
             batchnorm=p.batchnorm,
         )
-        orc.checkpoint(arm.name, seed, rnd, arrays)
+        orc.checkpoint(arm.name, seed, rnd, arrays, model=model)
         orc.recorder.complete_round(arm.name, seed, rnd)
         orc.console.print(f"  {arm.name} seed {seed}: round {rnd}/{p.rounds} done")
     return arrays
@@ -226,6 +227,7 @@ def _test_arm(
             EvaluatePeriodic,
             arm=arm.name,
             seed=derive_seed(seed, centre, "test"),
+            run_seed=seed,
             split="test",
             model=p.model.model_dump(),
             batchnorm=p.batchnorm,
@@ -288,7 +290,10 @@ def _plots(
         for split in ("val", "test"):  # one message per centre and split
             contents: dict[str, RecordDict] = {}
             for c, _, models, segments in (j for j in jobs if j[1] == split):
-                tested = [{"arm": a.name, "round": tested_round(orc, a.name, seed)} for a in models]
+                tested = [
+                    {"arm": a.name, "seed": seed, "round": tested_round(orc, a.name, seed)}
+                    for a in models
+                ]
                 query = orc.message(
                     PeriodicPlots,
                     arms=[m.label for m in models],

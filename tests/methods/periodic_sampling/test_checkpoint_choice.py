@@ -63,10 +63,10 @@ def test_a_run_tests_each_arm_with_its_best_validation_round(tmp_path, monkeypat
     # (and each training centre kept its Adam state per arm and round, keep_optimizer_state;
     # its BatchNorm state of every round, to test an arm with the chosen round's)
     centres = tmp_path / "run" / "centres"
-    saved = list(centres.glob("*/optimizer/*/round*.pt"))
-    assert {p.parts[-4] for p in saved} == {"s1", "s2", "pooled"}
+    saved = list(centres.glob("*/optimizer/*/seed0/round*.pt"))
+    assert {p.parts[-5] for p in saved} == {"s1", "s2", "pooled"}
     assert {p.name for p in saved} == {"round2.pt", "round3.pt"}  # older rounds pruned
-    bn = {p.name for p in centres.glob("*/fedbn/*/round*.pt")}
+    bn = {p.name for p in centres.glob("*/fedbn/*/seed0/round*.pt")}
     assert bn == {"round1.pt", "round2.pt", "round3.pt"}
     # the test messages name the chosen round of the arm and of each baseline it is compared
     # with, and so do the figures' (each centre uses its BatchNorm state of those rounds)

@@ -395,7 +395,7 @@ def test_periodic_fedavg_arm_records_privacy_and_stops_cleanly_on_a_refusal(
             for c, r in failures.items()
         ],
         evaluate_everywhere=lambda kind, **kw: evaluated.append(kw["rnd"]),
-        checkpoint=lambda *a: None,
+        checkpoint=lambda *a, **k: None,
         exchange=lambda messages, timeout: grid.send_and_receive(messages, timeout=timeout),
     )
     params = SimpleNamespace(
