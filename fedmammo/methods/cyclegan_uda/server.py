@@ -255,7 +255,7 @@ def _train_and_test(
         centre=trainer,
         split="train",
     )
-    orc.checkpoint(_tested(name, target), seed, 0, replies[trainer][ARRAYS])  # for the gains
+    orc.checkpoint(_tested(name, target), seed, 0, replies[trainer][ARRAYS], model=spec)  # gains
     tested = {name: target}
     if arm in SOURCE_ARMS:  # the same-domain row: tested on the trainer's own test images too
         tested[same_domain_arm(name)] = trainer
