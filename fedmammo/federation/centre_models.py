@@ -79,7 +79,10 @@ def round_state_file(
     """The ``kind`` state a message of ``server_round`` continues: the latest saved before
     that round (a training round r continues round r-1's, also when the server retrains r
     after a restart), or the latest of all for a message without a round (evaluation)."""
-    saved = _saved_rounds(_round_folder(context, kind, arm, seed))
+    folder = _round_folder(context, kind, arm, seed)
+    saved = _saved_rounds(folder)
+    if not saved and seed is not None:  # a run folder from before per-seed state (resumed):
+        saved = _saved_rounds(folder.parent)  # the arm's rounds, of the seed it was running
     usable = [r for r in saved if server_round is None or r < int(server_round)]
     return saved[max(usable)] if usable else None
 

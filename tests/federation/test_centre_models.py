@@ -55,3 +55,45 @@ def test_fedbn_puts_the_centres_own_batchnorm_state_over_the_received_model(own_
     expected_bn = own if own_saved else received  # none kept yet: the received state stays
     assert _same(state, expected_bn.state_dict(), bn)
     assert not _same(own.state_dict(), received.state_dict(), bn)  # the two really differ
+
+
+def test_state_is_kept_per_seed_and_an_older_folder_without_seeds_is_still_read(tmp_path):
+    # Prepare: a centre whose state folder holds FedBN state the way fedmammo kept it before
+    # per-seed folders (fedbn/<arm>-<hash>/round2.pt: the seed it was running when killed)
+    from helpers.centre_nodes import node_context, prepared_centre
+
+    from fedmammo.federation.centre_models import load_round_state, save_round_state
+    from fedmammo.federation.site import state_dir, state_name
+    from fedmammo.methods.fedavg.messages import TrainClassifier
+
+    _, data_dir = prepared_centre(tmp_path, "c1", (32, 24))
+    context = node_context("c1", data_dir)
+    old = state_dir(context, centre_models.identity_of(context)) / FEDBN / state_name("fed")
+    old.mkdir(parents=True)
+    torch.save({"bn": torch.tensor([2.0])}, old / "round2.pt")
+
+    def message(seed: int, rnd: int) -> TrainClassifier:
+        return TrainClassifier(
+            image_size=(32, 24),
+            arm="fed",
+            seed=99,
+            run_seed=seed,
+            model={},
+            train={},
+            server_round=rnd,
+        )
+
+    # Execute: the resumed seed 0 reads the old state, then trains round 3; seed 1 starts
+    resumed = load_round_state(context, FEDBN, "fed", 0, 3)
+    save_round_state(context, FEDBN, message(0, 3), {"bn": torch.tensor([3.0])})
+    save_round_state(context, FEDBN, message(1, 1), {"bn": torch.tensor([10.0])})
+    # Assert: each seed's own state, the other seed's untouched
+    assert resumed["bn"].item() == 2.0
+    assert load_round_state(context, FEDBN, "fed", 0, None)["bn"].item() == 3.0
+    assert load_round_state(context, FEDBN, "fed", 1, None)["bn"].item() == 10.0
+    assert load_round_state(context, FEDBN, "fed", 1, 1) is None  # round 1 starts afresh
+    assert sorted(p.relative_to(old).as_posix() for p in old.rglob("*.pt")) == [
+        "round2.pt",
+        "seed0/round3.pt",
+        "seed1/round1.pt",
+    ]
