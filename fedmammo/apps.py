@@ -11,7 +11,9 @@ from fedmammo.federation.run_log import quiet_libraries
 from fedmammo.federation.server_app import build_server_app
 from fedmammo.federation.telemetry import quiet_flower
 from fedmammo.methods import METHODS, get_method
+from fedmammo.plugins import load_plugins
 
+load_plugins()  # FEDMAMMO_PLUGINS: a plugin's methods answer in HANDLERS below, its models build
 quiet_flower()  # deployment: nothing calls home unless FEDMAMMO_TELEMETRY=1
 quiet_libraries()  # in every process that runs the apps (Ray actors included)
 

@@ -77,6 +77,7 @@ from fedmammo.federation.runspec import ENV_VAR, POOLED, RunSpec
 from fedmammo.federation.telemetry import quiet_flower
 from fedmammo.interrupt import STOP, STOP_SECONDS, CtrlC, exit_code, interrupted, stoppable
 from fedmammo.methods.planning import fault_problems, plan_scenario
+from fedmammo.plugins import load_plugins, plugin_names, require_plugins_of
 from fedmammo.resume import INVOCATION, open_run, print_restore
 from fedmammo.run_lock import hold_run_folder
 from fedmammo.sweep import Point, load_points, run_sweep
@@ -566,6 +567,7 @@ def _write_run_folder(
         "sets": sets,
         "quick": args.quick,
         "argv": argv,
+        "plugins": plugin_names(),  # FEDMAMMO_PLUGINS: --resume refuses to go on without one
         "started": dt.datetime.now().isoformat(timespec="seconds"),
     }
     (run_dir / INVOCATION).write_text(json.dumps(invocation, indent=1, default=str))
@@ -594,6 +596,7 @@ def _check_where(base: Scenario, points: list[Point], args: argparse.Namespace) 
 
 
 def _resume(args: argparse.Namespace) -> int:
+    require_plugins_of(Path(args.resume), INVOCATION)  # the run's FEDMAMMO_PLUGINS, all here
     spec, base, points = open_run(args, console)
     with hold_run_folder(Path(spec.run_dir), probe=args.check):  # one process at a time
         return _resume_held(args, spec, base, points)
@@ -680,6 +683,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fedmammo.simul
         args = parser.parse_args(argv)
         quiet_flower()  # nothing calls home unless FEDMAMMO_TELEMETRY=1
         quiet_libraries(flower_info=False)
+        load_plugins()  # FEDMAMMO_PLUGINS' models and methods, before anything is checked
         if args.resume:
             return _resume(args)
         return _start(args, argv)

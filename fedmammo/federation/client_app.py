@@ -33,6 +33,7 @@ from fedmammo.federation.privacy.audits import audit
 from fedmammo.federation.privacy.ledger import dp_guard_mod
 from fedmammo.federation.runspec import ENV_VAR
 from fedmammo.federation.secagg import secagg_mod
+from fedmammo.plugins import load_plugins
 
 __all__ = ["CORE_HANDLERS", "build_client_app", "collect_handlers", "torch_threads_mod"]
 
@@ -96,3 +97,9 @@ def build_client_app(handlers: Iterable[Handler]) -> ClientApp:
     for _, h in sorted(table.items()):
         getattr(app, h.category)(h.action)(h.fn)
     return app
+
+
+# FEDMAMMO_PLUGINS' models and methods, in every process that runs a centre: a Ray worker
+# imports this module when it unpickles the ClientApp (its mods are defined here), a
+# flwr-clientapp process through fedmammo.apps. Last, so a plugin may import fedmammo.
+load_plugins()

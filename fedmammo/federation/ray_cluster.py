@@ -24,6 +24,7 @@ from typing import Any
 
 from fedmammo.config import Scenario
 from fedmammo.errors import ConfigError
+from fedmammo.plugins import ENV_VAR as PLUGINS_ENV
 
 __all__ = [
     "attach_ray",
@@ -135,9 +136,13 @@ def attach_ray(
     """Connect this process to the running Ray cluster at ``address`` before Flower starts
     (Flower then uses that connection). The cluster's worker processes were not started from
     this process, so what the centres need from its environment goes in the job's runtime
-    environment. Returns the HOST:PORT attached to and the resources of its live nodes.
+    environment (``FEDMAMMO_PLUGINS`` too: the plugin modules must be importable on every
+    node). Returns the HOST:PORT attached to and the resources of its live nodes.
     ConfigError (one line) when no cluster answers there."""
     import ray
+
+    if PLUGINS_ENV in os.environ:
+        env_vars = {PLUGINS_ENV: os.environ[PLUGINS_ENV], **env_vars}
 
     what = what or f"--ray-address {address}"
     address = check_reachable(address, what)
@@ -230,9 +235,11 @@ def private_ray(init_args: dict[str, Any], *, prestart: bool) -> Iterator[Callab
     What the start in the main thread would do is done here: Flower hands ``sys.path`` to the
     workers as a job runtime environment; here it goes in ``PYTHONPATH`` (which Flower also
     sets), so that workers started before the job match the actors' environment and are given
-    to them. Ray's SIGTERM handler (exit, so that cleanup runs) is installed from this, the
-    main thread. The starting thread lives as long as Ray: Ray's processes die with the
-    thread that started them (Linux's parent-death signal).
+    to them. The workers inherit this process's environment, ``FEDMAMMO_PLUGINS`` with it
+    (:mod:`fedmammo.plugins`), and find its modules on that path. Ray's SIGTERM handler
+    (exit, so that cleanup runs) is installed from this, the main thread. The starting thread
+    lives as long as Ray: Ray's processes die with the thread that started them (Linux's
+    parent-death signal).
     """
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])]

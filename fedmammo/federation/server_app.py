@@ -40,6 +40,7 @@ from fedmammo.federation.connect import (
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.run_log import add_run_log
 from fedmammo.federation.runspec import POOLED, RunSpec, load_runspec, scenario_of
+from fedmammo.plugins import load_plugins
 from fedmammo.run_lock import hold_run_folder
 
 __all__ = ["build_server_app", "is_simulation", "poll_often", "pull_interval", "run_scenario"]
@@ -399,3 +400,6 @@ def build_server_app(method_of: Callable[[str], tuple[Runner, Section]]) -> Serv
             run_scenario(grid, spec, runner, section, simulated=simulated, prepare=prepare)
 
     return app
+
+
+load_plugins()  # FEDMAMMO_PLUGINS' models and methods, in every process that runs the server

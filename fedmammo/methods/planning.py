@@ -6,6 +6,9 @@ what a run would otherwise find out only at the centres, hours later:
 
 - every model the recipe names exists in the model registry and builds with its options
   (on PyTorch's meta device: no memory, no time);
+- every image classifier the recipe trains (:mod:`fedmammo.training.classifier`) keeps its
+  contract: one batch of two blank images of the scenario's ``image_size`` (N x 1 x H x W
+  floats) gives N x 2 logits (:data:`CLASSIFIER_CONTRACT`);
 - every sampler exists in the sampler registry;
 - every centre a unit sends a message to consents to the reply (its profile's ``sharing``
   against the consent the handler declares), and a centre that trains with DP is sent
@@ -29,7 +32,14 @@ from fedmammo.config.loading import Origins
 from fedmammo.errors import CentreSettingError, ConfigError
 from fedmammo.methods.registry import PlanRow, get_method
 
-__all__ = ["check_models", "fault_problems", "plan_scenario"]
+__all__ = ["CLASSIFIER_CONTRACT", "check_models", "fault_problems", "plan_scenario"]
+
+#: What :mod:`fedmammo.training.classifier` gives an image classifier and reads from it
+#: (``cross_entropy`` of the logits against 0/1 labels; the score is ``softmax[:, 1]``).
+CLASSIFIER_CONTRACT = (
+    "a classifier takes N x 1 x H x W floats (H x W: the scenario's image_size) and returns "
+    "N x 2 logits, index 1 malignant (docs/architecture.md, 'Your own model')"
+)
 
 
 def _walk(
@@ -90,10 +100,89 @@ def _model_problem(model: dict, cache: dict[str, object]) -> object:
     return result
 
 
+def _classifier_fields() -> dict[type[BaseModel], str]:
+    """Recipe parameters -> their field holding the image classifier(s) that
+    :mod:`fedmammo.training.classifier` trains (a model, or a dict of them by key); a method
+    reusing one of these parameter models (a plugin's) is checked the same way. The GANs, the
+    multi-task net, the contrastive encoders and share_gans' patch classifier have contracts
+    of their own."""
+    from fedmammo.methods.cyclegan_uda.params import CycleGanUdaParams
+    from fedmammo.methods.fedavg.params import FedAvgParams
+    from fedmammo.methods.periodic_sampling.params import PeriodicSamplingParams
+
+    return {FedAvgParams: "model", PeriodicSamplingParams: "model", CycleGanUdaParams: "models"}
+
+
+def _classifiers(params: BaseModel) -> Iterator[tuple[tuple[str, ...], ModelParams]]:
+    """(params path, model) of every image classifier of the recipe's ``params``."""
+    for kind, name in _classifier_fields().items():
+        if not isinstance(params, kind):
+            continue
+        value = getattr(params, name)
+        if isinstance(value, dict):
+            yield from (((name, key), model) for key, model in value.items())
+        else:
+            yield (name,), value
+
+
+def _blank_forward(name: str, options: dict, batch: Any) -> Any:
+    """The model ``name`` builds, in eval mode without grad, applied to ``batch``. Its weights
+    are zeros: built on the meta device, then given zeroed CPU tensors, so no random
+    initialisation runs (a ResNet-50's costs 0.2 s) and the global random state is left as it
+    was. A model that fails so (state its state dict does not carry) is tried again as the
+    centres build it, its draws from a forked random state; what that raises is the model's."""
+    import torch
+
+    from fedmammo.models import build_model
+
+    with torch.no_grad():
+        try:
+            with torch.device("meta"):
+                net = build_model(name, **options)
+            blank = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in net.state_dict().items()}
+            net.load_state_dict(blank, assign=True)
+            return net.eval()(batch)
+        except Exception:  # noqa: BLE001 - tried again as built for real, which says why
+            with torch.random.fork_rng(devices=[]):
+                net = build_model(name, **options)
+            return net.eval()(batch)
+
+
+def _contract_problem(model: dict, image_size: tuple[int, int]) -> str | None:
+    """Why ``model`` breaks :data:`CLASSIFIER_CONTRACT`, or None: one batch of two blank
+    images of ``image_size`` through it on the CPU, in one torch thread (milliseconds for
+    the shipped classifiers; two threads contend with the machine's other work)."""
+    import torch
+
+    name, options = model.get("name"), dict(model.get("options") or {})
+    height, width = image_size
+    batch = f"2 x 1 x {height} x {width}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = _blank_forward(name, options, torch.zeros(2, 1, height, width))
+    except Exception as exc:  # noqa: BLE001 - any failure is the model's: say it in one line
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        return (
+            f"model {name!r} cannot take a batch of {batch} (expected input N x 1 x H x W, "
+            f"H x W the scenario's image_size): {type(exc).__name__}: {reason}"
+        )
+    finally:
+        torch.set_num_threads(threads)
+    if not isinstance(out, torch.Tensor):
+        got = f"a {type(out).__name__} (not a tensor)"
+    elif tuple(out.shape) != (2, 2):
+        got = f"shape ({', '.join(map(str, out.shape))})"
+    else:
+        return None
+    return f"model {name!r} returned {got} for a batch of {batch}; {CLASSIFIER_CONTRACT}"
+
+
 def check_models(
     scenario: Scenario, params: BaseModel, origins: Origins | None, *, quick: bool
 ) -> list[str]:
-    """Problems with the recipe's models and samplers (unknown names, bad options)."""
+    """Problems with the recipe's models and samplers (unknown names, bad options, an image
+    classifier that breaks :data:`CLASSIFIER_CONTRACT`)."""
     from fedmammo.data.sampling import SAMPLERS
     from fedmammo.models import has_model
 
@@ -111,6 +200,17 @@ def check_models(
                 f"{where}: key 'params.{'.'.join((*path, 'sampler'))}': unknown sampler "
                 f"{block.sampler!r}; valid samplers: {', '.join(sorted(SAMPLERS))}"
             )
+    contracts: dict[str, str | None] = {}
+    for path, block in _classifiers(params):
+        model = block.model_dump()
+        if isinstance(_model_problem(model, cache), str):
+            continue  # reported above
+        key = json.dumps(model, sort_keys=True, default=str)
+        if key not in contracts:
+            contracts[key] = _contract_problem(model, scenario.image_size)
+        if problem := contracts[key]:
+            where = _where(scenario, origins, (*path, "name"), quick)
+            problems.append(f"{where}: key 'params.{'.'.join(path)}': {problem}")
     return problems
 
 
