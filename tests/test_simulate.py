@@ -60,7 +60,8 @@ def test_tiny_run_survives_a_failing_centre_and_resumes(tmp_path):
     rolled = dict(res)
     rolled["progress"] = {"federated|0": {"round": 1}}
     (run_dir / "results.json").write_text(json.dumps(rolled))
-    (run_dir / "checkpoints" / "federated" / "seed0_round002.pt").unlink()
+    for name in ("seed0_round002.pt", "seed0_round002.json"):  # the checkpoint and its sidecar
+        (run_dir / "checkpoints" / "federated" / name).unlink()
     round1 = [r for r in res["metrics"] if r["round"] == 1]
     # Execute: resumed in process (one Ray start fewer; a Ray-to-Ray resume is
     # tests/bad_inputs/test_kill_resume.py).

@@ -117,7 +117,10 @@ def _split(
             manifest[is_train], {k: v for k, v in fractions.items() if v > 0}, seed=data_seed
         )
         out.loc[is_train, "split"] = sub["split"].to_numpy()
-    log.info("centre %s: kept the dataset's official test split", profile.name)
+    if "test" in given:
+        log.info("centre %s: kept the dataset's official test split", profile.name)
+    else:
+        log.info("centre %s: the dataset's split has no test images: none tested", profile.name)
     return out
 
 

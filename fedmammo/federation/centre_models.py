@@ -94,11 +94,24 @@ def save_round_state(context: Context, kind: str, m: ModelConfig, state: dict) -
     the seed afresh: later rounds of an earlier start of it are removed."""
     rnd = int(getattr(m, "server_round", None) or 1)
     folder = _round_folder(context, kind, m.arm, m.run_seed)
+    if rnd > 1 and m.run_seed is not None and not _saved_rounds(folder):
+        _adopt_older_rounds(folder, rnd)
     folder.mkdir(parents=True, exist_ok=True)
     replace_whole(folder / f"round{rnd}.pt", lambda t: torch.save(state, t))
     for old, path in _saved_rounds(folder).items():
         if (rnd == 1 and old > 1) or (kind != FEDBN and old < rnd - 1):
             path.unlink()
+
+
+def _adopt_older_rounds(folder: Path, rnd: int) -> None:
+    """A seed continuing at round ``rnd`` in a run folder from before per-seed state: the
+    rounds before it that the arm's folder holds (the seed it was running when stopped) move
+    into the seed's own folder, so that its earlier rounds stay testable."""
+    older = [path for r, path in _saved_rounds(folder.parent).items() if r < rnd]
+    if older:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in older:
+            path.replace(folder / path.name)
 
 
 def load_round_state(

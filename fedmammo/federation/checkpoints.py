@@ -43,9 +43,12 @@ def checkpoint_problem(path: Path, data: bytes | None = None) -> str | None:
     if not sidecar.is_file():
         return None
     try:
-        recorded = json.loads(sidecar.read_text())["sha256"]
+        about = json.loads(sidecar.read_text())
+        recorded = about["sha256"]
         if not isinstance(recorded, str):
             raise TypeError(f"'sha256' is {type(recorded).__name__}, not a string")
+        if about.get("file", path.name) != path.name:  # (a copy over another round or seed)
+            return f"its sidecar {sidecar.name} describes {about['file']}, not this file"
     except (ValueError, KeyError, TypeError) as exc:
         why = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
         return (

@@ -83,17 +83,19 @@ def test_state_is_kept_per_seed_and_an_older_folder_without_seeds_is_still_read(
             server_round=rnd,
         )
 
-    # Execute: the resumed seed 0 reads the old state, then trains round 3; seed 1 starts
+    # Execute: the resumed seed 0 reads the old state, then trains round 3 (its round 2 moves
+    # under it); seed 1 starts
     resumed = load_round_state(context, FEDBN, "fed", 0, 3)
     save_round_state(context, FEDBN, message(0, 3), {"bn": torch.tensor([3.0])})
     save_round_state(context, FEDBN, message(1, 1), {"bn": torch.tensor([10.0])})
     # Assert: each seed's own state, the other seed's untouched
     assert resumed["bn"].item() == 2.0
     assert load_round_state(context, FEDBN, "fed", 0, None)["bn"].item() == 3.0
+    assert load_round_state(context, FEDBN, "fed", 0, 3)["bn"].item() == 2.0  # still there
     assert load_round_state(context, FEDBN, "fed", 1, None)["bn"].item() == 10.0
     assert load_round_state(context, FEDBN, "fed", 1, 1) is None  # round 1 starts afresh
     assert sorted(p.relative_to(old).as_posix() for p in old.rglob("*.pt")) == [
-        "round2.pt",
+        "seed0/round2.pt",  # moved under the seed that continued it
         "seed0/round3.pt",
         "seed1/round1.pt",
     ]

@@ -254,3 +254,22 @@ def test_a_spec_is_recorded_only_when_it_builds_the_weights_and_a_rewrite_is_reh
         "seed0_round001.json",
         "seed0_round001.pt",
     ]
+
+
+def test_a_checkpoint_copied_with_its_sidecar_over_another_round_is_refused(tmp_path):
+    # Prepare: rounds 1 and 2 of one arm, then round 1's file and sidecar copied over round 2's
+    orc = _orchestrator(tmp_path)
+    for rnd in (1, 2):
+        orc.checkpoint(
+            "fed", 0, rnd, ArrayRecord(build_model(SPEC["name"], **SPEC["options"]).state_dict())
+        )
+    one, two = orc.checkpoint_path("fed", 0, 1), orc.checkpoint_path("fed", 0, 2)
+    two.write_bytes(one.read_bytes())
+    sidecar_path(two).write_text(sidecar_path(one).read_text())
+    # Execute / Assert: its sha256 matches, but the sidecar names the other file
+    with pytest.raises(DataError) as err:
+        read_checkpoint(two)
+    assert str(err.value) == (
+        f"checkpoint {two}: its sidecar seed0_round002.json describes seed0_round001.pt, not this "
+        "file; the run cannot go on from it: restore it from a backup, or start a new run"
+    )

@@ -47,7 +47,7 @@ from fedmammo.methods.share_gans.messages import (
 )
 
 CENTRE = dict(image_size=(48, 32), data_seed=3)
-ARM = dict(CENTRE, arm="federated", seed=17)
+ARM = dict(CENTRE, arm="federated", seed=17, run_seed=4)
 MODEL = dict(ARM, model={"name": "mammo_cnn", "options": {"width": 4, "norm": "group"}})
 TRAIN = {"epochs": 1, "batch_size": 4, "lr": 0.01}
 DP = dict(ledger="federated|0", prior='{"history": []}', planned_rounds=3)
@@ -303,6 +303,7 @@ def test_wire_keys_and_encodings_are_the_ones_both_sides_used_before():
         "data-seed": 3,
         "arm": "federated",
         "seed": 17,
+        "run-seed": 4,  # new since the typed messages: the run's seed (per-seed centre state)
         "model": '{"name":"mammo_cnn","options":{"width":4,"norm":"group"}}',
         "server-round": 2,
         "inject-fault": True,

@@ -134,7 +134,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     unmatched = [k for k in labels if k not in used]
     if labels_csv is not None and rows:
         _check_matches(labels_csv, root, len(labels), unmatched, by_bare_name)
-    _warn_per_image_patients(rows, root)
+    _warn_per_image_patients(rows, root, from_csv=any("patient_id" in v for v in labels.values()))
     return finish_manifest(
         rows,
         dataset=DATASET,
@@ -172,18 +172,25 @@ def _drop_duplicates(images: list[tuple[Path, Any]], skips: SkipCounter) -> list
     return kept
 
 
-def _warn_per_image_patients(rows: list[dict[str, Any]], root: Path) -> None:
+def _warn_per_image_patients(rows: list[dict[str, Any]], root: Path, *, from_csv: bool) -> None:
     """Warn when every image is its own patient: splits are patient-wise, so a patient's other
     views (an anonymiser's new PatientID per file) could be trained on and tested on."""
     patients = {r["patient_id"] for r in rows}
     if len(rows) >= PER_IMAGE_PATIENTS_WARN and len(patients) == len(rows):
+        source, fix = (
+            ("the labels CSV's patient_id", "give each of a patient's images its patient_id")
+            if from_csv
+            else ("PatientID", "give the labels CSV a patient_id column")
+        )
         log.warning(
-            "%s: every one of the %d images under %s has a patient of its own (PatientID); "
-            "images are split patient-wise, so if a patient has several images here they may "
-            "land in different splits; fix: give the labels CSV a patient_id column",
+            "%s: every one of the %d images under %s has a patient of its own (%s); images "
+            "are split patient-wise, so if a patient has several images here they may land in "
+            "different splits; fix: %s",
             DATASET,
             len(rows),
             root,
+            source,
+            fix,
         )
 
 

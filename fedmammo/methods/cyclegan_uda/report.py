@@ -77,11 +77,12 @@ def section(recorder: RunRecorder, console: Console) -> str:
         "## CycleGAN-UDA (paper 004): test AUROC [95 % CI], trained at -> tested at\n\n"
         "source_only: trained at the source centre; in_domain: trained at the target (upper "
         "bound); uda: trained at the source on its images plus their translations into the "
-        "target's style, the same epochs over twice the images, so twice the optimiser steps "
-        "of source_only. Rows `A -> B (target)`: the models of direction A -> B tested at B "
-        "(cross-domain); rows `A -> A (source)`: the same source_only and uda models tested on "
-        "A's own test images (same domain: does UDA keep the source's performance?).\n\n"
-        + to_markdown(table, index_name="trained -> tested")
+        "target's style, the same epochs over twice the images, so (unless "
+        "train.steps_per_epoch fixes them) twice the optimiser steps of source_only "
+        "(`train_steps` records). Rows `A -> B (target)`: the models of direction A -> B "
+        "tested at B (cross-domain); rows `A -> A (source)`: the same source_only and uda "
+        "models tested on A's own test images (same domain: does UDA keep the source's "
+        "performance?).\n\n" + to_markdown(table, index_name="trained -> tested")
     )
     gains = uda_table(frame, directions, "delta_auc")
     if not gains.empty:

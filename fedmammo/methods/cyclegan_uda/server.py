@@ -249,6 +249,7 @@ def _train_and_test(
             {"metric": "train_loss", "value": info.train_loss},
             {"metric": "n_labelled", "value": info.num_labelled},
             {"metric": "n_translated", "value": info.n_translated},
+            {"metric": "train_steps", "value": info.steps},  # uda's: twice, by epochs
         ],
         arm=name,
         seed=seed,

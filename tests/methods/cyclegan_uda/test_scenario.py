@@ -157,6 +157,10 @@ def test_uda_arms_train_on_translated_images_and_the_others_do_not(tiny_run):
             assert train[(f"uda-{model}", source, "n_translated")] == labelled > 0
             assert train[(f"source_only-{model}", source, "n_translated")] == 0
             assert train[(f"in_domain-{model}", source, "n_translated")] == 0
+            # optimiser steps recorded: here train.steps_per_epoch fixes them (1 epoch of 2);
+            # unset (the shipped recipe), uda's twice the images give it twice the steps
+            for arm in ("uda", "source_only", "in_domain"):
+                assert train[(f"{arm}-{model}", source, "train_steps")] == 2
 
 
 def test_results_md_has_the_papers_layout(tiny_run):
