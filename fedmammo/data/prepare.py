@@ -86,73 +86,76 @@ _HELD_OUT_FIRST = ("test", "val", "train")
 def _split(
     manifest: pd.DataFrame, profile: CentreProfile, *, test_only: bool, data_seed: int
 ) -> pd.DataFrame:
-    """Patient-wise splits. A dataset's own split (``use_dataset_split``, every image split):
-    ``train`` / ``val`` / ``test`` kept as given; ``train`` / ``test`` keeps the test split and
-    divides train into train + val by the profile's fractions. Otherwise every image is split
-    by the profile's fractions (with a warning when a split was given but cannot be used)."""
+    """Patient-wise splits. A dataset's own split (``use_dataset_split``) is kept: ``train`` /
+    ``val`` / ``test`` as given; ``train`` / ``test`` keeps the test split and divides train
+    into train + val by the profile's fractions; the patients of images without one are split
+    by the profile's fractions (warned). A split with other values is not used: every image is
+    split by the profile's fractions (warned)."""
     if test_only:
         return assign_splits(manifest, {"test": 1.0}, seed=data_seed)
     official = manifest["split"]
     given = set(official.dropna().unique())
-    usable = official.notna().all() and given <= set(_HELD_OUT_FIRST)
-    if not (profile.data.use_dataset_split and usable):
-        if profile.data.use_dataset_split and given:
-            log.warning(
-                "centre %s: the dataset's split is not used (%s); every image is split again "
-                "by the profile's split fractions",
-                profile.name,
-                _unusable_split(official, given),
-            )
+    if not (profile.data.use_dataset_split and given):
+        return assign_splits(manifest, dict(profile.split), seed=data_seed)
+    if other := sorted(str(v) for v in given - set(_HELD_OUT_FIRST)):
+        log.warning(
+            "centre %s: the dataset's split is not used (values other than train / val / "
+            "test: %s); every image is split again by the profile's split fractions",
+            profile.name,
+            ", ".join(other[:5]),
+        )
         return assign_splits(manifest, dict(profile.split), seed=data_seed)
     out = manifest.copy()
     out["split"] = official = _one_split_per_patient(official, manifest, profile)
+    if "val" not in given:
+        f_train, f_val = profile.split.get("train", 0.0), profile.split.get("val", 0.0)
+        is_train = (official == "train").fillna(False).to_numpy(dtype=bool)
+        if is_train.any() and f_train + f_val > 0:
+            fractions = {"train": f_train / (f_train + f_val), "val": f_val / (f_train + f_val)}
+            fractions = {k: v for k, v in fractions.items() if v > 0}
+            sub = assign_splits(manifest[is_train], fractions, seed=data_seed)
+            out.loc[is_train, "split"] = sub["split"].to_numpy()
+    blank = out["split"].isna().to_numpy(dtype=bool)
+    if blank.any():
+        log.warning(
+            "centre %s: %d of %d images, of %d patient(s), have no split in the dataset; those "
+            "patients are split by the profile's split fractions, the others keep theirs",
+            profile.name,
+            int(blank.sum()),
+            len(out),
+            manifest.loc[blank, "patient_id"].nunique(),
+        )
+        sub = assign_splits(manifest[blank], dict(profile.split), seed=data_seed)
+        out.loc[blank, "split"] = sub["split"].to_numpy()
     if "val" in given:
         log.info("centre %s: kept the dataset's train / val / test split", profile.name)
-        return out
-    f_train, f_val = profile.split.get("train", 0.0), profile.split.get("val", 0.0)
-    is_train = (official == "train").to_numpy()
-    if is_train.any() and f_train + f_val > 0:
-        fractions = {"train": f_train / (f_train + f_val), "val": f_val / (f_train + f_val)}
-        sub = assign_splits(
-            manifest[is_train], {k: v for k, v in fractions.items() if v > 0}, seed=data_seed
-        )
-        out.loc[is_train, "split"] = sub["split"].to_numpy()
-    if "test" in given:
+    elif "test" in given:
         log.info("centre %s: kept the dataset's official test split", profile.name)
     else:
-        log.info("centre %s: the dataset's split has no test images: none tested", profile.name)
+        log.info("centre %s: the dataset's split has no test images", profile.name)
     return out
-
-
-def _unusable_split(official: pd.Series, given: set) -> str:
-    """Why a dataset's split column cannot be kept, for the warning."""
-    other = sorted(str(v) for v in given - set(_HELD_OUT_FIRST))
-    if other:
-        return f"values other than train / val / test: {', '.join(other[:5])}"
-    missing = int(official.isna().sum())
-    return f"{missing} of {len(official)} images have none"
 
 
 def _one_split_per_patient(
     official: pd.Series, manifest: pd.DataFrame, profile: CentreProfile
 ) -> pd.Series:
     """``official`` with every patient in one split: the most held out of its images' (test,
-    then val), with a warning naming them (CBIS-DDSM splits its mass and calcification lists
-    apart; a user's CSV may too)."""
+    then val; a patient's images without one follow it), with a warning naming the patients
+    split apart (CBIS-DDSM splits its mass and calcification lists apart; a user's CSV may
+    too). NA for the patients without any."""
     patients = manifest["patient_id"].astype(str)
     rank = official.map({name: i for i, name in enumerate(_HELD_OUT_FIRST)})
-    first = rank.groupby(patients).transform("min")
-    moved = sorted(set(patients[rank != first]))
-    if not moved:
-        return official
-    log.warning(
-        "centre %s: %d patients have images in more than one of the dataset's splits (%s); "
-        "all their images are kept in the most held-out one (test, then val), so no test or "
-        "validation patient is trained on",
-        profile.name,
-        len(moved),
-        ", ".join(moved[:5]) + (", ..." if len(moved) > 5 else ""),
-    )
+    first = rank.groupby(patients).transform("min")  # (a patient's images without one follow)
+    moved = sorted(set(patients[rank.notna() & (rank != first)]))
+    if moved:
+        log.warning(
+            "centre %s: %d patients have images in more than one of the dataset's splits "
+            "(%s); all their images are kept in the most held-out one (test, then val), so no "
+            "test or validation patient is trained on",
+            profile.name,
+            len(moved),
+            ", ".join(moved[:5]) + (", ..." if len(moved) > 5 else ""),
+        )
     return first.map(dict(enumerate(_HELD_OUT_FIRST))).astype(official.dtype)
 
 

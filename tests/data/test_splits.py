@@ -199,25 +199,41 @@ def test_a_labels_csv_train_val_test_split_is_kept_as_given(caplog) -> None:
     assert "kept the dataset's train / val / test split" in caplog.text
 
 
-@pytest.mark.parametrize(
-    ("split", "why"),
-    [
-        (["train", "test", None, None] + ["train"] * 16, "2 of 20 images have none"),
-        (["train", "holdout"] * 10, "values other than train / val / test: holdout"),
-    ],
-)
-def test_a_dataset_split_that_cannot_be_kept_is_said_and_every_image_split_again(
-    caplog, split, why
+def test_images_without_a_split_have_their_patients_split_and_the_others_keep_theirs(
+    caplog,
 ) -> None:
+    # Prepare: 10 patients of 2 images: P1 has no split, P2 one image without one, P0 one in
+    # train and one in test; the rest train
+    from fedmammo.config import CentreProfile
+    from fedmammo.data.prepare import _split
+
+    split = ["train", "test", None, None, "test", None] + ["train"] * 14
+    profile = CentreProfile(name="c", data={"format": "dicom-folder", "root": "/x"})
+    # Execute
+    out = _split(_official(split), profile, test_only=False, data_seed=0)
+    # Assert: one split a patient; P0 and P2 in test (P2's unsplit image follows it); P1 split
+    # by the profile's fractions; the given test patients kept, the others train or val
+    by_patient = out.groupby("patient_id")["split"].agg(set).to_dict()
+    assert by_patient["P0"] == by_patient["P2"] == {"test"}
+    assert len(by_patient["P1"]) == 1
+    assert all(by_patient[f"P{i}"] <= {"train", "val"} for i in range(3, 10))
+    assert (
+        "centre c: 2 of 20 images, of 1 patient(s), have no split in the dataset; those "
+        "patients are split by the profile's split fractions, the others keep theirs"
+    ) in caplog.text
+    assert "1 patients have images in more than one of the dataset's splits (P0)" in caplog.text
+
+
+def test_a_dataset_split_of_other_values_is_said_and_every_image_split_again(caplog) -> None:
     from fedmammo.config import CentreProfile
     from fedmammo.data.prepare import _split
 
     profile = CentreProfile(name="c", data={"format": "dicom-folder", "root": "/x"})
-    out = _split(_official(split), profile, test_only=False, data_seed=0)
+    out = _split(_official(["train", "holdout"] * 10), profile, test_only=False, data_seed=0)
     assert out.groupby("patient_id")["split"].nunique().max() == 1
     assert (
-        f"centre c: the dataset's split is not used ({why}); every image is split again by "
-        "the profile's split fractions"
+        "centre c: the dataset's split is not used (values other than train / val / test: "
+        "holdout); every image is split again by the profile's split fractions"
     ) in caplog.text
 
 
