@@ -20,6 +20,7 @@ value came from.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -100,24 +101,13 @@ def _model_problem(model: dict, cache: dict[str, object]) -> object:
     return result
 
 
-def _classifier_fields() -> dict[type[BaseModel], str]:
-    """Recipe parameters -> their field holding the image classifier(s) that
-    :mod:`fedmammo.training.classifier` trains (a model, or a dict of them by key); a method
-    reusing one of these parameter models (a plugin's) is checked the same way. The GANs, the
-    multi-task net, the contrastive encoders and share_gans' patch classifier have contracts
-    of their own."""
-    from fedmammo.methods.cyclegan_uda.params import CycleGanUdaParams
-    from fedmammo.methods.fedavg.params import FedAvgParams
-    from fedmammo.methods.periodic_sampling.params import PeriodicSamplingParams
-
-    return {FedAvgParams: "model", PeriodicSamplingParams: "model", CycleGanUdaParams: "models"}
-
-
-def _classifiers(params: BaseModel) -> Iterator[tuple[tuple[str, ...], ModelParams]]:
-    """(params path, model) of every image classifier of the recipe's ``params``."""
-    for kind, name in _classifier_fields().items():
-        if not isinstance(params, kind):
-            continue
+def _classifiers(
+    params: BaseModel, fields: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], ModelParams]]:
+    """(params path, model) of every image classifier in the recipe ``params`` fields a method
+    declares (:attr:`~fedmammo.methods.registry.Method.classifiers`: a model, or a dict of
+    them by key)."""
+    for name in fields:
         value = getattr(params, name)
         if isinstance(value, dict):
             yield from (((name, key), model) for key, model in value.items())
@@ -148,12 +138,15 @@ def _blank_forward(name: str, options: dict, batch: Any) -> Any:
             return net.eval()(batch)
 
 
-def _contract_problem(model: dict, image_size: tuple[int, int]) -> str | None:
-    """Why ``model`` breaks :data:`CLASSIFIER_CONTRACT`, or None: one batch of two blank
-    images of ``image_size`` through it on the CPU, in one torch thread (milliseconds for
-    the shipped classifiers; two threads contend with the machine's other work)."""
+@functools.cache
+def _contract_problem(spec: str, image_size: tuple[int, int]) -> str | None:
+    """Why the model of JSON ``spec`` breaks :data:`CLASSIFIER_CONTRACT`, or None: one batch
+    of two blank images of ``image_size`` through it on the CPU, in one torch thread
+    (milliseconds for the shipped classifiers; two threads contend with the machine's other
+    work). Once per process for a model and size (sweep points, both modes of ``--check``)."""
     import torch
 
+    model = json.loads(spec)
     name, options = model.get("name"), dict(model.get("options") or {})
     height, width = image_size
     batch = f"2 x 1 x {height} x {width}"
@@ -200,15 +193,12 @@ def check_models(
                 f"{where}: key 'params.{'.'.join((*path, 'sampler'))}': unknown sampler "
                 f"{block.sampler!r}; valid samplers: {', '.join(sorted(SAMPLERS))}"
             )
-    contracts: dict[str, str | None] = {}
-    for path, block in _classifiers(params):
+    for path, block in _classifiers(params, get_method(scenario.recipe.kind).classifiers):
         model = block.model_dump()
         if isinstance(_model_problem(model, cache), str):
             continue  # reported above
-        key = json.dumps(model, sort_keys=True, default=str)
-        if key not in contracts:
-            contracts[key] = _contract_problem(model, scenario.image_size)
-        if problem := contracts[key]:
+        spec = json.dumps(model, sort_keys=True, default=str)
+        if problem := _contract_problem(spec, tuple(scenario.image_size)):
             where = _where(scenario, origins, (*path, "name"), quick)
             problems.append(f"{where}: key 'params.{'.'.join(path)}': {problem}")
     return problems

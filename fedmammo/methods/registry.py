@@ -62,7 +62,9 @@ class Method:
     print its tables). ``plan(scenario, params)`` (optional) lists the run's units in running
     order and raises ConfigError for what the scenario cannot run; without it the plan is one
     row per seed (``fedmammo.methods.planning``). ``roles``: the centre roles the method gives
-    a meaning (``--check`` refuses a centre with another).
+    a meaning (``--check`` refuses a centre with another). ``classifiers``: the ``params``
+    fields holding the image classifiers :mod:`fedmammo.training.classifier` trains (a model,
+    or a dict of them), whose contract ``--check`` tries on one blank batch.
     """
 
     kind: str
@@ -73,6 +75,7 @@ class Method:
     report: Callable[[RunRecorder, Console], str]
     plan: Callable[[Scenario, BaseModel], list[PlanRow]] | None = None
     roles: tuple[str, ...] = ("train", "receiver", "test")
+    classifiers: tuple[str, ...] = ()
 
     @property
     def message_types(self) -> list[str]:

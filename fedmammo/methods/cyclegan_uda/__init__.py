@@ -14,5 +14,6 @@ METHOD = register(
         handlers=client.HANDLERS,
         report=report.section,
         plan=plan.plan,
+        classifiers=("models",),
     )
 )

@@ -12,5 +12,6 @@ METHOD = register(
         handlers=client.HANDLERS,
         report=report.section,
         plan=plan.plan,
+        classifiers=("model",),
     )
 )
