@@ -1,5 +1,5 @@
 """Evaluation metrics of every method: AUROC with patient-clustered bootstrap CIs, paired
-delta-AUC and DeLong p-values, WLL, MCC, breast-level scores and operating points."""
+delta-AUC with permutation p-values, WLL, MCC, breast-level scores and operating points."""
 
 from __future__ import annotations
 

@@ -84,8 +84,8 @@ class EvaluateMtl(ModelConfig):
     """Multi-task metric records of the received net on one split (``n_boot`` bootstraps).
 
     With ``reference_model`` (a model spec; its weights in ``arrays-0``), the reference arm
-    ``reference_arm`` is evaluated on the same images and the records add DeLong's paired
-    p-value of the two AUCs (image- and breast-wise); only the numbers leave the centre.
+    ``reference_arm`` is evaluated on the same images and the records add the paired
+    permutation p-value of the two AUCs (image- and breast-wise); only the numbers leave the centre.
     """
 
     split: str = wire("split")

@@ -89,7 +89,7 @@ BASELINE_ARMS: tuple[str, ...] = ("single_task", "single_task_fusion")
 
 
 def reference_arm(arm: str, arms: Sequence[str]) -> str | None:
-    """The arm whose AUC ``arm``'s is tested against (DeLong, on the same test images).
+    """The arm whose AUC ``arm``'s is tested against (paired permutation p, same test images).
 
     A fine-tuning arm: ``mtl``, the model it starts from (paper Tables 8-9, "Reference
     (MTL)"). Any other arm but a baseline: the first single-task baseline among ``arms``

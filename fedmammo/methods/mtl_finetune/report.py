@@ -24,9 +24,10 @@ from fedmammo.evaluation.metrics import (
     bootstrap_auc,
     breast_level,
     mcc_at_threshold,
+    paired_permutation_p,
     specificity_at_sensitivity,
+    units_per_class,
 )
-from fedmammo.evaluation.paired import delong_test
 from fedmammo.evaluation.results import RunRecorder
 from fedmammo.evaluation.tables import format_auc, format_p_value
 from fedmammo.methods.mtl_finetune.params import parse_arm, reference_arm
@@ -95,6 +96,24 @@ def _auc(
     return float(roc_auc_score(y, score)), math.nan, math.nan
 
 
+def _paired_p(
+    y: np.ndarray,
+    score: np.ndarray,
+    reference: np.ndarray,
+    n_boot: int,
+    seed: int,
+    groups: np.ndarray | None,
+) -> float:
+    """Two-sided p of AUC(score) != AUC(reference) on the same images: the paired permutation
+    test every other method's gains use (``n_boot`` permutations, whole patients swapped with
+    ``groups``). NaN with ``n_boot`` 0 or fewer than ``MIN_UNITS_PER_CLASS`` units of a class,
+    as a CI. (DeLong's test with Obuchowski's variance, used here before, fell below 0.05 for
+    7-10% of equally good pairs with 5-10 malignant test patients: docs/report.md.)"""
+    if n_boot == 0 or units_per_class(y, groups) < MIN_UNITS_PER_CLASS:
+        return math.nan
+    return paired_permutation_p(y, reference, score, n_boot, seed, groups=groups)
+
+
 def _balanced_accuracy(y: np.ndarray, prob: np.ndarray) -> float:
     keep = y >= 0
     if not keep.any():
@@ -124,15 +143,16 @@ def _malignancy_records(
     seed: int,
     patients: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """The paper's fine-tuning metrics: operating points, breast-wise AUC, DeLong p-values
-    (clustered by ``patients``, each image's, when given)."""
+    """The paper's fine-tuning metrics: operating points, breast-wise AUC, paired p-values
+    (whole ``patients``, each image's, permuted when given)."""
     keep = y >= 0
     yk, sk = y[keep], score[keep]
     out: list[dict[str, Any]] = []
     if _two_classes(yk):
         if reference is not None:
             groups = None if patients is None else patients[keep]
-            _, ref_auc, p = delong_test(yk, sk, reference[keep], groups)
+            p = _paired_p(yk, sk, reference[keep], n_boot, seed, groups)
+            ref_auc = _auc(yk, reference[keep], 0, seed)[0]
             out += [_record(segment, "auc_p", p), _record(segment, "reference_auc", ref_auc)]
         out += [
             _record(segment, k, v) for k, v in mcc_at_threshold(yk, sk, PAPER_THRESHOLD).items()
@@ -156,7 +176,8 @@ def _malignancy_records(
         out.append(_record(segment, "breast_auc", *_auc(yb, sb, n_boot, seed, patients)))
         if reference is not None and _two_classes(yb):
             _, rb = breast_level(breasts, y, reference)
-            out.append(_record(segment, "breast_auc_p", delong_test(yb, sb, rb, patients)[2]))
+            p = _paired_p(yb, sb, rb, n_boot, seed, patients)
+            out.append(_record(segment, "breast_auc_p", p))
     return out
 
 
@@ -187,7 +208,7 @@ def _scope(
         elif ref is not None and _two_classes(y[y >= 0]):
             keep = y >= 0
             groups = None if mine is None else mine[keep]
-            p = delong_test(y[keep], score[keep], ref[keep], groups)[2]
+            p = _paired_p(y[keep], score[keep], ref[keep], n_boot, seed, groups)
             out.append(_record(segment, "auc_p", p))
     if not full:
         return out
@@ -227,8 +248,8 @@ def mtl_records(
     ``breast_auc`` (highest probability of the breast's images,
     :func:`fedmammo.evaluation.metrics.breast_level`).
     With ``reference`` (the reference arm's predictions on the same images): ``auc_p``
-    (DeLong's paired test of the two AUCs; with ``breasts``, Obuchowski's variance over
-    patients), ``reference_auc`` and ``breast_auc_p``.
+    (the paired permutation test of the two AUCs, ``n_boot`` permutations; with ``breasts``,
+    whole patients swapped; NaN with ``n_boot`` 0), ``reference_auc`` and ``breast_auc_p``.
     Strata ``density=A..D`` and ``view=CC/MLO`` (by the true label): ``n``,
     ``n_malignant``, ``auc`` and, with ``reference``, ``auc_p``.
     """
@@ -363,7 +384,7 @@ def _lookup(
 
 
 def _with_p(df: pd.DataFrame, *, arm: str, centre: str, segment: str | None = None) -> str:
-    """The arm's AUC cell, with DeLong's p against its reference arm when recorded."""
+    """The arm's AUC cell, with the paired p against its reference arm when recorded."""
     cell = _lookup(df, arm=arm, centre=centre, metric="auc", segment=segment)
     p = _p_cell(_select(df, arm=arm, centre=centre, metric="auc_p", segment=segment))
     return f"{cell} p={p}" if p and cell != "n/a" else cell
@@ -392,12 +413,10 @@ def _strata_table(df: pd.DataFrame, centre: str, arms: list[str]) -> ResultTable
 
 
 _P_NOTE = (
-    "p: DeLong's paired test of the arm's AUC against its reference arm's on the same test "
-    "images (a fine-tuning arm against mtl, any other arm against the single-task "
-    "baseline), one value per seed; its variance is Obuchowski's over patients, whose "
-    "images are not independent. It is a large-sample test: with 5-10 malignant patients it "
-    "falls below 0.05 in 7-10% of studies of two equally good models, not 5% "
-    "(docs/report.md). n/a, and an AUC without CI: fewer than "
+    "p: the paired permutation test of the arm's AUC against its reference arm's on the "
+    "same test images (a fine-tuning arm against mtl, any other arm against the single-task "
+    "baseline), one value per seed; it swaps the two models' scores of whole patients, whose "
+    "images are not independent (docs/report.md). n/a, and an AUC without CI: fewer than "
     f"{MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign patients in the "
     "stratum, too few to estimate either (docs/report.md)."
 )

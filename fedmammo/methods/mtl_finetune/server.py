@@ -10,7 +10,7 @@ arm is trained first when a fine-tuning arm needs it. Every arm is then evaluate
 split of every centre, test-only centres included (``evaluate.mtl``); an arm with a reference
 (:func:`~fedmammo.methods.mtl_finetune.params.reference_arm`: ``mtl`` for a fine-tuning arm,
 the single-task baseline for the others) sends the reference's model along, and the centre
-adds DeLong's paired p-values of the two AUCs on the same images. The first seed's
+adds the paired permutation p-values of the two AUCs on the same images. The first seed's
 single-task and ``mtl`` models are mapped in latent space inside each centre
 (``query.latent``; only the figure is written, see :mod:`fedmammo.methods.mtl_finetune.client`).
 
@@ -254,7 +254,7 @@ def _evaluate(
 ) -> None:
     """Evaluate ``arm``'s final model on the test split of every centre; with ``reference``
     (arm, model spec, weights) the centre also evaluates it on the same images and adds
-    DeLong's paired p-values (``auc_p``, ``breast_auc_p``) to the records."""
+    paired permutation p-values (``auc_p``, ``breast_auc_p``) to the records."""
     if reference is None:
         orc.evaluate_everywhere(
             EvaluateMtl,

@@ -235,6 +235,7 @@ def test_evaluate_with_a_reference_model_adds_paired_p_values(centre):
     cfg = ConfigRecord(
         {"image-size": list(SIZE), "data-seed": 0, "arm": "mtl", "seed": 3, "split": "test"}
     )
+    cfg["n-boot"] = 50  # the p-values' permutations (none: no p, as no CI)
     put_json(cfg, "model", MODEL)
     put_json(cfg, "reference-model", SINGLE)
     cfg["reference-arm"] = "single_task"

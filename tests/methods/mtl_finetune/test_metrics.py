@@ -1,4 +1,4 @@
-"""The multi-task paper's fine-tuning metrics: DeLong p-value, operating points, breast-wise AUC."""
+"""The multi-task paper's fine-tuning metrics: paired p, operating points, breast-wise AUC."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fedmammo.evaluation.metrics import (
     bootstrap_auc,
     breast_level,
     mcc_at_threshold,
+    paired_permutation_p,
     specificity_at_sensitivity,
 )
 from fedmammo.evaluation.paired import delong_test
@@ -117,12 +118,18 @@ def test_records_have_p_values_breast_auc_and_operating_points():
     # Prepare
     labels, breasts, good, poor = _evaluation()
     # Execute
-    vs_poor = mtl_records(good, labels, breasts=breasts, reference=poor)
-    vs_self = mtl_records(good, labels, breasts=breasts, reference=good)
+    vs_poor = mtl_records(good, labels, breasts=breasts, reference=poor, n_boot=1999, seed=3)
+    vs_self = mtl_records(good, labels, breasts=breasts, reference=good, n_boot=1999)
+    no_resamples = mtl_records(good, labels, breasts=breasts, reference=poor)
     alone = mtl_records(good, labels)
-    # Assert
-    assert _get(vs_poor, "auc_p") < 1e-3 and _get(vs_poor, "breast_auc_p") < 0.01
+    # Assert: the paired permutation p, whole patients swapped, the run's seed
+    patients = np.asarray([b.split("|")[0] for b in breasts], dtype=object)
+    y, worse, better = labels["malignancy"], poor["malignancy"][:, 1], good["malignancy"][:, 1]
+    expected = paired_permutation_p(y, worse, better, 1999, 3, groups=patients)
+    assert _get(vs_poor, "auc_p") == expected == 1 / 2000
+    assert _get(vs_poor, "breast_auc_p") < 0.01
     assert _get(vs_self, "auc_p") == 1.0 and _get(vs_self, "breast_auc_p") == 1.0
+    assert math.isnan(_get(no_resamples, "auc_p"))  # n_boot 0: no p, as no CI
     assert _get(vs_poor, "auc_p", "view=CC") < 0.05  # strata are tested too
     assert _get(vs_poor, "reference_auc") == pytest.approx(
         roc_auc_score(labels["malignancy"], poor["malignancy"][:, 1])
@@ -149,18 +156,18 @@ def test_tables_show_p_values_and_the_operating_point_table():
     labels, breasts, good, poor = _evaluation()
     rows = []
     for arm, pred, ref in (("single_task", poor, None), ("mtl", good, poor)):
-        for r in mtl_records(pred, labels, breasts=breasts, reference=ref):
+        for r in mtl_records(pred, labels, breasts=breasts, reference=ref, n_boot=200):
             rows.append({**r, "arm": arm, "seed": 0, "centre": "c", "split": "test", "round": None})
     df = pd.DataFrame(rows, columns=list(RECORD_FIELDS))
     # Execute
     tables = {t.title: t for t in build_mtl_tables(df)}
     # Assert
     strata = next(t for k, t in tables.items() if "Tables 2-3" in k)
-    assert " p=" in strata.frame.loc["overall", "mtl"] and "DeLong" in strata.note
+    assert " p=" in strata.frame.loc["overall", "mtl"] and "permutation" in strata.note
     assert " p=" not in strata.frame.loc["overall", "single_task"]
     ops = next(t for k, t in tables.items() if "operating points" in k).frame
     assert ops.loc["mtl", "reference"] == "single_task"
-    assert ops.loc["mtl", "p (AUC)"] in ("< 0.0001", f"{_get(rows_of(rows, 'mtl'), 'auc_p'):.4f}")
+    assert ops.loc["mtl", "p (AUC)"] == f"{_get(rows_of(rows, 'mtl'), 'auc_p'):.4f}" == "0.0050"
     assert ops.loc["single_task", "p (AUC)"] == "-"
     assert ops.loc["mtl", "MCC"] == f"{_get(rows_of(rows, 'mtl'), 'mcc'):.2f}"
 
