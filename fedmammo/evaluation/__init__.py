@@ -1,4 +1,4 @@
-"""Evaluation: AUC with bootstrap CIs, delta-AUC p-values, WLL, operating points, tables.
+"""Evaluation: AUC with CIs, paired delta-AUC with CIs and p-values, WLL, operating points, tables.
 
 Plots live in :mod:`fedmammo.evaluation.plots` (imported on demand: it loads matplotlib).
 """
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 # recording results, a report) does not load scikit-learn through this package.
 _WHERE = {
     "DEFAULT_THRESHOLDS": "metrics",
+    "auc_ci": "metrics",
     "bootstrap_auc": "metrics",
     "classification_metrics": "metrics",
     "comparison_rows": "tables",
@@ -23,13 +24,14 @@ _WHERE = {
     "markdown_table": "tables",
     "metrics_by_segment": "metrics",
     "operating_points": "metrics",
-    "p_value_from_ci": "metrics",
+    "paired_permutation_p": "metrics",
     "weighted_log_loss": "metrics",
 }
 
 if TYPE_CHECKING:
     from fedmammo.evaluation.metrics import (
         DEFAULT_THRESHOLDS,
+        auc_ci,
         bootstrap_auc,
         classification_metrics,
         delta_auc,
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
         is_significant_increase,
         metrics_by_segment,
         operating_points,
-        p_value_from_ci,
+        paired_permutation_p,
         weighted_log_loss,
     )
     from fedmammo.evaluation.tables import (
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "auc_ci",
     "bootstrap_auc",
     "classification_metrics",
     "comparison_rows",
@@ -60,7 +63,7 @@ __all__ = [
     "markdown_table",
     "metrics_by_segment",
     "operating_points",
-    "p_value_from_ci",
+    "paired_permutation_p",
     "weighted_log_loss",
 ]
 

@@ -145,7 +145,7 @@ def _results_section(run: RunFolder, out_dir: Path) -> str:
             if seeds > 1:
                 spread = f"(s.d. over {seeds} seeds) "
             elif final.loc[final["metric"] == metric, "ci_low"].notna().any():
-                spread = "[95% CI] "  # AUROC's: a bootstrap over patients
+                spread = "[95% CI] "  # AUROC's: over patients (metrics.auc_ci)
             else:
                 spread = ""
             title = f"Test {_NAMES.get(metric, metric)} {spread}per arm and evaluating centre"

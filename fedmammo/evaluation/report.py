@@ -25,7 +25,8 @@ __all__ = [
 
 #: Under a table of AUROCs with CIs.
 NO_CI_NOTE = (
-    "95% bootstrap CIs over the centre's test patients; a value alone where the centre tests "
+    "95% CIs over the centre's test patients (logit interval, Obuchowski's variance, t "
+    "quantile: docs/report.md); a value alone where the centre tests "
     f"fewer than {MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign patients, "
     "too few for a CI (docs/report.md)."
 )
@@ -126,7 +127,7 @@ def write_summary(
 REFERENCE_TITLE = "## Reference: the brightest pixel, no model"
 REFERENCE_NOTE = (
     "Each centre's test images scored by their brightest pixel (the image cache's), no model: "
-    "malignancy AUROC [95% CI, patient bootstrap], computed inside the centre when it "
+    "malignancy AUROC [95% CI over patients], computed inside the centre when it "
     "connected. An image-level malignancy AUROC at or below it has learned no more than "
     '"something bright is in this image". How high it is depends on the centres: README, '
     "\"What the phantom's malignancy task measures\", measured 0.96-0.97 at `fedavg_quick`'s "

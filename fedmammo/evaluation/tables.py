@@ -11,7 +11,7 @@ import numpy as np
 
 from fedmammo.evaluation.metrics import (
     MIN_UNITS_PER_CLASS,
-    bootstrap_auc,
+    auc_ci,
     delta_auc,
     is_significant_decrease,
     is_significant_increase,
@@ -47,7 +47,7 @@ P_VALUE_NOTE = (
     "one model are exchanged with the other's, each model's scores as ranks; Bandos et al. "
     "2005), which holds its 5% level for two equally good models (measured: docs/report.md). "
     "The periodic-sampling paper reads p from the CI's width instead (Altman & Bland); the "
-    "bootstrap CI alone is a little too narrow with few patients, so a difference is "
+    "paired bootstrap CI alone is a little too narrow with few patients, so a difference is "
     "significant only when both hold (CI beside 0 and p < 0.05). A value without a CI and p "
     f"n/a: fewer than {MIN_UNITS_PER_CLASS} malignant or {MIN_UNITS_PER_CLASS} benign test "
     "patients, too few for a CI (docs/report.md)."
@@ -98,16 +98,17 @@ def comparison_rows(
     groups: Any = None,
 ) -> list[dict[str, Any]]:
     """Return one row per method: raw numbers plus the formatted columns of Tables 2-4
-    (bootstrap CIs by patient with ``groups``, one key per sample).
+    (CIs over patients with ``groups``, one key per sample: each AUC's :func:`~fedmammo.
+    evaluation.metrics.auc_ci`, the difference's paired bootstrap; none with ``n_boot`` 0).
 
     Raw keys: method, auc, auc_low, auc_high, baseline_auc, baseline_low, baseline_high,
     delta, delta_low, delta_high, p_value, significance (``increase`` / ``decrease`` / ``""``).
     """
     boot = {"n_boot": n_boot, "seed": seed, "groups": groups}
-    base = bootstrap_auc(y_true, baseline_score, **boot)
+    base = auc_ci(y_true, baseline_score, groups=groups, with_ci=n_boot > 0)
     rows = []
     for method, score in method_scores.items():
-        auc = bootstrap_auc(y_true, score, **boot)
+        auc = auc_ci(y_true, score, groups=groups, with_ci=n_boot > 0)
         delta = delta_auc(y_true, baseline_score, score, **boot)
         if is_significant_increase(delta[1], delta[3]):
             significance = "increase"

@@ -10,7 +10,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord
 
 from fedmammo.data.prepare import CentreData
-from fedmammo.evaluation.metrics import bootstrap_auc
+from fedmammo.evaluation.metrics import auc_ci
 from fedmammo.federation.centre_runtime import centre_data, identity_of
 from fedmammo.federation.handlers import handler, reply
 from fedmammo.federation.messages import COUNTS, INFO, REFERENCE, CentreInfo, Identify
@@ -20,10 +20,11 @@ __all__ = ["brightest_pixel_reference", "identify"]
 _ROWS_AT_ONCE = 256  # cached images read at a time (a large test split is not copied whole)
 
 
-def brightest_pixel_reference(data: CentreData, n_boot: int = 1000) -> dict[str, float]:
+def brightest_pixel_reference(data: CentreData) -> dict[str, float]:
     """The malignancy AUROC of the test images scored by their brightest cached pixel, with
-    its patient-bootstrap 95% CI (NaN without malignant and benign test images): what a model
-    must beat to have learned more than "is something bright in this image". At
+    its 95% CI over patients (:func:`~fedmammo.evaluation.metrics.auc_ci`; NaN without
+    malignant and benign test images): what a model must beat to have learned more than
+    "is something bright in this image". At
     ``fedavg_quick``'s phantom centres (128x96, ``lesion_contrast`` 2.5) it is 0.96-1.00:
     there the task is mostly lesion detection (README, "What the phantom's malignancy task
     measures")."""
@@ -32,7 +33,7 @@ def brightest_pixel_reference(data: CentreData, n_boot: int = 1000) -> dict[str,
         return {"brightest_pixel_auc": math.nan, "ci_low": math.nan, "ci_high": math.nan}
     chunks = [rows[i : i + _ROWS_AT_ONCE] for i in range(0, rows.size, _ROWS_AT_ONCE)]
     brightest = np.concatenate([data.cache.array[c].max(axis=(1, 2)) for c in chunks])
-    auc, low, high = bootstrap_auc(data.labels(rows), brightest, n_boot, groups=data.patients(rows))
+    auc, low, high = auc_ci(data.labels(rows), brightest, groups=data.patients(rows))
     return {"brightest_pixel_auc": auc, "ci_low": low, "ci_high": high}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmammo.evaluation.claims import Claim, check_claim
+from fedmammo.evaluation.claims import Claim, check_claim, holm_rejections
 from fedmammo.reproduce import (
     CI_CHANGES,
     CLAIMS,
@@ -52,9 +52,9 @@ def test_a_significant_difference_the_other_way_disagrees_and_says_where():
 
 def test_overlapping_cis_or_mixed_cells_are_inconclusive():
     f = check_claim(PAIRED, [rec("x", -0.02, -0.05, 0.01, metric="delta_auc")])
-    assert f.verdict == "inconclusive" and f.why == "the paired CI holds 0 in all 1 cells"
+    assert f.verdict == "inconclusive" and f.why == "no cell of 1 significant (Holm)"
     two = check_claim(TWO, [rec("x", 0.82, 0.74, 0.90), rec("y", 0.78, 0.70, 0.86)])
-    assert two.verdict == "inconclusive" and two.why == "the CIs overlap in all 1 cells"
+    assert two.verdict == "inconclusive" and two.why == "no cell of 1 significant (Holm)"
     mixed = [
         rec("x", -0.05, -0.08, -0.02, metric="delta_auc", seed=0),
         rec("x", 0.04, 0.01, 0.07, metric="delta_auc", seed=1),
@@ -62,6 +62,38 @@ def test_overlapping_cis_or_mixed_cells_are_inconclusive():
     f = check_claim(PAIRED, mixed)
     assert f.verdict == "inconclusive" and f.why == "mixed: 1 cells for, 1 against"
     assert f.seeds == (0, 1)
+
+
+def test_holm_rejects_step_down_at_the_family_level():
+    assert holm_rejections([0.03, 0.005, 0.011]) == 2  # 0.005 <= 0.025/3, 0.011 <= 0.025/2
+    assert holm_rejections([0.01, 0.02, 0.03]) == 0  # 0.01 > 0.025/3: none after it
+    assert holm_rejections([0.02]) == 1 and holm_rejections([]) == 0
+    assert holm_rejections([0.04, 0.04], alpha=0.1) == 2
+
+
+def test_more_cells_need_stronger_evidence_and_a_recorded_p_decides_over_the_ci():
+    # Prepare: paired differences whose 95% CIs lie below 0, each with a recorded p of 0.04
+    def cells(k, p=0.04):
+        out = []
+        for seed in range(k):
+            out += [
+                rec("x", -0.05, -0.09, -0.01, metric="delta_auc", segment="S3-Ma", seed=seed),
+                rec("x", p, metric="p_value", segment="S3-Ma", seed=seed),
+            ]
+        return out
+
+    # Execute
+    one, three = check_claim(PAIRED, cells(1)), check_claim(PAIRED, cells(3))
+    weak = check_claim(PAIRED, cells(1, p=0.2))
+    # Assert: one cell at one-sided 0.02 <= 0.025 counts; three at 0.02 > 0.025 / 3 do not
+    # (three 95% CIs below 0 alone were a "yes" before Holm); a p of 0.2 outweighs the CI
+    assert (one.verdict, one.cells_for) == ("yes", 1)
+    assert (three.verdict, three.cells_for, three.why) == (
+        "inconclusive",
+        0,
+        "no cell of 3 significant (Holm)",
+    )
+    assert weak.verdict == "inconclusive" and weak.mean_difference == pytest.approx(-0.05)
 
 
 def test_two_arms_count_only_where_their_cis_do_not_overlap():

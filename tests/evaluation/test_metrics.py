@@ -22,6 +22,7 @@ from fedmammo.errors import DataError
 from fedmammo.evaluation import tables
 from fedmammo.evaluation.metrics import (
     MIN_UNITS_PER_CLASS,
+    auc_ci,
     bootstrap_auc,
     classification_metrics,
     delta_auc,
@@ -328,7 +329,7 @@ def test_metrics_by_segment_records_global_and_local_values():
     segments = np.where(np.arange(160) < 100, "S1-Ma", "S2-Ma")
 
     # Execute
-    records = metrics_by_segment(y, score, segments, n_boot=100, seed=3)
+    records = metrics_by_segment(y, score, segments)
 
     # Assert
     assert {tuple(sorted(r)) for r in records} == {
@@ -337,17 +338,15 @@ def test_metrics_by_segment_records_global_and_local_values():
     assert [r["segment"] for r in records if r["metric"] == "auc"] == [None, "S1-Ma", "S2-Ma"]
     by_key = {(r["segment"], r["metric"]): r for r in records}
     local = by_key[("S2-Ma", "auc")]
-    assert (local["value"], local["ci_low"], local["ci_high"]) == bootstrap_auc(
-        y[100:], score[100:], n_boot=100, seed=3
-    )
+    assert (local["value"], local["ci_low"], local["ci_high"]) == auc_ci(y[100:], score[100:])
     assert by_key[(None, "wll")]["value"] == pytest.approx(weighted_log_loss(y, score))
     assert by_key[("S1-Ma", "n")]["value"] == 100 and by_key[("S1-Ma", "n")]["ci_low"] is None
     assert by_key[("S1-Ma", "tpr@0.6")]["value"] == operating_points(y[:100], score[:100])[2]["tpr"]
-    # with patients: each scope's CI resamples the patients of that scope
+    # with patients: each scope's CI is over the patients of that scope
     patients = np.array([f"p{i // 2}" for i in range(160)])  # two images a patient
-    grouped = metrics_by_segment(y, score, segments, n_boot=100, seed=3, groups=patients)
+    grouped = metrics_by_segment(y, score, segments, groups=patients)
     local = {(r["segment"], r["metric"]): r for r in grouped}[("S2-Ma", "auc")]
-    expected = bootstrap_auc(y[100:], score[100:], n_boot=100, seed=3, groups=patients[100:])
+    expected = auc_ci(y[100:], score[100:], groups=patients[100:])
     assert (local["value"], local["ci_low"], local["ci_high"]) == expected
 
 
@@ -358,7 +357,7 @@ def test_zero_bootstraps_give_point_estimates_without_ci():
     # Execute
     auc = bootstrap_auc(y, score, n_boot=0)
     delta = delta_auc(y, score, score**2, n_boot=0)
-    records = metrics_by_segment(y, score, ["a"] * 80, n_boot=0)
+    records = metrics_by_segment(y, score, ["a"] * 80, with_ci=False)
 
     # Assert
     assert auc[0] == pytest.approx(roc_auc_score(y, score), abs=1e-12)

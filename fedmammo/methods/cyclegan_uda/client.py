@@ -11,7 +11,7 @@
   ``uda`` arm (translated on the spot, never stored or sent); replies the weights (consent
   ``models``).
 - ``evaluate.uda_classifier`` (the target centre; the source centre too for its own
-  ``source_only`` and ``uda`` classifiers): test AUROC with a bootstrap CI, metrics only
+  ``source_only`` and ``uda`` classifiers): test AUROC with its 95% CI, metrics only
   (consent ``metrics``).
 
 No handler replies an image: every ArrayRecord is exactly a model it declared (the egress
@@ -230,7 +230,7 @@ def evaluate(msg: Message, context: Context) -> Message:
                 y, base, scores, segments, [None], patients=patients, **boot
             )
         else:
-            records = metrics_by_segment(y, scores, segments, groups=patients, **boot)
+            records = metrics_by_segment(y, scores, segments, groups=patients, with_ci=m.n_boot > 0)
             records = [r for r in records if r["segment"] is None]
     metrics = EvaluationMetrics(
         records=records, num_examples=len(rows), compute_seconds=time.perf_counter() - start

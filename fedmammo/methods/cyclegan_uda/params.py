@@ -81,7 +81,8 @@ class CycleGanUdaParams(RecipeParams):
 
     ``film`` / ``digital``: the scenario's centres owning each domain. ``models``: key (used
     in arm names) -> registry model. ``train``: how each classifier trains (one local run at
-    its training centre). ``bootstrap``: resamples of the test AUROC's 95 % CI.
+    its training centre). ``bootstrap``: resamples of the paired comparisons' CIs and p-values
+    (0: no CIs, no p-values; the test AUROC's own CI needs none but is left out with 0 too).
     """
 
     film: str = "film"

@@ -14,7 +14,7 @@ Then per classifier (``models``) and arm, in both directions: the training centr
 ``source_only`` and ``uda``, T for ``in_domain``) trains the classifier from the same
 initial weights (``train.uda_classifier``; in ``uda`` on its images plus their translations
 by ``G``, made inside S) and T tests it (``evaluate.uda_classifier``): records ``<arm>-<model>``
-at centre T, split ``test``, metric ``auc`` with its bootstrap 95 % CI. The direction of a
+at centre T, split ``test``, metric ``auc`` with its 95 % CI. The direction of a
 record is its centre: T = the digital centre is film -> digital, and the reverse. S also tests
 its own ``source_only`` and ``uda`` classifiers (the paper's same-domain rows): records
 ``<arm>-<model>-same_domain`` at centre S.
@@ -333,7 +333,7 @@ def run(orc: Orchestrator) -> None:
             _gains_over_source_only(orc, p, key, seed, pairs)
     orc.recorder.note(
         "records: arm '<source_only|in_domain|uda>-<model>' tested at the target centre "
-        f"(split test, metric auc with its bootstrap 95 % CI); {p.film} tests digital -> film, "
+        f"(split test, metric auc with its 95 % CI); {p.film} tests digital -> film, "
         f"{p.digital} tests film -> digital; arm '<source_only|uda>-<model>-same_domain': the "
         "same classifier tested at its own source centre (film -> film, digital -> digital)"
     )

@@ -99,7 +99,7 @@ def evaluate(msg: Message, context: Context) -> Message:
                 y, base, scores, segments, compare, patients=patients, **boot
             )
         else:
-            records = metrics_by_segment(y, scores, segments, groups=patients, **boot)
+            records = metrics_by_segment(y, scores, segments, groups=patients, with_ci=m.n_boot > 0)
     metrics = EvaluationMetrics(
         records=records, num_examples=n, compute_seconds=time.perf_counter() - start
     )

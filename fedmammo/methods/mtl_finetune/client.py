@@ -3,7 +3,7 @@
 A centre trains the received :class:`~fedmammo.models.mtl.MultiTaskNet` on every image of its
 training split (labelled or not: a missing label only zeroes that task's weight) and replies
 with weights and loss parts; it evaluates on the split the server names and replies with
-metric records (malignancy AUC with bootstrap CI, ACR and density balanced accuracy, view AUC,
+metric records (malignancy AUC with its CI, ACR and density balanced accuracy, view AUC,
 malignancy AUC per density class and per view, and per data segment).
 
 ``query.latent`` draws the Figure-6-style map of the latent ``z`` inside the centre: the

@@ -20,8 +20,8 @@ from rich.table import Table
 
 from fedmammo.evaluation.metrics import (
     MIN_UNITS_PER_CLASS,
+    auc_ci,
     best_mcc,
-    bootstrap_auc,
     breast_level,
     mcc_at_threshold,
     paired_permutation_p,
@@ -82,18 +82,12 @@ def _record(segment: str | None, metric: str, value: float, lo=None, hi=None) ->
 
 
 def _auc(
-    y: np.ndarray, score: np.ndarray, n_boot: int, seed: int, patients: np.ndarray | None = None
+    y: np.ndarray, score: np.ndarray, with_ci: bool, patients: np.ndarray | None = None
 ) -> tuple[float, ...]:
+    """AUC (and its CI over ``patients``, each image's) of the labelled images (``y`` >= 0)."""
     keep = y >= 0
-    y, score = y[keep], score[keep]
-    if len(np.unique(y)) < 2:
-        return math.nan, math.nan, math.nan
-    if n_boot > 0:
-        groups = None if patients is None else patients[keep]
-        return bootstrap_auc(y, score, n_boot=n_boot, seed=seed, groups=groups)
-    from sklearn.metrics import roc_auc_score  # here: a centre imports this module
-
-    return float(roc_auc_score(y, score)), math.nan, math.nan
+    groups = None if patients is None else patients[keep]
+    return auc_ci(y[keep], score[keep], groups=groups, with_ci=with_ci)
 
 
 def _paired_p(
@@ -152,7 +146,7 @@ def _malignancy_records(
         if reference is not None:
             groups = None if patients is None else patients[keep]
             p = _paired_p(yk, sk, reference[keep], n_boot, seed, groups)
-            ref_auc = _auc(yk, reference[keep], 0, seed)[0]
+            ref_auc = _auc(yk, reference[keep], False)[0]
             out += [_record(segment, "auc_p", p), _record(segment, "reference_auc", ref_auc)]
         out += [
             _record(segment, k, v) for k, v in mcc_at_threshold(yk, sk, PAPER_THRESHOLD).items()
@@ -173,7 +167,7 @@ def _malignancy_records(
         # each breast's patient, in breast_level's order (labelled breasts by key)
         patients = _patients(sorted(set(breasts[y >= 0])))
         out.append(_record(segment, "n_breasts", float(len(yb))))
-        out.append(_record(segment, "breast_auc", *_auc(yb, sb, n_boot, seed, patients)))
+        out.append(_record(segment, "breast_auc", *_auc(yb, sb, n_boot > 0, patients)))
         if reference is not None and _two_classes(yb):
             _, rb = breast_level(breasts, y, reference)
             p = _paired_p(yb, sb, rb, n_boot, seed, patients)
@@ -201,7 +195,7 @@ def _scope(
         ref = None if reference is None else reference["malignancy"][mask][:, 1]
         out.append(_record(segment, "n_malignant", float((y == 1).sum())))
         mine = None if patients is None else patients[mask]
-        out.append(_record(segment, "auc", *_auc(y, score, n_boot, seed, mine)))
+        out.append(_record(segment, "auc", *_auc(y, score, n_boot > 0, mine)))
         if full:
             where = None if breasts is None else breasts[mask]
             out += _malignancy_records(segment, y, score, where, ref, n_boot, seed, mine)
@@ -213,7 +207,7 @@ def _scope(
     if not full:
         return out
     if "view" in predictions and "view" in labels:
-        auc = _auc(labels["view"][mask], predictions["view"][mask][:, 1], 0, seed)
+        auc = _auc(labels["view"][mask], predictions["view"][mask][:, 1], False)
         if math.isfinite(auc[0]):
             out.append(_record(segment, "view_auc", auc[0]))
     for task in ("acr", "density"):
@@ -244,7 +238,7 @@ def mtl_records(
     ``sensitivity``, ``specificity`` at ``P(malignant) > 0.5``, ``mcc_best`` (with
     ``sensitivity_at_mcc_best``, ``specificity_at_mcc_best``) and ``specificity_at_sens95``.
     With ``breasts`` (a key per image, ``patient|laterality``) the ``auc`` and ``breast_auc``
-    bootstraps resample whole patients; ``n_breasts`` and
+    CIs are over whole patients; ``n_breasts`` and
     ``breast_auc`` (highest probability of the breast's images,
     :func:`fedmammo.evaluation.metrics.breast_level`).
     With ``reference`` (the reference arm's predictions on the same images): ``auc_p``
@@ -255,7 +249,7 @@ def mtl_records(
     """
     n = len(next(iter(labels.values())))
     keys = None if breasts is None else np.asarray([str(b) for b in breasts], dtype=object)
-    # the image-level AUC's bootstrap resamples patients (the patient part of a breast key)
+    # the image-level AUC's CI is over patients (the patient part of a breast key)
     patients = None if keys is None else _patients(keys)
     records = _scope(
         None,

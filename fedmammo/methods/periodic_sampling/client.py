@@ -247,7 +247,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         y, segments, patients = data.labels(rows), data.segments(rows), data.patients(rows)
         dataset = data.dataset(rows)
         scores = predict_scores(model, dataset, device=device())
-        records = metrics_by_segment(y, scores, segments, n_boot=n_boot, seed=seed, groups=patients)
+        records = metrics_by_segment(y, scores, segments, groups=patients, with_ci=n_boot > 0)
         for j, base in enumerate(m.baselines or []):
             base_model = load_model(
                 m.model,

@@ -251,7 +251,7 @@ class ShareGansParams(RecipeParams):
     classifier: ClassifierParams = ClassifierParams()
     cyclegan: CycleGanParams = CycleGanParams()
     frechet_samples: int = Field(default=500, ge=4)
-    bootstrap: int = Field(default=1000, ge=0)  # resamples of the test AUROC's 95% CI (0: none)
+    bootstrap: int = Field(default=1000, ge=0)  # paired comparisons' resamples (0: no CIs)
     grid_columns: int = Field(default=12, ge=1, le=64)
     load_generators: str | None = None
     generator_seed: int = Field(default=0, ge=0)  # the shared generators' training seed

@@ -2,7 +2,7 @@
 train.patch_classifier and evaluate.patch_gain.
 
 ``train.patch_classifier`` runs one arm, subset, data fraction and seed and replies test
-metrics only (the AUROC with a bootstrap CI). The message carries the arm's generators
+metrics only (the AUROC with its CI over patients). The message carries the arm's generators
 (``g<i>-e<epoch>``, described by the JSON config ``generators``): the receiver samples
 ``n-synthetic`` lesion patches (split evenly), optionally harmonises them into its style with
 a CycleGAN (``harmonise``, CycleGAN-UDA paper; draws ``harmonised_samples_...png`` inside the
@@ -34,7 +34,7 @@ from flwr.app import Context, Message
 from fedmammo.data.patches import PatchSet
 from fedmammo.data.prepare import CentreData
 from fedmammo.errors import ConfigError, DataError
-from fedmammo.evaluation.metrics import bootstrap_auc, classification_metrics
+from fedmammo.evaluation.metrics import auc_ci, classification_metrics
 from fedmammo.evaluation.tables import comparison_records
 from fedmammo.federation.centre_runtime import CentreIdentity, centre_data, device, identity_of
 from fedmammo.federation.codec import arrays_to_state
@@ -317,10 +317,9 @@ def train_patch_classifier_handler(msg: Message, context: Context) -> Message:
     ]
     patient_of = data.manifest.set_index("image_id")["patient_id"].astype(str)
     patients = patient_of.reindex(test.image_ids.astype(str)).to_numpy()
-    _, low, high = bootstrap_auc(  # whole patients resampled: their patches are not independent
-        test.labels, scores, n_boot=m.n_boot, seed=derive_seed(seed, "boot"), groups=patients
-    )
-    records[2].update(ci_low=low, ci_high=high)  # NaN without a bootstrap
+    # over whole patients: a patient's patches are not independent
+    _, low, high = auc_ci(test.labels, scores, groups=patients, with_ci=m.n_boot > 0)
+    records[2].update(ci_low=low, ci_high=high)  # NaN with n_boot 0
     if m.run_key:  # for evaluate.patch_gain: the arm against the receiver alone, paired
         _keep_scores(
             _kept_scores_file(context, ident, m.run_key, m.arm, seed),

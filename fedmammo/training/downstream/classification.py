@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedmammo.errors import DataError
 from fedmammo.evaluation.bootstrap import accuracy_ci
-from fedmammo.evaluation.metrics import bootstrap_auc
+from fedmammo.evaluation.metrics import auc_ci
 from fedmammo.progress import progress
 from fedmammo.training.augment import vertical_flips
 from fedmammo.training.downstream._common import (
@@ -183,9 +183,7 @@ def evaluate_classifier(
     if proba.shape[1] == 2:
         records += scoped_records(
             "auc",
-            lambda idx, groups: bootstrap_auc(
-                y[idx], proba[idx, 1], n_boot=n_boot, seed=seed, groups=groups
-            ),
+            lambda idx, groups: auc_ci(y[idx], proba[idx, 1], groups=groups, with_ci=n_boot > 0),
             len(y),
             seg,
             pat,
