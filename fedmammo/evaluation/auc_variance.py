@@ -28,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "clustered_covariance",
+    "hanley_mcneil_variance",
     "logit_interval",
     "structural_components",
 ]
@@ -66,6 +67,13 @@ def clustered_covariance(
     return s10 / big_m + s01 / big_n + (s11 + s11.T) / (big_m * big_n)
 
 
+def hanley_mcneil_variance(auc: float, m: int, n: int) -> float:
+    """Hanley & McNeil's (1982) variance of an AUC from ``m`` positive and ``n`` negative
+    cases: for an AUC of 1, whose components have no spread to estimate one from."""
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
+    return (auc * (1 - auc) + (m - 1) * (q1 - auc * auc) + (n - 1) * (q2 - auc * auc)) / (m * n)
+
+
 def logit_interval(
     y: np.ndarray, score: np.ndarray, codes: np.ndarray, auc: float, confidence: float
 ) -> tuple[float, float]:
@@ -74,38 +82,27 @@ def logit_interval(
     Obuchowski's variance, ``t`` the Student quantile with ``min(I10, I01) - 1`` degrees of
     freedom.
 
-    An AUC of 1 has no variance to estimate (every component is 1), and one taken from a
-    formula explodes on the logit scale (a lower end near 0 for 6 positives and 10
-    negatives). Its lower end is that of the nearest sample that is not separated: the lowest
-    positive tied with the highest negative (AUC ``1 - 1/(2 m n)``), 0.75 for 6 and 10 images,
-    below the 0.59 of one pair swapped; the upper end stays 1 (an AUC of 0: the mirror). An
-    AUC inside (0, 1) without variance (every score tied) is its own CI, as every resample of
-    it would be."""
-    if auc in (0.0, 1.0):
-        touching = score.astype(np.float64)  # a copy
-        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        if auc == 1.0:
-            touching[pos[np.argmin(score[pos])]] = score[neg].max()
-            return _logit_wald(y, touching, codes, confidence)[0], 1.0
-        touching[pos[np.argmax(score[pos])]] = score[neg].min()
-        return 0.0, _logit_wald(y, touching, codes, confidence)[1]
-    return _logit_wald(y, score, codes, confidence)
-
-
-def _logit_wald(
-    y: np.ndarray, score: np.ndarray, codes: np.ndarray, confidence: float
-) -> tuple[float, float]:
+    An AUC of 1 has no variance to estimate (every component is 1), and on the logit scale any
+    would give [0, 1]: its lower end is ``A_c - t * SE`` on the AUC scale, ``A_c = 1 - 1/(2 I10
+    I01)`` and SE Hanley & McNeil's there with ``I10`` positive and ``I01`` negative patients,
+    the upper end 1 (an AUC of 0: the mirror). In simulation it covered all 116 separated test
+    sets of 5 cancer patients at a true AUROC of 0.99 (docs/report.md). An AUC inside (0, 1)
+    without variance (every score tied) is its own CI, as every resample of it would be."""
     from scipy.special import expit, logit
     from scipy.stats import t as student_t
 
     pos, neg = y == 1, y == 0
     i10, i01 = np.unique(codes[pos]).size, np.unique(codes[neg]).size
+    quantile = float(student_t.ppf((1.0 + confidence) / 2.0, min(i10, i01) - 1))
+    if auc in (0.0, 1.0):
+        corrected = 1.0 - 1.0 / (2.0 * i10 * i01)
+        low = corrected - quantile * math.sqrt(hanley_mcneil_variance(corrected, i10, i01))
+        low = max(0.0, low)
+        return (low, 1.0) if auc == 1.0 else (0.0, 1.0 - low)
     v10, v01 = structural_components(score[pos], score[neg])
-    auc = float(v10.mean())
     cov = clustered_covariance(v10[:, None], v01[:, None], codes[pos], codes[neg], np.r_[auc])
     var = float(cov[0, 0])
     if var <= 0.0:
         return auc, auc
-    quantile = float(student_t.ppf((1.0 + confidence) / 2.0, min(i10, i01) - 1))
     half = quantile * math.sqrt(var) / (auc * (1.0 - auc))
     return float(expit(logit(auc) - half)), float(expit(logit(auc) + half))

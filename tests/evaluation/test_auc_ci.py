@@ -10,6 +10,7 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 
+from fedmammo.evaluation.auc_variance import hanley_mcneil_variance
 from fedmammo.evaluation.metrics import auc_ci, bootstrap_auc
 
 
@@ -69,20 +70,20 @@ def test_a_patients_images_widen_the_interval_and_the_mirror_is_symmetric():
 
 
 def test_edge_cases_perfect_separation_ties_too_few_and_no_ci():
-    # Prepare: 6 positives above 10 negatives; the same with the lowest positive touching
-    # the highest negative, and with it one place lower (one pair swapped)
+    # Prepare: 6 positives above 10 negatives, and the same with one pair swapped
     y = np.r_[np.ones(6, dtype=int), np.zeros(10, dtype=int)]
     perfect = np.r_[np.linspace(2, 3, 6), np.linspace(0, 1, 10)]
-    touching, swapped = perfect.copy(), perfect.copy()
-    touching[0], swapped[0] = 1.0, 0.95
+    swapped = perfect.copy()
+    swapped[0] = 0.95
     # Execute
     auc, low, high = auc_ci(y, perfect)
-    # Assert: AUC 1 keeps 1 as its upper end, the touching sample's lower end (AUC
-    # 1 - 1/120), which lies above the swapped sample's: the order of the evidence
+    # Assert: AUC 1 keeps 1 as its upper end; the lower is 1 - 1/(2 m n) minus t_5 times
+    # Hanley & McNeil's SE there, on the AUC scale
+    corrected = 1 - 1 / (2 * 6 * 10)
+    se = math.sqrt(hanley_mcneil_variance(corrected, 6, 10))
     assert (auc, high) == (1.0, 1.0)
-    assert auc_ci(y, touching)[0] == pytest.approx(1 - 1 / 120, abs=1e-12)
-    assert low == auc_ci(y, touching)[1]
-    assert auc_ci(y, swapped)[1] < low < 0.8
+    assert low == pytest.approx(corrected - student_t.ppf(0.975, 5) * se, abs=1e-12)
+    assert auc_ci(y, swapped)[1] < 0.9 < low < 0.95
     assert auc_ci(y, -perfect) == pytest.approx((0.0, 0.0, 1 - low), abs=1e-12)
     assert auc_ci(y, np.ones(y.size)) == (0.5, 0.5, 0.5)  # every score tied
     few = auc_ci(y[2:], perfect[2:])  # 4 positives: too few for a CI
@@ -106,3 +107,16 @@ def test_it_covers_at_its_level_where_the_percentile_bootstrap_does_not():
     covers = np.mean([low <= true <= high for _, low, high in ours])
     assert 0.925 <= covers <= 0.98
     assert np.mean([low <= true <= high for _, low, high in boot]) < 0.85
+
+
+def test_separated_test_sets_near_the_ceiling_are_covered():
+    # Prepare: 5 cancer patients of 50 at a true AUROC of 0.99: about one set in ten separates
+    shift = norm.ppf(0.99) * math.sqrt(2 * (0.7**2 + 0.7**2))
+    rng = np.random.default_rng(2)
+    sets = [_phantom_shaped(rng, 50, 5, shift) for _ in range(300)]
+    # Execute
+    separated = [auc_ci(y, s, groups=g) for y, s, g in sets if roc_auc_score(y, s) == 1.0]
+    # Assert: each interval of an AUROC of 1 reaches below 0.99 (31 of 31 measured; the
+    # lowest positive tied with the highest negative, a rule tried before, covered 1 in 116)
+    assert len(separated) >= 15
+    assert np.mean([low <= 0.99 for _, low, _ in separated]) >= 0.95
