@@ -10,6 +10,7 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 
+from fedmammo.errors import DataError
 from fedmammo.evaluation.auc_variance import hanley_mcneil_variance
 from fedmammo.evaluation.metrics import auc_ci, bootstrap_auc
 
@@ -91,6 +92,8 @@ def test_edge_cases_perfect_separation_ties_too_few_and_no_ci():
     off = auc_ci(y, perfect, with_ci=False)
     assert off[0] == 1.0 and math.isnan(off[1]) and math.isnan(off[2])
     assert all(math.isnan(v) for v in auc_ci(np.ones(5, dtype=int), np.arange(5.0)))
+    with pytest.raises(DataError, match=r"confidence must be in \(0, 1\), got 95"):
+        auc_ci(y, perfect, confidence=95)
 
 
 def test_it_covers_at_its_level_where_the_percentile_bootstrap_does_not():
