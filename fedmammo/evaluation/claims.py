@@ -122,7 +122,7 @@ def _final_test(records: Iterable[dict[str, Any]], claim: Claim) -> dict[tuple, 
     """(arm, seed, centre, segment, metric) -> record, for the claim's final test records."""
     out = {}
     arms = {claim.arm, claim.reference} - {None}
-    metrics = set(claim.metrics) | {_p_metric(m) for m in claim.metrics if _p_metric(m)}
+    metrics = set(claim.metrics) | {_p_metric(m) for m in claim.metrics} - {""}
     if claim.paired:
         metrics |= {"delta_auc", "p_value"}
     for r in records:

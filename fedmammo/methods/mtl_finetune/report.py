@@ -86,7 +86,7 @@ def _auc(
 ) -> tuple[float, ...]:
     """AUC (and its CI over ``patients``, each image's) of the labelled images (``y`` >= 0)."""
     keep = y >= 0
-    if len(np.unique(y[keep])) < 2:  # none labelled, or one class: no AUC
+    if not keep.any():  # none labelled (one class: auc_ci's NaN)
         return math.nan, math.nan, math.nan
     groups = None if patients is None else patients[keep]
     return auc_ci(y[keep], score[keep], groups=groups, with_ci=with_ci)
