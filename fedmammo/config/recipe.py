@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from fedmammo.errors import ConfigError
 
@@ -156,9 +163,27 @@ class AveragingParams(RecipeParams):
     centre's update. Each centre weighs its own update by its own count (``weighting``:
     images, labelled or quota) or equally (uniform). Single-centre arms (local, pooled) have
     nothing to hide from themselves and run as before.
+
+    ``aggregation`` (:mod:`fedmammo.federation.aggregation`): how a round combines the
+    updates: ``mean`` (FedAvg, weighted), or ``median`` / ``trimmed_mean`` (robust to a
+    centre whose update is far off; every centre counts once, so no weighting applies, and
+    each update must be seen: not under ``secure_aggregation``). ``trim_fraction``: the share
+    of updates a trimmed mean drops from each end.
     """
 
     secure_aggregation: bool = False
+    aggregation: Literal["mean", "median", "trimmed_mean"] = "mean"
+    trim_fraction: float = Field(default=0.2, ge=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _robust_rule_sees_updates(self) -> AveragingParams:
+        if self.secure_aggregation and self.aggregation != "mean":
+            raise ValueError(
+                f"aggregation {self.aggregation} needs every centre's update, and "
+                "secure_aggregation shows the server only their sum: set aggregation: mean "
+                "or secure_aggregation: false"
+            )
+        return self
 
 
 def register_params(kind: str, model: type[BaseModel]) -> None:

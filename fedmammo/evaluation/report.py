@@ -110,6 +110,9 @@ def write_summary(
         lines += ["", REFERENCE_TITLE, "", REFERENCE_NOTE, "", to_markdown(reference, "")]
     if not (shares := share_table(df, recorder.meta.get("centre_order"))).empty:
         lines += ["", SHARES_TITLE, "", SHARES_NOTE, "", to_markdown(shares.fillna(""))]
+    if rules := recorder.meta.get("aggregation"):
+        each = "; ".join(f"{arm}: {rule}" for arm, rule in rules.items())
+        lines += ["", f"{AGGREGATION_NOTE} {each}."]
     extra = section(recorder, console) if section is not None else ""
     if extra:  # the method's own tables (a method without AUROC records has only these)
         lines += ([] if table.empty else [""]) + [extra]
@@ -174,6 +177,10 @@ def format_reference(ref: dict | None) -> str | None:
     return None if auc is None else format_estimate(auc, ref.get("ci_low"), ref.get("ci_high"))
 
 
+AGGREGATION_NOTE = (
+    "Arms whose rounds combined the centres' updates by a robust rule instead of FedAvg's "
+    "weighted mean (`strategy.params.aggregation`; every centre counts once, no shares):"
+)
 SHARES_TITLE = "## Each centre's share of the federated average"
 SHARES_NOTE = (
     "The normalised FedAvg weight of each training centre (`fedavg_share`), mean over the "

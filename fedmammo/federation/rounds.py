@@ -13,11 +13,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from rich.markup import escape
 
 from fedmammo.config.recipe import WEIGHTINGS, weighting_name
 from fedmammo.errors import ConfigError
+from fedmammo.federation.aggregation import AGGREGATIONS, aggregate, rule_note
 from fedmammo.federation.codec import state_to_arrays
 from fedmammo.federation.messages import ARRAYS, METRICS, ModelConfig, TrainConfig, TrainMetrics
 from fedmammo.federation.orchestrator import Orchestrator
@@ -66,6 +66,9 @@ class CentreFedAvg(FedAvg):
     images, ``labelled``: those labelled for the task, ``quota``: its periodic quota this
     round) or equally (``uniform``); the server never sets a centre's weight itself.
     ``weights`` holds the last round's normalised weights per centre.
+    ``aggregation`` (:mod:`fedmammo.federation.aggregation`): ``mean`` averages the updates
+    by those weights; ``median`` and ``trimmed_mean`` (dropping ``trim_fraction`` of the
+    updates at each end) count every centre once, so their weighting is ``uniform``.
     """
 
     def __init__(
@@ -76,13 +79,18 @@ class CentreFedAvg(FedAvg):
         weighting: str = "images",
         min_centres: int = 1,
         faults: Iterable[tuple[str, int]] = (),
+        aggregation: str = "mean",
+        trim_fraction: float = 0.2,
     ):
         super().__init__(min_train_nodes=min_centres, min_available_nodes=min_centres)
+        if aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation {aggregation!r}: valid are {', '.join(AGGREGATIONS)}")
+        self.aggregation, self.trim_fraction = aggregation, trim_fraction
         self.centre_nodes = dict(nodes)
         self.faults = set(faults)
         self.message = message
         self.message_type = message.KIND
-        self.weighting = check_weighting(weighting)
+        self.weighting = check_weighting(weighting) if aggregation == "mean" else "uniform"
         self.weights: dict[str, float] = {}
         self.failures: dict[str, str] = {}
         self.sent: list[Message] = []  # the round's messages (replies are matched to them)
@@ -119,7 +127,9 @@ class CentreFedAvg(FedAvg):
         valid = self.weigh(replies)
         if len(valid) < self.min_train_nodes:
             return None, None
-        arrays = aggregate_arrayrecords(valid, WEIGHT_KEY)
+        arrays = aggregate(
+            valid, self.aggregation, weight_key=WEIGHT_KEY, trim_fraction=self.trim_fraction
+        )
         metrics = self.train_metrics_aggr_fn(valid, WEIGHT_KEY)
         return arrays, metrics
 
@@ -151,9 +161,20 @@ class CentreFedAvg(FedAvg):
         return valid
 
 
-def record_weighting(orc: Orchestrator, arm: str, weighting: str) -> None:
-    """Keep the arm's weighting in results.json (``meta.weighting``: ``{arm: name}``)."""
-    orc.recorder.meta.setdefault("weighting", {})[arm] = check_weighting(weighting)
+def record_weighting(orc: Orchestrator, arm: str, strategy: CentreFedAvg) -> None:
+    """Keep the arm's weighting in results.json (``meta.weighting``: ``{arm: name}``) and a
+    robust aggregation rule (``meta.aggregation``: ``{arm: rule}``, with a run note when the
+    arm's centres are too few for the rule to differ from their mean)."""
+    orc.recorder.meta.setdefault("weighting", {})[arm] = strategy.weighting
+    if strategy.aggregation == "mean":
+        return
+    rule = strategy.aggregation
+    if rule == "trimmed_mean":
+        rule += f" (trim_fraction {strategy.trim_fraction:g})"
+    orc.recorder.meta.setdefault("aggregation", {})[arm] = rule
+    note = rule_note(strategy.aggregation, len(strategy.centre_nodes), strategy.trim_fraction)
+    if note:
+        orc.recorder.note(f"arm {arm}: {note}")
 
 
 def max_weight(orc: Orchestrator, centres: list[str], train: dict | None = None) -> float:
@@ -212,7 +233,7 @@ def secure_round(
 
 def record_round(
     orc: Orchestrator,
-    weights: dict[str, float],
+    strategy: CentreFedAvg,
     metrics: MetricRecord | None,
     replies: Iterable[Message],
     *,
@@ -223,11 +244,12 @@ def record_round(
     """A round's training records (split ``train``): each averaged centre's optimiser steps
     and examples seen (``train_steps``, ``train_examples``: what an arm's training budget is
     made of, which arms compared in one table need not share) and its share of the average
-    (its normalised weight, ``fedavg_share``) when two or more were averaged, as the weighting
-    can count the arm's labelled images; and the training loss averaged over the replies,
-    unless a centre withheld its own (NaN: a DP centre sends no noise-free statistic of its
-    images)."""
+    (its normalised weight, ``fedavg_share``) when two or more were averaged by weight (not
+    under a median or trimmed mean), as the weighting can count the arm's labelled images;
+    and the training loss averaged over the replies, unless a centre withheld its own (NaN: a
+    DP centre sends no noise-free statistic of its images)."""
     names = {n: c for c, n in orc.nodes.items()}
+    weights = strategy.weights
     for msg in replies:
         centre = names.get(msg.metadata.src_node_id)
         if msg.has_error() or centre not in weights or METRICS not in msg.content:
@@ -244,7 +266,7 @@ def record_round(
             split="train",
             round=rnd,
         )
-    if len(weights) > 1:
+    if len(weights) > 1 and strategy.aggregation == "mean":
         for centre, share in weights.items():
             orc.recorder.add(
                 [{"metric": "fedavg_share", "value": float(share)}],
@@ -385,9 +407,11 @@ def train_rounds(
         weighting=weighting,
         faults=faults,
         min_centres=min(getattr(p, "min_centres", 1), len(centres)),
+        aggregation=getattr(p, "aggregation", "mean") if len(centres) > 1 else "mean",
+        trim_fraction=getattr(p, "trim_fraction", 0.2),
     )
     strategy.no_reply = f"no reply within message_timeout.train={orc.timeout:g} s"
-    record_weighting(orc, arm, strategy.weighting)
+    record_weighting(orc, arm, strategy)
     val_centres = [c for c in centres if c != "pooled"]
     dp = ArmPrivacy(
         orc, arm=arm, seed=seed, centres=centres, first_round=first_round, last_round=last
@@ -426,7 +450,7 @@ def train_rounds(
         ):
             return None
         arrays = new_arrays
-        record_round(orc, strategy.weights, metrics, replies, arm=arm, seed=seed, rnd=rnd)
+        record_round(orc, strategy, metrics, replies, arm=arm, seed=seed, rnd=rnd)
         if val_centres:
             orc.evaluate_everywhere(
                 evaluate,

@@ -74,6 +74,11 @@ def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> Cen
     nodes = {c: orc.nodes[c] for c in arm.centres}
     minimum = min(p.min_centres, len(nodes))
     faults = [(f.centre, f.round) for f in orc.scenario.faults if f.arm == arm.name]
+    federated = arm.setting == "federated" and len(nodes) > 1
+    rule = {
+        "aggregation": getattr(p, "aggregation", "mean") if federated else "mean",
+        "trim_fraction": getattr(p, "trim_fraction", 0.2),
+    }
     if arm.setting == "federated" and arm.method == "periodic":
         return PeriodicFedAvg(
             nodes,
@@ -83,10 +88,16 @@ def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> Cen
             scheme=arm.weighting or "quota",
             min_centres=minimum,
             faults=faults,
+            **rule,
         )
     weighting = arm.weighting if arm.setting == "federated" else "uniform"
     return CentreFedAvg(
-        nodes, message=TrainPeriodic, weighting=weighting, min_centres=minimum, faults=faults
+        nodes,
+        message=TrainPeriodic,
+        weighting=weighting,
+        min_centres=minimum,
+        faults=faults,
+        **rule,
     )
 
 
@@ -130,7 +141,7 @@ def _train_arm(
         if p.ema_decay is not None:
             ema = orc.load_checkpoint(ema_name(arm.name), seed, start)
     strategy = _strategy(orc, p, arm)
-    record_weighting(orc, arm.name, strategy.weighting)
+    record_weighting(orc, arm.name, strategy)
     dp = ArmPrivacy(
         orc, arm=arm.name, seed=seed, centres=arm.centres, first_round=1, last_round=p.rounds
     )
@@ -176,7 +187,7 @@ def _train_arm(
         ):
             return None
         arrays = new_arrays
-        record_round(orc, strategy.weights, metrics, replies, arm=arm.name, seed=seed, rnd=rnd)
+        record_round(orc, strategy, metrics, replies, arm=arm.name, seed=seed, rnd=rnd)
         if p.ema_decay is not None:  # what is validated and tested: the moving average
             ema = ema_update(ema or initial, arrays, p.ema_decay**p.batches_per_round)
             orc.checkpoint(ema_name(arm.name), seed, rnd, ema, model=model)

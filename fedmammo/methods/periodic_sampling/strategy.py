@@ -45,6 +45,8 @@ class PeriodicFedAvg(CentreFedAvg):
     Under DP set ``planned_rounds``: every message then also carries the centre's quotas of
     this and every later planned round (``dp-planned-quota``), from which it plans its noise
     once for the run; ``node_config`` adds per-centre fields (a DP ledger on resume).
+    ``aggregation`` other than ``mean`` (a median or trimmed mean) counts every centre once,
+    whatever its quota.
     """
 
     def __init__(
@@ -58,9 +60,17 @@ class PeriodicFedAvg(CentreFedAvg):
         min_centres: int = 1,
         message: type[TrainPeriodic] = TrainPeriodic,
         faults: Iterable[tuple[str, int]] = (),
+        aggregation: str = "mean",
+        trim_fraction: float = 0.2,
     ):
         super().__init__(
-            nodes, message=message, weighting=scheme, min_centres=min_centres, faults=faults
+            nodes,
+            message=message,
+            weighting=scheme,
+            min_centres=min_centres,
+            faults=faults,
+            aggregation=aggregation,
+            trim_fraction=trim_fraction,
         )
         unknown = sorted(set(counts) - set(nodes))
         if unknown:

@@ -180,6 +180,20 @@ def test_aggregate_train_comparison_weightings(scheme, weights):
     np.testing.assert_allclose(arrays.to_torch_state_dict()["w"].numpy(), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean"])
+def test_a_robust_rule_counts_each_centre_once_whatever_its_quota(rule):
+    # Prepare: quotas 3 and 11 (the quota weighting would give 2.57)
+    strategy = _strategy(aggregation=rule)
+    _configure(strategy, 2)
+    # Execute
+    arrays, _ = strategy.aggregate_train(
+        2, [_reply(NODES["A"], 1.0, 5, 3, 300), _reply(NODES["B"], 3.0, 5, 11, 100)]
+    )
+    # Assert: two centres' median, or a trimmed mean dropping none, is their plain mean
+    assert strategy.weighting == "uniform"
+    np.testing.assert_allclose(arrays.to_torch_state_dict()["w"].numpy(), 2.0, rtol=1e-6)
+
+
 def test_a_centre_without_quota_is_not_messaged_nor_a_failure():
     # Prepare: one batch of 2 slots in a pattern dominated by A's S1-Ma
     strategy = PeriodicFedAvg(
