@@ -133,7 +133,30 @@ def _split(
         log.info("centre %s: kept the dataset's official test split", profile.name)
     else:
         log.info("centre %s: the dataset's split has no test images", profile.name)
+    out.attrs["dataset_split"] = True
     return out
+
+
+def _check_training_images(manifest: pd.DataFrame, profile: CentreProfile) -> None:
+    """DataError (one line) when a centre that trains has no image in its train split: found
+    while its data is prepared, not at its first training round."""
+    counts = manifest["split"].value_counts()
+    if len(manifest) == 0 or counts.get("train", 0) > 0:
+        return
+    shown = ", ".join(f"{name} {int(counts.get(name, 0))}" for name in _HELD_OUT_FIRST)
+    official = manifest.attrs.get("dataset_split", False)
+    fix = (
+        "set data.use_dataset_split: false to split its patients by the profile's split "
+        "fractions, or give the centre role: test"
+        if official
+        else "give split.train a larger fraction (every split is of whole patients), more "
+        "patients, or give the centre role: test"
+    )
+    raise DataError(
+        f"centre {profile.name!r} trains but its split leaves it no training image ({shown} "
+        f"of {len(manifest)} images, by {'the dataset' if official else 'the profile'}'s "
+        f"split); fix: {fix}"
+    )
 
 
 def _one_split_per_patient(
@@ -190,7 +213,7 @@ def missing_data_root(profile: CentreProfile) -> str | None:
             f"centre {profile.name!r}: {problem}; fix: point data.root at the dataset's top "
             "folder, or give the table's path in data.options (docs/datasets.md)"
         )
-    if problem := table_problem(fmt, profile.data.options):
+    if problem := table_problem(fmt, root, profile.data.options):
         return f"centre {profile.name!r}: {problem}"
     return None
 
@@ -571,6 +594,8 @@ def materialise_centre(
     if key != ["source", "manufacturer"]:
         manifest["segment"] = manifest[key].astype(str).agg("-".join, axis=1)
     manifest = _split(manifest, profile, test_only=test_only, data_seed=data_seed)
+    if not test_only:
+        _check_training_images(manifest, profile)
     h, w = image_size
     cache = ImageCache.build(
         manifest, data_dir / f"cache_{h}x{w}", size=(h, w), workers=cache_workers

@@ -82,6 +82,22 @@ _SCRUB_PATH = re.compile(
     rf"|[^\s'\",;:()\[\]<>]+\.{_EXT}\b",  # file names
     re.IGNORECASE,
 )
+#: fedmammo's own documentation pages (``docs/<page>.md``), named in fixes ("fix: ...
+#: (docs/datasets.md)"): kept in a scrubbed message, any other path is not
+DOCS_PAGES = (
+    "architecture",
+    "contrastive_dg",
+    "datasets",
+    "deployment",
+    "first_hour",
+    "mtl_finetune",
+    "privacy_budget",
+    "report",
+    "reproduction",
+    "reuse",
+    "threat_model",
+)
+_DOCS_PAGE = re.compile(rf"docs/(?:{'|'.join(DOCS_PAGES)})\.md")
 _SCRUB_QUOTED = re.compile(r"'[^'\n]{0,400}'|\"[^\"\n]{0,400}\"")
 _CODES = {  # exception class name (anywhere in its MRO) -> short code
     "EgressError": "egress",
@@ -123,7 +139,7 @@ def scrub(text: str, *, limit: int = 300, keep: tuple[str, ...] = ()) -> str:
         return match.group(0) if match.group(0)[1:-1] in keep else "'<value>'"
 
     out = _SCRUB_QUOTED.sub(value, str(text))
-    out = _SCRUB_PATH.sub("<path>", out)
+    out = _SCRUB_PATH.sub(lambda m: m[0] if _DOCS_PAGE.fullmatch(m[0]) else "<path>", out)
     out = " ".join(out.split())
     return out if len(out) <= limit else out[: limit - 3] + "..."
 

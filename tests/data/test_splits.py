@@ -248,3 +248,36 @@ def test_a_centre_refuses_rows_of_a_split_it_does_not_have(tmp_path):
     for bad in ("../../x", "Train", ""):
         with pytest.raises(ConfigError, match=r"unknown split .*; valid: train, val, test"):
             data.rows(bad)
+
+
+@pytest.mark.parametrize(
+    ("split", "options", "by", "fix"),
+    [
+        (["test", "val"] * 10, {}, "the dataset's split", "data.use_dataset_split: false"),
+        (
+            [None] * 20,
+            {"split": {"train": 0.0, "val": 0.5, "test": 0.5}},
+            "the profile's",
+            "split.train",
+        ),
+    ],
+)
+def test_a_training_centre_without_a_training_image_is_refused_while_prepared(
+    split, options, by, fix
+) -> None:
+    # Prepare: a dataset whose own split has only val and test; a profile whose fractions
+    # give train nothing
+    from fedmammo.config import CentreProfile
+    from fedmammo.data.prepare import _check_training_images, _split
+
+    profile = CentreProfile(name="c", data={"format": "dicom-folder", "root": "/x"}, **options)
+    out = _split(_official(split), profile, test_only=False, data_seed=0)
+    # Execute / Assert: one line naming the centre, the counts, whose split, and the fix
+    with pytest.raises(
+        DataError, match="centre 'c' trains but its split leaves it no training"
+    ) as e:
+        _check_training_images(out, profile)
+    assert "train 0 of 20 images" in str(e.value) and by in str(e.value) and fix in str(e.value)
+    # with one patient's images in train, nothing is refused
+    out.loc[out["patient_id"] == "P0", "split"] = "train"
+    _check_training_images(out, profile)

@@ -9,9 +9,11 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from helpers.flower_messages import make_incoming
+from helpers.run_helpers import REPO
 
 from fedmammo.errors import ConfigError
 from fedmammo.federation.egress import (
+    DOCS_PAGES,
     REFUSALS_METRIC,
     EgressError,
     EgressLimits,
@@ -204,6 +206,13 @@ def test_bytes_leave_only_in_a_declared_opaque_record():
 def test_scrub_removes_paths_and_quoted_values(text, hidden):
     out = scrub(text)
     assert hidden not in out and ("<path>" in out or "<value>" in out)
+
+
+def test_scrub_keeps_fedmammos_own_docs_pages_only():
+    text = "fix: give the centre labels (docs/datasets.md); see docs/jane_doe.md, /x/docs/report.md"
+    assert scrub(text) == "fix: give the centre labels (docs/datasets.md); see <path>, <path>"
+    pages = sorted(p.stem for p in (REPO / "docs").glob("*.md"))
+    assert pages == sorted(DOCS_PAGES)  # the list follows the repository's docs
 
 
 # ---------------------------------------------------------------- error replies, refusals

@@ -19,6 +19,7 @@ from fedmammo.data.adapters._common import (
     label_rule_problem,
     option_path,
     print_summary,
+    read_table,
     summarise_manifest,
 )
 from fedmammo.errors import ConfigError, DataError
@@ -94,10 +95,27 @@ def missing_table(fmt: str, root: Path, options: Mapping[str, Any]) -> str | Non
     return f"{fmt}: {names} not found; expected layout: {module.LAYOUT}"
 
 
-def table_problem(fmt: str, options: Mapping[str, Any]) -> str | None:
-    """What is wrong with the contents of a table format ``fmt`` reads from its options (a
-    dicom-folder labels CSV's columns and values), or None: checked by ``--check``."""
-    check = getattr(_MODULES.get(fmt), "table_problem", None)
+def table_problem(fmt: str, root: Path, options: Mapping[str, Any]) -> str | None:
+    """What is wrong with the tables format ``fmt`` reads (one line), or None: checked by
+    ``--check``, before a run makes its folder. A dataset's tables: a required column missing
+    (their header rows read, with the separator the format uses); a dicom-folder labels CSV:
+    its columns and values."""
+    module = _MODULES.get(fmt)
+    for path, expected, sep in getattr(module, "tables", lambda *_: [])(Path(root), dict(options)):
+        if not path.is_file():
+            continue  # (a missing table is missing_table's to say; an optional one is fine)
+        try:
+            read_table(
+                path,
+                dataset=module.DATASET,
+                expected=expected,
+                layout=module.LAYOUT,
+                sep=sep,
+                header_only=True,
+            )
+        except DataError as exc:
+            return str(exc)
+    check = getattr(module, "table_problem", None)
     return None if check is None else check(dict(options))
 
 

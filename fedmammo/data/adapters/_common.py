@@ -29,6 +29,7 @@ __all__ = [
     "SkipCounter",
     "check_options",
     "finish_manifest",
+    "WHERE",
     "first_file",
     "format_columns",
     "header_age",
@@ -155,7 +156,9 @@ _SEPARATORS = {",": "',' (comma)", ";": "';' (semicolon)", "\t": "a tab"}
 _SPREADSHEET_ENGINES = {".xlsx": ("openpyxl", "openpyxl"), ".xls": ("calamine", "python_calamine")}
 
 
-def _read_spreadsheet(path: Path, reader: tuple[str, str], dataset: str) -> pd.DataFrame:
+def _read_spreadsheet(
+    path: Path, reader: tuple[str, str], dataset: str, *, nrows: int | None = None
+) -> pd.DataFrame:
     """The first sheet of an .xlsx / .xls file as strings, with ``reader`` (pandas engine,
     module it needs); DataError naming the file when the module is not installed or the file
     is not a readable spreadsheet (truncated, another format renamed)."""
@@ -166,7 +169,7 @@ def _read_spreadsheet(path: Path, reader: tuple[str, str], dataset: str) -> pd.D
             "or export the sheet as CSV and name that file instead"
         )
     try:
-        return pd.read_excel(path, dtype=str, engine=engine)
+        return pd.read_excel(path, dtype=str, engine=engine, nrows=nrows)
     except Exception as exc:  # each reader has its own errors; any of them: not a table
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{dataset}: {path} cannot be read as a spreadsheet: {reason}") from exc
@@ -179,23 +182,28 @@ def read_table(
     expected: Iterable[str],
     layout: str,
     sep: str = ",",
+    header_only: bool = False,
 ) -> pd.DataFrame:
     """Read a CSV/XLSX as strings, checking the file exists and has the ``expected`` columns.
 
     A missing column is a DataError listing the columns found (and, for a one-column CSV whose
-    name holds another separator, which separator the file seems to use).
+    name holds another separator, which separator the file seems to use). ``header_only``:
+    read no row (what ``--check`` reads of a dataset's tables).
     """
+    nrows = 0 if header_only else None
     expected = list(expected)
     if not path.is_file():
         raise DataError(f"{dataset}: {path} not found; expected layout: {layout}")
     reader = _SPREADSHEET_ENGINES.get(path.suffix.lower())
     if reader is None:
         try:
-            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+            df = pd.read_csv(
+                path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], nrows=nrows
+            )
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise DataError(f"{dataset}: {path} cannot be read as a table: {exc}") from exc
     else:
-        df = _read_spreadsheet(path, reader, dataset)
+        df = _read_spreadsheet(path, reader, dataset, nrows=nrows)
     df.columns = [str(c).strip() for c in df.columns]
     for col in expected:
         if col not in df.columns:
@@ -550,6 +558,11 @@ class SkipCounter:
         return sum(self.reasons.values())
 
 
+#: A row's optional key naming where the dataset's table gave it ("FILE line N"): named when
+#: an image is listed twice, not kept in the manifest.
+WHERE = "_where"
+
+
 def finish_manifest(
     rows: list[dict[str, Any]],
     *,
@@ -576,10 +589,16 @@ def finish_manifest(
     df["manufacturer"] = df["manufacturer"].fillna("unknown").replace("", "unknown")
     if "segment" not in df.columns:
         df["segment"] = [make_segment(source, m) for m in df["manufacturer"]]
+    where = df.pop(WHERE) if WHERE in df.columns else None
     df = normalise_manifest(df, where=f"{dataset} manifest")
     dup = df["image_id"][df["image_id"].duplicated()]
     if len(dup):
-        raise DataError(f"{dataset}: image_id {dup.iloc[0]!r} appears twice in the manifest")
+        lines = [] if where is None else where[df["image_id"] == dup.iloc[0]].tolist()
+        raise DataError(
+            f"{dataset}: image_id {dup.iloc[0]!r} appears twice in the manifest"
+            + (f" ({', '.join(lines)})" if lines else "")
+            + "; fix: keep one row per image in the dataset's table"
+        )
     df.attrs["skipped"] = skips.total
     df.attrs["skip_reasons"] = dict(skips.reasons)
     df.attrs["unreadable_labels"] = dict(skips.labels)

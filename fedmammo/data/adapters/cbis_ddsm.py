@@ -77,6 +77,12 @@ _OUTSIDE = "CSV path outside the dataset root (refused)"
 OPTIONS = ("csv_dir", "lesion_boxes")
 
 
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, list[str], str]]:
+    """Each table the adapter reads: (path, required columns, separator)."""
+    csv_dir = option_path(options, "csv_dir", dataset=DATASET) or Path(root)
+    return [(csv_dir / name, REQUIRED_COLUMNS[kind], ",") for (kind, _), name in CSV_FILES.items()]
+
+
 def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
     """The case-description CSVs, in option ``csv_dir`` (default the root): the adapter reads
     every one there, ``--check`` names them all when none is."""
@@ -178,6 +184,7 @@ def _read_csvs(
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     incomplete: set[Any] = set()
     refused = 0
+    seen: dict[tuple, tuple[str, Any]] = {}  # (image, kind, abnormality id) -> first row's
     for (kind, split), path in present:
         df = read_table(path, dataset=DATASET, expected=REQUIRED_COLUMNS[kind], layout=LAYOUT)
         density_col = "breast_density" if kind == "mass" else "breast density"
@@ -223,8 +230,36 @@ def _read_csvs(
                 ),
                 source_csv=str(path),
             )
+            _say_repeated(rec, where, kind, seen)
             by_image[_key(rec)].append(rec)
     return dict(by_image), incomplete, refused
+
+
+def _say_repeated(rec: dict[str, Any], where: str, kind: str, seen: dict) -> None:
+    """Warn when an abnormality (image, kind, ``abnormality id``) is listed again, naming
+    both rows (a differing pathology is read as two abnormalities: malignant if any is)."""
+    if rec.get("abnormality id") is None:
+        return
+    key = (_key(rec), kind, rec["abnormality id"])
+    if key not in seen:
+        seen[key] = (where, rec["pathology"])
+        return
+    first, pathology = seen[key]
+    differs = (
+        f" with another pathology ({pathology}, {rec['pathology']}; the image is malignant if "
+        "either is)"
+        if pathology != rec["pathology"]
+        else ""
+    )
+    log.warning(
+        "%s: %s repeats abnormality %s of %s listed at %s%s",
+        DATASET,
+        where,
+        rec["abnormality id"],
+        _folder(rec),
+        first,
+        differs,
+    )
 
 
 def _folder(rec: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,8 @@ from fedmammo.data.adapters._common import (
 )
 from fedmammo.errors import DataError
 
+log = logging.getLogger(__name__)
+
 __all__ = ["COLUMNS", "REQUIRED_COLUMNS", "load"]
 
 DATASET = "CMMD"
@@ -42,6 +45,7 @@ LAYOUT = (
 )
 _PATIENT = re.compile(r"^D\d-\d{4}$")
 _CLASSES = {"MALIGNANT": 1, "BENIGN": 0}
+_SIDES = {"L": "L", "R": "R", "LEFT": "L", "RIGHT": "R"}
 OPTIONS = ("clinical_csv", "clinical_xlsx")
 
 
@@ -57,15 +61,35 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     clinical, table_path = _clinical(root, options)
     skips = SkipCounter(DATASET)
     labels: dict[tuple[str, str], int | None] = {}
+    first_line: dict[tuple[str, str], int] = {}
     ages: dict[str, float] = {}
     for line, rec in enumerate(clinical.to_dict("records"), start=2):
-        pid, side = text_or_none(rec["ID1"]), (text_or_none(rec["LeftRight"]) or "").upper()
+        pid = text_or_none(rec["ID1"])
         if not pid:
             continue
         where = f"{table_path} line {line}"
-        labels[(pid, side)] = read_label(
+        side = read_label(rec["LeftRight"], _SIDES, skips=skips, where=where, column="LeftRight")
+        label = read_label(
             rec["classification"], _CLASSES, skips=skips, where=where, column="classification"
         )
+        key = (pid, side or "")
+        if side is None:
+            pass  # (counted and warned: the row labels no breast)
+        elif key not in labels:
+            labels[key], first_line[key] = label, line
+        elif labels[key] != label:
+            log.warning(
+                "%s: lines %d and %d label breast %s %s differently (%s, %s); its label is "
+                "left missing (NA)",
+                table_path,
+                first_line[key],
+                line,
+                pid,
+                side,
+                labels[key],
+                label,
+            )
+            labels[key] = None
         age = read_age(rec["Age"], skips=skips, where=where, column="Age")
         if age is not None:
             ages[pid] = age
@@ -110,6 +134,11 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         root=root,
         extra_attrs={"clinical_without_images": len(unmatched)},
     )
+
+
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, list[str], str]]:
+    """Each table the adapter reads: (path, required columns, separator)."""
+    return [(first_file(table_files(root, options)), REQUIRED_COLUMNS, ",")]
 
 
 def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:

@@ -14,6 +14,7 @@ from xml.parsers.expat import ExpatError
 import pandas as pd
 
 from fedmammo.data.adapters._common import (
+    WHERE,
     SkipCounter,
     check_options,
     finish_manifest,
@@ -57,8 +58,15 @@ LAYOUT = (
 )
 _DICOM_NAME = re.compile(r"^(\d+)_([0-9A-Za-z]+)_MG_([LR])_(CC|MLO|ML)_ANON\.dcm$", re.IGNORECASE)
 _POINT = re.compile(r"\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)")
+#: Why a DICOM is skipped when the first by name of its File Name is read already.
+SECOND_FILE = "a second DICOM of one File Name (the first by name is read)"
 OPTIONS = ("csv", "birads3", "malignancy_uncertainty")
 _DENSITY = {str(d): d for d in (1, 2, 3, 4)}
+
+
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, list[str], str]]:
+    """Each table the adapter reads: (path, required columns, separator)."""
+    return [(first_file(table_files(root, options)), REQUIRED_COLUMNS, ";")]
 
 
 def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
@@ -88,11 +96,15 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
     if not dicom_dir.is_dir():
         raise DataError(f"{DATASET}: folder {dicom_dir} not found; expected layout: {LAYOUT}")
     files: dict[str, tuple[Path, re.Match]] = {}
+    skips = SkipCounter(DATASET)
     for path in sorted(dicom_dir.iterdir()):
         match = _DICOM_NAME.match(path.name)
-        if match:
-            files[match.group(1)] = (path, match)
-    skips = SkipCounter(DATASET)
+        if not match:
+            continue
+        if (kept := files.get(match.group(1))) is not None:  # one File Name, two files
+            skips.skip(f"{path} (beside {kept[0].name})", SECOND_FILE)
+            continue
+        files[match.group(1)] = (path, match)
     rows, bad_xml = [], 0
     for line, rec in enumerate(table.to_dict("records"), start=2):
         where = f"{csv_path} line {line}"
@@ -126,6 +138,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         age = _int(rec["Patient age"])
         rows.append(
             {
+                WHERE: where,
                 "image_id": name,
                 "patient_id": match.group(2),
                 "study_id": text_or_none(ds.get("StudyInstanceUID"))

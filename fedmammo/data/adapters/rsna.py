@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from fedmammo.data.adapters._common import (
+    WHERE,
     SkipCounter,
     check_options,
     finish_manifest,
@@ -60,6 +61,11 @@ _DENSITY = {"A": 1, "B": 2, "C": 3, "D": 4}
 UNKNOWN = "unknown"
 
 
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, list[str], str]]:
+    """Each table the adapter reads: (path, required columns, separator)."""
+    return [(first_file(table_files(root, options)), REQUIRED_COLUMNS, ",")]
+
+
 def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
     """Where the image table may be, first first (``--check`` names them all when none is
     there): option ``csv``, else ROOT/train.csv."""
@@ -103,6 +109,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         age = read_age(rec["age"], skips=skips, where=where, column="age")
         rows.append(
             {
+                WHERE: where,
                 "image_id": image,
                 "patient_id": patient,
                 "study_id": text_or_none(ds.get("StudyInstanceUID")) or patient,

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from fedmammo.data.adapters._common import (
+    WHERE,
     SkipCounter,
     check_options,
     finish_manifest,
@@ -71,9 +72,17 @@ LAYOUT = (
     "ROOT/finding_annotations.csv (" + ", ".join(FINDING_COLUMNS) + ") and "
     "ROOT/images/<study_id>/<image_id>.dicom"
 )
-_SPLITS = {"training": "train", "train": "train", "test": "test"}
+_SPLITS = {"TRAINING": "train", "TRAIN": "train", "TEST": "test"}
 _DENSITY = {f"{prefix}{x}": i + 1 for i, x in enumerate("ABCD") for prefix in ("", "DENSITY ")}
 OPTIONS = ("birads3", "malignancy_uncertainty")
+
+
+def tables(root: Path, options: dict[str, Any]) -> list[tuple[Path, list[str], str]]:
+    """Each table the adapter reads: (path, required columns, separator)."""
+    return [
+        (first_file(table_files(root, options)), BREAST_REQUIRED, ","),
+        (Path(root) / "finding_annotations.csv", FINDING_REQUIRED, ","),
+    ]
 
 
 def table_files(root: Path, options: dict[str, Any]) -> tuple[Path, ...]:
@@ -132,6 +141,7 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
         lesions = None if findings is None else encode_lesions(findings.get(image, []))
         rows.append(
             {
+                WHERE: where,
                 "image_id": image,
                 "patient_id": study,  # the CSVs identify studies only; a study stands for a patient
                 "study_id": study,
@@ -149,7 +159,9 @@ def load(root: Path, **options: Any) -> pd.DataFrame:
                 "u_view": 0.0 if view else None,
                 "pixel_spacing": header_pixel_spacing(ds),
                 "lesions": lesions,
-                "split": _SPLITS.get((text_or_none(rec["split"]) or "").lower()),
+                "split": read_label(
+                    rec["split"], _SPLITS, skips=skips, where=where, column="split"
+                ),
             }
         )
     return finish_manifest(

@@ -151,6 +151,29 @@ def test_cbis_misspelled_pathology_is_missing_never_benign(
     )
 
 
+def test_cbis_an_abnormality_listed_twice_is_warned_naming_both_lines(
+    tmp_path: Path, builders, caplog
+) -> None:
+    # Prepare: the mass CSV's second row (a BENIGN abnormality of LEFT_CC) repeated as MALIGNANT
+    builders["cbis-ddsm"](tmp_path, "canonical")
+    path = tmp_path / MASS_CSV
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    repeat = table.iloc[[1]].assign(pathology="MALIGNANT")
+    pd.concat([table, repeat]).to_csv(path, index=False)
+    abnormality = table.loc[1, "abnormality id"]
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedmammo.data.adapters.cbis_ddsm"):
+        load_manifest("cbis-ddsm", tmp_path)
+
+    # Assert: both lines and the conflict are named (no silent flip of the label)
+    assert (
+        f"{path} line {len(table) + 2} repeats abnormality {abnormality} of "
+        f"Mass-Training_P_00001_LEFT_CC listed at {path} line 3 with another pathology "
+        "(BENIGN, MALIGNANT; the image is malignant if either is)"
+    ) in caplog.text
+
+
 def test_cbis_malignant_abnormality_outweighs_an_unreadable_one(
     tmp_path: Path, builders, csv_editor
 ) -> None:

@@ -76,3 +76,50 @@ def test_cmmd_missing_table_and_column(tmp_path: Path, builders) -> None:
         load_manifest("cmmd", tmp_path, clinical_csv=str(csv))
     assert f"{csv} lacks column 'classification'" in str(err.value)
     assert "required columns: ID1, LeftRight, Age, classification;" in str(err.value)
+
+
+def _edit_clinical(path: Path, rows: list[list]) -> None:
+    table = pd.read_csv(path)
+    table = pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
+    table.to_csv(path, index=False)
+
+
+def test_cmmd_sides_written_as_words_label_their_breasts(tmp_path: Path, builders) -> None:
+    # Prepare: LeftRight "Left" / "right" instead of L / R
+    expected = builders["cmmd"](tmp_path, xlsx=False)
+    path = tmp_path / "clinical.csv"
+    table = pd.read_csv(path)
+    table["LeftRight"] = ["Left", "right"]
+    table.to_csv(path, index=False)
+
+    # Execute
+    df = load_manifest("cmmd", tmp_path, clinical_csv=str(path))
+
+    # Assert: the same labels as with L / R
+    _check_rows(df, expected)
+
+
+def test_cmmd_an_unreadable_side_or_conflicting_rows_leave_the_breast_unlabelled(
+    tmp_path: Path, builders, caplog
+) -> None:
+    # Prepare: D2-0001 R labelled again, Benign (line 4); a row whose side is "both" (line 5)
+    builders["cmmd"](tmp_path, xlsx=False)
+    path = tmp_path / "clinical.csv"
+    _edit_clinical(
+        path,
+        [
+            ["D2-0001", "R", 61, 2, "mass", "Benign", ""],
+            ["D2-0001", "both", 61, 2, "mass", "Malignant", ""],
+        ],
+    )
+
+    # Execute
+    with caplog.at_level("WARNING", logger="fedmammo"):
+        df = load_manifest("cmmd", tmp_path, clinical_csv=str(path))
+
+    # Assert: no label wins silently; both problems named by file and line
+    right = df[(df["patient_id"] == "D2-0001") & (df["laterality"] == "R")]
+    assert len(right) == 2 and right["malignant"].isna().all()
+    assert f"{path}: lines 3 and 4 label breast D2-0001 R differently (1, 0)" in caplog.text
+    assert f"{path} line 5: unreadable LeftRight value 'both'" in caplog.text
+    assert df.attrs["unreadable_labels"] == {"LeftRight": 1}

@@ -435,6 +435,44 @@ def test_check_names_a_missing_default_table_before_the_data_is_listed(
     assert "expected layout: " in problem and "fix: point data.root" in problem
 
 
+@pytest.mark.parametrize(
+    ("fmt", "table", "column", "sep"),
+    [
+        ("cbis-ddsm", "calc_case_description_test_set.csv", "pathology", ","),
+        ("inbreast", "INbreast.csv", "Bi-Rads", ";"),
+        ("vindr-mammo", "finding_annotations.csv", "xmax", ","),
+        ("rsna", "train.csv", "cancer", ","),
+        ("cmmd", "CMMD_clinicaldata_revision.xlsx", "classification", None),
+    ],
+)
+def test_check_names_a_required_column_missing_before_the_data_is_listed(
+    tmp_path: Path, builders, fmt, table, column, sep
+) -> None:
+    # Prepare: the published tree, one table without a column the adapter reads
+    if fmt == "cmmd":
+        pytest.importorskip("openpyxl")
+    builders[fmt](tmp_path)
+    path = tmp_path / table
+    if sep is None:
+        pd.read_excel(path, dtype=str).drop(columns=column).to_excel(path, index=False)
+    else:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        frame.drop(columns=column).to_csv(path, sep=sep, index=False)
+    profile = CentreProfile.model_validate(
+        {"name": "site", "source": "S", "data": {"format": fmt, "root": str(tmp_path)}}
+    )
+
+    # Execute
+    problem = missing_data_root(profile)
+
+    # Assert: one line naming the centre, the file, the column (the same line a run gives)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith("centre 'site': ")
+    assert f"{path} lacks column {column!r}; required columns: " in problem
+    with pytest.raises(DataError, match=f"lacks column {column!r}"):
+        load_manifest(fmt, tmp_path)
+
+
 def test_a_data_root_naming_an_unset_variable_says_it_is_not_set(tmp_path, monkeypatch):
     # Prepare: the shipped INbreast profile's root, its variable unset, then set to a folder
     monkeypatch.delenv("FEDMAMMO_INBREAST_ROOT", raising=False)

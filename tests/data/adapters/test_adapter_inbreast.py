@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fedmammo.data.adapters import load_manifest
-from fedmammo.data.adapters.inbreast import read_rois
+from fedmammo.data.adapters.inbreast import SECOND_FILE, read_rois
 from fedmammo.data.manifest import decode_lesions
 from fedmammo.errors import DataError
 
@@ -96,3 +96,25 @@ def test_inbreast_missing_column(tmp_path: Path, builders) -> None:
         load_manifest("inbreast", tmp_path)
     assert f"{csv} lacks column 'Bi-Rads'" in str(err.value)
     assert "required columns: Patient age, Laterality" in str(err.value)
+
+
+def test_inbreast_a_second_dicom_of_one_file_name_is_skipped_and_named(
+    tmp_path: Path, builders, caplog
+) -> None:
+    # Prepare: a stray copy of one image under another patient hash, sorting after it
+    expected = builders["inbreast"](tmp_path)
+    name = sorted(expected)[0]
+    first = next((tmp_path / "AllDICOMs").glob(f"{name}_*_ANON.dcm"))
+    stray = first.with_name(f"{name}_ffffffffffffffff_MG_L_MLO_ANON.dcm")
+    stray.write_bytes(first.read_bytes())
+
+    # Execute
+    with caplog.at_level("WARNING", logger="fedmammo"):
+        df = load_manifest("inbreast", tmp_path)
+
+    # Assert: the image is read from the first file by name, the stray skipped, counted, named
+    row = df.set_index("image_id").loc[name]
+    assert Path(row["path"]).name == first.name
+    assert row["patient_id"] == expected[name]["patient_id"]
+    assert df.attrs["skip_reasons"][SECOND_FILE] == 1
+    assert f"{stray} (beside {first.name}): {SECOND_FILE}" in caplog.text

@@ -107,3 +107,24 @@ def test_rsna_empty_site_or_machine_is_unknown_with_a_warning(
     messages = [r.getMessage() for r in caplog.records]
     assert f"RSNA: {csv} line 2: empty site_id; the image's segment uses 'unknown'" in messages
     assert f"RSNA: {csv} line 4: empty machine_id; the image's segment uses 'unknown'" in messages
+
+
+@pytest.mark.parametrize("fmt", ["rsna", "vindr-mammo", "inbreast"])
+def test_an_image_listed_twice_is_refused_naming_both_lines(tmp_path: Path, builders, fmt) -> None:
+    # Prepare: the table's first row repeated at its end
+    builders[fmt](tmp_path)
+    table, sep = {
+        "rsna": ("train.csv", ","),
+        "vindr-mammo": ("breast-level_annotations.csv", ","),
+        "inbreast": ("INbreast.csv", ";"),
+    }[fmt]
+    path = tmp_path / table
+    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    pd.concat([frame, frame.iloc[:1]]).to_csv(path, sep=sep, index=False)
+
+    # Execute / Assert: the file and both lines, and the fix
+    with pytest.raises(DataError, match="appears twice in the manifest") as err:
+        load_manifest(fmt, tmp_path)
+    assert f"({path} line 2, {path} line {len(frame) + 2}); fix: keep one row per image" in str(
+        err.value
+    )

@@ -137,3 +137,27 @@ def test_vindr_lesion_kind_is_the_first_category_and_shape_no_category(
         ("calcification", ""),
     ]
     assert all(les["shape"] == "" for v in df["lesions"] for les in decode_lesions(v))
+
+
+def test_vindr_a_misspelt_split_is_warned_and_left_missing(
+    tmp_path: Path, builders, caplog
+) -> None:
+    # Prepare: one row's split misspelt ("traning"), the rest as published
+    builders["vindr-mammo"](tmp_path)
+    path = tmp_path / "breast-level_annotations.csv"
+    table = pd.read_csv(path)
+    victim = table.loc[0, "image_id"]
+    table.loc[0, "split"] = "traning"
+    table.to_csv(path, index=False)
+
+    # Execute
+    with caplog.at_level("WARNING", logger="fedmammo"):
+        df = load_manifest("vindr-mammo", tmp_path)
+
+    # Assert: NA (its patients are split by the profile's fractions, said at preparation),
+    # warned naming the file, the line and the value; the other rows keep theirs
+    row = df.set_index("image_id").loc[victim]
+    assert pd.isna(row["split"])
+    assert f"{path} line 2: unreadable split value 'traning'" in caplog.text
+    assert df.attrs["unreadable_labels"] == {"split": 1}
+    assert set(df["split"].dropna()) == {"train", "test"}
