@@ -558,6 +558,16 @@ class SkipCounter:
         return sum(self.reasons.values())
 
 
+#: The table columns each format reads malignancy from (a breast's side too, for CMMD): when
+#: every value of them is unreadable, the table is not in the layout read, not unlabelled.
+MALIGNANCY_COLUMNS = (
+    "pathology",
+    "Bi-Rads",
+    "breast_birads",
+    "cancer",
+    "classification",
+    "LeftRight",
+)
 #: A row's optional key naming where the dataset's table gave it ("FILE line N"): named when
 #: an image is listed twice, not kept in the manifest.
 WHERE = "_where"
@@ -621,6 +631,14 @@ def finish_manifest(
             dataset,
             sum(skips.labels.values()),
             dict(skips.labels),
+        )
+    unread = {c: n for c, n in skips.labels.items() if c in MALIGNANCY_COLUMNS}
+    if unread and summary["labels"]["malignancy"]["available"] == 0:
+        raise DataError(
+            f"{dataset}: no image has a readable malignancy label: "
+            + ", ".join(f"{n} unreadable {c!r} values" for c, n in unread.items())
+            + " (each warned above with its file and line); fix: correct the table's values "
+            "(docs/datasets.md, 'Label rules'), or leave unknown labels empty"
         )
     if options.get("print_summary"):
         print_summary(summary, title=f"{dataset} ({df['centre'].iloc[0]})")

@@ -128,3 +128,18 @@ def test_an_image_listed_twice_is_refused_naming_both_lines(tmp_path: Path, buil
     assert f"({path} line 2, {path} line {len(frame) + 2}); fix: keep one row per image" in str(
         err.value
     )
+
+
+def test_a_malignancy_column_of_which_no_value_reads_is_an_error(tmp_path: Path, builders) -> None:
+    # Prepare: every `cancer` value written as True / False instead of 1 / 0
+    builders["rsna"](tmp_path)
+    path = tmp_path / "train.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame["cancer"] = frame["cancer"].map({"1": "True", "0": "False"})
+    frame.to_csv(path, index=False)
+
+    # Execute / Assert: not a centre with no labels, a table in another layout
+    with pytest.raises(DataError, match="RSNA: no image has a readable malignancy label: ") as e:
+        load_manifest("rsna", tmp_path)
+    read = len(frame) - 1  # (the builder lists one image that is not there)
+    assert f"{read} unreadable 'cancer' values (each warned above" in str(e.value)
