@@ -472,28 +472,33 @@ def _folders(run_dir: Path, base: Scenario) -> list[tuple[str, Path]]:
 
 
 def _ended_early(run_dir: Path, base: Scenario) -> list[str]:
-    """``done, but ...`` for the units that stopped before their last round without being
+    """``done, but ...`` for the units that stopped before their last round: without being
     done (too few centres sent an update; a --resume tries them again: a sweep point holding
-    one is not marked DONE), or none."""
-    units = []
+    one is not marked DONE), and done at a centre's privacy budget (final); or none."""
+    units, budget = [], []
     for label, folder in _folders(run_dir, base):
         try:
             progress = json.loads((folder / "results.json").read_text()).get("progress", {})
         except (OSError, ValueError, AttributeError):
             continue
-        units += [
-            f"{label}arm {key.rpartition('|')[0]} seed {key.rpartition('|')[2]}"
-            for key, state in progress.items()
-            if isinstance(state, dict) and state.get("stopped") and not state.get("done")
-        ]
-    if not units:
-        return []
+        for key, state in progress.items():
+            if isinstance(state, dict) and state.get("stopped"):
+                unit = f"{label}arm {key.rpartition('|')[0]} seed {key.rpartition('|')[2]}"
+                (budget if state.get("done") else units).append(unit)
     see = (run_dir / "results.md") if not base.sweep else "each point's results.md"
-    return [
-        f"[yellow]done, but {len(units)} unit(s) ended early[/] ({safe('; '.join(units))}; "
-        f"see {safe(see)}); --resume tries them again: python -m fedmammo.simulate --resume "
-        f"{safe(run_dir)}"
-    ]
+    lines = []
+    if units:
+        lines.append(
+            f"[yellow]done, but {len(units)} unit(s) ended early[/] ({safe('; '.join(units))}; "
+            f"see {safe(see)}); --resume tries them again: python -m fedmammo.simulate "
+            f"--resume {safe(run_dir)}"
+        )
+    if budget:  # (a refusal is final: a resumed run does not spend the budget again)
+        lines.append(
+            f"[yellow]done, but {len(budget)} unit(s) stopped at a centre's privacy budget[/] "
+            f"({safe('; '.join(budget))}; see {safe(see)}): their completed rounds are kept"
+        )
+    return lines
 
 
 def _reports_not_written(run_dir: Path, base: Scenario) -> list[str]:

@@ -259,3 +259,32 @@ def test_an_error_after_the_run_started_names_its_folder_and_resume_and_goes_to_
     assert any(
         " ERROR fedmammo: my_labels.csv line 5: column 'malignant'" in line for line in logged
     )
+
+
+def test_the_last_line_names_units_stopped_by_failures_and_by_a_privacy_budget(tmp_path):
+    # Prepare: a run whose federated arm stopped at a budget (done: final) and whose local arm
+    # stopped when its centre failed (not done: a resume tries it again)
+    import json
+    import types
+
+    from fedmammo.simulate import _ended_early
+
+    progress = {
+        "federated|0": {
+            "stopped": "arm federated seed 0: stopped ... (privacy budget)",
+            "done": True,
+        },
+        "local-a|0": {"stopped": "arm local-a seed 0: stopped at round 1 ..."},
+        "local-b|0": {"done": True},
+    }
+    (tmp_path / "results.json").write_text(json.dumps({"progress": progress}))
+    # Execute
+    lines = _ended_early(tmp_path, types.SimpleNamespace(sweep={}))
+    # Assert: one line each, the budget's without a resume (a refusal is final)
+    see = tmp_path / "results.md"
+    assert lines == [
+        f"[yellow]done, but 1 unit(s) ended early[/] (arm local-a seed 0; see {see}); --resume "
+        f"tries them again: python -m fedmammo.simulate --resume {tmp_path}",
+        f"[yellow]done, but 1 unit(s) stopped at a centre's privacy budget[/] (arm federated "
+        f"seed 0; see {see}): their completed rounds are kept",
+    ]

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from fedmammo.config.dotted import apply_dotted, split_dotted
 from fedmammo.config.profile import CentreProfile
 from fedmammo.config.recipe import params_model
-from fedmammo.config.scenario import CentreEntry, Scenario, StrategySpec
+from fedmammo.config.scenario import RESERVED_CENTRE_NAMES, CentreEntry, Scenario, StrategySpec
 from fedmammo.errors import ConfigError
 from fedmammo.files import replace_whole
 
@@ -560,6 +560,13 @@ def load_scenario_traced(
         else:
             profile = _entry_profile(path, scenario, i, origins)
         entry.name = profile.name
+        if profile.name in RESERVED_CENTRE_NAMES:
+            where = origins.label("scenario", ("centres", str(i), "name"), str(path))
+            raise ConfigError(
+                f"{where}: key 'centres.{i}': centre name {profile.name!r} is reserved (the "
+                "pooled arm's node is 'pooled', the records of no one centre are 'all'); fix: "
+                "give the entry another 'name'"
+            )
         if profile.name in seen:
             where = origins.label("scenario", ("centres", str(i), "name"), str(path))
             raise ConfigError(

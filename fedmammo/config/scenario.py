@@ -13,6 +13,7 @@ from fedmammo.config.recipe import known_kinds, validate_recipe_params
 
 __all__ = [
     "MAX_MESSAGE_TIMEOUT",
+    "RESERVED_CENTRE_NAMES",
     "CentreEntry",
     "FaultSpec",
     "MessageTimeouts",
@@ -91,6 +92,11 @@ class FaultSpec(Strict):
     centre: str
     round: int = Field(ge=1)
     arm: str = "federated"
+
+
+#: Names no centre may take: the pooled arm's simulated node (and its id in a run spec) and
+#: the ``centre`` of records that belong to no one centre (round timings, the training loss).
+RESERVED_CENTRE_NAMES = ("pooled", "__pooled__", "all")
 
 
 class CentreEntry(Strict):

@@ -123,6 +123,17 @@ def test_duplicate_centre_names_are_refused(tree):
         load_scenario(path)
 
 
+@pytest.mark.parametrize("name", ["pooled", "all", "__pooled__"])
+def test_a_reserved_centre_name_is_refused(tree, name):
+    # "pooled" would take the pooled arm's node; "all" is the centre of no-one-centre records
+    path = _scenario(
+        tree,
+        f"centres: [{{profile: centres/a.yaml, name: {name}}}]\nstrategy: strategies/fa.yaml\n",
+    )
+    with pytest.raises(ConfigError, match=f"centre name '{name}' is reserved .* fix: give"):
+        load_scenario(path)
+
+
 def test_apply_dotted_creates_and_indexes():
     data = {"a": {"b": [{"c": 1}]}}
     apply_dotted(data, "a.b.0.c", 5)
