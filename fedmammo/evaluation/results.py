@@ -106,6 +106,9 @@ class RunRecorder:
                     ", then ".join(str(c["git_commit"])[:12] for c in history),
                 )
             self.meta = {**old_meta, **self.meta}
+            if old_meta.get("started") and self.meta.get("started"):  # first start kept
+                self.meta["resumed"] = [*old_meta.get("resumed", []), self.meta["started"]]
+                self.meta["started"] = old_meta["started"]
             if len(history) > 1:
                 self.meta["code_history"] = history
             self.failures = old.get("failures", [])

@@ -137,6 +137,7 @@ def header_section(run: RunFolder) -> str:
         ),
         ("run folder", str(run.path.resolve())),
         ("started", started_at(run) or NOT_RECORDED),
+        *([("resumed", ", ".join(map(str, meta["resumed"])))] if meta.get("resumed") else []),
         ("status", _status(run)),
         ("settings", ", ".join(run.settings) or "scenario as written"),
         ("seeds", ", ".join(map(str, meta.get("seeds") or sc.get("seeds") or [])) or NOT_RECORDED),

@@ -133,6 +133,8 @@ def run_scenario(
         recorder, scenario.model_dump(mode="json", exclude={"source_file"}, exclude_none=True)
     )
     orc = Orchestrator(grid=grid, spec=spec, scenario=scenario, recorder=recorder)
+    # a resumed run's wall time adds this process's to the earlier ones' (meta "resumed")
+    earlier = float(recorder.meta.get("wall_seconds") or 0) if spec.resume else 0.0
     t0 = time.perf_counter()
     try:
         _connect(orc, simulated=simulated, prepare=prepare)
@@ -156,7 +158,7 @@ def run_scenario(
         say(ERROR, str(exc))
         raise
     finally:
-        recorder.meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        recorder.meta["wall_seconds"] = round(earlier + time.perf_counter() - t0, 2)
         _final_flush(recorder)
         write_summary(recorder, orc.console, section=section)
         outputs.close()

@@ -183,3 +183,16 @@ def test_a_resume_on_other_code_keeps_each_code_and_warns(tmp_path, caplog):
     same = RunRecorder(tmp_path / "same", meta=first)
     same.flush()
     assert "code_history" not in RunRecorder(tmp_path / "same", meta=first, resume=True).meta
+
+
+def test_a_resume_keeps_the_first_start_and_lists_each_resume(tmp_path):
+    # Prepare: a run started at 10:00, resumed at 11:00 and at 12:00
+    RunRecorder(tmp_path, meta={"started": "10:00", "wall_seconds": 5.0}).flush()
+    # Execute
+    once = RunRecorder(tmp_path, meta={"started": "11:00"}, resume=True)
+    once.flush()
+    twice = RunRecorder(tmp_path, meta={"started": "12:00"}, resume=True)
+    # Assert: the first start stays "started"; the ServerApp adds to the earlier wall time
+    assert (once.meta["started"], once.meta["resumed"]) == ("10:00", ["11:00"])
+    assert (twice.meta["started"], twice.meta["resumed"]) == ("10:00", ["11:00", "12:00"])
+    assert twice.meta["wall_seconds"] == 5.0

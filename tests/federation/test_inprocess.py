@@ -241,3 +241,7 @@ def test_an_inprocess_run_resumes_in_process(tmp_path, capsys):
     assert again["meta"]["backend"] == "inprocess"
     keep = [m for m in first["metrics"] if m["split"] != "timing"]
     assert keep and [m for m in again["metrics"] if m["split"] != "timing"] == keep
+    # the first start is kept, the resume listed, and the wall time adds the second process's
+    assert again["meta"]["started"] == first["meta"]["started"]
+    assert len(again["meta"]["resumed"]) == 1
+    assert again["meta"]["wall_seconds"] > first["meta"]["wall_seconds"]
