@@ -61,10 +61,44 @@ def build_model(name: str, **options: Any) -> nn.Module:
     """Build the model registered as ``name`` with keyword ``options``."""
     if not has_model(name):
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    if problem := _option_type_problem(_BUILDERS[name], options):
+        raise ConfigError(f"model {name!r}: option {problem}")
     try:
         return _BUILDERS[name](**options)
     except TypeError as exc:
         raise ConfigError(f"model {name!r}: bad options {options}: {exc}") from exc
+
+
+def _option_type_problem(builder: Callable[..., nn.Module], options: dict[str, Any]) -> str | None:
+    """The first option whose value its builder's annotations refuse (``width='four'``: "width
+    'four': Input should be a valid integer ..."), or None. A builder taking ``**options``
+    is checked against the ``__init__`` of the class it returns; unannotated options pass."""
+    import inspect
+    import typing
+
+    import pydantic
+
+    target: Any = builder
+    if all(p.kind is p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values()):
+        returned = typing.get_type_hints(builder).get("return")
+        target = returned.__init__ if isinstance(returned, type) else None
+    try:
+        hints = typing.get_type_hints(target) if target is not None else {}
+    except Exception:  # annotations that do not resolve: the builder's own errors say it
+        return None
+    fields = {k: (hints[k], ...) for k in options if k in hints}
+    if not fields:
+        return None
+    try:
+        model = pydantic.create_model(
+            "Options", __config__=pydantic.ConfigDict(strict=True), **fields
+        )
+        model.model_validate({k: options[k] for k in fields})
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0])
+        return f"{key} {options[key]!r}: {error['msg']}"
+    return None
 
 
 def build_model_to_load(name: str, **options: Any) -> nn.Module:

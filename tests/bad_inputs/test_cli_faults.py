@@ -339,6 +339,14 @@ CASES = [
         ),
     ),
     Case(
+        "set-model-option-of-the-wrong-type",
+        ("{scen}", "--set", "strategy.params.model.options.width=four"),
+        (
+            "--set strategy.params.model.options.width=four: key 'params.model.options'",
+            "model 'mammo_cnn': option width 'four': Input should be a valid integer",
+        ),
+    ),
+    Case(
         "fault-past-the-last-round",
         ("{scen}", "--set", "faults=[{centre: a, round: 5}]"),
         (
