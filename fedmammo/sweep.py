@@ -97,10 +97,12 @@ def load_points(
     error names the point. Warns (once per process) of each centre a swept privacy key
     never reaches (:func:`shadowed_privacy`)."""
     points = []
+    by_set = any(k == "sweep" or k.startswith("sweep.") for k in sets)  # who made the sweep
+    given = "--set sweep" if by_set else str(scenario_file)
     for values in sweep_points(scenario.sweep):
         name = point_name(values)
         extra = point_sets(values)
-        labels = {k: f"{scenario_file} sweep point {name}" for k in extra}
+        labels = {k: f"{given} sweep point {name}" for k in extra}
         point, origins = load_scenario_traced(
             scenario_file, sets={**sets, **extra}, quick=quick, labels=labels
         )

@@ -223,6 +223,8 @@ def _format_validation(
                 msg = f"unknown key; did you mean '{misspelt[raw]}' (required)?"
             elif near:
                 msg = f"unknown key; did you mean '{near[0]}'?"
+            elif model is StrategySpec and len(raw) == 1:  # a recipe's parameter, one level up
+                msg = f"unknown key; a recipe's parameters are under params: 'params.{raw[0]}'?"
         elif err["type"] == "missing":
             if raw not in missing:
                 continue  # reported with the misspelt key

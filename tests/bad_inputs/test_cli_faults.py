@@ -339,6 +339,19 @@ CASES = [
         ),
     ),
     Case(
+        "set-sweep-point-of-the-wrong-type",
+        ("{scen}", "--set", "sweep={strategy.params.train.lr: [0.01, fast]}"),
+        ("--set sweep sweep point strategy.params.train.lr=fast: key 'params.train.lr'",),
+    ),
+    Case(
+        "set-recipe-parameter-without-params",
+        ("{scen}", "--set", "strategy.rounds=2"),
+        (
+            "--set strategy.rounds=2: key 'rounds': unknown key; a recipe's parameters are under "
+            "params: 'params.rounds'?",
+        ),
+    ),
+    Case(
         "set-model-option-of-the-wrong-type",
         ("{scen}", "--set", "strategy.params.model.options.width=four"),
         (
