@@ -94,7 +94,9 @@ def test_without_the_plugin_its_model_is_unknown_at_check(tmp_path, plugin, monk
     code = main(_argv(tmp_path, "--check"))
     # Assert
     assert code == 2
-    assert "unknown model 'plugin_tinynet'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "unknown model 'plugin_tinynet'" in out
+    assert "a model of your own: name its module in FEDMAMMO_PLUGINS" in out
 
 
 @pytest.mark.parametrize(

@@ -84,11 +84,12 @@ def _model_problem(model: dict, cache: dict[str, object]) -> object:
         return cache[key]
     import torch
 
-    from fedmammo.models import build_model, has_model, list_models
+    from fedmammo.models import build_model, has_model
+    from fedmammo.models.registry import unknown_model
 
     name, options = model.get("name"), dict(model.get("options") or {})
     if not has_model(name):  # torchvision's families load only for their names, or an unknown one
-        result: object = f"unknown model {name!r}; valid models: {', '.join(list_models())}"
+        result: object = unknown_model(name)
     else:
         try:
             with torch.device("meta"):

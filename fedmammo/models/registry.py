@@ -17,7 +17,14 @@ from torch import nn
 
 from fedmammo.errors import ConfigError
 
-__all__ = ["build_model", "build_model_to_load", "has_model", "list_models", "register_model"]
+__all__ = [
+    "build_model",
+    "build_model_to_load",
+    "has_model",
+    "list_models",
+    "register_model",
+    "unknown_model",
+]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 #: Families imported on demand (by :func:`build_model` of a name not registered yet, and by
@@ -57,10 +64,18 @@ def has_model(name: str) -> bool:
     return name in _BUILDERS
 
 
+def unknown_model(name: object) -> str:
+    """What to say of a model name no builder is registered as (one line, with the fix)."""
+    return (
+        f"unknown model {name!r}; valid models: {', '.join(list_models())}; a model of your "
+        "own: name its module in FEDMAMMO_PLUGINS (README, 'Your own models and methods')"
+    )
+
+
 def build_model(name: str, **options: Any) -> nn.Module:
     """Build the model registered as ``name`` with keyword ``options``."""
     if not has_model(name):
-        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+        raise ConfigError(unknown_model(name))
     if problem := _option_type_problem(_BUILDERS[name], options):
         raise ConfigError(f"model {name!r}: option {problem}")
     try:
