@@ -495,7 +495,9 @@ def plot_privacy_utility(
     ax.set_xlabel(f"target epsilon per centre ({epsilon_key})")
     where = f"at centre {centre}" if centre else "mean over evaluating centres"
     label = "AUROC" if metric == "auc" else metric
-    ax.set_ylabel(f"test {label} (o; {_interval_label(pts)}),\n{where}")
+    ylabel = f"test {label} (o; {_interval_label(pts)}),\n{where}"
+    widest = max(len(line) for line in ylabel.splitlines())  # ~0.55 em a character
+    ax.set_ylabel(ylabel, fontsize=min(10.0, 3.4 * 72 / (0.55 * widest)))  # fits the axes
     ax2.set_ylabel("membership attack AUC (x), mean over centres\n(loss threshold or GAN-Leaks)")
     drawn = pts[["auc", "low", "high", "attack_auc"]].to_numpy(dtype=float)
     bottom = min(0.3, float(np.nanmin(drawn)) - 0.05) if np.isfinite(drawn).any() else 0.3

@@ -384,6 +384,10 @@ def test_a_missing_ci_is_given_its_own_cause(tmp_path, monkeypatch):
     )
     # Assert
     labels = [fig.axes[0].get_ylabel() for fig in drawn]
+    for fig in drawn:  # the long label fits the figure (its font shrinks)
+        fig.canvas.draw()
+        box = fig.axes[0].yaxis.label.get_window_extent()
+        assert fig.bbox.x0 <= box.x0 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
     assert labels[0].startswith(
         "test AUROC (o; 95% CI; a dot alone: no CI, none recorded (too few test patients, "
         "or no bootstrap))"
