@@ -17,6 +17,7 @@ the same way, under ``optimizer/``, its last two rounds per seed only.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from flwr.app import ArrayRecord, Context
 from torch import nn
 
+from fedmammo.errors import DataError
 from fedmammo.federation.centre_runtime import identity_of
 from fedmammo.federation.codec import arrays_to_state
 from fedmammo.federation.messages import BASELINE, BaselineFields, MessageError, ModelConfig
@@ -49,6 +51,8 @@ __all__ = [
 ]
 
 #: Kinds of per-round centre state: FedBN's BatchNorm state, the optimiser's state.
+log = logging.getLogger(__name__)
+
 FEDBN, OPTIMIZER = "fedbn", "optimizer"
 
 
@@ -120,7 +124,19 @@ def load_round_state(
     """The ``kind`` state of ``arm`` and ``seed`` that round ``server_round`` continues (see
     :func:`round_state_file`), or None."""
     path = round_state_file(context, kind, arm, seed, server_round)
-    return None if path is None else torch.load(path, weights_only=True)
+    if path is None:
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader error: a file cut short or changed
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        log.error("centre state file %s: damaged, PyTorch cannot read it (%s)", path, reason)
+        raise DataError(
+            f"the centre's {kind} state of arm {arm} seed {seed} that round {server_round} "
+            "continues is damaged, PyTorch cannot read it (the centre's log names the file); "
+            "the arm cannot continue from it at this centre: restore the file from a backup, "
+            "or start a new run"
+        ) from exc
 
 
 def kept_optimizer_state(context: Context, m: ModelConfig, keep: bool) -> dict | None:

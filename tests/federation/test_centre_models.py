@@ -99,3 +99,28 @@ def test_state_is_kept_per_seed_and_an_older_folder_without_seeds_is_still_read(
         "seed0/round3.pt",
         "seed1/round1.pt",
     ]
+
+
+def test_a_damaged_state_file_is_one_line_naming_the_arm_seed_and_round(tmp_path, caplog):
+    # Prepare: the centre's FedBN state of round 2, cut to 200 bytes
+    from helpers.centre_nodes import node_context, prepared_centre
+
+    from fedmammo.errors import DataError
+    from fedmammo.federation.centre_models import load_round_state, round_state_file
+    from fedmammo.federation.site import state_dir, state_name
+
+    _, data_dir = prepared_centre(tmp_path, "c1", (32, 24))
+    context = node_context("c1", data_dir)
+    folder = state_dir(context, centre_models.identity_of(context)) / FEDBN / state_name("fed")
+    (folder / "seed0").mkdir(parents=True)
+    torch.save({"bn": torch.arange(1000.0)}, folder / "seed0" / "round2.pt")
+    path = round_state_file(context, FEDBN, "fed", 0, 3)
+    path.write_bytes(path.read_bytes()[:200])
+    # Execute / Assert: the server's line names what (no path); the centre's log the file
+    with caplog.at_level("ERROR"), pytest.raises(DataError) as err:
+        load_round_state(context, FEDBN, "fed", 0, 3)
+    assert str(err.value).startswith(
+        "the centre's fedbn state of arm fed seed 0 that round 3 continues is damaged, PyTorch "
+        "cannot read it (the centre's log names the file)"
+    )
+    assert f"centre state file {path}: damaged" in caplog.text
