@@ -62,6 +62,9 @@ NO_DP = "no DP"
 CI95, NO_INTERVAL = "95% CI", "none"
 #: The start of the notes :meth:`PrivacyLog.write` remakes from the records each time.
 COMPOSED_NOTE = "generators released together: "
+#: The note of a run whose scenario gives no centre DP; dropped once a centre reports DP (a
+#: deployed site's own profile decides, not the server's scenario).
+NO_DP_NOTE = "no centre trains with differential privacy in this run"
 
 
 class PrivacyLog:
@@ -92,6 +95,8 @@ class PrivacyLog:
         if round is not None and round not in rounds:
             rounds.append(int(round))
         new = {**key, **{k: v for k, v in report.items() if k != "phase"}, "rounds": rounds}
+        if NO_DP_NOTE in self.notes:  # a centre's own profile trained with DP after all
+            self.notes.remove(NO_DP_NOTE)
         if old is None:
             self.records.append(new)
         else:
@@ -136,7 +141,9 @@ class PrivacyLog:
                 self.note(text)
 
     def note(self, text: str) -> None:
-        """Add a note once."""
+        """Add a note once (:data:`NO_DP_NOTE` only while no DP record is there)."""
+        if text == NO_DP_NOTE and self.records:
+            return
         if text not in self.notes:
             self.notes.append(text)
 

@@ -129,7 +129,13 @@ class Orchestrator:
                     f"refused: centre {info.centre} is already connected from node "
                     f"{self.nodes[info.centre]}"
                 )
-                log.warning("node %s claims centre %s, %s", src, info.centre, failed[src])
+                line = f"node {src} claims centre {info.centre}, {failed[src]}"
+                log.warning("%s", line)
+                self.recorder.note(  # in results.json and results.md: whose numbers these are
+                    f"{line}: centre {info.centre}'s results are node "
+                    f"{self.nodes[info.centre]}'s (a site started twice, or another node "
+                    "serving its name: check which)"
+                )
                 continue
             wrong_role = role_problem(self.scenario, info.centre, info.role)
             if wrong_role:

@@ -142,6 +142,7 @@ def run_scenario(
         recorder.meta["centres"] = {
             c: {
                 "role": orc.roles[c],
+                "node": orc.nodes[c],
                 "counts": orc.counts[c],
                 "torch_threads": orc.threads[c],
                 "brightest_pixel": orc.references.get(c),

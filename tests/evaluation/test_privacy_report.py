@@ -77,6 +77,23 @@ def test_records_update_per_round_and_recompute_with_dp_accounting(tmp_path):
     assert data["summary"]["B"]["max_epsilon"] == pytest.approx(acc.epsilon(DELTA))
 
 
+def test_the_no_dp_note_goes_when_a_centre_reports_dp(tmp_path):
+    # Prepare: the server's scenario gives no centre DP; a deployed site's own profile does
+    from fedmammo.evaluation.privacy_report import NO_DP_NOTE
+
+    acc = CentreAccountant("rdp", centre="B")
+    acc.record("classifier", 1.1, 0.1, 100)
+    log = PrivacyLog(tmp_path)
+    log.note(NO_DP_NOTE)
+    # Execute: the site's report arrives; a later arm notes "no DP" again
+    log.record(centre="B", arm="federated", seed=0, report=report_of(acc, "classifier"), round=1)
+    log.note(NO_DP_NOTE)
+    log.write()
+    # Assert: privacy.json does not contradict its own record
+    data = json.loads((tmp_path / "privacy.json").read_text())
+    assert NO_DP_NOTE not in data["notes"] and len(data["records"]) == 1
+
+
 def test_ledger_state_rebuilds_the_centre_accountant_for_a_resumed_run(tmp_path):
     # Prepare
     acc = CentreAccountant("rdp", centre="A")

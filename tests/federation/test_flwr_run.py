@@ -153,6 +153,14 @@ def test_a_second_node_claiming_a_connected_centre_is_refused_and_logged(
         f"node {impostor} refused: centre tiny_a is already connected from node {a}" in line
         for line in lines
     ), lines
+    # ... and on record with the results: whose numbers tiny_a's are
+    res = results(Path(spec.run_dir))
+    assert res["meta"]["centres"]["tiny_a"]["node"] == a
+    assert any(
+        n.startswith(f"node {impostor} claims centre tiny_a, refused")
+        and f"centre tiny_a's results are node {a}'s" in n
+        for n in res["notes"]
+    ), res["notes"]
 
 
 def test_a_simulation_federation_smaller_than_the_scenario_fails_at_once(tmp_path, data_dir):

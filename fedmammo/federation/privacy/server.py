@@ -70,14 +70,14 @@ class ArmPrivacy:
         first_round: int,
         last_round: int,
     ):
-        from fedmammo.evaluation.privacy_report import PrivacyLog
+        from fedmammo.evaluation.privacy_report import NO_DP_NOTE, PrivacyLog
 
         self.orc, self.arm, self.seed = orc, arm, int(seed)
         self.ledger = ledger_of(arm, seed)
         self.planned_rounds = int(last_round - first_round + 1)
         self.log = PrivacyLog(orc.run_dir)
         if not any(p.privacy.enabled for p in orc.scenario.resolved_profiles.values()):
-            self.log.note("no centre trains with differential privacy in this run")
+            self.log.note(NO_DP_NOTE)
         elif "pooled" in centres:
             self.log.note(f"arm {arm} is not private: the pooled what-if trains without DP")
 
