@@ -166,12 +166,15 @@ def error_reply(
     keep += (msg.metadata.message_type,)
     if any(cls.__name__ == "MessageError" for cls in type(exc).__mro__):
         keep += _config_keys(msg)
-    reason = f"{_code(exc)}: {type(exc).__name__}: {scrub(str(exc), keep=keep)}"
-    hidden = reason != f"{_code(exc)}: {type(exc).__name__}: {exc}"
+    whole = scrub(str(exc), keep=keep, limit=10**9)
+    shown = scrub(str(exc), keep=keep)
+    reason = f"{_code(exc)}: {type(exc).__name__}: {shown}"
+    hidden = whole != " ".join(str(exc).split())  # something scrubbed, not only cut short
     if cause := _likely_cause(exc):
         reason = f"{reason.rstrip()} {cause}"
-    if deployed and centre and hidden:
-        reason += f" (paths and quoted values hidden: the whole message is in {centre}'s log)"
+    if deployed and centre and (hidden or shown != whole):
+        what = "paths and quoted values hidden" if hidden else "cut short"
+        reason += f" ({what}: the whole message is in {centre}'s log)"
     return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
 
 

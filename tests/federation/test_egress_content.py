@@ -243,6 +243,13 @@ def test_a_deployed_centre_keeps_its_own_name_and_points_to_its_log():
     assert _reason(_guarded(_incoming(), _context(centre="s3"), plain)) == (
         "config: ConfigError: no training images"
     )
+
+    # a long one with nothing to hide is cut, and says so (not "hidden")
+    def long(msg, context):
+        raise ConfigError("no training images; " + "fix: this or that; " * 30)
+
+    reason = _reason(_guarded(_incoming(), _context(centre="s3"), long))
+    assert reason.endswith("... (cut short: the whole message is in s3's log)"), reason
     # a node whose centre is unknown keeps nothing and names no log
     reason = _reason(_guarded(_incoming(), _context(), refusing))
     assert "'s3'" not in reason and "log" not in reason
