@@ -29,6 +29,7 @@ from fedmammo.federation.messages import (
     Identify,
 )
 from fedmammo.federation.replies import reply_node
+from fedmammo.federation.run_log import SHOWN
 from fedmammo.federation.runspec import RunSpec
 from fedmammo.federation.window import send_and_receive, window_for
 from fedmammo.seeds import evaluation_seed
@@ -262,7 +263,7 @@ class Orchestrator:
                 arm=arm, seed=seed, centre=centre, reason=reason, round=rnd, phase=phase
             )
             line = f"centre {centre} failed in {phase} (arm {arm}, round {rnd}): {reason}"
-            log.warning("%s", line)  # run.log (the console line below is not a record)
+            log.warning("%s", line, extra=SHOWN)  # run.log (the console prints it below)
             self.console.print(f"[yellow]{safe(line)}[/]", highlight=False)
 
     def evaluate_everywhere(

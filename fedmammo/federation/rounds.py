@@ -23,6 +23,7 @@ from fedmammo.federation.messages import ARRAYS, METRICS, ModelConfig, TrainConf
 from fedmammo.federation.orchestrator import Orchestrator
 from fedmammo.federation.privacy.server import ArmPrivacy
 from fedmammo.federation.replies import reply_node
+from fedmammo.federation.run_log import SHOWN
 from fedmammo.federation.secagg import SecAggParams, centre_weight, secure_sum
 from fedmammo.models import build_model
 from fedmammo.seeds import derive_seed
@@ -357,7 +358,7 @@ def round_outcome(
             f"update, {why} ({whose} in the failures); completed rounds kept"
         )
         orc.recorder.stop_arm(arm, seed, line)
-        log.error("%s", line)
+        log.error("%s", line, extra=SHOWN)  # run.log (the console prints it below)
         orc.console.print(f"[red]{escape(line)}[/]", highlight=False)
         orc.recorder.flush()
         return True

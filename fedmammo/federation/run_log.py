@@ -23,7 +23,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["OwnRecordsOnly", "add_run_log", "quiet_libraries", "run_log"]
+__all__ = ["SHOWN", "OwnRecordsOnly", "add_run_log", "quiet_libraries", "run_log"]
+
+#: ``extra=`` of a record whose line fedmammo's console prints itself (in colour): run.log
+#: keeps it, a root console handler does not print it a second time.
+SHOWN = {"shown_on_console": True}
 
 RAY_ACCEL_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
 
@@ -41,6 +45,13 @@ class _KnownFlowerNoise(logging.Filter):
         if "DEPRECATED FEATURE" in text and "run_simulation" in text:
             return False
         return "Manually terminating ClientAppActor" not in text
+
+
+class _NotShownTwice(logging.Filter):
+    """On a root console handler: the records fedmammo's console printed already (``SHOWN``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "shown_on_console", False)
 
 
 class _NotFlowers(logging.Filter):
@@ -99,6 +110,8 @@ def quiet_libraries(*, flower_info: bool = True) -> None:
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler:  # a console handler, not a file
             handler.setLevel(logging.WARNING)
+            if not any(isinstance(f, _NotShownTwice) for f in handler.filters):
+                handler.addFilter(_NotShownTwice())
             if flower_prints and not any(isinstance(f, _NotFlowers) for f in handler.filters):
                 handler.addFilter(_NotFlowers())
     for handler in flwr_logger.handlers:  # colour codes only where a terminal shows them

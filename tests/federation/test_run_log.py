@@ -30,6 +30,29 @@ def test_a_flower_warning_prints_once_and_plainly_when_stderr_is_no_terminal() -
     assert sum("another library warns" in line for line in done.stderr.splitlines()) == 1
 
 
+def test_a_line_the_console_prints_itself_is_not_printed_again_by_the_root_handler(
+    tmp_path,
+) -> None:
+    # Prepare: a process set up as simulate's, with a run log; fedmammo warns twice, once
+    # marked as a line its console prints itself
+    code = (
+        "import logging, pathlib\n"
+        "from fedmammo.federation.run_log import SHOWN, add_run_log, quiet_libraries\n"
+        "quiet_libraries()\n"
+        f"add_run_log(pathlib.Path({str(tmp_path)!r}))\n"
+        "log = logging.getLogger('fedmammo.federation.orchestrator')\n"
+        "log.warning('centre b failed in train', extra=SHOWN)\n"
+        "log.warning('a warning of its own')\n"
+    )
+    # Execute
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Assert: the marked line is not on stderr (the console shows it), but it is in run.log
+    assert "centre b failed in train" not in done.stderr
+    assert "a warning of its own" in done.stderr
+    text = (tmp_path / "run.log").read_text()
+    assert "centre b failed in train" in text and "a warning of its own" in text
+
+
 def test_a_fault_no_round_fired_is_a_warning_and_a_note(caplog) -> None:
     # Prepare: a run whose faults were planned (`flwr run` plans nothing): one fired, one
     # did not
