@@ -251,7 +251,9 @@ def _read(path: Path) -> Run:
         kind=meta["kind"],
         quick=bool(meta.get("quick")),
         started=str(meta.get("started", "")),
-        complete=bool(progress) and all(p.get("done") for p in progress.values()),
+        complete=bool(progress)
+        and all(p.get("done") for p in progress.values())
+        and meta.get("finished") is not False,  # (a killed run never reached its later units)
         seeds=tuple(meta.get("seeds") or ()),
         commit=commit,
         metrics=tuple(results.get("metrics") or ()),

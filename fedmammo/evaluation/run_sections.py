@@ -70,6 +70,12 @@ def _status(run: RunFolder) -> str:
     if not progress:
         return NOT_RECORDED
     done = [k for k, v in progress.items() if v.get("done")]
+    if run.meta.get("finished") is False:  # the process ended before its method returned
+        return (
+            f"incomplete: the run stopped before its method finished (killed, interrupted or "
+            f"an error: run.log); {len(done)} units done ({_EACH}); the others, begun or not, "
+            f"are trained by: python -m fedmammo.simulate --resume {run.path}"
+        )
     # an arm that ended early is finished: done (a privacy budget) or stopped without it (too
     # few centres: a --resume tries it again, a site may be back)
     retried = [k for k, v in progress.items() if v.get("stopped") and not v.get("done")]

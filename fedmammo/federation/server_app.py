@@ -126,6 +126,7 @@ def run_scenario(
             "backend": None if spec.deployment else spec.backend,
             "centre_order": scenario.centre_names(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "finished": False,  # True once the method returns: a killed run stays False
             **run_provenance(),
         },
     )
@@ -154,6 +155,7 @@ def run_scenario(
         if spec.deployment:
             _note_other_thread_counts(orc)
         run(orc)
+        recorder.meta["finished"] = True
         _note_faults_that_never_fired(orc)
     except ConnectError as exc:
         say(ERROR, str(exc))

@@ -220,6 +220,20 @@ def test_an_unfinished_run_is_used_when_it_is_the_only_one_and_says_so(tmp_path)
     assert "periodic_sampling/r, incomplete; seeds 0" in text
 
 
+def test_a_run_killed_between_units_is_incomplete_though_its_units_are_done(tmp_path):
+    # Prepare: every unit in progress done, but meta.finished false (the process was killed
+    # before the method reached its later units)
+    path = write_run(tmp_path, "r", kind="periodic_sampling", quick=False,
+                     started="2026-01-01", metrics=periodic(0.05))  # fmt: skip
+    results = json.loads((path / "results.json").read_text())
+    results["meta"]["finished"] = False
+    (path / "results.json").write_text(json.dumps(results))
+    # Execute / Assert
+    (run,) = find_runs([tmp_path])
+    assert not run.complete
+    assert "periodic_sampling/r, incomplete; seeds 0" in render([run], "cmd")
+
+
 def test_the_command_writes_the_file_and_bad_paths_fail_in_one_line(tmp_path, capsys):
     write_run(tmp_path / "runs", "r", kind="periodic_sampling", quick=True,
               started="2026-01-01", metrics=periodic(0.05))  # fmt: skip

@@ -489,3 +489,18 @@ def test_a_sharer_of_several_generators_shows_them_composed_beside_its_spend(tmp
     html = write_report(run).read_text()
     # Assert
     assert "2.5 (delta 1e-05); its 2 generators together 15.15" in html
+
+
+def test_a_run_killed_between_units_is_incomplete_whatever_its_progress_says(tmp_path):
+    # Prepare: every unit the results name is done, but the process ended before its method
+    # returned (meta.finished false: killed after the AlexNet arms, before the ResNet ones)
+    run = make_run_dir(tmp_path)
+    recorder = RunRecorder(run, resume=True)
+    recorder.meta["finished"] = False
+    recorder.flush()
+    # Execute
+    html = write_report(run).read_text()
+    # Assert: not "complete"; how to finish it
+    assert "incomplete: the run stopped before its method finished" in html
+    assert f"python -m fedmammo.simulate --resume {run}" in html
+    assert "status</dt><dd>complete" not in html

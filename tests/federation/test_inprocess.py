@@ -245,3 +245,4 @@ def test_an_inprocess_run_resumes_in_process(tmp_path, capsys):
     assert again["meta"]["started"] == first["meta"]["started"]
     assert len(again["meta"]["resumed"]) == 1
     assert again["meta"]["wall_seconds"] > first["meta"]["wall_seconds"]
+    assert first["meta"]["finished"] is True and again["meta"]["finished"] is True
