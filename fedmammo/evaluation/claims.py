@@ -13,7 +13,9 @@ The verdict rule (the same for every claim, written in ``docs/reproduction.md``)
   a one-sided p-value on each side: from the paired permutation p the run recorded beside a
   paired difference (``p_value``), else from the CIs by a normal approximation (the
   difference's CI, or the two arms' CIs as independent: conservative, they share the test
-  images). Holm's step-down procedure over the claim's cells at a family-wise 2.5% per side
+  images; so for mtl_finetune's claims, which compare two arms' AUROC records, though the
+  run records the paired permutation p of the pair as ``auc_p``: not used yet). Holm's
+  step-down procedure over the claim's cells at a family-wise 2.5% per side
   (5% for the two sides together) says which cells count *for* the paper and which *against*:
   without it, "some cell's 95% CI on the paper's side" said yes for an arm no better than its
   reference in 10% of 3-cell claims and 21% of 12-cell ones (simulated, docs/report.md). A

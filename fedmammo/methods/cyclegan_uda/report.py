@@ -86,11 +86,14 @@ def section(recorder: RunRecorder, console: Console) -> str:
     )
     gains = uda_table(frame, directions, "delta_auc")
     if not gains.empty:
+        p_values = uda_table(frame, directions, "p_value").reindex_like(gains).fillna("")
+        gains = gains.where(p_values == "", gains + ", p " + p_values)
         text += (
-            "\n\n## Gain over source_only: ΔAUROC [95 % CI] at the target and the source centre"
-            "\n\nThe arm's test AUROC minus source_only's (same model and direction), on the "
-            "same test images and bootstrap resamples of the testing centre's patients: a "
-            "paired CI, computed inside that centre.\n\n"
+            "\n\n## Gain over source_only: ΔAUROC [95 % CI], p at the target and the source "
+            "centre\n\nThe arm's test AUROC minus source_only's (same model and direction), "
+            "on the same test images and bootstrap resamples of the testing centre's patients: "
+            "a paired CI, and the paired permutation test's p, computed inside that centre. A "
+            "gain is significant only when both hold (CI beside 0 and p < 0.05).\n\n"
             + to_markdown(gains, index_name="trained -> tested")
         )
     return text

@@ -210,8 +210,11 @@ def test_uda_and_in_domain_are_compared_with_source_only_at_each_target(tiny_run
         )
         assert 0.0 <= test[(arm, centre, "p_value")]["value"] <= 1.0
     summary = (run_dir / "results.md").read_text()
-    assert "## Gain over source_only: ΔAUROC [95 % CI] at the target and the source" in summary
-    assert "| film -> film (source) |" in summary.split("## Gain over source_only")[1]
+    assert "## Gain over source_only: ΔAUROC [95 % CI], p at the target and the source" in summary
+    table = summary.split("## Gain over source_only")[1]
+    assert "| film -> film (source) |" in table
+    for arm, centre in gains:  # each gain with its p (the tables' rule needs both)
+        assert f", p {test[(arm, centre, 'p_value')]['value']:.3f}" in table
 
 
 def _test_images(run_dir: Path, centre: str):
