@@ -69,7 +69,8 @@ class CentreFedAvg(FedAvg):
     ``weights`` holds the last round's normalised weights per centre.
     ``aggregation`` (:mod:`fedmammo.federation.aggregation`): ``mean`` averages the updates
     by those weights; ``median`` and ``trimmed_mean`` (dropping ``trim_fraction`` of the
-    updates at each end) count every centre once, so their weighting is ``uniform``.
+    updates at each end) count every centre once, so their weighting is ``uniform``; a
+    strategy of one centre is its mean.
     """
 
     def __init__(
@@ -86,6 +87,8 @@ class CentreFedAvg(FedAvg):
         super().__init__(min_train_nodes=min_centres, min_available_nodes=min_centres)
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation {aggregation!r}: valid are {', '.join(AGGREGATIONS)}")
+        if len(nodes) <= 1:  # one centre's update is its own average, whatever the rule
+            aggregation = "mean"
         self.aggregation, self.trim_fraction = aggregation, trim_fraction
         self.centre_nodes = dict(nodes)
         self.faults = set(faults)
@@ -408,7 +411,7 @@ def train_rounds(
         weighting=weighting,
         faults=faults,
         min_centres=min(getattr(p, "min_centres", 1), len(centres)),
-        aggregation=getattr(p, "aggregation", "mean") if len(centres) > 1 else "mean",
+        aggregation=getattr(p, "aggregation", "mean"),
         trim_fraction=getattr(p, "trim_fraction", 0.2),
     )
     strategy.no_reply = f"no reply within message_timeout.train={orc.timeout:g} s"

@@ -92,6 +92,8 @@ def test_a_robust_rule_weighs_every_centre_once_whatever_the_weighting():
         {"a": 1, "b": 2}, message=TrainClassifier, weighting="labelled", aggregation="median"
     )
     assert strategy.weighting == "uniform"
+    alone = CentreFedAvg({"a": 1}, message=TrainClassifier, aggregation="median")
+    assert (alone.aggregation, alone.weighting) == ("mean", "images")  # one centre: its mean
     with pytest.raises(ConfigError, match="aggregation 'mode': valid are mean, median"):
         CentreFedAvg({"a": 1}, message=TrainClassifier, aggregation="mode")
 

@@ -74,9 +74,8 @@ def _strategy(orc: Orchestrator, p: PeriodicSamplingParams, arm: ArmPlan) -> Cen
     nodes = {c: orc.nodes[c] for c in arm.centres}
     minimum = min(p.min_centres, len(nodes))
     faults = [(f.centre, f.round) for f in orc.scenario.faults if f.arm == arm.name]
-    federated = arm.setting == "federated" and len(nodes) > 1
     rule = {
-        "aggregation": getattr(p, "aggregation", "mean") if federated else "mean",
+        "aggregation": getattr(p, "aggregation", "mean") if arm.setting == "federated" else "mean",
         "trim_fraction": getattr(p, "trim_fraction", 0.2),
     }
     if arm.setting == "federated" and arm.method == "periodic":
